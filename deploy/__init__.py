@@ -1,0 +1,1 @@
+"""Ways to run the mesh: the local process stack, compose files, images."""

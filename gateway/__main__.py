@@ -1,0 +1,32 @@
+"""`python -m gateway`: the public gateway process."""
+
+from __future__ import annotations
+
+import asyncio
+
+from observability.logging import configure_logging
+
+from gateway.settings import GatewaySettings
+
+
+async def serve(settings: GatewaySettings) -> None:
+    from gateway.server import running_gateway
+    from observability import setup
+    from services.common.serving import wait_for_shutdown_signal
+
+    telemetry = setup("gateway", settings.telemetry)
+    try:
+        async with running_gateway(settings, telemetry):
+            await wait_for_shutdown_signal()
+    finally:
+        telemetry.shutdown()
+
+
+def main() -> None:
+    settings = GatewaySettings.from_cli()
+    configure_logging("gateway", settings.telemetry)
+    asyncio.run(serve(settings))
+
+
+if __name__ == "__main__":
+    main()

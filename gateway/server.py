@@ -1,0 +1,68 @@
+"""Builds the gateway: its downstream channels, background writers and server."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+
+from observability.channels import channel
+from services.common.events import EventPublisher
+
+from gateway.authn import Authenticator
+from gateway.servicer import GatewayServicer
+from gateway.settings import GatewaySettings
+from gateway.usage import UsageRecorder
+from maas.v1 import (
+    auth_pb2_grpc,
+    gateway_pb2,
+    gateway_pb2_grpc,
+    metering_pb2_grpc,
+    router_pb2_grpc,
+)
+from observability import Telemetry
+from services.common.serving import ServiceServer, start_server
+
+SERVICE_NAME = gateway_pb2.DESCRIPTOR.services_by_name["Gateway"].full_name
+
+
+@asynccontextmanager
+async def running_gateway(
+    settings: GatewaySettings, telemetry: Telemetry
+) -> AsyncIterator[ServiceServer]:
+    """Serves the gateway; on exit stops taking calls, lets streams finish,
+    then flushes usage records and events before closing channels."""
+    async with AsyncExitStack() as stack:
+        router_ch = channel(settings.router_address, telemetry)
+        auth_ch = channel(settings.auth_address, telemetry)
+        anomaly_ch = channel(settings.anomaly_address, telemetry)
+        for ch in (router_ch, auth_ch, anomaly_ch):
+            stack.push_async_callback(ch.close)
+
+        events = EventPublisher(anomaly_ch, max_queue=settings.event_queue_size)
+        await events.start()
+        stack.push_async_callback(events.aclose)
+        usage = UsageRecorder(
+            metering_pb2_grpc.MeteringStub(auth_ch),  # type: ignore[arg-type]
+            attempts=settings.usage_record_attempts,
+        )
+        stack.push_async_callback(usage.aclose, settings.grace_period_s)
+
+        servicer = GatewayServicer(
+            authenticator=Authenticator(
+                auth_pb2_grpc.AuthStub(auth_ch),  # type: ignore[arg-type]
+                ttl_s=settings.auth_cache_ttl_s,
+                max_entries=settings.auth_cache_size,
+            ),
+            router=router_pb2_grpc.RouterStub(router_ch),  # type: ignore[arg-type]
+            metering=metering_pb2_grpc.MeteringStub(auth_ch),  # type: ignore[arg-type]
+            usage=usage,
+            events=events,
+        )
+        server = await start_server(
+            address=settings.address,
+            telemetry=telemetry,
+            service_names=[SERVICE_NAME],
+            registrars=[lambda s: gateway_pb2_grpc.add_GatewayServicer_to_server(servicer, s)],
+        )
+        stack.push_async_callback(server.stop, settings.grace_period_s)
+        yield server

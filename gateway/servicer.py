@@ -1,0 +1,184 @@
+"""maas.v1.Gateway: authenticate, validate, route, stream, bill, report."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+from observability.context import (
+    REQUEST_ID_METADATA_KEY,
+    bind_request,
+    current_request_id,
+    new_request_id,
+)
+from opentelemetry import trace
+from services.common.events import EventPublisher
+
+from gateway.authn import Authenticator
+from gateway.usage import StreamUsage, UsageRecorder, timestamp
+from gateway.validation import validate_generate, validate_input
+from maas.v1 import (
+    anomaly_pb2,
+    auth_pb2,
+    gateway_pb2,
+    gateway_pb2_grpc,
+    generation_pb2,
+    metering_pb2,
+    metering_pb2_grpc,
+    router_pb2,
+    router_pb2_grpc,
+)
+from services.common.errors import UnauthenticatedError
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
+    def __init__(
+        self,
+        *,
+        authenticator: Authenticator,
+        router: router_pb2_grpc.RouterAsyncStub,
+        metering: metering_pb2_grpc.MeteringAsyncStub,
+        usage: UsageRecorder,
+        events: EventPublisher,
+    ) -> None:
+        self._authenticator = authenticator
+        self._router = router
+        self._metering = metering
+        self._usage = usage
+        self._events = events
+
+    async def Generate(
+        self, request: generation_pb2.GenerateRequest, context: Context
+    ) -> AsyncIterator[generation_pb2.GenerateResponse]:
+        principal = await self._authenticate(context, "generate")
+        validate_generate(request)
+        request_id = current_request_id() or new_request_id()
+        bind_request(request_id, principal.tenant_id)
+        span = trace.get_current_span()
+        span.set_attribute("maas.request_id", request_id)
+        span.set_attribute("maas.tenant_id", principal.tenant_id)
+        await context.send_initial_metadata(((REQUEST_ID_METADATA_KEY, request_id),))
+
+        usage = StreamUsage()
+        status = grpc.StatusCode.OK
+        call = self._router.Generate(
+            router_pb2.RouterGenerateRequest(
+                request=request,
+                context=router_pb2.RequestContext(
+                    tenant_id=principal.tenant_id, priority=principal.priority
+                ),
+            ),
+            timeout=context.time_remaining(),
+        )
+        try:
+            async for chunk in call:
+                usage.observe(chunk)
+                yield chunk
+        except asyncio.CancelledError:
+            status = grpc.StatusCode.CANCELLED
+            raise
+        except grpc.aio.AioRpcError as err:
+            status = err.code()
+            raise
+        except BaseException:
+            status = grpc.StatusCode.INTERNAL
+            raise
+        finally:
+            call.cancel()
+            self._settle(request_id, request.model, principal, usage, status)
+
+    async def ListModels(
+        self, request: gateway_pb2.ListModelsRequest, context: Context
+    ) -> gateway_pb2.ListModelsResponse:
+        await self._authenticate(context, "generate")
+        replicas = await self._router.ListReplicas(
+            router_pb2.ListReplicasRequest(), timeout=context.time_remaining()
+        )
+        models: dict[str, generation_pb2.ModelInfo] = {}
+        for replica in replicas.replicas:
+            if replica.state == router_pb2.REPLICA_STATE_SERVING:
+                models.setdefault(replica.model.name, replica.model)
+        return gateway_pb2.ListModelsResponse(models=sorted(models.values(), key=lambda m: m.name))
+
+    async def CountTokens(
+        self, request: generation_pb2.CountTokensRequest, context: Context
+    ) -> generation_pb2.CountTokensResponse:
+        await self._authenticate(context, "generate")
+        validate_input(request)
+        return await self._router.CountTokens(request, timeout=context.time_remaining())
+
+    async def GetUsage(
+        self, request: gateway_pb2.GetUsageRequest, context: Context
+    ) -> metering_pb2.GetUsageResponse:
+        principal = await self._authenticate(context, "usage:read")
+        query = metering_pb2.MeteringGetUsageRequest(tenant_id=principal.tenant_id)
+        if request.HasField("start_time"):
+            query.start_time.CopyFrom(request.start_time)
+        if request.HasField("end_time"):
+            query.end_time.CopyFrom(request.end_time)
+        return await self._metering.GetUsage(query, timeout=context.time_remaining())
+
+    async def _authenticate(self, context: Context, scope: str) -> auth_pb2.Principal:
+        try:
+            return await self._authenticator.authenticate(context.invocation_metadata(), scope)
+        except UnauthenticatedError:
+            self._events.publish(
+                anomaly_pb2.Event(
+                    kind=anomaly_pb2.EVENT_KIND_AUTH_FAILURE,
+                    time=timestamp(time.time()),
+                    request_id=current_request_id() or "",
+                    source=context.peer(),
+                    status_code=grpc.StatusCode.UNAUTHENTICATED.name,
+                )
+            )
+            raise
+
+    def _settle(
+        self,
+        request_id: str,
+        model: str,
+        principal: auth_pb2.Principal,
+        usage: StreamUsage,
+        status: grpc.StatusCode,
+    ) -> None:
+        """Bills what was produced and reports the request; never blocks."""
+        end = time.time()
+        if usage.chunks:
+            ledger_status = metering_pb2.REQUEST_STATUS_COMPLETED
+            if status == grpc.StatusCode.CANCELLED:
+                ledger_status = metering_pb2.REQUEST_STATUS_CANCELLED
+            elif status != grpc.StatusCode.OK:
+                ledger_status = metering_pb2.REQUEST_STATUS_FAILED
+            self._usage.record(
+                metering_pb2.UsageRecord(
+                    request_id=request_id,
+                    tenant_id=principal.tenant_id,
+                    key_id=principal.key_id,
+                    model=model,
+                    prompt_tokens=usage.prompt_tokens,
+                    completion_tokens=usage.completion_tokens,
+                    start_time=timestamp(usage.start_wall),
+                    end_time=timestamp(end),
+                    status=ledger_status,
+                )
+            )
+        self._events.publish(
+            anomaly_pb2.Event(
+                kind=anomaly_pb2.EVENT_KIND_REQUEST,
+                time=timestamp(end),
+                request_id=request_id,
+                tenant_id=principal.tenant_id,
+                key_id=principal.key_id,
+                model=model,
+                prompt_tokens=usage.prompt_tokens,
+                completion_tokens=usage.completion_tokens,
+                time_to_first_token_s=usage.first_token_s or 0.0,
+                duration_s=usage.elapsed_s(),
+                status_code=status.name,
+            )
+        )

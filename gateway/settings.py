@@ -1,0 +1,26 @@
+"""Gateway settings: flags over `MAAS_GATEWAY_*` env over defaults."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from services.common.settings import ServiceSettings
+
+
+class GatewaySettings(ServiceSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="MAAS_GATEWAY_", env_nested_delimiter="__", extra="forbid"
+    )
+
+    port: int = 50051
+    router_address: str = "127.0.0.1:50053"
+    auth_address: str = "127.0.0.1:50052"
+    anomaly_address: str = "127.0.0.1:50055"
+    # Bounds how long a revoked key keeps working here.
+    auth_cache_ttl_s: float = Field(default=5.0, ge=0)
+    auth_cache_size: int = Field(default=10_000, ge=1)
+    # Events beyond this many waiting for anomaly are dropped (and counted), never waited on.
+    event_queue_size: int = Field(default=10_000, ge=1)
+    # Attempts to write a usage record before it is logged as lost.
+    usage_record_attempts: int = Field(default=8, ge=1)

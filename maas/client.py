@@ -1,0 +1,73 @@
+"""A small async client for the public gateway, used by the CLI and the local stack."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from types import TracebackType
+from typing import Self
+
+import grpc
+
+from maas.v1 import gateway_pb2, gateway_pb2_grpc, generation_pb2, metering_pb2
+
+
+class MaasClient:
+    """`async with MaasClient("127.0.0.1:50051", api_key) as client: ...`"""
+
+    def __init__(self, target: str, api_key: str) -> None:
+        self._channel = grpc.aio.insecure_channel(target)
+        self._stub = gateway_pb2_grpc.GatewayStub(self._channel)  # type: ignore[arg-type]
+        self._metadata = (("authorization", f"Bearer {api_key}"),)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self._channel.close()
+
+    def generate(
+        self,
+        model: str,
+        *,
+        prompt: str | None = None,
+        messages: Sequence[tuple[str, str]] = (),
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        seed: int | None = None,
+        timeout_s: float | None = None,
+    ) -> AsyncIterator[generation_pb2.GenerateResponse]:
+        request = generation_pb2.GenerateRequest(model=model)
+        if messages:
+            request.messages.messages.extend(
+                generation_pb2.ChatMessage(role=role, content=content) for role, content in messages
+            )
+        else:
+            request.prompt = prompt or ""
+        if max_tokens is not None:
+            request.max_tokens = max_tokens
+        if temperature is not None:
+            request.temperature = temperature
+        if seed is not None:
+            request.seed = seed
+        call = self._stub.Generate(request, metadata=self._metadata, timeout=timeout_s)
+        return call.__aiter__()
+
+    async def list_models(self) -> list[generation_pb2.ModelInfo]:
+        reply = await self._stub.ListModels(
+            gateway_pb2.ListModelsRequest(), metadata=self._metadata
+        )
+        return list(reply.models)
+
+    async def count_tokens(self, model: str, prompt: str) -> generation_pb2.CountTokensResponse:
+        return await self._stub.CountTokens(
+            generation_pb2.CountTokensRequest(model=model, prompt=prompt), metadata=self._metadata
+        )
+
+    async def usage(self) -> metering_pb2.UsageSummary:
+        reply = await self._stub.GetUsage(gateway_pb2.GetUsageRequest(), metadata=self._metadata)
+        return reply.summary

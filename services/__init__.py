@@ -1,0 +1,1 @@
+"""The mesh's back-end services: auth, router, inference, anomaly."""

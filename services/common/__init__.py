@@ -1,0 +1,1 @@
+"""Plumbing every service shares: settings base, server lifecycle, error mapping."""

@@ -1,0 +1,34 @@
+"""Builds the inference gRPC server around an engine."""
+
+from __future__ import annotations
+
+from services.inference.engine import Engine
+
+from maas.v1 import inference_pb2, inference_pb2_grpc
+from observability import Telemetry
+from services.common.serving import ServiceServer, start_server
+from services.inference.servicer import InferenceServicer, translate_engine_error
+
+SERVICE_NAME = inference_pb2.DESCRIPTOR.services_by_name["Inference"].full_name
+
+
+async def create_server(
+    address: str, telemetry: Telemetry, engine: Engine | None = None
+) -> tuple[ServiceServer, InferenceServicer]:
+    """Starts the server; NOT_SERVING until an engine is attached with `attach`."""
+    servicer = InferenceServicer(engine)
+    server = await start_server(
+        address=address,
+        telemetry=telemetry,
+        service_names=[SERVICE_NAME],
+        registrars=[lambda s: inference_pb2_grpc.add_InferenceServicer_to_server(servicer, s)],
+        translate=translate_engine_error,
+        serving=engine is not None,
+    )
+    return server, servicer
+
+
+async def attach(server: ServiceServer, servicer: InferenceServicer, engine: Engine) -> None:
+    """Puts a loaded engine behind the server and reports SERVING."""
+    servicer.attach(engine)
+    await server.set_serving(True)

@@ -1,0 +1,90 @@
+"""maas.v1.Inference over an `Engine`: conversion in, engine call, conversion out."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+from typing import Any
+
+import grpc
+from observability.context import current_request_id, new_request_id
+from services.inference.engine import Engine, EngineDeadError, InvalidRequestError
+
+from maas.v1 import generation_pb2, inference_pb2, inference_pb2_grpc
+from services.common.errors import (
+    InvalidArgumentError,
+    MeshError,
+    NotFoundError,
+    UnavailableError,
+)
+from services.inference import convert
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+def translate_engine_error(exc: Exception) -> MeshError | None:
+    """The inference service's row of the error table."""
+    if isinstance(exc, InvalidRequestError):
+        return InvalidArgumentError(exc.field, exc.description)
+    if isinstance(exc, EngineDeadError):
+        return UnavailableError(f"engine is not running: {exc}")
+    return None
+
+
+class InferenceServicer(inference_pb2_grpc.InferenceServicer):
+    """Serves one engine. The engine is attached once loaded; until then calls
+    get UNAVAILABLE (and health says NOT_SERVING)."""
+
+    def __init__(self, engine: Engine | None = None) -> None:
+        self._engine = engine
+
+    def attach(self, engine: Engine) -> None:
+        self._engine = engine
+
+    @property
+    def engine(self) -> Engine:
+        if self._engine is None:
+            raise UnavailableError("the model is still loading")
+        return self._engine
+
+    async def Generate(
+        self, request: inference_pb2.InferenceGenerateRequest, context: Context
+    ) -> AsyncIterator[generation_pb2.GenerateResponse]:
+        engine = self.engine
+        self._check_model(request.request.model, engine)
+        inp = convert.input_from_proto(request.request)
+        options = convert.sampling_from_proto(request.request)
+        request_id = current_request_id() or new_request_id()
+        # aclosing: a cancelled call closes the engine stream at once, which
+        # aborts the request in the engine and frees its KV cache.
+        async with aclosing(engine.generate(request_id, inp, options)) as deltas:
+            async for delta in deltas:
+                yield convert.delta_to_proto(delta)
+
+    async def CountTokens(
+        self, request: generation_pb2.CountTokensRequest, context: Context
+    ) -> generation_pb2.CountTokensResponse:
+        engine = self.engine
+        self._check_model(request.model, engine)
+        count = await engine.count_tokens(convert.input_from_proto(request))
+        return generation_pb2.CountTokensResponse(
+            token_count=count, max_context_length=engine.model_info.max_context_length
+        )
+
+    async def GetModelInfo(
+        self, request: inference_pb2.GetModelInfoRequest, context: Context
+    ) -> generation_pb2.ModelInfo:
+        return convert.model_info_to_proto(self.engine.model_info)
+
+    async def GetLoad(
+        self, request: inference_pb2.GetLoadRequest, context: Context
+    ) -> inference_pb2.Load:
+        load = self.engine.load()
+        return inference_pb2.Load(
+            running=load.running, waiting=load.waiting, kv_cache_usage=load.kv_cache_usage
+        )
+
+    @staticmethod
+    def _check_model(model: str, engine: Engine) -> None:
+        if model != engine.model_info.name:
+            raise NotFoundError(f"model {model!r} is not served here")

@@ -1,0 +1,1 @@
+"""The router: flow control and replica choice in front of inference replicas."""

@@ -1,0 +1,140 @@
+"""The whole mesh in-process: five real gRPC servers on port 0, each with its
+own telemetry (and in-memory span exporter), over the session's vLLM engine."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+import pytest_asyncio
+from observability.settings import TelemetrySettings
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from services.anomaly.core import AnomalyCore
+from services.anomaly.server import create_server as create_anomaly_server
+from services.anomaly.settings import AnomalySettings
+from services.auth.server import create_server as create_auth_server
+from services.auth.settings import AuthSettings
+from services.auth.sqlite_store import open_sqlite_store
+from services.inference.engine import Engine
+
+from gateway.server import running_gateway
+from gateway.settings import GatewaySettings
+from maas.v1 import auth_pb2, auth_pb2_grpc
+from observability import setup
+from services.inference.server import create_server as create_inference_server
+from services.router.replicas import ReplicaSet
+from services.router.server import running_router
+
+SERVICES = ("gateway", "auth", "router", "inference", "anomaly")
+
+
+@dataclass
+class Mesh:
+    targets: dict[str, str]
+    spans: dict[str, InMemorySpanExporter]
+    admin_token: str
+    model: str
+    engine: Engine
+    anomaly: AnomalyCore
+
+    @property
+    def gateway(self) -> str:
+        return self.targets["gateway"]
+
+
+@pytest_asyncio.fixture(scope="session")
+async def mesh(
+    vllm_engine: Engine, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[Mesh]:
+    spans = {name: InMemorySpanExporter() for name in SERVICES}
+    tel = {name: setup(name, TelemetrySettings(), span_exporter=spans[name]) for name in SERVICES}
+    admin_token = secrets.token_urlsafe(16)
+    db_path: Path = tmp_path_factory.mktemp("auth") / "auth.db"
+    async with AsyncExitStack() as stack:
+        inference, _ = await create_inference_server("127.0.0.1:0", tel["inference"], vllm_engine)
+        stack.push_async_callback(inference.stop, 1.0)
+
+        store = await stack.enter_async_context(open_sqlite_store(db_path))
+        auth_settings = AuthSettings(
+            port=0, admin_token=admin_token, key_pepper="test-pepper", database_path=db_path
+        )
+        auth = await create_auth_server(auth_settings, tel["auth"], store)
+        stack.push_async_callback(auth.stop, 1.0)
+
+        anomaly_core = AnomalyCore()
+        anomaly = await create_anomaly_server(AnomalySettings(port=0), tel["anomaly"], anomaly_core)
+        stack.push_async_callback(anomaly.stop, 1.0)
+
+        replicas = ReplicaSet([f"127.0.0.1:{inference.port}"], tel["router"])
+        await replicas.start()
+        stack.push_async_callback(replicas.aclose)
+        router = await stack.enter_async_context(
+            running_router("127.0.0.1:0", tel["router"], replicas, grace_s=1.0)
+        )
+        await replicas.wait_ready(timeout_s=60)
+
+        gateway_settings = GatewaySettings(
+            port=0,
+            router_address=f"127.0.0.1:{router.port}",
+            auth_address=f"127.0.0.1:{auth.port}",
+            anomaly_address=f"127.0.0.1:{anomaly.port}",
+            grace_period_s=2.0,
+        )
+        gateway = await stack.enter_async_context(running_gateway(gateway_settings, tel["gateway"]))
+        ports = {
+            "gateway": gateway.port,
+            "auth": auth.port,
+            "router": router.port,
+            "inference": inference.port,
+            "anomaly": anomaly.port,
+        }
+        yield Mesh(
+            targets={name: f"127.0.0.1:{port}" for name, port in ports.items()},
+            spans=spans,
+            admin_token=admin_token,
+            model=vllm_engine.model_info.name,
+            engine=vllm_engine,
+            anomaly=anomaly_core,
+        )
+    for t in tel.values():
+        t.shutdown()
+
+
+@dataclass
+class TenantKey:
+    tenant_id: str
+    api_key: str
+
+
+TenantFactory = Callable[[], Awaitable[TenantKey]]
+
+
+@pytest_asyncio.fixture
+async def new_tenant(mesh: Mesh) -> TenantFactory:
+    """Makes fresh tenants with their own keys, so each test sees only its own usage."""
+    admin = (("authorization", f"Bearer {mesh.admin_token}"),)
+
+    async def make() -> TenantKey:
+        async with grpc.aio.insecure_channel(mesh.targets["auth"]) as ch:
+            stub = auth_pb2_grpc.AuthStub(ch)
+            tenant = await stub.CreateTenant(
+                auth_pb2.CreateTenantRequest(name=f"tenant-{secrets.token_hex(4)}"),
+                metadata=admin,
+            )
+            created = await stub.CreateApiKey(
+                auth_pb2.CreateApiKeyRequest(tenant_id=tenant.tenant_id, name="test"),
+                metadata=admin,
+            )
+        return TenantKey(tenant.tenant_id, created.api_key)
+
+    return make
+
+
+@pytest_asyncio.fixture
+async def tenant_key(new_tenant: TenantFactory) -> TenantKey:
+    return await new_tenant()

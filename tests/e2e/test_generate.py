@@ -1,0 +1,155 @@
+"""One request through gateway, auth, router and inference, and back."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+
+from maas.client import MaasClient
+from maas.v1 import gateway_pb2_grpc, generation_pb2
+from tests.e2e.conftest import Mesh, TenantFactory, TenantKey
+from tests.support import bad_request_fields, eventually
+
+
+async def test_generate_streams_text_bills_once_and_reports(
+    mesh: Mesh, tenant_key: TenantKey
+) -> None:
+    async with MaasClient(mesh.gateway, tenant_key.api_key) as client:
+        chunks = [
+            c
+            async for c in client.generate(
+                mesh.model, messages=[("user", "Tell me about the sea.")], max_tokens=16, seed=1
+            )
+        ]
+        assert len(chunks) > 1, "the answer should arrive as a stream, not one message"
+        text = "".join(c.text for c in chunks)
+        assert text
+        last = chunks[-1]
+        assert last.finish_reason == generation_pb2.FINISH_REASON_LENGTH
+        assert sum(len(c.token_ids) for c in chunks) == 16
+        assert last.usage.completion_tokens == 16
+        assert last.usage.prompt_tokens > 0
+
+        async def billed() -> bool:
+            return (await client.usage()).requests >= 1
+
+        await eventually(billed)
+        summary = await client.usage()
+        assert summary.tenant_id == tenant_key.tenant_id
+        assert summary.requests == 1
+        assert summary.completion_tokens == 16
+        assert summary.prompt_tokens == last.usage.prompt_tokens
+
+    await eventually(lambda: mesh.anomaly.stats().by_tenant.get(tenant_key.tenant_id, 0) == 1)
+    assert mesh.anomaly.stats().completion_tokens_by_tenant[tenant_key.tenant_id] == 16
+
+
+async def test_list_models_and_count_tokens(mesh: Mesh, tenant_key: TenantKey) -> None:
+    async with MaasClient(mesh.gateway, tenant_key.api_key) as client:
+        models = await client.list_models()
+        assert [m.name for m in models] == [mesh.model]
+        assert models[0].max_context_length == mesh.engine.model_info.max_context_length
+        counted = await client.count_tokens(mesh.model, "Hello there, sea.")
+        assert counted.token_count > 0
+        chunks = [
+            c async for c in client.generate(mesh.model, prompt="Hello there, sea.", max_tokens=2)
+        ]
+        assert chunks[-1].usage.prompt_tokens == counted.token_count
+
+
+async def test_cancelled_stream_leaves_nothing_running_and_is_billed(
+    mesh: Mesh, tenant_key: TenantKey
+) -> None:
+    async with MaasClient(mesh.gateway, tenant_key.api_key) as client:
+        stream = client.generate(mesh.model, prompt="Once upon a time", max_tokens=1500)
+        received = 0
+        async for chunk in stream:
+            received += len(chunk.token_ids)
+            if received >= 3:
+                break
+        await stream.aclose()  # type: ignore[attr-defined]
+
+        await eventually(lambda: mesh.engine.num_unfinished_requests() == 0)
+        assert mesh.engine.load().running == 0
+
+        async def billed() -> bool:
+            return (await client.usage()).requests == 1
+
+        await eventually(billed)
+        summary = await client.usage()
+        # Billed for what was generated before the cancel reached the engine, not for 1500.
+        assert received <= summary.completion_tokens < 1500
+
+
+@pytest.mark.parametrize(
+    ("api_key", "code"),
+    [
+        (None, grpc.StatusCode.UNAUTHENTICATED),
+        ("maas_nosuchkey0_notasecret", grpc.StatusCode.UNAUTHENTICATED),
+        ("not even a key", grpc.StatusCode.UNAUTHENTICATED),
+    ],
+)
+async def test_bad_or_missing_key_is_unauthenticated(
+    mesh: Mesh, api_key: str | None, code: grpc.StatusCode
+) -> None:
+    async with grpc.aio.insecure_channel(mesh.gateway) as ch:
+        stub = gateway_pb2_grpc.GatewayStub(ch)
+        metadata = (("authorization", f"Bearer {api_key}"),) if api_key else ()
+        call = stub.Generate(
+            generation_pb2.GenerateRequest(model=mesh.model, prompt="hi"), metadata=metadata
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            async for _ in call:
+                pass
+        assert info.value.code() == code
+
+
+@pytest.mark.parametrize(
+    ("request_fields", "field"),
+    [
+        ({"prompt": "hi", "temperature": -1.0}, "temperature"),
+        ({"prompt": "hi", "top_p": 0.0}, "top_p"),
+        ({"prompt": "hi", "max_tokens": 0}, "max_tokens"),
+        ({"prompt": ""}, "prompt"),
+        ({}, "prompt"),
+        ({"prompt": "hi", "max_tokens": 100_000}, "max_tokens"),  # checked by the replica
+        ({"prompt": "sea " * 5000}, "prompt"),  # longer than the context: checked by the replica
+    ],
+)
+async def test_bad_field_is_invalid_argument_naming_it(
+    mesh: Mesh, tenant_key: TenantKey, request_fields: dict[str, object], field: str
+) -> None:
+    async with grpc.aio.insecure_channel(mesh.gateway) as ch:
+        stub = gateway_pb2_grpc.GatewayStub(ch)
+        request = generation_pb2.GenerateRequest(model=mesh.model, **request_fields)  # type: ignore[arg-type]
+        call = stub.Generate(request, metadata=(("authorization", f"Bearer {tenant_key.api_key}"),))
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            async for _ in call:
+                pass
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert bad_request_fields(info.value) == [field]
+
+
+async def test_unknown_model_is_not_found(mesh: Mesh, tenant_key: TenantKey) -> None:
+    async with MaasClient(mesh.gateway, tenant_key.api_key) as client:
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            async for _ in client.generate("no-such-model", prompt="hi", max_tokens=2):
+                pass
+        assert info.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_a_tenant_sees_only_its_own_usage(mesh: Mesh, new_tenant: TenantFactory) -> None:
+    a, b = await new_tenant(), await new_tenant()
+    async with MaasClient(mesh.gateway, a.api_key) as client_a:
+        async for _ in client_a.generate(mesh.model, prompt="hi", max_tokens=2):
+            pass
+
+        async def billed() -> bool:
+            return (await client_a.usage()).requests == 1
+
+        await eventually(billed)
+    async with MaasClient(mesh.gateway, b.api_key) as client_b:
+        summary_b = await client_b.usage()
+    assert summary_b.tenant_id == b.tenant_id
+    assert summary_b.requests == 0
+    assert summary_b.completion_tokens == 0

@@ -1,0 +1,69 @@
+"""One request is one trace across the mesh; every service answers health and reflection."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from maas.client import MaasClient
+from tests.e2e.conftest import Mesh, TenantKey
+from tests.support import eventually
+
+FULL_NAMES = {
+    "gateway": ["maas.v1.Gateway"],
+    "auth": ["maas.v1.Auth", "maas.v1.Metering"],
+    "router": ["maas.v1.Router"],
+    "inference": ["maas.v1.Inference"],
+    "anomaly": ["maas.v1.Anomaly"],
+}
+
+HOPS = {
+    "gateway": "/maas.v1.Gateway/Generate",
+    "auth": "/maas.v1.Auth/Authenticate",
+    "router": "/maas.v1.Router/Generate",
+    "inference": "/maas.v1.Inference/Generate",
+}
+
+
+async def test_one_request_is_one_trace_across_services(mesh: Mesh, tenant_key: TenantKey) -> None:
+    for exporter in mesh.spans.values():
+        exporter.clear()
+    async with MaasClient(mesh.gateway, tenant_key.api_key) as client:
+        async for _ in client.generate(mesh.model, prompt="Trace me", max_tokens=4):
+            pass
+
+    def server_spans() -> dict[str, list[object]]:
+        found: dict[str, list[object]] = {}
+        for service, name in HOPS.items():
+            found[service] = [s for s in mesh.spans[service].get_finished_spans() if s.name == name]
+        return found
+
+    await eventually(lambda: all(len(v) == 1 for v in server_spans().values()))
+    spans = {service: found[0] for service, found in server_spans().items()}
+    trace_ids = {span.context.trace_id for span in spans.values()}  # type: ignore[attr-defined]
+    assert len(trace_ids) == 1, f"spans of one request span {len(trace_ids)} traces"
+    for service, span in spans.items():
+        assert span.resource.attributes["service.name"] == service  # type: ignore[attr-defined]
+    # Each hop's server span descends from the hop above, not from a fresh root.
+    for service in ("auth", "router", "inference"):
+        assert spans[service].parent is not None  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("service", sorted(FULL_NAMES))
+async def test_every_service_answers_health_and_reflection(mesh: Mesh, service: str) -> None:
+    async with grpc.aio.insecure_channel(mesh.targets[service]) as ch:
+        health = health_pb2_grpc.HealthStub(ch)
+        for name in ["", *FULL_NAMES[service]]:
+            reply = await health.Check(health_pb2.HealthCheckRequest(service=name))
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING, name
+
+        reflection = reflection_pb2_grpc.ServerReflectionStub(ch)
+        call = reflection.ServerReflectionInfo()
+        await call.write(reflection_pb2.ServerReflectionRequest(list_services=""))
+        await call.done_writing()
+        reply = await call.read()
+        listed = {s.name for s in reply.list_services_response.service}
+        assert set(FULL_NAMES[service]) <= listed
+        assert "grpc.health.v1.Health" in listed
