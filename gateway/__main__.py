@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
-from observability.logging import configure_logging
-
 from gateway.settings import GatewaySettings
+from observability.logging import configure_logging
 
 
 async def serve(settings: GatewaySettings) -> None:

@@ -9,14 +9,14 @@ import asyncio
 import hashlib
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable
 
 import grpc
 
 from maas.v1 import auth_pb2, auth_pb2_grpc
 from services.common.errors import PermissionDeniedError, UnauthenticatedError
 
-Metadata = Sequence[tuple[str, str | bytes]]
+Metadata = Iterable[tuple[str, str | bytes]]
 
 
 def bearer_token(metadata: Metadata | None) -> str:
@@ -44,7 +44,7 @@ class Authenticator:
         self._max_entries = max_entries
         self._clock = clock
         self._cache: OrderedDict[bytes, tuple[float, auth_pb2.Principal]] = OrderedDict()
-        self._inflight: dict[bytes, asyncio.Future[auth_pb2.Principal]] = {}
+        self._inflight: dict[bytes, asyncio.Task[auth_pb2.Principal]] = {}
 
     async def authenticate(self, metadata: Metadata | None, scope: str) -> auth_pb2.Principal:
         """The caller's principal; UNAUTHENTICATED or PERMISSION_DENIED otherwise."""
@@ -60,22 +60,21 @@ class Authenticator:
         hit = self._cache.get(digest)
         if hit is not None and hit[0] > self._clock():
             return hit[1]
-        pending = self._inflight.get(digest)
-        if pending is not None:
-            return await asyncio.shield(pending)
-        future: asyncio.Future[auth_pb2.Principal] = asyncio.get_running_loop().create_future()
-        self._inflight[digest] = future
+        fetch = self._inflight.get(digest)
+        if fetch is None:
+            # A task of its own: a caller that goes away does not cancel it for the others.
+            fetch = asyncio.create_task(self._fetch(digest, api_key))
+            self._inflight[digest] = fetch
+            fetch.add_done_callback(lambda _: self._inflight.pop(digest, None))
         try:
-            principal = await self._stub.Authenticate(auth_pb2.AuthenticateRequest(api_key=api_key))
+            return await asyncio.shield(fetch)
         except grpc.aio.AioRpcError as err:
-            future.set_exception(err)
-            future.exception()  # retrieved: no "never retrieved" warning when nobody waits
             if err.code() == grpc.StatusCode.UNAUTHENTICATED:
                 raise UnauthenticatedError(err.details() or "invalid API key") from err
             raise
-        finally:
-            del self._inflight[digest]
-        future.set_result(principal)
+
+    async def _fetch(self, digest: bytes, api_key: str) -> auth_pb2.Principal:
+        principal = await self._stub.Authenticate(auth_pb2.AuthenticateRequest(api_key=api_key))
         self._cache[digest] = (self._clock() + self._ttl_s, principal)
         self._cache.move_to_end(digest)
         while len(self._cache) > self._max_entries:

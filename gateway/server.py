@@ -5,9 +5,6 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
-from observability.channels import channel
-from services.common.events import EventPublisher
-
 from gateway.authn import Authenticator
 from gateway.servicer import GatewayServicer
 from gateway.settings import GatewaySettings
@@ -20,6 +17,8 @@ from maas.v1 import (
     router_pb2_grpc,
 )
 from observability import Telemetry
+from observability.channels import channel
+from services.common.events import EventPublisher
 from services.common.serving import ServiceServer, start_server
 
 SERVICE_NAME = gateway_pb2.DESCRIPTOR.services_by_name["Gateway"].full_name
@@ -42,19 +41,19 @@ async def running_gateway(
         await events.start()
         stack.push_async_callback(events.aclose)
         usage = UsageRecorder(
-            metering_pb2_grpc.MeteringStub(auth_ch),  # type: ignore[arg-type]
+            metering_pb2_grpc.MeteringStub(auth_ch),
             attempts=settings.usage_record_attempts,
         )
         stack.push_async_callback(usage.aclose, settings.grace_period_s)
 
         servicer = GatewayServicer(
             authenticator=Authenticator(
-                auth_pb2_grpc.AuthStub(auth_ch),  # type: ignore[arg-type]
+                auth_pb2_grpc.AuthStub(auth_ch),
                 ttl_s=settings.auth_cache_ttl_s,
                 max_entries=settings.auth_cache_size,
             ),
-            router=router_pb2_grpc.RouterStub(router_ch),  # type: ignore[arg-type]
-            metering=metering_pb2_grpc.MeteringStub(auth_ch),  # type: ignore[arg-type]
+            router=router_pb2_grpc.RouterStub(router_ch),
+            metering=metering_pb2_grpc.MeteringStub(auth_ch),
             usage=usage,
             events=events,
         )

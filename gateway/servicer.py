@@ -8,14 +8,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
-from observability.context import (
-    REQUEST_ID_METADATA_KEY,
-    bind_request,
-    current_request_id,
-    new_request_id,
-)
 from opentelemetry import trace
-from services.common.events import EventPublisher
 
 from gateway.authn import Authenticator
 from gateway.usage import StreamUsage, UsageRecorder, timestamp
@@ -31,7 +24,14 @@ from maas.v1 import (
     router_pb2,
     router_pb2_grpc,
 )
+from observability.context import (
+    REQUEST_ID_METADATA_KEY,
+    bind_request,
+    current_request_id,
+    new_request_id,
+)
 from services.common.errors import UnauthenticatedError
+from services.common.events import EventPublisher
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -103,7 +103,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         for replica in replicas.replicas:
             if replica.state == router_pb2.REPLICA_STATE_SERVING:
                 models.setdefault(replica.model.name, replica.model)
-        return gateway_pb2.ListModelsResponse(models=sorted(models.values(), key=lambda m: m.name))
+        return gateway_pb2.ListModelsResponse(models=[models[name] for name in sorted(models)])
 
     async def CountTokens(
         self, request: generation_pb2.CountTokensRequest, context: Context

@@ -16,7 +16,7 @@ class MaasClient:
 
     def __init__(self, target: str, api_key: str) -> None:
         self._channel = grpc.aio.insecure_channel(target)
-        self._stub = gateway_pb2_grpc.GatewayStub(self._channel)  # type: ignore[arg-type]
+        self._stub = gateway_pb2_grpc.GatewayStub(self._channel)
         self._metadata = (("authorization", f"Bearer {api_key}"),)
 
     async def __aenter__(self) -> Self:

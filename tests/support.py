@@ -29,7 +29,7 @@ async def eventually(
 
 def bad_request_fields(err: grpc.aio.AioRpcError) -> list[str]:
     """The field names of the google.rpc.BadRequest detail of a failed call."""
-    status = rpc_status.from_call(err)  # type: ignore[arg-type]
+    status = rpc_status.from_call(err)
     assert status is not None, "no rich status details on the error"
     fields: list[str] = []
     for detail in status.details:

@@ -8,7 +8,7 @@ translator); `ErrorMappingInterceptor` turns them into a status with
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import grpc
 import structlog
@@ -39,7 +39,7 @@ class MeshError(Exception):
             any_detail.Pack(detail)
             packed.append(any_detail)
         proto = status_pb2.Status(code=self.code.value[0], message=self.message, details=packed)
-        return rpc_status.to_status(proto)
+        return cast(grpc.Status, rpc_status.to_status(proto))
 
 
 class InvalidArgumentError(MeshError):
@@ -117,9 +117,11 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]
+        ],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
         handler = await continuation(handler_call_details)
         if handler is None:
             return handler

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Self
 
-from observability.settings import TelemetrySettings
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from observability.settings import TelemetrySettings
 
 
 class ServiceSettings(BaseSettings):

@@ -11,11 +11,11 @@ from services.inference.settings import InferenceSettings
 async def serve(settings: InferenceSettings) -> None:
     # Heavy imports (vLLM, torch) only after logging is configured.
     import structlog
-    from services.inference.vllm_engine import open_vllm_engine
 
     from observability import setup
     from services.common.serving import wait_for_shutdown_signal
     from services.inference.server import attach, create_server
+    from services.inference.vllm_engine import open_vllm_engine
 
     log = structlog.get_logger("inference")
     telemetry = setup("inference", settings.telemetry)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from maas.v1 import generation_pb2
 from services.inference.engine import (
     ChatTurn,
     Delta,
@@ -10,8 +11,6 @@ from services.inference.engine import (
     ModelInfo,
     SamplingOptions,
 )
-
-from maas.v1 import generation_pb2
 
 _FINISH_REASONS = {
     FinishReason.STOP: generation_pb2.FINISH_REASON_STOP,

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from services.inference.engine import Engine
-
 from maas.v1 import inference_pb2, inference_pb2_grpc
 from observability import Telemetry
 from services.common.serving import ServiceServer, start_server
+from services.inference.engine import Engine
 from services.inference.servicer import InferenceServicer, translate_engine_error
 
 SERVICE_NAME = inference_pb2.DESCRIPTOR.services_by_name["Inference"].full_name

@@ -7,10 +7,9 @@ from contextlib import aclosing
 from typing import Any
 
 import grpc
-from observability.context import current_request_id, new_request_id
-from services.inference.engine import Engine, EngineDeadError, InvalidRequestError
 
 from maas.v1 import generation_pb2, inference_pb2, inference_pb2_grpc
+from observability.context import current_request_id, new_request_id
 from services.common.errors import (
     InvalidArgumentError,
     MeshError,
@@ -18,6 +17,7 @@ from services.common.errors import (
     UnavailableError,
 )
 from services.inference import convert
+from services.inference.engine import Engine, EngineDeadError, InvalidRequestError
 
 Context = grpc.aio.ServicerContext[Any, Any]
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 
 from observability.logging import configure_logging
-
 from services.router.settings import RouterSettings
 
 

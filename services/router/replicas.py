@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 import grpc
 import structlog
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from observability.channels import channel
 
 from maas.v1 import generation_pb2, inference_pb2, inference_pb2_grpc
 from observability import Telemetry
+from observability.channels import channel
 from services.common.errors import NotFoundError, UnavailableError
 
 log = structlog.get_logger(__name__)
@@ -50,7 +50,7 @@ class ReplicaSet:
         for address in addresses:
             ch = channel(address, telemetry)
             stub = inference_pb2_grpc.InferenceStub(ch)
-            self._replicas.append(Replica(address, ch, stub))  # type: ignore[arg-type]
+            self._replicas.append(Replica(address, ch, stub))
         self._retry_initial_s = retry_initial_s
         self._retry_max_s = retry_max_s
         self._watchers: list[asyncio.Task[None]] = []

@@ -12,8 +12,13 @@ from pathlib import Path
 import grpc
 import pytest
 import pytest_asyncio
-from observability.settings import TelemetrySettings
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from gateway.server import running_gateway
+from gateway.settings import GatewaySettings
+from maas.v1 import auth_pb2, auth_pb2_grpc
+from observability import setup
+from observability.settings import TelemetrySettings
 from services.anomaly.core import AnomalyCore
 from services.anomaly.server import create_server as create_anomaly_server
 from services.anomaly.settings import AnomalySettings
@@ -21,11 +26,6 @@ from services.auth.server import create_server as create_auth_server
 from services.auth.settings import AuthSettings
 from services.auth.sqlite_store import open_sqlite_store
 from services.inference.engine import Engine
-
-from gateway.server import running_gateway
-from gateway.settings import GatewaySettings
-from maas.v1 import auth_pb2, auth_pb2_grpc
-from observability import setup
 from services.inference.server import create_server as create_inference_server
 from services.router.replicas import ReplicaSet
 from services.router.server import running_router

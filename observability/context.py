@@ -1,0 +1,36 @@
+"""The request context (request id, tenant) of the call being served, in
+contextvars, and bound into structlog so every log line carries it."""
+
+from __future__ import annotations
+
+import uuid
+from contextvars import ContextVar
+
+import structlog
+
+REQUEST_ID_METADATA_KEY = "x-request-id"
+
+_request_id: ContextVar[str | None] = ContextVar("maas_request_id", default=None)
+_tenant_id: ContextVar[str | None] = ContextVar("maas_tenant_id", default=None)
+
+
+def new_request_id() -> str:
+    return uuid.uuid4().hex
+
+
+def current_request_id() -> str | None:
+    return _request_id.get()
+
+
+def current_tenant_id() -> str | None:
+    return _tenant_id.get()
+
+
+def bind_request(request_id: str, tenant_id: str | None = None) -> None:
+    """Makes `request_id` (and the tenant) the current request's, for the rest
+    of this task: later log lines and outgoing calls carry it."""
+    _request_id.set(request_id)
+    structlog.contextvars.bind_contextvars(request_id=request_id)
+    if tenant_id is not None:
+        _tenant_id.set(tenant_id)
+        structlog.contextvars.bind_contextvars(tenant_id=tenant_id)

@@ -1,0 +1,15 @@
+"""Telemetry settings, embedded in every service's settings as `telemetry`."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+
+class TelemetrySettings(BaseModel):
+    # OTLP/gRPC collector for traces and metrics; nothing is exported when unset.
+    otlp_endpoint: str | None = None
+    log_level: str = "INFO"
+    log_format: Literal["json", "console"] = "json"
+    metrics_export_interval_s: float = Field(default=10.0, gt=0)

@@ -1,0 +1,95 @@
+"""One `setup(service, settings)` per service: its own tracer and meter
+providers (never the process-global ones, so several services can share a
+process in tests and each reports its own service.name) and the interceptors
+that servers and channels are given explicitly."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import grpc
+from opentelemetry.instrumentation.grpc import aio_client_interceptors, aio_server_interceptor
+from opentelemetry.metrics import Meter
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
+from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor, SpanExporter
+from opentelemetry.trace import Tracer
+
+from observability.interceptors import (
+    RequestContextServerInterceptor,
+    request_context_client_interceptors,
+)
+from observability.settings import TelemetrySettings
+
+
+@dataclass
+class Telemetry:
+    service_name: str
+    tracer_provider: TracerProvider
+    meter_provider: MeterProvider
+    _server_interceptors: list[grpc.aio.ServerInterceptor] = field(default_factory=list)
+    _client_interceptors: list[grpc.aio.ClientInterceptor] = field(default_factory=list)
+
+    def tracer(self) -> Tracer:
+        return self.tracer_provider.get_tracer(self.service_name)
+
+    def meter(self) -> Meter:
+        return self.meter_provider.get_meter(self.service_name)
+
+    def server_interceptors(self) -> list[grpc.aio.ServerInterceptor]:
+        return list(self._server_interceptors)
+
+    def client_interceptors(self) -> list[grpc.aio.ClientInterceptor]:
+        return list(self._client_interceptors)
+
+    def shutdown(self) -> None:
+        """Flushes what is buffered and stops exporting."""
+        self.tracer_provider.shutdown()
+        self.meter_provider.shutdown()
+
+
+def setup(
+    service_name: str,
+    settings: TelemetrySettings,
+    *,
+    span_exporter: SpanExporter | None = None,
+    metric_reader: MetricReader | None = None,
+) -> Telemetry:
+    resource = Resource.create({SERVICE_NAME: service_name})
+    tracer_provider = TracerProvider(resource=resource)
+    readers: list[MetricReader] = []
+    if settings.otlp_endpoint:
+        from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+        tracer_provider.add_span_processor(
+            BatchSpanProcessor(OTLPSpanExporter(endpoint=settings.otlp_endpoint, insecure=True))
+        )
+        readers.append(
+            PeriodicExportingMetricReader(
+                OTLPMetricExporter(endpoint=settings.otlp_endpoint, insecure=True),
+                export_interval_millis=settings.metrics_export_interval_s * 1000,
+            )
+        )
+    if span_exporter is not None:
+        tracer_provider.add_span_processor(SimpleSpanProcessor(span_exporter))
+    if metric_reader is not None:
+        readers.append(metric_reader)
+    meter_provider = MeterProvider(resource=resource, metric_readers=readers)
+    return Telemetry(
+        service_name=service_name,
+        tracer_provider=tracer_provider,
+        meter_provider=meter_provider,
+        # The span is opened first, so the request id is bound inside it and
+        # every log line of the handler carries both ids.
+        _server_interceptors=[
+            aio_server_interceptor(tracer_provider=tracer_provider),  # type: ignore[no-untyped-call]
+            RequestContextServerInterceptor(),
+        ],
+        _client_interceptors=[
+            *request_context_client_interceptors(),
+            *aio_client_interceptors(tracer_provider=tracer_provider),  # type: ignore[no-untyped-call]
+        ],
+    )
