@@ -1,0 +1,1 @@
+"""The inference service: one vLLM engine serving one model."""

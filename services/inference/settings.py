@@ -1,0 +1,52 @@
+"""Inference settings: flags over `MAAS_INFERENCE_*` env over defaults.
+
+Engine flags pass through to vLLM as typed settings; what the CPU needs
+(an explicit KV-cache size, eager mode) is set by whoever runs it here,
+never branched on in the engine code."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from services.common.settings import ServiceSettings
+
+
+class InferenceSettings(ServiceSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="MAAS_INFERENCE_", env_nested_delimiter="__", extra="forbid"
+    )
+
+    port: int = 50054
+    model: str = Field(description="model directory or hub name")
+    served_model_name: str | None = Field(
+        default=None, description="name clients use; default: the model directory's name"
+    )
+    max_model_len: int | None = Field(default=None, ge=16)
+    max_num_seqs: int = Field(default=64, ge=1)
+    kv_cache_memory_bytes: int | None = Field(default=None, ge=1)
+    enforce_eager: bool = False
+    tensor_parallel_size: int = Field(default=1, ge=1)
+    gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1)
+    enable_prefix_caching: bool = True
+    quantization: str | None = None
+    dtype: str = "auto"
+    seed: int = 0
+
+    @property
+    def model_name(self) -> str:
+        return self.served_model_name or Path(self.model).name
+
+
+def cpu_engine_environment() -> dict[str, str]:
+    """What vLLM's CPU build needs in the environment before it is imported:
+    the engine core in-process (faster start, less memory), no telemetry
+    calls home, no hub look-ups."""
+    return {
+        "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
+        "VLLM_NO_USAGE_STATS": "1",
+        "HF_HUB_OFFLINE": "1",
+        "VLLM_TARGET_DEVICE": "cpu",
+    }

@@ -1,0 +1,132 @@
+"""Builds a tiny random-weight Llama with a real tokenizer, with no download.
+
+The tokenizer is a byte-level BPE trained on the Python standard library's
+own sources (present on every machine with Python); the chat template is
+ChatML. The result loads in transformers and vLLM like any hub model, so the
+local stack and the tests use the same `--model PATH` code path as production.
+
+    python -m services.inference.tiny_model --out .maas/models/tiny-llama
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sysconfig
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+COMPLETE_MARKER = ".complete"
+VOCAB_SIZE = 4096
+CONTEXT_LENGTH = 2048
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|pad|>"]
+# A bounded, sorted slice of the standard library: enough text for a real BPE,
+# deterministic so every machine builds the same tokenizer.
+TRAINING_FILES = 300
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+
+def _training_text() -> Iterator[str]:
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    files = sorted(p for p in stdlib.glob("*.py") if p.is_file())[:TRAINING_FILES]
+    for path in files:
+        yield path.read_text(encoding="utf-8", errors="replace")
+
+
+def _build_tokenizer(out: Path) -> int:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=VOCAB_SIZE,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(_training_text(), trainer=trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        bos_token="<|endoftext|>",
+        eos_token="<|im_end|>",
+        unk_token="<|endoftext|>",
+        pad_token="<|pad|>",
+        chat_template=CHATML_TEMPLATE,
+        model_max_length=CONTEXT_LENGTH,
+    )
+    fast.save_pretrained(out)
+    eos_id = fast.convert_tokens_to_ids("<|im_end|>")
+    assert isinstance(eos_id, int)
+    return eos_id
+
+
+def _build_weights(out: Path, eos_id: int, bos_id: int, pad_id: int) -> None:
+    import torch
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=VOCAB_SIZE,
+        hidden_size=256,
+        intermediate_size=512,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=CONTEXT_LENGTH,
+        bos_token_id=bos_id,
+        eos_token_id=eos_id,
+        pad_token_id=pad_id,
+        tie_word_embeddings=False,
+        torch_dtype="bfloat16",
+    )
+    model = LlamaForCausalLM(config).to(torch.bfloat16)
+    model.save_pretrained(out, safe_serialization=True)
+    GenerationConfig(bos_token_id=bos_id, eos_token_id=eos_id, pad_token_id=pad_id).save_pretrained(
+        out
+    )
+
+
+def build_tiny_model(out_dir: Path) -> Path:
+    """Builds the model into `out_dir` unless a complete build is there.
+
+    Built in a temporary sibling and renamed into place, so an interrupted
+    build never leaves a half model where a complete one is expected."""
+    out_dir = out_dir.resolve()
+    if (out_dir / COMPLETE_MARKER).exists():
+        return out_dir
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
+    staging.chmod(0o755)  # mkdtemp makes it private; containers mount it read-only
+    try:
+        eos_id = _build_tokenizer(staging)
+        vocab = json.loads((staging / "tokenizer.json").read_text())["model"]["vocab"]
+        _build_weights(staging, eos_id, vocab["<|endoftext|>"], vocab["<|pad|>"])
+        (staging / COMPLETE_MARKER).write_text("tiny-llama\n")
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        staging.rename(out_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return out_dir
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Build the tiny local model (no download).")
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    path = build_tiny_model(args.out)
+    print(f"tiny model ready in {path}")  # noqa: T201
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,41 @@
+"""Session-wide fixtures: the tiny model (built once, cached in .maas/) and
+ONE real vLLM engine for the whole test session."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+
+from services.inference.settings import InferenceSettings, cpu_engine_environment
+
+# Before anything imports vLLM.
+for _key, _value in cpu_engine_environment().items():
+    os.environ.setdefault(_key, _value)
+
+REPO = Path(__file__).resolve().parent.parent
+MODEL_DIR = REPO / ".maas" / "models" / "tiny-llama"
+
+
+@pytest.fixture(scope="session")
+def tiny_model_path() -> Path:
+    from services.inference.tiny_model import build_tiny_model
+
+    return build_tiny_model(MODEL_DIR)
+
+
+@pytest_asyncio.fixture(scope="session")
+async def vllm_engine(tiny_model_path: Path) -> AsyncIterator[object]:
+    from services.inference.vllm_engine import open_vllm_engine
+
+    settings = InferenceSettings(
+        model=str(tiny_model_path),
+        kv_cache_memory_bytes=512 * 1024 * 1024,
+        enforce_eager=True,
+        max_num_seqs=64,
+    )
+    async with open_vllm_engine(settings) as engine:
+        yield engine
