@@ -4,7 +4,7 @@ checks that need only the model's limits. No vLLM import here."""
 from __future__ import annotations
 
 import enum
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -82,7 +82,7 @@ class Engine(Protocol):
 
     def generate(
         self, request_id: str, inp: GenerationInput, options: SamplingOptions
-    ) -> AsyncIterator[Delta]:
+    ) -> AsyncGenerator[Delta, None]:
         """Streams deltas; closing or cancelling the stream aborts the request."""
         ...
 

@@ -55,7 +55,7 @@ def _build_tokenizer(out: Path) -> int:
         show_progress=False,
     )
     tokenizer.train_from_iterator(_training_text(), trainer=trainer)
-    fast = PreTrainedTokenizerFast(
+    fast = PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
         tokenizer_object=tokenizer,
         bos_token="<|endoftext|>",
         eos_token="<|im_end|>",
@@ -87,13 +87,15 @@ def _build_weights(out: Path, eos_id: int, bos_id: int, pad_id: int) -> None:
         eos_token_id=eos_id,
         pad_token_id=pad_id,
         tie_word_embeddings=False,
-        torch_dtype="bfloat16",
+        dtype="bfloat16",
     )
-    model = LlamaForCausalLM(config).to(torch.bfloat16)
+    model = LlamaForCausalLM(config)  # type: ignore[no-untyped-call]
+    model.to(dtype=torch.bfloat16)  # type: ignore[call-arg]  # transformers types .to oddly
     model.save_pretrained(out, safe_serialization=True)
-    GenerationConfig(bos_token_id=bos_id, eos_token_id=eos_id, pad_token_id=pad_id).save_pretrained(
-        out
+    generation = GenerationConfig(  # type: ignore[no-untyped-call]
+        bos_token_id=bos_id, eos_token_id=eos_id, pad_token_id=pad_id
     )
+    generation.save_pretrained(out)
 
 
 def build_tiny_model(out_dir: Path) -> Path:
@@ -125,7 +127,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     path = build_tiny_model(args.out)
-    print(f"tiny model ready in {path}")  # noqa: T201
+    print(f"tiny model ready in {path}")
 
 
 if __name__ == "__main__":

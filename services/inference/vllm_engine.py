@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -49,8 +49,7 @@ class _LoadRecorder(StatLoggerBase):
         if scheduler_stats is not None:
             self.snapshot = LoadSnapshot(
                 running=scheduler_stats.num_running_reqs,
-                waiting=scheduler_stats.num_waiting_reqs
-                + scheduler_stats.num_skipped_waiting_reqs,
+                waiting=scheduler_stats.num_waiting_reqs + scheduler_stats.num_skipped_waiting_reqs,
                 kv_cache_usage=scheduler_stats.kv_cache_usage,
             )
 
@@ -76,6 +75,7 @@ class VllmEngine:
                 tokenize=False,
                 add_generation_prompt=True,
             )
+            assert isinstance(rendered, str)
             ids: list[int] = self._tokenizer.encode(rendered, add_special_tokens=False)
             return ids
         ids = self._tokenizer.encode(inp.prompt or "", add_special_tokens=False)
@@ -83,7 +83,7 @@ class VllmEngine:
 
     async def generate(
         self, request_id: str, inp: GenerationInput, options: SamplingOptions
-    ) -> AsyncIterator[Delta]:
+    ) -> AsyncGenerator[Delta, None]:
         prompt_ids = self._prompt_ids(inp)
         max_tokens = check_request(len(prompt_ids), inp, options, self._model_info)
         params = SamplingParams(
@@ -136,10 +136,12 @@ class VllmEngine:
 
 
 def engine_args(settings: InferenceSettings) -> AsyncEngineArgs:
+    optional: dict[str, Any] = {}
+    if settings.max_model_len is not None:
+        optional["max_model_len"] = settings.max_model_len
     return AsyncEngineArgs(
         model=settings.model,
         served_model_name=[settings.model_name],
-        max_model_len=settings.max_model_len,
         max_num_seqs=settings.max_num_seqs,
         kv_cache_memory_bytes=settings.kv_cache_memory_bytes,
         enforce_eager=settings.enforce_eager,
@@ -151,6 +153,7 @@ def engine_args(settings: InferenceSettings) -> AsyncEngineArgs:
         seed=settings.seed,
         # Per-request log lines from vLLM would double ours.
         enable_log_requests=False,
+        **optional,
     )
 
 

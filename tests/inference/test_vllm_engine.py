@@ -77,7 +77,7 @@ async def test_closing_the_stream_aborts_in_the_engine(vllm_engine: VllmEngine) 
     async for _ in stream:
         break
     assert vllm_engine.num_unfinished_requests() >= 0
-    await stream.aclose()  # type: ignore[attr-defined]
+    await stream.aclose()
     await eventually(lambda: vllm_engine.num_unfinished_requests() == 0)
     # The engine still serves afterwards.
     deltas = await collect(

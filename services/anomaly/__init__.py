@@ -1,0 +1,1 @@
+"""The anomaly service: ingests request events, watches them for trouble."""

@@ -1,0 +1,1 @@
+"""Auth and metering: tenants, API keys, and the usage ledger (one process)."""

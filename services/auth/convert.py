@@ -1,0 +1,115 @@
+"""Protobuf <-> auth domain objects."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from google.protobuf import timestamp_pb2
+
+from maas.v1 import auth_pb2, metering_pb2
+from services.auth.models import (
+    ApiKeyRecord,
+    Principal,
+    Priority,
+    RequestStatus,
+    Tenant,
+    UsageRecord,
+    UsageSummary,
+)
+from services.common.errors import InvalidArgumentError
+
+_STATUS_TO_PROTO = {
+    RequestStatus.COMPLETED: metering_pb2.REQUEST_STATUS_COMPLETED,
+    RequestStatus.CANCELLED: metering_pb2.REQUEST_STATUS_CANCELLED,
+    RequestStatus.FAILED: metering_pb2.REQUEST_STATUS_FAILED,
+}
+_STATUS_FROM_PROTO = {v: k for k, v in _STATUS_TO_PROTO.items()}
+
+
+def timestamp(at: datetime) -> timestamp_pb2.Timestamp:
+    ts = timestamp_pb2.Timestamp()
+    ts.FromDatetime(at)
+    return ts
+
+
+def from_timestamp(ts: timestamp_pb2.Timestamp) -> datetime:
+    return ts.ToDatetime(tzinfo=UTC)
+
+
+def priority_from_proto(value: int) -> Priority:
+    return Priority(value) if value in {p.value for p in Priority} else Priority.DEFAULT
+
+
+def tenant_to_proto(tenant: Tenant) -> auth_pb2.Tenant:
+    return auth_pb2.Tenant(
+        tenant_id=tenant.tenant_id,
+        name=tenant.name,
+        priority=int(tenant.priority),  # type: ignore[arg-type]
+        create_time=timestamp(tenant.created_at),
+    )
+
+
+def key_to_proto(key: ApiKeyRecord) -> auth_pb2.ApiKey:
+    message = auth_pb2.ApiKey(
+        key_id=key.key_id,
+        tenant_id=key.tenant_id,
+        name=key.name,
+        scopes=[s.value for s in key.scopes],
+        create_time=timestamp(key.created_at),
+    )
+    if key.revoked_at is not None:
+        message.revoke_time.CopyFrom(timestamp(key.revoked_at))
+    return message
+
+
+def principal_to_proto(principal: Principal) -> auth_pb2.Principal:
+    return auth_pb2.Principal(
+        tenant_id=principal.tenant_id,
+        key_id=principal.key_id,
+        scopes=[s.value for s in principal.scopes],
+        priority=int(principal.priority),  # type: ignore[arg-type]
+    )
+
+
+def usage_from_proto(message: metering_pb2.UsageRecord) -> UsageRecord:
+    status = _STATUS_FROM_PROTO.get(message.status)
+    if status is None:
+        raise InvalidArgumentError("record.status", "required")
+    if not message.HasField("start_time"):
+        raise InvalidArgumentError("record.start_time", "required")
+    if not message.HasField("end_time"):
+        raise InvalidArgumentError("record.end_time", "required")
+    return UsageRecord(
+        request_id=message.request_id,
+        tenant_id=message.tenant_id,
+        key_id=message.key_id,
+        model=message.model,
+        prompt_tokens=message.prompt_tokens,
+        completion_tokens=message.completion_tokens,
+        start_time=from_timestamp(message.start_time),
+        end_time=from_timestamp(message.end_time),
+        status=status,
+    )
+
+
+def usage_to_proto(record: UsageRecord) -> metering_pb2.UsageRecord:
+    return metering_pb2.UsageRecord(
+        request_id=record.request_id,
+        tenant_id=record.tenant_id,
+        key_id=record.key_id,
+        model=record.model,
+        prompt_tokens=record.prompt_tokens,
+        completion_tokens=record.completion_tokens,
+        start_time=timestamp(record.start_time),
+        end_time=timestamp(record.end_time),
+        status=_STATUS_TO_PROTO[record.status],
+    )
+
+
+def summary_to_proto(summary: UsageSummary) -> metering_pb2.UsageSummary:
+    return metering_pb2.UsageSummary(
+        tenant_id=summary.tenant_id,
+        requests=summary.requests,
+        prompt_tokens=summary.prompt_tokens,
+        completion_tokens=summary.completion_tokens,
+    )

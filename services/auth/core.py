@@ -1,0 +1,130 @@
+"""Auth and metering logic, testable without gRPC."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+
+from services.auth import keys
+from services.auth.models import (
+    DEFAULT_SCOPES,
+    ApiKeyRecord,
+    Principal,
+    Priority,
+    Scope,
+    Tenant,
+    UsageRecord,
+    UsageSummary,
+)
+from services.auth.store import AuthStore, TenantExistsError
+from services.common.errors import (
+    AlreadyExistsError,
+    InvalidArgumentError,
+    NotFoundError,
+    UnauthenticatedError,
+)
+
+Clock = Callable[[], datetime]
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class AuthCore:
+    def __init__(self, store: AuthStore, pepper: bytes, clock: Clock = _utcnow) -> None:
+        self._store = store
+        self._pepper = pepper
+        self._clock = clock
+
+    async def authenticate(self, api_key: str) -> Principal:
+        parsed = keys.parse_key(api_key)
+        if parsed is None:
+            raise UnauthenticatedError("malformed API key")
+        record = await self._store.get_key(parsed.key_id)
+        # One message for unknown, wrong and revoked: nothing to learn by probing.
+        if (
+            record is None
+            or not keys.secret_matches(self._pepper, parsed.secret, record.secret_hash)
+            or record.revoked_at is not None
+        ):
+            raise UnauthenticatedError("invalid or revoked API key")
+        tenant = await self._store.get_tenant(record.tenant_id)
+        if tenant is None:
+            raise UnauthenticatedError("invalid or revoked API key")
+        return Principal(tenant.tenant_id, record.key_id, record.scopes, tenant.priority)
+
+    async def create_tenant(self, name: str, priority: Priority = Priority.DEFAULT) -> Tenant:
+        name = name.strip()
+        if not name:
+            raise InvalidArgumentError("name", "must not be empty")
+        tenant = Tenant(uuid.uuid4().hex, name, priority, self._clock())
+        try:
+            await self._store.create_tenant(tenant)
+        except TenantExistsError as err:
+            raise AlreadyExistsError(f"a tenant named {name!r} exists") from err
+        return tenant
+
+    async def list_tenants(self) -> list[Tenant]:
+        return await self._store.list_tenants()
+
+    async def create_api_key(
+        self, tenant_id: str, name: str, scopes: Sequence[str] = ()
+    ) -> tuple[ApiKeyRecord, str]:
+        """A new key for the tenant and its full string, which is never stored."""
+        try:
+            parsed_scopes = tuple(Scope(s) for s in scopes) or DEFAULT_SCOPES
+        except ValueError as err:
+            allowed = ", ".join(s.value for s in Scope)
+            raise InvalidArgumentError("scopes", f"each must be one of {allowed}") from err
+        if await self._store.get_tenant(tenant_id) is None:
+            raise NotFoundError(f"no tenant {tenant_id!r}")
+        full, parsed = keys.new_key()
+        record = ApiKeyRecord(
+            key_id=parsed.key_id,
+            tenant_id=tenant_id,
+            name=name,
+            scopes=parsed_scopes,
+            secret_hash=keys.hash_secret(self._pepper, parsed.secret),
+            created_at=self._clock(),
+        )
+        await self._store.create_key(record)
+        return record, full
+
+    async def list_api_keys(self, tenant_id: str) -> list[ApiKeyRecord]:
+        if await self._store.get_tenant(tenant_id) is None:
+            raise NotFoundError(f"no tenant {tenant_id!r}")
+        return await self._store.list_keys(tenant_id)
+
+    async def revoke_api_key(self, key_id: str) -> ApiKeyRecord:
+        record = await self._store.revoke_key(key_id, self._clock())
+        if record is None:
+            raise NotFoundError(f"no API key {key_id!r}")
+        return record
+
+
+class MeteringCore:
+    def __init__(self, store: AuthStore) -> None:
+        self._store = store
+
+    async def record_usage(self, record: UsageRecord) -> tuple[UsageRecord, bool]:
+        """Appends once per request id: a replay returns the first record; the
+        same id with other numbers is a conflict, never a second bill."""
+        if not record.request_id:
+            raise InvalidArgumentError("record.request_id", "required")
+        if not record.tenant_id:
+            raise InvalidArgumentError("record.tenant_id", "required")
+        if record.end_time < record.start_time:
+            raise InvalidArgumentError("record.end_time", "is before start_time")
+        stored, duplicate = await self._store.record_usage(record)
+        if duplicate and not stored.same_usage(record):
+            raise AlreadyExistsError(f"request {record.request_id!r} was recorded with other usage")
+        return stored, duplicate
+
+    async def usage_summary(
+        self, tenant_id: str, start: datetime | None, end: datetime | None
+    ) -> UsageSummary:
+        if not tenant_id:
+            raise InvalidArgumentError("tenant_id", "required")
+        return await self._store.usage_summary(tenant_id, start, end)

@@ -1,0 +1,94 @@
+"""Domain objects of auth and metering."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from datetime import datetime
+
+
+class Priority(enum.IntEnum):
+    INTERACTIVE = 1
+    DEFAULT = 2
+    BATCH = 3
+
+
+class Scope(enum.StrEnum):
+    GENERATE = "generate"
+    USAGE_READ = "usage:read"
+    ADMIN = "admin"
+
+
+DEFAULT_SCOPES = (Scope.GENERATE, Scope.USAGE_READ)
+
+
+@dataclass(frozen=True, slots=True)
+class Tenant:
+    tenant_id: str
+    name: str
+    priority: Priority
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKeyRecord:
+    key_id: str
+    tenant_id: str
+    name: str
+    scopes: tuple[Scope, ...]
+    secret_hash: bytes
+    created_at: datetime
+    revoked_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    tenant_id: str
+    key_id: str
+    scopes: tuple[Scope, ...]
+    priority: Priority
+
+
+class RequestStatus(enum.StrEnum):
+    COMPLETED = "completed"
+    CANCELLED = "cancelled"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class UsageRecord:
+    request_id: str
+    tenant_id: str
+    key_id: str
+    model: str
+    prompt_tokens: int
+    completion_tokens: int
+    start_time: datetime
+    end_time: datetime
+    status: RequestStatus
+
+    def same_usage(self, other: UsageRecord) -> bool:
+        """Whether `other` bills the same thing (a replay, not a conflict)."""
+        return (
+            self.tenant_id,
+            self.key_id,
+            self.model,
+            self.prompt_tokens,
+            self.completion_tokens,
+            self.status,
+        ) == (
+            other.tenant_id,
+            other.key_id,
+            other.model,
+            other.prompt_tokens,
+            other.completion_tokens,
+            other.status,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class UsageSummary:
+    tenant_id: str
+    requests: int
+    prompt_tokens: int
+    completion_tokens: int

@@ -1,0 +1,34 @@
+"""Builds the auth process's server: maas.v1.Auth and maas.v1.Metering."""
+
+from __future__ import annotations
+
+from maas.v1 import auth_pb2, auth_pb2_grpc, metering_pb2, metering_pb2_grpc
+from observability import Telemetry
+from services.auth.core import AuthCore, MeteringCore
+from services.auth.servicer import AdminGuard, AuthServicer, MeteringServicer
+from services.auth.settings import AuthSettings
+from services.auth.store import AuthStore
+from services.common.serving import ServiceServer, start_server
+
+AUTH_SERVICE = auth_pb2.DESCRIPTOR.services_by_name["Auth"].full_name
+METERING_SERVICE = metering_pb2.DESCRIPTOR.services_by_name["Metering"].full_name
+
+
+async def create_server(
+    settings: AuthSettings, telemetry: Telemetry, store: AuthStore
+) -> ServiceServer:
+    """Serves an open store; ready (SERVING) as soon as it starts."""
+    auth = AuthServicer(
+        AuthCore(store, settings.key_pepper.get_secret_value().encode()),
+        AdminGuard(settings.admin_token.get_secret_value()),
+    )
+    metering = MeteringServicer(MeteringCore(store))
+    return await start_server(
+        address=settings.address,
+        telemetry=telemetry,
+        service_names=[AUTH_SERVICE, METERING_SERVICE],
+        registrars=[
+            lambda s: auth_pb2_grpc.add_AuthServicer_to_server(auth, s),
+            lambda s: metering_pb2_grpc.add_MeteringServicer_to_server(metering, s),
+        ],
+    )

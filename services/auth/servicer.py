@@ -1,0 +1,106 @@
+"""maas.v1.Auth and maas.v1.Metering: thin layers over the cores."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Any
+
+import grpc
+
+from maas.v1 import auth_pb2, auth_pb2_grpc, metering_pb2, metering_pb2_grpc
+from services.auth import convert
+from services.auth.core import AuthCore, MeteringCore
+from services.common.errors import PermissionDeniedError, UnauthenticatedError
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+class AdminGuard:
+    """Admin rpcs need `authorization: Bearer <admin token>`."""
+
+    def __init__(self, admin_token: str) -> None:
+        self._token = admin_token.encode()
+
+    def check(self, context: Context) -> None:
+        for key, value in context.invocation_metadata() or ():
+            if key == "authorization":
+                text = value if isinstance(value, str) else value.decode()
+                scheme, _, token = text.partition(" ")
+                if scheme.lower() == "bearer" and hmac.compare_digest(
+                    token.strip().encode(), self._token
+                ):
+                    return
+                raise PermissionDeniedError("this credential may not use admin rpcs")
+        raise UnauthenticatedError("admin rpcs need 'authorization: Bearer <admin token>'")
+
+
+class AuthServicer(auth_pb2_grpc.AuthServicer):
+    def __init__(self, core: AuthCore, guard: AdminGuard) -> None:
+        self._core = core
+        self._guard = guard
+
+    async def Authenticate(
+        self, request: auth_pb2.AuthenticateRequest, context: Context
+    ) -> auth_pb2.Principal:
+        return convert.principal_to_proto(await self._core.authenticate(request.api_key))
+
+    async def CreateTenant(
+        self, request: auth_pb2.CreateTenantRequest, context: Context
+    ) -> auth_pb2.Tenant:
+        self._guard.check(context)
+        tenant = await self._core.create_tenant(
+            request.name, convert.priority_from_proto(request.priority)
+        )
+        return convert.tenant_to_proto(tenant)
+
+    async def ListTenants(
+        self, request: auth_pb2.ListTenantsRequest, context: Context
+    ) -> auth_pb2.ListTenantsResponse:
+        self._guard.check(context)
+        tenants = await self._core.list_tenants()
+        return auth_pb2.ListTenantsResponse(tenants=[convert.tenant_to_proto(t) for t in tenants])
+
+    async def CreateApiKey(
+        self, request: auth_pb2.CreateApiKeyRequest, context: Context
+    ) -> auth_pb2.CreateApiKeyResponse:
+        self._guard.check(context)
+        record, full = await self._core.create_api_key(
+            request.tenant_id, request.name, list(request.scopes)
+        )
+        return auth_pb2.CreateApiKeyResponse(key=convert.key_to_proto(record), api_key=full)
+
+    async def ListApiKeys(
+        self, request: auth_pb2.ListApiKeysRequest, context: Context
+    ) -> auth_pb2.ListApiKeysResponse:
+        self._guard.check(context)
+        records = await self._core.list_api_keys(request.tenant_id)
+        return auth_pb2.ListApiKeysResponse(keys=[convert.key_to_proto(k) for k in records])
+
+    async def RevokeApiKey(
+        self, request: auth_pb2.RevokeApiKeyRequest, context: Context
+    ) -> auth_pb2.ApiKey:
+        self._guard.check(context)
+        return convert.key_to_proto(await self._core.revoke_api_key(request.key_id))
+
+
+class MeteringServicer(metering_pb2_grpc.MeteringServicer):
+    def __init__(self, core: MeteringCore) -> None:
+        self._core = core
+
+    async def RecordUsage(
+        self, request: metering_pb2.RecordUsageRequest, context: Context
+    ) -> metering_pb2.RecordUsageResponse:
+        stored, duplicate = await self._core.record_usage(convert.usage_from_proto(request.record))
+        return metering_pb2.RecordUsageResponse(
+            record=convert.usage_to_proto(stored), duplicate=duplicate
+        )
+
+    async def GetUsage(
+        self, request: metering_pb2.MeteringGetUsageRequest, context: Context
+    ) -> metering_pb2.GetUsageResponse:
+        summary = await self._core.usage_summary(
+            request.tenant_id,
+            convert.from_timestamp(request.start_time) if request.HasField("start_time") else None,
+            convert.from_timestamp(request.end_time) if request.HasField("end_time") else None,
+        )
+        return metering_pb2.GetUsageResponse(summary=convert.summary_to_proto(summary))

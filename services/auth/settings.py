@@ -1,0 +1,21 @@
+"""Auth settings: flags over `MAAS_AUTH_*` env over defaults."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import SettingsConfigDict
+
+from services.common.settings import ServiceSettings
+
+
+class AuthSettings(ServiceSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="MAAS_AUTH_", env_nested_delimiter="__", extra="forbid"
+    )
+
+    port: int = 50052
+    database_path: Path = Path(".maas/auth.db")
+    admin_token: SecretStr = Field(description="bearer credential for the admin rpcs")
+    key_pepper: SecretStr = Field(description="HMAC key for API-key hashes; keep it stable")

@@ -1,0 +1,219 @@
+"""AuthStore on SQLite (WAL): the embedded default.
+
+Times are stored as integer microseconds since the epoch (UTC), so ranges
+compare as integers. `synchronous=NORMAL` in WAL mode survives a crash of
+this process (the failure a service must survive); only an OS crash can lose
+the last commits."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+
+import aiosqlite
+
+from services.auth.models import (
+    ApiKeyRecord,
+    Priority,
+    RequestStatus,
+    Scope,
+    Tenant,
+    UsageRecord,
+    UsageSummary,
+)
+from services.auth.store import TenantExistsError
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS tenants (
+    tenant_id   TEXT PRIMARY KEY,
+    name        TEXT NOT NULL UNIQUE,
+    priority    INTEGER NOT NULL,
+    created_at  INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS api_keys (
+    key_id      TEXT PRIMARY KEY,
+    tenant_id   TEXT NOT NULL REFERENCES tenants(tenant_id),
+    name        TEXT NOT NULL,
+    scopes      TEXT NOT NULL,
+    secret_hash BLOB NOT NULL,
+    created_at  INTEGER NOT NULL,
+    revoked_at  INTEGER
+);
+CREATE INDEX IF NOT EXISTS api_keys_by_tenant ON api_keys(tenant_id);
+CREATE TABLE IF NOT EXISTS usage_records (
+    request_id        TEXT PRIMARY KEY,
+    tenant_id         TEXT NOT NULL,
+    key_id            TEXT NOT NULL,
+    model             TEXT NOT NULL,
+    prompt_tokens     INTEGER NOT NULL,
+    completion_tokens INTEGER NOT NULL,
+    start_time        INTEGER NOT NULL,
+    end_time          INTEGER NOT NULL,
+    status            TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS usage_by_tenant_time ON usage_records(tenant_id, end_time);
+"""
+
+
+def _to_us(at: datetime) -> int:
+    return int(at.timestamp() * 1_000_000)
+
+
+def _from_us(us: int) -> datetime:
+    return datetime.fromtimestamp(us / 1_000_000, tz=UTC)
+
+
+def _tenant(row: sqlite3.Row) -> Tenant:
+    return Tenant(
+        row["tenant_id"], row["name"], Priority(row["priority"]), _from_us(row["created_at"])
+    )
+
+
+def _key(row: sqlite3.Row) -> ApiKeyRecord:
+    return ApiKeyRecord(
+        key_id=row["key_id"],
+        tenant_id=row["tenant_id"],
+        name=row["name"],
+        scopes=tuple(Scope(s) for s in row["scopes"].split(",") if s),
+        secret_hash=bytes(row["secret_hash"]),
+        created_at=_from_us(row["created_at"]),
+        revoked_at=_from_us(row["revoked_at"]) if row["revoked_at"] is not None else None,
+    )
+
+
+def _usage(row: sqlite3.Row) -> UsageRecord:
+    return UsageRecord(
+        request_id=row["request_id"],
+        tenant_id=row["tenant_id"],
+        key_id=row["key_id"],
+        model=row["model"],
+        prompt_tokens=row["prompt_tokens"],
+        completion_tokens=row["completion_tokens"],
+        start_time=_from_us(row["start_time"]),
+        end_time=_from_us(row["end_time"]),
+        status=RequestStatus(row["status"]),
+    )
+
+
+class SqliteAuthStore:
+    def __init__(self, db: aiosqlite.Connection) -> None:
+        self._db = db
+
+    async def create_tenant(self, tenant: Tenant) -> None:
+        try:
+            await self._db.execute(
+                "INSERT INTO tenants VALUES (?, ?, ?, ?)",
+                (tenant.tenant_id, tenant.name, int(tenant.priority), _to_us(tenant.created_at)),
+            )
+            await self._db.commit()
+        except sqlite3.IntegrityError as err:
+            await self._db.rollback()
+            raise TenantExistsError(tenant.name) from err
+
+    async def get_tenant(self, tenant_id: str) -> Tenant | None:
+        async with self._db.execute(
+            "SELECT * FROM tenants WHERE tenant_id = ?", (tenant_id,)
+        ) as cur:
+            row = await cur.fetchone()
+        return _tenant(row) if row else None
+
+    async def list_tenants(self) -> list[Tenant]:
+        async with self._db.execute("SELECT * FROM tenants ORDER BY created_at, name") as cur:
+            return [_tenant(r) for r in await cur.fetchall()]
+
+    async def create_key(self, key: ApiKeyRecord) -> None:
+        await self._db.execute(
+            "INSERT INTO api_keys VALUES (?, ?, ?, ?, ?, ?, NULL)",
+            (
+                key.key_id,
+                key.tenant_id,
+                key.name,
+                ",".join(key.scopes),
+                key.secret_hash,
+                _to_us(key.created_at),
+            ),
+        )
+        await self._db.commit()
+
+    async def get_key(self, key_id: str) -> ApiKeyRecord | None:
+        async with self._db.execute("SELECT * FROM api_keys WHERE key_id = ?", (key_id,)) as cur:
+            row = await cur.fetchone()
+        return _key(row) if row else None
+
+    async def list_keys(self, tenant_id: str) -> list[ApiKeyRecord]:
+        async with self._db.execute(
+            "SELECT * FROM api_keys WHERE tenant_id = ? ORDER BY created_at", (tenant_id,)
+        ) as cur:
+            return [_key(r) for r in await cur.fetchall()]
+
+    async def revoke_key(self, key_id: str, at: datetime) -> ApiKeyRecord | None:
+        await self._db.execute(
+            "UPDATE api_keys SET revoked_at = ? WHERE key_id = ? AND revoked_at IS NULL",
+            (_to_us(at), key_id),
+        )
+        await self._db.commit()
+        return await self.get_key(key_id)
+
+    async def record_usage(self, record: UsageRecord) -> tuple[UsageRecord, bool]:
+        cur = await self._db.execute(
+            "INSERT INTO usage_records VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT(request_id) DO NOTHING",
+            (
+                record.request_id,
+                record.tenant_id,
+                record.key_id,
+                record.model,
+                record.prompt_tokens,
+                record.completion_tokens,
+                _to_us(record.start_time),
+                _to_us(record.end_time),
+                record.status.value,
+            ),
+        )
+        inserted = cur.rowcount == 1
+        await self._db.commit()
+        if inserted:
+            return record, False
+        async with self._db.execute(
+            "SELECT * FROM usage_records WHERE request_id = ?", (record.request_id,)
+        ) as sel:
+            row = await sel.fetchone()
+        assert row is not None  # the conflict proves it is there; rows are never deleted
+        return _usage(row), True
+
+    async def usage_summary(
+        self, tenant_id: str, start: datetime | None, end: datetime | None
+    ) -> UsageSummary:
+        async with self._db.execute(
+            "SELECT COUNT(*), COALESCE(SUM(prompt_tokens), 0), COALESCE(SUM(completion_tokens), 0)"
+            " FROM usage_records WHERE tenant_id = ? AND end_time >= ? AND end_time < ?",
+            (
+                tenant_id,
+                _to_us(start) if start else 0,
+                _to_us(end) if end else 2**62,
+            ),
+        ) as cur:
+            row = await cur.fetchone()
+        assert row is not None
+        return UsageSummary(tenant_id, int(row[0]), int(row[1]), int(row[2]))
+
+
+@asynccontextmanager
+async def open_sqlite_store(path: Path) -> AsyncIterator[SqliteAuthStore]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    db = await aiosqlite.connect(path)
+    try:
+        db.row_factory = sqlite3.Row
+        await db.execute("PRAGMA journal_mode=WAL")
+        await db.execute("PRAGMA synchronous=NORMAL")
+        await db.execute("PRAGMA foreign_keys=ON")
+        # Other processes (the CLI reading usage) may hold the lock briefly.
+        await db.execute("PRAGMA busy_timeout=5000")
+        await db.executescript(SCHEMA)
+        await db.commit()
+        yield SqliteAuthStore(db)
+    finally:
+        await db.close()

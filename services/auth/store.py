@@ -1,0 +1,40 @@
+"""The storage interface of auth and metering; SQLite is the embedded default,
+PostgreSQL the production store behind the same protocol."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Protocol
+
+from services.auth.models import ApiKeyRecord, Tenant, UsageRecord, UsageSummary
+
+
+class TenantExistsError(Exception):
+    pass
+
+
+class AuthStore(Protocol):
+    async def create_tenant(self, tenant: Tenant) -> None:
+        """Raises TenantExistsError when the name is taken."""
+        ...
+
+    async def get_tenant(self, tenant_id: str) -> Tenant | None: ...
+
+    async def list_tenants(self) -> list[Tenant]: ...
+
+    async def create_key(self, key: ApiKeyRecord) -> None: ...
+
+    async def get_key(self, key_id: str) -> ApiKeyRecord | None: ...
+
+    async def list_keys(self, tenant_id: str) -> list[ApiKeyRecord]: ...
+
+    async def revoke_key(self, key_id: str, at: datetime) -> ApiKeyRecord | None: ...
+
+    async def record_usage(self, record: UsageRecord) -> tuple[UsageRecord, bool]:
+        """Appends `record` unless its request id is there; returns the stored
+        record and whether it was already there."""
+        ...
+
+    async def usage_summary(
+        self, tenant_id: str, start: datetime | None, end: datetime | None
+    ) -> UsageSummary: ...
