@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from types import TracebackType
 from typing import Self
 
@@ -40,7 +40,8 @@ class MaasClient:
         temperature: float | None = None,
         seed: int | None = None,
         timeout_s: float | None = None,
-    ) -> AsyncIterator[generation_pb2.GenerateResponse]:
+    ) -> AsyncGenerator[generation_pb2.GenerateResponse, None]:
+        """Streams the chunks; closing the generator early cancels the call."""
         request = generation_pb2.GenerateRequest(model=model)
         if messages:
             request.messages.messages.extend(
@@ -54,8 +55,17 @@ class MaasClient:
             request.temperature = temperature
         if seed is not None:
             request.seed = seed
+        return self._stream(request, timeout_s)
+
+    async def _stream(
+        self, request: generation_pb2.GenerateRequest, timeout_s: float | None
+    ) -> AsyncGenerator[generation_pb2.GenerateResponse, None]:
         call = self._stub.Generate(request, metadata=self._metadata, timeout=timeout_s)
-        return call.__aiter__()
+        try:
+            async for chunk in call:
+                yield chunk
+        finally:
+            call.cancel()
 
     async def list_models(self) -> list[generation_pb2.ModelInfo]:
         reply = await self._stub.ListModels(

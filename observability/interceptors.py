@@ -13,6 +13,7 @@ import grpc
 import structlog
 
 from observability.context import REQUEST_ID_METADATA_KEY, bind_request, current_request_id
+from observability.handlers import Behavior, rewrap, stream_responses
 
 
 def _request_id_from(context: grpc.aio.ServicerContext[Any, Any]) -> str | None:
@@ -37,23 +38,10 @@ class RequestContextServerInterceptor(grpc.aio.ServerInterceptor):
         ],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler[Any, Any] | None:
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return handler
-        kwargs = {
-            "request_deserializer": handler.request_deserializer,
-            "response_serializer": handler.response_serializer,
-        }
-        if handler.unary_unary:
-            return grpc.unary_unary_rpc_method_handler(_unary(handler.unary_unary), **kwargs)
-        if handler.unary_stream:
-            return grpc.unary_stream_rpc_method_handler(_stream(handler.unary_stream), **kwargs)
-        if handler.stream_unary:
-            return grpc.stream_unary_rpc_method_handler(_unary(handler.stream_unary), **kwargs)
-        return grpc.stream_stream_rpc_method_handler(_stream(handler.stream_stream), **kwargs)
+        return rewrap(await continuation(handler_call_details), _unary, _stream)
 
 
-def _unary(behavior: Any) -> Any:
+def _unary(behavior: Behavior) -> Behavior:
     async def wrapped(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         _bind_from(context)
         return await behavior(request, context)
@@ -61,12 +49,12 @@ def _unary(behavior: Any) -> Any:
     return wrapped
 
 
-def _stream(behavior: Any) -> Any:
+def _stream(behavior: Behavior) -> Behavior:
     async def wrapped(
         request: Any, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[Any]:
         _bind_from(context)
-        async for response in behavior(request, context):
+        async for response in stream_responses(behavior(request, context)):
             yield response
 
     return wrapped

@@ -17,6 +17,8 @@ from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
+from observability.handlers import Behavior, rewrap, stream_responses
+
 log = structlog.get_logger(__name__)
 
 
@@ -122,34 +124,9 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
         ],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler[Any, Any] | None:
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return handler
-        if handler.unary_unary:
-            return grpc.unary_unary_rpc_method_handler(
-                self._wrap_unary(handler.unary_unary),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.unary_stream:
-            return grpc.unary_stream_rpc_method_handler(
-                self._wrap_stream(handler.unary_stream),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.stream_unary:
-            return grpc.stream_unary_rpc_method_handler(
-                self._wrap_unary(handler.stream_unary),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        return grpc.stream_stream_rpc_method_handler(
-            self._wrap_stream(handler.stream_stream),
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
+        return rewrap(await continuation(handler_call_details), self._wrap_unary, self._wrap_stream)
 
-    def _wrap_unary(self, behavior: Any) -> Any:
+    def _wrap_unary(self, behavior: Behavior) -> Behavior:
         async def wrapped(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             try:
                 return await behavior(request, context)
@@ -158,12 +135,12 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
 
         return wrapped
 
-    def _wrap_stream(self, behavior: Any) -> Any:
+    def _wrap_stream(self, behavior: Behavior) -> Behavior:
         async def wrapped(
             request: Any, context: grpc.aio.ServicerContext[Any, Any]
         ) -> AsyncIterator[Any]:
             try:
-                async for response in behavior(request, context):
+                async for response in stream_responses(behavior(request, context)):
                     yield response
             except Exception as exc:
                 await self._abort(exc, context)
@@ -175,7 +152,9 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
             raise exc
         if isinstance(exc, grpc.aio.AioRpcError):
             # A downstream hop already chose the status; pass it, details included.
-            await context.abort(exc.code(), exc.details() or "", exc.trailing_metadata())
+            await context.abort(
+                exc.code(), exc.details() or "", tuple(exc.trailing_metadata() or ())
+            )
         mapped = exc if isinstance(exc, MeshError) else self._translate(exc)
         if mapped is None:
             log.exception("unhandled error", exc_info=exc)

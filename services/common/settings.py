@@ -28,4 +28,8 @@ class ServiceSettings(BaseSettings):
     @classmethod
     def from_cli(cls, argv: list[str] | None = None) -> Self:
         """Settings from command-line flags (`--port 50051`), then env, then defaults."""
-        return cls(_cli_parse_args=argv if argv is not None else True, _cli_kebab_case=True)
+        return cls(
+            _cli_parse_args=argv if argv is not None else True,
+            _cli_kebab_case=True,
+            _cli_implicit_flags=True,
+        )

@@ -57,6 +57,14 @@ class _LoadRecorder(StatLoggerBase):
         pass
 
 
+class _DeadEngine:
+    def __getattr__(self, name: str) -> Any:
+        raise EngineDeadError("the engine was shut down")
+
+
+_DEAD_ENGINE: Any = _DeadEngine()
+
+
 class VllmEngine:
     def __init__(self, llm: AsyncLLM, model_info: ModelInfo, load: _LoadRecorder) -> None:
         self._llm = llm
@@ -67,6 +75,10 @@ class VllmEngine:
     @property
     def model_info(self) -> ModelInfo:
         return self._model_info
+
+    def detach(self) -> None:
+        """Drops the engine reference after shutdown; later calls fail as dead."""
+        self._llm = _DEAD_ENGINE
 
     def _prompt_ids(self, inp: GenerationInput) -> list[int]:
         if inp.messages:
@@ -171,6 +183,7 @@ async def open_vllm_engine(settings: InferenceSettings) -> AsyncIterator[VllmEng
     llm = await asyncio.to_thread(
         AsyncLLM.from_engine_args, engine_args(settings), stat_loggers=[make_recorder]
     )
+    engine: VllmEngine | None = None
     try:
         info = ModelInfo(
             name=settings.model_name,
@@ -178,7 +191,12 @@ async def open_vllm_engine(settings: InferenceSettings) -> AsyncIterator[VllmEng
             vocab_size=llm.model_config.get_vocab_size(),
         )
         log.info("engine ready", model=info.name, context=info.max_context_length)
-        yield VllmEngine(llm, info, recorders[0])
+        engine = VllmEngine(llm, info, recorders[0])
+        yield engine
     finally:
         llm.shutdown()
+        # AsyncLLM.__del__ shuts down again and fails at interpreter exit: leave
+        # no reference behind, including the one in the engine wrapper.
+        if engine is not None:
+            engine.detach()
         del llm

@@ -67,7 +67,7 @@ async def test_cancelled_stream_leaves_nothing_running_and_is_billed(
             received += len(chunk.token_ids)
             if received >= 3:
                 break
-        await stream.aclose()  # type: ignore[attr-defined]
+        await stream.aclose()
 
         await eventually(lambda: mesh.engine.num_unfinished_requests() == 0)
         assert mesh.engine.load().running == 0
