@@ -6,6 +6,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from opentelemetry.trace import SpanKind
 
 from maas.client import MaasClient
 from tests.e2e.conftest import Mesh, TenantKey
@@ -46,9 +47,17 @@ async def test_one_request_is_one_trace_across_services(mesh: Mesh, tenant_key: 
     assert len(trace_ids) == 1, f"spans of one request span {len(trace_ids)} traces"
     for service, span in spans.items():
         assert span.resource.attributes["service.name"] == service  # type: ignore[attr-defined]
-    # Each hop's server span descends from the hop above, not from a fresh root.
-    for service in ("auth", "router", "inference"):
-        assert spans[service].parent is not None  # type: ignore[attr-defined]
+    # Each hop's server span is the child of the client span of the hop above.
+    for caller, callee in (("gateway", "auth"), ("gateway", "router"), ("router", "inference")):
+        client_spans = [
+            s
+            for s in mesh.spans[caller].get_finished_spans()
+            if s.name == HOPS[callee] and s.kind == SpanKind.CLIENT
+        ]
+        assert len(client_spans) == 1, (caller, callee)
+        parent = spans[callee].parent  # type: ignore[attr-defined]
+        assert parent is not None
+        assert parent.span_id == client_spans[0].context.span_id
 
 
 @pytest.mark.parametrize("service", sorted(FULL_NAMES))

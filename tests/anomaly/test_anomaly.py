@@ -1,0 +1,114 @@
+"""The anomaly service receives events over gRPC, and the gateway's
+publisher delivers them without ever blocking its caller."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import AsyncIterator
+
+import grpc
+import pytest_asyncio
+from google.protobuf import timestamp_pb2
+
+from maas.v1 import anomaly_pb2, anomaly_pb2_grpc
+from observability import Telemetry, setup
+from observability.settings import TelemetrySettings
+from services.anomaly.core import AnomalyCore
+from services.anomaly.server import create_server
+from services.anomaly.settings import AnomalySettings
+from services.common.events import EventPublisher
+from services.common.serving import ServiceServer
+from tests.support import eventually
+
+
+def event(tenant: str, completion: int = 5) -> anomaly_pb2.Event:
+    return anomaly_pb2.Event(
+        kind=anomaly_pb2.EVENT_KIND_REQUEST,
+        time=timestamp_pb2.Timestamp(seconds=1_800_000_000),
+        request_id="r",
+        tenant_id=tenant,
+        completion_tokens=completion,
+        status_code="OK",
+    )
+
+
+@pytest_asyncio.fixture
+async def telemetry() -> AsyncIterator[Telemetry]:
+    tel = setup("anomaly", TelemetrySettings())
+    yield tel
+    tel.shutdown()
+
+
+async def start(telemetry: Telemetry, core: AnomalyCore, port: int = 0) -> ServiceServer:
+    return await create_server(AnomalySettings(port=port), telemetry, core)
+
+
+async def test_report_counts_events_by_kind_and_tenant(telemetry: Telemetry) -> None:
+    server = await start(telemetry, AnomalyCore())
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as ch:
+            stub = anomaly_pb2_grpc.AnomalyStub(ch)
+
+            async def events() -> AsyncIterator[anomaly_pb2.Event]:
+                for tenant in ("a", "a", "b", "a", "b"):
+                    yield event(tenant)
+
+            reply = await stub.Report(events())
+            assert reply.accepted == 5
+            stats = await stub.GetEventStats(anomaly_pb2.GetEventStatsRequest())
+            assert stats.total == 5
+            assert dict(stats.by_kind) == {"EVENT_KIND_REQUEST": 5}
+            assert dict(stats.by_tenant) == {"a": 3, "b": 2}
+            assert dict(stats.completion_tokens_by_tenant) == {"a": 15, "b": 10}
+            alerts = await stub.ListAlerts(anomaly_pb2.ListAlertsRequest())
+            assert list(alerts.alerts) == []  # no detectors in this service yet
+    finally:
+        await server.stop(0)
+
+
+async def test_publisher_delivers_events(telemetry: Telemetry) -> None:
+    core = AnomalyCore()
+    server = await start(telemetry, core)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as ch:
+            publisher = EventPublisher(ch)
+            await publisher.start()
+            for i in range(50):
+                assert publisher.publish(event(f"t{i % 3}"))
+            await eventually(lambda: core.stats().total == 50)
+            await publisher.aclose()
+            assert publisher.sent == 50
+            assert (publisher.dropped, publisher.lost) == (0, 0)
+    finally:
+        await server.stop(0)
+
+
+async def test_a_full_queue_drops_and_counts_without_blocking() -> None:
+    async with grpc.aio.insecure_channel("127.0.0.1:1") as ch:
+        publisher = EventPublisher(ch, max_queue=2)  # not started: nothing drains it
+        results = [publisher.publish(event("t")) for _ in range(5)]
+        assert results == [True, True, False, False, False]
+        assert (publisher.published, publisher.dropped) == (2, 3)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+async def test_events_wait_for_anomaly_to_come_up(telemetry: Telemetry) -> None:
+    port = free_port()
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+        publisher = EventPublisher(ch, initial_backoff_s=0.05)
+        await publisher.start()
+        for _ in range(10):
+            publisher.publish(event("early"))
+        core = AnomalyCore()
+        server = await start(telemetry, core, port=port)
+        try:
+            await eventually(lambda: core.stats().by_tenant["early"] == 10)
+            await publisher.aclose()
+        finally:
+            await server.stop(0)

@@ -1,0 +1,142 @@
+"""Auth and metering logic over a real SQLite store, without gRPC."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from services.auth.core import AuthCore, MeteringCore
+from services.auth.keys import parse_key
+from services.auth.models import RequestStatus, Scope, UsageRecord
+from services.common.errors import (
+    AlreadyExistsError,
+    InvalidArgumentError,
+    NotFoundError,
+    UnauthenticatedError,
+)
+
+T0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
+
+
+def usage(request_id: str, tenant_id: str, completion: int = 10, at: datetime = T0) -> UsageRecord:
+    return UsageRecord(
+        request_id=request_id,
+        tenant_id=tenant_id,
+        key_id="k",
+        model="tiny",
+        prompt_tokens=5,
+        completion_tokens=completion,
+        start_time=at,
+        end_time=at + timedelta(seconds=1),
+        status=RequestStatus.COMPLETED,
+    )
+
+
+async def test_a_created_key_authenticates_to_its_tenant(auth_core: AuthCore) -> None:
+    tenant = await auth_core.create_tenant("acme")
+    record, full = await auth_core.create_api_key(tenant.tenant_id, "ci")
+    principal = await auth_core.authenticate(full)
+    assert principal.tenant_id == tenant.tenant_id
+    assert principal.key_id == record.key_id
+    assert principal.scopes == (Scope.GENERATE, Scope.USAGE_READ)
+
+
+@pytest.mark.parametrize("mangle", ["wrong-secret", "malformed", "unknown-id"])
+async def test_wrong_malformed_or_unknown_keys_fail(auth_core: AuthCore, mangle: str) -> None:
+    tenant = await auth_core.create_tenant("acme")
+    _, full = await auth_core.create_api_key(tenant.tenant_id, "ci")
+    bad = {
+        "wrong-secret": full[:-4] + "AAAA",
+        "malformed": "sk-" + full,
+        "unknown-id": "maas_" + "a" * 12 + full[17:],
+    }[mangle]
+    with pytest.raises(UnauthenticatedError):
+        await auth_core.authenticate(bad)
+
+
+async def test_a_revoked_key_stops_authenticating(auth_core: AuthCore) -> None:
+    tenant = await auth_core.create_tenant("acme")
+    record, full = await auth_core.create_api_key(tenant.tenant_id, "ci")
+    revoked = await auth_core.revoke_api_key(record.key_id)
+    assert revoked.revoked_at is not None
+    with pytest.raises(UnauthenticatedError):
+        await auth_core.authenticate(full)
+
+
+async def test_the_secret_is_never_stored(auth_core: AuthCore, tmp_path: Path) -> None:
+    tenant = await auth_core.create_tenant("acme")
+    _, full = await auth_core.create_api_key(tenant.tenant_id, "ci")
+    parsed = parse_key(full)
+    assert parsed is not None
+    secret = parsed.secret
+    stored = b"".join(p.read_bytes() for p in tmp_path.glob("auth.db*"))
+    assert secret.encode() not in stored
+
+
+async def test_tenant_and_key_validation(auth_core: AuthCore) -> None:
+    with pytest.raises(InvalidArgumentError) as info:
+        await auth_core.create_tenant("  ")
+    assert info.value.field == "name"
+    await auth_core.create_tenant("acme")
+    with pytest.raises(AlreadyExistsError):
+        await auth_core.create_tenant("acme")
+    with pytest.raises(NotFoundError):
+        await auth_core.create_api_key("no-such-tenant", "x")
+    tenant = (await auth_core.list_tenants())[0]
+    with pytest.raises(InvalidArgumentError) as bad_scope:
+        await auth_core.create_api_key(tenant.tenant_id, "x", ["root"])
+    assert bad_scope.value.field == "scopes"
+
+
+async def test_recording_is_idempotent_on_request_id(metering_core: MeteringCore) -> None:
+    first, duplicate = await metering_core.record_usage(usage("r1", "t1"))
+    assert not duplicate
+    again, duplicate = await metering_core.record_usage(usage("r1", "t1"))
+    assert duplicate
+    assert again == first
+    summary = await metering_core.usage_summary("t1", None, None)
+    assert (summary.requests, summary.completion_tokens) == (1, 10)
+
+
+async def test_same_id_other_numbers_is_a_conflict(metering_core: MeteringCore) -> None:
+    await metering_core.record_usage(usage("r1", "t1", completion=10))
+    with pytest.raises(AlreadyExistsError):
+        await metering_core.record_usage(usage("r1", "t1", completion=11))
+    summary = await metering_core.usage_summary("t1", None, None)
+    assert summary.completion_tokens == 10
+
+
+async def test_concurrent_replays_bill_once(metering_core: MeteringCore) -> None:
+    results = await asyncio.gather(
+        *(metering_core.record_usage(usage("r1", "t1")) for _ in range(30))
+    )
+    assert sum(1 for _, duplicate in results if not duplicate) == 1
+    assert (await metering_core.usage_summary("t1", None, None)).requests == 1
+
+
+async def test_summary_is_per_tenant_and_range(metering_core: MeteringCore) -> None:
+    for i in range(3):
+        await metering_core.record_usage(usage(f"a{i}", "ta", at=T0 + timedelta(hours=i)))
+    await metering_core.record_usage(usage("b0", "tb", completion=99))
+    whole = await metering_core.usage_summary("ta", None, None)
+    assert (whole.requests, whole.prompt_tokens, whole.completion_tokens) == (3, 15, 30)
+    later = await metering_core.usage_summary("ta", T0 + timedelta(minutes=30), None)
+    assert later.requests == 2
+    window = await metering_core.usage_summary(
+        "ta", T0 + timedelta(minutes=30), T0 + timedelta(hours=1, minutes=30)
+    )
+    assert window.requests == 1
+    assert (await metering_core.usage_summary("tb", None, None)).completion_tokens == 99
+
+
+async def test_record_fields_are_validated(metering_core: MeteringCore) -> None:
+    with pytest.raises(InvalidArgumentError) as info:
+        await metering_core.record_usage(replace(usage("", "t1")))
+    assert info.value.field == "record.request_id"
+    with pytest.raises(InvalidArgumentError) as info:
+        await metering_core.record_usage(usage("r", ""))
+    assert info.value.field == "record.tenant_id"

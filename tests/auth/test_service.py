@@ -1,0 +1,106 @@
+"""maas.v1.Auth and maas.v1.Metering over a real gRPC server."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import pytest
+from google.protobuf import timestamp_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from maas.v1 import auth_pb2, auth_pb2_grpc, metering_pb2, metering_pb2_grpc
+from tests.auth.conftest import ADMIN_TOKEN
+from tests.support import bad_request_fields
+
+ADMIN = (("authorization", f"Bearer {ADMIN_TOKEN}"),)
+
+
+def ts(seconds: int) -> timestamp_pb2.Timestamp:
+    return timestamp_pb2.Timestamp(seconds=seconds)
+
+
+def record(request_id: str, tenant_id: str, completion: int = 7) -> metering_pb2.UsageRecord:
+    return metering_pb2.UsageRecord(
+        request_id=request_id,
+        tenant_id=tenant_id,
+        key_id="k",
+        model="tiny",
+        prompt_tokens=3,
+        completion_tokens=completion,
+        start_time=ts(1_800_000_000),
+        end_time=ts(1_800_000_001),
+        status=metering_pb2.REQUEST_STATUS_COMPLETED,
+    )
+
+
+async def test_keys_authenticate_until_revoked(auth_channel: grpc.aio.Channel) -> None:
+    stub = auth_pb2_grpc.AuthStub(auth_channel)
+    tenant = await stub.CreateTenant(auth_pb2.CreateTenantRequest(name="acme"), metadata=ADMIN)
+    created = await stub.CreateApiKey(
+        auth_pb2.CreateApiKeyRequest(tenant_id=tenant.tenant_id, name="ci"), metadata=ADMIN
+    )
+    assert created.api_key.startswith(f"maas_{created.key.key_id}_")
+    principal = await stub.Authenticate(auth_pb2.AuthenticateRequest(api_key=created.api_key))
+    assert principal.tenant_id == tenant.tenant_id
+    listed = await stub.ListApiKeys(
+        auth_pb2.ListApiKeysRequest(tenant_id=tenant.tenant_id), metadata=ADMIN
+    )
+    assert [k.key_id for k in listed.keys] == [created.key.key_id]
+    await stub.RevokeApiKey(auth_pb2.RevokeApiKeyRequest(key_id=created.key.key_id), metadata=ADMIN)
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stub.Authenticate(auth_pb2.AuthenticateRequest(api_key=created.api_key))
+    assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+@pytest.mark.parametrize(
+    ("metadata", "code"),
+    [
+        ((), grpc.StatusCode.UNAUTHENTICATED),
+        ((("authorization", "Bearer wrong"),), grpc.StatusCode.PERMISSION_DENIED),
+    ],
+)
+async def test_admin_rpcs_need_the_admin_token(
+    auth_channel: grpc.aio.Channel, metadata: tuple[tuple[str, str], ...], code: grpc.StatusCode
+) -> None:
+    stub = auth_pb2_grpc.AuthStub(auth_channel)
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stub.ListTenants(auth_pb2.ListTenantsRequest(), metadata=metadata)
+    assert info.value.code() == code
+
+
+async def test_empty_tenant_name_is_invalid_argument_naming_it(
+    auth_channel: grpc.aio.Channel,
+) -> None:
+    stub = auth_pb2_grpc.AuthStub(auth_channel)
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stub.CreateTenant(auth_pb2.CreateTenantRequest(name=""), metadata=ADMIN)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert bad_request_fields(info.value) == ["name"]
+
+
+async def test_record_usage_once_however_often_called(auth_channel: grpc.aio.Channel) -> None:
+    stub = metering_pb2_grpc.MeteringStub(auth_channel)
+    replies = [await stub.RecordUsage(metering_pb2.RecordUsageRequest(record=record("r1", "t1")))]
+    replies += await asyncio.gather(
+        *(
+            stub.RecordUsage(metering_pb2.RecordUsageRequest(record=record("r1", "t1")))
+            for _ in range(20)
+        )
+    )
+    assert [r.duplicate for r in replies].count(False) == 1
+    summary = await stub.GetUsage(metering_pb2.MeteringGetUsageRequest(tenant_id="t1"))
+    assert (summary.summary.requests, summary.summary.completion_tokens) == (1, 7)
+
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stub.RecordUsage(
+            metering_pb2.RecordUsageRequest(record=record("r1", "t1", completion=8))
+        )
+    assert info.value.code() == grpc.StatusCode.ALREADY_EXISTS
+
+
+async def test_health_serving(auth_channel: grpc.aio.Channel) -> None:
+    health = health_pb2_grpc.HealthStub(auth_channel)
+    for name in ("maas.v1.Auth", "maas.v1.Metering"):
+        reply = await health.Check(health_pb2.HealthCheckRequest(service=name))
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING

@@ -1,0 +1,36 @@
+"""Every log line is JSON with the service, trace and request ids."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import structlog
+
+from observability import setup
+from observability.context import bind_request
+from observability.logging import configure_logging
+from observability.settings import TelemetrySettings
+
+
+def test_log_lines_carry_trace_and_request_ids(capsys: pytest.CaptureFixture[str]) -> None:
+    settings = TelemetrySettings()
+    configure_logging("gateway", settings)
+    telemetry = setup("gateway", settings)
+    structlog.contextvars.clear_contextvars()
+    try:
+        with telemetry.tracer().start_as_current_span("work") as span:
+            bind_request("req-123", "tenant-9")
+            structlog.get_logger("test").info("hello", answer=42)
+            trace_id = format(span.get_span_context().trace_id, "032x")
+    finally:
+        structlog.contextvars.clear_contextvars()
+        telemetry.shutdown()
+    line = json.loads(capsys.readouterr().err.strip().splitlines()[-1])
+    assert line["event"] == "hello"
+    assert line["answer"] == 42
+    assert line["service"] == "gateway"
+    assert line["request_id"] == "req-123"
+    assert line["tenant_id"] == "tenant-9"
+    assert line["trace_id"] == trace_id
+    assert line["level"] == "info"
