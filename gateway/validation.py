@@ -1,10 +1,13 @@
-"""Checks on public requests, before anything downstream runs. Limits that
-need the model (context length) are checked by the inference replica."""
+"""Checks on public requests, before anything downstream runs. The sampling
+rules are the inference service's own (one definition); limits that need the
+model (context length, vocabulary) are checked by the replica."""
 
 from __future__ import annotations
 
 from maas.v1 import generation_pb2
 from services.common.errors import InvalidArgumentError
+from services.inference.convert import sampling_from_proto
+from services.inference.engine import InvalidRequestError, check_sampling
 
 ROLES = frozenset({"system", "user", "assistant", "tool"})
 MAX_STOP_STRINGS = 8
@@ -18,9 +21,13 @@ def validate_input(
         raise InvalidArgumentError("model", "required")
     which = request.WhichOneof("input")
     if which is None:
-        raise InvalidArgumentError("prompt", "one of prompt or messages is required")
+        raise InvalidArgumentError(
+            "prompt", "one of prompt, messages or prompt_token_ids is required"
+        )
     if which == "prompt" and not request.prompt:
         raise InvalidArgumentError("prompt", "must not be empty")
+    if which == "prompt_token_ids" and not request.prompt_token_ids.ids:
+        raise InvalidArgumentError("prompt_token_ids", "must not be empty")
     if which == "messages":
         turns = request.messages.messages
         if not turns:
@@ -34,13 +41,10 @@ def validate_input(
 
 def validate_generate(request: generation_pb2.GenerateRequest) -> None:
     validate_input(request)
-    if request.HasField("max_tokens") and request.max_tokens < 1:
-        raise InvalidArgumentError("max_tokens", "must be at least 1")
-    # Written as `not (in range)` so NaN, which compares false to everything, is rejected.
-    if request.HasField("temperature") and not (0.0 <= request.temperature <= 2.0):
-        raise InvalidArgumentError("temperature", "must be between 0 and 2")
-    if request.HasField("top_p") and not (0.0 < request.top_p <= 1.0):
-        raise InvalidArgumentError("top_p", "must be in (0, 1]")
+    try:
+        check_sampling(sampling_from_proto(request))
+    except InvalidRequestError as err:
+        raise InvalidArgumentError(err.field, err.description) from err
     if len(request.stop) > MAX_STOP_STRINGS:
         raise InvalidArgumentError("stop", f"at most {MAX_STOP_STRINGS} stop strings")
     for i, stop in enumerate(request.stop):

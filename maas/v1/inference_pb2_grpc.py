@@ -51,12 +51,22 @@ class InferenceStub:
         self.GetModelInfo = channel.unary_unary(
                 '/maas.v1.Inference/GetModelInfo',
                 request_serializer=maas_dot_v1_dot_inference__pb2.GetModelInfoRequest.SerializeToString,
-                response_deserializer=maas_dot_v1_dot_generation__pb2.ModelInfo.FromString,
+                response_deserializer=maas_dot_v1_dot_inference__pb2.ReplicaInfo.FromString,
                 _registered_method=True)
         self.GetLoad = channel.unary_unary(
                 '/maas.v1.Inference/GetLoad',
                 request_serializer=maas_dot_v1_dot_inference__pb2.GetLoadRequest.SerializeToString,
                 response_deserializer=maas_dot_v1_dot_inference__pb2.Load.FromString,
+                _registered_method=True)
+        self.WatchLoad = channel.unary_stream(
+                '/maas.v1.Inference/WatchLoad',
+                request_serializer=maas_dot_v1_dot_inference__pb2.WatchLoadRequest.SerializeToString,
+                response_deserializer=maas_dot_v1_dot_inference__pb2.Load.FromString,
+                _registered_method=True)
+        self.Abort = channel.unary_unary(
+                '/maas.v1.Inference/Abort',
+                request_serializer=maas_dot_v1_dot_inference__pb2.AbortRequest.SerializeToString,
+                response_deserializer=maas_dot_v1_dot_inference__pb2.AbortResponse.FromString,
                 _registered_method=True)
 
 
@@ -84,7 +94,7 @@ class InferenceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetModelInfo(self, request, context):
-        """Describes the served model.
+        """Describes the served model and this replica's capacity.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -92,6 +102,22 @@ class InferenceServicer:
 
     def GetLoad(self, request, context):
         """Reports the engine's current load.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchLoad(self, request, context):
+        """Streams the engine's load: the current value at once, then every change
+        (at most one message per engine step), so routers need not poll.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Abort(self, request, context):
+        """Aborts requests by id (x-request-id); each frees its sequence in the
+        engine at once. Unknown or finished ids are ignored.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -113,12 +139,22 @@ def add_InferenceServicer_to_server(servicer, server):
             'GetModelInfo': grpc.unary_unary_rpc_method_handler(
                     servicer.GetModelInfo,
                     request_deserializer=maas_dot_v1_dot_inference__pb2.GetModelInfoRequest.FromString,
-                    response_serializer=maas_dot_v1_dot_generation__pb2.ModelInfo.SerializeToString,
+                    response_serializer=maas_dot_v1_dot_inference__pb2.ReplicaInfo.SerializeToString,
             ),
             'GetLoad': grpc.unary_unary_rpc_method_handler(
                     servicer.GetLoad,
                     request_deserializer=maas_dot_v1_dot_inference__pb2.GetLoadRequest.FromString,
                     response_serializer=maas_dot_v1_dot_inference__pb2.Load.SerializeToString,
+            ),
+            'WatchLoad': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchLoad,
+                    request_deserializer=maas_dot_v1_dot_inference__pb2.WatchLoadRequest.FromString,
+                    response_serializer=maas_dot_v1_dot_inference__pb2.Load.SerializeToString,
+            ),
+            'Abort': grpc.unary_unary_rpc_method_handler(
+                    servicer.Abort,
+                    request_deserializer=maas_dot_v1_dot_inference__pb2.AbortRequest.FromString,
+                    response_serializer=maas_dot_v1_dot_inference__pb2.AbortResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -204,7 +240,7 @@ class Inference:
             target,
             '/maas.v1.Inference/GetModelInfo',
             maas_dot_v1_dot_inference__pb2.GetModelInfoRequest.SerializeToString,
-            maas_dot_v1_dot_generation__pb2.ModelInfo.FromString,
+            maas_dot_v1_dot_inference__pb2.ReplicaInfo.FromString,
             options,
             channel_credentials,
             insecure,
@@ -232,6 +268,60 @@ class Inference:
             '/maas.v1.Inference/GetLoad',
             maas_dot_v1_dot_inference__pb2.GetLoadRequest.SerializeToString,
             maas_dot_v1_dot_inference__pb2.Load.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchLoad(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/maas.v1.Inference/WatchLoad',
+            maas_dot_v1_dot_inference__pb2.WatchLoadRequest.SerializeToString,
+            maas_dot_v1_dot_inference__pb2.Load.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Abort(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/maas.v1.Inference/Abort',
+            maas_dot_v1_dot_inference__pb2.AbortRequest.SerializeToString,
+            maas_dot_v1_dot_inference__pb2.AbortResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -45,10 +45,18 @@ class InferenceStub:
     """
     CountTokens: _grpc.UnaryUnaryMultiCallable[_generation_pb2.CountTokensRequest, _generation_pb2.CountTokensResponse]
     """Counts the tokens of an input as the model would see it."""
-    GetModelInfo: _grpc.UnaryUnaryMultiCallable[_inference_pb2.GetModelInfoRequest, _generation_pb2.ModelInfo]
-    """Describes the served model."""
+    GetModelInfo: _grpc.UnaryUnaryMultiCallable[_inference_pb2.GetModelInfoRequest, _inference_pb2.ReplicaInfo]
+    """Describes the served model and this replica's capacity."""
     GetLoad: _grpc.UnaryUnaryMultiCallable[_inference_pb2.GetLoadRequest, _inference_pb2.Load]
     """Reports the engine's current load."""
+    WatchLoad: _grpc.UnaryStreamMultiCallable[_inference_pb2.WatchLoadRequest, _inference_pb2.Load]
+    """Streams the engine's load: the current value at once, then every change
+    (at most one message per engine step), so routers need not poll.
+    """
+    Abort: _grpc.UnaryUnaryMultiCallable[_inference_pb2.AbortRequest, _inference_pb2.AbortResponse]
+    """Aborts requests by id (x-request-id); each frees its sequence in the
+    engine at once. Unknown or finished ids are ignored.
+    """
 
 @_typing.type_check_only
 class InferenceAsyncStub(InferenceStub):
@@ -66,10 +74,18 @@ class InferenceAsyncStub(InferenceStub):
     """
     CountTokens: _aio.UnaryUnaryMultiCallable[_generation_pb2.CountTokensRequest, _generation_pb2.CountTokensResponse]  # type: ignore[assignment]
     """Counts the tokens of an input as the model would see it."""
-    GetModelInfo: _aio.UnaryUnaryMultiCallable[_inference_pb2.GetModelInfoRequest, _generation_pb2.ModelInfo]  # type: ignore[assignment]
-    """Describes the served model."""
+    GetModelInfo: _aio.UnaryUnaryMultiCallable[_inference_pb2.GetModelInfoRequest, _inference_pb2.ReplicaInfo]  # type: ignore[assignment]
+    """Describes the served model and this replica's capacity."""
     GetLoad: _aio.UnaryUnaryMultiCallable[_inference_pb2.GetLoadRequest, _inference_pb2.Load]  # type: ignore[assignment]
     """Reports the engine's current load."""
+    WatchLoad: _aio.UnaryStreamMultiCallable[_inference_pb2.WatchLoadRequest, _inference_pb2.Load]  # type: ignore[assignment]
+    """Streams the engine's load: the current value at once, then every change
+    (at most one message per engine step), so routers need not poll.
+    """
+    Abort: _aio.UnaryUnaryMultiCallable[_inference_pb2.AbortRequest, _inference_pb2.AbortResponse]  # type: ignore[assignment]
+    """Aborts requests by id (x-request-id); each frees its sequence in the
+    engine at once. Unknown or finished ids are ignored.
+    """
 
 class InferenceServicer(metaclass=_abc_1.ABCMeta):
     """One inference replica: one vLLM engine serving one model with continuous
@@ -102,8 +118,8 @@ class InferenceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _inference_pb2.GetModelInfoRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_generation_pb2.ModelInfo, _abc.Awaitable[_generation_pb2.ModelInfo]]:
-        """Describes the served model."""
+    ) -> _typing.Union[_inference_pb2.ReplicaInfo, _abc.Awaitable[_inference_pb2.ReplicaInfo]]:
+        """Describes the served model and this replica's capacity."""
 
     @_abc_1.abstractmethod
     def GetLoad(
@@ -112,5 +128,25 @@ class InferenceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_inference_pb2.Load, _abc.Awaitable[_inference_pb2.Load]]:
         """Reports the engine's current load."""
+
+    @_abc_1.abstractmethod
+    def WatchLoad(
+        self,
+        request: _inference_pb2.WatchLoadRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_inference_pb2.Load], _abc.AsyncIterator[_inference_pb2.Load]]:
+        """Streams the engine's load: the current value at once, then every change
+        (at most one message per engine step), so routers need not poll.
+        """
+
+    @_abc_1.abstractmethod
+    def Abort(
+        self,
+        request: _inference_pb2.AbortRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_inference_pb2.AbortResponse, _abc.Awaitable[_inference_pb2.AbortResponse]]:
+        """Aborts requests by id (x-request-id); each frees its sequence in the
+        engine at once. Unknown or finished ids are ignored.
+        """
 
 def add_InferenceServicer_to_server(servicer: InferenceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from maas.v1 import generation_pb2
+from maas.v1 import generation_pb2, inference_pb2
 from services.inference.engine import (
+    Capacity,
     ChatTurn,
     Delta,
     FinishReason,
     GenerationInput,
+    LoadSnapshot,
     ModelInfo,
     SamplingOptions,
 )
@@ -22,36 +24,84 @@ _FINISH_REASONS = {
 def input_from_proto(
     message: generation_pb2.GenerateRequest | generation_pb2.CountTokensRequest,
 ) -> GenerationInput:
-    if message.WhichOneof("input") == "messages":
+    which = message.WhichOneof("input")
+    if which == "messages":
         turns = tuple(ChatTurn(m.role, m.content) for m in message.messages.messages)
         return GenerationInput(messages=turns)
+    if which == "prompt_token_ids":
+        return GenerationInput(token_ids=tuple(message.prompt_token_ids.ids))
     return GenerationInput(prompt=message.prompt)
 
 
 def sampling_from_proto(request: generation_pb2.GenerateRequest) -> SamplingOptions:
+    def opt(name: str, default: float) -> float:
+        return getattr(request, name) if request.HasField(name) else default
+
+    constraint = request.WhichOneof("constraint")
     return SamplingOptions(
         max_tokens=request.max_tokens if request.HasField("max_tokens") else None,
-        temperature=request.temperature if request.HasField("temperature") else 1.0,
-        top_p=request.top_p if request.HasField("top_p") else 1.0,
+        temperature=opt("temperature", 1.0),
+        top_p=opt("top_p", 1.0),
+        top_k=request.top_k,
+        min_p=opt("min_p", 0.0),
+        presence_penalty=opt("presence_penalty", 0.0),
+        frequency_penalty=opt("frequency_penalty", 0.0),
+        repetition_penalty=opt("repetition_penalty", 1.0),
+        min_tokens=request.min_tokens,
         seed=request.seed if request.HasField("seed") else None,
         stop=tuple(request.stop),
+        stop_token_ids=tuple(request.stop_token_ids),
+        ignore_eos=request.ignore_eos,
+        n=request.n if request.HasField("n") else 1,
+        logprobs=request.logprobs if request.HasField("logprobs") else None,
+        json_schema=request.json_schema if constraint == "json_schema" else None,
+        regex=request.regex if constraint == "regex" else None,
     )
 
 
 def delta_to_proto(delta: Delta) -> generation_pb2.GenerateResponse:
-    return generation_pb2.GenerateResponse(
+    message = generation_pb2.GenerateResponse(
         text=delta.text,
         token_ids=delta.token_ids,
-        finish_reason=_FINISH_REASONS[delta.finish_reason]
-        if delta.finish_reason is not None
-        else generation_pb2.FINISH_REASON_UNSPECIFIED,
+        index=delta.index,
         usage=generation_pb2.Usage(
             prompt_tokens=delta.prompt_tokens, completion_tokens=delta.completion_tokens
         ),
     )
+    if delta.finish_reason is not None:
+        message.finish_reason = _FINISH_REASONS[delta.finish_reason]
+    for entry in delta.logprobs:
+        message.logprobs.add(
+            sampled=generation_pb2.TokenLogprob(
+                token_id=entry.sampled.token_id, logprob=entry.sampled.logprob
+            ),
+            top=[
+                generation_pb2.TokenLogprob(token_id=t.token_id, logprob=t.logprob)
+                for t in entry.top
+            ],
+        )
+    return message
 
 
 def model_info_to_proto(info: ModelInfo) -> generation_pb2.ModelInfo:
     return generation_pb2.ModelInfo(
         name=info.name, max_context_length=info.max_context_length, vocab_size=info.vocab_size
+    )
+
+
+def replica_info_to_proto(info: ModelInfo, capacity: Capacity) -> inference_pb2.ReplicaInfo:
+    return inference_pb2.ReplicaInfo(
+        model=model_info_to_proto(info),
+        max_num_seqs=capacity.max_num_seqs,
+        kv_cache_tokens=capacity.kv_cache_tokens,
+    )
+
+
+def load_to_proto(load: LoadSnapshot) -> inference_pb2.Load:
+    return inference_pb2.Load(
+        running=load.running,
+        waiting=load.waiting,
+        kv_cache_usage=load.kv_cache_usage,
+        tokens_in_flight=load.tokens_in_flight,
+        prefix_cache_hit_rate=load.prefix_cache_hit_rate,
     )

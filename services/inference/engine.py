@@ -4,7 +4,9 @@ checks that need only the model's limits. No vLLM import here."""
 from __future__ import annotations
 
 import enum
-from collections.abc import AsyncGenerator
+import json
+import re
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -17,10 +19,24 @@ class ChatTurn:
 
 @dataclass(frozen=True, slots=True)
 class GenerationInput:
-    """A raw prompt or chat turns; exactly one is used."""
+    """A raw prompt, chat turns or token ids; exactly one is used."""
 
     prompt: str | None = None
     messages: tuple[ChatTurn, ...] = ()
+    token_ids: tuple[int, ...] | None = None
+
+    @property
+    def field(self) -> str:
+        """The request field this input came from, for error messages."""
+        if self.messages:
+            return "messages"
+        if self.token_ids is not None:
+            return "prompt_token_ids"
+        return "prompt"
+
+
+MAX_CHOICES = 16
+MAX_LOGPROBS = 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,8 +44,20 @@ class SamplingOptions:
     max_tokens: int | None = None  # None: up to the context length
     temperature: float = 1.0
     top_p: float = 1.0
+    top_k: int = 0  # 0: no limit
+    min_p: float = 0.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    min_tokens: int = 0
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    stop_token_ids: tuple[int, ...] = ()
+    ignore_eos: bool = False
+    n: int = 1
+    logprobs: int | None = None  # None: no logprobs; k: sampled token and k alternatives
+    json_schema: str | None = None
+    regex: str | None = None
 
 
 class FinishReason(enum.Enum):
@@ -39,14 +67,28 @@ class FinishReason(enum.Enum):
 
 
 @dataclass(frozen=True, slots=True)
+class TokenLogprob:
+    token_id: int
+    logprob: float
+
+
+@dataclass(frozen=True, slots=True)
+class SampledLogprob:
+    sampled: TokenLogprob
+    top: tuple[TokenLogprob, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class Delta:
-    """New output of one request since the last delta."""
+    """New output of one choice of a request since its last delta."""
 
     text: str
     token_ids: tuple[int, ...]
     prompt_tokens: int
-    completion_tokens: int  # so far, this delta included
+    completion_tokens: int  # of all choices so far, this delta included
     finish_reason: FinishReason | None
+    index: int = 0
+    logprobs: tuple[SampledLogprob, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,10 +99,18 @@ class ModelInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class Capacity:
+    max_num_seqs: int
+    kv_cache_tokens: int
+
+
+@dataclass(frozen=True, slots=True)
 class LoadSnapshot:
     running: int
     waiting: int
     kv_cache_usage: float
+    tokens_in_flight: int = 0
+    prefix_cache_hit_rate: float = 0.0
 
 
 class InvalidRequestError(Exception):
@@ -86,7 +136,16 @@ class Engine(Protocol):
         """Streams deltas; closing or cancelling the stream aborts the request."""
         ...
 
-    async def abort(self, request_id: str) -> None: ...
+    @property
+    def capacity(self) -> Capacity: ...
+
+    async def abort(self, request_ids: Sequence[str]) -> list[str]:
+        """Aborts those of `request_ids` that are running; returns them."""
+        ...
+
+    def watch_load(self) -> AsyncGenerator[LoadSnapshot, None]:
+        """The current load, then every change."""
+        ...
 
     async def count_tokens(self, inp: GenerationInput) -> int: ...
 
@@ -99,32 +158,70 @@ class Engine(Protocol):
         ...
 
 
+def _require(ok: bool, field: str, description: str) -> None:
+    if not ok:
+        raise InvalidRequestError(field, description)
+
+
+def check_sampling(options: SamplingOptions) -> None:
+    """Checks that need no model. Written as `not (in range)` so NaN fails."""
+    _require(0.0 <= options.temperature <= 2.0, "temperature", "must be in [0, 2]")
+    _require(0.0 < options.top_p <= 1.0, "top_p", "must be in (0, 1]")
+    _require(options.top_k >= 0, "top_k", "must be >= 0")
+    _require(0.0 <= options.min_p <= 1.0, "min_p", "must be in [0, 1]")
+    _require(-2.0 <= options.presence_penalty <= 2.0, "presence_penalty", "must be in [-2, 2]")
+    _require(-2.0 <= options.frequency_penalty <= 2.0, "frequency_penalty", "must be in [-2, 2]")
+    _require(0.0 < options.repetition_penalty <= 2.0, "repetition_penalty", "must be in (0, 2]")
+    _require(1 <= options.n <= MAX_CHOICES, "n", f"must be 1 to {MAX_CHOICES}")
+    if options.logprobs is not None:
+        _require(0 <= options.logprobs <= MAX_LOGPROBS, "logprobs", f"must be 0 to {MAX_LOGPROBS}")
+    if options.max_tokens is not None:
+        _require(options.max_tokens >= 1, "max_tokens", "must be at least 1")
+        _require(options.min_tokens <= options.max_tokens, "min_tokens", "exceeds max_tokens")
+    if options.json_schema is not None:
+        try:
+            schema = json.loads(options.json_schema)
+        except ValueError as err:
+            raise InvalidRequestError("json_schema", f"is not JSON: {err}") from err
+        _require(isinstance(schema, dict), "json_schema", "must be a JSON object")
+    if options.regex is not None:
+        try:
+            re.compile(options.regex)
+        except re.error as err:
+            raise InvalidRequestError("regex", f"does not compile: {err}") from err
+
+
 def check_request(
-    prompt_tokens: int, inp: GenerationInput, options: SamplingOptions, model: ModelInfo
+    prompt_ids: Sequence[int], inp: GenerationInput, options: SamplingOptions, model: ModelInfo
 ) -> int:
     """Validates a tokenized request against the model; returns the max tokens
     to generate (what is asked, or what is left of the context)."""
-    input_field = "messages" if inp.messages else "prompt"
-    if prompt_tokens == 0:
-        raise InvalidRequestError(input_field, "must not be empty")
-    if prompt_tokens >= model.max_context_length:
-        raise InvalidRequestError(
+    check_sampling(options)
+    prompt_tokens = len(prompt_ids)
+    input_field = inp.field
+    _require(prompt_tokens > 0, input_field, "must not be empty")
+    if inp.token_ids is not None:
+        _require(
+            all(0 <= t < model.vocab_size for t in prompt_ids),
             input_field,
-            f"is {prompt_tokens} tokens; the model's context is {model.max_context_length}"
-            " and at least one token must be left to generate",
+            f"token ids must be below the vocabulary size {model.vocab_size}",
         )
+    for token in options.stop_token_ids:
+        _require(0 <= token < model.vocab_size, "stop_token_ids",
+                 f"must be below the vocabulary size {model.vocab_size}")  # fmt: skip
+    _require(
+        prompt_tokens < model.max_context_length,
+        input_field,
+        f"is {prompt_tokens} tokens; the model's context is {model.max_context_length}"
+        " and at least one token must be left to generate",
+    )
     room = model.max_context_length - prompt_tokens
     if options.max_tokens is not None:
-        if options.max_tokens < 1:
-            raise InvalidRequestError("max_tokens", "must be at least 1")
-        if options.max_tokens > room:
-            raise InvalidRequestError(
-                "max_tokens",
-                f"{options.max_tokens} plus the prompt's {prompt_tokens} tokens is past the"
-                f" model's context of {model.max_context_length}",
-            )
-    if not options.temperature >= 0.0:
-        raise InvalidRequestError("temperature", "must be at least 0")
-    if not 0.0 < options.top_p <= 1.0:
-        raise InvalidRequestError("top_p", "must be in (0, 1]")
+        _require(
+            options.max_tokens <= room,
+            "max_tokens",
+            f"{options.max_tokens} plus the prompt's {prompt_tokens} tokens is past the"
+            f" model's context of {model.max_context_length}",
+        )
+    _require(options.min_tokens <= room, "min_tokens", "is past the model's context")
     return options.max_tokens if options.max_tokens is not None else room

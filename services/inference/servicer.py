@@ -73,16 +73,27 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
 
     async def GetModelInfo(
         self, request: inference_pb2.GetModelInfoRequest, context: Context
-    ) -> generation_pb2.ModelInfo:
-        return convert.model_info_to_proto(self.engine.model_info)
+    ) -> inference_pb2.ReplicaInfo:
+        engine = self.engine
+        return convert.replica_info_to_proto(engine.model_info, engine.capacity)
 
     async def GetLoad(
         self, request: inference_pb2.GetLoadRequest, context: Context
     ) -> inference_pb2.Load:
-        load = self.engine.load()
-        return inference_pb2.Load(
-            running=load.running, waiting=load.waiting, kv_cache_usage=load.kv_cache_usage
-        )
+        return convert.load_to_proto(self.engine.load())
+
+    async def WatchLoad(
+        self, request: inference_pb2.WatchLoadRequest, context: Context
+    ) -> AsyncIterator[inference_pb2.Load]:
+        async with aclosing(self.engine.watch_load()) as loads:
+            async for load in loads:
+                yield convert.load_to_proto(load)
+
+    async def Abort(
+        self, request: inference_pb2.AbortRequest, context: Context
+    ) -> inference_pb2.AbortResponse:
+        aborted = await self.engine.abort(list(request.request_ids))
+        return inference_pb2.AbortResponse(aborted=aborted)
 
     @staticmethod
     def _check_model(model: str, engine: Engine) -> None:

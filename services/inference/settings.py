@@ -33,6 +33,8 @@ class InferenceSettings(ServiceSettings):
     gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1)
     enable_prefix_caching: bool = True
     quantization: str | None = None
+    # Grammar backend for json_schema/regex; both support compact JSON.
+    structured_outputs_backend: Literal["xgrammar", "guidance"] = "xgrammar"
     dtype: Literal["auto", "half", "float16", "bfloat16", "float", "float32"] = "auto"
     seed: int = 0
 

@@ -3,27 +3,33 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
 import structlog
 from vllm import SamplingParams
+from vllm.config import StructuredOutputsConfig
 from vllm.engine.arg_utils import AsyncEngineArgs
+from vllm.exceptions import VLLMValidationError
 from vllm.inputs import TokensPrompt
-from vllm.sampling_params import RequestOutputKind
+from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
 from vllm.v1.engine.async_llm import AsyncLLM
 from vllm.v1.engine.exceptions import EngineDeadError as VllmEngineDeadError
 from vllm.v1.metrics.loggers import StatLoggerBase
 
 from services.inference.engine import (
+    Capacity,
     Delta,
     EngineDeadError,
     FinishReason,
     GenerationInput,
+    InvalidRequestError,
     LoadSnapshot,
     ModelInfo,
+    SampledLogprob,
     SamplingOptions,
+    TokenLogprob,
     check_request,
 )
 from services.inference.settings import InferenceSettings
@@ -34,10 +40,23 @@ _FINISH_REASONS = {"stop": FinishReason.STOP, "length": FinishReason.LENGTH}
 
 
 class _LoadRecorder(StatLoggerBase):
-    """Keeps the scheduler's latest counts; vLLM calls `record` after every step."""
+    """Keeps the scheduler's latest counts and wakes load watchers; vLLM calls
+    `record` from its output task, on the event loop, after every step."""
+
+    # Weight of history in the prefix-cache hit rate: about the last 100 steps.
+    HIT_RATE_DECAY = 0.99
 
     def __init__(self, vllm_config: Any, engine_index: int = 0) -> None:
-        self.snapshot = LoadSnapshot(running=0, waiting=0, kv_cache_usage=0.0)
+        self.running = 0
+        self.waiting = 0
+        self.kv_cache_usage = 0.0
+        self._queries = 0.0
+        self._hits = 0.0
+        self._changed = asyncio.Event()
+
+    @property
+    def prefix_cache_hit_rate(self) -> float:
+        return self._hits / self._queries if self._queries else 0.0
 
     def record(
         self,
@@ -46,12 +65,25 @@ class _LoadRecorder(StatLoggerBase):
         mm_cache_stats: Any = None,
         engine_idx: int = 0,
     ) -> None:
-        if scheduler_stats is not None:
-            self.snapshot = LoadSnapshot(
-                running=scheduler_stats.num_running_reqs,
-                waiting=scheduler_stats.num_waiting_reqs + scheduler_stats.num_skipped_waiting_reqs,
-                kv_cache_usage=scheduler_stats.kv_cache_usage,
-            )
+        if scheduler_stats is None:
+            return
+        self.running = scheduler_stats.num_running_reqs
+        self.waiting = scheduler_stats.num_waiting_reqs + scheduler_stats.num_skipped_waiting_reqs
+        self.kv_cache_usage = scheduler_stats.kv_cache_usage
+        cache = scheduler_stats.prefix_cache_stats
+        self._queries = self._queries * self.HIT_RATE_DECAY + cache.queries
+        self._hits = self._hits * self.HIT_RATE_DECAY + cache.hits
+        self.notify()
+
+    def notify(self) -> None:
+        """Wakes the load watchers."""
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    @property
+    def changed(self) -> asyncio.Event:
+        """Set at the next step's record; a fresh one is made after each."""
+        return self._changed
 
     def log_engine_initialized(self) -> None:
         pass
@@ -65,22 +97,54 @@ class _DeadEngine:
 _DEAD_ENGINE: Any = _DeadEngine()
 
 
+def _logprobs(token_ids: Sequence[int], entries: Any) -> tuple[SampledLogprob, ...]:
+    """vLLM gives, per token, {token id: Logprob(logprob, rank)} holding the
+    sampled token and the top alternatives (rank 1 is the most likely)."""
+    if not entries:
+        return ()
+    result = []
+    for token_id, by_token in zip(token_ids, entries, strict=False):
+        sampled = by_token[token_id]
+        top = sorted(
+            ((tid, lp) for tid, lp in by_token.items() if lp.rank is not None),
+            key=lambda item: item[1].rank,
+        )
+        result.append(
+            SampledLogprob(
+                sampled=TokenLogprob(token_id, float(sampled.logprob)),
+                top=tuple(TokenLogprob(tid, float(lp.logprob)) for tid, lp in top),
+            )
+        )
+    return tuple(result)
+
+
 class VllmEngine:
-    def __init__(self, llm: AsyncLLM, model_info: ModelInfo, load: _LoadRecorder) -> None:
+    def __init__(
+        self, llm: AsyncLLM, model_info: ModelInfo, capacity: Capacity, load: _LoadRecorder
+    ) -> None:
         self._llm = llm
         self._model_info = model_info
+        self._capacity = capacity
         self._load = load
         self._tokenizer = llm.get_tokenizer()
+        # Tokens each running request may still generate (max_tokens x n, minus done).
+        self._promised: dict[str, int] = {}
 
     @property
     def model_info(self) -> ModelInfo:
         return self._model_info
+
+    @property
+    def capacity(self) -> Capacity:
+        return self._capacity
 
     def detach(self) -> None:
         """Drops the engine reference after shutdown; later calls fail as dead."""
         self._llm = _DEAD_ENGINE
 
     def _prompt_ids(self, inp: GenerationInput) -> list[int]:
+        if inp.token_ids is not None:
+            return list(inp.token_ids)
         if inp.messages:
             rendered = self._tokenizer.apply_chat_template(
                 [{"role": t.role, "content": t.content} for t in inp.messages],
@@ -93,49 +157,104 @@ class VllmEngine:
         ids = self._tokenizer.encode(inp.prompt or "", add_special_tokens=False)
         return ids
 
+    @staticmethod
+    def _sampling_params(options: SamplingOptions, max_tokens: int) -> SamplingParams:
+        structured = None
+        if options.json_schema is not None:
+            structured = StructuredOutputsParams(json=options.json_schema)
+        elif options.regex is not None:
+            structured = StructuredOutputsParams(regex=options.regex)
+        return SamplingParams(
+            n=options.n,
+            max_tokens=max_tokens,
+            min_tokens=options.min_tokens,
+            temperature=options.temperature,
+            top_p=options.top_p,
+            top_k=options.top_k,
+            min_p=options.min_p,
+            presence_penalty=options.presence_penalty,
+            frequency_penalty=options.frequency_penalty,
+            repetition_penalty=options.repetition_penalty,
+            seed=options.seed,
+            stop=list(options.stop) or None,
+            stop_token_ids=list(options.stop_token_ids) or None,
+            ignore_eos=options.ignore_eos,
+            logprobs=options.logprobs,
+            structured_outputs=structured,
+            output_kind=RequestOutputKind.DELTA,
+        )
+
     async def generate(
         self, request_id: str, inp: GenerationInput, options: SamplingOptions
     ) -> AsyncGenerator[Delta, None]:
         prompt_ids = self._prompt_ids(inp)
-        max_tokens = check_request(len(prompt_ids), inp, options, self._model_info)
-        params = SamplingParams(
-            max_tokens=max_tokens,
-            temperature=options.temperature,
-            top_p=options.top_p,
-            seed=options.seed,
-            stop=list(options.stop) or None,
-            output_kind=RequestOutputKind.DELTA,
-        )
+        max_tokens = check_request(prompt_ids, inp, options, self._model_info)
+        params = self._sampling_params(options, max_tokens)
         completion_tokens = 0
+        self._promised[request_id] = max_tokens * options.n
         try:
             # Closing this generator (a cancelled call) makes AsyncLLM abort the
             # request and free its KV cache; the cancellation then propagates.
             async for output in self._llm.generate(
                 TokensPrompt(prompt_token_ids=prompt_ids), params, request_id
             ):
-                choice = output.outputs[0]
-                completion_tokens += len(choice.token_ids)
-                finish = None
-                if output.finished:
-                    finish = _FINISH_REASONS.get(choice.finish_reason or "", FinishReason.ABORT)
-                yield Delta(
-                    text=choice.text,
-                    token_ids=tuple(choice.token_ids),
-                    prompt_tokens=len(prompt_ids),
-                    completion_tokens=completion_tokens,
-                    finish_reason=finish,
-                )
+                for choice in output.outputs:
+                    if not choice.token_ids and choice.finish_reason is None:
+                        continue
+                    completion_tokens += len(choice.token_ids)
+                    self._promised[request_id] -= len(choice.token_ids)
+                    finish = None
+                    if choice.finish_reason is not None:
+                        finish = _FINISH_REASONS.get(choice.finish_reason, FinishReason.ABORT)
+                    yield Delta(
+                        text=choice.text,
+                        token_ids=tuple(choice.token_ids),
+                        prompt_tokens=len(prompt_ids),
+                        completion_tokens=completion_tokens,
+                        finish_reason=finish,
+                        index=choice.index,
+                        logprobs=_logprobs(choice.token_ids, choice.logprobs),
+                    )
         except VllmEngineDeadError as err:
             raise EngineDeadError(str(err)) from err
+        except VLLMValidationError as err:
+            # Our checks run first; this catches what only the engine knows
+            # (e.g. a JSON schema its grammar backend cannot compile).
+            raise InvalidRequestError(err.parameter or "request", str(err)) from err
+        finally:
+            self._promised.pop(request_id, None)
+            self._load.notify()
 
-    async def abort(self, request_id: str) -> None:
-        await self._llm.abort(request_id)
+    async def abort(self, request_ids: Sequence[str]) -> list[str]:
+        running = [rid for rid in request_ids if rid in self._promised]
+        if running:
+            await self._llm.abort(running)
+        return running
 
     async def count_tokens(self, inp: GenerationInput) -> int:
         return len(self._prompt_ids(inp))
 
     def load(self) -> LoadSnapshot:
-        return self._load.snapshot
+        # The scheduler's counts are from its last step; after the last request
+        # ends there may be no further step, so nothing here means idle.
+        idle = not self._promised
+        return LoadSnapshot(
+            running=0 if idle else self._load.running,
+            waiting=0 if idle else self._load.waiting,
+            kv_cache_usage=0.0 if idle else self._load.kv_cache_usage,
+            tokens_in_flight=max(0, sum(self._promised.values())),
+            prefix_cache_hit_rate=self._load.prefix_cache_hit_rate,
+        )
+
+    async def watch_load(self) -> AsyncGenerator[LoadSnapshot, None]:
+        last: LoadSnapshot | None = None
+        while True:
+            changed = self._load.changed
+            now = self.load()
+            if now != last:
+                yield now
+                last = now
+            await changed.wait()
 
     def num_unfinished_requests(self) -> int:
         return int(self._llm.get_num_unfinished_requests())
@@ -165,6 +284,11 @@ def engine_args(settings: InferenceSettings) -> AsyncEngineArgs:
         seed=settings.seed,
         # Per-request log lines from vLLM would double ours.
         enable_log_requests=False,
+        # Compact JSON for json_schema: grammars that allow free whitespace let
+        # weak models pad with it until max_tokens and never close the object.
+        structured_outputs_config=StructuredOutputsConfig(
+            backend=settings.structured_outputs_backend, disable_any_whitespace=True
+        ),
         **optional,
     )
 
@@ -191,7 +315,12 @@ async def open_vllm_engine(settings: InferenceSettings) -> AsyncIterator[VllmEng
             vocab_size=llm.model_config.get_vocab_size(),
         )
         log.info("engine ready", model=info.name, context=info.max_context_length)
-        engine = VllmEngine(llm, info, recorders[0])
+        cache = llm.vllm_config.cache_config
+        capacity = Capacity(
+            max_num_seqs=llm.vllm_config.scheduler_config.max_num_seqs,
+            kv_cache_tokens=(cache.num_gpu_blocks or 0) * cache.block_size,
+        )
+        engine = VllmEngine(llm, info, capacity, recorders[0])
         yield engine
     finally:
         llm.shutdown()

@@ -125,9 +125,8 @@ class ReplicaSet:
                 async for update in health.Watch(request, wait_for_ready=True):
                     serving = update.status == health_pb2.HealthCheckResponse.SERVING
                     if serving and replica.model is None:
-                        replica.model = await replica.stub.GetModelInfo(
-                            inference_pb2.GetModelInfoRequest()
-                        )
+                        info = await replica.stub.GetModelInfo(inference_pb2.GetModelInfoRequest())
+                        replica.model = info.model
                     self._set_serving(replica, serving)
                     backoff = self._retry_initial_s
             except grpc.aio.AioRpcError as err:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from services.inference.engine import (
@@ -106,3 +108,187 @@ async def test_bad_requests_are_refused_before_the_engine(
         vllm_engine, GenerationInput(prompt="still fine"), SamplingOptions(max_tokens=2), "ok"
     )
     assert deltas[-1].completion_tokens == 2
+
+
+async def test_n_choices_each_finish_and_usage_counts_all(vllm_engine: VllmEngine) -> None:
+    deltas = await collect(
+        vllm_engine,
+        GenerationInput(prompt="class"),
+        SamplingOptions(max_tokens=6, n=3, temperature=1.0, seed=5),
+        "n-3",
+    )
+    by_choice: dict[int, list[Delta]] = {}
+    for d in deltas:
+        by_choice.setdefault(d.index, []).append(d)
+    assert sorted(by_choice) == [0, 1, 2]
+    for choice in by_choice.values():
+        assert sum(len(d.token_ids) for d in choice) == 6
+        assert choice[-1].finish_reason is FinishReason.LENGTH
+    assert deltas[-1].completion_tokens == 18
+
+
+async def test_logprobs_have_the_asked_shape(vllm_engine: VllmEngine) -> None:
+    deltas = await collect(
+        vllm_engine,
+        GenerationInput(prompt="import"),
+        SamplingOptions(max_tokens=5, logprobs=3, temperature=0.0),
+        "logprobs",
+    )
+    tokens = [t for d in deltas for t in d.token_ids]
+    entries = [e for d in deltas for e in d.logprobs]
+    assert len(entries) == len(tokens) == 5
+    for token, entry in zip(tokens, entries, strict=True):
+        assert entry.sampled.token_id == token
+        assert entry.sampled.logprob <= 0.0
+        assert len(entry.top) == 3
+        assert [t.logprob for t in entry.top] == sorted(
+            (t.logprob for t in entry.top), reverse=True
+        )
+        # Greedy: the sampled token is the most likely one.
+        assert entry.top[0].token_id == token
+
+
+async def test_token_id_prompts_and_stop_token_ids(vllm_engine: VllmEngine) -> None:
+    ids = tuple(range(100, 110))
+    free = await collect(
+        vllm_engine,
+        GenerationInput(token_ids=ids),
+        SamplingOptions(max_tokens=8, temperature=0.0, ignore_eos=True),
+        "ids-free",
+    )
+    generated = [t for d in free for t in d.token_ids]
+    assert free[-1].prompt_tokens == 10
+    stopper = generated[3]
+    cut = await collect(
+        vllm_engine,
+        GenerationInput(token_ids=ids),
+        SamplingOptions(max_tokens=8, temperature=0.0, stop_token_ids=(stopper,)),
+        "ids-stop",
+    )
+    cut_tokens = [t for d in cut for t in d.token_ids]
+    assert cut_tokens == generated[: generated.index(stopper) + 1]
+    assert cut[-1].finish_reason is FinishReason.STOP
+
+
+async def test_min_tokens_and_penalties_are_accepted(vllm_engine: VllmEngine) -> None:
+    deltas = await collect(
+        vllm_engine,
+        GenerationInput(prompt="x"),
+        SamplingOptions(
+            max_tokens=10,
+            min_tokens=10,
+            top_k=20,
+            min_p=0.05,
+            presence_penalty=0.5,
+            frequency_penalty=0.5,
+            repetition_penalty=1.2,
+            seed=1,
+        ),
+        "penalties",
+    )
+    assert deltas[-1].completion_tokens == 10
+
+
+async def test_regex_constrains_the_output(vllm_engine: VllmEngine) -> None:
+    deltas = await collect(
+        vllm_engine,
+        GenerationInput(prompt="Answer:"),
+        SamplingOptions(max_tokens=20, regex="(yes|no)", temperature=1.0, seed=3),
+        "regex",
+    )
+    assert "".join(d.text for d in deltas) in {"yes", "no"}
+
+
+async def test_json_schema_constrains_the_output(vllm_engine: VllmEngine) -> None:
+    import json
+
+    schema = {
+        "type": "object",
+        "properties": {"ok": {"type": "boolean"}},
+        "required": ["ok"],
+        "additionalProperties": False,
+    }
+    deltas = await collect(
+        vllm_engine,
+        GenerationInput(prompt="JSON:"),
+        SamplingOptions(max_tokens=40, json_schema=json.dumps(schema), temperature=0.0),
+        "json",
+    )
+    parsed = json.loads("".join(d.text for d in deltas))
+    assert isinstance(parsed["ok"], bool)
+
+
+async def test_abort_by_id_frees_the_sequence(vllm_engine: VllmEngine) -> None:
+    stream = vllm_engine.generate(
+        "abort-rpc", GenerationInput(prompt="Go"), SamplingOptions(max_tokens=1500)
+    )
+    first = await anext(stream)
+    assert first.completion_tokens >= 1
+    assert await vllm_engine.abort(["abort-rpc", "never-existed"]) == ["abort-rpc"]
+    rest = [d async for d in stream]
+    assert rest == [] or rest[-1].finish_reason is FinishReason.ABORT
+    await eventually(lambda: vllm_engine.num_unfinished_requests() == 0)
+
+
+async def test_load_reports_running_requests_then_zero(vllm_engine: VllmEngine) -> None:
+    watcher = vllm_engine.watch_load()
+    initial = await anext(watcher)
+    assert initial.running == 0
+    stream = vllm_engine.generate(
+        "load-1", GenerationInput(prompt="Go"), SamplingOptions(max_tokens=1500)
+    )
+    await anext(stream)
+    busy = await anext(watcher)
+    while busy.running == 0:
+        busy = await anext(watcher)
+    assert busy.running == 1
+    assert 0 < busy.tokens_in_flight <= 1500
+    assert 0.0 < busy.kv_cache_usage <= 1.0
+    await stream.aclose()
+    idle = await anext(watcher)
+    while idle.running != 0:
+        idle = await anext(watcher)
+    assert idle.tokens_in_flight == 0
+    await watcher.aclose()
+
+
+async def test_32_concurrent_streams_complete_with_correct_usage(
+    vllm_engine: VllmEngine,
+) -> None:
+    async def one(i: int) -> list[Delta]:
+        return await collect(
+            vllm_engine,
+            GenerationInput(prompt=f"stream {i}"),
+            SamplingOptions(max_tokens=24, ignore_eos=True),
+            f"many-{i}",
+        )
+
+    results = await asyncio.gather(*(one(i) for i in range(32)))
+    for deltas in results:
+        assert sum(len(d.token_ids) for d in deltas) == 24
+        assert deltas[-1].completion_tokens == 24
+        assert deltas[-1].finish_reason is FinishReason.LENGTH
+
+
+async def test_an_oversized_request_leaves_its_neighbours_unharmed(
+    vllm_engine: VllmEngine,
+) -> None:
+    async def normal(i: int) -> int:
+        deltas = await collect(
+            vllm_engine,
+            GenerationInput(prompt=f"neighbour {i}"),
+            SamplingOptions(max_tokens=16, ignore_eos=True),
+            f"neighbour-{i}",
+        )
+        return deltas[-1].completion_tokens
+
+    async def oversized() -> None:
+        await collect(
+            vllm_engine, GenerationInput(prompt="sea " * 5000), SamplingOptions(), "oversized"
+        )
+
+    results = await asyncio.gather(
+        *(normal(i) for i in range(8)), oversized(), return_exceptions=True
+    )
+    assert results[:8] == [16] * 8
+    assert isinstance(results[8], InvalidRequestError)

@@ -1,0 +1,134 @@
+"""maas.v1.Inference over gRPC: capacity, live load, abort by rpc and by
+cancel, and rich INVALID_ARGUMENT details."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, TypeVar, cast
+
+import grpc
+import pytest
+
+from maas.v1 import generation_pb2, inference_pb2, inference_pb2_grpc
+from tests.e2e.conftest import Mesh
+from tests.support import bad_request_fields, eventually
+
+T = TypeVar("T")
+
+
+async def read(call: grpc.aio.UnaryStreamCall[Any, T]) -> T:
+    """The next message; the stream must not have ended."""
+    message = await call.read()
+    assert message is not grpc.aio.EOF
+    return cast(T, message)
+
+
+def request(**fields: object) -> inference_pb2.InferenceGenerateRequest:
+    return inference_pb2.InferenceGenerateRequest(
+        request=generation_pb2.GenerateRequest(**fields)  # type: ignore[arg-type]
+    )
+
+
+async def test_replica_announces_model_and_capacity(mesh: Mesh) -> None:
+    async with grpc.aio.insecure_channel(mesh.targets["inference"]) as ch:
+        info = await inference_pb2_grpc.InferenceStub(ch).GetModelInfo(
+            inference_pb2.GetModelInfoRequest()
+        )
+    assert info.model.name == mesh.model
+    assert info.model.max_context_length == 2048
+    assert info.model.vocab_size == 4096
+    assert info.max_num_seqs == 64
+    assert info.kv_cache_tokens > 0
+
+
+async def test_abort_rpc_frees_the_engine(mesh: Mesh) -> None:
+    async with grpc.aio.insecure_channel(mesh.targets["inference"]) as ch:
+        stub = inference_pb2_grpc.InferenceStub(ch)
+        call = stub.Generate(
+            request(model=mesh.model, prompt="Go on", max_tokens=1500, ignore_eos=True),
+            metadata=(("x-request-id", "to-abort"),),
+        )
+        first = await read(call)
+        assert first.usage.completion_tokens >= 1
+        reply = await stub.Abort(inference_pb2.AbortRequest(request_ids=["to-abort", "nope"]))
+        assert list(reply.aborted) == ["to-abort"]
+        chunks: list[generation_pb2.GenerateResponse] = []
+        while (chunk := await call.read()) is not grpc.aio.EOF:
+            chunks.append(cast(generation_pb2.GenerateResponse, chunk))
+        assert chunks[-1].finish_reason == generation_pb2.FINISH_REASON_ABORT
+        assert chunks[-1].usage.completion_tokens < 1500
+
+        async def idle() -> bool:
+            load = await stub.GetLoad(inference_pb2.GetLoadRequest())
+            return load.running == 0 and load.tokens_in_flight == 0
+
+        await eventually(idle)
+
+
+async def test_cancel_frees_the_engine_and_watch_load_sees_it(mesh: Mesh) -> None:
+    async with grpc.aio.insecure_channel(mesh.targets["inference"]) as ch:
+        stub = inference_pb2_grpc.InferenceStub(ch)
+        watch = stub.WatchLoad(inference_pb2.WatchLoadRequest())
+        assert (await read(watch)).running == 0
+        call = stub.Generate(
+            request(model=mesh.model, prompt="Go on", max_tokens=1500, ignore_eos=True)
+        )
+        await read(call)
+        load = await read(watch)
+        while load.running == 0:
+            load = await read(watch)
+        assert load.running == 1
+        assert load.tokens_in_flight > 0
+        call.cancel()
+        while load.running != 0:
+            load = await read(watch)
+        assert load.tokens_in_flight == 0
+        watch.cancel()
+        assert mesh.engine.num_unfinished_requests() == 0
+
+
+@pytest.mark.parametrize(
+    ("fields", "field"),
+    [
+        ({"prompt": "hi", "n": 0}, "n"),
+        ({"prompt": "hi", "n": 17}, "n"),
+        ({"prompt": "hi", "logprobs": 21}, "logprobs"),
+        ({"prompt": "hi", "min_p": 1.5}, "min_p"),
+        ({"prompt": "hi", "repetition_penalty": 0.0}, "repetition_penalty"),
+        ({"prompt": "hi", "presence_penalty": 3.0}, "presence_penalty"),
+        ({"prompt": "hi", "max_tokens": 4, "min_tokens": 5}, "min_tokens"),
+        ({"prompt": "hi", "json_schema": "{not json"}, "json_schema"),
+        ({"prompt": "hi", "regex": "(unclosed"}, "regex"),
+        ({"prompt": "hi", "stop_token_ids": [99999]}, "stop_token_ids"),
+        ({"prompt_token_ids": generation_pb2.TokenIds(ids=[5, 99999])}, "prompt_token_ids"),
+        ({"prompt": "sea " * 5000}, "prompt"),
+        ({"prompt": "hi", "max_tokens": 5000}, "max_tokens"),
+    ],
+)
+async def test_bad_requests_name_the_field(
+    mesh: Mesh, fields: dict[str, object], field: str
+) -> None:
+    async with grpc.aio.insecure_channel(mesh.targets["inference"]) as ch:
+        call = inference_pb2_grpc.InferenceStub(ch).Generate(request(model=mesh.model, **fields))
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            async for _ in call:
+                pass
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert bad_request_fields(info.value) == [field]
+
+
+async def test_concurrent_streams_over_grpc_all_complete(mesh: Mesh) -> None:
+    async with grpc.aio.insecure_channel(mesh.targets["inference"]) as ch:
+        stub = inference_pb2_grpc.InferenceStub(ch)
+
+        async def one(i: int) -> tuple[int, int]:
+            chunks = [
+                c
+                async for c in stub.Generate(
+                    request(model=mesh.model, prompt=f"s{i}", max_tokens=32, ignore_eos=True)
+                )
+            ]
+            return sum(len(c.token_ids) for c in chunks), chunks[-1].usage.completion_tokens
+
+        results = await asyncio.gather(*(one(i) for i in range(32)))
+    assert results == [(32, 32)] * 32
