@@ -140,18 +140,22 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
 
 # (b) ---------------------------------------------------------------------------
 @contextlib.asynccontextmanager
-async def grpc_service(model: Path, log_dir: Path) -> AsyncIterator[Stream]:
+async def grpc_service(
+    model: Path, log_dir: Path, messages_per_s: float | None = None
+) -> AsyncIterator[Stream]:
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     from maas.v1 import generation_pb2, inference_pb2, inference_pb2_grpc
 
     port = free_port()
+    pacing = ["--stream-messages-per-s", str(messages_per_s)] if messages_per_s is not None else []
     process = _spawn(
         [
             "-m", "services.inference", "--model", str(model), "--port", str(port),
             "--kv-cache-memory-bytes", str(KV_CACHE_BYTES), "--enforce-eager",
             "--max-num-seqs", str(MAX_NUM_SEQS),
+            *pacing,
         ],
         log_dir / "grpc_service.log",
     )  # fmt: skip
@@ -288,7 +292,9 @@ async def main_async(args: argparse.Namespace) -> None:
         print("starting the three systems (each loads the model) ...", flush=True)
         streams = {
             SYSTEMS[0]: await stack.enter_async_context(in_process(model)),
-            SYSTEMS[1]: await stack.enter_async_context(grpc_service(model, log_dir)),
+            SYSTEMS[1]: await stack.enter_async_context(
+                grpc_service(model, log_dir, args.grpc_messages_per_s)
+            ),
             SYSTEMS[2]: await stack.enter_async_context(vllm_http(model, log_dir)),
         }
         for name, stream in streams.items():  # warm-up: first requests pay one-off costs
@@ -350,6 +356,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--concurrency", default="1,16,64")
+    parser.add_argument(
+        "--grpc-messages-per-s",
+        type=float,
+        default=None,
+        help="the gRPC service's stream message budget (default: its own setting)",
+    )
     asyncio.run(main_async(parser.parse_args()))
 
 

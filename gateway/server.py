@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
 from gateway.authn import Authenticator
+from gateway.metrics import GatewayMetrics
 from gateway.servicer import GatewayServicer
 from gateway.settings import GatewaySettings
 from gateway.usage import UsageRecorder
@@ -56,6 +57,7 @@ async def running_gateway(
             metering=metering_pb2_grpc.MeteringStub(auth_ch),
             usage=usage,
             events=events,
+            metrics=GatewayMetrics(telemetry.meter()),
         )
         server = await start_server(
             address=settings.address,

@@ -11,6 +11,7 @@ import grpc
 from opentelemetry import trace
 
 from gateway.authn import Authenticator
+from gateway.metrics import GatewayMetrics
 from gateway.usage import StreamUsage, UsageRecorder, timestamp
 from gateway.validation import validate_generate, validate_input
 from maas.v1 import (
@@ -45,12 +46,14 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         metering: metering_pb2_grpc.MeteringAsyncStub,
         usage: UsageRecorder,
         events: EventPublisher,
+        metrics: GatewayMetrics,
     ) -> None:
         self._authenticator = authenticator
         self._router = router
         self._metering = metering
         self._usage = usage
         self._events = events
+        self._metrics = metrics
 
     async def Generate(
         self, request: generation_pb2.GenerateRequest, context: Context
@@ -127,6 +130,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         try:
             return await self._authenticator.authenticate(context.invocation_metadata(), scope)
         except UnauthenticatedError:
+            self._metrics.auth_failures.add(1)
             self._events.publish(
                 anomaly_pb2.Event(
                     kind=anomaly_pb2.EVENT_KIND_AUTH_FAILURE,
@@ -148,6 +152,13 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
     ) -> None:
         """Bills what was produced and reports the request; never blocks."""
         end = time.time()
+        self._metrics.request_ended(
+            model=model,
+            status=status.name,
+            prompt_tokens=usage.prompt_tokens,
+            completion_tokens=usage.completion_tokens,
+            first_token_s=usage.first_token_s,
+        )
         if usage.chunks:
             ledger_status = metering_pb2.REQUEST_STATUS_COMPLETED
             if status == grpc.StatusCode.CANCELLED:

@@ -20,7 +20,9 @@ async def serve(settings: InferenceSettings) -> None:
     log = structlog.get_logger("inference")
     telemetry = setup("inference", settings.telemetry)
     # The server is up (health NOT_SERVING) while the model loads, so probes see progress.
-    server, servicer = await create_server(settings.address, telemetry)
+    server, servicer = await create_server(
+        settings.address, telemetry, stream_messages_per_s=settings.stream_messages_per_s
+    )
     shutdown = asyncio.create_task(wait_for_shutdown_signal())
     try:
         async with open_vllm_engine(settings) as engine:
@@ -37,7 +39,10 @@ async def serve(settings: InferenceSettings) -> None:
 def main() -> None:
     settings = InferenceSettings.from_cli()
     configure_logging("inference", settings.telemetry)
-    asyncio.run(serve(settings))
+    import uvloop
+
+    # uvloop halves the event loop's own cost per streamed message; it comes with vLLM.
+    uvloop.run(serve(settings))
 
 
 if __name__ == "__main__":

@@ -6,16 +6,21 @@ from maas.v1 import inference_pb2, inference_pb2_grpc
 from observability import Telemetry
 from services.common.serving import ServiceServer, start_server
 from services.inference.engine import Engine
+from services.inference.pacing import StreamPacer
 from services.inference.servicer import InferenceServicer, translate_engine_error
 
 SERVICE_NAME = inference_pb2.DESCRIPTOR.services_by_name["Inference"].full_name
 
 
 async def create_server(
-    address: str, telemetry: Telemetry, engine: Engine | None = None
+    address: str,
+    telemetry: Telemetry,
+    engine: Engine | None = None,
+    *,
+    stream_messages_per_s: float = 0.0,
 ) -> tuple[ServiceServer, InferenceServicer]:
     """Starts the server; NOT_SERVING until an engine is attached with `attach`."""
-    servicer = InferenceServicer(engine)
+    servicer = InferenceServicer(engine, pacer=StreamPacer(stream_messages_per_s))
     server = await start_server(
         address=address,
         telemetry=telemetry,

@@ -18,6 +18,7 @@ from services.common.errors import (
 )
 from services.inference import convert
 from services.inference.engine import Engine, EngineDeadError, InvalidRequestError
+from services.inference.pacing import StreamPacer
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -35,8 +36,9 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
     """Serves one engine. The engine is attached once loaded; until then calls
     get UNAVAILABLE (and health says NOT_SERVING)."""
 
-    def __init__(self, engine: Engine | None = None) -> None:
+    def __init__(self, engine: Engine | None = None, *, pacer: StreamPacer | None = None) -> None:
         self._engine = engine
+        self._pacer = pacer or StreamPacer(0)
 
     def attach(self, engine: Engine) -> None:
         self._engine = engine
@@ -57,9 +59,11 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         request_id = current_request_id() or new_request_id()
         # aclosing: a cancelled call closes the engine stream at once, which
         # aborts the request in the engine and frees its KV cache.
-        async with aclosing(engine.generate(request_id, inp, options)) as deltas:
-            async for delta in deltas:
-                yield convert.delta_to_proto(delta)
+        with self._pacer.stream() as pace:
+            async with aclosing(engine.generate(request_id, inp, options)) as deltas:
+                async for delta in deltas:
+                    yield convert.delta_to_proto(delta)
+                    await pace.after_send()
 
     async def CountTokens(
         self, request: generation_pb2.CountTokensRequest, context: Context

@@ -37,6 +37,9 @@ class InferenceSettings(ServiceSettings):
     structured_outputs_backend: Literal["xgrammar", "guidance"] = "xgrammar"
     dtype: Literal["auto", "half", "float16", "bfloat16", "float", "float32"] = "auto"
     seed: int = 0
+    # Streamed messages per second over all streams; past it, tokens are
+    # batched into fewer messages (see pacing.py). 0: one message per delta.
+    stream_messages_per_s: float = Field(default=1000.0, ge=0)
 
     @property
     def model_name(self) -> str:

@@ -12,6 +12,7 @@ from pathlib import Path
 import grpc
 import pytest
 import pytest_asyncio
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from gateway.server import running_gateway
@@ -37,6 +38,7 @@ SERVICES = ("gateway", "auth", "router", "inference", "anomaly")
 class Mesh:
     targets: dict[str, str]
     spans: dict[str, InMemorySpanExporter]
+    gateway_metrics: InMemoryMetricReader
     admin_token: str
     model: str
     engine: Engine
@@ -52,7 +54,16 @@ async def mesh(
     vllm_engine: Engine, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[Mesh]:
     spans = {name: InMemorySpanExporter() for name in SERVICES}
-    tel = {name: setup(name, TelemetrySettings(), span_exporter=spans[name]) for name in SERVICES}
+    metrics = InMemoryMetricReader()
+    tel = {
+        name: setup(
+            name,
+            TelemetrySettings(),
+            span_exporter=spans[name],
+            metric_reader=metrics if name == "gateway" else None,
+        )
+        for name in SERVICES
+    }
     admin_token = secrets.token_urlsafe(16)
     db_path: Path = tmp_path_factory.mktemp("auth") / "auth.db"
     async with AsyncExitStack() as stack:
@@ -96,6 +107,7 @@ async def mesh(
         yield Mesh(
             targets={name: f"127.0.0.1:{port}" for name, port in ports.items()},
             spans=spans,
+            gateway_metrics=metrics,
             admin_token=admin_token,
             model=vllm_engine.model_info.name,
             engine=vllm_engine,

@@ -132,3 +132,57 @@ async def test_concurrent_streams_over_grpc_all_complete(mesh: Mesh) -> None:
 
         results = await asyncio.gather(*(one(i) for i in range(32)))
     assert results == [(32, 32)] * 32
+
+
+async def test_a_paced_stream_batches_tokens_and_loses_none(mesh: Mesh) -> None:
+    from observability import setup
+    from observability.settings import TelemetrySettings
+    from services.inference.server import create_server
+
+    telemetry = setup("inference-paced", TelemetrySettings())
+    # 5 messages a second for one stream: 200 ms between messages.
+    server, _ = await create_server("127.0.0.1:0", telemetry, mesh.engine, stream_messages_per_s=5)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as ch:
+            stub = inference_pb2_grpc.InferenceStub(ch)
+            chunks = [
+                c
+                async for c in stub.Generate(
+                    request(model=mesh.model, prompt="pace", max_tokens=64, ignore_eos=True)
+                )
+            ]
+    finally:
+        await server.stop(0)
+        telemetry.shutdown()
+    tokens = sum(len(c.token_ids) for c in chunks)
+    assert tokens == chunks[-1].usage.completion_tokens == 64
+    assert len(chunks[0].token_ids) == 1  # the first token is sent alone, at once
+    assert len(chunks) < tokens / 2
+
+
+async def test_not_serving_until_the_engine_is_attached(mesh: Mesh) -> None:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from observability import setup
+    from observability.settings import TelemetrySettings
+    from services.inference.server import attach, create_server
+
+    telemetry = setup("inference-loading", TelemetrySettings())
+    server, servicer = await create_server("127.0.0.1:0", telemetry)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as ch:
+            health = health_pb2_grpc.HealthStub(ch)
+            check = health_pb2.HealthCheckRequest(service="maas.v1.Inference")
+            assert (await health.Check(check)).status == health_pb2.HealthCheckResponse.NOT_SERVING
+            stub = inference_pb2_grpc.InferenceStub(ch)
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await stub.GetModelInfo(inference_pb2.GetModelInfoRequest())
+            assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+
+            await attach(server, servicer, mesh.engine)
+            assert (await health.Check(check)).status == health_pb2.HealthCheckResponse.SERVING
+            info_reply = await stub.GetModelInfo(inference_pb2.GetModelInfoRequest())
+            assert info_reply.model.name == mesh.model
+    finally:
+        await server.stop(0)
+        telemetry.shutdown()

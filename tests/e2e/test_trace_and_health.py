@@ -6,6 +6,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from opentelemetry.sdk.metrics.export import NumberDataPoint
 from opentelemetry.trace import SpanKind
 
 from maas.client import MaasClient
@@ -76,3 +77,28 @@ async def test_every_service_answers_health_and_reflection(mesh: Mesh, service: 
         listed = {s.name for s in reply.list_services_response.service}
         assert set(FULL_NAMES[service]) <= listed
         assert "grpc.health.v1.Health" in listed
+
+
+async def test_gateway_counts_requests_and_tokens(mesh: Mesh, tenant_key: TenantKey) -> None:
+    def completion_tokens() -> int:
+        data = mesh.gateway_metrics.get_metrics_data()
+        total = 0
+        for resource in data.resource_metrics if data else ():
+            for scope in resource.scope_metrics:
+                for metric in scope.metrics:
+                    if metric.name != "maas.gateway.tokens":
+                        continue
+                    for point in metric.data.data_points:
+                        if (
+                            isinstance(point, NumberDataPoint)
+                            and point.attributes
+                            and point.attributes.get("kind") == "completion"
+                        ):
+                            total += int(point.value)
+        return total
+
+    before = completion_tokens()
+    async with MaasClient(mesh.gateway, tenant_key.api_key) as client:
+        async for _ in client.generate(mesh.model, prompt="count me", max_tokens=5):
+            pass
+    await eventually(lambda: completion_tokens() == before + 5)
