@@ -99,7 +99,7 @@ async def in_process(model: Path) -> AsyncIterator[Stream]:
     # Held in a list so the reference can be dropped after shutdown (AsyncLLM's
     # destructor fails at interpreter exit otherwise).
     held = [AsyncLLM.from_engine_args(engine_args(settings))]
-    prompt_ids = held[0].get_tokenizer().encode(PROMPT, add_special_tokens=False)
+    tokenizer = held[0].get_tokenizer()
     counter = iter(range(10**9))
 
     async def stream(i: int) -> StreamTrace:
@@ -110,6 +110,8 @@ async def in_process(model: Path) -> AsyncIterator[Stream]:
             output_kind=RequestOutputKind.DELTA,
         )
         trace = StreamTrace(time.perf_counter())
+        # Tokenized per request, as the servers (b) and (c) must.
+        prompt_ids = tokenizer.encode(PROMPT, add_special_tokens=False)
         async for out in held[0].generate(
             TokensPrompt(prompt_token_ids=prompt_ids), params, f"a-{next(counter)}"
         ):
@@ -362,7 +364,10 @@ def main() -> None:
         default=None,
         help="the gRPC service's stream message budget (default: its own setting)",
     )
-    asyncio.run(main_async(parser.parse_args()))
+    import uvloop
+
+    # The load generator's own loop: uvloop, as `vllm serve` and the gRPC service use.
+    uvloop.run(main_async(parser.parse_args()))
 
 
 if __name__ == "__main__":

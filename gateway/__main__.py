@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from gateway.settings import GatewaySettings
-from observability.logging import configure_logging
+from services.common.entrypoint import run_service
 
 
 async def serve(settings: GatewaySettings) -> None:
@@ -22,9 +20,7 @@ async def serve(settings: GatewaySettings) -> None:
 
 
 def main() -> None:
-    settings = GatewaySettings.from_cli()
-    configure_logging("gateway", settings.telemetry)
-    asyncio.run(serve(settings))
+    run_service("gateway", GatewaySettings, serve)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from observability.logging import configure_logging
+from services.common.entrypoint import run_service
 from services.inference.settings import InferenceSettings
 
 
@@ -37,12 +37,7 @@ async def serve(settings: InferenceSettings) -> None:
 
 
 def main() -> None:
-    settings = InferenceSettings.from_cli()
-    configure_logging("inference", settings.telemetry)
-    import uvloop
-
-    # uvloop halves the event loop's own cost per streamed message; it comes with vLLM.
-    uvloop.run(serve(settings))
+    run_service("inference", InferenceSettings, serve)
 
 
 if __name__ == "__main__":

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
-
-from observability.logging import configure_logging
+from services.common.entrypoint import run_service
 from services.router.settings import RouterSettings
 
 
@@ -31,9 +29,7 @@ async def serve(settings: RouterSettings) -> None:
 
 
 def main() -> None:
-    settings = RouterSettings.from_cli()
-    configure_logging("router", settings.telemetry)
-    asyncio.run(serve(settings))
+    run_service("router", RouterSettings, serve)
 
 
 if __name__ == "__main__":
