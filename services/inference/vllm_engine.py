@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -127,6 +127,14 @@ class VllmEngine:
         self._capacity = capacity
         self._load = load
         self._tokenizer = llm.get_tokenizer()
+        # The Rust tokenizer under a fast HF tokenizer encodes in half the time of
+        # the Python wrapper, and this runs on the event loop for every request.
+        backend = getattr(self._tokenizer, "backend_tokenizer", None)
+        self._encode: Callable[[str], list[int]] = (
+            (lambda text: list(backend.encode(text, add_special_tokens=False).ids))
+            if backend is not None
+            else (lambda text: list(self._tokenizer.encode(text, add_special_tokens=False)))
+        )
         # Tokens each running request may still generate (max_tokens x n, minus done).
         self._promised: dict[str, int] = {}
 
@@ -152,10 +160,8 @@ class VllmEngine:
                 add_generation_prompt=True,
             )
             assert isinstance(rendered, str)
-            ids: list[int] = self._tokenizer.encode(rendered, add_special_tokens=False)
-            return ids
-        ids = self._tokenizer.encode(inp.prompt or "", add_special_tokens=False)
-        return ids
+            return self._encode(rendered)
+        return self._encode(inp.prompt or "")
 
     @staticmethod
     def _sampling_params(options: SamplingOptions, max_tokens: int) -> SamplingParams:
