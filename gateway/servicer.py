@@ -104,8 +104,15 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         )
         models: dict[str, generation_pb2.ModelInfo] = {}
         for replica in replicas.replicas:
-            if replica.state == router_pb2.REPLICA_STATE_SERVING:
-                models.setdefault(replica.model.name, replica.model)
+            if replica.state != router_pb2.REPLICA_STATE_SERVING:
+                continue
+            models.setdefault(replica.model.name, replica.model)
+            for adapter in replica.adapters:
+                # An adapter has its base model's limits under its own name.
+                adapter_info = generation_pb2.ModelInfo()
+                adapter_info.CopyFrom(replica.model)
+                adapter_info.name = adapter
+                models.setdefault(adapter, adapter_info)
         return gateway_pb2.ListModelsResponse(models=[models[name] for name in sorted(models)])
 
     async def CountTokens(

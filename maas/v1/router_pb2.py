@@ -26,25 +26,25 @@ from maas.v1 import auth_pb2 as maas_dot_v1_dot_auth__pb2
 from maas.v1 import generation_pb2 as maas_dot_v1_dot_generation__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14maas/v1/router.proto\x12\x07maas.v1\x1a\x12maas/v1/auth.proto\x1a\x18maas/v1/generation.proto\"H\n\x0eRequestContext\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12#\n\x08priority\x18\x02 \x01(\x0e\x32\x11.maas.v1.Priority\"l\n\x15RouterGenerateRequest\x12)\n\x07request\x18\x01 \x01(\x0b\x32\x18.maas.v1.GenerateRequest\x12(\n\x07\x63ontext\x18\x02 \x01(\x0b\x32\x17.maas.v1.RequestContext\"c\n\x07Replica\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12!\n\x05model\x18\x02 \x01(\x0b\x32\x12.maas.v1.ModelInfo\x12$\n\x05state\x18\x03 \x01(\x0e\x32\x15.maas.v1.ReplicaState\"\x15\n\x13ListReplicasRequest\":\n\x14ListReplicasResponse\x12\"\n\x08replicas\x18\x01 \x03(\x0b\x32\x10.maas.v1.Replica*g\n\x0cReplicaState\x12\x1d\n\x19REPLICA_STATE_UNSPECIFIED\x10\x00\x12\x19\n\x15REPLICA_STATE_SERVING\x10\x01\x12\x1d\n\x19REPLICA_STATE_NOT_SERVING\x10\x02\x32\xe8\x01\n\x06Router\x12G\n\x08Generate\x12\x1e.maas.v1.RouterGenerateRequest\x1a\x19.maas.v1.GenerateResponse0\x01\x12H\n\x0b\x43ountTokens\x12\x1b.maas.v1.CountTokensRequest\x1a\x1c.maas.v1.CountTokensResponse\x12K\n\x0cListReplicas\x12\x1c.maas.v1.ListReplicasRequest\x1a\x1d.maas.v1.ListReplicasResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14maas/v1/router.proto\x12\x07maas.v1\x1a\x12maas/v1/auth.proto\x1a\x18maas/v1/generation.proto\"H\n\x0eRequestContext\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12#\n\x08priority\x18\x02 \x01(\x0e\x32\x11.maas.v1.Priority\"l\n\x15RouterGenerateRequest\x12)\n\x07request\x18\x01 \x01(\x0b\x32\x18.maas.v1.GenerateRequest\x12(\n\x07\x63ontext\x18\x02 \x01(\x0b\x32\x17.maas.v1.RequestContext\"u\n\x07Replica\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12!\n\x05model\x18\x02 \x01(\x0b\x32\x12.maas.v1.ModelInfo\x12$\n\x05state\x18\x03 \x01(\x0e\x32\x15.maas.v1.ReplicaState\x12\x10\n\x08\x61\x64\x61pters\x18\x04 \x03(\t\"\x15\n\x13ListReplicasRequest\":\n\x14ListReplicasResponse\x12\"\n\x08replicas\x18\x01 \x03(\x0b\x32\x10.maas.v1.Replica*g\n\x0cReplicaState\x12\x1d\n\x19REPLICA_STATE_UNSPECIFIED\x10\x00\x12\x19\n\x15REPLICA_STATE_SERVING\x10\x01\x12\x1d\n\x19REPLICA_STATE_NOT_SERVING\x10\x02\x32\xe8\x01\n\x06Router\x12G\n\x08Generate\x12\x1e.maas.v1.RouterGenerateRequest\x1a\x19.maas.v1.GenerateResponse0\x01\x12H\n\x0b\x43ountTokens\x12\x1b.maas.v1.CountTokensRequest\x1a\x1c.maas.v1.CountTokensResponse\x12K\n\x0cListReplicas\x12\x1c.maas.v1.ListReplicasRequest\x1a\x1d.maas.v1.ListReplicasResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'maas.v1.router_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_REPLICASTATE']._serialized_start=447
-  _globals['_REPLICASTATE']._serialized_end=550
+  _globals['_REPLICASTATE']._serialized_start=465
+  _globals['_REPLICASTATE']._serialized_end=568
   _globals['_REQUESTCONTEXT']._serialized_start=79
   _globals['_REQUESTCONTEXT']._serialized_end=151
   _globals['_ROUTERGENERATEREQUEST']._serialized_start=153
   _globals['_ROUTERGENERATEREQUEST']._serialized_end=261
   _globals['_REPLICA']._serialized_start=263
-  _globals['_REPLICA']._serialized_end=362
-  _globals['_LISTREPLICASREQUEST']._serialized_start=364
-  _globals['_LISTREPLICASREQUEST']._serialized_end=385
-  _globals['_LISTREPLICASRESPONSE']._serialized_start=387
-  _globals['_LISTREPLICASRESPONSE']._serialized_end=445
-  _globals['_ROUTER']._serialized_start=553
-  _globals['_ROUTER']._serialized_end=785
+  _globals['_REPLICA']._serialized_end=380
+  _globals['_LISTREPLICASREQUEST']._serialized_start=382
+  _globals['_LISTREPLICASREQUEST']._serialized_end=403
+  _globals['_LISTREPLICASRESPONSE']._serialized_start=405
+  _globals['_LISTREPLICASRESPONSE']._serialized_end=463
+  _globals['_ROUTER']._serialized_start=571
+  _globals['_ROUTER']._serialized_end=803
 # @@protoc_insertion_point(module_scope)

@@ -35,14 +35,16 @@ class RouterGenerateRequest(_message.Message):
     def __init__(self, request: _Optional[_Union[_generation_pb2.GenerateRequest, _Mapping]] = ..., context: _Optional[_Union[RequestContext, _Mapping]] = ...) -> None: ...
 
 class Replica(_message.Message):
-    __slots__ = ("address", "model", "state")
+    __slots__ = ("address", "model", "state", "adapters")
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
+    ADAPTERS_FIELD_NUMBER: _ClassVar[int]
     address: str
     model: _generation_pb2.ModelInfo
     state: ReplicaState
-    def __init__(self, address: _Optional[str] = ..., model: _Optional[_Union[_generation_pb2.ModelInfo, _Mapping]] = ..., state: _Optional[_Union[ReplicaState, str]] = ...) -> None: ...
+    adapters: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, address: _Optional[str] = ..., model: _Optional[_Union[_generation_pb2.ModelInfo, _Mapping]] = ..., state: _Optional[_Union[ReplicaState, str]] = ..., adapters: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ListReplicasRequest(_message.Message):
     __slots__ = ()

@@ -89,11 +89,14 @@ def model_info_to_proto(info: ModelInfo) -> generation_pb2.ModelInfo:
     )
 
 
-def replica_info_to_proto(info: ModelInfo, capacity: Capacity) -> inference_pb2.ReplicaInfo:
+def replica_info_to_proto(
+    info: ModelInfo, capacity: Capacity, adapters: tuple[str, ...]
+) -> inference_pb2.ReplicaInfo:
     return inference_pb2.ReplicaInfo(
         model=model_info_to_proto(info),
         max_num_seqs=capacity.max_num_seqs,
         kv_cache_tokens=capacity.kv_cache_tokens,
+        adapters=adapters,
     )
 
 

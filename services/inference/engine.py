@@ -131,13 +131,22 @@ class Engine(Protocol):
     def model_info(self) -> ModelInfo: ...
 
     def generate(
-        self, request_id: str, inp: GenerationInput, options: SamplingOptions
+        self,
+        request_id: str,
+        inp: GenerationInput,
+        options: SamplingOptions,
+        adapter: str | None = None,
     ) -> AsyncGenerator[Delta, None]:
         """Streams deltas; closing or cancelling the stream aborts the request."""
         ...
 
     @property
     def capacity(self) -> Capacity: ...
+
+    @property
+    def adapters(self) -> tuple[str, ...]:
+        """Names of the LoRA adapters served on top of the model."""
+        ...
 
     async def abort(self, request_ids: Sequence[str]) -> list[str]:
         """Aborts those of `request_ids` that are running; returns them."""

@@ -53,14 +53,14 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         self, request: inference_pb2.InferenceGenerateRequest, context: Context
     ) -> AsyncIterator[generation_pb2.GenerateResponse]:
         engine = self.engine
-        self._check_model(request.request.model, engine)
+        adapter = self._check_model(request.request.model, engine)
         inp = convert.input_from_proto(request.request)
         options = convert.sampling_from_proto(request.request)
         request_id = current_request_id() or new_request_id()
         # aclosing: a cancelled call closes the engine stream at once, which
         # aborts the request in the engine and frees its KV cache.
         with self._pacer.stream() as pace:
-            async with aclosing(engine.generate(request_id, inp, options)) as deltas:
+            async with aclosing(engine.generate(request_id, inp, options, adapter)) as deltas:
                 async for delta in deltas:
                     yield convert.delta_to_proto(delta)
                     await pace.after_send()
@@ -79,7 +79,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         self, request: inference_pb2.GetModelInfoRequest, context: Context
     ) -> inference_pb2.ReplicaInfo:
         engine = self.engine
-        return convert.replica_info_to_proto(engine.model_info, engine.capacity)
+        return convert.replica_info_to_proto(engine.model_info, engine.capacity, engine.adapters)
 
     async def GetLoad(
         self, request: inference_pb2.GetLoadRequest, context: Context
@@ -100,6 +100,10 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         return inference_pb2.AbortResponse(aborted=aborted)
 
     @staticmethod
-    def _check_model(model: str, engine: Engine) -> None:
-        if model != engine.model_info.name:
-            raise NotFoundError(f"model {model!r} is not served here")
+    def _check_model(model: str, engine: Engine) -> str | None:
+        """The adapter `model` names (None for the base model); NOT_FOUND otherwise."""
+        if model == engine.model_info.name:
+            return None
+        if model in engine.adapters:
+            return model
+        raise NotFoundError(f"model {model!r} is not served here")

@@ -33,6 +33,11 @@ class InferenceSettings(ServiceSettings):
     gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1)
     enable_prefix_caching: bool = True
     quantization: str | None = None
+    # LoRA adapters served on top of the model: name -> adapter directory. Each
+    # name is a model clients can ask for.
+    lora_modules: dict[str, str] = Field(default_factory=dict)
+    max_loras: int = Field(default=4, ge=1, description="adapters in one batch")
+    max_lora_rank: int = Field(default=16, ge=1)
     # Grammar backend for json_schema/regex; both support compact JSON.
     structured_outputs_backend: Literal["xgrammar", "guidance"] = "xgrammar"
     dtype: Literal["auto", "half", "float16", "bfloat16", "float", "float32"] = "auto"

@@ -77,9 +77,9 @@ def _build_weights(out: Path, eos_id: int, bos_id: int, pad_id: int) -> None:
     torch.manual_seed(0)
     config = LlamaConfig(
         vocab_size=VOCAB_SIZE,
-        hidden_size=256,
+        hidden_size=HIDDEN,
         intermediate_size=512,
-        num_hidden_layers=2,
+        num_hidden_layers=LAYERS,
         num_attention_heads=4,
         num_key_value_heads=2,
         max_position_embeddings=CONTEXT_LENGTH,
@@ -96,6 +96,42 @@ def _build_weights(out: Path, eos_id: int, bos_id: int, pad_id: int) -> None:
         bos_token_id=bos_id, eos_token_id=eos_id, pad_token_id=pad_id
     )
     generation.save_pretrained(out)
+
+
+HIDDEN = 256
+KV_DIM = 128  # 2 KV heads x 64
+LAYERS = 2
+
+
+def build_tiny_adapter(out_dir: Path, rank: int = 8, seed: int = 1) -> Path:
+    """A random LoRA adapter (PEFT layout) on the tiny model's q and v
+    projections: enough to change its output, which is what tests check."""
+    import torch
+    from safetensors.torch import save_file
+
+    if (out_dir / "adapter_config.json").exists():
+        return out_dir
+    generator = torch.Generator().manual_seed(seed)
+    tensors = {}
+    for layer in range(LAYERS):
+        for proj, out_dim in (("q_proj", HIDDEN), ("v_proj", KV_DIM)):
+            base = f"base_model.model.model.layers.{layer}.self_attn.{proj}"
+            a = torch.randn(rank, HIDDEN, generator=generator) * 0.5
+            b = torch.randn(out_dim, rank, generator=generator) * 0.5
+            tensors[f"{base}.lora_A.weight"] = a.to(torch.bfloat16)
+            tensors[f"{base}.lora_B.weight"] = b.to(torch.bfloat16)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(out_dir / "adapter_model.safetensors"))
+    config = {
+        "peft_type": "LORA",
+        "task_type": "CAUSAL_LM",
+        "r": rank,
+        "lora_alpha": 2 * rank,
+        "target_modules": ["q_proj", "v_proj"],
+        "bias": "none",
+    }
+    (out_dir / "adapter_config.json").write_text(json.dumps(config))
+    return out_dir
 
 
 def build_tiny_model(out_dir: Path) -> Path:
@@ -125,9 +161,12 @@ def build_tiny_model(out_dir: Path) -> Path:
 def main() -> None:
     parser = argparse.ArgumentParser(description="Build the tiny local model (no download).")
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--adapter-out", type=Path, help="also build a random LoRA adapter here")
     args = parser.parse_args()
     path = build_tiny_model(args.out)
     print(f"tiny model ready in {path}")
+    if args.adapter_out:
+        print(f"tiny LoRA adapter ready in {build_tiny_adapter(args.adapter_out)}")
 
 
 if __name__ == "__main__":

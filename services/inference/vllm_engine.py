@@ -13,6 +13,7 @@ from vllm.config import StructuredOutputsConfig
 from vllm.engine.arg_utils import AsyncEngineArgs
 from vllm.exceptions import VLLMValidationError
 from vllm.inputs import TokensPrompt
+from vllm.lora.request import LoRARequest
 from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
 from vllm.v1.engine.async_llm import AsyncLLM
 from vllm.v1.engine.exceptions import EngineDeadError as VllmEngineDeadError
@@ -120,9 +121,19 @@ def _logprobs(token_ids: Sequence[int], entries: Any) -> tuple[SampledLogprob, .
 
 class VllmEngine:
     def __init__(
-        self, llm: AsyncLLM, model_info: ModelInfo, capacity: Capacity, load: _LoadRecorder
+        self,
+        llm: AsyncLLM,
+        model_info: ModelInfo,
+        capacity: Capacity,
+        load: _LoadRecorder,
+        adapters: dict[str, str] | None = None,
     ) -> None:
         self._llm = llm
+        # LoRA ids must be unique and stable for the engine's adapter cache.
+        self._adapters = {
+            name: LoRARequest(name, i, path)
+            for i, (name, path) in enumerate(sorted((adapters or {}).items()), start=1)
+        }
         self._model_info = model_info
         self._capacity = capacity
         self._load = load
@@ -145,6 +156,10 @@ class VllmEngine:
     @property
     def capacity(self) -> Capacity:
         return self._capacity
+
+    @property
+    def adapters(self) -> tuple[str, ...]:
+        return tuple(self._adapters)
 
     def detach(self) -> None:
         """Drops the engine reference after shutdown; later calls fail as dead."""
@@ -191,7 +206,11 @@ class VllmEngine:
         )
 
     async def generate(
-        self, request_id: str, inp: GenerationInput, options: SamplingOptions
+        self,
+        request_id: str,
+        inp: GenerationInput,
+        options: SamplingOptions,
+        adapter: str | None = None,
     ) -> AsyncGenerator[Delta, None]:
         prompt_ids = self._prompt_ids(inp)
         max_tokens = check_request(prompt_ids, inp, options, self._model_info)
@@ -202,7 +221,10 @@ class VllmEngine:
             # Closing this generator (a cancelled call) makes AsyncLLM abort the
             # request and free its KV cache; the cancellation then propagates.
             async for output in self._llm.generate(
-                TokensPrompt(prompt_token_ids=prompt_ids), params, request_id
+                TokensPrompt(prompt_token_ids=prompt_ids),
+                params,
+                request_id,
+                lora_request=self._adapters[adapter] if adapter else None,
             ):
                 for choice in output.outputs:
                     if not choice.token_ids and choice.finish_reason is None:
@@ -276,6 +298,10 @@ def engine_args(settings: InferenceSettings) -> AsyncEngineArgs:
     optional: dict[str, Any] = {}
     if settings.max_model_len is not None:
         optional["max_model_len"] = settings.max_model_len
+    if settings.lora_modules:
+        optional.update(
+            enable_lora=True, max_loras=settings.max_loras, max_lora_rank=settings.max_lora_rank
+        )
     return AsyncEngineArgs(
         model=settings.model,
         served_model_name=[settings.model_name],
@@ -326,7 +352,7 @@ async def open_vllm_engine(settings: InferenceSettings) -> AsyncIterator[VllmEng
             max_num_seqs=llm.vllm_config.scheduler_config.max_num_seqs,
             kv_cache_tokens=(cache.num_gpu_blocks or 0) * cache.block_size,
         )
-        engine = VllmEngine(llm, info, capacity, recorders[0])
+        engine = VllmEngine(llm, info, capacity, recorders[0], settings.lora_modules)
         yield engine
     finally:
         llm.shutdown()

@@ -31,8 +31,13 @@ class Replica:
     channel: grpc.aio.Channel
     stub: inference_pb2_grpc.InferenceAsyncStub
     model: generation_pb2.ModelInfo | None = None
+    adapters: tuple[str, ...] = ()
     serving: bool = False
     ready: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def serves(self, model: str) -> bool:
+        """Whether `model` names this replica's model or one of its adapters."""
+        return self.model is not None and (model == self.model.name or model in self.adapters)
 
 
 class ReplicaSet:
@@ -103,17 +108,13 @@ class ReplicaSet:
     def pick(self, model: str) -> Replica:
         """A serving replica for `model`. One replica per model for now; choosing
         among several by load comes with flow control."""
-        known = [r for r in self._replicas if r.model is not None and r.model.name == model]
+        known = [r for r in self._replicas if r.serves(model)]
         if not known:
             raise NotFoundError(f"no replica serves model {model!r}")
         for replica in known:
             if replica.serving:
                 return replica
         raise UnavailableError(f"no replica of model {model!r} is serving right now")
-
-    def models(self) -> list[generation_pb2.ModelInfo]:
-        by_name = {r.model.name: r.model for r in self._replicas if r.serving and r.model}
-        return list(by_name.values())
 
     async def _watch(self, replica: Replica) -> None:
         backoff = self._retry_initial_s
@@ -127,6 +128,7 @@ class ReplicaSet:
                     if serving and replica.model is None:
                         info = await replica.stub.GetModelInfo(inference_pb2.GetModelInfoRequest())
                         replica.model = info.model
+                        replica.adapters = tuple(info.adapters)
                     self._set_serving(replica, serving)
                     backoff = self._retry_initial_s
             except grpc.aio.AioRpcError as err:

@@ -48,6 +48,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
                 router_pb2.Replica(
                     address=r.address,
                     model=r.model,
+                    adapters=r.adapters,
                     state=router_pb2.REPLICA_STATE_SERVING
                     if r.serving
                     else router_pb2.REPLICA_STATE_NOT_SERVING,
