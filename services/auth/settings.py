@@ -17,5 +17,7 @@ class AuthSettings(ServiceSettings):
 
     port: int = 50052
     database_path: Path = Path(".maas/auth.db")
+    # postgresql://... to use PostgreSQL (production); unset: SQLite at database_path.
+    database_url: str | None = None
     admin_token: SecretStr = Field(description="bearer credential for the admin rpcs")
     key_pepper: SecretStr = Field(description="HMAC key for API-key hashes; keep it stable")

@@ -2,41 +2,73 @@
 
 from __future__ import annotations
 
+import subprocess
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import asyncpg
 import grpc
+import pytest
 import pytest_asyncio
 
 from observability import setup
 from observability.settings import TelemetrySettings
 from services.auth.core import AuthCore, MeteringCore
+from services.auth.postgres_store import open_postgres_store
 from services.auth.server import create_server
 from services.auth.settings import AuthSettings
-from services.auth.sqlite_store import SqliteAuthStore, open_sqlite_store
+from services.auth.sqlite_store import open_sqlite_store
+from services.auth.store import AuthStore
 
+REPO = Path(__file__).resolve().parents[2]
 PEPPER = b"test-pepper"
 ADMIN_TOKEN = "test-admin-token"
 
 
-@pytest_asyncio.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SqliteAuthStore]:
-    async with open_sqlite_store(tmp_path / "auth.db") as opened:
-        yield opened
+@pytest.fixture(scope="session")
+def postgres_dsn() -> str:
+    """A real PostgreSQL on loopback, installed and started by the test run."""
+    out = subprocess.run(
+        ["bash", str(REPO / "deploy" / "postgres.sh"), str(REPO / ".maas" / "pg")],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return out.stdout.strip().splitlines()[-1]
+
+
+@pytest_asyncio.fixture(params=["sqlite", "postgres"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[AuthStore]:
+    """The same store tests run against both backends; each test gets an empty store."""
+    if request.param == "sqlite":
+        async with open_sqlite_store(tmp_path / "auth.db") as opened:
+            yield opened
+        return
+    dsn = request.getfixturevalue("postgres_dsn")
+    schema = f"test_{uuid.uuid4().hex}"
+    admin = await asyncpg.connect(dsn)
+    try:
+        await admin.execute(f"CREATE SCHEMA {schema}")
+        async with open_postgres_store(dsn, schema=schema) as opened:
+            yield opened
+        await admin.execute(f"DROP SCHEMA {schema} CASCADE")
+    finally:
+        await admin.close()
 
 
 @pytest_asyncio.fixture
-async def auth_core(store: SqliteAuthStore) -> AuthCore:
+async def auth_core(store: AuthStore) -> AuthCore:
     return AuthCore(store, PEPPER)
 
 
 @pytest_asyncio.fixture
-async def metering_core(store: SqliteAuthStore) -> MeteringCore:
+async def metering_core(store: AuthStore) -> MeteringCore:
     return MeteringCore(store)
 
 
 @pytest_asyncio.fixture
-async def auth_channel(store: SqliteAuthStore, tmp_path: Path) -> AsyncIterator[grpc.aio.Channel]:
+async def auth_channel(store: AuthStore, tmp_path: Path) -> AsyncIterator[grpc.aio.Channel]:
     settings = AuthSettings(
         port=0,
         admin_token=ADMIN_TOKEN,

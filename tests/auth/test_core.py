@@ -10,14 +10,17 @@ from pathlib import Path
 import pytest
 
 from services.auth.core import AuthCore, MeteringCore
-from services.auth.keys import parse_key
+from services.auth.keys import hash_secret, parse_key
 from services.auth.models import RequestStatus, Scope, UsageRecord
+from services.auth.sqlite_store import SqliteAuthStore
+from services.auth.store import AuthStore
 from services.common.errors import (
     AlreadyExistsError,
     InvalidArgumentError,
     NotFoundError,
     UnauthenticatedError,
 )
+from tests.auth.conftest import PEPPER
 
 T0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
 
@@ -67,14 +70,20 @@ async def test_a_revoked_key_stops_authenticating(auth_core: AuthCore) -> None:
         await auth_core.authenticate(full)
 
 
-async def test_the_secret_is_never_stored(auth_core: AuthCore, tmp_path: Path) -> None:
+async def test_the_secret_is_never_stored(
+    auth_core: AuthCore, store: AuthStore, tmp_path: Path
+) -> None:
     tenant = await auth_core.create_tenant("acme")
-    _, full = await auth_core.create_api_key(tenant.tenant_id, "ci")
+    record, full = await auth_core.create_api_key(tenant.tenant_id, "ci")
     parsed = parse_key(full)
     assert parsed is not None
-    secret = parsed.secret
-    stored = b"".join(p.read_bytes() for p in tmp_path.glob("auth.db*"))
-    assert secret.encode() not in stored
+    secret = parsed.secret.encode()
+    stored = await store.get_key(record.key_id)
+    assert stored is not None
+    assert secret not in stored.secret_hash
+    assert stored.secret_hash == hash_secret(PEPPER, parsed.secret)
+    if isinstance(store, SqliteAuthStore):  # and not anywhere in the database files
+        assert secret not in b"".join(p.read_bytes() for p in tmp_path.glob("auth.db*"))
 
 
 async def test_tenant_and_key_validation(auth_core: AuthCore) -> None:

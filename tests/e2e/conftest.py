@@ -32,6 +32,7 @@ from services.router.replicas import ReplicaSet
 from services.router.server import running_router
 
 SERVICES = ("gateway", "auth", "router", "inference", "anomaly")
+AUTH_CACHE_TTL_S = 1.0
 
 
 @dataclass
@@ -95,6 +96,7 @@ async def mesh(
             auth_address=f"127.0.0.1:{auth.port}",
             anomaly_address=f"127.0.0.1:{anomaly.port}",
             grace_period_s=2.0,
+            auth_cache_ttl_s=AUTH_CACHE_TTL_S,
         )
         gateway = await stack.enter_async_context(running_gateway(gateway_settings, tel["gateway"]))
         ports = {

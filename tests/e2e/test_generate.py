@@ -6,8 +6,8 @@ import grpc
 import pytest
 
 from maas.client import MaasClient
-from maas.v1 import gateway_pb2_grpc, generation_pb2
-from tests.e2e.conftest import Mesh, TenantFactory, TenantKey
+from maas.v1 import auth_pb2, auth_pb2_grpc, gateway_pb2_grpc, generation_pb2
+from tests.e2e.conftest import AUTH_CACHE_TTL_S, Mesh, TenantFactory, TenantKey
 from tests.support import bad_request_fields, eventually
 
 
@@ -153,3 +153,26 @@ async def test_a_tenant_sees_only_its_own_usage(mesh: Mesh, new_tenant: TenantFa
     assert summary_b.tenant_id == b.tenant_id
     assert summary_b.requests == 0
     assert summary_b.completion_tokens == 0
+
+
+async def test_a_revoked_key_stops_working_within_the_cache_ttl(
+    mesh: Mesh, tenant_key: TenantKey
+) -> None:
+    admin = (("authorization", f"Bearer {mesh.admin_token}"),)
+    async with MaasClient(mesh.gateway, tenant_key.api_key) as client:
+        assert [m.name for m in await client.list_models()] == [mesh.model]  # now cached
+        async with grpc.aio.insecure_channel(mesh.targets["auth"]) as ch:
+            key_id = tenant_key.api_key.split("_")[1]
+            await auth_pb2_grpc.AuthStub(ch).RevokeApiKey(
+                auth_pb2.RevokeApiKeyRequest(key_id=key_id), metadata=admin
+            )
+
+        async def refused() -> bool:
+            try:
+                await client.list_models()
+            except grpc.aio.AioRpcError as err:
+                return err.code() == grpc.StatusCode.UNAUTHENTICATED
+            return False
+
+        # The bound is the gateway's cache TTL; the margin absorbs a busy machine.
+        await eventually(refused, within_s=AUTH_CACHE_TTL_S + 5)

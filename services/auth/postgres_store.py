@@ -1,0 +1,190 @@
+"""AuthStore on PostgreSQL (asyncpg): the production store, same contract as
+the SQLite one. Every write is one statement in its own transaction, so an
+acknowledged write is durable when the call returns."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from services.auth.models import (
+    ApiKeyRecord,
+    Priority,
+    RequestStatus,
+    Scope,
+    Tenant,
+    UsageRecord,
+    UsageSummary,
+)
+from services.auth.store import TenantExistsError
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS tenants (
+    tenant_id   TEXT PRIMARY KEY,
+    name        TEXT NOT NULL UNIQUE,
+    priority    INTEGER NOT NULL,
+    created_at  TIMESTAMPTZ NOT NULL
+);
+CREATE TABLE IF NOT EXISTS api_keys (
+    key_id      TEXT PRIMARY KEY,
+    tenant_id   TEXT NOT NULL REFERENCES tenants(tenant_id),
+    name        TEXT NOT NULL,
+    scopes      TEXT[] NOT NULL,
+    secret_hash BYTEA NOT NULL,
+    created_at  TIMESTAMPTZ NOT NULL,
+    revoked_at  TIMESTAMPTZ
+);
+CREATE INDEX IF NOT EXISTS api_keys_by_tenant ON api_keys(tenant_id);
+CREATE TABLE IF NOT EXISTS usage_records (
+    request_id        TEXT PRIMARY KEY,
+    tenant_id         TEXT NOT NULL,
+    key_id            TEXT NOT NULL,
+    model             TEXT NOT NULL,
+    prompt_tokens     BIGINT NOT NULL,
+    completion_tokens BIGINT NOT NULL,
+    start_time        TIMESTAMPTZ NOT NULL,
+    end_time          TIMESTAMPTZ NOT NULL,
+    status            TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS usage_by_tenant_time ON usage_records(tenant_id, end_time);
+"""
+
+
+def _tenant(row: Any) -> Tenant:
+    return Tenant(row["tenant_id"], row["name"], Priority(row["priority"]), row["created_at"])
+
+
+def _key(row: Any) -> ApiKeyRecord:
+    return ApiKeyRecord(
+        key_id=row["key_id"],
+        tenant_id=row["tenant_id"],
+        name=row["name"],
+        scopes=tuple(Scope(s) for s in row["scopes"]),
+        secret_hash=bytes(row["secret_hash"]),
+        created_at=row["created_at"],
+        revoked_at=row["revoked_at"],
+    )
+
+
+def _usage(row: Any) -> UsageRecord:
+    return UsageRecord(
+        request_id=row["request_id"],
+        tenant_id=row["tenant_id"],
+        key_id=row["key_id"],
+        model=row["model"],
+        prompt_tokens=row["prompt_tokens"],
+        completion_tokens=row["completion_tokens"],
+        start_time=row["start_time"],
+        end_time=row["end_time"],
+        status=RequestStatus(row["status"]),
+    )
+
+
+class PostgresAuthStore:
+    def __init__(self, pool: Any) -> None:
+        self._pool = pool
+
+    async def create_tenant(self, tenant: Tenant) -> None:
+        try:
+            await self._pool.execute(
+                "INSERT INTO tenants VALUES ($1, $2, $3, $4)",
+                tenant.tenant_id,
+                tenant.name,
+                int(tenant.priority),
+                tenant.created_at,
+            )
+        except asyncpg.UniqueViolationError as err:
+            raise TenantExistsError(tenant.name) from err
+
+    async def get_tenant(self, tenant_id: str) -> Tenant | None:
+        row = await self._pool.fetchrow("SELECT * FROM tenants WHERE tenant_id = $1", tenant_id)
+        return _tenant(row) if row else None
+
+    async def list_tenants(self) -> list[Tenant]:
+        rows = await self._pool.fetch("SELECT * FROM tenants ORDER BY created_at, name")
+        return [_tenant(r) for r in rows]
+
+    async def create_key(self, key: ApiKeyRecord) -> None:
+        await self._pool.execute(
+            "INSERT INTO api_keys VALUES ($1, $2, $3, $4, $5, $6, NULL)",
+            key.key_id,
+            key.tenant_id,
+            key.name,
+            [s.value for s in key.scopes],
+            key.secret_hash,
+            key.created_at,
+        )
+
+    async def get_key(self, key_id: str) -> ApiKeyRecord | None:
+        row = await self._pool.fetchrow("SELECT * FROM api_keys WHERE key_id = $1", key_id)
+        return _key(row) if row else None
+
+    async def list_keys(self, tenant_id: str) -> list[ApiKeyRecord]:
+        rows = await self._pool.fetch(
+            "SELECT * FROM api_keys WHERE tenant_id = $1 ORDER BY created_at", tenant_id
+        )
+        return [_key(r) for r in rows]
+
+    async def revoke_key(self, key_id: str, at: datetime) -> ApiKeyRecord | None:
+        row = await self._pool.fetchrow(
+            "UPDATE api_keys SET revoked_at = COALESCE(revoked_at, $2) WHERE key_id = $1"
+            " RETURNING *",
+            key_id,
+            at,
+        )
+        return _key(row) if row else None
+
+    async def record_usage(self, record: UsageRecord) -> tuple[UsageRecord, bool]:
+        inserted = await self._pool.fetchrow(
+            "INSERT INTO usage_records VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+            " ON CONFLICT (request_id) DO NOTHING RETURNING request_id",
+            record.request_id,
+            record.tenant_id,
+            record.key_id,
+            record.model,
+            record.prompt_tokens,
+            record.completion_tokens,
+            record.start_time,
+            record.end_time,
+            record.status.value,
+        )
+        if inserted is not None:
+            return record, False
+        row = await self._pool.fetchrow(
+            "SELECT * FROM usage_records WHERE request_id = $1", record.request_id
+        )
+        assert row is not None  # the conflict proves it is there; rows are never deleted
+        return _usage(row), True
+
+    async def usage_summary(
+        self, tenant_id: str, start: datetime | None, end: datetime | None
+    ) -> UsageSummary:
+        row = await self._pool.fetchrow(
+            "SELECT COUNT(*) AS n, COALESCE(SUM(prompt_tokens), 0) AS p,"
+            " COALESCE(SUM(completion_tokens), 0) AS c FROM usage_records"
+            " WHERE tenant_id = $1 AND ($2::timestamptz IS NULL OR end_time >= $2)"
+            " AND ($3::timestamptz IS NULL OR end_time < $3)",
+            tenant_id,
+            start,
+            end,
+        )
+        return UsageSummary(tenant_id, int(row["n"]), int(row["p"]), int(row["c"]))
+
+
+@asynccontextmanager
+async def open_postgres_store(
+    dsn: str, *, schema: str | None = None
+) -> AsyncIterator[PostgresAuthStore]:
+    """Opens a pool (in `schema` when given, which must exist) and creates the tables."""
+    settings = {"search_path": schema} if schema else None
+    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=10, server_settings=settings)
+    try:
+        async with pool.acquire() as conn:
+            await conn.execute(SCHEMA)
+        yield PostgresAuthStore(pool)
+    finally:
+        await pool.close()
