@@ -7,6 +7,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 
 from gateway.authn import Authenticator
 from gateway.metrics import GatewayMetrics
+from gateway.quota import QuotaClient
 from gateway.servicer import GatewayServicer
 from gateway.settings import GatewaySettings
 from gateway.usage import UsageRecorder
@@ -47,6 +48,8 @@ async def running_gateway(
         )
         stack.push_async_callback(usage.aclose, settings.grace_period_s)
 
+        quotas = QuotaClient(auth_pb2_grpc.AuthStub(auth_ch))
+        stack.push_async_callback(quotas.aclose, settings.grace_period_s)
         servicer = GatewayServicer(
             authenticator=Authenticator(
                 auth_pb2_grpc.AuthStub(auth_ch),
@@ -58,6 +61,8 @@ async def running_gateway(
             usage=usage,
             events=events,
             metrics=GatewayMetrics(telemetry.meter()),
+            quotas=quotas,
+            default_max_tokens=settings.default_max_tokens_estimate,
         )
         server = await start_server(
             address=settings.address,

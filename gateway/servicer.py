@@ -12,6 +12,7 @@ from opentelemetry import trace
 
 from gateway.authn import Authenticator
 from gateway.metrics import GatewayMetrics
+from gateway.quota import QuotaClient, estimate_tokens
 from gateway.usage import StreamUsage, UsageRecorder, timestamp
 from gateway.validation import validate_generate, validate_input
 from maas.v1 import (
@@ -47,6 +48,8 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         usage: UsageRecorder,
         events: EventPublisher,
         metrics: GatewayMetrics,
+        quotas: QuotaClient,
+        default_max_tokens: int,
     ) -> None:
         self._authenticator = authenticator
         self._router = router
@@ -54,6 +57,8 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         self._usage = usage
         self._events = events
         self._metrics = metrics
+        self._quotas = quotas
+        self._default_max_tokens = default_max_tokens
 
     async def Generate(
         self, request: generation_pb2.GenerateRequest, context: Context
@@ -66,6 +71,12 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         span.set_attribute("maas.request_id", request_id)
         span.set_attribute("maas.tenant_id", principal.tenant_id)
         await context.send_initial_metadata(((REQUEST_ID_METADATA_KEY, request_id),))
+        reservation = await self._quotas.reserve(
+            principal.tenant_id,
+            request_id,
+            request.model,
+            estimate_tokens(request, self._default_max_tokens),
+        )
 
         usage = StreamUsage()
         status = grpc.StatusCode.OK
@@ -93,6 +104,8 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
             raise
         finally:
             call.cancel()
+            used = usage.prompt_tokens + usage.completion_tokens if usage.chunks else None
+            self._quotas.settle(reservation, used)
             self._settle(request_id, request.model, principal, usage, status)
 
     async def ListModels(

@@ -22,5 +22,7 @@ class GatewaySettings(ServiceSettings):
     auth_cache_size: int = Field(default=10_000, ge=1)
     # Events beyond this many waiting for anomaly are dropped (and counted), never waited on.
     event_queue_size: int = Field(default=10_000, ge=1)
+    # Completion tokens reserved for a request that sets no max_tokens.
+    default_max_tokens_estimate: int = Field(default=1024, ge=1)
     # Attempts to write a usage record before it is logged as lost.
     usage_record_attempts: int = Field(default=8, ge=1)

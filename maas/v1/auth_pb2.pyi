@@ -21,17 +21,89 @@ PRIORITY_INTERACTIVE: Priority
 PRIORITY_DEFAULT: Priority
 PRIORITY_BATCH: Priority
 
+class Plan(_message.Message):
+    __slots__ = ("requests_per_minute", "tokens_per_minute", "max_concurrent_requests", "monthly_token_budget", "allowed_models")
+    REQUESTS_PER_MINUTE_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_PER_MINUTE_FIELD_NUMBER: _ClassVar[int]
+    MAX_CONCURRENT_REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    MONTHLY_TOKEN_BUDGET_FIELD_NUMBER: _ClassVar[int]
+    ALLOWED_MODELS_FIELD_NUMBER: _ClassVar[int]
+    requests_per_minute: int
+    tokens_per_minute: int
+    max_concurrent_requests: int
+    monthly_token_budget: int
+    allowed_models: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, requests_per_minute: _Optional[int] = ..., tokens_per_minute: _Optional[int] = ..., max_concurrent_requests: _Optional[int] = ..., monthly_token_budget: _Optional[int] = ..., allowed_models: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class SetPlanRequest(_message.Message):
+    __slots__ = ("tenant_id", "plan", "priority")
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    PLAN_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    tenant_id: str
+    plan: Plan
+    priority: Priority
+    def __init__(self, tenant_id: _Optional[str] = ..., plan: _Optional[_Union[Plan, _Mapping]] = ..., priority: _Optional[_Union[Priority, str]] = ...) -> None: ...
+
+class ReserveRequest(_message.Message):
+    __slots__ = ("tenant_id", "request_id", "model", "estimated_tokens")
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    ESTIMATED_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    tenant_id: str
+    request_id: str
+    model: str
+    estimated_tokens: int
+    def __init__(self, tenant_id: _Optional[str] = ..., request_id: _Optional[str] = ..., model: _Optional[str] = ..., estimated_tokens: _Optional[int] = ...) -> None: ...
+
+class Reservation(_message.Message):
+    __slots__ = ("reservation_id", "tokens", "expire_time")
+    RESERVATION_ID_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_FIELD_NUMBER: _ClassVar[int]
+    EXPIRE_TIME_FIELD_NUMBER: _ClassVar[int]
+    reservation_id: str
+    tokens: int
+    expire_time: _timestamp_pb2.Timestamp
+    def __init__(self, reservation_id: _Optional[str] = ..., tokens: _Optional[int] = ..., expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class CommitRequest(_message.Message):
+    __slots__ = ("reservation_id", "used_tokens")
+    RESERVATION_ID_FIELD_NUMBER: _ClassVar[int]
+    USED_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    reservation_id: str
+    used_tokens: int
+    def __init__(self, reservation_id: _Optional[str] = ..., used_tokens: _Optional[int] = ...) -> None: ...
+
+class CommitResponse(_message.Message):
+    __slots__ = ("returned_tokens",)
+    RETURNED_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    returned_tokens: int
+    def __init__(self, returned_tokens: _Optional[int] = ...) -> None: ...
+
+class ReleaseRequest(_message.Message):
+    __slots__ = ("reservation_id",)
+    RESERVATION_ID_FIELD_NUMBER: _ClassVar[int]
+    reservation_id: str
+    def __init__(self, reservation_id: _Optional[str] = ...) -> None: ...
+
+class ReleaseResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
 class Tenant(_message.Message):
-    __slots__ = ("tenant_id", "name", "priority", "create_time")
+    __slots__ = ("tenant_id", "name", "priority", "create_time", "plan")
     TENANT_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     PRIORITY_FIELD_NUMBER: _ClassVar[int]
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    PLAN_FIELD_NUMBER: _ClassVar[int]
     tenant_id: str
     name: str
     priority: Priority
     create_time: _timestamp_pb2.Timestamp
-    def __init__(self, tenant_id: _Optional[str] = ..., name: _Optional[str] = ..., priority: _Optional[_Union[Priority, str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    plan: Plan
+    def __init__(self, tenant_id: _Optional[str] = ..., name: _Optional[str] = ..., priority: _Optional[_Union[Priority, str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., plan: _Optional[_Union[Plan, _Mapping]] = ...) -> None: ...
 
 class ApiKey(_message.Message):
     __slots__ = ("key_id", "tenant_id", "name", "scopes", "create_time", "revoke_time")

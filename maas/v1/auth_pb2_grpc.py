@@ -67,6 +67,26 @@ class AuthStub:
                 request_serializer=maas_dot_v1_dot_auth__pb2.RevokeApiKeyRequest.SerializeToString,
                 response_deserializer=maas_dot_v1_dot_auth__pb2.ApiKey.FromString,
                 _registered_method=True)
+        self.SetPlan = channel.unary_unary(
+                '/maas.v1.Auth/SetPlan',
+                request_serializer=maas_dot_v1_dot_auth__pb2.SetPlanRequest.SerializeToString,
+                response_deserializer=maas_dot_v1_dot_auth__pb2.Tenant.FromString,
+                _registered_method=True)
+        self.Reserve = channel.unary_unary(
+                '/maas.v1.Auth/Reserve',
+                request_serializer=maas_dot_v1_dot_auth__pb2.ReserveRequest.SerializeToString,
+                response_deserializer=maas_dot_v1_dot_auth__pb2.Reservation.FromString,
+                _registered_method=True)
+        self.Commit = channel.unary_unary(
+                '/maas.v1.Auth/Commit',
+                request_serializer=maas_dot_v1_dot_auth__pb2.CommitRequest.SerializeToString,
+                response_deserializer=maas_dot_v1_dot_auth__pb2.CommitResponse.FromString,
+                _registered_method=True)
+        self.Release = channel.unary_unary(
+                '/maas.v1.Auth/Release',
+                request_serializer=maas_dot_v1_dot_auth__pb2.ReleaseRequest.SerializeToString,
+                response_deserializer=maas_dot_v1_dot_auth__pb2.ReleaseResponse.FromString,
+                _registered_method=True)
 
 
 class AuthServicer:
@@ -119,6 +139,38 @@ class AuthServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetPlan(self, request, context):
+        """Admin: sets a tenant's plan (its limits).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Reserve(self, request, context):
+        """Reserves a request's estimated tokens against the tenant's limits before
+        it runs. RESOURCE_EXHAUSTED with google.rpc.QuotaFailure (which limit) and
+        RetryInfo (when to come back) when over a limit; PERMISSION_DENIED when the
+        plan does not include the model. The reservation is a lease: unless
+        committed or released before it expires, it is released by itself.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Commit(self, request, context):
+        """Settles a reservation with the actual usage, returning the difference.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Release(self, request, context):
+        """Gives a reservation back whole (the request did not run).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AuthServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -151,6 +203,26 @@ def add_AuthServicer_to_server(servicer, server):
                     servicer.RevokeApiKey,
                     request_deserializer=maas_dot_v1_dot_auth__pb2.RevokeApiKeyRequest.FromString,
                     response_serializer=maas_dot_v1_dot_auth__pb2.ApiKey.SerializeToString,
+            ),
+            'SetPlan': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetPlan,
+                    request_deserializer=maas_dot_v1_dot_auth__pb2.SetPlanRequest.FromString,
+                    response_serializer=maas_dot_v1_dot_auth__pb2.Tenant.SerializeToString,
+            ),
+            'Reserve': grpc.unary_unary_rpc_method_handler(
+                    servicer.Reserve,
+                    request_deserializer=maas_dot_v1_dot_auth__pb2.ReserveRequest.FromString,
+                    response_serializer=maas_dot_v1_dot_auth__pb2.Reservation.SerializeToString,
+            ),
+            'Commit': grpc.unary_unary_rpc_method_handler(
+                    servicer.Commit,
+                    request_deserializer=maas_dot_v1_dot_auth__pb2.CommitRequest.FromString,
+                    response_serializer=maas_dot_v1_dot_auth__pb2.CommitResponse.SerializeToString,
+            ),
+            'Release': grpc.unary_unary_rpc_method_handler(
+                    servicer.Release,
+                    request_deserializer=maas_dot_v1_dot_auth__pb2.ReleaseRequest.FromString,
+                    response_serializer=maas_dot_v1_dot_auth__pb2.ReleaseResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -318,6 +390,114 @@ class Auth:
             '/maas.v1.Auth/RevokeApiKey',
             maas_dot_v1_dot_auth__pb2.RevokeApiKeyRequest.SerializeToString,
             maas_dot_v1_dot_auth__pb2.ApiKey.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetPlan(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/maas.v1.Auth/SetPlan',
+            maas_dot_v1_dot_auth__pb2.SetPlanRequest.SerializeToString,
+            maas_dot_v1_dot_auth__pb2.Tenant.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Reserve(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/maas.v1.Auth/Reserve',
+            maas_dot_v1_dot_auth__pb2.ReserveRequest.SerializeToString,
+            maas_dot_v1_dot_auth__pb2.Reservation.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Commit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/maas.v1.Auth/Commit',
+            maas_dot_v1_dot_auth__pb2.CommitRequest.SerializeToString,
+            maas_dot_v1_dot_auth__pb2.CommitResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Release(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/maas.v1.Auth/Release',
+            maas_dot_v1_dot_auth__pb2.ReleaseRequest.SerializeToString,
+            maas_dot_v1_dot_auth__pb2.ReleaseResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -52,6 +52,19 @@ class AuthStub:
     """Admin: revokes a key; it stops authenticating at once here, and at the
     gateway once its short authentication cache expires.
     """
+    SetPlan: _grpc.UnaryUnaryMultiCallable[_auth_pb2.SetPlanRequest, _auth_pb2.Tenant]
+    """Admin: sets a tenant's plan (its limits)."""
+    Reserve: _grpc.UnaryUnaryMultiCallable[_auth_pb2.ReserveRequest, _auth_pb2.Reservation]
+    """Reserves a request's estimated tokens against the tenant's limits before
+    it runs. RESOURCE_EXHAUSTED with google.rpc.QuotaFailure (which limit) and
+    RetryInfo (when to come back) when over a limit; PERMISSION_DENIED when the
+    plan does not include the model. The reservation is a lease: unless
+    committed or released before it expires, it is released by itself.
+    """
+    Commit: _grpc.UnaryUnaryMultiCallable[_auth_pb2.CommitRequest, _auth_pb2.CommitResponse]
+    """Settles a reservation with the actual usage, returning the difference."""
+    Release: _grpc.UnaryUnaryMultiCallable[_auth_pb2.ReleaseRequest, _auth_pb2.ReleaseResponse]
+    """Gives a reservation back whole (the request did not run)."""
 
 @_typing.type_check_only
 class AuthAsyncStub(AuthStub):
@@ -77,6 +90,19 @@ class AuthAsyncStub(AuthStub):
     """Admin: revokes a key; it stops authenticating at once here, and at the
     gateway once its short authentication cache expires.
     """
+    SetPlan: _aio.UnaryUnaryMultiCallable[_auth_pb2.SetPlanRequest, _auth_pb2.Tenant]  # type: ignore[assignment]
+    """Admin: sets a tenant's plan (its limits)."""
+    Reserve: _aio.UnaryUnaryMultiCallable[_auth_pb2.ReserveRequest, _auth_pb2.Reservation]  # type: ignore[assignment]
+    """Reserves a request's estimated tokens against the tenant's limits before
+    it runs. RESOURCE_EXHAUSTED with google.rpc.QuotaFailure (which limit) and
+    RetryInfo (when to come back) when over a limit; PERMISSION_DENIED when the
+    plan does not include the model. The reservation is a lease: unless
+    committed or released before it expires, it is released by itself.
+    """
+    Commit: _aio.UnaryUnaryMultiCallable[_auth_pb2.CommitRequest, _auth_pb2.CommitResponse]  # type: ignore[assignment]
+    """Settles a reservation with the actual usage, returning the difference."""
+    Release: _aio.UnaryUnaryMultiCallable[_auth_pb2.ReleaseRequest, _auth_pb2.ReleaseResponse]  # type: ignore[assignment]
+    """Gives a reservation back whole (the request did not run)."""
 
 class AuthServicer(metaclass=_abc_1.ABCMeta):
     """Tenants and API keys. Authenticate is called by the gateway on the request
@@ -135,5 +161,42 @@ class AuthServicer(metaclass=_abc_1.ABCMeta):
         """Admin: revokes a key; it stops authenticating at once here, and at the
         gateway once its short authentication cache expires.
         """
+
+    @_abc_1.abstractmethod
+    def SetPlan(
+        self,
+        request: _auth_pb2.SetPlanRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_pb2.Tenant, _abc.Awaitable[_auth_pb2.Tenant]]:
+        """Admin: sets a tenant's plan (its limits)."""
+
+    @_abc_1.abstractmethod
+    def Reserve(
+        self,
+        request: _auth_pb2.ReserveRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_pb2.Reservation, _abc.Awaitable[_auth_pb2.Reservation]]:
+        """Reserves a request's estimated tokens against the tenant's limits before
+        it runs. RESOURCE_EXHAUSTED with google.rpc.QuotaFailure (which limit) and
+        RetryInfo (when to come back) when over a limit; PERMISSION_DENIED when the
+        plan does not include the model. The reservation is a lease: unless
+        committed or released before it expires, it is released by itself.
+        """
+
+    @_abc_1.abstractmethod
+    def Commit(
+        self,
+        request: _auth_pb2.CommitRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_pb2.CommitResponse, _abc.Awaitable[_auth_pb2.CommitResponse]]:
+        """Settles a reservation with the actual usage, returning the difference."""
+
+    @_abc_1.abstractmethod
+    def Release(
+        self,
+        request: _auth_pb2.ReleaseRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_pb2.ReleaseResponse, _abc.Awaitable[_auth_pb2.ReleaseResponse]]:
+        """Gives a reservation back whole (the request did not run)."""
 
 def add_AuthServicer_to_server(servicer: AuthServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

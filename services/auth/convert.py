@@ -9,6 +9,7 @@ from google.protobuf import timestamp_pb2
 from maas.v1 import auth_pb2, metering_pb2
 from services.auth.models import (
     ApiKeyRecord,
+    Plan,
     Principal,
     Priority,
     RequestStatus,
@@ -40,12 +41,33 @@ def priority_from_proto(value: int) -> Priority:
     return Priority(value) if value in {p.value for p in Priority} else Priority.DEFAULT
 
 
+def plan_to_proto(plan: Plan) -> auth_pb2.Plan:
+    return auth_pb2.Plan(
+        requests_per_minute=plan.requests_per_minute,
+        tokens_per_minute=plan.tokens_per_minute,
+        max_concurrent_requests=plan.max_concurrent_requests,
+        monthly_token_budget=plan.monthly_token_budget,
+        allowed_models=plan.allowed_models,
+    )
+
+
+def plan_from_proto(message: auth_pb2.Plan) -> Plan:
+    return Plan(
+        requests_per_minute=message.requests_per_minute,
+        tokens_per_minute=message.tokens_per_minute,
+        max_concurrent_requests=message.max_concurrent_requests,
+        monthly_token_budget=message.monthly_token_budget,
+        allowed_models=tuple(message.allowed_models),
+    )
+
+
 def tenant_to_proto(tenant: Tenant) -> auth_pb2.Tenant:
     return auth_pb2.Tenant(
         tenant_id=tenant.tenant_id,
         name=tenant.name,
         priority=int(tenant.priority),  # type: ignore[arg-type]
         create_time=timestamp(tenant.created_at),
+        plan=plan_to_proto(tenant.plan),
     )
 
 

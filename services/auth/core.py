@@ -10,6 +10,7 @@ from services.auth import keys
 from services.auth.models import (
     DEFAULT_SCOPES,
     ApiKeyRecord,
+    Plan,
     Principal,
     Priority,
     Scope,
@@ -64,6 +65,12 @@ class AuthCore:
             await self._store.create_tenant(tenant)
         except TenantExistsError as err:
             raise AlreadyExistsError(f"a tenant named {name!r} exists") from err
+        return tenant
+
+    async def set_plan(self, tenant_id: str, plan: Plan, priority: Priority | None) -> Tenant:
+        tenant = await self._store.set_plan(tenant_id, plan, priority)
+        if tenant is None:
+            raise NotFoundError(f"no tenant {tenant_id!r}")
         return tenant
 
     async def list_tenants(self) -> list[Tenant]:

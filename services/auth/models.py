@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import json
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -23,11 +24,40 @@ DEFAULT_SCOPES = (Scope.GENERATE, Scope.USAGE_READ)
 
 
 @dataclass(frozen=True, slots=True)
+class Plan:
+    """A tenant's limits; 0 means unlimited, no models means all models."""
+
+    requests_per_minute: int = 0
+    tokens_per_minute: int = 0
+    max_concurrent_requests: int = 0
+    monthly_token_budget: int = 0
+    allowed_models: tuple[str, ...] = ()
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "requests_per_minute": self.requests_per_minute,
+                "tokens_per_minute": self.tokens_per_minute,
+                "max_concurrent_requests": self.max_concurrent_requests,
+                "monthly_token_budget": self.monthly_token_budget,
+                "allowed_models": list(self.allowed_models),
+            }
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> Plan:
+        data = json.loads(text or "{}")
+        data["allowed_models"] = tuple(data.get("allowed_models", ()))
+        return cls(**data)
+
+
+@dataclass(frozen=True, slots=True)
 class Tenant:
     tenant_id: str
     name: str
     priority: Priority
     created_at: datetime
+    plan: Plan = Plan()
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,6 +13,7 @@ import asyncpg
 
 from services.auth.models import (
     ApiKeyRecord,
+    Plan,
     Priority,
     RequestStatus,
     Scope,
@@ -27,7 +28,8 @@ CREATE TABLE IF NOT EXISTS tenants (
     tenant_id   TEXT PRIMARY KEY,
     name        TEXT NOT NULL UNIQUE,
     priority    INTEGER NOT NULL,
-    created_at  TIMESTAMPTZ NOT NULL
+    created_at  TIMESTAMPTZ NOT NULL,
+    plan        TEXT NOT NULL DEFAULT '{}'
 );
 CREATE TABLE IF NOT EXISTS api_keys (
     key_id      TEXT PRIMARY KEY,
@@ -51,11 +53,18 @@ CREATE TABLE IF NOT EXISTS usage_records (
     status            TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS usage_by_tenant_time ON usage_records(tenant_id, end_time);
+ALTER TABLE tenants ADD COLUMN IF NOT EXISTS plan TEXT NOT NULL DEFAULT '{}';
 """
 
 
 def _tenant(row: Any) -> Tenant:
-    return Tenant(row["tenant_id"], row["name"], Priority(row["priority"]), row["created_at"])
+    return Tenant(
+        row["tenant_id"],
+        row["name"],
+        Priority(row["priority"]),
+        row["created_at"],
+        Plan.from_json(row["plan"]),
+    )
 
 
 def _key(row: Any) -> ApiKeyRecord:
@@ -91,11 +100,12 @@ class PostgresAuthStore:
     async def create_tenant(self, tenant: Tenant) -> None:
         try:
             await self._pool.execute(
-                "INSERT INTO tenants VALUES ($1, $2, $3, $4)",
+                "INSERT INTO tenants VALUES ($1, $2, $3, $4, $5)",
                 tenant.tenant_id,
                 tenant.name,
                 int(tenant.priority),
                 tenant.created_at,
+                tenant.plan.to_json(),
             )
         except asyncpg.UniqueViolationError as err:
             raise TenantExistsError(tenant.name) from err
@@ -103,6 +113,27 @@ class PostgresAuthStore:
     async def get_tenant(self, tenant_id: str) -> Tenant | None:
         row = await self._pool.fetchrow("SELECT * FROM tenants WHERE tenant_id = $1", tenant_id)
         return _tenant(row) if row else None
+
+    async def set_plan(
+        self, tenant_id: str, plan: Plan, priority: Priority | None
+    ) -> Tenant | None:
+        row = await self._pool.fetchrow(
+            "UPDATE tenants SET plan = $2, priority = COALESCE($3, priority)"
+            " WHERE tenant_id = $1 RETURNING *",
+            tenant_id,
+            plan.to_json(),
+            int(priority) if priority is not None else None,
+        )
+        return _tenant(row) if row else None
+
+    async def tokens_used_since(self, tenant_id: str, since: datetime) -> int:
+        used = await self._pool.fetchval(
+            "SELECT COALESCE(SUM(prompt_tokens + completion_tokens), 0) FROM usage_records"
+            " WHERE tenant_id = $1 AND end_time >= $2",
+            tenant_id,
+            since,
+        )
+        return int(used)
 
     async def list_tenants(self) -> list[Tenant]:
         rows = await self._pool.fetch("SELECT * FROM tenants ORDER BY created_at, name")

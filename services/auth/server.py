@@ -5,6 +5,7 @@ from __future__ import annotations
 from maas.v1 import auth_pb2, auth_pb2_grpc, metering_pb2, metering_pb2_grpc
 from observability import Telemetry
 from services.auth.core import AuthCore, MeteringCore
+from services.auth.quota import Quotas
 from services.auth.servicer import AdminGuard, AuthServicer, MeteringServicer
 from services.auth.settings import AuthSettings
 from services.auth.store import AuthStore
@@ -21,6 +22,7 @@ async def create_server(
     auth = AuthServicer(
         AuthCore(store, settings.key_pepper.get_secret_value().encode()),
         AdminGuard(settings.admin_token.get_secret_value()),
+        Quotas(store, lease_s=settings.reservation_lease_s),
     )
     metering = MeteringServicer(MeteringCore(store))
     return await start_server(

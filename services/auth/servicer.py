@@ -10,7 +10,12 @@ import grpc
 from maas.v1 import auth_pb2, auth_pb2_grpc, metering_pb2, metering_pb2_grpc
 from services.auth import convert
 from services.auth.core import AuthCore, MeteringCore
-from services.common.errors import PermissionDeniedError, UnauthenticatedError
+from services.auth.quota import Quotas
+from services.common.errors import (
+    InvalidArgumentError,
+    PermissionDeniedError,
+    UnauthenticatedError,
+)
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -35,9 +40,48 @@ class AdminGuard:
 
 
 class AuthServicer(auth_pb2_grpc.AuthServicer):
-    def __init__(self, core: AuthCore, guard: AdminGuard) -> None:
+    def __init__(self, core: AuthCore, guard: AdminGuard, quotas: Quotas) -> None:
         self._core = core
         self._guard = guard
+        self._quotas = quotas
+
+    async def SetPlan(self, request: auth_pb2.SetPlanRequest, context: Context) -> auth_pb2.Tenant:
+        self._guard.check(context)
+        priority = (
+            convert.priority_from_proto(request.priority)
+            if request.priority != auth_pb2.PRIORITY_UNSPECIFIED
+            else None
+        )
+        tenant = await self._core.set_plan(
+            request.tenant_id, convert.plan_from_proto(request.plan), priority
+        )
+        return convert.tenant_to_proto(tenant)
+
+    async def Reserve(
+        self, request: auth_pb2.ReserveRequest, context: Context
+    ) -> auth_pb2.Reservation:
+        if not request.request_id:
+            raise InvalidArgumentError("request_id", "required")
+        held = await self._quotas.reserve(
+            request.tenant_id, request.request_id, request.model, request.estimated_tokens
+        )
+        return auth_pb2.Reservation(
+            reservation_id=held.reservation_id,
+            tokens=held.tokens,
+            expire_time=convert.timestamp(held.expire_time),
+        )
+
+    async def Commit(
+        self, request: auth_pb2.CommitRequest, context: Context
+    ) -> auth_pb2.CommitResponse:
+        returned = self._quotas.commit(request.reservation_id, request.used_tokens)
+        return auth_pb2.CommitResponse(returned_tokens=returned)
+
+    async def Release(
+        self, request: auth_pb2.ReleaseRequest, context: Context
+    ) -> auth_pb2.ReleaseResponse:
+        self._quotas.release(request.reservation_id)
+        return auth_pb2.ReleaseResponse()
 
     async def Authenticate(
         self, request: auth_pb2.AuthenticateRequest, context: Context

@@ -21,3 +21,5 @@ class AuthSettings(ServiceSettings):
     database_url: str | None = None
     admin_token: SecretStr = Field(description="bearer credential for the admin rpcs")
     key_pepper: SecretStr = Field(description="HMAC key for API-key hashes; keep it stable")
+    # A reservation not settled by then (its gateway died) lapses and frees its slot.
+    reservation_lease_s: float = Field(default=600.0, gt=0)

@@ -17,6 +17,7 @@ import aiosqlite
 
 from services.auth.models import (
     ApiKeyRecord,
+    Plan,
     Priority,
     RequestStatus,
     Scope,
@@ -31,7 +32,8 @@ CREATE TABLE IF NOT EXISTS tenants (
     tenant_id   TEXT PRIMARY KEY,
     name        TEXT NOT NULL UNIQUE,
     priority    INTEGER NOT NULL,
-    created_at  INTEGER NOT NULL
+    created_at  INTEGER NOT NULL,
+    plan        TEXT NOT NULL DEFAULT '{}'
 );
 CREATE TABLE IF NOT EXISTS api_keys (
     key_id      TEXT PRIMARY KEY,
@@ -68,7 +70,11 @@ def _from_us(us: int) -> datetime:
 
 def _tenant(row: sqlite3.Row) -> Tenant:
     return Tenant(
-        row["tenant_id"], row["name"], Priority(row["priority"]), _from_us(row["created_at"])
+        row["tenant_id"],
+        row["name"],
+        Priority(row["priority"]),
+        _from_us(row["created_at"]),
+        Plan.from_json(row["plan"]),
     )
 
 
@@ -105,8 +111,14 @@ class SqliteAuthStore:
     async def create_tenant(self, tenant: Tenant) -> None:
         try:
             await self._db.execute(
-                "INSERT INTO tenants VALUES (?, ?, ?, ?)",
-                (tenant.tenant_id, tenant.name, int(tenant.priority), _to_us(tenant.created_at)),
+                "INSERT INTO tenants VALUES (?, ?, ?, ?, ?)",
+                (
+                    tenant.tenant_id,
+                    tenant.name,
+                    int(tenant.priority),
+                    _to_us(tenant.created_at),
+                    tenant.plan.to_json(),
+                ),
             )
             await self._db.commit()
         except sqlite3.IntegrityError as err:
@@ -119,6 +131,25 @@ class SqliteAuthStore:
         ) as cur:
             row = await cur.fetchone()
         return _tenant(row) if row else None
+
+    async def set_plan(
+        self, tenant_id: str, plan: Plan, priority: Priority | None
+    ) -> Tenant | None:
+        await self._db.execute(
+            "UPDATE tenants SET plan = ?, priority = COALESCE(?, priority) WHERE tenant_id = ?",
+            (plan.to_json(), int(priority) if priority is not None else None, tenant_id),
+        )
+        await self._db.commit()
+        return await self.get_tenant(tenant_id)
+
+    async def tokens_used_since(self, tenant_id: str, since: datetime) -> int:
+        async with self._db.execute(
+            "SELECT COALESCE(SUM(prompt_tokens + completion_tokens), 0) FROM usage_records"
+            " WHERE tenant_id = ? AND end_time >= ?",
+            (tenant_id, _to_us(since)),
+        ) as cur:
+            row = await cur.fetchone()
+        return int(row[0]) if row else 0
 
     async def list_tenants(self) -> list[Tenant]:
         async with self._db.execute("SELECT * FROM tenants ORDER BY created_at, name") as cur:
@@ -213,6 +244,10 @@ async def open_sqlite_store(path: Path) -> AsyncIterator[SqliteAuthStore]:
         # Other processes (the CLI reading usage) may hold the lock briefly.
         await db.execute("PRAGMA busy_timeout=5000")
         await db.executescript(SCHEMA)
+        async with db.execute("PRAGMA table_info(tenants)") as cur:
+            columns = {row["name"] for row in await cur.fetchall()}
+        if "plan" not in columns:  # a database from before plans existed
+            await db.execute("ALTER TABLE tenants ADD COLUMN plan TEXT NOT NULL DEFAULT '{}'")
         await db.commit()
         yield SqliteAuthStore(db)
     finally:

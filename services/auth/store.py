@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Protocol
 
-from services.auth.models import ApiKeyRecord, Tenant, UsageRecord, UsageSummary
+from services.auth.models import ApiKeyRecord, Plan, Priority, Tenant, UsageRecord, UsageSummary
 
 
 class TenantExistsError(Exception):
@@ -19,6 +19,14 @@ class AuthStore(Protocol):
         ...
 
     async def get_tenant(self, tenant_id: str) -> Tenant | None: ...
+
+    async def set_plan(
+        self, tenant_id: str, plan: Plan, priority: Priority | None
+    ) -> Tenant | None: ...
+
+    async def tokens_used_since(self, tenant_id: str, since: datetime) -> int:
+        """Prompt plus completion tokens in the ledger since `since`."""
+        ...
 
     async def list_tenants(self) -> list[Tenant]: ...
 

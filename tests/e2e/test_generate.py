@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import grpc
 import pytest
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 
 from maas.client import MaasClient
 from maas.v1 import auth_pb2, auth_pb2_grpc, gateway_pb2_grpc, generation_pb2
@@ -176,3 +178,35 @@ async def test_a_revoked_key_stops_working_within_the_cache_ttl(
 
         # The bound is the gateway's cache TTL; the margin absorbs a busy machine.
         await eventually(refused, within_s=AUTH_CACHE_TTL_S + 5)
+
+
+async def test_over_the_plan_is_resource_exhausted_with_retry_details(
+    mesh: Mesh, tenant_key: TenantKey
+) -> None:
+    admin = (("authorization", f"Bearer {mesh.admin_token}"),)
+    async with grpc.aio.insecure_channel(mesh.targets["auth"]) as ch:
+        await auth_pb2_grpc.AuthStub(ch).SetPlan(
+            auth_pb2.SetPlanRequest(
+                tenant_id=tenant_key.tenant_id, plan=auth_pb2.Plan(requests_per_minute=1)
+            ),
+            metadata=admin,
+        )
+    async with MaasClient(mesh.gateway, tenant_key.api_key) as client:
+        async for _ in client.generate(mesh.model, prompt="one", max_tokens=2):
+            pass
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            async for _ in client.generate(mesh.model, prompt="two", max_tokens=2):
+                pass
+    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    status = rpc_status.from_call(info.value)
+    assert status is not None
+    retry, quota = error_details_pb2.RetryInfo(), error_details_pb2.QuotaFailure()
+    kinds = {d.type_url.rsplit(".", 1)[-1] for d in status.details}
+    assert kinds == {"RetryInfo", "QuotaFailure"}
+    for detail in status.details:
+        if detail.Is(retry.DESCRIPTOR):
+            detail.Unpack(retry)
+        else:
+            detail.Unpack(quota)
+    assert 0 < retry.retry_delay.ToTimedelta().total_seconds() <= 60
+    assert [v.subject for v in quota.violations] == ["requests_per_minute"]

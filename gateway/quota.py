@@ -1,0 +1,80 @@
+"""The gateway's side of quotas: reserve before a request runs, settle after.
+
+The estimate is what the request may cost: its prompt (from its size, as
+the gateway does not tokenize) plus what it may generate, for every choice.
+Settling happens off the request path; a settle that never lands is covered
+by the reservation's lease in auth."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+
+import grpc
+import structlog
+
+from maas.v1 import auth_pb2, auth_pb2_grpc, generation_pb2
+
+log = structlog.get_logger(__name__)
+
+# Byte-level BPE tokenizers average three to four bytes a token on prose; three
+# over-estimates, which a reservation should.
+BYTES_PER_TOKEN = 3
+
+
+def estimate_tokens(request: generation_pb2.GenerateRequest, default_max_tokens: int) -> int:
+    which = request.WhichOneof("input")
+    if which == "prompt_token_ids":
+        prompt = len(request.prompt_token_ids.ids)
+    elif which == "messages":
+        text = sum(len(m.content.encode()) + len(m.role) + 8 for m in request.messages.messages)
+        prompt = math.ceil(text / BYTES_PER_TOKEN)
+    else:
+        prompt = math.ceil(len(request.prompt.encode()) / BYTES_PER_TOKEN)
+    completion = request.max_tokens if request.HasField("max_tokens") else default_max_tokens
+    choices = request.n if request.HasField("n") else 1
+    return prompt + completion * max(choices, 1)
+
+
+class QuotaClient:
+    def __init__(self, stub: auth_pb2_grpc.AuthAsyncStub) -> None:
+        self._stub = stub
+        self._pending: set[asyncio.Task[None]] = set()
+
+    async def reserve(
+        self, tenant_id: str, request_id: str, model: str, estimated_tokens: int
+    ) -> str:
+        """The reservation id; the limit's status (with its details) when over it."""
+        reservation = await self._stub.Reserve(
+            auth_pb2.ReserveRequest(
+                tenant_id=tenant_id,
+                request_id=request_id,
+                model=model,
+                estimated_tokens=estimated_tokens,
+            )
+        )
+        return reservation.reservation_id
+
+    def settle(self, reservation_id: str, used_tokens: int | None) -> None:
+        """Commits `used_tokens`, or releases when None (nothing ran); returns at once."""
+        task = asyncio.create_task(self._settle(reservation_id, used_tokens))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def _settle(self, reservation_id: str, used_tokens: int | None) -> None:
+        try:
+            if used_tokens is None:
+                await self._stub.Release(
+                    auth_pb2.ReleaseRequest(reservation_id=reservation_id), timeout=10.0
+                )
+            else:
+                await self._stub.Commit(
+                    auth_pb2.CommitRequest(reservation_id=reservation_id, used_tokens=used_tokens),
+                    timeout=10.0,
+                )
+        except grpc.aio.AioRpcError as err:
+            log.warning("reservation not settled; its lease will lapse", code=err.code().name)
+
+    async def aclose(self, timeout_s: float) -> None:
+        if self._pending:
+            await asyncio.wait(set(self._pending), timeout=timeout_s)
