@@ -139,7 +139,9 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         self, request: gateway_pb2.GetUsageRequest, context: Context
     ) -> metering_pb2.GetUsageResponse:
         principal = await self._authenticate(context, "usage:read")
-        query = metering_pb2.MeteringGetUsageRequest(tenant_id=principal.tenant_id)
+        query = metering_pb2.MeteringGetUsageRequest(
+            tenant_id=principal.tenant_id, group_by=request.group_by
+        )
         if request.HasField("start_time"):
             query.start_time.CopyFrom(request.start_time)
         if request.HasField("end_time"):

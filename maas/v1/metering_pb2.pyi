@@ -1,10 +1,11 @@
 import datetime
 
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Mapping as _Mapping
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
@@ -15,10 +16,23 @@ class RequestStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     REQUEST_STATUS_COMPLETED: _ClassVar[RequestStatus]
     REQUEST_STATUS_CANCELLED: _ClassVar[RequestStatus]
     REQUEST_STATUS_FAILED: _ClassVar[RequestStatus]
+
+class UsageGrouping(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    USAGE_GROUPING_UNSPECIFIED: _ClassVar[UsageGrouping]
+    USAGE_GROUPING_MODEL: _ClassVar[UsageGrouping]
+    USAGE_GROUPING_HOUR: _ClassVar[UsageGrouping]
+    USAGE_GROUPING_DAY: _ClassVar[UsageGrouping]
+    USAGE_GROUPING_MONTH: _ClassVar[UsageGrouping]
 REQUEST_STATUS_UNSPECIFIED: RequestStatus
 REQUEST_STATUS_COMPLETED: RequestStatus
 REQUEST_STATUS_CANCELLED: RequestStatus
 REQUEST_STATUS_FAILED: RequestStatus
+USAGE_GROUPING_UNSPECIFIED: UsageGrouping
+USAGE_GROUPING_MODEL: UsageGrouping
+USAGE_GROUPING_HOUR: UsageGrouping
+USAGE_GROUPING_DAY: UsageGrouping
+USAGE_GROUPING_MONTH: UsageGrouping
 
 class UsageRecord(_message.Message):
     __slots__ = ("request_id", "tenant_id", "key_id", "model", "prompt_tokens", "completion_tokens", "start_time", "end_time", "status")
@@ -57,14 +71,28 @@ class RecordUsageResponse(_message.Message):
     def __init__(self, record: _Optional[_Union[UsageRecord, _Mapping]] = ..., duplicate: _Optional[bool] = ...) -> None: ...
 
 class MeteringGetUsageRequest(_message.Message):
-    __slots__ = ("tenant_id", "start_time", "end_time")
+    __slots__ = ("tenant_id", "start_time", "end_time", "group_by")
     TENANT_ID_FIELD_NUMBER: _ClassVar[int]
     START_TIME_FIELD_NUMBER: _ClassVar[int]
     END_TIME_FIELD_NUMBER: _ClassVar[int]
+    GROUP_BY_FIELD_NUMBER: _ClassVar[int]
     tenant_id: str
     start_time: _timestamp_pb2.Timestamp
     end_time: _timestamp_pb2.Timestamp
-    def __init__(self, tenant_id: _Optional[str] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    group_by: UsageGrouping
+    def __init__(self, tenant_id: _Optional[str] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., group_by: _Optional[_Union[UsageGrouping, str]] = ...) -> None: ...
+
+class UsageBucket(_message.Message):
+    __slots__ = ("key", "requests", "prompt_tokens", "completion_tokens")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    COMPLETION_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    requests: int
+    prompt_tokens: int
+    completion_tokens: int
+    def __init__(self, key: _Optional[str] = ..., requests: _Optional[int] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ...) -> None: ...
 
 class UsageSummary(_message.Message):
     __slots__ = ("tenant_id", "requests", "prompt_tokens", "completion_tokens")
@@ -79,7 +107,9 @@ class UsageSummary(_message.Message):
     def __init__(self, tenant_id: _Optional[str] = ..., requests: _Optional[int] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ...) -> None: ...
 
 class GetUsageResponse(_message.Message):
-    __slots__ = ("summary",)
+    __slots__ = ("summary", "buckets")
     SUMMARY_FIELD_NUMBER: _ClassVar[int]
+    BUCKETS_FIELD_NUMBER: _ClassVar[int]
     summary: UsageSummary
-    def __init__(self, summary: _Optional[_Union[UsageSummary, _Mapping]] = ...) -> None: ...
+    buckets: _containers.RepeatedCompositeFieldContainer[UsageBucket]
+    def __init__(self, summary: _Optional[_Union[UsageSummary, _Mapping]] = ..., buckets: _Optional[_Iterable[_Union[UsageBucket, _Mapping]]] = ...) -> None: ...

@@ -9,11 +9,13 @@ from google.protobuf import timestamp_pb2
 from maas.v1 import auth_pb2, metering_pb2
 from services.auth.models import (
     ApiKeyRecord,
+    Grouping,
     Plan,
     Principal,
     Priority,
     RequestStatus,
     Tenant,
+    UsageBucket,
     UsageRecord,
     UsageSummary,
 )
@@ -125,6 +127,34 @@ def usage_to_proto(record: UsageRecord) -> metering_pb2.UsageRecord:
         start_time=timestamp(record.start_time),
         end_time=timestamp(record.end_time),
         status=_STATUS_TO_PROTO[record.status],
+    )
+
+
+_GROUPINGS: dict[int, Grouping] = {
+    metering_pb2.USAGE_GROUPING_MODEL: Grouping.MODEL,
+    metering_pb2.USAGE_GROUPING_HOUR: Grouping.HOUR,
+    metering_pb2.USAGE_GROUPING_DAY: Grouping.DAY,
+    metering_pb2.USAGE_GROUPING_MONTH: Grouping.MONTH,
+}
+
+
+def grouping_from_proto(value: int) -> Grouping | None:
+    return _GROUPINGS.get(value)
+
+
+def optional_time(message: metering_pb2.MeteringGetUsageRequest, field: str) -> datetime | None:
+    """The timestamp field as a datetime, None when unset."""
+    if not message.HasField(field):
+        return None
+    return from_timestamp(getattr(message, field))
+
+
+def bucket_to_proto(bucket: UsageBucket) -> metering_pb2.UsageBucket:
+    return metering_pb2.UsageBucket(
+        key=bucket.key,
+        requests=bucket.requests,
+        prompt_tokens=bucket.prompt_tokens,
+        completion_tokens=bucket.completion_tokens,
     )
 
 

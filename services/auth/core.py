@@ -10,11 +10,13 @@ from services.auth import keys
 from services.auth.models import (
     DEFAULT_SCOPES,
     ApiKeyRecord,
+    Grouping,
     Plan,
     Principal,
     Priority,
     Scope,
     Tenant,
+    UsageBucket,
     UsageRecord,
     UsageSummary,
 )
@@ -135,3 +137,10 @@ class MeteringCore:
         if not tenant_id:
             raise InvalidArgumentError("tenant_id", "required")
         return await self._store.usage_summary(tenant_id, start, end)
+
+    async def usage_buckets(
+        self, tenant_id: str, start: datetime | None, end: datetime | None, by: Grouping
+    ) -> list[UsageBucket]:
+        if not tenant_id:
+            raise InvalidArgumentError("tenant_id", "required")
+        return await self._store.usage_buckets(tenant_id, start, end, by)

@@ -116,6 +116,21 @@ class UsageRecord:
         )
 
 
+class Grouping(enum.StrEnum):
+    MODEL = "model"
+    HOUR = "hour"
+    DAY = "day"
+    MONTH = "month"
+
+
+@dataclass(frozen=True, slots=True)
+class UsageBucket:
+    key: str  # the model, or the period's start in RFC 3339 (UTC)
+    requests: int
+    prompt_tokens: int
+    completion_tokens: int
+
+
 @dataclass(frozen=True, slots=True)
 class UsageSummary:
     tenant_id: str

@@ -13,11 +13,13 @@ import asyncpg
 
 from services.auth.models import (
     ApiKeyRecord,
+    Grouping,
     Plan,
     Priority,
     RequestStatus,
     Scope,
     Tenant,
+    UsageBucket,
     UsageRecord,
     UsageSummary,
 )
@@ -55,6 +57,18 @@ CREATE TABLE IF NOT EXISTS usage_records (
 CREATE INDEX IF NOT EXISTS usage_by_tenant_time ON usage_records(tenant_id, end_time);
 ALTER TABLE tenants ADD COLUMN IF NOT EXISTS plan TEXT NOT NULL DEFAULT '{}';
 """
+
+
+def _period(unit: str, fmt: str) -> str:
+    return f"""to_char(date_trunc('{unit}', end_time AT TIME ZONE 'UTC'), '{fmt}')"""
+
+
+_POSTGRES_BUCKET_KEYS = {
+    Grouping.MODEL: "model",
+    Grouping.HOUR: _period("hour", 'YYYY-MM-DD"T"HH24":00:00Z"'),
+    Grouping.DAY: _period("day", 'YYYY-MM-DD"T00:00:00Z"'),
+    Grouping.MONTH: _period("month", 'YYYY-MM-DD"T00:00:00Z"'),
+}
 
 
 def _tenant(row: Any) -> Tenant:
@@ -190,6 +204,21 @@ class PostgresAuthStore:
         )
         assert row is not None  # the conflict proves it is there; rows are never deleted
         return _usage(row), True
+
+    async def usage_buckets(
+        self, tenant_id: str, start: datetime | None, end: datetime | None, by: Grouping
+    ) -> list[UsageBucket]:
+        key = _POSTGRES_BUCKET_KEYS[by]
+        rows = await self._pool.fetch(
+            f"SELECT {key} AS k, COUNT(*) AS n, SUM(prompt_tokens) AS p,"
+            " SUM(completion_tokens) AS c FROM usage_records WHERE tenant_id = $1"
+            " AND ($2::timestamptz IS NULL OR end_time >= $2)"
+            " AND ($3::timestamptz IS NULL OR end_time < $3) GROUP BY k ORDER BY k",
+            tenant_id,
+            start,
+            end,
+        )
+        return [UsageBucket(r["k"], int(r["n"]), int(r["p"]), int(r["c"])) for r in rows]
 
     async def usage_summary(
         self, tenant_id: str, start: datetime | None, end: datetime | None

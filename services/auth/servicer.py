@@ -142,9 +142,12 @@ class MeteringServicer(metering_pb2_grpc.MeteringServicer):
     async def GetUsage(
         self, request: metering_pb2.MeteringGetUsageRequest, context: Context
     ) -> metering_pb2.GetUsageResponse:
-        summary = await self._core.usage_summary(
-            request.tenant_id,
-            convert.from_timestamp(request.start_time) if request.HasField("start_time") else None,
-            convert.from_timestamp(request.end_time) if request.HasField("end_time") else None,
-        )
-        return metering_pb2.GetUsageResponse(summary=convert.summary_to_proto(summary))
+        start = convert.optional_time(request, "start_time")
+        end = convert.optional_time(request, "end_time")
+        summary = await self._core.usage_summary(request.tenant_id, start, end)
+        reply = metering_pb2.GetUsageResponse(summary=convert.summary_to_proto(summary))
+        grouping = convert.grouping_from_proto(request.group_by)
+        if grouping is not None:
+            buckets = await self._core.usage_buckets(request.tenant_id, start, end, grouping)
+            reply.buckets.extend(convert.bucket_to_proto(b) for b in buckets)
+        return reply

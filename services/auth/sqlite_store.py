@@ -17,11 +17,13 @@ import aiosqlite
 
 from services.auth.models import (
     ApiKeyRecord,
+    Grouping,
     Plan,
     Priority,
     RequestStatus,
     Scope,
     Tenant,
+    UsageBucket,
     UsageRecord,
     UsageSummary,
 )
@@ -58,6 +60,18 @@ CREATE TABLE IF NOT EXISTS usage_records (
 );
 CREATE INDEX IF NOT EXISTS usage_by_tenant_time ON usage_records(tenant_id, end_time);
 """
+
+
+def _period(fmt: str) -> str:
+    return f"strftime('{fmt}', end_time / 1000000, 'unixepoch')"
+
+
+_SQLITE_BUCKET_KEYS = {
+    Grouping.MODEL: "model",
+    Grouping.HOUR: _period("%Y-%m-%dT%H:00:00Z"),
+    Grouping.DAY: _period("%Y-%m-%dT00:00:00Z"),
+    Grouping.MONTH: _period("%Y-%m-01T00:00:00Z"),
+}
 
 
 def _to_us(at: datetime) -> int:
@@ -214,6 +228,19 @@ class SqliteAuthStore:
             row = await sel.fetchone()
         assert row is not None  # the conflict proves it is there; rows are never deleted
         return _usage(row), True
+
+    async def usage_buckets(
+        self, tenant_id: str, start: datetime | None, end: datetime | None, by: Grouping
+    ) -> list[UsageBucket]:
+        key = _SQLITE_BUCKET_KEYS[by]
+        async with self._db.execute(
+            f"SELECT {key} AS k, COUNT(*), SUM(prompt_tokens), SUM(completion_tokens)"
+            " FROM usage_records WHERE tenant_id = ? AND end_time >= ? AND end_time < ?"
+            " GROUP BY k ORDER BY k",
+            (tenant_id, _to_us(start) if start else 0, _to_us(end) if end else 2**62),
+        ) as cur:
+            rows = await cur.fetchall()
+        return [UsageBucket(r[0], int(r[1]), int(r[2]), int(r[3])) for r in rows]
 
     async def usage_summary(
         self, tenant_id: str, start: datetime | None, end: datetime | None

@@ -6,7 +6,16 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Protocol
 
-from services.auth.models import ApiKeyRecord, Plan, Priority, Tenant, UsageRecord, UsageSummary
+from services.auth.models import (
+    ApiKeyRecord,
+    Grouping,
+    Plan,
+    Priority,
+    Tenant,
+    UsageBucket,
+    UsageRecord,
+    UsageSummary,
+)
 
 
 class TenantExistsError(Exception):
@@ -41,6 +50,12 @@ class AuthStore(Protocol):
     async def record_usage(self, record: UsageRecord) -> tuple[UsageRecord, bool]:
         """Appends `record` unless its request id is there; returns the stored
         record and whether it was already there."""
+        ...
+
+    async def usage_buckets(
+        self, tenant_id: str, start: datetime | None, end: datetime | None, by: Grouping
+    ) -> list[UsageBucket]:
+        """Totals per model or per UTC period, in key order."""
         ...
 
     async def usage_summary(

@@ -149,3 +149,41 @@ async def test_record_fields_are_validated(metering_core: MeteringCore) -> None:
     with pytest.raises(InvalidArgumentError) as info:
         await metering_core.record_usage(usage("r", ""))
     assert info.value.field == "record.tenant_id"
+
+
+async def test_usage_buckets_by_model_and_period(metering_core: MeteringCore) -> None:
+    from services.auth.models import Grouping
+
+    def at(day: int, hour: int, model: str, rid: str, completion: int) -> UsageRecord:
+        when = datetime(2026, 11, day, hour, 30, tzinfo=UTC)
+        return replace(usage(rid, "t1", completion, at=when), model=model)
+
+    for record in (
+        at(1, 10, "small", "a", 1),
+        at(1, 10, "large", "b", 2),
+        at(1, 11, "small", "c", 4),
+        at(3, 9, "small", "d", 8),
+    ):
+        await metering_core.record_usage(record)
+    by_model = await metering_core.usage_buckets("t1", None, None, Grouping.MODEL)
+    assert [(b.key, b.requests, b.completion_tokens) for b in by_model] == [
+        ("large", 1, 2),
+        ("small", 3, 13),
+    ]
+    by_hour = await metering_core.usage_buckets("t1", None, None, Grouping.HOUR)
+    assert [(b.key, b.completion_tokens) for b in by_hour] == [
+        ("2026-11-01T10:00:00Z", 3),
+        ("2026-11-01T11:00:00Z", 4),
+        ("2026-11-03T09:00:00Z", 8),
+    ]
+    by_day = await metering_core.usage_buckets("t1", None, None, Grouping.DAY)
+    assert [(b.key, b.requests) for b in by_day] == [
+        ("2026-11-01T00:00:00Z", 3),
+        ("2026-11-03T00:00:00Z", 1),
+    ]
+    by_month = await metering_core.usage_buckets(
+        "t1", datetime(2026, 11, 1, 11, tzinfo=UTC), None, Grouping.MONTH
+    )
+    assert [(b.key, b.requests, b.prompt_tokens) for b in by_month] == [
+        ("2026-11-01T00:00:00Z", 2, 10)
+    ]
