@@ -5,19 +5,28 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+from collections.abc import Coroutine
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, TypeVar
 
 import grpc
 import typer
+from google.protobuf import timestamp_pb2
 from rich.console import Console
 from rich.table import Table
 
+from maas import usage_report
+from maas.admin_cli import admin
 from maas.client import MaasClient
+from maas.v1 import metering_pb2, metering_pb2_grpc
+
+T = TypeVar("T")
 
 DEV_KEY_FILE = Path(".maas/dev_api_key")
 
 app = typer.Typer(help="Talk to a MaaS mesh gateway.", no_args_is_help=True)
+app.add_typer(admin, name="admin")
 console = Console()
 
 GatewayOption = Annotated[
@@ -37,9 +46,9 @@ def _api_key(given: str | None) -> str:
     raise typer.BadParameter("no API key: pass --api-key, set MAAS_API_KEY, or run `make run`")
 
 
-def _run(coro: object) -> None:
+def _run(coro: Coroutine[Any, Any, T]) -> T:
     try:
-        asyncio.run(coro)  # type: ignore[arg-type]
+        return asyncio.run(coro)
     except grpc.aio.AioRpcError as err:
         console.print(f"[red]{err.code().name}[/red]: {err.details()}", highlight=False)
         raise typer.Exit(1) from None
@@ -108,22 +117,42 @@ def models(gateway: GatewayOption = "127.0.0.1:50051", api_key: KeyOption = None
 
 
 @app.command()
-def usage(gateway: GatewayOption = "127.0.0.1:50051", api_key: KeyOption = None) -> None:
-    """Shows your own token usage."""
+def usage(
+    gateway: GatewayOption = "127.0.0.1:50051",
+    api_key: KeyOption = None,
+    tenant: Annotated[
+        str | None, typer.Option(help="any tenant's usage, read from auth (operators)")
+    ] = None,
+    auth: Annotated[str, typer.Option(envvar="MAAS_AUTH")] = "127.0.0.1:50052",
+    since: Annotated[
+        datetime | None, typer.Option(help="start of the range (UTC), e.g. 2026-11-01")
+    ] = None,
+    by: Annotated[str | None, typer.Option(help="model, hour, day or month")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="table, csv or json")] = "table",
+) -> None:
+    """Shows token usage: your own (API key), or a tenant's (--tenant)."""
+    if by is not None and by not in usage_report.GROUPINGS:
+        raise typer.BadParameter(f"--by must be one of {', '.join(usage_report.GROUPINGS)}")
+    if fmt not in ("table", "csv", "json"):
+        raise typer.BadParameter("--format must be table, csv or json")
+    grouping = usage_report.GROUPINGS[by] if by else metering_pb2.USAGE_GROUPING_UNSPECIFIED
+    start = None
+    if since is not None:
+        start = timestamp_pb2.Timestamp()
+        start.FromDatetime(since.replace(tzinfo=since.tzinfo or UTC))
 
-    async def main() -> None:
+    async def main() -> metering_pb2.GetUsageResponse:
+        if tenant:
+            async with grpc.aio.insecure_channel(auth) as channel:
+                query = metering_pb2.MeteringGetUsageRequest(
+                    tenant_id=tenant, group_by=grouping, start_time=start
+                )
+                return await metering_pb2_grpc.MeteringStub(channel).GetUsage(query)
         async with MaasClient(gateway, _api_key(api_key)) as client:
-            summary = await client.usage()
-            table = Table("tenant", "requests", "prompt tokens", "completion tokens")
-            table.add_row(
-                summary.tenant_id,
-                str(summary.requests),
-                str(summary.prompt_tokens),
-                str(summary.completion_tokens),
-            )
-            console.print(table)
+            return await client.usage_report(grouping, start)
 
-    _run(main())
+    reply = _run(main())
+    typer.echo(usage_report.render(reply, fmt))  # type: ignore[arg-type]
 
 
 def main() -> None:

@@ -7,6 +7,7 @@ from types import TracebackType
 from typing import Self
 
 import grpc
+from google.protobuf import timestamp_pb2
 
 from maas.v1 import gateway_pb2, gateway_pb2_grpc, generation_pb2, metering_pb2
 
@@ -79,5 +80,12 @@ class MaasClient:
         )
 
     async def usage(self) -> metering_pb2.UsageSummary:
-        reply = await self._stub.GetUsage(gateway_pb2.GetUsageRequest(), metadata=self._metadata)
-        return reply.summary
+        return (await self.usage_report()).summary
+
+    async def usage_report(
+        self,
+        group_by: metering_pb2.UsageGrouping = metering_pb2.USAGE_GROUPING_UNSPECIFIED,
+        start_time: timestamp_pb2.Timestamp | None = None,
+    ) -> metering_pb2.GetUsageResponse:
+        request = gateway_pb2.GetUsageRequest(group_by=group_by, start_time=start_time)
+        return await self._stub.GetUsage(request, metadata=self._metadata)
