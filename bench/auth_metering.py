@@ -1,0 +1,242 @@
+"""Auth and metering throughput and latency, side by side:
+
+  - Authenticate p50/p99 through the gateway's authenticator, with its cache
+    (TTL 5 s) and without (TTL 0: every call goes to auth),
+  - Reserve+Commit pairs per second,
+  - RecordUsage records per second on SQLite and on PostgreSQL,
+
+at 1 and 64 concurrent callers, against the auth service run as its own
+process. Cells take turns within each round; medians and ranges over rounds.
+
+    .venv/bin/python -m bench.auth_metering [--rounds 5] [--seconds 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import grpc
+from google.protobuf import timestamp_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from bench.inference_streaming import free_port
+from bench.stats import percentile, summary
+from gateway.authn import Authenticator
+from maas.v1 import auth_pb2, auth_pb2_grpc, metering_pb2, metering_pb2_grpc
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "bench" / "results"
+ADMIN = (("authorization", "Bearer bench-admin"),)
+Op = Callable[[int], Awaitable[None]]
+
+
+@contextlib.asynccontextmanager
+async def auth_process(database_args: list[str]) -> AsyncIterator[grpc.aio.Channel]:
+    port = free_port()
+    env = dict(os.environ, MAAS_AUTH_ADMIN_TOKEN="bench-admin", MAAS_AUTH_KEY_PEPPER="pepper")
+    env["MAAS_AUTH_TELEMETRY__LOG_LEVEL"] = "WARNING"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "services.auth", "--port", str(port), *database_args],
+        env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    try:
+        health = health_pb2_grpc.HealthStub(channel)
+        request = health_pb2.HealthCheckRequest(service="maas.v1.Auth")
+        async for update in health.Watch(request, wait_for_ready=True, timeout=60):
+            if update.status == health_pb2.HealthCheckResponse.SERVING:
+                break
+        yield channel
+    finally:
+        await channel.close()
+        process.terminate()
+        process.wait()
+
+
+async def measure(op: Op, concurrency: int, seconds: float) -> dict[str, float]:
+    """Runs `op` from `concurrency` callers for `seconds`; ops/s and latency."""
+    latencies: list[float] = []
+    deadline = time.perf_counter() + seconds
+    counter = iter(range(10**12))
+
+    async def caller() -> None:
+        while time.perf_counter() < deadline:
+            start = time.perf_counter()
+            await op(next(counter))
+            latencies.append(time.perf_counter() - start)
+
+    start = time.perf_counter()
+    await asyncio.gather(*(caller() for _ in range(concurrency)))
+    wall = time.perf_counter() - start
+    return {
+        "ops_per_s": len(latencies) / wall,
+        "p50_ms": percentile(latencies, 50) * 1e3,
+        "p99_ms": percentile(latencies, 99) * 1e3,
+    }
+
+
+def usage_record(run: str, i: int) -> metering_pb2.RecordUsageRequest:
+    return metering_pb2.RecordUsageRequest(
+        record=metering_pb2.UsageRecord(
+            request_id=f"{run}-{i}",
+            tenant_id="bench-tenant",
+            key_id="k",
+            model="tiny",
+            prompt_tokens=20,
+            completion_tokens=100,
+            start_time=timestamp_pb2.Timestamp(seconds=1_800_000_000),
+            end_time=timestamp_pb2.Timestamp(seconds=1_800_000_001),
+            status=metering_pb2.REQUEST_STATUS_COMPLETED,
+        )
+    )
+
+
+async def ops_for(channel: grpc.aio.Channel, with_auth: bool) -> dict[str, Op]:
+    auth = auth_pb2_grpc.AuthStub(channel)
+    metering = metering_pb2_grpc.MeteringStub(channel)
+    run = uuid.uuid4().hex[:8]
+    ops: dict[str, Op] = {}
+
+    async def record(i: int) -> None:
+        await metering.RecordUsage(usage_record(run, i))
+
+    ops["record_usage"] = record
+    if not with_auth:
+        return ops
+    tenant = await auth.CreateTenant(
+        auth_pb2.CreateTenantRequest(name=f"bench-{run}"), metadata=ADMIN
+    )
+    key = await auth.CreateApiKey(
+        auth_pb2.CreateApiKeyRequest(tenant_id=tenant.tenant_id), metadata=ADMIN
+    )
+    bearer = (("authorization", f"Bearer {key.api_key}"),)
+    cached = Authenticator(auth, ttl_s=5.0, max_entries=1000)
+    uncached = Authenticator(auth, ttl_s=0.0, max_entries=1000)
+
+    async def auth_cached(i: int) -> None:
+        await cached.authenticate(bearer, "generate")
+
+    async def auth_uncached(i: int) -> None:
+        await uncached.authenticate(bearer, "generate")
+
+    async def reserve_commit(i: int) -> None:
+        held = await auth.Reserve(
+            auth_pb2.ReserveRequest(
+                tenant_id=tenant.tenant_id,
+                request_id=f"{run}-rc-{i}",
+                model="tiny",
+                estimated_tokens=100,
+            )
+        )
+        await auth.Commit(
+            auth_pb2.CommitRequest(reservation_id=held.reservation_id, used_tokens=80)
+        )
+
+    ops.update(
+        authenticate_cached=auth_cached,
+        authenticate_uncached=auth_uncached,
+        reserve_commit=reserve_commit,
+    )
+    return ops
+
+
+async def main_async(args: argparse.Namespace) -> None:
+    dsn = subprocess.run(
+        ["bash", str(REPO / "deploy" / "postgres.sh"), str(REPO / ".maas" / "pg")],
+        check=True, capture_output=True, text=True,
+    ).stdout.strip().splitlines()[-1]  # fmt: skip
+    import asyncpg
+
+    database = f"bench_{uuid.uuid4().hex[:8]}"
+    admin = await asyncpg.connect(dsn)
+    await admin.execute(f"CREATE DATABASE {database}")
+    sqlite_path = REPO / ".maas" / "bench" / f"auth-{uuid.uuid4().hex[:8]}.db"
+    sqlite_path.parent.mkdir(parents=True, exist_ok=True)
+    cells: dict[str, list[dict[str, float]]] = {}
+    try:
+        async with contextlib.AsyncExitStack() as stack:
+            sqlite_ch = await stack.enter_async_context(
+                auth_process(["--database-path", str(sqlite_path)])
+            )
+            pg_ch = await stack.enter_async_context(
+                auth_process(["--database-url", dsn.rsplit("/", 1)[0] + f"/{database}"])
+            )
+            sqlite_ops = await ops_for(sqlite_ch, with_auth=True)
+            pg_ops = await ops_for(pg_ch, with_auth=False)
+            plan = [(f"{name} [sqlite]", op) for name, op in sqlite_ops.items()] + [
+                ("record_usage [postgres]", pg_ops["record_usage"])
+            ]
+            for _, op in plan:  # warm-up
+                await measure(op, 4, 0.3)
+            for round_ in range(args.rounds):
+                rotated = plan[round_ % len(plan) :] + plan[: round_ % len(plan)]
+                for concurrency in (1, 64):
+                    for name, op in rotated:
+                        cell = f"{name} x{concurrency}"
+                        cells.setdefault(cell, []).append(
+                            await measure(op, concurrency, args.seconds)
+                        )
+                print(f"  round {round_ + 1}/{args.rounds} done", flush=True)
+    finally:
+        await admin.execute(f"DROP DATABASE {database} WITH (FORCE)")
+        await admin.close()
+        sqlite_path.unlink(missing_ok=True)
+
+    table = {
+        cell: {m: summary([r[m] for r in runs]) for m in ("ops_per_s", "p50_ms", "p99_ms")}
+        for cell, runs in cells.items()
+    }
+    lines = [f"{'operation':<40} {'ops/s':>24} {'p50 ms':>20} {'p99 ms':>20}"]
+    lines.append("-" * len(lines[0]))
+    for cell in sorted(table):
+        t = table[cell]
+        lines.append(
+            f"{cell:<40} "
+            + " ".join(
+                f"{t[m]['median']:.{d}f} [{t[m]['min']:.{d}f}-{t[m]['max']:.{d}f}]".rjust(w)
+                for m, d, w in (("ops_per_s", 0, 24), ("p50_ms", 2, 20), ("p99_ms", 2, 20))
+            )
+        )
+    report = "\n".join(lines)
+    print("\n" + report)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / "auth_metering.json"
+    out.write_text(
+        json.dumps(
+            {
+                "benchmark": "auth_metering",
+                "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+                "rounds": args.rounds,
+                "seconds_per_cell": args.seconds,
+                "summary": table,
+                "table": report,
+            },
+            indent=2,
+        )
+    )
+    print(f"\nwritten to {out.relative_to(REPO)}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--seconds", type=float, default=2.0)
+    import uvloop
+
+    uvloop.run(main_async(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    main()
