@@ -7,6 +7,8 @@ the last commits."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -118,9 +120,105 @@ def _usage(row: sqlite3.Row) -> UsageRecord:
     )
 
 
+class _LedgerWriter:
+    """Group commit for usage records: whatever arrives while one batch is being
+    written goes into the next, in one transaction. One caller waits no longer
+    than before; many callers share the cost of a commit. A record is
+    acknowledged only after its batch is committed."""
+
+    MAX_BATCH = 512
+
+    def __init__(self, db: aiosqlite.Connection) -> None:
+        self._db = db
+        self._pending: list[tuple[UsageRecord, asyncio.Future[tuple[UsageRecord, bool]]]] = []
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    async def aclose(self) -> None:
+        """Writes what was submitted, then stops."""
+        if self._task is not None:
+            self._closing = True
+            self._wakeup.set()
+            await self._task
+
+    async def submit(self, record: UsageRecord) -> tuple[UsageRecord, bool]:
+        future: asyncio.Future[tuple[UsageRecord, bool]] = (
+            asyncio.get_running_loop().create_future()
+        )
+        self._pending.append((record, future))
+        self._wakeup.set()
+        # Shielded: a caller that goes away does not abort the write; retrying is safe.
+        return await asyncio.shield(future)
+
+    async def _run(self) -> None:
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            while self._pending:
+                batch = self._pending[: self.MAX_BATCH]
+                del self._pending[: self.MAX_BATCH]
+                try:
+                    results = await self._write([record for record, _ in batch])
+                except Exception as err:
+                    with contextlib.suppress(Exception):
+                        await self._db.rollback()
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_exception(err)
+                    continue
+                for (_, future), result in zip(batch, results, strict=True):
+                    if not future.done():
+                        future.set_result(result)
+            if self._closing:
+                return
+
+    async def _write(self, records: list[UsageRecord]) -> list[tuple[UsageRecord, bool]]:
+        ids = sorted({r.request_id for r in records})
+        marks = ",".join("?" * len(ids))
+        async with self._db.execute(
+            f"SELECT * FROM usage_records WHERE request_id IN ({marks})", ids
+        ) as cur:
+            stored = {row["request_id"]: _usage(row) for row in await cur.fetchall()}
+        results: list[tuple[UsageRecord, bool]] = []
+        new_rows = []
+        for record in records:
+            first = stored.get(record.request_id)
+            if first is not None:
+                results.append((first, True))
+                continue
+            stored[record.request_id] = record
+            new_rows.append(_usage_row(record))
+            results.append((record, False))
+        if new_rows:
+            await self._db.executemany(
+                "INSERT INTO usage_records VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", new_rows
+            )
+        await self._db.commit()
+        return results
+
+
+def _usage_row(record: UsageRecord) -> tuple[str | int, ...]:
+    return (
+        record.request_id,
+        record.tenant_id,
+        record.key_id,
+        record.model,
+        record.prompt_tokens,
+        record.completion_tokens,
+        _to_us(record.start_time),
+        _to_us(record.end_time),
+        record.status.value,
+    )
+
+
 class SqliteAuthStore:
     def __init__(self, db: aiosqlite.Connection) -> None:
         self._db = db
+        self._ledger = _LedgerWriter(db)
 
     async def create_tenant(self, tenant: Tenant) -> None:
         try:
@@ -203,31 +301,7 @@ class SqliteAuthStore:
         return await self.get_key(key_id)
 
     async def record_usage(self, record: UsageRecord) -> tuple[UsageRecord, bool]:
-        cur = await self._db.execute(
-            "INSERT INTO usage_records VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
-            " ON CONFLICT(request_id) DO NOTHING",
-            (
-                record.request_id,
-                record.tenant_id,
-                record.key_id,
-                record.model,
-                record.prompt_tokens,
-                record.completion_tokens,
-                _to_us(record.start_time),
-                _to_us(record.end_time),
-                record.status.value,
-            ),
-        )
-        inserted = cur.rowcount == 1
-        await self._db.commit()
-        if inserted:
-            return record, False
-        async with self._db.execute(
-            "SELECT * FROM usage_records WHERE request_id = ?", (record.request_id,)
-        ) as sel:
-            row = await sel.fetchone()
-        assert row is not None  # the conflict proves it is there; rows are never deleted
-        return _usage(row), True
+        return await self._ledger.submit(record)
 
     async def usage_buckets(
         self, tenant_id: str, start: datetime | None, end: datetime | None, by: Grouping
@@ -276,6 +350,11 @@ async def open_sqlite_store(path: Path) -> AsyncIterator[SqliteAuthStore]:
         if "plan" not in columns:  # a database from before plans existed
             await db.execute("ALTER TABLE tenants ADD COLUMN plan TEXT NOT NULL DEFAULT '{}'")
         await db.commit()
-        yield SqliteAuthStore(db)
+        store = SqliteAuthStore(db)
+        store._ledger.start()
+        try:
+            yield store
+        finally:
+            await store._ledger.aclose()
     finally:
         await db.close()
