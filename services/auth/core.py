@@ -29,6 +29,17 @@ from services.common.errors import (
 )
 
 Clock = Callable[[], datetime]
+MAX_ID_LENGTH = 128
+
+
+def check_id(field: str, value: str) -> None:
+    """Ids are 1-128 printable ASCII characters, no spaces."""
+    if not value:
+        raise InvalidArgumentError(field, "required")
+    if len(value) > MAX_ID_LENGTH or not (value.isascii() and value.isprintable()) or " " in value:
+        raise InvalidArgumentError(
+            field, f"must be 1 to {MAX_ID_LENGTH} printable ASCII characters without spaces"
+        )
 
 
 def _utcnow() -> datetime:
@@ -62,6 +73,8 @@ class AuthCore:
         name = name.strip()
         if not name:
             raise InvalidArgumentError("name", "must not be empty")
+        if len(name) > MAX_ID_LENGTH or not name.isprintable():
+            raise InvalidArgumentError("name", f"must be 1 to {MAX_ID_LENGTH} printable characters")
         tenant = Tenant(uuid.uuid4().hex, name, priority, self._clock())
         try:
             await self._store.create_tenant(tenant)
@@ -120,10 +133,8 @@ class MeteringCore:
     async def record_usage(self, record: UsageRecord) -> tuple[UsageRecord, bool]:
         """Appends once per request id: a replay returns the first record; the
         same id with other numbers is a conflict, never a second bill."""
-        if not record.request_id:
-            raise InvalidArgumentError("record.request_id", "required")
-        if not record.tenant_id:
-            raise InvalidArgumentError("record.tenant_id", "required")
+        check_id("record.request_id", record.request_id)
+        check_id("record.tenant_id", record.tenant_id)
         if record.end_time < record.start_time:
             raise InvalidArgumentError("record.end_time", "is before start_time")
         stored, duplicate = await self._store.record_usage(record)

@@ -19,9 +19,10 @@ async def create_server(
     settings: AuthSettings, telemetry: Telemetry, store: AuthStore
 ) -> ServiceServer:
     """Serves an open store; ready (SERVING) as soon as it starts."""
+    core = AuthCore(store, settings.key_pepper.get_secret_value().encode())
     auth = AuthServicer(
-        AuthCore(store, settings.key_pepper.get_secret_value().encode()),
-        AdminGuard(settings.admin_token.get_secret_value()),
+        core,
+        AdminGuard(settings.admin_token.get_secret_value(), core),
         Quotas(store, lease_s=settings.reservation_lease_s),
     )
     metering = MeteringServicer(MeteringCore(store))

@@ -9,10 +9,10 @@ import grpc
 
 from maas.v1 import auth_pb2, auth_pb2_grpc, metering_pb2, metering_pb2_grpc
 from services.auth import convert
-from services.auth.core import AuthCore, MeteringCore
+from services.auth.core import AuthCore, MeteringCore, check_id
+from services.auth.models import Scope
 from services.auth.quota import Quotas
 from services.common.errors import (
-    InvalidArgumentError,
     PermissionDeniedError,
     UnauthenticatedError,
 )
@@ -21,22 +21,29 @@ Context = grpc.aio.ServicerContext[Any, Any]
 
 
 class AdminGuard:
-    """Admin rpcs need `authorization: Bearer <admin token>`."""
+    """Admin rpcs need `authorization: Bearer <credential>`: the bootstrap admin
+    token, or an API key with the `admin` scope."""
 
-    def __init__(self, admin_token: str) -> None:
+    def __init__(self, admin_token: str, core: AuthCore) -> None:
         self._token = admin_token.encode()
+        self._core = core
 
-    def check(self, context: Context) -> None:
+    async def check(self, context: Context) -> None:
         for key, value in context.invocation_metadata() or ():
-            if key == "authorization":
-                text = value if isinstance(value, str) else value.decode()
-                scheme, _, token = text.partition(" ")
-                if scheme.lower() == "bearer" and hmac.compare_digest(
-                    token.strip().encode(), self._token
-                ):
-                    return
-                raise PermissionDeniedError("this credential may not use admin rpcs")
-        raise UnauthenticatedError("admin rpcs need 'authorization: Bearer <admin token>'")
+            if key != "authorization":
+                continue
+            text = value if isinstance(value, str) else value.decode()
+            scheme, _, credential = text.partition(" ")
+            credential = credential.strip()
+            if scheme.lower() != "bearer" or not credential:
+                break
+            if hmac.compare_digest(credential.encode(), self._token):
+                return
+            principal = await self._core.authenticate(credential)  # UNAUTHENTICATED if bad
+            if Scope.ADMIN not in principal.scopes:
+                raise PermissionDeniedError("this API key lacks the 'admin' scope")
+            return
+        raise UnauthenticatedError("admin rpcs need 'authorization: Bearer <admin credential>'")
 
 
 class AuthServicer(auth_pb2_grpc.AuthServicer):
@@ -46,7 +53,7 @@ class AuthServicer(auth_pb2_grpc.AuthServicer):
         self._quotas = quotas
 
     async def SetPlan(self, request: auth_pb2.SetPlanRequest, context: Context) -> auth_pb2.Tenant:
-        self._guard.check(context)
+        await self._guard.check(context)
         priority = (
             convert.priority_from_proto(request.priority)
             if request.priority != auth_pb2.PRIORITY_UNSPECIFIED
@@ -60,8 +67,8 @@ class AuthServicer(auth_pb2_grpc.AuthServicer):
     async def Reserve(
         self, request: auth_pb2.ReserveRequest, context: Context
     ) -> auth_pb2.Reservation:
-        if not request.request_id:
-            raise InvalidArgumentError("request_id", "required")
+        check_id("request_id", request.request_id)
+        check_id("tenant_id", request.tenant_id)
         held = await self._quotas.reserve(
             request.tenant_id, request.request_id, request.model, request.estimated_tokens
         )
@@ -91,7 +98,7 @@ class AuthServicer(auth_pb2_grpc.AuthServicer):
     async def CreateTenant(
         self, request: auth_pb2.CreateTenantRequest, context: Context
     ) -> auth_pb2.Tenant:
-        self._guard.check(context)
+        await self._guard.check(context)
         tenant = await self._core.create_tenant(
             request.name, convert.priority_from_proto(request.priority)
         )
@@ -100,14 +107,14 @@ class AuthServicer(auth_pb2_grpc.AuthServicer):
     async def ListTenants(
         self, request: auth_pb2.ListTenantsRequest, context: Context
     ) -> auth_pb2.ListTenantsResponse:
-        self._guard.check(context)
+        await self._guard.check(context)
         tenants = await self._core.list_tenants()
         return auth_pb2.ListTenantsResponse(tenants=[convert.tenant_to_proto(t) for t in tenants])
 
     async def CreateApiKey(
         self, request: auth_pb2.CreateApiKeyRequest, context: Context
     ) -> auth_pb2.CreateApiKeyResponse:
-        self._guard.check(context)
+        await self._guard.check(context)
         record, full = await self._core.create_api_key(
             request.tenant_id, request.name, list(request.scopes)
         )
@@ -116,14 +123,14 @@ class AuthServicer(auth_pb2_grpc.AuthServicer):
     async def ListApiKeys(
         self, request: auth_pb2.ListApiKeysRequest, context: Context
     ) -> auth_pb2.ListApiKeysResponse:
-        self._guard.check(context)
+        await self._guard.check(context)
         records = await self._core.list_api_keys(request.tenant_id)
         return auth_pb2.ListApiKeysResponse(keys=[convert.key_to_proto(k) for k in records])
 
     async def RevokeApiKey(
         self, request: auth_pb2.RevokeApiKeyRequest, context: Context
     ) -> auth_pb2.ApiKey:
-        self._guard.check(context)
+        await self._guard.check(context)
         return convert.key_to_proto(await self._core.revoke_api_key(request.key_id))
 
 

@@ -57,7 +57,7 @@ async def test_keys_authenticate_until_revoked(auth_channel: grpc.aio.Channel) -
     ("metadata", "code"),
     [
         ((), grpc.StatusCode.UNAUTHENTICATED),
-        ((("authorization", "Bearer wrong"),), grpc.StatusCode.PERMISSION_DENIED),
+        ((("authorization", "Bearer wrong"),), grpc.StatusCode.UNAUTHENTICATED),
     ],
 )
 async def test_admin_rpcs_need_the_admin_token(
@@ -104,3 +104,56 @@ async def test_health_serving(auth_channel: grpc.aio.Channel) -> None:
     for name in ("maas.v1.Auth", "maas.v1.Metering"):
         reply = await health.Check(health_pb2.HealthCheckRequest(service=name))
         assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+async def test_admin_scoped_keys_administer_and_tenant_keys_do_not(
+    auth_channel: grpc.aio.Channel,
+) -> None:
+    stub = auth_pb2_grpc.AuthStub(auth_channel)
+    ops = await stub.CreateTenant(auth_pb2.CreateTenantRequest(name="ops"), metadata=ADMIN)
+    admin_key = await stub.CreateApiKey(
+        auth_pb2.CreateApiKeyRequest(tenant_id=ops.tenant_id, scopes=["admin"]), metadata=ADMIN
+    )
+    plain_key = await stub.CreateApiKey(
+        auth_pb2.CreateApiKeyRequest(tenant_id=ops.tenant_id), metadata=ADMIN
+    )
+    as_admin = (("authorization", f"Bearer {admin_key.api_key}"),)
+    listed = await stub.ListTenants(auth_pb2.ListTenantsRequest(), metadata=as_admin)
+    assert [t.name for t in listed.tenants] == ["ops"]
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stub.ListTenants(
+            auth_pb2.ListTenantsRequest(),
+            metadata=(("authorization", f"Bearer {plain_key.api_key}"),),
+        )
+    assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+@pytest.mark.parametrize(
+    ("request_id", "tenant_id", "field"),
+    [
+        ("", "t1", "record.request_id"),
+        ("x" * 129, "t1", "record.request_id"),
+        ("has space", "t1", "record.request_id"),
+        ("ok\x00", "t1", "record.request_id"),
+        ("r1", "", "record.tenant_id"),
+        ("r1", "é" * 3, "record.tenant_id"),
+    ],
+)
+async def test_bad_ids_are_invalid_argument(
+    auth_channel: grpc.aio.Channel, request_id: str, tenant_id: str, field: str
+) -> None:
+    stub = metering_pb2_grpc.MeteringStub(auth_channel)
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stub.RecordUsage(
+            metering_pb2.RecordUsageRequest(record=record(request_id, tenant_id))
+        )
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert bad_request_fields(info.value) == [field]
+
+
+async def test_a_huge_tenant_name_is_invalid_argument(auth_channel: grpc.aio.Channel) -> None:
+    stub = auth_pb2_grpc.AuthStub(auth_channel)
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stub.CreateTenant(auth_pb2.CreateTenantRequest(name="n" * 1000), metadata=ADMIN)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert bad_request_fields(info.value) == ["name"]
