@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, TypeVar
 
@@ -142,10 +143,11 @@ def tenant_set_plan(
 
 
 def _show_keys(keys: list[auth_pb2.ApiKey]) -> None:
-    table = Table("key_id", "tenant_id", "name", "scopes", "revoked")
+    table = Table("key_id", "tenant_id", "name", "scopes", "expires", "revoked")
     for k in keys:
+        expires = k.expire_time.ToDatetime().isoformat() if k.HasField("expire_time") else "-"
         revoked = k.revoke_time.ToDatetime().isoformat() if k.HasField("revoke_time") else "-"
-        table.add_row(k.key_id, k.tenant_id, k.name, ",".join(k.scopes), revoked)
+        table.add_row(k.key_id, k.tenant_id, k.name, ",".join(k.scopes), expires, revoked)
     console.print(table)
 
 
@@ -154,11 +156,14 @@ def key_create(
     tenant_id: str,
     name: Annotated[str, typer.Option(help="a label")] = "",
     scope: Annotated[list[str] | None, typer.Option(help="generate, usage:read, admin")] = None,
+    expires_in_days: Annotated[float | None, typer.Option(min=0.0, help="default: never")] = None,
     auth: AuthOption = "127.0.0.1:50052",
     admin_token: TokenOption = None,
 ) -> None:
     """Creates an API key and prints it (the only time it is shown)."""
     request = auth_pb2.CreateApiKeyRequest(tenant_id=tenant_id, name=name, scopes=scope or [])
+    if expires_in_days is not None:
+        request.expire_time.FromDatetime(datetime.now(UTC) + timedelta(days=expires_in_days))
     created = _call(auth, admin_token, lambda s, md: s.CreateApiKey(request, metadata=md))
     _show_keys([created.key])
     typer.echo(created.api_key)

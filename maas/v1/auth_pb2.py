@@ -25,15 +25,15 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12maas/v1/auth.proto\x12\x07maas.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x95\x01\n\x04Plan\x12\x1b\n\x13requests_per_minute\x18\x01 \x01(\r\x12\x19\n\x11tokens_per_minute\x18\x02 \x01(\x04\x12\x1f\n\x17max_concurrent_requests\x18\x03 \x01(\r\x12\x1c\n\x14monthly_token_budget\x18\x04 \x01(\x04\x12\x16\n\x0e\x61llowed_models\x18\x05 \x03(\t\"e\n\x0eSetPlanRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x1b\n\x04plan\x18\x02 \x01(\x0b\x32\r.maas.v1.Plan\x12#\n\x08priority\x18\x03 \x01(\x0e\x32\x11.maas.v1.Priority\"`\n\x0eReserveRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x18\n\x10\x65stimated_tokens\x18\x04 \x01(\x04\"f\n\x0bReservation\x12\x16\n\x0ereservation_id\x18\x01 \x01(\t\x12\x0e\n\x06tokens\x18\x02 \x01(\x04\x12/\n\x0b\x65xpire_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"<\n\rCommitRequest\x12\x16\n\x0ereservation_id\x18\x01 \x01(\t\x12\x13\n\x0bused_tokens\x18\x02 \x01(\x04\")\n\x0e\x43ommitResponse\x12\x17\n\x0freturned_tokens\x18\x01 \x01(\x04\"(\n\x0eReleaseRequest\x12\x16\n\x0ereservation_id\x18\x01 \x01(\t\"\x11\n\x0fReleaseResponse\"\x9c\x01\n\x06Tenant\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12#\n\x08priority\x18\x03 \x01(\x0e\x32\x11.maas.v1.Priority\x12/\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1b\n\x04plan\x18\x05 \x01(\x0b\x32\r.maas.v1.Plan\"\xab\x01\n\x06\x41piKey\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x0e\n\x06scopes\x18\x04 \x03(\t\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0brevoke_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"&\n\x13\x41uthenticateRequest\x12\x0f\n\x07\x61pi_key\x18\x01 \x01(\t\"c\n\tPrincipal\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x0e\n\x06key_id\x18\x02 \x01(\t\x12\x0e\n\x06scopes\x18\x03 \x03(\t\x12#\n\x08priority\x18\x04 \x01(\x0e\x32\x11.maas.v1.Priority\"H\n\x13\x43reateTenantRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12#\n\x08priority\x18\x02 \x01(\x0e\x32\x11.maas.v1.Priority\"\x14\n\x12ListTenantsRequest\"7\n\x13ListTenantsResponse\x12 \n\x07tenants\x18\x01 \x03(\x0b\x32\x0f.maas.v1.Tenant\"F\n\x13\x43reateApiKeyRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0e\n\x06scopes\x18\x03 \x03(\t\"E\n\x14\x43reateApiKeyResponse\x12\x1c\n\x03key\x18\x01 \x01(\x0b\x32\x0f.maas.v1.ApiKey\x12\x0f\n\x07\x61pi_key\x18\x02 \x01(\t\"\'\n\x12ListApiKeysRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\"4\n\x13ListApiKeysResponse\x12\x1d\n\x04keys\x18\x01 \x03(\x0b\x32\x0f.maas.v1.ApiKey\"%\n\x13RevokeApiKeyRequest\x12\x0e\n\x06key_id\x18\x01 \x01(\t*h\n\x08Priority\x12\x18\n\x14PRIORITY_UNSPECIFIED\x10\x00\x12\x18\n\x14PRIORITY_INTERACTIVE\x10\x01\x12\x14\n\x10PRIORITY_DEFAULT\x10\x02\x12\x12\n\x0ePRIORITY_BATCH\x10\x03\x32\x8f\x05\n\x04\x41uth\x12@\n\x0c\x41uthenticate\x12\x1c.maas.v1.AuthenticateRequest\x1a\x12.maas.v1.Principal\x12=\n\x0c\x43reateTenant\x12\x1c.maas.v1.CreateTenantRequest\x1a\x0f.maas.v1.Tenant\x12H\n\x0bListTenants\x12\x1b.maas.v1.ListTenantsRequest\x1a\x1c.maas.v1.ListTenantsResponse\x12K\n\x0c\x43reateApiKey\x12\x1c.maas.v1.CreateApiKeyRequest\x1a\x1d.maas.v1.CreateApiKeyResponse\x12H\n\x0bListApiKeys\x12\x1b.maas.v1.ListApiKeysRequest\x1a\x1c.maas.v1.ListApiKeysResponse\x12=\n\x0cRevokeApiKey\x12\x1c.maas.v1.RevokeApiKeyRequest\x1a\x0f.maas.v1.ApiKey\x12\x33\n\x07SetPlan\x12\x17.maas.v1.SetPlanRequest\x1a\x0f.maas.v1.Tenant\x12\x38\n\x07Reserve\x12\x17.maas.v1.ReserveRequest\x1a\x14.maas.v1.Reservation\x12\x39\n\x06\x43ommit\x12\x16.maas.v1.CommitRequest\x1a\x17.maas.v1.CommitResponse\x12<\n\x07Release\x12\x17.maas.v1.ReleaseRequest\x1a\x18.maas.v1.ReleaseResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12maas/v1/auth.proto\x12\x07maas.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x95\x01\n\x04Plan\x12\x1b\n\x13requests_per_minute\x18\x01 \x01(\r\x12\x19\n\x11tokens_per_minute\x18\x02 \x01(\x04\x12\x1f\n\x17max_concurrent_requests\x18\x03 \x01(\r\x12\x1c\n\x14monthly_token_budget\x18\x04 \x01(\x04\x12\x16\n\x0e\x61llowed_models\x18\x05 \x03(\t\"e\n\x0eSetPlanRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x1b\n\x04plan\x18\x02 \x01(\x0b\x32\r.maas.v1.Plan\x12#\n\x08priority\x18\x03 \x01(\x0e\x32\x11.maas.v1.Priority\"`\n\x0eReserveRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x18\n\x10\x65stimated_tokens\x18\x04 \x01(\x04\"f\n\x0bReservation\x12\x16\n\x0ereservation_id\x18\x01 \x01(\t\x12\x0e\n\x06tokens\x18\x02 \x01(\x04\x12/\n\x0b\x65xpire_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"<\n\rCommitRequest\x12\x16\n\x0ereservation_id\x18\x01 \x01(\t\x12\x13\n\x0bused_tokens\x18\x02 \x01(\x04\")\n\x0e\x43ommitResponse\x12\x17\n\x0freturned_tokens\x18\x01 \x01(\x04\"(\n\x0eReleaseRequest\x12\x16\n\x0ereservation_id\x18\x01 \x01(\t\"\x11\n\x0fReleaseResponse\"\x9c\x01\n\x06Tenant\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12#\n\x08priority\x18\x03 \x01(\x0e\x32\x11.maas.v1.Priority\x12/\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1b\n\x04plan\x18\x05 \x01(\x0b\x32\r.maas.v1.Plan\"\xdc\x01\n\x06\x41piKey\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x0e\n\x06scopes\x18\x04 \x03(\t\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0brevoke_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x65xpire_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"&\n\x13\x41uthenticateRequest\x12\x0f\n\x07\x61pi_key\x18\x01 \x01(\t\"c\n\tPrincipal\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x0e\n\x06key_id\x18\x02 \x01(\t\x12\x0e\n\x06scopes\x18\x03 \x03(\t\x12#\n\x08priority\x18\x04 \x01(\x0e\x32\x11.maas.v1.Priority\"H\n\x13\x43reateTenantRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12#\n\x08priority\x18\x02 \x01(\x0e\x32\x11.maas.v1.Priority\"\x14\n\x12ListTenantsRequest\"7\n\x13ListTenantsResponse\x12 \n\x07tenants\x18\x01 \x03(\x0b\x32\x0f.maas.v1.Tenant\"w\n\x13\x43reateApiKeyRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0e\n\x06scopes\x18\x03 \x03(\t\x12/\n\x0b\x65xpire_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"E\n\x14\x43reateApiKeyResponse\x12\x1c\n\x03key\x18\x01 \x01(\x0b\x32\x0f.maas.v1.ApiKey\x12\x0f\n\x07\x61pi_key\x18\x02 \x01(\t\"\'\n\x12ListApiKeysRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\"4\n\x13ListApiKeysResponse\x12\x1d\n\x04keys\x18\x01 \x03(\x0b\x32\x0f.maas.v1.ApiKey\"%\n\x13RevokeApiKeyRequest\x12\x0e\n\x06key_id\x18\x01 \x01(\t*h\n\x08Priority\x12\x18\n\x14PRIORITY_UNSPECIFIED\x10\x00\x12\x18\n\x14PRIORITY_INTERACTIVE\x10\x01\x12\x14\n\x10PRIORITY_DEFAULT\x10\x02\x12\x12\n\x0ePRIORITY_BATCH\x10\x03\x32\x8f\x05\n\x04\x41uth\x12@\n\x0c\x41uthenticate\x12\x1c.maas.v1.AuthenticateRequest\x1a\x12.maas.v1.Principal\x12=\n\x0c\x43reateTenant\x12\x1c.maas.v1.CreateTenantRequest\x1a\x0f.maas.v1.Tenant\x12H\n\x0bListTenants\x12\x1b.maas.v1.ListTenantsRequest\x1a\x1c.maas.v1.ListTenantsResponse\x12K\n\x0c\x43reateApiKey\x12\x1c.maas.v1.CreateApiKeyRequest\x1a\x1d.maas.v1.CreateApiKeyResponse\x12H\n\x0bListApiKeys\x12\x1b.maas.v1.ListApiKeysRequest\x1a\x1c.maas.v1.ListApiKeysResponse\x12=\n\x0cRevokeApiKey\x12\x1c.maas.v1.RevokeApiKeyRequest\x1a\x0f.maas.v1.ApiKey\x12\x33\n\x07SetPlan\x12\x17.maas.v1.SetPlanRequest\x1a\x0f.maas.v1.Tenant\x12\x38\n\x07Reserve\x12\x17.maas.v1.ReserveRequest\x1a\x14.maas.v1.Reservation\x12\x39\n\x06\x43ommit\x12\x16.maas.v1.CommitRequest\x1a\x17.maas.v1.CommitResponse\x12<\n\x07Release\x12\x17.maas.v1.ReleaseRequest\x1a\x18.maas.v1.ReleaseResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'maas.v1.auth_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_PRIORITY']._serialized_start=1591
-  _globals['_PRIORITY']._serialized_end=1695
+  _globals['_PRIORITY']._serialized_start=1689
+  _globals['_PRIORITY']._serialized_end=1793
   _globals['_PLAN']._serialized_start=65
   _globals['_PLAN']._serialized_end=214
   _globals['_SETPLANREQUEST']._serialized_start=216
@@ -53,27 +53,27 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TENANT']._serialized_start=688
   _globals['_TENANT']._serialized_end=844
   _globals['_APIKEY']._serialized_start=847
-  _globals['_APIKEY']._serialized_end=1018
-  _globals['_AUTHENTICATEREQUEST']._serialized_start=1020
-  _globals['_AUTHENTICATEREQUEST']._serialized_end=1058
-  _globals['_PRINCIPAL']._serialized_start=1060
-  _globals['_PRINCIPAL']._serialized_end=1159
-  _globals['_CREATETENANTREQUEST']._serialized_start=1161
-  _globals['_CREATETENANTREQUEST']._serialized_end=1233
-  _globals['_LISTTENANTSREQUEST']._serialized_start=1235
-  _globals['_LISTTENANTSREQUEST']._serialized_end=1255
-  _globals['_LISTTENANTSRESPONSE']._serialized_start=1257
-  _globals['_LISTTENANTSRESPONSE']._serialized_end=1312
-  _globals['_CREATEAPIKEYREQUEST']._serialized_start=1314
-  _globals['_CREATEAPIKEYREQUEST']._serialized_end=1384
-  _globals['_CREATEAPIKEYRESPONSE']._serialized_start=1386
-  _globals['_CREATEAPIKEYRESPONSE']._serialized_end=1455
-  _globals['_LISTAPIKEYSREQUEST']._serialized_start=1457
-  _globals['_LISTAPIKEYSREQUEST']._serialized_end=1496
-  _globals['_LISTAPIKEYSRESPONSE']._serialized_start=1498
-  _globals['_LISTAPIKEYSRESPONSE']._serialized_end=1550
-  _globals['_REVOKEAPIKEYREQUEST']._serialized_start=1552
-  _globals['_REVOKEAPIKEYREQUEST']._serialized_end=1589
-  _globals['_AUTH']._serialized_start=1698
-  _globals['_AUTH']._serialized_end=2353
+  _globals['_APIKEY']._serialized_end=1067
+  _globals['_AUTHENTICATEREQUEST']._serialized_start=1069
+  _globals['_AUTHENTICATEREQUEST']._serialized_end=1107
+  _globals['_PRINCIPAL']._serialized_start=1109
+  _globals['_PRINCIPAL']._serialized_end=1208
+  _globals['_CREATETENANTREQUEST']._serialized_start=1210
+  _globals['_CREATETENANTREQUEST']._serialized_end=1282
+  _globals['_LISTTENANTSREQUEST']._serialized_start=1284
+  _globals['_LISTTENANTSREQUEST']._serialized_end=1304
+  _globals['_LISTTENANTSRESPONSE']._serialized_start=1306
+  _globals['_LISTTENANTSRESPONSE']._serialized_end=1361
+  _globals['_CREATEAPIKEYREQUEST']._serialized_start=1363
+  _globals['_CREATEAPIKEYREQUEST']._serialized_end=1482
+  _globals['_CREATEAPIKEYRESPONSE']._serialized_start=1484
+  _globals['_CREATEAPIKEYRESPONSE']._serialized_end=1553
+  _globals['_LISTAPIKEYSREQUEST']._serialized_start=1555
+  _globals['_LISTAPIKEYSREQUEST']._serialized_end=1594
+  _globals['_LISTAPIKEYSRESPONSE']._serialized_start=1596
+  _globals['_LISTAPIKEYSRESPONSE']._serialized_end=1648
+  _globals['_REVOKEAPIKEYREQUEST']._serialized_start=1650
+  _globals['_REVOKEAPIKEYREQUEST']._serialized_end=1687
+  _globals['_AUTH']._serialized_start=1796
+  _globals['_AUTH']._serialized_end=2451
 # @@protoc_insertion_point(module_scope)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from google.protobuf import timestamp_pb2
+from google.protobuf.message import Message
 
 from maas.v1 import auth_pb2, metering_pb2
 from services.auth.models import (
@@ -83,6 +84,8 @@ def key_to_proto(key: ApiKeyRecord) -> auth_pb2.ApiKey:
     )
     if key.revoked_at is not None:
         message.revoke_time.CopyFrom(timestamp(key.revoked_at))
+    if key.expires_at is not None:
+        message.expire_time.CopyFrom(timestamp(key.expires_at))
     return message
 
 
@@ -142,7 +145,7 @@ def grouping_from_proto(value: int) -> Grouping | None:
     return _GROUPINGS.get(value)
 
 
-def optional_time(message: metering_pb2.MeteringGetUsageRequest, field: str) -> datetime | None:
+def optional_time(message: Message, field: str) -> datetime | None:
     """The timestamp field as a datetime, None when unset."""
     if not message.HasField(field):
         return None

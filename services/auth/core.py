@@ -62,11 +62,12 @@ class AuthCore:
             record is None
             or not keys.secret_matches(self._pepper, parsed.secret, record.secret_hash)
             or record.revoked_at is not None
+            or (record.expires_at is not None and record.expires_at <= self._clock())
         ):
-            raise UnauthenticatedError("invalid or revoked API key")
+            raise UnauthenticatedError("invalid, revoked or expired API key")
         tenant = await self._store.get_tenant(record.tenant_id)
         if tenant is None:
-            raise UnauthenticatedError("invalid or revoked API key")
+            raise UnauthenticatedError("invalid, revoked or expired API key")
         return Principal(tenant.tenant_id, record.key_id, record.scopes, tenant.priority)
 
     async def create_tenant(self, name: str, priority: Priority = Priority.DEFAULT) -> Tenant:
@@ -92,7 +93,11 @@ class AuthCore:
         return await self._store.list_tenants()
 
     async def create_api_key(
-        self, tenant_id: str, name: str, scopes: Sequence[str] = ()
+        self,
+        tenant_id: str,
+        name: str,
+        scopes: Sequence[str] = (),
+        expires_at: datetime | None = None,
     ) -> tuple[ApiKeyRecord, str]:
         """A new key for the tenant and its full string, which is never stored."""
         try:
@@ -100,6 +105,8 @@ class AuthCore:
         except ValueError as err:
             allowed = ", ".join(s.value for s in Scope)
             raise InvalidArgumentError("scopes", f"each must be one of {allowed}") from err
+        if expires_at is not None and expires_at <= self._clock():
+            raise InvalidArgumentError("expire_time", "must be in the future")
         if await self._store.get_tenant(tenant_id) is None:
             raise NotFoundError(f"no tenant {tenant_id!r}")
         full, parsed = keys.new_key()
@@ -110,6 +117,7 @@ class AuthCore:
             scopes=parsed_scopes,
             secret_hash=keys.hash_secret(self._pepper, parsed.secret),
             created_at=self._clock(),
+            expires_at=expires_at,
         )
         await self._store.create_key(record)
         return record, full

@@ -69,6 +69,7 @@ class ApiKeyRecord:
     secret_hash: bytes
     created_at: datetime
     revoked_at: datetime | None = None
+    expires_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -40,7 +40,8 @@ CREATE TABLE IF NOT EXISTS api_keys (
     scopes      TEXT[] NOT NULL,
     secret_hash BYTEA NOT NULL,
     created_at  TIMESTAMPTZ NOT NULL,
-    revoked_at  TIMESTAMPTZ
+    revoked_at  TIMESTAMPTZ,
+    expires_at  TIMESTAMPTZ
 );
 CREATE INDEX IF NOT EXISTS api_keys_by_tenant ON api_keys(tenant_id);
 CREATE TABLE IF NOT EXISTS usage_records (
@@ -56,6 +57,7 @@ CREATE TABLE IF NOT EXISTS usage_records (
 );
 CREATE INDEX IF NOT EXISTS usage_by_tenant_time ON usage_records(tenant_id, end_time);
 ALTER TABLE tenants ADD COLUMN IF NOT EXISTS plan TEXT NOT NULL DEFAULT '{}';
+ALTER TABLE api_keys ADD COLUMN IF NOT EXISTS expires_at TIMESTAMPTZ;
 """
 
 
@@ -90,6 +92,7 @@ def _key(row: Any) -> ApiKeyRecord:
         secret_hash=bytes(row["secret_hash"]),
         created_at=row["created_at"],
         revoked_at=row["revoked_at"],
+        expires_at=row["expires_at"],
     )
 
 
@@ -155,13 +158,14 @@ class PostgresAuthStore:
 
     async def create_key(self, key: ApiKeyRecord) -> None:
         await self._pool.execute(
-            "INSERT INTO api_keys VALUES ($1, $2, $3, $4, $5, $6, NULL)",
+            "INSERT INTO api_keys VALUES ($1, $2, $3, $4, $5, $6, NULL, $7)",
             key.key_id,
             key.tenant_id,
             key.name,
             [s.value for s in key.scopes],
             key.secret_hash,
             key.created_at,
+            key.expires_at,
         )
 
     async def get_key(self, key_id: str) -> ApiKeyRecord | None:

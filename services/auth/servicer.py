@@ -116,7 +116,10 @@ class AuthServicer(auth_pb2_grpc.AuthServicer):
     ) -> auth_pb2.CreateApiKeyResponse:
         await self._guard.check(context)
         record, full = await self._core.create_api_key(
-            request.tenant_id, request.name, list(request.scopes)
+            request.tenant_id,
+            request.name,
+            list(request.scopes),
+            convert.optional_time(request, "expire_time"),
         )
         return auth_pb2.CreateApiKeyResponse(key=convert.key_to_proto(record), api_key=full)
 

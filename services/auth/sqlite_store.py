@@ -46,7 +46,8 @@ CREATE TABLE IF NOT EXISTS api_keys (
     scopes      TEXT NOT NULL,
     secret_hash BLOB NOT NULL,
     created_at  INTEGER NOT NULL,
-    revoked_at  INTEGER
+    revoked_at  INTEGER,
+    expires_at  INTEGER
 );
 CREATE INDEX IF NOT EXISTS api_keys_by_tenant ON api_keys(tenant_id);
 CREATE TABLE IF NOT EXISTS usage_records (
@@ -103,6 +104,7 @@ def _key(row: sqlite3.Row) -> ApiKeyRecord:
         secret_hash=bytes(row["secret_hash"]),
         created_at=_from_us(row["created_at"]),
         revoked_at=_from_us(row["revoked_at"]) if row["revoked_at"] is not None else None,
+        expires_at=_from_us(row["expires_at"]) if row["expires_at"] is not None else None,
     )
 
 
@@ -269,7 +271,7 @@ class SqliteAuthStore:
 
     async def create_key(self, key: ApiKeyRecord) -> None:
         await self._db.execute(
-            "INSERT INTO api_keys VALUES (?, ?, ?, ?, ?, ?, NULL)",
+            "INSERT INTO api_keys VALUES (?, ?, ?, ?, ?, ?, NULL, ?)",
             (
                 key.key_id,
                 key.tenant_id,
@@ -277,6 +279,7 @@ class SqliteAuthStore:
                 ",".join(key.scopes),
                 key.secret_hash,
                 _to_us(key.created_at),
+                _to_us(key.expires_at) if key.expires_at else None,
             ),
         )
         await self._db.commit()
@@ -345,10 +348,15 @@ async def open_sqlite_store(path: Path) -> AsyncIterator[SqliteAuthStore]:
         # Other processes (the CLI reading usage) may hold the lock briefly.
         await db.execute("PRAGMA busy_timeout=5000")
         await db.executescript(SCHEMA)
-        async with db.execute("PRAGMA table_info(tenants)") as cur:
-            columns = {row["name"] for row in await cur.fetchall()}
-        if "plan" not in columns:  # a database from before plans existed
-            await db.execute("ALTER TABLE tenants ADD COLUMN plan TEXT NOT NULL DEFAULT '{}'")
+        # Databases from before plans and key expiry existed get the columns.
+        for table, column, decl in (
+            ("tenants", "plan", "TEXT NOT NULL DEFAULT '{}'"),
+            ("api_keys", "expires_at", "INTEGER"),
+        ):
+            async with db.execute(f"PRAGMA table_info({table})") as cur:
+                columns = {row["name"] for row in await cur.fetchall()}
+            if column not in columns:
+                await db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
         await db.commit()
         store = SqliteAuthStore(db)
         store._ledger.start()

@@ -187,3 +187,19 @@ async def test_usage_buckets_by_model_and_period(metering_core: MeteringCore) ->
     assert [(b.key, b.requests, b.prompt_tokens) for b in by_month] == [
         ("2026-11-01T00:00:00Z", 2, 10)
     ]
+
+
+async def test_a_key_stops_working_when_it_expires(store: AuthStore) -> None:
+    now = [datetime(2026, 11, 22, 12, 0, tzinfo=UTC)]
+    core = AuthCore(store, PEPPER, clock=lambda: now[0])
+    tenant = await core.create_tenant("acme")
+    with pytest.raises(InvalidArgumentError) as past:
+        await core.create_api_key(tenant.tenant_id, "old", expires_at=now[0])
+    assert past.value.field == "expire_time"
+    record, full = await core.create_api_key(
+        tenant.tenant_id, "temp", expires_at=now[0] + timedelta(hours=1)
+    )
+    assert (await core.authenticate(full)).key_id == record.key_id
+    now[0] += timedelta(hours=1)
+    with pytest.raises(UnauthenticatedError):
+        await core.authenticate(full)

@@ -43,7 +43,9 @@ async def test_an_operator_onboards_a_tenant_who_generates_and_exports_usage(
     )
     assert "100" in plan.output and mesh.model in plan.output
 
-    created = await maas(mesh, "admin", "key", "create", tenant_id, "--name", "laptop")
+    created = await maas(
+        mesh, "admin", "key", "create", tenant_id, "--name", "laptop", "--expires-in-days", "30"
+    )
     api_key = created.output.strip().splitlines()[-1]
     assert api_key.startswith("maas_")
 
