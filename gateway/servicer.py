@@ -195,6 +195,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
                     model=model,
                     prompt_tokens=usage.prompt_tokens,
                     completion_tokens=usage.completion_tokens,
+                    cached_tokens=usage.cached_tokens,
                     start_time=timestamp(usage.start_wall),
                     end_time=timestamp(end),
                     status=ledger_status,

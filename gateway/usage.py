@@ -33,6 +33,7 @@ class StreamUsage:
     chunks: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cached_tokens: int = 0
     finished: bool = False
 
     def observe(self, chunk: generation_pb2.GenerateResponse) -> None:
@@ -41,6 +42,7 @@ class StreamUsage:
         self.chunks += 1
         self.prompt_tokens = chunk.usage.prompt_tokens
         self.completion_tokens = chunk.usage.completion_tokens
+        self.cached_tokens = chunk.usage.cached_tokens
         self.finished = chunk.finish_reason != generation_pb2.FINISH_REASON_UNSPECIFIED
 
     def elapsed_s(self) -> float:

@@ -116,6 +116,7 @@ def usage_from_proto(message: metering_pb2.UsageRecord) -> UsageRecord:
         start_time=from_timestamp(message.start_time),
         end_time=from_timestamp(message.end_time),
         status=status,
+        cached_tokens=message.cached_tokens,
     )
 
 
@@ -130,6 +131,7 @@ def usage_to_proto(record: UsageRecord) -> metering_pb2.UsageRecord:
         start_time=timestamp(record.start_time),
         end_time=timestamp(record.end_time),
         status=_STATUS_TO_PROTO[record.status],
+        cached_tokens=record.cached_tokens,
     )
 
 

@@ -97,6 +97,7 @@ class UsageRecord:
     start_time: datetime
     end_time: datetime
     status: RequestStatus
+    cached_tokens: int = 0
 
     def same_usage(self, other: UsageRecord) -> bool:
         """Whether `other` bills the same thing (a replay, not a conflict)."""
@@ -106,6 +107,7 @@ class UsageRecord:
             self.model,
             self.prompt_tokens,
             self.completion_tokens,
+            self.cached_tokens,
             self.status,
         ) == (
             other.tenant_id,
@@ -113,6 +115,7 @@ class UsageRecord:
             other.model,
             other.prompt_tokens,
             other.completion_tokens,
+            other.cached_tokens,
             other.status,
         )
 

@@ -53,11 +53,13 @@ CREATE TABLE IF NOT EXISTS usage_records (
     completion_tokens BIGINT NOT NULL,
     start_time        TIMESTAMPTZ NOT NULL,
     end_time          TIMESTAMPTZ NOT NULL,
-    status            TEXT NOT NULL
+    status            TEXT NOT NULL,
+    cached_tokens     BIGINT NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS usage_by_tenant_time ON usage_records(tenant_id, end_time);
 ALTER TABLE tenants ADD COLUMN IF NOT EXISTS plan TEXT NOT NULL DEFAULT '{}';
 ALTER TABLE api_keys ADD COLUMN IF NOT EXISTS expires_at TIMESTAMPTZ;
+ALTER TABLE usage_records ADD COLUMN IF NOT EXISTS cached_tokens BIGINT NOT NULL DEFAULT 0;
 """
 
 
@@ -107,6 +109,7 @@ def _usage(row: Any) -> UsageRecord:
         start_time=row["start_time"],
         end_time=row["end_time"],
         status=RequestStatus(row["status"]),
+        cached_tokens=row["cached_tokens"],
     )
 
 
@@ -189,7 +192,7 @@ class PostgresAuthStore:
 
     async def record_usage(self, record: UsageRecord) -> tuple[UsageRecord, bool]:
         inserted = await self._pool.fetchrow(
-            "INSERT INTO usage_records VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+            "INSERT INTO usage_records VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
             " ON CONFLICT (request_id) DO NOTHING RETURNING request_id",
             record.request_id,
             record.tenant_id,
@@ -200,6 +203,7 @@ class PostgresAuthStore:
             record.start_time,
             record.end_time,
             record.status.value,
+            record.cached_tokens,
         )
         if inserted is not None:
             return record, False

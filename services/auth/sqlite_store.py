@@ -59,7 +59,8 @@ CREATE TABLE IF NOT EXISTS usage_records (
     completion_tokens INTEGER NOT NULL,
     start_time        INTEGER NOT NULL,
     end_time          INTEGER NOT NULL,
-    status            TEXT NOT NULL
+    status            TEXT NOT NULL,
+    cached_tokens     INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS usage_by_tenant_time ON usage_records(tenant_id, end_time);
 """
@@ -119,6 +120,7 @@ def _usage(row: sqlite3.Row) -> UsageRecord:
         start_time=_from_us(row["start_time"]),
         end_time=_from_us(row["end_time"]),
         status=RequestStatus(row["status"]),
+        cached_tokens=row["cached_tokens"],
     )
 
 
@@ -197,7 +199,7 @@ class _LedgerWriter:
             results.append((record, False))
         if new_rows:
             await self._db.executemany(
-                "INSERT INTO usage_records VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", new_rows
+                "INSERT INTO usage_records VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", new_rows
             )
         await self._db.commit()
         return results
@@ -214,6 +216,7 @@ def _usage_row(record: UsageRecord) -> tuple[str | int, ...]:
         _to_us(record.start_time),
         _to_us(record.end_time),
         record.status.value,
+        record.cached_tokens,
     )
 
 
@@ -352,6 +355,7 @@ async def open_sqlite_store(path: Path) -> AsyncIterator[SqliteAuthStore]:
         for table, column, decl in (
             ("tenants", "plan", "TEXT NOT NULL DEFAULT '{}'"),
             ("api_keys", "expires_at", "INTEGER"),
+            ("usage_records", "cached_tokens", "INTEGER NOT NULL DEFAULT 0"),
         ):
             async with db.execute(f"PRAGMA table_info({table})") as cur:
                 columns = {row["name"] for row in await cur.fetchall()}

@@ -65,7 +65,9 @@ def delta_to_proto(delta: Delta) -> generation_pb2.GenerateResponse:
         token_ids=delta.token_ids,
         index=delta.index,
         usage=generation_pb2.Usage(
-            prompt_tokens=delta.prompt_tokens, completion_tokens=delta.completion_tokens
+            prompt_tokens=delta.prompt_tokens,
+            completion_tokens=delta.completion_tokens,
+            cached_tokens=delta.cached_tokens,
         ),
     )
     if delta.finish_reason is not None:

@@ -89,6 +89,7 @@ class Delta:
     finish_reason: FinishReason | None
     index: int = 0
     logprobs: tuple[SampledLogprob, ...] = ()
+    cached_tokens: int = 0  # prompt tokens served from the prefix cache
 
 
 @dataclass(frozen=True, slots=True)

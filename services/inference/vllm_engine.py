@@ -242,6 +242,7 @@ class VllmEngine:
                         finish_reason=finish,
                         index=choice.index,
                         logprobs=_logprobs(choice.token_ids, choice.logprobs),
+                        cached_tokens=output.num_cached_tokens or 0,
                     )
         except VllmEngineDeadError as err:
             raise EngineDeadError(str(err)) from err

@@ -203,3 +203,14 @@ async def test_a_key_stops_working_when_it_expires(store: AuthStore) -> None:
     now[0] += timedelta(hours=1)
     with pytest.raises(UnauthenticatedError):
         await core.authenticate(full)
+
+
+async def test_cached_tokens_are_kept_and_part_of_the_idempotency_check(
+    metering_core: MeteringCore,
+) -> None:
+    record = replace(usage("c1", "t1"), cached_tokens=4)
+    stored, _ = await metering_core.record_usage(record)
+    again, duplicate = await metering_core.record_usage(record)
+    assert duplicate and again.cached_tokens == stored.cached_tokens == 4
+    with pytest.raises(AlreadyExistsError):
+        await metering_core.record_usage(replace(record, cached_tokens=5))

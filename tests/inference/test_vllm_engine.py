@@ -292,3 +292,14 @@ async def test_an_oversized_request_leaves_its_neighbours_unharmed(
     )
     assert results[:8] == [16] * 8
     assert isinstance(results[8], InvalidRequestError)
+
+
+async def test_a_repeated_prompt_is_served_from_the_prefix_cache(
+    vllm_engine: VllmEngine,
+) -> None:
+    prompt = GenerationInput(prompt="The lighthouse keeper wrote in her log every night. " * 8)
+    first = await collect(vllm_engine, prompt, SamplingOptions(max_tokens=2), "cache-1")
+    second = await collect(vllm_engine, prompt, SamplingOptions(max_tokens=2), "cache-2")
+    assert second[-1].cached_tokens > 0
+    assert second[-1].cached_tokens <= second[-1].prompt_tokens
+    assert first[-1].prompt_tokens == second[-1].prompt_tokens
