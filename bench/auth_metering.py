@@ -16,9 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -31,12 +29,11 @@ from google.protobuf import timestamp_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bench.inference_streaming import free_port
-from bench.stats import percentile, summary
+from bench.stats import percentile, summary, write_results
 from gateway.authn import Authenticator
 from maas.v1 import auth_pb2, auth_pb2_grpc, metering_pb2, metering_pb2_grpc
 
 REPO = Path(__file__).resolve().parent.parent
-RESULTS = REPO / "bench" / "results"
 ADMIN = (("authorization", "Bearer bench-admin"),)
 Op = Callable[[int], Awaitable[None]]
 
@@ -208,25 +205,13 @@ async def main_async(args: argparse.Namespace) -> None:
                 for m, d, w in (("ops_per_s", 0, 24), ("p50_ms", 2, 20), ("p99_ms", 2, 20))
             )
         )
-    report = "\n".join(lines)
-    print("\n" + report)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / "auth_metering.json"
-    out.write_text(
-        json.dumps(
-            {
-                "benchmark": "auth_metering",
-                "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
-                "rounds": args.rounds,
-                "seconds_per_cell": args.seconds,
-                "summary": table,
-                "table": report,
-            },
-            indent=2,
-        )
+    write_results(
+        "auth_metering",
+        "\n".join(lines),
+        rounds=args.rounds,
+        seconds_per_cell=args.seconds,
+        summary=table,
     )
-    print(f"\nwritten to {out.relative_to(REPO)}")
 
 
 def main() -> None:

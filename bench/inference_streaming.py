@@ -19,7 +19,6 @@ import asyncio
 import contextlib
 import json
 import os
-import platform
 import signal
 import socket
 import subprocess
@@ -34,10 +33,9 @@ from services.inference.settings import InferenceSettings, cpu_engine_environmen
 for _key, _value in cpu_engine_environment().items():
     os.environ.setdefault(_key, _value)
 
-from bench.stats import percentile, summary  # noqa: E402
+from bench.stats import percentile, summary, write_results  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
-RESULTS = REPO / "bench" / "results"
 KV_CACHE_BYTES = 512 * 1024 * 1024
 MAX_NUM_SEQS = 64
 TOKENS = 128
@@ -332,26 +330,14 @@ async def main_async(args: argparse.Namespace) -> None:
             f" b-c = {b['ttft_p50_ms'] - h['ttft_p50_ms']:+.2f} ms;"
             f" tokens/message in b = {b['tokens_per_message']:.2f}"
         )
-    report = "\n".join(lines)
-    print("\n" + report)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / "inference_streaming.json"
-    out.write_text(
-        json.dumps(
-            {
-                "benchmark": "inference_streaming",
-                "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
-                "tokens_per_stream": TOKENS,
-                "rounds": args.rounds,
-                "summary": {s: {str(c): v for c, v in cells.items()} for s, cells in table.items()},
-                "raw": {s: {str(c): v for c, v in cells.items()} for s, cells in raw.items()},
-                "table": report,
-            },
-            indent=2,
-        )
+    write_results(
+        "inference_streaming",
+        "\n".join(lines),
+        tokens_per_stream=TOKENS,
+        rounds=args.rounds,
+        summary={s: {str(c): v for c, v in cells.items()} for s, cells in table.items()},
+        raw={s: {str(c): v for c, v in cells.items()} for s, cells in raw.items()},
     )
-    print(f"\nwritten to {out.relative_to(REPO)}")
 
 
 def main() -> None:

@@ -1,9 +1,17 @@
-"""Percentiles, and median with range over repetitions."""
+"""Percentiles, median with range over repetitions, and the results file."""
 
 from __future__ import annotations
 
+import json
+import os
+import platform
 import statistics
+import time
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -22,3 +30,20 @@ def summary(values: Sequence[float]) -> dict[str, float]:
         "min": min(values),
         "max": max(values),
     }
+
+
+def write_results(name: str, report: str, **fields: Any) -> Path:
+    """Prints the table and writes it with the data to bench/results/NAME.json."""
+    print("\n" + report)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / f"{name}.json"
+    payload = {
+        "benchmark": name,
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+        **fields,
+        "table": report,
+    }
+    out.write_text(json.dumps(payload, indent=2))
+    print(f"\nwritten to {out}")
+    return out
