@@ -13,3 +13,6 @@ class TelemetrySettings(BaseModel):
     log_level: str = "INFO"
     log_format: Literal["json", "console"] = "json"
     metrics_export_interval_s: float = Field(default=10.0, gt=0)
+    # Share of new traces recorded; a call inside a trace follows its parent's
+    # decision, so a request is traced at every hop or at none.
+    trace_sample_ratio: float = Field(default=1.0, ge=0, le=1)

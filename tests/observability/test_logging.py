@@ -34,3 +34,25 @@ def test_log_lines_carry_trace_and_request_ids(capsys: pytest.CaptureFixture[str
     assert line["tenant_id"] == "tenant-9"
     assert line["trace_id"] == trace_id
     assert line["level"] == "info"
+
+
+def test_sampling_follows_the_ratio_and_the_parent() -> None:
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    none = setup("svc", TelemetrySettings(trace_sample_ratio=0.0), span_exporter=exporter)
+    all_ = setup("svc", TelemetrySettings(trace_sample_ratio=1.0), span_exporter=exporter)
+    try:
+        with none.tracer().start_as_current_span("unsampled root"):
+            pass
+        assert exporter.get_finished_spans() == ()
+        with all_.tracer().start_as_current_span("sampled root") as root:
+            # A hop that samples nothing on its own still records a sampled parent's trace.
+            ctx = trace.set_span_in_context(root)
+            with none.tracer().start_as_current_span("child", context=ctx):
+                pass
+        assert [s.name for s in exporter.get_finished_spans()] == ["child", "sampled root"]
+    finally:
+        none.shutdown()
+        all_.shutdown()
