@@ -210,3 +210,28 @@ async def test_over_the_plan_is_resource_exhausted_with_retry_details(
             detail.Unpack(quota)
     assert 0 < retry.retry_delay.ToTimedelta().total_seconds() <= 60
     assert [v.subject for v in quota.violations] == ["requests_per_minute"]
+
+
+async def test_one_tenant_spending_its_plan_leaves_another_untouched(
+    mesh: Mesh, new_tenant: TenantFactory
+) -> None:
+    a, b = await new_tenant(), await new_tenant()
+    admin = (("authorization", f"Bearer {mesh.admin_token}"),)
+    async with grpc.aio.insecure_channel(mesh.targets["auth"]) as ch:
+        for tenant in (a, b):
+            await auth_pb2_grpc.AuthStub(ch).SetPlan(
+                auth_pb2.SetPlanRequest(
+                    tenant_id=tenant.tenant_id, plan=auth_pb2.Plan(requests_per_minute=1)
+                ),
+                metadata=admin,
+            )
+    async with MaasClient(mesh.gateway, a.api_key) as client_a:
+        async for _ in client_a.generate(mesh.model, prompt="a", max_tokens=2):
+            pass
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            async for _ in client_a.generate(mesh.model, prompt="a", max_tokens=2):
+                pass
+        assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    async with MaasClient(mesh.gateway, b.api_key) as client_b:
+        chunks = [c async for c in client_b.generate(mesh.model, prompt="b", max_tokens=2)]
+    assert chunks[-1].usage.completion_tokens == 2
