@@ -2,9 +2,11 @@
 # Makes sure a PostgreSQL server runs on loopback for the tests; prints its DSN.
 #   deploy/postgres.sh [DATA_DIR] [PORT]
 # Installs Debian's postgresql package when no server is on the machine. The
-# server refuses to run as root, so as root it runs as the `postgres` user.
+# server refuses to run as root, so as root it runs as the `postgres` user; its
+# data lives under /tmp by default because a checkout may sit in a directory
+# (such as /root) that the postgres user cannot enter.
 set -euo pipefail
-DATA=$(realpath -m "${1:-.maas/pg}")
+DATA=$(realpath -m "${1:-/tmp/maas-test-pg}")
 PORT=${2:-54329}
 DSN="postgresql://postgres@127.0.0.1:${PORT}/postgres"
 
@@ -18,7 +20,8 @@ if [ -z "$BIN" ]; then
 fi
 
 as_owner() {
-  if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+  # From /: the postgres user may not be allowed into the caller's directory.
+  if [ "$(id -u)" = 0 ]; then (cd / && runuser -u postgres -- "$@"); else "$@"; fi
 }
 
 if "$BIN/pg_isready" -q -h 127.0.0.1 -p "$PORT"; then echo "$DSN"; exit 0; fi

@@ -30,7 +30,7 @@ ADMIN_TOKEN = "test-admin-token"
 def postgres_dsn() -> str:
     """A real PostgreSQL on loopback, installed and started by the test run."""
     out = subprocess.run(
-        ["bash", str(REPO / "deploy" / "postgres.sh"), str(REPO / ".maas" / "pg")],
+        ["bash", str(REPO / "deploy" / "postgres.sh")],
         check=True,
         capture_output=True,
         text=True,
