@@ -159,4 +159,8 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
         if mapped is None:
             log.exception("unhandled error", exc_info=exc)
             await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+        # set_code first: the tracing interceptor learns the status from it
+        # (abort_with_status alone would leave the span looking successful).
+        context.set_code(mapped.code)
+        context.set_details(mapped.message)
         await context.abort_with_status(mapped.to_status())

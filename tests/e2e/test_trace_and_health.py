@@ -102,3 +102,26 @@ async def test_gateway_counts_requests_and_tokens(mesh: Mesh, tenant_key: Tenant
         async for _ in client.generate(mesh.model, prompt="count me", max_tokens=5):
             pass
     await eventually(lambda: completion_tokens() == before + 5)
+
+
+async def test_a_refused_request_span_carries_its_status_code(
+    mesh: Mesh, tenant_key: TenantKey
+) -> None:
+    mesh.spans["gateway"].clear()
+    async with MaasClient(mesh.gateway, tenant_key.api_key) as client:
+        with pytest.raises(grpc.aio.AioRpcError):
+            async for _ in client.generate(mesh.model, prompt="", max_tokens=2):
+                pass
+
+    def refused() -> list[object]:
+        return [
+            s
+            for s in mesh.spans["gateway"].get_finished_spans()
+            if s.name == HOPS["gateway"] and s.kind == SpanKind.SERVER
+        ]
+
+    await eventually(lambda: len(refused()) == 1)
+    span = refused()[0]
+    # INVALID_ARGUMENT is the caller's error: by OTel's gRPC conventions the
+    # server span's status stays unset, and the code is an attribute.
+    assert span.attributes["rpc.grpc.status_code"] == grpc.StatusCode.INVALID_ARGUMENT.value[0]  # type: ignore[attr-defined]
