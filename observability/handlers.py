@@ -44,3 +44,29 @@ def rewrap(
     if handler.stream_stream:
         return grpc.stream_stream_rpc_method_handler(wrap_stream(handler.stream_stream), **kwargs)
     return handler
+
+
+class CachedRewrap:
+    """`rewrap` once per handler: servicer handlers live as long as the server,
+    so wrapping them again on every call would only cost time."""
+
+    def __init__(
+        self,
+        wrap_unary: Callable[[Behavior], Behavior],
+        wrap_stream: Callable[[Behavior], Behavior],
+    ) -> None:
+        self._wrap_unary = wrap_unary
+        self._wrap_stream = wrap_stream
+        self._cache: dict[grpc.RpcMethodHandler[Any, Any], grpc.RpcMethodHandler[Any, Any]] = {}
+
+    def __call__(
+        self, handler: grpc.RpcMethodHandler[Any, Any] | None
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        if handler is None:
+            return None
+        wrapped = self._cache.get(handler)
+        if wrapped is None:
+            wrapped = rewrap(handler, self._wrap_unary, self._wrap_stream)
+            assert wrapped is not None
+            self._cache[handler] = wrapped
+        return wrapped

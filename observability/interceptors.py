@@ -13,7 +13,7 @@ import grpc
 import structlog
 
 from observability.context import REQUEST_ID_METADATA_KEY, bind_request, current_request_id
-from observability.handlers import Behavior, rewrap, stream_responses
+from observability.handlers import Behavior, CachedRewrap, stream_responses
 
 
 def _request_id_from(context: grpc.aio.ServicerContext[Any, Any]) -> str | None:
@@ -31,6 +31,9 @@ def _bind_from(context: grpc.aio.ServicerContext[Any, Any]) -> None:
 
 
 class RequestContextServerInterceptor(grpc.aio.ServerInterceptor):
+    def __init__(self) -> None:
+        self._rewrap = CachedRewrap(_unary, _stream)
+
     async def intercept_service(
         self,
         continuation: Callable[
@@ -38,7 +41,7 @@ class RequestContextServerInterceptor(grpc.aio.ServerInterceptor):
         ],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler[Any, Any] | None:
-        return rewrap(await continuation(handler_call_details), _unary, _stream)
+        return self._rewrap(await continuation(handler_call_details))
 
 
 def _unary(behavior: Behavior) -> Behavior:

@@ -17,7 +17,7 @@ from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from observability.handlers import Behavior, rewrap, stream_responses
+from observability.handlers import Behavior, CachedRewrap, stream_responses
 
 log = structlog.get_logger(__name__)
 
@@ -116,6 +116,7 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
 
     def __init__(self, translate: Translator = _no_translation) -> None:
         self._translate = translate
+        self._rewrap = CachedRewrap(self._wrap_unary, self._wrap_stream)
 
     async def intercept_service(
         self,
@@ -124,7 +125,7 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
         ],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler[Any, Any] | None:
-        return rewrap(await continuation(handler_call_details), self._wrap_unary, self._wrap_stream)
+        return self._rewrap(await continuation(handler_call_details))
 
     def _wrap_unary(self, behavior: Behavior) -> Behavior:
         async def wrapped(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
