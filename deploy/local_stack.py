@@ -92,7 +92,8 @@ def service_specs(args: argparse.Namespace, state_dir: Path) -> list[ServiceSpec
                     ["--port", str(gateway),
                      "--router-address", f"{host}:{router}",
                      "--auth-address", f"{host}:{auth}",
-                     "--anomaly-address", f"{host}:{anomaly}"]),
+                     "--anomaly-address", f"{host}:{anomaly}",
+                     "--usage-outbox-path", str(state_dir / "gateway-outbox.db")]),
     ]  # fmt: skip
 
 

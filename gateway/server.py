@@ -7,10 +7,10 @@ from contextlib import AsyncExitStack, asynccontextmanager
 
 from gateway.authn import Authenticator
 from gateway.metrics import GatewayMetrics
+from gateway.outbox import UsageOutbox
 from gateway.quota import QuotaClient
 from gateway.servicer import GatewayServicer
 from gateway.settings import GatewaySettings
-from gateway.usage import UsageRecorder
 from maas.v1 import (
     auth_pb2_grpc,
     gateway_pb2,
@@ -42,10 +42,8 @@ async def running_gateway(
         events = EventPublisher(anomaly_ch, max_queue=settings.event_queue_size)
         await events.start()
         stack.push_async_callback(events.aclose)
-        usage = UsageRecorder(
-            metering_pb2_grpc.MeteringStub(auth_ch),
-            attempts=settings.usage_record_attempts,
-        )
+        usage = UsageOutbox(settings.usage_outbox_path, metering_pb2_grpc.MeteringStub(auth_ch))
+        await usage.open()
         stack.push_async_callback(usage.aclose, settings.grace_period_s)
 
         quotas = QuotaClient(auth_pb2_grpc.AuthStub(auth_ch))

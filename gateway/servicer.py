@@ -12,8 +12,9 @@ from opentelemetry import trace
 
 from gateway.authn import Authenticator
 from gateway.metrics import GatewayMetrics
+from gateway.outbox import UsageOutbox
 from gateway.quota import QuotaClient, estimate_tokens
-from gateway.usage import StreamUsage, UsageRecorder, timestamp
+from gateway.usage import StreamUsage, timestamp
 from gateway.validation import validate_generate, validate_input
 from maas.v1 import (
     anomaly_pb2,
@@ -45,7 +46,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         authenticator: Authenticator,
         router: router_pb2_grpc.RouterAsyncStub,
         metering: metering_pb2_grpc.MeteringAsyncStub,
-        usage: UsageRecorder,
+        usage: UsageOutbox,
         events: EventPublisher,
         metrics: GatewayMetrics,
         quotas: QuotaClient,
@@ -187,7 +188,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
                 ledger_status = metering_pb2.REQUEST_STATUS_CANCELLED
             elif status != grpc.StatusCode.OK:
                 ledger_status = metering_pb2.REQUEST_STATUS_FAILED
-            self._usage.record(
+            self._usage.add(
                 metering_pb2.UsageRecord(
                     request_id=request_id,
                     tenant_id=principal.tenant_id,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
@@ -24,5 +26,5 @@ class GatewaySettings(ServiceSettings):
     event_queue_size: int = Field(default=10_000, ge=1)
     # Completion tokens reserved for a request that sets no max_tokens.
     default_max_tokens_estimate: int = Field(default=1024, ge=1)
-    # Attempts to write a usage record before it is logged as lost.
-    usage_record_attempts: int = Field(default=8, ge=1)
+    # Usage records wait here (on disk) until the ledger acknowledges them.
+    usage_outbox_path: Path = Path(".maas/gateway-outbox.db")

@@ -97,6 +97,7 @@ async def mesh(
             anomaly_address=f"127.0.0.1:{anomaly.port}",
             grace_period_s=2.0,
             auth_cache_ttl_s=AUTH_CACHE_TTL_S,
+            usage_outbox_path=tmp_path_factory.mktemp("gateway") / "outbox.db",
         )
         gateway = await stack.enter_async_context(running_gateway(gateway_settings, tel["gateway"]))
         ports = {

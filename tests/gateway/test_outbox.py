@@ -1,0 +1,86 @@
+"""Usage records survive a ledger outage and a gateway restart, and are
+billed exactly once."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import pytest_asyncio
+from google.protobuf import timestamp_pb2
+
+from gateway.outbox import UsageOutbox
+from maas.v1 import metering_pb2, metering_pb2_grpc
+from observability import Telemetry, setup
+from observability.settings import TelemetrySettings
+from services.auth.server import create_server
+from services.auth.settings import AuthSettings
+from services.auth.sqlite_store import open_sqlite_store
+from tests.support import eventually
+
+
+def record(i: int) -> metering_pb2.UsageRecord:
+    return metering_pb2.UsageRecord(
+        request_id=f"out-{i}",
+        tenant_id="t-outbox",
+        key_id="k",
+        model="tiny",
+        prompt_tokens=2,
+        completion_tokens=i,
+        start_time=timestamp_pb2.Timestamp(seconds=1_800_000_000),
+        end_time=timestamp_pb2.Timestamp(seconds=1_800_000_001),
+        status=metering_pb2.REQUEST_STATUS_COMPLETED,
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@pytest_asyncio.fixture
+async def telemetry() -> AsyncIterator[Telemetry]:
+    tel = setup("auth", TelemetrySettings())
+    yield tel
+    tel.shutdown()
+
+
+async def test_records_wait_out_an_outage_and_a_restart(
+    tmp_path: Path, telemetry: Telemetry
+) -> None:
+    port = free_port()
+    outbox_path = tmp_path / "outbox.db"
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = metering_pb2_grpc.MeteringStub(channel)
+        # The ledger is down: records pile up on disk; the gateway then stops.
+        first = UsageOutbox(outbox_path, stub, initial_backoff_s=0.05, max_backoff_s=0.2)
+        await first.open()
+        for i in range(20):
+            first.add(record(i))
+        first.add(record(0))  # a retry of the same request
+        await first.aclose(timeout_s=0.3)
+        assert first.delivered == 0
+
+        # The ledger comes back; a new gateway process starts on the same outbox.
+        settings = AuthSettings(
+            port=port, admin_token="a", key_pepper="p", database_path=tmp_path / "auth.db"
+        )
+        async with open_sqlite_store(settings.database_path) as store:
+            server = await create_server(settings, telemetry, store)
+            second = UsageOutbox(outbox_path, stub, initial_backoff_s=0.05)
+            await second.open()
+            try:
+                await eventually(lambda: second.delivered == 20)
+                assert await second.pending() == 0
+                summary = await stub.GetUsage(
+                    metering_pb2.MeteringGetUsageRequest(tenant_id="t-outbox")
+                )
+                assert summary.summary.requests == 20
+                assert summary.summary.completion_tokens == sum(range(20))
+            finally:
+                await second.aclose(timeout_s=1.0)
+                await server.stop(0)
