@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import Awaitable, Callable
 
 import grpc
@@ -38,3 +39,11 @@ def bad_request_fields(err: grpc.aio.AioRpcError) -> list[str]:
             detail.Unpack(bad)
             fields.extend(v.field for v in bad.field_violations)
     return fields
+
+
+def free_port() -> int:
+    """A port nothing listens on now (for a server a test starts later)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port

@@ -3,7 +3,6 @@ publisher delivers them without ever blocking its caller."""
 
 from __future__ import annotations
 
-import socket
 from collections.abc import AsyncIterator
 
 import grpc
@@ -18,7 +17,7 @@ from services.anomaly.server import create_server
 from services.anomaly.settings import AnomalySettings
 from services.common.events import EventPublisher
 from services.common.serving import ServiceServer
-from tests.support import eventually
+from tests.support import eventually, free_port
 
 
 def event(tenant: str, completion: int = 5) -> anomaly_pb2.Event:
@@ -89,13 +88,6 @@ async def test_a_full_queue_drops_and_counts_without_blocking() -> None:
         results = [publisher.publish(event("t")) for _ in range(5)]
         assert results == [True, True, False, False, False]
         assert (publisher.published, publisher.dropped) == (2, 3)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 async def test_events_wait_for_anomaly_to_come_up(telemetry: Telemetry) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import uuid
@@ -22,16 +21,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from maas.v1 import metering_pb2, metering_pb2_grpc
 from tests.auth.conftest import REPO
+from tests.support import free_port
 
 RECORDS = 300
 CLIENTS = 16
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @pytest_asyncio.fixture(params=["sqlite", "postgres"])

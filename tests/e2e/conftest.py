@@ -153,3 +153,12 @@ async def new_tenant(mesh: Mesh) -> TenantFactory:
 @pytest_asyncio.fixture
 async def tenant_key(new_tenant: TenantFactory) -> TenantKey:
     return await new_tenant()
+
+
+async def set_plan(mesh: Mesh, tenant_id: str, plan: auth_pb2.Plan) -> None:
+    """Sets a tenant's plan as an operator would."""
+    admin = (("authorization", f"Bearer {mesh.admin_token}"),)
+    async with grpc.aio.insecure_channel(mesh.targets["auth"]) as ch:
+        await auth_pb2_grpc.AuthStub(ch).SetPlan(
+            auth_pb2.SetPlanRequest(tenant_id=tenant_id, plan=plan), metadata=admin
+        )

@@ -9,7 +9,7 @@ from grpc_status import rpc_status
 
 from maas.client import MaasClient
 from maas.v1 import auth_pb2, auth_pb2_grpc, gateway_pb2_grpc, generation_pb2
-from tests.e2e.conftest import AUTH_CACHE_TTL_S, Mesh, TenantFactory, TenantKey
+from tests.e2e.conftest import AUTH_CACHE_TTL_S, Mesh, TenantFactory, TenantKey, set_plan
 from tests.support import bad_request_fields, eventually
 
 
@@ -183,14 +183,7 @@ async def test_a_revoked_key_stops_working_within_the_cache_ttl(
 async def test_over_the_plan_is_resource_exhausted_with_retry_details(
     mesh: Mesh, tenant_key: TenantKey
 ) -> None:
-    admin = (("authorization", f"Bearer {mesh.admin_token}"),)
-    async with grpc.aio.insecure_channel(mesh.targets["auth"]) as ch:
-        await auth_pb2_grpc.AuthStub(ch).SetPlan(
-            auth_pb2.SetPlanRequest(
-                tenant_id=tenant_key.tenant_id, plan=auth_pb2.Plan(requests_per_minute=1)
-            ),
-            metadata=admin,
-        )
+    await set_plan(mesh, tenant_key.tenant_id, auth_pb2.Plan(requests_per_minute=1))
     async with MaasClient(mesh.gateway, tenant_key.api_key) as client:
         async for _ in client.generate(mesh.model, prompt="one", max_tokens=2):
             pass
@@ -216,15 +209,8 @@ async def test_one_tenant_spending_its_plan_leaves_another_untouched(
     mesh: Mesh, new_tenant: TenantFactory
 ) -> None:
     a, b = await new_tenant(), await new_tenant()
-    admin = (("authorization", f"Bearer {mesh.admin_token}"),)
-    async with grpc.aio.insecure_channel(mesh.targets["auth"]) as ch:
-        for tenant in (a, b):
-            await auth_pb2_grpc.AuthStub(ch).SetPlan(
-                auth_pb2.SetPlanRequest(
-                    tenant_id=tenant.tenant_id, plan=auth_pb2.Plan(requests_per_minute=1)
-                ),
-                metadata=admin,
-            )
+    for tenant in (a, b):
+        await set_plan(mesh, tenant.tenant_id, auth_pb2.Plan(requests_per_minute=1))
     async with MaasClient(mesh.gateway, a.api_key) as client_a:
         async for _ in client_a.generate(mesh.model, prompt="a", max_tokens=2):
             pass

@@ -3,7 +3,6 @@ billed exactly once."""
 
 from __future__ import annotations
 
-import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from observability.settings import TelemetrySettings
 from services.auth.server import create_server
 from services.auth.settings import AuthSettings
 from services.auth.sqlite_store import open_sqlite_store
-from tests.support import eventually
+from tests.support import eventually, free_port
 
 
 def record(i: int) -> metering_pb2.UsageRecord:
@@ -33,13 +32,6 @@ def record(i: int) -> metering_pb2.UsageRecord:
         end_time=timestamp_pb2.Timestamp(seconds=1_800_000_001),
         status=metering_pb2.REQUEST_STATUS_COMPLETED,
     )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @pytest_asyncio.fixture
