@@ -34,3 +34,14 @@ def bind_request(request_id: str, tenant_id: str | None = None) -> None:
     if tenant_id is not None:
         _tenant_id.set(tenant_id)
         structlog.contextvars.bind_contextvars(tenant_id=tenant_id)
+
+
+def clear_request() -> None:
+    """Forgets the current request and everything bound into structlog.
+
+    Plain sets rather than token resets: a streaming handler's cleanup may run
+    in another task's context (asyncio's generator finalizer), where a token
+    from this one cannot be reset."""
+    _request_id.set(None)
+    _tenant_id.set(None)
+    structlog.contextvars.clear_contextvars()

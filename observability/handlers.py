@@ -1,26 +1,76 @@
 """Rebuilding an aio RpcMethodHandler around its behaviour, for server
-interceptors that must run code inside the handler's own task."""
+interceptors that must run code inside the handler's own task; and closing a
+call's response streams in that task."""
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
+from contextvars import ContextVar
 from typing import Any
 
 import grpc
 
 Behavior = Callable[..., Any]
 
+# The response streams opened while serving the current call, outermost first;
+# a list only inside `written_in_call_task`.
+_call_streams: ContextVar[list[AsyncGenerator[Any, None]] | None] = ContextVar(
+    "maas_call_streams", default=None
+)
 
-async def stream_responses(result: Any) -> AsyncIterator[Any]:
+
+def stream_responses(result: Any) -> AsyncGenerator[Any, None]:
     """Streaming handlers come in two styles: async generators, and coroutines
     that write with `context.write` (grpc's own health Watch). Both become an
-    async iterator here."""
+    async generator here, which closes the handler's generator when it is
+    closed, and is closed by `written_in_call_task` when the call ends."""
+    responses = _responses(result)
+    streams = _call_streams.get()
+    if streams is not None:
+        streams.append(responses)
+    return responses
+
+
+async def _responses(result: Any) -> AsyncGenerator[Any, None]:
     if inspect.isawaitable(result):
         await result
         return
-    async for response in result:
-        yield response
+    try:
+        async for response in result:
+            yield response
+    finally:
+        if inspect.isasyncgen(result):
+            await result.aclose()
+
+
+def written_in_call_task(behavior: Behavior) -> Behavior:
+    """A streaming behaviour run as a coroutine that writes each response.
+
+    grpc.aio iterates a generator handler itself and, when the call is
+    cancelled while the handler waits at `yield` (a slow reader), drops it
+    unclosed: asyncio's finalizer then closes it later in another task, where
+    OpenTelemetry cannot detach its context (an ERROR traceback per call) and
+    the handler's `finally` runs outside its span. Here the cancellation lands
+    in `context.write`, and every stream of the call is closed, innermost first,
+    in the call's own task."""
+
+    async def write_responses(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        streams: list[AsyncGenerator[Any, None]] = []
+        token = _call_streams.set(streams)
+        try:
+            async for response in stream_responses(behavior(request, context)):
+                await context.write(response)
+        finally:
+            for stream in reversed(streams):
+                await stream.aclose()
+            _call_streams.reset(token)
+
+    return write_responses
+
+
+def unchanged(behavior: Behavior) -> Behavior:
+    return behavior
 
 
 def rewrap(

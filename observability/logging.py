@@ -14,6 +14,19 @@ from opentelemetry import trace
 from observability.settings import TelemetrySettings
 
 
+class _StderrHandler(logging.Handler):
+    """Writes each line to the `sys.stderr` of the moment, not the one at set-up:
+    test runners swap it per test, and a handler bound to a closed capture
+    stream would fail on every later line."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            sys.stderr.write(self.format(record) + "\n")
+            sys.stderr.flush()
+        except Exception:
+            self.handleError(record)
+
+
 def _add_trace_ids(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
     span_context = trace.get_current_span().get_span_context()
     if span_context.is_valid:
@@ -36,10 +49,12 @@ def configure_logging(service_name: str, settings: TelemetrySettings) -> None:
         add_service,
         _add_trace_ids,
     ]
-    renderer: Any = (
-        structlog.processors.JSONRenderer()
+    # The console renderer draws exceptions itself and warns when they arrive
+    # already formatted; JSON needs them as a string field.
+    renderer: list[Any] = (
+        [structlog.processors.format_exc_info, structlog.processors.JSONRenderer()]
         if settings.log_format == "json"
-        else structlog.dev.ConsoleRenderer()
+        else [structlog.dev.ConsoleRenderer()]
     )
     structlog.configure(
         processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
@@ -51,11 +66,10 @@ def configure_logging(service_name: str, settings: TelemetrySettings) -> None:
         foreign_pre_chain=shared,
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-            structlog.processors.format_exc_info,
-            renderer,
+            *renderer,
         ],
     )
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _StderrHandler()
     handler.setFormatter(formatter)
     root = logging.getLogger()
     root.handlers = [handler]

@@ -19,9 +19,11 @@ from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 from opentelemetry.trace import Tracer
 
 from observability.interceptors import (
+    RequestContextClientInterceptor,
     RequestContextServerInterceptor,
-    request_context_client_interceptors,
+    StreamClosingServerInterceptor,
 )
+from observability.propagation import ensure_w3c_propagation
 from observability.settings import TelemetrySettings
 
 
@@ -58,6 +60,7 @@ def setup(
     span_exporter: SpanExporter | None = None,
     metric_reader: MetricReader | None = None,
 ) -> Telemetry:
+    ensure_w3c_propagation()
     resource = Resource.create({SERVICE_NAME: service_name})
     tracer_provider = TracerProvider(
         resource=resource, sampler=ParentBased(TraceIdRatioBased(settings.trace_sample_ratio))
@@ -85,14 +88,19 @@ def setup(
         service_name=service_name,
         tracer_provider=tracer_provider,
         meter_provider=meter_provider,
-        # The span is opened first, so the request id is bound inside it and
-        # every log line of the handler carries both ids.
+        # The first server interceptor's wrapper is the outermost. Stream
+        # closing wraps the span so a cancelled stream ends it in the call's
+        # task; the span wraps the request id so every log line of the handler
+        # carries both ids; and the request-context layer turns coroutine-style
+        # streaming handlers (health Watch) into the generators the OTel
+        # wrapper can iterate.
         _server_interceptors=[
+            StreamClosingServerInterceptor(),
             aio_server_interceptor(tracer_provider=tracer_provider),  # type: ignore[no-untyped-call]
             RequestContextServerInterceptor(),
         ],
         _client_interceptors=[
-            *request_context_client_interceptors(),
+            *RequestContextClientInterceptor.for_all_call_kinds(),
             *aio_client_interceptors(tracer_provider=tracer_provider),  # type: ignore[no-untyped-call]
         ],
     )

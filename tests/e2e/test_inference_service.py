@@ -156,7 +156,8 @@ async def test_a_paced_stream_batches_tokens_and_loses_none(mesh: Mesh) -> None:
         telemetry.shutdown()
     tokens = sum(len(c.token_ids) for c in chunks)
     assert tokens == chunks[-1].usage.completion_tokens == 64
-    assert len(chunks[0].token_ids) == 1  # the first token is sent alone, at once
+    # That the first message is never held back is tests/inference/test_pacing.py's
+    # job: here the engine itself may already have merged the first few tokens.
     assert len(chunks) < tokens / 2
 
 

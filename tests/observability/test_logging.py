@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 import structlog
@@ -34,6 +35,34 @@ def test_log_lines_carry_trace_and_request_ids(capsys: pytest.CaptureFixture[str
     assert line["tenant_id"] == "tenant-9"
     assert line["trace_id"] == trace_id
     assert line["level"] == "info"
+
+
+def test_library_logs_are_the_same_json_and_set_up_is_idempotent(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    settings = TelemetrySettings()
+    configure_logging("router", settings)
+    configure_logging("router", settings)
+    telemetry = setup("router", settings)
+    structlog.contextvars.clear_contextvars()
+    try:
+        with telemetry.tracer().start_as_current_span("work") as span:
+            bind_request("req-456")
+            logging.getLogger("some.library").warning("disk %s", "full")
+            span_context = span.get_span_context()
+    finally:
+        structlog.contextvars.clear_contextvars()
+        telemetry.shutdown()
+    lines = [json.loads(line) for line in capsys.readouterr().err.strip().splitlines()]
+    assert len(lines) == 1, "configured twice, logged twice"
+    [line] = lines
+    assert line["event"] == "disk full"
+    assert line["level"] == "warning"
+    assert line["service"] == "router"
+    assert line["request_id"] == "req-456"
+    assert line["trace_id"] == format(span_context.trace_id, "032x")
+    assert line["span_id"] == format(span_context.span_id, "016x")
+    assert "timestamp" in line
 
 
 def test_sampling_follows_the_ratio_and_the_parent() -> None:
