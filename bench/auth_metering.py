@@ -3,7 +3,9 @@
   - Authenticate p50/p99 through the gateway's authenticator, with its cache
     (TTL 5 s) and without (TTL 0: every call goes to auth),
   - Reserve+Commit pairs per second,
-  - RecordUsage records per second on SQLite and on PostgreSQL,
+  - RecordUsage records per second on SQLite and on PostgreSQL, one record
+    per call and (record_usage_batch) 100 per RecordUsageBatch call, as the
+    gateway's outbox sends them,
 
 at 1 and 64 concurrent callers, against the auth service run as its own
 process. Cells take turns within each round; medians and ranges over rounds.
@@ -35,7 +37,9 @@ from maas.v1 import auth_pb2, auth_pb2_grpc, metering_pb2, metering_pb2_grpc
 
 REPO = Path(__file__).resolve().parent.parent
 ADMIN = (("authorization", "Bearer bench-admin"),)
-Op = Callable[[int], Awaitable[None]]
+BATCH = 100
+# An operation returns how many units it did: records for the batch, else 1.
+Op = Callable[[int], Awaitable[int]]
 
 
 @contextlib.asynccontextmanager
@@ -62,40 +66,41 @@ async def auth_process(database_args: list[str]) -> AsyncIterator[grpc.aio.Chann
 
 
 async def measure(op: Op, concurrency: int, seconds: float) -> dict[str, float]:
-    """Runs `op` from `concurrency` callers for `seconds`; ops/s and latency."""
+    """Runs `op` from `concurrency` callers for `seconds`; units/s and latency per call."""
     latencies: list[float] = []
+    units = 0
     deadline = time.perf_counter() + seconds
     counter = iter(range(10**12))
 
     async def caller() -> None:
+        nonlocal units
         while time.perf_counter() < deadline:
             start = time.perf_counter()
-            await op(next(counter))
+            done = await op(next(counter))
+            units += done
             latencies.append(time.perf_counter() - start)
 
     start = time.perf_counter()
     await asyncio.gather(*(caller() for _ in range(concurrency)))
     wall = time.perf_counter() - start
     return {
-        "ops_per_s": len(latencies) / wall,
+        "ops_per_s": units / wall,
         "p50_ms": percentile(latencies, 50) * 1e3,
         "p99_ms": percentile(latencies, 99) * 1e3,
     }
 
 
-def usage_record(run: str, i: int) -> metering_pb2.RecordUsageRequest:
-    return metering_pb2.RecordUsageRequest(
-        record=metering_pb2.UsageRecord(
-            request_id=f"{run}-{i}",
-            tenant_id="bench-tenant",
-            key_id="k",
-            model="tiny",
-            prompt_tokens=20,
-            completion_tokens=100,
-            start_time=timestamp_pb2.Timestamp(seconds=1_800_000_000),
-            end_time=timestamp_pb2.Timestamp(seconds=1_800_000_001),
-            status=metering_pb2.REQUEST_STATUS_COMPLETED,
-        )
+def usage_record(run: str, i: int) -> metering_pb2.UsageRecord:
+    return metering_pb2.UsageRecord(
+        request_id=f"{run}-{i}",
+        tenant_id="bench-tenant",
+        key_id="k",
+        model="tiny",
+        prompt_tokens=20,
+        completion_tokens=100,
+        start_time=timestamp_pb2.Timestamp(seconds=1_800_000_000),
+        end_time=timestamp_pb2.Timestamp(seconds=1_800_000_001),
+        status=metering_pb2.REQUEST_STATUS_COMPLETED,
     )
 
 
@@ -105,10 +110,20 @@ async def ops_for(channel: grpc.aio.Channel, with_auth: bool) -> dict[str, Op]:
     run = uuid.uuid4().hex[:8]
     ops: dict[str, Op] = {}
 
-    async def record(i: int) -> None:
-        await metering.RecordUsage(usage_record(run, i))
+    async def record(i: int) -> int:
+        await metering.RecordUsage(metering_pb2.RecordUsageRequest(record=usage_record(run, i)))
+        return 1
+
+    async def record_batch(i: int) -> int:
+        records = [usage_record(f"{run}-b{i}", j) for j in range(BATCH)]
+        reply = await metering.RecordUsageBatch(
+            metering_pb2.RecordUsageBatchRequest(records=records)
+        )
+        assert not any(r.error.code for r in reply.results)
+        return BATCH
 
     ops["record_usage"] = record
+    ops["record_usage_batch"] = record_batch
     if not with_auth:
         return ops
     tenant = await auth.CreateTenant(
@@ -121,13 +136,15 @@ async def ops_for(channel: grpc.aio.Channel, with_auth: bool) -> dict[str, Op]:
     cached = Authenticator(auth, ttl_s=5.0, max_entries=1000)
     uncached = Authenticator(auth, ttl_s=0.0, max_entries=1000)
 
-    async def auth_cached(i: int) -> None:
+    async def auth_cached(i: int) -> int:
         await cached.authenticate(bearer, "generate")
+        return 1
 
-    async def auth_uncached(i: int) -> None:
+    async def auth_uncached(i: int) -> int:
         await uncached.authenticate(bearer, "generate")
+        return 1
 
-    async def reserve_commit(i: int) -> None:
+    async def reserve_commit(i: int) -> int:
         held = await auth.Reserve(
             auth_pb2.ReserveRequest(
                 tenant_id=tenant.tenant_id,
@@ -139,6 +156,7 @@ async def ops_for(channel: grpc.aio.Channel, with_auth: bool) -> dict[str, Op]:
         await auth.Commit(
             auth_pb2.CommitRequest(reservation_id=held.reservation_id, used_tokens=80)
         )
+        return 1
 
     ops.update(
         authenticate_cached=auth_cached,
@@ -172,7 +190,7 @@ async def main_async(args: argparse.Namespace) -> None:
             sqlite_ops = await ops_for(sqlite_ch, with_auth=True)
             pg_ops = await ops_for(pg_ch, with_auth=False)
             plan = [(f"{name} [sqlite]", op) for name, op in sqlite_ops.items()] + [
-                ("record_usage [postgres]", pg_ops["record_usage"])
+                (f"{name} [postgres]", op) for name, op in pg_ops.items()
             ]
             for _, op in plan:  # warm-up
                 await measure(op, 4, 0.3)
@@ -194,7 +212,7 @@ async def main_async(args: argparse.Namespace) -> None:
         cell: {m: summary([r[m] for r in runs]) for m in ("ops_per_s", "p50_ms", "p99_ms")}
         for cell, runs in cells.items()
     }
-    lines = [f"{'operation':<40} {'ops/s':>24} {'p50 ms':>20} {'p99 ms':>20}"]
+    lines = [f"{'operation':<40} {'ops (records)/s':>24} {'p50 ms':>20} {'p99 ms':>20}"]
     lines.append("-" * len(lines[0]))
     for cell in sorted(table):
         t = table[cell]

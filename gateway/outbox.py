@@ -21,10 +21,7 @@ from maas.v1 import metering_pb2, metering_pb2_grpc
 
 log = structlog.get_logger(__name__)
 
-RETRYABLE = frozenset(
-    {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.INTERNAL}
-)
-BATCH = 64
+BATCH = 256
 
 
 class UsageOutbox:
@@ -111,36 +108,41 @@ class UsageOutbox:
                 async with self._db.execute(
                     "SELECT request_id, record FROM outbox LIMIT ?", (BATCH,)
                 ) as cur:
-                    rows = list(await cur.fetchall())
+                    rows = [(str(r[0]), bytes(r[1])) for r in await cur.fetchall()]
                 if not rows:
                     if self._added == added_before:
                         self._empty.set()
                     break
                 try:
-                    await asyncio.gather(*(self._deliver(rid, blob) for rid, blob in rows))
+                    await self._deliver(rows)
                     backoff = self._initial_backoff_s
                 except grpc.aio.AioRpcError as err:
+                    # Whatever the code, the records stay on disk: a ledger that is
+                    # down, or one misconfigured, must not cost a bill.
                     log.warning(
-                        "ledger unreachable; usage kept in the outbox", code=err.code().name
+                        "ledger call failed; usage kept in the outbox", code=err.code().name
                     )
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, self._max_backoff_s)
 
-    async def _deliver(self, request_id: str, blob: bytes) -> None:
+    async def _deliver(self, rows: list[tuple[str, bytes]]) -> None:
+        """Sends the rows as one batch; deletes those the ledger stored or
+        refused for good, in one transaction. A failed call deletes nothing."""
         assert self._db is not None
-        record = metering_pb2.UsageRecord.FromString(blob)
-        try:
-            await self._stub.RecordUsage(
-                metering_pb2.RecordUsageRequest(record=record), timeout=10.0
-            )
-            self.delivered += 1
-        except grpc.aio.AioRpcError as err:
-            if err.code() in RETRYABLE:
-                raise
-            # The ledger refused it for good (e.g. the same id with other numbers):
-            # keeping it would block nothing but would retry forever; log it whole.
+        records = [metering_pb2.UsageRecord.FromString(blob) for _, blob in rows]
+        reply = await self._stub.RecordUsageBatch(
+            metering_pb2.RecordUsageBatchRequest(records=records), timeout=10.0
+        )
+        for record, result in zip(records, reply.results, strict=True):
+            if result.error.code == grpc.StatusCode.OK.value[0]:
+                self.delivered += 1
+                continue
+            # Refused for good (e.g. the same id with other numbers): keeping it
+            # would retry forever; log it whole.
             self.dead_letters += 1
-            log.error("usage record refused by the ledger", code=err.code().name,
-                      details=err.details(), record=str(record))  # fmt: skip
-        await self._db.execute("DELETE FROM outbox WHERE request_id = ?", (request_id,))
+            log.error("usage record refused by the ledger", code=result.error.code,
+                      details=result.error.message, record=str(record))  # fmt: skip
+        await self._db.executemany(
+            "DELETE FROM outbox WHERE request_id = ?", [(request_id,) for request_id, _ in rows]
+        )
         await self._db.commit()

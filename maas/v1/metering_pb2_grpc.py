@@ -41,6 +41,11 @@ class MeteringStub:
                 request_serializer=maas_dot_v1_dot_metering__pb2.RecordUsageRequest.SerializeToString,
                 response_deserializer=maas_dot_v1_dot_metering__pb2.RecordUsageResponse.FromString,
                 _registered_method=True)
+        self.RecordUsageBatch = channel.unary_unary(
+                '/maas.v1.Metering/RecordUsageBatch',
+                request_serializer=maas_dot_v1_dot_metering__pb2.RecordUsageBatchRequest.SerializeToString,
+                response_deserializer=maas_dot_v1_dot_metering__pb2.RecordUsageBatchResponse.FromString,
+                _registered_method=True)
         self.GetUsage = channel.unary_unary(
                 '/maas.v1.Metering/GetUsage',
                 request_serializer=maas_dot_v1_dot_metering__pb2.MeteringGetUsageRequest.SerializeToString,
@@ -62,6 +67,16 @@ class MeteringServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RecordUsageBatch(self, request, context):
+        """Records many requests' usage in one call: how the gateway's outbox sends
+        what piled up. Each record is judged on its own, exactly as RecordUsage
+        would judge it; one refused record never holds back the others. The
+        reply comes once every stored record is durable.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetUsage(self, request, context):
         """Sums a tenant's usage over a time range.
         """
@@ -76,6 +91,11 @@ def add_MeteringServicer_to_server(servicer, server):
                     servicer.RecordUsage,
                     request_deserializer=maas_dot_v1_dot_metering__pb2.RecordUsageRequest.FromString,
                     response_serializer=maas_dot_v1_dot_metering__pb2.RecordUsageResponse.SerializeToString,
+            ),
+            'RecordUsageBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordUsageBatch,
+                    request_deserializer=maas_dot_v1_dot_metering__pb2.RecordUsageBatchRequest.FromString,
+                    response_serializer=maas_dot_v1_dot_metering__pb2.RecordUsageBatchResponse.SerializeToString,
             ),
             'GetUsage': grpc.unary_unary_rpc_method_handler(
                     servicer.GetUsage,
@@ -112,6 +132,33 @@ class Metering:
             '/maas.v1.Metering/RecordUsage',
             maas_dot_v1_dot_metering__pb2.RecordUsageRequest.SerializeToString,
             maas_dot_v1_dot_metering__pb2.RecordUsageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordUsageBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/maas.v1.Metering/RecordUsageBatch',
+            maas_dot_v1_dot_metering__pb2.RecordUsageBatchRequest.SerializeToString,
+            maas_dot_v1_dot_metering__pb2.RecordUsageBatchResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -40,6 +40,12 @@ class MeteringStub:
     returns the record stored first and `duplicate = true`, so a retry never
     bills twice.
     """
+    RecordUsageBatch: _grpc.UnaryUnaryMultiCallable[_metering_pb2.RecordUsageBatchRequest, _metering_pb2.RecordUsageBatchResponse]
+    """Records many requests' usage in one call: how the gateway's outbox sends
+    what piled up. Each record is judged on its own, exactly as RecordUsage
+    would judge it; one refused record never holds back the others. The
+    reply comes once every stored record is durable.
+    """
     GetUsage: _grpc.UnaryUnaryMultiCallable[_metering_pb2.MeteringGetUsageRequest, _metering_pb2.GetUsageResponse]
     """Sums a tenant's usage over a time range."""
 
@@ -54,6 +60,12 @@ class MeteringAsyncStub(MeteringStub):
     """Records the usage of one request. Idempotent on request_id: a replay
     returns the record stored first and `duplicate = true`, so a retry never
     bills twice.
+    """
+    RecordUsageBatch: _aio.UnaryUnaryMultiCallable[_metering_pb2.RecordUsageBatchRequest, _metering_pb2.RecordUsageBatchResponse]  # type: ignore[assignment]
+    """Records many requests' usage in one call: how the gateway's outbox sends
+    what piled up. Each record is judged on its own, exactly as RecordUsage
+    would judge it; one refused record never holds back the others. The
+    reply comes once every stored record is durable.
     """
     GetUsage: _aio.UnaryUnaryMultiCallable[_metering_pb2.MeteringGetUsageRequest, _metering_pb2.GetUsageResponse]  # type: ignore[assignment]
     """Sums a tenant's usage over a time range."""
@@ -72,6 +84,18 @@ class MeteringServicer(metaclass=_abc_1.ABCMeta):
         """Records the usage of one request. Idempotent on request_id: a replay
         returns the record stored first and `duplicate = true`, so a retry never
         bills twice.
+        """
+
+    @_abc_1.abstractmethod
+    def RecordUsageBatch(
+        self,
+        request: _metering_pb2.RecordUsageBatchRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_metering_pb2.RecordUsageBatchResponse, _abc.Awaitable[_metering_pb2.RecordUsageBatchResponse]]:
+        """Records many requests' usage in one call: how the gateway's outbox sends
+        what piled up. Each record is judged on its own, exactly as RecordUsage
+        would judge it; one refused record never holds back the others. The
+        reply comes once every stored record is durable.
         """
 
     @_abc_1.abstractmethod

@@ -10,9 +10,10 @@ import grpc
 from maas.v1 import auth_pb2, auth_pb2_grpc, metering_pb2, metering_pb2_grpc
 from services.auth import convert
 from services.auth.core import AuthCore, MeteringCore, check_id
-from services.auth.models import Scope
+from services.auth.models import Scope, UsageRecord
 from services.auth.quota import Quotas
 from services.common.errors import (
+    MeshError,
     PermissionDeniedError,
     UnauthenticatedError,
 )
@@ -148,6 +149,24 @@ class MeteringServicer(metering_pb2_grpc.MeteringServicer):
         return metering_pb2.RecordUsageResponse(
             record=convert.usage_to_proto(stored), duplicate=duplicate
         )
+
+    async def RecordUsageBatch(
+        self, request: metering_pb2.RecordUsageBatchRequest, context: Context
+    ) -> metering_pb2.RecordUsageBatchResponse:
+        records: list[UsageRecord | MeshError] = []
+        for message in request.records:
+            try:
+                records.append(convert.usage_from_proto(message))
+            except MeshError as err:
+                records.append(err)
+        reply = metering_pb2.RecordUsageBatchResponse()
+        for outcome in await self._core.record_usage_batch(records):
+            if isinstance(outcome, MeshError):
+                reply.results.add(error=outcome.status_proto())
+            else:
+                stored, duplicate = outcome
+                reply.results.add(record=convert.usage_to_proto(stored), duplicate=duplicate)
+        return reply
 
     async def GetUsage(
         self, request: metering_pb2.MeteringGetUsageRequest, context: Context

@@ -34,14 +34,17 @@ class MeshError(Exception):
     def details(self) -> Sequence[Message]:
         return ()
 
-    def to_status(self) -> grpc.Status:
+    def status_proto(self) -> status_pb2.Status:
+        """As a google.rpc.Status, for errors carried inside a reply (batches)."""
         packed = []
         for detail in self.details():
             any_detail = any_pb2.Any()
             any_detail.Pack(detail)
             packed.append(any_detail)
-        proto = status_pb2.Status(code=self.code.value[0], message=self.message, details=packed)
-        return cast(grpc.Status, rpc_status.to_status(proto))
+        return status_pb2.Status(code=self.code.value[0], message=self.message, details=packed)
+
+    def to_status(self) -> grpc.Status:
+        return cast(grpc.Status, rpc_status.to_status(self.status_proto()))
 
 
 class InvalidArgumentError(MeshError):

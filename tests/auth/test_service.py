@@ -7,6 +7,7 @@ import asyncio
 import grpc
 import pytest
 from google.protobuf import timestamp_pb2
+from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from maas.v1 import auth_pb2, auth_pb2_grpc, metering_pb2, metering_pb2_grpc
@@ -97,6 +98,58 @@ async def test_record_usage_once_however_often_called(auth_channel: grpc.aio.Cha
             metering_pb2.RecordUsageRequest(record=record("r1", "t1", completion=8))
         )
     assert info.value.code() == grpc.StatusCode.ALREADY_EXISTS
+
+
+async def test_record_usage_batch_judges_each_record_on_its_own(
+    auth_channel: grpc.aio.Channel,
+) -> None:
+    stub = metering_pb2_grpc.MeteringStub(auth_channel)
+    await stub.RecordUsage(metering_pb2.RecordUsageRequest(record=record("b-0", "tb")))
+    no_status = record("b-bad", "tb")
+    no_status.ClearField("status")
+    batch = [
+        record("b-0", "tb"),  # a replay of a stored record
+        record("b-1", "tb"),
+        record("b-0", "tb", completion=99),  # the same id with other numbers
+        no_status,
+        record("", "tb"),
+        *(record(f"b-{i}", "tb") for i in range(2, 200)),
+    ]
+    reply = await stub.RecordUsageBatch(metering_pb2.RecordUsageBatchRequest(records=batch))
+
+    assert len(reply.results) == len(batch)
+    codes = [r.error.code for r in reply.results]
+    assert (
+        codes[:5]
+        == [0, 0, grpc.StatusCode.ALREADY_EXISTS.value[0]]
+        + [grpc.StatusCode.INVALID_ARGUMENT.value[0]] * 2
+    )
+    assert set(codes[5:]) == {0}
+    assert [r.duplicate for r in reply.results[:2]] == [True, False]
+    assert reply.results[1].record == batch[1]
+    violations = []
+    for result in reply.results[3:5]:
+        (detail,) = result.error.details
+        bad_request = error_details_pb2.BadRequest()
+        assert detail.Unpack(bad_request)
+        violations += [v.field for v in bad_request.field_violations]
+    assert violations == ["records[3].status", "records[4].request_id"]
+    # Every stored record counts once: b-0 (earlier) and b-1..b-199.
+    summary = await stub.GetUsage(metering_pb2.MeteringGetUsageRequest(tenant_id="tb"))
+    assert (summary.summary.requests, summary.summary.completion_tokens) == (200, 200 * 7)
+
+
+async def test_record_usage_batch_over_the_limit_names_the_field(
+    auth_channel: grpc.aio.Channel,
+) -> None:
+    stub = metering_pb2_grpc.MeteringStub(auth_channel)
+    batch = [record(f"big-{i}", "tbig") for i in range(1001)]
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stub.RecordUsageBatch(metering_pb2.RecordUsageBatchRequest(records=batch))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert bad_request_fields(info.value) == ["records"]
+    summary = await stub.GetUsage(metering_pb2.MeteringGetUsageRequest(tenant_id="tbig"))
+    assert summary.summary.requests == 0
 
 
 async def test_health_serving(auth_channel: grpc.aio.Channel) -> None:

@@ -76,3 +76,36 @@ async def test_records_wait_out_an_outage_and_a_restart(
             finally:
                 await second.aclose(timeout_s=1.0)
                 await server.stop(0)
+
+
+async def test_a_record_the_ledger_refuses_is_set_aside_and_the_rest_delivered(
+    tmp_path: Path, telemetry: Telemetry
+) -> None:
+    settings = AuthSettings(
+        port=0, admin_token="a", key_pepper="p", database_path=tmp_path / "auth.db"
+    )
+    async with open_sqlite_store(settings.database_path) as store:
+        server = await create_server(settings, telemetry, store)
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = metering_pb2_grpc.MeteringStub(channel)
+            # Another gateway already billed out-3 with other numbers.
+            conflicting = record(3)
+            conflicting.completion_tokens = 1000
+            await stub.RecordUsage(metering_pb2.RecordUsageRequest(record=conflicting))
+            outbox = UsageOutbox(tmp_path / "outbox.db", stub, initial_backoff_s=0.05)
+            await outbox.open()
+            try:
+                for i in range(10):
+                    outbox.add(record(i))
+                await eventually(lambda: outbox.delivered + outbox.dead_letters == 10)
+                assert (outbox.delivered, outbox.dead_letters) == (9, 1)
+                assert await outbox.pending() == 0
+                summary = await stub.GetUsage(
+                    metering_pb2.MeteringGetUsageRequest(tenant_id="t-outbox")
+                )
+                # Nine from the outbox and the first bill for out-3, never a second.
+                assert summary.summary.requests == 10
+                assert summary.summary.completion_tokens == sum(range(10)) - 3 + 1000
+            finally:
+                await outbox.aclose(timeout_s=1.0)
+                await server.stop(0)
