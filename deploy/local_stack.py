@@ -26,6 +26,7 @@ from rich.table import Table
 
 from maas.client import MaasClient
 from maas.v1 import auth_pb2, auth_pb2_grpc
+from services.inference.settings import cpu_engine_environment
 
 console = Console()
 
@@ -205,7 +206,7 @@ async def run(args: argparse.Namespace) -> int:
         HF_HUB_OFFLINE="1",
     )
     if engine_is_cpu_build():
-        env.update(VLLM_ENABLE_V1_MULTIPROCESSING="0", VLLM_TARGET_DEVICE="cpu")
+        env.update(cpu_engine_environment())
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

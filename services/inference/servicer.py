@@ -61,9 +61,8 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         # aborts the request in the engine and frees its KV cache.
         with self._pacer.stream() as pace:
             async with aclosing(engine.generate(request_id, inp, options, adapter)) as deltas:
-                async for delta in deltas:
+                async for delta in pace.coalesce(deltas):
                     yield convert.delta_to_proto(delta)
-                    await pace.after_send()
 
     async def CountTokens(
         self, request: generation_pb2.CountTokensRequest, context: Context

@@ -6,6 +6,7 @@ never branched on in the engine code."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -53,11 +54,18 @@ class InferenceSettings(ServiceSettings):
 
 def cpu_engine_environment() -> dict[str, str]:
     """What vLLM's CPU build needs in the environment before it is imported:
-    the engine core in-process (faster start, less memory), no telemetry
-    calls home, no hub look-ups."""
+    the model run inside the engine-core process (no worker process: faster
+    start, less memory), no telemetry calls home, no hub look-ups.
+
+    The model's threads leave one core to the serving process: without a
+    worker process vLLM binds no threads, torch takes every core, and the
+    gRPC side then preempts the engine mid-step. Measured on 2 cores (tiny
+    model, 16 streams): the service went from 0.85-0.88 of in-process
+    AsyncLLM's tokens/s to 0.94, and the engine alone got no slower."""
     return {
         "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
         "VLLM_NO_USAGE_STATS": "1",
         "HF_HUB_OFFLINE": "1",
         "VLLM_TARGET_DEVICE": "cpu",
+        "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) - 1)),
     }
