@@ -82,7 +82,7 @@ def free_port() -> int:
 @contextlib.asynccontextmanager
 async def in_process(model: Path) -> AsyncIterator[Stream]:
     from vllm import SamplingParams
-    from vllm.inputs import TokensPrompt
+    from vllm.inputs import tokens_input
     from vllm.sampling_params import RequestOutputKind
     from vllm.v1.engine.async_llm import AsyncLLM
 
@@ -108,11 +108,10 @@ async def in_process(model: Path) -> AsyncIterator[Stream]:
             output_kind=RequestOutputKind.DELTA,
         )
         trace = StreamTrace(time.perf_counter())
-        # Tokenized per request, as the servers (b) and (c) must.
+        # Tokenized per request, as the servers (b) and (c) must, and handed
+        # over as rendered token input, exactly as (b) does.
         prompt_ids = tokenizer.encode(PROMPT, add_special_tokens=False)
-        async for out in held[0].generate(
-            TokensPrompt(prompt_token_ids=prompt_ids), params, f"a-{next(counter)}"
-        ):
+        async for out in held[0].generate(tokens_input(prompt_ids), params, f"a-{next(counter)}"):
             trace.add(len(out.outputs[0].token_ids))
         return trace
 

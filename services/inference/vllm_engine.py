@@ -12,7 +12,7 @@ from vllm import SamplingParams
 from vllm.config import StructuredOutputsConfig
 from vllm.engine.arg_utils import AsyncEngineArgs
 from vllm.exceptions import VLLMValidationError
-from vllm.inputs import TokensPrompt
+from vllm.inputs import tokens_input
 from vllm.lora.request import LoRARequest
 from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
 from vllm.v1.engine.async_llm import AsyncLLM
@@ -220,8 +220,10 @@ class VllmEngine:
         try:
             # Closing this generator (a cancelled call) makes AsyncLLM abort the
             # request and free its KV cache; the cancellation then propagates.
+            # Already-rendered token input: AsyncLLM processes it on the event
+            # loop instead of a round trip through its tokenizer thread pool.
             async for output in self._llm.generate(
-                TokensPrompt(prompt_token_ids=prompt_ids),
+                tokens_input(prompt_ids),
                 params,
                 request_id,
                 lora_request=self._adapters[adapter] if adapter else None,
