@@ -72,11 +72,9 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         span.set_attribute("maas.request_id", request_id)
         span.set_attribute("maas.tenant_id", principal.tenant_id)
         await context.send_initial_metadata(((REQUEST_ID_METADATA_KEY, request_id),))
+        estimated = estimate_tokens(request, self._default_max_tokens)
         reservation = await self._quotas.reserve(
-            principal.tenant_id,
-            request_id,
-            request.model,
-            estimate_tokens(request, self._default_max_tokens),
+            principal.tenant_id, request_id, request.model, estimated
         )
 
         usage = StreamUsage()
@@ -85,7 +83,9 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
             router_pb2.RouterGenerateRequest(
                 request=request,
                 context=router_pb2.RequestContext(
-                    tenant_id=principal.tenant_id, priority=principal.priority
+                    tenant_id=principal.tenant_id,
+                    priority=principal.priority,
+                    estimated_tokens=estimated,
                 ),
             ),
             timeout=context.time_remaining(),

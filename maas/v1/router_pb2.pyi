@@ -1,5 +1,6 @@
 from maas.v1 import auth_pb2 as _auth_pb2
 from maas.v1 import generation_pb2 as _generation_pb2
+from maas.v1 import inference_pb2 as _inference_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
@@ -14,17 +15,25 @@ class ReplicaState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     REPLICA_STATE_UNSPECIFIED: _ClassVar[ReplicaState]
     REPLICA_STATE_SERVING: _ClassVar[ReplicaState]
     REPLICA_STATE_NOT_SERVING: _ClassVar[ReplicaState]
+    REPLICA_STATE_DRAINING: _ClassVar[ReplicaState]
+    REPLICA_STATE_EJECTED: _ClassVar[ReplicaState]
 REPLICA_STATE_UNSPECIFIED: ReplicaState
 REPLICA_STATE_SERVING: ReplicaState
 REPLICA_STATE_NOT_SERVING: ReplicaState
+REPLICA_STATE_DRAINING: ReplicaState
+REPLICA_STATE_EJECTED: ReplicaState
 
 class RequestContext(_message.Message):
-    __slots__ = ("tenant_id", "priority")
+    __slots__ = ("tenant_id", "priority", "estimated_tokens", "weight")
     TENANT_ID_FIELD_NUMBER: _ClassVar[int]
     PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    ESTIMATED_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_FIELD_NUMBER: _ClassVar[int]
     tenant_id: str
     priority: _auth_pb2.Priority
-    def __init__(self, tenant_id: _Optional[str] = ..., priority: _Optional[_Union[_auth_pb2.Priority, str]] = ...) -> None: ...
+    estimated_tokens: int
+    weight: float
+    def __init__(self, tenant_id: _Optional[str] = ..., priority: _Optional[_Union[_auth_pb2.Priority, str]] = ..., estimated_tokens: _Optional[int] = ..., weight: _Optional[float] = ...) -> None: ...
 
 class RouterGenerateRequest(_message.Message):
     __slots__ = ("request", "context")
@@ -35,16 +44,83 @@ class RouterGenerateRequest(_message.Message):
     def __init__(self, request: _Optional[_Union[_generation_pb2.GenerateRequest, _Mapping]] = ..., context: _Optional[_Union[RequestContext, _Mapping]] = ...) -> None: ...
 
 class Replica(_message.Message):
-    __slots__ = ("address", "model", "state", "adapters")
+    __slots__ = ("address", "model", "state", "adapters", "in_flight", "concurrency_limit", "load", "ejected_for_s")
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     ADAPTERS_FIELD_NUMBER: _ClassVar[int]
+    IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
+    CONCURRENCY_LIMIT_FIELD_NUMBER: _ClassVar[int]
+    LOAD_FIELD_NUMBER: _ClassVar[int]
+    EJECTED_FOR_S_FIELD_NUMBER: _ClassVar[int]
     address: str
     model: _generation_pb2.ModelInfo
     state: ReplicaState
     adapters: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, address: _Optional[str] = ..., model: _Optional[_Union[_generation_pb2.ModelInfo, _Mapping]] = ..., state: _Optional[_Union[ReplicaState, str]] = ..., adapters: _Optional[_Iterable[str]] = ...) -> None: ...
+    in_flight: int
+    concurrency_limit: int
+    load: _inference_pb2.Load
+    ejected_for_s: float
+    def __init__(self, address: _Optional[str] = ..., model: _Optional[_Union[_generation_pb2.ModelInfo, _Mapping]] = ..., state: _Optional[_Union[ReplicaState, str]] = ..., adapters: _Optional[_Iterable[str]] = ..., in_flight: _Optional[int] = ..., concurrency_limit: _Optional[int] = ..., load: _Optional[_Union[_inference_pb2.Load, _Mapping]] = ..., ejected_for_s: _Optional[float] = ...) -> None: ...
+
+class RegisterReplicaRequest(_message.Message):
+    __slots__ = ("address",)
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    address: str
+    def __init__(self, address: _Optional[str] = ...) -> None: ...
+
+class DeregisterReplicaRequest(_message.Message):
+    __slots__ = ("address",)
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    address: str
+    def __init__(self, address: _Optional[str] = ...) -> None: ...
+
+class DeregisterReplicaResponse(_message.Message):
+    __slots__ = ("draining_streams",)
+    DRAINING_STREAMS_FIELD_NUMBER: _ClassVar[int]
+    draining_streams: int
+    def __init__(self, draining_streams: _Optional[int] = ...) -> None: ...
+
+class DrainReplicaRequest(_message.Message):
+    __slots__ = ("address", "undrain")
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    UNDRAIN_FIELD_NUMBER: _ClassVar[int]
+    address: str
+    undrain: bool
+    def __init__(self, address: _Optional[str] = ..., undrain: _Optional[bool] = ...) -> None: ...
+
+class GetQueueStatsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class QueueDepth(_message.Message):
+    __slots__ = ("tenant_id", "priority", "waiting", "tokens")
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    WAITING_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_FIELD_NUMBER: _ClassVar[int]
+    tenant_id: str
+    priority: _auth_pb2.Priority
+    waiting: int
+    tokens: int
+    def __init__(self, tenant_id: _Optional[str] = ..., priority: _Optional[_Union[_auth_pb2.Priority, str]] = ..., waiting: _Optional[int] = ..., tokens: _Optional[int] = ...) -> None: ...
+
+class QueueStats(_message.Message):
+    __slots__ = ("waiting", "depths", "shed")
+    class ShedEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    WAITING_FIELD_NUMBER: _ClassVar[int]
+    DEPTHS_FIELD_NUMBER: _ClassVar[int]
+    SHED_FIELD_NUMBER: _ClassVar[int]
+    waiting: int
+    depths: _containers.RepeatedCompositeFieldContainer[QueueDepth]
+    shed: _containers.ScalarMap[str, int]
+    def __init__(self, waiting: _Optional[int] = ..., depths: _Optional[_Iterable[_Union[QueueDepth, _Mapping]]] = ..., shed: _Optional[_Mapping[str, int]] = ...) -> None: ...
 
 class ListReplicasRequest(_message.Message):
     __slots__ = ()

@@ -28,9 +28,13 @@ if _version_not_supported:
 
 class RouterStub:
     """Flow control and replica choice. The gateway sends every authenticated
-    generation here; the router picks an inference replica serving the model
-    and streams its chunks through as they arrive. Cancelling the call cancels
-    the request on the replica. The caller's deadline travels with the call.
+    generation here. The router queues it (bounded, fair across tenants by
+    tokens, higher priority first with aging), dispatches it to a replica of
+    the model that has room (an adaptive per-replica concurrency limit and the
+    replica's own load), preferring the replica that likely has its prompt
+    prefix cached, and streams the chunks through as they arrive. Cancelling
+    the call cancels the request on the replica. The caller's deadline travels
+    with the call; a request that cannot meet it is shed from the queue.
     """
 
     def __init__(self, channel):
@@ -54,18 +58,45 @@ class RouterStub:
                 request_serializer=maas_dot_v1_dot_router__pb2.ListReplicasRequest.SerializeToString,
                 response_deserializer=maas_dot_v1_dot_router__pb2.ListReplicasResponse.FromString,
                 _registered_method=True)
+        self.RegisterReplica = channel.unary_unary(
+                '/maas.v1.Router/RegisterReplica',
+                request_serializer=maas_dot_v1_dot_router__pb2.RegisterReplicaRequest.SerializeToString,
+                response_deserializer=maas_dot_v1_dot_router__pb2.Replica.FromString,
+                _registered_method=True)
+        self.DeregisterReplica = channel.unary_unary(
+                '/maas.v1.Router/DeregisterReplica',
+                request_serializer=maas_dot_v1_dot_router__pb2.DeregisterReplicaRequest.SerializeToString,
+                response_deserializer=maas_dot_v1_dot_router__pb2.DeregisterReplicaResponse.FromString,
+                _registered_method=True)
+        self.DrainReplica = channel.unary_unary(
+                '/maas.v1.Router/DrainReplica',
+                request_serializer=maas_dot_v1_dot_router__pb2.DrainReplicaRequest.SerializeToString,
+                response_deserializer=maas_dot_v1_dot_router__pb2.Replica.FromString,
+                _registered_method=True)
+        self.GetQueueStats = channel.unary_unary(
+                '/maas.v1.Router/GetQueueStats',
+                request_serializer=maas_dot_v1_dot_router__pb2.GetQueueStatsRequest.SerializeToString,
+                response_deserializer=maas_dot_v1_dot_router__pb2.QueueStats.FromString,
+                _registered_method=True)
 
 
 class RouterServicer:
     """Flow control and replica choice. The gateway sends every authenticated
-    generation here; the router picks an inference replica serving the model
-    and streams its chunks through as they arrive. Cancelling the call cancels
-    the request on the replica. The caller's deadline travels with the call.
+    generation here. The router queues it (bounded, fair across tenants by
+    tokens, higher priority first with aging), dispatches it to a replica of
+    the model that has room (an adaptive per-replica concurrency limit and the
+    replica's own load), preferring the replica that likely has its prompt
+    prefix cached, and streams the chunks through as they arrive. Cancelling
+    the call cancels the request on the replica. The caller's deadline travels
+    with the call; a request that cannot meet it is shed from the queue.
     """
 
     def Generate(self, request, context):
         """Routes a generation to a replica and streams its output back.
-        NOT_FOUND when no replica serves the model, UNAVAILABLE when none is up.
+        NOT_FOUND when no replica serves the model, UNAVAILABLE when none is up,
+        RESOURCE_EXHAUSTED (with RetryInfo) when the queue is full,
+        DEADLINE_EXCEEDED when the request's deadline passes while it queues.
+        A replica that fails before the first chunk is retried elsewhere.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -79,7 +110,37 @@ class RouterServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListReplicas(self, request, context):
-        """Lists the replicas the router knows and what they serve.
+        """Lists the replicas the router knows, what they serve and their state.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RegisterReplica(self, request, context):
+        """Adds a replica at run time (scale out); adding a known address is a no-op.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeregisterReplica(self, request, context):
+        """Removes a replica: no new work goes to it, its streams finish, then it is
+        forgotten (scale in). NOT_FOUND for an unknown address.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DrainReplica(self, request, context):
+        """Stops new work to a replica and lets its streams finish; `undrain`
+        puts it back. NOT_FOUND for an unknown address.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetQueueStats(self, request, context):
+        """The admission queue now: depth per tenant and priority.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -103,6 +164,26 @@ def add_RouterServicer_to_server(servicer, server):
                     request_deserializer=maas_dot_v1_dot_router__pb2.ListReplicasRequest.FromString,
                     response_serializer=maas_dot_v1_dot_router__pb2.ListReplicasResponse.SerializeToString,
             ),
+            'RegisterReplica': grpc.unary_unary_rpc_method_handler(
+                    servicer.RegisterReplica,
+                    request_deserializer=maas_dot_v1_dot_router__pb2.RegisterReplicaRequest.FromString,
+                    response_serializer=maas_dot_v1_dot_router__pb2.Replica.SerializeToString,
+            ),
+            'DeregisterReplica': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeregisterReplica,
+                    request_deserializer=maas_dot_v1_dot_router__pb2.DeregisterReplicaRequest.FromString,
+                    response_serializer=maas_dot_v1_dot_router__pb2.DeregisterReplicaResponse.SerializeToString,
+            ),
+            'DrainReplica': grpc.unary_unary_rpc_method_handler(
+                    servicer.DrainReplica,
+                    request_deserializer=maas_dot_v1_dot_router__pb2.DrainReplicaRequest.FromString,
+                    response_serializer=maas_dot_v1_dot_router__pb2.Replica.SerializeToString,
+            ),
+            'GetQueueStats': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetQueueStats,
+                    request_deserializer=maas_dot_v1_dot_router__pb2.GetQueueStatsRequest.FromString,
+                    response_serializer=maas_dot_v1_dot_router__pb2.QueueStats.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'maas.v1.Router', rpc_method_handlers)
@@ -113,9 +194,13 @@ def add_RouterServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class Router:
     """Flow control and replica choice. The gateway sends every authenticated
-    generation here; the router picks an inference replica serving the model
-    and streams its chunks through as they arrive. Cancelling the call cancels
-    the request on the replica. The caller's deadline travels with the call.
+    generation here. The router queues it (bounded, fair across tenants by
+    tokens, higher priority first with aging), dispatches it to a replica of
+    the model that has room (an adaptive per-replica concurrency limit and the
+    replica's own load), preferring the replica that likely has its prompt
+    prefix cached, and streams the chunks through as they arrive. Cancelling
+    the call cancels the request on the replica. The caller's deadline travels
+    with the call; a request that cannot meet it is shed from the queue.
     """
 
     @staticmethod
@@ -189,6 +274,114 @@ class Router:
             '/maas.v1.Router/ListReplicas',
             maas_dot_v1_dot_router__pb2.ListReplicasRequest.SerializeToString,
             maas_dot_v1_dot_router__pb2.ListReplicasResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RegisterReplica(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/maas.v1.Router/RegisterReplica',
+            maas_dot_v1_dot_router__pb2.RegisterReplicaRequest.SerializeToString,
+            maas_dot_v1_dot_router__pb2.Replica.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeregisterReplica(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/maas.v1.Router/DeregisterReplica',
+            maas_dot_v1_dot_router__pb2.DeregisterReplicaRequest.SerializeToString,
+            maas_dot_v1_dot_router__pb2.DeregisterReplicaResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DrainReplica(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/maas.v1.Router/DrainReplica',
+            maas_dot_v1_dot_router__pb2.DrainReplicaRequest.SerializeToString,
+            maas_dot_v1_dot_router__pb2.Replica.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetQueueStats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/maas.v1.Router/GetQueueStats',
+            maas_dot_v1_dot_router__pb2.GetQueueStatsRequest.SerializeToString,
+            maas_dot_v1_dot_router__pb2.QueueStats.FromString,
             options,
             channel_credentials,
             insecure,

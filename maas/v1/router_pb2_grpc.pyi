@@ -29,9 +29,13 @@ GRPC_VERSION: str
 
 class RouterStub:
     """Flow control and replica choice. The gateway sends every authenticated
-    generation here; the router picks an inference replica serving the model
-    and streams its chunks through as they arrive. Cancelling the call cancels
-    the request on the replica. The caller's deadline travels with the call.
+    generation here. The router queues it (bounded, fair across tenants by
+    tokens, higher priority first with aging), dispatches it to a replica of
+    the model that has room (an adaptive per-replica concurrency limit and the
+    replica's own load), preferring the replica that likely has its prompt
+    prefix cached, and streams the chunks through as they arrive. Cancelling
+    the call cancels the request on the replica. The caller's deadline travels
+    with the call; a request that cannot meet it is shed from the queue.
     """
 
     @_typing.overload
@@ -40,36 +44,74 @@ class RouterStub:
     def __new__(cls, channel: _aio.Channel) -> RouterAsyncStub: ...
     Generate: _grpc.UnaryStreamMultiCallable[_router_pb2.RouterGenerateRequest, _generation_pb2.GenerateResponse]
     """Routes a generation to a replica and streams its output back.
-    NOT_FOUND when no replica serves the model, UNAVAILABLE when none is up.
+    NOT_FOUND when no replica serves the model, UNAVAILABLE when none is up,
+    RESOURCE_EXHAUSTED (with RetryInfo) when the queue is full,
+    DEADLINE_EXCEEDED when the request's deadline passes while it queues.
+    A replica that fails before the first chunk is retried elsewhere.
     """
     CountTokens: _grpc.UnaryUnaryMultiCallable[_generation_pb2.CountTokensRequest, _generation_pb2.CountTokensResponse]
     """Counts tokens on a replica serving the model."""
     ListReplicas: _grpc.UnaryUnaryMultiCallable[_router_pb2.ListReplicasRequest, _router_pb2.ListReplicasResponse]
-    """Lists the replicas the router knows and what they serve."""
+    """Lists the replicas the router knows, what they serve and their state."""
+    RegisterReplica: _grpc.UnaryUnaryMultiCallable[_router_pb2.RegisterReplicaRequest, _router_pb2.Replica]
+    """Adds a replica at run time (scale out); adding a known address is a no-op."""
+    DeregisterReplica: _grpc.UnaryUnaryMultiCallable[_router_pb2.DeregisterReplicaRequest, _router_pb2.DeregisterReplicaResponse]
+    """Removes a replica: no new work goes to it, its streams finish, then it is
+    forgotten (scale in). NOT_FOUND for an unknown address.
+    """
+    DrainReplica: _grpc.UnaryUnaryMultiCallable[_router_pb2.DrainReplicaRequest, _router_pb2.Replica]
+    """Stops new work to a replica and lets its streams finish; `undrain`
+    puts it back. NOT_FOUND for an unknown address.
+    """
+    GetQueueStats: _grpc.UnaryUnaryMultiCallable[_router_pb2.GetQueueStatsRequest, _router_pb2.QueueStats]
+    """The admission queue now: depth per tenant and priority."""
 
 @_typing.type_check_only
 class RouterAsyncStub(RouterStub):
     """Flow control and replica choice. The gateway sends every authenticated
-    generation here; the router picks an inference replica serving the model
-    and streams its chunks through as they arrive. Cancelling the call cancels
-    the request on the replica. The caller's deadline travels with the call.
+    generation here. The router queues it (bounded, fair across tenants by
+    tokens, higher priority first with aging), dispatches it to a replica of
+    the model that has room (an adaptive per-replica concurrency limit and the
+    replica's own load), preferring the replica that likely has its prompt
+    prefix cached, and streams the chunks through as they arrive. Cancelling
+    the call cancels the request on the replica. The caller's deadline travels
+    with the call; a request that cannot meet it is shed from the queue.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     Generate: _aio.UnaryStreamMultiCallable[_router_pb2.RouterGenerateRequest, _generation_pb2.GenerateResponse]  # type: ignore[assignment]
     """Routes a generation to a replica and streams its output back.
-    NOT_FOUND when no replica serves the model, UNAVAILABLE when none is up.
+    NOT_FOUND when no replica serves the model, UNAVAILABLE when none is up,
+    RESOURCE_EXHAUSTED (with RetryInfo) when the queue is full,
+    DEADLINE_EXCEEDED when the request's deadline passes while it queues.
+    A replica that fails before the first chunk is retried elsewhere.
     """
     CountTokens: _aio.UnaryUnaryMultiCallable[_generation_pb2.CountTokensRequest, _generation_pb2.CountTokensResponse]  # type: ignore[assignment]
     """Counts tokens on a replica serving the model."""
     ListReplicas: _aio.UnaryUnaryMultiCallable[_router_pb2.ListReplicasRequest, _router_pb2.ListReplicasResponse]  # type: ignore[assignment]
-    """Lists the replicas the router knows and what they serve."""
+    """Lists the replicas the router knows, what they serve and their state."""
+    RegisterReplica: _aio.UnaryUnaryMultiCallable[_router_pb2.RegisterReplicaRequest, _router_pb2.Replica]  # type: ignore[assignment]
+    """Adds a replica at run time (scale out); adding a known address is a no-op."""
+    DeregisterReplica: _aio.UnaryUnaryMultiCallable[_router_pb2.DeregisterReplicaRequest, _router_pb2.DeregisterReplicaResponse]  # type: ignore[assignment]
+    """Removes a replica: no new work goes to it, its streams finish, then it is
+    forgotten (scale in). NOT_FOUND for an unknown address.
+    """
+    DrainReplica: _aio.UnaryUnaryMultiCallable[_router_pb2.DrainReplicaRequest, _router_pb2.Replica]  # type: ignore[assignment]
+    """Stops new work to a replica and lets its streams finish; `undrain`
+    puts it back. NOT_FOUND for an unknown address.
+    """
+    GetQueueStats: _aio.UnaryUnaryMultiCallable[_router_pb2.GetQueueStatsRequest, _router_pb2.QueueStats]  # type: ignore[assignment]
+    """The admission queue now: depth per tenant and priority."""
 
 class RouterServicer(metaclass=_abc_1.ABCMeta):
     """Flow control and replica choice. The gateway sends every authenticated
-    generation here; the router picks an inference replica serving the model
-    and streams its chunks through as they arrive. Cancelling the call cancels
-    the request on the replica. The caller's deadline travels with the call.
+    generation here. The router queues it (bounded, fair across tenants by
+    tokens, higher priority first with aging), dispatches it to a replica of
+    the model that has room (an adaptive per-replica concurrency limit and the
+    replica's own load), preferring the replica that likely has its prompt
+    prefix cached, and streams the chunks through as they arrive. Cancelling
+    the call cancels the request on the replica. The caller's deadline travels
+    with the call; a request that cannot meet it is shed from the queue.
     """
 
     @_abc_1.abstractmethod
@@ -79,7 +121,10 @@ class RouterServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_generation_pb2.GenerateResponse], _abc.AsyncIterator[_generation_pb2.GenerateResponse]]:
         """Routes a generation to a replica and streams its output back.
-        NOT_FOUND when no replica serves the model, UNAVAILABLE when none is up.
+        NOT_FOUND when no replica serves the model, UNAVAILABLE when none is up,
+        RESOURCE_EXHAUSTED (with RetryInfo) when the queue is full,
+        DEADLINE_EXCEEDED when the request's deadline passes while it queues.
+        A replica that fails before the first chunk is retried elsewhere.
         """
 
     @_abc_1.abstractmethod
@@ -96,6 +141,42 @@ class RouterServicer(metaclass=_abc_1.ABCMeta):
         request: _router_pb2.ListReplicasRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_router_pb2.ListReplicasResponse, _abc.Awaitable[_router_pb2.ListReplicasResponse]]:
-        """Lists the replicas the router knows and what they serve."""
+        """Lists the replicas the router knows, what they serve and their state."""
+
+    @_abc_1.abstractmethod
+    def RegisterReplica(
+        self,
+        request: _router_pb2.RegisterReplicaRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_router_pb2.Replica, _abc.Awaitable[_router_pb2.Replica]]:
+        """Adds a replica at run time (scale out); adding a known address is a no-op."""
+
+    @_abc_1.abstractmethod
+    def DeregisterReplica(
+        self,
+        request: _router_pb2.DeregisterReplicaRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_router_pb2.DeregisterReplicaResponse, _abc.Awaitable[_router_pb2.DeregisterReplicaResponse]]:
+        """Removes a replica: no new work goes to it, its streams finish, then it is
+        forgotten (scale in). NOT_FOUND for an unknown address.
+        """
+
+    @_abc_1.abstractmethod
+    def DrainReplica(
+        self,
+        request: _router_pb2.DrainReplicaRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_router_pb2.Replica, _abc.Awaitable[_router_pb2.Replica]]:
+        """Stops new work to a replica and lets its streams finish; `undrain`
+        puts it back. NOT_FOUND for an unknown address.
+        """
+
+    @_abc_1.abstractmethod
+    def GetQueueStats(
+        self,
+        request: _router_pb2.GetQueueStatsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_router_pb2.QueueStats, _abc.Awaitable[_router_pb2.QueueStats]]:
+        """The admission queue now: depth per tenant and priority."""
 
 def add_RouterServicer_to_server(servicer: RouterServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -82,6 +82,10 @@ class UnavailableError(MeshError):
     code = grpc.StatusCode.UNAVAILABLE
 
 
+class DeadlineExceededError(MeshError):
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
 class ResourceExhaustedError(MeshError):
     """Over a limit; tells the client which one and when to come back."""
 

@@ -9,7 +9,9 @@ from services.router.settings import RouterSettings
 async def serve(settings: RouterSettings) -> None:
     from observability import setup
     from services.common.serving import wait_for_shutdown_signal
-    from services.router.replicas import ReplicaSet
+    from services.router.dispatcher import FlowPolicy
+    from services.router.limiter import GradientLimiter
+    from services.router.replicas import EjectionPolicy, ReplicaSet
     from services.router.server import running_router
 
     telemetry = setup("router", settings.telemetry)
@@ -18,10 +20,30 @@ async def serve(settings: RouterSettings) -> None:
         telemetry,
         retry_initial_s=settings.health_retry_initial_s,
         retry_max_s=settings.health_retry_max_s,
+        ejection=EjectionPolicy(
+            settings.ejection_failures, settings.ejection_base_s, settings.ejection_max_s
+        ),
+        limiter=lambda: GradientLimiter(
+            initial=settings.initial_concurrency, tolerance=settings.latency_tolerance
+        ),
+    )
+    policy = FlowPolicy(
+        max_queue=settings.max_queue,
+        max_queue_per_tenant=settings.max_queue_per_tenant,
+        aging_s=settings.aging_s,
+        max_queue_wait_s=settings.max_queue_wait_s,
+        affinity_slack=settings.affinity_slack,
     )
     await replicas.start()
     try:
-        async with running_router(settings.address, telemetry, replicas, settings.grace_period_s):
+        async with running_router(
+            settings.address,
+            telemetry,
+            replicas,
+            settings.grace_period_s,
+            policy=policy,
+            max_attempts=settings.max_attempts,
+        ):
             await wait_for_shutdown_signal()
     finally:
         await replicas.aclose()

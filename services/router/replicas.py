@@ -1,12 +1,16 @@
 """The replica set: which inference replicas exist, what they serve, whether
-they are up. Health comes from each replica's standard gRPC health `Watch`
-stream (pushed on change, not polled)."""
+they are up and how loaded. Health comes from each replica's standard gRPC
+health `Watch` and load from its `WatchLoad` stream (both pushed on change,
+not polled). Replicas join and leave at run time; one can be drained; one
+that keeps failing is ejected for a while and then tried again."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import hashlib
+import time
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 import grpc
@@ -17,10 +21,23 @@ from maas.v1 import generation_pb2, inference_pb2, inference_pb2_grpc
 from observability import Telemetry
 from observability.channels import channel
 from services.common.errors import NotFoundError, UnavailableError
+from services.router.limiter import GradientLimiter
 
 log = structlog.get_logger(__name__)
 
 INFERENCE_SERVICE = inference_pb2.DESCRIPTOR.services_by_name["Inference"].full_name
+# Past this KV-cache use an engine starts preempting: send it nothing new.
+KV_CACHE_HIGH = 0.95
+
+
+@dataclass(frozen=True)
+class EjectionPolicy:
+    """Outlier ejection: `failures` in a row eject a replica for `base_s`,
+    doubling with each ejection in a row up to `max_s`."""
+
+    failures: int = 3
+    base_s: float = 5.0
+    max_s: float = 60.0
 
 
 @dataclass(eq=False)
@@ -33,15 +50,44 @@ class Replica:
     model: generation_pb2.ModelInfo | None = None
     adapters: tuple[str, ...] = ()
     serving: bool = False
+    draining: bool = False
+    load: inference_pb2.Load = field(default_factory=inference_pb2.Load)
+    limiter: GradientLimiter = field(default_factory=GradientLimiter)
     ready: asyncio.Event = field(default_factory=asyncio.Event)
+    consecutive_failures: int = 0
+    ejections_in_a_row: int = 0
+    ejected_until: float = 0.0
+    # A stable number per address for rendezvous hashing (prefix affinity).
+    address_hash: int = 0
+
+    def __post_init__(self) -> None:
+        digest = hashlib.blake2b(self.address.encode(), digest_size=8).digest()
+        self.address_hash = int.from_bytes(digest, "big")
 
     def serves(self, model: str) -> bool:
         """Whether `model` names this replica's model or one of its adapters."""
         return self.model is not None and (model == self.model.name or model in self.adapters)
 
+    def takes_work(self, now: float) -> bool:
+        """Up, not drained, not ejected."""
+        return self.serving and not self.draining and now >= self.ejected_until
+
+    def has_room(self) -> bool:
+        """Under its concurrency limit, not reporting a queue of its own
+        (requests waiting in the engine can no longer be ordered fairly), and
+        with KV cache to spare."""
+        return (
+            self.limiter.has_room()
+            and self.load.waiting == 0
+            and self.load.kv_cache_usage < KV_CACHE_HIGH
+        )
+
+    def utilization(self) -> float:
+        return self.limiter.in_flight / max(1.0, self.limiter.limit)
+
 
 class ReplicaSet:
-    """Keeps every configured replica's health and model info current."""
+    """Keeps every replica's health, model info and load current."""
 
     def __init__(
         self,
@@ -50,37 +96,81 @@ class ReplicaSet:
         *,
         retry_initial_s: float = 0.2,
         retry_max_s: float = 5.0,
+        ejection: EjectionPolicy | None = None,
+        limiter: Callable[[], GradientLimiter] = GradientLimiter,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._replicas: list[Replica] = []
-        for address in addresses:
-            ch = channel(address, telemetry)
-            stub = inference_pb2_grpc.InferenceStub(ch)
-            self._replicas.append(Replica(address, ch, stub))
+        self._telemetry = telemetry
         self._retry_initial_s = retry_initial_s
         self._retry_max_s = retry_max_s
-        self._watchers: list[asyncio.Task[None]] = []
+        self._ejection = ejection or EjectionPolicy()
+        self._new_limiter = limiter
+        self.clock = clock
+        self._replicas: dict[str, Replica] = {}
+        self._watchers: dict[str, list[asyncio.Task[None]]] = {}
+        self._listeners: list[Callable[[], None]] = []
+        self._started = False
         # Replaced on every change so each waiter wakes exactly once per change.
         self._changed = asyncio.Event()
+        for address in addresses:
+            self._create(address)
 
     @property
     def replicas(self) -> list[Replica]:
-        return list(self._replicas)
+        return list(self._replicas.values())
+
+    def get(self, address: str) -> Replica:
+        replica = self._replicas.get(address)
+        if replica is None:
+            raise NotFoundError(f"no replica at {address!r}")
+        return replica
+
+    def on_change(self, listener: Callable[[], None]) -> None:
+        """Called (synchronously) whenever a replica's state or load changes."""
+        self._listeners.append(listener)
 
     async def start(self) -> None:
-        self._watchers = [asyncio.create_task(self._watch(r)) for r in self._replicas]
+        self._started = True
+        for replica in self._replicas.values():
+            self._start_watching(replica)
 
     async def aclose(self) -> None:
-        for task in self._watchers:
-            task.cancel()
-        for task in self._watchers:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        for replica in self._replicas:
-            await replica.channel.close()
+        for address in list(self._replicas):
+            await self._forget(address)
+
+    def register(self, address: str) -> Replica:
+        """Adds a replica (or returns the known one)."""
+        known = self._replicas.get(address)
+        if known is not None:
+            return known
+        replica = self._create(address)
+        if self._started:
+            self._start_watching(replica)
+        log.info("replica registered", replica=address)
+        return replica
+
+    async def deregister(self, address: str) -> int:
+        """Stops new work to the replica and forgets it once its streams end;
+        returns how many were still running."""
+        replica = self.get(address)
+        replica.draining = True
+        self._notify()
+        running = replica.limiter.in_flight
+        task = asyncio.create_task(self._forget_when_idle(replica))
+        self._watchers.setdefault(address, []).append(task)
+        log.info("replica deregistered", replica=address, draining_streams=running)
+        return running
+
+    def drain(self, address: str, drain: bool = True) -> Replica:
+        replica = self.get(address)
+        replica.draining = drain
+        log.info("replica drain", replica=address, draining=drain)
+        self._notify()
+        return replica
 
     async def wait_ready(self, timeout_s: float) -> None:
         """Waits until at least one replica is serving; tests and start-up use it."""
-        waits = [asyncio.create_task(r.ready.wait()) for r in self._replicas]
+        waits = [asyncio.create_task(r.ready.wait()) for r in self._replicas.values()]
         try:
             done, _ = await asyncio.wait(
                 waits, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED
@@ -92,7 +182,7 @@ class ReplicaSet:
             raise TimeoutError("no inference replica became ready")
 
     def any_serving(self) -> bool:
-        return any(r.serving for r in self._replicas)
+        return any(r.serving for r in self._replicas.values())
 
     async def serving_changes(self) -> AsyncIterator[bool]:
         """Yields whether any replica serves, now and at every change."""
@@ -105,18 +195,78 @@ class ReplicaSet:
                 last = now
             await changed.wait()
 
-    def pick(self, model: str) -> Replica:
-        """A serving replica for `model`. One replica per model for now; choosing
-        among several by load comes with flow control."""
-        known = [r for r in self._replicas if r.serves(model)]
+    def candidates(self, model: str) -> list[Replica]:
+        """Replicas of `model` that take work now. NOT_FOUND when none serves
+        the model at all, UNAVAILABLE when none of those is up."""
+        known = [r for r in self._replicas.values() if r.serves(model)]
         if not known:
             raise NotFoundError(f"no replica serves model {model!r}")
-        for replica in known:
-            if replica.serving:
-                return replica
-        raise UnavailableError(f"no replica of model {model!r} is serving right now")
+        now = self.clock()
+        usable = [r for r in known if r.takes_work(now)]
+        if not usable:
+            raise UnavailableError(f"no replica of model {model!r} is taking work right now")
+        return usable
 
-    async def _watch(self, replica: Replica) -> None:
+    def pick(self, model: str) -> Replica:
+        """Any replica of `model` taking work, least loaded first (for calls
+        that skip the queue, like CountTokens)."""
+        return min(self.candidates(model), key=Replica.utilization)
+
+    def record_success(self, replica: Replica) -> None:
+        replica.consecutive_failures = 0
+        replica.ejections_in_a_row = 0
+
+    def record_failure(self, replica: Replica) -> None:
+        """A call failed on the replica's side; enough in a row eject it."""
+        replica.consecutive_failures += 1
+        if replica.consecutive_failures < self._ejection.failures:
+            return
+        replica.consecutive_failures = 0
+        seconds = min(self._ejection.base_s * 2**replica.ejections_in_a_row, self._ejection.max_s)
+        replica.ejections_in_a_row += 1
+        replica.ejected_until = self.clock() + seconds
+        log.warning("replica ejected", replica=replica.address, seconds=seconds)
+        # It comes back by itself when the time is up: wake the dispatcher then.
+        asyncio.get_running_loop().call_later(seconds, self._notify)
+        self._notify()
+
+    def _create(self, address: str) -> Replica:
+        ch = channel(address, self._telemetry)
+        replica = Replica(
+            address, ch, inference_pb2_grpc.InferenceStub(ch), limiter=self._new_limiter()
+        )
+        self._replicas[address] = replica
+        return replica
+
+    def _start_watching(self, replica: Replica) -> None:
+        self._watchers[replica.address] = [
+            asyncio.create_task(self._watch_health(replica)),
+            asyncio.create_task(self._watch_load(replica)),
+        ]
+
+    async def _forget_when_idle(self, replica: Replica) -> None:
+        while replica.limiter.in_flight > 0:
+            changed = self._changed
+            await changed.wait()
+        await self._forget(replica.address)
+
+    async def _forget(self, address: str) -> None:
+        replica = self._replicas.pop(address, None)
+        current = asyncio.current_task()
+        tasks = [t for t in self._watchers.pop(address, []) if t is not current]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if replica is not None:
+            replica.serving = False
+            await replica.channel.close()
+            self._changed.set()
+            self._changed = asyncio.Event()
+            self._notify()
+
+    async def _watch_health(self, replica: Replica) -> None:
         backoff = self._retry_initial_s
         health = health_pb2_grpc.HealthStub(replica.channel)
         request = health_pb2.HealthCheckRequest(service=INFERENCE_SERVICE)
@@ -129,6 +279,8 @@ class ReplicaSet:
                         info = await replica.stub.GetModelInfo(inference_pb2.GetModelInfoRequest())
                         replica.model = info.model
                         replica.adapters = tuple(info.adapters)
+                        if info.max_num_seqs:
+                            replica.limiter.max_limit = info.max_num_seqs
                     self._set_serving(replica, serving)
                     backoff = self._retry_initial_s
             except grpc.aio.AioRpcError as err:
@@ -139,13 +291,40 @@ class ReplicaSet:
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, self._retry_max_s)
 
+    async def _watch_load(self, replica: Replica) -> None:
+        backoff = self._retry_initial_s
+        while True:
+            try:
+                async for load in replica.stub.WatchLoad(
+                    inference_pb2.WatchLoadRequest(), wait_for_ready=True
+                ):
+                    replica.load = load
+                    backoff = self._retry_initial_s
+                    self._notify()
+            except grpc.aio.AioRpcError:
+                pass  # the health watch reports the replica's state
+            replica.load = inference_pb2.Load()
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, self._retry_max_s)
+
     def _set_serving(self, replica: Replica, serving: bool) -> None:
         if serving != replica.serving:
             log.info("replica state", replica=replica.address, serving=serving)
             replica.serving = serving
             self._changed.set()
             self._changed = asyncio.Event()
+            self._notify()
         if serving:
             replica.ready.set()
         else:
             replica.ready.clear()
+
+    def released(self, replica: Replica) -> None:
+        """A stream on `replica` ended (deregistration waits for the last)."""
+        if replica.draining and replica.limiter.in_flight == 0:
+            self._changed.set()
+            self._changed = asyncio.Event()
+
+    def _notify(self) -> None:
+        for listener in self._listeners:
+            listener()

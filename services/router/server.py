@@ -10,6 +10,8 @@ from contextlib import asynccontextmanager
 from maas.v1 import router_pb2, router_pb2_grpc
 from observability import Telemetry
 from services.common.serving import ServiceServer, start_server
+from services.router.dispatcher import Dispatcher, FlowPolicy
+from services.router.metrics import RouterMetrics
 from services.router.replicas import ReplicaSet
 from services.router.servicer import RouterServicer
 
@@ -18,10 +20,19 @@ SERVICE_NAME = router_pb2.DESCRIPTOR.services_by_name["Router"].full_name
 
 @asynccontextmanager
 async def running_router(
-    address: str, telemetry: Telemetry, replicas: ReplicaSet, grace_s: float
+    address: str,
+    telemetry: Telemetry,
+    replicas: ReplicaSet,
+    grace_s: float,
+    *,
+    policy: FlowPolicy | None = None,
+    max_attempts: int = 2,
 ) -> AsyncIterator[ServiceServer]:
     """Serves the router; readiness follows whether any replica is serving."""
-    servicer = RouterServicer(replicas)
+    dispatcher = Dispatcher(replicas, policy)
+    metrics = RouterMetrics(telemetry.meter(), dispatcher, replicas)
+    dispatcher.on_shed = lambda reason: metrics.shed.add(1, {"reason": reason})
+    servicer = RouterServicer(replicas, dispatcher, metrics, max_attempts=max_attempts)
     server = await start_server(
         address=address,
         telemetry=telemetry,

@@ -1,38 +1,142 @@
-"""maas.v1.Router: forwards to a replica, streaming chunks through as they arrive."""
+"""maas.v1.Router over the dispatcher: queue, dispatch, stream through,
+retry before the first chunk, release."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
+from opentelemetry import trace
 
-from maas.v1 import generation_pb2, inference_pb2, router_pb2, router_pb2_grpc
-from services.router.replicas import ReplicaSet
+from maas.v1 import (
+    auth_pb2,
+    generation_pb2,
+    inference_pb2,
+    router_pb2,
+    router_pb2_grpc,
+)
+from services.common.errors import InvalidArgumentError
+from services.router.choice import prefix_key
+from services.router.dispatcher import Dispatcher, Ticket
+from services.router.fair_queue import BATCH, DEFAULT, INTERACTIVE
+from services.router.metrics import CLASS_NAMES, RouterMetrics
+from services.router.replicas import Replica, ReplicaSet
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
+# Codes that say the replica (not the request) failed: worth another replica,
+# and counted towards ejecting this one.
+REPLICA_FAULTS = frozenset(
+    {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN}
+)
+_CLASS_OF = {
+    auth_pb2.PRIORITY_INTERACTIVE: INTERACTIVE,
+    auth_pb2.PRIORITY_DEFAULT: DEFAULT,
+    auth_pb2.PRIORITY_UNSPECIFIED: DEFAULT,
+    auth_pb2.PRIORITY_BATCH: BATCH,
+}
+_PRIORITY_OF = {
+    INTERACTIVE: auth_pb2.PRIORITY_INTERACTIVE,
+    DEFAULT: auth_pb2.PRIORITY_DEFAULT,
+    BATCH: auth_pb2.PRIORITY_BATCH,
+}
+DEFAULT_MAX_TOKENS_ESTIMATE = 256
+
+
+def estimated_cost(request: router_pb2.RouterGenerateRequest) -> float:
+    """The caller's estimate, or about 4 characters a token plus max_tokens."""
+    if request.context.estimated_tokens:
+        return float(request.context.estimated_tokens)
+    r = request.request
+    which = r.WhichOneof("input")
+    if which == "prompt_token_ids":
+        prompt = len(r.prompt_token_ids.ids)
+    elif which == "messages":
+        prompt = sum(len(m.content) for m in r.messages.messages) // 4
+    else:
+        prompt = len(r.prompt) // 4
+    return float(prompt + (r.max_tokens or DEFAULT_MAX_TOKENS_ESTIMATE) * max(1, r.n))
+
 
 class RouterServicer(router_pb2_grpc.RouterServicer):
-    def __init__(self, replicas: ReplicaSet) -> None:
+    def __init__(
+        self,
+        replicas: ReplicaSet,
+        dispatcher: Dispatcher,
+        metrics: RouterMetrics | None = None,
+        *,
+        max_attempts: int = 2,
+    ) -> None:
         self._replicas = replicas
+        self._dispatcher = dispatcher
+        self._metrics = metrics
+        self._max_attempts = max_attempts
+        self._clock = replicas.clock
 
     async def Generate(
         self, request: router_pb2.RouterGenerateRequest, context: Context
     ) -> AsyncIterator[generation_pb2.GenerateResponse]:
-        replica = self._replicas.pick(request.request.model)
-        # The caller's deadline travels down; the request id travels as metadata
-        # through the client interceptors.
-        call = replica.stub.Generate(
-            inference_pb2.InferenceGenerateRequest(request=request.request),
-            timeout=context.time_remaining(),
+        received = self._clock()
+        priority = _CLASS_OF.get(request.context.priority)
+        if priority is None:
+            raise InvalidArgumentError("context.priority", "unknown priority")
+        remaining = context.time_remaining()
+        ticket = Ticket(
+            tenant=request.context.tenant_id,
+            priority=priority,
+            model=request.request.model,
+            cost=estimated_cost(request),
+            weight=request.context.weight or 1.0,
+            deadline=received + remaining if remaining is not None else None,
+            prefix_key=prefix_key(request.request),
         )
-        try:
-            async for chunk in call:
-                yield chunk
-        finally:
-            # No-op when the stream ended; on cancellation it aborts the replica's request.
-            call.cancel()
+        span = trace.get_current_span()
+        forward = inference_pb2.InferenceGenerateRequest(request=request.request)
+        for attempt in range(1, self._max_attempts + 1):
+            lease = await self._dispatcher.acquire(ticket)
+            if attempt == 1:
+                self._record_dispatch(span, lease.queued_s, received, priority)
+            span.set_attribute("maas.router.replica", lease.replica.address)
+            span.set_attribute("maas.router.attempts", attempt)
+            # The caller's deadline travels down; the request id travels as
+            # metadata through the client interceptors.
+            call = lease.replica.stub.Generate(forward, timeout=context.time_remaining())
+            first_token_s: float | None = None
+            failed = False
+            try:
+                async for chunk in call:
+                    if first_token_s is None:
+                        first_token_s = self._clock() - lease.dispatched_at
+                    # A slow reader holds this yield, and so the replica's stream:
+                    # nothing piles up here.
+                    yield chunk
+                return
+            except grpc.aio.AioRpcError as err:
+                failed = err.code() in REPLICA_FAULTS
+                # Retry only before any text went out: never duplicate output.
+                if not failed or first_token_s is not None or attempt == self._max_attempts:
+                    raise
+                ticket = dataclasses.replace(
+                    ticket, exclude=ticket.exclude | {lease.replica.address}
+                )
+                if self._metrics is not None:
+                    self._metrics.retries.add(1, {"code": err.code().name})
+            finally:
+                # No-op when the stream ended; on cancellation it aborts the replica's request.
+                call.cancel()
+                self._dispatcher.release(lease, first_token_s=first_token_s, replica_failed=failed)
+
+    def _record_dispatch(
+        self, span: trace.Span, queued_s: float, received: float, priority: int
+    ) -> None:
+        added = self._clock() - received
+        span.set_attribute("maas.router.queue_wait_s", queued_s)
+        span.set_attribute("maas.router.added_time_s", added)
+        if self._metrics is not None:
+            self._metrics.queue_wait.record(queued_s, {"priority": CLASS_NAMES[priority]})
+            self._metrics.added_time.record(added)
 
     async def CountTokens(
         self, request: generation_pb2.CountTokensRequest, context: Context
@@ -44,15 +148,72 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         self, request: router_pb2.ListReplicasRequest, context: Context
     ) -> router_pb2.ListReplicasResponse:
         return router_pb2.ListReplicasResponse(
-            replicas=[
-                router_pb2.Replica(
-                    address=r.address,
-                    model=r.model,
-                    adapters=r.adapters,
-                    state=router_pb2.REPLICA_STATE_SERVING
-                    if r.serving
-                    else router_pb2.REPLICA_STATE_NOT_SERVING,
-                )
-                for r in self._replicas.replicas
-            ]
+            replicas=[self._replica_to_proto(r) for r in self._replicas.replicas]
         )
+
+    async def RegisterReplica(
+        self, request: router_pb2.RegisterReplicaRequest, context: Context
+    ) -> router_pb2.Replica:
+        _check_address(request.address)
+        return self._replica_to_proto(self._replicas.register(request.address))
+
+    async def DeregisterReplica(
+        self, request: router_pb2.DeregisterReplicaRequest, context: Context
+    ) -> router_pb2.DeregisterReplicaResponse:
+        _check_address(request.address)
+        running = await self._replicas.deregister(request.address)
+        return router_pb2.DeregisterReplicaResponse(draining_streams=running)
+
+    async def DrainReplica(
+        self, request: router_pb2.DrainReplicaRequest, context: Context
+    ) -> router_pb2.Replica:
+        _check_address(request.address)
+        replica = self._replicas.drain(request.address, drain=not request.undrain)
+        return self._replica_to_proto(replica)
+
+    async def GetQueueStats(
+        self, request: router_pb2.GetQueueStatsRequest, context: Context
+    ) -> router_pb2.QueueStats:
+        stats = router_pb2.QueueStats(
+            waiting=self._dispatcher.waiting(), shed=dict(self._dispatcher.shed)
+        )
+        totals: dict[tuple[str, int], tuple[int, float]] = {}
+        for queue in self._dispatcher.queues.values():
+            for key, (waiting, tokens) in queue.depths().items():
+                n, t = totals.get(key, (0, 0.0))
+                totals[key] = (n + waiting, t + tokens)
+        for (tenant, priority), (waiting, tokens) in sorted(totals.items()):
+            stats.depths.add(
+                tenant_id=tenant,
+                priority=_PRIORITY_OF[priority],
+                waiting=waiting,
+                tokens=int(tokens),
+            )
+        return stats
+
+    def _replica_to_proto(self, r: Replica) -> router_pb2.Replica:
+        now = self._clock()
+        if not r.serving:
+            state = router_pb2.REPLICA_STATE_NOT_SERVING
+        elif r.draining:
+            state = router_pb2.REPLICA_STATE_DRAINING
+        elif now < r.ejected_until:
+            state = router_pb2.REPLICA_STATE_EJECTED
+        else:
+            state = router_pb2.REPLICA_STATE_SERVING
+        return router_pb2.Replica(
+            address=r.address,
+            model=r.model,
+            adapters=r.adapters,
+            state=state,
+            in_flight=r.limiter.in_flight,
+            concurrency_limit=int(r.limiter.limit),
+            load=r.load,
+            ejected_for_s=max(0.0, r.ejected_until - now),
+        )
+
+
+def _check_address(address: str) -> None:
+    host, sep, port = address.rpartition(":")
+    if not address or not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise InvalidArgumentError("address", "must be host:port")

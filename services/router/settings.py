@@ -21,3 +21,23 @@ class RouterSettings(ServiceSettings):
     # Backoff between attempts to re-open a replica's health watch after it broke.
     health_retry_initial_s: float = Field(default=0.2, gt=0)
     health_retry_max_s: float = Field(default=5.0, gt=0)
+    # Admission queue, per model: bounded in total and per tenant.
+    max_queue: int = Field(default=1024, ge=1)
+    max_queue_per_tenant: int = Field(default=256, ge=1)
+    # A waiting request gains one priority class per this many seconds.
+    aging_s: float = Field(default=5.0, gt=0)
+    # Longest wait for requests that carry no deadline of their own.
+    max_queue_wait_s: float = Field(default=30.0, gt=0)
+    # How much busier (in utilization) the replica that likely caches a
+    # request's prompt prefix may be than the least loaded one, and still win.
+    affinity_slack: float = Field(default=0.25, ge=0)
+    # Adaptive per-replica concurrency limit (capped by the replica's batch size).
+    initial_concurrency: int = Field(default=32, ge=1)
+    latency_tolerance: float = Field(default=2.0, ge=1)
+    # Outlier ejection: this many failures in a row eject a replica for
+    # ejection_base_s, doubling per ejection in a row up to ejection_max_s.
+    ejection_failures: int = Field(default=3, ge=1)
+    ejection_base_s: float = Field(default=5.0, gt=0)
+    ejection_max_s: float = Field(default=60.0, gt=0)
+    # Attempts per request; a retry happens only before the first chunk.
+    max_attempts: int = Field(default=2, ge=1)

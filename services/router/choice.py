@@ -1,0 +1,73 @@
+"""Which replica a request goes to: least loaded, with prefix-cache affinity.
+
+Requests that share a prompt prefix (a system prompt, a conversation so far)
+prefer one replica, chosen by rendezvous hashing over the replicas of the
+model, so the prefix is likely in its cache and the choice survives replicas
+joining and leaving. The preferred replica is taken only while it is not
+much busier than the least loaded one (`slack`, in utilization), so a hot
+prefix cannot pile everything onto one replica."""
+
+from __future__ import annotations
+
+import hashlib
+
+from maas.v1 import generation_pb2
+from services.router.replicas import Replica
+
+PREFIX_CHARS = 512
+PREFIX_TOKENS = 128
+
+
+def prefix_key(request: generation_pb2.GenerateRequest) -> int | None:
+    """A hash of the start of the prompt, as far as a cache could share it;
+    None when the request has no prompt to speak of."""
+    hasher = hashlib.blake2b(digest_size=8)
+    which = request.WhichOneof("input")
+    if which == "messages":
+        budget = PREFIX_CHARS
+        for message in request.messages.messages:
+            text = f"{message.role}\x00{message.content}\x01"[:budget]
+            hasher.update(text.encode())
+            budget -= len(text)
+            if budget <= 0:
+                break
+    elif which == "prompt" and request.prompt:
+        hasher.update(request.prompt[:PREFIX_CHARS].encode())
+    elif which == "prompt_token_ids":
+        ids = request.prompt_token_ids.ids[:PREFIX_TOKENS]
+        hasher.update(b"".join(t.to_bytes(4, "little") for t in ids))
+    else:
+        return None
+    hasher.update(request.model.encode())
+    return int.from_bytes(hasher.digest(), "big")
+
+
+def _rendezvous(key: int, replica: Replica) -> int:
+    # A cheap mix of the two 64-bit numbers (splitmix64's finaliser).
+    x = (key ^ replica.address_hash) & 0xFFFFFFFFFFFFFFFF
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
+    return x ^ (x >> 31)
+
+
+def choose(
+    candidates: list[Replica],
+    key: int | None,
+    *,
+    slack: float,
+    exclude: frozenset[str] = frozenset(),
+) -> Replica | None:
+    """The replica to dispatch to now, or None when none of the candidates
+    has room. `exclude` (replicas that just failed this request) is honoured
+    while another candidate is left."""
+    usable = [r for r in candidates if r.address not in exclude] or candidates
+    with_room = [r for r in usable if r.has_room()]
+    if not with_room:
+        return None
+    least = min(with_room, key=Replica.utilization)
+    if key is None:
+        return least
+    preferred = max(usable, key=lambda r: _rendezvous(key, r))
+    if preferred.has_room() and preferred.utilization() <= least.utilization() + slack:
+        return preferred
+    return least

@@ -1,0 +1,232 @@
+"""Admission and dispatch: a request waits in its model's fair queue until a
+replica of that model has room, then holds a lease on that replica until its
+stream ends. Testable without gRPC: it sees replicas only through their
+limiters, reported load and state."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from services.common.errors import (
+    DeadlineExceededError,
+    MeshError,
+    NotFoundError,
+    ResourceExhaustedError,
+)
+from services.router.choice import choose
+from services.router.fair_queue import Entry, FairQueue, QueueFullError
+from services.router.replicas import Replica, ReplicaSet
+
+
+@dataclass(frozen=True)
+class FlowPolicy:
+    """The knobs of admission; RouterSettings fills them."""
+
+    max_queue: int = 1024  # waiting requests per model
+    max_queue_per_tenant: int = 256  # waiting requests per tenant and model
+    aging_s: float = 5.0  # a waiting request gains one priority class per this
+    max_queue_wait_s: float = 30.0  # for requests that carry no deadline
+    affinity_slack: float = 0.25  # utilization a prefix-preferred replica may exceed the least
+
+
+@dataclass(frozen=True)
+class Ticket:
+    """What the dispatcher needs to know about a request."""
+
+    tenant: str
+    priority: int
+    model: str
+    cost: float  # estimated tokens
+    weight: float = 1.0
+    deadline: float | None = None  # on the replica set's clock
+    prefix_key: int | None = None
+    exclude: frozenset[str] = frozenset()  # replicas that already failed it
+
+
+@dataclass(eq=False)
+class Lease:
+    """A request's hold on a replica, from dispatch to the end of its stream."""
+
+    replica: Replica
+    ticket: Ticket
+    queued_s: float
+    dispatched_at: float
+    released: bool = field(default=False)
+
+
+class _Ewma:
+    def __init__(self, alpha: float, initial: float) -> None:
+        self.alpha = alpha
+        self.value = initial
+
+    def add(self, sample: float) -> None:
+        self.value += self.alpha * (sample - self.value)
+
+
+class Dispatcher:
+    def __init__(self, replicas: ReplicaSet, policy: FlowPolicy | None = None) -> None:
+        self._replicas = replicas
+        self._policy = policy or FlowPolicy()
+        self._clock = replicas.clock
+        self._queues: dict[str, FairQueue] = {}
+        self._duration_s = _Ewma(0.05, 1.0)
+        self._pumping = False
+        self._pump_again = False
+        self.shed: Counter[str] = Counter()
+        self.on_shed: Callable[[str], None] = lambda reason: None
+        replicas.on_change(self.pump)
+
+    @property
+    def queues(self) -> dict[str, FairQueue]:
+        return self._queues
+
+    def waiting(self) -> int:
+        return sum(len(q) for q in self._queues.values())
+
+    async def acquire(self, ticket: Ticket) -> Lease:
+        """A lease on a replica for `ticket`, at once when one has room and
+        nobody is waiting ahead, else after its turn in the queue.
+        RESOURCE_EXHAUSTED when the queue is full, DEADLINE_EXCEEDED when its
+        deadline passes (or cannot be met) while it waits."""
+        candidates = self._replicas.candidates(ticket.model)
+        now = self._clock()
+        queue = self._queues.get(ticket.model)
+        if not queue:
+            replica = choose(
+                candidates, ticket.prefix_key, slack=self._policy.affinity_slack,
+                exclude=ticket.exclude,
+            )  # fmt: skip
+            if replica is not None:
+                return self._grant(replica, ticket, now, now)
+        wait_s = self._policy.max_queue_wait_s
+        if ticket.deadline is not None:
+            # Leave the replica the time it needs for a first token.
+            expected = min(r.limiter.expected_latency for r in candidates)
+            wait_s = min(wait_s, ticket.deadline - now - expected)
+            if wait_s <= 0:
+                raise self._shed("deadline", DeadlineExceededError("the deadline cannot be met"))
+        if queue is None:
+            queue = self._queues[ticket.model] = FairQueue(
+                max_total=self._policy.max_queue,
+                max_per_tenant=self._policy.max_queue_per_tenant,
+                aging_s=self._policy.aging_s,
+                clock=self._clock,
+            )
+        future: asyncio.Future[Lease] = asyncio.get_running_loop().create_future()
+        try:
+            entry = queue.push(
+                ticket.tenant, ticket.priority, ticket.cost, ticket.weight, (ticket, future)
+            )
+        except QueueFullError as err:
+            raise self._shed(
+                err.reason,
+                ResourceExhaustedError(
+                    f"the router's queue for {ticket.model!r} is full ({err.reason})",
+                    retry_after_s=self._retry_after(queue, candidates),
+                    subject=f"router:{err.reason}",
+                ),
+            ) from None
+        self.pump()
+        try:
+            done, _ = await asyncio.wait({future}, timeout=wait_s)
+        except asyncio.CancelledError:
+            self._abandon(queue, entry, future)
+            raise
+        if not done:
+            self._abandon(queue, entry, future)
+            if ticket.deadline is not None:
+                raise self._shed(
+                    "deadline", DeadlineExceededError("the deadline passed while queued")
+                )
+            raise self._shed(
+                "queue_timeout",
+                ResourceExhaustedError(
+                    f"waited {wait_s:.0f} s for a replica of {ticket.model!r}",
+                    retry_after_s=self._retry_after(queue, candidates),
+                    subject="router:queue_timeout",
+                ),
+            )
+        return future.result()
+
+    def release(self, lease: Lease, *, first_token_s: float | None, replica_failed: bool) -> None:
+        """Ends the lease. `first_token_s` (dispatch to first chunk) feeds the
+        replica's limiter; `replica_failed` counts towards its ejection."""
+        if lease.released:
+            return
+        lease.released = True
+        replica = lease.replica
+        if first_token_s is not None:
+            replica.limiter.on_sample(first_token_s, replica.limiter.in_flight)
+        replica.limiter.release()
+        self._replicas.released(replica)
+        if replica_failed:
+            self._replicas.record_failure(replica)
+        elif first_token_s is not None:
+            self._replicas.record_success(replica)
+        self._duration_s.add(self._clock() - lease.dispatched_at)
+        self.pump()
+
+    def pump(self) -> None:
+        """Dispatches waiting requests while replicas have room."""
+        if self._pumping:
+            self._pump_again = True
+            return
+        self._pumping = True
+        try:
+            self._pump_again = True
+            while self._pump_again:
+                self._pump_again = False
+                for model, queue in list(self._queues.items()):
+                    self._pump_model(model, queue)
+        finally:
+            self._pumping = False
+
+    def _pump_model(self, model: str, queue: FairQueue) -> None:
+        while (entry := queue.peek()) is not None:
+            ticket, future = entry.item
+            if future.done():
+                queue.remove(entry)
+                continue
+            try:
+                candidates = self._replicas.candidates(model)
+            except NotFoundError as err:
+                # The model is gone altogether: nobody waiting for it will be served.
+                while (gone := queue.pop()) is not None:
+                    if not gone.item[1].done():
+                        gone.item[1].set_exception(err)
+                return
+            except MeshError:
+                return  # none up right now; they may come back
+            replica = choose(
+                candidates, ticket.prefix_key, slack=self._policy.affinity_slack,
+                exclude=ticket.exclude,
+            )  # fmt: skip
+            if replica is None:
+                return
+            queue.pop()
+            future.set_result(self._grant(replica, ticket, entry.enqueued_at, self._clock()))
+
+    def _grant(self, replica: Replica, ticket: Ticket, queued_at: float, now: float) -> Lease:
+        replica.limiter.acquire()
+        return Lease(replica, ticket, queued_s=now - queued_at, dispatched_at=now)
+
+    def _abandon(self, queue: FairQueue, entry: Entry, future: asyncio.Future[Lease]) -> None:
+        queue.remove(entry)
+        if future.done() and not future.cancelled() and future.exception() is None:
+            # Granted in the same instant the caller gave up: hand it back.
+            self.release(future.result(), first_token_s=None, replica_failed=False)
+        else:
+            future.cancel()
+
+    def _retry_after(self, queue: FairQueue, candidates: list[Replica]) -> float:
+        """About how long the queue ahead takes to drain."""
+        slots = max(1.0, sum(r.limiter.limit for r in candidates))
+        return min(30.0, max(0.1, len(queue) * self._duration_s.value / slots))
+
+    def _shed(self, reason: str, error: MeshError) -> MeshError:
+        self.shed[reason] += 1
+        self.on_shed(reason)
+        return error

@@ -1,0 +1,116 @@
+"""The adaptive concurrency limit and the choice of replica."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import grpc
+import pytest_asyncio
+
+from maas.v1 import generation_pb2, inference_pb2, inference_pb2_grpc
+from services.router.choice import choose, prefix_key
+from services.router.limiter import GradientLimiter
+from services.router.replicas import Replica
+
+
+def test_the_limit_grows_while_latency_holds() -> None:
+    limiter = GradientLimiter(initial=4, max_limit=64)
+    for _ in range(200):
+        limiter.on_sample(0.010, in_flight=int(limiter.limit))
+    assert limiter.limit == 64
+
+
+def test_the_limit_shrinks_when_latency_climbs() -> None:
+    limiter = GradientLimiter(initial=40, max_limit=64)
+    for _ in range(300):
+        limiter.on_sample(0.010, in_flight=int(limiter.limit))
+    before = limiter.limit
+    for _ in range(30):
+        limiter.on_sample(0.100, in_flight=int(limiter.limit))  # the replica queues
+    assert limiter.limit < before / 2
+
+
+def test_an_idle_replica_does_not_move_its_limit() -> None:
+    limiter = GradientLimiter(initial=16, max_limit=64)
+    for _ in range(100):
+        limiter.on_sample(0.010, in_flight=1)
+    assert limiter.limit == 16
+
+
+def test_the_limit_never_passes_the_replica_batch_size() -> None:
+    limiter = GradientLimiter(initial=32, max_limit=256)
+    limiter.max_limit = 8
+    assert limiter.limit == 8
+    limiter.acquire()
+    assert limiter.has_room()
+
+
+@pytest_asyncio.fixture
+async def replicas() -> AsyncIterator[list[Replica]]:
+    # Stubs are never called here; the channels only need to exist.
+    async with grpc.aio.insecure_channel("127.0.0.1:1") as ch:
+        out = []
+        for i in range(4):
+            r = Replica(f"10.0.0.{i}:50054", ch, inference_pb2_grpc.InferenceStub(ch))
+            r.serving = True
+            r.limiter = GradientLimiter(initial=10, max_limit=10)
+            out.append(r)
+        yield out
+
+
+def request(prompt: str) -> generation_pb2.GenerateRequest:
+    return generation_pb2.GenerateRequest(model="m", prompt=prompt)
+
+
+async def test_a_shared_prefix_goes_to_one_replica(replicas: list[Replica]) -> None:
+    system = "You are a helpful assistant for the lighthouse keepers' union. " * 10
+    keys = [prefix_key(request(system + f" question {i}")) for i in range(20)]
+    chosen = {choose(replicas, k, slack=0.25).address for k in keys}  # type: ignore[union-attr]
+    assert len(chosen) == 1
+    # Different prefixes spread over the replicas.
+    spread = {
+        choose(replicas, prefix_key(request(f"{i} " * 300)), slack=0.25).address  # type: ignore[union-attr]
+        for i in range(40)
+    }
+    assert len(spread) == 4
+
+
+async def test_a_hot_preferred_replica_loses_to_an_idle_one(replicas: list[Replica]) -> None:
+    key = prefix_key(request("same system prompt " * 40))
+    preferred = choose(replicas, key, slack=0.25)
+    assert preferred is not None
+    for _ in range(5):
+        preferred.limiter.acquire()  # 50% busy, the others idle
+    other = choose(replicas, key, slack=0.25)
+    assert other is not None and other is not preferred
+    assert other.limiter.in_flight == 0
+
+
+async def test_no_room_anywhere_means_wait(replicas: list[Replica]) -> None:
+    for r in replicas:
+        for _ in range(10):
+            r.limiter.acquire()
+    assert choose(replicas, None, slack=0.25) is None
+    replicas[2].limiter.release()
+    assert choose(replicas, None, slack=0.25) is replicas[2]
+
+
+async def test_a_replica_reporting_a_queue_or_full_cache_gets_nothing(
+    replicas: list[Replica],
+) -> None:
+    replicas[0].load = inference_pb2.Load(waiting=3)
+    replicas[1].load = inference_pb2.Load(kv_cache_usage=0.99)
+    picks = {choose(replicas, None, slack=0.25).address for _ in range(5)}  # type: ignore[union-attr]
+    assert picks.isdisjoint({replicas[0].address, replicas[1].address})
+
+
+async def test_a_failed_replica_is_avoided_while_another_is_left(
+    replicas: list[Replica],
+) -> None:
+    key = prefix_key(request("x" * 600))
+    first = choose(replicas, key, slack=0.25)
+    assert first is not None
+    again = choose(replicas, key, slack=0.25, exclude=frozenset({first.address}))
+    assert again is not None and again is not first
+    # With only the failed one left, it is still used rather than nothing.
+    assert choose([first], key, slack=0.25, exclude=frozenset({first.address})) is first
