@@ -30,6 +30,8 @@ class FlowPolicy:
     aging_s: float = 5.0  # a waiting request gains one priority class per this
     max_queue_wait_s: float = 30.0  # for requests that carry no deadline
     affinity_slack: float = 0.25  # utilization a prefix-preferred replica may exceed the least
+    # The least time to first token assumed when shedding for a deadline.
+    min_first_token_s: float = 0.05
 
 
 @dataclass(frozen=True)
@@ -104,7 +106,10 @@ class Dispatcher:
         wait_s = self._policy.max_queue_wait_s
         if ticket.deadline is not None:
             # Leave the replica the time it needs for a first token.
-            expected = min(r.limiter.expected_latency for r in candidates)
+            expected = max(
+                self._policy.min_first_token_s,
+                min(r.limiter.expected_latency for r in candidates),
+            )
             wait_s = min(wait_s, ticket.deadline - now - expected)
             if wait_s <= 0:
                 raise self._shed("deadline", DeadlineExceededError("the deadline cannot be met"))

@@ -42,7 +42,8 @@ class GradientLimiter:
         long_window: int = 500,
     ) -> None:
         self._min = min_limit
-        self._max = max(min_limit, max_limit)
+        self._ceiling = max(min_limit, max_limit)
+        self._max = self._ceiling
         self._tolerance = tolerance
         self._smoothing = smoothing
         self._short = _Ewma(short_window)
@@ -54,9 +55,9 @@ class GradientLimiter:
     def max_limit(self) -> int:
         return self._max
 
-    @max_limit.setter
-    def max_limit(self, value: int) -> None:
-        self._max = max(self._min, value)
+    def cap_at(self, capacity: int) -> None:
+        """The replica batches at most `capacity` requests: never send more."""
+        self._max = max(self._min, min(self._ceiling, capacity))
         self.limit = min(self.limit, float(self._max))
 
     @property

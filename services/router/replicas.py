@@ -280,7 +280,7 @@ class ReplicaSet:
                         replica.model = info.model
                         replica.adapters = tuple(info.adapters)
                         if info.max_num_seqs:
-                            replica.limiter.max_limit = info.max_num_seqs
+                            replica.limiter.cap_at(info.max_num_seqs)
                     self._set_serving(replica, serving)
                     backoff = self._retry_initial_s
             except grpc.aio.AioRpcError as err:

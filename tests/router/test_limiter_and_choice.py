@@ -39,8 +39,10 @@ def test_an_idle_replica_does_not_move_its_limit() -> None:
 
 def test_the_limit_never_passes_the_replica_batch_size() -> None:
     limiter = GradientLimiter(initial=32, max_limit=256)
-    limiter.max_limit = 8
+    limiter.cap_at(8)
     assert limiter.limit == 8
+    limiter.cap_at(1000)  # never above the configured ceiling either
+    assert limiter.max_limit == 256
     limiter.acquire()
     assert limiter.has_room()
 

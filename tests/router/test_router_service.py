@@ -1,0 +1,378 @@
+"""The router over real gRPC: two inference replicas (two servers over the
+session's one engine), runtime registration, draining, shedding, deadlines,
+retries and ejection. The one fake is a replica that always fails, which a
+real one cannot be made to do on demand."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import pytest
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from maas.v1 import (
+    auth_pb2,
+    generation_pb2,
+    inference_pb2,
+    inference_pb2_grpc,
+    router_pb2,
+    router_pb2_grpc,
+)
+from observability import Telemetry, setup
+from observability.settings import TelemetrySettings
+from services.common.serving import ServiceServer, start_server
+from services.inference.engine import Engine
+from services.inference.server import create_server as create_inference_server
+from services.router.dispatcher import FlowPolicy
+from services.router.limiter import GradientLimiter
+from services.router.replicas import EjectionPolicy, ReplicaSet
+from services.router.server import running_router
+from tests.support import eventually, free_port
+
+INFERENCE = inference_pb2.DESCRIPTOR.services_by_name["Inference"].full_name
+
+
+@dataclass
+class Replica:
+    address: str
+    spans: InMemorySpanExporter
+
+    def generate_calls(self) -> int:
+        return sum(
+            1 for s in self.spans.get_finished_spans() if s.name == "/maas.v1.Inference/Generate"
+        )
+
+
+@dataclass
+class Router:
+    stub: router_pb2_grpc.RouterAsyncStub
+    replicas: ReplicaSet
+    model: str
+
+
+@asynccontextmanager
+async def inference_replica(engine: Engine) -> AsyncIterator[Replica]:
+    spans = InMemorySpanExporter()
+    telemetry = setup("inference", TelemetrySettings(), span_exporter=spans)
+    server, _ = await create_inference_server("127.0.0.1:0", telemetry, engine)
+    try:
+        yield Replica(f"127.0.0.1:{server.port}", spans)
+    finally:
+        await server.stop(0.5)
+        telemetry.shutdown()
+
+
+@asynccontextmanager
+async def router(
+    addresses: list[str],
+    model: str,
+    *,
+    policy: FlowPolicy | None = None,
+    limit: int = 32,
+    ejection: EjectionPolicy | None = None,
+) -> AsyncIterator[Router]:
+    telemetry = setup("router", TelemetrySettings())
+    replicas = ReplicaSet(
+        addresses,
+        telemetry,
+        retry_initial_s=0.05,
+        ejection=ejection,
+        limiter=lambda: GradientLimiter(initial=limit, max_limit=limit),
+    )
+    await replicas.start()
+    try:
+        async with (
+            running_router("127.0.0.1:0", telemetry, replicas, 0.5, policy=policy) as srv,
+            grpc.aio.insecure_channel(f"127.0.0.1:{srv.port}") as ch,
+        ):
+            yield Router(router_pb2_grpc.RouterStub(ch), replicas, model)
+    finally:
+        await replicas.aclose()
+        telemetry.shutdown()
+
+
+def generate(
+    model: str,
+    prompt: str,
+    *,
+    max_tokens: int = 8,
+    tenant: str = "t",
+    priority: auth_pb2.Priority = auth_pb2.PRIORITY_DEFAULT,
+) -> router_pb2.RouterGenerateRequest:
+    return router_pb2.RouterGenerateRequest(
+        request=generation_pb2.GenerateRequest(
+            model=model, prompt=prompt, max_tokens=max_tokens, ignore_eos=True
+        ),
+        context=router_pb2.RequestContext(tenant_id=tenant, priority=priority),
+    )
+
+
+async def tokens_of(call: Any) -> int:
+    chunks = [c async for c in call]
+    return int(chunks[-1].usage.completion_tokens)
+
+
+async def states(r: Router) -> dict[str, int]:
+    listed = await r.stub.ListReplicas(router_pb2.ListReplicasRequest())
+    return {x.address: x.state for x in listed.replicas}
+
+
+async def serving(r: Router, n: int) -> None:
+    async def check() -> bool:
+        return list((await states(r)).values()).count(router_pb2.REPLICA_STATE_SERVING) == n
+
+    await eventually(check)
+
+
+async def test_requests_spread_over_replicas_and_complete(vllm_engine: Engine) -> None:
+    model = vllm_engine.model_info.name
+    async with AsyncExitStack() as stack:
+        a = await stack.enter_async_context(inference_replica(vllm_engine))
+        b = await stack.enter_async_context(inference_replica(vllm_engine))
+        r = await stack.enter_async_context(router([a.address, b.address], model))
+        await serving(r, 2)
+        results = await asyncio.gather(
+            *(tokens_of(r.stub.Generate(generate(model, f"{i} " * 50))) for i in range(24))
+        )
+        assert results == [8] * 24
+        assert a.generate_calls() > 0 and b.generate_calls() > 0
+        assert a.generate_calls() + b.generate_calls() == 24
+        listed = await r.stub.ListReplicas(router_pb2.ListReplicasRequest())
+        assert all(0 < x.concurrency_limit <= 32 and x.in_flight == 0 for x in listed.replicas)
+        assert all(x.model.name == model for x in listed.replicas)
+
+
+async def test_a_drained_replica_gets_no_new_work_and_comes_back(vllm_engine: Engine) -> None:
+    model = vllm_engine.model_info.name
+    async with AsyncExitStack() as stack:
+        a = await stack.enter_async_context(inference_replica(vllm_engine))
+        b = await stack.enter_async_context(inference_replica(vllm_engine))
+        r = await stack.enter_async_context(router([a.address, b.address], model))
+        await serving(r, 2)
+        drained = await r.stub.DrainReplica(router_pb2.DrainReplicaRequest(address=a.address))
+        assert drained.state == router_pb2.REPLICA_STATE_DRAINING
+        before = a.generate_calls()
+        await asyncio.gather(
+            *(tokens_of(r.stub.Generate(generate(model, f"{i} " * 50))) for i in range(10))
+        )
+        assert a.generate_calls() == before
+        back = await r.stub.DrainReplica(
+            router_pb2.DrainReplicaRequest(address=a.address, undrain=True)
+        )
+        assert back.state == router_pb2.REPLICA_STATE_SERVING
+
+
+async def test_replicas_join_and_leave_at_run_time_without_losing_streams(
+    vllm_engine: Engine,
+) -> None:
+    model = vllm_engine.model_info.name
+    async with AsyncExitStack() as stack:
+        a = await stack.enter_async_context(inference_replica(vllm_engine))
+        b = await stack.enter_async_context(inference_replica(vllm_engine))
+        r = await stack.enter_async_context(router([a.address], model))
+        await serving(r, 1)
+        joined = await r.stub.RegisterReplica(router_pb2.RegisterReplicaRequest(address=b.address))
+        assert joined.address == b.address
+        await serving(r, 2)
+
+        # A long stream runs on a; a then leaves: the stream finishes whole.
+        await r.stub.DrainReplica(router_pb2.DrainReplicaRequest(address=b.address))
+        long_stream = asyncio.create_task(
+            tokens_of(r.stub.Generate(generate(model, "long", max_tokens=200)))
+        )
+        await eventually(lambda: r.replicas.get(a.address).limiter.in_flight == 1)
+        await r.stub.DrainReplica(router_pb2.DrainReplicaRequest(address=b.address, undrain=True))
+        left = await r.stub.DeregisterReplica(
+            router_pb2.DeregisterReplicaRequest(address=a.address)
+        )
+        assert left.draining_streams == 1
+        assert await tokens_of(r.stub.Generate(generate(model, "after"))) == 8
+        assert await long_stream == 200
+        await eventually(lambda: [x.address for x in r.replicas.replicas] == [b.address])
+
+        with pytest.raises(grpc.aio.AioRpcError) as unknown:
+            await r.stub.DrainReplica(router_pb2.DrainReplicaRequest(address=a.address))
+        assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
+        with pytest.raises(grpc.aio.AioRpcError) as bad:
+            await r.stub.RegisterReplica(router_pb2.RegisterReplicaRequest(address="nope"))
+        assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_a_dead_replica_never_hangs_requests(vllm_engine: Engine) -> None:
+    model = vllm_engine.model_info.name
+    async with AsyncExitStack() as stack:
+        a = await stack.enter_async_context(inference_replica(vllm_engine))
+        dead = f"127.0.0.1:{free_port()}"
+        r = await stack.enter_async_context(router([dead, a.address], model))
+        await serving(r, 1)
+        results = await asyncio.gather(
+            *(tokens_of(r.stub.Generate(generate(model, f"{i}"), timeout=30)) for i in range(8))
+        )
+        assert results == [8] * 8
+        assert (await states(r))[dead] == router_pb2.REPLICA_STATE_NOT_SERVING
+
+
+class FakeFailingInference(inference_pb2_grpc.InferenceServicer):
+    """A replica that says it serves the model and fails every generation
+    before the first token."""
+
+    def __init__(self, model: str) -> None:
+        self._model = model
+        self.calls = 0
+
+    async def GetModelInfo(
+        self, request: inference_pb2.GetModelInfoRequest, context: Any
+    ) -> inference_pb2.ReplicaInfo:
+        return inference_pb2.ReplicaInfo(
+            model=generation_pb2.ModelInfo(name=self._model, max_context_length=2048),
+            max_num_seqs=64,
+        )
+
+    async def Generate(self, request: Any, context: Any) -> AsyncIterator[Any]:
+        self.calls += 1
+        await context.abort(grpc.StatusCode.UNAVAILABLE, "fake replica failure")
+        yield  # pragma: no cover - an async generator that never yields
+
+    async def WatchLoad(self, request: Any, context: Any) -> AsyncIterator[inference_pb2.Load]:
+        yield inference_pb2.Load()
+        await asyncio.Event().wait()
+
+    async def GetLoad(self, request: Any, context: Any) -> inference_pb2.Load:
+        return inference_pb2.Load()
+
+    async def CountTokens(self, request: Any, context: Any) -> Any:
+        await context.abort(grpc.StatusCode.UNAVAILABLE, "fake replica failure")
+
+    async def Abort(self, request: Any, context: Any) -> inference_pb2.AbortResponse:
+        return inference_pb2.AbortResponse()
+
+
+@asynccontextmanager
+async def fake_failing_replica(model: str) -> AsyncIterator[tuple[str, FakeFailingInference]]:
+    telemetry: Telemetry = setup("fake-inference", TelemetrySettings())
+    fake = FakeFailingInference(model)
+
+    def registrar(s: grpc.aio.Server) -> None:
+        inference_pb2_grpc.add_InferenceServicer_to_server(fake, s)
+
+    server: ServiceServer = await start_server(
+        address="127.0.0.1:0",
+        telemetry=telemetry,
+        service_names=[INFERENCE],
+        registrars=[registrar],
+    )
+    try:
+        yield f"127.0.0.1:{server.port}", fake
+    finally:
+        await server.stop(0)
+        telemetry.shutdown()
+
+
+async def test_failures_before_the_first_token_retry_elsewhere_and_eject_the_replica(
+    vllm_engine: Engine,
+) -> None:
+    model = vllm_engine.model_info.name
+    async with AsyncExitStack() as stack:
+        a = await stack.enter_async_context(inference_replica(vllm_engine))
+        bad_address, fake = await stack.enter_async_context(fake_failing_replica(model))
+        r = await stack.enter_async_context(
+            router(
+                [bad_address, a.address],
+                model,
+                ejection=EjectionPolicy(failures=3, base_s=60.0, max_s=60.0),
+            )
+        )
+        await serving(r, 2)
+        # Every request completes: the ones sent to the fake are retried on a.
+        for i in range(60):
+            assert await tokens_of(r.stub.Generate(generate(model, f"{i} " * 40))) == 8
+            if fake.calls == 3:
+                break
+        assert (await states(r))[bad_address] == router_pb2.REPLICA_STATE_EJECTED
+        # Ejected after its third failure in a row, it gets nothing more.
+        for i in range(10):
+            assert await tokens_of(r.stub.Generate(generate(model, f"more {i} " * 40))) == 8
+        assert fake.calls == 3
+        assert (await states(r))[bad_address] == router_pb2.REPLICA_STATE_EJECTED
+
+
+async def test_a_full_queue_sheds_with_retry_info(vllm_engine: Engine) -> None:
+    model = vllm_engine.model_info.name
+    async with AsyncExitStack() as stack:
+        a = await stack.enter_async_context(inference_replica(vllm_engine))
+        r = await stack.enter_async_context(
+            router([a.address], model, limit=1, policy=FlowPolicy(max_queue=1))
+        )
+        await serving(r, 1)
+        running = asyncio.create_task(
+            tokens_of(r.stub.Generate(generate(model, "1", max_tokens=300)))
+        )
+        await eventually(lambda: r.replicas.get(a.address).limiter.in_flight == 1)
+        queued = asyncio.create_task(tokens_of(r.stub.Generate(generate(model, "2"))))
+        await eventually(lambda: queue_stats(r, lambda q: q.waiting == 1))
+        with pytest.raises(grpc.aio.AioRpcError) as shed:
+            await tokens_of(r.stub.Generate(generate(model, "3")))
+        assert shed.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        status = rpc_status.from_call(shed.value)
+        assert status is not None
+        retry = error_details_pb2.RetryInfo()
+        assert any(d.Unpack(retry) for d in status.details if d.Is(retry.DESCRIPTOR))
+        assert retry.retry_delay.ToTimedelta().total_seconds() > 0
+        stats = await r.stub.GetQueueStats(router_pb2.GetQueueStatsRequest())
+        assert stats.waiting == 1
+        assert dict(stats.shed) == {"queue_full": 1}
+        assert [(d.tenant_id, d.waiting) for d in stats.depths] == [("t", 1)]
+        assert await running == 300
+        assert await queued == 8
+
+
+async def queue_stats(r: Router, check: Callable[[router_pb2.QueueStats], bool]) -> bool:
+    return check(await r.stub.GetQueueStats(router_pb2.GetQueueStatsRequest()))
+
+
+async def test_a_deadline_that_cannot_be_met_is_shed_from_the_queue(
+    vllm_engine: Engine,
+) -> None:
+    model = vllm_engine.model_info.name
+    async with AsyncExitStack() as stack:
+        a = await stack.enter_async_context(inference_replica(vllm_engine))
+        r = await stack.enter_async_context(router([a.address], model, limit=1))
+        await serving(r, 1)
+        running = asyncio.create_task(
+            tokens_of(r.stub.Generate(generate(model, "1", max_tokens=400)))
+        )
+        await eventually(lambda: r.replicas.get(a.address).limiter.in_flight == 1)
+        with pytest.raises(grpc.aio.AioRpcError) as late:
+            await tokens_of(r.stub.Generate(generate(model, "2"), timeout=0.5))
+        assert late.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        await eventually(lambda: queue_stats(r, lambda q: q.shed["deadline"] == 1))
+        assert a.generate_calls() == 0  # the shed request never reached the replica
+        assert await running == 400
+
+
+async def test_cancelling_at_the_router_frees_the_engine(vllm_engine: Engine) -> None:
+    model = vllm_engine.model_info.name
+    async with AsyncExitStack() as stack:
+        a = await stack.enter_async_context(inference_replica(vllm_engine))
+        r = await stack.enter_async_context(router([a.address], model))
+        await serving(r, 1)
+        call = r.stub.Generate(generate(model, "cancel me", max_tokens=2000))
+        async for _ in call:
+            break
+        call.cancel()
+        async with grpc.aio.insecure_channel(a.address) as ch:
+            replica = inference_pb2_grpc.InferenceStub(ch)
+
+            async def idle() -> bool:
+                load = await replica.GetLoad(inference_pb2.GetLoadRequest())
+                return load.running == 0 and load.tokens_in_flight == 0
+
+            await eventually(idle)
+        await eventually(lambda: r.replicas.get(a.address).limiter.in_flight == 0)
