@@ -17,7 +17,7 @@ from maas.v1 import (
     router_pb2,
     router_pb2_grpc,
 )
-from services.common.errors import InvalidArgumentError
+from services.common.errors import InvalidArgumentError, UnavailableError
 from services.router.choice import prefix_key
 from services.router.dispatcher import Dispatcher, Ticket
 from services.router.fair_queue import BATCH, DEFAULT, INTERACTIVE
@@ -27,9 +27,16 @@ from services.router.replicas import Replica, ReplicaSet
 Context = grpc.aio.ServicerContext[Any, Any]
 
 # Codes that say the replica (not the request) failed: worth another replica,
-# and counted towards ejecting this one.
+# and counted towards ejecting this one. CANCELLED here comes from the replica
+# (a server going away): the caller's own cancellation never reaches us as an
+# error, it cancels this handler.
 REPLICA_FAULTS = frozenset(
-    {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN}
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.CANCELLED,
+    }
 )
 _CLASS_OF = {
     auth_pb2.PRIORITY_INTERACTIVE: INTERACTIVE,
@@ -115,9 +122,17 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
                 return
             except grpc.aio.AioRpcError as err:
                 failed = err.code() in REPLICA_FAULTS
-                # Retry only before any text went out: never duplicate output.
-                if not failed or first_token_s is not None or attempt == self._max_attempts:
-                    raise
+                if not failed:
+                    raise  # the request's own fault: its status goes back as is
+                if first_token_s is not None:
+                    # Never retried after text went out (no duplicated output).
+                    raise UnavailableError(
+                        f"the replica failed mid-stream ({err.code().name})"
+                    ) from err
+                if attempt == self._max_attempts:
+                    raise UnavailableError(
+                        f"no replica could serve the request ({err.code().name})"
+                    ) from err
                 ticket = dataclasses.replace(
                     ticket, exclude=ticket.exclude | {lease.replica.address}
                 )

@@ -6,8 +6,17 @@ from __future__ import annotations
 from collections import Counter
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from services.router.fair_queue import BATCH, DEFAULT, INTERACTIVE, FairQueue, QueueFullError
+from services.router.fair_queue import (
+    BATCH,
+    DEFAULT,
+    INTERACTIVE,
+    Entry,
+    FairQueue,
+    QueueFullError,
+)
 
 
 class Clock:
@@ -131,3 +140,73 @@ def test_depths_by_tenant_and_class() -> None:
         ("a", BATCH): (1, 10.0),
         ("b", INTERACTIVE): (1, 7.0),
     }
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    costs=st.dictionaries(
+        st.sampled_from(["a", "b", "c", "d"]),
+        st.lists(st.integers(min_value=1, max_value=500), min_size=30, max_size=60),
+        min_size=2,
+    ),
+    weights=st.dictionaries(
+        st.sampled_from(["a", "b", "c", "d"]), st.sampled_from([0.5, 1.0, 2.0, 3.0])
+    ),
+)
+def test_while_all_are_backlogged_no_tenant_falls_behind_by_more_than_one_request(
+    costs: dict[str, list[int]], weights: dict[str, float]
+) -> None:
+    """The fair-queueing guarantee: over any stretch where every tenant has
+    work queued, the weighted service of two tenants differs by at most one
+    request of each (their largest cost over their weight)."""
+    q = queue()
+    for tenant, tenant_costs in costs.items():
+        for i, cost in enumerate(tenant_costs):
+            q.push(tenant, DEFAULT, cost, weights.get(tenant, 1.0), (tenant, i))
+    served: Counter[str] = Counter()
+    order: dict[str, list[int]] = {t: [] for t in costs}
+    while all(len(order[t]) < len(c) for t, c in costs.items()):
+        entry = q.pop()
+        assert entry is not None
+        tenant, index = entry.item
+        order[tenant].append(index)
+        served[tenant] += int(entry.cost)
+        for x in costs:
+            for y in costs:
+                wx, wy = weights.get(x, 1.0), weights.get(y, 1.0)
+                bound = max(costs[x]) / wx + max(costs[y]) / wy
+                assert served[x] / wx - served[y] / wy <= bound + 1e-9
+    # Each tenant's own requests keep their order.
+    assert all(indices == sorted(indices) for indices in order.values())
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    ops=st.lists(
+        st.tuples(st.sampled_from(["push", "pop", "remove"]), st.sampled_from("abc")),
+        max_size=200,
+    )
+)
+def test_bounds_hold_and_nothing_is_lost_whatever_the_sequence(
+    ops: list[tuple[str, str]],
+) -> None:
+    q = queue(max_total=20, max_per_tenant=8)
+    waiting: list[Entry] = []
+    out = 0
+    for op, tenant in ops:
+        if op == "push":
+            try:
+                waiting.append(q.push(tenant, DEFAULT, 10, 1.0, None))
+            except QueueFullError:
+                assert len(q) == 20 or sum(e.tenant == tenant for e in waiting) == 8
+        elif op == "pop":
+            entry = q.pop()
+            assert (entry is None) == (not waiting)
+            if entry is not None:
+                waiting.remove(entry)
+                out += 1
+        elif waiting:
+            victim = waiting.pop(0)
+            q.remove(victim)
+        assert len(q) == len(waiting) <= 20
+        assert all(sum(e.tenant == t for e in waiting) <= 8 for t in "abc")

@@ -43,6 +43,7 @@ INFERENCE = inference_pb2.DESCRIPTOR.services_by_name["Inference"].full_name
 class Replica:
     address: str
     spans: InMemorySpanExporter
+    server: ServiceServer
 
     def generate_calls(self) -> int:
         return sum(
@@ -63,7 +64,7 @@ async def inference_replica(engine: Engine) -> AsyncIterator[Replica]:
     telemetry = setup("inference", TelemetrySettings(), span_exporter=spans)
     server, _ = await create_inference_server("127.0.0.1:0", telemetry, engine)
     try:
-        yield Replica(f"127.0.0.1:{server.port}", spans)
+        yield Replica(f"127.0.0.1:{server.port}", spans, server)
     finally:
         await server.stop(0.5)
         telemetry.shutdown()
@@ -178,24 +179,46 @@ async def test_replicas_join_and_leave_at_run_time_without_losing_streams(
         b = await stack.enter_async_context(inference_replica(vllm_engine))
         r = await stack.enter_async_context(router([a.address], model))
         await serving(r, 1)
+        # Steady load from four clients for the whole test: none may fail.
+        stop = asyncio.Event()
+        completed: list[int] = []
+
+        async def client(i: int) -> None:
+            n = 0
+            while not stop.is_set():
+                completed.append(await tokens_of(r.stub.Generate(generate(model, f"{i}:{n}"))))
+                n += 1
+
+        clients = [asyncio.create_task(client(i)) for i in range(4)]
         joined = await r.stub.RegisterReplica(router_pb2.RegisterReplicaRequest(address=b.address))
         assert joined.address == b.address
         await serving(r, 2)
 
         # A long stream runs on a; a then leaves: the stream finishes whole.
         await r.stub.DrainReplica(router_pb2.DrainReplicaRequest(address=b.address))
-        long_stream = asyncio.create_task(
-            tokens_of(r.stub.Generate(generate(model, "long", max_tokens=200)))
-        )
-        await eventually(lambda: r.replicas.get(a.address).limiter.in_flight == 1)
+        long_call = r.stub.Generate(generate(model, "long", max_tokens=200))
+        first = await long_call.read()
+        assert isinstance(first, generation_pb2.GenerateResponse)
+
+        async def rest_of_long_stream() -> int:
+            last: object = first
+            while (chunk := await long_call.read()) is not grpc.aio.EOF:
+                last = chunk
+            assert isinstance(last, generation_pb2.GenerateResponse)
+            return int(last.usage.completion_tokens)
+
+        long_stream = asyncio.create_task(rest_of_long_stream())
         await r.stub.DrainReplica(router_pb2.DrainReplicaRequest(address=b.address, undrain=True))
         left = await r.stub.DeregisterReplica(
             router_pb2.DeregisterReplicaRequest(address=a.address)
         )
-        assert left.draining_streams == 1
+        assert left.draining_streams >= 1
         assert await tokens_of(r.stub.Generate(generate(model, "after"))) == 8
         assert await long_stream == 200
         await eventually(lambda: [x.address for x in r.replicas.replicas] == [b.address])
+        stop.set()
+        await asyncio.gather(*clients)  # raises if any request failed
+        assert len(completed) > 4 and set(completed) == {8}
 
         with pytest.raises(grpc.aio.AioRpcError) as unknown:
             await r.stub.DrainReplica(router_pb2.DrainReplicaRequest(address=a.address))
@@ -376,3 +399,51 @@ async def test_cancelling_at_the_router_frees_the_engine(vllm_engine: Engine) ->
 
             await eventually(idle)
         await eventually(lambda: r.replicas.get(a.address).limiter.in_flight == 0)
+
+
+async def test_a_replica_killed_mid_stream_fails_its_streams_cleanly_and_work_moves_on(
+    vllm_engine: Engine,
+) -> None:
+    model = vllm_engine.model_info.name
+    async with AsyncExitStack() as stack:
+        a = await stack.enter_async_context(inference_replica(vllm_engine))
+        b = await stack.enter_async_context(inference_replica(vllm_engine))
+        r = await stack.enter_async_context(router([a.address, b.address], model))
+        await serving(r, 2)
+        await r.stub.DrainReplica(router_pb2.DrainReplicaRequest(address=b.address))
+        call = r.stub.Generate(generate(model, "doomed", max_tokens=2000))
+        async for _ in call:
+            break  # the stream runs on a
+        await r.stub.DrainReplica(router_pb2.DrainReplicaRequest(address=b.address, undrain=True))
+        await a.server.stop(0)
+        with pytest.raises(grpc.aio.AioRpcError) as cut:
+            async for _ in call:
+                pass
+        assert cut.value.code() == grpc.StatusCode.UNAVAILABLE
+        results = await asyncio.gather(
+            *(tokens_of(r.stub.Generate(generate(model, f"after {i}"))) for i in range(6))
+        )
+        assert results == [8] * 6
+
+
+async def test_higher_priority_waiting_work_goes_first(vllm_engine: Engine) -> None:
+    model = vllm_engine.model_info.name
+    async with AsyncExitStack() as stack:
+        a = await stack.enter_async_context(inference_replica(vllm_engine))
+        r = await stack.enter_async_context(router([a.address], model, limit=1))
+        await serving(r, 1)
+        finished: list[str] = []
+
+        async def run(name: str, priority: auth_pb2.Priority, tokens: int) -> None:
+            request = generate(model, name, max_tokens=tokens, tenant=name, priority=priority)
+            await tokens_of(r.stub.Generate(request))
+            finished.append(name)
+
+        first = asyncio.create_task(run("first", auth_pb2.PRIORITY_DEFAULT, 300))
+        await eventually(lambda: r.replicas.get(a.address).limiter.in_flight == 1)
+        batch = asyncio.create_task(run("batch", auth_pb2.PRIORITY_BATCH, 8))
+        await eventually(lambda: queue_stats(r, lambda q: q.waiting == 1))
+        interactive = asyncio.create_task(run("interactive", auth_pb2.PRIORITY_INTERACTIVE, 8))
+        await eventually(lambda: queue_stats(r, lambda q: q.waiting == 2))
+        await asyncio.gather(first, batch, interactive)
+        assert finished == ["first", "interactive", "batch"]
