@@ -33,6 +33,8 @@ async def serve(settings: RouterSettings) -> None:
         aging_s=settings.aging_s,
         max_queue_wait_s=settings.max_queue_wait_s,
         affinity_slack=settings.affinity_slack,
+        choice=settings.replica_choice,
+        reserved_share=settings.reserved_share,
     )
     await replicas.start()
     try:

@@ -50,24 +50,30 @@ def _rendezvous(key: int, replica: Replica) -> int:
     return x ^ (x >> 31)
 
 
+def reserve_of(replica: Replica, share: float) -> int:
+    """Slots of `replica` kept back for tenants below their fair share."""
+    return int(replica.limiter.limit * share) if share > 0 else 0
+
+
 def choose(
     candidates: list[Replica],
     key: int | None,
     *,
     slack: float,
     exclude: frozenset[str] = frozenset(),
+    reserve_share: float = 0.0,
 ) -> Replica | None:
     """The replica to dispatch to now, or None when none of the candidates
-    has room. `exclude` (replicas that just failed this request) is honoured
-    while another candidate is left."""
+    has room outside its reserve. `exclude` (replicas that just failed this
+    request) is honoured while another candidate is left."""
     usable = [r for r in candidates if r.address not in exclude] or candidates
-    with_room = [r for r in usable if r.has_room()]
+    with_room = [r for r in usable if r.has_room(reserve_of(r, reserve_share))]
     if not with_room:
         return None
     least = min(with_room, key=Replica.utilization)
     if key is None:
         return least
     preferred = max(usable, key=lambda r: _rendezvous(key, r))
-    if preferred.has_room() and preferred.utilization() <= least.utilization() + slack:
+    if preferred in with_room and preferred.utilization() <= least.utilization() + slack:
         return preferred
     return least

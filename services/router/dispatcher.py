@@ -6,9 +6,11 @@ limiters, reported load and state."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Literal
 
 from services.common.errors import (
     DeadlineExceededError,
@@ -16,7 +18,7 @@ from services.common.errors import (
     NotFoundError,
     ResourceExhaustedError,
 )
-from services.router.choice import choose
+from services.router.choice import choose, reserve_of
 from services.router.fair_queue import Entry, FairQueue, QueueFullError
 from services.router.replicas import Replica, ReplicaSet
 
@@ -32,6 +34,14 @@ class FlowPolicy:
     affinity_slack: float = 0.25  # utilization a prefix-preferred replica may exceed the least
     # The least time to first token assumed when shedding for a deadline.
     min_first_token_s: float = 0.05
+    # "affinity": least utilized with prefix affinity; "least_loaded": without
+    # affinity; "round_robin": in turn (a baseline for benchmarks).
+    choice: Literal["affinity", "least_loaded", "round_robin"] = "affinity"
+    # Share of each replica's slots kept for tenants holding fewer slots than
+    # their fair share (counting at least two tenants): a light tenant's
+    # request starts at once even while a flood keeps every other slot busy
+    # (slots can stay busy for seconds: equal-length requests free up together).
+    reserved_share: float = 0.1
 
 
 @dataclass(frozen=True)
@@ -77,6 +87,9 @@ class Dispatcher:
         self._duration_s = _Ewma(0.05, 1.0)
         self._pumping = False
         self._pump_again = False
+        self._turn = itertools.count()
+        # Requests holding a slot, per (model, tenant).
+        self._running: Counter[tuple[str, str]] = Counter()
         self.shed: Counter[str] = Counter()
         self.on_shed: Callable[[str], None] = lambda reason: None
         replicas.on_change(self.pump)
@@ -97,10 +110,7 @@ class Dispatcher:
         now = self._clock()
         queue = self._queues.get(ticket.model)
         if not queue:
-            replica = choose(
-                candidates, ticket.prefix_key, slack=self._policy.affinity_slack,
-                exclude=ticket.exclude,
-            )  # fmt: skip
+            replica = self._place(candidates, ticket, queue)
             if replica is not None:
                 return self._grant(replica, ticket, now, now)
         wait_s = self._policy.max_queue_wait_s
@@ -166,6 +176,10 @@ class Dispatcher:
         if first_token_s is not None:
             replica.limiter.on_sample(first_token_s, replica.limiter.in_flight)
         replica.limiter.release()
+        running = (lease.ticket.model, lease.ticket.tenant)
+        self._running[running] -= 1
+        if self._running[running] <= 0:
+            del self._running[running]
         self._replicas.released(replica)
         if replica_failed:
             self._replicas.record_failure(replica)
@@ -205,17 +219,77 @@ class Dispatcher:
                 return
             except MeshError:
                 return  # none up right now; they may come back
-            replica = choose(
-                candidates, ticket.prefix_key, slack=self._policy.affinity_slack,
-                exclude=ticket.exclude,
-            )  # fmt: skip
+            replica = self._place(candidates, ticket, queue)
             if replica is None:
-                return
-            queue.pop()
+                # The head waits for a slot; a tenant under its fair share of
+                # slots may still use the reserve, whatever its place in line.
+                entry, replica = self._from_reserve(candidates, queue)
+                if entry is None or replica is None:
+                    return
+                ticket, future = entry.item
+            queue.take(entry)
             future.set_result(self._grant(replica, ticket, entry.enqueued_at, self._clock()))
+
+    def _place(
+        self, candidates: list[Replica], ticket: Ticket, queue: FairQueue | None
+    ) -> Replica | None:
+        """A replica for `ticket`: outside the reserve, or inside it while the
+        ticket's tenant holds fewer slots than its fair share."""
+        replica = self._choose(candidates, ticket, self._policy.reserved_share)
+        if replica is None and self._under_share(candidates, ticket, queue):
+            replica = self._choose(candidates, ticket, 0.0)
+        return replica
+
+    def _from_reserve(
+        self, candidates: list[Replica], queue: FairQueue
+    ) -> tuple[Entry | None, Replica | None]:
+        for head in queue.tenant_heads():
+            ticket, future = head.item
+            if future.done() or not self._under_share(candidates, ticket, queue):
+                continue
+            replica = self._choose(candidates, ticket, 0.0)
+            if replica is not None:
+                return head, replica
+        return None, None
+
+    def _under_share(
+        self, candidates: list[Replica], ticket: Ticket, queue: FairQueue | None
+    ) -> bool:
+        if self._policy.reserved_share <= 0:
+            return False
+        tenants = {t for (m, t), n in self._running.items() if m == ticket.model and n > 0}
+        if queue is not None:
+            tenants.update(e.tenant for e in queue.tenant_heads())
+        tenants.add(ticket.tenant)
+        slots = sum(int(r.limiter.limit) for r in candidates)
+        # At least two: a tenant alone must leave the reserve to whoever comes next.
+        return self._running[(ticket.model, ticket.tenant)] < slots / max(2, len(tenants))
+
+    def _choose(
+        self, candidates: list[Replica], ticket: Ticket, reserve_share: float
+    ) -> Replica | None:
+        if self._policy.choice == "round_robin":
+            start = next(self._turn)
+            for i in range(len(candidates)):
+                replica = candidates[(start + i) % len(candidates)]
+                if (
+                    replica.has_room(reserve_of(replica, reserve_share))
+                    and replica.address not in ticket.exclude
+                ):
+                    return replica
+            return None
+        key = ticket.prefix_key if self._policy.choice == "affinity" else None
+        return choose(
+            candidates,
+            key,
+            slack=self._policy.affinity_slack,
+            exclude=ticket.exclude,
+            reserve_share=reserve_share,
+        )
 
     def _grant(self, replica: Replica, ticket: Ticket, queued_at: float, now: float) -> Lease:
         replica.limiter.acquire()
+        self._running[(ticket.model, ticket.tenant)] += 1
         return Lease(replica, ticket, queued_s=now - queued_at, dispatched_at=now)
 
     def _abandon(self, queue: FairQueue, entry: Entry, future: asyncio.Future[Lease]) -> None:

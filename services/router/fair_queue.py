@@ -13,7 +13,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -69,6 +69,8 @@ class FairQueue:
         self._classes = {c: _Class() for c in CLASSES}
         self._seq = itertools.count()
         self._per_tenant: Counter[str] = Counter()
+        # Each tenant's entries in arrival order (so also in start-tag order).
+        self._by_tenant: dict[str, deque[Entry]] = {}
         self._size = 0
 
     def __len__(self) -> int:
@@ -85,6 +87,7 @@ class FairQueue:
         klass.last_finish[tenant] = start + max(cost, 1.0) / (weight if weight > 0 else 1.0)
         entry = Entry(tenant, priority, cost, item, self._clock(), start)
         heapq.heappush(klass.heap, (start, next(self._seq), entry))
+        self._by_tenant.setdefault(tenant, deque()).append(entry)
         self._per_tenant[tenant] += 1
         self._size += 1
         return entry
@@ -113,14 +116,29 @@ class FairQueue:
 
     def pop(self) -> Entry | None:
         entry = self.peek()
-        if entry is None:
-            return None
+        if entry is not None:
+            self.take(entry)
+        return entry
+
+    def take(self, entry: Entry) -> None:
+        """Takes `entry` out to serve it (usually the head; see `tenant_heads`)."""
+        if entry.removed:
+            return
         klass = self._classes[entry.priority if entry.priority in self._classes else DEFAULT]
-        heapq.heappop(klass.heap)
         klass.virtual_time = max(klass.virtual_time, entry.start_tag)
         entry.removed = True
         self._forget(entry)
-        return entry
+        self._head(klass)
+
+    def tenant_heads(self) -> list[Entry]:
+        """Each waiting tenant's oldest entry, lowest start tag first."""
+        heads = []
+        for entries in self._by_tenant.values():
+            while entries and entries[0].removed:
+                entries.popleft()
+            if entries:
+                heads.append(entries[0])
+        return sorted(heads, key=lambda e: (e.priority, e.start_tag))
 
     def entries(self) -> Iterator[Entry]:
         for klass in self._classes.values():
@@ -146,6 +164,7 @@ class FairQueue:
         self._per_tenant[entry.tenant] -= 1
         if self._per_tenant[entry.tenant] <= 0:
             del self._per_tenant[entry.tenant]
+            self._by_tenant.pop(entry.tenant, None)
             klass = self._classes[entry.priority if entry.priority in self._classes else DEFAULT]
             # An idle tenant's finish tag matters only while it is ahead of
             # virtual time; dropping it then keeps memory to active tenants.

@@ -72,12 +72,12 @@ class Replica:
         """Up, not drained, not ejected."""
         return self.serving and not self.draining and now >= self.ejected_until
 
-    def has_room(self) -> bool:
-        """Under its concurrency limit, not reporting a queue of its own
-        (requests waiting in the engine can no longer be ordered fairly), and
-        with KV cache to spare."""
+    def has_room(self, reserve: int = 0) -> bool:
+        """Under its concurrency limit (less `reserve` slots), not reporting a
+        queue of its own (requests waiting in the engine can no longer be
+        ordered fairly), and with KV cache to spare."""
         return (
-            self.limiter.has_room()
+            self.limiter.in_flight < int(self.limiter.limit) - reserve
             and self.load.waiting == 0
             and self.load.kv_cache_usage < KV_CACHE_HIGH
         )

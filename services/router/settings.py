@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
@@ -31,6 +33,12 @@ class RouterSettings(ServiceSettings):
     # How much busier (in utilization) the replica that likely caches a
     # request's prompt prefix may be than the least loaded one, and still win.
     affinity_slack: float = Field(default=0.25, ge=0)
+    # How a replica is chosen: "affinity" (least utilized, preferring the one
+    # likely to have the prompt prefix cached), "least_loaded", "round_robin".
+    replica_choice: Literal["affinity", "least_loaded", "round_robin"] = "affinity"
+    # Share of each replica's slots kept for tenants holding fewer slots than
+    # their fair share, so a light tenant starts at once during a flood.
+    reserved_share: float = Field(default=0.1, ge=0, lt=1)
     # Adaptive per-replica concurrency limit (capped by the replica's batch size).
     initial_concurrency: int = Field(default=32, ge=1)
     latency_tolerance: float = Field(default=2.0, ge=1)

@@ -1,0 +1,166 @@
+"""Processes for the router benchmarks: inference replicas and a router,
+each its own process as in production, and a client that streams through
+them recording what a user sees."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from bench.inference_streaming import KV_CACHE_BYTES, free_port
+from maas.v1 import auth_pb2, generation_pb2, inference_pb2, inference_pb2_grpc, router_pb2
+from services.inference.settings import cpu_engine_environment
+
+REPO = Path(__file__).resolve().parent.parent
+LOG_DIR = REPO / ".maas" / "bench"
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    for key, value in cpu_engine_environment().items():
+        env.setdefault(key, value)
+    env.setdefault("MAAS_INFERENCE_TELEMETRY__LOG_LEVEL", "WARNING")
+    env.setdefault("MAAS_ROUTER_TELEMETRY__LOG_LEVEL", "WARNING")
+    return env
+
+
+async def _serving(address: str, service: str, timeout_s: float = 300) -> None:
+    async with grpc.aio.insecure_channel(address) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        request = health_pb2.HealthCheckRequest(service=service)
+        async for update in health.Watch(request, wait_for_ready=True, timeout=timeout_s):
+            if update.status == health_pb2.HealthCheckResponse.SERVING:
+                return
+
+
+@contextlib.asynccontextmanager
+async def process(args: list[str], log_name: str, address: str, service: str) -> AsyncIterator[str]:
+    LOG_DIR.mkdir(parents=True, exist_ok=True)
+    with (LOG_DIR / log_name).open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, *args], stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=_env()
+        )
+    try:
+        await _serving(address, service)
+        yield address
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def inference(
+    model: Path, name: str, max_num_seqs: int = 64
+) -> contextlib.AbstractAsyncContextManager[str]:
+    port = free_port()
+    args = [
+        "-m", "services.inference", "--model", str(model), "--port", str(port),
+        "--kv-cache-memory-bytes", str(KV_CACHE_BYTES), "--enforce-eager",
+        "--max-num-seqs", str(max_num_seqs),
+    ]  # fmt: skip
+    return process(args, f"{name}.log", f"127.0.0.1:{port}", "maas.v1.Inference")
+
+
+def router(
+    replicas: list[str], name: str, *extra: str
+) -> contextlib.AbstractAsyncContextManager[str]:
+    port = free_port()
+    args = [
+        "-m",
+        "services.router",
+        "--port",
+        str(port),
+        "--replicas",
+        json.dumps(replicas),
+        *extra,
+    ]
+    return process(args, f"{name}.log", f"127.0.0.1:{port}", "maas.v1.Router")
+
+
+async def model_name(address: str) -> str:
+    async with grpc.aio.insecure_channel(address) as ch:
+        info = await inference_pb2_grpc.InferenceStub(ch).GetModelInfo(
+            inference_pb2.GetModelInfoRequest()
+        )
+        return info.model.name
+
+
+@dataclass
+class Outcome:
+    """One request as its client saw it."""
+
+    tenant: str
+    start: float
+    first_token: float | None = None
+    end: float | None = None
+    tokens: int = 0
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+    code: str = "OK"
+    details: str = ""
+    chunk_times: list[float] = field(default_factory=list)
+
+    @property
+    def ttft(self) -> float | None:
+        return None if self.first_token is None else self.first_token - self.start
+
+
+def router_request(
+    model: str,
+    *,
+    prompt: str | None = None,
+    messages: list[tuple[str, str]] | None = None,
+    max_tokens: int,
+    tenant: str = "bench",
+    priority: auth_pb2.Priority = auth_pb2.PRIORITY_DEFAULT,
+) -> router_pb2.RouterGenerateRequest:
+    request = generation_pb2.GenerateRequest(
+        model=model, max_tokens=max_tokens, ignore_eos=True, temperature=0.0
+    )
+    if messages is not None:
+        request.messages.messages.extend(
+            generation_pb2.ChatMessage(role=role, content=content) for role, content in messages
+        )
+    else:
+        request.prompt = prompt or ""
+    return router_pb2.RouterGenerateRequest(
+        request=request,
+        context=router_pb2.RequestContext(tenant_id=tenant, priority=priority),
+    )
+
+
+async def stream(call: grpc.aio.UnaryStreamCall, outcome: Outcome) -> Outcome:  # type: ignore[type-arg]
+    try:
+        async for chunk in call:
+            now = time.perf_counter()
+            n = len(chunk.token_ids)
+            if n and outcome.first_token is None:
+                outcome.first_token = now
+            if n:
+                outcome.chunk_times.append(now)
+            outcome.tokens += n
+            outcome.prompt_tokens = chunk.usage.prompt_tokens
+            outcome.cached_tokens = chunk.usage.cached_tokens
+    except grpc.aio.AioRpcError as err:
+        outcome.code = err.code().name
+        outcome.details = err.details() or ""
+    outcome.end = time.perf_counter()
+    return outcome
+
+
+async def settle(seconds: float = 1.0) -> None:
+    """Lets the previous cell's stragglers and the CPU calm down."""
+    await asyncio.sleep(seconds)

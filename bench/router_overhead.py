@@ -1,0 +1,140 @@
+"""What the router costs: the same load straight to one inference replica and
+through the router in front of it, side by side in one run.
+
+At 1, 16 and 64 concurrent streams of 128 tokens, the two paths take turns
+within each round (the order alternates), every round repeats every cell,
+and each cell is the median over rounds with its range.
+
+    .venv/bin/python -m bench.router_overhead [--rounds 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
+
+import grpc
+
+from bench import mesh
+from bench.stats import percentile, summary, write_results
+from maas.v1 import inference_pb2, inference_pb2_grpc, router_pb2_grpc
+
+TOKENS = 128
+PROMPT = "The history of the lighthouse keeper's daughter, told in the old way, begins"
+PATHS = ("direct", "router")
+METRICS = ("tokens_per_s", "ttft_p50_ms", "ttft_p99_ms")
+
+Streams = Callable[[int], Awaitable[list[mesh.Outcome]]]
+
+
+async def run_cell(streams: Streams, concurrency: int) -> dict[str, float]:
+    start = time.perf_counter()
+    outcomes = await streams(concurrency)
+    wall = time.perf_counter() - start
+    bad = [o.code for o in outcomes if o.code != "OK" or o.tokens != TOKENS]
+    if bad:
+        raise RuntimeError(f"failed streams: {bad[:5]}")
+    ttfts = [o.ttft for o in outcomes if o.ttft is not None]
+    return {
+        "tokens_per_s": sum(o.tokens for o in outcomes) / wall,
+        "ttft_p50_ms": percentile(ttfts, 50) * 1e3,
+        "ttft_p99_ms": percentile(ttfts, 99) * 1e3,
+    }
+
+
+async def main_async(args: argparse.Namespace) -> None:
+    from services.inference.tiny_model import build_tiny_model
+
+    model_dir = build_tiny_model(mesh.REPO / ".maas" / "models" / "tiny-llama")
+    concurrencies = [int(c) for c in args.concurrency.split(",")]
+    raw: dict[str, dict[int, list[dict[str, float]]]] = {
+        p: {c: [] for c in concurrencies} for p in PATHS
+    }
+    async with AsyncExitStack() as stack:
+        print("starting an inference replica and a router ...", flush=True)
+        replica = await stack.enter_async_context(mesh.inference(model_dir, "overhead_replica"))
+        router = await stack.enter_async_context(mesh.router([replica], "overhead_router"))
+        model = await mesh.model_name(replica)
+        direct_ch = await stack.enter_async_context(grpc.aio.insecure_channel(replica))
+        router_ch = await stack.enter_async_context(grpc.aio.insecure_channel(router))
+        direct_stub = inference_pb2_grpc.InferenceStub(direct_ch)
+        router_stub = router_pb2_grpc.RouterStub(router_ch)
+        routed = mesh.router_request(model, prompt=PROMPT, max_tokens=TOKENS)
+        straight = inference_pb2.InferenceGenerateRequest(request=routed.request)
+
+        async def via_direct(n: int) -> list[mesh.Outcome]:
+            return await asyncio.gather(
+                *(
+                    mesh.stream(
+                        direct_stub.Generate(straight), mesh.Outcome("t", time.perf_counter())
+                    )
+                    for _ in range(n)
+                )
+            )
+
+        async def via_router(n: int) -> list[mesh.Outcome]:
+            return await asyncio.gather(
+                *(
+                    mesh.stream(
+                        router_stub.Generate(routed), mesh.Outcome("t", time.perf_counter())
+                    )
+                    for _ in range(n)
+                )
+            )
+
+        paths: dict[str, Streams] = {"direct": via_direct, "router": via_router}
+        for name, streams in paths.items():  # warm-up (and the router's limiter)
+            for c in concurrencies:
+                await run_cell(streams, c)
+            print(f"  {name} ready", flush=True)
+        for round_ in range(args.rounds):
+            for c in concurrencies:
+                order = PATHS if round_ % 2 == 0 else PATHS[::-1]
+                for name in order:
+                    raw[name][c].append(await run_cell(paths[name], c))
+            print(f"  round {round_ + 1}/{args.rounds} done", flush=True)
+
+    table = {
+        p: {c: {m: summary([r[m] for r in raw[p][c]]) for m in METRICS} for c in concurrencies}
+        for p in PATHS
+    }
+    header = f"{'path':<8} {'streams':>7} " + " ".join(f"{m:>26}" for m in METRICS)
+    lines = [header, "-" * len(header)]
+    for c in concurrencies:
+        for p in PATHS:
+            cells = (table[p][c][m] for m in METRICS)
+            lines.append(
+                f"{p:<8} {c:>7} "
+                + " ".join(
+                    f"{x['median']:.1f} [{x['min']:.1f}-{x['max']:.1f}]".rjust(26) for x in cells
+                )
+            )
+    lines += [
+        "",
+        "router vs direct, medians (targets: TTFT p50 +1 ms at most, tokens/s 0.95 at least):",
+    ]
+    for c in concurrencies:
+        d = {m: table["direct"][c][m]["median"] for m in METRICS}
+        r = {m: table["router"][c][m]["median"] for m in METRICS}
+        ratio = r["tokens_per_s"] / d["tokens_per_s"]
+        lines.append(
+            f"  {c:>2} streams: tokens/s router/direct = {ratio:.3f};"
+            f" TTFT p50 router-direct = {r['ttft_p50_ms'] - d['ttft_p50_ms']:+.2f} ms"
+        )
+    write_results("router_overhead", "\n".join(lines), rounds=args.rounds, summary=table, raw=raw)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--concurrency", default="1,16,64")
+    import uvloop
+
+    uvloop.run(main_async(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    main()

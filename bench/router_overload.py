@@ -1,0 +1,344 @@
+"""Overload and fairness through the router: two inference replicas (each its
+own process and engine) behind one router (its own process).
+
+Each round runs four phases, in turn:
+
+  capacity    a closed loop of 2 x max_num_seqs clients: the mesh's tokens/s
+  b_idle      tenant B alone, a light open-loop load (`--b-share` of capacity)
+  overload    tenant A offers 5x the capacity (open loop, 30 s deadlines),
+              B the same light load as in b_idle
+  backlogged  A offers 5x, B 2x: both always have work waiting
+
+and reports, median and range over rounds: goodput (tokens/s of completed
+requests) against capacity, B's time to first token p99 under overload
+against B alone on an idle mesh, Jain's index over the two tenants' served
+tokens while both are backlogged (equal weights: 1.0 is a perfect split),
+and what was shed, by status. Charts of queue depth and time to first token
+over time (last round) go next to the JSON.
+
+    .venv/bin/python -m bench.router_overload [--rounds 3] [--seconds 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing
+import random
+import time
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+
+import grpc
+
+from bench import mesh
+from bench.stats import RESULTS, percentile, summary, write_results
+from maas.v1 import router_pb2, router_pb2_grpc
+
+TOKENS = 256
+MAX_NUM_SEQS = 64
+WARMUP_S = 4.0  # of each phase, not counted
+DEADLINE_S = 30.0
+PHASES = ("capacity", "b_idle", "overload", "backlogged")
+
+
+@dataclass
+class PhaseResult:
+    outcomes: list[mesh.Outcome]
+    window: tuple[float, float]
+    queue: list[tuple[float, dict[str, int]]] = field(default_factory=list)
+
+    def completed(self, tenant: str | None = None) -> list[mesh.Outcome]:
+        lo, hi = self.window
+        return [
+            o
+            for o in self.outcomes
+            if o.code == "OK"
+            and o.end is not None
+            and lo <= o.end <= hi
+            and (tenant is None or o.tenant == tenant)
+        ]
+
+    def tokens_per_s(self, tenant: str | None = None) -> float:
+        lo, hi = self.window
+        return sum(o.tokens for o in self.completed(tenant)) / (hi - lo)
+
+    def ttft_p99_ms(self, tenant: str) -> float:
+        lo, hi = self.window
+        ttfts = [
+            o.ttft
+            for o in self.outcomes
+            if o.tenant == tenant and o.ttft is not None and lo <= o.start <= hi
+        ]
+        return percentile(ttfts, 99) * 1e3
+
+    def codes(self, tenant: str) -> Counter[str]:
+        lo, hi = self.window
+        return Counter(o.code for o in self.outcomes if o.tenant == tenant and lo <= o.start <= hi)
+
+
+class Load:
+    """One tenant's load generator; each runs in its own process (as tenants
+    are different clients), so a flood's client costs do not show up in the
+    light tenant's measured latency."""
+
+    def __init__(self, stub: router_pb2_grpc.RouterAsyncStub, model: str, seed: int) -> None:
+        self._stub = stub
+        self._model = model
+        self._random = random.Random(seed)
+        self._n = 0
+
+    def _request(self, tenant: str) -> router_pb2.RouterGenerateRequest:
+        self._n += 1
+        # Distinct prompts of a few lengths; no shared prefix to speak of.
+        count = self._random.choice((8, 16, 32))
+        words = " ".join(f"w{self._random.randrange(10_000)}" for _ in range(count))
+        return mesh.router_request(
+            self._model, prompt=f"{tenant} {self._n}: {words}", max_tokens=TOKENS, tenant=tenant
+        )
+
+    async def one(self, tenant: str, into: list[mesh.Outcome]) -> None:
+        outcome = mesh.Outcome(tenant, time.perf_counter())
+        into.append(outcome)
+        call = self._stub.Generate(self._request(tenant), timeout=DEADLINE_S)
+        await mesh.stream(call, outcome)
+
+    async def closed_loop(
+        self, tenant: str, clients: int, until: float, into: list[mesh.Outcome]
+    ) -> None:
+        async def client() -> None:
+            while time.perf_counter() < until:
+                await self.one(tenant, into)
+
+        await asyncio.gather(*(client() for _ in range(clients)))
+
+    async def open_loop(
+        self, tenant: str, rate: float, until: float, into: list[mesh.Outcome]
+    ) -> None:
+        tasks: set[asyncio.Task[None]] = set()
+        next_at = time.perf_counter()
+        while next_at < until:
+            await asyncio.sleep(max(0.0, next_at - time.perf_counter()))
+            task = asyncio.create_task(self.one(tenant, into))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+            next_at += self._random.expovariate(rate)
+        # Requests still running at the end finish (or hit their deadline).
+        if tasks:
+            await asyncio.wait(tasks)
+
+
+def tenant_load(
+    router: str, model: str, tenant: str, kind: str, amount: float, until: float, seed: int
+) -> list[mesh.Outcome]:
+    """Runs in a worker process: a closed loop of `amount` clients or an open
+    loop at `amount` requests/s, until `until` (perf_counter is system-wide)."""
+    import uvloop
+
+    async def run() -> list[mesh.Outcome]:
+        outcomes: list[mesh.Outcome] = []
+        async with grpc.aio.insecure_channel(router) as channel:
+            load = Load(router_pb2_grpc.RouterStub(channel), model, seed)
+            if kind == "closed":
+                await load.closed_loop(tenant, int(amount), until, outcomes)
+            else:
+                await load.open_loop(tenant, amount, until, outcomes)
+        for o in outcomes:
+            o.chunk_times = []  # not needed back; keeps the pickle small
+        return outcomes
+
+    return uvloop.run(run())
+
+
+async def sample_queue(
+    stub: router_pb2_grpc.RouterAsyncStub, until: float, into: list[tuple[float, dict[str, int]]]
+) -> None:
+    while time.perf_counter() < until:
+        stats = await stub.GetQueueStats(router_pb2.GetQueueStatsRequest())
+        per_tenant: Counter[str] = Counter()
+        for depth in stats.depths:
+            per_tenant[depth.tenant_id] += depth.waiting
+        into.append((time.perf_counter(), dict(per_tenant)))
+        await asyncio.sleep(0.2)
+
+
+async def run_phase(
+    pool: ProcessPoolExecutor,
+    router: str,
+    model: str,
+    stub: router_pb2_grpc.RouterAsyncStub,
+    phase: str,
+    capacity_rps: float,
+    seconds: float,
+    seed: int,
+) -> PhaseResult:
+    loop = asyncio.get_running_loop()
+    start = time.perf_counter()
+    until = start + WARMUP_S + seconds
+    queue: list[tuple[float, dict[str, int]]] = []
+    light = 0.1 * capacity_rps
+    plan: list[tuple[str, str, float]] = []
+    if phase == "capacity":
+        plan.append(("cap", "closed", 2 * MAX_NUM_SEQS))
+    if phase in ("b_idle", "overload"):
+        plan.append(("B", "open", light))
+    if phase in ("overload", "backlogged"):
+        plan.append(("A", "open", 5 * capacity_rps))
+    if phase == "backlogged":
+        plan.append(("B", "open", 2 * capacity_rps))
+    loads = [
+        loop.run_in_executor(pool, tenant_load, router, model, t, kind, amount, until, seed + i)
+        for i, (t, kind, amount) in enumerate(plan)
+    ]
+    sampler = asyncio.create_task(sample_queue(stub, until, queue))
+    results = await asyncio.gather(*loads)
+    await sampler
+    return PhaseResult([o for r in results for o in r], (start + WARMUP_S, until), queue)
+
+
+def jain(values: list[float]) -> float:
+    return sum(values) ** 2 / (len(values) * sum(v * v for v in values)) if any(values) else 0.0
+
+
+def chart(result: PhaseResult, phase: str, origin: float) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (depth_ax, ttft_ax) = plt.subplots(2, 1, figsize=(10, 7), sharex=True)
+    for tenant in ("A", "B"):
+        depth_ax.plot(
+            [t - origin for t, _ in result.queue],
+            [q.get(tenant, 0) for _, q in result.queue],
+            label=f"tenant {tenant}",
+        )
+        points = [
+            (o.start - origin, o.ttft * 1e3)
+            for o in result.outcomes
+            if o.tenant == tenant and o.ttft is not None
+        ]
+        ttft_ax.scatter(
+            [p[0] for p in points], [p[1] for p in points], s=4, label=f"tenant {tenant}"
+        )
+    depth_ax.set_ylabel("requests queued in the router")
+    depth_ax.legend()
+    ttft_ax.set_ylabel("time to first token (ms)")
+    ttft_ax.set_yscale("log")
+    ttft_ax.set_xlabel("seconds into the phase")
+    ttft_ax.legend()
+    fig.suptitle(f"router under {phase}: A offers 5x capacity")
+    fig.tight_layout()
+    fig.savefig(RESULTS / f"router_overload_{phase}.png", dpi=100)
+    plt.close(fig)
+
+
+async def main_async(args: argparse.Namespace) -> None:
+    from services.inference.tiny_model import build_tiny_model
+
+    model_dir = build_tiny_model(mesh.REPO / ".maas" / "models" / "tiny-llama")
+    rows: dict[str, list[float]] = {}
+    shed_totals: dict[str, Counter[str]] = {"A": Counter(), "B": Counter()}
+    last: dict[str, PhaseResult] = {}
+    async with AsyncExitStack() as stack:
+        print("starting two inference replicas and a router ...", flush=True)
+        replicas = [
+            await stack.enter_async_context(
+                mesh.inference(model_dir, f"overload_replica{i}", MAX_NUM_SEQS)
+            )
+            for i in range(2)
+        ]
+        router = await stack.enter_async_context(mesh.router(replicas, "overload_router"))
+        model = await mesh.model_name(replicas[0])
+        channel = await stack.enter_async_context(grpc.aio.insecure_channel(router))
+        stub = router_pb2_grpc.RouterStub(channel)
+        pool = stack.enter_context(
+            ProcessPoolExecutor(max_workers=3, mp_context=multiprocessing.get_context("spawn"))
+        )
+        phase_args = (pool, router, model, stub)
+        # Warm-up (the router's limiters included).
+        warm = await run_phase(*phase_args, "capacity", 1.0, 4.0, seed=1)
+        capacity_rps = warm.tokens_per_s() / TOKENS
+        for round_ in range(args.rounds):
+            results: dict[str, PhaseResult] = {}
+            for phase in PHASES:
+                results[phase] = await run_phase(
+                    *phase_args, phase, capacity_rps, args.seconds, seed=100 * round_
+                )
+                await mesh.settle(3.0)
+                if phase == "capacity":
+                    capacity_rps = results[phase].tokens_per_s() / TOKENS
+            capacity = results["capacity"].tokens_per_s()
+            overload, backlogged, idle = (
+                results["overload"],
+                results["backlogged"],
+                results["b_idle"],
+            )
+            row = {
+                "capacity_tokens_per_s": capacity,
+                "goodput_tokens_per_s": overload.tokens_per_s(),
+                "goodput_over_capacity": overload.tokens_per_s() / capacity,
+                "b_ttft_p99_idle_ms": idle.ttft_p99_ms("B"),
+                "b_ttft_p99_overload_ms": overload.ttft_p99_ms("B"),
+                "b_p99_overload_over_idle": overload.ttft_p99_ms("B") / idle.ttft_p99_ms("B"),
+                "b_served_share_of_demand": len(overload.completed("B"))
+                / max(1, sum(overload.codes("B").values())),
+                "backlogged_goodput_over_capacity": backlogged.tokens_per_s() / capacity,
+                "jain_backlogged": jain(
+                    [backlogged.tokens_per_s("A"), backlogged.tokens_per_s("B")]
+                ),
+                "a_tokens_per_s_backlogged": backlogged.tokens_per_s("A"),
+                "b_tokens_per_s_backlogged": backlogged.tokens_per_s("B"),
+            }
+            for key, value in row.items():
+                rows.setdefault(key, []).append(value)
+            for phase in ("overload", "backlogged"):
+                for tenant in ("A", "B"):
+                    shed_totals[tenant].update(
+                        {f"{phase}:{code}": n for code, n in results[phase].codes(tenant).items()}
+                    )
+            last = results
+            print(f"  round {round_ + 1}/{args.rounds} done", flush=True)
+    for phase in ("overload", "backlogged"):
+        chart(last[phase], phase, last[phase].window[0] - WARMUP_S)
+
+    table = {key: summary(values) for key, values in rows.items()}
+    lines = [f"{'measure':<36} {'median [min-max] over rounds':>36}", "-" * 73]
+    for key, cell in table.items():
+        lines.append(
+            f"{key:<36} " + f"{cell['median']:.3f} [{cell['min']:.3f}-{cell['max']:.3f}]".rjust(36)
+        )
+    lines += [
+        "",
+        "requests by outcome (all rounds; shed = RESOURCE_EXHAUSTED or DEADLINE_EXCEEDED):",
+    ]
+    for tenant, counts in shed_totals.items():
+        lines.append(
+            f"  tenant {tenant}: " + ", ".join(f"{k}={v}" for k, v in sorted(counts.items()))
+        )
+    lines += [
+        "",
+        "targets: goodput_over_capacity >= 0.95, b_p99_overload_over_idle <= 2,"
+        " jain_backlogged >= 0.95",
+    ]
+    write_results(
+        "router_overload", "\n".join(lines), rounds=args.rounds, seconds=args.seconds,
+        tokens_per_request=TOKENS, summary=table, raw=rows,
+        outcomes={t: dict(c) for t, c in shed_totals.items()},
+        charts=[f"router_overload_{p}.png" for p in ("overload", "backlogged")],
+    )  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=20.0)
+    import uvloop
+
+    uvloop.run(main_async(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    main()

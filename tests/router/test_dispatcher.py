@@ -1,0 +1,116 @@
+"""The dispatcher without gRPC traffic: replicas are marked up by hand (their
+channels are never used)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+import pytest_asyncio
+
+from maas.v1 import generation_pb2
+from observability import Telemetry, setup
+from observability.settings import TelemetrySettings
+from services.common.errors import DeadlineExceededError, ResourceExhaustedError
+from services.router.dispatcher import Dispatcher, FlowPolicy, Lease, Ticket
+from services.router.fair_queue import DEFAULT
+from services.router.limiter import GradientLimiter
+from services.router.replicas import ReplicaSet
+from tests.support import eventually
+
+
+@pytest_asyncio.fixture
+async def telemetry() -> AsyncIterator[Telemetry]:
+    tel = setup("router", TelemetrySettings())
+    yield tel
+    tel.shutdown()
+
+
+def replica_set(telemetry: Telemetry, n: int, limit: int) -> ReplicaSet:
+    replicas = ReplicaSet(
+        [f"127.0.0.1:{1 + i}" for i in range(n)],
+        telemetry,
+        limiter=lambda: GradientLimiter(initial=limit, max_limit=limit),
+    )
+    for r in replicas.replicas:
+        r.model = generation_pb2.ModelInfo(name="m")
+        r.serving = True
+    return replicas
+
+
+def ticket(tenant: str, deadline: float | None = None) -> Ticket:
+    return Ticket(tenant=tenant, priority=DEFAULT, model="m", cost=100, deadline=deadline)
+
+
+async def test_a_light_tenant_starts_at_once_while_a_flood_holds_every_other_slot(
+    telemetry: Telemetry,
+) -> None:
+    replicas = replica_set(telemetry, 1, limit=20)
+    dispatcher = Dispatcher(replicas, FlowPolicy(reserved_share=0.1))
+    flood = [await dispatcher.acquire(ticket("A")) for _ in range(18)]  # 20 minus a reserve of 2
+    queued = [asyncio.create_task(dispatcher.acquire(ticket("A"))) for _ in range(50)]
+    await asyncio.sleep(0)
+    assert dispatcher.waiting() == 50  # the flood does not get the reserve
+    light = await asyncio.wait_for(dispatcher.acquire(ticket("B")), 1.0)
+    assert light.replica.limiter.in_flight == 19
+    # A's ending request frees a slot A may not take (A would eat into the
+    # reserve again); B's ending one frees a slot outside it, which A takes.
+    dispatcher.release(flood.pop(), first_token_s=0.01, replica_failed=False)
+    await asyncio.sleep(0)
+    assert dispatcher.waiting() == 50
+    dispatcher.release(light, first_token_s=0.01, replica_failed=False)
+    await asyncio.sleep(0)
+    assert dispatcher.waiting() == 49
+    for task in queued:
+        task.cancel()
+    await asyncio.gather(*queued, return_exceptions=True)
+    assert dispatcher.waiting() == 0
+
+
+async def test_without_a_reserve_one_tenant_may_use_every_slot(telemetry: Telemetry) -> None:
+    replicas = replica_set(telemetry, 2, limit=10)
+    dispatcher = Dispatcher(replicas, FlowPolicy(reserved_share=0.0))
+    leases = [await asyncio.wait_for(dispatcher.acquire(ticket("A")), 1.0) for _ in range(20)]
+    assert sorted(r.limiter.in_flight for r in replicas.replicas) == [10, 10]
+    assert {lease.replica.address for lease in leases} == {"127.0.0.1:1", "127.0.0.1:2"}
+
+
+async def test_waiting_requests_go_in_fair_order_as_slots_free(telemetry: Telemetry) -> None:
+    replicas = replica_set(telemetry, 1, limit=1)
+    dispatcher = Dispatcher(replicas, FlowPolicy(reserved_share=0.0))
+    running = await dispatcher.acquire(ticket("A"))
+    order: list[str] = []
+    granted: list[Lease] = []
+
+    async def wait(tenant: str) -> None:
+        granted.append(await dispatcher.acquire(ticket(tenant)))
+        order.append(tenant)
+
+    waiting = [asyncio.create_task(wait(t)) for t in ["A", "A", "A", "B"]]
+    await asyncio.sleep(0)
+    lease = running
+    for i in range(4):
+        dispatcher.release(lease, first_token_s=0.01, replica_failed=False)
+        await eventually(lambda: len(granted) > i)  # noqa: B023 - read at once
+        lease = granted[i]
+    await asyncio.gather(*waiting)
+    # B arrived last but is not behind all of A's queue: it goes second.
+    assert order[:2] == ["A", "B"]
+
+
+async def test_full_queue_and_hopeless_deadlines_are_shed(telemetry: Telemetry) -> None:
+    replicas = replica_set(telemetry, 1, limit=1)
+    clock = replicas.clock
+    dispatcher = Dispatcher(replicas, FlowPolicy(max_queue=1, reserved_share=0.0))
+    await dispatcher.acquire(ticket("A"))
+    waiter = asyncio.create_task(dispatcher.acquire(ticket("A")))
+    await asyncio.sleep(0)
+    with pytest.raises(ResourceExhaustedError) as full:
+        await dispatcher.acquire(ticket("B"))
+    assert full.value.retry_after_s > 0
+    with pytest.raises(DeadlineExceededError):
+        await dispatcher.acquire(ticket("B", deadline=clock() + 0.01))
+    assert dispatcher.shed == {"queue_full": 1, "deadline": 1}
+    waiter.cancel()
+    await asyncio.gather(waiter, return_exceptions=True)
