@@ -132,13 +132,20 @@ async def serving(r: Router, n: int) -> None:
     await eventually(check)
 
 
+async def two_replicas_behind_a_router(
+    stack: AsyncExitStack, engine: Engine
+) -> tuple[Replica, Replica, Router]:
+    a = await stack.enter_async_context(inference_replica(engine))
+    b = await stack.enter_async_context(inference_replica(engine))
+    r = await stack.enter_async_context(router([a.address, b.address], engine.model_info.name))
+    await serving(r, 2)
+    return a, b, r
+
+
 async def test_requests_spread_over_replicas_and_complete(vllm_engine: Engine) -> None:
     model = vllm_engine.model_info.name
     async with AsyncExitStack() as stack:
-        a = await stack.enter_async_context(inference_replica(vllm_engine))
-        b = await stack.enter_async_context(inference_replica(vllm_engine))
-        r = await stack.enter_async_context(router([a.address, b.address], model))
-        await serving(r, 2)
+        a, b, r = await two_replicas_behind_a_router(stack, vllm_engine)
         results = await asyncio.gather(
             *(tokens_of(r.stub.Generate(generate(model, f"{i} " * 50))) for i in range(24))
         )
@@ -153,10 +160,7 @@ async def test_requests_spread_over_replicas_and_complete(vllm_engine: Engine) -
 async def test_a_drained_replica_gets_no_new_work_and_comes_back(vllm_engine: Engine) -> None:
     model = vllm_engine.model_info.name
     async with AsyncExitStack() as stack:
-        a = await stack.enter_async_context(inference_replica(vllm_engine))
-        b = await stack.enter_async_context(inference_replica(vllm_engine))
-        r = await stack.enter_async_context(router([a.address, b.address], model))
-        await serving(r, 2)
+        a, b, r = await two_replicas_behind_a_router(stack, vllm_engine)
         drained = await r.stub.DrainReplica(router_pb2.DrainReplicaRequest(address=a.address))
         assert drained.state == router_pb2.REPLICA_STATE_DRAINING
         before = a.generate_calls()
@@ -164,6 +168,7 @@ async def test_a_drained_replica_gets_no_new_work_and_comes_back(vllm_engine: En
             *(tokens_of(r.stub.Generate(generate(model, f"{i} " * 50))) for i in range(10))
         )
         assert a.generate_calls() == before
+        assert b.generate_calls() == 10
         back = await r.stub.DrainReplica(
             router_pb2.DrainReplicaRequest(address=a.address, undrain=True)
         )
@@ -406,10 +411,7 @@ async def test_a_replica_killed_mid_stream_fails_its_streams_cleanly_and_work_mo
 ) -> None:
     model = vllm_engine.model_info.name
     async with AsyncExitStack() as stack:
-        a = await stack.enter_async_context(inference_replica(vllm_engine))
-        b = await stack.enter_async_context(inference_replica(vllm_engine))
-        r = await stack.enter_async_context(router([a.address, b.address], model))
-        await serving(r, 2)
+        a, b, r = await two_replicas_behind_a_router(stack, vllm_engine)
         await r.stub.DrainReplica(router_pb2.DrainReplicaRequest(address=b.address))
         call = r.stub.Generate(generate(model, "doomed", max_tokens=2000))
         async for _ in call:
