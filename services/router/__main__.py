@@ -35,6 +35,7 @@ async def serve(settings: RouterSettings) -> None:
         affinity_slack=settings.affinity_slack,
         choice=settings.replica_choice,
         reserved_share=settings.reserved_share,
+        tenant_memory_s=settings.tenant_memory_s,
     )
     await replicas.start()
     try:

@@ -22,6 +22,8 @@ from services.router.choice import choose, reserve_of
 from services.router.fair_queue import Entry, FairQueue, QueueFullError
 from services.router.replicas import Replica, ReplicaSet
 
+MAX_REMEMBERED_TENANTS = 10_000
+
 
 @dataclass(frozen=True)
 class FlowPolicy:
@@ -38,10 +40,12 @@ class FlowPolicy:
     # affinity; "round_robin": in turn (a baseline for benchmarks).
     choice: Literal["affinity", "least_loaded", "round_robin"] = "affinity"
     # Share of each replica's slots kept for tenants holding fewer slots than
-    # their fair share (counting at least two tenants): a light tenant's
-    # request starts at once even while a flood keeps every other slot busy
-    # (slots can stay busy for seconds: equal-length requests free up together).
+    # their fair share among the tenants seen in the last `tenant_memory_s`: a
+    # light tenant's request starts at once even while a flood keeps every
+    # other slot busy (slots can stay busy for seconds: equal-length requests
+    # free up together). A tenant alone uses every slot.
     reserved_share: float = 0.1
+    tenant_memory_s: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -90,6 +94,8 @@ class Dispatcher:
         self._turn = itertools.count()
         # Requests holding a slot, per (model, tenant).
         self._running: Counter[tuple[str, str]] = Counter()
+        # When each tenant last asked, per model (for the reserve).
+        self._seen: dict[str, dict[str, float]] = {}
         self.shed: Counter[str] = Counter()
         self.on_shed: Callable[[str], None] = lambda reason: None
         replicas.on_change(self.pump)
@@ -107,6 +113,7 @@ class Dispatcher:
         RESOURCE_EXHAUSTED when the queue is full, DEADLINE_EXCEEDED when its
         deadline passes (or cannot be met) while it waits."""
         candidates = self._replicas.candidates(ticket.model)
+        self._saw(ticket)
         now = self._clock()
         queue = self._queues.get(ticket.model)
         if not queue:
@@ -257,13 +264,26 @@ class Dispatcher:
     ) -> bool:
         if self._policy.reserved_share <= 0:
             return False
-        tenants = {t for (m, t), n in self._running.items() if m == ticket.model and n > 0}
+        # Tenants running, waiting, or seen lately: the reserve is headroom for
+        # those that come and go (a light tenant between two requests).
+        now = self._clock()
+        recent = now - self._policy.tenant_memory_s
+        seen = self._seen.setdefault(ticket.model, {})
+        tenants = {t for t, at in seen.items() if at >= recent}
+        tenants.update(t for (m, t), n in self._running.items() if m == ticket.model and n > 0)
         if queue is not None:
             tenants.update(e.tenant for e in queue.tenant_heads())
         tenants.add(ticket.tenant)
         slots = sum(int(r.limiter.limit) for r in candidates)
-        # At least two: a tenant alone must leave the reserve to whoever comes next.
-        return self._running[(ticket.model, ticket.tenant)] < slots / max(2, len(tenants))
+        return self._running[(ticket.model, ticket.tenant)] < slots / len(tenants)
+
+    def _saw(self, ticket: Ticket) -> None:
+        seen = self._seen.setdefault(ticket.model, {})
+        seen[ticket.tenant] = self._clock()
+        if len(seen) > 4 * MAX_REMEMBERED_TENANTS:
+            # Keep memory bounded: forget the tenants seen longest ago.
+            for tenant, _ in sorted(seen.items(), key=lambda kv: kv[1])[: len(seen) // 2]:
+                del seen[tenant]
 
     def _choose(
         self, candidates: list[Replica], ticket: Ticket, reserve_share: float

@@ -39,6 +39,8 @@ class RouterSettings(ServiceSettings):
     # Share of each replica's slots kept for tenants holding fewer slots than
     # their fair share, so a light tenant starts at once during a flood.
     reserved_share: float = Field(default=0.1, ge=0, lt=1)
+    # Tenants seen within this long count when the reserve's fair share is computed.
+    tenant_memory_s: float = Field(default=60.0, ge=0)
     # Adaptive per-replica concurrency limit (capped by the replica's batch size).
     initial_concurrency: int = Field(default=32, ge=1)
     latency_tolerance: float = Field(default=2.0, ge=1)
