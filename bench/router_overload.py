@@ -62,8 +62,17 @@ class PhaseResult:
         ]
 
     def tokens_per_s(self, tenant: str | None = None) -> float:
+        """Tokens of completed requests, each counted for the part of its
+        life inside the window: equal-length requests end in waves, and
+        counting whole requests by end time would alias with them."""
         lo, hi = self.window
-        return sum(o.tokens for o in self.completed(tenant)) / (hi - lo)
+        total = 0.0
+        for o in self.outcomes:
+            if o.code != "OK" or o.end is None or (tenant is not None and o.tenant != tenant):
+                continue
+            inside = max(0.0, min(o.end, hi) - max(o.start, lo))
+            total += o.tokens * inside / max(o.end - o.start, 1e-9)
+        return total / (hi - lo)
 
     def ttft_p99_ms(self, tenant: str) -> float:
         lo, hi = self.window
