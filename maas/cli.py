@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sys
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -19,7 +20,7 @@ from rich.table import Table
 from maas import usage_report
 from maas.admin_cli import admin
 from maas.client import MaasClient
-from maas.v1 import metering_pb2, metering_pb2_grpc
+from maas.v1 import anomaly_pb2, anomaly_pb2_grpc, metering_pb2, metering_pb2_grpc
 
 T = TypeVar("T")
 
@@ -32,6 +33,16 @@ console = Console()
 GatewayOption = Annotated[
     str, typer.Option("--gateway", envvar="MAAS_GATEWAY", help="host:port of the gateway")
 ]
+AnomalyOption = Annotated[
+    str,
+    typer.Option("--target", envvar="MAAS_ANOMALY", help="host:port of the anomaly service"),
+]
+SEVERITIES = {
+    "info": anomaly_pb2.SEVERITY_INFO,
+    "warning": anomaly_pb2.SEVERITY_WARNING,
+    "critical": anomaly_pb2.SEVERITY_CRITICAL,
+}
+SEVERITY_STYLES = {"info": "dim", "warning": "yellow", "critical": "bold red"}
 KeyOption = Annotated[
     str | None,
     typer.Option("--api-key", envvar="MAAS_API_KEY", help="API key (default: .maas/dev_api_key)"),
@@ -153,6 +164,87 @@ def usage(
 
     reply = _run(main())
     typer.echo(usage_report.render(reply, fmt))  # type: ignore[arg-type]
+
+
+def _severity(alert: anomaly_pb2.Alert) -> str:
+    name = anomaly_pb2.Severity.Name(alert.severity).removeprefix("SEVERITY_").lower()
+    return f"[{SEVERITY_STYLES.get(name, '')}]{name}[/]"
+
+
+def _alert_row(alert: anomaly_pb2.Alert) -> list[str]:
+    return [
+        alert.last_seen.ToDatetime(tzinfo=UTC).strftime("%Y-%m-%d %H:%M:%S"),
+        _severity(alert),
+        alert.kind,
+        alert.series,
+        f"{alert.observed:.4g}",
+        f"{alert.expected:.4g}",
+        str(alert.count),
+        alert.detail,
+    ]
+
+
+def _alert_table(alerts: Sequence[anomaly_pb2.Alert]) -> Table:
+    table = Table(
+        "last seen (UTC)", "severity", "kind", "series", "observed", "expected", "count", "detail"
+    )
+    for alert in alerts:
+        table.add_row(*_alert_row(alert))
+    return table
+
+
+@app.command()
+def alerts(
+    target: AnomalyOption = "127.0.0.1:50055",
+    tenant: Annotated[str, typer.Option(help="only this tenant's alerts")] = "",
+    kind: Annotated[str, typer.Option(help="only this kind, e.g. request_rate_spike")] = "",
+    min_severity: Annotated[str, typer.Option(help="info, warning or critical")] = "info",
+    since: Annotated[
+        datetime | None, typer.Option(help="only alerts last seen since (UTC), e.g. 2026-11-01")
+    ] = None,
+    limit: Annotated[
+        int, typer.Option(min=0, help="at most this many (with --watch: stop after this many)")
+    ] = 0,
+    watch: Annotated[
+        bool, typer.Option(help="stream alerts as they are raised or updated (after --since)")
+    ] = False,
+) -> None:
+    """Shows the anomaly service's alerts, most recently seen first, or follows them."""
+    if min_severity not in SEVERITIES:
+        raise typer.BadParameter(f"--min-severity must be one of {', '.join(SEVERITIES)}")
+    start = None
+    if since is not None:
+        start = timestamp_pb2.Timestamp()
+        start.FromDatetime(since.replace(tzinfo=since.tzinfo or UTC))
+
+    async def show() -> None:
+        async with grpc.aio.insecure_channel(target) as channel:
+            reply = await anomaly_pb2_grpc.AnomalyStub(channel).ListAlerts(
+                anomaly_pb2.ListAlertsRequest(
+                    tenant_id=tenant,
+                    kind=kind,
+                    since=start,
+                    min_severity=SEVERITIES[min_severity],
+                    limit=limit,
+                )
+            )
+        console.print(_alert_table(reply.alerts))
+
+    async def follow() -> None:
+        request = anomaly_pb2.WatchAlertsRequest(
+            tenant_id=tenant, kind=kind, min_severity=SEVERITIES[min_severity], since=start
+        )
+        seen = 0
+        async with grpc.aio.insecure_channel(target) as channel:
+            async for alert in anomaly_pb2_grpc.AnomalyStub(channel).WatchAlerts(request):
+                console.print(" ".join(_alert_row(alert)), highlight=False)
+                seen += 1
+                if seen == limit:
+                    return
+
+    # Ctrl-C is how a watch ends.
+    with contextlib.suppress(KeyboardInterrupt):
+        _run(follow() if watch else show())
 
 
 def main() -> None:

@@ -15,9 +15,20 @@ class EventKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     EVENT_KIND_UNSPECIFIED: _ClassVar[EventKind]
     EVENT_KIND_REQUEST: _ClassVar[EventKind]
     EVENT_KIND_AUTH_FAILURE: _ClassVar[EventKind]
+
+class Severity(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SEVERITY_UNSPECIFIED: _ClassVar[Severity]
+    SEVERITY_INFO: _ClassVar[Severity]
+    SEVERITY_WARNING: _ClassVar[Severity]
+    SEVERITY_CRITICAL: _ClassVar[Severity]
 EVENT_KIND_UNSPECIFIED: EventKind
 EVENT_KIND_REQUEST: EventKind
 EVENT_KIND_AUTH_FAILURE: EventKind
+SEVERITY_UNSPECIFIED: Severity
+SEVERITY_INFO: Severity
+SEVERITY_WARNING: Severity
+SEVERITY_CRITICAL: Severity
 
 class Event(_message.Message):
     __slots__ = ("kind", "time", "request_id", "tenant_id", "key_id", "model", "replica", "prompt_tokens", "completion_tokens", "time_to_first_token_s", "duration_s", "status_code", "source")
@@ -56,24 +67,58 @@ class ReportResponse(_message.Message):
     def __init__(self, accepted: _Optional[int] = ...) -> None: ...
 
 class ListAlertsRequest(_message.Message):
-    __slots__ = ("tenant_id",)
+    __slots__ = ("tenant_id", "kind", "since", "min_severity", "limit")
     TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    SINCE_FIELD_NUMBER: _ClassVar[int]
+    MIN_SEVERITY_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
     tenant_id: str
-    def __init__(self, tenant_id: _Optional[str] = ...) -> None: ...
+    kind: str
+    since: _timestamp_pb2.Timestamp
+    min_severity: Severity
+    limit: int
+    def __init__(self, tenant_id: _Optional[str] = ..., kind: _Optional[str] = ..., since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., min_severity: _Optional[_Union[Severity, str]] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class WatchAlertsRequest(_message.Message):
+    __slots__ = ("tenant_id", "kind", "min_severity", "since")
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    MIN_SEVERITY_FIELD_NUMBER: _ClassVar[int]
+    SINCE_FIELD_NUMBER: _ClassVar[int]
+    tenant_id: str
+    kind: str
+    min_severity: Severity
+    since: _timestamp_pb2.Timestamp
+    def __init__(self, tenant_id: _Optional[str] = ..., kind: _Optional[str] = ..., min_severity: _Optional[_Union[Severity, str]] = ..., since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class Alert(_message.Message):
-    __slots__ = ("alert_id", "kind", "series", "first_seen", "last_seen")
+    __slots__ = ("alert_id", "kind", "series", "first_seen", "last_seen", "severity", "score", "observed", "expected", "count", "tenant_id", "detail")
     ALERT_ID_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     SERIES_FIELD_NUMBER: _ClassVar[int]
     FIRST_SEEN_FIELD_NUMBER: _ClassVar[int]
     LAST_SEEN_FIELD_NUMBER: _ClassVar[int]
+    SEVERITY_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    OBSERVED_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
     alert_id: str
     kind: str
     series: str
     first_seen: _timestamp_pb2.Timestamp
     last_seen: _timestamp_pb2.Timestamp
-    def __init__(self, alert_id: _Optional[str] = ..., kind: _Optional[str] = ..., series: _Optional[str] = ..., first_seen: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_seen: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    severity: Severity
+    score: float
+    observed: float
+    expected: float
+    count: int
+    tenant_id: str
+    detail: str
+    def __init__(self, alert_id: _Optional[str] = ..., kind: _Optional[str] = ..., series: _Optional[str] = ..., first_seen: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_seen: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., severity: _Optional[_Union[Severity, str]] = ..., score: _Optional[float] = ..., observed: _Optional[float] = ..., expected: _Optional[float] = ..., count: _Optional[int] = ..., tenant_id: _Optional[str] = ..., detail: _Optional[str] = ...) -> None: ...
 
 class ListAlertsResponse(_message.Message):
     __slots__ = ("alerts",)
@@ -86,7 +131,7 @@ class GetEventStatsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class EventStats(_message.Message):
-    __slots__ = ("total", "by_kind", "by_tenant", "completion_tokens_by_tenant")
+    __slots__ = ("total", "by_kind", "by_tenant", "completion_tokens_by_tenant", "series_tracked", "series_evicted", "watch_dropped")
     class ByKindEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -112,8 +157,14 @@ class EventStats(_message.Message):
     BY_KIND_FIELD_NUMBER: _ClassVar[int]
     BY_TENANT_FIELD_NUMBER: _ClassVar[int]
     COMPLETION_TOKENS_BY_TENANT_FIELD_NUMBER: _ClassVar[int]
+    SERIES_TRACKED_FIELD_NUMBER: _ClassVar[int]
+    SERIES_EVICTED_FIELD_NUMBER: _ClassVar[int]
+    WATCH_DROPPED_FIELD_NUMBER: _ClassVar[int]
     total: int
     by_kind: _containers.ScalarMap[str, int]
     by_tenant: _containers.ScalarMap[str, int]
     completion_tokens_by_tenant: _containers.ScalarMap[str, int]
-    def __init__(self, total: _Optional[int] = ..., by_kind: _Optional[_Mapping[str, int]] = ..., by_tenant: _Optional[_Mapping[str, int]] = ..., completion_tokens_by_tenant: _Optional[_Mapping[str, int]] = ...) -> None: ...
+    series_tracked: int
+    series_evicted: int
+    watch_dropped: int
+    def __init__(self, total: _Optional[int] = ..., by_kind: _Optional[_Mapping[str, int]] = ..., by_tenant: _Optional[_Mapping[str, int]] = ..., completion_tokens_by_tenant: _Optional[_Mapping[str, int]] = ..., series_tracked: _Optional[int] = ..., series_evicted: _Optional[int] = ..., watch_dropped: _Optional[int] = ...) -> None: ...

@@ -47,6 +47,11 @@ class AnomalyStub:
                 request_serializer=maas_dot_v1_dot_anomaly__pb2.ListAlertsRequest.SerializeToString,
                 response_deserializer=maas_dot_v1_dot_anomaly__pb2.ListAlertsResponse.FromString,
                 _registered_method=True)
+        self.WatchAlerts = channel.unary_stream(
+                '/maas.v1.Anomaly/WatchAlerts',
+                request_serializer=maas_dot_v1_dot_anomaly__pb2.WatchAlertsRequest.SerializeToString,
+                response_deserializer=maas_dot_v1_dot_anomaly__pb2.Alert.FromString,
+                _registered_method=True)
         self.GetEventStats = channel.unary_unary(
                 '/maas.v1.Anomaly/GetEventStats',
                 request_serializer=maas_dot_v1_dot_anomaly__pb2.GetEventStatsRequest.SerializeToString,
@@ -69,7 +74,16 @@ class AnomalyServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListAlerts(self, request, context):
-        """Lists alerts raised by the detectors.
+        """Lists alerts raised by the detectors, most recently seen first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchAlerts(self, request, context):
+        """Streams alerts as they are raised or updated, until the caller hangs up.
+        A watcher that falls behind loses its oldest pending alerts rather than
+        slowing ingestion (EventStats.watch_dropped counts them).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -94,6 +108,11 @@ def add_AnomalyServicer_to_server(servicer, server):
                     servicer.ListAlerts,
                     request_deserializer=maas_dot_v1_dot_anomaly__pb2.ListAlertsRequest.FromString,
                     response_serializer=maas_dot_v1_dot_anomaly__pb2.ListAlertsResponse.SerializeToString,
+            ),
+            'WatchAlerts': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchAlerts,
+                    request_deserializer=maas_dot_v1_dot_anomaly__pb2.WatchAlertsRequest.FromString,
+                    response_serializer=maas_dot_v1_dot_anomaly__pb2.Alert.SerializeToString,
             ),
             'GetEventStats': grpc.unary_unary_rpc_method_handler(
                     servicer.GetEventStats,
@@ -158,6 +177,33 @@ class Anomaly:
             '/maas.v1.Anomaly/ListAlerts',
             maas_dot_v1_dot_anomaly__pb2.ListAlertsRequest.SerializeToString,
             maas_dot_v1_dot_anomaly__pb2.ListAlertsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchAlerts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/maas.v1.Anomaly/WatchAlerts',
+            maas_dot_v1_dot_anomaly__pb2.WatchAlertsRequest.SerializeToString,
+            maas_dot_v1_dot_anomaly__pb2.Alert.FromString,
             options,
             channel_credentials,
             insecure,

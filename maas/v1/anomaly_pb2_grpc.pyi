@@ -41,7 +41,12 @@ class AnomalyStub:
     sender closes the stream.
     """
     ListAlerts: _grpc.UnaryUnaryMultiCallable[_anomaly_pb2.ListAlertsRequest, _anomaly_pb2.ListAlertsResponse]
-    """Lists alerts raised by the detectors."""
+    """Lists alerts raised by the detectors, most recently seen first."""
+    WatchAlerts: _grpc.UnaryStreamMultiCallable[_anomaly_pb2.WatchAlertsRequest, _anomaly_pb2.Alert]
+    """Streams alerts as they are raised or updated, until the caller hangs up.
+    A watcher that falls behind loses its oldest pending alerts rather than
+    slowing ingestion (EventStats.watch_dropped counts them).
+    """
     GetEventStats: _grpc.UnaryUnaryMultiCallable[_anomaly_pb2.GetEventStatsRequest, _anomaly_pb2.EventStats]
     """Counts of the events received so far, by kind and by tenant."""
 
@@ -58,7 +63,12 @@ class AnomalyAsyncStub(AnomalyStub):
     sender closes the stream.
     """
     ListAlerts: _aio.UnaryUnaryMultiCallable[_anomaly_pb2.ListAlertsRequest, _anomaly_pb2.ListAlertsResponse]  # type: ignore[assignment]
-    """Lists alerts raised by the detectors."""
+    """Lists alerts raised by the detectors, most recently seen first."""
+    WatchAlerts: _aio.UnaryStreamMultiCallable[_anomaly_pb2.WatchAlertsRequest, _anomaly_pb2.Alert]  # type: ignore[assignment]
+    """Streams alerts as they are raised or updated, until the caller hangs up.
+    A watcher that falls behind loses its oldest pending alerts rather than
+    slowing ingestion (EventStats.watch_dropped counts them).
+    """
     GetEventStats: _aio.UnaryUnaryMultiCallable[_anomaly_pb2.GetEventStatsRequest, _anomaly_pb2.EventStats]  # type: ignore[assignment]
     """Counts of the events received so far, by kind and by tenant."""
 
@@ -84,7 +94,18 @@ class AnomalyServicer(metaclass=_abc_1.ABCMeta):
         request: _anomaly_pb2.ListAlertsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_anomaly_pb2.ListAlertsResponse, _abc.Awaitable[_anomaly_pb2.ListAlertsResponse]]:
-        """Lists alerts raised by the detectors."""
+        """Lists alerts raised by the detectors, most recently seen first."""
+
+    @_abc_1.abstractmethod
+    def WatchAlerts(
+        self,
+        request: _anomaly_pb2.WatchAlertsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_anomaly_pb2.Alert], _abc.AsyncIterator[_anomaly_pb2.Alert]]:
+        """Streams alerts as they are raised or updated, until the caller hangs up.
+        A watcher that falls behind loses its oldest pending alerts rather than
+        slowing ingestion (EventStats.watch_dropped counts them).
+        """
 
     @_abc_1.abstractmethod
     def GetEventStats(

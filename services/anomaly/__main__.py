@@ -1,4 +1,4 @@
-"""`python -m services.anomaly`: the event sink and (later) detectors."""
+"""`python -m services.anomaly`: the event sink and its streaming detectors."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ async def serve(settings: AnomalySettings) -> None:
 
     telemetry = setup("anomaly", settings.telemetry)
     try:
-        server = await create_server(settings, telemetry, AnomalyCore())
+        server = await create_server(settings, telemetry, AnomalyCore(settings))
         await server.serve_until_signal(settings.grace_period_s)
     finally:
         telemetry.shutdown()

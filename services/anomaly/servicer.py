@@ -3,16 +3,25 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from datetime import UTC
+from datetime import UTC, datetime
 from typing import Any
 
 import grpc
 from google.protobuf import timestamp_pb2
 
 from maas.v1 import anomaly_pb2, anomaly_pb2_grpc
-from services.anomaly.core import AnomalyCore, RequestEvent
+from services.anomaly.alerts import KINDS, Alert, AlertQuery, Severity
+from services.anomaly.core import AnomalyCore
+from services.anomaly.events import RequestEvent
+from services.common.errors import InvalidArgumentError
 
 Context = grpc.aio.ServicerContext[Any, Any]
+
+SEVERITIES = {
+    Severity.INFO: anomaly_pb2.SEVERITY_INFO,
+    Severity.WARNING: anomaly_pb2.SEVERITY_WARNING,
+    Severity.CRITICAL: anomaly_pb2.SEVERITY_CRITICAL,
+}
 
 
 def event_from_proto(message: anomaly_pb2.Event) -> RequestEvent:
@@ -33,10 +42,43 @@ def event_from_proto(message: anomaly_pb2.Event) -> RequestEvent:
     )
 
 
-def _timestamp(at: Any) -> timestamp_pb2.Timestamp:
+def _timestamp(at: datetime) -> timestamp_pb2.Timestamp:
     ts = timestamp_pb2.Timestamp()
     ts.FromDatetime(at)
     return ts
+
+
+def alert_to_proto(alert: Alert) -> anomaly_pb2.Alert:
+    return anomaly_pb2.Alert(
+        alert_id=alert.alert_id,
+        kind=alert.kind,
+        series=alert.series,
+        first_seen=_timestamp(alert.first_seen),
+        last_seen=_timestamp(alert.last_seen),
+        severity=SEVERITIES[alert.severity],
+        score=alert.score,
+        observed=alert.observed,
+        expected=alert.expected,
+        count=alert.count,
+        tenant_id=alert.tenant_id,
+        detail=alert.detail,
+    )
+
+
+def query_from_proto(
+    request: anomaly_pb2.ListAlertsRequest | anomaly_pb2.WatchAlertsRequest, limit: int = 0
+) -> AlertQuery:
+    if request.kind and request.kind not in KINDS:
+        raise InvalidArgumentError("kind", f"unknown alert kind; one of {', '.join(sorted(KINDS))}")
+    if request.min_severity not in anomaly_pb2.Severity.values():
+        raise InvalidArgumentError("min_severity", "unknown severity")
+    return AlertQuery(
+        tenant_id=request.tenant_id,
+        kind=request.kind,
+        since=request.since.ToDatetime(tzinfo=UTC) if request.HasField("since") else None,
+        min_severity=Severity(max(request.min_severity, Severity.INFO)),
+        limit=limit,
+    )
 
 
 class AnomalyServicer(anomaly_pb2_grpc.AnomalyServicer):
@@ -55,18 +97,22 @@ class AnomalyServicer(anomaly_pb2_grpc.AnomalyServicer):
     async def ListAlerts(
         self, request: anomaly_pb2.ListAlertsRequest, context: Context
     ) -> anomaly_pb2.ListAlertsResponse:
+        query = query_from_proto(request, limit=request.limit)
         return anomaly_pb2.ListAlertsResponse(
-            alerts=[
-                anomaly_pb2.Alert(
-                    alert_id=a.alert_id,
-                    kind=a.kind,
-                    series=a.series,
-                    first_seen=_timestamp(a.first_seen),
-                    last_seen=_timestamp(a.last_seen),
-                )
-                for a in self._core.alerts(request.tenant_id)
-            ]
+            alerts=[alert_to_proto(a) for a in self._core.alerts(query)]
         )
+
+    async def WatchAlerts(
+        self, request: anomaly_pb2.WatchAlertsRequest, context: Context
+    ) -> AsyncIterator[anomaly_pb2.Alert]:
+        query = query_from_proto(request)
+        # Subscribed before the replay is read, so nothing falls between the two.
+        with self._core.watch(query) as watcher:
+            if query.since is not None:
+                for alert in reversed(self._core.alerts(query)):
+                    yield alert_to_proto(alert)
+            async for alert in watcher:
+                yield alert_to_proto(alert)
 
     async def GetEventStats(
         self, request: anomaly_pb2.GetEventStatsRequest, context: Context
@@ -77,4 +123,7 @@ class AnomalyServicer(anomaly_pb2_grpc.AnomalyServicer):
             by_kind=dict(stats.by_kind),
             by_tenant=dict(stats.by_tenant),
             completion_tokens_by_tenant=dict(stats.completion_tokens_by_tenant),
+            series_tracked=stats.series_tracked,
+            series_evicted=stats.series_evicted,
+            watch_dropped=stats.watch_dropped,
         )

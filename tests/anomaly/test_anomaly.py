@@ -6,17 +6,13 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import grpc
-import pytest_asyncio
 from google.protobuf import timestamp_pb2
 
 from maas.v1 import anomaly_pb2, anomaly_pb2_grpc
-from observability import Telemetry, setup
-from observability.settings import TelemetrySettings
+from observability import Telemetry
 from services.anomaly.core import AnomalyCore
-from services.anomaly.server import create_server
-from services.anomaly.settings import AnomalySettings
 from services.common.events import EventPublisher
-from services.common.serving import ServiceServer
+from tests.anomaly.support import start
 from tests.support import eventually, free_port
 
 
@@ -29,17 +25,6 @@ def event(tenant: str, completion: int = 5) -> anomaly_pb2.Event:
         completion_tokens=completion,
         status_code="OK",
     )
-
-
-@pytest_asyncio.fixture
-async def telemetry() -> AsyncIterator[Telemetry]:
-    tel = setup("anomaly", TelemetrySettings())
-    yield tel
-    tel.shutdown()
-
-
-async def start(telemetry: Telemetry, core: AnomalyCore, port: int = 0) -> ServiceServer:
-    return await create_server(AnomalySettings(port=port), telemetry, core)
 
 
 async def test_report_counts_events_by_kind_and_tenant(telemetry: Telemetry) -> None:
@@ -60,7 +45,7 @@ async def test_report_counts_events_by_kind_and_tenant(telemetry: Telemetry) -> 
             assert dict(stats.by_tenant) == {"a": 3, "b": 2}
             assert dict(stats.completion_tokens_by_tenant) == {"a": 15, "b": 10}
             alerts = await stub.ListAlerts(anomaly_pb2.ListAlertsRequest())
-            assert list(alerts.alerts) == []  # no detectors in this service yet
+            assert list(alerts.alerts) == []  # five requests are no anomaly
     finally:
         await server.stop(0)
 

@@ -1,0 +1,1 @@
+"""Streaming detectors: constant memory per series, event time only."""
