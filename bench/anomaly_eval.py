@@ -335,15 +335,6 @@ def generate(traffic: Traffic, injected: bool) -> Iterator[RequestEvent]:
         return RequestEvent(
             kind=AUTH_FAILURE,
             time=datetime.fromtimestamp(at, UTC),
-            request_id="",
-            tenant_id="",
-            key_id="",
-            model="",
-            replica="",
-            prompt_tokens=0,
-            completion_tokens=0,
-            time_to_first_token_s=0.0,
-            duration_s=0.0,
             status_code="UNAUTHENTICATED",
             # The gateway reports the peer, whose port changes with every connection.
             source=f"{source}:{rng.randrange(30000, 60000)}",

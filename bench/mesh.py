@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -111,7 +111,6 @@ class Outcome:
     cached_tokens: int = 0
     code: str = "OK"
     details: str = ""
-    chunk_times: list[float] = field(default_factory=list)
 
     @property
     def ttft(self) -> float | None:
@@ -149,8 +148,6 @@ async def stream(call: grpc.aio.UnaryStreamCall, outcome: Outcome) -> Outcome:  
             n = len(chunk.token_ids)
             if n and outcome.first_token is None:
                 outcome.first_token = now
-            if n:
-                outcome.chunk_times.append(now)
             outcome.tokens += n
             outcome.prompt_tokens = chunk.usage.prompt_tokens
             outcome.cached_tokens = chunk.usage.cached_tokens

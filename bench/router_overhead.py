@@ -15,6 +15,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
+from typing import Any
 
 import grpc
 
@@ -28,6 +29,17 @@ PATHS = ("direct", "router")
 METRICS = ("tokens_per_s", "ttft_p50_ms", "ttft_p99_ms")
 
 Streams = Callable[[int], Awaitable[list[mesh.Outcome]]]
+
+
+def streams_of(call: Callable[[], Any]) -> Streams:
+    """`n` concurrent streams of the call, as their clients saw them."""
+
+    async def streams(n: int) -> list[mesh.Outcome]:
+        return await asyncio.gather(
+            *(mesh.stream(call(), mesh.Outcome("t", time.perf_counter())) for _ in range(n))
+        )
+
+    return streams
 
 
 async def run_cell(streams: Streams, concurrency: int) -> dict[str, float]:
@@ -65,27 +77,10 @@ async def main_async(args: argparse.Namespace) -> None:
         routed = mesh.router_request(model, prompt=PROMPT, max_tokens=TOKENS)
         straight = inference_pb2.InferenceGenerateRequest(request=routed.request)
 
-        async def via_direct(n: int) -> list[mesh.Outcome]:
-            return await asyncio.gather(
-                *(
-                    mesh.stream(
-                        direct_stub.Generate(straight), mesh.Outcome("t", time.perf_counter())
-                    )
-                    for _ in range(n)
-                )
-            )
-
-        async def via_router(n: int) -> list[mesh.Outcome]:
-            return await asyncio.gather(
-                *(
-                    mesh.stream(
-                        router_stub.Generate(routed), mesh.Outcome("t", time.perf_counter())
-                    )
-                    for _ in range(n)
-                )
-            )
-
-        paths: dict[str, Streams] = {"direct": via_direct, "router": via_router}
+        paths: dict[str, Streams] = {
+            "direct": streams_of(lambda: direct_stub.Generate(straight)),
+            "router": streams_of(lambda: router_stub.Generate(routed)),
+        }
         for name, streams in paths.items():  # warm-up (and the router's limiter)
             for c in concurrencies:
                 await run_cell(streams, c)

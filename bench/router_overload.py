@@ -154,8 +154,6 @@ def tenant_load(
                 await load.closed_loop(tenant, int(amount), until, outcomes)
             else:
                 await load.open_loop(tenant, amount, until, outcomes)
-        for o in outcomes:
-            o.chunk_times = []  # not needed back; keeps the pickle small
         return outcomes
 
     return uvloop.run(run())

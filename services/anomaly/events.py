@@ -11,16 +11,19 @@ AUTH_FAILURE = "EVENT_KIND_AUTH_FAILURE"
 
 @dataclass(frozen=True, slots=True)
 class RequestEvent:
+    """Fields a kind of event does not carry stay empty (an auth failure has
+    no tenant, model or tokens)."""
+
     kind: str
     time: datetime
-    request_id: str
-    tenant_id: str
-    key_id: str
-    model: str
-    replica: str
-    prompt_tokens: int
-    completion_tokens: int
-    time_to_first_token_s: float
-    duration_s: float
-    status_code: str
-    source: str
+    request_id: str = ""
+    tenant_id: str = ""
+    key_id: str = ""
+    model: str = ""
+    replica: str = ""
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    time_to_first_token_s: float = 0.0
+    duration_s: float = 0.0
+    status_code: str = ""
+    source: str = ""

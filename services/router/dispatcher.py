@@ -20,6 +20,7 @@ from services.common.errors import (
 )
 from services.router.choice import choose, reserve_of
 from services.router.fair_queue import Entry, FairQueue, QueueFullError
+from services.router.limiter import Ewma
 from services.router.replicas import Replica, ReplicaSet
 
 MAX_REMEMBERED_TENANTS = 10_000
@@ -73,22 +74,13 @@ class Lease:
     released: bool = field(default=False)
 
 
-class _Ewma:
-    def __init__(self, alpha: float, initial: float) -> None:
-        self.alpha = alpha
-        self.value = initial
-
-    def add(self, sample: float) -> None:
-        self.value += self.alpha * (sample - self.value)
-
-
 class Dispatcher:
     def __init__(self, replicas: ReplicaSet, policy: FlowPolicy | None = None) -> None:
         self._replicas = replicas
         self._policy = policy or FlowPolicy()
         self._clock = replicas.clock
         self._queues: dict[str, FairQueue] = {}
-        self._duration_s = _Ewma(0.05, 1.0)
+        self._duration_s = Ewma(window=40)
         self._pumping = False
         self._pump_again = False
         self._turn = itertools.count()
@@ -230,7 +222,7 @@ class Dispatcher:
             if replica is None:
                 # The head waits for a slot; a tenant under its fair share of
                 # slots may still use the reserve, whatever its place in line.
-                entry, replica = self._from_reserve(candidates, queue)
+                entry, replica = self._from_reserve(model, candidates, queue)
                 if entry is None or replica is None:
                     return
                 ticket, future = entry.item
@@ -243,45 +235,49 @@ class Dispatcher:
         """A replica for `ticket`: outside the reserve, or inside it while the
         ticket's tenant holds fewer slots than its fair share."""
         replica = self._choose(candidates, ticket, self._policy.reserved_share)
-        if replica is None and self._under_share(candidates, ticket, queue):
+        if replica is None and self._holds_less_than(
+            ticket, self._fair_share(ticket.model, candidates, queue)
+        ):
             replica = self._choose(candidates, ticket, 0.0)
         return replica
 
     def _from_reserve(
-        self, candidates: list[Replica], queue: FairQueue
+        self, model: str, candidates: list[Replica], queue: FairQueue
     ) -> tuple[Entry | None, Replica | None]:
+        share = self._fair_share(model, candidates, queue)
         for head in queue.tenant_heads():
             ticket, future = head.item
-            if future.done() or not self._under_share(candidates, ticket, queue):
+            if future.done() or not self._holds_less_than(ticket, share):
                 continue
             replica = self._choose(candidates, ticket, 0.0)
             if replica is not None:
                 return head, replica
         return None, None
 
-    def _under_share(
-        self, candidates: list[Replica], ticket: Ticket, queue: FairQueue | None
-    ) -> bool:
+    def _fair_share(self, model: str, candidates: list[Replica], queue: FairQueue | None) -> float:
+        """Slots per tenant, over the tenants running, waiting, or seen in the
+        last `tenant_memory_s`: the reserve is headroom for tenants that come
+        and go (a light tenant between two requests). 0 with no reserve."""
         if self._policy.reserved_share <= 0:
-            return False
-        # Tenants running, waiting, or seen lately: the reserve is headroom for
-        # those that come and go (a light tenant between two requests).
-        now = self._clock()
-        recent = now - self._policy.tenant_memory_s
-        seen = self._seen.setdefault(ticket.model, {})
-        tenants = {t for t, at in seen.items() if at >= recent}
-        tenants.update(t for (m, t), n in self._running.items() if m == ticket.model and n > 0)
+            return 0.0
+        recent = self._clock() - self._policy.tenant_memory_s
+        seen = self._seen.setdefault(model, {})
+        for tenant in [t for t, at in seen.items() if at < recent]:
+            del seen[tenant]
+        tenants = set(seen)
+        tenants.update(t for m, t in self._running if m == model)
         if queue is not None:
-            tenants.update(e.tenant for e in queue.tenant_heads())
-        tenants.add(ticket.tenant)
-        slots = sum(int(r.limiter.limit) for r in candidates)
-        return self._running[(ticket.model, ticket.tenant)] < slots / len(tenants)
+            tenants.update(queue.tenants())
+        return sum(int(r.limiter.limit) for r in candidates) / max(1, len(tenants))
+
+    def _holds_less_than(self, ticket: Ticket, share: float) -> bool:
+        return self._running[(ticket.model, ticket.tenant)] < share
 
     def _saw(self, ticket: Ticket) -> None:
         seen = self._seen.setdefault(ticket.model, {})
         seen[ticket.tenant] = self._clock()
-        if len(seen) > 4 * MAX_REMEMBERED_TENANTS:
-            # Keep memory bounded: forget the tenants seen longest ago.
+        if len(seen) > MAX_REMEMBERED_TENANTS:
+            # Keep memory bounded: forget the half seen longest ago.
             for tenant, _ in sorted(seen.items(), key=lambda kv: kv[1])[: len(seen) // 2]:
                 del seen[tenant]
 
@@ -323,7 +319,7 @@ class Dispatcher:
     def _retry_after(self, queue: FairQueue, candidates: list[Replica]) -> float:
         """About how long the queue ahead takes to drain."""
         slots = max(1.0, sum(r.limiter.limit for r in candidates))
-        return min(30.0, max(0.1, len(queue) * self._duration_s.value / slots))
+        return min(30.0, max(0.1, len(queue) * (self._duration_s.value or 1.0) / slots))
 
     def _shed(self, reason: str, error: MeshError) -> MeshError:
         self.shed[reason] += 1

@@ -14,7 +14,7 @@ import heapq
 import itertools
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -129,6 +129,10 @@ class FairQueue:
         entry.removed = True
         self._forget(entry)
         self._head(klass)
+
+    def tenants(self) -> Iterable[str]:
+        """The tenants with entries waiting."""
+        return self._per_tenant.keys()
 
     def tenant_heads(self) -> list[Entry]:
         """Each waiting tenant's oldest entry, lowest start tag first."""

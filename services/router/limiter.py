@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 
 
-class _Ewma:
+class Ewma:
     def __init__(self, window: int) -> None:
         self._alpha = 2.0 / (window + 1)
         self.value: float | None = None
@@ -46,8 +46,8 @@ class GradientLimiter:
         self._max = self._ceiling
         self._tolerance = tolerance
         self._smoothing = smoothing
-        self._short = _Ewma(short_window)
-        self._long = _Ewma(long_window)
+        self._short = Ewma(short_window)
+        self._long = Ewma(long_window)
         self.limit = float(min(max(initial, min_limit), self._max))
         self.in_flight = 0
 
@@ -65,8 +65,9 @@ class GradientLimiter:
         """Recent time to first token (0 before any sample)."""
         return self._short.value or 0.0
 
-    def has_room(self) -> bool:
-        return self.in_flight < int(self.limit)
+    def has_room(self, reserve: int = 0) -> bool:
+        """Under the limit less `reserve` slots."""
+        return self.in_flight < int(self.limit) - reserve
 
     def acquire(self) -> None:
         self.in_flight += 1

@@ -77,7 +77,7 @@ class Replica:
         queue of its own (requests waiting in the engine can no longer be
         ordered fairly), and with KV cache to spare."""
         return (
-            self.limiter.in_flight < int(self.limiter.limit) - reserve
+            self.limiter.has_room(reserve)
             and self.load.waiting == 0
             and self.load.kv_cache_usage < KV_CACHE_HIGH
         )
@@ -262,8 +262,7 @@ class ReplicaSet:
         if replica is not None:
             replica.serving = False
             await replica.channel.close()
-            self._changed.set()
-            self._changed = asyncio.Event()
+            self._signal_change()
             self._notify()
 
     async def _watch_health(self, replica: Replica) -> None:
@@ -311,8 +310,7 @@ class ReplicaSet:
         if serving != replica.serving:
             log.info("replica state", replica=replica.address, serving=serving)
             replica.serving = serving
-            self._changed.set()
-            self._changed = asyncio.Event()
+            self._signal_change()
             self._notify()
         if serving:
             replica.ready.set()
@@ -322,8 +320,11 @@ class ReplicaSet:
     def released(self, replica: Replica) -> None:
         """A stream on `replica` ended (deregistration waits for the last)."""
         if replica.draining and replica.limiter.in_flight == 0:
-            self._changed.set()
-            self._changed = asyncio.Event()
+            self._signal_change()
+
+    def _signal_change(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
 
     def _notify(self) -> None:
         for listener in self._listeners:

@@ -55,15 +55,6 @@ def auth_failure(at: float, source: str) -> RequestEvent:
     return RequestEvent(
         kind=AUTH_FAILURE,
         time=datetime.fromtimestamp(at, UTC),
-        request_id="",
-        tenant_id="",
-        key_id="",
-        model="",
-        replica="",
-        prompt_tokens=0,
-        completion_tokens=0,
-        time_to_first_token_s=0.0,
-        duration_s=0.0,
         status_code="UNAUTHENTICATED",
         source=source,
     )

@@ -192,7 +192,6 @@ def test_bounds_hold_and_nothing_is_lost_whatever_the_sequence(
 ) -> None:
     q = queue(max_total=20, max_per_tenant=8)
     waiting: list[Entry] = []
-    out = 0
     for op, tenant in ops:
         if op == "push":
             try:
@@ -204,7 +203,6 @@ def test_bounds_hold_and_nothing_is_lost_whatever_the_sequence(
             assert (entry is None) == (not waiting)
             if entry is not None:
                 waiting.remove(entry)
-                out += 1
         elif waiting:
             victim = waiting.pop(0)
             q.remove(victim)
