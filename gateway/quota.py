@@ -42,7 +42,7 @@ class QuotaClient:
         self._pending: set[asyncio.Task[None]] = set()
 
     async def reserve(
-        self, tenant_id: str, request_id: str, model: str, estimated_tokens: int
+        self, tenant_id: str, request_id: str, model: str, estimated_tokens: int, key_id: str = ""
     ) -> str:
         """The reservation id; the limit's status (with its details) when over it."""
         reservation = await self._stub.Reserve(
@@ -51,6 +51,7 @@ class QuotaClient:
                 request_id=request_id,
                 model=model,
                 estimated_tokens=estimated_tokens,
+                key_id=key_id,
             )
         )
         return reservation.reservation_id

@@ -74,7 +74,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         await context.send_initial_metadata(((REQUEST_ID_METADATA_KEY, request_id),))
         estimated = estimate_tokens(request, self._default_max_tokens)
         reservation = await self._quotas.reserve(
-            principal.tenant_id, request_id, request.model, estimated
+            principal.tenant_id, request_id, request.model, estimated, principal.key_id
         )
 
         usage = StreamUsage()

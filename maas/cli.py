@@ -17,7 +17,7 @@ from google.protobuf import timestamp_pb2
 from rich.console import Console
 from rich.table import Table
 
-from maas import usage_report
+from maas import admin_actions, usage_report
 from maas.admin_cli import admin
 from maas.client import MaasClient
 from maas.v1 import anomaly_pb2, anomaly_pb2_grpc, metering_pb2, metering_pb2_grpc
@@ -27,6 +27,7 @@ T = TypeVar("T")
 DEV_KEY_FILE = Path(".maas/dev_api_key")
 
 app = typer.Typer(help="Talk to a MaaS mesh gateway.", no_args_is_help=True)
+admin_actions.register(admin)
 app.add_typer(admin, name="admin")
 console = Console()
 

@@ -93,7 +93,7 @@ class WatchAlertsRequest(_message.Message):
     def __init__(self, tenant_id: _Optional[str] = ..., kind: _Optional[str] = ..., min_severity: _Optional[_Union[Severity, str]] = ..., since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class Alert(_message.Message):
-    __slots__ = ("alert_id", "kind", "series", "first_seen", "last_seen", "severity", "score", "observed", "expected", "count", "tenant_id", "detail")
+    __slots__ = ("alert_id", "kind", "series", "first_seen", "last_seen", "severity", "score", "observed", "expected", "count", "tenant_id", "detail", "actions")
     ALERT_ID_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     SERIES_FIELD_NUMBER: _ClassVar[int]
@@ -106,6 +106,7 @@ class Alert(_message.Message):
     COUNT_FIELD_NUMBER: _ClassVar[int]
     TENANT_ID_FIELD_NUMBER: _ClassVar[int]
     DETAIL_FIELD_NUMBER: _ClassVar[int]
+    ACTIONS_FIELD_NUMBER: _ClassVar[int]
     alert_id: str
     kind: str
     series: str
@@ -118,7 +119,24 @@ class Alert(_message.Message):
     count: int
     tenant_id: str
     detail: str
-    def __init__(self, alert_id: _Optional[str] = ..., kind: _Optional[str] = ..., series: _Optional[str] = ..., first_seen: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_seen: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., severity: _Optional[_Union[Severity, str]] = ..., score: _Optional[float] = ..., observed: _Optional[float] = ..., expected: _Optional[float] = ..., count: _Optional[int] = ..., tenant_id: _Optional[str] = ..., detail: _Optional[str] = ...) -> None: ...
+    actions: _containers.RepeatedCompositeFieldContainer[PolicyAction]
+    def __init__(self, alert_id: _Optional[str] = ..., kind: _Optional[str] = ..., series: _Optional[str] = ..., first_seen: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_seen: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., severity: _Optional[_Union[Severity, str]] = ..., score: _Optional[float] = ..., observed: _Optional[float] = ..., expected: _Optional[float] = ..., count: _Optional[int] = ..., tenant_id: _Optional[str] = ..., detail: _Optional[str] = ..., actions: _Optional[_Iterable[_Union[PolicyAction, _Mapping]]] = ...) -> None: ...
+
+class PolicyAction(_message.Message):
+    __slots__ = ("action", "target", "time", "expire_time", "reference", "error")
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    TIME_FIELD_NUMBER: _ClassVar[int]
+    EXPIRE_TIME_FIELD_NUMBER: _ClassVar[int]
+    REFERENCE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    action: str
+    target: str
+    time: _timestamp_pb2.Timestamp
+    expire_time: _timestamp_pb2.Timestamp
+    reference: str
+    error: str
+    def __init__(self, action: _Optional[str] = ..., target: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., reference: _Optional[str] = ..., error: _Optional[str] = ...) -> None: ...
 
 class ListAlertsResponse(_message.Message):
     __slots__ = ("alerts",)

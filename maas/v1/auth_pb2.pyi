@@ -1,5 +1,6 @@
 import datetime
 
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
@@ -10,16 +11,133 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class RestrictionAction(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    RESTRICTION_ACTION_UNSPECIFIED: _ClassVar[RestrictionAction]
+    RESTRICTION_ACTION_SUSPEND: _ClassVar[RestrictionAction]
+    RESTRICTION_ACTION_THROTTLE: _ClassVar[RestrictionAction]
+
 class Priority(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     PRIORITY_UNSPECIFIED: _ClassVar[Priority]
     PRIORITY_INTERACTIVE: _ClassVar[Priority]
     PRIORITY_DEFAULT: _ClassVar[Priority]
     PRIORITY_BATCH: _ClassVar[Priority]
+RESTRICTION_ACTION_UNSPECIFIED: RestrictionAction
+RESTRICTION_ACTION_SUSPEND: RestrictionAction
+RESTRICTION_ACTION_THROTTLE: RestrictionAction
 PRIORITY_UNSPECIFIED: Priority
 PRIORITY_INTERACTIVE: Priority
 PRIORITY_DEFAULT: Priority
 PRIORITY_BATCH: Priority
+
+class RestrictRequest(_message.Message):
+    __slots__ = ("tenant_id", "key_id", "action", "requests_per_minute", "duration", "reason", "actor", "alert_id")
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    REQUESTS_PER_MINUTE_FIELD_NUMBER: _ClassVar[int]
+    DURATION_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_FIELD_NUMBER: _ClassVar[int]
+    ALERT_ID_FIELD_NUMBER: _ClassVar[int]
+    tenant_id: str
+    key_id: str
+    action: RestrictionAction
+    requests_per_minute: int
+    duration: _duration_pb2.Duration
+    reason: str
+    actor: str
+    alert_id: str
+    def __init__(self, tenant_id: _Optional[str] = ..., key_id: _Optional[str] = ..., action: _Optional[_Union[RestrictionAction, str]] = ..., requests_per_minute: _Optional[int] = ..., duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., reason: _Optional[str] = ..., actor: _Optional[str] = ..., alert_id: _Optional[str] = ...) -> None: ...
+
+class Restriction(_message.Message):
+    __slots__ = ("restriction_id", "tenant_id", "key_id", "action", "requests_per_minute", "create_time", "expire_time", "lift_time", "reason", "actor", "alert_id", "lifted_by", "active")
+    RESTRICTION_ID_FIELD_NUMBER: _ClassVar[int]
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    REQUESTS_PER_MINUTE_FIELD_NUMBER: _ClassVar[int]
+    CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    EXPIRE_TIME_FIELD_NUMBER: _ClassVar[int]
+    LIFT_TIME_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_FIELD_NUMBER: _ClassVar[int]
+    ALERT_ID_FIELD_NUMBER: _ClassVar[int]
+    LIFTED_BY_FIELD_NUMBER: _ClassVar[int]
+    ACTIVE_FIELD_NUMBER: _ClassVar[int]
+    restriction_id: str
+    tenant_id: str
+    key_id: str
+    action: RestrictionAction
+    requests_per_minute: int
+    create_time: _timestamp_pb2.Timestamp
+    expire_time: _timestamp_pb2.Timestamp
+    lift_time: _timestamp_pb2.Timestamp
+    reason: str
+    actor: str
+    alert_id: str
+    lifted_by: str
+    active: bool
+    def __init__(self, restriction_id: _Optional[str] = ..., tenant_id: _Optional[str] = ..., key_id: _Optional[str] = ..., action: _Optional[_Union[RestrictionAction, str]] = ..., requests_per_minute: _Optional[int] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., lift_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., reason: _Optional[str] = ..., actor: _Optional[str] = ..., alert_id: _Optional[str] = ..., lifted_by: _Optional[str] = ..., active: _Optional[bool] = ...) -> None: ...
+
+class LiftRestrictionRequest(_message.Message):
+    __slots__ = ("restriction_id", "actor", "reason")
+    RESTRICTION_ID_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    restriction_id: str
+    actor: str
+    reason: str
+    def __init__(self, restriction_id: _Optional[str] = ..., actor: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class ListRestrictionsRequest(_message.Message):
+    __slots__ = ("tenant_id", "include_inactive")
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_INACTIVE_FIELD_NUMBER: _ClassVar[int]
+    tenant_id: str
+    include_inactive: bool
+    def __init__(self, tenant_id: _Optional[str] = ..., include_inactive: _Optional[bool] = ...) -> None: ...
+
+class ListRestrictionsResponse(_message.Message):
+    __slots__ = ("restrictions",)
+    RESTRICTIONS_FIELD_NUMBER: _ClassVar[int]
+    restrictions: _containers.RepeatedCompositeFieldContainer[Restriction]
+    def __init__(self, restrictions: _Optional[_Iterable[_Union[Restriction, _Mapping]]] = ...) -> None: ...
+
+class AuditRecord(_message.Message):
+    __slots__ = ("audit_id", "time", "actor", "action", "restriction_id", "tenant_id", "key_id", "detail")
+    AUDIT_ID_FIELD_NUMBER: _ClassVar[int]
+    TIME_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    RESTRICTION_ID_FIELD_NUMBER: _ClassVar[int]
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    audit_id: str
+    time: _timestamp_pb2.Timestamp
+    actor: str
+    action: str
+    restriction_id: str
+    tenant_id: str
+    key_id: str
+    detail: str
+    def __init__(self, audit_id: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., actor: _Optional[str] = ..., action: _Optional[str] = ..., restriction_id: _Optional[str] = ..., tenant_id: _Optional[str] = ..., key_id: _Optional[str] = ..., detail: _Optional[str] = ...) -> None: ...
+
+class ListAuditRecordsRequest(_message.Message):
+    __slots__ = ("tenant_id", "limit")
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    tenant_id: str
+    limit: int
+    def __init__(self, tenant_id: _Optional[str] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class ListAuditRecordsResponse(_message.Message):
+    __slots__ = ("records",)
+    RECORDS_FIELD_NUMBER: _ClassVar[int]
+    records: _containers.RepeatedCompositeFieldContainer[AuditRecord]
+    def __init__(self, records: _Optional[_Iterable[_Union[AuditRecord, _Mapping]]] = ...) -> None: ...
 
 class Plan(_message.Message):
     __slots__ = ("requests_per_minute", "tokens_per_minute", "max_concurrent_requests", "monthly_token_budget", "allowed_models")
@@ -46,16 +164,18 @@ class SetPlanRequest(_message.Message):
     def __init__(self, tenant_id: _Optional[str] = ..., plan: _Optional[_Union[Plan, _Mapping]] = ..., priority: _Optional[_Union[Priority, str]] = ...) -> None: ...
 
 class ReserveRequest(_message.Message):
-    __slots__ = ("tenant_id", "request_id", "model", "estimated_tokens")
+    __slots__ = ("tenant_id", "request_id", "model", "estimated_tokens", "key_id")
     TENANT_ID_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     ESTIMATED_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
     tenant_id: str
     request_id: str
     model: str
     estimated_tokens: int
-    def __init__(self, tenant_id: _Optional[str] = ..., request_id: _Optional[str] = ..., model: _Optional[str] = ..., estimated_tokens: _Optional[int] = ...) -> None: ...
+    key_id: str
+    def __init__(self, tenant_id: _Optional[str] = ..., request_id: _Optional[str] = ..., model: _Optional[str] = ..., estimated_tokens: _Optional[int] = ..., key_id: _Optional[str] = ...) -> None: ...
 
 class Reservation(_message.Message):
     __slots__ = ("reservation_id", "tokens", "expire_time")

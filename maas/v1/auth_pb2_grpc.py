@@ -87,6 +87,26 @@ class AuthStub:
                 request_serializer=maas_dot_v1_dot_auth__pb2.ReleaseRequest.SerializeToString,
                 response_deserializer=maas_dot_v1_dot_auth__pb2.ReleaseResponse.FromString,
                 _registered_method=True)
+        self.Restrict = channel.unary_unary(
+                '/maas.v1.Auth/Restrict',
+                request_serializer=maas_dot_v1_dot_auth__pb2.RestrictRequest.SerializeToString,
+                response_deserializer=maas_dot_v1_dot_auth__pb2.Restriction.FromString,
+                _registered_method=True)
+        self.LiftRestriction = channel.unary_unary(
+                '/maas.v1.Auth/LiftRestriction',
+                request_serializer=maas_dot_v1_dot_auth__pb2.LiftRestrictionRequest.SerializeToString,
+                response_deserializer=maas_dot_v1_dot_auth__pb2.Restriction.FromString,
+                _registered_method=True)
+        self.ListRestrictions = channel.unary_unary(
+                '/maas.v1.Auth/ListRestrictions',
+                request_serializer=maas_dot_v1_dot_auth__pb2.ListRestrictionsRequest.SerializeToString,
+                response_deserializer=maas_dot_v1_dot_auth__pb2.ListRestrictionsResponse.FromString,
+                _registered_method=True)
+        self.ListAuditRecords = channel.unary_unary(
+                '/maas.v1.Auth/ListAuditRecords',
+                request_serializer=maas_dot_v1_dot_auth__pb2.ListAuditRecordsRequest.SerializeToString,
+                response_deserializer=maas_dot_v1_dot_auth__pb2.ListAuditRecordsResponse.FromString,
+                _registered_method=True)
 
 
 class AuthServicer:
@@ -171,6 +191,38 @@ class AuthServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Restrict(self, request, context):
+        """Admin: suspends (every generation refused with PERMISSION_DENIED) or
+        throttles (a lower request rate, RESOURCE_EXHAUSTED past it) a tenant or
+        one API key until an expiry. Takes effect on the next Reserve. Called by
+        operators and by the anomaly service's policy; leaves an audit record.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def LiftRestriction(self, request, context):
+        """Admin: ends a restriction before its expiry (the reversal of Restrict);
+        leaves an audit record. NOT_FOUND for an unknown id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListRestrictions(self, request, context):
+        """Admin: restrictions, the active ones unless asked for all.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAuditRecords(self, request, context):
+        """Admin: the audit trail of restrictions, newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AuthServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -223,6 +275,26 @@ def add_AuthServicer_to_server(servicer, server):
                     servicer.Release,
                     request_deserializer=maas_dot_v1_dot_auth__pb2.ReleaseRequest.FromString,
                     response_serializer=maas_dot_v1_dot_auth__pb2.ReleaseResponse.SerializeToString,
+            ),
+            'Restrict': grpc.unary_unary_rpc_method_handler(
+                    servicer.Restrict,
+                    request_deserializer=maas_dot_v1_dot_auth__pb2.RestrictRequest.FromString,
+                    response_serializer=maas_dot_v1_dot_auth__pb2.Restriction.SerializeToString,
+            ),
+            'LiftRestriction': grpc.unary_unary_rpc_method_handler(
+                    servicer.LiftRestriction,
+                    request_deserializer=maas_dot_v1_dot_auth__pb2.LiftRestrictionRequest.FromString,
+                    response_serializer=maas_dot_v1_dot_auth__pb2.Restriction.SerializeToString,
+            ),
+            'ListRestrictions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRestrictions,
+                    request_deserializer=maas_dot_v1_dot_auth__pb2.ListRestrictionsRequest.FromString,
+                    response_serializer=maas_dot_v1_dot_auth__pb2.ListRestrictionsResponse.SerializeToString,
+            ),
+            'ListAuditRecords': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAuditRecords,
+                    request_deserializer=maas_dot_v1_dot_auth__pb2.ListAuditRecordsRequest.FromString,
+                    response_serializer=maas_dot_v1_dot_auth__pb2.ListAuditRecordsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -498,6 +570,114 @@ class Auth:
             '/maas.v1.Auth/Release',
             maas_dot_v1_dot_auth__pb2.ReleaseRequest.SerializeToString,
             maas_dot_v1_dot_auth__pb2.ReleaseResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Restrict(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/maas.v1.Auth/Restrict',
+            maas_dot_v1_dot_auth__pb2.RestrictRequest.SerializeToString,
+            maas_dot_v1_dot_auth__pb2.Restriction.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LiftRestriction(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/maas.v1.Auth/LiftRestriction',
+            maas_dot_v1_dot_auth__pb2.LiftRestrictionRequest.SerializeToString,
+            maas_dot_v1_dot_auth__pb2.Restriction.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRestrictions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/maas.v1.Auth/ListRestrictions',
+            maas_dot_v1_dot_auth__pb2.ListRestrictionsRequest.SerializeToString,
+            maas_dot_v1_dot_auth__pb2.ListRestrictionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAuditRecords(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/maas.v1.Auth/ListAuditRecords',
+            maas_dot_v1_dot_auth__pb2.ListAuditRecordsRequest.SerializeToString,
+            maas_dot_v1_dot_auth__pb2.ListAuditRecordsResponse.FromString,
             options,
             channel_credentials,
             insecure,

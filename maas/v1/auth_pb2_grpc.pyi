@@ -65,6 +65,20 @@ class AuthStub:
     """Settles a reservation with the actual usage, returning the difference."""
     Release: _grpc.UnaryUnaryMultiCallable[_auth_pb2.ReleaseRequest, _auth_pb2.ReleaseResponse]
     """Gives a reservation back whole (the request did not run)."""
+    Restrict: _grpc.UnaryUnaryMultiCallable[_auth_pb2.RestrictRequest, _auth_pb2.Restriction]
+    """Admin: suspends (every generation refused with PERMISSION_DENIED) or
+    throttles (a lower request rate, RESOURCE_EXHAUSTED past it) a tenant or
+    one API key until an expiry. Takes effect on the next Reserve. Called by
+    operators and by the anomaly service's policy; leaves an audit record.
+    """
+    LiftRestriction: _grpc.UnaryUnaryMultiCallable[_auth_pb2.LiftRestrictionRequest, _auth_pb2.Restriction]
+    """Admin: ends a restriction before its expiry (the reversal of Restrict);
+    leaves an audit record. NOT_FOUND for an unknown id.
+    """
+    ListRestrictions: _grpc.UnaryUnaryMultiCallable[_auth_pb2.ListRestrictionsRequest, _auth_pb2.ListRestrictionsResponse]
+    """Admin: restrictions, the active ones unless asked for all."""
+    ListAuditRecords: _grpc.UnaryUnaryMultiCallable[_auth_pb2.ListAuditRecordsRequest, _auth_pb2.ListAuditRecordsResponse]
+    """Admin: the audit trail of restrictions, newest first."""
 
 @_typing.type_check_only
 class AuthAsyncStub(AuthStub):
@@ -103,6 +117,20 @@ class AuthAsyncStub(AuthStub):
     """Settles a reservation with the actual usage, returning the difference."""
     Release: _aio.UnaryUnaryMultiCallable[_auth_pb2.ReleaseRequest, _auth_pb2.ReleaseResponse]  # type: ignore[assignment]
     """Gives a reservation back whole (the request did not run)."""
+    Restrict: _aio.UnaryUnaryMultiCallable[_auth_pb2.RestrictRequest, _auth_pb2.Restriction]  # type: ignore[assignment]
+    """Admin: suspends (every generation refused with PERMISSION_DENIED) or
+    throttles (a lower request rate, RESOURCE_EXHAUSTED past it) a tenant or
+    one API key until an expiry. Takes effect on the next Reserve. Called by
+    operators and by the anomaly service's policy; leaves an audit record.
+    """
+    LiftRestriction: _aio.UnaryUnaryMultiCallable[_auth_pb2.LiftRestrictionRequest, _auth_pb2.Restriction]  # type: ignore[assignment]
+    """Admin: ends a restriction before its expiry (the reversal of Restrict);
+    leaves an audit record. NOT_FOUND for an unknown id.
+    """
+    ListRestrictions: _aio.UnaryUnaryMultiCallable[_auth_pb2.ListRestrictionsRequest, _auth_pb2.ListRestrictionsResponse]  # type: ignore[assignment]
+    """Admin: restrictions, the active ones unless asked for all."""
+    ListAuditRecords: _aio.UnaryUnaryMultiCallable[_auth_pb2.ListAuditRecordsRequest, _auth_pb2.ListAuditRecordsResponse]  # type: ignore[assignment]
+    """Admin: the audit trail of restrictions, newest first."""
 
 class AuthServicer(metaclass=_abc_1.ABCMeta):
     """Tenants and API keys. Authenticate is called by the gateway on the request
@@ -198,5 +226,43 @@ class AuthServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_auth_pb2.ReleaseResponse, _abc.Awaitable[_auth_pb2.ReleaseResponse]]:
         """Gives a reservation back whole (the request did not run)."""
+
+    @_abc_1.abstractmethod
+    def Restrict(
+        self,
+        request: _auth_pb2.RestrictRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_pb2.Restriction, _abc.Awaitable[_auth_pb2.Restriction]]:
+        """Admin: suspends (every generation refused with PERMISSION_DENIED) or
+        throttles (a lower request rate, RESOURCE_EXHAUSTED past it) a tenant or
+        one API key until an expiry. Takes effect on the next Reserve. Called by
+        operators and by the anomaly service's policy; leaves an audit record.
+        """
+
+    @_abc_1.abstractmethod
+    def LiftRestriction(
+        self,
+        request: _auth_pb2.LiftRestrictionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_pb2.Restriction, _abc.Awaitable[_auth_pb2.Restriction]]:
+        """Admin: ends a restriction before its expiry (the reversal of Restrict);
+        leaves an audit record. NOT_FOUND for an unknown id.
+        """
+
+    @_abc_1.abstractmethod
+    def ListRestrictions(
+        self,
+        request: _auth_pb2.ListRestrictionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_pb2.ListRestrictionsResponse, _abc.Awaitable[_auth_pb2.ListRestrictionsResponse]]:
+        """Admin: restrictions, the active ones unless asked for all."""
+
+    @_abc_1.abstractmethod
+    def ListAuditRecords(
+        self,
+        request: _auth_pb2.ListAuditRecordsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_pb2.ListAuditRecordsResponse, _abc.Awaitable[_auth_pb2.ListAuditRecordsResponse]]:
+        """Admin: the audit trail of restrictions, newest first."""
 
 def add_AuthServicer_to_server(servicer: AuthServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

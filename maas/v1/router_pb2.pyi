@@ -23,6 +23,22 @@ REPLICA_STATE_NOT_SERVING: ReplicaState
 REPLICA_STATE_DRAINING: ReplicaState
 REPLICA_STATE_EJECTED: ReplicaState
 
+class EjectReplicaRequest(_message.Message):
+    __slots__ = ("address", "duration_s", "reason")
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    DURATION_S_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    address: str
+    duration_s: float
+    reason: str
+    def __init__(self, address: _Optional[str] = ..., duration_s: _Optional[float] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class RestoreReplicaRequest(_message.Message):
+    __slots__ = ("address",)
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    address: str
+    def __init__(self, address: _Optional[str] = ...) -> None: ...
+
 class RequestContext(_message.Message):
     __slots__ = ("tenant_id", "priority", "estimated_tokens", "weight")
     TENANT_ID_FIELD_NUMBER: _ClassVar[int]

@@ -78,6 +78,16 @@ class RouterStub:
                 request_serializer=maas_dot_v1_dot_router__pb2.GetQueueStatsRequest.SerializeToString,
                 response_deserializer=maas_dot_v1_dot_router__pb2.QueueStats.FromString,
                 _registered_method=True)
+        self.EjectReplica = channel.unary_unary(
+                '/maas.v1.Router/EjectReplica',
+                request_serializer=maas_dot_v1_dot_router__pb2.EjectReplicaRequest.SerializeToString,
+                response_deserializer=maas_dot_v1_dot_router__pb2.Replica.FromString,
+                _registered_method=True)
+        self.RestoreReplica = channel.unary_unary(
+                '/maas.v1.Router/RestoreReplica',
+                request_serializer=maas_dot_v1_dot_router__pb2.RestoreReplicaRequest.SerializeToString,
+                response_deserializer=maas_dot_v1_dot_router__pb2.Replica.FromString,
+                _registered_method=True)
 
 
 class RouterServicer:
@@ -146,6 +156,22 @@ class RouterServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def EjectReplica(self, request, context):
+        """Takes a replica out of rotation for a while (an operator's or the anomaly
+        policy's call); its streams finish. NOT_FOUND for an unknown address.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RestoreReplica(self, request, context):
+        """Ends an ejection at once (the reversal of EjectReplica, or of an outlier
+        ejection). NOT_FOUND for an unknown address.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RouterServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -183,6 +209,16 @@ def add_RouterServicer_to_server(servicer, server):
                     servicer.GetQueueStats,
                     request_deserializer=maas_dot_v1_dot_router__pb2.GetQueueStatsRequest.FromString,
                     response_serializer=maas_dot_v1_dot_router__pb2.QueueStats.SerializeToString,
+            ),
+            'EjectReplica': grpc.unary_unary_rpc_method_handler(
+                    servicer.EjectReplica,
+                    request_deserializer=maas_dot_v1_dot_router__pb2.EjectReplicaRequest.FromString,
+                    response_serializer=maas_dot_v1_dot_router__pb2.Replica.SerializeToString,
+            ),
+            'RestoreReplica': grpc.unary_unary_rpc_method_handler(
+                    servicer.RestoreReplica,
+                    request_deserializer=maas_dot_v1_dot_router__pb2.RestoreReplicaRequest.FromString,
+                    response_serializer=maas_dot_v1_dot_router__pb2.Replica.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -382,6 +418,60 @@ class Router:
             '/maas.v1.Router/GetQueueStats',
             maas_dot_v1_dot_router__pb2.GetQueueStatsRequest.SerializeToString,
             maas_dot_v1_dot_router__pb2.QueueStats.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EjectReplica(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/maas.v1.Router/EjectReplica',
+            maas_dot_v1_dot_router__pb2.EjectReplicaRequest.SerializeToString,
+            maas_dot_v1_dot_router__pb2.Replica.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RestoreReplica(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/maas.v1.Router/RestoreReplica',
+            maas_dot_v1_dot_router__pb2.RestoreReplicaRequest.SerializeToString,
+            maas_dot_v1_dot_router__pb2.Replica.FromString,
             options,
             channel_credentials,
             insecure,

@@ -65,6 +65,14 @@ class RouterStub:
     """
     GetQueueStats: _grpc.UnaryUnaryMultiCallable[_router_pb2.GetQueueStatsRequest, _router_pb2.QueueStats]
     """The admission queue now: depth per tenant and priority."""
+    EjectReplica: _grpc.UnaryUnaryMultiCallable[_router_pb2.EjectReplicaRequest, _router_pb2.Replica]
+    """Takes a replica out of rotation for a while (an operator's or the anomaly
+    policy's call); its streams finish. NOT_FOUND for an unknown address.
+    """
+    RestoreReplica: _grpc.UnaryUnaryMultiCallable[_router_pb2.RestoreReplicaRequest, _router_pb2.Replica]
+    """Ends an ejection at once (the reversal of EjectReplica, or of an outlier
+    ejection). NOT_FOUND for an unknown address.
+    """
 
 @_typing.type_check_only
 class RouterAsyncStub(RouterStub):
@@ -102,6 +110,14 @@ class RouterAsyncStub(RouterStub):
     """
     GetQueueStats: _aio.UnaryUnaryMultiCallable[_router_pb2.GetQueueStatsRequest, _router_pb2.QueueStats]  # type: ignore[assignment]
     """The admission queue now: depth per tenant and priority."""
+    EjectReplica: _aio.UnaryUnaryMultiCallable[_router_pb2.EjectReplicaRequest, _router_pb2.Replica]  # type: ignore[assignment]
+    """Takes a replica out of rotation for a while (an operator's or the anomaly
+    policy's call); its streams finish. NOT_FOUND for an unknown address.
+    """
+    RestoreReplica: _aio.UnaryUnaryMultiCallable[_router_pb2.RestoreReplicaRequest, _router_pb2.Replica]  # type: ignore[assignment]
+    """Ends an ejection at once (the reversal of EjectReplica, or of an outlier
+    ejection). NOT_FOUND for an unknown address.
+    """
 
 class RouterServicer(metaclass=_abc_1.ABCMeta):
     """Flow control and replica choice. The gateway sends every authenticated
@@ -178,5 +194,25 @@ class RouterServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_router_pb2.QueueStats, _abc.Awaitable[_router_pb2.QueueStats]]:
         """The admission queue now: depth per tenant and priority."""
+
+    @_abc_1.abstractmethod
+    def EjectReplica(
+        self,
+        request: _router_pb2.EjectReplicaRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_router_pb2.Replica, _abc.Awaitable[_router_pb2.Replica]]:
+        """Takes a replica out of rotation for a while (an operator's or the anomaly
+        policy's call); its streams finish. NOT_FOUND for an unknown address.
+        """
+
+    @_abc_1.abstractmethod
+    def RestoreReplica(
+        self,
+        request: _router_pb2.RestoreReplicaRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_router_pb2.Replica, _abc.Awaitable[_router_pb2.Replica]]:
+        """Ends an ejection at once (the reversal of EjectReplica, or of an outlier
+        ejection). NOT_FOUND for an unknown address.
+        """
 
 def add_RouterServicer_to_server(servicer: RouterServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

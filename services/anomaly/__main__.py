@@ -8,13 +8,16 @@ from services.common.entrypoint import run_service
 
 async def serve(settings: AnomalySettings) -> None:
     from observability import setup
+    from services.anomaly.actuator import running_policy
     from services.anomaly.core import AnomalyCore
     from services.anomaly.server import create_server
 
     telemetry = setup("anomaly", settings.telemetry)
     try:
-        server = await create_server(settings, telemetry, AnomalyCore(settings))
-        await server.serve_until_signal(settings.grace_period_s)
+        core = AnomalyCore(settings)
+        async with running_policy(settings.policy, telemetry, core):
+            server = await create_server(settings, telemetry, core)
+            await server.serve_until_signal(settings.grace_period_s)
     finally:
         telemetry.shutdown()
 

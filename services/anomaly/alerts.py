@@ -37,6 +37,18 @@ class Severity(IntEnum):
 
 
 @dataclass(frozen=True, slots=True)
+class ActionTaken:
+    """What the policy did about an alert (see policy.py)."""
+
+    verb: str
+    target: str
+    at: datetime
+    expires_at: datetime
+    reference: str = ""
+    error: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class Alert:
     alert_id: str
     kind: str
@@ -50,6 +62,7 @@ class Alert:
     first_seen: datetime
     last_seen: datetime
     detail: str
+    actions: tuple[ActionTaken, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +137,16 @@ class AlertBook:
                 if self._latest.get((oldest.kind, oldest.series)) == oldest.alert_id:
                     del self._latest[(oldest.kind, oldest.series)]
         self._alerts[alert.alert_id] = alert
+        self._on_change(alert)
+        return alert
+
+    def annotate(self, alert_id: str, taken: ActionTaken) -> Alert | None:
+        """Adds what the policy did to the alert and tells watchers."""
+        current = self._alerts.get(alert_id)
+        if current is None:
+            return None  # evicted meanwhile
+        alert = replace(current, actions=(*current.actions, taken))
+        self._alerts[alert_id] = alert
         self._on_change(alert)
         return alert
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from services.anomaly.alerts import Alert, AlertBook, AlertQuery
+from services.anomaly.alerts import ActionTaken, Alert, AlertBook, AlertQuery
 from services.anomaly.detectors.auth_failures import AuthFailureDetector
 from services.anomaly.detectors.base import Detector, Finding
 from services.anomaly.detectors.errors import ErrorBurstDetector
@@ -48,7 +48,8 @@ class AnomalyCore:
             "mix": TrafficMixDetector(s.mix, bucket_s=b, idle_buckets=idle),
         }
         self._hub = AlertHub(s.alerts.watch_queue)
-        self._book = AlertBook(s.alerts, self._hub.publish)
+        self._listeners: list[Callable[[Alert], None]] = [self._hub.publish]
+        self._book = AlertBook(s.alerts, self._changed)
         self._stats = EventStats()
         self._bucket = -1
 
@@ -74,6 +75,18 @@ class AnomalyCore:
         for detector in self.detectors.values():
             findings.extend(detector.observe(event, at, bucket))
         return [self._book.record(f) for f in findings]
+
+    def on_alert(self, listener: Callable[[Alert], None]) -> None:
+        """Calls `listener` with every alert opened or updated (on the ingest path: be quick)."""
+        self._listeners.append(listener)
+
+    def annotate(self, alert_id: str, taken: ActionTaken) -> None:
+        """Records on the alert what the policy did about it."""
+        self._book.annotate(alert_id, taken)
+
+    def _changed(self, alert: Alert) -> None:
+        for listener in self._listeners:
+            listener(alert)
 
     def stats(self) -> EventStats:
         stats = self._stats

@@ -62,6 +62,17 @@ def alert_to_proto(alert: Alert) -> anomaly_pb2.Alert:
         count=alert.count,
         tenant_id=alert.tenant_id,
         detail=alert.detail,
+        actions=[
+            anomaly_pb2.PolicyAction(
+                action=a.verb,
+                target=a.target,
+                time=_timestamp(a.at),
+                expire_time=_timestamp(a.expires_at),
+                reference=a.reference,
+                error=a.error,
+            )
+            for a in alert.actions
+        ],
     )
 
 

@@ -7,7 +7,9 @@ the same detectors faster than real time."""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
+from typing import Literal
+
+from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
 from services.common.settings import ServiceSettings
@@ -163,6 +165,52 @@ class AlertSettings(BaseModel):
     max_list: int = Field(default=1_000, ge=1)
 
 
+class PolicyRule(BaseModel):
+    """What to do about one kind of alert. `throttle` and `suspend` act on the
+    key or tenant the alert is about, `eject` on the replica; other series
+    (sources, say) get nothing."""
+
+    action: Literal["none", "throttle", "suspend", "eject"] = "none"
+    # How long the restriction or ejection lasts before it lifts by itself.
+    duration_s: float = Field(default=900.0, gt=0, le=30 * 86_400)
+    # Throttles: generations a minute allowed while it lasts.
+    requests_per_minute: int = Field(default=60, ge=1)
+    # Alerts below this severity are only reported.
+    min_severity: Literal["warning", "critical"] = "warning"
+
+
+def _default_rules() -> dict[str, PolicyRule]:
+    throttle = PolicyRule(action="throttle", duration_s=900.0, requests_per_minute=60)
+    return {
+        # A leaked key hammering the service: slow it to a trickle for 15 minutes.
+        "request_rate_spike": throttle,
+        "token_rate_spike": throttle,
+        # A replica failing many of its requests: out of rotation for a minute
+        # (the router refuses to eject a model's last replica).
+        "error_burst": PolicyRule(action="eject", duration_s=60.0),
+    }
+
+
+class PolicySettings(BaseModel):
+    """Actions on alerts. Acting needs auth's and the router's addresses (and
+    the admin token auth's restriction rpcs want); without them alerts are
+    only reported. Suspension is off unless `allow_suspend`."""
+
+    auth_address: str = ""
+    router_address: str = ""
+    admin_token: SecretStr = SecretStr("")
+    allow_suspend: bool = False
+    rules: dict[str, PolicyRule] = Field(default_factory=_default_rules)
+    # Seconds each call to auth or the router may take.
+    call_timeout_s: float = Field(default=5.0, gt=0)
+    # Alert ids remembered as acted on (merged findings act once).
+    remember_alerts: int = Field(default=10_000, ge=1)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.auth_address or self.router_address)
+
+
 class AnomalySettings(ServiceSettings):
     model_config = SettingsConfigDict(
         env_prefix="MAAS_ANOMALY_", env_nested_delimiter="__", extra="forbid"
@@ -181,3 +229,4 @@ class AnomalySettings(ServiceSettings):
     auth_failures: AuthFailureSettings = AuthFailureSettings()
     mix: MixSettings = MixSettings()
     alerts: AlertSettings = AlertSettings()
+    policy: PolicySettings = PolicySettings()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from google.protobuf import timestamp_pb2
 from google.protobuf.message import Message
@@ -10,16 +10,20 @@ from google.protobuf.message import Message
 from maas.v1 import auth_pb2, metering_pb2
 from services.auth.models import (
     ApiKeyRecord,
+    AuditEntry,
     Grouping,
     Plan,
     Principal,
     Priority,
     RequestStatus,
+    Restriction,
+    RestrictionAction,
     Tenant,
     UsageBucket,
     UsageRecord,
     UsageSummary,
 )
+from services.auth.restrictions import RestrictRequest
 from services.common.errors import InvalidArgumentError
 
 _STATUS_TO_PROTO = {
@@ -169,4 +173,62 @@ def summary_to_proto(summary: UsageSummary) -> metering_pb2.UsageSummary:
         requests=summary.requests,
         prompt_tokens=summary.prompt_tokens,
         completion_tokens=summary.completion_tokens,
+    )
+
+
+_ACTION_TO_PROTO = {
+    RestrictionAction.SUSPEND: auth_pb2.RESTRICTION_ACTION_SUSPEND,
+    RestrictionAction.THROTTLE: auth_pb2.RESTRICTION_ACTION_THROTTLE,
+}
+_ACTION_FROM_PROTO = {v: k for k, v in _ACTION_TO_PROTO.items()}
+
+
+def restrict_from_proto(message: auth_pb2.RestrictRequest) -> RestrictRequest:
+    action = _ACTION_FROM_PROTO.get(message.action)
+    if action is None:
+        raise InvalidArgumentError("action", "must be SUSPEND or THROTTLE")
+    if not message.HasField("duration"):
+        raise InvalidArgumentError("duration", "required")
+    return RestrictRequest(
+        action=action,
+        duration=timedelta(microseconds=message.duration.ToMicroseconds()),
+        reason=message.reason,
+        actor=message.actor,
+        tenant_id=message.tenant_id,
+        key_id=message.key_id,
+        requests_per_minute=message.requests_per_minute,
+        alert_id=message.alert_id,
+    )
+
+
+def restriction_to_proto(restriction: Restriction, active: bool) -> auth_pb2.Restriction:
+    message = auth_pb2.Restriction(
+        restriction_id=restriction.restriction_id,
+        tenant_id=restriction.tenant_id,
+        key_id=restriction.key_id,
+        action=_ACTION_TO_PROTO[restriction.action],
+        requests_per_minute=restriction.requests_per_minute,
+        create_time=timestamp(restriction.created_at),
+        expire_time=timestamp(restriction.expires_at),
+        reason=restriction.reason,
+        actor=restriction.actor,
+        alert_id=restriction.alert_id,
+        lifted_by=restriction.lifted_by,
+        active=active,
+    )
+    if restriction.lifted_at is not None:
+        message.lift_time.CopyFrom(timestamp(restriction.lifted_at))
+    return message
+
+
+def audit_to_proto(entry: AuditEntry) -> auth_pb2.AuditRecord:
+    return auth_pb2.AuditRecord(
+        audit_id=entry.audit_id,
+        time=timestamp(entry.at),
+        actor=entry.actor,
+        action=entry.action,
+        restriction_id=entry.restriction_id,
+        tenant_id=entry.tenant_id,
+        key_id=entry.key_id,
+        detail=entry.detail,
     )

@@ -141,3 +141,45 @@ class UsageSummary:
     requests: int
     prompt_tokens: int
     completion_tokens: int
+
+
+class RestrictionAction(enum.StrEnum):
+    SUSPEND = "suspend"
+    THROTTLE = "throttle"
+
+
+@dataclass(frozen=True, slots=True)
+class Restriction:
+    """A suspension or throttle of a tenant (key_id empty) or one of its keys."""
+
+    restriction_id: str
+    tenant_id: str
+    key_id: str
+    action: RestrictionAction
+    requests_per_minute: int
+    created_at: datetime
+    expires_at: datetime
+    reason: str
+    actor: str
+    alert_id: str = ""
+    lifted_at: datetime | None = None
+    lifted_by: str = ""
+
+    def active(self, now: datetime) -> bool:
+        return self.lifted_at is None and now < self.expires_at
+
+    @property
+    def subject(self) -> str:
+        return f"key:{self.key_id}" if self.key_id else f"tenant:{self.tenant_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    audit_id: str
+    at: datetime
+    actor: str
+    action: str  # "restrict" or "lift"
+    restriction_id: str
+    tenant_id: str
+    key_id: str
+    detail: str

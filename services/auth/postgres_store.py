@@ -13,10 +13,13 @@ import asyncpg
 
 from services.auth.models import (
     ApiKeyRecord,
+    AuditEntry,
     Grouping,
     Plan,
     Priority,
     RequestStatus,
+    Restriction,
+    RestrictionAction,
     Scope,
     Tenant,
     UsageBucket,
@@ -57,6 +60,32 @@ CREATE TABLE IF NOT EXISTS usage_records (
     cached_tokens     BIGINT NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS usage_by_tenant_time ON usage_records(tenant_id, end_time);
+CREATE TABLE IF NOT EXISTS restrictions (
+    restriction_id      TEXT PRIMARY KEY,
+    tenant_id           TEXT NOT NULL,
+    key_id              TEXT NOT NULL,
+    action              TEXT NOT NULL,
+    requests_per_minute INTEGER NOT NULL,
+    created_at          TIMESTAMPTZ NOT NULL,
+    expires_at          TIMESTAMPTZ NOT NULL,
+    reason              TEXT NOT NULL,
+    actor               TEXT NOT NULL,
+    alert_id            TEXT NOT NULL,
+    lifted_at           TIMESTAMPTZ,
+    lifted_by           TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS restrictions_by_tenant ON restrictions(tenant_id);
+CREATE TABLE IF NOT EXISTS audit_log (
+    audit_id       TEXT PRIMARY KEY,
+    at             TIMESTAMPTZ NOT NULL,
+    actor          TEXT NOT NULL,
+    action         TEXT NOT NULL,
+    restriction_id TEXT NOT NULL,
+    tenant_id      TEXT NOT NULL,
+    key_id         TEXT NOT NULL,
+    detail         TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS audit_by_tenant_time ON audit_log(tenant_id, at);
 ALTER TABLE tenants ADD COLUMN IF NOT EXISTS plan TEXT NOT NULL DEFAULT '{}';
 ALTER TABLE api_keys ADD COLUMN IF NOT EXISTS expires_at TIMESTAMPTZ;
 ALTER TABLE usage_records ADD COLUMN IF NOT EXISTS cached_tokens BIGINT NOT NULL DEFAULT 0;
@@ -241,6 +270,85 @@ class PostgresAuthStore:
             end,
         )
         return UsageSummary(tenant_id, int(row["n"]), int(row["p"]), int(row["c"]))
+
+    async def save_restriction(self, restriction: Restriction, audit: AuditEntry) -> None:
+        r = restriction
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute(
+                "INSERT INTO restrictions"
+                " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
+                " ON CONFLICT (restriction_id) DO UPDATE SET"
+                " lifted_at = EXCLUDED.lifted_at, lifted_by = EXCLUDED.lifted_by,"
+                " expires_at = EXCLUDED.expires_at",
+                r.restriction_id,
+                r.tenant_id,
+                r.key_id,
+                r.action.value,
+                r.requests_per_minute,
+                r.created_at,
+                r.expires_at,
+                r.reason,
+                r.actor,
+                r.alert_id,
+                r.lifted_at,
+                r.lifted_by,
+            )
+            await conn.execute(
+                "INSERT INTO audit_log VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                audit.audit_id,
+                audit.at,
+                audit.actor,
+                audit.action,
+                audit.restriction_id,
+                audit.tenant_id,
+                audit.key_id,
+                audit.detail,
+            )
+
+    async def list_restrictions(self, tenant_id: str | None) -> list[Restriction]:
+        rows = await self._pool.fetch(
+            "SELECT * FROM restrictions WHERE ($1::text IS NULL OR tenant_id = $1)"
+            " ORDER BY created_at DESC",
+            tenant_id,
+        )
+        return [
+            Restriction(
+                restriction_id=r["restriction_id"],
+                tenant_id=r["tenant_id"],
+                key_id=r["key_id"],
+                action=RestrictionAction(r["action"]),
+                requests_per_minute=r["requests_per_minute"],
+                created_at=r["created_at"],
+                expires_at=r["expires_at"],
+                reason=r["reason"],
+                actor=r["actor"],
+                alert_id=r["alert_id"],
+                lifted_at=r["lifted_at"],
+                lifted_by=r["lifted_by"],
+            )
+            for r in rows
+        ]
+
+    async def list_audit(self, tenant_id: str | None, limit: int) -> list[AuditEntry]:
+        rows = await self._pool.fetch(
+            "SELECT * FROM audit_log WHERE ($1::text IS NULL OR tenant_id = $1)"
+            " ORDER BY at DESC LIMIT $2",
+            tenant_id,
+            limit,
+        )
+        return [
+            AuditEntry(
+                audit_id=r["audit_id"],
+                at=r["at"],
+                actor=r["actor"],
+                action=r["action"],
+                restriction_id=r["restriction_id"],
+                tenant_id=r["tenant_id"],
+                key_id=r["key_id"],
+                detail=r["detail"],
+            )
+            for r in rows
+        ]
 
 
 @asynccontextmanager

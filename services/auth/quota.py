@@ -69,6 +69,10 @@ class _TenantState:
     held: dict[str, Held] = field(default_factory=dict)
 
 
+# Restrictions on (tenant, key): raises to refuse, else throttle buckets to take from.
+Admission = Callable[[str, str], list[TokenBucket]]
+
+
 def month_start(at: datetime) -> datetime:
     return at.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
 
@@ -88,8 +92,10 @@ class Quotas:
         lease_s: float = 600.0,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], datetime] = lambda: datetime.now(UTC),
+        admit: Admission = lambda tenant_id, key_id: [],
     ) -> None:
         self._store = store
+        self._admit = admit
         self._lease_s = lease_s
         self._clock = clock
         self._wall = wall
@@ -101,7 +107,7 @@ class Quotas:
         return sum(h.tokens for h in state.held.values()) if state else 0
 
     async def reserve(
-        self, tenant_id: str, request_id: str, model: str, estimated_tokens: int
+        self, tenant_id: str, request_id: str, model: str, estimated_tokens: int, key_id: str = ""
     ) -> Held:
         tenant = await self._store.get_tenant(tenant_id)
         if tenant is None:
@@ -120,6 +126,7 @@ class Quotas:
             for held in state.held.values():
                 if held.request_id == request_id:
                     return held  # a retried Reserve: same lease
+            throttles = self._admit(tenant_id, key_id)
             self._check(state, plan, estimated_tokens, now)
             if plan.monthly_token_budget:
                 wall = self._wall()
@@ -131,6 +138,8 @@ class Quotas:
                         retry_after_s=(next_month_start(wall) - wall).total_seconds(),
                         subject="monthly_token_budget",
                     )
+            for bucket in throttles:
+                bucket.level -= 1
             if state.requests is not None:
                 state.requests.level -= 1
             if state.tokens is not None:

@@ -6,6 +6,7 @@ from maas.v1 import auth_pb2, auth_pb2_grpc, metering_pb2, metering_pb2_grpc
 from observability import Telemetry
 from services.auth.core import AuthCore, MeteringCore
 from services.auth.quota import Quotas
+from services.auth.restrictions import Restrictions
 from services.auth.servicer import AdminGuard, AuthServicer, MeteringServicer
 from services.auth.settings import AuthSettings
 from services.auth.store import AuthStore
@@ -20,10 +21,13 @@ async def create_server(
 ) -> ServiceServer:
     """Serves an open store; ready (SERVING) as soon as it starts."""
     core = AuthCore(store, settings.key_pepper.get_secret_value().encode())
+    restrictions = Restrictions(store)
+    await restrictions.load()
     auth = AuthServicer(
         core,
         AdminGuard(settings.admin_token.get_secret_value(), core),
-        Quotas(store, lease_s=settings.reservation_lease_s),
+        Quotas(store, lease_s=settings.reservation_lease_s, admit=restrictions.admit),
+        restrictions,
     )
     metering = MeteringServicer(MeteringCore(store))
     return await start_server(

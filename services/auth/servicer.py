@@ -12,6 +12,7 @@ from services.auth import convert
 from services.auth.core import AuthCore, MeteringCore, check_id
 from services.auth.models import Scope, UsageRecord
 from services.auth.quota import Quotas
+from services.auth.restrictions import Restrictions
 from services.common.errors import (
     MeshError,
     PermissionDeniedError,
@@ -48,10 +49,50 @@ class AdminGuard:
 
 
 class AuthServicer(auth_pb2_grpc.AuthServicer):
-    def __init__(self, core: AuthCore, guard: AdminGuard, quotas: Quotas) -> None:
+    def __init__(
+        self, core: AuthCore, guard: AdminGuard, quotas: Quotas, restrictions: Restrictions
+    ) -> None:
         self._core = core
         self._guard = guard
         self._quotas = quotas
+        self._restrictions = restrictions
+
+    async def Restrict(
+        self, request: auth_pb2.RestrictRequest, context: Context
+    ) -> auth_pb2.Restriction:
+        await self._guard.check(context)
+        restriction = await self._restrictions.restrict(convert.restrict_from_proto(request))
+        return convert.restriction_to_proto(restriction, self._restrictions.active(restriction))
+
+    async def LiftRestriction(
+        self, request: auth_pb2.LiftRestrictionRequest, context: Context
+    ) -> auth_pb2.Restriction:
+        await self._guard.check(context)
+        check_id("restriction_id", request.restriction_id)
+        lifted = await self._restrictions.lift(
+            request.restriction_id, request.actor, request.reason
+        )
+        return convert.restriction_to_proto(lifted, self._restrictions.active(lifted))
+
+    async def ListRestrictions(
+        self, request: auth_pb2.ListRestrictionsRequest, context: Context
+    ) -> auth_pb2.ListRestrictionsResponse:
+        await self._guard.check(context)
+        found = await self._restrictions.find(request.tenant_id, request.include_inactive)
+        return auth_pb2.ListRestrictionsResponse(
+            restrictions=[
+                convert.restriction_to_proto(r, self._restrictions.active(r)) for r in found
+            ]
+        )
+
+    async def ListAuditRecords(
+        self, request: auth_pb2.ListAuditRecordsRequest, context: Context
+    ) -> auth_pb2.ListAuditRecordsResponse:
+        await self._guard.check(context)
+        entries = await self._restrictions.audit(request.tenant_id, request.limit)
+        return auth_pb2.ListAuditRecordsResponse(
+            records=[convert.audit_to_proto(e) for e in entries]
+        )
 
     async def SetPlan(self, request: auth_pb2.SetPlanRequest, context: Context) -> auth_pb2.Tenant:
         await self._guard.check(context)
@@ -71,7 +112,11 @@ class AuthServicer(auth_pb2_grpc.AuthServicer):
         check_id("request_id", request.request_id)
         check_id("tenant_id", request.tenant_id)
         held = await self._quotas.reserve(
-            request.tenant_id, request.request_id, request.model, request.estimated_tokens
+            request.tenant_id,
+            request.request_id,
+            request.model,
+            request.estimated_tokens,
+            request.key_id,
         )
         return auth_pb2.Reservation(
             reservation_id=held.reservation_id,

@@ -19,10 +19,13 @@ import aiosqlite
 
 from services.auth.models import (
     ApiKeyRecord,
+    AuditEntry,
     Grouping,
     Plan,
     Priority,
     RequestStatus,
+    Restriction,
+    RestrictionAction,
     Scope,
     Tenant,
     UsageBucket,
@@ -63,6 +66,32 @@ CREATE TABLE IF NOT EXISTS usage_records (
     cached_tokens     INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS usage_by_tenant_time ON usage_records(tenant_id, end_time);
+CREATE TABLE IF NOT EXISTS restrictions (
+    restriction_id      TEXT PRIMARY KEY,
+    tenant_id           TEXT NOT NULL,
+    key_id              TEXT NOT NULL,
+    action              TEXT NOT NULL,
+    requests_per_minute INTEGER NOT NULL,
+    created_at          INTEGER NOT NULL,
+    expires_at          INTEGER NOT NULL,
+    reason              TEXT NOT NULL,
+    actor               TEXT NOT NULL,
+    alert_id            TEXT NOT NULL,
+    lifted_at           INTEGER,
+    lifted_by           TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS restrictions_by_tenant ON restrictions(tenant_id);
+CREATE TABLE IF NOT EXISTS audit_log (
+    audit_id       TEXT PRIMARY KEY,
+    at             INTEGER NOT NULL,
+    actor          TEXT NOT NULL,
+    action         TEXT NOT NULL,
+    restriction_id TEXT NOT NULL,
+    tenant_id      TEXT NOT NULL,
+    key_id         TEXT NOT NULL,
+    detail         TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS audit_by_tenant_time ON audit_log(tenant_id, at);
 """
 
 
@@ -121,6 +150,36 @@ def _usage(row: sqlite3.Row) -> UsageRecord:
         end_time=_from_us(row["end_time"]),
         status=RequestStatus(row["status"]),
         cached_tokens=row["cached_tokens"],
+    )
+
+
+def _restriction(row: sqlite3.Row) -> Restriction:
+    return Restriction(
+        restriction_id=row["restriction_id"],
+        tenant_id=row["tenant_id"],
+        key_id=row["key_id"],
+        action=RestrictionAction(row["action"]),
+        requests_per_minute=int(row["requests_per_minute"]),
+        created_at=_from_us(row["created_at"]),
+        expires_at=_from_us(row["expires_at"]),
+        reason=row["reason"],
+        actor=row["actor"],
+        alert_id=row["alert_id"],
+        lifted_at=_from_us(row["lifted_at"]) if row["lifted_at"] is not None else None,
+        lifted_by=row["lifted_by"],
+    )
+
+
+def _audit(row: sqlite3.Row) -> AuditEntry:
+    return AuditEntry(
+        audit_id=row["audit_id"],
+        at=_from_us(row["at"]),
+        actor=row["actor"],
+        action=row["action"],
+        restriction_id=row["restriction_id"],
+        tenant_id=row["tenant_id"],
+        key_id=row["key_id"],
+        detail=row["detail"],
     )
 
 
@@ -337,6 +396,58 @@ class SqliteAuthStore:
             row = await cur.fetchone()
         assert row is not None
         return UsageSummary(tenant_id, int(row[0]), int(row[1]), int(row[2]))
+
+    async def save_restriction(self, restriction: Restriction, audit: AuditEntry) -> None:
+        r = restriction
+        try:
+            await self._db.execute(
+                "INSERT OR REPLACE INTO restrictions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    r.restriction_id,
+                    r.tenant_id,
+                    r.key_id,
+                    r.action.value,
+                    r.requests_per_minute,
+                    _to_us(r.created_at),
+                    _to_us(r.expires_at),
+                    r.reason,
+                    r.actor,
+                    r.alert_id,
+                    _to_us(r.lifted_at) if r.lifted_at else None,
+                    r.lifted_by,
+                ),
+            )
+            await self._db.execute(
+                "INSERT INTO audit_log VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    audit.audit_id,
+                    _to_us(audit.at),
+                    audit.actor,
+                    audit.action,
+                    audit.restriction_id,
+                    audit.tenant_id,
+                    audit.key_id,
+                    audit.detail,
+                ),
+            )
+            await self._db.commit()
+        except BaseException:
+            await self._db.rollback()
+            raise
+
+    async def list_restrictions(self, tenant_id: str | None) -> list[Restriction]:
+        where, args = ("WHERE tenant_id = ?", (tenant_id,)) if tenant_id else ("", ())
+        async with self._db.execute(
+            f"SELECT * FROM restrictions {where} ORDER BY created_at DESC", args
+        ) as cur:
+            return [_restriction(r) for r in await cur.fetchall()]
+
+    async def list_audit(self, tenant_id: str | None, limit: int) -> list[AuditEntry]:
+        where, args = ("WHERE tenant_id = ?", (tenant_id,)) if tenant_id else ("", ())
+        async with self._db.execute(
+            f"SELECT * FROM audit_log {where} ORDER BY at DESC LIMIT ?", (*args, limit)
+        ) as cur:
+            return [_audit(r) for r in await cur.fetchall()]
 
 
 @asynccontextmanager

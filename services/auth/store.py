@@ -8,9 +8,11 @@ from typing import Protocol
 
 from services.auth.models import (
     ApiKeyRecord,
+    AuditEntry,
     Grouping,
     Plan,
     Priority,
+    Restriction,
     Tenant,
     UsageBucket,
     UsageRecord,
@@ -61,3 +63,15 @@ class AuthStore(Protocol):
     async def usage_summary(
         self, tenant_id: str, start: datetime | None, end: datetime | None
     ) -> UsageSummary: ...
+
+    async def save_restriction(self, restriction: Restriction, audit: AuditEntry) -> None:
+        """Creates or updates the restriction and appends its audit entry, atomically."""
+        ...
+
+    async def list_restrictions(self, tenant_id: str | None) -> list[Restriction]:
+        """All restrictions (of one tenant when given), newest first."""
+        ...
+
+    async def list_audit(self, tenant_id: str | None, limit: int) -> list[AuditEntry]:
+        """Audit entries (of one tenant when given), newest first."""
+        ...

@@ -78,6 +78,10 @@ class AlreadyExistsError(MeshError):
     code = grpc.StatusCode.ALREADY_EXISTS
 
 
+class FailedPreconditionError(MeshError):
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
 class UnavailableError(MeshError):
     code = grpc.StatusCode.UNAVAILABLE
 

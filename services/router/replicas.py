@@ -20,7 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from maas.v1 import generation_pb2, inference_pb2, inference_pb2_grpc
 from observability import Telemetry
 from observability.channels import channel
-from services.common.errors import NotFoundError, UnavailableError
+from services.common.errors import FailedPreconditionError, NotFoundError, UnavailableError
 from services.router.limiter import GradientLimiter
 
 log = structlog.get_logger(__name__)
@@ -165,6 +165,38 @@ class ReplicaSet:
         replica = self.get(address)
         replica.draining = drain
         log.info("replica drain", replica=address, draining=drain)
+        self._notify()
+        return replica
+
+    def eject(self, address: str, seconds: float, reason: str) -> Replica:
+        """Takes the replica out of rotation for `seconds` (an operator's or a
+        policy's call); its running streams finish."""
+        replica = self.get(address)
+        now = self.clock()
+        model = replica.model.name if replica.model is not None else None
+        others = [
+            r
+            for r in self._replicas.values()
+            if r is not replica and r.takes_work(now) and (model is None or r.serves(model))
+        ]
+        if replica.takes_work(now) and not others:
+            # Ejecting the last replica in rotation would turn a slow or
+            # failing model into an unavailable one.
+            raise FailedPreconditionError(
+                f"{address} is the last replica of its model in rotation; not ejecting it"
+            )
+        replica.ejected_until = max(replica.ejected_until, now + seconds)
+        log.warning("replica ejected by request", replica=address, seconds=seconds, reason=reason)
+        asyncio.get_running_loop().call_later(seconds, self._notify)
+        self._notify()
+        return replica
+
+    def restore(self, address: str) -> Replica:
+        """Ends an ejection now, whoever made it."""
+        replica = self.get(address)
+        replica.ejected_until = 0.0
+        replica.consecutive_failures = 0
+        log.info("replica restored", replica=address)
         self._notify()
         return replica
 

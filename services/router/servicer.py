@@ -50,6 +50,7 @@ _PRIORITY_OF = {
     BATCH: auth_pb2.PRIORITY_BATCH,
 }
 DEFAULT_MAX_TOKENS_ESTIMATE = 256
+MAX_EJECTION_S = 86_400.0
 
 
 def estimated_cost(request: router_pb2.RouterGenerateRequest) -> float:
@@ -185,6 +186,21 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         _check_address(request.address)
         replica = self._replicas.drain(request.address, drain=not request.undrain)
         return self._replica_to_proto(replica)
+
+    async def EjectReplica(
+        self, request: router_pb2.EjectReplicaRequest, context: Context
+    ) -> router_pb2.Replica:
+        _check_address(request.address)
+        if not 0 < request.duration_s <= MAX_EJECTION_S:
+            raise InvalidArgumentError("duration_s", "must be more than 0 and at most 86400")
+        replica = self._replicas.eject(request.address, request.duration_s, request.reason)
+        return self._replica_to_proto(replica)
+
+    async def RestoreReplica(
+        self, request: router_pb2.RestoreReplicaRequest, context: Context
+    ) -> router_pb2.Replica:
+        _check_address(request.address)
+        return self._replica_to_proto(self._replicas.restore(request.address))
 
     async def GetQueueStats(
         self, request: router_pb2.GetQueueStatsRequest, context: Context

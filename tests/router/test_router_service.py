@@ -176,6 +176,45 @@ async def test_a_drained_replica_gets_no_new_work_and_comes_back(vllm_engine: En
         assert back.state == router_pb2.REPLICA_STATE_SERVING
 
 
+async def test_an_ejected_replica_gets_no_work_until_restored_and_the_last_one_stays(
+    vllm_engine: Engine,
+) -> None:
+    model = vllm_engine.model_info.name
+    async with AsyncExitStack() as stack:
+        a, b, r = await two_replicas_behind_a_router(stack, vllm_engine)
+        ejected = await r.stub.EjectReplica(
+            router_pb2.EjectReplicaRequest(address=a.address, duration_s=600, reason="errors")
+        )
+        assert ejected.state == router_pb2.REPLICA_STATE_EJECTED
+        assert 590 < ejected.ejected_for_s <= 600
+        # With `a` out, `b` is the model's last replica in rotation: it stays.
+        with pytest.raises(grpc.aio.AioRpcError) as last:
+            await r.stub.EjectReplica(
+                router_pb2.EjectReplicaRequest(address=b.address, duration_s=60)
+            )
+        assert last.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        for bad in (0.0, 86_401.0):
+            with pytest.raises(grpc.aio.AioRpcError) as invalid:
+                await r.stub.EjectReplica(
+                    router_pb2.EjectReplicaRequest(address=a.address, duration_s=bad)
+                )
+            assert invalid.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "duration_s" in (invalid.value.details() or "")
+
+        before = a.generate_calls()
+        await asyncio.gather(
+            *(tokens_of(r.stub.Generate(generate(model, f"{i} " * 50))) for i in range(6))
+        )
+        assert a.generate_calls() == before
+
+        restored = await r.stub.RestoreReplica(router_pb2.RestoreReplicaRequest(address=a.address))
+        assert restored.state == router_pb2.REPLICA_STATE_SERVING
+        assert restored.ejected_for_s == 0
+        with pytest.raises(grpc.aio.AioRpcError) as unknown:
+            await r.stub.RestoreReplica(router_pb2.RestoreReplicaRequest(address="10.9.9.9:1"))
+        assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
+
+
 async def test_replicas_join_and_leave_at_run_time_without_losing_streams(
     vllm_engine: Engine,
 ) -> None:

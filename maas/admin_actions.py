@@ -1,0 +1,180 @@
+"""`maas admin restriction|audit|replica`: the operator's side of the anomaly
+policy: restrict a key or tenant by hand, lift (reverse) a restriction, read
+the audit trail, and eject or restore a replica."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC
+from typing import Annotated
+
+import grpc
+import typer
+from google.protobuf import duration_pb2, timestamp_pb2
+from rich.table import Table
+
+from maas.admin_cli import AuthOption, TokenOption, _call, console
+from maas.v1 import auth_pb2, router_pb2, router_pb2_grpc
+
+restriction_app = typer.Typer(
+    help="Suspend or throttle a key or tenant; lift restrictions.", no_args_is_help=True
+)
+replica_app = typer.Typer(help="Eject or restore an inference replica.", no_args_is_help=True)
+
+ACTIONS = {
+    "suspend": auth_pb2.RESTRICTION_ACTION_SUSPEND,
+    "throttle": auth_pb2.RESTRICTION_ACTION_THROTTLE,
+}
+RouterOption = Annotated[
+    str, typer.Option("--router", envvar="MAAS_ROUTER", help="host:port of the router")
+]
+
+
+def _when(ts: timestamp_pb2.Timestamp) -> str:
+    return ts.ToDatetime(tzinfo=UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _show_restrictions(found: list[auth_pb2.Restriction]) -> None:
+    table = Table(
+        "restriction_id", "subject", "action", "rpm", "until", "active", "actor", "reason"
+    )
+    for r in found:
+        subject = f"key:{r.key_id}" if r.key_id else f"tenant:{r.tenant_id}"
+        action = auth_pb2.RestrictionAction.Name(r.action).removeprefix("RESTRICTION_ACTION_")
+        until = _when(r.expire_time)
+        if r.HasField("lift_time"):
+            until = f"lifted {_when(r.lift_time)} by {r.lifted_by}"
+        table.add_row(
+            r.restriction_id,
+            subject,
+            action.lower(),
+            str(r.requests_per_minute or "-"),
+            until,
+            "yes" if r.active else "no",
+            r.actor,
+            r.reason,
+        )
+    console.print(table)
+
+
+@restriction_app.command("add")
+def restriction_add(
+    action: Annotated[str, typer.Argument(help="suspend or throttle")],
+    tenant: Annotated[str, typer.Option(help="restrict this whole tenant")] = "",
+    key: Annotated[str, typer.Option(help="restrict only this API key (its id)")] = "",
+    rpm: Annotated[int, typer.Option(min=0, help="throttle: requests per minute allowed")] = 0,
+    minutes: Annotated[float, typer.Option(min=0.0, help="how long it lasts")] = 60.0,
+    reason: Annotated[str, typer.Option(help="why (kept in the audit trail)")] = "",
+    auth: AuthOption = "127.0.0.1:50052",
+    admin_token: TokenOption = None,
+) -> None:
+    """Suspends or throttles a tenant or one key until it expires or is lifted."""
+    if action not in ACTIONS:
+        raise typer.BadParameter(f"action must be one of {', '.join(ACTIONS)}")
+    duration = duration_pb2.Duration()
+    duration.FromNanoseconds(int(minutes * 60e9))
+    request = auth_pb2.RestrictRequest(
+        action=ACTIONS[action],
+        requests_per_minute=rpm,
+        duration=duration,
+        reason=reason or "set by an operator",
+        actor="admin",
+    )
+    if key:
+        request.key_id = key
+    if tenant:
+        request.tenant_id = tenant
+    made = _call(auth, admin_token, lambda s, md: s.Restrict(request, metadata=md))
+    _show_restrictions([made])
+
+
+@restriction_app.command("list")
+def restriction_list(
+    tenant: Annotated[str, typer.Option(help="only this tenant's")] = "",
+    all_: Annotated[bool, typer.Option("--all", help="also expired and lifted ones")] = False,
+    auth: AuthOption = "127.0.0.1:50052",
+    admin_token: TokenOption = None,
+) -> None:
+    """Lists restrictions (active ones unless --all), newest first."""
+    request = auth_pb2.ListRestrictionsRequest(tenant_id=tenant, include_inactive=all_)
+    reply = _call(auth, admin_token, lambda s, md: s.ListRestrictions(request, metadata=md))
+    _show_restrictions(list(reply.restrictions))
+
+
+@restriction_app.command("lift")
+def restriction_lift(
+    restriction_id: str,
+    reason: Annotated[str, typer.Option(help="why (kept in the audit trail)")] = "",
+    auth: AuthOption = "127.0.0.1:50052",
+    admin_token: TokenOption = None,
+) -> None:
+    """Ends a restriction now (reverses a suspension or throttle)."""
+    request = auth_pb2.LiftRestrictionRequest(
+        restriction_id=restriction_id, actor="admin", reason=reason
+    )
+    lifted = _call(auth, admin_token, lambda s, md: s.LiftRestriction(request, metadata=md))
+    _show_restrictions([lifted])
+
+
+def audit(
+    tenant: Annotated[str, typer.Option(help="only this tenant's")] = "",
+    limit: Annotated[int, typer.Option(min=0, help="at most this many (0: 1000)")] = 50,
+    auth: AuthOption = "127.0.0.1:50052",
+    admin_token: TokenOption = None,
+) -> None:
+    """The audit trail of restrictions, newest first."""
+    request = auth_pb2.ListAuditRecordsRequest(tenant_id=tenant, limit=limit)
+    reply = _call(auth, admin_token, lambda s, md: s.ListAuditRecords(request, metadata=md))
+    table = Table("time (UTC)", "actor", "action", "restriction_id", "detail")
+    for r in reply.records:
+        table.add_row(_when(r.time), r.actor, r.action, r.restriction_id, r.detail)
+    console.print(table)
+
+
+def _router_call(router: str, call: str, request: object) -> router_pb2.Replica:
+    async def run() -> router_pb2.Replica:
+        async with grpc.aio.insecure_channel(router) as channel:
+            stub = router_pb2_grpc.RouterStub(channel)
+            reply: router_pb2.Replica = await getattr(stub, call)(request, timeout=10.0)
+            return reply
+
+    try:
+        return asyncio.run(run())
+    except grpc.aio.AioRpcError as err:
+        console.print(f"[red]{err.code().name}[/red]: {err.details()}", highlight=False)
+        raise typer.Exit(1) from None
+
+
+def _show_replica(replica: router_pb2.Replica) -> None:
+    state = router_pb2.ReplicaState.Name(replica.state).removeprefix("REPLICA_STATE_").lower()
+    out = f" for {replica.ejected_for_s:.0f} s" if replica.ejected_for_s else ""
+    console.print(f"{replica.address}: {state}{out}", highlight=False)
+
+
+@replica_app.command("eject")
+def replica_eject(
+    address: str,
+    minutes: Annotated[float, typer.Option(min=0.0, help="how long it stays out")] = 5.0,
+    reason: Annotated[str, typer.Option(help="why (logged by the router)")] = "",
+    router: RouterOption = "127.0.0.1:50053",
+) -> None:
+    """Takes a replica out of rotation for a while; its streams finish."""
+    request = router_pb2.EjectReplicaRequest(
+        address=address, duration_s=minutes * 60, reason=reason or "ejected by an operator"
+    )
+    _show_replica(_router_call(router, "EjectReplica", request))
+
+
+@replica_app.command("restore")
+def replica_restore(address: str, router: RouterOption = "127.0.0.1:50053") -> None:
+    """Puts an ejected replica back into rotation now."""
+    _show_replica(
+        _router_call(router, "RestoreReplica", router_pb2.RestoreReplicaRequest(address=address))
+    )
+
+
+def register(admin: typer.Typer) -> None:
+    """Adds these commands to `maas admin`."""
+    admin.add_typer(restriction_app, name="restriction")
+    admin.add_typer(replica_app, name="replica")
+    admin.command("audit")(audit)
