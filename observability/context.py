@@ -9,6 +9,8 @@ from contextvars import ContextVar
 import structlog
 
 REQUEST_ID_METADATA_KEY = "x-request-id"
+# Trailing metadata of a routed generation: the replica (host:port) that served it.
+REPLICA_METADATA_KEY = "x-maas-replica"
 
 _request_id: ContextVar[str | None] = ContextVar("maas_request_id", default=None)
 _tenant_id: ContextVar[str | None] = ContextVar("maas_tenant_id", default=None)

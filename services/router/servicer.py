@@ -17,6 +17,7 @@ from maas.v1 import (
     router_pb2,
     router_pb2_grpc,
 )
+from observability.context import REPLICA_METADATA_KEY
 from services.common.errors import InvalidArgumentError, UnavailableError
 from services.router.choice import prefix_key
 from services.router.dispatcher import Dispatcher, Ticket
@@ -108,6 +109,8 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
                 self._record_dispatch(span, lease.queued_s, received, priority)
             span.set_attribute("maas.router.replica", lease.replica.address)
             span.set_attribute("maas.router.attempts", attempt)
+            # The gateway reports which replica served it (anomaly's per-replica detectors).
+            context.set_trailing_metadata(((REPLICA_METADATA_KEY, lease.replica.address),))
             # The caller's deadline travels down; the request id travels as
             # metadata through the client interceptors.
             call = lease.replica.stub.Generate(forward, timeout=context.time_remaining())
