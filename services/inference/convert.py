@@ -69,6 +69,7 @@ def delta_to_proto(delta: Delta) -> generation_pb2.GenerateResponse:
             completion_tokens=delta.completion_tokens,
             cached_tokens=delta.cached_tokens,
         ),
+        queued_s=delta.queued_s,
     )
     if delta.finish_reason is not None:
         message.finish_reason = _FINISH_REASONS[delta.finish_reason]

@@ -90,6 +90,7 @@ class Delta:
     index: int = 0
     logprobs: tuple[SampledLogprob, ...] = ()
     cached_tokens: int = 0  # prompt tokens served from the prefix cache
+    queued_s: float = 0.0  # on a request's first delta: its wait in the engine's queue
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,6 +30,7 @@ def merge(earlier: Delta, later: Delta) -> Delta:
         index=later.index,
         logprobs=earlier.logprobs + later.logprobs,
         cached_tokens=later.cached_tokens,
+        queued_s=earlier.queued_s or later.queued_s,
     )
 
 

@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import structlog
-from vllm import SamplingParams
+from vllm import RequestOutput, SamplingParams
 from vllm.config import StructuredOutputsConfig
 from vllm.engine.arg_utils import AsyncEngineArgs
 from vllm.exceptions import VLLMValidationError
@@ -216,6 +216,8 @@ class VllmEngine:
         max_tokens = check_request(prompt_ids, inp, options, self._model_info)
         params = self._sampling_params(options, max_tokens)
         completion_tokens = 0
+        queued_s: float | None = None
+        first = True
         self._promised[request_id] = max_tokens * options.n
         try:
             # Closing this generator (a cancelled call) makes AsyncLLM abort the
@@ -228,6 +230,8 @@ class VllmEngine:
                 request_id,
                 lora_request=self._adapters[adapter] if adapter else None,
             ):
+                if queued_s is None:
+                    queued_s = _queued_s(output)
                 for choice in output.outputs:
                     if not choice.token_ids and choice.finish_reason is None:
                         continue
@@ -245,7 +249,9 @@ class VllmEngine:
                         index=choice.index,
                         logprobs=_logprobs(choice.token_ids, choice.logprobs),
                         cached_tokens=output.num_cached_tokens or 0,
+                        queued_s=queued_s if first else 0.0,
                     )
+                    first = False
         except VllmEngineDeadError as err:
             raise EngineDeadError(str(err)) from err
         except VLLMValidationError as err:
@@ -364,3 +370,11 @@ async def open_vllm_engine(settings: InferenceSettings) -> AsyncIterator[VllmEng
         if engine is not None:
             engine.detach()
         del llm
+
+
+def _queued_s(output: RequestOutput) -> float:
+    """How long the request waited in the engine's queue before it was scheduled."""
+    stats = output.metrics
+    if stats is None or not stats.scheduled_ts or not stats.queued_ts:
+        return 0.0
+    return max(0.0, float(stats.scheduled_ts - stats.queued_ts))

@@ -165,15 +165,23 @@ class Dispatcher:
             )
         return future.result()
 
-    def release(self, lease: Lease, *, first_token_s: float | None, replica_failed: bool) -> None:
-        """Ends the lease. `first_token_s` (dispatch to first chunk) feeds the
+    def release(
+        self,
+        lease: Lease,
+        *,
+        first_token_s: float | None,
+        replica_failed: bool,
+        queued_s: float = 0.0,
+    ) -> None:
+        """Ends the lease. `first_token_s` (dispatch to first chunk) and
+        `queued_s` (the engine's queueing, as the replica reported it) feed the
         replica's limiter; `replica_failed` counts towards its ejection."""
         if lease.released:
             return
         lease.released = True
         replica = lease.replica
         if first_token_s is not None:
-            replica.limiter.on_sample(first_token_s, replica.limiter.in_flight)
+            replica.limiter.on_sample(first_token_s, replica.limiter.in_flight, queued_s)
         replica.limiter.release()
         running = (lease.ticket.model, lease.ticket.tenant)
         self._running[running] -= 1

@@ -1,16 +1,18 @@
-"""A per-replica concurrency limit that follows the replica's latency.
+"""A per-replica concurrency limit that follows the replica's queueing.
 
-In the spirit of Netflix's Gradient2 limiter (concurrency-limits) and Envoy's
-adaptive concurrency filter: compare a short-term latency average with a
-long-term one. While they agree the replica is not queueing and the limit
-grows by about its square root per sample; when short-term latency rises
-above `tolerance` times the long-term one the limit shrinks in proportion.
-The latency is time to first token, which is where an overloaded engine's
-queueing shows, and which does not depend on how long the answer is.
+In the spirit of Netflix's concurrency-limits (Gradient2, Vegas) and Envoy's
+adaptive concurrency filter, with one change for LLM engines: the signal is
+the time a request waited in the engine's own queue before it was scheduled
+(the replica reports it on the first chunk), compared with its time to
+first token. Time to first token alone misleads: it grows with the prefill
+of a bigger batch even when nothing queues, and a TTFT gradient then starves
+an engine that batches well. While requests are scheduled at once the limit
+grows by about its square root per sample; when queueing becomes more than
+`tolerance` of the time to first token the limit shrinks in proportion.
 
-The limit never exceeds what the replica can batch (`max_limit`, its
-max_num_seqs): past that a request only waits inside the engine, where the
-router can no longer order it fairly."""
+It starts at what the replica can batch (`max_limit`, its max_num_seqs, once
+known) and never exceeds it: past that a request only waits inside the
+engine, where the router can no longer order it fairly."""
 
 from __future__ import annotations
 
@@ -36,10 +38,9 @@ class GradientLimiter:
         initial: int = 32,
         min_limit: int = 1,
         max_limit: int = 256,
-        tolerance: float = 2.0,
+        tolerance: float = 0.5,
         smoothing: float = 0.2,
         short_window: int = 10,
-        long_window: int = 500,
     ) -> None:
         self._min = min_limit
         self._ceiling = max(min_limit, max_limit)
@@ -47,7 +48,8 @@ class GradientLimiter:
         self._tolerance = tolerance
         self._smoothing = smoothing
         self._short = Ewma(short_window)
-        self._long = Ewma(long_window)
+        self._queued = Ewma(short_window)
+        self._sampled = False
         self.limit = float(min(max(initial, min_limit), self._max))
         self.in_flight = 0
 
@@ -58,7 +60,8 @@ class GradientLimiter:
     def cap_at(self, capacity: int) -> None:
         """The replica batches at most `capacity` requests: never send more."""
         self._max = max(self._min, min(self._ceiling, capacity))
-        self.limit = min(self.limit, float(self._max))
+        # Until it has measured anything, trust the engine's own capacity.
+        self.limit = float(self._max) if not self._sampled else min(self.limit, float(self._max))
 
     @property
     def expected_latency(self) -> float:
@@ -75,18 +78,17 @@ class GradientLimiter:
     def release(self) -> None:
         self.in_flight -= 1
 
-    def on_sample(self, latency_s: float, in_flight: int) -> None:
-        """One request's time to first token, with the requests in flight
-        when it was measured."""
+    def on_sample(self, latency_s: float, in_flight: int, queued_s: float = 0.0) -> None:
+        """One request's time to first token and its wait in the engine's
+        queue, with the requests in flight when it was measured."""
+        self._sampled = True
         short = self._short.add(latency_s)
-        long = self._long.add(latency_s)
-        if long / short > 2.0:
-            # Latency fell a lot (load went away): let the long view catch up
-            # instead of crediting the old, slow baseline.
-            self._long.value = long * 0.95
+        queued = self._queued.add(queued_s)
         if in_flight < self.limit / 2:
             return  # an idle replica says nothing about its limit
-        gradient = max(0.5, min(1.0, self._tolerance * long / short))
+        gradient = 1.0
+        if queued > 0:
+            gradient = max(0.5, min(1.0, self._tolerance * short / queued))
         target = self.limit * gradient + math.sqrt(self.limit)
         limit = self.limit * (1 - self._smoothing) + target * self._smoothing
         self.limit = min(float(self._max), max(float(self._min), limit))

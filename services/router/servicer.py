@@ -115,11 +115,13 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
             # metadata through the client interceptors.
             call = lease.replica.stub.Generate(forward, timeout=context.time_remaining())
             first_token_s: float | None = None
+            engine_queued_s = 0.0
             failed = False
             try:
                 async for chunk in call:
                     if first_token_s is None:
                         first_token_s = self._clock() - lease.dispatched_at
+                        engine_queued_s = chunk.queued_s
                     # A slow reader holds this yield, and so the replica's stream:
                     # nothing piles up here.
                     yield chunk
@@ -145,7 +147,12 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
             finally:
                 # No-op when the stream ended; on cancellation it aborts the replica's request.
                 call.cancel()
-                self._dispatcher.release(lease, first_token_s=first_token_s, replica_failed=failed)
+                self._dispatcher.release(
+                    lease,
+                    first_token_s=first_token_s,
+                    replica_failed=failed,
+                    queued_s=engine_queued_s,
+                )
 
     def _record_dispatch(
         self, span: trace.Span, queued_s: float, received: float, priority: int

@@ -43,7 +43,9 @@ class RouterSettings(ServiceSettings):
     tenant_memory_s: float = Field(default=60.0, ge=0)
     # Adaptive per-replica concurrency limit (capped by the replica's batch size).
     initial_concurrency: int = Field(default=32, ge=1)
-    latency_tolerance: float = Field(default=2.0, ge=1)
+    # The limit shrinks while queueing in the engine is more than this share
+    # of the time to first token.
+    latency_tolerance: float = Field(default=0.5, gt=0)
     # Outlier ejection: this many failures in a row eject a replica for
     # ejection_base_s, doubling per ejection in a row up to ejection_max_s.
     ejection_failures: int = Field(default=3, ge=1)

@@ -134,6 +134,28 @@ async def test_concurrent_streams_over_grpc_all_complete(mesh: Mesh) -> None:
     assert results == [(32, 32)] * 32
 
 
+async def test_requests_past_the_engine_batch_report_their_queueing(mesh: Mesh) -> None:
+    """The engine batches 64; the 16 more that arrive with them wait for a
+    slot, and their first chunk says how long (the router's limiter reads it)."""
+    async with grpc.aio.insecure_channel(mesh.targets["inference"]) as ch:
+        stub = inference_pb2_grpc.InferenceStub(ch)
+
+        async def first_and_rest(i: int) -> tuple[float, list[float]]:
+            chunks = [
+                c
+                async for c in stub.Generate(
+                    request(model=mesh.model, prompt=f"q{i}", max_tokens=24, ignore_eos=True)
+                )
+            ]
+            return chunks[0].queued_s, [c.queued_s for c in chunks[1:]]
+
+        results = await asyncio.gather(*(first_and_rest(i) for i in range(80)))
+    firsts = sorted(first for first, _ in results)
+    assert all(q >= 0 for q in firsts)
+    assert all(q > 0 for q in firsts[-16:])  # at least those past the batch waited
+    assert all(rest == [0.0] * len(rest) for _, rest in results)  # first chunk only
+
+
 async def test_a_paced_stream_batches_tokens_and_loses_none(mesh: Mesh) -> None:
     from observability import setup
     from observability.settings import TelemetrySettings

@@ -13,32 +13,48 @@ from services.router.limiter import GradientLimiter
 from services.router.replicas import Replica
 
 
-def test_the_limit_grows_while_latency_holds() -> None:
+def test_the_limit_grows_while_nothing_queues_in_the_engine() -> None:
     limiter = GradientLimiter(initial=4, max_limit=64)
     for _ in range(200):
-        limiter.on_sample(0.010, in_flight=int(limiter.limit))
+        limiter.on_sample(0.010, in_flight=int(limiter.limit), queued_s=0.0)
     assert limiter.limit == 64
 
 
-def test_the_limit_shrinks_when_latency_climbs() -> None:
+def test_a_bigger_batch_with_a_slower_first_token_is_not_queueing() -> None:
+    # Prefill of a bigger batch makes the first token slower; without queueing
+    # in the engine that is no reason to send less.
+    limiter = GradientLimiter(initial=16, max_limit=64)
+    for i in range(200):
+        limiter.on_sample(0.010 + i * 0.001, in_flight=int(limiter.limit), queued_s=0.001)
+    assert limiter.limit == 64
+
+
+def test_the_limit_shrinks_when_requests_queue_in_the_engine() -> None:
     limiter = GradientLimiter(initial=40, max_limit=64)
     for _ in range(300):
-        limiter.on_sample(0.010, in_flight=int(limiter.limit))
+        limiter.on_sample(0.010, in_flight=int(limiter.limit), queued_s=0.0)
     before = limiter.limit
     for _ in range(30):
-        limiter.on_sample(0.100, in_flight=int(limiter.limit))  # the replica queues
+        # Most of the first token's wait is queueing behind others.
+        limiter.on_sample(0.100, in_flight=int(limiter.limit), queued_s=0.090)
     assert limiter.limit < before / 2
 
 
 def test_an_idle_replica_does_not_move_its_limit() -> None:
     limiter = GradientLimiter(initial=16, max_limit=64)
     for _ in range(100):
-        limiter.on_sample(0.010, in_flight=1)
+        limiter.on_sample(0.010, in_flight=1, queued_s=0.5)
     assert limiter.limit == 16
 
 
-def test_the_limit_never_passes_the_replica_batch_size() -> None:
+def test_the_limit_starts_at_the_replica_batch_size_and_never_passes_it() -> None:
     limiter = GradientLimiter(initial=32, max_limit=256)
+    limiter.cap_at(48)
+    assert limiter.limit == 48  # nothing measured yet: trust the engine's capacity
+    limiter.on_sample(0.01, in_flight=48, queued_s=0.009)
+    shrunk = limiter.limit
+    limiter.cap_at(64)
+    assert limiter.limit == shrunk  # once measured, a new capacity only caps
     limiter.cap_at(8)
     assert limiter.limit == 8
     limiter.cap_at(1000)  # never above the configured ceiling either
