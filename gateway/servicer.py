@@ -28,6 +28,7 @@ from maas.v1 import (
     router_pb2_grpc,
 )
 from observability.context import (
+    REPLICA_METADATA_KEY,
     REQUEST_ID_METADATA_KEY,
     bind_request,
     current_request_id,
@@ -79,6 +80,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
 
         usage = StreamUsage()
         status = grpc.StatusCode.OK
+        replica = ""
         call = self._router.Generate(
             router_pb2.RouterGenerateRequest(
                 request=request,
@@ -94,11 +96,13 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
             async for chunk in call:
                 usage.observe(chunk)
                 yield chunk
+            replica = replica_of(await call.trailing_metadata())
         except asyncio.CancelledError:
             status = grpc.StatusCode.CANCELLED
             raise
         except grpc.aio.AioRpcError as err:
             status = err.code()
+            replica = replica_of(err.trailing_metadata())
             raise
         except BaseException:
             status = grpc.StatusCode.INTERNAL
@@ -107,7 +111,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
             call.cancel()
             used = usage.prompt_tokens + usage.completion_tokens if usage.chunks else None
             self._quotas.settle(reservation, used)
-            self._settle(request_id, request.model, principal, usage, status)
+            self._settle(request_id, request.model, principal, usage, status, replica)
 
     async def ListModels(
         self, request: gateway_pb2.ListModelsRequest, context: Context
@@ -172,6 +176,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         principal: auth_pb2.Principal,
         usage: StreamUsage,
         status: grpc.StatusCode,
+        replica: str,
     ) -> None:
         """Bills what was produced and reports the request; never blocks."""
         end = time.time()
@@ -205,11 +210,14 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         self._events.publish(
             anomaly_pb2.Event(
                 kind=anomaly_pb2.EVENT_KIND_REQUEST,
-                time=timestamp(end),
+                # When it arrived: requests that finish together in one engine
+                # step were not sent together, and rates are about sending.
+                time=timestamp(usage.start_wall),
                 request_id=request_id,
                 tenant_id=principal.tenant_id,
                 key_id=principal.key_id,
                 model=model,
+                replica=replica,
                 prompt_tokens=usage.prompt_tokens,
                 completion_tokens=usage.completion_tokens,
                 time_to_first_token_s=usage.first_token_s or 0.0,
@@ -217,3 +225,11 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
                 status_code=status.name,
             )
         )
+
+
+def replica_of(metadata: grpc.aio.Metadata | None) -> str:
+    """The replica the router named in its trailing metadata ("" if none)."""
+    for key, value in metadata or ():
+        if key == REPLICA_METADATA_KEY:
+            return value if isinstance(value, str) else value.decode()
+    return ""

@@ -149,7 +149,7 @@ class GetEventStatsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class EventStats(_message.Message):
-    __slots__ = ("total", "by_kind", "by_tenant", "completion_tokens_by_tenant", "series_tracked", "series_evicted", "watch_dropped")
+    __slots__ = ("total", "by_kind", "by_tenant", "completion_tokens_by_tenant", "series_tracked", "series_evicted", "watch_dropped", "by_replica")
     class ByKindEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -171,6 +171,13 @@ class EventStats(_message.Message):
         key: str
         value: int
         def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    class ByReplicaEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
     TOTAL_FIELD_NUMBER: _ClassVar[int]
     BY_KIND_FIELD_NUMBER: _ClassVar[int]
     BY_TENANT_FIELD_NUMBER: _ClassVar[int]
@@ -178,6 +185,7 @@ class EventStats(_message.Message):
     SERIES_TRACKED_FIELD_NUMBER: _ClassVar[int]
     SERIES_EVICTED_FIELD_NUMBER: _ClassVar[int]
     WATCH_DROPPED_FIELD_NUMBER: _ClassVar[int]
+    BY_REPLICA_FIELD_NUMBER: _ClassVar[int]
     total: int
     by_kind: _containers.ScalarMap[str, int]
     by_tenant: _containers.ScalarMap[str, int]
@@ -185,4 +193,5 @@ class EventStats(_message.Message):
     series_tracked: int
     series_evicted: int
     watch_dropped: int
-    def __init__(self, total: _Optional[int] = ..., by_kind: _Optional[_Mapping[str, int]] = ..., by_tenant: _Optional[_Mapping[str, int]] = ..., completion_tokens_by_tenant: _Optional[_Mapping[str, int]] = ..., series_tracked: _Optional[int] = ..., series_evicted: _Optional[int] = ..., watch_dropped: _Optional[int] = ...) -> None: ...
+    by_replica: _containers.ScalarMap[str, int]
+    def __init__(self, total: _Optional[int] = ..., by_kind: _Optional[_Mapping[str, int]] = ..., by_tenant: _Optional[_Mapping[str, int]] = ..., completion_tokens_by_tenant: _Optional[_Mapping[str, int]] = ..., series_tracked: _Optional[int] = ..., series_evicted: _Optional[int] = ..., watch_dropped: _Optional[int] = ..., by_replica: _Optional[_Mapping[str, int]] = ...) -> None: ...

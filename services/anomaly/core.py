@@ -20,6 +20,9 @@ from services.anomaly.events import RequestEvent
 from services.anomaly.settings import AnomalySettings
 from services.anomaly.watch import AlertHub, Watcher
 
+MAX_REPLICAS = 1024
+OTHER_REPLICAS = "(others)"
+
 
 @dataclass
 class EventStats:
@@ -27,6 +30,7 @@ class EventStats:
     by_kind: Counter[str] = field(default_factory=Counter)
     by_tenant: Counter[str] = field(default_factory=Counter)
     completion_tokens_by_tenant: Counter[str] = field(default_factory=Counter)
+    by_replica: Counter[str] = field(default_factory=Counter)
     series_tracked: int = 0
     series_evicted: int = 0
     watch_dropped: int = 0
@@ -61,6 +65,10 @@ class AnomalyCore:
         if event.tenant_id:
             stats.by_tenant[event.tenant_id] += 1
             stats.completion_tokens_by_tenant[event.tenant_id] += event.completion_tokens
+        if event.replica:
+            # Replicas are few; a cap keeps a misconfigured sender from growing this.
+            known = event.replica in stats.by_replica or len(stats.by_replica) < MAX_REPLICAS
+            stats.by_replica[event.replica if known else OTHER_REPLICAS] += 1
         at = event.time.timestamp()
         bucket = int(at // self._bucket_s)
         findings: list[Finding] = []

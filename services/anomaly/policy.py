@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -56,10 +57,16 @@ class Actuator(Protocol):
 
 
 class Policy:
-    def __init__(self, settings: PolicySettings) -> None:
+    def __init__(
+        self, settings: PolicySettings, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self._s = settings
+        self._clock = clock
         # Alerts acted on, so merged findings of one anomaly act once.
         self._acted: OrderedDict[str, None] = OrderedDict()
+        # (tenant, kind) -> until when one of its keys is restricted for it: a
+        # leaked key's spike is its tenant's too, and the other keys did nothing.
+        self._keys_restricted: dict[tuple[str, str], float] = {}
 
     def decide(self, alert: Alert) -> Action | None:
         """The action this alert calls for now, or None (once per alert)."""
@@ -74,6 +81,13 @@ class Policy:
             return None
         if verb.startswith("suspend") and not self._s.allow_suspend:
             return None
+        now = self._clock()
+        if scope == "tenant" and self._keys_restricted.get((alert.tenant_id, alert.kind), 0) > now:
+            return None
+        if scope == "key":
+            self._keys_restricted[(alert.tenant_id, alert.kind)] = now + rule.duration_s
+            if len(self._keys_restricted) > self._s.remember_alerts:
+                self._keys_restricted = {k: v for k, v in self._keys_restricted.items() if v > now}
         self._acted[alert.alert_id] = None
         while len(self._acted) > self._s.remember_alerts:
             self._acted.popitem(last=False)
@@ -98,8 +112,10 @@ class PolicyRunner:
         on_taken: Callable[[str, ActionTaken], None],
         *,
         max_pending: int = 256,
+        tenant_delay_s: float = 2.0,
         wall: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
+        self._tenant_delay_s = tenant_delay_s
         self._policy = policy
         self._actuator = actuator
         self._on_taken = on_taken
@@ -109,6 +125,14 @@ class PolicyRunner:
         self.dropped = 0
 
     def consider(self, alert: Alert) -> None:
+        if alert.series.startswith("tenant:") and self._tenant_delay_s > 0:
+            # The same events raise the key's alert too, maybe a moment later:
+            # give it the chance to explain the tenant's.
+            asyncio.get_running_loop().call_later(self._tenant_delay_s, self._decide, alert)
+            return
+        self._decide(alert)
+
+    def _decide(self, alert: Alert) -> None:
         action = self._policy.decide(alert)
         if action is None:
             return

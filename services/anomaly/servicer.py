@@ -134,6 +134,7 @@ class AnomalyServicer(anomaly_pb2_grpc.AnomalyServicer):
             by_kind=dict(stats.by_kind),
             by_tenant=dict(stats.by_tenant),
             completion_tokens_by_tenant=dict(stats.completion_tokens_by_tenant),
+            by_replica=dict(stats.by_replica),
             series_tracked=stats.series_tracked,
             series_evicted=stats.series_evicted,
             watch_dropped=stats.watch_dropped,

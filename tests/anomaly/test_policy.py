@@ -37,8 +37,8 @@ def alert(
 
 def test_by_default_a_key_spike_throttles_the_key_and_a_tenant_spike_the_tenant() -> None:
     policy = Policy(PolicySettings())
-    key = policy.decide(alert(series="key:k1", alert_id="a1"))
     tenant = policy.decide(alert(series="tenant:acme", alert_id="a2"))
+    key = policy.decide(alert(series="key:k1", alert_id="a1"))
     tokens = policy.decide(alert(kind="token_rate_spike", series="key:k2", alert_id="a3"))
     assert key is not None and (key.verb, key.target) == ("throttle_key", "k1")
     assert key.duration_s == 900 and key.requests_per_minute == 60
@@ -93,3 +93,17 @@ def test_rules_come_from_the_environment_as_json(monkeypatch: pytest.MonkeyPatch
     settings = AnomalySettings()
     assert settings.policy.enabled
     assert settings.policy.rules == {"ttft_regression": PolicyRule(action="eject", duration_s=120)}
+
+
+def test_a_tenant_is_spared_while_one_of_its_keys_is_throttled_for_the_same_spike() -> None:
+    now = [0.0]
+    policy = Policy(PolicySettings(), clock=lambda: now[0])
+    key = policy.decide(alert(series="key:k1", alert_id="a1"))
+    assert key is not None and key.verb == "throttle_key"
+    assert policy.decide(alert(series="tenant:acme", alert_id="a2")) is None
+    # Another kind, or the same kind once the key's throttle has run out, acts on the tenant.
+    other = policy.decide(alert(kind="token_rate_spike", series="tenant:acme", alert_id="a3"))
+    assert other is not None and other.verb == "throttle_tenant"
+    now[0] += 901
+    later = policy.decide(alert(series="tenant:acme", alert_id="a4"))
+    assert later is not None and later.verb == "throttle_tenant"

@@ -1,5 +1,5 @@
 """The anomaly policy acting on the live mesh: a leaked key's spike (replayed
-into the detectors in event time) throttles the key and its tenant in auth,
+into the detectors in event time) throttles the key (not its tenant) in auth,
 the gateway enforces it on the next request, watchers see the action on the
 alert, and an admin lifts it with the CLI; the audit trail shows both."""
 
@@ -95,17 +95,19 @@ async def test_a_spike_throttles_the_key_until_an_admin_lifts_it(
                 async for alert in watch:
                     for action in alert.actions:
                         acted[alert.series] = action
-                    if len(acted) == 2:
+                    if acted:
                         break
                 watch.cancel()
+                # The tenant's own spike alert waits a moment for its keys' and
+                # is then left alone: the leaked key explains it.
+                await asyncio.sleep(3)
         finally:
             await server.stop(0)
 
-    assert {series: a.action for series, a in acted.items()} == {
-        f"key:{key_id}": "throttle_key",
-        f"tenant:{tenant_id}": "throttle_tenant",
-    }
+    assert {series: a.action for series, a in acted.items()} == {f"key:{key_id}": "throttle_key"}
     assert all(a.error == "" and a.reference for a in acted.values())
+    tenant_alerts = [a for a in core.alerts() if a.series == f"tenant:{tenant_id}"]
+    assert tenant_alerts and all(not a.actions for a in tenant_alerts)
 
     async with grpc.aio.insecure_channel(mesh.targets["auth"]) as ch:
         auth = auth_pb2_grpc.AuthStub(ch)
@@ -150,8 +152,8 @@ async def test_a_spike_throttles_the_key_until_an_admin_lifts_it(
     )
     assert trail.exit_code == 0, trail.output
     lines = trail.output.splitlines()
-    assert sum("policy:request_rate_spike" in line and "restrict" in line for line in lines) == 2
-    assert sum(" admin " in line and "lift" in line for line in lines) == 2
+    assert sum("policy:request_rate_spike" in line and "restrict" in line for line in lines) == 1
+    assert sum(" admin " in line and "lift" in line for line in lines) == 1
 
 
 async def test_an_error_burst_asks_the_router_to_eject_but_never_its_last_replica(

@@ -16,6 +16,8 @@ from tests.support import bad_request_fields, eventually
 async def test_generate_streams_text_bills_once_and_reports(
     mesh: Mesh, tenant_key: TenantKey
 ) -> None:
+    replica = mesh.targets["inference"]
+    served_before = mesh.anomaly.stats().by_replica[replica]
     async with MaasClient(mesh.gateway, tenant_key.api_key) as client:
         chunks = [
             c
@@ -44,6 +46,8 @@ async def test_generate_streams_text_bills_once_and_reports(
 
     await eventually(lambda: mesh.anomaly.stats().by_tenant.get(tenant_key.tenant_id, 0) == 1)
     assert mesh.anomaly.stats().completion_tokens_by_tenant[tenant_key.tenant_id] == 16
+    # The router names the replica that served it; the gateway reports it.
+    assert mesh.anomaly.stats().by_replica[replica] > served_before
 
 
 async def test_list_models_and_count_tokens(mesh: Mesh, tenant_key: TenantKey) -> None:
