@@ -15,7 +15,7 @@ from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetr
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor, SpanExporter
-from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased, TraceIdRatioBased
 from opentelemetry.trace import Tracer
 
 from observability.interceptors import (
@@ -62,9 +62,14 @@ def setup(
 ) -> Telemetry:
     ensure_w3c_propagation()
     resource = Resource.create({SERVICE_NAME: service_name})
-    tracer_provider = TracerProvider(
-        resource=resource, sampler=ParentBased(TraceIdRatioBased(settings.trace_sample_ratio))
+    exporting = bool(settings.otlp_endpoint) or span_exporter is not None
+    # Recording a span costs about a millisecond per call on the request path;
+    # with nowhere to send it that buys nothing. Unrecorded spans still carry
+    # the trace id into logs and on to the next hop.
+    sampler = (
+        ParentBased(TraceIdRatioBased(settings.trace_sample_ratio)) if exporting else ALWAYS_OFF
     )
+    tracer_provider = TracerProvider(resource=resource, sampler=sampler)
     readers: list[MetricReader] = []
     if settings.otlp_endpoint:
         from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
