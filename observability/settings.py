@@ -14,5 +14,7 @@ class TelemetrySettings(BaseModel):
     log_format: Literal["json", "console"] = "json"
     metrics_export_interval_s: float = Field(default=10.0, gt=0)
     # Share of new traces recorded; a call inside a trace follows its parent's
-    # decision, so a request is traced at every hop or at none.
+    # decision, so a request is traced at every hop or at none. A service with
+    # no OTLP endpoint records nothing and passes "not sampled" on: set the
+    # endpoint on every service or on none.
     trace_sample_ratio: float = Field(default=1.0, ge=0, le=1)

@@ -79,7 +79,9 @@ async def router(
     limit: int = 32,
     ejection: EjectionPolicy | None = None,
 ) -> AsyncIterator[Router]:
-    telemetry = setup("router", TelemetrySettings())
+    # Traced like the replicas: a hop that exports nothing records nothing and
+    # tells the next hop not to either (observability/telemetry.py).
+    telemetry = setup("router", TelemetrySettings(), span_exporter=InMemorySpanExporter())
     replicas = ReplicaSet(
         addresses,
         telemetry,
