@@ -16,3 +16,8 @@ class TelemetrySettings(BaseModel):
     # Share of new traces recorded; a call inside a trace follows its parent's
     # decision, so a request is traced at every hop or at none.
     trace_sample_ratio: float = Field(default=1.0, ge=0, le=1)
+    # Prompt and completion text in logs: the inference service's line per
+    # request, log fields named like content, local variables in console
+    # tracebacks. Off, nothing logs them; on only to debug, never for tenants'
+    # real traffic without their say.
+    log_content: bool = False
