@@ -12,7 +12,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from deploy.throwaway_ca import OPERATOR, write_throwaway_ca
 from maas.connection import Connection
-from maas.v1 import inference_pb2, inference_pb2_grpc, router_pb2, router_pb2_grpc
+from maas.v1 import (
+    generation_pb2,
+    inference_pb2,
+    inference_pb2_grpc,
+    router_pb2,
+    router_pb2_grpc,
+)
 from tests.security.conftest import INTERNAL, SERVICES, SecureMesh
 
 
@@ -96,7 +102,11 @@ async def test_a_mesh_certificate_alone_is_a_mesh_identity(mtls_mesh: SecureMesh
         listed = await router_pb2_grpc.RouterStub(ch).ListReplicas(router_pb2.ListReplicasRequest())
     assert [r.address for r in listed.replicas] == [mtls_mesh.targets["inference"]]
     async with operator.channel(mtls_mesh.targets["inference"]) as ch:
-        info = await inference_pb2_grpc.InferenceStub(ch).GetModelInfo(
-            inference_pb2.GetModelInfoRequest()
+        stub = inference_pb2_grpc.InferenceStub(ch)
+        info = await stub.GetModelInfo(inference_pb2.GetModelInfoRequest())
+        assert info.model.name == mtls_mesh.model
+        request = inference_pb2.InferenceGenerateRequest(
+            request=generation_pb2.GenerateRequest(model=mtls_mesh.model, prompt="hi", max_tokens=4)
         )
-    assert info.model.name == mtls_mesh.model
+        chunks = [chunk async for chunk in stub.Generate(request)]
+    assert chunks and chunks[-1].finish_reason
