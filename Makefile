@@ -8,6 +8,9 @@ PIP := $(VENV)/bin/pip
 MODEL_DIR ?= .maas/models/tiny-llama
 PROTO_SRC := $(wildcard protos/maas/v1/*.proto)
 STAMP := $(VENV)/.installed
+# `make run REPLICAS=2 TLS=1`: inference replicas behind the router; mutual TLS on every hop.
+REPLICAS ?= 1
+TLS ?= 0
 
 .PHONY: help venv model protos protos-check lint typecheck test test-fast run clean postgres
 
@@ -42,7 +45,7 @@ test: venv protos-check lint ## the whole suite: generated-code check, lint, typ
 	$(PY) -m pytest -q
 
 run: venv model ## start the whole mesh on loopback and stream a first completion (Ctrl-C stops it)
-	$(PY) -m deploy.local_stack --model $(MODEL_DIR)
+	$(PY) -m deploy.local_stack --model $(MODEL_DIR) --replicas $(REPLICAS) $(if $(filter 1,$(TLS)),--tls)
 
 clean: ## remove local state (keeps the venv)
 	rm -rf .maas/run .pytest_cache .mypy_cache

@@ -1,9 +1,15 @@
 """`make run`: every service as a process on loopback, a dev tenant, a first completion.
 
-Starts auth, anomaly, inference, router and gateway, waits until each reports
-SERVING on the standard health protocol, makes sure a dev tenant and API key
-exist (written to .maas/dev_api_key), streams one completion, then runs until
-Ctrl-C or SIGTERM and stops every service with SIGTERM (they drain)."""
+Starts auth, anomaly, inference (`--replicas` of them, each on its own port,
+all behind the router), router and gateway, waits until each reports SERVING
+on the standard health protocol, makes sure a dev tenant and API key exist
+(written to .maas/dev_api_key), streams one completion, then runs until Ctrl-C
+or SIGTERM and stops every service with SIGTERM (they drain).
+
+Internal services answer only the mesh: every service gets the service token
+kept in .maas/secrets.json. `--tls` adds mutual TLS on every hop (TLS without
+client certificates on the gateway's public port) from a throwaway CA in
+.maas/tls."""
 
 from __future__ import annotations
 
@@ -16,7 +22,7 @@ import os
 import secrets
 import signal
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
@@ -24,13 +30,17 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from rich.console import Console
 from rich.table import Table
 
+from deploy.throwaway_ca import OPERATOR, MeshCertificates, ensure_throwaway_ca
 from maas.client import MaasClient
+from maas.connection import Connection
 from maas.v1 import auth_pb2, auth_pb2_grpc
 from services.inference.settings import cpu_engine_environment
 
 console = Console()
 
 DEV_TENANT = "dev"
+SECRET_NAMES = ("admin_token", "key_pepper", "service_token")
+SERVICE_ENV_PREFIXES = ("AUTH", "ANOMALY", "INFERENCE", "ROUTER", "GATEWAY")
 READY_TIMEOUT_S = 300.0
 STOP_TIMEOUT_S = 20.0
 
@@ -42,6 +52,8 @@ class ServiceSpec:
     port: int
     health_service: str
     args: list[str]
+    # Environment for this process only, over the stack's.
+    env: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -60,41 +72,87 @@ def engine_is_cpu_build() -> bool:
 
 
 def load_secrets(state_dir: Path) -> dict[str, str]:
-    """The admin token and key pepper, made once and kept so keys survive restarts."""
+    """The admin token, key pepper and service token, made once and kept so
+    keys survive restarts (a secrets file from before the service token gets one)."""
     path = state_dir / "secrets.json"
-    if path.exists():
-        data: dict[str, str] = json.loads(path.read_text())
+    data: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
+    missing = [name for name in SECRET_NAMES if name not in data]
+    if not missing:
         return data
-    data = {"admin_token": secrets.token_urlsafe(32), "key_pepper": secrets.token_urlsafe(32)}
+    data.update({name: secrets.token_urlsafe(32) for name in missing})
     path.touch(mode=0o600)
     path.write_text(json.dumps(data))
     return data
 
 
-def service_specs(args: argparse.Namespace, state_dir: Path) -> list[ServiceSpec]:
+def service_token_environment(token: str) -> dict[str, str]:
+    """The service token for every service, each under its own prefix."""
+    return {f"MAAS_{prefix}_SERVICE_TOKEN": token for prefix in SERVICE_ENV_PREFIXES}
+
+
+def inference_ports(base: int, replicas: int) -> list[int]:
+    """The first replica keeps the classic port (base + 3); the others follow
+    the five services' block."""
+    return [base + 3, *(base + 5 + i for i in range(replicas - 1))]
+
+
+def tls_args(certs: MeshCertificates | None, identity: str, *, mutual: bool) -> list[str]:
+    if certs is None:
+        return []
+    own = certs[identity]
+    args = ["--tls.cert", str(own.cert), "--tls.key", str(own.key), "--tls.ca", str(certs.ca)]
+    return [*args, "--tls.require-client-cert"] if mutual else args
+
+
+def service_specs(
+    args: argparse.Namespace, state_dir: Path, certs: MeshCertificates | None = None
+) -> list[ServiceSpec]:
     host = "127.0.0.1"
     base = args.base_port
-    gateway, auth, router, inference, anomaly = (base + i for i in range(5))
-    inference_args = ["--model", str(args.model), "--port", str(inference)]
+    gateway, auth, router, anomaly = base, base + 1, base + 2, base + 4
+    replica_ports = inference_ports(base, args.replicas)
+    engine_args: list[str] = ["--model", str(args.model)]
+    replica_env: dict[str, str] = {}
     if engine_is_cpu_build():
         # The CPU engine sizes its KV cache from NUMA node 0 unless told; eager avoids
         # a minute of torch.compile that buys nothing on CPU.
-        inference_args += ["--kv-cache-memory-bytes", str(512 * 1024 * 1024), "--enforce-eager"]
+        engine_args += ["--kv-cache-memory-bytes", str(512 * 1024 * 1024), "--enforce-eager"]
+        if args.replicas > 1:
+            # Engines on one machine share its cores rather than each taking all but one.
+            cores = max(1, ((os.cpu_count() or 1) - 1) // args.replicas)
+            replica_env["OMP_NUM_THREADS"] = str(cores)
+    replicas = [
+        ServiceSpec(
+            "inference" if args.replicas == 1 else f"inference-{i + 1}",
+            "services.inference", port, "maas.v1.Inference",
+            [*engine_args, "--port", str(port), *tls_args(certs, "inference", mutual=True)],
+            dict(replica_env),
+        )
+        for i, port in enumerate(replica_ports)
+    ]  # fmt: skip
     return [
         ServiceSpec("auth", "services.auth", auth, "maas.v1.Auth",
-                    ["--port", str(auth), "--database-path", str(state_dir / "auth.db")]),
+                    ["--port", str(auth), "--database-path", str(state_dir / "auth.db"),
+                     *tls_args(certs, "auth", mutual=True)]),
+        # The anomaly policy acts through auth and the router (admin token from env).
         ServiceSpec("anomaly", "services.anomaly", anomaly, "maas.v1.Anomaly",
-                    ["--port", str(anomaly)]),
-        ServiceSpec("inference", "services.inference", inference, "maas.v1.Inference",
-                    inference_args),
+                    ["--port", str(anomaly),
+                     "--policy.auth-address", f"{host}:{auth}",
+                     "--policy.router-address", f"{host}:{router}",
+                     *tls_args(certs, "anomaly", mutual=True)]),
+        *replicas,
         ServiceSpec("router", "services.router", router, "maas.v1.Router",
-                    ["--port", str(router), "--replicas", json.dumps([f"{host}:{inference}"])]),
+                    ["--port", str(router),
+                     "--replicas", json.dumps([f"{host}:{port}" for port in replica_ports]),
+                     *tls_args(certs, "router", mutual=True)]),
         ServiceSpec("gateway", "gateway", gateway, "maas.v1.Gateway",
                     ["--port", str(gateway),
                      "--router-address", f"{host}:{router}",
                      "--auth-address", f"{host}:{auth}",
                      "--anomaly-address", f"{host}:{anomaly}",
-                     "--usage-outbox-path", str(state_dir / "gateway-outbox.db")]),
+                     "--usage-outbox-path", str(state_dir / "gateway-outbox.db"),
+                     # Tenants' clients have no mesh certificate: TLS only.
+                     *tls_args(certs, "gateway", mutual=False)]),
     ]  # fmt: skip
 
 
@@ -103,17 +161,17 @@ async def start(spec: ServiceSpec, env: dict[str, str], log_dir: Path) -> Runnin
     log_file = log_path.open("ab")
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", spec.module, *spec.args,
-        env=env, stdout=log_file, stderr=asyncio.subprocess.STDOUT,
+        env={**env, **spec.env}, stdout=log_file, stderr=asyncio.subprocess.STDOUT,
         start_new_session=True,  # Ctrl-C reaches the stack only; it stops the services in order
     )  # fmt: skip
     log_file.close()
     return RunningService(spec, process, log_path)
 
 
-async def wait_serving(service: RunningService) -> None:
+async def wait_serving(service: RunningService, connection: Connection) -> None:
     """Follows the service's health Watch until SERVING; fails if the process dies."""
     target = f"127.0.0.1:{service.spec.port}"
-    async with grpc.aio.insecure_channel(target) as ch:
+    async with connection.channel(target) as ch:
         stub = health_pb2_grpc.HealthStub(ch)
         request = health_pb2.HealthCheckRequest(service=service.spec.health_service)
 
@@ -137,13 +195,18 @@ async def wait_serving(service: RunningService) -> None:
             raise RuntimeError(f"{service.spec.name} did not become ready:\n{tail}")
 
 
-async def ensure_dev_key(auth_target: str, admin_token: str, key_file: Path) -> str:
-    async with grpc.aio.insecure_channel(auth_target) as ch:
+async def ensure_dev_key(
+    auth_target: str, admin_token: str, key_file: Path, connection: Connection
+) -> str:
+    async with connection.channel(auth_target) as ch:
         stub = auth_pb2_grpc.AuthStub(ch)
         if key_file.exists():
             key = key_file.read_text().strip()
             with contextlib.suppress(grpc.aio.AioRpcError):
-                await stub.Authenticate(auth_pb2.AuthenticateRequest(api_key=key))
+                await stub.Authenticate(
+                    auth_pb2.AuthenticateRequest(api_key=key),
+                    metadata=connection.service_metadata(),
+                )
                 return key
         admin = (("authorization", f"Bearer {admin_token}"),)
         tenants = await stub.ListTenants(auth_pb2.ListTenantsRequest(), metadata=admin)
@@ -161,8 +224,8 @@ async def ensure_dev_key(auth_target: str, admin_token: str, key_file: Path) -> 
         return created.api_key
 
 
-async def first_completion(gateway_target: str, api_key: str) -> None:
-    async with MaasClient(gateway_target, api_key) as client:
+async def first_completion(gateway_target: str, api_key: str, connection: Connection) -> None:
+    async with MaasClient(gateway_target, api_key, credentials=connection.credentials()) as client:
         models = await client.list_models()
         model = models[0].name
         console.print(
@@ -197,14 +260,24 @@ async def run(args: argparse.Namespace) -> int:
     log_dir = state_dir / "run"
     log_dir.mkdir(parents=True, exist_ok=True)
     keys = load_secrets(state_dir)
+    certs = ensure_throwaway_ca(state_dir / "tls") if args.tls else None
+    # The stack's own calls: health, the dev key, the first completion.
+    connection = Connection(
+        ca=certs.ca if certs else None,
+        cert=certs[OPERATOR].cert if certs else None,
+        key=certs[OPERATOR].key if certs else None,
+        service_token=keys["service_token"],
+    )
     env = dict(os.environ)
     env.update(
         PYTHONUNBUFFERED="1",
         MAAS_AUTH_ADMIN_TOKEN=keys["admin_token"],
+        MAAS_ANOMALY_POLICY__ADMIN_TOKEN=keys["admin_token"],
         MAAS_AUTH_KEY_PEPPER=keys["key_pepper"],
         VLLM_NO_USAGE_STATS="1",
         HF_HUB_OFFLINE="1",
     )
+    env.update(service_token_environment(keys["service_token"]))
     if engine_is_cpu_build():
         env.update(cpu_engine_environment())
 
@@ -215,14 +288,17 @@ async def run(args: argparse.Namespace) -> int:
 
     services: list[RunningService] = []
     try:
-        for spec in service_specs(args, state_dir):
+        for spec in service_specs(args, state_dir, certs):
             services.append(await start(spec, env, log_dir))
         console.print("starting services (the model takes 20-40 s to load on CPU) ...")
-        await asyncio.gather(*(wait_serving(s) for s in services))
+        await asyncio.gather(*(wait_serving(s, connection) for s in services))
         gateway = services[-1].spec
         by_name = {s.spec.name: s for s in services}
         api_key = await ensure_dev_key(
-            f"127.0.0.1:{by_name['auth'].spec.port}", keys["admin_token"], state_dir / "dev_api_key"
+            f"127.0.0.1:{by_name['auth'].spec.port}",
+            keys["admin_token"],
+            state_dir / "dev_api_key",
+            connection,
         )
         table = Table("service", "address", "pid", "log", title="MaaS mesh on loopback")
         for s in services:
@@ -233,7 +309,15 @@ async def run(args: argparse.Namespace) -> int:
         console.print(
             f"dev API key in {state_dir / 'dev_api_key'}; try: .venv/bin/maas generate 'Hello'"
         )
-        await first_completion(f"127.0.0.1:{gateway.port}", api_key)
+        if certs is not None:
+            console.print(
+                "mutual TLS on every hop; for the CLI: "
+                f"export MAAS_TLS_CA={certs.ca} MAAS_TLS_CERT={certs[OPERATOR].cert} "
+                f"MAAS_TLS_KEY={certs[OPERATOR].key}",
+                highlight=False,
+                soft_wrap=True,  # one line, so it pastes as one command
+            )
+        await first_completion(f"127.0.0.1:{gateway.port}", api_key, connection)
         if args.exit_after_first:
             return 0
         console.print("\n[bold green]mesh is up[/bold green]; Ctrl-C stops it.")
@@ -250,14 +334,36 @@ async def run(args: argparse.Namespace) -> int:
         await stop_all(services)
 
 
-def main() -> None:
+def _replica_count(text: str) -> int:
+    count = int(text)
+    if count < 1:
+        raise argparse.ArgumentTypeError("needs at least one inference replica")
+    return count
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model", type=Path, required=True)
     parser.add_argument("--state-dir", default=".maas")
     parser.add_argument("--base-port", type=int, default=50051)
+    parser.add_argument(
+        "--replicas",
+        type=_replica_count,
+        default=1,
+        help="inference replicas behind the router, each its own process",
+    )
+    parser.add_argument(
+        "--tls",
+        action="store_true",
+        help="mutual TLS on every hop, from a throwaway CA in STATE_DIR/tls",
+    )
     parser.add_argument("--exit-after-first", action="store_true",
                         help="stop after the first completion (for CI smoke runs)")  # fmt: skip
-    sys.exit(asyncio.run(run(parser.parse_args())))
+    return parser
+
+
+def main() -> None:
+    sys.exit(asyncio.run(run(build_parser().parse_args())))
 
 
 if __name__ == "__main__":

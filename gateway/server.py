@@ -21,6 +21,7 @@ from maas.v1 import (
 from observability import Telemetry
 from observability.channels import channel
 from services.common.events import EventPublisher
+from services.common.security import channel_security, server_security
 from services.common.serving import ServiceServer, start_server
 
 SERVICE_NAME = gateway_pb2.DESCRIPTOR.services_by_name["Gateway"].full_name
@@ -33,9 +34,10 @@ async def running_gateway(
     """Serves the gateway; on exit stops taking calls, lets streams finish,
     then flushes usage records and events before closing channels."""
     async with AsyncExitStack() as stack:
-        router_ch = channel(settings.router_address, telemetry)
-        auth_ch = channel(settings.auth_address, telemetry)
-        anomaly_ch = channel(settings.anomaly_address, telemetry)
+        security = channel_security(settings)
+        router_ch = channel(settings.router_address, telemetry, security=security)
+        auth_ch = channel(settings.auth_address, telemetry, security=security)
+        anomaly_ch = channel(settings.anomaly_address, telemetry, security=security)
         for ch in (router_ch, auth_ch, anomaly_ch):
             stack.push_async_callback(ch.close)
 
@@ -67,6 +69,8 @@ async def running_gateway(
             telemetry=telemetry,
             service_names=[SERVICE_NAME],
             registrars=[lambda s: gateway_pb2_grpc.add_GatewayServicer_to_server(servicer, s)],
+            # Public: TLS when configured, but callers are tenants, not the mesh.
+            security=server_security(settings, mesh_only=False),
         )
         stack.push_async_callback(server.stop, settings.grace_period_s)
         yield server

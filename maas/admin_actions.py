@@ -14,6 +14,7 @@ from google.protobuf import duration_pb2, timestamp_pb2
 from rich.table import Table
 
 from maas.admin_cli import AuthOption, TokenOption, _call, console
+from maas.connection import Connection
 from maas.v1 import auth_pb2, router_pb2, router_pb2_grpc
 
 restriction_app = typer.Typer(
@@ -132,10 +133,14 @@ def audit(
 
 
 def _router_call(router: str, call: str, request: object) -> router_pb2.Replica:
+    connection = Connection.from_env()
+
     async def run() -> router_pb2.Replica:
-        async with grpc.aio.insecure_channel(router) as channel:
+        async with connection.channel(router) as channel:
             stub = router_pb2_grpc.RouterStub(channel)
-            reply: router_pb2.Replica = await getattr(stub, call)(request, timeout=10.0)
+            reply: router_pb2.Replica = await getattr(stub, call)(
+                request, metadata=connection.service_metadata(), timeout=10.0
+            )
             return reply
 
     try:

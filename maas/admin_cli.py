@@ -7,7 +7,6 @@ import asyncio
 import json
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Annotated, TypeVar
 
 import grpc
@@ -15,9 +14,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from maas.connection import SECRETS_FILE, Connection
 from maas.v1 import auth_pb2, auth_pb2_grpc
 
-SECRETS_FILE = Path(".maas/secrets.json")
 PRIORITIES = {
     "interactive": auth_pb2.PRIORITY_INTERACTIVE,
     "default": auth_pb2.PRIORITY_DEFAULT,
@@ -61,7 +60,7 @@ def _call(
     metadata = (("authorization", f"Bearer {_admin_token(token)}"),)
 
     async def run() -> T:
-        async with grpc.aio.insecure_channel(auth) as channel:
+        async with Connection.from_env().channel(auth) as channel:
             return await rpc(auth_pb2_grpc.AuthStub(channel), metadata)
 
     try:

@@ -20,6 +20,7 @@ from rich.table import Table
 from maas import admin_actions, usage_report
 from maas.admin_cli import admin
 from maas.client import MaasClient
+from maas.connection import Connection
 from maas.v1 import anomaly_pb2, anomaly_pb2_grpc, metering_pb2, metering_pb2_grpc
 
 T = TypeVar("T")
@@ -58,6 +59,10 @@ def _api_key(given: str | None) -> str:
     raise typer.BadParameter("no API key: pass --api-key, set MAAS_API_KEY, or run `make run`")
 
 
+def _client(gateway: str, api_key: str | None) -> MaasClient:
+    return MaasClient(gateway, _api_key(api_key), credentials=Connection.from_env().credentials())
+
+
 def _run(coro: Coroutine[Any, Any, T]) -> T:
     try:
         return asyncio.run(coro)
@@ -89,7 +94,7 @@ def generate(
     """Streams a completion to stdout as it is generated."""
 
     async def main() -> None:
-        async with MaasClient(gateway, _api_key(api_key)) as client:
+        async with _client(gateway, api_key) as client:
             name = model or await _default_model(client)
             stream = client.generate(
                 name,
@@ -119,7 +124,7 @@ def models(gateway: GatewayOption = "127.0.0.1:50051", api_key: KeyOption = None
     """Lists the models the mesh serves."""
 
     async def main() -> None:
-        async with MaasClient(gateway, _api_key(api_key)) as client:
+        async with _client(gateway, api_key) as client:
             table = Table("model", "context length")
             for info in await client.list_models():
                 table.add_row(info.name, str(info.max_context_length))
@@ -155,12 +160,15 @@ def usage(
 
     async def main() -> metering_pb2.GetUsageResponse:
         if tenant:
-            async with grpc.aio.insecure_channel(auth) as channel:
+            connection = Connection.from_env()
+            async with connection.channel(auth) as channel:
                 query = metering_pb2.MeteringGetUsageRequest(
                     tenant_id=tenant, group_by=grouping, start_time=start
                 )
-                return await metering_pb2_grpc.MeteringStub(channel).GetUsage(query)
-        async with MaasClient(gateway, _api_key(api_key)) as client:
+                return await metering_pb2_grpc.MeteringStub(channel).GetUsage(
+                    query, metadata=connection.service_metadata()
+                )
+        async with _client(gateway, api_key) as client:
             return await client.usage_report(grouping, start)
 
     reply = _run(main())
@@ -218,8 +226,10 @@ def alerts(
         start = timestamp_pb2.Timestamp()
         start.FromDatetime(since.replace(tzinfo=since.tzinfo or UTC))
 
+    connection = Connection.from_env()
+
     async def show() -> None:
-        async with grpc.aio.insecure_channel(target) as channel:
+        async with connection.channel(target) as channel:
             reply = await anomaly_pb2_grpc.AnomalyStub(channel).ListAlerts(
                 anomaly_pb2.ListAlertsRequest(
                     tenant_id=tenant,
@@ -227,7 +237,8 @@ def alerts(
                     since=start,
                     min_severity=SEVERITIES[min_severity],
                     limit=limit,
-                )
+                ),
+                metadata=connection.service_metadata(),
             )
         console.print(_alert_table(reply.alerts))
 
@@ -236,8 +247,9 @@ def alerts(
             tenant_id=tenant, kind=kind, min_severity=SEVERITIES[min_severity], since=start
         )
         seen = 0
-        async with grpc.aio.insecure_channel(target) as channel:
-            async for alert in anomaly_pb2_grpc.AnomalyStub(channel).WatchAlerts(request):
+        async with connection.channel(target) as channel:
+            stub = anomaly_pb2_grpc.AnomalyStub(channel)
+            async for alert in stub.WatchAlerts(request, metadata=connection.service_metadata()):
                 console.print(" ".join(_alert_row(alert)), highlight=False)
                 seen += 1
                 if seen == limit:

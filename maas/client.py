@@ -15,8 +15,15 @@ from maas.v1 import gateway_pb2, gateway_pb2_grpc, generation_pb2, metering_pb2
 class MaasClient:
     """`async with MaasClient("127.0.0.1:50051", api_key) as client: ...`"""
 
-    def __init__(self, target: str, api_key: str) -> None:
-        self._channel = grpc.aio.insecure_channel(target)
+    def __init__(
+        self, target: str, api_key: str, *, credentials: grpc.ChannelCredentials | None = None
+    ) -> None:
+        """`credentials`: TLS to a gateway that serves it (plaintext when None)."""
+        self._channel = (
+            grpc.aio.secure_channel(target, credentials)
+            if credentials is not None
+            else grpc.aio.insecure_channel(target)
+        )
         self._stub = gateway_pb2_grpc.GatewayStub(self._channel)
         self._metadata = (("authorization", f"Bearer {api_key}"),)
 

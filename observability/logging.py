@@ -35,6 +35,18 @@ def _add_trace_ids(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
     return event
 
 
+# Log fields that hold what tenants sent or got back.
+CONTENT_FIELDS = ("prompt", "messages", "completion")
+REDACTED = "[redacted: log_content is off]"
+
+
+def _redact_content(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
+    for name in CONTENT_FIELDS:
+        if name in event:
+            event[name] = REDACTED
+    return event
+
+
 def configure_logging(service_name: str, settings: TelemetrySettings) -> None:
     """Routes structlog and stdlib logging through one renderer. Idempotent."""
 
@@ -49,12 +61,21 @@ def configure_logging(service_name: str, settings: TelemetrySettings) -> None:
         add_service,
         _add_trace_ids,
     ]
+    if not settings.log_content:
+        shared.append(_redact_content)
     # The console renderer draws exceptions itself and warns when they arrive
-    # already formatted; JSON needs them as a string field.
+    # already formatted; JSON needs them as a string field. Its tracebacks
+    # show local variables (a request, its prompt) only when content may be logged.
     renderer: list[Any] = (
         [structlog.processors.format_exc_info, structlog.processors.JSONRenderer()]
         if settings.log_format == "json"
-        else [structlog.dev.ConsoleRenderer()]
+        else [
+            structlog.dev.ConsoleRenderer(
+                exception_formatter=structlog.dev.RichTracebackFormatter(
+                    show_locals=settings.log_content
+                )
+            )
+        ]
     )
     structlog.configure(
         processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],

@@ -18,3 +18,8 @@ class TelemetrySettings(BaseModel):
     # no OTLP endpoint records nothing and passes "not sampled" on: set the
     # endpoint on every service or on none.
     trace_sample_ratio: float = Field(default=1.0, ge=0, le=1)
+    # Prompt and completion text in logs: the inference service's line per
+    # request, log fields named like content, local variables in console
+    # tracebacks. Off, nothing logs them; on only to debug, never for tenants'
+    # real traffic without their say.
+    log_content: bool = False

@@ -11,11 +11,12 @@ async def serve(settings: AnomalySettings) -> None:
     from services.anomaly.actuator import running_policy
     from services.anomaly.core import AnomalyCore
     from services.anomaly.server import create_server
+    from services.common.security import channel_security
 
     telemetry = setup("anomaly", settings.telemetry)
     try:
         core = AnomalyCore(settings)
-        async with running_policy(settings.policy, telemetry, core):
+        async with running_policy(settings.policy, telemetry, core, channel_security(settings)):
             server = await create_server(settings, telemetry, core)
             await server.serve_until_signal(settings.grace_period_s)
     finally:

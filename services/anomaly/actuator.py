@@ -9,7 +9,7 @@ from google.protobuf import duration_pb2
 
 from maas.v1 import auth_pb2, auth_pb2_grpc, router_pb2, router_pb2_grpc
 from observability import Telemetry
-from observability.channels import channel
+from observability.channels import PLAINTEXT, ChannelSecurity, channel
 from services.anomaly.core import AnomalyCore
 from services.anomaly.policy import Policy, PolicyRunner
 from services.anomaly.settings import PolicySettings
@@ -75,7 +75,10 @@ class GrpcActuator:
 
 @asynccontextmanager
 async def running_policy(
-    settings: PolicySettings, telemetry: Telemetry, core: AnomalyCore
+    settings: PolicySettings,
+    telemetry: Telemetry,
+    core: AnomalyCore,
+    security: ChannelSecurity = PLAINTEXT,
 ) -> AsyncIterator[PolicyRunner | None]:
     """Acts on the core's alerts while inside; None when the policy has nowhere to act."""
     if not settings.enabled:
@@ -84,11 +87,11 @@ async def running_policy(
     async with AsyncExitStack() as stack:
         auth = router = None
         if settings.auth_address:
-            auth_ch = channel(settings.auth_address, telemetry)
+            auth_ch = channel(settings.auth_address, telemetry, security=security)
             stack.push_async_callback(auth_ch.close)
             auth = auth_pb2_grpc.AuthStub(auth_ch)
         if settings.router_address:
-            router_ch = channel(settings.router_address, telemetry)
+            router_ch = channel(settings.router_address, telemetry, security=security)
             stack.push_async_callback(router_ch.close)
             router = router_pb2_grpc.RouterStub(router_ch)
         runner = PolicyRunner(Policy(settings), GrpcActuator(settings, auth, router), core.annotate)

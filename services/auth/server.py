@@ -7,13 +7,15 @@ from observability import Telemetry
 from services.auth.core import AuthCore, MeteringCore
 from services.auth.quota import Quotas
 from services.auth.restrictions import Restrictions
-from services.auth.servicer import AdminGuard, AuthServicer, MeteringServicer
+from services.auth.servicer import ADMIN_RPCS, AdminGuard, AuthServicer, MeteringServicer
 from services.auth.settings import AuthSettings
 from services.auth.store import AuthStore
+from services.common.security import server_security
 from services.common.serving import ServiceServer, start_server
 
 AUTH_SERVICE = auth_pb2.DESCRIPTOR.services_by_name["Auth"].full_name
 METERING_SERVICE = metering_pb2.DESCRIPTOR.services_by_name["Metering"].full_name
+ADMIN_METHODS = frozenset(f"/{AUTH_SERVICE}/{rpc}" for rpc in ADMIN_RPCS)
 
 
 async def create_server(
@@ -38,4 +40,5 @@ async def create_server(
             lambda s: auth_pb2_grpc.add_AuthServicer_to_server(auth, s),
             lambda s: metering_pb2_grpc.add_MeteringServicer_to_server(metering, s),
         ],
+        security=server_security(settings, self_guarded=ADMIN_METHODS),
     )

@@ -15,6 +15,7 @@ from grpc_reflection.v1alpha import reflection
 
 from observability import Telemetry
 from services.common.errors import ErrorMappingInterceptor, Translator
+from services.common.security import ServerSecurity
 
 log = structlog.get_logger(__name__)
 
@@ -72,13 +73,18 @@ async def start_server(
     registrars: Sequence[Registrar],
     translate: Translator | None = None,
     serving: bool = True,
+    security: ServerSecurity | None = None,
 ) -> ServiceServer:
     """Builds and starts an aio server with the mesh's interceptors, health and
-    reflection. `serving=False` starts it NOT_SERVING until `set_serving(True)`."""
+    reflection. `serving=False` starts it NOT_SERVING until `set_serving(True)`.
+    `security`: TLS and mesh-only admission (default: plaintext, open)."""
+    security = security or ServerSecurity()
     mapping = ErrorMappingInterceptor(translate) if translate else ErrorMappingInterceptor()
-    # Error mapping runs innermost so the telemetry span records the final status.
+    # Error mapping runs inside telemetry so the span records the final status;
+    # the mesh-only check inside error mapping so its refusal is mapped too.
     server = grpc.aio.server(
-        interceptors=[*telemetry.server_interceptors(), mapping], options=SERVER_OPTIONS
+        interceptors=[*telemetry.server_interceptors(), mapping, *security.interceptors()],
+        options=SERVER_OPTIONS,
     )
     for register in registrars:
         register(server)
@@ -86,14 +92,25 @@ async def start_server(
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = (*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME)
     reflection.enable_server_reflection(names, server)
-    port = server.add_insecure_port(address)
+    port = (
+        server.add_secure_port(address, security.credentials)
+        if security.credentials is not None
+        else server.add_insecure_port(address)
+    )
     if port == 0:
         raise RuntimeError(f"could not bind {address}")
     await server.start()
     running = ServiceServer(server, port, tuple(service_names), health_servicer)
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     await running.set_serving(serving)
-    log.info("server started", address=address, port=port, services=list(service_names))
+    log.info(
+        "server started",
+        address=address,
+        port=port,
+        services=list(service_names),
+        transport=security.transport,
+        mesh_only=security.service_token is not None,
+    )
     return running
 
 

@@ -2,12 +2,49 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Self
 
-from pydantic import Field
+from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from observability.settings import TelemetrySettings
+
+
+class TlsSettings(BaseModel):
+    """Transport security, embedded in every service's settings as `tls`
+    (`--tls.cert`, `MAAS_ROUTER_TLS__CERT`). Unset: plaintext."""
+
+    # PEM certificate chain and key: the listener serves TLS with them, and
+    # channels present them as the client certificate (mutual TLS).
+    cert: Path | None = None
+    key: Path | None = None
+    # PEM CA bundle that signs the mesh: channels verify servers with it (the
+    # system roots when unset) and, with require_client_cert, the listener
+    # verifies callers with it.
+    ca: Path | None = None
+    # Mutual TLS on the listener: a caller without a certificate signed by
+    # `ca` fails the handshake, so every call comes from inside the mesh.
+    require_client_cert: bool = False
+    # The name to check the server certificate for, when it is not the host
+    # being dialled (certificates issued for a service name, dialled by IP).
+    server_name_override: str | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        if (self.cert is None) != (self.key is None):
+            raise ValueError("tls.cert and tls.key go together")
+        if self.require_client_cert and (self.ca is None or self.cert is None):
+            raise ValueError("tls.require_client_cert needs tls.ca, tls.cert and tls.key")
+        return self
+
+    @property
+    def serves_tls(self) -> bool:
+        return self.cert is not None
+
+    @property
+    def dials_tls(self) -> bool:
+        return self.cert is not None or self.ca is not None
 
 
 class ServiceSettings(BaseSettings):
@@ -20,6 +57,14 @@ class ServiceSettings(BaseSettings):
     # Longer than any in-flight stream's tail should need, shorter than compose's stop grace.
     grace_period_s: float = Field(default=10.0, ge=0)
     telemetry: TelemetrySettings = TelemetrySettings()
+    tls: TlsSettings = TlsSettings()
+    # Shared by the services of one mesh: sent on every call to another
+    # service, and required (unless the caller has a mesh client certificate)
+    # by auth, router, inference and anomaly. Pass it by env, not flag: flags
+    # show in `ps`.
+    service_token: SecretStr | None = Field(
+        default=None, min_length=16, description="the mesh's shared service token"
+    )
 
     @property
     def address(self) -> str:

@@ -13,6 +13,7 @@ async def serve(settings: InferenceSettings) -> None:
     import structlog
 
     from observability import setup
+    from services.common.security import server_security
     from services.common.serving import wait_for_shutdown_signal
     from services.inference.server import attach, create_server
     from services.inference.vllm_engine import open_vllm_engine
@@ -21,7 +22,11 @@ async def serve(settings: InferenceSettings) -> None:
     telemetry = setup("inference", settings.telemetry)
     # The server is up (health NOT_SERVING) while the model loads, so probes see progress.
     server, servicer = await create_server(
-        settings.address, telemetry, stream_messages_per_s=settings.stream_messages_per_s
+        settings.address,
+        telemetry,
+        stream_messages_per_s=settings.stream_messages_per_s,
+        security=server_security(settings),
+        log_content=settings.telemetry.log_content,
     )
     shutdown = asyncio.create_task(wait_for_shutdown_signal())
     try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from maas.v1 import inference_pb2, inference_pb2_grpc
 from observability import Telemetry
+from services.common.security import ServerSecurity
 from services.common.serving import ServiceServer, start_server
 from services.inference.engine import Engine
 from services.inference.pacing import StreamPacer
@@ -18,9 +19,14 @@ async def create_server(
     engine: Engine | None = None,
     *,
     stream_messages_per_s: float = 0.0,
+    security: ServerSecurity | None = None,
+    log_content: bool = False,
 ) -> tuple[ServiceServer, InferenceServicer]:
-    """Starts the server; NOT_SERVING until an engine is attached with `attach`."""
-    servicer = InferenceServicer(engine, pacer=StreamPacer(stream_messages_per_s))
+    """Starts the server; NOT_SERVING until an engine is attached with `attach`.
+    `log_content`: log each request's prompt and completion (debugging only)."""
+    servicer = InferenceServicer(
+        engine, pacer=StreamPacer(stream_messages_per_s), log_content=log_content
+    )
     server = await start_server(
         address=address,
         telemetry=telemetry,
@@ -28,6 +34,7 @@ async def create_server(
         registrars=[lambda s: inference_pb2_grpc.add_InferenceServicer_to_server(servicer, s)],
         translate=translate_engine_error,
         serving=engine is not None,
+        security=security,
     )
     return server, servicer
 

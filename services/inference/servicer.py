@@ -7,6 +7,7 @@ from contextlib import aclosing
 from typing import Any
 
 import grpc
+import structlog
 
 from maas.v1 import generation_pb2, inference_pb2, inference_pb2_grpc
 from observability.context import current_request_id, new_request_id
@@ -17,10 +18,17 @@ from services.common.errors import (
     UnavailableError,
 )
 from services.inference import convert
-from services.inference.engine import Engine, EngineDeadError, InvalidRequestError
+from services.inference.engine import (
+    Engine,
+    EngineDeadError,
+    GenerationInput,
+    InvalidRequestError,
+)
 from services.inference.pacing import StreamPacer
 
 Context = grpc.aio.ServicerContext[Any, Any]
+
+log = structlog.get_logger(__name__)
 
 
 def translate_engine_error(exc: Exception) -> MeshError | None:
@@ -36,9 +44,16 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
     """Serves one engine. The engine is attached once loaded; until then calls
     get UNAVAILABLE (and health says NOT_SERVING)."""
 
-    def __init__(self, engine: Engine | None = None, *, pacer: StreamPacer | None = None) -> None:
+    def __init__(
+        self,
+        engine: Engine | None = None,
+        *,
+        pacer: StreamPacer | None = None,
+        log_content: bool = False,
+    ) -> None:
         self._engine = engine
         self._pacer = pacer or StreamPacer(0)
+        self._log_content = log_content
 
     def attach(self, engine: Engine) -> None:
         self._engine = engine
@@ -57,12 +72,25 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         inp = convert.input_from_proto(request.request)
         options = convert.sampling_from_proto(request.request)
         request_id = current_request_id() or new_request_id()
-        # aclosing: a cancelled call closes the engine stream at once, which
-        # aborts the request in the engine and frees its KV cache.
-        with self._pacer.stream() as pace:
-            async with aclosing(engine.generate(request_id, inp, options, adapter)) as deltas:
-                async for delta in pace.coalesce(deltas):
-                    yield convert.delta_to_proto(delta)
+        # Each choice's text so far, kept only when content may be logged.
+        texts: dict[int, list[str]] | None = {} if self._log_content else None
+        try:
+            # aclosing: a cancelled call closes the engine stream at once, which
+            # aborts the request in the engine and frees its KV cache.
+            with self._pacer.stream() as pace:
+                async with aclosing(engine.generate(request_id, inp, options, adapter)) as deltas:
+                    async for delta in pace.coalesce(deltas):
+                        if texts is not None:
+                            texts.setdefault(delta.index, []).append(delta.text)
+                        yield convert.delta_to_proto(delta)
+        finally:
+            if texts is not None:
+                log.info(
+                    "generation content",
+                    model=request.request.model,
+                    prompt=_prompt_for_log(inp),
+                    completion=["".join(texts[i]) for i in sorted(texts)],
+                )
 
     async def CountTokens(
         self, request: generation_pb2.CountTokensRequest, context: Context
@@ -106,3 +134,11 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         if model in engine.adapters:
             return model
         raise NotFoundError(f"model {model!r} is not served here")
+
+
+def _prompt_for_log(inp: GenerationInput) -> object:
+    if inp.messages:
+        return [{"role": turn.role, "content": turn.content} for turn in inp.messages]
+    if inp.token_ids is not None:
+        return list(inp.token_ids)
+    return inp.prompt

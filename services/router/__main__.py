@@ -8,6 +8,7 @@ from services.router.settings import RouterSettings
 
 async def serve(settings: RouterSettings) -> None:
     from observability import setup
+    from services.common.security import channel_security, server_security
     from services.common.serving import wait_for_shutdown_signal
     from services.router.dispatcher import FlowPolicy
     from services.router.limiter import GradientLimiter
@@ -26,6 +27,7 @@ async def serve(settings: RouterSettings) -> None:
         limiter=lambda: GradientLimiter(
             initial=settings.initial_concurrency, tolerance=settings.latency_tolerance
         ),
+        security=channel_security(settings),
     )
     policy = FlowPolicy(
         max_queue=settings.max_queue,
@@ -46,6 +48,7 @@ async def serve(settings: RouterSettings) -> None:
             settings.grace_period_s,
             policy=policy,
             max_attempts=settings.max_attempts,
+            security=server_security(settings),
         ):
             await wait_for_shutdown_signal()
     finally:

@@ -19,7 +19,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from maas.v1 import generation_pb2, inference_pb2, inference_pb2_grpc
 from observability import Telemetry
-from observability.channels import channel
+from observability.channels import PLAINTEXT, ChannelSecurity, channel
 from services.common.errors import FailedPreconditionError, NotFoundError, UnavailableError
 from services.router.limiter import GradientLimiter
 
@@ -99,8 +99,10 @@ class ReplicaSet:
         ejection: EjectionPolicy | None = None,
         limiter: Callable[[], GradientLimiter] = GradientLimiter,
         clock: Callable[[], float] = time.monotonic,
+        security: ChannelSecurity = PLAINTEXT,
     ) -> None:
         self._telemetry = telemetry
+        self._security = security
         self._retry_initial_s = retry_initial_s
         self._retry_max_s = retry_max_s
         self._ejection = ejection or EjectionPolicy()
@@ -263,7 +265,7 @@ class ReplicaSet:
         self._notify()
 
     def _create(self, address: str) -> Replica:
-        ch = channel(address, self._telemetry)
+        ch = channel(address, self._telemetry, security=self._security)
         replica = Replica(
             address, ch, inference_pb2_grpc.InferenceStub(ch), limiter=self._new_limiter()
         )

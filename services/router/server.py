@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 
 from maas.v1 import router_pb2, router_pb2_grpc
 from observability import Telemetry
+from services.common.security import ServerSecurity
 from services.common.serving import ServiceServer, start_server
 from services.router.dispatcher import Dispatcher, FlowPolicy
 from services.router.metrics import RouterMetrics
@@ -27,6 +28,7 @@ async def running_router(
     *,
     policy: FlowPolicy | None = None,
     max_attempts: int = 2,
+    security: ServerSecurity | None = None,
 ) -> AsyncIterator[ServiceServer]:
     """Serves the router; readiness follows whether any replica is serving."""
     dispatcher = Dispatcher(replicas, policy)
@@ -39,6 +41,7 @@ async def running_router(
         service_names=[SERVICE_NAME],
         registrars=[lambda s: router_pb2_grpc.add_RouterServicer_to_server(servicer, s)],
         serving=False,
+        security=security,
     )
 
     async def follow_replicas() -> None:

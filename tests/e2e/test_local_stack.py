@@ -1,13 +1,32 @@
 """`make run`'s launcher, for real: five processes, a dev key, a first
-completion, then a clean SIGTERM shutdown of every service."""
+completion, then a clean SIGTERM shutdown of every service; and its
+arguments (replicas, TLS, the service token) without starting anything."""
 
 from __future__ import annotations
 
+import json
 import random
 import socket
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
+
+from deploy.local_stack import (
+    ServiceSpec,
+    build_parser,
+    load_secrets,
+    service_specs,
+    service_token_environment,
+)
+from deploy.throwaway_ca import write_throwaway_ca
+from gateway.settings import GatewaySettings
+from services.anomaly.settings import AnomalySettings
+from services.auth.settings import AuthSettings
+from services.common.settings import ServiceSettings
+from services.inference.settings import InferenceSettings
+from services.router.settings import RouterSettings
 
 
 def free_port_block(size: int) -> int:
@@ -43,3 +62,87 @@ def test_local_stack_streams_a_completion_and_stops_cleanly(
     assert (tmp_path / "dev_api_key").read_text().startswith("maas_")
     for service in ("gateway", "router", "inference", "anomaly", "auth"):
         assert f"stopped {service} (exit 0)" in output, output
+
+
+# The launcher's arguments, without starting anything.
+
+SETTINGS_OF: dict[str, type[ServiceSettings]] = {
+    "services.auth": AuthSettings,
+    "services.anomaly": AnomalySettings,
+    "services.inference": InferenceSettings,
+    "services.router": RouterSettings,
+    "gateway": GatewaySettings,
+}
+
+
+def specs_for(tmp_path: Path, *argv: str, tls: bool = False) -> list[ServiceSpec]:
+    args = build_parser().parse_args(["--model", "/models/tiny", "--base-port", "40000", *argv])
+    certs = write_throwaway_ca(tmp_path / "tls") if tls else None
+    return service_specs(args, tmp_path, certs)
+
+
+def settings_of(spec: ServiceSpec) -> ServiceSettings:
+    """The spec's flags as its service parses them at start-up."""
+    return SETTINGS_OF[spec.module].from_cli(spec.args)
+
+
+@pytest.fixture
+def auth_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MAAS_AUTH_ADMIN_TOKEN", "admin")
+    monkeypatch.setenv("MAAS_AUTH_KEY_PEPPER", "pepper")
+
+
+def test_replicas_get_their_own_ports_and_all_sit_behind_the_router(
+    tmp_path: Path, auth_secrets: None
+) -> None:
+    specs = specs_for(tmp_path, "--replicas", "3")
+    by_name = {s.name: s for s in specs}
+    replicas = [s for s in specs if s.module == "services.inference"]
+    assert [s.name for s in replicas] == ["inference-1", "inference-2", "inference-3"]
+    assert [s.port for s in replicas] == [40003, 40005, 40006]
+    assert len({s.port for s in specs}) == len(specs) == 7
+    router = settings_of(by_name["router"])
+    assert isinstance(router, RouterSettings)
+    assert router.replicas == [f"127.0.0.1:{s.port}" for s in replicas]
+    for spec in replicas:
+        assert settings_of(spec).port == spec.port
+    # One replica keeps the names and ports `make run` always had.
+    single = specs_for(tmp_path, "--replicas", "1")
+    assert [(s.name, s.port) for s in single] == [
+        ("auth", 40001), ("anomaly", 40004), ("inference", 40003), ("router", 40002),
+        ("gateway", 40000),
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("count", ["0", "-1", "two"])
+def test_a_replica_count_below_one_is_refused(count: str) -> None:
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--model", "m", "--replicas", count])
+
+
+def test_tls_gives_every_inner_hop_mutual_tls_and_the_gateway_plain_tls(
+    tmp_path: Path, auth_secrets: None
+) -> None:
+    for spec in specs_for(tmp_path, "--tls", "--replicas", "2", tls=True):
+        settings = settings_of(spec)
+        assert settings.tls.cert is not None and settings.tls.cert.exists(), spec.name
+        assert settings.tls.ca == tmp_path / "tls" / "ca.pem"
+        assert settings.tls.require_client_cert == (spec.name != "gateway"), spec.name
+    assert all(not settings_of(s).tls.serves_tls for s in specs_for(tmp_path))
+
+
+def test_the_service_token_is_kept_with_the_other_secrets_and_reaches_every_service(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "secrets.json").write_text(json.dumps({"admin_token": "a", "key_pepper": "p"}))
+    secrets = load_secrets(tmp_path)
+    assert secrets["admin_token"] == "a" and secrets["key_pepper"] == "p"
+    assert len(secrets["service_token"]) >= 32
+    assert load_secrets(tmp_path) == secrets
+    for name, value in service_token_environment(secrets["service_token"]).items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("MAAS_AUTH_ADMIN_TOKEN", "a")
+    monkeypatch.setenv("MAAS_AUTH_KEY_PEPPER", "p")
+    for spec in specs_for(tmp_path):
+        token = settings_of(spec).service_token
+        assert token is not None and token.get_secret_value() == secrets["service_token"]

@@ -1,0 +1,99 @@
+"""TLS and service-token settings: validation, where they come from, and what
+they turn into (credentials, the mesh-only check) at start-up."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from deploy.throwaway_ca import write_throwaway_ca
+from gateway.settings import GatewaySettings
+from maas.connection import Connection
+from services.common.mesh_only import MeshOnlyInterceptor
+from services.common.security import channel_security, server_security
+from services.common.settings import TlsSettings
+from services.router.settings import RouterSettings
+
+TOKEN = "t" * 32
+
+
+@pytest.mark.parametrize(
+    ("fields", "complaint"),
+    [
+        ({"cert": "/c.pem"}, "tls.cert and tls.key go together"),
+        ({"key": "/k.pem"}, "tls.cert and tls.key go together"),
+        ({"cert": "/c", "key": "/k", "require_client_cert": True}, "needs tls.ca"),
+        ({"ca": "/ca", "require_client_cert": True}, "needs tls.ca, tls.cert"),
+    ],
+)
+def test_inconsistent_tls_settings_are_refused(fields: dict[str, object], complaint: str) -> None:
+    with pytest.raises(ValidationError, match=complaint):
+        TlsSettings.model_validate(fields)
+
+
+def test_unset_means_plaintext_and_open() -> None:
+    settings = RouterSettings()
+    assert server_security(settings).transport == "plaintext"
+    assert server_security(settings).interceptors() == []
+    assert channel_security(settings).credentials is None
+    assert channel_security(settings).service_token is None
+
+
+def test_tls_and_token_come_from_flags_and_env(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    certs = write_throwaway_ca(tmp_path)
+    monkeypatch.setenv("MAAS_ROUTER_SERVICE_TOKEN", TOKEN)
+    monkeypatch.setenv("MAAS_ROUTER_TLS__CA", str(certs.ca))
+    settings = RouterSettings.from_cli(
+        ["--tls.cert", str(certs["router"].cert), "--tls.key", str(certs["router"].key),
+         "--tls.require-client-cert"]
+    )  # fmt: skip
+    assert settings.tls.require_client_cert
+    assert settings.tls.ca == certs.ca
+    server = server_security(settings)
+    assert server.transport == "mutual-tls"
+    [guard] = server.interceptors()
+    assert isinstance(guard, MeshOnlyInterceptor)
+    channels = channel_security(settings)
+    assert channels.credentials is not None
+    assert channels.service_token == TOKEN
+
+
+def test_the_gateway_listener_is_public_while_its_channels_carry_the_token(
+    tmp_path: Path,
+) -> None:
+    certs = write_throwaway_ca(tmp_path)
+    settings = GatewaySettings(
+        tls=TlsSettings(cert=certs["gateway"].cert, key=certs["gateway"].key, ca=certs.ca),
+        service_token=TOKEN,
+    )
+    public = server_security(settings, mesh_only=False)
+    assert public.transport == "tls"
+    assert public.interceptors() == []
+    assert channel_security(settings).service_token == TOKEN
+
+
+def test_a_missing_certificate_fails_the_start_naming_the_setting(tmp_path: Path) -> None:
+    settings = RouterSettings(tls=TlsSettings(cert=tmp_path / "nope.pem", key=tmp_path / "k.pem"))
+    with pytest.raises(ValueError, match=r"tls\.cert: cannot read .*nope\.pem"):
+        server_security(settings)
+
+
+def test_a_short_service_token_is_refused() -> None:
+    with pytest.raises(ValidationError, match="service_token"):
+        RouterSettings(service_token="short")
+
+
+def test_the_cli_finds_the_service_token_in_the_secrets_file(tmp_path: Path) -> None:
+    secrets_file = tmp_path / "secrets.json"
+    secrets_file.write_text(json.dumps({"admin_token": "a", "service_token": TOKEN}))
+    from_file = Connection.from_env({}, secrets_file)
+    assert from_file.service_metadata() == (("x-maas-service-token", TOKEN),)
+    assert from_file.credentials() is None
+    from_env = Connection.from_env({"MAAS_SERVICE_TOKEN": "other"}, secrets_file)
+    assert from_env.service_token == "other"
+    assert Connection.from_env({}, tmp_path / "absent.json").service_metadata() == ()
