@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
 from gateway.authn import Authenticator
+from gateway.core import GatewayCore
 from gateway.metrics import GatewayMetrics
 from gateway.outbox import UsageOutbox
 from gateway.quota import QuotaClient
@@ -48,7 +49,7 @@ async def running_gateway(
 
         quotas = QuotaClient(auth_pb2_grpc.AuthStub(auth_ch))
         stack.push_async_callback(quotas.aclose, settings.grace_period_s)
-        servicer = GatewayServicer(
+        core = GatewayCore(
             authenticator=Authenticator(
                 auth_pb2_grpc.AuthStub(auth_ch),
                 ttl_s=settings.auth_cache_ttl_s,
@@ -62,6 +63,7 @@ async def running_gateway(
             quotas=quotas,
             default_max_tokens=settings.default_max_tokens_estimate,
         )
+        servicer = GatewayServicer(core)
         server = await start_server(
             address=settings.address,
             telemetry=telemetry,
