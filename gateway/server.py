@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
 
 from gateway.authn import Authenticator
+from gateway.core import GatewayCore
+from gateway.http_server import serving_http
 from gateway.metrics import GatewayMetrics
+from gateway.openai_http import create_app
 from gateway.outbox import UsageOutbox
 from gateway.quota import QuotaClient
 from gateway.servicer import GatewayServicer
@@ -27,12 +32,25 @@ from services.common.serving import ServiceServer, start_server
 SERVICE_NAME = gateway_pb2.DESCRIPTOR.services_by_name["Gateway"].full_name
 
 
+@dataclass
+class RunningGateway:
+    """The gateway's gRPC server and, unless disabled, its HTTP face."""
+
+    grpc: ServiceServer
+    http_port: int | None
+
+    @property
+    def port(self) -> int:
+        return self.grpc.port
+
+
 @asynccontextmanager
 async def running_gateway(
     settings: GatewaySettings, telemetry: Telemetry
-) -> AsyncIterator[ServiceServer]:
-    """Serves the gateway; on exit stops taking calls, lets streams finish,
-    then flushes usage records and events before closing channels."""
+) -> AsyncIterator[RunningGateway]:
+    """Serves the gateway (gRPC, and HTTP when `http_port` is set); on exit
+    stops taking calls, lets streams finish, then flushes usage records and
+    events before closing channels."""
     async with AsyncExitStack() as stack:
         security = channel_security(settings)
         router_ch = channel(settings.router_address, telemetry, security=security)
@@ -50,7 +68,7 @@ async def running_gateway(
 
         quotas = QuotaClient(auth_pb2_grpc.AuthStub(auth_ch))
         stack.push_async_callback(quotas.aclose, settings.grace_period_s)
-        servicer = GatewayServicer(
+        core = GatewayCore(
             authenticator=Authenticator(
                 auth_pb2_grpc.AuthStub(auth_ch),
                 ttl_s=settings.auth_cache_ttl_s,
@@ -64,6 +82,7 @@ async def running_gateway(
             quotas=quotas,
             default_max_tokens=settings.default_max_tokens_estimate,
         )
+        servicer = GatewayServicer(core)
         server = await start_server(
             address=settings.address,
             telemetry=telemetry,
@@ -72,5 +91,21 @@ async def running_gateway(
             # Public: TLS when configured, but callers are tenants, not the mesh.
             security=server_security(settings, mesh_only=False),
         )
-        stack.push_async_callback(server.stop, settings.grace_period_s)
-        yield server
+        http = AsyncExitStack()
+
+        async def stop_serving() -> None:
+            # Both faces drain at once: shutting down takes one grace period, not two.
+            await asyncio.gather(server.stop(settings.grace_period_s), http.aclose())
+
+        stack.push_async_callback(stop_serving)
+        http_port = None
+        if settings.http_port is not None:
+            http_port = await http.enter_async_context(
+                serving_http(
+                    create_app(core, telemetry.tracer()),
+                    host=settings.host,
+                    port=settings.http_port,
+                    grace_s=settings.grace_period_s,
+                )
+            )
+        yield RunningGateway(server, http_port)

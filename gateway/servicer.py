@@ -1,235 +1,54 @@
-"""maas.v1.Gateway: authenticate, validate, route, stream, bill, report."""
+"""maas.v1.Gateway over gRPC: the call's metadata to a `Caller`, then the core."""
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from typing import Any
 
 import grpc
-from opentelemetry import trace
 
-from gateway.authn import Authenticator
-from gateway.metrics import GatewayMetrics
-from gateway.outbox import UsageOutbox
-from gateway.quota import QuotaClient, estimate_tokens
-from gateway.usage import StreamUsage, timestamp
-from gateway.validation import validate_generate, validate_input
-from maas.v1 import (
-    anomaly_pb2,
-    auth_pb2,
-    gateway_pb2,
-    gateway_pb2_grpc,
-    generation_pb2,
-    metering_pb2,
-    metering_pb2_grpc,
-    router_pb2,
-    router_pb2_grpc,
-)
-from observability.context import (
-    REPLICA_METADATA_KEY,
-    REQUEST_ID_METADATA_KEY,
-    bind_request,
-    current_request_id,
-    new_request_id,
-)
-from services.common.errors import UnauthenticatedError
-from services.common.events import EventPublisher
+from gateway.core import Caller, GatewayCore, request_id_for_call
+from maas.v1 import gateway_pb2, gateway_pb2_grpc, generation_pb2, metering_pb2
+from observability.context import REQUEST_ID_METADATA_KEY
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
 
+def caller_of(context: Context) -> Caller:
+    credentials: str | None = None
+    for key, value in context.invocation_metadata() or ():
+        if key == "authorization":
+            credentials = value.decode() if isinstance(value, bytes) else value
+            break
+    return Caller(credentials=credentials, peer=context.peer(), deadline_s=context.time_remaining())
+
+
 class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
-    def __init__(
-        self,
-        *,
-        authenticator: Authenticator,
-        router: router_pb2_grpc.RouterAsyncStub,
-        metering: metering_pb2_grpc.MeteringAsyncStub,
-        usage: UsageOutbox,
-        events: EventPublisher,
-        metrics: GatewayMetrics,
-        quotas: QuotaClient,
-        default_max_tokens: int,
-    ) -> None:
-        self._authenticator = authenticator
-        self._router = router
-        self._metering = metering
-        self._usage = usage
-        self._events = events
-        self._metrics = metrics
-        self._quotas = quotas
-        self._default_max_tokens = default_max_tokens
+    def __init__(self, core: GatewayCore) -> None:
+        self._core = core
 
     async def Generate(
         self, request: generation_pb2.GenerateRequest, context: Context
     ) -> AsyncIterator[generation_pb2.GenerateResponse]:
-        principal = await self._authenticate(context, "generate")
-        validate_generate(request)
-        request_id = current_request_id() or new_request_id()
-        bind_request(request_id, principal.tenant_id)
-        span = trace.get_current_span()
-        span.set_attribute("maas.request_id", request_id)
-        span.set_attribute("maas.tenant_id", principal.tenant_id)
-        await context.send_initial_metadata(((REQUEST_ID_METADATA_KEY, request_id),))
-        estimated = estimate_tokens(request, self._default_max_tokens)
-        reservation = await self._quotas.reserve(
-            principal.tenant_id, request_id, request.model, estimated, principal.key_id
-        )
-
-        usage = StreamUsage()
-        status = grpc.StatusCode.OK
-        replica = ""
-        call = self._router.Generate(
-            router_pb2.RouterGenerateRequest(
-                request=request,
-                context=router_pb2.RequestContext(
-                    tenant_id=principal.tenant_id,
-                    priority=principal.priority,
-                    estimated_tokens=estimated,
-                ),
-            ),
-            timeout=context.time_remaining(),
-        )
-        try:
-            async for chunk in call:
-                usage.observe(chunk)
+        # First, so that a refused call also tells the client its request id.
+        await context.send_initial_metadata(((REQUEST_ID_METADATA_KEY, request_id_for_call()),))
+        async with aclosing(self._core.generate(caller_of(context), request)) as chunks:
+            async for chunk in chunks:
                 yield chunk
-            replica = replica_of(await call.trailing_metadata())
-        except asyncio.CancelledError:
-            status = grpc.StatusCode.CANCELLED
-            raise
-        except grpc.aio.AioRpcError as err:
-            status = err.code()
-            replica = replica_of(err.trailing_metadata())
-            raise
-        except BaseException:
-            status = grpc.StatusCode.INTERNAL
-            raise
-        finally:
-            call.cancel()
-            used = usage.prompt_tokens + usage.completion_tokens if usage.chunks else None
-            self._quotas.settle(reservation, used)
-            self._settle(request_id, request.model, principal, usage, status, replica)
 
     async def ListModels(
         self, request: gateway_pb2.ListModelsRequest, context: Context
     ) -> gateway_pb2.ListModelsResponse:
-        await self._authenticate(context, "generate")
-        replicas = await self._router.ListReplicas(
-            router_pb2.ListReplicasRequest(), timeout=context.time_remaining()
-        )
-        models: dict[str, generation_pb2.ModelInfo] = {}
-        for replica in replicas.replicas:
-            if replica.state != router_pb2.REPLICA_STATE_SERVING:
-                continue
-            models.setdefault(replica.model.name, replica.model)
-            for adapter in replica.adapters:
-                # An adapter has its base model's limits under its own name.
-                adapter_info = generation_pb2.ModelInfo()
-                adapter_info.CopyFrom(replica.model)
-                adapter_info.name = adapter
-                models.setdefault(adapter, adapter_info)
-        return gateway_pb2.ListModelsResponse(models=[models[name] for name in sorted(models)])
+        models = await self._core.list_models(caller_of(context))
+        return gateway_pb2.ListModelsResponse(models=models)
 
     async def CountTokens(
         self, request: generation_pb2.CountTokensRequest, context: Context
     ) -> generation_pb2.CountTokensResponse:
-        await self._authenticate(context, "generate")
-        validate_input(request)
-        return await self._router.CountTokens(request, timeout=context.time_remaining())
+        return await self._core.count_tokens(caller_of(context), request)
 
     async def GetUsage(
         self, request: gateway_pb2.GetUsageRequest, context: Context
     ) -> metering_pb2.GetUsageResponse:
-        principal = await self._authenticate(context, "usage:read")
-        query = metering_pb2.MeteringGetUsageRequest(
-            tenant_id=principal.tenant_id, group_by=request.group_by
-        )
-        if request.HasField("start_time"):
-            query.start_time.CopyFrom(request.start_time)
-        if request.HasField("end_time"):
-            query.end_time.CopyFrom(request.end_time)
-        return await self._metering.GetUsage(query, timeout=context.time_remaining())
-
-    async def _authenticate(self, context: Context, scope: str) -> auth_pb2.Principal:
-        try:
-            return await self._authenticator.authenticate(context.invocation_metadata(), scope)
-        except UnauthenticatedError:
-            self._metrics.auth_failures.add(1)
-            self._events.publish(
-                anomaly_pb2.Event(
-                    kind=anomaly_pb2.EVENT_KIND_AUTH_FAILURE,
-                    time=timestamp(time.time()),
-                    request_id=current_request_id() or "",
-                    source=context.peer(),
-                    status_code=grpc.StatusCode.UNAUTHENTICATED.name,
-                )
-            )
-            raise
-
-    def _settle(
-        self,
-        request_id: str,
-        model: str,
-        principal: auth_pb2.Principal,
-        usage: StreamUsage,
-        status: grpc.StatusCode,
-        replica: str,
-    ) -> None:
-        """Bills what was produced and reports the request; never blocks."""
-        end = time.time()
-        self._metrics.request_ended(
-            model=model,
-            status=status.name,
-            prompt_tokens=usage.prompt_tokens,
-            completion_tokens=usage.completion_tokens,
-            first_token_s=usage.first_token_s,
-        )
-        if usage.chunks:
-            ledger_status = metering_pb2.REQUEST_STATUS_COMPLETED
-            if status == grpc.StatusCode.CANCELLED:
-                ledger_status = metering_pb2.REQUEST_STATUS_CANCELLED
-            elif status != grpc.StatusCode.OK:
-                ledger_status = metering_pb2.REQUEST_STATUS_FAILED
-            self._usage.add(
-                metering_pb2.UsageRecord(
-                    request_id=request_id,
-                    tenant_id=principal.tenant_id,
-                    key_id=principal.key_id,
-                    model=model,
-                    prompt_tokens=usage.prompt_tokens,
-                    completion_tokens=usage.completion_tokens,
-                    cached_tokens=usage.cached_tokens,
-                    start_time=timestamp(usage.start_wall),
-                    end_time=timestamp(end),
-                    status=ledger_status,
-                )
-            )
-        self._events.publish(
-            anomaly_pb2.Event(
-                kind=anomaly_pb2.EVENT_KIND_REQUEST,
-                # When it arrived: requests that finish together in one engine
-                # step were not sent together, and rates are about sending.
-                time=timestamp(usage.start_wall),
-                request_id=request_id,
-                tenant_id=principal.tenant_id,
-                key_id=principal.key_id,
-                model=model,
-                replica=replica,
-                prompt_tokens=usage.prompt_tokens,
-                completion_tokens=usage.completion_tokens,
-                time_to_first_token_s=usage.first_token_s or 0.0,
-                duration_s=usage.elapsed_s(),
-                status_code=status.name,
-            )
-        )
-
-
-def replica_of(metadata: grpc.aio.Metadata | None) -> str:
-    """The replica the router named in its trailing metadata ("" if none)."""
-    for key, value in metadata or ():
-        if key == REPLICA_METADATA_KEY:
-            return value if isinstance(value, str) else value.decode()
-    return ""
+        return await self._core.get_usage(caller_of(context), request)

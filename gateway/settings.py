@@ -12,10 +12,16 @@ from services.common.settings import ServiceSettings
 
 class GatewaySettings(ServiceSettings):
     model_config = SettingsConfigDict(
-        env_prefix="MAAS_GATEWAY_", env_nested_delimiter="__", extra="forbid"
+        env_prefix="MAAS_GATEWAY_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        # MAAS_GATEWAY_HTTP_PORT=null turns the HTTP face off, as --http-port null does.
+        env_parse_none_str="null",
     )
 
     port: int = 50051
+    # The OpenAI-compatible HTTP face, on the same host; 0 picks a free port, null turns it off.
+    http_port: int | None = Field(default=8000, ge=0, le=65535)
     router_address: str = "127.0.0.1:50053"
     auth_address: str = "127.0.0.1:50052"
     anomaly_address: str = "127.0.0.1:50055"

@@ -3,12 +3,15 @@
 Servicers raise `MeshError`s (or a service's own exceptions, mapped by its
 translator); `ErrorMappingInterceptor` turns them into a status with
 `google.rpc` details, and passes a downstream hop's status through unchanged.
+Every `MeshError` carries an `ErrorInfo` (reason, domain, metadata) besides the
+details of its kind (`BadRequest`, `QuotaFailure`, `RetryInfo`).
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from typing import Any, cast
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any, TypeVar, cast
 
 import grpc
 import structlog
@@ -22,26 +25,62 @@ from observability.handlers import Behavior, CachedRewrap, stream_responses
 log = structlog.get_logger(__name__)
 
 
+ERROR_DOMAIN = "maas.dev"
+
+_DetailT = TypeVar("_DetailT", bound=Message)
+
+
+def status_detail(status: status_pb2.Status, kind: type[_DetailT]) -> _DetailT | None:
+    """The first detail of type `kind` in `status`, if it has one."""
+    for packed in status.details:
+        if packed.Is(kind.DESCRIPTOR):
+            detail = kind()
+            packed.Unpack(detail)
+            return detail
+    return None
+
+
+def _packed(details: Sequence[Message]) -> list[any_pb2.Any]:
+    packed = []
+    for detail in details:
+        any_detail = any_pb2.Any()
+        any_detail.Pack(detail)
+        packed.append(any_detail)
+    return packed
+
+
 class MeshError(Exception):
-    """An error a client can act on; `code` is its gRPC status."""
+    """An error a client can act on; `code` is its gRPC status. `reason` (an
+    UPPER_SNAKE_CASE constant, by default the code's name) and `metadata` go
+    out as its `google.rpc.ErrorInfo`."""
 
     code: grpc.StatusCode = grpc.StatusCode.INTERNAL
 
-    def __init__(self, message: str) -> None:
+    def __init__(
+        self, message: str, *, reason: str | None = None, metadata: Mapping[str, str] | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
+        self.reason = reason or self.code.name
+        self.metadata = dict(metadata or {})
 
     def details(self) -> Sequence[Message]:
+        """The details of this kind of error, beside the ErrorInfo every one has."""
         return ()
 
+    def error_info(self) -> error_details_pb2.ErrorInfo:
+        return error_details_pb2.ErrorInfo(
+            reason=self.reason, domain=ERROR_DOMAIN, metadata=self.metadata
+        )
+
     def status_proto(self) -> status_pb2.Status:
-        """As a google.rpc.Status, for errors carried inside a reply (batches)."""
-        packed = []
-        for detail in self.details():
-            any_detail = any_pb2.Any()
-            any_detail.Pack(detail)
-            packed.append(any_detail)
-        return status_pb2.Status(code=self.code.value[0], message=self.message, details=packed)
+        """As a google.rpc.Status: what goes on the wire, and what errors carried
+        inside a reply (batches) hold."""
+        return status_pb2.Status(
+            code=self.code.value[0],
+            message=self.message,
+            details=_packed([*self.details(), self.error_info()]),
+        )
 
     def to_status(self) -> grpc.Status:
         return cast(grpc.Status, rpc_status.to_status(self.status_proto()))
@@ -51,7 +90,7 @@ class InvalidArgumentError(MeshError):
     code = grpc.StatusCode.INVALID_ARGUMENT
 
     def __init__(self, field: str, description: str) -> None:
-        super().__init__(f"{field}: {description}")
+        super().__init__(f"{field}: {description}", metadata={"field": field})
         self.field = field
         self.description = description
 
@@ -96,7 +135,7 @@ class ResourceExhaustedError(MeshError):
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
     def __init__(self, message: str, *, retry_after_s: float, subject: str = "") -> None:
-        super().__init__(message)
+        super().__init__(message, metadata={"subject": subject} if subject else None)
         self.retry_after_s = retry_after_s
         self.subject = subject
 
@@ -111,6 +150,53 @@ class ResourceExhaustedError(MeshError):
             ]
         )
         return (error_details_pb2.RetryInfo(retry_delay=delay), quota)
+
+
+class RemoteError(MeshError):
+    """A status another hop chose, carried on as it came: code, message and
+    every detail (`status_proto` holds them). A hop that calls others raises
+    this for their failures, so its own callers see what the hop below said."""
+
+    def __init__(self, status: status_pb2.Status) -> None:
+        self.code = next(
+            (code for code in grpc.StatusCode if code.value[0] == status.code),
+            grpc.StatusCode.UNKNOWN,
+        )
+        super().__init__(status.message)
+        self._status = status
+
+    def error_info(self) -> error_details_pb2.ErrorInfo:
+        return status_detail(self._status, error_details_pb2.ErrorInfo) or super().error_info()
+
+    def status_proto(self) -> status_pb2.Status:
+        status = status_pb2.Status()
+        status.CopyFrom(self._status)
+        if status_detail(status, error_details_pb2.ErrorInfo) is None:
+            # A hop outside the mesh (or the channel itself) said no more than a code.
+            status.details.extend(_packed([super().error_info()]))
+        return status
+
+
+def error_from_rpc(err: grpc.aio.AioRpcError) -> RemoteError:
+    """A downstream call's failure as a `MeshError`, its rich status kept."""
+    status: status_pb2.Status | None = None
+    try:
+        status = rpc_status.from_call(err)
+    except ValueError:
+        # Trailers that disagree with the status line: trust the status line.
+        status = None
+    if status is None:
+        status = status_pb2.Status(code=err.code().value[0], message=err.details() or "")
+    return RemoteError(status)
+
+
+@contextmanager
+def remote_errors() -> Iterator[None]:
+    """Turns the failures of downstream calls made inside into `RemoteError`s."""
+    try:
+        yield
+    except grpc.aio.AioRpcError as err:
+        raise error_from_rpc(err) from err
 
 
 Translator = Callable[[Exception], MeshError | None]

@@ -129,10 +129,11 @@ async def test_record_usage_batch_judges_each_record_on_its_own(
     assert reply.results[1].record == batch[1]
     violations = []
     for result in reply.results[3:5]:
-        (detail,) = result.error.details
-        bad_request = error_details_pb2.BadRequest()
-        assert detail.Unpack(bad_request)
+        bad_request, info = error_details_pb2.BadRequest(), error_details_pb2.ErrorInfo()
+        first, second = result.error.details
+        assert first.Unpack(bad_request) and second.Unpack(info)
         violations += [v.field for v in bad_request.field_violations]
+        assert (info.reason, info.metadata["field"]) == ("INVALID_ARGUMENT", violations[-1])
     assert violations == ["records[3].status", "records[4].request_id"]
     # Every stored record counts once: b-0 (earlier) and b-1..b-199.
     summary = await stub.GetUsage(metering_pb2.MeteringGetUsageRequest(tenant_id="tb"))

@@ -44,6 +44,8 @@ class Mesh:
     model: str
     engine: Engine
     anomaly: AnomalyCore
+    # The gateway's OpenAI-compatible HTTP face: "http://127.0.0.1:PORT".
+    http: str
 
     @property
     def gateway(self) -> str:
@@ -92,6 +94,7 @@ async def mesh(
 
         gateway_settings = GatewaySettings(
             port=0,
+            http_port=0,
             router_address=f"127.0.0.1:{router.port}",
             auth_address=f"127.0.0.1:{auth.port}",
             anomaly_address=f"127.0.0.1:{anomaly.port}",
@@ -115,6 +118,7 @@ async def mesh(
             model=vllm_engine.model_info.name,
             engine=vllm_engine,
             anomaly=anomaly_core,
+            http=f"http://127.0.0.1:{gateway.http_port}",
         )
     for t in tel.values():
         t.shutdown()

@@ -198,15 +198,18 @@ async def test_over_the_plan_is_resource_exhausted_with_retry_details(
     status = rpc_status.from_call(info.value)
     assert status is not None
     retry, quota = error_details_pb2.RetryInfo(), error_details_pb2.QuotaFailure()
+    info = error_details_pb2.ErrorInfo()
     kinds = {d.type_url.rsplit(".", 1)[-1] for d in status.details}
-    assert kinds == {"RetryInfo", "QuotaFailure"}
+    assert kinds == {"RetryInfo", "QuotaFailure", "ErrorInfo"}
     for detail in status.details:
-        if detail.Is(retry.DESCRIPTOR):
-            detail.Unpack(retry)
-        else:
-            detail.Unpack(quota)
+        for message in (retry, quota, info):
+            if detail.Is(message.DESCRIPTOR):
+                detail.Unpack(message)
     assert 0 < retry.retry_delay.ToTimedelta().total_seconds() <= 60
     assert [v.subject for v in quota.violations] == ["requests_per_minute"]
+    # Auth's own ErrorInfo, passed through the gateway as it was.
+    assert (info.domain, info.reason) == ("maas.dev", "RESOURCE_EXHAUSTED")
+    assert dict(info.metadata) == {"subject": "requests_per_minute"}
 
 
 async def test_one_tenant_spending_its_plan_leaves_another_untouched(

@@ -5,6 +5,7 @@ arguments (replicas, TLS, the service token) without starting anything."""
 from __future__ import annotations
 
 import json
+import os
 import random
 import socket
 import subprocess
@@ -55,6 +56,8 @@ def test_local_stack_streams_a_completion_and_stops_cleanly(
             "--exit-after-first",
         ],
         capture_output=True, text=True, timeout=600,
+        # The HTTP face's default port is one per machine; test runs go side by side.
+        env={**os.environ, "MAAS_GATEWAY_HTTP_PORT": "0"},
     )  # fmt: skip
     output = result.stdout + result.stderr
     assert result.returncode == 0, output

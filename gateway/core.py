@@ -1,0 +1,276 @@
+"""The gateway's request path, free of any transport: authenticate, validate,
+reserve quota, route, stream, settle usage through the outbox, report to
+anomaly. The gRPC servicer and the OpenAI-compatible HTTP face both call it,
+so both get the same auth, quotas, routing, metering and tracing.
+
+Failures are raised as `MeshError`s (a downstream hop's status as a
+`RemoteError`, its details kept); each transport maps them onto its own wire."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass
+
+import grpc
+from opentelemetry import trace
+
+from gateway.authn import Authenticator
+from gateway.metrics import GatewayMetrics
+from gateway.outbox import UsageOutbox
+from gateway.quota import QuotaClient, estimate_tokens
+from gateway.usage import StreamUsage, timestamp
+from gateway.validation import validate_generate, validate_input
+from maas.v1 import (
+    anomaly_pb2,
+    auth_pb2,
+    gateway_pb2,
+    generation_pb2,
+    metering_pb2,
+    metering_pb2_grpc,
+    router_pb2,
+    router_pb2_grpc,
+)
+from observability.context import (
+    REPLICA_METADATA_KEY,
+    bind_request,
+    current_request_id,
+    new_request_id,
+)
+from services.common.errors import UnauthenticatedError, error_from_rpc, remote_errors
+from services.common.events import EventPublisher
+
+
+@dataclass(frozen=True)
+class Caller:
+    """What a transport knows of a call before the core looks at it."""
+
+    # The `authorization` header or metadata, as sent: "Bearer <api key>".
+    credentials: str | None
+    # Where the call comes from, in gRPC's form ("ipv4:10.0.0.7:53122").
+    peer: str
+    # Seconds the caller will wait; None: no deadline.
+    deadline_s: float | None = None
+
+
+class _Deadline:
+    def __init__(self, seconds: float | None) -> None:
+        self._at = None if seconds is None else time.monotonic() + seconds
+
+    def remaining(self) -> float | None:
+        return None if self._at is None else max(0.0, self._at - time.monotonic())
+
+
+def request_id_for_call() -> str:
+    """The current call's request id, made and bound here if the caller sent none."""
+    request_id = current_request_id()
+    if request_id is None:
+        request_id = new_request_id()
+        bind_request(request_id)
+    return request_id
+
+
+class GatewayCore:
+    def __init__(
+        self,
+        *,
+        authenticator: Authenticator,
+        router: router_pb2_grpc.RouterAsyncStub,
+        metering: metering_pb2_grpc.MeteringAsyncStub,
+        usage: UsageOutbox,
+        events: EventPublisher,
+        metrics: GatewayMetrics,
+        quotas: QuotaClient,
+        default_max_tokens: int,
+    ) -> None:
+        self._authenticator = authenticator
+        self._router = router
+        self._metering = metering
+        self._usage = usage
+        self._events = events
+        self._metrics = metrics
+        self._quotas = quotas
+        self._default_max_tokens = default_max_tokens
+
+    async def generate(
+        self, caller: Caller, request: generation_pb2.GenerateRequest
+    ) -> AsyncGenerator[generation_pb2.GenerateResponse, None]:
+        """Streams the generation's chunks. Close the generator (or cancel the
+        task iterating it) to stop generating; what was produced is billed."""
+        deadline = _Deadline(caller.deadline_s)
+        principal = await self.authenticate(caller, "generate")
+        validate_generate(request)
+        request_id = request_id_for_call()
+        bind_request(request_id, principal.tenant_id)
+        span = trace.get_current_span()
+        span.set_attribute("maas.request_id", request_id)
+        span.set_attribute("maas.tenant_id", principal.tenant_id)
+        estimated = estimate_tokens(request, self._default_max_tokens)
+        with remote_errors():
+            reservation = await self._quotas.reserve(
+                principal.tenant_id, request_id, request.model, estimated, principal.key_id
+            )
+
+        usage = StreamUsage()
+        status = grpc.StatusCode.OK
+        replica = ""
+        call = self._router.Generate(
+            router_pb2.RouterGenerateRequest(
+                request=request,
+                context=router_pb2.RequestContext(
+                    tenant_id=principal.tenant_id,
+                    priority=principal.priority,
+                    estimated_tokens=estimated,
+                ),
+            ),
+            timeout=deadline.remaining(),
+        )
+        try:
+            async for chunk in call:
+                usage.observe(chunk)
+                yield chunk
+            replica = replica_of(await call.trailing_metadata())
+        except (asyncio.CancelledError, GeneratorExit):
+            # Cancelled, or closed by a reader that stopped reading: the caller went away.
+            status = grpc.StatusCode.CANCELLED
+            raise
+        except grpc.aio.AioRpcError as err:
+            status = err.code()
+            replica = replica_of(err.trailing_metadata())
+            raise error_from_rpc(err) from err
+        except BaseException:
+            status = grpc.StatusCode.INTERNAL
+            raise
+        finally:
+            call.cancel()
+            used = usage.prompt_tokens + usage.completion_tokens if usage.chunks else None
+            self._quotas.settle(reservation, used)
+            self._settle(request_id, request.model, principal, usage, status, replica)
+
+    async def list_models(self, caller: Caller) -> list[generation_pb2.ModelInfo]:
+        """The models some serving replica holds, adapters included, by name."""
+        await self.authenticate(caller, "generate")
+        with remote_errors():
+            replicas = await self._router.ListReplicas(
+                router_pb2.ListReplicasRequest(), timeout=caller.deadline_s
+            )
+        models: dict[str, generation_pb2.ModelInfo] = {}
+        for replica in replicas.replicas:
+            if replica.state != router_pb2.REPLICA_STATE_SERVING:
+                continue
+            models.setdefault(replica.model.name, replica.model)
+            for adapter in replica.adapters:
+                # An adapter has its base model's limits under its own name.
+                adapter_info = generation_pb2.ModelInfo()
+                adapter_info.CopyFrom(replica.model)
+                adapter_info.name = adapter
+                models.setdefault(adapter, adapter_info)
+        return [models[name] for name in sorted(models)]
+
+    async def count_tokens(
+        self, caller: Caller, request: generation_pb2.CountTokensRequest
+    ) -> generation_pb2.CountTokensResponse:
+        await self.authenticate(caller, "generate")
+        validate_input(request)
+        with remote_errors():
+            return await self._router.CountTokens(request, timeout=caller.deadline_s)
+
+    async def get_usage(
+        self, caller: Caller, request: gateway_pb2.GetUsageRequest
+    ) -> metering_pb2.GetUsageResponse:
+        """The caller's own tenant's usage, never another's."""
+        principal = await self.authenticate(caller, "usage:read")
+        query = metering_pb2.MeteringGetUsageRequest(
+            tenant_id=principal.tenant_id, group_by=request.group_by
+        )
+        if request.HasField("start_time"):
+            query.start_time.CopyFrom(request.start_time)
+        if request.HasField("end_time"):
+            query.end_time.CopyFrom(request.end_time)
+        with remote_errors():
+            return await self._metering.GetUsage(query, timeout=caller.deadline_s)
+
+    async def authenticate(self, caller: Caller, scope: str) -> auth_pb2.Principal:
+        """The caller's principal; a refused key is counted and reported to anomaly."""
+        metadata = () if caller.credentials is None else (("authorization", caller.credentials),)
+        try:
+            with remote_errors():
+                return await self._authenticator.authenticate(metadata, scope)
+        except UnauthenticatedError:
+            self._metrics.auth_failures.add(1)
+            self._events.publish(
+                anomaly_pb2.Event(
+                    kind=anomaly_pb2.EVENT_KIND_AUTH_FAILURE,
+                    time=timestamp(time.time()),
+                    request_id=current_request_id() or "",
+                    source=caller.peer,
+                    status_code=grpc.StatusCode.UNAUTHENTICATED.name,
+                )
+            )
+            raise
+
+    def _settle(
+        self,
+        request_id: str,
+        model: str,
+        principal: auth_pb2.Principal,
+        usage: StreamUsage,
+        status: grpc.StatusCode,
+        replica: str,
+    ) -> None:
+        """Bills what was produced and reports the request; never blocks."""
+        end = time.time()
+        self._metrics.request_ended(
+            model=model,
+            status=status.name,
+            prompt_tokens=usage.prompt_tokens,
+            completion_tokens=usage.completion_tokens,
+            first_token_s=usage.first_token_s,
+        )
+        if usage.chunks:
+            ledger_status = metering_pb2.REQUEST_STATUS_COMPLETED
+            if status == grpc.StatusCode.CANCELLED:
+                ledger_status = metering_pb2.REQUEST_STATUS_CANCELLED
+            elif status != grpc.StatusCode.OK:
+                ledger_status = metering_pb2.REQUEST_STATUS_FAILED
+            self._usage.add(
+                metering_pb2.UsageRecord(
+                    request_id=request_id,
+                    tenant_id=principal.tenant_id,
+                    key_id=principal.key_id,
+                    model=model,
+                    prompt_tokens=usage.prompt_tokens,
+                    completion_tokens=usage.completion_tokens,
+                    cached_tokens=usage.cached_tokens,
+                    start_time=timestamp(usage.start_wall),
+                    end_time=timestamp(end),
+                    status=ledger_status,
+                )
+            )
+        self._events.publish(
+            anomaly_pb2.Event(
+                kind=anomaly_pb2.EVENT_KIND_REQUEST,
+                # When it arrived: requests that finish together in one engine
+                # step were not sent together, and rates are about sending.
+                time=timestamp(usage.start_wall),
+                request_id=request_id,
+                tenant_id=principal.tenant_id,
+                key_id=principal.key_id,
+                model=model,
+                replica=replica,
+                prompt_tokens=usage.prompt_tokens,
+                completion_tokens=usage.completion_tokens,
+                time_to_first_token_s=usage.first_token_s or 0.0,
+                duration_s=usage.elapsed_s(),
+                status_code=status.name,
+            )
+        )
+
+
+def replica_of(metadata: grpc.aio.Metadata | None) -> str:
+    """The replica the router named in its trailing metadata ("" if none)."""
+    for key, value in metadata or ():
+        if key == REPLICA_METADATA_KEY:
+            return value if isinstance(value, str) else value.decode()
+    return ""

@@ -1,0 +1,58 @@
+"""An ASGI app served by uvicorn inside the caller's event loop, so HTTP
+requests share the gateway's channels, caches and background writers."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import structlog
+import uvicorn
+from starlette.types import ASGIApp
+
+log = structlog.get_logger(__name__)
+
+
+@asynccontextmanager
+async def serving_http(app: ASGIApp, *, host: str, port: int, grace_s: float) -> AsyncIterator[int]:
+    """Serves `app` on host:port (0 picks a free one) until the block ends, and
+    yields the bound port. On exit it stops accepting, lets responses in flight
+    (streams included) finish for `grace_s`, then cancels what is left."""
+    # Bound here rather than by uvicorn: a taken port raises OSError instead
+    # of uvicorn's sys.exit, and port 0 tells us what it picked.
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.create_server((host, port), family=family)
+    config = uvicorn.Config(
+        app,
+        lifespan="off",
+        # The process's logging is already set up (JSON lines); leave it alone.
+        log_config=None,
+        access_log=False,
+        ws="none",
+        # The peer is the socket's, as on the gRPC side: anomaly's per-source
+        # detectors must not trust a forwarded-for header any client can write.
+        proxy_headers=False,
+        timeout_graceful_shutdown=math.ceil(grace_s),
+    )
+    config.load()
+    server = uvicorn.Server(config)
+    # `Server.serve` would also take over SIGINT/SIGTERM, which the gateway's
+    # entry point owns; these are the steps it runs, without that.
+    server.lifespan = config.lifespan_class(config)
+    try:
+        await server.startup(sockets=[sock])
+    except BaseException:
+        sock.close()
+        raise
+    bound: int = sock.getsockname()[1]
+    log.info("http server started", host=host, port=bound)
+    ticking = asyncio.create_task(server.main_loop())
+    try:
+        yield bound
+    finally:
+        server.should_exit = True
+        await ticking
+        await server.shutdown(sockets=[sock])

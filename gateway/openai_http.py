@@ -1,0 +1,346 @@
+"""The OpenAI-compatible HTTP face of the gateway: `/v1/chat/completions`,
+`/v1/completions` (streamed as server-sent events or whole), `/v1/models`.
+
+It is a second transport over the same `GatewayCore` as the gRPC API: one
+path for auth, quotas, routing, metering and tracing. Errors are OpenAI's
+shape with the HTTP status OpenAI's clients act on (see `openai_errors`)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncGenerator, Sequence
+from contextlib import aclosing
+from typing import Any
+
+import structlog
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from opentelemetry import trace
+from opentelemetry.trace import Tracer
+from starlette.datastructures import Address
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from gateway.core import Caller, GatewayCore, request_id_for_call
+from gateway.openai_errors import HttpError, http_error
+from gateway.openai_protocol import ChatCompletionRequest, CompletionRequest
+from gateway.openai_requests import chat_request, completion_request
+from gateway.openai_responses import (
+    ChatRendering,
+    Collected,
+    CompletionRendering,
+    Rendering,
+)
+from maas.v1 import generation_pb2
+from observability.asgi import TracingMiddleware
+from services.common.errors import MeshError, NotFoundError
+
+log = structlog.get_logger(__name__)
+
+SSE_HEADERS = {
+    "content-type": "text/event-stream; charset=utf-8",
+    "cache-control": "no-cache",
+    # Proxies that buffer (nginx) would hold the tokens back until the end.
+    "x-accel-buffering": "no",
+}
+
+
+def create_app(core: GatewayCore, tracer: Tracer) -> ASGIApp:
+    """The HTTP face as an ASGI app, traced like the gRPC side."""
+    app = FastAPI(
+        title="MaaS gateway: OpenAI-compatible API",
+        # The interactive docs load their scripts from a CDN; /openapi.json stays.
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.add_exception_handler(MeshError, _mesh_error)
+    app.add_exception_handler(RequestValidationError, _invalid_body)
+    app.add_exception_handler(HTTPException, _http_exception)
+    # Starlette logs the exception itself after this answers.
+    app.add_exception_handler(Exception, _unexpected)
+
+    @app.post("/v1/chat/completions", response_model=None)
+    async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
+        _record_end_user(body.user)
+        rendering = ChatRendering(
+            request_id=request_id_for_call(),
+            model=body.model,
+            include_usage=bool(body.stream_options and body.stream_options.include_usage),
+            top_logprobs=body.top_logprobs or 0,
+        )
+        generate = chat_request(body)
+        return GenerationResponse(core, caller_of(request), generate, rendering, body.stream)
+
+    @app.post("/v1/completions", response_model=None)
+    async def completions(body: CompletionRequest, request: Request) -> Response:
+        _record_end_user(body.user)
+        rendering = CompletionRendering(
+            request_id=request_id_for_call(),
+            model=body.model,
+            include_usage=bool(body.stream_options and body.stream_options.include_usage),
+            top_logprobs=body.logprobs or 0,
+        )
+        generate = completion_request(body)
+        return GenerationResponse(core, caller_of(request), generate, rendering, body.stream)
+
+    @app.get("/v1/models")
+    async def list_models(request: Request) -> dict[str, Any]:
+        models = await core.list_models(caller_of(request))
+        return {"object": "list", "data": [_model_object(m) for m in models]}
+
+    # `:path`: hub model names hold a slash ("org/model").
+    @app.get("/v1/models/{name:path}")
+    async def get_model(name: str, request: Request) -> dict[str, Any]:
+        for model in await core.list_models(caller_of(request)):
+            if model.name == name:
+                return _model_object(model)
+        raise NotFoundError(f"model {name!r} is not served here")
+
+    return TracingMiddleware(app, tracer)
+
+
+def caller_of(request: Request) -> Caller:
+    return Caller(credentials=request.headers.get("authorization"), peer=_peer(request.client))
+
+
+def _peer(client: Address | None) -> str:
+    """The client's address in gRPC's peer form, so anomaly reads both alike."""
+    if client is None:
+        return ""
+    if ":" in client.host:
+        return f"ipv6:[{client.host}]:{client.port}"
+    return f"ipv4:{client.host}:{client.port}"
+
+
+def _record_end_user(user: str | None) -> None:
+    if user:
+        trace.get_current_span().set_attribute("maas.end_user", user)
+
+
+def _model_object(model: generation_pb2.ModelInfo) -> dict[str, Any]:
+    return {
+        "id": model.name,
+        "object": "model",
+        # The mesh does not know when a model was made; when it was listed is honest.
+        "created": int(time.time()),
+        "owned_by": "maas",
+        "max_model_len": model.max_context_length,
+    }
+
+
+def _sse(data: dict[str, Any] | str) -> bytes:
+    text = data if isinstance(data, str) else json.dumps(data, separators=(",", ":"))
+    return f"data: {text}\n\n".encode()
+
+
+def _error_response(error: HttpError) -> JSONResponse:
+    return JSONResponse(error.body, status_code=error.status, headers=error.headers)
+
+
+class GenerationResponse(Response):
+    """Runs one generation and writes it: as server-sent events when streamed,
+    else as one body. An error before the first chunk gets its own HTTP status;
+    one after it (headers are out) ends the stream with an `error` event.
+
+    The generation runs in a task of its own that owns the core's stream from
+    opening to closing (the trace context of its downstream calls must not
+    cross tasks), and that task is cancelled when the client disconnects:
+    disconnect is abort, down to the engine."""
+
+    def __init__(
+        self,
+        core: GatewayCore,
+        caller: Caller,
+        request: generation_pb2.GenerateRequest,
+        rendering: Rendering,
+        stream: bool,
+    ) -> None:
+        super().__init__()
+        self._core = core
+        self._caller = caller
+        self._request = request
+        self._rendering = rendering
+        self._stream = stream
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async with asyncio.TaskGroup() as tasks:
+            writing = tasks.create_task(self._write(send))
+            watching = tasks.create_task(_cancel_on_disconnect(receive, writing))
+            writing.add_done_callback(lambda _: watching.cancel())
+
+    async def _write(self, send: Send) -> None:
+        async with aclosing(self._core.generate(self._caller, self._request)) as chunks:
+            try:
+                first = await anext(chunks)
+            except MeshError as err:
+                await self._send_error(send, err)
+                return
+            except Exception as exc:
+                log.exception("generation failed", exc_info=exc)
+                await self._send_error(send, MeshError("internal error"))
+                return
+            if self._stream:
+                await self._send_events(send, first, chunks)
+            else:
+                await self._send_body(send, first, chunks)
+
+    async def _send_body(
+        self,
+        send: Send,
+        first: generation_pb2.GenerateResponse,
+        rest: AsyncGenerator[generation_pb2.GenerateResponse, None],
+    ) -> None:
+        collected = Collected()
+        collected.add(first)
+        try:
+            async for chunk in rest:
+                collected.add(chunk)
+        except MeshError as err:
+            await self._send_error(send, err)
+            return
+        except Exception as exc:
+            log.exception("generation failed", exc_info=exc)
+            await self._send_error(send, MeshError("internal error"))
+            return
+        body = json.dumps(self._rendering.body(collected), separators=(",", ":")).encode()
+        await _send_whole(send, 200, [("content-type", "application/json")], body)
+
+    async def _send_events(
+        self,
+        send: Send,
+        first: generation_pb2.GenerateResponse,
+        rest: AsyncGenerator[generation_pb2.GenerateResponse, None],
+    ) -> None:
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": _encoded(list(SSE_HEADERS.items())),
+            }
+        )
+        rendering = self._rendering
+        await _send_part(send, _sse(rendering.chunk(first)))
+        usage = first.usage
+        try:
+            async for chunk in rest:
+                usage = chunk.usage
+                await _send_part(send, _sse(rendering.chunk(chunk)))
+            if rendering.include_usage:
+                await _send_part(send, _sse(rendering.usage_chunk(usage)))
+        except MeshError as err:
+            await _send_part(send, _sse(http_error(err, rendering.params).body))
+        except Exception as exc:
+            log.exception("generation failed mid-stream", exc_info=exc)
+            await _send_part(send, _sse(http_error(MeshError("internal error")).body))
+        await _send_part(send, _sse("[DONE]"))
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _send_error(self, send: Send, err: MeshError) -> None:
+        error = http_error(err, self._rendering.params)
+        body = json.dumps(error.body, separators=(",", ":")).encode()
+        headers = [("content-type", "application/json"), *error.headers.items()]
+        await _send_whole(send, error.status, headers, body)
+
+
+async def _cancel_on_disconnect(receive: Receive, task: asyncio.Task[None]) -> None:
+    # The body was read before the endpoint ran; what comes now is the end.
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            task.cancel()
+            return
+
+
+def _encoded(headers: Sequence[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
+    return [(key.encode("latin-1"), value.encode("latin-1")) for key, value in headers]
+
+
+async def _send_whole(
+    send: Send, status: int, headers: Sequence[tuple[str, str]], body: bytes
+) -> None:
+    all_headers = [*headers, ("content-length", str(len(body)))]
+    await send({"type": "http.response.start", "status": status, "headers": _encoded(all_headers)})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+async def _send_part(send: Send, body: bytes) -> None:
+    await send({"type": "http.response.body", "body": body, "more_body": True})
+
+
+async def _mesh_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, MeshError)
+    return _error_response(http_error(exc))
+
+
+async def _invalid_body(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    errors: Sequence[Any] = exc.errors()
+    param, message = None, "request body: invalid"
+    if errors and errors[0]["type"] == "json_invalid":
+        message = f"request body: {errors[0]['msg']}"
+    elif errors:
+        loc = list(errors[0]["loc"])
+        field = _field_part(loc)
+        param = _param_of(field) or None
+        detail = errors[0]["msg"] if field == loc else "is none of the accepted types"
+        message = f"{param}: {detail}" if param else f"request body: {detail}"
+    return _error_response(
+        HttpError(
+            400,
+            {
+                "error": {
+                    "message": message,
+                    "type": "invalid_request_error",
+                    "param": param,
+                    "code": "invalid_value",
+                }
+            },
+        )
+    )
+
+
+def _field_part(loc: list[Any]) -> list[Any]:
+    """The part of an error's loc that names a field. A value that fits no
+    member of a union fails once per member, under a loc that goes on with the
+    member's type ("str", "list[int]", "ContentPart"): the field ends there."""
+    for i, part in enumerate(loc):
+        if isinstance(part, str) and (
+            part in _TYPE_NAMES or part[:1].isupper() or any(c in part for c in "[]()-")
+        ):
+            return loc[:i]
+    return loc
+
+
+_TYPE_NAMES = frozenset({"str", "int", "float", "bool", "list", "dict", "none"})
+
+
+def _param_of(loc: Sequence[Any]) -> str:
+    """`("body", "messages", 0, "content")` as `messages[0].content`."""
+    param = ""
+    for part in loc[1:] if loc and loc[0] == "body" else loc:
+        if isinstance(part, int):
+            param += f"[{part}]"
+        else:
+            param += f".{part}" if param else str(part)
+    return param
+
+
+async def _http_exception(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "invalid_request")
+    body = {
+        "error": {
+            "message": str(exc.detail),
+            "type": "invalid_request_error",
+            "param": None,
+            "code": code,
+        }
+    }
+    return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+
+
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    return _error_response(http_error(MeshError("internal error")))

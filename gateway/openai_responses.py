@@ -1,0 +1,206 @@
+"""Generation chunks as OpenAI objects: streamed chunks (`chat.completion.chunk`,
+`text_completion`), whole bodies, usage.
+
+The gateway does not tokenize, so a logprob's token is written the way vLLM's
+`return_tokens_as_token_ids` writes it: "token_id:<id>"."""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway.openai_requests import CHAT_PARAMS, COMPLETION_PARAMS
+from maas.v1 import generation_pb2
+
+JSON = dict[str, Any]
+
+FINISH_REASONS: Mapping[int, str] = {
+    generation_pb2.FINISH_REASON_STOP: "stop",
+    generation_pb2.FINISH_REASON_LENGTH: "length",
+    # Not one of OpenAI's; vLLM's name for a generation the server cut short.
+    generation_pb2.FINISH_REASON_ABORT: "abort",
+}
+
+
+def finish_reason(response: generation_pb2.GenerateResponse) -> str | None:
+    return FINISH_REASONS.get(response.finish_reason)
+
+
+def token_name(token_id: int) -> str:
+    return f"token_id:{token_id}"
+
+
+def usage_object(usage: generation_pb2.Usage) -> JSON:
+    return {
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "total_tokens": usage.prompt_tokens + usage.completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": usage.cached_tokens},
+    }
+
+
+@dataclass
+class Choice:
+    """One choice of a generation, gathered from its chunks."""
+
+    index: int
+    text: list[str] = field(default_factory=list)
+    logprobs: list[generation_pb2.SampledLogprob] = field(default_factory=list)
+    finish_reason: str | None = None
+
+
+class Collected:
+    """A whole generation, for answers that are not streamed."""
+
+    def __init__(self) -> None:
+        self._choices: dict[int, Choice] = {}
+        self.usage = generation_pb2.Usage()
+
+    def add(self, response: generation_pb2.GenerateResponse) -> None:
+        choice = self._choices.setdefault(response.index, Choice(response.index))
+        choice.text.append(response.text)
+        choice.logprobs.extend(response.logprobs)
+        choice.finish_reason = finish_reason(response) or choice.finish_reason
+        # Running usage over every choice: the last chunk's is the total.
+        self.usage.CopyFrom(response.usage)
+
+    def choices(self) -> list[Choice]:
+        return [self._choices[i] for i in sorted(self._choices)]
+
+
+class Rendering(ABC):
+    """How one endpoint writes a generation, for one request."""
+
+    id_prefix: str
+    chunk_object: str
+    body_object: str
+    # Generation fields whose OpenAI parameter has another name.
+    params: Mapping[str, str]
+
+    def __init__(
+        self, *, request_id: str, model: str, include_usage: bool, top_logprobs: int = 0
+    ) -> None:
+        self.id = f"{self.id_prefix}-{request_id}"
+        self.model = model
+        self.include_usage = include_usage
+        # The replica adds the sampled token to the alternatives when it ranks
+        # below them; OpenAI's clients expect exactly the n most likely.
+        self.top_logprobs = top_logprobs
+        self.created = int(time.time())
+        self._started: set[int] = set()
+
+    def _head(self, obj: str) -> JSON:
+        return {
+            "id": self.id,
+            "object": obj,
+            "created": self.created,
+            "model": self.model,
+            "system_fingerprint": None,
+        }
+
+    def chunk(self, response: generation_pb2.GenerateResponse) -> JSON:
+        first = response.index not in self._started
+        self._started.add(response.index)
+        chunk = self._head(self.chunk_object)
+        chunk["choices"] = [
+            {
+                "index": response.index,
+                **self._delta(response, first),
+                "logprobs": self._logprobs(response.logprobs) if response.logprobs else None,
+                "finish_reason": finish_reason(response),
+            }
+        ]
+        if self.include_usage:
+            # OpenAI's shape: null on every chunk but the last, which has no choices.
+            chunk["usage"] = None
+        return chunk
+
+    def usage_chunk(self, usage: generation_pb2.Usage) -> JSON:
+        chunk = self._head(self.chunk_object)
+        chunk["choices"] = []
+        chunk["usage"] = usage_object(usage)
+        return chunk
+
+    def body(self, collected: Collected) -> JSON:
+        body = self._head(self.body_object)
+        body["choices"] = [
+            {
+                "index": choice.index,
+                **self._whole(choice),
+                "logprobs": self._logprobs(choice.logprobs) if choice.logprobs else None,
+                "finish_reason": choice.finish_reason,
+            }
+            for choice in collected.choices()
+        ]
+        body["usage"] = usage_object(collected.usage)
+        return body
+
+    @abstractmethod
+    def _delta(self, response: generation_pb2.GenerateResponse, first: bool) -> JSON: ...
+
+    @abstractmethod
+    def _whole(self, choice: Choice) -> JSON: ...
+
+    @abstractmethod
+    def _logprobs(self, logprobs: Sequence[generation_pb2.SampledLogprob]) -> JSON: ...
+
+
+class ChatRendering(Rendering):
+    id_prefix = "chatcmpl"
+    chunk_object = "chat.completion.chunk"
+    body_object = "chat.completion"
+    params = CHAT_PARAMS
+
+    def _delta(self, response: generation_pb2.GenerateResponse, first: bool) -> JSON:
+        delta: JSON = {"role": "assistant"} if first else {}
+        if first or response.text:
+            delta["content"] = response.text
+        return {"delta": delta}
+
+    def _whole(self, choice: Choice) -> JSON:
+        return {"message": {"role": "assistant", "content": "".join(choice.text)}}
+
+    def _logprobs(self, logprobs: Sequence[generation_pb2.SampledLogprob]) -> JSON:
+        return {
+            "content": [
+                {
+                    "token": token_name(entry.sampled.token_id),
+                    "logprob": entry.sampled.logprob,
+                    "bytes": None,
+                    "top_logprobs": [
+                        {"token": token_name(top.token_id), "logprob": top.logprob, "bytes": None}
+                        for top in entry.top[: self.top_logprobs]
+                    ],
+                }
+                for entry in logprobs
+            ],
+            "refusal": None,
+        }
+
+
+class CompletionRendering(Rendering):
+    id_prefix = "cmpl"
+    chunk_object = "text_completion"
+    body_object = "text_completion"
+    params = COMPLETION_PARAMS
+
+    def _delta(self, response: generation_pb2.GenerateResponse, first: bool) -> JSON:
+        return {"text": response.text}
+
+    def _whole(self, choice: Choice) -> JSON:
+        return {"text": "".join(choice.text)}
+
+    def _logprobs(self, logprobs: Sequence[generation_pb2.SampledLogprob]) -> JSON:
+        return {
+            "tokens": [token_name(entry.sampled.token_id) for entry in logprobs],
+            "token_logprobs": [entry.sampled.logprob for entry in logprobs],
+            "top_logprobs": [
+                {token_name(top.token_id): top.logprob for top in entry.top[: self.top_logprobs]}
+                for entry in logprobs
+            ],
+            # Offsets need the tokens' text, which only the replica's tokenizer knows.
+            "text_offset": None,
+        }

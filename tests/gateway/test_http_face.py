@@ -1,0 +1,167 @@
+"""The gateway's HTTP face without a model: started and stopped with the
+gateway, refused keys and malformed requests in OpenAI's error shape, the
+request id in and out, and a router that is down as a 503. Real auth and
+anomaly servers on port 0; the router's address has nothing behind it."""
+
+from __future__ import annotations
+
+import secrets
+import socket
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import httpx
+import pytest
+import pytest_asyncio
+
+from gateway.server import running_gateway
+from gateway.settings import GatewaySettings
+from maas.v1 import auth_pb2, auth_pb2_grpc
+from observability import setup
+from observability.settings import TelemetrySettings
+from services.anomaly.core import AnomalyCore
+from services.anomaly.server import create_server as create_anomaly_server
+from services.anomaly.settings import AnomalySettings
+from services.auth.server import create_server as create_auth_server
+from services.auth.settings import AuthSettings
+from services.auth.sqlite_store import open_sqlite_store
+from tests.support import eventually, free_port
+
+
+@dataclass
+class Backends:
+    auth: str
+    anomaly: str
+    anomaly_core: AnomalyCore
+    admin_token: str
+    tmp: Path
+
+    def gateway_settings(self, **fields: object) -> GatewaySettings:
+        settings: dict[str, object] = {
+            "port": 0,
+            "http_port": 0,
+            "router_address": f"127.0.0.1:{free_port()}",
+            "auth_address": self.auth,
+            "anomaly_address": self.anomaly,
+            "grace_period_s": 1.0,
+            "usage_outbox_path": self.tmp / f"outbox-{secrets.token_hex(4)}.db",
+        }
+        settings.update(fields)
+        return GatewaySettings(**settings)  # type: ignore[arg-type]
+
+    async def api_key(self) -> str:
+        admin = (("authorization", f"Bearer {self.admin_token}"),)
+        async with grpc.aio.insecure_channel(self.auth) as ch:
+            stub = auth_pb2_grpc.AuthStub(ch)
+            tenant = await stub.CreateTenant(
+                auth_pb2.CreateTenantRequest(name=f"t-{secrets.token_hex(4)}"), metadata=admin
+            )
+            created = await stub.CreateApiKey(
+                auth_pb2.CreateApiKeyRequest(tenant_id=tenant.tenant_id, name="http"),
+                metadata=admin,
+            )
+        return created.api_key
+
+
+@pytest_asyncio.fixture
+async def backends(tmp_path: Path) -> AsyncIterator[Backends]:
+    admin_token = secrets.token_urlsafe(16)
+    db_path = tmp_path / "auth.db"
+    async with AsyncExitStack() as stack:
+        store = await stack.enter_async_context(open_sqlite_store(db_path))
+        auth = await create_auth_server(
+            AuthSettings(
+                port=0, admin_token=admin_token, key_pepper="test-pepper", database_path=db_path
+            ),
+            setup("auth", TelemetrySettings()),
+            store,
+        )
+        stack.push_async_callback(auth.stop, 0)
+        anomaly_core = AnomalyCore()
+        anomaly = await create_anomaly_server(
+            AnomalySettings(port=0), setup("anomaly", TelemetrySettings()), anomaly_core
+        )
+        stack.push_async_callback(anomaly.stop, 0)
+        yield Backends(
+            auth=f"127.0.0.1:{auth.port}",
+            anomaly=f"127.0.0.1:{anomaly.port}",
+            anomaly_core=anomaly_core,
+            admin_token=admin_token,
+            tmp=tmp_path,
+        )
+
+
+@pytest_asyncio.fixture
+async def http(backends: Backends) -> AsyncIterator[httpx.AsyncClient]:
+    settings = backends.gateway_settings()
+    async with running_gateway(settings, setup("gateway", TelemetrySettings())) as gateway:
+        assert gateway.http_port is not None and gateway.http_port != 0
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{gateway.http_port}") as client:
+            yield client
+
+
+def assert_openai_error(response: httpx.Response, status: int, param: str | None = None) -> None:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/json"
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["message"]
+    assert error["param"] == param
+
+
+async def test_a_missing_key_is_401_and_reported_to_anomaly(
+    http: httpx.AsyncClient, backends: Backends
+) -> None:
+    response = await http.post(
+        "/v1/chat/completions",
+        json={"model": "m", "messages": [{"role": "user", "content": "hi"}]},
+    )
+    assert_openai_error(response, 401)
+    assert response.json()["error"]["type"] == "authentication_error"
+    # A request id is made for every request and returned.
+    assert len(response.headers["x-request-id"]) == 32
+    await eventually(lambda: backends.anomaly_core.stats().by_kind["EVENT_KIND_AUTH_FAILURE"] == 1)
+
+
+async def test_the_callers_request_id_comes_back(http: httpx.AsyncClient) -> None:
+    response = await http.get("/v1/models", headers={"x-request-id": "mine-1"})
+    assert_openai_error(response, 401)
+    assert response.headers["x-request-id"] == "mine-1"
+
+
+async def test_malformed_requests_are_openai_errors(http: httpx.AsyncClient) -> None:
+    broken = await http.post(
+        "/v1/completions", content=b"{not json", headers={"content-type": "application/json"}
+    )
+    assert_openai_error(broken, 400)
+    missing = await http.post("/v1/completions", json={"prompt": "hi"})
+    assert_openai_error(missing, 400, "model")
+    assert_openai_error(await http.get("/v1/nothing-here"), 404)
+    assert_openai_error(await http.get("/v1/chat/completions"), 405)
+
+
+async def test_a_router_that_is_down_is_503(http: httpx.AsyncClient, backends: Backends) -> None:
+    key = await backends.api_key()
+    response = await http.get("/v1/models", headers={"authorization": f"Bearer {key}"})
+    assert_openai_error(response, 503)
+    assert response.json()["error"]["type"] == "service_unavailable_error"
+
+
+async def test_the_http_face_can_be_turned_off(backends: Backends) -> None:
+    settings = backends.gateway_settings(http_port=None)
+    async with running_gateway(settings, setup("gateway", TelemetrySettings())) as gateway:
+        assert gateway.http_port is None
+        assert gateway.port > 0
+
+
+async def test_a_taken_http_port_fails_the_start(backends: Backends) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        settings = backends.gateway_settings(http_port=taken.getsockname()[1])
+        with pytest.raises(OSError):
+            async with running_gateway(settings, setup("gateway", TelemetrySettings())):
+                pass
