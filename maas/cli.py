@@ -7,7 +7,7 @@ import contextlib
 import os
 import sys
 from collections.abc import Coroutine, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -17,6 +17,7 @@ from google.protobuf import timestamp_pb2
 from rich.console import Console
 from rich.table import Table
 
+from maas import top as top_view
 from maas import usage_report
 from maas.admin_cli import admin
 from maas.client import MaasClient
@@ -245,6 +246,39 @@ def alerts(
     # Ctrl-C is how a watch ends.
     with contextlib.suppress(KeyboardInterrupt):
         _run(follow() if watch else show())
+
+
+@app.command()
+def top(
+    router: Annotated[
+        str, typer.Option(envvar="MAAS_ROUTER", help="host:port of the router")
+    ] = "127.0.0.1:50053",
+    anomaly: Annotated[
+        str, typer.Option(envvar="MAAS_ANOMALY", help="host:port of the anomaly service")
+    ] = "127.0.0.1:50055",
+    interval: Annotated[
+        float,
+        typer.Option(min=0.1, help="seconds between frames (--once: between its two samples)"),
+    ] = 1.0,
+    alerts_window: Annotated[
+        float,
+        typer.Option(min=0.0, help="alerts last seen this many seconds ago or later count as open"),
+    ] = 120.0,
+    once: Annotated[bool, typer.Option(help="print one frame and exit")] = False,
+) -> None:
+    """A live view of replicas, queues per tenant, tokens/s and open alerts."""
+    # Ctrl-C is how the live view ends.
+    with contextlib.suppress(KeyboardInterrupt):
+        _run(
+            top_view.run_top(
+                router,
+                anomaly,
+                console=console,
+                interval_s=interval,
+                alerts_window=timedelta(seconds=alerts_window),
+                once=once,
+            )
+        )
 
 
 def main() -> None:
