@@ -21,6 +21,7 @@ from maas import top as top_view
 from maas import usage_report
 from maas.admin_cli import admin
 from maas.client import MaasClient
+from maas.severity import SEVERITIES, severity_markup
 from maas.v1 import anomaly_pb2, anomaly_pb2_grpc, metering_pb2, metering_pb2_grpc
 
 T = TypeVar("T")
@@ -38,12 +39,6 @@ AnomalyOption = Annotated[
     str,
     typer.Option("--target", envvar="MAAS_ANOMALY", help="host:port of the anomaly service"),
 ]
-SEVERITIES = {
-    "info": anomaly_pb2.SEVERITY_INFO,
-    "warning": anomaly_pb2.SEVERITY_WARNING,
-    "critical": anomaly_pb2.SEVERITY_CRITICAL,
-}
-SEVERITY_STYLES = {"info": "dim", "warning": "yellow", "critical": "bold red"}
 KeyOption = Annotated[
     str | None,
     typer.Option("--api-key", envvar="MAAS_API_KEY", help="API key (default: .maas/dev_api_key)"),
@@ -167,15 +162,10 @@ def usage(
     typer.echo(usage_report.render(reply, fmt))  # type: ignore[arg-type]
 
 
-def _severity(alert: anomaly_pb2.Alert) -> str:
-    name = anomaly_pb2.Severity.Name(alert.severity).removeprefix("SEVERITY_").lower()
-    return f"[{SEVERITY_STYLES.get(name, '')}]{name}[/]"
-
-
 def _alert_row(alert: anomaly_pb2.Alert) -> list[str]:
     return [
         alert.last_seen.ToDatetime(tzinfo=UTC).strftime("%Y-%m-%d %H:%M:%S"),
-        _severity(alert),
+        severity_markup(alert.severity),
         alert.kind,
         alert.series,
         f"{alert.observed:.4g}",

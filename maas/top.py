@@ -19,6 +19,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from maas.severity import severity_markup
 from maas.v1 import anomaly_pb2, anomaly_pb2_grpc, auth_pb2, router_pb2, router_pb2_grpc
 
 REPLICA_STATE_STYLES = {
@@ -26,11 +27,6 @@ REPLICA_STATE_STYLES = {
     router_pb2.REPLICA_STATE_NOT_SERVING: "red",
     router_pb2.REPLICA_STATE_DRAINING: "yellow",
     router_pb2.REPLICA_STATE_EJECTED: "bold red",
-}
-SEVERITY_STYLES = {
-    anomaly_pb2.SEVERITY_INFO: "dim",
-    anomaly_pb2.SEVERITY_WARNING: "yellow",
-    anomaly_pb2.SEVERITY_CRITICAL: "bold red",
 }
 # Rows beyond these are summed up in one line, so a frame fits a terminal.
 MAX_TENANT_ROWS = 20
@@ -186,10 +182,9 @@ def _alert_table(alerts: anomaly_pb2.ListAlertsResponse) -> Table:
     table = _table("open alerts", "last seen (UTC)", "severity", "kind", "series")
     table.add_column("detail")
     for alert in alerts.alerts[:MAX_ALERT_ROWS]:
-        severity = anomaly_pb2.Severity.Name(alert.severity).removeprefix("SEVERITY_").lower()
         table.add_row(
             alert.last_seen.ToDatetime(tzinfo=UTC).strftime("%H:%M:%S"),
-            Text(severity, style=SEVERITY_STYLES.get(alert.severity, "")),
+            severity_markup(alert.severity),
             alert.kind,
             alert.series,
             alert.detail,

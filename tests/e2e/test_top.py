@@ -9,6 +9,7 @@ import contextlib
 import io
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from typing import TypeAlias
 
 import grpc
 import pytest_asyncio
@@ -31,12 +32,12 @@ from tests.support import eventually
 
 WIDTH = 250  # rich neither wraps nor truncates a row this wide
 WINDOW = timedelta(minutes=2)
+# The async stub classes exist only in the generated .pyi stubs.
+Stubs: TypeAlias = "tuple[router_pb2_grpc.RouterAsyncStub, anomaly_pb2_grpc.AnomalyAsyncStub]"
 
 
 @pytest_asyncio.fixture
-async def stubs(
-    mesh: Mesh,
-) -> AsyncIterator[tuple[router_pb2_grpc.RouterAsyncStub, anomaly_pb2_grpc.AnomalyAsyncStub]]:
+async def stubs(mesh: Mesh) -> AsyncIterator[Stubs]:
     async with (
         grpc.aio.insecure_channel(mesh.targets["router"]) as router,
         grpc.aio.insecure_channel(mesh.targets["anomaly"]) as anomaly,
@@ -59,7 +60,7 @@ def row_of(text: str, first_cell: str) -> list[str]:
 async def test_a_frame_shows_the_replica_the_tenants_traffic_and_open_alerts(
     mesh: Mesh,
     tenant_key: TenantKey,
-    stubs: tuple[router_pb2_grpc.RouterAsyncStub, anomaly_pb2_grpc.AnomalyAsyncStub],
+    stubs: Stubs,
 ) -> None:
     router, anomaly = stubs
     started = datetime.now(UTC)
@@ -104,7 +105,7 @@ async def test_a_frame_shows_the_replica_the_tenants_traffic_and_open_alerts(
 async def test_a_tenant_whose_requests_wait_shows_its_queue(
     mesh: Mesh,
     tenant_key: TenantKey,
-    stubs: tuple[router_pb2_grpc.RouterAsyncStub, anomaly_pb2_grpc.AnomalyAsyncStub],
+    stubs: Stubs,
 ) -> None:
     router, anomaly = stubs
     # More requests than the replica may run at once (its engine's 64
