@@ -62,7 +62,10 @@ async def test_the_node_client_streams_a_completion_and_prints_what_was_billed(
     mesh: Mesh, tenant_key: TenantKey, node_client: NodeClient
 ) -> None:
     ran = await node_client.run(
-        mesh, tenant_key.api_key, "--model", mesh.model, "--max-tokens", "12", "Hello from Node"
+        mesh,
+        tenant_key.api_key,
+        *("--model", mesh.model, "--max-tokens", "12", "--seed", "7", "--temperature", "0.5"),
+        *("--chat", "Hello from Node"),
     )
     assert ran.returncode == 0, ran.stderr
     assert ran.stdout.removesuffix("\n"), "no text was streamed"
