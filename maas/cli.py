@@ -7,7 +7,7 @@ import contextlib
 import os
 import sys
 from collections.abc import Coroutine, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -18,9 +18,11 @@ from rich.console import Console
 from rich.table import Table
 
 from maas import admin_actions, usage_report
+from maas import top as top_view
 from maas.admin_cli import admin
 from maas.client import MaasClient
 from maas.connection import Connection
+from maas.severity import SEVERITIES, severity_markup
 from maas.v1 import anomaly_pb2, anomaly_pb2_grpc, metering_pb2, metering_pb2_grpc
 
 T = TypeVar("T")
@@ -39,12 +41,6 @@ AnomalyOption = Annotated[
     str,
     typer.Option("--target", envvar="MAAS_ANOMALY", help="host:port of the anomaly service"),
 ]
-SEVERITIES = {
-    "info": anomaly_pb2.SEVERITY_INFO,
-    "warning": anomaly_pb2.SEVERITY_WARNING,
-    "critical": anomaly_pb2.SEVERITY_CRITICAL,
-}
-SEVERITY_STYLES = {"info": "dim", "warning": "yellow", "critical": "bold red"}
 KeyOption = Annotated[
     str | None,
     typer.Option("--api-key", envvar="MAAS_API_KEY", help="API key (default: .maas/dev_api_key)"),
@@ -175,15 +171,10 @@ def usage(
     typer.echo(usage_report.render(reply, fmt))  # type: ignore[arg-type]
 
 
-def _severity(alert: anomaly_pb2.Alert) -> str:
-    name = anomaly_pb2.Severity.Name(alert.severity).removeprefix("SEVERITY_").lower()
-    return f"[{SEVERITY_STYLES.get(name, '')}]{name}[/]"
-
-
 def _alert_row(alert: anomaly_pb2.Alert) -> list[str]:
     return [
         alert.last_seen.ToDatetime(tzinfo=UTC).strftime("%Y-%m-%d %H:%M:%S"),
-        _severity(alert),
+        severity_markup(alert.severity),
         alert.kind,
         alert.series,
         f"{alert.observed:.4g}",
@@ -258,6 +249,39 @@ def alerts(
     # Ctrl-C is how a watch ends.
     with contextlib.suppress(KeyboardInterrupt):
         _run(follow() if watch else show())
+
+
+@app.command()
+def top(
+    router: Annotated[
+        str, typer.Option(envvar="MAAS_ROUTER", help="host:port of the router")
+    ] = "127.0.0.1:50053",
+    anomaly: Annotated[
+        str, typer.Option(envvar="MAAS_ANOMALY", help="host:port of the anomaly service")
+    ] = "127.0.0.1:50055",
+    interval: Annotated[
+        float,
+        typer.Option(min=0.1, help="seconds between frames (--once: between its two samples)"),
+    ] = 1.0,
+    alerts_window: Annotated[
+        float,
+        typer.Option(min=0.0, help="alerts last seen this many seconds ago or later count as open"),
+    ] = 120.0,
+    once: Annotated[bool, typer.Option(help="print one frame and exit")] = False,
+) -> None:
+    """A live view of replicas, queues per tenant, tokens/s and open alerts."""
+    # Ctrl-C is how the live view ends.
+    with contextlib.suppress(KeyboardInterrupt):
+        _run(
+            top_view.run_top(
+                router,
+                anomaly,
+                console=console,
+                interval_s=interval,
+                alerts_window=timedelta(seconds=alerts_window),
+                once=once,
+            )
+        )
 
 
 def main() -> None:

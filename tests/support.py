@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 from google.rpc import error_details_pb2
@@ -47,3 +50,37 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
+
+
+@dataclass(frozen=True)
+class ProcessResult:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+async def run_process(
+    *args: str | Path,
+    cwd: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    hang_guard_s: float = 300.0,
+) -> ProcessResult:
+    """Runs a command without blocking the event loop the in-process mesh
+    serves on. `env` is added to this process's environment; a command still
+    running after `hang_guard_s` is killed and fails the test."""
+    process = await asyncio.create_subprocess_exec(
+        *args,
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        out, err = await asyncio.wait_for(process.communicate(), hang_guard_s)
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+        raise AssertionError(f"{args} still ran after {hang_guard_s} s") from None
+    assert process.returncode is not None
+    return ProcessResult(process.returncode, out.decode(), err.decode())

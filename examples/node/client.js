@@ -1,0 +1,219 @@
+#!/usr/bin/env node
+// Streams a completion from the MaaS gateway (maas.v1.Gateway/Generate) with
+// the contracts in protos/maas/v1, loaded at run time by @grpc/proto-loader.
+'use strict';
+
+const fs = require('node:fs');
+const path = require('node:path');
+const { parseArgs } = require('node:util');
+const grpc = require('@grpc/grpc-js');
+const protoLoader = require('@grpc/proto-loader');
+
+const REPO = path.resolve(__dirname, '..', '..');
+// Bad command-line use; gRPC failures exit with their status code (1-16).
+const EXIT_USAGE = 2;
+
+const HELP = `usage: node client.js [options] [PROMPT]
+
+Streams a completion from the gateway to stdout; the final usage goes to stderr.
+
+options (environment variable in brackets):
+  --address HOST:PORT   the gateway [MAAS_GATEWAY] (default 127.0.0.1:50051)
+  --api-key KEY         API key [MAAS_API_KEY] (default: <repo>/.maas/dev_api_key)
+  --model NAME          model [MAAS_MODEL] (default: the first one ListModels returns)
+  --max-tokens N        most tokens to generate (default 64)
+  --temperature T       sampling temperature
+  --seed N              sampling seed
+  --chat                send the prompt as a user chat turn, not as a raw prompt
+  --timeout-s S         deadline for each call in seconds (default 120)
+  --protos DIR          root of the maas/v1 protos [MAAS_PROTOS] (default: <repo>/protos)
+  --include DIR         where google/rpc/status.proto lives, repeatable
+                        [MAAS_PROTO_INCLUDE, ':'-separated]
+                        (default: the site-packages of <repo>/.venv)
+  PROMPT                the prompt [MAAS_PROMPT]`;
+
+class UsageError extends Error {}
+
+function parseOptions(argv, env) {
+  const { values, positionals } = parseArgs({
+    args: argv,
+    allowPositionals: true,
+    options: {
+      address: { type: 'string' },
+      'api-key': { type: 'string' },
+      model: { type: 'string' },
+      'max-tokens': { type: 'string', default: '64' },
+      temperature: { type: 'string' },
+      seed: { type: 'string' },
+      chat: { type: 'boolean', default: false },
+      'timeout-s': { type: 'string', default: '120' },
+      protos: { type: 'string' },
+      include: { type: 'string', multiple: true },
+      help: { type: 'boolean', short: 'h', default: false },
+    },
+  });
+  if (values.help) {
+    return { help: true };
+  }
+  const prompt = positionals.length > 0 ? positionals.join(' ') : env.MAAS_PROMPT;
+  if (!prompt) {
+    throw new UsageError('no prompt: pass PROMPT or set MAAS_PROMPT');
+  }
+  const includes = values.include
+    ?? (env.MAAS_PROTO_INCLUDE ? env.MAAS_PROTO_INCLUDE.split(path.delimiter) : venvIncludes());
+  return {
+    address: values.address ?? env.MAAS_GATEWAY ?? '127.0.0.1:50051',
+    apiKey: values['api-key'] ?? env.MAAS_API_KEY ?? devKey(),
+    model: values.model ?? env.MAAS_MODEL,
+    maxTokens: integer('--max-tokens', values['max-tokens']),
+    temperature: values.temperature === undefined
+      ? undefined : number('--temperature', values.temperature),
+    seed: values.seed === undefined ? undefined : integer('--seed', values.seed),
+    chat: values.chat,
+    timeoutS: number('--timeout-s', values['timeout-s']),
+    protos: values.protos ?? env.MAAS_PROTOS ?? path.join(REPO, 'protos'),
+    includes: includes.filter((dir) => dir !== ''),
+    prompt,
+  };
+}
+
+function number(flag, text) {
+  const value = Number(text);
+  if (text.trim() === '' || !Number.isFinite(value) || value < 0) {
+    throw new UsageError(`${flag} must be a non-negative number, not ${JSON.stringify(text)}`);
+  }
+  return value;
+}
+
+function integer(flag, text) {
+  const value = number(flag, text);
+  if (!Number.isInteger(value)) {
+    throw new UsageError(`${flag} must be a whole number, not ${JSON.stringify(text)}`);
+  }
+  return value;
+}
+
+function devKey() {
+  const file = path.join(REPO, '.maas', 'dev_api_key');
+  if (!fs.existsSync(file)) {
+    throw new UsageError('no API key: pass --api-key, set MAAS_API_KEY, or run `make run`');
+  }
+  return fs.readFileSync(file, 'utf8').trim();
+}
+
+// metering.proto imports google/rpc/status.proto, which the Python side takes
+// from googleapis-common-protos in the venv (see deploy/gen_protos.sh).
+function venvIncludes() {
+  const lib = path.join(REPO, '.venv', 'lib');
+  if (!fs.existsSync(lib)) {
+    return [];
+  }
+  return fs.readdirSync(lib)
+    .map((python) => path.join(lib, python, 'site-packages'))
+    .filter((dir) => fs.existsSync(path.join(dir, 'google', 'rpc', 'status.proto')));
+}
+
+function loadGateway(opts) {
+  const file = 'maas/v1/gateway.proto';
+  const dirs = [opts.protos, ...opts.includes];
+  const missing = ['maas/v1/gateway.proto', 'google/rpc/status.proto']
+    .filter((needed) => !dirs.some((dir) => fs.existsSync(path.join(dir, needed))));
+  if (missing.length > 0) {
+    throw new UsageError(`${missing.join(' and ')} not found under ${dirs.join(', ')}:`
+      + ' point --protos at the repository\'s protos/ and --include at a directory holding'
+      + ' google/rpc/status.proto (python -c "import google.rpc, pathlib;'
+      + ' print(pathlib.Path(google.rpc.__path__[0]).parents[1])")');
+  }
+  const definition = protoLoader.loadSync(file, {
+    includeDirs: dirs,
+    keepCase: true, // field names as in the .proto: max_tokens, completion_tokens
+    enums: String,
+    longs: String, // uint64 counters would lose precision as JS numbers
+    defaults: true, // zero counts are printed, not missing
+    oneofs: true,
+  });
+  return grpc.loadPackageDefinition(definition).maas.v1.Gateway;
+}
+
+function generateRequest(opts, model) {
+  const request = { model, max_tokens: opts.maxTokens };
+  if (opts.chat) {
+    request.messages = { messages: [{ role: 'user', content: opts.prompt }] };
+  } else {
+    request.prompt = opts.prompt;
+  }
+  if (opts.temperature !== undefined) {
+    request.temperature = opts.temperature;
+  }
+  if (opts.seed !== undefined) {
+    request.seed = String(opts.seed);
+  }
+  return request;
+}
+
+function deadline(opts) {
+  return { deadline: new Date(Date.now() + opts.timeoutS * 1000) };
+}
+
+function firstModel(client, metadata, opts) {
+  return new Promise((resolve, reject) => {
+    client.ListModels({}, metadata, deadline(opts), (err, reply) => {
+      if (err) {
+        reject(err);
+      } else if (reply.models.length === 0) {
+        reject(new UsageError('the mesh serves no model right now'));
+      } else {
+        resolve(reply.models[0].name);
+      }
+    });
+  });
+}
+
+async function main() {
+  const opts = parseOptions(process.argv.slice(2), process.env);
+  if (opts.help) {
+    process.stdout.write(`${HELP}\n`);
+    return;
+  }
+  const Gateway = loadGateway(opts);
+  const client = new Gateway(opts.address, grpc.credentials.createInsecure());
+  try {
+    const metadata = new grpc.Metadata();
+    metadata.set('authorization', `Bearer ${opts.apiKey}`);
+    const model = opts.model ?? await firstModel(client, metadata, opts);
+    const call = client.Generate(generateRequest(opts, model), metadata, deadline(opts));
+    let requestId = '';
+    call.on('metadata', (initial) => {
+      requestId = String(initial.get('x-request-id')[0] ?? '');
+    });
+    let last = null;
+    for await (const chunk of call) {
+      process.stdout.write(chunk.text);
+      last = chunk;
+    }
+    process.stdout.write('\n');
+    if (last !== null) {
+      const { prompt_tokens, completion_tokens, cached_tokens } = last.usage;
+      process.stderr.write(
+        `usage: prompt_tokens=${prompt_tokens} completion_tokens=${completion_tokens}`
+        + ` cached_tokens=${cached_tokens} finish_reason=${last.finish_reason}`
+        + ` model=${model} request_id=${requestId}\n`,
+      );
+    }
+  } finally {
+    client.close();
+  }
+}
+
+main().catch((err) => {
+  if (err instanceof UsageError || String(err.code).startsWith('ERR_PARSE_ARGS')) {
+    process.stderr.write(`${err.message} (node client.js --help lists the options)\n`);
+    process.exitCode = EXIT_USAGE;
+  } else if (typeof err.code === 'number' && err.code in grpc.status) {
+    process.stderr.write(`error: ${grpc.status[err.code]} (code ${err.code}): ${err.details}\n`);
+    process.exitCode = err.code;
+  } else {
+    process.stderr.write(`error: ${err.stack ?? err}\n`);
+    process.exitCode = 1;
+  }
+});
