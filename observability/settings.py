@@ -16,3 +16,7 @@ class TelemetrySettings(BaseModel):
     # Share of new traces recorded; a call inside a trace follows its parent's
     # decision, so a request is traced at every hop or at none.
     trace_sample_ratio: float = Field(default=1.0, ge=0, le=1)
+    # Metrics for Prometheus to scrape at http://HOST:PORT/metrics; 0: no endpoint.
+    # Metrics served here are not also pushed over OTLP, so nothing is counted twice.
+    prometheus_port: int = Field(default=0, ge=0, le=65535)
+    prometheus_host: str = "127.0.0.1"
