@@ -90,8 +90,8 @@ class Service:
     grpc_port: int | None = None
     # Names other containers reach it by: its own and its network aliases.
     names: set[str] = field(default_factory=set)
-    # Files of this project mounted into it: container path -> file.
-    mounted: dict[str, Path] = field(default_factory=dict)
+    # YAML files of this project mounted into it: container path -> content.
+    configs: dict[str, Any] = field(default_factory=dict)
 
     @property
     def is_project_service(self) -> bool:
@@ -226,8 +226,11 @@ class ComposeCheck:
             path = (self.root / source).resolve()
             if not path.exists():
                 self.problem(service.name, f"mounts {source}, which does not exist")
-            elif path.is_file():
-                service.mounted[target] = path
+            elif path.suffix in (".yml", ".yaml"):
+                try:
+                    service.configs[target] = yaml.safe_load(path.read_text())
+                except yaml.YAMLError as err:
+                    self.problem(service.name, f"mounts {source}, which is not YAML: {err}")
 
     def _declared_ports(self, service: Service) -> Iterator[int]:
         for item in service.spec.get("expose") or []:
@@ -352,14 +355,10 @@ class ComposeCheck:
         if service.argv:
             for arg in service.argv[1:]:
                 yield "command", arg
-        for target, path in service.mounted.items():
-            try:
-                doc = yaml.safe_load(path.read_text())
-            except yaml.YAMLError as err:
-                self.problem(service.name, f"mounts {target}, which is not YAML: {err}")
-                continue
-            for value in _strings(doc):
-                yield target, value
+        for target, config in service.configs.items():
+            if not _is_scrape_config(config):
+                for value in _strings(config):
+                    yield target, value
 
     def _check_addresses(self) -> None:
         for service in self.services.values():
@@ -394,9 +393,8 @@ class ComposeCheck:
     def _check_prometheus(self) -> None:
         scraped: set[str] = set()
         for service in self.services.values():
-            for target_path, path in service.mounted.items():
-                config = yaml.safe_load(path.read_text())
-                if not isinstance(config, dict) or "scrape_configs" not in config:
+            for target_path, config in service.configs.items():
+                if not _is_scrape_config(config):
                     continue
                 for job in config.get("scrape_configs") or []:
                     for group in job.get("static_configs") or []:
@@ -417,12 +415,21 @@ class ComposeCheck:
     def _check_scraped(
         self, prometheus: Service, where: str, target: Service, address: Address
     ) -> None:
-        if target.is_project_service and address.port != target.metrics_port:
+        if (
+            target.is_project_service
+            and address.port in target.ports
+            and address.port != target.metrics_port
+        ):
             self.problem(
                 prometheus.name,
                 f"{where}: port {address.port} of {target.name} is not its metrics port "
                 f"({target.metrics_port})",
             )
+
+
+def _is_scrape_config(config: Any) -> bool:
+    """Whether a mounted YAML file is a Prometheus configuration."""
+    return isinstance(config, dict) and "scrape_configs" in config
 
 
 def _at(node: Any, *keys: str) -> Any:

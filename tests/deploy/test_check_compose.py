@@ -151,4 +151,10 @@ def test_a_broken_copy_fails_naming_the_problem(case: str, tmp_path: Path) -> No
     root = copy_with(tmp_path, FILES, edit, old, new)
     problems = compose_problems(root / COMPOSE)
     assert named(problems, *expected), problems
+
+
+def test_main_fails_on_a_broken_copy(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    edit, old, new, _ = BROKEN["a missing healthcheck"]
+    root = copy_with(tmp_path, FILES, edit, old, new)
     assert main([str(root / COMPOSE)]) == 1
+    assert "anomaly: no healthcheck" in capsys.readouterr().err
