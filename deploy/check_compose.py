@@ -12,6 +12,7 @@ import re
 import shlex
 import sys
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -97,6 +98,15 @@ class Service:
     def is_project_service(self) -> bool:
         return self.invocation is not None and self.invocation.spec is not None
 
+    @property
+    def ports_unknown(self) -> bool:
+        """A project service whose settings do not validate (reported already)."""
+        return (
+            self.is_project_service
+            and self.invocation is not None
+            and (self.invocation.settings is None)
+        )
+
 
 class ComposeCheck:
     def __init__(self, path: Path) -> None:
@@ -104,9 +114,18 @@ class ComposeCheck:
         self.root = path.parent
         self.problems: list[str] = []
         self.services: dict[str, Service] = {}
+        self.volumes: set[str] = set()
 
     def problem(self, where: str, what: str) -> None:
         self.problems.append(f"{where}: {what}")
+
+    @contextmanager
+    def malformed(self, where: str) -> Iterator[None]:
+        """Reports a section of an unexpected shape instead of failing on it."""
+        try:
+            yield
+        except (AttributeError, KeyError, TypeError, ValueError) as err:
+            self.problem(where, f"malformed ({type(err).__name__}: {err})")
 
     def run(self) -> list[str]:
         try:
@@ -116,15 +135,19 @@ class ComposeCheck:
         services = doc.get("services") if isinstance(doc, dict) else None
         if not isinstance(services, dict) or not services:
             return [f"{self.path.name}: no services"]
+        self.volumes = set(doc.get("volumes") or {})
         for name, spec in services.items():
             if not isinstance(spec, dict):
                 self.problem(name, "not a mapping")
                 continue
-            self.services[name] = self._load(name, spec)
+            with self.malformed(name):
+                self.services[name] = self._load(name, spec)
         for service in self.services.values():
-            self._check_service(service)
-        self._check_addresses()
-        self._check_prometheus()
+            with self.malformed(service.name):
+                self._check_service(service)
+        with self.malformed(self.path.name):
+            self._check_addresses()
+            self._check_prometheus()
         return list(dict.fromkeys(self.problems))
 
     def _load(self, name: str, raw: dict[str, Any]) -> Service:
@@ -194,7 +217,8 @@ class ComposeCheck:
     def _environment(self, service: Service) -> dict[str, str]:
         raw = service.spec.get("environment") or {}
         if isinstance(raw, list):
-            raw = dict(str(item).partition("=")[::2] for item in raw)
+            pairs = [str(item).partition("=") for item in raw]
+            raw = {key: value if sep else None for key, sep, value in pairs}
         env: dict[str, str] = {}
         for key, value in raw.items():
             if isinstance(value, bool):
@@ -216,10 +240,14 @@ class ComposeCheck:
                 source, target = str(volume.get("source", "")), str(volume.get("target", ""))
                 bind = volume.get("type") == "bind"
             else:
-                source, _, rest = str(volume).partition(":")
+                source, colon, rest = str(volume).partition(":")
+                if not colon:
+                    continue  # an anonymous volume: a container path only
                 target = rest.partition(":")[0]
                 bind = source.startswith((".", "/", "~"))
             if not bind:
+                if source and source not in self.volumes:
+                    self.problem(service.name, f"mounts volume {source}, which `volumes:` lacks")
                 continue
             if "$" in str(written):
                 continue  # chosen where it runs (${VARIABLE})
@@ -378,6 +406,8 @@ class ComposeCheck:
                 self.problem(service.name, f"{where}: {address.host} is no service of this file")
                 return []
         for target in targets:
+            if target.ports_unknown:
+                continue
             if not target.ports:
                 self.problem(
                     service.name, f"{where}: {target.name} declares no port (give it `expose`)"
@@ -405,7 +435,7 @@ class ComposeCheck:
                                     self._check_scraped(service, where, reached, address)
                                     scraped.add(reached.name)
         for service in self.services.values():
-            if not service.is_project_service:
+            if not service.is_project_service or service.ports_unknown:
                 continue
             if service.metrics_port is None:
                 self.problem(service.name, "serves no metrics (set its telemetry.prometheus_port)")

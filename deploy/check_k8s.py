@@ -37,6 +37,8 @@ _REFERENCE = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
 class Manifest:
     file: str
     doc: dict[str, Any]
+    # Passed the schema; only such objects are looked into further.
+    valid: bool = True
 
     @property
     def kind(self) -> str:
@@ -116,11 +118,13 @@ class K8sCheck:
         for manifest in self.manifests:
             if manifest.kind != "Namespace" and namespaces and manifest.namespace not in namespaces:
                 self.problem(manifest.where, f"namespace {manifest.namespace} is not created here")
-            if manifest.kind in WORKLOAD_KINDS:
+            if manifest.kind in WORKLOAD_KINDS and manifest.valid:
                 self._load_workload(manifest)
         for container in self.containers:
             self._check_container(container)
         for manifest in self.manifests:
+            if not manifest.valid:
+                continue
             if manifest.kind == "Service":
                 self._check_service(manifest)
             elif manifest.kind == "PodDisruptionBudget":
@@ -147,6 +151,7 @@ class K8sCheck:
             except kubernetes_validate.ValidationError as err:
                 at = ".".join(str(p) for p in err.path) or "(top)"
                 self.problem(manifest.where, f"invalid at {at}: {err.message}")
+                manifest.valid = False
             except kubernetes_validate.SchemaNotFoundError as err:
                 self.problem(manifest.where, str(err.message))
                 continue
@@ -251,7 +256,11 @@ class K8sCheck:
         if not metrics:
             self.problem(where, "serves no metrics (set its telemetry.prometheus_port)")
         elif not is_wildcard(settings.telemetry.prometheus_host):
-            self.problem(where, "serves metrics on loopback only (telemetry.prometheus_host)")
+            self.problem(
+                where,
+                f"serves metrics on {settings.telemetry.prometheus_host} only "
+                "(telemetry.prometheus_host 0.0.0.0)",
+            )
         elif scrape_port != str(metrics):
             self.problem(
                 where,
@@ -361,6 +370,8 @@ class K8sCheck:
         workloads = self._pods_of(service, _at(service.doc, "spec", "selector"))
         if not workloads:
             self.problem(service.where, "selects no pods of these manifests")
+            return
+        if not all(w.valid for w in workloads):
             return
         containers = [c for c in self.containers if c.workload in workloads]
         for port in _at(service.doc, "spec", "ports") or []:

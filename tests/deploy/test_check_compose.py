@@ -100,6 +100,12 @@ BROKEN = {
         "postgress: { condition: service_healthy }",
         ["auth", "depends on 'postgress', which is no service"],
     ),
+    "a volume that is not declared": (
+        COMPOSE,
+        '["gateway-data:/data"]',
+        '["gateway-state:/data"]',
+        ["gateway: mounts volume gateway-state, which `volumes:` lacks"],
+    ),
     "a build target that does not exist": (
         COMPOSE,
         "target: mesh }",
@@ -117,6 +123,12 @@ BROKEN = {
         "driver: nvidia",
         "driver: amd",
         ["inference-gpu", "reserves no NVIDIA device"],
+    ),
+    "a section of the wrong shape": (
+        COMPOSE,
+        'ports: ["9090:9090"]',
+        "ports: 9090",
+        ["prometheus: malformed (TypeError"],
     ),
     "a file that is not YAML": (
         COMPOSE,

@@ -45,6 +45,12 @@ BROKEN = {
         "replicas: two",
         ["Deployment/gateway", "invalid at spec.replicas", "'two' is not of type 'integer'"],
     ),
+    "an invalid value the deeper checks would trip on": (
+        "inference.yaml",
+        "terminationGracePeriodSeconds: 60",
+        'terminationGracePeriodSeconds: "60"',
+        ["Deployment/inference", "invalid at spec.template.spec.terminationGracePeriodSeconds"],
+    ),
     "an unknown kind": (
         "inference.yaml",
         "kind: PodDisruptionBudget",
