@@ -12,7 +12,7 @@ STAMP := $(VENV)/.installed
 REPLICAS ?= 1
 TLS ?= 0
 
-.PHONY: help venv model protos protos-check lint typecheck test test-fast run clean postgres
+.PHONY: help venv model protos protos-check lint typecheck test test-fast run clean postgres deploy-check
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -43,6 +43,10 @@ lint: venv ## ruff and mypy
 
 test: venv protos-check lint ## the whole suite: generated-code check, lint, types, tests
 	$(PY) -m pytest -q
+
+deploy-check: venv ## check docker-compose.yml and deploy/k8s/ statically (no Docker, no cluster)
+	$(PY) -m deploy.check_compose
+	$(PY) -m deploy.check_k8s
 
 run: venv model ## start the whole mesh on loopback and stream a first completion (Ctrl-C stops it)
 	$(PY) -m deploy.local_stack --model $(MODEL_DIR) --replicas $(REPLICAS) $(if $(filter 1,$(TLS)),--tls)

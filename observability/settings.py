@@ -23,3 +23,7 @@ class TelemetrySettings(BaseModel):
     # tracebacks. Off, nothing logs them; on only to debug, never for tenants'
     # real traffic without their say.
     log_content: bool = False
+    # Metrics for Prometheus to scrape at http://HOST:PORT/metrics; 0: no endpoint.
+    # Metrics served here are not also pushed over OTLP, so nothing is counted twice.
+    prometheus_port: int = Field(default=0, ge=0, le=65535)
+    prometheus_host: str = "127.0.0.1"

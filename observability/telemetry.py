@@ -5,7 +5,9 @@ that servers and channels are given explicitly."""
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
+from wsgiref.simple_server import WSGIServer
 
 import grpc
 from opentelemetry.instrumentation.grpc import aio_client_interceptors, aio_server_interceptor
@@ -28,12 +30,31 @@ from observability.settings import TelemetrySettings
 
 
 @dataclass
+class MetricsEndpoint:
+    """The Prometheus scrape endpoint: an HTTP server on its own thread."""
+
+    server: WSGIServer
+    thread: threading.Thread
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join()
+
+
+@dataclass
 class Telemetry:
     service_name: str
     tracer_provider: TracerProvider
     meter_provider: MeterProvider
     _server_interceptors: list[grpc.aio.ServerInterceptor] = field(default_factory=list)
     _client_interceptors: list[grpc.aio.ClientInterceptor] = field(default_factory=list)
+    _metrics_endpoint: MetricsEndpoint | None = None
+
+    @property
+    def prometheus_port(self) -> int | None:
+        """Where `/metrics` is served; None without a Prometheus endpoint."""
+        return self._metrics_endpoint.server.server_port if self._metrics_endpoint else None
 
     def tracer(self) -> Tracer:
         return self.tracer_provider.get_tracer(self.service_name)
@@ -49,6 +70,8 @@ class Telemetry:
 
     def shutdown(self) -> None:
         """Flushes what is buffered and stops exporting."""
+        if self._metrics_endpoint is not None:
+            self._metrics_endpoint.close()
         self.tracer_provider.shutdown()
         self.meter_provider.shutdown()
 
@@ -78,17 +101,35 @@ def setup(
         tracer_provider.add_span_processor(
             BatchSpanProcessor(OTLPSpanExporter(endpoint=settings.otlp_endpoint, insecure=True))
         )
-        readers.append(
-            PeriodicExportingMetricReader(
-                OTLPMetricExporter(endpoint=settings.otlp_endpoint, insecure=True),
-                export_interval_millis=settings.metrics_export_interval_s * 1000,
+        if not settings.prometheus_port:
+            readers.append(
+                PeriodicExportingMetricReader(
+                    OTLPMetricExporter(endpoint=settings.otlp_endpoint, insecure=True),
+                    export_interval_millis=settings.metrics_export_interval_s * 1000,
+                )
             )
-        )
+    registry = None
+    if settings.prometheus_port:
+        from opentelemetry.exporter.prometheus import PrometheusMetricReader
+        from prometheus_client import CollectorRegistry
+
+        # A registry per service, never the process-global one, for the same
+        # reason as the providers: each endpoint shows its own service only.
+        registry = CollectorRegistry()
+        readers.append(PrometheusMetricReader(registry=registry))
     if span_exporter is not None:
         tracer_provider.add_span_processor(SimpleSpanProcessor(span_exporter))
     if metric_reader is not None:
         readers.append(metric_reader)
     meter_provider = MeterProvider(resource=resource, metric_readers=readers)
+    endpoint = None
+    if registry is not None:
+        from prometheus_client import start_http_server
+
+        server, thread = start_http_server(
+            settings.prometheus_port, settings.prometheus_host, registry=registry
+        )
+        endpoint = MetricsEndpoint(server, thread)
     return Telemetry(
         service_name=service_name,
         tracer_provider=tracer_provider,
@@ -108,4 +149,5 @@ def setup(
             *RequestContextClientInterceptor.for_all_call_kinds(),
             *aio_client_interceptors(tracer_provider=tracer_provider),  # type: ignore[no-untyped-call]
         ],
+        _metrics_endpoint=endpoint,
     )

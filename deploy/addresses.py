@@ -1,0 +1,47 @@
+"""`host:port` addresses inside deploy values (plain, in URLs, in JSON lists)."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+
+LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
+WILDCARD = frozenset({"0.0.0.0", "::", ""})
+
+_ADDRESS = re.compile(
+    r"^(?:[a-z][a-z0-9+.-]*://)?"  # scheme
+    r"(?:[^@/\s]*@)?"  # user:password@
+    r"(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9][A-Za-z0-9.-]*)"
+    r":(?P<port>\d{1,5})"
+    r"(?:/\S*)?$"
+)
+
+
+@dataclass(frozen=True)
+class Address:
+    host: str
+    port: int
+    # As written, for messages.
+    text: str
+
+
+def addresses_in(value: str) -> list[Address]:
+    """The addresses a value names: itself, or the items of a JSON list."""
+    value = value.strip()
+    if value.startswith("["):
+        try:
+            items = json.loads(value)
+        except json.JSONDecodeError:
+            items = None
+        if isinstance(items, list):
+            return [a for item in items if isinstance(item, str) for a in addresses_in(item)]
+    match = _ADDRESS.match(value)
+    # A bare number before the colon is no host name ("10:30").
+    if match is None or match["host"].isdigit():
+        return []
+    return [Address(match["host"].strip("[]").lower(), int(match["port"]), value)]
+
+
+def is_wildcard(host: str) -> bool:
+    return host.strip("[]") in WILDCARD

@@ -1,0 +1,499 @@
+"""`python -m deploy.check_compose [FILE]`: checks docker-compose.yml without
+a Docker engine. It parses; every command runs a module of this project with
+flags and `MAAS_*` variables its settings class takes; every `host:port`
+names a service of the file and a port that service listens on; every
+service has a health check, project services a stop grace longer than their
+own; depends_on, build targets and build args exist; Prometheus scrapes
+every project service's metrics port."""
+
+from __future__ import annotations
+
+import re
+import shlex
+import sys
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from deploy import dockerfile
+from deploy.addresses import LOOPBACK, Address, addresses_in, is_wildcard
+from deploy.entrypoints import Invocation, invoke, python_module
+
+DEFAULT_FILE = Path(__file__).resolve().parent.parent / "docker-compose.yml"
+# What compose waits after SIGTERM when a service sets no stop_grace_period.
+COMPOSE_STOP_GRACE_S = 10.0
+DEPENDS_CONDITIONS = frozenset(
+    {"service_started", "service_healthy", "service_completed_successfully"}
+)
+HEALTHCHECK_MODULE = "deploy.healthcheck"
+_VARIABLE = re.compile(
+    r"\$(?:\$|\{(?P<braced>[A-Za-z_]\w*)(?:(?P<op>:?[-?+])(?P<arg>[^}]*))?\}|(?P<bare>[A-Za-z_]\w*))"
+)
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(us|ms|s|m|h)")
+_DURATION_S = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def interpolate(value: str) -> str:
+    """Compose's `${VAR:-default}` with nothing from this machine's environment:
+    a default where the file gives one, else a `<VAR>` placeholder."""
+
+    def replace(match: re.Match[str]) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        name = match["braced"] or match["bare"]
+        if match["op"] in (":-", "-"):
+            return str(match["arg"])
+        return f"<{name}>"
+
+    return _VARIABLE.sub(replace, value)
+
+
+def _interpolated(node: Any) -> Any:
+    if isinstance(node, str):
+        return interpolate(node)
+    if isinstance(node, list):
+        return [_interpolated(item) for item in node]
+    if isinstance(node, dict):
+        return {key: _interpolated(value) for key, value in node.items()}
+    return node
+
+
+def parse_duration(text: Any) -> float | None:
+    """Seconds in a compose duration ("1m30s", "15s"); None if it is not one."""
+    text = str(text).strip()
+    parts = _DURATION.findall(text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        return None
+    return sum(float(n) * _DURATION_S[u] for n, u in parts)
+
+
+def _argv(value: Any) -> list[str] | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return shlex.split(value)
+    return [str(item) for item in value]
+
+
+@dataclass
+class Service:
+    name: str
+    spec: dict[str, Any]
+    argv: list[str] | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    invocation: Invocation | None = None
+    ports: set[int] = field(default_factory=set)
+    metrics_port: int | None = None
+    grpc_port: int | None = None
+    # Names other containers reach it by: its own and its network aliases.
+    names: set[str] = field(default_factory=set)
+    # YAML files of this project mounted into it: container path -> content.
+    configs: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def is_project_service(self) -> bool:
+        return self.invocation is not None and self.invocation.spec is not None
+
+    @property
+    def ports_unknown(self) -> bool:
+        """A project service whose settings do not validate (reported already)."""
+        return (
+            self.is_project_service
+            and self.invocation is not None
+            and (self.invocation.settings is None)
+        )
+
+
+class ComposeCheck:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.root = path.parent
+        self.problems: list[str] = []
+        self.services: dict[str, Service] = {}
+        self.volumes: set[str] = set()
+
+    def problem(self, where: str, what: str) -> None:
+        self.problems.append(f"{where}: {what}")
+
+    @contextmanager
+    def malformed(self, where: str) -> Iterator[None]:
+        """Reports a section of an unexpected shape instead of failing on it."""
+        try:
+            yield
+        except (AttributeError, KeyError, TypeError, ValueError) as err:
+            self.problem(where, f"malformed ({type(err).__name__}: {err})")
+
+    def run(self) -> list[str]:
+        try:
+            doc = yaml.safe_load(self.path.read_text())
+        except (OSError, yaml.YAMLError) as err:
+            return [f"{self.path.name}: cannot be read as YAML: {err}"]
+        services = doc.get("services") if isinstance(doc, dict) else None
+        if not isinstance(services, dict) or not services:
+            return [f"{self.path.name}: no services"]
+        self.volumes = set(doc.get("volumes") or {})
+        for name, spec in services.items():
+            if not isinstance(spec, dict):
+                self.problem(name, "not a mapping")
+                continue
+            with self.malformed(name):
+                self.services[name] = self._load(name, spec)
+        for service in self.services.values():
+            with self.malformed(service.name):
+                self._check_service(service)
+        with self.malformed(self.path.name):
+            self._check_addresses()
+            self._check_prometheus()
+        return list(dict.fromkeys(self.problems))
+
+    def _load(self, name: str, raw: dict[str, Any]) -> Service:
+        spec = _interpolated(raw)
+        service = Service(name, spec, names={name})
+        image = self._build(service)
+        entrypoint = _argv(spec.get("entrypoint"))
+        command = _argv(spec.get("command"))
+        if entrypoint is None and image is not None:
+            entrypoint = image[0]
+            command = image[1] if command is None else command
+        if entrypoint is not None or command is not None:
+            service.argv = [*(entrypoint or []), *(command or [])]
+        service.env = self._environment(service)
+        service.names |= set(self._aliases(spec))
+        self._volumes(service, raw.get("volumes") or [])
+        if service.argv and (run := python_module(service.argv)):
+            service.invocation = invoke(run[0], run[1], service.env)
+            for text in service.invocation.problems:
+                self.problem(name, text)
+        settings = service.invocation.settings if service.invocation else None
+        if settings is not None:
+            service.grpc_port = settings.port
+            service.ports.add(settings.port)
+            if settings.telemetry.prometheus_port:
+                service.metrics_port = settings.telemetry.prometheus_port
+                service.ports.add(service.metrics_port)
+        else:
+            service.ports |= set(self._declared_ports(service))
+        return service
+
+    def _build(self, service: Service) -> tuple[list[str], list[str]] | None:
+        """Checks the build section; the image's ENTRYPOINT and CMD, if known."""
+        build = service.spec.get("build")
+        if build is None:
+            if "image" not in service.spec:
+                self.problem(service.name, "neither image nor build")
+            return None
+        if isinstance(build, str):
+            build = {"context": build}
+        context = self.root / str(build.get("context", "."))
+        path = context / str(build.get("dockerfile", "Dockerfile"))
+        if not path.is_file():
+            self.problem(service.name, f"build: no Dockerfile at {path.relative_to(self.root)}")
+            return None
+        parsed = dockerfile.load(path)
+        if not parsed.stages:
+            self.problem(service.name, f"build: {path.name} has no stage")
+            return None
+        target = str(build.get("target", parsed.last_stage))
+        if target not in parsed.stages:
+            stages = ", ".join(parsed.stages)
+            self.problem(
+                service.name, f"build target {target!r} is no stage of {path.name} ({stages})"
+            )
+            return None
+        args = build.get("args") or {}
+        names = args if isinstance(args, dict) else [str(a).partition("=")[0] for a in args]
+        declared = parsed.build_args(target)
+        for arg in names:
+            if arg not in declared:
+                self.problem(
+                    service.name, f"build arg {arg} is declared by no ARG of stage {target!r}"
+                )
+        return parsed.entrypoint(target), parsed.cmd(target)
+
+    def _environment(self, service: Service) -> dict[str, str]:
+        raw = service.spec.get("environment") or {}
+        if isinstance(raw, list):
+            pairs = [str(item).partition("=") for item in raw]
+            raw = {key: value if sep else None for key, sep, value in pairs}
+        env: dict[str, str] = {}
+        for key, value in raw.items():
+            if isinstance(value, bool):
+                self.problem(service.name, f"{key}: compose takes no YAML booleans; quote it")
+            env[str(key)] = f"<{key}>" if value is None else str(value)
+        return env
+
+    @staticmethod
+    def _aliases(spec: dict[str, Any]) -> Iterator[str]:
+        networks = spec.get("networks")
+        if isinstance(networks, dict):
+            for network in networks.values():
+                if isinstance(network, dict):
+                    yield from (str(a) for a in network.get("aliases") or [])
+
+    def _volumes(self, service: Service, raw: list[Any]) -> None:
+        for volume, written in zip(service.spec.get("volumes") or [], raw, strict=True):
+            if isinstance(volume, dict):
+                source, target = str(volume.get("source", "")), str(volume.get("target", ""))
+                bind = volume.get("type") == "bind"
+            else:
+                source, colon, rest = str(volume).partition(":")
+                if not colon:
+                    continue  # an anonymous volume: a container path only
+                target = rest.partition(":")[0]
+                bind = source.startswith((".", "/", "~"))
+            if not bind:
+                if source and source not in self.volumes:
+                    self.problem(service.name, f"mounts volume {source}, which `volumes:` lacks")
+                continue
+            if "$" in str(written):
+                continue  # chosen where it runs (${VARIABLE})
+            path = (self.root / source).resolve()
+            if not path.exists():
+                self.problem(service.name, f"mounts {source}, which does not exist")
+            elif path.suffix in (".yml", ".yaml"):
+                try:
+                    service.configs[target] = yaml.safe_load(path.read_text())
+                except yaml.YAMLError as err:
+                    self.problem(service.name, f"mounts {source}, which is not YAML: {err}")
+
+    def _declared_ports(self, service: Service) -> Iterator[int]:
+        for item in service.spec.get("expose") or []:
+            port = str(item).partition("/")[0]
+            if port.isdigit():
+                yield int(port)
+        yield from self._published(service)
+
+    @staticmethod
+    def _published(service: Service) -> Iterator[int]:
+        """Container ports of `ports:` entries."""
+        for item in service.spec.get("ports") or []:
+            if isinstance(item, dict):
+                target = item.get("target")
+                if isinstance(target, int):
+                    yield target
+                continue
+            container = str(item).rpartition(":")[2].partition("/")[0]
+            if container.isdigit():
+                yield int(container)
+
+    def _check_service(self, service: Service) -> None:
+        self._check_healthcheck(service)
+        self._check_depends_on(service)
+        self._check_gpu(service)
+        invocation = service.invocation
+        settings = invocation.settings if invocation else None
+        if settings is None:
+            return
+        if not is_wildcard(settings.host):
+            self.problem(
+                service.name,
+                f"listens on {settings.host}: other containers cannot reach it (--host 0.0.0.0)",
+            )
+        if service.metrics_port and not is_wildcard(settings.telemetry.prometheus_host):
+            self.problem(
+                service.name,
+                f"serves metrics on {settings.telemetry.prometheus_host} only: Prometheus "
+                "cannot scrape it (telemetry.prometheus_host 0.0.0.0)",
+            )
+        for port in self._published(service):
+            if port not in service.ports:
+                self.problem(service.name, f"publishes port {port}, where it does not listen")
+        grace = parse_duration(service.spec.get("stop_grace_period", f"{COMPOSE_STOP_GRACE_S}s"))
+        if grace is None:
+            self.problem(service.name, "stop_grace_period is no duration")
+        elif grace <= settings.grace_period_s:
+            self.problem(
+                service.name,
+                f"stop_grace_period ({grace:g}s) is not longer than its own grace period "
+                f"({settings.grace_period_s:g}s): compose would kill it mid-drain",
+            )
+
+    def _check_healthcheck(self, service: Service) -> None:
+        check = service.spec.get("healthcheck")
+        test = _argv(check.get("test")) if isinstance(check, dict) else None
+        if not test or _at(check, "disable") or test[0] == "NONE":
+            self.problem(service.name, "no healthcheck")
+            return
+        if test[0] != "CMD" or not (run := python_module(test[1:])):
+            return
+        module, args = run
+        invocation = invoke(module, args, {})
+        for text in invocation.problems:
+            self.problem(service.name, f"healthcheck: {text}")
+        if module != HEALTHCHECK_MODULE or invocation.problems:
+            return
+        if not 1 <= len(args) <= 2 or not (targets := addresses_in(args[0])):
+            self.problem(service.name, f"healthcheck: {module} takes HOST:PORT [SERVICE]")
+            return
+        [target] = targets
+        if target.host not in LOOPBACK:
+            self.problem(service.name, f"healthcheck probes {target.text}, not this container")
+        elif service.grpc_port is not None and target.port != service.grpc_port:
+            self.problem(
+                service.name,
+                f"healthcheck probes port {target.port}; its gRPC server listens on "
+                f"{service.grpc_port}",
+            )
+        spec = service.invocation.spec if service.invocation else None
+        name = args[1] if len(args) == 2 else ""
+        if spec is not None and name and name not in spec.grpc_services:
+            served = ", ".join(spec.grpc_services)
+            self.problem(
+                service.name, f"healthcheck asks for {name!r}; {spec.module} serves {served}"
+            )
+
+    def _check_depends_on(self, service: Service) -> None:
+        depends = service.spec.get("depends_on") or {}
+        if isinstance(depends, list):
+            depends = {name: {} for name in depends}
+        for name, condition in depends.items():
+            if name not in self.services:
+                self.problem(service.name, f"depends on {name!r}, which is no service")
+                continue
+            wanted = (condition or {}).get("condition", "service_started")
+            if wanted not in DEPENDS_CONDITIONS:
+                self.problem(service.name, f"depends_on {name}: unknown condition {wanted!r}")
+            elif wanted == "service_healthy" and not self.services[name].spec.get("healthcheck"):
+                self.problem(service.name, f"waits for {name} to be healthy; it has no healthcheck")
+
+    def _check_gpu(self, service: Service) -> None:
+        if "gpu" not in (service.spec.get("profiles") or []):
+            return
+        devices = _at(service.spec, "deploy", "resources", "reservations", "devices") or []
+        if not any(
+            isinstance(d, dict)
+            and d.get("driver") == "nvidia"
+            and "gpu" in (d.get("capabilities") or [])
+            for d in devices
+        ):
+            self.problem(
+                service.name,
+                "is in the gpu profile but reserves no NVIDIA device "
+                "(deploy.resources.reservations.devices)",
+            )
+
+    def _values(self, service: Service) -> Iterator[tuple[str, str]]:
+        """(where, value) of every setting the service is given or mounts."""
+        for key, value in service.env.items():
+            yield key, value
+        if service.argv:
+            for arg in service.argv[1:]:
+                yield "command", arg
+        for target, config in service.configs.items():
+            if not _is_scrape_config(config):
+                for value in _strings(config):
+                    yield target, value
+
+    def _check_addresses(self) -> None:
+        for service in self.services.values():
+            for where, value in self._values(service):
+                for address in addresses_in(value):
+                    self._resolve(service, f"{where} {address.text}", address)
+
+    def _resolve(self, service: Service, where: str, address: Address) -> list[Service]:
+        """The services an address reaches; a problem if it reaches none."""
+        if is_wildcard(address.host):
+            return []
+        if address.host in LOOPBACK:
+            targets = [service]
+        else:
+            targets = [s for s in self.services.values() if address.host in s.names]
+            if not targets:
+                self.problem(service.name, f"{where}: {address.host} is no service of this file")
+                return []
+        for target in targets:
+            if target.ports_unknown:
+                continue
+            if not target.ports:
+                self.problem(
+                    service.name, f"{where}: {target.name} declares no port (give it `expose`)"
+                )
+            elif address.port not in target.ports:
+                listening = ", ".join(str(p) for p in sorted(target.ports))
+                self.problem(
+                    service.name,
+                    f"{where}: {target.name} listens on {listening}, not {address.port}",
+                )
+        return targets
+
+    def _check_prometheus(self) -> None:
+        scraped: set[str] = set()
+        for service in self.services.values():
+            for target_path, config in service.configs.items():
+                if not _is_scrape_config(config):
+                    continue
+                for job in config.get("scrape_configs") or []:
+                    for group in job.get("static_configs") or []:
+                        for text in group.get("targets") or []:
+                            for address in addresses_in(str(text)):
+                                where = f"{target_path} job {job.get('job_name')} {address.text}"
+                                for reached in self._resolve(service, where, address):
+                                    self._check_scraped(service, where, reached, address)
+                                    scraped.add(reached.name)
+        for service in self.services.values():
+            if not service.is_project_service or service.ports_unknown:
+                continue
+            if service.metrics_port is None:
+                self.problem(service.name, "serves no metrics (set its telemetry.prometheus_port)")
+            elif service.name not in scraped:
+                self.problem(service.name, "Prometheus does not scrape it")
+
+    def _check_scraped(
+        self, prometheus: Service, where: str, target: Service, address: Address
+    ) -> None:
+        if (
+            target.is_project_service
+            and address.port in target.ports
+            and address.port != target.metrics_port
+        ):
+            self.problem(
+                prometheus.name,
+                f"{where}: port {address.port} of {target.name} is not its metrics port "
+                f"({target.metrics_port})",
+            )
+
+
+def _is_scrape_config(config: Any) -> bool:
+    """Whether a mounted YAML file is a Prometheus configuration."""
+    return isinstance(config, dict) and "scrape_configs" in config
+
+
+def _at(node: Any, *keys: str) -> Any:
+    for key in keys:
+        node = node.get(key) if isinstance(node, dict) else None
+    return node
+
+
+def _strings(node: Any) -> Iterator[str]:
+    if isinstance(node, str):
+        yield node
+    elif isinstance(node, list):
+        for item in node:
+            yield from _strings(item)
+    elif isinstance(node, Mapping):
+        for value in node.values():
+            yield from _strings(value)
+
+
+def compose_problems(path: Path) -> list[str]:
+    """Every problem found in the compose file at `path`; empty if none."""
+    return ComposeCheck(path).run()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    path = Path(args[0]) if args else DEFAULT_FILE
+    problems = compose_problems(path)
+    for text in problems:
+        print(text, file=sys.stderr)
+    if not problems:
+        print(f"{path.name}: no problems")
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

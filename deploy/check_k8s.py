@@ -1,0 +1,404 @@
+"""`python -m deploy.check_k8s [DIR]`: checks the Kubernetes manifests in
+deploy/k8s/ without a cluster. Every object validates against the API schema
+(strict: no unknown fields; offline, with kubernetes-validate); every command
+runs a module of this project with flags and `MAAS_*` variables its settings
+class takes; every `host:port` names a Service and one of its ports, or a
+port of the same pod; containers declare the ports they listen on and have
+gRPC readiness and liveness probes on the right port and service names;
+Services and disruption budgets select pods; config maps referenced exist."""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate  # type: ignore[import-untyped]
+import yaml
+
+from deploy.addresses import LOOPBACK, Address, addresses_in, is_wildcard
+from deploy.entrypoints import Invocation, invoke, python_module
+
+DEFAULT_DIR = Path(__file__).resolve().parent / "k8s"
+# The oldest Kubernetes the manifests must be valid for (gRPC probes are GA since 1.27).
+KUBERNETES_VERSION = "1.30"
+# What Kubernetes waits after SIGTERM when a pod sets no terminationGracePeriodSeconds.
+DEFAULT_TERMINATION_GRACE_S = 30
+WORKLOAD_KINDS = frozenset({"Deployment", "StatefulSet", "DaemonSet"})
+INFERENCE_MODULE = "services.inference"
+GPU_RESOURCE = "nvidia.com/gpu"
+_REFERENCE = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
+
+
+@dataclass
+class Manifest:
+    file: str
+    doc: dict[str, Any]
+    # Passed the schema; only such objects are looked into further.
+    valid: bool = True
+
+    @property
+    def kind(self) -> str:
+        return str(self.doc.get("kind"))
+
+    @property
+    def name(self) -> str:
+        return str(_at(self.doc, "metadata", "name"))
+
+    @property
+    def namespace(self) -> str:
+        return str(_at(self.doc, "metadata", "namespace") or "default")
+
+    @property
+    def where(self) -> str:
+        return f"{self.file}: {self.kind}/{self.name}"
+
+
+@dataclass
+class Container:
+    workload: Manifest
+    spec: dict[str, Any]
+    env: dict[str, str] = field(default_factory=dict)
+    argv: list[str] = field(default_factory=list)
+    invocation: Invocation | None = None
+    # containerPort numbers and names it declares.
+    declared: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def where(self) -> str:
+        return f"{self.workload.where} container {self.spec.get('name')}"
+
+    @property
+    def listening(self) -> set[int]:
+        """Ports it listens on: the project's services' own, else what it declares."""
+        settings = self.invocation.settings if self.invocation else None
+        if settings is None:
+            return set(self.declared.values())
+        ports = {settings.port}
+        if settings.telemetry.prometheus_port:
+            ports.add(settings.telemetry.prometheus_port)
+        return ports
+
+
+def _at(node: Any, *keys: str) -> Any:
+    for key in keys:
+        node = node.get(key) if isinstance(node, dict) else None
+    return node
+
+
+def _expand(value: str, env: Mapping[str, str]) -> str:
+    """Kubernetes' `$(VAR)` references to the container's own variables."""
+    return _REFERENCE.sub(lambda m: env.get(m[1], m[0]), value)
+
+
+def _selects(selector: Mapping[str, Any] | None, labels: Mapping[str, Any]) -> bool:
+    return bool(selector) and all(labels.get(k) == v for k, v in (selector or {}).items())
+
+
+class K8sCheck:
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.problems: list[str] = []
+        self.manifests: list[Manifest] = []
+        self.containers: list[Container] = []
+
+    def problem(self, where: str, what: str) -> None:
+        self.problems.append(f"{where}: {what}")
+
+    def run(self) -> list[str]:
+        files = sorted(self.directory.glob("*.yaml"))
+        if not files:
+            return [f"{self.directory}: no manifests"]
+        for path in files:
+            self._load(path)
+        namespaces = {m.name for m in self.manifests if m.kind == "Namespace"}
+        for manifest in self.manifests:
+            if manifest.kind != "Namespace" and namespaces and manifest.namespace not in namespaces:
+                self.problem(manifest.where, f"namespace {manifest.namespace} is not created here")
+            if manifest.kind in WORKLOAD_KINDS and manifest.valid:
+                self._load_workload(manifest)
+        for container in self.containers:
+            self._check_container(container)
+        for manifest in self.manifests:
+            if not manifest.valid:
+                continue
+            if manifest.kind == "Service":
+                self._check_service(manifest)
+            elif manifest.kind == "PodDisruptionBudget":
+                selector = _at(manifest.doc, "spec", "selector", "matchLabels")
+                if not self._pods_of(manifest, selector):
+                    self.problem(manifest.where, "selects no pods of these manifests")
+        return list(dict.fromkeys(self.problems))
+
+    def _load(self, path: Path) -> None:
+        try:
+            docs = list(yaml.safe_load_all(path.read_text()))
+        except yaml.YAMLError as err:
+            self.problems.append(f"{path.name}: cannot be read as YAML: {err}")
+            return
+        for doc in docs:
+            if doc is None:
+                continue
+            if not isinstance(doc, dict) or "kind" not in doc or "apiVersion" not in doc:
+                self.problems.append(f"{path.name}: a document without kind and apiVersion")
+                continue
+            manifest = Manifest(path.name, doc)
+            try:
+                kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+            except kubernetes_validate.ValidationError as err:
+                at = ".".join(str(p) for p in err.path) or "(top)"
+                self.problem(manifest.where, f"invalid at {at}: {err.message}")
+                manifest.valid = False
+            except kubernetes_validate.SchemaNotFoundError as err:
+                self.problem(manifest.where, str(err.message))
+                continue
+            self.manifests.append(manifest)
+
+    def _find(self, kind: str, name: str, namespace: str) -> Manifest | None:
+        return next(
+            (
+                m
+                for m in self.manifests
+                if m.kind == kind and m.name == name and m.namespace == namespace
+            ),
+            None,
+        )
+
+    def _pods_of(self, owner: Manifest, selector: Mapping[str, Any] | None) -> list[Manifest]:
+        """Workloads in the owner's namespace whose pods the selector matches."""
+        return [
+            m
+            for m in self.manifests
+            if m.kind in WORKLOAD_KINDS
+            and m.namespace == owner.namespace
+            and _selects(selector, _at(m.doc, "spec", "template", "metadata", "labels") or {})
+        ]
+
+    def _load_workload(self, workload: Manifest) -> None:
+        pod = _at(workload.doc, "spec", "template", "spec") or {}
+        for spec in [*(pod.get("initContainers") or []), *(pod.get("containers") or [])]:
+            container = Container(workload, spec)
+            container.env = self._environment(container)
+            container.argv = [
+                _expand(str(a), container.env)
+                for a in [*(spec.get("command") or []), *(spec.get("args") or [])]
+            ]
+            for port in spec.get("ports") or []:
+                number = port.get("containerPort")
+                if isinstance(number, int):
+                    container.declared[str(port.get("name", number))] = number
+            if run := python_module(container.argv):
+                container.invocation = invoke(run[0], run[1], container.env)
+                for text in container.invocation.problems:
+                    self.problem(container.where, text)
+            elif str(spec.get("image", "")).startswith("maas-"):
+                self.problem(container.where, "a project image needs a `python -m` command")
+            self.containers.append(container)
+
+    def _environment(self, container: Container) -> dict[str, str]:
+        """Its variables as the process sees them; secrets and pod fields as placeholders."""
+        env: dict[str, str] = {}
+        namespace = container.workload.namespace
+        for source in container.spec.get("envFrom") or []:
+            name = _at(source, "configMapRef", "name")
+            if name is None:
+                continue
+            config = self._find("ConfigMap", name, namespace)
+            if config is None:
+                self.problem(container.where, f"envFrom names ConfigMap {name}, which is not here")
+                continue
+            prefix = str(source.get("prefix", ""))
+            env.update({prefix + k: str(v) for k, v in (config.doc.get("data") or {}).items()})
+        for item in container.spec.get("env") or []:
+            name = str(item.get("name"))
+            if "value" in item:
+                env[name] = _expand(str(item["value"]), env)
+                continue
+            ref = _at(item, "valueFrom", "configMapKeyRef")
+            if ref is not None:
+                config = self._find("ConfigMap", ref.get("name"), namespace)
+                data = (config.doc.get("data") or {}) if config else {}
+                if ref.get("key") not in data and not ref.get("optional"):
+                    self.problem(
+                        container.where,
+                        f"{name} reads key {ref.get('key')} of ConfigMap {ref.get('name')}, "
+                        "which is not here",
+                    )
+                env[name] = str(data.get(ref.get("key"), f"<{name}>"))
+            else:
+                env[name] = f"<{name}>"
+        return env
+
+    def _check_container(self, container: Container) -> None:
+        self._check_addresses(container)
+        invocation = container.invocation
+        settings = invocation.settings if invocation else None
+        if invocation is None or invocation.spec is None or settings is None:
+            return
+        spec = invocation.spec
+        where = container.where
+        if not is_wildcard(settings.host):
+            self.problem(where, f"listens on {settings.host}: nothing outside the pod reaches it")
+        listening = container.listening
+        for name, port in container.declared.items():
+            if port not in listening:
+                self.problem(
+                    where, f"declares containerPort {port} ({name}), where it does not listen"
+                )
+        for port in sorted(listening - set(container.declared.values())):
+            self.problem(where, f"listens on {port} but declares no containerPort for it")
+        metrics = settings.telemetry.prometheus_port
+        annotations = _at(container.workload.doc, "spec", "template", "metadata", "annotations")
+        scrape_port = (annotations or {}).get("prometheus.io/port")
+        if not metrics:
+            self.problem(where, "serves no metrics (set its telemetry.prometheus_port)")
+        elif not is_wildcard(settings.telemetry.prometheus_host):
+            self.problem(
+                where,
+                f"serves metrics on {settings.telemetry.prometheus_host} only "
+                "(telemetry.prometheus_host 0.0.0.0)",
+            )
+        elif scrape_port != str(metrics):
+            self.problem(
+                where,
+                f"pod annotation prometheus.io/port is {scrape_port}, "
+                f"not its metrics port {metrics}",
+            )
+        self._check_probes(container, settings.port, spec.grpc_services)
+        pod = _at(container.workload.doc, "spec", "template", "spec") or {}
+        grace = pod.get("terminationGracePeriodSeconds", DEFAULT_TERMINATION_GRACE_S)
+        if grace <= settings.grace_period_s:
+            self.problem(
+                where,
+                f"terminationGracePeriodSeconds ({grace}) is not longer than its own grace "
+                f"period ({settings.grace_period_s:g}s): it would be killed mid-drain",
+            )
+        if spec.module == INFERENCE_MODULE:
+            self._check_inference(container)
+
+    def _check_probes(self, container: Container, port: int, services: tuple[str, ...]) -> None:
+        where = container.where
+        for kind in ("readinessProbe", "livenessProbe", "startupProbe"):
+            probe = container.spec.get(kind)
+            grpc = _at(probe, "grpc")
+            if probe is None and kind == "startupProbe":
+                continue
+            if grpc is None:
+                self.problem(where, f"no gRPC {kind} (grpc: {{port: {port}, service: ...}})")
+                continue
+            if grpc.get("port") != port:
+                self.problem(
+                    where, f"{kind} probes port {grpc.get('port')}, not its gRPC port {port}"
+                )
+            name = grpc.get("service", "")
+            if kind == "readinessProbe" and name not in services:
+                self.problem(
+                    where,
+                    f"readinessProbe asks for {name!r}; readiness is one of {', '.join(services)}",
+                )
+            if kind != "readinessProbe" and name:
+                self.problem(
+                    where,
+                    f"{kind} asks for {name!r}, which is NOT_SERVING until ready: "
+                    "liveness is the empty service name",
+                )
+
+    def _check_inference(self, container: Container) -> None:
+        workload = container.workload
+        if _at(container.spec, "resources", "limits", GPU_RESOURCE) is None:
+            self.problem(container.where, f"no {GPU_RESOURCE} limit: it would land on no GPU")
+        if workload.kind != "Deployment" or int(_at(workload.doc, "spec", "replicas") or 1) < 2:
+            self.problem(workload.where, "inference should be a Deployment of 2 or more replicas")
+        labels = _at(workload.doc, "spec", "template", "metadata", "labels") or {}
+        if not any(
+            m.kind == "PodDisruptionBudget"
+            and m.namespace == workload.namespace
+            and _selects(_at(m.doc, "spec", "selector", "matchLabels"), labels)
+            for m in self.manifests
+        ):
+            self.problem(workload.where, "no PodDisruptionBudget covers its pods")
+
+    def _values(self, container: Container) -> Iterator[tuple[str, str]]:
+        yield from container.env.items()
+        for arg in container.argv[1:]:
+            yield "command", arg
+
+    def _check_addresses(self, container: Container) -> None:
+        for key, value in self._values(container):
+            for address in addresses_in(value):
+                self._resolve(container, f"{key} {address.text}", address)
+
+    def _resolve(self, container: Container, where: str, address: Address) -> None:
+        if is_wildcard(address.host):
+            return
+        workload = container.workload
+        if address.host in LOOPBACK:
+            pod_ports = {p for c in self.containers if c.workload is workload for p in c.listening}
+            if address.port not in pod_ports:
+                self.problem(
+                    container.where, f"{where}: nothing in this pod listens on {address.port}"
+                )
+            return
+        service = self._service_named(address.host, workload.namespace)
+        if service is None:
+            self.problem(container.where, f"{where}: {address.host} names no Service here")
+            return
+        ports = {p.get("port") for p in _at(service.doc, "spec", "ports") or []}
+        if address.port not in ports:
+            listed = ", ".join(str(p) for p in sorted(ports))
+            self.problem(
+                container.where,
+                f"{where}: Service {service.name} has port {listed}, not {address.port}",
+            )
+
+    def _service_named(self, host: str, namespace: str) -> Manifest | None:
+        for manifest in self.manifests:
+            if manifest.kind != "Service":
+                continue
+            full = f"{manifest.name}.{manifest.namespace}"
+            names = {full, f"{full}.svc", f"{full}.svc.cluster.local"}
+            if manifest.namespace == namespace:
+                names.add(manifest.name)
+            if host in names:
+                return manifest
+        return None
+
+    def _check_service(self, service: Manifest) -> None:
+        workloads = self._pods_of(service, _at(service.doc, "spec", "selector"))
+        if not workloads:
+            self.problem(service.where, "selects no pods of these manifests")
+            return
+        if not all(w.valid for w in workloads):
+            return
+        containers = [c for c in self.containers if c.workload in workloads]
+        for port in _at(service.doc, "spec", "ports") or []:
+            target = port.get("targetPort", port.get("port"))
+            if not any(target in (*c.declared, *c.declared.values()) for c in containers):
+                self.problem(
+                    service.where,
+                    f"port {port.get('port')}: targetPort {target} is no containerPort of "
+                    f"{', '.join(w.name for w in workloads)}",
+                )
+
+
+def k8s_problems(directory: Path) -> list[str]:
+    """Every problem found in the manifests under `directory`; empty if none."""
+    return K8sCheck(directory).run()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    directory = Path(args[0]) if args else DEFAULT_DIR
+    problems = k8s_problems(directory)
+    for text in problems:
+        print(text, file=sys.stderr)
+    if not problems:
+        print(f"{directory}: no problems")
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,306 @@
+"""The project's `python -m` entry points as the deploy checks see them.
+
+Everything is read off the code, never listed by hand: whether a module
+exists, the settings class of a service module (its flags and `MAAS_*`
+variables), the gRPC services its health reports, and what one invocation
+(a command line plus an environment) amounts to once the service's own
+settings class has validated it."""
+
+from __future__ import annotations
+
+import ast
+import functools
+import importlib
+import importlib.util
+import inspect
+import json
+import re
+import subprocess
+import sys
+import types
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union, get_args, get_origin
+
+from pydantic import BaseModel, ValidationError
+from pydantic_settings import BaseSettings, CliSettingsSource, SettingsError
+
+from services.common.settings import ServiceSettings
+
+REPO = Path(__file__).resolve().parent.parent
+_PYTHON = re.compile(r"^(?:\S*/)?python(?:3(?:\.\d+)?)?$")
+_FLAG = re.compile(r"(?<![\w-])--[A-Za-z0-9][\w.-]*")
+
+
+def python_module(argv: Sequence[str]) -> tuple[str, list[str]] | None:
+    """(module, args) of `python -m module args...`; None for anything else."""
+    if len(argv) >= 3 and _PYTHON.match(argv[0]) and argv[1] == "-m":
+        return argv[2], list(argv[3:])
+    return None
+
+
+def module_exists(module: str) -> bool:
+    """Whether `python -m module` finds something to run in this project."""
+    try:
+        spec = importlib.util.find_spec(module)
+    except (ImportError, ValueError):
+        return False
+    if spec is None:
+        return False
+    if spec.submodule_search_locations is not None:
+        return module_exists(f"{module}.__main__")
+    return True
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    """A service module: its settings class and the gRPC services it serves."""
+
+    module: str
+    settings_type: type[ServiceSettings]
+    grpc_services: tuple[str, ...]
+
+    @property
+    def name(self) -> str:
+        return self.module.rpartition(".")[2]
+
+    @property
+    def env_prefix(self) -> str:
+        return str(self.settings_type.model_config.get("env_prefix", "")).upper()
+
+
+@functools.cache
+def service_spec(module: str) -> ServiceSpec | None:
+    """The spec of a service module (one with a `settings` module holding one
+    ServiceSettings subclass); None for any other module."""
+    try:
+        settings_module = importlib.import_module(f"{module}.settings")
+    except ImportError:
+        return None
+    classes = [
+        value
+        for value in vars(settings_module).values()
+        if inspect.isclass(value)
+        and issubclass(value, ServiceSettings)
+        and value.__module__ == settings_module.__name__
+    ]
+    if len(classes) != 1:
+        return None
+    return ServiceSpec(module, classes[0], _health_names(module))
+
+
+def _health_names(module: str) -> tuple[str, ...]:
+    """The names the module's server reports in health: the `service_names=`
+    it hands to `start_server`, resolved in its `server` module."""
+    try:
+        server = importlib.import_module(f"{module}.server")
+    except ImportError:
+        return ()
+    names: list[str] = []
+    for node in ast.walk(ast.parse(inspect.getsource(server))):
+        if not isinstance(node, ast.Call):
+            continue
+        for keyword in node.keywords:
+            if keyword.arg == "service_names" and isinstance(keyword.value, ast.List | ast.Tuple):
+                for element in keyword.value.elts:
+                    if isinstance(element, ast.Name):
+                        value = getattr(server, element.id, None)
+                        if isinstance(value, str):
+                            names.append(value)
+    return tuple(names)
+
+
+@functools.cache
+def help_flags(module: str) -> frozenset[str] | None:
+    """The `--flags` a non-service module's `--help` lists; None if it has none to show."""
+    proc = subprocess.run(
+        [sys.executable, "-m", module, "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+        check=False,
+    )
+    if proc.returncode != 0:
+        return None
+    return frozenset(_FLAG.findall(proc.stdout))
+
+
+@dataclass
+class Invocation:
+    """What one command line and environment amount to."""
+
+    module: str
+    args: list[str]
+    spec: ServiceSpec | None = None
+    # The service's validated settings; None when they do not validate.
+    settings: ServiceSettings | None = None
+    problems: list[str] = field(default_factory=list)
+
+
+def invoke(module: str, args: Sequence[str], env: Mapping[str, str]) -> Invocation:
+    """Checks `python -m module args` under `env` the way the module itself
+    would take them: its settings class parses the flags and validates the
+    values (env under flags, defaults under both); nothing else is read."""
+    result = Invocation(module, list(args))
+    maas_vars = sorted(name for name in env if name.upper().startswith("MAAS_"))
+    if not module_exists(module):
+        result.problems.append(f"`python -m {module}`: no such module in the project")
+        return result
+    spec = service_spec(module)
+    if spec is None:
+        result.problems += [
+            f"{name}: `{module}` is no service and reads no settings" for name in maas_vars
+        ]
+        result.problems += _unknown_flags(module, args)
+        return result
+    result.spec = spec
+    values: dict[str, Any] = {}
+    origins: dict[tuple[str, ...], str] = {}
+    for name in maas_vars:
+        if not name.upper().startswith(spec.env_prefix):
+            result.problems.append(f"{name}: {spec.module} reads only {spec.env_prefix}* variables")
+            continue
+        path = _field_path(spec.settings_type, name[len(spec.env_prefix) :].lower().split("__"))
+        if path is None:
+            result.problems.append(f"{name}: no such setting of {spec.module}")
+            continue
+        try:
+            value = _env_value(spec.settings_type, path, env[name])
+        except json.JSONDecodeError as err:
+            result.problems.append(f"{name}: a list or mapping setting takes JSON ({err})")
+            continue
+        _put(values, path, value)
+        origins[path] = name
+    try:
+        flags = CliSettingsSource(
+            spec.settings_type,
+            cli_parse_args=list(args),
+            # As ServiceSettings.from_cli parses them.
+            cli_kebab_case=True,
+            cli_implicit_flags=True,
+            cli_exit_on_error=False,
+        )()
+    except SettingsError as err:
+        result.problems.append(f"flags of {spec.module}: {err}")
+        return result
+    for path in _leaf_paths(flags):
+        origins[path] = "--" + ".".join(part.replace("_", "-") for part in path)
+    _merge(values, flags)
+    try:
+        result.settings = _isolated(spec.settings_type)(**values)
+    except ValidationError as err:
+        for error in err.errors():
+            path = tuple(str(part) for part in error["loc"])
+            result.problems.append(f"{_origin(spec, path, origins)}: {error['msg']}")
+    return result
+
+
+def _unknown_flags(module: str, args: Sequence[str]) -> list[str]:
+    used = [arg.partition("=")[0] for arg in args if arg.startswith("--")]
+    if not used:
+        return []
+    known = help_flags(module)
+    if known is None:
+        return [f"`python -m {module} --help` fails: its flags cannot be checked"]
+    return [f"{flag}: no such flag of {module}" for flag in used if flag not in known]
+
+
+def _field_path(model: type[BaseModel], parts: list[str]) -> tuple[str, ...] | None:
+    path: list[str] = []
+    for i, part in enumerate(parts):
+        info = model.model_fields.get(part)
+        if info is None:
+            return None
+        path.append(part)
+        if i < len(parts) - 1:
+            nested = _model_of(info.annotation)
+            if nested is None:
+                return None
+            model = nested
+    return tuple(path)
+
+
+def _model_of(annotation: Any) -> type[BaseModel] | None:
+    if inspect.isclass(annotation) and issubclass(annotation, BaseModel):
+        return annotation
+    return None
+
+
+def _annotation_at(model: type[BaseModel], path: tuple[str, ...]) -> Any:
+    annotation: Any = model
+    for part in path:
+        nested = _model_of(annotation)
+        assert nested is not None
+        annotation = nested.model_fields[part].annotation
+    return annotation
+
+
+def _is_complex(annotation: Any) -> bool:
+    """Whether pydantic-settings reads the field's env value as JSON."""
+    if get_origin(annotation) in (Union, types.UnionType):
+        return any(_is_complex(a) for a in get_args(annotation) if a is not type(None))
+    origin = get_origin(annotation) or annotation
+    return (inspect.isclass(origin) and issubclass(origin, BaseModel)) or origin in (
+        list,
+        set,
+        frozenset,
+        tuple,
+        dict,
+    )
+
+
+def _env_value(model: type[BaseModel], path: tuple[str, ...], raw: str) -> Any:
+    return json.loads(raw) if _is_complex(_annotation_at(model, path)) else raw
+
+
+def _put(values: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
+    for part in path[:-1]:
+        values = values.setdefault(part, {})
+    values[path[-1]] = value
+
+
+def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> None:
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(base.get(key), dict):
+            _merge(base[key], value)
+        else:
+            base[key] = value
+
+
+def _leaf_paths(values: Mapping[str, Any], prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    paths: list[tuple[str, ...]] = []
+    for key, value in values.items():
+        if isinstance(value, Mapping) and value:
+            paths += _leaf_paths(value, (*prefix, key))
+        else:
+            paths.append((*prefix, key))
+    return paths
+
+
+def _origin(spec: ServiceSpec, path: tuple[str, ...], origins: dict[tuple[str, ...], str]) -> str:
+    for n in range(len(path), 0, -1):
+        if path[:n] in origins:
+            return origins[path[:n]]
+    flag = "--" + ".".join(part.replace("_", "-") for part in path)
+    env = spec.env_prefix + "__".join(path).upper()
+    return f"{spec.module} {flag} / {env}"
+
+
+@functools.cache
+def _isolated(settings_type: type[ServiceSettings]) -> type[ServiceSettings]:
+    """The settings class reading nothing but its arguments (not this
+    process's environment), so only what the deploy file says is checked."""
+
+    def sources(
+        cls: type[BaseSettings], /, settings_cls: type[BaseSettings], init_settings: Any, **_: Any
+    ) -> tuple[Any, ...]:
+        return (init_settings,)
+
+    isolated: type[ServiceSettings] = type(
+        f"Checked{settings_type.__name__}",
+        (settings_type,),
+        {"settings_customise_sources": classmethod(sources)},
+    )
+    return isolated

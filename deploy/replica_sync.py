@@ -1,0 +1,125 @@
+"""`python -m deploy.replica_sync --replicas NAME:PORT`: keeps the router's
+replica set equal to the addresses a DNS name resolves to.
+
+On Kubernetes the inference replicas are a Deployment behind a headless
+Service, whose name resolves to one address per pod. The router needs each
+replica as its own address (its own health watch, load stream and
+concurrency limit), so this runs beside the router, registers every pod
+address the name resolves to and deregisters the ones gone from it (their
+streams finish first). It owns the router's replica set: start the router
+with no static replicas.
+
+DNS has no watch, so the name is looked up again every `--interval-s`, as
+gRPC's own DNS resolver does; a failed lookup changes nothing, so a DNS
+hiccup never empties the router."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import socket
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import grpc
+import structlog
+
+from maas.v1 import router_pb2, router_pb2_grpc
+from observability.logging import configure_logging
+from observability.settings import TelemetrySettings
+
+log = structlog.get_logger(__name__)
+# Long enough for a busy router, short enough that a hung one is retried next round.
+CALL_TIMEOUT_S = 10.0
+
+
+@dataclass(frozen=True)
+class SyncResult:
+    registered: tuple[str, ...]
+    deregistered: tuple[str, ...]
+
+
+async def resolve(host: str, port: int) -> set[str] | None:
+    """`ip:port` of every address `host` resolves to; None if the lookup fails."""
+    loop = asyncio.get_running_loop()
+    try:
+        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as err:
+        log.warning("lookup failed; replicas left as they are", name=host, error=str(err))
+        return None
+    ips = {str(info[4][0]) for info in infos}
+    return {f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}" for ip in ips}
+
+
+async def sync_once(
+    router: router_pb2_grpc.RouterAsyncStub, host: str, port: int
+) -> SyncResult | None:
+    """Registers what `host` resolves to and deregisters what it no longer
+    does; None (and no change) when the lookup fails."""
+    wanted = await resolve(host, port)
+    if wanted is None:
+        return None
+    listed = await router.ListReplicas(router_pb2.ListReplicasRequest(), timeout=CALL_TIMEOUT_S)
+    known = {replica.address for replica in listed.replicas}
+    added = sorted(wanted - known)
+    gone = sorted(known - wanted)
+    for address in added:
+        await router.RegisterReplica(
+            router_pb2.RegisterReplicaRequest(address=address), timeout=CALL_TIMEOUT_S
+        )
+        log.info("replica registered", replica=address)
+    for address in gone:
+        try:
+            await router.DeregisterReplica(
+                router_pb2.DeregisterReplicaRequest(address=address), timeout=CALL_TIMEOUT_S
+            )
+        except grpc.aio.AioRpcError as err:
+            # Someone else removed it meanwhile: the goal is reached all the same.
+            if err.code() != grpc.StatusCode.NOT_FOUND:
+                raise
+        log.info("replica deregistered", replica=address)
+    return SyncResult(tuple(added), tuple(gone))
+
+
+async def run(router: str, host: str, port: int, interval_s: float) -> None:
+    from observability import setup
+    from observability.channels import channel
+    from services.common.serving import wait_for_shutdown_signal
+
+    telemetry = setup("replica-sync", TelemetrySettings())
+    stop = asyncio.create_task(wait_for_shutdown_signal())
+    try:
+        async with channel(router, telemetry) as ch:
+            stub = router_pb2_grpc.RouterStub(ch)
+            while not stop.done():
+                try:
+                    await sync_once(stub, host, port)
+                except grpc.aio.AioRpcError as err:
+                    log.warning("router unreachable; next round retries", code=err.code().name)
+                await asyncio.wait({stop}, timeout=interval_s)
+    finally:
+        stop.cancel()
+        telemetry.shutdown()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description="Keeps the router's replicas equal to what a DNS name resolves to."
+    )
+    parser.add_argument("--router", default="127.0.0.1:50053", help="the router's HOST:PORT")
+    parser.add_argument(
+        "--replicas", required=True, help="NAME:PORT; NAME resolves to one address per replica"
+    )
+    parser.add_argument("--interval-s", type=float, default=10.0, help="seconds between lookups")
+    args = parser.parse_args(argv)
+    host, sep, port = args.replicas.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        parser.error("--replicas takes NAME:PORT")
+    configure_logging("replica-sync", TelemetrySettings())
+    import uvloop
+
+    uvloop.run(run(args.router, host, int(port), args.interval_s))
+
+
+if __name__ == "__main__":
+    main()

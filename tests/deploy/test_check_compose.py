@@ -1,0 +1,172 @@
+"""The static compose check: the real file passes; copies broken in one place
+each fail with a problem that names what is wrong."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from deploy.check_compose import compose_problems, main
+from tests.deploy.support import REPO, copy_with, named
+
+FILES = ["docker-compose.yml", "Dockerfile", "deploy/prometheus.yml", "deploy/otel-collector.yaml"]
+COMPOSE = "docker-compose.yml"
+
+
+def test_the_real_compose_file_has_no_problems() -> None:
+    assert compose_problems(REPO / COMPOSE) == []
+    assert main([str(REPO / COMPOSE)]) == 0
+
+
+# (file edited, text there, its replacement, parts of the expected problem)
+BROKEN = {
+    "a flag that does not exist": (
+        COMPOSE,
+        '"--router-address", "router:50053"',
+        '"--router-adress", "router:50053"',
+        ["gateway", "unrecognized arguments: --router-adress"],
+    ),
+    "a wrong port": (
+        COMPOSE,
+        '"--auth-address", "auth:50052"',
+        '"--auth-address", "auth:50062"',
+        ["gateway", "auth:50062", "auth listens on 9464, 50052, not 50062"],
+    ),
+    "a missing healthcheck": (
+        COMPOSE,
+        '      test: ["CMD", "python", "-m", "deploy.healthcheck", "127.0.0.1:50055", '
+        '"maas.v1.Anomaly"]\n',
+        "",
+        ["anomaly: no healthcheck"],
+    ),
+    "a health check on another port": (
+        COMPOSE,
+        '"127.0.0.1:50055", "maas.v1.Anomaly"',
+        '"127.0.0.1:50056", "maas.v1.Anomaly"',
+        ["anomaly", "healthcheck probes port 50056", "listens on 50055"],
+    ),
+    "a health check of a service the server does not run": (
+        COMPOSE,
+        '"127.0.0.1:50055", "maas.v1.Anomaly"',
+        '"127.0.0.1:50055", "maas.v1.Anomalies"',
+        ["anomaly", "'maas.v1.Anomalies'", "serves maas.v1.Anomaly"],
+    ),
+    "a value the setting does not take": (
+        COMPOSE,
+        '"--max-num-seqs", "256"',
+        '"--max-num-seqs", "lots"',
+        ["inference-gpu", "--max-num-seqs", "valid integer"],
+    ),
+    "an env var that is no setting": (
+        COMPOSE,
+        "MAAS_ROUTER_TELEMETRY__PROMETHEUS_PORT",
+        "MAAS_ROUTER_TELEMETRY__PROMETHEUS_PROT",
+        ["router", "MAAS_ROUTER_TELEMETRY__PROMETHEUS_PROT: no such setting of services.router"],
+    ),
+    "an env var of another service": (
+        COMPOSE,
+        "MAAS_ANOMALY_TELEMETRY__OTLP_ENDPOINT",
+        "MAAS_AUTH_TELEMETRY__OTLP_ENDPOINT",
+        ["anomaly", "services.anomaly reads only MAAS_ANOMALY_* variables"],
+    ),
+    "a module that does not exist": (
+        COMPOSE,
+        '"-m", "services.anomaly", "--host"',
+        '"-m", "services.anomly", "--host"',
+        ["anomaly", "python -m services.anomly`: no such module"],
+    ),
+    "an address naming no service": (
+        COMPOSE,
+        '"router:50053"',
+        '"routr:50053"',
+        ["gateway", "routr is no service of this file"],
+    ),
+    "a service only its own container can reach": (
+        COMPOSE,
+        '"services.anomaly", "--host", "0.0.0.0"',
+        '"services.anomaly", "--host", "127.0.0.1"',
+        ["anomaly: listens on 127.0.0.1"],
+    ),
+    "a stop grace no longer than the server's": (
+        COMPOSE,
+        "  stop_grace_period: 15s\n\nx-health",
+        "  stop_grace_period: 10s\n\nx-health",
+        ["router", "stop_grace_period (10s) is not longer than its own grace period (10s)"],
+    ),
+    "a dependency that does not exist": (
+        COMPOSE,
+        "postgres: { condition: service_healthy }",
+        "postgress: { condition: service_healthy }",
+        ["auth", "depends on 'postgress', which is no service"],
+    ),
+    "a volume that is not declared": (
+        COMPOSE,
+        '["gateway-data:/data"]',
+        '["gateway-state:/data"]',
+        ["gateway: mounts volume gateway-state, which `volumes:` lacks"],
+    ),
+    "a build target that does not exist": (
+        COMPOSE,
+        "target: mesh }",
+        "target: mess }",
+        ["gateway", "build target 'mess' is no stage of Dockerfile"],
+    ),
+    "a build arg the Dockerfile does not declare": (
+        COMPOSE,
+        "args: { ENGINE: gpu }",
+        "args: { ENGIN: gpu }",
+        ["inference-gpu", "build arg ENGIN is declared by no ARG"],
+    ),
+    "a gpu service without a GPU": (
+        COMPOSE,
+        "driver: nvidia",
+        "driver: amd",
+        ["inference-gpu", "reserves no NVIDIA device"],
+    ),
+    "a section of the wrong shape": (
+        COMPOSE,
+        'ports: ["9090:9090"]',
+        "ports: 9090",
+        ["prometheus: malformed (TypeError"],
+    ),
+    "a file that is not YAML": (
+        COMPOSE,
+        "services:\n",
+        "services: [\n",
+        ["docker-compose.yml: cannot be read as YAML"],
+    ),
+    "a service Prometheus does not scrape": (
+        "deploy/prometheus.yml",
+        '"anomaly:9464", ',
+        "",
+        ["anomaly: Prometheus does not scrape it"],
+    ),
+    "Prometheus scraping a gRPC port": (
+        "deploy/prometheus.yml",
+        '"router:9464"',
+        '"router:50053"',
+        ["prometheus", "port 50053 of router is not its metrics port (9464)"],
+    ),
+    "the collector exporting to a port nothing listens on": (
+        "deploy/otel-collector.yaml",
+        "jaeger:4317",
+        "jaeger:4318",
+        ["otel-collector", "jaeger:4318", "jaeger listens on 4317, 13133, 16686, not 4318"],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(BROKEN))
+def test_a_broken_copy_fails_naming_the_problem(case: str, tmp_path: Path) -> None:
+    edit, old, new, expected = BROKEN[case]
+    root = copy_with(tmp_path, FILES, edit, old, new)
+    problems = compose_problems(root / COMPOSE)
+    assert named(problems, *expected), problems
+
+
+def test_main_fails_on_a_broken_copy(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    edit, old, new, _ = BROKEN["a missing healthcheck"]
+    root = copy_with(tmp_path, FILES, edit, old, new)
+    assert main([str(root / COMPOSE)]) == 1
+    assert "anomaly: no healthcheck" in capsys.readouterr().err

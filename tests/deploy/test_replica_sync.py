@@ -1,0 +1,69 @@
+"""The replica sync against a real router: it registers every address a name
+resolves to, deregisters the rest, and leaves the router alone when the
+lookup fails. No replica needs to run: the router only watches them."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import AsyncIterator
+
+import grpc
+import pytest_asyncio
+
+from deploy.replica_sync import sync_once
+from maas.v1 import router_pb2, router_pb2_grpc
+from observability import setup
+from observability.settings import TelemetrySettings
+from services.router.replicas import ReplicaSet
+from services.router.server import running_router
+from tests.support import free_port
+
+
+@pytest_asyncio.fixture
+async def router() -> AsyncIterator[router_pb2_grpc.RouterAsyncStub]:
+    telemetry = setup("router", TelemetrySettings())
+    replicas = ReplicaSet([], telemetry, retry_initial_s=0.05)
+    await replicas.start()
+    try:
+        async with (
+            running_router("127.0.0.1:0", telemetry, replicas, 0.5) as server,
+            grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as ch,
+        ):
+            yield router_pb2_grpc.RouterStub(ch)
+    finally:
+        await replicas.aclose()
+        telemetry.shutdown()
+
+
+async def addresses(router: router_pb2_grpc.RouterAsyncStub) -> set[str]:
+    listed = await router.ListReplicas(router_pb2.ListReplicasRequest())
+    return {replica.address for replica in listed.replicas}
+
+
+async def test_the_router_follows_what_the_name_resolves_to(
+    router: router_pb2_grpc.RouterAsyncStub,
+) -> None:
+    port = free_port()
+    ips = {info[4][0] for info in socket.getaddrinfo("localhost", port, type=socket.SOCK_STREAM)}
+    stale = f"127.0.0.9:{port}"
+    await router.RegisterReplica(router_pb2.RegisterReplicaRequest(address=stale))
+
+    result = await sync_once(router, "localhost", port)
+
+    now = await addresses(router)
+    assert f"127.0.0.1:{port}" in now
+    assert len(now) == len(ips)
+    assert result is not None
+    assert set(result.registered) == now
+    assert result.deregistered == (stale,)
+    again = await sync_once(router, "localhost", port)
+    assert again is not None and again.registered == () and again.deregistered == ()
+
+
+async def test_a_failed_lookup_changes_nothing(router: router_pb2_grpc.RouterAsyncStub) -> None:
+    kept = f"127.0.0.1:{free_port()}"
+    await router.RegisterReplica(router_pb2.RegisterReplicaRequest(address=kept))
+
+    assert await sync_once(router, "no-such-replicas.invalid", 50054) is None
+
+    assert await addresses(router) == {kept}
