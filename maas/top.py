@@ -1,8 +1,8 @@
 """`maas top`: a live view of the mesh read from its own rpcs. The router's
 ListReplicas and GetQueueStats, the anomaly service's ListAlerts and
 GetEventStats; tokens/s is the change in the anomaly service's completion
-token counts between two snapshots. No rpc reports time to first token, so the
-view shows only the TTFT regressions the anomaly service raises."""
+token counts between two snapshots; time to first token is the router's recent
+average per replica."""
 
 from __future__ import annotations
 
@@ -31,10 +31,6 @@ REPLICA_STATE_STYLES = {
 # Rows beyond these are summed up in one line, so a frame fits a terminal.
 MAX_TENANT_ROWS = 20
 MAX_ALERT_ROWS = 10
-NO_TTFT = (
-    "time to first token: no rpc reports it; "
-    "ttft_regression alerts below show a replica's regressions"
-)
 
 
 @dataclass(frozen=True)
@@ -122,13 +118,13 @@ def _summary(snapshot: MeshSnapshot, rates: dict[str, float] | None) -> Renderab
         ("requests ", "bold"),
         str(snapshot.events.by_kind.get("EVENT_KIND_REQUEST", 0)),
     )
-    return Group(line, Text(NO_TTFT, style="dim"))
+    return line
 
 
 def _replica_table(replicas: router_pb2.ListReplicasResponse) -> Table:
     table = _table("replicas", "replica", "model", "state")
     # Short headers so the table fits 80 columns; the README says what each holds.
-    for numbers in ("flight", "limit", "run", "wait", "kv", "prefix", "promised"):
+    for numbers in ("flight", "limit", "ttft ms", "run", "wait", "kv", "prefix", "promised"):
         table.add_column(numbers, justify="right")
     for r in replicas.replicas:
         state = router_pb2.ReplicaState.Name(r.state).removeprefix("REPLICA_STATE_").lower()
@@ -140,6 +136,7 @@ def _replica_table(replicas: router_pb2.ListReplicasResponse) -> Table:
             Text(state, style=REPLICA_STATE_STYLES.get(r.state, "")),
             str(r.in_flight),
             str(r.concurrency_limit),
+            f"{r.ttft_s * 1e3:.0f}" if r.ttft_s else "-",
             str(r.load.running),
             str(r.load.waiting),
             f"{r.load.kv_cache_usage:.0%}",

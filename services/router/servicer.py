@@ -251,6 +251,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
             concurrency_limit=int(r.limiter.limit),
             load=r.load,
             ejected_for_s=max(0.0, r.ejected_until - now),
+            ttft_s=r.limiter.expected_latency,
         )
 
 
