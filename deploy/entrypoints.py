@@ -111,6 +111,26 @@ def _health_names(module: str) -> tuple[str, ...]:
     return tuple(names)
 
 
+def missing_service_token(settings: Mapping[str, ServiceSettings]) -> list[str]:
+    """Where some services of one mesh hold the service token and others do
+    not: those others' calls to internal services would be refused, and their
+    own listeners would answer anyone. The names of the services without it."""
+    holders = [name for name, s in settings.items() if s.service_token is not None]
+    if not holders:
+        return []
+    return [name for name, s in settings.items() if s.service_token is None]
+
+
+@functools.cache
+def module_environment(module: str) -> frozenset[str]:
+    """The variables a non-service module says it reads (its `ENVIRONMENT`)."""
+    try:
+        loaded = importlib.import_module(module)
+    except ImportError:
+        return frozenset()
+    return frozenset(getattr(loaded, "ENVIRONMENT", ()))
+
+
 @functools.cache
 def help_flags(module: str) -> frozenset[str] | None:
     """The `--flags` a non-service module's `--help` lists; None if it has none to show."""
@@ -150,8 +170,11 @@ def invoke(module: str, args: Sequence[str], env: Mapping[str, str]) -> Invocati
         return result
     spec = service_spec(module)
     if spec is None:
+        reads = module_environment(module)
         result.problems += [
-            f"{name}: `{module}` is no service and reads no settings" for name in maas_vars
+            f"{name}: `{module}` is no service and reads no such variable"
+            for name in maas_vars
+            if name not in reads
         ]
         result.problems += _unknown_flags(module, args)
         return result

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -31,6 +32,10 @@ from observability.settings import TelemetrySettings
 log = structlog.get_logger(__name__)
 # Long enough for a busy router, short enough that a hung one is retried next round.
 CALL_TIMEOUT_S = 10.0
+# The router answers only the mesh: the mesh's service token, as the CLI reads it.
+SERVICE_TOKEN_VARIABLE = "MAAS_SERVICE_TOKEN"
+# What the deploy checks accept in this module's environment.
+ENVIRONMENT = (SERVICE_TOKEN_VARIABLE,)
 
 
 @dataclass(frozen=True)
@@ -83,13 +88,14 @@ async def sync_once(
 
 async def run(router: str, host: str, port: int, interval_s: float) -> None:
     from observability import setup
-    from observability.channels import channel
+    from observability.channels import ChannelSecurity, channel
     from services.common.serving import wait_for_shutdown_signal
 
     telemetry = setup("replica-sync", TelemetrySettings())
+    security = ChannelSecurity(service_token=os.environ.get(SERVICE_TOKEN_VARIABLE) or None)
     stop = asyncio.create_task(wait_for_shutdown_signal())
     try:
-        async with channel(router, telemetry) as ch:
+        async with channel(router, telemetry, security=security) as ch:
             stub = router_pb2_grpc.RouterStub(ch)
             while not stop.done():
                 try:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import math
 import socket
+import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -13,14 +14,29 @@ import structlog
 import uvicorn
 from starlette.types import ASGIApp
 
+from services.common.settings import TlsSettings
+
 log = structlog.get_logger(__name__)
 
 
 @asynccontextmanager
-async def serving_http(app: ASGIApp, *, host: str, port: int, grace_s: float) -> AsyncIterator[int]:
+async def serving_http(
+    app: ASGIApp, *, host: str, port: int, grace_s: float, tls: TlsSettings | None = None
+) -> AsyncIterator[int]:
     """Serves `app` on host:port (0 picks a free one) until the block ends, and
     yields the bound port. On exit it stops accepting, lets responses in flight
-    (streams included) finish for `grace_s`, then cancels what is left."""
+    (streams included) finish for `grace_s`, then cancels what is left.
+    With a certificate in `tls` it serves HTTPS, with the same certificate and
+    client-certificate rule as the gRPC listener beside it."""
+    tls = tls or TlsSettings()
+    https: dict[str, object] = {}
+    if tls.serves_tls:
+        https = {
+            "ssl_certfile": str(tls.cert),
+            "ssl_keyfile": str(tls.key),
+            "ssl_ca_certs": str(tls.ca) if tls.ca is not None else None,
+            "ssl_cert_reqs": ssl.CERT_REQUIRED if tls.require_client_cert else ssl.CERT_NONE,
+        }
     # Bound here rather than by uvicorn: a taken port raises OSError instead
     # of uvicorn's sys.exit, and port 0 tells us what it picked.
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -36,6 +52,7 @@ async def serving_http(app: ASGIApp, *, host: str, port: int, grace_s: float) ->
         # detectors must not trust a forwarded-for header any client can write.
         proxy_headers=False,
         timeout_graceful_shutdown=math.ceil(grace_s),
+        **https,  # type: ignore[arg-type]
     )
     config.load()
     server = uvicorn.Server(config)
@@ -48,7 +65,7 @@ async def serving_http(app: ASGIApp, *, host: str, port: int, grace_s: float) ->
         sock.close()
         raise
     bound: int = sock.getsockname()[1]
-    log.info("http server started", host=host, port=bound)
+    log.info("http server started", host=host, port=bound, tls=tls.serves_tls)
     ticking = asyncio.create_task(server.main_loop())
     try:
         yield bound

@@ -106,6 +106,7 @@ async def running_gateway(
                     host=settings.host,
                     port=settings.http_port,
                     grace_s=settings.grace_period_s,
+                    tls=settings.tls,
                 )
             )
         yield RunningGateway(server, http_port)

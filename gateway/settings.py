@@ -34,3 +34,9 @@ class GatewaySettings(ServiceSettings):
     default_max_tokens_estimate: int = Field(default=1024, ge=1)
     # Usage records wait here (on disk) until the ledger acknowledges them.
     usage_outbox_path: Path = Path(".maas/gateway-outbox.db")
+
+    def listening_ports(self) -> set[int]:
+        ports = super().listening_ports()
+        if self.http_port:
+            ports.add(self.http_port)
+        return ports

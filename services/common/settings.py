@@ -70,6 +70,14 @@ class ServiceSettings(BaseSettings):
     def address(self) -> str:
         return f"{self.host}:{self.port}"
 
+    def listening_ports(self) -> set[int]:
+        """Every fixed port the service listens on: gRPC, metrics, and any
+        other face a subclass adds (the deploy checks read them here)."""
+        ports = {self.port}
+        if self.telemetry.prometheus_port:
+            ports.add(self.telemetry.prometheus_port)
+        return ports
+
     @classmethod
     def from_cli(cls, argv: list[str] | None = None) -> Self:
         """Settings from command-line flags (`--port 50051`), then env, then defaults."""

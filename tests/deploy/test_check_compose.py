@@ -78,8 +78,8 @@ BROKEN = {
     ),
     "an address naming no service": (
         COMPOSE,
-        '"router:50053"',
-        '"routr:50053"',
+        '"--router-address", "router:50053"',
+        '"--router-address", "routr:50053"',
         ["gateway", "routr is no service of this file"],
     ),
     "a service only its own container can reach": (
@@ -108,15 +108,27 @@ BROKEN = {
     ),
     "a build target that does not exist": (
         COMPOSE,
-        "target: mesh }",
-        "target: mess }",
-        ["gateway", "build target 'mess' is no stage of Dockerfile"],
+        "target: maas\n",
+        "target: mass\n",
+        ["gateway", "build target 'mass' is no stage of Dockerfile"],
     ),
     "a build arg the Dockerfile does not declare": (
         COMPOSE,
-        "args: { ENGINE: gpu }",
-        "args: { ENGIN: gpu }",
-        ["inference-gpu", "build arg ENGIN is declared by no ARG"],
+        "ENGINE: ${MAAS_ENGINE:-cpu}",
+        "ENGIN: ${MAAS_ENGINE:-cpu}",
+        ["gateway", "build arg ENGIN is declared by no ARG"],
+    ),
+    "a service without the mesh's service token": (
+        COMPOSE,
+        "      MAAS_ROUTER_SERVICE_TOKEN: ${MAAS_SERVICE_TOKEN:?set a service token}\n",
+        "",
+        ["router", "has no service token, which the mesh's other services hold"],
+    ),
+    "a gateway port published where it does not listen": (
+        COMPOSE,
+        '"--http-port", "8000"',
+        '"--http-port", "8080"',
+        ["gateway", "publishes port 8000, where it does not listen"],
     ),
     "a gpu service without a GPU": (
         COMPOSE,

@@ -123,6 +123,17 @@ BROKEN = {
         "containerPort: 50052",
         ["container gateway", "declares containerPort 50052 (grpc), where it does not listen"],
     ),
+    "a service without the mesh's service token": (
+        "inference.yaml",
+        "          env:\n"
+        "            - name: MAAS_INFERENCE_SERVICE_TOKEN\n"
+        "              valueFrom:\n"
+        "                secretKeyRef:\n"
+        "                  name: maas-secrets\n"
+        "                  key: service-token\n",
+        "",
+        ["container inference", "has no service token, which the mesh's other services hold"],
+    ),
     "a Service targeting no container port": (
         "auth.yaml",
         "targetPort: grpc",

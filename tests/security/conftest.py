@@ -52,6 +52,12 @@ class SecureMesh:
     def gateway(self) -> str:
         return self.targets["gateway"]
 
+    @property
+    def gateway_http(self) -> str:
+        """The OpenAI-compatible face: https:// when the mesh has certificates."""
+        scheme = "https" if self.certs else "http"
+        return f"{scheme}://{self.targets['gateway-http']}"
+
     def operator(self, *, token: bool = True) -> Connection:
         """An operator's connection: the mesh CA, the operator's client
         certificate (under TLS) and, unless `token=False`, the service token."""
@@ -170,12 +176,15 @@ async def start_secure_mesh(
         anomaly_address=f"127.0.0.1:{anomaly.port}",
         grace_period_s=2.0,
         usage_outbox_path=state / "outbox.db",
+        http_port=0,
         tls=_tls(certs, "gateway", mutual=False),
         service_token=service_token,
     )
     gateway = await stack.enter_async_context(running_gateway(gateway_settings, tel["gateway"]))
+    assert gateway.http_port is not None
     ports = {
         "gateway": gateway.port,
+        "gateway-http": gateway.http_port,
         "auth": auth.port,
         "router": router.port,
         "inference": inference.port,

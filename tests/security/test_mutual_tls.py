@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import grpc
+import httpx
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -110,3 +111,19 @@ async def test_a_mesh_certificate_alone_is_a_mesh_identity(mtls_mesh: SecureMesh
         )
         chunks = [chunk async for chunk in stub.Generate(request)]
     assert chunks and chunks[-1].finish_reason
+
+
+async def test_the_openai_http_face_serves_https_with_the_gateway_certificate(
+    mtls_mesh: SecureMesh,
+) -> None:
+    assert mtls_mesh.certs is not None
+    api_key = await mtls_mesh.new_api_key()
+    headers = {"authorization": f"Bearer {api_key}"}
+    async with httpx.AsyncClient(verify=str(mtls_mesh.certs.ca)) as https:
+        listed = await https.get(f"{mtls_mesh.gateway_http}/v1/models", headers=headers)
+    assert listed.status_code == 200
+    assert [m["id"] for m in listed.json()["data"]] == [mtls_mesh.model]
+    plain = mtls_mesh.gateway_http.replace("https://", "http://")
+    async with httpx.AsyncClient() as http:
+        with pytest.raises(httpx.HTTPError):
+            await http.get(f"{plain}/v1/models", headers=headers)
