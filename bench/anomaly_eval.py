@@ -530,21 +530,24 @@ def explains(injection: Injection, firing: Firing, grace_s: float) -> bool:
     )
 
 
+def detection_delay(run: Run, j: Injection, grace_s: float) -> float | None:
+    """Seconds from the anomaly's start to the first alert of its kind on its
+    series; None when it was missed."""
+    hits = [
+        f.at - j.start
+        for f in run.firings
+        if f.kind in DETECTS[j.kind]
+        and f.series in j.affected
+        and j.start <= f.at <= j.end + grace_s
+    ]
+    return min(hits) if hits else None
+
+
 def score(run: Run, injections: list[Injection], grace_s: float) -> dict[str, dict[str, Any]]:
     rows: dict[str, dict[str, Any]] = {}
     for kind in INJECTED:
         mine = [j for j in injections if j.kind == kind]
-        delays: list[float] = []
-        for j in mine:
-            hits = [
-                f.at - j.start
-                for f in run.firings
-                if f.kind in DETECTS[kind]
-                and f.series in j.affected
-                and j.start <= f.at <= j.end + grace_s
-            ]
-            if hits:
-                delays.append(min(hits))
+        delays = [d for j in mine if (d := detection_delay(run, j, grace_s)) is not None]
         alerts = [a for a in run.alerts.values() if a.kind in ROW_KINDS[kind]]
         true = sum(any(explains(j, a, grace_s) for j in injections) for a in alerts)
         rows[kind] = {
@@ -652,9 +655,17 @@ def main() -> None:
         "events_per_s": events_per_s,
         "speedup": events_per_s * args.hours * 3600 / adaptive_run.events,
     }
+    missed = [j for j in injections if detection_delay(adaptive_run, j, args.grace) is None]
+    table = render(adaptive, static, clean, meta)
+    if missed:
+        table += "\nmissed by the adaptive detectors:\n" + "\n".join(
+            f"  {j.kind:<20} {j.series:<28} at {j.start:7.0f} s for {j.end - j.start:4.0f} s, "
+            f"magnitude {j.magnitude:.2f}"
+            for j in missed
+        )
     write_results(
         "anomaly_eval",
-        render(adaptive, static, clean, meta),
+        table,
         parameters=vars(args),
         replay=meta,
         adaptive=adaptive,
@@ -670,6 +681,8 @@ def main() -> None:
                 "magnitude": round(j.magnitude, 2),
                 "magnitude2": round(j.magnitude2, 2),
                 "key": j.key,
+                "adaptive_delay_s": detection_delay(adaptive_run, j, args.grace),
+                "static_delay_s": detection_delay(static_run, j, args.grace),
             }
             for j in injections
         ],

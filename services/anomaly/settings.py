@@ -72,8 +72,10 @@ class ErrorSettings(BaseModel):
     replica_codes: frozenset[str] = frozenset(
         {"UNKNOWN", "INTERNAL", "UNAVAILABLE", "DATA_LOSS", "DEADLINE_EXCEEDED"}
     )
-    # The longer of the two windows tested (the other is the current bucket).
+    # The windows tested besides the current bucket: a short one for busy
+    # series, a long one for quiet ones whose short window holds too few requests.
     window_buckets: int = Field(default=6, ge=1)
+    long_window_buckets: int = Field(default=24, ge=1)
     # One-sided binomial p-value against the baseline error rate.
     max_p: float = Field(default=1e-7, gt=0, lt=1)
     # The window's error rate must be at least this many times the baseline...
@@ -86,6 +88,7 @@ class ErrorSettings(BaseModel):
     # series with little history is judged against a sane rate.
     prior_rate: float = Field(default=0.01, gt=0, lt=1)
     prior_requests: float = Field(default=100.0, gt=0)
+    # Buckets of baseline before judging, counted once the long window is full.
     warmup_buckets: int = Field(default=12, ge=0)
 
 
@@ -112,8 +115,10 @@ class AuthFailureSettings(BaseModel):
 
     # A source nobody has seen yet is expected to fail this often per bucket.
     expected_per_bucket: float = Field(default=0.05, gt=0)
-    # The longer of the two windows tested (the other is the current bucket).
+    # The windows tested besides the current bucket: a short one for busy
+    # series, a long one for quiet ones whose short window holds too few requests.
     window_buckets: int = Field(default=6, ge=1)
+    long_window_buckets: int = Field(default=24, ge=1)
     # Poisson p-value against the source's expected failures.
     max_p: float = Field(default=1e-7, gt=0, lt=1)
     # A handful of typos is never a burst.
@@ -142,6 +147,9 @@ class MixSettings(BaseModel):
     score_threshold: float = Field(default=0.85, gt=0, le=1)
     # ...and this many unusual observations in a row raise an alert.
     consecutive: int = Field(default=3, ge=1)
+    # Unusual observations are not learnt until this many come in a row: then
+    # they are the tenant's new normal.
+    relearn_after: int = Field(default=64, ge=1)
     # Observations before alerting: the trees' first window has no reference.
     warmup: int = Field(default=80, ge=1)
     # The trees take ~0.3 MiB per tenant, so they get their own, smaller cap.

@@ -64,3 +64,35 @@ def test_a_tenants_bad_requests_are_not_the_replicas_fault() -> None:
 
 def test_cancelled_requests_are_not_errors() -> None:
     assert then(200, 100, status="CANCELLED") == []
+
+
+def quiet_tenant(
+    start: float, seconds: float, every_s: float, fail_every: int
+) -> list[RequestEvent]:
+    """A request every `every_s` seconds, one in `fail_every` failing."""
+    return [
+        request(start + i * every_s, status="INVALID_ARGUMENT" if i % fail_every == 3 else "OK")
+        for i in range(int(seconds / every_s))
+    ]
+
+
+def test_a_quiet_tenants_burst_is_judged_over_minutes_not_seconds() -> None:
+    # One request every 4 s, 2% failing, for twenty minutes; then 40% fail for
+    # 100 s: 10 failures in 25 requests. No 30 s window holds enough of them
+    # to tell, two minutes do.
+    history = quiet_tenant(T0, 20 * 60, 4.0, 50)
+    burst = [
+        request(T0 + 20 * 60 + i * 4.0, status="INVALID_ARGUMENT" if i % 5 in (0, 2) else "OK")
+        for i in range(25)
+    ]
+    assert sum(e.status_code != "OK" for e in burst) == 10
+    findings = [f for f in run(detector(), history + burst) if f.series == "tenant:acme"]
+    assert findings
+    assert min(f.at for f in findings) >= T0 + 20 * 60
+    assert findings[0].expected < 0.03  # the burst did not raise its own bar
+    assert findings[0].score > 7
+
+
+def test_a_quiet_tenants_usual_failures_raise_nothing() -> None:
+    findings = run(detector(), quiet_tenant(T0, 60 * 60, 4.0, 50))
+    assert [f for f in findings if f.series == "tenant:acme"] == []

@@ -3,11 +3,15 @@
 A tenant's series counts every failure; a replica's only the server's own
 (a tenant sending bad requests is not the replica's fault).
 
-A binomial test of the errors in the current bucket, and in the last few
-buckets, against the series' baseline error rate: 1 failure in 2 requests
-is not evidence of anything, 100 in 200 is. The baseline is a Beta posterior
-over decayed counts of the buckets that did not fire, so a burst does not
-raise its own bar and a young series is judged against a sane prior."""
+A binomial test of the errors in the current bucket, in the last few
+buckets and in the last couple of minutes, against the series' baseline
+error rate: 1 failure in 2 requests is not evidence of anything, 100 in 200
+is, and a quiet tenant's 10 in 25 over two minutes is too (its 30 seconds
+hold too few requests to tell). The baseline is a Beta posterior over
+decayed counts of the buckets that did not fire, taken in only once they
+leave the long window: a burst never raises its own bar, not even before it
+has fired. A young series, with no history to wait for, learns each bucket
+at once and is judged against a sane prior."""
 
 from __future__ import annotations
 
@@ -25,11 +29,17 @@ from services.anomaly.settings import ErrorSettings
 class _ErrorSeries:
     bucket: int
     tenant_id: str
-    # The last closed buckets' requests and errors, a ring, and their sums.
+    # The last closed buckets' requests and errors, a ring, and their sums
+    # over the short window's buckets and over the whole ring.
     ring_requests: list[int]
     ring_errors: list[int]
+    # Whether a slot's bucket stays out of the baseline when it leaves the
+    # ring: it fired, or it was learnt at once while the series was young.
+    ring_skip: list[bool]
     window_requests: int = 0
     window_errors: int = 0
+    long_requests: int = 0
+    long_errors: int = 0
     pos: int = 0
     requests: int = 0
     errors: int = 0
@@ -48,12 +58,17 @@ class ErrorBurstDetector:
         self._s = settings
         self._bucket_s = bucket_s
         self._log_max_p = math.log(settings.max_p)
-        window = settings.window_buckets - 1
+        self._short = settings.window_buckets - 1
+        window = max(settings.long_window_buckets, settings.window_buckets) - 1
         self._table: SeriesTable[_ErrorSeries] = SeriesTable(
             max_series,
             idle_buckets,
             lambda b: _ErrorSeries(
-                bucket=b, tenant_id="", ring_requests=[0] * window, ring_errors=[0] * window
+                bucket=b,
+                tenant_id="",
+                ring_requests=[0] * window,
+                ring_errors=[0] * window,
+                ring_skip=[False] * window,
             ),
         )
 
@@ -101,6 +116,7 @@ class ErrorBurstDetector:
         for errors, requests in (
             (state.errors, state.requests),
             (state.errors + state.window_errors, state.requests + state.window_requests),
+            (state.errors + state.long_errors, state.requests + state.long_requests),
         ):
             if errors < self._s.min_errors or errors < self._s.min_ratio * rate * requests:
                 continue
@@ -130,25 +146,39 @@ class ErrorBurstDetector:
         return (state.base_errors + prior_errors) / (state.base_requests + s.prior_requests)
 
     def _close(self, state: _ErrorSeries, bucket: int) -> None:
-        """Closes the open bucket and the empty ones after it, up to `bucket`."""
-        s = self._s
+        """Closes the open bucket and the empty ones after it, up to `bucket`:
+        each enters the ring, and the one it pushes out enters the baseline."""
+        keep = 1.0 - self._s.baseline_alpha
         gap = bucket - state.bucket
-        decay = (1.0 - s.baseline_alpha) ** gap
-        # The open bucket was `gap` buckets ago; empty buckets since only decay it.
-        state.base_requests *= decay
-        state.base_errors *= decay
-        if not state.fired:
-            weight = (1.0 - s.baseline_alpha) ** (gap - 1)
-            state.base_requests += weight * state.requests
-            state.base_errors += weight * state.errors
         ring = len(state.ring_requests)
         for i in range(min(gap, ring)):
             requests, errors = (state.requests, state.errors) if i == 0 else (0, 0)
-            state.window_requests += requests - state.ring_requests[state.pos]
-            state.window_errors += errors - state.ring_errors[state.pos]
-            state.ring_requests[state.pos] = requests
-            state.ring_errors[state.pos] = errors
-            state.pos = (state.pos + 1) % ring
+            pos = state.pos
+            state.base_requests *= keep
+            state.base_errors *= keep
+            if not state.ring_skip[pos]:
+                state.base_requests += state.ring_requests[pos]
+                state.base_errors += state.ring_errors[pos]
+            skip = state.fired and i == 0
+            if not skip and state.seen + i < ring:
+                state.base_requests += requests
+                state.base_errors += errors
+                skip = True
+            # The bucket leaving the short window: `short` slots behind the newest.
+            leaving = (pos - self._short) % ring
+            if self._short:
+                state.window_requests += requests - state.ring_requests[leaving]
+                state.window_errors += errors - state.ring_errors[leaving]
+            state.long_requests += requests - state.ring_requests[pos]
+            state.long_errors += errors - state.ring_errors[pos]
+            state.ring_requests[pos] = requests
+            state.ring_errors[pos] = errors
+            state.ring_skip[pos] = skip
+            state.pos = (pos + 1) % ring
+        # Past a whole ring, only empty buckets leave it: the baseline just fades.
+        if gap > ring:
+            state.base_requests *= keep ** (gap - ring)
+            state.base_errors *= keep ** (gap - ring)
         state.requests = state.errors = 0
         state.fired = False
         state.seen += gap

@@ -2,9 +2,11 @@
 
 A tenant's requests are pooled into observations of at least `min_requests`
 and `min_buckets` (so a window of observations spans a while even for a busy
-tenant), each described by rate-free features: mean log prompt and
-completion tokens, the share going to the tenant's usual model, and the
-share of its busiest API key. Each feature is standardised
+tenant), each described by rate-free features: mean log prompt tokens,
+mean log completion tokens of the requests that completed (a failure's
+empty completion is the error detector's business, not a change of mix),
+the share going to the tenant's usual model, and the share of its busiest
+API key. Each feature is standardised
 against the tenant's own slowly fading mean and variance, and river's
 half-space trees, spanning a fixed range of z-scores, score the observation
 against the previous window of observations; a run of high scores is an
@@ -39,6 +41,8 @@ MAX_KEYS = 32
 MAX_MODELS = 8
 # Per-observation decay of the model counts that say which model is usual.
 MODEL_DECAY = 0.05
+# Statuses of requests that ran to their end.
+COMPLETED = frozenset({"", "OK"})
 # EWMA weight of the typical score an alert is compared with.
 SCORE_ALPHA = 0.05
 
@@ -68,6 +72,10 @@ class _Tenant:
     n: int = 0
     prompt: float = 0.0
     completion: float = 0.0
+    completed: int = 0
+    # The last observation's completion feature: an observation where nothing
+    # completed says nothing new about it.
+    last_completion: float = 0.0
     models: dict[str, int] = field(default_factory=dict)
     keys: dict[str, int] = field(default_factory=dict)
     seen: int = 0
@@ -119,7 +127,9 @@ class TrafficMixDetector:
             tenant.opened = bucket
         tenant.n += 1
         tenant.prompt += math.log1p(event.prompt_tokens)
-        tenant.completion += math.log1p(event.completion_tokens)
+        if event.status_code in COMPLETED:
+            tenant.completed += 1
+            tenant.completion += math.log1p(event.completion_tokens)
         _count(tenant.models, event.model, MAX_MODELS)
         _count(tenant.keys, event.key_id, MAX_KEYS)
         return findings
@@ -146,13 +156,15 @@ class TrafficMixDetector:
         n = tenant.n
         if n < self._s.min_requests or bucket - tenant.opened < self._s.min_buckets:
             return
+        if tenant.completed:
+            tenant.last_completion = tenant.completion / tenant.completed
         x = {
             "prompt": tenant.prompt / n,
-            "completion": tenant.completion / n,
+            "completion": tenant.last_completion,
             "model": self._usual_model_share(tenant),
             "key": max(tenant.keys.values()) / n,
         }
-        tenant.n, tenant.prompt, tenant.completion = 0, 0.0, 0.0
+        tenant.n, tenant.prompt, tenant.completion, tenant.completed = 0, 0.0, 0.0, 0
         tenant.keys.clear()
         tenant.models.clear()
         finding = self._score(tenant, x)
@@ -189,10 +201,13 @@ class TrafficMixDetector:
         s = self._s
         z = tenant.scaler.transform_one(x)
         score = tenant.trees.score_one(z)
-        tenant.trees.learn_one(z)
-        # An unusual observation does not move the scale it is judged on; once
-        # the trees' reference has absorbed a new normal, scores drop and it does.
-        if score < s.score_threshold or tenant.seen < s.warmup:
+        # An unusual observation is learnt neither by the trees nor by the
+        # scale it is judged on: an anomaly must not become the reference the
+        # next one of its shape is judged against. A change that lasts
+        # `relearn_after` observations in a row is the new normal, and is learnt.
+        unusual = score >= s.score_threshold and tenant.seen >= s.warmup
+        if not unusual or tenant.streak >= s.relearn_after:
+            tenant.trees.learn_one(z)
             tenant.scaler.learn_one(x)
         tenant.seen += 1
         if tenant.seen <= s.warmup:

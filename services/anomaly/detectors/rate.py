@@ -249,7 +249,9 @@ class RateDetector:
         m.cusum = max(0.0, m.cusum + min(llr, s.shift_threshold / 4))
         if m.cusum > s.shift_threshold:
             found.append(_Hit("shift", m.cusum, x, expected, 1))
-            m.cusum = 0.0
+            # Restarted at the suspicion bar, not at zero: the baseline keeps
+            # holding still while the shift lasts instead of absorbing it.
+            m.cusum = s.shift_threshold / 2
         if not fired:
             spike = self._spike(m, x, in_bursts)
             if spike is not None:
