@@ -98,16 +98,17 @@ class _DeadEngine:
 _DEAD_ENGINE: Any = _DeadEngine()
 
 
-def _logprobs(token_ids: Sequence[int], entries: Any) -> tuple[SampledLogprob, ...]:
+def _logprobs(token_ids: Sequence[int], entries: Any, k: int) -> tuple[SampledLogprob, ...]:
     """vLLM gives, per token, {token id: Logprob(logprob, rank)} holding the
-    sampled token and the top alternatives (rank 1 is the most likely)."""
+    top `k` alternatives (rank 1 is the most likely) and the sampled token,
+    which is one more entry when it ranks below them: `top` is exactly the k."""
     if not entries:
         return ()
     result = []
     for token_id, by_token in zip(token_ids, entries, strict=False):
         sampled = by_token[token_id]
         top = sorted(
-            ((tid, lp) for tid, lp in by_token.items() if lp.rank is not None),
+            ((tid, lp) for tid, lp in by_token.items() if lp.rank is not None and lp.rank <= k),
             key=lambda item: item[1].rank,
         )
         result.append(
@@ -218,6 +219,7 @@ class VllmEngine:
         completion_tokens = 0
         queued_s: float | None = None
         first = True
+        top_k = options.logprobs or 0
         self._promised[request_id] = max_tokens * options.n
         try:
             # Closing this generator (a cancelled call) makes AsyncLLM abort the
@@ -247,7 +249,7 @@ class VllmEngine:
                         completion_tokens=completion_tokens,
                         finish_reason=finish,
                         index=choice.index,
-                        logprobs=_logprobs(choice.token_ids, choice.logprobs),
+                        logprobs=_logprobs(choice.token_ids, choice.logprobs, top_k),
                         cached_tokens=output.num_cached_tokens or 0,
                         queued_s=queued_s if first else 0.0,
                     )

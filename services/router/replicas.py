@@ -73,13 +73,21 @@ class Replica:
         return self.serving and not self.draining and now >= self.ejected_until
 
     def has_room(self, reserve: int = 0) -> bool:
-        """Under its concurrency limit (less `reserve` slots), not reporting a
-        queue of its own (requests waiting in the engine can no longer be
-        ordered fairly), and with KV cache to spare."""
+        """Under its concurrency limit (less `reserve` slots), with its engine's
+        batch not full by its own count (other callers' requests included:
+        past that, requests wait in the engine, where they can no longer be
+        ordered fairly), and with KV cache to spare.
+
+        Requests reported waiting are not a queue by themselves: every request
+        waits in the engine until its next step, so holding back whenever one
+        is reported would cut a burst into one engine step per load report.
+        A lasting queue shows in the time requests wait before being
+        scheduled, which shrinks the limit."""
+        load = self.load
         return (
             self.limiter.has_room(reserve)
-            and self.load.waiting == 0
-            and self.load.kv_cache_usage < KV_CACHE_HIGH
+            and load.running + load.waiting < self.limiter.max_limit
+            and load.kv_cache_usage < KV_CACHE_HIGH
         )
 
     def utilization(self) -> float:

@@ -148,6 +148,26 @@ async def test_logprobs_have_the_asked_shape(vllm_engine: VllmEngine) -> None:
         assert entry.top[0].token_id == token
 
 
+async def test_logprobs_give_k_alternatives_when_the_sampled_token_is_not_among_them(
+    vllm_engine: VllmEngine,
+) -> None:
+    # Hot sampling picks tokens outside the top 2, which vLLM then adds as a
+    # third entry; the answer still holds exactly the 2 asked for.
+    deltas = await collect(
+        vllm_engine,
+        GenerationInput(prompt="import"),
+        SamplingOptions(max_tokens=24, logprobs=2, temperature=5.0, seed=11, ignore_eos=True),
+        "logprobs-hot",
+    )
+    entries = [e for d in deltas for e in d.logprobs]
+    assert len(entries) == 24
+    outside = [e for e in entries if e.sampled.token_id not in {t.token_id for t in e.top}]
+    assert outside, "hot sampling drew some token outside the top 2"
+    assert all(len(e.top) == 2 for e in entries)
+    for e in outside:
+        assert e.sampled.logprob <= e.top[-1].logprob
+
+
 async def test_token_id_prompts_and_stop_token_ids(vllm_engine: VllmEngine) -> None:
     ids = tuple(range(100, 110))
     free = await collect(

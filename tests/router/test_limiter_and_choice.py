@@ -113,13 +113,25 @@ async def test_no_room_anywhere_means_wait(replicas: list[Replica]) -> None:
     assert choose(replicas, None, slack=0.25) is replicas[2]
 
 
-async def test_a_replica_reporting_a_queue_or_full_cache_gets_nothing(
+async def test_a_replica_with_a_full_batch_or_cache_gets_nothing(
     replicas: list[Replica],
 ) -> None:
-    replicas[0].load = inference_pb2.Load(waiting=3)
+    # Full by the engine's own count (others' requests too): 8 running, 2 waiting of 10.
+    replicas[0].load = inference_pb2.Load(running=8, waiting=2)
     replicas[1].load = inference_pb2.Load(kv_cache_usage=0.99)
     picks = {choose(replicas, None, slack=0.25).address for _ in range(5)}  # type: ignore[union-attr]
     assert picks.isdisjoint({replicas[0].address, replicas[1].address})
+
+
+async def test_requests_waiting_for_their_first_step_do_not_stop_a_burst(
+    replicas: list[Replica],
+) -> None:
+    # Three just sent, not yet scheduled: the engine has room for seven more.
+    only = replicas[0]
+    for _ in range(3):
+        only.limiter.acquire()
+    only.load = inference_pb2.Load(running=0, waiting=3)
+    assert choose([only], None, slack=0.25) is only
 
 
 async def test_a_failed_replica_is_avoided_while_another_is_left(
