@@ -161,7 +161,11 @@ def _tenant_table(snapshot: MeshSnapshot, rates: dict[str, float] | None) -> Tab
     def rate(tenant: str) -> float | None:
         return None if rates is None else rates.get(tenant, 0.0)
 
-    order = sorted(tenants, key=lambda t: (-waiting(t), -(rate(t) or 0.0), t))
+    def tokens(tenant: str) -> int:
+        return events.completion_tokens_by_tenant.get(tenant, 0)
+
+    # Busiest first: queued now, then serving now, then served so far.
+    order = sorted(tenants, key=lambda t: (-waiting(t), -(rate(t) or 0.0), -tokens(t), t))
     table = _table("tenants", "tenant")
     for numbers in ("queued", "class", "q tokens", "requests", "tokens", "tok/s"):
         table.add_column(numbers, justify="right")

@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TypeAlias
 
 import grpc
+import pytest
 import pytest_asyncio
 from rich.console import Console
 from typer.testing import CliRunner
@@ -139,7 +140,11 @@ async def test_a_tenant_whose_requests_wait_shows_its_queue(
     assert f"queued {frame.queue.waiting} " in text
 
 
-async def test_maas_top_once_prints_a_frame(mesh: Mesh, tenant_key: TenantKey) -> None:
+async def test_maas_top_once_prints_a_frame(
+    mesh: Mesh, tenant_key: TenantKey, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The session's mesh has served many tenants by now; show them all.
+    monkeypatch.setattr(top, "MAX_TENANT_ROWS", 10_000)
     async with MaasClient(mesh.gateway, tenant_key.api_key) as client:
         async for _ in client.generate(mesh.model, prompt="top --once", max_tokens=4):
             pass
