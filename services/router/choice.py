@@ -3,13 +3,16 @@
 Requests that share a prompt prefix (a system prompt, a conversation so far)
 prefer one replica, chosen by rendezvous hashing over the replicas of the
 model, so the prefix is likely in its cache and the choice survives replicas
-joining and leaving. The preferred replica is taken only while it is not
-much busier than the least loaded one (`slack`, in utilization), so a hot
-prefix cannot pile everything onto one replica."""
+joining and leaving. The preferred replica is taken only while its load
+stays within (1 + `slack`) times its share of all the requests in flight
+(consistent hashing with bounded loads, Mirrokni et al.), so a hot prefix
+cannot pile everything onto one replica, however large the replicas'
+limits are."""
 
 from __future__ import annotations
 
 import hashlib
+import math
 
 from maas.v1 import generation_pb2
 from services.router.replicas import Replica
@@ -74,6 +77,15 @@ def choose(
     if key is None:
         return least
     preferred = max(usable, key=lambda r: _rendezvous(key, r))
-    if preferred in with_room and preferred.utilization() <= least.utilization() + slack:
+    if preferred in with_room and _within_bound(preferred, usable, slack):
         return preferred
     return least
+
+
+def _within_bound(replica: Replica, replicas: list[Replica], slack: float) -> bool:
+    """Whether one more request keeps `replica` within (1 + slack) of its
+    share (by concurrency limit) of everything in flight, this one included."""
+    total = sum(r.limiter.in_flight for r in replicas) + 1
+    capacity = sum(r.limiter.limit for r in replicas)
+    share = replica.limiter.limit / capacity if capacity > 0 else 1 / len(replicas)
+    return replica.limiter.in_flight + 1 <= math.ceil((1 + slack) * total * share)

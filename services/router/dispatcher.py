@@ -34,7 +34,7 @@ class FlowPolicy:
     max_queue_per_tenant: int = 256  # waiting requests per tenant and model
     aging_s: float = 5.0  # a waiting request gains one priority class per this
     max_queue_wait_s: float = 30.0  # for requests that carry no deadline
-    affinity_slack: float = 0.25  # utilization a prefix-preferred replica may exceed the least
+    affinity_slack: float = 0.25  # how far past its load share a prefix-preferred replica may go
     # The least time to first token assumed when shedding for a deadline.
     min_first_token_s: float = 0.05
     # "affinity": least utilized with prefix affinity; "least_loaded": without

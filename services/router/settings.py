@@ -30,8 +30,8 @@ class RouterSettings(ServiceSettings):
     aging_s: float = Field(default=5.0, gt=0)
     # Longest wait for requests that carry no deadline of their own.
     max_queue_wait_s: float = Field(default=30.0, gt=0)
-    # How much busier (in utilization) the replica that likely caches a
-    # request's prompt prefix may be than the least loaded one, and still win.
+    # How far past its share of the requests in flight (0.25: 25%) the replica
+    # that likely caches a request's prompt prefix may go, and still win.
     affinity_slack: float = Field(default=0.25, ge=0)
     # How a replica is chosen: "affinity" (least utilized, preferring the one
     # likely to have the prompt prefix cached), "least_loaded", "round_robin".

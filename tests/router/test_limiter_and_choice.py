@@ -144,3 +144,21 @@ async def test_a_failed_replica_is_avoided_while_another_is_left(
     assert again is not None and again is not first
     # With only the failed one left, it is still used rather than nothing.
     assert choose([first], key, slack=0.25, exclude=frozenset({first.address})) is first
+
+
+async def test_a_hot_prefix_stays_within_its_share_of_the_load(replicas: list[Replica]) -> None:
+    """Large limits leave every replica far from full; the bound is on the
+    share of the load, so one conversation's followers still spread."""
+    pair = replicas[:2]
+    for r in pair:
+        r.limiter = GradientLimiter(initial=64, max_limit=64)
+    key = prefix_key(request("one long conversation " * 40))
+    placed: dict[str, int] = {r.address: 0 for r in pair}
+    for _ in range(16):
+        chosen = choose(pair, key, slack=0.25)
+        assert chosen is not None
+        chosen.limiter.acquire()
+        placed[chosen.address] += 1
+    # Within 25% of an even split of 16 (8 each), rounded up: at most 10.
+    assert max(placed.values()) == 10
+    assert sum(placed.values()) == 16
