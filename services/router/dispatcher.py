@@ -81,6 +81,9 @@ class Dispatcher:
         self._clock = replicas.clock
         self._queues: dict[str, FairQueue] = {}
         self._duration_s = Ewma(window=40)
+        # Seconds a lease lasts per estimated token, over streams that ran to
+        # their end: with a request's estimate, how long it will hold a replica.
+        self._s_per_token = Ewma(window=40)
         self._pumping = False
         self._pump_again = False
         self._turn = itertools.count()
@@ -114,10 +117,12 @@ class Dispatcher:
                 return self._grant(replica, ticket, now, now)
         wait_s = self._policy.max_queue_wait_s
         if ticket.deadline is not None:
-            # Leave the replica the time it needs for a first token.
+            # Leave the replica the time it needs to finish: a request that
+            # would hit its deadline mid-stream wastes the replica's work.
             expected = max(
                 self._policy.min_first_token_s,
                 min(r.limiter.expected_latency for r in candidates),
+                ticket.cost * (self._s_per_token.value or 0.0),
             )
             wait_s = min(wait_s, ticket.deadline - now - expected)
             if wait_s <= 0:
@@ -192,7 +197,10 @@ class Dispatcher:
             self._replicas.record_failure(replica)
         elif first_token_s is not None:
             self._replicas.record_success(replica)
-        self._duration_s.add(self._clock() - lease.dispatched_at)
+        held_s = self._clock() - lease.dispatched_at
+        self._duration_s.add(held_s)
+        if first_token_s is not None and not replica_failed:
+            self._s_per_token.add(held_s / max(1.0, lease.ticket.cost))
         self.pump()
 
     def pump(self) -> None:

@@ -118,3 +118,33 @@ async def test_full_queue_and_hopeless_deadlines_are_shed(telemetry: Telemetry) 
     assert dispatcher.shed == {"queue_full": 1, "deadline": 1}
     waiter.cancel()
     await asyncio.gather(waiter, return_exceptions=True)
+
+
+async def test_a_request_that_would_hit_its_deadline_mid_stream_is_shed_before_it_runs(
+    telemetry: Telemetry,
+) -> None:
+    now = [1000.0]
+    replicas = ReplicaSet(
+        ["127.0.0.1:1"],
+        telemetry,
+        limiter=lambda: GradientLimiter(initial=1, max_limit=1),
+        clock=lambda: now[0],
+    )
+    only = replicas.replicas[0]
+    only.model = generation_pb2.ModelInfo(name="m")
+    only.serving = True
+    dispatcher = Dispatcher(replicas, FlowPolicy(reserved_share=0.0))
+    # One stream of 100 estimated tokens held the replica for 10 s: 0.1 s a token.
+    lease = await dispatcher.acquire(ticket("A"))
+    now[0] += 10.0
+    dispatcher.release(lease, first_token_s=0.2, replica_failed=False)
+    busy = await dispatcher.acquire(ticket("A"))
+    # Its first token could come in time, its last could not: shed, never dispatched.
+    with pytest.raises(DeadlineExceededError, match="cannot be met"):
+        await dispatcher.acquire(ticket("B", deadline=now[0] + 5.0))
+    assert dispatcher.shed == {"deadline": 1}
+    # With time to finish, it waits its turn instead.
+    patient = asyncio.create_task(dispatcher.acquire(ticket("B", deadline=now[0] + 60.0)))
+    await eventually(lambda: dispatcher.waiting() == 1)
+    dispatcher.release(busy, first_token_s=0.2, replica_failed=False)
+    assert (await patient).ticket.tenant == "B"
