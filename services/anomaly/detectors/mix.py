@@ -6,8 +6,8 @@ tenant), each described by rate-free features: mean log prompt tokens,
 mean log completion tokens of the requests that completed (a failure's
 empty completion is the error detector's business, not a change of mix),
 the share going to the tenant's usual model, and the share of its busiest
-API key. Each feature is standardised
-against the tenant's own slowly fading mean and variance, and river's
+API key. Each feature is standardised against the tenant's own slowly
+fading mean and variance, and river's
 half-space trees, spanning a fixed range of z-scores, score the observation
 against the previous window of observations; a run of high scores is an
 alert. Scaling with statistics that change little within a window keeps the
