@@ -84,8 +84,15 @@ class PhaseResult:
         return percentile(ttfts, 99) * 1e3
 
     def codes(self, tenant: str) -> Counter[str]:
+        """Outcomes by status; a failure after tokens had streamed is marked
+        `mid-stream` (work the replica did for nothing), the rest were shed
+        before any ran."""
         lo, hi = self.window
-        return Counter(o.code for o in self.outcomes if o.tenant == tenant and lo <= o.start <= hi)
+        return Counter(
+            o.code + ("(mid-stream)" if o.code != "OK" and o.tokens else "")
+            for o in self.outcomes
+            if o.tenant == tenant and lo <= o.start <= hi
+        )
 
 
 class Load:
@@ -319,7 +326,8 @@ async def main_async(args: argparse.Namespace) -> None:
         )
     lines += [
         "",
-        "requests by outcome (all rounds; shed = RESOURCE_EXHAUSTED or DEADLINE_EXCEEDED):",
+        "requests by outcome (all rounds; shed = RESOURCE_EXHAUSTED or DEADLINE_EXCEEDED "
+        "before any token, (mid-stream) = cut after tokens had streamed):",
     ]
     for tenant, counts in shed_totals.items():
         lines.append(
