@@ -177,10 +177,13 @@ class Dispatcher:
         first_token_s: float | None,
         replica_failed: bool,
         queued_s: float = 0.0,
+        finished: bool = False,
     ) -> None:
         """Ends the lease. `first_token_s` (dispatch to first chunk) and
         `queued_s` (the engine's queueing, as the replica reported it) feed the
-        replica's limiter; `replica_failed` counts towards its ejection."""
+        replica's limiter; `replica_failed` counts towards its ejection;
+        `finished` (the stream ran to its end, not cut by a deadline or a
+        cancel) makes its length a sample of how long requests hold a replica."""
         if lease.released:
             return
         lease.released = True
@@ -199,7 +202,7 @@ class Dispatcher:
             self._replicas.record_success(replica)
         held_s = self._clock() - lease.dispatched_at
         self._duration_s.add(held_s)
-        if first_token_s is not None and not replica_failed:
+        if finished:
             self._s_per_token.add(held_s / max(1.0, lease.ticket.cost))
         self.pump()
 

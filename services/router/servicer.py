@@ -117,6 +117,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
             first_token_s: float | None = None
             engine_queued_s = 0.0
             failed = False
+            finished = False
             try:
                 async for chunk in call:
                     if first_token_s is None:
@@ -125,6 +126,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
                     # A slow reader holds this yield, and so the replica's stream:
                     # nothing piles up here.
                     yield chunk
+                finished = True
                 return
             except grpc.aio.AioRpcError as err:
                 failed = err.code() in REPLICA_FAULTS
@@ -152,6 +154,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
                     first_token_s=first_token_s,
                     replica_failed=failed,
                     queued_s=engine_queued_s,
+                    finished=finished,
                 )
 
     def _record_dispatch(
