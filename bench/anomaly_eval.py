@@ -543,11 +543,18 @@ def detection_delay(run: Run, j: Injection, grace_s: float) -> float | None:
     return min(hits) if hits else None
 
 
-def score(run: Run, injections: list[Injection], grace_s: float) -> dict[str, dict[str, Any]]:
+def score(
+    run: Run, injections: list[Injection], delays_of: list[float | None], grace_s: float
+) -> dict[str, dict[str, Any]]:
+    """Per kind; `delays_of[i]` is `detection_delay` of `injections[i]` in `run`."""
     rows: dict[str, dict[str, Any]] = {}
     for kind in INJECTED:
         mine = [j for j in injections if j.kind == kind]
-        delays = [d for j in mine if (d := detection_delay(run, j, grace_s)) is not None]
+        delays = [
+            d
+            for j, d in zip(injections, delays_of, strict=True)
+            if j.kind == kind and d is not None
+        ]
         alerts = [a for a in run.alerts.values() if a.kind in ROW_KINDS[kind]]
         true = sum(any(explains(j, a, grace_s) for j in injections) for a in alerts)
         rows[kind] = {
@@ -640,8 +647,10 @@ def main() -> None:
     print("replaying clean traffic...", flush=True)
     clean_adaptive, clean_static = replay(traffic, False, limits)
 
-    adaptive = score(adaptive_run, injections, args.grace)
-    static = score(static_run, injections, args.grace)
+    adaptive_delays = [detection_delay(adaptive_run, j, args.grace) for j in injections]
+    static_delays = [detection_delay(static_run, j, args.grace) for j in injections]
+    adaptive = score(adaptive_run, injections, adaptive_delays, args.grace)
+    static = score(static_run, injections, static_delays, args.grace)
     clean = {
         "adaptive": false_alerts(clean_adaptive, args.hours),
         "static": false_alerts(clean_static, args.hours),
@@ -655,7 +664,7 @@ def main() -> None:
         "events_per_s": events_per_s,
         "speedup": events_per_s * args.hours * 3600 / adaptive_run.events,
     }
-    missed = [j for j in injections if detection_delay(adaptive_run, j, args.grace) is None]
+    missed = [j for j, d in zip(injections, adaptive_delays, strict=True) if d is None]
     table = render(adaptive, static, clean, meta)
     if missed:
         table += "\nmissed by the adaptive detectors:\n" + "\n".join(
@@ -681,10 +690,12 @@ def main() -> None:
                 "magnitude": round(j.magnitude, 2),
                 "magnitude2": round(j.magnitude2, 2),
                 "key": j.key,
-                "adaptive_delay_s": detection_delay(adaptive_run, j, args.grace),
-                "static_delay_s": detection_delay(static_run, j, args.grace),
+                "adaptive_delay_s": adaptive_delay,
+                "static_delay_s": static_delay,
             }
-            for j in injections
+            for j, adaptive_delay, static_delay in zip(
+                injections, adaptive_delays, static_delays, strict=True
+            )
         ],
         settings=AnomalySettings().model_dump(mode="json", exclude={"telemetry"}),
     )

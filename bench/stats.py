@@ -26,7 +26,7 @@ def percentile(values: Sequence[float], q: float) -> float:
 
 def machine() -> dict[str, Any]:
     """What the numbers were measured on: the CPU engine's speed depends on
-    the vector units more than on the clock (no AVX2 runs it several times slower)."""
+    the vector units more than on the clock (without AVX-512 it ran 4-8x slower)."""
     model, flags = "", set[str]()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import grpc
 import structlog
 
+from maas.connection import SERVICE_TOKEN_VARIABLE
 from maas.v1 import router_pb2, router_pb2_grpc
 from observability.logging import configure_logging
 from observability.settings import TelemetrySettings
@@ -32,9 +33,8 @@ from observability.settings import TelemetrySettings
 log = structlog.get_logger(__name__)
 # Long enough for a busy router, short enough that a hung one is retried next round.
 CALL_TIMEOUT_S = 10.0
-# The router answers only the mesh: the mesh's service token, as the CLI reads it.
-SERVICE_TOKEN_VARIABLE = "MAAS_SERVICE_TOKEN"
-# What the deploy checks accept in this module's environment.
+# What the deploy checks accept in this module's environment: the router
+# answers only the mesh, so the sidecar sends the token, as the CLI reads it.
 ENVIRONMENT = (SERVICE_TOKEN_VARIABLE,)
 
 

@@ -18,6 +18,9 @@ from pathlib import Path
 
 import grpc
 
+# The environment variable that carries the mesh's service token.
+SERVICE_TOKEN_VARIABLE = "MAAS_SERVICE_TOKEN"
+
 SECRETS_FILE = Path(".maas/secrets.json")
 # The mesh's own name for it is observability.channels.SERVICE_TOKEN_METADATA_KEY;
 # the client package stays free of server code.
@@ -52,7 +55,7 @@ class Connection:
             ca=_path(env.get("MAAS_TLS_CA")),
             cert=_path(env.get("MAAS_TLS_CERT")),
             key=_path(env.get("MAAS_TLS_KEY")),
-            service_token=env.get("MAAS_SERVICE_TOKEN") or _token_in(secrets_file),
+            service_token=env.get(SERVICE_TOKEN_VARIABLE) or _token_in(secrets_file),
         )
 
     def credentials(self) -> grpc.ChannelCredentials | None:
