@@ -5,6 +5,10 @@
   (c) vLLM's own OpenAI-compatible HTTP server (`vllm serve`), streaming SSE,
 
 on the same tiny model, at 1, 16 and 64 concurrent streams of 128 tokens.
+A cell with fewer than 8 streams runs waves back to back (8 streams one
+after another at concurrency 1), so its TTFT is a median, not one sample.
+Beside them, the gRPC transport floor: the first message of a no-op gRPC
+stream at the same concurrency (bench.transport_floor).
 The systems take turns within each round (their order rotates), every round
 repeats every cell, and each cell is reported as the median over rounds with
 its range: the CPU engine starves other processes unevenly.
@@ -27,6 +31,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from services.inference.settings import InferenceSettings, cpu_engine_environment
 
@@ -122,10 +127,16 @@ async def in_process(model: Path) -> AsyncIterator[Stream]:
         held.clear()
 
 
-def _spawn(args: list[str], log: Path) -> subprocess.Popen[bytes]:
+def _spawn(
+    args: list[str], log: Path, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
     with log.open("wb") as out:
         return subprocess.Popen(
-            [sys.executable, *args], stdout=out, stderr=subprocess.STDOUT, cwd=REPO
+            [sys.executable, *args],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+            env={**os.environ, **(env or {})},
         )
 
 
@@ -200,6 +211,9 @@ async def vllm_http(model: Path, log_dir: Path) -> AsyncIterator[Stream]:
             "--disable-uvicorn-access-log",
         ],
         log_dir / "vllm_serve.log",
+        # Pooled connections stay open between cells, as they do for a steady
+        # client; at uvicorn's 5 s default a reused one can be reset mid-request.
+        env={"VLLM_HTTP_TIMEOUT_KEEP_ALIVE": "600"},
     )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
     connector = aiohttp.TCPConnector(limit=0)
@@ -249,13 +263,22 @@ async def vllm_http(model: Path, log_dir: Path) -> AsyncIterator[Stream]:
 
 
 # -------------------------------------------------------------------------------
-async def run_cell(stream: Stream, concurrency: int) -> dict[str, float]:
+def waves(concurrency: int, min_streams: int) -> int:
+    """Back-to-back waves of `concurrency` streams in one cell, so that each
+    cell has at least `min_streams` streams: one stream alone is one TTFT
+    sample, and a median of a few single samples is mostly noise."""
+    return max(1, -(-min_streams // concurrency))
+
+
+async def run_cell(stream: Stream, concurrency: int, min_streams: int = 1) -> dict[str, float]:
+    traces: list[StreamTrace] = []
     start = time.perf_counter()
-    traces = await asyncio.gather(*(stream(i) for i in range(concurrency)))
+    for _ in range(waves(concurrency, min_streams)):
+        traces += await asyncio.gather(*(stream(i) for i in range(concurrency)))
     wall = time.perf_counter() - start
     tokens = sum(t.tokens for t in traces)
-    if tokens != concurrency * TOKENS:
-        raise RuntimeError(f"expected {concurrency * TOKENS} tokens, got {tokens}")
+    if tokens != len(traces) * TOKENS:
+        raise RuntimeError(f"expected {len(traces) * TOKENS} tokens, got {tokens}")
     ttfts = [t.ttft() for t in traces]
     itls = [gap for t in traces for gap in t.inter_token()]
     chunks = sum(len(t.chunks) for t in traces)
@@ -267,6 +290,50 @@ async def run_cell(stream: Stream, concurrency: int) -> dict[str, float]:
         "itl_p99_ms": percentile(itls, 99) * 1e3,
         "tokens_per_message": tokens / chunks,
     }
+
+
+# The transport floor --------------------------------------------------------------
+FirstMessages = Callable[[int], Awaitable[list[float]]]
+
+
+@contextlib.asynccontextmanager
+async def grpc_floor(log_dir: Path) -> AsyncIterator[FirstMessages]:
+    """A no-op gRPC server (bench.transport_floor): the seconds to the first
+    message of `n` concurrent calls are what the transport alone adds."""
+    import grpc
+
+    from bench.transport_floor import GENERATE, ready
+
+    port = free_port()
+    process = _spawn(
+        ["-m", "bench.transport_floor", "noop", "--port", str(port)], log_dir / "grpc_floor.log"
+    )
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    try:
+        await ready(f"127.0.0.1:{port}")
+        call: Any = channel.unary_stream(GENERATE)
+
+        async def first(_: int) -> float:
+            start = time.perf_counter()
+            async for _chunk in call(b""):
+                return time.perf_counter() - start
+            raise RuntimeError("the no-op server sent nothing")
+
+        async def first_messages(n: int) -> list[float]:
+            return list(await asyncio.gather(*(first(i) for i in range(n))))
+
+        yield first_messages
+    finally:
+        await channel.close()
+        _stop(process)
+
+
+async def floor_cell(first_messages: FirstMessages, concurrency: int, min_streams: int) -> float:
+    """Median seconds to the first message of a no-op stream, waves as in `run_cell`."""
+    seconds: list[float] = []
+    for _ in range(waves(concurrency, min_streams)):
+        seconds += await first_messages(concurrency)
+    return percentile(seconds, 50)
 
 
 SYSTEMS = ("a_asyncllm_in_process", "b_maas_grpc", "c_vllm_openai_http")
@@ -287,6 +354,7 @@ async def main_async(args: argparse.Namespace) -> None:
     raw: dict[str, dict[int, list[dict[str, float]]]] = {
         s: {c: [] for c in concurrencies} for s in SYSTEMS
     }
+    floor_raw: dict[int, list[float]] = {c: [] for c in concurrencies}
     async with contextlib.AsyncExitStack() as stack:
         print("starting the three systems (each loads the model) ...", flush=True)
         streams = {
@@ -296,14 +364,17 @@ async def main_async(args: argparse.Namespace) -> None:
             ),
             SYSTEMS[2]: await stack.enter_async_context(vllm_http(model, log_dir)),
         }
+        floor = await stack.enter_async_context(grpc_floor(log_dir))
         for name, stream in streams.items():  # warm-up: first requests pay one-off costs
             await run_cell(stream, 4)
             print(f"  {name} ready", flush=True)
+        await floor_cell(floor, 16, 16)
         for round_ in range(args.rounds):
             for c in concurrencies:
                 order = SYSTEMS[round_ % 3 :] + SYSTEMS[: round_ % 3]
                 for name in order:
-                    raw[name][c].append(await run_cell(streams[name], c))
+                    raw[name][c].append(await run_cell(streams[name], c, args.min_streams))
+                floor_raw[c].append(await floor_cell(floor, c, args.min_streams) * 1e3)
             print(f"  round {round_ + 1}/{args.rounds} done", flush=True)
 
     table: dict[str, dict[int, dict[str, dict[str, float]]]] = {
@@ -329,11 +400,21 @@ async def main_async(args: argparse.Namespace) -> None:
             f" b-c = {b['ttft_p50_ms'] - h['ttft_p50_ms']:+.2f} ms;"
             f" tokens/message in b = {b['tokens_per_message']:.2f}"
         )
+    floors = {c: summary(floor_raw[c]) for c in concurrencies}
+    lines.append("")
+    lines.append(
+        "gRPC transport floor: first message of a no-op gRPC stream (bench.transport_floor),"
+    )
+    lines.append("same concurrency, same rounds; no engine, no service code:")
+    for c in concurrencies:
+        lines.append(f"  {c:>2} streams: TTFT p50 {fmt(floors[c])} ms")
     write_results(
         "inference_streaming",
         "\n".join(lines),
         tokens_per_stream=TOKENS,
         rounds=args.rounds,
+        min_streams_per_cell=args.min_streams,
+        grpc_floor_ttft_p50_ms={str(c): v for c, v in floors.items()},
         summary={s: {str(c): v for c, v in cells.items()} for s, cells in table.items()},
         raw={s: {str(c): v for c, v in cells.items()} for s, cells in raw.items()},
     )
@@ -343,6 +424,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--concurrency", default="1,16,64")
+    parser.add_argument(
+        "--min-streams",
+        type=int,
+        default=8,
+        help="streams per cell at least: below it a cell runs waves back to back",
+    )
     parser.add_argument(
         "--grpc-messages-per-s",
         type=float,
