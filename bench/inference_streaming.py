@@ -38,7 +38,7 @@ from services.inference.settings import InferenceSettings, cpu_engine_environmen
 for _key, _value in cpu_engine_environment().items():
     os.environ.setdefault(_key, _value)
 
-from bench.stats import percentile, summary, write_results  # noqa: E402
+from bench.stats import percentile, summary, waves, write_results  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 KV_CACHE_BYTES = 512 * 1024 * 1024
@@ -263,13 +263,6 @@ async def vllm_http(model: Path, log_dir: Path) -> AsyncIterator[Stream]:
 
 
 # -------------------------------------------------------------------------------
-def waves(concurrency: int, min_streams: int) -> int:
-    """Back-to-back waves of `concurrency` streams in one cell, so that each
-    cell has at least `min_streams` streams: one stream alone is one TTFT
-    sample, and a median of a few single samples is mostly noise."""
-    return max(1, -(-min_streams // concurrency))
-
-
 async def run_cell(stream: Stream, concurrency: int, min_streams: int = 1) -> dict[str, float]:
     traces: list[StreamTrace] = []
     start = time.perf_counter()

@@ -90,6 +90,26 @@ def router(
     return process(args, f"{name}.log", f"127.0.0.1:{port}", "maas.v1.Router")
 
 
+@contextlib.asynccontextmanager
+async def bare_proxy(upstream: str, name: str) -> AsyncIterator[str]:
+    """A pass-through hop with no logic in front of `upstream` (bench.transport_floor)."""
+    from bench.transport_floor import ready
+
+    port = free_port()
+    LOG_DIR.mkdir(parents=True, exist_ok=True)
+    args = ["-m", "bench.transport_floor", "proxy", "--port", str(port), "--upstream", upstream]
+    with (LOG_DIR / f"{name}.log").open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, *args], stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=_env()
+        )
+    try:
+        await ready(f"127.0.0.1:{port}")
+        yield f"127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
 async def model_name(address: str) -> str:
     async with grpc.aio.insecure_channel(address) as ch:
         info = await inference_pb2_grpc.InferenceStub(ch).GetModelInfo(

@@ -1,9 +1,12 @@
 """What the router costs: the same load straight to one inference replica and
-through the router in front of it, side by side in one run.
+through the router in front of it, side by side in one run. A third path,
+a bare pass-through proxy (bench.transport_floor: raw bytes forwarded, no
+logic), shows what any Python gRPC hop costs on this machine.
 
-At 1, 16 and 64 concurrent streams of 128 tokens, the two paths take turns
-within each round (the order alternates), every round repeats every cell,
-and each cell is the median over rounds with its range.
+At 1, 16 and 64 concurrent streams of 128 tokens, the paths take turns
+within each round (the order rotates), every round repeats every cell,
+and each cell is the median over rounds with its range. A cell with fewer
+than 8 streams runs waves back to back, so its TTFT is not one sample.
 
     .venv/bin/python -m bench.router_overhead [--rounds 5]
 """
@@ -20,12 +23,12 @@ from typing import Any
 import grpc
 
 from bench import mesh
-from bench.stats import percentile, summary, write_results
+from bench.stats import percentile, summary, waves, write_results
 from maas.v1 import inference_pb2, inference_pb2_grpc, router_pb2_grpc
 
 TOKENS = 128
 PROMPT = "The history of the lighthouse keeper's daughter, told in the old way, begins"
-PATHS = ("direct", "router")
+PATHS = ("direct", "router", "bare_proxy")
 METRICS = ("tokens_per_s", "ttft_p50_ms", "ttft_p99_ms")
 
 Streams = Callable[[int], Awaitable[list[mesh.Outcome]]]
@@ -42,9 +45,11 @@ def streams_of(call: Callable[[], Any]) -> Streams:
     return streams
 
 
-async def run_cell(streams: Streams, concurrency: int) -> dict[str, float]:
+async def run_cell(streams: Streams, concurrency: int, min_streams: int = 1) -> dict[str, float]:
+    outcomes: list[mesh.Outcome] = []
     start = time.perf_counter()
-    outcomes = await streams(concurrency)
+    for _ in range(waves(concurrency, min_streams)):
+        outcomes += await streams(concurrency)
     wall = time.perf_counter() - start
     bad = [o.code for o in outcomes if o.code != "OK" or o.tokens != TOKENS]
     if bad:
@@ -70,7 +75,10 @@ async def main_async(args: argparse.Namespace) -> None:
         replica = await stack.enter_async_context(mesh.inference(model_dir, "overhead_replica"))
         router = await stack.enter_async_context(mesh.router([replica], "overhead_router"))
         model = await mesh.model_name(replica)
+        proxy = await stack.enter_async_context(mesh.bare_proxy(replica, "overhead_proxy"))
         direct_ch = await stack.enter_async_context(grpc.aio.insecure_channel(replica))
+        proxy_ch = await stack.enter_async_context(grpc.aio.insecure_channel(proxy))
+        proxy_stub = inference_pb2_grpc.InferenceStub(proxy_ch)
         router_ch = await stack.enter_async_context(grpc.aio.insecure_channel(router))
         direct_stub = inference_pb2_grpc.InferenceStub(direct_ch)
         router_stub = router_pb2_grpc.RouterStub(router_ch)
@@ -80,6 +88,7 @@ async def main_async(args: argparse.Namespace) -> None:
         paths: dict[str, Streams] = {
             "direct": streams_of(lambda: direct_stub.Generate(straight)),
             "router": streams_of(lambda: router_stub.Generate(routed)),
+            "bare_proxy": streams_of(lambda: proxy_stub.Generate(straight)),
         }
         for name, streams in paths.items():  # warm-up (and the router's limiter)
             for c in concurrencies:
@@ -87,22 +96,22 @@ async def main_async(args: argparse.Namespace) -> None:
             print(f"  {name} ready", flush=True)
         for round_ in range(args.rounds):
             for c in concurrencies:
-                order = PATHS if round_ % 2 == 0 else PATHS[::-1]
+                order = PATHS[round_ % 3 :] + PATHS[: round_ % 3]
                 for name in order:
-                    raw[name][c].append(await run_cell(paths[name], c))
+                    raw[name][c].append(await run_cell(paths[name], c, args.min_streams))
             print(f"  round {round_ + 1}/{args.rounds} done", flush=True)
 
     table = {
         p: {c: {m: summary([r[m] for r in raw[p][c]]) for m in METRICS} for c in concurrencies}
         for p in PATHS
     }
-    header = f"{'path':<8} {'streams':>7} " + " ".join(f"{m:>26}" for m in METRICS)
+    header = f"{'path':<10} {'streams':>7} " + " ".join(f"{m:>26}" for m in METRICS)
     lines = [header, "-" * len(header)]
     for c in concurrencies:
         for p in PATHS:
             cells = (table[p][c][m] for m in METRICS)
             lines.append(
-                f"{p:<8} {c:>7} "
+                f"{p:<10} {c:>7} "
                 + " ".join(
                     f"{x['median']:.1f} [{x['min']:.1f}-{x['max']:.1f}]".rjust(26) for x in cells
                 )
@@ -114,18 +123,34 @@ async def main_async(args: argparse.Namespace) -> None:
     for c in concurrencies:
         d = {m: table["direct"][c][m]["median"] for m in METRICS}
         r = {m: table["router"][c][m]["median"] for m in METRICS}
+        x = {m: table["bare_proxy"][c][m]["median"] for m in METRICS}
         ratio = r["tokens_per_s"] / d["tokens_per_s"]
         lines.append(
             f"  {c:>2} streams: tokens/s router/direct = {ratio:.3f};"
             f" TTFT p50 router-direct = {r['ttft_p50_ms'] - d['ttft_p50_ms']:+.2f} ms"
+            f" | bare proxy: tokens/s {x['tokens_per_s'] / d['tokens_per_s']:.3f},"
+            f" TTFT {x['ttft_p50_ms'] - d['ttft_p50_ms']:+.2f} ms"
         )
-    write_results("router_overhead", "\n".join(lines), rounds=args.rounds, summary=table, raw=raw)
+    write_results(
+        "router_overhead",
+        "\n".join(lines),
+        rounds=args.rounds,
+        min_streams_per_cell=args.min_streams,
+        summary=table,
+        raw=raw,
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--concurrency", default="1,16,64")
+    parser.add_argument(
+        "--min-streams",
+        type=int,
+        default=8,
+        help="streams per cell at least: below it a cell runs waves back to back",
+    )
     import uvloop
 
     uvloop.run(main_async(parser.parse_args()))

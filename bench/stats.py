@@ -46,6 +46,13 @@ def machine() -> dict[str, Any]:
     }
 
 
+def waves(concurrency: int, min_streams: int) -> int:
+    """Back-to-back waves of `concurrency` streams in one cell, so that each
+    cell has at least `min_streams` streams: one stream alone is one TTFT
+    sample, and a median of a few single samples is mostly noise."""
+    return max(1, -(-min_streams // concurrency))
+
+
 def summary(values: Sequence[float]) -> dict[str, float]:
     return {
         "median": statistics.median(values),
