@@ -20,7 +20,7 @@ from services.common.errors import (
 )
 from services.router.choice import choose, reserve_of
 from services.router.fair_queue import Entry, FairQueue, QueueFullError
-from services.router.limiter import Ewma
+from services.router.limiter import Ewma, RecentQuantile
 from services.router.replicas import Replica, ReplicaSet
 
 MAX_REMEMBERED_TENANTS = 10_000
@@ -81,9 +81,11 @@ class Dispatcher:
         self._clock = replicas.clock
         self._queues: dict[str, FairQueue] = {}
         self._duration_s = Ewma(window=40)
-        # Seconds a lease lasts per estimated token, over streams that ran to
-        # their end: with a request's estimate, how long it will hold a replica.
-        self._s_per_token = Ewma(window=40)
+        # Seconds a lease lasts per estimated token, over recent streams that
+        # ran to their end: with a request's estimate, how long it will hold a
+        # replica. A high quantile, not a mean: a request dispatched with just
+        # the mean left before its deadline is cut mid-stream half the time.
+        self._s_per_token = RecentQuantile(window=64, q=0.9)
         self._pumping = False
         self._pump_again = False
         self._turn = itertools.count()
@@ -111,7 +113,7 @@ class Dispatcher:
         self._saw(ticket)
         now = self._clock()
         queue = self._queues.get(ticket.model)
-        if not queue:
+        if not queue and not self._too_late(ticket, candidates, now):
             replica = self._place(candidates, ticket, queue)
             if replica is not None:
                 return self._grant(replica, ticket, now, now)
@@ -119,12 +121,7 @@ class Dispatcher:
         if ticket.deadline is not None:
             # Leave the replica the time it needs to finish: a request that
             # would hit its deadline mid-stream wastes the replica's work.
-            expected = max(
-                self._policy.min_first_token_s,
-                min(r.limiter.expected_latency for r in candidates),
-                ticket.cost * (self._s_per_token.value or 0.0),
-            )
-            wait_s = min(wait_s, ticket.deadline - now - expected)
+            wait_s = min(wait_s, ticket.deadline - now - self._run_time_s(ticket, candidates))
             if wait_s <= 0:
                 raise self._shed("deadline", DeadlineExceededError("the deadline cannot be met"))
         if queue is None:
@@ -237,6 +234,14 @@ class Dispatcher:
                 return
             except MeshError:
                 return  # none up right now; they may come back
+            now = self._clock()
+            if self._too_late(ticket, candidates, now):
+                # Its estimate grew while it waited: shed now, not mid-stream.
+                queue.remove(entry)
+                future.set_exception(
+                    self._shed("deadline", DeadlineExceededError("the deadline cannot be met"))
+                )
+                continue
             replica = self._place(candidates, ticket, queue)
             if replica is None:
                 # The head waits for a slot; a tenant under its fair share of
@@ -246,7 +251,21 @@ class Dispatcher:
                     return
                 ticket, future = entry.item
             queue.take(entry)
-            future.set_result(self._grant(replica, ticket, entry.enqueued_at, self._clock()))
+            future.set_result(self._grant(replica, ticket, entry.enqueued_at, now))
+
+    def _run_time_s(self, ticket: Ticket, candidates: list[Replica]) -> float:
+        """How long `ticket` will hold a replica, erring long."""
+        return max(
+            self._policy.min_first_token_s,
+            min(r.limiter.expected_latency for r in candidates),
+            ticket.cost * (self._s_per_token.value or 0.0),
+        )
+
+    def _too_late(self, ticket: Ticket, candidates: list[Replica], now: float) -> bool:
+        """Whether `ticket` would hit its deadline before its stream could end."""
+        return ticket.deadline is not None and ticket.deadline - now < self._run_time_s(
+            ticket, candidates
+        )
 
     def _place(
         self, candidates: list[Replica], ticket: Ticket, queue: FairQueue | None

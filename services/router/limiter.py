@@ -17,6 +17,7 @@ engine, where the router can no longer order it fairly."""
 from __future__ import annotations
 
 import math
+from collections import deque
 
 
 class Ewma:
@@ -29,6 +30,25 @@ class Ewma:
             sample if self.value is None else self.value + self._alpha * (sample - self.value)
         )
         return self.value
+
+
+class RecentQuantile:
+    """A quantile of the last `window` samples: a high one bounds what most
+    of the next samples will be, where a mean is beaten by half of them."""
+
+    def __init__(self, window: int, q: float) -> None:
+        self._samples: deque[float] = deque(maxlen=window)
+        self._q = q
+
+    def add(self, sample: float) -> None:
+        self._samples.append(sample)
+
+    @property
+    def value(self) -> float | None:
+        if not self._samples:
+            return None
+        ordered = sorted(self._samples)
+        return ordered[min(len(ordered) - 1, int(self._q * len(ordered)))]
 
 
 class GradientLimiter:

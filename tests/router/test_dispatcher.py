@@ -154,3 +154,58 @@ async def test_a_request_that_would_hit_its_deadline_mid_stream_is_shed_before_i
     await eventually(lambda: dispatcher.waiting() == 1)
     dispatcher.release(busy, first_token_s=0.2, replica_failed=False)
     assert (await patient).ticket.tenant == "B"
+
+
+def one_slot_dispatcher(telemetry: Telemetry, now: list[float]) -> Dispatcher:
+    replicas = ReplicaSet(
+        ["127.0.0.1:1"],
+        telemetry,
+        limiter=lambda: GradientLimiter(initial=1, max_limit=1),
+        clock=lambda: now[0],
+    )
+    only = replicas.replicas[0]
+    only.model = generation_pb2.ModelInfo(name="m")
+    only.serving = True
+    return Dispatcher(replicas, FlowPolicy(reserved_share=0.0))
+
+
+async def hold(dispatcher: Dispatcher, now: list[float], seconds: float) -> None:
+    """One stream of 100 estimated tokens that ran to its end in `seconds`."""
+    lease = await dispatcher.acquire(ticket("A"))
+    now[0] += seconds
+    dispatcher.release(lease, first_token_s=0.2, replica_failed=False, finished=True)
+
+
+async def test_run_time_is_judged_by_the_slow_end_of_recent_streams(
+    telemetry: Telemetry,
+) -> None:
+    now = [1000.0]
+    dispatcher = one_slot_dispatcher(telemetry, now)
+    for seconds in (5.0,) * 8 + (8.0,) * 2:
+        await hold(dispatcher, now, seconds)
+    # On average a stream takes 5.6 s, but one in five took 8: with 7 s left
+    # this one would likely be cut mid-stream, so it never starts.
+    with pytest.raises(DeadlineExceededError, match="cannot be met"):
+        await dispatcher.acquire(ticket("B", deadline=now[0] + 7.0))
+    lease = await dispatcher.acquire(ticket("B", deadline=now[0] + 9.0))
+    assert lease.ticket.tenant == "B"
+
+
+async def test_a_queued_request_whose_deadline_can_no_longer_be_met_is_shed_at_its_turn(
+    telemetry: Telemetry,
+) -> None:
+    now = [1000.0]
+    dispatcher = one_slot_dispatcher(telemetry, now)
+    await hold(dispatcher, now, 5.0)
+    busy = await dispatcher.acquire(ticket("A"))
+    # 20 s left and streams take 5 s: it may wait up to 15 s for the slot.
+    waiting = asyncio.create_task(dispatcher.acquire(ticket("B", deadline=now[0] + 20.0)))
+    await eventually(lambda: dispatcher.waiting() == 1)
+    # The stream ahead ends after 12 s: streams now may take that long, and
+    # the 8 s left is no longer enough.
+    now[0] += 12.0
+    dispatcher.release(busy, first_token_s=0.2, replica_failed=False, finished=True)
+    with pytest.raises(DeadlineExceededError, match="cannot be met"):
+        await waiting
+    assert dispatcher.shed == {"deadline": 1}
+    assert dispatcher.waiting() == 0
