@@ -120,10 +120,7 @@ async def test_full_queue_and_hopeless_deadlines_are_shed(telemetry: Telemetry) 
     await asyncio.gather(waiter, return_exceptions=True)
 
 
-async def test_a_request_that_would_hit_its_deadline_mid_stream_is_shed_before_it_runs(
-    telemetry: Telemetry,
-) -> None:
-    now = [1000.0]
+def one_slot_dispatcher(telemetry: Telemetry, now: list[float]) -> Dispatcher:
     replicas = ReplicaSet(
         ["127.0.0.1:1"],
         telemetry,
@@ -133,7 +130,21 @@ async def test_a_request_that_would_hit_its_deadline_mid_stream_is_shed_before_i
     only = replicas.replicas[0]
     only.model = generation_pb2.ModelInfo(name="m")
     only.serving = True
-    dispatcher = Dispatcher(replicas, FlowPolicy(reserved_share=0.0))
+    return Dispatcher(replicas, FlowPolicy(reserved_share=0.0))
+
+
+async def hold(dispatcher: Dispatcher, now: list[float], seconds: float) -> None:
+    """One stream of 100 estimated tokens that ran to its end in `seconds`."""
+    lease = await dispatcher.acquire(ticket("A"))
+    now[0] += seconds
+    dispatcher.release(lease, first_token_s=0.2, replica_failed=False, finished=True)
+
+
+async def test_a_request_that_would_hit_its_deadline_mid_stream_is_shed_before_it_runs(
+    telemetry: Telemetry,
+) -> None:
+    now = [1000.0]
+    dispatcher = one_slot_dispatcher(telemetry, now)
     # One stream of 100 estimated tokens held the replica for 10 s: 0.1 s a token.
     lease = await dispatcher.acquire(ticket("A"))
     now[0] += 10.0
@@ -154,26 +165,6 @@ async def test_a_request_that_would_hit_its_deadline_mid_stream_is_shed_before_i
     await eventually(lambda: dispatcher.waiting() == 1)
     dispatcher.release(busy, first_token_s=0.2, replica_failed=False)
     assert (await patient).ticket.tenant == "B"
-
-
-def one_slot_dispatcher(telemetry: Telemetry, now: list[float]) -> Dispatcher:
-    replicas = ReplicaSet(
-        ["127.0.0.1:1"],
-        telemetry,
-        limiter=lambda: GradientLimiter(initial=1, max_limit=1),
-        clock=lambda: now[0],
-    )
-    only = replicas.replicas[0]
-    only.model = generation_pb2.ModelInfo(name="m")
-    only.serving = True
-    return Dispatcher(replicas, FlowPolicy(reserved_share=0.0))
-
-
-async def hold(dispatcher: Dispatcher, now: list[float], seconds: float) -> None:
-    """One stream of 100 estimated tokens that ran to its end in `seconds`."""
-    lease = await dispatcher.acquire(ticket("A"))
-    now[0] += seconds
-    dispatcher.release(lease, first_token_s=0.2, replica_failed=False, finished=True)
 
 
 async def test_run_time_is_judged_by_the_slow_end_of_recent_streams(
