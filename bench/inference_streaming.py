@@ -38,7 +38,7 @@ from services.inference.settings import InferenceSettings, cpu_engine_environmen
 for _key, _value in cpu_engine_environment().items():
     os.environ.setdefault(_key, _value)
 
-from bench.stats import percentile, summary, waves, write_results  # noqa: E402
+from bench.stats import in_waves, percentile, summary, write_results  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 KV_CACHE_BYTES = 512 * 1024 * 1024
@@ -264,10 +264,11 @@ async def vllm_http(model: Path, log_dir: Path) -> AsyncIterator[Stream]:
 
 # -------------------------------------------------------------------------------
 async def run_cell(stream: Stream, concurrency: int, min_streams: int = 1) -> dict[str, float]:
-    traces: list[StreamTrace] = []
+    async def wave(n: int) -> list[StreamTrace]:
+        return await asyncio.gather(*(stream(i) for i in range(n)))
+
     start = time.perf_counter()
-    for _ in range(waves(concurrency, min_streams)):
-        traces += await asyncio.gather(*(stream(i) for i in range(concurrency)))
+    traces = await in_waves(wave, concurrency, min_streams)
     wall = time.perf_counter() - start
     tokens = sum(t.tokens for t in traces)
     if tokens != len(traces) * TOKENS:
@@ -323,10 +324,7 @@ async def grpc_floor(log_dir: Path) -> AsyncIterator[FirstMessages]:
 
 async def floor_cell(first_messages: FirstMessages, concurrency: int, min_streams: int) -> float:
     """Median seconds to the first message of a no-op stream, waves as in `run_cell`."""
-    seconds: list[float] = []
-    for _ in range(waves(concurrency, min_streams)):
-        seconds += await first_messages(concurrency)
-    return percentile(seconds, 50)
+    return percentile(await in_waves(first_messages, concurrency, min_streams), 50)
 
 
 SYSTEMS = ("a_asyncllm_in_process", "b_maas_grpc", "c_vllm_openai_http")

@@ -45,14 +45,21 @@ async def _serving(address: str, service: str, timeout_s: float = 300) -> None:
 
 
 @contextlib.asynccontextmanager
-async def process(args: list[str], log_name: str, address: str, service: str) -> AsyncIterator[str]:
+async def process(
+    args: list[str], log_name: str, address: str, service: str | None
+) -> AsyncIterator[str]:
+    """Runs `python ARGS` until the block ends, once its health reports
+    `service` SERVING (`None`: once it accepts connections, for servers
+    without a health service)."""
+    from bench.transport_floor import ready
+
     LOG_DIR.mkdir(parents=True, exist_ok=True)
     with (LOG_DIR / log_name).open("wb") as log:
         proc = subprocess.Popen(
             [sys.executable, *args], stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=_env()
         )
     try:
-        await _serving(address, service)
+        await (ready(address) if service is None else _serving(address, service))
         yield address
     finally:
         proc.terminate()
@@ -90,24 +97,11 @@ def router(
     return process(args, f"{name}.log", f"127.0.0.1:{port}", "maas.v1.Router")
 
 
-@contextlib.asynccontextmanager
-async def bare_proxy(upstream: str, name: str) -> AsyncIterator[str]:
+def bare_proxy(upstream: str, name: str) -> contextlib.AbstractAsyncContextManager[str]:
     """A pass-through hop with no logic in front of `upstream` (bench.transport_floor)."""
-    from bench.transport_floor import ready
-
     port = free_port()
-    LOG_DIR.mkdir(parents=True, exist_ok=True)
     args = ["-m", "bench.transport_floor", "proxy", "--port", str(port), "--upstream", upstream]
-    with (LOG_DIR / f"{name}.log").open("wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, *args], stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=_env()
-        )
-    try:
-        await ready(f"127.0.0.1:{port}")
-        yield f"127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(30)
+    return process(args, f"{name}.log", f"127.0.0.1:{port}", None)
 
 
 async def model_name(address: str) -> str:

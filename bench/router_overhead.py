@@ -23,7 +23,7 @@ from typing import Any
 import grpc
 
 from bench import mesh
-from bench.stats import percentile, summary, waves, write_results
+from bench.stats import in_waves, percentile, summary, write_results
 from maas.v1 import inference_pb2, inference_pb2_grpc, router_pb2_grpc
 
 TOKENS = 128
@@ -46,10 +46,8 @@ def streams_of(call: Callable[[], Any]) -> Streams:
 
 
 async def run_cell(streams: Streams, concurrency: int, min_streams: int = 1) -> dict[str, float]:
-    outcomes: list[mesh.Outcome] = []
     start = time.perf_counter()
-    for _ in range(waves(concurrency, min_streams)):
-        outcomes += await streams(concurrency)
+    outcomes = await in_waves(streams, concurrency, min_streams)
     wall = time.perf_counter() - start
     bad = [o.code for o in outcomes if o.code != "OK" or o.tokens != TOKENS]
     if bad:

@@ -7,9 +7,11 @@ import os
 import platform
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -46,11 +48,16 @@ def machine() -> dict[str, Any]:
     }
 
 
-def waves(concurrency: int, min_streams: int) -> int:
-    """Back-to-back waves of `concurrency` streams in one cell, so that each
-    cell has at least `min_streams` streams: one stream alone is one TTFT
-    sample, and a median of a few single samples is mostly noise."""
-    return max(1, -(-min_streams // concurrency))
+async def in_waves(
+    wave: Callable[[int], Awaitable[Sequence[T]]], concurrency: int, min_streams: int
+) -> list[T]:
+    """`wave(concurrency)` back to back until at least `min_streams` results:
+    one stream alone is one TTFT sample, and a median of a few single
+    samples is mostly noise."""
+    results: list[T] = []
+    for _ in range(max(1, -(-min_streams // concurrency))):
+        results += await wave(concurrency)
+    return results
 
 
 def summary(values: Sequence[float]) -> dict[str, float]:

@@ -21,7 +21,13 @@ import yaml
 
 from deploy import dockerfile
 from deploy.addresses import LOOPBACK, Address, addresses_in, is_wildcard
-from deploy.entrypoints import Invocation, invoke, missing_service_token, python_module
+from deploy.entrypoints import (
+    MISSING_SERVICE_TOKEN,
+    Invocation,
+    invoke,
+    missing_service_token,
+    python_module,
+)
 
 DEFAULT_FILE = Path(__file__).resolve().parent.parent / "docker-compose.yml"
 # What compose waits after SIGTERM when a service sets no stop_grace_period.
@@ -421,13 +427,9 @@ class ComposeCheck:
         return targets
 
     def _check_service_token(self) -> None:
-        services = {
-            s.name: s.invocation.settings
-            for s in self.services.values()
-            if s.invocation is not None and s.invocation.settings is not None
-        }
-        for name in missing_service_token(services):
-            self.problem(name, "has no service token, which the mesh's other services hold")
+        invocations = {s.name: s.invocation for s in self.services.values()}
+        for name in missing_service_token(invocations):
+            self.problem(name, MISSING_SERVICE_TOKEN)
 
     def _check_prometheus(self) -> None:
         scraped: set[str] = set()

@@ -20,7 +20,13 @@ import kubernetes_validate  # type: ignore[import-untyped]
 import yaml
 
 from deploy.addresses import LOOPBACK, Address, addresses_in, is_wildcard
-from deploy.entrypoints import Invocation, invoke, missing_service_token, python_module
+from deploy.entrypoints import (
+    MISSING_SERVICE_TOKEN,
+    Invocation,
+    invoke,
+    missing_service_token,
+    python_module,
+)
 
 DEFAULT_DIR = Path(__file__).resolve().parent / "k8s"
 # The oldest Kubernetes the manifests must be valid for (gRPC probes are GA since 1.27).
@@ -197,13 +203,9 @@ class K8sCheck:
             self.containers.append(container)
 
     def _check_service_token(self) -> None:
-        services = {
-            c.where: c.invocation.settings
-            for c in self.containers
-            if c.invocation is not None and c.invocation.settings is not None
-        }
-        for where in missing_service_token(services):
-            self.problem(where, "has no service token, which the mesh's other services hold")
+        invocations = {c.where: c.invocation for c in self.containers}
+        for where in missing_service_token(invocations):
+            self.problem(where, MISSING_SERVICE_TOKEN)
 
     def _environment(self, container: Container) -> dict[str, str]:
         """Its variables as the process sees them; secrets and pod fields as placeholders."""

@@ -111,16 +111,6 @@ def _health_names(module: str) -> tuple[str, ...]:
     return tuple(names)
 
 
-def missing_service_token(settings: Mapping[str, ServiceSettings]) -> list[str]:
-    """Where some services of one mesh hold the service token and others do
-    not: those others' calls to internal services would be refused, and their
-    own listeners would answer anyone. The names of the services without it."""
-    holders = [name for name, s in settings.items() if s.service_token is not None]
-    if not holders:
-        return []
-    return [name for name, s in settings.items() if s.service_token is None]
-
-
 @functools.cache
 def module_environment(module: str) -> frozenset[str]:
     """The variables a non-service module says it reads (its `ENVIRONMENT`)."""
@@ -157,6 +147,24 @@ class Invocation:
     # The service's validated settings; None when they do not validate.
     settings: ServiceSettings | None = None
     problems: list[str] = field(default_factory=list)
+
+
+MISSING_SERVICE_TOKEN = "has no service token, which the mesh's other services hold"
+
+
+def missing_service_token(invocations: Mapping[str, Invocation | None]) -> list[str]:
+    """Where some services of one mesh hold the service token and others do
+    not: those others' calls to internal services would be refused, and their
+    own listeners would answer anyone. The names of the services without it
+    (of those whose settings validate)."""
+    settings = {
+        name: i.settings
+        for name, i in invocations.items()
+        if i is not None and i.settings is not None
+    }
+    if not any(s.service_token is not None for s in settings.values()):
+        return []
+    return [name for name, s in settings.items() if s.service_token is None]
 
 
 def invoke(module: str, args: Sequence[str], env: Mapping[str, str]) -> Invocation:

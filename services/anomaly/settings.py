@@ -115,10 +115,8 @@ class AuthFailureSettings(BaseModel):
 
     # A source nobody has seen yet is expected to fail this often per bucket.
     expected_per_bucket: float = Field(default=0.05, gt=0)
-    # The windows tested besides the current bucket: a short one for busy
-    # series, a long one for quiet ones whose short window holds too few requests.
+    # The longer of the two windows tested (the other is the current bucket).
     window_buckets: int = Field(default=6, ge=1)
-    long_window_buckets: int = Field(default=24, ge=1)
     # Poisson p-value against the source's expected failures.
     max_p: float = Field(default=1e-7, gt=0, lt=1)
     # A handful of typos is never a burst.

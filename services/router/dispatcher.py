@@ -112,11 +112,6 @@ class Dispatcher:
         candidates = self._replicas.candidates(ticket.model)
         self._saw(ticket)
         now = self._clock()
-        queue = self._queues.get(ticket.model)
-        if not queue and not self._too_late(ticket, candidates, now):
-            replica = self._place(candidates, ticket, queue)
-            if replica is not None:
-                return self._grant(replica, ticket, now, now)
         wait_s = self._policy.max_queue_wait_s
         if ticket.deadline is not None:
             # Leave the replica the time it needs to finish: a request that
@@ -124,6 +119,11 @@ class Dispatcher:
             wait_s = min(wait_s, ticket.deadline - now - self._run_time_s(ticket, candidates))
             if wait_s <= 0:
                 raise self._shed("deadline", DeadlineExceededError("the deadline cannot be met"))
+        queue = self._queues.get(ticket.model)
+        if not queue:
+            replica = self._place(candidates, ticket, queue)
+            if replica is not None:
+                return self._grant(replica, ticket, now, now)
         if queue is None:
             queue = self._queues[ticket.model] = FairQueue(
                 max_total=self._policy.max_queue,

@@ -146,9 +146,7 @@ async def test_a_request_that_would_hit_its_deadline_mid_stream_is_shed_before_i
     now = [1000.0]
     dispatcher = one_slot_dispatcher(telemetry, now)
     # One stream of 100 estimated tokens held the replica for 10 s: 0.1 s a token.
-    lease = await dispatcher.acquire(ticket("A"))
-    now[0] += 10.0
-    dispatcher.release(lease, first_token_s=0.2, replica_failed=False, finished=True)
+    await hold(dispatcher, now, 10.0)
     # Streams cut short (a cancel, their own deadline) say nothing of how long
     # one lasts: counted, these twenty would bring the estimate under 5 s.
     for _ in range(20):
