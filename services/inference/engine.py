@@ -138,8 +138,11 @@ class Engine(Protocol):
         inp: GenerationInput,
         options: SamplingOptions,
         adapter: str | None = None,
+        priority: int = 0,
     ) -> AsyncGenerator[Delta, None]:
-        """Streams deltas; closing or cancelling the stream aborts the request."""
+        """Streams deltas; closing or cancelling the stream aborts the request.
+        Lower `priority` runs first among waiting requests where the engine
+        schedules by priority."""
         ...
 
     @property

@@ -8,6 +8,7 @@ from typing import Any
 
 import grpc
 import structlog
+from opentelemetry import trace
 
 from maas.v1 import generation_pb2, inference_pb2, inference_pb2_grpc
 from observability.context import current_request_id, new_request_id
@@ -72,13 +73,16 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         inp = convert.input_from_proto(request.request)
         options = convert.sampling_from_proto(request.request)
         request_id = current_request_id() or new_request_id()
+        trace.get_current_span().set_attribute("maas.inference.priority", request.priority)
         # Each choice's text so far, kept only when content may be logged.
         texts: dict[int, list[str]] | None = {} if self._log_content else None
         try:
             # aclosing: a cancelled call closes the engine stream at once, which
             # aborts the request in the engine and frees its KV cache.
             with self._pacer.stream() as pace:
-                async with aclosing(engine.generate(request_id, inp, options, adapter)) as deltas:
+                async with aclosing(
+                    engine.generate(request_id, inp, options, adapter, request.priority)
+                ) as deltas:
                     async for delta in pace.coalesce(deltas):
                         if texts is not None:
                             texts.setdefault(delta.index, []).append(delta.text)

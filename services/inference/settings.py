@@ -43,6 +43,9 @@ class InferenceSettings(ServiceSettings):
     structured_outputs_backend: Literal["xgrammar", "guidance"] = "xgrammar"
     dtype: Literal["auto", "half", "float16", "bfloat16", "float", "float32"] = "auto"
     seed: int = 0
+    # "priority": waiting requests run in the order of the priority each one
+    # carries (set by the router), then first come, first served.
+    scheduling_policy: Literal["priority", "fcfs"] = "priority"
     # Streamed messages per second over all streams; past it, tokens are
     # batched into fewer messages (see pacing.py). 0: one message per delta.
     stream_messages_per_s: float = Field(default=1000.0, ge=0)

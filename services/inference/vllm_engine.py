@@ -138,6 +138,7 @@ class VllmEngine:
         self._model_info = model_info
         self._capacity = capacity
         self._load = load
+        self._priority_scheduling = llm.vllm_config.scheduler_config.policy == "priority"
         self._tokenizer = llm.get_tokenizer()
         # The Rust tokenizer under a fast HF tokenizer encodes in half the time of
         # the Python wrapper, and this runs on the event loop for every request.
@@ -212,6 +213,7 @@ class VllmEngine:
         inp: GenerationInput,
         options: SamplingOptions,
         adapter: str | None = None,
+        priority: int = 0,
     ) -> AsyncGenerator[Delta, None]:
         prompt_ids = self._prompt_ids(inp)
         max_tokens = check_request(prompt_ids, inp, options, self._model_info)
@@ -231,6 +233,8 @@ class VllmEngine:
                 params,
                 request_id,
                 lora_request=self._adapters[adapter] if adapter else None,
+                # vLLM refuses a priority under first come, first served.
+                priority=priority if self._priority_scheduling else 0,
             ):
                 if queued_s is None:
                     queued_s = _queued_s(output)
@@ -325,6 +329,7 @@ def engine_args(settings: InferenceSettings) -> AsyncEngineArgs:
         quantization=settings.quantization,
         dtype=settings.dtype,
         seed=settings.seed,
+        scheduling_policy=settings.scheduling_policy,
         # Per-request log lines from vLLM would double ours.
         enable_log_requests=False,
         # Compact JSON for json_schema: grammars that allow free whitespace let

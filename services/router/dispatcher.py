@@ -71,6 +71,9 @@ class Lease:
     ticket: Ticket
     queued_s: float
     dispatched_at: float
+    # Order among the replica's waiting requests, lower first: the priority
+    # class, then whether the tenant held less than its fair share of slots.
+    engine_priority: int = 0
     released: bool = field(default=False)
 
 
@@ -123,7 +126,7 @@ class Dispatcher:
         if not queue:
             replica = self._place(candidates, ticket, queue)
             if replica is not None:
-                return self._grant(replica, ticket, now, now)
+                return self._grant(replica, ticket, now, now, candidates, queue)
         if queue is None:
             queue = self._queues[ticket.model] = FairQueue(
                 max_total=self._policy.max_queue,
@@ -251,7 +254,9 @@ class Dispatcher:
                     return
                 ticket, future = entry.item
             queue.take(entry)
-            future.set_result(self._grant(replica, ticket, entry.enqueued_at, now))
+            future.set_result(
+                self._grant(replica, ticket, entry.enqueued_at, now, candidates, queue)
+            )
 
     def _run_time_s(self, ticket: Ticket, candidates: list[Replica]) -> float:
         """How long `ticket` will hold a replica, erring long."""
@@ -341,10 +346,31 @@ class Dispatcher:
             reserve_share=reserve_share,
         )
 
-    def _grant(self, replica: Replica, ticket: Ticket, queued_at: float, now: float) -> Lease:
+    def _grant(
+        self,
+        replica: Replica,
+        ticket: Ticket,
+        queued_at: float,
+        now: float,
+        candidates: list[Replica],
+        queue: FairQueue | None,
+    ) -> Lease:
+        # A tenant under its fair share goes ahead of the others in the
+        # engine's own queue too: requests dispatched together (a flood's wave
+        # as equal-length requests end together) would otherwise prefill
+        # before a light tenant's request that came a moment later.
+        under_share = self._holds_less_than(
+            ticket, self._fair_share(ticket.model, candidates, queue)
+        )
         replica.limiter.acquire()
         self._running[(ticket.model, ticket.tenant)] += 1
-        return Lease(replica, ticket, queued_s=now - queued_at, dispatched_at=now)
+        return Lease(
+            replica,
+            ticket,
+            queued_s=now - queued_at,
+            dispatched_at=now,
+            engine_priority=2 * ticket.priority + (0 if under_share else 1),
+        )
 
     def _abandon(self, queue: FairQueue, entry: Entry, future: asyncio.Future[Lease]) -> None:
         queue.remove(entry)

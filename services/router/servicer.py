@@ -102,7 +102,6 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
             prefix_key=prefix_key(request.request),
         )
         span = trace.get_current_span()
-        forward = inference_pb2.InferenceGenerateRequest(request=request.request)
         for attempt in range(1, self._max_attempts + 1):
             lease = await self._dispatcher.acquire(ticket)
             if attempt == 1:
@@ -113,6 +112,9 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
             context.set_trailing_metadata(((REPLICA_METADATA_KEY, lease.replica.address),))
             # The caller's deadline travels down; the request id travels as
             # metadata through the client interceptors.
+            forward = inference_pb2.InferenceGenerateRequest(
+                request=request.request, priority=lease.engine_priority
+            )
             call = lease.replica.stub.Generate(forward, timeout=context.time_remaining())
             first_token_s: float | None = None
             engine_queued_s = 0.0

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncGenerator
+from contextlib import aclosing
 
 import pytest
 
@@ -324,3 +326,40 @@ async def test_a_repeated_prompt_is_served_from_the_prefix_cache(
     assert second[-1].cached_tokens > 0
     assert second[-1].cached_tokens <= second[-1].prompt_tokens
     assert first[-1].prompt_tokens == second[-1].prompt_tokens
+
+
+async def test_a_higher_priority_request_takes_the_next_free_slot(
+    vllm_engine: VllmEngine,
+) -> None:
+    long = SamplingOptions(max_tokens=1500, ignore_eos=True)
+
+    def start(rid: str, priority: int) -> AsyncGenerator[Delta, None]:
+        return vllm_engine.generate(rid, GenerationInput(prompt=rid), long, priority=priority)
+
+    slots = vllm_engine.capacity.max_num_seqs
+    runners = [start(f"prio-run-{i}", 1) for i in range(slots)]
+    await asyncio.gather(*(anext(r) for r in runners))  # every slot is taken
+    started: list[str] = []
+
+    async def first_token(rid: str, priority: int) -> None:
+        async with aclosing(start(rid, priority)) as stream:
+            await anext(stream)
+            started.append(rid)
+            await asyncio.Event().wait()  # holds its slot until cancelled
+
+    waiting = [asyncio.create_task(first_token(f"prio-wait-{i}", 1)) for i in range(4)]
+    await eventually(lambda: vllm_engine.load().waiting == 4)
+    # Arrives after the four, in a lower (more urgent) priority.
+    waiting.append(asyncio.create_task(first_token("prio-urgent", 0)))
+    await eventually(lambda: vllm_engine.load().waiting == 5)
+    try:
+        await runners.pop().aclose()  # frees exactly one slot
+        await eventually(lambda: bool(started))
+        assert started == ["prio-urgent"]
+    finally:
+        for task in waiting:
+            task.cancel()
+        await asyncio.gather(*waiting, return_exceptions=True)
+        for runner in runners:
+            await runner.aclose()
+    await eventually(lambda: vllm_engine.num_unfinished_requests() == 0)

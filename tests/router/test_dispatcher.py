@@ -14,7 +14,7 @@ from observability import Telemetry, setup
 from observability.settings import TelemetrySettings
 from services.common.errors import DeadlineExceededError, ResourceExhaustedError
 from services.router.dispatcher import Dispatcher, FlowPolicy, Lease, Ticket
-from services.router.fair_queue import DEFAULT
+from services.router.fair_queue import BATCH, DEFAULT, INTERACTIVE
 from services.router.limiter import GradientLimiter
 from services.router.replicas import ReplicaSet
 from tests.support import eventually
@@ -70,6 +70,30 @@ async def test_a_light_tenant_starts_at_once_while_a_flood_holds_every_other_slo
         task.cancel()
     await asyncio.gather(*queued, return_exceptions=True)
     assert dispatcher.waiting() == 0
+
+
+async def test_the_engine_runs_urgent_classes_then_tenants_under_their_share_first(
+    telemetry: Telemetry,
+) -> None:
+    replicas = replica_set(telemetry, 1, limit=8)
+    dispatcher = Dispatcher(replicas, FlowPolicy(reserved_share=0.25))
+    dispatcher.release(
+        await dispatcher.acquire(ticket("B")), first_token_s=0.01, replica_failed=False
+    )
+    # Two tenants known: a share is 4 of the 8 slots.
+    flood = [await dispatcher.acquire(ticket("A")) for _ in range(6)]
+    light = await dispatcher.acquire(ticket("B"))
+    under, over = flood[0].engine_priority, flood[-1].engine_priority
+    assert [lease.engine_priority for lease in flood] == [under] * 4 + [over] * 2
+    assert light.engine_priority == under < over
+
+    def alone(priority: int) -> Ticket:
+        return Ticket(tenant="C", priority=priority, model="m", cost=100)
+
+    other = Dispatcher(replica_set(telemetry, 1, limit=8), FlowPolicy(reserved_share=0.25))
+    urgent = await other.acquire(alone(INTERACTIVE))
+    batch = await other.acquire(alone(BATCH))
+    assert urgent.engine_priority < under < over < batch.engine_priority
 
 
 async def test_a_tenant_alone_may_use_every_slot(telemetry: Telemetry) -> None:

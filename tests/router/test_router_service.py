@@ -470,6 +470,28 @@ async def test_a_replica_killed_mid_stream_fails_its_streams_cleanly_and_work_mo
         assert results == [8] * 6
 
 
+async def test_the_replica_is_told_which_request_runs_first(vllm_engine: Engine) -> None:
+    model = vllm_engine.model_info.name
+    async with AsyncExitStack() as stack:
+        a = await stack.enter_async_context(inference_replica(vllm_engine))
+        r = await stack.enter_async_context(router([a.address], model))
+        await serving(r, 1)
+        for tenant, priority in [
+            ("i", auth_pb2.PRIORITY_INTERACTIVE),
+            ("b", auth_pb2.PRIORITY_BATCH),
+        ]:
+            await tokens_of(
+                r.stub.Generate(generate(model, "hi", tenant=tenant, priority=priority))
+            )
+        await eventually(lambda: a.generate_calls() == 2)
+        told = [
+            int(str(s.attributes["maas.inference.priority"]))
+            for s in a.spans.get_finished_spans()
+            if s.name == "/maas.v1.Inference/Generate" and s.attributes
+        ]
+        assert len(told) == 2 and told[0] < told[1]
+
+
 async def test_higher_priority_waiting_work_goes_first(vllm_engine: Engine) -> None:
     model = vllm_engine.model_info.name
     async with AsyncExitStack() as stack:
