@@ -181,9 +181,12 @@ class Dispatcher:
     ) -> None:
         """Ends the lease. `first_token_s` (dispatch to first chunk) and
         `queued_s` (the engine's queueing, as the replica reported it) feed the
-        replica's limiter; `replica_failed` counts towards its ejection;
-        `finished` (the stream ran to its end, not cut by a deadline or a
-        cancel) makes its length a sample of how long requests hold a replica."""
+        replica's limiter: a first chunk is a true measure of the replica
+        however the stream ended later, and a stream cut before one gives
+        none. `replica_failed` (the replica's own fault, never its caller's)
+        counts towards its ejection; `finished` (the stream ran to its end,
+        not cut by a deadline or a cancel) makes its length a sample of how
+        long requests hold a replica: a cut one would make them look short."""
         if lease.released:
             return
         lease.released = True
@@ -200,9 +203,9 @@ class Dispatcher:
             self._replicas.record_failure(replica)
         elif first_token_s is not None:
             self._replicas.record_success(replica)
-        held_s = self._clock() - lease.dispatched_at
-        self._duration_s.add(held_s)
         if finished:
+            held_s = self._clock() - lease.dispatched_at
+            self._duration_s.add(held_s)
             self._s_per_token.add(held_s / max(1.0, lease.ticket.cost))
         self.pump()
 
