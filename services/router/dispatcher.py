@@ -314,7 +314,7 @@ class Dispatcher:
         tenants.update(t for m, t in self._running if m == model)
         if queue is not None:
             tenants.update(queue.tenants())
-        return sum(int(r.limiter.limit) for r in candidates) / max(1, len(tenants))
+        return sum(r.slots for r in candidates) / max(1, len(tenants))
 
     def _holds_less_than(self, ticket: Ticket, share: float) -> bool:
         return self._running[(ticket.model, ticket.tenant)] < share
@@ -385,7 +385,7 @@ class Dispatcher:
 
     def _retry_after(self, queue: FairQueue, candidates: list[Replica]) -> float:
         """About how long the queue ahead takes to drain."""
-        slots = max(1.0, sum(r.limiter.limit for r in candidates))
+        slots = max(1.0, sum(r.slots for r in candidates))
         return min(30.0, max(0.1, len(queue) * (self._duration_s.value or 1.0) / slots))
 
     def _shed(self, reason: str, error: MeshError) -> MeshError:

@@ -253,10 +253,12 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
             adapters=r.adapters,
             state=state,
             in_flight=r.limiter.in_flight,
-            concurrency_limit=int(r.limiter.limit),
+            concurrency_limit=r.slots,
             load=r.load,
             ejected_for_s=max(0.0, r.ejected_until - now),
             ttft_s=r.limiter.expected_latency,
+            probing=r.probing,
+            consecutive_failures=r.consecutive_failures,
         )
 
 

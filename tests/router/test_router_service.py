@@ -291,9 +291,12 @@ async def test_a_dead_replica_never_hangs_requests(vllm_engine: Engine) -> None:
 
 class FakeFailingInference(inference_pb2_grpc.InferenceServicer):
     """A replica that says it serves the model and fails every generation
-    before the first token with `code`."""
+    before the first token with `code`; with `code` None (recovered) it
+    answers each with one token."""
 
-    def __init__(self, model: str, code: grpc.StatusCode = grpc.StatusCode.UNAVAILABLE) -> None:
+    def __init__(
+        self, model: str, code: grpc.StatusCode | None = grpc.StatusCode.UNAVAILABLE
+    ) -> None:
         self._model = model
         self.code = code
         self.calls = 0
@@ -308,8 +311,14 @@ class FakeFailingInference(inference_pb2_grpc.InferenceServicer):
 
     async def Generate(self, request: Any, context: Any) -> AsyncIterator[Any]:
         self.calls += 1
-        await context.abort(self.code, "fake replica failure")
-        yield  # pragma: no cover - an async generator that never yields
+        if self.code is not None:
+            await context.abort(self.code, "fake replica failure")
+        yield generation_pb2.GenerateResponse(
+            text="ok",
+            token_ids=[1],
+            finish_reason=generation_pb2.FINISH_REASON_STOP,
+            usage=generation_pb2.Usage(prompt_tokens=1, completion_tokens=1),
+        )
 
     async def WatchLoad(self, request: Any, context: Any) -> AsyncIterator[inference_pb2.Load]:
         yield inference_pb2.Load()
@@ -440,6 +449,33 @@ async def test_an_internal_error_is_the_requests_and_neither_retried_nor_counted
         assert fake.calls == 3  # each tried once, not again elsewhere
         assert a.generate_calls() == 0
         assert (await states(r))[bad_address] == router_pb2.REPLICA_STATE_SERVING
+
+
+async def test_the_last_replica_of_a_model_is_probed_not_ejected_until_it_recovers() -> None:
+    async with AsyncExitStack() as stack:
+        address, fake = await stack.enter_async_context(fake_failing_replica("m"))
+        r = await stack.enter_async_context(
+            router([address], "m", ejection=EjectionPolicy(failures=2, base_s=60.0, max_s=60.0))
+        )
+        await serving(r, 1)
+        for i in range(3):
+            with pytest.raises(grpc.aio.AioRpcError) as failed:
+                await tokens_of(r.stub.Generate(generate("m", f"{i}")))
+            # The replica's failure, not "no replica of the model": it is still tried.
+            assert failed.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert "no replica could serve" in (failed.value.details() or "")
+        [listed] = (await r.stub.ListReplicas(router_pb2.ListReplicasRequest())).replicas
+        assert listed.state == router_pb2.REPLICA_STATE_SERVING
+        assert listed.probing
+        assert listed.concurrency_limit == 1
+        assert listed.consecutive_failures == 6  # two attempts a request
+        fake.code = None
+        assert await tokens_of(r.stub.Generate(generate("m", "back"))) == 1
+        [listed] = (await r.stub.ListReplicas(router_pb2.ListReplicasRequest())).replicas
+        assert listed.state == router_pb2.REPLICA_STATE_SERVING
+        assert not listed.probing
+        assert listed.concurrency_limit == 32
+        assert listed.consecutive_failures == 0
 
 
 async def test_a_full_queue_sheds_with_retry_info(vllm_engine: Engine) -> None:
