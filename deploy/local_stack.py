@@ -4,7 +4,9 @@ Starts auth, anomaly, inference (`--replicas` of them, each on its own port,
 all behind the router), router and gateway, waits until each reports SERVING
 on the standard health protocol, makes sure a dev tenant and API key exist
 (written to .maas/dev_api_key), streams one completion, then runs until Ctrl-C
-or SIGTERM and stops every service with SIGTERM (they drain).
+or SIGTERM and stops every service with SIGTERM (they drain). Meanwhile it
+supervises them: a service whose process exits on its own (an inference
+replica whose engine died exits non-zero) is reported and started again.
 
 Internal services answer only the mesh: every service gets the service token
 kept in .maas/secrets.json. `--tls` adds mutual TLS on every hop (TLS without
@@ -22,6 +24,7 @@ import os
 import secrets
 import signal
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,6 +46,12 @@ SECRET_NAMES = ("admin_token", "key_pepper", "service_token")
 SERVICE_ENV_PREFIXES = ("AUTH", "ANOMALY", "INFERENCE", "ROUTER", "GATEWAY")
 READY_TIMEOUT_S = 300.0
 STOP_TIMEOUT_S = 20.0
+# A service that exits is started again after this, doubling while it keeps
+# failing (up to RESTART_MAX_S) so a crash loop does not spin the machine.
+RESTART_INITIAL_S = 1.0
+RESTART_MAX_S = 30.0
+# One that ran this long before it exited starts again after RESTART_INITIAL_S.
+RESTART_RESET_S = 60.0
 
 
 @dataclass
@@ -61,6 +70,8 @@ class RunningService:
     spec: ServiceSpec
     process: asyncio.subprocess.Process
     log_path: Path
+    started_at: float = field(default_factory=time.monotonic)
+    restarts: int = 0
 
 
 def engine_is_cpu_build() -> bool:
@@ -243,6 +254,46 @@ async def first_completion(gateway_target: str, api_key: str, connection: Connec
                 )
 
 
+async def supervise(
+    services: list[RunningService],
+    env: dict[str, str],
+    log_dir: Path,
+    stop: asyncio.Event,
+    *,
+    initial_s: float = RESTART_INITIAL_S,
+) -> None:
+    """Until `stop` is set, starts again any service whose process exits, and
+    says so. `services` is updated in place, so stop_all stops the current
+    processes."""
+    delays = {s.spec.name: initial_s for s in services}
+    while not stop.is_set():
+        exits = {asyncio.create_task(s.process.wait()): i for i, s in enumerate(services)}
+        stopper = asyncio.create_task(stop.wait())
+        done, _ = await asyncio.wait([stopper, *exits], return_when=asyncio.FIRST_COMPLETED)
+        for task in (stopper, *exits):
+            task.cancel()
+        if stop.is_set():
+            return
+        for task in done:
+            i = exits[task]
+            gone = services[i]
+            name = gone.spec.name
+            if time.monotonic() - gone.started_at >= RESTART_RESET_S:
+                delays[name] = initial_s
+            delay = delays[name]
+            delays[name] = min(RESTART_MAX_S, delay * 2)
+            console.print(
+                f"[red]{name} exited (exit {gone.process.returncode})[/red]; starting it again"
+                f" in {delay:.0f} s (log: {gone.log_path})"
+            )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), delay)
+                return
+            services[i] = await start(gone.spec, env, log_dir)
+            services[i].restarts = gone.restarts + 1
+            console.print(f"started {name} again (pid {services[i].process.pid})")
+
+
 async def stop_all(services: list[RunningService]) -> None:
     for service in reversed(services):
         if service.process.returncode is None:
@@ -321,11 +372,7 @@ async def run(args: argparse.Namespace) -> int:
         if args.exit_after_first:
             return 0
         console.print("\n[bold green]mesh is up[/bold green]; Ctrl-C stops it.")
-        died = [asyncio.create_task(s.process.wait()) for s in services]
-        stopper = asyncio.create_task(stop.wait())
-        await asyncio.wait([stopper, *died], return_when=asyncio.FIRST_COMPLETED)
-        for task in (stopper, *died):
-            task.cancel()
+        await supervise(services, env, log_dir, stop)
         return 0
     except Exception as err:
         console.print(f"[red]local stack failed:[/red] {err}")

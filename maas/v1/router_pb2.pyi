@@ -60,7 +60,7 @@ class RouterGenerateRequest(_message.Message):
     def __init__(self, request: _Optional[_Union[_generation_pb2.GenerateRequest, _Mapping]] = ..., context: _Optional[_Union[RequestContext, _Mapping]] = ...) -> None: ...
 
 class Replica(_message.Message):
-    __slots__ = ("address", "model", "state", "adapters", "in_flight", "concurrency_limit", "load", "ejected_for_s", "ttft_s")
+    __slots__ = ("address", "model", "state", "adapters", "in_flight", "concurrency_limit", "load", "ejected_for_s", "ttft_s", "probing", "consecutive_failures")
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -70,6 +70,8 @@ class Replica(_message.Message):
     LOAD_FIELD_NUMBER: _ClassVar[int]
     EJECTED_FOR_S_FIELD_NUMBER: _ClassVar[int]
     TTFT_S_FIELD_NUMBER: _ClassVar[int]
+    PROBING_FIELD_NUMBER: _ClassVar[int]
+    CONSECUTIVE_FAILURES_FIELD_NUMBER: _ClassVar[int]
     address: str
     model: _generation_pb2.ModelInfo
     state: ReplicaState
@@ -79,7 +81,9 @@ class Replica(_message.Message):
     load: _inference_pb2.Load
     ejected_for_s: float
     ttft_s: float
-    def __init__(self, address: _Optional[str] = ..., model: _Optional[_Union[_generation_pb2.ModelInfo, _Mapping]] = ..., state: _Optional[_Union[ReplicaState, str]] = ..., adapters: _Optional[_Iterable[str]] = ..., in_flight: _Optional[int] = ..., concurrency_limit: _Optional[int] = ..., load: _Optional[_Union[_inference_pb2.Load, _Mapping]] = ..., ejected_for_s: _Optional[float] = ..., ttft_s: _Optional[float] = ...) -> None: ...
+    probing: bool
+    consecutive_failures: int
+    def __init__(self, address: _Optional[str] = ..., model: _Optional[_Union[_generation_pb2.ModelInfo, _Mapping]] = ..., state: _Optional[_Union[ReplicaState, str]] = ..., adapters: _Optional[_Iterable[str]] = ..., in_flight: _Optional[int] = ..., concurrency_limit: _Optional[int] = ..., load: _Optional[_Union[_inference_pb2.Load, _Mapping]] = ..., ejected_for_s: _Optional[float] = ..., ttft_s: _Optional[float] = ..., probing: _Optional[bool] = ..., consecutive_failures: _Optional[int] = ...) -> None: ...
 
 class RegisterReplicaRequest(_message.Message):
     __slots__ = ("address",)

@@ -171,6 +171,15 @@ class Engine(Protocol):
         """Raises EngineDeadError when the engine cannot serve."""
         ...
 
+    async def wait_dead(self) -> str:
+        """Returns, saying why, once the engine has died (on the engine's own
+        signal, not by polling); never returns while it lives."""
+        ...
+
+    def last_step_at(self) -> float:
+        """time.monotonic() of the engine's last step (0.0 before any)."""
+        ...
+
 
 def _require(ok: bool, field: str, description: str) -> None:
     if not ok:

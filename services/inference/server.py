@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import structlog
+
 from maas.v1 import inference_pb2, inference_pb2_grpc
 from observability import Telemetry
 from services.common.security import ServerSecurity
@@ -9,6 +11,9 @@ from services.common.serving import ServiceServer, start_server
 from services.inference.engine import Engine
 from services.inference.pacing import StreamPacer
 from services.inference.servicer import InferenceServicer, translate_engine_error
+from services.inference.watchdog import wait_engine_failure
+
+log = structlog.get_logger(__name__)
 
 SERVICE_NAME = inference_pb2.DESCRIPTOR.services_by_name["Inference"].full_name
 
@@ -43,3 +48,13 @@ async def attach(server: ServiceServer, servicer: InferenceServicer, engine: Eng
     """Puts a loaded engine behind the server and reports SERVING."""
     servicer.attach(engine)
     await server.set_serving(True)
+
+
+async def watch_engine(server: ServiceServer, engine: Engine, *, stall_s: float) -> str:
+    """Waits until the engine dies or wedges; then reports NOT_SERVING on
+    every health service, liveness ("") included, for good (a dead engine
+    does not come back in this process), and returns why."""
+    reason = await wait_engine_failure(engine, stall_s=stall_s)
+    log.error("engine failed; this replica no longer serves", reason=reason)
+    await server.health.enter_graceful_shutdown()
+    return reason

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -54,6 +55,8 @@ class _LoadRecorder(StatLoggerBase):
         self._queries = 0.0
         self._hits = 0.0
         self._changed = asyncio.Event()
+        # When the engine last stepped: a wedged engine stops stepping.
+        self.stepped_at = 0.0
 
     @property
     def prefix_cache_hit_rate(self) -> float:
@@ -66,6 +69,7 @@ class _LoadRecorder(StatLoggerBase):
         mm_cache_stats: Any = None,
         engine_idx: int = 0,
     ) -> None:
+        self.stepped_at = time.monotonic()
         if scheduler_stats is None:
             return
         self.running = scheduler_stats.num_running_reqs
@@ -307,6 +311,23 @@ class VllmEngine:
             await self._llm.check_health()
         except VllmEngineDeadError as err:
             raise EngineDeadError(str(err)) from err
+
+    async def wait_dead(self) -> str:
+        llm = self._llm
+        # AsyncLLM's output task, which it starts at the first request, ends
+        # when the engine core dies: vLLM's monitor thread sees the process
+        # go and closes its sockets. Started now, on this loop, its end is the
+        # signal even before any request (vLLM 0.32's AsyncLLM).
+        llm._run_output_handler()  # type: ignore[no-untyped-call]
+        handler = llm.output_handler
+        assert handler is not None
+        await asyncio.wait({handler})
+        if llm.engine_core.resources.engine_dead:
+            return "the engine core process died"
+        return "the engine's output task ended"
+
+    def last_step_at(self) -> float:
+        return self._load.stepped_at
 
 
 def engine_args(settings: InferenceSettings) -> AsyncEngineArgs:

@@ -55,7 +55,7 @@ def _rendezvous(key: int, replica: Replica) -> int:
 
 def reserve_of(replica: Replica, share: float) -> int:
     """Slots of `replica` kept back for tenants below their fair share."""
-    return int(replica.limiter.limit * share) if share > 0 else 0
+    return int(replica.slots * share) if share > 0 else 0
 
 
 def choose(

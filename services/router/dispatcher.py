@@ -181,9 +181,12 @@ class Dispatcher:
     ) -> None:
         """Ends the lease. `first_token_s` (dispatch to first chunk) and
         `queued_s` (the engine's queueing, as the replica reported it) feed the
-        replica's limiter; `replica_failed` counts towards its ejection;
-        `finished` (the stream ran to its end, not cut by a deadline or a
-        cancel) makes its length a sample of how long requests hold a replica."""
+        replica's limiter: a first chunk is a true measure of the replica
+        however the stream ended later, and a stream cut before one gives
+        none. `replica_failed` (the replica's own fault, never its caller's)
+        counts towards its ejection; `finished` (the stream ran to its end,
+        not cut by a deadline or a cancel) makes its length a sample of how
+        long requests hold a replica: a cut one would make them look short."""
         if lease.released:
             return
         lease.released = True
@@ -200,9 +203,9 @@ class Dispatcher:
             self._replicas.record_failure(replica)
         elif first_token_s is not None:
             self._replicas.record_success(replica)
-        held_s = self._clock() - lease.dispatched_at
-        self._duration_s.add(held_s)
         if finished:
+            held_s = self._clock() - lease.dispatched_at
+            self._duration_s.add(held_s)
             self._s_per_token.add(held_s / max(1.0, lease.ticket.cost))
         self.pump()
 
@@ -311,7 +314,7 @@ class Dispatcher:
         tenants.update(t for m, t in self._running if m == model)
         if queue is not None:
             tenants.update(queue.tenants())
-        return sum(int(r.limiter.limit) for r in candidates) / max(1, len(tenants))
+        return sum(r.slots for r in candidates) / max(1, len(tenants))
 
     def _holds_less_than(self, ticket: Ticket, share: float) -> bool:
         return self._running[(ticket.model, ticket.tenant)] < share
@@ -382,7 +385,7 @@ class Dispatcher:
 
     def _retry_after(self, queue: FairQueue, candidates: list[Replica]) -> float:
         """About how long the queue ahead takes to drain."""
-        slots = max(1.0, sum(r.limiter.limit for r in candidates))
+        slots = max(1.0, sum(r.slots for r in candidates))
         return min(30.0, max(0.1, len(queue) * (self._duration_s.value or 1.0) / slots))
 
     def _shed(self, reason: str, error: MeshError) -> MeshError:

@@ -53,6 +53,16 @@ class RouterMetrics:
             unit="{request}",
             description="Each replica's adaptive concurrency limit",
         )
+        meter.create_observable_gauge(
+            "maas.router.replica_probing",
+            [self._probing],
+            description="1 while a failing replica, the last of its model, is probed"
+            " one request at a time instead of ejected",
+        )
+
+    def _probing(self, options: CallbackOptions) -> Iterable[Observation]:
+        for replica in self._replicas.replicas:
+            yield Observation(int(replica.probing), {"replica": replica.address})
 
     def _queue_depth(self, options: CallbackOptions) -> Iterable[Observation]:
         for model, queue in self._dispatcher.queues.items():

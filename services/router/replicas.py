@@ -2,7 +2,10 @@
 they are up and how loaded. Health comes from each replica's standard gRPC
 health `Watch` and load from its `WatchLoad` stream (both pushed on change,
 not polled). Replicas join and leave at run time; one can be drained; one
-that keeps failing is ejected for a while and then tried again."""
+that keeps failing is ejected for a while and then tried again, unless it is
+the last of its model in rotation: that one is probed one request at a time
+until a request succeeds on it, so a failing model stays a slow one, never
+an unavailable one."""
 
 from __future__ import annotations
 
@@ -28,6 +31,9 @@ log = structlog.get_logger(__name__)
 INFERENCE_SERVICE = inference_pb2.DESCRIPTOR.services_by_name["Inference"].full_name
 # Past this KV-cache use an engine starts preempting: send it nothing new.
 KV_CACHE_HIGH = 0.95
+# Requests at a time on a failing replica kept in rotation: each failure then
+# costs one caller, and the first success ends the probe.
+PROBE_CONCURRENCY = 1
 
 
 @dataclass(frozen=True)
@@ -57,6 +63,8 @@ class Replica:
     consecutive_failures: int = 0
     ejections_in_a_row: int = 0
     ejected_until: float = 0.0
+    # Failing, but not ejected: the last of its model in rotation.
+    probing: bool = False
     # A stable number per address for rendezvous hashing (prefix affinity).
     address_hash: int = 0
 
@@ -84,14 +92,21 @@ class Replica:
         A lasting queue shows in the time requests wait before being
         scheduled, which shrinks the limit."""
         load = self.load
+        if self.probing and self.limiter.in_flight >= PROBE_CONCURRENCY:
+            return False
         return (
             self.limiter.has_room(reserve)
             and load.running + load.waiting < self.limiter.max_limit
             and load.kv_cache_usage < KV_CACHE_HIGH
         )
 
+    @property
+    def slots(self) -> int:
+        """Requests it may run at once now: its limit, or one while probed."""
+        return PROBE_CONCURRENCY if self.probing else int(self.limiter.limit)
+
     def utilization(self) -> float:
-        return self.limiter.in_flight / max(1.0, self.limiter.limit)
+        return self.limiter.in_flight / max(1.0, self.slots)
 
 
 class ReplicaSet:
@@ -183,13 +198,7 @@ class ReplicaSet:
         policy's call); its running streams finish."""
         replica = self.get(address)
         now = self.clock()
-        model = replica.model.name if replica.model is not None else None
-        others = [
-            r
-            for r in self._replicas.values()
-            if r is not replica and r.takes_work(now) and (model is None or r.serves(model))
-        ]
-        if replica.takes_work(now) and not others:
+        if replica.takes_work(now) and not self._others_take_work(replica, now):
             # Ejecting the last replica in rotation would turn a slow or
             # failing model into an unavailable one.
             raise FailedPreconditionError(
@@ -206,6 +215,7 @@ class ReplicaSet:
         replica = self.get(address)
         replica.ejected_until = 0.0
         replica.consecutive_failures = 0
+        replica.probing = False
         log.info("replica restored", replica=address)
         self._notify()
         return replica
@@ -257,12 +267,30 @@ class ReplicaSet:
     def record_success(self, replica: Replica) -> None:
         replica.consecutive_failures = 0
         replica.ejections_in_a_row = 0
+        if replica.probing:
+            replica.probing = False
+            log.info("replica probe succeeded; back to its full limit", replica=replica.address)
+            self._notify()
 
     def record_failure(self, replica: Replica) -> None:
-        """A call failed on the replica's side; enough in a row eject it."""
+        """A call failed on the replica's side (never a caller's doing);
+        enough in a row eject it, or, while it is the last of its model in
+        rotation, hold it to one request at a time until one succeeds."""
         replica.consecutive_failures += 1
         if replica.consecutive_failures < self._ejection.failures:
             return
+        if not self._others_take_work(replica, self.clock()):
+            if not replica.probing:
+                replica.probing = True
+                log.warning(
+                    "replica failing but the last of its model in rotation:"
+                    " probing it one request at a time instead of ejecting it",
+                    replica=replica.address,
+                    failures=replica.consecutive_failures,
+                )
+                self._notify()
+            return
+        replica.probing = False
         replica.consecutive_failures = 0
         seconds = min(self._ejection.base_s * 2**replica.ejections_in_a_row, self._ejection.max_s)
         replica.ejections_in_a_row += 1
@@ -271,6 +299,14 @@ class ReplicaSet:
         # It comes back by itself when the time is up: wake the dispatcher then.
         asyncio.get_running_loop().call_later(seconds, self._notify)
         self._notify()
+
+    def _others_take_work(self, replica: Replica, now: float) -> bool:
+        """Whether another replica of `replica`'s model takes work now."""
+        model = replica.model.name if replica.model is not None else None
+        return any(
+            r is not replica and r.takes_work(now) and (model is None or r.serves(model))
+            for r in self._replicas.values()
+        )
 
     def _create(self, address: str) -> Replica:
         ch = channel(address, self._telemetry, security=self._security)

@@ -28,17 +28,12 @@ from services.router.replicas import Replica, ReplicaSet
 Context = grpc.aio.ServicerContext[Any, Any]
 
 # Codes that say the replica (not the request) failed: worth another replica,
-# and counted towards ejecting this one. CANCELLED here comes from the replica
-# (a server going away): the caller's own cancellation never reaches us as an
-# error, it cancels this handler.
-REPLICA_FAULTS = frozenset(
-    {
-        grpc.StatusCode.UNAVAILABLE,
-        grpc.StatusCode.INTERNAL,
-        grpc.StatusCode.UNKNOWN,
-        grpc.StatusCode.CANCELLED,
-    }
-)
+# and counted towards ejecting this one, but only while the caller is still
+# waiting (see `is_replica_fault`). INTERNAL and UNKNOWN are not here: a
+# request can provoke them (an engine failing on what one caller sent), and
+# no caller may take a replica out of rotation; an engine that died answers
+# UNAVAILABLE, and its replica turns NOT_SERVING.
+REPLICA_FAULTS = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED})
 _CLASS_OF = {
     auth_pb2.PRIORITY_INTERACTIVE: INTERACTIVE,
     auth_pb2.PRIORITY_DEFAULT: DEFAULT,
@@ -121,19 +116,24 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
             failed = False
             finished = False
             try:
+                last: generation_pb2.GenerateResponse | None = None
                 async for chunk in call:
                     if first_token_s is None:
                         first_token_s = self._clock() - lease.dispatched_at
                         engine_queued_s = chunk.queued_s
+                    last = chunk
                     # A slow reader holds this yield, and so the replica's stream:
                     # nothing piles up here.
                     yield chunk
-                finished = True
+                # An aborted stream (the Abort rpc) ran short: not a sample of how long one runs.
+                finished = (
+                    last is not None and last.finish_reason != generation_pb2.FINISH_REASON_ABORT
+                )
                 return
             except grpc.aio.AioRpcError as err:
-                failed = err.code() in REPLICA_FAULTS
+                failed = is_replica_fault(err.code(), caller_gone=_caller_gone(context))
                 if not failed:
-                    raise  # the request's own fault: its status goes back as is
+                    raise  # the request's (or its caller's) doing: its status goes back as is
                 if first_token_s is not None:
                     # Never retried after text went out (no duplicated output).
                     raise UnavailableError(
@@ -253,11 +253,33 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
             adapters=r.adapters,
             state=state,
             in_flight=r.limiter.in_flight,
-            concurrency_limit=int(r.limiter.limit),
+            concurrency_limit=r.slots,
             load=r.load,
             ejected_for_s=max(0.0, r.ejected_until - now),
             ttft_s=r.limiter.expected_latency,
+            probing=r.probing,
+            consecutive_failures=r.consecutive_failures,
         )
+
+
+def is_replica_fault(code: grpc.StatusCode, *, caller_gone: bool) -> bool:
+    """Whether a failed replica call is the replica's doing.
+
+    Never once the caller has gone: its cancel, or its deadline passing.
+    DEADLINE_EXCEEDED is never the replica's: the only deadline on the
+    replica call is the caller's own (the router sets none of its own).
+    CANCELLED is the replica's only while the caller still waits: the router
+    cancels its replica call only after its caller went away, so one that
+    comes back while the caller is there came from the replica (its server
+    stopping, its handler cancelled)."""
+    return not caller_gone and code in REPLICA_FAULTS
+
+
+def _caller_gone(context: Context) -> bool:
+    if context.cancelled():
+        return True
+    remaining = context.time_remaining()
+    return remaining is not None and remaining <= 0
 
 
 def _check_address(address: str) -> None:

@@ -4,14 +4,22 @@ cancel, and rich INVALID_ARGUMENT details."""
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import sys
+from pathlib import Path
 from typing import Any, TypeVar, cast
 
 import grpc
+import psutil
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from maas.v1 import generation_pb2, inference_pb2, inference_pb2_grpc
+from services.inference.settings import cpu_engine_environment
+from services.inference.watchdog import EXIT_ENGINE_FAILED
 from tests.e2e.conftest import Mesh
-from tests.support import bad_request_fields, eventually
+from tests.support import bad_request_fields, eventually, free_port
 
 T = TypeVar("T")
 
@@ -209,3 +217,73 @@ async def test_not_serving_until_the_engine_is_attached(mesh: Mesh) -> None:
     finally:
         await server.stop(0)
         telemetry.shutdown()
+
+
+# Guards against a hung test only: a fresh process loads the model in 20-40 s.
+PROCESS_HANG_GUARD_S = 300.0
+
+
+async def test_a_dead_engine_turns_the_service_not_serving_and_its_process_exits_non_zero(
+    tiny_model_path: Path, tmp_path: Path
+) -> None:
+    port = free_port()
+    log_path = tmp_path / "inference.log"
+    with log_path.open("wb") as log:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "services.inference",
+            "--model", str(tiny_model_path), "--port", str(port),
+            "--kv-cache-memory-bytes", str(256 * 1024 * 1024), "--enforce-eager",
+            env={**os.environ, **cpu_engine_environment()},
+            stdout=log, stderr=asyncio.subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+            watch = health_pb2_grpc.HealthStub(ch).Watch(
+                health_pb2.HealthCheckRequest(service="maas.v1.Inference"), wait_for_ready=True
+            )
+
+            async def next_status() -> int:
+                update = await asyncio.wait_for(watch.read(), PROCESS_HANG_GUARD_S)
+                assert update is not grpc.aio.EOF, log_path.read_text()[-3000:]
+                return int(cast(health_pb2.HealthCheckResponse, update).status)
+
+            while await next_status() != health_pb2.HealthCheckResponse.SERVING:
+                pass
+            [engine_core] = [
+                child
+                for child in psutil.Process(process.pid).children(recursive=True)
+                if "EngineCore" in child.name()
+            ]
+            engine_core.send_signal(signal.SIGKILL)
+            assert await next_status() == health_pb2.HealthCheckResponse.NOT_SERVING
+        returncode = await asyncio.wait_for(process.wait(), PROCESS_HANG_GUARD_S)
+        assert returncode == EXIT_ENGINE_FAILED, log_path.read_text()[-3000:]
+        assert "the engine core process died" in log_path.read_text()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
+async def test_make_runs_supervisor_starts_a_service_again_when_its_process_exits(
+    tmp_path: Path,
+) -> None:
+    """What `make run` does when an inference process exits for a restart;
+    a process that always fails stands in for it (json.tool on a missing file)."""
+    from deploy.local_stack import ServiceSpec, start, stop_all, supervise
+
+    spec = ServiceSpec("inference", "json.tool", 0, "maas.v1.Inference", ["/no/such/file"])
+    services = [await start(spec, dict(os.environ), tmp_path)]
+    first_pid = services[0].process.pid
+    stop = asyncio.Event()
+    supervisor = asyncio.create_task(
+        supervise(services, dict(os.environ), tmp_path, stop, initial_s=0.05)
+    )
+    try:
+        await eventually(lambda: services[0].restarts >= 2)
+        assert services[0].process.pid != first_pid
+    finally:
+        stop.set()
+        await supervisor
+        await stop_all(services)
+    assert all(s.process.returncode is not None for s in services)

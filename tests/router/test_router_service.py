@@ -291,10 +291,14 @@ async def test_a_dead_replica_never_hangs_requests(vllm_engine: Engine) -> None:
 
 class FakeFailingInference(inference_pb2_grpc.InferenceServicer):
     """A replica that says it serves the model and fails every generation
-    before the first token."""
+    before the first token with `code`; with `code` None (recovered) it
+    answers each with one token."""
 
-    def __init__(self, model: str) -> None:
+    def __init__(
+        self, model: str, code: grpc.StatusCode | None = grpc.StatusCode.UNAVAILABLE
+    ) -> None:
         self._model = model
+        self.code = code
         self.calls = 0
 
     async def GetModelInfo(
@@ -307,8 +311,14 @@ class FakeFailingInference(inference_pb2_grpc.InferenceServicer):
 
     async def Generate(self, request: Any, context: Any) -> AsyncIterator[Any]:
         self.calls += 1
-        await context.abort(grpc.StatusCode.UNAVAILABLE, "fake replica failure")
-        yield  # pragma: no cover - an async generator that never yields
+        if self.code is not None:
+            await context.abort(self.code, "fake replica failure")
+        yield generation_pb2.GenerateResponse(
+            text="ok",
+            token_ids=[1],
+            finish_reason=generation_pb2.FINISH_REASON_STOP,
+            usage=generation_pb2.Usage(prompt_tokens=1, completion_tokens=1),
+        )
 
     async def WatchLoad(self, request: Any, context: Any) -> AsyncIterator[inference_pb2.Load]:
         yield inference_pb2.Load()
@@ -325,9 +335,11 @@ class FakeFailingInference(inference_pb2_grpc.InferenceServicer):
 
 
 @asynccontextmanager
-async def fake_failing_replica(model: str) -> AsyncIterator[tuple[str, FakeFailingInference]]:
+async def fake_failing_replica(
+    model: str, code: grpc.StatusCode = grpc.StatusCode.UNAVAILABLE
+) -> AsyncIterator[tuple[str, FakeFailingInference]]:
     telemetry: Telemetry = setup("fake-inference", TelemetrySettings())
-    fake = FakeFailingInference(model)
+    fake = FakeFailingInference(model, code)
 
     def registrar(s: grpc.aio.Server) -> None:
         inference_pb2_grpc.add_InferenceServicer_to_server(fake, s)
@@ -371,6 +383,99 @@ async def test_failures_before_the_first_token_retry_elsewhere_and_eject_the_rep
             assert await tokens_of(r.stub.Generate(generate(model, f"more {i} " * 40))) == 8
         assert fake.calls == 3
         assert (await states(r))[bad_address] == router_pb2.REPLICA_STATE_EJECTED
+
+
+async def test_failures_a_caller_causes_never_count_against_the_replica(
+    vllm_engine: Engine,
+) -> None:
+    model = vllm_engine.model_info.name
+    async with AsyncExitStack() as stack:
+        a = await stack.enter_async_context(inference_replica(vllm_engine))
+        # One failure that counted would eject it (were it not the last one)
+        # or hold it to one request at a time.
+        r = await stack.enter_async_context(
+            router([a.address], model, ejection=EjectionPolicy(failures=1, base_s=60.0))
+        )
+        await serving(r, 1)
+        for i in range(3):
+            # Its own deadline, passing mid-stream.
+            with pytest.raises(grpc.aio.AioRpcError) as late:
+                await tokens_of(
+                    r.stub.Generate(generate(model, f"late {i}", max_tokens=2000), timeout=0.5)
+                )
+            assert late.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            # Its cancel, right after the first token.
+            call = r.stub.Generate(generate(model, f"gone {i}", max_tokens=2000))
+            async for _ in call:
+                break
+            call.cancel()
+            # Its bad input, which only the engine can judge.
+            bad = generate(model, f"bad {i}")
+            bad.request.stop_token_ids.append(99_999)
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await tokens_of(r.stub.Generate(bad))
+            assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        await eventually(lambda: r.replicas.get(a.address).limiter.in_flight == 0)
+        [listed] = (await r.stub.ListReplicas(router_pb2.ListReplicasRequest())).replicas
+        assert listed.state == router_pb2.REPLICA_STATE_SERVING
+        assert listed.concurrency_limit == 32
+        assert await tokens_of(r.stub.Generate(generate(model, "still here"))) == 8
+
+
+async def test_an_internal_error_is_the_requests_and_neither_retried_nor_counted(
+    vllm_engine: Engine,
+) -> None:
+    """INTERNAL can be provoked by what a caller sends (an engine failing on
+    it): it goes back to that caller, and no replica pays for it."""
+    model = vllm_engine.model_info.name
+    async with AsyncExitStack() as stack:
+        a = await stack.enter_async_context(inference_replica(vllm_engine))
+        bad_address, fake = await stack.enter_async_context(
+            fake_failing_replica(model, grpc.StatusCode.INTERNAL)
+        )
+        r = await stack.enter_async_context(
+            router(
+                [bad_address, a.address],
+                model,
+                ejection=EjectionPolicy(failures=1, base_s=60.0, max_s=60.0),
+            )
+        )
+        await serving(r, 2)
+        await r.stub.DrainReplica(router_pb2.DrainReplicaRequest(address=a.address))
+        for i in range(3):
+            with pytest.raises(grpc.aio.AioRpcError) as failed:
+                await tokens_of(r.stub.Generate(generate(model, f"{i}")))
+            assert failed.value.code() == grpc.StatusCode.INTERNAL
+        assert fake.calls == 3  # each tried once, not again elsewhere
+        assert a.generate_calls() == 0
+        assert (await states(r))[bad_address] == router_pb2.REPLICA_STATE_SERVING
+
+
+async def test_the_last_replica_of_a_model_is_probed_not_ejected_until_it_recovers() -> None:
+    async with AsyncExitStack() as stack:
+        address, fake = await stack.enter_async_context(fake_failing_replica("m"))
+        r = await stack.enter_async_context(
+            router([address], "m", ejection=EjectionPolicy(failures=2, base_s=60.0, max_s=60.0))
+        )
+        await serving(r, 1)
+        for i in range(3):
+            with pytest.raises(grpc.aio.AioRpcError) as failed:
+                await tokens_of(r.stub.Generate(generate("m", f"{i}")))
+            # The replica's failure, not "no replica of the model": it is still tried.
+            assert failed.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert "no replica could serve" in (failed.value.details() or "")
+        [listed] = (await r.stub.ListReplicas(router_pb2.ListReplicasRequest())).replicas
+        assert listed.state == router_pb2.REPLICA_STATE_SERVING
+        assert listed.probing
+        assert listed.concurrency_limit == 1
+        assert listed.consecutive_failures == 6  # two attempts a request
+        fake.code = None
+        assert await tokens_of(r.stub.Generate(generate("m", "back"))) == 1
+        [listed] = (await r.stub.ListReplicas(router_pb2.ListReplicasRequest())).replicas
+        assert listed.state == router_pb2.REPLICA_STATE_SERVING
+        assert not listed.probing
+        assert listed.concurrency_limit == 32
+        assert listed.consecutive_failures == 0
 
 
 async def test_a_full_queue_sheds_with_retry_info(vllm_engine: Engine) -> None:
