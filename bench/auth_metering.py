@@ -133,8 +133,17 @@ async def ops_for(channel: grpc.aio.Channel, with_auth: bool) -> dict[str, Op]:
         auth_pb2.CreateApiKeyRequest(tenant_id=tenant.tenant_id), metadata=ADMIN
     )
     bearer = (("authorization", f"Bearer {key.api_key}"),)
-    cached = Authenticator(auth, ttl_s=5.0, max_entries=1000)
-    uncached = Authenticator(auth, ttl_s=0.0, max_entries=1000)
+    cached, uncached = (
+        Authenticator(
+            auth,
+            ttl_s=ttl_s,
+            max_entries=1000,
+            timeout_s=5.0,
+            negative_ttl_s=5.0,
+            negative_max_entries=1000,
+        )
+        for ttl_s in (5.0, 0.0)
+    )
 
     async def auth_cached(i: int) -> int:
         await cached.authenticate(bearer, "generate")

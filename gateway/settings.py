@@ -28,6 +28,15 @@ class GatewaySettings(ServiceSettings):
     # Bounds how long a revoked key keeps working here.
     auth_cache_ttl_s: float = Field(default=5.0, ge=0)
     auth_cache_size: int = Field(default=10_000, ge=1)
+    # A key auth refused is refused here, without asking, for this long: a flood
+    # of made-up keys costs auth one lookup per key per window. Short, so a key
+    # created just after someone guessed at it works soon.
+    auth_negative_ttl_s: float = Field(default=5.0, ge=0)
+    # Some 300 bytes an entry (digest, expiry, message): a flood fills ~30 MB, no more.
+    auth_negative_cache_size: int = Field(default=100_000, ge=1)
+    # Deadline of each unary call to auth (Authenticate, the usage query) and of
+    # the model list: a wedged auth answers callers UNAVAILABLE, not never.
+    auth_timeout_s: float = Field(default=3.0, gt=0)
     # Events beyond this many waiting for anomaly are dropped (and counted), never waited on.
     event_queue_size: int = Field(default=10_000, ge=1)
     # Completion tokens reserved for a request that sets no max_tokens.
