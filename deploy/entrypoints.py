@@ -311,6 +311,8 @@ def _leaf_paths(values: Mapping[str, Any], prefix: tuple[str, ...] = ()) -> list
 
 
 def _origin(spec: ServiceSpec, path: tuple[str, ...], origins: dict[tuple[str, ...], str]) -> str:
+    if not path:  # a rule across settings (the model's own validator)
+        return spec.module
     for n in range(len(path), 0, -1):
         if path[:n] in origins:
             return origins[path[:n]]

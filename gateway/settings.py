@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import ClassVar
 
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
@@ -18,6 +19,8 @@ class GatewaySettings(ServiceSettings):
         # MAAS_GATEWAY_HTTP_PORT=null turns the HTTP face off, as --http-port null does.
         env_parse_none_str="null",
     )
+    # Public: tenants call it from anywhere, with their API keys.
+    mesh_only: ClassVar[bool] = False
 
     port: int = 50051
     # The OpenAI-compatible HTTP face, on the same host; 0 picks a free port, null turns it off.

@@ -118,11 +118,17 @@ BROKEN = {
         "ENGIN: ${MAAS_ENGINE:-cpu}",
         ["gateway", "build arg ENGIN is declared by no ARG"],
     ),
-    "a service without the mesh's service token": (
+    "a gateway without the mesh's service token": (
+        COMPOSE,
+        "      MAAS_GATEWAY_SERVICE_TOKEN: ${MAAS_SERVICE_TOKEN:?set a service token}\n",
+        "",
+        ["gateway", "has no service token, which the mesh's other services hold"],
+    ),
+    "an internal service open beyond loopback": (
         COMPOSE,
         "      MAAS_ROUTER_SERVICE_TOKEN: ${MAAS_SERVICE_TOKEN:?set a service token}\n",
         "",
-        ["router", "has no service token, which the mesh's other services hold"],
+        ["router", "host '0.0.0.0' is beyond loopback", "service_token or mutual TLS"],
     ),
     "a gateway port published where it does not listen": (
         COMPOSE,
