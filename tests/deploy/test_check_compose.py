@@ -130,6 +130,12 @@ BROKEN = {
         "",
         ["router", "host '0.0.0.0' is beyond loopback", "service_token or mutual TLS"],
     ),
+    "an operator token too short to be safe": (
+        COMPOSE,
+        "      MAAS_AUTH_ADMIN_TOKEN: ${MAAS_AUTH_ADMIN_TOKEN:?set an admin token}\n",
+        "      MAAS_AUTH_ADMIN_TOKEN: admin\n",
+        ["auth", "MAAS_AUTH_ADMIN_TOKEN", "at least 32 characters"],
+    ),
     "a gateway port published where it does not listen": (
         COMPOSE,
         '"--http-port", "8000"',

@@ -13,7 +13,7 @@ from deploy.throwaway_ca import write_throwaway_ca
 from gateway.settings import GatewaySettings
 from maas.connection import Connection
 from services.anomaly.settings import AnomalySettings
-from services.auth.settings import AuthSettings
+from services.auth.settings import MIN_SECRET_LENGTH, AuthSettings
 from services.common.mesh_only import MeshOnlyInterceptor
 from services.common.security import channel_security, server_security
 from services.common.settings import ServiceSettings, TlsSettings
@@ -159,3 +159,15 @@ def test_the_refusal_comes_before_an_internal_service_starts(
     monkeypatch.delenv("MAAS_ROUTER_SERVICE_TOKEN", raising=False)
     with pytest.raises(ValidationError, match=r"host '0\.0\.0\.0' is beyond loopback"):
         RouterSettings.from_cli(["--host", "0.0.0.0"])
+
+
+@pytest.mark.parametrize("field", ["admin_token", "key_pepper"])
+def test_the_operator_token_and_key_pepper_have_a_least_length(field: str) -> None:
+    fields = {"admin_token": "o" * MIN_SECRET_LENGTH, "key_pepper": "p" * MIN_SECRET_LENGTH}
+    assert AuthSettings.model_validate(fields).host == "127.0.0.1"
+    fields[field] = "x" * (MIN_SECRET_LENGTH - 1)
+    with pytest.raises(ValidationError) as info:
+        AuthSettings.model_validate(fields)
+    [error] = info.value.errors()
+    assert error["loc"] == (field,)
+    assert f"at least {MIN_SECRET_LENGTH} characters" in error["msg"]
