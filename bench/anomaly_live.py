@@ -125,7 +125,9 @@ async def onboard(auth: str, admin_token: str, tenants: list[Tenant]) -> dict[st
         stub = auth_pb2_grpc.AuthStub(ch)
         for t in tenants:
             made = await stub.CreateTenant(
-                auth_pb2.CreateTenantRequest(name=f"live-{t.tenant_id}"), metadata=admin
+                # Unlimited: the modelled load is the point, not the default plan's limits.
+                auth_pb2.CreateTenantRequest(name=f"live-{t.tenant_id}", plan=auth_pb2.Plan()),
+                metadata=admin,
             )
             for key in t.keys:
                 created = await stub.CreateApiKey(

@@ -128,7 +128,9 @@ async def ops_for(channel: grpc.aio.Channel, with_auth: bool) -> dict[str, Op]:
     if not with_auth:
         return ops
     tenant = await auth.CreateTenant(
-        auth_pb2.CreateTenantRequest(name=f"bench-{run}"), metadata=ADMIN
+        # Unlimited: Reserve's own cost is measured, not the default plan's limits.
+        auth_pb2.CreateTenantRequest(name=f"bench-{run}", plan=auth_pb2.Plan()),
+        metadata=ADMIN,
     )
     key = await auth.CreateApiKey(
         auth_pb2.CreateApiKeyRequest(tenant_id=tenant.tenant_id), metadata=ADMIN

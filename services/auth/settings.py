@@ -4,15 +4,35 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
 
+from services.auth.models import DEFAULT_PLAN, Plan
 from services.common.settings import ServiceSettings
 
 # The least length of the operator token and the key pepper: a random token
 # of 32 characters (token_urlsafe(24) and up) is beyond guessing; a word typed
 # by hand to get started is not.
 MIN_SECRET_LENGTH = 32
+
+
+class DefaultPlanSettings(BaseModel):
+    """The plan a tenant created without one gets (`--default-plan.requests-per-minute`,
+    `MAAS_AUTH_DEFAULT_PLAN__TOKENS_PER_MINUTE`). Finite: 0 (unlimited) is refused
+    here; an operator grants unlimited per tenant with SetPlan."""
+
+    requests_per_minute: int = Field(default=DEFAULT_PLAN.requests_per_minute, ge=1)
+    tokens_per_minute: int = Field(default=DEFAULT_PLAN.tokens_per_minute, ge=1)
+    max_concurrent_requests: int = Field(default=DEFAULT_PLAN.max_concurrent_requests, ge=1)
+    monthly_token_budget: int = Field(default=DEFAULT_PLAN.monthly_token_budget, ge=1)
+
+    def plan(self) -> Plan:
+        return Plan(
+            requests_per_minute=self.requests_per_minute,
+            tokens_per_minute=self.tokens_per_minute,
+            max_concurrent_requests=self.max_concurrent_requests,
+            monthly_token_budget=self.monthly_token_budget,
+        )
 
 
 class AuthSettings(ServiceSettings):
@@ -34,6 +54,7 @@ class AuthSettings(ServiceSettings):
         description=f"HMAC key for API-key hashes (at least {MIN_SECRET_LENGTH} characters); "
         "keep it stable"
     )
+    default_plan: DefaultPlanSettings = DefaultPlanSettings()
     # A reservation not settled by then (its gateway died) lapses and frees its slot.
     reservation_lease_s: float = Field(default=600.0, gt=0)
 

@@ -145,7 +145,11 @@ async def new_tenant(mesh: Mesh) -> TenantFactory:
         async with grpc.aio.insecure_channel(mesh.targets["auth"]) as ch:
             stub = auth_pb2_grpc.AuthStub(ch)
             tenant = await stub.CreateTenant(
-                auth_pb2.CreateTenantRequest(name=f"tenant-{secrets.token_hex(4)}"),
+                # Unlimited, explicitly (the default plan is finite): a test that
+                # needs limits sets them with set_plan.
+                auth_pb2.CreateTenantRequest(
+                    name=f"tenant-{secrets.token_hex(4)}", plan=auth_pb2.Plan()
+                ),
                 metadata=admin,
             )
             created = await stub.CreateApiKey(

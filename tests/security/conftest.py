@@ -86,7 +86,10 @@ class SecureMesh:
         async with self.operator().channel(self.targets["auth"]) as ch:
             stub = auth_pb2_grpc.AuthStub(ch)
             tenant = await stub.CreateTenant(
-                auth_pb2.CreateTenantRequest(name=f"tenant-{secrets.token_hex(4)}"),
+                # Unlimited, explicitly: these tests are about transport, not limits.
+                auth_pb2.CreateTenantRequest(
+                    name=f"tenant-{secrets.token_hex(4)}", plan=auth_pb2.Plan()
+                ),
                 metadata=admin,
             )
             created = await stub.CreateApiKey(
