@@ -89,7 +89,7 @@ async def mesh(model: Path, state: Path, admin_token: str) -> AsyncIterator[dict
             process(
                 ["-m", "services.auth", "--port", str(ports["auth"]),
                  "--database-path", str(state / "auth.db"),
-                 "--admin-token", admin_token, "--key-pepper", secrets.token_urlsafe(16)],
+                 "--admin-token", admin_token, "--key-pepper", secrets.token_urlsafe(32)],
                 "live-auth.log", addr["auth"], "maas.v1.Auth",
             )
         )  # fmt: skip
@@ -125,7 +125,9 @@ async def onboard(auth: str, admin_token: str, tenants: list[Tenant]) -> dict[st
         stub = auth_pb2_grpc.AuthStub(ch)
         for t in tenants:
             made = await stub.CreateTenant(
-                auth_pb2.CreateTenantRequest(name=f"live-{t.tenant_id}"), metadata=admin
+                # Unlimited: the modelled load is the point, not the default plan's limits.
+                auth_pb2.CreateTenantRequest(name=f"live-{t.tenant_id}", plan=auth_pb2.Plan()),
+                metadata=admin,
             )
             for key in t.keys:
                 created = await stub.CreateApiKey(
@@ -223,7 +225,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     tenants = make_tenants(args.tenants, random.Random(args.seed))
     total = sum(t.rate for t in tenants)
     scale = args.requests_per_s / total  # the modelled mix, scaled to what one CPU engine serves
-    admin_token = secrets.token_urlsafe(16)
+    admin_token = secrets.token_urlsafe(32)
     with tempfile.TemporaryDirectory() as state:
         async with mesh(args.model, Path(state), admin_token) as addr:
             model = await model_name(addr["inference"])

@@ -36,7 +36,8 @@ from gateway.authn import Authenticator
 from maas.v1 import auth_pb2, auth_pb2_grpc, metering_pb2, metering_pb2_grpc
 
 REPO = Path(__file__).resolve().parent.parent
-ADMIN = (("authorization", "Bearer bench-admin"),)
+BENCH_ADMIN_TOKEN = "bench-operator-token-0123456789abcdef"  # auth takes 32 characters or more
+ADMIN = (("authorization", f"Bearer {BENCH_ADMIN_TOKEN}"),)
 BATCH = 100
 # An operation returns how many units it did: records for the batch, else 1.
 Op = Callable[[int], Awaitable[int]]
@@ -45,7 +46,7 @@ Op = Callable[[int], Awaitable[int]]
 @contextlib.asynccontextmanager
 async def auth_process(database_args: list[str]) -> AsyncIterator[grpc.aio.Channel]:
     port = free_port()
-    env = dict(os.environ, MAAS_AUTH_ADMIN_TOKEN="bench-admin", MAAS_AUTH_KEY_PEPPER="pepper")
+    env = dict(os.environ, MAAS_AUTH_ADMIN_TOKEN=BENCH_ADMIN_TOKEN, MAAS_AUTH_KEY_PEPPER="p" * 32)
     env["MAAS_AUTH_TELEMETRY__LOG_LEVEL"] = "WARNING"
     process = subprocess.Popen(
         [sys.executable, "-m", "services.auth", "--port", str(port), *database_args],
@@ -127,14 +128,25 @@ async def ops_for(channel: grpc.aio.Channel, with_auth: bool) -> dict[str, Op]:
     if not with_auth:
         return ops
     tenant = await auth.CreateTenant(
-        auth_pb2.CreateTenantRequest(name=f"bench-{run}"), metadata=ADMIN
+        # Unlimited: Reserve's own cost is measured, not the default plan's limits.
+        auth_pb2.CreateTenantRequest(name=f"bench-{run}", plan=auth_pb2.Plan()),
+        metadata=ADMIN,
     )
     key = await auth.CreateApiKey(
         auth_pb2.CreateApiKeyRequest(tenant_id=tenant.tenant_id), metadata=ADMIN
     )
     bearer = (("authorization", f"Bearer {key.api_key}"),)
-    cached = Authenticator(auth, ttl_s=5.0, max_entries=1000)
-    uncached = Authenticator(auth, ttl_s=0.0, max_entries=1000)
+    cached, uncached = (
+        Authenticator(
+            auth,
+            ttl_s=ttl_s,
+            max_entries=1000,
+            timeout_s=5.0,
+            negative_ttl_s=5.0,
+            negative_max_entries=1000,
+        )
+        for ttl_s in (5.0, 0.0)
+    )
 
     async def auth_cached(i: int) -> int:
         await cached.authenticate(bearer, "generate")

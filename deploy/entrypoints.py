@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union, get_args, get_origin
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, CliSettingsSource, SettingsError
 
 from services.common.settings import ServiceSettings
@@ -219,6 +219,8 @@ def invoke(module: str, args: Sequence[str], env: Mapping[str, str]) -> Invocati
     for path in _leaf_paths(flags):
         origins[path] = "--" + ".".join(part.replace("_", "-") for part in path)
     _merge(values, flags)
+    for path in _leaf_paths(values):
+        _stand_in_for_secret(spec.settings_type, values, path)
     try:
         result.settings = _isolated(spec.settings_type)(**values)
     except ValidationError as err:
@@ -226,6 +228,29 @@ def invoke(module: str, args: Sequence[str], env: Mapping[str, str]) -> Invocati
             path = tuple(str(part) for part in error["loc"])
             result.problems.append(f"{_origin(spec, path, origins)}: {error['msg']}")
     return result
+
+
+# Stands for a secret the deploy file leaves to deploy time (`<VAR>`): its
+# value, so whether it is long enough, is not known here. Long enough for any
+# least length a secret setting has.
+_SECRET_STAND_IN_LENGTH = 256
+
+
+def _stand_in_for_secret(
+    model: type[BaseModel], values: dict[str, Any], path: tuple[str, ...]
+) -> None:
+    node = values
+    for part in path[:-1]:
+        node = node[part]
+    value = node[path[-1]]
+    if not (isinstance(value, str) and value.startswith("<") and value.endswith(">")):
+        return
+    try:
+        annotation = _annotation_at(model, path)
+    except (KeyError, AssertionError):
+        return  # no such setting: validation names it
+    if SecretStr in (annotation, *get_args(annotation)):
+        node[path[-1]] = value.ljust(_SECRET_STAND_IN_LENGTH, "*")
 
 
 def _unknown_flags(module: str, args: Sequence[str]) -> list[str]:
@@ -311,6 +336,8 @@ def _leaf_paths(values: Mapping[str, Any], prefix: tuple[str, ...] = ()) -> list
 
 
 def _origin(spec: ServiceSpec, path: tuple[str, ...], origins: dict[tuple[str, ...], str]) -> str:
+    if not path:  # a rule across settings (the model's own validator)
+        return spec.module
     for n in range(len(path), 0, -1):
         if path[:n] in origins:
             return origins[path[:n]]

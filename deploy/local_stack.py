@@ -37,6 +37,7 @@ from deploy.throwaway_ca import OPERATOR, MeshCertificates, ensure_throwaway_ca
 from maas.client import MaasClient
 from maas.connection import Connection
 from maas.v1 import auth_pb2, auth_pb2_grpc
+from services.auth.settings import MIN_SECRET_LENGTH
 from services.inference.settings import cpu_engine_environment
 
 console = Console()
@@ -87,9 +88,21 @@ def load_secrets(state_dir: Path) -> dict[str, str]:
     keys survive restarts (a secrets file from before the service token gets one)."""
     path = state_dir / "secrets.json"
     data: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
+    short = [
+        name
+        for name in ("admin_token", "key_pepper")
+        if name in data and len(data[name]) < MIN_SECRET_LENGTH
+    ]
+    if short:
+        # Not replaced here: a new key pepper would silently void every API key.
+        raise SystemExit(
+            f"{path}: {', '.join(short)} shorter than {MIN_SECRET_LENGTH} characters; "
+            "replace them (a new key_pepper voids every API key made before) or delete the file"
+        )
     missing = [name for name in SECRET_NAMES if name not in data]
     if not missing:
         return data
+    # 32 random bytes: 43 characters, over MIN_SECRET_LENGTH.
     data.update({name: secrets.token_urlsafe(32) for name in missing})
     path.touch(mode=0o600)
     path.write_text(json.dumps(data))

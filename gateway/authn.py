@@ -1,7 +1,11 @@
 """API key -> principal, through auth, cached briefly.
 
 The cache bounds how long a revoked key keeps working (its TTL) and keeps the
-auth service off the hot path; concurrent misses for one key share one call."""
+auth service off the hot path; concurrent misses for one key share one call.
+A key auth refused is remembered (negatively) for a short window, so a flood
+of made-up keys costs auth at most one lookup per key per window and a
+replayed bad key costs none. Every call to auth has a deadline: a slow or
+absent auth answers the caller UNAVAILABLE (retryable), never INTERNAL."""
 
 from __future__ import annotations
 
@@ -10,13 +14,18 @@ import hashlib
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
+from typing import Generic, TypeVar
 
 import grpc
 
 from maas.v1 import auth_pb2, auth_pb2_grpc
-from services.common.errors import PermissionDeniedError, UnauthenticatedError
+from services.common.errors import PermissionDeniedError, UnauthenticatedError, UnavailableError
 
 Metadata = Iterable[tuple[str, str | bytes]]
+V = TypeVar("V")
+
+# What auth's own failures to answer become: the caller may retry.
+_AUTH_DOWN = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 
 
 def bearer_token(metadata: Metadata | None) -> str:
@@ -30,6 +39,39 @@ def bearer_token(metadata: Metadata | None) -> str:
     raise UnauthenticatedError("missing 'authorization: Bearer <api key>' metadata")
 
 
+def within(deadline_s: float | None, cap_s: float) -> float:
+    """A downstream call's timeout: the caller's remaining time, at most `cap_s`."""
+    return cap_s if deadline_s is None else min(deadline_s, cap_s)
+
+
+class _Expiring(Generic[V]):
+    """At most `max_entries` values by digest, each until its expiry; the
+    oldest written goes first when full."""
+
+    def __init__(self, max_entries: int, clock: Callable[[], float]) -> None:
+        self._max_entries = max_entries
+        self._clock = clock
+        self._entries: OrderedDict[bytes, tuple[float, V]] = OrderedDict()
+
+    def get(self, digest: bytes) -> V | None:
+        hit = self._entries.get(digest)
+        if hit is None:
+            return None
+        if hit[0] <= self._clock():
+            del self._entries[digest]
+            return None
+        return hit[1]
+
+    def put(self, digest: bytes, value: V, ttl_s: float) -> None:
+        self._entries[digest] = (self._clock() + ttl_s, value)
+        self._entries.move_to_end(digest)
+        while len(self._entries) > self._max_entries:
+            self._entries.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
 class Authenticator:
     def __init__(
         self,
@@ -37,17 +79,23 @@ class Authenticator:
         *,
         ttl_s: float,
         max_entries: int,
+        timeout_s: float,
+        negative_ttl_s: float,
+        negative_max_entries: int,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._stub = stub
         self._ttl_s = ttl_s
-        self._max_entries = max_entries
-        self._clock = clock
-        self._cache: OrderedDict[bytes, tuple[float, auth_pb2.Principal]] = OrderedDict()
+        self._negative_ttl_s = negative_ttl_s
+        self.timeout_s = timeout_s
+        self._known: _Expiring[auth_pb2.Principal] = _Expiring(max_entries, clock)
+        # Keys auth refused, with its message: answered here until they expire.
+        self._refused: _Expiring[str] = _Expiring(negative_max_entries, clock)
         self._inflight: dict[bytes, asyncio.Task[auth_pb2.Principal]] = {}
 
     async def authenticate(self, metadata: Metadata | None, scope: str) -> auth_pb2.Principal:
-        """The caller's principal; UNAUTHENTICATED or PERMISSION_DENIED otherwise."""
+        """The caller's principal; UNAUTHENTICATED or PERMISSION_DENIED
+        otherwise, UNAVAILABLE when auth does not answer in time."""
         api_key = bearer_token(metadata)
         principal = await self._lookup(api_key)
         if scope not in principal.scopes and "admin" not in principal.scopes:
@@ -55,28 +103,36 @@ class Authenticator:
         return principal
 
     async def _lookup(self, api_key: str) -> auth_pb2.Principal:
-        # Keyed by a digest so the cache never holds the keys themselves.
+        # Keyed by a digest so the caches never hold the keys themselves.
         digest = hashlib.sha256(api_key.encode()).digest()
-        hit = self._cache.get(digest)
-        if hit is not None and hit[0] > self._clock():
-            return hit[1]
+        principal = self._known.get(digest)
+        if principal is not None:
+            return principal
+        refusal = self._refused.get(digest)
+        if refusal is not None:
+            raise UnauthenticatedError(refusal)
         fetch = self._inflight.get(digest)
         if fetch is None:
             # A task of its own: a caller that goes away does not cancel it for the others.
             fetch = asyncio.create_task(self._fetch(digest, api_key))
             self._inflight[digest] = fetch
             fetch.add_done_callback(lambda _: self._inflight.pop(digest, None))
-        try:
-            return await asyncio.shield(fetch)
-        except grpc.aio.AioRpcError as err:
-            if err.code() == grpc.StatusCode.UNAUTHENTICATED:
-                raise UnauthenticatedError(err.details() or "invalid API key") from err
-            raise
+        return await asyncio.shield(fetch)
 
     async def _fetch(self, digest: bytes, api_key: str) -> auth_pb2.Principal:
-        principal = await self._stub.Authenticate(auth_pb2.AuthenticateRequest(api_key=api_key))
-        self._cache[digest] = (self._clock() + self._ttl_s, principal)
-        self._cache.move_to_end(digest)
-        while len(self._cache) > self._max_entries:
-            self._cache.popitem(last=False)
+        try:
+            principal = await self._stub.Authenticate(
+                auth_pb2.AuthenticateRequest(api_key=api_key), timeout=self.timeout_s
+            )
+        except grpc.aio.AioRpcError as err:
+            if err.code() == grpc.StatusCode.UNAUTHENTICATED:
+                refusal = err.details() or "invalid API key"
+                self._refused.put(digest, refusal, self._negative_ttl_s)
+                raise UnauthenticatedError(refusal) from err
+            if err.code() in _AUTH_DOWN:
+                raise UnavailableError(
+                    "the auth service did not answer in time; retry", reason="AUTH_UNAVAILABLE"
+                ) from err
+            raise
+        self._known.put(digest, principal, self._ttl_s)
         return principal

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import grpc
 from opentelemetry import trace
 
-from gateway.authn import Authenticator
+from gateway.authn import Authenticator, within
 from gateway.metrics import GatewayMetrics
 from gateway.outbox import UsageOutbox
 from gateway.quota import QuotaClient, estimate_tokens
@@ -153,7 +153,8 @@ class GatewayCore:
         await self.authenticate(caller, "generate")
         with remote_errors():
             replicas = await self._router.ListReplicas(
-                router_pb2.ListReplicasRequest(), timeout=caller.deadline_s
+                router_pb2.ListReplicasRequest(),
+                timeout=within(caller.deadline_s, self._authenticator.timeout_s),
             )
         models: dict[str, generation_pb2.ModelInfo] = {}
         for replica in replicas.replicas:
@@ -189,7 +190,9 @@ class GatewayCore:
         if request.HasField("end_time"):
             query.end_time.CopyFrom(request.end_time)
         with remote_errors():
-            return await self._metering.GetUsage(query, timeout=caller.deadline_s)
+            return await self._metering.GetUsage(
+                query, timeout=within(caller.deadline_s, self._authenticator.timeout_s)
+            )
 
     async def authenticate(self, caller: Caller, scope: str) -> auth_pb2.Principal:
         """The caller's principal; a refused key is counted and reported to anomaly."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import ClassVar
 
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
@@ -18,6 +19,8 @@ class GatewaySettings(ServiceSettings):
         # MAAS_GATEWAY_HTTP_PORT=null turns the HTTP face off, as --http-port null does.
         env_parse_none_str="null",
     )
+    # Public: tenants call it from anywhere, with their API keys.
+    mesh_only: ClassVar[bool] = False
 
     port: int = 50051
     # The OpenAI-compatible HTTP face, on the same host; 0 picks a free port, null turns it off.
@@ -28,6 +31,15 @@ class GatewaySettings(ServiceSettings):
     # Bounds how long a revoked key keeps working here.
     auth_cache_ttl_s: float = Field(default=5.0, ge=0)
     auth_cache_size: int = Field(default=10_000, ge=1)
+    # A key auth refused is refused here, without asking, for this long: a flood
+    # of made-up keys costs auth one lookup per key per window. Short, so a key
+    # created just after someone guessed at it works soon.
+    auth_negative_ttl_s: float = Field(default=5.0, ge=0)
+    # Some 300 bytes an entry (digest, expiry, message): a flood fills ~30 MB, no more.
+    auth_negative_cache_size: int = Field(default=100_000, ge=1)
+    # Deadline of each unary call to auth (Authenticate, the usage query) and of
+    # the model list: a wedged auth answers callers UNAVAILABLE, not never.
+    auth_timeout_s: float = Field(default=3.0, gt=0)
     # Events beyond this many waiting for anomaly are dropped (and counted), never waited on.
     event_queue_size: int = Field(default=10_000, ge=1)
     # Completion tokens reserved for a request that sets no max_tokens.

@@ -69,7 +69,7 @@ def restriction_add(
     auth: AuthOption = "127.0.0.1:50052",
     admin_token: TokenOption = None,
 ) -> None:
-    """Suspends or throttles a tenant or one key until it expires or is lifted."""
+    """Suspends or throttles a tenant or one key until it expires or is lifted (operator only)."""
     if action not in ACTIONS:
         raise typer.BadParameter(f"action must be one of {', '.join(ACTIONS)}")
     duration = duration_pb2.Duration()
@@ -96,7 +96,8 @@ def restriction_list(
     auth: AuthOption = "127.0.0.1:50052",
     admin_token: TokenOption = None,
 ) -> None:
-    """Lists restrictions (active ones unless --all), newest first."""
+    """Lists restrictions (active ones unless --all), newest first. A tenant's
+    admin key sees only its own: pass --tenant with its tenant id."""
     request = auth_pb2.ListRestrictionsRequest(tenant_id=tenant, include_inactive=all_)
     reply = _call(auth, admin_token, lambda s, md: s.ListRestrictions(request, metadata=md))
     _show_restrictions(list(reply.restrictions))
@@ -109,7 +110,7 @@ def restriction_lift(
     auth: AuthOption = "127.0.0.1:50052",
     admin_token: TokenOption = None,
 ) -> None:
-    """Ends a restriction now (reverses a suspension or throttle)."""
+    """Ends a restriction now (reverses a suspension or throttle; operator only)."""
     request = auth_pb2.LiftRestrictionRequest(
         restriction_id=restriction_id, actor="admin", reason=reason
     )
@@ -123,7 +124,8 @@ def audit(
     auth: AuthOption = "127.0.0.1:50052",
     admin_token: TokenOption = None,
 ) -> None:
-    """The audit trail of restrictions, newest first."""
+    """The audit trail of restrictions, newest first. A tenant's admin key sees
+    only its own: pass --tenant with its tenant id."""
     request = auth_pb2.ListAuditRecordsRequest(tenant_id=tenant, limit=limit)
     reply = _call(auth, admin_token, lambda s, md: s.ListAuditRecords(request, metadata=md))
     table = Table("time (UTC)", "actor", "action", "restriction_id", "detail")

@@ -1,5 +1,8 @@
-"""`maas admin`: tenants, keys and plans, talking to the auth service with the
-admin token."""
+"""`maas admin`: tenants, keys and plans, talking to the auth service with an
+admin credential: the operator token (`admin_token` in .maas/secrets.json),
+which administers every tenant and the mesh, or an API key with the `admin`
+scope, which administers its own tenant's keys only (anything else is
+PERMISSION_DENIED)."""
 
 from __future__ import annotations
 
@@ -35,7 +38,12 @@ AuthOption = Annotated[
 ]
 TokenOption = Annotated[
     str | None,
-    typer.Option("--admin-token", envvar="MAAS_ADMIN_TOKEN", help="default: .maas/secrets.json"),
+    typer.Option(
+        "--admin-token",
+        envvar="MAAS_ADMIN_TOKEN",
+        help="the operator token, or a tenant's admin-scoped API key (its own tenant only); "
+        "default: the operator token in .maas/secrets.json",
+    ),
 ]
 T = TypeVar("T")
 
@@ -92,7 +100,7 @@ def tenant_create(
     auth: AuthOption = "127.0.0.1:50052",
     admin_token: TokenOption = None,
 ) -> None:
-    """Creates a tenant."""
+    """Creates a tenant (operator only) on the mesh's finite default plan; set-plan changes it."""
     if priority not in PRIORITIES:
         raise typer.BadParameter(f"priority must be one of {', '.join(PRIORITIES)}")
     request = auth_pb2.CreateTenantRequest(name=name, priority=PRIORITIES[priority])
@@ -102,7 +110,7 @@ def tenant_create(
 
 @tenant_app.command("list")
 def tenant_list(auth: AuthOption = "127.0.0.1:50052", admin_token: TokenOption = None) -> None:
-    """Lists tenants with their plans."""
+    """Lists tenants with their plans (operator only)."""
     reply = _call(auth, admin_token, lambda s, md: s.ListTenants(
         auth_pb2.ListTenantsRequest(), metadata=md))  # fmt: skip
     _show_tenants(list(reply.tenants))
@@ -122,7 +130,7 @@ def tenant_set_plan(
     auth: AuthOption = "127.0.0.1:50052",
     admin_token: TokenOption = None,
 ) -> None:
-    """Sets a tenant's plan."""
+    """Sets a tenant's plan (operator only). An option left out is unlimited."""
     if priority is not None and priority not in PRIORITIES:
         raise typer.BadParameter(f"priority must be one of {', '.join(PRIORITIES)}")
     plan = auth_pb2.Plan(

@@ -262,12 +262,14 @@ class Principal(_message.Message):
     def __init__(self, tenant_id: _Optional[str] = ..., key_id: _Optional[str] = ..., scopes: _Optional[_Iterable[str]] = ..., priority: _Optional[_Union[Priority, str]] = ...) -> None: ...
 
 class CreateTenantRequest(_message.Message):
-    __slots__ = ("name", "priority")
+    __slots__ = ("name", "priority", "plan")
     NAME_FIELD_NUMBER: _ClassVar[int]
     PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    PLAN_FIELD_NUMBER: _ClassVar[int]
     name: str
     priority: Priority
-    def __init__(self, name: _Optional[str] = ..., priority: _Optional[_Union[Priority, str]] = ...) -> None: ...
+    plan: Plan
+    def __init__(self, name: _Optional[str] = ..., priority: _Optional[_Union[Priority, str]] = ..., plan: _Optional[_Union[Plan, _Mapping]] = ...) -> None: ...
 
 class ListTenantsRequest(_message.Message):
     __slots__ = ()

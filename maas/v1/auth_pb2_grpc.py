@@ -28,7 +28,14 @@ if _version_not_supported:
 class AuthStub:
     """Tenants and API keys. Authenticate is called by the gateway on the request
     path; the admin rpcs need an admin credential (`authorization: Bearer
-    <admin token>`), else PERMISSION_DENIED or UNAUTHENTICATED.
+    <credential>`), else UNAUTHENTICATED:
+    - the operator token (auth's `admin_token` setting) runs every admin rpc,
+    for every tenant;
+    - an API key with the `admin` scope administers its own tenant only:
+    CreateApiKey, ListApiKeys and RevokeApiKey for its tenant's keys, and
+    ListRestrictions and ListAuditRecords for its tenant. For another tenant,
+    or a mesh-wide rpc (CreateTenant, ListTenants, SetPlan, Restrict,
+    LiftRestriction, or a listing across tenants), PERMISSION_DENIED.
     """
 
     def __init__(self, channel):
@@ -112,7 +119,14 @@ class AuthStub:
 class AuthServicer:
     """Tenants and API keys. Authenticate is called by the gateway on the request
     path; the admin rpcs need an admin credential (`authorization: Bearer
-    <admin token>`), else PERMISSION_DENIED or UNAUTHENTICATED.
+    <credential>`), else UNAUTHENTICATED:
+    - the operator token (auth's `admin_token` setting) runs every admin rpc,
+    for every tenant;
+    - an API key with the `admin` scope administers its own tenant only:
+    CreateApiKey, ListApiKeys and RevokeApiKey for its tenant's keys, and
+    ListRestrictions and ListAuditRecords for its tenant. For another tenant,
+    or a mesh-wide rpc (CreateTenant, ListTenants, SetPlan, Restrict,
+    LiftRestriction, or a listing across tenants), PERMISSION_DENIED.
     """
 
     def Authenticate(self, request, context):
@@ -307,7 +321,14 @@ def add_AuthServicer_to_server(servicer, server):
 class Auth:
     """Tenants and API keys. Authenticate is called by the gateway on the request
     path; the admin rpcs need an admin credential (`authorization: Bearer
-    <admin token>`), else PERMISSION_DENIED or UNAUTHENTICATED.
+    <credential>`), else UNAUTHENTICATED:
+    - the operator token (auth's `admin_token` setting) runs every admin rpc,
+    for every tenant;
+    - an API key with the `admin` scope administers its own tenant only:
+    CreateApiKey, ListApiKeys and RevokeApiKey for its tenant's keys, and
+    ListRestrictions and ListAuditRecords for its tenant. For another tenant,
+    or a mesh-wide rpc (CreateTenant, ListTenants, SetPlan, Restrict,
+    LiftRestriction, or a listing across tenants), PERMISSION_DENIED.
     """
 
     @staticmethod

@@ -29,7 +29,14 @@ GRPC_VERSION: str
 class AuthStub:
     """Tenants and API keys. Authenticate is called by the gateway on the request
     path; the admin rpcs need an admin credential (`authorization: Bearer
-    <admin token>`), else PERMISSION_DENIED or UNAUTHENTICATED.
+    <credential>`), else UNAUTHENTICATED:
+    - the operator token (auth's `admin_token` setting) runs every admin rpc,
+      for every tenant;
+    - an API key with the `admin` scope administers its own tenant only:
+      CreateApiKey, ListApiKeys and RevokeApiKey for its tenant's keys, and
+      ListRestrictions and ListAuditRecords for its tenant. For another tenant,
+      or a mesh-wide rpc (CreateTenant, ListTenants, SetPlan, Restrict,
+      LiftRestriction, or a listing across tenants), PERMISSION_DENIED.
     """
 
     @_typing.overload
@@ -84,7 +91,14 @@ class AuthStub:
 class AuthAsyncStub(AuthStub):
     """Tenants and API keys. Authenticate is called by the gateway on the request
     path; the admin rpcs need an admin credential (`authorization: Bearer
-    <admin token>`), else PERMISSION_DENIED or UNAUTHENTICATED.
+    <credential>`), else UNAUTHENTICATED:
+    - the operator token (auth's `admin_token` setting) runs every admin rpc,
+      for every tenant;
+    - an API key with the `admin` scope administers its own tenant only:
+      CreateApiKey, ListApiKeys and RevokeApiKey for its tenant's keys, and
+      ListRestrictions and ListAuditRecords for its tenant. For another tenant,
+      or a mesh-wide rpc (CreateTenant, ListTenants, SetPlan, Restrict,
+      LiftRestriction, or a listing across tenants), PERMISSION_DENIED.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -135,7 +149,14 @@ class AuthAsyncStub(AuthStub):
 class AuthServicer(metaclass=_abc_1.ABCMeta):
     """Tenants and API keys. Authenticate is called by the gateway on the request
     path; the admin rpcs need an admin credential (`authorization: Bearer
-    <admin token>`), else PERMISSION_DENIED or UNAUTHENTICATED.
+    <credential>`), else UNAUTHENTICATED:
+    - the operator token (auth's `admin_token` setting) runs every admin rpc,
+      for every tenant;
+    - an API key with the `admin` scope administers its own tenant only:
+      CreateApiKey, ListApiKeys and RevokeApiKey for its tenant's keys, and
+      ListRestrictions and ListAuditRecords for its tenant. For another tenant,
+      or a mesh-wide rpc (CreateTenant, ListTenants, SetPlan, Restrict,
+      LiftRestriction, or a listing across tenants), PERMISSION_DENIED.
     """
 
     @_abc_1.abstractmethod

@@ -9,7 +9,10 @@ from datetime import UTC, datetime
 
 from services.auth import keys
 from services.auth.models import (
+    DEFAULT_PLAN,
     DEFAULT_SCOPES,
+    OPERATOR,
+    Admin,
     ApiKeyRecord,
     Grouping,
     Plan,
@@ -27,6 +30,7 @@ from services.common.errors import (
     InvalidArgumentError,
     MeshError,
     NotFoundError,
+    PermissionDeniedError,
     UnauthenticatedError,
 )
 
@@ -45,15 +49,41 @@ def check_id(field: str, value: str) -> None:
         )
 
 
+def require_operator(admin: Admin, rpc: str) -> None:
+    """Mesh-wide administration is the operator's alone."""
+    if not admin.is_operator:
+        raise PermissionDeniedError(
+            f"{rpc} is mesh-wide: it takes the operator token, not a tenant's admin key",
+            reason="OPERATOR_ONLY",
+        )
+
+
+def require_tenant(admin: Admin, tenant_id: str) -> None:
+    """A tenant's admin key administers its own tenant (an empty id, meaning
+    every tenant, is not its own)."""
+    if not admin.is_operator and admin.tenant_id != tenant_id:
+        raise PermissionDeniedError(
+            "a tenant's admin key administers its own tenant only", reason="OTHER_TENANT"
+        )
+
+
 def _utcnow() -> datetime:
     return datetime.now(UTC)
 
 
 class AuthCore:
-    def __init__(self, store: AuthStore, pepper: bytes, clock: Clock = _utcnow) -> None:
+    def __init__(
+        self,
+        store: AuthStore,
+        pepper: bytes,
+        clock: Clock = _utcnow,
+        *,
+        default_plan: Plan = DEFAULT_PLAN,
+    ) -> None:
         self._store = store
         self._pepper = pepper
         self._clock = clock
+        self._default_plan = default_plan
 
     async def authenticate(self, api_key: str) -> Principal:
         parsed = keys.parse_key(api_key)
@@ -73,13 +103,22 @@ class AuthCore:
             raise UnauthenticatedError("invalid, revoked or expired API key")
         return Principal(tenant.tenant_id, record.key_id, record.scopes, tenant.priority)
 
-    async def create_tenant(self, name: str, priority: Priority = Priority.DEFAULT) -> Tenant:
+    async def create_tenant(
+        self, name: str, priority: Priority = Priority.DEFAULT, plan: Plan | None = None
+    ) -> Tenant:
+        """A new tenant on `plan`, or on the mesh's finite default plan when none is given."""
         name = name.strip()
         if not name:
             raise InvalidArgumentError("name", "must not be empty")
         if len(name) > MAX_ID_LENGTH or not name.isprintable():
             raise InvalidArgumentError("name", f"must be 1 to {MAX_ID_LENGTH} printable characters")
-        tenant = Tenant(uuid.uuid4().hex, name, priority, self._clock())
+        tenant = Tenant(
+            uuid.uuid4().hex,
+            name,
+            priority,
+            self._clock(),
+            plan if plan is not None else self._default_plan,
+        )
         try:
             await self._store.create_tenant(tenant)
         except TenantExistsError as err:
@@ -130,7 +169,20 @@ class AuthCore:
             raise NotFoundError(f"no tenant {tenant_id!r}")
         return await self._store.list_keys(tenant_id)
 
-    async def revoke_api_key(self, key_id: str) -> ApiKeyRecord:
+    async def admin(self, credential: str) -> Admin:
+        """The admin an API key stands for: its tenant's, when it has the
+        `admin` scope; UNAUTHENTICATED or PERMISSION_DENIED otherwise."""
+        principal = await self.authenticate(credential)
+        if Scope.ADMIN not in principal.scopes:
+            raise PermissionDeniedError("this API key lacks the 'admin' scope")
+        return Admin(principal.tenant_id, principal.key_id)
+
+    async def revoke_api_key(self, key_id: str, admin: Admin = OPERATOR) -> ApiKeyRecord:
+        if not admin.is_operator:
+            found = await self._store.get_key(key_id)
+            if found is None:
+                raise NotFoundError(f"no API key {key_id!r}")
+            require_tenant(admin, found.tenant_id)
         record = await self._store.revoke_key(key_id, self._clock())
         if record is None:
             raise NotFoundError(f"no API key {key_id!r}")

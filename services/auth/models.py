@@ -51,6 +51,17 @@ class Plan:
         return cls(**data)
 
 
+# A new tenant's plan when its creator names none (auth's `default_plan`
+# setting): room to try the mesh and build against it, little to lose to a
+# leaked key or a runaway loop before an operator sets a real plan.
+DEFAULT_PLAN = Plan(
+    requests_per_minute=60,
+    tokens_per_minute=20_000,
+    max_concurrent_requests=4,
+    monthly_token_budget=1_000_000,
+)
+
+
 @dataclass(frozen=True, slots=True)
 class Tenant:
     tenant_id: str
@@ -70,6 +81,23 @@ class ApiKeyRecord:
     created_at: datetime
     revoked_at: datetime | None = None
     expires_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Admin:
+    """Who runs an admin rpc: the operator (`tenant_id` None: every tenant and
+    the whole mesh), or an API key with the `admin` scope, which administers
+    its own tenant and nothing else."""
+
+    tenant_id: str | None
+    key_id: str = ""
+
+    @property
+    def is_operator(self) -> bool:
+        return self.tenant_id is None
+
+
+OPERATOR = Admin(tenant_id=None)
 
 
 @dataclass(frozen=True, slots=True)

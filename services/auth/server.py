@@ -22,7 +22,11 @@ async def create_server(
     settings: AuthSettings, telemetry: Telemetry, store: AuthStore
 ) -> ServiceServer:
     """Serves an open store; ready (SERVING) as soon as it starts."""
-    core = AuthCore(store, settings.key_pepper.get_secret_value().encode())
+    core = AuthCore(
+        store,
+        settings.key_pepper.get_secret_value().encode(),
+        default_plan=settings.default_plan.plan(),
+    )
     restrictions = Restrictions(store)
     await restrictions.load()
     auth = AuthServicer(

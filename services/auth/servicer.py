@@ -9,20 +9,23 @@ import grpc
 
 from maas.v1 import auth_pb2, auth_pb2_grpc, metering_pb2, metering_pb2_grpc
 from services.auth import convert
-from services.auth.core import AuthCore, MeteringCore, check_id
-from services.auth.models import Scope, UsageRecord
+from services.auth.core import (
+    AuthCore,
+    MeteringCore,
+    check_id,
+    require_operator,
+    require_tenant,
+)
+from services.auth.models import OPERATOR, Admin, UsageRecord
 from services.auth.quota import Quotas
 from services.auth.restrictions import Restrictions
-from services.common.errors import (
-    MeshError,
-    PermissionDeniedError,
-    UnauthenticatedError,
-)
+from services.common.errors import MeshError, UnauthenticatedError
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
-# The rpcs that call AdminGuard.check: they stay reachable from outside the
-# mesh (the operator's CLI) because the admin credential guards them.
+# The rpcs that call AdminGuard: they stay reachable from outside the mesh
+# (the operator's CLI, a tenant's admin tooling) because an admin credential
+# guards them.
 ADMIN_RPCS = (
     "CreateTenant",
     "ListTenants",
@@ -38,14 +41,15 @@ ADMIN_RPCS = (
 
 
 class AdminGuard:
-    """Admin rpcs need `authorization: Bearer <credential>`: the bootstrap admin
-    token, or an API key with the `admin` scope."""
+    """Admin rpcs need `authorization: Bearer <credential>`: the operator token
+    (every admin rpc, every tenant), or an API key with the `admin` scope (its
+    own tenant only)."""
 
-    def __init__(self, admin_token: str, core: AuthCore) -> None:
-        self._token = admin_token.encode()
+    def __init__(self, operator_token: str, core: AuthCore) -> None:
+        self._token = operator_token.encode()
         self._core = core
 
-    async def check(self, context: Context) -> None:
+    async def check(self, context: Context) -> Admin:
         for key, value in context.invocation_metadata() or ():
             if key != "authorization":
                 continue
@@ -55,12 +59,21 @@ class AdminGuard:
             if scheme.lower() != "bearer" or not credential:
                 break
             if hmac.compare_digest(credential.encode(), self._token):
-                return
-            principal = await self._core.authenticate(credential)  # UNAUTHENTICATED if bad
-            if Scope.ADMIN not in principal.scopes:
-                raise PermissionDeniedError("this API key lacks the 'admin' scope")
-            return
+                return OPERATOR
+            return await self._core.admin(credential)  # UNAUTHENTICATED if bad
         raise UnauthenticatedError("admin rpcs need 'authorization: Bearer <admin credential>'")
+
+    async def operator(self, context: Context, rpc: str) -> Admin:
+        """The operator, else PERMISSION_DENIED: `rpc` is mesh-wide."""
+        admin = await self.check(context)
+        require_operator(admin, rpc)
+        return admin
+
+    async def of_tenant(self, context: Context, tenant_id: str) -> Admin:
+        """The operator or `tenant_id`'s own admin, else PERMISSION_DENIED."""
+        admin = await self.check(context)
+        require_tenant(admin, tenant_id)
+        return admin
 
 
 class AuthServicer(auth_pb2_grpc.AuthServicer):
@@ -75,14 +88,14 @@ class AuthServicer(auth_pb2_grpc.AuthServicer):
     async def Restrict(
         self, request: auth_pb2.RestrictRequest, context: Context
     ) -> auth_pb2.Restriction:
-        await self._guard.check(context)
+        await self._guard.operator(context, "Restrict")
         restriction = await self._restrictions.restrict(convert.restrict_from_proto(request))
         return convert.restriction_to_proto(restriction, self._restrictions.active(restriction))
 
     async def LiftRestriction(
         self, request: auth_pb2.LiftRestrictionRequest, context: Context
     ) -> auth_pb2.Restriction:
-        await self._guard.check(context)
+        await self._guard.operator(context, "LiftRestriction")
         check_id("restriction_id", request.restriction_id)
         lifted = await self._restrictions.lift(
             request.restriction_id, request.actor, request.reason
@@ -92,7 +105,7 @@ class AuthServicer(auth_pb2_grpc.AuthServicer):
     async def ListRestrictions(
         self, request: auth_pb2.ListRestrictionsRequest, context: Context
     ) -> auth_pb2.ListRestrictionsResponse:
-        await self._guard.check(context)
+        await self._guard.of_tenant(context, request.tenant_id)
         found = await self._restrictions.find(request.tenant_id, request.include_inactive)
         return auth_pb2.ListRestrictionsResponse(
             restrictions=[
@@ -103,14 +116,14 @@ class AuthServicer(auth_pb2_grpc.AuthServicer):
     async def ListAuditRecords(
         self, request: auth_pb2.ListAuditRecordsRequest, context: Context
     ) -> auth_pb2.ListAuditRecordsResponse:
-        await self._guard.check(context)
+        await self._guard.of_tenant(context, request.tenant_id)
         entries = await self._restrictions.audit(request.tenant_id, request.limit)
         return auth_pb2.ListAuditRecordsResponse(
             records=[convert.audit_to_proto(e) for e in entries]
         )
 
     async def SetPlan(self, request: auth_pb2.SetPlanRequest, context: Context) -> auth_pb2.Tenant:
-        await self._guard.check(context)
+        await self._guard.operator(context, "SetPlan")
         priority = (
             convert.priority_from_proto(request.priority)
             if request.priority != auth_pb2.PRIORITY_UNSPECIFIED
@@ -159,23 +172,25 @@ class AuthServicer(auth_pb2_grpc.AuthServicer):
     async def CreateTenant(
         self, request: auth_pb2.CreateTenantRequest, context: Context
     ) -> auth_pb2.Tenant:
-        await self._guard.check(context)
+        await self._guard.operator(context, "CreateTenant")
         tenant = await self._core.create_tenant(
-            request.name, convert.priority_from_proto(request.priority)
+            request.name,
+            convert.priority_from_proto(request.priority),
+            convert.plan_from_proto(request.plan) if request.HasField("plan") else None,
         )
         return convert.tenant_to_proto(tenant)
 
     async def ListTenants(
         self, request: auth_pb2.ListTenantsRequest, context: Context
     ) -> auth_pb2.ListTenantsResponse:
-        await self._guard.check(context)
+        await self._guard.operator(context, "ListTenants")
         tenants = await self._core.list_tenants()
         return auth_pb2.ListTenantsResponse(tenants=[convert.tenant_to_proto(t) for t in tenants])
 
     async def CreateApiKey(
         self, request: auth_pb2.CreateApiKeyRequest, context: Context
     ) -> auth_pb2.CreateApiKeyResponse:
-        await self._guard.check(context)
+        await self._guard.of_tenant(context, request.tenant_id)
         record, full = await self._core.create_api_key(
             request.tenant_id,
             request.name,
@@ -187,15 +202,15 @@ class AuthServicer(auth_pb2_grpc.AuthServicer):
     async def ListApiKeys(
         self, request: auth_pb2.ListApiKeysRequest, context: Context
     ) -> auth_pb2.ListApiKeysResponse:
-        await self._guard.check(context)
+        await self._guard.of_tenant(context, request.tenant_id)
         records = await self._core.list_api_keys(request.tenant_id)
         return auth_pb2.ListApiKeysResponse(keys=[convert.key_to_proto(k) for k in records])
 
     async def RevokeApiKey(
         self, request: auth_pb2.RevokeApiKeyRequest, context: Context
     ) -> auth_pb2.ApiKey:
-        await self._guard.check(context)
-        return convert.key_to_proto(await self._core.revoke_api_key(request.key_id))
+        admin = await self._guard.check(context)
+        return convert.key_to_proto(await self._core.revoke_api_key(request.key_id, admin))
 
 
 class MeteringServicer(metering_pb2_grpc.MeteringServicer):

@@ -4,10 +4,35 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
 
+from services.auth.models import DEFAULT_PLAN, Plan
 from services.common.settings import ServiceSettings
+
+# The least length of the operator token and the key pepper: a random token
+# of 32 characters (token_urlsafe(24) and up) is beyond guessing; a word typed
+# by hand to get started is not.
+MIN_SECRET_LENGTH = 32
+
+
+class DefaultPlanSettings(BaseModel):
+    """The plan a tenant created without one gets (`--default-plan.requests-per-minute`,
+    `MAAS_AUTH_DEFAULT_PLAN__TOKENS_PER_MINUTE`). Finite: 0 (unlimited) is refused
+    here; an operator grants unlimited per tenant with SetPlan."""
+
+    requests_per_minute: int = Field(default=DEFAULT_PLAN.requests_per_minute, ge=1)
+    tokens_per_minute: int = Field(default=DEFAULT_PLAN.tokens_per_minute, ge=1)
+    max_concurrent_requests: int = Field(default=DEFAULT_PLAN.max_concurrent_requests, ge=1)
+    monthly_token_budget: int = Field(default=DEFAULT_PLAN.monthly_token_budget, ge=1)
+
+    def plan(self) -> Plan:
+        return Plan(
+            requests_per_minute=self.requests_per_minute,
+            tokens_per_minute=self.tokens_per_minute,
+            max_concurrent_requests=self.max_concurrent_requests,
+            monthly_token_budget=self.monthly_token_budget,
+        )
 
 
 class AuthSettings(ServiceSettings):
@@ -19,7 +44,26 @@ class AuthSettings(ServiceSettings):
     database_path: Path = Path(".maas/auth.db")
     # postgresql://... to use PostgreSQL (production); unset: SQLite at database_path.
     database_url: str | None = None
-    admin_token: SecretStr = Field(description="bearer credential for the admin rpcs")
-    key_pepper: SecretStr = Field(description="HMAC key for API-key hashes; keep it stable")
+    # The operator token: mesh-wide administration (tenants, plans, restrictions,
+    # any tenant's keys). An API key with the `admin` scope administers only
+    # its own tenant.
+    admin_token: SecretStr = Field(
+        description=f"the operator token (at least {MIN_SECRET_LENGTH} characters)"
+    )
+    key_pepper: SecretStr = Field(
+        description=f"HMAC key for API-key hashes (at least {MIN_SECRET_LENGTH} characters); "
+        "keep it stable"
+    )
+    default_plan: DefaultPlanSettings = DefaultPlanSettings()
     # A reservation not settled by then (its gateway died) lapses and frees its slot.
     reservation_lease_s: float = Field(default=600.0, gt=0)
+
+    @field_validator("admin_token", "key_pepper")
+    @classmethod
+    def _long_enough(cls, value: SecretStr) -> SecretStr:
+        if len(value.get_secret_value()) < MIN_SECRET_LENGTH:
+            raise ValueError(
+                f"must be at least {MIN_SECRET_LENGTH} characters (a random token, e.g. "
+                "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`)"
+            )
+        return value

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
-from typing import Self
+from typing import ClassVar, Self
 
 from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -47,10 +48,24 @@ class TlsSettings(BaseModel):
         return self.cert is not None or self.ca is not None
 
 
+def is_loopback(host: str) -> bool:
+    """Whether a listener bound to `host` is reachable from this machine only
+    (an unspecified address such as 0.0.0.0, or any other name, is not)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 class ServiceSettings(BaseSettings):
     """Fields every service has; subclasses set their own `env_prefix`."""
 
     model_config = SettingsConfigDict(env_nested_delimiter="__", extra="forbid")
+    # An internal service answers only the mesh, so beyond loopback it must be
+    # able to tell the mesh apart: the public gateway sets this False.
+    mesh_only: ClassVar[bool] = True
 
     host: str = "127.0.0.1"
     port: int = Field(default=0, ge=0, le=65535, description="0 picks a free port")
@@ -65,6 +80,21 @@ class ServiceSettings(BaseSettings):
     service_token: SecretStr | None = Field(
         default=None, min_length=16, description="the mesh's shared service token"
     )
+
+    @model_validator(mode="after")
+    def _guarded_beyond_loopback(self) -> Self:
+        if (
+            self.mesh_only
+            and not is_loopback(self.host)
+            and self.service_token is None
+            and not self.tls.require_client_cert
+        ):
+            raise ValueError(
+                f"host {self.host!r} is beyond loopback: an internal service listens there only "
+                "with a service_token or mutual TLS (tls.require_client_cert), else anyone who "
+                "reaches the port could call it"
+            )
+        return self
 
     @property
     def address(self) -> str:

@@ -22,8 +22,9 @@ from services.auth.sqlite_store import open_sqlite_store
 from services.auth.store import AuthStore
 
 REPO = Path(__file__).resolve().parents[2]
-PEPPER = b"test-pepper"
-ADMIN_TOKEN = "test-admin-token"
+# Both at least MIN_SECRET_LENGTH characters, as auth requires.
+PEPPER = b"test-pepper-0123456789abcdef0123456789"
+ADMIN_TOKEN = "test-operator-token-0123456789abcdef"
 
 
 @pytest.fixture(scope="session")

@@ -44,7 +44,7 @@ async def database_args(request: pytest.FixtureRequest, tmp_path: Path) -> Async
 
 
 def start_auth(port: int, database_args: list[str]) -> subprocess.Popen[bytes]:
-    env = dict(os.environ, MAAS_AUTH_ADMIN_TOKEN="admin", MAAS_AUTH_KEY_PEPPER="pepper")
+    env = dict(os.environ, MAAS_AUTH_ADMIN_TOKEN="a" * 32, MAAS_AUTH_KEY_PEPPER="p" * 32)
     return subprocess.Popen(
         [sys.executable, "-m", "services.auth", "--port", str(port), *database_args],
         env=env,

@@ -172,11 +172,13 @@ async def test_admin_scoped_keys_administer_and_tenant_keys_do_not(
         auth_pb2.CreateApiKeyRequest(tenant_id=ops.tenant_id), metadata=ADMIN
     )
     as_admin = (("authorization", f"Bearer {admin_key.api_key}"),)
-    listed = await stub.ListTenants(auth_pb2.ListTenantsRequest(), metadata=as_admin)
-    assert [t.name for t in listed.tenants] == ["ops"]
+    listed = await stub.ListApiKeys(
+        auth_pb2.ListApiKeysRequest(tenant_id=ops.tenant_id), metadata=as_admin
+    )
+    assert {k.key_id for k in listed.keys} == {admin_key.key.key_id, plain_key.key.key_id}
     with pytest.raises(grpc.aio.AioRpcError) as info:
-        await stub.ListTenants(
-            auth_pb2.ListTenantsRequest(),
+        await stub.ListApiKeys(
+            auth_pb2.ListApiKeysRequest(tenant_id=ops.tenant_id),
             metadata=(("authorization", f"Bearer {plain_key.api_key}"),),
         )
     assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED

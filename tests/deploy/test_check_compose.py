@@ -118,11 +118,23 @@ BROKEN = {
         "ENGIN: ${MAAS_ENGINE:-cpu}",
         ["gateway", "build arg ENGIN is declared by no ARG"],
     ),
-    "a service without the mesh's service token": (
+    "a gateway without the mesh's service token": (
+        COMPOSE,
+        "      MAAS_GATEWAY_SERVICE_TOKEN: ${MAAS_SERVICE_TOKEN:?set a service token}\n",
+        "",
+        ["gateway", "has no service token, which the mesh's other services hold"],
+    ),
+    "an internal service open beyond loopback": (
         COMPOSE,
         "      MAAS_ROUTER_SERVICE_TOKEN: ${MAAS_SERVICE_TOKEN:?set a service token}\n",
         "",
-        ["router", "has no service token, which the mesh's other services hold"],
+        ["router", "host '0.0.0.0' is beyond loopback", "service_token or mutual TLS"],
+    ),
+    "an operator token too short to be safe": (
+        COMPOSE,
+        "      MAAS_AUTH_ADMIN_TOKEN: ${MAAS_AUTH_ADMIN_TOKEN:?set an admin token}\n",
+        "      MAAS_AUTH_ADMIN_TOKEN: admin\n",
+        ["auth", "MAAS_AUTH_ADMIN_TOKEN", "at least 32 characters"],
     ),
     "a gateway port published where it does not listen": (
         COMPOSE,

@@ -123,7 +123,17 @@ BROKEN = {
         "containerPort: 50052",
         ["container gateway", "declares containerPort 50052 (grpc), where it does not listen"],
     ),
-    "a service without the mesh's service token": (
+    "a gateway without the mesh's service token": (
+        "gateway.yaml",
+        "            - name: MAAS_GATEWAY_SERVICE_TOKEN\n"
+        "              valueFrom:\n"
+        "                secretKeyRef:\n"
+        "                  name: maas-secrets\n"
+        "                  key: service-token\n",
+        "",
+        ["container gateway", "has no service token, which the mesh's other services hold"],
+    ),
+    "an internal service open beyond loopback": (
         "inference.yaml",
         "          env:\n"
         "            - name: MAAS_INFERENCE_SERVICE_TOKEN\n"
@@ -132,7 +142,7 @@ BROKEN = {
         "                  name: maas-secrets\n"
         "                  key: service-token\n",
         "",
-        ["container inference", "has no service token, which the mesh's other services hold"],
+        ["container inference", "host '0.0.0.0' is beyond loopback"],
     ),
     "a Service targeting no container port": (
         "auth.yaml",

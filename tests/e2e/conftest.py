@@ -67,7 +67,7 @@ async def mesh(
         )
         for name in SERVICES
     }
-    admin_token = secrets.token_urlsafe(16)
+    admin_token = secrets.token_urlsafe(32)
     db_path: Path = tmp_path_factory.mktemp("auth") / "auth.db"
     async with AsyncExitStack() as stack:
         inference, _ = await create_inference_server("127.0.0.1:0", tel["inference"], vllm_engine)
@@ -75,7 +75,10 @@ async def mesh(
 
         store = await stack.enter_async_context(open_sqlite_store(db_path))
         auth_settings = AuthSettings(
-            port=0, admin_token=admin_token, key_pepper="test-pepper", database_path=db_path
+            port=0,
+            admin_token=admin_token,
+            key_pepper=secrets.token_urlsafe(32),
+            database_path=db_path,
         )
         auth = await create_auth_server(auth_settings, tel["auth"], store)
         stack.push_async_callback(auth.stop, 1.0)
@@ -142,7 +145,11 @@ async def new_tenant(mesh: Mesh) -> TenantFactory:
         async with grpc.aio.insecure_channel(mesh.targets["auth"]) as ch:
             stub = auth_pb2_grpc.AuthStub(ch)
             tenant = await stub.CreateTenant(
-                auth_pb2.CreateTenantRequest(name=f"tenant-{secrets.token_hex(4)}"),
+                # Unlimited, explicitly (the default plan is finite): a test that
+                # needs limits sets them with set_plan.
+                auth_pb2.CreateTenantRequest(
+                    name=f"tenant-{secrets.token_hex(4)}", plan=auth_pb2.Plan()
+                ),
                 metadata=admin,
             )
             created = await stub.CreateApiKey(

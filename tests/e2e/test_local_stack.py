@@ -24,7 +24,7 @@ from deploy.local_stack import (
 from deploy.throwaway_ca import write_throwaway_ca
 from gateway.settings import GatewaySettings
 from services.anomaly.settings import AnomalySettings
-from services.auth.settings import AuthSettings
+from services.auth.settings import MIN_SECRET_LENGTH, AuthSettings
 from services.common.settings import ServiceSettings
 from services.inference.settings import InferenceSettings
 from services.router.settings import RouterSettings
@@ -91,8 +91,8 @@ def settings_of(spec: ServiceSpec) -> ServiceSettings:
 
 @pytest.fixture
 def auth_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("MAAS_AUTH_ADMIN_TOKEN", "admin")
-    monkeypatch.setenv("MAAS_AUTH_KEY_PEPPER", "pepper")
+    monkeypatch.setenv("MAAS_AUTH_ADMIN_TOKEN", "a" * 32)
+    monkeypatch.setenv("MAAS_AUTH_KEY_PEPPER", "p" * 32)
 
 
 def test_replicas_get_their_own_ports_and_all_sit_behind_the_router(
@@ -134,18 +134,33 @@ def test_tls_gives_every_inner_hop_mutual_tls_and_the_gateway_plain_tls(
     assert all(not settings_of(s).tls.serves_tls for s in specs_for(tmp_path))
 
 
+def test_new_secrets_are_long_enough_for_auth(tmp_path: Path) -> None:
+    made = load_secrets(tmp_path)
+    assert all(len(made[name]) >= MIN_SECRET_LENGTH for name in ("admin_token", "key_pepper"))
+
+
+def test_a_kept_secret_too_short_for_auth_stops_the_start_naming_it(tmp_path: Path) -> None:
+    kept = {"admin_token": "admin", "key_pepper": "p" * 32, "service_token": "s" * 32}
+    (tmp_path / "secrets.json").write_text(json.dumps(kept))
+    with pytest.raises(SystemExit, match="admin_token shorter than 32 characters"):
+        load_secrets(tmp_path)
+    assert json.loads((tmp_path / "secrets.json").read_text()) == kept  # nothing replaced
+
+
 def test_the_service_token_is_kept_with_the_other_secrets_and_reaches_every_service(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    (tmp_path / "secrets.json").write_text(json.dumps({"admin_token": "a", "key_pepper": "p"}))
+    kept = {"admin_token": "a" * 32, "key_pepper": "p" * 32}
+    (tmp_path / "secrets.json").write_text(json.dumps(kept))
     secrets = load_secrets(tmp_path)
-    assert secrets["admin_token"] == "a" and secrets["key_pepper"] == "p"
+    assert secrets["admin_token"] == kept["admin_token"]
+    assert secrets["key_pepper"] == kept["key_pepper"]
     assert len(secrets["service_token"]) >= 32
     assert load_secrets(tmp_path) == secrets
     for name, value in service_token_environment(secrets["service_token"]).items():
         monkeypatch.setenv(name, value)
-    monkeypatch.setenv("MAAS_AUTH_ADMIN_TOKEN", "a")
-    monkeypatch.setenv("MAAS_AUTH_KEY_PEPPER", "p")
+    monkeypatch.setenv("MAAS_AUTH_ADMIN_TOKEN", "a" * 32)
+    monkeypatch.setenv("MAAS_AUTH_KEY_PEPPER", "p" * 32)
     for spec in specs_for(tmp_path):
         token = settings_of(spec).service_token
         assert token is not None and token.get_secret_value() == secrets["service_token"]

@@ -68,13 +68,16 @@ class Backends:
 
 @pytest_asyncio.fixture
 async def backends(tmp_path: Path) -> AsyncIterator[Backends]:
-    admin_token = secrets.token_urlsafe(16)
+    admin_token = secrets.token_urlsafe(32)
     db_path = tmp_path / "auth.db"
     async with AsyncExitStack() as stack:
         store = await stack.enter_async_context(open_sqlite_store(db_path))
         auth = await create_auth_server(
             AuthSettings(
-                port=0, admin_token=admin_token, key_pepper="test-pepper", database_path=db_path
+                port=0,
+                admin_token=admin_token,
+                key_pepper=secrets.token_urlsafe(32),
+                database_path=db_path,
             ),
             setup("auth", TelemetrySettings()),
             store,

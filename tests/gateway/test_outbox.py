@@ -59,7 +59,7 @@ async def test_records_wait_out_an_outage_and_a_restart(
 
         # The ledger comes back; a new gateway process starts on the same outbox.
         settings = AuthSettings(
-            port=port, admin_token="a", key_pepper="p", database_path=tmp_path / "auth.db"
+            port=port, admin_token="a" * 32, key_pepper="p" * 32, database_path=tmp_path / "auth.db"
         )
         async with open_sqlite_store(settings.database_path) as store:
             server = await create_server(settings, telemetry, store)
@@ -82,7 +82,7 @@ async def test_a_record_the_ledger_refuses_is_set_aside_and_the_rest_delivered(
     tmp_path: Path, telemetry: Telemetry
 ) -> None:
     settings = AuthSettings(
-        port=0, admin_token="a", key_pepper="p", database_path=tmp_path / "auth.db"
+        port=0, admin_token="a" * 32, key_pepper="p" * 32, database_path=tmp_path / "auth.db"
     )
     async with open_sqlite_store(settings.database_path) as store:
         server = await create_server(settings, telemetry, store)

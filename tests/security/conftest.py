@@ -86,7 +86,10 @@ class SecureMesh:
         async with self.operator().channel(self.targets["auth"]) as ch:
             stub = auth_pb2_grpc.AuthStub(ch)
             tenant = await stub.CreateTenant(
-                auth_pb2.CreateTenantRequest(name=f"tenant-{secrets.token_hex(4)}"),
+                # Unlimited, explicitly: these tests are about transport, not limits.
+                auth_pb2.CreateTenantRequest(
+                    name=f"tenant-{secrets.token_hex(4)}", plan=auth_pb2.Plan()
+                ),
                 metadata=admin,
             )
             created = await stub.CreateApiKey(
@@ -117,7 +120,7 @@ async def start_secure_mesh(
     tel = {name: setup(name, TelemetrySettings()) for name in SERVICES}
     for t in tel.values():
         stack.callback(t.shutdown)
-    admin_token = secrets.token_urlsafe(16)
+    admin_token = secrets.token_urlsafe(32)
 
     inference_settings = InferenceSettings(
         model=engine.model_info.name,
@@ -136,7 +139,7 @@ async def start_secure_mesh(
     auth_settings = AuthSettings(
         port=0,
         admin_token=admin_token,
-        key_pepper="test-pepper",
+        key_pepper=secrets.token_urlsafe(32),
         database_path=db_path,
         tls=_tls(certs, "auth", mutual=True),
         service_token=service_token,

@@ -12,9 +12,12 @@ from pydantic import ValidationError
 from deploy.throwaway_ca import write_throwaway_ca
 from gateway.settings import GatewaySettings
 from maas.connection import Connection
+from services.anomaly.settings import AnomalySettings
+from services.auth.settings import MIN_SECRET_LENGTH, AuthSettings
 from services.common.mesh_only import MeshOnlyInterceptor
 from services.common.security import channel_security, server_security
-from services.common.settings import TlsSettings
+from services.common.settings import ServiceSettings, TlsSettings
+from services.inference.settings import InferenceSettings
 from services.router.settings import RouterSettings
 
 TOKEN = "t" * 32
@@ -97,3 +100,74 @@ def test_the_cli_finds_the_service_token_in_the_secrets_file(tmp_path: Path) -> 
     from_env = Connection.from_env({"MAAS_SERVICE_TOKEN": "other"}, secrets_file)
     assert from_env.service_token == "other"
     assert Connection.from_env({}, tmp_path / "absent.json").service_metadata() == ()
+
+
+INTERNAL_SETTINGS: list[type[ServiceSettings]] = [
+    RouterSettings,
+    InferenceSettings,
+    AnomalySettings,
+    AuthSettings,
+]
+# What each needs besides the host, none of it about listening.
+REQUIRED: dict[type[ServiceSettings], dict[str, object]] = {
+    AuthSettings: {"admin_token": "o" * 32, "key_pepper": "p" * 32},
+    InferenceSettings: {"model": "tiny"},
+}
+
+
+def internal(settings_type: type[ServiceSettings], **fields: object) -> ServiceSettings:
+    return settings_type.model_validate(REQUIRED.get(settings_type, {}) | fields)
+
+
+@pytest.mark.parametrize("settings_type", INTERNAL_SETTINGS)
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "10.1.2.3", "auth.internal", ""])
+def test_an_internal_service_beyond_loopback_without_protection_is_refused(
+    settings_type: type[ServiceSettings], host: str
+) -> None:
+    with pytest.raises(ValidationError, match=r"beyond loopback.*service_token or mutual TLS"):
+        internal(settings_type, host=host)
+
+
+@pytest.mark.parametrize("settings_type", INTERNAL_SETTINGS)
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.2", "::1", "[::1]", "localhost"])
+def test_an_internal_service_on_loopback_needs_no_protection(
+    settings_type: type[ServiceSettings], host: str
+) -> None:
+    assert internal(settings_type, host=host).host == host
+
+
+def test_beyond_loopback_a_service_token_or_mutual_tls_will_do(tmp_path: Path) -> None:
+    assert RouterSettings(host="0.0.0.0", service_token=TOKEN).host == "0.0.0.0"
+    mutual = TlsSettings(
+        cert=tmp_path / "c.pem", key=tmp_path / "k.pem", ca=tmp_path / "ca.pem",
+        require_client_cert=True,
+    )  # fmt: skip
+    assert RouterSettings(host="0.0.0.0", tls=mutual).host == "0.0.0.0"
+    # TLS that any caller may use protects the wire, not the door.
+    server_only = TlsSettings(cert=tmp_path / "c.pem", key=tmp_path / "k.pem")
+    with pytest.raises(ValidationError, match="beyond loopback"):
+        RouterSettings(host="0.0.0.0", tls=server_only)
+
+
+def test_the_public_gateway_listens_anywhere_without_a_token() -> None:
+    assert GatewaySettings(host="0.0.0.0").host == "0.0.0.0"
+
+
+def test_the_refusal_comes_before_an_internal_service_starts(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("MAAS_ROUTER_SERVICE_TOKEN", raising=False)
+    with pytest.raises(ValidationError, match=r"host '0\.0\.0\.0' is beyond loopback"):
+        RouterSettings.from_cli(["--host", "0.0.0.0"])
+
+
+@pytest.mark.parametrize("field", ["admin_token", "key_pepper"])
+def test_the_operator_token_and_key_pepper_have_a_least_length(field: str) -> None:
+    fields = {"admin_token": "o" * MIN_SECRET_LENGTH, "key_pepper": "p" * MIN_SECRET_LENGTH}
+    assert AuthSettings.model_validate(fields).host == "127.0.0.1"
+    fields[field] = "x" * (MIN_SECRET_LENGTH - 1)
+    with pytest.raises(ValidationError) as info:
+        AuthSettings.model_validate(fields)
+    [error] = info.value.errors()
+    assert error["loc"] == (field,)
+    assert f"at least {MIN_SECRET_LENGTH} characters" in error["msg"]
