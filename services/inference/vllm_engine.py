@@ -31,6 +31,7 @@ from services.inference.engine import (
     SampledLogprob,
     SamplingOptions,
     TokenLogprob,
+    check_prompt_size,
     check_request,
 )
 from services.inference.settings import InferenceSettings
@@ -215,6 +216,7 @@ class VllmEngine:
         adapter: str | None = None,
         priority: int = 0,
     ) -> AsyncGenerator[Delta, None]:
+        check_prompt_size(inp, self._model_info)
         prompt_ids = self._prompt_ids(inp)
         max_tokens = check_request(prompt_ids, inp, options, self._model_info)
         params = self._sampling_params(options, max_tokens)
@@ -361,6 +363,7 @@ async def open_vllm_engine(settings: InferenceSettings) -> AsyncIterator[VllmEng
             name=settings.model_name,
             max_context_length=llm.model_config.max_model_len,
             vocab_size=llm.model_config.get_vocab_size(),
+            max_token_bytes=longest_token_bytes(llm.get_tokenizer()),
         )
         log.info("engine ready", model=info.name, context=info.max_context_length)
         cache = llm.vllm_config.cache_config
@@ -377,6 +380,15 @@ async def open_vllm_engine(settings: InferenceSettings) -> AsyncIterator[VllmEng
         if engine is not None:
             engine.detach()
         del llm
+
+
+def longest_token_bytes(tokenizer: Any) -> int:
+    """The most bytes of text one token stands for, over-estimated (safe for a
+    lower bound on tokens): a token's vocabulary string is never shorter in
+    UTF-8 than the text it decodes to (byte-level BPE maps a byte to one
+    character, SentencePiece writes a space as "▁", byte fallback as "<0xAB>")."""
+    vocab: dict[str, int] = tokenizer.get_vocab()
+    return max((len(token.encode()) for token in vocab), default=0)
 
 
 def _queued_s(output: RequestOutput) -> float:
