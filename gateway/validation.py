@@ -84,8 +84,9 @@ def check_against_model(
     request: generation_pb2.GenerateRequest, model: generation_pb2.ModelInfo
 ) -> None:
     """What the model's context rules out before tokenizing: a completion
-    that cannot fit even after a one-token prompt, and token ids that cannot
-    fit with it. The replica checks the tokenized prompt again."""
+    that cannot fit even after a one-token prompt, a prompt whose bytes
+    alone are more tokens than the context, and token ids that cannot fit
+    with the completion. The replica checks the tokenized prompt again."""
     context = model.max_context_length
     if not context:
         return
@@ -99,6 +100,14 @@ def check_against_model(
         )
     if request.HasField("min_tokens") and request.min_tokens > room:
         raise InvalidArgumentError("min_tokens", f"is past the model's context of {context}")
+    if model.max_token_bytes and request.WhichOneof("input") in ("prompt", "messages"):
+        size = prompt_bytes(request)
+        at_least = -(-size // model.max_token_bytes)
+        if at_least >= context:
+            raise InvalidArgumentError(
+                request.WhichOneof("input") or "prompt",
+                f"is {size} bytes, at least {at_least} tokens; the model's context is {context}",
+            )
     if request.WhichOneof("input") == "prompt_token_ids":
         count = len(request.prompt_token_ids.ids)
         if count >= context:

@@ -265,7 +265,7 @@ class VllmEngine:
         except VLLMValidationError as err:
             # Our checks run first; this catches what only the engine knows
             # (e.g. a JSON schema its grammar backend cannot compile).
-            raise InvalidRequestError(err.parameter or "request", str(err)) from err
+            raise InvalidRequestError(err.parameter or _culprit(options), str(err)) from err
         finally:
             self._promised.pop(request_id, None)
             self._load.notify()
@@ -380,6 +380,17 @@ async def open_vllm_engine(settings: InferenceSettings) -> AsyncIterator[VllmEng
         if engine is not None:
             engine.detach()
         del llm
+
+
+def _culprit(options: SamplingOptions) -> str:
+    """The field vLLM's validation meant when it names none: the grammar
+    backend's refusals carry no parameter, and the constraint is the only
+    input our own checks leave to it."""
+    if options.regex is not None:
+        return "regex"
+    if options.json_schema is not None:
+        return "json_schema"
+    return "request"
 
 
 def longest_token_bytes(tokenizer: Any) -> int:

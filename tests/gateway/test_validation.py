@@ -20,6 +20,12 @@ from services.common.generation_limits import (
     MAX_STOP_TOKEN_IDS,
     completion_limit,
 )
+from services.inference.engine import (
+    GenerationInput,
+    InvalidRequestError,
+    ModelInfo,
+    check_prompt_size,
+)
 
 
 def request(**fields: object) -> generation_pb2.GenerateRequest:
@@ -110,7 +116,9 @@ def test_bounds_leave_honest_constraints_alone() -> None:
     validate_generate(request(json_schema=deep_schema(5)))
 
 
-MODEL = generation_pb2.ModelInfo(name="m", max_context_length=2048, vocab_size=512)
+MODEL = generation_pb2.ModelInfo(
+    name="m", max_context_length=2048, vocab_size=512, max_token_bytes=16
+)
 
 
 @pytest.mark.parametrize(
@@ -119,6 +127,8 @@ MODEL = generation_pb2.ModelInfo(name="m", max_context_length=2048, vocab_size=5
         (request(max_tokens=100_000_000), "max_tokens"),
         (request(max_tokens=2048), "max_tokens"),
         (request(min_tokens=5000), "min_tokens"),
+        (request(prompt="z" * (2048 * 16)), "prompt"),
+        (chat(("user", "z" * (2048 * 8)), ("user", "z" * (2048 * 8))), "messages"),
         (request(prompt_token_ids=generation_pb2.TokenIds(ids=[1] * 2048)), "prompt_token_ids"),
         (
             request(prompt_token_ids=generation_pb2.TokenIds(ids=[1] * 1000), max_tokens=1049),
@@ -136,6 +146,7 @@ def test_the_models_context_is_checked_before_admission(
 
 def test_what_fits_the_context_passes() -> None:
     check_against_model(request(max_tokens=2047), MODEL)
+    check_against_model(request(prompt="z" * (2047 * 16)), MODEL)
     check_against_model(
         request(prompt_token_ids=generation_pb2.TokenIds(ids=[1] * 1000), max_tokens=1048), MODEL
     )
@@ -146,3 +157,11 @@ def test_the_default_completion_is_one_rule() -> None:
     assert completion_limit(None, 10) == 10
     assert completion_limit(None, None) == DEFAULT_MAX_TOKENS
     assert completion_limit(7, 10) == 7
+
+
+def test_the_replica_refuses_a_prompt_too_big_before_tokenizing() -> None:
+    model = ModelInfo(name="m", max_context_length=2048, vocab_size=512, max_token_bytes=16)
+    with pytest.raises(InvalidRequestError) as info:
+        check_prompt_size(GenerationInput(prompt="z" * (2048 * 16)), model)
+    assert info.value.field == "prompt"
+    check_prompt_size(GenerationInput(prompt="z" * (2047 * 16)), model)
