@@ -17,11 +17,13 @@ import grpc
 from opentelemetry import trace
 
 from gateway.authn import Authenticator, within
+from gateway.constraints import ConstraintChecker
 from gateway.metrics import GatewayMetrics
+from gateway.model_limits import ModelCatalog, served_models
 from gateway.outbox import UsageOutbox
 from gateway.quota import QuotaClient, estimate_tokens
 from gateway.usage import StreamUsage, timestamp
-from gateway.validation import validate_generate, validate_input
+from gateway.validation import check_against_model, validate_generate, validate_input
 from maas.v1 import (
     anomaly_pb2,
     auth_pb2,
@@ -40,6 +42,7 @@ from observability.context import (
 )
 from services.common.errors import UnauthenticatedError, error_from_rpc, remote_errors
 from services.common.events import EventPublisher
+from services.common.generation_limits import completion_limit
 
 
 @dataclass(frozen=True)
@@ -82,7 +85,8 @@ class GatewayCore:
         events: EventPublisher,
         metrics: GatewayMetrics,
         quotas: QuotaClient,
-        default_max_tokens: int,
+        catalog: ModelCatalog,
+        constraints: ConstraintChecker | None = None,
     ) -> None:
         self._authenticator = authenticator
         self._router = router
@@ -91,7 +95,8 @@ class GatewayCore:
         self._events = events
         self._metrics = metrics
         self._quotas = quotas
-        self._default_max_tokens = default_max_tokens
+        self._catalog = catalog
+        self._constraints = constraints
 
     async def generate(
         self, caller: Caller, request: generation_pb2.GenerateRequest
@@ -100,13 +105,13 @@ class GatewayCore:
         task iterating it) to stop generating; what was produced is billed."""
         deadline = _Deadline(caller.deadline_s)
         principal = await self.authenticate(caller, "generate")
-        validate_generate(request)
+        default_max_tokens = await self._admissible(request, deadline.remaining())
         request_id = request_id_for_call()
         bind_request(request_id, principal.tenant_id)
         span = trace.get_current_span()
         span.set_attribute("maas.request_id", request_id)
         span.set_attribute("maas.tenant_id", principal.tenant_id)
-        estimated = estimate_tokens(request, self._default_max_tokens)
+        estimated = estimate_tokens(request, default_max_tokens)
         with remote_errors():
             reservation = await self._quotas.reserve(
                 principal.tenant_id, request_id, request.model, estimated, principal.key_id
@@ -148,6 +153,24 @@ class GatewayCore:
             self._quotas.settle(reservation, used)
             self._settle(request_id, request.model, principal, usage, status, replica)
 
+    async def _admissible(
+        self, request: generation_pb2.GenerateRequest, timeout_s: float | None
+    ) -> int:
+        """Every check that needs no quota, cheapest first: fields, the model's
+        limits, then the constraint's compilation. Returns the completion
+        tokens a choice may use when max_tokens is unset (for the estimate)."""
+        validate_generate(request)
+        model = await self._catalog.model(request.model, timeout_s)
+        check_against_model(request, model)
+        if self._constraints is not None:
+            constraint = request.WhichOneof("constraint")
+            if constraint == "regex":
+                await self._constraints.check("regex", request.regex)
+            elif constraint == "json_schema":
+                await self._constraints.check("json_schema", request.json_schema)
+        # The engine allows min(default, room left); room is at most context - 1.
+        return completion_limit(None, model.max_context_length - 1)
+
     async def list_models(self, caller: Caller) -> list[generation_pb2.ModelInfo]:
         """The models some serving replica holds, adapters included, by name."""
         await self.authenticate(caller, "generate")
@@ -156,24 +179,22 @@ class GatewayCore:
                 router_pb2.ListReplicasRequest(),
                 timeout=within(caller.deadline_s, self._authenticator.timeout_s),
             )
-        models: dict[str, generation_pb2.ModelInfo] = {}
-        for replica in replicas.replicas:
-            if replica.state != router_pb2.REPLICA_STATE_SERVING:
-                continue
-            models.setdefault(replica.model.name, replica.model)
-            for adapter in replica.adapters:
-                # An adapter has its base model's limits under its own name.
-                adapter_info = generation_pb2.ModelInfo()
-                adapter_info.CopyFrom(replica.model)
-                adapter_info.name = adapter
-                models.setdefault(adapter, adapter_info)
-        return [models[name] for name in sorted(models)]
+        return served_models(replicas)
 
     async def count_tokens(
         self, caller: Caller, request: generation_pb2.CountTokensRequest
     ) -> generation_pb2.CountTokensResponse:
-        await self.authenticate(caller, "generate")
+        """Tokenizing costs a replica CPU as a generation's start does, so each
+        call is charged one request of the tenant's requests-per-minute
+        (reserved, then released at once: no tokens are held)."""
+        principal = await self.authenticate(caller, "generate")
         validate_input(request)
+        await self._catalog.model(request.model, caller.deadline_s)
+        with remote_errors():
+            reservation = await self._quotas.reserve(
+                principal.tenant_id, request_id_for_call(), request.model, 1, principal.key_id
+            )
+        self._quotas.settle(reservation, None)
         with remote_errors():
             return await self._router.CountTokens(request, timeout=caller.deadline_s)
 

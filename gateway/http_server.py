@@ -14,6 +14,7 @@ import structlog
 import uvicorn
 from starlette.types import ASGIApp
 
+from services.common.generation_limits import MAX_HTTP_HEAD_BYTES
 from services.common.settings import TlsSettings
 
 log = structlog.get_logger(__name__)
@@ -48,6 +49,10 @@ async def serving_http(
         log_config=None,
         access_log=False,
         ws="none",
+        # h11, not httptools: httptools takes headers of any size, h11 stops
+        # at this many bytes of an unfinished request head (431).
+        http="h11",
+        h11_max_incomplete_event_size=MAX_HTTP_HEAD_BYTES,
         # The peer is the socket's, as on the gRPC side: anomaly's per-source
         # detectors must not trust a forwarded-for header any client can write.
         proxy_headers=False,

@@ -22,7 +22,7 @@ from opentelemetry import trace
 from opentelemetry.trace import Tracer
 from starlette.datastructures import Address
 from starlette.exceptions import HTTPException
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.core import Caller, GatewayCore, request_id_for_call
 from gateway.openai_errors import HttpError, http_error
@@ -37,6 +37,7 @@ from gateway.openai_responses import (
 from maas.v1 import generation_pb2
 from observability.asgi import TracingMiddleware
 from services.common.errors import MeshError, NotFoundError
+from services.common.generation_limits import MAX_HTTP_BODY_BYTES, MAX_HTTP_HEAD_BYTES
 
 log = structlog.get_logger(__name__)
 
@@ -48,8 +49,11 @@ SSE_HEADERS = {
 }
 
 
-def create_app(core: GatewayCore, tracer: Tracer) -> ASGIApp:
-    """The HTTP face as an ASGI app, traced like the gRPC side."""
+def create_app(
+    core: GatewayCore, tracer: Tracer, *, max_body_bytes: int = MAX_HTTP_BODY_BYTES
+) -> ASGIApp:
+    """The HTTP face as an ASGI app, traced like the gRPC side. No body is
+    read before its key is accepted, nor past `max_body_bytes`."""
     app = FastAPI(
         title="MaaS gateway: OpenAI-compatible API",
         # The interactive docs load their scripts from a CDN; /openapi.json stays.
@@ -99,7 +103,96 @@ def create_app(core: GatewayCore, tracer: Tracer) -> ASGIApp:
                 return _model_object(model)
         raise NotFoundError(f"model {name!r} is not served here")
 
-    return TracingMiddleware(app, tracer)
+    return TracingMiddleware(GuardedBodies(app, core, max_body_bytes), tracer)
+
+
+class GuardedBodies:
+    """What a request with a body costs before the endpoint sees it: its
+    declared size is checked first (413), then its key (401, and reported as
+    any refused key is), and only then is the body read, and cut off at the
+    limit whatever Content-Length said (a chunked body says nothing). Nothing
+    is read from the socket before that: uvicorn stops reading a body nobody
+    receives, and closes the connection after a refusal."""
+
+    def __init__(self, app: ASGIApp, core: GatewayCore, max_body_bytes: int) -> None:
+        self._app = app
+        self._core = core
+        self._max = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self._app(scope, receive, send)
+            return
+        # h11 bounds the head it buffers; this bounds what one that arrived whole may hold.
+        if sum(len(k) + len(v) for k, v in scope["headers"]) > MAX_HTTP_HEAD_BYTES:
+            await _send_error_response(
+                send,
+                _invalid_request(
+                    431, f"request headers: over the limit of {MAX_HTTP_HEAD_BYTES} bytes"
+                ),
+            )
+            return
+        if scope["method"] in ("GET", "HEAD", "OPTIONS"):
+            await self._app(scope, receive, send)
+            return
+        request = Request(scope)
+        declared = request.headers.get("content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self._max):
+            await self._refuse_size(send)
+            return
+        try:
+            await self._core.authenticate(caller_of(request), "generate")
+        except MeshError as err:
+            await _send_error_response(send, http_error(err))
+            return
+        body = bytearray()
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                # Gone before the body ended: nothing to answer.
+                return
+            body += message.get("body", b"")
+            if len(body) > self._max:
+                await self._refuse_size(send)
+                return
+            if not message.get("more_body", False):
+                break
+        await self._app(scope, _replaying(bytes(body), receive), send)
+
+    async def _refuse_size(self, send: Send) -> None:
+        await _send_error_response(
+            send, _invalid_request(413, f"request body: over the limit of {self._max} bytes")
+        )
+
+
+def _invalid_request(status: int, message: str) -> HttpError:
+    error = {
+        "message": message,
+        "type": "invalid_request_error",
+        "param": None,
+        "code": "request_too_large",
+    }
+    return HttpError(status, {"error": error})
+
+
+def _replaying(body: bytes, receive: Receive) -> Receive:
+    """`receive` with the body already read given back first, whole."""
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
+
+
+async def _send_error_response(send: Send, error: HttpError) -> None:
+    body = json.dumps(error.body, separators=(",", ":")).encode()
+    headers = [("content-type", "application/json"), *error.headers.items()]
+    await _send_whole(send, error.status, headers, body)
 
 
 def caller_of(request: Request) -> Caller:
@@ -239,10 +332,7 @@ class GenerationResponse(Response):
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     async def _send_error(self, send: Send, err: MeshError) -> None:
-        error = http_error(err, self._rendering.params)
-        body = json.dumps(error.body, separators=(",", ":")).encode()
-        headers = [("content-type", "application/json"), *error.headers.items()]
-        await _send_whole(send, error.status, headers, body)
+        await _send_error_response(send, http_error(err, self._rendering.params))
 
 
 async def _cancel_on_disconnect(receive: Receive, task: asyncio.Task[None]) -> None:

@@ -8,9 +8,11 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 
 from gateway.authn import Authenticator
+from gateway.constraints import ConstraintChecker
 from gateway.core import GatewayCore
 from gateway.http_server import serving_http
 from gateway.metrics import GatewayMetrics
+from gateway.model_limits import ModelCatalog
 from gateway.openai_http import create_app
 from gateway.outbox import UsageOutbox
 from gateway.quota import QuotaClient
@@ -27,7 +29,7 @@ from observability import Telemetry
 from observability.channels import channel
 from services.common.events import EventPublisher
 from services.common.security import channel_security, server_security
-from services.common.serving import ServiceServer, start_server
+from services.common.serving import PUBLIC_SERVER_OPTIONS, ServiceServer, start_server
 
 SERVICE_NAME = gateway_pb2.DESCRIPTOR.services_by_name["Gateway"].full_name
 
@@ -68,6 +70,11 @@ async def running_gateway(
 
         quotas = QuotaClient(auth_pb2_grpc.AuthStub(auth_ch))
         stack.push_async_callback(quotas.aclose, settings.grace_period_s)
+        constraints = ConstraintChecker(
+            workers=settings.constraint_workers, timeout_s=settings.constraint_compile_timeout_s
+        )
+        stack.push_async_callback(constraints.aclose)
+        router = router_pb2_grpc.RouterStub(router_ch)
         core = GatewayCore(
             authenticator=Authenticator(
                 auth_pb2_grpc.AuthStub(auth_ch),
@@ -77,13 +84,14 @@ async def running_gateway(
                 negative_ttl_s=settings.auth_negative_ttl_s,
                 negative_max_entries=settings.auth_negative_cache_size,
             ),
-            router=router_pb2_grpc.RouterStub(router_ch),
+            router=router,
             metering=metering_pb2_grpc.MeteringStub(auth_ch),
             usage=usage,
             events=events,
             metrics=GatewayMetrics(telemetry.meter()),
             quotas=quotas,
-            default_max_tokens=settings.default_max_tokens_estimate,
+            catalog=ModelCatalog(router, ttl_s=settings.model_list_ttl_s),
+            constraints=constraints,
         )
         servicer = GatewayServicer(core)
         server = await start_server(
@@ -93,6 +101,7 @@ async def running_gateway(
             registrars=[lambda s: gateway_pb2_grpc.add_GatewayServicer_to_server(servicer, s)],
             # Public: TLS when configured, but callers are tenants, not the mesh.
             security=server_security(settings, mesh_only=False),
+            options=PUBLIC_SERVER_OPTIONS,
         )
         http = AsyncExitStack()
 
@@ -105,7 +114,9 @@ async def running_gateway(
         if settings.http_port is not None:
             http_port = await http.enter_async_context(
                 serving_http(
-                    create_app(core, telemetry.tracer()),
+                    create_app(
+                        core, telemetry.tracer(), max_body_bytes=settings.http_max_body_bytes
+                    ),
                     host=settings.host,
                     port=settings.http_port,
                     grace_s=settings.grace_period_s,

@@ -8,6 +8,7 @@ from typing import ClassVar
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
+from services.common.generation_limits import MAX_HTTP_BODY_BYTES
 from services.common.settings import ServiceSettings
 
 
@@ -42,8 +43,15 @@ class GatewaySettings(ServiceSettings):
     auth_timeout_s: float = Field(default=3.0, gt=0)
     # Events beyond this many waiting for anomaly are dropped (and counted), never waited on.
     event_queue_size: int = Field(default=10_000, ge=1)
-    # Completion tokens reserved for a request that sets no max_tokens.
-    default_max_tokens_estimate: int = Field(default=1024, ge=1)
+    # How long the router's model list (names, context lengths) is trusted
+    # before a request is checked against it; also how late a new model is seen.
+    model_list_ttl_s: float = Field(default=5.0, gt=0)
+    # Processes compiling regex/JSON-schema constraints before admission, and
+    # how long one compile may take: honest schemas compile in milliseconds.
+    constraint_workers: int = Field(default=1, ge=1)
+    constraint_compile_timeout_s: float = Field(default=2.0, gt=0)
+    # HTTP request bodies past this are refused before they are read.
+    http_max_body_bytes: int = Field(default=MAX_HTTP_BODY_BYTES, ge=1024)
     # Usage records wait here (on disk) until the ledger acknowledges them.
     usage_outbox_path: Path = Path(".maas/gateway-outbox.db")
 

@@ -149,11 +149,13 @@ class CountTokensResponse(_message.Message):
     def __init__(self, token_count: _Optional[int] = ..., max_context_length: _Optional[int] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "max_context_length", "vocab_size")
+    __slots__ = ("name", "max_context_length", "vocab_size", "max_token_bytes")
     NAME_FIELD_NUMBER: _ClassVar[int]
     MAX_CONTEXT_LENGTH_FIELD_NUMBER: _ClassVar[int]
     VOCAB_SIZE_FIELD_NUMBER: _ClassVar[int]
+    MAX_TOKEN_BYTES_FIELD_NUMBER: _ClassVar[int]
     name: str
     max_context_length: int
     vocab_size: int
-    def __init__(self, name: _Optional[str] = ..., max_context_length: _Optional[int] = ..., vocab_size: _Optional[int] = ...) -> None: ...
+    max_token_bytes: int
+    def __init__(self, name: _Optional[str] = ..., max_context_length: _Optional[int] = ..., vocab_size: _Optional[int] = ..., max_token_bytes: _Optional[int] = ...) -> None: ...

@@ -15,6 +15,7 @@ from grpc_reflection.v1alpha import reflection
 
 from observability import Telemetry
 from services.common.errors import ErrorMappingInterceptor, Translator
+from services.common.generation_limits import MAX_PUBLIC_MESSAGE_BYTES, MAX_PUBLIC_METADATA_BYTES
 from services.common.security import ServerSecurity
 
 log = structlog.get_logger(__name__)
@@ -30,6 +31,17 @@ SERVER_OPTIONS: tuple[tuple[str, int], ...] = (
     ("grpc.keepalive_time_ms", 30_000),
     ("grpc.keepalive_timeout_ms", 10_000),
     ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+)
+
+
+# The public gateway's port: tenants, not the mesh, write to it.
+PUBLIC_SERVER_OPTIONS: tuple[tuple[str, int], ...] = (
+    *(option for option in SERVER_OPTIONS if option[0] != "grpc.max_receive_message_length"),
+    # The largest prompt the mesh accepts plus the other fields (generation_limits).
+    ("grpc.max_receive_message_length", MAX_PUBLIC_MESSAGE_BYTES),
+    # Headers a caller may send; past it gRPC refuses the call before any handler runs.
+    ("grpc.max_metadata_size", MAX_PUBLIC_METADATA_BYTES),
+    ("grpc.absolute_max_metadata_size", MAX_PUBLIC_METADATA_BYTES),
 )
 
 
@@ -74,17 +86,19 @@ async def start_server(
     translate: Translator | None = None,
     serving: bool = True,
     security: ServerSecurity | None = None,
+    options: Sequence[tuple[str, int]] = SERVER_OPTIONS,
 ) -> ServiceServer:
     """Builds and starts an aio server with the mesh's interceptors, health and
     reflection. `serving=False` starts it NOT_SERVING until `set_serving(True)`.
-    `security`: TLS and mesh-only admission (default: plaintext, open)."""
+    `security`: TLS and mesh-only admission (default: plaintext, open).
+    `options`: gRPC server options (PUBLIC_SERVER_OPTIONS on a public port)."""
     security = security or ServerSecurity()
     mapping = ErrorMappingInterceptor(translate) if translate else ErrorMappingInterceptor()
     # Error mapping runs inside telemetry so the span records the final status;
     # the mesh-only check inside error mapping so its refusal is mapped too.
     server = grpc.aio.server(
         interceptors=[*telemetry.server_interceptors(), mapping, *security.interceptors()],
-        options=SERVER_OPTIONS,
+        options=options,
     )
     for register in registrars:
         register(server)

@@ -88,7 +88,10 @@ def delta_to_proto(delta: Delta) -> generation_pb2.GenerateResponse:
 
 def model_info_to_proto(info: ModelInfo) -> generation_pb2.ModelInfo:
     return generation_pb2.ModelInfo(
-        name=info.name, max_context_length=info.max_context_length, vocab_size=info.vocab_size
+        name=info.name,
+        max_context_length=info.max_context_length,
+        vocab_size=info.vocab_size,
+        max_token_bytes=info.max_token_bytes,
     )
 
 

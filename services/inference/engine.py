@@ -5,10 +5,20 @@ from __future__ import annotations
 
 import enum
 import json
-import re
 from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
+
+from services.common.generation_limits import (
+    MAX_CONSTRAINT_BYTES,
+    MAX_CONSTRAINT_DEPTH,
+    MAX_STOP_LENGTH,
+    MAX_STOP_STRINGS,
+    MAX_STOP_TOKEN_IDS,
+    completion_limit,
+    json_depth,
+    regex_depth,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,7 +51,7 @@ MAX_LOGPROBS = 20
 
 @dataclass(frozen=True, slots=True)
 class SamplingOptions:
-    max_tokens: int | None = None  # None: up to the context length
+    max_tokens: int | None = None  # None: generation_limits.completion_limit's default
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = 0  # 0: no limit
@@ -98,6 +108,9 @@ class ModelInfo:
     name: str
     max_context_length: int
     vocab_size: int
+    # Most UTF-8 bytes one token stands for (0: unknown): a prompt of B bytes
+    # is at least B / this many tokens, known before tokenizing it.
+    max_token_bytes: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,24 +214,91 @@ def check_sampling(options: SamplingOptions) -> None:
     if options.max_tokens is not None:
         _require(options.max_tokens >= 1, "max_tokens", "must be at least 1")
         _require(options.min_tokens <= options.max_tokens, "min_tokens", "exceeds max_tokens")
+    _require(
+        len(options.stop) <= MAX_STOP_STRINGS, "stop", f"at most {MAX_STOP_STRINGS} stop strings"
+    )
+    for i, stop in enumerate(options.stop):
+        _require(
+            0 < len(stop) <= MAX_STOP_LENGTH,
+            f"stop[{i}]",
+            f"must be 1 to {MAX_STOP_LENGTH} characters",
+        )
+    _require(
+        len(options.stop_token_ids) <= MAX_STOP_TOKEN_IDS,
+        "stop_token_ids",
+        f"at most {MAX_STOP_TOKEN_IDS} token ids",
+    )
     if options.json_schema is not None:
-        try:
-            schema = json.loads(options.json_schema)
-        except ValueError as err:
-            raise InvalidRequestError("json_schema", f"is not JSON: {err}") from err
-        _require(isinstance(schema, dict), "json_schema", "must be a JSON object")
+        check_json_schema(options.json_schema)
     if options.regex is not None:
-        try:
-            re.compile(options.regex)
-        except re.error as err:
-            raise InvalidRequestError("regex", f"does not compile: {err}") from err
+        check_regex(options.regex)
+
+
+def check_json_schema(text: str) -> None:
+    """Size, syntax and nesting; whether the grammar backend takes it is
+    `constraints.compile_check`'s to judge (off the event loop)."""
+    _require(
+        len(text.encode()) <= MAX_CONSTRAINT_BYTES,
+        "json_schema",
+        f"is over {MAX_CONSTRAINT_BYTES} bytes",
+    )
+    try:
+        schema = json.loads(text)
+    except RecursionError as err:
+        raise InvalidRequestError(
+            "json_schema", f"nests deeper than {MAX_CONSTRAINT_DEPTH} levels"
+        ) from err
+    except ValueError as err:
+        raise InvalidRequestError("json_schema", f"is not JSON: {err}") from err
+    _require(isinstance(schema, dict), "json_schema", "must be a JSON object")
+    _require(
+        json_depth(schema) <= MAX_CONSTRAINT_DEPTH,
+        "json_schema",
+        f"nests deeper than {MAX_CONSTRAINT_DEPTH} levels",
+    )
+
+
+def check_regex(pattern: str) -> None:
+    """Size and nesting; its syntax is the grammar backend's (Python's `re`
+    is another dialect), checked by `constraints.compile_check`."""
+    _require(bool(pattern), "regex", "must not be empty")
+    _require(
+        len(pattern.encode()) <= MAX_CONSTRAINT_BYTES,
+        "regex",
+        f"is over {MAX_CONSTRAINT_BYTES} bytes",
+    )
+    # The backend's native converter does not handle NUL (vLLM refuses it too).
+    _require("\x00" not in pattern, "regex", "must not contain a NUL character")
+    _require(
+        regex_depth(pattern) <= MAX_CONSTRAINT_DEPTH,
+        "regex",
+        f"nests groups deeper than {MAX_CONSTRAINT_DEPTH} levels",
+    )
+
+
+def check_prompt_size(inp: GenerationInput, model: ModelInfo) -> None:
+    """Refuses, before tokenizing, a prompt whose bytes alone cannot fit the
+    context (each token covers at most `max_token_bytes` of them)."""
+    if model.max_token_bytes <= 0 or inp.token_ids is not None:
+        return
+    if inp.messages:
+        size = sum(len(turn.content.encode()) for turn in inp.messages)
+    else:
+        size = len((inp.prompt or "").encode())
+    at_least = -(-size // model.max_token_bytes)
+    _require(
+        at_least < model.max_context_length,
+        inp.field,
+        f"is {size} bytes, at least {at_least} tokens; the model's context is"
+        f" {model.max_context_length}",
+    )
 
 
 def check_request(
     prompt_ids: Sequence[int], inp: GenerationInput, options: SamplingOptions, model: ModelInfo
 ) -> int:
     """Validates a tokenized request against the model; returns the max tokens
-    to generate (what is asked, or what is left of the context)."""
+    to generate (what is asked, or `completion_limit`'s default)."""
     check_sampling(options)
     prompt_tokens = len(prompt_ids)
     input_field = inp.field
@@ -247,4 +327,4 @@ def check_request(
             f" model's context of {model.max_context_length}",
         )
     _require(options.min_tokens <= room, "min_tokens", "is past the model's context")
-    return options.max_tokens if options.max_tokens is not None else room
+    return completion_limit(options.max_tokens, room)

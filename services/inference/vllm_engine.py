@@ -32,6 +32,7 @@ from services.inference.engine import (
     SampledLogprob,
     SamplingOptions,
     TokenLogprob,
+    check_prompt_size,
     check_request,
 )
 from services.inference.settings import InferenceSettings
@@ -219,6 +220,7 @@ class VllmEngine:
         adapter: str | None = None,
         priority: int = 0,
     ) -> AsyncGenerator[Delta, None]:
+        check_prompt_size(inp, self._model_info)
         prompt_ids = self._prompt_ids(inp)
         max_tokens = check_request(prompt_ids, inp, options, self._model_info)
         params = self._sampling_params(options, max_tokens)
@@ -267,7 +269,7 @@ class VllmEngine:
         except VLLMValidationError as err:
             # Our checks run first; this catches what only the engine knows
             # (e.g. a JSON schema its grammar backend cannot compile).
-            raise InvalidRequestError(err.parameter or "request", str(err)) from err
+            raise InvalidRequestError(err.parameter or _culprit(options), str(err)) from err
         finally:
             self._promised.pop(request_id, None)
             self._load.notify()
@@ -382,6 +384,7 @@ async def open_vllm_engine(settings: InferenceSettings) -> AsyncIterator[VllmEng
             name=settings.model_name,
             max_context_length=llm.model_config.max_model_len,
             vocab_size=llm.model_config.get_vocab_size(),
+            max_token_bytes=longest_token_bytes(llm.get_tokenizer()),
         )
         log.info("engine ready", model=info.name, context=info.max_context_length)
         cache = llm.vllm_config.cache_config
@@ -398,6 +401,26 @@ async def open_vllm_engine(settings: InferenceSettings) -> AsyncIterator[VllmEng
         if engine is not None:
             engine.detach()
         del llm
+
+
+def _culprit(options: SamplingOptions) -> str:
+    """The field vLLM's validation meant when it names none: the grammar
+    backend's refusals carry no parameter, and the constraint is the only
+    input our own checks leave to it."""
+    if options.regex is not None:
+        return "regex"
+    if options.json_schema is not None:
+        return "json_schema"
+    return "request"
+
+
+def longest_token_bytes(tokenizer: Any) -> int:
+    """The most bytes of text one token stands for, over-estimated (safe for a
+    lower bound on tokens): a token's vocabulary string is never shorter in
+    UTF-8 than the text it decodes to (byte-level BPE maps a byte to one
+    character, SentencePiece writes a space as "▁", byte fallback as "<0xAB>")."""
+    vocab: dict[str, int] = tokenizer.get_vocab()
+    return max((len(token.encode()) for token in vocab), default=0)
 
 
 def _queued_s(output: RequestOutput) -> float:

@@ -19,6 +19,7 @@ from maas.v1 import (
 )
 from observability.context import REPLICA_METADATA_KEY
 from services.common.errors import InvalidArgumentError, UnavailableError
+from services.common.generation_limits import completion_limit
 from services.router.choice import prefix_key
 from services.router.dispatcher import Dispatcher, Ticket
 from services.router.fair_queue import BATCH, DEFAULT, INTERACTIVE
@@ -45,12 +46,13 @@ _PRIORITY_OF = {
     DEFAULT: auth_pb2.PRIORITY_DEFAULT,
     BATCH: auth_pb2.PRIORITY_BATCH,
 }
-DEFAULT_MAX_TOKENS_ESTIMATE = 256
 MAX_EJECTION_S = 86_400.0
 
 
 def estimated_cost(request: router_pb2.RouterGenerateRequest) -> float:
-    """The caller's estimate, or about 4 characters a token plus max_tokens."""
+    """The caller's estimate, or about 4 characters a token plus what each
+    choice may generate (the mesh's one default when max_tokens is unset; the
+    context is not known here, so the default's upper bound)."""
     if request.context.estimated_tokens:
         return float(request.context.estimated_tokens)
     r = request.request
@@ -61,7 +63,8 @@ def estimated_cost(request: router_pb2.RouterGenerateRequest) -> float:
         prompt = sum(len(m.content) for m in r.messages.messages) // 4
     else:
         prompt = len(r.prompt) // 4
-    return float(prompt + (r.max_tokens or DEFAULT_MAX_TOKENS_ESTIMATE) * max(1, r.n))
+    max_tokens = r.max_tokens if r.HasField("max_tokens") else None
+    return float(prompt + completion_limit(max_tokens, None) * max(1, r.n))
 
 
 class RouterServicer(router_pb2_grpc.RouterServicer):

@@ -5,6 +5,7 @@ anomaly servers on port 0; the router's address has nothing behind it."""
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import socket
 from collections.abc import AsyncIterator
@@ -135,12 +136,17 @@ async def test_the_callers_request_id_comes_back(http: httpx.AsyncClient) -> Non
     assert response.headers["x-request-id"] == "mine-1"
 
 
-async def test_malformed_requests_are_openai_errors(http: httpx.AsyncClient) -> None:
+async def test_malformed_requests_are_openai_errors(
+    http: httpx.AsyncClient, backends: Backends
+) -> None:
+    auth = {"authorization": f"Bearer {await backends.api_key()}"}
     broken = await http.post(
-        "/v1/completions", content=b"{not json", headers={"content-type": "application/json"}
+        "/v1/completions",
+        content=b"{not json",
+        headers={"content-type": "application/json", **auth},
     )
     assert_openai_error(broken, 400)
-    missing = await http.post("/v1/completions", json={"prompt": "hi"})
+    missing = await http.post("/v1/completions", json={"prompt": "hi"}, headers=auth)
     assert_openai_error(missing, 400, "model")
     assert_openai_error(await http.get("/v1/nothing-here"), 404)
     assert_openai_error(await http.get("/v1/chat/completions"), 405)
@@ -168,3 +174,83 @@ async def test_a_taken_http_port_fails_the_start(backends: Backends) -> None:
         with pytest.raises(OSError):
             async with running_gateway(settings, setup("gateway", TelemetrySettings())):
                 pass
+
+
+async def test_a_body_is_not_parsed_before_its_key_is_accepted(http: httpx.AsyncClient) -> None:
+    # Broken JSON, no key: the key is what is refused; the body was never parsed.
+    response = await http.post(
+        "/v1/completions", content=b"{not json", headers={"content-type": "application/json"}
+    )
+    assert_openai_error(response, 401)
+
+
+async def send_unfinished_post(port: int, head: dict[str, str], sent: int) -> bytes:
+    """POSTs a head declaring a 100 MB body, sends only `sent` bytes of it,
+    then reads the answer without sending more: an answer proves the server
+    did not wait for (or read) the rest."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    lines = [
+        "POST /v1/chat/completions HTTP/1.1",
+        "host: test",
+        "content-type: application/json",
+        f"content-length: {HUNDRED_MB}",
+        *(f"{key}: {value}" for key, value in head.items()),
+    ]
+    writer.write(("\r\n".join(lines) + "\r\n\r\n").encode() + b"x" * sent)
+    await writer.drain()
+    answer = await reader.read()  # the server closes after its refusal
+    writer.close()
+    return answer
+
+
+HUNDRED_MB = 100 * 1024 * 1024
+
+
+async def test_an_unauthenticated_huge_post_is_refused_before_its_body(
+    backends: Backends,
+) -> None:
+    settings = backends.gateway_settings(http_max_body_bytes=200 * 1024 * 1024)
+    async with running_gateway(settings, setup("gateway", TelemetrySettings())) as gateway:
+        assert gateway.http_port is not None
+        answer = await send_unfinished_post(gateway.http_port, {}, sent=64 * 1024)
+    assert answer.startswith(b"HTTP/1.1 401 ")
+    assert b"authentication_error" in answer
+
+
+async def test_a_declared_body_over_the_limit_is_413_naming_it(backends: Backends) -> None:
+    key = await backends.api_key()
+    settings = backends.gateway_settings(http_max_body_bytes=4096)
+    async with running_gateway(settings, setup("gateway", TelemetrySettings())) as gateway:
+        assert gateway.http_port is not None
+        answer = await send_unfinished_post(
+            gateway.http_port, {"authorization": f"Bearer {key}"}, sent=1024
+        )
+    assert answer.startswith(b"HTTP/1.1 413 ")
+    assert b"over the limit of 4096 bytes" in answer
+
+
+async def test_a_chunked_body_is_cut_off_at_the_limit(backends: Backends) -> None:
+    key = await backends.api_key()
+    settings = backends.gateway_settings(http_max_body_bytes=4096)
+    async with running_gateway(settings, setup("gateway", TelemetrySettings())) as gateway:
+        assert gateway.http_port is not None
+        reader, writer = await asyncio.open_connection("127.0.0.1", gateway.http_port)
+        head = (
+            "POST /v1/completions HTTP/1.1\r\nhost: test\r\ntransfer-encoding: chunked\r\n"
+            f"authorization: Bearer {key}\r\ncontent-type: application/json\r\n\r\n"
+        )
+        # 8 KiB in 1 KiB chunks and no last chunk: the body never ends, and
+        # only a server that stops at the limit can answer.
+        writer.write(head.encode() + b"400\r\n" + b" " * 1024 + b"\r\n")
+        for _ in range(7):
+            writer.write(b"400\r\n" + b" " * 1024 + b"\r\n")
+        await writer.drain()
+        answer = await reader.read()
+        writer.close()
+    assert answer.startswith(b"HTTP/1.1 413 ")
+    assert b"over the limit of 4096 bytes" in answer
+
+
+async def test_headers_past_the_limit_are_refused(http: httpx.AsyncClient) -> None:
+    response = await http.get("/v1/models", headers={"x-padding": "p" * (64 * 1024)})
+    assert response.status_code == 431

@@ -13,7 +13,7 @@ from opentelemetry.sdk.trace import TracerProvider
 
 from gateway.core import Caller, GatewayCore
 from gateway.openai_http import create_app
-from maas.v1 import generation_pb2
+from maas.v1 import auth_pb2, generation_pb2
 from services.common.errors import UnavailableError
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
@@ -24,6 +24,10 @@ class FakeMidStreamFailureCore:
 
     def __init__(self) -> None:
         self.closed = False
+
+    async def authenticate(self, caller: Caller, scope: str) -> auth_pb2.Principal:
+        """Every key is good: the HTTP face checks it before reading a body."""
+        return auth_pb2.Principal(tenant_id="t")
 
     async def generate(
         self, caller: Caller, request: generation_pb2.GenerateRequest
