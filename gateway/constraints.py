@@ -12,12 +12,16 @@ its vocabulary's size. Why processes: a thread stuck in native code cannot be
 stopped, and it would hold a core the engine needs.
 
 Verdicts are cached by (kind, text): a repeated pathological constraint costs
-one time limit, not one per request."""
+one time limit, not one per request. A timeout is remembered for a while only
+(an honest constraint may have been slow because the machine was busy).
+Compiles are shared by concurrent callers and outlive a caller that goes away:
+a cancel must not kill a worker, whose replacement costs seconds of CPU."""
 
 from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import time
 from collections import OrderedDict
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
@@ -33,6 +37,9 @@ Kind = Literal["regex", "json_schema"]
 
 # Verdicts remembered; a schema is at most 64 KiB, so this is at most 64 MiB.
 CACHE_SIZE = 1024
+# How long a timed-out constraint stays refused without another try: long
+# enough that a flood of it costs one time limit a minute.
+TIMEOUT_VERDICT_S = 60.0
 _READY = "ready"
 
 
@@ -104,9 +111,19 @@ class ConstraintChecker:
         self._idle: asyncio.Queue[_Worker] = asyncio.Queue()
         self._all: set[_Worker] = set()
         self._starting: set[asyncio.Task[None]] = set()
-        self._verdicts: OrderedDict[tuple[Kind, str], str | None] = OrderedDict()
+        # (kind, text) -> (verdict, monotonic time it lapses; None: never).
+        self._verdicts: OrderedDict[tuple[Kind, str], tuple[str | None, float | None]] = (
+            OrderedDict()
+        )
+        self._inflight: dict[tuple[Kind, str], asyncio.Task[str | None]] = {}
         self._closed = False
         self._started = False
+        self._spawned = 0
+
+    @property
+    def spawned(self) -> int:
+        """Worker processes started so far, replacements included."""
+        return self._spawned
 
     def _start(self) -> None:
         """Starts the workers in the background, at the first constraint: importing
@@ -117,6 +134,7 @@ class ConstraintChecker:
             self._spawn()
 
     def _spawn(self) -> None:
+        self._spawned += 1
         task = asyncio.create_task(self._start_one())
         self._starting.add(task)
         task.add_done_callback(self._starting.discard)
@@ -141,16 +159,25 @@ class ConstraintChecker:
     async def check(self, kind: Kind, text: str) -> None:
         """Raises INVALID_ARGUMENT naming `kind` if it does not compile in time."""
         key = (kind, text)
-        if key in self._verdicts:
+        cached = self._verdicts.get(key)
+        if cached is not None and (cached[1] is None or cached[1] > time.monotonic()):
             self._verdicts.move_to_end(key)
-            verdict = self._verdicts[key]
+            verdict = cached[0]
         else:
-            verdict = await self._compile(kind, text)
-            self._verdicts[key] = verdict
-            if len(self._verdicts) > CACHE_SIZE:
-                self._verdicts.popitem(last=False)
+            task = self._inflight.get(key)
+            if task is None:
+                task = asyncio.create_task(self._compile(kind, text))
+                self._inflight[key] = task
+                task.add_done_callback(lambda _: self._inflight.pop(key, None))
+            verdict = await asyncio.shield(task)
         if verdict is not None:
             raise InvalidArgumentError(kind, f"the grammar backend refuses it: {verdict}")
+
+    def _remember(self, key: tuple[Kind, str], verdict: str | None, lapses: float | None) -> None:
+        self._verdicts[key] = (verdict, lapses)
+        self._verdicts.move_to_end(key)
+        if len(self._verdicts) > CACHE_SIZE:
+            self._verdicts.popitem(last=False)
 
     async def _compile(self, kind: Kind, text: str) -> str | None:
         if not self._started:
@@ -159,21 +186,26 @@ class ConstraintChecker:
         try:
             verdict = await worker.run(kind, text, self._timeout_s)
         except BaseException as err:
-            # Timed out, or the caller went away mid-compile: the worker's
-            # state is unknown, so it is replaced rather than reused.
+            # Timed out, or the checker is closing: the worker's state is
+            # unknown, so it is replaced rather than reused.
             self._all.discard(worker)
             await asyncio.to_thread(worker.kill)
             if not self._closed:
                 self._spawn()
             if isinstance(err, TimeoutError):
                 log.warning("constraint compile timed out", kind=kind, size=len(text))
-                return f"compiling it takes over {self._timeout_s:g} s"
+                verdict = f"compiling it takes over {self._timeout_s:g} s"
+                self._remember((kind, text), verdict, time.monotonic() + TIMEOUT_VERDICT_S)
+                return verdict
             raise
         self._idle.put_nowait(worker)
+        self._remember((kind, text), verdict, None)
         return verdict
 
     async def aclose(self) -> None:
         self._closed = True
+        for task in list(self._inflight.values()):
+            task.cancel()
         for worker in list(self._all):
             await asyncio.to_thread(worker.kill)
         self._all.clear()

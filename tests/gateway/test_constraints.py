@@ -4,6 +4,7 @@ past its time limit is stopped without losing the checker."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 
@@ -54,3 +55,15 @@ async def test_a_compile_past_its_time_limit_is_stopped(checker: ConstraintCheck
     # Its verdict is remembered (one time limit per pattern), and stays a refusal.
     with pytest.raises(InvalidArgumentError):
         await checker.check("json_schema", PATHOLOGICAL_SCHEMA)
+
+
+async def test_a_caller_that_goes_away_does_not_cost_a_worker(checker: ConstraintChecker) -> None:
+    schema = json.dumps({"type": "string", "pattern": "(a|b){1,300}"})
+    waiting = asyncio.create_task(checker.check("json_schema", schema))
+    await asyncio.sleep(0)  # the compile has started
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    # The compile went on and its verdict is there for the next caller.
+    await checker.check("json_schema", schema)
+    assert checker.spawned == 1  # no worker was killed and replaced
