@@ -35,10 +35,17 @@ from maas.v1 import (
 from observability.context import (
     REPLICA_METADATA_KEY,
     bind_request,
+    current_client_request_id,
     current_request_id,
     new_request_id,
+    valid_client_request_id,
 )
-from services.common.errors import UnauthenticatedError, error_from_rpc, remote_errors
+from services.common.errors import (
+    InvalidArgumentError,
+    UnauthenticatedError,
+    error_from_rpc,
+    remote_errors,
+)
 from services.common.events import EventPublisher
 
 
@@ -52,6 +59,8 @@ class Caller:
     peer: str
     # Seconds the caller will wait; None: no deadline.
     deadline_s: float | None = None
+    # The caller's own x-request-id, as sent (a label, never the request's id).
+    client_request_id: str | None = None
 
 
 class _Deadline:
@@ -62,8 +71,18 @@ class _Deadline:
         return None if self._at is None else max(0.0, self._at - time.monotonic())
 
 
+def check_client_request_id(caller: Caller) -> None:
+    if caller.client_request_id is not None and not valid_client_request_id(
+        caller.client_request_id
+    ):
+        raise InvalidArgumentError(
+            "x-request-id", "must be 1 to 128 characters of A-Z, a-z, 0-9, '.', '_', ':' or '-'"
+        )
+
+
 def request_id_for_call() -> str:
-    """The current call's request id, made and bound here if the caller sent none."""
+    """The current call's request id (the edge mints one for every call; made
+    and bound here if none was)."""
     request_id = current_request_id()
     if request_id is None:
         request_id = new_request_id()
@@ -100,11 +119,14 @@ class GatewayCore:
         task iterating it) to stop generating; what was produced is billed."""
         deadline = _Deadline(caller.deadline_s)
         principal = await self.authenticate(caller, "generate")
+        check_client_request_id(caller)
         validate_generate(request)
         request_id = request_id_for_call()
+        client_request_id = current_client_request_id() or ""
         bind_request(request_id, principal.tenant_id)
         span = trace.get_current_span()
         span.set_attribute("maas.request_id", request_id)
+        span.set_attribute("maas.client_request_id", client_request_id)
         span.set_attribute("maas.tenant_id", principal.tenant_id)
         estimated = estimate_tokens(request, self._default_max_tokens)
         with remote_errors():
@@ -146,11 +168,14 @@ class GatewayCore:
             call.cancel()
             used = usage.prompt_tokens + usage.completion_tokens if usage.chunks else None
             self._quotas.settle(reservation, used)
-            self._settle(request_id, request.model, principal, usage, status, replica)
+            self._settle(
+                request_id, client_request_id, request.model, principal, usage, status, replica
+            )
 
     async def list_models(self, caller: Caller) -> list[generation_pb2.ModelInfo]:
         """The models some serving replica holds, adapters included, by name."""
         await self.authenticate(caller, "generate")
+        check_client_request_id(caller)
         with remote_errors():
             replicas = await self._router.ListReplicas(
                 router_pb2.ListReplicasRequest(), timeout=caller.deadline_s
@@ -172,6 +197,7 @@ class GatewayCore:
         self, caller: Caller, request: generation_pb2.CountTokensRequest
     ) -> generation_pb2.CountTokensResponse:
         await self.authenticate(caller, "generate")
+        check_client_request_id(caller)
         validate_input(request)
         with remote_errors():
             return await self._router.CountTokens(request, timeout=caller.deadline_s)
@@ -181,6 +207,7 @@ class GatewayCore:
     ) -> metering_pb2.GetUsageResponse:
         """The caller's own tenant's usage, never another's."""
         principal = await self.authenticate(caller, "usage:read")
+        check_client_request_id(caller)
         query = metering_pb2.MeteringGetUsageRequest(
             tenant_id=principal.tenant_id, group_by=request.group_by
         )
@@ -213,6 +240,7 @@ class GatewayCore:
     def _settle(
         self,
         request_id: str,
+        client_request_id: str,
         model: str,
         principal: auth_pb2.Principal,
         usage: StreamUsage,
@@ -246,6 +274,7 @@ class GatewayCore:
                     start_time=timestamp(usage.start_wall),
                     end_time=timestamp(end),
                     status=ledger_status,
+                    client_request_id=client_request_id,
                 )
             )
         self._events.publish(

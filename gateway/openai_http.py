@@ -36,6 +36,7 @@ from gateway.openai_responses import (
 )
 from maas.v1 import generation_pb2
 from observability.asgi import TracingMiddleware
+from observability.context import REQUEST_ID_METADATA_KEY
 from services.common.errors import MeshError, NotFoundError
 
 log = structlog.get_logger(__name__)
@@ -103,7 +104,11 @@ def create_app(core: GatewayCore, tracer: Tracer) -> ASGIApp:
 
 
 def caller_of(request: Request) -> Caller:
-    return Caller(credentials=request.headers.get("authorization"), peer=_peer(request.client))
+    return Caller(
+        credentials=request.headers.get("authorization"),
+        peer=_peer(request.client),
+        client_request_id=request.headers.get(REQUEST_ID_METADATA_KEY),
+    )
 
 
 def _peer(client: Address | None) -> str:

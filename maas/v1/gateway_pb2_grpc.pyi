@@ -30,8 +30,12 @@ GRPC_VERSION: str
 
 class GatewayStub:
     """The public API of the mesh. Every call carries the caller's API key as
-    `authorization: Bearer <key>` metadata, and may carry `x-request-id`
-    (generated when absent, and returned in the initial metadata).
+    `authorization: Bearer <key>` metadata, and may carry `x-request-id`: at
+    most 128 characters of A-Z, a-z, 0-9, '.', '_', ':' and '-' (else
+    INVALID_ARGUMENT naming `x-request-id`). The mesh mints its own id for
+    every call; the initial metadata returns it as `x-request-id` (it keys the
+    bill, see GetUsage) and the caller's as `x-client-request-id`, a label kept
+    on the usage record and in logs.
 
     Errors: UNAUTHENTICATED (missing, unknown or revoked key), PERMISSION_DENIED
     (the key may not do this), INVALID_ARGUMENT (with google.rpc.BadRequest
@@ -57,8 +61,12 @@ class GatewayStub:
 @_typing.type_check_only
 class GatewayAsyncStub(GatewayStub):
     """The public API of the mesh. Every call carries the caller's API key as
-    `authorization: Bearer <key>` metadata, and may carry `x-request-id`
-    (generated when absent, and returned in the initial metadata).
+    `authorization: Bearer <key>` metadata, and may carry `x-request-id`: at
+    most 128 characters of A-Z, a-z, 0-9, '.', '_', ':' and '-' (else
+    INVALID_ARGUMENT naming `x-request-id`). The mesh mints its own id for
+    every call; the initial metadata returns it as `x-request-id` (it keys the
+    bill, see GetUsage) and the caller's as `x-client-request-id`, a label kept
+    on the usage record and in logs.
 
     Errors: UNAUTHENTICATED (missing, unknown or revoked key), PERMISSION_DENIED
     (the key may not do this), INVALID_ARGUMENT (with google.rpc.BadRequest
@@ -80,8 +88,12 @@ class GatewayAsyncStub(GatewayStub):
 
 class GatewayServicer(metaclass=_abc_1.ABCMeta):
     """The public API of the mesh. Every call carries the caller's API key as
-    `authorization: Bearer <key>` metadata, and may carry `x-request-id`
-    (generated when absent, and returned in the initial metadata).
+    `authorization: Bearer <key>` metadata, and may carry `x-request-id`: at
+    most 128 characters of A-Z, a-z, 0-9, '.', '_', ':' and '-' (else
+    INVALID_ARGUMENT naming `x-request-id`). The mesh mints its own id for
+    every call; the initial metadata returns it as `x-request-id` (it keys the
+    bill, see GetUsage) and the caller's as `x-client-request-id`, a label kept
+    on the usage record and in logs.
 
     Errors: UNAUTHENTICATED (missing, unknown or revoked key), PERMISSION_DENIED
     (the key may not do this), INVALID_ARGUMENT (with google.rpc.BadRequest

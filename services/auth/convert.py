@@ -121,6 +121,7 @@ def usage_from_proto(message: metering_pb2.UsageRecord) -> UsageRecord:
         end_time=from_timestamp(message.end_time),
         status=status,
         cached_tokens=message.cached_tokens,
+        client_request_id=message.client_request_id,
     )
 
 
@@ -136,6 +137,7 @@ def usage_to_proto(record: UsageRecord) -> metering_pb2.UsageRecord:
         end_time=timestamp(record.end_time),
         status=_STATUS_TO_PROTO[record.status],
         cached_tokens=record.cached_tokens,
+        client_request_id=record.client_request_id,
     )
 
 

@@ -98,6 +98,8 @@ class UsageRecord:
     end_time: datetime
     status: RequestStatus
     cached_tokens: int = 0
+    # The caller's own x-request-id, a label; "" when none.
+    client_request_id: str = ""
 
     def same_usage(self, other: UsageRecord) -> bool:
         """Whether `other` bills the same thing (a replay, not a conflict)."""

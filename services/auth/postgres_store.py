@@ -57,7 +57,8 @@ CREATE TABLE IF NOT EXISTS usage_records (
     start_time        TIMESTAMPTZ NOT NULL,
     end_time          TIMESTAMPTZ NOT NULL,
     status            TEXT NOT NULL,
-    cached_tokens     BIGINT NOT NULL DEFAULT 0
+    cached_tokens     BIGINT NOT NULL DEFAULT 0,
+    client_request_id TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS usage_by_tenant_time ON usage_records(tenant_id, end_time);
 CREATE TABLE IF NOT EXISTS restrictions (
@@ -89,6 +90,7 @@ CREATE INDEX IF NOT EXISTS audit_by_tenant_time ON audit_log(tenant_id, at);
 ALTER TABLE tenants ADD COLUMN IF NOT EXISTS plan TEXT NOT NULL DEFAULT '{}';
 ALTER TABLE api_keys ADD COLUMN IF NOT EXISTS expires_at TIMESTAMPTZ;
 ALTER TABLE usage_records ADD COLUMN IF NOT EXISTS cached_tokens BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE usage_records ADD COLUMN IF NOT EXISTS client_request_id TEXT NOT NULL DEFAULT '';
 """
 
 
@@ -139,6 +141,7 @@ def _usage(row: Any) -> UsageRecord:
         end_time=row["end_time"],
         status=RequestStatus(row["status"]),
         cached_tokens=row["cached_tokens"],
+        client_request_id=row["client_request_id"],
     )
 
 
@@ -221,7 +224,7 @@ class PostgresAuthStore:
 
     async def record_usage(self, record: UsageRecord) -> tuple[UsageRecord, bool]:
         inserted = await self._pool.fetchrow(
-            "INSERT INTO usage_records VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+            "INSERT INTO usage_records VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
             " ON CONFLICT (request_id) DO NOTHING RETURNING request_id",
             record.request_id,
             record.tenant_id,
@@ -233,6 +236,7 @@ class PostgresAuthStore:
             record.end_time,
             record.status.value,
             record.cached_tokens,
+            record.client_request_id,
         )
         if inserted is not None:
             return record, False

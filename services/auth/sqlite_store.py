@@ -63,7 +63,8 @@ CREATE TABLE IF NOT EXISTS usage_records (
     start_time        INTEGER NOT NULL,
     end_time          INTEGER NOT NULL,
     status            TEXT NOT NULL,
-    cached_tokens     INTEGER NOT NULL DEFAULT 0
+    cached_tokens     INTEGER NOT NULL DEFAULT 0,
+    client_request_id TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS usage_by_tenant_time ON usage_records(tenant_id, end_time);
 CREATE TABLE IF NOT EXISTS restrictions (
@@ -150,6 +151,7 @@ def _usage(row: sqlite3.Row) -> UsageRecord:
         end_time=_from_us(row["end_time"]),
         status=RequestStatus(row["status"]),
         cached_tokens=row["cached_tokens"],
+        client_request_id=row["client_request_id"],
     )
 
 
@@ -258,7 +260,7 @@ class _LedgerWriter:
             results.append((record, False))
         if new_rows:
             await self._db.executemany(
-                "INSERT INTO usage_records VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", new_rows
+                "INSERT INTO usage_records VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", new_rows
             )
         await self._db.commit()
         return results
@@ -276,6 +278,7 @@ def _usage_row(record: UsageRecord) -> tuple[str | int, ...]:
         _to_us(record.end_time),
         record.status.value,
         record.cached_tokens,
+        record.client_request_id,
     )
 
 
@@ -462,11 +465,12 @@ async def open_sqlite_store(path: Path) -> AsyncIterator[SqliteAuthStore]:
         # Other processes (the CLI reading usage) may hold the lock briefly.
         await db.execute("PRAGMA busy_timeout=5000")
         await db.executescript(SCHEMA)
-        # Databases from before plans and key expiry existed get the columns.
+        # Databases from before these columns existed get them.
         for table, column, decl in (
             ("tenants", "plan", "TEXT NOT NULL DEFAULT '{}'"),
             ("api_keys", "expires_at", "INTEGER"),
             ("usage_records", "cached_tokens", "INTEGER NOT NULL DEFAULT 0"),
+            ("usage_records", "client_request_id", "TEXT NOT NULL DEFAULT ''"),
         ):
             async with db.execute(f"PRAGMA table_info({table})") as cur:
                 columns = {row["name"] for row in await cur.fetchall()}

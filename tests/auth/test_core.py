@@ -214,3 +214,34 @@ async def test_cached_tokens_are_kept_and_part_of_the_idempotency_check(
     assert duplicate and again.cached_tokens == stored.cached_tokens == 4
     with pytest.raises(AlreadyExistsError):
         await metering_core.record_usage(replace(record, cached_tokens=5))
+
+
+async def test_the_callers_request_id_is_kept_on_the_record(metering_core: MeteringCore) -> None:
+    record = replace(usage("mesh-1", "t1"), client_request_id="order-42:retry.1")
+    await metering_core.record_usage(record)
+    stored, duplicate = await metering_core.record_usage(record)
+    assert duplicate and stored.client_request_id == "order-42:retry.1"
+
+
+async def test_a_ledger_from_before_the_client_request_id_gets_the_column(tmp_path: Path) -> None:
+    import sqlite3
+
+    from services.auth.sqlite_store import open_sqlite_store
+
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as old:
+        old.execute(
+            "CREATE TABLE usage_records (request_id TEXT PRIMARY KEY, tenant_id TEXT NOT NULL,"
+            " key_id TEXT NOT NULL, model TEXT NOT NULL, prompt_tokens INTEGER NOT NULL,"
+            " completion_tokens INTEGER NOT NULL, start_time INTEGER NOT NULL,"
+            " end_time INTEGER NOT NULL, status TEXT NOT NULL)"
+        )
+        old.execute(
+            "INSERT INTO usage_records VALUES ('old', 't1', 'k', 'tiny', 1, 2, 0, 1, 'completed')"
+        )
+    async with open_sqlite_store(path) as store:
+        core = MeteringCore(store)
+        await core.record_usage(replace(usage("new", "t1"), client_request_id="c-1"))
+        stored, _ = await core.record_usage(replace(usage("new", "t1"), client_request_id="c-1"))
+        assert stored.client_request_id == "c-1"
+        assert (await core.usage_summary("t1", None, None)).requests == 2
