@@ -131,7 +131,13 @@ class GatewayCore:
         estimated = estimate_tokens(request, self._default_max_tokens)
         with remote_errors():
             reservation = await self._quotas.reserve(
-                principal.tenant_id, request_id, request.model, estimated, principal.key_id
+                principal.tenant_id,
+                request_id,
+                request.model,
+                estimated,
+                principal.key_id,
+                # The caller's x-request-id: scoped to the tenant by auth.
+                idempotency_key=client_request_id,
             )
 
         usage = StreamUsage()

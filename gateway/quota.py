@@ -42,9 +42,16 @@ class QuotaClient:
         self._pending: set[asyncio.Task[None]] = set()
 
     async def reserve(
-        self, tenant_id: str, request_id: str, model: str, estimated_tokens: int, key_id: str = ""
+        self,
+        tenant_id: str,
+        request_id: str,
+        model: str,
+        estimated_tokens: int,
+        key_id: str = "",
+        idempotency_key: str = "",
     ) -> str:
-        """The reservation id; the limit's status (with its details) when over it."""
+        """The reservation id; the limit's status (with its details) when over
+        it, ABORTED or ALREADY_EXISTS when the idempotency key is taken."""
         reservation = await self._stub.Reserve(
             auth_pb2.ReserveRequest(
                 tenant_id=tenant_id,
@@ -52,6 +59,7 @@ class QuotaClient:
                 model=model,
                 estimated_tokens=estimated_tokens,
                 key_id=key_id,
+                idempotency_key=idempotency_key,
             )
         )
         return reservation.reservation_id

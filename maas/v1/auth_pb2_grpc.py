@@ -172,6 +172,16 @@ class AuthServicer:
         RetryInfo (when to come back) when over a limit; PERMISSION_DENIED when the
         plan does not include the model. The reservation is a lease: unless
         committed or released before it expires, it is released by itself.
+
+        With an `idempotency_key` (the caller's x-request-id), the key is claimed
+        for the tenant, atomically and durably, before any limit is checked:
+        ABORTED while another request holding it runs ("a request with this
+        x-request-id is running"); ALREADY_EXISTS, with ErrorInfo metadata
+        `request_id` naming the mesh request that ran, once that request was
+        committed or its lease lapsed. A refused Reserve or a Release frees the
+        key, so a retry of a request that never ran works. Keys of different
+        tenants never collide; a claim is forgotten after the retention period
+        (24 h by default).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -60,6 +60,16 @@ class AuthStub:
     RetryInfo (when to come back) when over a limit; PERMISSION_DENIED when the
     plan does not include the model. The reservation is a lease: unless
     committed or released before it expires, it is released by itself.
+
+    With an `idempotency_key` (the caller's x-request-id), the key is claimed
+    for the tenant, atomically and durably, before any limit is checked:
+    ABORTED while another request holding it runs ("a request with this
+    x-request-id is running"); ALREADY_EXISTS, with ErrorInfo metadata
+    `request_id` naming the mesh request that ran, once that request was
+    committed or its lease lapsed. A refused Reserve or a Release frees the
+    key, so a retry of a request that never ran works. Keys of different
+    tenants never collide; a claim is forgotten after the retention period
+    (24 h by default).
     """
     Commit: _grpc.UnaryUnaryMultiCallable[_auth_pb2.CommitRequest, _auth_pb2.CommitResponse]
     """Settles a reservation with the actual usage, returning the difference."""
@@ -112,6 +122,16 @@ class AuthAsyncStub(AuthStub):
     RetryInfo (when to come back) when over a limit; PERMISSION_DENIED when the
     plan does not include the model. The reservation is a lease: unless
     committed or released before it expires, it is released by itself.
+
+    With an `idempotency_key` (the caller's x-request-id), the key is claimed
+    for the tenant, atomically and durably, before any limit is checked:
+    ABORTED while another request holding it runs ("a request with this
+    x-request-id is running"); ALREADY_EXISTS, with ErrorInfo metadata
+    `request_id` naming the mesh request that ran, once that request was
+    committed or its lease lapsed. A refused Reserve or a Release frees the
+    key, so a retry of a request that never ran works. Keys of different
+    tenants never collide; a claim is forgotten after the retention period
+    (24 h by default).
     """
     Commit: _aio.UnaryUnaryMultiCallable[_auth_pb2.CommitRequest, _auth_pb2.CommitResponse]  # type: ignore[assignment]
     """Settles a reservation with the actual usage, returning the difference."""
@@ -209,6 +229,16 @@ class AuthServicer(metaclass=_abc_1.ABCMeta):
         RetryInfo (when to come back) when over a limit; PERMISSION_DENIED when the
         plan does not include the model. The reservation is a lease: unless
         committed or released before it expires, it is released by itself.
+
+        With an `idempotency_key` (the caller's x-request-id), the key is claimed
+        for the tenant, atomically and durably, before any limit is checked:
+        ABORTED while another request holding it runs ("a request with this
+        x-request-id is running"); ALREADY_EXISTS, with ErrorInfo metadata
+        `request_id` naming the mesh request that ran, once that request was
+        committed or its lease lapsed. A refused Reserve or a Release frees the
+        key, so a retry of a request that never ran works. Keys of different
+        tenants never collide; a claim is forgotten after the retention period
+        (24 h by default).
         """
 
     @_abc_1.abstractmethod

@@ -88,6 +88,15 @@ class GatewayServicer:
     def Generate(self, request, context):
         """Generates text, streamed as it is produced. The last chunk carries the
         finish reason and the final usage. Cancelling the call stops generation.
+
+        A caller's `x-request-id` is also an idempotency key, scoped to its
+        tenant: sent again while the first call runs, the call fails ABORTED
+        ("a request with this x-request-id is running"); sent again after the
+        first ran and was billed, ALREADY_EXISTS, with ErrorInfo metadata
+        `request_id` naming the mesh request that ran (nothing runs or is billed
+        twice). A call that was refused before it produced anything (a limit,
+        shedding, a refusal downstream) frees its key, so retrying it works.
+        Keys are remembered for 24 hours.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -50,6 +50,15 @@ class GatewayStub:
     Generate: _grpc.UnaryStreamMultiCallable[_generation_pb2.GenerateRequest, _generation_pb2.GenerateResponse]
     """Generates text, streamed as it is produced. The last chunk carries the
     finish reason and the final usage. Cancelling the call stops generation.
+
+    A caller's `x-request-id` is also an idempotency key, scoped to its
+    tenant: sent again while the first call runs, the call fails ABORTED
+    ("a request with this x-request-id is running"); sent again after the
+    first ran and was billed, ALREADY_EXISTS, with ErrorInfo metadata
+    `request_id` naming the mesh request that ran (nothing runs or is billed
+    twice). A call that was refused before it produced anything (a limit,
+    shedding, a refusal downstream) frees its key, so retrying it works.
+    Keys are remembered for 24 hours.
     """
     ListModels: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.ListModelsRequest, _gateway_pb2.ListModelsResponse]
     """Lists the models the mesh serves."""
@@ -78,6 +87,15 @@ class GatewayAsyncStub(GatewayStub):
     Generate: _aio.UnaryStreamMultiCallable[_generation_pb2.GenerateRequest, _generation_pb2.GenerateResponse]  # type: ignore[assignment]
     """Generates text, streamed as it is produced. The last chunk carries the
     finish reason and the final usage. Cancelling the call stops generation.
+
+    A caller's `x-request-id` is also an idempotency key, scoped to its
+    tenant: sent again while the first call runs, the call fails ABORTED
+    ("a request with this x-request-id is running"); sent again after the
+    first ran and was billed, ALREADY_EXISTS, with ErrorInfo metadata
+    `request_id` naming the mesh request that ran (nothing runs or is billed
+    twice). A call that was refused before it produced anything (a limit,
+    shedding, a refusal downstream) frees its key, so retrying it works.
+    Keys are remembered for 24 hours.
     """
     ListModels: _aio.UnaryUnaryMultiCallable[_gateway_pb2.ListModelsRequest, _gateway_pb2.ListModelsResponse]  # type: ignore[assignment]
     """Lists the models the mesh serves."""
@@ -109,6 +127,15 @@ class GatewayServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_generation_pb2.GenerateResponse], _abc.AsyncIterator[_generation_pb2.GenerateResponse]]:
         """Generates text, streamed as it is produced. The last chunk carries the
         finish reason and the final usage. Cancelling the call stops generation.
+
+        A caller's `x-request-id` is also an idempotency key, scoped to its
+        tenant: sent again while the first call runs, the call fails ABORTED
+        ("a request with this x-request-id is running"); sent again after the
+        first ran and was billed, ALREADY_EXISTS, with ErrorInfo metadata
+        `request_id` naming the mesh request that ran (nothing runs or is billed
+        twice). A call that was refused before it produced anything (a limit,
+        shedding, a refusal downstream) frees its key, so retrying it works.
+        Keys are remembered for 24 hours.
         """
 
     @_abc_1.abstractmethod

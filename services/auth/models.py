@@ -122,6 +122,17 @@ class UsageRecord:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class IdempotencyClaim:
+    """A tenant's idempotency key (its caller's x-request-id), held by the
+    mesh request that claimed it first."""
+
+    tenant_id: str
+    key: str
+    request_id: str
+    created_at: datetime
+
+
 class Grouping(enum.StrEnum):
     MODEL = "model"
     HOUR = "hour"

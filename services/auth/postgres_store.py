@@ -15,6 +15,7 @@ from services.auth.models import (
     ApiKeyRecord,
     AuditEntry,
     Grouping,
+    IdempotencyClaim,
     Plan,
     Priority,
     RequestStatus,
@@ -87,6 +88,14 @@ CREATE TABLE IF NOT EXISTS audit_log (
     detail         TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS audit_by_tenant_time ON audit_log(tenant_id, at);
+CREATE TABLE IF NOT EXISTS idempotency_keys (
+    tenant_id   TEXT NOT NULL,
+    key         TEXT NOT NULL,
+    request_id  TEXT NOT NULL,
+    created_at  TIMESTAMPTZ NOT NULL,
+    PRIMARY KEY (tenant_id, key)
+);
+CREATE INDEX IF NOT EXISTS idempotency_keys_by_age ON idempotency_keys(created_at);
 ALTER TABLE tenants ADD COLUMN IF NOT EXISTS plan TEXT NOT NULL DEFAULT '{}';
 ALTER TABLE api_keys ADD COLUMN IF NOT EXISTS expires_at TIMESTAMPTZ;
 ALTER TABLE usage_records ADD COLUMN IF NOT EXISTS cached_tokens BIGINT NOT NULL DEFAULT 0;
@@ -353,6 +362,41 @@ class PostgresAuthStore:
             )
             for r in rows
         ]
+
+    async def claim_idempotency_key(self, claim: IdempotencyClaim) -> IdempotencyClaim:
+        # The unique key decides between concurrent claims, whichever auth
+        # process they reach. One statement inserts or reads the winner; it
+        # finds neither when the winner committed after the statement's
+        # snapshot was taken (or was freed meanwhile): then it runs again.
+        while True:
+            row = await self._pool.fetchrow(
+                "WITH ins AS (INSERT INTO idempotency_keys VALUES ($1, $2, $3, $4)"
+                " ON CONFLICT (tenant_id, key) DO NOTHING RETURNING *)"
+                " SELECT * FROM ins UNION ALL SELECT * FROM idempotency_keys"
+                " WHERE tenant_id = $1 AND key = $2 LIMIT 1",
+                claim.tenant_id,
+                claim.key,
+                claim.request_id,
+                claim.created_at,
+            )
+            if row is not None:
+                return IdempotencyClaim(
+                    row["tenant_id"], row["key"], row["request_id"], row["created_at"]
+                )
+
+    async def free_idempotency_key(self, tenant_id: str, key: str, request_id: str) -> None:
+        await self._pool.execute(
+            "DELETE FROM idempotency_keys WHERE tenant_id = $1 AND key = $2 AND request_id = $3",
+            tenant_id,
+            key,
+            request_id,
+        )
+
+    async def prune_idempotency_keys(self, before: datetime) -> int:
+        status = await self._pool.execute(
+            "DELETE FROM idempotency_keys WHERE created_at < $1", before
+        )
+        return int(status.split()[-1])
 
 
 @asynccontextmanager

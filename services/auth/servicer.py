@@ -126,12 +126,15 @@ class AuthServicer(auth_pb2_grpc.AuthServicer):
     ) -> auth_pb2.Reservation:
         check_id("request_id", request.request_id)
         check_id("tenant_id", request.tenant_id)
+        if request.idempotency_key:
+            check_id("idempotency_key", request.idempotency_key)
         held = await self._quotas.reserve(
             request.tenant_id,
             request.request_id,
             request.model,
             request.estimated_tokens,
             request.key_id,
+            request.idempotency_key,
         )
         return auth_pb2.Reservation(
             reservation_id=held.reservation_id,
@@ -148,7 +151,7 @@ class AuthServicer(auth_pb2_grpc.AuthServicer):
     async def Release(
         self, request: auth_pb2.ReleaseRequest, context: Context
     ) -> auth_pb2.ReleaseResponse:
-        self._quotas.release(request.reservation_id)
+        await self._quotas.release(request.reservation_id)
         return auth_pb2.ReleaseResponse()
 
     async def Authenticate(

@@ -23,3 +23,5 @@ class AuthSettings(ServiceSettings):
     key_pepper: SecretStr = Field(description="HMAC key for API-key hashes; keep it stable")
     # A reservation not settled by then (its gateway died) lapses and frees its slot.
     reservation_lease_s: float = Field(default=600.0, gt=0)
+    # How long a tenant's idempotency key (its callers' x-request-id) is remembered.
+    idempotency_retention_s: float = Field(default=24 * 3600.0, gt=0)

@@ -21,6 +21,7 @@ from services.auth.models import (
     ApiKeyRecord,
     AuditEntry,
     Grouping,
+    IdempotencyClaim,
     Plan,
     Priority,
     RequestStatus,
@@ -93,6 +94,14 @@ CREATE TABLE IF NOT EXISTS audit_log (
     detail         TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS audit_by_tenant_time ON audit_log(tenant_id, at);
+CREATE TABLE IF NOT EXISTS idempotency_keys (
+    tenant_id   TEXT NOT NULL,
+    key         TEXT NOT NULL,
+    request_id  TEXT NOT NULL,
+    created_at  INTEGER NOT NULL,
+    PRIMARY KEY (tenant_id, key)
+);
+CREATE INDEX IF NOT EXISTS idempotency_keys_by_age ON idempotency_keys(created_at);
 """
 
 
@@ -451,6 +460,39 @@ class SqliteAuthStore:
             f"SELECT * FROM audit_log {where} ORDER BY at DESC LIMIT ?", (*args, limit)
         ) as cur:
             return [_audit(r) for r in await cur.fetchall()]
+
+    async def claim_idempotency_key(self, claim: IdempotencyClaim) -> IdempotencyClaim:
+        # The primary key decides between concurrent claims; the read finds
+        # the winner, unless it was freed in between: then claim again.
+        while True:
+            await self._db.execute(
+                "INSERT OR IGNORE INTO idempotency_keys VALUES (?, ?, ?, ?)",
+                (claim.tenant_id, claim.key, claim.request_id, _to_us(claim.created_at)),
+            )
+            await self._db.commit()
+            async with self._db.execute(
+                "SELECT * FROM idempotency_keys WHERE tenant_id = ? AND key = ?",
+                (claim.tenant_id, claim.key),
+            ) as cur:
+                row = await cur.fetchone()
+            if row is not None:
+                return IdempotencyClaim(
+                    row["tenant_id"], row["key"], row["request_id"], _from_us(row["created_at"])
+                )
+
+    async def free_idempotency_key(self, tenant_id: str, key: str, request_id: str) -> None:
+        await self._db.execute(
+            "DELETE FROM idempotency_keys WHERE tenant_id = ? AND key = ? AND request_id = ?",
+            (tenant_id, key, request_id),
+        )
+        await self._db.commit()
+
+    async def prune_idempotency_keys(self, before: datetime) -> int:
+        cur = await self._db.execute(
+            "DELETE FROM idempotency_keys WHERE created_at < ?", (_to_us(before),)
+        )
+        await self._db.commit()
+        return cur.rowcount
 
 
 @asynccontextmanager
