@@ -22,6 +22,7 @@ from vllm.v1.metrics.loggers import StatLoggerBase
 from services.inference.engine import (
     Capacity,
     Delta,
+    DuplicateRequestError,
     EngineDeadError,
     FinishReason,
     GenerationInput,
@@ -215,6 +216,9 @@ class VllmEngine:
         adapter: str | None = None,
         priority: int = 0,
     ) -> AsyncGenerator[Delta, None]:
+        if request_id in self._promised:
+            # Before anything is registered: the live request keeps its entry.
+            raise DuplicateRequestError(f"request {request_id!r} is already running")
         prompt_ids = self._prompt_ids(inp)
         max_tokens = check_request(prompt_ids, inp, options, self._model_info)
         params = self._sampling_params(options, max_tokens)
