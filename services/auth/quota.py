@@ -245,10 +245,12 @@ class Quotas:
             )
 
     def commit(self, reservation_id: str, used_tokens: int) -> int:
-        """Settles with the actual usage; returns the tokens given back."""
+        """Settles with the actual usage; returns the tokens given back. A
+        request that ran past its estimate is charged the overage: the bucket
+        may go below zero, and the tenant's next requests wait it out."""
         held = self._pop(reservation_id)
         returned = max(0, held.tokens - used_tokens)
-        self._give_back(held.tenant_id, returned)
+        self._give_back(held.tenant_id, returned - max(0, used_tokens - held.tokens))
         return returned
 
     async def release(self, reservation_id: str) -> None:
@@ -268,6 +270,7 @@ class Quotas:
         return held
 
     def _give_back(self, tenant_id: str, tokens: int) -> None:
+        """Returns `tokens` to the tenant's per-minute bucket (takes them when negative)."""
         bucket = self._tenants[tenant_id].tokens
         if bucket is not None:
             bucket.level = min(bucket.capacity, bucket.level + tokens)

@@ -251,3 +251,18 @@ async def test_a_claim_survives_a_restart_and_is_pruned_after_the_retention(
     wall[0] += timedelta(hours=25)
     later = Quotas(store, clock=Clock(), wall=lambda: wall[0])
     await later.reserve(tenant, "mesh-3", "m", 5, idempotency_key="k")
+
+
+async def test_a_request_past_its_estimate_is_charged_what_it_used(
+    auth_core: AuthCore, store: AuthStore
+) -> None:
+    clock = Clock()
+    q = quotas(store, clock)
+    tenant = await tenant_with(auth_core, Plan(tokens_per_minute=100))
+    held = await q.reserve(tenant, "r1", "m", 10)
+    assert q.commit(held.reservation_id, used_tokens=70) == 0  # 60 over its estimate
+    # 100 - 70 used: 30 left, not the 90 the estimate alone would leave.
+    await q.reserve(tenant, "r2", "m", 30)
+    with pytest.raises(ResourceExhaustedError) as info:
+        await q.reserve(tenant, "r3", "m", 1)
+    assert info.value.subject == "tokens_per_minute"
