@@ -37,8 +37,9 @@ def estimate_tokens(request: generation_pb2.GenerateRequest, default_max_tokens:
 
 
 class QuotaClient:
-    def __init__(self, stub: auth_pb2_grpc.AuthAsyncStub) -> None:
+    def __init__(self, stub: auth_pb2_grpc.AuthAsyncStub, *, timeout_s: float = 3.0) -> None:
         self._stub = stub
+        self._timeout_s = timeout_s
         self._pending: set[asyncio.Task[None]] = set()
 
     async def reserve(
@@ -60,7 +61,8 @@ class QuotaClient:
                 estimated_tokens=estimated_tokens,
                 key_id=key_id,
                 idempotency_key=idempotency_key,
-            )
+            ),
+            timeout=self._timeout_s,
         )
         return reservation.reservation_id
 
@@ -74,12 +76,12 @@ class QuotaClient:
         try:
             if used_tokens is None:
                 await self._stub.Release(
-                    auth_pb2.ReleaseRequest(reservation_id=reservation_id), timeout=10.0
+                    auth_pb2.ReleaseRequest(reservation_id=reservation_id), timeout=self._timeout_s
                 )
             else:
                 await self._stub.Commit(
                     auth_pb2.CommitRequest(reservation_id=reservation_id, used_tokens=used_tokens),
-                    timeout=10.0,
+                    timeout=self._timeout_s,
                 )
         except grpc.aio.AioRpcError as err:
             log.warning("reservation not settled; its lease will lapse", code=err.code().name)

@@ -66,7 +66,9 @@ async def running_gateway(
         await usage.open()
         stack.push_async_callback(usage.aclose, settings.grace_period_s)
 
-        quotas = QuotaClient(auth_pb2_grpc.AuthStub(auth_ch))
+        quotas = QuotaClient(
+            auth_pb2_grpc.AuthStub(auth_ch), timeout_s=settings.quota_call_timeout_s
+        )
         stack.push_async_callback(quotas.aclose, settings.grace_period_s)
         core = GatewayCore(
             authenticator=Authenticator(

@@ -32,6 +32,9 @@ class GatewaySettings(ServiceSettings):
     event_queue_size: int = Field(default=10_000, ge=1)
     # Completion tokens reserved for a request that sets no max_tokens.
     default_max_tokens_estimate: int = Field(default=1024, ge=1)
+    # Deadline of each Reserve, Renew, Commit and Release call to auth: a few
+    # seconds, as auth answers in milliseconds and a hung call holds a request.
+    quota_call_timeout_s: float = Field(default=3.0, gt=0)
     # Usage records wait here (on disk) until the ledger acknowledges them.
     usage_outbox_path: Path = Path(".maas/gateway-outbox.db")
 
