@@ -62,7 +62,10 @@ async def running_gateway(
         events = EventPublisher(anomaly_ch, max_queue=settings.event_queue_size)
         await events.start()
         stack.push_async_callback(events.aclose)
-        usage = UsageOutbox(settings.usage_outbox_path, metering_pb2_grpc.MeteringStub(auth_ch))
+        metrics = GatewayMetrics(telemetry.meter())
+        usage = UsageOutbox(
+            settings.usage_outbox_path, metering_pb2_grpc.MeteringStub(auth_ch), metrics=metrics
+        )
         await usage.open()
         stack.push_async_callback(usage.aclose, settings.grace_period_s)
 
@@ -80,7 +83,7 @@ async def running_gateway(
             metering=metering_pb2_grpc.MeteringStub(auth_ch),
             usage=usage,
             events=events,
-            metrics=GatewayMetrics(telemetry.meter()),
+            metrics=metrics,
             quotas=quotas,
             default_max_tokens=settings.default_max_tokens_estimate,
         )
