@@ -174,23 +174,23 @@ class UsageOutbox:
                 await self._db.commit()
                 self._dead_letter("unreadable usage record in the outbox",
                                   request_id=request_id, record=blob.hex())  # fmt: skip
-        if records:
-            reply = await self._stub.RecordUsageBatch(
-                metering_pb2.RecordUsageBatchRequest(records=records),
-                timeout=self._call_timeout_s,
-            )
-            for record, result in zip(records, reply.results, strict=True):
-                if result.error.code == grpc.StatusCode.OK.value[0]:
-                    self.delivered += 1
-                    continue
-                # Refused for good (e.g. the same id with other numbers): keeping it
-                # would retry forever; log it whole.
-                self._dead_letter("usage record refused by the ledger", code=result.error.code,
-                                  details=result.error.message, record=str(record))  # fmt: skip
+        if not records:
+            return
+        reply = await self._stub.RecordUsageBatch(
+            metering_pb2.RecordUsageBatchRequest(records=records), timeout=self._call_timeout_s
+        )
         # Only rows not replaced meanwhile: a newer record of the request still waits.
         await self._db.executemany("DELETE FROM outbox WHERE request_id = ? AND record = ?", sent)
         await self._db.commit()
         self.backlog = await self.pending()
+        for record, result in zip(records, reply.results, strict=True):
+            if result.error.code == grpc.StatusCode.OK.value[0]:
+                self.delivered += 1
+                continue
+            # Refused for good (e.g. the same id with other numbers): keeping it
+            # would retry forever; log it whole.
+            self._dead_letter("usage record refused by the ledger", code=result.error.code,
+                              details=result.error.message, record=str(record))  # fmt: skip
 
     def _dead_letter(self, event: str, **fields: object) -> None:
         self.dead_letters += 1
