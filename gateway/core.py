@@ -140,6 +140,7 @@ class GatewayCore:
                 idempotency_key=client_request_id,
             )
 
+        renewing = asyncio.create_task(self._quotas.keep(reservation))
         usage = StreamUsage()
         status = grpc.StatusCode.OK
         replica = ""
@@ -172,8 +173,9 @@ class GatewayCore:
             raise
         finally:
             call.cancel()
+            renewing.cancel()
             used = usage.prompt_tokens + usage.completion_tokens if usage.chunks else None
-            self._quotas.settle(reservation, used)
+            self._quotas.settle(reservation.reservation_id, used)
             self._settle(
                 request_id, client_request_id, request.model, principal, usage, status, replica
             )

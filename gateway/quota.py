@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+from dataclasses import dataclass
 
 import grpc
 import structlog
@@ -36,6 +37,14 @@ def estimate_tokens(request: generation_pb2.GenerateRequest, default_max_tokens:
     return prompt + completion * max(choices, 1)
 
 
+@dataclass(frozen=True)
+class Lease:
+    """A reservation held in auth; it lapses unless renewed within `period_s`."""
+
+    reservation_id: str
+    period_s: float
+
+
 class QuotaClient:
     def __init__(self, stub: auth_pb2_grpc.AuthAsyncStub, *, timeout_s: float = 3.0) -> None:
         self._stub = stub
@@ -50,7 +59,7 @@ class QuotaClient:
         estimated_tokens: int,
         key_id: str = "",
         idempotency_key: str = "",
-    ) -> str:
+    ) -> Lease:
         """The reservation id; the limit's status (with its details) when over
         it, ABORTED or ALREADY_EXISTS when the idempotency key is taken."""
         reservation = await self._stub.Reserve(
@@ -64,7 +73,24 @@ class QuotaClient:
             ),
             timeout=self._timeout_s,
         )
-        return reservation.reservation_id
+        return Lease(reservation.reservation_id, reservation.lease.ToNanoseconds() / 1e9)
+
+    async def keep(self, lease: Lease) -> None:
+        """Renews the lease every third of its period until cancelled (the
+        request ended), so that only a dead gateway's lease lapses."""
+        if lease.period_s <= 0:
+            return  # an auth that does not tell its lease period
+        while True:
+            await asyncio.sleep(lease.period_s / 3)
+            try:
+                await self._stub.Renew(
+                    auth_pb2.RenewRequest(reservation_id=lease.reservation_id),
+                    timeout=self._timeout_s,
+                )
+            except grpc.aio.AioRpcError as err:
+                log.warning("reservation not renewed", code=err.code().name)
+                if err.code() == grpc.StatusCode.NOT_FOUND:
+                    return  # lapsed (or auth restarted): nothing left to keep
 
     def settle(self, reservation_id: str, used_tokens: int | None) -> None:
         """Commits `used_tokens`, or releases when None (nothing ran); returns at once."""

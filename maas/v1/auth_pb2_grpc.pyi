@@ -71,8 +71,16 @@ class AuthStub:
     tenants never collide; a claim is forgotten after the retention period
     (24 h by default).
     """
+    Renew: _grpc.UnaryUnaryMultiCallable[_auth_pb2.RenewRequest, _auth_pb2.Reservation]
+    """Extends a reservation's lease by the lease period (30 s by default) from
+    now. The gateway renews every third of a lease while a request runs, so a
+    gateway that dies gives the tenant's slot back within one lease.
+    NOT_FOUND when the reservation was settled or has lapsed.
+    """
     Commit: _grpc.UnaryUnaryMultiCallable[_auth_pb2.CommitRequest, _auth_pb2.CommitResponse]
-    """Settles a reservation with the actual usage, returning the difference."""
+    """Settles a reservation with the actual usage: gives back what was
+    reserved and not used, and charges what was used beyond the reservation.
+    """
     Release: _grpc.UnaryUnaryMultiCallable[_auth_pb2.ReleaseRequest, _auth_pb2.ReleaseResponse]
     """Gives a reservation back whole (the request did not run)."""
     Restrict: _grpc.UnaryUnaryMultiCallable[_auth_pb2.RestrictRequest, _auth_pb2.Restriction]
@@ -133,8 +141,16 @@ class AuthAsyncStub(AuthStub):
     tenants never collide; a claim is forgotten after the retention period
     (24 h by default).
     """
+    Renew: _aio.UnaryUnaryMultiCallable[_auth_pb2.RenewRequest, _auth_pb2.Reservation]  # type: ignore[assignment]
+    """Extends a reservation's lease by the lease period (30 s by default) from
+    now. The gateway renews every third of a lease while a request runs, so a
+    gateway that dies gives the tenant's slot back within one lease.
+    NOT_FOUND when the reservation was settled or has lapsed.
+    """
     Commit: _aio.UnaryUnaryMultiCallable[_auth_pb2.CommitRequest, _auth_pb2.CommitResponse]  # type: ignore[assignment]
-    """Settles a reservation with the actual usage, returning the difference."""
+    """Settles a reservation with the actual usage: gives back what was
+    reserved and not used, and charges what was used beyond the reservation.
+    """
     Release: _aio.UnaryUnaryMultiCallable[_auth_pb2.ReleaseRequest, _auth_pb2.ReleaseResponse]  # type: ignore[assignment]
     """Gives a reservation back whole (the request did not run)."""
     Restrict: _aio.UnaryUnaryMultiCallable[_auth_pb2.RestrictRequest, _auth_pb2.Restriction]  # type: ignore[assignment]
@@ -242,12 +258,26 @@ class AuthServicer(metaclass=_abc_1.ABCMeta):
         """
 
     @_abc_1.abstractmethod
+    def Renew(
+        self,
+        request: _auth_pb2.RenewRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_pb2.Reservation, _abc.Awaitable[_auth_pb2.Reservation]]:
+        """Extends a reservation's lease by the lease period (30 s by default) from
+        now. The gateway renews every third of a lease while a request runs, so a
+        gateway that dies gives the tenant's slot back within one lease.
+        NOT_FOUND when the reservation was settled or has lapsed.
+        """
+
+    @_abc_1.abstractmethod
     def Commit(
         self,
         request: _auth_pb2.CommitRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_auth_pb2.CommitResponse, _abc.Awaitable[_auth_pb2.CommitResponse]]:
-        """Settles a reservation with the actual usage, returning the difference."""
+        """Settles a reservation with the actual usage: gives back what was
+        reserved and not used, and charges what was used beyond the reservation.
+        """
 
     @_abc_1.abstractmethod
     def Release(

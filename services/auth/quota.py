@@ -23,7 +23,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
 from services.auth.models import IdempotencyClaim, Plan
@@ -102,7 +102,7 @@ class Quotas:
         self,
         store: AuthStore,
         *,
-        lease_s: float = 600.0,
+        lease_s: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], datetime] = lambda: datetime.now(UTC),
         admit: Admission = lambda tenant_id, key_id: [],
@@ -117,6 +117,10 @@ class Quotas:
         self._wall = wall
         self._tenants: dict[str, _TenantState] = {}
         self._by_id: dict[str, Held] = {}
+
+    @property
+    def lease_s(self) -> float:
+        return self._lease_s
 
     def held_tokens(self, tenant_id: str) -> int:
         state = self._tenants.get(tenant_id)
@@ -243,6 +247,21 @@ class Quotas:
             raise ResourceExhaustedError(
                 "tokens per minute exceeded", retry_after_s=wait, subject="tokens_per_minute"
             )
+
+    def renew(self, reservation_id: str) -> Held:
+        """Extends the lease by a lease period from now."""
+        held = self._by_id.get(reservation_id)
+        now = self._clock()
+        if held is None or held.expires <= now:
+            raise NotFoundError(f"no reservation {reservation_id!r} (settled or lapsed)")
+        renewed = replace(
+            held,
+            expires=now + self._lease_s,
+            expire_time=self._wall() + timedelta(seconds=self._lease_s),
+        )
+        self._by_id[reservation_id] = renewed
+        self._tenants[held.tenant_id].held[reservation_id] = renewed
+        return renewed
 
     def commit(self, reservation_id: str, used_tokens: int) -> int:
         """Settles with the actual usage; returns the tokens given back. A

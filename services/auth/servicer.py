@@ -6,12 +6,13 @@ import hmac
 from typing import Any
 
 import grpc
+from google.protobuf import duration_pb2
 
 from maas.v1 import auth_pb2, auth_pb2_grpc, metering_pb2, metering_pb2_grpc
 from services.auth import convert
 from services.auth.core import AuthCore, MeteringCore, check_id
 from services.auth.models import Scope, UsageRecord
-from services.auth.quota import Quotas
+from services.auth.quota import Held, Quotas
 from services.auth.restrictions import Restrictions
 from services.common.errors import (
     MeshError,
@@ -136,10 +137,20 @@ class AuthServicer(auth_pb2_grpc.AuthServicer):
             request.key_id,
             request.idempotency_key,
         )
+        return self._reservation(held)
+
+    async def Renew(self, request: auth_pb2.RenewRequest, context: Context) -> auth_pb2.Reservation:
+        held = self._quotas.renew(request.reservation_id)
+        return self._reservation(held)
+
+    def _reservation(self, held: Held) -> auth_pb2.Reservation:
+        lease = duration_pb2.Duration()
+        lease.FromNanoseconds(int(self._quotas.lease_s * 1e9))
         return auth_pb2.Reservation(
             reservation_id=held.reservation_id,
             tokens=held.tokens,
             expire_time=convert.timestamp(held.expire_time),
+            lease=lease,
         )
 
     async def Commit(

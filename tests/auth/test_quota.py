@@ -16,6 +16,7 @@ from services.common.errors import (
     AbortedError,
     AlreadyExistsError,
     InvalidArgumentError,
+    NotFoundError,
     PermissionDeniedError,
     ResourceExhaustedError,
 )
@@ -266,3 +267,21 @@ async def test_a_request_past_its_estimate_is_charged_what_it_used(
     with pytest.raises(ResourceExhaustedError) as info:
         await q.reserve(tenant, "r3", "m", 1)
     assert info.value.subject == "tokens_per_minute"
+
+
+async def test_a_renewed_lease_keeps_its_slot_and_an_unrenewed_one_lapses(
+    auth_core: AuthCore, store: AuthStore
+) -> None:
+    clock = Clock()
+    q = quotas(store, clock, lease_s=30.0)
+    tenant = await tenant_with(auth_core, Plan(max_concurrent_requests=1))
+    held = await q.reserve(tenant, "r1", "m", 5)
+    for _ in range(5):  # a stream running five leases long, renewed every third of one
+        clock.now += 10.0
+        q.renew(held.reservation_id)
+        with pytest.raises(ResourceExhaustedError):
+            await q.reserve(tenant, "r2", "m", 5)
+    clock.now += 30.0  # its gateway died: no more renewals
+    await q.reserve(tenant, "r2", "m", 5)
+    with pytest.raises(NotFoundError):
+        q.renew(held.reservation_id)

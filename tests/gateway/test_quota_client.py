@@ -1,16 +1,25 @@
-"""The gateway's calls to auth have a deadline: a hung auth fails a request,
-never holds it."""
+"""The gateway's calls to auth: each has a deadline (a hung auth fails a
+request, never holds it), and a running request's lease is renewed."""
 
 from __future__ import annotations
 
 import asyncio
 import socket
+from pathlib import Path
 
 import grpc
 import pytest
 
 from gateway.quota import QuotaClient
 from maas.v1 import auth_pb2_grpc
+from observability import setup
+from observability.settings import TelemetrySettings
+from services.auth.core import AuthCore
+from services.auth.models import Plan
+from services.auth.server import create_server
+from services.auth.settings import AuthSettings
+from services.auth.sqlite_store import open_sqlite_store
+from tests.support import eventually
 
 
 async def test_reserve_against_a_hung_auth_ends_at_its_deadline() -> None:
@@ -28,3 +37,43 @@ async def test_reserve_against_a_hung_auth_ends_at_its_deadline() -> None:
             assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     finally:
         hung.close()
+
+
+async def test_a_kept_lease_outlives_its_period_and_a_dropped_one_frees_the_slot(
+    tmp_path: Path,
+) -> None:
+    telemetry = setup("auth", TelemetrySettings())
+    settings = AuthSettings(
+        port=0,
+        admin_token="a",
+        key_pepper="p",
+        database_path=tmp_path / "auth.db",
+        reservation_lease_s=0.3,
+    )
+    async with open_sqlite_store(settings.database_path) as store:
+        server = await create_server(settings, telemetry, store)
+        try:
+            core = AuthCore(store, b"p")
+            tenant = await core.create_tenant("t")
+            await core.set_plan(tenant.tenant_id, Plan(max_concurrent_requests=1), None)
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+                quotas = QuotaClient(auth_pb2_grpc.AuthStub(channel))
+                lease = await quotas.reserve(tenant.tenant_id, "r1", "m", 5)
+                keeping = asyncio.create_task(quotas.keep(lease))
+                await asyncio.sleep(lease.period_s * 4)  # four leases long, renewed
+                with pytest.raises(grpc.aio.AioRpcError) as busy:
+                    await quotas.reserve(tenant.tenant_id, "r2", "m", 5)
+                assert busy.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+                keeping.cancel()  # the gateway dies mid-stream
+
+                async def slot_back() -> bool:
+                    try:
+                        await quotas.reserve(tenant.tenant_id, "r2", "m", 5)
+                    except grpc.aio.AioRpcError:
+                        return False
+                    return True
+
+                await eventually(slot_back)
+        finally:
+            await server.stop(0)
+            telemetry.shutdown()
