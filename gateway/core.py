@@ -102,7 +102,9 @@ class GatewayCore:
         metrics: GatewayMetrics,
         quotas: QuotaClient,
         default_max_tokens: int,
+        progress_interval_s: float = 5.0,
     ) -> None:
+        self._progress_interval_s = progress_interval_s
         self._authenticator = authenticator
         self._router = router
         self._metering = metering
@@ -155,9 +157,20 @@ class GatewayCore:
             ),
             timeout=deadline.remaining(),
         )
+        progress_at = time.monotonic() + self._progress_interval_s
         try:
             async for chunk in call:
                 usage.observe(chunk)
+                if time.monotonic() >= progress_at:
+                    # On disk in the outbox, so a gateway killed now still bills
+                    # what it streamed; the final record supersedes it.
+                    progress_at = time.monotonic() + self._progress_interval_s
+                    self._usage.add(
+                        usage_record(
+                            request_id, client_request_id, request.model, principal, usage,
+                            metering_pb2.REQUEST_STATUS_RUNNING, time.time(),
+                        )
+                    )  # fmt: skip
                 yield chunk
             replica = replica_of(await call.trailing_metadata())
         except (asyncio.CancelledError, GeneratorExit):
@@ -271,18 +284,8 @@ class GatewayCore:
             elif status != grpc.StatusCode.OK:
                 ledger_status = metering_pb2.REQUEST_STATUS_FAILED
             self._usage.add(
-                metering_pb2.UsageRecord(
-                    request_id=request_id,
-                    tenant_id=principal.tenant_id,
-                    key_id=principal.key_id,
-                    model=model,
-                    prompt_tokens=usage.prompt_tokens,
-                    completion_tokens=usage.completion_tokens,
-                    cached_tokens=usage.cached_tokens,
-                    start_time=timestamp(usage.start_wall),
-                    end_time=timestamp(end),
-                    status=ledger_status,
-                    client_request_id=client_request_id,
+                usage_record(
+                    request_id, client_request_id, model, principal, usage, ledger_status, end
                 )
             )
         self._events.publish(
@@ -303,6 +306,30 @@ class GatewayCore:
                 status_code=status.name,
             )
         )
+
+
+def usage_record(
+    request_id: str,
+    client_request_id: str,
+    model: str,
+    principal: auth_pb2.Principal,
+    usage: StreamUsage,
+    status: metering_pb2.RequestStatus,
+    end: float,
+) -> metering_pb2.UsageRecord:
+    return metering_pb2.UsageRecord(
+        request_id=request_id,
+        tenant_id=principal.tenant_id,
+        key_id=principal.key_id,
+        model=model,
+        prompt_tokens=usage.prompt_tokens,
+        completion_tokens=usage.completion_tokens,
+        cached_tokens=usage.cached_tokens,
+        start_time=timestamp(usage.start_wall),
+        end_time=timestamp(end),
+        status=status,
+        client_request_id=client_request_id,
+    )
 
 
 def replica_of(metadata: grpc.aio.Metadata | None) -> str:

@@ -86,6 +86,7 @@ async def running_gateway(
             metrics=metrics,
             quotas=quotas,
             default_max_tokens=settings.default_max_tokens_estimate,
+            progress_interval_s=settings.usage_progress_interval_s,
         )
         servicer = GatewayServicer(core)
         server = await start_server(

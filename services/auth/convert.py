@@ -30,6 +30,7 @@ _STATUS_TO_PROTO = {
     RequestStatus.COMPLETED: metering_pb2.REQUEST_STATUS_COMPLETED,
     RequestStatus.CANCELLED: metering_pb2.REQUEST_STATUS_CANCELLED,
     RequestStatus.FAILED: metering_pb2.REQUEST_STATUS_FAILED,
+    RequestStatus.RUNNING: metering_pb2.REQUEST_STATUS_RUNNING,
 }
 _STATUS_FROM_PROTO = {v: k for k, v in _STATUS_TO_PROTO.items()}
 

@@ -232,28 +232,47 @@ class PostgresAuthStore:
         return _key(row) if row else None
 
     async def record_usage(self, record: UsageRecord) -> tuple[UsageRecord, bool]:
-        inserted = await self._pool.fetchrow(
-            "INSERT INTO usage_records VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
-            " ON CONFLICT (request_id) DO NOTHING RETURNING request_id",
-            record.request_id,
-            record.tenant_id,
-            record.key_id,
-            record.model,
-            record.prompt_tokens,
-            record.completion_tokens,
-            record.start_time,
-            record.end_time,
-            record.status.value,
-            record.cached_tokens,
-            record.client_request_id,
-        )
-        if inserted is not None:
-            return record, False
-        row = await self._pool.fetchrow(
-            "SELECT * FROM usage_records WHERE request_id = $1", record.request_id
-        )
-        assert row is not None  # the conflict proves it is there; rows are never deleted
-        return _usage(row), True
+        async with self._pool.acquire() as conn, conn.transaction():
+            inserted = await conn.fetchrow(
+                "INSERT INTO usage_records VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+                " ON CONFLICT (request_id) DO NOTHING RETURNING request_id",
+                record.request_id,
+                record.tenant_id,
+                record.key_id,
+                record.model,
+                record.prompt_tokens,
+                record.completion_tokens,
+                record.start_time,
+                record.end_time,
+                record.status.value,
+                record.cached_tokens,
+                record.client_request_id,
+            )
+            if inserted is not None:
+                return record, False
+            # Locked until the transaction ends: concurrent records of one
+            # request supersede one after the other, none lost.
+            row = await conn.fetchrow(
+                "SELECT * FROM usage_records WHERE request_id = $1 FOR UPDATE", record.request_id
+            )
+            assert row is not None  # the conflict proves it is there; rows are never deleted
+            stored = _usage(row)
+            merged = stored.superseded_by(record)
+            if merged is None or merged == stored:
+                return stored, True
+            await conn.execute(
+                "UPDATE usage_records SET prompt_tokens = $2, completion_tokens = $3,"
+                " cached_tokens = $4, end_time = $5, status = $6, client_request_id = $7"
+                " WHERE request_id = $1",
+                merged.request_id,
+                merged.prompt_tokens,
+                merged.completion_tokens,
+                merged.cached_tokens,
+                merged.end_time,
+                merged.status.value,
+                merged.client_request_id,
+            )
+            return merged, True
 
     async def usage_buckets(
         self, tenant_id: str, start: datetime | None, end: datetime | None, by: Grouping

@@ -259,9 +259,14 @@ class _LedgerWriter:
             stored = {row["request_id"]: _usage(row) for row in await cur.fetchall()}
         results: list[tuple[UsageRecord, bool]] = []
         new_rows = []
+        updated: dict[str, UsageRecord] = {}
         for record in records:
             first = stored.get(record.request_id)
             if first is not None:
+                merged = first.superseded_by(record)
+                if merged is not None and merged != first:
+                    stored[record.request_id] = updated[record.request_id] = merged
+                    first = merged
                 results.append((first, True))
                 continue
             stored[record.request_id] = record
@@ -271,6 +276,18 @@ class _LedgerWriter:
             await self._db.executemany(
                 "INSERT INTO usage_records VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", new_rows
             )
+        if updated:
+            # Rows inserted above are updated in place too: one statement per request.
+            await self._db.executemany(
+                "UPDATE usage_records SET prompt_tokens = ?, completion_tokens = ?,"
+                " cached_tokens = ?, end_time = ?, status = ?, client_request_id = ?"
+                " WHERE request_id = ?",
+                [
+                    (r.prompt_tokens, r.completion_tokens, r.cached_tokens, _to_us(r.end_time),
+                     r.status.value, r.client_request_id, r.request_id)
+                    for r in updated.values()
+                ],
+            )  # fmt: skip
         await self._db.commit()
         return results
 

@@ -245,3 +245,38 @@ async def test_a_ledger_from_before_the_client_request_id_gets_the_column(tmp_pa
         stored, _ = await core.record_usage(replace(usage("new", "t1"), client_request_id="c-1"))
         assert stored.client_request_id == "c-1"
         assert (await core.usage_summary("t1", None, None)).requests == 2
+
+
+async def test_progress_records_are_superseded_and_bill_once(metering_core: MeteringCore) -> None:
+    progress = [
+        replace(usage("s1", "t1", completion=n), status=RequestStatus.RUNNING) for n in (3, 8)
+    ]
+    for record in progress:
+        await metering_core.record_usage(record)
+    # The gateway died here: what was streamed so far is billed.
+    died = await metering_core.usage_summary("t1", None, None)
+    assert (died.requests, died.completion_tokens) == (1, 8)
+    final, duplicate = await metering_core.record_usage(usage("s1", "t1", completion=12))
+    assert duplicate and final.status == RequestStatus.COMPLETED
+    # A stale progress record arriving late changes nothing.
+    stale, _ = await metering_core.record_usage(progress[0])
+    assert (stale.status, stale.completion_tokens) == (RequestStatus.COMPLETED, 12)
+    summary = await metering_core.usage_summary("t1", None, None)
+    assert (summary.requests, summary.completion_tokens) == (1, 12)
+
+
+async def test_progress_and_final_in_one_batch_bill_once(metering_core: MeteringCore) -> None:
+    running = replace(usage("s2", "t1", completion=4), status=RequestStatus.RUNNING)
+    results = await metering_core.record_usage_batch([running, usage("s2", "t1", completion=9)])
+    assert not any(isinstance(r, Exception) for r in results)
+    summary = await metering_core.usage_summary("t1", None, None)
+    assert (summary.requests, summary.completion_tokens) == (1, 9)
+
+
+async def test_a_progress_record_of_another_tenant_is_a_conflict(
+    metering_core: MeteringCore,
+) -> None:
+    await metering_core.record_usage(replace(usage("s3", "t1"), status=RequestStatus.RUNNING))
+    with pytest.raises(AlreadyExistsError):
+        await metering_core.record_usage(usage("s3", "t2", completion=50))
+    assert (await metering_core.usage_summary("t2", None, None)).requests == 0

@@ -7,10 +7,16 @@ well-behaved bystander tenant beside the attack."""
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import sqlite3
+import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import grpc
 from google.rpc import error_details_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 
 from maas.client import MaasClient
@@ -20,11 +26,14 @@ from maas.v1 import (
     generation_pb2,
     inference_pb2,
     inference_pb2_grpc,
+    metering_pb2,
     router_pb2,
     router_pb2_grpc,
 )
 from tests.hostile.conftest import Mesh, TenantFactory, TenantKey, bystander, set_plan
-from tests.support import bad_request_fields, eventually
+from tests.support import bad_request_fields, eventually, free_port
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 @dataclass
@@ -213,3 +222,88 @@ async def test_no_two_live_engine_requests_share_an_id(
             last = chunk
         assert isinstance(last, generation_pb2.GenerateResponse)
         assert last.usage.completion_tokens == 200
+
+
+async def start_gateway(mesh: Mesh, port: int, outbox: Path) -> asyncio.subprocess.Process:
+    env = {
+        **os.environ,
+        "MAAS_GATEWAY_PORT": str(port),
+        "MAAS_GATEWAY_HTTP_PORT": "null",
+        "MAAS_GATEWAY_ROUTER_ADDRESS": mesh.targets["router"],
+        "MAAS_GATEWAY_AUTH_ADDRESS": mesh.targets["auth"],
+        "MAAS_GATEWAY_ANOMALY_ADDRESS": mesh.targets["anomaly"],
+        "MAAS_GATEWAY_USAGE_OUTBOX_PATH": str(outbox),
+        # Often, so the test need not stream for long before the kill.
+        "MAAS_GATEWAY_USAGE_PROGRESS_INTERVAL_S": "0.2",
+    }
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway", env=env, cwd=REPO,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+        request = health_pb2.HealthCheckRequest(service="maas.v1.Gateway")
+        async for update in health_pb2_grpc.HealthStub(ch).Watch(
+            request, wait_for_ready=True, timeout=60
+        ):
+            if update.status == health_pb2.HealthCheckResponse.SERVING:
+                break
+    return process
+
+
+def progress_on_disk(outbox: Path) -> int:
+    """Completion tokens of the progress record waiting in (or already sent
+    from) the gateway's outbox; 0 when none is there."""
+    with sqlite3.connect(outbox) as db:
+        rows = db.execute("SELECT record FROM outbox").fetchall()
+    records = [metering_pb2.UsageRecord.FromString(r[0]) for r in rows]
+    return max((r.completion_tokens for r in records), default=0)
+
+
+async def test_a_gateway_killed_mid_stream_bills_what_it_streamed_and_frees_the_slot(
+    mesh: Mesh, new_tenant: TenantFactory, tmp_path: Path
+) -> None:
+    tenant, calm = await new_tenant(), await new_tenant()
+    await set_plan(mesh, tenant.tenant_id, auth_pb2.Plan(max_concurrent_requests=1))
+    port, outbox = free_port(), tmp_path / "outbox.db"
+    gateway = await start_gateway(mesh, port, outbox)
+    streamed = 0
+    async with bystander(mesh, calm):
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+            call = gateway_pb2_grpc.GatewayStub(ch).Generate(
+                generation_pb2.GenerateRequest(
+                    model=mesh.model, prompt="Go on", max_tokens=1500, ignore_eos=True
+                ),
+                metadata=(("authorization", f"Bearer {tenant.api_key}"),),
+            )
+            try:
+                async for chunk in call:
+                    streamed = chunk.usage.completion_tokens
+                    if streamed >= 40 and (
+                        await asyncio.to_thread(progress_on_disk, outbox) >= 40
+                        or (await billed(mesh, tenant))[2] >= 40
+                    ):
+                        gateway.kill()  # SIGKILL: no clean-up of any kind
+                        await gateway.wait()
+                        break
+            except grpc.aio.AioRpcError:
+                pass  # the connection died with the gateway
+        assert gateway.returncode == -signal.SIGKILL
+        restarted = await start_gateway(mesh, port, outbox)
+        try:
+
+            async def billed_what_was_streamed() -> bool:
+                requests, _, completion = await billed(mesh, tenant)
+                return requests == 1 and 40 <= completion <= 1500
+
+            await eventually(billed_what_was_streamed)
+
+            # The slot comes back within one lease (30 s), not the old 600 s.
+            async def slot_back() -> bool:
+                outcome = await generate(mesh, tenant, None, max_tokens=4)
+                return outcome.code == grpc.StatusCode.OK
+
+            await eventually(slot_back, within_s=60)
+        finally:
+            restarted.terminate()
+            await restarted.wait()
+    assert (await billed(mesh, tenant))[0] == 2  # the stream cut short, and the retry
