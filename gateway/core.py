@@ -37,10 +37,17 @@ from maas.v1 import (
 from observability.context import (
     REPLICA_METADATA_KEY,
     bind_request,
+    current_client_request_id,
     current_request_id,
     new_request_id,
+    valid_client_request_id,
 )
-from services.common.errors import UnauthenticatedError, error_from_rpc, remote_errors
+from services.common.errors import (
+    InvalidArgumentError,
+    UnauthenticatedError,
+    error_from_rpc,
+    remote_errors,
+)
 from services.common.events import EventPublisher
 from services.common.generation_limits import completion_limit
 
@@ -55,6 +62,8 @@ class Caller:
     peer: str
     # Seconds the caller will wait; None: no deadline.
     deadline_s: float | None = None
+    # The caller's own x-request-id, as sent (a label, never the request's id).
+    client_request_id: str | None = None
 
 
 class _Deadline:
@@ -65,8 +74,18 @@ class _Deadline:
         return None if self._at is None else max(0.0, self._at - time.monotonic())
 
 
+def check_client_request_id(caller: Caller) -> None:
+    if caller.client_request_id is not None and not valid_client_request_id(
+        caller.client_request_id
+    ):
+        raise InvalidArgumentError(
+            "x-request-id", "must be 1 to 128 characters of A-Z, a-z, 0-9, '.', '_', ':' or '-'"
+        )
+
+
 def request_id_for_call() -> str:
-    """The current call's request id, made and bound here if the caller sent none."""
+    """The current call's request id (the edge mints one for every call; made
+    and bound here if none was)."""
     request_id = current_request_id()
     if request_id is None:
         request_id = new_request_id()
@@ -87,7 +106,9 @@ class GatewayCore:
         quotas: QuotaClient,
         catalog: ModelCatalog,
         constraints: ConstraintChecker | None = None,
+        progress_interval_s: float = 5.0,
     ) -> None:
+        self._progress_interval_s = progress_interval_s
         self._authenticator = authenticator
         self._router = router
         self._metering = metering
@@ -105,16 +126,25 @@ class GatewayCore:
         task iterating it) to stop generating; what was produced is billed."""
         deadline = _Deadline(caller.deadline_s)
         principal = await self.authenticate(caller, "generate")
+        check_client_request_id(caller)
         default_max_tokens = await self._admissible(request, deadline.remaining())
         request_id = request_id_for_call()
+        client_request_id = current_client_request_id() or ""
         bind_request(request_id, principal.tenant_id)
         span = trace.get_current_span()
         span.set_attribute("maas.request_id", request_id)
+        span.set_attribute("maas.client_request_id", client_request_id)
         span.set_attribute("maas.tenant_id", principal.tenant_id)
         estimated = estimate_tokens(request, default_max_tokens)
         with remote_errors():
             reservation = await self._quotas.reserve(
-                principal.tenant_id, request_id, request.model, estimated, principal.key_id
+                principal.tenant_id,
+                request_id,
+                request.model,
+                estimated,
+                principal.key_id,
+                # The caller's x-request-id: scoped to the tenant by auth.
+                idempotency_key=client_request_id,
             )
 
         usage = StreamUsage()
@@ -131,9 +161,21 @@ class GatewayCore:
             ),
             timeout=deadline.remaining(),
         )
+        progress_at = time.monotonic() + self._progress_interval_s
+        renewing = asyncio.create_task(self._quotas.keep(reservation))
         try:
             async for chunk in call:
                 usage.observe(chunk)
+                if time.monotonic() >= progress_at:
+                    # On disk in the outbox, so a gateway killed now still bills
+                    # what it streamed; the final record supersedes it.
+                    progress_at = time.monotonic() + self._progress_interval_s
+                    self._usage.add(
+                        usage_record(
+                            request_id, client_request_id, request.model, principal, usage,
+                            metering_pb2.REQUEST_STATUS_RUNNING, time.time(),
+                        )
+                    )  # fmt: skip
                 yield chunk
             replica = replica_of(await call.trailing_metadata())
         except (asyncio.CancelledError, GeneratorExit):
@@ -149,9 +191,12 @@ class GatewayCore:
             raise
         finally:
             call.cancel()
+            renewing.cancel()
             used = usage.prompt_tokens + usage.completion_tokens if usage.chunks else None
-            self._quotas.settle(reservation, used)
-            self._settle(request_id, request.model, principal, usage, status, replica)
+            self._quotas.settle(reservation.reservation_id, used)
+            self._settle(
+                request_id, client_request_id, request.model, principal, usage, status, replica
+            )
 
     async def _admissible(
         self, request: generation_pb2.GenerateRequest, timeout_s: float | None
@@ -174,6 +219,7 @@ class GatewayCore:
     async def list_models(self, caller: Caller) -> list[generation_pb2.ModelInfo]:
         """The models some serving replica holds, adapters included, by name."""
         await self.authenticate(caller, "generate")
+        check_client_request_id(caller)
         with remote_errors():
             replicas = await self._router.ListReplicas(
                 router_pb2.ListReplicasRequest(),
@@ -188,13 +234,14 @@ class GatewayCore:
         call is charged one request of the tenant's requests-per-minute
         (reserved, then released at once: no tokens are held)."""
         principal = await self.authenticate(caller, "generate")
+        check_client_request_id(caller)
         validate_input(request)
         await self._catalog.model(request.model, caller.deadline_s)
         with remote_errors():
             reservation = await self._quotas.reserve(
                 principal.tenant_id, request_id_for_call(), request.model, 1, principal.key_id
             )
-        self._quotas.settle(reservation, None)
+        self._quotas.settle(reservation.reservation_id, None)
         with remote_errors():
             return await self._router.CountTokens(request, timeout=caller.deadline_s)
 
@@ -203,6 +250,7 @@ class GatewayCore:
     ) -> metering_pb2.GetUsageResponse:
         """The caller's own tenant's usage, never another's."""
         principal = await self.authenticate(caller, "usage:read")
+        check_client_request_id(caller)
         query = metering_pb2.MeteringGetUsageRequest(
             tenant_id=principal.tenant_id, group_by=request.group_by
         )
@@ -237,6 +285,7 @@ class GatewayCore:
     def _settle(
         self,
         request_id: str,
+        client_request_id: str,
         model: str,
         principal: auth_pb2.Principal,
         usage: StreamUsage,
@@ -259,17 +308,8 @@ class GatewayCore:
             elif status != grpc.StatusCode.OK:
                 ledger_status = metering_pb2.REQUEST_STATUS_FAILED
             self._usage.add(
-                metering_pb2.UsageRecord(
-                    request_id=request_id,
-                    tenant_id=principal.tenant_id,
-                    key_id=principal.key_id,
-                    model=model,
-                    prompt_tokens=usage.prompt_tokens,
-                    completion_tokens=usage.completion_tokens,
-                    cached_tokens=usage.cached_tokens,
-                    start_time=timestamp(usage.start_wall),
-                    end_time=timestamp(end),
-                    status=ledger_status,
+                usage_record(
+                    request_id, client_request_id, model, principal, usage, ledger_status, end
                 )
             )
         self._events.publish(
@@ -290,6 +330,30 @@ class GatewayCore:
                 status_code=status.name,
             )
         )
+
+
+def usage_record(
+    request_id: str,
+    client_request_id: str,
+    model: str,
+    principal: auth_pb2.Principal,
+    usage: StreamUsage,
+    status: metering_pb2.RequestStatus,
+    end: float,
+) -> metering_pb2.UsageRecord:
+    return metering_pb2.UsageRecord(
+        request_id=request_id,
+        tenant_id=principal.tenant_id,
+        key_id=principal.key_id,
+        model=model,
+        prompt_tokens=usage.prompt_tokens,
+        completion_tokens=usage.completion_tokens,
+        cached_tokens=usage.cached_tokens,
+        start_time=timestamp(usage.start_wall),
+        end_time=timestamp(end),
+        status=status,
+        client_request_id=client_request_id,
+    )
 
 
 def replica_of(metadata: grpc.aio.Metadata | None) -> str:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from opentelemetry.metrics import Meter
+from collections.abc import Callable, Iterable
+
+from opentelemetry.metrics import CallbackOptions, Meter, Observation
 
 
 class GatewayMetrics:
@@ -19,6 +21,26 @@ class GatewayMetrics:
         self.auth_failures = meter.create_counter(
             "maas.gateway.auth_failures", unit="{request}", description="Refused API keys"
         )
+        self.outbox_dead_letters = meter.create_counter(
+            "maas.gateway.outbox.dead_letters",
+            unit="{record}",
+            description="Usage records set aside for good (refused by the ledger or unreadable)",
+        )
+        self._outbox_backlog: Callable[[], int] | None = None
+        meter.create_observable_gauge(
+            "maas.gateway.outbox.backlog",
+            callbacks=[self._observe_backlog],
+            unit="{record}",
+            description="Usage records on disk waiting for the ledger",
+        )
+
+    def watch_outbox(self, backlog: Callable[[], int]) -> None:
+        """Reports `backlog()` as the outbox's backlog from now on."""
+        self._outbox_backlog = backlog
+
+    def _observe_backlog(self, options: CallbackOptions) -> Iterable[Observation]:
+        if self._outbox_backlog is not None:
+            yield Observation(self._outbox_backlog())
 
     def request_ended(
         self,

@@ -36,6 +36,7 @@ from gateway.openai_responses import (
 )
 from maas.v1 import generation_pb2
 from observability.asgi import TracingMiddleware
+from observability.context import REQUEST_ID_METADATA_KEY
 from services.common.errors import MeshError, NotFoundError
 from services.common.generation_limits import MAX_HTTP_BODY_BYTES, MAX_HTTP_HEAD_BYTES
 
@@ -196,7 +197,11 @@ async def _send_error_response(send: Send, error: HttpError) -> None:
 
 
 def caller_of(request: Request) -> Caller:
-    return Caller(credentials=request.headers.get("authorization"), peer=_peer(request.client))
+    return Caller(
+        credentials=request.headers.get("authorization"),
+        peer=_peer(request.client),
+        client_request_id=request.headers.get(REQUEST_ID_METADATA_KEY),
+    )
 
 
 def _peer(client: Address | None) -> str:

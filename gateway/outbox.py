@@ -5,7 +5,13 @@ A record is written to a small SQLite file (WAL) as its request ends; a
 sender delivers what is there and deletes each record only once the ledger
 has acknowledged it. A gateway that crashes or stops with records undelivered
 sends them when it starts again, and the ledger's idempotency on request id
-makes a resend harmless: nothing is lost, nothing billed twice."""
+makes a resend harmless: nothing is lost, nothing billed twice.
+
+A request has one row: a later record for it (a running stream's progress,
+then its final record) replaces the one waiting, and a delivered row is
+deleted only if it was not replaced meanwhile. The sender survives any
+error (a ledger that is down, a bug, a row it cannot read) and keeps going
+with backoff; the backlog and the records set aside are metrics."""
 
 from __future__ import annotations
 
@@ -16,7 +22,9 @@ from pathlib import Path
 import aiosqlite
 import grpc
 import structlog
+from google.protobuf.message import DecodeError
 
+from gateway.metrics import GatewayMetrics
 from maas.v1 import metering_pb2, metering_pb2_grpc
 
 log = structlog.get_logger(__name__)
@@ -30,13 +38,17 @@ class UsageOutbox:
         path: Path,
         stub: metering_pb2_grpc.MeteringAsyncStub,
         *,
+        metrics: GatewayMetrics | None = None,
         initial_backoff_s: float = 0.1,
         max_backoff_s: float = 5.0,
+        call_timeout_s: float = 10.0,
     ) -> None:
         self._path = path
         self._stub = stub
+        self._metrics = metrics
         self._initial_backoff_s = initial_backoff_s
         self._max_backoff_s = max_backoff_s
+        self._call_timeout_s = call_timeout_s
         self._db: aiosqlite.Connection | None = None
         self._wakeup = asyncio.Event()
         self._empty = asyncio.Event()  # set while nothing is waiting for the ledger
@@ -45,6 +57,7 @@ class UsageOutbox:
         self._adds: set[asyncio.Task[None]] = set()
         self.delivered = 0
         self.dead_letters = 0
+        self.backlog = 0  # records on disk waiting for the ledger
 
     async def open(self) -> None:
         self._path.parent.mkdir(parents=True, exist_ok=True)
@@ -55,12 +68,16 @@ class UsageOutbox:
             "CREATE TABLE IF NOT EXISTS outbox (request_id TEXT PRIMARY KEY, record BLOB NOT NULL)"
         )
         await self._db.commit()
+        self.backlog = await self.pending()
+        if self._metrics is not None:
+            self._metrics.watch_outbox(lambda: self.backlog)
         self._sender = asyncio.create_task(self._send_loop())
         self._wakeup.set()  # records left by an earlier run go first
 
     def add(self, record: metering_pb2.UsageRecord) -> None:
-        """Queues the record for the ledger; returns at once (the disk write
-        follows in the background and is awaited at close)."""
+        """Queues the record for the ledger, in place of any record of the same
+        request still waiting; returns at once (the disk write follows in the
+        background and is awaited at close)."""
         task = asyncio.create_task(self._add(record))
         self._adds.add(task)
         task.add_done_callback(self._adds.discard)
@@ -68,10 +85,11 @@ class UsageOutbox:
     async def _add(self, record: metering_pb2.UsageRecord) -> None:
         assert self._db is not None
         await self._db.execute(
-            "INSERT OR IGNORE INTO outbox VALUES (?, ?)",
+            "INSERT OR REPLACE INTO outbox VALUES (?, ?)",
             (record.request_id, record.SerializeToString()),
         )
         await self._db.commit()
+        self.backlog = await self.pending()
         self._added += 1
         self._empty.clear()
         self._wakeup.set()
@@ -98,51 +116,84 @@ class UsageOutbox:
             self._db = None
 
     async def _send_loop(self) -> None:
-        assert self._db is not None
         backoff = self._initial_backoff_s
         while True:
             await self._wakeup.wait()
             self._wakeup.clear()
             while True:
-                added_before = self._added
-                async with self._db.execute(
-                    "SELECT request_id, record FROM outbox LIMIT ?", (BATCH,)
-                ) as cur:
-                    rows = [(str(r[0]), bytes(r[1])) for r in await cur.fetchall()]
-                if not rows:
-                    if self._added == added_before:
-                        self._empty.set()
-                    break
                 try:
-                    await self._deliver(rows)
-                    backoff = self._initial_backoff_s
-                except grpc.aio.AioRpcError as err:
-                    # Whatever the code, the records stay on disk: a ledger that is
-                    # down, or one misconfigured, must not cost a bill.
-                    log.warning(
-                        "ledger call failed; usage kept in the outbox", code=err.code().name
-                    )
+                    more = await self._send_batch()
+                except asyncio.CancelledError:
+                    raise
+                except Exception as err:
+                    # Whatever failed (the ledger, the disk, a bug), the records
+                    # stay on disk and the sender goes on: a bill is never dropped
+                    # for an error, and the loop never dies of one.
+                    if isinstance(err, grpc.aio.AioRpcError):
+                        log.warning("ledger call failed; usage kept in the outbox",
+                                    code=err.code().name)  # fmt: skip
+                    else:
+                        log.exception("usage outbox failed; retrying", exc_info=err)
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, self._max_backoff_s)
+                    continue
+                backoff = self._initial_backoff_s
+                if not more:
+                    break
+
+    async def _send_batch(self) -> bool:
+        """Delivers one batch; False when nothing was waiting."""
+        assert self._db is not None
+        added_before = self._added
+        async with self._db.execute(
+            "SELECT request_id, record FROM outbox LIMIT ?", (BATCH,)
+        ) as cur:
+            rows = [(str(r[0]), bytes(r[1])) for r in await cur.fetchall()]
+        if not rows:
+            if self._added == added_before:
+                self._empty.set()
+            return False
+        await self._deliver(rows)
+        return True
 
     async def _deliver(self, rows: list[tuple[str, bytes]]) -> None:
         """Sends the rows as one batch; deletes those the ledger stored or
         refused for good, in one transaction. A failed call deletes nothing."""
         assert self._db is not None
-        records = [metering_pb2.UsageRecord.FromString(blob) for _, blob in rows]
+        records: list[metering_pb2.UsageRecord] = []
+        sent: list[tuple[str, bytes]] = []
+        for request_id, blob in rows:
+            try:
+                records.append(metering_pb2.UsageRecord.FromString(blob))
+                sent.append((request_id, blob))
+            except DecodeError:
+                # Unreadable now is unreadable for good: set aside at once, once.
+                await self._db.execute(
+                    "DELETE FROM outbox WHERE request_id = ? AND record = ?", (request_id, blob)
+                )
+                await self._db.commit()
+                self._dead_letter("unreadable usage record in the outbox",
+                                  request_id=request_id, record=blob.hex())  # fmt: skip
+        if not records:
+            return
         reply = await self._stub.RecordUsageBatch(
-            metering_pb2.RecordUsageBatchRequest(records=records), timeout=10.0
+            metering_pb2.RecordUsageBatchRequest(records=records), timeout=self._call_timeout_s
         )
+        # Only rows not replaced meanwhile: a newer record of the request still waits.
+        await self._db.executemany("DELETE FROM outbox WHERE request_id = ? AND record = ?", sent)
+        await self._db.commit()
+        self.backlog = await self.pending()
         for record, result in zip(records, reply.results, strict=True):
             if result.error.code == grpc.StatusCode.OK.value[0]:
                 self.delivered += 1
                 continue
             # Refused for good (e.g. the same id with other numbers): keeping it
             # would retry forever; log it whole.
-            self.dead_letters += 1
-            log.error("usage record refused by the ledger", code=result.error.code,
-                      details=result.error.message, record=str(record))  # fmt: skip
-        await self._db.executemany(
-            "DELETE FROM outbox WHERE request_id = ?", [(request_id,) for request_id, _ in rows]
-        )
-        await self._db.commit()
+            self._dead_letter("usage record refused by the ledger", code=result.error.code,
+                              details=result.error.message, record=str(record))  # fmt: skip
+
+    def _dead_letter(self, event: str, **fields: object) -> None:
+        self.dead_letters += 1
+        if self._metrics is not None:
+            self._metrics.outbox_dead_letters.add(1)
+        log.error(event, **fields)

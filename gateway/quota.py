@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+from dataclasses import dataclass
 
 import grpc
 import structlog
@@ -36,15 +37,31 @@ def estimate_tokens(request: generation_pb2.GenerateRequest, default_max_tokens:
     return prompt + completion * max(choices, 1)
 
 
+@dataclass(frozen=True)
+class Lease:
+    """A reservation held in auth; it lapses unless renewed within `period_s`."""
+
+    reservation_id: str
+    period_s: float
+
+
 class QuotaClient:
-    def __init__(self, stub: auth_pb2_grpc.AuthAsyncStub) -> None:
+    def __init__(self, stub: auth_pb2_grpc.AuthAsyncStub, *, timeout_s: float = 3.0) -> None:
         self._stub = stub
+        self._timeout_s = timeout_s
         self._pending: set[asyncio.Task[None]] = set()
 
     async def reserve(
-        self, tenant_id: str, request_id: str, model: str, estimated_tokens: int, key_id: str = ""
-    ) -> str:
-        """The reservation id; the limit's status (with its details) when over it."""
+        self,
+        tenant_id: str,
+        request_id: str,
+        model: str,
+        estimated_tokens: int,
+        key_id: str = "",
+        idempotency_key: str = "",
+    ) -> Lease:
+        """The reservation id; the limit's status (with its details) when over
+        it, ABORTED or ALREADY_EXISTS when the idempotency key is taken."""
         reservation = await self._stub.Reserve(
             auth_pb2.ReserveRequest(
                 tenant_id=tenant_id,
@@ -52,9 +69,28 @@ class QuotaClient:
                 model=model,
                 estimated_tokens=estimated_tokens,
                 key_id=key_id,
-            )
+                idempotency_key=idempotency_key,
+            ),
+            timeout=self._timeout_s,
         )
-        return reservation.reservation_id
+        return Lease(reservation.reservation_id, reservation.lease.ToNanoseconds() / 1e9)
+
+    async def keep(self, lease: Lease) -> None:
+        """Renews the lease every third of its period until cancelled (the
+        request ended), so that only a dead gateway's lease lapses."""
+        if lease.period_s <= 0:
+            return  # an auth that does not tell its lease period
+        while True:
+            await asyncio.sleep(lease.period_s / 3)
+            try:
+                await self._stub.Renew(
+                    auth_pb2.RenewRequest(reservation_id=lease.reservation_id),
+                    timeout=self._timeout_s,
+                )
+            except grpc.aio.AioRpcError as err:
+                log.warning("reservation not renewed", code=err.code().name)
+                if err.code() == grpc.StatusCode.NOT_FOUND:
+                    return  # lapsed (or auth restarted): nothing left to keep
 
     def settle(self, reservation_id: str, used_tokens: int | None) -> None:
         """Commits `used_tokens`, or releases when None (nothing ran); returns at once."""
@@ -66,12 +102,12 @@ class QuotaClient:
         try:
             if used_tokens is None:
                 await self._stub.Release(
-                    auth_pb2.ReleaseRequest(reservation_id=reservation_id), timeout=10.0
+                    auth_pb2.ReleaseRequest(reservation_id=reservation_id), timeout=self._timeout_s
                 )
             else:
                 await self._stub.Commit(
                     auth_pb2.CommitRequest(reservation_id=reservation_id, used_tokens=used_tokens),
-                    timeout=10.0,
+                    timeout=self._timeout_s,
                 )
         except grpc.aio.AioRpcError as err:
             log.warning("reservation not settled; its lease will lapse", code=err.code().name)

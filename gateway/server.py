@@ -64,11 +64,16 @@ async def running_gateway(
         events = EventPublisher(anomaly_ch, max_queue=settings.event_queue_size)
         await events.start()
         stack.push_async_callback(events.aclose)
-        usage = UsageOutbox(settings.usage_outbox_path, metering_pb2_grpc.MeteringStub(auth_ch))
+        metrics = GatewayMetrics(telemetry.meter())
+        usage = UsageOutbox(
+            settings.usage_outbox_path, metering_pb2_grpc.MeteringStub(auth_ch), metrics=metrics
+        )
         await usage.open()
         stack.push_async_callback(usage.aclose, settings.grace_period_s)
 
-        quotas = QuotaClient(auth_pb2_grpc.AuthStub(auth_ch))
+        quotas = QuotaClient(
+            auth_pb2_grpc.AuthStub(auth_ch), timeout_s=settings.quota_call_timeout_s
+        )
         stack.push_async_callback(quotas.aclose, settings.grace_period_s)
         constraints = ConstraintChecker(
             workers=settings.constraint_workers, timeout_s=settings.constraint_compile_timeout_s
@@ -88,10 +93,11 @@ async def running_gateway(
             metering=metering_pb2_grpc.MeteringStub(auth_ch),
             usage=usage,
             events=events,
-            metrics=GatewayMetrics(telemetry.meter()),
+            metrics=metrics,
             quotas=quotas,
             catalog=ModelCatalog(router, ttl_s=settings.model_list_ttl_s),
             constraints=constraints,
+            progress_interval_s=settings.usage_progress_interval_s,
         )
         servicer = GatewayServicer(core)
         server = await start_server(

@@ -8,20 +8,32 @@ from typing import Any
 
 import grpc
 
-from gateway.core import Caller, GatewayCore, request_id_for_call
+from gateway.core import Caller, GatewayCore
 from maas.v1 import gateway_pb2, gateway_pb2_grpc, generation_pb2, metering_pb2
-from observability.context import REQUEST_ID_METADATA_KEY
+from observability.context import REQUEST_ID_METADATA_KEY, edge_echo, enter_edge_call
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
 
-def caller_of(context: Context) -> Caller:
+def enter_call(context: Context) -> Caller:
+    """The call as the core sees it. The gateway is the mesh's public edge: the
+    mesh mints the call's id here, whatever the caller sent as x-request-id
+    (the mesh's interceptor bound that; it is only a label at the edge)."""
     credentials: str | None = None
+    client_request_id: str | None = None
     for key, value in context.invocation_metadata() or ():
-        if key == "authorization":
-            credentials = value.decode() if isinstance(value, bytes) else value
-            break
-    return Caller(credentials=credentials, peer=context.peer(), deadline_s=context.time_remaining())
+        text = value.decode() if isinstance(value, bytes) else value
+        if key == "authorization" and credentials is None:
+            credentials = text
+        elif key == REQUEST_ID_METADATA_KEY and client_request_id is None:
+            client_request_id = text
+    enter_edge_call(client_request_id)
+    return Caller(
+        credentials=credentials,
+        peer=context.peer(),
+        deadline_s=context.time_remaining(),
+        client_request_id=client_request_id,
+    )
 
 
 class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
@@ -31,24 +43,25 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
     async def Generate(
         self, request: generation_pb2.GenerateRequest, context: Context
     ) -> AsyncIterator[generation_pb2.GenerateResponse]:
-        # First, so that a refused call also tells the client its request id.
-        await context.send_initial_metadata(((REQUEST_ID_METADATA_KEY, request_id_for_call()),))
-        async with aclosing(self._core.generate(caller_of(context), request)) as chunks:
+        caller = enter_call(context)
+        # First, so that a refused call also tells the client its request ids.
+        await context.send_initial_metadata(tuple(edge_echo()))
+        async with aclosing(self._core.generate(caller, request)) as chunks:
             async for chunk in chunks:
                 yield chunk
 
     async def ListModels(
         self, request: gateway_pb2.ListModelsRequest, context: Context
     ) -> gateway_pb2.ListModelsResponse:
-        models = await self._core.list_models(caller_of(context))
+        models = await self._core.list_models(enter_call(context))
         return gateway_pb2.ListModelsResponse(models=models)
 
     async def CountTokens(
         self, request: generation_pb2.CountTokensRequest, context: Context
     ) -> generation_pb2.CountTokensResponse:
-        return await self._core.count_tokens(caller_of(context), request)
+        return await self._core.count_tokens(enter_call(context), request)
 
     async def GetUsage(
         self, request: gateway_pb2.GetUsageRequest, context: Context
     ) -> metering_pb2.GetUsageResponse:
-        return await self._core.get_usage(caller_of(context), request)
+        return await self._core.get_usage(enter_call(context), request)

@@ -52,6 +52,12 @@ class GatewaySettings(ServiceSettings):
     constraint_compile_timeout_s: float = Field(default=2.0, gt=0)
     # HTTP request bodies past this are refused before they are read.
     http_max_body_bytes: int = Field(default=MAX_HTTP_BODY_BYTES, ge=1024)
+    # Deadline of each Reserve, Renew, Commit and Release call to auth: a few
+    # seconds, as auth answers in milliseconds and a hung call holds a request.
+    quota_call_timeout_s: float = Field(default=3.0, gt=0)
+    # A running stream's usage so far goes to the outbox this often: a gateway
+    # killed mid-stream loses at most this much of its bill.
+    usage_progress_interval_s: float = Field(default=5.0, gt=0)
     # Usage records wait here (on disk) until the ledger acknowledges them.
     usage_outbox_path: Path = Path(".maas/gateway-outbox.db")
 

@@ -1,7 +1,8 @@
 """The HTTP counterpart of the gRPC server interceptors, as ASGI middleware:
 the caller's W3C trace context in, one server span per request, the request
-id bound for the request (from `x-request-id`, made when absent) and sent
-back in the response's `x-request-id` header."""
+id minted for the request (this face is the mesh's public edge: a caller's
+`x-request-id` is only a label) and sent back in the response's
+`x-request-id` header, the caller's own as `x-client-request-id`."""
 
 from __future__ import annotations
 
@@ -11,9 +12,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from observability.context import (
     REQUEST_ID_METADATA_KEY,
-    bind_request,
     clear_request,
-    new_request_id,
+    current_client_request_id,
+    edge_echo,
+    enter_edge_call,
 )
 
 
@@ -32,9 +34,8 @@ class TracingMiddleware:
         }
         # The request's task inherits the context of whoever started the
         # server; nothing bound there belongs to this request.
-        clear_request()
-        request_id = headers.get(REQUEST_ID_METADATA_KEY) or new_request_id()
-        bind_request(request_id)
+        request_id = enter_edge_call(headers.get(REQUEST_ID_METADATA_KEY))
+        echo = [(k.encode(), v.encode()) for k, v in edge_echo()]
         method = scope["method"]
         with self._tracer.start_as_current_span(
             # Renamed after routing: by the route's template, one name per endpoint.
@@ -46,6 +47,7 @@ class TracingMiddleware:
                 "url.path": scope["path"],
                 "url.scheme": scope.get("scheme", "http"),
                 "maas.request_id": request_id,
+                "maas.client_request_id": current_client_request_id() or "",
             },
         ) as span:
 
@@ -59,10 +61,7 @@ class TracingMiddleware:
                         span.set_status(Status(StatusCode.ERROR))
                     message = {
                         **message,
-                        "headers": [
-                            *message.get("headers", ()),
-                            (REQUEST_ID_METADATA_KEY.encode(), request_id.encode("latin-1")),
-                        ],
+                        "headers": [*message.get("headers", ()), *echo],
                     }
                 await send(message)
 

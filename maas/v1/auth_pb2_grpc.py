@@ -84,6 +84,11 @@ class AuthStub:
                 request_serializer=maas_dot_v1_dot_auth__pb2.ReserveRequest.SerializeToString,
                 response_deserializer=maas_dot_v1_dot_auth__pb2.Reservation.FromString,
                 _registered_method=True)
+        self.Renew = channel.unary_unary(
+                '/maas.v1.Auth/Renew',
+                request_serializer=maas_dot_v1_dot_auth__pb2.RenewRequest.SerializeToString,
+                response_deserializer=maas_dot_v1_dot_auth__pb2.Reservation.FromString,
+                _registered_method=True)
         self.Commit = channel.unary_unary(
                 '/maas.v1.Auth/Commit',
                 request_serializer=maas_dot_v1_dot_auth__pb2.CommitRequest.SerializeToString,
@@ -186,13 +191,34 @@ class AuthServicer:
         RetryInfo (when to come back) when over a limit; PERMISSION_DENIED when the
         plan does not include the model. The reservation is a lease: unless
         committed or released before it expires, it is released by itself.
+
+        With an `idempotency_key` (the caller's x-request-id), the key is claimed
+        for the tenant, atomically and durably, before any limit is checked:
+        ABORTED while another request holding it runs ("a request with this
+        x-request-id is running"); ALREADY_EXISTS, with ErrorInfo metadata
+        `request_id` naming the mesh request that ran, once that request was
+        committed or its lease lapsed. A refused Reserve or a Release frees the
+        key, so a retry of a request that never ran works. Keys of different
+        tenants never collide; a claim is forgotten after the retention period
+        (24 h by default).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Renew(self, request, context):
+        """Extends a reservation's lease by the lease period (30 s by default) from
+        now. The gateway renews every third of a lease while a request runs, so a
+        gateway that dies gives the tenant's slot back within one lease.
+        NOT_FOUND when the reservation was settled or has lapsed.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Commit(self, request, context):
-        """Settles a reservation with the actual usage, returning the difference.
+        """Settles a reservation with the actual usage: gives back what was
+        reserved and not used, and charges what was used beyond the reservation.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -278,6 +304,11 @@ def add_AuthServicer_to_server(servicer, server):
             'Reserve': grpc.unary_unary_rpc_method_handler(
                     servicer.Reserve,
                     request_deserializer=maas_dot_v1_dot_auth__pb2.ReserveRequest.FromString,
+                    response_serializer=maas_dot_v1_dot_auth__pb2.Reservation.SerializeToString,
+            ),
+            'Renew': grpc.unary_unary_rpc_method_handler(
+                    servicer.Renew,
+                    request_deserializer=maas_dot_v1_dot_auth__pb2.RenewRequest.FromString,
                     response_serializer=maas_dot_v1_dot_auth__pb2.Reservation.SerializeToString,
             ),
             'Commit': grpc.unary_unary_rpc_method_handler(
@@ -536,6 +567,33 @@ class Auth:
             target,
             '/maas.v1.Auth/Reserve',
             maas_dot_v1_dot_auth__pb2.ReserveRequest.SerializeToString,
+            maas_dot_v1_dot_auth__pb2.Reservation.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Renew(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/maas.v1.Auth/Renew',
+            maas_dot_v1_dot_auth__pb2.RenewRequest.SerializeToString,
             maas_dot_v1_dot_auth__pb2.Reservation.FromString,
             options,
             channel_credentials,

@@ -67,9 +67,27 @@ class AuthStub:
     RetryInfo (when to come back) when over a limit; PERMISSION_DENIED when the
     plan does not include the model. The reservation is a lease: unless
     committed or released before it expires, it is released by itself.
+
+    With an `idempotency_key` (the caller's x-request-id), the key is claimed
+    for the tenant, atomically and durably, before any limit is checked:
+    ABORTED while another request holding it runs ("a request with this
+    x-request-id is running"); ALREADY_EXISTS, with ErrorInfo metadata
+    `request_id` naming the mesh request that ran, once that request was
+    committed or its lease lapsed. A refused Reserve or a Release frees the
+    key, so a retry of a request that never ran works. Keys of different
+    tenants never collide; a claim is forgotten after the retention period
+    (24 h by default).
+    """
+    Renew: _grpc.UnaryUnaryMultiCallable[_auth_pb2.RenewRequest, _auth_pb2.Reservation]
+    """Extends a reservation's lease by the lease period (30 s by default) from
+    now. The gateway renews every third of a lease while a request runs, so a
+    gateway that dies gives the tenant's slot back within one lease.
+    NOT_FOUND when the reservation was settled or has lapsed.
     """
     Commit: _grpc.UnaryUnaryMultiCallable[_auth_pb2.CommitRequest, _auth_pb2.CommitResponse]
-    """Settles a reservation with the actual usage, returning the difference."""
+    """Settles a reservation with the actual usage: gives back what was
+    reserved and not used, and charges what was used beyond the reservation.
+    """
     Release: _grpc.UnaryUnaryMultiCallable[_auth_pb2.ReleaseRequest, _auth_pb2.ReleaseResponse]
     """Gives a reservation back whole (the request did not run)."""
     Restrict: _grpc.UnaryUnaryMultiCallable[_auth_pb2.RestrictRequest, _auth_pb2.Restriction]
@@ -126,9 +144,27 @@ class AuthAsyncStub(AuthStub):
     RetryInfo (when to come back) when over a limit; PERMISSION_DENIED when the
     plan does not include the model. The reservation is a lease: unless
     committed or released before it expires, it is released by itself.
+
+    With an `idempotency_key` (the caller's x-request-id), the key is claimed
+    for the tenant, atomically and durably, before any limit is checked:
+    ABORTED while another request holding it runs ("a request with this
+    x-request-id is running"); ALREADY_EXISTS, with ErrorInfo metadata
+    `request_id` naming the mesh request that ran, once that request was
+    committed or its lease lapsed. A refused Reserve or a Release frees the
+    key, so a retry of a request that never ran works. Keys of different
+    tenants never collide; a claim is forgotten after the retention period
+    (24 h by default).
+    """
+    Renew: _aio.UnaryUnaryMultiCallable[_auth_pb2.RenewRequest, _auth_pb2.Reservation]  # type: ignore[assignment]
+    """Extends a reservation's lease by the lease period (30 s by default) from
+    now. The gateway renews every third of a lease while a request runs, so a
+    gateway that dies gives the tenant's slot back within one lease.
+    NOT_FOUND when the reservation was settled or has lapsed.
     """
     Commit: _aio.UnaryUnaryMultiCallable[_auth_pb2.CommitRequest, _auth_pb2.CommitResponse]  # type: ignore[assignment]
-    """Settles a reservation with the actual usage, returning the difference."""
+    """Settles a reservation with the actual usage: gives back what was
+    reserved and not used, and charges what was used beyond the reservation.
+    """
     Release: _aio.UnaryUnaryMultiCallable[_auth_pb2.ReleaseRequest, _auth_pb2.ReleaseResponse]  # type: ignore[assignment]
     """Gives a reservation back whole (the request did not run)."""
     Restrict: _aio.UnaryUnaryMultiCallable[_auth_pb2.RestrictRequest, _auth_pb2.Restriction]  # type: ignore[assignment]
@@ -230,6 +266,28 @@ class AuthServicer(metaclass=_abc_1.ABCMeta):
         RetryInfo (when to come back) when over a limit; PERMISSION_DENIED when the
         plan does not include the model. The reservation is a lease: unless
         committed or released before it expires, it is released by itself.
+
+        With an `idempotency_key` (the caller's x-request-id), the key is claimed
+        for the tenant, atomically and durably, before any limit is checked:
+        ABORTED while another request holding it runs ("a request with this
+        x-request-id is running"); ALREADY_EXISTS, with ErrorInfo metadata
+        `request_id` naming the mesh request that ran, once that request was
+        committed or its lease lapsed. A refused Reserve or a Release frees the
+        key, so a retry of a request that never ran works. Keys of different
+        tenants never collide; a claim is forgotten after the retention period
+        (24 h by default).
+        """
+
+    @_abc_1.abstractmethod
+    def Renew(
+        self,
+        request: _auth_pb2.RenewRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_pb2.Reservation, _abc.Awaitable[_auth_pb2.Reservation]]:
+        """Extends a reservation's lease by the lease period (30 s by default) from
+        now. The gateway renews every third of a lease while a request runs, so a
+        gateway that dies gives the tenant's slot back within one lease.
+        NOT_FOUND when the reservation was settled or has lapsed.
         """
 
     @_abc_1.abstractmethod
@@ -238,7 +296,9 @@ class AuthServicer(metaclass=_abc_1.ABCMeta):
         request: _auth_pb2.CommitRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_auth_pb2.CommitResponse, _abc.Awaitable[_auth_pb2.CommitResponse]]:
-        """Settles a reservation with the actual usage, returning the difference."""
+        """Settles a reservation with the actual usage: gives back what was
+        reserved and not used, and charges what was used beyond the reservation.
+        """
 
     @_abc_1.abstractmethod
     def Release(

@@ -29,8 +29,12 @@ if _version_not_supported:
 
 class GatewayStub:
     """The public API of the mesh. Every call carries the caller's API key as
-    `authorization: Bearer <key>` metadata, and may carry `x-request-id`
-    (generated when absent, and returned in the initial metadata).
+    `authorization: Bearer <key>` metadata, and may carry `x-request-id`: at
+    most 128 characters of A-Z, a-z, 0-9, '.', '_', ':' and '-' (else
+    INVALID_ARGUMENT naming `x-request-id`). The mesh mints its own id for
+    every call; the initial metadata returns it as `x-request-id` (it keys the
+    bill, see GetUsage) and the caller's as `x-client-request-id`, a label kept
+    on the usage record and in logs.
 
     Errors: UNAUTHENTICATED (missing, unknown or revoked key), PERMISSION_DENIED
     (the key may not do this), INVALID_ARGUMENT (with google.rpc.BadRequest
@@ -68,8 +72,12 @@ class GatewayStub:
 
 class GatewayServicer:
     """The public API of the mesh. Every call carries the caller's API key as
-    `authorization: Bearer <key>` metadata, and may carry `x-request-id`
-    (generated when absent, and returned in the initial metadata).
+    `authorization: Bearer <key>` metadata, and may carry `x-request-id`: at
+    most 128 characters of A-Z, a-z, 0-9, '.', '_', ':' and '-' (else
+    INVALID_ARGUMENT naming `x-request-id`). The mesh mints its own id for
+    every call; the initial metadata returns it as `x-request-id` (it keys the
+    bill, see GetUsage) and the caller's as `x-client-request-id`, a label kept
+    on the usage record and in logs.
 
     Errors: UNAUTHENTICATED (missing, unknown or revoked key), PERMISSION_DENIED
     (the key may not do this), INVALID_ARGUMENT (with google.rpc.BadRequest
@@ -80,6 +88,15 @@ class GatewayServicer:
     def Generate(self, request, context):
         """Generates text, streamed as it is produced. The last chunk carries the
         finish reason and the final usage. Cancelling the call stops generation.
+
+        A caller's `x-request-id` is also an idempotency key, scoped to its
+        tenant: sent again while the first call runs, the call fails ABORTED
+        ("a request with this x-request-id is running"); sent again after the
+        first ran and was billed, ALREADY_EXISTS, with ErrorInfo metadata
+        `request_id` naming the mesh request that ran (nothing runs or is billed
+        twice). A call that was refused before it produced anything (a limit,
+        shedding, a refusal downstream) frees its key, so retrying it works.
+        Keys are remembered for 24 hours.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -139,8 +156,12 @@ def add_GatewayServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class Gateway:
     """The public API of the mesh. Every call carries the caller's API key as
-    `authorization: Bearer <key>` metadata, and may carry `x-request-id`
-    (generated when absent, and returned in the initial metadata).
+    `authorization: Bearer <key>` metadata, and may carry `x-request-id`: at
+    most 128 characters of A-Z, a-z, 0-9, '.', '_', ':' and '-' (else
+    INVALID_ARGUMENT naming `x-request-id`). The mesh mints its own id for
+    every call; the initial metadata returns it as `x-request-id` (it keys the
+    bill, see GetUsage) and the caller's as `x-client-request-id`, a label kept
+    on the usage record and in logs.
 
     Errors: UNAUTHENTICATED (missing, unknown or revoked key), PERMISSION_DENIED
     (the key may not do this), INVALID_ARGUMENT (with google.rpc.BadRequest

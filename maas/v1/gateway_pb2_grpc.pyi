@@ -30,8 +30,12 @@ GRPC_VERSION: str
 
 class GatewayStub:
     """The public API of the mesh. Every call carries the caller's API key as
-    `authorization: Bearer <key>` metadata, and may carry `x-request-id`
-    (generated when absent, and returned in the initial metadata).
+    `authorization: Bearer <key>` metadata, and may carry `x-request-id`: at
+    most 128 characters of A-Z, a-z, 0-9, '.', '_', ':' and '-' (else
+    INVALID_ARGUMENT naming `x-request-id`). The mesh mints its own id for
+    every call; the initial metadata returns it as `x-request-id` (it keys the
+    bill, see GetUsage) and the caller's as `x-client-request-id`, a label kept
+    on the usage record and in logs.
 
     Errors: UNAUTHENTICATED (missing, unknown or revoked key), PERMISSION_DENIED
     (the key may not do this), INVALID_ARGUMENT (with google.rpc.BadRequest
@@ -46,6 +50,15 @@ class GatewayStub:
     Generate: _grpc.UnaryStreamMultiCallable[_generation_pb2.GenerateRequest, _generation_pb2.GenerateResponse]
     """Generates text, streamed as it is produced. The last chunk carries the
     finish reason and the final usage. Cancelling the call stops generation.
+
+    A caller's `x-request-id` is also an idempotency key, scoped to its
+    tenant: sent again while the first call runs, the call fails ABORTED
+    ("a request with this x-request-id is running"); sent again after the
+    first ran and was billed, ALREADY_EXISTS, with ErrorInfo metadata
+    `request_id` naming the mesh request that ran (nothing runs or is billed
+    twice). A call that was refused before it produced anything (a limit,
+    shedding, a refusal downstream) frees its key, so retrying it works.
+    Keys are remembered for 24 hours.
     """
     ListModels: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.ListModelsRequest, _gateway_pb2.ListModelsResponse]
     """Lists the models the mesh serves."""
@@ -57,8 +70,12 @@ class GatewayStub:
 @_typing.type_check_only
 class GatewayAsyncStub(GatewayStub):
     """The public API of the mesh. Every call carries the caller's API key as
-    `authorization: Bearer <key>` metadata, and may carry `x-request-id`
-    (generated when absent, and returned in the initial metadata).
+    `authorization: Bearer <key>` metadata, and may carry `x-request-id`: at
+    most 128 characters of A-Z, a-z, 0-9, '.', '_', ':' and '-' (else
+    INVALID_ARGUMENT naming `x-request-id`). The mesh mints its own id for
+    every call; the initial metadata returns it as `x-request-id` (it keys the
+    bill, see GetUsage) and the caller's as `x-client-request-id`, a label kept
+    on the usage record and in logs.
 
     Errors: UNAUTHENTICATED (missing, unknown or revoked key), PERMISSION_DENIED
     (the key may not do this), INVALID_ARGUMENT (with google.rpc.BadRequest
@@ -70,6 +87,15 @@ class GatewayAsyncStub(GatewayStub):
     Generate: _aio.UnaryStreamMultiCallable[_generation_pb2.GenerateRequest, _generation_pb2.GenerateResponse]  # type: ignore[assignment]
     """Generates text, streamed as it is produced. The last chunk carries the
     finish reason and the final usage. Cancelling the call stops generation.
+
+    A caller's `x-request-id` is also an idempotency key, scoped to its
+    tenant: sent again while the first call runs, the call fails ABORTED
+    ("a request with this x-request-id is running"); sent again after the
+    first ran and was billed, ALREADY_EXISTS, with ErrorInfo metadata
+    `request_id` naming the mesh request that ran (nothing runs or is billed
+    twice). A call that was refused before it produced anything (a limit,
+    shedding, a refusal downstream) frees its key, so retrying it works.
+    Keys are remembered for 24 hours.
     """
     ListModels: _aio.UnaryUnaryMultiCallable[_gateway_pb2.ListModelsRequest, _gateway_pb2.ListModelsResponse]  # type: ignore[assignment]
     """Lists the models the mesh serves."""
@@ -80,8 +106,12 @@ class GatewayAsyncStub(GatewayStub):
 
 class GatewayServicer(metaclass=_abc_1.ABCMeta):
     """The public API of the mesh. Every call carries the caller's API key as
-    `authorization: Bearer <key>` metadata, and may carry `x-request-id`
-    (generated when absent, and returned in the initial metadata).
+    `authorization: Bearer <key>` metadata, and may carry `x-request-id`: at
+    most 128 characters of A-Z, a-z, 0-9, '.', '_', ':' and '-' (else
+    INVALID_ARGUMENT naming `x-request-id`). The mesh mints its own id for
+    every call; the initial metadata returns it as `x-request-id` (it keys the
+    bill, see GetUsage) and the caller's as `x-client-request-id`, a label kept
+    on the usage record and in logs.
 
     Errors: UNAUTHENTICATED (missing, unknown or revoked key), PERMISSION_DENIED
     (the key may not do this), INVALID_ARGUMENT (with google.rpc.BadRequest
@@ -97,6 +127,15 @@ class GatewayServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_generation_pb2.GenerateResponse], _abc.AsyncIterator[_generation_pb2.GenerateResponse]]:
         """Generates text, streamed as it is produced. The last chunk carries the
         finish reason and the final usage. Cancelling the call stops generation.
+
+        A caller's `x-request-id` is also an idempotency key, scoped to its
+        tenant: sent again while the first call runs, the call fails ABORTED
+        ("a request with this x-request-id is running"); sent again after the
+        first ran and was billed, ALREADY_EXISTS, with ErrorInfo metadata
+        `request_id` naming the mesh request that ran (nothing runs or is billed
+        twice). A call that was refused before it produced anything (a limit,
+        shedding, a refusal downstream) frees its key, so retrying it works.
+        Keys are remembered for 24 hours.
         """
 
     @_abc_1.abstractmethod

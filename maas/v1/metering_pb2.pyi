@@ -17,6 +17,7 @@ class RequestStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     REQUEST_STATUS_COMPLETED: _ClassVar[RequestStatus]
     REQUEST_STATUS_CANCELLED: _ClassVar[RequestStatus]
     REQUEST_STATUS_FAILED: _ClassVar[RequestStatus]
+    REQUEST_STATUS_RUNNING: _ClassVar[RequestStatus]
 
 class UsageGrouping(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -29,6 +30,7 @@ REQUEST_STATUS_UNSPECIFIED: RequestStatus
 REQUEST_STATUS_COMPLETED: RequestStatus
 REQUEST_STATUS_CANCELLED: RequestStatus
 REQUEST_STATUS_FAILED: RequestStatus
+REQUEST_STATUS_RUNNING: RequestStatus
 USAGE_GROUPING_UNSPECIFIED: UsageGrouping
 USAGE_GROUPING_MODEL: UsageGrouping
 USAGE_GROUPING_HOUR: UsageGrouping
@@ -36,7 +38,7 @@ USAGE_GROUPING_DAY: UsageGrouping
 USAGE_GROUPING_MONTH: UsageGrouping
 
 class UsageRecord(_message.Message):
-    __slots__ = ("request_id", "tenant_id", "key_id", "model", "prompt_tokens", "completion_tokens", "start_time", "end_time", "status", "cached_tokens")
+    __slots__ = ("request_id", "tenant_id", "key_id", "model", "prompt_tokens", "completion_tokens", "start_time", "end_time", "status", "cached_tokens", "client_request_id")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     TENANT_ID_FIELD_NUMBER: _ClassVar[int]
     KEY_ID_FIELD_NUMBER: _ClassVar[int]
@@ -47,6 +49,7 @@ class UsageRecord(_message.Message):
     END_TIME_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     CACHED_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     tenant_id: str
     key_id: str
@@ -57,7 +60,8 @@ class UsageRecord(_message.Message):
     end_time: _timestamp_pb2.Timestamp
     status: RequestStatus
     cached_tokens: int
-    def __init__(self, request_id: _Optional[str] = ..., tenant_id: _Optional[str] = ..., key_id: _Optional[str] = ..., model: _Optional[str] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., status: _Optional[_Union[RequestStatus, str]] = ..., cached_tokens: _Optional[int] = ...) -> None: ...
+    client_request_id: str
+    def __init__(self, request_id: _Optional[str] = ..., tenant_id: _Optional[str] = ..., key_id: _Optional[str] = ..., model: _Optional[str] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., status: _Optional[_Union[RequestStatus, str]] = ..., cached_tokens: _Optional[int] = ..., client_request_id: _Optional[str] = ...) -> None: ...
 
 class RecordUsageRequest(_message.Message):
     __slots__ = ("record",)

@@ -59,9 +59,15 @@ class MeteringServicer:
     """
 
     def RecordUsage(self, request, context):
-        """Records the usage of one request. Idempotent on request_id: a replay
-        returns the record stored first and `duplicate = true`, so a retry never
-        bills twice.
+        """Records the usage of one request. Idempotent on request_id: the ledger
+        holds one record per request, so nothing is billed twice. A later record
+        of the same request (same tenant, key and model) supersedes: the larger
+        token counts and the final status are kept, so a running stream's
+        progress records (status RUNNING, written every few seconds) are
+        replaced by its final record, and a stream whose gateway died is billed
+        what its last progress record said. A replay returns the stored record
+        and `duplicate = true`. ALREADY_EXISTS when the request id is stored for
+        another tenant, key or model, or with another final usage.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -36,9 +36,15 @@ class MeteringStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> MeteringAsyncStub: ...
     RecordUsage: _grpc.UnaryUnaryMultiCallable[_metering_pb2.RecordUsageRequest, _metering_pb2.RecordUsageResponse]
-    """Records the usage of one request. Idempotent on request_id: a replay
-    returns the record stored first and `duplicate = true`, so a retry never
-    bills twice.
+    """Records the usage of one request. Idempotent on request_id: the ledger
+    holds one record per request, so nothing is billed twice. A later record
+    of the same request (same tenant, key and model) supersedes: the larger
+    token counts and the final status are kept, so a running stream's
+    progress records (status RUNNING, written every few seconds) are
+    replaced by its final record, and a stream whose gateway died is billed
+    what its last progress record said. A replay returns the stored record
+    and `duplicate = true`. ALREADY_EXISTS when the request id is stored for
+    another tenant, key or model, or with another final usage.
     """
     RecordUsageBatch: _grpc.UnaryUnaryMultiCallable[_metering_pb2.RecordUsageBatchRequest, _metering_pb2.RecordUsageBatchResponse]
     """Records many requests' usage in one call: how the gateway's outbox sends
@@ -57,9 +63,15 @@ class MeteringAsyncStub(MeteringStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     RecordUsage: _aio.UnaryUnaryMultiCallable[_metering_pb2.RecordUsageRequest, _metering_pb2.RecordUsageResponse]  # type: ignore[assignment]
-    """Records the usage of one request. Idempotent on request_id: a replay
-    returns the record stored first and `duplicate = true`, so a retry never
-    bills twice.
+    """Records the usage of one request. Idempotent on request_id: the ledger
+    holds one record per request, so nothing is billed twice. A later record
+    of the same request (same tenant, key and model) supersedes: the larger
+    token counts and the final status are kept, so a running stream's
+    progress records (status RUNNING, written every few seconds) are
+    replaced by its final record, and a stream whose gateway died is billed
+    what its last progress record said. A replay returns the stored record
+    and `duplicate = true`. ALREADY_EXISTS when the request id is stored for
+    another tenant, key or model, or with another final usage.
     """
     RecordUsageBatch: _aio.UnaryUnaryMultiCallable[_metering_pb2.RecordUsageBatchRequest, _metering_pb2.RecordUsageBatchResponse]  # type: ignore[assignment]
     """Records many requests' usage in one call: how the gateway's outbox sends
@@ -81,9 +93,15 @@ class MeteringServicer(metaclass=_abc_1.ABCMeta):
         request: _metering_pb2.RecordUsageRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_metering_pb2.RecordUsageResponse, _abc.Awaitable[_metering_pb2.RecordUsageResponse]]:
-        """Records the usage of one request. Idempotent on request_id: a replay
-        returns the record stored first and `duplicate = true`, so a retry never
-        bills twice.
+        """Records the usage of one request. Idempotent on request_id: the ledger
+        holds one record per request, so nothing is billed twice. A later record
+        of the same request (same tenant, key and model) supersedes: the larger
+        token counts and the final status are kept, so a running stream's
+        progress records (status RUNNING, written every few seconds) are
+        replaced by its final record, and a stream whose gateway died is billed
+        what its last progress record said. A replay returns the stored record
+        and `duplicate = true`. ALREADY_EXISTS when the request id is stored for
+        another tenant, key or model, or with another final usage.
         """
 
     @_abc_1.abstractmethod

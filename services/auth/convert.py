@@ -30,6 +30,7 @@ _STATUS_TO_PROTO = {
     RequestStatus.COMPLETED: metering_pb2.REQUEST_STATUS_COMPLETED,
     RequestStatus.CANCELLED: metering_pb2.REQUEST_STATUS_CANCELLED,
     RequestStatus.FAILED: metering_pb2.REQUEST_STATUS_FAILED,
+    RequestStatus.RUNNING: metering_pb2.REQUEST_STATUS_RUNNING,
 }
 _STATUS_FROM_PROTO = {v: k for k, v in _STATUS_TO_PROTO.items()}
 
@@ -121,6 +122,7 @@ def usage_from_proto(message: metering_pb2.UsageRecord) -> UsageRecord:
         end_time=from_timestamp(message.end_time),
         status=status,
         cached_tokens=message.cached_tokens,
+        client_request_id=message.client_request_id,
     )
 
 
@@ -136,6 +138,7 @@ def usage_to_proto(record: UsageRecord) -> metering_pb2.UsageRecord:
         end_time=timestamp(record.end_time),
         status=_STATUS_TO_PROTO[record.status],
         cached_tokens=record.cached_tokens,
+        client_request_id=record.client_request_id,
     )
 
 

@@ -194,14 +194,15 @@ class MeteringCore:
         self._store = store
 
     async def record_usage(self, record: UsageRecord) -> tuple[UsageRecord, bool]:
-        """Appends once per request id: a replay returns the first record; the
-        same id with other numbers is a conflict, never a second bill."""
+        """One record per request id: a later record of the request supersedes
+        (see `UsageRecord.superseded_by`) and a replay returns the stored one;
+        a conflicting one is refused, never a second bill."""
         check_id("record.request_id", record.request_id)
         check_id("record.tenant_id", record.tenant_id)
         if record.end_time < record.start_time:
             raise InvalidArgumentError("record.end_time", "is before start_time")
         stored, duplicate = await self._store.record_usage(record)
-        if duplicate and not stored.same_usage(record):
+        if duplicate and stored.superseded_by(record) is None:
             raise AlreadyExistsError(f"request {record.request_id!r} was recorded with other usage")
         return stored, duplicate
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 
@@ -112,6 +112,12 @@ class RequestStatus(enum.StrEnum):
     COMPLETED = "completed"
     CANCELLED = "cancelled"
     FAILED = "failed"
+    # A progress record of a stream still running; a later record supersedes it.
+    RUNNING = "running"
+
+    @property
+    def final(self) -> bool:
+        return self is not RequestStatus.RUNNING
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +132,30 @@ class UsageRecord:
     end_time: datetime
     status: RequestStatus
     cached_tokens: int = 0
+    # The caller's own x-request-id, a label; "" when none.
+    client_request_id: str = ""
+
+    def superseded_by(self, later: UsageRecord) -> UsageRecord | None:
+        """This stored record once `later`, of the same request, arrives: the
+        larger counts and the final status; None when they conflict (another
+        tenant, key or model, or two final records that differ)."""
+        if (self.tenant_id, self.key_id, self.model) != (
+            later.tenant_id,
+            later.key_id,
+            later.model,
+        ):
+            return None
+        if self.status.final and later.status.final:
+            return self if self.same_usage(later) else None
+        return replace(
+            self,
+            prompt_tokens=max(self.prompt_tokens, later.prompt_tokens),
+            completion_tokens=max(self.completion_tokens, later.completion_tokens),
+            cached_tokens=max(self.cached_tokens, later.cached_tokens),
+            end_time=max(self.end_time, later.end_time),
+            status=self.status if self.status.final else later.status,
+            client_request_id=self.client_request_id or later.client_request_id,
+        )
 
     def same_usage(self, other: UsageRecord) -> bool:
         """Whether `other` bills the same thing (a replay, not a conflict)."""
@@ -146,6 +176,17 @@ class UsageRecord:
             other.cached_tokens,
             other.status,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class IdempotencyClaim:
+    """A tenant's idempotency key (its caller's x-request-id), held by the
+    mesh request that claimed it first."""
+
+    tenant_id: str
+    key: str
+    request_id: str
+    created_at: datetime
 
 
 class Grouping(enum.StrEnum):

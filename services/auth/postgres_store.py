@@ -15,6 +15,7 @@ from services.auth.models import (
     ApiKeyRecord,
     AuditEntry,
     Grouping,
+    IdempotencyClaim,
     Plan,
     Priority,
     RequestStatus,
@@ -57,7 +58,8 @@ CREATE TABLE IF NOT EXISTS usage_records (
     start_time        TIMESTAMPTZ NOT NULL,
     end_time          TIMESTAMPTZ NOT NULL,
     status            TEXT NOT NULL,
-    cached_tokens     BIGINT NOT NULL DEFAULT 0
+    cached_tokens     BIGINT NOT NULL DEFAULT 0,
+    client_request_id TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS usage_by_tenant_time ON usage_records(tenant_id, end_time);
 CREATE TABLE IF NOT EXISTS restrictions (
@@ -86,9 +88,18 @@ CREATE TABLE IF NOT EXISTS audit_log (
     detail         TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS audit_by_tenant_time ON audit_log(tenant_id, at);
+CREATE TABLE IF NOT EXISTS idempotency_keys (
+    tenant_id   TEXT NOT NULL,
+    key         TEXT NOT NULL,
+    request_id  TEXT NOT NULL,
+    created_at  TIMESTAMPTZ NOT NULL,
+    PRIMARY KEY (tenant_id, key)
+);
+CREATE INDEX IF NOT EXISTS idempotency_keys_by_age ON idempotency_keys(created_at);
 ALTER TABLE tenants ADD COLUMN IF NOT EXISTS plan TEXT NOT NULL DEFAULT '{}';
 ALTER TABLE api_keys ADD COLUMN IF NOT EXISTS expires_at TIMESTAMPTZ;
 ALTER TABLE usage_records ADD COLUMN IF NOT EXISTS cached_tokens BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE usage_records ADD COLUMN IF NOT EXISTS client_request_id TEXT NOT NULL DEFAULT '';
 """
 
 
@@ -139,6 +150,7 @@ def _usage(row: Any) -> UsageRecord:
         end_time=row["end_time"],
         status=RequestStatus(row["status"]),
         cached_tokens=row["cached_tokens"],
+        client_request_id=row["client_request_id"],
     )
 
 
@@ -220,27 +232,47 @@ class PostgresAuthStore:
         return _key(row) if row else None
 
     async def record_usage(self, record: UsageRecord) -> tuple[UsageRecord, bool]:
-        inserted = await self._pool.fetchrow(
-            "INSERT INTO usage_records VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
-            " ON CONFLICT (request_id) DO NOTHING RETURNING request_id",
-            record.request_id,
-            record.tenant_id,
-            record.key_id,
-            record.model,
-            record.prompt_tokens,
-            record.completion_tokens,
-            record.start_time,
-            record.end_time,
-            record.status.value,
-            record.cached_tokens,
-        )
-        if inserted is not None:
-            return record, False
-        row = await self._pool.fetchrow(
-            "SELECT * FROM usage_records WHERE request_id = $1", record.request_id
-        )
-        assert row is not None  # the conflict proves it is there; rows are never deleted
-        return _usage(row), True
+        async with self._pool.acquire() as conn, conn.transaction():
+            inserted = await conn.fetchrow(
+                "INSERT INTO usage_records VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+                " ON CONFLICT (request_id) DO NOTHING RETURNING request_id",
+                record.request_id,
+                record.tenant_id,
+                record.key_id,
+                record.model,
+                record.prompt_tokens,
+                record.completion_tokens,
+                record.start_time,
+                record.end_time,
+                record.status.value,
+                record.cached_tokens,
+                record.client_request_id,
+            )
+            if inserted is not None:
+                return record, False
+            # Locked until the transaction ends: concurrent records of one
+            # request supersede one after the other, none lost.
+            row = await conn.fetchrow(
+                "SELECT * FROM usage_records WHERE request_id = $1 FOR UPDATE", record.request_id
+            )
+            assert row is not None  # the conflict proves it is there; rows are never deleted
+            stored = _usage(row)
+            merged = stored.superseded_by(record)
+            if merged is None or merged == stored:
+                return stored, True
+            await conn.execute(
+                "UPDATE usage_records SET prompt_tokens = $2, completion_tokens = $3,"
+                " cached_tokens = $4, end_time = $5, status = $6, client_request_id = $7"
+                " WHERE request_id = $1",
+                merged.request_id,
+                merged.prompt_tokens,
+                merged.completion_tokens,
+                merged.cached_tokens,
+                merged.end_time,
+                merged.status.value,
+                merged.client_request_id,
+            )
+            return merged, True
 
     async def usage_buckets(
         self, tenant_id: str, start: datetime | None, end: datetime | None, by: Grouping
@@ -349,6 +381,41 @@ class PostgresAuthStore:
             )
             for r in rows
         ]
+
+    async def claim_idempotency_key(self, claim: IdempotencyClaim) -> IdempotencyClaim:
+        # The unique key decides between concurrent claims, whichever auth
+        # process they reach. One statement inserts or reads the winner; it
+        # finds neither when the winner committed after the statement's
+        # snapshot was taken (or was freed meanwhile): then it runs again.
+        while True:
+            row = await self._pool.fetchrow(
+                "WITH ins AS (INSERT INTO idempotency_keys VALUES ($1, $2, $3, $4)"
+                " ON CONFLICT (tenant_id, key) DO NOTHING RETURNING *)"
+                " SELECT * FROM ins UNION ALL SELECT * FROM idempotency_keys"
+                " WHERE tenant_id = $1 AND key = $2 LIMIT 1",
+                claim.tenant_id,
+                claim.key,
+                claim.request_id,
+                claim.created_at,
+            )
+            if row is not None:
+                return IdempotencyClaim(
+                    row["tenant_id"], row["key"], row["request_id"], row["created_at"]
+                )
+
+    async def free_idempotency_key(self, tenant_id: str, key: str, request_id: str) -> None:
+        await self._pool.execute(
+            "DELETE FROM idempotency_keys WHERE tenant_id = $1 AND key = $2 AND request_id = $3",
+            tenant_id,
+            key,
+            request_id,
+        )
+
+    async def prune_idempotency_keys(self, before: datetime) -> int:
+        status = await self._pool.execute(
+            "DELETE FROM idempotency_keys WHERE created_at < $1", before
+        )
+        return int(status.split()[-1])
 
 
 @asynccontextmanager

@@ -7,8 +7,15 @@ Reservations are leases: one whose gateway died lapses and gives its tokens
 back, so nothing leaks. All checks pass before anything is taken, and one
 lock per tenant makes check-then-take atomic across concurrent callers.
 
+A request may carry an idempotency key (its caller's x-request-id), claimed
+for the tenant in the store before any limit is checked: a second request
+with the key is refused (ABORTED while the first runs, ALREADY_EXISTS once it
+was committed or lapsed), never given a reservation. Release frees the key;
+commit and lapse keep it until the retention period prunes it.
+
 State is in this process's memory: a restart forgets the per-minute buckets
-and held leases (erring toward the tenant), never the ledger."""
+and held leases (erring toward the tenant), never the ledger or the claimed
+keys (after a restart a claimed key whose lease is gone counts as billed)."""
 
 from __future__ import annotations
 
@@ -16,12 +23,14 @@ import asyncio
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
-from services.auth.models import Plan
+from services.auth.models import IdempotencyClaim, Plan
 from services.auth.store import AuthStore
 from services.common.errors import (
+    AbortedError,
+    AlreadyExistsError,
     InvalidArgumentError,
     NotFoundError,
     PermissionDeniedError,
@@ -29,6 +38,9 @@ from services.common.errors import (
 )
 
 MINUTE_S = 60.0
+# Claims older than the retention are pruned at most this often: a sweep is a
+# DELETE over an index, cheap but not free on every Reserve.
+PRUNE_EVERY_S = 60.0
 
 
 @dataclass
@@ -59,6 +71,7 @@ class Held:
     tokens: int
     expires: float
     expire_time: datetime
+    idempotency_key: str = ""
 
 
 @dataclass
@@ -89,12 +102,15 @@ class Quotas:
         self,
         store: AuthStore,
         *,
-        lease_s: float = 600.0,
+        lease_s: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], datetime] = lambda: datetime.now(UTC),
         admit: Admission = lambda tenant_id, key_id: [],
+        idempotency_retention_s: float = 24 * 3600.0,
     ) -> None:
         self._store = store
+        self._retention = timedelta(seconds=idempotency_retention_s)
+        self._pruned_at: float | None = None
         self._admit = admit
         self._lease_s = lease_s
         self._clock = clock
@@ -102,12 +118,22 @@ class Quotas:
         self._tenants: dict[str, _TenantState] = {}
         self._by_id: dict[str, Held] = {}
 
+    @property
+    def lease_s(self) -> float:
+        return self._lease_s
+
     def held_tokens(self, tenant_id: str) -> int:
         state = self._tenants.get(tenant_id)
         return sum(h.tokens for h in state.held.values()) if state else 0
 
     async def reserve(
-        self, tenant_id: str, request_id: str, model: str, estimated_tokens: int, key_id: str = ""
+        self,
+        tenant_id: str,
+        request_id: str,
+        model: str,
+        estimated_tokens: int,
+        key_id: str = "",
+        idempotency_key: str = "",
     ) -> Held:
         tenant = await self._store.get_tenant(tenant_id)
         if tenant is None:
@@ -119,6 +145,7 @@ class Quotas:
             raise InvalidArgumentError(
                 "max_tokens", "the request's tokens exceed the plan's tokens per minute"
             )
+        await self._prune()
         state = self._tenants.setdefault(tenant_id, _TenantState())
         async with state.lock:
             now = self._clock()
@@ -126,35 +153,79 @@ class Quotas:
             for held in state.held.values():
                 if held.request_id == request_id:
                     return held  # a retried Reserve: same lease
-            throttles = self._admit(tenant_id, key_id)
-            self._check(state, plan, estimated_tokens, now)
-            if plan.monthly_token_budget:
-                wall = self._wall()
-                used = await self._store.tokens_used_since(tenant_id, month_start(wall))
-                held_now = sum(h.tokens for h in state.held.values())
-                if used + held_now + estimated_tokens > plan.monthly_token_budget:
-                    raise ResourceExhaustedError(
-                        "monthly token budget spent",
-                        retry_after_s=(next_month_start(wall) - wall).total_seconds(),
-                        subject="monthly_token_budget",
-                    )
-            for bucket in throttles:
-                bucket.level -= 1
-            if state.requests is not None:
-                state.requests.level -= 1
-            if state.tokens is not None:
-                state.tokens.level -= estimated_tokens
-            held = Held(
-                reservation_id=uuid.uuid4().hex,
-                tenant_id=tenant_id,
-                request_id=request_id,
-                tokens=estimated_tokens,
-                expires=now + self._lease_s,
-                expire_time=self._wall() + timedelta(seconds=self._lease_s),
-            )
-            state.held[held.reservation_id] = held
-            self._by_id[held.reservation_id] = held
-            return held
+            if idempotency_key:
+                await self._claim(state, tenant_id, idempotency_key, request_id)
+            try:
+                return await self._take(
+                    state, plan, tenant_id, request_id, key_id, estimated_tokens, now,
+                    idempotency_key,
+                )  # fmt: skip
+            except BaseException:
+                if idempotency_key:
+                    await self._store.free_idempotency_key(tenant_id, idempotency_key, request_id)
+                raise
+
+    async def _claim(self, state: _TenantState, tenant_id: str, key: str, request_id: str) -> None:
+        claim = await self._store.claim_idempotency_key(
+            IdempotencyClaim(tenant_id, key, request_id, self._wall())
+        )
+        if claim.request_id == request_id:
+            return
+        holder = {"request_id": claim.request_id}
+        if any(h.request_id == claim.request_id for h in state.held.values()):
+            raise AbortedError("a request with this x-request-id is running", metadata=holder)
+        raise AlreadyExistsError(
+            f"a request with this x-request-id ran as {claim.request_id}", metadata=holder
+        )
+
+    async def _take(
+        self,
+        state: _TenantState,
+        plan: Plan,
+        tenant_id: str,
+        request_id: str,
+        key_id: str,
+        estimated_tokens: int,
+        now: float,
+        idempotency_key: str,
+    ) -> Held:
+        throttles = self._admit(tenant_id, key_id)
+        self._check(state, plan, estimated_tokens, now)
+        if plan.monthly_token_budget:
+            wall = self._wall()
+            used = await self._store.tokens_used_since(tenant_id, month_start(wall))
+            held_now = sum(h.tokens for h in state.held.values())
+            if used + held_now + estimated_tokens > plan.monthly_token_budget:
+                raise ResourceExhaustedError(
+                    "monthly token budget spent",
+                    retry_after_s=(next_month_start(wall) - wall).total_seconds(),
+                    subject="monthly_token_budget",
+                )
+        for bucket in throttles:
+            bucket.level -= 1
+        if state.requests is not None:
+            state.requests.level -= 1
+        if state.tokens is not None:
+            state.tokens.level -= estimated_tokens
+        held = Held(
+            reservation_id=uuid.uuid4().hex,
+            tenant_id=tenant_id,
+            request_id=request_id,
+            tokens=estimated_tokens,
+            expires=now + self._lease_s,
+            expire_time=self._wall() + timedelta(seconds=self._lease_s),
+            idempotency_key=idempotency_key,
+        )
+        state.held[held.reservation_id] = held
+        self._by_id[held.reservation_id] = held
+        return held
+
+    async def _prune(self) -> None:
+        now = self._clock()
+        if self._pruned_at is not None and now - self._pruned_at < PRUNE_EVERY_S:
+            return
+        self._pruned_at = now
+        await self._store.prune_idempotency_keys(self._wall() - self._retention)
 
     def _check(self, state: _TenantState, plan: Plan, estimated: int, now: float) -> None:
         """Raises for the first limit the request would pass; takes nothing."""
@@ -177,16 +248,38 @@ class Quotas:
                 "tokens per minute exceeded", retry_after_s=wait, subject="tokens_per_minute"
             )
 
+    def renew(self, reservation_id: str) -> Held:
+        """Extends the lease by a lease period from now."""
+        held = self._by_id.get(reservation_id)
+        now = self._clock()
+        if held is None or held.expires <= now:
+            raise NotFoundError(f"no reservation {reservation_id!r} (settled or lapsed)")
+        renewed = replace(
+            held,
+            expires=now + self._lease_s,
+            expire_time=self._wall() + timedelta(seconds=self._lease_s),
+        )
+        self._by_id[reservation_id] = renewed
+        self._tenants[held.tenant_id].held[reservation_id] = renewed
+        return renewed
+
     def commit(self, reservation_id: str, used_tokens: int) -> int:
-        """Settles with the actual usage; returns the tokens given back."""
+        """Settles with the actual usage; returns the tokens given back. A
+        request that ran past its estimate is charged the overage: the bucket
+        may go below zero, and the tenant's next requests wait it out."""
         held = self._pop(reservation_id)
         returned = max(0, held.tokens - used_tokens)
-        self._give_back(held.tenant_id, returned)
+        self._give_back(held.tenant_id, returned - max(0, used_tokens - held.tokens))
         return returned
 
-    def release(self, reservation_id: str) -> None:
+    async def release(self, reservation_id: str) -> None:
+        """Gives the reservation back whole, and its idempotency key: nothing ran."""
         held = self._pop(reservation_id)
         self._give_back(held.tenant_id, held.tokens)
+        if held.idempotency_key:
+            await self._store.free_idempotency_key(
+                held.tenant_id, held.idempotency_key, held.request_id
+            )
 
     def _pop(self, reservation_id: str) -> Held:
         held = self._by_id.pop(reservation_id, None)
@@ -196,6 +289,7 @@ class Quotas:
         return held
 
     def _give_back(self, tenant_id: str, tokens: int) -> None:
+        """Returns `tokens` to the tenant's per-minute bucket (takes them when negative)."""
         bucket = self._tenants[tenant_id].tokens
         if bucket is not None:
             bucket.level = min(bucket.capacity, bucket.level + tokens)

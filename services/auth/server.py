@@ -32,7 +32,12 @@ async def create_server(
     auth = AuthServicer(
         core,
         AdminGuard(settings.admin_token.get_secret_value(), core),
-        Quotas(store, lease_s=settings.reservation_lease_s, admit=restrictions.admit),
+        Quotas(
+            store,
+            lease_s=settings.reservation_lease_s,
+            admit=restrictions.admit,
+            idempotency_retention_s=settings.idempotency_retention_s,
+        ),
         restrictions,
     )
     metering = MeteringServicer(MeteringCore(store))

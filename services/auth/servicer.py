@@ -6,6 +6,7 @@ import hmac
 from typing import Any
 
 import grpc
+from google.protobuf import duration_pb2
 
 from maas.v1 import auth_pb2, auth_pb2_grpc, metering_pb2, metering_pb2_grpc
 from services.auth import convert
@@ -17,7 +18,7 @@ from services.auth.core import (
     require_tenant,
 )
 from services.auth.models import OPERATOR, Admin, UsageRecord
-from services.auth.quota import Quotas
+from services.auth.quota import Held, Quotas
 from services.auth.restrictions import Restrictions
 from services.common.errors import MeshError, UnauthenticatedError
 
@@ -139,17 +140,30 @@ class AuthServicer(auth_pb2_grpc.AuthServicer):
     ) -> auth_pb2.Reservation:
         check_id("request_id", request.request_id)
         check_id("tenant_id", request.tenant_id)
+        if request.idempotency_key:
+            check_id("idempotency_key", request.idempotency_key)
         held = await self._quotas.reserve(
             request.tenant_id,
             request.request_id,
             request.model,
             request.estimated_tokens,
             request.key_id,
+            request.idempotency_key,
         )
+        return self._reservation(held)
+
+    async def Renew(self, request: auth_pb2.RenewRequest, context: Context) -> auth_pb2.Reservation:
+        held = self._quotas.renew(request.reservation_id)
+        return self._reservation(held)
+
+    def _reservation(self, held: Held) -> auth_pb2.Reservation:
+        lease = duration_pb2.Duration()
+        lease.FromNanoseconds(int(self._quotas.lease_s * 1e9))
         return auth_pb2.Reservation(
             reservation_id=held.reservation_id,
             tokens=held.tokens,
             expire_time=convert.timestamp(held.expire_time),
+            lease=lease,
         )
 
     async def Commit(
@@ -161,7 +175,7 @@ class AuthServicer(auth_pb2_grpc.AuthServicer):
     async def Release(
         self, request: auth_pb2.ReleaseRequest, context: Context
     ) -> auth_pb2.ReleaseResponse:
-        self._quotas.release(request.reservation_id)
+        await self._quotas.release(request.reservation_id)
         return auth_pb2.ReleaseResponse()
 
     async def Authenticate(

@@ -55,8 +55,11 @@ class AuthSettings(ServiceSettings):
         "keep it stable"
     )
     default_plan: DefaultPlanSettings = DefaultPlanSettings()
-    # A reservation not settled by then (its gateway died) lapses and frees its slot.
-    reservation_lease_s: float = Field(default=600.0, gt=0)
+    # A reservation not settled or renewed by then (its gateway died) lapses and
+    # frees its slot; short, as running requests' gateways renew every third of it.
+    reservation_lease_s: float = Field(default=30.0, gt=0)
+    # How long a tenant's idempotency key (its callers' x-request-id) is remembered.
+    idempotency_retention_s: float = Field(default=24 * 3600.0, gt=0)
 
     @field_validator("admin_token", "key_pepper")
     @classmethod

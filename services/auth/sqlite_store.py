@@ -21,6 +21,7 @@ from services.auth.models import (
     ApiKeyRecord,
     AuditEntry,
     Grouping,
+    IdempotencyClaim,
     Plan,
     Priority,
     RequestStatus,
@@ -63,7 +64,8 @@ CREATE TABLE IF NOT EXISTS usage_records (
     start_time        INTEGER NOT NULL,
     end_time          INTEGER NOT NULL,
     status            TEXT NOT NULL,
-    cached_tokens     INTEGER NOT NULL DEFAULT 0
+    cached_tokens     INTEGER NOT NULL DEFAULT 0,
+    client_request_id TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS usage_by_tenant_time ON usage_records(tenant_id, end_time);
 CREATE TABLE IF NOT EXISTS restrictions (
@@ -92,6 +94,14 @@ CREATE TABLE IF NOT EXISTS audit_log (
     detail         TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS audit_by_tenant_time ON audit_log(tenant_id, at);
+CREATE TABLE IF NOT EXISTS idempotency_keys (
+    tenant_id   TEXT NOT NULL,
+    key         TEXT NOT NULL,
+    request_id  TEXT NOT NULL,
+    created_at  INTEGER NOT NULL,
+    PRIMARY KEY (tenant_id, key)
+);
+CREATE INDEX IF NOT EXISTS idempotency_keys_by_age ON idempotency_keys(created_at);
 """
 
 
@@ -150,6 +160,7 @@ def _usage(row: sqlite3.Row) -> UsageRecord:
         end_time=_from_us(row["end_time"]),
         status=RequestStatus(row["status"]),
         cached_tokens=row["cached_tokens"],
+        client_request_id=row["client_request_id"],
     )
 
 
@@ -248,9 +259,14 @@ class _LedgerWriter:
             stored = {row["request_id"]: _usage(row) for row in await cur.fetchall()}
         results: list[tuple[UsageRecord, bool]] = []
         new_rows = []
+        updated: dict[str, UsageRecord] = {}
         for record in records:
             first = stored.get(record.request_id)
             if first is not None:
+                merged = first.superseded_by(record)
+                if merged is not None and merged != first:
+                    stored[record.request_id] = updated[record.request_id] = merged
+                    first = merged
                 results.append((first, True))
                 continue
             stored[record.request_id] = record
@@ -258,8 +274,20 @@ class _LedgerWriter:
             results.append((record, False))
         if new_rows:
             await self._db.executemany(
-                "INSERT INTO usage_records VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", new_rows
+                "INSERT INTO usage_records VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", new_rows
             )
+        if updated:
+            # Rows inserted above are updated in place too: one statement per request.
+            await self._db.executemany(
+                "UPDATE usage_records SET prompt_tokens = ?, completion_tokens = ?,"
+                " cached_tokens = ?, end_time = ?, status = ?, client_request_id = ?"
+                " WHERE request_id = ?",
+                [
+                    (r.prompt_tokens, r.completion_tokens, r.cached_tokens, _to_us(r.end_time),
+                     r.status.value, r.client_request_id, r.request_id)
+                    for r in updated.values()
+                ],
+            )  # fmt: skip
         await self._db.commit()
         return results
 
@@ -276,6 +304,7 @@ def _usage_row(record: UsageRecord) -> tuple[str | int, ...]:
         _to_us(record.end_time),
         record.status.value,
         record.cached_tokens,
+        record.client_request_id,
     )
 
 
@@ -449,6 +478,39 @@ class SqliteAuthStore:
         ) as cur:
             return [_audit(r) for r in await cur.fetchall()]
 
+    async def claim_idempotency_key(self, claim: IdempotencyClaim) -> IdempotencyClaim:
+        # The primary key decides between concurrent claims; the read finds
+        # the winner, unless it was freed in between: then claim again.
+        while True:
+            await self._db.execute(
+                "INSERT OR IGNORE INTO idempotency_keys VALUES (?, ?, ?, ?)",
+                (claim.tenant_id, claim.key, claim.request_id, _to_us(claim.created_at)),
+            )
+            await self._db.commit()
+            async with self._db.execute(
+                "SELECT * FROM idempotency_keys WHERE tenant_id = ? AND key = ?",
+                (claim.tenant_id, claim.key),
+            ) as cur:
+                row = await cur.fetchone()
+            if row is not None:
+                return IdempotencyClaim(
+                    row["tenant_id"], row["key"], row["request_id"], _from_us(row["created_at"])
+                )
+
+    async def free_idempotency_key(self, tenant_id: str, key: str, request_id: str) -> None:
+        await self._db.execute(
+            "DELETE FROM idempotency_keys WHERE tenant_id = ? AND key = ? AND request_id = ?",
+            (tenant_id, key, request_id),
+        )
+        await self._db.commit()
+
+    async def prune_idempotency_keys(self, before: datetime) -> int:
+        cur = await self._db.execute(
+            "DELETE FROM idempotency_keys WHERE created_at < ?", (_to_us(before),)
+        )
+        await self._db.commit()
+        return cur.rowcount
+
 
 @asynccontextmanager
 async def open_sqlite_store(path: Path) -> AsyncIterator[SqliteAuthStore]:
@@ -462,11 +524,12 @@ async def open_sqlite_store(path: Path) -> AsyncIterator[SqliteAuthStore]:
         # Other processes (the CLI reading usage) may hold the lock briefly.
         await db.execute("PRAGMA busy_timeout=5000")
         await db.executescript(SCHEMA)
-        # Databases from before plans and key expiry existed get the columns.
+        # Databases from before these columns existed get them.
         for table, column, decl in (
             ("tenants", "plan", "TEXT NOT NULL DEFAULT '{}'"),
             ("api_keys", "expires_at", "INTEGER"),
             ("usage_records", "cached_tokens", "INTEGER NOT NULL DEFAULT 0"),
+            ("usage_records", "client_request_id", "TEXT NOT NULL DEFAULT ''"),
         ):
             async with db.execute(f"PRAGMA table_info({table})") as cur:
                 columns = {row["name"] for row in await cur.fetchall()}

@@ -10,6 +10,7 @@ from services.auth.models import (
     ApiKeyRecord,
     AuditEntry,
     Grouping,
+    IdempotencyClaim,
     Plan,
     Priority,
     Restriction,
@@ -74,4 +75,18 @@ class AuthStore(Protocol):
 
     async def list_audit(self, tenant_id: str | None, limit: int) -> list[AuditEntry]:
         """Audit entries (of one tenant when given), newest first."""
+        ...
+
+    async def claim_idempotency_key(self, claim: IdempotencyClaim) -> IdempotencyClaim:
+        """Stores `claim` unless its (tenant_id, key) is held, atomically across
+        concurrent callers; returns the claim that holds the key (`claim`
+        itself, or the earlier one)."""
+        ...
+
+    async def free_idempotency_key(self, tenant_id: str, key: str, request_id: str) -> None:
+        """Forgets the key if `request_id` holds it."""
+        ...
+
+    async def prune_idempotency_keys(self, before: datetime) -> int:
+        """Forgets claims made before `before`; returns how many."""
         ...

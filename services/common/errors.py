@@ -121,6 +121,12 @@ class FailedPreconditionError(MeshError):
     code = grpc.StatusCode.FAILED_PRECONDITION
 
 
+class AbortedError(MeshError):
+    """A conflict with a concurrent operation; retrying later may work."""
+
+    code = grpc.StatusCode.ABORTED
+
+
 class UnavailableError(MeshError):
     code = grpc.StatusCode.UNAVAILABLE
 

@@ -137,6 +137,10 @@ class InvalidRequestError(Exception):
         self.description = description
 
 
+class DuplicateRequestError(Exception):
+    """A request with this id is live in the engine; two never share one."""
+
+
 class EngineDeadError(Exception):
     """The engine stopped and cannot serve."""
 

@@ -13,6 +13,7 @@ from opentelemetry import trace
 from maas.v1 import generation_pb2, inference_pb2, inference_pb2_grpc
 from observability.context import current_request_id, new_request_id
 from services.common.errors import (
+    AlreadyExistsError,
     InvalidArgumentError,
     MeshError,
     NotFoundError,
@@ -20,6 +21,7 @@ from services.common.errors import (
 )
 from services.inference import convert
 from services.inference.engine import (
+    DuplicateRequestError,
     Engine,
     EngineDeadError,
     GenerationInput,
@@ -38,6 +40,8 @@ def translate_engine_error(exc: Exception) -> MeshError | None:
         return InvalidArgumentError(exc.field, exc.description)
     if isinstance(exc, EngineDeadError):
         return UnavailableError(f"engine is not running: {exc}")
+    if isinstance(exc, DuplicateRequestError):
+        return AlreadyExistsError(str(exc))
     return None
 
 

@@ -23,6 +23,7 @@ from vllm.v1.metrics.loggers import StatLoggerBase
 from services.inference.engine import (
     Capacity,
     Delta,
+    DuplicateRequestError,
     EngineDeadError,
     FinishReason,
     GenerationInput,
@@ -220,6 +221,9 @@ class VllmEngine:
         adapter: str | None = None,
         priority: int = 0,
     ) -> AsyncGenerator[Delta, None]:
+        if request_id in self._promised:
+            # Before anything is registered: the live request keeps its entry.
+            raise DuplicateRequestError(f"request {request_id!r} is already running")
         check_prompt_size(inp, self._model_info)
         prompt_ids = self._prompt_ids(inp)
         max_tokens = check_request(prompt_ids, inp, options, self._model_info)

@@ -214,3 +214,69 @@ async def test_cached_tokens_are_kept_and_part_of_the_idempotency_check(
     assert duplicate and again.cached_tokens == stored.cached_tokens == 4
     with pytest.raises(AlreadyExistsError):
         await metering_core.record_usage(replace(record, cached_tokens=5))
+
+
+async def test_the_callers_request_id_is_kept_on_the_record(metering_core: MeteringCore) -> None:
+    record = replace(usage("mesh-1", "t1"), client_request_id="order-42:retry.1")
+    await metering_core.record_usage(record)
+    stored, duplicate = await metering_core.record_usage(record)
+    assert duplicate and stored.client_request_id == "order-42:retry.1"
+
+
+async def test_a_ledger_from_before_the_client_request_id_gets_the_column(tmp_path: Path) -> None:
+    import sqlite3
+
+    from services.auth.sqlite_store import open_sqlite_store
+
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as old:
+        old.execute(
+            "CREATE TABLE usage_records (request_id TEXT PRIMARY KEY, tenant_id TEXT NOT NULL,"
+            " key_id TEXT NOT NULL, model TEXT NOT NULL, prompt_tokens INTEGER NOT NULL,"
+            " completion_tokens INTEGER NOT NULL, start_time INTEGER NOT NULL,"
+            " end_time INTEGER NOT NULL, status TEXT NOT NULL)"
+        )
+        old.execute(
+            "INSERT INTO usage_records VALUES ('old', 't1', 'k', 'tiny', 1, 2, 0, 1, 'completed')"
+        )
+    async with open_sqlite_store(path) as store:
+        core = MeteringCore(store)
+        await core.record_usage(replace(usage("new", "t1"), client_request_id="c-1"))
+        stored, _ = await core.record_usage(replace(usage("new", "t1"), client_request_id="c-1"))
+        assert stored.client_request_id == "c-1"
+        assert (await core.usage_summary("t1", None, None)).requests == 2
+
+
+async def test_progress_records_are_superseded_and_bill_once(metering_core: MeteringCore) -> None:
+    progress = [
+        replace(usage("s1", "t1", completion=n), status=RequestStatus.RUNNING) for n in (3, 8)
+    ]
+    for record in progress:
+        await metering_core.record_usage(record)
+    # The gateway died here: what was streamed so far is billed.
+    died = await metering_core.usage_summary("t1", None, None)
+    assert (died.requests, died.completion_tokens) == (1, 8)
+    final, duplicate = await metering_core.record_usage(usage("s1", "t1", completion=12))
+    assert duplicate and final.status == RequestStatus.COMPLETED
+    # A stale progress record arriving late changes nothing.
+    stale, _ = await metering_core.record_usage(progress[0])
+    assert (stale.status, stale.completion_tokens) == (RequestStatus.COMPLETED, 12)
+    summary = await metering_core.usage_summary("t1", None, None)
+    assert (summary.requests, summary.completion_tokens) == (1, 12)
+
+
+async def test_progress_and_final_in_one_batch_bill_once(metering_core: MeteringCore) -> None:
+    running = replace(usage("s2", "t1", completion=4), status=RequestStatus.RUNNING)
+    results = await metering_core.record_usage_batch([running, usage("s2", "t1", completion=9)])
+    assert not any(isinstance(r, Exception) for r in results)
+    summary = await metering_core.usage_summary("t1", None, None)
+    assert (summary.requests, summary.completion_tokens) == (1, 9)
+
+
+async def test_a_progress_record_of_another_tenant_is_a_conflict(
+    metering_core: MeteringCore,
+) -> None:
+    await metering_core.record_usage(replace(usage("s3", "t1"), status=RequestStatus.RUNNING))
+    with pytest.raises(AlreadyExistsError):
+        await metering_core.record_usage(usage("s3", "t2", completion=50))
+    assert (await metering_core.usage_summary("t2", None, None)).requests == 0

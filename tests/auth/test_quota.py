@@ -13,7 +13,10 @@ from services.auth.models import Plan, RequestStatus, UsageRecord
 from services.auth.quota import Quotas
 from services.auth.store import AuthStore
 from services.common.errors import (
+    AbortedError,
+    AlreadyExistsError,
     InvalidArgumentError,
+    NotFoundError,
     PermissionDeniedError,
     ResourceExhaustedError,
 )
@@ -79,7 +82,7 @@ async def test_concurrency_and_leases(auth_core: AuthCore, store: AuthStore) -> 
     with pytest.raises(ResourceExhaustedError) as info:
         await q.reserve(tenant, "r2", "m", 5)
     assert info.value.subject == "max_concurrent_requests"
-    q.release(held.reservation_id)
+    await q.release(held.reservation_id)
     second = await q.reserve(tenant, "r2", "m", 5)
     # Its gateway dies: the lease lapses and the slot comes back by itself.
     clock.now += 11.0
@@ -167,3 +170,118 @@ async def test_concurrent_reservations_never_overspend(
     granted = await asyncio.gather(*(one(i, s) for i, s in enumerate(sizes)))
     assert 0 < sum(granted) <= min(budget, tpm)
     assert q.held_tokens(tenant) == sum(granted)
+
+
+async def test_an_idempotency_key_is_refused_while_running_and_after_it_was_billed(
+    auth_core: AuthCore, store: AuthStore
+) -> None:
+    q = quotas(store, Clock())
+    tenant = await tenant_with(auth_core, Plan())
+    first = await q.reserve(tenant, "mesh-1", "m", 5, idempotency_key="order-7")
+    with pytest.raises(AbortedError) as running:
+        await q.reserve(tenant, "mesh-2", "m", 5, idempotency_key="order-7")
+    assert running.value.metadata["request_id"] == "mesh-1"
+    assert q.held_tokens(tenant) == 5  # the duplicate holds nothing
+    q.commit(first.reservation_id, 5)
+    with pytest.raises(AlreadyExistsError) as billed:
+        await q.reserve(tenant, "mesh-3", "m", 5, idempotency_key="order-7")
+    assert billed.value.metadata["request_id"] == "mesh-1"
+    assert "mesh-1" in billed.value.message
+
+
+async def test_a_released_or_refused_request_frees_its_key(
+    auth_core: AuthCore, store: AuthStore
+) -> None:
+    clock = Clock()
+    q = quotas(store, clock)
+    tenant = await tenant_with(auth_core, Plan(requests_per_minute=1))
+    shed = await q.reserve(tenant, "mesh-1", "m", 5, idempotency_key="k")
+    await q.release(shed.reservation_id)  # refused downstream: nothing ran
+    with pytest.raises(ResourceExhaustedError):
+        await q.reserve(tenant, "mesh-2", "m", 5, idempotency_key="k")  # over the rate
+    clock.now += 60.0
+    retried = await q.reserve(tenant, "mesh-3", "m", 5, idempotency_key="k")
+    assert retried.request_id == "mesh-3"
+
+
+async def test_a_lapsed_lease_keeps_its_key_billed(auth_core: AuthCore, store: AuthStore) -> None:
+    clock = Clock()
+    q = quotas(store, clock, lease_s=10.0)
+    tenant = await tenant_with(auth_core, Plan())
+    await q.reserve(tenant, "mesh-1", "m", 5, idempotency_key="k")
+    clock.now += 11.0  # its gateway died mid-stream: what it streamed is billed
+    with pytest.raises(AlreadyExistsError):
+        await q.reserve(tenant, "mesh-2", "m", 5, idempotency_key="k")
+
+
+async def test_keys_of_different_tenants_never_collide(
+    auth_core: AuthCore, store: AuthStore
+) -> None:
+    q = quotas(store, Clock())
+    one, two = await tenant_with(auth_core, Plan()), await tenant_with(auth_core, Plan())
+    await q.reserve(one, "mesh-1", "m", 5, idempotency_key="same")
+    await q.reserve(two, "mesh-2", "m", 5, idempotency_key="same")
+    assert q.held_tokens(one) == q.held_tokens(two) == 5
+
+
+async def test_concurrent_duplicates_get_one_reservation(
+    auth_core: AuthCore, store: AuthStore
+) -> None:
+    q = quotas(store, Clock())
+    tenant = await tenant_with(auth_core, Plan())
+    outcomes = await asyncio.gather(
+        *(q.reserve(tenant, f"mesh-{i}", "m", 5, idempotency_key="k") for i in range(6)),
+        return_exceptions=True,
+    )
+    granted = [o for o in outcomes if not isinstance(o, BaseException)]
+    assert len(granted) == 1
+    assert all(isinstance(o, AbortedError) for o in outcomes if o not in granted)
+
+
+async def test_a_claim_survives_a_restart_and_is_pruned_after_the_retention(
+    auth_core: AuthCore, store: AuthStore
+) -> None:
+    tenant = await tenant_with(auth_core, Plan())
+    wall = [NOW]
+    before = Quotas(store, clock=Clock(), wall=lambda: wall[0])
+    held = await before.reserve(tenant, "mesh-1", "m", 5, idempotency_key="k")
+    before.commit(held.reservation_id, 5)
+    after = Quotas(store, clock=Clock(), wall=lambda: wall[0])  # auth restarted
+    with pytest.raises(AlreadyExistsError):
+        await after.reserve(tenant, "mesh-2", "m", 5, idempotency_key="k")
+    wall[0] += timedelta(hours=25)
+    later = Quotas(store, clock=Clock(), wall=lambda: wall[0])
+    await later.reserve(tenant, "mesh-3", "m", 5, idempotency_key="k")
+
+
+async def test_a_request_past_its_estimate_is_charged_what_it_used(
+    auth_core: AuthCore, store: AuthStore
+) -> None:
+    clock = Clock()
+    q = quotas(store, clock)
+    tenant = await tenant_with(auth_core, Plan(tokens_per_minute=100))
+    held = await q.reserve(tenant, "r1", "m", 10)
+    assert q.commit(held.reservation_id, used_tokens=70) == 0  # 60 over its estimate
+    # 100 - 70 used: 30 left, not the 90 the estimate alone would leave.
+    await q.reserve(tenant, "r2", "m", 30)
+    with pytest.raises(ResourceExhaustedError) as info:
+        await q.reserve(tenant, "r3", "m", 1)
+    assert info.value.subject == "tokens_per_minute"
+
+
+async def test_a_renewed_lease_keeps_its_slot_and_an_unrenewed_one_lapses(
+    auth_core: AuthCore, store: AuthStore
+) -> None:
+    clock = Clock()
+    q = quotas(store, clock, lease_s=30.0)
+    tenant = await tenant_with(auth_core, Plan(max_concurrent_requests=1))
+    held = await q.reserve(tenant, "r1", "m", 5)
+    for _ in range(5):  # a stream running five leases long, renewed every third of one
+        clock.now += 10.0
+        q.renew(held.reservation_id)
+        with pytest.raises(ResourceExhaustedError):
+            await q.reserve(tenant, "r2", "m", 5)
+    clock.now += 30.0  # its gateway died: no more renewals
+    await q.reserve(tenant, "r2", "m", 5)
+    with pytest.raises(NotFoundError):
+        q.renew(held.reservation_id)

@@ -72,13 +72,13 @@ async def test_a_suspended_key_is_refused_and_its_sibling_is_not_until_lifted(
     with pytest.raises(SuspendedError, match=r"key suspended until .*: leaked key"):
         await quotas.reserve(tenant_id, "r1", "tiny", 10, key_id=leaked)
     held = await quotas.reserve(tenant_id, "r2", "tiny", 10, key_id=other)
-    quotas.release(held.reservation_id)
+    await quotas.release(held.reservation_id)
 
     wall.now += timedelta(minutes=1)
     lifted = await restrictions.lift(made.restriction_id, "admin", "false alarm")
     assert lifted.lifted_by == "admin" and lifted.lifted_at == wall.now
     held = await quotas.reserve(tenant_id, "r3", "tiny", 10, key_id=leaked)
-    quotas.release(held.reservation_id)
+    await quotas.release(held.reservation_id)
 
     trail = await restrictions.audit(tenant_id, 0)
     assert [(e.action, e.actor) for e in trail] == [

@@ -318,11 +318,13 @@ async def test_an_http_request_is_one_trace_across_the_mesh_with_its_request_id(
             "x-request-id": request_id,
         },
     )
-    assert response.headers["x-request-id"] == request_id
+    assert response.headers["x-client-request-id"] == request_id
+    mesh_request_id = response.headers["x-request-id"]
+    assert mesh_request_id != request_id  # minted by the mesh
     stream = response.parse()
     assert isinstance(stream, openai.AsyncStream)
     chunks: list[ChatCompletionChunk] = [chunk async for chunk in stream]
-    assert chunks[0].id == f"chatcmpl-{request_id}"
+    assert chunks[0].id == f"chatcmpl-{mesh_request_id}"
 
     def traced(service: str, name: str) -> bool:
         return any(s.name == name for s in _spans(mesh, service, trace_id))
@@ -340,7 +342,8 @@ async def test_an_http_request_is_one_trace_across_the_mesh_with_its_request_id(
     http = _one(gateway, "POST /v1/chat/completions", SpanKind.SERVER)
     assert _parent_of(http) == caller_span_id
     assert http.attributes is not None
-    assert http.attributes["maas.request_id"] == request_id
+    assert http.attributes["maas.request_id"] == mesh_request_id
+    assert http.attributes["maas.client_request_id"] == request_id
     assert http.attributes["http.response.status_code"] == 200
     assert http.attributes["http.route"] == "/v1/chat/completions"
 

@@ -130,10 +130,15 @@ async def test_a_missing_key_is_401_and_reported_to_anomaly(
     await eventually(lambda: backends.anomaly_core.stats().by_kind["EVENT_KIND_AUTH_FAILURE"] == 1)
 
 
-async def test_the_callers_request_id_comes_back(http: httpx.AsyncClient) -> None:
+async def test_the_callers_request_id_comes_back_beside_the_one_the_mesh_minted(
+    http: httpx.AsyncClient,
+) -> None:
     response = await http.get("/v1/models", headers={"x-request-id": "mine-1"})
     assert_openai_error(response, 401)
-    assert response.headers["x-request-id"] == "mine-1"
+    assert response.headers["x-client-request-id"] == "mine-1"
+    assert len(response.headers["x-request-id"]) == 32  # the mesh's, never the caller's
+    again = await http.get("/v1/models", headers={"x-request-id": "mine-1"})
+    assert again.headers["x-request-id"] != response.headers["x-request-id"]
 
 
 async def test_malformed_requests_are_openai_errors(
