@@ -127,7 +127,7 @@ async def two_tenants(channel: grpc.aio.Channel) -> TwoTenants:
     return await TwoTenants(auth_pb2_grpc.AuthStub(channel)).make()
 
 
-Call = Callable[[auth_pb2_grpc.AuthAsyncStub, TwoTenants, Metadata], Awaitable[Any]]
+Call = Callable[["auth_pb2_grpc.AuthAsyncStub", TwoTenants, Metadata], Awaitable[Any]]
 
 
 def restrict(tenant_id: str) -> auth_pb2.RestrictRequest:
