@@ -163,7 +163,7 @@ async def test_the_sender_survives_any_error_and_unreadable_rows(
     tmp_path: Path, telemetry: Telemetry
 ) -> None:
     settings = AuthSettings(
-        port=0, admin_token="a", key_pepper="p", database_path=tmp_path / "auth.db"
+        port=0, admin_token="a" * 32, key_pepper="p" * 32, database_path=tmp_path / "auth.db"
     )
     outbox_path = tmp_path / "outbox.db"
     async with open_sqlite_store(settings.database_path) as store:

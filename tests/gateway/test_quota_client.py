@@ -45,8 +45,8 @@ async def test_a_kept_lease_outlives_its_period_and_a_dropped_one_frees_the_slot
     telemetry = setup("auth", TelemetrySettings())
     settings = AuthSettings(
         port=0,
-        admin_token="a",
-        key_pepper="p",
+        admin_token="a" * 32,
+        key_pepper="p" * 32,
         database_path=tmp_path / "auth.db",
         reservation_lease_s=0.3,
     )
