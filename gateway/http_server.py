@@ -14,6 +14,7 @@ import structlog
 import uvicorn
 from starlette.types import ASGIApp
 
+from gateway.http_guard import guarded_h11
 from services.common.generation_limits import MAX_HTTP_HEAD_BYTES
 from services.common.settings import TlsSettings
 
@@ -22,13 +23,22 @@ log = structlog.get_logger(__name__)
 
 @asynccontextmanager
 async def serving_http(
-    app: ASGIApp, *, host: str, port: int, grace_s: float, tls: TlsSettings | None = None
+    app: ASGIApp,
+    *,
+    host: str,
+    port: int,
+    grace_s: float,
+    tls: TlsSettings | None = None,
+    head_timeout_s: float = 10.0,
+    max_connections_per_peer: int = 1024,
 ) -> AsyncIterator[int]:
     """Serves `app` on host:port (0 picks a free one) until the block ends, and
     yields the bound port. On exit it stops accepting, lets responses in flight
     (streams included) finish for `grace_s`, then cancels what is left.
     With a certificate in `tls` it serves HTTPS, with the same certificate and
-    client-certificate rule as the gRPC listener beside it."""
+    client-certificate rule as the gRPC listener beside it. A request head
+    slower than `head_timeout_s` and a peer's connections past
+    `max_connections_per_peer` are cut (see `http_guard`)."""
     tls = tls or TlsSettings()
     https: dict[str, object] = {}
     if tls.serves_tls:
@@ -51,7 +61,7 @@ async def serving_http(
         ws="none",
         # h11, not httptools: httptools takes headers of any size, h11 stops
         # at this many bytes of an unfinished request head (431).
-        http="h11",
+        http=guarded_h11(head_timeout_s=head_timeout_s, max_per_peer=max_connections_per_peer),
         h11_max_incomplete_event_size=MAX_HTTP_HEAD_BYTES,
         # The peer is the socket's, as on the gRPC side: anomaly's per-source
         # detectors must not trust a forwarded-for header any client can write.

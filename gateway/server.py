@@ -127,6 +127,8 @@ async def running_gateway(
                     port=settings.http_port,
                     grace_s=settings.grace_period_s,
                     tls=settings.tls,
+                    head_timeout_s=settings.http_head_timeout_s,
+                    max_connections_per_peer=settings.http_max_connections_per_peer,
                 )
             )
         yield RunningGateway(server, http_port)

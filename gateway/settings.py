@@ -52,6 +52,14 @@ class GatewaySettings(ServiceSettings):
     constraint_compile_timeout_s: float = Field(default=2.0, gt=0)
     # HTTP request bodies past this are refused before they are read.
     http_max_body_bytes: int = Field(default=MAX_HTTP_BODY_BYTES, ge=1024)
+    # A request head must arrive within this of its first byte (slowloris):
+    # honest clients send a head in one packet, milliseconds.
+    http_head_timeout_s: float = Field(default=10.0, gt=0)
+    # HTTP connections one peer address may hold at once: past what one
+    # client's pool opens at once (the openai package's httpx pool allows
+    # 1,000), far below the process's file descriptors. Behind a proxy every
+    # client is the proxy's address: raise it there, or 0 for no limit.
+    http_max_connections_per_peer: int = Field(default=1024, ge=0)
     # Deadline of each Reserve, Renew, Commit and Release call to auth: a few
     # seconds, as auth answers in milliseconds and a hung call holds a request.
     quota_call_timeout_s: float = Field(default=3.0, gt=0)
