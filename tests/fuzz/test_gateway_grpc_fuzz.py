@@ -32,6 +32,10 @@ from tests.fuzz.budget import fuzz_settings
 from tests.fuzz.conftest import Mesh, TenantFactory, TenantKey, bystander
 from tests.support import bad_request_fields, eventually
 
+# The mesh's event loop (another thread) draws from `random` while Hypothesis
+# generates, which Hypothesis takes for a strategy using it.
+pytestmark = pytest.mark.filterwarnings("ignore:Do not use the `random` module inside strategies")
+
 # About 60 small generations fit CI's share of a minute on two cores.
 CI_EXAMPLES = 60
 # Tokens an example may generate per choice (or chunks it reads before leaving).
