@@ -12,7 +12,7 @@ STAMP := $(VENV)/.installed
 REPLICAS ?= 1
 TLS ?= 0
 
-.PHONY: help venv model protos protos-check lint typecheck test test-fast run clean postgres deploy-check
+.PHONY: help venv model protos protos-check lint typecheck test test-fast fuzz run clean postgres deploy-check
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -43,6 +43,12 @@ lint: venv ## ruff and mypy
 
 test: venv protos-check lint ## the whole suite: generated-code check, lint, types, tests
 	$(PY) -m pytest -q
+
+# `make fuzz FUZZ_EXAMPLES=2000`: examples per fuzz test; MAAS_FUZZ_SEED=<n> replays a run.
+FUZZ_EXAMPLES ?= 500
+
+fuzz: venv model ## fuzz the HTTP face (schemathesis) and the gRPC Gateway (hypothesis), longer than CI
+	MAAS_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest -q -p no:cacheprovider tests/fuzz
 
 deploy-check: venv ## check docker-compose.yml and deploy/k8s/ statically (no Docker, no cluster)
 	$(PY) -m deploy.check_compose
