@@ -93,7 +93,7 @@ class ChatCompletionRequest(_Sampling):
 
 
 class CompletionRequest(_Sampling):
-    prompt: str | list[str] | list[int] | list[list[int]]
+    prompt: str | list[str] | list[UInt32] | list[list[UInt32]]
     # OpenAI's default for completions (chat has none: up to the context).
     max_tokens: UInt32 | None = 16
     logprobs: UInt32 | None = None

@@ -203,6 +203,10 @@ def _require(ok: bool, field: str, description: str) -> None:
         raise InvalidRequestError(field, description)
 
 
+# vLLM's _SAMPLING_EPS: a temperature below it means greedy sampling.
+GREEDY_BELOW = 1e-5
+
+
 def check_sampling(options: SamplingOptions) -> None:
     """Checks that need no model. Written as `not (in range)` so NaN fails."""
     _require(0.0 <= options.temperature <= 2.0, "temperature", "must be in [0, 2]")
@@ -213,6 +217,12 @@ def check_sampling(options: SamplingOptions) -> None:
     _require(-2.0 <= options.frequency_penalty <= 2.0, "frequency_penalty", "must be in [-2, 2]")
     _require(0.0 < options.repetition_penalty <= 2.0, "repetition_penalty", "must be in (0, 2]")
     _require(1 <= options.n <= MAX_CHOICES, "n", f"must be 1 to {MAX_CHOICES}")
+    # vLLM samples greedily below this temperature, and then only one choice.
+    _require(
+        options.n == 1 or options.temperature >= GREEDY_BELOW,
+        "n",
+        "must be 1 when temperature is 0 (greedy sampling gives one answer)",
+    )
     if options.logprobs is not None:
         _require(0 <= options.logprobs <= MAX_LOGPROBS, "logprobs", f"must be 0 to {MAX_LOGPROBS}")
     if options.max_tokens is not None:

@@ -227,7 +227,14 @@ class VllmEngine:
         check_prompt_size(inp, self._model_info)
         prompt_ids = self._prompt_ids(inp)
         max_tokens = check_request(prompt_ids, inp, options, self._model_info)
-        params = self._sampling_params(options, max_tokens)
+        try:
+            params = self._sampling_params(options, max_tokens)
+        except ValueError as err:
+            # vLLM's own checks of the parameters, past ours: still the
+            # caller's request, never the replica's fault.
+            raise InvalidRequestError(
+                getattr(err, "parameter", None) or "request", str(err)
+            ) from err
         completion_tokens = 0
         queued_s: float | None = None
         first = True

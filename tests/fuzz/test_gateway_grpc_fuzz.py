@@ -23,7 +23,7 @@ from typing import Any
 
 import grpc
 import pytest
-from hypothesis import given, note, reject
+from hypothesis import given, note
 from hypothesis import strategies as st
 
 from maas.client import MaasClient
@@ -242,17 +242,6 @@ def check(request: generation_pb2.GenerateRequest, outcome: Outcome) -> None:
         assert outcome.chunks[-1].usage.completion_tokens <= request.max_tokens * choices
 
 
-def known_defect(request: generation_pb2.GenerateRequest) -> str | None:
-    """Which open defect the request would hit (each has its own strict-xfail
-    reproducer below), so the fuzz run looks past it for new ones; these also
-    take the only replica out for every other test. Remove an entry when its
-    reproducer starts passing."""
-    greedy = request.HasField("temperature") and request.temperature == 0
-    if greedy and request.HasField("n") and request.n > 1:
-        return "test_greedy_sampling_with_several_choices_is_a_bad_request"
-    return None
-
-
 def fuzz_gateway(mesh: Mesh, tenant: TenantKey, loop: asyncio.AbstractEventLoop) -> None:
     """Runs in a worker thread; every call runs on the mesh's event loop."""
 
@@ -262,8 +251,6 @@ def fuzz_gateway(mesh: Mesh, tenant: TenantKey, loop: asyncio.AbstractEventLoop)
         leave_after=st.one_of(st.none(), st.integers(1, TOKEN_CAP)),
     )
     def one_call(request: generation_pb2.GenerateRequest, leave_after: int | None) -> None:
-        if known_defect(request):
-            reject()
         cheap = request.HasField("max_tokens") and request.max_tokens <= TOKEN_CAP
         read_at_most = leave_after if cheap else (leave_after or TOKEN_CAP)
         note(f"request: {request!r}; reads at most {read_at_most} chunks")
@@ -295,14 +282,6 @@ async def _generate(
         return [chunk async for chunk in call]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="open defect: temperature 0 with n > 1 passes the gateway's checks, vLLM refuses"
-    " it ('n must be 1 when using greedy sampling'), the replica answers INTERNAL and the"
-    " router ejects the only replica: every tenant gets UNAVAILABLE for seconds"
-    " (services/inference/engine.py check_sampling; issue 17: caller-caused failures must"
-    " not count against a replica)",
-)
 async def test_greedy_sampling_with_several_choices_is_a_bad_request(
     mesh: Mesh, new_tenant: TenantFactory
 ) -> None:

@@ -6,8 +6,9 @@ Bodies come both fitting the schema (positive) and not (negative), with the
 tenant's valid key and with none. Most generated bodies name the
 served model and are steered past the face's known refusals, so they reach
 the engine (see `steer`); every case has its token counts capped so an
-example costs a few tokens. What that cap hides is a finding of its own: the schema lets a client
-ask for max_tokens up to 2**32 - 1 (see `test_openai_http_known_defects`)."""
+example costs a few tokens. What that cap hides is checked apart: the schema
+lets a client ask for max_tokens up to 2**32 - 1, which the gateway refuses
+against the model's context before admission (tests/hostile/test_bounds.py)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ import httpx
 import pytest
 import requests
 import schemathesis
-from hypothesis import given, reject
+from hypothesis import given
 from hypothesis import strategies as st
 from schemathesis import Case, CheckContext, GenerationMode, Response
 from schemathesis.checks import not_a_server_error
@@ -41,7 +42,6 @@ TOKEN_CAP = 4
 # A request that has not answered in this long is hung: a defect, not a slow engine.
 CALL_TIMEOUT_S = 60.0
 # The OpenAI error types the face gives for 5xx statuses (gateway/openai_errors.py).
-UINT32_MAX = 2**32 - 1
 SERVER_ERROR_TYPES = frozenset({"server_error", "service_unavailable_error", "timeout_error"})
 
 
@@ -134,21 +134,6 @@ def _past_known_refusals(body: dict[str, Any]) -> None:
         body["prompt"] = prompt[:1]
 
 
-def known_defect(case: AnyCase) -> str | None:
-    """Which open defect the case would hit (each has its own strict-xfail
-    reproducer below), so the fuzz run looks past it for new ones. Remove an
-    entry when its reproducer starts passing."""
-    body = case.body
-    if not isinstance(body, dict):
-        return None
-    prompt = body.get("prompt")
-    if isinstance(prompt, list):
-        ids = [t for p in prompt for t in (p if isinstance(p, list) else [p])]
-        if any(isinstance(t, int) and not 0 <= t <= UINT32_MAX for t in ids):
-            return "test_completion_token_ids_outside_uint32_are_a_bad_request"
-    return None
-
-
 def no_server_error_event(ctx: CheckContext, response: Response, case: AnyCase) -> bool | None:
     """A streamed answer started with 200 may still end in an error event;
     one of a server-error type is a 5xx that came too late to be a status."""
@@ -176,8 +161,6 @@ def fuzz_http_face(schema: schemathesis.BaseSchema, mesh: Mesh, api_key: str | N
     @given(case=cases, how=st.sampled_from(STEERING))
     def one_call(case: AnyCase, how: str) -> None:
         steer(case, how, mesh.model)
-        if known_defect(case):
-            reject()
         case.call_and_validate(
             base_url=mesh.http,
             session=session,
@@ -200,12 +183,6 @@ async def test_openai_http_face_never_answers_a_server_error(
         await asyncio.to_thread(fuzz_http_face, schema, mesh, fuzzer.api_key if with_key else None)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="open defect: /v1/completions takes prompt token ids as any int, and one outside"
-    " uint32 crashes the conversion to GenerateRequest (ValueError, 500), before the key is"
-    " even checked (gateway/openai_protocol.py, gateway/openai_requests.py)",
-)
 @pytest.mark.parametrize("with_key", [True, False], ids=["valid-key", "no-key"])
 @pytest.mark.parametrize("prompt", [[-1], [[2**32]]], ids=["negative", "past-uint32"])
 async def test_completion_token_ids_outside_uint32_are_a_bad_request(
