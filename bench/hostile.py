@@ -25,6 +25,8 @@ Attacks (issue 17):
   huge_constraint  a 200 kB regex and a 5,000-property JSON schema
   huge_max_tokens  max_tokens 100,000,000 with a 60 s deadline
   cancel_early   Generate cancelled right after the first token
+  slow_heads     (beyond issue 17's list) slowloris: each attacker client holds
+                 100 HTTP connections, each with a request head never finished
 
     .venv/bin/python -m bench.hostile [--rounds 3] [--seconds 10]
 """
@@ -61,6 +63,7 @@ ATTACKS = (
     "huge_constraint",
     "huge_max_tokens",
     "cancel_early",
+    "slow_heads",
 )
 # The bystander's generations: small, like an interactive client's.
 BYSTANDER_TOKENS = 16
@@ -70,6 +73,10 @@ BIG_BODY_BYTES = 100 * 1024 * 1024
 # Issue 17's duplicates: six calls at once with one id.
 DUPLICATES = 6
 ATTACK_TOKENS = 64
+# Connections each slow_heads client holds, and how long it waits for the
+# gateway to cut one (past its 10 s head timeout).
+SLOW_HEADS_PER_CLIENT = 100
+SLOW_HEAD_WAIT_S = 15.0
 
 
 @dataclass
@@ -93,7 +100,7 @@ async def hostile_mesh(model: Path, state: Path, admin_token: str) -> AsyncItera
             process(
                 ["-m", "services.auth", "--port", str(ports["auth"]),
                  "--database-path", str(state / "auth.db"),
-                 "--admin-token", admin_token, "--key-pepper", secrets.token_urlsafe(16)],
+                 "--admin-token", admin_token, "--key-pepper", secrets.token_urlsafe(32)],
                 "hostile-auth.log", addr["auth"], "maas.v1.Auth",
             )
         )  # fmt: skip
@@ -297,6 +304,31 @@ class Attacker:
         finally:
             call.cancel()
 
+    async def slow_heads(self, stub: gateway_pb2_grpc.GatewayAsyncStub) -> None:
+        host, port = self.addr["http"].rsplit(":", 1)
+        held: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+        for _ in range(SLOW_HEADS_PER_CLIENT):
+            try:
+                reader, writer = await asyncio.open_connection(host, int(port))
+            except OSError as err:
+                self.codes[type(err).__name__] += 1
+                continue
+            writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nhost: mesh\r\n")
+            held.append((reader, writer))
+
+        async def outcome(reader: asyncio.StreamReader) -> str:
+            try:
+                await asyncio.wait_for(reader.read(), SLOW_HEAD_WAIT_S)
+            except TimeoutError:
+                return "held open"
+            except (ConnectionError, OSError):
+                pass
+            return "cut by the gateway"
+
+        self.codes.update(await asyncio.gather(*(outcome(r) for r, _ in held)))
+        for _, writer in held:
+            writer.close()
+
 
 BIG_BODY = b""
 HUGE_REGEX = ""
@@ -395,7 +427,7 @@ async def main_async(args: argparse.Namespace) -> None:
 
     attacks = args.attacks or list(ATTACKS)
     model_dir = build_tiny_model(bench_mesh.REPO / ".maas" / "models" / "tiny-llama")
-    admin_token = secrets.token_urlsafe(16)
+    admin_token = secrets.token_urlsafe(32)
     rows: dict[str, dict[str, list[float]]] = {a: {} for a in attacks}
     answered: dict[str, Counter[str]] = {a: Counter() for a in attacks}
     bystander_failures: dict[str, Counter[str]] = {a: Counter() for a in attacks}
