@@ -35,7 +35,7 @@ import grpc
 
 from bench.anomaly_eval import Tenant, make_tenants
 from bench.inference_streaming import free_port
-from bench.mesh import inference, model_name, process, router
+from bench.mesh import auth, inference, model_name, process, router
 from maas.v1 import (
     anomaly_pb2,
     anomaly_pb2_grpc,
@@ -82,17 +82,10 @@ class Sent:
 @contextlib.asynccontextmanager
 async def mesh(model: Path, state: Path, admin_token: str) -> AsyncIterator[dict[str, str]]:
     """auth, inference, router, anomaly (acting on alerts) and gateway, as processes."""
-    ports = {name: free_port() for name in ("auth", "anomaly", "gateway")}
+    ports = {name: free_port() for name in ("anomaly", "gateway")}
     addr = {name: f"127.0.0.1:{port}" for name, port in ports.items()}
     async with contextlib.AsyncExitStack() as stack:
-        await stack.enter_async_context(
-            process(
-                ["-m", "services.auth", "--port", str(ports["auth"]),
-                 "--database-path", str(state / "auth.db"),
-                 "--admin-token", admin_token, "--key-pepper", secrets.token_urlsafe(32)],
-                "live-auth.log", addr["auth"], "maas.v1.Auth",
-            )
-        )  # fmt: skip
+        addr["auth"] = await stack.enter_async_context(auth(state, admin_token, "live-auth"))
         addr["inference"] = await stack.enter_async_context(inference(model, "live-inference"))
         addr["router"] = await stack.enter_async_context(router([addr["inference"]], "live-router"))
         await stack.enter_async_context(

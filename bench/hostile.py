@@ -27,6 +27,10 @@ Attacks (issue 17):
   cancel_early   Generate cancelled right after the first token
   slow_heads     (beyond issue 17's list) slowloris: each attacker client holds
                  100 HTTP connections, each with a request head never finished
+  cpu_burn       a control, not an attack: the attacker's process spins one
+                 core and sends nothing. On this 2-core machine the attacker's
+                 client shares the cores with the mesh and the engine; this
+                 row is what that sharing alone costs the bystander.
 
     .venv/bin/python -m bench.hostile [--rounds 3] [--seconds 10]
 """
@@ -38,6 +42,7 @@ import asyncio
 import contextlib
 import json
 import multiprocessing
+import os
 import random
 import secrets
 import tempfile
@@ -64,6 +69,7 @@ ATTACKS = (
     "huge_max_tokens",
     "cancel_early",
     "slow_heads",
+    "cpu_burn",
 )
 # The bystander's generations: small, like an interactive client's.
 BYSTANDER_TOKENS = 16
@@ -92,18 +98,13 @@ class Sample:
 @contextlib.asynccontextmanager
 async def hostile_mesh(model: Path, state: Path, admin_token: str) -> AsyncIterator[dict[str, str]]:
     """auth, inference, router, anomaly and the gateway (gRPC and HTTP), as processes."""
-    ports = {name: free_port() for name in ("auth", "anomaly", "gateway", "http")}
+    ports = {name: free_port() for name in ("anomaly", "gateway", "http")}
     addr = {name: f"127.0.0.1:{port}" for name, port in ports.items()}
     process = bench_mesh.process
     async with contextlib.AsyncExitStack() as stack:
-        await stack.enter_async_context(
-            process(
-                ["-m", "services.auth", "--port", str(ports["auth"]),
-                 "--database-path", str(state / "auth.db"),
-                 "--admin-token", admin_token, "--key-pepper", secrets.token_urlsafe(32)],
-                "hostile-auth.log", addr["auth"], "maas.v1.Auth",
-            )
-        )  # fmt: skip
+        addr["auth"] = await stack.enter_async_context(
+            bench_mesh.auth(state, admin_token, "hostile-auth")
+        )
         addr["inference"] = await stack.enter_async_context(
             bench_mesh.inference(model, "hostile-inference")
         )
@@ -337,9 +338,23 @@ HUGE_SCHEMA = ""
 
 def attack_load(
     addr: dict[str, str], model: str, key: str, attack: str, clients: int, until: float, seed: int
-) -> dict[str, int]:
+) -> tuple[dict[str, int], float]:
     """Runs in a worker process: `clients` closed-loop attackers until `until`;
-    returns what the mesh answered them, by status."""
+    returns what the mesh answered them, by status, and the CPU seconds the
+    attacker's own process used."""
+    cpu_at_start = time.process_time()
+    if attack == "cpu_burn":
+        spins = 0
+        while time.perf_counter() < until:
+            spins += 1
+        return {"spun, sent nothing": 1}, time.process_time() - cpu_at_start
+    codes = _attack_load(addr, model, key, attack, clients, until, seed)
+    return codes, time.process_time() - cpu_at_start
+
+
+def _attack_load(
+    addr: dict[str, str], model: str, key: str, attack: str, clients: int, until: float, seed: int
+) -> dict[str, int]:
     import uvloop
 
     global BIG_BODY, HUGE_REGEX, HUGE_SCHEMA
@@ -381,6 +396,8 @@ class Phase:
     samples: list[Sample]
     window: tuple[float, float]
     attacker: dict[str, int]
+    # Cores the attacker's client process kept busy over the phase.
+    attacker_cores: float = 0.0
 
     def counted(self) -> list[Sample]:
         lo, hi = self.window
@@ -413,13 +430,15 @@ async def run_phase(
         pool, bystander_load, addr["gateway"], model, keys["bystander"], args.rate, until, seed
     )
     attacked: dict[str, int] = {}
+    cpu_s = 0.0
     if attack is not None:
         key = keys["duplicate_id" if attack == "duplicate_id" else "attacker"]
-        attacked = await loop.run_in_executor(
+        attacked, cpu_s = await loop.run_in_executor(
             pool, attack_load, addr, model, key, attack, args.attack_clients, until, seed + 1
         )
     samples = await bystander
-    return Phase(samples, (start + WARMUP_S, until), attacked)
+    cores = cpu_s / (time.perf_counter() - start)
+    return Phase(samples, (start + WARMUP_S, until), attacked, cores)
 
 
 async def main_async(args: argparse.Namespace) -> None:
@@ -464,6 +483,7 @@ async def main_async(args: argparse.Namespace) -> None:
                             "attack_p99_ms": hit.ttft_ms(99),
                             "attack_completed": hit.completed_share(),
                             "p99_over_idle": hit.ttft_ms(99) / idle.ttft_ms(99),
+                            "attacker_client_cores": hit.attacker_cores,
                         }
                         for key, value in row.items():
                             rows[attack].setdefault(key, []).append(value)
@@ -487,18 +507,20 @@ def report(
 ) -> None:
     header = (
         f"{'attack':<16} {'phase':<7} {'TTFT p50 ms':>22} {'TTFT p99 ms':>22}"
-        f" {'completed':>20} {'p99/idle':>18}"
+        f" {'completed':>20} {'p99/idle':>18} {'attacker cores':>18}"
     )
     lines = [header, "-" * len(header)]
     for attack in attacks:
         row = rows[attack]
         for phase in ("idle", "attack"):
-            ratio = _cell(row["p99_over_idle"], ".2f") if phase == "attack" else ""
+            attacking = phase == "attack"
+            ratio = _cell(row["p99_over_idle"], ".2f") if attacking else ""
+            cores = _cell(row["attacker_client_cores"], ".2f") if attacking else ""
             lines.append(
                 f"{attack if phase == 'idle' else '':<16} {phase:<7}"
                 f" {_cell(row[f'{phase}_p50_ms'], '.0f'):>22}"
                 f" {_cell(row[f'{phase}_p99_ms'], '.0f'):>22}"
-                f" {_cell(row[f'{phase}_completed'], '.2f'):>20} {ratio:>18}"
+                f" {_cell(row[f'{phase}_completed'], '.2f'):>20} {ratio:>18} {cores:>18}"
             )
     lines += ["", "what the mesh answered the attacker (all rounds):"]
     for attack in attacks:
@@ -514,6 +536,8 @@ def report(
         f" attacker: {args.attack_clients} closed-loop clients; {args.seconds:.0f} s a phase,"
         f" {args.rounds} rounds, median [min-max] over rounds",
         "targets: completed 1.00 under every attack, p99/idle <= 2",
+        "attacker cores: CPU the attacker's own client process used, of this machine's"
+        f" {os.cpu_count()}; cpu_burn is that much CPU taken with no request sent",
     ]
     write_results(
         "hostile", "\n".join(lines), rounds=args.rounds, seconds=args.seconds,

@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import json
 import os
+import secrets
 import subprocess
 import sys
 import time
@@ -67,6 +68,17 @@ async def process(
             proc.wait(30)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+def auth(state: Path, admin_token: str, name: str) -> contextlib.AbstractAsyncContextManager[str]:
+    """auth on SQLite under `state`, with `admin_token` as its operator token."""
+    port = free_port()
+    args = [
+        "-m", "services.auth", "--port", str(port),
+        "--database-path", str(state / "auth.db"),
+        "--admin-token", admin_token, "--key-pepper", secrets.token_urlsafe(32),
+    ]  # fmt: skip
+    return process(args, f"{name}.log", f"127.0.0.1:{port}", "maas.v1.Auth")
 
 
 def inference(

@@ -16,6 +16,8 @@ from maas.v1 import auth_pb2, gateway_pb2, gateway_pb2_grpc, generation_pb2
 from services.common.generation_limits import (
     MAX_CONSTRAINT_BYTES,
     MAX_MODEL_NAME_BYTES,
+    MAX_PUBLIC_MESSAGE_BYTES,
+    MAX_PUBLIC_METADATA_BYTES,
     MAX_STOP_LENGTH,
     MAX_STOP_STRINGS,
 )
@@ -182,3 +184,29 @@ async def test_a_prompt_too_big_for_the_context_is_refused_before_tokenizing(
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, err.details()
     assert bad_request_fields(err) == ["prompt"]
     assert "bytes" in (err.details() or "")
+
+
+async def test_a_message_or_metadata_past_the_public_bounds_is_refused_unread(
+    mesh: Mesh, new_tenant: TenantFactory
+) -> None:
+    attacker = await new_tenant()
+    huge = generation_pb2.GenerateRequest(
+        model=mesh.model, prompt="a" * (MAX_PUBLIC_MESSAGE_BYTES + 1), max_tokens=4
+    )
+    ordinary = generation_pb2.GenerateRequest(model=mesh.model, prompt="hi", max_tokens=4)
+    metadata = (
+        ("authorization", f"Bearer {attacker.api_key}"),
+        ("x-padding", "p" * (MAX_PUBLIC_METADATA_BYTES + 1)),
+    )
+    async with bystander(mesh, await new_tenant()):
+        err = await generate(mesh, attacker.api_key, huge)
+        assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, err.details()
+        async with grpc.aio.insecure_channel(mesh.gateway) as channel:
+            call = gateway_pb2_grpc.GatewayStub(channel).Generate(
+                ordinary, metadata=metadata, timeout=60
+            )
+            with pytest.raises(grpc.aio.AioRpcError) as padded:
+                async for _ in call:
+                    pass
+        # gRPC's own refusal, before the gateway's code runs.
+        assert padded.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
