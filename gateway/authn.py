@@ -92,17 +92,31 @@ class Authenticator:
         # Keys auth refused, with its message: answered here until they expire.
         self._refused: _Expiring[str] = _Expiring(negative_max_entries, clock)
         self._inflight: dict[bytes, asyncio.Task[auth_pb2.Principal]] = {}
+        # Digests of keys auth has accepted (outliving their cache entries):
+        # a real key is looked up again even while its caller's address is
+        # refused unknown keys.
+        self._vouched: OrderedDict[bytes, None] = OrderedDict()
+        self._vouched_max = max_entries * 10
 
-    async def authenticate(self, metadata: Metadata | None, scope: str) -> auth_pb2.Principal:
+    async def authenticate(
+        self,
+        metadata: Metadata | None,
+        scope: str,
+        before_unknown_lookup: Callable[[], None] | None = None,
+    ) -> auth_pb2.Principal:
         """The caller's principal; UNAUTHENTICATED or PERMISSION_DENIED
-        otherwise, UNAVAILABLE when auth does not answer in time."""
+        otherwise, UNAVAILABLE when auth does not answer in time.
+        `before_unknown_lookup` runs (and may raise) before auth is asked
+        about a key this gateway has never seen accepted."""
         api_key = bearer_token(metadata)
-        principal = await self._lookup(api_key)
+        principal = await self._lookup(api_key, before_unknown_lookup)
         if scope not in principal.scopes and "admin" not in principal.scopes:
             raise PermissionDeniedError(f"this API key lacks the {scope!r} scope")
         return principal
 
-    async def _lookup(self, api_key: str) -> auth_pb2.Principal:
+    async def _lookup(
+        self, api_key: str, before_unknown_lookup: Callable[[], None] | None
+    ) -> auth_pb2.Principal:
         # Keyed by a digest so the caches never hold the keys themselves.
         digest = hashlib.sha256(api_key.encode()).digest()
         principal = self._known.get(digest)
@@ -111,6 +125,8 @@ class Authenticator:
         refusal = self._refused.get(digest)
         if refusal is not None:
             raise UnauthenticatedError(refusal)
+        if before_unknown_lookup is not None and digest not in self._vouched:
+            before_unknown_lookup()
         fetch = self._inflight.get(digest)
         if fetch is None:
             # A task of its own: a caller that goes away does not cancel it for the others.
@@ -135,4 +151,8 @@ class Authenticator:
                 ) from err
             raise
         self._known.put(digest, principal, self._ttl_s)
+        self._vouched[digest] = None
+        self._vouched.move_to_end(digest)
+        while len(self._vouched) > self._vouched_max:
+            self._vouched.popitem(last=False)
         return principal

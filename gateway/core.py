@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import grpc
@@ -22,6 +23,15 @@ from gateway.metrics import GatewayMetrics
 from gateway.model_limits import ModelCatalog, served_models
 from gateway.outbox import UsageOutbox
 from gateway.quota import QuotaClient, estimate_tokens
+from gateway.refusals import (
+    CALLER_REFUSALS,
+    DEFAULT_AUTH_FAILURE_BURST,
+    DEFAULT_AUTH_FAILURES_PER_S,
+    DEFAULT_REFUSAL_BURST,
+    DEFAULT_REFUSALS_PER_S,
+    RefusalBudget,
+    peer_host,
+)
 from gateway.usage import StreamUsage, timestamp
 from gateway.validation import check_against_model, validate_generate, validate_input
 from maas.v1 import (
@@ -44,6 +54,7 @@ from observability.context import (
 )
 from services.common.errors import (
     InvalidArgumentError,
+    MeshError,
     UnauthenticatedError,
     error_from_rpc,
     remote_errors,
@@ -107,7 +118,18 @@ class GatewayCore:
         catalog: ModelCatalog,
         constraints: ConstraintChecker | None = None,
         progress_interval_s: float = 5.0,
+        refusals: RefusalBudget | None = None,
+        auth_failures: RefusalBudget | None = None,
     ) -> None:
+        # Defaults for tests that build a core by hand; the server passes its settings'.
+        self._refusals = refusals or RefusalBudget(
+            per_s=DEFAULT_REFUSALS_PER_S, burst=DEFAULT_REFUSAL_BURST, subject="refused_requests"
+        )
+        self._auth_failures = auth_failures or RefusalBudget(
+            per_s=DEFAULT_AUTH_FAILURES_PER_S,
+            burst=DEFAULT_AUTH_FAILURE_BURST,
+            subject="failed_authentications",
+        )
         self._progress_interval_s = progress_interval_s
         self._authenticator = authenticator
         self._router = router
@@ -126,26 +148,30 @@ class GatewayCore:
         task iterating it) to stop generating; what was produced is billed."""
         deadline = _Deadline(caller.deadline_s)
         principal = await self.authenticate(caller, "generate")
-        check_client_request_id(caller)
-        default_max_tokens = await self._admissible(request, deadline.remaining())
-        request_id = request_id_for_call()
-        client_request_id = current_client_request_id() or ""
-        bind_request(request_id, principal.tenant_id)
-        span = trace.get_current_span()
-        span.set_attribute("maas.request_id", request_id)
-        span.set_attribute("maas.client_request_id", client_request_id)
-        span.set_attribute("maas.tenant_id", principal.tenant_id)
-        estimated = estimate_tokens(request, default_max_tokens)
-        with remote_errors():
-            reservation = await self._quotas.reserve(
-                principal.tenant_id,
-                request_id,
-                request.model,
-                estimated,
-                principal.key_id,
-                # The caller's x-request-id: scoped to the tenant by auth.
-                idempotency_key=client_request_id,
-            )
+        # A tenant whose requests keep being refused is refused unread for a
+        # while (see refusals.py); each refusal below spends its budget.
+        self._refusals.check(principal.tenant_id)
+        with self._refusals_of(principal.tenant_id):
+            check_client_request_id(caller)
+            default_max_tokens = await self._admissible(request, deadline.remaining())
+            request_id = request_id_for_call()
+            client_request_id = current_client_request_id() or ""
+            bind_request(request_id, principal.tenant_id)
+            span = trace.get_current_span()
+            span.set_attribute("maas.request_id", request_id)
+            span.set_attribute("maas.client_request_id", client_request_id)
+            span.set_attribute("maas.tenant_id", principal.tenant_id)
+            estimated = estimate_tokens(request, default_max_tokens)
+            with remote_errors():
+                reservation = await self._quotas.reserve(
+                    principal.tenant_id,
+                    request_id,
+                    request.model,
+                    estimated,
+                    principal.key_id,
+                    # The caller's x-request-id: scoped to the tenant by auth.
+                    idempotency_key=client_request_id,
+                )
 
         usage = StreamUsage()
         status = grpc.StatusCode.OK
@@ -234,13 +260,15 @@ class GatewayCore:
         call is charged one request of the tenant's requests-per-minute
         (reserved, then released at once: no tokens are held)."""
         principal = await self.authenticate(caller, "generate")
-        check_client_request_id(caller)
-        validate_input(request)
-        await self._catalog.model(request.model, caller.deadline_s)
-        with remote_errors():
-            reservation = await self._quotas.reserve(
-                principal.tenant_id, request_id_for_call(), request.model, 1, principal.key_id
-            )
+        self._refusals.check(principal.tenant_id)
+        with self._refusals_of(principal.tenant_id):
+            check_client_request_id(caller)
+            validate_input(request)
+            await self._catalog.model(request.model, caller.deadline_s)
+            with remote_errors():
+                reservation = await self._quotas.reserve(
+                    principal.tenant_id, request_id_for_call(), request.model, 1, principal.key_id
+                )
         self._quotas.settle(reservation.reservation_id, None)
         with remote_errors():
             return await self._router.CountTokens(request, timeout=caller.deadline_s)
@@ -263,13 +291,27 @@ class GatewayCore:
                 query, timeout=within(caller.deadline_s, self._authenticator.timeout_s)
             )
 
+    @contextmanager
+    def _refusals_of(self, tenant_id: str) -> Iterator[None]:
+        """Spends one of the tenant's refusals for each refusal its request caused."""
+        try:
+            yield
+        except MeshError as err:
+            if err.code in CALLER_REFUSALS:
+                self._refusals.refused(tenant_id)
+            raise
+
     async def authenticate(self, caller: Caller, scope: str) -> auth_pb2.Principal:
         """The caller's principal; a refused key is counted and reported to anomaly."""
         metadata = () if caller.credentials is None else (("authorization", caller.credentials),)
+        host = peer_host(caller.peer)
         try:
             with remote_errors():
-                return await self._authenticator.authenticate(metadata, scope)
+                return await self._authenticator.authenticate(
+                    metadata, scope, lambda: self._auth_failures.check(host)
+                )
         except UnauthenticatedError:
+            self._auth_failures.refused(host)
             self._metrics.auth_failures.add(1)
             self._events.publish(
                 anomaly_pb2.Event(

@@ -16,6 +16,7 @@ from gateway.model_limits import ModelCatalog
 from gateway.openai_http import create_app
 from gateway.outbox import UsageOutbox
 from gateway.quota import QuotaClient
+from gateway.refusals import RefusalBudget
 from gateway.servicer import GatewayServicer
 from gateway.settings import GatewaySettings
 from maas.v1 import (
@@ -98,6 +99,16 @@ async def running_gateway(
             catalog=ModelCatalog(router, ttl_s=settings.model_list_ttl_s),
             constraints=constraints,
             progress_interval_s=settings.usage_progress_interval_s,
+            refusals=RefusalBudget(
+                per_s=settings.refusals_per_s,
+                burst=settings.refusal_burst,
+                subject="refused_requests",
+            ),
+            auth_failures=RefusalBudget(
+                per_s=settings.auth_failures_per_s,
+                burst=settings.auth_failure_burst,
+                subject="failed_authentications",
+            ),
         )
         servicer = GatewayServicer(core)
         server = await start_server(

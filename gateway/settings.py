@@ -8,6 +8,12 @@ from typing import ClassVar
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
+from gateway.refusals import (
+    DEFAULT_AUTH_FAILURE_BURST,
+    DEFAULT_AUTH_FAILURES_PER_S,
+    DEFAULT_REFUSAL_BURST,
+    DEFAULT_REFUSALS_PER_S,
+)
 from services.common.generation_limits import MAX_HTTP_BODY_BYTES
 from services.common.settings import ServiceSettings
 
@@ -52,6 +58,14 @@ class GatewaySettings(ServiceSettings):
     constraint_compile_timeout_s: float = Field(default=2.0, gt=0)
     # HTTP request bodies past this are refused before they are read.
     http_max_body_bytes: int = Field(default=MAX_HTTP_BODY_BYTES, ge=1024)
+    # Refusals a tenant may cost before its requests are refused unread (a
+    # burst, then per second), and failed authentications an address may
+    # cost before keys never seen accepted are refused without asking auth:
+    # see refusals.py.
+    refusal_burst: float = Field(default=DEFAULT_REFUSAL_BURST, ge=1)
+    refusals_per_s: float = Field(default=DEFAULT_REFUSALS_PER_S, gt=0)
+    auth_failure_burst: float = Field(default=DEFAULT_AUTH_FAILURE_BURST, ge=1)
+    auth_failures_per_s: float = Field(default=DEFAULT_AUTH_FAILURES_PER_S, gt=0)
     # A request head must arrive within this of its first byte (slowloris):
     # honest clients send a head in one packet, milliseconds.
     http_head_timeout_s: float = Field(default=10.0, gt=0)

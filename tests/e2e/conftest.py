@@ -103,6 +103,11 @@ async def mesh(
             anomaly_address=f"127.0.0.1:{anomaly.port}",
             grace_period_s=2.0,
             auth_cache_ttl_s=AUTH_CACHE_TTL_S,
+            # Tests send refused requests on purpose from one tenant and one
+            # address; tests/hostile/test_refusals.py checks the budgets on a
+            # gateway of its own.
+            refusal_burst=1e6,
+            auth_failure_burst=1e6,
             usage_outbox_path=tmp_path_factory.mktemp("gateway") / "outbox.db",
         )
         gateway = await stack.enter_async_context(running_gateway(gateway_settings, tel["gateway"]))

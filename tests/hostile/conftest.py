@@ -37,15 +37,21 @@ class Bystander:
 
 @asynccontextmanager
 async def bystander(
-    mesh: Mesh, tenant: TenantKey, *, requests: int = 4, max_tokens: int = 16
+    mesh: Mesh,
+    tenant: TenantKey,
+    *,
+    requests: int = 4,
+    max_tokens: int = 16,
+    gateway: str | None = None,
 ) -> AsyncIterator[Bystander]:
     """Runs `requests` ordinary generations one after another while the body
-    runs (and until they are done); then asserts that every one finished and
-    that the ledger bills exactly the tokens streamed."""
+    runs (and until they are done), through `gateway` (default: the mesh's);
+    then asserts that every one finished and that the ledger bills exactly
+    the tokens streamed."""
     seen = Bystander(tenant)
 
     async def run() -> None:
-        async with MaasClient(mesh.gateway, tenant.api_key) as client:
+        async with MaasClient(gateway or mesh.gateway, tenant.api_key) as client:
             for i in range(requests):
                 try:
                     last: generation_pb2.GenerateResponse | None = None
