@@ -337,7 +337,14 @@ HUGE_SCHEMA = ""
 
 
 def attack_load(
-    addr: dict[str, str], model: str, key: str, attack: str, clients: int, until: float, seed: int
+    addr: dict[str, str],
+    model: str,
+    key: str,
+    attack: str,
+    clients: int,
+    until: float,
+    seed: int,
+    rate: float = 0.0,
 ) -> tuple[dict[str, int], float]:
     """Runs in a worker process: `clients` closed-loop attackers until `until`;
     returns what the mesh answered them, by status, and the CPU seconds the
@@ -348,12 +355,19 @@ def attack_load(
         while time.perf_counter() < until:
             spins += 1
         return {"spun, sent nothing": 1}, time.process_time() - cpu_at_start
-    codes = _attack_load(addr, model, key, attack, clients, until, seed)
+    codes = _attack_load(addr, model, key, attack, clients, until, seed, rate)
     return codes, time.process_time() - cpu_at_start
 
 
 def _attack_load(
-    addr: dict[str, str], model: str, key: str, attack: str, clients: int, until: float, seed: int
+    addr: dict[str, str],
+    model: str,
+    key: str,
+    attack: str,
+    clients: int,
+    until: float,
+    seed: int,
+    rate: float,
 ) -> dict[str, int]:
     import uvloop
 
@@ -376,7 +390,14 @@ def _attack_load(
             stub = gateway_pb2_grpc.GatewayStub(channel)
 
             async def client() -> None:
+                # Open loop at `rate` attacks a second over all clients; 0:
+                # closed loop, each client's next attack as soon as the last ends.
+                gap = clients / rate if rate else 0.0
+                next_at = time.perf_counter()
                 while time.perf_counter() < until:
+                    if gap:
+                        next_at += gap
+                        await asyncio.sleep(max(0.0, next_at - time.perf_counter()))
                     try:
                         await one(stub)
                     except Exception as err:  # counted: the attacker never stops
@@ -434,8 +455,9 @@ async def run_phase(
     if attack is not None:
         key = keys["duplicate_id" if attack == "duplicate_id" else "attacker"]
         attacked, cpu_s = await loop.run_in_executor(
-            pool, attack_load, addr, model, key, attack, args.attack_clients, until, seed + 1
-        )
+            pool, attack_load, addr, model, key, attack, args.attack_clients, until, seed + 1,
+            args.attack_rate,
+        )  # fmt: skip
     samples = await bystander
     cores = cpu_s / (time.perf_counter() - start)
     return Phase(samples, (start + WARMUP_S, until), attacked, cores)
@@ -533,15 +555,18 @@ def report(
     lines += [
         "",
         f"bystander: {args.rate}/s Poisson, {BYSTANDER_TOKENS} tokens, {DEADLINE_S:.0f} s deadline;"
-        f" attacker: {args.attack_clients} closed-loop clients; {args.seconds:.0f} s a phase,"
+        f" attacker: {args.attack_clients} clients, "
+        + (f"{args.attack_rate:g} attacks/s in all" if args.attack_rate else "closed loop")
+        + f"; {args.seconds:.0f} s a phase,"
         f" {args.rounds} rounds, median [min-max] over rounds",
         "targets: completed 1.00 under every attack, p99/idle <= 2",
         "attacker cores: CPU the attacker's own client process used, of this machine's"
         f" {os.cpu_count()}; cpu_burn is that much CPU taken with no request sent",
     ]
     write_results(
-        "hostile", "\n".join(lines), rounds=args.rounds, seconds=args.seconds,
-        rate=args.rate, attack_clients=args.attack_clients,
+        f"hostile_at_{args.attack_rate:g}_per_s" if args.attack_rate else "hostile",
+        "\n".join(lines), rounds=args.rounds, seconds=args.seconds,
+        rate=args.rate, attack_clients=args.attack_clients, attack_rate=args.attack_rate,
         summary={a: {k: summary(v) for k, v in rows[a].items()} for a in attacks},
         raw=rows, attacker_outcomes={a: dict(c) for a, c in answered.items()},
         bystander_failures={a: dict(c) for a, c in bystander_failures.items()},
@@ -556,6 +581,12 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0, help="measured seconds a phase")
     parser.add_argument("--rate", type=float, default=2.0, help="bystander requests per second")
     parser.add_argument("--attack-clients", type=int, default=8)
+    parser.add_argument(
+        "--attack-rate",
+        type=float,
+        default=0.0,
+        help="attacks a second over all clients (open loop); 0: as fast as answered",
+    )
     parser.add_argument("--settle-s", type=float, default=3.0)
     parser.add_argument("--attacks", nargs="*", choices=ATTACKS, help="default: all")
     import uvloop
