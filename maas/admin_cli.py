@@ -119,10 +119,16 @@ def tenant_list(auth: AuthOption = "127.0.0.1:50052", admin_token: TokenOption =
 @tenant_app.command("set-plan")
 def tenant_set_plan(
     tenant_id: str,
-    rpm: Annotated[int, typer.Option(min=0, help="requests per minute (0: unlimited)")] = 0,
-    tpm: Annotated[int, typer.Option(min=0, help="tokens per minute (0: unlimited)")] = 0,
-    concurrent: Annotated[int, typer.Option(min=0, help="requests at once (0: unlimited)")] = 0,
-    monthly: Annotated[int, typer.Option(min=0, help="tokens per month (0: unlimited)")] = 0,
+    rpm: Annotated[
+        int | None, typer.Option(min=0, help="requests per minute (0: unlimited)")
+    ] = None,
+    tpm: Annotated[int | None, typer.Option(min=0, help="tokens per minute (0: unlimited)")] = None,
+    concurrent: Annotated[
+        int | None, typer.Option(min=0, help="requests at once (0: unlimited)")
+    ] = None,
+    monthly: Annotated[
+        int | None, typer.Option(min=0, help="tokens per month (0: unlimited)")
+    ] = None,
     model: Annotated[
         list[str] | None, typer.Option(help="allowed model (repeat; none: all)")
     ] = None,
@@ -130,22 +136,37 @@ def tenant_set_plan(
     auth: AuthOption = "127.0.0.1:50052",
     admin_token: TokenOption = None,
 ) -> None:
-    """Sets a tenant's plan (operator only). An option left out is unlimited."""
+    """Changes a tenant's plan (operator only): the limits given, the rest as
+    they are. 0 is unlimited."""
     if priority is not None and priority not in PRIORITIES:
         raise typer.BadParameter(f"priority must be one of {', '.join(PRIORITIES)}")
-    plan = auth_pb2.Plan(
-        requests_per_minute=rpm,
-        tokens_per_minute=tpm,
-        max_concurrent_requests=concurrent,
-        monthly_token_budget=monthly,
-        allowed_models=model or [],
-    )
-    request = auth_pb2.SetPlanRequest(
-        tenant_id=tenant_id,
-        plan=plan,
-        priority=PRIORITIES[priority] if priority else auth_pb2.PRIORITY_UNSPECIFIED,
-    )
-    tenant = _call(auth, admin_token, lambda s, md: s.SetPlan(request, metadata=md))
+
+    async def set_plan(stub: auth_pb2_grpc.AuthAsyncStub, md: Metadata) -> auth_pb2.Tenant:
+        listed = await stub.ListTenants(auth_pb2.ListTenantsRequest(), metadata=md)
+        current = next((t.plan for t in listed.tenants if t.tenant_id == tenant_id), None)
+        if current is None:
+            raise typer.BadParameter(f"no tenant {tenant_id!r}")
+        plan = auth_pb2.Plan()
+        plan.CopyFrom(current)
+        for field, value in (
+            ("requests_per_minute", rpm),
+            ("tokens_per_minute", tpm),
+            ("max_concurrent_requests", concurrent),
+            ("monthly_token_budget", monthly),
+        ):
+            if value is not None:
+                setattr(plan, field, value)
+        if model is not None:
+            del plan.allowed_models[:]
+            plan.allowed_models.extend(model)
+        request = auth_pb2.SetPlanRequest(
+            tenant_id=tenant_id,
+            plan=plan,
+            priority=PRIORITIES[priority] if priority else auth_pb2.PRIORITY_UNSPECIFIED,
+        )
+        return await stub.SetPlan(request, metadata=md)
+
+    tenant = _call(auth, admin_token, set_plan)
     _show_tenants([tenant])
 
 

@@ -8,10 +8,12 @@ import csv
 import io
 import json
 
+import grpc
 from typer.testing import CliRunner, Result
 
 from maas.cli import app
 from maas.client import MaasClient
+from maas.v1 import auth_pb2, auth_pb2_grpc
 from tests.e2e.conftest import Mesh
 from tests.support import eventually
 
@@ -42,6 +44,18 @@ async def test_an_operator_onboards_a_tenant_who_generates_and_exports_usage(
         mesh, "admin", "tenant", "set-plan", tenant_id, "--rpm", "100", "--model", mesh.model
     )
     assert "100" in plan.output and mesh.model in plan.output
+    # A later change of one limit keeps the others (the default plan's and the first change's).
+    await maas(mesh, "admin", "tenant", "set-plan", tenant_id, "--concurrent", "7")
+    async with grpc.aio.insecure_channel(mesh.targets["auth"]) as channel:
+        tenants = await auth_pb2_grpc.AuthStub(channel).ListTenants(
+            auth_pb2.ListTenantsRequest(),
+            metadata=(("authorization", f"Bearer {mesh.admin_token}"),),
+        )
+    kept = next(t.plan for t in tenants.tenants if t.tenant_id == tenant_id)
+    assert kept.max_concurrent_requests == 7
+    assert kept.requests_per_minute == 100
+    assert list(kept.allowed_models) == [mesh.model]
+    assert kept.tokens_per_minute > 0  # still the default plan's finite limit
 
     created = await maas(
         mesh, "admin", "key", "create", tenant_id, "--name", "laptop", "--expires-in-days", "30"
