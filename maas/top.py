@@ -128,12 +128,17 @@ def _replica_table(replicas: router_pb2.ListReplicasResponse) -> Table:
         table.add_column(numbers, justify="right")
     for r in replicas.replicas:
         state = router_pb2.ReplicaState.Name(r.state).removeprefix("REPLICA_STATE_").lower()
+        style = REPLICA_STATE_STYLES.get(r.state, "")
         if r.state == router_pb2.REPLICA_STATE_EJECTED:
             state += f" ({r.ejected_for_s:.0f} s)"
+        elif r.probing:
+            # The last replica of its model, failing: one request at a time.
+            state = f"probing ({r.consecutive_failures} failed)"
+            style = "yellow"
         table.add_row(
             r.address,
             r.model.name or "-",
-            Text(state, style=REPLICA_STATE_STYLES.get(r.state, "")),
+            Text(state, style=style),
             str(r.in_flight),
             str(r.concurrency_limit),
             f"{r.ttft_s * 1e3:.0f}" if r.ttft_s else "-",

@@ -168,3 +168,22 @@ async def test_maas_top_once_prints_a_frame(
         assert title in lines
     assert row_of(result.output, mesh.targets["inference"])[1] == mesh.model
     assert row_of(result.output, tenant_key.tenant_id)[4] == "1"
+
+
+def rendered(replica: router_pb2.Replica) -> str:
+    console = Console(width=200, record=True)
+    console.print(top._replica_table(router_pb2.ListReplicasResponse(replicas=[replica])))
+    return console.export_text()
+
+
+def test_a_probed_replica_shows_as_probing_with_its_failures() -> None:
+    replica = router_pb2.Replica(
+        address="127.0.0.1:50054",
+        model=generation_pb2.ModelInfo(name="tiny-llama"),
+        state=router_pb2.REPLICA_STATE_SERVING,
+        probing=True,
+        consecutive_failures=3,
+    )
+    assert "probing (3 failed)" in rendered(replica)
+    replica.probing = False
+    assert "serving" in rendered(replica) and "probing" not in rendered(replica)
