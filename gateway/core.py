@@ -219,7 +219,7 @@ class GatewayCore:
             call.cancel()
             renewing.cancel()
             used = usage.prompt_tokens + usage.completion_tokens if usage.chunks else None
-            self._quotas.settle(reservation.reservation_id, used)
+            self._quotas.settle(reservation, used)
             self._settle(
                 request_id, client_request_id, request.model, principal, usage, status, replica
             )
@@ -269,7 +269,7 @@ class GatewayCore:
                 reservation = await self._quotas.reserve(
                     principal.tenant_id, request_id_for_call(), request.model, 1, principal.key_id
                 )
-        self._quotas.settle(reservation.reservation_id, None)
+        self._quotas.settle(reservation, None)
         with remote_errors():
             return await self._router.CountTokens(request, timeout=caller.deadline_s)
 

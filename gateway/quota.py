@@ -43,6 +43,11 @@ class Lease:
 
     reservation_id: str
     period_s: float
+    # What it was for: a release names them, so auth can free the key even
+    # if it has forgotten the reservation.
+    tenant_id: str = ""
+    request_id: str = ""
+    idempotency_key: str = ""
 
 
 class QuotaClient:
@@ -73,7 +78,13 @@ class QuotaClient:
             ),
             timeout=self._timeout_s,
         )
-        return Lease(reservation.reservation_id, reservation.lease.ToNanoseconds() / 1e9)
+        return Lease(
+            reservation.reservation_id,
+            reservation.lease.ToNanoseconds() / 1e9,
+            tenant_id=tenant_id,
+            request_id=request_id,
+            idempotency_key=idempotency_key,
+        )
 
     async def keep(self, lease: Lease) -> None:
         """Renews the lease every third of its period until cancelled (the
@@ -92,21 +103,29 @@ class QuotaClient:
                 if err.code() == grpc.StatusCode.NOT_FOUND:
                     return  # lapsed (or auth restarted): nothing left to keep
 
-    def settle(self, reservation_id: str, used_tokens: int | None) -> None:
+    def settle(self, lease: Lease, used_tokens: int | None) -> None:
         """Commits `used_tokens`, or releases when None (nothing ran); returns at once."""
-        task = asyncio.create_task(self._settle(reservation_id, used_tokens))
+        task = asyncio.create_task(self._settle(lease, used_tokens))
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
 
-    async def _settle(self, reservation_id: str, used_tokens: int | None) -> None:
+    async def _settle(self, lease: Lease, used_tokens: int | None) -> None:
         try:
             if used_tokens is None:
                 await self._stub.Release(
-                    auth_pb2.ReleaseRequest(reservation_id=reservation_id), timeout=self._timeout_s
+                    auth_pb2.ReleaseRequest(
+                        reservation_id=lease.reservation_id,
+                        tenant_id=lease.tenant_id,
+                        request_id=lease.request_id,
+                        idempotency_key=lease.idempotency_key,
+                    ),
+                    timeout=self._timeout_s,
                 )
             else:
                 await self._stub.Commit(
-                    auth_pb2.CommitRequest(reservation_id=reservation_id, used_tokens=used_tokens),
+                    auth_pb2.CommitRequest(
+                        reservation_id=lease.reservation_id, used_tokens=used_tokens
+                    ),
                     timeout=self._timeout_s,
                 )
         except grpc.aio.AioRpcError as err:

@@ -272,9 +272,23 @@ class Quotas:
         self._give_back(held.tenant_id, returned - max(0, used_tokens - held.tokens))
         return returned
 
-    async def release(self, reservation_id: str) -> None:
-        """Gives the reservation back whole, and its idempotency key: nothing ran."""
-        held = self._pop(reservation_id)
+    async def release(
+        self,
+        reservation_id: str,
+        *,
+        tenant_id: str = "",
+        request_id: str = "",
+        idempotency_key: str = "",
+    ) -> None:
+        """Gives the reservation back whole, and its idempotency key: nothing ran.
+        With the reservation gone (a restart forgot it, or it lapsed), the key
+        named is still freed if `request_id` holds it; then NOT_FOUND."""
+        try:
+            held = self._pop(reservation_id)
+        except NotFoundError:
+            if tenant_id and request_id and idempotency_key:
+                await self._store.free_idempotency_key(tenant_id, idempotency_key, request_id)
+            raise
         self._give_back(held.tenant_id, held.tokens)
         if held.idempotency_key:
             await self._store.free_idempotency_key(

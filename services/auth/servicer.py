@@ -175,7 +175,12 @@ class AuthServicer(auth_pb2_grpc.AuthServicer):
     async def Release(
         self, request: auth_pb2.ReleaseRequest, context: Context
     ) -> auth_pb2.ReleaseResponse:
-        await self._quotas.release(request.reservation_id)
+        await self._quotas.release(
+            request.reservation_id,
+            tenant_id=request.tenant_id,
+            request_id=request.request_id,
+            idempotency_key=request.idempotency_key,
+        )
         return auth_pb2.ReleaseResponse()
 
     async def Authenticate(

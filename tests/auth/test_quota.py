@@ -254,6 +254,26 @@ async def test_a_claim_survives_a_restart_and_is_pruned_after_the_retention(
     await later.reserve(tenant, "mesh-3", "m", 5, idempotency_key="k")
 
 
+async def test_a_release_after_a_restart_still_frees_the_key_of_a_request_that_never_ran(
+    auth_core: AuthCore, store: AuthStore
+) -> None:
+    tenant = await tenant_with(auth_core, Plan())
+    before = Quotas(store, clock=Clock(), wall=lambda: NOW)
+    held = await before.reserve(tenant, "mesh-1", "m", 5, idempotency_key="k")
+    after = Quotas(store, clock=Clock(), wall=lambda: NOW)  # auth restarted: lease forgotten
+    with pytest.raises(NotFoundError):
+        await after.release(
+            held.reservation_id, tenant_id=tenant, request_id="mesh-1", idempotency_key="k"
+        )
+    # Nothing ran under the key, so a retry with it runs.
+    await after.reserve(tenant, "mesh-2", "m", 5, idempotency_key="k")
+    # A release naming another request's key frees nothing.
+    with pytest.raises(NotFoundError):
+        await after.release("gone", tenant_id=tenant, request_id="mesh-9", idempotency_key="k")
+    with pytest.raises(AbortedError):
+        await after.reserve(tenant, "mesh-3", "m", 5, idempotency_key="k")
+
+
 async def test_a_request_past_its_estimate_is_charged_what_it_used(
     auth_core: AuthCore, store: AuthStore
 ) -> None:
