@@ -175,6 +175,11 @@ class AuthServicer(auth_pb2_grpc.AuthServicer):
     async def Release(
         self, request: auth_pb2.ReleaseRequest, context: Context
     ) -> auth_pb2.ReleaseResponse:
+        if request.idempotency_key:
+            # Named only to free the key of a forgotten reservation: ids like Reserve's.
+            check_id("tenant_id", request.tenant_id)
+            check_id("request_id", request.request_id)
+            check_id("idempotency_key", request.idempotency_key)
         await self._quotas.release(
             request.reservation_id,
             tenant_id=request.tenant_id,

@@ -213,3 +213,24 @@ async def test_a_huge_tenant_name_is_invalid_argument(auth_channel: grpc.aio.Cha
         await stub.CreateTenant(auth_pb2.CreateTenantRequest(name="n" * 1000), metadata=ADMIN)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert bad_request_fields(info.value) == ["name"]
+
+
+@pytest.mark.parametrize(
+    ("fields", "named"),
+    [
+        (
+            {"tenant_id": "t1", "request_id": "r1", "idempotency_key": "k" * 10_000},
+            "idempotency_key",
+        ),
+        ({"tenant_id": "t1", "request_id": "has space", "idempotency_key": "k"}, "request_id"),
+        ({"tenant_id": "", "request_id": "r1", "idempotency_key": "k"}, "tenant_id"),
+    ],
+)
+async def test_a_release_naming_bad_ids_is_invalid_argument(
+    auth_channel: grpc.aio.Channel, fields: dict[str, str], named: str
+) -> None:
+    stub = auth_pb2_grpc.AuthStub(auth_channel)
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stub.Release(auth_pb2.ReleaseRequest(reservation_id="gone", **fields))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert bad_request_fields(info.value) == [named]
