@@ -23,15 +23,7 @@ from gateway.metrics import GatewayMetrics
 from gateway.model_limits import ModelCatalog, served_models
 from gateway.outbox import UsageOutbox
 from gateway.quota import QuotaClient, estimate_tokens
-from gateway.refusals import (
-    CALLER_REFUSALS,
-    DEFAULT_AUTH_FAILURE_BURST,
-    DEFAULT_AUTH_FAILURES_PER_S,
-    DEFAULT_REFUSAL_BURST,
-    DEFAULT_REFUSALS_PER_S,
-    RefusalBudget,
-    peer_host,
-)
+from gateway.refusals import CALLER_REFUSALS, RefusalBudget, peer_host
 from gateway.usage import StreamUsage, timestamp
 from gateway.validation import check_against_model, validate_generate, validate_input
 from maas.v1 import (
@@ -47,7 +39,6 @@ from maas.v1 import (
 from observability.context import (
     REPLICA_METADATA_KEY,
     bind_request,
-    current_client_request_id,
     current_request_id,
     new_request_id,
     valid_client_request_id,
@@ -118,18 +109,11 @@ class GatewayCore:
         catalog: ModelCatalog,
         constraints: ConstraintChecker | None = None,
         progress_interval_s: float = 5.0,
-        refusals: RefusalBudget | None = None,
-        auth_failures: RefusalBudget | None = None,
+        refusals: RefusalBudget,
+        auth_failures: RefusalBudget,
     ) -> None:
-        # Defaults for tests that build a core by hand; the server passes its settings'.
-        self._refusals = refusals or RefusalBudget(
-            per_s=DEFAULT_REFUSALS_PER_S, burst=DEFAULT_REFUSAL_BURST, subject="refused_requests"
-        )
-        self._auth_failures = auth_failures or RefusalBudget(
-            per_s=DEFAULT_AUTH_FAILURES_PER_S,
-            burst=DEFAULT_AUTH_FAILURE_BURST,
-            subject="failed_authentications",
-        )
+        self._refusals = refusals
+        self._auth_failures = auth_failures
         self._progress_interval_s = progress_interval_s
         self._authenticator = authenticator
         self._router = router
@@ -155,7 +139,7 @@ class GatewayCore:
             check_client_request_id(caller)
             default_max_tokens = await self._admissible(request, deadline.remaining())
             request_id = request_id_for_call()
-            client_request_id = current_client_request_id() or ""
+            client_request_id = caller.client_request_id or ""
             bind_request(request_id, principal.tenant_id)
             span = trace.get_current_span()
             span.set_attribute("maas.request_id", request_id)

@@ -14,8 +14,8 @@ from services.common.generation_limits import (
     MAX_PROMPT_BYTES,
     MAX_PROMPT_TOKEN_IDS,
 )
-from services.inference.convert import sampling_from_proto
-from services.inference.engine import InvalidRequestError, check_sampling
+from services.inference.convert import input_from_proto, model_info_from_proto, sampling_from_proto
+from services.inference.engine import InvalidRequestError, check_prompt_size, check_sampling
 
 ROLES = frozenset({"system", "user", "assistant", "tool"})
 
@@ -100,14 +100,10 @@ def check_against_model(
         )
     if request.HasField("min_tokens") and request.min_tokens > room:
         raise InvalidArgumentError("min_tokens", f"is past the model's context of {context}")
-    if model.max_token_bytes and request.WhichOneof("input") in ("prompt", "messages"):
-        size = prompt_bytes(request)
-        at_least = -(-size // model.max_token_bytes)
-        if at_least >= context:
-            raise InvalidArgumentError(
-                request.WhichOneof("input") or "prompt",
-                f"is {size} bytes, at least {at_least} tokens; the model's context is {context}",
-            )
+    try:
+        check_prompt_size(input_from_proto(request), model_info_from_proto(model))
+    except InvalidRequestError as err:
+        raise InvalidArgumentError(err.field, err.description) from err
     if request.WhichOneof("input") == "prompt_token_ids":
         count = len(request.prompt_token_ids.ids)
         if count >= context:

@@ -95,6 +95,15 @@ def model_info_to_proto(info: ModelInfo) -> generation_pb2.ModelInfo:
     )
 
 
+def model_info_from_proto(info: generation_pb2.ModelInfo) -> ModelInfo:
+    return ModelInfo(
+        name=info.name,
+        max_context_length=info.max_context_length,
+        vocab_size=info.vocab_size,
+        max_token_bytes=info.max_token_bytes,
+    )
+
+
 def replica_info_to_proto(
     info: ModelInfo, capacity: Capacity, adapters: tuple[str, ...]
 ) -> inference_pb2.ReplicaInfo:
