@@ -69,7 +69,7 @@ def json_depth(value: object) -> int:
                 children.extend(item.values())
             elif isinstance(item, list):
                 children.extend(item)
-        if not children and not any(isinstance(i, dict | list) for i in level):
+        if not any(isinstance(i, dict | list) for i in level):
             break
         depth += 1
         level = children

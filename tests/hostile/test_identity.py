@@ -54,6 +54,7 @@ async def generate(
     *,
     model: str | None = None,
     max_tokens: int = 24,
+    stop_token_ids: tuple[int, ...] = (),
 ) -> Outcome:
     metadata = [("authorization", f"Bearer {tenant.api_key}")]
     if client_request_id is not None:
@@ -66,6 +67,7 @@ async def generate(
                 prompt="Tell me about the sea.",
                 max_tokens=max_tokens,
                 ignore_eos=True,
+                stop_token_ids=stop_token_ids,
             ),
             metadata=tuple(metadata),
         )
@@ -169,8 +171,10 @@ async def test_a_key_whose_request_was_refused_downstream_can_be_retried(
 ) -> None:
     tenant, calm = await new_tenant(), await new_tenant()
     async with bystander(mesh, calm):
-        # Reserved, then refused by the router (no replica has the model): nothing ran.
-        refused = await generate(mesh, tenant, "retry-me", model="no-such-model")
+        # Reserved, then refused by the replica (a stop token past the
+        # vocabulary, which only the engine knows): nothing ran.
+        past_vocab = mesh.engine.model_info.vocab_size + 1
+        refused = await generate(mesh, tenant, "retry-me", stop_token_ids=(past_vocab,))
         assert refused.code != grpc.StatusCode.OK and refused.completion_tokens == 0
 
         async def retried() -> bool:
