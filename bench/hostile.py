@@ -40,6 +40,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import json
 import multiprocessing
 import os
@@ -211,16 +212,6 @@ async def _drain(call: Any) -> str:
     return "OK"
 
 
-def _huge_regex() -> str:
-    # Alternation of 20,000 distinct words: 200 kB, legal, and slow to compile to a grammar.
-    return "(" + "|".join(f"w{i:07d}" for i in range(20_000)) + ")"
-
-
-def _huge_schema() -> str:
-    properties = {f"p{i}": {"type": "string", "maxLength": 8} for i in range(5_000)}
-    return json.dumps({"type": "object", "properties": properties, "required": list(properties)})
-
-
 class Attacker:
     def __init__(self, addr: dict[str, str], model: str, key: str, rng: random.Random) -> None:
         self.addr = addr
@@ -229,6 +220,25 @@ class Attacker:
         self.rng = rng
         self.codes: Counter[str] = Counter()
         self._n = 0
+
+    @functools.cached_property
+    def big_body(self) -> bytes:
+        content = "a" * BIG_BODY_BYTES
+        return json.dumps(
+            {"model": self.model, "messages": [{"role": "user", "content": content}]}
+        ).encode()
+
+    @functools.cached_property
+    def huge_regex(self) -> str:
+        # Alternation of 20,000 distinct words: 200 kB, legal, and slow to compile to a grammar.
+        return "(" + "|".join(f"w{i:07d}" for i in range(20_000)) + ")"
+
+    @functools.cached_property
+    def huge_schema(self) -> str:
+        properties = {f"p{i}": {"type": "string", "maxLength": 8} for i in range(5_000)}
+        return json.dumps(
+            {"type": "object", "properties": properties, "required": list(properties)}
+        )
 
     def metadata(self, key: str | None = None) -> tuple[tuple[str, str], ...]:
         return (("authorization", f"Bearer {key or self.key}"),)
@@ -259,9 +269,9 @@ class Attacker:
             writer.write(
                 b"POST /v1/chat/completions HTTP/1.1\r\nhost: mesh\r\n"
                 b"content-type: application/json\r\n"
-                + f"content-length: {len(BIG_BODY)}\r\n\r\n".encode()
+                + f"content-length: {len(self.big_body)}\r\n\r\n".encode()
             )
-            writer.write(BIG_BODY)
+            writer.write(self.big_body)
             await writer.drain()
             status = (await reader.readline()).split(b" ")[1:2]
             self.codes[f"HTTP {status[0].decode() if status else '?'}"] += 1
@@ -280,9 +290,9 @@ class Attacker:
 
     async def huge_constraint(self, stub: gateway_pb2_grpc.GatewayAsyncStub) -> None:
         if self.rng.random() < 0.5:
-            request = self.request(max_tokens=8, regex=HUGE_REGEX)
+            request = self.request(max_tokens=8, regex=self.huge_regex)
         else:
-            request = self.request(max_tokens=8, json_schema=HUGE_SCHEMA)
+            request = self.request(max_tokens=8, json_schema=self.huge_schema)
         call = stub.Generate(request, metadata=self.metadata(), timeout=DEADLINE_S)
         self.codes[await _drain(call)] += 1
 
@@ -331,11 +341,6 @@ class Attacker:
             writer.close()
 
 
-BIG_BODY = b""
-HUGE_REGEX = ""
-HUGE_SCHEMA = ""
-
-
 def attack_load(
     addr: dict[str, str],
     model: str,
@@ -346,38 +351,16 @@ def attack_load(
     seed: int,
     rate: float = 0.0,
 ) -> tuple[dict[str, int], float]:
-    """Runs in a worker process: `clients` closed-loop attackers until `until`;
-    returns what the mesh answered them, by status, and the CPU seconds the
-    attacker's own process used."""
-    cpu_at_start = time.process_time()
-    if attack == "cpu_burn":
-        spins = 0
-        while time.perf_counter() < until:
-            spins += 1
-        return {"spun, sent nothing": 1}, time.process_time() - cpu_at_start
-    codes = _attack_load(addr, model, key, attack, clients, until, seed, rate)
-    return codes, time.process_time() - cpu_at_start
-
-
-def _attack_load(
-    addr: dict[str, str],
-    model: str,
-    key: str,
-    attack: str,
-    clients: int,
-    until: float,
-    seed: int,
-    rate: float,
-) -> dict[str, int]:
+    """Runs in a worker process: `clients` attackers until `until` (closed
+    loop, or `rate` attacks a second in all); returns what the mesh answered
+    them, by status, and the CPU seconds the attacker's own process used."""
     import uvloop
 
-    global BIG_BODY, HUGE_REGEX, HUGE_SCHEMA
-    if attack == "big_post":
-        content = "a" * BIG_BODY_BYTES
-        BIG_BODY = json.dumps(
-            {"model": model, "messages": [{"role": "user", "content": content}]}
-        ).encode()
-    HUGE_REGEX, HUGE_SCHEMA = _huge_regex(), _huge_schema()
+    cpu_at_start = time.process_time()
+    if attack == "cpu_burn":
+        while time.perf_counter() < until:
+            pass
+        return {"spun, sent nothing": 1}, time.process_time() - cpu_at_start
     # Two uploads of 100 MB at once already saturate loopback; more only queue in the kernel.
     clients = min(clients, 2) if attack == "big_post" else clients
 
@@ -406,7 +389,8 @@ def _attack_load(
             await asyncio.gather(*(client() for _ in range(clients)))
         return dict(attacker.codes)
 
-    return uvloop.run(run())
+    codes = uvloop.run(run())
+    return codes, time.process_time() - cpu_at_start
 
 
 # --- phases and rounds ---------------------------------------------------------
