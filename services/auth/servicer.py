@@ -153,6 +153,7 @@ class AuthServicer(auth_pb2_grpc.AuthServicer):
         return self._reservation(held)
 
     async def Renew(self, request: auth_pb2.RenewRequest, context: Context) -> auth_pb2.Reservation:
+        check_id("reservation_id", request.reservation_id)
         held = self._quotas.renew(request.reservation_id)
         return self._reservation(held)
 

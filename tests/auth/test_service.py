@@ -234,3 +234,14 @@ async def test_a_release_naming_bad_ids_is_invalid_argument(
         await stub.Release(auth_pb2.ReleaseRequest(reservation_id="gone", **fields))
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert bad_request_fields(info.value) == [named]
+
+
+@pytest.mark.parametrize("reservation_id", ["", "r" * 10_000, "has space"])
+async def test_a_renewal_of_a_bad_id_is_invalid_argument(
+    auth_channel: grpc.aio.Channel, reservation_id: str
+) -> None:
+    stub = auth_pb2_grpc.AuthStub(auth_channel)
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stub.Renew(auth_pb2.RenewRequest(reservation_id=reservation_id))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert bad_request_fields(info.value) == ["reservation_id"]
