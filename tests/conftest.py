@@ -16,6 +16,9 @@ from services.inference.settings import InferenceSettings, cpu_engine_environmen
 for _key, _value in cpu_engine_environment().items():
     os.environ.setdefault(_key, _value)
 
+# The in-process mesh and its tenants, one per session for every folder that asks.
+pytest_plugins = ["tests.mesh"]
+
 REPO = Path(__file__).resolve().parent.parent
 MODEL_DIR = REPO / ".maas" / "models" / "tiny-llama"
 

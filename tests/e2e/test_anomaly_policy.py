@@ -34,7 +34,7 @@ from services.anomaly.events import RequestEvent
 from services.anomaly.settings import AnomalySettings, PolicyRule, PolicySettings
 from services.auth.keys import parse_key
 from tests.anomaly.support import T0, feed, poisson_times, request, start
-from tests.e2e.conftest import Mesh, TenantKey
+from tests.mesh import Mesh, TenantKey
 from tests.support import eventually
 
 WARMUP_S = 20 * 60

@@ -14,7 +14,7 @@ from typer.testing import CliRunner, Result
 from maas.cli import app
 from maas.client import MaasClient
 from maas.v1 import auth_pb2, auth_pb2_grpc
-from tests.e2e.conftest import Mesh
+from tests.mesh import Mesh
 from tests.support import eventually
 
 

@@ -18,7 +18,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from maas.v1 import generation_pb2, inference_pb2, inference_pb2_grpc
 from services.inference.settings import cpu_engine_environment
 from services.inference.watchdog import EXIT_ENGINE_FAILED
-from tests.e2e.conftest import Mesh
+from tests.mesh import Mesh
 from tests.support import bad_request_fields, eventually, free_port
 
 T = TypeVar("T")

@@ -16,7 +16,7 @@ import pytest
 import pytest_asyncio
 
 from maas.client import MaasClient
-from tests.e2e.conftest import Mesh, TenantKey
+from tests.mesh import Mesh, TenantKey
 from tests.support import ProcessResult, eventually, run_process
 
 REPO = Path(__file__).resolve().parents[2]

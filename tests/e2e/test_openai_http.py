@@ -19,7 +19,7 @@ from opentelemetry.trace import SpanKind
 
 from maas.client import MaasClient
 from maas.v1 import auth_pb2
-from tests.e2e.conftest import Mesh, TenantKey, set_plan
+from tests.mesh import Mesh, TenantKey, set_plan
 from tests.support import eventually
 
 SEA: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Tell me about the sea."}]

@@ -9,7 +9,7 @@ import json
 import sys
 from pathlib import Path
 
-from tests.e2e.conftest import Mesh, TenantKey
+from tests.mesh import Mesh, TenantKey
 from tests.support import ProcessResult, run_process
 
 REPO = Path(__file__).resolve().parents[2]

@@ -28,7 +28,7 @@ from maas.v1 import (
     router_pb2,
     router_pb2_grpc,
 )
-from tests.e2e.conftest import Mesh, TenantKey
+from tests.mesh import Mesh, TenantKey
 from tests.support import eventually
 
 WIDTH = 250  # rich neither wraps nor truncates a row this wide

@@ -10,7 +10,7 @@ from opentelemetry.sdk.metrics.export import NumberDataPoint
 from opentelemetry.trace import SpanKind
 
 from maas.client import MaasClient
-from tests.e2e.conftest import Mesh, TenantKey
+from tests.mesh import Mesh, TenantKey
 from tests.support import eventually
 
 FULL_NAMES = {

@@ -13,15 +13,10 @@ from dataclasses import dataclass, field
 
 from maas.client import MaasClient
 from maas.v1 import generation_pb2
-from tests.e2e import conftest as e2e
-from tests.e2e.conftest import Mesh, TenantFactory, TenantKey, set_plan
+from tests.mesh import Mesh, TenantFactory, TenantKey, set_plan
 from tests.support import eventually
 
-# The e2e folder's mesh and tenants, shared with this folder.
-mesh = e2e.mesh
-new_tenant = e2e.new_tenant
-tenant_key = e2e.tenant_key
-__all__ = ["Mesh", "TenantFactory", "TenantKey", "mesh", "new_tenant", "set_plan", "tenant_key"]
+__all__ = ["Mesh", "TenantFactory", "TenantKey", "set_plan"]
 
 
 @dataclass

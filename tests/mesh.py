@@ -1,5 +1,7 @@
 """The whole mesh in-process: five real gRPC servers on port 0, each with its
-own telemetry (and in-memory span exporter), over the session's vLLM engine."""
+own telemetry (and in-memory span exporter), over the session's vLLM engine.
+One for the test session, shared by the e2e, hostile and fuzz folders
+(tests/conftest.py loads this module as a plugin)."""
 
 from __future__ import annotations
 
