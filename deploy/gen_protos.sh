@@ -4,9 +4,10 @@
 set -euo pipefail
 PY=${1:?python}; OUT=${2:?out root}
 mkdir -p "$OUT/maas/v1"
-# google/rpc/*.proto come with googleapis-common-protos (a grpcio-status dependency).
-GOOGLEAPIS=$("$PY" -c 'import google.rpc, pathlib; print(pathlib.Path(google.rpc.__path__[0]).parents[1])')
-"$PY" -m grpc_tools.protoc -Iprotos -I"$GOOGLEAPIS" \
+# protos/ holds every import but protobuf's own well-known types (which protoc
+# ships); protos/google/ is vendored and not generated here: its Python code is
+# googleapis-common-protos (a grpcio-status dependency).
+"$PY" -m grpc_tools.protoc -Iprotos \
   --python_out="$OUT" --pyi_out="$OUT" --grpc_python_out="$OUT" \
   --plugin=protoc-gen-mypy_grpc="$(dirname "$PY")/protoc-gen-mypy_grpc" --mypy_grpc_out="$OUT" \
   protos/maas/v1/*.proto

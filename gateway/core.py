@@ -35,6 +35,7 @@ from maas.v1 import (
     metering_pb2_grpc,
     router_pb2,
     router_pb2_grpc,
+    usage_pb2,
 )
 from observability.context import (
     REPLICA_METADATA_KEY,
@@ -259,7 +260,7 @@ class GatewayCore:
 
     async def get_usage(
         self, caller: Caller, request: gateway_pb2.GetUsageRequest
-    ) -> metering_pb2.GetUsageResponse:
+    ) -> usage_pb2.GetUsageResponse:
         """The caller's own tenant's usage, never another's."""
         principal = await self.authenticate(caller, "usage:read")
         check_client_request_id(caller)

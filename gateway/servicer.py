@@ -9,7 +9,7 @@ from typing import Any
 import grpc
 
 from gateway.core import Caller, GatewayCore
-from maas.v1 import gateway_pb2, gateway_pb2_grpc, generation_pb2, metering_pb2
+from maas.v1 import gateway_pb2, gateway_pb2_grpc, generation_pb2, usage_pb2
 from observability.context import REQUEST_ID_METADATA_KEY, edge_echo, enter_edge_call
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -63,5 +63,5 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
 
     async def GetUsage(
         self, request: gateway_pb2.GetUsageRequest, context: Context
-    ) -> metering_pb2.GetUsageResponse:
+    ) -> usage_pb2.GetUsageResponse:
         return await self._core.get_usage(enter_call(context), request)

@@ -23,7 +23,7 @@ from maas.admin_cli import admin
 from maas.client import MaasClient
 from maas.connection import Connection
 from maas.severity import SEVERITIES, severity_markup
-from maas.v1 import anomaly_pb2, anomaly_pb2_grpc, metering_pb2, metering_pb2_grpc
+from maas.v1 import anomaly_pb2, anomaly_pb2_grpc, metering_pb2, metering_pb2_grpc, usage_pb2
 
 T = TypeVar("T")
 
@@ -148,13 +148,13 @@ def usage(
         raise typer.BadParameter(f"--by must be one of {', '.join(usage_report.GROUPINGS)}")
     if fmt not in ("table", "csv", "json"):
         raise typer.BadParameter("--format must be table, csv or json")
-    grouping = usage_report.GROUPINGS[by] if by else metering_pb2.USAGE_GROUPING_UNSPECIFIED
+    grouping = usage_report.GROUPINGS[by] if by else usage_pb2.USAGE_GROUPING_UNSPECIFIED
     start = None
     if since is not None:
         start = timestamp_pb2.Timestamp()
         start.FromDatetime(since.replace(tzinfo=since.tzinfo or UTC))
 
-    async def main() -> metering_pb2.GetUsageResponse:
+    async def main() -> usage_pb2.GetUsageResponse:
         if tenant:
             connection = Connection.from_env()
             async with connection.channel(auth) as channel:

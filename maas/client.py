@@ -9,7 +9,7 @@ from typing import Self
 import grpc
 from google.protobuf import timestamp_pb2
 
-from maas.v1 import gateway_pb2, gateway_pb2_grpc, generation_pb2, metering_pb2
+from maas.v1 import gateway_pb2, gateway_pb2_grpc, generation_pb2, usage_pb2
 
 
 class MaasClient:
@@ -86,13 +86,13 @@ class MaasClient:
             generation_pb2.CountTokensRequest(model=model, prompt=prompt), metadata=self._metadata
         )
 
-    async def usage(self) -> metering_pb2.UsageSummary:
+    async def usage(self) -> usage_pb2.UsageSummary:
         return (await self.usage_report()).summary
 
     async def usage_report(
         self,
-        group_by: metering_pb2.UsageGrouping = metering_pb2.USAGE_GROUPING_UNSPECIFIED,
+        group_by: usage_pb2.UsageGrouping = usage_pb2.USAGE_GROUPING_UNSPECIFIED,
         start_time: timestamp_pb2.Timestamp | None = None,
-    ) -> metering_pb2.GetUsageResponse:
+    ) -> usage_pb2.GetUsageResponse:
         request = gateway_pb2.GetUsageRequest(group_by=group_by, start_time=start_time)
         return await self._stub.GetUsage(request, metadata=self._metadata)

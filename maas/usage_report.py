@@ -10,19 +10,19 @@ from typing import Literal
 from rich.console import Console
 from rich.table import Table
 
-from maas.v1 import metering_pb2
+from maas.v1 import usage_pb2
 
 Format = Literal["table", "csv", "json"]
 GROUPINGS = {
-    "model": metering_pb2.USAGE_GROUPING_MODEL,
-    "hour": metering_pb2.USAGE_GROUPING_HOUR,
-    "day": metering_pb2.USAGE_GROUPING_DAY,
-    "month": metering_pb2.USAGE_GROUPING_MONTH,
+    "model": usage_pb2.USAGE_GROUPING_MODEL,
+    "hour": usage_pb2.USAGE_GROUPING_HOUR,
+    "day": usage_pb2.USAGE_GROUPING_DAY,
+    "month": usage_pb2.USAGE_GROUPING_MONTH,
 }
 COLUMNS = ("tenant", "key", "requests", "prompt_tokens", "completion_tokens")
 
 
-def rows(reply: metering_pb2.GetUsageResponse) -> list[dict[str, str | int]]:
+def rows(reply: usage_pb2.GetUsageResponse) -> list[dict[str, str | int]]:
     """One row per bucket, or one for the whole range when not grouped."""
     tenant = reply.summary.tenant_id
     if reply.buckets:
@@ -33,7 +33,7 @@ def rows(reply: metering_pb2.GetUsageResponse) -> list[dict[str, str | int]]:
     return [dict(zip(COLUMNS, (tenant, *item), strict=True)) for item in items]
 
 
-def render(reply: metering_pb2.GetUsageResponse, fmt: Format) -> str:
+def render(reply: usage_pb2.GetUsageResponse, fmt: Format) -> str:
     table_rows = rows(reply)
     if fmt == "json":
         return "\n".join(json.dumps(row) for row in table_rows)

@@ -5,7 +5,7 @@ import warnings
 
 from maas.v1 import gateway_pb2 as maas_dot_v1_dot_gateway__pb2
 from maas.v1 import generation_pb2 as maas_dot_v1_dot_generation__pb2
-from maas.v1 import metering_pb2 as maas_dot_v1_dot_metering__pb2
+from maas.v1 import usage_pb2 as maas_dot_v1_dot_usage__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -66,7 +66,7 @@ class GatewayStub:
         self.GetUsage = channel.unary_unary(
                 '/maas.v1.Gateway/GetUsage',
                 request_serializer=maas_dot_v1_dot_gateway__pb2.GetUsageRequest.SerializeToString,
-                response_deserializer=maas_dot_v1_dot_metering__pb2.GetUsageResponse.FromString,
+                response_deserializer=maas_dot_v1_dot_usage__pb2.GetUsageResponse.FromString,
                 _registered_method=True)
 
 
@@ -144,7 +144,7 @@ def add_GatewayServicer_to_server(servicer, server):
             'GetUsage': grpc.unary_unary_rpc_method_handler(
                     servicer.GetUsage,
                     request_deserializer=maas_dot_v1_dot_gateway__pb2.GetUsageRequest.FromString,
-                    response_serializer=maas_dot_v1_dot_metering__pb2.GetUsageResponse.SerializeToString,
+                    response_serializer=maas_dot_v1_dot_usage__pb2.GetUsageResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -266,7 +266,7 @@ class Gateway:
             target,
             '/maas.v1.Gateway/GetUsage',
             maas_dot_v1_dot_gateway__pb2.GetUsageRequest.SerializeToString,
-            maas_dot_v1_dot_metering__pb2.GetUsageResponse.FromString,
+            maas_dot_v1_dot_usage__pb2.GetUsageResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -7,7 +7,7 @@ from collections import abc as _abc
 from grpc import aio as _aio
 from maas.v1 import gateway_pb2 as _gateway_pb2
 from maas.v1 import generation_pb2 as _generation_pb2
-from maas.v1 import metering_pb2 as _metering_pb2
+from maas.v1 import usage_pb2 as _usage_pb2
 import abc as _abc_1
 import grpc as _grpc
 import sys
@@ -64,7 +64,7 @@ class GatewayStub:
     """Lists the models the mesh serves."""
     CountTokens: _grpc.UnaryUnaryMultiCallable[_generation_pb2.CountTokensRequest, _generation_pb2.CountTokensResponse]
     """Counts the tokens of an input as the model would see it."""
-    GetUsage: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.GetUsageRequest, _metering_pb2.GetUsageResponse]
+    GetUsage: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.GetUsageRequest, _usage_pb2.GetUsageResponse]
     """Returns the caller's own token usage over a time range."""
 
 @_typing.type_check_only
@@ -101,7 +101,7 @@ class GatewayAsyncStub(GatewayStub):
     """Lists the models the mesh serves."""
     CountTokens: _aio.UnaryUnaryMultiCallable[_generation_pb2.CountTokensRequest, _generation_pb2.CountTokensResponse]  # type: ignore[assignment]
     """Counts the tokens of an input as the model would see it."""
-    GetUsage: _aio.UnaryUnaryMultiCallable[_gateway_pb2.GetUsageRequest, _metering_pb2.GetUsageResponse]  # type: ignore[assignment]
+    GetUsage: _aio.UnaryUnaryMultiCallable[_gateway_pb2.GetUsageRequest, _usage_pb2.GetUsageResponse]  # type: ignore[assignment]
     """Returns the caller's own token usage over a time range."""
 
 class GatewayServicer(metaclass=_abc_1.ABCMeta):
@@ -159,7 +159,7 @@ class GatewayServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _gateway_pb2.GetUsageRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_metering_pb2.GetUsageResponse, _abc.Awaitable[_metering_pb2.GetUsageResponse]]:
+    ) -> _typing.Union[_usage_pb2.GetUsageResponse, _abc.Awaitable[_usage_pb2.GetUsageResponse]]:
         """Returns the caller's own token usage over a time range."""
 
 def add_GatewayServicer_to_server(servicer: GatewayServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

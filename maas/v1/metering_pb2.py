@@ -24,39 +24,32 @@ _sym_db = _symbol_database.Default()
 
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from google.rpc import status_pb2 as google_dot_rpc_dot_status__pb2
+from maas.v1 import usage_pb2 as maas_dot_v1_dot_usage__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16maas/v1/metering.proto\x12\x07maas.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\"\xbd\x02\n\x0bUsageRecord\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12\x0e\n\x06key_id\x18\x03 \x01(\t\x12\r\n\x05model\x18\x04 \x01(\t\x12\x15\n\rprompt_tokens\x18\x05 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x06 \x01(\r\x12.\n\nstart_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12&\n\x06status\x18\t \x01(\x0e\x32\x16.maas.v1.RequestStatus\x12\x15\n\rcached_tokens\x18\n \x01(\r\x12\x19\n\x11\x63lient_request_id\x18\x0b \x01(\t\":\n\x12RecordUsageRequest\x12$\n\x06record\x18\x01 \x01(\x0b\x32\x14.maas.v1.UsageRecord\"N\n\x13RecordUsageResponse\x12$\n\x06record\x18\x01 \x01(\x0b\x32\x14.maas.v1.UsageRecord\x12\x11\n\tduplicate\x18\x02 \x01(\x08\"@\n\x17RecordUsageBatchRequest\x12%\n\x07records\x18\x01 \x03(\x0b\x32\x14.maas.v1.UsageRecord\"o\n\x11RecordUsageResult\x12$\n\x06record\x18\x01 \x01(\x0b\x32\x14.maas.v1.UsageRecord\x12\x11\n\tduplicate\x18\x02 \x01(\x08\x12!\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x12.google.rpc.Status\"G\n\x18RecordUsageBatchResponse\x12+\n\x07results\x18\x01 \x03(\x0b\x32\x1a.maas.v1.RecordUsageResult\"\xb4\x01\n\x17MeteringGetUsageRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12.\n\nstart_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12(\n\x08group_by\x18\x04 \x01(\x0e\x32\x16.maas.v1.UsageGrouping\"^\n\x0bUsageBucket\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x10\n\x08requests\x18\x02 \x01(\x04\x12\x15\n\rprompt_tokens\x18\x03 \x01(\x04\x12\x19\n\x11\x63ompletion_tokens\x18\x04 \x01(\x04\"e\n\x0cUsageSummary\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x10\n\x08requests\x18\x02 \x01(\x04\x12\x15\n\rprompt_tokens\x18\x03 \x01(\x04\x12\x19\n\x11\x63ompletion_tokens\x18\x04 \x01(\x04\"a\n\x10GetUsageResponse\x12&\n\x07summary\x18\x01 \x01(\x0b\x32\x15.maas.v1.UsageSummary\x12%\n\x07\x62uckets\x18\x02 \x03(\x0b\x32\x14.maas.v1.UsageBucket*\xa2\x01\n\rRequestStatus\x12\x1e\n\x1aREQUEST_STATUS_UNSPECIFIED\x10\x00\x12\x1c\n\x18REQUEST_STATUS_COMPLETED\x10\x01\x12\x1c\n\x18REQUEST_STATUS_CANCELLED\x10\x02\x12\x19\n\x15REQUEST_STATUS_FAILED\x10\x03\x12\x1a\n\x16REQUEST_STATUS_RUNNING\x10\x04*\x94\x01\n\rUsageGrouping\x12\x1e\n\x1aUSAGE_GROUPING_UNSPECIFIED\x10\x00\x12\x18\n\x14USAGE_GROUPING_MODEL\x10\x01\x12\x17\n\x13USAGE_GROUPING_HOUR\x10\x02\x12\x16\n\x12USAGE_GROUPING_DAY\x10\x03\x12\x18\n\x14USAGE_GROUPING_MONTH\x10\x04\x32\xf6\x01\n\x08Metering\x12H\n\x0bRecordUsage\x12\x1b.maas.v1.RecordUsageRequest\x1a\x1c.maas.v1.RecordUsageResponse\x12W\n\x10RecordUsageBatch\x12 .maas.v1.RecordUsageBatchRequest\x1a!.maas.v1.RecordUsageBatchResponse\x12G\n\x08GetUsage\x12 .maas.v1.MeteringGetUsageRequest\x1a\x19.maas.v1.GetUsageResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16maas/v1/metering.proto\x12\x07maas.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\x1a\x13maas/v1/usage.proto\"\xbd\x02\n\x0bUsageRecord\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12\x0e\n\x06key_id\x18\x03 \x01(\t\x12\r\n\x05model\x18\x04 \x01(\t\x12\x15\n\rprompt_tokens\x18\x05 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x06 \x01(\r\x12.\n\nstart_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12&\n\x06status\x18\t \x01(\x0e\x32\x16.maas.v1.RequestStatus\x12\x15\n\rcached_tokens\x18\n \x01(\r\x12\x19\n\x11\x63lient_request_id\x18\x0b \x01(\t\":\n\x12RecordUsageRequest\x12$\n\x06record\x18\x01 \x01(\x0b\x32\x14.maas.v1.UsageRecord\"N\n\x13RecordUsageResponse\x12$\n\x06record\x18\x01 \x01(\x0b\x32\x14.maas.v1.UsageRecord\x12\x11\n\tduplicate\x18\x02 \x01(\x08\"@\n\x17RecordUsageBatchRequest\x12%\n\x07records\x18\x01 \x03(\x0b\x32\x14.maas.v1.UsageRecord\"o\n\x11RecordUsageResult\x12$\n\x06record\x18\x01 \x01(\x0b\x32\x14.maas.v1.UsageRecord\x12\x11\n\tduplicate\x18\x02 \x01(\x08\x12!\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x12.google.rpc.Status\"G\n\x18RecordUsageBatchResponse\x12+\n\x07results\x18\x01 \x03(\x0b\x32\x1a.maas.v1.RecordUsageResult\"\xb4\x01\n\x17MeteringGetUsageRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12.\n\nstart_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12(\n\x08group_by\x18\x04 \x01(\x0e\x32\x16.maas.v1.UsageGrouping*\xa2\x01\n\rRequestStatus\x12\x1e\n\x1aREQUEST_STATUS_UNSPECIFIED\x10\x00\x12\x1c\n\x18REQUEST_STATUS_COMPLETED\x10\x01\x12\x1c\n\x18REQUEST_STATUS_CANCELLED\x10\x02\x12\x19\n\x15REQUEST_STATUS_FAILED\x10\x03\x12\x1a\n\x16REQUEST_STATUS_RUNNING\x10\x04\x32\xf6\x01\n\x08Metering\x12H\n\x0bRecordUsage\x12\x1b.maas.v1.RecordUsageRequest\x1a\x1c.maas.v1.RecordUsageResponse\x12W\n\x10RecordUsageBatch\x12 .maas.v1.RecordUsageBatchRequest\x1a!.maas.v1.RecordUsageBatchResponse\x12G\n\x08GetUsage\x12 .maas.v1.MeteringGetUsageRequest\x1a\x19.maas.v1.GetUsageResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'maas.v1.metering_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_REQUESTSTATUS']._serialized_start=1287
-  _globals['_REQUESTSTATUS']._serialized_end=1449
-  _globals['_USAGEGROUPING']._serialized_start=1452
-  _globals['_USAGEGROUPING']._serialized_end=1600
-  _globals['_USAGERECORD']._serialized_start=94
-  _globals['_USAGERECORD']._serialized_end=411
-  _globals['_RECORDUSAGEREQUEST']._serialized_start=413
-  _globals['_RECORDUSAGEREQUEST']._serialized_end=471
-  _globals['_RECORDUSAGERESPONSE']._serialized_start=473
-  _globals['_RECORDUSAGERESPONSE']._serialized_end=551
-  _globals['_RECORDUSAGEBATCHREQUEST']._serialized_start=553
-  _globals['_RECORDUSAGEBATCHREQUEST']._serialized_end=617
-  _globals['_RECORDUSAGERESULT']._serialized_start=619
-  _globals['_RECORDUSAGERESULT']._serialized_end=730
-  _globals['_RECORDUSAGEBATCHRESPONSE']._serialized_start=732
-  _globals['_RECORDUSAGEBATCHRESPONSE']._serialized_end=803
-  _globals['_METERINGGETUSAGEREQUEST']._serialized_start=806
-  _globals['_METERINGGETUSAGEREQUEST']._serialized_end=986
-  _globals['_USAGEBUCKET']._serialized_start=988
-  _globals['_USAGEBUCKET']._serialized_end=1082
-  _globals['_USAGESUMMARY']._serialized_start=1084
-  _globals['_USAGESUMMARY']._serialized_end=1185
-  _globals['_GETUSAGERESPONSE']._serialized_start=1187
-  _globals['_GETUSAGERESPONSE']._serialized_end=1284
-  _globals['_METERING']._serialized_start=1603
-  _globals['_METERING']._serialized_end=1849
+  _globals['_REQUESTSTATUS']._serialized_start=1010
+  _globals['_REQUESTSTATUS']._serialized_end=1172
+  _globals['_USAGERECORD']._serialized_start=115
+  _globals['_USAGERECORD']._serialized_end=432
+  _globals['_RECORDUSAGEREQUEST']._serialized_start=434
+  _globals['_RECORDUSAGEREQUEST']._serialized_end=492
+  _globals['_RECORDUSAGERESPONSE']._serialized_start=494
+  _globals['_RECORDUSAGERESPONSE']._serialized_end=572
+  _globals['_RECORDUSAGEBATCHREQUEST']._serialized_start=574
+  _globals['_RECORDUSAGEBATCHREQUEST']._serialized_end=638
+  _globals['_RECORDUSAGERESULT']._serialized_start=640
+  _globals['_RECORDUSAGERESULT']._serialized_end=751
+  _globals['_RECORDUSAGEBATCHRESPONSE']._serialized_start=753
+  _globals['_RECORDUSAGEBATCHRESPONSE']._serialized_end=824
+  _globals['_METERINGGETUSAGEREQUEST']._serialized_start=827
+  _globals['_METERINGGETUSAGEREQUEST']._serialized_end=1007
+  _globals['_METERING']._serialized_start=1175
+  _globals['_METERING']._serialized_end=1421
 # @@protoc_insertion_point(module_scope)

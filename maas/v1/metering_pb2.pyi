@@ -2,6 +2,7 @@ import datetime
 
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.rpc import status_pb2 as _status_pb2
+from maas.v1 import usage_pb2 as _usage_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
@@ -18,24 +19,11 @@ class RequestStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     REQUEST_STATUS_CANCELLED: _ClassVar[RequestStatus]
     REQUEST_STATUS_FAILED: _ClassVar[RequestStatus]
     REQUEST_STATUS_RUNNING: _ClassVar[RequestStatus]
-
-class UsageGrouping(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
-    __slots__ = ()
-    USAGE_GROUPING_UNSPECIFIED: _ClassVar[UsageGrouping]
-    USAGE_GROUPING_MODEL: _ClassVar[UsageGrouping]
-    USAGE_GROUPING_HOUR: _ClassVar[UsageGrouping]
-    USAGE_GROUPING_DAY: _ClassVar[UsageGrouping]
-    USAGE_GROUPING_MONTH: _ClassVar[UsageGrouping]
 REQUEST_STATUS_UNSPECIFIED: RequestStatus
 REQUEST_STATUS_COMPLETED: RequestStatus
 REQUEST_STATUS_CANCELLED: RequestStatus
 REQUEST_STATUS_FAILED: RequestStatus
 REQUEST_STATUS_RUNNING: RequestStatus
-USAGE_GROUPING_UNSPECIFIED: UsageGrouping
-USAGE_GROUPING_MODEL: UsageGrouping
-USAGE_GROUPING_HOUR: UsageGrouping
-USAGE_GROUPING_DAY: UsageGrouping
-USAGE_GROUPING_MONTH: UsageGrouping
 
 class UsageRecord(_message.Message):
     __slots__ = ("request_id", "tenant_id", "key_id", "model", "prompt_tokens", "completion_tokens", "start_time", "end_time", "status", "cached_tokens", "client_request_id")
@@ -108,37 +96,5 @@ class MeteringGetUsageRequest(_message.Message):
     tenant_id: str
     start_time: _timestamp_pb2.Timestamp
     end_time: _timestamp_pb2.Timestamp
-    group_by: UsageGrouping
-    def __init__(self, tenant_id: _Optional[str] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., group_by: _Optional[_Union[UsageGrouping, str]] = ...) -> None: ...
-
-class UsageBucket(_message.Message):
-    __slots__ = ("key", "requests", "prompt_tokens", "completion_tokens")
-    KEY_FIELD_NUMBER: _ClassVar[int]
-    REQUESTS_FIELD_NUMBER: _ClassVar[int]
-    PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
-    COMPLETION_TOKENS_FIELD_NUMBER: _ClassVar[int]
-    key: str
-    requests: int
-    prompt_tokens: int
-    completion_tokens: int
-    def __init__(self, key: _Optional[str] = ..., requests: _Optional[int] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ...) -> None: ...
-
-class UsageSummary(_message.Message):
-    __slots__ = ("tenant_id", "requests", "prompt_tokens", "completion_tokens")
-    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
-    REQUESTS_FIELD_NUMBER: _ClassVar[int]
-    PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
-    COMPLETION_TOKENS_FIELD_NUMBER: _ClassVar[int]
-    tenant_id: str
-    requests: int
-    prompt_tokens: int
-    completion_tokens: int
-    def __init__(self, tenant_id: _Optional[str] = ..., requests: _Optional[int] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ...) -> None: ...
-
-class GetUsageResponse(_message.Message):
-    __slots__ = ("summary", "buckets")
-    SUMMARY_FIELD_NUMBER: _ClassVar[int]
-    BUCKETS_FIELD_NUMBER: _ClassVar[int]
-    summary: UsageSummary
-    buckets: _containers.RepeatedCompositeFieldContainer[UsageBucket]
-    def __init__(self, summary: _Optional[_Union[UsageSummary, _Mapping]] = ..., buckets: _Optional[_Iterable[_Union[UsageBucket, _Mapping]]] = ...) -> None: ...
+    group_by: _usage_pb2.UsageGrouping
+    def __init__(self, tenant_id: _Optional[str] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., group_by: _Optional[_Union[_usage_pb2.UsageGrouping, str]] = ...) -> None: ...

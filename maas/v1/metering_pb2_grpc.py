@@ -4,6 +4,7 @@ import grpc
 import warnings
 
 from maas.v1 import metering_pb2 as maas_dot_v1_dot_metering__pb2
+from maas.v1 import usage_pb2 as maas_dot_v1_dot_usage__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -49,7 +50,7 @@ class MeteringStub:
         self.GetUsage = channel.unary_unary(
                 '/maas.v1.Metering/GetUsage',
                 request_serializer=maas_dot_v1_dot_metering__pb2.MeteringGetUsageRequest.SerializeToString,
-                response_deserializer=maas_dot_v1_dot_metering__pb2.GetUsageResponse.FromString,
+                response_deserializer=maas_dot_v1_dot_usage__pb2.GetUsageResponse.FromString,
                 _registered_method=True)
 
 
@@ -106,7 +107,7 @@ def add_MeteringServicer_to_server(servicer, server):
             'GetUsage': grpc.unary_unary_rpc_method_handler(
                     servicer.GetUsage,
                     request_deserializer=maas_dot_v1_dot_metering__pb2.MeteringGetUsageRequest.FromString,
-                    response_serializer=maas_dot_v1_dot_metering__pb2.GetUsageResponse.SerializeToString,
+                    response_serializer=maas_dot_v1_dot_usage__pb2.GetUsageResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -191,7 +192,7 @@ class Metering:
             target,
             '/maas.v1.Metering/GetUsage',
             maas_dot_v1_dot_metering__pb2.MeteringGetUsageRequest.SerializeToString,
-            maas_dot_v1_dot_metering__pb2.GetUsageResponse.FromString,
+            maas_dot_v1_dot_usage__pb2.GetUsageResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -6,6 +6,7 @@ isort:skip_file
 from collections import abc as _abc
 from grpc import aio as _aio
 from maas.v1 import metering_pb2 as _metering_pb2
+from maas.v1 import usage_pb2 as _usage_pb2
 import abc as _abc_1
 import grpc as _grpc
 import sys
@@ -52,7 +53,7 @@ class MeteringStub:
     would judge it; one refused record never holds back the others. The
     reply comes once every stored record is durable.
     """
-    GetUsage: _grpc.UnaryUnaryMultiCallable[_metering_pb2.MeteringGetUsageRequest, _metering_pb2.GetUsageResponse]
+    GetUsage: _grpc.UnaryUnaryMultiCallable[_metering_pb2.MeteringGetUsageRequest, _usage_pb2.GetUsageResponse]
     """Sums a tenant's usage over a time range."""
 
 @_typing.type_check_only
@@ -79,7 +80,7 @@ class MeteringAsyncStub(MeteringStub):
     would judge it; one refused record never holds back the others. The
     reply comes once every stored record is durable.
     """
-    GetUsage: _aio.UnaryUnaryMultiCallable[_metering_pb2.MeteringGetUsageRequest, _metering_pb2.GetUsageResponse]  # type: ignore[assignment]
+    GetUsage: _aio.UnaryUnaryMultiCallable[_metering_pb2.MeteringGetUsageRequest, _usage_pb2.GetUsageResponse]  # type: ignore[assignment]
     """Sums a tenant's usage over a time range."""
 
 class MeteringServicer(metaclass=_abc_1.ABCMeta):
@@ -121,7 +122,7 @@ class MeteringServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _metering_pb2.MeteringGetUsageRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_metering_pb2.GetUsageResponse, _abc.Awaitable[_metering_pb2.GetUsageResponse]]:
+    ) -> _typing.Union[_usage_pb2.GetUsageResponse, _abc.Awaitable[_usage_pb2.GetUsageResponse]]:
         """Sums a tenant's usage over a time range."""
 
 def add_MeteringServicer_to_server(servicer: MeteringServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

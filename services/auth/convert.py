@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 from google.protobuf import timestamp_pb2
 from google.protobuf.message import Message
 
-from maas.v1 import auth_pb2, metering_pb2
+from maas.v1 import auth_pb2, metering_pb2, usage_pb2
 from services.auth.models import (
     ApiKeyRecord,
     AuditEntry,
@@ -143,10 +143,10 @@ def usage_to_proto(record: UsageRecord) -> metering_pb2.UsageRecord:
 
 
 _GROUPINGS: dict[int, Grouping] = {
-    metering_pb2.USAGE_GROUPING_MODEL: Grouping.MODEL,
-    metering_pb2.USAGE_GROUPING_HOUR: Grouping.HOUR,
-    metering_pb2.USAGE_GROUPING_DAY: Grouping.DAY,
-    metering_pb2.USAGE_GROUPING_MONTH: Grouping.MONTH,
+    usage_pb2.USAGE_GROUPING_MODEL: Grouping.MODEL,
+    usage_pb2.USAGE_GROUPING_HOUR: Grouping.HOUR,
+    usage_pb2.USAGE_GROUPING_DAY: Grouping.DAY,
+    usage_pb2.USAGE_GROUPING_MONTH: Grouping.MONTH,
 }
 
 
@@ -161,8 +161,8 @@ def optional_time(message: Message, field: str) -> datetime | None:
     return from_timestamp(getattr(message, field))
 
 
-def bucket_to_proto(bucket: UsageBucket) -> metering_pb2.UsageBucket:
-    return metering_pb2.UsageBucket(
+def bucket_to_proto(bucket: UsageBucket) -> usage_pb2.UsageBucket:
+    return usage_pb2.UsageBucket(
         key=bucket.key,
         requests=bucket.requests,
         prompt_tokens=bucket.prompt_tokens,
@@ -170,8 +170,8 @@ def bucket_to_proto(bucket: UsageBucket) -> metering_pb2.UsageBucket:
     )
 
 
-def summary_to_proto(summary: UsageSummary) -> metering_pb2.UsageSummary:
-    return metering_pb2.UsageSummary(
+def summary_to_proto(summary: UsageSummary) -> usage_pb2.UsageSummary:
+    return usage_pb2.UsageSummary(
         tenant_id=summary.tenant_id,
         requests=summary.requests,
         prompt_tokens=summary.prompt_tokens,

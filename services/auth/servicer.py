@@ -8,7 +8,7 @@ from typing import Any
 import grpc
 from google.protobuf import duration_pb2
 
-from maas.v1 import auth_pb2, auth_pb2_grpc, metering_pb2, metering_pb2_grpc
+from maas.v1 import auth_pb2, auth_pb2_grpc, metering_pb2, metering_pb2_grpc, usage_pb2
 from services.auth import convert
 from services.auth.core import (
     AuthCore,
@@ -270,11 +270,11 @@ class MeteringServicer(metering_pb2_grpc.MeteringServicer):
 
     async def GetUsage(
         self, request: metering_pb2.MeteringGetUsageRequest, context: Context
-    ) -> metering_pb2.GetUsageResponse:
+    ) -> usage_pb2.GetUsageResponse:
         start = convert.optional_time(request, "start_time")
         end = convert.optional_time(request, "end_time")
         summary = await self._core.usage_summary(request.tenant_id, start, end)
-        reply = metering_pb2.GetUsageResponse(summary=convert.summary_to_proto(summary))
+        reply = usage_pb2.GetUsageResponse(summary=convert.summary_to_proto(summary))
         grouping = convert.grouping_from_proto(request.group_by)
         if grouping is not None:
             buckets = await self._core.usage_buckets(request.tenant_id, start, end, grouping)
