@@ -36,12 +36,24 @@ protos-check: venv ## fail when the committed generated code is stale
 	@tmp=$$(mktemp -d) && bash deploy/gen_protos.sh $(PY) $$tmp && \
 	  diff -r -q $$tmp/maas/v1 maas/v1 -x __pycache__ && rm -rf $$tmp && echo "protos: generated code is up to date"
 
+# buf (npm's @bufbuild/buf) for `make contracts`, pinned as the venv's packages are, in .tools/.
+BUF_VERSION := 1.75.0
+BUF := .tools/node_modules/.bin/buf
+
+.tools/.buf-$(BUF_VERSION):
+	npm install --prefix .tools --no-save --no-audit --no-fund --ignore-scripts @bufbuild/buf@$(BUF_VERSION)
+	@touch $@
+
+.PHONY: contracts
+contracts: .tools/.buf-$(BUF_VERSION) ## buf lint, and buf breaking against the last landed main (AGAINST=<ref> to pick)
+	bash deploy/check_contracts.sh $(BUF)
+
 lint: venv ## ruff and mypy
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy .
 
-test: venv protos-check lint ## the whole suite: generated-code check, lint, types, tests
+test: venv protos-check contracts lint ## the whole suite: generated-code check, contracts, lint, types, tests
 	$(PY) -m pytest -q
 
 # `make fuzz FUZZ_EXAMPLES=2000`: examples per fuzz test; MAAS_FUZZ_SEED=<n> replays a run.

@@ -26,10 +26,7 @@ options (environment variable in brackets):
   --seed N              sampling seed
   --chat                send the prompt as a user chat turn, not as a raw prompt
   --timeout-s S         deadline for each call in seconds (default 120)
-  --protos DIR          root of the maas/v1 protos [MAAS_PROTOS] (default: <repo>/protos)
-  --include DIR         where google/rpc/status.proto lives, repeatable
-                        [MAAS_PROTO_INCLUDE, ':'-separated]
-                        (default: the site-packages of <repo>/.venv)
+  --protos DIR          a copy of the repository's protos/ [MAAS_PROTOS] (default: <repo>/protos)
   PROMPT                the prompt [MAAS_PROMPT]`;
 
 class UsageError extends Error {}
@@ -48,7 +45,6 @@ function parseOptions(argv, env) {
       chat: { type: 'boolean', default: false },
       'timeout-s': { type: 'string', default: '120' },
       protos: { type: 'string' },
-      include: { type: 'string', multiple: true },
       help: { type: 'boolean', short: 'h', default: false },
     },
   });
@@ -59,8 +55,6 @@ function parseOptions(argv, env) {
   if (!prompt) {
     throw new UsageError('no prompt: pass PROMPT or set MAAS_PROMPT');
   }
-  const includes = values.include
-    ?? (env.MAAS_PROTO_INCLUDE ? env.MAAS_PROTO_INCLUDE.split(path.delimiter) : venvIncludes());
   return {
     address: values.address ?? env.MAAS_GATEWAY ?? '127.0.0.1:50051',
     apiKey: values['api-key'] ?? env.MAAS_API_KEY ?? devKey(),
@@ -72,7 +66,6 @@ function parseOptions(argv, env) {
     chat: values.chat,
     timeoutS: number('--timeout-s', values['timeout-s']),
     protos: values.protos ?? env.MAAS_PROTOS ?? path.join(REPO, 'protos'),
-    includes: includes.filter((dir) => dir !== ''),
     prompt,
   };
 }
@@ -101,31 +94,15 @@ function devKey() {
   return fs.readFileSync(file, 'utf8').trim();
 }
 
-// metering.proto imports google/rpc/status.proto, which the Python side takes
-// from googleapis-common-protos in the venv (see deploy/gen_protos.sh).
-function venvIncludes() {
-  const lib = path.join(REPO, '.venv', 'lib');
-  if (!fs.existsSync(lib)) {
-    return [];
-  }
-  return fs.readdirSync(lib)
-    .map((python) => path.join(lib, python, 'site-packages'))
-    .filter((dir) => fs.existsSync(path.join(dir, 'google', 'rpc', 'status.proto')));
-}
-
 function loadGateway(opts) {
   const file = 'maas/v1/gateway.proto';
-  const dirs = [opts.protos, ...opts.includes];
-  const missing = ['maas/v1/gateway.proto', 'google/rpc/status.proto']
-    .filter((needed) => !dirs.some((dir) => fs.existsSync(path.join(dir, needed))));
-  if (missing.length > 0) {
-    throw new UsageError(`${missing.join(' and ')} not found under ${dirs.join(', ')}:`
-      + ' point --protos at the repository\'s protos/ and --include at a directory holding'
-      + ' google/rpc/status.proto (python -c "import google.rpc, pathlib;'
-      + ' print(pathlib.Path(google.rpc.__path__[0]).parents[1])")');
+  if (!fs.existsSync(path.join(opts.protos, file))) {
+    throw new UsageError(`${file} not found under ${opts.protos}:`
+      + ' point --protos at a copy of the repository\'s protos/');
   }
+  // protos/ holds every import but protobuf's own types, which proto-loader ships.
   const definition = protoLoader.loadSync(file, {
-    includeDirs: dirs,
+    includeDirs: [opts.protos],
     keepCase: true, // field names as in the .proto: max_tokens, completion_tokens
     enums: String,
     longs: String, // uint64 counters would lose precision as JS numbers

@@ -1,5 +1,6 @@
 """The Node.js client in examples/node (@grpc/grpc-js with the .proto files
-loaded at run time) against the live mesh: it streams a completion, prints
+loaded at run time, with protos/ as its only include directory) against the
+live mesh: it streams a completion, prints
 the usage the gateway bills, and fails with the gRPC status on a bad key.
 Its packages come from the npm registry (`npm ci`, once per session): when
 that cannot be reached, these tests fail."""
@@ -11,7 +12,6 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-import google.rpc
 import pytest
 import pytest_asyncio
 
@@ -21,8 +21,6 @@ from tests.support import ProcessResult, eventually, run_process
 
 REPO = Path(__file__).resolve().parents[2]
 NODE_DIR = REPO / "examples" / "node"
-# Where google/rpc/status.proto lives, found as deploy/gen_protos.sh finds it.
-GOOGLEAPIS = Path(google.rpc.__path__[0]).parents[1]
 USAGE_LINE = re.compile(
     r"^usage: prompt_tokens=(\d+) completion_tokens=(\d+) cached_tokens=(\d+)"
     r" finish_reason=(\w+) model=(\S+) request_id=(\w+)$",
@@ -42,7 +40,8 @@ class NodeClient:
             env={
                 "MAAS_GATEWAY": mesh.gateway,
                 "MAAS_API_KEY": api_key,
-                "MAAS_PROTO_INCLUDE": str(GOOGLEAPIS),
+                # protos/ alone: the client's default include path, and its only one.
+                "MAAS_PROTOS": str(REPO / "protos"),
             },
         )
 
