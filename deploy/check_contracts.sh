@@ -14,6 +14,8 @@ if [[ -z "${AGAINST:-}" ]]; then
     echo "contracts: no origin/main or main to compare with; set AGAINST=<ref>" >&2; exit 1; }
   AGAINST=$(git merge-base HEAD "$main")
   if [[ "$AGAINST" == "$(git rev-parse HEAD)" ]]; then
+    # A shallow clone (CI may make one) lacks the parent: fetch it once.
+    git rev-parse -q --verify HEAD^ >/dev/null || git fetch -q --deepen=1 2>/dev/null || true
     AGAINST=$(git rev-parse -q --verify HEAD^) || {
       echo "contracts: HEAD has no parent (shallow clone?); fetch main's history or set AGAINST=<ref>" >&2
       exit 1; }
