@@ -30,6 +30,7 @@ MASK_64 = 0xFFFFFFFFFFFFFFFF
 def prefix_key(request: generation_pb2.GenerateRequest) -> int | None:
     """A hash of the start of the prompt, as far as a cache could share it;
     None when the request has no prompt to speak of."""
+    # 8 bytes: a 64-bit key, as rendezvous hashing mixes it.
     hasher = hashlib.blake2b(digest_size=8)
     which = request.WhichOneof("input")
     if which == "messages":

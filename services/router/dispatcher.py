@@ -46,12 +46,20 @@ MAX_RETRY_AFTER_S = 30.0
 class FlowPolicy:
     """The knobs of admission; RouterSettings fills them."""
 
-    max_queue: int = 1024  # waiting requests per model
-    max_queue_per_tenant: int = 256  # waiting requests per tenant and model
-    aging_s: float = 5.0  # a waiting request gains one priority class per this
-    max_queue_wait_s: float = 30.0  # for requests that carry no deadline
-    affinity_slack: float = 0.25  # how far past its load share a prefix-preferred replica may go
-    # The least time to first token assumed when shedding for a deadline.
+    # Waiting requests per model: some seconds of a busy mesh's work, bounded
+    # so a flood is refused at once rather than queued past its usefulness.
+    max_queue: int = 1024
+    # Per tenant and model: a quarter of the queue, so one tenant cannot fill it.
+    max_queue_per_tenant: int = 256
+    # A waiting request gains one priority class per this: batch work waits, never starves.
+    aging_s: float = 5.0
+    # For requests that carry no deadline: about as long as a client waits.
+    max_queue_wait_s: float = 30.0
+    # How far past its load share a prefix-preferred replica may go: a cache
+    # hit is worth a little imbalance, not a hot spot.
+    affinity_slack: float = 0.25
+    # The least time to first token assumed when shedding for a deadline: a
+    # prefill is never free.
     min_first_token_s: float = 0.05
     # "affinity": least utilized with prefix affinity; "least_loaded": without
     # affinity; "round_robin": in turn (a baseline for benchmarks).
@@ -60,8 +68,10 @@ class FlowPolicy:
     # their fair share among the tenants seen in the last `tenant_memory_s`: a
     # light tenant's request starts at once even while a flood keeps every
     # other slot busy (slots can stay busy for seconds: equal-length requests
-    # free up together). A tenant alone uses every slot.
+    # free up together). A tenant alone uses every slot. A tenth: a light
+    # tenant's few requests, at a small cost to a flood.
     reserved_share: float = 0.1
+    # A minute: long enough to cover a light tenant's pause between requests.
     tenant_memory_s: float = 60.0
 
 
@@ -398,6 +408,7 @@ class Dispatcher:
             ticket,
             queued_s=now - queued_at,
             dispatched_at=now,
+            # Two engine priorities per class: under its share first, then the rest.
             engine_priority=2 * ticket.priority + (0 if under_share else 1),
         )
 

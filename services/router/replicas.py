@@ -39,6 +39,8 @@ class EjectionPolicy:
     """Outlier ejection: `failures` in a row eject a replica for `base_s`,
     doubling with each ejection in a row up to `max_s`."""
 
+    # RouterSettings' defaults: three in a row is a pattern, not bad luck; five
+    # seconds rides out a restart; a minute bounds how long capacity sits idle.
     failures: int = 3
     base_s: float = 5.0
     max_s: float = 60.0
@@ -56,6 +58,7 @@ class ReplicaSet:
         addresses: list[str],
         telemetry: Telemetry,
         *,
+        # Reopen a broken watch soon, then no more than every 5 s (RouterSettings' defaults).
         retry_initial_s: float = 0.2,
         retry_max_s: float = 5.0,
         ejection: EjectionPolicy | None = None,

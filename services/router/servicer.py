@@ -71,6 +71,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         dispatcher: Dispatcher,
         metrics: RouterMetrics | None = None,
         *,
+        # One retry on another replica: enough for one replica going away.
         max_attempts: int = 2,
     ) -> None:
         self._replicas = replicas
