@@ -1,4 +1,5 @@
-"""Which replica a request goes to: least loaded, with prefix-cache affinity.
+"""Which replica a request goes to: least loaded, with prefix-cache affinity,
+or in turn (round robin, a baseline for benchmarks).
 
 Requests that share a prompt prefix (a system prompt, a conversation so far)
 prefer one replica, chosen by rendezvous hashing over the replicas of the
@@ -15,15 +16,21 @@ import hashlib
 import math
 
 from maas.v1 import generation_pb2
-from services.router.replicas import Replica
+from services.router.replica import Replica
 
+# How much of a prompt the prefix key covers: about the 128 tokens a system
+# prompt or a conversation's opening takes, in characters (about 4 a token)
+# or in tokens.
 PREFIX_CHARS = 512
 PREFIX_TOKENS = 128
+# Keys and hashes are 64-bit numbers.
+MASK_64 = 0xFFFFFFFFFFFFFFFF
 
 
 def prefix_key(request: generation_pb2.GenerateRequest) -> int | None:
     """A hash of the start of the prompt, as far as a cache could share it;
     None when the request has no prompt to speak of."""
+    # 8 bytes: a 64-bit key, as rendezvous hashing mixes it.
     hasher = hashlib.blake2b(digest_size=8)
     which = request.WhichOneof("input")
     if which == "messages":
@@ -46,10 +53,11 @@ def prefix_key(request: generation_pb2.GenerateRequest) -> int | None:
 
 
 def _rendezvous(key: int, replica: Replica) -> int:
-    # A cheap mix of the two 64-bit numbers (splitmix64's finaliser).
-    x = (key ^ replica.address_hash) & 0xFFFFFFFFFFFFFFFF
-    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
-    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
+    # A cheap mix of the two 64-bit numbers: splitmix64's finaliser, its
+    # shifts and multipliers as published.
+    x = (key ^ replica.address_hash) & MASK_64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & MASK_64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & MASK_64
     return x ^ (x >> 31)
 
 
@@ -80,6 +88,22 @@ def choose(
     if preferred in with_room and _within_bound(preferred, usable, slack):
         return preferred
     return least
+
+
+def round_robin(
+    candidates: list[Replica],
+    turn: int,
+    *,
+    exclude: frozenset[str] = frozenset(),
+    reserve_share: float = 0.0,
+) -> Replica | None:
+    """The first candidate from the `turn`-th on (wrapping) with room outside
+    its reserve, `exclude` left out; None when none has room."""
+    for i in range(len(candidates)):
+        replica = candidates[(turn + i) % len(candidates)]
+        if replica.has_room(reserve_of(replica, reserve_share)) and replica.address not in exclude:
+            return replica
+    return None
 
 
 def _within_bound(replica: Replica, replicas: list[Replica], slack: float) -> bool:

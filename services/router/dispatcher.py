@@ -6,6 +6,7 @@ limiters, reported load and state."""
 from __future__ import annotations
 
 import asyncio
+import enum
 import itertools
 from collections import Counter
 from collections.abc import Callable
@@ -18,24 +19,47 @@ from services.common.errors import (
     NotFoundError,
     ResourceExhaustedError,
 )
-from services.router.choice import choose, reserve_of
+from services.router.choice import choose, round_robin
 from services.router.fair_queue import Entry, FairQueue, QueueFullError
 from services.router.limiter import Ewma, RecentQuantile
-from services.router.replicas import Replica, ReplicaSet
+from services.router.replica import Replica
+from services.router.replicas import ReplicaSet
 
+# Tenants remembered per model for the reserve's fair share: enough for every
+# tenant active in a minute on a busy mesh, bounded against made-up tenant ids.
 MAX_REMEMBERED_TENANTS = 10_000
+# Recent stream lengths behind the retry-after estimate, and how long a lease
+# lasts per token: a few dozen, so both follow a change of workload within
+# seconds without jumping at one odd stream.
+DURATION_WINDOW = 40
+S_PER_TOKEN_WINDOW = 64
+# A high quantile, not a mean: a request dispatched with just the mean left
+# before its deadline is cut mid-stream half the time.
+S_PER_TOKEN_QUANTILE = 0.9
+# Bounds on the retry-after a shed caller is told: at least a moment (never
+# "retry at once"), at most the longest a request waits without a deadline.
+MIN_RETRY_AFTER_S = 0.1
+MAX_RETRY_AFTER_S = 30.0
 
 
 @dataclass(frozen=True)
 class FlowPolicy:
     """The knobs of admission; RouterSettings fills them."""
 
-    max_queue: int = 1024  # waiting requests per model
-    max_queue_per_tenant: int = 256  # waiting requests per tenant and model
-    aging_s: float = 5.0  # a waiting request gains one priority class per this
-    max_queue_wait_s: float = 30.0  # for requests that carry no deadline
-    affinity_slack: float = 0.25  # how far past its load share a prefix-preferred replica may go
-    # The least time to first token assumed when shedding for a deadline.
+    # Waiting requests per model: some seconds of a busy mesh's work, bounded
+    # so a flood is refused at once rather than queued past its usefulness.
+    max_queue: int = 1024
+    # Per tenant and model: a quarter of the queue, so one tenant cannot fill it.
+    max_queue_per_tenant: int = 256
+    # A waiting request gains one priority class per this: batch work waits, never starves.
+    aging_s: float = 5.0
+    # For requests that carry no deadline: about as long as a client waits.
+    max_queue_wait_s: float = 30.0
+    # How far past its load share a prefix-preferred replica may go: a cache
+    # hit is worth a little imbalance, not a hot spot.
+    affinity_slack: float = 0.25
+    # The least time to first token assumed when shedding for a deadline: a
+    # prefill is never free.
     min_first_token_s: float = 0.05
     # "affinity": least utilized with prefix affinity; "least_loaded": without
     # affinity; "round_robin": in turn (a baseline for benchmarks).
@@ -44,8 +68,10 @@ class FlowPolicy:
     # their fair share among the tenants seen in the last `tenant_memory_s`: a
     # light tenant's request starts at once even while a flood keeps every
     # other slot busy (slots can stay busy for seconds: equal-length requests
-    # free up together). A tenant alone uses every slot.
+    # free up together). A tenant alone uses every slot. A tenth: a light
+    # tenant's few requests, at a small cost to a flood.
     reserved_share: float = 0.1
+    # A minute: long enough to cover a light tenant's pause between requests.
     tenant_memory_s: float = 60.0
 
 
@@ -61,6 +87,35 @@ class Ticket:
     deadline: float | None = None  # on the replica set's clock
     prefix_key: int | None = None
     exclude: frozenset[str] = frozenset()  # replicas that already failed it
+
+
+class StreamEnd(enum.Enum):
+    """How a leased stream ended."""
+
+    # Ran to its end: its length is a sample of how long requests hold a replica.
+    FINISHED = "finished"
+    # Cut short or never started, not by the replica's fault (a cancel, a
+    # deadline, an abort, the caller's own error): its length says nothing.
+    CUT = "cut"
+    # The replica's own fault, never its caller's: counts towards ejecting it.
+    REPLICA_FAILED = "replica_failed"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a lease's stream told about its replica. `first_token_s` (dispatch
+    to first chunk) and `queued_s` (the engine's queueing, as the replica
+    reported it) feed the replica's limiter: a first chunk is a true measure
+    of the replica however the stream ended later, and a stream cut before
+    one gives none."""
+
+    end: StreamEnd
+    first_token_s: float | None = None
+    queued_s: float = 0.0
+
+
+# A lease handed back unused: nothing learnt about its replica.
+UNUSED = Outcome(StreamEnd.CUT)
 
 
 @dataclass(eq=False)
@@ -83,12 +138,11 @@ class Dispatcher:
         self._policy = policy or FlowPolicy()
         self._clock = replicas.clock
         self._queues: dict[str, FairQueue] = {}
-        self._duration_s = Ewma(window=40)
+        self._duration_s = Ewma(window=DURATION_WINDOW)
         # Seconds a lease lasts per estimated token, over recent streams that
         # ran to their end: with a request's estimate, how long it will hold a
-        # replica. A high quantile, not a mean: a request dispatched with just
-        # the mean left before its deadline is cut mid-stream half the time.
-        self._s_per_token = RecentQuantile(window=64, q=0.9)
+        # replica.
+        self._s_per_token = RecentQuantile(window=S_PER_TOKEN_WINDOW, q=S_PER_TOKEN_QUANTILE)
         self._pumping = False
         self._pump_again = False
         self._turn = itertools.count()
@@ -170,40 +224,28 @@ class Dispatcher:
             )
         return future.result()
 
-    def release(
-        self,
-        lease: Lease,
-        *,
-        first_token_s: float | None,
-        replica_failed: bool,
-        queued_s: float = 0.0,
-        finished: bool = False,
-    ) -> None:
-        """Ends the lease. `first_token_s` (dispatch to first chunk) and
-        `queued_s` (the engine's queueing, as the replica reported it) feed the
-        replica's limiter: a first chunk is a true measure of the replica
-        however the stream ended later, and a stream cut before one gives
-        none. `replica_failed` (the replica's own fault, never its caller's)
-        counts towards its ejection; `finished` (the stream ran to its end,
-        not cut by a deadline or a cancel) makes its length a sample of how
-        long requests hold a replica: a cut one would make them look short."""
+    def release(self, lease: Lease, outcome: Outcome) -> None:
+        """Ends the lease; `outcome` feeds the replica's limiter, its ejection
+        count and the estimate of how long requests hold a replica (only from
+        streams that ran to their end: cut ones would make them look short)."""
         if lease.released:
             return
         lease.released = True
         replica = lease.replica
+        first_token_s = outcome.first_token_s
         if first_token_s is not None:
-            replica.limiter.on_sample(first_token_s, replica.limiter.in_flight, queued_s)
+            replica.limiter.on_sample(first_token_s, replica.limiter.in_flight, outcome.queued_s)
         replica.limiter.release()
         running = (lease.ticket.model, lease.ticket.tenant)
         self._running[running] -= 1
         if self._running[running] <= 0:
             del self._running[running]
         self._replicas.released(replica)
-        if replica_failed:
+        if outcome.end is StreamEnd.REPLICA_FAILED:
             self._replicas.record_failure(replica)
         elif first_token_s is not None:
             self._replicas.record_success(replica)
-        if finished:
+        if outcome.end is StreamEnd.FINISHED:
             held_s = self._clock() - lease.dispatched_at
             self._duration_s.add(held_s)
             self._s_per_token.add(held_s / max(1.0, lease.ticket.cost))
@@ -331,15 +373,9 @@ class Dispatcher:
         self, candidates: list[Replica], ticket: Ticket, reserve_share: float
     ) -> Replica | None:
         if self._policy.choice == "round_robin":
-            start = next(self._turn)
-            for i in range(len(candidates)):
-                replica = candidates[(start + i) % len(candidates)]
-                if (
-                    replica.has_room(reserve_of(replica, reserve_share))
-                    and replica.address not in ticket.exclude
-                ):
-                    return replica
-            return None
+            return round_robin(
+                candidates, next(self._turn), exclude=ticket.exclude, reserve_share=reserve_share
+            )
         key = ticket.prefix_key if self._policy.choice == "affinity" else None
         return choose(
             candidates,
@@ -372,6 +408,7 @@ class Dispatcher:
             ticket,
             queued_s=now - queued_at,
             dispatched_at=now,
+            # Two engine priorities per class: under its share first, then the rest.
             engine_priority=2 * ticket.priority + (0 if under_share else 1),
         )
 
@@ -379,14 +416,16 @@ class Dispatcher:
         queue.remove(entry)
         if future.done() and not future.cancelled() and future.exception() is None:
             # Granted in the same instant the caller gave up: hand it back.
-            self.release(future.result(), first_token_s=None, replica_failed=False)
+            self.release(future.result(), UNUSED)
         else:
             future.cancel()
 
     def _retry_after(self, queue: FairQueue, candidates: list[Replica]) -> float:
         """About how long the queue ahead takes to drain."""
         slots = max(1.0, sum(r.slots for r in candidates))
-        return min(30.0, max(0.1, len(queue) * (self._duration_s.value or 1.0) / slots))
+        # With no stream measured yet, a second a stream is a modest first guess.
+        held_s = self._duration_s.value or 1.0
+        return min(MAX_RETRY_AFTER_S, max(MIN_RETRY_AFTER_S, len(queue) * held_s / slots))
 
     def _shed(self, reason: str, error: MeshError) -> MeshError:
         self.shed[reason] += 1

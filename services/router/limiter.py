@@ -52,11 +52,17 @@ class GradientLimiter:
     def __init__(
         self,
         *,
+        # A start that a CPU or GPU engine batches well; the replica's batch size caps it.
         initial: int = 32,
+        # Never below one: a replica with no slot would never be measured again.
         min_limit: int = 1,
+        # Above any engine's usual max_num_seqs: the batch size is the real cap.
         max_limit: int = 256,
+        # Queueing up to half the time to first token is still batching well.
         tolerance: float = 0.5,
+        # Each sample moves the limit a fifth of the way: steady, yet quick to follow.
         smoothing: float = 0.2,
+        # The last ten or so samples: one engine step's worth of first chunks.
         short_window: int = 10,
     ) -> None:
         self._min = min_limit
@@ -102,9 +108,10 @@ class GradientLimiter:
         short = self._short.add(latency_s)
         queued = self._queued.add(queued_s)
         if in_flight < self.limit / 2:
-            return  # an idle replica says nothing about its limit
+            return  # an idle replica (under half its limit) says nothing about its limit
         gradient = 1.0
         if queued > 0:
+            # At most halve the target per sample: one slow prefill must not collapse the limit.
             gradient = max(0.5, min(1.0, self._tolerance * short / queued))
         target = self.limit * gradient + math.sqrt(self.limit)
         limit = self.limit * (1 - self._smoothing) + target * self._smoothing

@@ -1,39 +1,37 @@
 """The replica set: which inference replicas exist, what they serve, whether
-they are up and how loaded. Health comes from each replica's standard gRPC
-health `Watch` and load from its `WatchLoad` stream (both pushed on change,
-not polled). Replicas join and leave at run time; one can be drained; one
-that keeps failing is ejected for a while and then tried again, unless it is
-the last of its model in rotation: that one is probed one request at a time
-until a request succeeds on it, so a failing model stays a slow one, never
-an unavailable one."""
+they are up and how loaded, as state. Replicas join and leave at run time;
+one can be drained; one that keeps failing is ejected for a while and then
+tried again, unless it is the last of its model in rotation: that one is
+probed one request at a time until a request succeeds on it, so a failing
+model stays a slow one, never an unavailable one.
+
+The set decides nothing on the wire: its `links` (replica_links.py) hold the
+channels and watches and feed health, model info and load in through
+`set_serving`, `set_model` and `set_load`. Every change wakes the waiters of
+one change signal and the synchronous listeners (the dispatcher's pump)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import time
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from collections.abc import AsyncGenerator, Callable
+from dataclasses import dataclass
 
-import grpc
 import structlog
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from maas.v1 import generation_pb2, inference_pb2, inference_pb2_grpc
+from maas.v1 import generation_pb2
 from observability import Telemetry
-from observability.channels import PLAINTEXT, ChannelSecurity, channel
+from observability.channels import PLAINTEXT, ChannelSecurity
+from services.common.changes import ChangeSignal
 from services.common.errors import FailedPreconditionError, NotFoundError, UnavailableError
 from services.router.limiter import GradientLimiter
+from services.router.replica import Replica, ReplicaLoad
+from services.router.replica_links import ReplicaLinks
+
+__all__ = ["EjectionPolicy", "Replica", "ReplicaLoad", "ReplicaSet"]
 
 log = structlog.get_logger(__name__)
-
-INFERENCE_SERVICE = inference_pb2.DESCRIPTOR.services_by_name["Inference"].full_name
-# Past this KV-cache use an engine starts preempting: send it nothing new.
-KV_CACHE_HIGH = 0.95
-# Requests at a time on a failing replica kept in rotation: each failure then
-# costs one caller, and the first success ends the probe.
-PROBE_CONCURRENCY = 1
 
 
 @dataclass(frozen=True)
@@ -41,82 +39,26 @@ class EjectionPolicy:
     """Outlier ejection: `failures` in a row eject a replica for `base_s`,
     doubling with each ejection in a row up to `max_s`."""
 
+    # RouterSettings' defaults: three in a row is a pattern, not bad luck; five
+    # seconds rides out a restart; a minute bounds how long capacity sits idle.
     failures: int = 3
     base_s: float = 5.0
     max_s: float = 60.0
 
-
-@dataclass(eq=False)
-class Replica:
-    """One inference replica as the router sees it."""
-
-    address: str
-    channel: grpc.aio.Channel
-    stub: inference_pb2_grpc.InferenceAsyncStub
-    model: generation_pb2.ModelInfo | None = None
-    adapters: tuple[str, ...] = ()
-    serving: bool = False
-    draining: bool = False
-    load: inference_pb2.Load = field(default_factory=inference_pb2.Load)
-    limiter: GradientLimiter = field(default_factory=GradientLimiter)
-    ready: asyncio.Event = field(default_factory=asyncio.Event)
-    consecutive_failures: int = 0
-    ejections_in_a_row: int = 0
-    ejected_until: float = 0.0
-    # Failing, but not ejected: the last of its model in rotation.
-    probing: bool = False
-    # A stable number per address for rendezvous hashing (prefix affinity).
-    address_hash: int = 0
-
-    def __post_init__(self) -> None:
-        digest = hashlib.blake2b(self.address.encode(), digest_size=8).digest()
-        self.address_hash = int.from_bytes(digest, "big")
-
-    def serves(self, model: str) -> bool:
-        """Whether `model` names this replica's model or one of its adapters."""
-        return self.model is not None and (model == self.model.name or model in self.adapters)
-
-    def takes_work(self, now: float) -> bool:
-        """Up, not drained, not ejected."""
-        return self.serving and not self.draining and now >= self.ejected_until
-
-    def has_room(self, reserve: int = 0) -> bool:
-        """Under its concurrency limit (less `reserve` slots), with its engine's
-        batch not full by its own count (other callers' requests included:
-        past that, requests wait in the engine, where they can no longer be
-        ordered fairly), and with KV cache to spare.
-
-        Requests reported waiting are not a queue by themselves: every request
-        waits in the engine until its next step, so holding back whenever one
-        is reported would cut a burst into one engine step per load report.
-        A lasting queue shows in the time requests wait before being
-        scheduled, which shrinks the limit."""
-        load = self.load
-        if self.probing and self.limiter.in_flight >= PROBE_CONCURRENCY:
-            return False
-        return (
-            self.limiter.has_room(reserve)
-            and load.running + load.waiting < self.limiter.max_limit
-            and load.kv_cache_usage < KV_CACHE_HIGH
-        )
-
-    @property
-    def slots(self) -> int:
-        """Requests it may run at once now: its limit, or one while probed."""
-        return PROBE_CONCURRENCY if self.probing else int(self.limiter.limit)
-
-    def utilization(self) -> float:
-        return self.limiter.in_flight / max(1.0, self.slots)
+    def ejection_s(self, ejections_in_a_row: int) -> float:
+        """How long the next ejection lasts after `ejections_in_a_row` before it."""
+        return min(self.base_s * 2.0**ejections_in_a_row, self.max_s)
 
 
 class ReplicaSet:
-    """Keeps every replica's health, model info and load current."""
+    """Every replica's membership, health, model info, load and ejection."""
 
     def __init__(
         self,
         addresses: list[str],
         telemetry: Telemetry,
         *,
+        # Reopen a broken watch soon, then no more than every 5 s (RouterSettings' defaults).
         retry_initial_s: float = 0.2,
         retry_max_s: float = 5.0,
         ejection: EjectionPolicy | None = None,
@@ -124,21 +66,27 @@ class ReplicaSet:
         clock: Callable[[], float] = time.monotonic,
         security: ChannelSecurity = PLAINTEXT,
     ) -> None:
-        self._telemetry = telemetry
-        self._security = security
-        self._retry_initial_s = retry_initial_s
-        self._retry_max_s = retry_max_s
         self._ejection = ejection or EjectionPolicy()
         self._new_limiter = limiter
         self.clock = clock
         self._replicas: dict[str, Replica] = {}
-        self._watchers: dict[str, list[asyncio.Task[None]]] = {}
+        # Deregistered replicas waiting for their last stream to end.
+        self._leaving: dict[str, asyncio.Task[None]] = {}
+        # The dispatcher pumps in the same step as a change (a waiter would
+        # dispatch a turn later), so listeners stay next to the signal.
         self._listeners: list[Callable[[], None]] = []
+        self._changes = ChangeSignal()
         self._started = False
-        # Replaced on every change so each waiter wakes exactly once per change.
-        self._changed = asyncio.Event()
+        # Opens nothing until `start()`: a set never started is state alone.
+        self.links = ReplicaLinks(
+            self,
+            telemetry,
+            retry_initial_s=retry_initial_s,
+            retry_max_s=retry_max_s,
+            security=security,
+        )
         for address in addresses:
-            self._create(address)
+            self._add(address)
 
     @property
     def replicas(self) -> list[Replica]:
@@ -157,20 +105,23 @@ class ReplicaSet:
     async def start(self) -> None:
         self._started = True
         for replica in self._replicas.values():
-            self._start_watching(replica)
+            self.links.open(replica)
 
     async def aclose(self) -> None:
         for address in list(self._replicas):
             await self._forget(address)
+        await self.links.aclose()
+
+    # Membership and operators' calls.
 
     def register(self, address: str) -> Replica:
         """Adds a replica (or returns the known one)."""
         known = self._replicas.get(address)
         if known is not None:
             return known
-        replica = self._create(address)
+        replica = self._add(address)
         if self._started:
-            self._start_watching(replica)
+            self.links.open(replica)
         log.info("replica registered", replica=address)
         return replica
 
@@ -179,10 +130,10 @@ class ReplicaSet:
         returns how many were still running."""
         replica = self.get(address)
         replica.draining = True
-        self._notify()
+        self._changed()
         running = replica.limiter.in_flight
-        task = asyncio.create_task(self._forget_when_idle(replica))
-        self._watchers.setdefault(address, []).append(task)
+        if address not in self._leaving:
+            self._leaving[address] = asyncio.create_task(self._forget_when_idle(replica))
         log.info("replica deregistered", replica=address, draining_streams=running)
         return running
 
@@ -190,7 +141,7 @@ class ReplicaSet:
         replica = self.get(address)
         replica.draining = drain
         log.info("replica drain", replica=address, draining=drain)
-        self._notify()
+        self._changed()
         return replica
 
     def eject(self, address: str, seconds: float, reason: str) -> Replica:
@@ -206,8 +157,8 @@ class ReplicaSet:
             )
         replica.ejected_until = max(replica.ejected_until, now + seconds)
         log.warning("replica ejected by request", replica=address, seconds=seconds, reason=reason)
-        asyncio.get_running_loop().call_later(seconds, self._notify)
-        self._notify()
+        self._wake_in(seconds)
+        self._changed()
         return replica
 
     def restore(self, address: str) -> Replica:
@@ -217,35 +168,61 @@ class ReplicaSet:
         replica.consecutive_failures = 0
         replica.probing = False
         log.info("replica restored", replica=address)
-        self._notify()
+        self._changed()
         return replica
+
+    # What the links feed in.
+
+    def set_model(
+        self,
+        replica: Replica,
+        model: generation_pb2.ModelInfo,
+        adapters: tuple[str, ...],
+        max_num_seqs: int,
+    ) -> None:
+        """What the replica serves; its batch size caps its limit. The
+        serving state that follows it tells the waiters."""
+        replica.model = model
+        replica.adapters = adapters
+        if max_num_seqs:
+            replica.limiter.cap_at(max_num_seqs)
+
+    def set_serving(self, replica: Replica, serving: bool) -> None:
+        if serving != replica.serving:
+            log.info("replica state", replica=replica.address, serving=serving)
+            replica.serving = serving
+            self._changed()
+
+    def set_load(self, replica: Replica, load: ReplicaLoad) -> None:
+        replica.load = load
+        self._changed()
+
+    # Readiness.
 
     async def wait_ready(self, timeout_s: float) -> None:
         """Waits until at least one replica is serving; tests and start-up use it."""
-        waits = [asyncio.create_task(r.ready.wait()) for r in self._replicas.values()]
         try:
-            done, _ = await asyncio.wait(
-                waits, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED
-            )
-        finally:
-            for w in waits:
-                w.cancel()
-        if not done:
-            raise TimeoutError("no inference replica became ready")
+            async with asyncio.timeout(timeout_s):
+                while not self.any_serving():
+                    await self._changes.wait()
+        except TimeoutError:
+            raise TimeoutError("no inference replica became ready") from None
 
     def any_serving(self) -> bool:
         return any(r.serving for r in self._replicas.values())
 
-    async def serving_changes(self) -> AsyncIterator[bool]:
+    async def serving_changes(self) -> AsyncGenerator[bool, None]:
         """Yields whether any replica serves, now and at every change."""
         last: bool | None = None
         while True:
-            changed = self._changed
+            changed = self._changes.next
             now = self.any_serving()
             if now != last:
                 yield now
                 last = now
             await changed.wait()
+
+    # Choice and outcomes.
 
     def candidates(self, model: str) -> list[Replica]:
         """Replicas of `model` that take work now. NOT_FOUND when none serves
@@ -270,7 +247,7 @@ class ReplicaSet:
         if replica.probing:
             replica.probing = False
             log.info("replica probe succeeded; back to its full limit", replica=replica.address)
-            self._notify()
+            self._changed()
 
     def record_failure(self, replica: Replica) -> None:
         """A call failed on the replica's side (never a caller's doing);
@@ -288,17 +265,22 @@ class ReplicaSet:
                     replica=replica.address,
                     failures=replica.consecutive_failures,
                 )
-                self._notify()
+                self._changed()
             return
         replica.probing = False
         replica.consecutive_failures = 0
-        seconds = min(self._ejection.base_s * 2**replica.ejections_in_a_row, self._ejection.max_s)
+        seconds = self._ejection.ejection_s(replica.ejections_in_a_row)
         replica.ejections_in_a_row += 1
         replica.ejected_until = self.clock() + seconds
         log.warning("replica ejected", replica=replica.address, seconds=seconds)
-        # It comes back by itself when the time is up: wake the dispatcher then.
-        asyncio.get_running_loop().call_later(seconds, self._notify)
-        self._notify()
+        self._wake_in(seconds)
+        self._changed()
+
+    def released(self, replica: Replica) -> None:
+        """A stream on `replica` ended (deregistration waits for the last).
+        Only the waiters are told: the dispatcher pumps after a release itself."""
+        if replica.draining and replica.limiter.in_flight == 0:
+            self._changes.notify()
 
     def _others_take_work(self, replica: Replica, now: float) -> bool:
         """Whether another replica of `replica`'s model takes work now."""
@@ -308,102 +290,33 @@ class ReplicaSet:
             for r in self._replicas.values()
         )
 
-    def _create(self, address: str) -> Replica:
-        ch = channel(address, self._telemetry, security=self._security)
-        replica = Replica(
-            address, ch, inference_pb2_grpc.InferenceStub(ch), limiter=self._new_limiter()
-        )
+    def _add(self, address: str) -> Replica:
+        replica = Replica(address, limiter=self._new_limiter())
         self._replicas[address] = replica
         return replica
 
-    def _start_watching(self, replica: Replica) -> None:
-        self._watchers[replica.address] = [
-            asyncio.create_task(self._watch_health(replica)),
-            asyncio.create_task(self._watch_load(replica)),
-        ]
-
     async def _forget_when_idle(self, replica: Replica) -> None:
         while replica.limiter.in_flight > 0:
-            changed = self._changed
-            await changed.wait()
+            await self._changes.wait()
         await self._forget(replica.address)
 
     async def _forget(self, address: str) -> None:
         replica = self._replicas.pop(address, None)
-        current = asyncio.current_task()
-        tasks = [t for t in self._watchers.pop(address, []) if t is not current]
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
+        leaving = self._leaving.pop(address, None)
+        if leaving is not None and leaving is not asyncio.current_task():
+            leaving.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await task
+                await leaving
+        await self.links.close(address)
         if replica is not None:
             replica.serving = False
-            await replica.channel.close()
-            self._signal_change()
-            self._notify()
+            self._changed()
 
-    async def _watch_health(self, replica: Replica) -> None:
-        backoff = self._retry_initial_s
-        health = health_pb2_grpc.HealthStub(replica.channel)
-        request = health_pb2.HealthCheckRequest(service=INFERENCE_SERVICE)
-        while True:
-            try:
-                # wait_for_ready: a replica that is not up yet is waited for, not failed.
-                async for update in health.Watch(request, wait_for_ready=True):
-                    serving = update.status == health_pb2.HealthCheckResponse.SERVING
-                    if serving and replica.model is None:
-                        info = await replica.stub.GetModelInfo(inference_pb2.GetModelInfoRequest())
-                        replica.model = info.model
-                        replica.adapters = tuple(info.adapters)
-                        if info.max_num_seqs:
-                            replica.limiter.cap_at(info.max_num_seqs)
-                    self._set_serving(replica, serving)
-                    backoff = self._retry_initial_s
-            except grpc.aio.AioRpcError as err:
-                log.warning(
-                    "replica health watch broke", replica=replica.address, code=str(err.code())
-                )
-            self._set_serving(replica, False)
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, self._retry_max_s)
+    def _wake_in(self, seconds: float) -> None:
+        # An ejected replica comes back by itself when its time is up: wake the dispatcher then.
+        asyncio.get_running_loop().call_later(seconds, self._changed)
 
-    async def _watch_load(self, replica: Replica) -> None:
-        backoff = self._retry_initial_s
-        while True:
-            try:
-                async for load in replica.stub.WatchLoad(
-                    inference_pb2.WatchLoadRequest(), wait_for_ready=True
-                ):
-                    replica.load = load
-                    backoff = self._retry_initial_s
-                    self._notify()
-            except grpc.aio.AioRpcError:
-                pass  # the health watch reports the replica's state
-            replica.load = inference_pb2.Load()
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, self._retry_max_s)
-
-    def _set_serving(self, replica: Replica, serving: bool) -> None:
-        if serving != replica.serving:
-            log.info("replica state", replica=replica.address, serving=serving)
-            replica.serving = serving
-            self._signal_change()
-            self._notify()
-        if serving:
-            replica.ready.set()
-        else:
-            replica.ready.clear()
-
-    def released(self, replica: Replica) -> None:
-        """A stream on `replica` ended (deregistration waits for the last)."""
-        if replica.draining and replica.limiter.in_flight == 0:
-            self._signal_change()
-
-    def _signal_change(self) -> None:
-        self._changed.set()
-        self._changed = asyncio.Event()
-
-    def _notify(self) -> None:
+    def _changed(self) -> None:
+        self._changes.notify()
         for listener in self._listeners:
             listener()

@@ -3,7 +3,7 @@ retry before the first chunk, release."""
 
 from __future__ import annotations
 
-import dataclasses
+import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -18,23 +18,19 @@ from maas.v1 import (
     router_pb2_grpc,
 )
 from observability.context import REPLICA_METADATA_KEY
-from services.common.errors import InvalidArgumentError, UnavailableError
+from services.common.errors import InvalidArgumentError
 from services.common.generation_limits import completion_limit
 from services.router.choice import prefix_key
-from services.router.dispatcher import Dispatcher, Ticket
+from services.router.dispatcher import Dispatcher, Lease, Ticket
 from services.router.fair_queue import BATCH, DEFAULT, INTERACTIVE
 from services.router.metrics import CLASS_NAMES, RouterMetrics
-from services.router.replicas import Replica, ReplicaSet
+from services.router.replica import Replica
+from services.router.replica_links import load_to_proto
+from services.router.replicas import ReplicaSet
+from services.router.retry import FirstTokenRetry, ReplicaStream
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
-# Codes that say the replica (not the request) failed: worth another replica,
-# and counted towards ejecting this one, but only while the caller is still
-# waiting (see `is_replica_fault`). INTERNAL and UNKNOWN are not here: a
-# request can provoke them (an engine failing on what one caller sent), and
-# no caller may take a replica out of rotation; an engine that died answers
-# UNAVAILABLE, and its replica turns NOT_SERVING.
-REPLICA_FAULTS = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED})
 _CLASS_OF = {
     auth_pb2.PRIORITY_INTERACTIVE: INTERACTIVE,
     auth_pb2.PRIORITY_DEFAULT: DEFAULT,
@@ -46,6 +42,7 @@ _PRIORITY_OF = {
     DEFAULT: auth_pb2.PRIORITY_DEFAULT,
     BATCH: auth_pb2.PRIORITY_BATCH,
 }
+# An operator's ejection lasts a day at most: longer is a deregistration.
 MAX_EJECTION_S = 86_400.0
 
 
@@ -74,13 +71,16 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         dispatcher: Dispatcher,
         metrics: RouterMetrics | None = None,
         *,
+        # One retry on another replica: enough for one replica going away.
         max_attempts: int = 2,
     ) -> None:
         self._replicas = replicas
         self._dispatcher = dispatcher
         self._metrics = metrics
-        self._max_attempts = max_attempts
         self._clock = replicas.clock
+        self._retry = FirstTokenRetry(
+            dispatcher, self._clock, max_attempts=max_attempts, on_retry=self._count_retry
+        )
 
     async def Generate(
         self, request: router_pb2.RouterGenerateRequest, context: Context
@@ -100,8 +100,8 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
             prefix_key=prefix_key(request.request),
         )
         span = trace.get_current_span()
-        for attempt in range(1, self._max_attempts + 1):
-            lease = await self._dispatcher.acquire(ticket)
+
+        def open_stream(lease: Lease, attempt: int) -> ReplicaStream:
             if attempt == 1:
                 self._record_dispatch(span, lease.queued_s, received, priority)
             span.set_attribute("maas.router.replica", lease.replica.address)
@@ -113,54 +113,18 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
             forward = inference_pb2.InferenceGenerateRequest(
                 request=request.request, priority=lease.engine_priority
             )
-            call = lease.replica.stub.Generate(forward, timeout=context.time_remaining())
-            first_token_s: float | None = None
-            engine_queued_s = 0.0
-            failed = False
-            finished = False
-            try:
-                last: generation_pb2.GenerateResponse | None = None
-                async for chunk in call:
-                    if first_token_s is None:
-                        first_token_s = self._clock() - lease.dispatched_at
-                        engine_queued_s = chunk.queued_s
-                    last = chunk
-                    # A slow reader holds this yield, and so the replica's stream:
-                    # nothing piles up here.
-                    yield chunk
-                # An aborted stream (the Abort rpc) ran short: not a sample of how long one runs.
-                finished = (
-                    last is not None and last.finish_reason != generation_pb2.FINISH_REASON_ABORT
-                )
-                return
-            except grpc.aio.AioRpcError as err:
-                failed = is_replica_fault(err.code(), caller_gone=_caller_gone(context))
-                if not failed:
-                    raise  # the request's (or its caller's) doing: its status goes back as is
-                if first_token_s is not None:
-                    # Never retried after text went out (no duplicated output).
-                    raise UnavailableError(
-                        f"the replica failed mid-stream ({err.code().name})"
-                    ) from err
-                if attempt == self._max_attempts:
-                    raise UnavailableError(
-                        f"no replica could serve the request ({err.code().name})"
-                    ) from err
-                ticket = dataclasses.replace(
-                    ticket, exclude=ticket.exclude | {lease.replica.address}
-                )
-                if self._metrics is not None:
-                    self._metrics.retries.add(1, {"code": err.code().name})
-            finally:
-                # No-op when the stream ended; on cancellation it aborts the replica's request.
-                call.cancel()
-                self._dispatcher.release(
-                    lease,
-                    first_token_s=first_token_s,
-                    replica_failed=failed,
-                    queued_s=engine_queued_s,
-                    finished=finished,
-                )
+            stub = self._replicas.links.stub(lease.replica)
+            return stub.Generate(forward, timeout=context.time_remaining())
+
+        # aclosing: a caller gone mid-stream ends the replica's stream and lease now.
+        chunks = self._retry.stream(ticket, open_stream, lambda: _caller_gone(context))
+        async with contextlib.aclosing(chunks):
+            async for chunk in chunks:
+                yield chunk
+
+    def _count_retry(self, code: grpc.StatusCode) -> None:
+        if self._metrics is not None:
+            self._metrics.retries.add(1, {"code": code.name})
 
     def _record_dispatch(
         self, span: trace.Span, queued_s: float, received: float, priority: int
@@ -175,8 +139,8 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
     async def CountTokens(
         self, request: generation_pb2.CountTokensRequest, context: Context
     ) -> generation_pb2.CountTokensResponse:
-        replica = self._replicas.pick(request.model)
-        return await replica.stub.CountTokens(request, timeout=context.time_remaining())
+        stub = self._replicas.links.stub(self._replicas.pick(request.model))
+        return await stub.CountTokens(request, timeout=context.time_remaining())
 
     async def ListReplicas(
         self, request: router_pb2.ListReplicasRequest, context: Context
@@ -246,7 +210,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
             state = router_pb2.REPLICA_STATE_NOT_SERVING
         elif r.draining:
             state = router_pb2.REPLICA_STATE_DRAINING
-        elif now < r.ejected_until:
+        elif r.ejected(now):
             state = router_pb2.REPLICA_STATE_EJECTED
         else:
             state = router_pb2.REPLICA_STATE_SERVING
@@ -257,25 +221,12 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
             state=state,
             in_flight=r.limiter.in_flight,
             concurrency_limit=r.slots,
-            load=r.load,
+            load=load_to_proto(r.load),
             ejected_for_s=max(0.0, r.ejected_until - now),
             ttft_s=r.limiter.expected_latency,
             probing=r.probing,
             consecutive_failures=r.consecutive_failures,
         )
-
-
-def is_replica_fault(code: grpc.StatusCode, *, caller_gone: bool) -> bool:
-    """Whether a failed replica call is the replica's doing.
-
-    Never once the caller has gone: its cancel, or its deadline passing.
-    DEADLINE_EXCEEDED is never the replica's: the only deadline on the
-    replica call is the caller's own (the router sets none of its own).
-    CANCELLED is the replica's only while the caller still waits: the router
-    cancels its replica call only after its caller went away, so one that
-    comes back while the caller is there came from the replica (its server
-    stopping, its handler cancelled)."""
-    return not caller_gone and code in REPLICA_FAULTS
 
 
 def _caller_gone(context: Context) -> bool:

@@ -15,6 +15,8 @@ class RouterSettings(ServiceSettings):
         env_prefix="MAAS_ROUTER_", env_nested_delimiter="__", extra="forbid"
     )
 
+    # The mesh's port plan: gateway 50051, auth 50052, router 50053,
+    # inference 50054, anomaly 50055.
     port: int = 50053
     replicas: list[str] = Field(
         default_factory=lambda: ["127.0.0.1:50054"],

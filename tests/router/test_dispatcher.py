@@ -13,7 +13,7 @@ from maas.v1 import generation_pb2
 from observability import Telemetry, setup
 from observability.settings import TelemetrySettings
 from services.common.errors import DeadlineExceededError, ResourceExhaustedError
-from services.router.dispatcher import Dispatcher, FlowPolicy, Lease, Ticket
+from services.router.dispatcher import Dispatcher, FlowPolicy, Lease, Outcome, StreamEnd, Ticket
 from services.router.fair_queue import BATCH, DEFAULT, INTERACTIVE
 from services.router.limiter import GradientLimiter
 from services.router.replicas import ReplicaSet
@@ -50,7 +50,7 @@ async def test_a_light_tenant_starts_at_once_while_a_flood_holds_every_other_slo
     dispatcher = Dispatcher(replicas, FlowPolicy(reserved_share=0.1))
     # B asked a while ago (and is done): A keeps the reserve free for it.
     dispatcher.release(
-        await dispatcher.acquire(ticket("B")), first_token_s=0.01, replica_failed=False
+        await dispatcher.acquire(ticket("B")), Outcome(StreamEnd.CUT, first_token_s=0.01)
     )
     flood = [await dispatcher.acquire(ticket("A")) for _ in range(18)]  # 20 minus a reserve of 2
     queued = [asyncio.create_task(dispatcher.acquire(ticket("A"))) for _ in range(50)]
@@ -60,10 +60,10 @@ async def test_a_light_tenant_starts_at_once_while_a_flood_holds_every_other_slo
     assert light.replica.limiter.in_flight == 19
     # A's ending request frees a slot A may not take (A would eat into the
     # reserve again); B's ending one frees a slot outside it, which A takes.
-    dispatcher.release(flood.pop(), first_token_s=0.01, replica_failed=False)
+    dispatcher.release(flood.pop(), Outcome(StreamEnd.CUT, first_token_s=0.01))
     await asyncio.sleep(0)
     assert dispatcher.waiting() == 50
-    dispatcher.release(light, first_token_s=0.01, replica_failed=False)
+    dispatcher.release(light, Outcome(StreamEnd.CUT, first_token_s=0.01))
     await asyncio.sleep(0)
     assert dispatcher.waiting() == 49
     for task in queued:
@@ -78,7 +78,7 @@ async def test_the_engine_runs_urgent_classes_then_tenants_under_their_share_fir
     replicas = replica_set(telemetry, 1, limit=8)
     dispatcher = Dispatcher(replicas, FlowPolicy(reserved_share=0.25))
     dispatcher.release(
-        await dispatcher.acquire(ticket("B")), first_token_s=0.01, replica_failed=False
+        await dispatcher.acquire(ticket("B")), Outcome(StreamEnd.CUT, first_token_s=0.01)
     )
     # Two tenants known: a share is 4 of the 8 slots.
     flood = [await dispatcher.acquire(ticket("A")) for _ in range(6)]
@@ -119,7 +119,7 @@ async def test_waiting_requests_go_in_fair_order_as_slots_free(telemetry: Teleme
     await asyncio.sleep(0)
     lease = running
     for i in range(4):
-        dispatcher.release(lease, first_token_s=0.01, replica_failed=False)
+        dispatcher.release(lease, Outcome(StreamEnd.CUT, first_token_s=0.01))
         await eventually(lambda: len(granted) > i)  # noqa: B023 - read at once
         lease = granted[i]
     await asyncio.gather(*waiting)
@@ -161,7 +161,7 @@ async def hold(dispatcher: Dispatcher, now: list[float], seconds: float) -> None
     """One stream of 100 estimated tokens that ran to its end in `seconds`."""
     lease = await dispatcher.acquire(ticket("A"))
     now[0] += seconds
-    dispatcher.release(lease, first_token_s=0.2, replica_failed=False, finished=True)
+    dispatcher.release(lease, Outcome(StreamEnd.FINISHED, first_token_s=0.2))
 
 
 async def test_a_request_that_would_hit_its_deadline_mid_stream_is_shed_before_it_runs(
@@ -176,7 +176,7 @@ async def test_a_request_that_would_hit_its_deadline_mid_stream_is_shed_before_i
     for _ in range(20):
         cut = await dispatcher.acquire(ticket("A"))
         now[0] += 0.5
-        dispatcher.release(cut, first_token_s=0.2, replica_failed=False)
+        dispatcher.release(cut, Outcome(StreamEnd.CUT, first_token_s=0.2))
     busy = await dispatcher.acquire(ticket("A"))
     # Its first token could come in time, its last could not: shed, never dispatched.
     with pytest.raises(DeadlineExceededError, match="cannot be met"):
@@ -185,7 +185,7 @@ async def test_a_request_that_would_hit_its_deadline_mid_stream_is_shed_before_i
     # With time to finish, it waits its turn instead.
     patient = asyncio.create_task(dispatcher.acquire(ticket("B", deadline=now[0] + 60.0)))
     await eventually(lambda: dispatcher.waiting() == 1)
-    dispatcher.release(busy, first_token_s=0.2, replica_failed=False)
+    dispatcher.release(busy, Outcome(StreamEnd.CUT, first_token_s=0.2))
     assert (await patient).ticket.tenant == "B"
 
 
@@ -217,7 +217,7 @@ async def test_a_queued_request_whose_deadline_can_no_longer_be_met_is_shed_at_i
     # The stream ahead ends after 12 s: streams now may take that long, and
     # the 8 s left is no longer enough.
     now[0] += 12.0
-    dispatcher.release(busy, first_token_s=0.2, replica_failed=False, finished=True)
+    dispatcher.release(busy, Outcome(StreamEnd.FINISHED, first_token_s=0.2))
     with pytest.raises(DeadlineExceededError, match="cannot be met"):
         await waiting
     assert dispatcher.shed == {"deadline": 1}

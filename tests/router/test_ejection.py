@@ -12,7 +12,7 @@ import pytest_asyncio
 from maas.v1 import generation_pb2
 from observability import Telemetry, setup
 from observability.settings import TelemetrySettings
-from services.router.dispatcher import Dispatcher, FlowPolicy, Ticket
+from services.router.dispatcher import Dispatcher, FlowPolicy, Outcome, StreamEnd, Ticket
 from services.router.fair_queue import DEFAULT
 from services.router.limiter import GradientLimiter
 from services.router.replicas import EjectionPolicy, Replica, ReplicaSet
@@ -47,7 +47,7 @@ async def fail(dispatcher: Dispatcher, replica: Replica, times: int) -> None:
     for _ in range(times):
         lease = await dispatcher.acquire(ticket())
         assert lease.replica is replica
-        dispatcher.release(lease, first_token_s=None, replica_failed=True)
+        dispatcher.release(lease, Outcome(StreamEnd.REPLICA_FAILED))
 
 
 async def test_the_last_replica_in_rotation_is_probed_one_request_at_a_time_not_ejected(
@@ -64,19 +64,19 @@ async def test_the_last_replica_in_rotation_is_probed_one_request_at_a_time_not_
     second = asyncio.create_task(dispatcher.acquire(ticket()))
     await eventually(lambda: dispatcher.waiting() == 1)
     # Another failure keeps it in rotation, still probed.
-    dispatcher.release(probe, first_token_s=None, replica_failed=True)
+    dispatcher.release(probe, Outcome(StreamEnd.REPLICA_FAILED))
     probe = await second
     assert only.probing and only.consecutive_failures == 3
     third = asyncio.create_task(dispatcher.acquire(ticket()))
     await eventually(lambda: dispatcher.waiting() == 1)
     # A success ends the probe: its whole limit is back.
-    dispatcher.release(probe, first_token_s=0.1, replica_failed=False)
+    dispatcher.release(probe, Outcome(StreamEnd.CUT, first_token_s=0.1))
     leases = [await third, *[await dispatcher.acquire(ticket()) for _ in range(7)]]
     assert not only.probing
     assert only.consecutive_failures == 0
     assert only.limiter.in_flight == 8
     for lease in leases:
-        dispatcher.release(lease, first_token_s=0.1, replica_failed=False)
+        dispatcher.release(lease, Outcome(StreamEnd.CUT, first_token_s=0.1))
 
 
 async def test_a_failing_replica_is_ejected_while_another_takes_work(

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-import grpc
 import pytest_asyncio
 
-from maas.v1 import generation_pb2, inference_pb2, inference_pb2_grpc
-from services.router.choice import choose, prefix_key
+from maas.v1 import generation_pb2
+from services.router.choice import choose, prefix_key, round_robin
 from services.router.limiter import GradientLimiter
-from services.router.replicas import Replica
+from services.router.replica import Replica, ReplicaLoad
 
 
 def test_the_limit_grows_while_nothing_queues_in_the_engine() -> None:
@@ -65,15 +64,13 @@ def test_the_limit_starts_at_the_replica_batch_size_and_never_passes_it() -> Non
 
 @pytest_asyncio.fixture
 async def replicas() -> AsyncIterator[list[Replica]]:
-    # Stubs are never called here; the channels only need to exist.
-    async with grpc.aio.insecure_channel("127.0.0.1:1") as ch:
-        out = []
-        for i in range(4):
-            r = Replica(f"10.0.0.{i}:50054", ch, inference_pb2_grpc.InferenceStub(ch))
-            r.serving = True
-            r.limiter = GradientLimiter(initial=10, max_limit=10)
-            out.append(r)
-        yield out
+    # Pure state: no channel is needed to choose among replicas.
+    out = []
+    for i in range(4):
+        r = Replica(f"10.0.0.{i}:50054", limiter=GradientLimiter(initial=10, max_limit=10))
+        r.serving = True
+        out.append(r)
+    yield out
 
 
 def request(prompt: str) -> generation_pb2.GenerateRequest:
@@ -117,8 +114,8 @@ async def test_a_replica_with_a_full_batch_or_cache_gets_nothing(
     replicas: list[Replica],
 ) -> None:
     # Full by the engine's own count (others' requests too): 8 running, 2 waiting of 10.
-    replicas[0].load = inference_pb2.Load(running=8, waiting=2)
-    replicas[1].load = inference_pb2.Load(kv_cache_usage=0.99)
+    replicas[0].load = ReplicaLoad(running=8, waiting=2)
+    replicas[1].load = ReplicaLoad(kv_cache_usage=0.99)
     picks = {choose(replicas, None, slack=0.25).address for _ in range(5)}  # type: ignore[union-attr]
     assert picks.isdisjoint({replicas[0].address, replicas[1].address})
 
@@ -130,7 +127,7 @@ async def test_requests_waiting_for_their_first_step_do_not_stop_a_burst(
     only = replicas[0]
     for _ in range(3):
         only.limiter.acquire()
-    only.load = inference_pb2.Load(running=0, waiting=3)
+    only.load = ReplicaLoad(running=0, waiting=3)
     assert choose([only], None, slack=0.25) is only
 
 
@@ -162,3 +159,15 @@ async def test_a_hot_prefix_stays_within_its_share_of_the_load(replicas: list[Re
     # Within 25% of an even split of 16 (8 each), rounded up: at most 10.
     assert max(placed.values()) == 10
     assert sum(placed.values()) == 16
+
+
+async def test_round_robin_takes_replicas_in_turn_skipping_full_and_failed_ones(
+    replicas: list[Replica],
+) -> None:
+    assert [round_robin(replicas, turn) for turn in range(5)] == [*replicas, replicas[0]]
+    for _ in range(10):
+        replicas[1].limiter.acquire()
+    assert round_robin(replicas, 1) is replicas[2]  # full: the next one
+    assert round_robin(replicas, 2, exclude=frozenset({replicas[2].address})) is replicas[3]
+    # Unlike `choose`, round robin never falls back to a replica that failed the request.
+    assert round_robin(replicas[1:3], 1, exclude=frozenset({replicas[2].address})) is None

@@ -6,7 +6,7 @@ from __future__ import annotations
 import grpc
 import pytest
 
-from services.router.servicer import is_replica_fault
+from services.router.retry import is_replica_fault
 
 CALLER_CODES = [
     grpc.StatusCode.DEADLINE_EXCEEDED,

@@ -1,0 +1,94 @@
+"""One inference replica as the router sees it: pure state (what it serves,
+whether it is up, drained, ejected or probed, its engine's load and its
+concurrency limit). No channel lives here: `replica_links` talks to the
+replica and feeds these values in."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+from maas.v1 import generation_pb2
+from services.router.limiter import GradientLimiter
+
+# Past this KV-cache use an engine starts preempting: send it nothing new.
+KV_CACHE_HIGH = 0.95
+# Requests at a time on a failing replica kept in rotation: each failure then
+# costs one caller, and the first success ends the probe.
+PROBE_CONCURRENCY = 1
+
+
+@dataclass(frozen=True)
+class ReplicaLoad:
+    """The engine's load as it last reported it (zero until it reports)."""
+
+    running: int = 0  # requests being decoded now
+    waiting: int = 0  # admitted to the engine, waiting for a batch slot
+    kv_cache_usage: float = 0.0  # fraction of the KV cache in use, 0 to 1
+    tokens_in_flight: int = 0  # tokens still to generate by its requests
+    prefix_cache_hit_rate: float = 0.0  # share of prompt tokens served from the cache
+
+
+@dataclass(eq=False)
+class Replica:
+    """One inference replica: its model, its state and its load."""
+
+    address: str
+    model: generation_pb2.ModelInfo | None = None
+    adapters: tuple[str, ...] = ()
+    serving: bool = False
+    draining: bool = False
+    load: ReplicaLoad = field(default_factory=ReplicaLoad)
+    limiter: GradientLimiter = field(default_factory=GradientLimiter)
+    consecutive_failures: int = 0
+    ejections_in_a_row: int = 0
+    ejected_until: float = 0.0
+    # Failing, but not ejected: the last of its model in rotation.
+    probing: bool = False
+    # A stable number per address for rendezvous hashing (prefix affinity).
+    address_hash: int = field(init=False, default=0)
+
+    def __post_init__(self) -> None:
+        # 8 bytes: the 64-bit key rendezvous hashing mixes with a prefix's.
+        digest = hashlib.blake2b(self.address.encode(), digest_size=8).digest()
+        self.address_hash = int.from_bytes(digest, "big")
+
+    def serves(self, model: str) -> bool:
+        """Whether `model` names this replica's model or one of its adapters."""
+        return self.model is not None and (model == self.model.name or model in self.adapters)
+
+    def takes_work(self, now: float) -> bool:
+        """Up, not drained, not ejected."""
+        return self.serving and not self.draining and now >= self.ejected_until
+
+    def ejected(self, now: float) -> bool:
+        return now < self.ejected_until
+
+    def has_room(self, reserve: int = 0) -> bool:
+        """Under its concurrency limit (less `reserve` slots), with its engine's
+        batch not full by its own count (other callers' requests included:
+        past that, requests wait in the engine, where they can no longer be
+        ordered fairly), and with KV cache to spare.
+
+        Requests reported waiting are not a queue by themselves: every request
+        waits in the engine until its next step, so holding back whenever one
+        is reported would cut a burst into one engine step per load report.
+        A lasting queue shows in the time requests wait before being
+        scheduled, which shrinks the limit."""
+        load = self.load
+        if self.probing and self.limiter.in_flight >= PROBE_CONCURRENCY:
+            return False
+        return (
+            self.limiter.has_room(reserve)
+            and load.running + load.waiting < self.limiter.max_limit
+            and load.kv_cache_usage < KV_CACHE_HIGH
+        )
+
+    @property
+    def slots(self) -> int:
+        """Requests it may run at once now: its limit, or one while probed."""
+        return PROBE_CONCURRENCY if self.probing else int(self.limiter.limit)
+
+    def utilization(self) -> float:
+        # At least one slot: a limit below one still divides sensibly.
+        return self.limiter.in_flight / max(1.0, self.slots)
