@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from deploy.check_compose import compose_problems, main
+from deploy.checks.compose import compose_problems, main
 from tests.deploy.support import REPO, copy_with, named
 
 FILES = ["docker-compose.yml", "Dockerfile", "deploy/prometheus.yml", "deploy/otel-collector.yaml"]
@@ -35,7 +35,7 @@ BROKEN = {
     ),
     "a missing healthcheck": (
         COMPOSE,
-        '      test: ["CMD", "python", "-m", "deploy.healthcheck", "127.0.0.1:50055", '
+        '      test: ["CMD", "python", "-m", "deploy.runtime.healthcheck", "127.0.0.1:50055", '
         '"maas.v1.Anomaly"]\n',
         "",
         ["anomaly: no healthcheck"],

@@ -14,14 +14,14 @@ from pathlib import Path
 
 import pytest
 
-from deploy.local_stack import (
+from deploy.local.stack import (
     ServiceSpec,
     build_parser,
     load_secrets,
     service_specs,
     service_token_environment,
 )
-from deploy.throwaway_ca import write_throwaway_ca
+from deploy.local.throwaway_ca import write_throwaway_ca
 from gateway.settings import GatewaySettings
 from services.anomaly.settings import AnomalySettings
 from services.auth.settings import MIN_SECRET_LENGTH, AuthSettings
@@ -49,7 +49,7 @@ def test_local_stack_streams_a_completion_and_stops_cleanly(
 ) -> None:
     result = subprocess.run(
         [
-            sys.executable, "-m", "deploy.local_stack",
+            sys.executable, "-m", "deploy.local.stack",
             "--model", str(tiny_model_path),
             "--state-dir", str(tmp_path),
             "--base-port", str(free_port_block(5)),

@@ -1,4 +1,4 @@
-"""`python -m deploy.replica_sync --replicas NAME:PORT`: keeps the router's
+"""`python -m deploy.runtime.replica_sync --replicas NAME:PORT`: keeps the router's
 replica set equal to the addresses a DNS name resolves to.
 
 On Kubernetes the inference replicas are a Deployment behind a headless

@@ -28,7 +28,7 @@ from pydantic_settings import BaseSettings, CliSettingsSource, SettingsError
 
 from services.common.settings import ServiceSettings
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 _PYTHON = re.compile(r"^(?:\S*/)?python(?:3(?:\.\d+)?)?$")
 _FLAG = re.compile(r"(?<![\w-])--[A-Za-z0-9][\w.-]*")
 

@@ -1,4 +1,4 @@
-"""`python -m deploy.healthcheck HOST:PORT [SERVICE]`: exit 0 when SERVING.
+"""`python -m deploy.runtime.healthcheck HOST:PORT [SERVICE]`: exit 0 when SERVING.
 
 The container health check: one standard gRPC health Check, no extra binary."""
 

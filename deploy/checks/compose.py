@@ -1,4 +1,4 @@
-"""`python -m deploy.check_compose [FILE]`: checks docker-compose.yml without
+"""`python -m deploy.checks.compose [FILE]`: checks docker-compose.yml without
 a Docker engine. It parses; every command runs a module of this project with
 flags and `MAAS_*` variables its settings class takes; every `host:port`
 names a service of the file and a port that service listens on; every
@@ -19,9 +19,9 @@ from typing import Any
 
 import yaml
 
-from deploy import dockerfile
-from deploy.addresses import LOOPBACK, Address, addresses_in, is_wildcard
-from deploy.entrypoints import (
+from deploy.checks import dockerfile
+from deploy.checks.addresses import LOOPBACK, Address, addresses_in, is_wildcard
+from deploy.checks.entrypoints import (
     MISSING_SERVICE_TOKEN,
     Invocation,
     invoke,
@@ -29,13 +29,13 @@ from deploy.entrypoints import (
     python_module,
 )
 
-DEFAULT_FILE = Path(__file__).resolve().parent.parent / "docker-compose.yml"
+DEFAULT_FILE = Path(__file__).resolve().parents[2] / "docker-compose.yml"
 # What compose waits after SIGTERM when a service sets no stop_grace_period.
 COMPOSE_STOP_GRACE_S = 10.0
 DEPENDS_CONDITIONS = frozenset(
     {"service_started", "service_healthy", "service_completed_successfully"}
 )
-HEALTHCHECK_MODULE = "deploy.healthcheck"
+HEALTHCHECK_MODULE = "deploy.runtime.healthcheck"
 _VARIABLE = re.compile(
     r"\$(?:\$|\{(?P<braced>[A-Za-z_]\w*)(?:(?P<op>:?[-?+])(?P<arg>[^}]*))?\}|(?P<bare>[A-Za-z_]\w*))"
 )

@@ -1,4 +1,4 @@
-"""`python -m deploy.check_k8s [DIR]`: checks the Kubernetes manifests in
+"""`python -m deploy.checks.k8s [DIR]`: checks the Kubernetes manifests in
 deploy/k8s/ without a cluster. Every object validates against the API schema
 (strict: no unknown fields; offline, with kubernetes-validate); every command
 runs a module of this project with flags and `MAAS_*` variables its settings
@@ -19,8 +19,8 @@ from typing import Any
 import kubernetes_validate  # type: ignore[import-untyped]
 import yaml
 
-from deploy.addresses import LOOPBACK, Address, addresses_in, is_wildcard
-from deploy.entrypoints import (
+from deploy.checks.addresses import LOOPBACK, Address, addresses_in, is_wildcard
+from deploy.checks.entrypoints import (
     MISSING_SERVICE_TOKEN,
     Invocation,
     invoke,
@@ -28,7 +28,7 @@ from deploy.entrypoints import (
     python_module,
 )
 
-DEFAULT_DIR = Path(__file__).resolve().parent / "k8s"
+DEFAULT_DIR = Path(__file__).resolve().parents[1] / "k8s"
 # The oldest Kubernetes the manifests must be valid for (gRPC probes are GA since 1.27).
 KUBERNETES_VERSION = "1.30"
 # What Kubernetes waits after SIGTERM when a pod sets no terminationGracePeriodSeconds.

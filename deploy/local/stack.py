@@ -33,7 +33,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from rich.console import Console
 from rich.table import Table
 
-from deploy.throwaway_ca import OPERATOR, MeshCertificates, ensure_throwaway_ca
+from deploy.local.throwaway_ca import OPERATOR, MeshCertificates, ensure_throwaway_ca
 from maas.client import MaasClient
 from maas.connection import Connection
 from maas.v1 import auth_pb2, auth_pb2_grpc
