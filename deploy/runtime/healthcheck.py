@@ -9,6 +9,11 @@ import sys
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from deploy.runtime.spec import CommandSpec
+
+# Positional HOST:PORT [SERVICE] only: no flags, no variables.
+SPEC = CommandSpec(module="deploy.runtime.healthcheck")
+
 
 def main() -> None:
     target = sys.argv[1]
