@@ -1,6 +1,7 @@
 """`python -m deploy.checks.compose [FILE]`: checks docker-compose.yml without
-a Docker engine. It parses; every command runs a module of this project with
-flags and `MAAS_*` variables its settings class takes; every `host:port`
+a Docker engine. It parses and keeps to the compose-spec schema; every
+command runs a module of this project with flags and `MAAS_*` variables its
+settings class takes; every `host:port`
 names a service of the file and a port that service listens on; every
 service has a health check, project services a stop grace longer than their
 own; depends_on, build targets and build args exist; Prometheus scrapes
@@ -8,6 +9,8 @@ every project service's metrics port."""
 
 from __future__ import annotations
 
+import functools
+import json
 import re
 import shlex
 import sys
@@ -17,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import jsonschema  # type: ignore[import-untyped]
 import yaml
 
 from deploy.checks import dockerfile
@@ -30,6 +34,11 @@ from deploy.checks.entrypoints import (
 )
 
 DEFAULT_FILE = Path(__file__).resolve().parents[2] / "docker-compose.yml"
+# The compose-spec JSON schema that `docker compose config` validates against,
+# vendored so the check needs no network: schema/compose-spec.json of
+# github.com/compose-spec/compose-spec at 170098ba07d9 (2026-06-23; the file
+# last changed 2025-10-28 in a08f8d51631b).
+COMPOSE_SPEC = Path(__file__).resolve().parent / "compose-spec.json"
 # What compose waits after SIGTERM when a service sets no stop_grace_period.
 COMPOSE_STOP_GRACE_S = 10.0
 DEPENDS_CONDITIONS = frozenset(
@@ -138,6 +147,7 @@ class ComposeCheck:
             doc = yaml.safe_load(self.path.read_text())
         except (OSError, yaml.YAMLError) as err:
             return [f"{self.path.name}: cannot be read as YAML: {err}"]
+        self.problems += schema_problems(doc)
         services = doc.get("services") if isinstance(doc, dict) else None
         if not isinstance(services, dict) or not services:
             return [f"{self.path.name}: no services"]
@@ -466,6 +476,28 @@ class ComposeCheck:
                 f"{where}: port {address.port} of {target.name} is not its metrics port "
                 f"({target.metrics_port})",
             )
+
+
+@functools.cache
+def _compose_spec() -> Any:
+    return jsonschema.Draft7Validator(json.loads(COMPOSE_SPEC.read_text()))
+
+
+def schema_problems(doc: Any) -> list[str]:
+    """Where the file breaks the compose-spec schema, by path: a misspelt key
+    (`depend_on`) is reported as unknown, as `docker compose config` does."""
+    problems = []
+    for error in sorted(_compose_spec().iter_errors(doc), key=lambda e: list(e.absolute_path)):
+        where = ".".join(str(part) for part in error.absolute_path) or "(top)"
+        if error.validator == "additionalProperties" and isinstance(error.instance, dict):
+            known = error.schema.get("properties", {})
+            patterns = error.schema.get("patternProperties", {})
+            for key in error.instance:
+                if key not in known and not any(re.search(p, key) for p in patterns):
+                    problems.append(f"{where}: unknown key {key!r} (compose-spec)")
+        else:
+            problems.append(f"{where}: {error.message} (compose-spec)")
+    return problems
 
 
 def _is_scrape_config(config: Any) -> bool:

@@ -180,6 +180,30 @@ BROKEN = {
     ),
 }
 
+# Keys compose-spec does not know, as `docker compose config` would refuse them.
+BROKEN.update(
+    {
+        "a misspelt depends_on": (
+            COMPOSE,
+            "    depends_on:\n      router: { condition: service_healthy }",
+            "    depend_on:\n      router: { condition: service_healthy }",
+            ["services.gateway: unknown key 'depend_on' (compose-spec)"],
+        ),
+        "a misspelt stop_grace_period": (
+            COMPOSE,
+            '/var/lib/postgresql/data"]\n    stop_grace_period: 30s',
+            '/var/lib/postgresql/data"]\n    stop_grace_perod: 30s',
+            ["services.postgres: unknown key 'stop_grace_perod' (compose-spec)"],
+        ),
+        "a value of the wrong type": (
+            COMPOSE,
+            '/var/lib/postgresql/data"]\n    stop_grace_period: 30s',
+            '/var/lib/postgresql/data"]\n    stop_grace_period: [30s]',
+            ["services.postgres.stop_grace_period", "is not of type 'string'", "compose-spec"],
+        ),
+    }
+)
+
 
 @pytest.mark.parametrize("case", list(BROKEN))
 def test_a_broken_copy_fails_naming_the_problem(case: str, tmp_path: Path) -> None:
