@@ -25,13 +25,9 @@ import yaml
 
 from deploy.checks import dockerfile
 from deploy.checks.addresses import LOOPBACK, Address, addresses_in, is_wildcard
-from deploy.checks.entrypoints import (
-    MISSING_SERVICE_TOKEN,
-    Invocation,
-    invoke,
-    missing_service_token,
-    python_module,
-)
+from deploy.checks.entrypoints import Invocation, invoke, python_module
+from deploy.checks.model import Container, DeclaredPort, Grace, Probe
+from deploy.checks.rules import mesh_problems
 
 DEFAULT_FILE = Path(__file__).resolve().parents[2] / "docker-compose.yml"
 # The compose-spec JSON schema that `docker compose config` validates against,
@@ -98,16 +94,19 @@ def _argv(value: Any) -> list[str] | None:
 class Service:
     name: str
     spec: dict[str, Any]
+    container: Container
     argv: list[str] | None = None
     env: dict[str, str] = field(default_factory=dict)
-    invocation: Invocation | None = None
     ports: set[int] = field(default_factory=set)
     metrics_port: int | None = None
-    grpc_port: int | None = None
     # Names other containers reach it by: its own and its network aliases.
     names: set[str] = field(default_factory=set)
     # YAML files of this project mounted into it: container path -> content.
     configs: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def invocation(self) -> Invocation | None:
+        return self.container.invocation
 
     @property
     def is_project_service(self) -> bool:
@@ -164,12 +163,12 @@ class ComposeCheck:
         with self.malformed(self.path.name):
             self._check_addresses()
             self._check_prometheus()
-            self._check_service_token()
+        self.problems += mesh_problems(s.container for s in self.services.values())
         return list(dict.fromkeys(self.problems))
 
     def _load(self, name: str, raw: dict[str, Any]) -> Service:
         spec = _interpolated(raw)
-        service = Service(name, spec, names={name})
+        service = Service(name, spec, Container(name), names={name})
         image = self._build(service)
         entrypoint = _argv(spec.get("entrypoint"))
         command = _argv(spec.get("command"))
@@ -182,12 +181,18 @@ class ComposeCheck:
         service.names |= set(self._aliases(spec))
         self._volumes(service, raw.get("volumes") or [])
         if service.argv and (run := python_module(service.argv)):
-            service.invocation = invoke(run[0], run[1], service.env)
-            for text in service.invocation.problems:
-                self.problem(name, text)
+            service.container.invocation = invoke(run[0], run[1], service.env)
+        service.container.ports = [
+            DeclaredPort(port, f"publishes port {port}") for port in self._published(service)
+        ]
+        written = spec.get("stop_grace_period", f"{COMPOSE_STOP_GRACE_S}s")
+        grace = parse_duration(written)
+        if grace is None:
+            self.problem(name, "stop_grace_period is no duration")
+        else:
+            service.container.grace = Grace(grace, f"stop_grace_period ({grace:g}s)")
         settings = service.invocation.settings if service.invocation else None
         if settings is not None:
-            service.grpc_port = settings.port
             service.ports |= settings.listening_ports()
             if settings.telemetry.prometheus_port:
                 service.metrics_port = settings.telemetry.prometheus_port
@@ -300,33 +305,6 @@ class ComposeCheck:
         self._check_healthcheck(service)
         self._check_depends_on(service)
         self._check_gpu(service)
-        invocation = service.invocation
-        settings = invocation.settings if invocation else None
-        if settings is None:
-            return
-        if not is_wildcard(settings.host):
-            self.problem(
-                service.name,
-                f"listens on {settings.host}: other containers cannot reach it (--host 0.0.0.0)",
-            )
-        if service.metrics_port and not is_wildcard(settings.telemetry.prometheus_host):
-            self.problem(
-                service.name,
-                f"serves metrics on {settings.telemetry.prometheus_host} only: Prometheus "
-                "cannot scrape it (telemetry.prometheus_host 0.0.0.0)",
-            )
-        for port in self._published(service):
-            if port not in service.ports:
-                self.problem(service.name, f"publishes port {port}, where it does not listen")
-        grace = parse_duration(service.spec.get("stop_grace_period", f"{COMPOSE_STOP_GRACE_S}s"))
-        if grace is None:
-            self.problem(service.name, "stop_grace_period is no duration")
-        elif grace <= settings.grace_period_s:
-            self.problem(
-                service.name,
-                f"stop_grace_period ({grace:g}s) is not longer than its own grace period "
-                f"({settings.grace_period_s:g}s): compose would kill it mid-drain",
-            )
 
     def _check_healthcheck(self, service: Service) -> None:
         check = service.spec.get("healthcheck")
@@ -348,19 +326,10 @@ class ComposeCheck:
         [target] = targets
         if target.host not in LOOPBACK:
             self.problem(service.name, f"healthcheck probes {target.text}, not this container")
-        elif service.grpc_port is not None and target.port != service.grpc_port:
-            self.problem(
-                service.name,
-                f"healthcheck probes port {target.port}; its gRPC server listens on "
-                f"{service.grpc_port}",
-            )
-        spec = service.invocation.spec if service.invocation else None
+            return
+        # Dependants wait for it to be healthy: it gates start order, as readiness does.
         name = args[1] if len(args) == 2 else ""
-        if spec is not None and name and name not in spec.grpc_services:
-            served = ", ".join(spec.grpc_services)
-            self.problem(
-                service.name, f"healthcheck asks for {name!r}; {spec.module} serves {served}"
-            )
+        service.container.probes.append(Probe("healthcheck", target.port, name, readiness=True))
 
     def _check_depends_on(self, service: Service) -> None:
         depends = service.spec.get("depends_on") or {}
@@ -436,11 +405,6 @@ class ComposeCheck:
                 )
         return targets
 
-    def _check_service_token(self) -> None:
-        invocations = {s.name: s.invocation for s in self.services.values()}
-        for name in missing_service_token(invocations):
-            self.problem(name, MISSING_SERVICE_TOKEN)
-
     def _check_prometheus(self) -> None:
         scraped: set[str] = set()
         for service in self.services.values():
@@ -458,9 +422,8 @@ class ComposeCheck:
         for service in self.services.values():
             if not service.is_project_service or service.ports_unknown:
                 continue
-            if service.metrics_port is None:
-                self.problem(service.name, "serves no metrics (set its telemetry.prometheus_port)")
-            elif service.name not in scraped:
+            # One that serves none is told so by the rules.
+            if service.metrics_port is not None and service.name not in scraped:
                 self.problem(service.name, "Prometheus does not scrape it")
 
     def _check_scraped(

@@ -44,7 +44,7 @@ BROKEN = {
         COMPOSE,
         '"127.0.0.1:50055", "maas.v1.Anomaly"',
         '"127.0.0.1:50056", "maas.v1.Anomaly"',
-        ["anomaly", "healthcheck probes port 50056", "listens on 50055"],
+        ["anomaly", "healthcheck probes port 50056", "not its gRPC port 50055"],
     ),
     "a health check of a service the server does not run": (
         COMPOSE,
