@@ -27,6 +27,7 @@ from deploy.checks import dockerfile
 from deploy.checks.addresses import LOOPBACK, Address, addresses_in, is_wildcard
 from deploy.checks.entrypoints import Invocation, invoke, python_module
 from deploy.checks.model import Container, DeclaredPort, Grace, Probe
+from deploy.checks.report import checked_path, report
 from deploy.checks.rules import mesh_problems
 
 DEFAULT_FILE = Path(__file__).resolve().parents[2] / "docker-compose.yml"
@@ -491,14 +492,8 @@ def compose_problems(path: Path) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = list(sys.argv[1:] if argv is None else argv)
-    path = Path(args[0]) if args else DEFAULT_FILE
-    problems = compose_problems(path)
-    for text in problems:
-        print(text, file=sys.stderr)
-    if not problems:
-        print(f"{path.name}: no problems")
-    return 1 if problems else 0
+    path = checked_path(argv, DEFAULT_FILE)
+    return report(compose_problems(path), str(path.name))
 
 
 if __name__ == "__main__":

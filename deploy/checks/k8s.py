@@ -22,6 +22,7 @@ import yaml
 from deploy.checks.addresses import LOOPBACK, Address, addresses_in, is_wildcard
 from deploy.checks.entrypoints import Invocation, invoke, python_module
 from deploy.checks.model import Container, DeclaredPort, Grace, Probe
+from deploy.checks.report import checked_path, report
 from deploy.checks.rules import mesh_problems
 
 DEFAULT_DIR = Path(__file__).resolve().parents[1] / "k8s"
@@ -367,14 +368,8 @@ def k8s_problems(directory: Path) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = list(sys.argv[1:] if argv is None else argv)
-    directory = Path(args[0]) if args else DEFAULT_DIR
-    problems = k8s_problems(directory)
-    for text in problems:
-        print(text, file=sys.stderr)
-    if not problems:
-        print(f"{directory}: no problems")
-    return 1 if problems else 0
+    directory = checked_path(argv, DEFAULT_DIR)
+    return report(k8s_problems(directory), str(directory))
 
 
 if __name__ == "__main__":
