@@ -63,11 +63,11 @@ fuzz: venv model ## fuzz the HTTP face (schemathesis) and the gRPC Gateway (hypo
 	MAAS_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest -q -p no:cacheprovider tests/fuzz
 
 deploy-check: venv ## check docker-compose.yml and deploy/k8s/ statically (no Docker, no cluster)
-	$(PY) -m deploy.check_compose
-	$(PY) -m deploy.check_k8s
+	$(PY) -m deploy.checks.compose
+	$(PY) -m deploy.checks.k8s
 
 run: venv model ## start the whole mesh on loopback and stream a first completion (Ctrl-C stops it)
-	$(PY) -m deploy.local_stack --model $(MODEL_DIR) --replicas $(REPLICAS) $(if $(filter 1,$(TLS)),--tls)
+	$(PY) -m deploy.local.stack --model $(MODEL_DIR) --replicas $(REPLICAS) $(if $(filter 1,$(TLS)),--tls)
 
 clean: ## remove local state (keeps the venv)
 	rm -rf .maas/run .pytest_cache .mypy_cache

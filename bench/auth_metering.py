@@ -180,7 +180,7 @@ async def ops_for(channel: grpc.aio.Channel, with_auth: bool) -> dict[str, Op]:
 
 async def main_async(args: argparse.Namespace) -> None:
     dsn = subprocess.run(
-        ["bash", str(REPO / "deploy" / "postgres.sh")],
+        ["bash", str(REPO / "deploy" / "local" / "postgres.sh")],
         check=True, capture_output=True, text=True,
     ).stdout.strip().splitlines()[-1]  # fmt: skip
     import asyncpg

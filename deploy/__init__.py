@@ -1,1 +1,3 @@
-"""Ways to run the mesh: the local process stack, compose files, images."""
+"""Ways to run the mesh, in three rooms: `runtime` (what production containers
+run beside the services), `local` (`make run` and its throwaway CA) and
+`checks` (the static checks of compose, Kubernetes and the Dockerfile)."""

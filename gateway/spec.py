@@ -15,5 +15,6 @@ SPEC = ServiceSpec(
     port_fields=("port", "http_port"),
     secret_fields=("service_token",),
     calls=("auth", "router", "anomaly"),
+    state_fields=("usage_outbox_path",),
     public=True,
 )

@@ -15,5 +15,6 @@ SPEC = ServiceSpec(
     port_fields=("port",),
     secret_fields=("service_token", "policy.admin_token"),
     calls=("auth", "router"),
+    address_fields=(("auth", "policy.auth_address"), ("router", "policy.router_address")),
     public=False,
 )

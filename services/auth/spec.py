@@ -18,5 +18,6 @@ SPEC = ServiceSpec(
     port_fields=("port",),
     secret_fields=("service_token", "admin_token", "key_pepper"),
     calls=(),
+    state_fields=("database_path",),
     public=False,
 )

@@ -51,8 +51,14 @@ class ServiceSpec(Generic[S]):
     port_fields: tuple[str, ...] = ("port",)
     # Settings fields holding secrets: passed by env or file, never by flag.
     secret_fields: tuple[str, ...] = ("service_token",)
-    # The services it dials, by name; their addresses are its `<name>_address` fields.
+    # The services it dials, by name; their addresses are its `<name>_address`
+    # fields unless `address_fields` names another.
     calls: tuple[str, ...] = ()
+    # (called service, settings field path) where the address is elsewhere; a
+    # list field takes every replica of the called service.
+    address_fields: tuple[tuple[str, str], ...] = ()
+    # Settings fields holding files of durable state: `make run` keeps them in its state directory.
+    state_fields: tuple[str, ...] = ()
     # Whether tenants (not only the mesh) call it.
     public: bool = False
 
@@ -60,6 +66,15 @@ class ServiceSpec(Generic[S]):
     def health_name(self) -> str:
         """The name readiness is reported under (its first gRPC service)."""
         return self.grpc_services[0]
+
+    def address_field(self, called: str) -> str:
+        """The settings field path holding the address of the `called` service."""
+        return dict(self.address_fields).get(called, f"{called}_address")
+
+    def env_name(self, field_path: str) -> str:
+        """The variable a settings field is read from ("policy.admin_token" ->
+        MAAS_ANOMALY_POLICY__ADMIN_TOKEN)."""
+        return self.env_prefix + field_path.replace(".", "__").upper()
 
     @property
     def env_prefix(self) -> str:

@@ -15,5 +15,6 @@ SPEC = ServiceSpec(
     port_fields=("port",),
     secret_fields=("service_token",),
     calls=("inference",),
+    address_fields=(("inference", "replicas"),),
     public=False,
 )

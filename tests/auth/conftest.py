@@ -31,7 +31,7 @@ ADMIN_TOKEN = "test-operator-token-0123456789abcdef"
 def postgres_dsn() -> str:
     """A real PostgreSQL on loopback, installed and started by the test run."""
     out = subprocess.run(
-        ["bash", str(REPO / "deploy" / "postgres.sh")],
+        ["bash", str(REPO / "deploy" / "local" / "postgres.sh")],
         check=True,
         capture_output=True,
         text=True,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from deploy.check_compose import compose_problems, main
+from deploy.checks.compose import compose_problems, main
 from tests.deploy.support import REPO, copy_with, named
 
 FILES = ["docker-compose.yml", "Dockerfile", "deploy/prometheus.yml", "deploy/otel-collector.yaml"]
@@ -35,7 +35,7 @@ BROKEN = {
     ),
     "a missing healthcheck": (
         COMPOSE,
-        '      test: ["CMD", "python", "-m", "deploy.healthcheck", "127.0.0.1:50055", '
+        '      test: ["CMD", "python", "-m", "deploy.runtime.healthcheck", "127.0.0.1:50055", '
         '"maas.v1.Anomaly"]\n',
         "",
         ["anomaly: no healthcheck"],
@@ -44,7 +44,7 @@ BROKEN = {
         COMPOSE,
         '"127.0.0.1:50055", "maas.v1.Anomaly"',
         '"127.0.0.1:50056", "maas.v1.Anomaly"',
-        ["anomaly", "healthcheck probes port 50056", "listens on 50055"],
+        ["anomaly", "healthcheck probes port 50056", "not its gRPC port 50055"],
     ),
     "a health check of a service the server does not run": (
         COMPOSE,
@@ -179,6 +179,30 @@ BROKEN = {
         ["otel-collector", "jaeger:4318", "jaeger listens on 4317, 13133, 16686, not 4318"],
     ),
 }
+
+# Keys compose-spec does not know, as `docker compose config` would refuse them.
+BROKEN.update(
+    {
+        "a misspelt depends_on": (
+            COMPOSE,
+            "    depends_on:\n      router: { condition: service_healthy }",
+            "    depend_on:\n      router: { condition: service_healthy }",
+            ["services.gateway: unknown key 'depend_on' (compose-spec)"],
+        ),
+        "a misspelt stop_grace_period": (
+            COMPOSE,
+            '/var/lib/postgresql/data"]\n    stop_grace_period: 30s',
+            '/var/lib/postgresql/data"]\n    stop_grace_perod: 30s',
+            ["services.postgres: unknown key 'stop_grace_perod' (compose-spec)"],
+        ),
+        "a value of the wrong type": (
+            COMPOSE,
+            '/var/lib/postgresql/data"]\n    stop_grace_period: 30s',
+            '/var/lib/postgresql/data"]\n    stop_grace_period: [30s]',
+            ["services.postgres.stop_grace_period", "is not of type 'string'", "compose-spec"],
+        ),
+    }
+)
 
 
 @pytest.mark.parametrize("case", list(BROKEN))

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from deploy.check_k8s import k8s_problems, main
+from deploy.checks.k8s import k8s_problems, main
 from tests.deploy.support import REPO, copy_with, named
 
 K8S = REPO / "deploy" / "k8s"
@@ -91,7 +91,7 @@ BROKEN = {
         "router.yaml",
         '"--interval-s", "10"]',
         '"--every", "10"]',
-        ["container replica-sync", "--every: no such flag of deploy.replica_sync"],
+        ["container replica-sync", "--every: no such flag of deploy.runtime.replica_sync"],
     ),
     "an env var that is no setting": (
         "inference.yaml",

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 import grpc
 import pytest_asyncio
 
-from deploy.replica_sync import sync_once
+from deploy.runtime.replica_sync import sync_once
 from maas.v1 import router_pb2, router_pb2_grpc
 from observability import setup
 from observability.settings import TelemetrySettings

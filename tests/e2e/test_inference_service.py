@@ -270,9 +270,9 @@ async def test_make_runs_supervisor_starts_a_service_again_when_its_process_exit
 ) -> None:
     """What `make run` does when an inference process exits for a restart;
     a process that always fails stands in for it (json.tool on a missing file)."""
-    from deploy.local_stack import ServiceSpec, start, stop_all, supervise
+    from deploy.local.stack import Launch, start, stop_all, supervise
 
-    spec = ServiceSpec("inference", "json.tool", 0, "maas.v1.Inference", ["/no/such/file"])
+    spec = Launch("inference", "json.tool", 0, "maas.v1.Inference", ["/no/such/file"])
     services = [await start(spec, dict(os.environ), tmp_path)]
     first_pid = services[0].process.pid
     stop = asyncio.Event()

@@ -14,14 +14,14 @@ from pathlib import Path
 
 import pytest
 
-from deploy.local_stack import (
-    ServiceSpec,
+from deploy.local.stack import (
+    Launch,
     build_parser,
     load_secrets,
     service_specs,
     service_token_environment,
 )
-from deploy.throwaway_ca import write_throwaway_ca
+from deploy.local.throwaway_ca import write_throwaway_ca
 from gateway.settings import GatewaySettings
 from services.anomaly.settings import AnomalySettings
 from services.auth.settings import MIN_SECRET_LENGTH, AuthSettings
@@ -49,7 +49,7 @@ def test_local_stack_streams_a_completion_and_stops_cleanly(
 ) -> None:
     result = subprocess.run(
         [
-            sys.executable, "-m", "deploy.local_stack",
+            sys.executable, "-m", "deploy.local.stack",
             "--model", str(tiny_model_path),
             "--state-dir", str(tmp_path),
             "--base-port", str(free_port_block(5)),
@@ -78,13 +78,13 @@ SETTINGS_OF: dict[str, type[ServiceSettings]] = {
 }
 
 
-def specs_for(tmp_path: Path, *argv: str, tls: bool = False) -> list[ServiceSpec]:
+def specs_for(tmp_path: Path, *argv: str, tls: bool = False) -> list[Launch]:
     args = build_parser().parse_args(["--model", "/models/tiny", "--base-port", "40000", *argv])
     certs = write_throwaway_ca(tmp_path / "tls") if tls else None
     return service_specs(args, tmp_path, certs)
 
 
-def settings_of(spec: ServiceSpec) -> ServiceSettings:
+def settings_of(spec: Launch) -> ServiceSettings:
     """The spec's flags as its service parses them at start-up."""
     return SETTINGS_OF[spec.module].from_cli(spec.args)
 
@@ -109,10 +109,10 @@ def test_replicas_get_their_own_ports_and_all_sit_behind_the_router(
     assert router.replicas == [f"127.0.0.1:{s.port}" for s in replicas]
     for spec in replicas:
         assert settings_of(spec).port == spec.port
-    # One replica keeps the names and ports `make run` always had.
+    # One replica keeps the names and ports `make run` always had, in the catalog's start order.
     single = specs_for(tmp_path, "--replicas", "1")
     assert [(s.name, s.port) for s in single] == [
-        ("auth", 40001), ("anomaly", 40004), ("inference", 40003), ("router", 40002),
+        ("auth", 40001), ("inference", 40003), ("router", 40002), ("anomaly", 40004),
         ("gateway", 40000),
     ]  # fmt: skip
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
-from deploy.throwaway_ca import OPERATOR, MeshCertificates, write_throwaway_ca
+from deploy.local.throwaway_ca import OPERATOR, MeshCertificates, write_throwaway_ca
 from gateway.server import running_gateway
 from gateway.settings import GatewaySettings
 from maas.client import MaasClient

@@ -11,7 +11,7 @@ import httpx
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from deploy.throwaway_ca import OPERATOR, write_throwaway_ca
+from deploy.local.throwaway_ca import OPERATOR, write_throwaway_ca
 from maas.connection import Connection
 from maas.v1 import (
     generation_pb2,

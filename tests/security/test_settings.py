@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from deploy.throwaway_ca import write_throwaway_ca
+from deploy.local.throwaway_ca import write_throwaway_ca
 from gateway.settings import GatewaySettings
 from maas.connection import Connection
 from services.anomaly.settings import AnomalySettings

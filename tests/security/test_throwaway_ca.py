@@ -9,7 +9,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from deploy.throwaway_ca import OPERATOR, SERVICES, ensure_throwaway_ca, write_throwaway_ca
+from deploy.local.throwaway_ca import OPERATOR, SERVICES, ensure_throwaway_ca, write_throwaway_ca
 
 
 def load(path: Path) -> x509.Certificate:

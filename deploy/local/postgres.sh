@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Makes sure a PostgreSQL server runs on loopback for the tests; prints its DSN.
-#   deploy/postgres.sh [DATA_DIR] [PORT]
+#   deploy/local/postgres.sh [DATA_DIR] [PORT]
 # Installs Debian's postgresql package when no server is on the machine. The
 # server refuses to run as root, so as root it runs as the `postgres` user; its
 # data lives under /tmp by default because a checkout may sit in a directory

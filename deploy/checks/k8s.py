@@ -1,4 +1,4 @@
-"""`python -m deploy.check_k8s [DIR]`: checks the Kubernetes manifests in
+"""`python -m deploy.checks.k8s [DIR]`: checks the Kubernetes manifests in
 deploy/k8s/ without a cluster. Every object validates against the API schema
 (strict: no unknown fields; offline, with kubernetes-validate); every command
 runs a module of this project with flags and `MAAS_*` variables its settings
@@ -19,16 +19,13 @@ from typing import Any
 import kubernetes_validate  # type: ignore[import-untyped]
 import yaml
 
-from deploy.addresses import LOOPBACK, Address, addresses_in, is_wildcard
-from deploy.entrypoints import (
-    MISSING_SERVICE_TOKEN,
-    Invocation,
-    invoke,
-    missing_service_token,
-    python_module,
-)
+from deploy.checks.addresses import LOOPBACK, Address, addresses_in, is_wildcard
+from deploy.checks.entrypoints import Invocation, invoke, python_module
+from deploy.checks.model import Container, DeclaredPort, Grace, Probe
+from deploy.checks.report import checked_path, report
+from deploy.checks.rules import mesh_problems
 
-DEFAULT_DIR = Path(__file__).resolve().parent / "k8s"
+DEFAULT_DIR = Path(__file__).resolve().parents[1] / "k8s"
 # The oldest Kubernetes the manifests must be valid for (gRPC probes are GA since 1.27).
 KUBERNETES_VERSION = "1.30"
 # What Kubernetes waits after SIGTERM when a pod sets no terminationGracePeriodSeconds.
@@ -64,18 +61,30 @@ class Manifest:
 
 
 @dataclass
-class Container:
+class PodContainer:
+    """A container of a workload's pod, with its model for the rules."""
+
     workload: Manifest
     spec: dict[str, Any]
-    env: dict[str, str] = field(default_factory=dict)
-    argv: list[str] = field(default_factory=list)
-    invocation: Invocation | None = None
+    model: Container
     # containerPort numbers and names it declares.
     declared: dict[str, int] = field(default_factory=dict)
 
     @property
     def where(self) -> str:
-        return f"{self.workload.where} container {self.spec.get('name')}"
+        return self.model.where
+
+    @property
+    def env(self) -> dict[str, str]:
+        return self.model.env
+
+    @property
+    def argv(self) -> list[str]:
+        return self.model.argv
+
+    @property
+    def invocation(self) -> Invocation | None:
+        return self.model.invocation
 
     @property
     def listening(self) -> set[int]:
@@ -106,7 +115,7 @@ class K8sCheck:
         self.directory = directory
         self.problems: list[str] = []
         self.manifests: list[Manifest] = []
-        self.containers: list[Container] = []
+        self.containers: list[PodContainer] = []
 
     def problem(self, where: str, what: str) -> None:
         self.problems.append(f"{where}: {what}")
@@ -125,7 +134,7 @@ class K8sCheck:
                 self._load_workload(manifest)
         for container in self.containers:
             self._check_container(container)
-        self._check_service_token()
+        self.problems += mesh_problems(c.model for c in self.containers)
         for manifest in self.manifests:
             if not manifest.valid:
                 continue
@@ -183,31 +192,42 @@ class K8sCheck:
 
     def _load_workload(self, workload: Manifest) -> None:
         pod = _at(workload.doc, "spec", "template", "spec") or {}
-        for spec in [*(pod.get("initContainers") or []), *(pod.get("containers") or [])]:
-            container = Container(workload, spec)
-            container.env = self._environment(container)
-            container.argv = [
-                _expand(str(a), container.env)
+        for spec in [*(pod.get("initPodContainers") or []), *(pod.get("containers") or [])]:
+            where = f"{workload.where} container {spec.get('name')}"
+            container = PodContainer(workload, spec, Container(where, declares_every_port=True))
+            model = container.model
+            model.env = self._environment(container)
+            model.argv = [
+                _expand(str(a), model.env)
                 for a in [*(spec.get("command") or []), *(spec.get("args") or [])]
             ]
             for port in spec.get("ports") or []:
                 number = port.get("containerPort")
                 if isinstance(number, int):
-                    container.declared[str(port.get("name", number))] = number
-            if run := python_module(container.argv):
-                container.invocation = invoke(run[0], run[1], container.env)
-                for text in container.invocation.problems:
-                    self.problem(container.where, text)
+                    name = str(port.get("name", number))
+                    container.declared[name] = number
+                    model.ports.append(
+                        DeclaredPort(number, f"declares containerPort {number} ({name})")
+                    )
+            # A startup probe is optional; one given must be gRPC too.
+            optional = ("startupProbe",) if "startupProbe" in spec else ()
+            model.required_probes = ("readinessProbe", "livenessProbe", *optional)
+            for kind in ("readinessProbe", "livenessProbe", "startupProbe"):
+                grpc = _at(spec.get(kind), "grpc")
+                if grpc is not None:
+                    readiness = kind == "readinessProbe"
+                    model.probes.append(
+                        Probe(kind, grpc.get("port"), grpc.get("service", ""), readiness)
+                    )
+            grace = pod.get("terminationGracePeriodSeconds", DEFAULT_TERMINATION_GRACE_S)
+            model.grace = Grace(grace, f"terminationGracePeriodSeconds ({grace})")
+            if run := python_module(model.argv):
+                model.invocation = invoke(run[0], run[1], model.env)
             elif str(spec.get("image", "")).rpartition("/")[2].startswith("maas"):
                 self.problem(container.where, "a project image needs a `python -m` command")
             self.containers.append(container)
 
-    def _check_service_token(self) -> None:
-        invocations = {c.where: c.invocation for c in self.containers}
-        for where in missing_service_token(invocations):
-            self.problem(where, MISSING_SERVICE_TOKEN)
-
-    def _environment(self, container: Container) -> dict[str, str]:
+    def _environment(self, container: PodContainer) -> dict[str, str]:
         """Its variables as the process sees them; secrets and pod fields as placeholders."""
         env: dict[str, str] = {}
         namespace = container.workload.namespace
@@ -241,81 +261,30 @@ class K8sCheck:
                 env[name] = f"<{name}>"
         return env
 
-    def _check_container(self, container: Container) -> None:
+    def _check_container(self, container: PodContainer) -> None:
         self._check_addresses(container)
-        invocation = container.invocation
-        settings = invocation.settings if invocation else None
-        if invocation is None or invocation.spec is None or settings is None:
+        settings = container.invocation.settings if container.invocation else None
+        spec = container.invocation.spec if container.invocation else None
+        if spec is None or settings is None:
             return
-        spec = invocation.spec
-        where = container.where
-        if not is_wildcard(settings.host):
-            self.problem(where, f"listens on {settings.host}: nothing outside the pod reaches it")
-        listening = container.listening
-        for name, port in container.declared.items():
-            if port not in listening:
-                self.problem(
-                    where, f"declares containerPort {port} ({name}), where it does not listen"
-                )
-        for port in sorted(listening - set(container.declared.values())):
-            self.problem(where, f"listens on {port} but declares no containerPort for it")
         metrics = settings.telemetry.prometheus_port
         annotations = _at(container.workload.doc, "spec", "template", "metadata", "annotations")
         scrape_port = (annotations or {}).get("prometheus.io/port")
-        if not metrics:
-            self.problem(where, "serves no metrics (set its telemetry.prometheus_port)")
-        elif not is_wildcard(settings.telemetry.prometheus_host):
+        # One that serves none, or not to Prometheus, is told so by the rules.
+        if (
+            metrics
+            and is_wildcard(settings.telemetry.prometheus_host)
+            and scrape_port != str(metrics)
+        ):
             self.problem(
-                where,
-                f"serves metrics on {settings.telemetry.prometheus_host} only "
-                "(telemetry.prometheus_host 0.0.0.0)",
-            )
-        elif scrape_port != str(metrics):
-            self.problem(
-                where,
+                container.where,
                 f"pod annotation prometheus.io/port is {scrape_port}, "
                 f"not its metrics port {metrics}",
-            )
-        self._check_probes(container, settings.port, spec.grpc_services)
-        pod = _at(container.workload.doc, "spec", "template", "spec") or {}
-        grace = pod.get("terminationGracePeriodSeconds", DEFAULT_TERMINATION_GRACE_S)
-        if grace <= settings.grace_period_s:
-            self.problem(
-                where,
-                f"terminationGracePeriodSeconds ({grace}) is not longer than its own grace "
-                f"period ({settings.grace_period_s:g}s): it would be killed mid-drain",
             )
         if spec.module == INFERENCE_MODULE:
             self._check_inference(container)
 
-    def _check_probes(self, container: Container, port: int, services: tuple[str, ...]) -> None:
-        where = container.where
-        for kind in ("readinessProbe", "livenessProbe", "startupProbe"):
-            probe = container.spec.get(kind)
-            grpc = _at(probe, "grpc")
-            if probe is None and kind == "startupProbe":
-                continue
-            if grpc is None:
-                self.problem(where, f"no gRPC {kind} (grpc: {{port: {port}, service: ...}})")
-                continue
-            if grpc.get("port") != port:
-                self.problem(
-                    where, f"{kind} probes port {grpc.get('port')}, not its gRPC port {port}"
-                )
-            name = grpc.get("service", "")
-            if kind == "readinessProbe" and name not in services:
-                self.problem(
-                    where,
-                    f"readinessProbe asks for {name!r}; readiness is one of {', '.join(services)}",
-                )
-            if kind != "readinessProbe" and name:
-                self.problem(
-                    where,
-                    f"{kind} asks for {name!r}, which is NOT_SERVING until ready: "
-                    "liveness is the empty service name",
-                )
-
-    def _check_inference(self, container: Container) -> None:
+    def _check_inference(self, container: PodContainer) -> None:
         workload = container.workload
         if _at(container.spec, "resources", "limits", GPU_RESOURCE) is None:
             self.problem(container.where, f"no {GPU_RESOURCE} limit: it would land on no GPU")
@@ -330,17 +299,17 @@ class K8sCheck:
         ):
             self.problem(workload.where, "no PodDisruptionBudget covers its pods")
 
-    def _values(self, container: Container) -> Iterator[tuple[str, str]]:
+    def _values(self, container: PodContainer) -> Iterator[tuple[str, str]]:
         yield from container.env.items()
         for arg in container.argv[1:]:
             yield "command", arg
 
-    def _check_addresses(self, container: Container) -> None:
+    def _check_addresses(self, container: PodContainer) -> None:
         for key, value in self._values(container):
             for address in addresses_in(value):
                 self._resolve(container, f"{key} {address.text}", address)
 
-    def _resolve(self, container: Container, where: str, address: Address) -> None:
+    def _resolve(self, container: PodContainer, where: str, address: Address) -> None:
         if is_wildcard(address.host):
             return
         workload = container.workload
@@ -399,14 +368,8 @@ def k8s_problems(directory: Path) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = list(sys.argv[1:] if argv is None else argv)
-    directory = Path(args[0]) if args else DEFAULT_DIR
-    problems = k8s_problems(directory)
-    for text in problems:
-        print(text, file=sys.stderr)
-    if not problems:
-        print(f"{directory}: no problems")
-    return 1 if problems else 0
+    directory = checked_path(argv, DEFAULT_DIR)
+    return report(k8s_problems(directory), str(directory))
 
 
 if __name__ == "__main__":

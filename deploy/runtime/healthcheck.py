@@ -1,4 +1,4 @@
-"""`python -m deploy.healthcheck HOST:PORT [SERVICE]`: exit 0 when SERVING.
+"""`python -m deploy.runtime.healthcheck HOST:PORT [SERVICE]`: exit 0 when SERVING.
 
 The container health check: one standard gRPC health Check, no extra binary."""
 
@@ -8,6 +8,11 @@ import sys
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from deploy.runtime.spec import CommandSpec
+
+# Positional HOST:PORT [SERVICE] only: no flags, no variables.
+SPEC = CommandSpec(module="deploy.runtime.healthcheck")
 
 
 def main() -> None:

@@ -1,36 +1,33 @@
 """The project's `python -m` entry points as the deploy checks see them.
 
-Everything is read off the code, never listed by hand: whether a module
-exists, the settings class of a service module (its flags and `MAAS_*`
-variables), the gRPC services its health reports, and what one invocation
-(a command line plus an environment) amounts to once the service's own
-settings class has validated it."""
+Nothing is learnt by parsing code or running it: a service's settings class
+(its flags and `MAAS_*` variables) and gRPC services come from its declared
+ServiceSpec (services.catalog), a non-service module's flags and variables
+from its CommandSpec; what one invocation (a command line plus an
+environment) amounts to is what the service's own settings class makes of it."""
 
 from __future__ import annotations
 
-import ast
 import functools
 import importlib
 import importlib.util
 import inspect
 import json
 import re
-import subprocess
-import sys
 import types
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Union, get_args, get_origin
 
 from pydantic import BaseModel, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, CliSettingsSource, SettingsError
 
+from deploy.runtime.spec import CommandSpec
+from services.catalog import SERVICES
 from services.common.settings import ServiceSettings
+from services.common.spec import ServiceSpec
 
-REPO = Path(__file__).resolve().parent.parent
 _PYTHON = re.compile(r"^(?:\S*/)?python(?:3(?:\.\d+)?)?$")
-_FLAG = re.compile(r"(?<![\w-])--[A-Za-z0-9][\w.-]*")
 
 
 def python_module(argv: Sequence[str]) -> tuple[str, list[str]] | None:
@@ -53,88 +50,20 @@ def module_exists(module: str) -> bool:
     return True
 
 
-@dataclass(frozen=True)
-class ServiceSpec:
-    """A service module: its settings class and the gRPC services it serves."""
-
-    module: str
-    settings_type: type[ServiceSettings]
-    grpc_services: tuple[str, ...]
-
-    @property
-    def name(self) -> str:
-        return self.module.rpartition(".")[2]
-
-    @property
-    def env_prefix(self) -> str:
-        return str(self.settings_type.model_config.get("env_prefix", "")).upper()
+def service_spec(module: str) -> ServiceSpec[Any] | None:
+    """The declared spec of the service `python -m module` runs; None for any other module."""
+    return next((spec for spec in SERVICES if spec.module == module), None)
 
 
 @functools.cache
-def service_spec(module: str) -> ServiceSpec | None:
-    """The spec of a service module (one with a `settings` module holding one
-    ServiceSettings subclass); None for any other module."""
-    try:
-        settings_module = importlib.import_module(f"{module}.settings")
-    except ImportError:
-        return None
-    classes = [
-        value
-        for value in vars(settings_module).values()
-        if inspect.isclass(value)
-        and issubclass(value, ServiceSettings)
-        and value.__module__ == settings_module.__name__
-    ]
-    if len(classes) != 1:
-        return None
-    return ServiceSpec(module, classes[0], _health_names(module))
-
-
-def _health_names(module: str) -> tuple[str, ...]:
-    """The names the module's server reports in health: the `service_names=`
-    it hands to `start_server`, resolved in its `server` module."""
-    try:
-        server = importlib.import_module(f"{module}.server")
-    except ImportError:
-        return ()
-    names: list[str] = []
-    for node in ast.walk(ast.parse(inspect.getsource(server))):
-        if not isinstance(node, ast.Call):
-            continue
-        for keyword in node.keywords:
-            if keyword.arg == "service_names" and isinstance(keyword.value, ast.List | ast.Tuple):
-                for element in keyword.value.elts:
-                    if isinstance(element, ast.Name):
-                        value = getattr(server, element.id, None)
-                        if isinstance(value, str):
-                            names.append(value)
-    return tuple(names)
-
-
-@functools.cache
-def module_environment(module: str) -> frozenset[str]:
-    """The variables a non-service module says it reads (its `ENVIRONMENT`)."""
+def command_spec(module: str) -> CommandSpec | None:
+    """What a non-service module declares it takes (its `SPEC`); None if it declares nothing."""
     try:
         loaded = importlib.import_module(module)
     except ImportError:
-        return frozenset()
-    return frozenset(getattr(loaded, "ENVIRONMENT", ()))
-
-
-@functools.cache
-def help_flags(module: str) -> frozenset[str] | None:
-    """The `--flags` a non-service module's `--help` lists; None if it has none to show."""
-    proc = subprocess.run(
-        [sys.executable, "-m", module, "--help"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=REPO,
-        check=False,
-    )
-    if proc.returncode != 0:
         return None
-    return frozenset(_FLAG.findall(proc.stdout))
+    spec = getattr(loaded, "SPEC", None)
+    return spec if isinstance(spec, CommandSpec) else None
 
 
 @dataclass
@@ -143,7 +72,7 @@ class Invocation:
 
     module: str
     args: list[str]
-    spec: ServiceSpec | None = None
+    spec: ServiceSpec[Any] | None = None
     # The service's validated settings; None when they do not validate.
     settings: ServiceSettings | None = None
     problems: list[str] = field(default_factory=list)
@@ -178,13 +107,17 @@ def invoke(module: str, args: Sequence[str], env: Mapping[str, str]) -> Invocati
         return result
     spec = service_spec(module)
     if spec is None:
-        reads = module_environment(module)
+        declared = command_spec(module)
+        if declared is None:
+            result.problems.append(f"`{module}` declares no SPEC: its flags cannot be checked")
+            return result
+        reads = declared.environment
         result.problems += [
             f"{name}: `{module}` is no service and reads no such variable"
             for name in maas_vars
             if name not in reads
         ]
-        result.problems += _unknown_flags(module, args)
+        result.problems += _unknown_flags(declared, args)
         return result
     result.spec = spec
     values: dict[str, Any] = {}
@@ -222,7 +155,8 @@ def invoke(module: str, args: Sequence[str], env: Mapping[str, str]) -> Invocati
     for path in _leaf_paths(values):
         _stand_in_for_secret(spec.settings_type, values, path)
     try:
-        result.settings = _isolated(spec.settings_type)(**values)
+        settings_type: type[ServiceSettings] = spec.settings_type
+        result.settings = _isolated(settings_type)(**values)
     except ValidationError as err:
         for error in err.errors():
             path = tuple(str(part) for part in error["loc"])
@@ -253,14 +187,11 @@ def _stand_in_for_secret(
         node[path[-1]] = value.ljust(_SECRET_STAND_IN_LENGTH, "*")
 
 
-def _unknown_flags(module: str, args: Sequence[str]) -> list[str]:
+def _unknown_flags(declared: CommandSpec, args: Sequence[str]) -> list[str]:
     used = [arg.partition("=")[0] for arg in args if arg.startswith("--")]
-    if not used:
-        return []
-    known = help_flags(module)
-    if known is None:
-        return [f"`python -m {module} --help` fails: its flags cannot be checked"]
-    return [f"{flag}: no such flag of {module}" for flag in used if flag not in known]
+    return [
+        f"{flag}: no such flag of {declared.module}" for flag in used if flag not in declared.flags
+    ]
 
 
 def _field_path(model: type[BaseModel], parts: list[str]) -> tuple[str, ...] | None:
@@ -335,7 +266,9 @@ def _leaf_paths(values: Mapping[str, Any], prefix: tuple[str, ...] = ()) -> list
     return paths
 
 
-def _origin(spec: ServiceSpec, path: tuple[str, ...], origins: dict[tuple[str, ...], str]) -> str:
+def _origin(
+    spec: ServiceSpec[Any], path: tuple[str, ...], origins: dict[tuple[str, ...], str]
+) -> str:
     if not path:  # a rule across settings (the model's own validator)
         return spec.module
     for n in range(len(path), 0, -1):

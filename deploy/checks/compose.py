@@ -1,6 +1,7 @@
-"""`python -m deploy.check_compose [FILE]`: checks docker-compose.yml without
-a Docker engine. It parses; every command runs a module of this project with
-flags and `MAAS_*` variables its settings class takes; every `host:port`
+"""`python -m deploy.checks.compose [FILE]`: checks docker-compose.yml without
+a Docker engine. It parses and keeps to the compose-spec schema; every
+command runs a module of this project with flags and `MAAS_*` variables its
+settings class takes; every `host:port`
 names a service of the file and a port that service listens on; every
 service has a health check, project services a stop grace longer than their
 own; depends_on, build targets and build args exist; Prometheus scrapes
@@ -8,6 +9,8 @@ every project service's metrics port."""
 
 from __future__ import annotations
 
+import functools
+import json
 import re
 import shlex
 import sys
@@ -17,25 +20,28 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import jsonschema  # type: ignore[import-untyped]
 import yaml
 
-from deploy import dockerfile
-from deploy.addresses import LOOPBACK, Address, addresses_in, is_wildcard
-from deploy.entrypoints import (
-    MISSING_SERVICE_TOKEN,
-    Invocation,
-    invoke,
-    missing_service_token,
-    python_module,
-)
+from deploy.checks import dockerfile
+from deploy.checks.addresses import LOOPBACK, Address, addresses_in, is_wildcard
+from deploy.checks.entrypoints import Invocation, invoke, python_module
+from deploy.checks.model import Container, DeclaredPort, Grace, Probe
+from deploy.checks.report import checked_path, report
+from deploy.checks.rules import mesh_problems
 
-DEFAULT_FILE = Path(__file__).resolve().parent.parent / "docker-compose.yml"
+DEFAULT_FILE = Path(__file__).resolve().parents[2] / "docker-compose.yml"
+# The compose-spec JSON schema that `docker compose config` validates against,
+# vendored so the check needs no network: schema/compose-spec.json of
+# github.com/compose-spec/compose-spec at 170098ba07d9 (2026-06-23; the file
+# last changed 2025-10-28 in a08f8d51631b).
+COMPOSE_SPEC = Path(__file__).resolve().parent / "compose-spec.json"
 # What compose waits after SIGTERM when a service sets no stop_grace_period.
 COMPOSE_STOP_GRACE_S = 10.0
 DEPENDS_CONDITIONS = frozenset(
     {"service_started", "service_healthy", "service_completed_successfully"}
 )
-HEALTHCHECK_MODULE = "deploy.healthcheck"
+HEALTHCHECK_MODULE = "deploy.runtime.healthcheck"
 _VARIABLE = re.compile(
     r"\$(?:\$|\{(?P<braced>[A-Za-z_]\w*)(?:(?P<op>:?[-?+])(?P<arg>[^}]*))?\}|(?P<bare>[A-Za-z_]\w*))"
 )
@@ -89,16 +95,19 @@ def _argv(value: Any) -> list[str] | None:
 class Service:
     name: str
     spec: dict[str, Any]
+    container: Container
     argv: list[str] | None = None
     env: dict[str, str] = field(default_factory=dict)
-    invocation: Invocation | None = None
     ports: set[int] = field(default_factory=set)
     metrics_port: int | None = None
-    grpc_port: int | None = None
     # Names other containers reach it by: its own and its network aliases.
     names: set[str] = field(default_factory=set)
     # YAML files of this project mounted into it: container path -> content.
     configs: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def invocation(self) -> Invocation | None:
+        return self.container.invocation
 
     @property
     def is_project_service(self) -> bool:
@@ -138,6 +147,7 @@ class ComposeCheck:
             doc = yaml.safe_load(self.path.read_text())
         except (OSError, yaml.YAMLError) as err:
             return [f"{self.path.name}: cannot be read as YAML: {err}"]
+        self.problems += schema_problems(doc)
         services = doc.get("services") if isinstance(doc, dict) else None
         if not isinstance(services, dict) or not services:
             return [f"{self.path.name}: no services"]
@@ -154,12 +164,12 @@ class ComposeCheck:
         with self.malformed(self.path.name):
             self._check_addresses()
             self._check_prometheus()
-            self._check_service_token()
+        self.problems += mesh_problems(s.container for s in self.services.values())
         return list(dict.fromkeys(self.problems))
 
     def _load(self, name: str, raw: dict[str, Any]) -> Service:
         spec = _interpolated(raw)
-        service = Service(name, spec, names={name})
+        service = Service(name, spec, Container(name), names={name})
         image = self._build(service)
         entrypoint = _argv(spec.get("entrypoint"))
         command = _argv(spec.get("command"))
@@ -172,12 +182,18 @@ class ComposeCheck:
         service.names |= set(self._aliases(spec))
         self._volumes(service, raw.get("volumes") or [])
         if service.argv and (run := python_module(service.argv)):
-            service.invocation = invoke(run[0], run[1], service.env)
-            for text in service.invocation.problems:
-                self.problem(name, text)
+            service.container.invocation = invoke(run[0], run[1], service.env)
+        service.container.ports = [
+            DeclaredPort(port, f"publishes port {port}") for port in self._published(service)
+        ]
+        written = spec.get("stop_grace_period", f"{COMPOSE_STOP_GRACE_S}s")
+        grace = parse_duration(written)
+        if grace is None:
+            self.problem(name, "stop_grace_period is no duration")
+        else:
+            service.container.grace = Grace(grace, f"stop_grace_period ({grace:g}s)")
         settings = service.invocation.settings if service.invocation else None
         if settings is not None:
-            service.grpc_port = settings.port
             service.ports |= settings.listening_ports()
             if settings.telemetry.prometheus_port:
                 service.metrics_port = settings.telemetry.prometheus_port
@@ -290,33 +306,6 @@ class ComposeCheck:
         self._check_healthcheck(service)
         self._check_depends_on(service)
         self._check_gpu(service)
-        invocation = service.invocation
-        settings = invocation.settings if invocation else None
-        if settings is None:
-            return
-        if not is_wildcard(settings.host):
-            self.problem(
-                service.name,
-                f"listens on {settings.host}: other containers cannot reach it (--host 0.0.0.0)",
-            )
-        if service.metrics_port and not is_wildcard(settings.telemetry.prometheus_host):
-            self.problem(
-                service.name,
-                f"serves metrics on {settings.telemetry.prometheus_host} only: Prometheus "
-                "cannot scrape it (telemetry.prometheus_host 0.0.0.0)",
-            )
-        for port in self._published(service):
-            if port not in service.ports:
-                self.problem(service.name, f"publishes port {port}, where it does not listen")
-        grace = parse_duration(service.spec.get("stop_grace_period", f"{COMPOSE_STOP_GRACE_S}s"))
-        if grace is None:
-            self.problem(service.name, "stop_grace_period is no duration")
-        elif grace <= settings.grace_period_s:
-            self.problem(
-                service.name,
-                f"stop_grace_period ({grace:g}s) is not longer than its own grace period "
-                f"({settings.grace_period_s:g}s): compose would kill it mid-drain",
-            )
 
     def _check_healthcheck(self, service: Service) -> None:
         check = service.spec.get("healthcheck")
@@ -338,19 +327,10 @@ class ComposeCheck:
         [target] = targets
         if target.host not in LOOPBACK:
             self.problem(service.name, f"healthcheck probes {target.text}, not this container")
-        elif service.grpc_port is not None and target.port != service.grpc_port:
-            self.problem(
-                service.name,
-                f"healthcheck probes port {target.port}; its gRPC server listens on "
-                f"{service.grpc_port}",
-            )
-        spec = service.invocation.spec if service.invocation else None
+            return
+        # Dependants wait for it to be healthy: it gates start order, as readiness does.
         name = args[1] if len(args) == 2 else ""
-        if spec is not None and name and name not in spec.grpc_services:
-            served = ", ".join(spec.grpc_services)
-            self.problem(
-                service.name, f"healthcheck asks for {name!r}; {spec.module} serves {served}"
-            )
+        service.container.probes.append(Probe("healthcheck", target.port, name, readiness=True))
 
     def _check_depends_on(self, service: Service) -> None:
         depends = service.spec.get("depends_on") or {}
@@ -426,11 +406,6 @@ class ComposeCheck:
                 )
         return targets
 
-    def _check_service_token(self) -> None:
-        invocations = {s.name: s.invocation for s in self.services.values()}
-        for name in missing_service_token(invocations):
-            self.problem(name, MISSING_SERVICE_TOKEN)
-
     def _check_prometheus(self) -> None:
         scraped: set[str] = set()
         for service in self.services.values():
@@ -448,9 +423,8 @@ class ComposeCheck:
         for service in self.services.values():
             if not service.is_project_service or service.ports_unknown:
                 continue
-            if service.metrics_port is None:
-                self.problem(service.name, "serves no metrics (set its telemetry.prometheus_port)")
-            elif service.name not in scraped:
+            # One that serves none is told so by the rules.
+            if service.metrics_port is not None and service.name not in scraped:
                 self.problem(service.name, "Prometheus does not scrape it")
 
     def _check_scraped(
@@ -466,6 +440,28 @@ class ComposeCheck:
                 f"{where}: port {address.port} of {target.name} is not its metrics port "
                 f"({target.metrics_port})",
             )
+
+
+@functools.cache
+def _compose_spec() -> Any:
+    return jsonschema.Draft7Validator(json.loads(COMPOSE_SPEC.read_text()))
+
+
+def schema_problems(doc: Any) -> list[str]:
+    """Where the file breaks the compose-spec schema, by path: a misspelt key
+    (`depend_on`) is reported as unknown, as `docker compose config` does."""
+    problems = []
+    for error in sorted(_compose_spec().iter_errors(doc), key=lambda e: list(e.absolute_path)):
+        where = ".".join(str(part) for part in error.absolute_path) or "(top)"
+        if error.validator == "additionalProperties" and isinstance(error.instance, dict):
+            known = error.schema.get("properties", {})
+            patterns = error.schema.get("patternProperties", {})
+            for key in error.instance:
+                if key not in known and not any(re.search(p, key) for p in patterns):
+                    problems.append(f"{where}: unknown key {key!r} (compose-spec)")
+        else:
+            problems.append(f"{where}: {error.message} (compose-spec)")
+    return problems
 
 
 def _is_scrape_config(config: Any) -> bool:
@@ -496,14 +492,8 @@ def compose_problems(path: Path) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = list(sys.argv[1:] if argv is None else argv)
-    path = Path(args[0]) if args else DEFAULT_FILE
-    problems = compose_problems(path)
-    for text in problems:
-        print(text, file=sys.stderr)
-    if not problems:
-        print(f"{path.name}: no problems")
-    return 1 if problems else 0
+    path = checked_path(argv, DEFAULT_FILE)
+    return report(compose_problems(path), str(path.name))
 
 
 if __name__ == "__main__":

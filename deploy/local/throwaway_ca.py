@@ -3,7 +3,7 @@ one machine: a CA, one certificate per service (server and client: the same
 identity answers calls and makes them), and an `operator` client certificate
 for the local stack and the CLI.
 
-`python -m deploy.throwaway_ca --out .maas/tls` writes PEM files:
+`python -m deploy.local.throwaway_ca --out .maas/tls` writes PEM files:
 
     ca.pem                     the mesh CA (what every peer trusts)
     <service>.pem / -key.pem   per service; SANs: the service name, localhost, 127.0.0.1

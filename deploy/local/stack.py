@@ -1,8 +1,9 @@
 """`make run`: every service as a process on loopback, a dev tenant, a first completion.
 
-Starts auth, anomaly, inference (`--replicas` of them, each on its own port,
-all behind the router), router and gateway, waits until each reports SERVING
-on the standard health protocol, makes sure a dev tenant and API key exist
+Starts every service of services.catalog, in its order, from its declared
+spec (inference `--replicas` times, each on its own port, all behind the
+router), waits until each reports SERVING on the standard health protocol,
+makes sure a dev tenant and API key exist
 (written to .maas/dev_api_key), streams one completion, then runs until Ctrl-C
 or SIGTERM and stops every service with SIGTERM (they drain). Meanwhile it
 supervises them: a service whose process exits on its own (an inference
@@ -25,26 +26,39 @@ import secrets
 import signal
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, get_origin
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from rich.console import Console
 from rich.table import Table
 
-from deploy.throwaway_ca import OPERATOR, MeshCertificates, ensure_throwaway_ca
+from deploy.local.throwaway_ca import OPERATOR, MeshCertificates, ensure_throwaway_ca
 from maas.client import MaasClient
 from maas.connection import Connection
 from maas.v1 import auth_pb2, auth_pb2_grpc
 from services.auth.settings import MIN_SECRET_LENGTH
+from services.catalog import SERVICES
+from services.common.spec import ServiceSpec
 from services.inference.settings import cpu_engine_environment
 
 console = Console()
 
 DEV_TENANT = "dev"
-SECRET_NAMES = ("admin_token", "key_pepper", "service_token")
-SERVICE_ENV_PREFIXES = ("AUTH", "ANOMALY", "INFERENCE", "ROUTER", "GATEWAY")
+
+
+def secret_name(field: str) -> str:
+    """The stack's name for a secret setting ("policy.admin_token": admin_token)."""
+    return field.rpartition(".")[2]
+
+
+# Every secret a service declares, by its name (service_token, admin_token, ...).
+SECRET_NAMES = tuple(
+    sorted({secret_name(field) for spec in SERVICES for field in spec.secret_fields})
+)
 READY_TIMEOUT_S = 300.0
 STOP_TIMEOUT_S = 20.0
 # A service that exits is started again after this, doubling while it keeps
@@ -56,7 +70,9 @@ RESTART_RESET_S = 60.0
 
 
 @dataclass
-class ServiceSpec:
+class Launch:
+    """One process of the stack: a service, or one replica of it."""
+
     name: str
     module: str
     port: int
@@ -68,7 +84,7 @@ class ServiceSpec:
 
 @dataclass
 class RunningService:
-    spec: ServiceSpec
+    spec: Launch
     process: asyncio.subprocess.Process
     log_path: Path
     started_at: float = field(default_factory=time.monotonic)
@@ -109,15 +125,48 @@ def load_secrets(state_dir: Path) -> dict[str, str]:
     return data
 
 
+def secret_environment(values: Mapping[str, str]) -> dict[str, str]:
+    """Each service's declared secrets, under its own variable names, from
+    `values` keyed by the secret's name (service_token, admin_token, ...)."""
+    return {
+        spec.env_name(field): values[secret_name(field)]
+        for spec in SERVICES
+        for field in spec.secret_fields
+        if secret_name(field) in values
+    }
+
+
 def service_token_environment(token: str) -> dict[str, str]:
     """The service token for every service, each under its own prefix."""
-    return {f"MAAS_{prefix}_SERVICE_TOKEN": token for prefix in SERVICE_ENV_PREFIXES}
+    return secret_environment({"service_token": token})
 
 
-def inference_ports(base: int, replicas: int) -> list[int]:
-    """The first replica keeps the classic port (base + 3); the others follow
-    the five services' block."""
-    return [base + 3, *(base + 5 + i for i in range(replicas - 1))]
+def default_port(spec: ServiceSpec[Any]) -> int:
+    port: int = spec.settings_type.model_fields["port"].default
+    return port
+
+
+# Where the stack's block of ports starts by default: the lowest default port of a service.
+DEFAULT_BASE_PORT = min(default_port(spec) for spec in SERVICES)
+
+
+def field_annotation(spec: ServiceSpec[Any], path: str) -> Any:
+    model: Any = spec.settings_type
+    annotation: Any = None
+    for part in path.split("."):
+        annotation = model.model_fields[part].annotation
+        model = annotation
+    return annotation
+
+
+def takes_replicas(spec: ServiceSpec[Any]) -> bool:
+    """Whether every service that calls this one takes a list of its addresses
+    (the router, of inference): then `--replicas` starts that many of it."""
+    callers = [caller for caller in SERVICES if spec.name in caller.calls]
+    return bool(callers) and all(
+        get_origin(field_annotation(caller, caller.address_field(spec.name))) is list
+        for caller in callers
+    )
 
 
 def tls_args(certs: MeshCertificates | None, identity: str, *, mutual: bool) -> list[str]:
@@ -128,15 +177,14 @@ def tls_args(certs: MeshCertificates | None, identity: str, *, mutual: bool) -> 
     return [*args, "--tls.require-client-cert"] if mutual else args
 
 
-def service_specs(
-    args: argparse.Namespace, state_dir: Path, certs: MeshCertificates | None = None
-) -> list[ServiceSpec]:
-    host = "127.0.0.1"
-    base = args.base_port
-    gateway, auth, router, anomaly = base, base + 1, base + 2, base + 4
-    replica_ports = inference_ports(base, args.replicas)
+def flag(path: str) -> str:
+    return "--" + path.replace("_", "-")
+
+
+def engine_launch(args: argparse.Namespace) -> tuple[list[str], dict[str, str]]:
+    """Flags and environment of a service that runs the engine (one with a `model` setting)."""
     engine_args: list[str] = ["--model", str(args.model)]
-    replica_env: dict[str, str] = {}
+    env: dict[str, str] = {}
     if engine_is_cpu_build():
         # The CPU engine sizes its KV cache from NUMA node 0 unless told; eager avoids
         # a minute of torch.compile that buys nothing on CPU.
@@ -144,43 +192,52 @@ def service_specs(
         if args.replicas > 1:
             # Engines on one machine share its cores rather than each taking all but one.
             cores = max(1, ((os.cpu_count() or 1) - 1) // args.replicas)
-            replica_env["OMP_NUM_THREADS"] = str(cores)
-    replicas = [
-        ServiceSpec(
-            "inference" if args.replicas == 1 else f"inference-{i + 1}",
-            "services.inference", port, "maas.v1.Inference",
-            [*engine_args, "--port", str(port), *tls_args(certs, "inference", mutual=True)],
-            dict(replica_env),
-        )
-        for i, port in enumerate(replica_ports)
-    ]  # fmt: skip
-    return [
-        ServiceSpec("auth", "services.auth", auth, "maas.v1.Auth",
-                    ["--port", str(auth), "--database-path", str(state_dir / "auth.db"),
-                     *tls_args(certs, "auth", mutual=True)]),
-        # The anomaly policy acts through auth and the router (admin token from env).
-        ServiceSpec("anomaly", "services.anomaly", anomaly, "maas.v1.Anomaly",
-                    ["--port", str(anomaly),
-                     "--policy.auth-address", f"{host}:{auth}",
-                     "--policy.router-address", f"{host}:{router}",
-                     *tls_args(certs, "anomaly", mutual=True)]),
-        *replicas,
-        ServiceSpec("router", "services.router", router, "maas.v1.Router",
-                    ["--port", str(router),
-                     "--replicas", json.dumps([f"{host}:{port}" for port in replica_ports]),
-                     *tls_args(certs, "router", mutual=True)]),
-        ServiceSpec("gateway", "gateway", gateway, "maas.v1.Gateway",
-                    ["--port", str(gateway),
-                     "--router-address", f"{host}:{router}",
-                     "--auth-address", f"{host}:{auth}",
-                     "--anomaly-address", f"{host}:{anomaly}",
-                     "--usage-outbox-path", str(state_dir / "gateway-outbox.db"),
-                     # Tenants' clients have no mesh certificate: TLS only.
-                     *tls_args(certs, "gateway", mutual=False)]),
-    ]  # fmt: skip
+            env["OMP_NUM_THREADS"] = str(cores)
+    return engine_args, env
 
 
-async def start(spec: ServiceSpec, env: dict[str, str], log_dir: Path) -> RunningService:
+def service_specs(
+    args: argparse.Namespace, state_dir: Path, certs: MeshCertificates | None = None
+) -> list[Launch]:
+    """Every service of the catalog, in its start order, on loopback: each on
+    its default port moved to `--base-port`'s block, the replicated ones'
+    extra replicas after that block; each told where the services it calls
+    listen and where to keep its state."""
+    host = "127.0.0.1"
+    base = args.base_port
+    ports: dict[str, list[int]] = {}
+    extra = base + len(SERVICES)
+    for spec in SERVICES:
+        own = base + default_port(spec) - DEFAULT_BASE_PORT
+        count = args.replicas if takes_replicas(spec) else 1
+        ports[spec.name] = [own, *range(extra, extra + count - 1)]
+        extra += count - 1
+    launches: list[Launch] = []
+    for spec in SERVICES:
+        flags: list[str] = []
+        for called in spec.calls:
+            path = spec.address_field(called)
+            addresses = [f"{host}:{port}" for port in ports[called]]
+            many = get_origin(field_annotation(spec, path)) is list
+            flags += [flag(path), json.dumps(addresses) if many else addresses[0]]
+        for path in spec.state_fields:
+            default: Path = spec.settings_type.model_fields[path].default
+            flags += [flag(path), str(state_dir / default.name)]
+        env: dict[str, str] = {}
+        if "model" in spec.settings_type.model_fields:
+            engine_args, env = engine_launch(args)
+            flags = [*engine_args, *flags]
+        # Tenants' clients have no mesh certificate: a public service asks for none.
+        flags += tls_args(certs, spec.name, mutual=not spec.public)
+        own_ports = ports[spec.name]
+        for i, port in enumerate(own_ports):
+            name = spec.name if len(own_ports) == 1 else f"{spec.name}-{i + 1}"
+            own_flags = [*flags, "--port", str(port)]
+            launches.append(Launch(name, spec.module, port, spec.health_name, own_flags, dict(env)))
+    return launches
+
+
+async def start(spec: Launch, env: dict[str, str], log_dir: Path) -> RunningService:
     log_path = log_dir / f"{spec.name}.log"
     log_file = log_path.open("ab")
     process = await asyncio.create_subprocess_exec(
@@ -333,15 +390,8 @@ async def run(args: argparse.Namespace) -> int:
         service_token=keys["service_token"],
     )
     env = dict(os.environ)
-    env.update(
-        PYTHONUNBUFFERED="1",
-        MAAS_AUTH_ADMIN_TOKEN=keys["admin_token"],
-        MAAS_ANOMALY_POLICY__ADMIN_TOKEN=keys["admin_token"],
-        MAAS_AUTH_KEY_PEPPER=keys["key_pepper"],
-        VLLM_NO_USAGE_STATS="1",
-        HF_HUB_OFFLINE="1",
-    )
-    env.update(service_token_environment(keys["service_token"]))
+    env.update(PYTHONUNBUFFERED="1", VLLM_NO_USAGE_STATS="1", HF_HUB_OFFLINE="1")
+    env.update(secret_environment(keys))
     if engine_is_cpu_build():
         env.update(cpu_engine_environment())
 
@@ -405,7 +455,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model", type=Path, required=True)
     parser.add_argument("--state-dir", default=".maas")
-    parser.add_argument("--base-port", type=int, default=50051)
+    parser.add_argument("--base-port", type=int, default=DEFAULT_BASE_PORT)
     parser.add_argument(
         "--replicas",
         type=_replica_count,

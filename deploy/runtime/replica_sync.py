@@ -1,4 +1,4 @@
-"""`python -m deploy.replica_sync --replicas NAME:PORT`: keeps the router's
+"""`python -m deploy.runtime.replica_sync --replicas NAME:PORT`: keeps the router's
 replica set equal to the addresses a DNS name resolves to.
 
 On Kubernetes the inference replicas are a Deployment behind a headless
@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import grpc
 import structlog
 
+from deploy.runtime.spec import CommandSpec
 from maas.connection import SERVICE_TOKEN_VARIABLE
 from maas.v1 import router_pb2, router_pb2_grpc
 from observability.logging import configure_logging
@@ -33,9 +34,12 @@ from observability.settings import TelemetrySettings
 log = structlog.get_logger(__name__)
 # Long enough for a busy router, short enough that a hung one is retried next round.
 CALL_TIMEOUT_S = 10.0
-# What the deploy checks accept in this module's environment: the router
-# answers only the mesh, so the sidecar sends the token, as the CLI reads it.
-ENVIRONMENT = (SERVICE_TOKEN_VARIABLE,)
+SPEC = CommandSpec(
+    module="deploy.runtime.replica_sync",
+    flags=frozenset({"--router", "--replicas", "--interval-s"}),
+    # The router answers only the mesh, so the sidecar sends the token, as the CLI reads it.
+    environment=frozenset({SERVICE_TOKEN_VARIABLE}),
+)
 
 
 @dataclass(frozen=True)
@@ -108,7 +112,8 @@ async def run(router: str, host: str, port: int, interval_s: float) -> None:
         telemetry.shutdown()
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def arguments() -> argparse.ArgumentParser:
+    """Its flags: SPEC.flags lists them for the deploy checks."""
     parser = argparse.ArgumentParser(
         description="Keeps the router's replicas equal to what a DNS name resolves to."
     )
@@ -117,6 +122,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--replicas", required=True, help="NAME:PORT; NAME resolves to one address per replica"
     )
     parser.add_argument("--interval-s", type=float, default=10.0, help="seconds between lookups")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = arguments()
     args = parser.parse_args(argv)
     host, sep, port = args.replicas.rpartition(":")
     if not sep or not host or not port.isdigit():

@@ -1,0 +1,1 @@
+"""What production containers run beside the services: the health check, replica sync."""
