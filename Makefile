@@ -46,7 +46,7 @@ BUF := .tools/node_modules/.bin/buf
 
 .PHONY: contracts
 contracts: .tools/.buf-$(BUF_VERSION) ## buf lint, and buf breaking against the last landed main (AGAINST=<ref> to pick)
-	bash deploy/check_contracts.sh $(BUF)
+	bash deploy/checks/contracts.sh $(BUF)
 
 lint: venv ## ruff and mypy
 	$(VENV)/bin/ruff check .

@@ -7,7 +7,7 @@
 # AGAINST=<git ref> overrides it.
 set -euo pipefail
 BUF=${1:?buf}
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 "$BUF" lint protos
 if [[ -z "${AGAINST:-}" ]]; then
   main=$(git rev-parse -q --verify origin/main || git rev-parse -q --verify main) || {
