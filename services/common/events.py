@@ -29,6 +29,7 @@ DROP_LOG_EVERY = 1000
 class _CallState:
     in_call: int = 0
     closed_by_us: bool = False
+    broken: bool = False
 
 
 class EventPublisher:
@@ -85,6 +86,11 @@ class EventPublisher:
     async def _events(self, state: _CallState) -> AsyncIterator[anomaly_pb2.Event]:
         while True:
             event = await self._queue.get()
+            if state.broken:
+                # grpc may still pull from a broken call's iterator while the
+                # next call drains the queue: the event goes back for that one.
+                self._queue.put_nowait(event)  # room: it was taken just now
+                return
             if event is None:
                 state.closed_by_us = True
                 return
@@ -109,5 +115,6 @@ class EventPublisher:
 
     def _broken(self, err: Exception) -> None:
         assert isinstance(err, grpc.aio.AioRpcError)
+        self._call.broken = True
         self.lost += self._call.in_call
         log.warning("event stream to anomaly broke", code=err.code().name, lost=self._call.in_call)
