@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import aiosqlite
@@ -26,10 +28,44 @@ from google.protobuf.message import DecodeError
 
 from gateway.metrics import GatewayMetrics
 from maas.v1 import metering_pb2, metering_pb2_grpc
+from services.common.backoff import Backoff, reconnect_forever
+from services.common.sqlite_writer import GroupCommitWriter, connect_wal
 
 log = structlog.get_logger(__name__)
 
+# Records per RecordUsageBatch call: a few hundred bytes each stay far below
+# gRPC's 4 MiB message limit, and one call acknowledges many.
 BATCH = 256
+
+
+@dataclass(frozen=True)
+class _Put:
+    """A record waiting for the ledger, in place of any earlier one of its request."""
+
+    request_id: str
+    record: bytes
+
+
+@dataclass(frozen=True)
+class _Remove:
+    """(request_id, record) rows done with; a row replaced meanwhile stays."""
+
+    rows: tuple[tuple[str, bytes], ...]
+
+
+async def _write(db: aiosqlite.Connection, changes: Sequence[_Put | _Remove]) -> list[None]:
+    # In submission order: a record put after a delivery's removal must stay.
+    for change in changes:
+        if isinstance(change, _Put):
+            await db.execute(
+                "INSERT OR REPLACE INTO outbox (request_id, record) VALUES (?, ?)",
+                (change.request_id, change.record),
+            )
+        else:
+            await db.executemany(
+                "DELETE FROM outbox WHERE request_id = ? AND record = ?", change.rows
+            )
+    return [None] * len(changes)
 
 
 class UsageOutbox:
@@ -50,6 +86,7 @@ class UsageOutbox:
         self._max_backoff_s = max_backoff_s
         self._call_timeout_s = call_timeout_s
         self._db: aiosqlite.Connection | None = None
+        self._writer: GroupCommitWriter[_Put | _Remove, None] | None = None
         self._wakeup = asyncio.Event()
         self._empty = asyncio.Event()  # set while nothing is waiting for the ledger
         self._added = 0  # records written; tells a stale "nothing there" from a real one
@@ -60,19 +97,18 @@ class UsageOutbox:
         self.backlog = 0  # records on disk waiting for the ledger
 
     async def open(self) -> None:
-        self._path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = await aiosqlite.connect(self._path)
-        await self._db.execute("PRAGMA journal_mode=WAL")
-        await self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db = await connect_wal(self._path)
         await self._db.execute(
             "CREATE TABLE IF NOT EXISTS outbox (request_id TEXT PRIMARY KEY, record BLOB NOT NULL)"
         )
         await self._db.commit()
+        # Adds and deletions share commits: one per batch, not one per record.
+        self._writer = GroupCommitWriter(self._db, _write)
+        self._writer.start()
         self.backlog = await self.pending()
         if self._metrics is not None:
             self._metrics.watch_outbox(lambda: self.backlog)
         self._sender = asyncio.create_task(self._send_loop())
-        self._wakeup.set()  # records left by an earlier run go first
 
     def add(self, record: metering_pb2.UsageRecord) -> None:
         """Queues the record for the ledger, in place of any record of the same
@@ -83,12 +119,8 @@ class UsageOutbox:
         task.add_done_callback(self._adds.discard)
 
     async def _add(self, record: metering_pb2.UsageRecord) -> None:
-        assert self._db is not None
-        await self._db.execute(
-            "INSERT OR REPLACE INTO outbox VALUES (?, ?)",
-            (record.request_id, record.SerializeToString()),
-        )
-        await self._db.commit()
+        assert self._writer is not None
+        await self._writer.submit(_Put(record.request_id, record.SerializeToString()))
         self.backlog = await self.pending()
         self._added += 1
         self._empty.clear()
@@ -111,35 +143,35 @@ class UsageOutbox:
             self._sender.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sender
+        if self._writer is not None:
+            await self._writer.aclose()
+            self._writer = None
         if self._db is not None:
             await self._db.close()
             self._db = None
 
     async def _send_loop(self) -> None:
-        backoff = self._initial_backoff_s
+        # Whatever fails (the ledger, the disk, a bug), the records stay on
+        # disk and the sender goes on with backoff: a bill is never dropped
+        # for an error, and the loop never dies of one.
+        backoff = Backoff(self._initial_backoff_s, self._max_backoff_s)
+        await reconnect_forever(self._drain, backoff, on_error=self._send_failed)
+
+    async def _drain(self, backoff: Backoff) -> bool:
+        """Delivers what waits (records left by an earlier run first), then
+        waits for more; never done."""
         while True:
-            await self._wakeup.wait()
-            self._wakeup.clear()
-            while True:
-                try:
-                    more = await self._send_batch()
-                except asyncio.CancelledError:
-                    raise
-                except Exception as err:
-                    # Whatever failed (the ledger, the disk, a bug), the records
-                    # stay on disk and the sender goes on: a bill is never dropped
-                    # for an error, and the loop never dies of one.
-                    if isinstance(err, grpc.aio.AioRpcError):
-                        log.warning("ledger call failed; usage kept in the outbox",
-                                    code=err.code().name)  # fmt: skip
-                    else:
-                        log.exception("usage outbox failed; retrying", exc_info=err)
-                    await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, self._max_backoff_s)
-                    continue
-                backoff = self._initial_backoff_s
-                if not more:
-                    break
+            more = await self._send_batch()
+            backoff.reset()
+            if not more:
+                await self._wakeup.wait()
+                self._wakeup.clear()
+
+    def _send_failed(self, err: Exception) -> None:
+        if isinstance(err, grpc.aio.AioRpcError):
+            log.warning("ledger call failed; usage kept in the outbox", code=err.code().name)
+        else:
+            log.exception("usage outbox failed; retrying", exc_info=err)
 
     async def _send_batch(self) -> bool:
         """Delivers one batch; False when nothing was waiting."""
@@ -159,7 +191,7 @@ class UsageOutbox:
     async def _deliver(self, rows: list[tuple[str, bytes]]) -> None:
         """Sends the rows as one batch; deletes those the ledger stored or
         refused for good, in one transaction. A failed call deletes nothing."""
-        assert self._db is not None
+        assert self._writer is not None
         records: list[metering_pb2.UsageRecord] = []
         sent: list[tuple[str, bytes]] = []
         for request_id, blob in rows:
@@ -168,10 +200,7 @@ class UsageOutbox:
                 sent.append((request_id, blob))
             except DecodeError:
                 # Unreadable now is unreadable for good: set aside at once, once.
-                await self._db.execute(
-                    "DELETE FROM outbox WHERE request_id = ? AND record = ?", (request_id, blob)
-                )
-                await self._db.commit()
+                await self._writer.submit(_Remove(((request_id, blob),)))
                 self._dead_letter("unreadable usage record in the outbox",
                                   request_id=request_id, record=blob.hex())  # fmt: skip
         if not records:
@@ -180,8 +209,7 @@ class UsageOutbox:
             metering_pb2.RecordUsageBatchRequest(records=records), timeout=self._call_timeout_s
         )
         # Only rows not replaced meanwhile: a newer record of the request still waits.
-        await self._db.executemany("DELETE FROM outbox WHERE request_id = ? AND record = ?", sent)
-        await self._db.commit()
+        await self._writer.submit(_Remove(tuple(sent)))
         self.backlog = await self.pending()
         for record, result in zip(records, reply.results, strict=True):
             if result.error.code == grpc.StatusCode.OK.value[0]:

@@ -1,37 +1,48 @@
-"""Client interceptors that add the same metadata to every call of a channel
-(the mesh's service token). grpc.aio files each interceptor under the first
-call kind it is, so there is one class per kind."""
+"""Client interceptors that rewrite a call's details before it goes out: one
+family for every rewrite (the mesh's service token on every call of a
+channel, the current request's x-request-id). grpc.aio files each
+interceptor under the first call kind it is, so the family has one thin
+class per kind around one rewrite."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Sequence
-from typing import TypeVar
+from typing import TypeAlias, TypeVar
 
 import grpc
 
 RequestT = TypeVar("RequestT")
 ResponseT = TypeVar("ResponseT")
 
-
-class _FixedMetadata:
-    def __init__(self, pairs: Sequence[tuple[str, str]]) -> None:
-        self._pairs = tuple(pairs)
-
-    def _details(self, details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
-        metadata = grpc.aio.Metadata(*(details.metadata or ()))
-        for key, value in self._pairs:
-            if metadata.get(key) is None:
-                metadata.add(key, value)
-        return grpc.aio.ClientCallDetails(
-            details.method,
-            details.timeout,
-            metadata,
-            details.credentials,
-            details.wait_for_ready,
-        )
+Rewrite: TypeAlias = Callable[[grpc.aio.ClientCallDetails], grpc.aio.ClientCallDetails]
 
 
-class _UnaryUnary(_FixedMetadata, grpc.aio.UnaryUnaryClientInterceptor):
+def with_missing_metadata(
+    details: grpc.aio.ClientCallDetails, pairs: Iterable[tuple[str, str]]
+) -> grpc.aio.ClientCallDetails:
+    """`details` with those of `pairs` whose key the call does not set itself;
+    the same details when there are none to add."""
+    metadata = grpc.aio.Metadata(*(details.metadata or ()))
+    missing = [(key, value) for key, value in pairs if metadata.get(key) is None]
+    if not missing:
+        return details
+    for key, value in missing:
+        metadata.add(key, value)
+    return grpc.aio.ClientCallDetails(
+        details.method,
+        details.timeout,
+        metadata,
+        details.credentials,
+        details.wait_for_ready,
+    )
+
+
+class _Rewriting:
+    def __init__(self, rewrite: Rewrite) -> None:
+        self._rewrite = rewrite
+
+
+class _UnaryUnary(_Rewriting, grpc.aio.UnaryUnaryClientInterceptor):
     async def intercept_unary_unary(
         self,
         continuation: Callable[
@@ -41,10 +52,10 @@ class _UnaryUnary(_FixedMetadata, grpc.aio.UnaryUnaryClientInterceptor):
         client_call_details: grpc.aio.ClientCallDetails,
         request: RequestT,
     ) -> ResponseT | grpc.aio.UnaryUnaryCall[RequestT, ResponseT]:
-        return await continuation(self._details(client_call_details), request)
+        return await continuation(self._rewrite(client_call_details), request)
 
 
-class _UnaryStream(_FixedMetadata, grpc.aio.UnaryStreamClientInterceptor):
+class _UnaryStream(_Rewriting, grpc.aio.UnaryStreamClientInterceptor):
     async def intercept_unary_stream(
         self,
         continuation: Callable[
@@ -54,10 +65,10 @@ class _UnaryStream(_FixedMetadata, grpc.aio.UnaryStreamClientInterceptor):
         client_call_details: grpc.aio.ClientCallDetails,
         request: RequestT,
     ) -> AsyncIterator[ResponseT] | grpc.aio.UnaryStreamCall[RequestT, ResponseT]:
-        return await continuation(self._details(client_call_details), request)
+        return await continuation(self._rewrite(client_call_details), request)
 
 
-class _StreamUnary(_FixedMetadata, grpc.aio.StreamUnaryClientInterceptor):
+class _StreamUnary(_Rewriting, grpc.aio.StreamUnaryClientInterceptor):
     async def intercept_stream_unary(
         self,
         continuation: Callable[
@@ -67,10 +78,10 @@ class _StreamUnary(_FixedMetadata, grpc.aio.StreamUnaryClientInterceptor):
         client_call_details: grpc.aio.ClientCallDetails,
         request_iterator: AsyncIterable[RequestT] | Iterable[RequestT],
     ) -> ResponseT | grpc.aio.StreamUnaryCall[RequestT, ResponseT]:
-        return await continuation(self._details(client_call_details), request_iterator)
+        return await continuation(self._rewrite(client_call_details), request_iterator)
 
 
-class _StreamStream(_FixedMetadata, grpc.aio.StreamStreamClientInterceptor):
+class _StreamStream(_Rewriting, grpc.aio.StreamStreamClientInterceptor):
     async def intercept_stream_stream(
         self,
         continuation: Callable[
@@ -80,11 +91,17 @@ class _StreamStream(_FixedMetadata, grpc.aio.StreamStreamClientInterceptor):
         client_call_details: grpc.aio.ClientCallDetails,
         request_iterator: AsyncIterable[RequestT] | Iterable[RequestT],
     ) -> AsyncIterator[ResponseT] | grpc.aio.StreamStreamCall[RequestT, ResponseT]:
-        return await continuation(self._details(client_call_details), request_iterator)
+        return await continuation(self._rewrite(client_call_details), request_iterator)
+
+
+def rewriting_interceptors(rewrite: Rewrite) -> list[grpc.aio.ClientInterceptor]:
+    """One interceptor per call kind, each sending every call with `rewrite(details)`."""
+    return [kind(rewrite) for kind in (_UnaryUnary, _UnaryStream, _StreamUnary, _StreamStream)]
 
 
 def fixed_metadata_interceptors(
     pairs: Sequence[tuple[str, str]],
 ) -> list[grpc.aio.ClientInterceptor]:
     """Interceptors adding `pairs` to every call that does not set those keys itself."""
-    return [_UnaryUnary(pairs), _UnaryStream(pairs), _StreamUnary(pairs), _StreamStream(pairs)]
+    fixed = tuple(pairs)
+    return rewriting_interceptors(lambda details: with_missing_metadata(details, fixed))

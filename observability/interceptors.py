@@ -7,11 +7,12 @@ task that runs the handler (and every call it makes), not only around
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
-from typing import Any, TypeAlias, TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeAlias
 
 import grpc
 
+from observability.call_metadata import rewriting_interceptors, with_missing_metadata
 from observability.context import (
     REQUEST_ID_METADATA_KEY,
     bind_request,
@@ -25,9 +26,6 @@ from observability.handlers import (
     unchanged,
     written_in_call_task,
 )
-
-RequestT = TypeVar("RequestT")
-ResponseT = TypeVar("ResponseT")
 
 # A string: grpc's runtime classes are not subscriptable, only its stubs are.
 Continuation: TypeAlias = (
@@ -106,83 +104,10 @@ def _with_request_id(details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCall
     request_id = current_request_id()
     if request_id is None:
         return details
-    metadata = grpc.aio.Metadata(*(details.metadata or ()))
-    if metadata.get(REQUEST_ID_METADATA_KEY) is not None:
-        return details
-    metadata.add(REQUEST_ID_METADATA_KEY, request_id)
-    return grpc.aio.ClientCallDetails(
-        details.method,
-        details.timeout,
-        metadata,
-        details.credentials,
-        details.wait_for_ready,
-    )
+    return with_missing_metadata(details, ((REQUEST_ID_METADATA_KEY, request_id),))
 
 
-class RequestContextClientInterceptor:
-    """Adds the current request's x-request-id to outgoing calls that do not
-    set one. grpc.aio files each interceptor under the first call kind it is,
-    so one object cannot serve all four: `for_all_call_kinds` gives one of each."""
-
-    @staticmethod
-    def for_all_call_kinds() -> list[grpc.aio.ClientInterceptor]:
-        return [
-            _RequestIdUnaryUnary(),
-            _RequestIdUnaryStream(),
-            _RequestIdStreamUnary(),
-            _RequestIdStreamStream(),
-        ]
-
-
-class _RequestIdUnaryUnary(RequestContextClientInterceptor, grpc.aio.UnaryUnaryClientInterceptor):
-    async def intercept_unary_unary(
-        self,
-        continuation: Callable[
-            [grpc.aio.ClientCallDetails, RequestT],
-            Awaitable[grpc.aio.UnaryUnaryCall[RequestT, ResponseT]],
-        ],
-        client_call_details: grpc.aio.ClientCallDetails,
-        request: RequestT,
-    ) -> ResponseT | grpc.aio.UnaryUnaryCall[RequestT, ResponseT]:
-        return await continuation(_with_request_id(client_call_details), request)
-
-
-class _RequestIdUnaryStream(RequestContextClientInterceptor, grpc.aio.UnaryStreamClientInterceptor):
-    async def intercept_unary_stream(
-        self,
-        continuation: Callable[
-            [grpc.aio.ClientCallDetails, RequestT],
-            Awaitable[grpc.aio.UnaryStreamCall[RequestT, ResponseT]],
-        ],
-        client_call_details: grpc.aio.ClientCallDetails,
-        request: RequestT,
-    ) -> AsyncIterator[ResponseT] | grpc.aio.UnaryStreamCall[RequestT, ResponseT]:
-        return await continuation(_with_request_id(client_call_details), request)
-
-
-class _RequestIdStreamUnary(RequestContextClientInterceptor, grpc.aio.StreamUnaryClientInterceptor):
-    async def intercept_stream_unary(
-        self,
-        continuation: Callable[
-            [grpc.aio.ClientCallDetails, AsyncIterable[RequestT] | Iterable[RequestT]],
-            Awaitable[grpc.aio.StreamUnaryCall[RequestT, ResponseT]],
-        ],
-        client_call_details: grpc.aio.ClientCallDetails,
-        request_iterator: AsyncIterable[RequestT] | Iterable[RequestT],
-    ) -> ResponseT | grpc.aio.StreamUnaryCall[RequestT, ResponseT]:
-        return await continuation(_with_request_id(client_call_details), request_iterator)
-
-
-class _RequestIdStreamStream(
-    RequestContextClientInterceptor, grpc.aio.StreamStreamClientInterceptor
-):
-    async def intercept_stream_stream(
-        self,
-        continuation: Callable[
-            [grpc.aio.ClientCallDetails, AsyncIterable[RequestT] | Iterable[RequestT]],
-            Awaitable[grpc.aio.StreamStreamCall[RequestT, ResponseT]],
-        ],
-        client_call_details: grpc.aio.ClientCallDetails,
-        request_iterator: AsyncIterable[RequestT] | Iterable[RequestT],
-    ) -> AsyncIterator[ResponseT] | grpc.aio.StreamStreamCall[RequestT, ResponseT]:
-        return await continuation(_with_request_id(client_call_details), request_iterator)
+def request_id_client_interceptors() -> list[grpc.aio.ClientInterceptor]:
+    """Interceptors adding the current request's x-request-id to outgoing
+    calls that do not set one."""
+    return rewriting_interceptors(_with_request_id)

@@ -21,9 +21,9 @@ from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased, TraceIdRat
 from opentelemetry.trace import Tracer
 
 from observability.interceptors import (
-    RequestContextClientInterceptor,
     RequestContextServerInterceptor,
     StreamClosingServerInterceptor,
+    request_id_client_interceptors,
 )
 from observability.propagation import ensure_w3c_propagation
 from observability.settings import TelemetrySettings
@@ -146,7 +146,7 @@ def setup(
             RequestContextServerInterceptor(),
         ],
         _client_interceptors=[
-            *RequestContextClientInterceptor.for_all_call_kinds(),
+            *request_id_client_interceptors(),
             *aio_client_interceptors(tracer_provider=tracer_provider),  # type: ignore[no-untyped-call]
         ],
         _metrics_endpoint=endpoint,

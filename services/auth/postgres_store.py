@@ -4,13 +4,14 @@ acknowledged write is durable when the call returns."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any
 
 import asyncpg
 
+from services.auth import rows
 from services.auth.models import (
     ApiKeyRecord,
     AuditEntry,
@@ -18,10 +19,7 @@ from services.auth.models import (
     IdempotencyClaim,
     Plan,
     Priority,
-    RequestStatus,
     Restriction,
-    RestrictionAction,
-    Scope,
     Tenant,
     UsageBucket,
     UsageRecord,
@@ -115,43 +113,15 @@ _POSTGRES_BUCKET_KEYS = {
 }
 
 
-def _tenant(row: Any) -> Tenant:
-    return Tenant(
-        row["tenant_id"],
-        row["name"],
-        Priority(row["priority"]),
-        row["created_at"],
-        Plan.from_json(row["plan"]),
-    )
+def _as_stored(at: datetime) -> datetime:
+    """TIMESTAMPTZ columns take and give datetimes as they are."""
+    return at
 
 
-def _key(row: Any) -> ApiKeyRecord:
-    return ApiKeyRecord(
-        key_id=row["key_id"],
-        tenant_id=row["tenant_id"],
-        name=row["name"],
-        scopes=tuple(Scope(s) for s in row["scopes"]),
-        secret_hash=bytes(row["secret_hash"]),
-        created_at=row["created_at"],
-        revoked_at=row["revoked_at"],
-        expires_at=row["expires_at"],
-    )
-
-
-def _usage(row: Any) -> UsageRecord:
-    return UsageRecord(
-        request_id=row["request_id"],
-        tenant_id=row["tenant_id"],
-        key_id=row["key_id"],
-        model=row["model"],
-        prompt_tokens=row["prompt_tokens"],
-        completion_tokens=row["completion_tokens"],
-        start_time=row["start_time"],
-        end_time=row["end_time"],
-        status=RequestStatus(row["status"]),
-        cached_tokens=row["cached_tokens"],
-        client_request_id=row["client_request_id"],
-    )
+def _insert(table: str, row: Mapping[str, object], tail: str = "") -> tuple[str, list[object]]:
+    """INSERT INTO `table` with `row`'s columns as $1, $2, ... in its order; and the values."""
+    marks = ", ".join(f"${i}" for i in range(1, len(row) + 1))
+    return f"INSERT INTO {table} ({', '.join(row)}) VALUES ({marks}){tail}", list(row.values())
 
 
 class PostgresAuthStore:
@@ -160,20 +130,14 @@ class PostgresAuthStore:
 
     async def create_tenant(self, tenant: Tenant) -> None:
         try:
-            await self._pool.execute(
-                "INSERT INTO tenants VALUES ($1, $2, $3, $4, $5)",
-                tenant.tenant_id,
-                tenant.name,
-                int(tenant.priority),
-                tenant.created_at,
-                tenant.plan.to_json(),
-            )
+            sql, args = _insert("tenants", rows.tenant_row(tenant, _as_stored))
+            await self._pool.execute(sql, *args)
         except asyncpg.UniqueViolationError as err:
             raise TenantExistsError(tenant.name) from err
 
     async def get_tenant(self, tenant_id: str) -> Tenant | None:
         row = await self._pool.fetchrow("SELECT * FROM tenants WHERE tenant_id = $1", tenant_id)
-        return _tenant(row) if row else None
+        return rows.tenant_from(row, _as_stored) if row else None
 
     async def set_plan(
         self, tenant_id: str, plan: Plan, priority: Priority | None
@@ -185,7 +149,7 @@ class PostgresAuthStore:
             plan.to_json(),
             int(priority) if priority is not None else None,
         )
-        return _tenant(row) if row else None
+        return rows.tenant_from(row, _as_stored) if row else None
 
     async def tokens_used_since(self, tenant_id: str, since: datetime) -> int:
         used = await self._pool.fetchval(
@@ -197,30 +161,24 @@ class PostgresAuthStore:
         return int(used)
 
     async def list_tenants(self) -> list[Tenant]:
-        rows = await self._pool.fetch("SELECT * FROM tenants ORDER BY created_at, name")
-        return [_tenant(r) for r in rows]
+        found = await self._pool.fetch("SELECT * FROM tenants ORDER BY created_at, name")
+        return [rows.tenant_from(r, _as_stored) for r in found]
 
     async def create_key(self, key: ApiKeyRecord) -> None:
-        await self._pool.execute(
-            "INSERT INTO api_keys VALUES ($1, $2, $3, $4, $5, $6, NULL, $7)",
-            key.key_id,
-            key.tenant_id,
-            key.name,
-            [s.value for s in key.scopes],
-            key.secret_hash,
-            key.created_at,
-            key.expires_at,
+        sql, args = _insert(
+            "api_keys", rows.key_row(key, _as_stored, scopes=[s.value for s in key.scopes])
         )
+        await self._pool.execute(sql, *args)
 
     async def get_key(self, key_id: str) -> ApiKeyRecord | None:
         row = await self._pool.fetchrow("SELECT * FROM api_keys WHERE key_id = $1", key_id)
-        return _key(row) if row else None
+        return rows.key_from(row, _as_stored, row["scopes"]) if row else None
 
     async def list_keys(self, tenant_id: str) -> list[ApiKeyRecord]:
-        rows = await self._pool.fetch(
+        found = await self._pool.fetch(
             "SELECT * FROM api_keys WHERE tenant_id = $1 ORDER BY created_at", tenant_id
         )
-        return [_key(r) for r in rows]
+        return [rows.key_from(r, _as_stored, r["scopes"]) for r in found]
 
     async def revoke_key(self, key_id: str, at: datetime) -> ApiKeyRecord | None:
         row = await self._pool.fetchrow(
@@ -229,25 +187,16 @@ class PostgresAuthStore:
             key_id,
             at,
         )
-        return _key(row) if row else None
+        return rows.key_from(row, _as_stored, row["scopes"]) if row else None
 
     async def record_usage(self, record: UsageRecord) -> tuple[UsageRecord, bool]:
         async with self._pool.acquire() as conn, conn.transaction():
-            inserted = await conn.fetchrow(
-                "INSERT INTO usage_records VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+            sql, args = _insert(
+                "usage_records",
+                rows.usage_row(record, _as_stored),
                 " ON CONFLICT (request_id) DO NOTHING RETURNING request_id",
-                record.request_id,
-                record.tenant_id,
-                record.key_id,
-                record.model,
-                record.prompt_tokens,
-                record.completion_tokens,
-                record.start_time,
-                record.end_time,
-                record.status.value,
-                record.cached_tokens,
-                record.client_request_id,
             )
+            inserted = await conn.fetchrow(sql, *args)
             if inserted is not None:
                 return record, False
             # Locked until the transaction ends: concurrent records of one
@@ -256,21 +205,17 @@ class PostgresAuthStore:
                 "SELECT * FROM usage_records WHERE request_id = $1 FOR UPDATE", record.request_id
             )
             assert row is not None  # the conflict proves it is there; rows are never deleted
-            stored = _usage(row)
+            stored = rows.usage_from(row, _as_stored)
             merged = stored.superseded_by(record)
             if merged is None or merged == stored:
                 return stored, True
+            changed = rows.usage_row(merged, _as_stored)
+            columns = rows.SUPERSEDED_USAGE_COLUMNS
+            assignments = ", ".join(f"{c} = ${i}" for i, c in enumerate(columns, start=2))
             await conn.execute(
-                "UPDATE usage_records SET prompt_tokens = $2, completion_tokens = $3,"
-                " cached_tokens = $4, end_time = $5, status = $6, client_request_id = $7"
-                " WHERE request_id = $1",
+                f"UPDATE usage_records SET {assignments} WHERE request_id = $1",
                 merged.request_id,
-                merged.prompt_tokens,
-                merged.completion_tokens,
-                merged.cached_tokens,
-                merged.end_time,
-                merged.status.value,
-                merged.client_request_id,
+                *(changed[c] for c in columns),
             )
             return merged, True
 
@@ -278,7 +223,7 @@ class PostgresAuthStore:
         self, tenant_id: str, start: datetime | None, end: datetime | None, by: Grouping
     ) -> list[UsageBucket]:
         key = _POSTGRES_BUCKET_KEYS[by]
-        rows = await self._pool.fetch(
+        found = await self._pool.fetch(
             f"SELECT {key} AS k, COUNT(*) AS n, SUM(prompt_tokens) AS p,"
             " SUM(completion_tokens) AS c FROM usage_records WHERE tenant_id = $1"
             " AND ($2::timestamptz IS NULL OR end_time >= $2)"
@@ -287,7 +232,7 @@ class PostgresAuthStore:
             start,
             end,
         )
-        return [UsageBucket(r["k"], int(r["n"]), int(r["p"]), int(r["c"])) for r in rows]
+        return [UsageBucket(r["k"], int(r["n"]), int(r["p"]), int(r["c"])) for r in found]
 
     async def usage_summary(
         self, tenant_id: str, start: datetime | None, end: datetime | None
@@ -304,104 +249,54 @@ class PostgresAuthStore:
         return UsageSummary(tenant_id, int(row["n"]), int(row["p"]), int(row["c"]))
 
     async def save_restriction(self, restriction: Restriction, audit: AuditEntry) -> None:
-        r = restriction
+        save, save_args = _insert(
+            "restrictions",
+            rows.restriction_row(restriction, _as_stored),
+            " ON CONFLICT (restriction_id) DO UPDATE SET"
+            " lifted_at = EXCLUDED.lifted_at, lifted_by = EXCLUDED.lifted_by,"
+            " expires_at = EXCLUDED.expires_at",
+        )
+        log, log_args = _insert("audit_log", rows.audit_row(audit, _as_stored))
         async with self._pool.acquire() as conn, conn.transaction():
-            await conn.execute(
-                "INSERT INTO restrictions"
-                " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
-                " ON CONFLICT (restriction_id) DO UPDATE SET"
-                " lifted_at = EXCLUDED.lifted_at, lifted_by = EXCLUDED.lifted_by,"
-                " expires_at = EXCLUDED.expires_at",
-                r.restriction_id,
-                r.tenant_id,
-                r.key_id,
-                r.action.value,
-                r.requests_per_minute,
-                r.created_at,
-                r.expires_at,
-                r.reason,
-                r.actor,
-                r.alert_id,
-                r.lifted_at,
-                r.lifted_by,
-            )
-            await conn.execute(
-                "INSERT INTO audit_log VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-                audit.audit_id,
-                audit.at,
-                audit.actor,
-                audit.action,
-                audit.restriction_id,
-                audit.tenant_id,
-                audit.key_id,
-                audit.detail,
-            )
+            await conn.execute(save, *save_args)
+            await conn.execute(log, *log_args)
 
     async def list_restrictions(self, tenant_id: str | None) -> list[Restriction]:
-        rows = await self._pool.fetch(
+        found = await self._pool.fetch(
             "SELECT * FROM restrictions WHERE ($1::text IS NULL OR tenant_id = $1)"
             " ORDER BY created_at DESC",
             tenant_id,
         )
-        return [
-            Restriction(
-                restriction_id=r["restriction_id"],
-                tenant_id=r["tenant_id"],
-                key_id=r["key_id"],
-                action=RestrictionAction(r["action"]),
-                requests_per_minute=r["requests_per_minute"],
-                created_at=r["created_at"],
-                expires_at=r["expires_at"],
-                reason=r["reason"],
-                actor=r["actor"],
-                alert_id=r["alert_id"],
-                lifted_at=r["lifted_at"],
-                lifted_by=r["lifted_by"],
-            )
-            for r in rows
-        ]
+        return [rows.restriction_from(r, _as_stored) for r in found]
 
     async def list_audit(self, tenant_id: str | None, limit: int) -> list[AuditEntry]:
-        rows = await self._pool.fetch(
+        found = await self._pool.fetch(
             "SELECT * FROM audit_log WHERE ($1::text IS NULL OR tenant_id = $1)"
             " ORDER BY at DESC LIMIT $2",
             tenant_id,
             limit,
         )
-        return [
-            AuditEntry(
-                audit_id=r["audit_id"],
-                at=r["at"],
-                actor=r["actor"],
-                action=r["action"],
-                restriction_id=r["restriction_id"],
-                tenant_id=r["tenant_id"],
-                key_id=r["key_id"],
-                detail=r["detail"],
-            )
-            for r in rows
-        ]
+        return [rows.audit_from(r, _as_stored) for r in found]
 
     async def claim_idempotency_key(self, claim: IdempotencyClaim) -> IdempotencyClaim:
         # The unique key decides between concurrent claims, whichever auth
         # process they reach. One statement inserts or reads the winner; it
         # finds neither when the winner committed after the statement's
         # snapshot was taken (or was freed meanwhile): then it runs again.
+        # claim_row's first two columns, tenant_id and key, are $1 and $2.
+        insert, args = _insert(
+            "idempotency_keys",
+            rows.claim_row(claim, _as_stored),
+            " ON CONFLICT (tenant_id, key) DO NOTHING RETURNING *",
+        )
         while True:
             row = await self._pool.fetchrow(
-                "WITH ins AS (INSERT INTO idempotency_keys VALUES ($1, $2, $3, $4)"
-                " ON CONFLICT (tenant_id, key) DO NOTHING RETURNING *)"
-                " SELECT * FROM ins UNION ALL SELECT * FROM idempotency_keys"
-                " WHERE tenant_id = $1 AND key = $2 LIMIT 1",
-                claim.tenant_id,
-                claim.key,
-                claim.request_id,
-                claim.created_at,
+                f"WITH ins AS ({insert}) SELECT * FROM ins UNION ALL SELECT * FROM"
+                " idempotency_keys WHERE tenant_id = $1 AND key = $2 LIMIT 1",
+                *args,
             )
             if row is not None:
-                return IdempotencyClaim(
-                    row["tenant_id"], row["key"], row["request_id"], row["created_at"]
-                )
+                return rows.claim_from(row, _as_stored)
 
     async def free_idempotency_key(self, tenant_id: str, key: str, request_id: str) -> None:
         await self._pool.execute(
@@ -424,6 +319,8 @@ async def open_postgres_store(
 ) -> AsyncIterator[PostgresAuthStore]:
     """Opens a pool (in `schema` when given, which must exist) and creates the tables."""
     settings = {"search_path": schema} if schema else None
+    # Ten connections: auth's concurrent writes (each one short statement) wait
+    # little behind ten, and ten per process leave room on a default server (100).
     pool = await asyncpg.create_pool(dsn, min_size=1, max_size=10, server_settings=settings)
     try:
         async with pool.acquire() as conn:

@@ -1,22 +1,20 @@
 """AuthStore on SQLite (WAL): the embedded default.
 
 Times are stored as integer microseconds since the epoch (UTC), so ranges
-compare as integers. `synchronous=NORMAL` in WAL mode survives a crash of
-this process (the failure a service must survive); only an OS crash can lose
-the last commits."""
+compare as integers. Opened as `connect_wal` opens every SQLite file of the
+mesh: a commit survives a crash of this process."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
 import aiosqlite
 
+from services.auth import rows
 from services.auth.models import (
     ApiKeyRecord,
     AuditEntry,
@@ -24,16 +22,15 @@ from services.auth.models import (
     IdempotencyClaim,
     Plan,
     Priority,
-    RequestStatus,
     Restriction,
-    RestrictionAction,
-    Scope,
     Tenant,
     UsageBucket,
     UsageRecord,
     UsageSummary,
 )
+from services.auth.rows import Row
 from services.auth.store import TenantExistsError
+from services.common.sqlite_writer import GroupCommitWriter, connect_wal
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS tenants (
@@ -125,206 +122,69 @@ def _from_us(us: int) -> datetime:
     return datetime.fromtimestamp(us / 1_000_000, tz=UTC)
 
 
-def _tenant(row: sqlite3.Row) -> Tenant:
-    return Tenant(
-        row["tenant_id"],
-        row["name"],
-        Priority(row["priority"]),
-        _from_us(row["created_at"]),
-        Plan.from_json(row["plan"]),
-    )
+# An end past every stored time (2**62 microseconds is some 146,000 years).
+_NEVER_US = 2**62
 
 
-def _key(row: sqlite3.Row) -> ApiKeyRecord:
-    return ApiKeyRecord(
-        key_id=row["key_id"],
-        tenant_id=row["tenant_id"],
-        name=row["name"],
-        scopes=tuple(Scope(s) for s in row["scopes"].split(",") if s),
-        secret_hash=bytes(row["secret_hash"]),
-        created_at=_from_us(row["created_at"]),
-        revoked_at=_from_us(row["revoked_at"]) if row["revoked_at"] is not None else None,
-        expires_at=_from_us(row["expires_at"]) if row["expires_at"] is not None else None,
-    )
+def _insert(verb: str, table: str, row: Mapping[str, object]) -> str:
+    """`verb` INTO `table` with `row`'s columns, each bound by name."""
+    return f"{verb} INTO {table} ({', '.join(row)}) VALUES ({', '.join(':' + c for c in row)})"
 
 
-def _usage(row: sqlite3.Row) -> UsageRecord:
-    return UsageRecord(
-        request_id=row["request_id"],
-        tenant_id=row["tenant_id"],
-        key_id=row["key_id"],
-        model=row["model"],
-        prompt_tokens=row["prompt_tokens"],
-        completion_tokens=row["completion_tokens"],
-        start_time=_from_us(row["start_time"]),
-        end_time=_from_us(row["end_time"]),
-        status=RequestStatus(row["status"]),
-        cached_tokens=row["cached_tokens"],
-        client_request_id=row["client_request_id"],
-    )
+def _scopes(row: Row) -> list[str]:
+    return [s for s in row["scopes"].split(",") if s]
 
 
-def _restriction(row: sqlite3.Row) -> Restriction:
-    return Restriction(
-        restriction_id=row["restriction_id"],
-        tenant_id=row["tenant_id"],
-        key_id=row["key_id"],
-        action=RestrictionAction(row["action"]),
-        requests_per_minute=int(row["requests_per_minute"]),
-        created_at=_from_us(row["created_at"]),
-        expires_at=_from_us(row["expires_at"]),
-        reason=row["reason"],
-        actor=row["actor"],
-        alert_id=row["alert_id"],
-        lifted_at=_from_us(row["lifted_at"]) if row["lifted_at"] is not None else None,
-        lifted_by=row["lifted_by"],
-    )
+def _usage(row: Row) -> UsageRecord:
+    return rows.usage_from(row, _from_us)
 
 
-def _audit(row: sqlite3.Row) -> AuditEntry:
-    return AuditEntry(
-        audit_id=row["audit_id"],
-        at=_from_us(row["at"]),
-        actor=row["actor"],
-        action=row["action"],
-        restriction_id=row["restriction_id"],
-        tenant_id=row["tenant_id"],
-        key_id=row["key_id"],
-        detail=row["detail"],
-    )
-
-
-class _LedgerWriter:
-    """Group commit for usage records: whatever arrives while one batch is being
-    written goes into the next, in one transaction. One caller waits no longer
-    than before; many callers share the cost of a commit. A record is
-    acknowledged only after its batch is committed."""
-
-    MAX_BATCH = 512
-
-    def __init__(self, db: aiosqlite.Connection) -> None:
-        self._db = db
-        self._pending: list[tuple[UsageRecord, asyncio.Future[tuple[UsageRecord, bool]]]] = []
-        self._wakeup = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        self._closing = False
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run())
-
-    async def aclose(self) -> None:
-        """Writes what was submitted, then stops."""
-        if self._task is not None:
-            self._closing = True
-            self._wakeup.set()
-            await self._task
-
-    async def submit(self, record: UsageRecord) -> tuple[UsageRecord, bool]:
-        future: asyncio.Future[tuple[UsageRecord, bool]] = (
-            asyncio.get_running_loop().create_future()
+async def _write_usage(
+    db: aiosqlite.Connection, records: Sequence[UsageRecord]
+) -> list[tuple[UsageRecord, bool]]:
+    """Appends each record unless its request is there (then the stored one,
+    superseded where the record says so); the ledger's group-commit batch."""
+    ids = sorted({r.request_id for r in records})
+    marks = ",".join("?" * len(ids))
+    async with db.execute(f"SELECT * FROM usage_records WHERE request_id IN ({marks})", ids) as cur:
+        stored = {row["request_id"]: _usage(row) for row in await cur.fetchall()}
+    results: list[tuple[UsageRecord, bool]] = []
+    new_rows = []
+    updated: dict[str, UsageRecord] = {}
+    for record in records:
+        first = stored.get(record.request_id)
+        if first is not None:
+            merged = first.superseded_by(record)
+            if merged is not None and merged != first:
+                stored[record.request_id] = updated[record.request_id] = merged
+                first = merged
+            results.append((first, True))
+            continue
+        stored[record.request_id] = record
+        new_rows.append(rows.usage_row(record, _to_us))
+        results.append((record, False))
+    if new_rows:
+        await db.executemany(_insert("INSERT", "usage_records", new_rows[0]), new_rows)
+    if updated:
+        # Rows inserted above are updated in place too: one statement per request.
+        assignments = ", ".join(f"{c} = :{c}" for c in rows.SUPERSEDED_USAGE_COLUMNS)
+        await db.executemany(
+            f"UPDATE usage_records SET {assignments} WHERE request_id = :request_id",
+            [rows.usage_row(r, _to_us) for r in updated.values()],
         )
-        self._pending.append((record, future))
-        self._wakeup.set()
-        # Shielded: a caller that goes away does not abort the write; retrying is safe.
-        return await asyncio.shield(future)
-
-    async def _run(self) -> None:
-        while True:
-            await self._wakeup.wait()
-            self._wakeup.clear()
-            while self._pending:
-                batch = self._pending[: self.MAX_BATCH]
-                del self._pending[: self.MAX_BATCH]
-                try:
-                    results = await self._write([record for record, _ in batch])
-                except Exception as err:
-                    with contextlib.suppress(Exception):
-                        await self._db.rollback()
-                    for _, future in batch:
-                        if not future.done():
-                            future.set_exception(err)
-                    continue
-                for (_, future), result in zip(batch, results, strict=True):
-                    if not future.done():
-                        future.set_result(result)
-            if self._closing:
-                return
-
-    async def _write(self, records: list[UsageRecord]) -> list[tuple[UsageRecord, bool]]:
-        ids = sorted({r.request_id for r in records})
-        marks = ",".join("?" * len(ids))
-        async with self._db.execute(
-            f"SELECT * FROM usage_records WHERE request_id IN ({marks})", ids
-        ) as cur:
-            stored = {row["request_id"]: _usage(row) for row in await cur.fetchall()}
-        results: list[tuple[UsageRecord, bool]] = []
-        new_rows = []
-        updated: dict[str, UsageRecord] = {}
-        for record in records:
-            first = stored.get(record.request_id)
-            if first is not None:
-                merged = first.superseded_by(record)
-                if merged is not None and merged != first:
-                    stored[record.request_id] = updated[record.request_id] = merged
-                    first = merged
-                results.append((first, True))
-                continue
-            stored[record.request_id] = record
-            new_rows.append(_usage_row(record))
-            results.append((record, False))
-        if new_rows:
-            await self._db.executemany(
-                "INSERT INTO usage_records VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", new_rows
-            )
-        if updated:
-            # Rows inserted above are updated in place too: one statement per request.
-            await self._db.executemany(
-                "UPDATE usage_records SET prompt_tokens = ?, completion_tokens = ?,"
-                " cached_tokens = ?, end_time = ?, status = ?, client_request_id = ?"
-                " WHERE request_id = ?",
-                [
-                    (r.prompt_tokens, r.completion_tokens, r.cached_tokens, _to_us(r.end_time),
-                     r.status.value, r.client_request_id, r.request_id)
-                    for r in updated.values()
-                ],
-            )  # fmt: skip
-        await self._db.commit()
-        return results
-
-
-def _usage_row(record: UsageRecord) -> tuple[str | int, ...]:
-    return (
-        record.request_id,
-        record.tenant_id,
-        record.key_id,
-        record.model,
-        record.prompt_tokens,
-        record.completion_tokens,
-        _to_us(record.start_time),
-        _to_us(record.end_time),
-        record.status.value,
-        record.cached_tokens,
-        record.client_request_id,
-    )
+    return results
 
 
 class SqliteAuthStore:
     def __init__(self, db: aiosqlite.Connection) -> None:
         self._db = db
-        self._ledger = _LedgerWriter(db)
+        # Group commit for usage records: many callers share the cost of a commit.
+        self._ledger = GroupCommitWriter(db, _write_usage)
 
     async def create_tenant(self, tenant: Tenant) -> None:
         try:
-            await self._db.execute(
-                "INSERT INTO tenants VALUES (?, ?, ?, ?, ?)",
-                (
-                    tenant.tenant_id,
-                    tenant.name,
-                    int(tenant.priority),
-                    _to_us(tenant.created_at),
-                    tenant.plan.to_json(),
-                ),
-            )
+            row = rows.tenant_row(tenant, _to_us)
+            await self._db.execute(_insert("INSERT", "tenants", row), row)
             await self._db.commit()
         except sqlite3.IntegrityError as err:
             await self._db.rollback()
@@ -335,7 +195,7 @@ class SqliteAuthStore:
             "SELECT * FROM tenants WHERE tenant_id = ?", (tenant_id,)
         ) as cur:
             row = await cur.fetchone()
-        return _tenant(row) if row else None
+        return rows.tenant_from(row, _from_us) if row else None
 
     async def set_plan(
         self, tenant_id: str, plan: Plan, priority: Priority | None
@@ -358,33 +218,23 @@ class SqliteAuthStore:
 
     async def list_tenants(self) -> list[Tenant]:
         async with self._db.execute("SELECT * FROM tenants ORDER BY created_at, name") as cur:
-            return [_tenant(r) for r in await cur.fetchall()]
+            return [rows.tenant_from(r, _from_us) for r in await cur.fetchall()]
 
     async def create_key(self, key: ApiKeyRecord) -> None:
-        await self._db.execute(
-            "INSERT INTO api_keys VALUES (?, ?, ?, ?, ?, ?, NULL, ?)",
-            (
-                key.key_id,
-                key.tenant_id,
-                key.name,
-                ",".join(key.scopes),
-                key.secret_hash,
-                _to_us(key.created_at),
-                _to_us(key.expires_at) if key.expires_at else None,
-            ),
-        )
+        row = rows.key_row(key, _to_us, scopes=",".join(key.scopes))
+        await self._db.execute(_insert("INSERT", "api_keys", row), row)
         await self._db.commit()
 
     async def get_key(self, key_id: str) -> ApiKeyRecord | None:
         async with self._db.execute("SELECT * FROM api_keys WHERE key_id = ?", (key_id,)) as cur:
             row = await cur.fetchone()
-        return _key(row) if row else None
+        return rows.key_from(row, _from_us, _scopes(row)) if row else None
 
     async def list_keys(self, tenant_id: str) -> list[ApiKeyRecord]:
         async with self._db.execute(
             "SELECT * FROM api_keys WHERE tenant_id = ? ORDER BY created_at", (tenant_id,)
         ) as cur:
-            return [_key(r) for r in await cur.fetchall()]
+            return [rows.key_from(r, _from_us, _scopes(r)) for r in await cur.fetchall()]
 
     async def revoke_key(self, key_id: str, at: datetime) -> ApiKeyRecord | None:
         await self._db.execute(
@@ -405,7 +255,7 @@ class SqliteAuthStore:
             f"SELECT {key} AS k, COUNT(*), SUM(prompt_tokens), SUM(completion_tokens)"
             " FROM usage_records WHERE tenant_id = ? AND end_time >= ? AND end_time < ?"
             " GROUP BY k ORDER BY k",
-            (tenant_id, _to_us(start) if start else 0, _to_us(end) if end else 2**62),
+            (tenant_id, _to_us(start) if start else 0, _to_us(end) if end else _NEVER_US),
         ) as cur:
             rows = await cur.fetchall()
         return [UsageBucket(r[0], int(r[1]), int(r[2]), int(r[3])) for r in rows]
@@ -419,7 +269,7 @@ class SqliteAuthStore:
             (
                 tenant_id,
                 _to_us(start) if start else 0,
-                _to_us(end) if end else 2**62,
+                _to_us(end) if end else _NEVER_US,
             ),
         ) as cur:
             row = await cur.fetchone()
@@ -427,38 +277,11 @@ class SqliteAuthStore:
         return UsageSummary(tenant_id, int(row[0]), int(row[1]), int(row[2]))
 
     async def save_restriction(self, restriction: Restriction, audit: AuditEntry) -> None:
-        r = restriction
         try:
-            await self._db.execute(
-                "INSERT OR REPLACE INTO restrictions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    r.restriction_id,
-                    r.tenant_id,
-                    r.key_id,
-                    r.action.value,
-                    r.requests_per_minute,
-                    _to_us(r.created_at),
-                    _to_us(r.expires_at),
-                    r.reason,
-                    r.actor,
-                    r.alert_id,
-                    _to_us(r.lifted_at) if r.lifted_at else None,
-                    r.lifted_by,
-                ),
-            )
-            await self._db.execute(
-                "INSERT INTO audit_log VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    audit.audit_id,
-                    _to_us(audit.at),
-                    audit.actor,
-                    audit.action,
-                    audit.restriction_id,
-                    audit.tenant_id,
-                    audit.key_id,
-                    audit.detail,
-                ),
-            )
+            row = rows.restriction_row(restriction, _to_us)
+            await self._db.execute(_insert("INSERT OR REPLACE", "restrictions", row), row)
+            row = rows.audit_row(audit, _to_us)
+            await self._db.execute(_insert("INSERT", "audit_log", row), row)
             await self._db.commit()
         except BaseException:
             await self._db.rollback()
@@ -469,22 +292,22 @@ class SqliteAuthStore:
         async with self._db.execute(
             f"SELECT * FROM restrictions {where} ORDER BY created_at DESC", args
         ) as cur:
-            return [_restriction(r) for r in await cur.fetchall()]
+            return [rows.restriction_from(r, _from_us) for r in await cur.fetchall()]
 
     async def list_audit(self, tenant_id: str | None, limit: int) -> list[AuditEntry]:
         where, args = ("WHERE tenant_id = ?", (tenant_id,)) if tenant_id else ("", ())
         async with self._db.execute(
             f"SELECT * FROM audit_log {where} ORDER BY at DESC LIMIT ?", (*args, limit)
         ) as cur:
-            return [_audit(r) for r in await cur.fetchall()]
+            return [rows.audit_from(r, _from_us) for r in await cur.fetchall()]
 
     async def claim_idempotency_key(self, claim: IdempotencyClaim) -> IdempotencyClaim:
         # The primary key decides between concurrent claims; the read finds
         # the winner, unless it was freed in between: then claim again.
         while True:
+            claimed = rows.claim_row(claim, _to_us)
             await self._db.execute(
-                "INSERT OR IGNORE INTO idempotency_keys VALUES (?, ?, ?, ?)",
-                (claim.tenant_id, claim.key, claim.request_id, _to_us(claim.created_at)),
+                _insert("INSERT OR IGNORE", "idempotency_keys", claimed), claimed
             )
             await self._db.commit()
             async with self._db.execute(
@@ -493,9 +316,7 @@ class SqliteAuthStore:
             ) as cur:
                 row = await cur.fetchone()
             if row is not None:
-                return IdempotencyClaim(
-                    row["tenant_id"], row["key"], row["request_id"], _from_us(row["created_at"])
-                )
+                return rows.claim_from(row, _from_us)
 
     async def free_idempotency_key(self, tenant_id: str, key: str, request_id: str) -> None:
         await self._db.execute(
@@ -514,12 +335,9 @@ class SqliteAuthStore:
 
 @asynccontextmanager
 async def open_sqlite_store(path: Path) -> AsyncIterator[SqliteAuthStore]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    db = await aiosqlite.connect(path)
+    db = await connect_wal(path)
     try:
         db.row_factory = sqlite3.Row
-        await db.execute("PRAGMA journal_mode=WAL")
-        await db.execute("PRAGMA synchronous=NORMAL")
         await db.execute("PRAGMA foreign_keys=ON")
         # Other processes (the CLI reading usage) may hold the lock briefly.
         await db.execute("PRAGMA busy_timeout=5000")

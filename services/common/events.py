@@ -17,9 +17,11 @@ import grpc
 import structlog
 
 from maas.v1 import anomaly_pb2, anomaly_pb2_grpc
+from services.common.backoff import Backoff, reconnect_forever
 
 log = structlog.get_logger(__name__)
 
+# The first drop is logged, then one in a thousand: a full queue drops many a second.
 DROP_LOG_EVERY = 1000
 
 
@@ -27,6 +29,7 @@ DROP_LOG_EVERY = 1000
 class _CallState:
     in_call: int = 0
     closed_by_us: bool = False
+    broken: bool = False
 
 
 class EventPublisher:
@@ -44,6 +47,7 @@ class EventPublisher:
         self._initial_backoff_s = initial_backoff_s
         self._max_backoff_s = max_backoff_s
         self._task: asyncio.Task[None] | None = None
+        self._call = _CallState()  # the Report call open now, or the last one
         self.published = 0
         self.dropped = 0
         self.sent = 0
@@ -82,6 +86,11 @@ class EventPublisher:
     async def _events(self, state: _CallState) -> AsyncIterator[anomaly_pb2.Event]:
         while True:
             event = await self._queue.get()
+            if state.broken:
+                # grpc may still pull from a broken call's iterator while the
+                # next call drains the queue: the event goes back for that one.
+                self._queue.put_nowait(event)  # room: it was taken just now
+                return
             if event is None:
                 state.closed_by_us = True
                 return
@@ -89,19 +98,23 @@ class EventPublisher:
             yield event
 
     async def _run(self) -> None:
-        backoff = self._initial_backoff_s
-        while True:
-            state = _CallState()
-            try:
-                reply = await self._stub.Report(self._events(state), wait_for_ready=True)
-                self.sent += reply.accepted
-                backoff = self._initial_backoff_s
-            except grpc.aio.AioRpcError as err:
-                self.lost += state.in_call
-                log.warning(
-                    "event stream to anomaly broke", code=err.code().name, lost=state.in_call
-                )
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, self._max_backoff_s)
-            if state.closed_by_us:
-                return
+        backoff = Backoff(self._initial_backoff_s, self._max_backoff_s)
+        await reconnect_forever(
+            self._report, backoff, on_error=self._broken, errors=(grpc.aio.AioRpcError,)
+        )
+
+    async def _report(self, backoff: Backoff) -> bool:
+        """One Report call; True once aclose's end marker has gone into a call."""
+        if self._call.closed_by_us:
+            return True  # the end marker went into the call that broke: nothing follows it
+        self._call = _CallState()
+        reply = await self._stub.Report(self._events(self._call), wait_for_ready=True)
+        self.sent += reply.accepted
+        backoff.reset()
+        return self._call.closed_by_us
+
+    def _broken(self, err: Exception) -> None:
+        assert isinstance(err, grpc.aio.AioRpcError)
+        self._call.broken = True
+        self.lost += self._call.in_call
+        log.warning("event stream to anomaly broke", code=err.code().name, lost=self._call.in_call)

@@ -20,6 +20,7 @@ from vllm.v1.engine.async_llm import AsyncLLM
 from vllm.v1.engine.exceptions import EngineDeadError as VllmEngineDeadError
 from vllm.v1.metrics.loggers import StatLoggerBase
 
+from services.common.changes import ChangeSignal
 from services.inference.engine import (
     Capacity,
     Delta,
@@ -56,7 +57,7 @@ class _LoadRecorder(StatLoggerBase):
         self.kv_cache_usage = 0.0
         self._queries = 0.0
         self._hits = 0.0
-        self._changed = asyncio.Event()
+        self.changes = ChangeSignal()
         # When the engine last stepped: a wedged engine stops stepping.
         self.stepped_at = 0.0
 
@@ -80,17 +81,7 @@ class _LoadRecorder(StatLoggerBase):
         cache = scheduler_stats.prefix_cache_stats
         self._queries = self._queries * self.HIT_RATE_DECAY + cache.queries
         self._hits = self._hits * self.HIT_RATE_DECAY + cache.hits
-        self.notify()
-
-    def notify(self) -> None:
-        """Wakes the load watchers."""
-        self._changed.set()
-        self._changed = asyncio.Event()
-
-    @property
-    def changed(self) -> asyncio.Event:
-        """Set at the next step's record; a fresh one is made after each."""
-        return self._changed
+        self.changes.notify()
 
     def log_engine_initialized(self) -> None:
         pass
@@ -283,7 +274,7 @@ class VllmEngine:
             raise InvalidRequestError(err.parameter or _culprit(options), str(err)) from err
         finally:
             self._promised.pop(request_id, None)
-            self._load.notify()
+            self._load.changes.notify()
 
     async def abort(self, request_ids: Sequence[str]) -> list[str]:
         running = [rid for rid in request_ids if rid in self._promised]
@@ -309,7 +300,7 @@ class VllmEngine:
     async def watch_load(self) -> AsyncGenerator[LoadSnapshot, None]:
         last: LoadSnapshot | None = None
         while True:
-            changed = self._load.changed
+            changed = self._load.changes.next
             now = self.load()
             if now != last:
                 yield now

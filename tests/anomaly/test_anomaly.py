@@ -89,3 +89,29 @@ async def test_events_wait_for_anomaly_to_come_up(telemetry: Telemetry) -> None:
             await publisher.aclose()
         finally:
             await server.stop(0)
+
+
+async def test_a_broken_stream_counts_its_events_lost_and_the_next_one_delivers(
+    telemetry: Telemetry,
+) -> None:
+    port = free_port()
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+        publisher = EventPublisher(ch, initial_backoff_s=0.05)
+        await publisher.start()
+        first = AnomalyCore()
+        server = await start(telemetry, first, port=port)
+        for _ in range(4):
+            publisher.publish(event("before"))
+        await eventually(lambda: first.stats().total == 4)
+        await server.stop(0)  # the open call breaks with its four events in it
+        await eventually(lambda: publisher.lost == 4)
+        second = AnomalyCore()
+        server = await start(telemetry, second, port=port)
+        try:
+            for _ in range(3):
+                publisher.publish(event("after"))
+            await eventually(lambda: second.stats().total == 3)
+            await publisher.aclose()
+            assert (publisher.sent, publisher.lost, publisher.dropped) == (3, 4, 0)
+        finally:
+            await server.stop(0)
