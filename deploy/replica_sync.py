@@ -25,8 +25,8 @@ from dataclasses import dataclass
 import grpc
 import structlog
 
-from maas.connection import SERVICE_TOKEN_VARIABLE
 from maas.v1 import router_pb2, router_pb2_grpc
+from maas_cli.connection import SERVICE_TOKEN_VARIABLE
 from observability.logging import configure_logging
 from observability.settings import TelemetrySettings
 

@@ -15,7 +15,7 @@ import google.rpc
 import pytest
 import pytest_asyncio
 
-from maas.client import MaasClient
+from maas_cli.client import MaasClient
 from tests.mesh import Mesh, TenantKey
 from tests.support import ProcessResult, eventually, run_process
 

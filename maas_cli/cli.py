@@ -17,13 +17,13 @@ from google.protobuf import timestamp_pb2
 from rich.console import Console
 from rich.table import Table
 
-from maas import admin_actions, usage_report
-from maas import top as top_view
-from maas.admin_cli import admin
-from maas.client import MaasClient
-from maas.connection import Connection
-from maas.severity import SEVERITIES, severity_markup
 from maas.v1 import anomaly_pb2, anomaly_pb2_grpc, metering_pb2, metering_pb2_grpc
+from maas_cli import admin_actions, usage_report
+from maas_cli import top as top_view
+from maas_cli.admin_cli import admin
+from maas_cli.client import MaasClient
+from maas_cli.connection import Connection
+from maas_cli.severity import SEVERITIES, severity_markup
 
 T = TypeVar("T")
 

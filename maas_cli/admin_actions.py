@@ -13,9 +13,9 @@ import typer
 from google.protobuf import duration_pb2, timestamp_pb2
 from rich.table import Table
 
-from maas.admin_cli import AuthOption, TokenOption, _call, console
-from maas.connection import Connection
 from maas.v1 import auth_pb2, router_pb2, router_pb2_grpc
+from maas_cli.admin_cli import AuthOption, TokenOption, _call, console
+from maas_cli.connection import Connection
 
 restriction_app = typer.Typer(
     help="Suspend or throttle a key or tenant; lift restrictions.", no_args_is_help=True
