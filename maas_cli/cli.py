@@ -82,6 +82,7 @@ def generate(
     model: Annotated[
         str | None, typer.Option(help="model name (default: the first served)")
     ] = None,
+    # A short answer for a quick try, with some variety, as chat UIs default to.
     max_tokens: Annotated[int, typer.Option(min=1)] = 64,
     temperature: Annotated[float, typer.Option(min=0.0)] = 0.8,
     seed: int | None = None,
@@ -263,6 +264,7 @@ def top(
         float,
         typer.Option(min=0.1, help="seconds between frames (--once: between its two samples)"),
     ] = 1.0,
+    # Two minutes: an alert is updated while its anomaly lasts, so one unseen that long is over.
     alerts_window: Annotated[
         float,
         typer.Option(min=0.0, help="alerts last seen this many seconds ago or later count as open"),
