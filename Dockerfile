@@ -7,7 +7,7 @@
 # arg because a GPU machine cannot build the CPU one (its torch wheel is local)
 # and a CPU machine has no use for CUDA's.
 # Nothing here or at run time downloads a model: the tiny one is built with
-# `python -m services.inference.tiny_model --out DIR`, real ones are mounted.
+# `python -m local_models.tiny_llama --out DIR`, real ones are mounted.
 
 ARG PYTHON_IMAGE=python:3.11-slim
 
@@ -18,6 +18,8 @@ ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY maas maas
+COPY maas_cli maas_cli
+COPY local_models local_models
 COPY gateway gateway
 COPY services services
 COPY observability observability

@@ -12,7 +12,7 @@ STAMP := $(VENV)/.installed
 REPLICAS ?= 1
 TLS ?= 0
 
-.PHONY: help venv model protos protos-check lint typecheck test test-fast fuzz run clean postgres deploy-check
+.PHONY: help venv model protos protos-check lint test fuzz deploy-check run clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -27,7 +27,7 @@ $(STAMP): pyproject.toml deploy/install_engine.sh
 	@touch $@
 
 model: venv ## build the tiny local model (no download) into .maas/models/tiny-llama
-	$(PY) -m services.inference.tiny_model --out $(MODEL_DIR)
+	$(PY) -m local_models.tiny_llama --out $(MODEL_DIR)
 
 protos: venv ## generate Python and .pyi stubs from protos/ into maas/v1/
 	bash deploy/gen_protos.sh $(PY) .

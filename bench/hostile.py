@@ -448,7 +448,7 @@ async def run_phase(
 
 
 async def main_async(args: argparse.Namespace) -> None:
-    from services.inference.tiny_model import build_tiny_model
+    from local_models.tiny_llama import build_tiny_model
 
     attacks = args.attacks or list(ATTACKS)
     model_dir = build_tiny_model(bench_mesh.REPO / ".maas" / "models" / "tiny-llama")

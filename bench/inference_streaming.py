@@ -336,7 +336,7 @@ def fmt(cell: dict[str, float]) -> str:
 
 
 async def main_async(args: argparse.Namespace) -> None:
-    from services.inference.tiny_model import build_tiny_model
+    from local_models.tiny_llama import build_tiny_model
 
     model = build_tiny_model(REPO / ".maas" / "models" / "tiny-llama")
     log_dir = REPO / ".maas" / "bench"

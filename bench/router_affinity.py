@@ -70,7 +70,7 @@ async def run_cell(
 
 
 async def main_async(args: argparse.Namespace) -> None:
-    from services.inference.tiny_model import build_tiny_model
+    from local_models.tiny_llama import build_tiny_model
 
     model_dir = build_tiny_model(mesh.REPO / ".maas" / "models" / "tiny-llama")
     raw: dict[str, list[dict[str, float]]] = {c: [] for c in CHOICES}

@@ -61,7 +61,7 @@ async def run_cell(streams: Streams, concurrency: int, min_streams: int = 1) -> 
 
 
 async def main_async(args: argparse.Namespace) -> None:
-    from services.inference.tiny_model import build_tiny_model
+    from local_models.tiny_llama import build_tiny_model
 
     model_dir = build_tiny_model(mesh.REPO / ".maas" / "models" / "tiny-llama")
     concurrencies = [int(c) for c in args.concurrency.split(",")]

@@ -250,7 +250,7 @@ def chart(result: PhaseResult, phase: str, origin: float) -> None:
 
 
 async def main_async(args: argparse.Namespace) -> None:
-    from services.inference.tiny_model import build_tiny_model
+    from local_models.tiny_llama import build_tiny_model
 
     model_dir = build_tiny_model(mesh.REPO / ".maas" / "models" / "tiny-llama")
     rows: dict[str, list[float]] = {}

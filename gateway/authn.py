@@ -96,6 +96,8 @@ class Authenticator:
         # a real key is looked up again even while its caller's address is
         # refused unknown keys.
         self._vouched: OrderedDict[bytes, None] = OrderedDict()
+        # A digest an entry, so ten times the cache's entries stays small and a
+        # key stays vouched for long after its cache entry is evicted.
         self._vouched_max = max_entries * 10
 
     async def authenticate(

@@ -98,6 +98,7 @@ class _Worker:
 
     def kill(self) -> None:
         self.process.kill()
+        # A killed process is gone at once; the bound is for an OS that stalls.
         self.process.join(timeout=5)
         self.conn.close()
 

@@ -109,6 +109,7 @@ class GatewayCore:
         quotas: QuotaClient,
         catalog: ModelCatalog,
         constraints: ConstraintChecker | None = None,
+        # GatewaySettings.usage_progress_interval_s's default (why: see there).
         progress_interval_s: float = 5.0,
         refusals: RefusalBudget,
         auth_failures: RefusalBudget,

@@ -29,6 +29,8 @@ async def serving_http(
     port: int,
     grace_s: float,
     tls: TlsSettings | None = None,
+    # GatewaySettings' defaults for http_head_timeout_s and
+    # http_max_connections_per_peer (why: see there).
     head_timeout_s: float = 10.0,
     max_connections_per_peer: int = 1024,
 ) -> AsyncIterator[int]:

@@ -2,17 +2,20 @@
 `/v1/completions` (streamed as server-sent events or whole), `/v1/models`.
 
 It is a second transport over the same `GatewayCore` as the gRPC API: one
-path for auth, quotas, routing, metering and tracing. Errors are OpenAI's
-shape with the HTTP status OpenAI's clients act on (see `openai_errors`)."""
+path for auth, quotas, routing, metering and tracing. Both generation
+endpoints are one pipeline (`GenerationEndpoint` says how they differ), and
+every error goes through `openai_errors.openai_error`: OpenAI's shape with the
+HTTP status OpenAI's clients act on."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import time
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from contextlib import aclosing
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
 
 import structlog
 from fastapi import FastAPI, Request
@@ -25,15 +28,10 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.core import Caller, GatewayCore, request_id_for_call
-from gateway.openai_errors import HttpError, http_error
-from gateway.openai_protocol import ChatCompletionRequest, CompletionRequest
+from gateway.openai_errors import HttpError, http_error, openai_error, request_too_large
+from gateway.openai_protocol import ChatCompletionRequest, CompletionRequest, GenerationBody
 from gateway.openai_requests import chat_request, completion_request
-from gateway.openai_responses import (
-    ChatRendering,
-    Collected,
-    CompletionRendering,
-    Rendering,
-)
+from gateway.openai_responses import ChatRendering, Collected, CompletionRendering, Rendering
 from maas.v1 import generation_pb2
 from observability.asgi import TracingMiddleware
 from observability.context import REQUEST_ID_METADATA_KEY
@@ -49,6 +47,41 @@ SSE_HEADERS = {
     "x-accel-buffering": "no",
 }
 
+Body = TypeVar("Body", bound=GenerationBody)
+
+
+@dataclass(frozen=True)
+class GenerationEndpoint(Generic[Body]):
+    """What one OpenAI generation endpoint has of its own; the rest is shared."""
+
+    path: str
+    # The route's name, and so its OpenAPI operation id.
+    name: str
+    body: type[Body]
+    to_request: Callable[[Body], generation_pb2.GenerateRequest]
+    rendering: type[Rendering]
+    # How many alternatives to each sampled token the body asks for.
+    top_logprobs: Callable[[Body], int | None]
+
+
+CHAT = GenerationEndpoint(
+    "/v1/chat/completions",
+    "chat_completions",
+    ChatCompletionRequest,
+    chat_request,
+    ChatRendering,
+    lambda body: body.top_logprobs,
+)
+COMPLETIONS = GenerationEndpoint(
+    "/v1/completions",
+    "completions",
+    CompletionRequest,
+    completion_request,
+    CompletionRendering,
+    lambda body: body.logprobs,
+)
+ENDPOINTS: tuple[GenerationEndpoint[Any], ...] = (CHAT, COMPLETIONS)
+
 
 def create_app(
     core: GatewayCore, tracer: Tracer, *, max_body_bytes: int = MAX_HTTP_BODY_BYTES
@@ -61,35 +94,18 @@ def create_app(
         docs_url=None,
         redoc_url=None,
     )
-    app.add_exception_handler(MeshError, _mesh_error)
-    app.add_exception_handler(RequestValidationError, _invalid_body)
-    app.add_exception_handler(HTTPException, _http_exception)
-    # Starlette logs the exception itself after this answers.
-    app.add_exception_handler(Exception, _unexpected)
-
-    @app.post("/v1/chat/completions", response_model=None)
-    async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
-        _record_end_user(body.user)
-        rendering = ChatRendering(
-            request_id=request_id_for_call(),
-            model=body.model,
-            include_usage=bool(body.stream_options and body.stream_options.include_usage),
-            top_logprobs=body.top_logprobs or 0,
+    # One handler for all: Starlette picks a handler by class, and one for
+    # Exception runs outside the others (Starlette logs that exception itself).
+    for error_class in (MeshError, RequestValidationError, HTTPException, Exception):
+        app.add_exception_handler(error_class, _error_response_for)
+    for endpoint in ENDPOINTS:
+        app.add_api_route(
+            endpoint.path,
+            _generation_route(core, endpoint),
+            methods=["POST"],
+            name=endpoint.name,
+            response_model=None,
         )
-        generate = chat_request(body)
-        return GenerationResponse(core, caller_of(request), generate, rendering, body.stream)
-
-    @app.post("/v1/completions", response_model=None)
-    async def completions(body: CompletionRequest, request: Request) -> Response:
-        _record_end_user(body.user)
-        rendering = CompletionRendering(
-            request_id=request_id_for_call(),
-            model=body.model,
-            include_usage=bool(body.stream_options and body.stream_options.include_usage),
-            top_logprobs=body.logprobs or 0,
-        )
-        generate = completion_request(body)
-        return GenerationResponse(core, caller_of(request), generate, rendering, body.stream)
 
     @app.get("/v1/models")
     async def list_models(request: Request) -> dict[str, Any]:
@@ -105,6 +121,23 @@ def create_app(
         raise NotFoundError(f"model {name!r} is not served here")
 
     return TracingMiddleware(GuardedBodies(app, core, max_body_bytes), tracer)
+
+
+def _generation_route(core: GatewayCore, endpoint: GenerationEndpoint[Body]) -> Callable[..., Any]:
+    async def generate(body: Body, request: Request) -> Response:
+        _record_end_user(body.user)
+        rendering = endpoint.rendering(
+            request_id=request_id_for_call(),
+            model=body.model,
+            include_usage=bool(body.stream_options and body.stream_options.include_usage),
+            top_logprobs=endpoint.top_logprobs(body) or 0,
+        )
+        generate = endpoint.to_request(body)
+        return GenerationResponse(core, caller_of(request), generate, rendering, body.stream)
+
+    # FastAPI reads the body's model (validation, OpenAPI schema) from the annotation.
+    generate.__annotations__["body"] = endpoint.body
+    return generate
 
 
 class GuardedBodies:
@@ -128,7 +161,7 @@ class GuardedBodies:
         if sum(len(k) + len(v) for k, v in scope["headers"]) > MAX_HTTP_HEAD_BYTES:
             await _send_error_response(
                 send,
-                _invalid_request(
+                request_too_large(
                     431, f"request headers: over the limit of {MAX_HTTP_HEAD_BYTES} bytes"
                 ),
             )
@@ -162,18 +195,8 @@ class GuardedBodies:
 
     async def _refuse_size(self, send: Send) -> None:
         await _send_error_response(
-            send, _invalid_request(413, f"request body: over the limit of {self._max} bytes")
+            send, request_too_large(413, f"request body: over the limit of {self._max} bytes")
         )
-
-
-def _invalid_request(status: int, message: str) -> HttpError:
-    error = {
-        "message": message,
-        "type": "invalid_request_error",
-        "param": None,
-        "code": "request_too_large",
-    }
-    return HttpError(status, {"error": error})
 
 
 def _replaying(body: bytes, receive: Receive) -> Receive:
@@ -270,20 +293,33 @@ class GenerationResponse(Response):
             writing.add_done_callback(lambda _: watching.cancel())
 
     async def _write(self, send: Send) -> None:
-        async with aclosing(self._core.generate(self._caller, self._request)) as chunks:
-            try:
+        streaming = False  # once the event stream's head is out, an error goes into it
+        try:
+            async with aclosing(self._core.generate(self._caller, self._request)) as chunks:
                 first = await anext(chunks)
-            except MeshError as err:
-                await self._send_error(send, err)
-                return
-            except Exception as exc:
-                log.exception("generation failed", exc_info=exc)
-                await self._send_error(send, MeshError("internal error"))
-                return
-            if self._stream:
+                if not self._stream:
+                    await self._send_body(send, first, chunks)
+                    return
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": 200,
+                        "headers": _encoded(list(SSE_HEADERS.items())),
+                    }
+                )
+                streaming = True
                 await self._send_events(send, first, chunks)
-            else:
-                await self._send_body(send, first, chunks)
+        except Exception as exc:
+            if not isinstance(exc, MeshError):
+                message = "generation failed mid-stream" if streaming else "generation failed"
+                log.exception(message, exc_info=exc)
+            error = openai_error(exc, self._rendering.params)
+            if not streaming:
+                await _send_error_response(send, error)
+                return
+            await _send_part(send, _sse(error.body))
+        await _send_part(send, _sse("[DONE]"))
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     async def _send_body(
         self,
@@ -293,16 +329,8 @@ class GenerationResponse(Response):
     ) -> None:
         collected = Collected()
         collected.add(first)
-        try:
-            async for chunk in rest:
-                collected.add(chunk)
-        except MeshError as err:
-            await self._send_error(send, err)
-            return
-        except Exception as exc:
-            log.exception("generation failed", exc_info=exc)
-            await self._send_error(send, MeshError("internal error"))
-            return
+        async for chunk in rest:
+            collected.add(chunk)
         body = json.dumps(self._rendering.body(collected), separators=(",", ":")).encode()
         await _send_whole(send, 200, [("content-type", "application/json")], body)
 
@@ -312,32 +340,14 @@ class GenerationResponse(Response):
         first: generation_pb2.GenerateResponse,
         rest: AsyncGenerator[generation_pb2.GenerateResponse, None],
     ) -> None:
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 200,
-                "headers": _encoded(list(SSE_HEADERS.items())),
-            }
-        )
         rendering = self._rendering
         await _send_part(send, _sse(rendering.chunk(first)))
         usage = first.usage
-        try:
-            async for chunk in rest:
-                usage = chunk.usage
-                await _send_part(send, _sse(rendering.chunk(chunk)))
-            if rendering.include_usage:
-                await _send_part(send, _sse(rendering.usage_chunk(usage)))
-        except MeshError as err:
-            await _send_part(send, _sse(http_error(err, rendering.params).body))
-        except Exception as exc:
-            log.exception("generation failed mid-stream", exc_info=exc)
-            await _send_part(send, _sse(http_error(MeshError("internal error")).body))
-        await _send_part(send, _sse("[DONE]"))
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
-
-    async def _send_error(self, send: Send, err: MeshError) -> None:
-        await _send_error_response(send, http_error(err, self._rendering.params))
+        async for chunk in rest:
+            usage = chunk.usage
+            await _send_part(send, _sse(rendering.chunk(chunk)))
+        if rendering.include_usage:
+            await _send_part(send, _sse(rendering.usage_chunk(usage)))
 
 
 async def _cancel_on_disconnect(receive: Receive, task: asyncio.Task[None]) -> None:
@@ -365,77 +375,5 @@ async def _send_part(send: Send, body: bytes) -> None:
     await send({"type": "http.response.body", "body": body, "more_body": True})
 
 
-async def _mesh_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, MeshError)
-    return _error_response(http_error(exc))
-
-
-async def _invalid_body(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, RequestValidationError)
-    errors: Sequence[Any] = exc.errors()
-    param, message = None, "request body: invalid"
-    if errors and errors[0]["type"] == "json_invalid":
-        message = f"request body: {errors[0]['msg']}"
-    elif errors:
-        loc = list(errors[0]["loc"])
-        field = _field_part(loc)
-        param = _param_of(field) or None
-        detail = errors[0]["msg"] if field == loc else "is none of the accepted types"
-        message = f"{param}: {detail}" if param else f"request body: {detail}"
-    return _error_response(
-        HttpError(
-            400,
-            {
-                "error": {
-                    "message": message,
-                    "type": "invalid_request_error",
-                    "param": param,
-                    "code": "invalid_value",
-                }
-            },
-        )
-    )
-
-
-def _field_part(loc: list[Any]) -> list[Any]:
-    """The part of an error's loc that names a field. A value that fits no
-    member of a union fails once per member, under a loc that goes on with the
-    member's type ("str", "list[int]", "ContentPart"): the field ends there."""
-    for i, part in enumerate(loc):
-        if isinstance(part, str) and (
-            part in _TYPE_NAMES or part[:1].isupper() or any(c in part for c in "[]()-")
-        ):
-            return loc[:i]
-    return loc
-
-
-_TYPE_NAMES = frozenset({"str", "int", "float", "bool", "list", "dict", "none"})
-
-
-def _param_of(loc: Sequence[Any]) -> str:
-    """`("body", "messages", 0, "content")` as `messages[0].content`."""
-    param = ""
-    for part in loc[1:] if loc and loc[0] == "body" else loc:
-        if isinstance(part, int):
-            param += f"[{part}]"
-        else:
-            param += f".{part}" if param else str(part)
-    return param
-
-
-async def _http_exception(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, HTTPException)
-    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "invalid_request")
-    body = {
-        "error": {
-            "message": str(exc.detail),
-            "type": "invalid_request_error",
-            "param": None,
-            "code": code,
-        }
-    }
-    return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
-
-
-async def _unexpected(request: Request, exc: Exception) -> Response:
-    return _error_response(http_error(MeshError("internal error")))
+async def _error_response_for(request: Request, exc: Exception) -> Response:
+    return _error_response(openai_error(exc))

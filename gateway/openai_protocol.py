@@ -54,7 +54,7 @@ class ChatMessageIn(_Strict):
     name: str | None = None
 
 
-class _Sampling(_Strict):
+class GenerationBody(_Strict):
     """Fields both endpoints share."""
 
     model: str
@@ -81,7 +81,7 @@ class _Sampling(_Strict):
     ignore_eos: bool = False
 
 
-class ChatCompletionRequest(_Sampling):
+class ChatCompletionRequest(GenerationBody):
     messages: list[ChatMessageIn]
     max_tokens: UInt32 | None = None
     max_completion_tokens: UInt32 | None = None
@@ -92,7 +92,7 @@ class ChatCompletionRequest(_Sampling):
     tool_choice: Any = None
 
 
-class CompletionRequest(_Sampling):
+class CompletionRequest(GenerationBody):
     prompt: str | list[str] | list[UInt32] | list[list[UInt32]]
     # OpenAI's default for completions (chat has none: up to the context).
     max_tokens: UInt32 | None = 16

@@ -33,8 +33,8 @@ from services.common.sqlite_writer import GroupCommitWriter, connect_wal
 
 log = structlog.get_logger(__name__)
 
-# Records per RecordUsageBatch call: a few hundred bytes each stay far below
-# gRPC's 4 MiB message limit, and one call acknowledges many.
+# Records read and sent per ledger call: one round trip for many small records,
+# far below gRPC's 4 MiB message limit.
 BATCH = 256
 
 

@@ -28,6 +28,7 @@ def estimate_tokens(request: generation_pb2.GenerateRequest, default_max_tokens:
     if which == "prompt_token_ids":
         prompt = len(request.prompt_token_ids.ids)
     elif which == "messages":
+        # 8: the chat template's markers around each message, as bytes (about three tokens).
         text = sum(len(m.content.encode()) + len(m.role) + 8 for m in request.messages.messages)
         prompt = math.ceil(text / BYTES_PER_TOKEN)
     else:

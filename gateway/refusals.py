@@ -57,6 +57,8 @@ class RefusalBudget:
         per_s: float,
         burst: float,
         subject: str,
+        # Callers remembered at once (least recent forgotten): bounds memory
+        # under a flood from many addresses at a few MB.
         max_callers: int = 100_000,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:

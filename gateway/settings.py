@@ -29,14 +29,17 @@ class GatewaySettings(ServiceSettings):
     # Public: tenants call it from anywhere, with their API keys.
     mesh_only: ClassVar[bool] = False
 
+    # gRPC's customary port; auth, router, inference and anomaly take 50052-50055.
     port: int = 50051
     # The OpenAI-compatible HTTP face, on the same host; 0 picks a free port, null turns it off.
+    # 8000: where vLLM's and other OpenAI-compatible servers listen, so clients' defaults fit.
     http_port: int | None = Field(default=8000, ge=0, le=65535)
     router_address: str = "127.0.0.1:50053"
     auth_address: str = "127.0.0.1:50052"
     anomaly_address: str = "127.0.0.1:50055"
     # Bounds how long a revoked key keeps working here.
     auth_cache_ttl_s: float = Field(default=5.0, ge=0)
+    # Keys in use at once whose principal is kept: a large deployment's, in a few MB.
     auth_cache_size: int = Field(default=10_000, ge=1)
     # A key auth refused is refused here, without asking, for this long: a flood
     # of made-up keys costs auth one lookup per key per window. Short, so a key
@@ -56,7 +59,8 @@ class GatewaySettings(ServiceSettings):
     # how long one compile may take: honest schemas compile in milliseconds.
     constraint_workers: int = Field(default=1, ge=1)
     constraint_compile_timeout_s: float = Field(default=2.0, gt=0)
-    # HTTP request bodies past this are refused before they are read.
+    # HTTP request bodies past this are refused before they are read; below
+    # 1 KiB not even a short chat request would fit.
     http_max_body_bytes: int = Field(default=MAX_HTTP_BODY_BYTES, ge=1024)
     # Refusals a tenant may cost before its requests are refused unread (a
     # burst, then per second), and failed authentications an address may

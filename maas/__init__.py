@@ -1,1 +1,1 @@
-"""Client side of the mesh: generated contracts (maas.v1) and the `maas` CLI."""
+"""Generated contracts (maas.v1); the `maas` CLI lives in maas_cli."""

@@ -25,7 +25,7 @@ MODEL_DIR = REPO / ".maas" / "models" / "tiny-llama"
 
 @pytest.fixture(scope="session")
 def tiny_model_path() -> Path:
-    from services.inference.tiny_model import build_tiny_model
+    from local_models.tiny_llama import build_tiny_model
 
     return build_tiny_model(MODEL_DIR)
 

@@ -37,9 +37,9 @@ from rich.console import Console
 from rich.table import Table
 
 from deploy.local.throwaway_ca import OPERATOR, MeshCertificates, ensure_throwaway_ca
-from maas.client import MaasClient
-from maas.connection import Connection
 from maas.v1 import auth_pb2, auth_pb2_grpc
+from maas_cli.client import MaasClient
+from maas_cli.connection import Connection
 from services.auth.settings import MIN_SECRET_LENGTH
 from services.catalog import SERVICES
 from services.common.spec import ServiceSpec

@@ -26,8 +26,8 @@ import grpc
 import structlog
 
 from deploy.runtime.spec import CommandSpec
-from maas.connection import SERVICE_TOKEN_VARIABLE
 from maas.v1 import router_pb2, router_pb2_grpc
+from maas_cli.connection import SERVICE_TOKEN_VARIABLE
 from observability.logging import configure_logging
 from observability.settings import TelemetrySettings
 

@@ -11,8 +11,12 @@ from maas.v1 import auth_pb2, auth_pb2_grpc, router_pb2, router_pb2_grpc
 from observability import Telemetry
 from observability.channels import PLAINTEXT, ChannelSecurity, channel
 from services.anomaly.core import AnomalyCore
-from services.anomaly.policy import Policy, PolicyRunner
+from services.anomaly.policy import Policy, PolicyRunner, RestrictionOrder
 from services.anomaly.settings import PolicySettings
+
+# Auth refuses a reason longer than this (services/auth/restrictions.py MAX_TEXT);
+# an alert's detail can run longer, and a cut reason beats a refused restriction.
+REASON_LIMIT = 512
 
 
 class GrpcActuator:
@@ -27,40 +31,11 @@ class GrpcActuator:
         self._auth = auth
         self._router = router
 
-    async def restrict(
-        self,
-        *,
-        subject: str,
-        target: str,
-        suspend: bool,
-        requests_per_minute: int,
-        duration_s: float,
-        reason: str,
-        actor: str,
-        alert_id: str,
-    ) -> str:
+    async def restrict(self, order: RestrictionOrder) -> str:
         if self._auth is None:
             raise RuntimeError("no auth address configured for the policy")
-        duration = duration_pb2.Duration()
-        duration.FromNanoseconds(int(duration_s * 1e9))
-        request = auth_pb2.RestrictRequest(
-            action=(
-                auth_pb2.RESTRICTION_ACTION_SUSPEND
-                if suspend
-                else auth_pb2.RESTRICTION_ACTION_THROTTLE
-            ),
-            requests_per_minute=0 if suspend else requests_per_minute,
-            duration=duration,
-            reason=reason[:512],
-            actor=actor,
-            alert_id=alert_id,
-        )
-        if subject == "key":
-            request.key_id = target
-        else:
-            request.tenant_id = target
         restriction = await self._auth.Restrict(
-            request, metadata=self._metadata, timeout=self._timeout
+            restrict_request(order), metadata=self._metadata, timeout=self._timeout
         )
         return restriction.restriction_id
 
@@ -71,6 +46,29 @@ class GrpcActuator:
             router_pb2.EjectReplicaRequest(address=address, duration_s=duration_s, reason=reason),
             timeout=self._timeout,
         )
+
+
+def restrict_request(order: RestrictionOrder) -> auth_pb2.RestrictRequest:
+    """The auth rpc's request for an order."""
+    duration = duration_pb2.Duration()
+    duration.FromNanoseconds(int(order.duration_s * 1e9))
+    request = auth_pb2.RestrictRequest(
+        action=(
+            auth_pb2.RESTRICTION_ACTION_SUSPEND
+            if order.suspend
+            else auth_pb2.RESTRICTION_ACTION_THROTTLE
+        ),
+        requests_per_minute=0 if order.suspend else order.requests_per_minute,
+        duration=duration,
+        reason=order.reason[:REASON_LIMIT],
+        actor=order.actor,
+        alert_id=order.alert_id,
+    )
+    if order.subject == "key":
+        request.key_id = order.target
+    else:
+        request.tenant_id = order.target
+    return request
 
 
 @asynccontextmanager

@@ -16,7 +16,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Protocol
+from typing import Literal, Protocol
 
 import structlog
 
@@ -37,20 +37,40 @@ class Action:
     alert: Alert
 
 
+@dataclass(frozen=True, slots=True)
+class RestrictionOrder:
+    """What the policy asks auth for: suspend or throttle one key or tenant."""
+
+    subject: Literal["key", "tenant"]
+    target: str  # the key id or tenant id
+    suspend: bool  # suspend outright; otherwise throttle to requests_per_minute
+    requests_per_minute: int
+    duration_s: float
+    reason: str
+    actor: str
+    alert_id: str
+
+    @classmethod
+    def for_action(cls, action: Action, reason: str) -> RestrictionOrder:
+        """The order for a throttle_* or suspend_* action."""
+        kind, _, subject = action.verb.partition("_")
+        if subject not in ("key", "tenant") or kind not in ("throttle", "suspend"):
+            raise ValueError(f"{action.verb!r} restricts nothing")
+        return cls(
+            subject="key" if subject == "key" else "tenant",
+            target=action.target,
+            suspend=kind == "suspend",
+            requests_per_minute=action.requests_per_minute,
+            duration_s=action.duration_s,
+            reason=reason,
+            actor=f"policy:{action.alert.kind}",
+            alert_id=action.alert.alert_id,
+        )
+
+
 class Actuator(Protocol):
-    async def restrict(
-        self,
-        *,
-        subject: str,
-        target: str,
-        suspend: bool,
-        requests_per_minute: int,
-        duration_s: float,
-        reason: str,
-        actor: str,
-        alert_id: str,
-    ) -> str:
-        """Restricts a key ('key') or tenant ('tenant'); the restriction id."""
+    async def restrict(self, order: RestrictionOrder) -> str:
+        """Restricts the order's key or tenant; the restriction id."""
         ...
 
     async def eject(self, address: str, duration_s: float, reason: str) -> None: ...
@@ -167,17 +187,8 @@ class PolicyRunner:
             if action.verb == "eject_replica":
                 await self._actuator.eject(action.target, action.duration_s, reason)
             else:
-                kind, _, subject = action.verb.partition("_")
-                reference = await self._actuator.restrict(
-                    subject=subject,
-                    target=action.target,
-                    suspend=kind == "suspend",
-                    requests_per_minute=action.requests_per_minute,
-                    duration_s=action.duration_s,
-                    reason=reason,
-                    actor=f"policy:{alert.kind}",
-                    alert_id=alert.alert_id,
-                )
+                order = RestrictionOrder.for_action(action, reason)
+                reference = await self._actuator.restrict(order)
         except Exception as err:  # a failed action is reported on the alert, never raised
             log.warning(
                 "policy action failed", verb=action.verb, target=action.target, error=str(err)

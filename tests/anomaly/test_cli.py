@@ -6,7 +6,7 @@ import asyncio
 
 from typer.testing import CliRunner, Result
 
-from maas.cli import app
+from maas_cli.cli import app
 from observability import Telemetry
 from services.anomaly.core import AnomalyCore
 from tests.anomaly.support import feed, start, stuffing

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 import pytest
 
 from services.anomaly.alerts import Alert, Severity
-from services.anomaly.policy import Policy
+from services.anomaly.policy import Action, Policy, RestrictionOrder
 from services.anomaly.settings import AnomalySettings, PolicyRule, PolicySettings
 
 AT = datetime(2026, 11, 22, tzinfo=UTC)
@@ -107,3 +107,27 @@ def test_a_tenant_is_spared_while_one_of_its_keys_is_throttled_for_the_same_spik
     now[0] += 901
     later = policy.decide(alert(series="tenant:acme", alert_id="a4"))
     assert later is not None and later.verb == "throttle_tenant"
+
+
+def test_a_restricting_action_becomes_one_order_for_auth() -> None:
+    spike = alert(series="key:k1", alert_id="a9")
+    throttle = Action("throttle_key", "k1", duration_s=900, requests_per_minute=60, alert=spike)
+    suspend = Action("suspend_tenant", "acme", duration_s=60, requests_per_minute=0, alert=spike)
+    assert RestrictionOrder.for_action(throttle, "why") == RestrictionOrder(
+        subject="key",
+        target="k1",
+        suspend=False,
+        requests_per_minute=60,
+        duration_s=900,
+        reason="why",
+        actor="policy:request_rate_spike",
+        alert_id="a9",
+    )
+    order = RestrictionOrder.for_action(suspend, "why")
+    assert (order.subject, order.target, order.suspend) == ("tenant", "acme", True)
+
+
+def test_an_ejection_is_no_restriction_order() -> None:
+    eject = Action("eject_replica", "10.0.0.1:8000", 60, 0, alert(kind="error_burst"))
+    with pytest.raises(ValueError, match="restricts nothing"):
+        RestrictionOrder.for_action(eject, "why")

@@ -16,8 +16,6 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 from typer.testing import CliRunner
 
-from maas.cli import app
-from maas.client import MaasClient
 from maas.v1 import (
     anomaly_pb2,
     anomaly_pb2_grpc,
@@ -26,6 +24,8 @@ from maas.v1 import (
     router_pb2,
     router_pb2_grpc,
 )
+from maas_cli.cli import app
+from maas_cli.client import MaasClient
 from observability import Telemetry, setup
 from observability.settings import TelemetrySettings
 from services.anomaly.actuator import running_policy

@@ -11,9 +11,9 @@ import json
 import grpc
 from typer.testing import CliRunner, Result
 
-from maas.cli import app
-from maas.client import MaasClient
 from maas.v1 import auth_pb2, auth_pb2_grpc
+from maas_cli.cli import app
+from maas_cli.client import MaasClient
 from tests.mesh import Mesh
 from tests.support import eventually
 

@@ -7,8 +7,8 @@ import pytest
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from maas.client import MaasClient
 from maas.v1 import auth_pb2, auth_pb2_grpc, gateway_pb2_grpc, generation_pb2
+from maas_cli.client import MaasClient
 from tests.mesh import AUTH_CACHE_TTL_S, Mesh, TenantFactory, TenantKey, set_plan
 from tests.support import bad_request_fields, eventually
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
-from maas.client import MaasClient
+from maas_cli.client import MaasClient
 from tests.mesh import Mesh, TenantKey
 from tests.support import ProcessResult, eventually, run_process
 

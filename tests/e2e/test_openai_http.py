@@ -17,8 +17,8 @@ from openai.types.chat import ChatCompletionChunk, ChatCompletionMessageParam
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanKind
 
-from maas.client import MaasClient
 from maas.v1 import auth_pb2
+from maas_cli.client import MaasClient
 from tests.mesh import Mesh, TenantKey, set_plan
 from tests.support import eventually
 

@@ -17,9 +17,6 @@ import pytest_asyncio
 from rich.console import Console
 from typer.testing import CliRunner
 
-from maas import top
-from maas.cli import app
-from maas.client import MaasClient
 from maas.v1 import (
     anomaly_pb2,
     anomaly_pb2_grpc,
@@ -28,6 +25,9 @@ from maas.v1 import (
     router_pb2,
     router_pb2_grpc,
 )
+from maas_cli import top
+from maas_cli.cli import app
+from maas_cli.client import MaasClient
 from tests.mesh import Mesh, TenantKey
 from tests.support import eventually
 

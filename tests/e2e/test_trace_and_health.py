@@ -9,7 +9,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from opentelemetry.sdk.metrics.export import NumberDataPoint
 from opentelemetry.trace import SpanKind
 
-from maas.client import MaasClient
+from maas_cli.client import MaasClient
 from tests.mesh import Mesh, TenantKey
 from tests.support import eventually
 

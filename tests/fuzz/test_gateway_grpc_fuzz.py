@@ -26,8 +26,8 @@ import pytest
 from hypothesis import given, note
 from hypothesis import strategies as st
 
-from maas.client import MaasClient
 from maas.v1 import gateway_pb2_grpc, generation_pb2
+from maas_cli.client import MaasClient
 from tests.fuzz.budget import fuzz_settings
 from tests.fuzz.conftest import Mesh, TenantFactory, TenantKey, bystander
 from tests.support import bad_request_fields, eventually

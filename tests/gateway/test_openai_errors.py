@@ -1,13 +1,16 @@
 """Mesh errors as OpenAI errors: the HTTP status OpenAI's clients act on, the
-parameter from BadRequest, Retry-After from RetryInfo."""
+parameter from BadRequest, Retry-After from RetryInfo; and the HTTP face's
+other errors (bodies, paths, surprises) through the same one mapping."""
 
 from __future__ import annotations
 
 import grpc
 import pytest
+from fastapi.exceptions import RequestValidationError
 from google.rpc import status_pb2
+from starlette.exceptions import HTTPException
 
-from gateway.openai_errors import http_error
+from gateway.openai_errors import http_error, openai_error, request_too_large
 from gateway.openai_requests import CHAT_PARAMS
 from services.common.errors import (
     InvalidArgumentError,
@@ -60,3 +63,49 @@ def test_retry_after_comes_from_retry_info() -> None:
     )
     assert error.headers == {"retry-after": "2", "retry-after-ms": "1200"}
     assert http_error(UnauthenticatedError("no")).headers == {}
+
+
+def test_a_mesh_error_maps_as_http_error_does() -> None:
+    err = InvalidArgumentError("logprobs", "must be 0 to 20")
+    assert openai_error(err, CHAT_PARAMS) == http_error(err, CHAT_PARAMS)
+
+
+def test_a_body_of_the_wrong_shape_names_the_parameter() -> None:
+    wrong_type = {"type": "float_parsing", "loc": ("body", "temperature"), "msg": "not a number"}
+    no_fit = {"type": "string_type", "loc": ("body", "messages", 0, "content", "str"), "msg": "x"}
+    error = openai_error(RequestValidationError([wrong_type]))
+    assert error.status == 400
+    assert error.body["error"] == {
+        "message": "temperature: not a number",
+        "type": "invalid_request_error",
+        "param": "temperature",
+        "code": "invalid_value",
+    }
+    union = openai_error(RequestValidationError([no_fit])).body["error"]
+    assert union["param"] == "messages[0].content"
+    assert union["message"] == "messages[0].content: is none of the accepted types"
+    not_json = {"type": "json_invalid", "loc": ("body", 1), "msg": "JSON decode error"}
+    error = openai_error(RequestValidationError([not_json]))
+    assert error.body["error"]["message"] == "request body: JSON decode error"
+    assert error.body["error"]["param"] is None
+
+
+def test_an_unknown_path_or_method_keeps_its_status_and_headers() -> None:
+    assert openai_error(HTTPException(404)).body["error"]["code"] == "not_found"
+    wrong_method = openai_error(HTTPException(405, headers={"Allow": "POST"}))
+    assert (wrong_method.status, wrong_method.headers) == (405, {"Allow": "POST"})
+    assert wrong_method.body["error"]["code"] == "method_not_allowed"
+    assert openai_error(HTTPException(418)).body["error"]["code"] == "invalid_request"
+
+
+def test_anything_unexpected_is_an_internal_error_that_says_nothing_more() -> None:
+    error = openai_error(RuntimeError("the secret detail"))
+    assert error == http_error(MeshError("internal error"))
+    assert error.status == 500
+
+
+def test_a_request_refused_for_its_size() -> None:
+    error = request_too_large(413, "request body: over the limit of 10 bytes")
+    assert error.status == 413
+    assert error.body["error"]["code"] == "request_too_large"
+    assert error.body["error"]["type"] == "invalid_request_error"

@@ -11,8 +11,8 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
-from maas.client import MaasClient
 from maas.v1 import generation_pb2
+from maas_cli.client import MaasClient
 from tests.mesh import Mesh, TenantFactory, TenantKey, set_plan
 from tests.support import eventually
 

@@ -9,8 +9,8 @@ import asyncio
 
 import grpc
 
-from maas.client import MaasClient
 from maas.v1 import auth_pb2, gateway_pb2_grpc, generation_pb2, router_pb2, router_pb2_grpc
+from maas_cli.client import MaasClient
 from tests.hostile.conftest import Mesh, TenantFactory, TenantKey, bystander, set_plan
 
 # Of each kind of self-inflicted failure, this many at once: far past the

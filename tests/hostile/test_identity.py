@@ -19,7 +19,6 @@ from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 
-from maas.client import MaasClient
 from maas.v1 import (
     auth_pb2,
     gateway_pb2_grpc,
@@ -30,6 +29,7 @@ from maas.v1 import (
     router_pb2,
     router_pb2_grpc,
 )
+from maas_cli.client import MaasClient
 from tests.hostile.conftest import Mesh, TenantFactory, TenantKey, bystander, set_plan
 from tests.support import bad_request_fields, eventually, free_port
 

@@ -20,8 +20,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from gateway.server import running_gateway
 from gateway.settings import GatewaySettings
-from maas.client import MaasClient
 from maas.v1 import gateway_pb2_grpc, generation_pb2
+from maas_cli.client import MaasClient
 from observability import setup
 from observability.settings import TelemetrySettings
 from tests.hostile.conftest import Mesh, TenantFactory, bystander

@@ -10,12 +10,12 @@ import grpc
 import pytest
 import pytest_asyncio
 
+from local_models.tiny_llama import build_tiny_adapter
 from maas.v1 import generation_pb2, inference_pb2, inference_pb2_grpc
 from observability import setup
 from observability.settings import TelemetrySettings
 from services.inference.server import create_server
 from services.inference.settings import InferenceSettings
-from services.inference.tiny_model import build_tiny_adapter
 from services.inference.vllm_engine import open_vllm_engine
 
 ADAPTER = "tiny-lora"

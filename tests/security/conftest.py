@@ -16,9 +16,9 @@ import pytest_asyncio
 from deploy.local.throwaway_ca import OPERATOR, MeshCertificates, write_throwaway_ca
 from gateway.server import running_gateway
 from gateway.settings import GatewaySettings
-from maas.client import MaasClient
-from maas.connection import Connection
 from maas.v1 import auth_pb2, auth_pb2_grpc
+from maas_cli.client import MaasClient
+from maas_cli.connection import Connection
 from observability import setup
 from observability.settings import TelemetrySettings
 from services.anomaly.core import AnomalyCore

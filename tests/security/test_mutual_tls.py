@@ -12,7 +12,6 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from deploy.local.throwaway_ca import OPERATOR, write_throwaway_ca
-from maas.connection import Connection
 from maas.v1 import (
     generation_pb2,
     inference_pb2,
@@ -20,6 +19,7 @@ from maas.v1 import (
     router_pb2,
     router_pb2_grpc,
 )
+from maas_cli.connection import Connection
 from tests.security.conftest import INTERNAL, SERVICES, SecureMesh
 
 

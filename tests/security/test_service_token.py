@@ -17,8 +17,6 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from typer.testing import CliRunner
 
-from maas.cli import app
-from maas.connection import SERVICE_TOKEN_METADATA_KEY as CLIENT_TOKEN_KEY
 from maas.v1 import (
     anomaly_pb2,
     anomaly_pb2_grpc,
@@ -32,6 +30,8 @@ from maas.v1 import (
     router_pb2,
     router_pb2_grpc,
 )
+from maas_cli.cli import app
+from maas_cli.connection import SERVICE_TOKEN_METADATA_KEY as CLIENT_TOKEN_KEY
 from observability.channels import SERVICE_TOKEN_METADATA_KEY
 from services.auth.servicer import ADMIN_RPCS
 from tests.security.conftest import SERVICES, SecureMesh

@@ -11,7 +11,7 @@ from pydantic import ValidationError
 
 from deploy.local.throwaway_ca import write_throwaway_ca
 from gateway.settings import GatewaySettings
-from maas.connection import Connection
+from maas_cli.connection import Connection
 from services.anomaly.settings import AnomalySettings
 from services.auth.settings import MIN_SECRET_LENGTH, AuthSettings
 from services.common.mesh_only import MeshOnlyInterceptor

@@ -17,8 +17,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from maas.connection import SECRETS_FILE, Connection
 from maas.v1 import auth_pb2, auth_pb2_grpc
+from maas_cli.connection import SECRETS_FILE, Connection
 
 PRIORITIES = {
     "interactive": auth_pb2.PRIORITY_INTERACTIVE,

@@ -18,9 +18,9 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from maas.connection import Connection
-from maas.severity import severity_markup
 from maas.v1 import anomaly_pb2, anomaly_pb2_grpc, auth_pb2, router_pb2, router_pb2_grpc
+from maas_cli.connection import Connection
+from maas_cli.severity import severity_markup
 
 REPLICA_STATE_STYLES = {
     router_pb2.REPLICA_STATE_SERVING: "green",

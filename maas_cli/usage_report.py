@@ -47,5 +47,7 @@ def render(reply: usage_pb2.GetUsageResponse, fmt: Format) -> str:
     for row in table_rows:
         table.add_row(*(str(row[c]) for c in COLUMNS))
     buffer = io.StringIO()
+    # A fixed width, not the terminal's: the table reads the same in a pipe or a
+    # file, and 120 columns hold every column unwrapped.
     Console(file=buffer, width=120).print(table)
     return buffer.getvalue().rstrip("\n")

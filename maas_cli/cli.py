@@ -17,13 +17,13 @@ from google.protobuf import timestamp_pb2
 from rich.console import Console
 from rich.table import Table
 
-from maas import admin_actions, usage_report
-from maas import top as top_view
-from maas.admin_cli import admin
-from maas.client import MaasClient
-from maas.connection import Connection
-from maas.severity import SEVERITIES, severity_markup
 from maas.v1 import anomaly_pb2, anomaly_pb2_grpc, metering_pb2, metering_pb2_grpc, usage_pb2
+from maas_cli import admin_actions, usage_report
+from maas_cli import top as top_view
+from maas_cli.admin_cli import admin
+from maas_cli.client import MaasClient
+from maas_cli.connection import Connection
+from maas_cli.severity import SEVERITIES, severity_markup
 
 T = TypeVar("T")
 
@@ -82,6 +82,7 @@ def generate(
     model: Annotated[
         str | None, typer.Option(help="model name (default: the first served)")
     ] = None,
+    # A short answer for a quick try, with some variety, as chat UIs default to.
     max_tokens: Annotated[int, typer.Option(min=1)] = 64,
     temperature: Annotated[float, typer.Option(min=0.0)] = 0.8,
     seed: int | None = None,
@@ -263,6 +264,7 @@ def top(
         float,
         typer.Option(min=0.1, help="seconds between frames (--once: between its two samples)"),
     ] = 1.0,
+    # Two minutes: an alert is updated while its anomaly lasts, so one unseen that long is over.
     alerts_window: Annotated[
         float,
         typer.Option(min=0.0, help="alerts last seen this many seconds ago or later count as open"),

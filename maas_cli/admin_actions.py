@@ -13,9 +13,12 @@ import typer
 from google.protobuf import duration_pb2, timestamp_pb2
 from rich.table import Table
 
-from maas.admin_cli import AuthOption, TokenOption, _call, console
-from maas.connection import Connection
 from maas.v1 import auth_pb2, router_pb2, router_pb2_grpc
+from maas_cli.admin_cli import AuthOption, TokenOption, _call, console
+from maas_cli.connection import Connection
+
+# The router answers in milliseconds; a wedged one must not hang the operator's shell.
+ROUTER_CALL_TIMEOUT_S = 10.0
 
 restriction_app = typer.Typer(
     help="Suspend or throttle a key or tenant; lift restrictions.", no_args_is_help=True
@@ -64,6 +67,7 @@ def restriction_add(
     tenant: Annotated[str, typer.Option(help="restrict this whole tenant")] = "",
     key: Annotated[str, typer.Option(help="restrict only this API key (its id)")] = "",
     rpm: Annotated[int, typer.Option(min=0, help="throttle: requests per minute allowed")] = 0,
+    # An hour: time to look into it, and a forgotten restriction still ends by itself.
     minutes: Annotated[float, typer.Option(min=0.0, help="how long it lasts")] = 60.0,
     reason: Annotated[str, typer.Option(help="why (kept in the audit trail)")] = "",
     auth: AuthOption = "127.0.0.1:50052",
@@ -120,6 +124,7 @@ def restriction_lift(
 
 def audit(
     tenant: Annotated[str, typer.Option(help="only this tenant's")] = "",
+    # A screenful; auth caps any listing at 1000.
     limit: Annotated[int, typer.Option(min=0, help="at most this many (0: 1000)")] = 50,
     auth: AuthOption = "127.0.0.1:50052",
     admin_token: TokenOption = None,
@@ -141,7 +146,7 @@ def _router_call(router: str, call: str, request: object) -> router_pb2.Replica:
         async with connection.channel(router) as channel:
             stub = router_pb2_grpc.RouterStub(channel)
             reply: router_pb2.Replica = await getattr(stub, call)(
-                request, metadata=connection.service_metadata(), timeout=10.0
+                request, metadata=connection.service_metadata(), timeout=ROUTER_CALL_TIMEOUT_S
             )
             return reply
 
@@ -161,6 +166,7 @@ def _show_replica(replica: router_pb2.Replica) -> None:
 @replica_app.command("eject")
 def replica_eject(
     address: str,
+    # Time to look at it; a replica ejected in error comes back by itself.
     minutes: Annotated[float, typer.Option(min=0.0, help="how long it stays out")] = 5.0,
     reason: Annotated[str, typer.Option(help="why (logged by the router)")] = "",
     router: RouterOption = "127.0.0.1:50053",

@@ -5,7 +5,7 @@ own sources (present on every machine with Python); the chat template is
 ChatML. The result loads in transformers and vLLM like any hub model, so the
 local stack and the tests use the same `--model PATH` code path as production.
 
-    python -m services.inference.tiny_model --out .maas/models/tiny-llama
+    python -m local_models.tiny_llama --out .maas/models/tiny-llama
 """
 
 from __future__ import annotations

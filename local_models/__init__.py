@@ -1,0 +1,1 @@
+"""Models built here from nothing downloaded, for the local stack, tests and benchmarks."""

@@ -1,0 +1,1 @@
+"""The `maas` command-line client and the small async client it and the local stack use."""
