@@ -50,6 +50,8 @@ async def mesh(
         state=tmp_path_factory.mktemp("mesh"),
         model=vllm_engine.model_info.name,
         overrides={
+            # One message per delta: pacing has tests of its own (tests/inference/test_pacing.py).
+            "inference": {"stream_messages_per_s": 0},
             "gateway": {
                 "auth_cache_ttl_s": AUTH_CACHE_TTL_S,
                 # Tests send refused requests on purpose from one tenant and one
@@ -57,7 +59,7 @@ async def mesh(
                 # gateway of its own.
                 "refusal_burst": 1e6,
                 "auth_failure_burst": 1e6,
-            }
+            },
         },
     )
     async with running_mesh(

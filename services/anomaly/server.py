@@ -24,9 +24,12 @@ class RunningAnomaly(RunningServer):
 
 
 @asynccontextmanager
-async def serving(settings: AnomalySettings, telemetry: Telemetry) -> AsyncIterator[RunningAnomaly]:
-    """Serves a fresh core and, when the policy has somewhere to act, acts on its alerts."""
-    core = AnomalyCore(settings)
+async def serving(
+    settings: AnomalySettings, telemetry: Telemetry, *, core: AnomalyCore | None = None
+) -> AsyncIterator[RunningAnomaly]:
+    """Serves `core` (default: a fresh one from settings; tests hand in one
+    fed beforehand) and, when the policy has somewhere to act, acts on its alerts."""
+    core = core or AnomalyCore(settings)
     async with running_policy(settings.policy, telemetry, core, channel_security(settings)):
         servicer = AnomalyServicer(core)
         server = await start_server(

@@ -91,7 +91,12 @@ async def start_secure_mesh(
     """Inner hops: mutual TLS when `certs`; the gateway's public port: TLS
     without client certificates. Every service holds `service_token`."""
     options = MeshOptions(
-        state=state, model=engine.model_info.name, certs=certs, service_token=service_token
+        state=state,
+        model=engine.model_info.name,
+        certs=certs,
+        service_token=service_token,
+        # One message per delta: pacing has tests of its own (tests/inference/test_pacing.py).
+        overrides={"inference": {"stream_messages_per_s": 0}},
     )
     mesh = await stack.enter_async_context(
         running_mesh(options, dependencies={"inference": {"engine": engine}})
