@@ -17,8 +17,13 @@ from deploy.throwaway_ca import OPERATOR, MeshCertificates, write_throwaway_ca
 from maas.client import MaasClient
 from maas.connection import Connection
 from maas.v1 import auth_pb2, auth_pb2_grpc
+from services.catalog import SERVICES as CATALOG
 from services.inference.engine import Engine
 from services.mesh import MeshOptions, running_mesh
+
+SERVICES = tuple(spec.name for spec in CATALOG)
+# Those only the mesh may call.
+INTERNAL = tuple(spec.name for spec in CATALOG if not spec.public)
 
 
 @dataclass
