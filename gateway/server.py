@@ -46,11 +46,16 @@ class RunningGateway:
     def port(self) -> int:
         return self.grpc.port
 
+    @property
+    def ports(self) -> dict[str, int]:
+        ports = {"port": self.grpc.port}
+        if self.http_port is not None:
+            ports["http_port"] = self.http_port
+        return ports
+
 
 @asynccontextmanager
-async def running_gateway(
-    settings: GatewaySettings, telemetry: Telemetry
-) -> AsyncIterator[RunningGateway]:
+async def serving(settings: GatewaySettings, telemetry: Telemetry) -> AsyncIterator[RunningGateway]:
     """Serves the gateway (gRPC, and HTTP when `http_port` is set); on exit
     stops taking calls, lets streams finish, then flushes usage records and
     events before closing channels."""

@@ -1,6 +1,9 @@
-"""Builds the auth process's server: maas.v1.Auth and maas.v1.Metering."""
+"""Builds the auth service: maas.v1.Auth and maas.v1.Metering over its store."""
 
 from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 
 from maas.v1 import auth_pb2, auth_pb2_grpc, metering_pb2, metering_pb2_grpc
 from observability import Telemetry
@@ -11,17 +14,43 @@ from services.auth.servicer import ADMIN_RPCS, AdminGuard, AuthServicer, Meterin
 from services.auth.settings import AuthSettings
 from services.auth.store import AuthStore
 from services.common.security import server_security
-from services.common.serving import ServiceServer, start_server
+from services.common.serving import RunningServer, ServiceServer, start_server
 
 AUTH_SERVICE = auth_pb2.DESCRIPTOR.services_by_name["Auth"].full_name
 METERING_SERVICE = metering_pb2.DESCRIPTOR.services_by_name["Metering"].full_name
 ADMIN_METHODS = frozenset(f"/{AUTH_SERVICE}/{rpc}" for rpc in ADMIN_RPCS)
 
 
-async def create_server(
+@asynccontextmanager
+async def serving(
+    settings: AuthSettings, telemetry: Telemetry, *, store: AuthStore | None = None
+) -> AsyncIterator[RunningServer]:
+    """Serves `store` (default: opened from settings, PostgreSQL when
+    `database_url` is set, else SQLite); ready (SERVING) as soon as it starts.
+    On exit stops taking calls and finishes those in flight before the store closes."""
+    async with AsyncExitStack() as stack:
+        if store is None:
+            store = await stack.enter_async_context(_open_store(settings))
+        server = await _start_server(settings, telemetry, store)
+        try:
+            yield RunningServer(server)
+        finally:
+            await server.stop(settings.grace_period_s)
+
+
+def _open_store(settings: AuthSettings) -> AbstractAsyncContextManager[AuthStore]:
+    if settings.database_url:
+        from services.auth.postgres_store import open_postgres_store
+
+        return open_postgres_store(settings.database_url)
+    from services.auth.sqlite_store import open_sqlite_store
+
+    return open_sqlite_store(settings.database_path)
+
+
+async def _start_server(
     settings: AuthSettings, telemetry: Telemetry, store: AuthStore
 ) -> ServiceServer:
-    """Serves an open store; ready (SERVING) as soon as it starts."""
     core = AuthCore(
         store,
         settings.key_pepper.get_secret_value().encode(),

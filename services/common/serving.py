@@ -64,17 +64,26 @@ class ServiceServer:
         for name in self.service_names:
             await self.health.set(name, status)
 
-    async def serve_until_signal(self, grace_s: float) -> None:
-        """Serves until SIGTERM or SIGINT, then stops with `grace_s` for in-flight calls."""
-        try:
-            await wait_for_shutdown_signal()
-        finally:
-            await self.stop(grace_s)
-
     async def stop(self, grace_s: float) -> None:
         """Reports NOT_SERVING everywhere, then lets in-flight calls finish for grace_s."""
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace_s)
+
+
+@dataclass
+class RunningServer:
+    """What a service's factory yields at the least: its gRPC server, whose
+    port is the settings field `port`."""
+
+    server: ServiceServer
+
+    @property
+    def port(self) -> int:
+        return self.server.port
+
+    @property
+    def ports(self) -> dict[str, int]:
+        return {"port": self.server.port}
 
 
 async def start_server(

@@ -5,10 +5,10 @@ service is learnt by parsing its code or running its `--help`."""
 from __future__ import annotations
 
 import importlib
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
 
 from observability import Telemetry
 from services.common.settings import ServiceSettings
@@ -22,6 +22,21 @@ class RunningService(Protocol):
 
     @property
     def ports(self) -> Mapping[str, int]: ...
+
+
+# sysexits' EX_SOFTWARE: the process failed, not its configuration; a
+# supervisor (compose, Kubernetes, `make run`) starts a fresh one.
+EXIT_SERVICE_FAILED = 70
+
+
+@runtime_checkable
+class FailingService(Protocol):
+    """A started service that can fail for good while up (the inference
+    engine dying): `failed` resolves, with why, once it has; the runner then
+    stops it and exits EXIT_SERVICE_FAILED."""
+
+    @property
+    def failed(self) -> Awaitable[str]: ...
 
 
 class ServiceFactory(Protocol[S_contra]):

@@ -1,21 +1,83 @@
-"""Builds the inference gRPC server around an engine."""
+"""Builds the inference service: its gRPC server around an engine (opened
+from settings unless handed in) and the watchdog that notices the engine die."""
 
 from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
 
 import structlog
 
 from maas.v1 import inference_pb2, inference_pb2_grpc
 from observability import Telemetry
-from services.common.security import ServerSecurity
-from services.common.serving import ServiceServer, start_server
+from services.common.security import ServerSecurity, server_security
+from services.common.serving import RunningServer, ServiceServer, start_server
 from services.inference.engine import Engine
 from services.inference.pacing import StreamPacer
 from services.inference.servicer import InferenceServicer, translate_engine_error
+from services.inference.settings import InferenceSettings
 from services.inference.watchdog import wait_engine_failure
 
 log = structlog.get_logger(__name__)
 
 SERVICE_NAME = inference_pb2.DESCRIPTOR.services_by_name["Inference"].full_name
+
+# Time the health watchers (the router) have to read NOT_SERVING before a
+# failed replica's server goes; its streams have failed already, or are stuck.
+FAILED_ENGINE_GRACE_S = 1.0
+
+
+@dataclass
+class RunningInference(RunningServer):
+    engine: Engine
+    # The watchdog: resolves, with why, once the engine has died or wedged.
+    watchdog: asyncio.Task[str]
+
+    @property
+    def failed(self) -> asyncio.Task[str]:
+        return self.watchdog
+
+
+@asynccontextmanager
+async def serving(
+    settings: InferenceSettings, telemetry: Telemetry, *, engine: Engine | None = None
+) -> AsyncIterator[RunningInference]:
+    """Serves `engine`, or one opened from settings: then the server is up
+    (health NOT_SERVING) while the model loads, so probes see progress, and
+    SERVING once it has. Health turns NOT_SERVING for good if the engine dies
+    or wedges (`failed` resolves); on exit the server stops (briefly when the
+    engine has failed) before an engine opened here closes."""
+    server, servicer = await create_server(
+        settings.address,
+        telemetry,
+        engine,
+        stream_messages_per_s=settings.stream_messages_per_s,
+        security=server_security(settings),
+        log_content=settings.telemetry.log_content,
+    )
+    try:
+        async with AsyncExitStack() as stack:
+            if engine is None:
+                from services.inference.vllm_engine import open_vllm_engine
+
+                engine = await stack.enter_async_context(open_vllm_engine(settings))
+                await attach(server, servicer, engine)
+                log.info("model loaded", model=engine.model_info.name)
+            watchdog = asyncio.create_task(
+                watch_engine(server, engine, stall_s=settings.engine_stall_s)
+            )
+            try:
+                yield RunningInference(server, engine, watchdog)
+            finally:
+                failed = watchdog.done()
+                # Stopped on purpose: the engine's shutdown is not a failure.
+                watchdog.cancel()
+                await asyncio.gather(watchdog, return_exceptions=True)
+                await server.stop(FAILED_ENGINE_GRACE_S if failed else settings.grace_period_s)
+    finally:
+        await server.stop(0)
 
 
 async def create_server(
@@ -27,7 +89,8 @@ async def create_server(
     security: ServerSecurity | None = None,
     log_content: bool = False,
 ) -> tuple[ServiceServer, InferenceServicer]:
-    """Starts the server; NOT_SERVING until an engine is attached with `attach`.
+    """Starts the server; NOT_SERVING until an engine is attached with `attach`
+    (the factory's first step; tests of the loading state call it alone).
     `log_content`: log each request's prompt and completion (debugging only)."""
     servicer = InferenceServicer(
         engine, pacer=StreamPacer(stream_messages_per_s), log_content=log_content

@@ -10,14 +10,11 @@ import asyncio
 import time
 from collections.abc import Callable
 
+from services.common.spec import EXIT_SERVICE_FAILED
 from services.inference.engine import Engine
 
-# sysexits' EX_SOFTWARE: the process failed, not its configuration.
-EXIT_ENGINE_FAILED = 70
-
-
-class EngineFailedError(Exception):
-    """The engine died or wedged; the service cannot serve again."""
+# The exit of a service that failed for good (services/common/entrypoint.py).
+EXIT_ENGINE_FAILED = EXIT_SERVICE_FAILED
 
 
 class StallDetector:

@@ -1,4 +1,5 @@
-"""Builds the router's gRPC server; it is ready while any replica serves."""
+"""Builds the router: its replica set and flow policy from settings, and its
+gRPC server, which is ready while any replica serves."""
 
 from __future__ import annotations
 
@@ -6,42 +7,93 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 
 from maas.v1 import router_pb2, router_pb2_grpc
 from observability import Telemetry
-from services.common.security import ServerSecurity
-from services.common.serving import ServiceServer, start_server
+from services.common.security import channel_security, server_security
+from services.common.serving import RunningServer, start_server
 from services.router.dispatcher import Dispatcher, FlowPolicy
+from services.router.limiter import GradientLimiter
 from services.router.metrics import RouterMetrics
-from services.router.replicas import ReplicaSet
+from services.router.replicas import EjectionPolicy, ReplicaSet
 from services.router.servicer import RouterServicer
+from services.router.settings import RouterSettings
 
 SERVICE_NAME = router_pb2.DESCRIPTOR.services_by_name["Router"].full_name
 
 
+@dataclass
+class RunningRouter(RunningServer):
+    replicas: ReplicaSet
+
+    async def wait_ready(self, timeout_s: float) -> None:
+        """Returns once a replica serves (the router's readiness)."""
+        await self.replicas.wait_ready(timeout_s=timeout_s)
+
+
+def replica_set(settings: RouterSettings, telemetry: Telemetry) -> ReplicaSet:
+    return ReplicaSet(
+        settings.replicas,
+        telemetry,
+        retry_initial_s=settings.health_retry_initial_s,
+        retry_max_s=settings.health_retry_max_s,
+        ejection=EjectionPolicy(
+            settings.ejection_failures, settings.ejection_base_s, settings.ejection_max_s
+        ),
+        limiter=lambda: GradientLimiter(
+            initial=settings.initial_concurrency, tolerance=settings.latency_tolerance
+        ),
+        security=channel_security(settings),
+    )
+
+
+def flow_policy(settings: RouterSettings) -> FlowPolicy:
+    return FlowPolicy(
+        max_queue=settings.max_queue,
+        max_queue_per_tenant=settings.max_queue_per_tenant,
+        aging_s=settings.aging_s,
+        max_queue_wait_s=settings.max_queue_wait_s,
+        affinity_slack=settings.affinity_slack,
+        choice=settings.replica_choice,
+        reserved_share=settings.reserved_share,
+        tenant_memory_s=settings.tenant_memory_s,
+    )
+
+
 @asynccontextmanager
-async def running_router(
-    address: str,
+async def serving(settings: RouterSettings, telemetry: Telemetry) -> AsyncIterator[RunningRouter]:
+    """Serves the router over the replica set and flow policy its settings describe."""
+    replicas = replica_set(settings, telemetry)
+    await replicas.start()
+    try:
+        async with routing(settings, telemetry, replicas, flow_policy(settings)) as running:
+            yield running
+    finally:
+        await replicas.aclose()
+
+
+@asynccontextmanager
+async def routing(
+    settings: RouterSettings,
     telemetry: Telemetry,
     replicas: ReplicaSet,
-    grace_s: float,
-    *,
     policy: FlowPolicy | None = None,
-    max_attempts: int = 2,
-    security: ServerSecurity | None = None,
-) -> AsyncIterator[ServiceServer]:
-    """Serves the router; readiness follows whether any replica is serving."""
+) -> AsyncIterator[RunningRouter]:
+    """Serves the router over a started replica set (tests build their own to
+    vary what settings do not: limits, clocks); readiness follows whether any
+    replica is serving."""
     dispatcher = Dispatcher(replicas, policy)
     metrics = RouterMetrics(telemetry.meter(), dispatcher, replicas)
     dispatcher.on_shed = lambda reason: metrics.shed.add(1, {"reason": reason})
-    servicer = RouterServicer(replicas, dispatcher, metrics, max_attempts=max_attempts)
+    servicer = RouterServicer(replicas, dispatcher, metrics, max_attempts=settings.max_attempts)
     server = await start_server(
-        address=address,
+        address=settings.address,
         telemetry=telemetry,
         service_names=[SERVICE_NAME],
         registrars=[lambda s: router_pb2_grpc.add_RouterServicer_to_server(servicer, s)],
         serving=False,
-        security=security,
+        security=server_security(settings),
     )
 
     async def follow_replicas() -> None:
@@ -50,9 +102,9 @@ async def running_router(
 
     follower = asyncio.create_task(follow_replicas())
     try:
-        yield server
+        yield RunningRouter(server, replicas)
     finally:
         follower.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await follower
-        await server.stop(grace_s)
+        await server.stop(settings.grace_period_s)

@@ -6,15 +6,15 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Iterable, Iterator
+from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime
 
 from observability import Telemetry
 from services.anomaly.core import AnomalyCore
 from services.anomaly.detectors.base import Detector, Finding
 from services.anomaly.events import AUTH_FAILURE, REQUEST, RequestEvent
-from services.anomaly.server import create_server
+from services.anomaly.server import RunningAnomaly, serving
 from services.anomaly.settings import AnomalySettings
-from services.common.serving import ServiceServer
 
 T0 = 1_800_000_000.0
 BUCKET_S = 5.0
@@ -99,5 +99,7 @@ def feed(core: AnomalyCore, events: Iterable[RequestEvent]) -> None:
         core.ingest(event)
 
 
-async def start(telemetry: Telemetry, core: AnomalyCore, port: int = 0) -> ServiceServer:
-    return await create_server(AnomalySettings(port=port), telemetry, core)
+def start(
+    telemetry: Telemetry, core: AnomalyCore, port: int = 0
+) -> AbstractAsyncContextManager[RunningAnomaly]:
+    return serving(AnomalySettings(port=port, grace_period_s=0), telemetry, core=core)

@@ -28,43 +28,41 @@ def event(tenant: str, completion: int = 5) -> anomaly_pb2.Event:
 
 
 async def test_report_counts_events_by_kind_and_tenant(telemetry: Telemetry) -> None:
-    server = await start(telemetry, AnomalyCore())
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as ch:
-            stub = anomaly_pb2_grpc.AnomalyStub(ch)
+    async with (
+        start(telemetry, AnomalyCore()) as server,
+        grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as ch,
+    ):
+        stub = anomaly_pb2_grpc.AnomalyStub(ch)
 
-            async def events() -> AsyncIterator[anomaly_pb2.Event]:
-                for tenant in ("a", "a", "b", "a", "b"):
-                    yield event(tenant)
+        async def events() -> AsyncIterator[anomaly_pb2.Event]:
+            for tenant in ("a", "a", "b", "a", "b"):
+                yield event(tenant)
 
-            reply = await stub.Report(events())
-            assert reply.accepted == 5
-            stats = await stub.GetEventStats(anomaly_pb2.GetEventStatsRequest())
-            assert stats.total == 5
-            assert dict(stats.by_kind) == {"EVENT_KIND_REQUEST": 5}
-            assert dict(stats.by_tenant) == {"a": 3, "b": 2}
-            assert dict(stats.completion_tokens_by_tenant) == {"a": 15, "b": 10}
-            alerts = await stub.ListAlerts(anomaly_pb2.ListAlertsRequest())
-            assert list(alerts.alerts) == []  # five requests are no anomaly
-    finally:
-        await server.stop(0)
+        reply = await stub.Report(events())
+        assert reply.accepted == 5
+        stats = await stub.GetEventStats(anomaly_pb2.GetEventStatsRequest())
+        assert stats.total == 5
+        assert dict(stats.by_kind) == {"EVENT_KIND_REQUEST": 5}
+        assert dict(stats.by_tenant) == {"a": 3, "b": 2}
+        assert dict(stats.completion_tokens_by_tenant) == {"a": 15, "b": 10}
+        alerts = await stub.ListAlerts(anomaly_pb2.ListAlertsRequest())
+        assert list(alerts.alerts) == []  # five requests are no anomaly
 
 
 async def test_publisher_delivers_events(telemetry: Telemetry) -> None:
     core = AnomalyCore()
-    server = await start(telemetry, core)
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as ch:
-            publisher = EventPublisher(ch)
-            await publisher.start()
-            for i in range(50):
-                assert publisher.publish(event(f"t{i % 3}"))
-            await eventually(lambda: core.stats().total == 50)
-            await publisher.aclose()
-            assert publisher.sent == 50
-            assert (publisher.dropped, publisher.lost) == (0, 0)
-    finally:
-        await server.stop(0)
+    async with (
+        start(telemetry, core) as server,
+        grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as ch,
+    ):
+        publisher = EventPublisher(ch)
+        await publisher.start()
+        for i in range(50):
+            assert publisher.publish(event(f"t{i % 3}"))
+        await eventually(lambda: core.stats().total == 50)
+        await publisher.aclose()
+        assert publisher.sent == 50
+        assert (publisher.dropped, publisher.lost) == (0, 0)
 
 
 async def test_a_full_queue_drops_and_counts_without_blocking() -> None:
@@ -83,12 +81,9 @@ async def test_events_wait_for_anomaly_to_come_up(telemetry: Telemetry) -> None:
         for _ in range(10):
             publisher.publish(event("early"))
         core = AnomalyCore()
-        server = await start(telemetry, core, port=port)
-        try:
+        async with start(telemetry, core, port=port):
             await eventually(lambda: core.stats().by_tenant["early"] == 10)
             await publisher.aclose()
-        finally:
-            await server.stop(0)
 
 
 async def test_a_broken_stream_counts_its_events_lost_and_the_next_one_delivers(
@@ -99,19 +94,16 @@ async def test_a_broken_stream_counts_its_events_lost_and_the_next_one_delivers(
         publisher = EventPublisher(ch, initial_backoff_s=0.05)
         await publisher.start()
         first = AnomalyCore()
-        server = await start(telemetry, first, port=port)
-        for _ in range(4):
-            publisher.publish(event("before"))
-        await eventually(lambda: first.stats().total == 4)
-        await server.stop(0)  # the open call breaks with its four events in it
+        async with start(telemetry, first, port=port):
+            for _ in range(4):
+                publisher.publish(event("before"))
+            await eventually(lambda: first.stats().total == 4)
+        # The server stopped: the open call broke with its four events in it.
         await eventually(lambda: publisher.lost == 4)
         second = AnomalyCore()
-        server = await start(telemetry, second, port=port)
-        try:
+        async with start(telemetry, second, port=port):
             for _ in range(3):
                 publisher.publish(event("after"))
             await eventually(lambda: second.stats().total == 3)
             await publisher.aclose()
             assert (publisher.sent, publisher.lost, publisher.dropped) == (3, 4, 0)
-        finally:
-            await server.stop(0)

@@ -24,8 +24,7 @@ async def invoke(*args: str) -> Result:
 async def test_alerts_prints_a_table(telemetry: Telemetry) -> None:
     core = AnomalyCore()
     feed(core, stuffing("ipv4:203.0.113.5"))
-    server = await start(telemetry, core)
-    try:
+    async with start(telemetry, core) as server:
         target = f"127.0.0.1:{server.port}"
         result = await invoke("alerts", "--target", target)
         assert result.exit_code == 0, result.output
@@ -39,14 +38,11 @@ async def test_alerts_prints_a_table(telemetry: Telemetry) -> None:
 
         result = await invoke("alerts", "--target", target, "--min-severity", "loud")
         assert result.exit_code != 0
-    finally:
-        await server.stop(0)
 
 
 async def test_alerts_watch_prints_alerts_as_they_come(telemetry: Telemetry) -> None:
     core = AnomalyCore()
-    server = await start(telemetry, core)
-    try:
+    async with start(telemetry, core) as server:
         watching = asyncio.create_task(
             invoke("alerts", "--watch", "--limit", "1", "--target", f"127.0.0.1:{server.port}")
         )
@@ -55,8 +51,6 @@ async def test_alerts_watch_prints_alerts_as_they_come(telemetry: Telemetry) -> 
         result = await asyncio.wait_for(watching, 15)
         assert result.exit_code == 0, result.output
         assert "auth_failure_burst source:ipv4:198.51.100.77" in result.output
-    finally:
-        await server.stop(0)
 
 
 async def test_alerts_reports_an_unreachable_service() -> None:

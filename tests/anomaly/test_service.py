@@ -65,80 +65,77 @@ def tenant_error_burst(tenant: str) -> list[RequestEvent]:
 
 async def test_watch_receives_the_alert_that_reported_events_raise(telemetry: Telemetry) -> None:
     core = AnomalyCore()
-    server = await start(telemetry, core)
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
-            stub = anomaly_pb2_grpc.AnomalyStub(channel)
-            watch = stub.WatchAlerts(anomaly_pb2.WatchAlertsRequest(kind="auth_failure_burst"))
-            await eventually(lambda: core.watchers == 1)
-            assert await report(stub, stuffing("ipv4:203.0.113.7")) == 40
-            alert = await next_alert(watch)
-            assert alert.kind == "auth_failure_burst"
-            assert alert.series == "source:ipv4:203.0.113.7"
-            assert alert.severity == anomaly_pb2.SEVERITY_CRITICAL
-            assert alert.observed > alert.expected
-            assert alert.first_seen.ToSeconds() >= int(T0)
-            assert alert.detail
-            watch.cancel()
+    async with (
+        start(telemetry, core) as server,
+        grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel,
+    ):
+        stub = anomaly_pb2_grpc.AnomalyStub(channel)
+        watch = stub.WatchAlerts(anomaly_pb2.WatchAlertsRequest(kind="auth_failure_burst"))
+        await eventually(lambda: core.watchers == 1)
+        assert await report(stub, stuffing("ipv4:203.0.113.7")) == 40
+        alert = await next_alert(watch)
+        assert alert.kind == "auth_failure_burst"
+        assert alert.series == "source:ipv4:203.0.113.7"
+        assert alert.severity == anomaly_pb2.SEVERITY_CRITICAL
+        assert alert.observed > alert.expected
+        assert alert.first_seen.ToSeconds() >= int(T0)
+        assert alert.detail
+        watch.cancel()
         await eventually(lambda: core.watchers == 0)
-    finally:
-        await server.stop(0)
 
 
 async def test_watch_replays_alerts_since_then_follows(telemetry: Telemetry) -> None:
     core = AnomalyCore()
     feed(core, stuffing("ipv4:203.0.113.1"))
-    server = await start(telemetry, core)
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
-            stub = anomaly_pb2_grpc.AnomalyStub(channel)
-            watch = stub.WatchAlerts(
-                anomaly_pb2.WatchAlertsRequest(since=timestamp_pb2.Timestamp(seconds=int(T0)))
-            )
-            replayed = await next_alert(watch)
-            assert replayed.series == "source:ipv4:203.0.113.1"
-            await report(stub, stuffing("ipv4:203.0.113.2", at=T0 + 60))
-            followed = await next_alert(watch)
-            assert followed.series == "source:ipv4:203.0.113.2"
-            watch.cancel()
-    finally:
-        await server.stop(0)
+    async with (
+        start(telemetry, core) as server,
+        grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel,
+    ):
+        stub = anomaly_pb2_grpc.AnomalyStub(channel)
+        watch = stub.WatchAlerts(
+            anomaly_pb2.WatchAlertsRequest(since=timestamp_pb2.Timestamp(seconds=int(T0)))
+        )
+        replayed = await next_alert(watch)
+        assert replayed.series == "source:ipv4:203.0.113.1"
+        await report(stub, stuffing("ipv4:203.0.113.2", at=T0 + 60))
+        followed = await next_alert(watch)
+        assert followed.series == "source:ipv4:203.0.113.2"
+        watch.cancel()
 
 
 async def test_list_alerts_filters(telemetry: Telemetry) -> None:
     core = AnomalyCore()
     feed(core, tenant_error_burst("a") + tenant_error_burst("b") + stuffing("ipv4:192.0.2.9"))
-    server = await start(telemetry, core)
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
-            stub = anomaly_pb2_grpc.AnomalyStub(channel)
+    async with (
+        start(telemetry, core) as server,
+        grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel,
+    ):
+        stub = anomaly_pb2_grpc.AnomalyStub(channel)
 
-            async def listed(**filters: Any) -> list[tuple[str, str]]:
-                query = anomaly_pb2.ListAlertsRequest(**filters)
-                return [(a.kind, a.series) for a in (await stub.ListAlerts(query)).alerts]
+        async def listed(**filters: Any) -> list[tuple[str, str]]:
+            query = anomaly_pb2.ListAlertsRequest(**filters)
+            return [(a.kind, a.series) for a in (await stub.ListAlerts(query)).alerts]
 
-            everything = await listed()
-            assert set(everything) == {
-                ("error_burst", "tenant:a"),
-                ("error_burst", "tenant:b"),
-                ("auth_failure_burst", "source:ipv4:192.0.2.9"),
-            }
-            assert await listed(tenant_id="a") == [("error_burst", "tenant:a")]
-            assert await listed(kind="auth_failure_burst") == [
-                ("auth_failure_burst", "source:ipv4:192.0.2.9")
-            ]
-            assert await listed(limit=2) == everything[:2]
-            assert await listed(since=timestamp_pb2.Timestamp(seconds=int(T0) + 3600)) == []
-            critical = await listed(min_severity=anomaly_pb2.SEVERITY_CRITICAL)
-            assert set(critical) <= set(everything)
+        everything = await listed()
+        assert set(everything) == {
+            ("error_burst", "tenant:a"),
+            ("error_burst", "tenant:b"),
+            ("auth_failure_burst", "source:ipv4:192.0.2.9"),
+        }
+        assert await listed(tenant_id="a") == [("error_burst", "tenant:a")]
+        assert await listed(kind="auth_failure_burst") == [
+            ("auth_failure_burst", "source:ipv4:192.0.2.9")
+        ]
+        assert await listed(limit=2) == everything[:2]
+        assert await listed(since=timestamp_pb2.Timestamp(seconds=int(T0) + 3600)) == []
+        critical = await listed(min_severity=anomaly_pb2.SEVERITY_CRITICAL)
+        assert set(critical) <= set(everything)
 
-            with pytest.raises(grpc.aio.AioRpcError) as err:
-                await listed(kind="bad_vibes")
-            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-            assert bad_request_fields(err.value) == ["kind"]
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await listed(kind="bad_vibes")
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert bad_request_fields(err.value) == ["kind"]
 
-            stats = await stub.GetEventStats(anomaly_pb2.GetEventStatsRequest())
-            assert stats.total == 2 * 270 + 40
-            assert stats.series_tracked > 0
-    finally:
-        await server.stop(0)
+        stats = await stub.GetEventStats(anomaly_pb2.GetEventStatsRequest())
+        assert stats.total == 2 * 270 + 40
+        assert stats.series_tracked > 0

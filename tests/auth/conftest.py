@@ -16,7 +16,7 @@ from observability import setup
 from observability.settings import TelemetrySettings
 from services.auth.core import AuthCore, MeteringCore
 from services.auth.postgres_store import open_postgres_store
-from services.auth.server import create_server
+from services.auth.server import serving
 from services.auth.settings import AuthSettings
 from services.auth.sqlite_store import open_sqlite_store
 from services.auth.store import AuthStore
@@ -77,8 +77,9 @@ async def auth_channel(store: AuthStore, tmp_path: Path) -> AsyncIterator[grpc.a
         database_path=tmp_path / "auth.db",
     )
     telemetry = setup("auth", TelemetrySettings())
-    server = await create_server(settings, telemetry, store)
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+    async with (
+        serving(settings, telemetry, store=store) as server,
+        grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel,
+    ):
         yield channel
-    await server.stop(0)
     telemetry.shutdown()

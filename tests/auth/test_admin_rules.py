@@ -21,7 +21,7 @@ from observability import setup
 from observability.settings import TelemetrySettings
 from services.auth.core import AuthCore
 from services.auth.models import DEFAULT_PLAN, Plan
-from services.auth.server import create_server
+from services.auth.server import serving
 from services.auth.settings import AuthSettings, DefaultPlanSettings
 from services.auth.store import AuthStore
 from tests.auth.conftest import ADMIN_TOKEN, PEPPER
@@ -80,14 +80,15 @@ async def test_the_default_plan_is_a_setting(store: AuthStore, tmp_path: Path) -
         default_plan=DefaultPlanSettings(requests_per_minute=5, max_concurrent_requests=1),
     )
     telemetry = setup("auth", TelemetrySettings())
-    server = await create_server(settings, telemetry, store)
     try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        async with (
+            serving(settings, telemetry, store=store) as server,
+            grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel,
+        ):
             tenant = await auth_pb2_grpc.AuthStub(channel).CreateTenant(
                 auth_pb2.CreateTenantRequest(name="small"), metadata=OPERATOR
             )
     finally:
-        await server.stop(0)
         telemetry.shutdown()
     assert tenant.plan.requests_per_minute == 5
     assert tenant.plan.max_concurrent_requests == 1

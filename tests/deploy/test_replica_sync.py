@@ -14,24 +14,22 @@ from deploy.runtime.replica_sync import sync_once
 from maas.v1 import router_pb2, router_pb2_grpc
 from observability import setup
 from observability.settings import TelemetrySettings
-from services.router.replicas import ReplicaSet
-from services.router.server import running_router
+from services.router.server import serving
+from services.router.settings import RouterSettings
 from tests.support import free_port
 
 
 @pytest_asyncio.fixture
 async def router() -> AsyncIterator[router_pb2_grpc.RouterAsyncStub]:
     telemetry = setup("router", TelemetrySettings())
-    replicas = ReplicaSet([], telemetry, retry_initial_s=0.05)
-    await replicas.start()
+    settings = RouterSettings(port=0, replicas=[], health_retry_initial_s=0.05, grace_period_s=0.5)
     try:
         async with (
-            running_router("127.0.0.1:0", telemetry, replicas, 0.5) as server,
+            serving(settings, telemetry) as server,
             grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as ch,
         ):
             yield router_pb2_grpc.RouterStub(ch)
     finally:
-        await replicas.aclose()
         telemetry.shutdown()
 
 

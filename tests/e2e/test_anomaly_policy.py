@@ -31,9 +31,10 @@ from observability.settings import TelemetrySettings
 from services.anomaly.actuator import running_policy
 from services.anomaly.core import AnomalyCore
 from services.anomaly.events import RequestEvent
+from services.anomaly.server import serving
 from services.anomaly.settings import AnomalySettings, PolicyRule, PolicySettings
 from services.auth.keys import parse_key
-from tests.anomaly.support import T0, feed, poisson_times, request, start
+from tests.anomaly.support import T0, feed, poisson_times, request
 from tests.mesh import Mesh, TenantKey
 from tests.support import eventually
 
@@ -80,29 +81,29 @@ async def test_a_spike_throttles_the_key_until_an_admin_lifts_it(
     )
     core = AnomalyCore(AnomalySettings())
     admin = (("authorization", f"Bearer {mesh.admin_token}"),)
-    async with running_policy(policy, telemetry, core) as runner:
-        assert runner is not None
-        server = await start(telemetry, core)
-        try:
-            async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as ch:
-                watch = anomaly_pb2_grpc.AnomalyStub(ch).WatchAlerts(
-                    anomaly_pb2.WatchAlertsRequest(tenant_id=tenant_id, kind="request_rate_spike")
-                )
-                await eventually(lambda: core.watchers == 1)
-                feed(core, leaked_key_spike(tenant_id, key_id))
+    settings = AnomalySettings(port=0, grace_period_s=0, policy=policy)
+    assert settings.policy.enabled
+    # The factory runs the policy on the alerts of the core it serves.
+    async with (
+        serving(settings, telemetry, core=core) as server,
+        grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as ch,
+    ):
+        watch = anomaly_pb2_grpc.AnomalyStub(ch).WatchAlerts(
+            anomaly_pb2.WatchAlertsRequest(tenant_id=tenant_id, kind="request_rate_spike")
+        )
+        await eventually(lambda: core.watchers == 1)
+        feed(core, leaked_key_spike(tenant_id, key_id))
 
-                acted: dict[str, anomaly_pb2.PolicyAction] = {}
-                async for alert in watch:
-                    for action in alert.actions:
-                        acted[alert.series] = action
-                    if acted:
-                        break
-                watch.cancel()
-                # The tenant's own spike alert waits a moment for its keys' and
-                # is then left alone: the leaked key explains it.
-                await asyncio.sleep(3)
-        finally:
-            await server.stop(0)
+        acted: dict[str, anomaly_pb2.PolicyAction] = {}
+        async for alert in watch:
+            for action in alert.actions:
+                acted[alert.series] = action
+            if acted:
+                break
+        watch.cancel()
+        # The tenant's own spike alert waits a moment for its keys' and
+        # is then left alone: the leaked key explains it.
+        await asyncio.sleep(3)
 
     assert {series: a.action for series, a in acted.items()} == {f"key:{key_id}": "throttle_key"}
     assert all(a.error == "" and a.reference for a in acted.values())

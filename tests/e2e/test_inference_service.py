@@ -167,13 +167,19 @@ async def test_requests_past_the_engine_batch_report_their_queueing(mesh: Mesh) 
 async def test_a_paced_stream_batches_tokens_and_loses_none(mesh: Mesh) -> None:
     from observability import setup
     from observability.settings import TelemetrySettings
-    from services.inference.server import create_server
+    from services.inference.server import serving
+    from services.inference.settings import InferenceSettings
 
     telemetry = setup("inference-paced", TelemetrySettings())
     # 5 messages a second for one stream: 200 ms between messages.
-    server, _ = await create_server("127.0.0.1:0", telemetry, mesh.engine, stream_messages_per_s=5)
+    settings = InferenceSettings(
+        model=mesh.model, port=0, stream_messages_per_s=5, grace_period_s=0
+    )
     try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as ch:
+        async with (
+            serving(settings, telemetry, engine=mesh.engine) as server,
+            grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as ch,
+        ):
             stub = inference_pb2_grpc.InferenceStub(ch)
             chunks = [
                 c
@@ -182,7 +188,6 @@ async def test_a_paced_stream_batches_tokens_and_loses_none(mesh: Mesh) -> None:
                 )
             ]
     finally:
-        await server.stop(0)
         telemetry.shutdown()
     tokens = sum(len(c.token_ids) for c in chunks)
     assert tokens == chunks[-1].usage.completion_tokens == 64

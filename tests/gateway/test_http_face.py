@@ -18,17 +18,16 @@ import httpx
 import pytest
 import pytest_asyncio
 
-from gateway.server import running_gateway
+from gateway.server import serving as serving_gateway
 from gateway.settings import GatewaySettings
 from maas.v1 import auth_pb2, auth_pb2_grpc
 from observability import setup
 from observability.settings import TelemetrySettings
 from services.anomaly.core import AnomalyCore
-from services.anomaly.server import create_server as create_anomaly_server
+from services.anomaly.server import serving as serving_anomaly
 from services.anomaly.settings import AnomalySettings
-from services.auth.server import create_server as create_auth_server
+from services.auth.server import serving as serving_auth
 from services.auth.settings import AuthSettings
-from services.auth.sqlite_store import open_sqlite_store
 from tests.support import eventually, free_port
 
 
@@ -72,27 +71,27 @@ async def backends(tmp_path: Path) -> AsyncIterator[Backends]:
     admin_token = secrets.token_urlsafe(32)
     db_path = tmp_path / "auth.db"
     async with AsyncExitStack() as stack:
-        store = await stack.enter_async_context(open_sqlite_store(db_path))
-        auth = await create_auth_server(
-            AuthSettings(
-                port=0,
-                admin_token=admin_token,
-                key_pepper=secrets.token_urlsafe(32),
-                database_path=db_path,
-            ),
-            setup("auth", TelemetrySettings()),
-            store,
+        auth = await stack.enter_async_context(
+            serving_auth(
+                AuthSettings(
+                    port=0,
+                    admin_token=admin_token,
+                    key_pepper=secrets.token_urlsafe(32),
+                    database_path=db_path,
+                    grace_period_s=0,
+                ),
+                setup("auth", TelemetrySettings()),
+            )
         )
-        stack.push_async_callback(auth.stop, 0)
-        anomaly_core = AnomalyCore()
-        anomaly = await create_anomaly_server(
-            AnomalySettings(port=0), setup("anomaly", TelemetrySettings()), anomaly_core
+        anomaly = await stack.enter_async_context(
+            serving_anomaly(
+                AnomalySettings(port=0, grace_period_s=0), setup("anomaly", TelemetrySettings())
+            )
         )
-        stack.push_async_callback(anomaly.stop, 0)
         yield Backends(
             auth=f"127.0.0.1:{auth.port}",
             anomaly=f"127.0.0.1:{anomaly.port}",
-            anomaly_core=anomaly_core,
+            anomaly_core=anomaly.core,
             admin_token=admin_token,
             tmp=tmp_path,
         )
@@ -101,7 +100,7 @@ async def backends(tmp_path: Path) -> AsyncIterator[Backends]:
 @pytest_asyncio.fixture
 async def http(backends: Backends) -> AsyncIterator[httpx.AsyncClient]:
     settings = backends.gateway_settings()
-    async with running_gateway(settings, setup("gateway", TelemetrySettings())) as gateway:
+    async with serving_gateway(settings, setup("gateway", TelemetrySettings())) as gateway:
         assert gateway.http_port is not None and gateway.http_port != 0
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{gateway.http_port}") as client:
             yield client
@@ -166,7 +165,7 @@ async def test_a_router_that_is_down_is_503(http: httpx.AsyncClient, backends: B
 
 async def test_the_http_face_can_be_turned_off(backends: Backends) -> None:
     settings = backends.gateway_settings(http_port=None)
-    async with running_gateway(settings, setup("gateway", TelemetrySettings())) as gateway:
+    async with serving_gateway(settings, setup("gateway", TelemetrySettings())) as gateway:
         assert gateway.http_port is None
         assert gateway.port > 0
 
@@ -177,7 +176,7 @@ async def test_a_taken_http_port_fails_the_start(backends: Backends) -> None:
         taken.listen()
         settings = backends.gateway_settings(http_port=taken.getsockname()[1])
         with pytest.raises(OSError):
-            async with running_gateway(settings, setup("gateway", TelemetrySettings())):
+            async with serving_gateway(settings, setup("gateway", TelemetrySettings())):
                 pass
 
 
@@ -215,7 +214,7 @@ async def test_an_unauthenticated_huge_post_is_refused_before_its_body(
     backends: Backends,
 ) -> None:
     settings = backends.gateway_settings(http_max_body_bytes=200 * 1024 * 1024)
-    async with running_gateway(settings, setup("gateway", TelemetrySettings())) as gateway:
+    async with serving_gateway(settings, setup("gateway", TelemetrySettings())) as gateway:
         assert gateway.http_port is not None
         answer = await send_unfinished_post(gateway.http_port, {}, sent=64 * 1024)
     assert answer.startswith(b"HTTP/1.1 401 ")
@@ -225,7 +224,7 @@ async def test_an_unauthenticated_huge_post_is_refused_before_its_body(
 async def test_a_declared_body_over_the_limit_is_413_naming_it(backends: Backends) -> None:
     key = await backends.api_key()
     settings = backends.gateway_settings(http_max_body_bytes=4096)
-    async with running_gateway(settings, setup("gateway", TelemetrySettings())) as gateway:
+    async with serving_gateway(settings, setup("gateway", TelemetrySettings())) as gateway:
         assert gateway.http_port is not None
         answer = await send_unfinished_post(
             gateway.http_port, {"authorization": f"Bearer {key}"}, sent=1024
@@ -237,7 +236,7 @@ async def test_a_declared_body_over_the_limit_is_413_naming_it(backends: Backend
 async def test_a_chunked_body_is_cut_off_at_the_limit(backends: Backends) -> None:
     key = await backends.api_key()
     settings = backends.gateway_settings(http_max_body_bytes=4096)
-    async with running_gateway(settings, setup("gateway", TelemetrySettings())) as gateway:
+    async with serving_gateway(settings, setup("gateway", TelemetrySettings())) as gateway:
         assert gateway.http_port is not None
         reader, writer = await asyncio.open_connection("127.0.0.1", gateway.http_port)
         head = (

@@ -18,7 +18,7 @@ from gateway.outbox import UsageOutbox
 from maas.v1 import metering_pb2, metering_pb2_grpc
 from observability import Telemetry, setup
 from observability.settings import TelemetrySettings
-from services.auth.server import create_server
+from services.auth.server import serving
 from services.auth.settings import AuthSettings
 from services.auth.sqlite_store import open_sqlite_store
 from tests.support import eventually, free_port
@@ -87,8 +87,10 @@ async def test_records_wait_out_an_outage_and_a_restart(
         settings = AuthSettings(
             port=port, admin_token="a" * 32, key_pepper="p" * 32, database_path=tmp_path / "auth.db"
         )
-        async with open_sqlite_store(settings.database_path) as store:
-            server = await create_server(settings, telemetry, store)
+        async with (
+            open_sqlite_store(settings.database_path) as store,
+            serving(settings, telemetry, store=store),
+        ):
             metrics, reader = gateway_metrics()
             second = UsageOutbox(outbox_path, stub, metrics=metrics, initial_backoff_s=0.05)
             await second.open()
@@ -103,7 +105,6 @@ async def test_records_wait_out_an_outage_and_a_restart(
                 assert summary.summary.completion_tokens == sum(range(20))
             finally:
                 await second.aclose(timeout_s=1.0)
-                await server.stop(0)
 
 
 async def test_a_record_the_ledger_refuses_is_set_aside_and_the_rest_delivered(
@@ -112,35 +113,34 @@ async def test_a_record_the_ledger_refuses_is_set_aside_and_the_rest_delivered(
     settings = AuthSettings(
         port=0, admin_token="a" * 32, key_pepper="p" * 32, database_path=tmp_path / "auth.db"
     )
-    async with open_sqlite_store(settings.database_path) as store:
-        server = await create_server(settings, telemetry, store)
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
-            stub = metering_pb2_grpc.MeteringStub(channel)
-            # Another gateway already billed out-3 with other numbers.
-            conflicting = record(3)
-            conflicting.completion_tokens = 1000
-            await stub.RecordUsage(metering_pb2.RecordUsageRequest(record=conflicting))
-            metrics, reader = gateway_metrics()
-            outbox = UsageOutbox(
-                tmp_path / "outbox.db", stub, metrics=metrics, initial_backoff_s=0.05
+    async with (
+        open_sqlite_store(settings.database_path) as store,
+        serving(settings, telemetry, store=store) as server,
+        grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel,
+    ):
+        stub = metering_pb2_grpc.MeteringStub(channel)
+        # Another gateway already billed out-3 with other numbers.
+        conflicting = record(3)
+        conflicting.completion_tokens = 1000
+        await stub.RecordUsage(metering_pb2.RecordUsageRequest(record=conflicting))
+        metrics, reader = gateway_metrics()
+        outbox = UsageOutbox(tmp_path / "outbox.db", stub, metrics=metrics, initial_backoff_s=0.05)
+        await outbox.open()
+        try:
+            for i in range(10):
+                outbox.add(record(i))
+            await eventually(lambda: outbox.delivered + outbox.dead_letters == 10)
+            assert (outbox.delivered, outbox.dead_letters) == (9, 1)
+            assert metric(reader, "maas.gateway.outbox.dead_letters") == 1
+            assert await outbox.pending() == 0
+            summary = await stub.GetUsage(
+                metering_pb2.MeteringGetUsageRequest(tenant_id="t-outbox")
             )
-            await outbox.open()
-            try:
-                for i in range(10):
-                    outbox.add(record(i))
-                await eventually(lambda: outbox.delivered + outbox.dead_letters == 10)
-                assert (outbox.delivered, outbox.dead_letters) == (9, 1)
-                assert metric(reader, "maas.gateway.outbox.dead_letters") == 1
-                assert await outbox.pending() == 0
-                summary = await stub.GetUsage(
-                    metering_pb2.MeteringGetUsageRequest(tenant_id="t-outbox")
-                )
-                # Nine from the outbox and the first bill for out-3, never a second.
-                assert summary.summary.requests == 10
-                assert summary.summary.completion_tokens == sum(range(10)) - 3 + 1000
-            finally:
-                await outbox.aclose(timeout_s=1.0)
-                await server.stop(0)
+            # Nine from the outbox and the first bill for out-3, never a second.
+            assert summary.summary.requests == 10
+            assert summary.summary.completion_tokens == sum(range(10)) - 3 + 1000
+        finally:
+            await outbox.aclose(timeout_s=1.0)
 
 
 class FakeBrokenOnceStub:
@@ -166,39 +166,40 @@ async def test_the_sender_survives_any_error_and_unreadable_rows(
         port=0, admin_token="a" * 32, key_pepper="p" * 32, database_path=tmp_path / "auth.db"
     )
     outbox_path = tmp_path / "outbox.db"
-    async with open_sqlite_store(settings.database_path) as store:
-        server = await create_server(settings, telemetry, store)
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
-            real = metering_pb2_grpc.MeteringStub(channel)
-            broken: Any = FakeBrokenOnceStub(real)
-            metrics, reader = gateway_metrics()
-            outbox = UsageOutbox(
-                outbox_path,
-                broken,
-                metrics=metrics,
-                initial_backoff_s=0.05,
-            )
-            await outbox.open()
-            try:
-                import aiosqlite
+    async with (
+        open_sqlite_store(settings.database_path) as store,
+        serving(settings, telemetry, store=store) as server,
+        grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel,
+    ):
+        real = metering_pb2_grpc.MeteringStub(channel)
+        broken: Any = FakeBrokenOnceStub(real)
+        metrics, reader = gateway_metrics()
+        outbox = UsageOutbox(
+            outbox_path,
+            broken,
+            metrics=metrics,
+            initial_backoff_s=0.05,
+        )
+        await outbox.open()
+        try:
+            import aiosqlite
 
-                async with aiosqlite.connect(outbox_path) as disk:  # a corrupt row on disk
-                    await disk.execute("INSERT INTO outbox VALUES ('torn', x'ffffffff')")
-                    await disk.commit()
-                for i in range(5):
-                    outbox.add(record(i))
-                await eventually(lambda: outbox.delivered == 5)
-                assert broken.failures == 1
-                assert outbox.dead_letters == 1
-                assert metric(reader, "maas.gateway.outbox.dead_letters") == 1
-                assert metric(reader, "maas.gateway.outbox.backlog") == 0
-                summary = await real.GetUsage(
-                    metering_pb2.MeteringGetUsageRequest(tenant_id="t-outbox")
-                )
-                assert summary.summary.requests == 5
-            finally:
-                await outbox.aclose(timeout_s=1.0)
-                await server.stop(0)
+            async with aiosqlite.connect(outbox_path) as disk:  # a corrupt row on disk
+                await disk.execute("INSERT INTO outbox VALUES ('torn', x'ffffffff')")
+                await disk.commit()
+            for i in range(5):
+                outbox.add(record(i))
+            await eventually(lambda: outbox.delivered == 5)
+            assert broken.failures == 1
+            assert outbox.dead_letters == 1
+            assert metric(reader, "maas.gateway.outbox.dead_letters") == 1
+            assert metric(reader, "maas.gateway.outbox.backlog") == 0
+            summary = await real.GetUsage(
+                metering_pb2.MeteringGetUsageRequest(tenant_id="t-outbox")
+            )
+            assert summary.summary.requests == 5
+        finally:
+            await outbox.aclose(timeout_s=1.0)
 
 
 async def test_a_later_record_of_a_request_replaces_the_one_waiting(

@@ -16,7 +16,7 @@ from observability import setup
 from observability.settings import TelemetrySettings
 from services.auth.core import AuthCore
 from services.auth.models import Plan
-from services.auth.server import create_server
+from services.auth.server import serving
 from services.auth.settings import AuthSettings
 from services.auth.sqlite_store import open_sqlite_store
 from tests.support import eventually
@@ -50,8 +50,10 @@ async def test_a_kept_lease_outlives_its_period_and_a_dropped_one_frees_the_slot
         database_path=tmp_path / "auth.db",
         reservation_lease_s=0.3,
     )
-    async with open_sqlite_store(settings.database_path) as store:
-        server = await create_server(settings, telemetry, store)
+    async with (
+        open_sqlite_store(settings.database_path) as store,
+        serving(settings, telemetry, store=store) as server,
+    ):
         try:
             core = AuthCore(store, b"p")
             tenant = await core.create_tenant("t")
@@ -75,5 +77,4 @@ async def test_a_kept_lease_outlives_its_period_and_a_dropped_one_frees_the_slot
 
                 await eventually(slot_back)
         finally:
-            await server.stop(0)
             telemetry.shutdown()

@@ -18,7 +18,7 @@ from grpc_status import rpc_status
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from gateway.server import running_gateway
+from gateway.server import serving
 from gateway.settings import GatewaySettings
 from maas.v1 import gateway_pb2_grpc, generation_pb2
 from maas_cli.client import MaasClient
@@ -53,7 +53,7 @@ async def tight_gateway(mesh: Mesh, tmp_path_factory: pytest.TempPathFactory) ->
     # Traced like the mesh's gateway, so auth's spans of its calls are recorded.
     telemetry = setup("gateway-tight", TelemetrySettings(), span_exporter=InMemorySpanExporter())
     try:
-        async with running_gateway(settings, telemetry) as gateway:
+        async with serving(settings, telemetry) as gateway:
             yield f"127.0.0.1:{gateway.port}"
     finally:
         telemetry.shutdown()

@@ -14,9 +14,8 @@ from local_models.tiny_llama import build_tiny_adapter
 from maas.v1 import generation_pb2, inference_pb2, inference_pb2_grpc
 from observability import setup
 from observability.settings import TelemetrySettings
-from services.inference.server import create_server
+from services.inference.server import serving
 from services.inference.settings import InferenceSettings
-from services.inference.vllm_engine import open_vllm_engine
 
 ADAPTER = "tiny-lora"
 
@@ -33,14 +32,15 @@ async def lora_target(
         max_num_seqs=8,
         lora_modules={ADAPTER: str(adapter)},
         max_lora_rank=8,
+        port=0,
+        grace_period_s=0,
+        # One message per delta, as this test has always read them.
+        stream_messages_per_s=0,
     )
     telemetry = setup("inference-lora", TelemetrySettings())
-    async with open_vllm_engine(settings) as engine:
-        server, _ = await create_server("127.0.0.1:0", telemetry, engine)
-        try:
-            yield f"127.0.0.1:{server.port}"
-        finally:
-            await server.stop(0)
+    # The factory opens the engine from settings, as `python -m services.inference` does.
+    async with serving(settings, telemetry) as server:
+        yield f"127.0.0.1:{server.port}"
     telemetry.shutdown()
 
 

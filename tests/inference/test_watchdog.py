@@ -24,10 +24,11 @@ from services.inference.engine import (
     ModelInfo,
     SamplingOptions,
 )
-from services.inference.server import create_server, watch_engine
+from services.inference.server import serving as serving_inference
+from services.inference.settings import InferenceSettings
 from services.inference.watchdog import StallDetector, wait_engine_failure
-from services.router.replicas import ReplicaSet
-from services.router.server import running_router
+from services.router.server import serving as serving_router
+from services.router.settings import RouterSettings
 from tests.support import eventually
 
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -141,50 +142,53 @@ async def test_a_wedged_engine_turns_the_replica_not_serving_and_the_router_drop
     telemetry: Telemetry,
 ) -> None:
     engine = FakeWedgedEngine()
-    server, _ = await create_server("127.0.0.1:0", telemetry, engine)
-    address = f"127.0.0.1:{server.port}"
-    watcher = asyncio.create_task(watch_engine(server, engine, stall_s=0.2))
-    replicas = ReplicaSet([address], telemetry, retry_initial_s=0.05)
-    await replicas.start()
-    try:
-        async with (
-            running_router("127.0.0.1:0", telemetry, replicas, 0.5) as router,
-            grpc.aio.insecure_channel(f"127.0.0.1:{router.port}") as router_channel,
-            grpc.aio.insecure_channel(address) as replica_channel,
-        ):
-            await replicas.wait_ready(timeout_s=30)
-            health = health_pb2_grpc.HealthStub(replica_channel)
-            check = health_pb2.HealthCheckRequest(service="maas.v1.Inference")
-            assert (await health.Check(check)).status == SERVING
-            stub = router_pb2_grpc.RouterStub(router_channel)
-            stuck = stub.Generate(
-                router_pb2.RouterGenerateRequest(
-                    request=generation_pb2.GenerateRequest(model="fake", prompt="hi"),
-                    context=router_pb2.RequestContext(
-                        tenant_id="t", priority=auth_pb2.PRIORITY_DEFAULT
-                    ),
-                )
+    async with (
+        serving_inference(
+            InferenceSettings(model="fake", port=0, engine_stall_s=0.2, grace_period_s=0),
+            telemetry,
+            engine=engine,
+        ) as inference,
+        serving_router(
+            RouterSettings(
+                port=0,
+                replicas=[f"127.0.0.1:{inference.port}"],
+                health_retry_initial_s=0.05,
+                grace_period_s=0.5,
+            ),
+            telemetry,
+        ) as router,
+        grpc.aio.insecure_channel(f"127.0.0.1:{router.port}") as router_channel,
+        grpc.aio.insecure_channel(f"127.0.0.1:{inference.port}") as replica_channel,
+    ):
+        await router.wait_ready(timeout_s=30)
+        health = health_pb2_grpc.HealthStub(replica_channel)
+        check = health_pb2.HealthCheckRequest(service="maas.v1.Inference")
+        assert (await health.Check(check)).status == SERVING
+        stub = router_pb2_grpc.RouterStub(router_channel)
+        stuck = stub.Generate(
+            router_pb2.RouterGenerateRequest(
+                request=generation_pb2.GenerateRequest(model="fake", prompt="hi"),
+                context=router_pb2.RequestContext(
+                    tenant_id="t", priority=auth_pb2.PRIORITY_DEFAULT
+                ),
             )
-            reason = await watcher
-            assert reason.startswith("wedged")
-            # Readiness and liveness both: a supervisor's probe restarts it.
-            assert (await health.Check(check)).status == NOT_SERVING
-            liveness = health_pb2.HealthCheckRequest(service="")
-            assert (await health.Check(liveness)).status == NOT_SERVING
+        )
+        reason = await inference.failed
+        assert reason.startswith("wedged")
+        # Readiness and liveness both: a supervisor's probe restarts it.
+        assert (await health.Check(check)).status == NOT_SERVING
+        liveness = health_pb2.HealthCheckRequest(service="")
+        assert (await health.Check(liveness)).status == NOT_SERVING
 
-            async def dropped() -> bool:
-                listed = await stub.ListReplicas(router_pb2.ListReplicasRequest())
-                return [r.state for r in listed.replicas] == [router_pb2.REPLICA_STATE_NOT_SERVING]
+        async def dropped() -> bool:
+            listed = await stub.ListReplicas(router_pb2.ListReplicasRequest())
+            return [r.state for r in listed.replicas] == [router_pb2.REPLICA_STATE_NOT_SERVING]
 
-            await eventually(dropped)
-            with pytest.raises(grpc.aio.AioRpcError) as refused:
-                await stub.CountTokens(generation_pb2.CountTokensRequest(model="fake", prompt="x"))
-            assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
-            stuck.cancel()
-    finally:
-        watcher.cancel()
-        await replicas.aclose()
-        await server.stop(0)
+        await eventually(dropped)
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await stub.CountTokens(generation_pb2.CountTokensRequest(model="fake", prompt="x"))
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+        stuck.cancel()
 
 
 async def test_a_dead_engine_is_noticed_on_its_own_signal() -> None:

@@ -14,8 +14,8 @@ from gateway.metrics import GatewayMetrics
 from maas.v1 import router_pb2, router_pb2_grpc
 from observability import setup
 from observability.settings import TelemetrySettings
-from services.router.replicas import ReplicaSet
-from services.router.server import running_router
+from services.router.server import serving
+from services.router.settings import RouterSettings
 from tests.support import free_port
 
 
@@ -38,11 +38,12 @@ async def test_each_service_serves_its_own_metrics_to_prometheus() -> None:
     GatewayMetrics(gateway_telemetry.meter()).request_ended(
         model="tiny-llama", status="OK", prompt_tokens=3, completion_tokens=5, first_token_s=0.01
     )
-    replicas = ReplicaSet([], router_telemetry, retry_initial_s=0.05)
-    await replicas.start()
+    router_settings = RouterSettings(
+        port=0, replicas=[], health_retry_initial_s=0.05, grace_period_s=0.5
+    )
     try:
         async with (
-            running_router("127.0.0.1:0", router_telemetry, replicas, 0.5) as server,
+            serving(router_settings, router_telemetry) as server,
             grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as ch,
         ):
             await router_pb2_grpc.RouterStub(ch).RegisterReplica(
@@ -51,7 +52,6 @@ async def test_each_service_serves_its_own_metrics_to_prometheus() -> None:
             router_text = await asyncio.to_thread(scrape, router_port)
             gateway_text = await asyncio.to_thread(scrape, gateway_port)
     finally:
-        await replicas.aclose()
         router_telemetry.shutdown()
         gateway_telemetry.shutdown()
 

@@ -29,11 +29,13 @@ from observability import Telemetry, setup
 from observability.settings import TelemetrySettings
 from services.common.serving import ServiceServer, start_server
 from services.inference.engine import Engine
-from services.inference.server import create_server as create_inference_server
+from services.inference.server import serving as serving_inference
+from services.inference.settings import InferenceSettings
 from services.router.dispatcher import FlowPolicy
 from services.router.limiter import GradientLimiter
 from services.router.replicas import EjectionPolicy, ReplicaSet
-from services.router.server import running_router
+from services.router.server import routing
+from services.router.settings import RouterSettings
 from tests.support import eventually, free_port
 
 INFERENCE = inference_pb2.DESCRIPTOR.services_by_name["Inference"].full_name
@@ -62,11 +64,14 @@ class Router:
 async def inference_replica(engine: Engine) -> AsyncIterator[Replica]:
     spans = InMemorySpanExporter()
     telemetry = setup("inference", TelemetrySettings(), span_exporter=spans)
-    server, _ = await create_inference_server("127.0.0.1:0", telemetry, engine)
+    # One message per delta: these tests count tokens per message.
+    settings = InferenceSettings(
+        model=engine.model_info.name, port=0, stream_messages_per_s=0, grace_period_s=0.5
+    )
     try:
-        yield Replica(f"127.0.0.1:{server.port}", spans, server)
+        async with serving_inference(settings, telemetry, engine=engine) as running:
+            yield Replica(f"127.0.0.1:{running.port}", spans, running.server)
     finally:
-        await server.stop(0.5)
         telemetry.shutdown()
 
 
@@ -92,7 +97,7 @@ async def router(
     await replicas.start()
     try:
         async with (
-            running_router("127.0.0.1:0", telemetry, replicas, 0.5, policy=policy) as srv,
+            routing(RouterSettings(port=0, grace_period_s=0.5), telemetry, replicas, policy) as srv,
             grpc.aio.insecure_channel(f"127.0.0.1:{srv.port}") as ch,
         ):
             yield Router(router_pb2_grpc.RouterStub(ch), replicas, model)

@@ -14,30 +14,16 @@ import pytest
 import pytest_asyncio
 
 from deploy.local.throwaway_ca import OPERATOR, MeshCertificates, write_throwaway_ca
-from gateway.server import running_gateway
-from gateway.settings import GatewaySettings
 from maas.v1 import auth_pb2, auth_pb2_grpc
 from maas_cli.client import MaasClient
 from maas_cli.connection import Connection
-from observability import setup
-from observability.settings import TelemetrySettings
-from services.anomaly.core import AnomalyCore
-from services.anomaly.server import create_server as create_anomaly_server
-from services.anomaly.settings import AnomalySettings
-from services.auth.server import create_server as create_auth_server
-from services.auth.settings import AuthSettings
-from services.auth.sqlite_store import open_sqlite_store
-from services.common.security import channel_security, server_security
-from services.common.settings import TlsSettings
+from services.catalog import SERVICES as CATALOG
 from services.inference.engine import Engine
-from services.inference.server import create_server as create_inference_server
-from services.inference.settings import InferenceSettings
-from services.router.replicas import ReplicaSet
-from services.router.server import running_router
-from services.router.settings import RouterSettings
+from services.mesh import MeshOptions, running_mesh
 
-SERVICES = ("gateway", "auth", "router", "inference", "anomaly")
-INTERNAL = ("auth", "router", "inference", "anomaly")
+SERVICES = tuple(spec.name for spec in CATALOG)
+# Those only the mesh may call.
+INTERNAL = tuple(spec.name for spec in CATALOG if not spec.public)
 
 
 @dataclass
@@ -99,14 +85,6 @@ class SecureMesh:
         return tenant.tenant_id, created.api_key
 
 
-def _tls(certs: MeshCertificates | None, name: str, *, mutual: bool) -> TlsSettings:
-    if certs is None:
-        return TlsSettings()
-    return TlsSettings(
-        cert=certs[name].cert, key=certs[name].key, ca=certs.ca, require_client_cert=mutual
-    )
-
-
 async def start_secure_mesh(
     stack: AsyncExitStack,
     engine: Engine,
@@ -117,85 +95,20 @@ async def start_secure_mesh(
 ) -> SecureMesh:
     """Inner hops: mutual TLS when `certs`; the gateway's public port: TLS
     without client certificates. Every service holds `service_token`."""
-    tel = {name: setup(name, TelemetrySettings()) for name in SERVICES}
-    for t in tel.values():
-        stack.callback(t.shutdown)
-    admin_token = secrets.token_urlsafe(32)
-
-    inference_settings = InferenceSettings(
+    options = MeshOptions(
+        state=state,
         model=engine.model_info.name,
-        port=0,
-        tls=_tls(certs, "inference", mutual=True),
+        certs=certs,
         service_token=service_token,
+        # One message per delta: pacing has tests of its own (tests/inference/test_pacing.py).
+        overrides={"inference": {"stream_messages_per_s": 0}},
     )
-    inference, _ = await create_inference_server(
-        inference_settings.address, tel["inference"], engine,
-        security=server_security(inference_settings),
-    )  # fmt: skip
-    stack.push_async_callback(inference.stop, 1.0)
-
-    db_path = state / "auth.db"
-    store = await stack.enter_async_context(open_sqlite_store(db_path))
-    auth_settings = AuthSettings(
-        port=0,
-        admin_token=admin_token,
-        key_pepper=secrets.token_urlsafe(32),
-        database_path=db_path,
-        tls=_tls(certs, "auth", mutual=True),
-        service_token=service_token,
+    mesh = await stack.enter_async_context(
+        running_mesh(options, dependencies={"inference": {"engine": engine}})
     )
-    auth = await create_auth_server(auth_settings, tel["auth"], store)
-    stack.push_async_callback(auth.stop, 1.0)
-
-    anomaly_settings = AnomalySettings(
-        port=0, tls=_tls(certs, "anomaly", mutual=True), service_token=service_token
-    )
-    anomaly = await create_anomaly_server(anomaly_settings, tel["anomaly"], AnomalyCore())
-    stack.push_async_callback(anomaly.stop, 1.0)
-
-    router_settings = RouterSettings(
-        port=0,
-        replicas=[f"127.0.0.1:{inference.port}"],
-        tls=_tls(certs, "router", mutual=True),
-        service_token=service_token,
-    )
-    replicas = ReplicaSet(
-        router_settings.replicas, tel["router"], security=channel_security(router_settings)
-    )
-    await replicas.start()
-    stack.push_async_callback(replicas.aclose)
-    router = await stack.enter_async_context(
-        running_router(
-            router_settings.address, tel["router"], replicas, grace_s=1.0,
-            security=server_security(router_settings),
-        )
-    )  # fmt: skip
-    await replicas.wait_ready(timeout_s=60)
-
-    gateway_settings = GatewaySettings(
-        port=0,
-        router_address=f"127.0.0.1:{router.port}",
-        auth_address=f"127.0.0.1:{auth.port}",
-        anomaly_address=f"127.0.0.1:{anomaly.port}",
-        grace_period_s=2.0,
-        usage_outbox_path=state / "outbox.db",
-        http_port=0,
-        tls=_tls(certs, "gateway", mutual=False),
-        service_token=service_token,
-    )
-    gateway = await stack.enter_async_context(running_gateway(gateway_settings, tel["gateway"]))
-    assert gateway.http_port is not None
-    ports = {
-        "gateway": gateway.port,
-        "gateway-http": gateway.http_port,
-        "auth": auth.port,
-        "router": router.port,
-        "inference": inference.port,
-        "anomaly": anomaly.port,
-    }
     return SecureMesh(
-        targets={name: f"127.0.0.1:{port}" for name, port in ports.items()},
-        admin_token=admin_token,
+        targets={**mesh.targets, "gateway-http": mesh.target("gateway", "http_port")},
+        admin_token=options.admin_token,
         service_token=service_token,
         certs=certs,
         model=engine.model_info.name,

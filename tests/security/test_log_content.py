@@ -17,7 +17,8 @@ from observability import setup
 from observability.logging import configure_logging
 from observability.settings import TelemetrySettings
 from services.inference.engine import Engine
-from services.inference.server import create_server as create_inference_server
+from services.inference.server import serving as serving_inference
+from services.inference.settings import InferenceSettings
 from tests.security.conftest import SecureMesh
 
 
@@ -95,10 +96,17 @@ async def test_log_content_turns_on_a_line_with_the_prompt_and_the_completion(
     telemetry = setup("inference", TelemetrySettings(log_content=True))
     prompt = distinctive("prompt")
     async with AsyncExitStack() as stack:
-        server, _ = await create_inference_server(
-            "127.0.0.1:0", telemetry, vllm_engine, log_content=True
+        settings = InferenceSettings(
+            model=vllm_engine.model_info.name,
+            port=0,
+            grace_period_s=1.0,
+            # One message per delta, as this test has always read them.
+            stream_messages_per_s=0,
+            telemetry=TelemetrySettings(log_content=True),
         )
-        stack.push_async_callback(server.stop, 1.0)
+        server = await stack.enter_async_context(
+            serving_inference(settings, telemetry, engine=vllm_engine)
+        )
         with logging_everything(log_content=True):
             async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as ch:
                 request = inference_pb2.InferenceGenerateRequest(
