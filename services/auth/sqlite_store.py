@@ -2,7 +2,9 @@
 
 Times are stored as integer microseconds since the epoch (UTC), so ranges
 compare as integers. Opened as `connect_wal` opens every SQLite file of the
-mesh: a commit survives a crash of this process."""
+mesh: a commit survives a crash of this process. Every write, the ledger's
+batches included, is one transaction of `Transactions`: they share one
+connection, and so one transaction at a time."""
 
 from __future__ import annotations
 
@@ -30,7 +32,7 @@ from services.auth.models import (
 )
 from services.auth.rows import Row
 from services.auth.store import TenantExistsError
-from services.common.sqlite_writer import GroupCommitWriter, connect_wal
+from services.common.sqlite_writer import GroupCommitWriter, Transactions, connect_wal
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS tenants (
@@ -178,16 +180,16 @@ async def _write_usage(
 class SqliteAuthStore:
     def __init__(self, db: aiosqlite.Connection) -> None:
         self._db = db
+        self._transactions = Transactions(db)
         # Group commit for usage records: many callers share the cost of a commit.
-        self._ledger = GroupCommitWriter(db, _write_usage)
+        self._ledger = GroupCommitWriter(db, _write_usage, transactions=self._transactions)
 
     async def create_tenant(self, tenant: Tenant) -> None:
+        row = rows.tenant_row(tenant, _to_us)
         try:
-            row = rows.tenant_row(tenant, _to_us)
-            await self._db.execute(_insert("INSERT", "tenants", row), row)
-            await self._db.commit()
+            async with self._transactions.begin() as db:
+                await db.execute(_insert("INSERT", "tenants", row), row)
         except sqlite3.IntegrityError as err:
-            await self._db.rollback()
             raise TenantExistsError(tenant.name) from err
 
     async def get_tenant(self, tenant_id: str) -> Tenant | None:
@@ -200,12 +202,12 @@ class SqliteAuthStore:
     async def set_plan(
         self, tenant_id: str, plan: Plan, priority: Priority | None
     ) -> Tenant | None:
-        await self._db.execute(
-            "UPDATE tenants SET plan = ?, priority = COALESCE(?, priority) WHERE tenant_id = ?",
-            (plan.to_json(), int(priority) if priority is not None else None, tenant_id),
-        )
-        await self._db.commit()
-        return await self.get_tenant(tenant_id)
+        async with self._transactions.begin() as db:
+            await db.execute(
+                "UPDATE tenants SET plan = ?, priority = COALESCE(?, priority) WHERE tenant_id = ?",
+                (plan.to_json(), int(priority) if priority is not None else None, tenant_id),
+            )
+            return await self.get_tenant(tenant_id)
 
     async def tokens_used_since(self, tenant_id: str, since: datetime) -> int:
         async with self._db.execute(
@@ -222,8 +224,8 @@ class SqliteAuthStore:
 
     async def create_key(self, key: ApiKeyRecord) -> None:
         row = rows.key_row(key, _to_us, scopes=",".join(key.scopes))
-        await self._db.execute(_insert("INSERT", "api_keys", row), row)
-        await self._db.commit()
+        async with self._transactions.begin() as db:
+            await db.execute(_insert("INSERT", "api_keys", row), row)
 
     async def get_key(self, key_id: str) -> ApiKeyRecord | None:
         async with self._db.execute("SELECT * FROM api_keys WHERE key_id = ?", (key_id,)) as cur:
@@ -237,12 +239,12 @@ class SqliteAuthStore:
             return [rows.key_from(r, _from_us, _scopes(r)) for r in await cur.fetchall()]
 
     async def revoke_key(self, key_id: str, at: datetime) -> ApiKeyRecord | None:
-        await self._db.execute(
-            "UPDATE api_keys SET revoked_at = ? WHERE key_id = ? AND revoked_at IS NULL",
-            (_to_us(at), key_id),
-        )
-        await self._db.commit()
-        return await self.get_key(key_id)
+        async with self._transactions.begin() as db:
+            await db.execute(
+                "UPDATE api_keys SET revoked_at = ? WHERE key_id = ? AND revoked_at IS NULL",
+                (_to_us(at), key_id),
+            )
+            return await self.get_key(key_id)
 
     async def record_usage(self, record: UsageRecord) -> tuple[UsageRecord, bool]:
         return await self._ledger.submit(record)
@@ -277,15 +279,11 @@ class SqliteAuthStore:
         return UsageSummary(tenant_id, int(row[0]), int(row[1]), int(row[2]))
 
     async def save_restriction(self, restriction: Restriction, audit: AuditEntry) -> None:
-        try:
-            row = rows.restriction_row(restriction, _to_us)
-            await self._db.execute(_insert("INSERT OR REPLACE", "restrictions", row), row)
-            row = rows.audit_row(audit, _to_us)
-            await self._db.execute(_insert("INSERT", "audit_log", row), row)
-            await self._db.commit()
-        except BaseException:
-            await self._db.rollback()
-            raise
+        restricted = rows.restriction_row(restriction, _to_us)
+        audited = rows.audit_row(audit, _to_us)
+        async with self._transactions.begin() as db:
+            await db.execute(_insert("INSERT OR REPLACE", "restrictions", restricted), restricted)
+            await db.execute(_insert("INSERT", "audit_log", audited), audited)
 
     async def list_restrictions(self, tenant_id: str | None) -> list[Restriction]:
         where, args = ("WHERE tenant_id = ?", (tenant_id,)) if tenant_id else ("", ())
@@ -302,34 +300,31 @@ class SqliteAuthStore:
             return [rows.audit_from(r, _from_us) for r in await cur.fetchall()]
 
     async def claim_idempotency_key(self, claim: IdempotencyClaim) -> IdempotencyClaim:
-        # The primary key decides between concurrent claims; the read finds
-        # the winner, unless it was freed in between: then claim again.
-        while True:
-            claimed = rows.claim_row(claim, _to_us)
-            await self._db.execute(
-                _insert("INSERT OR IGNORE", "idempotency_keys", claimed), claimed
-            )
-            await self._db.commit()
-            async with self._db.execute(
+        # The primary key decides between concurrent claims; the read, in the
+        # same transaction, finds the winner: nothing can free it in between.
+        claimed = rows.claim_row(claim, _to_us)
+        async with self._transactions.begin() as db:
+            await db.execute(_insert("INSERT OR IGNORE", "idempotency_keys", claimed), claimed)
+            async with db.execute(
                 "SELECT * FROM idempotency_keys WHERE tenant_id = ? AND key = ?",
                 (claim.tenant_id, claim.key),
             ) as cur:
                 row = await cur.fetchone()
-            if row is not None:
-                return rows.claim_from(row, _from_us)
+        assert row is not None
+        return rows.claim_from(row, _from_us)
 
     async def free_idempotency_key(self, tenant_id: str, key: str, request_id: str) -> None:
-        await self._db.execute(
-            "DELETE FROM idempotency_keys WHERE tenant_id = ? AND key = ? AND request_id = ?",
-            (tenant_id, key, request_id),
-        )
-        await self._db.commit()
+        async with self._transactions.begin() as db:
+            await db.execute(
+                "DELETE FROM idempotency_keys WHERE tenant_id = ? AND key = ? AND request_id = ?",
+                (tenant_id, key, request_id),
+            )
 
     async def prune_idempotency_keys(self, before: datetime) -> int:
-        cur = await self._db.execute(
-            "DELETE FROM idempotency_keys WHERE created_at < ?", (_to_us(before),)
-        )
-        await self._db.commit()
+        async with self._transactions.begin() as db:
+            cur = await db.execute(
+                "DELETE FROM idempotency_keys WHERE created_at < ?", (_to_us(before),)
+            )
         return cur.rowcount
 
 

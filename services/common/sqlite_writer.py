@@ -6,13 +6,18 @@ into the next, written by one function and committed in one transaction. One
 caller waits no longer than it would alone; many share the cost of a commit.
 Each caller gets its own item's result, only once its batch is committed.
 When a batch fails, each of its items is written again alone, so one bad item
-fails its own caller and loses no one else's write."""
+fails its own caller and loses no one else's write.
+
+A connection has one transaction at a time, whoever's statements it holds:
+everything that writes on it (the writer's batches and any other method)
+goes through one `Transactions`, so a rollback undoes no one else's
+statement and a commit lands no one else's half-done change."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Generic, TypeAlias, TypeVar
 
@@ -38,6 +43,27 @@ async def connect_wal(path: Path) -> aiosqlite.Connection:
     return db
 
 
+class Transactions:
+    """Write transactions on one connection, one at a time."""
+
+    def __init__(self, db: aiosqlite.Connection) -> None:
+        self.db = db
+        self._lock = asyncio.Lock()
+
+    @contextlib.asynccontextmanager
+    async def begin(self) -> AsyncIterator[aiosqlite.Connection]:
+        """Yields the connection once no other transaction is open; commits
+        what the block wrote, or rolls it back if the block (or the commit) fails."""
+        async with self._lock:
+            try:
+                yield self.db
+                await self.db.commit()
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    await self.db.rollback()
+                raise
+
+
 class GroupCommitWriter(Generic[ItemT, ResultT]):
     # Bounds one transaction, and so the wait of the batch's last caller.
     MAX_BATCH = 512
@@ -48,8 +74,12 @@ class GroupCommitWriter(Generic[ItemT, ResultT]):
         write: WriteBatch[ItemT, ResultT],
         *,
         max_batch: int = MAX_BATCH,
+        transactions: Transactions | None = None,
     ) -> None:
-        self._db = db
+        """`transactions`: those of every other writer on `db`, when there are others."""
+        if transactions is not None and transactions.db is not db:
+            raise ValueError("transactions of another connection")
+        self._transactions = transactions or Transactions(db)
         self._write = write
         self._max_batch = max_batch
         self._pending: list[tuple[ItemT, asyncio.Future[ResultT]]] = []
@@ -109,15 +139,10 @@ class GroupCommitWriter(Generic[ItemT, ResultT]):
             _settle(future, result)
 
     async def _commit(self, items: list[ItemT]) -> Sequence[ResultT]:
-        try:
-            results = await self._write(self._db, items)
+        async with self._transactions.begin() as db:
+            results = await self._write(db, items)
             if len(results) != len(items):
                 raise ValueError(f"{len(items)} items written, {len(results)} results")
-            await self._db.commit()
-        except BaseException:
-            with contextlib.suppress(Exception):
-                await self._db.rollback()
-            raise
         return results
 
 

@@ -1,5 +1,5 @@
 """Group commit on real SQLite files: batching, a failed item alone fails,
-close flushes."""
+close flushes; transactions on one connection run one at a time."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import aiosqlite
 import pytest
 import pytest_asyncio
 
-from services.common.sqlite_writer import GroupCommitWriter, connect_wal
+from services.common.sqlite_writer import GroupCommitWriter, Transactions, connect_wal
 
 
 class Numbers:
@@ -111,3 +111,45 @@ async def test_close_writes_everything_submitted(db: aiosqlite.Connection, tmp_p
 async def test_the_database_is_in_wal_mode(db: aiosqlite.Connection) -> None:
     async with db.execute("PRAGMA journal_mode") as cur:
         assert await cur.fetchone() == ("wal",)
+
+
+async def test_a_transaction_commits_its_block_or_rolls_it_back(
+    db: aiosqlite.Connection, tmp_path: Path
+) -> None:
+    transactions = Transactions(db)
+    async with transactions.begin() as tx:
+        await tx.execute("INSERT INTO numbers (n) VALUES (1)")
+    with pytest.raises(sqlite3.IntegrityError):
+        async with transactions.begin() as tx:
+            await tx.execute("INSERT INTO numbers (n) VALUES (2)")
+            await tx.execute("INSERT INTO numbers (n) VALUES (-2)")
+    assert committed(tmp_path / "sub" / "w.db") == [1]
+
+
+async def test_a_failed_batch_undoes_no_other_transaction_on_the_connection(
+    db: aiosqlite.Connection, tmp_path: Path
+) -> None:
+    transactions = Transactions(db)
+    writer = GroupCommitWriter(db, Numbers().write, transactions=transactions)
+    writer.start()
+    async with transactions.begin() as tx:
+        await tx.execute("INSERT INTO numbers (n) VALUES (1)")
+        failing = writer.submit_nowait(-1)
+        # Round trips to the connection's thread: the writer's turn to run, had
+        # it not to wait for this transaction.
+        for _ in range(10):
+            await tx.execute("SELECT 1")
+        assert not failing.done()
+        await tx.execute("INSERT INTO numbers (n) VALUES (2)")
+    with pytest.raises(sqlite3.IntegrityError):
+        await failing
+    await writer.aclose()
+    assert committed(tmp_path / "sub" / "w.db") == [1, 2]
+
+
+async def test_a_writer_refuses_transactions_of_another_connection(
+    db: aiosqlite.Connection, tmp_path: Path
+) -> None:
+    async with aiosqlite.connect(tmp_path / "other.db") as other:
+        with pytest.raises(ValueError, match="another connection"):
+            GroupCommitWriter(db, Numbers().write, transactions=Transactions(other))
