@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Protocol
+
 from maas.v1 import generation_pb2, inference_pb2
 from services.inference.engine import (
     Capacity,
@@ -9,7 +11,6 @@ from services.inference.engine import (
     Delta,
     FinishReason,
     GenerationInput,
-    LoadSnapshot,
     ModelInfo,
     SamplingOptions,
 )
@@ -115,7 +116,23 @@ def replica_info_to_proto(
     )
 
 
-def load_to_proto(load: LoadSnapshot) -> inference_pb2.Load:
+class LoadValues(Protocol):
+    """A load report's values: the engine's `LoadSnapshot`, or the router's
+    copy of what a replica last reported."""
+
+    @property
+    def running(self) -> int: ...
+    @property
+    def waiting(self) -> int: ...
+    @property
+    def kv_cache_usage(self) -> float: ...
+    @property
+    def tokens_in_flight(self) -> int: ...
+    @property
+    def prefix_cache_hit_rate(self) -> float: ...
+
+
+def load_to_proto(load: LoadValues) -> inference_pb2.Load:
     return inference_pb2.Load(
         running=load.running,
         waiting=load.waiting,

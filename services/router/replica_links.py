@@ -53,16 +53,6 @@ def load_from_proto(load: inference_pb2.Load) -> ReplicaLoad:
     )
 
 
-def load_to_proto(load: ReplicaLoad) -> inference_pb2.Load:
-    return inference_pb2.Load(
-        running=load.running,
-        waiting=load.waiting,
-        kv_cache_usage=load.kv_cache_usage,
-        tokens_in_flight=load.tokens_in_flight,
-        prefix_cache_hit_rate=load.prefix_cache_hit_rate,
-    )
-
-
 @dataclass(eq=False)
 class _Link:
     channel: grpc.aio.Channel

@@ -20,12 +20,12 @@ from maas.v1 import (
 from observability.context import REPLICA_METADATA_KEY
 from services.common.errors import InvalidArgumentError
 from services.common.generation_limits import completion_limit
+from services.inference.convert import load_to_proto
 from services.router.choice import prefix_key
 from services.router.dispatcher import Dispatcher, Lease, Ticket
 from services.router.fair_queue import BATCH, DEFAULT, INTERACTIVE
 from services.router.metrics import CLASS_NAMES, RouterMetrics
 from services.router.replica import Replica
-from services.router.replica_links import load_to_proto
 from services.router.replicas import ReplicaSet
 from services.router.retry import FirstTokenRetry, ReplicaStream
 
