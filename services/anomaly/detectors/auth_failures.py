@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass
 
 from services.anomaly.detectors.base import Finding
-from services.anomaly.detectors.series import SeriesTable
+from services.anomaly.detectors.series import CountsSeries, SeriesTable
 from services.anomaly.detectors.stats import log_poisson_tail, neg_log10
 from services.anomaly.events import AUTH_FAILURE, RequestEvent
 from services.anomaly.settings import AuthFailureSettings
@@ -38,7 +38,7 @@ class _Source:
     fired: bool = False
 
 
-class AuthFailureDetector:
+class AuthFailureDetector(CountsSeries[_Source]):
     KIND = "auth_failure_burst"
 
     def __init__(
@@ -58,12 +58,6 @@ class AuthFailureDetector:
             idle_buckets,
             lambda b: _Source(bucket=b, level=settings.expected_per_bucket, ring=[0] * ring),
         )
-
-    def tracked(self) -> int:
-        return len(self._table)
-
-    def evicted(self) -> int:
-        return self._table.evicted
 
     def observe(self, event: RequestEvent, at: float, bucket: int) -> list[Finding]:
         if event.kind != AUTH_FAILURE or not event.source:
@@ -107,10 +101,7 @@ class AuthFailureDetector:
         ]
 
     def advance(self, bucket: int) -> list[Finding]:
-        for _, state in self._table.take_active():
-            if state.bucket < bucket:
-                self._close(state, bucket)
-        self._table.evict_idle(bucket)
+        self._table.close_before(bucket, lambda _, state: self._close(state, bucket))
         return []
 
     def _close(self, state: _Source, bucket: int) -> None:

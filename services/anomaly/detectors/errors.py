@@ -19,7 +19,7 @@ import math
 from dataclasses import dataclass
 
 from services.anomaly.detectors.base import Finding
-from services.anomaly.detectors.series import SeriesTable
+from services.anomaly.detectors.series import CountsSeries, SeriesTable
 from services.anomaly.detectors.stats import log_binomial_tail, neg_log10
 from services.anomaly.events import REQUEST, RequestEvent
 from services.anomaly.settings import ErrorSettings
@@ -49,7 +49,7 @@ class _ErrorSeries:
     base_errors: float = 0.0
 
 
-class ErrorBurstDetector:
+class ErrorBurstDetector(CountsSeries[_ErrorSeries]):
     KIND = "error_burst"
 
     def __init__(
@@ -72,12 +72,6 @@ class ErrorBurstDetector:
             ),
         )
 
-    def tracked(self) -> int:
-        return len(self._table)
-
-    def evicted(self) -> int:
-        return self._table.evicted
-
     def observe(self, event: RequestEvent, at: float, bucket: int) -> list[Finding]:
         if event.kind != REQUEST:
             return []
@@ -92,10 +86,7 @@ class ErrorBurstDetector:
         return findings
 
     def advance(self, bucket: int) -> list[Finding]:
-        for _, state in self._table.take_active():
-            if state.bucket < bucket:
-                self._close(state, bucket)
-        self._table.evict_idle(bucket)
+        self._table.close_before(bucket, lambda _, state: self._close(state, bucket))
         return []
 
     def _count(

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from services.anomaly.detectors.base import Finding
-from services.anomaly.detectors.series import SeriesTable
+from services.anomaly.detectors.series import CountsSeries, SeriesTable
 from services.anomaly.detectors.stats import clip
 from services.anomaly.events import REQUEST, RequestEvent
 from services.anomaly.settings import LatencySettings
@@ -48,7 +48,7 @@ class _Replica:
     per_token: LatencyMetric = field(default_factory=LatencyMetric)
 
 
-class LatencyDetector:
+class LatencyDetector(CountsSeries[_Replica]):
     KINDS: ClassVar[dict[str, str]] = {
         "ttft": "ttft_regression",
         "per_token": "token_latency_regression",
@@ -62,12 +62,6 @@ class LatencyDetector:
         self._table: SeriesTable[_Replica] = SeriesTable(
             max_series, idle_buckets, lambda b: _Replica(bucket=b)
         )
-
-    def tracked(self) -> int:
-        return len(self._table)
-
-    def evicted(self) -> int:
-        return self._table.evicted
 
     def observe(self, event: RequestEvent, at: float, bucket: int) -> list[Finding]:
         if event.kind != REQUEST or not event.replica or event.status_code != "OK":
@@ -88,10 +82,9 @@ class LatencyDetector:
     def advance(self, bucket: int) -> list[Finding]:
         findings: list[Finding] = []
         at = bucket * self._bucket_s
-        for series, replica in self._table.take_active():
-            if replica.bucket < bucket:
-                self._close(series, replica, bucket, at, findings)
-        self._table.evict_idle(bucket)
+        self._table.close_before(
+            bucket, lambda series, replica: self._close(series, replica, bucket, at, findings)
+        )
         return findings
 
     def _add(self, m: LatencyMetric, value: float, bucket: int) -> None:

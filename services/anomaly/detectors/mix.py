@@ -25,7 +25,7 @@ from river.anomaly import HalfSpaceTrees
 from river.preprocessing import AdaptiveStandardScaler
 
 from services.anomaly.detectors.base import Finding
-from services.anomaly.detectors.series import SeriesTable
+from services.anomaly.detectors.series import CountsSeries, SeriesTable
 from services.anomaly.events import REQUEST, RequestEvent
 from services.anomaly.settings import MixSettings
 
@@ -83,7 +83,7 @@ class _Tenant:
     typical_score: float = 0.0
 
 
-class TrafficMixDetector:
+class TrafficMixDetector(CountsSeries[_Tenant]):
     KIND = "traffic_mix"
 
     def __init__(self, settings: MixSettings, *, bucket_s: float, idle_buckets: int) -> None:
@@ -109,12 +109,6 @@ class TrafficMixDetector:
             trees=cast(_Trees, trees),
         )
 
-    def tracked(self) -> int:
-        return len(self._table)
-
-    def evicted(self) -> int:
-        return self._table.evicted
-
     def observe(self, event: RequestEvent, at: float, bucket: int) -> list[Finding]:
         if event.kind != REQUEST or not event.tenant_id:
             return []
@@ -137,10 +131,12 @@ class TrafficMixDetector:
     def advance(self, bucket: int) -> list[Finding]:
         findings: list[Finding] = []
         at = bucket * self._bucket_s
-        for series, tenant in self._table.take_active():
-            if tenant.bucket < bucket:
-                self._close(series, series.removeprefix("tenant:"), tenant, bucket, at, findings)
-        self._table.evict_idle(bucket)
+        self._table.close_before(
+            bucket,
+            lambda series, tenant: self._close(
+                series, series.removeprefix("tenant:"), tenant, bucket, at, findings
+            ),
+        )
         return findings
 
     def _close(

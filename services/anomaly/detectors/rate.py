@@ -20,7 +20,7 @@ import math
 from dataclasses import dataclass, field
 
 from services.anomaly.detectors.base import Finding
-from services.anomaly.detectors.series import SeriesTable
+from services.anomaly.detectors.series import CountsSeries, SeriesTable
 from services.anomaly.detectors.stats import clip, log_negative_binomial_tail, neg_log10
 from services.anomaly.events import REQUEST, RequestEvent
 from services.anomaly.settings import RateSettings
@@ -100,7 +100,7 @@ class _Entity:
     requests_seen: int = 0
 
 
-class RateDetector:
+class RateDetector(CountsSeries[_Entity]):
     def __init__(
         self, settings: RateSettings, *, bucket_s: float, max_series: int, idle_buckets: int
     ) -> None:
@@ -111,12 +111,6 @@ class RateDetector:
             max_series, idle_buckets, lambda b: _Entity(bucket=b, tenant_id="")
         )
         self._idle = idle_buckets
-
-    def tracked(self) -> int:
-        return len(self._table)
-
-    def evicted(self) -> int:
-        return self._table.evicted
 
     def observe(self, event: RequestEvent, at: float, bucket: int) -> list[Finding]:
         if event.kind != REQUEST or not event.tenant_id:
@@ -131,10 +125,9 @@ class RateDetector:
     def advance(self, bucket: int) -> list[Finding]:
         findings: list[Finding] = []
         at = bucket * self._bucket_s
-        for series, entity in self._table.take_active():
-            if entity.bucket < bucket:
-                self._close(series, entity, at, findings)
-        self._table.evict_idle(bucket)
+        self._table.close_before(
+            bucket, lambda series, entity: self._close(series, entity, at, findings)
+        )
         return findings
 
     def _count(

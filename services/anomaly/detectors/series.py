@@ -51,6 +51,14 @@ class SeriesTable(Generic[S]):
             if state is not None:
                 yield key, state
 
+    def close_before(self, bucket: int, close: Callable[[str, S], None]) -> None:
+        """A detector's `advance`: `close(key, state)` for each active series whose
+        open bucket is before `bucket`, then the idle series are forgotten."""
+        for key, state in self.take_active():
+            if state.bucket < bucket:
+                close(key, state)
+        self.evict_idle(bucket)
+
     def evict_idle(self, bucket: int) -> None:
         """Forgets series whose last event is more than the idle limit before `bucket`."""
         states = self._states
@@ -61,3 +69,16 @@ class SeriesTable(Generic[S]):
             del states[key]
             self._active.discard(key)
             self.evicted += 1
+
+
+class CountsSeries(Generic[S]):
+    """`Detector.tracked` and `Detector.evicted` for a detector whose series
+    live in `self._table`."""
+
+    _table: SeriesTable[S]
+
+    def tracked(self) -> int:
+        return len(self._table)
+
+    def evicted(self) -> int:
+        return self._table.evicted
