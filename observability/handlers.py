@@ -5,13 +5,18 @@ call's response streams in that task."""
 from __future__ import annotations
 
 import inspect
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextvars import ContextVar
-from typing import Any
+from typing import Any, TypeAlias
 
 import grpc
 
 Behavior = Callable[..., Any]
+
+# A string: grpc's runtime classes are not subscriptable, only its stubs are.
+Continuation: TypeAlias = (
+    "Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]]"
+)
 
 # The response streams opened while serving the current call, outermost first;
 # a list only inside `written_in_call_task`.
@@ -120,3 +125,20 @@ class CachedRewrap:
             assert wrapped is not None
             self._cache[handler] = wrapped
         return wrapped
+
+
+class RewrappingServerInterceptor(grpc.aio.ServerInterceptor):
+    """A server interceptor that runs its code inside each handler: it wraps
+    every handler's behaviour (once per handler) and changes nothing else."""
+
+    def __init__(
+        self,
+        wrap_unary: Callable[[Behavior], Behavior],
+        wrap_stream: Callable[[Behavior], Behavior],
+    ) -> None:
+        self._rewrap = CachedRewrap(wrap_unary, wrap_stream)
+
+    async def intercept_service(
+        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        return self._rewrap(await continuation(handler_call_details))

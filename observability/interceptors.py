@@ -7,8 +7,8 @@ task that runs the handler (and every call it makes), not only around
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, TypeAlias
+from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 
@@ -21,30 +21,20 @@ from observability.context import (
 )
 from observability.handlers import (
     Behavior,
-    CachedRewrap,
+    RewrappingServerInterceptor,
     stream_responses,
     unchanged,
     written_in_call_task,
 )
 
-# A string: grpc's runtime classes are not subscriptable, only its stubs are.
-Continuation: TypeAlias = (
-    "Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]]"
-)
 
-
-class StreamClosingServerInterceptor(grpc.aio.ServerInterceptor):
+class StreamClosingServerInterceptor(RewrappingServerInterceptor):
     """Runs streaming handlers so that a cancelled call closes them in its own
     task (see `written_in_call_task`). Must come first: it only helps the
     layers it wraps."""
 
     def __init__(self) -> None:
-        self._rewrap = CachedRewrap(unchanged, written_in_call_task)
-
-    async def intercept_service(
-        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
-    ) -> grpc.RpcMethodHandler[Any, Any] | None:
-        return self._rewrap(await continuation(handler_call_details))
+        super().__init__(unchanged, written_in_call_task)
 
 
 def _request_id_from(context: grpc.aio.ServicerContext[Any, Any]) -> str | None:
@@ -63,16 +53,11 @@ def _enter_request(context: grpc.aio.ServicerContext[Any, Any]) -> None:
         bind_request(request_id)
 
 
-class RequestContextServerInterceptor(grpc.aio.ServerInterceptor):
+class RequestContextServerInterceptor(RewrappingServerInterceptor):
     """Binds the caller's x-request-id for the duration of the handler."""
 
     def __init__(self) -> None:
-        self._rewrap = CachedRewrap(_unary, _stream)
-
-    async def intercept_service(
-        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
-    ) -> grpc.RpcMethodHandler[Any, Any] | None:
-        return self._rewrap(await continuation(handler_call_details))
+        super().__init__(_unary, _stream)
 
 
 def _unary(behavior: Behavior) -> Behavior:

@@ -9,7 +9,7 @@ details of its kind (`BadRequest`, `QuotaFailure`, `RetryInfo`).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar, cast
 
@@ -20,7 +20,7 @@ from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from observability.handlers import Behavior, CachedRewrap, stream_responses
+from observability.handlers import Behavior, RewrappingServerInterceptor, stream_responses
 
 log = structlog.get_logger(__name__)
 
@@ -212,23 +212,14 @@ def _no_translation(_: Exception) -> MeshError | None:
     return None
 
 
-class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
+class ErrorMappingInterceptor(RewrappingServerInterceptor):
     """Maps what a handler raises to a status: `MeshError`s (after the service's
     translator), a downstream call's status as is, anything else to INTERNAL
     with the cause logged rather than sent to the client."""
 
     def __init__(self, translate: Translator = _no_translation) -> None:
         self._translate = translate
-        self._rewrap = CachedRewrap(self._wrap_unary, self._wrap_stream)
-
-    async def intercept_service(
-        self,
-        continuation: Callable[
-            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]
-        ],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler[Any, Any] | None:
-        return self._rewrap(await continuation(handler_call_details))
+        super().__init__(self._wrap_unary, self._wrap_stream)
 
     def _wrap_unary(self, behavior: Behavior) -> Behavior:
         async def wrapped(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:

@@ -11,13 +11,13 @@ that wrapper adds nothing per streamed message."""
 from __future__ import annotations
 
 import hmac
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Collection
 from typing import Any
 
 import grpc
 
 from observability.channels import SERVICE_TOKEN_METADATA_KEY
-from observability.handlers import Behavior, CachedRewrap
+from observability.handlers import Behavior, CachedRewrap, Continuation
 from services.common.errors import UnauthenticatedError
 
 # Probes (health) and tools (reflection) must reach every service.
@@ -41,11 +41,7 @@ class MeshOnlyInterceptor(grpc.aio.ServerInterceptor):
         self._rewrap = CachedRewrap(_unary_needs_peer_cert, _stream_needs_peer_cert)
 
     async def intercept_service(
-        self,
-        continuation: Callable[
-            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]
-        ],
-        handler_call_details: grpc.HandlerCallDetails,
+        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
     ) -> grpc.RpcMethodHandler[Any, Any] | None:
         handler = await continuation(handler_call_details)
         method = handler_call_details.method
