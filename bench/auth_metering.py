@@ -30,6 +30,7 @@ import grpc
 from google.protobuf import timestamp_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from bench.cli import run_on_uvloop
 from bench.inference_streaming import free_port
 from bench.stats import percentile, summary, write_results
 from gateway.authn import Authenticator
@@ -248,9 +249,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=2.0)
-    import uvloop
-
-    uvloop.run(main_async(parser.parse_args()))
+    run_on_uvloop(main_async, parser)
 
 
 if __name__ == "__main__":

@@ -58,6 +58,7 @@ from typing import Any
 import grpc
 
 from bench import mesh as bench_mesh
+from bench.cli import run_on_uvloop
 from bench.inference_streaming import free_port
 from bench.stats import percentile, summary, write_results
 from maas.v1 import auth_pb2, auth_pb2_grpc, gateway_pb2_grpc, generation_pb2
@@ -573,9 +574,7 @@ def main() -> None:
     )
     parser.add_argument("--settle-s", type=float, default=3.0)
     parser.add_argument("--attacks", nargs="*", choices=ATTACKS, help="default: all")
-    import uvloop
-
-    uvloop.run(main_async(parser.parse_args()))
+    run_on_uvloop(main_async, parser)
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@ from services.inference.settings import InferenceSettings, cpu_engine_environmen
 for _key, _value in cpu_engine_environment().items():
     os.environ.setdefault(_key, _value)
 
+from bench.cli import cells_parser, run_on_uvloop  # noqa: E402
 from bench.stats import in_waves, percentile, summary, write_results  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
@@ -412,25 +413,14 @@ async def main_async(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--concurrency", default="1,16,64")
-    parser.add_argument(
-        "--min-streams",
-        type=int,
-        default=8,
-        help="streams per cell at least: below it a cell runs waves back to back",
-    )
+    parser = cells_parser(__doc__)
     parser.add_argument(
         "--grpc-messages-per-s",
         type=float,
         default=None,
         help="the gRPC service's stream message budget (default: its own setting)",
     )
-    import uvloop
-
-    # The load generator's own loop: uvloop, as `vllm serve` and the gRPC service use.
-    uvloop.run(main_async(parser.parse_args()))
+    run_on_uvloop(main_async, parser)
 
 
 if __name__ == "__main__":

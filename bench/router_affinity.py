@@ -24,6 +24,7 @@ from contextlib import AsyncExitStack
 import grpc
 
 from bench import mesh
+from bench.cli import run_on_uvloop
 from bench.stats import percentile, summary, write_results
 from maas.v1 import router_pb2_grpc
 
@@ -117,9 +118,7 @@ async def main_async(args: argparse.Namespace) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rounds", type=int, default=3)
-    import uvloop
-
-    uvloop.run(main_async(parser.parse_args()))
+    run_on_uvloop(main_async, parser)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from typing import Any
 import grpc
 
 from bench import mesh
+from bench.cli import cells_parser, run_on_uvloop
 from bench.stats import in_waves, percentile, summary, write_results
 from maas.v1 import inference_pb2, inference_pb2_grpc, router_pb2_grpc
 
@@ -140,18 +141,8 @@ async def main_async(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--concurrency", default="1,16,64")
-    parser.add_argument(
-        "--min-streams",
-        type=int,
-        default=8,
-        help="streams per cell at least: below it a cell runs waves back to back",
-    )
-    import uvloop
-
-    uvloop.run(main_async(parser.parse_args()))
+    parser = cells_parser(__doc__)
+    run_on_uvloop(main_async, parser)
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 import grpc
 
 from bench import mesh
+from bench.cli import run_on_uvloop
 from bench.stats import RESULTS, percentile, summary, write_results
 from maas.v1 import router_pb2, router_pb2_grpc
 
@@ -350,9 +351,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=20.0)
-    import uvloop
-
-    uvloop.run(main_async(parser.parse_args()))
+    run_on_uvloop(main_async, parser)
 
 
 if __name__ == "__main__":
