@@ -24,6 +24,7 @@ from services.router.fair_queue import Entry, FairQueue, QueueFullError
 from services.router.limiter import Ewma, RecentQuantile
 from services.router.replica import Replica
 from services.router.replicas import ReplicaSet
+from services.router.tenants import ActiveTenants
 
 # Tenants remembered per model for the reserve's fair share: enough for every
 # tenant active in a minute on a busy mesh, bounded against made-up tenant ids.
@@ -146,10 +147,9 @@ class Dispatcher:
         self._pumping = False
         self._pump_again = False
         self._turn = itertools.count()
-        # Requests holding a slot, per (model, tenant).
-        self._running: Counter[tuple[str, str]] = Counter()
-        # When each tenant last asked, per model (for the reserve).
-        self._seen: dict[str, dict[str, float]] = {}
+        # Per model, the tenants sharing its slots (for the reserve) and the
+        # requests each holds.
+        self._tenants: dict[str, ActiveTenants] = {}
         self.shed: Counter[str] = Counter()
         self.on_shed: Callable[[str], None] = lambda reason: None
         replicas.on_change(self.pump)
@@ -178,15 +178,16 @@ class Dispatcher:
                 raise self._shed("deadline", DeadlineExceededError("the deadline cannot be met"))
         queue = self._queues.get(ticket.model)
         if not queue:
-            replica = self._place(candidates, ticket, queue)
+            replica = self._place(candidates, ticket)
             if replica is not None:
-                return self._grant(replica, ticket, now, now, candidates, queue)
+                return self._grant(replica, ticket, now, now, candidates)
         if queue is None:
             queue = self._queues[ticket.model] = FairQueue(
                 max_total=self._policy.max_queue,
                 max_per_tenant=self._policy.max_queue_per_tenant,
                 aging_s=self._policy.aging_s,
                 clock=self._clock,
+                on_tenant=self._tenants_of(ticket.model).waiting,
             )
         future: asyncio.Future[Lease] = asyncio.get_running_loop().create_future()
         try:
@@ -236,10 +237,7 @@ class Dispatcher:
         if first_token_s is not None:
             replica.limiter.on_sample(first_token_s, replica.limiter.in_flight, outcome.queued_s)
         replica.limiter.release()
-        running = (lease.ticket.model, lease.ticket.tenant)
-        self._running[running] -= 1
-        if self._running[running] <= 0:
-            del self._running[running]
+        self._tenants_of(lease.ticket.model).ended(lease.ticket.tenant)
         self._replicas.released(replica)
         if outcome.end is StreamEnd.REPLICA_FAILED:
             self._replicas.record_failure(replica)
@@ -290,7 +288,7 @@ class Dispatcher:
                     self._shed("deadline", DeadlineExceededError("the deadline cannot be met"))
                 )
                 continue
-            replica = self._place(candidates, ticket, queue)
+            replica = self._place(candidates, ticket)
             if replica is None:
                 # The head waits for a slot; a tenant under its fair share of
                 # slots may still use the reserve, whatever its place in line.
@@ -299,9 +297,7 @@ class Dispatcher:
                     return
                 ticket, future = entry.item
             queue.take(entry)
-            future.set_result(
-                self._grant(replica, ticket, entry.enqueued_at, now, candidates, queue)
-            )
+            future.set_result(self._grant(replica, ticket, entry.enqueued_at, now, candidates))
 
     def _run_time_s(self, ticket: Ticket, candidates: list[Replica]) -> float:
         """How long `ticket` will hold a replica, erring long."""
@@ -317,14 +313,12 @@ class Dispatcher:
             ticket, candidates
         )
 
-    def _place(
-        self, candidates: list[Replica], ticket: Ticket, queue: FairQueue | None
-    ) -> Replica | None:
+    def _place(self, candidates: list[Replica], ticket: Ticket) -> Replica | None:
         """A replica for `ticket`: outside the reserve, or inside it while the
         ticket's tenant holds fewer slots than its fair share."""
         replica = self._choose(candidates, ticket, self._policy.reserved_share)
         if replica is None and self._holds_less_than(
-            ticket, self._fair_share(ticket.model, candidates, queue)
+            ticket, self._fair_share(ticket.model, candidates)
         ):
             replica = self._choose(candidates, ticket, 0.0)
         return replica
@@ -332,7 +326,9 @@ class Dispatcher:
     def _from_reserve(
         self, model: str, candidates: list[Replica], queue: FairQueue
     ) -> tuple[Entry | None, Replica | None]:
-        share = self._fair_share(model, candidates, queue)
+        if not any(r.has_room() for r in candidates):
+            return None, None  # no slot free, reserve or not: nobody to try
+        share = self._fair_share(model, candidates)
         for head in queue.tenant_heads():
             ticket, future = head.item
             if future.done() or not self._holds_less_than(ticket, share):
@@ -342,32 +338,29 @@ class Dispatcher:
                 return head, replica
         return None, None
 
-    def _fair_share(self, model: str, candidates: list[Replica], queue: FairQueue | None) -> float:
+    def _fair_share(self, model: str, candidates: list[Replica]) -> float:
         """Slots per tenant, over the tenants running, waiting, or seen in the
         last `tenant_memory_s`: the reserve is headroom for tenants that come
         and go (a light tenant between two requests). 0 with no reserve."""
         if self._policy.reserved_share <= 0:
             return 0.0
-        recent = self._clock() - self._policy.tenant_memory_s
-        seen = self._seen.setdefault(model, {})
-        for tenant in [t for t, at in seen.items() if at < recent]:
-            del seen[tenant]
-        tenants = set(seen)
-        tenants.update(t for m, t in self._running if m == model)
-        if queue is not None:
-            tenants.update(queue.tenants())
-        return sum(r.slots for r in candidates) / max(1, len(tenants))
+        # The model's queue tells its tenants as they come and go.
+        tenants = self._tenants_of(model).count(self._clock())
+        return sum(r.slots for r in candidates) / max(1, tenants)
 
     def _holds_less_than(self, ticket: Ticket, share: float) -> bool:
-        return self._running[(ticket.model, ticket.tenant)] < share
+        return self._tenants_of(ticket.model).running(ticket.tenant) < share
 
     def _saw(self, ticket: Ticket) -> None:
-        seen = self._seen.setdefault(ticket.model, {})
-        seen[ticket.tenant] = self._clock()
-        if len(seen) > MAX_REMEMBERED_TENANTS:
-            # Keep memory bounded: forget the half seen longest ago.
-            for tenant, _ in sorted(seen.items(), key=lambda kv: kv[1])[: len(seen) // 2]:
-                del seen[tenant]
+        self._tenants_of(ticket.model).saw(ticket.tenant, self._clock())
+
+    def _tenants_of(self, model: str) -> ActiveTenants:
+        tenants = self._tenants.get(model)
+        if tenants is None:
+            tenants = self._tenants[model] = ActiveTenants(
+                memory_s=self._policy.tenant_memory_s, max_remembered=MAX_REMEMBERED_TENANTS
+            )
+        return tenants
 
     def _choose(
         self, candidates: list[Replica], ticket: Ticket, reserve_share: float
@@ -392,17 +385,14 @@ class Dispatcher:
         queued_at: float,
         now: float,
         candidates: list[Replica],
-        queue: FairQueue | None,
     ) -> Lease:
         # A tenant under its fair share goes ahead of the others in the
         # engine's own queue too: requests dispatched together (a flood's wave
         # as equal-length requests end together) would otherwise prefill
         # before a light tenant's request that came a moment later.
-        under_share = self._holds_less_than(
-            ticket, self._fair_share(ticket.model, candidates, queue)
-        )
+        under_share = self._holds_less_than(ticket, self._fair_share(ticket.model, candidates))
         replica.limiter.acquire()
-        self._running[(ticket.model, ticket.tenant)] += 1
+        self._tenants_of(ticket.model).started(ticket.tenant)
         return Lease(
             replica,
             ticket,

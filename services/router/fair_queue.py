@@ -61,6 +61,7 @@ class FairQueue:
         max_per_tenant: int,
         aging_s: float,
         clock: Callable[[], float] = time.monotonic,
+        on_tenant: Callable[[str, bool], None] = lambda tenant, waits: None,
     ) -> None:
         self._max_total = max_total
         self._max_per_tenant = max_per_tenant
@@ -71,6 +72,13 @@ class FairQueue:
         self._per_tenant: Counter[str] = Counter()
         # Each tenant's entries in arrival order (so also in start-tag order).
         self._by_tenant: dict[str, deque[Entry]] = {}
+        # Each waiting tenant's oldest entry by (priority, start tag, when the
+        # tenant came), kept as heads change so `tenant_heads` walks them in
+        # order without sorting them all; removed entries drop out lazily.
+        self._heads: list[tuple[int, float, int, int, Entry]] = []
+        self._tenant_seq: dict[str, int] = {}
+        # Told when a tenant starts or stops having entries waiting.
+        self._on_tenant = on_tenant
         self._size = 0
 
     def __len__(self) -> int:
@@ -87,9 +95,17 @@ class FairQueue:
         klass.last_finish[tenant] = start + max(cost, 1.0) / (weight if weight > 0 else 1.0)
         entry = Entry(tenant, priority, cost, item, self._clock(), start)
         heapq.heappush(klass.heap, (start, next(self._seq), entry))
-        self._by_tenant.setdefault(tenant, deque()).append(entry)
+        entries = self._by_tenant.get(tenant)
+        if entries is None:
+            entries = self._by_tenant[tenant] = deque()
+            self._tenant_seq[tenant] = next(self._seq)
+        entries.append(entry)
+        if len(entries) == 1:
+            self._push_head(entry)
         self._per_tenant[tenant] += 1
         self._size += 1
+        if self._per_tenant[tenant] == 1:
+            self._on_tenant(tenant, True)
         return entry
 
     def remove(self, entry: Entry) -> None:
@@ -134,15 +150,22 @@ class FairQueue:
         """The tenants with entries waiting."""
         return self._per_tenant.keys()
 
-    def tenant_heads(self) -> list[Entry]:
-        """Each waiting tenant's oldest entry, lowest start tag first."""
-        heads = []
-        for entries in self._by_tenant.values():
-            while entries and entries[0].removed:
-                entries.popleft()
-            if entries:
-                heads.append(entries[0])
-        return sorted(heads, key=lambda e: (e.priority, e.start_tag))
+    def tenant_heads(self) -> Iterator[Entry]:
+        """Each waiting tenant's oldest entry, most urgent class then lowest
+        start tag first (ties: the tenant that came first). Lazy: a caller
+        that stops at the first it can serve pays for the heads it saw, not
+        for every tenant. Valid until the queue changes."""
+        heap = self._heads
+        # The heap's tree walked in order: a frontier of the nodes whose
+        # parents were yielded, smallest first.
+        frontier = [(heap[0], 0)] if heap else []
+        while frontier:
+            (*_, entry), i = heapq.heappop(frontier)
+            if not entry.removed:
+                yield entry
+            for child in (2 * i + 1, 2 * i + 2):
+                if child < len(heap):
+                    heapq.heappush(frontier, (heap[child], child))
 
     def entries(self) -> Iterator[Entry]:
         for klass in self._classes.values():
@@ -163,12 +186,34 @@ class FairQueue:
             heapq.heappop(klass.heap)
         return klass.heap[0][2] if klass.heap else None
 
+    def _push_head(self, entry: Entry) -> None:
+        heads = self._heads
+        seq = self._tenant_seq[entry.tenant]
+        # The last number only makes every key unique: entries never compare.
+        heapq.heappush(heads, (entry.priority, entry.start_tag, seq, next(self._seq), entry))
+        while heads and heads[0][4].removed:
+            heapq.heappop(heads)
+        if len(heads) > 2 * len(self._by_tenant) + 16:
+            # Mostly removed heads buried below the top: rebuild, so memory
+            # follows the tenants waiting (16: not for every few removals).
+            self._heads = [h for h in heads if not h[4].removed]
+            heapq.heapify(self._heads)
+
     def _forget(self, entry: Entry) -> None:
         self._size -= 1
         self._per_tenant[entry.tenant] -= 1
+        entries = self._by_tenant.get(entry.tenant)
+        if entries and entries[0] is entry:
+            # The tenant's head left: the next one still waiting takes its place.
+            while entries and entries[0].removed:
+                entries.popleft()
+            if entries:
+                self._push_head(entries[0])
         if self._per_tenant[entry.tenant] <= 0:
             del self._per_tenant[entry.tenant]
             self._by_tenant.pop(entry.tenant, None)
+            self._tenant_seq.pop(entry.tenant, None)
+            self._on_tenant(entry.tenant, False)
             klass = self._classes[entry.priority if entry.priority in self._classes else DEFAULT]
             # An idle tenant's finish tag matters only while it is ahead of
             # virtual time; dropping it then keeps memory to active tenants.

@@ -208,3 +208,70 @@ def test_bounds_hold_and_nothing_is_lost_whatever_the_sequence(
             q.remove(victim)
         assert len(q) == len(waiting) <= 20
         assert all(sum(e.tenant == t for e in waiting) <= 8 for t in "abc")
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    ops=st.lists(
+        st.tuples(
+            st.sampled_from(["push", "push", "take_head", "remove", "take_any"]),
+            st.sampled_from("abcdef"),
+            st.sampled_from([INTERACTIVE, DEFAULT, BATCH]),
+            st.sampled_from([1, 10, 100]),
+            st.integers(min_value=0, max_value=1_000),
+        ),
+        max_size=300,
+    )
+)
+def test_tenant_heads_come_in_order_and_tenants_are_told_as_they_come_and_go(
+    ops: list[tuple[str, str, int, int, int]],
+) -> None:
+    """The heads kept in a heap as the queue changes come out exactly as
+    sorting every tenant's oldest entry would give them: by class, then
+    start tag, then (ties) the tenant that came first."""
+    told: dict[str, bool] = {}
+    clock = Clock()
+    q = FairQueue(
+        max_total=10_000,
+        max_per_tenant=10_000,
+        aging_s=5.0,
+        clock=clock,
+        on_tenant=told.__setitem__,
+    )
+    # The reference: each tenant's entries in arrival order, tenants in the
+    # order they came (again at the end after they left).
+    by_tenant: dict[str, list[Entry]] = {}
+    for op, tenant, priority, cost, pick in ops:
+        clock.now += 0.01
+        waiting = [e for entries in by_tenant.values() for e in entries]
+        if op == "push":
+            by_tenant.setdefault(tenant, []).append(q.push(tenant, priority, cost, 1.0, None))
+        elif op == "take_head" and (entry := q.peek()) is not None:
+            q.take(entry)
+        elif op == "take_any" and waiting:
+            q.take(waiting[pick % len(waiting)])
+        elif op == "remove" and waiting:
+            q.remove(waiting[pick % len(waiting)])
+        for t in list(by_tenant):
+            by_tenant[t] = [e for e in by_tenant[t] if not e.removed]
+            if not by_tenant[t]:
+                del by_tenant[t]
+        expected = sorted(
+            (entries[0] for entries in by_tenant.values()),
+            key=lambda e: (e.priority, e.start_tag),
+        )
+        assert list(q.tenant_heads()) == expected
+        assert {t for t, waits in told.items() if waits} == set(by_tenant)
+        assert set(q.tenants()) == set(by_tenant)
+
+
+def test_heads_of_tenants_gone_do_not_pile_up() -> None:
+    q = queue()
+    for round_ in range(100):
+        entries = [q.push(f"t{round_}-{i}", DEFAULT, 10, 1.0, None) for i in range(50)]
+        for entry in entries[1:]:
+            q.remove(entry)  # below the heap's top: they leave lazily
+        q.take(entries[0])
+    q.push("last", DEFAULT, 10, 1.0, None)
+    assert [e.tenant for e in q.tenant_heads()] == ["last"]
+    assert len(q._heads) <= 2 * 1 + 16  # the rebuild's bound
