@@ -212,7 +212,7 @@ class K8sCheck:
             if image.rpartition(":")[2].endswith("gpu"):
                 model.gpu_engine = f"runs image {image}"
             if _at(spec, "resources", "limits", GPU_RESOURCE) is not None:
-                model.gpu = f"sets a {GPU_RESOURCE} limit"
+                model.gpu = f"limits {GPU_RESOURCE}"
             if run := python_module(model.argv):
                 model.invocation = invoke(run[0], run[1], model.env)
             elif image.rpartition("/")[2].startswith("maas"):
