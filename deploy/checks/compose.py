@@ -1,11 +1,9 @@
 """`python -m deploy.checks.compose [FILE]`: checks docker-compose.yml without
-a Docker engine. It parses and keeps to the compose-spec schema; every
-command runs a module of this project with flags and `MAAS_*` variables its
-settings class takes; every `host:port`
-names a service of the file and a port that service listens on; every
-service has a health check, project services a stop grace longer than their
-own; depends_on, build targets and build args exist; Prometheus scrapes
-every project service's metrics port."""
+a Docker engine. It parses and keeps to the compose-spec schema; depends_on,
+volumes, build targets and build args exist; every service has a health
+check. The rest is deploy.checks.rules over the file's containers: names
+resolve to a service or its network aliases, loopback to the caller itself,
+and Prometheus' targets are those of the prometheus.yml mounted into it."""
 
 from __future__ import annotations
 

@@ -1,11 +1,11 @@
 """`python -m deploy.checks.k8s [DIR]`: checks the Kubernetes manifests in
 deploy/k8s/ without a cluster. Every object validates against the API schema
-(strict: no unknown fields; offline, with kubernetes-validate); every command
-runs a module of this project with flags and `MAAS_*` variables its settings
-class takes; every `host:port` names a Service and one of its ports, or a
-port of the same pod; containers declare the ports they listen on and have
-gRPC readiness and liveness probes on the right port and service names;
-Services and disruption budgets select pods; config maps referenced exist."""
+(strict: no unknown fields; offline, with kubernetes-validate); Services and
+disruption budgets select pods; config maps referenced exist; inference runs
+as 2 or more replicas under a disruption budget. The rest is
+deploy.checks.rules over the pods' containers: a name resolves to a Service's
+port, then through its targetPort to the selected pods' containers, loopback
+to the caller's pod, and Prometheus scrapes the pods annotated for it."""
 
 from __future__ import annotations
 

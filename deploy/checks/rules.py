@@ -135,17 +135,22 @@ def address_problems(deployment: Deployment, container: Container) -> list[str]:
 
 def call_problems(deployment: Deployment, container: Container) -> list[str]:
     """Each address a service dials for a service it calls (its spec's `calls`)
-    reaches a container running that service, on its gRPC port. Addresses
-    that reach nothing are told by address_problems, or are its defaults."""
+    reaches a container running that service, on its gRPC port. One that
+    reaches no listener is told here only if the file does not give it (a
+    default): address_problems tells those the file gives."""
     invocation = container.invocation
     if invocation is None or invocation.spec is None or invocation.settings is None:
         return []
+    given = {a.text for _, value in container.values for a in addresses_in(value)}
     spec, problems = invocation.spec, []
     for called in spec.calls:
         field = spec.address_field(called)
         for value in _strings(_field(invocation.settings, field)):
             for address in addresses_in(value):
-                for endpoint in _reached(deployment, container, field, address)[0]:
+                reached, unreached = _reached(deployment, container, field, address)
+                if address.text not in given:
+                    problems += unreached
+                for endpoint in reached:
                     problems += _call_problem(container, field, address, called, endpoint)
     return problems
 

@@ -129,6 +129,16 @@ def test_a_called_service_is_reached_on_its_grpc_port() -> None:
     ]
 
 
+def test_a_default_address_reaching_nothing_is_told_by_the_call_rule() -> None:
+    routing, engine, _ = mesh('["engine:50054", "nowhere:1"]')
+    # As if the file gave no --replicas and these were the setting's default.
+    routing.values = []
+    deployment = Deployment([routing, engine], by_name(routing, engine))
+    assert address_problems(deployment, routing) == []
+    [problem] = call_problems(deployment, routing)
+    assert problem == "router: replicas nowhere:1: nowhere is nothing here"
+
+
 def test_scrape_targets_are_metrics_ports_and_cover_every_service() -> None:
     routing, engine, database = mesh("[]")
     prometheus = Container("prometheus", name="prometheus")
