@@ -1,11 +1,9 @@
 """`python -m deploy.checks.compose [FILE]`: checks docker-compose.yml without
-a Docker engine. It parses and keeps to the compose-spec schema; every
-command runs a module of this project with flags and `MAAS_*` variables its
-settings class takes; every `host:port`
-names a service of the file and a port that service listens on; every
-service has a health check, project services a stop grace longer than their
-own; depends_on, build targets and build args exist; Prometheus scrapes
-every project service's metrics port."""
+a Docker engine. It parses and keeps to the compose-spec schema; depends_on,
+volumes, build targets and build args exist; every service has a health
+check. The rest is deploy.checks.rules over the file's containers: names
+resolve to a service or its network aliases, loopback to the caller itself,
+and Prometheus' targets are those of the prometheus.yml mounted into it."""
 
 from __future__ import annotations
 
@@ -24,11 +22,11 @@ import jsonschema  # type: ignore[import-untyped]
 import yaml
 
 from deploy.checks import dockerfile
-from deploy.checks.addresses import LOOPBACK, Address, addresses_in, is_wildcard
-from deploy.checks.entrypoints import Invocation, invoke, python_module
-from deploy.checks.model import Container, DeclaredPort, Grace, Probe
+from deploy.checks.addresses import LOOPBACK, Address, addresses_in
+from deploy.checks.entrypoints import invoke, python_module
+from deploy.checks.model import Container, DeclaredPort, Deployment, Endpoint, Grace, Probe, Scrape
 from deploy.checks.report import checked_path, report
-from deploy.checks.rules import mesh_problems
+from deploy.checks.rules import deployment_problems
 
 DEFAULT_FILE = Path(__file__).resolve().parents[2] / "docker-compose.yml"
 # The compose-spec JSON schema that `docker compose config` validates against,
@@ -96,31 +94,10 @@ class Service:
     name: str
     spec: dict[str, Any]
     container: Container
-    argv: list[str] | None = None
-    env: dict[str, str] = field(default_factory=dict)
-    ports: set[int] = field(default_factory=set)
-    metrics_port: int | None = None
     # Names other containers reach it by: its own and its network aliases.
     names: set[str] = field(default_factory=set)
     # YAML files of this project mounted into it: container path -> content.
     configs: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def invocation(self) -> Invocation | None:
-        return self.container.invocation
-
-    @property
-    def is_project_service(self) -> bool:
-        return self.invocation is not None and self.invocation.spec is not None
-
-    @property
-    def ports_unknown(self) -> bool:
-        """A project service whose settings do not validate (reported already)."""
-        return (
-            self.is_project_service
-            and self.invocation is not None
-            and (self.invocation.settings is None)
-        )
 
 
 class ComposeCheck:
@@ -160,45 +137,65 @@ class ComposeCheck:
                 self.services[name] = self._load(name, spec)
         for service in self.services.values():
             with self.malformed(service.name):
-                self._check_service(service)
+                self._check_healthcheck(service)
+                self._check_depends_on(service)
+        deployment = Deployment(
+            [s.container for s in self.services.values()],
+            self._resolve,
+            declare_port="give it `expose`",
+            no_gpu="reserves no NVIDIA device (deploy.resources.reservations.devices)",
+        )
         with self.malformed(self.path.name):
-            self._check_addresses()
-            self._check_prometheus()
-        self.problems += mesh_problems(s.container for s in self.services.values())
+            deployment.scrapes = list(self._scrapes())
+        self.problems += deployment_problems(deployment)
         return list(dict.fromkeys(self.problems))
 
     def _load(self, name: str, raw: dict[str, Any]) -> Service:
         spec = _interpolated(raw)
-        service = Service(name, spec, Container(name), names={name})
+        container = Container(name, name=name)
+        service = Service(name, spec, container, names={name})
         image = self._build(service)
         entrypoint = _argv(spec.get("entrypoint"))
         command = _argv(spec.get("command"))
         if entrypoint is None and image is not None:
             entrypoint = image[0]
             command = image[1] if command is None else command
-        if entrypoint is not None or command is not None:
-            service.argv = [*(entrypoint or []), *(command or [])]
-        service.env = self._environment(service)
+        container.argv = [*(entrypoint or []), *(command or [])]
+        container.env = self._environment(service)
         service.names |= set(self._aliases(spec))
         self._volumes(service, raw.get("volumes") or [])
-        if service.argv and (run := python_module(service.argv)):
-            service.container.invocation = invoke(run[0], run[1], service.env)
-        service.container.ports = [
-            DeclaredPort(port, f"publishes port {port}") for port in self._published(service)
+        if run := python_module(container.argv):
+            container.invocation = invoke(run[0], run[1], container.env)
+        container.ports = [
+            DeclaredPort(port, f"publishes port {port}") for port in _published(spec)
         ]
+        container.exposed = set(_exposed(spec))
+        container.values = [
+            *container.env.items(),
+            *(("command", arg) for arg in container.argv[1:]),
+            *(
+                (target, value)
+                for target, config in service.configs.items()
+                if not _is_scrape_config(config)
+                for value in _strings(config)
+            ),
+        ]
+        if "gpu" in (spec.get("profiles") or []):
+            container.gpu_engine = "is in the gpu profile"
+        devices = _at(spec, "deploy", "resources", "reservations", "devices") or []
+        if any(
+            isinstance(d, dict)
+            and d.get("driver") == "nvidia"
+            and "gpu" in (d.get("capabilities") or [])
+            for d in devices
+        ):
+            container.gpu = "reserves an NVIDIA device"
         written = spec.get("stop_grace_period", f"{COMPOSE_STOP_GRACE_S}s")
         grace = parse_duration(written)
         if grace is None:
             self.problem(name, "stop_grace_period is no duration")
         else:
-            service.container.grace = Grace(grace, f"stop_grace_period ({grace:g}s)")
-        settings = service.invocation.settings if service.invocation else None
-        if settings is not None:
-            service.ports |= settings.listening_ports()
-            if settings.telemetry.prometheus_port:
-                service.metrics_port = settings.telemetry.prometheus_port
-        else:
-            service.ports |= set(self._declared_ports(service))
+            container.grace = Grace(grace, f"stop_grace_period ({grace:g}s)")
         return service
 
     def _build(self, service: Service) -> tuple[list[str], list[str]] | None:
@@ -282,31 +279,6 @@ class ComposeCheck:
                 except yaml.YAMLError as err:
                     self.problem(service.name, f"mounts {source}, which is not YAML: {err}")
 
-    def _declared_ports(self, service: Service) -> Iterator[int]:
-        for item in service.spec.get("expose") or []:
-            port = str(item).partition("/")[0]
-            if port.isdigit():
-                yield int(port)
-        yield from self._published(service)
-
-    @staticmethod
-    def _published(service: Service) -> Iterator[int]:
-        """Container ports of `ports:` entries."""
-        for item in service.spec.get("ports") or []:
-            if isinstance(item, dict):
-                target = item.get("target")
-                if isinstance(target, int):
-                    yield target
-                continue
-            container = str(item).rpartition(":")[2].partition("/")[0]
-            if container.isdigit():
-                yield int(container)
-
-    def _check_service(self, service: Service) -> None:
-        self._check_healthcheck(service)
-        self._check_depends_on(service)
-        self._check_gpu(service)
-
     def _check_healthcheck(self, service: Service) -> None:
         check = service.spec.get("healthcheck")
         test = _argv(check.get("test")) if isinstance(check, dict) else None
@@ -346,100 +318,27 @@ class ComposeCheck:
             elif wanted == "service_healthy" and not self.services[name].spec.get("healthcheck"):
                 self.problem(service.name, f"waits for {name} to be healthy; it has no healthcheck")
 
-    def _check_gpu(self, service: Service) -> None:
-        if "gpu" not in (service.spec.get("profiles") or []):
-            return
-        devices = _at(service.spec, "deploy", "resources", "reservations", "devices") or []
-        if not any(
-            isinstance(d, dict)
-            and d.get("driver") == "nvidia"
-            and "gpu" in (d.get("capabilities") or [])
-            for d in devices
-        ):
-            self.problem(
-                service.name,
-                "is in the gpu profile but reserves no NVIDIA device "
-                "(deploy.resources.reservations.devices)",
-            )
-
-    def _values(self, service: Service) -> Iterator[tuple[str, str]]:
-        """(where, value) of every setting the service is given or mounts."""
-        for key, value in service.env.items():
-            yield key, value
-        if service.argv:
-            for arg in service.argv[1:]:
-                yield "command", arg
-        for target, config in service.configs.items():
-            if not _is_scrape_config(config):
-                for value in _strings(config):
-                    yield target, value
-
-    def _check_addresses(self) -> None:
-        for service in self.services.values():
-            for where, value in self._values(service):
-                for address in addresses_in(value):
-                    self._resolve(service, f"{where} {address.text}", address)
-
-    def _resolve(self, service: Service, where: str, address: Address) -> list[Service]:
-        """The services an address reaches; a problem if it reaches none."""
-        if is_wildcard(address.host):
-            return []
+    def _resolve(self, caller: Container, address: Address) -> list[Endpoint] | str:
+        """Loopback is the caller itself; a name, every service it names (its own or an alias)."""
         if address.host in LOOPBACK:
-            targets = [service]
-        else:
-            targets = [s for s in self.services.values() if address.host in s.names]
-            if not targets:
-                self.problem(service.name, f"{where}: {address.host} is no service of this file")
-                return []
-        for target in targets:
-            if target.ports_unknown:
-                continue
-            if not target.ports:
-                self.problem(
-                    service.name, f"{where}: {target.name} declares no port (give it `expose`)"
-                )
-            elif address.port not in target.ports:
-                listening = ", ".join(str(p) for p in sorted(target.ports))
-                self.problem(
-                    service.name,
-                    f"{where}: {target.name} listens on {listening}, not {address.port}",
-                )
-        return targets
+            return [Endpoint(caller, address.port)]
+        targets = [s.container for s in self.services.values() if address.host in s.names]
+        if not targets:
+            return f"{address.host} is no service of this file"
+        return [Endpoint(target, address.port) for target in targets]
 
-    def _check_prometheus(self) -> None:
-        scraped: set[str] = set()
+    def _scrapes(self) -> Iterator[Scrape]:
+        """The static targets of every Prometheus configuration mounted into a service."""
         for service in self.services.values():
             for target_path, config in service.configs.items():
                 if not _is_scrape_config(config):
                     continue
                 for job in config.get("scrape_configs") or []:
+                    said = f"{target_path} job {job.get('job_name')}"
                     for group in job.get("static_configs") or []:
                         for text in group.get("targets") or []:
                             for address in addresses_in(str(text)):
-                                where = f"{target_path} job {job.get('job_name')} {address.text}"
-                                for reached in self._resolve(service, where, address):
-                                    self._check_scraped(service, where, reached, address)
-                                    scraped.add(reached.name)
-        for service in self.services.values():
-            if not service.is_project_service or service.ports_unknown:
-                continue
-            # One that serves none is told so by the rules.
-            if service.metrics_port is not None and service.name not in scraped:
-                self.problem(service.name, "Prometheus does not scrape it")
-
-    def _check_scraped(
-        self, prometheus: Service, where: str, target: Service, address: Address
-    ) -> None:
-        if (
-            target.is_project_service
-            and address.port in target.ports
-            and address.port != target.metrics_port
-        ):
-            self.problem(
-                prometheus.name,
-                f"{where}: port {address.port} of {target.name} is not its metrics port "
-                f"({target.metrics_port})",
-            )
+                                yield Scrape(service.container, said, address)
 
 
 @functools.cache
@@ -462,6 +361,26 @@ def schema_problems(doc: Any) -> list[str]:
         else:
             problems.append(f"{where}: {error.message} (compose-spec)")
     return problems
+
+
+def _exposed(spec: dict[str, Any]) -> Iterator[int]:
+    for item in spec.get("expose") or []:
+        port = str(item).partition("/")[0]
+        if port.isdigit():
+            yield int(port)
+
+
+def _published(spec: dict[str, Any]) -> Iterator[int]:
+    """Container ports of `ports:` entries."""
+    for item in spec.get("ports") or []:
+        if isinstance(item, dict):
+            target = item.get("target")
+            if isinstance(target, int):
+                yield target
+            continue
+        container = str(item).rpartition(":")[2].partition("/")[0]
+        if container.isdigit():
+            yield int(container)
 
 
 def _is_scrape_config(config: Any) -> bool:

@@ -1,11 +1,11 @@
 """`python -m deploy.checks.k8s [DIR]`: checks the Kubernetes manifests in
 deploy/k8s/ without a cluster. Every object validates against the API schema
-(strict: no unknown fields; offline, with kubernetes-validate); every command
-runs a module of this project with flags and `MAAS_*` variables its settings
-class takes; every `host:port` names a Service and one of its ports, or a
-port of the same pod; containers declare the ports they listen on and have
-gRPC readiness and liveness probes on the right port and service names;
-Services and disruption budgets select pods; config maps referenced exist."""
+(strict: no unknown fields; offline, with kubernetes-validate); Services and
+disruption budgets select pods; config maps referenced exist; inference runs
+as 2 or more replicas under a disruption budget. The rest is
+deploy.checks.rules over the pods' containers: a name resolves to a Service's
+port, then through its targetPort to the selected pods' containers, loopback
+to the caller's pod, and Prometheus scrapes the pods annotated for it."""
 
 from __future__ import annotations
 
@@ -19,11 +19,11 @@ from typing import Any
 import kubernetes_validate  # type: ignore[import-untyped]
 import yaml
 
-from deploy.checks.addresses import LOOPBACK, Address, addresses_in, is_wildcard
-from deploy.checks.entrypoints import Invocation, invoke, python_module
-from deploy.checks.model import Container, DeclaredPort, Grace, Probe
+from deploy.checks.addresses import LOOPBACK, Address
+from deploy.checks.entrypoints import invoke, python_module
+from deploy.checks.model import Container, DeclaredPort, Deployment, Endpoint, Grace, Probe, Scrape
 from deploy.checks.report import checked_path, report
-from deploy.checks.rules import mesh_problems
+from deploy.checks.rules import deployment_problems
 
 DEFAULT_DIR = Path(__file__).resolve().parents[1] / "k8s"
 # The oldest Kubernetes the manifests must be valid for (gRPC probes are GA since 1.27).
@@ -67,32 +67,8 @@ class PodContainer:
     workload: Manifest
     spec: dict[str, Any]
     model: Container
-    # containerPort numbers and names it declares.
+    # containerPort numbers by name (a port without a name under its number).
     declared: dict[str, int] = field(default_factory=dict)
-
-    @property
-    def where(self) -> str:
-        return self.model.where
-
-    @property
-    def env(self) -> dict[str, str]:
-        return self.model.env
-
-    @property
-    def argv(self) -> list[str]:
-        return self.model.argv
-
-    @property
-    def invocation(self) -> Invocation | None:
-        return self.model.invocation
-
-    @property
-    def listening(self) -> set[int]:
-        """Ports it listens on: the project's services' own, else what it declares."""
-        settings = self.invocation.settings if self.invocation else None
-        if settings is None:
-            return set(self.declared.values())
-        return settings.listening_ports()
 
 
 def _at(node: Any, *keys: str) -> Any:
@@ -133,8 +109,17 @@ class K8sCheck:
             if manifest.kind in WORKLOAD_KINDS and manifest.valid:
                 self._load_workload(manifest)
         for container in self.containers:
-            self._check_container(container)
-        self.problems += mesh_problems(c.model for c in self.containers)
+            spec = container.model.invocation.spec if container.model.invocation else None
+            if spec is not None and spec.module == INFERENCE_MODULE:
+                self._check_inference(container.workload)
+        deployment = Deployment(
+            [c.model for c in self.containers],
+            self._resolve,
+            list(self._scrapes()),
+            declare_port="give it a containerPort",
+            no_gpu=f"sets no {GPU_RESOURCE} limit",
+        )
+        self.problems += deployment_problems(deployment)
         for manifest in self.manifests:
             if not manifest.valid:
                 continue
@@ -194,8 +179,8 @@ class K8sCheck:
         pod = _at(workload.doc, "spec", "template", "spec") or {}
         for spec in [*(pod.get("initPodContainers") or []), *(pod.get("containers") or [])]:
             where = f"{workload.where} container {spec.get('name')}"
-            container = PodContainer(workload, spec, Container(where, declares_every_port=True))
-            model = container.model
+            model = Container(where, name=str(spec.get("name")), declares_every_port=True)
+            container = PodContainer(workload, spec, model)
             model.env = self._environment(container)
             model.argv = [
                 _expand(str(a), model.env)
@@ -221,14 +206,22 @@ class K8sCheck:
                     )
             grace = pod.get("terminationGracePeriodSeconds", DEFAULT_TERMINATION_GRACE_S)
             model.grace = Grace(grace, f"terminationGracePeriodSeconds ({grace})")
+            model.values = [*model.env.items(), *(("command", arg) for arg in model.argv[1:])]
+            image = str(spec.get("image", ""))
+            # The image's tag names the engine it was built with (maas:0.1.0-gpu).
+            if image.rpartition(":")[2].endswith("gpu"):
+                model.gpu_engine = f"runs image {image}"
+            if _at(spec, "resources", "limits", GPU_RESOURCE) is not None:
+                model.gpu = f"limits {GPU_RESOURCE}"
             if run := python_module(model.argv):
                 model.invocation = invoke(run[0], run[1], model.env)
-            elif str(spec.get("image", "")).rpartition("/")[2].startswith("maas"):
-                self.problem(container.where, "a project image needs a `python -m` command")
+            elif image.rpartition("/")[2].startswith("maas"):
+                self.problem(where, "a project image needs a `python -m` command")
             self.containers.append(container)
 
     def _environment(self, container: PodContainer) -> dict[str, str]:
         """Its variables as the process sees them; secrets and pod fields as placeholders."""
+        where = container.model.where
         env: dict[str, str] = {}
         namespace = container.workload.namespace
         for source in container.spec.get("envFrom") or []:
@@ -237,7 +230,7 @@ class K8sCheck:
                 continue
             config = self._find("ConfigMap", name, namespace)
             if config is None:
-                self.problem(container.where, f"envFrom names ConfigMap {name}, which is not here")
+                self.problem(where, f"envFrom names ConfigMap {name}, which is not here")
                 continue
             prefix = str(source.get("prefix", ""))
             env.update({prefix + k: str(v) for k, v in (config.doc.get("data") or {}).items()})
@@ -252,7 +245,7 @@ class K8sCheck:
                 data = (config.doc.get("data") or {}) if config else {}
                 if ref.get("key") not in data and not ref.get("optional"):
                     self.problem(
-                        container.where,
+                        where,
                         f"{name} reads key {ref.get('key')} of ConfigMap {ref.get('name')}, "
                         "which is not here",
                     )
@@ -261,33 +254,7 @@ class K8sCheck:
                 env[name] = f"<{name}>"
         return env
 
-    def _check_container(self, container: PodContainer) -> None:
-        self._check_addresses(container)
-        settings = container.invocation.settings if container.invocation else None
-        spec = container.invocation.spec if container.invocation else None
-        if spec is None or settings is None:
-            return
-        metrics = settings.telemetry.prometheus_port
-        annotations = _at(container.workload.doc, "spec", "template", "metadata", "annotations")
-        scrape_port = (annotations or {}).get("prometheus.io/port")
-        # One that serves none, or not to Prometheus, is told so by the rules.
-        if (
-            metrics
-            and is_wildcard(settings.telemetry.prometheus_host)
-            and scrape_port != str(metrics)
-        ):
-            self.problem(
-                container.where,
-                f"pod annotation prometheus.io/port is {scrape_port}, "
-                f"not its metrics port {metrics}",
-            )
-        if spec.module == INFERENCE_MODULE:
-            self._check_inference(container)
-
-    def _check_inference(self, container: PodContainer) -> None:
-        workload = container.workload
-        if _at(container.spec, "resources", "limits", GPU_RESOURCE) is None:
-            self.problem(container.where, f"no {GPU_RESOURCE} limit: it would land on no GPU")
+    def _check_inference(self, workload: Manifest) -> None:
         if workload.kind != "Deployment" or int(_at(workload.doc, "spec", "replicas") or 1) < 2:
             self.problem(workload.where, "inference should be a Deployment of 2 or more replicas")
         labels = _at(workload.doc, "spec", "template", "metadata", "labels") or {}
@@ -299,38 +266,51 @@ class K8sCheck:
         ):
             self.problem(workload.where, "no PodDisruptionBudget covers its pods")
 
-    def _values(self, container: PodContainer) -> Iterator[tuple[str, str]]:
-        yield from container.env.items()
-        for arg in container.argv[1:]:
-            yield "command", arg
-
-    def _check_addresses(self, container: PodContainer) -> None:
-        for key, value in self._values(container):
-            for address in addresses_in(value):
-                self._resolve(container, f"{key} {address.text}", address)
-
-    def _resolve(self, container: PodContainer, where: str, address: Address) -> None:
-        if is_wildcard(address.host):
-            return
-        workload = container.workload
+    def _resolve(self, caller: Container, address: Address) -> list[Endpoint] | str:
+        """Loopback is the caller's pod; a name, a Service's port, mapped to
+        the containers its targetPort names in the pods it selects."""
+        workload = next(c.workload for c in self.containers if c.model is caller)
         if address.host in LOOPBACK:
-            pod_ports = {p for c in self.containers if c.workload is workload for p in c.listening}
-            if address.port not in pod_ports:
-                self.problem(
-                    container.where, f"{where}: nothing in this pod listens on {address.port}"
-                )
-            return
+            return self._in_pod(workload, address.port)
         service = self._service_named(address.host, workload.namespace)
         if service is None:
-            self.problem(container.where, f"{where}: {address.host} names no Service here")
-            return
-        ports = {p.get("port") for p in _at(service.doc, "spec", "ports") or []}
-        if address.port not in ports:
-            listed = ", ".join(str(p) for p in sorted(ports))
-            self.problem(
-                container.where,
-                f"{where}: Service {service.name} has port {listed}, not {address.port}",
-            )
+            return f"{address.host} names no Service here"
+        ports = _at(service.doc, "spec", "ports") or []
+        port = next((p for p in ports if p.get("port") == address.port), None)
+        if port is None:
+            listed = ", ".join(str(p) for p in sorted(p.get("port") for p in ports))
+            return f"Service {service.name} has port {listed}, not {address.port}"
+        target = port.get("targetPort", address.port)
+        selected = self._pods_of(service, _at(service.doc, "spec", "selector"))
+        # One naming no containerPort is told by _check_service.
+        return [
+            Endpoint(c.model, c.declared[target] if isinstance(target, str) else target)
+            for c in self.containers
+            if c.workload in selected and target in (*c.declared, *c.declared.values())
+        ]
+
+    def _in_pod(self, workload: Manifest, port: int) -> list[Endpoint] | str:
+        pod = [c.model for c in self.containers if c.workload is workload]
+        listening = [c for c in pod if c.listening is not None and port in c.listening]
+        if listening:
+            return [Endpoint(c, port) for c in listening]
+        if any(c.listening is None for c in pod):
+            return []  # a service whose settings do not validate (told already)
+        return f"nothing in this pod listens on {port}"
+
+    def _scrapes(self) -> Iterator[Scrape]:
+        """The pods Prometheus scrapes by annotation, on the port it names."""
+        for manifest in self.manifests:
+            pod = [c.model for c in self.containers if c.workload is manifest]
+            annotations = _at(manifest.doc, "spec", "template", "metadata", "annotations") or {}
+            if not pod or annotations.get("prometheus.io/scrape") != "true":
+                continue
+            port = str(annotations.get("prometheus.io/port"))
+            if not port.isdigit():
+                self.problem(manifest.where, f"pod annotation prometheus.io/port is {port}")
+                continue
+            said = "pod annotation prometheus.io/port"
+            yield Scrape(pod[0], said, Address("127.0.0.1", int(port), port))
 
     def _service_named(self, host: str, namespace: str) -> Manifest | None:
         for manifest in self.manifests:

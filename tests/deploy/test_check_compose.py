@@ -180,6 +180,32 @@ BROKEN = {
     ),
 }
 
+# Rules that ask the same of the Kubernetes manifests (tests/deploy/test_check_k8s.py).
+BROKEN.update(
+    {
+        "an address of another service than the one called": (
+            COMPOSE,
+            '"--auth-address", "auth:50052"',
+            '"--auth-address", "anomaly:50055"',
+            ["gateway", "auth_address anomaly:50055", "anomaly runs services.anomaly, not "
+             "services.auth"],
+        ),
+        "an address on the called service's metrics port": (
+            COMPOSE,
+            '"--router-address", "router:50053"',
+            '"--router-address", "router:9464"',
+            ["gateway", "router_address router:9464", "port 9464 of router is not its gRPC port "
+             "(50053)"],
+        ),
+        "a CPU engine holding a GPU": (
+            COMPOSE,
+            "profiles: [gpu]",
+            "profiles: [cpu]",
+            ["inference-gpu", "reserves an NVIDIA device but runs the CPU engine"],
+        ),
+    }
+)  # fmt: skip
+
 # Keys compose-spec does not know, as `docker compose config` would refuse them.
 BROKEN.update(
     {

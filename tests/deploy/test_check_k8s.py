@@ -190,6 +190,51 @@ BROKEN = {
     ),
 }
 
+# Rules that ask the same of the compose file (tests/deploy/test_check_compose.py).
+BROKEN.update(
+    {
+        "an address of another service than the one called": (
+            "gateway.yaml",
+            "MAAS_GATEWAY_AUTH_ADDRESS: auth:50052",
+            "MAAS_GATEWAY_AUTH_ADDRESS: anomaly:50055",
+            ["container gateway", "auth_address anomaly:50055", "anomaly runs services.anomaly, "
+             "not services.auth"],
+        ),
+        "an address on the caller's own port": (
+            "gateway.yaml",
+            "MAAS_GATEWAY_ROUTER_ADDRESS: router:50053",
+            "MAAS_GATEWAY_ROUTER_ADDRESS: 127.0.0.1:50051",
+            ["container gateway", "router_address 127.0.0.1:50051", "gateway runs gateway, not "
+             "services.router"],
+        ),
+        "a pod annotation naming the gRPC port": (
+            "router.yaml",
+            'prometheus.io/port: "9464"',
+            'prometheus.io/port: "50053"',
+            ["container router", "pod annotation prometheus.io/port 50053", "port 50053 of "
+             "router is not its metrics port (9464)"],
+        ),
+        "a pod annotation naming a port nothing listens on": (
+            "router.yaml",
+            'prometheus.io/port: "9464"',
+            'prometheus.io/port: "9465"',
+            ["container router", "prometheus.io/port 9465: nothing in this pod listens on 9465"],
+        ),
+        "a service Prometheus does not scrape": (
+            "anomaly.yaml",
+            'prometheus.io/scrape: "true"',
+            'prometheus.io/scrape: "false"',
+            ["container anomaly: Prometheus does not scrape it"],
+        ),
+        "a CPU engine holding a GPU": (
+            "inference.yaml",
+            "image: maas:0.1.0-gpu",
+            "image: maas:0.1.0-cpu",
+            ["container inference", "limits nvidia.com/gpu but runs the CPU engine"],
+        ),
+    }
+)  # fmt: skip
+
 
 @pytest.mark.parametrize("case", list(BROKEN))
 def test_a_broken_copy_fails_naming_the_problem(case: str, tmp_path: Path) -> None:

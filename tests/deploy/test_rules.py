@@ -2,9 +2,26 @@
 
 from __future__ import annotations
 
+from deploy.checks.addresses import Address
 from deploy.checks.entrypoints import invoke
-from deploy.checks.model import Container, DeclaredPort, Grace, Probe
-from deploy.checks.rules import container_problems, mesh_problems
+from deploy.checks.model import (
+    Container,
+    DeclaredPort,
+    Deployment,
+    Endpoint,
+    Grace,
+    Probe,
+    Resolver,
+    Scrape,
+)
+from deploy.checks.rules import (
+    address_problems,
+    call_problems,
+    container_problems,
+    gpu_problems,
+    mesh_problems,
+    scrape_problems,
+)
 
 ROUTER = ["--host", "0.0.0.0", "--port", "50053", "--telemetry.prometheus-port", "9464",
           "--telemetry.prometheus-host", "0.0.0.0"]  # fmt: skip
@@ -66,3 +83,85 @@ def test_the_service_token_is_everywhere_or_nowhere() -> None:
     problems = mesh_problems([router(), without])
     assert "auth: has no service token, which the mesh's other services hold" in problems
     assert not any(p.startswith("router: has no service token") for p in problems)
+
+
+INFERENCE = ["--host", "0.0.0.0", "--port", "50054", "--telemetry.prometheus-port", "9464",
+             "--telemetry.prometheus-host", "0.0.0.0", "--model", "/models/tiny"]  # fmt: skip
+
+
+def mesh(router_replicas: str) -> tuple[Container, Container, Container]:
+    """A router dialling its replicas at `router_replicas`, an inference
+    replica, and a database that runs nothing of the project."""
+    args = [*ROUTER, "--replicas", router_replicas]
+    routing = Container("router", name="router", invocation=invoke("services.router", args, TOKEN))
+    routing.values = [("command", router_replicas)]
+    engine = Container("engine", name="engine", invocation=invoke("services.inference", INFERENCE,
+                       {"MAAS_INFERENCE_SERVICE_TOKEN": "<T>"}))  # fmt: skip
+    database = Container("db", name="db", exposed={5432})
+    return routing, engine, database
+
+
+def by_name(*containers: Container) -> Resolver:
+    """A resolver of bare container names: what each format's resolver amounts to."""
+
+    def resolve(caller: Container, address: Address) -> list[Endpoint] | str:
+        found = [c for c in containers if c.name == address.host]
+        return [Endpoint(c, address.port) for c in found] or f"{address.host} is nothing here"
+
+    return resolve
+
+
+def test_addresses_resolve_to_a_listener() -> None:
+    routing, engine, database = mesh('["engine:50054", "db:5433", "nowhere:1"]')
+    deployment = Deployment([routing, engine, database], by_name(routing, engine, database))
+    assert address_problems(deployment, routing) == [
+        "router: command db:5433: db listens on 5432, not 5433",
+        "router: command nowhere:1: nowhere is nothing here",
+    ]
+
+
+def test_a_called_service_is_reached_on_its_grpc_port() -> None:
+    routing, engine, database = mesh('["engine:50054", "engine:9464", "db:5432"]')
+    deployment = Deployment([routing, engine, database], by_name(routing, engine, database))
+    assert call_problems(deployment, routing) == [
+        "router: replicas engine:9464: port 9464 of engine is not its gRPC port (50054)",
+        "router: replicas db:5432: db runs no service of the mesh, not services.inference",
+    ]
+
+
+def test_a_default_address_reaching_nothing_is_told_by_the_call_rule() -> None:
+    routing, engine, _ = mesh('["engine:50054", "nowhere:1"]')
+    # As if the file gave no --replicas and these were the setting's default.
+    routing.values = []
+    deployment = Deployment([routing, engine], by_name(routing, engine))
+    assert address_problems(deployment, routing) == []
+    [problem] = call_problems(deployment, routing)
+    assert problem == "router: replicas nowhere:1: nowhere is nothing here"
+
+
+def test_scrape_targets_are_metrics_ports_and_cover_every_service() -> None:
+    routing, engine, database = mesh("[]")
+    prometheus = Container("prometheus", name="prometheus")
+    scrapes = [Scrape(prometheus, "job maas", Address("engine", port, f"engine:{port}"))
+               for port in (9464, 50054)]  # fmt: skip
+    deployment = Deployment([routing, engine, database], by_name(routing, engine), scrapes)
+    assert scrape_problems(deployment) == [
+        "prometheus: job maas engine:50054: port 50054 of engine is not its metrics port (9464)",
+        "router: Prometheus does not scrape it",
+    ]
+
+
+def test_the_inference_container_asks_for_a_gpu_iff_it_runs_the_gpu_engine() -> None:
+    _, engine, database = mesh("[]")
+    deployment = Deployment([engine], by_name(engine), no_gpu="asks for none")
+    assert gpu_problems(deployment, engine) == []
+    engine.gpu_engine = "is built for the GPU"
+    assert gpu_problems(deployment, engine) == [
+        "engine: is built for the GPU but asks for none: it would land on no GPU"
+    ]
+    engine.gpu_engine, engine.gpu = None, "holds a GPU"
+    assert gpu_problems(deployment, engine) == [
+        "engine: holds a GPU but runs the CPU engine: the GPU would sit idle"
+    ]
+    database.gpu = "holds a GPU"
+    assert gpu_problems(deployment, database) == []
