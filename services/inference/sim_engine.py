@@ -174,6 +174,7 @@ class SimEngine:
         self.steps = 0
         self.preemptions = 0
         self.generated_tokens = 0
+        self.profiled_s = 0.0  # the steps' durations by the profile, summed
 
     # -- lifetime -----------------------------------------------------------
 
@@ -559,19 +560,28 @@ class SimEngine:
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
+        last_end: float | None = None
         try:
             while not self._dead.is_set():
                 if not self._running and not self._waiting:
+                    last_end = None
                     self._work.clear()
                     await self._work.wait()
                     continue
-                started = loop.time()
+                # Time spent scheduling counts as part of the step, as on a GPU host.
+                now = loop.time()
                 scheduled = self._schedule()
                 decode = sum(1 for seq, new in scheduled if seq.output and new == 1)
                 prefill = sum(new for _, new in scheduled) - decode
-                # Time spent scheduling counts as part of the step, as on a GPU host.
                 step_s = self.profile.step_s(decode, prefill)
-                await asyncio.sleep(max(0.0, started + step_s - loop.time()))
+                self.profiled_s += step_s
+                # Back to back steps start where the last one was due to end: a
+                # timer that fired late (uvloop's have 1 ms resolution) is made
+                # up by this step, so the pace is the profile's. At most one
+                # whole step is made up; a loop stalled longer loses the time.
+                started = now if last_end is None else max(last_end, now - step_s)
+                last_end = started + step_s
+                await asyncio.sleep(max(0.0, last_end - loop.time()))
                 self._finish_step(scheduled)
                 self._stepped_at = time.monotonic()
                 self.steps += 1
