@@ -242,3 +242,48 @@ async def test_a_killed_engine_fails_its_streams_and_says_why(sim: SimEngine) ->
         await sim.check_health()
     with pytest.raises(EngineDeadError):
         await collect(sim, "x", "hi")
+
+
+async def first_token_order(policy: str) -> list[str]:
+    """Which of two waiting requests starts first: "low" (priority 5) came before "high" (0)."""
+    order: list[str] = []
+
+    async def run(e: SimEngine, rid: str, priority: int) -> None:
+        opts = SamplingOptions(max_tokens=2, ignore_eos=True)
+        async for _ in e.generate(rid, prompt(rid), opts, priority=priority):
+            if rid not in order:
+                order.append(rid)
+
+    async with engine(max_num_seqs=1, policy=policy) as e:
+        long = SamplingOptions(max_tokens=1000, ignore_eos=True)
+        blocker = e.generate("blocker", prompt("x"), long)
+        await anext(blocker)
+        low = asyncio.create_task(run(e, "low", 5))
+        await asyncio.sleep(0.005)
+        high = asyncio.create_task(run(e, "high", 0))
+        await asyncio.sleep(0.005)
+        assert e.load().waiting == 2
+        await blocker.aclose()
+        await asyncio.gather(low, high)
+    return order
+
+
+async def test_waiting_requests_run_by_priority_or_in_arrival_order() -> None:
+    assert await first_token_order("priority") == ["high", "low"]
+    assert await first_token_order("fcfs") == ["low", "high"]
+
+
+async def test_preemption_takes_the_lowest_priority_first() -> None:
+    # Room for two requests' prompts, not for both to grow: one must yield.
+    async with engine(kv_cache_tokens=8 * BLOCK_SIZE, max_context_length=8 * BLOCK_SIZE) as e:
+        opts = SamplingOptions(max_tokens=100, ignore_eos=True)
+        finished: list[str] = []
+
+        async def run(rid: str, priority: int) -> None:
+            async for _ in e.generate(rid, prompt(rid * 4), opts, priority=priority):
+                pass
+            finished.append(rid)
+
+        await asyncio.gather(run("late", 9), run("urgent", 0))
+        assert e.preemptions > 0
+    assert finished == ["urgent", "late"]
