@@ -5,6 +5,7 @@ routes over two of them."""
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -119,3 +120,11 @@ def test_a_simulated_replica_never_imports_vllm() -> None:
         "assert 'vllm' not in sys.modules, 'vllm was imported'\n"
     )
     subprocess.run([sys.executable, "-c", script], check=True, timeout=60)
+
+
+async def test_a_killed_simulated_engine_trips_the_watchdog() -> None:
+    async with sim_replica() as replica:
+        assert isinstance(replica.engine, SimEngine)
+        assert not replica.failed.done()
+        replica.engine.kill("injected failure")
+        assert await asyncio.wait_for(replica.failed, 10.0) == "injected failure"
