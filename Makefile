@@ -11,6 +11,9 @@ STAMP := $(VENV)/.installed
 # `make run REPLICAS=2 TLS=1`: inference replicas behind the router; mutual TLS on every hop.
 REPLICAS ?= 1
 TLS ?= 0
+# `make run ENGINE=sim REPLICAS=8`: simulated engines (services/inference/sim_engine.py), no model build.
+ENGINE ?= vllm
+SIM_PROFILE ?= llama-3.1-8b-h100
 
 .PHONY: help venv model protos protos-check lint test fuzz deploy-check run clean
 
@@ -66,8 +69,9 @@ deploy-check: venv ## check docker-compose.yml and deploy/k8s/ statically (no Do
 	$(PY) -m deploy.checks.compose
 	$(PY) -m deploy.checks.k8s
 
-run: venv model ## start the whole mesh on loopback and stream a first completion (Ctrl-C stops it)
-	$(PY) -m deploy.local.stack --model $(MODEL_DIR) --replicas $(REPLICAS) $(if $(filter 1,$(TLS)),--tls)
+run: venv $(if $(filter sim,$(ENGINE)),,model) ## start the whole mesh on loopback and stream a first completion (Ctrl-C stops it)
+	$(PY) -m deploy.local.stack --replicas $(REPLICAS) $(if $(filter 1,$(TLS)),--tls) \
+		$(if $(filter sim,$(ENGINE)),--engine sim --sim-profile $(SIM_PROFILE),--model $(MODEL_DIR))
 
 clean: ## remove local state (keeps the venv)
 	rm -rf .maas/run .pytest_cache .mypy_cache

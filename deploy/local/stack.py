@@ -44,6 +44,7 @@ from services.auth.settings import MIN_SECRET_LENGTH
 from services.catalog import SERVICES
 from services.common.spec import ServiceSpec
 from services.inference.settings import cpu_engine_environment
+from services.inference.sim_profiles import DEFAULT_PROFILE, PROFILES
 
 console = Console()
 
@@ -183,6 +184,10 @@ def flag(path: str) -> str:
 
 def engine_launch(args: argparse.Namespace) -> tuple[list[str], dict[str, str]]:
     """Flags and environment of a service that runs the engine (one with a `model` setting)."""
+    if args.engine == "sim":
+        # A simulated replica: the model is only a name, and no vLLM runs.
+        name = str(args.model) if args.model else args.sim_profile
+        return ["--engine", "sim", "--sim-profile", args.sim_profile, "--model", name], {}
     engine_args: list[str] = ["--model", str(args.model)]
     env: dict[str, str] = {}
     if engine_is_cpu_build():
@@ -305,13 +310,13 @@ async def ensure_dev_key(
         return created.api_key
 
 
-async def first_completion(gateway_target: str, api_key: str, connection: Connection) -> None:
+async def first_completion(
+    gateway_target: str, api_key: str, connection: Connection, weights: str = "random weights"
+) -> None:
     async with MaasClient(gateway_target, api_key, credentials=connection.credentials()) as client:
         models = await client.list_models()
         model = models[0].name
-        console.print(
-            f"\n[bold]First completion[/bold] from [cyan]{model}[/cyan] (random weights):"
-        )
+        console.print(f"\n[bold]First completion[/bold] from [cyan]{model}[/cyan] ({weights}):")
         stream = client.generate(
             model, messages=[("user", "Tell me about the sea.")], max_tokens=48, seed=7
         )
@@ -392,7 +397,7 @@ async def run(args: argparse.Namespace) -> int:
     env = dict(os.environ)
     env.update(PYTHONUNBUFFERED="1", VLLM_NO_USAGE_STATS="1", HF_HUB_OFFLINE="1")
     env.update(secret_environment(keys))
-    if engine_is_cpu_build():
+    if engine_is_cpu_build() and args.engine == "vllm":
         env.update(cpu_engine_environment())
 
     stop = asyncio.Event()
@@ -404,7 +409,10 @@ async def run(args: argparse.Namespace) -> int:
     try:
         for spec in service_specs(args, state_dir, certs):
             services.append(await start(spec, env, log_dir))
-        console.print("starting services (the model takes 20-40 s to load on CPU) ...")
+        if args.engine == "sim":
+            console.print(f"starting services (simulated engines: {args.sim_profile}) ...")
+        else:
+            console.print("starting services (the model takes 20-40 s to load on CPU) ...")
         await asyncio.gather(*(wait_serving(s, connection) for s in services))
         gateway = services[-1].spec
         by_name = {s.spec.name: s for s in services}
@@ -431,7 +439,8 @@ async def run(args: argparse.Namespace) -> int:
                 highlight=False,
                 soft_wrap=True,  # one line, so it pastes as one command
             )
-        await first_completion(f"127.0.0.1:{gateway.port}", api_key, connection)
+        weights = "simulated" if args.engine == "sim" else "random weights"
+        await first_completion(f"127.0.0.1:{gateway.port}", api_key, connection, weights)
         if args.exit_after_first:
             return 0
         console.print("\n[bold green]mesh is up[/bold green]; Ctrl-C stops it.")
@@ -453,7 +462,14 @@ def _replica_count(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--model", type=Path, required=True)
+    parser.add_argument("--model", type=Path, help="model directory (with --engine sim: a name)")
+    parser.add_argument(
+        "--engine",
+        choices=("vllm", "sim"),
+        default="vllm",
+        help="sim: simulated replicas that behave like vLLM on a GPU (no model needed)",
+    )
+    parser.add_argument("--sim-profile", default=DEFAULT_PROFILE, choices=sorted(PROFILES))
     parser.add_argument("--state-dir", default=".maas")
     parser.add_argument("--base-port", type=int, default=DEFAULT_BASE_PORT)
     parser.add_argument(
@@ -472,8 +488,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.engine == "vllm" and args.model is None:
+        parser.error("--model is required unless --engine sim")
+    return args
+
+
 def main() -> None:
-    sys.exit(asyncio.run(run(build_parser().parse_args())))
+    sys.exit(asyncio.run(run(parse_args())))
 
 
 if __name__ == "__main__":

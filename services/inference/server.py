@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 
 import structlog
@@ -60,9 +60,7 @@ async def serving(
     try:
         async with AsyncExitStack() as stack:
             if engine is None:
-                from services.inference.vllm_engine import open_vllm_engine
-
-                engine = await stack.enter_async_context(open_vllm_engine(settings))
+                engine = await stack.enter_async_context(open_engine(settings))
                 await attach(server, servicer, engine)
                 log.info("model loaded", model=engine.model_info.name)
             watchdog = asyncio.create_task(
@@ -78,6 +76,17 @@ async def serving(
                 await server.stop(FAILED_ENGINE_GRACE_S if failed else settings.grace_period_s)
     finally:
         await server.stop(0)
+
+
+def open_engine(settings: InferenceSettings) -> AbstractAsyncContextManager[Engine]:
+    """The engine the settings name; vLLM is imported only when it is the one."""
+    if settings.engine == "sim":
+        from services.inference.sim_engine import open_sim_engine
+
+        return open_sim_engine(settings)
+    from services.inference.vllm_engine import open_vllm_engine
+
+    return open_vllm_engine(settings)
 
 
 async def create_server(

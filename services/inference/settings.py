@@ -10,10 +10,11 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from services.common.settings import ServiceSettings
+from services.inference.sim_profiles import DEFAULT_PROFILE, PROFILES
 
 
 class InferenceSettings(ServiceSettings):
@@ -22,7 +23,11 @@ class InferenceSettings(ServiceSettings):
     )
 
     port: int = 50054
-    model: str = Field(description="model directory or hub name")
+    model: str = Field(description="model directory or hub name; with engine=sim, just its name")
+    # "sim": a simulated engine (sim_engine.py) that behaves like vLLM on the
+    # accelerator `sim_profile` names, with no model and no vLLM import.
+    engine: Literal["vllm", "sim"] = "vllm"
+    sim_profile: str = Field(default=DEFAULT_PROFILE, description="see sim_profiles.py")
     served_model_name: str | None = Field(
         default=None, description="name clients use; default: the model directory's name"
     )
@@ -53,6 +58,13 @@ class InferenceSettings(ServiceSettings):
     # is wedged: the service turns NOT_SERVING and exits non-zero. Far above
     # any one step (a long prefill on CPU takes seconds), so load never trips it.
     engine_stall_s: float = Field(default=30.0, gt=0)
+
+    @field_validator("sim_profile")
+    @classmethod
+    def _known_profile(cls, name: str) -> str:
+        if name not in PROFILES:
+            raise ValueError(f"unknown profile {name!r}; known: {', '.join(sorted(PROFILES))}")
+        return name
 
     @property
     def model_name(self) -> str:

@@ -18,6 +18,7 @@ from deploy.local.stack import (
     Launch,
     build_parser,
     load_secrets,
+    parse_args,
     service_specs,
     service_token_environment,
 )
@@ -65,6 +66,27 @@ def test_local_stack_streams_a_completion_and_stops_cleanly(
     assert (tmp_path / "dev_api_key").read_text().startswith("maas_")
     for service in ("gateway", "router", "inference", "anomaly", "auth"):
         assert f"stopped {service} (exit 0)" in output, output
+
+
+def test_a_simulated_mesh_starts_without_a_model(tmp_path: Path) -> None:
+    replicas = 4
+    result = subprocess.run(
+        [
+            sys.executable, "-m", "deploy.local.stack",
+            "--engine", "sim", "--sim-profile", "tiny-cpu",
+            "--replicas", str(replicas),
+            "--state-dir", str(tmp_path),
+            "--base-port", str(free_port_block(5 + replicas - 1)),
+            "--exit-after-first",
+        ],
+        capture_output=True, text=True, timeout=300,
+        env={**os.environ, "MAAS_GATEWAY_HTTP_PORT": "0"},
+    )  # fmt: skip
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert "completion tokens" in output
+    for i in range(1, replicas + 1):
+        assert f"stopped inference-{i} (exit 0)" in output, output
 
 
 # The launcher's arguments, without starting anything.
@@ -115,6 +137,22 @@ def test_replicas_get_their_own_ports_and_all_sit_behind_the_router(
         ("auth", 40001), ("inference", 40003), ("router", 40002), ("anomaly", 40004),
         ("gateway", 40000),
     ]  # fmt: skip
+
+
+def test_sim_replicas_get_the_simulated_engine_and_no_model(tmp_path: Path) -> None:
+    args = parse_args(["--engine", "sim", "--replicas", "2", "--sim-profile", "tiny-cpu"])
+    for spec in service_specs(args, tmp_path):
+        if spec.module == "services.inference":
+            settings = settings_of(spec)
+            assert isinstance(settings, InferenceSettings)
+            assert (settings.engine, settings.sim_profile) == ("sim", "tiny-cpu")
+            assert settings.model_name == "tiny-cpu"
+            assert spec.env == {}
+
+
+def test_the_real_engine_still_needs_a_model() -> None:
+    with pytest.raises(SystemExit):
+        parse_args([])
 
 
 @pytest.mark.parametrize("count", ["0", "-1", "two"])
