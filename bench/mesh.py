@@ -82,14 +82,27 @@ def auth(state: Path, admin_token: str, name: str) -> contextlib.AbstractAsyncCo
 
 
 def inference(
-    model: Path, name: str, max_num_seqs: int = 64
+    model: Path | str,
+    name: str,
+    max_num_seqs: int = 64,
+    *,
+    engine: str = "vllm",
+    sim_profile: str | None = None,
 ) -> contextlib.AbstractAsyncContextManager[str]:
+    """One replica: the CPU engine on the model directory `model`, or with
+    `engine="sim"` the simulated engine serving `model` as a name under
+    `sim_profile` (the profile's own batch and KV sizes unless `max_num_seqs`)."""
     port = free_port()
-    args = [
-        "-m", "services.inference", "--model", str(model), "--port", str(port),
-        "--kv-cache-memory-bytes", str(KV_CACHE_BYTES), "--enforce-eager",
-        "--max-num-seqs", str(max_num_seqs),
-    ]  # fmt: skip
+    args = ["-m", "services.inference", "--model", str(model), "--port", str(port)]
+    if engine == "sim":
+        args += ["--engine", "sim", "--max-num-seqs", str(max_num_seqs)]
+        if sim_profile:
+            args += ["--sim-profile", sim_profile]
+    else:
+        args += [
+            "--kv-cache-memory-bytes", str(KV_CACHE_BYTES), "--enforce-eager",
+            "--max-num-seqs", str(max_num_seqs),
+        ]  # fmt: skip
     return process(args, f"{name}.log", f"127.0.0.1:{port}", "maas.v1.Inference")
 
 
