@@ -8,6 +8,7 @@ fake is a replica that fails before its first token (tests/router)."""
 from __future__ import annotations
 
 import asyncio
+import secrets
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
@@ -18,12 +19,15 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from deploy.local.throwaway_ca import write_throwaway_ca
+from gateway.routes import ReplicaChannels
 from gateway.server import serving as serving_gateway
 from gateway.settings import GatewaySettings
 from maas.v1 import generation_pb2, router_pb2, router_pb2_grpc
 from maas_cli.client import MaasClient
 from observability import setup
 from observability.settings import TelemetrySettings
+from services.mesh import MeshOptions, running_mesh
 from services.router.dispatcher import FlowPolicy
 from tests.mesh import Mesh, TenantKey
 from tests.router.test_router_service import (
@@ -35,6 +39,7 @@ from tests.router.test_router_service import (
     router,
     serving,
 )
+from tests.security.conftest import SecureMesh
 from tests.support import eventually
 
 MODES = ["proxy", "direct"]
@@ -250,3 +255,56 @@ async def test_the_router_frees_the_place_whenever_the_route_ends(mesh: Mesh) ->
                 await route.read()
             assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert in_flight(r) == 0
+
+
+async def test_direct_routing_streams_over_mutual_tls_with_the_service_token(
+    mesh: Mesh, tmp_path: Path
+) -> None:
+    """The gateway's own channels to the replicas carry the mesh's identity:
+    its client certificate and the service token, as every inner hop does."""
+    certs = write_throwaway_ca(tmp_path / "tls")
+    options = MeshOptions(
+        state=tmp_path,
+        model=mesh.model,
+        certs=certs,
+        service_token=secrets.token_urlsafe(32),
+        overrides={"gateway": {"routing": "direct"}},
+    )
+    async with AsyncExitStack() as stack:
+        running = await stack.enter_async_context(
+            running_mesh(options, dependencies={"inference": {"engine": mesh.engine}})
+        )
+        secure = SecureMesh(
+            targets=running.targets,
+            admin_token=options.admin_token,
+            service_token=options.service_token,
+            certs=certs,
+            model=mesh.model,
+        )
+        async with secure.tenant_client(await secure.new_api_key()) as client:
+            chunks = [c async for c in client.generate(mesh.model, prompt="Hi", max_tokens=8)]
+        assert chunks[-1].usage.completion_tokens == 8
+
+
+async def test_replica_channels_close_the_least_recently_used_idle_ones() -> None:
+    telemetry = setup("gateway", TelemetrySettings())
+    channels = ReplicaChannels(telemetry, max_idle=1)
+    try:
+        # Channels connect lazily: nothing needs to listen at these addresses.
+        a = channels.acquire("127.0.0.1:1")
+        assert channels.acquire("127.0.0.1:1") is a  # one channel per address
+        channels.acquire("127.0.0.1:2")
+        channels.acquire("127.0.0.1:3")
+        await channels.release("127.0.0.1:2")
+        await channels.release("127.0.0.1:3")
+        # Two idle, one allowed: the one released first goes; those in use stay.
+        assert len(channels) == 2
+        assert channels.acquire("127.0.0.1:3") is not None
+        await channels.release("127.0.0.1:1")
+        await channels.release("127.0.0.1:1")
+        await channels.release("127.0.0.1:3")
+        assert len(channels) == 1
+    finally:
+        await channels.aclose()
+        telemetry.shutdown()
+    assert len(channels) == 0
