@@ -248,14 +248,15 @@ class DirectRoute:
                 self._settle(self._route)
                 return
             remaining = self._remaining()
-            await self._route.write(
-                router_pb2.RouteUpdate(
-                    ended=router_pb2.RouteEnded(
-                        code=failure.code().value[0],
-                        caller_gone=remaining is not None and remaining <= 0,
-                    )
-                )
+            ended = router_pb2.RouteEnded(
+                code=failure.code().value[0], caller_gone=remaining is not None and remaining <= 0
             )
+            try:
+                await self._route.write(router_pb2.RouteUpdate(ended=ended))
+            except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
+                # The route ended meanwhile (its deadline, the router gone):
+                # nothing more to decide, and the replica's answer is the answer.
+                raise failure from None
             # Another replica (a retry), the router's verdict (it raises), or
             # the call closed: the failure was the request's own, and is its answer.
             decision = await self._decision()

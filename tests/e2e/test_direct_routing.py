@@ -156,6 +156,30 @@ async def test_a_cancel_reaches_the_engine_and_what_ran_is_billed(
         assert received <= (await client.usage()).completion_tokens < 1500
 
 
+@pytest.mark.parametrize("routing", MODES)
+async def test_a_deadline_passing_mid_stream_is_the_callers_not_the_replicas(
+    mesh: Mesh, tenant_key: TenantKey, routing: str, tmp_path: Path
+) -> None:
+    async with AsyncExitStack() as stack:
+        a = await stack.enter_async_context(inference_replica(mesh.engine))
+        r = await stack.enter_async_context(router([a.address], mesh.model))
+        await serving(r, 1)
+        target = await stack.enter_async_context(gateway(mesh, r.target, routing, tmp_path))
+        client = await stack.enter_async_context(MaasClient(target, tenant_key.api_key))
+        received = 0
+        with pytest.raises(grpc.aio.AioRpcError) as late:
+            async for chunk in client.generate(
+                mesh.model, prompt="late", max_tokens=2000, timeout_s=1.0
+            ):
+                received += len(chunk.token_ids)
+        assert late.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert received > 0, "the deadline passed before the stream began"
+        await eventually(lambda: mesh.engine.num_unfinished_requests() == 0)
+        await eventually(lambda: in_flight(r) == 0)
+        [replica] = r.replicas.replicas
+        assert replica.consecutive_failures == 0
+
+
 def retry_info(err: grpc.aio.AioRpcError) -> error_details_pb2.RetryInfo | None:
     status = rpc_status.from_call(err)
     assert status is not None
