@@ -24,6 +24,7 @@ from gateway.model_limits import ModelCatalog, served_models
 from gateway.outbox import UsageOutbox
 from gateway.quota import QuotaClient, estimate_tokens
 from gateway.refusals import CALLER_REFUSALS, RefusalBudget, peer_host
+from gateway.routes import Proxy, Routing
 from gateway.usage import StreamUsage, timestamp
 from gateway.validation import check_against_model, validate_generate, validate_input
 from maas.v1 import (
@@ -38,7 +39,6 @@ from maas.v1 import (
     usage_pb2,
 )
 from observability.context import (
-    REPLICA_METADATA_KEY,
     bind_request,
     current_request_id,
     new_request_id,
@@ -102,6 +102,8 @@ class GatewayCore:
         *,
         authenticator: Authenticator,
         router: router_pb2_grpc.RouterAsyncStub,
+        # How generations reach replicas; through the router's Generate when None.
+        routing: Routing | None = None,
         metering: metering_pb2_grpc.MeteringAsyncStub,
         usage: UsageOutbox,
         events: EventPublisher,
@@ -119,6 +121,7 @@ class GatewayCore:
         self._progress_interval_s = progress_interval_s
         self._authenticator = authenticator
         self._router = router
+        self._routing: Routing = routing or Proxy(router)
         self._metering = metering
         self._usage = usage
         self._events = events
@@ -162,7 +165,7 @@ class GatewayCore:
         usage = StreamUsage()
         status = grpc.StatusCode.OK
         replica = ""
-        call = self._router.Generate(
+        route = self._routing.open(
             router_pb2.RouterGenerateRequest(
                 request=request,
                 context=router_pb2.RequestContext(
@@ -171,12 +174,12 @@ class GatewayCore:
                     estimated_tokens=estimated,
                 ),
             ),
-            timeout=deadline.remaining(),
+            deadline.remaining,
         )
         progress_at = time.monotonic() + self._progress_interval_s
         renewing = asyncio.create_task(self._quotas.keep(reservation))
         try:
-            async for chunk in call:
+            async for chunk in route.chunks():
                 usage.observe(chunk)
                 if time.monotonic() >= progress_at:
                     # On disk in the outbox, so a gateway killed now still bills
@@ -189,26 +192,27 @@ class GatewayCore:
                         )
                     )  # fmt: skip
                 yield chunk
-            replica = replica_of(await call.trailing_metadata())
+            replica = await route.replica(None)
         except (asyncio.CancelledError, GeneratorExit):
             # Cancelled, or closed by a reader that stopped reading: the caller went away.
             status = grpc.StatusCode.CANCELLED
             raise
         except grpc.aio.AioRpcError as err:
             status = err.code()
-            replica = replica_of(err.trailing_metadata())
+            replica = await route.replica(err)
             raise error_from_rpc(err) from err
         except BaseException:
             status = grpc.StatusCode.INTERNAL
             raise
         finally:
-            call.cancel()
             renewing.cancel()
             used = usage.prompt_tokens + usage.completion_tokens if usage.chunks else None
             self._quotas.settle(reservation, used)
             self._settle(
                 request_id, client_request_id, request.model, principal, usage, status, replica
             )
+            # Last: stopping a replica call may await; the bill is settled already.
+            await route.aclose()
 
     async def _admissible(
         self, request: generation_pb2.GenerateRequest, timeout_s: float | None
@@ -382,11 +386,3 @@ def usage_record(
         status=status,
         client_request_id=client_request_id,
     )
-
-
-def replica_of(metadata: grpc.aio.Metadata | None) -> str:
-    """The replica the router named in its trailing metadata ("" if none)."""
-    for key, value in metadata or ():
-        if key == REPLICA_METADATA_KEY:
-            return value if isinstance(value, str) else value.decode()
-    return ""

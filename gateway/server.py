@@ -17,6 +17,7 @@ from gateway.openai_http import create_app
 from gateway.outbox import UsageOutbox
 from gateway.quota import QuotaClient
 from gateway.refusals import RefusalBudget
+from gateway.routes import Direct, Proxy, ReplicaChannels, Routing
 from gateway.servicer import GatewayServicer
 from gateway.settings import GatewaySettings
 from maas.v1 import (
@@ -86,6 +87,14 @@ async def serving(settings: GatewaySettings, telemetry: Telemetry) -> AsyncItera
         )
         stack.push_async_callback(constraints.aclose)
         router = router_pb2_grpc.RouterStub(router_ch)
+        routing: Routing = Proxy(router)
+        if settings.routing == "direct":
+            channels = ReplicaChannels(
+                telemetry, security=security, max_idle=settings.max_idle_replica_channels
+            )
+            routing = Direct(router, channels)
+        # After the server stops (callbacks run last first): streams end, then channels close.
+        stack.push_async_callback(routing.aclose)
         core = GatewayCore(
             authenticator=Authenticator(
                 auth_pb2_grpc.AuthStub(auth_ch),
@@ -96,6 +105,7 @@ async def serving(settings: GatewaySettings, telemetry: Telemetry) -> AsyncItera
                 negative_max_entries=settings.auth_negative_cache_size,
             ),
             router=router,
+            routing=routing,
             metering=metering_pb2_grpc.MeteringStub(auth_ch),
             usage=usage,
             events=events,

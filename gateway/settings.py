@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
@@ -35,6 +35,15 @@ class GatewaySettings(ServiceSettings):
     # 8000: where vLLM's and other OpenAI-compatible servers listen, so clients' defaults fit.
     http_port: int | None = Field(default=8000, ge=0, le=65535)
     router_address: str = "127.0.0.1:50053"
+    # How generations reach the replicas: "proxy" through the router, which
+    # streams every chunk through; "direct": the router admits and picks the
+    # replica, and the gateway streams from the replica itself (the replicas'
+    # addresses the router knows must then be reachable from here).
+    routing: Literal["proxy", "direct"] = "proxy"
+    # Direct routing: channels to replicas kept open while unused (least
+    # recently used closed first): a large mesh's replicas, without leaking
+    # one per replica ever seen.
+    max_idle_replica_channels: int = Field(default=256, ge=0)
     auth_address: str = "127.0.0.1:50052"
     anomaly_address: str = "127.0.0.1:50055"
     # Bounds how long a revoked key keeps working here.

@@ -59,6 +59,44 @@ class RouterGenerateRequest(_message.Message):
     context: RequestContext
     def __init__(self, request: _Optional[_Union[_generation_pb2.GenerateRequest, _Mapping]] = ..., context: _Optional[_Union[RequestContext, _Mapping]] = ...) -> None: ...
 
+class RouteUpdate(_message.Message):
+    __slots__ = ("request", "first_chunk", "ended")
+    REQUEST_FIELD_NUMBER: _ClassVar[int]
+    FIRST_CHUNK_FIELD_NUMBER: _ClassVar[int]
+    ENDED_FIELD_NUMBER: _ClassVar[int]
+    request: RouterGenerateRequest
+    first_chunk: RouteFirstChunk
+    ended: RouteEnded
+    def __init__(self, request: _Optional[_Union[RouterGenerateRequest, _Mapping]] = ..., first_chunk: _Optional[_Union[RouteFirstChunk, _Mapping]] = ..., ended: _Optional[_Union[RouteEnded, _Mapping]] = ...) -> None: ...
+
+class RouteFirstChunk(_message.Message):
+    __slots__ = ("first_token_s", "queued_s")
+    FIRST_TOKEN_S_FIELD_NUMBER: _ClassVar[int]
+    QUEUED_S_FIELD_NUMBER: _ClassVar[int]
+    first_token_s: float
+    queued_s: float
+    def __init__(self, first_token_s: _Optional[float] = ..., queued_s: _Optional[float] = ...) -> None: ...
+
+class RouteEnded(_message.Message):
+    __slots__ = ("code", "caller_gone", "finished")
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    CALLER_GONE_FIELD_NUMBER: _ClassVar[int]
+    FINISHED_FIELD_NUMBER: _ClassVar[int]
+    code: int
+    caller_gone: bool
+    finished: bool
+    def __init__(self, code: _Optional[int] = ..., caller_gone: _Optional[bool] = ..., finished: _Optional[bool] = ...) -> None: ...
+
+class RouteDecision(_message.Message):
+    __slots__ = ("replica_address", "engine_priority", "attempt")
+    REPLICA_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    ENGINE_PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    replica_address: str
+    engine_priority: int
+    attempt: int
+    def __init__(self, replica_address: _Optional[str] = ..., engine_priority: _Optional[int] = ..., attempt: _Optional[int] = ...) -> None: ...
+
 class Replica(_message.Message):
     __slots__ = ("address", "model", "state", "adapters", "in_flight", "concurrency_limit", "load", "ejected_for_s", "ttft_s", "probing", "consecutive_failures")
     ADDRESS_FIELD_NUMBER: _ClassVar[int]

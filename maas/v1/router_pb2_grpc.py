@@ -48,6 +48,11 @@ class RouterStub:
                 request_serializer=maas_dot_v1_dot_router__pb2.RouterGenerateRequest.SerializeToString,
                 response_deserializer=maas_dot_v1_dot_generation__pb2.GenerateResponse.FromString,
                 _registered_method=True)
+        self.Route = channel.stream_stream(
+                '/maas.v1.Router/Route',
+                request_serializer=maas_dot_v1_dot_router__pb2.RouteUpdate.SerializeToString,
+                response_deserializer=maas_dot_v1_dot_router__pb2.RouteDecision.FromString,
+                _registered_method=True)
         self.CountTokens = channel.unary_unary(
                 '/maas.v1.Router/CountTokens',
                 request_serializer=maas_dot_v1_dot_generation__pb2.CountTokensRequest.SerializeToString,
@@ -107,6 +112,27 @@ class RouterServicer:
         RESOURCE_EXHAUSTED (with RetryInfo) when the queue is full,
         DEADLINE_EXCEEDED when the request's deadline passes while it queues.
         A replica that fails before the first chunk is retried elsewhere.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Route(self, request_iterator, context):
+        """Routes a generation that the caller then streams from the replica
+        itself ("direct" routing: the router stays off the token path). The
+        caller's first update carries the request, routed exactly as Generate
+        routes it; the router answers with the replica to call once the request
+        is admitted, or ends the call with the status Generate would have ended
+        with (NOT_FOUND, UNAVAILABLE, RESOURCE_EXHAUSTED with RetryInfo,
+        DEADLINE_EXCEEDED). The caller then reports the replica's first chunk
+        and how its call ended. A replica that failed before its first chunk
+        gets a new decision (a retry on another replica) or the call ends
+        UNAVAILABLE; any other end closes the call OK (a failure that was the
+        request's own goes back to its caller as the replica sent it). The
+        request holds its place on the replica until the call ends: the caller
+        closing or losing it frees the place, so nothing leaks and no timer is
+        needed. Cancel the call to stop; the caller's deadline sheds as for
+        Generate.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -179,6 +205,11 @@ def add_RouterServicer_to_server(servicer, server):
                     servicer.Generate,
                     request_deserializer=maas_dot_v1_dot_router__pb2.RouterGenerateRequest.FromString,
                     response_serializer=maas_dot_v1_dot_generation__pb2.GenerateResponse.SerializeToString,
+            ),
+            'Route': grpc.stream_stream_rpc_method_handler(
+                    servicer.Route,
+                    request_deserializer=maas_dot_v1_dot_router__pb2.RouteUpdate.FromString,
+                    response_serializer=maas_dot_v1_dot_router__pb2.RouteDecision.SerializeToString,
             ),
             'CountTokens': grpc.unary_unary_rpc_method_handler(
                     servicer.CountTokens,
@@ -256,6 +287,33 @@ class Router:
             '/maas.v1.Router/Generate',
             maas_dot_v1_dot_router__pb2.RouterGenerateRequest.SerializeToString,
             maas_dot_v1_dot_generation__pb2.GenerateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Route(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/maas.v1.Router/Route',
+            maas_dot_v1_dot_router__pb2.RouteUpdate.SerializeToString,
+            maas_dot_v1_dot_router__pb2.RouteDecision.FromString,
             options,
             channel_credentials,
             insecure,

@@ -49,6 +49,23 @@ class RouterStub:
     DEADLINE_EXCEEDED when the request's deadline passes while it queues.
     A replica that fails before the first chunk is retried elsewhere.
     """
+    Route: _grpc.StreamStreamMultiCallable[_router_pb2.RouteUpdate, _router_pb2.RouteDecision]
+    """Routes a generation that the caller then streams from the replica
+    itself ("direct" routing: the router stays off the token path). The
+    caller's first update carries the request, routed exactly as Generate
+    routes it; the router answers with the replica to call once the request
+    is admitted, or ends the call with the status Generate would have ended
+    with (NOT_FOUND, UNAVAILABLE, RESOURCE_EXHAUSTED with RetryInfo,
+    DEADLINE_EXCEEDED). The caller then reports the replica's first chunk
+    and how its call ended. A replica that failed before its first chunk
+    gets a new decision (a retry on another replica) or the call ends
+    UNAVAILABLE; any other end closes the call OK (a failure that was the
+    request's own goes back to its caller as the replica sent it). The
+    request holds its place on the replica until the call ends: the caller
+    closing or losing it frees the place, so nothing leaks and no timer is
+    needed. Cancel the call to stop; the caller's deadline sheds as for
+    Generate.
+    """
     CountTokens: _grpc.UnaryUnaryMultiCallable[_generation_pb2.CountTokensRequest, _generation_pb2.CountTokensResponse]
     """Counts tokens on a replica serving the model."""
     ListReplicas: _grpc.UnaryUnaryMultiCallable[_router_pb2.ListReplicasRequest, _router_pb2.ListReplicasResponse]
@@ -93,6 +110,23 @@ class RouterAsyncStub(RouterStub):
     RESOURCE_EXHAUSTED (with RetryInfo) when the queue is full,
     DEADLINE_EXCEEDED when the request's deadline passes while it queues.
     A replica that fails before the first chunk is retried elsewhere.
+    """
+    Route: _aio.StreamStreamMultiCallable[_router_pb2.RouteUpdate, _router_pb2.RouteDecision]  # type: ignore[assignment]
+    """Routes a generation that the caller then streams from the replica
+    itself ("direct" routing: the router stays off the token path). The
+    caller's first update carries the request, routed exactly as Generate
+    routes it; the router answers with the replica to call once the request
+    is admitted, or ends the call with the status Generate would have ended
+    with (NOT_FOUND, UNAVAILABLE, RESOURCE_EXHAUSTED with RetryInfo,
+    DEADLINE_EXCEEDED). The caller then reports the replica's first chunk
+    and how its call ended. A replica that failed before its first chunk
+    gets a new decision (a retry on another replica) or the call ends
+    UNAVAILABLE; any other end closes the call OK (a failure that was the
+    request's own goes back to its caller as the replica sent it). The
+    request holds its place on the replica until the call ends: the caller
+    closing or losing it frees the place, so nothing leaks and no timer is
+    needed. Cancel the call to stop; the caller's deadline sheds as for
+    Generate.
     """
     CountTokens: _aio.UnaryUnaryMultiCallable[_generation_pb2.CountTokensRequest, _generation_pb2.CountTokensResponse]  # type: ignore[assignment]
     """Counts tokens on a replica serving the model."""
@@ -141,6 +175,29 @@ class RouterServicer(metaclass=_abc_1.ABCMeta):
         RESOURCE_EXHAUSTED (with RetryInfo) when the queue is full,
         DEADLINE_EXCEEDED when the request's deadline passes while it queues.
         A replica that fails before the first chunk is retried elsewhere.
+        """
+
+    @_abc_1.abstractmethod
+    def Route(
+        self,
+        request_iterator: _MaybeAsyncIterator[_router_pb2.RouteUpdate],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_router_pb2.RouteDecision], _abc.AsyncIterator[_router_pb2.RouteDecision]]:
+        """Routes a generation that the caller then streams from the replica
+        itself ("direct" routing: the router stays off the token path). The
+        caller's first update carries the request, routed exactly as Generate
+        routes it; the router answers with the replica to call once the request
+        is admitted, or ends the call with the status Generate would have ended
+        with (NOT_FOUND, UNAVAILABLE, RESOURCE_EXHAUSTED with RetryInfo,
+        DEADLINE_EXCEEDED). The caller then reports the replica's first chunk
+        and how its call ended. A replica that failed before its first chunk
+        gets a new decision (a retry on another replica) or the call ends
+        UNAVAILABLE; any other end closes the call OK (a failure that was the
+        request's own goes back to its caller as the replica sent it). The
+        request holds its place on the replica until the call ends: the caller
+        closing or losing it frees the place, so nothing leaks and no timer is
+        needed. Cancel the call to stop; the caller's deadline sheds as for
+        Generate.
         """
 
     @_abc_1.abstractmethod

@@ -28,6 +28,7 @@ from services.router.metrics import CLASS_NAMES, RouterMetrics
 from services.router.replica import Replica
 from services.router.replicas import ReplicaSet
 from services.router.retry import FirstTokenRetry, ReplicaStream
+from services.router.route_session import RouteSession, status_code
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -78,6 +79,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         self._dispatcher = dispatcher
         self._metrics = metrics
         self._clock = replicas.clock
+        self._max_attempts = max_attempts
         self._retry = FirstTokenRetry(
             dispatcher, self._clock, max_attempts=max_attempts, on_retry=self._count_retry
         )
@@ -86,19 +88,8 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         self, request: router_pb2.RouterGenerateRequest, context: Context
     ) -> AsyncIterator[generation_pb2.GenerateResponse]:
         received = self._clock()
-        priority = _CLASS_OF.get(request.context.priority)
-        if priority is None:
-            raise InvalidArgumentError("context.priority", "unknown priority")
-        remaining = context.time_remaining()
-        ticket = Ticket(
-            tenant=request.context.tenant_id,
-            priority=priority,
-            model=request.request.model,
-            cost=estimated_cost(request),
-            weight=request.context.weight or 1.0,
-            deadline=received + remaining if remaining is not None else None,
-            prefix_key=prefix_key(request.request),
-        )
+        ticket = self._ticket(request, context, received)
+        priority = ticket.priority
         span = trace.get_current_span()
 
         def open_stream(lease: Lease, attempt: int) -> ReplicaStream:
@@ -121,6 +112,59 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         async with contextlib.aclosing(chunks):
             async for chunk in chunks:
                 yield chunk
+
+    async def Route(
+        self, request_iterator: AsyncIterator[router_pb2.RouteUpdate], context: Context
+    ) -> AsyncIterator[router_pb2.RouteDecision]:
+        received = self._clock()
+        updates = aiter(request_iterator)
+        first = await anext(updates, None)
+        if first is None or first.WhichOneof("update") != "request":
+            raise InvalidArgumentError("request", "the first update must carry the request")
+        ticket = self._ticket(first.request, context, received)
+        span = trace.get_current_span()
+        session = RouteSession(
+            self._dispatcher,
+            ticket,
+            self._clock,
+            max_attempts=self._max_attempts,
+            on_retry=self._count_retry,
+        )
+        try:
+            while True:
+                lease = await session.assign()
+                if session.attempt == 1:
+                    self._record_dispatch(span, lease.queued_s, received, ticket.priority)
+                span.set_attribute("maas.router.replica", lease.replica.address)
+                span.set_attribute("maas.router.attempts", session.attempt)
+                yield router_pb2.RouteDecision(
+                    replica_address=lease.replica.address,
+                    engine_priority=lease.engine_priority,
+                    attempt=session.attempt,
+                )
+                if not await _follow(session, updates):
+                    return
+        finally:
+            # The caller gone (its cancel, its connection lost) ends the lease here.
+            session.close()
+
+    def _ticket(
+        self, request: router_pb2.RouterGenerateRequest, context: Context, received: float
+    ) -> Ticket:
+        """What admission needs of a request, from the request and the call's deadline."""
+        priority = _CLASS_OF.get(request.context.priority)
+        if priority is None:
+            raise InvalidArgumentError("context.priority", "unknown priority")
+        remaining = context.time_remaining()
+        return Ticket(
+            tenant=request.context.tenant_id,
+            priority=priority,
+            model=request.request.model,
+            cost=estimated_cost(request),
+            weight=request.context.weight or 1.0,
+            deadline=received + remaining if remaining is not None else None,
+            prefix_key=prefix_key(request.request),
+        )
 
     def _count_retry(self, code: grpc.StatusCode) -> None:
         if self._metrics is not None:
@@ -227,6 +271,24 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
             probing=r.probing,
             consecutive_failures=r.consecutive_failures,
         )
+
+
+async def _follow(session: RouteSession, updates: AsyncIterator[router_pb2.RouteUpdate]) -> bool:
+    """Feeds the caller's reports on the current replica to `session` until
+    the replica call's end; True when a retry is due. The caller closing its
+    side without an end is a cut (the session's close gives the lease back)."""
+    async for update in updates:
+        which = update.WhichOneof("update")
+        if which == "first_chunk":
+            session.first_chunk(update.first_chunk.first_token_s, update.first_chunk.queued_s)
+        elif which == "ended":
+            ended = update.ended
+            return session.ended(
+                status_code(ended.code), caller_gone=ended.caller_gone, finished=ended.finished
+            )
+        else:
+            raise InvalidArgumentError("update", "the request was sent already")
+    return False
 
 
 def _caller_gone(context: Context) -> bool:

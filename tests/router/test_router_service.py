@@ -58,6 +58,8 @@ class Router:
     stub: router_pb2_grpc.RouterAsyncStub
     replicas: ReplicaSet
     model: str
+    # host:port of its gRPC server.
+    target: str
 
 
 @asynccontextmanager
@@ -100,7 +102,7 @@ async def router(
             routing(RouterSettings(port=0, grace_period_s=0.5), telemetry, replicas, policy) as srv,
             grpc.aio.insecure_channel(f"127.0.0.1:{srv.port}") as ch,
         ):
-            yield Router(router_pb2_grpc.RouterStub(ch), replicas, model)
+            yield Router(router_pb2_grpc.RouterStub(ch), replicas, model, f"127.0.0.1:{srv.port}")
     finally:
         await replicas.aclose()
         telemetry.shutdown()

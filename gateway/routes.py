@@ -1,0 +1,312 @@
+"""How a generation reaches its replica from the gateway, two ways.
+
+"proxy": through the router's Generate, which streams every chunk through.
+"direct": the router's Route admits the request, queues it fairly and picks
+the replica (flow control stays there); the gateway then calls the replica
+itself, streams its chunks straight to the caller, and reports back the
+first chunk and how the call ended, so the router frees the replica's place,
+learns its latency and failures, and retries a replica that failed before
+its first chunk elsewhere. The replicas' addresses the router knows must be
+reachable from the gateway in this mode; the gateway's channels to them use
+the same security (TLS, client certificate, service token) as its other hops."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import grpc
+
+from maas.v1 import (
+    generation_pb2,
+    inference_pb2,
+    inference_pb2_grpc,
+    router_pb2,
+    router_pb2_grpc,
+)
+from observability import Telemetry
+from observability.channels import PLAINTEXT, ChannelSecurity, channel
+from observability.context import REPLICA_METADATA_KEY
+from services.common.errors import UnavailableError
+
+RouteCall = grpc.aio.StreamStreamCall[router_pb2.RouteUpdate, router_pb2.RouteDecision]
+
+
+class Route(Protocol):
+    """One generation's way to its replica, as the core streams it."""
+
+    def chunks(self) -> AsyncIterator[generation_pb2.GenerateResponse]: ...
+
+    async def replica(self, err: grpc.aio.AioRpcError | None) -> str:
+        """The replica that served (or failed) it; "" when none was reached."""
+        ...
+
+    async def aclose(self) -> None:
+        """Stops it, down to the engine; a no-op once it ended."""
+        ...
+
+
+class Routing(Protocol):
+    def open(
+        self, routed: router_pb2.RouterGenerateRequest, remaining: Callable[[], float | None]
+    ) -> Route:
+        """Starts routing `routed`; `remaining` tells the caller's time left (None: no deadline)."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+def replica_of(metadata: grpc.aio.Metadata | None) -> str:
+    """The replica the router named in its trailing metadata ("" if none)."""
+    for key, value in metadata or ():
+        if key == REPLICA_METADATA_KEY:
+            return value if isinstance(value, str) else value.decode()
+    return ""
+
+
+GenerateCall = grpc.aio.UnaryStreamCall[
+    inference_pb2.InferenceGenerateRequest, generation_pb2.GenerateResponse
+]
+ProxiedCall = grpc.aio.UnaryStreamCall[
+    router_pb2.RouterGenerateRequest, generation_pb2.GenerateResponse
+]
+
+
+class ProxiedRoute:
+    """Through the router's Generate: the router streams every chunk through."""
+
+    def __init__(self, call: ProxiedCall) -> None:
+        self._call = call
+
+    def chunks(self) -> AsyncIterator[generation_pb2.GenerateResponse]:
+        return self._call.__aiter__()
+
+    async def replica(self, err: grpc.aio.AioRpcError | None) -> str:
+        # The router names the replica in its trailing metadata.
+        return replica_of(err.trailing_metadata() if err else await self._call.trailing_metadata())
+
+    async def aclose(self) -> None:
+        self._call.cancel()
+
+
+class Proxy:
+    """Every generation through the router's Generate."""
+
+    def __init__(self, router: router_pb2_grpc.RouterAsyncStub) -> None:
+        self._router = router
+
+    def open(
+        self, routed: router_pb2.RouterGenerateRequest, remaining: Callable[[], float | None]
+    ) -> Route:
+        return ProxiedRoute(self._router.Generate(routed, timeout=remaining()))
+
+    async def aclose(self) -> None:
+        pass
+
+
+@dataclass(eq=False)
+class _Link:
+    channel: grpc.aio.Channel
+    stub: inference_pb2_grpc.InferenceAsyncStub
+    users: int = 0
+    used_at: float = 0.0
+
+
+class ReplicaChannels:
+    """One channel per replica address, opened on first use. Channels nobody
+    is using are closed once more than `max_idle` are open, least recently
+    used first, so the addresses of replicas long gone do not pile up; a
+    channel in use is never closed."""
+
+    def __init__(
+        self, telemetry: Telemetry, *, security: ChannelSecurity = PLAINTEXT, max_idle: int
+    ) -> None:
+        self._telemetry = telemetry
+        self._security = security
+        self._max_idle = max_idle
+        self._links: dict[str, _Link] = {}
+
+    def __len__(self) -> int:
+        return len(self._links)
+
+    def acquire(self, address: str) -> inference_pb2_grpc.InferenceAsyncStub:
+        """The stub for `address`, held until `release(address)`."""
+        link = self._links.get(address)
+        if link is None:
+            ch = channel(address, self._telemetry, security=self._security)
+            link = self._links[address] = _Link(ch, inference_pb2_grpc.InferenceStub(ch))
+        link.users += 1
+        return link.stub
+
+    async def release(self, address: str) -> None:
+        link = self._links.get(address)
+        if link is None:
+            return
+        link.users -= 1
+        link.used_at = time.monotonic()
+        if len(self._links) <= self._max_idle:
+            return
+        idle = sorted(
+            ((a, x) for a, x in self._links.items() if x.users == 0), key=lambda p: p[1].used_at
+        )
+        for gone, stale in idle[: len(idle) - self._max_idle]:
+            del self._links[gone]
+            await stale.channel.close()
+
+    async def aclose(self) -> None:
+        links, self._links = self._links, {}
+        for link in links.values():
+            await link.channel.close()
+
+
+class DirectRoute:
+    """Router.Route for the decision, then the replica itself for the chunks."""
+
+    def __init__(
+        self,
+        router: router_pb2_grpc.RouterAsyncStub,
+        channels: ReplicaChannels,
+        routed: router_pb2.RouterGenerateRequest,
+        remaining: Callable[[], float | None],
+        settle: Callable[[RouteCall], None],
+    ) -> None:
+        self._routed = routed
+        self._channels = channels
+        self._remaining = remaining
+        self._settle = settle
+        # The caller's deadline bounds the route too: the router sheds by it.
+        self._route: RouteCall = router.Route(timeout=remaining())
+        self._reported = False
+        self._chunks: AsyncGenerator[generation_pb2.GenerateResponse, None] | None = None
+        self._address = ""
+
+    def chunks(self) -> AsyncIterator[generation_pb2.GenerateResponse]:
+        self._chunks = self._stream()
+        return self._chunks
+
+    async def replica(self, err: grpc.aio.AioRpcError | None) -> str:
+        return self._address
+
+    async def aclose(self) -> None:
+        if self._chunks is not None:
+            # Cancels the replica call (and so the request in the engine) when it still runs.
+            await self._chunks.aclose()
+        if not self._reported:
+            # The router takes a call ended without a report for a cut and frees the place.
+            self._route.cancel()
+
+    async def _stream(self) -> AsyncGenerator[generation_pb2.GenerateResponse, None]:
+        await self._route.write(router_pb2.RouteUpdate(request=self._routed))
+        decision = await self._decision()
+        while decision is not None:
+            self._address = decision.replica_address
+            stub = self._channels.acquire(self._address)
+            forward = inference_pb2.InferenceGenerateRequest(
+                request=self._routed.request, priority=decision.engine_priority
+            )
+            started = time.monotonic()
+            first = True
+            last: generation_pb2.GenerateResponse | None = None
+            failure: grpc.aio.AioRpcError | None = None
+            # The caller's deadline travels down; the request id travels as
+            # metadata through the channel's interceptors.
+            call: GenerateCall = stub.Generate(forward, timeout=self._remaining())
+            try:
+                async for chunk in call:
+                    if first:
+                        first = False
+                        await self._report(
+                            router_pb2.RouteUpdate(
+                                first_chunk=router_pb2.RouteFirstChunk(
+                                    first_token_s=time.monotonic() - started,
+                                    queued_s=chunk.queued_s,
+                                )
+                            )
+                        )
+                    last = chunk
+                    yield chunk
+            except grpc.aio.AioRpcError as err:
+                failure = err
+            finally:
+                # A no-op when the stream ended; else it aborts the request in the engine.
+                call.cancel()
+                await self._channels.release(self._address)
+            if failure is None:
+                finished = (
+                    last is not None and last.finish_reason != generation_pb2.FINISH_REASON_ABORT
+                )
+                await self._report(
+                    router_pb2.RouteUpdate(ended=router_pb2.RouteEnded(finished=finished))
+                )
+                with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError):
+                    await self._route.done_writing()
+                self._reported = True
+                self._settle(self._route)
+                return
+            remaining = self._remaining()
+            ended = router_pb2.RouteEnded(
+                code=failure.code().value[0], caller_gone=remaining is not None and remaining <= 0
+            )
+            try:
+                await self._route.write(router_pb2.RouteUpdate(ended=ended))
+            except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
+                # The route ended meanwhile (its deadline, the router gone):
+                # nothing more to decide, and the replica's answer is the answer.
+                raise failure from None
+            # Another replica (a retry), the router's verdict (it raises), or
+            # the call closed: the failure was the request's own, and is its answer.
+            decision = await self._decision()
+            if decision is None:
+                self._reported = True
+                raise failure
+        raise UnavailableError("the router closed the route without naming a replica")
+
+    async def _decision(self) -> router_pb2.RouteDecision | None:
+        """The router's next decision; None when it closed the call OK. A
+        refusal (shed, queue full, no replica) raises as the router's status."""
+        decision = await self._route.read()
+        if decision is grpc.aio.EOF:
+            return None
+        assert isinstance(decision, router_pb2.RouteDecision)
+        return decision
+
+    async def _report(self, update: router_pb2.RouteUpdate) -> None:
+        """Tells the router how the stream goes; a router gone meanwhile does
+        not stop a stream already under way."""
+        with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError):
+            await self._route.write(update)
+
+
+class Direct:
+    """Routes through Router.Route and streams from the replicas directly."""
+
+    def __init__(self, router: router_pb2_grpc.RouterAsyncStub, channels: ReplicaChannels) -> None:
+        self._router = router
+        self._channels = channels
+        self._settling: set[asyncio.Task[None]] = set()
+
+    def open(
+        self, routed: router_pb2.RouterGenerateRequest, remaining: Callable[[], float | None]
+    ) -> Route:
+        return DirectRoute(self._router, self._channels, routed, remaining, self._settle)
+
+    def _settle(self, route: RouteCall) -> None:
+        """Waits, off the caller's path, for the router to close a call whose
+        end was reported (a call dropped unfinished is cancelled, and the
+        router would take the report for a cut)."""
+        task = asyncio.create_task(_closed(route))
+        self._settling.add(task)
+        task.add_done_callback(self._settling.discard)
+
+    async def aclose(self) -> None:
+        await asyncio.gather(*self._settling, return_exceptions=True)
+        await self._channels.aclose()
+
+
+async def _closed(route: RouteCall) -> None:
+    with contextlib.suppress(grpc.aio.AioRpcError):
+        await route.code()
