@@ -94,12 +94,18 @@ class Sample:
     code: str = "OK"
 
 
+# The name the simulated replica serves.
+SIM_MODEL = "sim-llama-8b"
+
 # --- the mesh ----------------------------------------------------------------
 
 
 @contextlib.asynccontextmanager
-async def hostile_mesh(model: Path, state: Path, admin_token: str) -> AsyncIterator[dict[str, str]]:
-    """auth, inference, router, anomaly and the gateway (gRPC and HTTP), as processes."""
+async def hostile_mesh(
+    model: Path | str, state: Path, admin_token: str, *, engine: str, sim_profile: str
+) -> AsyncIterator[dict[str, str]]:
+    """auth, inference (the CPU engine on `model`, or the simulated engine under
+    `sim_profile`), router, anomaly and the gateway (gRPC and HTTP), as processes."""
     ports = {name: free_port() for name in ("anomaly", "gateway", "http")}
     addr = {name: f"127.0.0.1:{port}" for name, port in ports.items()}
     process = bench_mesh.process
@@ -108,7 +114,7 @@ async def hostile_mesh(model: Path, state: Path, admin_token: str) -> AsyncItera
             bench_mesh.auth(state, admin_token, "hostile-auth")
         )
         addr["inference"] = await stack.enter_async_context(
-            bench_mesh.inference(model, "hostile-inference")
+            bench_mesh.inference(model, "hostile-inference", engine=engine, sim_profile=sim_profile)
         )
         addr["router"] = await stack.enter_async_context(
             bench_mesh.router([addr["inference"]], "hostile-router")
@@ -452,14 +458,20 @@ async def main_async(args: argparse.Namespace) -> None:
     from local_models.tiny_llama import build_tiny_model
 
     attacks = args.attacks or list(ATTACKS)
-    model_dir = build_tiny_model(bench_mesh.REPO / ".maas" / "models" / "tiny-llama")
+    model_dir: Path | str = (
+        SIM_MODEL
+        if args.engine == "sim"
+        else build_tiny_model(bench_mesh.REPO / ".maas" / "models" / "tiny-llama")
+    )
     admin_token = secrets.token_urlsafe(32)
     rows: dict[str, dict[str, list[float]]] = {a: {} for a in attacks}
     answered: dict[str, Counter[str]] = {a: Counter() for a in attacks}
     bystander_failures: dict[str, Counter[str]] = {a: Counter() for a in attacks}
     with tempfile.TemporaryDirectory() as state:
         print("starting the mesh (auth, inference, router, anomaly, gateway) ...", flush=True)
-        async with hostile_mesh(model_dir, Path(state), admin_token) as addr:
+        async with hostile_mesh(
+            model_dir, Path(state), admin_token, engine=args.engine, sim_profile=args.sim_profile
+        ) as addr:
             model = await bench_mesh.model_name(addr["inference"])
             unlimited = auth_pb2.Plan()
             keys = {
@@ -545,13 +557,16 @@ def report(
         + f"; {args.seconds:.0f} s a phase,"
         f" {args.rounds} rounds, median [min-max] over rounds",
         "targets: completed 1.00 under every attack, p99/idle <= 2",
+        f"engine: {args.engine}" + (f" ({args.sim_profile})" if args.engine == "sim" else ""),
         "attacker cores: CPU the attacker's own client process used, of this machine's"
         f" {os.cpu_count()}; cpu_burn is that much CPU taken with no request sent",
     ]
+    name = f"hostile_at_{args.attack_rate:g}_per_s" if args.attack_rate else "hostile"
     write_results(
-        f"hostile_at_{args.attack_rate:g}_per_s" if args.attack_rate else "hostile",
+        f"{name}_sim" if args.engine == "sim" else name,
         "\n".join(lines), rounds=args.rounds, seconds=args.seconds,
         rate=args.rate, attack_clients=args.attack_clients, attack_rate=args.attack_rate,
+        engine=args.engine, sim_profile=args.sim_profile if args.engine == "sim" else None,
         summary={a: {k: summary(v) for k, v in rows[a].items()} for a in attacks},
         raw=rows, attacker_outcomes={a: dict(c) for a, c in answered.items()},
         bystander_failures={a: dict(c) for a, c in bystander_failures.items()},
@@ -574,6 +589,13 @@ def main() -> None:
     )
     parser.add_argument("--settle-s", type=float, default=3.0)
     parser.add_argument("--attacks", nargs="*", choices=ATTACKS, help="default: all")
+    parser.add_argument(
+        "--engine",
+        choices=("vllm", "sim"),
+        default="vllm",
+        help="sim: the simulated engine, so the replica does not take the cores the mesh needs",
+    )
+    parser.add_argument("--sim-profile", default="llama-3.1-8b-h100")
     run_on_uvloop(main_async, parser)
 
 
