@@ -70,9 +70,7 @@ class Mesh:
 
 
 @contextlib.asynccontextmanager
-async def hop_mesh(
-    state: Path, profile: str, routings: list[str], max_num_seqs: int
-) -> AsyncIterator[Mesh]:
+async def hop_mesh(state: Path, profile: str, routings: list[str]) -> AsyncIterator[Mesh]:
     admin = secrets.token_urlsafe(32)
     async with contextlib.AsyncExitStack() as stack:
         enter = stack.enter_async_context
@@ -81,7 +79,11 @@ async def hop_mesh(
             "anomaly": await enter(mesh.anomaly("hops-anomaly")),
             "replica": await enter(
                 mesh.inference(
-                    "sim-model", "hops-replica", max_num_seqs, engine="sim", sim_profile=profile
+                    "sim-model",
+                    "hops-replica",
+                    PROFILES[profile].max_num_seqs,
+                    engine="sim",
+                    sim_profile=profile,
                 )
             ),
         }
@@ -168,7 +170,7 @@ async def main_async(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as state:
         print("starting auth, anomaly, a simulated replica, router, proxy, gateways ...")
         async with (
-            hop_mesh(Path(state), args.profile, routings, max(concurrencies)) as m,
+            hop_mesh(Path(state), args.profile, routings) as m,
             contextlib.AsyncExitStack() as stack,
         ):
             channels = {
@@ -301,6 +303,8 @@ def report(
         " users' load included); client: cores the load generator used;"
         " SAT: under 10% idle, the cell measured the cores, not the mesh;"
         " CLIENT: the load generator was near a full core",
+        "tok/msg: tokens per message the client received; at 1 or more, a stream got at most"
+        " one message per engine step (a step makes one token a stream)",
         "per message figures are in the JSON (per message the client received)",
         *notes,
     ]

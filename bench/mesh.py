@@ -13,9 +13,10 @@ import secrets
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -52,6 +53,17 @@ async def _serving(address: str, service: str, timeout_s: float = 300) -> None:
                 return
 
 
+async def _started(proc: subprocess.Popen[bytes], ready: Coroutine[Any, Any, None]) -> None:
+    """Awaits `ready`, or raises as soon as `proc` exits before it (a bad flag, a taken port)."""
+    waiting = asyncio.ensure_future(ready)
+    while not waiting.done():
+        if proc.poll() is not None:
+            waiting.cancel()
+            raise RuntimeError(f"{proc.args!r} exited with {proc.returncode}; see its log")
+        await asyncio.wait({waiting}, timeout=0.2)
+    waiting.result()
+
+
 @contextlib.asynccontextmanager
 async def process(
     args: list[str], log_name: str, address: str, service: str | None
@@ -68,7 +80,7 @@ async def process(
         )
     PIDS[address] = proc.pid
     try:
-        await (ready(address) if service is None else _serving(address, service))
+        await _started(proc, ready(address) if service is None else _serving(address, service))
         yield address
     finally:
         PIDS.pop(address, None)
@@ -85,7 +97,8 @@ def auth(state: Path, admin_token: str, name: str) -> contextlib.AbstractAsyncCo
     args = [
         "-m", "services.auth", "--port", str(port),
         "--database-path", str(state / "auth.db"),
-        "--admin-token", admin_token, "--key-pepper", secrets.token_urlsafe(32),
+        # KEY=VALUE: a token may begin with "-", which would read as a flag.
+        f"--admin-token={admin_token}", f"--key-pepper={secrets.token_urlsafe(32)}",
     ]  # fmt: skip
     return process(args, f"{name}.log", f"127.0.0.1:{port}", "maas.v1.Auth")
 
