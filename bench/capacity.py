@@ -29,6 +29,7 @@ import itertools
 import os
 import secrets
 import tempfile
+from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +40,7 @@ import grpc
 from bench import mesh
 from bench.cli import run_on_uvloop
 from bench.hostile import new_tenant
-from bench.mesh_load import cell_text, flags, rotated, run_cell
+from bench.mesh_load import cell_text, count_failures, failure_lines, flags, rotated, run_cell
 from bench.stats import summary, write_results
 from maas.v1 import auth_pb2, gateway_pb2_grpc, generation_pb2, inference_pb2, inference_pb2_grpc
 from services.inference.sim_profiles import DEFAULT_PROFILE, PROFILES, SimProfile
@@ -159,6 +160,7 @@ async def main_async(args: argparse.Namespace) -> None:
         for r, ladder in (item.split(":") for item in args.ladder.split(";"))
     }
     raw: dict[str, list[dict[str, float]]] = {}
+    failures: Counter[str] = Counter()
     names: list[str] = []
     for replicas, concurrencies in ladders.items():
         with tempfile.TemporaryDirectory() as state:
@@ -181,8 +183,9 @@ async def main_async(args: argparse.Namespace) -> None:
                         for name in rotated(names, round_):
                             cell = await run_cell(systems[name], c, c, pids)
                             if cell.failed:
-                                codes = {s.code for s in cell.streams if s.code != "OK"}
-                                print(f"  {name} at {c}: {cell.failed} failed {codes}")
+                                print(f"  {name} at {c}: {cell.failed} failed", flush=True)
+                            label = f"{name}, {replicas} replicas, {c} streams"
+                            count_failures(failures, label, cell)
                             metrics = cell.metrics()
                             metrics["offered_tokens_per_s"] = offered_tokens_per_s(
                                 profile, c, replicas
@@ -190,7 +193,7 @@ async def main_async(args: argparse.Namespace) -> None:
                             raw.setdefault(f"{name}|{replicas}|{c}", []).append(metrics)
                             await mesh.settle(args.settle_s)
                         print(f"  {replicas} replicas, round {round_ + 1}: {c} streams done")
-    report(args, names, ladders, raw, notes)
+    report(args, names, ladders, raw, [*failure_lines(failures), *notes])
 
 
 def report(

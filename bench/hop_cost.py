@@ -33,6 +33,7 @@ import json
 import os
 import secrets
 import tempfile
+from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,7 +44,7 @@ import grpc
 from bench import mesh
 from bench.cli import run_on_uvloop
 from bench.hostile import new_tenant
-from bench.mesh_load import Cell, cell_text, flags, rotated, run_cell
+from bench.mesh_load import Cell, cell_text, count_failures, failure_lines, flags, rotated, run_cell
 from bench.stats import RESULTS, summary, write_results
 from maas.v1 import auth_pb2, gateway_pb2_grpc, generation_pb2, inference_pb2, inference_pb2_grpc
 from services.inference.sim_profiles import DEFAULT_PROFILE, PROFILES
@@ -167,6 +168,7 @@ async def main_async(args: argparse.Namespace) -> None:
     # Cells: (concurrency, tokens a stream); the last measures a request's cost.
     cells = [(c, args.tokens) for c in concurrencies] + [(REQUEST_CELL_CONCURRENCY, 1)]
     raw: dict[str, list[dict[str, float]]] = {}
+    failures: Counter[str] = Counter()
     with tempfile.TemporaryDirectory() as state:
         print("starting auth, anomaly, a simulated replica, router, proxy, gateways ...")
         async with (
@@ -191,12 +193,12 @@ async def main_async(args: argparse.Namespace) -> None:
                             systems[t][name], c, max(args.min_streams, c), pids
                         )
                         if cell.failed:
-                            codes = {s.code for s in cell.streams if s.code != "OK"}
-                            print(f"  {name} at {c}: {cell.failed} failed {codes}")
+                            print(f"  {name} at {c}: {cell.failed} failed", flush=True)
+                        count_failures(failures, f"{name} at {c} streams", cell)
                         raw.setdefault(f"{name}|{c}|{t}", []).append(cell.metrics())
                         await mesh.settle(args.settle_s)
                     print(f"  round {round_ + 1}: {c} streams x {t} tokens done", flush=True)
-    report(args, names, concurrencies, raw, notes)
+    report(args, names, concurrencies, raw, [*failure_lines(failures), *notes])
 
 
 def report(

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +40,8 @@ class Stream:
     sizes: list[int] = field(default_factory=list)
     messages: int = 0
     code: str = "OK"
+    details: str = ""
+    end: float = 0.0
 
     @property
     def tokens(self) -> int:
@@ -66,6 +69,8 @@ async def read(call: Any) -> Stream:
                 stream.sizes.append(n)
     except grpc.aio.AioRpcError as err:
         stream.code = err.code().name
+        stream.details = err.details() or ""
+    stream.end = time.perf_counter()
     return stream
 
 
@@ -181,6 +186,34 @@ async def run_cell(
         {n: peak[n] - rss0[n] for n in names},
         (idle1 - idle0) / max(1, total1 - total0),
     )
+
+
+# What a burst of new streams meets at a grpc.aio server with default options
+# (found by this benchmark; reproduced with a bare grpc.aio server).
+PENDING_LIMIT_NOTE = (
+    "CANCELLED within milliseconds of the call: a grpc.aio server cancels calls past"
+    " 1,000 received but not yet taken by its handlers (grpc.server.max_pending_requests,"
+    " C-core's default), which a burst of streams opened at once reaches"
+)
+
+
+def failure_lines(failures: Counter[str]) -> list[str]:
+    """Failed streams by system, cell and status, and what CANCELLED-at-once means."""
+    if not failures:
+        return ["failed streams: none"]
+    lines = ["failed streams (all rounds):"]
+    lines += [f"  {key}: {n}" for key, n in sorted(failures.items())]
+    if any("CANCELLED" in key for key in failures):
+        lines.append(f"  {PENDING_LIMIT_NOTE}")
+    return lines
+
+
+def count_failures(into: Counter[str], label: str, cell: Cell) -> None:
+    for s in cell.streams:
+        if s.code != "OK":
+            # Those cancelled at once are the pending-call limit; later ones are something else.
+            when = "at once" if s.end - s.start < 0.5 and not s.times else "later"
+            into[f"{label}: {s.code} ({when}) {s.details[:80]}"] += 1
 
 
 def cell_text(values: Sequence[float], fmt: str = ".1f") -> str:
