@@ -218,7 +218,7 @@ def report(
         " delivered through the mesh; latency added over sim_direct (ms, medians)",
         f"{'replicas':>8} {'streams':>7} {'system':<12} {'offered':>9} {'tok/s':>22}"
         f" {'of direct':>9} {'TTFT p50':>9} {'TTFT p99':>9} {'ITL p50':>8} {'ITL p99':>8}"
-        f" {'failed':>6} {'idle':>5} {'client':>6} flags",
+        f" {'tok/msg':>7} {'mesh us/tok':>11} {'failed':>6} {'idle':>5} {'client':>6} flags",
     ]
     best: dict[tuple[str, int], tuple[float, int]] = {}
     for r, concurrencies in ladders.items():
@@ -233,6 +233,12 @@ def report(
                 if rate > best.get((name, r), (0.0, 0))[0]:
                     best[(name, r)] = (rate, c)
                 share = rate / med("sim_direct", r, c, "tokens_per_s")
+                gw = f"gateway_{name.removeprefix('mesh_')}_us_per_token"
+                mesh_us = (
+                    "-"
+                    if base
+                    else f"{med(name, r, c, gw) + med(name, r, c, 'router_us_per_token'):.0f}"
+                )
                 lines.append(
                     f"{r:>8} {c:>7} {name:<12} {med(name, r, c, 'offered_tokens_per_s'):>9,.0f}"
                     f" {cell_text(col(name, r, c, 'tokens_per_s'), ',.0f'):>22} {share:>9.2f}"
@@ -245,6 +251,8 @@ def report(
                             ("itl_p99_ms", 8),
                         )
                     )
+                    + f" {med(name, r, c, 'tokens_per_message'):>7.1f}"
+                    + f" {mesh_us:>11}"
                     + f" {sum(col(name, r, c, 'failed')):>6.0f}"
                     f" {med(name, r, c, 'idle_share'):>5.2f}"
                     f" {med(name, r, c, 'client_cores'):>6.2f}"
@@ -276,6 +284,8 @@ def report(
             )
     lines += [
         "",
+        "tok/msg: tokens per message the client received; mesh us/tok: gateway plus router"
+        " CPU per delivered token",
         "targets: 2,000 streams over 16 replicas with no failed request; TTFT added"
         " p50 <= 1 ms, p99 <= 5 ms at 512 streams",
         f"idle: share of this machine's {os.cpu_count()} cores idle over the cell (other"
