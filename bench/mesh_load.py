@@ -191,9 +191,10 @@ async def run_cell(
 # What a burst of new streams meets at a grpc.aio server with default options
 # (found by this benchmark; reproduced with a bare grpc.aio server).
 PENDING_LIMIT_NOTE = (
-    "CANCELLED within milliseconds of the call: a grpc.aio server cancels calls past"
-    " 1,000 received but not yet taken by its handlers (grpc.server.max_pending_requests,"
-    " C-core's default), which a burst of streams opened at once reaches"
+    "CANCELLED 'CANCELLED' before the first token: what a grpc.aio server answers calls"
+    " past 1,000 received but not yet taken by its handlers (grpc.server.max_pending_requests,"
+    " C-core's default), which a burst of streams opened at once reaches; a bare grpc.aio"
+    " server loses 5-10% of 2,048 streams opened at once this way, none with the limit raised"
 )
 
 
@@ -211,9 +212,8 @@ def failure_lines(failures: Counter[str]) -> list[str]:
 def count_failures(into: Counter[str], label: str, cell: Cell) -> None:
     for s in cell.streams:
         if s.code != "OK":
-            # Those cancelled at once are the pending-call limit; later ones are something else.
-            when = "at once" if s.end - s.start < 0.5 and not s.times else "later"
-            into[f"{label}: {s.code} ({when}) {s.details[:80]}"] += 1
+            when = f"after {s.tokens} tokens" if s.times else "before the first token"
+            into[f"{label}: {s.code} {when}: {s.details[:80]!r}"] += 1
 
 
 def cell_text(values: Sequence[float], fmt: str = ".1f") -> str:
