@@ -6,15 +6,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import secrets
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -25,6 +27,9 @@ from services.inference.settings import cpu_engine_environment
 
 REPO = Path(__file__).resolve().parent.parent
 LOG_DIR = REPO / ".maas" / "bench"
+# The process serving each address a `process` block started here, while it
+# runs: benchmarks read its CPU time and memory from /proc.
+PIDS: dict[str, int] = {}
 
 
 def _env() -> dict[str, str]:
@@ -33,6 +38,9 @@ def _env() -> dict[str, str]:
         env.setdefault(key, value)
     env.setdefault("MAAS_INFERENCE_TELEMETRY__LOG_LEVEL", "WARNING")
     env.setdefault("MAAS_ROUTER_TELEMETRY__LOG_LEVEL", "WARNING")
+    env.setdefault("MAAS_GATEWAY_TELEMETRY__LOG_LEVEL", "WARNING")
+    env.setdefault("MAAS_AUTH_TELEMETRY__LOG_LEVEL", "WARNING")
+    env.setdefault("MAAS_ANOMALY_TELEMETRY__LOG_LEVEL", "WARNING")
     return env
 
 
@@ -43,6 +51,17 @@ async def _serving(address: str, service: str, timeout_s: float = 300) -> None:
         async for update in health.Watch(request, wait_for_ready=True, timeout=timeout_s):
             if update.status == health_pb2.HealthCheckResponse.SERVING:
                 return
+
+
+async def _started(proc: subprocess.Popen[bytes], ready: Coroutine[Any, Any, None]) -> None:
+    """Awaits `ready`, or raises as soon as `proc` exits before it (a bad flag, a taken port)."""
+    waiting = asyncio.ensure_future(ready)
+    while not waiting.done():
+        if proc.poll() is not None:
+            waiting.cancel()
+            raise RuntimeError(f"{proc.args!r} exited with {proc.returncode}; see its log")
+        await asyncio.wait({waiting}, timeout=0.2)
+    waiting.result()
 
 
 @contextlib.asynccontextmanager
@@ -59,10 +78,12 @@ async def process(
         proc = subprocess.Popen(
             [sys.executable, *args], stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=_env()
         )
+    PIDS[address] = proc.pid
     try:
-        await (ready(address) if service is None else _serving(address, service))
+        await _started(proc, ready(address) if service is None else _serving(address, service))
         yield address
     finally:
+        PIDS.pop(address, None)
         proc.terminate()
         try:
             proc.wait(30)
@@ -76,7 +97,8 @@ def auth(state: Path, admin_token: str, name: str) -> contextlib.AbstractAsyncCo
     args = [
         "-m", "services.auth", "--port", str(port),
         "--database-path", str(state / "auth.db"),
-        "--admin-token", admin_token, "--key-pepper", secrets.token_urlsafe(32),
+        # KEY=VALUE: a token may begin with "-", which would read as a flag.
+        f"--admin-token={admin_token}", f"--key-pepper={secrets.token_urlsafe(32)}",
     ]  # fmt: skip
     return process(args, f"{name}.log", f"127.0.0.1:{port}", "maas.v1.Auth")
 
@@ -127,6 +149,40 @@ def bare_proxy(upstream: str, name: str) -> contextlib.AbstractAsyncContextManag
     port = free_port()
     args = ["-m", "bench.transport_floor", "proxy", "--port", str(port), "--upstream", upstream]
     return process(args, f"{name}.log", f"127.0.0.1:{port}", None)
+
+
+def anomaly(name: str) -> contextlib.AbstractAsyncContextManager[str]:
+    port = free_port()
+    args = ["-m", "services.anomaly", "--port", str(port)]
+    return process(args, f"{name}.log", f"127.0.0.1:{port}", "maas.v1.Anomaly")
+
+
+def gateway(
+    state: Path, router: str, auth: str, anomaly: str, name: str, *extra: str
+) -> contextlib.AbstractAsyncContextManager[str]:
+    """The public gateway (gRPC face only) over `router`, with its outbox under `state`."""
+    port = free_port()
+    args = [
+        "-m", "gateway", "--port", str(port), "--http-port", "null",
+        "--router-address", router, "--auth-address", auth, "--anomaly-address", anomaly,
+        "--usage-outbox-path", str(state / f"{name}-outbox.db"), *extra,
+    ]  # fmt: skip
+    return process(args, f"{name}.log", f"127.0.0.1:{port}", "maas.v1.Gateway")
+
+
+@functools.cache
+def gateway_has_routing() -> bool:
+    """Whether this branch's gateway takes `--routing proxy|direct`."""
+    usage = subprocess.run(
+        [sys.executable, "-m", "gateway", "--help"], capture_output=True, text=True, cwd=REPO
+    ).stdout
+    return "--routing" in usage
+
+
+def gateway_routings(wanted: list[str]) -> list[str]:
+    """Those of `wanted` routing designs this branch's gateway has: one
+    without a `--routing` flag has only "proxy" (the router on the token path)."""
+    return wanted if gateway_has_routing() else [r for r in wanted if r == "proxy"]
 
 
 async def model_name(address: str) -> str:
