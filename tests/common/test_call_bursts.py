@@ -34,7 +34,7 @@ async def test_a_burst_of_streams_opened_at_once_is_served_in_full() -> None:
                 call = health.Watch(health_pb2.HealthCheckRequest(service="test.Burst"))
                 try:
                     async for update in call:
-                        return health_pb2.HealthCheckResponse.ServingStatus.Name(update.status)
+                        return str(health_pb2.HealthCheckResponse.ServingStatus.Name(update.status))
                     return "ENDED"
                 except grpc.aio.AioRpcError as err:
                     return err.code().name
