@@ -308,5 +308,8 @@ class Direct:
 
 
 async def _closed(route: RouteCall) -> None:
+    # Read to the end rather than wait for the status: the telemetry
+    # interceptor ends the call's client span when its stream is exhausted.
     with contextlib.suppress(grpc.aio.AioRpcError):
-        await route.code()
+        while await route.read() is not grpc.aio.EOF:
+            pass

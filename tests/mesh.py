@@ -15,6 +15,7 @@ import pytest_asyncio
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from gateway.settings import GatewaySettings
 from maas.v1 import auth_pb2, auth_pb2_grpc
 from services.anomaly.core import AnomalyCore
 from services.anomaly.server import RunningAnomaly
@@ -35,6 +36,9 @@ class Mesh:
     anomaly: AnomalyCore
     # The gateway's OpenAI-compatible HTTP face: "http://127.0.0.1:PORT".
     http: str
+    # The gateway's routing design: "direct" (it streams from the replica the
+    # router picked) or "proxy" (through the router).
+    routing: str
 
     @property
     def gateway(self) -> str:
@@ -67,6 +71,8 @@ async def mesh(
     ) as running:
         anomaly = running.services["anomaly"]
         assert isinstance(anomaly, RunningAnomaly)
+        gateway_settings = running.settings["gateway"]
+        assert isinstance(gateway_settings, GatewaySettings)
         yield Mesh(
             targets=running.targets,
             spans=telemetry.spans,
@@ -76,6 +82,7 @@ async def mesh(
             engine=vllm_engine,
             anomaly=anomaly.core,
             http=f"http://{running.target('gateway', 'http_port')}",
+            routing=gateway_settings.routing,
         )
 
 

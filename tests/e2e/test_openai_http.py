@@ -329,12 +329,17 @@ async def test_an_http_request_is_one_trace_across_the_mesh_with_its_request_id(
     def traced(service: str, name: str) -> bool:
         return any(s.name == name for s in _spans(mesh, service, trace_id))
 
+    # Direct routing: the router admits and picks (Route), the gateway calls the replica.
+    direct = mesh.routing == "direct"
+    router_rpc = "/maas.v1.Router/Route" if direct else "/maas.v1.Router/Generate"
+    replica_caller = "gateway" if direct else "router"
     # Spans end as each hop closes its side of the stream, not all at once.
     await eventually(
         lambda: (
             traced("gateway", "POST /v1/chat/completions")
-            and traced("gateway", "/maas.v1.Router/Generate")
-            and traced("router", "/maas.v1.Router/Generate")
+            and traced("gateway", router_rpc)
+            and traced("router", router_rpc)
+            and traced(replica_caller, "/maas.v1.Inference/Generate")
             and traced("inference", "/maas.v1.Inference/Generate")
         )
     )
@@ -347,17 +352,19 @@ async def test_an_http_request_is_one_trace_across_the_mesh_with_its_request_id(
     assert http.attributes["http.response.status_code"] == 200
     assert http.attributes["http.route"] == "/v1/chat/completions"
 
-    to_router = _one(gateway, "/maas.v1.Router/Generate", SpanKind.CLIENT)
+    to_router = _one(gateway, router_rpc, SpanKind.CLIENT)
     assert _parent_of(to_router) == _id_of(http)
-    router = _one(_spans(mesh, "router", trace_id), "/maas.v1.Router/Generate", SpanKind.SERVER)
+    router = _one(_spans(mesh, "router", trace_id), router_rpc, SpanKind.SERVER)
     assert _parent_of(router) == _id_of(to_router)
-    router_to_inference = _one(
-        _spans(mesh, "router", trace_id), "/maas.v1.Inference/Generate", SpanKind.CLIENT
+    to_inference = _one(
+        _spans(mesh, replica_caller, trace_id), "/maas.v1.Inference/Generate", SpanKind.CLIENT
     )
     inference = _one(
         _spans(mesh, "inference", trace_id), "/maas.v1.Inference/Generate", SpanKind.SERVER
     )
-    assert _parent_of(inference) == _id_of(router_to_inference)
+    assert _parent_of(inference) == _id_of(to_inference)
+    if direct:
+        assert _parent_of(to_inference) == _id_of(http)
     # Auth was asked inside the same request, under the same span.
     to_auth = _one(gateway, "/maas.v1.Auth/Authenticate", SpanKind.CLIENT)
     assert _parent_of(to_auth) == _id_of(http)

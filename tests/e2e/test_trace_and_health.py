@@ -7,6 +7,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from opentelemetry.sdk.metrics.export import NumberDataPoint
+from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanKind
 
 from maas_cli.client import MaasClient
@@ -21,12 +22,25 @@ FULL_NAMES = {
     "anomaly": ["maas.v1.Anomaly"],
 }
 
-HOPS = {
-    "gateway": "/maas.v1.Gateway/Generate",
-    "auth": "/maas.v1.Auth/Authenticate",
-    "router": "/maas.v1.Router/Generate",
-    "inference": "/maas.v1.Inference/Generate",
-}
+
+def hops(routing: str) -> dict[str, str]:
+    """The server span each service records for one generation."""
+    return {
+        "gateway": "/maas.v1.Gateway/Generate",
+        "auth": "/maas.v1.Auth/Authenticate",
+        # Direct: the router only admits and picks the replica (Route).
+        "router": "/maas.v1.Router/Route" if routing == "direct" else "/maas.v1.Router/Generate",
+        "inference": "/maas.v1.Inference/Generate",
+    }
+
+
+def callers(routing: str) -> tuple[tuple[str, str], ...]:
+    """Who calls whom: with direct routing the gateway calls the replica itself."""
+    return (
+        ("gateway", "auth"),
+        ("gateway", "router"),
+        ("gateway" if routing == "direct" else "router", "inference"),
+    )
 
 
 async def test_one_request_is_one_trace_across_services(mesh: Mesh, tenant_key: TenantKey) -> None:
@@ -36,29 +50,40 @@ async def test_one_request_is_one_trace_across_services(mesh: Mesh, tenant_key: 
         async for _ in client.generate(mesh.model, prompt="Trace me", max_tokens=4):
             pass
 
+    names = hops(mesh.routing)
+
     def server_spans() -> dict[str, list[object]]:
         found: dict[str, list[object]] = {}
-        for service, name in HOPS.items():
+        for service, name in names.items():
             found[service] = [s for s in mesh.spans[service].get_finished_spans() if s.name == name]
         return found
 
-    await eventually(lambda: all(len(v) == 1 for v in server_spans().values()))
+    def client_spans(caller: str, callee: str) -> list[ReadableSpan]:
+        return [
+            s
+            for s in mesh.spans[caller].get_finished_spans()
+            if s.name == names[callee] and s.kind == SpanKind.CLIENT
+        ]
+
+    # Each side ends its span as it closes the call, not all at once.
+    await eventually(
+        lambda: (
+            all(len(v) == 1 for v in server_spans().values())
+            and all(client_spans(caller, callee) for caller, callee in callers(mesh.routing))
+        )
+    )
     spans = {service: found[0] for service, found in server_spans().items()}
     trace_ids = {span.context.trace_id for span in spans.values()}  # type: ignore[attr-defined]
     assert len(trace_ids) == 1, f"spans of one request span {len(trace_ids)} traces"
     for service, span in spans.items():
         assert span.resource.attributes["service.name"] == service  # type: ignore[attr-defined]
     # Each hop's server span is the child of the client span of the hop above.
-    for caller, callee in (("gateway", "auth"), ("gateway", "router"), ("router", "inference")):
-        client_spans = [
-            s
-            for s in mesh.spans[caller].get_finished_spans()
-            if s.name == HOPS[callee] and s.kind == SpanKind.CLIENT
-        ]
-        assert len(client_spans) == 1, (caller, callee)
+    for caller, callee in callers(mesh.routing):
+        found = client_spans(caller, callee)
+        assert len(found) == 1, (caller, callee)
         parent = spans[callee].parent  # type: ignore[attr-defined]
         assert parent is not None
-        assert parent.span_id == client_spans[0].context.span_id
+        assert parent.span_id == found[0].context.span_id
 
 
 @pytest.mark.parametrize("service", sorted(FULL_NAMES))
@@ -117,7 +142,7 @@ async def test_a_refused_request_span_carries_its_status_code(
         return [
             s
             for s in mesh.spans["gateway"].get_finished_spans()
-            if s.name == HOPS["gateway"] and s.kind == SpanKind.SERVER
+            if s.name == hops(mesh.routing)["gateway"] and s.kind == SpanKind.SERVER
         ]
 
     await eventually(lambda: len(refused()) == 1)
