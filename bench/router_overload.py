@@ -1,9 +1,11 @@
-"""Overload and fairness through the router: two inference replicas (each its
-own process and engine) behind one router (its own process).
+"""Overload and fairness through the router: inference replicas (each its
+own process and engine; two CPU-engine ones, or `--engine sim --replicas 8`
+simulated GPU ones) behind one router (its own process).
 
 Each round runs four phases, in turn:
 
-  capacity    a closed loop of 2 x max_num_seqs clients: the mesh's tokens/s
+  capacity    a closed loop of 1.5x as many clients as the replicas have
+              slots (capped by the router's per-tenant queue): the mesh's tokens/s
   b_idle      tenant B alone, a light open-loop load (`--b-share` of capacity)
   overload    tenant A offers 5x the capacity (open loop, 30 s deadlines),
               B the same light load as in b_idle
@@ -17,6 +19,7 @@ and what was shed, by status. Charts of queue depth and time to first token
 over time (last round) go next to the JSON.
 
     .venv/bin/python -m bench.router_overload [--rounds 3] [--seconds 20]
+    .venv/bin/python -m bench.router_overload --engine sim --replicas 8 [--max-num-seqs 32]
 """
 
 from __future__ import annotations
@@ -33,13 +36,19 @@ from dataclasses import dataclass, field
 
 import grpc
 
-from bench import mesh
+from bench import mesh, replica_flags
 from bench.cli import run_on_uvloop
 from bench.stats import RESULTS, percentile, summary, write_results
 from maas.v1 import router_pb2, router_pb2_grpc
 
 TOKENS = 256
+# The CPU engine's batch; simulated replicas default to a batch that keeps 8
+# of them within what this machine's mesh can stream (see replica_flags).
 MAX_NUM_SEQS = 64
+SIM_MAX_NUM_SEQS = 32
+# Clients waiting in the capacity loop beyond the slots: at most the router's
+# per-tenant queue (256) less some, so none is refused.
+MAX_EXTRA_CLIENTS = 200
 WARMUP_S = 4.0  # of each phase, not counted
 DEADLINE_S = 30.0
 PHASES = ("capacity", "b_idle", "overload", "backlogged")
@@ -64,15 +73,18 @@ class PhaseResult:
 
     def tokens_per_s(self, tenant: str | None = None) -> float:
         """Tokens of completed requests, each counted for the part of its
-        life inside the window: equal-length requests end in waves, and
-        counting whole requests by end time would alias with them."""
+        stream (first token to end) inside the window: equal-length requests
+        end in waves, and counting whole requests by end time would alias
+        with them. Not from its start: a request queued through the end of
+        the window and served after it made none of its tokens inside."""
         lo, hi = self.window
         total = 0.0
         for o in self.outcomes:
             if o.code != "OK" or o.end is None or (tenant is not None and o.tenant != tenant):
                 continue
-            inside = max(0.0, min(o.end, hi) - max(o.start, lo))
-            total += o.tokens * inside / max(o.end - o.start, 1e-9)
+            begin = o.first_token if o.first_token is not None else o.start
+            inside = max(0.0, min(o.end, hi) - max(begin, lo))
+            total += o.tokens * inside / max(o.end - begin, 1e-9)
         return total / (hi - lo)
 
     def ttft_p99_ms(self, tenant: str) -> float:
@@ -188,6 +200,7 @@ async def run_phase(
     capacity_rps: float,
     seconds: float,
     seed: int,
+    slots: int,
 ) -> PhaseResult:
     loop = asyncio.get_running_loop()
     start = time.perf_counter()
@@ -196,7 +209,9 @@ async def run_phase(
     light = 0.1 * capacity_rps
     plan: list[tuple[str, str, float]] = []
     if phase == "capacity":
-        plan.append(("cap", "closed", 2 * MAX_NUM_SEQS))
+        # More clients than slots, so a slot freed is taken at once: with
+        # exactly as many, each client's turnaround leaves its slot idle.
+        plan.append(("cap", "closed", slots + min(slots // 2, MAX_EXTRA_CLIENTS)))
     if phase in ("b_idle", "overload"):
         plan.append(("B", "open", light))
     if phase in ("overload", "backlogged"):
@@ -217,7 +232,7 @@ def jain(values: list[float]) -> float:
     return sum(values) ** 2 / (len(values) * sum(v * v for v in values)) if any(values) else 0.0
 
 
-def chart(result: PhaseResult, phase: str, origin: float) -> None:
+def chart(result: PhaseResult, phase: str, origin: float, name: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -246,27 +261,32 @@ def chart(result: PhaseResult, phase: str, origin: float) -> None:
     ttft_ax.legend()
     fig.suptitle(f"router under {phase}: A offers 5x capacity")
     fig.tight_layout()
-    fig.savefig(RESULTS / f"router_overload_{phase}.png", dpi=100)
+    fig.savefig(RESULTS / f"{name}_{phase}.png", dpi=100)
     plt.close(fig)
 
 
-async def main_async(args: argparse.Namespace) -> None:
-    from local_models.tiny_llama import build_tiny_model
+def profile_capacity(args: argparse.Namespace) -> float | None:
+    """Decode tokens/s the simulated replicas make at full batch, from their
+    profile (prefill left out: the prompts here are a few dozen tokens)."""
+    profile = replica_flags.profile(args)
+    if profile is None:
+        return None
+    slots: int = args.replicas * args.max_num_seqs
+    return slots / profile.step_s(args.max_num_seqs, 0)
 
-    model_dir = build_tiny_model(mesh.REPO / ".maas" / "models" / "tiny-llama")
+
+async def main_async(args: argparse.Namespace) -> None:
+    if args.max_num_seqs is None:
+        args.max_num_seqs = SIM_MAX_NUM_SEQS if args.engine == "sim" else MAX_NUM_SEQS
+    name = replica_flags.results_name("router_overload", args)
+    slots = args.replicas * args.max_num_seqs
     rows: dict[str, list[float]] = {}
     shed_totals: dict[str, Counter[str]] = {"A": Counter(), "B": Counter()}
     last: dict[str, PhaseResult] = {}
     async with AsyncExitStack() as stack:
-        print("starting two inference replicas and a router ...", flush=True)
-        replicas = [
-            await stack.enter_async_context(
-                mesh.inference(model_dir, f"overload_replica{i}", MAX_NUM_SEQS)
-            )
-            for i in range(2)
-        ]
+        print(f"starting {replica_flags.describe(args)} and a router ...", flush=True)
+        replicas, model = await replica_flags.start(stack, args, "overload")
         router = await stack.enter_async_context(mesh.router(replicas, "overload_router"))
-        model = await mesh.model_name(replicas[0])
         channel = await stack.enter_async_context(grpc.aio.insecure_channel(router))
         stub = router_pb2_grpc.RouterStub(channel)
         pool = stack.enter_context(
@@ -274,13 +294,13 @@ async def main_async(args: argparse.Namespace) -> None:
         )
         phase_args = (pool, router, model, stub)
         # Warm-up (the router's limiters included).
-        warm = await run_phase(*phase_args, "capacity", 1.0, 4.0, seed=1)
+        warm = await run_phase(*phase_args, "capacity", 1.0, 4.0, seed=1, slots=slots)
         capacity_rps = warm.tokens_per_s() / TOKENS
         for round_ in range(args.rounds):
             results: dict[str, PhaseResult] = {}
             for phase in PHASES:
                 results[phase] = await run_phase(
-                    *phase_args, phase, capacity_rps, args.seconds, seed=100 * round_
+                    *phase_args, phase, capacity_rps, args.seconds, seed=100 * round_, slots=slots
                 )
                 await mesh.settle(3.0)
                 if phase == "capacity":
@@ -317,10 +337,14 @@ async def main_async(args: argparse.Namespace) -> None:
             last = results
             print(f"  round {round_ + 1}/{args.rounds} done", flush=True)
     for phase in ("overload", "backlogged"):
-        chart(last[phase], phase, last[phase].window[0] - WARMUP_S)
+        chart(last[phase], phase, last[phase].window[0] - WARMUP_S, name)
 
     table = {key: summary(values) for key, values in rows.items()}
-    lines = [f"{'measure':<36} {'median [min-max] over rounds':>36}", "-" * 73]
+    from_profile = profile_capacity(args)
+    lines = [replica_flags.describe(args) + f", {TOKENS} tokens a request"]
+    if from_profile is not None:
+        lines.append(f"decode capacity from the profile: {from_profile:,.0f} tokens/s")
+    lines += [f"{'measure':<36} {'median [min-max] over rounds':>36}", "-" * 73]
     for key, cell in table.items():
         lines.append(
             f"{key:<36} " + f"{cell['median']:.3f} [{cell['min']:.3f}-{cell['max']:.3f}]".rjust(36)
@@ -340,10 +364,14 @@ async def main_async(args: argparse.Namespace) -> None:
         " jain_backlogged >= 0.95",
     ]
     write_results(
-        "router_overload", "\n".join(lines), rounds=args.rounds, seconds=args.seconds,
+        name, "\n".join(lines), rounds=args.rounds, seconds=args.seconds,
         tokens_per_request=TOKENS, summary=table, raw=rows,
         outcomes={t: dict(c) for t, c in shed_totals.items()},
-        charts=[f"router_overload_{p}.png" for p in ("overload", "backlogged")],
+        charts=[f"{name}_{p}.png" for p in ("overload", "backlogged")],
+        engine=args.engine, replicas=args.replicas, max_num_seqs=args.max_num_seqs,
+        sim_profile=args.sim_profile if args.engine == "sim" else None,
+        sim_messages_per_s=args.sim_messages_per_s if args.engine == "sim" else None,
+        profile_capacity_tokens_per_s=from_profile,
     )  # fmt: skip
 
 
@@ -351,6 +379,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=20.0)
+    # None: the engine's own default (MAX_NUM_SEQS or SIM_MAX_NUM_SEQS).
+    replica_flags.add_flags(parser, replicas=2, max_num_seqs=None)
     run_on_uvloop(main_async, parser)
 
 
