@@ -16,9 +16,10 @@ from services.inference.sim_profiles import DEFAULT_PROFILE, PROFILES, SimProfil
 # A simulated replica stands for a machine of its own, with its own cores for
 # its gRPC server; here they all share two. Each streams at most this many
 # messages a second (the service merges tokens in between; the first message
-# never waits), so 8 of them stream 2,000 a second, what the router, the
-# replicas and the clients can carry together on this machine with room left.
-SIM_MESSAGES_PER_S = 250
+# never waits, so time to first token is untouched), so 8 of them stream 800
+# a second: at 250 each the replicas alone took a core of this machine's two,
+# and the router and the clients were left short of CPU.
+SIM_MESSAGES_PER_S = 100
 
 
 def add_flags(parser: argparse.ArgumentParser, *, replicas: int, max_num_seqs: int | None) -> None:

@@ -42,6 +42,11 @@ from bench.stats import RESULTS, percentile, summary, write_results
 from maas.v1 import router_pb2, router_pb2_grpc
 
 TOKENS = 256
+# Over simulated replicas: requests 4x longer (8.5 s at a full batch of the
+# 8B profile), so a flood of 5x the capacity is 140 requests a second, not
+# 560; at 560 the flood's own shedding took the router's and the clients'
+# share of this machine's two cores and the light tenant measured that.
+SIM_TOKENS = 1024
 # The CPU engine's batch; simulated replicas default to a batch that keeps 8
 # of them within what this machine's mesh can stream (see replica_flags).
 MAX_NUM_SEQS = 64
@@ -113,9 +118,12 @@ class Load:
     are different clients), so a flood's client costs do not show up in the
     light tenant's measured latency."""
 
-    def __init__(self, stub: router_pb2_grpc.RouterAsyncStub, model: str, seed: int) -> None:
+    def __init__(
+        self, stub: router_pb2_grpc.RouterAsyncStub, model: str, seed: int, tokens: int
+    ) -> None:
         self._stub = stub
         self._model = model
+        self._tokens = tokens
         self._random = random.Random(seed)
         self._n = 0
 
@@ -125,7 +133,10 @@ class Load:
         count = self._random.choice((8, 16, 32))
         words = " ".join(f"w{self._random.randrange(10_000)}" for _ in range(count))
         return mesh.router_request(
-            self._model, prompt=f"{tenant} {self._n}: {words}", max_tokens=TOKENS, tenant=tenant
+            self._model,
+            prompt=f"{tenant} {self._n}: {words}",
+            max_tokens=self._tokens,
+            tenant=tenant,
         )
 
     async def one(self, tenant: str, into: list[mesh.Outcome]) -> None:
@@ -160,7 +171,14 @@ class Load:
 
 
 def tenant_load(
-    router: str, model: str, tenant: str, kind: str, amount: float, until: float, seed: int
+    router: str,
+    model: str,
+    tenant: str,
+    kind: str,
+    amount: float,
+    until: float,
+    seed: int,
+    tokens: int,
 ) -> list[mesh.Outcome]:
     """Runs in a worker process: a closed loop of `amount` clients or an open
     loop at `amount` requests/s, until `until` (perf_counter is system-wide)."""
@@ -169,7 +187,7 @@ def tenant_load(
     async def run() -> list[mesh.Outcome]:
         outcomes: list[mesh.Outcome] = []
         async with grpc.aio.insecure_channel(router) as channel:
-            load = Load(router_pb2_grpc.RouterStub(channel), model, seed)
+            load = Load(router_pb2_grpc.RouterStub(channel), model, seed, tokens)
             if kind == "closed":
                 await load.closed_loop(tenant, int(amount), until, outcomes)
             else:
@@ -201,6 +219,7 @@ async def run_phase(
     seconds: float,
     seed: int,
     slots: int,
+    tokens: int,
 ) -> PhaseResult:
     loop = asyncio.get_running_loop()
     start = time.perf_counter()
@@ -219,7 +238,9 @@ async def run_phase(
     if phase == "backlogged":
         plan.append(("B", "open", 2 * capacity_rps))
     loads = [
-        loop.run_in_executor(pool, tenant_load, router, model, t, kind, amount, until, seed + i)
+        loop.run_in_executor(
+            pool, tenant_load, router, model, t, kind, amount, until, seed + i, tokens
+        )
         for i, (t, kind, amount) in enumerate(plan)
     ]
     sampler = asyncio.create_task(sample_queue(stub, until, queue))
@@ -276,9 +297,12 @@ def profile_capacity(args: argparse.Namespace) -> float | None:
 
 
 async def main_async(args: argparse.Namespace) -> None:
+    sim = args.engine == "sim"
     if args.max_num_seqs is None:
-        args.max_num_seqs = SIM_MAX_NUM_SEQS if args.engine == "sim" else MAX_NUM_SEQS
-    name = replica_flags.results_name("router_overload", args)
+        args.max_num_seqs = SIM_MAX_NUM_SEQS if sim else MAX_NUM_SEQS
+    if args.tokens is None:
+        args.tokens = SIM_TOKENS if sim else TOKENS
+    name = replica_flags.results_name("router_overload", args) + args.tag
     slots = args.replicas * args.max_num_seqs
     rows: dict[str, list[float]] = {}
     shed_totals: dict[str, Counter[str]] = {"A": Counter(), "B": Counter()}
@@ -286,7 +310,9 @@ async def main_async(args: argparse.Namespace) -> None:
     async with AsyncExitStack() as stack:
         print(f"starting {replica_flags.describe(args)} and a router ...", flush=True)
         replicas, model = await replica_flags.start(stack, args, "overload")
-        router = await stack.enter_async_context(mesh.router(replicas, "overload_router"))
+        router = await stack.enter_async_context(
+            mesh.router(replicas, "overload_router", *args.router_flags.split())
+        )
         channel = await stack.enter_async_context(grpc.aio.insecure_channel(router))
         stub = router_pb2_grpc.RouterStub(channel)
         pool = stack.enter_context(
@@ -294,17 +320,25 @@ async def main_async(args: argparse.Namespace) -> None:
         )
         phase_args = (pool, router, model, stub)
         # Warm-up (the router's limiters included).
-        warm = await run_phase(*phase_args, "capacity", 1.0, 4.0, seed=1, slots=slots)
-        capacity_rps = warm.tokens_per_s() / TOKENS
+        warm = await run_phase(
+            *phase_args, "capacity", 1.0, 4.0, seed=1, slots=slots, tokens=args.tokens
+        )
+        capacity_rps = warm.tokens_per_s() / args.tokens
         for round_ in range(args.rounds):
             results: dict[str, PhaseResult] = {}
             for phase in PHASES:
                 results[phase] = await run_phase(
-                    *phase_args, phase, capacity_rps, args.seconds, seed=100 * round_, slots=slots
+                    *phase_args,
+                    phase,
+                    capacity_rps,
+                    args.seconds,
+                    seed=100 * round_,
+                    slots=slots,
+                    tokens=args.tokens,
                 )
                 await mesh.settle(3.0)
                 if phase == "capacity":
-                    capacity_rps = results[phase].tokens_per_s() / TOKENS
+                    capacity_rps = results[phase].tokens_per_s() / args.tokens
             capacity = results["capacity"].tokens_per_s()
             overload, backlogged, idle = (
                 results["overload"],
@@ -341,7 +375,7 @@ async def main_async(args: argparse.Namespace) -> None:
 
     table = {key: summary(values) for key, values in rows.items()}
     from_profile = profile_capacity(args)
-    lines = [replica_flags.describe(args) + f", {TOKENS} tokens a request"]
+    lines = [replica_flags.describe(args) + f", {args.tokens} tokens a request"]
     if from_profile is not None:
         lines.append(f"decode capacity from the profile: {from_profile:,.0f} tokens/s")
     lines += [f"{'measure':<36} {'median [min-max] over rounds':>36}", "-" * 73]
@@ -365,10 +399,11 @@ async def main_async(args: argparse.Namespace) -> None:
     ]
     write_results(
         name, "\n".join(lines), rounds=args.rounds, seconds=args.seconds,
-        tokens_per_request=TOKENS, summary=table, raw=rows,
+        tokens_per_request=args.tokens, summary=table, raw=rows,
         outcomes={t: dict(c) for t, c in shed_totals.items()},
         charts=[f"{name}_{p}.png" for p in ("overload", "backlogged")],
-        engine=args.engine, replicas=args.replicas, max_num_seqs=args.max_num_seqs,
+        router_flags=args.router_flags, engine=args.engine, replicas=args.replicas,
+        max_num_seqs=args.max_num_seqs,
         sim_profile=args.sim_profile if args.engine == "sim" else None,
         sim_messages_per_s=args.sim_messages_per_s if args.engine == "sim" else None,
         profile_capacity_tokens_per_s=from_profile,
@@ -381,6 +416,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0)
     # None: the engine's own default (MAX_NUM_SEQS or SIM_MAX_NUM_SEQS).
     replica_flags.add_flags(parser, replicas=2, max_num_seqs=None)
+    parser.add_argument("--tokens", type=int, default=None, help="tokens a request asks for")
+    parser.add_argument("--router-flags", default="", help="extra flags for the router")
+    parser.add_argument("--tag", default="", help="appended to the results' name")
     run_on_uvloop(main_async, parser)
 
 
