@@ -325,11 +325,13 @@ class Dispatcher:
         ticket's tenant holds fewer slots than its fair share; for a tenant
         at or over its share, only while the light tenants' headroom stays free."""
         under = self._holds_less_than(ticket, self._fair_share(ticket.model, candidates))
-        if not under and not self._leaves_headroom(ticket.model, candidates):
-            return None
-        replica = self._choose(candidates, ticket, self._policy.reserved_share)
+        replica = None
+        if under or self._leaves_headroom(ticket.model, candidates):
+            replica = self._choose(candidates, ticket, self._policy.reserved_share)
         if replica is None and under:
             replica = self._choose(candidates, ticket, 0.0)
+        if replica is None and not under:
+            self._headroom_of(ticket.model).flooding(ticket.tenant)
         return replica
 
     def _leaves_headroom(self, model: str, candidates: list[Replica]) -> bool:
@@ -345,8 +347,8 @@ class Dispatcher:
 
         def changed(tenant: str, waits: bool) -> None:
             tenants.waiting(tenant, waits)
-            if waits:
-                headroom.backlogged(tenant)
+            if not waits:
+                headroom.drained(tenant)
 
         return changed
 
@@ -425,11 +427,11 @@ class Dispatcher:
         # before a light tenant's request that came a moment later.
         under_share = self._holds_less_than(ticket, self._fair_share(ticket.model, candidates))
         tenants = self._tenants_of(ticket.model)
-        # A backlogged tenant under its share (a flood refilling after its
-        # requests ended together) is not light: it would claim the headroom.
-        light = under_share and not tenants.is_waiting(ticket.tenant)
-        if light:
-            self._headroom_of(ticket.model).started(ticket.tenant)
+        headroom = self._headroom_of(ticket.model)
+        # A flood under its share (refilling after its requests ended
+        # together) is not light: it would claim the headroom.
+        if under_share and headroom.is_light(ticket.tenant):
+            headroom.started(ticket.tenant)
         replica.limiter.acquire()
         tenants.started(ticket.tenant)
         return Lease(

@@ -1,5 +1,6 @@
-"""Free slots kept for light tenants (under their fair share, nothing
-queued), sized by how many they hold, so a flood cannot take back the
+"""Free slots kept for light tenants (under their fair share, and not a
+flood: a tenant that had to queue while holding its share is one until its
+queue empties), sized by how many they hold, so a flood cannot take back the
 slots their ending requests hand back.
 
 The fixed reserve (a share of each replica's slots) holds a light tenant's
@@ -24,7 +25,11 @@ class LightHeadroom:
     def __init__(self, beta: float) -> None:
         self._beta = beta
         self._by_tenant: Counter[str] = Counter()
+        self._floods: set[str] = set()
         self.held = 0
+
+    def is_light(self, tenant: str) -> bool:
+        return tenant not in self._floods
 
     def started(self, tenant: str) -> None:
         """A light tenant took a slot."""
@@ -39,10 +44,15 @@ class LightHeadroom:
         if self._by_tenant[tenant] <= 0:
             del self._by_tenant[tenant]
 
-    def backlogged(self, tenant: str) -> None:
-        """`tenant` has requests waiting: a flood's first requests (granted
-        before anything queued) stop counting as light."""
+    def flooding(self, tenant: str) -> None:
+        """`tenant` holds its share and must queue for more: a flood, whose
+        first requests (granted while under its share) stop counting as light."""
+        self._floods.add(tenant)
         self.held -= self._by_tenant.pop(tenant, 0)
+
+    def drained(self, tenant: str) -> None:
+        """`tenant` has nothing queued any more."""
+        self._floods.discard(tenant)
 
     def to_keep_free(self) -> int:
         """Free slots the other tenants must leave."""

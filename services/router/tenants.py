@@ -49,10 +49,6 @@ class ActiveTenants:
         """Requests of `tenant` holding a slot."""
         return self._running.get(tenant, 0)
 
-    def is_waiting(self, tenant: str) -> bool:
-        """Whether `tenant` has requests in the model's queue now."""
-        return tenant in self._waiting
-
     def started(self, tenant: str) -> None:
         self._running[tenant] += 1
         if self._running[tenant] == 1:
