@@ -55,6 +55,9 @@ SIM_MAX_NUM_SEQS = 32
 # per-tenant queue (256) less some, so none is refused.
 MAX_EXTRA_CLIENTS = 200
 WARMUP_S = 4.0  # of each phase, not counted
+# Over simulated replicas: longer than a request at full batch (8.5 s), so
+# the flood's first wave, started all at once, has ended before counting.
+SIM_WARMUP_S = 10.0
 DEADLINE_S = 30.0
 PHASES = ("capacity", "b_idle", "overload", "backlogged")
 
@@ -220,10 +223,11 @@ async def run_phase(
     seed: int,
     slots: int,
     tokens: int,
+    warmup_s: float,
 ) -> PhaseResult:
     loop = asyncio.get_running_loop()
     start = time.perf_counter()
-    until = start + WARMUP_S + seconds
+    until = start + warmup_s + seconds
     queue: list[tuple[float, dict[str, int]]] = []
     light = 0.1 * capacity_rps
     plan: list[tuple[str, str, float]] = []
@@ -246,7 +250,7 @@ async def run_phase(
     sampler = asyncio.create_task(sample_queue(stub, until, queue))
     results = await asyncio.gather(*loads)
     await sampler
-    return PhaseResult([o for r in results for o in r], (start + WARMUP_S, until), queue)
+    return PhaseResult([o for r in results for o in r], (start + warmup_s, until), queue)
 
 
 def jain(values: list[float]) -> float:
@@ -302,6 +306,8 @@ async def main_async(args: argparse.Namespace) -> None:
         args.max_num_seqs = SIM_MAX_NUM_SEQS if sim else MAX_NUM_SEQS
     if args.tokens is None:
         args.tokens = SIM_TOKENS if sim else TOKENS
+    if args.warmup_s is None:
+        args.warmup_s = SIM_WARMUP_S if sim else WARMUP_S
     name = replica_flags.results_name("router_overload", args) + args.tag
     slots = args.replicas * args.max_num_seqs
     rows: dict[str, list[float]] = {}
@@ -321,7 +327,14 @@ async def main_async(args: argparse.Namespace) -> None:
         phase_args = (pool, router, model, stub)
         # Warm-up (the router's limiters included).
         warm = await run_phase(
-            *phase_args, "capacity", 1.0, 4.0, seed=1, slots=slots, tokens=args.tokens
+            *phase_args,
+            "capacity",
+            1.0,
+            4.0,
+            seed=1,
+            slots=slots,
+            tokens=args.tokens,
+            warmup_s=WARMUP_S,
         )
         capacity_rps = warm.tokens_per_s() / args.tokens
         for round_ in range(args.rounds):
@@ -335,6 +348,7 @@ async def main_async(args: argparse.Namespace) -> None:
                     seed=100 * round_,
                     slots=slots,
                     tokens=args.tokens,
+                    warmup_s=args.warmup_s,
                 )
                 await mesh.settle(3.0)
                 if phase == "capacity":
@@ -371,7 +385,7 @@ async def main_async(args: argparse.Namespace) -> None:
             last = results
             print(f"  round {round_ + 1}/{args.rounds} done", flush=True)
     for phase in ("overload", "backlogged"):
-        chart(last[phase], phase, last[phase].window[0] - WARMUP_S, name)
+        chart(last[phase], phase, last[phase].window[0] - args.warmup_s, name)
 
     table = {key: summary(values) for key, values in rows.items()}
     from_profile = profile_capacity(args)
@@ -399,7 +413,7 @@ async def main_async(args: argparse.Namespace) -> None:
     ]
     write_results(
         name, "\n".join(lines), rounds=args.rounds, seconds=args.seconds,
-        tokens_per_request=args.tokens, summary=table, raw=rows,
+        tokens_per_request=args.tokens, warmup_s=args.warmup_s, summary=table, raw=rows,
         outcomes={t: dict(c) for t, c in shed_totals.items()},
         charts=[f"{name}_{p}.png" for p in ("overload", "backlogged")],
         router_flags=args.router_flags, engine=args.engine, replicas=args.replicas,
@@ -417,6 +431,7 @@ def main() -> None:
     # None: the engine's own default (MAX_NUM_SEQS or SIM_MAX_NUM_SEQS).
     replica_flags.add_flags(parser, replicas=2, max_num_seqs=None)
     parser.add_argument("--tokens", type=int, default=None, help="tokens a request asks for")
+    parser.add_argument("--warmup-s", type=float, default=None, help="of each phase, not counted")
     parser.add_argument("--router-flags", default="", help="extra flags for the router")
     parser.add_argument("--tag", default="", help="appended to the results' name")
     run_on_uvloop(main_async, parser)
