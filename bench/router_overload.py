@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import multiprocessing
+import os
 import random
 import time
 from collections import Counter
@@ -374,6 +375,9 @@ async def main_async(args: argparse.Namespace) -> None:
                 ),
                 "a_tokens_per_s_backlogged": backlogged.tokens_per_s("A"),
                 "b_tokens_per_s_backlogged": backlogged.tokens_per_s("B"),
+                # The machine's run queue as the round ends: above its cores,
+                # other work competed with the mesh for CPU in that round.
+                "load_average_1m": os.getloadavg()[0],
             }
             for key, value in row.items():
                 rows.setdefault(key, []).append(value)
