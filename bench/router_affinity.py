@@ -1,9 +1,10 @@
 """Prefix affinity against round robin: conversations that share prefixes
-(a long system prompt each, then turns that resend the history) over two
-inference replicas with prefix caching on, through a router choosing by
-prefix affinity and through one choosing in turn.
+(a long system prompt each, then turns that resend the history) over
+inference replicas with prefix caching on (two CPU-engine ones, or
+`--engine sim --replicas 8` simulated GPU ones), through a router choosing
+by prefix affinity and through one choosing in turn.
 
-Both routers sit in front of the same two replicas; every cell uses fresh
+Both routers sit in front of the same replicas; every cell uses fresh
 system prompts, so neither choice inherits the other's cache. The two take
 turns within each round (the order alternates); cells are medians over
 rounds with their range. Reported: the prefix-cache hit rate (cached prompt
@@ -11,6 +12,7 @@ tokens over all prompt tokens, from each answer's usage) and time to first
 token.
 
     .venv/bin/python -m bench.router_affinity [--rounds 3]
+    .venv/bin/python -m bench.router_affinity --engine sim --replicas 8
 """
 
 from __future__ import annotations
@@ -23,15 +25,17 @@ from contextlib import AsyncExitStack
 
 import grpc
 
-from bench import mesh
+from bench import mesh, replica_flags
 from bench.cli import run_on_uvloop
 from bench.stats import percentile, summary, write_results
 from maas.v1 import router_pb2_grpc
 
 CHOICES = ("affinity", "round_robin")
-CONVERSATIONS = 16
+# Per replica, so the load on each replica is the same however many there
+# are: with two, the 16 conversations, 8 at a time, of the CPU-engine runs.
+CONVERSATIONS_PER_REPLICA = 8
+CONCURRENT_PER_REPLICA = 4
 TURNS = 4
-CONCURRENT = 8
 ANSWER_TOKENS = 16
 METRICS = ("hit_rate", "ttft_p50_ms", "ttft_p99_ms")
 
@@ -42,10 +46,10 @@ def system_prompt(rng: random.Random) -> str:
 
 
 async def run_cell(
-    stub: router_pb2_grpc.RouterAsyncStub, model: str, rng: random.Random
+    stub: router_pb2_grpc.RouterAsyncStub, model: str, rng: random.Random, replicas: int
 ) -> dict[str, float]:
     outcomes: list[mesh.Outcome] = []
-    gate = asyncio.Semaphore(CONCURRENT)
+    gate = asyncio.Semaphore(CONCURRENT_PER_REPLICA * replicas)
 
     async def conversation() -> None:
         history = [("system", system_prompt(rng))]
@@ -60,7 +64,7 @@ async def run_cell(
                 outcomes.append(outcome)
                 history.append(("assistant", f"answer {turn}"))
 
-    await asyncio.gather(*(conversation() for _ in range(CONVERSATIONS)))
+    await asyncio.gather(*(conversation() for _ in range(CONVERSATIONS_PER_REPLICA * replicas)))
     ttfts = [o.ttft for o in outcomes if o.ttft is not None]
     return {
         "hit_rate": sum(o.cached_tokens for o in outcomes)
@@ -71,17 +75,11 @@ async def run_cell(
 
 
 async def main_async(args: argparse.Namespace) -> None:
-    from local_models.tiny_llama import build_tiny_model
-
-    model_dir = build_tiny_model(mesh.REPO / ".maas" / "models" / "tiny-llama")
     raw: dict[str, list[dict[str, float]]] = {c: [] for c in CHOICES}
     rng = random.Random(11)
     async with AsyncExitStack() as stack:
-        print("starting two inference replicas and two routers ...", flush=True)
-        replicas = [
-            await stack.enter_async_context(mesh.inference(model_dir, f"affinity_replica{i}"))
-            for i in range(2)
-        ]
+        print(f"starting {replica_flags.describe(args)} and two routers ...", flush=True)
+        replicas, model = await replica_flags.start(stack, args, "affinity")
         stubs = {}
         for choice in CHOICES:
             address = await stack.enter_async_context(
@@ -89,13 +87,12 @@ async def main_async(args: argparse.Namespace) -> None:
             )
             channel = await stack.enter_async_context(grpc.aio.insecure_channel(address))
             stubs[choice] = router_pb2_grpc.RouterStub(channel)
-        model = await mesh.model_name(replicas[0])
         for choice in CHOICES:  # warm-up
-            await run_cell(stubs[choice], model, rng)
+            await run_cell(stubs[choice], model, rng, args.replicas)
         for round_ in range(args.rounds):
             order = CHOICES if round_ % 2 == 0 else CHOICES[::-1]
             for choice in order:
-                raw[choice].append(await run_cell(stubs[choice], model, rng))
+                raw[choice].append(await run_cell(stubs[choice], model, rng, args.replicas))
             print(f"  round {round_ + 1}/{args.rounds} done", flush=True)
 
     table = {c: {m: summary([r[m] for r in raw[c]]) for m in METRICS} for c in CHOICES}
@@ -110,14 +107,21 @@ async def main_async(args: argparse.Namespace) -> None:
             )
         )
     lines.append(
-        f"\n{CONVERSATIONS} conversations x {TURNS} turns, {CONCURRENT} at a time, over 2 replicas"
+        f"\n{CONVERSATIONS_PER_REPLICA * args.replicas} conversations x {TURNS} turns, "
+        f"{CONCURRENT_PER_REPLICA * args.replicas} at a time, over {replica_flags.describe(args)}"
     )
-    write_results("router_affinity", "\n".join(lines), rounds=args.rounds, summary=table, raw=raw)
+    write_results(
+        replica_flags.results_name("router_affinity", args), "\n".join(lines),
+        rounds=args.rounds, summary=table, raw=raw, engine=args.engine, replicas=args.replicas,
+        sim_profile=args.sim_profile if args.engine == "sim" else None,
+    )  # fmt: skip
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rounds", type=int, default=3)
+    # 64: the inference service's own default batch, which the CPU-engine runs used.
+    replica_flags.add_flags(parser, replicas=2, max_num_seqs=64)
     run_on_uvloop(main_async, parser)
 
 

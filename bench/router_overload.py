@@ -1,9 +1,11 @@
-"""Overload and fairness through the router: two inference replicas (each its
-own process and engine) behind one router (its own process).
+"""Overload and fairness through the router: inference replicas (each its
+own process and engine; two CPU-engine ones, or `--engine sim --replicas 8`
+simulated GPU ones) behind one router (its own process).
 
 Each round runs four phases, in turn:
 
-  capacity    a closed loop of 2 x max_num_seqs clients: the mesh's tokens/s
+  capacity    a closed loop of 1.5x as many clients as the replicas have
+              slots (capped by the router's per-tenant queue): the mesh's tokens/s
   b_idle      tenant B alone, a light open-loop load (`--b-share` of capacity)
   overload    tenant A offers 5x the capacity (open loop, 30 s deadlines),
               B the same light load as in b_idle
@@ -17,6 +19,7 @@ and what was shed, by status. Charts of queue depth and time to first token
 over time (last round) go next to the JSON.
 
     .venv/bin/python -m bench.router_overload [--rounds 3] [--seconds 20]
+    .venv/bin/python -m bench.router_overload --engine sim --replicas 8 [--max-num-seqs 32]
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import multiprocessing
+import os
 import random
 import time
 from collections import Counter
@@ -33,14 +37,28 @@ from dataclasses import dataclass, field
 
 import grpc
 
-from bench import mesh
+from bench import mesh, replica_flags
 from bench.cli import run_on_uvloop
 from bench.stats import RESULTS, percentile, summary, write_results
 from maas.v1 import router_pb2, router_pb2_grpc
 
 TOKENS = 256
+# Over simulated replicas: requests 4x longer (8.5 s at a full batch of the
+# 8B profile), so a flood of 5x the capacity is 140 requests a second, not
+# 560; at 560 the flood's own shedding took the router's and the clients'
+# share of this machine's two cores and the light tenant measured that.
+SIM_TOKENS = 1024
+# The CPU engine's batch; simulated replicas default to a batch that keeps 8
+# of them within what this machine's mesh can stream (see replica_flags).
 MAX_NUM_SEQS = 64
+SIM_MAX_NUM_SEQS = 32
+# Clients waiting in the capacity loop beyond the slots: at most the router's
+# per-tenant queue (256) less some, so none is refused.
+MAX_EXTRA_CLIENTS = 200
 WARMUP_S = 4.0  # of each phase, not counted
+# Over simulated replicas: longer than a request at full batch (8.5 s), so
+# the flood's first wave, started all at once, has ended before counting.
+SIM_WARMUP_S = 10.0
 DEADLINE_S = 30.0
 PHASES = ("capacity", "b_idle", "overload", "backlogged")
 
@@ -64,15 +82,18 @@ class PhaseResult:
 
     def tokens_per_s(self, tenant: str | None = None) -> float:
         """Tokens of completed requests, each counted for the part of its
-        life inside the window: equal-length requests end in waves, and
-        counting whole requests by end time would alias with them."""
+        stream (first token to end) inside the window: equal-length requests
+        end in waves, and counting whole requests by end time would alias
+        with them. Not from its start: a request queued through the end of
+        the window and served after it made none of its tokens inside."""
         lo, hi = self.window
         total = 0.0
         for o in self.outcomes:
             if o.code != "OK" or o.end is None or (tenant is not None and o.tenant != tenant):
                 continue
-            inside = max(0.0, min(o.end, hi) - max(o.start, lo))
-            total += o.tokens * inside / max(o.end - o.start, 1e-9)
+            begin = o.first_token if o.first_token is not None else o.start
+            inside = max(0.0, min(o.end, hi) - max(begin, lo))
+            total += o.tokens * inside / max(o.end - begin, 1e-9)
         return total / (hi - lo)
 
     def ttft_p99_ms(self, tenant: str) -> float:
@@ -101,9 +122,12 @@ class Load:
     are different clients), so a flood's client costs do not show up in the
     light tenant's measured latency."""
 
-    def __init__(self, stub: router_pb2_grpc.RouterAsyncStub, model: str, seed: int) -> None:
+    def __init__(
+        self, stub: router_pb2_grpc.RouterAsyncStub, model: str, seed: int, tokens: int
+    ) -> None:
         self._stub = stub
         self._model = model
+        self._tokens = tokens
         self._random = random.Random(seed)
         self._n = 0
 
@@ -113,7 +137,10 @@ class Load:
         count = self._random.choice((8, 16, 32))
         words = " ".join(f"w{self._random.randrange(10_000)}" for _ in range(count))
         return mesh.router_request(
-            self._model, prompt=f"{tenant} {self._n}: {words}", max_tokens=TOKENS, tenant=tenant
+            self._model,
+            prompt=f"{tenant} {self._n}: {words}",
+            max_tokens=self._tokens,
+            tenant=tenant,
         )
 
     async def one(self, tenant: str, into: list[mesh.Outcome]) -> None:
@@ -148,7 +175,14 @@ class Load:
 
 
 def tenant_load(
-    router: str, model: str, tenant: str, kind: str, amount: float, until: float, seed: int
+    router: str,
+    model: str,
+    tenant: str,
+    kind: str,
+    amount: float,
+    until: float,
+    seed: int,
+    tokens: int,
 ) -> list[mesh.Outcome]:
     """Runs in a worker process: a closed loop of `amount` clients or an open
     loop at `amount` requests/s, until `until` (perf_counter is system-wide)."""
@@ -157,7 +191,7 @@ def tenant_load(
     async def run() -> list[mesh.Outcome]:
         outcomes: list[mesh.Outcome] = []
         async with grpc.aio.insecure_channel(router) as channel:
-            load = Load(router_pb2_grpc.RouterStub(channel), model, seed)
+            load = Load(router_pb2_grpc.RouterStub(channel), model, seed, tokens)
             if kind == "closed":
                 await load.closed_loop(tenant, int(amount), until, outcomes)
             else:
@@ -188,15 +222,20 @@ async def run_phase(
     capacity_rps: float,
     seconds: float,
     seed: int,
+    slots: int,
+    tokens: int,
+    warmup_s: float,
 ) -> PhaseResult:
     loop = asyncio.get_running_loop()
     start = time.perf_counter()
-    until = start + WARMUP_S + seconds
+    until = start + warmup_s + seconds
     queue: list[tuple[float, dict[str, int]]] = []
     light = 0.1 * capacity_rps
     plan: list[tuple[str, str, float]] = []
     if phase == "capacity":
-        plan.append(("cap", "closed", 2 * MAX_NUM_SEQS))
+        # More clients than slots, so a slot freed is taken at once: with
+        # exactly as many, each client's turnaround leaves its slot idle.
+        plan.append(("cap", "closed", slots + min(slots // 2, MAX_EXTRA_CLIENTS)))
     if phase in ("b_idle", "overload"):
         plan.append(("B", "open", light))
     if phase in ("overload", "backlogged"):
@@ -204,20 +243,22 @@ async def run_phase(
     if phase == "backlogged":
         plan.append(("B", "open", 2 * capacity_rps))
     loads = [
-        loop.run_in_executor(pool, tenant_load, router, model, t, kind, amount, until, seed + i)
+        loop.run_in_executor(
+            pool, tenant_load, router, model, t, kind, amount, until, seed + i, tokens
+        )
         for i, (t, kind, amount) in enumerate(plan)
     ]
     sampler = asyncio.create_task(sample_queue(stub, until, queue))
     results = await asyncio.gather(*loads)
     await sampler
-    return PhaseResult([o for r in results for o in r], (start + WARMUP_S, until), queue)
+    return PhaseResult([o for r in results for o in r], (start + warmup_s, until), queue)
 
 
 def jain(values: list[float]) -> float:
     return sum(values) ** 2 / (len(values) * sum(v * v for v in values)) if any(values) else 0.0
 
 
-def chart(result: PhaseResult, phase: str, origin: float) -> None:
+def chart(result: PhaseResult, phase: str, origin: float, name: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -246,27 +287,39 @@ def chart(result: PhaseResult, phase: str, origin: float) -> None:
     ttft_ax.legend()
     fig.suptitle(f"router under {phase}: A offers 5x capacity")
     fig.tight_layout()
-    fig.savefig(RESULTS / f"router_overload_{phase}.png", dpi=100)
+    fig.savefig(RESULTS / f"{name}_{phase}.png", dpi=100)
     plt.close(fig)
 
 
-async def main_async(args: argparse.Namespace) -> None:
-    from local_models.tiny_llama import build_tiny_model
+def profile_capacity(args: argparse.Namespace) -> float | None:
+    """Decode tokens/s the simulated replicas make at full batch, from their
+    profile (prefill left out: the prompts here are a few dozen tokens)."""
+    profile = replica_flags.profile(args)
+    if profile is None:
+        return None
+    slots: int = args.replicas * args.max_num_seqs
+    return slots / profile.step_s(args.max_num_seqs, 0)
 
-    model_dir = build_tiny_model(mesh.REPO / ".maas" / "models" / "tiny-llama")
+
+async def main_async(args: argparse.Namespace) -> None:
+    sim = args.engine == "sim"
+    if args.max_num_seqs is None:
+        args.max_num_seqs = SIM_MAX_NUM_SEQS if sim else MAX_NUM_SEQS
+    if args.tokens is None:
+        args.tokens = SIM_TOKENS if sim else TOKENS
+    if args.warmup_s is None:
+        args.warmup_s = SIM_WARMUP_S if sim else WARMUP_S
+    name = replica_flags.results_name("router_overload", args) + args.tag
+    slots = args.replicas * args.max_num_seqs
     rows: dict[str, list[float]] = {}
     shed_totals: dict[str, Counter[str]] = {"A": Counter(), "B": Counter()}
     last: dict[str, PhaseResult] = {}
     async with AsyncExitStack() as stack:
-        print("starting two inference replicas and a router ...", flush=True)
-        replicas = [
-            await stack.enter_async_context(
-                mesh.inference(model_dir, f"overload_replica{i}", MAX_NUM_SEQS)
-            )
-            for i in range(2)
-        ]
-        router = await stack.enter_async_context(mesh.router(replicas, "overload_router"))
-        model = await mesh.model_name(replicas[0])
+        print(f"starting {replica_flags.describe(args)} and a router ...", flush=True)
+        replicas, model = await replica_flags.start(stack, args, "overload")
+        router = await stack.enter_async_context(
+            mesh.router(replicas, "overload_router", *args.router_flags.split())
+        )
         channel = await stack.enter_async_context(grpc.aio.insecure_channel(router))
         stub = router_pb2_grpc.RouterStub(channel)
         pool = stack.enter_context(
@@ -274,17 +327,33 @@ async def main_async(args: argparse.Namespace) -> None:
         )
         phase_args = (pool, router, model, stub)
         # Warm-up (the router's limiters included).
-        warm = await run_phase(*phase_args, "capacity", 1.0, 4.0, seed=1)
-        capacity_rps = warm.tokens_per_s() / TOKENS
+        warm = await run_phase(
+            *phase_args,
+            "capacity",
+            1.0,
+            4.0,
+            seed=1,
+            slots=slots,
+            tokens=args.tokens,
+            warmup_s=WARMUP_S,
+        )
+        capacity_rps = warm.tokens_per_s() / args.tokens
         for round_ in range(args.rounds):
             results: dict[str, PhaseResult] = {}
             for phase in PHASES:
                 results[phase] = await run_phase(
-                    *phase_args, phase, capacity_rps, args.seconds, seed=100 * round_
+                    *phase_args,
+                    phase,
+                    capacity_rps,
+                    args.seconds,
+                    seed=100 * round_,
+                    slots=slots,
+                    tokens=args.tokens,
+                    warmup_s=args.warmup_s,
                 )
                 await mesh.settle(3.0)
                 if phase == "capacity":
-                    capacity_rps = results[phase].tokens_per_s() / TOKENS
+                    capacity_rps = results[phase].tokens_per_s() / args.tokens
             capacity = results["capacity"].tokens_per_s()
             overload, backlogged, idle = (
                 results["overload"],
@@ -306,6 +375,9 @@ async def main_async(args: argparse.Namespace) -> None:
                 ),
                 "a_tokens_per_s_backlogged": backlogged.tokens_per_s("A"),
                 "b_tokens_per_s_backlogged": backlogged.tokens_per_s("B"),
+                # The machine's run queue as the round ends: above its cores,
+                # other work competed with the mesh for CPU in that round.
+                "load_average_1m": os.getloadavg()[0],
             }
             for key, value in row.items():
                 rows.setdefault(key, []).append(value)
@@ -317,10 +389,14 @@ async def main_async(args: argparse.Namespace) -> None:
             last = results
             print(f"  round {round_ + 1}/{args.rounds} done", flush=True)
     for phase in ("overload", "backlogged"):
-        chart(last[phase], phase, last[phase].window[0] - WARMUP_S)
+        chart(last[phase], phase, last[phase].window[0] - args.warmup_s, name)
 
     table = {key: summary(values) for key, values in rows.items()}
-    lines = [f"{'measure':<36} {'median [min-max] over rounds':>36}", "-" * 73]
+    from_profile = profile_capacity(args)
+    lines = [replica_flags.describe(args) + f", {args.tokens} tokens a request"]
+    if from_profile is not None:
+        lines.append(f"decode capacity from the profile: {from_profile:,.0f} tokens/s")
+    lines += [f"{'measure':<36} {'median [min-max] over rounds':>36}", "-" * 73]
     for key, cell in table.items():
         lines.append(
             f"{key:<36} " + f"{cell['median']:.3f} [{cell['min']:.3f}-{cell['max']:.3f}]".rjust(36)
@@ -340,10 +416,15 @@ async def main_async(args: argparse.Namespace) -> None:
         " jain_backlogged >= 0.95",
     ]
     write_results(
-        "router_overload", "\n".join(lines), rounds=args.rounds, seconds=args.seconds,
-        tokens_per_request=TOKENS, summary=table, raw=rows,
+        name, "\n".join(lines), rounds=args.rounds, seconds=args.seconds,
+        tokens_per_request=args.tokens, warmup_s=args.warmup_s, summary=table, raw=rows,
         outcomes={t: dict(c) for t, c in shed_totals.items()},
-        charts=[f"router_overload_{p}.png" for p in ("overload", "backlogged")],
+        charts=[f"{name}_{p}.png" for p in ("overload", "backlogged")],
+        router_flags=args.router_flags, engine=args.engine, replicas=args.replicas,
+        max_num_seqs=args.max_num_seqs,
+        sim_profile=args.sim_profile if args.engine == "sim" else None,
+        sim_messages_per_s=args.sim_messages_per_s if args.engine == "sim" else None,
+        profile_capacity_tokens_per_s=from_profile,
     )  # fmt: skip
 
 
@@ -351,6 +432,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=20.0)
+    # None: the engine's own default (MAX_NUM_SEQS or SIM_MAX_NUM_SEQS).
+    replica_flags.add_flags(parser, replicas=2, max_num_seqs=None)
+    parser.add_argument("--tokens", type=int, default=None, help="tokens a request asks for")
+    parser.add_argument("--warmup-s", type=float, default=None, help="of each phase, not counted")
+    parser.add_argument("--router-flags", default="", help="extra flags for the router")
+    parser.add_argument("--tag", default="", help="appended to the results' name")
     run_on_uvloop(main_async, parser)
 
 

@@ -21,6 +21,7 @@ from services.common.errors import (
 )
 from services.router.choice import choose, round_robin
 from services.router.fair_queue import Entry, FairQueue, QueueFullError
+from services.router.headroom import LightHeadroom
 from services.router.limiter import Ewma, RecentQuantile
 from services.router.replica import Replica
 from services.router.replicas import ReplicaSet
@@ -74,6 +75,10 @@ class FlowPolicy:
     reserved_share: float = 0.1
     # A minute: long enough to cover a light tenant's pause between requests.
     tenant_memory_s: float = 60.0
+    # Free slots kept for light tenants while they run, in square roots of
+    # the slots they hold (headroom.py): 2 leaves one of about 50 of their
+    # arrivals without a free slot. 0: only the reserve.
+    light_headroom: float = 2.0
 
 
 @dataclass(frozen=True)
@@ -150,6 +155,7 @@ class Dispatcher:
         # Per model, the tenants sharing its slots (for the reserve) and the
         # requests each holds.
         self._tenants: dict[str, ActiveTenants] = {}
+        self._headroom: dict[str, LightHeadroom] = {}
         self.shed: Counter[str] = Counter()
         self.on_shed: Callable[[str], None] = lambda reason: None
         replicas.on_change(self.pump)
@@ -187,7 +193,7 @@ class Dispatcher:
                 max_per_tenant=self._policy.max_queue_per_tenant,
                 aging_s=self._policy.aging_s,
                 clock=self._clock,
-                on_tenant=self._tenants_of(ticket.model).waiting,
+                on_tenant=self._waiting_changed(ticket.model),
             )
         future: asyncio.Future[Lease] = asyncio.get_running_loop().create_future()
         try:
@@ -238,6 +244,7 @@ class Dispatcher:
             replica.limiter.on_sample(first_token_s, replica.limiter.in_flight, outcome.queued_s)
         replica.limiter.release()
         self._tenants_of(lease.ticket.model).ended(lease.ticket.tenant)
+        self._headroom_of(lease.ticket.model).ended(lease.ticket.tenant)
         self._replicas.released(replica)
         if outcome.end is StreamEnd.REPLICA_FAILED:
             self._replicas.record_failure(replica)
@@ -315,13 +322,41 @@ class Dispatcher:
 
     def _place(self, candidates: list[Replica], ticket: Ticket) -> Replica | None:
         """A replica for `ticket`: outside the reserve, or inside it while the
-        ticket's tenant holds fewer slots than its fair share."""
-        replica = self._choose(candidates, ticket, self._policy.reserved_share)
-        if replica is None and self._holds_less_than(
-            ticket, self._fair_share(ticket.model, candidates)
-        ):
+        ticket's tenant holds fewer slots than its fair share; for a tenant
+        at or over its share, only while the light tenants' headroom stays free."""
+        under = self._holds_less_than(ticket, self._fair_share(ticket.model, candidates))
+        replica = None
+        if under or self._leaves_headroom(ticket.model, candidates):
+            replica = self._choose(candidates, ticket, self._policy.reserved_share)
+        if replica is None and under:
             replica = self._choose(candidates, ticket, 0.0)
+        if replica is None and not under:
+            self._headroom_of(ticket.model).flooding(ticket.tenant)
         return replica
+
+    def _leaves_headroom(self, model: str, candidates: list[Replica]) -> bool:
+        """Whether one more slot taken leaves the light tenants' headroom free."""
+        keep = self._headroom_of(model).to_keep_free()
+        if keep == 0:
+            return True
+        free = sum(max(0, r.slots - r.limiter.in_flight) for r in candidates)
+        return free - 1 >= keep
+
+    def _waiting_changed(self, model: str) -> Callable[[str, bool], None]:
+        tenants, headroom = self._tenants_of(model), self._headroom_of(model)
+
+        def changed(tenant: str, waits: bool) -> None:
+            tenants.waiting(tenant, waits)
+            if not waits:
+                headroom.drained(tenant)
+
+        return changed
+
+    def _headroom_of(self, model: str) -> LightHeadroom:
+        headroom = self._headroom.get(model)
+        if headroom is None:
+            headroom = self._headroom[model] = LightHeadroom(self._policy.light_headroom)
+        return headroom
 
     def _from_reserve(
         self, model: str, candidates: list[Replica], queue: FairQueue
@@ -391,8 +426,14 @@ class Dispatcher:
         # as equal-length requests end together) would otherwise prefill
         # before a light tenant's request that came a moment later.
         under_share = self._holds_less_than(ticket, self._fair_share(ticket.model, candidates))
+        tenants = self._tenants_of(ticket.model)
+        headroom = self._headroom_of(ticket.model)
+        # A flood under its share (refilling after its requests ended
+        # together) is not light: it would claim the headroom.
+        if under_share and headroom.is_light(ticket.tenant):
+            headroom.started(ticket.tenant)
         replica.limiter.acquire()
-        self._tenants_of(ticket.model).started(ticket.tenant)
+        tenants.started(ticket.tenant)
         return Lease(
             replica,
             ticket,

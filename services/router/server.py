@@ -58,6 +58,7 @@ def flow_policy(settings: RouterSettings) -> FlowPolicy:
         choice=settings.replica_choice,
         reserved_share=settings.reserved_share,
         tenant_memory_s=settings.tenant_memory_s,
+        light_headroom=settings.light_headroom,
     )
 
 

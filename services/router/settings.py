@@ -43,6 +43,9 @@ class RouterSettings(ServiceSettings):
     reserved_share: float = Field(default=0.1, ge=0, lt=1)
     # Tenants seen within this long count when the reserve's fair share is computed.
     tenant_memory_s: float = Field(default=60.0, ge=0)
+    # Free slots kept for light tenants beyond the reserve: this many square
+    # roots of the slots they hold (headroom.py); 0: none.
+    light_headroom: float = Field(default=2.0, ge=0)
     # Adaptive per-replica concurrency limit (capped by the replica's batch size).
     initial_concurrency: int = Field(default=32, ge=1)
     # The limit shrinks while queueing in the engine is more than this share
