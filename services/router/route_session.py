@@ -18,6 +18,14 @@ from services.router.retry import is_replica_fault
 _CODES = {code.value[0]: code for code in grpc.StatusCode}
 
 
+def _within(reported_s: float, seen_s: float) -> float:
+    """A duration the caller reported, bounded by what the router saw (0 to
+    `seen_s`); NaN counts as 0."""
+    if not reported_s > 0.0:
+        return 0.0
+    return min(reported_s, seen_s)
+
+
 def status_code(number: int) -> grpc.StatusCode:
     """The status code numbered `number` (google.rpc.Code); an unknown number is UNKNOWN."""
     return _CODES.get(number, grpc.StatusCode.UNKNOWN)
@@ -71,8 +79,10 @@ class RouteSession:
         if self._lease is None or self._first_token_s is not None:
             return
         seen_s = self._clock() - self._lease.dispatched_at
-        self._first_token_s = min(max(0.0, first_token_s), seen_s)
-        self._queued_s = max(0.0, queued_s)
+        self._first_token_s = _within(first_token_s, seen_s)
+        # The engine's queueing is part of the same interval: an infinite or
+        # absurd report would otherwise pin the replica's limiter at its floor.
+        self._queued_s = _within(queued_s, seen_s)
 
     def ended(self, code: grpc.StatusCode, *, caller_gone: bool, finished: bool) -> bool:
         """The replica call ended; gives its lease back. True when the request

@@ -13,7 +13,7 @@ from maas.v1 import generation_pb2
 from observability import Telemetry, setup
 from observability.settings import TelemetrySettings
 from services.common.errors import UnavailableError
-from services.router.dispatcher import Dispatcher, FlowPolicy, Ticket
+from services.router.dispatcher import Dispatcher, FlowPolicy, Lease, Outcome, Ticket
 from services.router.fair_queue import DEFAULT
 from services.router.limiter import GradientLimiter
 from services.router.replicas import ReplicaSet
@@ -128,4 +128,33 @@ async def test_a_caller_gone_without_a_report_gives_the_lease_back(telemetry: Te
     session.close()
     assert lease.released
     assert lease.replica.consecutive_failures == 0
+    assert in_flight(replicas) == 0
+
+
+@pytest.mark.parametrize(
+    ("first_token_s", "queued_s"),
+    [(float("inf"), float("inf")), (float("nan"), float("nan")), (-5.0, -1.0), (1e300, 1e300)],
+)
+async def test_a_hostile_report_is_bounded_by_what_the_router_saw(
+    telemetry: Telemetry, first_token_s: float, queued_s: float
+) -> None:
+    clock = [100.0]
+    replicas, d = dispatcher(telemetry, clock)
+    outcomes: list[Outcome] = []
+    release = d.release
+
+    def recording_release(lease: Lease, outcome: Outcome) -> None:
+        outcomes.append(outcome)
+        release(lease, outcome)
+
+    d.release = recording_release  # type: ignore[method-assign]
+    session = RouteSession(d, TICKET, lambda: clock[0], max_attempts=2)
+    await session.assign()
+    clock[0] += 0.5
+    session.first_chunk(first_token_s, queued_s)
+    session.ended(OK, caller_gone=False, finished=True)
+    (outcome,) = outcomes
+    for value in (outcome.first_token_s, outcome.queued_s):
+        assert value is not None
+        assert 0.0 <= value <= 0.5
     assert in_flight(replicas) == 0
