@@ -44,8 +44,9 @@ class RouterSettings(ServiceSettings):
     # Tenants seen within this long count when the reserve's fair share is computed.
     tenant_memory_s: float = Field(default=60.0, ge=0)
     # Free slots kept for light tenants beyond the reserve: this many square
-    # roots of the slots they hold (headroom.py); 0: none.
-    light_headroom: float = Field(default=2.0, ge=0)
+    # roots of the slots they hold (headroom.py); 0: none. Past 16 the margin
+    # exceeds any batch a replica runs, and floods would never be placed.
+    light_headroom: float = Field(default=2.0, ge=0, le=16)
     # Adaptive per-replica concurrency limit (capped by the replica's batch size).
     initial_concurrency: int = Field(default=32, ge=1)
     # The limit shrinks while queueing in the engine is more than this share

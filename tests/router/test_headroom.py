@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
+import pytest
 import pytest_asyncio
+from pydantic import ValidationError
 
 from maas.v1 import generation_pb2
 from observability import Telemetry, setup
@@ -16,6 +18,7 @@ from services.router.fair_queue import DEFAULT
 from services.router.headroom import LightHeadroom
 from services.router.limiter import GradientLimiter
 from services.router.replicas import ReplicaSet
+from services.router.settings import RouterSettings
 
 
 @pytest_asyncio.fixture
@@ -97,3 +100,11 @@ async def test_without_headroom_the_burst_waits_once_the_reserve_is_used(
     for task in flood + burst:
         task.cancel()
     await asyncio.gather(*flood, *burst, return_exceptions=True)
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("nan"), -1.0, 1e9])
+def test_the_headroom_setting_refuses_values_that_would_starve_or_break_placement(
+    value: float,
+) -> None:
+    with pytest.raises(ValidationError, match="light_headroom"):
+        RouterSettings(light_headroom=value)
