@@ -31,6 +31,7 @@ from services.mesh import MeshOptions, running_mesh
 from services.router.dispatcher import FlowPolicy
 from tests.mesh import Mesh, TenantKey
 from tests.router.test_router_service import (
+    Replica,
     Router,
     fake_failing_replica,
     generate,
@@ -75,6 +76,19 @@ def in_flight(r: Router) -> int:
     return sum(x.limiter.in_flight for x in r.replicas.replicas)
 
 
+async def one_replica(
+    stack: AsyncExitStack, mesh: Mesh, tenant_key: TenantKey, routing: str, state: Path
+) -> tuple[Replica, Router, MaasClient]:
+    """A replica over the session's engine, a router over it and a gateway in
+    `routing` mode, with a client of the tenant's; all closed with `stack`."""
+    a = await stack.enter_async_context(inference_replica(mesh.engine))
+    r = await stack.enter_async_context(router([a.address], mesh.model))
+    await serving(r, 1)
+    target = await stack.enter_async_context(gateway(mesh, r.target, routing, state))
+    client = await stack.enter_async_context(MaasClient(target, tenant_key.api_key))
+    return a, r, client
+
+
 async def billed(client: MaasClient, requests: int) -> bool:
     return (await client.usage()).requests == requests
 
@@ -84,11 +98,7 @@ async def test_a_generation_is_streamed_billed_exactly_and_reported(
     mesh: Mesh, tenant_key: TenantKey, routing: str, tmp_path: Path
 ) -> None:
     async with AsyncExitStack() as stack:
-        a = await stack.enter_async_context(inference_replica(mesh.engine))
-        r = await stack.enter_async_context(router([a.address], mesh.model))
-        await serving(r, 1)
-        target = await stack.enter_async_context(gateway(mesh, r.target, routing, tmp_path))
-        client = await stack.enter_async_context(MaasClient(target, tenant_key.api_key))
+        a, r, client = await one_replica(stack, mesh, tenant_key, routing, tmp_path)
         # Ports are reused across tests: count from what this address had.
         reported = mesh.anomaly.stats().by_replica.get(a.address, 0)
         chunks = [c async for c in client.generate(mesh.model, prompt="The sea", max_tokens=16)]
@@ -138,11 +148,7 @@ async def test_a_cancel_reaches_the_engine_and_what_ran_is_billed(
     mesh: Mesh, tenant_key: TenantKey, routing: str, tmp_path: Path
 ) -> None:
     async with AsyncExitStack() as stack:
-        a = await stack.enter_async_context(inference_replica(mesh.engine))
-        r = await stack.enter_async_context(router([a.address], mesh.model))
-        await serving(r, 1)
-        target = await stack.enter_async_context(gateway(mesh, r.target, routing, tmp_path))
-        client = await stack.enter_async_context(MaasClient(target, tenant_key.api_key))
+        _, r, client = await one_replica(stack, mesh, tenant_key, routing, tmp_path)
         stream = client.generate(mesh.model, prompt="Once upon a time", max_tokens=1500)
         received = 0
         async for chunk in stream:
@@ -161,11 +167,7 @@ async def test_a_deadline_passing_mid_stream_is_the_callers_not_the_replicas(
     mesh: Mesh, tenant_key: TenantKey, routing: str, tmp_path: Path
 ) -> None:
     async with AsyncExitStack() as stack:
-        a = await stack.enter_async_context(inference_replica(mesh.engine))
-        r = await stack.enter_async_context(router([a.address], mesh.model))
-        await serving(r, 1)
-        target = await stack.enter_async_context(gateway(mesh, r.target, routing, tmp_path))
-        client = await stack.enter_async_context(MaasClient(target, tenant_key.api_key))
+        _, r, client = await one_replica(stack, mesh, tenant_key, routing, tmp_path)
         # Far shorter than 2,000 tokens take even with the router off the
         # token path; passing before or after the first token, it is the caller's.
         with pytest.raises(grpc.aio.AioRpcError) as late:
