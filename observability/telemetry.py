@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 from wsgiref.simple_server import WSGIServer
 
 import grpc
@@ -27,6 +28,9 @@ from observability.interceptors import (
 )
 from observability.propagation import ensure_w3c_propagation
 from observability.settings import TelemetrySettings
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
 
 
 @dataclass
@@ -50,6 +54,13 @@ class Telemetry:
     _server_interceptors: list[grpc.aio.ServerInterceptor] = field(default_factory=list)
     _client_interceptors: list[grpc.aio.ClientInterceptor] = field(default_factory=list)
     _metrics_endpoint: MetricsEndpoint | None = None
+    _metrics_registry: CollectorRegistry | None = None
+
+    @property
+    def metrics_registry(self) -> CollectorRegistry | None:
+        """What `/metrics` serves, for collectors beyond the meter's (the
+        inference engine's own); None without a Prometheus endpoint."""
+        return self._metrics_registry
 
     @property
     def prometheus_port(self) -> int | None:
@@ -150,4 +161,5 @@ def setup(
             *aio_client_interceptors(tracer_provider=tracer_provider),  # type: ignore[no-untyped-call]
         ],
         _metrics_endpoint=endpoint,
+        _metrics_registry=registry,
     )

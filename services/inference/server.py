@@ -15,6 +15,7 @@ from observability import Telemetry
 from services.common.security import ServerSecurity, server_security
 from services.common.serving import RunningServer, ServiceServer, start_server
 from services.inference.engine import Engine
+from services.inference.engine_metrics import EngineMetrics
 from services.inference.pacing import StreamPacer
 from services.inference.servicer import InferenceServicer, translate_engine_error
 from services.inference.settings import InferenceSettings
@@ -59,6 +60,11 @@ async def serving(
     )
     try:
         async with AsyncExitStack() as stack:
+            registry = telemetry.metrics_registry
+            if registry is not None:
+                collector = EngineMetrics()
+                registry.register(collector)
+                stack.callback(registry.unregister, collector)
             if engine is None:
                 engine = await stack.enter_async_context(open_engine(settings))
                 await attach(server, servicer, engine)
