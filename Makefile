@@ -65,7 +65,13 @@ FUZZ_EXAMPLES ?= 500
 fuzz: venv model ## fuzz the HTTP face (schemathesis) and the gRPC Gateway (hypothesis), longer than CI
 	MAAS_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest -q -p no:cacheprovider tests/fuzz
 
-deploy-check: venv ## check docker-compose.yml and deploy/k8s/ statically (no Docker, no cluster)
+# kustomize, pinned (Debian's static build, sha256-checked), in .tools/: the
+# k8s check renders each overlay with it, and installs it itself if absent.
+.PHONY: kustomize
+kustomize: ## fetch the pinned kustomize into .tools/ and print its path
+	@bash deploy/checks/kustomize.sh
+
+deploy-check: venv ## check docker-compose.yml and each deploy/k8s overlay's rendered output statically (no Docker, no cluster)
 	$(PY) -m deploy.checks.compose
 	$(PY) -m deploy.checks.k8s
 

@@ -1,4 +1,6 @@
-"""`host:port` addresses inside deploy values (plain, in URLs, in JSON lists)."""
+"""`host:port` addresses inside deploy values (plain, in URLs, in JSON lists,
+in gRPC targets such as `dns:///auth:50052` or `ipv4:a:1,b:2`, and in
+comma-separated lists)."""
 
 from __future__ import annotations
 
@@ -16,6 +18,8 @@ _ADDRESS = re.compile(
     r":(?P<port>\d{1,5})"
     r"(?:/\S*)?$"
 )
+# gRPC's name-resolver prefixes: dns:[//authority]/, ipv4:, ipv6:.
+_GRPC_TARGET = re.compile(r"^(?:dns:(?://[^/]*)?/|ipv4:|ipv6:)")
 
 
 @dataclass(frozen=True)
@@ -27,7 +31,7 @@ class Address:
 
 
 def addresses_in(value: str) -> list[Address]:
-    """The addresses a value names: itself, or the items of a JSON list."""
+    """The addresses a value names: itself, or the items of a list."""
     value = value.strip()
     if value.startswith("["):
         try:
@@ -36,11 +40,20 @@ def addresses_in(value: str) -> list[Address]:
             items = None
         if isinstance(items, list):
             return [a for item in items if isinstance(item, str) for a in addresses_in(item)]
+    target = _GRPC_TARGET.sub("", value)
+    if target != value or ("," in value and "://" not in value):
+        items = [item.strip() for item in target.split(",")]
+        # One item is named as written ("dns:///auth:50052"); a list's by each.
+        return [a for item in items for a in _address(item, value if len(items) == 1 else item)]
+    return _address(value, value)
+
+
+def _address(value: str, text: str) -> list[Address]:
     match = _ADDRESS.match(value)
     # A bare number before the colon is no host name ("10:30").
     if match is None or match["host"].isdigit():
         return []
-    return [Address(match["host"].strip("[]").lower(), int(match["port"]), value)]
+    return [Address(match["host"].strip("[]").lower(), int(match["port"]), text)]
 
 
 def is_wildcard(host: str) -> bool:

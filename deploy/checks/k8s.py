@@ -1,11 +1,16 @@
-"""`python -m deploy.checks.k8s [DIR]`: checks the Kubernetes manifests in
-deploy/k8s/ without a cluster. Every object validates against the API schema
+"""`python -m deploy.checks.k8s [DIR]`: checks the Kubernetes manifests
+without a cluster: what each overlay of deploy/k8s/overlays/ renders
+(`kustomize build`, the pinned binary), so what is checked is what a user
+applies; DIR may name one kustomization, or a folder of plain manifests.
+Every object validates against the API schema
 (strict: no unknown fields; offline, with kubernetes-validate); Services and
 disruption budgets select pods; config maps referenced exist; inference runs
 as 2 or more replicas under a disruption budget. The rest is
 deploy.checks.rules over the pods' containers: a name resolves to a Service's
 port, then through its targetPort to the selected pods' containers, loopback
-to the caller's pod, and Prometheus scrapes the pods annotated for it."""
+to the caller's pod, and Prometheus scrapes the pods annotated for it; and
+deploy.checks.k8s_policy over the objects: replicas, disruption budgets,
+network policies and the inference autoscaler."""
 
 from __future__ import annotations
 
@@ -21,6 +26,9 @@ import yaml
 
 from deploy.checks.addresses import LOOPBACK, Address
 from deploy.checks.entrypoints import invoke, python_module
+from deploy.checks.k8s_objects import WORKLOAD_KINDS, Manifest, at, selects
+from deploy.checks.k8s_policy import Pods, Reach, policy_problems
+from deploy.checks.kustomize import KustomizeError, is_kustomization, render
 from deploy.checks.model import Container, DeclaredPort, Deployment, Endpoint, Grace, Probe, Scrape
 from deploy.checks.report import checked_path, report
 from deploy.checks.rules import deployment_problems
@@ -30,34 +38,11 @@ DEFAULT_DIR = Path(__file__).resolve().parents[1] / "k8s"
 KUBERNETES_VERSION = "1.30"
 # What Kubernetes waits after SIGTERM when a pod sets no terminationGracePeriodSeconds.
 DEFAULT_TERMINATION_GRACE_S = 30
-WORKLOAD_KINDS = frozenset({"Deployment", "StatefulSet", "DaemonSet"})
 INFERENCE_MODULE = "services.inference"
 GPU_RESOURCE = "nvidia.com/gpu"
+# The gateway's setting that makes it stream from the inference pods themselves.
+DIRECT_ROUTING = ("MAAS_GATEWAY_ROUTING", "direct")
 _REFERENCE = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
-
-
-@dataclass
-class Manifest:
-    file: str
-    doc: dict[str, Any]
-    # Passed the schema; only such objects are looked into further.
-    valid: bool = True
-
-    @property
-    def kind(self) -> str:
-        return str(self.doc.get("kind"))
-
-    @property
-    def name(self) -> str:
-        return str(_at(self.doc, "metadata", "name"))
-
-    @property
-    def namespace(self) -> str:
-        return str(_at(self.doc, "metadata", "namespace") or "default")
-
-    @property
-    def where(self) -> str:
-        return f"{self.file}: {self.kind}/{self.name}"
 
 
 @dataclass
@@ -71,19 +56,9 @@ class PodContainer:
     declared: dict[str, int] = field(default_factory=dict)
 
 
-def _at(node: Any, *keys: str) -> Any:
-    for key in keys:
-        node = node.get(key) if isinstance(node, dict) else None
-    return node
-
-
 def _expand(value: str, env: Mapping[str, str]) -> str:
     """Kubernetes' `$(VAR)` references to the container's own variables."""
     return _REFERENCE.sub(lambda m: env.get(m[1], m[0]), value)
-
-
-def _selects(selector: Mapping[str, Any] | None, labels: Mapping[str, Any]) -> bool:
-    return bool(selector) and all(labels.get(k) == v for k, v in (selector or {}).items())
 
 
 class K8sCheck:
@@ -92,16 +67,27 @@ class K8sCheck:
         self.problems: list[str] = []
         self.manifests: list[Manifest] = []
         self.containers: list[PodContainer] = []
+        # Who dials whose pods, as names resolve (for the network policies).
+        self.reaches: list[Reach] = []
+        # The pods Prometheus scrapes, and on which port.
+        self.scraped: list[tuple[Manifest, int]] = []
 
     def problem(self, where: str, what: str) -> None:
         self.problems.append(f"{where}: {what}")
 
     def run(self) -> list[str]:
-        files = sorted(self.directory.glob("*.yaml"))
-        if not files:
-            return [f"{self.directory}: no manifests"]
-        for path in files:
-            self._load(path)
+        if is_kustomization(self.directory):
+            label = f"{self.directory.parent.name}/{self.directory.name}"
+            try:
+                self._load_text(label, render(self.directory))
+            except KustomizeError as err:
+                return [f"{label}: kustomize build fails: {err}"]
+        else:
+            files = sorted(self.directory.glob("*.yaml"))
+            if not files:
+                return [f"{self.directory}: no manifests"]
+            for path in files:
+                self._load_text(path.name, path.read_text())
         namespaces = {m.name for m in self.manifests if m.kind == "Namespace"}
         for manifest in self.manifests:
             if manifest.kind != "Namespace" and namespaces and manifest.namespace not in namespaces:
@@ -120,30 +106,32 @@ class K8sCheck:
             no_gpu=f"sets no {GPU_RESOURCE} limit",
         )
         self.problems += deployment_problems(deployment)
+        self.reaches += self._direct_streams()
+        self.problems += policy_problems(self.manifests, self._pods(), self.reaches, self.scraped)
         for manifest in self.manifests:
             if not manifest.valid:
                 continue
             if manifest.kind == "Service":
                 self._check_service(manifest)
             elif manifest.kind == "PodDisruptionBudget":
-                selector = _at(manifest.doc, "spec", "selector", "matchLabels")
+                selector = at(manifest.doc, "spec", "selector", "matchLabels")
                 if not self._pods_of(manifest, selector):
                     self.problem(manifest.where, "selects no pods of these manifests")
         return list(dict.fromkeys(self.problems))
 
-    def _load(self, path: Path) -> None:
+    def _load_text(self, name: str, text: str) -> None:
         try:
-            docs = list(yaml.safe_load_all(path.read_text()))
+            docs = list(yaml.safe_load_all(text))
         except yaml.YAMLError as err:
-            self.problems.append(f"{path.name}: cannot be read as YAML: {err}")
+            self.problems.append(f"{name}: cannot be read as YAML: {err}")
             return
         for doc in docs:
             if doc is None:
                 continue
             if not isinstance(doc, dict) or "kind" not in doc or "apiVersion" not in doc:
-                self.problems.append(f"{path.name}: a document without kind and apiVersion")
+                self.problems.append(f"{name}: a document without kind and apiVersion")
                 continue
-            manifest = Manifest(path.name, doc)
+            manifest = Manifest(name, doc)
             try:
                 kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
             except kubernetes_validate.ValidationError as err:
@@ -172,11 +160,11 @@ class K8sCheck:
             for m in self.manifests
             if m.kind in WORKLOAD_KINDS
             and m.namespace == owner.namespace
-            and _selects(selector, _at(m.doc, "spec", "template", "metadata", "labels") or {})
+            and selects(selector, at(m.doc, "spec", "template", "metadata", "labels") or {})
         ]
 
     def _load_workload(self, workload: Manifest) -> None:
-        pod = _at(workload.doc, "spec", "template", "spec") or {}
+        pod = at(workload.doc, "spec", "template", "spec") or {}
         for spec in [*(pod.get("initPodContainers") or []), *(pod.get("containers") or [])]:
             where = f"{workload.where} container {spec.get('name')}"
             model = Container(where, name=str(spec.get("name")), declares_every_port=True)
@@ -198,7 +186,7 @@ class K8sCheck:
             optional = ("startupProbe",) if "startupProbe" in spec else ()
             model.required_probes = ("readinessProbe", "livenessProbe", *optional)
             for kind in ("readinessProbe", "livenessProbe", "startupProbe"):
-                grpc = _at(spec.get(kind), "grpc")
+                grpc = at(spec.get(kind), "grpc")
                 if grpc is not None:
                     readiness = kind == "readinessProbe"
                     model.probes.append(
@@ -211,7 +199,7 @@ class K8sCheck:
             # The image's tag names the engine it was built with (maas:0.1.0-gpu).
             if image.rpartition(":")[2].endswith("gpu"):
                 model.gpu_engine = f"runs image {image}"
-            if _at(spec, "resources", "limits", GPU_RESOURCE) is not None:
+            if at(spec, "resources", "limits", GPU_RESOURCE) is not None:
                 model.gpu = f"limits {GPU_RESOURCE}"
             if run := python_module(model.argv):
                 model.invocation = invoke(run[0], run[1], model.env)
@@ -225,7 +213,7 @@ class K8sCheck:
         env: dict[str, str] = {}
         namespace = container.workload.namespace
         for source in container.spec.get("envFrom") or []:
-            name = _at(source, "configMapRef", "name")
+            name = at(source, "configMapRef", "name")
             if name is None:
                 continue
             config = self._find("ConfigMap", name, namespace)
@@ -239,7 +227,7 @@ class K8sCheck:
             if "value" in item:
                 env[name] = _expand(str(item["value"]), env)
                 continue
-            ref = _at(item, "valueFrom", "configMapKeyRef")
+            ref = at(item, "valueFrom", "configMapKeyRef")
             if ref is not None:
                 config = self._find("ConfigMap", ref.get("name"), namespace)
                 data = (config.doc.get("data") or {}) if config else {}
@@ -255,13 +243,13 @@ class K8sCheck:
         return env
 
     def _check_inference(self, workload: Manifest) -> None:
-        if workload.kind != "Deployment" or int(_at(workload.doc, "spec", "replicas") or 1) < 2:
+        if workload.kind != "Deployment" or int(at(workload.doc, "spec", "replicas") or 1) < 2:
             self.problem(workload.where, "inference should be a Deployment of 2 or more replicas")
-        labels = _at(workload.doc, "spec", "template", "metadata", "labels") or {}
+        labels = at(workload.doc, "spec", "template", "metadata", "labels") or {}
         if not any(
             m.kind == "PodDisruptionBudget"
             and m.namespace == workload.namespace
-            and _selects(_at(m.doc, "spec", "selector", "matchLabels"), labels)
+            and selects(at(m.doc, "spec", "selector", "matchLabels"), labels)
             for m in self.manifests
         ):
             self.problem(workload.where, "no PodDisruptionBudget covers its pods")
@@ -275,19 +263,24 @@ class K8sCheck:
         service = self._service_named(address.host, workload.namespace)
         if service is None:
             return f"{address.host} names no Service here"
-        ports = _at(service.doc, "spec", "ports") or []
+        ports = at(service.doc, "spec", "ports") or []
         port = next((p for p in ports if p.get("port") == address.port), None)
         if port is None:
             listed = ", ".join(str(p) for p in sorted(p.get("port") for p in ports))
             return f"Service {service.name} has port {listed}, not {address.port}"
         target = port.get("targetPort", address.port)
-        selected = self._pods_of(service, _at(service.doc, "spec", "selector"))
+        selected = self._pods_of(service, at(service.doc, "spec", "selector"))
         # One naming no containerPort is told by _check_service.
-        return [
-            Endpoint(c.model, c.declared[target] if isinstance(target, str) else target)
+        endpoints = [
+            (c, Endpoint(c.model, c.declared[target] if isinstance(target, str) else target))
             for c in self.containers
             if c.workload in selected and target in (*c.declared, *c.declared.values())
         ]
+        self.reaches += [
+            Reach(caller.where, workload, c.workload, endpoint.port, address.text)
+            for c, endpoint in endpoints
+        ]
+        return [endpoint for _, endpoint in endpoints]
 
     def _in_pod(self, workload: Manifest, port: int) -> list[Endpoint] | str:
         pod = [c.model for c in self.containers if c.workload is workload]
@@ -302,7 +295,7 @@ class K8sCheck:
         """The pods Prometheus scrapes by annotation, on the port it names."""
         for manifest in self.manifests:
             pod = [c.model for c in self.containers if c.workload is manifest]
-            annotations = _at(manifest.doc, "spec", "template", "metadata", "annotations") or {}
+            annotations = at(manifest.doc, "spec", "template", "metadata", "annotations") or {}
             if not pod or annotations.get("prometheus.io/scrape") != "true":
                 continue
             port = str(annotations.get("prometheus.io/port"))
@@ -310,7 +303,40 @@ class K8sCheck:
                 self.problem(manifest.where, f"pod annotation prometheus.io/port is {port}")
                 continue
             said = "pod annotation prometheus.io/port"
+            self.scraped.append((manifest, int(port)))
             yield Scrape(pod[0], said, Address("127.0.0.1", int(port), port))
+
+    def _pods(self) -> list[Pods]:
+        pods = []
+        for workload in self.manifests:
+            mine = [c for c in self.containers if c.workload is workload]
+            if not mine:
+                continue
+            modules = frozenset(
+                c.model.invocation.module for c in mine if c.model.invocation is not None
+            )
+            ports = {name: number for c in mine for name, number in c.declared.items()}
+            pods.append(Pods(workload, modules, ports))
+        return pods
+
+    def _direct_streams(self) -> list[Reach]:
+        """Routing direct, a gateway streams from the replicas' pod addresses,
+        which it learns from the router: no setting names them."""
+        reaches = []
+        for caller in self.containers:
+            if caller.model.env.get(DIRECT_ROUTING[0]) != DIRECT_ROUTING[1]:
+                continue
+            for replica in self.containers:
+                invocation = replica.model.invocation
+                if invocation is None or invocation.module != INFERENCE_MODULE:
+                    continue
+                if invocation.settings is not None:
+                    said = f"{DIRECT_ROUTING[0]} {DIRECT_ROUTING[1]}"
+                    port = invocation.settings.port
+                    reaches.append(
+                        Reach(caller.model.where, caller.workload, replica.workload, port, said)
+                    )
+        return reaches
 
     def _service_named(self, host: str, namespace: str) -> Manifest | None:
         for manifest in self.manifests:
@@ -325,14 +351,14 @@ class K8sCheck:
         return None
 
     def _check_service(self, service: Manifest) -> None:
-        workloads = self._pods_of(service, _at(service.doc, "spec", "selector"))
+        workloads = self._pods_of(service, at(service.doc, "spec", "selector"))
         if not workloads:
             self.problem(service.where, "selects no pods of these manifests")
             return
         if not all(w.valid for w in workloads):
             return
         containers = [c for c in self.containers if c.workload in workloads]
-        for port in _at(service.doc, "spec", "ports") or []:
+        for port in at(service.doc, "spec", "ports") or []:
             target = port.get("targetPort", port.get("port"))
             if not any(target in (*c.declared, *c.declared.values()) for c in containers):
                 self.problem(
@@ -342,9 +368,21 @@ class K8sCheck:
                 )
 
 
+def k8s_targets(directory: Path) -> list[Path]:
+    """What to check: each overlay of a folder that has overlays/, else the folder."""
+    overlays = directory / "overlays"
+    if not is_kustomization(directory) and overlays.is_dir():
+        return sorted(p for p in overlays.iterdir() if is_kustomization(p))
+    return [directory]
+
+
 def k8s_problems(directory: Path) -> list[str]:
-    """Every problem found in the manifests under `directory`; empty if none."""
-    return K8sCheck(directory).run()
+    """Every problem found in the manifests under `directory` (each overlay's
+    rendered output, where it has overlays); empty if none."""
+    targets = k8s_targets(directory)
+    if not targets:
+        return [f"{directory}: no overlays"]
+    return [problem for target in targets for problem in K8sCheck(target).run()]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

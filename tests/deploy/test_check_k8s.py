@@ -1,23 +1,68 @@
-"""The static Kubernetes check: the real manifests pass; copies broken in one
-place each fail with a problem that names what is wrong."""
+"""The static Kubernetes check on what each overlay renders (kustomize): the
+real manifests pass; copies broken in one place each fail with a problem that
+names what is wrong."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 
 from deploy.checks.k8s import k8s_problems, main
+from deploy.checks.kustomize import render
 from tests.deploy.support import REPO, copy_with, named
 
 K8S = REPO / "deploy" / "k8s"
-FILES = [str(p.relative_to(REPO)) for p in sorted(K8S.glob("*.yaml"))]
+FILES = [str(p.relative_to(REPO)) for p in sorted(K8S.rglob("*.yaml"))]
+OVERLAYS = sorted(p.name for p in (K8S / "overlays").iterdir())
 
 
 def test_the_real_manifests_have_no_problems() -> None:
-    assert len(FILES) >= 6
+    assert OVERLAYS == ["cpu", "gpu"]
     assert k8s_problems(K8S) == []
     assert main([str(K8S)]) == 0
+    for overlay in OVERLAYS:
+        assert main([str(K8S / "overlays" / overlay)]) == 0
+
+
+def rendered(overlay: str) -> dict[tuple[str, str], dict[str, Any]]:
+    """The overlay's objects by (kind, name)."""
+    docs = yaml.safe_load_all(render(K8S / "overlays" / overlay))
+    return {(d["kind"], d["metadata"]["name"]): d for d in docs}
+
+
+def images(objects: dict[tuple[str, str], dict[str, Any]], name: str) -> set[str]:
+    pod = objects["Deployment", name]["spec"]["template"]["spec"]
+    return {c["image"] for c in pod["containers"]}
+
+
+@pytest.mark.parametrize("overlay", ["cpu", "gpu"])
+def test_each_overlay_sets_the_images_and_the_replica_counts(overlay: str) -> None:
+    objects = rendered(overlay)
+    assert images(objects, "inference") == {f"maas-engine:0.1.0-{overlay}"}
+    for name in ("gateway", "auth", "router", "anomaly"):
+        assert images(objects, name) == {"maas-control:0.1.0"}, name
+    replicas = {n: objects["Deployment", n]["spec"]["replicas"] for n in ("gateway", "auth")}
+    assert replicas == {"gateway": 2, "auth": 2}
+    assert objects["Deployment", "router"]["spec"]["replicas"] == 1
+    limits = objects["Deployment", "inference"]["spec"]["template"]["spec"]["containers"][0]
+    assert ("nvidia.com/gpu" in limits["resources"]["limits"]) == (overlay == "gpu")
+    for kind in ("PodDisruptionBudget",):
+        for name in ("gateway", "auth", "router", "inference"):
+            assert (kind, name) in objects
+    scaler = objects["HorizontalPodAutoscaler", "inference"]["spec"]
+    assert scaler["scaleTargetRef"] == {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "name": "inference",
+    }
+    auth_env = objects["ConfigMap", "auth-config"]["data"]
+    assert auth_env["MAAS_AUTH_QUOTA_URL"] == "redis://redis:6379/0"
+    gateway_env = objects["ConfigMap", "gateway-config"]["data"]
+    assert gateway_env["MAAS_GATEWAY_AUTH_ADDRESS"] == "dns:///auth-headless:50052"
+    assert objects["Service", "auth-headless"]["spec"]["clusterIP"] == "None"
 
 
 ROUTER_LIVENESS = """          livenessProbe:
@@ -31,7 +76,9 @@ INFERENCE_READINESS = """          readinessProbe:
             periodSeconds: 5
 """
 
-# (file edited, text there, its replacement, parts of the expected problem)
+GPU_OVERLAY = "overlays/gpu/kustomization.yaml"
+
+# (file edited (in base/ unless a path), text there, its replacement, parts of the expected problem)
 BROKEN = {
     "an invalid field": (
         "inference.yaml",
@@ -41,9 +88,13 @@ BROKEN = {
     ),
     "a value of the wrong type": (
         "gateway.yaml",
-        "replicas: 2",
-        "replicas: two",
-        ["Deployment/gateway", "invalid at spec.replicas", "'two' is not of type 'integer'"],
+        "periodSeconds: 5",
+        "periodSeconds: five",
+        [
+            "Deployment/gateway",
+            "invalid at spec.template.spec.containers.0.readinessProbe.periodSeconds",
+            "'five' is not of type 'integer'",
+        ],
     ),
     "an invalid value the deeper checks would trip on": (
         "inference.yaml",
@@ -61,7 +112,7 @@ BROKEN = {
         "auth.yaml",
         "kind: ConfigMap\n",
         "kind: [ConfigMap\n",
-        ["auth.yaml: cannot be read as YAML"],
+        ["overlays/gpu: kustomize build fails", "auth.yaml"],
     ),
     "a missing probe": (
         "inference.yaml",
@@ -101,9 +152,13 @@ BROKEN = {
     ),
     "a wrong port": (
         "gateway.yaml",
-        "auth:50052",
-        "auth:50062",
-        ["container gateway", "auth:50062", "Service auth has port 50052, not 50062"],
+        "auth-headless:50052",
+        "auth-headless:50062",
+        [
+            "container gateway",
+            "dns:///auth-headless:50062",
+            "Service auth-headless has port 50052, not 50062",
+        ],
     ),
     "an address naming no Service": (
         "gateway.yaml",
@@ -146,8 +201,8 @@ BROKEN = {
     ),
     "a Service targeting no container port": (
         "auth.yaml",
-        "targetPort: grpc",
-        "targetPort: grcp",
+        "targetPort: grpc\n---\n# One DNS",
+        "targetPort: grcp\n---\n# One DNS",
         ["Service/auth", "targetPort grcp is no containerPort of auth"],
     ),
     "a ConfigMap that is not there": (
@@ -169,9 +224,9 @@ BROKEN = {
         ["container inference", "no nvidia.com/gpu limit"],
     ),
     "a single inference replica": (
-        "inference.yaml",
-        "replicas: 2",
-        "replicas: 1",
+        GPU_OVERLAY,
+        "  - name: inference\n    count: 2",
+        "  - name: inference\n    count: 1",
         ["Deployment/inference", "2 or more replicas"],
     ),
     "a disruption budget selecting nothing": (
@@ -195,7 +250,7 @@ BROKEN.update(
     {
         "an address of another service than the one called": (
             "gateway.yaml",
-            "MAAS_GATEWAY_AUTH_ADDRESS: auth:50052",
+            "MAAS_GATEWAY_AUTH_ADDRESS: dns:///auth-headless:50052",
             "MAAS_GATEWAY_AUTH_ADDRESS: anomaly:50055",
             ["container gateway", "auth_address anomaly:50055", "anomaly runs services.anomaly, "
              "not services.auth"],
@@ -227,25 +282,121 @@ BROKEN.update(
             ["container anomaly: Prometheus does not scrape it"],
         ),
         "a CPU engine holding a GPU": (
-            "inference.yaml",
-            "image: maas:0.1.0-gpu",
-            "image: maas:0.1.0-cpu",
+            GPU_OVERLAY,
+            "newTag: 0.1.0-gpu",
+            "newTag: 0.1.0-cpu",
             ["container inference", "limits nvidia.com/gpu but runs the CPU engine"],
         ),
     }
 )  # fmt: skip
 
 
+def broken_copy(tmp_path: Path, edit: str, old: str, new: str) -> Path:
+    """A copy of deploy/k8s with one edit (a base file unless a path is given)."""
+    path = edit if "/" in edit else f"base/{edit}"
+    return copy_with(tmp_path, FILES, f"deploy/k8s/{path}", old, new) / "deploy" / "k8s"
+
+
 @pytest.mark.parametrize("case", list(BROKEN))
 def test_a_broken_copy_fails_naming_the_problem(case: str, tmp_path: Path) -> None:
     edit, old, new, expected = BROKEN[case]
-    root = copy_with(tmp_path, FILES, f"deploy/k8s/{edit}", old, new)
-    problems = k8s_problems(root / "deploy" / "k8s")
+    problems = k8s_problems(broken_copy(tmp_path, edit, old, new) / "overlays" / "gpu")
     assert named(problems, *expected), problems
 
 
 def test_main_fails_on_a_broken_copy(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     edit, old, new, _ = BROKEN["a missing probe"]
-    root = copy_with(tmp_path, FILES, f"deploy/k8s/{edit}", old, new)
-    assert main([str(root / "deploy" / "k8s")]) == 1
+    assert main([str(broken_copy(tmp_path, edit, old, new))]) == 1
     assert "no gRPC readinessProbe" in capsys.readouterr().err
+
+
+# Replicas, disruption budgets, network policies and autoscaling (deploy.checks.k8s_policy).
+BROKEN_POLICY = {
+    "a single auth replica": (
+        GPU_OVERLAY,
+        "  - name: auth\n    count: 2",
+        "  - name: auth\n    count: 1",
+        ["Deployment/auth", "runs 1 replica of services.auth", "2 or more"],
+    ),
+    "a single gateway": (
+        GPU_OVERLAY,
+        "  - name: gateway\n    count: 2",
+        "  - name: gateway\n    count: 1",
+        ["Deployment/gateway", "runs 1 replica of gateway"],
+    ),
+    "a broken budget selector": (
+        "auth.yaml",
+        "  maxUnavailable: 1\n  selector:\n    matchLabels:\n      app.kubernetes.io/name: auth",
+        "  maxUnavailable: 1\n  selector:\n    matchLabels:\n      app.kubernetes.io/name: oauth",
+        ["Deployment/auth", "no PodDisruptionBudget covers its pods"],
+    ),
+    "a budget that blocks every drain": (
+        "router.yaml",
+        "  maxUnavailable: 1",
+        "  minAvailable: 1",
+        ["PodDisruptionBudget/router", "lets no pod of Deployment/router",
+         "blocks every node drain"],
+    ),
+    "an internal Service left open to every source": (
+        "network-policy.yaml",
+        "  ingress:\n    - from:\n        - podSelector:\n            matchLabels:\n"
+        "              app.kubernetes.io/name: auth\n      ports:\n        - port: 6379",
+        "  ingress:\n    - ports:\n        - port: 6379",
+        ["Service/redis", "port 6379 is open beyond the mesh's pods",
+         "NetworkPolicy/redis lets in every source"],
+    ),
+    "an internal Service open to an address block": (
+        "network-policy.yaml",
+        "        - podSelector:\n            matchLabels:\n"
+        "              app.kubernetes.io/name: auth\n      ports:\n        - port: 5432",
+        "        - ipBlock:\n            cidr: 0.0.0.0/0\n      ports:\n        - port: 5432",
+        ["Service/postgres", "port 5432 is open beyond the mesh's pods", "ipBlock 0.0.0.0/0"],
+    ),
+    "no default deny": (
+        "network-policy.yaml",
+        "  podSelector: {}\n  policyTypes: [\"Ingress\"]\n---",
+        "  podSelector: {}\n  policyTypes: [\"Ingress\"]\n  ingress:\n    - {}\n---",
+        ["namespace maas: no default-deny ingress NetworkPolicy"],
+    ),
+    "a caller the callee's policy does not let in": (
+        "network-policy.yaml",
+        "              app.kubernetes.io/name: router\n"
+        "        - podSelector:\n            matchLabels:\n"
+        "              app.kubernetes.io/name: gateway\n      ports:\n        - port: 50054",
+        "              app.kubernetes.io/name: router\n      ports:\n        - port: 50054",
+        ["container gateway", "MAAS_GATEWAY_ROUTING direct",
+         "no NetworkPolicy lets Deployment/gateway's pods reach Deployment/inference's "
+         "on port 50054"],
+    ),
+    "a metrics port Prometheus cannot reach": (
+        "network-policy.yaml",
+        "        - port: 9464",
+        "        - port: 9465",
+        ["Deployment/auth", "Prometheus cannot scrape port 9464"],
+    ),
+    "an autoscaler aimed elsewhere": (
+        "autoscaling.yaml",
+        "    name: inference",
+        "    name: inferense",
+        ["HorizontalPodAutoscaler/inference", "scales Deployment/inferense, which is not here"],
+    ),
+    "inference without an autoscaler": (
+        "autoscaling.yaml",
+        "    name: inference",
+        "    name: inferense",
+        ["Deployment/inference", "no HorizontalPodAutoscaler scales it"],
+    ),
+    "an autoscaler down to one replica": (
+        "autoscaling.yaml",
+        "minReplicas: 2",
+        "minReplicas: 1",
+        ["HorizontalPodAutoscaler/inference", "minReplicas 1"],
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(BROKEN_POLICY))
+def test_a_copy_breaking_a_cluster_rule_fails_naming_it(case: str, tmp_path: Path) -> None:
+    edit, old, new, expected = BROKEN_POLICY[case]
+    problems = k8s_problems(broken_copy(tmp_path, edit, old, new) / "overlays" / "gpu")
+    assert named(problems, *expected), problems

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from deploy.checks.addresses import Address
+from deploy.checks.addresses import Address, addresses_in
 from deploy.checks.entrypoints import invoke
 from deploy.checks.model import (
     Container,
@@ -165,3 +165,24 @@ def test_the_inference_container_asks_for_a_gpu_iff_it_runs_the_gpu_engine() -> 
     ]
     database.gpu = "holds a GPU"
     assert gpu_problems(deployment, database) == []
+
+
+def test_grpc_targets_and_lists_name_each_address() -> None:
+    def hosts(value: str) -> list[tuple[str, int, str]]:
+        return [(a.host, a.port, a.text) for a in addresses_in(value)]
+
+    assert hosts("dns:///auth-headless:50052") == [
+        ("auth-headless", 50052, "dns:///auth-headless:50052")
+    ]
+    assert hosts("dns://10.0.0.10/auth:50052") == [("auth", 50052, "dns://10.0.0.10/auth:50052")]
+    assert hosts("auth-1:50052,auth-2:50052") == [
+        ("auth-1", 50052, "auth-1:50052"),
+        ("auth-2", 50052, "auth-2:50052"),
+    ]
+    assert hosts("ipv4:10.0.0.1:5,10.0.0.2:6") == [
+        ("10.0.0.1", 5, "10.0.0.1:5"),
+        ("10.0.0.2", 6, "10.0.0.2:6"),
+    ]
+    # URLs keep their one address; a time of day is none.
+    assert hosts("redis://redis:6379/0") == [("redis", 6379, "redis://redis:6379/0")]
+    assert hosts("10:30") == []
