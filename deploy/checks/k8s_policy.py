@@ -164,8 +164,9 @@ def _network_problems(
     reaches: Sequence[Reach],
     scraped: Sequence[tuple[Manifest, int]],
 ) -> Iterator[str]:
-    namespaces = {p.workload.namespace for p in pods}
-    for namespace in sorted(namespaces):
+    # Each namespace with pods, and the file (or overlay) that names it first.
+    namespaces = {p.workload.namespace: p.workload.file for p in reversed(pods)}
+    for namespace, file in sorted(namespaces.items()):
         if not any(
             m.kind == "NetworkPolicy"
             and m.namespace == namespace
@@ -176,7 +177,7 @@ def _network_problems(
             for m in objects
         ):
             yield (
-                f"namespace {namespace}: no default-deny ingress NetworkPolicy "
+                f"{file}: namespace {namespace}: no default-deny ingress NetworkPolicy "
                 "(podSelector {}, policyTypes [Ingress], no rules)"
             )
     yield from _internal_service_problems(objects, pods)

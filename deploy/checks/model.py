@@ -41,7 +41,7 @@ class Grace:
 
 @dataclass
 class Container:
-    # How problems name it: "gateway", "deploy/k8s/auth.yaml: Deployment/auth container auth".
+    # How problems name it: "gateway", "overlays/gpu: Deployment/auth container auth".
     where: str
     argv: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)

@@ -27,6 +27,17 @@ def test_the_real_manifests_have_no_problems() -> None:
         assert main([str(K8S / "overlays" / overlay)]) == 0
 
 
+def test_without_kustomize_the_check_fails_saying_why(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Where nothing can be installed: under a file.
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv("MAAS_TOOLS_DIR", str(tmp_path / "file" / "tools"))
+    problems = k8s_problems(K8S)
+    expected = "overlays/cpu: kustomize build fails: cannot install kustomize"
+    assert named(problems, expected), problems
+
+
 def rendered(overlay: str) -> dict[tuple[str, str], dict[str, Any]]:
     """The overlay's objects by (kind, name)."""
     docs = yaml.safe_load_all(render(K8S / "overlays" / overlay))
@@ -356,7 +367,7 @@ BROKEN_POLICY = {
         "network-policy.yaml",
         "  podSelector: {}\n  policyTypes: [\"Ingress\"]\n---",
         "  podSelector: {}\n  policyTypes: [\"Ingress\"]\n  ingress:\n    - {}\n---",
-        ["namespace maas: no default-deny ingress NetworkPolicy"],
+        ["overlays/gpu: namespace maas: no default-deny ingress NetworkPolicy"],
     ),
     "a caller the callee's policy does not let in": (
         "network-policy.yaml",
