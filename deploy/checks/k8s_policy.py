@@ -144,18 +144,18 @@ def _outsiders(rule: dict[str, Any]) -> str | None:
 
 
 def _lets_in(rule: dict[str, Any], caller: Manifest) -> bool:
+    """Whether a rule lets the caller's pods (of the policy's namespace) in."""
     peers = rule.get("from")
     if not peers:
         return True
-    for peer in peers:
-        if "podSelector" not in peer or "ipBlock" in peer:
-            continue
-        if "namespaceSelector" in peer:
-            continue  # other namespaces' pods, checked no further
-        labels = at(peer, "podSelector", "matchLabels") or {}
-        if not labels or selects(labels, caller.pod_labels):
-            return True
-    return False
+    return any(
+        set(peer) == {"podSelector"}
+        and (
+            not at(peer, "podSelector", "matchLabels")
+            or selects(at(peer, "podSelector", "matchLabels"), caller.pod_labels)
+        )
+        for peer in peers
+    )
 
 
 def _network_problems(
