@@ -29,6 +29,9 @@ class GatewaySettings(ServiceSettings):
     )
     # Public: tenants call it from anywhere, with their API keys.
     mesh_only: ClassVar[bool] = False
+    # Address settings that take every replica of the service they name, as
+    # a comma-separated list (deploy/local/stack.py gives them all).
+    balanced_address_fields: ClassVar[frozenset[str]] = frozenset({"auth_address"})
 
     # gRPC's customary port; auth, router, inference and anomaly take 50052-50055.
     port: int = 50051

@@ -29,7 +29,6 @@ from maas.v1 import (
     metering_pb2,
 )
 from services.mesh import MeshOptions, RunningMesh, running_mesh
-from tests.auth.conftest import postgres_dsn  # noqa: F401 (the session's PostgreSQL)
 from tests.support import eventually, free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -53,19 +52,6 @@ async def sim_mesh(tmp_path: Path) -> AsyncIterator[RunningMesh]:
     )
     async with running_mesh(options) as mesh:
         yield mesh
-
-
-@pytest_asyncio.fixture
-async def shared_database(postgres_dsn: str) -> AsyncIterator[str]:  # noqa: F811
-    """A fresh PostgreSQL database, as every auth replica's one truth."""
-    name = f"replicas_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(postgres_dsn)
-    try:
-        await admin.execute(f"CREATE DATABASE {name}")
-        yield postgres_dsn.rsplit("/", 1)[0] + f"/{name}"
-        await admin.execute(f"DROP DATABASE {name} WITH (FORCE)")
-    finally:
-        await admin.close()
 
 
 async def wait_serving(port: int, service: str) -> None:
