@@ -77,10 +77,11 @@ async def serving(settings: GatewaySettings, telemetry: Telemetry) -> AsyncItera
         security = channel_security(settings)
         router_ch = channel(settings.router_address, telemetry, security=security)
         # Every auth replica on one channel, round robin; see services/common/balanced.py.
+        auth_target = balanced_target("auth_address", settings.auth_address)
         auth_ch = channel(
-            balanced_target("auth_address", settings.auth_address),
+            auth_target,
             telemetry,
-            options=balanced_options(AUTH_RETRIED),
+            options=balanced_options(auth_target, AUTH_RETRIED),
             security=security,
         )
         anomaly_ch = channel(settings.anomaly_address, telemetry, security=security)

@@ -50,6 +50,18 @@ def balanced_target(setting: str, text: str) -> str:
     return f"ipv{family}:" + ",".join(parts)
 
 
+def list_authority(target: str) -> str | None:
+    """For an `ipv4:`/`ipv6:` list, its first host: the name TLS checks every
+    replica's certificate for (gRPC's own default for such a target is the
+    whole list, which no certificate names). None for any other target.
+    Replicas whose certificates name the service instead need
+    `tls.server_name_override`."""
+    if not target.startswith(("ipv4:", "ipv6:")):
+        return None
+    first = target.partition(":")[2].split(",")[0]
+    return first.rpartition(":")[0]
+
+
 def service_config(retried: Iterable[tuple[str, str | None]], *, max_attempts: int = 3) -> str:
     """A service config: round robin over every address the target resolves
     to (a replica that is down is skipped), and the `retried` (service, method
@@ -79,6 +91,16 @@ def service_config(retried: Iterable[tuple[str, str | None]], *, max_attempts: i
     return json.dumps(config)
 
 
-def balanced_options(retried: Iterable[tuple[str, str | None]]) -> Sequence[tuple[str, Any]]:
-    """Channel options for `service_config(retried)`, with retries on."""
-    return (("grpc.service_config", service_config(retried)), ("grpc.enable_retries", 1))
+def balanced_options(
+    target: str, retried: Iterable[tuple[str, str | None]]
+) -> Sequence[tuple[str, Any]]:
+    """Channel options for `target`: `service_config(retried)`, retries on,
+    and the authority of an address list."""
+    options: list[tuple[str, Any]] = [
+        ("grpc.service_config", service_config(retried)),
+        ("grpc.enable_retries", 1),
+    ]
+    authority = list_authority(target)
+    if authority is not None:
+        options.append(("grpc.default_authority", authority))
+    return options

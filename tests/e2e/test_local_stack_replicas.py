@@ -73,9 +73,11 @@ def test_one_of_each_is_the_stack_it_always_was(tmp_path: Path, auth_secrets: No
         assert spec.http_port is None
 
 
+@pytest.mark.parametrize("tls", [False, True], ids=["plaintext", "mutual-tls"])
 async def test_the_stack_runs_two_auth_replicas_and_two_gateways(
-    shared_database: str, tmp_path: Path
+    shared_database: str, tmp_path: Path, tls: bool
 ) -> None:
+    # With TLS, the gateways check one certificate name across the auth address list.
     # 5 services, one more auth and one more gateway, and that gateway's HTTP port.
     base = free_port_block(5 + 3)
     process = await asyncio.create_subprocess_exec(
@@ -84,6 +86,7 @@ async def test_the_stack_runs_two_auth_replicas_and_two_gateways(
         "--auth-replicas", "2", "--gateway-replicas", "2",
         "--database-url", shared_database,
         "--state-dir", str(tmp_path), "--base-port", str(base), "--exit-after-first",
+        *(["--tls"] if tls else []),
         cwd=REPO, env={**os.environ, "MAAS_GATEWAY_HTTP_PORT": "0"},
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
     )  # fmt: skip

@@ -21,7 +21,7 @@ from observability.channels import channel
 from services.auth.server import serving
 from services.auth.settings import AuthSettings
 from services.auth.sqlite_store import open_sqlite_store
-from services.common.balanced import balanced_options, balanced_target
+from services.common.balanced import balanced_options, balanced_target, list_authority
 from services.mesh import InMemoryTelemetry
 
 ADMIN_TOKEN = "test-operator-token-0123456789abcdef"
@@ -44,6 +44,23 @@ ADMIN = (("authorization", f"Bearer {ADMIN_TOKEN}"),)
 def test_an_address_list_becomes_one_grpc_target(text: str, target: str) -> None:
     assert balanced_target("auth_address", text) == target
     assert GatewaySettings(auth_address=text).auth_address == text
+
+
+@pytest.mark.parametrize(
+    ("target", "authority"),
+    [
+        ("ipv4:10.0.0.1:1,10.0.0.2:2", "10.0.0.1"),
+        ("ipv6:[::1]:1,[::2]:2", "[::1]"),
+        ("dns:///auth:50052", None),
+        ("auth:50052", None),
+    ],
+)
+def test_an_address_list_is_checked_for_its_first_hosts_certificate(
+    target: str, authority: str | None
+) -> None:
+    assert list_authority(target) == authority
+    options = dict(balanced_options(target, AUTH_RETRIED))
+    assert options.get("grpc.default_authority") == authority
 
 
 @pytest.mark.parametrize(
@@ -107,10 +124,9 @@ async def replicas(tmp_path: Path) -> AsyncIterator[AuthReplicas]:
 def gateway_channel(replicas: AuthReplicas) -> grpc.aio.Channel:
     """The auth channel exactly as the gateway dials it."""
     text = ",".join(f"127.0.0.1:{port}" for port in replicas.ports)
+    target = balanced_target("auth_address", text)
     return channel(
-        balanced_target("auth_address", text),
-        InMemoryTelemetry()("gateway"),
-        options=balanced_options(AUTH_RETRIED),
+        target, InMemoryTelemetry()("gateway"), options=balanced_options(target, AUTH_RETRIED)
     )
 
 
