@@ -10,6 +10,9 @@ PROTO_SRC := $(wildcard protos/maas/v1/*.proto)
 STAMP := $(VENV)/.installed
 # `make run REPLICAS=2 TLS=1`: inference replicas behind the router; mutual TLS on every hop.
 REPLICAS ?= 1
+# `make run AUTH_REPLICAS=2 GATEWAY_REPLICAS=2`: auth over a shared PostgreSQL (and Redis), gateways over every auth.
+AUTH_REPLICAS ?= 1
+GATEWAY_REPLICAS ?= 1
 TLS ?= 0
 # `make run ENGINE=sim REPLICAS=8`: simulated engines (services/inference/sim_engine.py), no model build.
 ENGINE ?= vllm
@@ -76,7 +79,8 @@ deploy-check: venv ## check docker-compose.yml and each deploy/k8s overlay's ren
 	$(PY) -m deploy.checks.k8s
 
 run: venv $(if $(filter sim,$(ENGINE)),,model) ## start the whole mesh on loopback and stream a first completion (Ctrl-C stops it)
-	$(PY) -m deploy.local.stack --replicas $(REPLICAS) $(if $(filter 1,$(TLS)),--tls) \
+	$(PY) -m deploy.local.stack --replicas $(REPLICAS) \
+		--auth-replicas $(AUTH_REPLICAS) --gateway-replicas $(GATEWAY_REPLICAS) $(if $(filter 1,$(TLS)),--tls) \
 		$(if $(filter sim,$(ENGINE)),--engine sim --sim-profile $(SIM_PROFILE),--model $(MODEL_DIR))
 
 clean: ## remove local state (keeps the venv)

@@ -34,6 +34,27 @@ class GatewayMetrics:
             description="Usage records on disk waiting for the ledger",
         )
 
+        self.outboxes_adopted = meter.create_counter(
+            "maas.gateway.outbox.adopted",
+            unit="{file}",
+            description="Outbox files of gateways gone that this one took over to deliver",
+        )
+        self._adopted_backlog: Callable[[], int] | None = None
+        meter.create_observable_gauge(
+            "maas.gateway.outbox.adopted_backlog",
+            callbacks=[self._observe_adopted_backlog],
+            unit="{record}",
+            description="Usage records in adopted outbox files waiting for the ledger",
+        )
+
+    def watch_adopted(self, backlog: Callable[[], int]) -> None:
+        """Reports `backlog()` as the adopted outboxes' backlog from now on."""
+        self._adopted_backlog = backlog
+
+    def _observe_adopted_backlog(self, options: CallbackOptions) -> Iterable[Observation]:
+        if self._adopted_backlog is not None:
+            yield Observation(self._adopted_backlog())
+
     def watch_outbox(self, backlog: Callable[[], int]) -> None:
         """Reports `backlog()` as the outbox's backlog from now on."""
         self._outbox_backlog = backlog

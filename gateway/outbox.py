@@ -75,6 +75,7 @@ class UsageOutbox:
         stub: metering_pb2_grpc.MeteringAsyncStub,
         *,
         metrics: GatewayMetrics | None = None,
+        report_backlog: bool = True,
         initial_backoff_s: float = 0.1,
         max_backoff_s: float = 5.0,
         call_timeout_s: float = 10.0,
@@ -82,6 +83,8 @@ class UsageOutbox:
         self._path = path
         self._stub = stub
         self._metrics = metrics
+        # False for another gateway's outbox being drained: its backlog is reported apart.
+        self._report_backlog = report_backlog
         self._initial_backoff_s = initial_backoff_s
         self._max_backoff_s = max_backoff_s
         self._call_timeout_s = call_timeout_s
@@ -106,7 +109,7 @@ class UsageOutbox:
         self._writer = GroupCommitWriter(self._db, _write)
         self._writer.start()
         self.backlog = await self.pending()
-        if self._metrics is not None:
+        if self._metrics is not None and self._report_backlog:
             self._metrics.watch_outbox(lambda: self.backlog)
         self._sender = asyncio.create_task(self._send_loop())
 
@@ -132,9 +135,15 @@ class UsageOutbox:
             row = await cur.fetchone()
         return int(row[0]) if row else 0
 
-    async def aclose(self, timeout_s: float) -> None:
+    async def drained(self) -> None:
+        """Returns once nothing waits for the ledger (records added meanwhile included)."""
+        await self._empty.wait()
+
+    async def aclose(self, timeout_s: float) -> int:
         """Writes what was added, tries to deliver it for up to timeout_s, then
-        stops; what is still undelivered stays on disk for the next start."""
+        stops; what is still undelivered stays on disk for the next start.
+        Returns how many records that is."""
+        left = 0
         if self._adds:
             await asyncio.wait(set(self._adds))
         if self._sender is not None:
@@ -147,8 +156,10 @@ class UsageOutbox:
             await self._writer.aclose()
             self._writer = None
         if self._db is not None:
+            left = await self.pending()
             await self._db.close()
             self._db = None
+        return left
 
     async def _send_loop(self) -> None:
         # Whatever fails (the ledger, the disk, a bug), the records stay on

@@ -3,7 +3,16 @@
 The estimate is what the request may cost: its prompt (from its size, as
 the gateway does not tokenize) plus what it may generate, for every choice.
 Settling happens off the request path; a settle that never lands is covered
-by the reservation's lease in auth."""
+by the reservation's lease in auth.
+
+Several auth replicas: the channel retries a call that a dying replica
+dropped (UNAVAILABLE) on another one (gateway/server.py), which is safe for
+every call here. Reserve: auth returns the lease a request id already holds.
+Renew: extending a lease twice is extending it. Release: a second finds
+nothing and frees nothing. Commit: the first attempt that reaches the store
+settles and removes the reservation, so a retry after an attempt that did
+land gets NOT_FOUND, read here as "already settled" (as is a lapsed lease:
+nothing left to give back in either case); tokens are never given back twice."""
 
 from __future__ import annotations
 
@@ -130,6 +139,12 @@ class QuotaClient:
                     timeout=self._timeout_s,
                 )
         except grpc.aio.AioRpcError as err:
+            if err.code() == grpc.StatusCode.NOT_FOUND:
+                # Settled already (an attempt that reached a replica which died
+                # before answering, retried on another) or lapsed: either way
+                # nothing is left to give back, and settling twice is impossible.
+                log.info("reservation already settled or lapsed", code=err.code().name)
+                return
             log.warning("reservation not settled; its lease will lapse", code=err.code().name)
 
     async def aclose(self, timeout_s: float) -> None:

@@ -15,25 +15,38 @@ from gateway.metrics import GatewayMetrics
 from gateway.model_limits import ModelCatalog
 from gateway.openai_http import create_app
 from gateway.outbox import UsageOutbox
+from gateway.outbox_dir import OutboxAdopter, close_own, own_outbox
 from gateway.quota import QuotaClient
 from gateway.refusals import RefusalBudget
 from gateway.routes import Direct, Proxy, ReplicaChannels, Routing
 from gateway.servicer import GatewayServicer
 from gateway.settings import GatewaySettings
 from maas.v1 import (
+    auth_pb2,
     auth_pb2_grpc,
     gateway_pb2,
     gateway_pb2_grpc,
+    metering_pb2,
     metering_pb2_grpc,
     router_pb2_grpc,
 )
 from observability import Telemetry
 from observability.channels import channel
+from services.common.balanced import balanced_options, balanced_target
 from services.common.events import EventPublisher
 from services.common.security import channel_security, server_security
 from services.common.serving import PUBLIC_SERVER_OPTIONS, ServiceServer, start_server
 
 SERVICE_NAME = gateway_pb2.DESCRIPTOR.services_by_name["Gateway"].full_name
+_AUTH = auth_pb2.DESCRIPTOR.services_by_name["Auth"].full_name
+_METERING = metering_pb2.DESCRIPTOR.services_by_name["Metering"].full_name
+# The gateway's calls to auth that a replica dying under them may hand to
+# another: each is safe to repeat (gateway/quota.py says why for each).
+# Metering: every record is idempotent by request id, the query only reads.
+AUTH_RETRIED: tuple[tuple[str, str | None], ...] = (
+    *((_AUTH, method) for method in ("Authenticate", "Reserve", "Renew", "Commit", "Release")),
+    (_METERING, None),
+)
 
 
 @dataclass
@@ -63,7 +76,14 @@ async def serving(settings: GatewaySettings, telemetry: Telemetry) -> AsyncItera
     async with AsyncExitStack() as stack:
         security = channel_security(settings)
         router_ch = channel(settings.router_address, telemetry, security=security)
-        auth_ch = channel(settings.auth_address, telemetry, security=security)
+        # Every auth replica on one channel, round robin; see services/common/balanced.py.
+        auth_target = balanced_target("auth_address", settings.auth_address)
+        auth_ch = channel(
+            auth_target,
+            telemetry,
+            options=balanced_options(auth_target, AUTH_RETRIED),
+            security=security,
+        )
         anomaly_ch = channel(settings.anomaly_address, telemetry, security=security)
         for ch in (router_ch, auth_ch, anomaly_ch):
             stack.push_async_callback(ch.close)
@@ -72,11 +92,28 @@ async def serving(settings: GatewaySettings, telemetry: Telemetry) -> AsyncItera
         await events.start()
         stack.push_async_callback(events.aclose)
         metrics = GatewayMetrics(telemetry.meter())
-        usage = UsageOutbox(
-            settings.usage_outbox_path, metering_pb2_grpc.MeteringStub(auth_ch), metrics=metrics
-        )
-        await usage.open()
-        stack.push_async_callback(usage.aclose, settings.grace_period_s)
+        metering = metering_pb2_grpc.MeteringStub(auth_ch)
+        if settings.usage_outbox_dir is None:
+            usage = UsageOutbox(settings.usage_outbox_path, metering, metrics=metrics)
+            await usage.open()
+            stack.push_async_callback(usage.aclose, settings.grace_period_s)
+        else:
+            own = own_outbox(settings.usage_outbox_dir)
+            usage = UsageOutbox(own.path, metering, metrics=metrics)
+            try:
+                await usage.open()
+            except BaseException:
+                own.remove()
+                raise
+            stack.push_async_callback(close_own, usage, own, settings.grace_period_s)
+            adopter = OutboxAdopter(
+                settings.usage_outbox_dir,
+                metering,
+                interval_s=settings.usage_outbox_adopt_interval_s,
+                metrics=metrics,
+            )
+            adopter.start()
+            stack.push_async_callback(adopter.aclose)
 
         quotas = QuotaClient(
             auth_pb2_grpc.AuthStub(auth_ch), timeout_s=settings.quota_call_timeout_s
@@ -106,7 +143,7 @@ async def serving(settings: GatewaySettings, telemetry: Telemetry) -> AsyncItera
             ),
             router=router,
             routing=routing,
-            metering=metering_pb2_grpc.MeteringStub(auth_ch),
+            metering=metering,
             usage=usage,
             events=events,
             metrics=metrics,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import ClassVar, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from gateway.refusals import (
@@ -14,6 +14,7 @@ from gateway.refusals import (
     DEFAULT_REFUSAL_BURST,
     DEFAULT_REFUSALS_PER_S,
 )
+from services.common.balanced import balanced_target
 from services.common.generation_limits import MAX_HTTP_BODY_BYTES
 from services.common.settings import ServiceSettings
 
@@ -28,6 +29,9 @@ class GatewaySettings(ServiceSettings):
     )
     # Public: tenants call it from anywhere, with their API keys.
     mesh_only: ClassVar[bool] = False
+    # Address settings that take every replica of the service they name, as
+    # a comma-separated list (deploy/local/stack.py gives them all).
+    balanced_address_fields: ClassVar[frozenset[str]] = frozenset({"auth_address"})
 
     # gRPC's customary port; auth, router, inference and anomaly take 50052-50055.
     port: int = 50051
@@ -46,6 +50,9 @@ class GatewaySettings(ServiceSettings):
     # recently used closed first): a large mesh's replicas, without leaking
     # one per replica ever seen.
     max_idle_replica_channels: int = Field(default=256, ge=0)
+    # Auth's replicas, reached over one channel balanced round robin: one
+    # host:port, several (`10.0.0.1:50052,10.0.0.2:50052`, IP addresses), or
+    # any gRPC target (`dns:///auth:50052`, every address the name resolves to).
     auth_address: str = "127.0.0.1:50052"
     anomaly_address: str = "127.0.0.1:50055"
     # Bounds how long a revoked key keeps working here.
@@ -97,6 +104,21 @@ class GatewaySettings(ServiceSettings):
     usage_progress_interval_s: float = Field(default=5.0, gt=0)
     # Usage records wait here (on disk) until the ledger acknowledges them.
     usage_outbox_path: Path = Path(".maas/gateway-outbox.db")
+    # Several gateways: a directory they all share (a volume). Each keeps its
+    # records in a file of its own there (usage_outbox_path is then unused),
+    # locked while it runs; any gateway delivers and removes the file of one
+    # that is gone, so a gateway lost for good loses no usage.
+    usage_outbox_dir: Path | None = None
+    # How often a gateway looks in usage_outbox_dir for files nobody holds:
+    # how late a lost gateway's records reach the ledger, for one directory
+    # listing and a lock attempt a file.
+    usage_outbox_adopt_interval_s: float = Field(default=10.0, gt=0)
+
+    @field_validator("auth_address")
+    @classmethod
+    def _one_target(cls, value: str) -> str:
+        balanced_target("auth_address", value)
+        return value
 
     def listening_ports(self) -> set[int]:
         ports = super().listening_ports()

@@ -9,6 +9,12 @@ or SIGTERM and stops every service with SIGTERM (they drain). Meanwhile it
 supervises them: a service whose process exits on its own (an inference
 replica whose engine died exits non-zero) is reported and started again.
 
+`--auth-replicas N` (N > 1) runs N auth processes over one PostgreSQL
+(deploy/local/postgres.sh) and, where auth has the setting, one Redis for
+their quota state (deploy/local/redis.sh); `--gateway-replicas N` runs N
+gateways sharing one usage outbox directory. Every gateway dials every auth
+replica over one balanced channel.
+
 Internal services answer only the mesh: every service gets the service token
 kept in .maas/secrets.json. `--tls` adds mutual TLS on every hop (TLS without
 client certificates on the gateway's public port) from a throwaway CA in
@@ -81,6 +87,25 @@ class Launch:
     args: list[str]
     # Environment for this process only, over the stack's.
     env: dict[str, str] = field(default_factory=dict)
+    # The gateway's HTTP face, where the stack chose its port.
+    http_port: int | None = None
+
+
+@dataclass(frozen=True)
+class SharedState:
+    """Stores several replicas of auth share (None: each its own default)."""
+
+    database_url: str | None = None
+    quota_url: str | None = None
+
+
+# Where `make run`'s PostgreSQL keeps its data and listens: apart from the
+# tests' (deploy/local/postgres.sh's defaults), under /tmp as the postgres user
+# may not enter the checkout.
+RUN_PG_DIR = "/tmp/maas-run-pg"
+RUN_PG_PORT = 54330
+# `make run`'s Redis: apart from the tests' (63790) and from a system one (6379).
+RUN_REDIS_PORT = 63791
 
 
 @dataclass
@@ -201,8 +226,23 @@ def engine_launch(args: argparse.Namespace) -> tuple[list[str], dict[str, str]]:
     return engine_args, env
 
 
+def replica_count(args: argparse.Namespace, spec: ServiceSpec[Any]) -> int:
+    """How many processes of `spec` the stack runs."""
+    if takes_replicas(spec):
+        return int(args.replicas)
+    return int(getattr(args, f"{spec.name}_replicas", 1))
+
+
+def takes_balanced(spec: ServiceSpec[Any], path: str) -> bool:
+    """Whether the address setting `path` takes a comma-separated list of replicas."""
+    return path in getattr(spec.settings_type, "balanced_address_fields", frozenset())
+
+
 def service_specs(
-    args: argparse.Namespace, state_dir: Path, certs: MeshCertificates | None = None
+    args: argparse.Namespace,
+    state_dir: Path,
+    certs: MeshCertificates | None = None,
+    shared: SharedState = SharedState(),
 ) -> list[Launch]:
     """Every service of the catalog, in its start order, on loopback: each on
     its default port moved to `--base-port`'s block, the replicated ones'
@@ -214,7 +254,7 @@ def service_specs(
     extra = base + len(SERVICES)
     for spec in SERVICES:
         own = base + default_port(spec) - DEFAULT_BASE_PORT
-        count = args.replicas if takes_replicas(spec) else 1
+        count = replica_count(args, spec)
         ports[spec.name] = [own, *range(extra, extra + count - 1)]
         extra += count - 1
     launches: list[Launch] = []
@@ -223,11 +263,25 @@ def service_specs(
         for called in spec.calls:
             path = spec.address_field(called)
             addresses = [f"{host}:{port}" for port in ports[called]]
-            many = get_origin(field_annotation(spec, path)) is list
-            flags += [flag(path), json.dumps(addresses) if many else addresses[0]]
+            if get_origin(field_annotation(spec, path)) is list:
+                flags += [flag(path), json.dumps(addresses)]
+            elif takes_balanced(spec, path):
+                flags += [flag(path), ",".join(addresses)]
+            else:
+                # One address only: the service's first replica.
+                flags += [flag(path), addresses[0]]
         for path in spec.state_fields:
             default: Path = spec.settings_type.model_fields[path].default
             flags += [flag(path), str(state_dir / default.name)]
+        fields = spec.settings_type.model_fields
+        if replica_count(args, spec) > 1:
+            # Replicas share what they keep: auth its stores, gateways their outboxes.
+            if shared.database_url and "database_url" in fields:
+                flags += ["--database-url", shared.database_url]
+            if shared.quota_url and "quota_url" in fields:
+                flags += ["--quota-url", shared.quota_url]
+            if "usage_outbox_dir" in fields:
+                flags += ["--usage-outbox-dir", str(state_dir / "outboxes")]
         env: dict[str, str] = {}
         if "model" in spec.settings_type.model_fields:
             engine_args, env = engine_launch(args)
@@ -238,8 +292,51 @@ def service_specs(
         for i, port in enumerate(own_ports):
             name = spec.name if len(own_ports) == 1 else f"{spec.name}-{i + 1}"
             own_flags = [*flags, "--port", str(port)]
-            launches.append(Launch(name, spec.module, port, spec.health_name, own_flags, dict(env)))
+            http_port = None
+            if i > 0 and "http_port" in spec.port_fields:
+                # The first keeps its HTTP port setting; the others one each, after the block.
+                http_port = extra
+                extra += 1
+                own_flags += ["--http-port", str(http_port)]
+            launches.append(
+                Launch(name, spec.module, port, spec.health_name, own_flags, dict(env), http_port)
+            )
     return launches
+
+
+async def run_script(script: str, *script_args: str) -> str:
+    """Runs one of deploy/local's start scripts; the last line it prints (a URL)."""
+    path = Path(__file__).resolve().parent / script
+    process = await asyncio.create_subprocess_exec(
+        "bash", str(path), *script_args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await process.communicate()
+    if process.returncode != 0:
+        raise RuntimeError(f"{script} failed:\n{err.decode(errors='replace')[-2000:]}")
+    return out.decode().strip().splitlines()[-1]
+
+
+async def shared_state(args: argparse.Namespace) -> SharedState:
+    """With several auth replicas: PostgreSQL for their database and, where
+    auth takes it, Redis for their quota state; started here if not running."""
+    if args.auth_replicas <= 1:
+        return SharedState()
+    fields = next(spec for spec in SERVICES if spec.name == "auth").settings_type.model_fields
+    database_url = args.database_url or await run_script(
+        "postgres.sh", RUN_PG_DIR, str(RUN_PG_PORT)
+    )
+    console.print(f"auth replicas share PostgreSQL at {database_url}")
+    quota_url = None
+    redis = Path(__file__).resolve().parent / "redis.sh"
+    if "quota_url" in fields and (args.quota_url or redis.exists()):
+        quota_url = args.quota_url or await run_script("redis.sh", str(RUN_REDIS_PORT))
+        console.print(f"auth replicas share quota state in Redis at {quota_url}")
+    else:
+        console.print(
+            "[yellow]this auth keeps quota state in each process: limits hold per replica[/yellow]"
+        )
+    return SharedState(database_url, quota_url)
 
 
 async def start(spec: Launch, env: dict[str, str], log_dir: Path) -> RunningService:
@@ -407,26 +504,28 @@ async def run(args: argparse.Namespace) -> int:
 
     services: list[RunningService] = []
     try:
-        for spec in service_specs(args, state_dir, certs):
+        shared = await shared_state(args)
+        for spec in service_specs(args, state_dir, certs, shared):
             services.append(await start(spec, env, log_dir))
         if args.engine == "sim":
             console.print(f"starting services (simulated engines: {args.sim_profile}) ...")
         else:
             console.print("starting services (the model takes 20-40 s to load on CPU) ...")
         await asyncio.gather(*(wait_serving(s, connection) for s in services))
-        gateway = services[-1].spec
-        by_name = {s.spec.name: s for s in services}
+        gateways = [s.spec for s in services if s.spec.module == "gateway"]
+        auth = next(s.spec for s in services if s.spec.module == "services.auth")
         api_key = await ensure_dev_key(
-            f"127.0.0.1:{by_name['auth'].spec.port}",
+            f"127.0.0.1:{auth.port}",
             keys["admin_token"],
             state_dir / "dev_api_key",
             connection,
         )
         table = Table("service", "address", "pid", "log", title="MaaS mesh on loopback")
         for s in services:
-            table.add_row(
-                s.spec.name, f"127.0.0.1:{s.spec.port}", str(s.process.pid), str(s.log_path)
-            )
+            address = f"127.0.0.1:{s.spec.port}"
+            if s.spec.http_port is not None:
+                address += f" (HTTP {s.spec.http_port})"
+            table.add_row(s.spec.name, address, str(s.process.pid), str(s.log_path))
         console.print(table)
         console.print(
             f"dev API key in {state_dir / 'dev_api_key'}; try: .venv/bin/maas generate 'Hello'"
@@ -440,7 +539,8 @@ async def run(args: argparse.Namespace) -> int:
                 soft_wrap=True,  # one line, so it pastes as one command
             )
         weights = "simulated" if args.engine == "sim" else "random weights"
-        await first_completion(f"127.0.0.1:{gateway.port}", api_key, connection, weights)
+        for gateway in gateways:
+            await first_completion(f"127.0.0.1:{gateway.port}", api_key, connection, weights)
         if args.exit_after_first:
             return 0
         console.print("\n[bold green]mesh is up[/bold green]; Ctrl-C stops it.")
@@ -456,7 +556,7 @@ async def run(args: argparse.Namespace) -> int:
 def _replica_count(text: str) -> int:
     count = int(text)
     if count < 1:
-        raise argparse.ArgumentTypeError("needs at least one inference replica")
+        raise argparse.ArgumentTypeError("needs at least one replica")
     return count
 
 
@@ -477,6 +577,26 @@ def build_parser() -> argparse.ArgumentParser:
         type=_replica_count,
         default=1,
         help="inference replicas behind the router, each its own process",
+    )
+    parser.add_argument(
+        "--auth-replicas",
+        type=_replica_count,
+        default=1,
+        help="auth processes; more than one share PostgreSQL (and Redis for quota state)",
+    )
+    parser.add_argument(
+        "--gateway-replicas",
+        type=_replica_count,
+        default=1,
+        help="gateway processes, each dialling every auth replica",
+    )
+    parser.add_argument(
+        "--database-url",
+        help="with --auth-replicas above 1: their PostgreSQL (default: one started on loopback)",
+    )
+    parser.add_argument(
+        "--quota-url",
+        help="with --auth-replicas above 1: their Redis (default: one started on loopback)",
     )
     parser.add_argument(
         "--tls",

@@ -313,6 +313,10 @@ class PostgresAuthStore:
         return int(status.split()[-1])
 
 
+# Any fixed number: the advisory lock auth's replicas take to create the schema.
+SCHEMA_LOCK = 0x6D616173  # "maas"
+
+
 @asynccontextmanager
 async def open_postgres_store(
     dsn: str, *, schema: str | None = None
@@ -323,7 +327,10 @@ async def open_postgres_store(
     # little behind ten, and ten per process leave room on a default server (100).
     pool = await asyncpg.create_pool(dsn, min_size=1, max_size=10, server_settings=settings)
     try:
-        async with pool.acquire() as conn:
+        async with pool.acquire() as conn, conn.transaction():
+            # Replicas starting at once: concurrent CREATE TABLE IF NOT EXISTS
+            # collide in PostgreSQL's catalog (a unique violation); one at a time.
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", SCHEMA_LOCK)
             await conn.execute(SCHEMA)
         yield PostgresAuthStore(pool)
     finally:
