@@ -41,6 +41,7 @@ from services.common.errors import (
     AbortedError,
     AlreadyExistsError,
     InvalidArgumentError,
+    MeshError,
     NotFoundError,
     PermissionDeniedError,
     UnavailableError,
@@ -159,7 +160,15 @@ class Quotas:
             version: str | None = None
             if self._restrictions is not None:
                 version = self._restrictions.version(ask.tenant_id)
-                throttles = self._restrictions.admit(ask.tenant_id, key_id)
+                try:
+                    throttles = self._restrictions.admit(ask.tenant_id, key_id)
+                except MeshError:
+                    # Refused by what this replica loaded: another may have lifted it.
+                    current = await self._state.restrictions_version(ask.tenant_id)
+                    if current is None or current == version:
+                        raise
+                    await self._restrictions.refresh(ask.tenant_id, current)
+                    continue
             taking = replace(ask, throttles=tuple(throttles), restrictions_version=version)
             if ask.plan.monthly_token_budget:
                 wall = self._wall()

@@ -124,6 +124,9 @@ class QuotaState(Protocol):
     async def restrictions_changed(self, tenant_id: str) -> None:
         """Tells every replica the tenant's restrictions changed."""
 
+    async def restrictions_version(self, tenant_id: str) -> str | None:
+        """The tenant's shared restrictions version; None where nothing is shared."""
+
 
 def concurrency_refusal(wait_s: float) -> ResourceExhaustedError:
     return ResourceExhaustedError(
@@ -293,6 +296,9 @@ class MemoryQuotaState:
 
     async def restrictions_changed(self, tenant_id: str) -> None:
         """Nothing to tell: this process is the only replica."""
+
+    async def restrictions_version(self, tenant_id: str) -> str | None:
+        return None
 
     def _expire(self, state: _Tenant, now: float) -> None:
         for held in [h for h in state.held.values() if h.expires <= now]:

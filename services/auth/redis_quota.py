@@ -416,6 +416,13 @@ class RedisQuotaState:
         except (RedisConnectionError, RedisTimeoutError) as err:
             raise UnavailableError("quota state (Redis) unreachable; retry") from err
 
+    async def restrictions_version(self, tenant_id: str) -> str | None:
+        try:
+            value = await self._redis.get(self._key(tenant_id, "restrictions"))
+        except (RedisConnectionError, RedisTimeoutError) as err:
+            raise UnavailableError("quota state (Redis) unreachable; retry") from err
+        return _text(value)
+
 
 def _text(value: bytes | str | int | None) -> str:
     if isinstance(value, bytes):
