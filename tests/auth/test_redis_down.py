@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 from collections.abc import Iterator
@@ -39,6 +40,7 @@ def doomed_redis() -> Iterator[tuple[str, int]]:
     yield url, pid
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)
+    shutil.rmtree(f"/tmp/maas-redis-{port}", ignore_errors=True)
 
 
 async def test_reserve_is_unavailable_while_redis_is_down(
