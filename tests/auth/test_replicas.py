@@ -175,3 +175,28 @@ async def test_a_restriction_made_on_one_replica_refuses_the_next_reserve_on_ano
         metadata=ADMIN,
     )
     assert isinstance(await a.reserve(0, 1, key_id), auth_pb2.Reservation)
+
+
+async def test_a_duplicate_on_another_replica_is_aborted_while_it_runs_then_already_exists(
+    replicas: list[grpc.aio.Channel],
+) -> None:
+    spread = Spread(replicas[:2])
+    tenant_id = await spread.tenant(auth_pb2.Plan())
+
+    def reserve(request_id: str) -> auth_pb2.ReserveRequest:
+        request = auth_pb2.ReserveRequest(
+            tenant_id=tenant_id, request_id=request_id, model="tiny", estimated_tokens=5
+        )
+        request.idempotency_key = "order-7"
+        return request
+
+    first = await spread.stub(0).Reserve(reserve("mesh-1"))
+    with pytest.raises(grpc.aio.AioRpcError) as running:
+        await spread.stub(1).Reserve(reserve("mesh-2"))
+    assert running.value.code() == grpc.StatusCode.ABORTED
+    await spread.stub(1).Commit(
+        auth_pb2.CommitRequest(reservation_id=first.reservation_id, used_tokens=5)
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as billed:
+        await spread.stub(0).Reserve(reserve("mesh-3"))
+    assert billed.value.code() == grpc.StatusCode.ALREADY_EXISTS
