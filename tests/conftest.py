@@ -4,6 +4,7 @@ ONE real vLLM engine for the whole test session."""
 from __future__ import annotations
 
 import os
+import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -42,3 +43,17 @@ async def vllm_engine(tiny_model_path: Path) -> AsyncIterator[object]:
     )
     async with open_vllm_engine(settings) as engine:
         yield engine
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    """A real Redis on loopback (auth's shared quota state), started by the
+    test run like PostgreSQL. Shared by the session: each test keeps to its
+    own key prefix (see tests/auth/conftest.py), nothing is flushed."""
+    out = subprocess.run(
+        ["bash", str(REPO / "deploy" / "local" / "redis.sh")],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return out.stdout.strip().splitlines()[-1]

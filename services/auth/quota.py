@@ -2,88 +2,72 @@
 tenant's plan before it runs, settle with the actual usage when it ends.
 
 Per-minute limits are token buckets (a minute's allowance, refilled evenly);
-the monthly budget counts the ledger since the month began plus what is held.
-Reservations are leases: one whose gateway died lapses and gives its tokens
-back, so nothing leaks. All checks pass before anything is taken, and one
-lock per tenant makes check-then-take atomic across concurrent callers.
+the monthly budget counts what was committed this month (the ledger's figure
+or the state's own count of commits, whichever is more, so a commit whose
+ledger record is still on its way counts) plus what is held. Reservations are
+leases: one whose gateway died lapses and gives its tokens back, so nothing
+leaks. The state (quota_state.py: this process's memory, or Redis shared by
+every auth replica) checks every limit and takes in one atomic step.
 
 A request may carry an idempotency key (its caller's x-request-id), claimed
 for the tenant in the store before any limit is checked: a second request
 with the key is refused (ABORTED while the first runs, ALREADY_EXISTS once it
-was committed or lapsed), never given a reservation. Release frees the key;
-commit and lapse keep it until the retention period prunes it.
-
-State is in this process's memory: a restart forgets the per-minute buckets
-and held leases (erring toward the tenant), never the ledger or the claimed
-keys (after a restart a claimed key whose lease is gone counts as billed)."""
+was committed or lapsed), never given a reservation. "Runs" is the state's
+word (a live lease, or a Reserve under way), so it holds across replicas.
+Release frees the key; commit and lapse keep it until the retention period
+prunes it. The store keeps the claims, so a restart never forgets them (after
+a restart a claimed key whose lease is gone counts as billed)."""
 
 from __future__ import annotations
 
-import asyncio
 import time
-import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from typing import Protocol
 
-from services.auth.models import IdempotencyClaim, Plan
+from services.auth.models import IdempotencyClaim
+from services.auth.quota_state import (
+    Ask,
+    Held,
+    MemoryQuotaState,
+    QuotaState,
+    Stale,
+    Throttle,
+    TokenBucket,
+)
 from services.auth.store import AuthStore
 from services.common.errors import (
     AbortedError,
     AlreadyExistsError,
     InvalidArgumentError,
+    MeshError,
     NotFoundError,
     PermissionDeniedError,
-    ResourceExhaustedError,
+    UnavailableError,
 )
 
-MINUTE_S = 60.0
+__all__ = ["Admission", "Held", "Quotas", "TokenBucket", "month_start", "next_month_start"]
+
 # Claims older than the retention are pruned at most this often: a sweep is a
 # DELETE over an index, cheap but not free on every Reserve.
 PRUNE_EVERY_S = 60.0
+# Reloads of a tenant's restrictions one Reserve may do when other replicas
+# keep changing them; past it the caller retries (UNAVAILABLE).
+STALE_RETRIES = 3
 
 
-@dataclass
-class TokenBucket:
-    """`capacity` per minute, refilled continuously."""
+class Admission(Protocol):
+    """The restrictions in force, as Reserve checks them (restrictions.py)."""
 
-    capacity: float
-    level: float
-    updated: float
+    def admit(self, tenant_id: str, key_id: str) -> list[Throttle]:
+        """Raises when a restriction refuses a generation now; else its throttles."""
 
-    def refill(self, now: float) -> None:
-        self.level = min(
-            self.capacity, self.level + (now - self.updated) * self.capacity / MINUTE_S
-        )
-        self.updated = now
+    def version(self, tenant_id: str) -> str:
+        """The tenant's restrictions version this replica has loaded."""
 
-    def wait_for(self, amount: float) -> float:
-        """Seconds until `amount` is there (0 if it is)."""
-        missing = amount - self.level
-        return 0.0 if missing <= 0 else missing * MINUTE_S / self.capacity
-
-
-@dataclass(frozen=True, slots=True)
-class Held:
-    reservation_id: str
-    tenant_id: str
-    request_id: str
-    tokens: int
-    expires: float
-    expire_time: datetime
-    idempotency_key: str = ""
-
-
-@dataclass
-class _TenantState:
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    requests: TokenBucket | None = None
-    tokens: TokenBucket | None = None
-    held: dict[str, Held] = field(default_factory=dict)
-
-
-# Restrictions on (tenant, key): raises to refuse, else throttle buckets to take from.
-Admission = Callable[[str, str], list[TokenBucket]]
+    async def refresh(self, tenant_id: str, version: str) -> None:
+        """Reloads from the store: the shared version moved to `version`."""
 
 
 def month_start(at: datetime) -> datetime:
@@ -105,26 +89,25 @@ class Quotas:
         lease_s: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], datetime] = lambda: datetime.now(UTC),
-        admit: Admission = lambda tenant_id, key_id: [],
+        restrictions: Admission | None = None,
         idempotency_retention_s: float = 24 * 3600.0,
+        state: QuotaState | None = None,
     ) -> None:
         self._store = store
         self._retention = timedelta(seconds=idempotency_retention_s)
         self._pruned_at: float | None = None
-        self._admit = admit
+        self._restrictions = restrictions
         self._lease_s = lease_s
         self._clock = clock
         self._wall = wall
-        self._tenants: dict[str, _TenantState] = {}
-        self._by_id: dict[str, Held] = {}
+        self._state: QuotaState = state or MemoryQuotaState(clock=clock, wall=wall)
 
     @property
     def lease_s(self) -> float:
         return self._lease_s
 
-    def held_tokens(self, tenant_id: str) -> int:
-        state = self._tenants.get(tenant_id)
-        return sum(h.tokens for h in state.held.values()) if state else 0
+    async def held_tokens(self, tenant_id: str) -> int:
+        return await self._state.held_tokens(tenant_id)
 
     async def reserve(
         self,
@@ -146,79 +129,76 @@ class Quotas:
                 "max_tokens", "the request's tokens exceed the plan's tokens per minute"
             )
         await self._prune()
-        state = self._tenants.setdefault(tenant_id, _TenantState())
-        async with state.lock:
-            now = self._clock()
-            self._expire(state, now)
-            for held in state.held.values():
-                if held.request_id == request_id:
-                    return held  # a retried Reserve: same lease
-            if idempotency_key:
-                await self._claim(state, tenant_id, idempotency_key, request_id)
+        if idempotency_key:
+            await self._state.mark_pending(tenant_id, request_id)
             try:
-                return await self._take(
-                    state, plan, tenant_id, request_id, key_id, estimated_tokens, now,
-                    idempotency_key,
-                )  # fmt: skip
+                await self._claim(tenant_id, idempotency_key, request_id)
             except BaseException:
-                if idempotency_key:
-                    await self._store.free_idempotency_key(tenant_id, idempotency_key, request_id)
+                await self._state.unmark_pending(tenant_id, request_id)
                 raise
+        ask = Ask(
+            tenant_id=tenant_id,
+            request_id=request_id,
+            tokens=estimated_tokens,
+            plan=plan,
+            lease_s=self._lease_s,
+            idempotency_key=idempotency_key,
+        )
+        try:
+            return await self._take(ask, key_id)
+        except BaseException:
+            if idempotency_key:
+                await self._store.free_idempotency_key(tenant_id, idempotency_key, request_id)
+                await self._state.unmark_pending(tenant_id, request_id)
+            raise
 
-    async def _claim(self, state: _TenantState, tenant_id: str, key: str, request_id: str) -> None:
+    async def _take(self, ask: Ask, key_id: str) -> Held:
+        """Admits by the restrictions and takes from the state; reloads the
+        restrictions and admits again when another replica changed them."""
+        for _ in range(STALE_RETRIES):
+            throttles: list[Throttle] = []
+            version: str | None = None
+            if self._restrictions is not None:
+                version = self._restrictions.version(ask.tenant_id)
+                try:
+                    throttles = self._restrictions.admit(ask.tenant_id, key_id)
+                except MeshError:
+                    # Refused by what this replica loaded: another may have lifted it.
+                    current = await self._state.restrictions_version(ask.tenant_id)
+                    if current is None or current == version:
+                        raise
+                    await self._restrictions.refresh(ask.tenant_id, current)
+                    continue
+            taking = replace(ask, throttles=tuple(throttles), restrictions_version=version)
+            if ask.plan.monthly_token_budget:
+                wall = self._wall()
+                taking = replace(
+                    taking,
+                    ledger_spent=await self._store.tokens_used_since(
+                        ask.tenant_id, month_start(wall)
+                    ),
+                    month=_month(wall),
+                    budget_retry_after_s=(next_month_start(wall) - wall).total_seconds(),
+                )
+            outcome = await self._state.reserve(taking)
+            if not isinstance(outcome, Stale):
+                return outcome
+            assert self._restrictions is not None  # only a versioned Ask can be stale
+            await self._restrictions.refresh(ask.tenant_id, outcome.version)
+        raise UnavailableError("the tenant's restrictions keep changing; retry")
+
+    async def _claim(self, tenant_id: str, key: str, request_id: str) -> None:
         claim = await self._store.claim_idempotency_key(
             IdempotencyClaim(tenant_id, key, request_id, self._wall())
         )
         if claim.request_id == request_id:
             return
         holder = {"request_id": claim.request_id}
-        if any(h.request_id == claim.request_id for h in state.held.values()):
+        if await self._state.running(tenant_id, claim.request_id):
             raise AbortedError("a request with this x-request-id is running", metadata=holder)
         raise AlreadyExistsError(
             f"a request with this x-request-id ran as {claim.request_id}", metadata=holder
         )
-
-    async def _take(
-        self,
-        state: _TenantState,
-        plan: Plan,
-        tenant_id: str,
-        request_id: str,
-        key_id: str,
-        estimated_tokens: int,
-        now: float,
-        idempotency_key: str,
-    ) -> Held:
-        throttles = self._admit(tenant_id, key_id)
-        self._check(state, plan, estimated_tokens, now)
-        if plan.monthly_token_budget:
-            wall = self._wall()
-            used = await self._store.tokens_used_since(tenant_id, month_start(wall))
-            held_now = sum(h.tokens for h in state.held.values())
-            if used + held_now + estimated_tokens > plan.monthly_token_budget:
-                raise ResourceExhaustedError(
-                    "monthly token budget spent",
-                    retry_after_s=(next_month_start(wall) - wall).total_seconds(),
-                    subject="monthly_token_budget",
-                )
-        for bucket in throttles:
-            bucket.level -= 1
-        if state.requests is not None:
-            state.requests.level -= 1
-        if state.tokens is not None:
-            state.tokens.level -= estimated_tokens
-        held = Held(
-            reservation_id=uuid.uuid4().hex,
-            tenant_id=tenant_id,
-            request_id=request_id,
-            tokens=estimated_tokens,
-            expires=now + self._lease_s,
-            expire_time=self._wall() + timedelta(seconds=self._lease_s),
-            idempotency_key=idempotency_key,
-        )
-        state.held[held.reservation_id] = held
-        self._by_id[held.reservation_id] = held
-        return held
 
     async def _prune(self) -> None:
         now = self._clock()
@@ -227,50 +207,16 @@ class Quotas:
         self._pruned_at = now
         await self._store.prune_idempotency_keys(self._wall() - self._retention)
 
-    def _check(self, state: _TenantState, plan: Plan, estimated: int, now: float) -> None:
-        """Raises for the first limit the request would pass; takes nothing."""
-        if plan.max_concurrent_requests and len(state.held) >= plan.max_concurrent_requests:
-            soonest = min(h.expires for h in state.held.values())
-            raise ResourceExhaustedError(
-                "too many requests running at once",
-                # A running request usually ends well before its lease; come back soon.
-                retry_after_s=min(1.0, max(0.0, soonest - now)),
-                subject="max_concurrent_requests",
-            )
-        state.requests = _bucket(state.requests, plan.requests_per_minute, now)
-        if state.requests is not None and (wait := state.requests.wait_for(1)) > 0:
-            raise ResourceExhaustedError(
-                "requests per minute exceeded", retry_after_s=wait, subject="requests_per_minute"
-            )
-        state.tokens = _bucket(state.tokens, plan.tokens_per_minute, now)
-        if state.tokens is not None and (wait := state.tokens.wait_for(estimated)) > 0:
-            raise ResourceExhaustedError(
-                "tokens per minute exceeded", retry_after_s=wait, subject="tokens_per_minute"
-            )
-
-    def renew(self, reservation_id: str) -> Held:
+    async def renew(self, reservation_id: str) -> Held:
         """Extends the lease by a lease period from now."""
-        held = self._by_id.get(reservation_id)
-        now = self._clock()
-        if held is None or held.expires <= now:
-            raise NotFoundError(f"no reservation {reservation_id!r} (settled or lapsed)")
-        renewed = replace(
-            held,
-            expires=now + self._lease_s,
-            expire_time=self._wall() + timedelta(seconds=self._lease_s),
-        )
-        self._by_id[reservation_id] = renewed
-        self._tenants[held.tenant_id].held[reservation_id] = renewed
-        return renewed
+        return await self._state.renew(reservation_id, self._lease_s)
 
-    def commit(self, reservation_id: str, used_tokens: int) -> int:
+    async def commit(self, reservation_id: str, used_tokens: int) -> int:
         """Settles with the actual usage; returns the tokens given back. A
         request that ran past its estimate is charged the overage: the bucket
         may go below zero, and the tenant's next requests wait it out."""
-        held = self._pop(reservation_id)
-        returned = max(0, held.tokens - used_tokens)
-        self._give_back(held.tenant_id, returned - max(0, used_tokens - held.tokens))
-        return returned
+        held = await self._state.settle(reservation_id, used_tokens, _month(self._wall()))
+        return max(0, held.tokens - used_tokens)
 
     async def release(
         self,
@@ -284,41 +230,16 @@ class Quotas:
         With the reservation gone (a restart forgot it, or it lapsed), the key
         named is still freed if `request_id` holds it; then NOT_FOUND."""
         try:
-            held = self._pop(reservation_id)
+            held = await self._state.settle(reservation_id, None, _month(self._wall()))
         except NotFoundError:
             if tenant_id and request_id and idempotency_key:
                 await self._store.free_idempotency_key(tenant_id, idempotency_key, request_id)
             raise
-        self._give_back(held.tenant_id, held.tokens)
         if held.idempotency_key:
             await self._store.free_idempotency_key(
                 held.tenant_id, held.idempotency_key, held.request_id
             )
 
-    def _pop(self, reservation_id: str) -> Held:
-        held = self._by_id.pop(reservation_id, None)
-        if held is None:
-            raise NotFoundError(f"no reservation {reservation_id!r} (settled or lapsed)")
-        self._tenants[held.tenant_id].held.pop(reservation_id, None)
-        return held
 
-    def _give_back(self, tenant_id: str, tokens: int) -> None:
-        """Returns `tokens` to the tenant's per-minute bucket (takes them when negative)."""
-        bucket = self._tenants[tenant_id].tokens
-        if bucket is not None:
-            bucket.level = min(bucket.capacity, bucket.level + tokens)
-
-    def _expire(self, state: _TenantState, now: float) -> None:
-        for held in [h for h in state.held.values() if h.expires <= now]:
-            state.held.pop(held.reservation_id)
-            self._by_id.pop(held.reservation_id, None)
-            # A lapsed lease's request may have run: its tokens stay spent this minute.
-
-
-def _bucket(bucket: TokenBucket | None, per_minute: int, now: float) -> TokenBucket | None:
-    if not per_minute:
-        return None
-    if bucket is None or bucket.capacity != per_minute:
-        bucket = TokenBucket(capacity=per_minute, level=per_minute, updated=now)
-    bucket.refill(now)
-    return bucket
+def _month(at: datetime) -> str:
+    return f"{at.year:04d}-{at.month:02d}"

@@ -1,26 +1,28 @@
 """Restrictions: an operator's or the anomaly policy's suspension or throttle
 of a tenant or one API key, until an expiry, with an audit trail.
 
-The store keeps every restriction and audit entry; this process keeps the
-active ones in memory, because Reserve checks them on every request. Like
-the quota buckets, that makes one auth process the authority (see quota.py)."""
+The store keeps every restriction and audit entry; each replica keeps the
+active ones in memory, because Reserve checks them on every request. With
+shared quota state (Redis) a restrict or lift bumps the tenant's version
+there; a Reserve taken by an older version is refused by the state as stale,
+and the replica reloads from the store and admits again, so a restriction
+made through one replica binds every replica from its next Reserve. The
+throttles' buckets live in the quota state (quota_state.py)."""
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
 from services.auth.models import AuditEntry, Restriction, RestrictionAction
-from services.auth.quota import TokenBucket
+from services.auth.quota_state import QuotaState, Throttle
 from services.auth.store import AuthStore
 from services.common.errors import (
     InvalidArgumentError,
     NotFoundError,
     PermissionDeniedError,
-    ResourceExhaustedError,
 )
 
 MAX_DURATION = timedelta(days=30)
@@ -50,13 +52,15 @@ class Restrictions:
         store: AuthStore,
         *,
         wall: Callable[[], datetime] = lambda: datetime.now(UTC),
-        clock: Callable[[], float] = time.monotonic,
+        shared: QuotaState | None = None,
     ) -> None:
+        """`shared`, when set, is told of every change so other replicas reload."""
         self._store = store
         self._wall = wall
-        self._clock = clock
+        self._shared = shared
         self._active: dict[str, Restriction] = {}
-        self._buckets: dict[str, TokenBucket] = {}
+        # The shared version of each tenant's restrictions this replica loaded.
+        self._versions: dict[str, str] = {}
 
     async def load(self) -> None:
         """Takes up the restrictions still in force (after a restart)."""
@@ -64,6 +68,19 @@ class Restrictions:
         self._active = {
             r.restriction_id: r for r in await self._store.list_restrictions(None) if r.active(now)
         }
+
+    def version(self, tenant_id: str) -> str:
+        return self._versions.get(tenant_id, "")
+
+    async def refresh(self, tenant_id: str, version: str) -> None:
+        """The shared version was `version` before this reload, so what the
+        reload finds is at least that new."""
+        await self.load()
+        self._versions[tenant_id] = version
+
+    async def _changed(self, tenant_id: str) -> None:
+        if self._shared is not None:
+            await self._shared.restrictions_changed(tenant_id)
 
     async def restrict(self, request: RestrictRequest) -> Restriction:
         tenant_id = await self._subject_tenant(request)
@@ -101,6 +118,7 @@ class Restrictions:
             restriction, self._audit(restriction, "restrict", detail)
         )
         self._active[restriction.restriction_id] = restriction
+        await self._changed(tenant_id)
         return restriction
 
     async def lift(self, restriction_id: str, actor: str, reason: str) -> Restriction:
@@ -115,7 +133,6 @@ class Restrictions:
         current = found[0]
         now = self._wall()
         self._active.pop(restriction_id, None)
-        self._buckets.pop(restriction_id, None)
         if not current.active(now):
             return current  # expired or lifted already: nothing to undo, nothing to audit
         lifted = replace(current, lifted_at=now, lifted_by=actor)
@@ -123,6 +140,7 @@ class Restrictions:
             f": {reason}" if reason else ""
         )
         await self._store.save_restriction(lifted, self._audit(lifted, "lift", detail, actor))
+        await self._changed(current.tenant_id)
         return lifted
 
     async def find(self, tenant_id: str, include_inactive: bool) -> list[Restriction]:
@@ -138,17 +156,16 @@ class Restrictions:
     def active(self, restriction: Restriction) -> bool:
         return restriction.active(self._wall())
 
-    def admit(self, tenant_id: str, key_id: str) -> list[TokenBucket]:
+    def admit(self, tenant_id: str, key_id: str) -> list[Throttle]:
         """Raises when a restriction refuses a generation now; otherwise the
-        throttles' buckets to take one from once every other check passes."""
+        throttles to take one request from once every other check passes."""
         if not self._active:
             return []
         now = self._wall()
-        buckets: list[TokenBucket] = []
+        throttles: list[Throttle] = []
         for restriction in list(self._active.values()):
             if not restriction.active(now):
                 del self._active[restriction.restriction_id]
-                self._buckets.pop(restriction.restriction_id, None)
                 continue
             if restriction.tenant_id != tenant_id or (
                 restriction.key_id and restriction.key_id != key_id
@@ -159,25 +176,15 @@ class Restrictions:
                     f"{restriction.subject.split(':')[0]} suspended until"
                     f" {restriction.expires_at.isoformat()}: {restriction.reason}"
                 )
-            bucket = self._bucket(restriction)
-            if (wait := bucket.wait_for(1)) > 0:
-                raise ResourceExhaustedError(
+            throttles.append(
+                Throttle(
+                    restriction.restriction_id,
+                    restriction.requests_per_minute,
                     f"{restriction.subject.split(':')[0]} throttled to"
                     f" {restriction.requests_per_minute} requests per minute: {restriction.reason}",
-                    retry_after_s=wait,
-                    subject=f"restriction:{restriction.restriction_id}",
                 )
-            buckets.append(bucket)
-        return buckets
-
-    def _bucket(self, restriction: Restriction) -> TokenBucket:
-        now = self._clock()
-        bucket = self._buckets.get(restriction.restriction_id)
-        if bucket is None:
-            rate = restriction.requests_per_minute
-            bucket = self._buckets[restriction.restriction_id] = TokenBucket(rate, rate, now)
-        bucket.refill(now)
-        return bucket
+            )
+        return throttles
 
     async def _subject_tenant(self, request: RestrictRequest) -> str:
         if bool(request.tenant_id) == bool(request.key_id):

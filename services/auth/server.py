@@ -9,6 +9,7 @@ from maas.v1 import auth_pb2, auth_pb2_grpc, metering_pb2, metering_pb2_grpc
 from observability import Telemetry
 from services.auth.core import AuthCore, MeteringCore
 from services.auth.quota import Quotas
+from services.auth.quota_state import QuotaState
 from services.auth.restrictions import Restrictions
 from services.auth.servicer import ADMIN_RPCS, AdminGuard, AuthServicer, MeteringServicer
 from services.auth.settings import AuthSettings
@@ -26,12 +27,18 @@ async def serving(
     settings: AuthSettings, telemetry: Telemetry, *, store: AuthStore | None = None
 ) -> AsyncIterator[RunningServer]:
     """Serves `store` (default: opened from settings, PostgreSQL when
-    `database_url` is set, else SQLite); ready (SERVING) as soon as it starts.
+    `database_url` is set, else SQLite) with quota state in Redis when
+    `quota_url` is set, else in memory; ready (SERVING) as soon as it starts.
     On exit stops taking calls and finishes those in flight before the store closes."""
     async with AsyncExitStack() as stack:
         if store is None:
             store = await stack.enter_async_context(_open_store(settings))
-        server = await _start_server(settings, telemetry, store)
+        state: QuotaState | None = None
+        if settings.quota_url:
+            from services.auth.redis_quota import open_redis_quota_state
+
+            state = await stack.enter_async_context(open_redis_quota_state(settings.quota_url))
+        server = await _start_server(settings, telemetry, store, state)
         try:
             yield RunningServer(server)
         finally:
@@ -49,14 +56,14 @@ def _open_store(settings: AuthSettings) -> AbstractAsyncContextManager[AuthStore
 
 
 async def _start_server(
-    settings: AuthSettings, telemetry: Telemetry, store: AuthStore
+    settings: AuthSettings, telemetry: Telemetry, store: AuthStore, state: QuotaState | None
 ) -> ServiceServer:
     core = AuthCore(
         store,
         settings.key_pepper.get_secret_value().encode(),
         default_plan=settings.default_plan.plan(),
     )
-    restrictions = Restrictions(store)
+    restrictions = Restrictions(store, shared=state)
     await restrictions.load()
     auth = AuthServicer(
         core,
@@ -64,8 +71,9 @@ async def _start_server(
         Quotas(
             store,
             lease_s=settings.reservation_lease_s,
-            admit=restrictions.admit,
+            restrictions=restrictions,
             idempotency_retention_s=settings.idempotency_retention_s,
+            state=state,
         ),
         restrictions,
     )

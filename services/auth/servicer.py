@@ -154,7 +154,7 @@ class AuthServicer(auth_pb2_grpc.AuthServicer):
 
     async def Renew(self, request: auth_pb2.RenewRequest, context: Context) -> auth_pb2.Reservation:
         check_id("reservation_id", request.reservation_id)
-        held = self._quotas.renew(request.reservation_id)
+        held = await self._quotas.renew(request.reservation_id)
         return self._reservation(held)
 
     def _reservation(self, held: Held) -> auth_pb2.Reservation:
@@ -170,7 +170,7 @@ class AuthServicer(auth_pb2_grpc.AuthServicer):
     async def Commit(
         self, request: auth_pb2.CommitRequest, context: Context
     ) -> auth_pb2.CommitResponse:
-        returned = self._quotas.commit(request.reservation_id, request.used_tokens)
+        returned = await self._quotas.commit(request.reservation_id, request.used_tokens)
         return auth_pb2.CommitResponse(returned_tokens=returned)
 
     async def Release(

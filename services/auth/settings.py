@@ -44,8 +44,9 @@ class AuthSettings(ServiceSettings):
     database_path: Path = Path(".maas/auth.db")
     # postgresql://... to use PostgreSQL (production); unset: SQLite at database_path.
     database_url: str | None = None
-    # redis://... : quota state (rate windows, leases, restrictions) shared by
-    # every auth replica; unset: in this process (one replica only).
+    # redis://host:port/db: quota state (rate buckets, held leases, restriction
+    # throttles) shared by every auth replica; unset: in this process's memory,
+    # which allows one auth replica only.
     quota_url: str | None = None
     # The operator token: mesh-wide administration (tenants, plans, restrictions,
     # any tenant's keys). An API key with the `admin` scope administers only

@@ -3,19 +3,24 @@
 from __future__ import annotations
 
 import subprocess
+import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 import asyncpg
 import grpc
 import pytest
 import pytest_asyncio
+import redis.asyncio as aioredis
 
 from observability import setup
 from observability.settings import TelemetrySettings
 from services.auth.core import AuthCore, MeteringCore
 from services.auth.postgres_store import open_postgres_store
+from services.auth.quota_state import MemoryQuotaState, QuotaState
+from services.auth.redis_quota import RedisQuotaState, redis_client
 from services.auth.server import serving
 from services.auth.settings import AuthSettings
 from services.auth.sqlite_store import open_sqlite_store
@@ -83,3 +88,41 @@ async def auth_channel(store: AuthStore, tmp_path: Path) -> AsyncIterator[grpc.a
     ):
         yield channel
     telemetry.shutdown()
+
+
+class QuotaStates:
+    """Makes the quota state a test's Quotas run on: this process's memory, or
+    a real Redis under a key prefix of the test's own. `forget()` loses what
+    the state held, as a restart of auth does in memory (in Redis: the state's
+    data lost, a new prefix); every state made after it shares the new one."""
+
+    def __init__(self, kind: str, client: aioredis.Redis | None) -> None:
+        self.kind = kind
+        self._client = client
+        self._prefix = ""
+        self.forget()
+
+    def forget(self) -> None:
+        self._prefix = f"maas:quota:test-{uuid.uuid4().hex}"
+
+    def __call__(
+        self,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> QuotaState:
+        if self._client is None:
+            return MemoryQuotaState(clock=clock, wall=wall)
+        return RedisQuotaState(self._client, prefix=self._prefix, clock=clock, wall=wall)
+
+
+@pytest_asyncio.fixture(params=["memory", "redis"])
+async def quota_states(request: pytest.FixtureRequest) -> AsyncIterator[QuotaStates]:
+    """The same quota tests run against both states."""
+    if request.param == "memory":
+        yield QuotaStates("memory", None)
+        return
+    client = redis_client(request.getfixturevalue("redis_url"))
+    try:
+        yield QuotaStates("redis", client)
+    finally:
+        await client.aclose()

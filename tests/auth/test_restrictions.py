@@ -23,7 +23,7 @@ from services.common.errors import (
     NotFoundError,
     ResourceExhaustedError,
 )
-from tests.auth.conftest import ADMIN_TOKEN
+from tests.auth.conftest import ADMIN_TOKEN, QuotaStates
 
 
 class Wall:
@@ -61,11 +61,12 @@ def suspend(key_id: str = "", tenant_id: str = "", minutes: float = 15) -> Restr
 
 
 async def test_a_suspended_key_is_refused_and_its_sibling_is_not_until_lifted(
-    store: AuthStore, auth_core: AuthCore, wall: Wall
+    store: AuthStore, auth_core: AuthCore, wall: Wall, quota_states: QuotaStates
 ) -> None:
     tenant_id, leaked, other = await tenant_with_two_keys(auth_core)
-    restrictions = Restrictions(store, wall=wall)
-    quotas = Quotas(store, admit=restrictions.admit)
+    state = quota_states(wall=wall)
+    restrictions = Restrictions(store, wall=wall, shared=state)
+    quotas = Quotas(store, restrictions=restrictions, state=state)
     made = await restrictions.restrict(suspend(key_id=leaked))
     assert made.tenant_id == tenant_id and made.key_id == leaked
 
@@ -90,11 +91,12 @@ async def test_a_suspended_key_is_refused_and_its_sibling_is_not_until_lifted(
 
 
 async def test_a_suspended_tenant_refuses_every_key(
-    store: AuthStore, auth_core: AuthCore, wall: Wall
+    store: AuthStore, auth_core: AuthCore, wall: Wall, quota_states: QuotaStates
 ) -> None:
     tenant_id, first, second = await tenant_with_two_keys(auth_core)
-    restrictions = Restrictions(store, wall=wall)
-    quotas = Quotas(store, admit=restrictions.admit)
+    state = quota_states(wall=wall)
+    restrictions = Restrictions(store, wall=wall, shared=state)
+    quotas = Quotas(store, restrictions=restrictions, state=state)
     await restrictions.restrict(suspend(tenant_id=tenant_id))
     for i, key in enumerate((first, second, "")):
         with pytest.raises(SuspendedError, match="tenant suspended"):
@@ -102,12 +104,13 @@ async def test_a_suspended_tenant_refuses_every_key(
 
 
 async def test_a_throttle_caps_the_rate_and_says_when_to_come_back(
-    store: AuthStore, auth_core: AuthCore, wall: Wall
+    store: AuthStore, auth_core: AuthCore, wall: Wall, quota_states: QuotaStates
 ) -> None:
     tenant_id, key, other = await tenant_with_two_keys(auth_core)
     clock = [0.0]
-    restrictions = Restrictions(store, wall=wall, clock=lambda: clock[0])
-    quotas = Quotas(store, admit=restrictions.admit, clock=lambda: clock[0])
+    state = quota_states(lambda: clock[0], wall)
+    restrictions = Restrictions(store, wall=wall, shared=state)
+    quotas = Quotas(store, restrictions=restrictions, clock=lambda: clock[0], state=state)
     made = await restrictions.restrict(
         RestrictRequest(
             action=RestrictionAction.THROTTLE,
@@ -131,11 +134,12 @@ async def test_a_throttle_caps_the_rate_and_says_when_to_come_back(
 
 
 async def test_a_restriction_ends_by_itself_at_its_expiry(
-    store: AuthStore, auth_core: AuthCore, wall: Wall
+    store: AuthStore, auth_core: AuthCore, wall: Wall, quota_states: QuotaStates
 ) -> None:
     tenant_id, key, _ = await tenant_with_two_keys(auth_core)
-    restrictions = Restrictions(store, wall=wall)
-    quotas = Quotas(store, admit=restrictions.admit)
+    state = quota_states(wall=wall)
+    restrictions = Restrictions(store, wall=wall, shared=state)
+    quotas = Quotas(store, restrictions=restrictions, state=state)
     made = await restrictions.restrict(suspend(key_id=key, minutes=10))
     assert [r.restriction_id for r in await restrictions.find(tenant_id, False)] == [
         made.restriction_id
@@ -153,14 +157,20 @@ async def test_a_restriction_ends_by_itself_at_its_expiry(
 
 
 async def test_restrictions_outlive_a_restart_of_auth(
-    store: AuthStore, auth_core: AuthCore, wall: Wall
+    store: AuthStore, auth_core: AuthCore, wall: Wall, quota_states: QuotaStates
 ) -> None:
     tenant_id, key, _ = await tenant_with_two_keys(auth_core)
-    await Restrictions(store, wall=wall).restrict(suspend(key_id=key))
-    restarted = Restrictions(store, wall=wall)
+    await Restrictions(store, wall=wall, shared=quota_states(wall=wall)).restrict(
+        suspend(key_id=key)
+    )
+    quota_states.forget()  # the quota state is lost too: the store is the record
+    state = quota_states(wall=wall)
+    restarted = Restrictions(store, wall=wall, shared=state)
     await restarted.load()
     with pytest.raises(SuspendedError):
-        await Quotas(store, admit=restarted.admit).reserve(tenant_id, "r", "tiny", 1, key_id=key)
+        await Quotas(store, restrictions=restarted, state=state).reserve(
+            tenant_id, "r", "tiny", 1, key_id=key
+        )
 
 
 @pytest.mark.parametrize(
