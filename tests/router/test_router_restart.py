@@ -226,9 +226,24 @@ async def test_a_direct_stream_outlives_its_router_and_is_billed(tmp_path: Path)
 
             await eventually(billed)
 
-            # With the router down, a new request is refused UNAVAILABLE (retryable), not INTERNAL.
+            # A request that comes while the router is down waits for it
+            # (the gateway retries before the first decision): the router is
+            # back on its port a moment later and the request is served.
+            port = int(mesh.target("router").rpartition(":")[2])
+            waiting = asyncio.create_task(_generated(client, 8))
+            await asyncio.sleep(0.2)
+            async with router_on(port, [mesh.target("inference")]):
+                assert await waiting > 0
+
+            # Down for longer than the caller waits: UNAVAILABLE (retryable),
+            # not INTERNAL, and before the caller's deadline.
             try:
-                async for _ in client.generate(MODEL, prompt="Again", max_tokens=4):
-                    raise AssertionError("served with no router")
+                await _generated(client, 4, timeout_s=1.0)
+                raise AssertionError("served with no router")
             except grpc.aio.AioRpcError as err:
                 assert err.code() == grpc.StatusCode.UNAVAILABLE, err
+
+
+async def _generated(client: MaasClient, tokens: int, timeout_s: float | None = None) -> int:
+    chunks = client.generate(MODEL, prompt="Again", max_tokens=tokens, timeout_s=timeout_s)
+    return sum([len(c.token_ids) async for c in chunks])
