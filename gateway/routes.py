@@ -34,17 +34,16 @@ from observability import Telemetry
 from observability.channels import PLAINTEXT, ChannelSecurity, channel
 from observability.context import REPLICA_METADATA_KEY
 from services.common.errors import UnavailableError, status_detail
+from services.router.spec import STOPPING_REASON
 
 RouteCall = grpc.aio.StreamStreamCall[router_pb2.RouteUpdate, router_pb2.RouteDecision]
 # How long a request waits, before its first decision, for a router that is
 # down or stopping: a router restarts to SERVING in about 1 s
-# (bench/router_restart.py), and the gateway's channel reconnects about a
-# second after a failed attempt; past this the caller hears UNAVAILABLE.
+# (bench/router_restart.py), and the gateway's channel to it reconnects
+# within a second (CALLER_CHANNEL_OPTIONS); past this the caller hears UNAVAILABLE.
 ROUTER_RETRY_S = 3.0
 # The first pause; each next one doubles (0.1, 0.2, 0.4, 0.8, 1.6 s: 3.1 s).
 ROUTER_RETRY_FIRST_PAUSE_S = 0.1
-# The ErrorInfo reason of a stopping router's refusal (services/router/dispatcher.py).
-ROUTER_STOPPING = "ROUTER_STOPPING"
 
 
 def router_restarting(err: grpc.aio.AioRpcError) -> bool:
@@ -58,7 +57,7 @@ def router_restarting(err: grpc.aio.AioRpcError) -> bool:
     except ValueError:
         status = None  # trailers that disagree with the status line: none to trust
     info = status_detail(status, error_details_pb2.ErrorInfo) if status is not None else None
-    return info is None or info.reason == ROUTER_STOPPING
+    return info is None or info.reason == STOPPING_REASON
 
 
 class Route(Protocol):

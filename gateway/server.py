@@ -32,6 +32,7 @@ from observability.channels import channel
 from services.common.events import EventPublisher
 from services.common.security import channel_security, server_security
 from services.common.serving import PUBLIC_SERVER_OPTIONS, ServiceServer, start_server
+from services.router.spec import CALLER_CHANNEL_OPTIONS
 
 SERVICE_NAME = gateway_pb2.DESCRIPTOR.services_by_name["Gateway"].full_name
 
@@ -62,7 +63,9 @@ async def serving(settings: GatewaySettings, telemetry: Telemetry) -> AsyncItera
     events before closing channels."""
     async with AsyncExitStack() as stack:
         security = channel_security(settings)
-        router_ch = channel(settings.router_address, telemetry, security=security)
+        router_ch = channel(
+            settings.router_address, telemetry, CALLER_CHANNEL_OPTIONS, security=security
+        )
         auth_ch = channel(settings.auth_address, telemetry, security=security)
         anomaly_ch = channel(settings.anomaly_address, telemetry, security=security)
         for ch in (router_ch, auth_ch, anomaly_ch):

@@ -36,17 +36,11 @@ from maas.v1 import router_pb2, router_pb2_grpc
 from maas_cli.connection import SERVICE_TOKEN_VARIABLE
 from observability.logging import configure_logging
 from observability.settings import TelemetrySettings
+from services.router.spec import CALLER_CHANNEL_OPTIONS
 
 log = structlog.get_logger(__name__)
 # Long enough for a busy router, short enough that a hung one is retried next round.
 CALL_TIMEOUT_S = 10.0
-# The router's channel reconnects within this after the router comes back,
-# not after gRPC's default backoff (it grows to two minutes): a restarted
-# router is empty until the sidecar reaches it. One local peer: cheap.
-ROUTER_CHANNEL_OPTIONS = (
-    ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.max_reconnect_backoff_ms", 1000),
-)
 # Pause before watching again after a watch failed at once (a router that
 # refuses the watch), so a refusal is not retried in a tight loop.
 WATCH_RETRY_S = 1.0
@@ -158,7 +152,7 @@ async def run(router: str, host: str, port: int, interval_s: float) -> None:
     stop = asyncio.create_task(wait_for_shutdown_signal())
     try:
         async with channel(
-            router, telemetry, options=ROUTER_CHANNEL_OPTIONS, security=security
+            router, telemetry, options=CALLER_CHANNEL_OPTIONS, security=security
         ) as ch:
             await keep_synced(ch, host, port, interval_s, stop)
     finally:

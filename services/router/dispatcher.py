@@ -30,6 +30,7 @@ from services.router.headroom import LightHeadroom
 from services.router.limiter import Ewma, RecentQuantile
 from services.router.replica import Replica
 from services.router.replicas import ReplicaSet
+from services.router.spec import STOPPING_REASON
 from services.router.tenants import ActiveTenants
 
 # Tenants remembered per model for the reserve's fair share: enough for every
@@ -59,7 +60,7 @@ class RouterStoppingError(UnavailableError):
     def __init__(self, retry_after_s: float = RESTART_RETRY_AFTER_S) -> None:
         super().__init__(
             "the router is restarting; the request reached no replica, retry it",
-            reason="ROUTER_STOPPING",
+            reason=STOPPING_REASON,
         )
         self.retry_after_s = retry_after_s
 

@@ -19,7 +19,7 @@ import grpc
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from deploy.runtime.replica_sync import ROUTER_CHANNEL_OPTIONS, keep_synced
+from deploy.runtime.replica_sync import keep_synced
 from maas.v1 import (
     auth_pb2,
     auth_pb2_grpc,
@@ -38,6 +38,7 @@ from services.mesh import MeshOptions, RunningMesh, running_mesh
 from services.router.server import RunningRouter
 from services.router.server import serving as serving_router
 from services.router.settings import RouterSettings
+from services.router.spec import CALLER_CHANNEL_OPTIONS
 from tests.support import eventually, free_port
 
 MODEL = "sim-tiny"
@@ -93,7 +94,7 @@ async def test_a_restarted_router_relearns_its_replicas_from_the_sync() -> None:
     async with AsyncExitStack() as stack:
         replica = await stack.enter_async_context(sim_replica())
         ch = await stack.enter_async_context(
-            grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=ROUTER_CHANNEL_OPTIONS)
+            grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=CALLER_CHANNEL_OPTIONS)
         )
         stub = router_pb2_grpc.RouterStub(ch)
         stop: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -172,7 +173,12 @@ async def sim_mesh(state: Path) -> AsyncIterator[RunningMesh]:
     options = MeshOptions(
         state=state,
         model=MODEL,
-        overrides={"inference": SIM, "gateway": {"routing": "direct"}},
+        overrides={
+            "inference": SIM,
+            # The model list expires while the router is down, as its 5 s
+            # default does in a longer restart.
+            "gateway": {"routing": "direct", "model_list_ttl_s": 0.05},
+        },
     )
     async with running_mesh(options) as mesh:
         yield mesh
