@@ -42,8 +42,10 @@ RouteCall = grpc.aio.StreamStreamCall[router_pb2.RouteUpdate, router_pb2.RouteDe
 # (bench/router_restart.py), and the gateway's channel to it reconnects
 # within a second (CALLER_CHANNEL_OPTIONS); past this the caller hears UNAVAILABLE.
 ROUTER_RETRY_S = 3.0
-# The first pause; each next one doubles (0.1, 0.2, 0.4, 0.8, 1.6 s: 3.1 s).
+# The first pause; each next one doubles up to the most, as often as the
+# channel tries to reconnect: tries at 0.1, 0.3, 0.7, 1.5, 2.5 and 3 s.
 ROUTER_RETRY_FIRST_PAUSE_S = 0.1
+ROUTER_RETRY_MAX_PAUSE_S = 1.0
 
 
 def router_restarting(err: grpc.aio.AioRpcError) -> bool:
@@ -292,7 +294,7 @@ class DirectRoute:
     async def _first_decision(self) -> router_pb2.RouteDecision | None:
         """The router's first decision. While the router is unreachable or
         stopping (a restart) the request has reached no replica, so it is
-        sent again after a pause, doubling, for up to ROUTER_RETRY_S in all
+        sent again after a pause, growing, for up to ROUTER_RETRY_S in all
         and within the caller's deadline; then the router's UNAVAILABLE is
         the answer. Any other refusal is the answer at once."""
         pause_s, waited_s = ROUTER_RETRY_FIRST_PAUSE_S, 0.0
@@ -307,13 +309,14 @@ class DirectRoute:
                 remaining = self._remaining()
                 if (
                     not router_restarting(err)
-                    or waited_s + pause_s > ROUTER_RETRY_S
+                    or waited_s >= ROUTER_RETRY_S
                     or (remaining is not None and remaining <= pause_s)
                 ):
                     raise
+            pause_s = min(pause_s, ROUTER_RETRY_S - waited_s)
             await asyncio.sleep(pause_s)
             waited_s += pause_s
-            pause_s *= 2
+            pause_s = min(2 * pause_s, ROUTER_RETRY_MAX_PAUSE_S)
             self._route = self._router.Route(timeout=self._remaining())
 
     async def _decision(self) -> router_pb2.RouteDecision | None:
