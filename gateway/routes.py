@@ -34,7 +34,7 @@ from observability import Telemetry
 from observability.channels import PLAINTEXT, ChannelSecurity, channel
 from observability.context import REPLICA_METADATA_KEY
 from services.common.errors import UnavailableError, status_detail
-from services.router.spec import STOPPING_REASON
+from services.router.spec import RESEND_REASONS
 
 RouteCall = grpc.aio.StreamStreamCall[router_pb2.RouteUpdate, router_pb2.RouteDecision]
 # How long a request waits, before its first decision, for a router that is
@@ -51,7 +51,8 @@ ROUTER_RETRY_MAX_PAUSE_S = 1.0
 def router_restarting(err: grpc.aio.AioRpcError) -> bool:
     """Whether a Route call failed because the router is down or stopping,
     not because it refused the request: UNAVAILABLE from the channel itself
-    (no status details: nothing in the mesh answered) or from a stopping router."""
+    (no status details: nothing in the mesh answered) or from a router
+    stopping or just started."""
     if err.code() != grpc.StatusCode.UNAVAILABLE:
         return False
     try:
@@ -59,7 +60,7 @@ def router_restarting(err: grpc.aio.AioRpcError) -> bool:
     except ValueError:
         status = None  # trailers that disagree with the status line: none to trust
     info = status_detail(status, error_details_pb2.ErrorInfo) if status is not None else None
-    return info is None or info.reason == STOPPING_REASON
+    return info is None or info.reason in RESEND_REASONS
 
 
 class Route(Protocol):

@@ -6,9 +6,13 @@ from maas.v1 import router_pb2
 from services.common.spec import ServiceSpec
 from services.router.settings import RouterSettings
 
-# The ErrorInfo reason of a stopping router's refusal: the request reached
-# no replica, and its caller may send it again (the gateway does).
+# ErrorInfo reasons of a router's refusals that say "not now, resend": it is
+# stopping, or it started so recently that a replica has not yet told its
+# model. The request reached no replica; its caller may send it again (the
+# gateway does).
 STOPPING_REASON = "ROUTER_STOPPING"
+STARTING_REASON = "ROUTER_STARTING"
+RESEND_REASONS = frozenset({STOPPING_REASON, STARTING_REASON})
 # For every caller's channel to the router: reconnect within a second of a
 # restarted router listening again, not after gRPC's default backoff (1 s
 # growing to 2 min, so a few refused attempts during a 1 s restart delayed

@@ -31,6 +31,7 @@ from maas.v1 import (
 from maas_cli.client import MaasClient
 from observability import setup
 from observability.settings import TelemetrySettings
+from services.common.errors import status_detail
 from services.inference.server import RunningInference
 from services.inference.server import serving as serving_inference
 from services.inference.settings import InferenceSettings
@@ -38,7 +39,7 @@ from services.mesh import MeshOptions, RunningMesh, running_mesh
 from services.router.server import RunningRouter
 from services.router.server import serving as serving_router
 from services.router.settings import RouterSettings
-from services.router.spec import CALLER_CHANNEL_OPTIONS
+from services.router.spec import CALLER_CHANNEL_OPTIONS, STARTING_REASON
 from tests.support import eventually, free_port
 
 MODEL = "sim-tiny"
@@ -166,6 +167,23 @@ async def test_a_stopping_router_refuses_what_it_queued_retryably_and_finishes_w
             tokens += len(chunk.token_ids)
         assert tokens == LONG_STREAM_TOKENS
         await stopping
+
+
+async def test_a_router_not_yet_told_its_replicas_models_says_resend_not_not_found() -> None:
+    # A replica it has not heard from (nothing listens there): its model is unknown.
+    async with (
+        router_on(0, [f"127.0.0.1:{free_port()}"]) as running,
+        grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as ch,
+    ):
+        try:
+            await router_pb2_grpc.RouterStub(ch).Generate(routed(4)).read()
+            raise AssertionError("routed with no replica heard from")
+        except grpc.aio.AioRpcError as err:
+            assert err.code() == grpc.StatusCode.UNAVAILABLE
+            status = rpc_status.from_call(err)
+            assert status is not None
+            info = status_detail(status, error_details_pb2.ErrorInfo)
+            assert info is not None and info.reason == STARTING_REASON
 
 
 @asynccontextmanager
