@@ -27,11 +27,16 @@ What a restart loses is small and comes back by itself:
   again from its defaults, as at any start.
 
 Measured by bench/router_restart.py (4 simulated replicas, 16 clients
-through one gateway, 64-token streams, 3 rounds a signal; 2 shared cores):
-signal to SERVING with every replica serving 1.4 s after SIGTERM (0.4 s of
-it draining placed streams) and 0.9 s after SIGKILL; a new process to
-SERVING 0.9 s; every stream in flight at the signal completed (48 of 48
-each way); requests arriving meanwhile were held by the gateway and served,
-none failed, unless the restart ran past the gateway's 3 s (one SIGTERM
-round on a loaded machine: 16 UNAVAILABLE, retryable).
+through one gateway, 64-token streams, 5 restarts a signal, 2 cores shared
+with other work at load 5-7; median [range]): signal to SERVING with every
+replica serving 1.49 s [1.28-1.71] after SIGTERM (0.50 s of it draining
+placed streams) and 0.92 s [0.87-1.01] after SIGKILL; a new process to
+SERVING about 0.9-1.0 s. Every stream in flight at the signal completed
+(80 of 80 each way), and no request failed: those arriving meanwhile were
+held by the gateway, the longest about 2 s. A restart past the gateway's
+3 s (one start took 2.4 s on this loaded machine) fails the requests held
+longest with UNAVAILABLE, retryable. Before this work the same run failed
+every request arriving during a restart (some INTERNAL), and a restarted
+router with the sync sidecar stayed empty until the sidecar's next round
+(10 s by default).
 """
