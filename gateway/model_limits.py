@@ -2,7 +2,9 @@
 before admitting a request: the router's replica list, cached briefly.
 
 A request for a model not in a fresh list is refused without asking the
-router again: a flood of made-up names costs one list per `ttl_s` at most."""
+router again: a flood of made-up names costs one list per `ttl_s` at most.
+While the router is unreachable (a restart) the last list stands: the
+request goes on to the router's Route, which waits for it (routes.py)."""
 
 from __future__ import annotations
 
@@ -10,8 +12,10 @@ import asyncio
 import time
 from collections.abc import Callable
 
+import grpc
+
 from maas.v1 import generation_pb2, router_pb2, router_pb2_grpc
-from services.common.errors import NotFoundError, remote_errors
+from services.common.errors import MeshError, NotFoundError, remote_errors
 
 
 def served_models(replicas: router_pb2.ListReplicasResponse) -> list[generation_pb2.ModelInfo]:
@@ -61,11 +65,16 @@ class ModelCatalog:
         return self._fetched_at is not None and self._clock() - self._fetched_at < self._ttl_s
 
     async def _fetch(self, timeout_s: float | None) -> None:
-        with remote_errors():
-            replicas = await self._router.ListReplicas(
-                router_pb2.ListReplicasRequest(),
-                # A caller with no deadline must still not hang the request on a stuck router.
-                timeout=timeout_s if timeout_s is not None else 10.0,
-            )
+        try:
+            with remote_errors():
+                replicas = await self._router.ListReplicas(
+                    router_pb2.ListReplicasRequest(),
+                    # A caller with no deadline must still not hang the request on a stuck router.
+                    timeout=timeout_s if timeout_s is not None else 10.0,
+                )
+        except MeshError as err:
+            if err.code != grpc.StatusCode.UNAVAILABLE or self._fetched_at is None:
+                raise
+            return  # the last list stands, still stale: the next request asks again
         self._models = {m.name: m for m in served_models(replicas)}
         self._fetched_at = self._clock()

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import grpc
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 
 from maas.v1 import (
     generation_pb2,
@@ -31,9 +33,34 @@ from maas.v1 import (
 from observability import Telemetry
 from observability.channels import PLAINTEXT, ChannelSecurity, channel
 from observability.context import REPLICA_METADATA_KEY
-from services.common.errors import UnavailableError
+from services.common.errors import UnavailableError, status_detail
+from services.router.spec import RESEND_REASONS
 
 RouteCall = grpc.aio.StreamStreamCall[router_pb2.RouteUpdate, router_pb2.RouteDecision]
+# How long a request waits, before its first decision, for a router that is
+# down or stopping: a router restarts to SERVING in about 1 s
+# (bench/router_restart.py), and the gateway's channel to it reconnects
+# within a second (CALLER_CHANNEL_OPTIONS); past this the caller hears UNAVAILABLE.
+ROUTER_RETRY_S = 3.0
+# The first pause; each next one doubles up to the most, as often as the
+# channel tries to reconnect: tries at 0.1, 0.3, 0.7, 1.5, 2.5 and 3 s.
+ROUTER_RETRY_FIRST_PAUSE_S = 0.1
+ROUTER_RETRY_MAX_PAUSE_S = 1.0
+
+
+def router_restarting(err: grpc.aio.AioRpcError) -> bool:
+    """Whether a Route call failed because the router is down or stopping,
+    not because it refused the request: UNAVAILABLE from the channel itself
+    (no status details: nothing in the mesh answered) or from a router
+    stopping or just started."""
+    if err.code() != grpc.StatusCode.UNAVAILABLE:
+        return False
+    try:
+        status = rpc_status.from_call(err)
+    except ValueError:
+        status = None  # trailers that disagree with the status line: none to trust
+    info = status_detail(status, error_details_pb2.ErrorInfo) if status is not None else None
+    return info is None or info.reason in RESEND_REASONS
 
 
 class Route(Protocol):
@@ -174,6 +201,7 @@ class DirectRoute:
         remaining: Callable[[], float | None],
         settle: Callable[[RouteCall], None],
     ) -> None:
+        self._router = router
         self._routed = routed
         self._channels = channels
         self._remaining = remaining
@@ -200,8 +228,7 @@ class DirectRoute:
             self._route.cancel()
 
     async def _stream(self) -> AsyncGenerator[generation_pb2.GenerateResponse, None]:
-        await self._route.write(router_pb2.RouteUpdate(request=self._routed))
-        decision = await self._decision()
+        decision = await self._first_decision()
         while decision is not None:
             self._address = decision.replica_address
             stub = self._channels.acquire(self._address)
@@ -264,6 +291,34 @@ class DirectRoute:
                 self._reported = True
                 raise failure
         raise UnavailableError("the router closed the route without naming a replica")
+
+    async def _first_decision(self) -> router_pb2.RouteDecision | None:
+        """The router's first decision. While the router is unreachable or
+        stopping (a restart) the request has reached no replica, so it is
+        sent again after a pause, growing, for up to ROUTER_RETRY_S in all
+        and within the caller's deadline; then the router's UNAVAILABLE is
+        the answer. Any other refusal is the answer at once."""
+        pause_s, waited_s = ROUTER_RETRY_FIRST_PAUSE_S, 0.0
+        while True:
+            # A call that ended before the request went out raises
+            # InvalidStateError here; reading it raises its status.
+            with contextlib.suppress(asyncio.InvalidStateError):
+                await self._route.write(router_pb2.RouteUpdate(request=self._routed))
+            try:
+                return await self._decision()
+            except grpc.aio.AioRpcError as err:
+                remaining = self._remaining()
+                if (
+                    not router_restarting(err)
+                    or waited_s >= ROUTER_RETRY_S
+                    or (remaining is not None and remaining <= pause_s)
+                ):
+                    raise
+            pause_s = min(pause_s, ROUTER_RETRY_S - waited_s)
+            await asyncio.sleep(pause_s)
+            waited_s += pause_s
+            pause_s = min(2 * pause_s, ROUTER_RETRY_MAX_PAUSE_S)
+            self._route = self._router.Route(timeout=self._remaining())
 
     async def _decision(self) -> router_pb2.RouteDecision | None:
         """The router's next decision; None when it closed the call OK. A

@@ -36,6 +36,7 @@ from services.common.balanced import balanced_options, balanced_target
 from services.common.events import EventPublisher
 from services.common.security import channel_security, server_security
 from services.common.serving import PUBLIC_SERVER_OPTIONS, ServiceServer, start_server
+from services.router.spec import CALLER_CHANNEL_OPTIONS
 
 SERVICE_NAME = gateway_pb2.DESCRIPTOR.services_by_name["Gateway"].full_name
 _AUTH = auth_pb2.DESCRIPTOR.services_by_name["Auth"].full_name
@@ -75,7 +76,9 @@ async def serving(settings: GatewaySettings, telemetry: Telemetry) -> AsyncItera
     events before closing channels."""
     async with AsyncExitStack() as stack:
         security = channel_security(settings)
-        router_ch = channel(settings.router_address, telemetry, security=security)
+        router_ch = channel(
+            settings.router_address, telemetry, CALLER_CHANNEL_OPTIONS, security=security
+        )
         # Every auth replica on one channel, round robin; see services/common/balanced.py.
         auth_target = balanced_target("auth_address", settings.auth_address)
         auth_ch = channel(

@@ -11,29 +11,39 @@ with no static replicas.
 
 DNS has no watch, so the name is looked up again every `--interval-s`, as
 gRPC's own DNS resolver does; a failed lookup changes nothing, so a DNS
-hiccup never empties the router."""
+hiccup never empties the router. Each round reconciles against what the
+router itself lists, never against what this sidecar sent before, and a
+round also runs the moment a router (re)starts: a restarted router knows
+no replica until told, and it is told within a reconnect, not an interval."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 import structlog
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from deploy.runtime.spec import CommandSpec
 from maas.v1 import router_pb2, router_pb2_grpc
 from maas_cli.connection import SERVICE_TOKEN_VARIABLE
 from observability.logging import configure_logging
 from observability.settings import TelemetrySettings
+from services.router.spec import CALLER_CHANNEL_OPTIONS
 
 log = structlog.get_logger(__name__)
 # Long enough for a busy router, short enough that a hung one is retried next round.
 CALL_TIMEOUT_S = 10.0
+# Pause before watching again after a watch failed at once (a router that
+# refuses the watch), so a refusal is not retried in a tight loop.
+WATCH_RETRY_S = 1.0
 SPEC = CommandSpec(
     module="deploy.runtime.replica_sync",
     flags=frozenset({"--router", "--replicas", "--interval-s"}),
@@ -90,6 +100,48 @@ async def sync_once(
     return SyncResult(tuple(added), tuple(gone))
 
 
+async def router_starts(health: health_pb2_grpc.HealthAsyncStub, started: asyncio.Event) -> None:
+    """Sets `started` whenever a watch of the router's liveness opens: at
+    each start of a router process, a restarted one included (the watch of
+    the one before broke with its connection). Runs until cancelled."""
+    request = health_pb2.HealthCheckRequest(service="")
+    while True:
+        opened = False
+        try:
+            # wait_for_ready: while the router is down this waits for it, not fails.
+            async for _ in health.Watch(request, wait_for_ready=True):
+                opened = True
+                started.set()
+        except grpc.aio.AioRpcError as err:
+            log.info("router watch ended", code=err.code().name)
+        if not opened:
+            await asyncio.sleep(WATCH_RETRY_S)
+
+
+async def keep_synced(
+    ch: grpc.aio.Channel, host: str, port: int, interval_s: float, stop: asyncio.Future[None]
+) -> None:
+    """Syncs the router on `ch` every `interval_s` and as soon as it (re)starts, until `stop`."""
+    router = router_pb2_grpc.RouterStub(ch)
+    due = asyncio.Event()
+    watcher = asyncio.create_task(router_starts(health_pb2_grpc.HealthStub(ch), due))
+    try:
+        while not stop.done():
+            due.clear()
+            try:
+                await sync_once(router, host, port)
+            except grpc.aio.AioRpcError as err:
+                log.warning("router unreachable; next round retries", code=err.code().name)
+            woken = asyncio.create_task(due.wait())
+            waits: set[asyncio.Future[Any]] = {stop, woken}
+            await asyncio.wait(waits, timeout=interval_s, return_when=asyncio.FIRST_COMPLETED)
+            woken.cancel()
+    finally:
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
+
+
 async def run(router: str, host: str, port: int, interval_s: float) -> None:
     from observability import setup
     from observability.channels import ChannelSecurity, channel
@@ -99,14 +151,10 @@ async def run(router: str, host: str, port: int, interval_s: float) -> None:
     security = ChannelSecurity(service_token=os.environ.get(SERVICE_TOKEN_VARIABLE) or None)
     stop = asyncio.create_task(wait_for_shutdown_signal())
     try:
-        async with channel(router, telemetry, security=security) as ch:
-            stub = router_pb2_grpc.RouterStub(ch)
-            while not stop.done():
-                try:
-                    await sync_once(stub, host, port)
-                except grpc.aio.AioRpcError as err:
-                    log.warning("router unreachable; next round retries", code=err.code().name)
-                await asyncio.wait({stop}, timeout=interval_s)
+        async with channel(
+            router, telemetry, options=CALLER_CHANNEL_OPTIONS, security=security
+        ) as ch:
+            await keep_synced(ch, host, port, interval_s, stop)
     finally:
         stop.cancel()
         telemetry.shutdown()

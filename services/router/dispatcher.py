@@ -9,15 +9,20 @@ import asyncio
 import enum
 import itertools
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
+
+from google.protobuf import duration_pb2
+from google.protobuf.message import Message
+from google.rpc import error_details_pb2
 
 from services.common.errors import (
     DeadlineExceededError,
     MeshError,
     NotFoundError,
     ResourceExhaustedError,
+    UnavailableError,
 )
 from services.router.choice import choose, round_robin
 from services.router.fair_queue import Entry, FairQueue, QueueFullError
@@ -25,6 +30,7 @@ from services.router.headroom import LightHeadroom
 from services.router.limiter import Ewma, RecentQuantile
 from services.router.replica import Replica
 from services.router.replicas import ReplicaSet
+from services.router.spec import STOPPING_REASON
 from services.router.tenants import ActiveTenants
 
 # Tenants remembered per model for the reserve's fair share: enough for every
@@ -42,6 +48,26 @@ S_PER_TOKEN_QUANTILE = 0.9
 # "retry at once"), at most the longest a request waits without a deadline.
 MIN_RETRY_AFTER_S = 0.1
 MAX_RETRY_AFTER_S = 30.0
+# What a request refused by a stopping router is told to wait: about a
+# router's restart to SERVING (bench/router_restart.py measured 1-2 s).
+RESTART_RETRY_AFTER_S = 1.0
+
+
+class RouterStoppingError(UnavailableError):
+    """The router is stopping: a request it had not yet placed on a replica
+    is refused, retryable (nothing reached a replica), with when to retry."""
+
+    def __init__(self, retry_after_s: float = RESTART_RETRY_AFTER_S) -> None:
+        super().__init__(
+            "the router is restarting; the request reached no replica, retry it",
+            reason=STOPPING_REASON,
+        )
+        self.retry_after_s = retry_after_s
+
+    def details(self) -> Sequence[Message]:
+        delay = duration_pb2.Duration()
+        delay.FromNanoseconds(int(self.retry_after_s * 1e9))
+        return (error_details_pb2.RetryInfo(retry_delay=delay),)
 
 
 @dataclass(frozen=True)
@@ -158,6 +184,7 @@ class Dispatcher:
         self._headroom: dict[str, LightHeadroom] = {}
         self.shed: Counter[str] = Counter()
         self.on_shed: Callable[[str], None] = lambda reason: None
+        self._stopping = False
         replicas.on_change(self.pump)
 
     @property
@@ -167,11 +194,28 @@ class Dispatcher:
     def waiting(self) -> int:
         return sum(len(q) for q in self._queues.values())
 
+    def stop(self) -> int:
+        """Refuses every request not yet placed, those waiting and those still
+        to come, with a retryable UNAVAILABLE (the router is stopping); leases
+        already granted run on. Returns how many waiting requests it refused."""
+        self._stopping = True
+        refused = 0
+        for queue in self._queues.values():
+            while (entry := queue.pop()) is not None:
+                future = entry.item[1]
+                if not future.done():
+                    future.set_exception(RouterStoppingError())
+                    refused += 1
+        return refused
+
     async def acquire(self, ticket: Ticket) -> Lease:
         """A lease on a replica for `ticket`, at once when one has room and
         nobody is waiting ahead, else after its turn in the queue.
         RESOURCE_EXHAUSTED when the queue is full, DEADLINE_EXCEEDED when its
-        deadline passes (or cannot be met) while it waits."""
+        deadline passes (or cannot be met) while it waits; UNAVAILABLE
+        (retryable) once the router is stopping."""
+        if self._stopping:
+            raise RouterStoppingError()
         candidates = self._replicas.candidates(ticket.model)
         self._saw(ticket)
         now = self._clock()

@@ -28,6 +28,7 @@ from services.common.errors import FailedPreconditionError, NotFoundError, Unava
 from services.router.limiter import GradientLimiter
 from services.router.replica import Replica, ReplicaLoad
 from services.router.replica_links import ReplicaLinks
+from services.router.spec import STARTING_REASON
 
 __all__ = ["EjectionPolicy", "Replica", "ReplicaLoad", "ReplicaSet"]
 
@@ -226,9 +227,16 @@ class ReplicaSet:
 
     def candidates(self, model: str) -> list[Replica]:
         """Replicas of `model` that take work now. NOT_FOUND when none serves
-        the model at all, UNAVAILABLE when none of those is up."""
+        the model at all, UNAVAILABLE when none of those is up, or when some
+        replica has not yet told its model (ROUTER_STARTING)."""
         known = [r for r in self._replicas.values() if r.serves(model)]
         if not known:
+            if any(r.model is None for r in self._replicas.values()):
+                # A replica not heard from yet (a router just started) may serve it.
+                raise UnavailableError(
+                    f"no replica has told its model yet; {model!r} may be served",
+                    reason=STARTING_REASON,
+                )
             raise NotFoundError(f"no replica serves model {model!r}")
         now = self.clock()
         usable = [r for r in known if r.takes_work(now)]

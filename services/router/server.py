@@ -108,4 +108,8 @@ async def routing(
         follower.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await follower
+        # Requests not yet on a replica are refused now, retryable, rather
+        # than cancelled when the grace period ends; streams already placed
+        # get the grace period to finish.
+        dispatcher.stop()
         await server.stop(settings.grace_period_s)
