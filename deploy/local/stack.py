@@ -10,7 +10,7 @@ supervises them: a service whose process exits on its own (an inference
 replica whose engine died exits non-zero) is reported and started again.
 
 `--auth-replicas N` (N > 1) runs N auth processes over one PostgreSQL
-(deploy/local/postgres.sh) and, where auth has the setting, one Redis for
+(deploy/local/postgres.sh) and one Redis for
 their quota state (deploy/local/redis.sh); `--gateway-replicas N` runs N
 gateways sharing one usage outbox directory. Every gateway dials every auth
 replica over one balanced channel.
@@ -318,24 +318,16 @@ async def run_script(script: str, *script_args: str) -> str:
 
 
 async def shared_state(args: argparse.Namespace) -> SharedState:
-    """With several auth replicas: PostgreSQL for their database and, where
-    auth takes it, Redis for their quota state; started here if not running."""
+    """With several auth replicas: PostgreSQL for their database and Redis for
+    their quota state; started here if not running."""
     if args.auth_replicas <= 1:
         return SharedState()
-    fields = next(spec for spec in SERVICES if spec.name == "auth").settings_type.model_fields
     database_url = args.database_url or await run_script(
         "postgres.sh", RUN_PG_DIR, str(RUN_PG_PORT)
     )
     console.print(f"auth replicas share PostgreSQL at {database_url}")
-    quota_url = None
-    redis = Path(__file__).resolve().parent / "redis.sh"
-    if "quota_url" in fields and (args.quota_url or redis.exists()):
-        quota_url = args.quota_url or await run_script("redis.sh", str(RUN_REDIS_PORT))
-        console.print(f"auth replicas share quota state in Redis at {quota_url}")
-    else:
-        console.print(
-            "[yellow]this auth keeps quota state in each process: limits hold per replica[/yellow]"
-        )
+    quota_url = args.quota_url or await run_script("redis.sh", str(RUN_REDIS_PORT))
+    console.print(f"auth replicas share quota state in Redis at {quota_url}")
     return SharedState(database_url, quota_url)
 
 

@@ -13,6 +13,7 @@ from observability.channels import PLAINTEXT, ChannelSecurity, channel
 from services.anomaly.core import AnomalyCore
 from services.anomaly.policy import Policy, PolicyRunner, RestrictionOrder
 from services.anomaly.settings import PolicySettings
+from services.common.balanced import balanced_options, balanced_target
 
 # Auth refuses a reason longer than this (services/auth/restrictions.py MAX_TEXT);
 # an alert's detail can run longer, and a cut reason beats a refused restriction.
@@ -85,7 +86,12 @@ async def running_policy(
     async with AsyncExitStack() as stack:
         auth = router = None
         if settings.auth_address:
-            auth_ch = channel(settings.auth_address, telemetry, security=security)
+            # Every auth replica, round robin; restrictions are not retried (a
+            # repeated Restrict would be a second restriction in the audit trail).
+            auth_target = balanced_target("policy.auth_address", settings.auth_address)
+            auth_ch = channel(
+                auth_target, telemetry, options=balanced_options(auth_target, ()), security=security
+            )
             stack.push_async_callback(auth_ch.close)
             auth = auth_pb2_grpc.AuthStub(auth_ch)
         if settings.router_address:

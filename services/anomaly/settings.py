@@ -7,7 +7,7 @@ the same detectors faster than real time."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import SettingsConfigDict
@@ -221,6 +221,9 @@ class AnomalySettings(ServiceSettings):
     model_config = SettingsConfigDict(
         env_prefix="MAAS_ANOMALY_", env_nested_delimiter="__", extra="forbid"
     )
+
+    # The policy dials every auth replica, round robin (deploy/local/stack.py gives them all).
+    balanced_address_fields: ClassVar[frozenset[str]] = frozenset({"policy.auth_address"})
 
     port: int = 50055
     # Detectors count in buckets of this much event time.

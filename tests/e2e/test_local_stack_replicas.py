@@ -18,7 +18,9 @@ from services.auth.settings import AuthSettings
 from tests.e2e.test_local_stack import free_port_block
 
 REPO = Path(__file__).resolve().parents[2]
-SHARED = SharedState(database_url="postgresql://postgres@127.0.0.1:1/maas")
+SHARED = SharedState(
+    database_url="postgresql://postgres@127.0.0.1:1/maas", quota_url="redis://127.0.0.1:1/0"
+)
 
 
 @pytest.fixture
@@ -50,6 +52,7 @@ def test_every_gateway_dials_every_auth_replica_and_they_share_their_state(
         assert auth.port == spec.port
         assert auth.database_url is not None
         assert auth.database_url == SHARED.database_url
+        assert auth.quota_url == SHARED.quota_url
     every_auth = ",".join(f"127.0.0.1:{s.port}" for s in auths)
     outboxes = set()
     for spec in gateways:
@@ -58,10 +61,10 @@ def test_every_gateway_dials_every_auth_replica_and_they_share_their_state(
         assert gateway.usage_outbox_dir == tmp_path / "outboxes"
         outboxes.add(gateway.usage_outbox_dir)
     assert GatewaySettings.from_cli(gateways[1].args).http_port == gateways[1].http_port
-    # Anomaly's setting takes one address: the first replica.
+    # The anomaly policy acts through every auth replica too.
     anomaly = next(s for s in specs if s.module == "services.anomaly")
     policy = AnomalySettings.from_cli(anomaly.args).policy
-    assert policy.auth_address == f"127.0.0.1:{auths[0].port}"
+    assert policy.auth_address == every_auth
 
 
 def test_one_of_each_is_the_stack_it_always_was(tmp_path: Path, auth_secrets: None) -> None:
@@ -69,13 +72,14 @@ def test_one_of_each_is_the_stack_it_always_was(tmp_path: Path, auth_secrets: No
     specs = service_specs(args, tmp_path, shared=SHARED)
     for spec in specs:
         assert "--database-url" not in spec.args
+        assert "--quota-url" not in spec.args
         assert "--usage-outbox-dir" not in spec.args
         assert spec.http_port is None
 
 
 @pytest.mark.parametrize("tls", [False, True], ids=["plaintext", "mutual-tls"])
 async def test_the_stack_runs_two_auth_replicas_and_two_gateways(
-    shared_database: str, tmp_path: Path, tls: bool
+    shared_database: str, redis_url: str, tmp_path: Path, tls: bool
 ) -> None:
     # With TLS, the gateways check one certificate name across the auth address list.
     # 5 services, one more auth and one more gateway, and that gateway's HTTP port.
@@ -84,7 +88,7 @@ async def test_the_stack_runs_two_auth_replicas_and_two_gateways(
         sys.executable, "-m", "deploy.local.stack",
         "--engine", "sim", "--sim-profile", "tiny-cpu",
         "--auth-replicas", "2", "--gateway-replicas", "2",
-        "--database-url", shared_database,
+        "--database-url", shared_database, "--quota-url", redis_url,
         "--state-dir", str(tmp_path), "--base-port", str(base), "--exit-after-first",
         *(["--tls"] if tls else []),
         cwd=REPO, env={**os.environ, "MAAS_GATEWAY_HTTP_PORT": "0"},

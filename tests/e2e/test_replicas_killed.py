@@ -93,16 +93,15 @@ async def start_gateway(
     return process
 
 
-async def unlimited_key(auth_port: int) -> tuple[str, str]:
-    """A new tenant with no limits (the replicas here keep quota state each
-    in memory; exact limits across replicas are the shared store's tests)."""
+async def new_key(auth_port: int, plan: auth_pb2.Plan) -> tuple[str, str]:
+    """A new tenant on `plan` and an API key of it."""
     async with grpc.aio.insecure_channel(f"127.0.0.1:{auth_port}") as ch:
         stub = auth_pb2_grpc.AuthStub(ch)
         tenant = await stub.CreateTenant(
             auth_pb2.CreateTenantRequest(name=f"t-{uuid.uuid4().hex[:8]}"), metadata=ADMIN
         )
         await stub.SetPlan(
-            auth_pb2.SetPlanRequest(tenant_id=tenant.tenant_id, plan=auth_pb2.Plan()),
+            auth_pb2.SetPlanRequest(tenant_id=tenant.tenant_id, plan=plan),
             metadata=ADMIN,
         )
         created = await stub.CreateApiKey(
@@ -139,6 +138,31 @@ async def ledger(database_url: str, tenant_id: str) -> list[tuple[str, int]]:
     return [(str(r[0]), int(r[1])) for r in rows]
 
 
+async def slots_free(auth_port: int, tenant_id: str, slots: int) -> bool:
+    """Whether exactly `slots` reservations fit now (each released again)."""
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{auth_port}") as ch:
+        stub = auth_pb2_grpc.AuthStub(ch)
+        held: list[str] = []
+        try:
+            for _ in range(slots + 1):
+                reservation = await stub.Reserve(
+                    auth_pb2.ReserveRequest(
+                        tenant_id=tenant_id,
+                        request_id=uuid.uuid4().hex,
+                        model=MODEL,
+                        estimated_tokens=1,
+                    )
+                )
+                held.append(reservation.reservation_id)
+        except grpc.aio.AioRpcError as err:
+            if err.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:
+                raise
+        finally:
+            for reservation_id in held:
+                await stub.Release(auth_pb2.ReleaseRequest(reservation_id=reservation_id))
+        return len(held) == slots
+
+
 async def stop(process: asyncio.subprocess.Process) -> None:
     if process.returncode is None:
         process.terminate()
@@ -147,19 +171,26 @@ async def stop(process: asyncio.subprocess.Process) -> None:
 
 # Streams at once, and how many complete before and after the kill.
 WORKERS = 8
+# The plan's concurrency: room for each worker's next request while its last
+# one's Commit, sent off the request path, is still on its way.
+SLOTS = 2 * WORKERS
 BEFORE_KILL = 24
 AFTER_KILL = 48
 TOKENS = 16
 
 
 async def test_an_auth_replica_killed_under_load_fails_no_request_and_bills_each_once(
-    sim_mesh: RunningMesh, shared_database: str, tmp_path: Path
+    sim_mesh: RunningMesh, shared_database: str, redis_url: str, tmp_path: Path
 ) -> None:
+    """The production shape: both replicas on one PostgreSQL and one Redis.
+    Afterwards the tenant's concurrency slots are all free again on the
+    survivor: a lease the dying replica took and never handed back, or a
+    Reserve retried on the survivor that took a second slot, would hold one."""
     auth_ports = [free_port(), free_port()]
     async with AsyncExitStack() as stack:
         auths = []
         for i, port in enumerate(auth_ports):
-            env_db = {"MAAS_AUTH_DATABASE_URL": shared_database}
+            env_db = {"MAAS_AUTH_DATABASE_URL": shared_database, "MAAS_AUTH_QUOTA_URL": redis_url}
             process = await start(
                 "services.auth",
                 {**AUTH_ENV, **env_db, "MAAS_AUTH_PORT": str(port)},
@@ -169,7 +200,7 @@ async def test_an_auth_replica_killed_under_load_fails_no_request_and_bills_each
             auths.append(process)
         for port in auth_ports:
             await asyncio.wait_for(wait_serving(port, "maas.v1.Auth"), 60)
-        tenant_id, key = await unlimited_key(auth_ports[0])
+        tenant_id, key = await new_key(auth_ports[0], auth_pb2.Plan(max_concurrent_requests=SLOTS))
         gateway_port = free_port()
         gateway = await start_gateway(
             gateway_port, auth_ports, sim_mesh, tmp_path / "outbox", tmp_path / "gateway.log"
@@ -208,6 +239,7 @@ async def test_an_auth_replica_killed_under_load_fails_no_request_and_bills_each
         # One record a request (the ledger keys them by request id), each whole.
         assert len(billed) == len(done)
         assert {tokens for _, tokens in billed} == {TOKENS}
+        await eventually(lambda: slots_free(auth_ports[1], tenant_id, SLOTS), within_s=30)
 
 
 def outbox_rows(directory: Path) -> list[metering_pb2.UsageRecord]:
@@ -233,7 +265,7 @@ async def test_a_gateway_killed_with_usage_in_its_outbox_loses_none_of_it(
     async with AsyncExitStack() as stack:
         auth = await start("services.auth", auth_env, tmp_path / "auth.log")
         await asyncio.wait_for(wait_serving(auth_port, "maas.v1.Auth"), 60)
-        tenant_id, key = await unlimited_key(auth_port)
+        tenant_id, key = await new_key(auth_port, auth_pb2.Plan())
         first_port = free_port()
         first = await start_gateway(
             first_port, [auth_port], sim_mesh, outbox, tmp_path / "gateway-1.log"
