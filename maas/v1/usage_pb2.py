@@ -24,19 +24,19 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13maas/v1/usage.proto\x12\x07maas.v1\"^\n\x0bUsageBucket\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x10\n\x08requests\x18\x02 \x01(\x04\x12\x15\n\rprompt_tokens\x18\x03 \x01(\x04\x12\x19\n\x11\x63ompletion_tokens\x18\x04 \x01(\x04\"e\n\x0cUsageSummary\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x10\n\x08requests\x18\x02 \x01(\x04\x12\x15\n\rprompt_tokens\x18\x03 \x01(\x04\x12\x19\n\x11\x63ompletion_tokens\x18\x04 \x01(\x04\"a\n\x10GetUsageResponse\x12&\n\x07summary\x18\x01 \x01(\x0b\x32\x15.maas.v1.UsageSummary\x12%\n\x07\x62uckets\x18\x02 \x03(\x0b\x32\x14.maas.v1.UsageBucket*\x94\x01\n\rUsageGrouping\x12\x1e\n\x1aUSAGE_GROUPING_UNSPECIFIED\x10\x00\x12\x18\n\x14USAGE_GROUPING_MODEL\x10\x01\x12\x17\n\x13USAGE_GROUPING_HOUR\x10\x02\x12\x16\n\x12USAGE_GROUPING_DAY\x10\x03\x12\x18\n\x14USAGE_GROUPING_MONTH\x10\x04\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13maas/v1/usage.proto\x12\x07maas.v1\"\xa3\x01\n\x0bUsageBucket\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x10\n\x08requests\x18\x02 \x01(\x04\x12\x15\n\rprompt_tokens\x18\x03 \x01(\x04\x12\x19\n\x11\x63ompletion_tokens\x18\x04 \x01(\x04\x12\x1c\n\x14\x63\x61\x63hed_prompt_tokens\x18\x05 \x01(\x04\x12\x13\n\x0b\x63ost_micros\x18\x06 \x01(\x03\x12\x10\n\x08unpriced\x18\x07 \x01(\x08\"\xc3\x01\n\x0cUsageSummary\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x10\n\x08requests\x18\x02 \x01(\x04\x12\x15\n\rprompt_tokens\x18\x03 \x01(\x04\x12\x19\n\x11\x63ompletion_tokens\x18\x04 \x01(\x04\x12\x1c\n\x14\x63\x61\x63hed_prompt_tokens\x18\x05 \x01(\x04\x12\x13\n\x0b\x63ost_micros\x18\x06 \x01(\x03\x12\x10\n\x08\x63urrency\x18\x07 \x01(\t\x12\x17\n\x0funpriced_models\x18\x08 \x03(\t\"a\n\x10GetUsageResponse\x12&\n\x07summary\x18\x01 \x01(\x0b\x32\x15.maas.v1.UsageSummary\x12%\n\x07\x62uckets\x18\x02 \x03(\x0b\x32\x14.maas.v1.UsageBucket*\x94\x01\n\rUsageGrouping\x12\x1e\n\x1aUSAGE_GROUPING_UNSPECIFIED\x10\x00\x12\x18\n\x14USAGE_GROUPING_MODEL\x10\x01\x12\x17\n\x13USAGE_GROUPING_HOUR\x10\x02\x12\x16\n\x12USAGE_GROUPING_DAY\x10\x03\x12\x18\n\x14USAGE_GROUPING_MONTH\x10\x04\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'maas.v1.usage_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_USAGEGROUPING']._serialized_start=331
-  _globals['_USAGEGROUPING']._serialized_end=479
-  _globals['_USAGEBUCKET']._serialized_start=32
-  _globals['_USAGEBUCKET']._serialized_end=126
-  _globals['_USAGESUMMARY']._serialized_start=128
-  _globals['_USAGESUMMARY']._serialized_end=229
-  _globals['_GETUSAGERESPONSE']._serialized_start=231
-  _globals['_GETUSAGERESPONSE']._serialized_end=328
+  _globals['_USAGEGROUPING']._serialized_start=496
+  _globals['_USAGEGROUPING']._serialized_end=644
+  _globals['_USAGEBUCKET']._serialized_start=33
+  _globals['_USAGEBUCKET']._serialized_end=196
+  _globals['_USAGESUMMARY']._serialized_start=199
+  _globals['_USAGESUMMARY']._serialized_end=394
+  _globals['_GETUSAGERESPONSE']._serialized_start=396
+  _globals['_GETUSAGERESPONSE']._serialized_end=493
 # @@protoc_insertion_point(module_scope)

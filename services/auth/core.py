@@ -201,6 +201,9 @@ class MeteringCore:
         check_id("record.tenant_id", record.tenant_id)
         if record.end_time < record.start_time:
             raise InvalidArgumentError("record.end_time", "is before start_time")
+        if record.cached_tokens > record.prompt_tokens:
+            # Cached tokens are billed as a part of the prompt, at their own price.
+            raise InvalidArgumentError("record.cached_tokens", "exceeds prompt_tokens")
         stored, duplicate = await self._store.record_usage(record)
         if duplicate and stored.superseded_by(record) is None:
             raise AlreadyExistsError(f"request {record.request_id!r} was recorded with other usage")

@@ -25,6 +25,7 @@ from services.auth.models import (
     UsageRecord,
     UsageSummary,
 )
+from services.auth.pricing import Price, UsageLine
 from services.auth.store import TenantExistsError
 
 SCHEMA = """
@@ -94,6 +95,18 @@ CREATE TABLE IF NOT EXISTS idempotency_keys (
     PRIMARY KEY (tenant_id, key)
 );
 CREATE INDEX IF NOT EXISTS idempotency_keys_by_age ON idempotency_keys(created_at);
+CREATE TABLE IF NOT EXISTS prices (
+    name            TEXT NOT NULL,
+    model           TEXT NOT NULL,
+    adapter         TEXT NOT NULL,
+    currency        TEXT NOT NULL,
+    prompt          BIGINT NOT NULL,
+    cached_prompt   BIGINT NOT NULL,
+    completion      BIGINT NOT NULL,
+    effective_from  TIMESTAMPTZ NOT NULL,
+    created_at      TIMESTAMPTZ NOT NULL,
+    PRIMARY KEY (name, effective_from)
+);
 ALTER TABLE tenants ADD COLUMN IF NOT EXISTS plan TEXT NOT NULL DEFAULT '{}';
 ALTER TABLE api_keys ADD COLUMN IF NOT EXISTS expires_at TIMESTAMPTZ;
 ALTER TABLE usage_records ADD COLUMN IF NOT EXISTS cached_tokens BIGINT NOT NULL DEFAULT 0;
@@ -105,7 +118,8 @@ def _period(unit: str, fmt: str) -> str:
     return f"""to_char(date_trunc('{unit}', end_time AT TIME ZONE 'UTC'), '{fmt}')"""
 
 
-_POSTGRES_BUCKET_KEYS = {
+_POSTGRES_BUCKET_KEYS: dict[Grouping | None, str] = {
+    None: "''::text",
     Grouping.MODEL: "model",
     Grouping.HOUR: _period("hour", 'YYYY-MM-DD"T"HH24":00:00Z"'),
     Grouping.DAY: _period("day", 'YYYY-MM-DD"T00:00:00Z"'),
@@ -247,6 +261,64 @@ class PostgresAuthStore:
             end,
         )
         return UsageSummary(tenant_id, int(row["n"]), int(row["p"]), int(row["c"]))
+
+    async def usage_lines(
+        self, tenant_id: str, start: datetime | None, end: datetime | None, by: Grouping | None
+    ) -> list[UsageLine]:
+        key = _POSTGRES_BUCKET_KEYS[by]
+        found = await self._pool.fetch(
+            f"SELECT {key} AS k, u.model AS m, (SELECT MAX(p.effective_from) FROM prices p"
+            " WHERE p.name = u.model AND p.effective_from <= u.end_time) AS v,"
+            " COUNT(*) AS n, SUM(prompt_tokens) AS p, SUM(cached_tokens) AS ca,"
+            " SUM(completion_tokens) AS c FROM usage_records u WHERE tenant_id = $1"
+            " AND ($2::timestamptz IS NULL OR end_time >= $2)"
+            " AND ($3::timestamptz IS NULL OR end_time < $3)"
+            " GROUP BY k, m, v ORDER BY k, m, v",
+            tenant_id,
+            start,
+            end,
+        )
+        return [
+            UsageLine(r["k"], r["m"], r["v"], int(r["n"]), int(r["p"]), int(r["ca"]), int(r["c"]))
+            for r in found
+        ]
+
+    async def usage_records(
+        self,
+        tenant_id: str,
+        start: datetime,
+        end: datetime,
+        after: tuple[datetime, str] | None,
+        limit: int,
+    ) -> list[UsageRecord]:
+        found = await self._pool.fetch(
+            "SELECT * FROM usage_records WHERE tenant_id = $1 AND end_time >= $2"
+            " AND end_time < $3 AND ($4::timestamptz IS NULL OR (end_time, request_id) > ($4, $5))"
+            " ORDER BY end_time, request_id LIMIT $6",
+            tenant_id,
+            start,
+            end,
+            after[0] if after else None,
+            after[1] if after else "",
+            limit,
+        )
+        return [rows.usage_from(r, _as_stored) for r in found]
+
+    async def add_price(self, price: Price) -> bool:
+        sql, args = _insert(
+            "prices",
+            rows.price_row(price, _as_stored),
+            " ON CONFLICT (name, effective_from) DO NOTHING RETURNING name",
+        )
+        return await self._pool.fetchrow(sql, *args) is not None
+
+    async def list_prices(self, name: str | None) -> list[Price]:
+        found = await self._pool.fetch(
+            "SELECT * FROM prices WHERE ($1::text IS NULL OR name = $1)"
+            " ORDER BY name, effective_from",
+            name,
+        )
+        return [rows.price_from(r, _as_stored) for r in found]
 
     async def save_restriction(self, restriction: Restriction, audit: AuditEntry) -> None:
         save, save_args = _insert(

@@ -24,6 +24,7 @@ from services.auth.models import (
     Tenant,
     UsageRecord,
 )
+from services.auth.pricing import Price
 
 
 class Row(Protocol):
@@ -204,4 +205,31 @@ def claim_row(claim: IdempotencyClaim, time: TimeOut) -> dict[str, Any]:
         "key": claim.key,
         "request_id": claim.request_id,
         "created_at": time(claim.created_at),
+    }
+
+
+def price_from(row: Row, time: TimeIn) -> Price:
+    return Price(
+        model=row["model"],
+        adapter=row["adapter"],
+        currency=row["currency"],
+        prompt=int(row["prompt"]),
+        cached_prompt=int(row["cached_prompt"]),
+        completion=int(row["completion"]),
+        effective_from=time(row["effective_from"]),
+        created_at=time(row["created_at"]),
+    )
+
+
+def price_row(price: Price, time: TimeOut) -> dict[str, Any]:
+    return {
+        "name": price.name,
+        "model": price.model,
+        "adapter": price.adapter,
+        "currency": price.currency,
+        "prompt": price.prompt,
+        "cached_prompt": price.cached_prompt,
+        "completion": price.completion,
+        "effective_from": time(price.effective_from),
+        "created_at": time(price.created_at),
     }

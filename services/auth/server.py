@@ -5,8 +5,17 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 
-from maas.v1 import auth_pb2, auth_pb2_grpc, metering_pb2, metering_pb2_grpc
+from maas.v1 import (
+    auth_pb2,
+    auth_pb2_grpc,
+    billing_pb2,
+    billing_pb2_grpc,
+    metering_pb2,
+    metering_pb2_grpc,
+)
 from observability import Telemetry
+from services.auth.billing import BillingCore
+from services.auth.billing_servicer import BILLING_RPCS, BillingServicer
 from services.auth.core import AuthCore, MeteringCore
 from services.auth.quota import Quotas
 from services.auth.quota_state import QuotaState
@@ -19,7 +28,10 @@ from services.common.serving import RunningServer, ServiceServer, start_server
 
 AUTH_SERVICE = auth_pb2.DESCRIPTOR.services_by_name["Auth"].full_name
 METERING_SERVICE = metering_pb2.DESCRIPTOR.services_by_name["Metering"].full_name
-ADMIN_METHODS = frozenset(f"/{AUTH_SERVICE}/{rpc}" for rpc in ADMIN_RPCS)
+BILLING_SERVICE = billing_pb2.DESCRIPTOR.services_by_name["Billing"].full_name
+ADMIN_METHODS = frozenset(f"/{AUTH_SERVICE}/{rpc}" for rpc in ADMIN_RPCS) | frozenset(
+    f"/{BILLING_SERVICE}/{rpc}" for rpc in BILLING_RPCS
+)
 
 
 @asynccontextmanager
@@ -65,9 +77,10 @@ async def _start_server(
     )
     restrictions = Restrictions(store, shared=state)
     await restrictions.load()
+    guard = AdminGuard(settings.admin_token.get_secret_value(), core)
     auth = AuthServicer(
         core,
-        AdminGuard(settings.admin_token.get_secret_value(), core),
+        guard,
         Quotas(
             store,
             lease_s=settings.reservation_lease_s,
@@ -77,14 +90,17 @@ async def _start_server(
         ),
         restrictions,
     )
-    metering = MeteringServicer(MeteringCore(store))
+    billing = BillingCore(store)
+    metering = MeteringServicer(MeteringCore(store), billing)
+    billing_servicer = BillingServicer(billing, guard)
     return await start_server(
         address=settings.address,
         telemetry=telemetry,
-        service_names=[AUTH_SERVICE, METERING_SERVICE],
+        service_names=[AUTH_SERVICE, METERING_SERVICE, BILLING_SERVICE],
         registrars=[
             lambda s: auth_pb2_grpc.add_AuthServicer_to_server(auth, s),
             lambda s: metering_pb2_grpc.add_MeteringServicer_to_server(metering, s),
+            lambda s: billing_pb2_grpc.add_BillingServicer_to_server(billing_servicer, s),
         ],
         security=server_security(settings, self_guarded=ADMIN_METHODS),
     )

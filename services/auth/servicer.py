@@ -9,7 +9,8 @@ import grpc
 from google.protobuf import duration_pb2
 
 from maas.v1 import auth_pb2, auth_pb2_grpc, metering_pb2, metering_pb2_grpc, usage_pb2
-from services.auth import convert
+from services.auth import billing_convert, convert
+from services.auth.billing import BillingCore
 from services.auth.core import (
     AuthCore,
     MeteringCore,
@@ -51,6 +52,21 @@ class AdminGuard:
         self._core = core
 
     async def check(self, context: Context) -> Admin:
+        credential = self._credential(context)
+        if hmac.compare_digest(credential.encode(), self._token):
+            return OPERATOR
+        return await self._core.admin(credential)  # UNAUTHENTICATED if bad
+
+    async def anyone(self, context: Context) -> Admin:
+        """The operator, or the tenant of any valid API key, whatever its
+        scopes: for what every caller may read (the price book)."""
+        credential = self._credential(context)
+        if hmac.compare_digest(credential.encode(), self._token):
+            return OPERATOR
+        principal = await self._core.authenticate(credential)  # UNAUTHENTICATED if bad
+        return Admin(principal.tenant_id, principal.key_id)
+
+    def _credential(self, context: Context) -> str:
         for key, value in context.invocation_metadata() or ():
             if key != "authorization":
                 continue
@@ -59,9 +75,7 @@ class AdminGuard:
             credential = credential.strip()
             if scheme.lower() != "bearer" or not credential:
                 break
-            if hmac.compare_digest(credential.encode(), self._token):
-                return OPERATOR
-            return await self._core.admin(credential)  # UNAUTHENTICATED if bad
+            return credential
         raise UnauthenticatedError("admin rpcs need 'authorization: Bearer <admin credential>'")
 
     async def operator(self, context: Context, rpc: str) -> Admin:
@@ -239,8 +253,9 @@ class AuthServicer(auth_pb2_grpc.AuthServicer):
 
 
 class MeteringServicer(metering_pb2_grpc.MeteringServicer):
-    def __init__(self, core: MeteringCore) -> None:
+    def __init__(self, core: MeteringCore, billing: BillingCore) -> None:
         self._core = core
+        self._billing = billing
 
     async def RecordUsage(
         self, request: metering_pb2.RecordUsageRequest, context: Context
@@ -271,12 +286,10 @@ class MeteringServicer(metering_pb2_grpc.MeteringServicer):
     async def GetUsage(
         self, request: metering_pb2.MeteringGetUsageRequest, context: Context
     ) -> usage_pb2.GetUsageResponse:
-        start = convert.optional_time(request, "start_time")
-        end = convert.optional_time(request, "end_time")
-        summary = await self._core.usage_summary(request.tenant_id, start, end)
-        reply = usage_pb2.GetUsageResponse(summary=convert.summary_to_proto(summary))
-        grouping = convert.grouping_from_proto(request.group_by)
-        if grouping is not None:
-            buckets = await self._core.usage_buckets(request.tenant_id, start, end, grouping)
-            reply.buckets.extend(convert.bucket_to_proto(b) for b in buckets)
-        return reply
+        usage = await self._billing.usage(
+            request.tenant_id,
+            convert.optional_time(request, "start_time"),
+            convert.optional_time(request, "end_time"),
+            convert.grouping_from_proto(request.group_by),
+        )
+        return billing_convert.usage_to_proto(usage)

@@ -30,6 +30,7 @@ from services.auth.models import (
     UsageRecord,
     UsageSummary,
 )
+from services.auth.pricing import Price, UsageLine
 from services.auth.rows import Row
 from services.auth.store import TenantExistsError
 from services.common.sqlite_writer import GroupCommitWriter, Transactions, connect_wal
@@ -101,6 +102,18 @@ CREATE TABLE IF NOT EXISTS idempotency_keys (
     PRIMARY KEY (tenant_id, key)
 );
 CREATE INDEX IF NOT EXISTS idempotency_keys_by_age ON idempotency_keys(created_at);
+CREATE TABLE IF NOT EXISTS prices (
+    name            TEXT NOT NULL,
+    model           TEXT NOT NULL,
+    adapter         TEXT NOT NULL,
+    currency        TEXT NOT NULL,
+    prompt          INTEGER NOT NULL,
+    cached_prompt   INTEGER NOT NULL,
+    completion      INTEGER NOT NULL,
+    effective_from  INTEGER NOT NULL,
+    created_at      INTEGER NOT NULL,
+    PRIMARY KEY (name, effective_from)
+);
 """
 
 
@@ -108,7 +121,8 @@ def _period(fmt: str) -> str:
     return f"strftime('{fmt}', end_time / 1000000, 'unixepoch')"
 
 
-_SQLITE_BUCKET_KEYS = {
+_SQLITE_BUCKET_KEYS: dict[Grouping | None, str] = {
+    None: "''",
     Grouping.MODEL: "model",
     Grouping.HOUR: _period("%Y-%m-%dT%H:00:00Z"),
     Grouping.DAY: _period("%Y-%m-%dT00:00:00Z"),
@@ -277,6 +291,59 @@ class SqliteAuthStore:
             row = await cur.fetchone()
         assert row is not None
         return UsageSummary(tenant_id, int(row[0]), int(row[1]), int(row[2]))
+
+    async def usage_lines(
+        self, tenant_id: str, start: datetime | None, end: datetime | None, by: Grouping | None
+    ) -> list[UsageLine]:
+        key = _SQLITE_BUCKET_KEYS[by]
+        async with self._db.execute(
+            f"SELECT {key} AS k, u.model AS m, (SELECT MAX(p.effective_from) FROM prices p"
+            " WHERE p.name = u.model AND p.effective_from <= u.end_time) AS v,"
+            " COUNT(*), SUM(prompt_tokens), SUM(cached_tokens), SUM(completion_tokens)"
+            " FROM usage_records u WHERE tenant_id = ? AND end_time >= ? AND end_time < ?"
+            " GROUP BY k, m, v ORDER BY k, m, v",
+            (tenant_id, _to_us(start) if start else 0, _to_us(end) if end else _NEVER_US),
+        ) as cur:
+            found = await cur.fetchall()
+        return [
+            UsageLine(
+                r[0],
+                r[1],
+                None if r[2] is None else _from_us(r[2]),
+                *(int(n) for n in r[3:7]),
+            )
+            for r in found
+        ]
+
+    async def usage_records(
+        self,
+        tenant_id: str,
+        start: datetime,
+        end: datetime,
+        after: tuple[datetime, str] | None,
+        limit: int,
+    ) -> list[UsageRecord]:
+        after_us, after_id = (_to_us(after[0]), after[1]) if after else (-1, "")
+        async with self._db.execute(
+            "SELECT * FROM usage_records WHERE tenant_id = ? AND end_time >= ? AND end_time < ?"
+            " AND (end_time > ? OR (end_time = ? AND request_id > ?))"
+            " ORDER BY end_time, request_id LIMIT ?",
+            (tenant_id, _to_us(start), _to_us(end), after_us, after_us, after_id, limit),
+        ) as cur:
+            return [_usage(r) for r in await cur.fetchall()]
+
+    async def add_price(self, price: Price) -> bool:
+        row = rows.price_row(price, _to_us)
+        async with self._transactions.begin() as db:
+            cur = await db.execute(_insert("INSERT OR IGNORE", "prices", row), row)
+        return cur.rowcount == 1
+
+    async def list_prices(self, name: str | None) -> list[Price]:
+        where, args = ("WHERE name = ?", (name,)) if name else ("", ())
+        async with self._db.execute(
+            f"SELECT * FROM prices {where} ORDER BY name, effective_from", args
+        ) as cur:
+            return [rows.price_from(r, _from_us) for r in await cur.fetchall()]
 
     async def save_restriction(self, restriction: Restriction, audit: AuditEntry) -> None:
         restricted = rows.restriction_row(restriction, _to_us)

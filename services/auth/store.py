@@ -19,6 +19,7 @@ from services.auth.models import (
     UsageRecord,
     UsageSummary,
 )
+from services.auth.pricing import Price, UsageLine
 
 
 class TenantExistsError(Exception):
@@ -64,6 +65,34 @@ class AuthStore(Protocol):
     async def usage_summary(
         self, tenant_id: str, start: datetime | None, end: datetime | None
     ) -> UsageSummary: ...
+
+    async def usage_lines(
+        self, tenant_id: str, start: datetime | None, end: datetime | None, by: Grouping | None
+    ) -> list[UsageLine]:
+        """Sums per bucket (key "" when `by` is None), model and the price
+        version in force at each record's end_time (the newest of the model's
+        name effective at or before it; None when there is none)."""
+        ...
+
+    async def usage_records(
+        self,
+        tenant_id: str,
+        start: datetime,
+        end: datetime,
+        after: tuple[datetime, str] | None,
+        limit: int,
+    ) -> list[UsageRecord]:
+        """Up to `limit` records ending in [start, end), in (end_time,
+        request_id) order, from just after `after` when given."""
+        ...
+
+    async def add_price(self, price: Price) -> bool:
+        """Appends a price version; False when its name has one at that effective time."""
+        ...
+
+    async def list_prices(self, name: str | None) -> list[Price]:
+        """Every price version (of one billed name when given), by name then effective time."""
+        ...
 
     async def save_restriction(self, restriction: Restriction, audit: AuditEntry) -> None:
         """Creates or updates the restriction and appends its audit entry, atomically."""

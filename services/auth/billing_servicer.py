@@ -1,0 +1,52 @@
+"""maas.v1.Billing: a thin layer over BillingCore, guarded as the admin rpcs are."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from maas.v1 import billing_pb2, billing_pb2_grpc, metering_pb2
+from services.auth import billing_convert, convert
+from services.auth.billing import BillingCore
+from services.auth.servicer import AdminGuard, Context
+
+# Every Billing rpc checks its own credential (AdminGuard), so all stay
+# reachable from outside the mesh, as the Auth admin rpcs do.
+BILLING_RPCS = ("SetPrice", "ListPrices", "GetStatement", "ExportUsage")
+
+
+class BillingServicer(billing_pb2_grpc.BillingServicer):
+    def __init__(self, core: BillingCore, guard: AdminGuard) -> None:
+        self._core = core
+        self._guard = guard
+
+    async def SetPrice(
+        self, request: billing_pb2.SetPriceRequest, context: Context
+    ) -> billing_pb2.Price:
+        await self._guard.operator(context, "SetPrice")
+        price = await self._core.set_price(
+            billing_convert.new_price_from_proto(request.price), backdate=request.backdate
+        )
+        return billing_convert.price_to_proto(price)
+
+    async def ListPrices(
+        self, request: billing_pb2.ListPricesRequest, context: Context
+    ) -> billing_pb2.ListPricesResponse:
+        await self._guard.anyone(context)
+        prices = await self._core.list_prices(request.model, request.include_history)
+        return billing_pb2.ListPricesResponse(
+            prices=[billing_convert.price_to_proto(p) for p in prices]
+        )
+
+    async def GetStatement(
+        self, request: billing_pb2.GetStatementRequest, context: Context
+    ) -> billing_pb2.Statement:
+        await self._guard.of_tenant(context, request.tenant_id)
+        statement = await self._core.statement(request.tenant_id, request.month)
+        return billing_convert.statement_to_proto(statement)
+
+    async def ExportUsage(
+        self, request: billing_pb2.ExportUsageRequest, context: Context
+    ) -> AsyncIterator[metering_pb2.UsageRecord]:
+        await self._guard.of_tenant(context, request.tenant_id)
+        async for record in self._core.export(request.tenant_id, request.month):
+            yield convert.usage_to_proto(record)
