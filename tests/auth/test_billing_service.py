@@ -129,7 +129,7 @@ async def test_get_usage_shows_cost_beside_tokens(
     ]
 
 
-async def _tenant_with_admin_key(auth: auth_pb2_grpc.AuthStub, name: str) -> tuple[str, str]:
+async def _tenant_with_admin_key(auth: auth_pb2_grpc.AuthAsyncStub, name: str) -> tuple[str, str]:
     tenant = await auth.CreateTenant(auth_pb2.CreateTenantRequest(name=name), metadata=ADMIN)
     created = await auth.CreateApiKey(
         auth_pb2.CreateApiKeyRequest(tenant_id=tenant.tenant_id, name="ops", scopes=["admin"]),
