@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from maas.v1 import anomaly_pb2, anomaly_pb2_grpc, metering_pb2, metering_pb2_grpc, usage_pb2
-from maas_cli import admin_actions, usage_report
+from maas_cli import admin_actions, billing_cli, usage_report
 from maas_cli import top as top_view
 from maas_cli.admin_cli import admin
 from maas_cli.client import MaasClient
@@ -31,6 +31,7 @@ DEV_KEY_FILE = Path(".maas/dev_api_key")
 
 app = typer.Typer(help="Talk to a MaaS mesh gateway.", no_args_is_help=True)
 admin_actions.register(admin)
+billing_cli.register(admin, app)
 app.add_typer(admin, name="admin")
 console = Console()
 

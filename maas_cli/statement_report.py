@@ -13,7 +13,6 @@ import io
 import json
 from collections.abc import Iterable
 from datetime import UTC
-from decimal import Decimal
 from typing import Any, Literal
 
 from google.protobuf import timestamp_pb2
@@ -21,6 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from maas.v1 import billing_pb2, metering_pb2
+from maas_cli.usage_report import money
 
 Format = Literal["table", "csv", "json", "cloudevents"]
 FORMATS = ("table", "csv", "json", "cloudevents")
@@ -47,11 +47,6 @@ COLUMNS = (
     "currency",
     "price_effective_time",
 )
-
-
-def money(micros: int) -> str:
-    """Micro-units as the currency's decimal number, all six places kept."""
-    return f"{Decimal(micros).scaleb(-6):.6f}"
 
 
 def rfc3339(ts: timestamp_pb2.Timestamp) -> str:
