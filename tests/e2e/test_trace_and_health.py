@@ -16,7 +16,7 @@ from tests.support import eventually
 
 FULL_NAMES = {
     "gateway": ["maas.v1.Gateway"],
-    "auth": ["maas.v1.Auth", "maas.v1.Metering"],
+    "auth": ["maas.v1.Auth", "maas.v1.Metering", "maas.v1.Billing"],
     "router": ["maas.v1.Router"],
     "inference": ["maas.v1.Inference"],
     "anomaly": ["maas.v1.Anomaly"],

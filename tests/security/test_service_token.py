@@ -22,6 +22,8 @@ from maas.v1 import (
     anomaly_pb2_grpc,
     auth_pb2,
     auth_pb2_grpc,
+    billing_pb2,
+    billing_pb2_grpc,
     generation_pb2,
     inference_pb2,
     inference_pb2_grpc,
@@ -226,3 +228,25 @@ async def test_the_operator_cli_works_against_a_mesh_only_mesh(token_mesh: Secur
     refused = await asyncio.to_thread(maas, "alerts", token="not-the-mesh-token-0123456789")
     assert refused.exit_code == 1
     assert "UNAUTHENTICATED" in refused.output
+
+
+async def test_billing_rpcs_take_the_admin_token_without_the_service_token(
+    token_mesh: SecureMesh,
+) -> None:
+    async with grpc.aio.insecure_channel(token_mesh.targets["auth"]) as ch:
+        stub = billing_pb2_grpc.BillingStub(ch)
+        admin = (("authorization", f"Bearer {token_mesh.admin_token}"),)
+        listed = await stub.ListPrices(billing_pb2.ListPricesRequest(), metadata=admin)
+        assert isinstance(listed, billing_pb2.ListPricesResponse)
+        # Exempt from the mesh check, never open: without a credential they refuse.
+        for rpc, request in (
+            ("SetPrice", billing_pb2.SetPriceRequest()),
+            ("ListPrices", billing_pb2.ListPricesRequest()),
+            ("GetStatement", billing_pb2.GetStatementRequest()),
+        ):
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await getattr(stub, rpc)(request)
+            assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED, rpc
+        with pytest.raises(grpc.aio.AioRpcError) as export:
+            await stub.ExportUsage(billing_pb2.ExportUsageRequest()).read()
+        assert export.value.code() == grpc.StatusCode.UNAUTHENTICATED
