@@ -19,9 +19,7 @@ from services.auth.models import (
     Restriction,
     RestrictionAction,
     Tenant,
-    UsageBucket,
     UsageRecord,
-    UsageSummary,
 )
 from services.auth.restrictions import RestrictRequest
 from services.common.errors import InvalidArgumentError
@@ -159,24 +157,6 @@ def optional_time(message: Message, field: str) -> datetime | None:
     if not message.HasField(field):
         return None
     return from_timestamp(getattr(message, field))
-
-
-def bucket_to_proto(bucket: UsageBucket) -> usage_pb2.UsageBucket:
-    return usage_pb2.UsageBucket(
-        key=bucket.key,
-        requests=bucket.requests,
-        prompt_tokens=bucket.prompt_tokens,
-        completion_tokens=bucket.completion_tokens,
-    )
-
-
-def summary_to_proto(summary: UsageSummary) -> usage_pb2.UsageSummary:
-    return usage_pb2.UsageSummary(
-        tenant_id=summary.tenant_id,
-        requests=summary.requests,
-        prompt_tokens=summary.prompt_tokens,
-        completion_tokens=summary.completion_tokens,
-    )
 
 
 _ACTION_TO_PROTO = {
