@@ -328,7 +328,8 @@ class ComposeCheck:
         return [Endpoint(target, address.port) for target in targets]
 
     def _scrapes(self) -> Iterator[Scrape]:
-        """The static targets of every Prometheus configuration mounted into a service."""
+        """The static and DNS-discovered targets of every Prometheus configuration
+        mounted into a service."""
         for service in self.services.values():
             for target_path, config in service.configs.items():
                 if not _is_scrape_config(config):
@@ -338,6 +339,11 @@ class ComposeCheck:
                     for group in job.get("static_configs") or []:
                         for text in group.get("targets") or []:
                             for address in addresses_in(str(text)):
+                                yield Scrape(service.container, said, address)
+                    # A name of several replicas: every address it resolves to, at one port.
+                    for group in job.get("dns_sd_configs") or []:
+                        for name in group.get("names") or []:
+                            for address in addresses_in(f"{name}:{group.get('port')}"):
                                 yield Scrape(service.container, said, address)
 
 
