@@ -68,7 +68,8 @@ class Report:
 
 
 def compose(*args: str, capture: bool = False, check: bool = True) -> str:
-    argv = ["docker", "compose", "-p", PROJECT, "--profile", "cpu", *args]
+    # Quiet: the progress lines of a dozen containers would bury the report.
+    argv = ["docker", "compose", "--progress", "quiet", "-p", PROJECT, "--profile", "cpu", *args]
     done = subprocess.run(
         argv, cwd=REPO, check=check, text=True, capture_output=capture, env=os.environ
     )
@@ -179,6 +180,61 @@ def wait_for(probe: Callable[[], T], timeout_s: float) -> T:
         time.sleep(1.0)
 
 
+def busiest_auth() -> tuple[str, str, int]:
+    """(id, name, connections) of the auth replica the gateways hold most
+    connections to: the one whose loss they must survive (a channel that
+    picks one address would never notice the other's death)."""
+    # 50052, auth's gRPC port, as /proc/net/tcp writes it; state 01 is ESTABLISHED.
+    port, established = f"{50052:04X}", "01"
+    peers: dict[str, int] = {}
+    for gateway in GATEWAYS:
+        table = compose("exec", "-T", gateway, "cat", "/proc/net/tcp", capture=True)
+        for row in table.splitlines()[1:]:
+            fields = row.split()
+            remote, state = fields[2], fields[3]
+            address, _, remote_port = remote.partition(":")
+            if remote_port == port and state == established:
+                ip = ".".join(str(int(address[i : i + 2], 16)) for i in (6, 4, 2, 0))
+                peers[ip] = peers.get(ip, 0) + 1
+    best: tuple[str, str, int] | None = None
+    for container in compose("ps", "-q", "auth", capture=True).split():
+        name, ip = subprocess.run(
+            ["docker", "inspect", "-f",
+             "{{.Name}} {{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", container],
+            capture_output=True, text=True, check=True,
+        ).stdout.strip().lstrip("/").split()  # fmt: skip
+        if best is None or peers.get(ip, 0) > best[2]:
+            best = (container, name, peers.get(ip, 0))
+    if best is None:
+        raise ValueError("no auth container runs")
+    return best
+
+
+def constraint_refused(base: str, key: str, model: str) -> tuple[int, str]:
+    """A JSON-schema constraint through a gateway of the control image (no
+    grammar backend): its HTTP status and error message."""
+    body = {
+        "model": model,
+        "prompt": "{",
+        "max_tokens": 4,
+        "response_format": {
+            "type": "json_schema",
+            "json_schema": {"name": "n", "schema": {"type": "object"}},
+        },
+    }
+    request = urllib.request.Request(
+        f"{base}/v1/completions",
+        json.dumps(body).encode(),
+        {"authorization": f"Bearer {key}", "content-type": "application/json"},
+    )
+    try:
+        # Refused before admission: seconds would mean it waited on something.
+        with urllib.request.urlopen(request, timeout=10) as reply:
+            return reply.status, ""
+    except urllib.error.HTTPError as err:
+        return err.code, str(json.loads(err.read()).get("error", {}).get("message", ""))
+
+
 def load_while_killing(key: str, model: str, report: Report) -> None:
     """Steady streamed completions through both gateways while one auth replica dies."""
     stop = threading.Event()
@@ -207,13 +263,10 @@ def load_while_killing(key: str, model: str, report: Report) -> None:
     for thread in threads:
         thread.start()
     time.sleep(LOAD_BEFORE_KILL_S)
-    victim = compose("ps", "-q", "auth", capture=True).split()[0]
-    name = subprocess.run(
-        ["docker", "inspect", "-f", "{{.Name}}", victim], capture_output=True, text=True, check=True
-    ).stdout.strip("/\n")
+    victim, name, held = busiest_auth()
     subprocess.run(["docker", "kill", victim], check=True, capture_output=True)
     killed.set()
-    report.say(f"     killed auth replica {name} under load")
+    report.say(f"     killed auth replica {name} under load ({held} gateway connections to it)")
     time.sleep(LOAD_AFTER_KILL_S)
     stop.set()
     for thread in threads:
@@ -270,6 +323,13 @@ def run(report: Report, tmp: Path) -> None:
             f"{completion} completion tokens: {str(result['text'])[:40]!r}",
         )
         traces[name] = trace_id
+
+    status, message = constraint_refused(GATEWAYS["gateway"], key, model)
+    report.check(
+        status == 400 and "no grammar backend" in message,
+        f"a JSON-schema constraint is refused at once without torch in the image: {status} "
+        f"{message[:60]!r}",
+    )
 
     for name, trace_id in traces.items():
 

@@ -124,6 +124,18 @@ BROKEN = {
         "ENGIN: ${MAAS_ENGINE:-cpu}",
         ["inference-cpu", "build arg ENGIN is declared by no ARG"],
     ),
+    "the engine installed into the control plane's image": (
+        "Dockerfile",
+        "pip install -r /tmp/control.txt",
+        "pip install -r /tmp/control.txt torch",
+        ["gateway", "installs the inference engine (stage control-deps)", "no torch"],
+    ),
+    "the control plane built from the engine's image": (
+        COMPOSE,
+        "    target: control\n",
+        "    target: engine\n",
+        ["router: runs services.router from an image that installs the inference engine"],
+    ),
     "a gateway without the mesh's service token": (
         COMPOSE,
         "    MAAS_GATEWAY_SERVICE_TOKEN: ${MAAS_SERVICE_TOKEN:?set a service token}\n",
