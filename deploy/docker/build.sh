@@ -4,7 +4,8 @@
 # machine's CA bundle given as a build secret, never as a layer:
 #   bash deploy/docker/build.sh            # the engine's torch from the PyTorch CPU index
 #   TORCH_WHEELS=/opt/wheels bash deploy/docker/build.sh   # from a local wheel folder
-# Prints each image's build time and size. MAAS_ENGINE=gpu builds the GPU engine.
+# Prints each image's build time and size. MAAS_ENGINE=gpu builds the GPU engine;
+# MAAS_BUILD_NO_CACHE=1 rebuilds every layer (a cold build's time).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -46,9 +47,12 @@ timed() {  # NAME COMMAND...: runs it, quietly unless it fails, and prints its t
 
 total=$(date +%s)
 base_start=$(date +%s)
-base=$(bash deploy/docker/base.sh)
+base_log=$(mktemp)
+base=$(bash deploy/docker/base.sh 2>"$base_log") || { tail -n 40 "$base_log" >&2; exit 1; }
+rm -f "$base_log"
 printf '  %-16s built in %4ss (%s)\n' "maas-base" "$(($(date +%s) - base_start))" "$base"
 build_args=(--build-arg "BASE_IMAGE=$base")
+[ "${MAAS_BUILD_NO_CACHE:-0}" = 1 ] && build_args+=(--no-cache)
 timed maas-control $DOCKER build "${secret[@]}" "${build_args[@]}" --target control -t maas-control .
 timed "maas-engine:$ENGINE" $DOCKER build "${secret[@]}" "${build_args[@]}" "${wheels_arg[@]}" \
   --build-arg "ENGINE=$ENGINE" --target engine -t "maas-engine:$ENGINE" .

@@ -10,14 +10,14 @@ RUN printf 'APT::Install-Recommends "false";\nAPT::Install-Suggests "false";\n' 
       > /etc/apt/apt.conf.d/90minimal
 
 FROM apt AS redis
-RUN apt-get update && apt-get install -y redis-server && rm -rf /var/lib/apt/lists/*
+RUN apt-get update && apt-get install -y redis-server && apt-get clean && rm -rf /var/lib/apt/lists/*
 USER redis
 EXPOSE 6379
 # Quota state is short-lived (minute windows, leases): kept in memory, not on disk.
 CMD ["redis-server", "--bind", "0.0.0.0", "--protected-mode", "no", "--save", "", "--appendonly", "no"]
 
 FROM apt AS postgres
-RUN apt-get update && apt-get install -y postgresql-15 && rm -rf /var/lib/apt/lists/* \
+RUN apt-get update && apt-get install -y postgresql-15 && apt-get clean && rm -rf /var/lib/apt/lists/* \
     && mkdir -p /var/lib/postgresql/data /run/postgresql \
     && chown -R postgres:postgres /var/lib/postgresql /run/postgresql
 COPY postgres-entrypoint.sh /usr/local/bin/postgres-entrypoint
@@ -27,7 +27,7 @@ EXPOSE 5432
 CMD ["postgres-entrypoint"]
 
 FROM apt AS prometheus
-RUN apt-get update && apt-get install -y prometheus wget && rm -rf /var/lib/apt/lists/* \
+RUN apt-get update && apt-get install -y prometheus wget && apt-get clean && rm -rf /var/lib/apt/lists/* \
     && mkdir -p /prometheus && chown prometheus:prometheus /prometheus
 USER prometheus
 EXPOSE 9090

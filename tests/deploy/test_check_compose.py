@@ -108,9 +108,9 @@ BROKEN = {
     ),
     "a volume that is not declared": (
         COMPOSE,
-        '["gateway-data:/data"]',
-        '["gateway-state:/data"]',
-        ["gateway: mounts volume gateway-state, which `volumes:` lacks"],
+        "  gateway-outbox: {}",
+        "  gateway-state: {}",
+        ["gateway: mounts volume gateway-outbox, which `volumes:` lacks"],
     ),
     "a build target that does not exist": (
         COMPOSE,
