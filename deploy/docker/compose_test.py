@@ -288,7 +288,8 @@ def run(report: Report, tmp: Path) -> None:
     env.setdefault("MAAS_SERVICE_TOKEN", new_secret())
 
     start = time.monotonic()
-    env.setdefault("MAAS_MODELS_DIR", readable_models(tmp))
+    if "MAAS_MODELS_DIR" not in env:
+        env["MAAS_MODELS_DIR"] = readable_models(tmp)
     compose("up", "-d", "--no-build", "--wait", "--wait-timeout", str(UP_TIMEOUT_S))
     report.say(f"     stack healthy in {time.monotonic() - start:.0f}s")
     states = compose("ps", "--format", "{{.Service}} {{.Status}}", capture=True).splitlines()
