@@ -325,6 +325,18 @@ def run(report: Report, tmp: Path) -> None:
         )
         traces[name] = trace_id
 
+    quota_url = compose(
+        "exec", "-T", "auth", "printenv", "MAAS_AUTH_QUOTA_URL", capture=True, check=False
+    ).strip()
+    if quota_url:
+        keys = compose("exec", "-T", "redis", "redis-cli", "dbsize", capture=True).strip()
+        report.check(
+            keys.isdigit() and int(keys) > 0,
+            f"auth keeps its quota state in Redis ({quota_url}): {keys} keys",
+        )
+    else:
+        report.say("     auth keeps quota state in its own memory (MAAS_AUTH_QUOTA_URL unset)")
+
     status, message = constraint_refused(GATEWAYS["gateway"], key, model)
     report.check(
         status == 400 and "no grammar backend" in message,
