@@ -18,7 +18,7 @@ TLS ?= 0
 ENGINE ?= vllm
 SIM_PROFILE ?= llama-3.1-8b-h100
 
-.PHONY: help venv model protos protos-check lint test fuzz deploy-check run clean
+.PHONY: help venv model protos protos-check lint test fuzz deploy-check compose-test run clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -77,6 +77,13 @@ kustomize: ## fetch the pinned kustomize into .tools/ and print its path
 deploy-check: venv ## check docker-compose.yml and each deploy/k8s overlay's rendered output statically (no Docker, no cluster)
 	$(PY) -m deploy.checks.compose
 	$(PY) -m deploy.checks.k8s
+
+# The engine image's CPU torch wheel: from the PyTorch CPU index unless a local
+# folder holds it (this machine's pip find-links, /opt/wheels, when present).
+TORCH_WHEELS ?= $(wildcard /opt/wheels)
+
+compose-test: venv model ## build the images, run the compose stack, stream, trace, kill an auth replica, tear down
+	TORCH_WHEELS=$(TORCH_WHEELS) $(PY) -m deploy.docker.compose_test
 
 run: venv $(if $(filter sim,$(ENGINE)),,model) ## start the whole mesh on loopback and stream a first completion (Ctrl-C stops it)
 	$(PY) -m deploy.local.stack --replicas $(REPLICAS) \

@@ -20,6 +20,7 @@ a cancel must not kill a worker, whose replacement costs seconds of CPU."""
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import multiprocessing
 import time
 from collections import OrderedDict
@@ -29,7 +30,7 @@ from typing import Literal
 
 import structlog
 
-from services.common.errors import InvalidArgumentError
+from services.common.errors import FailedPreconditionError, InvalidArgumentError
 
 log = structlog.get_logger(__name__)
 
@@ -41,6 +42,13 @@ CACHE_SIZE = 1024
 # enough that a flood of it costs one time limit a minute.
 TIMEOUT_VERDICT_S = 60.0
 _READY = "ready"
+# The backend comes with the engine (vLLM requires xgrammar, whose package
+# imports torch): the control-plane image, built without either, has none.
+BACKEND = "xgrammar"
+
+
+def backend_present() -> bool:
+    return importlib.util.find_spec(BACKEND) is not None
 
 
 def _compile(compiler: object, kind: Kind, text: str) -> str | None:
@@ -120,6 +128,9 @@ class ConstraintChecker:
         self._closed = False
         self._started = False
         self._spawned = 0
+        # Without the backend a worker dies at its import and a request would
+        # wait for it forever: refused at once instead.
+        self._backend = backend_present()
 
     @property
     def spawned(self) -> int:
@@ -158,7 +169,15 @@ class ConstraintChecker:
         self._idle.put_nowait(worker)
 
     async def check(self, kind: Kind, text: str) -> None:
-        """Raises INVALID_ARGUMENT naming `kind` if it does not compile in time."""
+        """Raises INVALID_ARGUMENT naming `kind` if it does not compile in time;
+        FAILED_PRECONDITION if this gateway has no grammar backend."""
+        if not self._backend:
+            raise FailedPreconditionError(
+                f"{kind}: this gateway cannot check constraints: its image has no grammar "
+                f"backend ({BACKEND}, which needs torch); run the gateway from the engine image "
+                "to accept regex and JSON-schema constraints",
+                reason="CONSTRAINT_BACKEND_MISSING",
+            )
         key = (kind, text)
         cached = self._verdicts.get(key)
         if cached is not None and (cached[1] is None or cached[1] > time.monotonic()):

@@ -12,7 +12,8 @@ LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 WILDCARD = frozenset({"0.0.0.0", "::", ""})
 
 _ADDRESS = re.compile(
-    r"^(?:[a-z][a-z0-9+.-]*://)?"  # scheme
+    # a scheme, or gRPC's dns resolver (`dns:///auth:50052`, `dns://8.8.8.8/auth:50052`)
+    r"^(?:dns:(?://[^/\s]*/)?|[a-z][a-z0-9+.-]*://)?"
     r"(?:[^@/\s]*@)?"  # user:password@
     r"(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9][A-Za-z0-9.-]*)"
     r":(?P<port>\d{1,5})"

@@ -26,7 +26,7 @@ from deploy.checks.addresses import LOOPBACK, Address, addresses_in
 from deploy.checks.entrypoints import invoke, python_module
 from deploy.checks.model import Container, DeclaredPort, Deployment, Endpoint, Grace, Probe, Scrape
 from deploy.checks.report import checked_path, report
-from deploy.checks.rules import deployment_problems
+from deploy.checks.rules import INFERENCE, deployment_problems
 
 DEFAULT_FILE = Path(__file__).resolve().parents[2] / "docker-compose.yml"
 # The compose-spec JSON schema that `docker compose config` validates against,
@@ -98,6 +98,8 @@ class Service:
     names: set[str] = field(default_factory=set)
     # YAML files of this project mounted into it: container path -> content.
     configs: dict[str, Any] = field(default_factory=dict)
+    # Stages of its build that install the inference engine.
+    engine_stages: list[str] = field(default_factory=list)
 
 
 class ComposeCheck:
@@ -166,6 +168,14 @@ class ComposeCheck:
         self._volumes(service, raw.get("volumes") or [])
         if run := python_module(container.argv):
             container.invocation = invoke(run[0], run[1], container.env)
+            runs = container.invocation.spec
+            if runs is not None and runs is not INFERENCE and service.engine_stages:
+                self.problem(
+                    name,
+                    f"runs {runs.module} from an image that installs the inference engine "
+                    f"(stage {', '.join(service.engine_stages)}): the control plane's "
+                    "image carries no torch and no vLLM",
+                )
         container.ports = [
             DeclaredPort(port, f"publishes port {port}") for port in _published(spec)
         ]
@@ -231,6 +241,7 @@ class ComposeCheck:
                 self.problem(
                     service.name, f"build arg {arg} is declared by no ARG of stage {target!r}"
                 )
+        service.engine_stages = parsed.engine_installs(target)
         return parsed.entrypoint(target), parsed.cmd(target)
 
     def _environment(self, service: Service) -> dict[str, str]:
@@ -328,7 +339,8 @@ class ComposeCheck:
         return [Endpoint(target, address.port) for target in targets]
 
     def _scrapes(self) -> Iterator[Scrape]:
-        """The static targets of every Prometheus configuration mounted into a service."""
+        """The static and DNS-discovered targets of every Prometheus configuration
+        mounted into a service."""
         for service in self.services.values():
             for target_path, config in service.configs.items():
                 if not _is_scrape_config(config):
@@ -338,6 +350,11 @@ class ComposeCheck:
                     for group in job.get("static_configs") or []:
                         for text in group.get("targets") or []:
                             for address in addresses_in(str(text)):
+                                yield Scrape(service.container, said, address)
+                    # A name of several replicas: every address it resolves to, at one port.
+                    for group in job.get("dns_sd_configs") or []:
+                        for name in group.get("names") or []:
+                            for address in addresses_in(f"{name}:{group.get('port')}"):
                                 yield Scrape(service.container, said, address)
 
 

@@ -8,6 +8,7 @@ like this project's own."""
 from __future__ import annotations
 
 import json
+import re
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,8 @@ class Stage:
     args: set[str] = field(default_factory=set)
     entrypoint: list[str] | None = None
     cmd: list[str] | None = None
+    # Its RUN instructions, as written (continuations joined).
+    runs: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -65,6 +68,15 @@ class Dockerfile:
             names |= stage.args
         return names
 
+    def engine_installs(self, target: str) -> list[str]:
+        """The stages that building `target` builds whose pip installs name the
+        inference engine (torch, vLLM, the project's cpu or gpu extra)."""
+        return [
+            stage.name
+            for stage in self.needed(target)
+            if any("pip install" in run and _ENGINE.search(run) for run in stage.runs)
+        ]
+
     def entrypoint(self, target: str) -> list[str]:
         """The target image's ENTRYPOINT, inherited from the stages it is built on."""
         return next((s.entrypoint for s in self.chain(target) if s.entrypoint is not None), [])
@@ -72,6 +84,11 @@ class Dockerfile:
     def cmd(self, target: str) -> list[str]:
         """The target image's CMD, inherited from the stages it is built on."""
         return next((s.cmd for s in self.chain(target) if s.cmd is not None), [])
+
+
+# What installs the engine: its packages by name, or the extras (and the
+# requirement lists made from them) that bring it.
+_ENGINE = re.compile(r"\b(torch|vllm(-cpu)?)\b(?![-.\w])|\[(cpu|gpu)\]|\b(cpu|gpu)\.txt\b")
 
 
 def instructions(text: str) -> list[tuple[str, str]]:
@@ -126,6 +143,8 @@ def parse(text: str) -> Dockerfile:
             for word in rest.split():
                 if word.startswith("--from=") and word[7:] in stages:
                     current.copies_from.add(word[7:])
+        elif keyword == "RUN" and current is not None:
+            current.runs.append(rest)
         elif keyword == "CMD" and current is not None:
             current.cmd = _command(rest)
         elif keyword == "ENTRYPOINT" and current is not None:

@@ -10,7 +10,13 @@ import pytest
 from deploy.checks.compose import compose_problems, main
 from tests.deploy.support import REPO, copy_with, named
 
-FILES = ["docker-compose.yml", "Dockerfile", "deploy/prometheus.yml", "deploy/otel-collector.yaml"]
+FILES = [
+    "docker-compose.yml",
+    "Dockerfile",
+    "deploy/docker/infra.Dockerfile",
+    "deploy/prometheus.yml",
+    "deploy/otel-collector.yaml",
+]
 COMPOSE = "docker-compose.yml"
 
 
@@ -29,9 +35,9 @@ BROKEN = {
     ),
     "a wrong port": (
         COMPOSE,
-        '"--auth-address", "auth:50052"',
-        '"--auth-address", "auth:50062"',
-        ["gateway", "auth:50062", "auth listens on 9464, 50052, not 50062"],
+        "MAAS_GATEWAY_AUTH_ADDRESS: dns:///auth:50052",
+        "MAAS_GATEWAY_AUTH_ADDRESS: dns:///auth:50062",
+        ["gateway", "dns:///auth:50062", "auth listens on 9464, 50052, not 50062"],
     ),
     "a missing healthcheck": (
         COMPOSE,
@@ -90,8 +96,8 @@ BROKEN = {
     ),
     "a stop grace no longer than the server's": (
         COMPOSE,
-        "  stop_grace_period: 15s\n\nx-health",
-        "  stop_grace_period: 10s\n\nx-health",
+        "  stop_grace_period: 15s\n\nx-engine",
+        "  stop_grace_period: 10s\n\nx-engine",
         ["router", "stop_grace_period (10s) is not longer than its own grace period (10s)"],
     ),
     "a dependency that does not exist": (
@@ -102,13 +108,13 @@ BROKEN = {
     ),
     "a volume that is not declared": (
         COMPOSE,
-        '["gateway-data:/data"]',
-        '["gateway-state:/data"]',
-        ["gateway: mounts volume gateway-state, which `volumes:` lacks"],
+        "  gateway-outbox: {}",
+        "  gateway-state: {}",
+        ["gateway: mounts volume gateway-outbox, which `volumes:` lacks"],
     ),
     "a build target that does not exist": (
         COMPOSE,
-        "target: maas\n",
+        "target: control\n",
         "target: mass\n",
         ["gateway", "build target 'mass' is no stage of Dockerfile"],
     ),
@@ -116,11 +122,23 @@ BROKEN = {
         COMPOSE,
         "ENGINE: ${MAAS_ENGINE:-cpu}",
         "ENGIN: ${MAAS_ENGINE:-cpu}",
-        ["gateway", "build arg ENGIN is declared by no ARG"],
+        ["inference-cpu", "build arg ENGIN is declared by no ARG"],
+    ),
+    "the engine installed into the control plane's image": (
+        "Dockerfile",
+        "pip install -r /tmp/control.txt",
+        "pip install -r /tmp/control.txt torch",
+        ["gateway", "installs the inference engine (stage control-deps)", "no torch"],
+    ),
+    "the control plane built from the engine's image": (
+        COMPOSE,
+        "    target: control\n",
+        "    target: engine\n",
+        ["router: runs services.router from an image that installs the inference engine"],
     ),
     "a gateway without the mesh's service token": (
         COMPOSE,
-        "      MAAS_GATEWAY_SERVICE_TOKEN: ${MAAS_SERVICE_TOKEN:?set a service token}\n",
+        "    MAAS_GATEWAY_SERVICE_TOKEN: ${MAAS_SERVICE_TOKEN:?set a service token}\n",
         "",
         ["gateway", "has no service token, which the mesh's other services hold"],
     ),
@@ -185,10 +203,10 @@ BROKEN.update(
     {
         "an address of another service than the one called": (
             COMPOSE,
-            '"--auth-address", "auth:50052"',
-            '"--auth-address", "anomaly:50055"',
-            ["gateway", "auth_address anomaly:50055", "anomaly runs services.anomaly, not "
-             "services.auth"],
+            "MAAS_GATEWAY_AUTH_ADDRESS: dns:///auth:50052",
+            "MAAS_GATEWAY_AUTH_ADDRESS: dns:///anomaly:50055",
+            ["gateway", "auth_address dns:///anomaly:50055", "anomaly runs services.anomaly, "
+             "not services.auth"],
         ),
         "an address on the called service's metrics port": (
             COMPOSE,
@@ -211,8 +229,8 @@ BROKEN.update(
     {
         "a misspelt depends_on": (
             COMPOSE,
-            "    depends_on:\n      router: { condition: service_healthy }",
-            "    depend_on:\n      router: { condition: service_healthy }",
+            "  depends_on:\n    router: { condition: service_healthy }",
+            "  depend_on:\n    router: { condition: service_healthy }",
             ["services.gateway: unknown key 'depend_on' (compose-spec)"],
         ),
         "a misspelt stop_grace_period": (

@@ -12,7 +12,7 @@ import pytest
 import pytest_asyncio
 
 from gateway.constraints import ConstraintChecker
-from services.common.errors import InvalidArgumentError
+from services.common.errors import FailedPreconditionError, InvalidArgumentError
 
 # A string pattern of many repeated alternatives: xgrammar's JSON-schema
 # conversion expands it in time quadratic in the count (about a second at
@@ -67,3 +67,18 @@ async def test_a_caller_that_goes_away_does_not_cost_a_worker(checker: Constrain
     # The compile went on and its verdict is there for the next caller.
     await checker.check("json_schema", schema)
     assert checker.spawned == 1  # no worker was killed and replaced
+
+
+async def test_without_the_backend_a_constraint_is_refused_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A fake: the control-plane image lacks xgrammar, which this venv has.
+    monkeypatch.setattr("gateway.constraints.backend_present", lambda: False)
+    checker = ConstraintChecker(workers=1, timeout_s=0.5)
+    try:
+        with pytest.raises(FailedPreconditionError, match="no grammar backend") as refused:
+            await checker.check("regex", "[a-z]+")
+        assert refused.value.reason == "CONSTRAINT_BACKEND_MISSING"
+        assert checker.spawned == 0
+    finally:
+        await checker.aclose()
