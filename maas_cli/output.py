@@ -25,6 +25,8 @@ from rich.text import Text
 
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
+# Wider than any table this CLI prints.
+UNBOUNDED_WIDTH = 100_000
 
 EXIT_STATUS_HELP = (
     "Exit status: 0 done; a failed call exits with its gRPC status code "
@@ -119,8 +121,18 @@ def print_table(table: Table, out: Console | None = None) -> None:
     never cut: narrower columns wrap first; on a terminal too narrow even for
     that, lines run past its edge rather than lose characters."""
     out = out or console
-    needed = Measurement.get(out, out.options, table).minimum
-    out.print(table, width=max(out.width, needed))
+    # Measured unbounded: a measurement is otherwise clamped to the terminal's width.
+    unbounded = out.options.update(max_width=UNBOUNDED_WIDTH)
+    needed = Measurement.get(out, unbounded, table).minimum
+    if needed > out.width:
+        # print(width=) cannot exceed the console's own width: a wider console on the same file.
+        out = Console(
+            file=out.file,
+            width=needed,
+            force_terminal=out.is_terminal,
+            color_system=out.color_system,  # type: ignore[arg-type]
+        )
+    out.print(table)
 
 
 def print_record(fields: Sequence[tuple[str, str]], out: Console | None = None) -> None:
