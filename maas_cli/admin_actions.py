@@ -16,6 +16,7 @@ from maas_cli.admin_cli import AuthOption, TokenOption, _call
 from maas_cli.connection import Connection
 from maas_cli.output import (
     JsonOption,
+    bad_usage,
     console,
     failures,
     id_table,
@@ -87,7 +88,7 @@ def restriction_add(
 ) -> None:
     """Suspends or throttles a tenant or one key until it expires or is lifted (operator only)."""
     if action not in ACTIONS:
-        raise typer.BadParameter(f"action must be one of {', '.join(ACTIONS)}")
+        bad_usage(f"action must be one of {', '.join(ACTIONS)}")
     duration = duration_pb2.Duration()
     duration.FromNanoseconds(int(minutes * 60e9))
     request = auth_pb2.RestrictRequest(

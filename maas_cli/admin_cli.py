@@ -20,6 +20,7 @@ from maas_cli.connection import SECRETS_FILE, Connection
 from maas_cli.output import (
     CommandFailed,
     JsonOption,
+    bad_usage,
     failures,
     id_table,
     print_json,
@@ -61,7 +62,7 @@ def _admin_token(given: str | None) -> str:
     if SECRETS_FILE.exists():
         token: str = json.loads(SECRETS_FILE.read_text())["admin_token"]
         return token
-    raise typer.BadParameter("no admin token: pass --admin-token or set MAAS_ADMIN_TOKEN")
+    bad_usage("no admin token: pass --admin-token or set MAAS_ADMIN_TOKEN")
 
 
 Metadata = tuple[tuple[str, str]]
@@ -120,7 +121,7 @@ def tenant_create(
 ) -> None:
     """Creates a tenant (operator only) on the mesh's finite default plan; set-plan changes it."""
     if priority not in PRIORITIES:
-        raise typer.BadParameter(f"priority must be one of {', '.join(PRIORITIES)}")
+        bad_usage(f"priority must be one of {', '.join(PRIORITIES)}")
     request = auth_pb2.CreateTenantRequest(name=name, priority=PRIORITIES[priority])
     tenant = _call(auth, admin_token, lambda s, md: s.CreateTenant(request, metadata=md))
     _show_tenant(tenant, as_json)
@@ -165,7 +166,7 @@ def tenant_set_plan(
     """Changes a tenant's plan (operator only): the limits given, the rest as
     they are. 0 is unlimited."""
     if priority is not None and priority not in PRIORITIES:
-        raise typer.BadParameter(f"priority must be one of {', '.join(PRIORITIES)}")
+        bad_usage(f"priority must be one of {', '.join(PRIORITIES)}")
 
     async def set_plan(stub: auth_pb2_grpc.AuthAsyncStub, md: Metadata) -> auth_pb2.Tenant:
         listed = await stub.ListTenants(auth_pb2.ListTenantsRequest(), metadata=md)

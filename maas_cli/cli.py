@@ -35,6 +35,7 @@ from maas_cli.output import (
     EXIT_STATUS_HELP,
     CommandFailed,
     JsonOption,
+    bad_usage,
     console,
     errors,
     failures,
@@ -73,7 +74,7 @@ def _api_key(given: str | None) -> str:
         return given
     if DEV_KEY_FILE.exists():
         return DEV_KEY_FILE.read_text().strip()
-    raise typer.BadParameter("no API key: pass --api-key, set MAAS_API_KEY, or run `make run`")
+    bad_usage("no API key: pass --api-key, set MAAS_API_KEY, or run `make run`")
 
 
 def _client(gateway: str, api_key: str | None) -> MaasClient:
@@ -244,9 +245,9 @@ def usage(
 
     --json prints the whole GetUsage reply as one document."""
     if by is not None and by not in usage_report.GROUPINGS:
-        raise typer.BadParameter(f"--by must be one of {', '.join(usage_report.GROUPINGS)}")
+        bad_usage(f"--by must be one of {', '.join(usage_report.GROUPINGS)}")
     if fmt not in ("table", "csv", "json"):
-        raise typer.BadParameter("--format must be table, csv or json")
+        bad_usage("--format must be table, csv or json")
     grouping = usage_report.GROUPINGS[by] if by else usage_pb2.USAGE_GROUPING_UNSPECIFIED
     start = None
     if since is not None:
@@ -316,7 +317,7 @@ def alerts(
 
     With --watch, --json prints one JSON object per line, one per alert."""
     if min_severity not in SEVERITIES:
-        raise typer.BadParameter(f"--min-severity must be one of {', '.join(SEVERITIES)}")
+        bad_usage(f"--min-severity must be one of {', '.join(SEVERITIES)}")
     start = None
     if since is not None:
         start = timestamp_pb2.Timestamp()

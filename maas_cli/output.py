@@ -89,6 +89,16 @@ def fail(code: grpc.StatusCode, message: str) -> NoReturn:
     raise typer.Exit(exit_code(code))
 
 
+def bad_usage(message: str) -> NoReturn:
+    """A command line this command cannot run (exit 2). With --json, reported
+    as JSON like any failure; a line click cannot even parse stays click's text."""
+    if not json_mode():
+        raise typer.BadParameter(message)
+    error = {"code": "USAGE", "status": EXIT_USAGE, "message": message}
+    typer.echo(json.dumps({"error": error}), err=True)
+    raise typer.Exit(EXIT_USAGE)
+
+
 @contextmanager
 def failures() -> Iterator[None]:
     """Turns a failed rpc (or a CommandFailed) into its report and exit status."""

@@ -128,3 +128,18 @@ async def test_mesh_wide_commands_print_json_too(mesh: Mesh, tenant_key: TenantK
     await maas(mesh, "admin", "restriction", "lift", restriction["restriction_id"], "--json")
     audit = json.loads((await maas(mesh, "admin", "audit", *tenant, "--json")).stdout)
     assert {r["restriction_id"] for r in audit["records"]} == {restriction["restriction_id"]}
+
+
+async def test_a_command_line_that_cannot_run_exits_2_as_json_too(mesh: Mesh) -> None:
+    args = ("admin", "tenant", "create", "x", "--priority", "loudest")
+    human = await invoke(mesh, *args)
+    assert human.exit_code == 2 and "priority must be one of" in human.stderr
+
+    as_json = await invoke(mesh, *args, "--json")
+    assert as_json.exit_code == 2 and as_json.stdout == ""
+    error = json.loads(as_json.stderr)["error"]
+    assert error == {
+        "code": "USAGE",
+        "status": 2,
+        "message": "priority must be one of interactive, default, batch",
+    }
