@@ -18,7 +18,7 @@ import grpc
 import typer
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
-from rich.console import Console
+from rich.console import Console, RenderableType
 from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
@@ -126,7 +126,7 @@ def print_json(document: object) -> None:
     typer.echo(json.dumps(document, indent=2, ensure_ascii=False))
 
 
-def print_table(table: Table, out: Console | None = None) -> None:
+def print_table(table: RenderableType, out: Console | None = None) -> None:
     """Prints the table at least as wide as its widest word, so an id is
     never cut: narrower columns wrap first; on a terminal too narrow even for
     that, lines run past its edge rather than lose characters."""

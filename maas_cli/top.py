@@ -21,7 +21,7 @@ from rich.text import Text
 
 from maas.v1 import anomaly_pb2, anomaly_pb2_grpc, auth_pb2, router_pb2, router_pb2_grpc
 from maas_cli.connection import Connection
-from maas_cli.output import to_dict
+from maas_cli.output import print_table, to_dict
 from maas_cli.severity import severity_markup
 
 REPLICA_STATE_STYLES = {
@@ -267,7 +267,7 @@ async def run_top(
         previous = await snapshot()
         if once:
             await asyncio.sleep(interval_s)
-            console.print(render(await snapshot(), previous))
+            print_table(render(await snapshot(), previous), console)
             return
         with Live(render(previous), console=console, auto_refresh=False) as live:
             # Queue stats and load have no watch rpc: sampling them is the view.

@@ -11,6 +11,7 @@ import grpc
 from maas_cli.output import exit_code
 from tests.e2e.cli import invoke, maas
 from tests.mesh import Mesh, TenantKey
+from tests.support import eventually
 
 # A normal terminal, where rich used to cut ids to `cbe24040cfe6…`.
 NARROW = 80
@@ -143,3 +144,18 @@ async def test_a_command_line_that_cannot_run_exits_2_as_json_too(mesh: Mesh) ->
         "status": 2,
         "message": "priority must be one of interactive, default, batch",
     }
+
+
+async def test_top_once_keeps_tenant_ids_whole_at_a_normal_width(
+    mesh: Mesh, tenant_key: TenantKey
+) -> None:
+    await maas(mesh, "generate", "hi", "--api-key", tenant_key.api_key, "--max-tokens", "2")
+
+    async def counted() -> bool:
+        return tenant_key.tenant_id in mesh.anomaly.stats().by_tenant
+
+    await eventually(counted)
+    mesh_env = ("--router", mesh.targets["router"], "--anomaly", mesh.targets["anomaly"])
+    frame = await maas(mesh, "top", *mesh_env, "--once", "--interval", "0.1", columns=NARROW)
+    assert tenant_key.tenant_id in frame.stdout
+    assert mesh.targets["inference"] in frame.stdout
