@@ -6,6 +6,7 @@ as it is generated."""
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any
@@ -44,10 +45,21 @@ class Conversation:
 
 
 async def _next_line(stdin: IO[str]) -> str | None:
-    """The next question, or None at EOF; a thread, so the loop stays free."""
+    """The next question, or None at EOF. Read on a daemon thread, so the
+    loop stays free and Ctrl-C during a read does not wait for Enter."""
     if stdin.isatty():
         errors.print("[bold]you>[/bold] ", end="")
-    line = await asyncio.to_thread(stdin.readline)
+    loop = asyncio.get_running_loop()
+    read: asyncio.Future[str] = loop.create_future()
+
+    def deliver(line: str) -> None:
+        if not read.done():
+            read.set_result(line)
+
+    threading.Thread(
+        target=lambda: loop.call_soon_threadsafe(deliver, stdin.readline()), daemon=True
+    ).start()
+    line = await read
     return line.rstrip("\n") if line else None
 
 
@@ -99,5 +111,6 @@ async def converse(
             stream_to.flush()
             errors.print(
                 f"[dim]{usage.get('prompt_tokens', 0)} prompt + "
-                f"{usage.get('completion_tokens', 0)} completion tokens ({finish})[/dim]"
+                f"{usage.get('completion_tokens', 0)} completion tokens ({finish})[/dim]",
+                highlight=False,
             )

@@ -181,12 +181,11 @@ def chat(
     The model sees the whole conversation so far. /exit or end of input (Ctrl-D)
     ends it. Piped lines work too; with --json, one document of every turn at the end."""
     sampling = chat_loop.Sampling(max_tokens, temperature, top_p, tuple(stop or ()), seed)
+    conversation = chat_loop.Conversation(model or "", system=system)
 
-    async def main() -> chat_loop.Conversation:
+    async def main() -> None:
         async with _client(gateway, api_key) as client:
-            conversation = chat_loop.Conversation(
-                model or await _default_model(client), system=system
-            )
+            conversation.model = conversation.model or await _default_model(client)
             await chat_loop.converse(
                 client,
                 conversation,
@@ -194,9 +193,10 @@ def chat(
                 stdin=sys.stdin,
                 stream_to=None if as_json else sys.stdout,
             )
-            return conversation
 
-    conversation = _run(main())
+    # Ctrl-C ends a conversation as /exit does; the turns so far still print with --json.
+    with contextlib.suppress(KeyboardInterrupt):
+        _run(main())
     if as_json:
         print_json(conversation.as_json())
 
