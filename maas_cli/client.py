@@ -46,6 +46,8 @@ class MaasClient:
         messages: Sequence[tuple[str, str]] = (),
         max_tokens: int | None = None,
         temperature: float | None = None,
+        top_p: float | None = None,
+        stop: Sequence[str] = (),
         seed: int | None = None,
         timeout_s: float | None = None,
     ) -> AsyncGenerator[generation_pb2.GenerateResponse, None]:
@@ -61,6 +63,9 @@ class MaasClient:
             request.max_tokens = max_tokens
         if temperature is not None:
             request.temperature = temperature
+        if top_p is not None:
+            request.top_p = top_p
+        request.stop.extend(stop)
         if seed is not None:
             request.seed = seed
         return self._stream(request, timeout_s)

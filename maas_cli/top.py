@@ -10,6 +10,7 @@ import asyncio
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from google.protobuf import timestamp_pb2
 from rich import box
@@ -20,6 +21,7 @@ from rich.text import Text
 
 from maas.v1 import anomaly_pb2, anomaly_pb2_grpc, auth_pb2, router_pb2, router_pb2_grpc
 from maas_cli.connection import Connection
+from maas_cli.output import print_table, to_dict
 from maas_cli.severity import severity_markup
 
 REPLICA_STATE_STYLES = {
@@ -31,6 +33,8 @@ REPLICA_STATE_STYLES = {
 # Rows beyond these are summed up in one line, so a frame fits a terminal.
 MAX_TENANT_ROWS = 20
 MAX_ALERT_ROWS = 10
+# `maas top --json`'s one snapshot: the router and anomaly answer in milliseconds.
+SNAPSHOT_TIMEOUT_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -263,7 +267,7 @@ async def run_top(
         previous = await snapshot()
         if once:
             await asyncio.sleep(interval_s)
-            console.print(render(await snapshot(), previous))
+            print_table(render(await snapshot(), previous), console)
             return
         with Live(render(previous), console=console, auto_refresh=False) as live:
             # Queue stats and load have no watch rpc: sampling them is the view.
@@ -272,3 +276,31 @@ async def run_top(
                 current = await snapshot()
                 live.update(render(current, previous), refresh=True)
                 previous = current
+
+
+async def snapshot_once(
+    router_target: str, anomaly_target: str, *, alerts_window: timedelta
+) -> MeshSnapshot:
+    """One snapshot, for `maas top --json`."""
+    connection = Connection.from_env()
+    async with (
+        connection.channel(router_target) as router_channel,
+        connection.channel(anomaly_target) as anomaly_channel,
+    ):
+        return await take_snapshot(
+            router_pb2_grpc.RouterStub(router_channel),
+            anomaly_pb2_grpc.AnomalyStub(anomaly_channel),
+            alerts_window=alerts_window,
+            timeout_s=SNAPSHOT_TIMEOUT_S,
+            metadata=connection.service_metadata(),
+        )
+
+
+def snapshot_json(snapshot: MeshSnapshot) -> dict[str, Any]:
+    """The snapshot's replies, each in protobuf's JSON mapping."""
+    return {
+        "replicas": to_dict(snapshot.replicas)["replicas"],
+        "queue": to_dict(snapshot.queue),
+        "alerts": to_dict(snapshot.alerts)["alerts"],
+        "events": to_dict(snapshot.events),
+    }

@@ -32,7 +32,7 @@ import secrets
 import signal
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_origin
@@ -47,7 +47,7 @@ from maas.v1 import auth_pb2, auth_pb2_grpc
 from maas_cli.client import MaasClient
 from maas_cli.connection import Connection
 from services.auth.settings import MIN_SECRET_LENGTH
-from services.catalog import SERVICES
+from services.catalog import BY_NAME, SERVICES
 from services.common.spec import ServiceSpec
 from services.inference.settings import cpu_engine_environment
 from services.inference.sim_profiles import DEFAULT_PROFILE, PROFILES
@@ -55,6 +55,7 @@ from services.inference.sim_profiles import DEFAULT_PROFILE, PROFILES
 console = Console()
 
 DEV_TENANT = "dev"
+GATEWAY_MODULE = "gateway"
 
 
 def secret_name(field: str) -> str:
@@ -67,6 +68,9 @@ SECRET_NAMES = tuple(
     sorted({secret_name(field) for spec in SERVICES for field in spec.secret_fields})
 )
 READY_TIMEOUT_S = 300.0
+# While services start, which are still starting is said this often: a model
+# load on CPU takes 20-40 s and a silent wait looks like a hang.
+STILL_STARTING_EVERY_S = 10.0
 STOP_TIMEOUT_S = 20.0
 # A service that exits is started again after this, doubling while it keeps
 # failing (up to RESTART_MAX_S) so a crash loop does not spin the machine.
@@ -89,6 +93,8 @@ class Launch:
     env: dict[str, str] = field(default_factory=dict)
     # The gateway's HTTP face, where the stack chose its port.
     http_port: int | None = None
+    # Its Prometheus endpoint (`--metrics-base-port`), if any.
+    metrics_port: int | None = None
 
 
 @dataclass(frozen=True)
@@ -298,9 +304,16 @@ def service_specs(
                 http_port = extra
                 extra += 1
                 own_flags += ["--http-port", str(http_port)]
+            metrics_port = None
+            if args.metrics_base_port:
+                metrics_port = args.metrics_base_port + len(launches)
+                own_flags += [flag("telemetry.prometheus_port"), str(metrics_port)]
             launches.append(
-                Launch(name, spec.module, port, spec.health_name, own_flags, dict(env), http_port)
-            )
+                Launch(
+                    name, spec.module, port, spec.health_name, own_flags, dict(env), http_port,
+                    metrics_port,
+                )
+            )  # fmt: skip
     return launches
 
 
@@ -370,6 +383,105 @@ async def wait_serving(service: RunningService, connection: Connection) -> None:
             raise RuntimeError(f"{service.spec.name} did not become ready:\n{tail}")
 
 
+@contextlib.asynccontextmanager
+async def step(name: str) -> AsyncIterator[None]:
+    """Names one step of the start-up, then says how long it took."""
+    console.print(f"[bold]==>[/bold] {name}", highlight=False)
+    began = time.monotonic()
+    yield
+    console.print(f"    done in {time.monotonic() - began:.1f} s", style="dim")
+
+
+async def wait_all_serving(services: list[RunningService], connection: Connection) -> None:
+    """Waits for every service, saying each one's time to SERVING as it comes
+    and, every STILL_STARTING_EVERY_S, which are still starting."""
+    began = time.monotonic()
+    waiting = {s.spec.name: s for s in services}
+
+    async def one(service: RunningService) -> None:
+        await wait_serving(service, connection)
+        del waiting[service.spec.name]
+        console.print(
+            f"    {service.spec.name} serving after {time.monotonic() - began:.1f} s",
+            highlight=False,
+        )
+
+    async def still_starting() -> None:
+        while True:
+            await asyncio.sleep(STILL_STARTING_EVERY_S)
+            names = ", ".join(waiting)
+            console.print(
+                f"    still starting after {time.monotonic() - began:.0f} s: {names} "
+                f"(logs in {services[0].log_path.parent})",
+                style="dim",
+                highlight=False,
+            )
+
+    ticker = asyncio.create_task(still_starting())
+    try:
+        await asyncio.gather(*(one(s) for s in services))
+    finally:
+        ticker.cancel()
+
+
+def http_port_of(launch: Launch) -> int | None:
+    """The HTTP port a process listens on: the stack's choice, else its
+    setting from the environment, else its default; None without one or when
+    the system picks it (0)."""
+    if launch.http_port is not None:
+        return launch.http_port
+    spec = next((s for s in SERVICES if s.module == launch.module), None)
+    if spec is None or "http_port" not in spec.port_fields:
+        return None
+    configured = os.environ.get(spec.env_name("http_port"))
+    default: int | None = spec.settings_type.model_fields["http_port"].default
+    port = int(configured) if configured else default
+    return port or None
+
+
+def addresses(launches: list[Launch], state_dir: Path, *, tls: bool) -> list[tuple[str, str]]:
+    """What a user needs to reach the mesh, as (what, where) lines."""
+    host = "127.0.0.1"
+    scheme = "https" if tls else "http"
+    lines: list[tuple[str, str]] = []
+    gateways = [launch for launch in launches if launch.module == GATEWAY_MODULE]
+    for gateway in gateways:
+        label = gateway.name if len(gateways) > 1 else "gateway"
+        lines.append((f"gRPC ({label})", f"{host}:{gateway.port}"))
+        http = http_port_of(gateway)
+        base_url = f"{scheme}://{host}:{http}/v1" if http else "a port the system picked (its log)"
+        lines.append((f"OpenAI base URL ({label})", base_url))
+    if "console" in BY_NAME:
+        console_launch = next(launch for launch in launches if launch.name.startswith("console"))
+        port = http_port_of(console_launch) or console_launch.port
+        lines.append(("console", f"http://{host}:{port}/"))
+    for launch in launches:
+        if launch.metrics_port is not None:
+            lines.append(
+                (f"metrics ({launch.name})", f"http://{host}:{launch.metrics_port}/metrics")
+            )
+    lines.append(("dev API key", str(state_dir / "dev_api_key")))
+    return lines
+
+
+def print_banner(
+    services: list[RunningService], state_dir: Path, certs: MeshCertificates | None
+) -> None:
+    """Every process, then every address a user needs."""
+    table = Table("service", "address", "pid", "log", title="MaaS mesh on loopback")
+    for s in services:
+        address = f"127.0.0.1:{s.spec.port}"
+        if s.spec.http_port is not None:
+            address += f" (HTTP {s.spec.http_port})"
+        table.add_row(s.spec.name, address, str(s.process.pid), str(s.log_path))
+    console.print(table)
+    lines = addresses([s.spec for s in services], state_dir, tls=certs is not None)
+    width = max(len(what) for what, _ in lines)
+    for what, where in lines:
+        console.print(f"  [bold]{what:<{width}}[/bold]  {where}", highlight=False, soft_wrap=True)
+    console.print("try: .venv/bin/maas chat   (or: .venv/bin/maas generate 'Hello')")
+
+
 async def ensure_dev_key(
     auth_target: str, admin_token: str, key_file: Path, connection: Connection
 ) -> str:
@@ -405,7 +517,7 @@ async def first_completion(
     async with MaasClient(gateway_target, api_key, credentials=connection.credentials()) as client:
         models = await client.list_models()
         model = models[0].name
-        console.print(f"\n[bold]First completion[/bold] from [cyan]{model}[/cyan] ({weights}):")
+        console.print(f"[bold]First completion[/bold] from [cyan]{model}[/cyan] ({weights}):")
         stream = client.generate(
             model, messages=[("user", "Tell me about the sea.")], max_tokens=48, seed=7
         )
@@ -497,31 +609,25 @@ async def run(args: argparse.Namespace) -> int:
     services: list[RunningService] = []
     try:
         shared = await shared_state(args)
-        for spec in service_specs(args, state_dir, certs, shared):
-            services.append(await start(spec, env, log_dir))
+        launches = service_specs(args, state_dir, certs, shared)
         if args.engine == "sim":
-            console.print(f"starting services (simulated engines: {args.sim_profile}) ...")
+            what = f"simulated engines: {args.sim_profile}"
         else:
-            console.print("starting services (the model takes 20-40 s to load on CPU) ...")
-        await asyncio.gather(*(wait_serving(s, connection) for s in services))
-        gateways = [s.spec for s in services if s.spec.module == "gateway"]
+            what = "the model takes 20-40 s to load on CPU"
+        async with step(f"start {len(launches)} processes ({what})"):
+            for spec in launches:
+                services.append(await start(spec, env, log_dir))
+            await wait_all_serving(services, connection)
+        gateways = [s.spec for s in services if s.spec.module == GATEWAY_MODULE]
         auth = next(s.spec for s in services if s.spec.module == "services.auth")
-        api_key = await ensure_dev_key(
-            f"127.0.0.1:{auth.port}",
-            keys["admin_token"],
-            state_dir / "dev_api_key",
-            connection,
-        )
-        table = Table("service", "address", "pid", "log", title="MaaS mesh on loopback")
-        for s in services:
-            address = f"127.0.0.1:{s.spec.port}"
-            if s.spec.http_port is not None:
-                address += f" (HTTP {s.spec.http_port})"
-            table.add_row(s.spec.name, address, str(s.process.pid), str(s.log_path))
-        console.print(table)
-        console.print(
-            f"dev API key in {state_dir / 'dev_api_key'}; try: .venv/bin/maas generate 'Hello'"
-        )
+        async with step("make sure the dev tenant and its API key exist"):
+            api_key = await ensure_dev_key(
+                f"127.0.0.1:{auth.port}",
+                keys["admin_token"],
+                state_dir / "dev_api_key",
+                connection,
+            )
+        print_banner(services, state_dir, certs)
         if certs is not None:
             console.print(
                 "mutual TLS on every hop; for the CLI: "
@@ -532,7 +638,8 @@ async def run(args: argparse.Namespace) -> int:
             )
         weights = "simulated" if args.engine == "sim" else "random weights"
         for gateway in gateways:
-            await first_completion(f"127.0.0.1:{gateway.port}", api_key, connection, weights)
+            async with step(f"a first completion through {gateway.name}"):
+                await first_completion(f"127.0.0.1:{gateway.port}", api_key, connection, weights)
         if args.exit_after_first:
             return 0
         console.print("\n[bold green]mesh is up[/bold green]; Ctrl-C stops it.")
@@ -594,6 +701,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--tls",
         action="store_true",
         help="mutual TLS on every hop, from a throwaway CA in STATE_DIR/tls",
+    )
+    parser.add_argument(
+        "--metrics-base-port",
+        type=int,
+        default=0,
+        help="serve each process's Prometheus metrics on this port and the ones after it (0: none)",
     )
     parser.add_argument("--exit-after-first", action="store_true",
                         help="stop after the first completion (for CI smoke runs)")  # fmt: skip
