@@ -66,12 +66,12 @@ async def test_price_set_refuses_what_it_cannot_bill_exactly(auth_target: str) -
     too_fine = await maas(
         auth_target, "admin", "price", "set", "tiny", "--prompt", "0.0000001", "--completion", "1"
     )
-    assert too_fine.exit_code != 0
+    assert too_fine.exit_code == 2  # bad command-line use
     assert "6 decimal places" in too_fine.output
     negative = await maas(
         auth_target, "admin", "price", "set", "tiny", "--prompt", "-1", "--completion", "1"
     )
-    assert negative.exit_code == 1
+    assert negative.exit_code == 3  # INVALID_ARGUMENT
     assert "INVALID_ARGUMENT" in negative.output
 
 
@@ -88,7 +88,7 @@ async def test_price_set_is_the_operators_alone(auth_target: str) -> None:
         auth_target, "admin", "price", "set", "tiny", "--prompt", "1", "--completion", "1",
         token=key.api_key,
     )  # fmt: skip
-    assert refused.exit_code == 1
+    assert refused.exit_code == 7  # PERMISSION_DENIED
     assert "PERMISSION_DENIED" in refused.output
 
 
@@ -108,7 +108,7 @@ async def test_statement_prints_the_hand_computed_files(store: AuthStore, auth_t
     assert "0.002928" in table.output
     assert "unpriced (billed 0): big" in table.output
     bad = await maas(auth_target, "statement", "--tenant", "t-seeded", "--month", "11-2026")
-    assert bad.exit_code == 1
+    assert bad.exit_code == 3  # INVALID_ARGUMENT
     assert "INVALID_ARGUMENT" in bad.output
 
 
