@@ -394,7 +394,7 @@ def create_app(
 
         async def events() -> AsyncIterator[str]:
             yield sse.OPENING
-            async for alert in mesh.watch_alerts(tenant_id, now()):
+            async for alert in mesh.watch_alerts(tenant_id):
                 yield sse.event("alert", row.render(alert=views.alert_row(alert)))
 
         return StreamingResponse(

@@ -129,8 +129,11 @@ class MeshClient:
         )
         return list(response.alerts)
 
-    def watch_alerts(self, tenant_id: str, since: datetime) -> AsyncIterator[anomaly_pb2.Alert]:
-        request = anomaly_pb2.WatchAlertsRequest(tenant_id=tenant_id, since=timestamp(since))
+    def watch_alerts(self, tenant_id: str) -> AsyncIterator[anomaly_pb2.Alert]:
+        """New and updated alerts from now on. No `since`: it would also drop
+        live alerts whose event time is older than it, and the page already
+        lists the ones before."""
+        request = anomaly_pb2.WatchAlertsRequest(tenant_id=tenant_id)
         return aiter(self.anomaly.WatchAlerts(request))
 
     async def replicas(self) -> list[router_pb2.Replica]:

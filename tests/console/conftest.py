@@ -115,7 +115,8 @@ def chromium() -> str:
     """Debian's chromium: Playwright's own browser download is out of reach."""
     found = shutil.which("chromium")
     if found is None:
-        subprocess.run(["apt-get", "install", "-y", "--no-install-recommends", "chromium"], check=True)
+        apt = ["apt-get", "install", "-y", "--no-install-recommends", "chromium"]
+        subprocess.run(apt, check=True)
         found = shutil.which("chromium")
     assert found is not None, "chromium is not installed and apt could not install it"
     return found
