@@ -30,6 +30,7 @@ import json
 import os
 import secrets
 import signal
+import socket
 import sys
 import time
 from collections.abc import Mapping
@@ -49,6 +50,7 @@ from maas_cli.connection import Connection
 from services.auth.settings import MIN_SECRET_LENGTH
 from services.catalog import SERVICES
 from services.common.spec import ServiceSpec
+from services.console.settings import ConsoleSettings
 from services.inference.settings import cpu_engine_environment
 from services.inference.sim_profiles import DEFAULT_PROFILE, PROFILES
 
@@ -370,6 +372,55 @@ async def wait_serving(service: RunningService, connection: Connection) -> None:
             raise RuntimeError(f"{service.spec.name} did not become ready:\n{tail}")
 
 
+CONSOLE_MODULE = "services.console"
+# What the console calls, by its `<name>_address` flag, and the module serving each.
+CONSOLE_CALLS = (
+    ("gateway", "gateway"),
+    ("auth", "services.auth"),
+    ("router", "services.router"),
+    ("anomaly", "services.anomaly"),
+)
+
+
+def console_port(wanted: int) -> int:
+    """`wanted` when free, else any free port: a second stack on the machine
+    (a test run beside `make run`) still gets a console."""
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", wanted))
+        except OSError:
+            s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def console_launch(launches: list[Launch], port: int, service_token: str) -> Launch:
+    """The web console (services/console), in front of the first of each service it calls."""
+    flags = ["--port", str(port)]
+    for name, module in CONSOLE_CALLS:
+        called = next(launch for launch in launches if launch.module == module)
+        flags += [f"--{name}-address", f"127.0.0.1:{called.port}"]
+    env = {"MAAS_CONSOLE_SERVICE_TOKEN": service_token}
+    return Launch("console", CONSOLE_MODULE, port, "", flags, env, http_port=port)
+
+
+async def wait_http(service: RunningService) -> None:
+    """Until the console answers its sign-in page; fails if the process dies.
+    It speaks no gRPC health: a connection that answers is its readiness."""
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while service.process.returncode is None and time.monotonic() < deadline:
+        with contextlib.suppress(OSError):
+            reader, writer = await asyncio.open_connection("127.0.0.1", service.spec.port)
+            writer.write(b"GET /signin HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+            status = await reader.readline()
+            writer.close()
+            if b" 200 " in status:
+                return
+        await asyncio.sleep(0.2)  # not listening yet
+    tail = service.log_path.read_text(errors="replace")[-3000:]
+    raise RuntimeError(f"{service.spec.name} did not become ready:\n{tail}")
+
+
 async def ensure_dev_key(
     auth_target: str, admin_token: str, key_file: Path, connection: Connection
 ) -> str:
@@ -512,16 +563,32 @@ async def run(args: argparse.Namespace) -> int:
             state_dir / "dev_api_key",
             connection,
         )
+        if certs is None:
+            launches = [s.spec for s in services]
+            port = console_port(args.console_port)
+            web = await start(console_launch(launches, port, keys["service_token"]), env, log_dir)
+            services.append(web)
+            await wait_http(web)
         table = Table("service", "address", "pid", "log", title="MaaS mesh on loopback")
         for s in services:
             address = f"127.0.0.1:{s.spec.port}"
-            if s.spec.http_port is not None:
+            if s.spec.module == CONSOLE_MODULE:
+                address = f"http://{address}"
+            elif s.spec.http_port is not None:
                 address += f" (HTTP {s.spec.http_port})"
             table.add_row(s.spec.name, address, str(s.process.pid), str(s.log_path))
         console.print(table)
         console.print(
             f"dev API key in {state_dir / 'dev_api_key'}; try: .venv/bin/maas generate 'Hello'"
         )
+        web_console = next((s for s in services if s.spec.module == CONSOLE_MODULE), None)
+        if web_console is not None:
+            console.print(
+                f"web console: http://127.0.0.1:{web_console.spec.port} (sign in with the dev "
+                f"API key, or the admin_token in {state_dir / 'secrets.json'} for operator pages)"
+            )
+        else:
+            console.print("web console: not started with --tls (it serves plain HTTP only, yet)")
         if certs is not None:
             console.print(
                 "mutual TLS on every hop; for the CLI: "
@@ -594,6 +661,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--tls",
         action="store_true",
         help="mutual TLS on every hop, from a throwaway CA in STATE_DIR/tls",
+    )
+    parser.add_argument(
+        "--console-port",
+        type=int,
+        default=ConsoleSettings.model_fields["port"].default,
+        help="the web console's port (another free one when taken)",
     )
     parser.add_argument("--exit-after-first", action="store_true",
                         help="stop after the first completion (for CI smoke runs)")  # fmt: skip
