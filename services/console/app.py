@@ -6,6 +6,7 @@ URL or an operator URL answers 403 whatever the link."""
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,7 +20,13 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from markupsafe import Markup
 
+from gateway.refusals import (
+    DEFAULT_AUTH_FAILURE_BURST,
+    DEFAULT_AUTH_FAILURES_PER_S,
+    RefusalBudget,
+)
 from maas.v1 import generation_pb2
+from services.common.errors import ResourceExhaustedError
 from services.console import sse, views
 from services.console.forms import FormError, PlaygroundForm, key_expiry
 from services.console.mesh_client import MeshClient
@@ -53,11 +60,33 @@ def session_of(request: Request) -> Session | None:
 # Who may open what: dependencies of every page.
 
 
-def signed_in(request: Request) -> Session:
+async def signed_in(request: Request) -> Session:
     session = session_of(request)
     if session is None:
         raise NotSignedIn
+    sessions: Sessions = request.app.state.sessions
+    if sessions.needs_check(session):
+        mesh: MeshClient = request.app.state.mesh
+        if not await still_good(mesh, session):
+            sessions.close(session.session_id)
+            raise NotSignedIn
+        sessions.checked(session)
     return session
+
+
+async def still_good(mesh: MeshClient, session: Session) -> bool:
+    """Whether the session's credential still works (not revoked or expired,
+    the operator token not replaced)."""
+    try:
+        if session.role is Role.TENANT:
+            await mesh.authenticate(session.credential)
+        else:
+            await mesh.tenants(session.credential)
+    except grpc.aio.AioRpcError as err:
+        if err.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+            return False
+        raise
+    return True
 
 
 def own_tenant(tenant_id: str, session: Annotated[Session, Depends(signed_in)]) -> Session:
@@ -105,6 +134,14 @@ def create_app(
         return response
 
     app.state.sessions = sessions
+    app.state.mesh = mesh
+    # Failed sign-ins an address may cost auth: gateway/refusals.py's budget
+    # for failed authentications, so the console is no faster a way to guess keys.
+    failed_sign_ins = RefusalBudget(
+        per_s=DEFAULT_AUTH_FAILURES_PER_S,
+        burst=DEFAULT_AUTH_FAILURE_BURST,
+        subject="failed_sign_ins",
+    )
 
     @app.middleware("http")
     async def same_origin_posts(
@@ -157,9 +194,18 @@ def create_app(
 
     @app.post("/signin")
     async def sign_in(request: Request, credential: Annotated[str, Form()]) -> Response:
-        credential = credential.strip()
-        session = await _open_session(credential)
+        address = request.client.host if request.client else ""
+        try:
+            failed_sign_ins.check(address)
+        except ResourceExhaustedError as err:
+            refusal = page(request, "signin.html", 429, error=f"{err}; try again later")
+            refusal.headers["retry-after"] = str(math.ceil(err.retry_after_s))
+            return refusal
+        # A new sign-in ends the session this browser had, whoever it was.
+        sessions.close(request.cookies.get(COOKIE))
+        session = await _open_session(credential.strip())
         if session is None:
+            failed_sign_ins.refused(address)
             return page(
                 request,
                 "signin.html",
@@ -262,8 +308,9 @@ def create_app(
         yield sse.OPENING
         usage = generation_pb2.Usage()
         finish = "unfinished"
+        call = mesh.generate(api_key, generate)
         try:
-            async for chunk in mesh.generate(api_key, generate):
+            async for chunk in call:
                 if chunk.text:
                     yield sse.text_event("token", chunk.text)
                 usage = chunk.usage
@@ -277,6 +324,10 @@ def create_app(
                 ),
             )
             return
+        finally:
+            # The page went away mid-stream: the generation stops at every hop
+            # (and is billed for what it produced), not left running.
+            call.cancel()
         yield sse.event(
             "done",
             templates.get_template("run_done.html").render(
@@ -394,8 +445,12 @@ def create_app(
 
         async def events() -> AsyncIterator[str]:
             yield sse.OPENING
-            async for alert in mesh.watch_alerts(tenant_id):
-                yield sse.event("alert", row.render(alert=views.alert_row(alert)))
+            call = mesh.watch_alerts(tenant_id)
+            try:
+                async for alert in call:
+                    yield sse.event("alert", row.render(alert=views.alert_row(alert)))
+            finally:
+                call.cancel()
 
         return StreamingResponse(
             events(), media_type="text/event-stream", headers={"cache-control": "no-store"}

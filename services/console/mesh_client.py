@@ -6,7 +6,6 @@ anomaly, whose answers the console scopes to the user itself."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -118,10 +117,10 @@ class MeshClient:
 
     def generate(
         self, api_key: str, request: generation_pb2.GenerateRequest
-    ) -> AsyncIterator[generation_pb2.GenerateResponse]:
+    ) -> grpc.aio.UnaryStreamCall[generation_pb2.GenerateRequest, generation_pb2.GenerateResponse]:
         # No deadline: a stream runs as long as the model generates; the
-        # browser going away cancels it.
-        return aiter(self.gateway.Generate(request, metadata=bearer(api_key)))
+        # caller cancels the call when the browser goes away.
+        return self.gateway.Generate(request, metadata=bearer(api_key))
 
     async def alerts(self, tenant_id: str = "") -> list[anomaly_pb2.Alert]:
         response = await self.anomaly.ListAlerts(
@@ -129,12 +128,14 @@ class MeshClient:
         )
         return list(response.alerts)
 
-    def watch_alerts(self, tenant_id: str) -> AsyncIterator[anomaly_pb2.Alert]:
+    def watch_alerts(
+        self, tenant_id: str
+    ) -> grpc.aio.UnaryStreamCall[anomaly_pb2.WatchAlertsRequest, anomaly_pb2.Alert]:
         """New and updated alerts from now on. No `since`: it would also drop
         live alerts whose event time is older than it, and the page already
         lists the ones before."""
         request = anomaly_pb2.WatchAlertsRequest(tenant_id=tenant_id)
-        return aiter(self.anomaly.WatchAlerts(request))
+        return self.anomaly.WatchAlerts(request)
 
     async def replicas(self) -> list[router_pb2.Replica]:
         response = await self.router.ListReplicas(

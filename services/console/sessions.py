@@ -34,6 +34,8 @@ class Session:
     tenant_id: str = ""
     key_id: str = ""
     scopes: tuple[str, ...] = ()
+    # When the credential was last found good (monotonic seconds).
+    checked_at: float = 0.0
     # Playground calls submitted and not yet streamed, by run id.
     runs: dict[str, generation_pb2.GenerateRequest] = field(default_factory=dict)
 
@@ -45,6 +47,10 @@ class Session:
         return given is not None and hmac.compare_digest(given, self.csrf_token)
 
 
+# A session's credential is asked about again after this: a revoked key or a
+# replaced operator token stops opening pages about as soon as it stops
+# generating at the gateway (its authentication cache holds 5 s).
+RECHECK_S = 5.0
 # Playground runs a session may have waiting at once: a few tabs' worth.
 MAX_PENDING_RUNS = 8
 
@@ -74,6 +80,7 @@ class Sessions:
             role=role,
             credential=credential,
             expires_at=self._clock() + self._ttl_s,
+            checked_at=self._clock(),
             tenant_id=tenant_id,
             key_id=key_id,
             scopes=scopes,
@@ -93,6 +100,13 @@ class Sessions:
             del self._by_id[session_id]
             return None
         return session
+
+    def needs_check(self, session: Session) -> bool:
+        """Whether the credential is due to be asked about again (revoked since?)."""
+        return self._clock() - session.checked_at >= RECHECK_S
+
+    def checked(self, session: Session) -> None:
+        session.checked_at = self._clock()
 
     def close(self, session_id: str | None) -> None:
         if session_id:

@@ -8,6 +8,7 @@ import secrets
 import shutil
 import subprocess
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,6 +56,28 @@ class Tenant:
     key: str
 
 
+def console_settings(targets: dict[str, str]) -> ConsoleSettings:
+    return ConsoleSettings(
+        port=0,
+        grace_period_s=0.5,
+        gateway_address=targets["gateway"],
+        auth_address=targets["auth"],
+        router_address=targets["router"],
+        anomaly_address=targets["anomaly"],
+    )
+
+
+@asynccontextmanager
+async def own_console(mesh: ConsoleMesh) -> AsyncIterator[str]:
+    """Another console over the same mesh; yields its URL."""
+    telemetry = setup("console", TelemetrySettings())
+    try:
+        async with serving(console_settings(mesh.targets), telemetry) as console:
+            yield f"http://127.0.0.1:{console.port}"
+    finally:
+        telemetry.shutdown()
+
+
 @pytest_asyncio.fixture(scope="session")
 async def console_mesh(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[ConsoleMesh]:
     options = MeshOptions(
@@ -69,14 +92,7 @@ async def console_mesh(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterato
     telemetry = setup("console", TelemetrySettings())
     async with running_mesh(options) as mesh:
         targets = mesh.targets
-        settings = ConsoleSettings(
-            port=0,
-            grace_period_s=0.5,
-            gateway_address=targets["gateway"],
-            auth_address=targets["auth"],
-            router_address=targets["router"],
-            anomaly_address=targets["anomaly"],
-        )
+        settings = console_settings(targets)
         anomaly = mesh.services["anomaly"]
         assert isinstance(anomaly, RunningAnomaly)
         async with serving(settings, telemetry) as console:

@@ -9,10 +9,11 @@ from datetime import UTC, datetime, timedelta
 
 from playwright.async_api import BrowserContext, Page
 
+from gateway.refusals import DEFAULT_AUTH_FAILURE_BURST
 from services.anomaly.events import RequestEvent
 from services.auth.keys import parse_key
 from tests.anomaly.support import feed, poisson_times, request
-from tests.console.conftest import MODEL, ConsoleMesh, new_tenant, shot, sign_in
+from tests.console.conftest import MODEL, ConsoleMesh, new_tenant, own_console, shot, sign_in
 from tests.support import eventually
 
 
@@ -52,6 +53,26 @@ async def test_a_wrong_credential_is_refused(
     assert page.url == f"{console_mesh.url}/signin"
     assert "not a valid API key" in await page.locator(".error").inner_text()
     assert await context.cookies() == []
+
+
+async def test_guessing_at_credentials_is_cut_off(
+    console_mesh: ConsoleMesh, context: BrowserContext
+) -> None:
+    tenant = await new_tenant(console_mesh)
+    # A console of its own: the budget is per address, and every test signs in from 127.0.0.1.
+    async with own_console(console_mesh) as url:
+        page = await context.new_page()
+        answers: list[int] = []
+        # Past the burst, refused ones refill at DEFAULT_AUTH_FAILURES_PER_S:
+        # a guesser faster than that runs dry; ten bursts' worth bounds the loop.
+        while 429 not in answers and len(answers) < 10 * DEFAULT_AUTH_FAILURE_BURST:
+            form: dict[str, str | float | bool] = {"credential": f"guess-{len(answers)}"}
+            answers.append((await page.request.post(f"{url}/signin", form=form)).status)
+        assert answers[-1] == 429
+        assert set(answers[:-1]) == {401} and len(answers) > DEFAULT_AUTH_FAILURE_BURST
+        # Cut off: even a good key is not tried until the budget refills.
+        good = await page.request.post(f"{url}/signin", form={"credential": tenant.key})
+        assert good.status == 429 and int(good.headers["retry-after"]) >= 1
 
 
 async def test_the_playground_streams_the_answer_as_it_is_generated(
@@ -141,8 +162,14 @@ async def test_a_tenant_admin_creates_a_key_shown_once_and_revokes_it(
     await page.wait_for_load_state()
     assert (await row.locator(".state").inner_text()).startswith("revoked")
     await shot(page, "keys-revoked")
-    # Revoked: the session it opened is over, and it signs in no more.
-    await second.goto(f"{console_mesh.url}/t/{tenant.tenant_id}/keys")
+    # Revoked: the session it opened ends (its credential is asked about
+    # again every few seconds), and it signs in no more.
+
+    async def signed_out() -> bool:
+        await second.goto(f"{console_mesh.url}/t/{tenant.tenant_id}/alerts")
+        return second.url == f"{console_mesh.url}/signin"
+
+    await eventually(signed_out)
     await sign_in(second, console_mesh, secret)
     assert second.url == f"{console_mesh.url}/signin"
     await other.close()
