@@ -447,8 +447,15 @@ def create_app(
             yield sse.OPENING
             call = mesh.watch_alerts(tenant_id)
             try:
+                # Watching before listing: an alert raised between the two is
+                # in the list, or comes as an update of a row the page has.
+                shown = {alert.alert_id for alert in await mesh.alerts(tenant_id)}
                 async for alert in call:
-                    yield sse.event("alert", row.render(alert=views.alert_row(alert)))
+                    # A new alert is a new row; an update of one replaces its row.
+                    update = alert.alert_id in shown
+                    shown.add(alert.alert_id)
+                    html = row.render(alert=views.alert_row(alert), update=update)
+                    yield sse.event("alert", html)
             finally:
                 call.cancel()
 

@@ -286,6 +286,26 @@ async def test_an_alert_appears_while_the_page_is_open(
     rows = await page.locator("tr.alert").all_inner_texts()
     assert any("request_rate_spike" in row for row in rows)
     assert all(tenant.tenant_id in row or parsed.key_id in row for row in rows)
+    # Every alert the service holds is on the page once, at its latest count
+    # (its updates replaced its row instead of adding rows).
+    want = {
+        a.alert_id: a.count
+        for a in console_mesh.anomaly.alerts()
+        if a.tenant_id == tenant.tenant_id
+    }
+
+    async def shown() -> dict[str, int]:
+        pairs: list[list[str]] = await page.evaluate(
+            """[...document.querySelectorAll('tr.alert')].map(
+                (r) => [r.dataset.alertId, r.querySelector('.count').textContent])"""
+        )
+        assert len({alert_id for alert_id, _ in pairs}) == len(pairs), "an alert shown twice"
+        return {alert_id: int(count) for alert_id, count in pairs}
+
+    async def all_shown_once() -> bool:
+        return await shown() == want
+
+    await eventually(all_shown_once)
     await shot(page, "alerts")
 
 
