@@ -30,6 +30,7 @@ import json
 import os
 import secrets
 import signal
+import socket
 import sys
 import time
 from collections.abc import AsyncIterator, Mapping
@@ -47,8 +48,9 @@ from maas.v1 import auth_pb2, auth_pb2_grpc
 from maas_cli.client import MaasClient
 from maas_cli.connection import Connection
 from services.auth.settings import MIN_SECRET_LENGTH
-from services.catalog import BY_NAME, SERVICES
+from services.catalog import SERVICES
 from services.common.spec import ServiceSpec
+from services.console.settings import ConsoleSettings
 from services.inference.settings import cpu_engine_environment
 from services.inference.sim_profiles import DEFAULT_PROFILE, PROFILES
 
@@ -383,6 +385,55 @@ async def wait_serving(service: RunningService, connection: Connection) -> None:
             raise RuntimeError(f"{service.spec.name} did not become ready:\n{tail}")
 
 
+CONSOLE_MODULE = "services.console"
+# What the console calls, by its `<name>_address` flag, and the module serving each.
+CONSOLE_CALLS = (
+    ("gateway", "gateway"),
+    ("auth", "services.auth"),
+    ("router", "services.router"),
+    ("anomaly", "services.anomaly"),
+)
+
+
+def console_port(wanted: int) -> int:
+    """`wanted` when free, else any free port: a second stack on the machine
+    (a test run beside `make run`) still gets a console."""
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", wanted))
+        except OSError:
+            s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def console_launch(launches: list[Launch], port: int, service_token: str) -> Launch:
+    """The web console (services/console), in front of the first of each service it calls."""
+    flags = ["--port", str(port)]
+    for name, module in CONSOLE_CALLS:
+        called = next(launch for launch in launches if launch.module == module)
+        flags += [f"--{name}-address", f"127.0.0.1:{called.port}"]
+    env = {"MAAS_CONSOLE_SERVICE_TOKEN": service_token}
+    return Launch("console", CONSOLE_MODULE, port, "", flags, env, http_port=port)
+
+
+async def wait_http(service: RunningService) -> None:
+    """Until the console answers its sign-in page; fails if the process dies.
+    It speaks no gRPC health: a connection that answers is its readiness."""
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while service.process.returncode is None and time.monotonic() < deadline:
+        with contextlib.suppress(OSError):
+            reader, writer = await asyncio.open_connection("127.0.0.1", service.spec.port)
+            writer.write(b"GET /signin HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+            status = await reader.readline()
+            writer.close()
+            if b" 200 " in status:
+                return
+        await asyncio.sleep(0.2)  # not listening yet
+    tail = service.log_path.read_text(errors="replace")[-3000:]
+    raise RuntimeError(f"{service.spec.name} did not become ready:\n{tail}")
+
+
 @contextlib.asynccontextmanager
 async def step(name: str) -> AsyncIterator[None]:
     """Names one step of the start-up, then says how long it took."""
@@ -451,10 +502,11 @@ def addresses(launches: list[Launch], state_dir: Path, *, tls: bool) -> list[tup
         http = http_port_of(gateway)
         base_url = f"{scheme}://{host}:{http}/v1" if http else "a port the system picked (its log)"
         lines.append((f"OpenAI base URL ({label})", base_url))
-    if "console" in BY_NAME:
-        console_launch = next(launch for launch in launches if launch.name.startswith("console"))
-        port = http_port_of(console_launch) or console_launch.port
-        lines.append(("console", f"http://{host}:{port}/"))
+    web = next((launch for launch in launches if launch.module == CONSOLE_MODULE), None)
+    if web is not None:
+        lines.append(("web console", f"http://{host}:{web.port}/"))
+    else:
+        lines.append(("web console", "not started with --tls (it serves plain HTTP only, yet)"))
     for launch in launches:
         if launch.metrics_port is not None:
             lines.append(
@@ -471,7 +523,9 @@ def print_banner(
     table = Table("service", "address", "pid", "log", title="MaaS mesh on loopback")
     for s in services:
         address = f"127.0.0.1:{s.spec.port}"
-        if s.spec.http_port is not None:
+        if s.spec.module == CONSOLE_MODULE:
+            address = f"http://{address}"
+        elif s.spec.http_port is not None:
             address += f" (HTTP {s.spec.http_port})"
         table.add_row(s.spec.name, address, str(s.process.pid), str(s.log_path))
     console.print(table)
@@ -479,7 +533,11 @@ def print_banner(
     width = max(len(what) for what, _ in lines)
     for what, where in lines:
         console.print(f"  [bold]{what:<{width}}[/bold]  {where}", highlight=False, soft_wrap=True)
-    console.print("try: .venv/bin/maas chat   (or: .venv/bin/maas generate 'Hello')")
+    console.print(
+        "try: .venv/bin/maas chat   (or: .venv/bin/maas generate 'Hello'); the web console "
+        f"takes the dev API key, or the admin_token in {state_dir / 'secrets.json'} for the "
+        "operator pages"
+    )
 
 
 async def ensure_dev_key(
@@ -627,6 +685,15 @@ async def run(args: argparse.Namespace) -> int:
                 state_dir / "dev_api_key",
                 connection,
             )
+        if certs is None:
+            async with step("start the web console"):
+                launches = [s.spec for s in services]
+                port = console_port(args.console_port)
+                web = await start(
+                    console_launch(launches, port, keys["service_token"]), env, log_dir
+                )
+                services.append(web)
+                await wait_http(web)
         print_banner(services, state_dir, certs)
         if certs is not None:
             console.print(
@@ -707,6 +774,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=0,
         help="serve each process's Prometheus metrics on this port and the ones after it (0: none)",
+    )
+    parser.add_argument(
+        "--console-port",
+        type=int,
+        default=ConsoleSettings.model_fields["port"].default,
+        help="the web console's port (another free one when taken)",
     )
     parser.add_argument("--exit-after-first", action="store_true",
                         help="stop after the first completion (for CI smoke runs)")  # fmt: skip

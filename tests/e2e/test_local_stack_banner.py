@@ -50,11 +50,11 @@ async def test_the_banner_names_addresses_that_answer(tmp_path: Path) -> None:
         assert re.search(r"==> start 5 processes", output), output
         for service in ("auth", "inference", "router", "anomaly", "gateway"):
             assert re.search(rf"{service} serving after \d+\.\d s", output), output
-        assert len(re.findall(r"done in \d+\.\d s", output)) == 3, output
+        assert len(re.findall(r"done in \d+\.\d s", output)) == 4, output
 
         banner = dict(
-            re.findall(r"^  (gRPC \(gateway\)|OpenAI base URL \(gateway\)|metrics \(\w+\))"
-                       r"\s+(\S+)$", output, re.MULTILINE)
+            re.findall(r"^  (gRPC \(gateway\)|OpenAI base URL \(gateway\)|web console"
+                       r"|metrics \(\w+\))\s+(\S+)$", output, re.MULTILINE)
         )  # fmt: skip
         assert banner["gRPC (gateway)"] == f"127.0.0.1:{base}"
         base_url = banner["OpenAI base URL (gateway)"]
@@ -72,6 +72,9 @@ async def test_the_banner_names_addresses_that_answer(tmp_path: Path) -> None:
             assert models.status_code == 200, models.text
             for url in metrics:
                 assert (await http.get(url)).status_code == 200, url
+            # The console's sign-in page.
+            signin = await http.get(banner["web console"] + "signin")
+            assert signin.status_code == 200, signin.text
             # The gateway has served the first completion: its metrics are not empty.
             scraped = await http.get(banner["metrics (gateway)"])
             assert "# TYPE" in scraped.text

@@ -1,0 +1,466 @@
+"""The console's pages. Every page states who may open it: a tenant page
+checks that the signed-in key belongs to the tenant in its URL, an operator
+page that the session holds the operator token, so typing another tenant's
+URL or an operator URL answers 403 whatever the link."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import urlsplit
+
+import grpc
+from fastapi import Depends, FastAPI, Form, HTTPException, Request, Response
+from fastapi.responses import HTMLResponse, RedirectResponse, StreamingResponse
+from fastapi.staticfiles import StaticFiles
+from fastapi.templating import Jinja2Templates
+from markupsafe import Markup
+
+from gateway.refusals import (
+    DEFAULT_AUTH_FAILURE_BURST,
+    DEFAULT_AUTH_FAILURES_PER_S,
+    RefusalBudget,
+)
+from maas.v1 import generation_pb2
+from services.common.errors import ResourceExhaustedError
+from services.console import sse, views
+from services.console.forms import FormError, PlaygroundForm, key_expiry
+from services.console.mesh_client import MeshClient
+from services.console.sessions import Role, Session, Sessions
+
+HERE = Path(__file__).parent
+COOKIE = "maas_console_session"
+CSRF_HEADER = "x-csrf-token"
+# gRPC statuses a page shows as they are, with the HTTP status a browser understands.
+HTTP_STATUS = {
+    grpc.StatusCode.UNAUTHENTICATED: 401,
+    grpc.StatusCode.PERMISSION_DENIED: 403,
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.ALREADY_EXISTS: 409,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
+    grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+}
+
+
+class NotSignedIn(Exception):
+    pass
+
+
+def session_of(request: Request) -> Session | None:
+    sessions: Sessions = request.app.state.sessions
+    return sessions.get(request.cookies.get(COOKIE))
+
+
+# Who may open what: dependencies of every page.
+
+
+async def signed_in(request: Request) -> Session:
+    session = session_of(request)
+    if session is None:
+        raise NotSignedIn
+    sessions: Sessions = request.app.state.sessions
+    if sessions.needs_check(session):
+        mesh: MeshClient = request.app.state.mesh
+        if not await still_good(mesh, session):
+            sessions.close(session.session_id)
+            raise NotSignedIn
+        sessions.checked(session)
+    return session
+
+
+async def still_good(mesh: MeshClient, session: Session) -> bool:
+    """Whether the session's credential still works (not revoked or expired,
+    the operator token not replaced)."""
+    try:
+        if session.role is Role.TENANT:
+            await mesh.authenticate(session.credential)
+        else:
+            await mesh.tenants(session.credential)
+    except grpc.aio.AioRpcError as err:
+        if err.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+            return False
+        raise
+    return True
+
+
+def own_tenant(tenant_id: str, session: Annotated[Session, Depends(signed_in)]) -> Session:
+    if session.role is not Role.TENANT or session.tenant_id != tenant_id:
+        raise HTTPException(403, "this page belongs to another tenant")
+    return session
+
+
+def operator(session: Annotated[Session, Depends(signed_in)]) -> Session:
+    if session.role is not Role.OPERATOR:
+        raise HTTPException(403, "operator pages need the operator token")
+    return session
+
+
+async def csrf(request: Request, session: Annotated[Session, Depends(signed_in)]) -> None:
+    given = request.headers.get(CSRF_HEADER)
+    if given is None:
+        given = str((await request.form()).get("csrf", "")) or None
+    if not session.csrf_ok(given):
+        raise HTTPException(403, "the form is stale or came from another site; reload the page")
+
+
+Tenant = Annotated[Session, Depends(own_tenant)]
+Operator = Annotated[Session, Depends(operator)]
+Csrf = Depends(csrf)
+
+
+def create_app(
+    mesh: MeshClient,
+    sessions: Sessions,
+    *,
+    secure_cookie: bool,
+    now: Callable[[], datetime] = lambda: datetime.now(UTC),
+) -> FastAPI:
+    app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
+    app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
+    templates = Jinja2Templates(directory=HERE / "templates")
+
+    def page(request: Request, name: str, status: int = 200, **context: Any) -> HTMLResponse:
+        response = templates.TemplateResponse(
+            request, name, {"session": session_of(request), **context}, status_code=status
+        )
+        # Pages show keys (once), usage and alerts: never kept by a cache.
+        response.headers["cache-control"] = "no-store"
+        return response
+
+    app.state.sessions = sessions
+    app.state.mesh = mesh
+    # Failed sign-ins an address may cost auth: gateway/refusals.py's budget
+    # for failed authentications, so the console is no faster a way to guess keys.
+    failed_sign_ins = RefusalBudget(
+        per_s=DEFAULT_AUTH_FAILURES_PER_S,
+        burst=DEFAULT_AUTH_FAILURE_BURST,
+        subject="failed_sign_ins",
+    )
+
+    @app.middleware("http")
+    async def same_origin_posts(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        # A POST from another site's page carries its own Origin: refused
+        # before any cookie (SameSite=Strict keeps it off anyway) or form is read.
+        origin = request.headers.get("origin")
+        cross_site = origin is not None and urlsplit(origin).netloc != request.headers.get("host")
+        if request.method == "POST" and cross_site:
+            return HTMLResponse("cross-site request refused", status_code=403)
+        return await call_next(request)
+
+    @app.exception_handler(NotSignedIn)
+    async def to_sign_in(request: Request, _: NotSignedIn) -> Response:
+        if request.headers.get("hx-request") or request.url.path.endswith("/stream"):
+            return HTMLResponse("signed out", status_code=401)
+        return RedirectResponse("/signin", status_code=303)
+
+    @app.exception_handler(HTTPException)
+    async def refused(request: Request, err: HTTPException) -> Response:
+        return page(request, "error.html", err.status_code, message=err.detail)
+
+    @app.exception_handler(grpc.aio.AioRpcError)
+    async def mesh_refused(request: Request, err: grpc.aio.AioRpcError) -> Response:
+        if err.code() == grpc.StatusCode.UNAUTHENTICATED:
+            # The key was revoked or expired under the session: it is over.
+            sessions.close(request.cookies.get(COOKIE))
+        return page(
+            request,
+            "error.html",
+            HTTP_STATUS.get(err.code(), 502),
+            message=f"{err.code().name}: {err.details()}",
+        )
+
+    # Signing in and out.
+
+    @app.get("/")
+    async def home(request: Request) -> Response:
+        session = session_of(request)
+        if session is None:
+            return RedirectResponse("/signin", status_code=303)
+        if session.role is Role.OPERATOR:
+            return RedirectResponse("/operator/tenants", status_code=303)
+        return RedirectResponse(f"/t/{session.tenant_id}/models", status_code=303)
+
+    @app.get("/signin")
+    async def sign_in_page(request: Request) -> Response:
+        return page(request, "signin.html")
+
+    @app.post("/signin")
+    async def sign_in(request: Request, credential: Annotated[str, Form()]) -> Response:
+        address = request.client.host if request.client else ""
+        try:
+            failed_sign_ins.check(address)
+        except ResourceExhaustedError as err:
+            refusal = page(request, "signin.html", 429, error=f"{err}; try again later")
+            refusal.headers["retry-after"] = str(math.ceil(err.retry_after_s))
+            return refusal
+        # A new sign-in ends the session this browser had, whoever it was.
+        sessions.close(request.cookies.get(COOKIE))
+        session = await _open_session(credential.strip())
+        if session is None:
+            failed_sign_ins.refused(address)
+            return page(
+                request,
+                "signin.html",
+                401,
+                error="not a valid API key or operator token",
+            )
+        response = RedirectResponse("/", status_code=303)
+        response.set_cookie(
+            COOKIE,
+            session.session_id,
+            httponly=True,
+            samesite="strict",
+            secure=secure_cookie,
+            path="/",
+        )
+        return response
+
+    async def _open_session(credential: str) -> Session | None:
+        if not credential:
+            return None
+        try:
+            principal = await mesh.authenticate(credential)
+        except grpc.aio.AioRpcError as err:
+            if err.code() != grpc.StatusCode.UNAUTHENTICATED:
+                raise
+        else:
+            return sessions.open(
+                Role.TENANT,
+                credential,
+                tenant_id=principal.tenant_id,
+                key_id=principal.key_id,
+                scopes=tuple(principal.scopes),
+            )
+        # Not an API key: the operator token is the credential that may list every tenant.
+        try:
+            await mesh.tenants(credential)
+        except grpc.aio.AioRpcError as err:
+            if err.code() not in (
+                grpc.StatusCode.UNAUTHENTICATED,
+                grpc.StatusCode.PERMISSION_DENIED,
+            ):
+                raise
+            return None
+        return sessions.open(Role.OPERATOR, credential)
+
+    @app.post("/signout", dependencies=[Csrf])
+    async def sign_out(request: Request) -> Response:
+        sessions.close(request.cookies.get(COOKIE))
+        response = RedirectResponse("/signin", status_code=303)
+        response.delete_cookie(COOKIE, path="/")
+        return response
+
+    # Tenant pages.
+
+    @app.get("/t/{tenant_id}/models")
+    async def models(request: Request, session: Tenant) -> Response:
+        listed = await mesh.models(session.credential)
+        return page(request, "models.html", models=listed, no_price=views.NO_PRICE)
+
+    @app.get("/t/{tenant_id}/playground")
+    async def playground(request: Request, session: Tenant) -> Response:
+        listed = await mesh.models(session.credential)
+        return page(request, "playground.html", models=listed)
+
+    @app.post("/t/{tenant_id}/playground/runs", dependencies=[Csrf])
+    async def submit_run(
+        request: Request,
+        session: Tenant,
+        model: Annotated[str, Form()] = "",
+        prompt: Annotated[str, Form()] = "",
+        system: Annotated[str, Form()] = "",
+        temperature: Annotated[str, Form()] = "",
+        max_tokens: Annotated[str, Form()] = "",
+        stop: Annotated[str, Form()] = "",
+        seed: Annotated[str, Form()] = "",
+    ) -> Response:
+        form = PlaygroundForm(model, prompt, system, temperature, max_tokens, stop, seed)
+        try:
+            generate = form.request()
+        except FormError as err:
+            return page(request, "run_error.html", 200, message=str(err))
+        run_id = sessions.add_run(session, generate)
+        run_url = f"/t/{session.tenant_id}/playground/runs/{run_id}/stream"
+        return page(request, "run.html", run_url=run_url)
+
+    @app.get("/t/{tenant_id}/playground/runs/{run_id}/stream")
+    async def stream_run(run_id: str, session: Tenant) -> Response:
+        generate = session.runs.pop(run_id, None)
+        if generate is None:
+            raise HTTPException(404, "no such run: submit the form again")
+        return StreamingResponse(
+            _run_events(session.credential, generate),
+            media_type="text/event-stream",
+            headers={"cache-control": "no-store"},
+        )
+
+    async def _run_events(
+        api_key: str, generate: generation_pb2.GenerateRequest
+    ) -> AsyncIterator[str]:
+        yield sse.OPENING
+        usage = generation_pb2.Usage()
+        finish = "unfinished"
+        call = mesh.generate(api_key, generate)
+        try:
+            async for chunk in call:
+                if chunk.text:
+                    yield sse.text_event("token", chunk.text)
+                usage = chunk.usage
+                if chunk.finish_reason:
+                    finish = generation_pb2.FinishReason.Name(chunk.finish_reason)
+        except grpc.aio.AioRpcError as err:
+            yield sse.event(
+                "done",
+                templates.get_template("run_done.html").render(
+                    error=f"{err.code().name}: {err.details()}", usage=usage, finish=finish
+                ),
+            )
+            return
+        finally:
+            # The page went away mid-stream: the generation stops at every hop
+            # (and is billed for what it produced), not left running.
+            call.cancel()
+        yield sse.event(
+            "done",
+            templates.get_template("run_done.html").render(
+                error="", usage=usage, finish=finish.removeprefix("FINISH_REASON_").lower()
+            ),
+        )
+
+    @app.get("/t/{tenant_id}/keys")
+    async def keys(request: Request, session: Tenant) -> Response:
+        return await _keys_page(request, session)
+
+    async def _keys_page(
+        request: Request,
+        session: Session,
+        status: int = 200,
+        *,
+        created: dict[str, object] | None = None,
+        error: str = "",
+    ) -> Response:
+        listed = []
+        if session.is_tenant_admin:
+            held = await mesh.keys(session.credential, session.tenant_id)
+            listed = [views.key_row(k) for k in held]
+        return page(request, "keys.html", status, keys=listed, created=created, error=error)
+
+    @app.post("/t/{tenant_id}/keys", dependencies=[Csrf])
+    async def create_key(
+        request: Request,
+        session: Tenant,
+        name: Annotated[str, Form()] = "",
+        expires: Annotated[str, Form()] = "",
+    ) -> Response:
+        if not session.is_tenant_admin:
+            raise HTTPException(403, "managing keys needs a key with the admin scope")
+        try:
+            expiry = key_expiry(expires, now())
+        except FormError as err:
+            return await _keys_page(request, session, 400, error=str(err))
+        made = await mesh.create_key(session.credential, session.tenant_id, name.strip(), expiry)
+        # Rendered in this response only: the secret is never stored or shown again.
+        created = {"api_key": made.api_key, **views.key_row(made.key)}
+        return await _keys_page(request, session, created=created)
+
+    @app.post("/t/{tenant_id}/keys/{key_id}/revoke", dependencies=[Csrf])
+    async def revoke_key(key_id: str, session: Tenant) -> Response:
+        if not session.is_tenant_admin:
+            raise HTTPException(403, "managing keys needs a key with the admin scope")
+        await mesh.revoke_key(session.credential, key_id)
+        return RedirectResponse(f"/t/{session.tenant_id}/keys", status_code=303)
+
+    @app.get("/t/{tenant_id}/usage")
+    async def usage(request: Request, session: Tenant, by: str = "hour") -> Response:
+        span = views.SPANS.get(by)
+        if span is None:
+            raise HTTPException(404, f"usage by {by!r}: by hour or by day")
+        start = views.span_start(span, now())
+        response = await mesh.usage(session.credential, start, span.grouping)
+        chart = views.usage_chart(span, start, response)
+        return page(
+            request,
+            "usage.html",
+            by=by,
+            summary=response.summary,
+            chart_json=Markup(json.dumps(chart).replace("<", "\\u003c")),
+        )
+
+    @app.get("/t/{tenant_id}/alerts")
+    async def tenant_alerts(request: Request, session: Tenant) -> Response:
+        listed = [views.alert_row(a) for a in await mesh.alerts(session.tenant_id)]
+        return page(
+            request,
+            "alerts.html",
+            alerts=listed,
+            stream_url=f"/t/{session.tenant_id}/alerts/stream",
+        )
+
+    @app.get("/t/{tenant_id}/alerts/stream")
+    async def tenant_alert_stream(session: Tenant) -> Response:
+        return _alert_stream(session.tenant_id)
+
+    # Operator pages.
+
+    @app.get("/operator/tenants")
+    async def tenants(request: Request, session: Operator) -> Response:
+        listed = [views.tenant_row(t) for t in await mesh.tenants(session.credential)]
+        return page(request, "tenants.html", tenants=listed)
+
+    @app.get("/operator/replicas")
+    async def replicas(request: Request, session: Operator) -> Response:
+        listed = [views.replica_row(r) for r in await mesh.replicas()]
+        return page(request, "replicas.html", replicas=listed)
+
+    @app.get("/operator/queues")
+    async def queues(request: Request, session: Operator) -> Response:
+        stats = await mesh.queues()
+        return page(
+            request,
+            "queues.html",
+            waiting=stats.waiting,
+            depths=views.queue_rows(stats),
+            shed=dict(stats.shed),
+        )
+
+    @app.get("/operator/alerts")
+    async def all_alerts(request: Request, session: Operator) -> Response:
+        listed = [views.alert_row(a) for a in await mesh.alerts()]
+        return page(request, "alerts.html", alerts=listed, stream_url="/operator/alerts/stream")
+
+    @app.get("/operator/alerts/stream")
+    async def all_alert_stream(session: Operator) -> Response:
+        return _alert_stream("")
+
+    def _alert_stream(tenant_id: str) -> Response:
+        row = templates.get_template("alert_row.html")
+
+        async def events() -> AsyncIterator[str]:
+            yield sse.OPENING
+            call = mesh.watch_alerts(tenant_id)
+            try:
+                # Watching before listing: an alert raised between the two is
+                # in the list, or comes as an update of a row the page has.
+                shown = {alert.alert_id for alert in await mesh.alerts(tenant_id)}
+                async for alert in call:
+                    # A new alert is a new row; an update of one replaces its row.
+                    update = alert.alert_id in shown
+                    shown.add(alert.alert_id)
+                    html = row.render(alert=views.alert_row(alert), update=update)
+                    yield sse.event("alert", html)
+            finally:
+                call.cancel()
+
+        return StreamingResponse(
+            events(), media_type="text/event-stream", headers={"cache-control": "no-store"}
+        )
+
+    return app

@@ -1,0 +1,147 @@
+"""Protobuf messages turned into what the templates show."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from maas.v1 import anomaly_pb2, auth_pb2, router_pb2, usage_pb2
+
+# What the model library and the playground show until the price book
+# (issue 21's PRICING part) gives cost: a visible, marked slot.
+NO_PRICE = "-"
+
+
+def when(stamp: Timestamp, present: bool = True) -> str:
+    if not present:
+        return ""
+    return stamp.ToDatetime(tzinfo=UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def key_row(key: auth_pb2.ApiKey) -> dict[str, object]:
+    return {
+        "key_id": key.key_id,
+        "name": key.name,
+        "scopes": ", ".join(key.scopes),
+        "created": when(key.create_time),
+        "expires": when(key.expire_time, key.HasField("expire_time")) or "never",
+        "revoked": when(key.revoke_time, key.HasField("revoke_time")),
+    }
+
+
+def tenant_row(tenant: auth_pb2.Tenant) -> dict[str, object]:
+    plan = tenant.plan
+
+    def limit(value: int) -> str:
+        return f"{value:,}" if value else "unlimited"
+
+    return {
+        "tenant_id": tenant.tenant_id,
+        "name": tenant.name,
+        "priority": auth_pb2.Priority.Name(tenant.priority).removeprefix("PRIORITY_").lower(),
+        "created": when(tenant.create_time),
+        "rpm": limit(plan.requests_per_minute),
+        "tpm": limit(plan.tokens_per_minute),
+        "concurrent": limit(plan.max_concurrent_requests),
+        "monthly_tokens": limit(plan.monthly_token_budget),
+        "models": ", ".join(plan.allowed_models) or "all",
+    }
+
+
+def replica_row(replica: router_pb2.Replica) -> dict[str, object]:
+    return {
+        "address": replica.address,
+        "model": replica.model.name,
+        "state": router_pb2.ReplicaState.Name(replica.state)
+        .removeprefix("REPLICA_STATE_")
+        .lower()
+        .replace("_", " "),
+        "in_flight": replica.in_flight,
+        "limit": replica.concurrency_limit,
+        "running": replica.load.running,
+        "waiting": replica.load.waiting,
+        "kv_cache": f"{replica.load.kv_cache_usage:.0%}",
+        "ttft": f"{replica.ttft_s * 1000:.0f} ms" if replica.ttft_s else "-",
+        "ejected_for": f"{replica.ejected_for_s:.0f} s" if replica.ejected_for_s else "",
+    }
+
+
+def queue_rows(stats: router_pb2.QueueStats) -> list[dict[str, object]]:
+    return [
+        {
+            "tenant_id": depth.tenant_id,
+            "priority": auth_pb2.Priority.Name(depth.priority).removeprefix("PRIORITY_").lower(),
+            "waiting": depth.waiting,
+            "tokens": depth.tokens,
+        }
+        for depth in stats.depths
+    ]
+
+
+def alert_row(alert: anomaly_pb2.Alert) -> dict[str, object]:
+    return {
+        "alert_id": alert.alert_id,
+        "kind": alert.kind,
+        "series": alert.series,
+        "severity": anomaly_pb2.Severity.Name(alert.severity).removeprefix("SEVERITY_").lower(),
+        "last_seen": when(alert.last_seen),
+        "count": alert.count,
+        "detail": alert.detail,
+        "actions": ", ".join(f"{a.action} {a.target}" for a in alert.actions),
+    }
+
+
+@dataclass(frozen=True)
+class Span:
+    """A usage chart's range and step."""
+
+    grouping: usage_pb2.UsageGrouping
+    step: timedelta
+    buckets: int
+    label_format: str
+
+
+SPANS = {
+    # The last day by hour, and the last month by day: what "over time" means to a person.
+    "hour": Span(usage_pb2.USAGE_GROUPING_HOUR, timedelta(hours=1), 24, "%m-%d %H:00"),
+    "day": Span(usage_pb2.USAGE_GROUPING_DAY, timedelta(days=1), 30, "%Y-%m-%d"),
+}
+
+
+def span_start(span: Span, now: datetime) -> datetime:
+    if span.step == timedelta(days=1):
+        floor = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    else:
+        floor = now.replace(minute=0, second=0, microsecond=0)
+    return floor - span.step * (span.buckets - 1)
+
+
+def usage_chart(
+    span: Span, start: datetime, response: usage_pb2.GetUsageResponse
+) -> dict[str, object]:
+    """Every bucket of the range, empty ones as zeros, for Chart.js."""
+    by_start = {
+        datetime.fromisoformat(bucket.key.replace("Z", "+00:00")): bucket
+        for bucket in response.buckets
+    }
+    labels: list[str] = []
+    prompt: list[int] = []
+    completion: list[int] = []
+    requests: list[int] = []
+    for i in range(span.buckets):
+        at = start + span.step * i
+        bucket = by_start.get(at)
+        labels.append(at.strftime(span.label_format))
+        prompt.append(bucket.prompt_tokens if bucket else 0)
+        completion.append(bucket.completion_tokens if bucket else 0)
+        requests.append(bucket.requests if bucket else 0)
+    return {
+        "labels": labels,
+        "datasets": [
+            {"label": "prompt tokens", "data": prompt, "stack": "tokens"},
+            {"label": "completion tokens", "data": completion, "stack": "tokens"},
+        ],
+        "requests": requests,
+    }
