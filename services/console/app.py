@@ -18,6 +18,7 @@ from fastapi import Depends, FastAPI, Form, HTTPException, Request, Response
 from fastapi.responses import HTMLResponse, RedirectResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
+from google.rpc import error_details_pb2
 from markupsafe import Markup
 
 from gateway.refusals import (
@@ -25,10 +26,10 @@ from gateway.refusals import (
     DEFAULT_AUTH_FAILURES_PER_S,
     RefusalBudget,
 )
-from maas.v1 import generation_pb2
-from services.common.errors import ResourceExhaustedError
-from services.console import sse, views
-from services.console.forms import FormError, PlaygroundForm, key_expiry
+from maas.v1 import billing_pb2, generation_pb2
+from services.common.errors import ResourceExhaustedError, error_from_rpc, status_detail
+from services.console import money, sse, views
+from services.console.forms import PRICE_FIELDS, FormError, PlaygroundForm, PriceForm, key_expiry
 from services.console.mesh_client import MeshClient
 from services.console.sessions import Role, Session, Sessions
 
@@ -263,7 +264,10 @@ def create_app(
     @app.get("/t/{tenant_id}/models")
     async def models(request: Request, session: Tenant) -> Response:
         listed = await mesh.models(session.credential)
-        return page(request, "models.html", models=listed, no_price=views.NO_PRICE)
+        prices = {
+            money.billed_name(p): money.price_row(p) for p in await mesh.prices(session.credential)
+        }
+        return page(request, "models.html", models=listed, prices=prices, unpriced=money.UNPRICED)
 
     @app.get("/t/{tenant_id}/playground")
     async def playground(request: Request, session: Tenant) -> Response:
@@ -317,10 +321,15 @@ def create_app(
                 if chunk.finish_reason:
                     finish = generation_pb2.FinishReason.Name(chunk.finish_reason)
         except grpc.aio.AioRpcError as err:
+            # Billed for what it produced before it failed: its cost is shown too.
+            cost = await _call_cost(api_key, generate.model, usage)
             yield sse.event(
                 "done",
                 templates.get_template("run_done.html").render(
-                    error=f"{err.code().name}: {err.details()}", usage=usage, finish=finish
+                    error=f"{err.code().name}: {err.details()}",
+                    usage=usage,
+                    finish=finish,
+                    cost=cost,
                 ),
             )
             return
@@ -328,12 +337,30 @@ def create_app(
             # The page went away mid-stream: the generation stops at every hop
             # (and is billed for what it produced), not left running.
             call.cancel()
+        cost = await _call_cost(api_key, generate.model, usage)
         yield sse.event(
             "done",
             templates.get_template("run_done.html").render(
-                error="", usage=usage, finish=finish.removeprefix("FINISH_REASON_").lower()
+                error="",
+                usage=usage,
+                finish=finish.removeprefix("FINISH_REASON_").lower(),
+                cost=cost,
             ),
         )
+
+    async def _call_cost(api_key: str, model: str, usage: generation_pb2.Usage) -> dict[str, str]:
+        """The call's cost at the price in force as it ended (the ledger
+        bills its record at the version in force at its end time)."""
+        ended = now()
+        try:
+            versions = await mesh.prices(api_key, model, history=True)
+        except grpc.aio.AioRpcError as err:
+            return {"text": f"unknown ({err.code().name}: {err.details()})", "micros": ""}
+        price = money.price_at(versions, ended)
+        if price is None:
+            return {"text": f"{money.UNPRICED}: no price in force for {model}", "micros": ""}
+        cost = money.call_cost(usage, price)
+        return {"text": money.amount_text(cost, price.currency), "micros": str(cost)}
 
     @app.get("/t/{tenant_id}/keys")
     async def keys(request: Request, session: Tenant) -> Response:
@@ -386,13 +413,21 @@ def create_app(
         start = views.span_start(span, now())
         response = await mesh.usage(session.credential, start, span.grouping)
         chart = views.usage_chart(span, start, response)
+        spend = views.spend_chart(span, start, response)
         return page(
             request,
             "usage.html",
             by=by,
             summary=response.summary,
-            chart_json=Markup(json.dumps(chart).replace("<", "\\u003c")),
+            spend=money.amount_text(response.summary.cost_micros, response.summary.currency),
+            unpriced_models=list(response.summary.unpriced_models),
+            chart_json=_script_json(chart),
+            spend_json=_script_json(spend),
         )
+
+    def _script_json(data: object) -> Markup:
+        # Inside <script>: "<" escaped so no value can close the element.
+        return Markup(json.dumps(data).replace("<", "\\u003c"))
 
     @app.get("/t/{tenant_id}/alerts")
     async def tenant_alerts(request: Request, session: Tenant) -> Response:
@@ -414,6 +449,71 @@ def create_app(
     async def tenants(request: Request, session: Operator) -> Response:
         listed = [views.tenant_row(t) for t in await mesh.tenants(session.credential)]
         return page(request, "tenants.html", tenants=listed)
+
+    @app.get("/operator/prices")
+    async def prices(request: Request, session: Operator) -> Response:
+        return await _prices_page(request, session)
+
+    async def _prices_page(
+        request: Request,
+        session: Session,
+        status: int = 200,
+        *,
+        error: FormError | None = None,
+        typed: dict[str, str] | None = None,
+        saved: billing_pb2.Price | None = None,
+    ) -> Response:
+        current = [money.price_row(p) for p in await mesh.prices(session.credential)]
+        history = [money.price_row(p) for p in await mesh.prices(session.credential, history=True)]
+        return page(
+            request,
+            "prices.html",
+            status,
+            current=current,
+            history=history,
+            error=error,
+            typed=typed or {},
+            saved=money.price_row(saved) if saved is not None else None,
+        )
+
+    @app.post("/operator/prices", dependencies=[Csrf])
+    async def set_price(
+        request: Request,
+        session: Operator,
+        model: Annotated[str, Form()] = "",
+        adapter: Annotated[str, Form()] = "",
+        currency: Annotated[str, Form()] = "",
+        prompt: Annotated[str, Form()] = "",
+        cached_prompt: Annotated[str, Form()] = "",
+        completion: Annotated[str, Form()] = "",
+        effective: Annotated[str, Form()] = "",
+        backdate: Annotated[str, Form()] = "",
+    ) -> Response:
+        form = PriceForm(model, adapter, currency, prompt, cached_prompt, completion, effective)
+        # What was typed comes back in the form when it is refused.
+        typed = {k: v for k, v in vars(form).items() if isinstance(v, str)}
+        try:
+            saved = await mesh.set_price(session.credential, form.price(), backdate=bool(backdate))
+        except FormError as err:
+            return await _prices_page(request, session, 400, error=err, typed=typed)
+        except grpc.aio.AioRpcError as err:
+            refusal = _price_refusal(err)
+            if refusal is None:
+                raise
+            return await _prices_page(request, session, 400, error=refusal, typed=typed)
+        return await _prices_page(request, session, saved=saved)
+
+    def _price_refusal(err: grpc.aio.AioRpcError) -> FormError | None:
+        """Auth's refusal of a price as the form's field it names."""
+        if err.code() not in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.ALREADY_EXISTS):
+            return None
+        status = error_from_rpc(err).status_proto()
+        bad = status_detail(status, error_details_pb2.BadRequest)
+        if bad is None or not bad.field_violations:
+            # ALREADY_EXISTS: a version of that name at that very time.
+            return FormError("effective", err.details() or err.code().name)
+        violation = bad.field_violations[0]
+        return FormError(PRICE_FIELDS.get(violation.field, violation.field), violation.description)
 
     @app.get("/operator/replicas")
     async def replicas(request: Request, session: Operator) -> Response:

@@ -6,8 +6,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time
+from decimal import Decimal, InvalidOperation
 
-from maas.v1 import generation_pb2
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from maas.v1 import billing_pb2, generation_pb2
+from services.console.money import per_million_micros
 
 # Stop strings a form may give; the gateway takes more, a person types a few.
 MAX_STOP_STRINGS = 4
@@ -94,3 +98,70 @@ def key_expiry(raw: str, now: datetime) -> datetime | None:
     if at <= now:
         raise FormError("expires", "a day after today")
     return at
+
+
+def _price_per_million(field: str, raw: str) -> int:
+    if not raw.strip():
+        raise FormError(field, "a price per million tokens, e.g. 0.15 (0 for free)")
+    try:
+        value = Decimal(raw.strip())
+    except InvalidOperation:
+        raise FormError(field, "a number, e.g. 0.15") from None
+    if not value.is_finite() or value < 0:
+        raise FormError(field, "zero or more")
+    try:
+        return per_million_micros(value)
+    except ValueError:
+        raise FormError(field, "at most 6 decimal places (a micro-unit)") from None
+
+
+@dataclass(frozen=True)
+class PriceForm:
+    """A new price version as an operator types it: prices in currency
+    units per million tokens, the effective time in UTC (empty: now)."""
+
+    model: str
+    adapter: str = ""
+    currency: str = ""
+    prompt: str = ""
+    cached_prompt: str = ""
+    completion: str = ""
+    effective: str = ""
+
+    def price(self) -> billing_pb2.Price:
+        if not self.model.strip():
+            raise FormError("model", "required")
+        currency = self.currency.strip().upper()
+        if not currency:
+            raise FormError("currency", "an ISO 4217 code, e.g. USD")
+        price = billing_pb2.Price(
+            model=self.model.strip(),
+            adapter=self.adapter.strip(),
+            currency=currency,
+            prompt_micros_per_million=_price_per_million("prompt", self.prompt),
+            cached_prompt_micros_per_million=_price_per_million(
+                "cached_prompt", self.cached_prompt
+            ),
+            completion_micros_per_million=_price_per_million("completion", self.completion),
+        )
+        if self.effective.strip():
+            try:
+                at = datetime.fromisoformat(self.effective.strip())
+            except ValueError:
+                raise FormError("effective", "a time, YYYY-MM-DDTHH:MM (UTC)") from None
+            stamp = Timestamp()
+            stamp.FromDatetime(at.replace(tzinfo=UTC) if at.tzinfo is None else at)
+            price.effective_time.CopyFrom(stamp)
+        return price
+
+
+# The price form's field for each field auth names in a refusal.
+PRICE_FIELDS = {
+    "price.model": "model",
+    "price.adapter": "adapter",
+    "price.currency": "currency",
+    "price.prompt_micros_per_million": "prompt",
+    "price.cached_prompt_micros_per_million": "cached_prompt",
+    "price.completion_micros_per_million": "completion",
+    "price.effective_time": "effective",
+}

@@ -17,6 +17,8 @@ from maas.v1 import (
     anomaly_pb2_grpc,
     auth_pb2,
     auth_pb2_grpc,
+    billing_pb2,
+    billing_pb2_grpc,
     gateway_pb2,
     gateway_pb2_grpc,
     generation_pb2,
@@ -42,6 +44,7 @@ def timestamp(at: datetime) -> Timestamp:
 class MeshClient:
     gateway: gateway_pb2_grpc.GatewayAsyncStub
     auth: auth_pb2_grpc.AuthAsyncStub
+    billing: billing_pb2_grpc.BillingAsyncStub
     router: router_pb2_grpc.RouterAsyncStub
     anomaly: anomaly_pb2_grpc.AnomalyAsyncStub
     timeout_s: float
@@ -59,6 +62,8 @@ class MeshClient:
         return cls(
             gateway_pb2_grpc.GatewayStub(gateway),
             auth_pb2_grpc.AuthStub(auth),
+            # The price book is served by the auth process, on its channel.
+            billing_pb2_grpc.BillingStub(auth),
             router_pb2_grpc.RouterStub(router),
             anomaly_pb2_grpc.AnomalyStub(anomaly),
             timeout_s,
@@ -97,6 +102,28 @@ class MeshClient:
     async def revoke_key(self, credential: str, key_id: str) -> auth_pb2.ApiKey:
         return await self.auth.RevokeApiKey(
             auth_pb2.RevokeApiKeyRequest(key_id=key_id),
+            metadata=bearer(credential),
+            timeout=self.timeout_s,
+        )
+
+    async def prices(
+        self, credential: str, model: str = "", *, history: bool = False
+    ) -> list[billing_pb2.Price]:
+        """The price book (any API key or the operator token may read it):
+        the version in force per model, or every version with `history`."""
+        response = await self.billing.ListPrices(
+            billing_pb2.ListPricesRequest(model=model, include_history=history),
+            metadata=bearer(credential),
+            timeout=self.timeout_s,
+        )
+        return list(response.prices)
+
+    async def set_price(
+        self, credential: str, price: billing_pb2.Price, *, backdate: bool = False
+    ) -> billing_pb2.Price:
+        """A new price version; auth refuses it unless `credential` is the operator's."""
+        return await self.billing.SetPrice(
+            billing_pb2.SetPriceRequest(price=price, backdate=backdate),
             metadata=bearer(credential),
             timeout=self.timeout_s,
         )

@@ -8,10 +8,7 @@ from datetime import UTC, datetime, timedelta
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from maas.v1 import anomaly_pb2, auth_pb2, router_pb2, usage_pb2
-
-# What the model library and the playground show until the price book
-# (issue 21's PRICING part) gives cost: a visible, marked slot.
-NO_PRICE = "-"
+from services.console.money import amount_number
 
 
 def when(stamp: Timestamp, present: bool = True) -> str:
@@ -118,14 +115,18 @@ def span_start(span: Span, now: datetime) -> datetime:
     return floor - span.step * (span.buckets - 1)
 
 
+def _by_start(response: usage_pb2.GetUsageResponse) -> dict[datetime, usage_pb2.UsageBucket]:
+    return {
+        datetime.fromisoformat(bucket.key.replace("Z", "+00:00")): bucket
+        for bucket in response.buckets
+    }
+
+
 def usage_chart(
     span: Span, start: datetime, response: usage_pb2.GetUsageResponse
 ) -> dict[str, object]:
     """Every bucket of the range, empty ones as zeros, for Chart.js."""
-    by_start = {
-        datetime.fromisoformat(bucket.key.replace("Z", "+00:00")): bucket
-        for bucket in response.buckets
-    }
+    by_start = _by_start(response)
     labels: list[str] = []
     prompt: list[int] = []
     completion: list[int] = []
@@ -144,4 +145,32 @@ def usage_chart(
             {"label": "completion tokens", "data": completion, "stack": "tokens"},
         ],
         "requests": requests,
+    }
+
+
+def spend_chart(
+    span: Span, start: datetime, response: usage_pb2.GetUsageResponse
+) -> dict[str, object]:
+    """Spend per bucket of the range in currency units (exact decimal
+    strings), empty ones as zeros, for Chart.js; `unpriced` names the buckets
+    with usage no price covered (billed 0 there, never silently free)."""
+    by_start = _by_start(response)
+    labels: list[str] = []
+    spend: list[str] = []
+    unpriced: list[str] = []
+    for i in range(span.buckets):
+        at = start + span.step * i
+        bucket = by_start.get(at)
+        labels.append(at.strftime(span.label_format))
+        spend.append(amount_number(bucket.cost_micros if bucket else 0))
+        if bucket is not None and bucket.unpriced:
+            unpriced.append(labels[-1])
+    currency = response.summary.currency
+    return {
+        "labels": labels,
+        "datasets": [
+            {"label": f"spend ({currency})" if currency else "spend", "data": spend},
+        ],
+        "unpriced": unpriced,
+        "money": True,
     }

@@ -78,10 +78,11 @@ async def own_console(mesh: ConsoleMesh) -> AsyncIterator[str]:
         telemetry.shutdown()
 
 
-@pytest_asyncio.fixture(scope="session")
-async def console_mesh(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[ConsoleMesh]:
+@asynccontextmanager
+async def mesh_with_console(state: Path) -> AsyncIterator[ConsoleMesh]:
+    """A mesh on the simulated engine and a console over it."""
     options = MeshOptions(
-        state=tmp_path_factory.mktemp("console-mesh"),
+        state=state,
         model=MODEL,
         overrides={
             "inference": {"engine": "sim", "sim_profile": "tiny-cpu"},
@@ -90,19 +91,35 @@ async def console_mesh(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterato
         },
     )
     telemetry = setup("console", TelemetrySettings())
-    async with running_mesh(options) as mesh:
-        targets = mesh.targets
-        settings = console_settings(targets)
-        anomaly = mesh.services["anomaly"]
-        assert isinstance(anomaly, RunningAnomaly)
-        async with serving(settings, telemetry) as console:
-            yield ConsoleMesh(
-                url=f"http://127.0.0.1:{console.port}",
-                targets=targets,
-                admin_token=options.admin_token,
-                anomaly=anomaly.core,
-            )
-    telemetry.shutdown()
+    try:
+        async with running_mesh(options) as mesh:
+            targets = mesh.targets
+            anomaly = mesh.services["anomaly"]
+            assert isinstance(anomaly, RunningAnomaly)
+            async with serving(console_settings(targets), telemetry) as console:
+                yield ConsoleMesh(
+                    url=f"http://127.0.0.1:{console.port}",
+                    targets=targets,
+                    admin_token=options.admin_token,
+                    anomaly=anomaly.core,
+                )
+    finally:
+        telemetry.shutdown()
+
+
+@pytest_asyncio.fixture(scope="session")
+async def console_mesh(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[ConsoleMesh]:
+    async with mesh_with_console(tmp_path_factory.mktemp("console-mesh")) as mesh:
+        yield mesh
+
+
+@pytest_asyncio.fixture(scope="module")
+async def priced_mesh(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[ConsoleMesh]:
+    """A mesh of its own for the price book's tests: the book is mesh-wide
+    and append-only, so prices set there never reach the other tests'
+    (unpriced) mesh, whatever order the tests run in."""
+    async with mesh_with_console(tmp_path_factory.mktemp("priced-mesh")) as mesh:
+        yield mesh
 
 
 async def new_tenant(mesh: ConsoleMesh) -> Tenant:

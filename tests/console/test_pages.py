@@ -30,8 +30,8 @@ async def test_a_tenant_signs_in_and_sees_the_model_library(
     assert page.url == f"{console_mesh.url}/t/{tenant.tenant_id}/models"
     rows = await page.locator("#models tbody tr").all_inner_texts()
     assert len(rows) == 1 and MODEL in rows[0] and "tokens" in rows[0]
-    # The price column waits for the price book: a marked "-", not a made-up number.
-    assert await page.locator("#models td.price").inner_text() == "-"
+    # This mesh's price book is empty: the price says so, never a made-up "0".
+    assert await page.locator("#models td.price").all_inner_texts() == ["not priced"]
     # The key never reaches the page or a script-readable cookie.
     assert tenant.key not in await page.content()
     assert await page.evaluate("document.cookie") == ""
@@ -225,7 +225,8 @@ async def test_the_usage_chart_shows_a_new_request(
     usage_url = f"{console_mesh.url}/t/{tenant.tenant_id}/usage"
     await page.goto(usage_url)
     assert await chart_tokens(page) == 0
-    assert await page.locator("#total-cost").inner_text() == "-"
+    assert await page.locator("#total-cost").inner_text() == "0.00"
+    assert await page.locator("#unpriced-models").count() == 0
 
     await page.goto(f"{console_mesh.url}/t/{tenant.tenant_id}/playground")
     await page.fill("#prompt", "count the waves")
@@ -243,6 +244,9 @@ async def test_the_usage_chart_shows_a_new_request(
     # The usage record reaches the ledger off the request path (the gateway's outbox).
     await eventually(charted)
     assert await page.locator("#total-requests").inner_text() == "1"
+    # Unpriced usage costs 0 and is named, never silently free.
+    assert await page.locator("#total-cost").inner_text() == "0.00"
+    assert MODEL in await page.locator("#unpriced-models").inner_text()
     await shot(page, "usage")
     await page.goto(f"{usage_url}?by=day")
     assert await chart_tokens(page) == used
@@ -320,7 +324,8 @@ async def test_a_tenant_cannot_open_another_tenants_or_the_operator_pages(
         for path in ("models", "playground", "keys", "usage", "alerts", "alerts/stream")
     ]
     operator_pages = [
-        f"/operator/{path}" for path in ("tenants", "replicas", "queues", "alerts", "alerts/stream")
+        f"/operator/{path}"
+        for path in ("tenants", "prices", "replicas", "queues", "alerts", "alerts/stream")
     ]
     for path in [*theirs_pages, *operator_pages]:
         answer = await page.goto(f"{console_mesh.url}{path}")
@@ -330,6 +335,12 @@ async def test_a_tenant_cannot_open_another_tenants_or_the_operator_pages(
         f"{console_mesh.url}/t/{theirs.tenant_id}/keys/anything/revoke", form={"csrf": "x"}
     )
     assert revoke.status == 403
+    csrf = await page.locator("input[name=csrf]").first.get_attribute("value")
+    price = await page.request.post(
+        f"{console_mesh.url}/operator/prices",
+        form={"csrf": csrf or "", "model": MODEL, "currency": "USD", "prompt": "0"},
+    )
+    assert price.status == 403
 
 
 async def test_the_operator_sees_tenants_replicas_queues_and_alerts(
