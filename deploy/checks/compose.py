@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import jsonschema  # type: ignore[import-untyped]
 import yaml
@@ -40,6 +41,7 @@ DEPENDS_CONDITIONS = frozenset(
     {"service_started", "service_healthy", "service_completed_successfully"}
 )
 HEALTHCHECK_MODULE = "deploy.runtime.healthcheck"
+HTTP_READY_MODULE = "deploy.runtime.http_ready"
 _VARIABLE = re.compile(
     r"\$(?:\$|\{(?P<braced>[A-Za-z_]\w*)(?:(?P<op>:?[-?+])(?P<arg>[^}]*))?\}|(?P<bare>[A-Za-z_]\w*))"
 )
@@ -302,7 +304,12 @@ class ComposeCheck:
         invocation = invoke(module, args, {})
         for text in invocation.problems:
             self.problem(service.name, f"healthcheck: {text}")
-        if module != HEALTHCHECK_MODULE or invocation.problems:
+        if invocation.problems:
+            return
+        if module == HTTP_READY_MODULE:
+            self._http_ready(service, args)
+            return
+        if module != HEALTHCHECK_MODULE:
             return
         if not 1 <= len(args) <= 2 or not (targets := addresses_in(args[0])):
             self.problem(service.name, f"healthcheck: {module} takes HOST:PORT [SERVICE]")
@@ -314,6 +321,20 @@ class ComposeCheck:
         # Dependants wait for it to be healthy: it gates start order, as readiness does.
         name = args[1] if len(args) == 2 else ""
         service.container.probes.append(Probe("healthcheck", target.port, name, readiness=True))
+
+    def _http_ready(self, service: Service, args: list[str]) -> None:
+        url = urlsplit(args[0]) if len(args) == 1 else None
+        if url is None or url.scheme not in ("http", "https") or url.port is None:
+            self.problem(
+                service.name, f"healthcheck: {HTTP_READY_MODULE} takes one URL with a port"
+            )
+            return
+        if url.hostname not in LOOPBACK:
+            self.problem(service.name, f"healthcheck probes {url.netloc}, not this container")
+            return
+        service.container.probes.append(
+            Probe("healthcheck", url.port, "", readiness=True, http_path=url.path or "/")
+        )
 
     def _check_depends_on(self, service: Service) -> None:
         depends = service.spec.get("depends_on") or {}

@@ -23,7 +23,7 @@ from pydantic import BaseModel, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, CliSettingsSource, SettingsError
 
 from deploy.runtime.spec import CommandSpec
-from services.catalog import SERVICES
+from services.catalog import DEPLOYED
 from services.common.settings import ServiceSettings
 from services.common.spec import ServiceSpec
 
@@ -52,7 +52,7 @@ def module_exists(module: str) -> bool:
 
 def service_spec(module: str) -> ServiceSpec[Any] | None:
     """The declared spec of the service `python -m module` runs; None for any other module."""
-    return next((spec for spec in SERVICES if spec.module == module), None)
+    return next((spec for spec in DEPLOYED if spec.module == module), None)
 
 
 @functools.cache

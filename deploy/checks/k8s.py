@@ -187,11 +187,18 @@ class K8sCheck:
             model.required_probes = ("readinessProbe", "livenessProbe", *optional)
             for kind in ("readinessProbe", "livenessProbe", "startupProbe"):
                 grpc = at(spec.get(kind), "grpc")
+                readiness = kind == "readinessProbe"
                 if grpc is not None:
-                    readiness = kind == "readinessProbe"
                     model.probes.append(
                         Probe(kind, grpc.get("port"), grpc.get("service", ""), readiness)
                     )
+                http = at(spec.get(kind), "httpGet")
+                if http is not None:
+                    # A named port is the container's own containerPort of that name.
+                    port = http.get("port")
+                    number = container.declared.get(port, port) if isinstance(port, str) else port
+                    path = str(http.get("path", "/"))
+                    model.probes.append(Probe(kind, number, "", readiness, http_path=path))
             grace = pod.get("terminationGracePeriodSeconds", DEFAULT_TERMINATION_GRACE_S)
             model.grace = Grace(grace, f"terminationGracePeriodSeconds ({grace})")
             model.values = [*model.env.items(), *(("command", arg) for arg in model.argv[1:])]

@@ -11,8 +11,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from deploy.checks.k8s_objects import WORKLOAD_KINDS, Manifest, at, selects
+from services.catalog import DEPLOYED
 
 GATEWAY_MODULE = "gateway"
+# Modules people and clients reach from outside (the gateway, the console):
+# their Services may be open beyond the mesh's pods.
+PUBLIC_MODULES = frozenset(spec.module for spec in DEPLOYED if spec.public)
 INFERENCE_MODULE = "services.inference"
 # Modules that must run as 2 or more replicas, and why.
 REPLICATED = {
@@ -208,8 +212,9 @@ def _network_problems(
 
 
 def _internal_service_problems(objects: Sequence[Manifest], pods: Sequence[Pods]) -> Iterator[str]:
-    """Each Service but the gateway's: its pods selected by some policy, and
-    no rule on its ports letting in anything but the namespace's pods."""
+    """Each Service but a public one's (the gateway's, the console's): its pods
+    selected by some policy, and no rule on its ports letting in anything but
+    the namespace's pods."""
     for service in objects:
         if service.kind != "Service":
             continue
@@ -220,7 +225,7 @@ def _internal_service_problems(objects: Sequence[Manifest], pods: Sequence[Pods]
             if p.workload.namespace == service.namespace
             and selects(selector, p.workload.pod_labels)
         ]
-        if not selected or any(GATEWAY_MODULE in p.modules for p in selected):
+        if not selected or any(PUBLIC_MODULES & set(p.modules) for p in selected):
             continue
         for p in selected:
             policies = _policies_of(objects, p.workload)

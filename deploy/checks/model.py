@@ -12,7 +12,8 @@ from deploy.checks.entrypoints import Invocation
 
 @dataclass(frozen=True)
 class Probe:
-    """A gRPC health check of the container's own server."""
+    """A health check of the container's own server: gRPC health, or an
+    HTTP GET of `http_path` for an HTTP-only service."""
 
     # As the file names it: "healthcheck", "readinessProbe", "livenessProbe", ...
     kind: str
@@ -21,6 +22,8 @@ class Probe:
     service: str
     # Whether it gates traffic or start order (readiness), or only restarts (liveness).
     readiness: bool
+    # The path an HTTP probe GETs; None for gRPC health.
+    http_path: str | None = None
 
 
 @dataclass(frozen=True)

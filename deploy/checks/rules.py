@@ -12,7 +12,7 @@ from typing import Any
 
 from deploy.checks.addresses import Address, addresses_in, is_wildcard
 from deploy.checks.entrypoints import MISSING_SERVICE_TOKEN, missing_service_token
-from deploy.checks.model import Container, Deployment, Endpoint
+from deploy.checks.model import Container, Deployment, Endpoint, Probe
 from services.catalog import BY_NAME
 
 INFERENCE = BY_NAME["inference"]
@@ -50,8 +50,37 @@ def container_problems(container: Container) -> list[str]:
             problems.append(f"listens on {number} but declares no containerPort for it")
     for kind in container.required_probes:
         if not any(probe.kind == kind for probe in container.probes):
-            problems.append(f"no gRPC {kind} (grpc: {{port: {settings.port}, service: ...}})")
-    for probe in container.probes:
+            if spec.http_ready:
+                want = f"httpGet: {{port: {settings.port}, path: {spec.http_ready}}}"
+                problems.append(f"no HTTP {kind} ({want})")
+            else:
+                problems.append(f"no gRPC {kind} (grpc: {{port: {settings.port}, service: ...}})")
+    if spec.http_ready:
+        # HTTP only: no gRPC health to ask; ready when its page answers.
+        for probe in container.probes:
+            if probe.port != settings.port:
+                problems.append(
+                    f"{probe.kind} probes port {probe.port}, not its HTTP port {settings.port}"
+                )
+            if probe.http_path is None:
+                problems.append(
+                    f"{probe.kind} asks gRPC health; {spec.module} serves HTTP only "
+                    f"(GET {spec.http_ready})"
+                )
+            elif probe.readiness and probe.http_path != spec.http_ready:
+                problems.append(
+                    f"{probe.kind} GETs {probe.http_path}; {spec.module} is ready when "
+                    f"{spec.http_ready} answers"
+                )
+        probes: list[Probe] = []
+    else:
+        probes = container.probes
+    for probe in probes:
+        if probe.http_path is not None:
+            problems.append(
+                f"{probe.kind} is HTTP; {spec.module} answers gRPC health (on port {settings.port})"
+            )
+            continue
         if probe.port != settings.port:
             problems.append(
                 f"{probe.kind} probes port {probe.port}, not its gRPC port {settings.port}"

@@ -76,6 +76,9 @@ class ServiceSpec(Generic[S]):
     state_fields: tuple[str, ...] = ()
     # Whether tenants (not only the mesh) call it.
     public: bool = False
+    # An HTTP-only service (no gRPC health): the path whose 200 on its `port`
+    # says it is ready; probes ask that instead of gRPC health. "": gRPC.
+    http_ready: str = ""
 
     @property
     def health_name(self) -> str:

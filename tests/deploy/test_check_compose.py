@@ -249,6 +249,55 @@ BROKEN.update(
 )
 
 
+# The console serves HTTP only: its readiness is a GET of its sign-in page.
+BROKEN.update(
+    {
+        "the console asked for gRPC health": (
+            COMPOSE,
+            '"deploy.runtime.http_ready", "http://127.0.0.1:8080/signin"',
+            '"deploy.runtime.healthcheck", "127.0.0.1:8080"',
+            ["console", "healthcheck asks gRPC health; services.console serves HTTP only"],
+        ),
+        "the console's readiness on another page": (
+            COMPOSE,
+            '"http://127.0.0.1:8080/signin"',
+            '"http://127.0.0.1:8080/"',
+            ["console", "healthcheck GETs /; services.console is ready when /signin answers"],
+        ),
+        "the console's readiness on another port": (
+            COMPOSE,
+            '"http://127.0.0.1:8080/signin"',
+            '"http://127.0.0.1:8000/signin"',
+            ["console", "healthcheck probes port 8000, not its HTTP port 8080"],
+        ),
+        "the console's readiness elsewhere": (
+            COMPOSE,
+            '"http://127.0.0.1:8080/signin"',
+            '"http://gateway:8080/signin"',
+            ["console", "healthcheck probes gateway:8080, not this container"],
+        ),
+        "a gRPC service asked over HTTP": (
+            COMPOSE,
+            '"deploy.runtime.healthcheck", "127.0.0.1:50053", "maas.v1.Router"',
+            '"deploy.runtime.http_ready", "http://127.0.0.1:50053/"',
+            ["router", "healthcheck is HTTP; services.router answers gRPC health"],
+        ),
+        "the console dialling a wrong port": (
+            COMPOSE,
+            "MAAS_CONSOLE_ROUTER_ADDRESS: router:50053",
+            "MAAS_CONSOLE_ROUTER_ADDRESS: router:50054",
+            ["console", "router:50054"],
+        ),
+        "the console without the service token": (
+            COMPOSE,
+            "      MAAS_CONSOLE_SERVICE_TOKEN: ${MAAS_SERVICE_TOKEN:?set a service token}\n",
+            "",
+            ["console", "has no service token"],
+        ),
+    }
+)
+
+
 @pytest.mark.parametrize("case", list(BROKEN))
 def test_a_broken_copy_fails_naming_the_problem(case: str, tmp_path: Path) -> None:
     edit, old, new, expected = BROKEN[case]

@@ -308,6 +308,47 @@ def broken_copy(tmp_path: Path, edit: str, old: str, new: str) -> Path:
     return copy_with(tmp_path, FILES, f"deploy/k8s/{path}", old, new) / "deploy" / "k8s"
 
 
+# The console serves HTTP only: httpGet probes of its sign-in page.
+CONSOLE_READY = (
+    "          readinessProbe:\n"
+    "            httpGet:\n"
+    "              port: 8080\n"
+    "              path: /signin\n"
+    "            periodSeconds: 5\n"
+)
+BROKEN.update(
+    {
+        "the console probed over gRPC": (
+            "console.yaml",
+            CONSOLE_READY,
+            "          readinessProbe:\n            grpc:\n              port: 8080\n",
+            [
+                "Deployment/console",
+                "readinessProbe asks gRPC health; services.console serves HTTP only",
+            ],
+        ),
+        "the console ready on another page": (
+            "console.yaml",
+            CONSOLE_READY,
+            CONSOLE_READY.replace("path: /signin", "path: /"),
+            [
+                "Deployment/console",
+                "readinessProbe GETs /; services.console is ready when /signin answers",
+            ],
+        ),
+        "the console without a readiness probe": (
+            "console.yaml",
+            CONSOLE_READY,
+            "",
+            [
+                "Deployment/console",
+                "no HTTP readinessProbe (httpGet: {port: 8080, path: /signin})",
+            ],
+        ),
+    }
+)
+
+
 @pytest.mark.parametrize("case", list(BROKEN))
 def test_a_broken_copy_fails_naming_the_problem(case: str, tmp_path: Path) -> None:
     edit, old, new, expected = BROKEN[case]
@@ -404,6 +445,18 @@ BROKEN_POLICY = {
         ["HorizontalPodAutoscaler/inference", "minReplicas 1"],
     ),
 }  # fmt: skip
+
+
+BROKEN_POLICY.update(
+    {
+        "auth closed to the console": (
+            "network-policy.yaml",
+            "              app.kubernetes.io/name: console\n      ports:\n        - port: 50052",
+            "              app.kubernetes.io/name: nobody\n      ports:\n        - port: 50052",
+            ["console", "auth"],
+        ),
+    }
+)  # fmt: skip
 
 
 @pytest.mark.parametrize("case", list(BROKEN_POLICY))
