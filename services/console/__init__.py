@@ -13,11 +13,12 @@ Its own small service, not a page of the gateway's HTTP face, because:
 - it scales and restarts on its own: sessions live in its memory, so a
   restart signs people out and loses nothing else.
 
-It is not (yet) in services/catalog.py: the catalog describes gRPC services
-(health by the gRPC protocol, a mesh certificate each, compose and Kubernetes
-units the deploy checks require), and the console serves HTTP only.
-deploy/local/stack.py starts it after the mesh and waits for its sign-in
-page instead.
+It is in services/catalog.py's HTTP_SERVICES, not SERVICES: those are the
+gRPC services (health by the gRPC protocol, a mesh certificate each) that
+`make run` and the in-process mesh start; the console serves HTTP only.
+The deploy checks hold it to the same rules, with a GET of its sign-in page
+as its readiness (spec.py); deploy/local/stack.py starts it after the mesh
+and waits for that page.
 
 Server-rendered: FastAPI + Jinja2 templates, htmx (and its SSE extension for
 the playground's stream and live alerts), Chart.js for charts; every asset is
