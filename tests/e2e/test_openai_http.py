@@ -119,8 +119,16 @@ async def test_completions_whole_and_cut_by_a_stop_string(mesh: Mesh, client: As
 
 
 async def test_completions_stream(mesh: Mesh, client: AsyncOpenAI) -> None:
+    # Enough tokens that the stream cannot be one message: the mesh coalesces
+    # what a slow reader has not taken yet, and on a starved machine 12 tokens
+    # once arrived as a single chunk.
     stream = await client.completions.create(
-        model=mesh.model, prompt="import os", max_tokens=12, stream=True, seed=3
+        model=mesh.model,
+        prompt="import os",
+        max_tokens=64,
+        stream=True,
+        seed=3,
+        extra_body={"ignore_eos": True},
     )
     chunks = [chunk async for chunk in stream]
     assert len(chunks) > 1
