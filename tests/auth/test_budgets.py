@@ -103,13 +103,21 @@ async def take(
     return held.reservation_id
 
 
-async def test_concurrent_requests_never_spend_past_the_limit(
-    auth_core: AuthCore, metering_core: MeteringCore, store: AuthStore, quota_states: QuotaStates
+@pytest.mark.parametrize("overrun", [0, 200])
+async def test_concurrent_requests_never_spend_past_the_bound(
+    auth_core: AuthCore,
+    metering_core: MeteringCore,
+    store: AuthStore,
+    quota_states: QuotaStates,
+    overrun: int,
 ) -> None:
-    """The bound: every admitted request's worst case fits beside what is
-    spent and held, so while no request produces more than its worst case,
-    spend never passes the limit; the counter charges exactly what the
-    ledger bills (no drift: the same usage, the same prices)."""
+    """The bound: a request is admitted only if its worst case fits beside
+    what is spent and every live lease's hold, so spend passes the limit by
+    at most what the leases live together (the last admitted and those it
+    saw) produced beyond their worst cases: max in flight x the largest
+    overrun. With no overrun (the gateway's estimate is an over-estimate and
+    max_tokens caps completion) spend never passes the limit. The counter
+    charges exactly what the ledger bills: the same usage, the same prices."""
     await priced(store)
     wall = Wall(NOV_1 + timedelta(days=3))
     t = await tenant(auth_core)
@@ -122,6 +130,7 @@ async def test_concurrent_requests_never_spend_past_the_limit(
     rng = random.Random(21)
     charged: list[int] = []
     refused: list[ResourceExhaustedError] = []
+    in_flight = [0, 0]  # now, most
 
     async def one(i: int) -> None:
         q = replicas[i % len(replicas)]
@@ -130,12 +139,16 @@ async def test_concurrent_requests_never_spend_past_the_limit(
         except ResourceExhaustedError as err:
             refused.append(err)
             return
+        in_flight[0] += 1
+        in_flight[1] = max(in_flight)
         await asyncio.sleep(rng.random() / 100)
-        prompt, completion = 1000, rng.randrange(0, 1001)
+        # Past the reserved 1000 completion tokens by up to `overrun`.
+        prompt, completion = 1000, rng.randrange(0, 1001 + overrun)
         cached = rng.randrange(0, prompt + 1)
         settled = await q.commit_usage(
             reservation, Usage(prompt + completion, prompt, cached, completion)
         )
+        in_flight[0] -= 1
         assert settled.cost == cost(prompt, cached, completion)
         charged.append(settled.cost)
         await metering_core.record_usage(
@@ -148,7 +161,7 @@ async def test_concurrent_requests_never_spend_past_the_limit(
     await asyncio.gather(*(one(i) for i in range(60)))
     assert refused, "60 worst cases of 500 cannot all fit a budget of 10000"
     assert {e.subject for e in refused} == {"budget:tenant:monthly"}
-    assert sum(charged) <= limit * EXACT
+    assert sum(charged) <= limit * EXACT + in_flight[1] * overrun * COMPLETION
     assert await ledger_cost(store, t, "", NOV_1) == sum(charged)
     [status] = await Budgets(store, clock=lambda: wall.at).list(t)
     assert status.month_spent == round(sum(charged) / EXACT)
