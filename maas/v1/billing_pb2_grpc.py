@@ -142,7 +142,9 @@ class BillingServicer:
         Commit charges the exact cost and raises a `budget_threshold` alert in
         the anomaly service when spend crosses the soft threshold. All limits 0
         removes the budget. NOT_FOUND for an unknown tenant or key;
-        INVALID_ARGUMENT for a negative limit or a threshold above 100.
+        INVALID_ARGUMENT for a negative limit, a limit above 4611686018427
+        micro-units (what 64-bit counters of exact amounts hold with headroom),
+        or a threshold above 100.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

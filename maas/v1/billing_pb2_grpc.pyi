@@ -78,7 +78,9 @@ class BillingStub:
     Commit charges the exact cost and raises a `budget_threshold` alert in
     the anomaly service when spend crosses the soft threshold. All limits 0
     removes the budget. NOT_FOUND for an unknown tenant or key;
-    INVALID_ARGUMENT for a negative limit or a threshold above 100.
+    INVALID_ARGUMENT for a negative limit, a limit above 4611686018427
+    micro-units (what 64-bit counters of exact amounts hold with headroom),
+    or a threshold above 100.
     """
     ListBudgets: _grpc.UnaryUnaryMultiCallable[_billing_pb2.ListBudgetsRequest, _billing_pb2.ListBudgetsResponse]
     """A tenant's budgets (the tenant's and its keys'), with what each has
@@ -135,7 +137,9 @@ class BillingAsyncStub(BillingStub):
     Commit charges the exact cost and raises a `budget_threshold` alert in
     the anomaly service when spend crosses the soft threshold. All limits 0
     removes the budget. NOT_FOUND for an unknown tenant or key;
-    INVALID_ARGUMENT for a negative limit or a threshold above 100.
+    INVALID_ARGUMENT for a negative limit, a limit above 4611686018427
+    micro-units (what 64-bit counters of exact amounts hold with headroom),
+    or a threshold above 100.
     """
     ListBudgets: _aio.UnaryUnaryMultiCallable[_billing_pb2.ListBudgetsRequest, _billing_pb2.ListBudgetsResponse]  # type: ignore[assignment]
     """A tenant's budgets (the tenant's and its keys'), with what each has
@@ -219,7 +223,9 @@ class BillingServicer(metaclass=_abc_1.ABCMeta):
         Commit charges the exact cost and raises a `budget_threshold` alert in
         the anomaly service when spend crosses the soft threshold. All limits 0
         removes the budget. NOT_FOUND for an unknown tenant or key;
-        INVALID_ARGUMENT for a negative limit or a threshold above 100.
+        INVALID_ARGUMENT for a negative limit, a limit above 4611686018427
+        micro-units (what 64-bit counters of exact amounts hold with headroom),
+        or a threshold above 100.
         """
 
     @_abc_1.abstractmethod

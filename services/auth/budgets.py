@@ -72,11 +72,20 @@ def subject(key_id: str, period: Period) -> str:
     return f"budget:key:{key_id}:{period}" if key_id else f"budget:tenant:{period}"
 
 
+# The state counts exact amounts in 64-bit integers (Redis HINCRBY): a limit
+# leaves half of int64 as headroom for what the last leases may overrun it by.
+MAX_LIMIT_MICROS = (2**63 - 1) // PER_MILLION // 2
+
+
 def check_budget(budget: Budget) -> None:
-    if budget.monthly_limit < 0:
-        raise InvalidArgumentError("budget.monthly_limit_micros", "must not be negative")
-    if budget.total_limit < 0:
-        raise InvalidArgumentError("budget.total_limit_micros", "must not be negative")
+    for field, value in (
+        ("budget.monthly_limit_micros", budget.monthly_limit),
+        ("budget.total_limit_micros", budget.total_limit),
+    ):
+        if value < 0:
+            raise InvalidArgumentError(field, "must not be negative")
+        if value > MAX_LIMIT_MICROS:
+            raise InvalidArgumentError(field, f"must be at most {MAX_LIMIT_MICROS} micro-units")
     if not 0 <= budget.soft_percent <= 100:
         raise InvalidArgumentError("budget.soft_threshold_percent", "must be 0 to 100")
 

@@ -11,13 +11,13 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from services.auth.billing import BillingCore, Budgets
-from services.auth.budgets import Budget, ledger_cost
+from services.auth.budgets import MAX_LIMIT_MICROS, Budget, ledger_cost
 from services.auth.core import AuthCore, MeteringCore
 from services.auth.models import Plan, RequestStatus, Scope, UsageRecord
 from services.auth.pricing import NewPrice
 from services.auth.quota import Quotas, Usage
 from services.auth.store import AuthStore
-from services.common.errors import NotFoundError, ResourceExhaustedError
+from services.common.errors import InvalidArgumentError, NotFoundError, ResourceExhaustedError
 from tests.auth.conftest import QuotaStates
 
 BOOK_NOW = datetime(2026, 10, 1, tzinfo=UTC)  # the book's clock: prices are set ahead
@@ -315,6 +315,10 @@ async def test_budgets_are_checked_when_set(auth_core: AuthCore, store: AuthStor
         await budget(store, "0" * 32, monthly=1)
     with pytest.raises(NotFoundError):
         await budget(store, t, key.key_id, monthly=1)
+    with pytest.raises(InvalidArgumentError, match="total_limit"):
+        await budget(store, t, total=MAX_LIMIT_MICROS + 1)  # past what the counters hold
+    with pytest.raises(InvalidArgumentError, match="soft_threshold"):
+        await budget(store, t, monthly=5, soft=101)
     await budget(store, t, monthly=5, soft=80)
     [status] = await Budgets(store).list(t)
     assert (status.budget.monthly_limit, status.budget.soft_percent, status.month_spent) == (
