@@ -22,7 +22,7 @@ from gateway.constraints import ConstraintChecker
 from gateway.metrics import GatewayMetrics
 from gateway.model_limits import ModelCatalog, served_models
 from gateway.outbox import UsageOutbox
-from gateway.quota import QuotaClient, estimate_tokens
+from gateway.quota import QuotaClient, Used, estimate_split
 from gateway.refusals import CALLER_REFUSALS, RefusalBudget, peer_host
 from gateway.routes import Proxy, Routing
 from gateway.usage import StreamUsage, timestamp
@@ -150,7 +150,8 @@ class GatewayCore:
             span.set_attribute("maas.request_id", request_id)
             span.set_attribute("maas.client_request_id", client_request_id)
             span.set_attribute("maas.tenant_id", principal.tenant_id)
-            estimated = estimate_tokens(request, default_max_tokens)
+            prompt_estimate, completion_limit_all = estimate_split(request, default_max_tokens)
+            estimated = prompt_estimate + completion_limit_all
             with remote_errors():
                 reservation = await self._quotas.reserve(
                     principal.tenant_id,
@@ -160,6 +161,8 @@ class GatewayCore:
                     principal.key_id,
                     # The caller's x-request-id: scoped to the tenant by auth.
                     idempotency_key=client_request_id,
+                    prompt_tokens=prompt_estimate,
+                    max_completion_tokens=completion_limit_all,
                 )
 
         usage = StreamUsage()
@@ -206,7 +209,11 @@ class GatewayCore:
             raise
         finally:
             renewing.cancel()
-            used = usage.prompt_tokens + usage.completion_tokens if usage.chunks else None
+            used = (
+                Used(usage.prompt_tokens, usage.cached_tokens, usage.completion_tokens)
+                if usage.chunks
+                else None
+            )
             self._quotas.settle(reservation, used)
             self._settle(
                 request_id, client_request_id, request.model, principal, usage, status, replica

@@ -18,12 +18,15 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import grpc
 import structlog
 
-from maas.v1 import auth_pb2, auth_pb2_grpc, generation_pb2
+from gateway.usage import timestamp
+from maas.v1 import anomaly_pb2, auth_pb2, auth_pb2_grpc, generation_pb2
 
 log = structlog.get_logger(__name__)
 
@@ -33,6 +36,14 @@ BYTES_PER_TOKEN = 3
 
 
 def estimate_tokens(request: generation_pb2.GenerateRequest, default_max_tokens: int) -> int:
+    return sum(estimate_split(request, default_max_tokens))
+
+
+def estimate_split(
+    request: generation_pb2.GenerateRequest, default_max_tokens: int
+) -> tuple[int, int]:
+    """The estimate as (prompt tokens, most completion tokens): money
+    budgets hold each at its own price."""
     which = request.WhichOneof("input")
     if which == "prompt_token_ids":
         prompt = len(request.prompt_token_ids.ids)
@@ -44,7 +55,20 @@ def estimate_tokens(request: generation_pb2.GenerateRequest, default_max_tokens:
         prompt = math.ceil(len(request.prompt.encode()) / BYTES_PER_TOKEN)
     completion = request.max_tokens if request.HasField("max_tokens") else default_max_tokens
     choices = request.n if request.HasField("n") else 1
-    return prompt + completion * max(choices, 1)
+    return prompt, completion * max(choices, 1)
+
+
+def budget_event(crossing: auth_pb2.BudgetCrossing) -> anomaly_pb2.Event:
+    """The anomaly event that raises a crossed budget's `budget_threshold` alert."""
+    return anomaly_pb2.Event(
+        kind=anomaly_pb2.EVENT_KIND_BUDGET_THRESHOLD,
+        time=timestamp(time.time()),
+        tenant_id=crossing.tenant_id,
+        key_id=crossing.key_id,
+        budget=crossing.budget,
+        spent_micros=crossing.spent_micros,
+        threshold_micros=crossing.threshold_micros,
+    )
 
 
 @dataclass(frozen=True)
@@ -60,10 +84,31 @@ class Lease:
     idempotency_key: str = ""
 
 
+@dataclass(frozen=True)
+class Used:
+    """What a request produced, as Commit charges it."""
+
+    prompt_tokens: int
+    cached_tokens: int
+    completion_tokens: int
+
+    @property
+    def tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
 class QuotaClient:
-    def __init__(self, stub: auth_pb2_grpc.AuthAsyncStub, *, timeout_s: float = 3.0) -> None:
+    def __init__(
+        self,
+        stub: auth_pb2_grpc.AuthAsyncStub,
+        *,
+        timeout_s: float = 3.0,
+        on_crossed: Callable[[auth_pb2.BudgetCrossing], object] | None = None,
+    ) -> None:
+        """`on_crossed` hears of each budget whose soft threshold a commit crossed."""
         self._stub = stub
         self._timeout_s = timeout_s
+        self._on_crossed = on_crossed
         self._pending: set[asyncio.Task[None]] = set()
 
     async def reserve(
@@ -74,6 +119,9 @@ class QuotaClient:
         estimated_tokens: int,
         key_id: str = "",
         idempotency_key: str = "",
+        *,
+        prompt_tokens: int = 0,
+        max_completion_tokens: int = 0,
     ) -> Lease:
         """The reservation id; the limit's status (with its details) when over
         it, ABORTED or ALREADY_EXISTS when the idempotency key is taken."""
@@ -85,6 +133,8 @@ class QuotaClient:
                 estimated_tokens=estimated_tokens,
                 key_id=key_id,
                 idempotency_key=idempotency_key,
+                prompt_tokens=prompt_tokens,
+                max_completion_tokens=max_completion_tokens,
             ),
             timeout=self._timeout_s,
         )
@@ -113,15 +163,16 @@ class QuotaClient:
                 if err.code() == grpc.StatusCode.NOT_FOUND:
                     return  # lapsed (or auth restarted): nothing left to keep
 
-    def settle(self, lease: Lease, used_tokens: int | None) -> None:
-        """Commits `used_tokens`, or releases when None (nothing ran); returns at once."""
-        task = asyncio.create_task(self._settle(lease, used_tokens))
+    def settle(self, lease: Lease, used: Used | int | None) -> None:
+        """Commits `used` (tokens with their split, or a bare count), or
+        releases when None (nothing ran); returns at once."""
+        task = asyncio.create_task(self._settle(lease, used))
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
 
-    async def _settle(self, lease: Lease, used_tokens: int | None) -> None:
+    async def _settle(self, lease: Lease, used: Used | int | None) -> None:
         try:
-            if used_tokens is None:
+            if used is None:
                 await self._stub.Release(
                     auth_pb2.ReleaseRequest(
                         reservation_id=lease.reservation_id,
@@ -132,12 +183,18 @@ class QuotaClient:
                     timeout=self._timeout_s,
                 )
             else:
-                await self._stub.Commit(
-                    auth_pb2.CommitRequest(
-                        reservation_id=lease.reservation_id, used_tokens=used_tokens
-                    ),
-                    timeout=self._timeout_s,
-                )
+                request = auth_pb2.CommitRequest(reservation_id=lease.reservation_id)
+                if isinstance(used, Used):
+                    request.used_tokens = used.tokens
+                    request.prompt_tokens = used.prompt_tokens
+                    request.cached_tokens = used.cached_tokens
+                    request.completion_tokens = used.completion_tokens
+                else:
+                    request.used_tokens = used
+                committed = await self._stub.Commit(request, timeout=self._timeout_s)
+                if self._on_crossed is not None:
+                    for crossing in committed.crossed:
+                        self._on_crossed(crossing)
         except grpc.aio.AioRpcError as err:
             if err.code() == grpc.StatusCode.NOT_FOUND:
                 # Settled already (an attempt that reached a replica which died

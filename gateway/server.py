@@ -16,7 +16,7 @@ from gateway.model_limits import ModelCatalog
 from gateway.openai_http import create_app
 from gateway.outbox import UsageOutbox
 from gateway.outbox_dir import OutboxAdopter, close_own, own_outbox
-from gateway.quota import QuotaClient
+from gateway.quota import QuotaClient, budget_event
 from gateway.refusals import RefusalBudget
 from gateway.routes import Direct, Proxy, ReplicaChannels, Routing
 from gateway.servicer import GatewayServicer
@@ -119,7 +119,10 @@ async def serving(settings: GatewaySettings, telemetry: Telemetry) -> AsyncItera
             stack.push_async_callback(adopter.aclose)
 
         quotas = QuotaClient(
-            auth_pb2_grpc.AuthStub(auth_ch), timeout_s=settings.quota_call_timeout_s
+            auth_pb2_grpc.AuthStub(auth_ch),
+            timeout_s=settings.quota_call_timeout_s,
+            # A crossed budget threshold is an alert in anomaly, as the events are.
+            on_crossed=lambda crossing: events.publish(budget_event(crossing)),
         )
         stack.push_async_callback(quotas.aclose, settings.grace_period_s)
         constraints = ConstraintChecker(

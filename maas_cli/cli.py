@@ -25,7 +25,7 @@ from maas.v1 import (
     metering_pb2_grpc,
     usage_pb2,
 )
-from maas_cli import admin_actions, billing_cli, usage_report
+from maas_cli import admin_actions, billing_cli, budget_cli, usage_report
 from maas_cli import chat as chat_loop
 from maas_cli import top as top_view
 from maas_cli.admin_cli import admin
@@ -55,6 +55,7 @@ app = typer.Typer(
 )
 admin_actions.register(admin)
 billing_cli.register(admin, app)
+budget_cli.register(admin)
 app.add_typer(admin, name="admin")
 
 GatewayOption = Annotated[

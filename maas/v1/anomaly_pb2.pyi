@@ -15,6 +15,7 @@ class EventKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     EVENT_KIND_UNSPECIFIED: _ClassVar[EventKind]
     EVENT_KIND_REQUEST: _ClassVar[EventKind]
     EVENT_KIND_AUTH_FAILURE: _ClassVar[EventKind]
+    EVENT_KIND_BUDGET_THRESHOLD: _ClassVar[EventKind]
 
 class Severity(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -25,13 +26,14 @@ class Severity(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
 EVENT_KIND_UNSPECIFIED: EventKind
 EVENT_KIND_REQUEST: EventKind
 EVENT_KIND_AUTH_FAILURE: EventKind
+EVENT_KIND_BUDGET_THRESHOLD: EventKind
 SEVERITY_UNSPECIFIED: Severity
 SEVERITY_INFO: Severity
 SEVERITY_WARNING: Severity
 SEVERITY_CRITICAL: Severity
 
 class Event(_message.Message):
-    __slots__ = ("kind", "time", "request_id", "tenant_id", "key_id", "model", "replica", "prompt_tokens", "completion_tokens", "time_to_first_token_s", "duration_s", "status_code", "source")
+    __slots__ = ("kind", "time", "request_id", "tenant_id", "key_id", "model", "replica", "prompt_tokens", "completion_tokens", "time_to_first_token_s", "duration_s", "status_code", "source", "budget", "spent_micros", "threshold_micros")
     KIND_FIELD_NUMBER: _ClassVar[int]
     TIME_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
@@ -45,6 +47,9 @@ class Event(_message.Message):
     DURATION_S_FIELD_NUMBER: _ClassVar[int]
     STATUS_CODE_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
+    BUDGET_FIELD_NUMBER: _ClassVar[int]
+    SPENT_MICROS_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_MICROS_FIELD_NUMBER: _ClassVar[int]
     kind: EventKind
     time: _timestamp_pb2.Timestamp
     request_id: str
@@ -58,7 +63,10 @@ class Event(_message.Message):
     duration_s: float
     status_code: str
     source: str
-    def __init__(self, kind: _Optional[_Union[EventKind, str]] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., request_id: _Optional[str] = ..., tenant_id: _Optional[str] = ..., key_id: _Optional[str] = ..., model: _Optional[str] = ..., replica: _Optional[str] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., time_to_first_token_s: _Optional[float] = ..., duration_s: _Optional[float] = ..., status_code: _Optional[str] = ..., source: _Optional[str] = ...) -> None: ...
+    budget: str
+    spent_micros: int
+    threshold_micros: int
+    def __init__(self, kind: _Optional[_Union[EventKind, str]] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., request_id: _Optional[str] = ..., tenant_id: _Optional[str] = ..., key_id: _Optional[str] = ..., model: _Optional[str] = ..., replica: _Optional[str] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., time_to_first_token_s: _Optional[float] = ..., duration_s: _Optional[float] = ..., status_code: _Optional[str] = ..., source: _Optional[str] = ..., budget: _Optional[str] = ..., spent_micros: _Optional[int] = ..., threshold_micros: _Optional[int] = ...) -> None: ...
 
 class ReportResponse(_message.Message):
     __slots__ = ("accepted",)

@@ -26,17 +26,17 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12maas/v1/auth.proto\x12\x07maas.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xea\x01\n\x0fRestrictRequest\x12\x13\n\ttenant_id\x18\x01 \x01(\tH\x00\x12\x10\n\x06key_id\x18\x02 \x01(\tH\x00\x12*\n\x06\x61\x63tion\x18\x03 \x01(\x0e\x32\x1a.maas.v1.RestrictionAction\x12\x1b\n\x13requests_per_minute\x18\x04 \x01(\r\x12+\n\x08\x64uration\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0e\n\x06reason\x18\x06 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x07 \x01(\t\x12\x10\n\x08\x61lert_id\x18\x08 \x01(\tB\t\n\x07subject\"\xf6\x02\n\x0bRestriction\x12\x16\n\x0erestriction_id\x18\x01 \x01(\t\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12\x0e\n\x06key_id\x18\x03 \x01(\t\x12*\n\x06\x61\x63tion\x18\x04 \x01(\x0e\x32\x1a.maas.v1.RestrictionAction\x12\x1b\n\x13requests_per_minute\x18\x05 \x01(\r\x12/\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x65xpire_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tlift_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06reason\x18\t \x01(\t\x12\r\n\x05\x61\x63tor\x18\n \x01(\t\x12\x10\n\x08\x61lert_id\x18\x0b \x01(\t\x12\x11\n\tlifted_by\x18\x0c \x01(\t\x12\x0e\n\x06\x61\x63tive\x18\r \x01(\x08\"O\n\x16LiftRestrictionRequest\x12\x16\n\x0erestriction_id\x18\x01 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"F\n\x17ListRestrictionsRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x18\n\x10include_inactive\x18\x02 \x01(\x08\"F\n\x18ListRestrictionsResponse\x12*\n\x0crestrictions\x18\x01 \x03(\x0b\x32\x14.maas.v1.Restriction\"\xb3\x01\n\x0b\x41uditRecord\x12\x10\n\x08\x61udit_id\x18\x01 \x01(\t\x12(\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x61\x63tor\x18\x03 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x04 \x01(\t\x12\x16\n\x0erestriction_id\x18\x05 \x01(\t\x12\x11\n\ttenant_id\x18\x06 \x01(\t\x12\x0e\n\x06key_id\x18\x07 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x08 \x01(\t\";\n\x17ListAuditRecordsRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\r\"A\n\x18ListAuditRecordsResponse\x12%\n\x07records\x18\x01 \x03(\x0b\x32\x14.maas.v1.AuditRecord\"\x95\x01\n\x04Plan\x12\x1b\n\x13requests_per_minute\x18\x01 \x01(\r\x12\x19\n\x11tokens_per_minute\x18\x02 \x01(\x04\x12\x1f\n\x17max_concurrent_requests\x18\x03 \x01(\r\x12\x1c\n\x14monthly_token_budget\x18\x04 \x01(\x04\x12\x16\n\x0e\x61llowed_models\x18\x05 \x03(\t\"e\n\x0eSetPlanRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x1b\n\x04plan\x18\x02 \x01(\x0b\x32\r.maas.v1.Plan\x12#\n\x08priority\x18\x03 \x01(\x0e\x32\x11.maas.v1.Priority\"\x89\x01\n\x0eReserveRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x18\n\x10\x65stimated_tokens\x18\x04 \x01(\x04\x12\x0e\n\x06key_id\x18\x05 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x06 \x01(\t\"\x90\x01\n\x0bReservation\x12\x16\n\x0ereservation_id\x18\x01 \x01(\t\x12\x0e\n\x06tokens\x18\x02 \x01(\x04\x12/\n\x0b\x65xpire_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12(\n\x05lease\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\"&\n\x0cRenewRequest\x12\x16\n\x0ereservation_id\x18\x01 \x01(\t\"<\n\rCommitRequest\x12\x16\n\x0ereservation_id\x18\x01 \x01(\t\x12\x13\n\x0bused_tokens\x18\x02 \x01(\x04\")\n\x0e\x43ommitResponse\x12\x17\n\x0freturned_tokens\x18\x01 \x01(\x04\"h\n\x0eReleaseRequest\x12\x16\n\x0ereservation_id\x18\x01 \x01(\t\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x04 \x01(\t\"\x11\n\x0fReleaseResponse\"\x9c\x01\n\x06Tenant\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12#\n\x08priority\x18\x03 \x01(\x0e\x32\x11.maas.v1.Priority\x12/\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1b\n\x04plan\x18\x05 \x01(\x0b\x32\r.maas.v1.Plan\"\xdc\x01\n\x06\x41piKey\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x0e\n\x06scopes\x18\x04 \x03(\t\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0brevoke_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x65xpire_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"&\n\x13\x41uthenticateRequest\x12\x0f\n\x07\x61pi_key\x18\x01 \x01(\t\"c\n\tPrincipal\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x0e\n\x06key_id\x18\x02 \x01(\t\x12\x0e\n\x06scopes\x18\x03 \x03(\t\x12#\n\x08priority\x18\x04 \x01(\x0e\x32\x11.maas.v1.Priority\"e\n\x13\x43reateTenantRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12#\n\x08priority\x18\x02 \x01(\x0e\x32\x11.maas.v1.Priority\x12\x1b\n\x04plan\x18\x03 \x01(\x0b\x32\r.maas.v1.Plan\"\x14\n\x12ListTenantsRequest\"7\n\x13ListTenantsResponse\x12 \n\x07tenants\x18\x01 \x03(\x0b\x32\x0f.maas.v1.Tenant\"w\n\x13\x43reateApiKeyRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0e\n\x06scopes\x18\x03 \x03(\t\x12/\n\x0b\x65xpire_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"E\n\x14\x43reateApiKeyResponse\x12\x1c\n\x03key\x18\x01 \x01(\x0b\x32\x0f.maas.v1.ApiKey\x12\x0f\n\x07\x61pi_key\x18\x02 \x01(\t\"\'\n\x12ListApiKeysRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\"4\n\x13ListApiKeysResponse\x12\x1d\n\x04keys\x18\x01 \x03(\x0b\x32\x0f.maas.v1.ApiKey\"%\n\x13RevokeApiKeyRequest\x12\x0e\n\x06key_id\x18\x01 \x01(\t*x\n\x11RestrictionAction\x12\"\n\x1eRESTRICTION_ACTION_UNSPECIFIED\x10\x00\x12\x1e\n\x1aRESTRICTION_ACTION_SUSPEND\x10\x01\x12\x1f\n\x1bRESTRICTION_ACTION_THROTTLE\x10\x02*h\n\x08Priority\x12\x18\n\x14PRIORITY_UNSPECIFIED\x10\x00\x12\x18\n\x14PRIORITY_INTERACTIVE\x10\x01\x12\x14\n\x10PRIORITY_DEFAULT\x10\x02\x12\x12\n\x0ePRIORITY_BATCH\x10\x03\x32\xfd\x07\n\x04\x41uth\x12@\n\x0c\x41uthenticate\x12\x1c.maas.v1.AuthenticateRequest\x1a\x12.maas.v1.Principal\x12=\n\x0c\x43reateTenant\x12\x1c.maas.v1.CreateTenantRequest\x1a\x0f.maas.v1.Tenant\x12H\n\x0bListTenants\x12\x1b.maas.v1.ListTenantsRequest\x1a\x1c.maas.v1.ListTenantsResponse\x12K\n\x0c\x43reateApiKey\x12\x1c.maas.v1.CreateApiKeyRequest\x1a\x1d.maas.v1.CreateApiKeyResponse\x12H\n\x0bListApiKeys\x12\x1b.maas.v1.ListApiKeysRequest\x1a\x1c.maas.v1.ListApiKeysResponse\x12=\n\x0cRevokeApiKey\x12\x1c.maas.v1.RevokeApiKeyRequest\x1a\x0f.maas.v1.ApiKey\x12\x33\n\x07SetPlan\x12\x17.maas.v1.SetPlanRequest\x1a\x0f.maas.v1.Tenant\x12\x38\n\x07Reserve\x12\x17.maas.v1.ReserveRequest\x1a\x14.maas.v1.Reservation\x12\x34\n\x05Renew\x12\x15.maas.v1.RenewRequest\x1a\x14.maas.v1.Reservation\x12\x39\n\x06\x43ommit\x12\x16.maas.v1.CommitRequest\x1a\x17.maas.v1.CommitResponse\x12<\n\x07Release\x12\x17.maas.v1.ReleaseRequest\x1a\x18.maas.v1.ReleaseResponse\x12:\n\x08Restrict\x12\x18.maas.v1.RestrictRequest\x1a\x14.maas.v1.Restriction\x12H\n\x0fLiftRestriction\x12\x1f.maas.v1.LiftRestrictionRequest\x1a\x14.maas.v1.Restriction\x12W\n\x10ListRestrictions\x12 .maas.v1.ListRestrictionsRequest\x1a!.maas.v1.ListRestrictionsResponse\x12W\n\x10ListAuditRecords\x12 .maas.v1.ListAuditRecordsRequest\x1a!.maas.v1.ListAuditRecordsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12maas/v1/auth.proto\x12\x07maas.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xea\x01\n\x0fRestrictRequest\x12\x13\n\ttenant_id\x18\x01 \x01(\tH\x00\x12\x10\n\x06key_id\x18\x02 \x01(\tH\x00\x12*\n\x06\x61\x63tion\x18\x03 \x01(\x0e\x32\x1a.maas.v1.RestrictionAction\x12\x1b\n\x13requests_per_minute\x18\x04 \x01(\r\x12+\n\x08\x64uration\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0e\n\x06reason\x18\x06 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x07 \x01(\t\x12\x10\n\x08\x61lert_id\x18\x08 \x01(\tB\t\n\x07subject\"\xf6\x02\n\x0bRestriction\x12\x16\n\x0erestriction_id\x18\x01 \x01(\t\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12\x0e\n\x06key_id\x18\x03 \x01(\t\x12*\n\x06\x61\x63tion\x18\x04 \x01(\x0e\x32\x1a.maas.v1.RestrictionAction\x12\x1b\n\x13requests_per_minute\x18\x05 \x01(\r\x12/\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x65xpire_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tlift_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06reason\x18\t \x01(\t\x12\r\n\x05\x61\x63tor\x18\n \x01(\t\x12\x10\n\x08\x61lert_id\x18\x0b \x01(\t\x12\x11\n\tlifted_by\x18\x0c \x01(\t\x12\x0e\n\x06\x61\x63tive\x18\r \x01(\x08\"O\n\x16LiftRestrictionRequest\x12\x16\n\x0erestriction_id\x18\x01 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"F\n\x17ListRestrictionsRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x18\n\x10include_inactive\x18\x02 \x01(\x08\"F\n\x18ListRestrictionsResponse\x12*\n\x0crestrictions\x18\x01 \x03(\x0b\x32\x14.maas.v1.Restriction\"\xb3\x01\n\x0b\x41uditRecord\x12\x10\n\x08\x61udit_id\x18\x01 \x01(\t\x12(\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x61\x63tor\x18\x03 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x04 \x01(\t\x12\x16\n\x0erestriction_id\x18\x05 \x01(\t\x12\x11\n\ttenant_id\x18\x06 \x01(\t\x12\x0e\n\x06key_id\x18\x07 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x08 \x01(\t\";\n\x17ListAuditRecordsRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\r\"A\n\x18ListAuditRecordsResponse\x12%\n\x07records\x18\x01 \x03(\x0b\x32\x14.maas.v1.AuditRecord\"\x95\x01\n\x04Plan\x12\x1b\n\x13requests_per_minute\x18\x01 \x01(\r\x12\x19\n\x11tokens_per_minute\x18\x02 \x01(\x04\x12\x1f\n\x17max_concurrent_requests\x18\x03 \x01(\r\x12\x1c\n\x14monthly_token_budget\x18\x04 \x01(\x04\x12\x16\n\x0e\x61llowed_models\x18\x05 \x03(\t\"e\n\x0eSetPlanRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x1b\n\x04plan\x18\x02 \x01(\x0b\x32\r.maas.v1.Plan\x12#\n\x08priority\x18\x03 \x01(\x0e\x32\x11.maas.v1.Priority\"\xbf\x01\n\x0eReserveRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x18\n\x10\x65stimated_tokens\x18\x04 \x01(\x04\x12\x0e\n\x06key_id\x18\x05 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x06 \x01(\t\x12\x15\n\rprompt_tokens\x18\x07 \x01(\x04\x12\x1d\n\x15max_completion_tokens\x18\x08 \x01(\x04\"\x90\x01\n\x0bReservation\x12\x16\n\x0ereservation_id\x18\x01 \x01(\t\x12\x0e\n\x06tokens\x18\x02 \x01(\x04\x12/\n\x0b\x65xpire_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12(\n\x05lease\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\"&\n\x0cRenewRequest\x12\x16\n\x0ereservation_id\x18\x01 \x01(\t\"\x85\x01\n\rCommitRequest\x12\x16\n\x0ereservation_id\x18\x01 \x01(\t\x12\x13\n\x0bused_tokens\x18\x02 \x01(\x04\x12\x15\n\rprompt_tokens\x18\x03 \x01(\x04\x12\x15\n\rcached_tokens\x18\x04 \x01(\x04\x12\x19\n\x11\x63ompletion_tokens\x18\x05 \x01(\x04\"h\n\x0e\x43ommitResponse\x12\x17\n\x0freturned_tokens\x18\x01 \x01(\x04\x12\x13\n\x0b\x63ost_micros\x18\x02 \x01(\x03\x12(\n\x07\x63rossed\x18\x03 \x03(\x0b\x32\x17.maas.v1.BudgetCrossing\"\x89\x01\n\x0e\x42udgetCrossing\x12\x0e\n\x06\x62udget\x18\x01 \x01(\t\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12\x0e\n\x06key_id\x18\x03 \x01(\t\x12\x14\n\x0cspent_micros\x18\x04 \x01(\x03\x12\x18\n\x10threshold_micros\x18\x05 \x01(\x03\x12\x14\n\x0climit_micros\x18\x06 \x01(\x03\"h\n\x0eReleaseRequest\x12\x16\n\x0ereservation_id\x18\x01 \x01(\t\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x04 \x01(\t\"\x11\n\x0fReleaseResponse\"\x9c\x01\n\x06Tenant\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12#\n\x08priority\x18\x03 \x01(\x0e\x32\x11.maas.v1.Priority\x12/\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1b\n\x04plan\x18\x05 \x01(\x0b\x32\r.maas.v1.Plan\"\xdc\x01\n\x06\x41piKey\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x0e\n\x06scopes\x18\x04 \x03(\t\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0brevoke_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x65xpire_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"&\n\x13\x41uthenticateRequest\x12\x0f\n\x07\x61pi_key\x18\x01 \x01(\t\"c\n\tPrincipal\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x0e\n\x06key_id\x18\x02 \x01(\t\x12\x0e\n\x06scopes\x18\x03 \x03(\t\x12#\n\x08priority\x18\x04 \x01(\x0e\x32\x11.maas.v1.Priority\"e\n\x13\x43reateTenantRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12#\n\x08priority\x18\x02 \x01(\x0e\x32\x11.maas.v1.Priority\x12\x1b\n\x04plan\x18\x03 \x01(\x0b\x32\r.maas.v1.Plan\"\x14\n\x12ListTenantsRequest\"7\n\x13ListTenantsResponse\x12 \n\x07tenants\x18\x01 \x03(\x0b\x32\x0f.maas.v1.Tenant\"w\n\x13\x43reateApiKeyRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0e\n\x06scopes\x18\x03 \x03(\t\x12/\n\x0b\x65xpire_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"E\n\x14\x43reateApiKeyResponse\x12\x1c\n\x03key\x18\x01 \x01(\x0b\x32\x0f.maas.v1.ApiKey\x12\x0f\n\x07\x61pi_key\x18\x02 \x01(\t\"\'\n\x12ListApiKeysRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\"4\n\x13ListApiKeysResponse\x12\x1d\n\x04keys\x18\x01 \x03(\x0b\x32\x0f.maas.v1.ApiKey\"%\n\x13RevokeApiKeyRequest\x12\x0e\n\x06key_id\x18\x01 \x01(\t*x\n\x11RestrictionAction\x12\"\n\x1eRESTRICTION_ACTION_UNSPECIFIED\x10\x00\x12\x1e\n\x1aRESTRICTION_ACTION_SUSPEND\x10\x01\x12\x1f\n\x1bRESTRICTION_ACTION_THROTTLE\x10\x02*h\n\x08Priority\x12\x18\n\x14PRIORITY_UNSPECIFIED\x10\x00\x12\x18\n\x14PRIORITY_INTERACTIVE\x10\x01\x12\x14\n\x10PRIORITY_DEFAULT\x10\x02\x12\x12\n\x0ePRIORITY_BATCH\x10\x03\x32\xfd\x07\n\x04\x41uth\x12@\n\x0c\x41uthenticate\x12\x1c.maas.v1.AuthenticateRequest\x1a\x12.maas.v1.Principal\x12=\n\x0c\x43reateTenant\x12\x1c.maas.v1.CreateTenantRequest\x1a\x0f.maas.v1.Tenant\x12H\n\x0bListTenants\x12\x1b.maas.v1.ListTenantsRequest\x1a\x1c.maas.v1.ListTenantsResponse\x12K\n\x0c\x43reateApiKey\x12\x1c.maas.v1.CreateApiKeyRequest\x1a\x1d.maas.v1.CreateApiKeyResponse\x12H\n\x0bListApiKeys\x12\x1b.maas.v1.ListApiKeysRequest\x1a\x1c.maas.v1.ListApiKeysResponse\x12=\n\x0cRevokeApiKey\x12\x1c.maas.v1.RevokeApiKeyRequest\x1a\x0f.maas.v1.ApiKey\x12\x33\n\x07SetPlan\x12\x17.maas.v1.SetPlanRequest\x1a\x0f.maas.v1.Tenant\x12\x38\n\x07Reserve\x12\x17.maas.v1.ReserveRequest\x1a\x14.maas.v1.Reservation\x12\x34\n\x05Renew\x12\x15.maas.v1.RenewRequest\x1a\x14.maas.v1.Reservation\x12\x39\n\x06\x43ommit\x12\x16.maas.v1.CommitRequest\x1a\x17.maas.v1.CommitResponse\x12<\n\x07Release\x12\x17.maas.v1.ReleaseRequest\x1a\x18.maas.v1.ReleaseResponse\x12:\n\x08Restrict\x12\x18.maas.v1.RestrictRequest\x1a\x14.maas.v1.Restriction\x12H\n\x0fLiftRestriction\x12\x1f.maas.v1.LiftRestrictionRequest\x1a\x14.maas.v1.Restriction\x12W\n\x10ListRestrictions\x12 .maas.v1.ListRestrictionsRequest\x1a!.maas.v1.ListRestrictionsResponse\x12W\n\x10ListAuditRecords\x12 .maas.v1.ListAuditRecordsRequest\x1a!.maas.v1.ListAuditRecordsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'maas.v1.auth_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_RESTRICTIONACTION']._serialized_start=3088
-  _globals['_RESTRICTIONACTION']._serialized_end=3208
-  _globals['_PRIORITY']._serialized_start=3210
-  _globals['_PRIORITY']._serialized_end=3314
+  _globals['_RESTRICTIONACTION']._serialized_start=3419
+  _globals['_RESTRICTIONACTION']._serialized_end=3539
+  _globals['_PRIORITY']._serialized_start=3541
+  _globals['_PRIORITY']._serialized_end=3645
   _globals['_RESTRICTREQUEST']._serialized_start=97
   _globals['_RESTRICTREQUEST']._serialized_end=331
   _globals['_RESTRICTION']._serialized_start=334
@@ -58,43 +58,45 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SETPLANREQUEST']._serialized_start=1397
   _globals['_SETPLANREQUEST']._serialized_end=1498
   _globals['_RESERVEREQUEST']._serialized_start=1501
-  _globals['_RESERVEREQUEST']._serialized_end=1638
-  _globals['_RESERVATION']._serialized_start=1641
-  _globals['_RESERVATION']._serialized_end=1785
-  _globals['_RENEWREQUEST']._serialized_start=1787
-  _globals['_RENEWREQUEST']._serialized_end=1825
-  _globals['_COMMITREQUEST']._serialized_start=1827
-  _globals['_COMMITREQUEST']._serialized_end=1887
-  _globals['_COMMITRESPONSE']._serialized_start=1889
-  _globals['_COMMITRESPONSE']._serialized_end=1930
-  _globals['_RELEASEREQUEST']._serialized_start=1932
-  _globals['_RELEASEREQUEST']._serialized_end=2036
-  _globals['_RELEASERESPONSE']._serialized_start=2038
-  _globals['_RELEASERESPONSE']._serialized_end=2055
-  _globals['_TENANT']._serialized_start=2058
-  _globals['_TENANT']._serialized_end=2214
-  _globals['_APIKEY']._serialized_start=2217
-  _globals['_APIKEY']._serialized_end=2437
-  _globals['_AUTHENTICATEREQUEST']._serialized_start=2439
-  _globals['_AUTHENTICATEREQUEST']._serialized_end=2477
-  _globals['_PRINCIPAL']._serialized_start=2479
-  _globals['_PRINCIPAL']._serialized_end=2578
-  _globals['_CREATETENANTREQUEST']._serialized_start=2580
-  _globals['_CREATETENANTREQUEST']._serialized_end=2681
-  _globals['_LISTTENANTSREQUEST']._serialized_start=2683
-  _globals['_LISTTENANTSREQUEST']._serialized_end=2703
-  _globals['_LISTTENANTSRESPONSE']._serialized_start=2705
-  _globals['_LISTTENANTSRESPONSE']._serialized_end=2760
-  _globals['_CREATEAPIKEYREQUEST']._serialized_start=2762
-  _globals['_CREATEAPIKEYREQUEST']._serialized_end=2881
-  _globals['_CREATEAPIKEYRESPONSE']._serialized_start=2883
-  _globals['_CREATEAPIKEYRESPONSE']._serialized_end=2952
-  _globals['_LISTAPIKEYSREQUEST']._serialized_start=2954
-  _globals['_LISTAPIKEYSREQUEST']._serialized_end=2993
-  _globals['_LISTAPIKEYSRESPONSE']._serialized_start=2995
-  _globals['_LISTAPIKEYSRESPONSE']._serialized_end=3047
-  _globals['_REVOKEAPIKEYREQUEST']._serialized_start=3049
-  _globals['_REVOKEAPIKEYREQUEST']._serialized_end=3086
-  _globals['_AUTH']._serialized_start=3317
-  _globals['_AUTH']._serialized_end=4338
+  _globals['_RESERVEREQUEST']._serialized_end=1692
+  _globals['_RESERVATION']._serialized_start=1695
+  _globals['_RESERVATION']._serialized_end=1839
+  _globals['_RENEWREQUEST']._serialized_start=1841
+  _globals['_RENEWREQUEST']._serialized_end=1879
+  _globals['_COMMITREQUEST']._serialized_start=1882
+  _globals['_COMMITREQUEST']._serialized_end=2015
+  _globals['_COMMITRESPONSE']._serialized_start=2017
+  _globals['_COMMITRESPONSE']._serialized_end=2121
+  _globals['_BUDGETCROSSING']._serialized_start=2124
+  _globals['_BUDGETCROSSING']._serialized_end=2261
+  _globals['_RELEASEREQUEST']._serialized_start=2263
+  _globals['_RELEASEREQUEST']._serialized_end=2367
+  _globals['_RELEASERESPONSE']._serialized_start=2369
+  _globals['_RELEASERESPONSE']._serialized_end=2386
+  _globals['_TENANT']._serialized_start=2389
+  _globals['_TENANT']._serialized_end=2545
+  _globals['_APIKEY']._serialized_start=2548
+  _globals['_APIKEY']._serialized_end=2768
+  _globals['_AUTHENTICATEREQUEST']._serialized_start=2770
+  _globals['_AUTHENTICATEREQUEST']._serialized_end=2808
+  _globals['_PRINCIPAL']._serialized_start=2810
+  _globals['_PRINCIPAL']._serialized_end=2909
+  _globals['_CREATETENANTREQUEST']._serialized_start=2911
+  _globals['_CREATETENANTREQUEST']._serialized_end=3012
+  _globals['_LISTTENANTSREQUEST']._serialized_start=3014
+  _globals['_LISTTENANTSREQUEST']._serialized_end=3034
+  _globals['_LISTTENANTSRESPONSE']._serialized_start=3036
+  _globals['_LISTTENANTSRESPONSE']._serialized_end=3091
+  _globals['_CREATEAPIKEYREQUEST']._serialized_start=3093
+  _globals['_CREATEAPIKEYREQUEST']._serialized_end=3212
+  _globals['_CREATEAPIKEYRESPONSE']._serialized_start=3214
+  _globals['_CREATEAPIKEYRESPONSE']._serialized_end=3283
+  _globals['_LISTAPIKEYSREQUEST']._serialized_start=3285
+  _globals['_LISTAPIKEYSREQUEST']._serialized_end=3324
+  _globals['_LISTAPIKEYSRESPONSE']._serialized_start=3326
+  _globals['_LISTAPIKEYSRESPONSE']._serialized_end=3378
+  _globals['_REVOKEAPIKEYREQUEST']._serialized_start=3380
+  _globals['_REVOKEAPIKEYREQUEST']._serialized_end=3417
+  _globals['_AUTH']._serialized_start=3648
+  _globals['_AUTH']._serialized_end=4669
 # @@protoc_insertion_point(module_scope)

@@ -164,20 +164,24 @@ class SetPlanRequest(_message.Message):
     def __init__(self, tenant_id: _Optional[str] = ..., plan: _Optional[_Union[Plan, _Mapping]] = ..., priority: _Optional[_Union[Priority, str]] = ...) -> None: ...
 
 class ReserveRequest(_message.Message):
-    __slots__ = ("tenant_id", "request_id", "model", "estimated_tokens", "key_id", "idempotency_key")
+    __slots__ = ("tenant_id", "request_id", "model", "estimated_tokens", "key_id", "idempotency_key", "prompt_tokens", "max_completion_tokens")
     TENANT_ID_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     ESTIMATED_TOKENS_FIELD_NUMBER: _ClassVar[int]
     KEY_ID_FIELD_NUMBER: _ClassVar[int]
     IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    MAX_COMPLETION_TOKENS_FIELD_NUMBER: _ClassVar[int]
     tenant_id: str
     request_id: str
     model: str
     estimated_tokens: int
     key_id: str
     idempotency_key: str
-    def __init__(self, tenant_id: _Optional[str] = ..., request_id: _Optional[str] = ..., model: _Optional[str] = ..., estimated_tokens: _Optional[int] = ..., key_id: _Optional[str] = ..., idempotency_key: _Optional[str] = ...) -> None: ...
+    prompt_tokens: int
+    max_completion_tokens: int
+    def __init__(self, tenant_id: _Optional[str] = ..., request_id: _Optional[str] = ..., model: _Optional[str] = ..., estimated_tokens: _Optional[int] = ..., key_id: _Optional[str] = ..., idempotency_key: _Optional[str] = ..., prompt_tokens: _Optional[int] = ..., max_completion_tokens: _Optional[int] = ...) -> None: ...
 
 class Reservation(_message.Message):
     __slots__ = ("reservation_id", "tokens", "expire_time", "lease")
@@ -198,18 +202,44 @@ class RenewRequest(_message.Message):
     def __init__(self, reservation_id: _Optional[str] = ...) -> None: ...
 
 class CommitRequest(_message.Message):
-    __slots__ = ("reservation_id", "used_tokens")
+    __slots__ = ("reservation_id", "used_tokens", "prompt_tokens", "cached_tokens", "completion_tokens")
     RESERVATION_ID_FIELD_NUMBER: _ClassVar[int]
     USED_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    CACHED_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    COMPLETION_TOKENS_FIELD_NUMBER: _ClassVar[int]
     reservation_id: str
     used_tokens: int
-    def __init__(self, reservation_id: _Optional[str] = ..., used_tokens: _Optional[int] = ...) -> None: ...
+    prompt_tokens: int
+    cached_tokens: int
+    completion_tokens: int
+    def __init__(self, reservation_id: _Optional[str] = ..., used_tokens: _Optional[int] = ..., prompt_tokens: _Optional[int] = ..., cached_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ...) -> None: ...
 
 class CommitResponse(_message.Message):
-    __slots__ = ("returned_tokens",)
+    __slots__ = ("returned_tokens", "cost_micros", "crossed")
     RETURNED_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    COST_MICROS_FIELD_NUMBER: _ClassVar[int]
+    CROSSED_FIELD_NUMBER: _ClassVar[int]
     returned_tokens: int
-    def __init__(self, returned_tokens: _Optional[int] = ...) -> None: ...
+    cost_micros: int
+    crossed: _containers.RepeatedCompositeFieldContainer[BudgetCrossing]
+    def __init__(self, returned_tokens: _Optional[int] = ..., cost_micros: _Optional[int] = ..., crossed: _Optional[_Iterable[_Union[BudgetCrossing, _Mapping]]] = ...) -> None: ...
+
+class BudgetCrossing(_message.Message):
+    __slots__ = ("budget", "tenant_id", "key_id", "spent_micros", "threshold_micros", "limit_micros")
+    BUDGET_FIELD_NUMBER: _ClassVar[int]
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    SPENT_MICROS_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_MICROS_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_MICROS_FIELD_NUMBER: _ClassVar[int]
+    budget: str
+    tenant_id: str
+    key_id: str
+    spent_micros: int
+    threshold_micros: int
+    limit_micros: int
+    def __init__(self, budget: _Optional[str] = ..., tenant_id: _Optional[str] = ..., key_id: _Optional[str] = ..., spent_micros: _Optional[int] = ..., threshold_micros: _Optional[int] = ..., limit_micros: _Optional[int] = ...) -> None: ...
 
 class ReleaseRequest(_message.Message):
     __slots__ = ("reservation_id", "tenant_id", "request_id", "idempotency_key")

@@ -26,31 +26,39 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from maas.v1 import metering_pb2 as maas_dot_v1_dot_metering__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15maas/v1/billing.proto\x12\x07maas.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16maas/v1/metering.proto\"\x92\x02\n\x05Price\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x61pter\x18\x02 \x01(\t\x12\x10\n\x08\x63urrency\x18\x03 \x01(\t\x12!\n\x19prompt_micros_per_million\x18\x04 \x01(\x03\x12(\n cached_prompt_micros_per_million\x18\x05 \x01(\x03\x12%\n\x1d\x63ompletion_micros_per_million\x18\x06 \x01(\x03\x12\x32\n\x0e\x65\x66\x66\x65\x63tive_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"B\n\x0fSetPriceRequest\x12\x1d\n\x05price\x18\x01 \x01(\x0b\x32\x0e.maas.v1.Price\x12\x10\n\x08\x62\x61\x63kdate\x18\x02 \x01(\x08\";\n\x11ListPricesRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x17\n\x0finclude_history\x18\x02 \x01(\x08\"4\n\x12ListPricesResponse\x12\x1e\n\x06prices\x18\x01 \x03(\x0b\x32\x0e.maas.v1.Price\"7\n\x13GetStatementRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\r\n\x05month\x18\x02 \x01(\t\"\xda\x01\n\rStatementLine\x12\r\n\x05model\x18\x01 \x01(\t\x12 \n\x04kind\x18\x02 \x01(\x0e\x32\x12.maas.v1.TokenKind\x12\x0e\n\x06tokens\x18\x03 \x01(\x04\x12%\n\x1dunit_price_micros_per_million\x18\x04 \x01(\x03\x12\x15\n\ramount_micros\x18\x05 \x01(\x03\x12\x38\n\x14price_effective_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08unpriced\x18\x07 \x01(\x08\"\xa7\x01\n\tStatement\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\r\n\x05month\x18\x02 \x01(\t\x12\x10\n\x08\x63urrency\x18\x03 \x01(\t\x12%\n\x05lines\x18\x04 \x03(\x0b\x32\x16.maas.v1.StatementLine\x12\x10\n\x08requests\x18\x05 \x01(\x04\x12\x14\n\x0ctotal_micros\x18\x06 \x01(\x03\x12\x17\n\x0funpriced_models\x18\x07 \x03(\t\"6\n\x12\x45xportUsageRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\r\n\x05month\x18\x02 \x01(\t*w\n\tTokenKind\x12\x1a\n\x16TOKEN_KIND_UNSPECIFIED\x10\x00\x12\x15\n\x11TOKEN_KIND_PROMPT\x10\x01\x12\x1c\n\x18TOKEN_KIND_CACHED_PROMPT\x10\x02\x12\x19\n\x15TOKEN_KIND_COMPLETION\x10\x03\x32\x8c\x02\n\x07\x42illing\x12\x34\n\x08SetPrice\x12\x18.maas.v1.SetPriceRequest\x1a\x0e.maas.v1.Price\x12\x45\n\nListPrices\x12\x1a.maas.v1.ListPricesRequest\x1a\x1b.maas.v1.ListPricesResponse\x12@\n\x0cGetStatement\x12\x1c.maas.v1.GetStatementRequest\x1a\x12.maas.v1.Statement\x12\x42\n\x0b\x45xportUsage\x12\x1b.maas.v1.ExportUsageRequest\x1a\x14.maas.v1.UsageRecord0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15maas/v1/billing.proto\x12\x07maas.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16maas/v1/metering.proto\"\xee\x01\n\x06\x42udget\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x0e\n\x06key_id\x18\x02 \x01(\t\x12\x1c\n\x14monthly_limit_micros\x18\x03 \x01(\x03\x12\x1a\n\x12total_limit_micros\x18\x04 \x01(\x03\x12\x1e\n\x16soft_threshold_percent\x18\x05 \x01(\r\x12/\n\x0bupdate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1a\n\x12month_spent_micros\x18\x07 \x01(\x03\x12\x1a\n\x12total_spent_micros\x18\x08 \x01(\x03\"3\n\x10SetBudgetRequest\x12\x1f\n\x06\x62udget\x18\x01 \x01(\x0b\x32\x0f.maas.v1.Budget\"\'\n\x12ListBudgetsRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\"7\n\x13ListBudgetsResponse\x12 \n\x07\x62udgets\x18\x01 \x03(\x0b\x32\x0f.maas.v1.Budget\"\x92\x02\n\x05Price\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x61pter\x18\x02 \x01(\t\x12\x10\n\x08\x63urrency\x18\x03 \x01(\t\x12!\n\x19prompt_micros_per_million\x18\x04 \x01(\x03\x12(\n cached_prompt_micros_per_million\x18\x05 \x01(\x03\x12%\n\x1d\x63ompletion_micros_per_million\x18\x06 \x01(\x03\x12\x32\n\x0e\x65\x66\x66\x65\x63tive_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"B\n\x0fSetPriceRequest\x12\x1d\n\x05price\x18\x01 \x01(\x0b\x32\x0e.maas.v1.Price\x12\x10\n\x08\x62\x61\x63kdate\x18\x02 \x01(\x08\";\n\x11ListPricesRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x17\n\x0finclude_history\x18\x02 \x01(\x08\"4\n\x12ListPricesResponse\x12\x1e\n\x06prices\x18\x01 \x03(\x0b\x32\x0e.maas.v1.Price\"7\n\x13GetStatementRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\r\n\x05month\x18\x02 \x01(\t\"\xda\x01\n\rStatementLine\x12\r\n\x05model\x18\x01 \x01(\t\x12 \n\x04kind\x18\x02 \x01(\x0e\x32\x12.maas.v1.TokenKind\x12\x0e\n\x06tokens\x18\x03 \x01(\x04\x12%\n\x1dunit_price_micros_per_million\x18\x04 \x01(\x03\x12\x15\n\ramount_micros\x18\x05 \x01(\x03\x12\x38\n\x14price_effective_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08unpriced\x18\x07 \x01(\x08\"\xa7\x01\n\tStatement\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\r\n\x05month\x18\x02 \x01(\t\x12\x10\n\x08\x63urrency\x18\x03 \x01(\t\x12%\n\x05lines\x18\x04 \x03(\x0b\x32\x16.maas.v1.StatementLine\x12\x10\n\x08requests\x18\x05 \x01(\x04\x12\x14\n\x0ctotal_micros\x18\x06 \x01(\x03\x12\x17\n\x0funpriced_models\x18\x07 \x03(\t\"6\n\x12\x45xportUsageRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\r\n\x05month\x18\x02 \x01(\t*w\n\tTokenKind\x12\x1a\n\x16TOKEN_KIND_UNSPECIFIED\x10\x00\x12\x15\n\x11TOKEN_KIND_PROMPT\x10\x01\x12\x1c\n\x18TOKEN_KIND_CACHED_PROMPT\x10\x02\x12\x19\n\x15TOKEN_KIND_COMPLETION\x10\x03\x32\x8f\x03\n\x07\x42illing\x12\x34\n\x08SetPrice\x12\x18.maas.v1.SetPriceRequest\x1a\x0e.maas.v1.Price\x12\x45\n\nListPrices\x12\x1a.maas.v1.ListPricesRequest\x1a\x1b.maas.v1.ListPricesResponse\x12@\n\x0cGetStatement\x12\x1c.maas.v1.GetStatementRequest\x1a\x12.maas.v1.Statement\x12\x42\n\x0b\x45xportUsage\x12\x1b.maas.v1.ExportUsageRequest\x1a\x14.maas.v1.UsageRecord0\x01\x12\x37\n\tSetBudget\x12\x19.maas.v1.SetBudgetRequest\x1a\x0f.maas.v1.Budget\x12H\n\x0bListBudgets\x12\x1b.maas.v1.ListBudgetsRequest\x1a\x1c.maas.v1.ListBudgetsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'maas.v1.billing_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_TOKENKIND']._serialized_start=1055
-  _globals['_TOKENKIND']._serialized_end=1174
-  _globals['_PRICE']._serialized_start=92
-  _globals['_PRICE']._serialized_end=366
-  _globals['_SETPRICEREQUEST']._serialized_start=368
-  _globals['_SETPRICEREQUEST']._serialized_end=434
-  _globals['_LISTPRICESREQUEST']._serialized_start=436
-  _globals['_LISTPRICESREQUEST']._serialized_end=495
-  _globals['_LISTPRICESRESPONSE']._serialized_start=497
-  _globals['_LISTPRICESRESPONSE']._serialized_end=549
-  _globals['_GETSTATEMENTREQUEST']._serialized_start=551
-  _globals['_GETSTATEMENTREQUEST']._serialized_end=606
-  _globals['_STATEMENTLINE']._serialized_start=609
-  _globals['_STATEMENTLINE']._serialized_end=827
-  _globals['_STATEMENT']._serialized_start=830
-  _globals['_STATEMENT']._serialized_end=997
-  _globals['_EXPORTUSAGEREQUEST']._serialized_start=999
-  _globals['_EXPORTUSAGEREQUEST']._serialized_end=1053
-  _globals['_BILLING']._serialized_start=1177
-  _globals['_BILLING']._serialized_end=1445
+  _globals['_TOKENKIND']._serialized_start=1447
+  _globals['_TOKENKIND']._serialized_end=1566
+  _globals['_BUDGET']._serialized_start=92
+  _globals['_BUDGET']._serialized_end=330
+  _globals['_SETBUDGETREQUEST']._serialized_start=332
+  _globals['_SETBUDGETREQUEST']._serialized_end=383
+  _globals['_LISTBUDGETSREQUEST']._serialized_start=385
+  _globals['_LISTBUDGETSREQUEST']._serialized_end=424
+  _globals['_LISTBUDGETSRESPONSE']._serialized_start=426
+  _globals['_LISTBUDGETSRESPONSE']._serialized_end=481
+  _globals['_PRICE']._serialized_start=484
+  _globals['_PRICE']._serialized_end=758
+  _globals['_SETPRICEREQUEST']._serialized_start=760
+  _globals['_SETPRICEREQUEST']._serialized_end=826
+  _globals['_LISTPRICESREQUEST']._serialized_start=828
+  _globals['_LISTPRICESREQUEST']._serialized_end=887
+  _globals['_LISTPRICESRESPONSE']._serialized_start=889
+  _globals['_LISTPRICESRESPONSE']._serialized_end=941
+  _globals['_GETSTATEMENTREQUEST']._serialized_start=943
+  _globals['_GETSTATEMENTREQUEST']._serialized_end=998
+  _globals['_STATEMENTLINE']._serialized_start=1001
+  _globals['_STATEMENTLINE']._serialized_end=1219
+  _globals['_STATEMENT']._serialized_start=1222
+  _globals['_STATEMENT']._serialized_end=1389
+  _globals['_EXPORTUSAGEREQUEST']._serialized_start=1391
+  _globals['_EXPORTUSAGEREQUEST']._serialized_end=1445
+  _globals['_BILLING']._serialized_start=1569
+  _globals['_BILLING']._serialized_end=1968
 # @@protoc_insertion_point(module_scope)

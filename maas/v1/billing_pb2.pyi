@@ -22,6 +22,44 @@ TOKEN_KIND_PROMPT: TokenKind
 TOKEN_KIND_CACHED_PROMPT: TokenKind
 TOKEN_KIND_COMPLETION: TokenKind
 
+class Budget(_message.Message):
+    __slots__ = ("tenant_id", "key_id", "monthly_limit_micros", "total_limit_micros", "soft_threshold_percent", "update_time", "month_spent_micros", "total_spent_micros")
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    MONTHLY_LIMIT_MICROS_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_LIMIT_MICROS_FIELD_NUMBER: _ClassVar[int]
+    SOFT_THRESHOLD_PERCENT_FIELD_NUMBER: _ClassVar[int]
+    UPDATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    MONTH_SPENT_MICROS_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_SPENT_MICROS_FIELD_NUMBER: _ClassVar[int]
+    tenant_id: str
+    key_id: str
+    monthly_limit_micros: int
+    total_limit_micros: int
+    soft_threshold_percent: int
+    update_time: _timestamp_pb2.Timestamp
+    month_spent_micros: int
+    total_spent_micros: int
+    def __init__(self, tenant_id: _Optional[str] = ..., key_id: _Optional[str] = ..., monthly_limit_micros: _Optional[int] = ..., total_limit_micros: _Optional[int] = ..., soft_threshold_percent: _Optional[int] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., month_spent_micros: _Optional[int] = ..., total_spent_micros: _Optional[int] = ...) -> None: ...
+
+class SetBudgetRequest(_message.Message):
+    __slots__ = ("budget",)
+    BUDGET_FIELD_NUMBER: _ClassVar[int]
+    budget: Budget
+    def __init__(self, budget: _Optional[_Union[Budget, _Mapping]] = ...) -> None: ...
+
+class ListBudgetsRequest(_message.Message):
+    __slots__ = ("tenant_id",)
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    tenant_id: str
+    def __init__(self, tenant_id: _Optional[str] = ...) -> None: ...
+
+class ListBudgetsResponse(_message.Message):
+    __slots__ = ("budgets",)
+    BUDGETS_FIELD_NUMBER: _ClassVar[int]
+    budgets: _containers.RepeatedCompositeFieldContainer[Budget]
+    def __init__(self, budgets: _Optional[_Iterable[_Union[Budget, _Mapping]]] = ...) -> None: ...
+
 class Price(_message.Message):
     __slots__ = ("model", "adapter", "currency", "prompt_micros_per_million", "cached_prompt_micros_per_million", "completion_micros_per_million", "effective_time", "create_time")
     MODEL_FIELD_NUMBER: _ClassVar[int]

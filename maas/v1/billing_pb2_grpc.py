@@ -67,6 +67,16 @@ class BillingStub:
                 request_serializer=maas_dot_v1_dot_billing__pb2.ExportUsageRequest.SerializeToString,
                 response_deserializer=maas_dot_v1_dot_metering__pb2.UsageRecord.FromString,
                 _registered_method=True)
+        self.SetBudget = channel.unary_unary(
+                '/maas.v1.Billing/SetBudget',
+                request_serializer=maas_dot_v1_dot_billing__pb2.SetBudgetRequest.SerializeToString,
+                response_deserializer=maas_dot_v1_dot_billing__pb2.Budget.FromString,
+                _registered_method=True)
+        self.ListBudgets = channel.unary_unary(
+                '/maas.v1.Billing/ListBudgets',
+                request_serializer=maas_dot_v1_dot_billing__pb2.ListBudgetsRequest.SerializeToString,
+                response_deserializer=maas_dot_v1_dot_billing__pb2.ListBudgetsResponse.FromString,
+                _registered_method=True)
 
 
 class BillingServicer:
@@ -124,6 +134,31 @@ class BillingServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetBudget(self, request, context):
+        """Operator only: sets (replaces) the money budget of a tenant, or of one
+        of its API keys. Reserve holds each request's worst-case cost against
+        it and refuses past a limit with RESOURCE_EXHAUSTED and a QuotaFailure
+        naming the budget ("budget:tenant:monthly", "budget:key:<id>:total");
+        Commit charges the exact cost and raises a `budget_threshold` alert in
+        the anomaly service when spend crosses the soft threshold. All limits 0
+        removes the budget. NOT_FOUND for an unknown tenant or key;
+        INVALID_ARGUMENT for a negative limit, a limit above 4611686018427
+        micro-units (what 64-bit counters of exact amounts hold with headroom),
+        or a threshold above 100.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListBudgets(self, request, context):
+        """A tenant's budgets (the tenant's and its keys'), with what each has
+        spent. The operator, or the tenant's own admin key; tenant_id empty:
+        every tenant's (the operator only).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_BillingServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -146,6 +181,16 @@ def add_BillingServicer_to_server(servicer, server):
                     servicer.ExportUsage,
                     request_deserializer=maas_dot_v1_dot_billing__pb2.ExportUsageRequest.FromString,
                     response_serializer=maas_dot_v1_dot_metering__pb2.UsageRecord.SerializeToString,
+            ),
+            'SetBudget': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetBudget,
+                    request_deserializer=maas_dot_v1_dot_billing__pb2.SetBudgetRequest.FromString,
+                    response_serializer=maas_dot_v1_dot_billing__pb2.Budget.SerializeToString,
+            ),
+            'ListBudgets': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListBudgets,
+                    request_deserializer=maas_dot_v1_dot_billing__pb2.ListBudgetsRequest.FromString,
+                    response_serializer=maas_dot_v1_dot_billing__pb2.ListBudgetsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -268,6 +313,60 @@ class Billing:
             '/maas.v1.Billing/ExportUsage',
             maas_dot_v1_dot_billing__pb2.ExportUsageRequest.SerializeToString,
             maas_dot_v1_dot_metering__pb2.UsageRecord.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetBudget(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/maas.v1.Billing/SetBudget',
+            maas_dot_v1_dot_billing__pb2.SetBudgetRequest.SerializeToString,
+            maas_dot_v1_dot_billing__pb2.Budget.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListBudgets(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/maas.v1.Billing/ListBudgets',
+            maas_dot_v1_dot_billing__pb2.ListBudgetsRequest.SerializeToString,
+            maas_dot_v1_dot_billing__pb2.ListBudgetsResponse.FromString,
             options,
             channel_credentials,
             insecure,

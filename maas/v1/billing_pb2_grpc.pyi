@@ -70,6 +70,23 @@ class BillingStub:
     metering system ingests (one CloudEvent per record, its id the request
     id). The operator, or the tenant's own admin key.
     """
+    SetBudget: _grpc.UnaryUnaryMultiCallable[_billing_pb2.SetBudgetRequest, _billing_pb2.Budget]
+    """Operator only: sets (replaces) the money budget of a tenant, or of one
+    of its API keys. Reserve holds each request's worst-case cost against
+    it and refuses past a limit with RESOURCE_EXHAUSTED and a QuotaFailure
+    naming the budget ("budget:tenant:monthly", "budget:key:<id>:total");
+    Commit charges the exact cost and raises a `budget_threshold` alert in
+    the anomaly service when spend crosses the soft threshold. All limits 0
+    removes the budget. NOT_FOUND for an unknown tenant or key;
+    INVALID_ARGUMENT for a negative limit, a limit above 4611686018427
+    micro-units (what 64-bit counters of exact amounts hold with headroom),
+    or a threshold above 100.
+    """
+    ListBudgets: _grpc.UnaryUnaryMultiCallable[_billing_pb2.ListBudgetsRequest, _billing_pb2.ListBudgetsResponse]
+    """A tenant's budgets (the tenant's and its keys'), with what each has
+    spent. The operator, or the tenant's own admin key; tenant_id empty:
+    every tenant's (the operator only).
+    """
 
 @_typing.type_check_only
 class BillingAsyncStub(BillingStub):
@@ -111,6 +128,23 @@ class BillingAsyncStub(BillingStub):
     """Every usage record of a tenant's month, in end_time order: what a
     metering system ingests (one CloudEvent per record, its id the request
     id). The operator, or the tenant's own admin key.
+    """
+    SetBudget: _aio.UnaryUnaryMultiCallable[_billing_pb2.SetBudgetRequest, _billing_pb2.Budget]  # type: ignore[assignment]
+    """Operator only: sets (replaces) the money budget of a tenant, or of one
+    of its API keys. Reserve holds each request's worst-case cost against
+    it and refuses past a limit with RESOURCE_EXHAUSTED and a QuotaFailure
+    naming the budget ("budget:tenant:monthly", "budget:key:<id>:total");
+    Commit charges the exact cost and raises a `budget_threshold` alert in
+    the anomaly service when spend crosses the soft threshold. All limits 0
+    removes the budget. NOT_FOUND for an unknown tenant or key;
+    INVALID_ARGUMENT for a negative limit, a limit above 4611686018427
+    micro-units (what 64-bit counters of exact amounts hold with headroom),
+    or a threshold above 100.
+    """
+    ListBudgets: _aio.UnaryUnaryMultiCallable[_billing_pb2.ListBudgetsRequest, _billing_pb2.ListBudgetsResponse]  # type: ignore[assignment]
+    """A tenant's budgets (the tenant's and its keys'), with what each has
+    spent. The operator, or the tenant's own admin key; tenant_id empty:
+    every tenant's (the operator only).
     """
 
 class BillingServicer(metaclass=_abc_1.ABCMeta):
@@ -174,6 +208,35 @@ class BillingServicer(metaclass=_abc_1.ABCMeta):
         """Every usage record of a tenant's month, in end_time order: what a
         metering system ingests (one CloudEvent per record, its id the request
         id). The operator, or the tenant's own admin key.
+        """
+
+    @_abc_1.abstractmethod
+    def SetBudget(
+        self,
+        request: _billing_pb2.SetBudgetRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_billing_pb2.Budget, _abc.Awaitable[_billing_pb2.Budget]]:
+        """Operator only: sets (replaces) the money budget of a tenant, or of one
+        of its API keys. Reserve holds each request's worst-case cost against
+        it and refuses past a limit with RESOURCE_EXHAUSTED and a QuotaFailure
+        naming the budget ("budget:tenant:monthly", "budget:key:<id>:total");
+        Commit charges the exact cost and raises a `budget_threshold` alert in
+        the anomaly service when spend crosses the soft threshold. All limits 0
+        removes the budget. NOT_FOUND for an unknown tenant or key;
+        INVALID_ARGUMENT for a negative limit, a limit above 4611686018427
+        micro-units (what 64-bit counters of exact amounts hold with headroom),
+        or a threshold above 100.
+        """
+
+    @_abc_1.abstractmethod
+    def ListBudgets(
+        self,
+        request: _billing_pb2.ListBudgetsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_billing_pb2.ListBudgetsResponse, _abc.Awaitable[_billing_pb2.ListBudgetsResponse]]:
+        """A tenant's budgets (the tenant's and its keys'), with what each has
+        spent. The operator, or the tenant's own admin key; tenant_id empty:
+        every tenant's (the operator only).
         """
 
 def add_BillingServicer_to_server(servicer: BillingServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

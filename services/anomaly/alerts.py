@@ -24,6 +24,7 @@ KINDS = frozenset(
         "token_latency_regression",
         "auth_failure_burst",
         "traffic_mix",
+        "budget_threshold",
     }
 )
 

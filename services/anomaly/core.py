@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from services.anomaly.alerts import ActionTaken, Alert, AlertBook, AlertQuery
 from services.anomaly.detectors.auth_failures import AuthFailureDetector
 from services.anomaly.detectors.base import Detector, Finding
+from services.anomaly.detectors.budgets import BudgetThresholdDetector
 from services.anomaly.detectors.errors import ErrorBurstDetector
 from services.anomaly.detectors.latency import LatencyDetector
 from services.anomaly.detectors.mix import TrafficMixDetector
@@ -50,6 +51,7 @@ class AnomalyCore:
                 s.auth_failures, bucket_s=b, max_series=cap, idle_buckets=idle
             ),
             "mix": TrafficMixDetector(s.mix, bucket_s=b, idle_buckets=idle),
+            "budgets": BudgetThresholdDetector(),
         }
         self._hub = AlertHub(s.alerts.watch_queue)
         self._listeners: list[Callable[[Alert], None]] = [self._hub.publish]

@@ -7,6 +7,7 @@ from datetime import datetime
 
 REQUEST = "EVENT_KIND_REQUEST"
 AUTH_FAILURE = "EVENT_KIND_AUTH_FAILURE"
+BUDGET_THRESHOLD = "EVENT_KIND_BUDGET_THRESHOLD"
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,3 +28,7 @@ class RequestEvent:
     duration_s: float = 0.0
     status_code: str = ""
     source: str = ""
+    # A budget threshold's budget (its QuotaFailure subject), spend and threshold.
+    budget: str = ""
+    spent_micros: int = 0
+    threshold_micros: int = 0

@@ -39,6 +39,9 @@ def event_from_proto(message: anomaly_pb2.Event) -> RequestEvent:
         duration_s=message.duration_s,
         status_code=message.status_code,
         source=message.source,
+        budget=message.budget,
+        spent_micros=message.spent_micros,
+        threshold_micros=message.threshold_micros,
     )
 
 

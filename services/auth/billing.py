@@ -10,9 +10,10 @@ same query gives the same money whenever it runs."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
+from services.auth.budgets import Budget, check_budget, ledger_cost
 from services.auth.models import Grouping, UsageRecord
 from services.auth.pricing import (
     NewPrice,
@@ -26,7 +27,7 @@ from services.auth.pricing import (
     month_range,
 )
 from services.auth.store import AuthStore
-from services.common.errors import AlreadyExistsError, InvalidArgumentError
+from services.common.errors import AlreadyExistsError, InvalidArgumentError, NotFoundError
 
 Clock = Callable[[], datetime]
 # Sorts unpriced usage (no price version) before every version.
@@ -235,3 +236,42 @@ class BillingCore:
             if len(page) < EXPORT_PAGE:
                 return
             after = (page[-1].end_time, page[-1].request_id)
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetStatus:
+    """A budget with what the ledger says it has spent (micro-units)."""
+
+    budget: Budget
+    month_spent: int
+    total_spent: int
+
+
+class Budgets:
+    """The operator sets money budgets; the operator and the tenant's admin
+    read them. The quota state enforces them (budgets.py)."""
+
+    def __init__(self, store: AuthStore, clock: Clock = _utcnow) -> None:
+        self._store = store
+        self._clock = clock
+
+    async def set(self, budget: Budget) -> Budget:
+        check_budget(budget)
+        if await self._store.get_tenant(budget.tenant_id) is None:
+            raise NotFoundError(f"no tenant {budget.tenant_id!r}")
+        if budget.key_id:
+            key = await self._store.get_key(budget.key_id)
+            if key is None or key.tenant_id != budget.tenant_id:
+                raise NotFoundError(f"no API key {budget.key_id!r} of tenant {budget.tenant_id!r}")
+        stamped = replace(budget, updated_at=self._clock())
+        await self._store.set_budget(stamped)
+        return stamped
+
+    async def list(self, tenant_id: str | None) -> list[BudgetStatus]:
+        since = self._clock().replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+        found: list[BudgetStatus] = []
+        for budget in await self._store.list_budgets(tenant_id):
+            month = await ledger_cost(self._store, budget.tenant_id, budget.key_id, since)
+            total = await ledger_cost(self._store, budget.tenant_id, budget.key_id, None)
+            found.append(BudgetStatus(budget, micros(month), micros(total)))
+        return found

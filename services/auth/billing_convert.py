@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from maas.v1 import billing_pb2, usage_pb2
-from services.auth.billing import CostedBucket, CostedUsage, Statement, StatementLine
+from services.auth.billing import BudgetStatus, CostedBucket, CostedUsage, Statement, StatementLine
+from services.auth.budgets import Budget
 from services.auth.convert import from_timestamp, timestamp
 from services.auth.pricing import NewPrice, Price, TokenKind
 
@@ -94,3 +97,29 @@ def statement_to_proto(statement: Statement) -> billing_pb2.Statement:
         total_micros=statement.total_micros,
         unpriced_models=statement.unpriced_models,
     )
+
+
+def budget_from_proto(message: billing_pb2.Budget) -> Budget:
+    return Budget(
+        tenant_id=message.tenant_id,
+        key_id=message.key_id,
+        monthly_limit=message.monthly_limit_micros,
+        total_limit=message.total_limit_micros,
+        soft_percent=message.soft_threshold_percent,
+        updated_at=datetime.min.replace(tzinfo=UTC),  # stamped when set
+    )
+
+
+def budget_to_proto(budget: Budget, status: BudgetStatus | None = None) -> billing_pb2.Budget:
+    message = billing_pb2.Budget(
+        tenant_id=budget.tenant_id,
+        key_id=budget.key_id,
+        monthly_limit_micros=budget.monthly_limit,
+        total_limit_micros=budget.total_limit,
+        soft_threshold_percent=budget.soft_percent,
+        update_time=timestamp(budget.updated_at),
+    )
+    if status is not None:
+        message.month_spent_micros = status.month_spent
+        message.total_spent_micros = status.total_spent
+    return message

@@ -6,18 +6,27 @@ from collections.abc import AsyncIterator
 
 from maas.v1 import billing_pb2, billing_pb2_grpc, metering_pb2
 from services.auth import billing_convert, convert
-from services.auth.billing import BillingCore
+from services.auth.billing import BillingCore, Budgets
+from services.auth.core import check_id
 from services.auth.servicer import AdminGuard, Context
 
 # Every Billing rpc checks its own credential (AdminGuard), so all stay
 # reachable from outside the mesh, as the Auth admin rpcs do.
-BILLING_RPCS = ("SetPrice", "ListPrices", "GetStatement", "ExportUsage")
+BILLING_RPCS = (
+    "SetPrice",
+    "ListPrices",
+    "GetStatement",
+    "ExportUsage",
+    "SetBudget",
+    "ListBudgets",
+)
 
 
 class BillingServicer(billing_pb2_grpc.BillingServicer):
-    def __init__(self, core: BillingCore, guard: AdminGuard) -> None:
+    def __init__(self, core: BillingCore, guard: AdminGuard, budgets: Budgets) -> None:
         self._core = core
         self._guard = guard
+        self._budgets = budgets
 
     async def SetPrice(
         self, request: billing_pb2.SetPriceRequest, context: Context
@@ -50,3 +59,23 @@ class BillingServicer(billing_pb2_grpc.BillingServicer):
         await self._guard.of_tenant(context, request.tenant_id)
         async for record in self._core.export(request.tenant_id, request.month):
             yield convert.usage_to_proto(record)
+
+    async def SetBudget(
+        self, request: billing_pb2.SetBudgetRequest, context: Context
+    ) -> billing_pb2.Budget:
+        await self._guard.operator(context, "SetBudget")
+        check_id("budget.tenant_id", request.budget.tenant_id)
+        budget = await self._budgets.set(billing_convert.budget_from_proto(request.budget))
+        return billing_convert.budget_to_proto(budget)
+
+    async def ListBudgets(
+        self, request: billing_pb2.ListBudgetsRequest, context: Context
+    ) -> billing_pb2.ListBudgetsResponse:
+        if request.tenant_id:
+            await self._guard.of_tenant(context, request.tenant_id)
+        else:
+            await self._guard.operator(context, "ListBudgets of every tenant")
+        found = await self._budgets.list(request.tenant_id or None)
+        return billing_pb2.ListBudgetsResponse(
+            budgets=[billing_convert.budget_to_proto(s.budget, s) for s in found]
+        )

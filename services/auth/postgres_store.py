@@ -12,6 +12,7 @@ from typing import Any
 import asyncpg
 
 from services.auth import rows
+from services.auth.budgets import Budget
 from services.auth.models import (
     ApiKeyRecord,
     AuditEntry,
@@ -106,6 +107,15 @@ CREATE TABLE IF NOT EXISTS prices (
     effective_from  TIMESTAMPTZ NOT NULL,
     created_at      TIMESTAMPTZ NOT NULL,
     PRIMARY KEY (name, effective_from)
+);
+CREATE TABLE IF NOT EXISTS budgets (
+    tenant_id      TEXT NOT NULL,
+    key_id         TEXT NOT NULL,
+    monthly_limit  BIGINT NOT NULL,
+    total_limit    BIGINT NOT NULL,
+    soft_percent   INTEGER NOT NULL,
+    updated_at     TIMESTAMPTZ NOT NULL,
+    PRIMARY KEY (tenant_id, key_id)
 );
 ALTER TABLE tenants ADD COLUMN IF NOT EXISTS plan TEXT NOT NULL DEFAULT '{}';
 ALTER TABLE api_keys ADD COLUMN IF NOT EXISTS expires_at TIMESTAMPTZ;
@@ -263,7 +273,13 @@ class PostgresAuthStore:
         return UsageSummary(tenant_id, int(row["n"]), int(row["p"]), int(row["c"]))
 
     async def usage_lines(
-        self, tenant_id: str, start: datetime | None, end: datetime | None, by: Grouping | None
+        self,
+        tenant_id: str,
+        start: datetime | None,
+        end: datetime | None,
+        by: Grouping | None,
+        *,
+        key_id: str = "",
     ) -> list[UsageLine]:
         key = _POSTGRES_BUCKET_KEYS[by]
         found = await self._pool.fetch(
@@ -273,10 +289,11 @@ class PostgresAuthStore:
             " SUM(completion_tokens) AS c FROM usage_records u WHERE tenant_id = $1"
             " AND ($2::timestamptz IS NULL OR end_time >= $2)"
             " AND ($3::timestamptz IS NULL OR end_time < $3)"
-            " GROUP BY k, m, v ORDER BY k, m, v",
+            " AND ($4 = '' OR key_id = $4) GROUP BY k, m, v ORDER BY k, m, v",
             tenant_id,
             start,
             end,
+            key_id,
         )
         return [
             UsageLine(r["k"], r["m"], r["v"], int(r["n"]), int(r["p"]), int(r["ca"]), int(r["c"]))
@@ -319,6 +336,32 @@ class PostgresAuthStore:
             name,
         )
         return [rows.price_from(r, _as_stored) for r in found]
+
+    async def set_budget(self, budget: Budget) -> None:
+        if budget.empty:
+            await self._pool.execute(
+                "DELETE FROM budgets WHERE tenant_id = $1 AND key_id = $2",
+                budget.tenant_id,
+                budget.key_id,
+            )
+            return
+        sql, args = _insert(
+            "budgets",
+            rows.budget_row(budget, _as_stored),
+            " ON CONFLICT (tenant_id, key_id) DO UPDATE SET monthly_limit ="
+            " EXCLUDED.monthly_limit, total_limit = EXCLUDED.total_limit,"
+            " soft_percent = EXCLUDED.soft_percent, updated_at = EXCLUDED.updated_at",
+        )
+        await self._pool.execute(sql, *args)
+
+    async def list_budgets(self, tenant_id: str | None, key_id: str | None = None) -> list[Budget]:
+        found = await self._pool.fetch(
+            "SELECT * FROM budgets WHERE ($1::text IS NULL OR tenant_id = $1)"
+            " AND ($2::text IS NULL OR key_id IN ('', $2)) ORDER BY tenant_id, key_id",
+            tenant_id,
+            key_id,
+        )
+        return [rows.budget_from(r, _as_stored) for r in found]
 
     async def save_restriction(self, restriction: Restriction, audit: AuditEntry) -> None:
         save, save_args = _insert(

@@ -26,12 +26,24 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
+from services.auth.budgets import (
+    BudgetCheck,
+    Period,
+    Rates,
+    Usage,
+    exact,
+    ledger_cost,
+    price_now,
+    soft_of,
+    subject,
+)
 from services.auth.models import IdempotencyClaim
 from services.auth.quota_state import (
     Ask,
     Held,
     MemoryQuotaState,
     QuotaState,
+    Settled,
     Stale,
     Throttle,
     TokenBucket,
@@ -47,7 +59,16 @@ from services.common.errors import (
     UnavailableError,
 )
 
-__all__ = ["Admission", "Held", "Quotas", "TokenBucket", "month_start", "next_month_start"]
+__all__ = [
+    "Admission",
+    "Held",
+    "Quotas",
+    "Settled",
+    "TokenBucket",
+    "Usage",
+    "month_start",
+    "next_month_start",
+]
 
 # Claims older than the retention are pruned at most this often: a sweep is a
 # DELETE over an index, cheap but not free on every Reserve.
@@ -117,7 +138,13 @@ class Quotas:
         estimated_tokens: int,
         key_id: str = "",
         idempotency_key: str = "",
+        *,
+        prompt_tokens: int = 0,
+        max_completion_tokens: int = 0,
     ) -> Held:
+        """`prompt_tokens` and `max_completion_tokens` split the estimate for
+        money budgets (budgets.py); without them every token is held at the
+        dearest price."""
         tenant = await self._store.get_tenant(tenant_id)
         if tenant is None:
             raise NotFoundError(f"no tenant {tenant_id!r}")
@@ -143,9 +170,11 @@ class Quotas:
             plan=plan,
             lease_s=self._lease_s,
             idempotency_key=idempotency_key,
+            key_id=key_id,
         )
         try:
-            return await self._take(ask, key_id)
+            priced = await self._money(ask, model, prompt_tokens, max_completion_tokens)
+            return await self._take(priced, key_id)
         except BaseException:
             if idempotency_key:
                 await self._store.free_idempotency_key(tenant_id, idempotency_key, request_id)
@@ -187,6 +216,46 @@ class Quotas:
             await self._restrictions.refresh(ask.tenant_id, outcome.version)
         raise UnavailableError("the tenant's restrictions keep changing; retry")
 
+    async def _money(self, ask: Ask, model: str, prompt: int, max_completion: int) -> Ask:
+        """The ask with its budgets: each limit of the tenant's and the key's,
+        with the ledger's figure for its period, and the worst-case cost at
+        the price in force now (0 for an unpriced model)."""
+        budgets = await self._store.list_budgets(ask.tenant_id, ask.key_id)
+        if not budgets:
+            return ask
+        wall = self._wall()
+        since = month_start(wall)
+        rates = Rates.of(await price_now(self._store, model, wall))
+        checks: list[BudgetCheck] = []
+        for budget in budgets:
+            for period in Period:
+                limit = budget.limit(period)
+                if not limit:
+                    continue
+                monthly = period is Period.MONTHLY
+                checks.append(
+                    BudgetCheck(
+                        subject=subject(budget.key_id, period),
+                        scope=budget.key_id,
+                        counter=f"{budget.key_id}|{period}"
+                        + (f":{_month(wall)}" if monthly else ""),
+                        limit=exact(limit),
+                        soft=soft_of(limit, budget.soft_percent),
+                        ledger_spent=await ledger_cost(
+                            self._store, ask.tenant_id, budget.key_id, since if monthly else None
+                        ),
+                        retry_after_s=(next_month_start(wall) - wall).total_seconds()
+                        if monthly
+                        else 0.0,
+                    )
+                )
+        return replace(
+            ask,
+            cost=rates.worst_case(ask.tokens, prompt, max_completion),
+            rates=rates,
+            budgets=tuple(checks),
+        )
+
     async def _claim(self, tenant_id: str, key: str, request_id: str) -> None:
         claim = await self._store.claim_idempotency_key(
             IdempotencyClaim(tenant_id, key, request_id, self._wall())
@@ -215,8 +284,14 @@ class Quotas:
         """Settles with the actual usage; returns the tokens given back. A
         request that ran past its estimate is charged the overage: the bucket
         may go below zero, and the tenant's next requests wait it out."""
-        held = await self._state.settle(reservation_id, used_tokens, _month(self._wall()))
-        return max(0, held.tokens - used_tokens)
+        settled = await self.commit_usage(reservation_id, Usage(used_tokens))
+        return max(0, settled.held.tokens - used_tokens)
+
+    async def commit_usage(self, reservation_id: str, used: Usage) -> Settled:
+        """Settles with the actual usage, charging its exact cost to the
+        lease's budgets; says what it charged and which soft thresholds it
+        crossed."""
+        return await self._state.settle(reservation_id, used, _month(self._wall()))
 
     async def release(
         self,
@@ -230,7 +305,7 @@ class Quotas:
         With the reservation gone (a restart forgot it, or it lapsed), the key
         named is still freed if `request_id` holds it; then NOT_FOUND."""
         try:
-            held = await self._state.settle(reservation_id, None, _month(self._wall()))
+            held = (await self._state.settle(reservation_id, None, _month(self._wall()))).held
         except NotFoundError:
             if tenant_id and request_id and idempotency_key:
                 await self._store.free_idempotency_key(tenant_id, idempotency_key, request_id)

@@ -17,10 +17,13 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
+from services.auth.budgets import BudgetCheck, Crossing, Rates, Usage
 from services.auth.models import Plan
 from services.common.errors import NotFoundError, ResourceExhaustedError
 
 MINUTE_S = 60.0
+# An unpriced model's rates, and a lease's without budgets: costs nothing.
+NO_RATES = Rates()
 # A claimed idempotency key whose Reserve has not finished reads as running
 # this long at most: a claim, a ledger read and one state call take far less;
 # a crashed replica's claim stops reading as running after it.
@@ -56,6 +59,22 @@ class Held:
     expires: float
     expire_time: datetime
     idempotency_key: str = ""
+    key_id: str = ""
+    # Money held against the budgets, exact (budgets.py), and what a commit
+    # charges: at these prices, to these budgets.
+    cost: int = 0
+    rates: Rates = NO_RATES
+    charges: tuple[BudgetCheck, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Settled:
+    """A settled lease: what the commit charged the budgets (exact; 0 for a
+    release) and the soft thresholds it crossed."""
+
+    held: Held
+    cost: int = 0
+    crossings: tuple[Crossing, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +110,12 @@ class Ask:
     # any change was announced; None: the caller checks no restrictions).
     restrictions_version: str | None = None
     idempotency_key: str = ""
+    key_id: str = ""
+    # Money budgets: the worst-case cost held (exact), the prices a commit
+    # charges at, and every budget limit of the tenant and the key.
+    cost: int = 0
+    rates: Rates = NO_RATES
+    budgets: tuple[BudgetCheck, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,8 +132,10 @@ class QuotaState(Protocol):
 
     async def renew(self, reservation_id: str, lease_s: float) -> Held: ...
 
-    async def settle(self, reservation_id: str, used_tokens: int | None, month: str) -> Held:
-        """Ends the lease: a commit of `used_tokens`, or a release (None) giving it all back."""
+    async def settle(self, reservation_id: str, used: Usage | None, month: str) -> Settled:
+        """Ends the lease: a commit of `used` (its tokens, and its cost at the
+        lease's prices to the lease's budgets), or a release (None) giving it
+        all back."""
 
     async def held_tokens(self, tenant_id: str) -> int: ...
 
@@ -170,6 +197,10 @@ class _Tenant:
     pending: dict[str, float] = field(default_factory=dict)
     # Tokens committed per month (YYYY-MM) through this process.
     committed: dict[str, int] = field(default_factory=dict)
+    # Money charged per budget counter (BudgetCheck.counter), exact, and the
+    # counters whose soft threshold has raised its alert.
+    spent: dict[str, int] = field(default_factory=dict)
+    alerted: set[str] = field(default_factory=set)
 
 
 class MemoryQuotaState:
@@ -212,6 +243,10 @@ class MemoryQuotaState:
             expires=now + ask.lease_s,
             expire_time=self._wall() + timedelta(seconds=ask.lease_s),
             idempotency_key=ask.idempotency_key,
+            key_id=ask.key_id,
+            cost=ask.cost,
+            rates=ask.rates,
+            charges=ask.budgets,
         )
         state.held[held.reservation_id] = held
         self._by_id[held.reservation_id] = held
@@ -243,6 +278,13 @@ class MemoryQuotaState:
             held_now = sum(h.tokens for h in state.held.values())
             if spent + held_now + ask.tokens > plan.monthly_token_budget:
                 raise budget_refusal(ask.budget_retry_after_s)
+        for budget in ask.budgets:
+            spent = max(state.spent.get(budget.counter, 0), budget.ledger_spent)
+            held_cost = sum(
+                h.cost for h in state.held.values() if not budget.scope or h.key_id == budget.scope
+            )
+            if spent + held_cost + ask.cost > budget.limit:
+                raise budget.refusal()
 
     async def renew(self, reservation_id: str, lease_s: float) -> Held:
         held = self._by_id.get(reservation_id)
@@ -258,18 +300,41 @@ class MemoryQuotaState:
         self._tenants[held.tenant_id].held[reservation_id] = renewed
         return renewed
 
-    async def settle(self, reservation_id: str, used_tokens: int | None, month: str) -> Held:
+    async def settle(self, reservation_id: str, used: Usage | None, month: str) -> Settled:
         held = self._by_id.pop(reservation_id, None)
         if held is None:
             raise lapsed(reservation_id)
         state = self._tenants[held.tenant_id]
         state.held.pop(reservation_id, None)
-        back = held.tokens if used_tokens is None else held.tokens - used_tokens
+        back = held.tokens if used is None else held.tokens - used.tokens
         if state.tokens is not None:
             state.tokens.level = min(state.tokens.capacity, state.tokens.level + back)
-        if used_tokens is not None:
-            state.committed[month] = state.committed.get(month, 0) + used_tokens
-        return held
+        if used is None:
+            return Settled(held)
+        state.committed[month] = state.committed.get(month, 0) + used.tokens
+        cost = held.rates.cost(used)
+        crossings: list[Crossing] = []
+        for charge in held.charges if cost else ():
+            before = max(state.spent.get(charge.counter, 0), charge.ledger_spent)
+            state.spent[charge.counter] = state.spent.get(charge.counter, 0) + cost
+            after = before + cost
+            if (
+                charge.soft
+                and before < charge.soft <= after
+                and charge.counter not in state.alerted
+            ):
+                state.alerted.add(charge.counter)
+                crossings.append(
+                    Crossing(
+                        charge.subject,
+                        held.tenant_id,
+                        charge.scope,
+                        after,
+                        charge.soft,
+                        charge.limit,
+                    )
+                )
+        return Settled(held, cost, tuple(crossings))
 
     async def held_tokens(self, tenant_id: str) -> int:
         state = self._tenants.get(tenant_id)

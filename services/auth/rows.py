@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Any, Protocol, TypeAlias
 
+from services.auth.budgets import Budget
 from services.auth.models import (
     ApiKeyRecord,
     AuditEntry,
@@ -232,4 +233,26 @@ def price_row(price: Price, time: TimeOut) -> dict[str, Any]:
         "completion": price.completion,
         "effective_from": time(price.effective_from),
         "created_at": time(price.created_at),
+    }
+
+
+def budget_from(row: Row, time: TimeIn) -> Budget:
+    return Budget(
+        tenant_id=row["tenant_id"],
+        key_id=row["key_id"],
+        monthly_limit=int(row["monthly_limit"]),
+        total_limit=int(row["total_limit"]),
+        soft_percent=int(row["soft_percent"]),
+        updated_at=time(row["updated_at"]),
+    )
+
+
+def budget_row(budget: Budget, time: TimeOut) -> dict[str, Any]:
+    return {
+        "tenant_id": budget.tenant_id,
+        "key_id": budget.key_id,
+        "monthly_limit": budget.monthly_limit,
+        "total_limit": budget.total_limit,
+        "soft_percent": budget.soft_percent,
+        "updated_at": time(budget.updated_at),
     }

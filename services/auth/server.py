@@ -14,7 +14,7 @@ from maas.v1 import (
     metering_pb2_grpc,
 )
 from observability import Telemetry
-from services.auth.billing import BillingCore
+from services.auth.billing import BillingCore, Budgets
 from services.auth.billing_servicer import BILLING_RPCS, BillingServicer
 from services.auth.core import AuthCore, MeteringCore
 from services.auth.quota import Quotas
@@ -92,7 +92,7 @@ async def _start_server(
     )
     billing = BillingCore(store)
     metering = MeteringServicer(MeteringCore(store), billing)
-    billing_servicer = BillingServicer(billing, guard)
+    billing_servicer = BillingServicer(billing, guard, Budgets(store))
     return await start_server(
         address=settings.address,
         telemetry=telemetry,

@@ -19,7 +19,8 @@ from services.auth.core import (
     require_tenant,
 )
 from services.auth.models import OPERATOR, Admin, UsageRecord
-from services.auth.quota import Held, Quotas
+from services.auth.pricing import micros
+from services.auth.quota import Held, Quotas, Usage
 from services.auth.restrictions import Restrictions
 from services.common.errors import MeshError, UnauthenticatedError
 
@@ -163,6 +164,8 @@ class AuthServicer(auth_pb2_grpc.AuthServicer):
             request.estimated_tokens,
             request.key_id,
             request.idempotency_key,
+            prompt_tokens=request.prompt_tokens,
+            max_completion_tokens=request.max_completion_tokens,
         )
         return self._reservation(held)
 
@@ -184,8 +187,28 @@ class AuthServicer(auth_pb2_grpc.AuthServicer):
     async def Commit(
         self, request: auth_pb2.CommitRequest, context: Context
     ) -> auth_pb2.CommitResponse:
-        returned = await self._quotas.commit(request.reservation_id, request.used_tokens)
-        return auth_pb2.CommitResponse(returned_tokens=returned)
+        used = Usage(
+            request.used_tokens,
+            prompt=request.prompt_tokens,
+            cached=request.cached_tokens,
+            completion=request.completion_tokens,
+        )
+        settled = await self._quotas.commit_usage(request.reservation_id, used)
+        return auth_pb2.CommitResponse(
+            returned_tokens=max(0, settled.held.tokens - used.tokens),
+            cost_micros=micros(settled.cost),
+            crossed=[
+                auth_pb2.BudgetCrossing(
+                    budget=c.subject,
+                    tenant_id=c.tenant_id,
+                    key_id=c.key_id,
+                    spent_micros=c.spent_micros,
+                    threshold_micros=c.soft_micros,
+                    limit_micros=c.limit_micros,
+                )
+                for c in settled.crossings
+            ],
+        )
 
     async def Release(
         self, request: auth_pb2.ReleaseRequest, context: Context

@@ -17,6 +17,7 @@ from pathlib import Path
 import aiosqlite
 
 from services.auth import rows
+from services.auth.budgets import Budget
 from services.auth.models import (
     ApiKeyRecord,
     AuditEntry,
@@ -113,6 +114,15 @@ CREATE TABLE IF NOT EXISTS prices (
     effective_from  INTEGER NOT NULL,
     created_at      INTEGER NOT NULL,
     PRIMARY KEY (name, effective_from)
+);
+CREATE TABLE IF NOT EXISTS budgets (
+    tenant_id      TEXT NOT NULL,
+    key_id         TEXT NOT NULL,
+    monthly_limit  INTEGER NOT NULL,
+    total_limit    INTEGER NOT NULL,
+    soft_percent   INTEGER NOT NULL,
+    updated_at     INTEGER NOT NULL,
+    PRIMARY KEY (tenant_id, key_id)
 );
 """
 
@@ -293,7 +303,13 @@ class SqliteAuthStore:
         return UsageSummary(tenant_id, int(row[0]), int(row[1]), int(row[2]))
 
     async def usage_lines(
-        self, tenant_id: str, start: datetime | None, end: datetime | None, by: Grouping | None
+        self,
+        tenant_id: str,
+        start: datetime | None,
+        end: datetime | None,
+        by: Grouping | None,
+        *,
+        key_id: str = "",
     ) -> list[UsageLine]:
         key = _SQLITE_BUCKET_KEYS[by]
         async with self._db.execute(
@@ -301,8 +317,14 @@ class SqliteAuthStore:
             " WHERE p.name = u.model AND p.effective_from <= u.end_time) AS v,"
             " COUNT(*), SUM(prompt_tokens), SUM(cached_tokens), SUM(completion_tokens)"
             " FROM usage_records u WHERE tenant_id = ? AND end_time >= ? AND end_time < ?"
-            " GROUP BY k, m, v ORDER BY k, m, v",
-            (tenant_id, _to_us(start) if start else 0, _to_us(end) if end else _NEVER_US),
+            " AND (? = '' OR key_id = ?) GROUP BY k, m, v ORDER BY k, m, v",
+            (
+                tenant_id,
+                _to_us(start) if start else 0,
+                _to_us(end) if end else _NEVER_US,
+                key_id,
+                key_id,
+            ),
         ) as cur:
             found = await cur.fetchall()
         return [
@@ -344,6 +366,25 @@ class SqliteAuthStore:
             f"SELECT * FROM prices {where} ORDER BY name, effective_from", args
         ) as cur:
             return [rows.price_from(r, _from_us) for r in await cur.fetchall()]
+
+    async def set_budget(self, budget: Budget) -> None:
+        async with self._transactions.begin() as db:
+            if budget.empty:
+                await db.execute(
+                    "DELETE FROM budgets WHERE tenant_id = ? AND key_id = ?",
+                    (budget.tenant_id, budget.key_id),
+                )
+                return
+            row = rows.budget_row(budget, _to_us)
+            await db.execute(_insert("INSERT OR REPLACE", "budgets", row), row)
+
+    async def list_budgets(self, tenant_id: str | None, key_id: str | None = None) -> list[Budget]:
+        async with self._db.execute(
+            "SELECT * FROM budgets WHERE (? IS NULL OR tenant_id = ?)"
+            " AND (? IS NULL OR key_id IN ('', ?)) ORDER BY tenant_id, key_id",
+            (tenant_id, tenant_id, key_id, key_id),
+        ) as cur:
+            return [rows.budget_from(r, _from_us) for r in await cur.fetchall()]
 
     async def save_restriction(self, restriction: Restriction, audit: AuditEntry) -> None:
         restricted = rows.restriction_row(restriction, _to_us)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Protocol
 
+from services.auth.budgets import Budget
 from services.auth.models import (
     ApiKeyRecord,
     AuditEntry,
@@ -67,11 +68,27 @@ class AuthStore(Protocol):
     ) -> UsageSummary: ...
 
     async def usage_lines(
-        self, tenant_id: str, start: datetime | None, end: datetime | None, by: Grouping | None
+        self,
+        tenant_id: str,
+        start: datetime | None,
+        end: datetime | None,
+        by: Grouping | None,
+        *,
+        key_id: str = "",
     ) -> list[UsageLine]:
         """Sums per bucket (key "" when `by` is None), model and the price
         version in force at each record's end_time (the newest of the model's
-        name effective at or before it; None when there is none)."""
+        name effective at or before it; None when there is none); of one API
+        key's records when `key_id` is set."""
+        ...
+
+    async def set_budget(self, budget: Budget) -> None:
+        """Creates or replaces the budget of (tenant_id, key_id); an empty one deletes it."""
+        ...
+
+    async def list_budgets(self, tenant_id: str | None, key_id: str | None = None) -> list[Budget]:
+        """Budgets by tenant then key (of one tenant when given; with `key_id`,
+        the tenant's own and that key's only)."""
         ...
 
     async def usage_records(
