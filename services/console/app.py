@@ -29,7 +29,15 @@ from gateway.refusals import (
 from maas.v1 import billing_pb2, generation_pb2
 from services.common.errors import ResourceExhaustedError, error_from_rpc, status_detail
 from services.console import money, sse, views
-from services.console.forms import PRICE_FIELDS, FormError, PlaygroundForm, PriceForm, key_expiry
+from services.console.forms import (
+    BUDGET_FIELDS,
+    PRICE_FIELDS,
+    BudgetForm,
+    FormError,
+    PlaygroundForm,
+    PriceForm,
+    key_expiry,
+)
 from services.console.mesh_client import MeshClient
 from services.console.sessions import Role, Session, Sessions
 
@@ -429,6 +437,20 @@ def create_app(
         # Inside <script>: "<" escaped so no value can close the element.
         return Markup(json.dumps(data).replace("<", "\\u003c"))
 
+    @app.get("/t/{tenant_id}/budgets")
+    async def tenant_budgets(request: Request, session: Tenant) -> Response:
+        listed = []
+        if session.is_tenant_admin:
+            currency = await _currency(session.credential)
+            held = await mesh.budgets(session.credential, session.tenant_id)
+            listed = [views.budget_row(b, currency) for b in held]
+        return page(request, "budgets.html", budgets=listed, show_tenant=False)
+
+    async def _currency(credential: str) -> str:
+        """The price book's one currency, which budgets are in; "" before any price."""
+        book = await mesh.prices(credential)
+        return book[0].currency if book else ""
+
     @app.get("/t/{tenant_id}/alerts")
     async def tenant_alerts(request: Request, session: Tenant) -> Response:
         listed = [views.alert_row(a) for a in await mesh.alerts(session.tenant_id)]
@@ -514,6 +536,81 @@ def create_app(
             return FormError("effective", err.details() or err.code().name)
         violation = bad.field_violations[0]
         return FormError(PRICE_FIELDS.get(violation.field, violation.field), violation.description)
+
+    @app.get("/operator/budgets")
+    async def operator_budgets(request: Request, session: Operator, tenant: str = "") -> Response:
+        return await _budgets_page(request, session, tenant.strip())
+
+    async def _budgets_page(
+        request: Request,
+        session: Session,
+        tenant: str,
+        status: int = 200,
+        *,
+        error: FormError | None = None,
+        typed: dict[str, str] | None = None,
+        saved: billing_pb2.Budget | None = None,
+    ) -> Response:
+        currency = await _currency(session.credential)
+        try:
+            held = await mesh.budgets(session.credential, tenant)
+        except grpc.aio.AioRpcError as err:
+            # A mistyped tenant id in the list's own form: said beside it, the page stays.
+            if err.code() not in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND):
+                raise
+            held = []
+            error = error or FormError("list", err.details() or err.code().name)
+        return page(
+            request,
+            "operator_budgets.html",
+            status,
+            budgets=[views.budget_row(b, currency) for b in held],
+            show_tenant=True,
+            tenant=tenant,
+            currency=currency,
+            error=error,
+            typed=typed or {},
+            saved=views.budget_row(saved, currency) if saved is not None else None,
+        )
+
+    @app.post("/operator/budgets", dependencies=[Csrf])
+    async def set_budget(
+        request: Request,
+        session: Operator,
+        tenant: Annotated[str, Form()] = "",
+        key: Annotated[str, Form()] = "",
+        monthly: Annotated[str, Form()] = "",
+        total: Annotated[str, Form()] = "",
+        soft: Annotated[str, Form()] = "",
+    ) -> Response:
+        form = BudgetForm(tenant, key, monthly, total, soft)
+        typed = {k: v for k, v in vars(form).items() if isinstance(v, str)}
+        # The list below the form shows the tenant just set (or tried).
+        shown = form.tenant.strip()
+        try:
+            saved = await mesh.set_budget(session.credential, form.budget())
+        except FormError as err:
+            return await _budgets_page(request, session, shown, 400, error=err, typed=typed)
+        except grpc.aio.AioRpcError as err:
+            refusal = _budget_refusal(err, form)
+            if refusal is None:
+                raise
+            return await _budgets_page(request, session, shown, 400, error=refusal, typed=typed)
+        return await _budgets_page(request, session, saved.tenant_id, saved=saved)
+
+    def _budget_refusal(err: grpc.aio.AioRpcError, form: BudgetForm) -> FormError | None:
+        """Auth's refusal of a budget as the form's field it names."""
+        if err.code() == grpc.StatusCode.NOT_FOUND:
+            # No such tenant, or no such key of it: auth says which.
+            field = "key" if form.key.strip() and "API key" in (err.details() or "") else "tenant"
+            return FormError(field, err.details() or "not found")
+        if err.code() != grpc.StatusCode.INVALID_ARGUMENT:
+            return None
+        bad = status_detail(error_from_rpc(err).status_proto(), error_details_pb2.BadRequest)
+        if bad is None or not bad.field_violations:
+            return FormError("tenant", err.details() or err.code().name)
+        violation = bad.field_violations[0]
+        return FormError(BUDGET_FIELDS.get(violation.field, violation.field), violation.description)
 
     @app.get("/operator/replicas")
     async def replicas(request: Request, session: Operator) -> Response:

@@ -11,8 +11,10 @@ from decimal import Decimal, InvalidOperation
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from maas.v1 import billing_pb2, generation_pb2
-from services.console.money import per_million_micros
+from services.console.money import per_million_micros, units_micros
 
+# The largest micro-unit amount a proto int64 field carries.
+INT64_MAX = 2**63 - 1
 # Stop strings a form may give; the gateway takes more, a person types a few.
 MAX_STOP_STRINGS = 4
 
@@ -100,15 +102,23 @@ def key_expiry(raw: str, now: datetime) -> datetime | None:
     return at
 
 
-def _price_per_million(field: str, raw: str) -> int:
+def _amount(field: str, raw: str, example: str) -> Decimal | None:
+    """A non-negative amount typed in currency units; None when empty."""
     if not raw.strip():
-        raise FormError(field, "a price per million tokens, e.g. 0.15 (0 for free)")
+        return None
     try:
         value = Decimal(raw.strip())
     except InvalidOperation:
-        raise FormError(field, "a number, e.g. 0.15") from None
+        raise FormError(field, f"a number, e.g. {example}") from None
     if not value.is_finite() or value < 0:
         raise FormError(field, "zero or more")
+    return value
+
+
+def _price_per_million(field: str, raw: str) -> int:
+    value = _amount(field, raw, "0.15")
+    if value is None:
+        raise FormError(field, "a price per million tokens, e.g. 0.15 (0 for free)")
     try:
         return per_million_micros(value)
     except ValueError:
@@ -164,4 +174,56 @@ PRICE_FIELDS = {
     "price.cached_prompt_micros_per_million": "cached_prompt",
     "price.completion_micros_per_million": "completion",
     "price.effective_time": "effective",
+}
+
+
+def _limit_micros(field: str, raw: str) -> int:
+    """A budget limit typed in currency units; empty or 0: no limit."""
+    value = _amount(field, raw, "25.50")
+    if value is None:
+        return 0
+    try:
+        micros = units_micros(value)
+    except ValueError:
+        raise FormError(field, "at most 6 decimal places (a micro-unit)") from None
+    if micros > INT64_MAX:
+        # The proto's int64 cannot carry it; auth names its own, lower bound.
+        raise FormError(field, "too large")
+    return micros
+
+
+@dataclass(frozen=True)
+class BudgetForm:
+    """A tenant's or key's money budget as an operator types it: limits in
+    currency units (empty: none), the soft threshold in percent."""
+
+    tenant: str
+    key: str = ""
+    monthly: str = ""
+    total: str = ""
+    soft: str = ""
+
+    def budget(self) -> billing_pb2.Budget:
+        if not self.tenant.strip():
+            raise FormError("tenant", "required")
+        # 100: a threshold is a share of the limit, never past it.
+        soft = _optional_int("soft", self.soft, 0)
+        if soft is not None and soft > 100:
+            raise FormError("soft", "a percent, 0 to 100")
+        return billing_pb2.Budget(
+            tenant_id=self.tenant.strip(),
+            key_id=self.key.strip(),
+            monthly_limit_micros=_limit_micros("monthly", self.monthly),
+            total_limit_micros=_limit_micros("total", self.total),
+            soft_threshold_percent=soft or 0,
+        )
+
+
+# The budget form's field for each field auth names in a refusal.
+BUDGET_FIELDS = {
+    "budget.tenant_id": "tenant",
+    "budget.key_id": "key",
+    "budget.monthly_limit_micros": "monthly",
+    "budget.total_limit_micros": "total",
+    "budget.soft_threshold_percent": "soft",
 }

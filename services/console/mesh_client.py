@@ -128,6 +128,24 @@ class MeshClient:
             timeout=self.timeout_s,
         )
 
+    async def budgets(self, credential: str, tenant_id: str = "") -> list[billing_pb2.Budget]:
+        """A tenant's budgets with what each has spent (the operator, or the
+        tenant's own admin key); tenant_id empty: every tenant's (the operator)."""
+        response = await self.billing.ListBudgets(
+            billing_pb2.ListBudgetsRequest(tenant_id=tenant_id),
+            metadata=bearer(credential),
+            timeout=self.timeout_s,
+        )
+        return list(response.budgets)
+
+    async def set_budget(self, credential: str, budget: billing_pb2.Budget) -> billing_pb2.Budget:
+        """Sets (replaces) a budget; auth refuses it unless `credential` is the operator's."""
+        return await self.billing.SetBudget(
+            billing_pb2.SetBudgetRequest(budget=budget),
+            metadata=bearer(credential),
+            timeout=self.timeout_s,
+        )
+
     async def models(self, api_key: str) -> list[generation_pb2.ModelInfo]:
         response = await self.gateway.ListModels(
             gateway_pb2.ListModelsRequest(), metadata=bearer(api_key), timeout=self.timeout_s

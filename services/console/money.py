@@ -85,10 +85,16 @@ def call_cost(usage: generation_pb2.Usage, price: billing_pb2.Price) -> int:
     return micros(exact)
 
 
-def per_million_micros(raw: Decimal) -> int:
-    """A price typed in currency units per million tokens, as micro-units;
+def units_micros(raw: Decimal) -> int:
+    """An amount typed in currency units ("25.50"), as micro-units;
     ValueError when it is finer than a micro-unit."""
     scaled = raw.scaleb(6)
     if scaled != scaled.to_integral_value():
         raise ValueError("finer than a micro-unit")
     return int(scaled)
+
+
+def per_million_micros(raw: Decimal) -> int:
+    """A price typed in currency units per million tokens, as micro-units
+    per million; ValueError when it is finer than a micro-unit."""
+    return units_micros(raw)

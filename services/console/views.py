@@ -7,8 +7,8 @@ from datetime import UTC, datetime, timedelta
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from maas.v1 import anomaly_pb2, auth_pb2, router_pb2, usage_pb2
-from services.console.money import amount_number
+from maas.v1 import anomaly_pb2, auth_pb2, billing_pb2, router_pb2, usage_pb2
+from services.console.money import amount_number, amount_text
 
 
 def when(stamp: Timestamp, present: bool = True) -> str:
@@ -47,6 +47,25 @@ def tenant_row(tenant: auth_pb2.Tenant) -> dict[str, object]:
     }
 
 
+def budget_row(budget: billing_pb2.Budget, currency: str) -> dict[str, object]:
+    def limit(micros: int) -> str:
+        return amount_text(micros, currency) if micros else "none"
+
+    soft = budget.soft_threshold_percent
+    return {
+        "tenant_id": budget.tenant_id,
+        "key_id": budget.key_id,
+        "owner": f"key {budget.key_id}" if budget.key_id else "the tenant",
+        "monthly_limit": limit(budget.monthly_limit_micros),
+        "month_spent": amount_text(budget.month_spent_micros, currency),
+        "month_spent_micros": budget.month_spent_micros,
+        "total_limit": limit(budget.total_limit_micros),
+        "total_spent": amount_text(budget.total_spent_micros, currency),
+        "soft": f"{soft}%" if soft else "no alert",
+        "updated": when(budget.update_time),
+    }
+
+
 def replica_row(replica: router_pb2.Replica) -> dict[str, object]:
     return {
         "address": replica.address,
@@ -77,10 +96,32 @@ def queue_rows(stats: router_pb2.QueueStats) -> list[dict[str, object]]:
     ]
 
 
+# How people name a budget's period (services/auth/budgets.py's Period).
+PERIODS = {"monthly": "Monthly", "total": "Lifetime"}
+BUDGET_ALERT = "budget_threshold"
+
+
+def budget_alert_title(alert: anomaly_pb2.Alert) -> str:
+    """Which budget crossed its soft threshold, and by how much: from the
+    series ("<tenant>/budget:tenant:monthly", "<tenant>/budget:key:<id>:total")
+    and the spend and threshold the detector observed."""
+    subject = alert.series.partition("/")[2].split(":")
+    if len(subject) < 3 or subject[0] != "budget":
+        return alert.detail
+    period = PERIODS.get(subject[-1], subject[-1])
+    owner = f"key {subject[2]}" if subject[1] == "key" else "the tenant"
+    # The detector reports currency units as doubles; back to exact micro-units
+    # (exact for any amount under 2**53 micro-units, far past any budget).
+    spent = amount_text(round(alert.observed * 1_000_000))
+    threshold = amount_text(round(alert.expected * 1_000_000))
+    return f"{period} budget of {owner}: spent {spent}, past its soft threshold of {threshold}"
+
+
 def alert_row(alert: anomaly_pb2.Alert) -> dict[str, object]:
     return {
         "alert_id": alert.alert_id,
         "kind": alert.kind,
+        "title": budget_alert_title(alert) if alert.kind == BUDGET_ALERT else "",
         "series": alert.series,
         "severity": anomaly_pb2.Severity.Name(alert.severity).removeprefix("SEVERITY_").lower(),
         "last_seen": when(alert.last_seen),

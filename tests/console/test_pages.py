@@ -321,11 +321,19 @@ async def test_a_tenant_cannot_open_another_tenants_or_the_operator_pages(
     await sign_in(page, console_mesh, mine.admin_key)
     theirs_pages = [
         f"/t/{theirs.tenant_id}/{path}"
-        for path in ("models", "playground", "keys", "usage", "alerts", "alerts/stream")
+        for path in ("models", "playground", "keys", "usage", "budgets", "alerts", "alerts/stream")
     ]
     operator_pages = [
         f"/operator/{path}"
-        for path in ("tenants", "prices", "replicas", "queues", "alerts", "alerts/stream")
+        for path in (
+            "tenants",
+            "prices",
+            "budgets",
+            "replicas",
+            "queues",
+            "alerts",
+            "alerts/stream",
+        )
     ]
     for path in [*theirs_pages, *operator_pages]:
         answer = await page.goto(f"{console_mesh.url}{path}")
