@@ -17,9 +17,9 @@ from tests.console.conftest import ConsoleMesh, new_tenant, shot, sign_in
 from tests.console.test_prices import ODD_PRICE, run_in_playground, set_price
 from tests.support import eventually
 
-# A small monthly budget whose 1% soft threshold (100 micro-units) a couple
-# of playground calls cross (ODD_PRICE: some 60 micro-units a call), far
-# below the limit, so no call is refused on the way.
+# A small monthly budget whose 1% soft threshold (100 micro-units) a call or
+# two cross (ODD_PRICE: some 100-150 micro-units a call), far below the
+# limit, so no call is refused on the way.
 MONTHLY = "0.01"
 SOFT = "1"
 THRESHOLD_TEXT = "0.0001"
