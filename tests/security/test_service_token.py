@@ -163,7 +163,10 @@ async def test_the_mesh_still_streams_for_a_tenant(token_mesh: SecureMesh) -> No
     api_key = await token_mesh.new_api_key()
     chunks = 0
     async with token_mesh.tenant_client(api_key) as client:
-        async for _ in client.generate(token_mesh.model, prompt="Hello", max_tokens=6):
+        # Enough tokens that the stream cannot be one message: a reader that
+        # lags gets what piled up coalesced, and on a starved machine 6 tokens
+        # once arrived as one message.
+        async for _ in client.generate(token_mesh.model, prompt="Hello", max_tokens=48):
             chunks += 1
         assert chunks > 1
 
