@@ -1,5 +1,6 @@
 """The OpenAI-compatible HTTP face of the gateway: `/v1/chat/completions`,
-`/v1/completions` (streamed as server-sent events or whole), `/v1/models`.
+`/v1/completions` (streamed as server-sent events or whole), `/v1/models`,
+`/v1/responses` (openai_responses_api), `/health` (http_health).
 
 It is a second transport over the same `GatewayCore` as the gRPC API: one
 path for auth, quotas, routing, metering and tracing. Both generation
@@ -28,6 +29,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.core import Caller, GatewayCore, request_id_for_call
+from gateway.http_health import Readiness, always_ready
 from gateway.openai_errors import HttpError, http_error, openai_error, request_too_large
 from gateway.openai_protocol import ChatCompletionRequest, CompletionRequest, GenerationBody
 from gateway.openai_requests import chat_request, completion_request
@@ -84,10 +86,15 @@ ENDPOINTS: tuple[GenerationEndpoint[Any], ...] = (CHAT, COMPLETIONS)
 
 
 def create_app(
-    core: GatewayCore, tracer: Tracer, *, max_body_bytes: int = MAX_HTTP_BODY_BYTES
+    core: GatewayCore,
+    tracer: Tracer,
+    *,
+    max_body_bytes: int = MAX_HTTP_BODY_BYTES,
+    not_ready: Readiness = always_ready,
 ) -> ASGIApp:
     """The HTTP face as an ASGI app, traced like the gRPC side. No body is
-    read before its key is accepted, nor past `max_body_bytes`."""
+    read before its key is accepted, nor past `max_body_bytes`. `/health`
+    answers 503 naming what `not_ready` names."""
     app = FastAPI(
         title="MaaS gateway: OpenAI-compatible API",
         # The interactive docs load their scripts from a CDN; /openapi.json stays.
@@ -106,6 +113,13 @@ def create_app(
             name=endpoint.name,
             response_model=None,
         )
+
+    @app.get("/health")
+    async def health() -> Response:
+        missing = not_ready()
+        if missing:
+            return JSONResponse({"status": "unavailable", "not_ready": missing}, status_code=503)
+        return JSONResponse({"status": "ok"})
 
     @app.get("/v1/models")
     async def list_models(request: Request) -> dict[str, Any]:

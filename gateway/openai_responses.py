@@ -1,8 +1,10 @@
 """Generation chunks as OpenAI objects: streamed chunks (`chat.completion.chunk`,
 `text_completion`), whole bodies, usage.
 
-The gateway does not tokenize, so a logprob's token is written the way vLLM's
-`return_tokens_as_token_ids` writes it: "token_id:<id>"."""
+A logprob's token is its text as the replica decoded it; from a replica that
+did not say (an older one), it is written the way vLLM's
+`return_tokens_as_token_ids` writes it: "token_id:<id>", since the gateway
+does not tokenize."""
 
 from __future__ import annotations
 
@@ -29,8 +31,24 @@ def finish_reason(response: generation_pb2.GenerateResponse) -> str | None:
     return FINISH_REASONS.get(response.finish_reason)
 
 
-def token_name(token_id: int) -> str:
-    return f"token_id:{token_id}"
+def token_name(token: generation_pb2.TokenLogprob) -> str:
+    return token.text if token.HasField("text") else f"token_id:{token.token_id}"
+
+
+def token_bytes(token: generation_pb2.TokenLogprob) -> list[int] | None:
+    return list(token.text.encode()) if token.HasField("text") else None
+
+
+def text_offsets(logprobs: Sequence[generation_pb2.SampledLogprob], start: int) -> list[int] | None:
+    """Where each token starts in the completion, from `start`; None unless
+    every token's text is known."""
+    offsets = []
+    for entry in logprobs:
+        if not entry.sampled.HasField("text"):
+            return None
+        offsets.append(start)
+        start += len(entry.sampled.text)
+    return offsets
 
 
 def usage_object(usage: generation_pb2.Usage) -> JSON:
@@ -109,7 +127,7 @@ class Rendering(ABC):
             {
                 "index": response.index,
                 **self._delta(response, first),
-                "logprobs": self._logprobs(response.logprobs) if response.logprobs else None,
+                "logprobs": self._streamed_logprobs(response),
                 "finish_reason": finish_reason(response),
             }
         ]
@@ -137,6 +155,9 @@ class Rendering(ABC):
         ]
         body["usage"] = usage_object(collected.usage)
         return body
+
+    def _streamed_logprobs(self, response: generation_pb2.GenerateResponse) -> JSON | None:
+        return self._logprobs(response.logprobs) if response.logprobs else None
 
     @abstractmethod
     def _delta(self, response: generation_pb2.GenerateResponse, first: bool) -> JSON: ...
@@ -167,11 +188,15 @@ class ChatRendering(Rendering):
         return {
             "content": [
                 {
-                    "token": token_name(entry.sampled.token_id),
+                    "token": token_name(entry.sampled),
                     "logprob": entry.sampled.logprob,
-                    "bytes": None,
+                    "bytes": token_bytes(entry.sampled),
                     "top_logprobs": [
-                        {"token": token_name(top.token_id), "logprob": top.logprob, "bytes": None}
+                        {
+                            "token": token_name(top),
+                            "logprob": top.logprob,
+                            "bytes": token_bytes(top),
+                        }
                         for top in entry.top[: self.top_logprobs]
                     ],
                 }
@@ -187,20 +212,37 @@ class CompletionRendering(Rendering):
     body_object = "text_completion"
     params = COMPLETION_PARAMS
 
+    def __init__(
+        self, *, request_id: str, model: str, include_usage: bool, top_logprobs: int = 0
+    ) -> None:
+        super().__init__(
+            request_id=request_id,
+            model=model,
+            include_usage=include_usage,
+            top_logprobs=top_logprobs,
+        )
+        # Per choice: where its next streamed token starts in its text.
+        self._offsets: dict[int, int] = {}
+
     def _delta(self, response: generation_pb2.GenerateResponse, first: bool) -> JSON:
         return {"text": response.text}
+
+    def _streamed_logprobs(self, response: generation_pb2.GenerateResponse) -> JSON | None:
+        start = self._offsets.get(response.index, 0)
+        self._offsets[response.index] = start + len(response.text)
+        return self._logprobs(response.logprobs, start) if response.logprobs else None
 
     def _whole(self, choice: Choice) -> JSON:
         return {"text": "".join(choice.text)}
 
-    def _logprobs(self, logprobs: Sequence[generation_pb2.SampledLogprob]) -> JSON:
+    def _logprobs(self, logprobs: Sequence[generation_pb2.SampledLogprob], start: int = 0) -> JSON:
         return {
-            "tokens": [token_name(entry.sampled.token_id) for entry in logprobs],
+            "tokens": [token_name(entry.sampled) for entry in logprobs],
             "token_logprobs": [entry.sampled.logprob for entry in logprobs],
             "top_logprobs": [
-                {token_name(top.token_id): top.logprob for top in entry.top[: self.top_logprobs]}
+                {token_name(top): top.logprob for top in entry.top[: self.top_logprobs]}
                 for entry in logprobs
             ],
-            # Offsets need the tokens' text, which only the replica's tokenizer knows.
-            "text_offset": None,
+            # Each token's start in the completion (no echo: the prompt is not in it).
+            "text_offset": text_offsets(logprobs, start),
         }
