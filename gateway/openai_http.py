@@ -33,7 +33,8 @@ from gateway.http_health import Readiness, always_ready
 from gateway.openai_errors import HttpError, http_error, openai_error, request_too_large
 from gateway.openai_protocol import ChatCompletionRequest, CompletionRequest, GenerationBody
 from gateway.openai_requests import chat_request, completion_request
-from gateway.openai_responses import ChatRendering, Collected, CompletionRendering, Rendering
+from gateway.openai_responses import ChatRendering, Collected, CompletionRendering, Writing
+from gateway.openai_responses_api import ResponsesRequest, ResponsesWriting, responses_request
 from maas.v1 import generation_pb2
 from observability.asgi import TracingMiddleware
 from observability.context import REQUEST_ID_METADATA_KEY
@@ -61,7 +62,7 @@ class GenerationEndpoint(Generic[Body]):
     name: str
     body: type[Body]
     to_request: Callable[[Body], generation_pb2.GenerateRequest]
-    rendering: type[Rendering]
+    rendering: type[Writing]
     # How many alternatives to each sampled token the body asks for.
     top_logprobs: Callable[[Body], int | None]
 
@@ -82,7 +83,15 @@ COMPLETIONS = GenerationEndpoint(
     CompletionRendering,
     lambda body: body.logprobs,
 )
-ENDPOINTS: tuple[GenerationEndpoint[Any], ...] = (CHAT, COMPLETIONS)
+RESPONSES = GenerationEndpoint(
+    "/v1/responses",
+    "responses",
+    ResponsesRequest,
+    responses_request,
+    ResponsesWriting,
+    lambda body: None,
+)
+ENDPOINTS: tuple[GenerationEndpoint[Any], ...] = (CHAT, COMPLETIONS, RESPONSES)
 
 
 def create_app(
@@ -266,11 +275,6 @@ def _model_object(model: generation_pb2.ModelInfo) -> dict[str, Any]:
     }
 
 
-def _sse(data: dict[str, Any] | str) -> bytes:
-    text = data if isinstance(data, str) else json.dumps(data, separators=(",", ":"))
-    return f"data: {text}\n\n".encode()
-
-
 def _error_response(error: HttpError) -> JSONResponse:
     return JSONResponse(error.body, status_code=error.status, headers=error.headers)
 
@@ -290,7 +294,7 @@ class GenerationResponse(Response):
         core: GatewayCore,
         caller: Caller,
         request: generation_pb2.GenerateRequest,
-        rendering: Rendering,
+        rendering: Writing,
         stream: bool,
     ) -> None:
         super().__init__()
@@ -331,8 +335,8 @@ class GenerationResponse(Response):
             if not streaming:
                 await _send_error_response(send, error)
                 return
-            await _send_part(send, _sse(error.body))
-        await _send_part(send, _sse("[DONE]"))
+            for event in self._rendering.failure(error.body):
+                await _send_part(send, event)
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     async def _send_body(
@@ -355,13 +359,15 @@ class GenerationResponse(Response):
         rest: AsyncGenerator[generation_pb2.GenerateResponse, None],
     ) -> None:
         rendering = self._rendering
-        await _send_part(send, _sse(rendering.chunk(first)))
+        for event in rendering.events(first):
+            await _send_part(send, event)
         usage = first.usage
         async for chunk in rest:
             usage = chunk.usage
-            await _send_part(send, _sse(rendering.chunk(chunk)))
-        if rendering.include_usage:
-            await _send_part(send, _sse(rendering.usage_chunk(usage)))
+            for event in rendering.events(chunk):
+                await _send_part(send, event)
+        for event in rendering.closing(usage):
+            await _send_part(send, event)
 
 
 async def _cancel_on_disconnect(receive: Receive, task: asyncio.Task[None]) -> None:

@@ -8,6 +8,7 @@ does not tokenize."""
 
 from __future__ import annotations
 
+import json
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
@@ -89,14 +90,20 @@ class Collected:
         return [self._choices[i] for i in sorted(self._choices)]
 
 
-class Rendering(ABC):
-    """How one endpoint writes a generation, for one request."""
+def sse(data: JSON | str, event: str | None = None) -> bytes:
+    """One server-sent event; `event` names it (the Responses API's events do)."""
+    text = data if isinstance(data, str) else json.dumps(data, separators=(",", ":"))
+    head = f"event: {event}\n" if event else ""
+    return f"{head}data: {text}\n\n".encode()
 
-    id_prefix: str
-    chunk_object: str
-    body_object: str
-    # Generation fields whose OpenAI parameter has another name.
+
+class Writing(ABC):
+    """How one endpoint writes a generation, for one request: whole, or as
+    server-sent events (what comes before, with and after the chunks)."""
+
+    # Generation fields whose parameter on this endpoint has another name.
     params: Mapping[str, str]
+    id_prefix: str
 
     def __init__(
         self, *, request_id: str, model: str, include_usage: bool, top_logprobs: int = 0
@@ -108,6 +115,36 @@ class Rendering(ABC):
         # below them; OpenAI's clients expect exactly the n most likely.
         self.top_logprobs = top_logprobs
         self.created = int(time.time())
+
+    @abstractmethod
+    def body(self, collected: Collected) -> JSON: ...
+
+    @abstractmethod
+    def events(self, response: generation_pb2.GenerateResponse) -> list[bytes]: ...
+
+    @abstractmethod
+    def closing(self, usage: generation_pb2.Usage) -> list[bytes]: ...
+
+    @abstractmethod
+    def failure(self, error: JSON) -> list[bytes]:
+        """What ends a stream that failed after its head was sent."""
+
+
+class Rendering(Writing):
+    """How a completions endpoint (chat or not) writes a generation, for one request."""
+
+    chunk_object: str
+    body_object: str
+
+    def __init__(
+        self, *, request_id: str, model: str, include_usage: bool, top_logprobs: int = 0
+    ) -> None:
+        super().__init__(
+            request_id=request_id,
+            model=model,
+            include_usage=include_usage,
+            top_logprobs=top_logprobs,
+        )
         self._started: set[int] = set()
 
     def _head(self, obj: str) -> JSON:
@@ -135,6 +172,16 @@ class Rendering(ABC):
             # OpenAI's shape: null on every chunk but the last, which has no choices.
             chunk["usage"] = None
         return chunk
+
+    def events(self, response: generation_pb2.GenerateResponse) -> list[bytes]:
+        return [sse(self.chunk(response))]
+
+    def closing(self, usage: generation_pb2.Usage) -> list[bytes]:
+        usage_chunk = [sse(self.usage_chunk(usage))] if self.include_usage else []
+        return [*usage_chunk, sse("[DONE]")]
+
+    def failure(self, error: JSON) -> list[bytes]:
+        return [sse(error), sse("[DONE]")]
 
     def usage_chunk(self, usage: generation_pb2.Usage) -> JSON:
         chunk = self._head(self.chunk_object)
