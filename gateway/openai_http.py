@@ -1,5 +1,6 @@
 """The OpenAI-compatible HTTP face of the gateway: `/v1/chat/completions`,
-`/v1/completions` (streamed as server-sent events or whole), `/v1/models`.
+`/v1/completions` (streamed as server-sent events or whole), `/v1/models`,
+`/v1/responses` (openai_responses_api), `/health` (http_health).
 
 It is a second transport over the same `GatewayCore` as the gRPC API: one
 path for auth, quotas, routing, metering and tracing. Both generation
@@ -28,10 +29,12 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.core import Caller, GatewayCore, request_id_for_call
+from gateway.http_health import Readiness, always_ready
 from gateway.openai_errors import HttpError, http_error, openai_error, request_too_large
 from gateway.openai_protocol import ChatCompletionRequest, CompletionRequest, GenerationBody
 from gateway.openai_requests import chat_request, completion_request
-from gateway.openai_responses import ChatRendering, Collected, CompletionRendering, Rendering
+from gateway.openai_responses import ChatRendering, Collected, CompletionRendering, Writing
+from gateway.openai_responses_api import ResponsesRequest, ResponsesWriting, responses_request
 from maas.v1 import generation_pb2
 from observability.asgi import TracingMiddleware
 from observability.context import REQUEST_ID_METADATA_KEY
@@ -59,7 +62,7 @@ class GenerationEndpoint(Generic[Body]):
     name: str
     body: type[Body]
     to_request: Callable[[Body], generation_pb2.GenerateRequest]
-    rendering: type[Rendering]
+    rendering: type[Writing]
     # How many alternatives to each sampled token the body asks for.
     top_logprobs: Callable[[Body], int | None]
 
@@ -80,14 +83,27 @@ COMPLETIONS = GenerationEndpoint(
     CompletionRendering,
     lambda body: body.logprobs,
 )
-ENDPOINTS: tuple[GenerationEndpoint[Any], ...] = (CHAT, COMPLETIONS)
+RESPONSES = GenerationEndpoint(
+    "/v1/responses",
+    "responses",
+    ResponsesRequest,
+    responses_request,
+    ResponsesWriting,
+    lambda body: None,
+)
+ENDPOINTS: tuple[GenerationEndpoint[Any], ...] = (CHAT, COMPLETIONS, RESPONSES)
 
 
 def create_app(
-    core: GatewayCore, tracer: Tracer, *, max_body_bytes: int = MAX_HTTP_BODY_BYTES
+    core: GatewayCore,
+    tracer: Tracer,
+    *,
+    max_body_bytes: int = MAX_HTTP_BODY_BYTES,
+    not_ready: Readiness = always_ready,
 ) -> ASGIApp:
     """The HTTP face as an ASGI app, traced like the gRPC side. No body is
-    read before its key is accepted, nor past `max_body_bytes`."""
+    read before its key is accepted, nor past `max_body_bytes`. `/health`
+    answers 503 naming what `not_ready` names."""
     app = FastAPI(
         title="MaaS gateway: OpenAI-compatible API",
         # The interactive docs load their scripts from a CDN; /openapi.json stays.
@@ -106,6 +122,13 @@ def create_app(
             name=endpoint.name,
             response_model=None,
         )
+
+    @app.get("/health")
+    async def health() -> Response:
+        missing = not_ready()
+        if missing:
+            return JSONResponse({"status": "unavailable", "not_ready": missing}, status_code=503)
+        return JSONResponse({"status": "ok"})
 
     @app.get("/v1/models")
     async def list_models(request: Request) -> dict[str, Any]:
@@ -252,11 +275,6 @@ def _model_object(model: generation_pb2.ModelInfo) -> dict[str, Any]:
     }
 
 
-def _sse(data: dict[str, Any] | str) -> bytes:
-    text = data if isinstance(data, str) else json.dumps(data, separators=(",", ":"))
-    return f"data: {text}\n\n".encode()
-
-
 def _error_response(error: HttpError) -> JSONResponse:
     return JSONResponse(error.body, status_code=error.status, headers=error.headers)
 
@@ -276,7 +294,7 @@ class GenerationResponse(Response):
         core: GatewayCore,
         caller: Caller,
         request: generation_pb2.GenerateRequest,
-        rendering: Rendering,
+        rendering: Writing,
         stream: bool,
     ) -> None:
         super().__init__()
@@ -317,8 +335,8 @@ class GenerationResponse(Response):
             if not streaming:
                 await _send_error_response(send, error)
                 return
-            await _send_part(send, _sse(error.body))
-        await _send_part(send, _sse("[DONE]"))
+            for event in self._rendering.failure(error.body):
+                await _send_part(send, event)
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     async def _send_body(
@@ -341,13 +359,15 @@ class GenerationResponse(Response):
         rest: AsyncGenerator[generation_pb2.GenerateResponse, None],
     ) -> None:
         rendering = self._rendering
-        await _send_part(send, _sse(rendering.chunk(first)))
+        for event in rendering.events(first):
+            await _send_part(send, event)
         usage = first.usage
         async for chunk in rest:
             usage = chunk.usage
-            await _send_part(send, _sse(rendering.chunk(chunk)))
-        if rendering.include_usage:
-            await _send_part(send, _sse(rendering.usage_chunk(usage)))
+            for event in rendering.events(chunk):
+                await _send_part(send, event)
+        for event in rendering.closing(usage):
+            await _send_part(send, event)
 
 
 async def _cancel_on_disconnect(receive: Receive, task: asyncio.Task[None]) -> None:

@@ -1,8 +1,9 @@
 """The OpenAI request bodies the HTTP face accepts, as pydantic models.
 
 Only shapes and types are checked here; ranges are the core's to judge (one
-definition for both transports). Unknown fields are refused by name rather
-than ignored, so a client never believes a knob it sent took effect. The
+definition for both transports). Fields a body does not declare go through
+`openai_extras`' one list: dropped when they change nothing, else refused by
+name, so a client never believes a knob it sent took effect. The
 extra sampling fields (top_k, min_p, ...) are vLLM's extensions, which
 OpenAI clients send through `extra_body`."""
 
@@ -10,7 +11,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from gateway.openai_extras import drop_or_refuse
 
 # Protobuf's unsigned fields; what lies outside cannot even be put on the wire.
 UInt32 = Annotated[int, Field(ge=0, le=2**32 - 1)]
@@ -19,6 +22,15 @@ UInt64 = Annotated[int, Field(ge=0, le=2**64 - 1)]
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+class _Lenient(_Strict):
+    """A top-level body: what clients send routinely is dropped (`openai_extras`)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _extras(cls, data: Any) -> Any:
+        return drop_or_refuse(data, cls.model_fields)
 
 
 class StreamOptions(BaseModel):
@@ -54,7 +66,7 @@ class ChatMessageIn(_Strict):
     name: str | None = None
 
 
-class GenerationBody(_Strict):
+class GenerationBody(_Lenient):
     """Fields both endpoints share."""
 
     model: str

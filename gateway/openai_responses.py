@@ -1,11 +1,14 @@
 """Generation chunks as OpenAI objects: streamed chunks (`chat.completion.chunk`,
 `text_completion`), whole bodies, usage.
 
-The gateway does not tokenize, so a logprob's token is written the way vLLM's
-`return_tokens_as_token_ids` writes it: "token_id:<id>"."""
+A logprob's token is its text as the replica decoded it; from a replica that
+did not say (an older one), it is written the way vLLM's
+`return_tokens_as_token_ids` writes it: "token_id:<id>", since the gateway
+does not tokenize."""
 
 from __future__ import annotations
 
+import json
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
@@ -29,8 +32,24 @@ def finish_reason(response: generation_pb2.GenerateResponse) -> str | None:
     return FINISH_REASONS.get(response.finish_reason)
 
 
-def token_name(token_id: int) -> str:
-    return f"token_id:{token_id}"
+def token_name(token: generation_pb2.TokenLogprob) -> str:
+    return token.text if token.HasField("text") else f"token_id:{token.token_id}"
+
+
+def token_bytes(token: generation_pb2.TokenLogprob) -> list[int] | None:
+    return list(token.text.encode()) if token.HasField("text") else None
+
+
+def text_offsets(logprobs: Sequence[generation_pb2.SampledLogprob], start: int) -> list[int] | None:
+    """Where each token starts in the completion, from `start`; None unless
+    every token's text is known."""
+    offsets = []
+    for entry in logprobs:
+        if not entry.sampled.HasField("text"):
+            return None
+        offsets.append(start)
+        start += len(entry.sampled.text)
+    return offsets
 
 
 def usage_object(usage: generation_pb2.Usage) -> JSON:
@@ -71,14 +90,20 @@ class Collected:
         return [self._choices[i] for i in sorted(self._choices)]
 
 
-class Rendering(ABC):
-    """How one endpoint writes a generation, for one request."""
+def sse(data: JSON | str, event: str | None = None) -> bytes:
+    """One server-sent event; `event` names it (the Responses API's events do)."""
+    text = data if isinstance(data, str) else json.dumps(data, separators=(",", ":"))
+    head = f"event: {event}\n" if event else ""
+    return f"{head}data: {text}\n\n".encode()
 
-    id_prefix: str
-    chunk_object: str
-    body_object: str
-    # Generation fields whose OpenAI parameter has another name.
+
+class Writing(ABC):
+    """How one endpoint writes a generation, for one request: whole, or as
+    server-sent events (what comes before, with and after the chunks)."""
+
+    # Generation fields whose parameter on this endpoint has another name.
     params: Mapping[str, str]
+    id_prefix: str
 
     def __init__(
         self, *, request_id: str, model: str, include_usage: bool, top_logprobs: int = 0
@@ -90,6 +115,36 @@ class Rendering(ABC):
         # below them; OpenAI's clients expect exactly the n most likely.
         self.top_logprobs = top_logprobs
         self.created = int(time.time())
+
+    @abstractmethod
+    def body(self, collected: Collected) -> JSON: ...
+
+    @abstractmethod
+    def events(self, response: generation_pb2.GenerateResponse) -> list[bytes]: ...
+
+    @abstractmethod
+    def closing(self, usage: generation_pb2.Usage) -> list[bytes]: ...
+
+    @abstractmethod
+    def failure(self, error: JSON) -> list[bytes]:
+        """What ends a stream that failed after its head was sent."""
+
+
+class Rendering(Writing):
+    """How a completions endpoint (chat or not) writes a generation, for one request."""
+
+    chunk_object: str
+    body_object: str
+
+    def __init__(
+        self, *, request_id: str, model: str, include_usage: bool, top_logprobs: int = 0
+    ) -> None:
+        super().__init__(
+            request_id=request_id,
+            model=model,
+            include_usage=include_usage,
+            top_logprobs=top_logprobs,
+        )
         self._started: set[int] = set()
 
     def _head(self, obj: str) -> JSON:
@@ -109,7 +164,7 @@ class Rendering(ABC):
             {
                 "index": response.index,
                 **self._delta(response, first),
-                "logprobs": self._logprobs(response.logprobs) if response.logprobs else None,
+                "logprobs": self._streamed_logprobs(response),
                 "finish_reason": finish_reason(response),
             }
         ]
@@ -117,6 +172,16 @@ class Rendering(ABC):
             # OpenAI's shape: null on every chunk but the last, which has no choices.
             chunk["usage"] = None
         return chunk
+
+    def events(self, response: generation_pb2.GenerateResponse) -> list[bytes]:
+        return [sse(self.chunk(response))]
+
+    def closing(self, usage: generation_pb2.Usage) -> list[bytes]:
+        usage_chunk = [sse(self.usage_chunk(usage))] if self.include_usage else []
+        return [*usage_chunk, sse("[DONE]")]
+
+    def failure(self, error: JSON) -> list[bytes]:
+        return [sse(error), sse("[DONE]")]
 
     def usage_chunk(self, usage: generation_pb2.Usage) -> JSON:
         chunk = self._head(self.chunk_object)
@@ -137,6 +202,9 @@ class Rendering(ABC):
         ]
         body["usage"] = usage_object(collected.usage)
         return body
+
+    def _streamed_logprobs(self, response: generation_pb2.GenerateResponse) -> JSON | None:
+        return self._logprobs(response.logprobs) if response.logprobs else None
 
     @abstractmethod
     def _delta(self, response: generation_pb2.GenerateResponse, first: bool) -> JSON: ...
@@ -167,11 +235,15 @@ class ChatRendering(Rendering):
         return {
             "content": [
                 {
-                    "token": token_name(entry.sampled.token_id),
+                    "token": token_name(entry.sampled),
                     "logprob": entry.sampled.logprob,
-                    "bytes": None,
+                    "bytes": token_bytes(entry.sampled),
                     "top_logprobs": [
-                        {"token": token_name(top.token_id), "logprob": top.logprob, "bytes": None}
+                        {
+                            "token": token_name(top),
+                            "logprob": top.logprob,
+                            "bytes": token_bytes(top),
+                        }
                         for top in entry.top[: self.top_logprobs]
                     ],
                 }
@@ -187,20 +259,37 @@ class CompletionRendering(Rendering):
     body_object = "text_completion"
     params = COMPLETION_PARAMS
 
+    def __init__(
+        self, *, request_id: str, model: str, include_usage: bool, top_logprobs: int = 0
+    ) -> None:
+        super().__init__(
+            request_id=request_id,
+            model=model,
+            include_usage=include_usage,
+            top_logprobs=top_logprobs,
+        )
+        # Per choice: where its next streamed token starts in its text.
+        self._offsets: dict[int, int] = {}
+
     def _delta(self, response: generation_pb2.GenerateResponse, first: bool) -> JSON:
         return {"text": response.text}
+
+    def _streamed_logprobs(self, response: generation_pb2.GenerateResponse) -> JSON | None:
+        start = self._offsets.get(response.index, 0)
+        self._offsets[response.index] = start + len(response.text)
+        return self._logprobs(response.logprobs, start) if response.logprobs else None
 
     def _whole(self, choice: Choice) -> JSON:
         return {"text": "".join(choice.text)}
 
-    def _logprobs(self, logprobs: Sequence[generation_pb2.SampledLogprob]) -> JSON:
+    def _logprobs(self, logprobs: Sequence[generation_pb2.SampledLogprob], start: int = 0) -> JSON:
         return {
-            "tokens": [token_name(entry.sampled.token_id) for entry in logprobs],
+            "tokens": [token_name(entry.sampled) for entry in logprobs],
             "token_logprobs": [entry.sampled.logprob for entry in logprobs],
             "top_logprobs": [
-                {token_name(top.token_id): top.logprob for top in entry.top[: self.top_logprobs]}
+                {token_name(top): top.logprob for top in entry.top[: self.top_logprobs]}
                 for entry in logprobs
             ],
-            # Offsets need the tokens' text, which only the replica's tokenizer knows.
-            "text_offset": None,
+            # Each token's start in the completion (no echo: the prompt is not in it).
+            "text_offset": text_offsets(logprobs, start),
         }

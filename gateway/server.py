@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from gateway.authn import Authenticator
 from gateway.constraints import ConstraintChecker
 from gateway.core import GatewayCore
+from gateway.http_health import channels_readiness
 from gateway.http_server import serving_http
 from gateway.metrics import GatewayMetrics
 from gateway.model_limits import ModelCatalog
@@ -190,7 +191,10 @@ async def serving(settings: GatewaySettings, telemetry: Telemetry) -> AsyncItera
             http_port = await http.enter_async_context(
                 serving_http(
                     create_app(
-                        core, telemetry.tracer(), max_body_bytes=settings.http_max_body_bytes
+                        core,
+                        telemetry.tracer(),
+                        max_body_bytes=settings.http_max_body_bytes,
+                        not_ready=channels_readiness({"router": router_ch, "auth": auth_ch}),
                     ),
                     host=settings.host,
                     port=settings.http_port,

@@ -13,6 +13,7 @@ from services.inference.engine import (
     GenerationInput,
     ModelInfo,
     SamplingOptions,
+    TokenLogprob,
 )
 
 _FINISH_REASONS = {
@@ -76,14 +77,16 @@ def delta_to_proto(delta: Delta) -> generation_pb2.GenerateResponse:
         message.finish_reason = _FINISH_REASONS[delta.finish_reason]
     for entry in delta.logprobs:
         message.logprobs.add(
-            sampled=generation_pb2.TokenLogprob(
-                token_id=entry.sampled.token_id, logprob=entry.sampled.logprob
-            ),
-            top=[
-                generation_pb2.TokenLogprob(token_id=t.token_id, logprob=t.logprob)
-                for t in entry.top
-            ],
+            sampled=_token_logprob(entry.sampled),
+            top=[_token_logprob(t) for t in entry.top],
         )
+    return message
+
+
+def _token_logprob(entry: TokenLogprob) -> generation_pb2.TokenLogprob:
+    message = generation_pb2.TokenLogprob(token_id=entry.token_id, logprob=entry.logprob)
+    if entry.text is not None:
+        message.text = entry.text
     return message
 
 

@@ -80,6 +80,8 @@ class FinishReason(enum.Enum):
 class TokenLogprob:
     token_id: int
     logprob: float
+    # As the tokenizer decodes the token alone; None when the engine did not decode it.
+    text: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -110,8 +110,10 @@ def _logprobs(token_ids: Sequence[int], entries: Any, k: int) -> tuple[SampledLo
         )
         result.append(
             SampledLogprob(
-                sampled=TokenLogprob(token_id, float(sampled.logprob)),
-                top=tuple(TokenLogprob(tid, float(lp.logprob)) for tid, lp in top),
+                sampled=TokenLogprob(token_id, float(sampled.logprob), sampled.decoded_token),
+                top=tuple(
+                    TokenLogprob(tid, float(lp.logprob), lp.decoded_token) for tid, lp in top
+                ),
             )
         )
     return tuple(result)

@@ -181,7 +181,7 @@ async def test_logprobs_and_a_json_schema(mesh: Mesh, client: AsyncOpenAI) -> No
     assert logprobs is not None and logprobs.content is not None
     assert reply.usage is not None and len(logprobs.content) == reply.usage.completion_tokens
     for entry in logprobs.content:
-        assert entry.token.startswith("token_id:") and entry.logprob <= 0
+        assert not entry.token.startswith("token_id:") and entry.logprob <= 0
         assert len(entry.top_logprobs) == 2
 
     schema = {

@@ -43,6 +43,10 @@ TOKEN_CAP = 4
 CALL_TIMEOUT_S = 60.0
 # The OpenAI error types the face gives for 5xx statuses (gateway/openai_errors.py).
 SERVER_ERROR_TYPES = frozenset({"server_error", "service_unavailable_error", "timeout_error"})
+# Their codes, which are all a Responses stream's `error` event carries.
+SERVER_ERROR_CODES = frozenset(
+    {"internal_error", "not_implemented", "unavailable", "deadline_exceeded"}
+)
 
 
 async def openapi_schema(mesh: Mesh) -> schemathesis.BaseSchema:
@@ -71,7 +75,7 @@ def steer(case: AnyCase, how: str, model: str) -> AnyCase:
         body["model"] = model
     if how == "engine":
         _past_known_refusals(body)
-    for name in ("max_tokens", "max_completion_tokens", "min_tokens"):
+    for name in ("max_tokens", "max_completion_tokens", "max_output_tokens", "min_tokens"):
         value = body.get(name)
         # Floats too: the face takes 12514.0 as 12514.
         if isinstance(value, (int, float)) and not isinstance(value, bool) and value > TOKEN_CAP:
@@ -79,6 +83,9 @@ def steer(case: AnyCase, how: str, model: str) -> AnyCase:
     # Chat has no default max_tokens (up to the context); set one.
     if "messages" in body and not {"max_tokens", "max_completion_tokens"} & body.keys():
         body["max_tokens"] = TOKEN_CAP
+    # Nor has a response.
+    if "input" in body and "max_output_tokens" not in body:
+        body["max_output_tokens"] = TOKEN_CAP
     return case
 
 
@@ -146,6 +153,8 @@ def no_server_error_event(ctx: CheckContext, response: Response, case: AnyCase) 
         error = event.get("error")
         if isinstance(error, dict) and error.get("type") in SERVER_ERROR_TYPES:
             raise AssertionError(f"the stream ended in a server error: {error}")
+        if event.get("type") == "error" and event.get("code") in SERVER_ERROR_CODES:
+            raise AssertionError(f"the response stream ended in a server error: {event}")
     return None
 
 

@@ -148,6 +148,10 @@ async def test_logprobs_have_the_asked_shape(vllm_engine: VllmEngine) -> None:
         )
         # Greedy: the sampled token is the most likely one.
         assert entry.top[0].token_id == token
+        assert entry.top[0].text == entry.sampled.text
+    # Each token's text as vLLM decoded it alone: together, the completion.
+    assert "".join(e.sampled.text or "" for e in entries) == "".join(d.text for d in deltas)
+    assert all(e.sampled.text for e in entries)
 
 
 async def test_logprobs_give_k_alternatives_when_the_sampled_token_is_not_among_them(
