@@ -25,6 +25,7 @@ from gateway.outbox import UsageOutbox
 from gateway.quota import QuotaClient, estimate_tokens
 from gateway.refusals import CALLER_REFUSALS, RefusalBudget, peer_host
 from gateway.routes import Proxy, Routing
+from gateway.tool_calls import ToolCallStream, constrains, tool_schema
 from gateway.usage import StreamUsage, timestamp
 from gateway.validation import check_against_model, validate_generate, validate_input
 from maas.v1 import (
@@ -178,6 +179,7 @@ class GatewayCore:
         )
         progress_at = time.monotonic() + self._progress_interval_s
         renewing = asyncio.create_task(self._quotas.keep(reservation))
+        tool_calls = ToolCallStream(request)
         try:
             async for chunk in route.chunks():
                 usage.observe(chunk)
@@ -191,7 +193,7 @@ class GatewayCore:
                             metering_pb2.REQUEST_STATUS_RUNNING, time.time(),
                         )
                     )  # fmt: skip
-                yield chunk
+                yield tool_calls.convert(chunk)
             replica = await route.replica(None)
         except (asyncio.CancelledError, GeneratorExit):
             # Cancelled, or closed by a reader that stopped reading: the caller went away.
@@ -221,6 +223,10 @@ class GatewayCore:
         limits, then the constraint's compilation. Returns the completion
         tokens a choice may use when max_tokens is unset (for the estimate)."""
         validate_generate(request)
+        if constrains(request):
+            # A required or named tool is guided decoding against the tools'
+            # schema: the replica sees a json_schema like any other.
+            request.json_schema = tool_schema(request)
         model = await self._catalog.model(request.model, timeout_s)
         check_against_model(request, model)
         if self._constraints is not None:
