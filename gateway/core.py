@@ -25,7 +25,7 @@ from gateway.outbox import UsageOutbox
 from gateway.quota import QuotaClient, estimate_tokens
 from gateway.refusals import CALLER_REFUSALS, RefusalBudget, peer_host
 from gateway.routes import Proxy, Routing
-from gateway.tool_calls import ToolCallStream, constrains, tool_schema
+from gateway.tool_calls import ToolCallStream, constrains, schema_field, tool_schema
 from gateway.usage import StreamUsage, timestamp
 from gateway.validation import check_against_model, validate_generate, validate_input
 from maas.v1 import (
@@ -234,7 +234,13 @@ class GatewayCore:
             if constraint == "regex":
                 await self._constraints.check("regex", request.regex)
             elif constraint == "json_schema":
-                await self._constraints.check("json_schema", request.json_schema)
+                try:
+                    await self._constraints.check("json_schema", request.json_schema)
+                except InvalidArgumentError as err:
+                    if not constrains(request):
+                        raise
+                    # The schema is the tools'; the caller sent no json_schema.
+                    raise InvalidArgumentError(schema_field(request), err.description) from err
         # The engine allows min(default, room left); room is at most context - 1.
         return completion_limit(None, model.max_context_length - 1)
 

@@ -149,6 +149,14 @@ def tool_schema(request: generation_pb2.GenerateRequest) -> str:
     return json.dumps(items, separators=(",", ":"))
 
 
+def schema_field(request: generation_pb2.GenerateRequest) -> str:
+    """The field to name when the grammar backend refuses `tool_schema`."""
+    if request.tool_choice.WhichOneof("choice") == "function":
+        names = [t.name for t in request.tools]
+        return f"tools[{names.index(request.tool_choice.function)}].parameters"
+    return "tools"
+
+
 def call_id() -> str:
     # OpenAI's shape: "call_" and 24 characters.
     return f"call_{secrets.token_hex(12)}"

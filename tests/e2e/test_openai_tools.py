@@ -247,6 +247,19 @@ for _ in range(40):
         ),
         ({"tool_choice": "required"}, "tool_choice"),
         (
+            # Valid JSON, but a schema the grammar backend cannot compile.
+            {
+                "tools": [
+                    {
+                        "type": "function",
+                        "function": {"name": "f", "parameters": {"type": "no-such-type"}},
+                    }
+                ],
+                "tool_choice": {"type": "function", "function": {"name": "f"}},
+            },
+            "tools[0].parameters",
+        ),
+        (
             {
                 "tools": TOOLS,
                 "tool_choice": "required",
