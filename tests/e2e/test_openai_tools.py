@@ -138,7 +138,7 @@ async def test_required_calls_one_of_the_tools(
 
 
 async def test_a_history_with_a_tool_result_is_answered(mesh: Mesh, client: AsyncOpenAI) -> None:
-    messages: list[ChatCompletionMessageParam] = [
+    messages: list[Any] = [
         *ASK,
         {
             "role": "assistant",
@@ -160,6 +160,23 @@ async def test_a_history_with_a_tool_result_is_answered(mesh: Mesh, client: Asyn
     choice = reply.choices[0]
     assert choice.message.content and choice.message.tool_calls is None
     assert choice.finish_reason in ("stop", "length")
+
+    # An agent's loop: the SDK's own message object goes back as history.
+    called = await client.chat.completions.create(
+        model=mesh.model, messages=ASK, tools=TOOLS, tool_choice="required", max_tokens=96,
+        parallel_tool_calls=False, temperature=0.0,
+    )  # fmt: skip
+    message = called.choices[0].message
+    assert message.tool_calls is not None
+    follow_up: list[Any] = [
+        *ASK,
+        message,
+        {"role": "tool", "tool_call_id": message.tool_calls[0].id, "content": "21"},
+    ]
+    again = await client.chat.completions.create(
+        model=mesh.model, messages=follow_up, tools=TOOLS, tool_choice="none", max_tokens=4
+    )
+    assert again.choices[0].message.content
 
 
 class Sea(BaseModel):
