@@ -25,6 +25,7 @@ from gateway.outbox import UsageOutbox
 from gateway.quota import QuotaClient, Used, estimate_split
 from gateway.refusals import CALLER_REFUSALS, RefusalBudget, peer_host
 from gateway.routes import Proxy, Routing
+from gateway.tool_calls import ToolCallStream, constrains, schema_field, tool_schema
 from gateway.usage import StreamUsage, timestamp
 from gateway.validation import check_against_model, validate_generate, validate_input
 from maas.v1 import (
@@ -181,6 +182,7 @@ class GatewayCore:
         )
         progress_at = time.monotonic() + self._progress_interval_s
         renewing = asyncio.create_task(self._quotas.keep(reservation))
+        tool_calls = ToolCallStream(request)
         try:
             async for chunk in route.chunks():
                 usage.observe(chunk)
@@ -194,7 +196,7 @@ class GatewayCore:
                             metering_pb2.REQUEST_STATUS_RUNNING, time.time(),
                         )
                     )  # fmt: skip
-                yield chunk
+                yield tool_calls.convert(chunk)
             replica = await route.replica(None)
         except (asyncio.CancelledError, GeneratorExit):
             # Cancelled, or closed by a reader that stopped reading: the caller went away.
@@ -228,6 +230,10 @@ class GatewayCore:
         limits, then the constraint's compilation. Returns the completion
         tokens a choice may use when max_tokens is unset (for the estimate)."""
         validate_generate(request)
+        if constrains(request):
+            # A required or named tool is guided decoding against the tools'
+            # schema: the replica sees a json_schema like any other.
+            request.json_schema = tool_schema(request)
         model = await self._catalog.model(request.model, timeout_s)
         check_against_model(request, model)
         if self._constraints is not None:
@@ -235,7 +241,13 @@ class GatewayCore:
             if constraint == "regex":
                 await self._constraints.check("regex", request.regex)
             elif constraint == "json_schema":
-                await self._constraints.check("json_schema", request.json_schema)
+                try:
+                    await self._constraints.check("json_schema", request.json_schema)
+                except InvalidArgumentError as err:
+                    if not constrains(request):
+                        raise
+                    # The schema is the tools'; the caller sent no json_schema.
+                    raise InvalidArgumentError(schema_field(request), err.description) from err
         # The engine allows min(default, room left); room is at most context - 1.
         return completion_limit(None, model.max_context_length - 1)
 

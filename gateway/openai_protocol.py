@@ -60,10 +60,46 @@ class ContentPart(BaseModel):
     text: str | None = None
 
 
+class FunctionIn(_Strict):
+    name: str
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    # Honoured always: a called function's arguments are constrained by its schema.
+    strict: bool | None = None
+
+
+class ToolIn(_Strict):
+    type: Literal["function"]
+    function: FunctionIn
+
+
+class NamedFunction(_Strict):
+    name: str
+
+
+class NamedToolChoice(_Strict):
+    type: Literal["function"]
+    function: NamedFunction
+
+
+class CalledFunction(_Strict):
+    name: str
+    arguments: str
+
+
+class ToolCallIn(_Strict):
+    id: str
+    type: Literal["function"] = "function"
+    function: CalledFunction
+
+
 class ChatMessageIn(_Strict):
     role: str
     content: str | list[ContentPart] | None = None
     name: str | None = None
+    # An assistant turn's calls, and a tool turn's answer to one of them.
+    tool_calls: list[ToolCallIn] | None = None
+    tool_call_id: str | None = None
 
 
 class GenerationBody(_Lenient):
@@ -99,9 +135,11 @@ class ChatCompletionRequest(GenerationBody):
     max_completion_tokens: UInt32 | None = None
     logprobs: bool = False
     top_logprobs: UInt32 | None = None
-    # Tool calling is not served; accepted only as "none" so the refusal names it.
-    tools: list[Any] | None = None
-    tool_choice: Any = None
+    # See gateway/openai_tools.py: "required" and a named function are honoured
+    # by guided decoding; "auto" leaves the answer to the model's template.
+    tools: list[ToolIn] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool | None = None
 
 
 class CompletionRequest(GenerationBody):

@@ -15,6 +15,7 @@ from gateway.openai_protocol import (
     CompletionRequest,
     ResponseFormat,
 )
+from gateway.openai_tools import apply_tools, history_turn
 from maas.v1 import generation_pb2
 from services.common.errors import InvalidArgumentError
 
@@ -44,11 +45,10 @@ def chat_request(body: ChatCompletionRequest) -> generation_pb2.GenerateRequest:
     # Set even when empty, so the core names `messages` rather than a missing input.
     request.messages.SetInParent()
     for i, message in enumerate(body.messages):
-        request.messages.messages.append(
-            generation_pb2.ChatMessage(
-                role=_ROLE_ALIASES.get(message.role, message.role), content=_text(message, i)
-            )
+        turn = request.messages.messages.add(
+            role=_ROLE_ALIASES.get(message.role, message.role), content=_text(message, i)
         )
+        history_turn(message, turn)
     if body.max_completion_tokens is not None:
         request.max_tokens = body.max_completion_tokens
     elif body.max_tokens is not None:
@@ -57,10 +57,7 @@ def chat_request(body: ChatCompletionRequest) -> generation_pb2.GenerateRequest:
         raise InvalidArgumentError("top_logprobs", "needs logprobs: true")
     if body.logprobs:
         request.logprobs = body.top_logprobs or 0
-    if body.tools:
-        raise InvalidArgumentError("tools", "tool calling is not supported by this server")
-    if body.tool_choice not in (None, "none"):
-        raise InvalidArgumentError("tool_choice", "tool calling is not supported by this server")
+    apply_tools(request, body)
     _sampling(request, body)
     return request
 
@@ -99,6 +96,9 @@ def _one_prompt(prompt: str | list[str] | list[int] | list[list[int]]) -> str | 
 
 
 def _text(message: ChatMessageIn, index: int) -> str:
+    if message.content is None and message.tool_calls:
+        # An assistant turn that only called tools.
+        return ""
     if message.content is None:
         raise InvalidArgumentError(f"messages[{index}].content", "required")
     if isinstance(message.content, str):

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.openai_requests import CHAT_PARAMS, COMPLETION_PARAMS
+from gateway.openai_tools import joined_calls, tool_calls_json
 from maas.v1 import generation_pb2
 
 JSON = dict[str, Any]
@@ -25,6 +26,7 @@ FINISH_REASONS: Mapping[int, str] = {
     generation_pb2.FINISH_REASON_LENGTH: "length",
     # Not one of OpenAI's; vLLM's name for a generation the server cut short.
     generation_pb2.FINISH_REASON_ABORT: "abort",
+    generation_pb2.FINISH_REASON_TOOL_CALLS: "tool_calls",
 }
 
 
@@ -68,6 +70,7 @@ class Choice:
     index: int
     text: list[str] = field(default_factory=list)
     logprobs: list[generation_pb2.SampledLogprob] = field(default_factory=list)
+    tool_calls: list[generation_pb2.ToolCall] = field(default_factory=list)
     finish_reason: str | None = None
 
 
@@ -82,6 +85,7 @@ class Collected:
         choice = self._choices.setdefault(response.index, Choice(response.index))
         choice.text.append(response.text)
         choice.logprobs.extend(response.logprobs)
+        choice.tool_calls.extend(response.tool_calls)
         choice.finish_reason = finish_reason(response) or choice.finish_reason
         # Running usage over every choice: the last chunk's is the total.
         self.usage.CopyFrom(response.usage)
@@ -224,11 +228,18 @@ class ChatRendering(Rendering):
 
     def _delta(self, response: generation_pb2.GenerateResponse, first: bool) -> JSON:
         delta: JSON = {"role": "assistant"} if first else {}
-        if first or response.text:
+        if response.tool_calls:
+            delta["tool_calls"] = tool_calls_json(response.tool_calls, delta=True)
+            if first:
+                delta["content"] = None
+        elif first or response.text:
             delta["content"] = response.text
         return {"delta": delta}
 
     def _whole(self, choice: Choice) -> JSON:
+        if choice.tool_calls:
+            calls = tool_calls_json(joined_calls(choice.tool_calls), delta=False)
+            return {"message": {"role": "assistant", "content": None, "tool_calls": calls}}
         return {"message": {"role": "assistant", "content": "".join(choice.text)}}
 
     def _logprobs(self, logprobs: Sequence[generation_pb2.SampledLogprob]) -> JSON:

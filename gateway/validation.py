@@ -6,6 +6,7 @@ and again by the replica once it has tokenized."""
 
 from __future__ import annotations
 
+from gateway.tool_calls import validate_tools
 from maas.v1 import generation_pb2
 from services.common.errors import InvalidArgumentError
 from services.common.generation_limits import (
@@ -66,6 +67,7 @@ def validate_generate(request: generation_pb2.GenerateRequest) -> None:
         check_sampling(sampling_from_proto(request))
     except InvalidRequestError as err:
         raise InvalidArgumentError(err.field, err.description) from err
+    validate_tools(request)
 
 
 def prompt_bytes(
@@ -74,7 +76,12 @@ def prompt_bytes(
     """The prompt's text in UTF-8 bytes (messages: their content together)."""
     which = request.WhichOneof("input")
     if which == "messages":
-        return sum(len(m.content.encode()) for m in request.messages.messages)
+        # Tool calls in the history are rendered into the prompt too.
+        return sum(
+            len(m.content.encode())
+            + sum(len(c.arguments.encode()) + len(c.name.encode()) for c in m.tool_calls)
+            for m in request.messages.messages
+        )
     if which == "prompt":
         return len(request.prompt.encode())
     return 0

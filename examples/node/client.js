@@ -25,6 +25,10 @@ options (environment variable in brackets):
   --temperature T       sampling temperature
   --seed N              sampling seed
   --chat                send the prompt as a user chat turn, not as a raw prompt
+  --tool NAME=SCHEMA    a function the model may call, with the JSON schema of
+                        its arguments (repeatable; implies --chat)
+  --tool-choice CHOICE  none, auto, required, or a --tool's NAME to call it;
+                        its calls print as "tool_call: ID NAME ARGUMENTS"
   --timeout-s S         deadline for each call in seconds (default 120)
   --protos DIR          a copy of the repository's protos/ [MAAS_PROTOS] (default: <repo>/protos)
   PROMPT                the prompt [MAAS_PROMPT]`;
@@ -43,6 +47,8 @@ function parseOptions(argv, env) {
       temperature: { type: 'string' },
       seed: { type: 'string' },
       chat: { type: 'boolean', default: false },
+      tool: { type: 'string', multiple: true, default: [] },
+      'tool-choice': { type: 'string' },
       'timeout-s': { type: 'string', default: '120' },
       protos: { type: 'string' },
       help: { type: 'boolean', short: 'h', default: false },
@@ -63,7 +69,9 @@ function parseOptions(argv, env) {
     temperature: values.temperature === undefined
       ? undefined : number('--temperature', values.temperature),
     seed: values.seed === undefined ? undefined : integer('--seed', values.seed),
-    chat: values.chat,
+    chat: values.chat || values.tool.length > 0,
+    tools: values.tool.map(tool),
+    toolChoice: values['tool-choice'],
     timeoutS: number('--timeout-s', values['timeout-s']),
     protos: values.protos ?? env.MAAS_PROTOS ?? path.join(REPO, 'protos'),
     prompt,
@@ -85,6 +93,20 @@ function integer(flag, text) {
   }
   return value;
 }
+
+function tool(text) {
+  const at = text.indexOf('=');
+  if (at < 1) {
+    throw new UsageError(`--tool must be NAME=SCHEMA, not ${JSON.stringify(text)}`);
+  }
+  return { name: text.slice(0, at), parameters: text.slice(at + 1) };
+}
+
+const TOOL_MODES = {
+  none: 'TOOL_CHOICE_MODE_NONE',
+  auto: 'TOOL_CHOICE_MODE_AUTO',
+  required: 'TOOL_CHOICE_MODE_REQUIRED',
+};
 
 function devKey() {
   const file = path.join(REPO, '.maas', 'dev_api_key');
@@ -125,6 +147,11 @@ function generateRequest(opts, model) {
   if (opts.seed !== undefined) {
     request.seed = String(opts.seed);
   }
+  request.tools = opts.tools;
+  if (opts.toolChoice !== undefined) {
+    const mode = TOOL_MODES[opts.toolChoice];
+    request.tool_choice = mode ? { mode } : { function: opts.toolChoice };
+  }
   return request;
 }
 
@@ -164,11 +191,22 @@ async function main() {
       requestId = String(initial.get('x-request-id')[0] ?? '');
     });
     let last = null;
+    // Streamed tool calls arrive in pieces (same index); joined, then printed.
+    const calls = [];
     for await (const chunk of call) {
       process.stdout.write(chunk.text);
+      for (const piece of chunk.tool_calls) {
+        const whole = calls[piece.index] ?? (calls[piece.index] = { id: '', name: '', arguments: '' });
+        whole.id ||= piece.id;
+        whole.name ||= piece.name;
+        whole.arguments += piece.arguments;
+      }
       last = chunk;
     }
     process.stdout.write('\n');
+    for (const c of calls) {
+      process.stdout.write(`tool_call: ${c.id} ${c.name} ${c.arguments}\n`);
+    }
     if (last !== null) {
       const { prompt_tokens, completion_tokens, cached_tokens } = last.usage;
       process.stderr.write(

@@ -14,6 +14,8 @@ from services.inference.engine import (
     ModelInfo,
     SamplingOptions,
     TokenLogprob,
+    ToolCallTurn,
+    ToolSpec,
 )
 
 _FINISH_REASONS = {
@@ -28,8 +30,19 @@ def input_from_proto(
 ) -> GenerationInput:
     which = message.WhichOneof("input")
     if which == "messages":
-        turns = tuple(ChatTurn(m.role, m.content) for m in message.messages.messages)
-        return GenerationInput(messages=turns)
+        turns = tuple(
+            ChatTurn(
+                m.role,
+                m.content,
+                tuple(ToolCallTurn(c.id, c.name, c.arguments) for c in m.tool_calls),
+                m.tool_call_id,
+            )
+            for m in message.messages.messages
+        )
+        tools: tuple[ToolSpec, ...] = ()
+        if isinstance(message, generation_pb2.GenerateRequest):
+            tools = tuple(ToolSpec(t.name, t.description, t.parameters) for t in message.tools)
+        return GenerationInput(messages=turns, tools=tools)
     if which == "prompt_token_ids":
         return GenerationInput(token_ids=tuple(message.prompt_token_ids.ids))
     return GenerationInput(prompt=message.prompt)

@@ -22,18 +22,69 @@ from services.common.generation_limits import (
 
 
 @dataclass(frozen=True, slots=True)
+class ToolCallTurn:
+    """A call of a tool in an assistant turn; arguments as JSON text."""
+
+    id: str
+    name: str
+    arguments: str
+
+
+@dataclass(frozen=True, slots=True)
 class ChatTurn:
     role: str
     content: str
+    tool_calls: tuple[ToolCallTurn, ...] = ()
+    tool_call_id: str = ""
+
+    def as_template_message(self) -> dict[str, object]:
+        """The turn as chat templates read it (OpenAI's message shape, with
+        arguments as an object, as vLLM's server passes them)."""
+        message: dict[str, object] = {"role": self.role, "content": self.content}
+        if self.tool_calls:
+            message["tool_calls"] = [
+                {
+                    "id": call.id,
+                    "type": "function",
+                    "function": {"name": call.name, "arguments": _json_or_text(call.arguments)},
+                }
+                for call in self.tool_calls
+            ]
+        if self.tool_call_id:
+            message["tool_call_id"] = self.tool_call_id
+        return message
+
+
+@dataclass(frozen=True, slots=True)
+class ToolSpec:
+    """A function the model may call; parameters as JSON schema text ("": any object)."""
+
+    name: str
+    description: str
+    parameters: str
+
+    def as_template_tool(self) -> dict[str, object]:
+        function: dict[str, object] = {"name": self.name, "description": self.description}
+        function["parameters"] = _json_or_text(self.parameters or '{"type":"object"}')
+        return {"type": "function", "function": function}
+
+
+def _json_or_text(text: str) -> object:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
 
 
 @dataclass(frozen=True, slots=True)
 class GenerationInput:
-    """A raw prompt, chat turns or token ids; exactly one is used."""
+    """A raw prompt, chat turns or token ids; exactly one is used. Tools go
+    into the chat template with the turns (templates that know none ignore them)."""
 
     prompt: str | None = None
     messages: tuple[ChatTurn, ...] = ()
     token_ids: tuple[int, ...] | None = None
+    tools: tuple[ToolSpec, ...] = ()
 
     @property
     def field(self) -> str:
@@ -298,7 +349,10 @@ def check_prompt_size(inp: GenerationInput, model: ModelInfo) -> None:
     if model.max_token_bytes <= 0 or inp.token_ids is not None:
         return
     if inp.messages:
-        size = sum(len(turn.content.encode()) for turn in inp.messages)
+        size = sum(
+            len(turn.content.encode()) + sum(len(c.arguments.encode()) for c in turn.tool_calls)
+            for turn in inp.messages
+        )
     else:
         size = len((inp.prompt or "").encode())
     at_least = -(-size // model.max_token_bytes)

@@ -146,7 +146,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
 
 def _prompt_for_log(inp: GenerationInput) -> object:
     if inp.messages:
-        return [{"role": turn.role, "content": turn.content} for turn in inp.messages]
+        return [turn.as_template_message() for turn in inp.messages]
     if inp.token_ids is not None:
         return list(inp.token_ids)
     return inp.prompt

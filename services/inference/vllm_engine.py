@@ -171,7 +171,8 @@ class VllmEngine:
             return list(inp.token_ids)
         if inp.messages:
             rendered = self._tokenizer.apply_chat_template(
-                [{"role": t.role, "content": t.content} for t in inp.messages],
+                [t.as_template_message() for t in inp.messages],
+                tools=[t.as_template_tool() for t in inp.tools] or None,
                 tokenize=False,
                 add_generation_prompt=True,
             )

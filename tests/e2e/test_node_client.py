@@ -1,17 +1,19 @@
 """The Node.js client in examples/node (@grpc/grpc-js with the .proto files
 loaded at run time, with protos/ as its only include directory) against the
-live mesh: it streams a completion, prints
+live mesh: it streams a completion, calls a named tool, prints
 the usage the gateway bills, and fails with the gRPC status on a bad key.
 Its packages come from the npm registry (`npm ci`, once per session): when
 that cannot be reached, these tests fail."""
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+import jsonschema  # type: ignore[import-untyped]
 import pytest
 import pytest_asyncio
 
@@ -99,3 +101,28 @@ async def test_the_node_client_exits_with_the_status_on_a_bad_key(
     assert ran.returncode == 16, ran.stderr  # the code of UNAUTHENTICATED
     assert ran.stderr.startswith("error: UNAUTHENTICATED (code 16): ")
     assert "usage:" not in ran.stderr
+
+
+async def test_the_node_client_calls_a_named_tool(
+    mesh: Mesh, tenant_key: TenantKey, node_client: NodeClient
+) -> None:
+    schema = {
+        "type": "object",
+        "properties": {"city": {"type": "string", "enum": ["Paris", "Rome"]}},
+        "required": ["city"],
+        "additionalProperties": False,
+    }
+    ran = await node_client.run(
+        mesh,
+        tenant_key.api_key,
+        *("--model", mesh.model, "--max-tokens", "32", "--temperature", "0"),
+        *("--tool", f"get_weather={json.dumps(schema)}", "--tool-choice", "get_weather"),
+        "Weather in Rome?",
+    )
+    assert ran.returncode == 0, ran.stderr
+    call = re.search(r"^tool_call: (call_\w+) (\S+) (.+)$", ran.stdout, re.MULTILINE)
+    assert call is not None, ran.stdout
+    assert call[2] == "get_weather"
+    jsonschema.validate(json.loads(call[3]), schema)
+    printed = USAGE_LINE.search(ran.stderr)
+    assert printed is not None and printed[4] == "FINISH_REASON_TOOL_CALLS", ran.stderr

@@ -174,7 +174,42 @@ def generate_requests(draw: st.DrawFn, model: str) -> generation_pb2.GenerateReq
         if hostile:
             schemas = st.one_of(schemas, st.sampled_from(BROKEN_SCHEMAS), odd_json)
         request.json_schema = draw(schemas)
+    _draw_tools(draw, request, hostile)
     return request
+
+
+TOOL_NAMES = st.from_regex(r"[a-zA-Z0-9_-]{1,8}", fullmatch=True)
+TOOL_MODES = [
+    generation_pb2.TOOL_CHOICE_MODE_UNSPECIFIED,
+    generation_pb2.TOOL_CHOICE_MODE_NONE,
+    generation_pb2.TOOL_CHOICE_MODE_AUTO,
+    generation_pb2.TOOL_CHOICE_MODE_REQUIRED,
+]
+
+
+def _draw_tools(draw: st.DrawFn, request: generation_pb2.GenerateRequest, hostile: bool) -> None:
+    """Tools (in range: valid names and schemas) and a tool choice: a mode or
+    one of the tools by name (hostile: any name, any schema, any input)."""
+    choice = draw(st.sampled_from([None, None, "mode", "function"]))
+    if choice is None:
+        return
+    names = st.one_of(TOOL_NAMES, odd_text) if hostile else TOOL_NAMES
+    schemas = st.sampled_from(["", *VALID_SCHEMAS[:1]])
+    if hostile:
+        schemas = st.one_of(schemas, st.sampled_from(BROKEN_SCHEMAS), odd_json)
+    tools = draw(
+        st.lists(st.tuples(names, schemas), min_size=0 if hostile else 1, max_size=3)
+        if hostile
+        else st.lists(st.tuples(names, schemas), min_size=1, max_size=3, unique_by=lambda t: t[0])
+    )
+    for name, parameters in tools:
+        request.tools.add(name=name, parameters=parameters)
+    if choice == "mode":
+        request.tool_choice.mode = draw(st.sampled_from(TOOL_MODES))
+    else:
+        known = [name for name, _ in tools]
+        picks = st.sampled_from(known) if known else odd_text
+        request.tool_choice.function = draw(st.one_of(picks, odd_text) if hostile else picks)
 
 
 @dataclass

@@ -107,6 +107,34 @@ def test_completion_prompt_forms() -> None:
     assert completion(best_of=2, n=2).n == 2
 
 
+def test_tools_and_a_tool_history_land_on_their_fields() -> None:
+    request = chat(
+        messages=[
+            USER,
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+                ],
+            },
+            {"role": "tool", "tool_call_id": "c1", "content": "42"},
+        ],
+        tools=[{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}],
+        tool_choice={"type": "function", "function": {"name": "f"}},
+        parallel_tool_calls=False,
+    )
+    assert [(t.name, t.parameters) for t in request.tools] == [("f", '{"type":"object"}')]
+    assert request.tool_choice.function == "f"
+    assert request.HasField("parallel_tool_calls") and not request.parallel_tool_calls
+    assistant, tool = request.messages.messages[1:]
+    assert assistant.content == "" and assistant.tool_calls[0].name == "f"
+    assert tool.tool_call_id == "c1"
+    assert chat(tools=[], tool_choice="required").tool_choice.mode == (
+        generation_pb2.TOOL_CHOICE_MODE_REQUIRED
+    )
+
+
 def test_an_empty_chat_is_still_a_chat() -> None:
     request = chat(messages=[])
     assert request.WhichOneof("input") == "messages"
@@ -115,8 +143,6 @@ def test_an_empty_chat_is_still_a_chat() -> None:
 @pytest.mark.parametrize(
     ("build", "param"),
     [
-        (lambda: chat(tools=[{"type": "function"}]), "tools"),
-        (lambda: chat(tool_choice="auto"), "tool_choice"),
         (lambda: chat(top_logprobs=2), "top_logprobs"),
         (lambda: chat(logit_bias={"5": 1.0}), "logit_bias"),
         (lambda: chat(stream_options={"include_usage": True}), "stream_options"),

@@ -1,0 +1,225 @@
+"""Tool calling on the gRPC contract, for both transports: the bounds of a
+request's tools, the JSON schema that makes `tool_choice` REQUIRED or a named
+function hold (guided decoding, as vLLM's server does it), and the
+generation's text turned into tool calls.
+
+What is constrained is called: a named function's output is its arguments
+object; REQUIRED's is a JSON array of {"name", "parameters"} objects. AUTO is
+not parsed: the served models' chat templates know no tools, so what they
+write is text, and guessing calls out of free text would invent them."""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+from dataclasses import dataclass, field
+from typing import Any
+
+from maas.v1 import generation_pb2
+from services.common.errors import InvalidArgumentError
+from services.inference.engine import InvalidRequestError, check_json_schema
+
+# OpenAI's own limit on tools in one request.
+MAX_TOOLS = 128
+# OpenAI's rule for function names.
+TOOL_NAME = re.compile(r"[a-zA-Z0-9_-]{1,64}")
+# OpenAI's limit on a function's description; it goes into the prompt.
+MAX_DESCRIPTION_CHARS = 1024
+
+_MODE = generation_pb2.ToolChoiceMode
+_ANY_OBJECT = {"type": "object"}
+
+
+def mode(request: generation_pb2.GenerateRequest) -> int:
+    """The tool choice's mode; a named function reads as REQUIRED."""
+    choice = request.tool_choice
+    which = choice.WhichOneof("choice")
+    if which == "function":
+        return _MODE.TOOL_CHOICE_MODE_REQUIRED
+    if which == "mode" and choice.mode != _MODE.TOOL_CHOICE_MODE_UNSPECIFIED:
+        return int(choice.mode)
+    return _MODE.TOOL_CHOICE_MODE_AUTO if request.tools else _MODE.TOOL_CHOICE_MODE_NONE
+
+
+def constrains(request: generation_pb2.GenerateRequest) -> bool:
+    """Whether the output is tool calls (REQUIRED or a named function)."""
+    return mode(request) == _MODE.TOOL_CHOICE_MODE_REQUIRED
+
+
+def validate_tools(request: generation_pb2.GenerateRequest) -> None:
+    """INVALID_ARGUMENT naming the field of any tool, tool choice or tool
+    call out of bounds; checked before anything is charged."""
+    tools = request.tools
+    if tools and request.WhichOneof("input") != "messages":
+        raise InvalidArgumentError("tools", "need a chat request (messages)")
+    if len(tools) > MAX_TOOLS:
+        raise InvalidArgumentError("tools", f"at most {MAX_TOOLS}")
+    names: set[str] = set()
+    for i, tool in enumerate(tools):
+        if not TOOL_NAME.fullmatch(tool.name):
+            raise InvalidArgumentError(
+                f"tools[{i}].name", "must be 1 to 64 of a-z, A-Z, 0-9, '_' and '-'"
+            )
+        if tool.name in names:
+            raise InvalidArgumentError(f"tools[{i}].name", f"{tool.name!r} is named twice")
+        names.add(tool.name)
+        if len(tool.description) > MAX_DESCRIPTION_CHARS:
+            raise InvalidArgumentError(
+                f"tools[{i}].description", f"is over {MAX_DESCRIPTION_CHARS} characters"
+            )
+        if tool.parameters:
+            _check_schema(tool.parameters, f"tools[{i}].parameters")
+    which = request.tool_choice.WhichOneof("choice")
+    if which is not None and not tools:
+        raise InvalidArgumentError("tool_choice", "needs tools")
+    if which == "function" and request.tool_choice.function not in names:
+        raise InvalidArgumentError(
+            "tool_choice.function", f"{request.tool_choice.function!r} is not one of the tools"
+        )
+    if constrains(request) and request.WhichOneof("constraint") is not None:
+        raise InvalidArgumentError(
+            "tool_choice",
+            f"a required or named tool cannot be combined with {request.WhichOneof('constraint')}",
+        )
+    if constrains(request):
+        # The schemas together, wrapped: what the grammar backend compiles.
+        _check_schema(tool_schema(request), "tools")
+    for i, turn in enumerate(request.messages.messages):
+        if turn.tool_calls and turn.role != "assistant":
+            raise InvalidArgumentError(f"messages[{i}].tool_calls", "only an assistant calls tools")
+        for j, call in enumerate(turn.tool_calls):
+            if not TOOL_NAME.fullmatch(call.name):
+                raise InvalidArgumentError(
+                    f"messages[{i}].tool_calls[{j}].name",
+                    "must be 1 to 64 of a-z, A-Z, 0-9, '_' and '-'",
+                )
+
+
+def _check_schema(text: str, name: str) -> None:
+    try:
+        check_json_schema(text)
+    except InvalidRequestError as err:
+        raise InvalidArgumentError(name, err.description) from err
+
+
+def _parameters(tool: generation_pb2.Tool) -> dict[str, Any]:
+    if not tool.parameters:
+        return dict(_ANY_OBJECT)
+    schema = json.loads(tool.parameters)
+    assert isinstance(schema, dict)  # validate_tools checked it is an object
+    return schema
+
+
+def tool_schema(request: generation_pb2.GenerateRequest) -> str:
+    """The JSON schema the output must follow (compact JSON), as vLLM's
+    server builds it: a named function's parameters; for REQUIRED, an array
+    of calls, each one of the tools, with the tools' `$defs` lifted to the
+    top so their references still resolve."""
+    if request.tool_choice.WhichOneof("choice") == "function":
+        (tool,) = (t for t in request.tools if t.name == request.tool_choice.function)
+        return json.dumps(_parameters(tool), separators=(",", ":"))
+    defs: dict[str, Any] = {}
+    variants = []
+    for i, tool in enumerate(request.tools):
+        parameters = _parameters(tool)
+        lifted = parameters.pop("$defs", {})
+        if not isinstance(lifted, dict):
+            raise InvalidArgumentError(f"tools[{i}].parameters", "$defs must be an object")
+        for key, value in lifted.items():
+            if defs.setdefault(key, value) != value:
+                raise InvalidArgumentError(
+                    f"tools[{i}].parameters", f"$defs.{key} differs from another tool's"
+                )
+        variants.append(
+            {
+                "type": "object",
+                "properties": {
+                    "name": {"type": "string", "enum": [tool.name]},
+                    "parameters": parameters,
+                },
+                "required": ["name", "parameters"],
+            }
+        )
+    items: dict[str, Any] = {"type": "array", "minItems": 1, "items": {"anyOf": variants}}
+    if request.HasField("parallel_tool_calls") and not request.parallel_tool_calls:
+        items["maxItems"] = 1
+    if defs:
+        items["$defs"] = defs
+    return json.dumps(items, separators=(",", ":"))
+
+
+def schema_field(request: generation_pb2.GenerateRequest) -> str:
+    """The field to name when the grammar backend refuses `tool_schema`."""
+    if request.tool_choice.WhichOneof("choice") == "function":
+        names = [t.name for t in request.tools]
+        return f"tools[{names.index(request.tool_choice.function)}].parameters"
+    return "tools"
+
+
+def call_id() -> str:
+    # OpenAI's shape: "call_" and 24 characters.
+    return f"call_{secrets.token_hex(12)}"
+
+
+@dataclass
+class _Choice:
+    started: bool = False
+    text: list[str] = field(default_factory=list)
+
+
+class ToolCallStream:
+    """Turns one request's chunks into tool-call chunks when its tool choice
+    constrains the output. A named function's arguments stream as they come;
+    REQUIRED's array is parsed once whole (its calls are known only then),
+    so its chunks before the last carry usage and token ids but no text."""
+
+    def __init__(self, request: generation_pb2.GenerateRequest) -> None:
+        self._active = constrains(request)
+        which = request.tool_choice.WhichOneof("choice")
+        self._named = request.tool_choice.function if which == "function" else None
+        self._choices: dict[int, _Choice] = {}
+
+    def convert(self, chunk: generation_pb2.GenerateResponse) -> generation_pb2.GenerateResponse:
+        if not self._active:
+            return chunk
+        choice = self._choices.setdefault(chunk.index, _Choice())
+        out = generation_pb2.GenerateResponse()
+        out.CopyFrom(chunk)
+        out.text = ""
+        finished = chunk.finish_reason != generation_pb2.FINISH_REASON_UNSPECIFIED
+        if self._named is not None:
+            if chunk.text or finished:
+                call = out.tool_calls.add(index=0, arguments=chunk.text)
+                if not choice.started:
+                    choice.started = True
+                    call.id, call.name = call_id(), self._named
+        else:
+            choice.text.append(chunk.text)
+            if finished:
+                calls = _parsed_calls("".join(choice.text))
+                if calls is None:
+                    # Cut short (max_tokens) before the array closed: no
+                    # calls can be read, so the text is returned as it is.
+                    out.text = "".join(choice.text)
+                    return out
+                for index, (name, arguments) in enumerate(calls):
+                    out.tool_calls.add(id=call_id(), name=name, arguments=arguments, index=index)
+        if chunk.finish_reason == generation_pb2.FINISH_REASON_STOP:
+            out.finish_reason = generation_pb2.FINISH_REASON_TOOL_CALLS
+        return out
+
+
+def _parsed_calls(text: str) -> list[tuple[str, str]] | None:
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None
+    if not isinstance(value, list):
+        return None
+    calls = []
+    for item in value:
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+            return None
+        calls.append((item["name"], json.dumps(item.get("parameters", {}), separators=(",", ":"))))
+    return calls

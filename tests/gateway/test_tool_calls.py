@@ -1,0 +1,112 @@
+"""Tool choices onto guided decoding and the constrained text back into tool
+calls: the schema vLLM's server builds, and REQUIRED's array parsed once whole."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from gateway.tool_calls import ToolCallStream, tool_schema, validate_tools
+from maas.v1 import generation_pb2
+from services.common.errors import InvalidArgumentError
+
+Tool = generation_pb2.Tool
+
+OBJECT = '{"type":"object","$defs":{"D":{"type":"string"}}}'
+
+
+def request(**fields: object) -> generation_pb2.GenerateRequest:
+    return generation_pb2.GenerateRequest(
+        model="m",
+        messages=generation_pb2.ChatMessages(messages=[generation_pb2.ChatMessage(role="user")]),
+        tools=[generation_pb2.Tool(name="a", parameters=OBJECT), generation_pb2.Tool(name="b")],
+        **fields,  # type: ignore[arg-type]
+    )
+
+
+def test_required_is_an_array_of_calls_with_the_defs_lifted() -> None:
+    required = request(
+        tool_choice=generation_pb2.ToolChoice(mode=generation_pb2.TOOL_CHOICE_MODE_REQUIRED),
+        parallel_tool_calls=False,
+    )
+    schema = json.loads(tool_schema(required))
+    assert schema["type"] == "array" and schema["minItems"] == 1 and schema["maxItems"] == 1
+    assert schema["$defs"] == {"D": {"type": "string"}}
+    names = [v["properties"]["name"]["enum"] for v in schema["items"]["anyOf"]]
+    assert names == [["a"], ["b"]]
+    named = request(tool_choice=generation_pb2.ToolChoice(function="b"))
+    assert json.loads(tool_schema(named)) == {"type": "object"}
+
+
+def test_required_text_becomes_calls_on_the_last_chunk() -> None:
+    stream = ToolCallStream(
+        request(
+            tool_choice=generation_pb2.ToolChoice(mode=generation_pb2.TOOL_CHOICE_MODE_REQUIRED)
+        )
+    )
+    first = stream.convert(generation_pb2.GenerateResponse(text='[{"name":"a",'))
+    assert not first.text and not first.tool_calls
+    last = stream.convert(
+        generation_pb2.GenerateResponse(
+            text='"parameters":{"x":1}}]', finish_reason=generation_pb2.FINISH_REASON_STOP
+        )
+    )
+    assert [(c.name, c.arguments) for c in last.tool_calls] == [("a", '{"x":1}')]
+    assert last.finish_reason == generation_pb2.FINISH_REASON_TOOL_CALLS
+    # Cut short before the array closed: the text, as it is, and "length".
+    cut = ToolCallStream(
+        request(
+            tool_choice=generation_pb2.ToolChoice(mode=generation_pb2.TOOL_CHOICE_MODE_REQUIRED)
+        )
+    ).convert(
+        generation_pb2.GenerateResponse(
+            text='[{"name"', finish_reason=generation_pb2.FINISH_REASON_LENGTH
+        )
+    )
+    assert cut.text == '[{"name"' and not cut.tool_calls
+    assert cut.finish_reason == generation_pb2.FINISH_REASON_LENGTH
+
+
+def test_auto_passes_text_through() -> None:
+    chunk = generation_pb2.GenerateResponse(
+        text="hi", finish_reason=generation_pb2.FINISH_REASON_STOP
+    )
+    assert ToolCallStream(request()).convert(chunk) is chunk
+
+
+@pytest.mark.parametrize(
+    ("fields", "field"),
+    [
+        ({"tools": [Tool(name="a" * 65)]}, "tools[0].name"),
+        ({"tools": [Tool(name="a"), Tool(name="a")]}, "tools[1].name"),
+        ({"tools": [Tool(name="a", description="d" * 1025)]}, "tools[0].description"),
+        ({"tools": [Tool(name="a", parameters="{")]}, "tools[0].parameters"),
+        ({"tool_choice": generation_pb2.ToolChoice(function="a")}, "tool_choice"),
+        (
+            {
+                "tools": [generation_pb2.Tool(name="a")],
+                "tool_choice": generation_pb2.ToolChoice(function="a"),
+                "regex": "x",
+            },
+            "tool_choice",
+        ),
+    ],
+)
+def test_bounds_name_the_field(fields: dict[str, object], field: str) -> None:
+    bad = generation_pb2.GenerateRequest(
+        model="m",
+        messages=generation_pb2.ChatMessages(messages=[generation_pb2.ChatMessage(role="user")]),
+        **fields,  # type: ignore[arg-type]
+    )
+    with pytest.raises(InvalidArgumentError) as info:
+        validate_tools(bad)
+    assert info.value.field == field
+
+
+def test_tools_need_a_chat() -> None:
+    with pytest.raises(InvalidArgumentError) as info:
+        validate_tools(
+            generation_pb2.GenerateRequest(model="m", prompt="x", tools=[Tool(name="a")])
+        )
+    assert info.value.field == "tools"
