@@ -26,7 +26,6 @@ IGNORED: frozenset[str] = frozenset(
     {
         "metadata",  # OpenAI's dashboard tags
         "store",  # OpenAI keeps completions for its dashboard; nothing is stored here
-        "parallel_tool_calls",  # meaningless without tools
         "service_tier",  # OpenAI's capacity classes
         "prediction",  # predicted outputs: a speed hint, never the answer
         "reasoning_effort",  # for reasoning models; vLLM ignores it for others

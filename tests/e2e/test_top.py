@@ -101,7 +101,12 @@ async def test_a_frame_shows_the_replica_the_tenants_traffic_and_open_alerts(
     alerts = [line.split() for line in text.splitlines() if "auth_failure_burst" in line]
     assert ["auth_failure_burst", "source:ipv4:127.0.0.1"] in [alert[2:4] for alert in alerts]
     # Without an earlier snapshot there is no rate to show.
-    assert row_of(text_of(after), tenant_key.tenant_id)[6] == "-"
+    # (The session's mesh holds more tenants than a frame lists, busiest first:
+    # this one may be past the cut in a frame without rates, so every row is checked.)
+    rows = [line.split() for line in text_of(after).splitlines()]
+    tenant_rows = [r for r in rows if r and len(r[0]) == 32 and r[0].isalnum() and len(r) == 7]
+    assert tenant_rows
+    assert {row[6] for row in tenant_rows} == {"-"}
 
 
 async def test_a_tenant_whose_requests_wait_shows_its_queue(
