@@ -40,7 +40,7 @@ CHAT = "sim-chat"
 OTHER = "sim-other"
 SIM: dict[str, Any] = {"engine": "sim", "sim_profile": "tiny-cpu", "stream_messages_per_s": 0}
 CHAT_CARD: dict[str, Any] = {"owner": "acme-labs", "description": "A tiny chat model for tests."}
-OTHER_CARD: dict[str, Any] = {"owner": "other-lab", "description": "Another tiny model, not priced."}
+OTHER_CARD: dict[str, Any] = {"owner": "other-lab", "description": "Another tiny model."}
 # $0.15 prompt, $0.05 cached prompt, $0.60 completion per million tokens.
 PROMPT, CACHED, COMPLETION = 150_000, 50_000, 600_000
 
