@@ -21,6 +21,7 @@ from gateway.authn import Authenticator, within
 from gateway.constraints import ConstraintChecker
 from gateway.metrics import GatewayMetrics
 from gateway.model_limits import ModelCatalog, served_models
+from gateway.model_prices import PriceBook, with_prices
 from gateway.outbox import UsageOutbox
 from gateway.quota import QuotaClient, Used, estimate_split
 from gateway.refusals import CALLER_REFUSALS, RefusalBudget, peer_host
@@ -112,6 +113,8 @@ class GatewayCore:
         quotas: QuotaClient,
         catalog: ModelCatalog,
         constraints: ConstraintChecker | None = None,
+        # Where listed models' prices come from; None: listed unpriced-unknown.
+        prices: PriceBook | None = None,
         # GatewaySettings.usage_progress_interval_s's default (why: see there).
         progress_interval_s: float = 5.0,
         refusals: RefusalBudget,
@@ -130,6 +133,7 @@ class GatewayCore:
         self._quotas = quotas
         self._catalog = catalog
         self._constraints = constraints
+        self._prices = prices
 
     async def generate(
         self, caller: Caller, request: generation_pb2.GenerateRequest
@@ -252,15 +256,19 @@ class GatewayCore:
         return completion_limit(None, model.max_context_length - 1)
 
     async def list_models(self, caller: Caller) -> list[generation_pb2.ModelInfo]:
-        """The models some serving replica holds, adapters included, by name."""
+        """The models some serving replica holds, adapters included, by name,
+        each with its price in force (see model_prices.py)."""
         await self.authenticate(caller, "generate")
         check_client_request_id(caller)
+        timeout_s = within(caller.deadline_s, self._authenticator.timeout_s)
         with remote_errors():
             replicas = await self._router.ListReplicas(
-                router_pb2.ListReplicasRequest(),
-                timeout=within(caller.deadline_s, self._authenticator.timeout_s),
+                router_pb2.ListReplicasRequest(), timeout=timeout_s
             )
-        return served_models(replicas)
+        models = served_models(replicas)
+        if self._prices is None:
+            return models
+        return with_prices(models, await self._prices.in_force(caller.credentials, timeout_s))
 
     async def count_tokens(
         self, caller: Caller, request: generation_pb2.CountTokensRequest

@@ -19,18 +19,30 @@ from services.common.errors import MeshError, NotFoundError, remote_errors
 
 
 def served_models(replicas: router_pb2.ListReplicasResponse) -> list[generation_pb2.ModelInfo]:
-    """The models some serving replica holds, adapters included, by name."""
+    """The models some serving replica holds, adapters included, by name; a
+    base model lists the adapters any of its replicas serves."""
     models: dict[str, generation_pb2.ModelInfo] = {}
+    adapters: dict[str, set[str]] = {}
     for replica in replicas.replicas:
         if replica.state != router_pb2.REPLICA_STATE_SERVING:
             continue
-        models.setdefault(replica.model.name, replica.model)
+        base = replica.model.name
+        models.setdefault(base, replica.model)
+        adapters.setdefault(base, set()).update(replica.adapters)
         for adapter in replica.adapters:
             # An adapter has its base model's limits under its own name.
             adapter_info = generation_pb2.ModelInfo()
             adapter_info.CopyFrom(replica.model)
             adapter_info.name = adapter
+            adapter_info.base_model = base
+            del adapter_info.adapters[:]
             models.setdefault(adapter, adapter_info)
+    for base, names in adapters.items():
+        info = generation_pb2.ModelInfo()
+        info.CopyFrom(models[base])
+        del info.adapters[:]
+        info.adapters.extend(sorted(names))
+        models[base] = info
     return [models[name] for name in sorted(models)]
 
 

@@ -264,14 +264,47 @@ def _record_end_user(user: str | None) -> None:
         trace.get_current_span().set_attribute("maas.end_user", user)
 
 
+_KIND_NAMES = {
+    generation_pb2.MODEL_KIND_CHAT: "chat",
+    generation_pb2.MODEL_KIND_COMPLETION: "completion",
+    generation_pb2.MODEL_KIND_EMBEDDING: "embedding",
+}
+
+
 def _model_object(model: generation_pb2.ModelInfo) -> dict[str, Any]:
+    """OpenAI's model object (id, object, created, owned_by), then what the
+    library says of it; `parent` and `max_model_len` as vLLM names them."""
     return {
         "id": model.name,
         "object": "model",
         # The mesh does not know when a model was made; when it was listed is honest.
         "created": int(time.time()),
-        "owned_by": "maas",
+        # A replica that predates owners is the mesh's own.
+        "owned_by": model.owner or "maas",
+        "kind": _KIND_NAMES.get(model.kind),
         "max_model_len": model.max_context_length,
+        "description": model.description,
+        "parent": model.base_model or None,
+        "adapters": list(model.adapters),
+        "pricing": _pricing(model),
+    }
+
+
+def _pricing(model: generation_pb2.ModelInfo) -> dict[str, Any] | None:
+    """The price in force in micro-units per million tokens; `unpriced` when
+    the book has none; None when the book could not be read."""
+    if model.unpriced:
+        return {"unpriced": True}
+    if not model.HasField("price"):
+        return None
+    price = model.price
+    return {
+        "unpriced": False,
+        "currency": price.currency,
+        "prompt_micros_per_million": price.prompt_micros_per_million,
+        "cached_prompt_micros_per_million": price.cached_prompt_micros_per_million,
+        "completion_micros_per_million": price.completion_micros_per_million,
+        "effective_at": price.effective_time.seconds,
     }
 
 

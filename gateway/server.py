@@ -14,6 +14,7 @@ from gateway.http_health import channels_readiness
 from gateway.http_server import serving_http
 from gateway.metrics import GatewayMetrics
 from gateway.model_limits import ModelCatalog
+from gateway.model_prices import PriceBook
 from gateway.openai_http import create_app
 from gateway.outbox import UsageOutbox
 from gateway.outbox_dir import OutboxAdopter, close_own, own_outbox
@@ -25,6 +26,7 @@ from gateway.settings import GatewaySettings
 from maas.v1 import (
     auth_pb2,
     auth_pb2_grpc,
+    billing_pb2_grpc,
     gateway_pb2,
     gateway_pb2_grpc,
     metering_pb2,
@@ -157,6 +159,9 @@ async def serving(settings: GatewaySettings, telemetry: Telemetry) -> AsyncItera
             quotas=quotas,
             catalog=ModelCatalog(router, ttl_s=settings.model_list_ttl_s),
             constraints=constraints,
+            prices=PriceBook(
+                billing_pb2_grpc.BillingStub(auth_ch), ttl_s=settings.model_list_ttl_s
+            ),
             progress_interval_s=settings.usage_progress_interval_s,
             refusals=RefusalBudget(
                 per_s=settings.refusals_per_s,

@@ -13,7 +13,8 @@ replica whose engine died exits non-zero) is reported and started again.
 (deploy/local/postgres.sh) and one Redis for
 their quota state (deploy/local/redis.sh); `--gateway-replicas N` runs N
 gateways sharing one usage outbox directory. Every gateway dials every auth
-replica over one balanced channel.
+replica over one balanced channel. `--models a,b` serves several models,
+`--replicas` of each, all behind the one router (which routes by model name).
 
 Internal services answer only the mesh: every service gets the service token
 kept in .maas/secrets.json. `--tls` adds mutual TLS on every hop (TLS without
@@ -215,21 +216,42 @@ def flag(path: str) -> str:
     return "--" + path.replace("_", "-")
 
 
-def engine_launch(args: argparse.Namespace) -> tuple[list[str], dict[str, str]]:
-    """Flags and environment of a service that runs the engine (one with a `model` setting)."""
+def model_list(text: str) -> list[str]:
+    """`--models`: names separated by commas or spaces, each once, in order."""
+    names = list(dict.fromkeys(n for n in text.replace(",", " ").split() if n))
+    if not names:
+        raise argparse.ArgumentTypeError("needs at least one model")
+    return names
+
+
+def served_models(args: argparse.Namespace) -> list[str]:
+    """The models the stack serves: `--models` (names; with vLLM each a
+    directory under <state-dir>/models unless a path), else `--model`."""
+    if args.models:
+        if args.engine == "sim":
+            return list(args.models)
+        root = Path(args.state_dir) / "models"
+        return [name if "/" in name else str(root / name) for name in args.models]
     if args.engine == "sim":
         # A simulated replica: the model is only a name, and no vLLM runs.
-        name = str(args.model) if args.model else args.sim_profile
-        return ["--engine", "sim", "--sim-profile", args.sim_profile, "--model", name], {}
-    engine_args: list[str] = ["--model", str(args.model)]
+        return [str(args.model) if args.model else args.sim_profile]
+    return [str(args.model)]
+
+
+def engine_launch(args: argparse.Namespace, model: str) -> tuple[list[str], dict[str, str]]:
+    """Flags and environment of a replica of `model` (a service with a `model` setting)."""
+    if args.engine == "sim":
+        return ["--engine", "sim", "--sim-profile", args.sim_profile, "--model", model], {}
+    engine_args: list[str] = ["--model", model]
     env: dict[str, str] = {}
     if engine_is_cpu_build():
         # The CPU engine sizes its KV cache from NUMA node 0 unless told; eager avoids
         # a minute of torch.compile that buys nothing on CPU.
         engine_args += ["--kv-cache-memory-bytes", str(512 * 1024 * 1024), "--enforce-eager"]
-        if args.replicas > 1:
+        engines = args.replicas * len(served_models(args))
+        if engines > 1:
             # Engines on one machine share its cores rather than each taking all but one.
-            cores = max(1, ((os.cpu_count() or 1) - 1) // args.replicas)
+            cores = max(1, ((os.cpu_count() or 1) - 1) // engines)
             env["OMP_NUM_THREADS"] = str(cores)
     return engine_args, env
 
@@ -237,7 +259,8 @@ def engine_launch(args: argparse.Namespace) -> tuple[list[str], dict[str, str]]:
 def replica_count(args: argparse.Namespace, spec: ServiceSpec[Any]) -> int:
     """How many processes of `spec` the stack runs."""
     if takes_replicas(spec):
-        return int(args.replicas)
+        # REPLICAS of each model (only the engine's callers take lists of it).
+        return int(args.replicas) * len(served_models(args))
     return int(getattr(args, f"{spec.name}_replicas", 1))
 
 
@@ -290,16 +313,23 @@ def service_specs(
                 flags += ["--quota-url", shared.quota_url]
             if "usage_outbox_dir" in fields:
                 flags += ["--usage-outbox-dir", str(state_dir / "outboxes")]
-        env: dict[str, str] = {}
-        if "model" in spec.settings_type.model_fields:
-            engine_args, env = engine_launch(args)
-            flags = [*engine_args, *flags]
         # Tenants' clients have no mesh certificate: a public service asks for none.
         flags += tls_args(certs, spec.name, mutual=not spec.public)
         own_ports = ports[spec.name]
+        models = served_models(args)
         for i, port in enumerate(own_ports):
             name = spec.name if len(own_ports) == 1 else f"{spec.name}-{i + 1}"
             own_flags = [*flags, "--port", str(port)]
+            env: dict[str, str] = {}
+            if "model" in spec.settings_type.model_fields:
+                # Replicas come model by model: REPLICAS of the first, then of the next.
+                model = models[i // args.replicas]
+                engine_args, env = engine_launch(args, model)
+                own_flags = [*engine_args, *own_flags]
+                if len(models) > 1:
+                    name = f"{spec.name}-{Path(model).name}"
+                    if args.replicas > 1:
+                        name += f"-{i % args.replicas + 1}"
             http_port = None
             if i > 0 and "http_port" in spec.port_fields:
                 # The first keeps its HTTP port setting; the others one each, after the block.
@@ -730,6 +760,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model", type=Path, help="model directory (with --engine sim: a name)")
     parser.add_argument(
+        "--models",
+        type=model_list,
+        help="several models, comma or space separated, --replicas of each behind the one "
+        "router: names under <state-dir>/models (with --engine sim: just names)",
+    )
+    parser.add_argument(
         "--engine",
         choices=("vllm", "sim"),
         default="vllm",
@@ -789,8 +825,10 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.engine == "vllm" and args.model is None:
-        parser.error("--model is required unless --engine sim")
+    if args.engine == "vllm" and args.model is None and args.models is None:
+        parser.error("--model or --models is required unless --engine sim")
+    if args.model is not None and args.models is not None:
+        parser.error("--model and --models are one or the other")
     return args
 
 

@@ -22,45 +22,50 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18maas/v1/generation.proto\x12\x07maas.v1\"i\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\x12%\n\ntool_calls\x18\x03 \x03(\x0b\x32\x11.maas.v1.ToolCall\x12\x14\n\x0ctool_call_id\x18\x04 \x01(\t\"=\n\x04Tool\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x12\n\nparameters\x18\x03 \x01(\t\"S\n\nToolChoice\x12\'\n\x04mode\x18\x01 \x01(\x0e\x32\x17.maas.v1.ToolChoiceModeH\x00\x12\x12\n\x08\x66unction\x18\x02 \x01(\tH\x00\x42\x08\n\x06\x63hoice\"F\n\x08ToolCall\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x11\n\targuments\x18\x03 \x01(\t\x12\r\n\x05index\x18\x04 \x01(\r\"\x17\n\x08TokenIds\x12\x0b\n\x03ids\x18\x01 \x03(\r\"6\n\x0c\x43hatMessages\x12&\n\x08messages\x18\x01 \x03(\x0b\x32\x14.maas.v1.ChatMessage\"P\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\r\x12\x15\n\rcached_tokens\x18\x03 \x01(\r\"\xd3\x06\n\x0fGenerateRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x10\n\x06prompt\x18\x02 \x01(\tH\x00\x12)\n\x08messages\x18\x03 \x01(\x0b\x32\x15.maas.v1.ChatMessagesH\x00\x12-\n\x10prompt_token_ids\x18\t \x01(\x0b\x32\x11.maas.v1.TokenIdsH\x00\x12\x17\n\nmax_tokens\x18\x04 \x01(\rH\x02\x88\x01\x01\x12\x18\n\x0btemperature\x18\x05 \x01(\x02H\x03\x88\x01\x01\x12\x12\n\x05top_p\x18\x06 \x01(\x02H\x04\x88\x01\x01\x12\x11\n\x04seed\x18\x07 \x01(\x04H\x05\x88\x01\x01\x12\x0c\n\x04stop\x18\x08 \x03(\t\x12\x12\n\x05top_k\x18\n \x01(\rH\x06\x88\x01\x01\x12\x12\n\x05min_p\x18\x0b \x01(\x02H\x07\x88\x01\x01\x12\x1d\n\x10presence_penalty\x18\x0c \x01(\x02H\x08\x88\x01\x01\x12\x1e\n\x11\x66requency_penalty\x18\r \x01(\x02H\t\x88\x01\x01\x12\x1f\n\x12repetition_penalty\x18\x0e \x01(\x02H\n\x88\x01\x01\x12\x17\n\nmin_tokens\x18\x0f \x01(\rH\x0b\x88\x01\x01\x12\x16\n\x0estop_token_ids\x18\x10 \x03(\r\x12\x12\n\nignore_eos\x18\x11 \x01(\x08\x12\x0e\n\x01n\x18\x12 \x01(\rH\x0c\x88\x01\x01\x12\x15\n\x08logprobs\x18\x13 \x01(\rH\r\x88\x01\x01\x12\x15\n\x0bjson_schema\x18\x14 \x01(\tH\x01\x12\x0f\n\x05regex\x18\x15 \x01(\tH\x01\x12\x1c\n\x05tools\x18\x16 \x03(\x0b\x32\r.maas.v1.Tool\x12(\n\x0btool_choice\x18\x17 \x01(\x0b\x32\x13.maas.v1.ToolChoice\x12 \n\x13parallel_tool_calls\x18\x18 \x01(\x08H\x0e\x88\x01\x01\x42\x07\n\x05inputB\x0c\n\nconstraintB\r\n\x0b_max_tokensB\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x07\n\x05_seedB\x08\n\x06_top_kB\x08\n\x06_min_pB\x13\n\x11_presence_penaltyB\x14\n\x12_frequency_penaltyB\x15\n\x13_repetition_penaltyB\r\n\x0b_min_tokensB\x04\n\x02_nB\x0b\n\t_logprobsB\x16\n\x14_parallel_tool_calls\"M\n\x0cTokenLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\r\x12\x0f\n\x07logprob\x18\x02 \x01(\x02\x12\x11\n\x04text\x18\x03 \x01(\tH\x00\x88\x01\x01\x42\x07\n\x05_text\"\\\n\x0eSampledLogprob\x12&\n\x07sampled\x18\x01 \x01(\x0b\x32\x15.maas.v1.TokenLogprob\x12\"\n\x03top\x18\x02 \x03(\x0b\x32\x15.maas.v1.TokenLogprob\"\xf3\x01\n\x10GenerateResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\r\x12,\n\rfinish_reason\x18\x03 \x01(\x0e\x32\x15.maas.v1.FinishReason\x12\x1d\n\x05usage\x18\x04 \x01(\x0b\x32\x0e.maas.v1.Usage\x12\r\n\x05index\x18\x05 \x01(\r\x12)\n\x08logprobs\x18\x06 \x03(\x0b\x32\x17.maas.v1.SampledLogprob\x12\x10\n\x08queued_s\x18\x07 \x01(\x01\x12%\n\ntool_calls\x18\x08 \x03(\x0b\x32\x11.maas.v1.ToolCall\"\x98\x01\n\x12\x43ountTokensRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x10\n\x06prompt\x18\x02 \x01(\tH\x00\x12)\n\x08messages\x18\x03 \x01(\x0b\x32\x15.maas.v1.ChatMessagesH\x00\x12-\n\x10prompt_token_ids\x18\x04 \x01(\x0b\x32\x11.maas.v1.TokenIdsH\x00\x42\x07\n\x05input\"F\n\x13\x43ountTokensResponse\x12\x13\n\x0btoken_count\x18\x01 \x01(\r\x12\x1a\n\x12max_context_length\x18\x02 \x01(\r\"b\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x1a\n\x12max_context_length\x18\x02 \x01(\r\x12\x12\n\nvocab_size\x18\x03 \x01(\r\x12\x17\n\x0fmax_token_bytes\x18\x04 \x01(\r*\x87\x01\n\x0eToolChoiceMode\x12 \n\x1cTOOL_CHOICE_MODE_UNSPECIFIED\x10\x00\x12\x19\n\x15TOOL_CHOICE_MODE_NONE\x10\x01\x12\x19\n\x15TOOL_CHOICE_MODE_AUTO\x10\x02\x12\x1d\n\x19TOOL_CHOICE_MODE_REQUIRED\x10\x03*\x96\x01\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12\x17\n\x13\x46INISH_REASON_ABORT\x10\x03\x12\x1c\n\x18\x46INISH_REASON_TOOL_CALLS\x10\x04\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18maas/v1/generation.proto\x12\x07maas.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"i\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\x12%\n\ntool_calls\x18\x03 \x03(\x0b\x32\x11.maas.v1.ToolCall\x12\x14\n\x0ctool_call_id\x18\x04 \x01(\t\"=\n\x04Tool\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x12\n\nparameters\x18\x03 \x01(\t\"S\n\nToolChoice\x12\'\n\x04mode\x18\x01 \x01(\x0e\x32\x17.maas.v1.ToolChoiceModeH\x00\x12\x12\n\x08\x66unction\x18\x02 \x01(\tH\x00\x42\x08\n\x06\x63hoice\"F\n\x08ToolCall\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x11\n\targuments\x18\x03 \x01(\t\x12\r\n\x05index\x18\x04 \x01(\r\"\x17\n\x08TokenIds\x12\x0b\n\x03ids\x18\x01 \x03(\r\"6\n\x0c\x43hatMessages\x12&\n\x08messages\x18\x01 \x03(\x0b\x32\x14.maas.v1.ChatMessage\"P\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\r\x12\x15\n\rcached_tokens\x18\x03 \x01(\r\"\xd3\x06\n\x0fGenerateRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x10\n\x06prompt\x18\x02 \x01(\tH\x00\x12)\n\x08messages\x18\x03 \x01(\x0b\x32\x15.maas.v1.ChatMessagesH\x00\x12-\n\x10prompt_token_ids\x18\t \x01(\x0b\x32\x11.maas.v1.TokenIdsH\x00\x12\x17\n\nmax_tokens\x18\x04 \x01(\rH\x02\x88\x01\x01\x12\x18\n\x0btemperature\x18\x05 \x01(\x02H\x03\x88\x01\x01\x12\x12\n\x05top_p\x18\x06 \x01(\x02H\x04\x88\x01\x01\x12\x11\n\x04seed\x18\x07 \x01(\x04H\x05\x88\x01\x01\x12\x0c\n\x04stop\x18\x08 \x03(\t\x12\x12\n\x05top_k\x18\n \x01(\rH\x06\x88\x01\x01\x12\x12\n\x05min_p\x18\x0b \x01(\x02H\x07\x88\x01\x01\x12\x1d\n\x10presence_penalty\x18\x0c \x01(\x02H\x08\x88\x01\x01\x12\x1e\n\x11\x66requency_penalty\x18\r \x01(\x02H\t\x88\x01\x01\x12\x1f\n\x12repetition_penalty\x18\x0e \x01(\x02H\n\x88\x01\x01\x12\x17\n\nmin_tokens\x18\x0f \x01(\rH\x0b\x88\x01\x01\x12\x16\n\x0estop_token_ids\x18\x10 \x03(\r\x12\x12\n\nignore_eos\x18\x11 \x01(\x08\x12\x0e\n\x01n\x18\x12 \x01(\rH\x0c\x88\x01\x01\x12\x15\n\x08logprobs\x18\x13 \x01(\rH\r\x88\x01\x01\x12\x15\n\x0bjson_schema\x18\x14 \x01(\tH\x01\x12\x0f\n\x05regex\x18\x15 \x01(\tH\x01\x12\x1c\n\x05tools\x18\x16 \x03(\x0b\x32\r.maas.v1.Tool\x12(\n\x0btool_choice\x18\x17 \x01(\x0b\x32\x13.maas.v1.ToolChoice\x12 \n\x13parallel_tool_calls\x18\x18 \x01(\x08H\x0e\x88\x01\x01\x42\x07\n\x05inputB\x0c\n\nconstraintB\r\n\x0b_max_tokensB\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x07\n\x05_seedB\x08\n\x06_top_kB\x08\n\x06_min_pB\x13\n\x11_presence_penaltyB\x14\n\x12_frequency_penaltyB\x15\n\x13_repetition_penaltyB\r\n\x0b_min_tokensB\x04\n\x02_nB\x0b\n\t_logprobsB\x16\n\x14_parallel_tool_calls\"M\n\x0cTokenLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\r\x12\x0f\n\x07logprob\x18\x02 \x01(\x02\x12\x11\n\x04text\x18\x03 \x01(\tH\x00\x88\x01\x01\x42\x07\n\x05_text\"\\\n\x0eSampledLogprob\x12&\n\x07sampled\x18\x01 \x01(\x0b\x32\x15.maas.v1.TokenLogprob\x12\"\n\x03top\x18\x02 \x03(\x0b\x32\x15.maas.v1.TokenLogprob\"\xf3\x01\n\x10GenerateResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\r\x12,\n\rfinish_reason\x18\x03 \x01(\x0e\x32\x15.maas.v1.FinishReason\x12\x1d\n\x05usage\x18\x04 \x01(\x0b\x32\x0e.maas.v1.Usage\x12\r\n\x05index\x18\x05 \x01(\r\x12)\n\x08logprobs\x18\x06 \x03(\x0b\x32\x17.maas.v1.SampledLogprob\x12\x10\n\x08queued_s\x18\x07 \x01(\x01\x12%\n\ntool_calls\x18\x08 \x03(\x0b\x32\x11.maas.v1.ToolCall\"\x98\x01\n\x12\x43ountTokensRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x10\n\x06prompt\x18\x02 \x01(\tH\x00\x12)\n\x08messages\x18\x03 \x01(\x0b\x32\x15.maas.v1.ChatMessagesH\x00\x12-\n\x10prompt_token_ids\x18\x04 \x01(\x0b\x32\x11.maas.v1.TokenIdsH\x00\x42\x07\n\x05input\"F\n\x13\x43ountTokensResponse\x12\x13\n\x0btoken_count\x18\x01 \x01(\r\x12\x1a\n\x12max_context_length\x18\x02 \x01(\r\"\x84\x02\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x1a\n\x12max_context_length\x18\x02 \x01(\r\x12\x12\n\nvocab_size\x18\x03 \x01(\r\x12\x17\n\x0fmax_token_bytes\x18\x04 \x01(\r\x12 \n\x04kind\x18\x05 \x01(\x0e\x32\x12.maas.v1.ModelKind\x12\r\n\x05owner\x18\x06 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x07 \x01(\t\x12\x12\n\nbase_model\x18\x08 \x01(\t\x12\x10\n\x08\x61\x64\x61pters\x18\t \x03(\t\x12\"\n\x05price\x18\n \x01(\x0b\x32\x13.maas.v1.ModelPrice\x12\x10\n\x08unpriced\x18\x0b \x01(\x08\"\xc6\x01\n\nModelPrice\x12\x10\n\x08\x63urrency\x18\x01 \x01(\t\x12!\n\x19prompt_micros_per_million\x18\x02 \x01(\x03\x12(\n cached_prompt_micros_per_million\x18\x03 \x01(\x03\x12%\n\x1d\x63ompletion_micros_per_million\x18\x04 \x01(\x03\x12\x32\n\x0e\x65\x66\x66\x65\x63tive_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*\x87\x01\n\x0eToolChoiceMode\x12 \n\x1cTOOL_CHOICE_MODE_UNSPECIFIED\x10\x00\x12\x19\n\x15TOOL_CHOICE_MODE_NONE\x10\x01\x12\x19\n\x15TOOL_CHOICE_MODE_AUTO\x10\x02\x12\x1d\n\x19TOOL_CHOICE_MODE_REQUIRED\x10\x03*\x96\x01\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12\x17\n\x13\x46INISH_REASON_ABORT\x10\x03\x12\x1c\n\x18\x46INISH_REASON_TOOL_CALLS\x10\x04*q\n\tModelKind\x12\x1a\n\x16MODEL_KIND_UNSPECIFIED\x10\x00\x12\x13\n\x0fMODEL_KIND_CHAT\x10\x01\x12\x19\n\x15MODEL_KIND_COMPLETION\x10\x02\x12\x18\n\x14MODEL_KIND_EMBEDDING\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'maas.v1.generation_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_TOOLCHOICEMODE']._serialized_start=2128
-  _globals['_TOOLCHOICEMODE']._serialized_end=2263
-  _globals['_FINISHREASON']._serialized_start=2266
-  _globals['_FINISHREASON']._serialized_end=2416
-  _globals['_CHATMESSAGE']._serialized_start=37
-  _globals['_CHATMESSAGE']._serialized_end=142
-  _globals['_TOOL']._serialized_start=144
-  _globals['_TOOL']._serialized_end=205
-  _globals['_TOOLCHOICE']._serialized_start=207
-  _globals['_TOOLCHOICE']._serialized_end=290
-  _globals['_TOOLCALL']._serialized_start=292
-  _globals['_TOOLCALL']._serialized_end=362
-  _globals['_TOKENIDS']._serialized_start=364
-  _globals['_TOKENIDS']._serialized_end=387
-  _globals['_CHATMESSAGES']._serialized_start=389
-  _globals['_CHATMESSAGES']._serialized_end=443
-  _globals['_USAGE']._serialized_start=445
-  _globals['_USAGE']._serialized_end=525
-  _globals['_GENERATEREQUEST']._serialized_start=528
-  _globals['_GENERATEREQUEST']._serialized_end=1379
-  _globals['_TOKENLOGPROB']._serialized_start=1381
-  _globals['_TOKENLOGPROB']._serialized_end=1458
-  _globals['_SAMPLEDLOGPROB']._serialized_start=1460
-  _globals['_SAMPLEDLOGPROB']._serialized_end=1552
-  _globals['_GENERATERESPONSE']._serialized_start=1555
-  _globals['_GENERATERESPONSE']._serialized_end=1798
-  _globals['_COUNTTOKENSREQUEST']._serialized_start=1801
-  _globals['_COUNTTOKENSREQUEST']._serialized_end=1953
-  _globals['_COUNTTOKENSRESPONSE']._serialized_start=1955
-  _globals['_COUNTTOKENSRESPONSE']._serialized_end=2025
-  _globals['_MODELINFO']._serialized_start=2027
-  _globals['_MODELINFO']._serialized_end=2125
+  _globals['_TOOLCHOICEMODE']._serialized_start=2525
+  _globals['_TOOLCHOICEMODE']._serialized_end=2660
+  _globals['_FINISHREASON']._serialized_start=2663
+  _globals['_FINISHREASON']._serialized_end=2813
+  _globals['_MODELKIND']._serialized_start=2815
+  _globals['_MODELKIND']._serialized_end=2928
+  _globals['_CHATMESSAGE']._serialized_start=70
+  _globals['_CHATMESSAGE']._serialized_end=175
+  _globals['_TOOL']._serialized_start=177
+  _globals['_TOOL']._serialized_end=238
+  _globals['_TOOLCHOICE']._serialized_start=240
+  _globals['_TOOLCHOICE']._serialized_end=323
+  _globals['_TOOLCALL']._serialized_start=325
+  _globals['_TOOLCALL']._serialized_end=395
+  _globals['_TOKENIDS']._serialized_start=397
+  _globals['_TOKENIDS']._serialized_end=420
+  _globals['_CHATMESSAGES']._serialized_start=422
+  _globals['_CHATMESSAGES']._serialized_end=476
+  _globals['_USAGE']._serialized_start=478
+  _globals['_USAGE']._serialized_end=558
+  _globals['_GENERATEREQUEST']._serialized_start=561
+  _globals['_GENERATEREQUEST']._serialized_end=1412
+  _globals['_TOKENLOGPROB']._serialized_start=1414
+  _globals['_TOKENLOGPROB']._serialized_end=1491
+  _globals['_SAMPLEDLOGPROB']._serialized_start=1493
+  _globals['_SAMPLEDLOGPROB']._serialized_end=1585
+  _globals['_GENERATERESPONSE']._serialized_start=1588
+  _globals['_GENERATERESPONSE']._serialized_end=1831
+  _globals['_COUNTTOKENSREQUEST']._serialized_start=1834
+  _globals['_COUNTTOKENSREQUEST']._serialized_end=1986
+  _globals['_COUNTTOKENSRESPONSE']._serialized_start=1988
+  _globals['_COUNTTOKENSRESPONSE']._serialized_end=2058
+  _globals['_MODELINFO']._serialized_start=2061
+  _globals['_MODELINFO']._serialized_end=2321
+  _globals['_MODELPRICE']._serialized_start=2324
+  _globals['_MODELPRICE']._serialized_end=2522
 # @@protoc_insertion_point(module_scope)

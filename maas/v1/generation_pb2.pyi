@@ -1,3 +1,6 @@
+import datetime
+
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
@@ -21,6 +24,13 @@ class FinishReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     FINISH_REASON_LENGTH: _ClassVar[FinishReason]
     FINISH_REASON_ABORT: _ClassVar[FinishReason]
     FINISH_REASON_TOOL_CALLS: _ClassVar[FinishReason]
+
+class ModelKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    MODEL_KIND_UNSPECIFIED: _ClassVar[ModelKind]
+    MODEL_KIND_CHAT: _ClassVar[ModelKind]
+    MODEL_KIND_COMPLETION: _ClassVar[ModelKind]
+    MODEL_KIND_EMBEDDING: _ClassVar[ModelKind]
 TOOL_CHOICE_MODE_UNSPECIFIED: ToolChoiceMode
 TOOL_CHOICE_MODE_NONE: ToolChoiceMode
 TOOL_CHOICE_MODE_AUTO: ToolChoiceMode
@@ -30,6 +40,10 @@ FINISH_REASON_STOP: FinishReason
 FINISH_REASON_LENGTH: FinishReason
 FINISH_REASON_ABORT: FinishReason
 FINISH_REASON_TOOL_CALLS: FinishReason
+MODEL_KIND_UNSPECIFIED: ModelKind
+MODEL_KIND_CHAT: ModelKind
+MODEL_KIND_COMPLETION: ModelKind
+MODEL_KIND_EMBEDDING: ModelKind
 
 class ChatMessage(_message.Message):
     __slots__ = ("role", "content", "tool_calls", "tool_call_id")
@@ -206,13 +220,41 @@ class CountTokensResponse(_message.Message):
     def __init__(self, token_count: _Optional[int] = ..., max_context_length: _Optional[int] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "max_context_length", "vocab_size", "max_token_bytes")
+    __slots__ = ("name", "max_context_length", "vocab_size", "max_token_bytes", "kind", "owner", "description", "base_model", "adapters", "price", "unpriced")
     NAME_FIELD_NUMBER: _ClassVar[int]
     MAX_CONTEXT_LENGTH_FIELD_NUMBER: _ClassVar[int]
     VOCAB_SIZE_FIELD_NUMBER: _ClassVar[int]
     MAX_TOKEN_BYTES_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    OWNER_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    BASE_MODEL_FIELD_NUMBER: _ClassVar[int]
+    ADAPTERS_FIELD_NUMBER: _ClassVar[int]
+    PRICE_FIELD_NUMBER: _ClassVar[int]
+    UNPRICED_FIELD_NUMBER: _ClassVar[int]
     name: str
     max_context_length: int
     vocab_size: int
     max_token_bytes: int
-    def __init__(self, name: _Optional[str] = ..., max_context_length: _Optional[int] = ..., vocab_size: _Optional[int] = ..., max_token_bytes: _Optional[int] = ...) -> None: ...
+    kind: ModelKind
+    owner: str
+    description: str
+    base_model: str
+    adapters: _containers.RepeatedScalarFieldContainer[str]
+    price: ModelPrice
+    unpriced: bool
+    def __init__(self, name: _Optional[str] = ..., max_context_length: _Optional[int] = ..., vocab_size: _Optional[int] = ..., max_token_bytes: _Optional[int] = ..., kind: _Optional[_Union[ModelKind, str]] = ..., owner: _Optional[str] = ..., description: _Optional[str] = ..., base_model: _Optional[str] = ..., adapters: _Optional[_Iterable[str]] = ..., price: _Optional[_Union[ModelPrice, _Mapping]] = ..., unpriced: _Optional[bool] = ...) -> None: ...
+
+class ModelPrice(_message.Message):
+    __slots__ = ("currency", "prompt_micros_per_million", "cached_prompt_micros_per_million", "completion_micros_per_million", "effective_time")
+    CURRENCY_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_MICROS_PER_MILLION_FIELD_NUMBER: _ClassVar[int]
+    CACHED_PROMPT_MICROS_PER_MILLION_FIELD_NUMBER: _ClassVar[int]
+    COMPLETION_MICROS_PER_MILLION_FIELD_NUMBER: _ClassVar[int]
+    EFFECTIVE_TIME_FIELD_NUMBER: _ClassVar[int]
+    currency: str
+    prompt_micros_per_million: int
+    cached_prompt_micros_per_million: int
+    completion_micros_per_million: int
+    effective_time: _timestamp_pb2.Timestamp
+    def __init__(self, currency: _Optional[str] = ..., prompt_micros_per_million: _Optional[int] = ..., cached_prompt_micros_per_million: _Optional[int] = ..., completion_micros_per_million: _Optional[int] = ..., effective_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...

@@ -11,7 +11,9 @@ from services.inference.engine import (
     Delta,
     FinishReason,
     GenerationInput,
+    ModelCard,
     ModelInfo,
+    ModelKind,
     SamplingOptions,
     TokenLogprob,
     ToolCallTurn,
@@ -103,12 +105,24 @@ def _token_logprob(entry: TokenLogprob) -> generation_pb2.TokenLogprob:
     return message
 
 
-def model_info_to_proto(info: ModelInfo) -> generation_pb2.ModelInfo:
+_MODEL_KINDS = {
+    ModelKind.CHAT: generation_pb2.MODEL_KIND_CHAT,
+    ModelKind.COMPLETION: generation_pb2.MODEL_KIND_COMPLETION,
+    ModelKind.EMBEDDING: generation_pb2.MODEL_KIND_EMBEDDING,
+}
+_KINDS_OF_PROTO = {value: kind for kind, value in _MODEL_KINDS.items()}
+
+
+def model_info_to_proto(info: ModelInfo, card: ModelCard | None = None) -> generation_pb2.ModelInfo:
+    card = card or ModelCard()
     return generation_pb2.ModelInfo(
         name=info.name,
         max_context_length=info.max_context_length,
         vocab_size=info.vocab_size,
         max_token_bytes=info.max_token_bytes,
+        kind=_MODEL_KINDS[info.kind],
+        owner=card.owner,
+        description=card.description,
     )
 
 
@@ -118,14 +132,21 @@ def model_info_from_proto(info: generation_pb2.ModelInfo) -> ModelInfo:
         max_context_length=info.max_context_length,
         vocab_size=info.vocab_size,
         max_token_bytes=info.max_token_bytes,
+        # A replica that predates kinds served text generation with chat.
+        kind=_KINDS_OF_PROTO.get(info.kind, ModelKind.CHAT),
     )
 
 
 def replica_info_to_proto(
-    info: ModelInfo, capacity: Capacity, adapters: tuple[str, ...]
+    info: ModelInfo,
+    capacity: Capacity,
+    adapters: tuple[str, ...],
+    card: ModelCard | None = None,
 ) -> inference_pb2.ReplicaInfo:
+    model = model_info_to_proto(info, card)
+    model.adapters.extend(adapters)
     return inference_pb2.ReplicaInfo(
-        model=model_info_to_proto(info),
+        model=model,
         max_num_seqs=capacity.max_num_seqs,
         kv_cache_tokens=capacity.kv_cache_tokens,
         adapters=adapters,

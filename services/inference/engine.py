@@ -156,6 +156,14 @@ class Delta:
     queued_s: float = 0.0  # on a request's first delta: its wait in the engine's queue
 
 
+class ModelKind(enum.Enum):
+    """What a model is for, as its engine knows it."""
+
+    CHAT = "chat"  # generates text and has a chat template
+    COMPLETION = "completion"  # generates text, no chat template
+    EMBEDDING = "embedding"  # a pooling model
+
+
 @dataclass(frozen=True, slots=True)
 class ModelInfo:
     name: str
@@ -164,6 +172,15 @@ class ModelInfo:
     # Most UTF-8 bytes one token stands for (0: unknown): a prompt of B bytes
     # is at least B / this many tokens, known before tokenizing it.
     max_token_bytes: int = 0
+    kind: ModelKind = ModelKind.CHAT
+
+
+@dataclass(frozen=True, slots=True)
+class ModelCard:
+    """What configuration says of a model, which no engine can know."""
+
+    owner: str = ""
+    description: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,7 +14,7 @@ from maas.v1 import inference_pb2, inference_pb2_grpc
 from observability import Telemetry
 from services.common.security import ServerSecurity, server_security
 from services.common.serving import RunningServer, ServiceServer, start_server
-from services.inference.engine import Engine
+from services.inference.engine import Engine, ModelCard
 from services.inference.engine_metrics import EngineMetrics
 from services.inference.pacing import StreamPacer
 from services.inference.servicer import InferenceServicer, translate_engine_error
@@ -57,6 +57,7 @@ async def serving(
         stream_messages_per_s=settings.stream_messages_per_s,
         security=server_security(settings),
         log_content=settings.telemetry.log_content,
+        card=ModelCard(owner=settings.owner, description=settings.description),
     )
     try:
         async with AsyncExitStack() as stack:
@@ -103,12 +104,13 @@ async def create_server(
     stream_messages_per_s: float = 0.0,
     security: ServerSecurity | None = None,
     log_content: bool = False,
+    card: ModelCard | None = None,
 ) -> tuple[ServiceServer, InferenceServicer]:
     """Starts the server; NOT_SERVING until an engine is attached with `attach`
     (the factory's first step; tests of the loading state call it alone).
     `log_content`: log each request's prompt and completion (debugging only)."""
     servicer = InferenceServicer(
-        engine, pacer=StreamPacer(stream_messages_per_s), log_content=log_content
+        engine, pacer=StreamPacer(stream_messages_per_s), log_content=log_content, card=card
     )
     server = await start_server(
         address=address,

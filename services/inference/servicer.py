@@ -26,6 +26,7 @@ from services.inference.engine import (
     EngineDeadError,
     GenerationInput,
     InvalidRequestError,
+    ModelCard,
 )
 from services.inference.pacing import StreamPacer
 
@@ -55,8 +56,10 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         *,
         pacer: StreamPacer | None = None,
         log_content: bool = False,
+        card: ModelCard | None = None,
     ) -> None:
         self._engine = engine
+        self._card = card or ModelCard()
         self._pacer = pacer or StreamPacer(0)
         self._log_content = log_content
 
@@ -114,7 +117,9 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         self, request: inference_pb2.GetModelInfoRequest, context: Context
     ) -> inference_pb2.ReplicaInfo:
         engine = self.engine
-        return convert.replica_info_to_proto(engine.model_info, engine.capacity, engine.adapters)
+        return convert.replica_info_to_proto(
+            engine.model_info, engine.capacity, engine.adapters, self._card
+        )
 
     async def GetLoad(
         self, request: inference_pb2.GetLoadRequest, context: Context

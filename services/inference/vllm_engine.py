@@ -31,6 +31,7 @@ from services.inference.engine import (
     InvalidRequestError,
     LoadSnapshot,
     ModelInfo,
+    ModelKind,
     SampledLogprob,
     SamplingOptions,
     TokenLogprob,
@@ -337,6 +338,16 @@ class VllmEngine:
         return self._load.stepped_at
 
 
+def model_kind(runner_type: str, tokenizer: Any) -> ModelKind:
+    """What vLLM runs the model as: a pooling runner embeds; a generating one
+    chats when its tokenizer has a chat template, else only completes."""
+    if runner_type == "pooling":
+        return ModelKind.EMBEDDING
+    if getattr(tokenizer, "chat_template", None):
+        return ModelKind.CHAT
+    return ModelKind.COMPLETION
+
+
 def engine_args(settings: InferenceSettings) -> AsyncEngineArgs:
     optional: dict[str, Any] = {}
     if settings.max_model_len is not None:
@@ -390,6 +401,7 @@ async def open_vllm_engine(settings: InferenceSettings) -> AsyncIterator[VllmEng
             max_context_length=llm.model_config.max_model_len,
             vocab_size=llm.model_config.get_vocab_size(),
             max_token_bytes=longest_token_bytes(llm.get_tokenizer()),
+            kind=model_kind(llm.model_config.runner_type, llm.get_tokenizer()),
         )
         log.info("engine ready", model=info.name, context=info.max_context_length)
         cache = llm.vllm_config.cache_config

@@ -14,9 +14,10 @@ from services.inference.engine import (
     FinishReason,
     GenerationInput,
     InvalidRequestError,
+    ModelKind,
     SamplingOptions,
 )
-from services.inference.vllm_engine import VllmEngine
+from services.inference.vllm_engine import VllmEngine, model_kind
 from tests.support import eventually
 
 
@@ -367,3 +368,15 @@ async def test_a_higher_priority_request_takes_the_next_free_slot(
         for runner in runners:
             await runner.aclose()
     await eventually(lambda: vllm_engine.num_unfinished_requests() == 0)
+
+
+class _Tokenizer:
+    def __init__(self, chat_template: str | None) -> None:
+        self.chat_template = chat_template
+
+
+def test_the_engine_knows_what_its_model_is_for(vllm_engine: VllmEngine) -> None:
+    # The tiny model ships a chat template (local_models/tiny_llama.py).
+    assert vllm_engine.model_info.kind is ModelKind.CHAT
+    assert model_kind("generate", _Tokenizer(None)) is ModelKind.COMPLETION
+    assert model_kind("pooling", _Tokenizer("{{ x }}")) is ModelKind.EMBEDDING
