@@ -18,7 +18,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from local_models.tiny_llama import CONTEXT_LENGTH, COMPLETE_MARKER, VOCAB_SIZE, _build_tokenizer
+from local_models.tiny_llama import COMPLETE_MARKER, CONTEXT_LENGTH, VOCAB_SIZE, _build_tokenizer
 
 HIDDEN = 256  # the embedding's width
 # A few widths a caller may truncate to (Matryoshka-style `dimensions`); vLLM

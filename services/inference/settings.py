@@ -31,6 +31,9 @@ class InferenceSettings(ServiceSettings):
     served_model_name: str | None = Field(
         default=None, description="name clients use; default: the model directory's name"
     )
+    # "pooling": the model serves embeddings (Embed), not generation; "auto":
+    # vLLM decides from the model's architecture.
+    runner: Literal["auto", "generate", "pooling"] = "auto"
     max_model_len: int | None = Field(default=None, ge=16)
     max_num_seqs: int = Field(default=64, ge=1)
     kv_cache_memory_bytes: int | None = Field(default=None, ge=1)
