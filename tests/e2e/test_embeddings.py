@@ -127,6 +127,8 @@ async def test_token_ids_and_dimensions(embed_mesh: Mesh, client: AsyncOpenAI) -
         ({"input": ["x"] * 129}, "input"),
         ({"input": [[10**6]]}, "input[0]"),
         ({"input": "x", "dimensions": 0}, "dimensions"),
+        # Not a width the model was trained to truncate to (vLLM's own check).
+        ({"input": "x", "dimensions": 100}, "dimensions"),
     ],
 )
 async def test_bad_input_is_a_400_naming_the_parameter(
