@@ -19,6 +19,7 @@ from opentelemetry import trace
 
 from gateway.authn import Authenticator, within
 from gateway.constraints import ConstraintChecker
+from gateway.embeddings import check_embed_against_model, estimate_embed_tokens, validate_embed
 from gateway.metrics import GatewayMetrics
 from gateway.model_limits import ModelCatalog, served_models
 from gateway.model_prices import PriceBook, with_prices
@@ -32,6 +33,7 @@ from gateway.validation import check_against_model, validate_generate, validate_
 from maas.v1 import (
     anomaly_pb2,
     auth_pb2,
+    embedding_pb2,
     gateway_pb2,
     generation_pb2,
     metering_pb2,
@@ -289,6 +291,65 @@ class GatewayCore:
         self._quotas.settle(reservation, None)
         with remote_errors():
             return await self._router.CountTokens(request, timeout=caller.deadline_s)
+
+    async def embed(
+        self, caller: Caller, request: embedding_pb2.EmbedRequest
+    ) -> embedding_pb2.EmbedResponse:
+        """Reserved, routed and billed like a generation: by the inputs'
+        tokens, with no completion."""
+        deadline = _Deadline(caller.deadline_s)
+        principal = await self.authenticate(caller, "generate")
+        self._refusals.check(principal.tenant_id)
+        with self._refusals_of(principal.tenant_id):
+            check_client_request_id(caller)
+            validate_embed(request)
+            model = await self._catalog.model(request.model, deadline.remaining())
+            check_embed_against_model(request, model)
+            request_id = request_id_for_call()
+            client_request_id = caller.client_request_id or ""
+            bind_request(request_id, principal.tenant_id)
+            span = trace.get_current_span()
+            span.set_attribute("maas.request_id", request_id)
+            span.set_attribute("maas.tenant_id", principal.tenant_id)
+            estimated = estimate_embed_tokens(request)
+            with remote_errors():
+                reservation = await self._quotas.reserve(
+                    principal.tenant_id,
+                    request_id,
+                    request.model,
+                    estimated,
+                    principal.key_id,
+                    idempotency_key=client_request_id,
+                    prompt_tokens=estimated,
+                    max_completion_tokens=0,
+                )
+        usage = StreamUsage()
+        status = grpc.StatusCode.OK
+        try:
+            with remote_errors():
+                response: embedding_pb2.EmbedResponse = await self._router.Embed(
+                    request, timeout=deadline.remaining()
+                )
+        except MeshError as err:
+            status = err.code
+            raise
+        except asyncio.CancelledError:
+            status = grpc.StatusCode.CANCELLED
+            raise
+        except BaseException:
+            status = grpc.StatusCode.INTERNAL
+            raise
+        else:
+            # One "chunk": the whole answer; its prompt tokens are the bill.
+            usage.chunks = 1
+            usage.prompt_tokens = response.usage.prompt_tokens
+            usage.finished = True
+            return response
+        finally:
+            self._quotas.settle(
+                reservation, Used(usage.prompt_tokens, 0, 0) if usage.chunks else None
+            )
+            self._settle(request_id, client_request_id, request.model, principal, usage, status, "")
 
     async def get_usage(
         self, caller: Caller, request: gateway_pb2.GetUsageRequest

@@ -1,6 +1,7 @@
 """The OpenAI-compatible HTTP face of the gateway: `/v1/chat/completions`,
 `/v1/completions` (streamed as server-sent events or whole), `/v1/models`,
-`/v1/responses` (openai_responses_api), `/health` (http_health).
+`/v1/responses` (openai_responses_api), `/v1/embeddings` (openai_embeddings),
+`/health` (http_health).
 
 It is a second transport over the same `GatewayCore` as the gRPC API: one
 path for auth, quotas, routing, metering and tracing. Both generation
@@ -30,6 +31,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.core import Caller, GatewayCore, request_id_for_call
 from gateway.http_health import Readiness, always_ready
+from gateway.openai_embeddings import embeddings_route
 from gateway.openai_errors import HttpError, http_error, openai_error, request_too_large
 from gateway.openai_protocol import ChatCompletionRequest, CompletionRequest, GenerationBody
 from gateway.openai_requests import chat_request, completion_request
@@ -122,6 +124,14 @@ def create_app(
             name=endpoint.name,
             response_model=None,
         )
+
+    app.add_api_route(
+        "/v1/embeddings",
+        embeddings_route(core, caller_of),
+        methods=["POST"],
+        name="embeddings",
+        response_model=None,
+    )
 
     @app.get("/health")
     async def health() -> Response:

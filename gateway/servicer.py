@@ -9,7 +9,7 @@ from typing import Any
 import grpc
 
 from gateway.core import Caller, GatewayCore
-from maas.v1 import gateway_pb2, gateway_pb2_grpc, generation_pb2, usage_pb2
+from maas.v1 import embedding_pb2, gateway_pb2, gateway_pb2_grpc, generation_pb2, usage_pb2
 from observability.context import REQUEST_ID_METADATA_KEY, edge_echo, enter_edge_call
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -60,6 +60,13 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         self, request: generation_pb2.CountTokensRequest, context: Context
     ) -> generation_pb2.CountTokensResponse:
         return await self._core.count_tokens(enter_call(context), request)
+
+    async def Embed(
+        self, request: embedding_pb2.EmbedRequest, context: Context
+    ) -> embedding_pb2.EmbedResponse:
+        caller = enter_call(context)
+        await context.send_initial_metadata(tuple(edge_echo()))
+        return await self._core.embed(caller, request)
 
     async def GetUsage(
         self, request: gateway_pb2.GetUsageRequest, context: Context

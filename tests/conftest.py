@@ -22,6 +22,7 @@ pytest_plugins = ["tests.mesh"]
 
 REPO = Path(__file__).resolve().parent.parent
 MODEL_DIR = REPO / ".maas" / "models" / "tiny-llama"
+EMBED_MODEL_DIR = REPO / ".maas" / "embed" / "tiny-embed"
 
 
 @pytest.fixture(scope="session")
@@ -38,6 +39,24 @@ async def vllm_engine(tiny_model_path: Path) -> AsyncIterator[object]:
     settings = InferenceSettings(
         model=str(tiny_model_path),
         kv_cache_memory_bytes=512 * 1024 * 1024,
+        enforce_eager=True,
+        max_num_seqs=64,
+    )
+    async with open_vllm_engine(settings) as engine:
+        yield engine
+
+
+@pytest_asyncio.fixture(scope="session")
+async def vllm_embed_engine() -> AsyncIterator[object]:
+    """The tiny embedding model on vLLM's pooling runner, once per session;
+    pooling keeps no KV cache between steps, so a small one does."""
+    from local_models.tiny_embed import build_tiny_embed_model
+    from services.inference.vllm_engine import open_vllm_engine
+
+    settings = InferenceSettings(
+        model=str(build_tiny_embed_model(EMBED_MODEL_DIR)),
+        runner="pooling",
+        kv_cache_memory_bytes=64 * 1024 * 1024,
         enforce_eager=True,
         max_num_seqs=64,
     )

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 import pytest
@@ -49,9 +51,16 @@ class Mesh:
 async def mesh(
     vllm_engine: Engine, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[Mesh]:
+    async with open_test_mesh(vllm_engine, tmp_path_factory.mktemp("mesh")) as running:
+        yield running
+
+
+@asynccontextmanager
+async def open_test_mesh(vllm_engine: Engine, state: Path) -> AsyncIterator[Mesh]:
+    """The mesh the tests use, over one engine (the chat one, or another model's)."""
     telemetry = InMemoryTelemetry()
     options = MeshOptions(
-        state=tmp_path_factory.mktemp("mesh"),
+        state=state,
         model=vllm_engine.model_info.name,
         overrides={
             # One message per delta: pacing has tests of its own (tests/inference/test_pacing.py).
@@ -98,6 +107,10 @@ TenantFactory = Callable[[], Awaitable[TenantKey]]
 @pytest_asyncio.fixture
 async def new_tenant(mesh: Mesh) -> TenantFactory:
     """Makes fresh tenants with their own keys, so each test sees only its own usage."""
+    return tenant_factory(mesh)
+
+
+def tenant_factory(mesh: Mesh) -> TenantFactory:
     admin = (("authorization", f"Bearer {mesh.admin_token}"),)
 
     async def make() -> TenantKey:

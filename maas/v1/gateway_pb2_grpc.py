@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from maas.v1 import embedding_pb2 as maas_dot_v1_dot_embedding__pb2
 from maas.v1 import gateway_pb2 as maas_dot_v1_dot_gateway__pb2
 from maas.v1 import generation_pb2 as maas_dot_v1_dot_generation__pb2
 from maas.v1 import usage_pb2 as maas_dot_v1_dot_usage__pb2
@@ -63,6 +64,11 @@ class GatewayStub:
                 request_serializer=maas_dot_v1_dot_generation__pb2.CountTokensRequest.SerializeToString,
                 response_deserializer=maas_dot_v1_dot_generation__pb2.CountTokensResponse.FromString,
                 _registered_method=True)
+        self.Embed = channel.unary_unary(
+                '/maas.v1.Gateway/Embed',
+                request_serializer=maas_dot_v1_dot_embedding__pb2.EmbedRequest.SerializeToString,
+                response_deserializer=maas_dot_v1_dot_embedding__pb2.EmbedResponse.FromString,
+                _registered_method=True)
         self.GetUsage = channel.unary_unary(
                 '/maas.v1.Gateway/GetUsage',
                 request_serializer=maas_dot_v1_dot_gateway__pb2.GetUsageRequest.SerializeToString,
@@ -116,6 +122,14 @@ class GatewayServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Embed(self, request, context):
+        """Embeds a batch of inputs with an embedding model. Reserved, rate limited
+        and billed like a generation, by the inputs' tokens (no completion).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetUsage(self, request, context):
         """Returns the caller's own token usage over a time range.
         """
@@ -140,6 +154,11 @@ def add_GatewayServicer_to_server(servicer, server):
                     servicer.CountTokens,
                     request_deserializer=maas_dot_v1_dot_generation__pb2.CountTokensRequest.FromString,
                     response_serializer=maas_dot_v1_dot_generation__pb2.CountTokensResponse.SerializeToString,
+            ),
+            'Embed': grpc.unary_unary_rpc_method_handler(
+                    servicer.Embed,
+                    request_deserializer=maas_dot_v1_dot_embedding__pb2.EmbedRequest.FromString,
+                    response_serializer=maas_dot_v1_dot_embedding__pb2.EmbedResponse.SerializeToString,
             ),
             'GetUsage': grpc.unary_unary_rpc_method_handler(
                     servicer.GetUsage,
@@ -240,6 +259,33 @@ class Gateway:
             '/maas.v1.Gateway/CountTokens',
             maas_dot_v1_dot_generation__pb2.CountTokensRequest.SerializeToString,
             maas_dot_v1_dot_generation__pb2.CountTokensResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Embed(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/maas.v1.Gateway/Embed',
+            maas_dot_v1_dot_embedding__pb2.EmbedRequest.SerializeToString,
+            maas_dot_v1_dot_embedding__pb2.EmbedResponse.FromString,
             options,
             channel_credentials,
             insecure,

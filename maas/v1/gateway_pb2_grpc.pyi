@@ -5,6 +5,7 @@ isort:skip_file
 
 from collections import abc as _abc
 from grpc import aio as _aio
+from maas.v1 import embedding_pb2 as _embedding_pb2
 from maas.v1 import gateway_pb2 as _gateway_pb2
 from maas.v1 import generation_pb2 as _generation_pb2
 from maas.v1 import usage_pb2 as _usage_pb2
@@ -64,6 +65,10 @@ class GatewayStub:
     """Lists the models the mesh serves."""
     CountTokens: _grpc.UnaryUnaryMultiCallable[_generation_pb2.CountTokensRequest, _generation_pb2.CountTokensResponse]
     """Counts the tokens of an input as the model would see it."""
+    Embed: _grpc.UnaryUnaryMultiCallable[_embedding_pb2.EmbedRequest, _embedding_pb2.EmbedResponse]
+    """Embeds a batch of inputs with an embedding model. Reserved, rate limited
+    and billed like a generation, by the inputs' tokens (no completion).
+    """
     GetUsage: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.GetUsageRequest, _usage_pb2.GetUsageResponse]
     """Returns the caller's own token usage over a time range."""
 
@@ -101,6 +106,10 @@ class GatewayAsyncStub(GatewayStub):
     """Lists the models the mesh serves."""
     CountTokens: _aio.UnaryUnaryMultiCallable[_generation_pb2.CountTokensRequest, _generation_pb2.CountTokensResponse]  # type: ignore[assignment]
     """Counts the tokens of an input as the model would see it."""
+    Embed: _aio.UnaryUnaryMultiCallable[_embedding_pb2.EmbedRequest, _embedding_pb2.EmbedResponse]  # type: ignore[assignment]
+    """Embeds a batch of inputs with an embedding model. Reserved, rate limited
+    and billed like a generation, by the inputs' tokens (no completion).
+    """
     GetUsage: _aio.UnaryUnaryMultiCallable[_gateway_pb2.GetUsageRequest, _usage_pb2.GetUsageResponse]  # type: ignore[assignment]
     """Returns the caller's own token usage over a time range."""
 
@@ -153,6 +162,16 @@ class GatewayServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_generation_pb2.CountTokensResponse, _abc.Awaitable[_generation_pb2.CountTokensResponse]]:
         """Counts the tokens of an input as the model would see it."""
+
+    @_abc_1.abstractmethod
+    def Embed(
+        self,
+        request: _embedding_pb2.EmbedRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_embedding_pb2.EmbedResponse, _abc.Awaitable[_embedding_pb2.EmbedResponse]]:
+        """Embeds a batch of inputs with an embedding model. Reserved, rate limited
+        and billed like a generation, by the inputs' tokens (no completion).
+        """
 
     @_abc_1.abstractmethod
     def GetUsage(

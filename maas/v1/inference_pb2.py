@@ -22,32 +22,33 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from maas.v1 import embedding_pb2 as maas_dot_v1_dot_embedding__pb2
 from maas.v1 import generation_pb2 as maas_dot_v1_dot_generation__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17maas/v1/inference.proto\x12\x07maas.v1\x1a\x18maas/v1/generation.proto\"q\n\x0bReplicaInfo\x12!\n\x05model\x18\x01 \x01(\x0b\x32\x12.maas.v1.ModelInfo\x12\x14\n\x0cmax_num_seqs\x18\x02 \x01(\r\x12\x17\n\x0fkv_cache_tokens\x18\x03 \x01(\x04\x12\x10\n\x08\x61\x64\x61pters\x18\x04 \x03(\t\"\x12\n\x10WatchLoadRequest\"#\n\x0c\x41\x62ortRequest\x12\x13\n\x0brequest_ids\x18\x01 \x03(\t\" \n\rAbortResponse\x12\x0f\n\x07\x61\x62orted\x18\x01 \x03(\t\"W\n\x18InferenceGenerateRequest\x12)\n\x07request\x18\x01 \x01(\x0b\x32\x18.maas.v1.GenerateRequest\x12\x10\n\x08priority\x18\x02 \x01(\x05\"\x15\n\x13GetModelInfoRequest\"\x10\n\x0eGetLoadRequest\"y\n\x04Load\x12\x0f\n\x07running\x18\x01 \x01(\r\x12\x0f\n\x07waiting\x18\x02 \x01(\r\x12\x16\n\x0ekv_cache_usage\x18\x03 \x01(\x02\x12\x18\n\x10tokens_in_flight\x18\x04 \x01(\x04\x12\x1d\n\x15prefix_cache_hit_rate\x18\x05 \x01(\x02\x32\x89\x03\n\tInference\x12J\n\x08Generate\x12!.maas.v1.InferenceGenerateRequest\x1a\x19.maas.v1.GenerateResponse0\x01\x12H\n\x0b\x43ountTokens\x12\x1b.maas.v1.CountTokensRequest\x1a\x1c.maas.v1.CountTokensResponse\x12\x42\n\x0cGetModelInfo\x12\x1c.maas.v1.GetModelInfoRequest\x1a\x14.maas.v1.ReplicaInfo\x12\x31\n\x07GetLoad\x12\x17.maas.v1.GetLoadRequest\x1a\r.maas.v1.Load\x12\x37\n\tWatchLoad\x12\x19.maas.v1.WatchLoadRequest\x1a\r.maas.v1.Load0\x01\x12\x36\n\x05\x41\x62ort\x12\x15.maas.v1.AbortRequest\x1a\x16.maas.v1.AbortResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17maas/v1/inference.proto\x12\x07maas.v1\x1a\x17maas/v1/embedding.proto\x1a\x18maas/v1/generation.proto\"q\n\x0bReplicaInfo\x12!\n\x05model\x18\x01 \x01(\x0b\x32\x12.maas.v1.ModelInfo\x12\x14\n\x0cmax_num_seqs\x18\x02 \x01(\r\x12\x17\n\x0fkv_cache_tokens\x18\x03 \x01(\x04\x12\x10\n\x08\x61\x64\x61pters\x18\x04 \x03(\t\"\x12\n\x10WatchLoadRequest\"#\n\x0c\x41\x62ortRequest\x12\x13\n\x0brequest_ids\x18\x01 \x03(\t\" \n\rAbortResponse\x12\x0f\n\x07\x61\x62orted\x18\x01 \x03(\t\"W\n\x18InferenceGenerateRequest\x12)\n\x07request\x18\x01 \x01(\x0b\x32\x18.maas.v1.GenerateRequest\x12\x10\n\x08priority\x18\x02 \x01(\x05\"\x15\n\x13GetModelInfoRequest\"\x10\n\x0eGetLoadRequest\"y\n\x04Load\x12\x0f\n\x07running\x18\x01 \x01(\r\x12\x0f\n\x07waiting\x18\x02 \x01(\r\x12\x16\n\x0ekv_cache_usage\x18\x03 \x01(\x02\x12\x18\n\x10tokens_in_flight\x18\x04 \x01(\x04\x12\x1d\n\x15prefix_cache_hit_rate\x18\x05 \x01(\x02\x32\xc1\x03\n\tInference\x12J\n\x08Generate\x12!.maas.v1.InferenceGenerateRequest\x1a\x19.maas.v1.GenerateResponse0\x01\x12H\n\x0b\x43ountTokens\x12\x1b.maas.v1.CountTokensRequest\x1a\x1c.maas.v1.CountTokensResponse\x12\x36\n\x05\x45mbed\x12\x15.maas.v1.EmbedRequest\x1a\x16.maas.v1.EmbedResponse\x12\x42\n\x0cGetModelInfo\x12\x1c.maas.v1.GetModelInfoRequest\x1a\x14.maas.v1.ReplicaInfo\x12\x31\n\x07GetLoad\x12\x17.maas.v1.GetLoadRequest\x1a\r.maas.v1.Load\x12\x37\n\tWatchLoad\x12\x19.maas.v1.WatchLoadRequest\x1a\r.maas.v1.Load0\x01\x12\x36\n\x05\x41\x62ort\x12\x15.maas.v1.AbortRequest\x1a\x16.maas.v1.AbortResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'maas.v1.inference_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_REPLICAINFO']._serialized_start=62
-  _globals['_REPLICAINFO']._serialized_end=175
-  _globals['_WATCHLOADREQUEST']._serialized_start=177
-  _globals['_WATCHLOADREQUEST']._serialized_end=195
-  _globals['_ABORTREQUEST']._serialized_start=197
-  _globals['_ABORTREQUEST']._serialized_end=232
-  _globals['_ABORTRESPONSE']._serialized_start=234
-  _globals['_ABORTRESPONSE']._serialized_end=266
-  _globals['_INFERENCEGENERATEREQUEST']._serialized_start=268
-  _globals['_INFERENCEGENERATEREQUEST']._serialized_end=355
-  _globals['_GETMODELINFOREQUEST']._serialized_start=357
-  _globals['_GETMODELINFOREQUEST']._serialized_end=378
-  _globals['_GETLOADREQUEST']._serialized_start=380
-  _globals['_GETLOADREQUEST']._serialized_end=396
-  _globals['_LOAD']._serialized_start=398
-  _globals['_LOAD']._serialized_end=519
-  _globals['_INFERENCE']._serialized_start=522
-  _globals['_INFERENCE']._serialized_end=915
+  _globals['_REPLICAINFO']._serialized_start=87
+  _globals['_REPLICAINFO']._serialized_end=200
+  _globals['_WATCHLOADREQUEST']._serialized_start=202
+  _globals['_WATCHLOADREQUEST']._serialized_end=220
+  _globals['_ABORTREQUEST']._serialized_start=222
+  _globals['_ABORTREQUEST']._serialized_end=257
+  _globals['_ABORTRESPONSE']._serialized_start=259
+  _globals['_ABORTRESPONSE']._serialized_end=291
+  _globals['_INFERENCEGENERATEREQUEST']._serialized_start=293
+  _globals['_INFERENCEGENERATEREQUEST']._serialized_end=380
+  _globals['_GETMODELINFOREQUEST']._serialized_start=382
+  _globals['_GETMODELINFOREQUEST']._serialized_end=403
+  _globals['_GETLOADREQUEST']._serialized_start=405
+  _globals['_GETLOADREQUEST']._serialized_end=421
+  _globals['_LOAD']._serialized_start=423
+  _globals['_LOAD']._serialized_end=544
+  _globals['_INFERENCE']._serialized_start=547
+  _globals['_INFERENCE']._serialized_end=996
 # @@protoc_insertion_point(module_scope)

@@ -1,3 +1,4 @@
+from maas.v1 import embedding_pb2 as _embedding_pb2
 from maas.v1 import generation_pb2 as _generation_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor

@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from maas.v1 import embedding_pb2 as maas_dot_v1_dot_embedding__pb2
 from maas.v1 import generation_pb2 as maas_dot_v1_dot_generation__pb2
 from maas.v1 import inference_pb2 as maas_dot_v1_dot_inference__pb2
 
@@ -48,6 +49,11 @@ class InferenceStub:
                 request_serializer=maas_dot_v1_dot_generation__pb2.CountTokensRequest.SerializeToString,
                 response_deserializer=maas_dot_v1_dot_generation__pb2.CountTokensResponse.FromString,
                 _registered_method=True)
+        self.Embed = channel.unary_unary(
+                '/maas.v1.Inference/Embed',
+                request_serializer=maas_dot_v1_dot_embedding__pb2.EmbedRequest.SerializeToString,
+                response_deserializer=maas_dot_v1_dot_embedding__pb2.EmbedResponse.FromString,
+                _registered_method=True)
         self.GetModelInfo = channel.unary_unary(
                 '/maas.v1.Inference/GetModelInfo',
                 request_serializer=maas_dot_v1_dot_inference__pb2.GetModelInfoRequest.SerializeToString,
@@ -88,6 +94,15 @@ class InferenceServicer:
 
     def CountTokens(self, request, context):
         """Counts the tokens of an input as the model would see it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Embed(self, request, context):
+        """Embeds a batch of inputs, when this replica serves an embedding model
+        (INVALID_ARGUMENT naming `model` when it serves a generation model).
+        Cancelling the call aborts the inputs in the engine.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -135,6 +150,11 @@ def add_InferenceServicer_to_server(servicer, server):
                     servicer.CountTokens,
                     request_deserializer=maas_dot_v1_dot_generation__pb2.CountTokensRequest.FromString,
                     response_serializer=maas_dot_v1_dot_generation__pb2.CountTokensResponse.SerializeToString,
+            ),
+            'Embed': grpc.unary_unary_rpc_method_handler(
+                    servicer.Embed,
+                    request_deserializer=maas_dot_v1_dot_embedding__pb2.EmbedRequest.FromString,
+                    response_serializer=maas_dot_v1_dot_embedding__pb2.EmbedResponse.SerializeToString,
             ),
             'GetModelInfo': grpc.unary_unary_rpc_method_handler(
                     servicer.GetModelInfo,
@@ -214,6 +234,33 @@ class Inference:
             '/maas.v1.Inference/CountTokens',
             maas_dot_v1_dot_generation__pb2.CountTokensRequest.SerializeToString,
             maas_dot_v1_dot_generation__pb2.CountTokensResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Embed(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/maas.v1.Inference/Embed',
+            maas_dot_v1_dot_embedding__pb2.EmbedRequest.SerializeToString,
+            maas_dot_v1_dot_embedding__pb2.EmbedResponse.FromString,
             options,
             channel_credentials,
             insecure,

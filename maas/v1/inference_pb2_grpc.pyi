@@ -5,6 +5,7 @@ isort:skip_file
 
 from collections import abc as _abc
 from grpc import aio as _aio
+from maas.v1 import embedding_pb2 as _embedding_pb2
 from maas.v1 import generation_pb2 as _generation_pb2
 from maas.v1 import inference_pb2 as _inference_pb2
 import abc as _abc_1
@@ -45,6 +46,11 @@ class InferenceStub:
     """
     CountTokens: _grpc.UnaryUnaryMultiCallable[_generation_pb2.CountTokensRequest, _generation_pb2.CountTokensResponse]
     """Counts the tokens of an input as the model would see it."""
+    Embed: _grpc.UnaryUnaryMultiCallable[_embedding_pb2.EmbedRequest, _embedding_pb2.EmbedResponse]
+    """Embeds a batch of inputs, when this replica serves an embedding model
+    (INVALID_ARGUMENT naming `model` when it serves a generation model).
+    Cancelling the call aborts the inputs in the engine.
+    """
     GetModelInfo: _grpc.UnaryUnaryMultiCallable[_inference_pb2.GetModelInfoRequest, _inference_pb2.ReplicaInfo]
     """Describes the served model and this replica's capacity."""
     GetLoad: _grpc.UnaryUnaryMultiCallable[_inference_pb2.GetLoadRequest, _inference_pb2.Load]
@@ -74,6 +80,11 @@ class InferenceAsyncStub(InferenceStub):
     """
     CountTokens: _aio.UnaryUnaryMultiCallable[_generation_pb2.CountTokensRequest, _generation_pb2.CountTokensResponse]  # type: ignore[assignment]
     """Counts the tokens of an input as the model would see it."""
+    Embed: _aio.UnaryUnaryMultiCallable[_embedding_pb2.EmbedRequest, _embedding_pb2.EmbedResponse]  # type: ignore[assignment]
+    """Embeds a batch of inputs, when this replica serves an embedding model
+    (INVALID_ARGUMENT naming `model` when it serves a generation model).
+    Cancelling the call aborts the inputs in the engine.
+    """
     GetModelInfo: _aio.UnaryUnaryMultiCallable[_inference_pb2.GetModelInfoRequest, _inference_pb2.ReplicaInfo]  # type: ignore[assignment]
     """Describes the served model and this replica's capacity."""
     GetLoad: _aio.UnaryUnaryMultiCallable[_inference_pb2.GetLoadRequest, _inference_pb2.Load]  # type: ignore[assignment]
@@ -112,6 +123,17 @@ class InferenceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_generation_pb2.CountTokensResponse, _abc.Awaitable[_generation_pb2.CountTokensResponse]]:
         """Counts the tokens of an input as the model would see it."""
+
+    @_abc_1.abstractmethod
+    def Embed(
+        self,
+        request: _embedding_pb2.EmbedRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_embedding_pb2.EmbedResponse, _abc.Awaitable[_embedding_pb2.EmbedResponse]]:
+        """Embeds a batch of inputs, when this replica serves an embedding model
+        (INVALID_ARGUMENT naming `model` when it serves a generation model).
+        Cancelling the call aborts the inputs in the engine.
+        """
 
     @_abc_1.abstractmethod
     def GetModelInfo(

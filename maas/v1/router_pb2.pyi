@@ -1,4 +1,5 @@
 from maas.v1 import auth_pb2 as _auth_pb2
+from maas.v1 import embedding_pb2 as _embedding_pb2
 from maas.v1 import generation_pb2 as _generation_pb2
 from maas.v1 import inference_pb2 as _inference_pb2
 from google.protobuf.internal import containers as _containers

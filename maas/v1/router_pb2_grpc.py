@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from maas.v1 import embedding_pb2 as maas_dot_v1_dot_embedding__pb2
 from maas.v1 import generation_pb2 as maas_dot_v1_dot_generation__pb2
 from maas.v1 import router_pb2 as maas_dot_v1_dot_router__pb2
 
@@ -57,6 +58,11 @@ class RouterStub:
                 '/maas.v1.Router/CountTokens',
                 request_serializer=maas_dot_v1_dot_generation__pb2.CountTokensRequest.SerializeToString,
                 response_deserializer=maas_dot_v1_dot_generation__pb2.CountTokensResponse.FromString,
+                _registered_method=True)
+        self.Embed = channel.unary_unary(
+                '/maas.v1.Router/Embed',
+                request_serializer=maas_dot_v1_dot_embedding__pb2.EmbedRequest.SerializeToString,
+                response_deserializer=maas_dot_v1_dot_embedding__pb2.EmbedResponse.FromString,
                 _registered_method=True)
         self.ListReplicas = channel.unary_unary(
                 '/maas.v1.Router/ListReplicas',
@@ -145,6 +151,15 @@ class RouterServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Embed(self, request, context):
+        """Embeds on a replica serving the model (least loaded first, like
+        CountTokens: a batch of encoder passes, no queue). NOT_FOUND when no
+        replica serves the model, UNAVAILABLE when none is up.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListReplicas(self, request, context):
         """Lists the replicas the router knows, what they serve and their state.
         """
@@ -215,6 +230,11 @@ def add_RouterServicer_to_server(servicer, server):
                     servicer.CountTokens,
                     request_deserializer=maas_dot_v1_dot_generation__pb2.CountTokensRequest.FromString,
                     response_serializer=maas_dot_v1_dot_generation__pb2.CountTokensResponse.SerializeToString,
+            ),
+            'Embed': grpc.unary_unary_rpc_method_handler(
+                    servicer.Embed,
+                    request_deserializer=maas_dot_v1_dot_embedding__pb2.EmbedRequest.FromString,
+                    response_serializer=maas_dot_v1_dot_embedding__pb2.EmbedResponse.SerializeToString,
             ),
             'ListReplicas': grpc.unary_unary_rpc_method_handler(
                     servicer.ListReplicas,
@@ -341,6 +361,33 @@ class Router:
             '/maas.v1.Router/CountTokens',
             maas_dot_v1_dot_generation__pb2.CountTokensRequest.SerializeToString,
             maas_dot_v1_dot_generation__pb2.CountTokensResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Embed(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/maas.v1.Router/Embed',
+            maas_dot_v1_dot_embedding__pb2.EmbedRequest.SerializeToString,
+            maas_dot_v1_dot_embedding__pb2.EmbedResponse.FromString,
             options,
             channel_credentials,
             insecure,

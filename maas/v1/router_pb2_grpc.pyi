@@ -5,6 +5,7 @@ isort:skip_file
 
 from collections import abc as _abc
 from grpc import aio as _aio
+from maas.v1 import embedding_pb2 as _embedding_pb2
 from maas.v1 import generation_pb2 as _generation_pb2
 from maas.v1 import router_pb2 as _router_pb2
 import abc as _abc_1
@@ -68,6 +69,11 @@ class RouterStub:
     """
     CountTokens: _grpc.UnaryUnaryMultiCallable[_generation_pb2.CountTokensRequest, _generation_pb2.CountTokensResponse]
     """Counts tokens on a replica serving the model."""
+    Embed: _grpc.UnaryUnaryMultiCallable[_embedding_pb2.EmbedRequest, _embedding_pb2.EmbedResponse]
+    """Embeds on a replica serving the model (least loaded first, like
+    CountTokens: a batch of encoder passes, no queue). NOT_FOUND when no
+    replica serves the model, UNAVAILABLE when none is up.
+    """
     ListReplicas: _grpc.UnaryUnaryMultiCallable[_router_pb2.ListReplicasRequest, _router_pb2.ListReplicasResponse]
     """Lists the replicas the router knows, what they serve and their state."""
     RegisterReplica: _grpc.UnaryUnaryMultiCallable[_router_pb2.RegisterReplicaRequest, _router_pb2.Replica]
@@ -130,6 +136,11 @@ class RouterAsyncStub(RouterStub):
     """
     CountTokens: _aio.UnaryUnaryMultiCallable[_generation_pb2.CountTokensRequest, _generation_pb2.CountTokensResponse]  # type: ignore[assignment]
     """Counts tokens on a replica serving the model."""
+    Embed: _aio.UnaryUnaryMultiCallable[_embedding_pb2.EmbedRequest, _embedding_pb2.EmbedResponse]  # type: ignore[assignment]
+    """Embeds on a replica serving the model (least loaded first, like
+    CountTokens: a batch of encoder passes, no queue). NOT_FOUND when no
+    replica serves the model, UNAVAILABLE when none is up.
+    """
     ListReplicas: _aio.UnaryUnaryMultiCallable[_router_pb2.ListReplicasRequest, _router_pb2.ListReplicasResponse]  # type: ignore[assignment]
     """Lists the replicas the router knows, what they serve and their state."""
     RegisterReplica: _aio.UnaryUnaryMultiCallable[_router_pb2.RegisterReplicaRequest, _router_pb2.Replica]  # type: ignore[assignment]
@@ -207,6 +218,17 @@ class RouterServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_generation_pb2.CountTokensResponse, _abc.Awaitable[_generation_pb2.CountTokensResponse]]:
         """Counts tokens on a replica serving the model."""
+
+    @_abc_1.abstractmethod
+    def Embed(
+        self,
+        request: _embedding_pb2.EmbedRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_embedding_pb2.EmbedResponse, _abc.Awaitable[_embedding_pb2.EmbedResponse]]:
+        """Embeds on a replica serving the model (least loaded first, like
+        CountTokens: a batch of encoder passes, no queue). NOT_FOUND when no
+        replica serves the model, UNAVAILABLE when none is up.
+        """
 
     @_abc_1.abstractmethod
     def ListReplicas(

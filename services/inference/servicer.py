@@ -10,7 +10,7 @@ import grpc
 import structlog
 from opentelemetry import trace
 
-from maas.v1 import generation_pb2, inference_pb2, inference_pb2_grpc
+from maas.v1 import embedding_pb2, generation_pb2, inference_pb2, inference_pb2_grpc
 from observability.context import current_request_id, new_request_id
 from services.common.errors import (
     AlreadyExistsError,
@@ -19,7 +19,8 @@ from services.common.errors import (
     NotFoundError,
     UnavailableError,
 )
-from services.inference import convert
+from services.inference import convert, embedding_convert
+from services.inference.embedding import Embedder
 from services.inference.engine import (
     DuplicateRequestError,
     Engine,
@@ -112,6 +113,23 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         return generation_pb2.CountTokensResponse(
             token_count=count, max_context_length=engine.model_info.max_context_length
         )
+
+    async def Embed(
+        self, request: embedding_pb2.EmbedRequest, context: Context
+    ) -> embedding_pb2.EmbedResponse:
+        engine = self.engine
+        if self._check_model(request.model, engine) is not None:
+            raise InvalidArgumentError("model", "adapters serve generation, not embeddings")
+        if not isinstance(engine, Embedder):
+            raise InvalidArgumentError(
+                "model", f"{request.model!r} is a generation model; it serves no embeddings"
+            )
+        result = await engine.embed(
+            current_request_id() or new_request_id(),
+            embedding_convert.inputs_from_proto(request),
+            request.dimensions if request.HasField("dimensions") else None,
+        )
+        return embedding_convert.embeddings_to_proto(request.model, result)
 
     async def GetModelInfo(
         self, request: inference_pb2.GetModelInfoRequest, context: Context

@@ -34,6 +34,9 @@ class InferenceSettings(ServiceSettings):
     # What /v1/models and ListModels say of the model (the engine cannot know).
     owner: str = Field(default="maas", max_length=64, description="who publishes the model")
     description: str = Field(default="", max_length=512, description="for people choosing a model")
+    # "pooling": the model serves embeddings (Embed), not generation; "auto":
+    # vLLM decides from the model's architecture.
+    runner: Literal["auto", "generate", "pooling"] = "auto"
     max_model_len: int | None = Field(default=None, ge=16)
     max_num_seqs: int = Field(default=64, ge=1)
     kv_cache_memory_bytes: int | None = Field(default=None, ge=1)

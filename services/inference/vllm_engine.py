@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import structlog
-from vllm import RequestOutput, SamplingParams
+from vllm import PoolingParams, RequestOutput, SamplingParams
 from vllm.config import StructuredOutputsConfig
 from vllm.engine.arg_utils import AsyncEngineArgs
 from vllm.exceptions import VLLMValidationError
@@ -21,6 +21,13 @@ from vllm.v1.engine.exceptions import EngineDeadError as VllmEngineDeadError
 from vllm.v1.metrics.loggers import StatLoggerBase
 
 from services.common.changes import ChangeSignal
+from services.inference.embedding import (
+    Embeddings,
+    EmbedInput,
+    check_batch,
+    check_input_size,
+    check_tokens,
+)
 from services.inference.engine import (
     Capacity,
     Delta,
@@ -139,6 +146,9 @@ class VllmEngine:
         self._capacity = capacity
         self._load = load
         self._priority_scheduling = llm.vllm_config.scheduler_config.policy == "priority"
+        # The pooling runner serves embeddings and cannot generate; the
+        # generate runner the reverse.
+        self._embeds = llm.model_config.runner_type == "pooling"
         self._tokenizer = llm.get_tokenizer()
         # The Rust tokenizer under a fast HF tokenizer encodes in half the time of
         # the Python wrapper, and this runs on the event loop for every request.
@@ -219,6 +229,10 @@ class VllmEngine:
         if request_id in self._promised:
             # Before anything is registered: the live request keeps its entry.
             raise DuplicateRequestError(f"request {request_id!r} is already running")
+        if self._embeds:
+            raise InvalidRequestError(
+                "model", f"{self._model_info.name!r} is an embedding model; it cannot generate"
+            )
         check_prompt_size(inp, self._model_info)
         prompt_ids = self._prompt_ids(inp)
         max_tokens = check_request(prompt_ids, inp, options, self._model_info)
@@ -279,6 +293,59 @@ class VllmEngine:
         finally:
             self._promised.pop(request_id, None)
             self._load.changes.notify()
+
+    async def embed(
+        self, request_id: str, inputs: Sequence[EmbedInput], dimensions: int | None = None
+    ) -> Embeddings:
+        if not self._embeds:
+            raise InvalidRequestError(
+                "model",
+                f"{self._model_info.name!r} is a generation model; it serves no embeddings",
+            )
+        check_batch(inputs, dimensions)
+        prompts: list[list[int]] = []
+        for index, inp in enumerate(inputs):
+            check_input_size(index, inp, self._model_info)
+            ids = list(inp.token_ids) if inp.token_ids is not None else self._encode(inp.text or "")
+            check_tokens(index, ids, inp.token_ids is not None, self._model_info)
+            prompts.append(ids)
+        params = PoolingParams(task="embed", dimensions=dimensions)
+        ids_of = [f"{request_id}-{index}" for index in range(len(prompts))]
+        for rid in ids_of:
+            if rid in self._promised:
+                raise DuplicateRequestError(f"request {request_id!r} is already running")
+        # Each input is one sequence; nothing is generated, so nothing is promised.
+        self._promised.update(dict.fromkeys(ids_of, 0))
+        try:
+            # One task per input: the engine batches them. Cancelling this
+            # cancels the tasks, and AsyncLLM.encode aborts each in the engine.
+            vectors = await asyncio.gather(
+                *(
+                    self._embed_one(rid, ids, params)
+                    for rid, ids in zip(ids_of, prompts, strict=True)
+                )
+            )
+        except VllmEngineDeadError as err:
+            raise EngineDeadError(str(err)) from err
+        except (VLLMValidationError, ValueError) as err:
+            # vLLM's own checks of the pooling parameters (a width the model
+            # was not trained to truncate to): the caller's request.
+            field = getattr(err, "parameter", None) or ("dimensions" if dimensions else "request")
+            raise InvalidRequestError(field, str(err)) from err
+        finally:
+            for rid in ids_of:
+                self._promised.pop(rid, None)
+            self._load.changes.notify()
+        return Embeddings(tuple(vectors), sum(len(ids) for ids in prompts))
+
+    async def _embed_one(
+        self, request_id: str, prompt_ids: list[int], params: PoolingParams
+    ) -> tuple[float, ...]:
+        vector: tuple[float, ...] = ()
+        async for output in self._llm.encode(tokens_input(prompt_ids), params, request_id):
+            if output.finished:
+                vector = tuple(output.outputs.data.float().tolist())
+        return vector
 
     async def abort(self, request_ids: Sequence[str]) -> list[str]:
         running = [rid for rid in request_ids if rid in self._promised]
@@ -358,6 +425,7 @@ def engine_args(settings: InferenceSettings) -> AsyncEngineArgs:
         )
     return AsyncEngineArgs(
         model=settings.model,
+        runner=settings.runner,
         served_model_name=[settings.model_name],
         max_num_seqs=settings.max_num_seqs,
         kv_cache_memory_bytes=settings.kv_cache_memory_bytes,

@@ -12,6 +12,7 @@ from opentelemetry import trace
 
 from maas.v1 import (
     auth_pb2,
+    embedding_pb2,
     generation_pb2,
     inference_pb2,
     router_pb2,
@@ -185,6 +186,12 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
     ) -> generation_pb2.CountTokensResponse:
         stub = self._replicas.links.stub(self._replicas.pick(request.model))
         return await stub.CountTokens(request, timeout=context.time_remaining())
+
+    async def Embed(
+        self, request: embedding_pb2.EmbedRequest, context: Context
+    ) -> embedding_pb2.EmbedResponse:
+        stub = self._replicas.links.stub(self._replicas.pick(request.model))
+        return await stub.Embed(request, timeout=context.time_remaining())
 
     async def ListReplicas(
         self, request: router_pb2.ListReplicasRequest, context: Context

@@ -316,6 +316,9 @@ class FakeFailingInference(inference_pb2_grpc.InferenceServicer):
             max_num_seqs=64,
         )
 
+    async def Embed(self, request: Any, context: Any) -> Any:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "fake replica: generation only")
+
     async def Generate(self, request: Any, context: Any) -> AsyncIterator[Any]:
         self.calls += 1
         if self.code is not None:
