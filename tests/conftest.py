@@ -56,6 +56,8 @@ async def vllm_embed_engine() -> AsyncIterator[object]:
     settings = InferenceSettings(
         model=str(build_tiny_embed_model(EMBED_MODEL_DIR)),
         runner="pooling",
+        # The generation engine of this session keeps vLLM's metrics registry.
+        engine_metrics=False,
         kv_cache_memory_bytes=64 * 1024 * 1024,
         enforce_eager=True,
         max_num_seqs=64,

@@ -37,6 +37,10 @@ class InferenceSettings(ServiceSettings):
     # "pooling": the model serves embeddings (Embed), not generation; "auto":
     # vLLM decides from the model's architecture.
     runner: Literal["auto", "generate", "pooling"] = "auto"
+    # vLLM's own `vllm:*` Prometheus metrics (served beside the service's). They
+    # live in one process-wide registry that each new engine takes over, so a
+    # second engine in one process (tests) turns them off to keep the first's.
+    engine_metrics: bool = True
     max_model_len: int | None = Field(default=None, ge=16)
     max_num_seqs: int = Field(default=64, ge=1)
     kv_cache_memory_bytes: int | None = Field(default=None, ge=1)

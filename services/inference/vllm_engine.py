@@ -439,6 +439,9 @@ def engine_args(settings: InferenceSettings) -> AsyncEngineArgs:
         scheduling_policy=settings.scheduling_policy,
         # Per-request log lines from vLLM would double ours.
         enable_log_requests=False,
+        # Off: no default stat loggers (Prometheus); the load recorder, a custom
+        # logger, still gets every step's stats.
+        disable_log_stats=not settings.engine_metrics,
         # Compact JSON for json_schema: grammars that allow free whitespace let
         # weak models pad with it until max_tokens and never close the object.
         structured_outputs_config=StructuredOutputsConfig(
