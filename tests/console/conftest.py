@@ -26,6 +26,9 @@ from services.console.server import serving
 from services.console.settings import ConsoleSettings
 from services.mesh import MeshOptions, running_mesh
 
+# What the replica's configuration says of its model (the library shows it).
+MODEL_DESCRIPTION = "A tiny simulated model for the console's tests."
+
 MODEL = "sim-tiny"
 SHOTS = Path(__file__).resolve().parent.parent / "artifacts" / "console"
 CHROMIUM_ARGS = [
@@ -85,7 +88,11 @@ async def mesh_with_console(state: Path) -> AsyncIterator[ConsoleMesh]:
         state=state,
         model=MODEL,
         overrides={
-            "inference": {"engine": "sim", "sim_profile": "tiny-cpu"},
+            "inference": {
+                "engine": "sim",
+                "sim_profile": "tiny-cpu",
+                "description": MODEL_DESCRIPTION,
+            },
             # A revoked key stops working at the gateway within this.
             "gateway": {"auth_cache_ttl_s": 0.5},
         },

@@ -13,7 +13,15 @@ from gateway.refusals import DEFAULT_AUTH_FAILURE_BURST
 from services.anomaly.events import RequestEvent
 from services.auth.keys import parse_key
 from tests.anomaly.support import feed, poisson_times, request
-from tests.console.conftest import MODEL, ConsoleMesh, new_tenant, own_console, shot, sign_in
+from tests.console.conftest import (
+    MODEL,
+    MODEL_DESCRIPTION,
+    ConsoleMesh,
+    new_tenant,
+    own_console,
+    shot,
+    sign_in,
+)
 from tests.support import eventually
 
 
@@ -30,6 +38,7 @@ async def test_a_tenant_signs_in_and_sees_the_model_library(
     assert page.url == f"{console_mesh.url}/t/{tenant.tenant_id}/models"
     rows = await page.locator("#models tbody tr").all_inner_texts()
     assert len(rows) == 1 and MODEL in rows[0] and "tokens" in rows[0]
+    assert await page.locator("#models td.description").all_inner_texts() == [MODEL_DESCRIPTION]
     # This mesh's price book is empty: the price says so, never a made-up "0".
     assert await page.locator("#models td.price").all_inner_texts() == ["not priced"]
     # The key never reaches the page or a script-readable cookie.
