@@ -18,7 +18,7 @@ from vllm.lora.request import LoRARequest
 from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
 from vllm.v1.engine.async_llm import AsyncLLM
 from vllm.v1.engine.exceptions import EngineDeadError as VllmEngineDeadError
-from vllm.v1.metrics.loggers import StatLoggerBase
+from vllm.v1.metrics.loggers import PrometheusStatLogger, StatLoggerBase
 
 from services.common.changes import ChangeSignal
 from services.inference.embedding import (
@@ -439,9 +439,6 @@ def engine_args(settings: InferenceSettings) -> AsyncEngineArgs:
         scheduling_policy=settings.scheduling_policy,
         # Per-request log lines from vLLM would double ours.
         enable_log_requests=False,
-        # Off: no default stat loggers (Prometheus); the load recorder, a custom
-        # logger, still gets every step's stats.
-        disable_log_stats=not settings.engine_metrics,
         # Compact JSON for json_schema: grammars that allow free whitespace let
         # weak models pad with it until max_tokens and never close the object.
         structured_outputs_config=StructuredOutputsConfig(
@@ -449,6 +446,28 @@ def engine_args(settings: InferenceSettings) -> AsyncEngineArgs:
         ),
         **optional,
     )
+
+
+class _UnpublishedPrometheus(PrometheusStatLogger):
+    """Takes the place of vLLM's Prometheus logger, which its StatLoggerManager
+    adds unless one is given, and publishes nothing: with `engine_metrics`
+    off, the engine leaves the process-wide registry (and another engine's
+    vllm:* series in it) alone."""
+
+    def __init__(self, vllm_config: Any, engine_indexes: list[int] | None = None) -> None:
+        self.engine_indexes = engine_indexes or [0]
+
+    def record(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+    def record_admission_rejection(self, reason: str) -> None:
+        return None
+
+    def record_sleep_state(self, sleep: int = 0, level: int = 0) -> None:
+        return None
+
+    def log_engine_initialized(self) -> None:
+        return None
 
 
 @asynccontextmanager
@@ -461,9 +480,12 @@ async def open_vllm_engine(settings: InferenceSettings) -> AsyncIterator[VllmEng
         recorders.append(recorder)
         return recorder
 
+    loggers: list[Any] = [make_recorder]
+    if not settings.engine_metrics:
+        loggers.append(_UnpublishedPrometheus)
     # Loading blocks for seconds; a thread keeps the event loop (health, signals) alive.
     llm = await asyncio.to_thread(
-        AsyncLLM.from_engine_args, engine_args(settings), stat_loggers=[make_recorder]
+        AsyncLLM.from_engine_args, engine_args(settings), stat_loggers=loggers
     )
     engine: VllmEngine | None = None
     try:
