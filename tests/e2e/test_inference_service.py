@@ -92,7 +92,10 @@ async def test_cancel_frees_the_engine_and_watch_load_sees_it(mesh: Mesh) -> Non
             load = await read(watch)
         assert load.tokens_in_flight == 0
         watch.cancel()
-        assert mesh.engine.num_unfinished_requests() == 0
+        # The load report comes from the engine core's scheduler, the request
+        # table from vLLM's front end, which drops a cancelled request from a
+        # task of its own: the two settle a moment apart.
+        await eventually(lambda: mesh.engine.num_unfinished_requests() == 0)
 
 
 @pytest.mark.parametrize(
