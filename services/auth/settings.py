@@ -65,6 +65,14 @@ class AuthSettings(ServiceSettings):
     # How long a tenant's idempotency key (its callers' x-request-id) is remembered.
     idempotency_retention_s: float = Field(default=24 * 3600.0, gt=0)
 
+    @field_validator("quota_url")
+    @classmethod
+    def _redis_url(cls, value: str | None) -> str | None:
+        # Checked here: redis-py would only refuse it at the first Reserve.
+        if value is not None and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must be a Redis URL: redis://, rediss:// or unix://")
+        return value
+
     @field_validator("admin_token", "key_pepper")
     @classmethod
     def _long_enough(cls, value: SecretStr) -> SecretStr:

@@ -37,6 +37,14 @@ def test_inconsistent_tls_settings_are_refused(fields: dict[str, object], compla
         TlsSettings.model_validate(fields)
 
 
+@pytest.mark.parametrize("url", ["postgresql://127.0.0.1/maas", "127.0.0.1:6379", ""])
+def test_a_quota_url_that_is_not_redis_is_refused_at_start(url: str) -> None:
+    with pytest.raises(ValidationError, match="quota_url"):
+        AuthSettings(
+            admin_token="a" * MIN_SECRET_LENGTH, key_pepper="p" * MIN_SECRET_LENGTH, quota_url=url
+        )
+
+
 def test_unset_means_plaintext_and_open() -> None:
     settings = RouterSettings()
     assert server_security(settings).transport == "plaintext"
