@@ -14,11 +14,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
-import tempfile
 from pathlib import Path
 
-from local_models.tiny_llama import COMPLETE_MARKER, CONTEXT_LENGTH, VOCAB_SIZE, _build_tokenizer
+from local_models.tiny_llama import build_with_tokenizer, llama_config
 
 HIDDEN = 256  # the embedding's width
 # A few widths a caller may truncate to (Matryoshka-style `dimensions`); vLLM
@@ -30,22 +28,11 @@ SEED = 2  # not tiny_llama's: different weights
 
 def _build_weights(out: Path, eos_id: int, bos_id: int, pad_id: int) -> None:
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
 
     torch.manual_seed(SEED)
-    config = LlamaConfig(
-        vocab_size=VOCAB_SIZE,
-        hidden_size=HIDDEN,
-        intermediate_size=512,
-        num_hidden_layers=LAYERS,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=CONTEXT_LENGTH,
-        bos_token_id=bos_id,
-        eos_token_id=eos_id,
-        pad_token_id=pad_id,
-        tie_word_embeddings=True,
-        dtype="bfloat16",
+    config = llama_config(
+        eos_id, bos_id, pad_id, hidden_size=HIDDEN, num_layers=LAYERS, tie_word_embeddings=True
     )
     config.matryoshka_dimensions = MATRYOSHKA_DIMENSIONS
     model = LlamaForCausalLM(config)  # type: ignore[no-untyped-call]
@@ -61,23 +48,7 @@ def _build_weights(out: Path, eos_id: int, bos_id: int, pad_id: int) -> None:
 def build_tiny_embed_model(out_dir: Path) -> Path:
     """Builds the model into `out_dir` unless a complete build is there
     (in a temporary sibling renamed into place, as tiny_llama does)."""
-    out_dir = out_dir.resolve()
-    if (out_dir / COMPLETE_MARKER).exists():
-        return out_dir
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
-    staging.chmod(0o755)  # mkdtemp makes it private; containers mount it read-only
-    try:
-        eos_id = _build_tokenizer(staging)
-        vocab = json.loads((staging / "tokenizer.json").read_text())["model"]["vocab"]
-        _build_weights(staging, eos_id, vocab["<|endoftext|>"], vocab["<|pad|>"])
-        (staging / COMPLETE_MARKER).write_text("tiny-embed\n")
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        staging.rename(out_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return out_dir
+    return build_with_tokenizer(out_dir, "tiny-embed", _build_weights)
 
 
 def main() -> None:

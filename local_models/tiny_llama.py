@@ -15,8 +15,12 @@ import json
 import shutil
 import sysconfig
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from transformers import LlamaConfig
 
 COMPLETE_MARKER = ".complete"
 VOCAB_SIZE = 4096
@@ -70,24 +74,42 @@ def _build_tokenizer(out: Path) -> int:
     return eos_id
 
 
-def _build_weights(out: Path, eos_id: int, bos_id: int, pad_id: int) -> None:
-    import torch
-    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+def llama_config(
+    eos_id: int,
+    bos_id: int,
+    pad_id: int,
+    *,
+    hidden_size: int,
+    num_layers: int,
+    tie_word_embeddings: bool,
+) -> LlamaConfig:
+    """The tiny Llama shape (4 heads, 2 KV heads, bf16) over this tokenizer;
+    tiny_embed builds its model on the same one."""
+    from transformers import LlamaConfig
 
-    torch.manual_seed(0)
-    config = LlamaConfig(
+    return LlamaConfig(
         vocab_size=VOCAB_SIZE,
-        hidden_size=HIDDEN,
+        hidden_size=hidden_size,
         intermediate_size=512,
-        num_hidden_layers=LAYERS,
+        num_hidden_layers=num_layers,
         num_attention_heads=4,
         num_key_value_heads=2,
         max_position_embeddings=CONTEXT_LENGTH,
         bos_token_id=bos_id,
         eos_token_id=eos_id,
         pad_token_id=pad_id,
-        tie_word_embeddings=False,
+        tie_word_embeddings=tie_word_embeddings,
         dtype="bfloat16",
+    )
+
+
+def _build_weights(out: Path, eos_id: int, bos_id: int, pad_id: int) -> None:
+    import torch
+    from transformers import GenerationConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = llama_config(
+        eos_id, bos_id, pad_id, hidden_size=HIDDEN, num_layers=LAYERS, tie_word_embeddings=False
     )
     model = LlamaForCausalLM(config)  # type: ignore[no-untyped-call]
     model.to(dtype=torch.bfloat16)  # type: ignore[call-arg]  # transformers types .to oddly
@@ -135,7 +157,15 @@ def build_tiny_adapter(out_dir: Path, rank: int = 8, seed: int = 1) -> Path:
 
 
 def build_tiny_model(out_dir: Path) -> Path:
-    """Builds the model into `out_dir` unless a complete build is there.
+    """Builds the model into `out_dir` unless a complete build is there."""
+    return build_with_tokenizer(out_dir, "tiny-llama", _build_weights)
+
+
+def build_with_tokenizer(
+    out_dir: Path, marker: str, build_weights: Callable[[Path, int, int, int], None]
+) -> Path:
+    """Builds this tokenizer and then `build_weights(dir, eos_id, bos_id,
+    pad_id)` into `out_dir` unless a complete build is there.
 
     Built in a temporary sibling and renamed into place, so an interrupted
     build never leaves a half model where a complete one is expected."""
@@ -148,8 +178,8 @@ def build_tiny_model(out_dir: Path) -> Path:
     try:
         eos_id = _build_tokenizer(staging)
         vocab = json.loads((staging / "tokenizer.json").read_text())["model"]["vocab"]
-        _build_weights(staging, eos_id, vocab["<|endoftext|>"], vocab["<|pad|>"])
-        (staging / COMPLETE_MARKER).write_text("tiny-llama\n")
+        build_weights(staging, eos_id, vocab["<|endoftext|>"], vocab["<|pad|>"])
+        (staging / COMPLETE_MARKER).write_text(f"{marker}\n")
         if out_dir.exists():
             shutil.rmtree(out_dir)
         staging.rename(out_dir)

@@ -12,7 +12,7 @@ import typer
 from google.protobuf import duration_pb2, timestamp_pb2
 
 from maas.v1 import auth_pb2, router_pb2, router_pb2_grpc
-from maas_cli.admin_cli import AuthOption, TokenOption, _call
+from maas_cli.admin_cli import AuthOption, TokenOption, admin_rpc, auth_stub
 from maas_cli.connection import Connection
 from maas_cli.output import (
     JsonOption,
@@ -102,7 +102,7 @@ def restriction_add(
         request.key_id = key
     if tenant:
         request.tenant_id = tenant
-    made = _call(auth, admin_token, lambda s, md: s.Restrict(request, metadata=md))
+    made = admin_rpc(auth, admin_token, auth_stub, lambda s, md: s.Restrict(request, metadata=md))
     _show_restrictions([made], as_json)
 
 
@@ -117,7 +117,9 @@ def restriction_list(
     """Lists restrictions (active ones unless --all), newest first. A tenant's
     admin key sees only its own: pass --tenant with its tenant id."""
     request = auth_pb2.ListRestrictionsRequest(tenant_id=tenant, include_inactive=all_)
-    reply = _call(auth, admin_token, lambda s, md: s.ListRestrictions(request, metadata=md))
+    reply = admin_rpc(
+        auth, admin_token, auth_stub, lambda s, md: s.ListRestrictions(request, metadata=md)
+    )
     _show_restrictions(list(reply.restrictions), as_json)
 
 
@@ -133,7 +135,9 @@ def restriction_lift(
     request = auth_pb2.LiftRestrictionRequest(
         restriction_id=restriction_id, actor="admin", reason=reason
     )
-    lifted = _call(auth, admin_token, lambda s, md: s.LiftRestriction(request, metadata=md))
+    lifted = admin_rpc(
+        auth, admin_token, auth_stub, lambda s, md: s.LiftRestriction(request, metadata=md)
+    )
     _show_restrictions([lifted], as_json)
 
 
@@ -148,7 +152,9 @@ def audit(
     """The audit trail of restrictions, newest first. A tenant's admin key sees
     only its own: pass --tenant with its tenant id."""
     request = auth_pb2.ListAuditRecordsRequest(tenant_id=tenant, limit=limit)
-    reply = _call(auth, admin_token, lambda s, md: s.ListAuditRecords(request, metadata=md))
+    reply = admin_rpc(
+        auth, admin_token, auth_stub, lambda s, md: s.ListAuditRecords(request, metadata=md)
+    )
     if as_json:
         print_json(to_dict(reply))
         return

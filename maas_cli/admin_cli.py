@@ -54,6 +54,7 @@ TokenOption = Annotated[
     ),
 ]
 T = TypeVar("T")
+S = TypeVar("S")  # a service stub
 
 
 def _admin_token(given: str | None) -> str:
@@ -68,16 +69,24 @@ def _admin_token(given: str | None) -> str:
 Metadata = tuple[tuple[str, str]]
 
 
-def _call(
+def auth_stub(channel: grpc.aio.Channel) -> auth_pb2_grpc.AuthAsyncStub:
+    return auth_pb2_grpc.AuthStub(channel)
+
+
+def admin_rpc(
     auth: str,
     token: str | None,
-    rpc: Callable[[auth_pb2_grpc.AuthAsyncStub, Metadata], Awaitable[T]],
+    stub: Callable[[grpc.aio.Channel], S],
+    rpc: Callable[[S, Metadata], Awaitable[T]],
 ) -> T:
+    """One admin-credentialed RPC to the auth service at `auth`, on the stub
+    `stub(channel)` makes (its Auth or its Billing service); a failure is
+    printed and exits as the CLI's other failures do."""
     metadata = (("authorization", f"Bearer {_admin_token(token)}"),)
 
     async def run() -> T:
         async with Connection.from_env().channel(auth) as channel:
-            return await rpc(auth_pb2_grpc.AuthStub(channel), metadata)
+            return await rpc(stub(channel), metadata)
 
     with failures():
         return asyncio.run(run())
@@ -123,7 +132,9 @@ def tenant_create(
     if priority not in PRIORITIES:
         bad_usage(f"priority must be one of {', '.join(PRIORITIES)}")
     request = auth_pb2.CreateTenantRequest(name=name, priority=PRIORITIES[priority])
-    tenant = _call(auth, admin_token, lambda s, md: s.CreateTenant(request, metadata=md))
+    tenant = admin_rpc(
+        auth, admin_token, auth_stub, lambda s, md: s.CreateTenant(request, metadata=md)
+    )
     _show_tenant(tenant, as_json)
 
 
@@ -134,7 +145,7 @@ def tenant_list(
     as_json: JsonOption = False,
 ) -> None:
     """Lists tenants with their plans (operator only)."""
-    reply = _call(auth, admin_token, lambda s, md: s.ListTenants(
+    reply = admin_rpc(auth, admin_token, auth_stub, lambda s, md: s.ListTenants(
         auth_pb2.ListTenantsRequest(), metadata=md))  # fmt: skip
     if as_json:
         print_json(to_dict(reply))
@@ -193,7 +204,7 @@ def tenant_set_plan(
         )
         return await stub.SetPlan(request, metadata=md)
 
-    tenant = _call(auth, admin_token, set_plan)
+    tenant = admin_rpc(auth, admin_token, auth_stub, set_plan)
     _show_tenant(tenant, as_json)
 
 
@@ -241,7 +252,9 @@ def key_create(
     request = auth_pb2.CreateApiKeyRequest(tenant_id=tenant_id, name=name, scopes=scope or [])
     if expires_in_days is not None:
         request.expire_time.FromDatetime(datetime.now(UTC) + timedelta(days=expires_in_days))
-    created = _call(auth, admin_token, lambda s, md: s.CreateApiKey(request, metadata=md))
+    created = admin_rpc(
+        auth, admin_token, auth_stub, lambda s, md: s.CreateApiKey(request, metadata=md)
+    )
     if as_json:
         print_json(to_dict(created))
         return
@@ -257,7 +270,7 @@ def key_revoke(
     as_json: JsonOption = False,
 ) -> None:
     """Revokes an API key."""
-    key = _call(auth, admin_token, lambda s, md: s.RevokeApiKey(
+    key = admin_rpc(auth, admin_token, auth_stub, lambda s, md: s.RevokeApiKey(
         auth_pb2.RevokeApiKeyRequest(key_id=key_id), metadata=md))  # fmt: skip
     _show_key(key, as_json)
 
@@ -270,7 +283,7 @@ def key_list(
     as_json: JsonOption = False,
 ) -> None:
     """Lists a tenant's keys (never their secrets)."""
-    reply = _call(auth, admin_token, lambda s, md: s.ListApiKeys(
+    reply = admin_rpc(auth, admin_token, auth_stub, lambda s, md: s.ListApiKeys(
         auth_pb2.ListApiKeysRequest(tenant_id=tenant_id), metadata=md))  # fmt: skip
     if as_json:
         print_json(to_dict(reply))

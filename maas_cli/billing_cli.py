@@ -5,21 +5,19 @@ statement; any API key may list prices)."""
 
 from __future__ import annotations
 
-import asyncio
 import json
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Annotated, TypeVar
 
+import grpc
 import typer
 from rich.table import Table
 
 from maas.v1 import billing_pb2, billing_pb2_grpc
 from maas_cli import statement_report
-from maas_cli.admin_cli import AuthOption, TokenOption, _admin_token
-from maas_cli.connection import Connection
-from maas_cli.output import JsonOption, bad_usage, failures, print_json, print_table
+from maas_cli.admin_cli import AuthOption, TokenOption, admin_rpc
+from maas_cli.output import JsonOption, bad_usage, print_json, print_table
 from maas_cli.usage_report import money
 
 price_app = typer.Typer(help="The price book: per model, per million tokens.", no_args_is_help=True)
@@ -27,19 +25,8 @@ T = TypeVar("T")
 MICROS = Decimal(1_000_000)  # micro-units in one unit of the currency
 
 
-def _billing(
-    auth: str,
-    token: str | None,
-    rpc: Callable[[billing_pb2_grpc.BillingAsyncStub, tuple[tuple[str, str]]], Awaitable[T]],
-) -> T:
-    metadata = (("authorization", f"Bearer {_admin_token(token)}"),)
-
-    async def run() -> T:
-        async with Connection.from_env().channel(auth) as channel:
-            return await rpc(billing_pb2_grpc.BillingStub(channel), metadata)
-
-    with failures():
-        return asyncio.run(run())
+def billing_stub(channel: grpc.aio.Channel) -> billing_pb2_grpc.BillingAsyncStub:
+    return billing_pb2_grpc.BillingStub(channel)
 
 
 def micros(option: str, text: str) -> int:
@@ -114,7 +101,9 @@ def price_set(
     if effective is not None:
         price.effective_time.FromDatetime(effective.replace(tzinfo=effective.tzinfo or UTC))
     request = billing_pb2.SetPriceRequest(price=price, backdate=backdate)
-    set_ = _billing(auth, admin_token, lambda s, md: s.SetPrice(request, metadata=md))
+    set_ = admin_rpc(
+        auth, admin_token, billing_stub, lambda s, md: s.SetPrice(request, metadata=md)
+    )
     _show_prices([set_], as_json)
 
 
@@ -128,7 +117,9 @@ def price_list(
 ) -> None:
     """Lists the price book: the version in force per model, or every version."""
     request = billing_pb2.ListPricesRequest(model=model, include_history=history)
-    reply = _billing(auth, admin_token, lambda s, md: s.ListPrices(request, metadata=md))
+    reply = admin_rpc(
+        auth, admin_token, billing_stub, lambda s, md: s.ListPrices(request, metadata=md)
+    )
     _show_prices(list(reply.prices), as_json)
 
 
@@ -153,10 +144,12 @@ def statement(
             async for record in stub.ExportUsage(request, metadata=md):
                 typer.echo(json.dumps(statement_report.cloudevent(record), sort_keys=True))
 
-        _billing(auth, admin_token, export)
+        admin_rpc(auth, admin_token, billing_stub, export)
         return
     query = billing_pb2.GetStatementRequest(tenant_id=tenant, month=month)
-    reply = _billing(auth, admin_token, lambda s, md: s.GetStatement(query, metadata=md))
+    reply = admin_rpc(
+        auth, admin_token, billing_stub, lambda s, md: s.GetStatement(query, metadata=md)
+    )
     typer.echo(statement_report.render(reply, fmt))  # type: ignore[arg-type]
 
 

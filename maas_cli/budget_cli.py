@@ -11,8 +11,8 @@ import typer
 from rich.table import Table
 
 from maas.v1 import billing_pb2
-from maas_cli.admin_cli import AuthOption, TokenOption
-from maas_cli.billing_cli import _billing, micros
+from maas_cli.admin_cli import AuthOption, TokenOption, admin_rpc
+from maas_cli.billing_cli import billing_stub, micros
 from maas_cli.output import JsonOption, bad_usage, print_json, print_table
 from maas_cli.statement_report import rfc3339
 from maas_cli.usage_report import money
@@ -74,7 +74,9 @@ def budget_set(
         soft_threshold_percent=soft,
     )
     request = billing_pb2.SetBudgetRequest(budget=budget)
-    set_ = _billing(auth, admin_token, lambda s, md: s.SetBudget(request, metadata=md))
+    set_ = admin_rpc(
+        auth, admin_token, billing_stub, lambda s, md: s.SetBudget(request, metadata=md)
+    )
     _show([set_], as_json)
 
 
@@ -87,7 +89,9 @@ def budget_list(
 ) -> None:
     """Lists budgets with what the ledger says each has spent."""
     request = billing_pb2.ListBudgetsRequest(tenant_id=tenant)
-    reply = _billing(auth, admin_token, lambda s, md: s.ListBudgets(request, metadata=md))
+    reply = admin_rpc(
+        auth, admin_token, billing_stub, lambda s, md: s.ListBudgets(request, metadata=md)
+    )
     _show(list(reply.budgets), as_json)
 
 
