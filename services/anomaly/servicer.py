@@ -24,7 +24,24 @@ SEVERITIES = {
 }
 
 
+# A budget's QuotaFailure subject: "budget:key:<128-character id>:monthly" at most.
+MAX_BUDGET_BYTES = 256
+
+
+def _check_budget_fields(message: anomaly_pb2.Event) -> None:
+    """INVALID_ARGUMENT naming the first bad field of a budget threshold."""
+    if len(message.budget.encode()) > MAX_BUDGET_BYTES:
+        raise InvalidArgumentError("budget", f"must be at most {MAX_BUDGET_BYTES} bytes")
+    for field, value in (
+        ("spent_micros", message.spent_micros),
+        ("threshold_micros", message.threshold_micros),
+    ):
+        if value < 0:
+            raise InvalidArgumentError(field, "must not be negative")
+
+
 def event_from_proto(message: anomaly_pb2.Event) -> RequestEvent:
+    _check_budget_fields(message)
     return RequestEvent(
         kind=anomaly_pb2.EventKind.Name(message.kind),
         time=message.time.ToDatetime(tzinfo=UTC),

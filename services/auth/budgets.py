@@ -77,6 +77,28 @@ def subject(key_id: str, period: Period) -> str:
 MAX_LIMIT_MICROS = (2**63 - 1) // PER_MILLION // 2
 
 
+# The most tokens one request may reserve or commit, and (pricing.py) the
+# dearest price: their product, a request's exact cost, stays under 2**61, so
+# the 64-bit counters keep their headroom.
+MAX_REQUEST_TOKENS = 2**31
+
+
+def _check_tokens(field: str, value: int) -> None:
+    if value > MAX_REQUEST_TOKENS:
+        raise InvalidArgumentError(field, f"must be at most {MAX_REQUEST_TOKENS}")
+
+
+def check_estimate(estimated: int, prompt: int, max_completion: int) -> None:
+    """INVALID_ARGUMENT naming the first bad field of a Reserve's estimate."""
+    _check_tokens("estimated_tokens", estimated)
+    _check_tokens("prompt_tokens", prompt)
+    _check_tokens("max_completion_tokens", max_completion)
+    if prompt + max_completion > estimated:
+        raise InvalidArgumentError(
+            "max_completion_tokens", "prompt_tokens plus it exceeds estimated_tokens"
+        )
+
+
 def check_budget(budget: Budget) -> None:
     for field, value in (
         ("budget.monthly_limit_micros", budget.monthly_limit),
@@ -104,6 +126,18 @@ class Usage:
     @property
     def split(self) -> bool:
         return bool(self.prompt or self.completion)
+
+    def check(self) -> None:
+        """INVALID_ARGUMENT naming the first bad field of a Commit's usage."""
+        _check_tokens("used_tokens", self.tokens)
+        _check_tokens("prompt_tokens", self.prompt)
+        _check_tokens("completion_tokens", self.completion)
+        if self.cached > self.prompt:
+            raise InvalidArgumentError("cached_tokens", "exceeds prompt_tokens")
+        if self.prompt + self.completion > self.tokens:
+            raise InvalidArgumentError(
+                "completion_tokens", "prompt_tokens plus it exceeds used_tokens"
+            )
 
 
 @dataclass(frozen=True, slots=True)

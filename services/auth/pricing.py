@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 
 from services.common.errors import InvalidArgumentError
+from services.common.generation_limits import MAX_MODEL_NAME_BYTES
 
 MICROS = 1_000_000  # micro-units in one unit of the currency
 PER_MILLION = 1_000_000  # prices are per million tokens
@@ -112,10 +113,18 @@ def display(amount_micros: int) -> Decimal:
     return Decimal(amount_micros).scaleb(-6)
 
 
+# The dearest price, $1000 per million tokens in USD: times the most tokens a
+# request may hold (budgets.MAX_REQUEST_TOKENS), an exact cost under 2**61.
+MAX_PRICE_MICROS_PER_MILLION = 10**9
+
+
 def check_price(price: NewPrice) -> None:
     """INVALID_ARGUMENT naming the first bad field of a SetPrice request."""
     if not price.model.strip():
         raise InvalidArgumentError("price.model", "required")
+    for field, name in (("price.model", price.model), ("price.adapter", price.adapter)):
+        if len(name.encode()) > MAX_MODEL_NAME_BYTES:
+            raise InvalidArgumentError(field, f"must be at most {MAX_MODEL_NAME_BYTES} bytes")
     if not _CURRENCY.match(price.currency):
         raise InvalidArgumentError("price.currency", "must be an ISO 4217 code: 3 capital letters")
     for field, value in (
@@ -125,6 +134,8 @@ def check_price(price: NewPrice) -> None:
     ):
         if value < 0:
             raise InvalidArgumentError(field, "must not be negative")
+        if value > MAX_PRICE_MICROS_PER_MILLION:
+            raise InvalidArgumentError(field, f"must be at most {MAX_PRICE_MICROS_PER_MILLION}")
 
 
 def month_range(month: str) -> tuple[datetime, datetime]:

@@ -31,6 +31,7 @@ from services.auth.budgets import (
     Period,
     Rates,
     Usage,
+    check_estimate,
     exact,
     ledger_cost,
     price_now,
@@ -145,6 +146,7 @@ class Quotas:
         """`prompt_tokens` and `max_completion_tokens` split the estimate for
         money budgets (budgets.py); without them every token is held at the
         dearest price."""
+        check_estimate(estimated_tokens, prompt_tokens, max_completion_tokens)
         tenant = await self._store.get_tenant(tenant_id)
         if tenant is None:
             raise NotFoundError(f"no tenant {tenant_id!r}")
@@ -291,6 +293,7 @@ class Quotas:
         """Settles with the actual usage, charging its exact cost to the
         lease's budgets; says what it charged and which soft thresholds it
         crossed."""
+        used.check()
         return await self._state.settle(reservation_id, used, _month(self._wall()))
 
     async def release(

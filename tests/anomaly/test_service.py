@@ -13,6 +13,7 @@ from google.protobuf import timestamp_pb2
 
 from maas.v1 import anomaly_pb2, anomaly_pb2_grpc
 from observability import Telemetry
+from services.anomaly.alerts import AlertQuery
 from services.anomaly.core import AnomalyCore
 from services.anomaly.events import RequestEvent
 from tests.anomaly.support import T0, feed, request, start, stuffing
@@ -139,3 +140,34 @@ async def test_list_alerts_filters(telemetry: Telemetry) -> None:
         stats = await stub.GetEventStats(anomaly_pb2.GetEventStatsRequest())
         assert stats.total == 2 * 270 + 40
         assert stats.series_tracked > 0
+
+
+@pytest.mark.parametrize(
+    ("fields", "named"),
+    [
+        ({"budget": "budget:" + "k" * 10_000}, "budget"),
+        ({"spent_micros": -1, "threshold_micros": 5}, "spent_micros"),
+        ({"spent_micros": 2**63 - 1, "threshold_micros": -(2**63)}, "threshold_micros"),
+    ],
+)
+async def test_a_hostile_budget_threshold_is_invalid_argument_naming_it(
+    telemetry: Telemetry, fields: dict[str, Any], named: str
+) -> None:
+    core = AnomalyCore()
+    async with (
+        start(telemetry, core) as server,
+        grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel,
+    ):
+        stub = anomaly_pb2_grpc.AnomalyStub(channel)
+        event = anomaly_pb2.Event(
+            kind=anomaly_pb2.EVENT_KIND_BUDGET_THRESHOLD, tenant_id="t", **fields
+        )
+
+        async def stream() -> AsyncIterator[anomaly_pb2.Event]:
+            yield event
+
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.Report(stream())
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert bad_request_fields(err.value) == [named]
+        assert core.alerts(AlertQuery()) == []

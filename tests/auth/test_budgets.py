@@ -330,3 +330,65 @@ async def test_budgets_are_checked_when_set(auth_core: AuthCore, store: AuthStor
     )
     await budget(store, t)  # all limits 0: removed
     assert await Budgets(store).list(t) == []
+
+
+@pytest.mark.parametrize(
+    ("estimated", "prompt", "completion", "field"),
+    [
+        (2**63 - 1, 0, 0, "estimated_tokens"),
+        (2**31, 2**64 - 1, 0, "prompt_tokens"),
+        (2000, 1000, 1001, "max_completion_tokens"),  # the split exceeds the estimate
+    ],
+)
+async def test_a_hostile_estimate_is_refused_naming_the_field(
+    auth_core: AuthCore,
+    store: AuthStore,
+    quota_states: QuotaStates,
+    estimated: int,
+    prompt: int,
+    completion: int,
+    field: str,
+) -> None:
+    await priced(store)
+    q = quotas(store, quota_states, Wall(NOV_1 + timedelta(days=3)))
+    t = await tenant(auth_core)
+    await budget(store, t, monthly=10**9)
+    with pytest.raises(InvalidArgumentError) as refused:
+        await q.reserve(
+            t, "r0", "tiny", estimated, prompt_tokens=prompt, max_completion_tokens=completion
+        )
+    assert refused.value.field == field
+
+
+@pytest.mark.parametrize(
+    ("usage", "field"),
+    [
+        (Usage(2**63 - 1), "used_tokens"),
+        (Usage(2000, 2**64 - 1, 0, 0), "prompt_tokens"),
+        (Usage(2000, 1000, 1001, 1000), "cached_tokens"),  # more cached than prompt
+        (Usage(2000, 1000, 0, 1001), "completion_tokens"),  # the split exceeds used_tokens
+    ],
+)
+async def test_a_hostile_usage_is_refused_naming_the_field(
+    auth_core: AuthCore, store: AuthStore, quota_states: QuotaStates, usage: Usage, field: str
+) -> None:
+    await priced(store)
+    q = quotas(store, quota_states, Wall(NOV_1 + timedelta(days=3)))
+    t = await tenant(auth_core)
+    await budget(store, t, monthly=10**9)
+    reservation = await take(q, t, "r0")
+    with pytest.raises(InvalidArgumentError) as refused:
+        await q.commit_usage(reservation, usage)
+    assert refused.value.field == field
+    settled = await q.commit_usage(reservation, Usage(2000, 1000, 0, 1000))
+    assert settled.cost == cost(1000, 0, 1000)
+
+
+async def test_a_hostile_price_is_refused_naming_the_field(store: AuthStore) -> None:
+    book = BillingCore(store, clock=lambda: BOOK_NOW)
+    with pytest.raises(InvalidArgumentError) as refused:
+        await book.set_price(NewPrice("tiny", "", "USD", PROMPT, CACHED, 2**63 - 1, NOV_1))
+    assert refused.value.field == "price.completion_micros_per_million"
+    with pytest.raises(InvalidArgumentError) as refused:
+        await book.set_price(NewPrice("tiny", "a" * 10_000, "USD", PROMPT, CACHED, 1, NOV_1))
+    assert refused.value.field == "price.adapter"

@@ -245,3 +245,45 @@ async def test_a_renewal_of_a_bad_id_is_invalid_argument(
         await stub.Renew(auth_pb2.RenewRequest(reservation_id=reservation_id))
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert bad_request_fields(info.value) == ["reservation_id"]
+
+
+@pytest.mark.parametrize(
+    ("fields", "named"),
+    [
+        ({"estimated_tokens": 2**64 - 1}, "estimated_tokens"),
+        ({"estimated_tokens": 10, "max_completion_tokens": 2**63 - 1}, "max_completion_tokens"),
+        (
+            {"estimated_tokens": 10, "prompt_tokens": 6, "max_completion_tokens": 5},
+            "max_completion_tokens",
+        ),
+    ],
+)
+async def test_a_hostile_reserve_estimate_is_invalid_argument_naming_it(
+    auth_channel: grpc.aio.Channel, fields: dict[str, int], named: str
+) -> None:
+    stub = auth_pb2_grpc.AuthStub(auth_channel)
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        request = auth_pb2.ReserveRequest(tenant_id="t1", request_id="r1", model="m")
+        for name, value in fields.items():
+            setattr(request, name, value)
+        await stub.Reserve(request)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert bad_request_fields(info.value) == [named]
+
+
+@pytest.mark.parametrize(
+    ("fields", "named"),
+    [
+        ({"used_tokens": 2**64 - 1}, "used_tokens"),
+        ({"used_tokens": 10, "prompt_tokens": 5, "cached_tokens": 6}, "cached_tokens"),
+        ({"used_tokens": 10, "prompt_tokens": 5, "completion_tokens": 6}, "completion_tokens"),
+    ],
+)
+async def test_a_hostile_commit_usage_is_invalid_argument_naming_it(
+    auth_channel: grpc.aio.Channel, fields: dict[str, int], named: str
+) -> None:
+    stub = auth_pb2_grpc.AuthStub(auth_channel)
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stub.Commit(auth_pb2.CommitRequest(reservation_id="gone", **fields))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert bad_request_fields(info.value) == [named]
