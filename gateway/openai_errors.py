@@ -135,9 +135,10 @@ _TYPE_NAMES = frozenset({"str", "int", "float", "bool", "list", "dict", "none"})
 
 
 def _param_of(loc: Sequence[Any]) -> str:
-    """`("body", "messages", 0, "content")` as `messages[0].content`."""
+    """`("body", "messages", 0, "content")` as `messages[0].content`, and
+    `("query", "group_by")` as `group_by`."""
     param = ""
-    for part in loc[1:] if loc and loc[0] == "body" else loc:
+    for part in loc[1:] if loc and loc[0] in ("body", "query") else loc:
         if isinstance(part, int):
             param += f"[{part}]"
         else:

@@ -37,6 +37,7 @@ from gateway.openai_protocol import ChatCompletionRequest, CompletionRequest, Ge
 from gateway.openai_requests import chat_request, completion_request
 from gateway.openai_responses import ChatRendering, Collected, CompletionRendering, Writing
 from gateway.openai_responses_api import ResponsesRequest, ResponsesWriting, responses_request
+from gateway.openai_usage import usage_route
 from maas.v1 import generation_pb2
 from observability.asgi import TracingMiddleware
 from observability.context import REQUEST_ID_METADATA_KEY
@@ -130,6 +131,14 @@ def create_app(
         embeddings_route(core, caller_of),
         methods=["POST"],
         name="embeddings",
+        response_model=None,
+    )
+
+    app.add_api_route(
+        "/v1/usage",
+        usage_route(core, caller_of),
+        methods=["GET"],
+        name="usage",
         response_model=None,
     )
 

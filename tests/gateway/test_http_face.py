@@ -52,7 +52,7 @@ class Backends:
         settings.update(fields)
         return GatewaySettings(**settings)  # type: ignore[arg-type]
 
-    async def api_key(self) -> str:
+    async def api_key(self, scopes: tuple[str, ...] = ()) -> str:
         admin = (("authorization", f"Bearer {self.admin_token}"),)
         async with grpc.aio.insecure_channel(self.auth) as ch:
             stub = auth_pb2_grpc.AuthStub(ch)
@@ -60,7 +60,9 @@ class Backends:
                 auth_pb2.CreateTenantRequest(name=f"t-{secrets.token_hex(4)}"), metadata=admin
             )
             created = await stub.CreateApiKey(
-                auth_pb2.CreateApiKeyRequest(tenant_id=tenant.tenant_id, name="http"),
+                auth_pb2.CreateApiKeyRequest(
+                    tenant_id=tenant.tenant_id, name="http", scopes=list(scopes)
+                ),
                 metadata=admin,
             )
         return created.api_key
@@ -154,6 +156,50 @@ async def test_malformed_requests_are_openai_errors(
     assert_openai_error(missing, 400, "model")
     assert_openai_error(await http.get("/v1/nothing-here"), 404)
     assert_openai_error(await http.get("/v1/chat/completions"), 405)
+
+
+@pytest.mark.parametrize(
+    ("query", "param"),
+    [
+        ({"start_time": "yesterday"}, "start_time"),
+        ({"start_time": "2026-12-01T00:00:00"}, "start_time"),  # no offset: ambiguous
+        ({"end_time": str(10**15)}, "end_time"),
+        ({"start_time": "1" * 41}, "start_time"),
+        ({"start_time": "1767225600", "end_time": "1764547200"}, "end_time"),
+        ({"group_by": "week"}, "group_by"),
+    ],
+)
+async def test_usage_refuses_a_bad_query_naming_the_parameter(
+    http: httpx.AsyncClient, backends: Backends, query: dict[str, str], param: str
+) -> None:
+    auth = {"authorization": f"Bearer {await backends.api_key()}"}
+    assert_openai_error(await http.get("/v1/usage", params=query, headers=auth), 400, param)
+
+
+async def test_usage_needs_a_key_that_may_read_usage(
+    http: httpx.AsyncClient, backends: Backends
+) -> None:
+    assert_openai_error(await http.get("/v1/usage"), 401)
+    generate_only = await backends.api_key(scopes=("generate",))
+    refused = await http.get("/v1/usage", headers={"authorization": f"Bearer {generate_only}"})
+    assert_openai_error(refused, 403)
+
+
+async def test_a_new_tenants_usage_is_empty_and_costs_nothing(
+    http: httpx.AsyncClient, backends: Backends
+) -> None:
+    auth = {"authorization": f"Bearer {await backends.api_key()}"}
+    response = await http.get(
+        "/v1/usage",
+        params={"start_time": "2026-12-01T00:00:00+01:00", "end_time": "1798761600"},
+        headers=auth,
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert (body["object"], body["requests"], body["total_tokens"]) == ("usage", 0, 0)
+    assert (body["start_time"], body["end_time"]) == (1796079600, 1798761600)
+    assert body["cost"] == {"value": "0.000000", "micros": 0, "currency": ""}
+    assert body["data"] == [] and body["unpriced_models"] == []
 
 
 async def test_a_router_that_is_down_is_503(http: httpx.AsyncClient, backends: Backends) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import httpx
 
 from maas.v1 import (
     auth_pb2,
@@ -95,6 +96,12 @@ async def test_gateway_usage_shows_the_cost_of_what_ran(tmp_path: Path) -> None:
                 gateway_pb2.GetUsageRequest(group_by=usage_pb2.USAGE_GROUPING_MODEL),
                 metadata=caller,
             )
+        async with httpx.AsyncClient(
+            base_url=f"http://{mesh.target('gateway', 'http_port')}",
+            headers={"authorization": f"Bearer {key.api_key}"},
+        ) as http:
+            by_day = (await http.get("/v1/usage", params={"group_by": "day"})).json()
+            by_model = (await http.get("/v1/usage", params={"group_by": "model"})).json()
     summary = reply.summary
     assert summary.currency == "EUR"
     assert list(summary.unpriced_models) == []
@@ -103,3 +110,23 @@ async def test_gateway_usage_shows_the_cost_of_what_ran(tmp_path: Path) -> None:
     [bucket] = reply.buckets
     assert (bucket.key, bucket.unpriced) == (MODEL, False)
     assert bucket.cost_micros == summary.cost_micros
+
+    # The HTTP face shows the same cost beside the same tokens, exactly.
+    for body in (by_model, by_day):
+        assert body["cost"] == {
+            "value": f"{summary.cost_micros / 1_000_000:.6f}",
+            "micros": summary.cost_micros,
+            "currency": "EUR",
+        }
+        assert (body["requests"], body["prompt_tokens"], body["completion_tokens"]) == (
+            3,
+            summary.prompt_tokens,
+            summary.completion_tokens,
+        )
+        assert body["cached_prompt_tokens"] == summary.cached_prompt_tokens
+    [model_bucket] = by_model["data"]
+    assert (model_bucket["key"], model_bucket["unpriced"]) == (MODEL, False)
+    assert model_bucket["cost"]["micros"] == summary.cost_micros
+    # One day's bucket (two if the run straddled midnight UTC), keyed by its start.
+    assert sum(bucket["requests"] for bucket in by_day["data"]) == 3
+    assert all(bucket["key"].endswith("T00:00:00Z") for bucket in by_day["data"])
