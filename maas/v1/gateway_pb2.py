@@ -23,24 +23,25 @@ _sym_db = _symbol_database.Default()
 
 
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from maas.v1 import adapter_pb2 as maas_dot_v1_dot_adapter__pb2
 from maas.v1 import embedding_pb2 as maas_dot_v1_dot_embedding__pb2
 from maas.v1 import generation_pb2 as maas_dot_v1_dot_generation__pb2
 from maas.v1 import usage_pb2 as maas_dot_v1_dot_usage__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15maas/v1/gateway.proto\x12\x07maas.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17maas/v1/embedding.proto\x1a\x18maas/v1/generation.proto\x1a\x13maas/v1/usage.proto\"\x13\n\x11ListModelsRequest\"8\n\x12ListModelsResponse\x12\"\n\x06models\x18\x01 \x03(\x0b\x32\x12.maas.v1.ModelInfo\"\x99\x01\n\x0fGetUsageRequest\x12.\n\nstart_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12(\n\x08group_by\x18\x03 \x01(\x0e\x32\x16.maas.v1.UsageGrouping2\xd6\x02\n\x07Gateway\x12\x41\n\x08Generate\x12\x18.maas.v1.GenerateRequest\x1a\x19.maas.v1.GenerateResponse0\x01\x12\x45\n\nListModels\x12\x1a.maas.v1.ListModelsRequest\x1a\x1b.maas.v1.ListModelsResponse\x12H\n\x0b\x43ountTokens\x12\x1b.maas.v1.CountTokensRequest\x1a\x1c.maas.v1.CountTokensResponse\x12\x36\n\x05\x45mbed\x12\x15.maas.v1.EmbedRequest\x1a\x16.maas.v1.EmbedResponse\x12?\n\x08GetUsage\x12\x18.maas.v1.GetUsageRequest\x1a\x19.maas.v1.GetUsageResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15maas/v1/gateway.proto\x12\x07maas.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x15maas/v1/adapter.proto\x1a\x17maas/v1/embedding.proto\x1a\x18maas/v1/generation.proto\x1a\x13maas/v1/usage.proto\"\x13\n\x11ListModelsRequest\"8\n\x12ListModelsResponse\x12\"\n\x06models\x18\x01 \x03(\x0b\x32\x12.maas.v1.ModelInfo\"\x99\x01\n\x0fGetUsageRequest\x12.\n\nstart_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12(\n\x08group_by\x18\x03 \x01(\x0e\x32\x16.maas.v1.UsageGrouping2\xb0\x04\n\x07Gateway\x12\x41\n\x08Generate\x12\x18.maas.v1.GenerateRequest\x1a\x19.maas.v1.GenerateResponse0\x01\x12\x45\n\nListModels\x12\x1a.maas.v1.ListModelsRequest\x1a\x1b.maas.v1.ListModelsResponse\x12H\n\x0b\x43ountTokens\x12\x1b.maas.v1.CountTokensRequest\x1a\x1c.maas.v1.CountTokensResponse\x12\x36\n\x05\x45mbed\x12\x15.maas.v1.EmbedRequest\x1a\x16.maas.v1.EmbedResponse\x12?\n\x08GetUsage\x12\x18.maas.v1.GetUsageRequest\x1a\x19.maas.v1.GetUsageResponse\x12;\n\rCreateAdapter\x12\x16.maas.v1.AdapterUpload\x1a\x10.maas.v1.Adapter(\x01\x12K\n\x0cListAdapters\x12\x1c.maas.v1.ListAdaptersRequest\x1a\x1d.maas.v1.ListAdaptersResponse\x12N\n\rDeleteAdapter\x12\x1d.maas.v1.DeleteAdapterRequest\x1a\x1e.maas.v1.DeleteAdapterResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'maas.v1.gateway_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_LISTMODELSREQUEST']._serialized_start=139
-  _globals['_LISTMODELSREQUEST']._serialized_end=158
-  _globals['_LISTMODELSRESPONSE']._serialized_start=160
-  _globals['_LISTMODELSRESPONSE']._serialized_end=216
-  _globals['_GETUSAGEREQUEST']._serialized_start=219
-  _globals['_GETUSAGEREQUEST']._serialized_end=372
-  _globals['_GATEWAY']._serialized_start=375
-  _globals['_GATEWAY']._serialized_end=717
+  _globals['_LISTMODELSREQUEST']._serialized_start=162
+  _globals['_LISTMODELSREQUEST']._serialized_end=181
+  _globals['_LISTMODELSRESPONSE']._serialized_start=183
+  _globals['_LISTMODELSRESPONSE']._serialized_end=239
+  _globals['_GETUSAGEREQUEST']._serialized_start=242
+  _globals['_GETUSAGEREQUEST']._serialized_end=395
+  _globals['_GATEWAY']._serialized_start=398
+  _globals['_GATEWAY']._serialized_end=958
 # @@protoc_insertion_point(module_scope)

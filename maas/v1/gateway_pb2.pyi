@@ -1,6 +1,7 @@
 import datetime
 
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from maas.v1 import adapter_pb2 as _adapter_pb2
 from maas.v1 import embedding_pb2 as _embedding_pb2
 from maas.v1 import generation_pb2 as _generation_pb2
 from maas.v1 import usage_pb2 as _usage_pb2

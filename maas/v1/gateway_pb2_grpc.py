@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from maas.v1 import adapter_pb2 as maas_dot_v1_dot_adapter__pb2
 from maas.v1 import embedding_pb2 as maas_dot_v1_dot_embedding__pb2
 from maas.v1 import gateway_pb2 as maas_dot_v1_dot_gateway__pb2
 from maas.v1 import generation_pb2 as maas_dot_v1_dot_generation__pb2
@@ -74,6 +75,21 @@ class GatewayStub:
                 request_serializer=maas_dot_v1_dot_gateway__pb2.GetUsageRequest.SerializeToString,
                 response_deserializer=maas_dot_v1_dot_usage__pb2.GetUsageResponse.FromString,
                 _registered_method=True)
+        self.CreateAdapter = channel.stream_unary(
+                '/maas.v1.Gateway/CreateAdapter',
+                request_serializer=maas_dot_v1_dot_adapter__pb2.AdapterUpload.SerializeToString,
+                response_deserializer=maas_dot_v1_dot_adapter__pb2.Adapter.FromString,
+                _registered_method=True)
+        self.ListAdapters = channel.unary_unary(
+                '/maas.v1.Gateway/ListAdapters',
+                request_serializer=maas_dot_v1_dot_adapter__pb2.ListAdaptersRequest.SerializeToString,
+                response_deserializer=maas_dot_v1_dot_adapter__pb2.ListAdaptersResponse.FromString,
+                _registered_method=True)
+        self.DeleteAdapter = channel.unary_unary(
+                '/maas.v1.Gateway/DeleteAdapter',
+                request_serializer=maas_dot_v1_dot_adapter__pb2.DeleteAdapterRequest.SerializeToString,
+                response_deserializer=maas_dot_v1_dot_adapter__pb2.DeleteAdapterResponse.FromString,
+                _registered_method=True)
 
 
 class GatewayServicer:
@@ -137,6 +153,30 @@ class GatewayServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateAdapter(self, request_iterator, context):
+        """Registers a private LoRA adapter for the caller's tenant (see
+        maas.v1.Adapter): the spec first, then the weights in chunks. Needs the
+        `adapters` scope. INVALID_ARGUMENT names the field at fault (name,
+        base_model, config_json, weights); ALREADY_EXISTS for a name taken.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAdapters(self, request, context):
+        """The caller's tenant's adapters.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteAdapter(self, request, context):
+        """Deletes one of the caller's tenant's adapters. Needs the `adapters` scope.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GatewayServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -164,6 +204,21 @@ def add_GatewayServicer_to_server(servicer, server):
                     servicer.GetUsage,
                     request_deserializer=maas_dot_v1_dot_gateway__pb2.GetUsageRequest.FromString,
                     response_serializer=maas_dot_v1_dot_usage__pb2.GetUsageResponse.SerializeToString,
+            ),
+            'CreateAdapter': grpc.stream_unary_rpc_method_handler(
+                    servicer.CreateAdapter,
+                    request_deserializer=maas_dot_v1_dot_adapter__pb2.AdapterUpload.FromString,
+                    response_serializer=maas_dot_v1_dot_adapter__pb2.Adapter.SerializeToString,
+            ),
+            'ListAdapters': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAdapters,
+                    request_deserializer=maas_dot_v1_dot_adapter__pb2.ListAdaptersRequest.FromString,
+                    response_serializer=maas_dot_v1_dot_adapter__pb2.ListAdaptersResponse.SerializeToString,
+            ),
+            'DeleteAdapter': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteAdapter,
+                    request_deserializer=maas_dot_v1_dot_adapter__pb2.DeleteAdapterRequest.FromString,
+                    response_serializer=maas_dot_v1_dot_adapter__pb2.DeleteAdapterResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -313,6 +368,87 @@ class Gateway:
             '/maas.v1.Gateway/GetUsage',
             maas_dot_v1_dot_gateway__pb2.GetUsageRequest.SerializeToString,
             maas_dot_v1_dot_usage__pb2.GetUsageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateAdapter(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/maas.v1.Gateway/CreateAdapter',
+            maas_dot_v1_dot_adapter__pb2.AdapterUpload.SerializeToString,
+            maas_dot_v1_dot_adapter__pb2.Adapter.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAdapters(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/maas.v1.Gateway/ListAdapters',
+            maas_dot_v1_dot_adapter__pb2.ListAdaptersRequest.SerializeToString,
+            maas_dot_v1_dot_adapter__pb2.ListAdaptersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteAdapter(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/maas.v1.Gateway/DeleteAdapter',
+            maas_dot_v1_dot_adapter__pb2.DeleteAdapterRequest.SerializeToString,
+            maas_dot_v1_dot_adapter__pb2.DeleteAdapterResponse.FromString,
             options,
             channel_credentials,
             insecure,

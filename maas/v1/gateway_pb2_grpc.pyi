@@ -5,6 +5,7 @@ isort:skip_file
 
 from collections import abc as _abc
 from grpc import aio as _aio
+from maas.v1 import adapter_pb2 as _adapter_pb2
 from maas.v1 import embedding_pb2 as _embedding_pb2
 from maas.v1 import gateway_pb2 as _gateway_pb2
 from maas.v1 import generation_pb2 as _generation_pb2
@@ -71,6 +72,16 @@ class GatewayStub:
     """
     GetUsage: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.GetUsageRequest, _usage_pb2.GetUsageResponse]
     """Returns the caller's own token usage over a time range."""
+    CreateAdapter: _grpc.StreamUnaryMultiCallable[_adapter_pb2.AdapterUpload, _adapter_pb2.Adapter]
+    """Registers a private LoRA adapter for the caller's tenant (see
+    maas.v1.Adapter): the spec first, then the weights in chunks. Needs the
+    `adapters` scope. INVALID_ARGUMENT names the field at fault (name,
+    base_model, config_json, weights); ALREADY_EXISTS for a name taken.
+    """
+    ListAdapters: _grpc.UnaryUnaryMultiCallable[_adapter_pb2.ListAdaptersRequest, _adapter_pb2.ListAdaptersResponse]
+    """The caller's tenant's adapters."""
+    DeleteAdapter: _grpc.UnaryUnaryMultiCallable[_adapter_pb2.DeleteAdapterRequest, _adapter_pb2.DeleteAdapterResponse]
+    """Deletes one of the caller's tenant's adapters. Needs the `adapters` scope."""
 
 @_typing.type_check_only
 class GatewayAsyncStub(GatewayStub):
@@ -112,6 +123,16 @@ class GatewayAsyncStub(GatewayStub):
     """
     GetUsage: _aio.UnaryUnaryMultiCallable[_gateway_pb2.GetUsageRequest, _usage_pb2.GetUsageResponse]  # type: ignore[assignment]
     """Returns the caller's own token usage over a time range."""
+    CreateAdapter: _aio.StreamUnaryMultiCallable[_adapter_pb2.AdapterUpload, _adapter_pb2.Adapter]  # type: ignore[assignment]
+    """Registers a private LoRA adapter for the caller's tenant (see
+    maas.v1.Adapter): the spec first, then the weights in chunks. Needs the
+    `adapters` scope. INVALID_ARGUMENT names the field at fault (name,
+    base_model, config_json, weights); ALREADY_EXISTS for a name taken.
+    """
+    ListAdapters: _aio.UnaryUnaryMultiCallable[_adapter_pb2.ListAdaptersRequest, _adapter_pb2.ListAdaptersResponse]  # type: ignore[assignment]
+    """The caller's tenant's adapters."""
+    DeleteAdapter: _aio.UnaryUnaryMultiCallable[_adapter_pb2.DeleteAdapterRequest, _adapter_pb2.DeleteAdapterResponse]  # type: ignore[assignment]
+    """Deletes one of the caller's tenant's adapters. Needs the `adapters` scope."""
 
 class GatewayServicer(metaclass=_abc_1.ABCMeta):
     """The public API of the mesh. Every call carries the caller's API key as
@@ -180,5 +201,33 @@ class GatewayServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_usage_pb2.GetUsageResponse, _abc.Awaitable[_usage_pb2.GetUsageResponse]]:
         """Returns the caller's own token usage over a time range."""
+
+    @_abc_1.abstractmethod
+    def CreateAdapter(
+        self,
+        request_iterator: _MaybeAsyncIterator[_adapter_pb2.AdapterUpload],
+        context: _ServicerContext,
+    ) -> _typing.Union[_adapter_pb2.Adapter, _abc.Awaitable[_adapter_pb2.Adapter]]:
+        """Registers a private LoRA adapter for the caller's tenant (see
+        maas.v1.Adapter): the spec first, then the weights in chunks. Needs the
+        `adapters` scope. INVALID_ARGUMENT names the field at fault (name,
+        base_model, config_json, weights); ALREADY_EXISTS for a name taken.
+        """
+
+    @_abc_1.abstractmethod
+    def ListAdapters(
+        self,
+        request: _adapter_pb2.ListAdaptersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_adapter_pb2.ListAdaptersResponse, _abc.Awaitable[_adapter_pb2.ListAdaptersResponse]]:
+        """The caller's tenant's adapters."""
+
+    @_abc_1.abstractmethod
+    def DeleteAdapter(
+        self,
+        request: _adapter_pb2.DeleteAdapterRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_adapter_pb2.DeleteAdapterResponse, _abc.Awaitable[_adapter_pb2.DeleteAdapterResponse]]:
+        """Deletes one of the caller's tenant's adapters. Needs the `adapters` scope."""
 
 def add_GatewayServicer_to_server(servicer: GatewayServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -53,12 +53,14 @@ class RequestContext(_message.Message):
     def __init__(self, tenant_id: _Optional[str] = ..., priority: _Optional[_Union[_auth_pb2.Priority, str]] = ..., estimated_tokens: _Optional[int] = ..., weight: _Optional[float] = ...) -> None: ...
 
 class RouterGenerateRequest(_message.Message):
-    __slots__ = ("request", "context")
+    __slots__ = ("request", "context", "adapter_id")
     REQUEST_FIELD_NUMBER: _ClassVar[int]
     CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    ADAPTER_ID_FIELD_NUMBER: _ClassVar[int]
     request: _generation_pb2.GenerateRequest
     context: RequestContext
-    def __init__(self, request: _Optional[_Union[_generation_pb2.GenerateRequest, _Mapping]] = ..., context: _Optional[_Union[RequestContext, _Mapping]] = ...) -> None: ...
+    adapter_id: str
+    def __init__(self, request: _Optional[_Union[_generation_pb2.GenerateRequest, _Mapping]] = ..., context: _Optional[_Union[RequestContext, _Mapping]] = ..., adapter_id: _Optional[str] = ...) -> None: ...
 
 class RouteUpdate(_message.Message):
     __slots__ = ("request", "first_chunk", "ended")
@@ -99,7 +101,7 @@ class RouteDecision(_message.Message):
     def __init__(self, replica_address: _Optional[str] = ..., engine_priority: _Optional[int] = ..., attempt: _Optional[int] = ...) -> None: ...
 
 class Replica(_message.Message):
-    __slots__ = ("address", "model", "state", "adapters", "in_flight", "concurrency_limit", "load", "ejected_for_s", "ttft_s", "probing", "consecutive_failures")
+    __slots__ = ("address", "model", "state", "adapters", "in_flight", "concurrency_limit", "load", "ejected_for_s", "ttft_s", "probing", "consecutive_failures", "loaded_adapters", "adapter_slots")
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -111,6 +113,8 @@ class Replica(_message.Message):
     TTFT_S_FIELD_NUMBER: _ClassVar[int]
     PROBING_FIELD_NUMBER: _ClassVar[int]
     CONSECUTIVE_FAILURES_FIELD_NUMBER: _ClassVar[int]
+    LOADED_ADAPTERS_FIELD_NUMBER: _ClassVar[int]
+    ADAPTER_SLOTS_FIELD_NUMBER: _ClassVar[int]
     address: str
     model: _generation_pb2.ModelInfo
     state: ReplicaState
@@ -122,7 +126,9 @@ class Replica(_message.Message):
     ttft_s: float
     probing: bool
     consecutive_failures: int
-    def __init__(self, address: _Optional[str] = ..., model: _Optional[_Union[_generation_pb2.ModelInfo, _Mapping]] = ..., state: _Optional[_Union[ReplicaState, str]] = ..., adapters: _Optional[_Iterable[str]] = ..., in_flight: _Optional[int] = ..., concurrency_limit: _Optional[int] = ..., load: _Optional[_Union[_inference_pb2.Load, _Mapping]] = ..., ejected_for_s: _Optional[float] = ..., ttft_s: _Optional[float] = ..., probing: _Optional[bool] = ..., consecutive_failures: _Optional[int] = ...) -> None: ...
+    loaded_adapters: _containers.RepeatedScalarFieldContainer[str]
+    adapter_slots: int
+    def __init__(self, address: _Optional[str] = ..., model: _Optional[_Union[_generation_pb2.ModelInfo, _Mapping]] = ..., state: _Optional[_Union[ReplicaState, str]] = ..., adapters: _Optional[_Iterable[str]] = ..., in_flight: _Optional[int] = ..., concurrency_limit: _Optional[int] = ..., load: _Optional[_Union[_inference_pb2.Load, _Mapping]] = ..., ejected_for_s: _Optional[float] = ..., ttft_s: _Optional[float] = ..., probing: _Optional[bool] = ..., consecutive_failures: _Optional[int] = ..., loaded_adapters: _Optional[_Iterable[str]] = ..., adapter_slots: _Optional[int] = ...) -> None: ...
 
 class RegisterReplicaRequest(_message.Message):
     __slots__ = ("address",)

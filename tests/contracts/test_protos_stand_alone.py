@@ -17,9 +17,10 @@ PROTOS = Path(__file__).resolve().parents[2] / "protos"
 IMPORT = re.compile(r'^import\s+(?:public\s+|weak\s+)?"([^"]+)";', re.MULTILINE)
 WELL_KNOWN = "google/protobuf/"
 # What the public API may see: itself, the generation and embedding messages
-# every hop shares, and the usage totals it returns.
+# every hop shares, the usage totals it returns, and a tenant's adapters.
 PUBLIC_API = {
     "maas/v1/gateway.proto",
+    "maas/v1/adapter.proto",
     "maas/v1/generation.proto",
     "maas/v1/embedding.proto",
     "maas/v1/usage.proto",
