@@ -237,7 +237,7 @@ class _CallsScanner:
         if self._key is not None:
             self._key.append(ch)
             if self._string_closes(ch):
-                self._last_key = json.loads("".join(self._key))
+                self._last_key = _string("".join(self._key)) or ""
                 self._key = None
             return
         if ch in _SPACE:
@@ -307,10 +307,17 @@ class _CallsScanner:
 
     def _end_value(self) -> None:
         if self._value_key == "name" and self._value_kind == "string":
-            name = json.loads("".join(self._name))
-            if isinstance(name, str):
-                self.calls[-1].name = name
+            self.calls[-1].name = _string("".join(self._name))
         self._value_key = None
+
+
+def _string(token: str) -> str | None:
+    """A JSON string token's value; None for one the grammar would not write."""
+    try:
+        value = json.loads(token)
+    except ValueError:
+        return None
+    return value if isinstance(value, str) else None
 
 
 @dataclass

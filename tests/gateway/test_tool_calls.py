@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from gateway.openai_tools import joined_calls
 from gateway.tool_calls import ToolCallStream, tool_schema, validate_tools
@@ -152,3 +154,14 @@ def test_tools_need_a_chat() -> None:
             generation_pb2.GenerateRequest(model="m", prompt="x", tools=[Tool(name="a")])
         )
     assert info.value.field == "tools"
+
+
+@given(st.lists(st.text(alphabet='[]{}:,"\\ \x01abnamepr0'), max_size=12))
+def test_any_text_under_required_is_read_without_failing(pieces: list[str]) -> None:
+    # Text the grammar would never write (it cannot be produced on demand): no exception.
+    stream = ToolCallStream(request(tool_choice=REQUIRED))
+    for piece in ['[{"name":"', *pieces]:
+        stream.convert(generation_pb2.GenerateResponse(text=piece))
+    stream.convert(
+        generation_pb2.GenerateResponse(finish_reason=generation_pb2.FINISH_REASON_LENGTH)
+    )
