@@ -292,6 +292,18 @@ class ResponsesWriting(Writing):
         self._calls: list[generation_pb2.ToolCall] = []  # whole so far, by output index
         self._open_call: int | None = None  # the output index of the call being written
         self._finish: str | None = None
+        # The request's tool settings, echoed as OpenAI does; its defaults until told.
+        self._echo: JSON = {"parallel_tool_calls": True, "tool_choice": "auto", "tools": []}
+
+    def requested(self, body: ResponsesRequest) -> None:
+        choice = body.tool_choice
+        self._echo = {
+            "parallel_tool_calls": body.parallel_tool_calls is not False,
+            "tool_choice": choice.model_dump(exclude_none=True)
+            if isinstance(choice, ResponsesToolChoice)
+            else choice or "auto",
+            "tools": [tool.model_dump() for tool in body.tools or ()],
+        }
 
     def _response(
         self, status: str, output: list[JSON], usage: generation_pb2.Usage | None
@@ -306,9 +318,7 @@ class ResponsesWriting(Writing):
             "output": output,
             "error": None,
             "incomplete_details": {"reason": "max_output_tokens"} if incomplete else None,
-            "parallel_tool_calls": False,
-            "tool_choice": "none",
-            "tools": [],
+            **self._echo,
             "store": False,
             "usage": None if usage is None else _usage(usage),
         }

@@ -70,6 +70,13 @@ async def test_a_required_or_named_tool_is_a_function_call_item(
     valid_call(call.name, call.arguments)
     assert response.output_text == ""
     assert response.usage is not None and response.usage.output_tokens > 0
+    # What was asked, echoed as OpenAI does.
+    assert [tool.name for tool in response.tools] == list(SCHEMAS)  # type: ignore[union-attr]
+    assert not response.parallel_tool_calls
+    if isinstance(tool_choice, dict):
+        assert response.tool_choice.name == "get_weather"  # type: ignore[union-attr]
+    else:
+        assert response.tool_choice == "required"
 
 
 @pytest.mark.parametrize(
