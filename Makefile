@@ -6,6 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 MODEL_DIR ?= .maas/models/tiny-llama
+EMBED_MODEL_DIR ?= .maas/models/tiny-embed
 PROTO_SRC := $(wildcard protos/maas/v1/*.proto)
 STAMP := $(VENV)/.installed
 # Names and times each step of an install or start-up, its own output shown as it comes.
@@ -27,7 +28,7 @@ MODELS_FILE ?=
 MODELS_ARG := $(if $(MODELS_FILE),--models-file $(MODELS_FILE),$(if $(MODELS),--models "$(MODELS)"))
 SIM_PROFILE ?= llama-3.1-8b-h100
 
-.PHONY: help venv model protos protos-check lint test fuzz deploy-check compose-test run clean
+.PHONY: help venv model embed-model protos protos-check lint test fuzz deploy-check compose-test run clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -44,6 +45,9 @@ $(STAMP): pyproject.toml deploy/install_engine.sh
 
 model: venv ## build the tiny local model (no download) into .maas/models/tiny-llama
 	@$(STEP) "build the tiny local model in $(MODEL_DIR)" $(PY) -m local_models.tiny_llama --out $(MODEL_DIR)
+
+embed-model: venv ## build the tiny local embedding model (no download) into .maas/models/tiny-embed
+	@$(STEP) "build the tiny embedding model in $(EMBED_MODEL_DIR)" $(PY) -m local_models.tiny_embed --out $(EMBED_MODEL_DIR)
 
 protos: venv ## generate Python and .pyi stubs from protos/ into maas/v1/
 	bash deploy/gen_protos.sh $(PY) .
@@ -92,7 +96,7 @@ deploy-check: venv ## check docker-compose.yml and each deploy/k8s overlay's ren
 # folder holds it (this machine's pip find-links, /opt/wheels, when present).
 TORCH_WHEELS ?= $(wildcard /opt/wheels)
 
-compose-test: venv model ## build the images, run the compose stack, stream, trace, kill an auth replica, tear down
+compose-test: venv model embed-model ## build the images, run the compose stack, stream, embed, trace, kill an auth replica, tear down
 	TORCH_WHEELS=$(TORCH_WHEELS) $(PY) -m deploy.docker.compose_test
 
 # `make run METRICS_PORT=0`: no Prometheus endpoints; else one per process from this port on (as compose's 9464).

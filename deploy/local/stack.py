@@ -284,8 +284,10 @@ def engine_launch(
     env: dict[str, str] = {}
     if engine_is_cpu_build():
         # The CPU engine sizes its KV cache from NUMA node 0 unless told; eager avoids
-        # a minute of torch.compile that buys nothing on CPU.
-        engine_args += ["--kv-cache-memory-bytes", str(512 * 1024 * 1024), "--enforce-eager"]
+        # a minute of torch.compile that buys nothing on CPU. Pooling keeps no KV
+        # cache between steps: a small one does.
+        cache = (64 if entry.runner == "pooling" else 512) * 1024 * 1024
+        engine_args += ["--kv-cache-memory-bytes", str(cache), "--enforce-eager"]
         engines = len(replica_models(args))
         if engines > 1:
             # Engines on one machine share its cores rather than each taking all but one.
