@@ -308,6 +308,12 @@ BROKEN.update(
             "aliases: [inference-embedding] }",
             ["router", "inference-embed:50054", "inference-embed is no service of this file"],
         ),
+        "the router not told of the embedding model": (
+            COMPOSE,
+            """'["inference:50054", "inference-embed:50054"]'""",
+            """'["inference:50054"]'""",
+            ["inference-embed-cpu", "the router's --replicas names none of its addresses"],
+        ),
         "Prometheus not scraping the embedding model": (
             "deploy/prometheus.yml",
             '"inference-embed:9464", ',
