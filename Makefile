@@ -6,6 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 MODEL_DIR ?= .maas/models/tiny-llama
+EMBED_MODEL_DIR ?= .maas/models/tiny-embed
 PROTO_SRC := $(wildcard protos/maas/v1/*.proto)
 STAMP := $(VENV)/.installed
 # Names and times each step of an install or start-up, its own output shown as it comes.
@@ -18,14 +19,16 @@ GATEWAY_REPLICAS ?= 1
 TLS ?= 0
 # `make run ENGINE=sim REPLICAS=8`: simulated engines (services/inference/sim_engine.py), no model build.
 ENGINE ?= vllm
-# `make run MODELS="tiny-llama tiny-llama-2"` (or a comma list): REPLICAS of each model behind the one
-# router; each a tiny local model built under .maas/models/NAME if missing (with ENGINE=sim: names only).
+# `make run MODELS="tiny-llama tiny-embed:pooling"` (or a comma list; each NAME[:RUNNER][:REPLICAS]),
+# or `make run MODELS_FILE=deploy/local/models.toml`: every model behind the one router, REPLICAS of
+# each unless its entry says; each named one a tiny local model built under .maas/models/NAME if
+# missing, an embedding model for runner pooling (with ENGINE=sim: names only). See deploy/local/models.py.
 MODELS ?=
-comma := ,
-MODEL_NAMES := $(subst $(comma), ,$(MODELS))
+MODELS_FILE ?=
+MODELS_ARG := $(if $(MODELS_FILE),--models-file $(MODELS_FILE),$(if $(MODELS),--models "$(MODELS)"))
 SIM_PROFILE ?= llama-3.1-8b-h100
 
-.PHONY: help venv model protos protos-check lint test fuzz deploy-check compose-test run clean
+.PHONY: help venv model embed-model protos protos-check lint test fuzz deploy-check compose-test run clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -42,6 +45,9 @@ $(STAMP): pyproject.toml deploy/install_engine.sh
 
 model: venv ## build the tiny local model (no download) into .maas/models/tiny-llama
 	@$(STEP) "build the tiny local model in $(MODEL_DIR)" $(PY) -m local_models.tiny_llama --out $(MODEL_DIR)
+
+embed-model: venv ## build the tiny local embedding model (no download) into .maas/models/tiny-embed
+	@$(STEP) "build the tiny embedding model in $(EMBED_MODEL_DIR)" $(PY) -m local_models.tiny_embed --out $(EMBED_MODEL_DIR)
 
 protos: venv ## generate Python and .pyi stubs from protos/ into maas/v1/
 	bash deploy/gen_protos.sh $(PY) .
@@ -90,19 +96,20 @@ deploy-check: venv ## check docker-compose.yml and each deploy/k8s overlay's ren
 # folder holds it (this machine's pip find-links, /opt/wheels, when present).
 TORCH_WHEELS ?= $(wildcard /opt/wheels)
 
-compose-test: venv model ## build the images, run the compose stack, stream, trace, kill an auth replica, tear down
+compose-test: venv model embed-model ## build the images, run the compose stack, stream, embed, trace, kill an auth replica, tear down
 	TORCH_WHEELS=$(TORCH_WHEELS) $(PY) -m deploy.docker.compose_test
 
 # `make run METRICS_PORT=0`: no Prometheus endpoints; else one per process from this port on (as compose's 9464).
 METRICS_PORT ?= 9464
 
-run: venv $(if $(or $(filter sim,$(ENGINE)),$(MODELS)),,model) ## start the whole mesh on loopback and stream a first completion (Ctrl-C stops it)
-	@$(if $(filter sim,$(ENGINE)),true,for name in $(MODEL_NAMES); do [ -d .maas/models/$$name ] || \
-		$(STEP) "build the tiny local model $$name" $(PY) -m local_models.tiny_llama --out .maas/models/$$name || exit 1; done)
+run: venv $(if $(or $(filter sim,$(ENGINE)),$(MODELS_ARG)),,model) ## start the whole mesh on loopback and stream a first completion (Ctrl-C stops it)
+	@$(if $(or $(filter sim,$(ENGINE)),$(if $(MODELS_ARG),,none)),true,set -o pipefail; \
+		$(PY) -m deploy.local.models $(MODELS_ARG) --missing | while read -r module dir; do \
+		$(STEP) "build the tiny local model $$(basename $$dir)" $(PY) -m $$module --out $$dir </dev/null || exit 1; done)
 	$(PY) -m deploy.local.stack --replicas $(REPLICAS) --metrics-base-port $(METRICS_PORT) \
 		--auth-replicas $(AUTH_REPLICAS) --gateway-replicas $(GATEWAY_REPLICAS) $(if $(filter 1,$(TLS)),--tls) \
 		$(if $(filter sim,$(ENGINE)),--engine sim --sim-profile $(SIM_PROFILE)) \
-		$(if $(MODELS),--models "$(MODEL_NAMES)",$(if $(filter sim,$(ENGINE)),,--model $(MODEL_DIR)))
+		$(if $(MODELS_ARG),$(MODELS_ARG),$(if $(filter sim,$(ENGINE)),,--model $(MODEL_DIR)))
 
 clean: ## remove local state (keeps the venv)
 	rm -rf .maas/run .pytest_cache .mypy_cache

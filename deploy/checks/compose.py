@@ -41,6 +41,7 @@ DEPENDS_CONDITIONS = frozenset(
     {"service_started", "service_healthy", "service_completed_successfully"}
 )
 HEALTHCHECK_MODULE = "deploy.runtime.healthcheck"
+ROUTER_MODULE = "services.router"
 HTTP_READY_MODULE = "deploy.runtime.http_ready"
 _VARIABLE = re.compile(
     r"\$(?:\$|\{(?P<braced>[A-Za-z_]\w*)(?:(?P<op>:?[-?+])(?P<arg>[^}]*))?\}|(?P<bare>[A-Za-z_]\w*))"
@@ -152,7 +153,39 @@ class ComposeCheck:
         with self.malformed(self.path.name):
             deployment.scrapes = list(self._scrapes())
         self.problems += deployment_problems(deployment)
+        with self.malformed(self.path.name):
+            self._check_routed()
         return list(dict.fromkeys(self.problems))
+
+    def _check_routed(self) -> None:
+        """Every inference service is among the router's replicas: a model
+        the router is never told of is served to no one."""
+        routers = [
+            s.container
+            for s in self.services.values()
+            if s.container.invocation is not None
+            and s.container.invocation.module == ROUTER_MODULE
+            and s.container.invocation.settings is not None
+        ]
+        if not routers:
+            return
+        reached: list[Container] = []
+        for router in routers:
+            settings = router.invocation.settings if router.invocation else None
+            for text in getattr(settings, "replicas", None) or []:
+                for address in addresses_in(str(text)):
+                    found = self._resolve(router, address)
+                    if not isinstance(found, str):
+                        reached += [endpoint.container for endpoint in found]
+        for service in self.services.values():
+            invocation = service.container.invocation
+            if invocation is None or invocation.spec is not INFERENCE:
+                continue
+            if not any(c is service.container for c in reached):
+                self.problem(
+                    service.name,
+                    "the router's --replicas names none of its addresses: it is served to no one",
+                )
 
     def _load(self, name: str, raw: dict[str, Any]) -> Service:
         spec = _interpolated(raw)

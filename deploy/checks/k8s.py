@@ -39,6 +39,7 @@ KUBERNETES_VERSION = "1.30"
 # What Kubernetes waits after SIGTERM when a pod sets no terminationGracePeriodSeconds.
 DEFAULT_TERMINATION_GRACE_S = 30
 INFERENCE_MODULE = "services.inference"
+ROUTER_MODULE = "services.router"
 GPU_RESOURCE = "nvidia.com/gpu"
 # The gateway's setting that makes it stream from the inference pods themselves.
 DIRECT_ROUTING = ("MAAS_GATEWAY_ROUTING", "direct")
@@ -94,6 +95,7 @@ class K8sCheck:
                 self.problem(manifest.where, f"namespace {manifest.namespace} is not created here")
             if manifest.kind in WORKLOAD_KINDS and manifest.valid:
                 self._load_workload(manifest)
+                self._check_selector(manifest)
         for container in self.containers:
             spec = container.model.invocation.spec if container.model.invocation else None
             if spec is not None and spec.module == INFERENCE_MODULE:
@@ -107,6 +109,7 @@ class K8sCheck:
         )
         self.problems += deployment_problems(deployment)
         self.reaches += self._direct_streams()
+        self._check_routed()
         self.problems += policy_problems(self.manifests, self._pods(), self.reaches, self.scraped)
         for manifest in self.manifests:
             if not manifest.valid:
@@ -213,6 +216,26 @@ class K8sCheck:
             elif image.rpartition("/")[2].startswith("maas"):
                 self.problem(where, "a project image needs a `python -m` command")
             self.containers.append(container)
+
+    def _check_selector(self, workload: Manifest) -> None:
+        """Its selector matches its own pods (the API refuses it otherwise) and
+        no other workload's: two Deployments that select each other's pods (a
+        model copied without a name of its own) fight over them."""
+        selector = at(workload.doc, "spec", "selector", "matchLabels")
+        if not selects(selector, workload.pod_labels):
+            self.problem(workload.where, "its selector does not match its pod template's labels")
+            return
+        for other in self.manifests:
+            if (
+                other is not workload
+                and other.kind in WORKLOAD_KINDS
+                and other.namespace == workload.namespace
+                and selects(selector, other.pod_labels)
+            ):
+                self.problem(
+                    workload.where,
+                    f"its selector also matches the pods of {other.kind}/{other.name}",
+                )
 
     def _environment(self, container: PodContainer) -> dict[str, str]:
         """Its variables as the process sees them; secrets and pod fields as placeholders."""
@@ -325,6 +348,29 @@ class K8sCheck:
             ports = {name: number for c in mine for name, number in c.declared.items()}
             pods.append(Pods(workload, modules, ports))
         return pods
+
+    def _check_routed(self) -> None:
+        """Every model's inference pods are among the replicas the router's pod
+        dials (its replica sync's --replicas, or its own replicas setting):
+        a model it never learns of is served to no one."""
+        routers = {
+            id(c.workload)
+            for c in self.containers
+            if c.model.invocation is not None and c.model.invocation.module == ROUTER_MODULE
+        }
+        if not routers:
+            return
+        reached = {id(r.callee) for r in self.reaches if id(r.caller) in routers}
+        for container in self.containers:
+            invocation = container.model.invocation
+            if invocation is None or invocation.module != INFERENCE_MODULE:
+                continue
+            if id(container.workload) not in reached:
+                self.problem(
+                    container.workload.where,
+                    "the router never learns of its pods: name its headless Service in the "
+                    "replica sync's --replicas",
+                )
 
     def _direct_streams(self) -> list[Reach]:
         """Routing direct, a gateway streams from the replicas' pod addresses,

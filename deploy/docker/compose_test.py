@@ -4,7 +4,8 @@ stack really run, end to end, then torn down whatever happened.
 Installs or starts what Docker needs (deploy/docker/tools.sh), builds every
 image from Debian's packages (deploy/docker/build.sh), brings the stack up and
 waits for health, bootstraps a key the documented way, streams a completion
-through each gateway's published HTTP port with a trace id of its own, finds
+through each gateway's published HTTP port with a trace id of its own, embeds
+two texts with the embedding model through a gateway, finds
 that trace under gateway, auth, router and inference in the trace sink's log
 and the gateways' token counts in Prometheus' API, then kills one auth
 replica under steady load and counts failed requests. Exits 1 naming each
@@ -134,12 +135,27 @@ def get_json(url: str) -> object:
         return json.loads(reply.read())
 
 
-def models(base: str, key: str) -> list[str]:
+def models(base: str, key: str) -> dict[str, str]:
+    """Each model /v1/models lists, with its kind (chat, completion, embedding)."""
     request = urllib.request.Request(
         f"{base}/v1/models", headers={"authorization": f"Bearer {key}"}
     )
     with urllib.request.urlopen(request, timeout=10) as reply:
-        return [m["id"] for m in json.loads(reply.read())["data"]]
+        return {m["id"]: str(m.get("kind")) for m in json.loads(reply.read())["data"]}
+
+
+def embed(base: str, key: str, model: str, texts: list[str]) -> dict[str, object]:
+    """One /v1/embeddings call; OpenAI's reply as it came."""
+    request = urllib.request.Request(
+        f"{base}/v1/embeddings",
+        json.dumps({"model": model, "input": texts}).encode(),
+        {"authorization": f"Bearer {key}", "content-type": "application/json"},
+    )
+    # A tiny model on a busy 2-core machine, with margin.
+    with urllib.request.urlopen(request, timeout=60) as reply:
+        body = json.loads(reply.read())
+    assert isinstance(body, dict)
+    return body
 
 
 def spans_of(trace_id: str) -> set[str]:
@@ -309,7 +325,8 @@ def run(report: Report, tmp: Path) -> None:
     ).strip().splitlines()[-1]  # fmt: skip
     report.check(key.startswith("sk-") or len(key) >= 20, "a first API key bootstrapped")
 
-    model = models(GATEWAYS["gateway"], key)[0]
+    served = models(GATEWAYS["gateway"], key)
+    model = next(name for name, kind in served.items() if kind != "embedding")
     traces: dict[str, str] = {}
     tokens = 0
     for name, base in GATEWAYS.items():
@@ -324,6 +341,20 @@ def run(report: Report, tmp: Path) -> None:
             f"{completion} completion tokens: {str(result['text'])[:40]!r}",
         )
         traces[name] = trace_id
+
+    embedder = next((name for name, kind in served.items() if kind == "embedding"), None)
+    if report.check(embedder is not None, f"an embedding model is listed: {served}"):
+        assert embedder is not None
+        vectors = embed(GATEWAYS["gateway"], key, embedder, ["the sea", "the mountains"])
+        data = vectors.get("data")
+        widths = [len(v["embedding"]) for v in data] if isinstance(data, list) else []
+        embed_usage = vectors.get("usage")
+        embedded = int(embed_usage.get("prompt_tokens", 0)) if isinstance(embed_usage, dict) else 0
+        report.check(
+            len(widths) == 2 and min(widths) > 0 and embedded > 0,
+            f"{embedder} embedded 2 texts through /v1/embeddings: widths {widths}, "
+            f"{embedded} prompt tokens",
+        )
 
     quota_url = compose(
         "exec", "-T", "auth", "printenv", "MAAS_AUTH_QUOTA_URL", capture=True, check=False

@@ -13,8 +13,10 @@ replica whose engine died exits non-zero) is reported and started again.
 (deploy/local/postgres.sh) and one Redis for
 their quota state (deploy/local/redis.sh); `--gateway-replicas N` runs N
 gateways sharing one usage outbox directory. Every gateway dials every auth
-replica over one balanced channel. `--models a,b` serves several models,
-`--replicas` of each, all behind the one router (which routes by model name).
+replica over one balanced channel. `--models "a b:pooling"` (or a TOML file,
+`--models-file`; see deploy/local/models.py) serves several models, embedding
+models among them, `--replicas` of each unless an entry says how many, all
+behind the one router (which routes by model name).
 
 Internal services answer only the mesh: every service gets the service token
 kept in .maas/secrets.json. `--tls` adds mutual TLS on every hop (TLS without
@@ -44,8 +46,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from rich.console import Console
 from rich.table import Table
 
+from deploy.local.models import ModelEntry, ModelListError, parse_models, read_models_file
 from deploy.local.throwaway_ca import OPERATOR, MeshCertificates, ensure_throwaway_ca
-from maas.v1 import auth_pb2, auth_pb2_grpc
+from maas.v1 import auth_pb2, auth_pb2_grpc, embedding_pb2, gateway_pb2_grpc, generation_pb2
 from maas_cli.client import MaasClient
 from maas_cli.connection import Connection
 from services.auth.settings import MIN_SECRET_LENGTH
@@ -216,39 +219,76 @@ def flag(path: str) -> str:
     return "--" + path.replace("_", "-")
 
 
-def model_list(text: str) -> list[str]:
-    """`--models`: names separated by commas or spaces, each once, in order."""
-    names = list(dict.fromkeys(n for n in text.replace(",", " ").split() if n))
-    if not names:
-        raise argparse.ArgumentTypeError("needs at least one model")
-    return names
+def model_list(text: str) -> list[ModelEntry]:
+    """`--models`: NAME[:RUNNER][:REPLICAS] entries separated by commas or spaces."""
+    try:
+        return parse_models(text)
+    except ModelListError as err:
+        raise argparse.ArgumentTypeError(str(err)) from err
 
 
-def served_models(args: argparse.Namespace) -> list[str]:
-    """The models the stack serves: `--models` (names; with vLLM each a
-    directory under <state-dir>/models unless a path), else `--model`."""
-    if args.models:
-        if args.engine == "sim":
-            return list(args.models)
-        root = Path(args.state_dir) / "models"
-        return [name if "/" in name else str(root / name) for name in args.models]
+def models_file(text: str) -> list[ModelEntry]:
+    """`--models-file`: a TOML file of [[models]] tables (deploy/local/models.py)."""
+    try:
+        return read_models_file(Path(text))
+    except ModelListError as err:
+        raise argparse.ArgumentTypeError(str(err)) from err
+
+
+def model_entries(args: argparse.Namespace) -> list[ModelEntry]:
+    """The models the stack serves: `--models` or `--models-file`, else `--model`."""
+    listed: list[ModelEntry] | None = args.models or getattr(args, "models_file", None)
+    if listed:
+        return listed
     if args.engine == "sim":
         # A simulated replica: the model is only a name, and no vLLM runs.
-        return [str(args.model) if args.model else args.sim_profile]
-    return [str(args.model)]
+        name = str(args.model) if args.model else args.sim_profile
+        return [ModelEntry(name, name)]
+    return [ModelEntry(Path(args.model).name, str(args.model))]
 
 
-def engine_launch(args: argparse.Namespace, model: str) -> tuple[list[str], dict[str, str]]:
+def served_models(args: argparse.Namespace) -> list[tuple[ModelEntry, str]]:
+    """Each model the stack serves and what its replicas are told to load:
+    with vLLM a directory (under <state-dir>/models unless the entry gives
+    one), with --engine sim just its name."""
+    state_dir = Path(args.state_dir)
+    return [
+        (entry, entry.name if args.engine == "sim" else entry.directory(state_dir))
+        for entry in model_entries(args)
+    ]
+
+
+def replicas_of(args: argparse.Namespace, entry: ModelEntry) -> int:
+    return entry.replicas if entry.replicas is not None else int(args.replicas)
+
+
+def replica_models(args: argparse.Namespace) -> list[tuple[ModelEntry, str, int]]:
+    """(entry, model, k) for each engine replica, model by model: the
+    replicas of the first model, then of the next; k counts from 1 in each."""
+    return [
+        (entry, model, k)
+        for entry, model in served_models(args)
+        for k in range(1, replicas_of(args, entry) + 1)
+    ]
+
+
+def engine_launch(
+    args: argparse.Namespace, entry: ModelEntry, model: str
+) -> tuple[list[str], dict[str, str]]:
     """Flags and environment of a replica of `model` (a service with a `model` setting)."""
     if args.engine == "sim":
         return ["--engine", "sim", "--sim-profile", args.sim_profile, "--model", model], {}
-    engine_args: list[str] = ["--model", model]
+    engine_args: list[str] = ["--model", model, "--runner", entry.runner]
+    if entry.name != Path(model).name:
+        engine_args += ["--served-model-name", entry.name]
     env: dict[str, str] = {}
     if engine_is_cpu_build():
         # The CPU engine sizes its KV cache from NUMA node 0 unless told; eager avoids
-        # a minute of torch.compile that buys nothing on CPU.
-        engine_args += ["--kv-cache-memory-bytes", str(512 * 1024 * 1024), "--enforce-eager"]
-        engines = args.replicas * len(served_models(args))
+        # a minute of torch.compile that buys nothing on CPU. Pooling keeps no KV
+        # cache between steps: a small one does.
+        cache = (64 if entry.runner == "pooling" else 512) * 1024 * 1024
+        engine_args += ["--kv-cache-memory-bytes", str(cache), "--enforce-eager"]
+        engines = len(replica_models(args))
         if engines > 1:
             # Engines on one machine share its cores rather than each taking all but one.
             cores = max(1, ((os.cpu_count() or 1) - 1) // engines)
@@ -259,8 +299,8 @@ def engine_launch(args: argparse.Namespace, model: str) -> tuple[list[str], dict
 def replica_count(args: argparse.Namespace, spec: ServiceSpec[Any]) -> int:
     """How many processes of `spec` the stack runs."""
     if takes_replicas(spec):
-        # REPLICAS of each model (only the engine's callers take lists of it).
-        return int(args.replicas) * len(served_models(args))
+        # Each model's replicas (only the engine's callers take lists of it).
+        return len(replica_models(args))
     return int(getattr(args, f"{spec.name}_replicas", 1))
 
 
@@ -316,20 +356,21 @@ def service_specs(
         # Tenants' clients have no mesh certificate: a public service asks for none.
         flags += tls_args(certs, spec.name, mutual=not spec.public)
         own_ports = ports[spec.name]
-        models = served_models(args)
+        engines = replica_models(args)
+        several = len(served_models(args)) > 1
         for i, port in enumerate(own_ports):
             name = spec.name if len(own_ports) == 1 else f"{spec.name}-{i + 1}"
             own_flags = [*flags, "--port", str(port)]
             env: dict[str, str] = {}
             if "model" in spec.settings_type.model_fields:
-                # Replicas come model by model: REPLICAS of the first, then of the next.
-                model = models[i // args.replicas]
-                engine_args, env = engine_launch(args, model)
+                # Replicas come model by model: those of the first, then of the next.
+                entry, model, k = engines[i]
+                engine_args, env = engine_launch(args, entry, model)
                 own_flags = [*engine_args, *own_flags]
-                if len(models) > 1:
-                    name = f"{spec.name}-{Path(model).name}"
-                    if args.replicas > 1:
-                        name += f"-{i % args.replicas + 1}"
+                if several:
+                    name = f"{spec.name}-{entry.name}"
+                    if replicas_of(args, entry) > 1:
+                        name += f"-{k}"
             http_port = None
             if i > 0 and "http_port" in spec.port_fields:
                 # The first keeps its HTTP port setting; the others one each, after the block.
@@ -599,23 +640,72 @@ async def ensure_dev_key(
         return created.api_key
 
 
+def first_of_kind(
+    models: list[generation_pb2.ModelInfo], *, embedding: bool
+) -> generation_pb2.ModelInfo | None:
+    """The first embedding model listed, or the first that generates."""
+    return next(
+        (m for m in models if (m.kind == generation_pb2.MODEL_KIND_EMBEDDING) == embedding), None
+    )
+
+
 async def first_completion(
     gateway_target: str, api_key: str, connection: Connection, weights: str = "random weights"
 ) -> None:
+    """Streams a first completion from the first model that generates, then,
+    when an embedding model is served, embeds two texts with it."""
     async with MaasClient(gateway_target, api_key, credentials=connection.credentials()) as client:
         models = await client.list_models()
-        model = models[0].name
-        console.print(f"[bold]First completion[/bold] from [cyan]{model}[/cyan] ({weights}):")
-        stream = client.generate(
-            model, messages=[("user", "Tell me about the sea.")], max_tokens=48, seed=7
+        embedder = first_of_kind(models, embedding=True)
+        generator = first_of_kind(models, embedding=False)
+        if generator is None:
+            console.print("no model that generates is served: no first completion")
+        else:
+            await stream_first(client, generator.name, weights)
+    if embedder is not None:
+        await first_embeddings(gateway_target, api_key, connection, embedder.name)
+
+
+async def stream_first(client: MaasClient, model: str, weights: str) -> None:
+    console.print(f"[bold]First completion[/bold] from [cyan]{model}[/cyan] ({weights}):")
+    stream = client.generate(
+        model, messages=[("user", "Tell me about the sea.")], max_tokens=48, seed=7
+    )
+    async for chunk in stream:
+        console.print(chunk.text, end="", highlight=False, markup=False)
+        if chunk.finish_reason:
+            console.print(
+                f"\n[dim]{chunk.usage.prompt_tokens} prompt + "
+                f"{chunk.usage.completion_tokens} completion tokens[/dim]"
+            )
+
+
+async def first_embeddings(
+    gateway_target: str, api_key: str, connection: Connection, model: str
+) -> None:
+    """One Embed call of two texts: proof the embedding model serves."""
+    credentials = connection.credentials()
+    channel = (
+        grpc.aio.secure_channel(gateway_target, credentials)
+        if credentials is not None
+        else grpc.aio.insecure_channel(gateway_target)
+    )
+    async with channel:
+        reply = await gateway_pb2_grpc.GatewayStub(channel).Embed(
+            embedding_pb2.EmbedRequest(
+                model=model,
+                inputs=[
+                    embedding_pb2.EmbedInput(text=text) for text in ("the sea", "the mountains")
+                ],
+            ),
+            metadata=(("authorization", f"Bearer {api_key}"),),
         )
-        async for chunk in stream:
-            console.print(chunk.text, end="", highlight=False, markup=False)
-            if chunk.finish_reason:
-                console.print(
-                    f"\n[dim]{chunk.usage.prompt_tokens} prompt + "
-                    f"{chunk.usage.completion_tokens} completion tokens[/dim]"
-                )
+    widths = sorted({len(e.values) for e in reply.embeddings})
+    console.print(
+        f"[bold]First embeddings[/bold] from [cyan]{model}[/cyan]: {len(reply.embeddings)} "
+        f"vectors of {', '.join(map(str, widths))} dimensions "
+        f"[dim]({reply.usage.prompt_tokens} prompt tokens)[/dim]"
+    )
 
 
 async def supervise(
@@ -762,8 +852,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--models",
         type=model_list,
-        help="several models, comma or space separated, --replicas of each behind the one "
-        "router: names under <state-dir>/models (with --engine sim: just names)",
+        help="several models, comma or space separated, each NAME[:RUNNER][:REPLICAS] "
+        "(RUNNER generate or pooling; REPLICAS default --replicas), all behind the one "
+        "router: names under <state-dir>/models unless a path (with --engine sim: just names)",
+    )
+    parser.add_argument(
+        "--models-file",
+        type=models_file,
+        help="the model list as a TOML file of [[models]] tables (name, path, runner, "
+        "replicas); see deploy/local/models.toml",
     )
     parser.add_argument(
         "--engine",
@@ -825,10 +922,15 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.engine == "vllm" and args.model is None and args.models is None:
-        parser.error("--model or --models is required unless --engine sim")
-    if args.model is not None and args.models is not None:
-        parser.error("--model and --models are one or the other")
+    given = [f for f in ("model", "models", "models_file") if getattr(args, f) is not None]
+    if args.engine == "vllm" and not given:
+        parser.error("--model, --models or --models-file is required unless --engine sim")
+    if len(given) > 1:
+        parser.error("--model, --models and --models-file are one or another")
+    if args.engine == "sim":
+        pooling = [e.name for e in model_entries(args) if e.runner == "pooling"]
+        if pooling:
+            parser.error(f"the simulated engine generates only: {', '.join(pooling)} is pooling")
     return args
 
 

@@ -1,13 +1,15 @@
-"""`python -m deploy.runtime.replica_sync --replicas NAME:PORT`: keeps the router's
-replica set equal to the addresses a DNS name resolves to.
+"""`python -m deploy.runtime.replica_sync --replicas NAME:PORT[,NAME:PORT...]`:
+keeps the router's replica set equal to the addresses DNS names resolve to.
 
 On Kubernetes the inference replicas are a Deployment behind a headless
 Service, whose name resolves to one address per pod. The router needs each
 replica as its own address (its own health watch, load stream and
 concurrency limit), so this runs beside the router, registers every pod
 address the name resolves to and deregisters the ones gone from it (their
-streams finish first). It owns the router's replica set: start the router
-with no static replicas.
+streams finish first). Each model is its own Deployment and headless
+Service: `--replicas` names each, and the router's set is all they resolve
+to together. It owns the router's replica set: start the router with no
+static replicas.
 
 DNS has no watch, so the name is looked up again every `--interval-s`, as
 gRPC's own DNS resolver does; a failed lookup changes nothing, so a DNS
@@ -71,13 +73,17 @@ async def resolve(host: str, port: int) -> set[str] | None:
 
 
 async def sync_once(
-    router: router_pb2_grpc.RouterAsyncStub, host: str, port: int
+    router: router_pb2_grpc.RouterAsyncStub, host: str, port: int, *more: tuple[str, int]
 ) -> SyncResult | None:
-    """Registers what `host` resolves to and deregisters what it no longer
-    does; None (and no change) when the lookup fails."""
-    wanted = await resolve(host, port)
-    if wanted is None:
-        return None
+    """Registers what `host` (and each of `more`) resolves to and deregisters
+    what none of them does any longer; None (and no change) when a lookup
+    fails: which of the router's addresses were that name's is not known."""
+    wanted: set[str] = set()
+    for name, number in [(host, port), *more]:
+        found = await resolve(name, number)
+        if found is None:
+            return None
+        wanted |= found
     listed = await router.ListReplicas(router_pb2.ListReplicasRequest(), timeout=CALL_TIMEOUT_S)
     known = {replica.address for replica in listed.replicas}
     added = sorted(wanted - known)
@@ -119,7 +125,12 @@ async def router_starts(health: health_pb2_grpc.HealthAsyncStub, started: asynci
 
 
 async def keep_synced(
-    ch: grpc.aio.Channel, host: str, port: int, interval_s: float, stop: asyncio.Future[None]
+    ch: grpc.aio.Channel,
+    host: str,
+    port: int,
+    interval_s: float,
+    stop: asyncio.Future[None],
+    more: Sequence[tuple[str, int]] = (),
 ) -> None:
     """Syncs the router on `ch` every `interval_s` and as soon as it (re)starts, until `stop`."""
     router = router_pb2_grpc.RouterStub(ch)
@@ -129,7 +140,7 @@ async def keep_synced(
         while not stop.done():
             due.clear()
             try:
-                await sync_once(router, host, port)
+                await sync_once(router, host, port, *more)
             except grpc.aio.AioRpcError as err:
                 log.warning("router unreachable; next round retries", code=err.code().name)
             woken = asyncio.create_task(due.wait())
@@ -142,7 +153,7 @@ async def keep_synced(
             await watcher
 
 
-async def run(router: str, host: str, port: int, interval_s: float) -> None:
+async def run(router: str, targets: Sequence[tuple[str, int]], interval_s: float) -> None:
     from observability import setup
     from observability.channels import ChannelSecurity, channel
     from services.common.serving import wait_for_shutdown_signal
@@ -154,7 +165,8 @@ async def run(router: str, host: str, port: int, interval_s: float) -> None:
         async with channel(
             router, telemetry, options=CALLER_CHANNEL_OPTIONS, security=security
         ) as ch:
-            await keep_synced(ch, host, port, interval_s, stop)
+            (host, port), *more = targets
+            await keep_synced(ch, host, port, interval_s, stop, more)
     finally:
         stop.cancel()
         telemetry.shutdown()
@@ -167,7 +179,10 @@ def arguments() -> argparse.ArgumentParser:
     )
     parser.add_argument("--router", default="127.0.0.1:50053", help="the router's HOST:PORT")
     parser.add_argument(
-        "--replicas", required=True, help="NAME:PORT; NAME resolves to one address per replica"
+        "--replicas",
+        required=True,
+        help="NAME:PORT, or several comma separated (a model each); each NAME resolves to "
+        "one address per replica",
     )
     parser.add_argument("--interval-s", type=float, default=10.0, help="seconds between lookups")
     return parser
@@ -176,13 +191,16 @@ def arguments() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> None:
     parser = arguments()
     args = parser.parse_args(argv)
-    host, sep, port = args.replicas.rpartition(":")
-    if not sep or not host or not port.isdigit():
-        parser.error("--replicas takes NAME:PORT")
+    targets = []
+    for item in args.replicas.split(","):
+        host, sep, port = item.strip().rpartition(":")
+        if not sep or not host or not port.isdigit():
+            parser.error("--replicas takes NAME:PORT[,NAME:PORT...]")
+        targets.append((host, int(port)))
     configure_logging("replica-sync", TelemetrySettings())
     import uvloop
 
-    uvloop.run(run(args.router, host, int(port), args.interval_s))
+    uvloop.run(run(args.router, targets, args.interval_s))
 
 
 if __name__ == "__main__":

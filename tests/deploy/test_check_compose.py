@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from deploy.checks.compose import compose_problems, main
+from deploy.checks.compose import ComposeCheck, compose_problems, main
+from services.inference.settings import InferenceSettings
+from services.router.settings import RouterSettings
 from tests.deploy.support import REPO, copy_with, named
 
 FILES = [
@@ -294,8 +296,55 @@ BROKEN.update(
             "",
             ["console", "has no service token"],
         ),
+        "the embedding model on a runner vLLM has not": (
+            COMPOSE,
+            '"--runner", "pooling"',
+            '"--runner", "embed"',
+            ["inference-embed-cpu", "runner"],
+        ),
+        "the router naming a model service that is not there": (
+            COMPOSE,
+            "aliases: [inference-embed] }",
+            "aliases: [inference-embedding] }",
+            ["router", "inference-embed:50054", "inference-embed is no service of this file"],
+        ),
+        "the router not told of the embedding model": (
+            COMPOSE,
+            """'["inference:50054", "inference-embed:50054"]'""",
+            """'["inference:50054"]'""",
+            ["inference-embed-cpu", "the router's --replicas names none of its addresses"],
+        ),
+        "Prometheus not scraping the embedding model": (
+            "deploy/prometheus.yml",
+            '"inference-embed:9464", ',
+            "",
+            ["inference-embed-cpu: Prometheus does not scrape it"],
+        ),
     }
 )
+
+
+def test_the_embedding_model_serves_beside_the_chat_model_and_the_router_names_both() -> None:
+    check = ComposeCheck(REPO / COMPOSE)
+    assert check.run() == []
+    runs = {
+        name: service.container.invocation.settings
+        for name, service in check.services.items()
+        if service.container.invocation is not None
+        and service.container.invocation.module == "services.inference"
+    }
+    embed, chat = runs["inference-embed-cpu"], runs["inference-cpu"]
+    assert isinstance(embed, InferenceSettings) and isinstance(chat, InferenceSettings)
+    assert (embed.model, embed.runner) == ("/models/tiny-embed", "pooling")
+    assert chat.model == "/models/tiny-llama" and chat.runner != "pooling"
+    # Beside the chat model: the same profile, image and models volume.
+    specs = {name: check.services[name].spec for name in ("inference-cpu", "inference-embed-cpu")}
+    for key in ("profiles", "image", "volumes"):
+        assert specs["inference-cpu"][key] == specs["inference-embed-cpu"][key], key
+    router = check.services["router"].container.invocation
+    assert router is not None and isinstance(router.settings, RouterSettings)
+    assert router.settings.replicas == ["inference:50054", "inference-embed:50054"]
+    assert "inference-embed" in check.services["inference-embed-cpu"].names
 
 
 @pytest.mark.parametrize("case", list(BROKEN))

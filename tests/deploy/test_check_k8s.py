@@ -69,6 +69,43 @@ def test_each_overlay_sets_the_images_and_the_replica_counts(overlay: str) -> No
         "kind": "Deployment",
         "name": "inference",
     }
+
+
+@pytest.mark.parametrize("overlay", ["cpu", "gpu"])
+def test_each_model_is_its_own_deployment_service_budget_and_autoscaler(overlay: str) -> None:
+    objects = rendered(overlay)
+    models = {
+        "inference": ("/models/tiny-llama", None),
+        "inference-embed": ("/models/tiny-embed", "pooling"),
+    }
+    services = {"inference": "inference-replicas", "inference-embed": "inference-replicas-embed"}
+    for name, (model, runner) in models.items():
+        deployment = objects["Deployment", name]["spec"]
+        assert deployment["replicas"] == 2
+        pod = deployment["template"]["spec"]["containers"][0]
+        env = {e["name"]: e.get("value") for e in pod["env"]}
+        assert (env["MAAS_INFERENCE_MODEL"], env.get("MAAS_INFERENCE_RUNNER")) == (model, runner)
+        assert pod["image"] == f"maas-engine:0.1.0-{overlay}"
+        assert ("nvidia.com/gpu" in pod["resources"]["limits"]) == (overlay == "gpu")
+        labels = deployment["template"]["metadata"]["labels"]
+        # Its own pods only, and every model's under the one inference policy.
+        assert deployment["selector"]["matchLabels"] == {"app.kubernetes.io/name": name}
+        assert labels["app.kubernetes.io/component"] == "inference"
+        service = objects["Service", services[name]]["spec"]
+        assert service["clusterIP"] == "None" and service["selector"] == {
+            "app.kubernetes.io/name": name
+        }
+        budget = objects["PodDisruptionBudget", name]["spec"]
+        assert budget["selector"]["matchLabels"] == {"app.kubernetes.io/name": name}
+        scaler = objects["HorizontalPodAutoscaler", name]["spec"]
+        assert scaler["scaleTargetRef"]["name"] == name
+    router = objects["Deployment", "router"]["spec"]["template"]["spec"]["containers"]
+    sync = next(c for c in router if c["name"] == "replica-sync")["command"]
+    assert sync[sync.index("--replicas") + 1].split(",") == [
+        f"{services[name]}:50054" for name in models
+    ]
+    policy = objects["NetworkPolicy", "inference"]["spec"]["podSelector"]["matchLabels"]
+    assert policy == {"app.kubernetes.io/component": "inference"}
     auth_env = objects["ConfigMap", "auth-config"]["data"]
     assert auth_env["MAAS_AUTH_QUOTA_URL"] == "redis://redis:6379/0"
     gateway_env = objects["ConfigMap", "gateway-config"]["data"]
@@ -201,13 +238,13 @@ BROKEN = {
     ),
     "an internal service open beyond loopback": (
         "inference.yaml",
-        "          env:\n"
+        "              value: /models/tiny-llama\n"
         "            - name: MAAS_INFERENCE_SERVICE_TOKEN\n"
         "              valueFrom:\n"
         "                secretKeyRef:\n"
         "                  name: maas-secrets\n"
         "                  key: service-token\n",
-        "",
+        "              value: /models/tiny-llama\n",
         ["container inference", "host '0.0.0.0' is beyond loopback"],
     ),
     "a Service targeting no container port": (
@@ -455,6 +492,44 @@ BROKEN_POLICY.update(
             "              app.kubernetes.io/name: nobody\n      ports:\n        - port: 50052",
             ["console", "auth"],
         ),
+        "the replica sync not naming the embedding model": (
+            "router.yaml",
+            '"inference-replicas:50054,inference-replicas-embed:50054"',
+            '"inference-replicas:50054"',
+            ["Deployment/inference-embed", "the router never learns of its pods"],
+        ),
+        "the inference policy covering the chat model only": (
+            "network-policy.yaml",
+            "      app.kubernetes.io/component: inference",
+            "      app.kubernetes.io/name: inference",
+            ["container replica-sync", "inference-replicas-embed:50054",
+             "no NetworkPolicy lets Deployment/router's pods reach "
+             "Deployment/inference-embed's on port 50054"],
+        ),
+        "the embedding model without an autoscaler": (
+            "inference-embed.yaml",
+            "    kind: Deployment\n    name: inference-embed",
+            "    kind: Deployment\n    name: inference-embedd",
+            ["Deployment/inference-embed", "no HorizontalPodAutoscaler scales it"],
+        ),
+        "a single embedding model replica": (
+            GPU_OVERLAY,
+            "  - name: inference-embed\n    count: 2",
+            "  - name: inference-embed\n    count: 1",
+            ["Deployment/inference-embed", "2 or more replicas"],
+        ),
+        "the embedding model on a runner vLLM has not": (
+            "inference-embed.yaml",
+            "              value: pooling",
+            "              value: embedding",
+            ["Deployment/inference-embed container inference", "MAAS_INFERENCE_RUNNER"],
+        ),
+        "the embedding model's pods also the chat model's": (
+            "inference-embed.yaml",
+            "      app.kubernetes.io/name: inference-embed\n  template:",
+            "      app.kubernetes.io/name: inference\n  template:",
+            ["Deployment/inference-embed", "selector does not match its pod template's labels"],
+        ),
     }
 )  # fmt: skip
 
@@ -464,3 +539,17 @@ def test_a_copy_breaking_a_cluster_rule_fails_naming_it(case: str, tmp_path: Pat
     edit, old, new, expected = BROKEN_POLICY[case]
     problems = k8s_problems(broken_copy(tmp_path, edit, old, new) / "overlays" / "gpu")
     assert named(problems, *expected), problems
+
+
+def test_workloads_selecting_each_others_pods_fail_naming_both(tmp_path: Path) -> None:
+    objects = rendered("gpu")
+    chat = objects["Deployment", "inference"]
+    copy = yaml.safe_load(yaml.safe_dump(chat))
+    copy["metadata"]["name"] = "inference-copy"
+    (tmp_path / "models.yaml").write_text(yaml.safe_dump_all([chat, copy]))
+    problems = k8s_problems(tmp_path)
+    assert named(
+        problems,
+        "Deployment/inference",
+        "selector also matches the pods of Deployment/inference-copy",
+    ), problems

@@ -65,3 +65,28 @@ async def test_a_failed_lookup_changes_nothing(router: router_pb2_grpc.RouterAsy
     assert await sync_once(router, "no-such-replicas.invalid", 50054) is None
 
     assert await addresses(router) == {kept}
+
+
+async def test_several_names_are_one_replica_set(router: router_pb2_grpc.RouterAsyncStub) -> None:
+    chat, embed = free_port(), free_port()
+
+    result = await sync_once(router, "localhost", chat, ("127.0.0.1", embed))
+
+    now = await addresses(router)
+    assert {f"127.0.0.1:{chat}", f"127.0.0.1:{embed}"} <= now
+    assert result is not None and set(result.registered) == now
+    # One name that no longer resolves to an address: only its replicas go.
+    again = await sync_once(router, "localhost", chat)
+    assert again is not None and again.deregistered == (f"127.0.0.1:{embed}",)
+
+
+async def test_one_failed_lookup_of_several_changes_nothing(
+    router: router_pb2_grpc.RouterAsyncStub,
+) -> None:
+    kept = f"127.0.0.1:{free_port()}"
+    await router.RegisterReplica(router_pb2.RegisterReplicaRequest(address=kept))
+
+    missing = ("no-such-replicas.invalid", 50054)
+    assert await sync_once(router, "127.0.0.1", free_port(), missing) is None
+
+    assert await addresses(router) == {kept}
