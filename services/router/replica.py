@@ -27,6 +27,8 @@ class ReplicaLoad:
     kv_cache_usage: float = 0.0  # fraction of the KV cache in use, 0 to 1
     tokens_in_flight: int = 0  # tokens still to generate by its requests
     prefix_cache_hit_rate: float = 0.0  # share of prompt tokens served from the cache
+    loaded_adapters: tuple[str, ...] = ()  # private adapters loaded, most recently used first
+    adapter_loads: int = 0  # private adapter loads since it started
 
 
 @dataclass(eq=False)

@@ -50,6 +50,8 @@ def load_from_proto(load: inference_pb2.Load) -> ReplicaLoad:
         kv_cache_usage=load.kv_cache_usage,
         tokens_in_flight=load.tokens_in_flight,
         prefix_cache_hit_rate=load.prefix_cache_hit_rate,
+        loaded_adapters=tuple(load.loaded_adapters),
+        adapter_loads=load.adapter_loads,
     )
 
 
