@@ -26,6 +26,7 @@ from services.common.errors import (
     NotFoundError,
     UnavailableError,
 )
+from services.inference.spec import ADAPTER_SLOTS_BUSY_REASON
 
 log = structlog.get_logger(__name__)
 
@@ -143,7 +144,8 @@ class AdapterSlots:
             )
             if victim is None:
                 raise UnavailableError(
-                    f"all {self._capacity} adapter slots hold adapters with requests running"
+                    f"all {self._capacity} adapter slots hold adapters with requests running",
+                    reason=ADAPTER_SLOTS_BUSY_REASON,
                 )
             del self._slots[victim]
         slot = _Slot(adapter_id)

@@ -6,6 +6,11 @@ from maas.v1 import inference_pb2
 from services.common.spec import ServiceSpec
 from services.inference.settings import InferenceSettings
 
+# ErrorInfo.reason of the UNAVAILABLE a replica answers while every adapter
+# slot holds an adapter with requests running: the router tries another
+# replica, and counts it against no replica's health (it is full, not failing).
+ADAPTER_SLOTS_BUSY_REASON = "ADAPTER_SLOTS_BUSY"
+
 SPEC = ServiceSpec(
     name="inference",
     module="services.inference",

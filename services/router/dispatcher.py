@@ -24,7 +24,7 @@ from services.common.errors import (
     ResourceExhaustedError,
     UnavailableError,
 )
-from services.router.choice import choose, round_robin
+from services.router.choice import choose, choose_for_adapter, round_robin
 from services.router.fair_queue import Entry, FairQueue, QueueFullError
 from services.router.headroom import LightHeadroom
 from services.router.limiter import Ewma, RecentQuantile
@@ -105,6 +105,10 @@ class FlowPolicy:
     # the slots they hold (headroom.py): 2 leaves one of about 50 of their
     # arrivals without a free slot. 0: only the reserve.
     light_headroom: float = 2.0
+    # Requests with a private adapter prefer replicas holding it loaded, then
+    # ones with a free adapter slot (choose_for_adapter). Off: `choice` alone,
+    # adapters ignored (a baseline for benchmarks).
+    adapter_affinity: bool = True
 
 
 @dataclass(frozen=True)
@@ -119,6 +123,7 @@ class Ticket:
     deadline: float | None = None  # on the replica set's clock
     prefix_key: int | None = None
     exclude: frozenset[str] = frozenset()  # replicas that already failed it
+    adapter_id: str = ""  # a tenant's private adapter ("": the base model)
 
 
 class StreamEnd(enum.Enum):
@@ -287,6 +292,8 @@ class Dispatcher:
         if first_token_s is not None:
             replica.limiter.on_sample(first_token_s, replica.limiter.in_flight, outcome.queued_s)
         replica.limiter.release()
+        if lease.ticket.adapter_id:
+            replica.adapter_ended(lease.ticket.adapter_id)
         self._tenants_of(lease.ticket.model).ended(lease.ticket.tenant)
         self._headroom_of(lease.ticket.model).ended(lease.ticket.tenant)
         self._replicas.released(replica)
@@ -444,6 +451,14 @@ class Dispatcher:
     def _choose(
         self, candidates: list[Replica], ticket: Ticket, reserve_share: float
     ) -> Replica | None:
+        if ticket.adapter_id and self._policy.adapter_affinity:
+            return choose_for_adapter(
+                candidates,
+                ticket.adapter_id,
+                self._clock(),
+                exclude=ticket.exclude,
+                reserve_share=reserve_share,
+            )
         if self._policy.choice == "round_robin":
             return round_robin(
                 candidates, next(self._turn), exclude=ticket.exclude, reserve_share=reserve_share
@@ -477,6 +492,8 @@ class Dispatcher:
         if under_share and headroom.is_light(ticket.tenant):
             headroom.started(ticket.tenant)
         replica.limiter.acquire()
+        if ticket.adapter_id:
+            replica.adapter_started(ticket.adapter_id, now)
         tenants.started(ticket.tenant)
         return Lease(
             replica,

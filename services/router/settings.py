@@ -38,6 +38,10 @@ class RouterSettings(ServiceSettings):
     # How a replica is chosen: "affinity" (least utilized, preferring the one
     # likely to have the prompt prefix cached), "least_loaded", "round_robin".
     replica_choice: Literal["affinity", "least_loaded", "round_robin"] = "affinity"
+    # A request with a private adapter prefers a replica holding it loaded
+    # (by its load reports and what this router sent it lately), then one
+    # with a free adapter slot. Off: `replica_choice` alone, adapters ignored.
+    adapter_affinity: bool = True
     # Share of each replica's slots kept for tenants holding fewer slots than
     # their fair share, so a light tenant starts at once during a flood.
     reserved_share: float = Field(default=0.1, ge=0, lt=1)
