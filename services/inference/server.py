@@ -12,10 +12,10 @@ import structlog
 
 from maas.v1 import inference_pb2, inference_pb2_grpc
 from observability import Telemetry
-from services.common.errors import NotFoundError
 from services.common.security import ServerSecurity, server_security
 from services.common.serving import RunningServer, ServiceServer, start_server
-from services.inference.adapter_slots import AdapterFetch, AdapterSlots, FetchedAdapter
+from services.inference.adapter_fetch import registry_fetch
+from services.inference.adapter_slots import AdapterFetch, AdapterSlots
 from services.inference.engine import Engine, ModelCard
 from services.inference.engine_metrics import EngineMetrics
 from services.inference.pacing import StreamPacer
@@ -64,19 +64,6 @@ async def serving(
             fetch = await fetch_stack.enter_async_context(registry_fetch(settings, telemetry))
         async with _serving(settings, telemetry, engine, fetch) as running:
             yield running
-
-
-@asynccontextmanager
-async def registry_fetch(
-    settings: InferenceSettings, telemetry: Telemetry
-) -> AsyncIterator[AdapterFetch]:
-    """Fetches adapters from the registry the settings name (NOT_FOUND for
-    every adapter without one)."""
-
-    async def unknown(adapter_id: str) -> FetchedAdapter:
-        raise NotFoundError(f"adapter {adapter_id!r} is not known here (no adapter registry)")
-
-    yield unknown
 
 
 def adapter_slots(
