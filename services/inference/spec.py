@@ -19,6 +19,8 @@ SPEC = ServiceSpec(
     factory="services.inference.server:serving",
     port_fields=("port",),
     secret_fields=("service_token",),
-    calls=(),
+    # Auth's adapter registry, for tenants' private adapters (adapter_slots).
+    calls=("auth",),
+    address_fields=(("auth", "registry_address"),),
     public=False,
 )
