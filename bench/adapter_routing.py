@@ -1,0 +1,269 @@
+"""Adapter-aware routing against round robin, for tenants' private adapters
+on replicas that hold few of them at once.
+
+The whole mesh in one process (services/mesh.py: real auth with its adapter
+registry, router, anomaly and gateway) over two simulated replicas of a
+GPU-class model, each with one adapter slot and a simulated adapter load
+of `sim_adapter_load_s`. A tenant registers three adapters through the
+gateway (tiny PEFT files), then sends a seeded stream of requests choosing
+among them, one adapter hot (half the requests), the other two a quarter
+each. One mesh routes with adapter affinity, the other (identical) in turn
+with adapters ignored; they take turns within each round (the order
+alternates), and cells are medians over rounds with their range.
+
+Reported per cell: adapter loads per request (from the replicas' load
+reports: each load is a miss), requests answered and refused (every slot
+busy on both replicas), and time to first token at the gateway.
+
+    .venv/bin/python -m bench.adapter_routing [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import secrets
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+from bench import mesh as bench_mesh
+from bench.cli import run_on_uvloop
+from bench.stats import percentile, summary, write_results
+from local_models.tiny_llama import build_tiny_adapter
+from maas.v1 import (
+    adapter_pb2,
+    auth_pb2,
+    auth_pb2_grpc,
+    gateway_pb2_grpc,
+    generation_pb2,
+    router_pb2,
+    router_pb2_grpc,
+)
+from observability import setup
+from observability.channels import SERVICE_TOKEN_METADATA_KEY
+from observability.settings import TelemetrySettings
+from services.inference.server import serving as serving_inference
+from services.inference.settings import InferenceSettings
+from services.mesh import MeshOptions, RunningMesh, running_mesh
+
+MODES = ("adapter_aware", "round_robin")
+MODEL = "llama-3.1-8b"
+PROFILE = "llama-3.1-8b-h100"
+ADAPTERS = ("support-bot", "legal-summaries", "sql-helper")
+# One hot adapter, two cooler ones: the skew of a few active tenants.
+WEIGHTS = (0.5, 0.25, 0.25)
+REQUESTS = 96
+CONCURRENT = 6
+ANSWER_TOKENS = 32
+METRICS = ("loads_per_request", "answered", "refused", "ttft_p50_ms", "ttft_p99_ms")
+# Weights upload in chunks of at most 1 MiB (adapter.proto).
+CHUNK = 1 << 20
+
+
+@dataclass
+class Cell:
+    gateway: gateway_pb2_grpc.GatewayAsyncStub
+    router: router_pb2_grpc.RouterAsyncStub
+    service_token: str
+    api_key: str
+
+
+async def adapter_loads(cell: Cell) -> int:
+    listed = await cell.router.ListReplicas(
+        router_pb2.ListReplicasRequest(),
+        metadata=((SERVICE_TOKEN_METADATA_KEY, cell.service_token),),
+    )
+    return sum(r.load.adapter_loads for r in listed.replicas)
+
+
+async def register_adapters(cell: Cell, files: Path) -> None:
+    auth = (("authorization", f"Bearer {cell.api_key}"),)
+    for seed, name in enumerate(ADAPTERS, start=1):
+        folder = build_tiny_adapter(files / name, rank=8, seed=seed)
+        config = (folder / "adapter_config.json").read_bytes()
+        weights = (folder / "adapter_model.safetensors").read_bytes()
+        parts = [
+            adapter_pb2.AdapterUpload(
+                spec=adapter_pb2.AdapterSpec(name=name, base_model=MODEL, config_json=config)
+            ),
+            *(
+                adapter_pb2.AdapterUpload(weights_chunk=weights[i : i + CHUNK])
+                for i in range(0, len(weights), CHUNK)
+            ),
+        ]
+        await cell.gateway.CreateAdapter(iter(parts), metadata=auth)
+
+
+async def run_cell(cell: Cell, rng: random.Random) -> dict[str, float]:
+    auth = (("authorization", f"Bearer {cell.api_key}"),)
+    names = rng.choices(ADAPTERS, WEIGHTS, k=REQUESTS)
+    outcomes: list[bench_mesh.Outcome] = []
+    gate = asyncio.Semaphore(CONCURRENT)
+    loads_before = await adapter_loads(cell)
+
+    async def one(i: int, name: str) -> None:
+        async with gate:
+            outcome = bench_mesh.Outcome("bench", time.perf_counter())
+            request = generation_pb2.GenerateRequest(
+                model=name,
+                prompt=f"request {i}: {rng.randrange(10**6)}",
+                max_tokens=ANSWER_TOKENS,
+                ignore_eos=True,
+            )
+            await bench_mesh.stream(
+                cell.gateway.Generate(request, metadata=auth, timeout=60), outcome
+            )
+            outcomes.append(outcome)
+
+    await asyncio.gather(*(one(i, name) for i, name in enumerate(names)))
+    # The load reports trail the last answer by an engine step at most.
+    await asyncio.sleep(0.2)
+    loads = await adapter_loads(cell) - loads_before
+    answered = [o for o in outcomes if o.code == "OK"]
+    refused = [o for o in outcomes if o.code != "OK"]
+    unexpected = {o.code for o in refused} - {"UNAVAILABLE"}
+    if unexpected:
+        raise RuntimeError(f"requests failed: {unexpected}: {refused[0].details}")
+    ttfts = [o.ttft for o in answered if o.ttft is not None]
+    return {
+        "loads_per_request": loads / REQUESTS,
+        "answered": float(len(answered)),
+        "refused": float(len(refused)),
+        "ttft_p50_ms": percentile(ttfts, 50) * 1e3,
+        "ttft_p99_ms": percentile(ttfts, 99) * 1e3,
+    }
+
+
+@asynccontextmanager
+async def mesh_for(mode: str, state: Path, load_s: float) -> AsyncIterator[Cell]:
+    """A mesh routing as `mode` says, with a second simulated replica
+    registered with its router, and a tenant holding the three adapters."""
+    token = secrets.token_urlsafe(32)
+    inference = {
+        "engine": "sim",
+        "sim_profile": PROFILE,
+        "adapter_slots": 1,
+        "sim_adapter_load_s": load_s,
+    }
+    aware = mode == "adapter_aware"
+    options = MeshOptions(
+        state=state,
+        model=MODEL,
+        service_token=token,
+        overrides={
+            "inference": inference,
+            "router": {
+                "adapter_affinity": aware,
+                "replica_choice": "affinity" if aware else "round_robin",
+            },
+            # One tenant sends everything: no per-address refusal budget applies.
+            "gateway": {"refusal_burst": 1e6, "auth_failure_burst": 1e6},
+        },
+    )
+    async with AsyncExitStack() as stack:
+        running: RunningMesh = await stack.enter_async_context(running_mesh(options))
+        second_settings = running.settings["inference"].model_copy(update={"port": 0})
+        assert isinstance(second_settings, InferenceSettings)
+        telemetry = setup("inference-2", TelemetrySettings())
+        stack.callback(telemetry.shutdown)
+        second = await stack.enter_async_context(serving_inference(second_settings, telemetry))
+        metadata = ((SERVICE_TOKEN_METADATA_KEY, token),)
+        router_ch = await stack.enter_async_context(
+            grpc.aio.insecure_channel(running.target("router"))
+        )
+        router = router_pb2_grpc.RouterStub(router_ch)
+        await router.RegisterReplica(
+            router_pb2.RegisterReplicaRequest(address=f"127.0.0.1:{second.port}"),
+            metadata=metadata,
+        )
+        while True:
+            listed = await router.ListReplicas(router_pb2.ListReplicasRequest(), metadata=metadata)
+            if sum(r.state == router_pb2.REPLICA_STATE_SERVING for r in listed.replicas) == 2:
+                break
+            await asyncio.sleep(0.05)
+        api_key = await tenant_key(running.target("auth"), options.admin_token)
+        gateway_ch = await stack.enter_async_context(
+            grpc.aio.insecure_channel(running.target("gateway"))
+        )
+        cell = Cell(gateway_pb2_grpc.GatewayStub(gateway_ch), router, token, api_key)
+        await register_adapters(cell, state / "adapters")
+        yield cell
+
+
+async def tenant_key(auth_target: str, admin_token: str) -> str:
+    admin = (("authorization", f"Bearer {admin_token}"),)
+    async with grpc.aio.insecure_channel(auth_target) as ch:
+        stub = auth_pb2_grpc.AuthStub(ch)
+        tenant = await stub.CreateTenant(
+            auth_pb2.CreateTenantRequest(name="bench", plan=auth_pb2.Plan()), metadata=admin
+        )
+        created = await stub.CreateApiKey(
+            auth_pb2.CreateApiKeyRequest(tenant_id=tenant.tenant_id, name="bench"),
+            metadata=admin,
+        )
+    return str(created.api_key)
+
+
+async def main_async(args: argparse.Namespace) -> None:
+    raw: dict[str, list[dict[str, float]]] = {m: [] for m in MODES}
+    with tempfile.TemporaryDirectory(prefix="bench-adapters-") as tmp:
+        async with AsyncExitStack() as stack:
+            print("starting two meshes, each with two simulated replicas ...", flush=True)
+            cells = {
+                mode: await stack.enter_async_context(
+                    mesh_for(mode, Path(tmp) / mode, args.adapter_load_s)
+                )
+                for mode in MODES
+            }
+            # The same requests for both modes in each round: one seed per round.
+            for mode in MODES:  # warm-up
+                await run_cell(cells[mode], random.Random(0))
+            for round_ in range(args.rounds):
+                order = MODES if round_ % 2 == 0 else MODES[::-1]
+                for mode in order:
+                    raw[mode].append(await run_cell(cells[mode], random.Random(round_ + 1)))
+                    await bench_mesh.settle(0.5)
+                print(f"  round {round_ + 1}/{args.rounds} done", flush=True)
+
+    table = {m: {k: summary([r[k] for r in raw[m]]) for k in METRICS} for m in MODES}
+    header = f"{'routing':<14} " + " ".join(f"{k:>24}" for k in METRICS)
+    lines = [header, "-" * len(header)]
+    for m in MODES:
+        cells_ = [table[m][k] for k in METRICS]
+        lines.append(
+            f"{m:<14} "
+            + " ".join(
+                f"{x['median']:.3f} [{x['min']:.3f}-{x['max']:.3f}]".rjust(24) for x in cells_
+            )
+        )
+    lines.append(
+        f"\n{REQUESTS} requests a round, {CONCURRENT} at a time, over {len(ADAPTERS)} adapters"
+        f" (shares {', '.join(f'{w:.2f}' for w in WEIGHTS)}); two simulated {PROFILE} replicas"
+        f" with one adapter slot each, a load taking {args.adapter_load_s:.2f} s;"
+        f" {args.rounds} rounds, median [range]"
+    )
+    write_results(
+        "adapter_routing", "\n".join(lines),
+        rounds=args.rounds, summary=table, raw=raw, requests=REQUESTS, concurrent=CONCURRENT,
+        adapters=len(ADAPTERS), weights=WEIGHTS, adapter_load_s=args.adapter_load_s,
+        sim_profile=PROFILE,
+    )  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rounds", type=int, default=3)
+    # The inference setting's default: a rank-16 adapter of an 8B model on a GPU.
+    parser.add_argument("--adapter-load-s", type=float, default=0.1)
+    run_on_uvloop(main_async, parser)
+
+
+if __name__ == "__main__":
+    main()
