@@ -10,13 +10,11 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Protocol
 
 import grpc
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 
 from maas.v1 import generation_pb2
-from services.common.errors import UnavailableError, status_detail
-from services.inference.spec import ADAPTER_SLOTS_BUSY_REASON
+from services.common.errors import UnavailableError
 from services.router.dispatcher import Dispatcher, Lease, Outcome, StreamEnd, Ticket
+from services.router.reasons import FULL_REASONS, failure_reason
 
 # Codes that say the replica (not the request) failed: worth another replica,
 # and counted towards ejecting this one, but only while the caller is still
@@ -38,18 +36,6 @@ def is_replica_fault(code: grpc.StatusCode, *, caller_gone: bool) -> bool:
     comes back while the caller is there came from the replica (its server
     stopping, its handler cancelled)."""
     return not caller_gone and code in REPLICA_FAULTS
-
-
-def adapter_slots_busy(err: grpc.aio.AioRpcError) -> bool:
-    """Whether the replica refused because every adapter slot is in use."""
-    if err.code() != grpc.StatusCode.UNAVAILABLE:
-        return False
-    try:
-        status = rpc_status.from_call(err)
-    except ValueError:
-        return False  # trailers that disagree with the status line: none to trust
-    info = status_detail(status, error_details_pb2.ErrorInfo) if status is not None else None
-    return info is not None and info.reason == ADAPTER_SLOTS_BUSY_REASON
 
 
 class ReplicaStream(Protocol):
@@ -110,7 +96,8 @@ class FirstTokenRetry:
                 if not is_replica_fault(err.code(), caller_gone=caller_gone()):
                     raise  # the request's (or its caller's) doing: its status goes back as is
                 # Full of adapters in use: tried elsewhere, but no mark against its health.
-                end = StreamEnd.CUT if adapter_slots_busy(err) else StreamEnd.REPLICA_FAILED
+                full = failure_reason(err) in FULL_REASONS
+                end = StreamEnd.CUT if full else StreamEnd.REPLICA_FAILED
                 if first_token_s is not None:
                     # Never retried after text went out (no duplicated output).
                     raise UnavailableError(

@@ -296,7 +296,10 @@ async def _follow(session: RouteSession, updates: AsyncIterator[router_pb2.Route
         elif which == "ended":
             ended = update.ended
             return session.ended(
-                status_code(ended.code), caller_gone=ended.caller_gone, finished=ended.finished
+                status_code(ended.code),
+                caller_gone=ended.caller_gone,
+                finished=ended.finished,
+                reason=ended.reason,
             )
         else:
             raise InvalidArgumentError("update", "the request was sent already")
