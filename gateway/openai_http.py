@@ -175,6 +175,7 @@ def _generation_route(core: GatewayCore, endpoint: GenerationEndpoint[Body]) -> 
             top_logprobs=endpoint.top_logprobs(body) or 0,
         )
         generate = endpoint.to_request(body)
+        rendering.requested(body)
         return GenerationResponse(core, caller_of(request), generate, rendering, body.stream)
 
     # FastAPI reads the body's model (validation, OpenAPI schema) from the annotation.

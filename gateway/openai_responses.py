@@ -120,6 +120,11 @@ class Writing(ABC):
         self.top_logprobs = top_logprobs
         self.created = int(time.time())
 
+    def requested(self, body: Any) -> None:
+        """Told the request's body, once it mapped; for an answer that echoes
+        what was asked (the Responses API's tools); most do not."""
+        return None
+
     @abstractmethod
     def body(self, collected: Collected) -> JSON: ...
 

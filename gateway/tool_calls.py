@@ -162,17 +162,178 @@ def call_id() -> str:
     return f"call_{secrets.token_hex(12)}"
 
 
+# Between tokens of JSON; a scalar value ends at these (or at , } ]).
+_SPACE = frozenset(" \t\r\n")
+
+
+@dataclass
+class _Call:
+    """One call of REQUIRED's array, as far as its text has come."""
+
+    index: int
+    id: str = field(default_factory=lambda: call_id())
+    name: str | None = None
+    arguments: list[str] = field(default_factory=list)
+    # Characters of `arguments` already sent; -1 until the call is announced.
+    sent: int = -1
+
+
+class _CallsScanner:
+    """Reads REQUIRED's array of {"name": ..., "parameters": {...}} objects
+    one character at a time as the guided output grows, so each call can be
+    sent as soon as its name is whole and its arguments as they are written.
+
+    The arguments are the model's own text of the `parameters` value, not a
+    re-serialised parse: the pieces sent then concatenate to exactly the
+    whole, which re-serialising a partial parse (partial-json-parser, as
+    vLLM does) cannot promise (a number still growing, a string closed off).
+    The grammar guarantees the shape; on text it does not expect (a cut),
+    the scanner simply stops finding calls."""
+
+    def __init__(self) -> None:
+        self.calls: list[_Call] = []
+        self._depth = 0  # containers open (outside strings)
+        self._in_string = False
+        self._escaped = False
+        self._key: list[str] | None = None  # a key at depth 2, being read
+        self._last_key = ""
+        self._expect_value = False
+        # The depth-2 value being read: whose key, and what kind.
+        self._value_key: str | None = None
+        self._value_kind = ""
+        self._name: list[str] = []
+
+    def feed(self, text: str) -> list[generation_pb2.ToolCall]:
+        for ch in text:
+            self._char(ch)
+        return self._pieces()
+
+    def _pieces(self) -> list[generation_pb2.ToolCall]:
+        pieces = []
+        for call in self.calls:
+            if call.name is None:
+                continue
+            arguments = "".join(call.arguments)
+            if call.sent < 0:
+                pieces.append(
+                    generation_pb2.ToolCall(
+                        index=call.index, id=call.id, name=call.name, arguments=arguments
+                    )
+                )
+            elif len(arguments) > call.sent:
+                pieces.append(
+                    generation_pb2.ToolCall(index=call.index, arguments=arguments[call.sent :])
+                )
+            call.sent = len(arguments)
+        return pieces
+
+    def _char(self, ch: str) -> None:
+        if self._value_key is not None:
+            if self._value_kind == "scalar" and (ch in _SPACE or ch in ",}]"):
+                self._end_value()
+            else:
+                self._in_value(ch)
+                return
+        if self._key is not None:
+            self._key.append(ch)
+            if self._string_closes(ch):
+                self._last_key = _string("".join(self._key)) or ""
+                self._key = None
+            return
+        if ch in _SPACE:
+            return
+        if self._depth == 0 and ch == "[":
+            self._depth = 1
+        elif self._depth == 1 and ch == "{":
+            self._depth = 2
+            self.calls.append(_Call(index=len(self.calls)))
+        elif self._depth == 1 and ch == "]":
+            self._depth = 0
+        elif self._depth == 2:
+            if self._expect_value:
+                self._start_value(ch)
+            elif ch == '"':
+                self._key = [ch]
+            elif ch == ":":
+                self._expect_value = True
+            elif ch == "}":
+                self._depth = 1
+
+    def _string_closes(self, ch: str) -> bool:
+        """Whether `ch`, read inside a string, is its closing quote."""
+        if self._escaped:
+            self._escaped = False
+        elif ch == "\\":
+            self._escaped = True
+        elif ch == '"':
+            return True
+        return False
+
+    def _start_value(self, ch: str) -> None:
+        self._expect_value = False
+        self._value_key = self._last_key
+        self._name = []
+        if ch in "{[":
+            self._value_kind = "container"
+            self._depth += 1
+        elif ch == '"':
+            self._value_kind = "string"
+            self._in_string = True
+        else:
+            self._value_kind = "scalar"
+        self._take(ch)
+
+    def _in_value(self, ch: str) -> None:
+        self._take(ch)
+        if self._in_string:
+            if self._string_closes(ch):
+                self._in_string = False
+                if self._value_kind == "string":
+                    self._end_value()
+        elif ch == '"':
+            self._in_string = True
+        elif ch in "{[":
+            self._depth += 1
+        elif ch in "}]":
+            self._depth -= 1
+            if self._depth == 2:
+                self._end_value()
+
+    def _take(self, ch: str) -> None:
+        if self._value_key == "parameters":
+            self.calls[-1].arguments.append(ch)
+        elif self._value_key == "name":
+            self._name.append(ch)
+
+    def _end_value(self) -> None:
+        if self._value_key == "name" and self._value_kind == "string":
+            self.calls[-1].name = _string("".join(self._name))
+        self._value_key = None
+
+
+def _string(token: str) -> str | None:
+    """A JSON string token's value; None for one the grammar would not write."""
+    try:
+        value = json.loads(token)
+    except ValueError:
+        return None
+    return value if isinstance(value, str) else None
+
+
 @dataclass
 class _Choice:
     started: bool = False
     text: list[str] = field(default_factory=list)
+    scanner: _CallsScanner = field(default_factory=_CallsScanner)
 
 
 class ToolCallStream:
     """Turns one request's chunks into tool-call chunks when its tool choice
-    constrains the output. A named function's arguments stream as they come;
-    REQUIRED's array is parsed once whole (its calls are known only then),
-    so its chunks before the last carry usage and token ids but no text."""
+    constrains the output. A named function's arguments stream as they come.
+    REQUIRED's calls stream as vLLM's server sends them: a call's first piece
+    (its index, id and name) as soon as its name is whole, then its
+    arguments as they are written. Text that never made a call (cut short
+    before the first name was whole) is returned as it is on the last chunk."""
 
     def __init__(self, request: generation_pb2.GenerateRequest) -> None:
         self._active = constrains(request)
@@ -196,30 +357,12 @@ class ToolCallStream:
                     call.id, call.name = call_id(), self._named
         else:
             choice.text.append(chunk.text)
-            if finished:
-                calls = _parsed_calls("".join(choice.text))
-                if calls is None:
-                    # Cut short (max_tokens) before the array closed: no
-                    # calls can be read, so the text is returned as it is.
-                    out.text = "".join(choice.text)
-                    return out
-                for index, (name, arguments) in enumerate(calls):
-                    out.tool_calls.add(id=call_id(), name=name, arguments=arguments, index=index)
+            out.tool_calls.extend(choice.scanner.feed(chunk.text))
+            if finished and not any(c.sent >= 0 for c in choice.scanner.calls):
+                # Cut short (max_tokens) before any call was named: no calls
+                # can be read, so the text is returned as it is.
+                out.text = "".join(choice.text)
+                return out
         if chunk.finish_reason == generation_pb2.FINISH_REASON_STOP:
             out.finish_reason = generation_pb2.FINISH_REASON_TOOL_CALLS
         return out
-
-
-def _parsed_calls(text: str) -> list[tuple[str, str]] | None:
-    try:
-        value = json.loads(text)
-    except ValueError:
-        return None
-    if not isinstance(value, list):
-        return None
-    calls = []
-    for item in value:
-        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
-            return None
-        calls.append((item["name"], json.dumps(item.get("parameters", {}), separators=(",", ":"))))
-    return calls

@@ -1,6 +1,7 @@
 #!/usr/bin/env node
-// Streams a completion from the MaaS gateway (maas.v1.Gateway/Generate) with
-// the contracts in protos/maas/v1, loaded at run time by @grpc/proto-loader.
+// Streams a completion from the MaaS gateway (maas.v1.Gateway/Generate), or
+// embeds texts (maas.v1.Gateway/Embed), with the contracts in protos/maas/v1,
+// loaded at run time by @grpc/proto-loader.
 'use strict';
 
 const fs = require('node:fs');
@@ -14,13 +15,17 @@ const REPO = path.resolve(__dirname, '..', '..');
 const EXIT_USAGE = 2;
 
 const HELP = `usage: node client.js [options] [PROMPT]
+       node client.js --embed [options] TEXT...
 
 Streams a completion from the gateway to stdout; the final usage goes to stderr.
+With --embed, embeds each TEXT and prints its vector, one a line, as
+"embedding: INDEX [v0,v1,...]"; the usage goes to stderr.
 
 options (environment variable in brackets):
   --address HOST:PORT   the gateway [MAAS_GATEWAY] (default 127.0.0.1:50051)
   --api-key KEY         API key [MAAS_API_KEY] (default: <repo>/.maas/dev_api_key)
-  --model NAME          model [MAAS_MODEL] (default: the first one ListModels returns)
+  --model NAME          model [MAAS_MODEL] (default: the first one ListModels
+                        returns of the kind asked for: generation, or embedding)
   --max-tokens N        most tokens to generate (default 64)
   --temperature T       sampling temperature
   --seed N              sampling seed
@@ -29,9 +34,12 @@ options (environment variable in brackets):
                         its arguments (repeatable; implies --chat)
   --tool-choice CHOICE  none, auto, required, or a --tool's NAME to call it;
                         its calls print as "tool_call: ID NAME ARGUMENTS"
+  --embed               embed the TEXTs (one input each) instead of generating
+  --dimensions N        with --embed: truncate each vector to N dimensions
   --timeout-s S         deadline for each call in seconds (default 120)
   --protos DIR          a copy of the repository's protos/ [MAAS_PROTOS] (default: <repo>/protos)
-  PROMPT                the prompt [MAAS_PROMPT]`;
+  PROMPT                the prompt [MAAS_PROMPT]
+  TEXT...               with --embed: the inputs, in order [MAAS_PROMPT: one]`;
 
 class UsageError extends Error {}
 
@@ -49,6 +57,8 @@ function parseOptions(argv, env) {
       chat: { type: 'boolean', default: false },
       tool: { type: 'string', multiple: true, default: [] },
       'tool-choice': { type: 'string' },
+      embed: { type: 'boolean', default: false },
+      dimensions: { type: 'string' },
       'timeout-s': { type: 'string', default: '120' },
       protos: { type: 'string' },
       help: { type: 'boolean', short: 'h', default: false },
@@ -57,9 +67,12 @@ function parseOptions(argv, env) {
   if (values.help) {
     return { help: true };
   }
-  const prompt = positionals.length > 0 ? positionals.join(' ') : env.MAAS_PROMPT;
-  if (!prompt) {
-    throw new UsageError('no prompt: pass PROMPT or set MAAS_PROMPT');
+  const texts = positionals.length > 0 ? positionals : [env.MAAS_PROMPT].filter(Boolean);
+  if (texts.length === 0) {
+    throw new UsageError(`no ${values.embed ? 'text' : 'prompt'}: pass it or set MAAS_PROMPT`);
+  }
+  if (values.dimensions !== undefined && !values.embed) {
+    throw new UsageError('--dimensions needs --embed');
   }
   return {
     address: values.address ?? env.MAAS_GATEWAY ?? '127.0.0.1:50051',
@@ -74,7 +87,11 @@ function parseOptions(argv, env) {
     toolChoice: values['tool-choice'],
     timeoutS: number('--timeout-s', values['timeout-s']),
     protos: values.protos ?? env.MAAS_PROTOS ?? path.join(REPO, 'protos'),
-    prompt,
+    prompt: texts.join(' '),
+    embed: values.embed,
+    texts,
+    dimensions: values.dimensions === undefined
+      ? undefined : integer('--dimensions', values.dimensions),
   };
 }
 
@@ -159,16 +176,53 @@ function deadline(opts) {
   return { deadline: new Date(Date.now() + opts.timeoutS * 1000) };
 }
 
+// The first model of the kind the call needs: an embedding model for --embed,
+// else one that generates.
 function firstModel(client, metadata, opts) {
+  const fits = (model) => (model.kind === 'MODEL_KIND_EMBEDDING') === opts.embed;
   return new Promise((resolve, reject) => {
     client.ListModels({}, metadata, deadline(opts), (err, reply) => {
+      const model = err ? undefined : reply.models.find(fits);
       if (err) {
         reject(err);
-      } else if (reply.models.length === 0) {
-        reject(new UsageError('the mesh serves no model right now'));
+      } else if (model === undefined) {
+        const kind = opts.embed ? 'embedding' : 'generation';
+        reject(new UsageError(`the mesh serves no ${kind} model right now`));
       } else {
-        resolve(reply.models[0].name);
+        resolve(model.name);
       }
+    });
+  });
+}
+
+function embedRequest(opts, model) {
+  const request = { model, inputs: opts.texts.map((text) => ({ text })) };
+  if (opts.dimensions !== undefined) {
+    request.dimensions = opts.dimensions;
+  }
+  return request;
+}
+
+// One unary Embed: the vectors to stdout, one a line; the usage to stderr.
+function embed(client, metadata, opts, model) {
+  return new Promise((resolve, reject) => {
+    let requestId = '';
+    const call = client.Embed(embedRequest(opts, model), metadata, deadline(opts), (err, reply) => {
+      if (err) {
+        reject(err);
+        return;
+      }
+      reply.embeddings.forEach((embedding, index) => {
+        process.stdout.write(`embedding: ${index} ${JSON.stringify(embedding.values)}\n`);
+      });
+      process.stderr.write(
+        `usage: prompt_tokens=${reply.usage.prompt_tokens} inputs=${reply.embeddings.length}`
+        + ` model=${reply.model} request_id=${requestId}\n`,
+      );
+      resolve();
+    });
+    call.on('metadata', (initial) => {
+      requestId = String(initial.get('x-request-id')[0] ?? '');
     });
   });
 }
@@ -185,6 +239,10 @@ async function main() {
     const metadata = new grpc.Metadata();
     metadata.set('authorization', `Bearer ${opts.apiKey}`);
     const model = opts.model ?? await firstModel(client, metadata, opts);
+    if (opts.embed) {
+      await embed(client, metadata, opts, model);
+      return;
+    }
     const call = client.Generate(generateRequest(opts, model), metadata, deadline(opts));
     let requestId = '';
     call.on('metadata', (initial) => {

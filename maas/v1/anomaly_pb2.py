@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15maas/v1/anomaly.proto\x12\x07maas.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf4\x02\n\x05\x45vent\x12 \n\x04kind\x18\x01 \x01(\x0e\x32\x12.maas.v1.EventKind\x12(\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12\x11\n\ttenant_id\x18\x04 \x01(\t\x12\x0e\n\x06key_id\x18\x05 \x01(\t\x12\r\n\x05model\x18\x06 \x01(\t\x12\x0f\n\x07replica\x18\x07 \x01(\t\x12\x15\n\rprompt_tokens\x18\x08 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\t \x01(\r\x12\x1d\n\x15time_to_first_token_s\x18\n \x01(\x01\x12\x12\n\nduration_s\x18\x0b \x01(\x01\x12\x13\n\x0bstatus_code\x18\x0c \x01(\t\x12\x0e\n\x06source\x18\r \x01(\t\x12\x0e\n\x06\x62udget\x18\x0e \x01(\t\x12\x14\n\x0cspent_micros\x18\x0f \x01(\x03\x12\x18\n\x10threshold_micros\x18\x10 \x01(\x03\"\"\n\x0eReportResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x04\"\x97\x01\n\x11ListAlertsRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12)\n\x05since\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x0cmin_severity\x18\x04 \x01(\x0e\x32\x11.maas.v1.Severity\x12\r\n\x05limit\x18\x05 \x01(\r\"\x89\x01\n\x12WatchAlertsRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\'\n\x0cmin_severity\x18\x03 \x01(\x0e\x32\x11.maas.v1.Severity\x12)\n\x05since\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xc8\x02\n\x05\x41lert\x12\x10\n\x08\x61lert_id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0e\n\x06series\x18\x03 \x01(\t\x12.\n\nfirst_seen\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tlast_seen\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12#\n\x08severity\x18\x06 \x01(\x0e\x32\x11.maas.v1.Severity\x12\r\n\x05score\x18\x07 \x01(\x01\x12\x10\n\x08observed\x18\x08 \x01(\x01\x12\x10\n\x08\x65xpected\x18\t \x01(\x01\x12\r\n\x05\x63ount\x18\n \x01(\x04\x12\x11\n\ttenant_id\x18\x0b \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x0c \x01(\t\x12&\n\x07\x61\x63tions\x18\r \x03(\x0b\x32\x15.maas.v1.PolicyAction\"\xab\x01\n\x0cPolicyAction\x12\x0e\n\x06\x61\x63tion\x18\x01 \x01(\t\x12\x0e\n\x06target\x18\x02 \x01(\t\x12(\n\x04time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x65xpire_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\treference\x18\x05 \x01(\t\x12\r\n\x05\x65rror\x18\x06 \x01(\t\"4\n\x12ListAlertsResponse\x12\x1e\n\x06\x61lerts\x18\x01 \x03(\x0b\x32\x0e.maas.v1.Alert\"\x16\n\x14GetEventStatsRequest\"\xad\x04\n\nEventStats\x12\r\n\x05total\x18\x01 \x01(\x04\x12\x30\n\x07\x62y_kind\x18\x02 \x03(\x0b\x32\x1f.maas.v1.EventStats.ByKindEntry\x12\x34\n\tby_tenant\x18\x03 \x03(\x0b\x32!.maas.v1.EventStats.ByTenantEntry\x12V\n\x1b\x63ompletion_tokens_by_tenant\x18\x04 \x03(\x0b\x32\x31.maas.v1.EventStats.CompletionTokensByTenantEntry\x12\x16\n\x0eseries_tracked\x18\x05 \x01(\x04\x12\x16\n\x0eseries_evicted\x18\x06 \x01(\x04\x12\x15\n\rwatch_dropped\x18\x07 \x01(\x04\x12\x36\n\nby_replica\x18\x08 \x03(\x0b\x32\".maas.v1.EventStats.ByReplicaEntry\x1a-\n\x0b\x42yKindEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\x1a/\n\rByTenantEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\x1a?\n\x1d\x43ompletionTokensByTenantEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\x1a\x30\n\x0e\x42yReplicaEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01*}\n\tEventKind\x12\x1a\n\x16\x45VENT_KIND_UNSPECIFIED\x10\x00\x12\x16\n\x12\x45VENT_KIND_REQUEST\x10\x01\x12\x1b\n\x17\x45VENT_KIND_AUTH_FAILURE\x10\x02\x12\x1f\n\x1b\x45VENT_KIND_BUDGET_THRESHOLD\x10\x03*d\n\x08Severity\x12\x18\n\x14SEVERITY_UNSPECIFIED\x10\x00\x12\x11\n\rSEVERITY_INFO\x10\x01\x12\x14\n\x10SEVERITY_WARNING\x10\x02\x12\x15\n\x11SEVERITY_CRITICAL\x10\x03\x32\x88\x02\n\x07\x41nomaly\x12\x33\n\x06Report\x12\x0e.maas.v1.Event\x1a\x17.maas.v1.ReportResponse(\x01\x12\x45\n\nListAlerts\x12\x1a.maas.v1.ListAlertsRequest\x1a\x1b.maas.v1.ListAlertsResponse\x12<\n\x0bWatchAlerts\x12\x1b.maas.v1.WatchAlertsRequest\x1a\x0e.maas.v1.Alert0\x01\x12\x43\n\rGetEventStats\x12\x1d.maas.v1.GetEventStatsRequest\x1a\x13.maas.v1.EventStatsb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15maas/v1/anomaly.proto\x12\x07maas.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf4\x02\n\x05\x45vent\x12 \n\x04kind\x18\x01 \x01(\x0e\x32\x12.maas.v1.EventKind\x12(\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12\x11\n\ttenant_id\x18\x04 \x01(\t\x12\x0e\n\x06key_id\x18\x05 \x01(\t\x12\r\n\x05model\x18\x06 \x01(\t\x12\x0f\n\x07replica\x18\x07 \x01(\t\x12\x15\n\rprompt_tokens\x18\x08 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\t \x01(\r\x12\x1d\n\x15time_to_first_token_s\x18\n \x01(\x01\x12\x12\n\nduration_s\x18\x0b \x01(\x01\x12\x13\n\x0bstatus_code\x18\x0c \x01(\t\x12\x0e\n\x06source\x18\r \x01(\t\x12\x0e\n\x06\x62udget\x18\x0e \x01(\t\x12\x14\n\x0cspent_micros\x18\x0f \x01(\x03\x12\x18\n\x10threshold_micros\x18\x10 \x01(\x03\"R\n\x0eReportResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x04\x12\x10\n\x08rejected\x18\x02 \x01(\x04\x12\x1c\n\x14\x66irst_rejected_field\x18\x03 \x01(\t\"\x97\x01\n\x11ListAlertsRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12)\n\x05since\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x0cmin_severity\x18\x04 \x01(\x0e\x32\x11.maas.v1.Severity\x12\r\n\x05limit\x18\x05 \x01(\r\"\x89\x01\n\x12WatchAlertsRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\'\n\x0cmin_severity\x18\x03 \x01(\x0e\x32\x11.maas.v1.Severity\x12)\n\x05since\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xc8\x02\n\x05\x41lert\x12\x10\n\x08\x61lert_id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0e\n\x06series\x18\x03 \x01(\t\x12.\n\nfirst_seen\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tlast_seen\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12#\n\x08severity\x18\x06 \x01(\x0e\x32\x11.maas.v1.Severity\x12\r\n\x05score\x18\x07 \x01(\x01\x12\x10\n\x08observed\x18\x08 \x01(\x01\x12\x10\n\x08\x65xpected\x18\t \x01(\x01\x12\r\n\x05\x63ount\x18\n \x01(\x04\x12\x11\n\ttenant_id\x18\x0b \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x0c \x01(\t\x12&\n\x07\x61\x63tions\x18\r \x03(\x0b\x32\x15.maas.v1.PolicyAction\"\xab\x01\n\x0cPolicyAction\x12\x0e\n\x06\x61\x63tion\x18\x01 \x01(\t\x12\x0e\n\x06target\x18\x02 \x01(\t\x12(\n\x04time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x65xpire_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\treference\x18\x05 \x01(\t\x12\r\n\x05\x65rror\x18\x06 \x01(\t\"4\n\x12ListAlertsResponse\x12\x1e\n\x06\x61lerts\x18\x01 \x03(\x0b\x32\x0e.maas.v1.Alert\"\x16\n\x14GetEventStatsRequest\"\xad\x04\n\nEventStats\x12\r\n\x05total\x18\x01 \x01(\x04\x12\x30\n\x07\x62y_kind\x18\x02 \x03(\x0b\x32\x1f.maas.v1.EventStats.ByKindEntry\x12\x34\n\tby_tenant\x18\x03 \x03(\x0b\x32!.maas.v1.EventStats.ByTenantEntry\x12V\n\x1b\x63ompletion_tokens_by_tenant\x18\x04 \x03(\x0b\x32\x31.maas.v1.EventStats.CompletionTokensByTenantEntry\x12\x16\n\x0eseries_tracked\x18\x05 \x01(\x04\x12\x16\n\x0eseries_evicted\x18\x06 \x01(\x04\x12\x15\n\rwatch_dropped\x18\x07 \x01(\x04\x12\x36\n\nby_replica\x18\x08 \x03(\x0b\x32\".maas.v1.EventStats.ByReplicaEntry\x1a-\n\x0b\x42yKindEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\x1a/\n\rByTenantEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\x1a?\n\x1d\x43ompletionTokensByTenantEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\x1a\x30\n\x0e\x42yReplicaEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01*}\n\tEventKind\x12\x1a\n\x16\x45VENT_KIND_UNSPECIFIED\x10\x00\x12\x16\n\x12\x45VENT_KIND_REQUEST\x10\x01\x12\x1b\n\x17\x45VENT_KIND_AUTH_FAILURE\x10\x02\x12\x1f\n\x1b\x45VENT_KIND_BUDGET_THRESHOLD\x10\x03*d\n\x08Severity\x12\x18\n\x14SEVERITY_UNSPECIFIED\x10\x00\x12\x11\n\rSEVERITY_INFO\x10\x01\x12\x14\n\x10SEVERITY_WARNING\x10\x02\x12\x15\n\x11SEVERITY_CRITICAL\x10\x03\x32\x88\x02\n\x07\x41nomaly\x12\x33\n\x06Report\x12\x0e.maas.v1.Event\x1a\x17.maas.v1.ReportResponse(\x01\x12\x45\n\nListAlerts\x12\x1a.maas.v1.ListAlertsRequest\x1a\x1b.maas.v1.ListAlertsResponse\x12<\n\x0bWatchAlerts\x12\x1b.maas.v1.WatchAlertsRequest\x1a\x0e.maas.v1.Alert0\x01\x12\x43\n\rGetEventStats\x12\x1d.maas.v1.GetEventStatsRequest\x1a\x13.maas.v1.EventStatsb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,36 +40,36 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_EVENTSTATS_COMPLETIONTOKENSBYTENANTENTRY']._serialized_options = b'8\001'
   _globals['_EVENTSTATS_BYREPLICAENTRY']._loaded_options = None
   _globals['_EVENTSTATS_BYREPLICAENTRY']._serialized_options = b'8\001'
-  _globals['_EVENTKIND']._serialized_start=1915
-  _globals['_EVENTKIND']._serialized_end=2040
-  _globals['_SEVERITY']._serialized_start=2042
-  _globals['_SEVERITY']._serialized_end=2142
+  _globals['_EVENTKIND']._serialized_start=1963
+  _globals['_EVENTKIND']._serialized_end=2088
+  _globals['_SEVERITY']._serialized_start=2090
+  _globals['_SEVERITY']._serialized_end=2190
   _globals['_EVENT']._serialized_start=68
   _globals['_EVENT']._serialized_end=440
   _globals['_REPORTRESPONSE']._serialized_start=442
-  _globals['_REPORTRESPONSE']._serialized_end=476
-  _globals['_LISTALERTSREQUEST']._serialized_start=479
-  _globals['_LISTALERTSREQUEST']._serialized_end=630
-  _globals['_WATCHALERTSREQUEST']._serialized_start=633
-  _globals['_WATCHALERTSREQUEST']._serialized_end=770
-  _globals['_ALERT']._serialized_start=773
-  _globals['_ALERT']._serialized_end=1101
-  _globals['_POLICYACTION']._serialized_start=1104
-  _globals['_POLICYACTION']._serialized_end=1275
-  _globals['_LISTALERTSRESPONSE']._serialized_start=1277
-  _globals['_LISTALERTSRESPONSE']._serialized_end=1329
-  _globals['_GETEVENTSTATSREQUEST']._serialized_start=1331
-  _globals['_GETEVENTSTATSREQUEST']._serialized_end=1353
-  _globals['_EVENTSTATS']._serialized_start=1356
-  _globals['_EVENTSTATS']._serialized_end=1913
-  _globals['_EVENTSTATS_BYKINDENTRY']._serialized_start=1704
-  _globals['_EVENTSTATS_BYKINDENTRY']._serialized_end=1749
-  _globals['_EVENTSTATS_BYTENANTENTRY']._serialized_start=1751
-  _globals['_EVENTSTATS_BYTENANTENTRY']._serialized_end=1798
-  _globals['_EVENTSTATS_COMPLETIONTOKENSBYTENANTENTRY']._serialized_start=1800
-  _globals['_EVENTSTATS_COMPLETIONTOKENSBYTENANTENTRY']._serialized_end=1863
-  _globals['_EVENTSTATS_BYREPLICAENTRY']._serialized_start=1865
-  _globals['_EVENTSTATS_BYREPLICAENTRY']._serialized_end=1913
-  _globals['_ANOMALY']._serialized_start=2145
-  _globals['_ANOMALY']._serialized_end=2409
+  _globals['_REPORTRESPONSE']._serialized_end=524
+  _globals['_LISTALERTSREQUEST']._serialized_start=527
+  _globals['_LISTALERTSREQUEST']._serialized_end=678
+  _globals['_WATCHALERTSREQUEST']._serialized_start=681
+  _globals['_WATCHALERTSREQUEST']._serialized_end=818
+  _globals['_ALERT']._serialized_start=821
+  _globals['_ALERT']._serialized_end=1149
+  _globals['_POLICYACTION']._serialized_start=1152
+  _globals['_POLICYACTION']._serialized_end=1323
+  _globals['_LISTALERTSRESPONSE']._serialized_start=1325
+  _globals['_LISTALERTSRESPONSE']._serialized_end=1377
+  _globals['_GETEVENTSTATSREQUEST']._serialized_start=1379
+  _globals['_GETEVENTSTATSREQUEST']._serialized_end=1401
+  _globals['_EVENTSTATS']._serialized_start=1404
+  _globals['_EVENTSTATS']._serialized_end=1961
+  _globals['_EVENTSTATS_BYKINDENTRY']._serialized_start=1752
+  _globals['_EVENTSTATS_BYKINDENTRY']._serialized_end=1797
+  _globals['_EVENTSTATS_BYTENANTENTRY']._serialized_start=1799
+  _globals['_EVENTSTATS_BYTENANTENTRY']._serialized_end=1846
+  _globals['_EVENTSTATS_COMPLETIONTOKENSBYTENANTENTRY']._serialized_start=1848
+  _globals['_EVENTSTATS_COMPLETIONTOKENSBYTENANTENTRY']._serialized_end=1911
+  _globals['_EVENTSTATS_BYREPLICAENTRY']._serialized_start=1913
+  _globals['_EVENTSTATS_BYREPLICAENTRY']._serialized_end=1961
+  _globals['_ANOMALY']._serialized_start=2193
+  _globals['_ANOMALY']._serialized_end=2457
 # @@protoc_insertion_point(module_scope)

@@ -69,10 +69,14 @@ class Event(_message.Message):
     def __init__(self, kind: _Optional[_Union[EventKind, str]] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., request_id: _Optional[str] = ..., tenant_id: _Optional[str] = ..., key_id: _Optional[str] = ..., model: _Optional[str] = ..., replica: _Optional[str] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., time_to_first_token_s: _Optional[float] = ..., duration_s: _Optional[float] = ..., status_code: _Optional[str] = ..., source: _Optional[str] = ..., budget: _Optional[str] = ..., spent_micros: _Optional[int] = ..., threshold_micros: _Optional[int] = ...) -> None: ...
 
 class ReportResponse(_message.Message):
-    __slots__ = ("accepted",)
+    __slots__ = ("accepted", "rejected", "first_rejected_field")
     ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    REJECTED_FIELD_NUMBER: _ClassVar[int]
+    FIRST_REJECTED_FIELD_FIELD_NUMBER: _ClassVar[int]
     accepted: int
-    def __init__(self, accepted: _Optional[int] = ...) -> None: ...
+    rejected: int
+    first_rejected_field: str
+    def __init__(self, accepted: _Optional[int] = ..., rejected: _Optional[int] = ..., first_rejected_field: _Optional[str] = ...) -> None: ...
 
 class ListAlertsRequest(_message.Message):
     __slots__ = ("tenant_id", "kind", "since", "min_severity", "limit")

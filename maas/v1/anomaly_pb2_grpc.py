@@ -67,7 +67,8 @@ class AnomalyServicer:
 
     def Report(self, request_iterator, context):
         """Takes a stream of events; answers with how many were accepted when the
-        sender closes the stream.
+        sender closes the stream. A malformed event is dropped and counted in
+        `rejected`, never ending the stream: the events after it still count.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -38,7 +38,8 @@ class AnomalyStub:
     def __new__(cls, channel: _aio.Channel) -> AnomalyAsyncStub: ...
     Report: _grpc.StreamUnaryMultiCallable[_anomaly_pb2.Event, _anomaly_pb2.ReportResponse]
     """Takes a stream of events; answers with how many were accepted when the
-    sender closes the stream.
+    sender closes the stream. A malformed event is dropped and counted in
+    `rejected`, never ending the stream: the events after it still count.
     """
     ListAlerts: _grpc.UnaryUnaryMultiCallable[_anomaly_pb2.ListAlertsRequest, _anomaly_pb2.ListAlertsResponse]
     """Lists alerts raised by the detectors, most recently seen first."""
@@ -60,7 +61,8 @@ class AnomalyAsyncStub(AnomalyStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     Report: _aio.StreamUnaryMultiCallable[_anomaly_pb2.Event, _anomaly_pb2.ReportResponse]  # type: ignore[assignment]
     """Takes a stream of events; answers with how many were accepted when the
-    sender closes the stream.
+    sender closes the stream. A malformed event is dropped and counted in
+    `rejected`, never ending the stream: the events after it still count.
     """
     ListAlerts: _aio.UnaryUnaryMultiCallable[_anomaly_pb2.ListAlertsRequest, _anomaly_pb2.ListAlertsResponse]  # type: ignore[assignment]
     """Lists alerts raised by the detectors, most recently seen first."""
@@ -85,7 +87,8 @@ class AnomalyServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_anomaly_pb2.ReportResponse, _abc.Awaitable[_anomaly_pb2.ReportResponse]]:
         """Takes a stream of events; answers with how many were accepted when the
-        sender closes the stream.
+        sender closes the stream. A malformed event is dropped and counted in
+        `rejected`, never ending the stream: the events after it still count.
         """
 
     @_abc_1.abstractmethod

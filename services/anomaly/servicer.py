@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import grpc
+import structlog
 from google.protobuf import timestamp_pb2
 
 from maas.v1 import anomaly_pb2, anomaly_pb2_grpc
@@ -16,6 +17,7 @@ from services.anomaly.events import RequestEvent
 from services.common.errors import InvalidArgumentError
 
 Context = grpc.aio.ServicerContext[Any, Any]
+log = structlog.get_logger(__name__)
 
 SEVERITIES = {
     Severity.INFO: anomaly_pb2.SEVERITY_INFO,
@@ -119,11 +121,19 @@ class AnomalyServicer(anomaly_pb2_grpc.AnomalyServicer):
     async def Report(
         self, request_iterator: AsyncIterator[anomaly_pb2.Event], context: Context
     ) -> anomaly_pb2.ReportResponse:
-        accepted = 0
+        reply = anomaly_pb2.ReportResponse()
         async for event in request_iterator:
-            self._core.ingest(event_from_proto(event))
-            accepted += 1
-        return anomaly_pb2.ReportResponse(accepted=accepted)
+            try:
+                parsed = event_from_proto(event)
+            except InvalidArgumentError as err:
+                # One sender's bad event must not cost the stream's other events.
+                log.warning("event rejected", field=err.field, reason=err.description)
+                reply.rejected += 1
+                reply.first_rejected_field = reply.first_rejected_field or err.field
+                continue
+            self._core.ingest(parsed)
+            reply.accepted += 1
+        return reply
 
     async def ListAlerts(
         self, request: anomaly_pb2.ListAlertsRequest, context: Context

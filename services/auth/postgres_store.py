@@ -12,6 +12,7 @@ from typing import Any
 import asyncpg
 
 from services.auth import rows
+from services.auth.adapters import Adapter, AdapterLimitError, AdapterNameTakenError
 from services.auth.budgets import Budget
 from services.auth.models import (
     ApiKeyRecord,
@@ -116,6 +117,19 @@ CREATE TABLE IF NOT EXISTS budgets (
     soft_percent   INTEGER NOT NULL,
     updated_at     TIMESTAMPTZ NOT NULL,
     PRIMARY KEY (tenant_id, key_id)
+);
+CREATE TABLE IF NOT EXISTS adapters (
+    adapter_id   TEXT PRIMARY KEY,
+    tenant_id    TEXT NOT NULL,
+    name         TEXT NOT NULL,
+    base_model   TEXT NOT NULL,
+    rank         INTEGER NOT NULL,
+    size_bytes   BIGINT NOT NULL,
+    sha256       TEXT NOT NULL,
+    config_json  BYTEA NOT NULL,
+    weights      BYTEA NOT NULL,
+    create_time  TIMESTAMPTZ NOT NULL,
+    UNIQUE (tenant_id, name)
 );
 ALTER TABLE tenants ADD COLUMN IF NOT EXISTS plan TEXT NOT NULL DEFAULT '{}';
 ALTER TABLE api_keys ADD COLUMN IF NOT EXISTS expires_at TIMESTAMPTZ;
@@ -427,6 +441,57 @@ class PostgresAuthStore:
         )
         return int(status.split()[-1])
 
+    async def create_adapter(self, adapter: Adapter, weights: bytes, max_per_tenant: int) -> None:
+        sql, args = _insert("adapters", rows.adapter_row(adapter, weights, _as_stored))
+        async with self._pool.acquire() as conn, conn.transaction():
+            # One create per tenant at a time, whichever auth process runs it:
+            # the count holds until the insert commits.
+            await conn.execute(
+                "SELECT pg_advisory_xact_lock($1, hashtext($2))",
+                ADAPTER_LOCK,
+                adapter.tenant_id,
+            )
+            held = await conn.fetchval(
+                "SELECT COUNT(*) FROM adapters WHERE tenant_id = $1", adapter.tenant_id
+            )
+            if held >= max_per_tenant:
+                raise AdapterLimitError(adapter.tenant_id)
+            try:
+                await conn.execute(sql, *args)
+            except asyncpg.UniqueViolationError as err:
+                raise AdapterNameTakenError(adapter.name) from err
+
+    async def list_adapters(self, tenant_id: str) -> list[Adapter]:
+        found = await self._pool.fetch(
+            f"SELECT {rows.ADAPTER_HEAD_COLUMNS} FROM adapters WHERE tenant_id = $1 ORDER BY name",
+            tenant_id,
+        )
+        return [rows.adapter_from(r, _as_stored) for r in found]
+
+    async def find_adapter(self, tenant_id: str, name: str) -> Adapter | None:
+        row = await self._pool.fetchrow(
+            f"SELECT {rows.ADAPTER_HEAD_COLUMNS} FROM adapters WHERE tenant_id = $1 AND name = $2",
+            tenant_id,
+            name,
+        )
+        return rows.adapter_from(row, _as_stored) if row else None
+
+    async def delete_adapter(self, tenant_id: str, name: str) -> Adapter | None:
+        row = await self._pool.fetchrow(
+            "DELETE FROM adapters WHERE tenant_id = $1 AND name = $2"
+            f" RETURNING {rows.ADAPTER_HEAD_COLUMNS}",
+            tenant_id,
+            name,
+        )
+        return rows.adapter_from(row, _as_stored) if row else None
+
+    async def adapter_with_weights(self, adapter_id: str) -> tuple[Adapter, bytes] | None:
+        row = await self._pool.fetchrow("SELECT * FROM adapters WHERE adapter_id = $1", adapter_id)
+        return (rows.adapter_from(row, _as_stored), bytes(row["weights"])) if row else None
+
+
+# Any fixed number: the advisory lock class of adapter creates, per tenant.
+ADAPTER_LOCK = 0x61647074  # "adpt"
 
 # Any fixed number: the advisory lock auth's replicas take to create the schema.
 SCHEMA_LOCK = 0x6D616173  # "maas"

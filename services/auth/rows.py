@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Any, Protocol, TypeAlias
 
+from services.auth.adapters import Adapter
 from services.auth.budgets import Budget
 from services.auth.models import (
     ApiKeyRecord,
@@ -255,4 +256,39 @@ def budget_row(budget: Budget, time: TimeOut) -> dict[str, Any]:
         "total_limit": budget.total_limit,
         "soft_percent": budget.soft_percent,
         "updated_at": time(budget.updated_at),
+    }
+
+
+# An adapter's columns but its weights: what listing and resolving read.
+ADAPTER_HEAD_COLUMNS = (
+    "adapter_id, tenant_id, name, base_model, rank, size_bytes, sha256, config_json, create_time"
+)
+
+
+def adapter_from(row: Row, time: TimeIn) -> Adapter:
+    return Adapter(
+        adapter_id=row["adapter_id"],
+        tenant_id=row["tenant_id"],
+        name=row["name"],
+        base_model=row["base_model"],
+        rank=int(row["rank"]),
+        size_bytes=int(row["size_bytes"]),
+        sha256=row["sha256"],
+        config_json=bytes(row["config_json"]),
+        create_time=time(row["create_time"]),
+    )
+
+
+def adapter_row(adapter: Adapter, weights: bytes, time: TimeOut) -> dict[str, Any]:
+    return {
+        "adapter_id": adapter.adapter_id,
+        "tenant_id": adapter.tenant_id,
+        "name": adapter.name,
+        "base_model": adapter.base_model,
+        "rank": adapter.rank,
+        "size_bytes": adapter.size_bytes,
+        "sha256": adapter.sha256,
+        "config_json": adapter.config_json,
+        "weights": weights,
+        "create_time": time(adapter.create_time),
     }

@@ -1,4 +1,4 @@
-"""Builds the auth service: maas.v1.Auth and maas.v1.Metering over its store."""
+"""Builds the auth service: maas.v1.Auth, Metering, Billing and AdapterRegistry over its store."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 
 from maas.v1 import (
+    adapter_registry_pb2,
+    adapter_registry_pb2_grpc,
     auth_pb2,
     auth_pb2_grpc,
     billing_pb2,
@@ -14,6 +16,8 @@ from maas.v1 import (
     metering_pb2_grpc,
 )
 from observability import Telemetry
+from services.auth.adapter_servicer import AdapterRegistryServicer
+from services.auth.adapters import Adapters, AdapterSettings
 from services.auth.billing import BillingCore, Budgets
 from services.auth.billing_servicer import BILLING_RPCS, BillingServicer
 from services.auth.core import AuthCore, MeteringCore
@@ -29,6 +33,9 @@ from services.common.serving import RunningServer, ServiceServer, start_server
 AUTH_SERVICE = auth_pb2.DESCRIPTOR.services_by_name["Auth"].full_name
 METERING_SERVICE = metering_pb2.DESCRIPTOR.services_by_name["Metering"].full_name
 BILLING_SERVICE = billing_pb2.DESCRIPTOR.services_by_name["Billing"].full_name
+ADAPTER_REGISTRY_SERVICE = adapter_registry_pb2.DESCRIPTOR.services_by_name[
+    "AdapterRegistry"
+].full_name
 ADMIN_METHODS = frozenset(f"/{AUTH_SERVICE}/{rpc}" for rpc in ADMIN_RPCS) | frozenset(
     f"/{BILLING_SERVICE}/{rpc}" for rpc in BILLING_RPCS
 )
@@ -93,14 +100,25 @@ async def _start_server(
     billing = BillingCore(store)
     metering = MeteringServicer(MeteringCore(store), billing)
     billing_servicer = BillingServicer(billing, guard, Budgets(store))
+    registry = AdapterRegistryServicer(
+        Adapters(
+            store,
+            AdapterSettings(
+                max_bytes=settings.max_adapter_bytes,
+                max_rank=settings.max_adapter_rank,
+                max_per_tenant=settings.max_adapters_per_tenant,
+            ),
+        )
+    )
     return await start_server(
         address=settings.address,
         telemetry=telemetry,
-        service_names=[AUTH_SERVICE, METERING_SERVICE, BILLING_SERVICE],
+        service_names=[AUTH_SERVICE, METERING_SERVICE, BILLING_SERVICE, ADAPTER_REGISTRY_SERVICE],
         registrars=[
             lambda s: auth_pb2_grpc.add_AuthServicer_to_server(auth, s),
             lambda s: metering_pb2_grpc.add_MeteringServicer_to_server(metering, s),
             lambda s: billing_pb2_grpc.add_BillingServicer_to_server(billing_servicer, s),
+            lambda s: adapter_registry_pb2_grpc.add_AdapterRegistryServicer_to_server(registry, s),
         ],
         security=server_security(settings, self_guarded=ADMIN_METHODS),
     )

@@ -157,6 +157,9 @@ class AuthServicer(auth_pb2_grpc.AuthServicer):
         check_id("tenant_id", request.tenant_id)
         if request.idempotency_key:
             check_id("idempotency_key", request.idempotency_key)
+        if request.key_id:
+            # It names the key's budget counters: an id like any other.
+            check_id("key_id", request.key_id)
         held = await self._quotas.reserve(
             request.tenant_id,
             request.request_id,
@@ -187,6 +190,7 @@ class AuthServicer(auth_pb2_grpc.AuthServicer):
     async def Commit(
         self, request: auth_pb2.CommitRequest, context: Context
     ) -> auth_pb2.CommitResponse:
+        check_id("reservation_id", request.reservation_id)
         used = Usage(
             request.used_tokens,
             prompt=request.prompt_tokens,
@@ -213,6 +217,8 @@ class AuthServicer(auth_pb2_grpc.AuthServicer):
     async def Release(
         self, request: auth_pb2.ReleaseRequest, context: Context
     ) -> auth_pb2.ReleaseResponse:
+        if request.reservation_id or not request.idempotency_key:
+            check_id("reservation_id", request.reservation_id)
         if request.idempotency_key:
             # Named only to free the key of a forgotten reservation: ids like Reserve's.
             check_id("tenant_id", request.tenant_id)

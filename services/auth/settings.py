@@ -64,6 +64,13 @@ class AuthSettings(ServiceSettings):
     reservation_lease_s: float = Field(default=30.0, gt=0)
     # How long a tenant's idempotency key (its callers' x-request-id) is remembered.
     idempotency_retention_s: float = Field(default=24 * 3600.0, gt=0)
+    # Tenants' private LoRA adapters: the most bytes of one adapter's weights
+    # (a rank-64 LoRA of a 7B model's attention is ~34 MiB in fp16), the
+    # highest rank (vLLM's max_lora_rank must be at least this on replicas),
+    # and how many one tenant may hold (each is stored here, whole).
+    max_adapter_bytes: int = Field(default=64 * 1024 * 1024, ge=1)
+    max_adapter_rank: int = Field(default=64, ge=1)
+    max_adapters_per_tenant: int = Field(default=16, ge=1)
 
     @field_validator("quota_url")
     @classmethod

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from maas.v1 import auth_pb2, metering_pb2
+from maas.v1 import adapter_registry_pb2, auth_pb2, metering_pb2
 from services.auth.settings import AuthSettings
 from services.common.spec import ServiceSpec
 
@@ -13,6 +13,7 @@ SPEC = ServiceSpec(
     grpc_services=(
         auth_pb2.DESCRIPTOR.services_by_name["Auth"].full_name,
         metering_pb2.DESCRIPTOR.services_by_name["Metering"].full_name,
+        adapter_registry_pb2.DESCRIPTOR.services_by_name["AdapterRegistry"].full_name,
     ),
     factory="services.auth.server:serving",
     port_fields=("port",),

@@ -17,6 +17,7 @@ from pathlib import Path
 import aiosqlite
 
 from services.auth import rows
+from services.auth.adapters import Adapter, AdapterLimitError, AdapterNameTakenError
 from services.auth.budgets import Budget
 from services.auth.models import (
     ApiKeyRecord,
@@ -123,6 +124,19 @@ CREATE TABLE IF NOT EXISTS budgets (
     soft_percent   INTEGER NOT NULL,
     updated_at     INTEGER NOT NULL,
     PRIMARY KEY (tenant_id, key_id)
+);
+CREATE TABLE IF NOT EXISTS adapters (
+    adapter_id   TEXT PRIMARY KEY,
+    tenant_id    TEXT NOT NULL,
+    name         TEXT NOT NULL,
+    base_model   TEXT NOT NULL,
+    rank         INTEGER NOT NULL,
+    size_bytes   INTEGER NOT NULL,
+    sha256       TEXT NOT NULL,
+    config_json  BLOB NOT NULL,
+    weights      BLOB NOT NULL,
+    create_time  INTEGER NOT NULL,
+    UNIQUE (tenant_id, name)
 );
 """
 
@@ -434,6 +448,55 @@ class SqliteAuthStore:
                 "DELETE FROM idempotency_keys WHERE created_at < ?", (_to_us(before),)
             )
         return cur.rowcount
+
+    async def create_adapter(self, adapter: Adapter, weights: bytes, max_per_tenant: int) -> None:
+        row = rows.adapter_row(adapter, weights, _to_us)
+        # One transaction at a time (Transactions): the count holds until the insert.
+        async with self._transactions.begin() as db:
+            async with db.execute(
+                "SELECT COUNT(*) FROM adapters WHERE tenant_id = ?", (adapter.tenant_id,)
+            ) as cur:
+                held = await cur.fetchone()
+            if held is not None and held[0] >= max_per_tenant:
+                raise AdapterLimitError(adapter.tenant_id)
+            try:
+                await db.execute(_insert("INSERT", "adapters", row), row)
+            except sqlite3.IntegrityError as err:
+                raise AdapterNameTakenError(adapter.name) from err
+
+    async def list_adapters(self, tenant_id: str) -> list[Adapter]:
+        async with self._db.execute(
+            f"SELECT {rows.ADAPTER_HEAD_COLUMNS} FROM adapters WHERE tenant_id = ? ORDER BY name",
+            (tenant_id,),
+        ) as cur:
+            return [rows.adapter_from(r, _from_us) for r in await cur.fetchall()]
+
+    async def find_adapter(self, tenant_id: str, name: str) -> Adapter | None:
+        async with self._db.execute(
+            f"SELECT {rows.ADAPTER_HEAD_COLUMNS} FROM adapters WHERE tenant_id = ? AND name = ?",
+            (tenant_id, name),
+        ) as cur:
+            row = await cur.fetchone()
+        return rows.adapter_from(row, _from_us) if row else None
+
+    async def delete_adapter(self, tenant_id: str, name: str) -> Adapter | None:
+        async with (
+            self._transactions.begin() as db,
+            db.execute(
+                f"DELETE FROM adapters WHERE tenant_id = ? AND name = ?"
+                f" RETURNING {rows.ADAPTER_HEAD_COLUMNS}",
+                (tenant_id, name),
+            ) as cur,
+        ):
+            row = await cur.fetchone()
+        return rows.adapter_from(row, _from_us) if row else None
+
+    async def adapter_with_weights(self, adapter_id: str) -> tuple[Adapter, bytes] | None:
+        async with self._db.execute(
+            "SELECT * FROM adapters WHERE adapter_id = ?", (adapter_id,)
+        ) as cur:
+            row = await cur.fetchone()
+        return (rows.adapter_from(row, _from_us), bytes(row["weights"])) if row else None
 
 
 @asynccontextmanager

@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Protocol
 
+from services.auth.adapters import Adapter
 from services.auth.budgets import Budget
 from services.auth.models import (
     ApiKeyRecord,
@@ -136,3 +137,21 @@ class AuthStore(Protocol):
     async def prune_idempotency_keys(self, before: datetime) -> int:
         """Forgets claims made before `before`; returns how many."""
         ...
+
+    async def create_adapter(self, adapter: Adapter, weights: bytes, max_per_tenant: int) -> None:
+        """Stores the adapter and its weights, atomically checking that its
+        tenant has none by that name (else AdapterNameTakenError) and fewer
+        than `max_per_tenant` (else AdapterLimitError)."""
+        ...
+
+    async def list_adapters(self, tenant_id: str) -> list[Adapter]:
+        """The tenant's adapters, in name order."""
+        ...
+
+    async def find_adapter(self, tenant_id: str, name: str) -> Adapter | None: ...
+
+    async def delete_adapter(self, tenant_id: str, name: str) -> Adapter | None:
+        """Deletes the tenant's adapter by that name; the deleted one, if there was one."""
+        ...
+
+    async def adapter_with_weights(self, adapter_id: str) -> tuple[Adapter, bytes] | None: ...

@@ -150,7 +150,7 @@ async def test_list_alerts_filters(telemetry: Telemetry) -> None:
         ({"spent_micros": 2**63 - 1, "threshold_micros": -(2**63)}, "threshold_micros"),
     ],
 )
-async def test_a_hostile_budget_threshold_is_invalid_argument_naming_it(
+async def test_a_hostile_budget_threshold_is_rejected_naming_it_and_the_stream_goes_on(
     telemetry: Telemetry, fields: dict[str, Any], named: str
 ) -> None:
     core = AnomalyCore()
@@ -163,11 +163,21 @@ async def test_a_hostile_budget_threshold_is_invalid_argument_naming_it(
             kind=anomaly_pb2.EVENT_KIND_BUDGET_THRESHOLD, tenant_id="t", **fields
         )
 
+        good = anomaly_pb2.Event(
+            kind=anomaly_pb2.EVENT_KIND_BUDGET_THRESHOLD,
+            tenant_id="t",
+            budget="budget:tenant:monthly",
+            spent_micros=900,
+            threshold_micros=800,
+        )
+
         async def stream() -> AsyncIterator[anomaly_pb2.Event]:
             yield event
+            yield good
 
-        with pytest.raises(grpc.aio.AioRpcError) as err:
-            await stub.Report(stream())
-        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-        assert bad_request_fields(err.value) == [named]
-        assert core.alerts(AlertQuery()) == []
+        reply = await stub.Report(stream())
+        assert (reply.accepted, reply.rejected) == (1, 1)
+        assert reply.first_rejected_field == named
+        # Only the good event raised an alert.
+        [alert] = core.alerts(AlertQuery())
+        assert alert.kind == "budget_threshold" and "budget:tenant:monthly" in alert.series

@@ -236,6 +236,36 @@ async def test_a_release_naming_bad_ids_is_invalid_argument(
     assert bad_request_fields(info.value) == [named]
 
 
+@pytest.mark.parametrize("reservation_id", ["", "r" * 10_000, "has space", "nul\x00"])
+async def test_a_commit_or_release_of_a_bad_id_is_invalid_argument(
+    auth_channel: grpc.aio.Channel, reservation_id: str
+) -> None:
+    stub = auth_pb2_grpc.AuthStub(auth_channel)
+    for call in (
+        stub.Commit(auth_pb2.CommitRequest(reservation_id=reservation_id, used_tokens=1)),
+        stub.Release(auth_pb2.ReleaseRequest(reservation_id=reservation_id)),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await call
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert bad_request_fields(info.value) == ["reservation_id"]
+
+
+@pytest.mark.parametrize("key_id", ["k" * 10_000, "has space", "nul\x00"])
+async def test_a_reservation_naming_a_bad_key_id_is_invalid_argument(
+    auth_channel: grpc.aio.Channel, key_id: str
+) -> None:
+    stub = auth_pb2_grpc.AuthStub(auth_channel)
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stub.Reserve(
+            auth_pb2.ReserveRequest(
+                tenant_id="t1", request_id="r1", model="m", estimated_tokens=1, key_id=key_id
+            )
+        )
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert bad_request_fields(info.value) == ["key_id"]
+
+
 @pytest.mark.parametrize("reservation_id", ["", "r" * 10_000, "has space"])
 async def test_a_renewal_of_a_bad_id_is_invalid_argument(
     auth_channel: grpc.aio.Channel, reservation_id: str

@@ -1,23 +1,28 @@
 """The Node.js client in examples/node (@grpc/grpc-js with the .proto files
 loaded at run time, with protos/ as its only include directory) against the
-live mesh: it streams a completion, calls a named tool, prints
-the usage the gateway bills, and fails with the gRPC status on a bad key.
+live mesh: it streams a completion, calls a named tool, embeds a batch of
+texts with the embedding model's mesh, prints the usage the gateway bills,
+and fails with the gRPC status on a bad key.
 Its packages come from the npm registry (`npm ci`, once per session): when
 that cannot be reached, these tests fail."""
 
 from __future__ import annotations
 
 import json
+import math
 import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+import grpc
 import jsonschema  # type: ignore[import-untyped]
 import pytest
 import pytest_asyncio
 
+from maas.v1 import embedding_pb2, gateway_pb2_grpc
 from maas_cli.client import MaasClient
+from tests.e2e.test_embeddings import billed, embed_mesh, embed_tenant  # noqa: F401 (fixtures)
 from tests.mesh import Mesh, TenantKey
 from tests.support import ProcessResult, eventually, run_process
 
@@ -27,6 +32,10 @@ USAGE_LINE = re.compile(
     r"^usage: prompt_tokens=(\d+) completion_tokens=(\d+) cached_tokens=(\d+)"
     r" finish_reason=(\w+) model=(\S+) request_id=(\w+)$",
     re.MULTILINE,
+)
+EMBEDDING_LINE = re.compile(r"^embedding: (\d+) (\[.*\])$", re.MULTILINE)
+EMBED_USAGE_LINE = re.compile(
+    r"^usage: prompt_tokens=(\d+) inputs=(\d+) model=(\S+) request_id=(\w+)$", re.MULTILINE
 )
 
 
@@ -126,3 +135,42 @@ async def test_the_node_client_calls_a_named_tool(
     jsonschema.validate(json.loads(call[3]), schema)
     printed = USAGE_LINE.search(ran.stderr)
     assert printed is not None and printed[4] == "FINISH_REASON_TOOL_CALLS", ran.stderr
+
+
+async def test_the_node_client_embeds_a_batch_of_texts(
+    embed_mesh: Mesh,  # noqa: F811 (the fixture imported above)
+    embed_tenant: TenantKey,  # noqa: F811
+    node_client: NodeClient,
+) -> None:
+    texts = ["the sea", "a tide coming in"]
+    # No --model: the client picks the mesh's embedding model from ListModels.
+    ran = await node_client.run(
+        embed_mesh, embed_tenant.api_key, "--embed", "--dimensions", "64", *texts
+    )
+    assert ran.returncode == 0, ran.stderr
+    lines = EMBEDDING_LINE.findall(ran.stdout)
+    assert [int(index) for index, _ in lines] == [0, 1], ran.stdout
+    vectors = [json.loads(values) for _, values in lines]
+    assert [len(v) for v in vectors] == [64, 64]
+    assert all(math.isclose(math.hypot(*v), 1.0, abs_tol=1e-3) for v in vectors)
+    printed = EMBED_USAGE_LINE.search(ran.stderr)
+    assert printed is not None, ran.stderr
+    assert (int(printed[2]), printed[3]) == (2, embed_mesh.model)
+
+    # The same vectors and tokens as the gRPC Embed gives Python.
+    request = embedding_pb2.EmbedRequest(model=embed_mesh.model, dimensions=64)
+    for text in texts:
+        request.inputs.add(text=text)
+    async with grpc.aio.insecure_channel(embed_mesh.gateway) as channel:
+        reply = await gateway_pb2_grpc.GatewayStub(channel).Embed(
+            request, metadata=(("authorization", f"Bearer {embed_tenant.api_key}"),)
+        )
+    for printed_vector, embedding in zip(vectors, reply.embeddings, strict=True):
+        assert all(
+            math.isclose(a, b, rel_tol=1e-4, abs_tol=1e-6)
+            for a, b in zip(printed_vector, embedding.values, strict=True)
+        )
+    prompt_tokens = int(printed[1])
+    assert prompt_tokens == reply.usage.prompt_tokens > 0
+    # Billed by the inputs' tokens, with no completion.
+    assert await billed(embed_mesh, embed_tenant, 2) == (2 * prompt_tokens, 0)

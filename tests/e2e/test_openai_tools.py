@@ -123,8 +123,9 @@ async def test_required_calls_one_of_the_tools(
     if stream:
         chunks = [c async for c in await client.chat.completions.create(**request, stream=True)]
         deltas = [d for c in chunks for d in c.choices[0].delta.tool_calls or ()]
-        assert len(deltas) == 1 and deltas[0].function is not None
-        name, arguments = deltas[0].function.name, deltas[0].function.arguments
+        assert {d.index for d in deltas} == {0}
+        [name] = [d.function.name for d in deltas if d.function and d.function.name]
+        arguments = "".join(d.function.arguments or "" for d in deltas if d.function)
         finish = chunks[-1].choices[0].finish_reason
     else:
         reply = await client.chat.completions.create(**request)
@@ -135,6 +136,80 @@ async def test_required_calls_one_of_the_tools(
     assert finish == "tool_calls"
     assert name in SCHEMAS and arguments is not None
     valid_call(name, arguments)
+
+
+def streamed_calls(chunks: list[Any]) -> dict[int, list[Any]]:
+    """Each call's deltas, by index, from a streamed chat completion."""
+    calls: dict[int, list[Any]] = {}
+    for chunk in chunks:
+        for delta in chunk.choices[0].delta.tool_calls or ():
+            calls.setdefault(delta.index, []).append(delta)
+    return calls
+
+
+async def test_a_required_call_streams_its_arguments_as_they_are_generated(
+    mesh: Mesh, client: AsyncOpenAI
+) -> None:
+    request: dict[str, Any] = {
+        "model": mesh.model,
+        "messages": ASK,
+        "tools": TOOLS,
+        "tool_choice": "required",
+        "parallel_tool_calls": False,
+        "max_tokens": 96,
+        "seed": 11,
+    }
+    whole = await client.chat.completions.create(**request)
+    [expected] = whole.choices[0].message.tool_calls or []
+    chunks = [c async for c in await client.chat.completions.create(**request, stream=True)]
+    calls = streamed_calls(chunks)
+    assert list(calls) == [0]
+    [first, *rest] = calls[0]
+    # The name once, on the first delta, with the call's id; later deltas only arguments.
+    assert first.id is not None and first.id.startswith("call_") and first.type == "function"
+    assert first.function is not None and first.function.name == expected.function.name
+    assert rest and all(d.id is None and d.function.name is None for d in rest)
+    carrying = [
+        c for c in chunks for d in c.choices[0].delta.tool_calls or () if d.function.arguments
+    ]
+    assert len(carrying) > 1, "the arguments should arrive as they are generated"
+    arguments = "".join(d.function.arguments or "" for d in calls[0])
+    assert arguments == expected.function.arguments
+    valid_call(expected.function.name, arguments)
+    assert chunks[-1].choices[0].finish_reason == whole.choices[0].finish_reason == "tool_calls"
+    assert all(not c.choices[0].delta.content for c in chunks)
+
+
+async def test_parallel_required_calls_stream_with_their_own_indexes(
+    mesh: Mesh, client: AsyncOpenAI
+) -> None:
+    request: dict[str, Any] = {
+        "model": mesh.model,
+        "messages": ASK,
+        "tools": TOOLS,
+        "tool_choice": "required",
+        "max_tokens": 160,
+        "seed": 3,
+    }
+    whole = await client.chat.completions.create(**request)
+    expected = whole.choices[0].message.tool_calls or []
+    chunks = [c async for c in await client.chat.completions.create(**request, stream=True)]
+    calls = streamed_calls(chunks)
+    assert len(expected) >= 2, "this seed's answer should call more than once"
+    assert list(calls) == list(range(len(expected)))
+    ids = [deltas[0].id for deltas in calls.values()]
+    assert all(i is not None and i.startswith("call_") for i in ids) and len(set(ids)) == len(ids)
+    for index, deltas in calls.items():
+        assert [d.function.name for d in deltas if d.function.name] == [
+            expected[index].function.name
+        ]
+        arguments = "".join(d.function.arguments or "" for d in deltas)
+        assert arguments == expected[index].function.arguments
+    complete = [
+        c for c in expected if whole.choices[0].finish_reason == "tool_calls" or c != expected[-1]
+    ]
+    for call in complete:
+        valid_call(call.function.name, call.function.arguments)
 
 
 async def test_a_history_with_a_tool_result_is_answered(mesh: Mesh, client: AsyncOpenAI) -> None:

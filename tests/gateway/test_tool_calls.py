@@ -1,12 +1,15 @@
 """Tool choices onto guided decoding and the constrained text back into tool
-calls: the schema vLLM's server builds, and REQUIRED's array parsed once whole."""
+calls: the schema vLLM's server builds, and REQUIRED's array read as it grows."""
 
 from __future__ import annotations
 
 import json
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
+from gateway.openai_tools import joined_calls
 from gateway.tool_calls import ToolCallStream, tool_schema, validate_tools
 from maas.v1 import generation_pb2
 from services.common.errors import InvalidArgumentError
@@ -39,27 +42,68 @@ def test_required_is_an_array_of_calls_with_the_defs_lifted() -> None:
     assert json.loads(tool_schema(named)) == {"type": "object"}
 
 
-def test_required_text_becomes_calls_on_the_last_chunk() -> None:
-    stream = ToolCallStream(
-        request(
-            tool_choice=generation_pb2.ToolChoice(mode=generation_pb2.TOOL_CHOICE_MODE_REQUIRED)
-        )
-    )
-    first = stream.convert(generation_pb2.GenerateResponse(text='[{"name":"a",'))
+REQUIRED = generation_pb2.ToolChoice(mode=generation_pb2.TOOL_CHOICE_MODE_REQUIRED)
+
+
+def test_required_calls_stream_as_their_text_grows() -> None:
+    stream = ToolCallStream(request(tool_choice=REQUIRED))
+    # The name is not whole yet: nothing to send.
+    first = stream.convert(generation_pb2.GenerateResponse(text='[{"name":"a'))
     assert not first.text and not first.tool_calls
+    # The name is whole: the call's first piece, with its index, id and name.
+    named = stream.convert(generation_pb2.GenerateResponse(text='", "parameters": {"x'))
+    [head] = named.tool_calls
+    assert (head.index, head.name, head.arguments) == (0, "a", '{"x')
+    assert head.id.startswith("call_") and not named.text
+    # Then only arguments, as they are written, and the next call from index 1.
+    more = stream.convert(generation_pb2.GenerateResponse(text='":1}}, {"name":"b","par'))
+    assert [(c.index, c.id, c.name, c.arguments) for c in more.tool_calls] == [
+        (0, "", "", '":1}'),
+        (1, more.tool_calls[1].id, "b", ""),
+    ]
+    assert more.tool_calls[1].id.startswith("call_") and more.tool_calls[1].id != head.id
     last = stream.convert(
         generation_pb2.GenerateResponse(
-            text='"parameters":{"x":1}}]', finish_reason=generation_pb2.FINISH_REASON_STOP
+            text='ameters":{"s":"}]\\""}}]', finish_reason=generation_pb2.FINISH_REASON_STOP
         )
     )
-    assert [(c.name, c.arguments) for c in last.tool_calls] == [("a", '{"x":1}')]
-    assert last.finish_reason == generation_pb2.FINISH_REASON_TOOL_CALLS
-    # Cut short before the array closed: the text, as it is, and "length".
-    cut = ToolCallStream(
-        request(
-            tool_choice=generation_pb2.ToolChoice(mode=generation_pb2.TOOL_CHOICE_MODE_REQUIRED)
+    assert [(c.index, c.name, c.arguments) for c in last.tool_calls] == [(1, "", '{"s":"}]\\""}')]
+    assert last.finish_reason == generation_pb2.FINISH_REASON_TOOL_CALLS and not last.text
+
+
+@pytest.mark.parametrize("cuts", [[1] * 60, [3, 7, 11, 2, 40], [60]])
+def test_required_pieces_concatenate_to_each_parameters_text(cuts: list[int]) -> None:
+    text = (
+        '[ {"name": "a", "parameters": {"k": [1, {"z": "{"}], "n": -2.5e3}},'
+        '{"name":"b","parameters":{}}]'
+    )
+    stream = ToolCallStream(request(tool_choice=REQUIRED))
+    pieces: list[generation_pb2.ToolCall] = []
+    at = 0
+    for cut in cuts:
+        pieces.extend(
+            stream.convert(generation_pb2.GenerateResponse(text=text[at : at + cut])).tool_calls
         )
-    ).convert(
+        at += cut
+    pieces.extend(
+        stream.convert(
+            generation_pb2.GenerateResponse(
+                text=text[at:], finish_reason=generation_pb2.FINISH_REASON_STOP
+            )
+        ).tool_calls
+    )
+    calls = joined_calls(pieces)
+    assert [(c.index, c.name) for c in calls] == [(0, "a"), (1, "b")]
+    assert [c.arguments for c in calls] == [
+        '{"k": [1, {"z": "{"}], "n": -2.5e3}',
+        "{}",
+    ]
+    assert [p.name for p in pieces if p.name] == ["a", "b"]
+
+
+def test_required_cut_before_a_name_returns_the_text() -> None:
+    # Cut short before the first name was whole: the text, as it is, and "length".
+    cut = ToolCallStream(request(tool_choice=REQUIRED)).convert(
         generation_pb2.GenerateResponse(
             text='[{"name"', finish_reason=generation_pb2.FINISH_REASON_LENGTH
         )
@@ -110,3 +154,14 @@ def test_tools_need_a_chat() -> None:
             generation_pb2.GenerateRequest(model="m", prompt="x", tools=[Tool(name="a")])
         )
     assert info.value.field == "tools"
+
+
+@given(st.lists(st.text(alphabet='[]{}:,"\\ \x01abnamepr0'), max_size=12))
+def test_any_text_under_required_is_read_without_failing(pieces: list[str]) -> None:
+    # Text the grammar would never write (it cannot be produced on demand): no exception.
+    stream = ToolCallStream(request(tool_choice=REQUIRED))
+    for piece in ['[{"name":"', *pieces]:
+        stream.convert(generation_pb2.GenerateResponse(text=piece))
+    stream.convert(
+        generation_pb2.GenerateResponse(finish_reason=generation_pb2.FINISH_REASON_LENGTH)
+    )
