@@ -4,16 +4,18 @@ on replicas that hold few of them at once.
 The whole mesh in one process (services/mesh.py: real auth with its adapter
 registry, router, anomaly and gateway) over two simulated replicas of a
 GPU-class model, each with one adapter slot and a simulated adapter load
-of `sim_adapter_load_s`. A tenant registers three adapters through the
-gateway (tiny PEFT files), then sends a seeded stream of requests choosing
-among them, one adapter hot (half the requests), the other two a quarter
-each. One mesh routes with adapter affinity, the other (identical) in turn
+of `sim_adapter_load_s`; replicas fetch adapters from the registry. Three
+tenants each register an adapter in the registry (tiny PEFT files), then a
+seeded stream of requests chooses among them, one adapter hot (half
+the requests), the other two a quarter each, sent to the router with the
+adapter's id as the gateway sends them (the gateway's own adapter rpcs are
+another part's work). One mesh routes with adapter affinity, the other (identical) in turn
 with adapters ignored; they take turns within each round (the order
 alternates), and cells are medians over rounds with their range.
 
 Reported per cell: adapter loads per request (from the replicas' load
 reports: each load is a miss), requests answered and refused (every slot
-busy on both replicas), and time to first token at the gateway.
+busy on both replicas), and time to first token at the router's caller.
 
     .venv/bin/python -m bench.adapter_routing [--rounds 3]
 """
@@ -39,9 +41,10 @@ from bench.stats import percentile, summary, write_results
 from local_models.tiny_llama import build_tiny_adapter
 from maas.v1 import (
     adapter_pb2,
+    adapter_registry_pb2,
+    adapter_registry_pb2_grpc,
     auth_pb2,
     auth_pb2_grpc,
-    gateway_pb2_grpc,
     generation_pb2,
     router_pb2,
     router_pb2_grpc,
@@ -69,40 +72,54 @@ CHUNK = 1 << 20
 
 @dataclass
 class Cell:
-    gateway: gateway_pb2_grpc.GatewayAsyncStub
     router: router_pb2_grpc.RouterAsyncStub
     service_token: str
-    api_key: str
+    # Adapter name -> its tenant and its id in the registry.
+    adapters: dict[str, tuple[str, str]]
+
+    @property
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        return ((SERVICE_TOKEN_METADATA_KEY, self.service_token),)
 
 
 async def adapter_loads(cell: Cell) -> int:
     listed = await cell.router.ListReplicas(
-        router_pb2.ListReplicasRequest(),
-        metadata=((SERVICE_TOKEN_METADATA_KEY, cell.service_token),),
+        router_pb2.ListReplicasRequest(), metadata=cell.metadata
     )
     return sum(r.load.adapter_loads for r in listed.replicas)
 
 
-async def register_adapters(cell: Cell, files: Path) -> None:
-    auth = (("authorization", f"Bearer {cell.api_key}"),)
-    for seed, name in enumerate(ADAPTERS, start=1):
+async def register_adapters(
+    registry: adapter_registry_pb2_grpc.AdapterRegistryAsyncStub,
+    metadata: tuple[tuple[str, str], ...],
+    tenants: list[str],
+    files: Path,
+) -> dict[str, tuple[str, str]]:
+    """Registers an adapter for each tenant; their tenants and ids by name."""
+    ids = {}
+    for seed, (name, tenant_id) in enumerate(zip(ADAPTERS, tenants, strict=True), start=1):
         folder = build_tiny_adapter(files / name, rank=8, seed=seed)
         config = (folder / "adapter_config.json").read_bytes()
         weights = (folder / "adapter_model.safetensors").read_bytes()
+        upload = adapter_registry_pb2.RegistryAdapterUpload
         parts = [
-            adapter_pb2.AdapterUpload(
-                spec=adapter_pb2.AdapterSpec(name=name, base_model=MODEL, config_json=config)
+            upload(tenant_id=tenant_id),
+            upload(
+                upload=adapter_pb2.AdapterUpload(
+                    spec=adapter_pb2.AdapterSpec(name=name, base_model=MODEL, config_json=config)
+                )
             ),
             *(
-                adapter_pb2.AdapterUpload(weights_chunk=weights[i : i + CHUNK])
+                upload(upload=adapter_pb2.AdapterUpload(weights_chunk=weights[i : i + CHUNK]))
                 for i in range(0, len(weights), CHUNK)
             ),
         ]
-        await cell.gateway.CreateAdapter(iter(parts), metadata=auth)
+        created = await registry.CreateAdapter(iter(parts), metadata=metadata)
+        ids[name] = (tenant_id, created.adapter_id)
+    return ids
 
 
 async def run_cell(cell: Cell, rng: random.Random) -> dict[str, float]:
-    auth = (("authorization", f"Bearer {cell.api_key}"),)
     names = rng.choices(ADAPTERS, WEIGHTS, k=REQUESTS)
     outcomes: list[bench_mesh.Outcome] = []
     gate = asyncio.Semaphore(CONCURRENT)
@@ -111,15 +128,18 @@ async def run_cell(cell: Cell, rng: random.Random) -> dict[str, float]:
     async def one(i: int, name: str) -> None:
         async with gate:
             outcome = bench_mesh.Outcome("bench", time.perf_counter())
-            request = generation_pb2.GenerateRequest(
-                model=name,
-                prompt=f"request {i}: {rng.randrange(10**6)}",
-                max_tokens=ANSWER_TOKENS,
-                ignore_eos=True,
+            request = router_pb2.RouterGenerateRequest(
+                request=generation_pb2.GenerateRequest(
+                    model=MODEL,
+                    prompt=f"request {i}: {rng.randrange(10**6)}",
+                    max_tokens=ANSWER_TOKENS,
+                    ignore_eos=True,
+                ),
+                context=router_pb2.RequestContext(tenant_id=cell.adapters[name][0]),
+                adapter_id=cell.adapters[name][1],
             )
-            await bench_mesh.stream(
-                cell.gateway.Generate(request, metadata=auth, timeout=60), outcome
-            )
+            call = cell.router.Generate(request, metadata=cell.metadata, timeout=60)
+            await bench_mesh.stream(call, outcome)
             outcomes.append(outcome)
 
     await asyncio.gather(*(one(i, name) for i, name in enumerate(names)))
@@ -163,8 +183,6 @@ async def mesh_for(mode: str, state: Path, load_s: float) -> AsyncIterator[Cell]
                 "adapter_affinity": aware,
                 "replica_choice": "affinity" if aware else "round_robin",
             },
-            # One tenant sends everything: no per-address refusal budget applies.
-            "gateway": {"refusal_burst": 1e6, "auth_failure_burst": 1e6},
         },
     )
     async with AsyncExitStack() as stack:
@@ -188,27 +206,18 @@ async def mesh_for(mode: str, state: Path, load_s: float) -> AsyncIterator[Cell]
             if sum(r.state == router_pb2.REPLICA_STATE_SERVING for r in listed.replicas) == 2:
                 break
             await asyncio.sleep(0.05)
-        api_key = await tenant_key(running.target("auth"), options.admin_token)
-        gateway_ch = await stack.enter_async_context(
-            grpc.aio.insecure_channel(running.target("gateway"))
-        )
-        cell = Cell(gateway_pb2_grpc.GatewayStub(gateway_ch), router, token, api_key)
-        await register_adapters(cell, state / "adapters")
-        yield cell
-
-
-async def tenant_key(auth_target: str, admin_token: str) -> str:
-    admin = (("authorization", f"Bearer {admin_token}"),)
-    async with grpc.aio.insecure_channel(auth_target) as ch:
-        stub = auth_pb2_grpc.AuthStub(ch)
-        tenant = await stub.CreateTenant(
-            auth_pb2.CreateTenantRequest(name="bench", plan=auth_pb2.Plan()), metadata=admin
-        )
-        created = await stub.CreateApiKey(
-            auth_pb2.CreateApiKeyRequest(tenant_id=tenant.tenant_id, name="bench"),
-            metadata=admin,
-        )
-    return str(created.api_key)
+        auth_ch = await stack.enter_async_context(grpc.aio.insecure_channel(running.target("auth")))
+        admin = (("authorization", f"Bearer {options.admin_token}"),)
+        tenants = []
+        for name in ADAPTERS:
+            tenant = await auth_pb2_grpc.AuthStub(auth_ch).CreateTenant(
+                auth_pb2.CreateTenantRequest(name=f"{name}-owner", plan=auth_pb2.Plan()),
+                metadata=admin,
+            )
+            tenants.append(tenant.tenant_id)
+        registry = adapter_registry_pb2_grpc.AdapterRegistryStub(auth_ch)
+        ids = await register_adapters(registry, metadata, tenants, state / "adapters")
+        yield Cell(router, token, ids)
 
 
 async def main_async(args: argparse.Namespace) -> None:

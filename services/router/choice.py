@@ -94,31 +94,33 @@ def choose(
 def choose_for_adapter(
     candidates: list[Replica],
     adapter_id: str,
-    now: float,
     *,
     exclude: frozenset[str] = frozenset(),
     reserve_share: float = 0.0,
 ) -> Replica | None:
     """The replica for a request with a private adapter: the least utilized
     of those with room that hold it loaded; else of those with a free adapter
-    slot; else of those with an idle adapter to evict; else of any with room
-    (it may refuse, and the request is tried elsewhere). Replicas with no
-    adapter slots only when no other has room."""
+    slot; else of those with an idle adapter to evict. None (the request
+    waits for a slot) when every slot of those with room runs requests of
+    other adapters: sent now it would be refused. Replicas with no adapter
+    slots (which refuse it) only when none has any."""
     usable = [r for r in candidates if r.address not in exclude] or candidates
     with_room = [r for r in usable if r.has_room(reserve_of(r, reserve_share))]
     if not with_room:
         return None
-    slotted = [r for r in with_room if r.adapter_slots > 0] or with_room
+    if not any(r.adapter_slots > 0 for r in usable):
+        return min(with_room, key=Replica.utilization)
+    slotted = [r for r in with_room if r.adapter_slots > 0]
     preferences: tuple[Callable[[Replica], bool], ...] = (
-        lambda r: r.holds(adapter_id, now),
-        lambda r: r.has_free_adapter_slot(now),
-        lambda r: r.can_evict_adapter(now),
+        lambda r: r.holds(adapter_id),
+        lambda r: r.has_free_adapter_slot(),
+        lambda r: r.can_evict_adapter(),
     )
     for fits in preferences:
         fitting = [r for r in slotted if fits(r)]
         if fitting:
             return min(fitting, key=Replica.utilization)
-    return min(slotted, key=Replica.utilization)
+    return None
 
 
 def round_robin(

@@ -351,6 +351,10 @@ class Dispatcher:
                 # The head waits for a slot; a tenant under its fair share of
                 # slots may still use the reserve, whatever its place in line.
                 entry, replica = self._from_reserve(model, candidates, queue)
+                if (entry is None or replica is None) and ticket.adapter_id:
+                    # The head waits for an adapter slot, not for room: the
+                    # other tenants' requests need not wait behind it.
+                    entry, replica = self._past_adapter_head(candidates, queue)
                 if entry is None or replica is None:
                     return
                 ticket, future = entry.item
@@ -424,6 +428,21 @@ class Dispatcher:
                 return head, replica
         return None, None
 
+    def _past_adapter_head(
+        self, candidates: list[Replica], queue: FairQueue
+    ) -> tuple[Entry | None, Replica | None]:
+        """The first tenant's head, in the queue's order, that can be placed now."""
+        if not any(r.has_room() for r in candidates):
+            return None, None
+        for head in queue.tenant_heads():
+            ticket, future = head.item
+            if future.done():
+                continue
+            replica = self._place(candidates, ticket)
+            if replica is not None:
+                return head, replica
+        return None, None
+
     def _fair_share(self, model: str, candidates: list[Replica]) -> float:
         """Slots per tenant, over the tenants running, waiting, or seen in the
         last `tenant_memory_s`: the reserve is headroom for tenants that come
@@ -455,7 +474,6 @@ class Dispatcher:
             return choose_for_adapter(
                 candidates,
                 ticket.adapter_id,
-                self._clock(),
                 exclude=ticket.exclude,
                 reserve_share=reserve_share,
             )
@@ -493,7 +511,7 @@ class Dispatcher:
             headroom.started(ticket.tenant)
         replica.limiter.acquire()
         if ticket.adapter_id:
-            replica.adapter_started(ticket.adapter_id, now)
+            replica.adapter_started(ticket.adapter_id)
         tenants.started(ticket.tenant)
         return Lease(
             replica,

@@ -17,10 +17,6 @@ KV_CACHE_HIGH = 0.95
 # Requests at a time on a failing replica kept in rotation: each failure then
 # costs one caller, and the first success ends the probe.
 PROBE_CONCURRENCY = 1
-# How long an adapter the router sent to a replica counts as held there
-# before a load report says so: longer than a load (0.1 to 1 s) and the
-# report's trip, short enough that one evicted since is soon forgotten.
-RECENT_ADAPTER_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -54,9 +50,7 @@ class Replica:
     probing: bool = False
     # Private adapters it holds loaded at once (0: it serves none).
     adapter_slots: int = 0
-    # Private adapters this router sent it lately, with when, and the
-    # requests of each it runs now.
-    sent_adapters: dict[str, float] = field(default_factory=dict)
+    # Requests of each private adapter this router runs on it now.
     adapter_in_flight: Counter[str] = field(default_factory=Counter)
     # A stable number per address for rendezvous hashing (prefix affinity).
     address_hash: int = field(init=False, default=0)
@@ -102,32 +96,32 @@ class Replica:
         """Requests it may run at once now: its limit, or one while probed."""
         return PROBE_CONCURRENCY if self.probing else int(self.limiter.limit)
 
-    def adapter_started(self, adapter_id: str, now: float) -> None:
-        self.sent_adapters[adapter_id] = now
+    def adapter_started(self, adapter_id: str) -> None:
         self.adapter_in_flight[adapter_id] += 1
-        for old in [a for a, at in self.sent_adapters.items() if now - at >= RECENT_ADAPTER_S]:
-            del self.sent_adapters[old]
 
     def adapter_ended(self, adapter_id: str) -> None:
         self.adapter_in_flight[adapter_id] -= 1
         if self.adapter_in_flight[adapter_id] <= 0:
             del self.adapter_in_flight[adapter_id]
 
-    def adapters_held(self, now: float) -> set[str]:
-        """Adapters loaded by its last report, or sent to it lately (loading,
-        or loaded since the report)."""
-        recent = {a for a, at in self.sent_adapters.items() if now - at < RECENT_ADAPTER_S}
-        return recent.union(self.load.loaded_adapters)
+    def adapters_held(self) -> set[str]:
+        """Adapters loaded by its last report, and those this router runs
+        requests of there now: loaded or loading, whatever the report says
+        (a burst sent before the next report sticks to the replica), and
+        never evicted while they run. Once they end, the reports tell: a
+        load is reported as it completes, before its requests end."""
+        running = {a for a, n in self.adapter_in_flight.items() if n > 0}
+        return running.union(self.load.loaded_adapters)
 
-    def holds(self, adapter_id: str, now: float) -> bool:
-        return adapter_id in self.adapters_held(now)
+    def holds(self, adapter_id: str) -> bool:
+        return adapter_id in self.adapters_held()
 
-    def has_free_adapter_slot(self, now: float) -> bool:
-        return len(self.adapters_held(now)) < self.adapter_slots
+    def has_free_adapter_slot(self) -> bool:
+        return len(self.adapters_held()) < self.adapter_slots
 
-    def can_evict_adapter(self, now: float) -> bool:
+    def can_evict_adapter(self) -> bool:
         """Whether a held adapter has no requests of this router running."""
-        return any(self.adapter_in_flight[a] == 0 for a in self.adapters_held(now))
+        return any(self.adapter_in_flight[a] == 0 for a in self.adapters_held())
 
     def utilization(self) -> float:
         # At least one slot: a limit below one still divides sensibly.

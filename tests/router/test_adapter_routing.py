@@ -15,7 +15,13 @@ from pathlib import Path
 import grpc
 import pytest
 
-from maas.v1 import generation_pb2, inference_pb2, router_pb2, router_pb2_grpc
+from maas.v1 import (
+    generation_pb2,
+    inference_pb2,
+    inference_pb2_grpc,
+    router_pb2,
+    router_pb2_grpc,
+)
 from observability import setup
 from observability.settings import TelemetrySettings
 from services.inference.adapter_slots import FetchedAdapter
@@ -25,7 +31,7 @@ from services.inference.settings import InferenceSettings
 from services.router.choice import choose_for_adapter
 from services.router.dispatcher import FlowPolicy
 from services.router.limiter import GradientLimiter
-from services.router.replica import RECENT_ADAPTER_S, Replica, ReplicaLoad
+from services.router.replica import Replica, ReplicaLoad
 from services.router.replicas import ReplicaSet
 from services.router.server import routing
 from services.router.settings import RouterSettings
@@ -49,25 +55,29 @@ def test_a_replica_holding_the_adapter_wins_over_a_less_loaded_one() -> None:
     one, two = replicas(2)
     one.load = ReplicaLoad(loaded_adapters=(A,))
     one.limiter.acquire()
-    assert choose_for_adapter([one, two], A, now=0.0) is one
+    assert choose_for_adapter([one, two], A) is one
     # Unless it has no room left.
     for _ in range(3):
         one.limiter.acquire()
-    assert choose_for_adapter([one, two], A, now=0.0) is two
+    assert choose_for_adapter([one, two], A) is two
 
 
-def test_what_the_router_sent_lately_counts_before_a_report() -> None:
+def test_what_the_router_runs_there_counts_before_a_report() -> None:
     one, two = replicas(2)
-    one.adapter_started(A, now=10.0)
-    assert choose_for_adapter([one, two], A, now=10.5) is one
+    one.adapter_started(A)  # loading there: no report says so yet
+    assert choose_for_adapter([one, two], A) is one
     # B goes where a slot is free.
-    assert choose_for_adapter([one, two], B, now=10.5) is two
+    assert choose_for_adapter([one, two], B) is two
     one.adapter_ended(A)
-    # Long after, with no report saying it is loaded, it is forgotten.
-    later = 10.0 + RECENT_ADAPTER_S + 1
+    one.load = ReplicaLoad(loaded_adapters=(A,))  # the report of its load
     two.limiter.acquire()
-    assert choose_for_adapter([one, two], A, now=later) is one  # least loaded now, no preference
-    assert not one.holds(A, later)
+    assert choose_for_adapter([one, two], A) is one
+    # Evicted (another caller's adapter), as a later report says: no preference.
+    one.load = ReplicaLoad(loaded_adapters=(C,))
+    one.limiter.acquire()
+    two.limiter.release()
+    assert choose_for_adapter([one, two], A) is two
+    assert not one.holds(A)
 
 
 def test_when_every_slot_is_taken_an_idle_adapter_is_evicted_first() -> None:
@@ -75,27 +85,39 @@ def test_when_every_slot_is_taken_an_idle_adapter_is_evicted_first() -> None:
     one.load = ReplicaLoad(loaded_adapters=(A,))
     two.load = ReplicaLoad(loaded_adapters=(B,))
     # A has requests running on `one`; B none on `two`, though `two` is busier.
-    one.adapter_started(A, now=0.0)
+    one.adapter_started(A)
     one.limiter.acquire()
     for _ in range(2):
         two.limiter.acquire()
-    assert choose_for_adapter([one, two], C, now=100.0) is two
+    assert choose_for_adapter([one, two], C) is two
 
 
-def test_replicas_without_slots_only_when_nothing_else_has_room() -> None:
+def test_none_while_every_slot_runs_other_adapters() -> None:
+    one, two = replicas(2)
+    one.adapter_started(A)
+    two.adapter_started(B)
+    assert choose_for_adapter([one, two], C) is None
+    two.adapter_ended(B)
+    assert choose_for_adapter([one, two], C) is two
+
+
+def test_replicas_without_slots_only_when_none_has_any() -> None:
     plain, slotted = replicas(2)
     plain.adapter_slots = 0
     slotted.limiter.acquire()
-    assert choose_for_adapter([plain, slotted], A, now=0.0) is slotted
+    assert choose_for_adapter([plain, slotted], A) is slotted
     for _ in range(3):
         slotted.limiter.acquire()
-    assert choose_for_adapter([plain, slotted], A, now=0.0) is plain
+    # The slotted one is full: the request waits for it.
+    assert choose_for_adapter([plain, slotted], A) is None
+    slotted.adapter_slots = 0
+    assert choose_for_adapter([plain, slotted], A) is plain
 
 
 def test_excluded_replicas_are_left_out_while_another_is_left() -> None:
     one, two = replicas(2)
     one.load = ReplicaLoad(loaded_adapters=(A,))
-    assert choose_for_adapter([one, two], A, now=0.0, exclude=frozenset({one.address})) is two
+    assert choose_for_adapter([one, two], A, exclude=frozenset({one.address})) is two
 
 
 # A real router over two simulated replicas.
@@ -127,7 +149,10 @@ async def sim_replica(load_s: float = 0.0) -> AsyncIterator[RunningInference]:
 
 
 @asynccontextmanager
-async def mesh(*, adapter_affinity: bool = True) -> AsyncIterator[router_pb2_grpc.RouterAsyncStub]:
+async def mesh(
+    *, adapter_affinity: bool = True, replicas_out: list[str] | None = None
+) -> AsyncIterator[router_pb2_grpc.RouterAsyncStub]:
+    """A router over two simulated replicas; their addresses go to `replicas_out`."""
     async with AsyncExitStack() as stack:
         # A load as long as a GPU's, so a burst arrives before any report.
         one = await stack.enter_async_context(sim_replica(load_s=0.1))
@@ -153,6 +178,8 @@ async def mesh(*, adapter_affinity: bool = True) -> AsyncIterator[router_pb2_grp
             return [r.adapter_slots for r in listed.replicas if r.model.name] == [1, 1]
 
         await eventually(both_up)
+        if replicas_out is not None:
+            replicas_out += [f"127.0.0.1:{one.port}", f"127.0.0.1:{two.port}"]
         yield stub
 
 
@@ -197,13 +224,40 @@ async def test_a_burst_for_one_adapter_sticks_to_one_replica_and_another_goes_el
         assert all(r.consecutive_failures == 0 for r in await listed(stub))
 
 
-async def test_a_replica_with_its_slot_busy_passes_the_request_on_without_a_mark() -> None:
+async def test_a_request_waits_while_every_slot_runs_other_adapters() -> None:
     async with mesh() as stub:
         # A and B each hold one replica's only slot with a long stream.
         holding = [stub.Generate(generate(x, max_tokens=1500)) for x in (A, B)]
         for call in holding:
             await call.read()
-        # C finds both slots busy: each refuses, the router tries the other, then gives up.
+        # Sent now, C would be refused by both: it waits in the router instead.
+        waiting = asyncio.create_task(run(stub, C))
+        await asyncio.sleep(0.2)
+        assert not waiting.done()
+        # Base-model requests do not wait behind it.
+        chunks = [c async for c in stub.Generate(generate("", prompt="base"))]
+        assert chunks[-1].usage.completion_tokens == 8
+        holding[0].cancel()  # A's slot frees: C evicts A there
+        assert await waiting == 8
+        assert all(r.consecutive_failures == 0 for r in await listed(stub))
+        holding[1].cancel()
+
+
+async def test_a_replica_full_of_another_callers_adapters_is_passed_without_a_mark() -> None:
+    addresses: list[str] = []
+    async with mesh(replicas_out=addresses) as stub, AsyncExitStack() as calls:
+        # Another caller (not this router) holds each replica's slot: the
+        # router thinks them free, and each refuses.
+        holding = []
+        for address, adapter_id in zip(addresses, (A, B), strict=True):
+            ch = await calls.enter_async_context(grpc.aio.insecure_channel(address))
+            call = inference_pb2_grpc.InferenceStub(ch).Generate(
+                inference_pb2.InferenceGenerateRequest(
+                    request=generate(adapter_id, max_tokens=1500).request, adapter_id=adapter_id
+                )
+            )
+            await call.read()
+            holding.append(call)
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await run(stub, C)
         assert err.value.code() == grpc.StatusCode.UNAVAILABLE
