@@ -109,6 +109,12 @@ class FlowPolicy:
     # ones with a free adapter slot (choose_for_adapter). Off: `choice` alone,
     # adapters ignored (a baseline for benchmarks).
     adapter_affinity: bool = True
+    # An adapter no request has used for this long may be evicted for
+    # another's; sooner, the other's requests wait (a request that has waited
+    # this long may evict any idle one). Evicting an adapter between two of
+    # its requests costs a reload for each switch; a short hold lets an
+    # adapter's requests run together.
+    adapter_idle_s: float = 0.3  # RouterSettings' default (see there)
 
 
 @dataclass(frozen=True)
@@ -124,6 +130,7 @@ class Ticket:
     prefix_key: int | None = None
     exclude: frozenset[str] = frozenset()  # replicas that already failed it
     adapter_id: str = ""  # a tenant's private adapter ("": the base model)
+    received_at: float | None = None  # on the replica set's clock
 
 
 class StreamEnd(enum.Enum):
@@ -190,6 +197,7 @@ class Dispatcher:
         self.shed: Counter[str] = Counter()
         self.on_shed: Callable[[str], None] = lambda reason: None
         self._stopping = False
+        self._hold_timer: asyncio.TimerHandle | None = None
         replicas.on_change(self.pump)
 
     @property
@@ -293,7 +301,7 @@ class Dispatcher:
             replica.limiter.on_sample(first_token_s, replica.limiter.in_flight, outcome.queued_s)
         replica.limiter.release()
         if lease.ticket.adapter_id:
-            replica.adapter_ended(lease.ticket.adapter_id)
+            replica.adapter_ended(lease.ticket.adapter_id, self._clock())
         self._tenants_of(lease.ticket.model).ended(lease.ticket.tenant)
         self._headroom_of(lease.ticket.model).ended(lease.ticket.tenant)
         self._replicas.released(replica)
@@ -471,12 +479,7 @@ class Dispatcher:
         self, candidates: list[Replica], ticket: Ticket, reserve_share: float
     ) -> Replica | None:
         if ticket.adapter_id and self._policy.adapter_affinity:
-            return choose_for_adapter(
-                candidates,
-                ticket.adapter_id,
-                exclude=ticket.exclude,
-                reserve_share=reserve_share,
-            )
+            return self._choose_for_adapter(candidates, ticket, reserve_share)
         if self._policy.choice == "round_robin":
             return round_robin(
                 candidates, next(self._turn), exclude=ticket.exclude, reserve_share=reserve_share
@@ -489,6 +492,29 @@ class Dispatcher:
             exclude=ticket.exclude,
             reserve_share=reserve_share,
         )
+
+    def _choose_for_adapter(
+        self, candidates: list[Replica], ticket: Ticket, reserve_share: float
+    ) -> Replica | None:
+        now = self._clock()
+        hold_s = self._policy.adapter_idle_s
+        waited_s = now - ticket.received_at if ticket.received_at is not None else 0.0
+        replica = choose_for_adapter(
+            candidates,
+            ticket.adapter_id,
+            now=now,
+            min_idle_s=max(0.0, hold_s - waited_s),
+            exclude=ticket.exclude,
+            reserve_share=reserve_share,
+        )
+        if replica is None and hold_s > 0 and self._hold_timer is None:
+            # Idle adapters turn evictable with time alone: look again then.
+            self._hold_timer = asyncio.get_running_loop().call_later(hold_s, self._hold_ended)
+        return replica
+
+    def _hold_ended(self) -> None:
+        self._hold_timer = None
+        self.pump()
 
     def _grant(
         self,

@@ -6,6 +6,7 @@ replica and feeds these values in."""
 from __future__ import annotations
 
 import hashlib
+import math
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -50,8 +51,10 @@ class Replica:
     probing: bool = False
     # Private adapters it holds loaded at once (0: it serves none).
     adapter_slots: int = 0
-    # Requests of each private adapter this router runs on it now.
+    # Requests of each private adapter this router runs on it now, and when
+    # the last one of each ended there.
     adapter_in_flight: Counter[str] = field(default_factory=Counter)
+    adapter_idle_since: dict[str, float] = field(default_factory=dict)
     # A stable number per address for rendezvous hashing (prefix affinity).
     address_hash: int = field(init=False, default=0)
 
@@ -99,10 +102,15 @@ class Replica:
     def adapter_started(self, adapter_id: str) -> None:
         self.adapter_in_flight[adapter_id] += 1
 
-    def adapter_ended(self, adapter_id: str) -> None:
+    def adapter_ended(self, adapter_id: str, now: float) -> None:
         self.adapter_in_flight[adapter_id] -= 1
         if self.adapter_in_flight[adapter_id] <= 0:
             del self.adapter_in_flight[adapter_id]
+            self.adapter_idle_since[adapter_id] = now
+            # Only adapters it may still hold are worth remembering.
+            held = self.adapters_held()
+            for gone in [a for a in self.adapter_idle_since if a not in held]:
+                del self.adapter_idle_since[gone]
 
     def adapters_held(self) -> set[str]:
         """Adapters loaded by its last report, and those this router runs
@@ -119,9 +127,14 @@ class Replica:
     def has_free_adapter_slot(self) -> bool:
         return len(self.adapters_held()) < self.adapter_slots
 
-    def can_evict_adapter(self) -> bool:
-        """Whether a held adapter has no requests of this router running."""
-        return any(self.adapter_in_flight[a] == 0 for a in self.adapters_held())
+    def can_evict_adapter(self, now: float, min_idle_s: float = 0.0) -> bool:
+        """Whether a held adapter has run no request of this router for
+        `min_idle_s` (one never run by it: since ever)."""
+        return any(
+            self.adapter_in_flight[a] == 0
+            and now - self.adapter_idle_since.get(a, -math.inf) >= min_idle_s
+            for a in self.adapters_held()
+        )
 
     def utilization(self) -> float:
         # At least one slot: a limit below one still divides sensibly.

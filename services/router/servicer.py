@@ -168,6 +168,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
             deadline=received + remaining if remaining is not None else None,
             prefix_key=prefix_key(request.request),
             adapter_id=request.adapter_id,
+            received_at=received,
         )
 
     def _count_retry(self, code: grpc.StatusCode) -> None:

@@ -68,7 +68,7 @@ def test_what_the_router_runs_there_counts_before_a_report() -> None:
     assert choose_for_adapter([one, two], A) is one
     # B goes where a slot is free.
     assert choose_for_adapter([one, two], B) is two
-    one.adapter_ended(A)
+    one.adapter_ended(A, now=0.0)
     one.load = ReplicaLoad(loaded_adapters=(A,))  # the report of its load
     two.limiter.acquire()
     assert choose_for_adapter([one, two], A) is one
@@ -92,12 +92,22 @@ def test_when_every_slot_is_taken_an_idle_adapter_is_evicted_first() -> None:
     assert choose_for_adapter([one, two], C) is two
 
 
+def test_an_adapter_used_lately_is_held_until_it_has_been_idle_a_while() -> None:
+    one, two = replicas(2)
+    one.adapter_started(A)
+    one.load = ReplicaLoad(loaded_adapters=(A,))
+    one.adapter_ended(A, now=10.0)
+    two.adapter_started(B)  # running: never evicted
+    assert choose_for_adapter([one, two], C, now=10.1, min_idle_s=0.3) is None
+    assert choose_for_adapter([one, two], C, now=10.4, min_idle_s=0.3) is one
+
+
 def test_none_while_every_slot_runs_other_adapters() -> None:
     one, two = replicas(2)
     one.adapter_started(A)
     two.adapter_started(B)
     assert choose_for_adapter([one, two], C) is None
-    two.adapter_ended(B)
+    two.adapter_ended(B, now=0.0)
     assert choose_for_adapter([one, two], C) is two
 
 
