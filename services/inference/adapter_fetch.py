@@ -50,16 +50,19 @@ class RegistryFetch:
         self._max_bytes = max_bytes
 
     async def __call__(self, adapter_id: str) -> FetchedAdapter:
-        # Each fetch writes a fresh directory, moved into place whole: a load
-        # never reads a half-written one.
-        partial = Path(tempfile.mkdtemp(prefix=f".{adapter_id}-", dir=self._cache_dir))
+        # Each fetch writes a directory of its own, handed out only once
+        # complete; an adapter unloaded and fetched again at once never shares
+        # files with its earlier copy, which is being removed.
+        folder = Path(tempfile.mkdtemp(prefix=f"{adapter_id}-", dir=self._cache_dir))
         try:
-            base_model = await self._download(adapter_id, partial)
+            base_model = await self._download(adapter_id, folder)
         except BaseException:
-            shutil.rmtree(partial, ignore_errors=True)
+            shutil.rmtree(folder, ignore_errors=True)
             raise
-        final = await asyncio.to_thread(_move_into_place, partial, self._cache_dir / adapter_id)
-        return FetchedAdapter(final, base_model)
+        # Unloaded, the adapter's files go: the cache holds what is loaded.
+        return FetchedAdapter(
+            folder, base_model, discard=lambda: shutil.rmtree(folder, ignore_errors=True)
+        )
 
     async def _download(self, adapter_id: str, into: Path) -> str:
         request = adapter_registry_pb2.FetchAdapterRequest(adapter_id=adapter_id)
@@ -104,14 +107,6 @@ class RegistryFetch:
             )
         log.info("adapter fetched", adapter_id=adapter_id, bytes=received)
         return adapter.base_model
-
-
-def _move_into_place(partial: Path, final: Path) -> Path:
-    # An adapter id names one set of weights for good: a copy already there
-    # (an earlier fetch) holds the same files.
-    shutil.rmtree(final, ignore_errors=True)
-    partial.rename(final)
-    return final
 
 
 async def unknown_adapter(adapter_id: str) -> FetchedAdapter:

@@ -37,6 +37,8 @@ class FetchedAdapter:
 
     path: Path
     base_model: str
+    # Removes the files once the adapter is unloaded (None: they stay).
+    discard: Callable[[], None] | None = None
 
 
 # Fetches an adapter's files by id: NotFoundError for an unknown id.
@@ -60,6 +62,7 @@ class _Slot:
     ready: asyncio.Future[None] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
+    files: FetchedAdapter | None = None
 
 
 class AdapterSlots:
@@ -136,10 +139,10 @@ class AdapterSlots:
     def _miss(self, adapter_id: str) -> _Slot:
         """Takes a slot for `adapter_id` now (evicting, in this same step,
         the least recently used idle adapter if none is free) and starts its load."""
-        victim: str | None = None
+        victim: _Slot | None = None
         if len(self._slots) >= self._capacity:
             victim = next(
-                (s.adapter_id for s in self._slots.values() if s.users == 0 and s.ready.done()),
+                (s for s in self._slots.values() if s.users == 0 and s.ready.done()),
                 None,
             )
             if victim is None:
@@ -147,7 +150,7 @@ class AdapterSlots:
                     f"all {self._capacity} adapter slots hold adapters with requests running",
                     reason=ADAPTER_SLOTS_BUSY_REASON,
                 )
-            del self._slots[victim]
+            del self._slots[victim.adapter_id]
         slot = _Slot(adapter_id)
         self._slots[adapter_id] = slot
         task = asyncio.create_task(self._load(slot, victim), name=f"load adapter {adapter_id}")
@@ -155,14 +158,16 @@ class AdapterSlots:
         task.add_done_callback(self._tasks.discard)
         return slot
 
-    async def _load(self, slot: _Slot, victim: str | None) -> None:
+    async def _load(self, slot: _Slot, victim: _Slot | None) -> None:
         adapter_id = slot.adapter_id
         try:
             if victim is not None:
                 async with self._engine_ops:
-                    await self._engine.unload_adapter(victim)
-                log.info("adapter unloaded", adapter_id=victim, for_adapter=adapter_id)
-            fetched = await self._fetch(adapter_id)
+                    await self._engine.unload_adapter(victim.adapter_id)
+                if victim.files is not None and victim.files.discard is not None:
+                    await asyncio.to_thread(victim.files.discard)
+                log.info("adapter unloaded", adapter_id=victim.adapter_id, for_adapter=adapter_id)
+            fetched = slot.files = await self._fetch(adapter_id)
             if fetched.base_model != self._base_model:
                 raise FailedPreconditionError(
                     f"adapter {adapter_id!r} is for model {fetched.base_model!r};"

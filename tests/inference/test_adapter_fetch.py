@@ -86,15 +86,19 @@ async def fetch_from(
         telemetry.shutdown()
 
 
-async def test_the_files_land_whole_under_the_adapter_id(tmp_path: Path) -> None:
+async def test_each_fetch_lands_whole_in_a_directory_of_its_own(tmp_path: Path) -> None:
     async with fetch_from(FakeRegistry([WEIGHTS[:1000], WEIGHTS[1000:]]), tmp_path) as fetch:
         fetched = await fetch(ADAPTER)
-        assert fetched.base_model == "m" and fetched.path == tmp_path / ADAPTER
+        assert fetched.base_model == "m" and fetched.path.parent == tmp_path
         assert (fetched.path / CONFIG_FILE).read_bytes() == CONFIG
         assert (fetched.path / WEIGHTS_FILE).read_bytes() == WEIGHTS
-        # Fetched again (after an eviction): the same place, the same files.
-        assert (await fetch(ADAPTER)).path == fetched.path
-        assert [p.name for p in tmp_path.iterdir()] == [ADAPTER]
+        # Fetched again while the first copy is discarded: a place of its own.
+        again = await fetch(ADAPTER)
+        assert again.path != fetched.path and again.discard is not None
+        assert fetched.discard is not None
+        fetched.discard()
+        assert [p for p in tmp_path.iterdir()] == [again.path]
+        assert (again.path / WEIGHTS_FILE).read_bytes() == WEIGHTS
 
 
 @pytest.mark.parametrize(

@@ -44,6 +44,7 @@ class LocalAdapters:
         self._root = root
         self._base = adapters  # id -> base model
         self.fetches: Counter[str] = Counter()
+        self.discarded: list[str] = []
         self.gate: asyncio.Event | None = None
 
     async def __call__(self, adapter_id: str) -> FetchedAdapter:
@@ -55,7 +56,7 @@ class LocalAdapters:
             raise NotFoundError(f"adapter {adapter_id!r} not found")
         path = self._root / adapter_id
         path.mkdir(exist_ok=True)
-        return FetchedAdapter(path, base)
+        return FetchedAdapter(path, base, discard=lambda: self.discarded.append(adapter_id))
 
 
 def ids(*names: str) -> dict[str, str]:
@@ -90,6 +91,7 @@ async def test_a_miss_evicts_the_least_recently_used_idle_adapter(tmp_path: Path
             assert engine.load().loaded_adapters == (C, A)
         assert slots.loads == engine.load().adapter_loads == 3
         assert fetch.fetches == Counter({A: 1, B: 1, C: 1})
+        assert fetch.discarded == [B]  # the evicted adapter's files go
 
 
 async def test_concurrent_misses_share_one_fetch_and_one_load(tmp_path: Path) -> None:
