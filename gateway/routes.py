@@ -34,6 +34,7 @@ from observability import Telemetry
 from observability.channels import PLAINTEXT, ChannelSecurity, channel
 from observability.context import REPLICA_METADATA_KEY
 from services.common.errors import UnavailableError, status_detail
+from services.router.reasons import failure_reason
 from services.router.spec import RESEND_REASONS
 
 RouteCall = grpc.aio.StreamStreamCall[router_pb2.RouteUpdate, router_pb2.RouteDecision]
@@ -276,7 +277,9 @@ class DirectRoute:
                 return
             remaining = self._remaining()
             ended = router_pb2.RouteEnded(
-                code=failure.code().value[0], caller_gone=remaining is not None and remaining <= 0
+                code=failure.code().value[0],
+                caller_gone=remaining is not None and remaining <= 0,
+                reason=failure_reason(failure),
             )
             try:
                 await self._route.write(router_pb2.RouteUpdate(ended=ended))

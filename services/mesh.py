@@ -95,8 +95,8 @@ def mesh_settings(
     values["service_token"] = options.service_token
     fields = spec.settings_type.model_fields
     for called in spec.calls:
-        if f"{called}_address" in fields:
-            values[f"{called}_address"] = targets[called]
+        if spec.address_field(called) in fields:
+            values[spec.address_field(called)] = targets[called]
     values |= own_settings(spec.name, options, targets)
     values |= options.overrides.get(spec.name, {})
     settings: ServiceSettings = spec.settings_type(**values)

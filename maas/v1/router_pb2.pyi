@@ -81,14 +81,16 @@ class RouteFirstChunk(_message.Message):
     def __init__(self, first_token_s: _Optional[float] = ..., queued_s: _Optional[float] = ...) -> None: ...
 
 class RouteEnded(_message.Message):
-    __slots__ = ("code", "caller_gone", "finished")
+    __slots__ = ("code", "caller_gone", "finished", "reason")
     CODE_FIELD_NUMBER: _ClassVar[int]
     CALLER_GONE_FIELD_NUMBER: _ClassVar[int]
     FINISHED_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
     code: int
     caller_gone: bool
     finished: bool
-    def __init__(self, code: _Optional[int] = ..., caller_gone: _Optional[bool] = ..., finished: _Optional[bool] = ...) -> None: ...
+    reason: str
+    def __init__(self, code: _Optional[int] = ..., caller_gone: _Optional[bool] = ..., finished: _Optional[bool] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class RouteDecision(_message.Message):
     __slots__ = ("replica_address", "engine_priority", "attempt")

@@ -142,6 +142,7 @@ def replica_info_to_proto(
     capacity: Capacity,
     adapters: tuple[str, ...],
     card: ModelCard | None = None,
+    adapter_slots: int = 0,
 ) -> inference_pb2.ReplicaInfo:
     model = model_info_to_proto(info, card)
     model.adapters.extend(adapters)
@@ -150,6 +151,7 @@ def replica_info_to_proto(
         max_num_seqs=capacity.max_num_seqs,
         kv_cache_tokens=capacity.kv_cache_tokens,
         adapters=adapters,
+        adapter_slots=adapter_slots,
     )
 
 
@@ -167,6 +169,10 @@ class LoadValues(Protocol):
     def tokens_in_flight(self) -> int: ...
     @property
     def prefix_cache_hit_rate(self) -> float: ...
+    @property
+    def loaded_adapters(self) -> tuple[str, ...]: ...
+    @property
+    def adapter_loads(self) -> int: ...
 
 
 def load_to_proto(load: LoadValues) -> inference_pb2.Load:
@@ -176,4 +182,6 @@ def load_to_proto(load: LoadValues) -> inference_pb2.Load:
         kv_cache_usage=load.kv_cache_usage,
         tokens_in_flight=load.tokens_in_flight,
         prefix_cache_hit_rate=load.prefix_cache_hit_rate,
+        loaded_adapters=load.loaded_adapters,
+        adapter_loads=load.adapter_loads,
     )

@@ -196,6 +196,10 @@ class LoadSnapshot:
     kv_cache_usage: float
     tokens_in_flight: int = 0
     prefix_cache_hit_rate: float = 0.0
+    # Private adapters loaded now, most recently used first, and how many
+    # loads (misses) since the engine started.
+    loaded_adapters: tuple[str, ...] = ()
+    adapter_loads: int = 0
 
 
 class InvalidRequestError(Exception):
@@ -228,6 +232,7 @@ class Engine(Protocol):
         priority: int = 0,
     ) -> AsyncGenerator[Delta, None]:
         """Streams deltas; closing or cancelling the stream aborts the request.
+        `adapter`: a static adapter's name or a loaded private adapter's id.
         Lower `priority` runs first among waiting requests where the engine
         schedules by priority."""
         ...
@@ -238,6 +243,15 @@ class Engine(Protocol):
     @property
     def adapters(self) -> tuple[str, ...]:
         """Names of the LoRA adapters served on top of the model."""
+        ...
+
+    async def load_adapter(self, adapter_id: str, path: str) -> None:
+        """Loads a private adapter (PEFT files in directory `path`); from then
+        on `generate(..., adapter=adapter_id)` runs with it."""
+        ...
+
+    async def unload_adapter(self, adapter_id: str) -> None:
+        """Unloads a private adapter no running request uses; unknown ids are ignored."""
         ...
 
     async def abort(self, request_ids: Sequence[str]) -> list[str]:

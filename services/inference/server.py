@@ -14,6 +14,8 @@ from maas.v1 import inference_pb2, inference_pb2_grpc
 from observability import Telemetry
 from services.common.security import ServerSecurity, server_security
 from services.common.serving import RunningServer, ServiceServer, start_server
+from services.inference.adapter_fetch import registry_fetch
+from services.inference.adapter_slots import AdapterFetch, AdapterSlots
 from services.inference.engine import Engine, ModelCard
 from services.inference.engine_metrics import EngineMetrics
 from services.inference.pacing import StreamPacer
@@ -43,13 +45,43 @@ class RunningInference(RunningServer):
 
 @asynccontextmanager
 async def serving(
-    settings: InferenceSettings, telemetry: Telemetry, *, engine: Engine | None = None
+    settings: InferenceSettings,
+    telemetry: Telemetry,
+    *,
+    engine: Engine | None = None,
+    adapter_fetch: AdapterFetch | None = None,
 ) -> AsyncIterator[RunningInference]:
     """Serves `engine`, or one opened from settings: then the server is up
     (health NOT_SERVING) while the model loads, so probes see progress, and
     SERVING once it has. Health turns NOT_SERVING for good if the engine dies
     or wedges (`failed` resolves); on exit the server stops (briefly when the
-    engine has failed) before an engine opened here closes."""
+    engine has failed) before an engine opened here closes. Private adapters
+    (`adapter_slots`) are fetched with `adapter_fetch`, or from the registry
+    at `registry_address`."""
+    async with AsyncExitStack() as fetch_stack:
+        fetch = adapter_fetch
+        if fetch is None:
+            fetch = await fetch_stack.enter_async_context(registry_fetch(settings, telemetry))
+        async with _serving(settings, telemetry, engine, fetch) as running:
+            yield running
+
+
+def adapter_slots(
+    settings: InferenceSettings, engine: Engine, fetch: AdapterFetch
+) -> AdapterSlots | None:
+    if settings.adapter_slots <= 0:
+        return None
+    return AdapterSlots(settings.adapter_slots, engine, fetch, base_model=engine.model_info.name)
+
+
+@asynccontextmanager
+async def _serving(
+    settings: InferenceSettings,
+    telemetry: Telemetry,
+    engine: Engine | None,
+    fetch: AdapterFetch,
+) -> AsyncIterator[RunningInference]:
+    slots = adapter_slots(settings, engine, fetch) if engine is not None else None
     server, servicer = await create_server(
         settings.address,
         telemetry,
@@ -58,6 +90,7 @@ async def serving(
         security=server_security(settings),
         log_content=settings.telemetry.log_content,
         card=ModelCard(owner=settings.owner, description=settings.description),
+        adapter_slots=slots,
     )
     try:
         async with AsyncExitStack() as stack:
@@ -68,8 +101,12 @@ async def serving(
                 stack.callback(registry.unregister, collector)
             if engine is None:
                 engine = await stack.enter_async_context(open_engine(settings))
-                await attach(server, servicer, engine)
+                slots = adapter_slots(settings, engine, fetch)
+                await attach(server, servicer, engine, slots)
                 log.info("model loaded", model=engine.model_info.name)
+            if slots is not None:
+                # Loads still running end before the engine closes.
+                stack.push_async_callback(slots.aclose)
             watchdog = asyncio.create_task(
                 watch_engine(server, engine, stall_s=settings.engine_stall_s)
             )
@@ -105,12 +142,17 @@ async def create_server(
     security: ServerSecurity | None = None,
     log_content: bool = False,
     card: ModelCard | None = None,
+    adapter_slots: AdapterSlots | None = None,
 ) -> tuple[ServiceServer, InferenceServicer]:
     """Starts the server; NOT_SERVING until an engine is attached with `attach`
     (the factory's first step; tests of the loading state call it alone).
     `log_content`: log each request's prompt and completion (debugging only)."""
     servicer = InferenceServicer(
-        engine, pacer=StreamPacer(stream_messages_per_s), log_content=log_content, card=card
+        engine,
+        pacer=StreamPacer(stream_messages_per_s),
+        log_content=log_content,
+        card=card,
+        adapter_slots=adapter_slots,
     )
     server = await start_server(
         address=address,
@@ -124,9 +166,14 @@ async def create_server(
     return server, servicer
 
 
-async def attach(server: ServiceServer, servicer: InferenceServicer, engine: Engine) -> None:
-    """Puts a loaded engine behind the server and reports SERVING."""
-    servicer.attach(engine)
+async def attach(
+    server: ServiceServer,
+    servicer: InferenceServicer,
+    engine: Engine,
+    adapter_slots: AdapterSlots | None = None,
+) -> None:
+    """Puts a loaded engine (and its adapter slots) behind the server and reports SERVING."""
+    servicer.attach(engine, adapter_slots)
     await server.set_serving(True)
 
 

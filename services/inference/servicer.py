@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from contextlib import aclosing
+from contextlib import AbstractAsyncContextManager, aclosing, nullcontext
 from typing import Any
 
 import grpc
@@ -14,12 +14,14 @@ from maas.v1 import embedding_pb2, generation_pb2, inference_pb2, inference_pb2_
 from observability.context import current_request_id, new_request_id
 from services.common.errors import (
     AlreadyExistsError,
+    FailedPreconditionError,
     InvalidArgumentError,
     MeshError,
     NotFoundError,
     UnavailableError,
 )
 from services.inference import convert, embedding_convert
+from services.inference.adapter_slots import AdapterSlots
 from services.inference.embedding import Embedder
 from services.inference.engine import (
     DuplicateRequestError,
@@ -58,14 +60,18 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         pacer: StreamPacer | None = None,
         log_content: bool = False,
         card: ModelCard | None = None,
+        adapter_slots: AdapterSlots | None = None,
     ) -> None:
         self._engine = engine
+        self._slots = adapter_slots
         self._card = card or ModelCard()
         self._pacer = pacer or StreamPacer(0)
         self._log_content = log_content
 
-    def attach(self, engine: Engine) -> None:
+    def attach(self, engine: Engine, adapter_slots: AdapterSlots | None = None) -> None:
         self._engine = engine
+        if adapter_slots is not None:
+            self._slots = adapter_slots
 
     @property
     def engine(self) -> Engine:
@@ -78,6 +84,12 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
     ) -> AsyncIterator[generation_pb2.GenerateResponse]:
         engine = self.engine
         adapter = self._check_model(request.request.model, engine)
+        if request.adapter_id:
+            if adapter is not None:
+                raise InvalidArgumentError(
+                    "request.model", "must name the base model when adapter_id is set"
+                )
+            adapter = request.adapter_id
         inp = convert.input_from_proto(request.request)
         options = convert.sampling_from_proto(request.request)
         request_id = current_request_id() or new_request_id()
@@ -87,14 +99,16 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         try:
             # aclosing: a cancelled call closes the engine stream at once, which
             # aborts the request in the engine and frees its KV cache.
-            with self._pacer.stream() as pace:
-                async with aclosing(
-                    engine.generate(request_id, inp, options, adapter, request.priority)
-                ) as deltas:
-                    async for delta in pace.coalesce(deltas):
-                        if texts is not None:
-                            texts.setdefault(delta.index, []).append(delta.text)
-                        yield convert.delta_to_proto(delta)
+            # The private adapter stays loaded until the stream ends, however it ends.
+            async with self._holding(request.adapter_id):
+                with self._pacer.stream() as pace:
+                    async with aclosing(
+                        engine.generate(request_id, inp, options, adapter, request.priority)
+                    ) as deltas:
+                        async for delta in pace.coalesce(deltas):
+                            if texts is not None:
+                                texts.setdefault(delta.index, []).append(delta.text)
+                            yield convert.delta_to_proto(delta)
         finally:
             if texts is not None:
                 log.info(
@@ -136,7 +150,11 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
     ) -> inference_pb2.ReplicaInfo:
         engine = self.engine
         return convert.replica_info_to_proto(
-            engine.model_info, engine.capacity, engine.adapters, self._card
+            engine.model_info,
+            engine.capacity,
+            engine.adapters,
+            self._card,
+            adapter_slots=self._slots.capacity if self._slots is not None else 0,
         )
 
     async def GetLoad(
@@ -156,6 +174,14 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
     ) -> inference_pb2.AbortResponse:
         aborted = await self.engine.abort(list(request.request_ids))
         return inference_pb2.AbortResponse(aborted=aborted)
+
+    def _holding(self, adapter_id: str) -> AbstractAsyncContextManager[None]:
+        """Holds the private adapter `adapter_id` loaded (nothing for "")."""
+        if not adapter_id:
+            return nullcontext()
+        if self._slots is None:
+            raise FailedPreconditionError("this replica serves no private adapters")
+        return self._slots.use(adapter_id)
 
     @staticmethod
     def _check_model(model: str, engine: Engine) -> str | None:

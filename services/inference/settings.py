@@ -54,6 +54,20 @@ class InferenceSettings(ServiceSettings):
     lora_modules: dict[str, str] = Field(default_factory=dict)
     max_loras: int = Field(default=4, ge=1, description="adapters in one batch")
     max_lora_rank: int = Field(default=16, ge=1)
+    # Tenants' private adapters (InferenceGenerateRequest.adapter_id) held
+    # loaded at once, fetched from the adapter registry on a miss; past that
+    # the least recently used idle one is unloaded. 0: serves none.
+    adapter_slots: int = Field(default=0, ge=0)
+    # The adapter registry (auth's address) private adapters are fetched from.
+    registry_address: str | None = None
+    # Where fetched adapters' files go; default: a temporary directory removed at shutdown.
+    adapter_cache_dir: Path | None = None
+    # The largest adapter weights fetched (a rank-64 adapter of a 70B model is ~1 GiB).
+    max_adapter_bytes: int = Field(default=1 << 30, ge=1)
+    # A simulated private adapter's load: a rank-16 adapter of a 7-8B model
+    # (~40 MB) read from local disk and copied to the GPU by vLLM's add_lora
+    # takes about a tenth of a second.
+    sim_adapter_load_s: float = Field(default=0.1, ge=0)
     # Grammar backend for json_schema/regex; both support compact JSON.
     structured_outputs_backend: Literal["xgrammar", "guidance"] = "xgrammar"
     dtype: Literal["auto", "half", "float16", "bfloat16", "float", "float32"] = "auto"

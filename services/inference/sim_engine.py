@@ -15,7 +15,8 @@ import heapq
 import itertools
 import random
 import time
-from collections import deque
+import zlib
+from collections import OrderedDict, deque
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -136,8 +137,13 @@ class SimEngine:
         name: str | None = None,
         limits: SimLimits | None = None,
         seed: int = 0,
+        adapter_load_s: float = 0.0,
     ) -> None:
         self.profile = profile
+        self._adapter_load_s = adapter_load_s
+        # Private adapters loaded (id -> path), least recently used first.
+        self._private: OrderedDict[str, str] = OrderedDict()
+        self._adapter_loads = 0
         limits = limits or SimLimits.of(profile)
         num_blocks = limits.kv_cache_tokens // BLOCK_SIZE
         # vLLM refuses to start when one request at full context cannot fit its
@@ -213,6 +219,19 @@ class SimEngine:
     def adapters(self) -> tuple[str, ...]:
         return ()
 
+    async def load_adapter(self, adapter_id: str, path: str) -> None:
+        """Takes `adapter_load_s`, as a real load would; the files are not read."""
+        if self._dead.is_set():
+            raise EngineDeadError(self._dead_reason)
+        await asyncio.sleep(self._adapter_load_s)
+        self._private[adapter_id] = path
+        self._adapter_loads += 1
+        self._changes.notify()
+
+    async def unload_adapter(self, adapter_id: str) -> None:
+        if self._private.pop(adapter_id, None) is not None:
+            self._changes.notify()
+
     def _prompt_ids(self, inp: GenerationInput) -> list[int]:
         if inp.token_ids is not None:
             return list(inp.token_ids)
@@ -241,8 +260,11 @@ class SimEngine:
             if value is not None:
                 raise InvalidRequestError(name, "constrained decoding is not simulated")
         if adapter is not None:
-            raise InvalidRequestError("model", "a simulated engine serves no LoRA adapters")
-        stream = self._admit(request_id, prompt_ids, options, max_tokens, priority)
+            if adapter not in self._private:
+                raise InvalidRequestError("model", f"adapter {adapter!r} is not loaded")
+            self._private.move_to_end(adapter)
+            self._changes.notify()
+        stream = self._admit(request_id, prompt_ids, options, max_tokens, priority, adapter)
         top_k = options.logprobs
         try:
             while True:
@@ -286,6 +308,7 @@ class SimEngine:
         options: SamplingOptions,
         max_tokens: int,
         priority: int,
+        adapter: str | None = None,
     ) -> _Stream:
         stream = _Stream(
             request_id,
@@ -297,6 +320,9 @@ class SimEngine:
         )
         seed = self._seed if options.seed is None else options.seed
         prompt_key = hash(tuple(prompt_ids))
+        if adapter is not None:
+            # Other weights, other tokens; crc32, not hash(): str hashes vary per process.
+            prompt_key = hash((prompt_key, zlib.crc32(adapter.encode())))
         hashes: list[int] = []
         block_hashes(prompt_ids, hashes)
         priority = priority if self._limits.policy == "priority" else 0
@@ -344,6 +370,8 @@ class SimEngine:
             kv_cache_usage=self._kv.usage,
             tokens_in_flight=max(0, self._promised),
             prefix_cache_hit_rate=self._hits / self._queries if self._queries else 0.0,
+            loaded_adapters=tuple(reversed(self._private)),
+            adapter_loads=self._adapter_loads,
         )
 
     async def watch_load(self) -> AsyncGenerator[LoadSnapshot, None]:
@@ -629,6 +657,7 @@ async def open_sim_engine(settings: InferenceSettings) -> AsyncIterator[SimEngin
         name=settings.model_name,
         limits=sim_limits(settings, profile),
         seed=settings.seed,
+        adapter_load_s=settings.sim_adapter_load_s,
     )
     async with engine:
         log.info("simulated engine ready", profile=profile.name, gpu=profile.gpu)

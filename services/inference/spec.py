@@ -6,6 +6,11 @@ from maas.v1 import inference_pb2
 from services.common.spec import ServiceSpec
 from services.inference.settings import InferenceSettings
 
+# ErrorInfo.reason of the UNAVAILABLE a replica answers while every adapter
+# slot holds an adapter with requests running: the router tries another
+# replica, and counts it against no replica's health (it is full, not failing).
+ADAPTER_SLOTS_BUSY_REASON = "ADAPTER_SLOTS_BUSY"
+
 SPEC = ServiceSpec(
     name="inference",
     module="services.inference",
@@ -14,6 +19,8 @@ SPEC = ServiceSpec(
     factory="services.inference.server:serving",
     port_fields=("port",),
     secret_fields=("service_token",),
-    calls=(),
+    # Auth's adapter registry, for tenants' private adapters (adapter_slots).
+    calls=("auth",),
+    address_fields=(("auth", "registry_address"),),
     public=False,
 )

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
+from collections import OrderedDict
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -142,6 +144,12 @@ class VllmEngine:
             name: LoRARequest(name, i, path)
             for i, (name, path) in enumerate(sorted((adapters or {}).items()), start=1)
         }
+        # Private adapters loaded, least recently used first. Each load takes a
+        # fresh int id: vLLM keys its caches by it, so an id reused for other
+        # weights (or a reload) could serve stale ones.
+        self._private: OrderedDict[str, LoRARequest] = OrderedDict()
+        self._lora_ids = itertools.count(len(self._adapters) + 1)
+        self._adapter_loads = 0
         self._model_info = model_info
         self._capacity = capacity
         self._load = load
@@ -172,6 +180,36 @@ class VllmEngine:
     @property
     def adapters(self) -> tuple[str, ...]:
         return tuple(self._adapters)
+
+    async def load_adapter(self, adapter_id: str, path: str) -> None:
+        request = LoRARequest(adapter_id, next(self._lora_ids), path)
+        try:
+            await self._llm.add_lora(request)
+        except VllmEngineDeadError as err:
+            raise EngineDeadError(str(err)) from err
+        self._private[adapter_id] = request
+        self._adapter_loads += 1
+        self._load.changes.notify()
+
+    async def unload_adapter(self, adapter_id: str) -> None:
+        request = self._private.pop(adapter_id, None)
+        if request is None:
+            return
+        self._load.changes.notify()
+        try:
+            await self._llm.remove_lora(request.lora_int_id)
+        except VllmEngineDeadError as err:
+            raise EngineDeadError(str(err)) from err
+
+    def _lora_request(self, adapter: str | None) -> LoRARequest | None:
+        if adapter is None:
+            return None
+        private = self._private.get(adapter)
+        if private is not None:
+            self._private.move_to_end(adapter)
+            self._load.changes.notify()
+            return private
+        return self._adapters[adapter]
 
     def detach(self) -> None:
         """Drops the engine reference after shutdown; later calls fail as dead."""
@@ -244,6 +282,9 @@ class VllmEngine:
             raise InvalidRequestError(
                 getattr(err, "parameter", None) or "request", str(err)
             ) from err
+        if adapter is not None and adapter not in self._private and adapter not in self._adapters:
+            raise InvalidRequestError("model", f"adapter {adapter!r} is not loaded")
+        lora_request = self._lora_request(adapter)
         completion_tokens = 0
         queued_s: float | None = None
         first = True
@@ -258,7 +299,7 @@ class VllmEngine:
                 tokens_input(prompt_ids),
                 params,
                 request_id,
-                lora_request=self._adapters[adapter] if adapter else None,
+                lora_request=lora_request,
                 # vLLM refuses a priority under first come, first served.
                 priority=priority if self._priority_scheduling else 0,
             ):
@@ -366,6 +407,8 @@ class VllmEngine:
             kv_cache_usage=0.0 if idle else self._load.kv_cache_usage,
             tokens_in_flight=max(0, sum(self._promised.values())),
             prefix_cache_hit_rate=self._load.prefix_cache_hit_rate,
+            loaded_adapters=tuple(reversed(self._private)),
+            adapter_loads=self._adapter_loads,
         )
 
     async def watch_load(self) -> AsyncGenerator[LoadSnapshot, None]:
@@ -419,9 +462,16 @@ def engine_args(settings: InferenceSettings) -> AsyncEngineArgs:
     optional: dict[str, Any] = {}
     if settings.max_model_len is not None:
         optional["max_model_len"] = settings.max_model_len
-    if settings.lora_modules:
+    adapters = settings.adapter_slots + len(settings.lora_modules)
+    if adapters:
         optional.update(
-            enable_lora=True, max_loras=settings.max_loras, max_lora_rank=settings.max_lora_rank
+            enable_lora=True,
+            # A batch never needs more GPU adapter slots than there are adapters.
+            max_loras=min(settings.max_loras, adapters),
+            # Every adapter held in vLLM's CPU cache: the slots decide what is
+            # unloaded, never vLLM's own LRU behind their back.
+            max_cpu_loras=adapters,
+            max_lora_rank=settings.max_lora_rank,
         )
     return AsyncEngineArgs(
         model=settings.model,

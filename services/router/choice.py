@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Callable
 
 from maas.v1 import generation_pb2
 from services.router.replica import Replica
@@ -88,6 +89,41 @@ def choose(
     if preferred in with_room and _within_bound(preferred, usable, slack):
         return preferred
     return least
+
+
+def choose_for_adapter(
+    candidates: list[Replica],
+    adapter_id: str,
+    *,
+    now: float = 0.0,
+    min_idle_s: float = 0.0,
+    exclude: frozenset[str] = frozenset(),
+    reserve_share: float = 0.0,
+) -> Replica | None:
+    """The replica for a request with a private adapter: the least utilized
+    of those with room that hold it loaded; else of those with a free adapter
+    slot; else of those with an adapter idle for `min_idle_s` to evict. None
+    (the request waits for a slot) when every slot of those with room runs
+    requests of other adapters (sent now it would be refused), or ran them
+    too lately to be evicted yet. Replicas with no adapter
+    slots (which refuse it) only when none has any."""
+    usable = [r for r in candidates if r.address not in exclude] or candidates
+    with_room = [r for r in usable if r.has_room(reserve_of(r, reserve_share))]
+    if not with_room:
+        return None
+    if not any(r.adapter_slots > 0 for r in usable):
+        return min(with_room, key=Replica.utilization)
+    slotted = [r for r in with_room if r.adapter_slots > 0]
+    preferences: tuple[Callable[[Replica], bool], ...] = (
+        lambda r: r.holds(adapter_id),
+        lambda r: r.has_free_adapter_slot(),
+        lambda r: r.can_evict_adapter(now, min_idle_s),
+    )
+    for fits in preferences:
+        fitting = [r for r in slotted if fits(r)]
+        if fitting:
+            return min(fitting, key=Replica.utilization)
+    return None
 
 
 def round_robin(

@@ -24,7 +24,7 @@ from services.common.errors import (
     ResourceExhaustedError,
     UnavailableError,
 )
-from services.router.choice import choose, round_robin
+from services.router.choice import choose, choose_for_adapter, round_robin
 from services.router.fair_queue import Entry, FairQueue, QueueFullError
 from services.router.headroom import LightHeadroom
 from services.router.limiter import Ewma, RecentQuantile
@@ -105,6 +105,16 @@ class FlowPolicy:
     # the slots they hold (headroom.py): 2 leaves one of about 50 of their
     # arrivals without a free slot. 0: only the reserve.
     light_headroom: float = 2.0
+    # Requests with a private adapter prefer replicas holding it loaded, then
+    # ones with a free adapter slot (choose_for_adapter). Off: `choice` alone,
+    # adapters ignored (a baseline for benchmarks).
+    adapter_affinity: bool = True
+    # An adapter no request has used for this long may be evicted for
+    # another's; sooner, the other's requests wait (a request that has waited
+    # this long may evict any idle one). Evicting an adapter between two of
+    # its requests costs a reload for each switch; a short hold lets an
+    # adapter's requests run together.
+    adapter_idle_s: float = 0.3  # RouterSettings' default (see there)
 
 
 @dataclass(frozen=True)
@@ -119,6 +129,8 @@ class Ticket:
     deadline: float | None = None  # on the replica set's clock
     prefix_key: int | None = None
     exclude: frozenset[str] = frozenset()  # replicas that already failed it
+    adapter_id: str = ""  # a tenant's private adapter ("": the base model)
+    received_at: float | None = None  # on the replica set's clock
 
 
 class StreamEnd(enum.Enum):
@@ -185,6 +197,7 @@ class Dispatcher:
         self.shed: Counter[str] = Counter()
         self.on_shed: Callable[[str], None] = lambda reason: None
         self._stopping = False
+        self._hold_timer: asyncio.TimerHandle | None = None
         replicas.on_change(self.pump)
 
     @property
@@ -287,6 +300,8 @@ class Dispatcher:
         if first_token_s is not None:
             replica.limiter.on_sample(first_token_s, replica.limiter.in_flight, outcome.queued_s)
         replica.limiter.release()
+        if lease.ticket.adapter_id:
+            replica.adapter_ended(lease.ticket.adapter_id, self._clock())
         self._tenants_of(lease.ticket.model).ended(lease.ticket.tenant)
         self._headroom_of(lease.ticket.model).ended(lease.ticket.tenant)
         self._replicas.released(replica)
@@ -344,6 +359,10 @@ class Dispatcher:
                 # The head waits for a slot; a tenant under its fair share of
                 # slots may still use the reserve, whatever its place in line.
                 entry, replica = self._from_reserve(model, candidates, queue)
+                if (entry is None or replica is None) and ticket.adapter_id:
+                    # The head waits for an adapter slot, not for room: the
+                    # other tenants' requests need not wait behind it.
+                    entry, replica = self._past_adapter_head(candidates, queue)
                 if entry is None or replica is None:
                     return
                 ticket, future = entry.item
@@ -417,6 +436,21 @@ class Dispatcher:
                 return head, replica
         return None, None
 
+    def _past_adapter_head(
+        self, candidates: list[Replica], queue: FairQueue
+    ) -> tuple[Entry | None, Replica | None]:
+        """The first tenant's head, in the queue's order, that can be placed now."""
+        if not any(r.has_room() for r in candidates):
+            return None, None
+        for head in queue.tenant_heads():
+            ticket, future = head.item
+            if future.done():
+                continue
+            replica = self._place(candidates, ticket)
+            if replica is not None:
+                return head, replica
+        return None, None
+
     def _fair_share(self, model: str, candidates: list[Replica]) -> float:
         """Slots per tenant, over the tenants running, waiting, or seen in the
         last `tenant_memory_s`: the reserve is headroom for tenants that come
@@ -444,6 +478,8 @@ class Dispatcher:
     def _choose(
         self, candidates: list[Replica], ticket: Ticket, reserve_share: float
     ) -> Replica | None:
+        if ticket.adapter_id and self._policy.adapter_affinity:
+            return self._choose_for_adapter(candidates, ticket, reserve_share)
         if self._policy.choice == "round_robin":
             return round_robin(
                 candidates, next(self._turn), exclude=ticket.exclude, reserve_share=reserve_share
@@ -456,6 +492,29 @@ class Dispatcher:
             exclude=ticket.exclude,
             reserve_share=reserve_share,
         )
+
+    def _choose_for_adapter(
+        self, candidates: list[Replica], ticket: Ticket, reserve_share: float
+    ) -> Replica | None:
+        now = self._clock()
+        hold_s = self._policy.adapter_idle_s
+        waited_s = now - ticket.received_at if ticket.received_at is not None else 0.0
+        replica = choose_for_adapter(
+            candidates,
+            ticket.adapter_id,
+            now=now,
+            min_idle_s=max(0.0, hold_s - waited_s),
+            exclude=ticket.exclude,
+            reserve_share=reserve_share,
+        )
+        if replica is None and hold_s > 0 and self._hold_timer is None:
+            # Idle adapters turn evictable with time alone: look again then.
+            self._hold_timer = asyncio.get_running_loop().call_later(hold_s, self._hold_ended)
+        return replica
+
+    def _hold_ended(self) -> None:
+        self._hold_timer = None
+        self.pump()
 
     def _grant(
         self,
@@ -477,6 +536,8 @@ class Dispatcher:
         if under_share and headroom.is_light(ticket.tenant):
             headroom.started(ticket.tenant)
         replica.limiter.acquire()
+        if ticket.adapter_id:
+            replica.adapter_started(ticket.adapter_id)
         tenants.started(ticket.tenant)
         return Lease(
             replica,

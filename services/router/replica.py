@@ -6,6 +6,8 @@ replica and feeds these values in."""
 from __future__ import annotations
 
 import hashlib
+import math
+from collections import Counter
 from dataclasses import dataclass, field
 
 from maas.v1 import generation_pb2
@@ -27,6 +29,8 @@ class ReplicaLoad:
     kv_cache_usage: float = 0.0  # fraction of the KV cache in use, 0 to 1
     tokens_in_flight: int = 0  # tokens still to generate by its requests
     prefix_cache_hit_rate: float = 0.0  # share of prompt tokens served from the cache
+    loaded_adapters: tuple[str, ...] = ()  # private adapters loaded, most recently used first
+    adapter_loads: int = 0  # private adapter loads since it started
 
 
 @dataclass(eq=False)
@@ -45,6 +49,12 @@ class Replica:
     ejected_until: float = 0.0
     # Failing, but not ejected: the last of its model in rotation.
     probing: bool = False
+    # Private adapters it holds loaded at once (0: it serves none).
+    adapter_slots: int = 0
+    # Requests of each private adapter this router runs on it now, and when
+    # the last one of each ended there.
+    adapter_in_flight: Counter[str] = field(default_factory=Counter)
+    adapter_idle_since: dict[str, float] = field(default_factory=dict)
     # A stable number per address for rendezvous hashing (prefix affinity).
     address_hash: int = field(init=False, default=0)
 
@@ -88,6 +98,43 @@ class Replica:
     def slots(self) -> int:
         """Requests it may run at once now: its limit, or one while probed."""
         return PROBE_CONCURRENCY if self.probing else int(self.limiter.limit)
+
+    def adapter_started(self, adapter_id: str) -> None:
+        self.adapter_in_flight[adapter_id] += 1
+
+    def adapter_ended(self, adapter_id: str, now: float) -> None:
+        self.adapter_in_flight[adapter_id] -= 1
+        if self.adapter_in_flight[adapter_id] <= 0:
+            del self.adapter_in_flight[adapter_id]
+            self.adapter_idle_since[adapter_id] = now
+            # Only adapters it may still hold are worth remembering.
+            held = self.adapters_held()
+            for gone in [a for a in self.adapter_idle_since if a not in held]:
+                del self.adapter_idle_since[gone]
+
+    def adapters_held(self) -> set[str]:
+        """Adapters loaded by its last report, and those this router runs
+        requests of there now: loaded or loading, whatever the report says
+        (a burst sent before the next report sticks to the replica), and
+        never evicted while they run. Once they end, the reports tell: a
+        load is reported as it completes, before its requests end."""
+        running = {a for a, n in self.adapter_in_flight.items() if n > 0}
+        return running.union(self.load.loaded_adapters)
+
+    def holds(self, adapter_id: str) -> bool:
+        return adapter_id in self.adapters_held()
+
+    def has_free_adapter_slot(self) -> bool:
+        return len(self.adapters_held()) < self.adapter_slots
+
+    def can_evict_adapter(self, now: float, min_idle_s: float = 0.0) -> bool:
+        """Whether a held adapter has run no request of this router for
+        `min_idle_s` (one never run by it: since ever)."""
+        return any(
+            self.adapter_in_flight[a] == 0
+            and now - self.adapter_idle_since.get(a, -math.inf) >= min_idle_s
+            for a in self.adapters_held()
+        )
 
     def utilization(self) -> float:
         # At least one slot: a limit below one still divides sensibly.

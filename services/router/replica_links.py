@@ -36,6 +36,7 @@ class ReplicaFeed(Protocol):
         model: generation_pb2.ModelInfo,
         adapters: tuple[str, ...],
         max_num_seqs: int,
+        adapter_slots: int = 0,
     ) -> None: ...
 
     def set_serving(self, replica: Replica, serving: bool) -> None: ...
@@ -50,6 +51,8 @@ def load_from_proto(load: inference_pb2.Load) -> ReplicaLoad:
         kv_cache_usage=load.kv_cache_usage,
         tokens_in_flight=load.tokens_in_flight,
         prefix_cache_hit_rate=load.prefix_cache_hit_rate,
+        loaded_adapters=tuple(load.loaded_adapters),
+        adapter_loads=load.adapter_loads,
     )
 
 
@@ -128,7 +131,11 @@ class ReplicaLinks:
                 if serving and replica.model is None:
                     info = await link.stub.GetModelInfo(inference_pb2.GetModelInfoRequest())
                     self._feed.set_model(
-                        replica, info.model, tuple(info.adapters), info.max_num_seqs
+                        replica,
+                        info.model,
+                        tuple(info.adapters),
+                        info.max_num_seqs,
+                        info.adapter_slots,
                     )
                 self._feed.set_serving(replica, serving)
                 backoff.reset()

@@ -180,11 +180,13 @@ class ReplicaSet:
         model: generation_pb2.ModelInfo,
         adapters: tuple[str, ...],
         max_num_seqs: int,
+        adapter_slots: int = 0,
     ) -> None:
         """What the replica serves; its batch size caps its limit. The
         serving state that follows it tells the waiters."""
         replica.model = model
         replica.adapters = adapters
+        replica.adapter_slots = adapter_slots
         if max_num_seqs:
             replica.limiter.cap_at(max_num_seqs)
 

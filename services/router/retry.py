@@ -14,6 +14,7 @@ import grpc
 from maas.v1 import generation_pb2
 from services.common.errors import UnavailableError
 from services.router.dispatcher import Dispatcher, Lease, Outcome, StreamEnd, Ticket
+from services.router.reasons import FULL_REASONS, failure_reason
 
 # Codes that say the replica (not the request) failed: worth another replica,
 # and counted towards ejecting this one, but only while the caller is still
@@ -94,7 +95,9 @@ class FirstTokenRetry:
             except grpc.aio.AioRpcError as err:
                 if not is_replica_fault(err.code(), caller_gone=caller_gone()):
                     raise  # the request's (or its caller's) doing: its status goes back as is
-                end = StreamEnd.REPLICA_FAILED
+                # Full of adapters in use: tried elsewhere, but no mark against its health.
+                full = failure_reason(err) in FULL_REASONS
+                end = StreamEnd.CUT if full else StreamEnd.REPLICA_FAILED
                 if first_token_s is not None:
                     # Never retried after text went out (no duplicated output).
                     raise UnavailableError(

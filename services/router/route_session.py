@@ -13,6 +13,7 @@ import grpc
 
 from services.common.errors import UnavailableError
 from services.router.dispatcher import Dispatcher, Lease, Outcome, StreamEnd, Ticket
+from services.router.reasons import FULL_REASONS
 from services.router.retry import is_replica_fault
 
 _CODES = {code.value[0]: code for code in grpc.StatusCode}
@@ -84,7 +85,9 @@ class RouteSession:
         # absurd report would otherwise pin the replica's limiter at its floor.
         self._queued_s = _within(queued_s, seen_s)
 
-    def ended(self, code: grpc.StatusCode, *, caller_gone: bool, finished: bool) -> bool:
+    def ended(
+        self, code: grpc.StatusCode, *, caller_gone: bool, finished: bool, reason: str = ""
+    ) -> bool:
         """The replica call ended; gives its lease back. True when the request
         is to be tried on another replica (call `assign` again); raises
         UNAVAILABLE when the replica failed and no retry may follow (text went
@@ -98,9 +101,9 @@ class RouteSession:
             end = StreamEnd.FINISHED if code == grpc.StatusCode.OK and finished else StreamEnd.CUT
             self._dispatcher.release(lease, Outcome(end, first_token_s, self._queued_s))
             return False
-        self._dispatcher.release(
-            lease, Outcome(StreamEnd.REPLICA_FAILED, first_token_s, self._queued_s)
-        )
+        # A replica full of adapters in use is tried past, not counted as failing.
+        end = StreamEnd.CUT if reason in FULL_REASONS else StreamEnd.REPLICA_FAILED
+        self._dispatcher.release(lease, Outcome(end, first_token_s, self._queued_s))
         if first_token_s is not None:
             # Never retried after text went out (no duplicated output).
             raise UnavailableError(f"the replica failed mid-stream ({code.name})")

@@ -59,6 +59,8 @@ def flow_policy(settings: RouterSettings) -> FlowPolicy:
         reserved_share=settings.reserved_share,
         tenant_memory_s=settings.tenant_memory_s,
         light_headroom=settings.light_headroom,
+        adapter_affinity=settings.adapter_affinity,
+        adapter_idle_s=settings.adapter_idle_s,
     )
 
 

@@ -103,7 +103,9 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
             # The caller's deadline travels down; the request id travels as
             # metadata through the client interceptors.
             forward = inference_pb2.InferenceGenerateRequest(
-                request=request.request, priority=lease.engine_priority
+                request=request.request,
+                priority=lease.engine_priority,
+                adapter_id=request.adapter_id,
             )
             stub = self._replicas.links.stub(lease.replica)
             return stub.Generate(forward, timeout=context.time_remaining())
@@ -165,6 +167,8 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
             weight=request.context.weight or 1.0,
             deadline=received + remaining if remaining is not None else None,
             prefix_key=prefix_key(request.request),
+            adapter_id=request.adapter_id,
+            received_at=received,
         )
 
     def _count_retry(self, code: grpc.StatusCode) -> None:
@@ -277,6 +281,8 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
             ttft_s=r.limiter.expected_latency,
             probing=r.probing,
             consecutive_failures=r.consecutive_failures,
+            loaded_adapters=r.load.loaded_adapters,
+            adapter_slots=r.adapter_slots,
         )
 
 
@@ -291,7 +297,10 @@ async def _follow(session: RouteSession, updates: AsyncIterator[router_pb2.Route
         elif which == "ended":
             ended = update.ended
             return session.ended(
-                status_code(ended.code), caller_gone=ended.caller_gone, finished=ended.finished
+                status_code(ended.code),
+                caller_gone=ended.caller_gone,
+                finished=ended.finished,
+                reason=ended.reason,
             )
         else:
             raise InvalidArgumentError("update", "the request was sent already")

@@ -55,6 +55,12 @@ class FakeWedgedEngine:
     def adapters(self) -> tuple[str, ...]:
         return ()
 
+    async def load_adapter(self, adapter_id: str, path: str) -> None:
+        return None
+
+    async def unload_adapter(self, adapter_id: str) -> None:
+        return None
+
     async def generate(
         self,
         request_id: str,

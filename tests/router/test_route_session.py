@@ -13,6 +13,7 @@ from maas.v1 import generation_pb2
 from observability import Telemetry, setup
 from observability.settings import TelemetrySettings
 from services.common.errors import UnavailableError
+from services.inference.spec import ADAPTER_SLOTS_BUSY_REASON
 from services.router.dispatcher import Dispatcher, FlowPolicy, Lease, Outcome, Ticket
 from services.router.fair_queue import DEFAULT
 from services.router.limiter import GradientLimiter
@@ -86,6 +87,23 @@ async def test_a_failure_before_the_first_chunk_is_assigned_elsewhere(
     # The second fails too: attempts are used up, and the request is refused.
     with pytest.raises(UnavailableError, match="no replica could serve"):
         session.ended(UNAVAILABLE, caller_gone=False, finished=False)
+    assert in_flight(replicas) == 0
+
+
+async def test_a_replica_full_of_adapters_in_use_is_tried_past_but_not_counted(
+    telemetry: Telemetry,
+) -> None:
+    replicas, d = dispatcher(telemetry, [0.0])
+    session = RouteSession(d, TICKET, lambda: 0.0, max_attempts=2)
+    first = await session.assign()
+    busy = ADAPTER_SLOTS_BUSY_REASON
+    assert session.ended(UNAVAILABLE, caller_gone=False, finished=False, reason=busy) is True
+    assert first.replica.consecutive_failures == 0
+    second = await session.assign()
+    assert second.replica is not first.replica
+    with pytest.raises(UnavailableError, match="no replica could serve"):
+        session.ended(UNAVAILABLE, caller_gone=False, finished=False, reason=busy)
+    assert all(r.consecutive_failures == 0 for r in replicas.replicas)
     assert in_flight(replicas) == 0
 
 
