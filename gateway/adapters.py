@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Callable
 import grpc
 import structlog
 
+from gateway.authn import within
 from gateway.model_limits import ModelCatalog
 from maas.v1 import (
     adapter_pb2,
@@ -68,10 +69,13 @@ class AdapterResolver:
         *,
         ttl_s: float,
         max_entries: int,
+        # Each lookup's most seconds (the gateway's auth_timeout_s), within the caller's.
+        lookup_timeout_s: float,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._registry = registry
         self._ttl_s = ttl_s
+        self._lookup_timeout_s = lookup_timeout_s
         self._max_entries = max_entries
         self._clock = clock
         self._cache: OrderedDict[tuple[str, str], tuple[float, adapter_pb2.Adapter | None]] = (
@@ -81,7 +85,8 @@ class AdapterResolver:
     async def resolve(
         self, tenant_id: str, name: str, timeout_s: float | None
     ) -> adapter_pb2.Adapter | None:
-        """The tenant's adapter named `name`; None when it has none."""
+        """The tenant's adapter named `name`; None when it has none.
+        `timeout_s`: what the caller has left (None: no deadline)."""
         key = (tenant_id, name)
         cached = self._cache.get(key)
         if cached is not None and self._clock() < cached[0]:
@@ -92,7 +97,7 @@ class AdapterResolver:
             with remote_errors():
                 found = await self._registry.ResolveAdapter(
                     adapter_registry_pb2.ResolveAdapterRequest(tenant_id=tenant_id, name=name),
-                    timeout=timeout_s,
+                    timeout=within(timeout_s, self._lookup_timeout_s),
                 )
         except MeshError as err:
             if err.code != grpc.StatusCode.NOT_FOUND:
@@ -100,6 +105,9 @@ class AdapterResolver:
             found = None
         self._remember(key, found)
         return found
+
+    def __len__(self) -> int:
+        return len(self._cache)
 
     def forget(self, tenant_id: str, name: str) -> None:
         self._cache.pop((tenant_id, name), None)

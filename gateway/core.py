@@ -278,9 +278,7 @@ class GatewayCore:
         it is routed, reserved, recorded and billed as its base."""
         if self._adapters is None:
             return await self._catalog.model(request.model, timeout_s), ""
-        model, adapter_id = await self._adapters.model(
-            tenant_id, request.model, within(timeout_s, self._authenticator.timeout_s)
-        )
+        model, adapter_id = await self._adapters.model(tenant_id, request.model, timeout_s)
         if adapter_id:
             request.model = model.base_model
         return model, adapter_id
