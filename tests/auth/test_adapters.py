@@ -227,6 +227,10 @@ def _hostile(t: str) -> dict[str, tuple[list[Upload], str]]:
         "rank 2^63": (upload(t, GOOD, config=_config(r=2**63)), "config_json"),
         "rank past the setting": (upload(t, GOOD, config=_config(r=65)), "config_json"),
         "rank a string": (upload(t, GOOD, config=_config(r="8")), "config_json"),
+        "rank_pattern past the setting": (
+            upload(t, GOOD, config=_config(rank_pattern={"q_proj": 65})),
+            "config_json",
+        ),
         "no target modules": (
             upload(t, GOOD, config=_config(target_modules=[])),
             "config_json",
@@ -244,6 +248,17 @@ def _hostile(t: str) -> dict[str, tuple[list[Upload], str]]:
         "offsets 2^63": (upload(t, _header([0, 2**63])), "weights"),
         "offsets reversed": (upload(t, _header([8, 4])), "weights"),
         "offsets negative": (upload(t, _header([-1, 4])), "weights"),
+        "offsets short of the shape": (upload(t, _header([0, 8])), "weights"),
+        "unknown dtype": (
+            upload(t, safetensors(4, {"w": {"dtype": "Q4", "shape": [4], "data_offsets": [0, 4]}})),
+            "weights",
+        ),
+        "shape of 2^63": (
+            upload(
+                t, safetensors(4, {"w": {"dtype": "U8", "shape": [2**63], "data_offsets": [0, 4]}})
+            ),
+            "weights",
+        ),
         "no tensors": (upload(t, safetensors(0, {"__metadata__": {}})), "weights"),
         "chunk of 1 MiB + 1": (
             [Upload(tenant_id=t), spec(), *chunks(safetensors(CHUNK_BYTES + 64), CHUNK_BYTES + 1)],
