@@ -17,7 +17,8 @@ import math
 import re
 import secrets
 import struct
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -27,6 +28,7 @@ from services.common.errors import (
     FailedPreconditionError,
     InvalidArgumentError,
     NotFoundError,
+    ResourceExhaustedError,
 )
 from services.common.generation_limits import MAX_MODEL_NAME_BYTES
 
@@ -91,6 +93,8 @@ class AdapterSettings:
     max_bytes: int = 64 * 1024 * 1024
     max_rank: int = 64
     max_per_tenant: int = 16
+    # Uploads held in memory at once: each holds up to max_bytes until stored.
+    max_uploads: int = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -259,6 +263,24 @@ class Adapters:
     def __init__(self, store: AuthStore, settings: AdapterSettings = AdapterSettings()) -> None:
         self._store = store
         self._settings = settings
+        self._uploads = 0
+
+    @contextmanager
+    def uploading(self) -> Iterator[None]:
+        """One upload's place among max_uploads; RESOURCE_EXHAUSTED when none
+        is free (a burst of uploads must not hold gigabytes here)."""
+        if self._uploads >= self._settings.max_uploads:
+            raise ResourceExhaustedError(
+                f"{self._settings.max_uploads} adapter uploads are running; try again shortly",
+                # About one upload's time: a few MiB a second, a few MiB each.
+                retry_after_s=1.0,
+                subject="adapter_uploads",
+            )
+        self._uploads += 1
+        try:
+            yield
+        finally:
+            self._uploads -= 1
 
     async def begin(self, tenant_id: str, name: str, base_model: str, config_json: bytes) -> Upload:
         """Checks the spec before any weights are read."""
