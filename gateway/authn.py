@@ -103,16 +103,17 @@ class Authenticator:
     async def authenticate(
         self,
         metadata: Metadata | None,
-        scope: str,
+        scope: str | None,
         before_unknown_lookup: Callable[[], None] | None = None,
     ) -> auth_pb2.Principal:
-        """The caller's principal; UNAUTHENTICATED or PERMISSION_DENIED
-        otherwise, UNAVAILABLE when auth does not answer in time.
+        """The caller's principal, holding `scope` (any key when None);
+        UNAUTHENTICATED or PERMISSION_DENIED otherwise, UNAVAILABLE when
+        auth does not answer in time.
         `before_unknown_lookup` runs (and may raise) before auth is asked
         about a key this gateway has never seen accepted."""
         api_key = bearer_token(metadata)
         principal = await self._lookup(api_key, before_unknown_lookup)
-        if scope not in principal.scopes and "admin" not in principal.scopes:
+        if scope is not None and scope not in principal.scopes and "admin" not in principal.scopes:
             raise PermissionDeniedError(f"this API key lacks the {scope!r} scope")
         return principal
 

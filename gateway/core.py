@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncGenerator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import grpc
 from opentelemetry import trace
 
+from gateway.adapters import AdapterGate, UnimplementedError
 from gateway.authn import Authenticator, within
 from gateway.constraints import ConstraintChecker
 from gateway.embeddings import check_embed_against_model, estimate_embed_tokens, validate_embed
@@ -31,6 +32,7 @@ from gateway.tool_calls import ToolCallStream, constrains, schema_field, tool_sc
 from gateway.usage import StreamUsage, timestamp
 from gateway.validation import check_against_model, validate_generate, validate_input
 from maas.v1 import (
+    adapter_pb2,
     anomaly_pb2,
     auth_pb2,
     embedding_pb2,
@@ -121,7 +123,10 @@ class GatewayCore:
         progress_interval_s: float = 5.0,
         refusals: RefusalBudget,
         auth_failures: RefusalBudget,
+        # Tenants' private adapters (the registry in auth); None: none are served.
+        adapters: AdapterGate | None = None,
     ) -> None:
+        self._adapters = adapters
         self._refusals = refusals
         self._auth_failures = auth_failures
         self._progress_interval_s = progress_interval_s
@@ -149,7 +154,9 @@ class GatewayCore:
         self._refusals.check(principal.tenant_id)
         with self._refusals_of(principal.tenant_id):
             check_client_request_id(caller)
-            default_max_tokens = await self._admissible(request, deadline.remaining())
+            default_max_tokens, adapter_id = await self._admissible(
+                request, principal.tenant_id, deadline.remaining()
+            )
             request_id = request_id_for_call()
             client_request_id = caller.client_request_id or ""
             bind_request(request_id, principal.tenant_id)
@@ -183,6 +190,7 @@ class GatewayCore:
                     priority=principal.priority,
                     estimated_tokens=estimated,
                 ),
+                adapter_id=adapter_id,
             ),
             deadline.remaining,
         )
@@ -230,17 +238,19 @@ class GatewayCore:
             await route.aclose()
 
     async def _admissible(
-        self, request: generation_pb2.GenerateRequest, timeout_s: float | None
-    ) -> int:
+        self, request: generation_pb2.GenerateRequest, tenant_id: str, timeout_s: float | None
+    ) -> tuple[int, str]:
         """Every check that needs no quota, cheapest first: fields, the model's
         limits, then the constraint's compilation. Returns the completion
-        tokens a choice may use when max_tokens is unset (for the estimate)."""
+        tokens a choice may use when max_tokens is unset (for the estimate),
+        and the adapter_id when the model is the tenant's adapter (then
+        `request.model` is its base model from here on)."""
         validate_generate(request)
         if constrains(request):
             # A required or named tool is guided decoding against the tools'
             # schema: the replica sees a json_schema like any other.
             request.json_schema = tool_schema(request)
-        model = await self._catalog.model(request.model, timeout_s)
+        model, adapter_id = await self._model(request, tenant_id, timeout_s)
         check_against_model(request, model)
         if self._constraints is not None:
             constraint = request.WhichOneof("constraint")
@@ -255,12 +265,28 @@ class GatewayCore:
                     # The schema is the tools'; the caller sent no json_schema.
                     raise InvalidArgumentError(schema_field(request), err.description) from err
         # The engine allows min(default, room left); room is at most context - 1.
-        return completion_limit(None, model.max_context_length - 1)
+        return completion_limit(None, model.max_context_length - 1), adapter_id
+
+    async def _model(
+        self,
+        request: generation_pb2.GenerateRequest | generation_pb2.CountTokensRequest,
+        tenant_id: str,
+        timeout_s: float | None,
+    ) -> tuple[generation_pb2.ModelInfo, str]:
+        """The requested model's limits, and its adapter_id when it is the
+        tenant's own adapter: then `request.model` becomes its base model, so
+        it is routed, reserved, recorded and billed as its base."""
+        if self._adapters is None:
+            return await self._catalog.model(request.model, timeout_s), ""
+        model, adapter_id = await self._adapters.model(tenant_id, request.model, timeout_s)
+        if adapter_id:
+            request.model = model.base_model
+        return model, adapter_id
 
     async def list_models(self, caller: Caller) -> list[generation_pb2.ModelInfo]:
         """The models some serving replica holds, adapters included, by name,
         each with its price in force (see model_prices.py)."""
-        await self.authenticate(caller, "generate")
+        principal = await self.authenticate(caller, "generate")
         check_client_request_id(caller)
         timeout_s = within(caller.deadline_s, self._authenticator.timeout_s)
         with remote_errors():
@@ -268,9 +294,12 @@ class GatewayCore:
                 router_pb2.ListReplicasRequest(), timeout=timeout_s
             )
         models = served_models(replicas)
-        if self._prices is None:
+        if self._prices is not None:
+            models = with_prices(models, await self._prices.in_force(caller.credentials, timeout_s))
+        if self._adapters is None:
             return models
-        return with_prices(models, await self._prices.in_force(caller.credentials, timeout_s))
+        # The caller's own adapters, each with its base model's limits and price.
+        return await self._adapters.listed(principal.tenant_id, models, timeout_s)
 
     async def count_tokens(
         self, caller: Caller, request: generation_pb2.CountTokensRequest
@@ -283,7 +312,8 @@ class GatewayCore:
         with self._refusals_of(principal.tenant_id):
             check_client_request_id(caller)
             validate_input(request)
-            await self._catalog.model(request.model, caller.deadline_s)
+            # Counted with the base model's tokenizer: an adapter shares it.
+            await self._model(request, principal.tenant_id, caller.deadline_s)
             with remote_errors():
                 reservation = await self._quotas.reserve(
                     principal.tenant_id, request_id_for_call(), request.model, 1, principal.key_id
@@ -369,6 +399,42 @@ class GatewayCore:
                 query, timeout=within(caller.deadline_s, self._authenticator.timeout_s)
             )
 
+    async def create_adapter(
+        self, caller: Caller, uploads: AsyncIterator[adapter_pb2.AdapterUpload]
+    ) -> adapter_pb2.Adapter:
+        """Registers one of the caller's tenant's private adapters (scope `adapters`)."""
+        gate = self._adapter_gate()
+        principal = await self.authenticate(caller, "adapters")
+        check_client_request_id(caller)
+        # The caller's deadline only: an upload of 64 MiB takes what its link takes.
+        return await gate.create(principal.tenant_id, uploads, caller.deadline_s)
+
+    async def list_adapters(self, caller: Caller) -> adapter_pb2.ListAdaptersResponse:
+        """The caller's tenant's adapters; any of its keys may list them."""
+        gate = self._adapter_gate()
+        principal = await self.authenticate(caller, None)
+        check_client_request_id(caller)
+        return await gate.list(
+            principal.tenant_id, within(caller.deadline_s, self._authenticator.timeout_s)
+        )
+
+    async def delete_adapter(
+        self, caller: Caller, request: adapter_pb2.DeleteAdapterRequest
+    ) -> adapter_pb2.DeleteAdapterResponse:
+        gate = self._adapter_gate()
+        principal = await self.authenticate(caller, "adapters")
+        check_client_request_id(caller)
+        return await gate.delete(
+            principal.tenant_id,
+            request.name,
+            within(caller.deadline_s, self._authenticator.timeout_s),
+        )
+
+    def _adapter_gate(self) -> AdapterGate:
+        if self._adapters is None:
+            raise UnimplementedError("this gateway serves no private adapters")
+        return self._adapters
+
     @contextmanager
     def _refusals_of(self, tenant_id: str) -> Iterator[None]:
         """Spends one of the tenant's refusals for each refusal its request caused."""
@@ -379,8 +445,9 @@ class GatewayCore:
                 self._refusals.refused(tenant_id)
             raise
 
-    async def authenticate(self, caller: Caller, scope: str) -> auth_pb2.Principal:
-        """The caller's principal; a refused key is counted and reported to anomaly."""
+    async def authenticate(self, caller: Caller, scope: str | None) -> auth_pb2.Principal:
+        """The caller's principal (holding `scope`; any key of its tenant when
+        None); a refused key is counted and reported to anomaly."""
         metadata = () if caller.credentials is None else (("authorization", caller.credentials),)
         host = peer_host(caller.peer)
         try:

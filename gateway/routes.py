@@ -234,7 +234,9 @@ class DirectRoute:
             self._address = decision.replica_address
             stub = self._channels.acquire(self._address)
             forward = inference_pb2.InferenceGenerateRequest(
-                request=self._routed.request, priority=decision.engine_priority
+                request=self._routed.request,
+                priority=decision.engine_priority,
+                adapter_id=self._routed.adapter_id,
             )
             started = time.monotonic()
             first = True

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 
+from gateway.adapters import AdapterGate, AdapterResolver
 from gateway.authn import Authenticator
 from gateway.constraints import ConstraintChecker
 from gateway.core import GatewayCore
@@ -24,6 +25,8 @@ from gateway.routes import Direct, Proxy, ReplicaChannels, Routing
 from gateway.servicer import GatewayServicer
 from gateway.settings import GatewaySettings
 from maas.v1 import (
+    adapter_registry_pb2,
+    adapter_registry_pb2_grpc,
     auth_pb2,
     auth_pb2_grpc,
     billing_pb2_grpc,
@@ -44,12 +47,15 @@ from services.router.spec import CALLER_CHANNEL_OPTIONS
 SERVICE_NAME = gateway_pb2.DESCRIPTOR.services_by_name["Gateway"].full_name
 _AUTH = auth_pb2.DESCRIPTOR.services_by_name["Auth"].full_name
 _METERING = metering_pb2.DESCRIPTOR.services_by_name["Metering"].full_name
+_REGISTRY = adapter_registry_pb2.DESCRIPTOR.services_by_name["AdapterRegistry"].full_name
 # The gateway's calls to auth that a replica dying under them may hand to
 # another: each is safe to repeat (gateway/quota.py says why for each).
 # Metering: every record is idempotent by request id, the query only reads.
+# The adapter registry's lookups only read.
 AUTH_RETRIED: tuple[tuple[str, str | None], ...] = (
     *((_AUTH, method) for method in ("Authenticate", "Reserve", "Renew", "Commit", "Release")),
     (_METERING, None),
+    *((_REGISTRY, method) for method in ("ResolveAdapter", "ListAdapters")),
 )
 
 
@@ -133,6 +139,18 @@ async def serving(settings: GatewaySettings, telemetry: Telemetry) -> AsyncItera
         )
         stack.push_async_callback(constraints.aclose)
         router = router_pb2_grpc.RouterStub(router_ch)
+        catalog = ModelCatalog(router, ttl_s=settings.model_list_ttl_s)
+        registry = adapter_registry_pb2_grpc.AdapterRegistryStub(auth_ch)
+        adapters = AdapterGate(
+            registry,
+            catalog,
+            AdapterResolver(
+                registry,
+                ttl_s=settings.adapter_cache_ttl_s,
+                max_entries=settings.adapter_cache_size,
+                lookup_timeout_s=settings.auth_timeout_s,
+            ),
+        )
         routing: Routing = Proxy(router)
         if settings.routing == "direct":
             channels = ReplicaChannels(
@@ -157,7 +175,7 @@ async def serving(settings: GatewaySettings, telemetry: Telemetry) -> AsyncItera
             events=events,
             metrics=metrics,
             quotas=quotas,
-            catalog=ModelCatalog(router, ttl_s=settings.model_list_ttl_s),
+            catalog=catalog,
             constraints=constraints,
             prices=PriceBook(
                 billing_pb2_grpc.BillingStub(auth_ch), ttl_s=settings.model_list_ttl_s
@@ -173,6 +191,7 @@ async def serving(settings: GatewaySettings, telemetry: Telemetry) -> AsyncItera
                 burst=settings.auth_failure_burst,
                 subject="failed_authentications",
             ),
+            adapters=adapters,
         )
         servicer = GatewayServicer(core)
         server = await start_server(

@@ -9,7 +9,14 @@ from typing import Any
 import grpc
 
 from gateway.core import Caller, GatewayCore
-from maas.v1 import embedding_pb2, gateway_pb2, gateway_pb2_grpc, generation_pb2, usage_pb2
+from maas.v1 import (
+    adapter_pb2,
+    embedding_pb2,
+    gateway_pb2,
+    gateway_pb2_grpc,
+    generation_pb2,
+    usage_pb2,
+)
 from observability.context import REQUEST_ID_METADATA_KEY, edge_echo, enter_edge_call
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -72,3 +79,18 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         self, request: gateway_pb2.GetUsageRequest, context: Context
     ) -> usage_pb2.GetUsageResponse:
         return await self._core.get_usage(enter_call(context), request)
+
+    async def CreateAdapter(
+        self, request_iterator: AsyncIterator[adapter_pb2.AdapterUpload], context: Context
+    ) -> adapter_pb2.Adapter:
+        return await self._core.create_adapter(enter_call(context), request_iterator)
+
+    async def ListAdapters(
+        self, request: adapter_pb2.ListAdaptersRequest, context: Context
+    ) -> adapter_pb2.ListAdaptersResponse:
+        return await self._core.list_adapters(enter_call(context))
+
+    async def DeleteAdapter(
+        self, request: adapter_pb2.DeleteAdapterRequest, context: Context
+    ) -> adapter_pb2.DeleteAdapterResponse:
+        return await self._core.delete_adapter(enter_call(context), request)

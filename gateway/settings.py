@@ -68,6 +68,13 @@ class GatewaySettings(ServiceSettings):
     # Deadline of each unary call to auth (Authenticate, the usage query) and of
     # the model list: a wedged auth answers callers UNAVAILABLE, not never.
     auth_timeout_s: float = Field(default=3.0, gt=0)
+    # How long a tenant's adapter name resolves (or fails to) as it did: how
+    # late another gateway sees an adapter created or deleted. Misses are
+    # cached too, so made-up names cost the registry one lookup per window.
+    adapter_cache_ttl_s: float = Field(default=5.0, ge=0)
+    # (tenant, name) resolutions kept, the least recently used dropped first;
+    # some 300 bytes each.
+    adapter_cache_size: int = Field(default=10_000, ge=1)
     # Events beyond this many waiting for anomaly are dropped (and counted), never waited on.
     event_queue_size: int = Field(default=10_000, ge=1)
     # How long the router's model list (names, context lengths) is trusted

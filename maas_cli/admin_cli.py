@@ -240,7 +240,9 @@ def _show_keys(keys: list[auth_pb2.ApiKey]) -> None:
 def key_create(
     tenant_id: str,
     name: Annotated[str, typer.Option(help="a label")] = "",
-    scope: Annotated[list[str] | None, typer.Option(help="generate, usage:read, admin")] = None,
+    scope: Annotated[
+        list[str] | None, typer.Option(help="generate, usage:read, adapters, admin")
+    ] = None,
     expires_in_days: Annotated[float | None, typer.Option(min=0.0, help="default: never")] = None,
     auth: AuthOption = "127.0.0.1:50052",
     admin_token: TokenOption = None,

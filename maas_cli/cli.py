@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import os
 import sys
-from collections.abc import Coroutine, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, TypeVar
 
 import grpc
 import typer
@@ -25,12 +23,15 @@ from maas.v1 import (
     metering_pb2_grpc,
     usage_pb2,
 )
-from maas_cli import admin_actions, billing_cli, budget_cli, usage_report
+from maas_cli import adapter_cli, admin_actions, billing_cli, budget_cli, usage_report
 from maas_cli import chat as chat_loop
 from maas_cli import top as top_view
 from maas_cli.admin_cli import admin
 from maas_cli.client import MaasClient
 from maas_cli.connection import Connection
+from maas_cli.gateway_options import GatewayOption, KeyOption
+from maas_cli.gateway_options import client as _client
+from maas_cli.gateway_options import run as _run
 from maas_cli.output import (
     EXIT_STATUS_HELP,
     CommandFailed,
@@ -38,7 +39,6 @@ from maas_cli.output import (
     bad_usage,
     console,
     errors,
-    failures,
     print_json,
     print_table,
     to_dict,
@@ -47,8 +47,6 @@ from maas_cli.severity import SEVERITIES, severity_markup
 
 T = TypeVar("T")
 
-DEV_KEY_FILE = Path(".maas/dev_api_key")
-
 app = typer.Typer(
     help=f"Talk to a MaaS mesh gateway. Every command takes --json. {EXIT_STATUS_HELP}",
     no_args_is_help=True,
@@ -56,36 +54,13 @@ app = typer.Typer(
 admin_actions.register(admin)
 billing_cli.register(admin, app)
 budget_cli.register(admin)
+adapter_cli.register(app)
 app.add_typer(admin, name="admin")
 
-GatewayOption = Annotated[
-    str, typer.Option("--gateway", envvar="MAAS_GATEWAY", help="host:port of the gateway")
-]
 AnomalyOption = Annotated[
     str,
     typer.Option("--target", envvar="MAAS_ANOMALY", help="host:port of the anomaly service"),
 ]
-KeyOption = Annotated[
-    str | None,
-    typer.Option("--api-key", envvar="MAAS_API_KEY", help="API key (default: .maas/dev_api_key)"),
-]
-
-
-def _api_key(given: str | None) -> str:
-    if given:
-        return given
-    if DEV_KEY_FILE.exists():
-        return DEV_KEY_FILE.read_text().strip()
-    bad_usage("no API key: pass --api-key, set MAAS_API_KEY, or run `make run`")
-
-
-def _client(gateway: str, api_key: str | None) -> MaasClient:
-    return MaasClient(gateway, _api_key(api_key), credentials=Connection.from_env().credentials())
-
-
-def _run(coro: Coroutine[Any, Any, T]) -> T:
-    with failures():
-        return asyncio.run(coro)
 
 
 async def _default_model(client: MaasClient) -> str:

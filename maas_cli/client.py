@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from types import TracebackType
 from typing import Self
 
 import grpc
 from google.protobuf import timestamp_pb2
 
-from maas.v1 import gateway_pb2, gateway_pb2_grpc, generation_pb2, usage_pb2
+from maas.v1 import adapter_pb2, gateway_pb2, gateway_pb2_grpc, generation_pb2, usage_pb2
+
+# The most bytes of weights in one upload message, as the gateway takes them.
+ADAPTER_CHUNK_BYTES = 1024 * 1024
 
 
 class MaasClient:
@@ -101,3 +104,33 @@ class MaasClient:
     ) -> usage_pb2.GetUsageResponse:
         request = gateway_pb2.GetUsageRequest(group_by=group_by, start_time=start_time)
         return await self._stub.GetUsage(request, metadata=self._metadata)
+
+    async def create_adapter(
+        self, name: str, base_model: str, config_json: bytes, weights: bytes
+    ) -> adapter_pb2.Adapter:
+        """Uploads a private LoRA adapter: the spec, then the weights in chunks."""
+
+        async def parts() -> AsyncIterator[adapter_pb2.AdapterUpload]:
+            yield adapter_pb2.AdapterUpload(
+                spec=adapter_pb2.AdapterSpec(
+                    name=name, base_model=base_model, config_json=config_json
+                )
+            )
+            for at in range(0, len(weights), ADAPTER_CHUNK_BYTES):
+                yield adapter_pb2.AdapterUpload(
+                    weights_chunk=weights[at : at + ADAPTER_CHUNK_BYTES]
+                )
+
+        return await self._stub.CreateAdapter(parts(), metadata=self._metadata)
+
+    async def list_adapters(self) -> list[adapter_pb2.Adapter]:
+        reply = await self._stub.ListAdapters(
+            adapter_pb2.ListAdaptersRequest(), metadata=self._metadata
+        )
+        return list(reply.adapters)
+
+    async def delete_adapter(self, name: str) -> adapter_pb2.Adapter:
+        reply = await self._stub.DeleteAdapter(
+            adapter_pb2.DeleteAdapterRequest(name=name), metadata=self._metadata
+        )
+        return reply.adapter

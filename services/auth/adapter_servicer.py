@@ -69,8 +69,9 @@ class AdapterRegistryServicer(adapter_registry_pb2_grpc.AdapterRegistryServicer)
         request_iterator: AsyncIterator[adapter_registry_pb2.RegistryAdapterUpload],
         context: Context,
     ) -> adapter_pb2.Adapter:
-        upload = await _upload(self._adapters, request_iterator)
-        return adapter_to_proto(await self._adapters.finish(upload))
+        with self._adapters.uploading():
+            upload = await _upload(self._adapters, request_iterator)
+            return adapter_to_proto(await self._adapters.finish(upload))
 
     async def ListAdapters(
         self, request: adapter_registry_pb2.RegistryListAdaptersRequest, context: Context

@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 import secrets
 import struct
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -26,6 +28,7 @@ from services.common.errors import (
     FailedPreconditionError,
     InvalidArgumentError,
     NotFoundError,
+    ResourceExhaustedError,
 )
 from services.common.generation_limits import MAX_MODEL_NAME_BYTES
 
@@ -64,6 +67,15 @@ MAX_TARGET_MODULE_CHARS = 128
 # Every linear layer of a transformer block is well under this many names.
 MAX_TARGET_MODULES = 64
 
+# Bytes per element of each safetensors dtype: a tensor's data_offsets must
+# span exactly its shape's elements.
+_DTYPE_BYTES = {
+    "BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1,
+    "U16": 2, "I16": 2, "F16": 2, "BF16": 2,
+    "U32": 4, "I32": 4, "F32": 4,
+    "U64": 8, "I64": 8, "F64": 8,
+}  # fmt: skip
+
 _NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 _NAME_RULE = "1 to 64 of a-z, 0-9, '.', '_', '-', starting with a letter or digit"
 
@@ -81,6 +93,8 @@ class AdapterSettings:
     max_bytes: int = 64 * 1024 * 1024
     max_rank: int = 64
     max_per_tenant: int = 16
+    # Uploads held in memory at once: each holds up to max_bytes until stored.
+    max_uploads: int = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +161,14 @@ def check_config(config_json: bytes, max_rank: int) -> int:
     rank = config.get("r")
     if not isinstance(rank, int) or isinstance(rank, bool) or not 1 <= rank <= max_rank:
         raise InvalidArgumentError(field, f"r must be an integer from 1 to {max_rank}")
+    pattern = config.get("rank_pattern") or {}
+    if not isinstance(pattern, dict) or not all(
+        isinstance(r, int) and not isinstance(r, bool) and 1 <= r <= max_rank
+        for r in pattern.values()
+    ):
+        raise InvalidArgumentError(
+            field, f"rank_pattern must map module names to integers from 1 to {max_rank}"
+        )
     modules = config.get("target_modules")
     if (
         not isinstance(modules, list)
@@ -183,10 +205,13 @@ def check_safetensors(weights: bytes | bytearray) -> None:
         if not isinstance(info, dict):
             raise InvalidArgumentError(field, f"tensor {shown!r}: not an object")
         shape = info.get("shape")
-        if not isinstance(info.get("dtype"), str) or not (
+        width = _DTYPE_BYTES.get(info.get("dtype"))  # type: ignore[arg-type]
+        if width is None or not (
             isinstance(shape, list) and all(_is_int(d) and d >= 0 for d in shape)
         ):
-            raise InvalidArgumentError(field, f"tensor {shown!r}: needs a dtype and a shape")
+            raise InvalidArgumentError(
+                field, f"tensor {shown!r}: needs a safetensors dtype and a shape"
+            )
         offsets = info.get("data_offsets")
         if not (
             isinstance(offsets, list)
@@ -196,6 +221,10 @@ def check_safetensors(weights: bytes | bytearray) -> None:
         ):
             raise InvalidArgumentError(
                 field, f"tensor {shown!r}: data_offsets must lie within the {data_len} data bytes"
+            )
+        if offsets[1] - offsets[0] != width * math.prod(shape):
+            raise InvalidArgumentError(
+                field, f"tensor {shown!r}: data_offsets must span its shape's {info['dtype']} bytes"
             )
         tensors += 1
     if tensors == 0:
@@ -234,6 +263,24 @@ class Adapters:
     def __init__(self, store: AuthStore, settings: AdapterSettings = AdapterSettings()) -> None:
         self._store = store
         self._settings = settings
+        self._uploads = 0
+
+    @contextmanager
+    def uploading(self) -> Iterator[None]:
+        """One upload's place among max_uploads; RESOURCE_EXHAUSTED when none
+        is free (a burst of uploads must not hold gigabytes here)."""
+        if self._uploads >= self._settings.max_uploads:
+            raise ResourceExhaustedError(
+                f"{self._settings.max_uploads} adapter uploads are running; try again shortly",
+                # About one upload's time: a few MiB a second, a few MiB each.
+                retry_after_s=1.0,
+                subject="adapter_uploads",
+            )
+        self._uploads += 1
+        try:
+            yield
+        finally:
+            self._uploads -= 1
 
     async def begin(self, tenant_id: str, name: str, base_model: str, config_json: bytes) -> Upload:
         """Checks the spec before any weights are read."""

@@ -17,10 +17,12 @@ class Priority(enum.IntEnum):
 class Scope(enum.StrEnum):
     GENERATE = "generate"
     USAGE_READ = "usage:read"
+    # Create and delete the tenant's private adapters (any key lists them).
+    ADAPTERS = "adapters"
     ADMIN = "admin"
 
 
-DEFAULT_SCOPES = (Scope.GENERATE, Scope.USAGE_READ)
+DEFAULT_SCOPES = (Scope.GENERATE, Scope.USAGE_READ, Scope.ADAPTERS)
 
 
 @dataclass(frozen=True, slots=True)

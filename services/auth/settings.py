@@ -71,6 +71,9 @@ class AuthSettings(ServiceSettings):
     max_adapter_bytes: int = Field(default=64 * 1024 * 1024, ge=1)
     max_adapter_rank: int = Field(default=64, ge=1)
     max_adapters_per_tenant: int = Field(default=16, ge=1)
+    # Adapter uploads held in memory at once (each up to max_adapter_bytes);
+    # one more is RESOURCE_EXHAUSTED, to retry.
+    max_adapter_uploads: int = Field(default=4, ge=1)
 
     @field_validator("quota_url")
     @classmethod

@@ -8,6 +8,7 @@ import hashlib
 import json
 import struct
 from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import grpc
@@ -22,7 +23,7 @@ from services.auth.server import serving
 from services.auth.settings import AuthSettings
 from services.auth.store import AuthStore
 from tests.auth.conftest import ADMIN_TOKEN, PEPPER
-from tests.support import bad_request_fields
+from tests.support import bad_request_fields, eventually
 
 Upload = adapter_registry_pb2.RegistryAdapterUpload
 
@@ -227,6 +228,10 @@ def _hostile(t: str) -> dict[str, tuple[list[Upload], str]]:
         "rank 2^63": (upload(t, GOOD, config=_config(r=2**63)), "config_json"),
         "rank past the setting": (upload(t, GOOD, config=_config(r=65)), "config_json"),
         "rank a string": (upload(t, GOOD, config=_config(r="8")), "config_json"),
+        "rank_pattern past the setting": (
+            upload(t, GOOD, config=_config(rank_pattern={"q_proj": 65})),
+            "config_json",
+        ),
         "no target modules": (
             upload(t, GOOD, config=_config(target_modules=[])),
             "config_json",
@@ -244,6 +249,17 @@ def _hostile(t: str) -> dict[str, tuple[list[Upload], str]]:
         "offsets 2^63": (upload(t, _header([0, 2**63])), "weights"),
         "offsets reversed": (upload(t, _header([8, 4])), "weights"),
         "offsets negative": (upload(t, _header([-1, 4])), "weights"),
+        "offsets short of the shape": (upload(t, _header([0, 8])), "weights"),
+        "unknown dtype": (
+            upload(t, safetensors(4, {"w": {"dtype": "Q4", "shape": [4], "data_offsets": [0, 4]}})),
+            "weights",
+        ),
+        "shape of 2^63": (
+            upload(
+                t, safetensors(4, {"w": {"dtype": "U8", "shape": [2**63], "data_offsets": [0, 4]}})
+            ),
+            "weights",
+        ),
         "no tensors": (upload(t, safetensors(0, {"__metadata__": {}})), "weights"),
         "chunk of 1 MiB + 1": (
             [Upload(tenant_id=t), spec(), *chunks(safetensors(CHUNK_BYTES + 64), CHUNK_BYTES + 1)],
@@ -268,6 +284,7 @@ async def test_every_hostile_upload_is_refused_naming_its_field(
     assert err.code() == grpc.StatusCode.NOT_FOUND
 
 
+@asynccontextmanager
 async def _small_registry(
     store: AuthStore, tmp_path: Path, **changes: object
 ) -> AsyncIterator[adapter_registry_pb2_grpc.AdapterRegistryAsyncStub]:
@@ -292,9 +309,9 @@ async def _small_registry(
 async def test_the_weights_and_the_tenants_count_are_bounded(
     store: AuthStore, tmp_path: Path
 ) -> None:
-    async for stub in _small_registry(
+    async with _small_registry(
         store, tmp_path, max_adapter_bytes=CHUNK_BYTES, max_adapters_per_tenant=2
-    ):
+    ) as stub:
         t = await tenant(store, "bounded")
         # One byte past the bound, in small chunks: refused as it arrives.
         over = safetensors(CHUNK_BYTES)
@@ -312,8 +329,34 @@ async def test_the_weights_and_the_tenants_count_are_bounded(
 
 async def test_the_registry_answers_the_mesh_only(store: AuthStore, tmp_path: Path) -> None:
     """With the service token set, a caller without it gets nowhere."""
-    async for stub in _small_registry(store, tmp_path, service_token="s" * 32):
+    async with _small_registry(store, tmp_path, service_token="s" * 32) as stub:
         t = await tenant(store, "outside")
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await stub.ListAdapters(adapter_registry_pb2.RegistryListAdaptersRequest(tenant_id=t))
         assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_uploads_held_at_once_are_bounded(store: AuthStore, tmp_path: Path) -> None:
+    async with _small_registry(store, tmp_path, max_adapter_uploads=1) as stub:
+        t = await tenant(store, "busy")
+        held = stub.CreateAdapter()
+        for message in (Upload(tenant_id=t), spec(name="held")):
+            await held.write(message)
+        tries = iter(range(1000))
+
+        async def refused_while_held() -> bool:
+            # Until the held upload's handler runs, another one goes through.
+            try:
+                await create(stub, upload(t, GOOD, name=f"other-{next(tries)}"))
+            except grpc.aio.AioRpcError as err:
+                assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+                return True
+            return False
+
+        await eventually(refused_while_held)
+        for message in chunks(GOOD):
+            await held.write(message)
+        await held.done_writing()
+        assert (await held).name == "held"
+        # Its place is free again.
+        await create(stub, upload(t, GOOD, name="after"))

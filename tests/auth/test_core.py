@@ -45,7 +45,7 @@ async def test_a_created_key_authenticates_to_its_tenant(auth_core: AuthCore) ->
     principal = await auth_core.authenticate(full)
     assert principal.tenant_id == tenant.tenant_id
     assert principal.key_id == record.key_id
-    assert principal.scopes == (Scope.GENERATE, Scope.USAGE_READ)
+    assert principal.scopes == (Scope.GENERATE, Scope.USAGE_READ, Scope.ADAPTERS)
 
 
 @pytest.mark.parametrize("mangle", ["wrong-secret", "malformed", "unknown-id"])
