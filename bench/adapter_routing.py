@@ -7,11 +7,12 @@ GPU-class model, each with one adapter slot and a simulated adapter load
 of `sim_adapter_load_s`; replicas fetch adapters from the registry. Three
 tenants each register an adapter in the registry (tiny PEFT files), then a
 seeded stream of requests chooses among them, one adapter hot (half
-the requests), the other two a quarter each, sent to the router with the
-adapter's id as the gateway sends them (the gateway's own adapter rpcs are
-another part's work). One mesh routes with adapter affinity, the other (identical) in turn
-with adapters ignored; they take turns within each round (the order
-alternates), and cells are medians over rounds with their range.
+the requests), the other two a quarter each. Each tenant uploads its
+adapter through the gateway (Gateway.CreateAdapter) and asks for it by name
+(Gateway.Generate), as a client does. One mesh routes with adapter
+affinity, the other (identical) in turn with adapters ignored; they take
+turns within each round (the order alternates), and cells are medians over
+rounds with their range.
 
 A request refused (UNAVAILABLE: every slot busy where the router sent it,
 on both tries) is sent again by the client after a short pause, as clients
@@ -44,10 +45,9 @@ from bench.stats import percentile, summary, write_results
 from local_models.tiny_llama import build_tiny_adapter
 from maas.v1 import (
     adapter_pb2,
-    adapter_registry_pb2,
-    adapter_registry_pb2_grpc,
     auth_pb2,
     auth_pb2_grpc,
+    gateway_pb2_grpc,
     generation_pb2,
     router_pb2,
     router_pb2_grpc,
@@ -79,10 +79,11 @@ CHUNK = 1 << 20
 
 @dataclass
 class Cell:
+    gateway: gateway_pb2_grpc.GatewayAsyncStub
     router: router_pb2_grpc.RouterAsyncStub
     service_token: str
-    # Adapter name -> its tenant and its id in the registry.
-    adapters: dict[str, tuple[str, str]]
+    # Adapter name -> its tenant's API key.
+    keys: dict[str, str]
 
     @property
     def metadata(self) -> tuple[tuple[str, str], ...]:
@@ -96,34 +97,23 @@ async def adapter_loads(cell: Cell) -> int:
     return sum(r.load.adapter_loads for r in listed.replicas)
 
 
-async def register_adapters(
-    registry: adapter_registry_pb2_grpc.AdapterRegistryAsyncStub,
-    metadata: tuple[tuple[str, str], ...],
-    tenants: list[str],
-    files: Path,
-) -> dict[str, tuple[str, str]]:
-    """Registers an adapter for each tenant; their tenants and ids by name."""
-    ids = {}
-    for seed, (name, tenant_id) in enumerate(zip(ADAPTERS, tenants, strict=True), start=1):
-        folder = build_tiny_adapter(files / name, rank=8, seed=seed)
-        config = (folder / "adapter_config.json").read_bytes()
-        weights = (folder / "adapter_model.safetensors").read_bytes()
-        upload = adapter_registry_pb2.RegistryAdapterUpload
-        parts = [
-            upload(tenant_id=tenant_id),
-            upload(
-                upload=adapter_pb2.AdapterUpload(
-                    spec=adapter_pb2.AdapterSpec(name=name, base_model=MODEL, config_json=config)
-                )
-            ),
-            *(
-                upload(upload=adapter_pb2.AdapterUpload(weights_chunk=weights[i : i + CHUNK]))
-                for i in range(0, len(weights), CHUNK)
-            ),
-        ]
-        created = await registry.CreateAdapter(iter(parts), metadata=metadata)
-        ids[name] = (tenant_id, created.adapter_id)
-    return ids
+async def upload_adapter(
+    gateway: gateway_pb2_grpc.GatewayAsyncStub, api_key: str, name: str, seed: int, files: Path
+) -> None:
+    """The tenant uploads its adapter (tiny PEFT files) through the gateway."""
+    folder = build_tiny_adapter(files / name, rank=8, seed=seed)
+    config = (folder / "adapter_config.json").read_bytes()
+    weights = (folder / "adapter_model.safetensors").read_bytes()
+    parts = [
+        adapter_pb2.AdapterUpload(
+            spec=adapter_pb2.AdapterSpec(name=name, base_model=MODEL, config_json=config)
+        ),
+        *(
+            adapter_pb2.AdapterUpload(weights_chunk=weights[i : i + CHUNK])
+            for i in range(0, len(weights), CHUNK)
+        ),
+    ]
+    await gateway.CreateAdapter(iter(parts), metadata=(("authorization", f"Bearer {api_key}"),))
 
 
 async def run_cell(cell: Cell, rng: random.Random) -> dict[str, float]:
@@ -136,16 +126,13 @@ async def run_cell(cell: Cell, rng: random.Random) -> dict[str, float]:
     async def one(i: int, name: str) -> None:
         async with gate:
             outcome = bench_mesh.Outcome("bench", time.perf_counter())
-            request = router_pb2.RouterGenerateRequest(
-                request=generation_pb2.GenerateRequest(
-                    model=MODEL,
-                    prompt=f"request {i}: {rng.randrange(10**6)}",
-                    max_tokens=ANSWER_TOKENS,
-                    ignore_eos=True,
-                ),
-                context=router_pb2.RequestContext(tenant_id=cell.adapters[name][0]),
-                adapter_id=cell.adapters[name][1],
+            request = generation_pb2.GenerateRequest(
+                model=name,
+                prompt=f"request {i}: {rng.randrange(10**6)}",
+                max_tokens=ANSWER_TOKENS,
+                ignore_eos=True,
             )
+            key = (("authorization", f"Bearer {cell.keys[name]}"),)
             # A refused request is sent again, as clients retry UNAVAILABLE:
             # every request is answered, and its time to first token counts
             # from its first try.
@@ -154,7 +141,7 @@ async def run_cell(cell: Cell, rng: random.Random) -> dict[str, float]:
                     await asyncio.sleep(RETRY_PAUSE_S)
                     refusals[0] += 1
                 outcome.code, outcome.details = "OK", ""
-                call = cell.router.Generate(request, metadata=cell.metadata, timeout=60)
+                call = cell.gateway.Generate(request, metadata=key, timeout=60)
                 await bench_mesh.stream(call, outcome)
                 if outcome.code != "UNAVAILABLE":
                     break
@@ -223,17 +210,24 @@ async def mesh_for(mode: str, state: Path, load_s: float, idle_s: float) -> Asyn
                 break
             await asyncio.sleep(0.05)
         auth_ch = await stack.enter_async_context(grpc.aio.insecure_channel(running.target("auth")))
+        gateway_ch = await stack.enter_async_context(
+            grpc.aio.insecure_channel(running.target("gateway"))
+        )
+        gateway = gateway_pb2_grpc.GatewayStub(gateway_ch)
+        auth = auth_pb2_grpc.AuthStub(auth_ch)
         admin = (("authorization", f"Bearer {options.admin_token}"),)
-        tenants = []
-        for name in ADAPTERS:
-            tenant = await auth_pb2_grpc.AuthStub(auth_ch).CreateTenant(
+        keys = {}
+        for seed, name in enumerate(ADAPTERS, start=1):
+            tenant = await auth.CreateTenant(
                 auth_pb2.CreateTenantRequest(name=f"{name}-owner", plan=auth_pb2.Plan()),
                 metadata=admin,
             )
-            tenants.append(tenant.tenant_id)
-        registry = adapter_registry_pb2_grpc.AdapterRegistryStub(auth_ch)
-        ids = await register_adapters(registry, metadata, tenants, state / "adapters")
-        yield Cell(router, token, ids)
+            created = await auth.CreateApiKey(
+                auth_pb2.CreateApiKeyRequest(tenant_id=tenant.tenant_id), metadata=admin
+            )
+            keys[name] = created.api_key
+            await upload_adapter(gateway, created.api_key, name, seed, state / "adapters")
+        yield Cell(gateway, router, token, keys)
 
 
 async def main_async(args: argparse.Namespace) -> None:
