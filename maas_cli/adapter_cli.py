@@ -9,11 +9,10 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
 
 from maas.v1 import adapter_pb2
 from maas_cli.gateway_options import GatewayOption, KeyOption, client, run
-from maas_cli.output import JsonOption, bad_usage, print_json, print_table
+from maas_cli.output import JsonOption, bad_usage, print_rows
 from maas_cli.statement_report import rfc3339
 
 adapter_app = typer.Typer(
@@ -38,14 +37,7 @@ def adapter_dict(adapter: adapter_pb2.Adapter) -> dict[str, Any]:
 
 
 def _show(adapters: list[adapter_pb2.Adapter], as_json: bool) -> None:
-    rows = [adapter_dict(a) for a in adapters]
-    if as_json:
-        print_json(rows)
-        return
-    table = Table(*COLUMNS)
-    for row in rows:
-        table.add_row(*(str(row[c]) for c in COLUMNS))
-    print_table(table)
+    print_rows([adapter_dict(a) for a in adapters], COLUMNS, as_json)
 
 
 @adapter_app.command("create")

@@ -12,12 +12,11 @@ from typing import Annotated, TypeVar
 
 import grpc
 import typer
-from rich.table import Table
 
 from maas.v1 import billing_pb2, billing_pb2_grpc
 from maas_cli import statement_report
 from maas_cli.admin_cli import AuthOption, TokenOption, admin_rpc
-from maas_cli.output import JsonOption, bad_usage, print_json, print_table
+from maas_cli.output import JsonOption, bad_usage, print_rows
 from maas_cli.usage_report import money
 
 price_app = typer.Typer(help="The price book: per model, per million tokens.", no_args_is_help=True)
@@ -57,16 +56,9 @@ def price_dict(p: billing_pb2.Price) -> dict[str, str | int]:
 
 
 def _show_prices(prices: list[billing_pb2.Price], as_json: bool) -> None:
-    rows = [price_dict(p) for p in prices]
-    if as_json:
-        print_json(rows)
-        return
     columns = ("model", "adapter", "currency", "prompt_per_million",
                "cached_prompt_per_million", "completion_per_million", "effective_time")  # fmt: skip
-    table = Table(*columns)
-    for row in rows:
-        table.add_row(*(str(row[c]) for c in columns))
-    print_table(table)
+    print_rows([price_dict(p) for p in prices], columns, as_json)
 
 
 @price_app.command("set")

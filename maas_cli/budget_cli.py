@@ -8,12 +8,11 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
 from maas.v1 import billing_pb2
 from maas_cli.admin_cli import AuthOption, TokenOption, admin_rpc
 from maas_cli.billing_cli import billing_stub, micros
-from maas_cli.output import JsonOption, bad_usage, print_json, print_table
+from maas_cli.output import JsonOption, bad_usage, print_rows
 from maas_cli.statement_report import rfc3339
 from maas_cli.usage_report import money
 
@@ -42,14 +41,7 @@ def budget_dict(b: billing_pb2.Budget) -> dict[str, str | int]:
 
 
 def _show(budgets: list[billing_pb2.Budget], as_json: bool) -> None:
-    rows = [budget_dict(b) for b in budgets]
-    if as_json:
-        print_json(rows)
-        return
-    table = Table(*COLUMNS)
-    for row in rows:
-        table.add_row(*(str(row[c]) for c in COLUMNS))
-    print_table(table)
+    print_rows([budget_dict(b) for b in budgets], COLUMNS, as_json)
 
 
 @budget_app.command("set")

@@ -145,6 +145,17 @@ def print_table(table: RenderableType, out: Console | None = None) -> None:
     out.print(table)
 
 
+def print_rows(rows: Sequence[dict[str, Any]], columns: Sequence[str], as_json: bool) -> None:
+    """Records as one JSON list (every field), or as a table of `columns`."""
+    if as_json:
+        print_json(list(rows))
+        return
+    table = Table(*columns)
+    for row in rows:
+        table.add_row(*(str(row[c]) for c in columns))
+    print_table(table)
+
+
 def print_record(fields: Sequence[tuple[str, str]], out: Console | None = None) -> None:
     """One record as `name: value` lines: whole values at any width."""
     out = out or console
