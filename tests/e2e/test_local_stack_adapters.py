@@ -50,6 +50,13 @@ def test_generation_replicas_get_slots_and_the_registry_embedding_replicas_no_sl
     assert embed.adapter_slots == 0
 
 
+def test_the_registry_is_every_auth_replica(tmp_path: Path) -> None:
+    args = ["--engine", "sim", "--auth-replicas", "2", "--base-port", "40000"]
+    (replica,) = inference_settings(args, tmp_path)
+    # auth's own port in the block, its second replica's after the block.
+    assert replica.registry_address == "127.0.0.1:40001,127.0.0.1:40005"
+
+
 def test_zero_slots_turns_private_adapters_off(tmp_path: Path) -> None:
     args = ["--engine", "sim", "--replicas", "2", "--adapter-slots", "0"]
     assert [s.adapter_slots for s in inference_settings(args, tmp_path)] == [0, 0]
