@@ -723,12 +723,22 @@ async def first_adapter_completion(
             await client.delete_adapter(ADAPTER_NAME)  # left by a run that served another model
             del held[ADAPTER_NAME]
         if ADAPTER_NAME not in held:
-            await client.create_adapter(
-                ADAPTER_NAME,
-                base_model,
-                (directory / "adapter_config.json").read_bytes(),
-                (directory / "adapter_model.safetensors").read_bytes(),
-            )
+            try:
+                await client.create_adapter(
+                    ADAPTER_NAME,
+                    base_model,
+                    (directory / "adapter_config.json").read_bytes(),
+                    (directory / "adapter_model.safetensors").read_bytes(),
+                )
+            except grpc.aio.AioRpcError as err:
+                if err.code() != grpc.StatusCode.PERMISSION_DENIED:
+                    raise
+                # A dev key kept from before keys had the `adapters` scope.
+                console.print(
+                    f"skipped: the dev API key may not upload adapters ({err.details()}); "
+                    f"delete {state_dir / 'dev_api_key'} for a new key with the default scopes"
+                )
+                return
         await stream_first(client, ADAPTER_NAME, f"a private adapter on {base_model}")
 
 
