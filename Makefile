@@ -17,6 +17,9 @@ REPLICAS ?= 1
 AUTH_REPLICAS ?= 1
 GATEWAY_REPLICAS ?= 1
 TLS ?= 0
+# `make run ADAPTER_SLOTS=0`: tenants' private adapters each generation replica holds loaded at once
+# (2: a tenant's first adapter and a second side by side; each slot costs engine memory); 0 serves none.
+ADAPTER_SLOTS ?= 2
 # `make run ENGINE=sim REPLICAS=8`: simulated engines (services/inference/sim_engine.py), no model build.
 ENGINE ?= vllm
 # `make run MODELS="tiny-llama tiny-embed:pooling"` (or a comma list; each NAME[:RUNNER][:REPLICAS]),
@@ -108,6 +111,7 @@ run: venv $(if $(or $(filter sim,$(ENGINE)),$(MODELS_ARG)),,model) ## start the 
 		$(STEP) "build the tiny local model $$(basename $$dir)" $(PY) -m $$module --out $$dir </dev/null || exit 1; done)
 	$(PY) -m deploy.local.stack --replicas $(REPLICAS) --metrics-base-port $(METRICS_PORT) \
 		--auth-replicas $(AUTH_REPLICAS) --gateway-replicas $(GATEWAY_REPLICAS) $(if $(filter 1,$(TLS)),--tls) \
+		--adapter-slots $(ADAPTER_SLOTS) \
 		$(if $(filter sim,$(ENGINE)),--engine sim --sim-profile $(SIM_PROFILE)) \
 		$(if $(MODELS_ARG),$(MODELS_ARG),$(if $(filter sim,$(ENGINE)),,--model $(MODEL_DIR)))
 

@@ -5,7 +5,9 @@ Installs or starts what Docker needs (deploy/docker/tools.sh), builds every
 image from Debian's packages (deploy/docker/build.sh), brings the stack up and
 waits for health, bootstraps a key the documented way, streams a completion
 through each gateway's published HTTP port with a trace id of its own, embeds
-two texts with the embedding model through a gateway, finds
+two texts with the embedding model through a gateway, uploads a tenant's
+private LoRA adapter with the host's `maas adapter create` and streams a
+completion with it by name (an inference replica fetches it from auth), finds
 that trace under gateway, auth, router and inference in the trace sink's log
 and the gateways' token counts in Prometheus' API, then kills one auth
 replica under steady load and counts failed requests. Exits 1 naming each
@@ -50,6 +52,11 @@ LOAD_AFTER_KILL_S = 20.0
 LOAD_WORKERS = 3
 # Tokens a test completion asks for: short, the engine is a tiny CPU model.
 MAX_TOKENS = 16
+# The gateway's published gRPC port (the CLI speaks gRPC) and the host's CLI and Python.
+GATEWAY_GRPC = "127.0.0.1:50051"
+HOST_PYTHON = REPO / ".venv" / "bin" / "python"
+HOST_MAAS = REPO / ".venv" / "bin" / "maas"
+ADAPTER_NAME = "compose-test-adapter"
 
 
 @dataclass
@@ -128,6 +135,41 @@ def stream_completion(
                 text += choice.get("text") or ""
             usage = event.get("usage") or usage
     return {"text": text, "usage": usage, "events": events, "done": done}
+
+
+def private_adapter(tmp: Path, key: str, base_model: str, report: Report) -> None:
+    """A tenant uploads a tiny LoRA adapter for the tiny model through the
+    gateway (the host's CLI), then streams a completion with it by name."""
+    directory = tmp / "adapter"
+    # The tiny model is already built (make compose-test needs it); this adds the adapter.
+    subprocess.run(
+        [str(HOST_PYTHON), "-m", "local_models.tiny_llama",
+         "--out", str(REPO / ".maas" / "models" / "tiny-llama"), "--adapter-out", str(directory)],
+        cwd=REPO, check=True, capture_output=True,
+    )  # fmt: skip
+    created = subprocess.run(
+        [str(HOST_MAAS), "adapter", "create", ADAPTER_NAME, str(directory),
+         "--base-model", base_model, "--gateway", GATEWAY_GRPC, "--api-key", key, "--json"],
+        cwd=REPO, text=True, capture_output=True,
+    )  # fmt: skip
+    if not report.check(
+        created.returncode == 0,
+        f"maas adapter create {ADAPTER_NAME} on {base_model}: "
+        f"{(created.stdout or created.stderr).strip()[:120]!r}",
+    ):
+        return
+    try:
+        result = stream_completion(GATEWAYS["gateway"], key, ADAPTER_NAME)
+    except (urllib.error.URLError, RuntimeError) as err:
+        report.check(False, f"a completion with the private adapter failed: {err}")
+        return
+    usage = result["usage"] if isinstance(result["usage"], dict) else {}
+    completion = int(usage.get("completion_tokens", 0))
+    report.check(
+        bool(result["done"]) and bool(result["text"]) and completion > 0,
+        f"{ADAPTER_NAME} streamed {completion} completion tokens, fetched from auth's "
+        f"registry by the replica: {str(result['text'])[:40]!r}",
+    )
 
 
 def get_json(url: str) -> object:
@@ -355,6 +397,8 @@ def run(report: Report, tmp: Path) -> None:
             f"{embedder} embedded 2 texts through /v1/embeddings: widths {widths}, "
             f"{embedded} prompt tokens",
         )
+
+    private_adapter(tmp, key, model, report)
 
     quota_url = compose(
         "exec", "-T", "auth", "printenv", "MAAS_AUTH_QUOTA_URL", capture=True, check=False

@@ -48,6 +48,7 @@ from rich.table import Table
 
 from deploy.local.models import ModelEntry, ModelListError, parse_models, read_models_file
 from deploy.local.throwaway_ca import OPERATOR, MeshCertificates, ensure_throwaway_ca
+from local_models.tiny_llama import COMPLETE_MARKER, build_tiny_adapter
 from maas.v1 import auth_pb2, auth_pb2_grpc, embedding_pb2, gateway_pb2_grpc, generation_pb2
 from maas_cli.client import MaasClient
 from maas_cli.connection import Connection
@@ -61,6 +62,12 @@ from services.inference.sim_profiles import DEFAULT_PROFILE, PROFILES
 console = Console()
 
 DEV_TENANT = "dev"
+# What local_models.tiny_llama writes in a complete build's marker file.
+TINY_LLAMA_MARKER = "tiny-llama"
+# `--adapter-slots`: two private adapters held by each generation replica, so
+# the first one a tenant tries and a second stay loaded side by side on a
+# laptop; more only cost memory (vLLM reserves room for each slot).
+DEFAULT_ADAPTER_SLOTS = 2
 GATEWAY_MODULE = "gateway"
 
 
@@ -276,9 +283,12 @@ def engine_launch(
     args: argparse.Namespace, entry: ModelEntry, model: str
 ) -> tuple[list[str], dict[str, str]]:
     """Flags and environment of a replica of `model` (a service with a `model` setting)."""
+    # Generation replicas hold tenants' private adapters; an embedding model takes none.
+    slots = [] if entry.runner == "pooling" else ["--adapter-slots", str(args.adapter_slots)]
     if args.engine == "sim":
-        return ["--engine", "sim", "--sim-profile", args.sim_profile, "--model", model], {}
-    engine_args: list[str] = ["--model", model, "--runner", entry.runner]
+        sim = ["--engine", "sim", "--sim-profile", args.sim_profile, "--model", model]
+        return [*sim, *slots], {}
+    engine_args: list[str] = ["--model", model, "--runner", entry.runner, *slots]
     if entry.name != Path(model).name:
         engine_args += ["--served-model-name", entry.name]
     env: dict[str, str] = {}
@@ -680,6 +690,58 @@ async def stream_first(client: MaasClient, model: str, weights: str) -> None:
             )
 
 
+ADAPTER_NAME = "dev-first-adapter"
+
+
+def adapter_base(args: argparse.Namespace) -> str | None:
+    """The served model the stack's tiny adapter fits (any simulated model;
+    with vLLM only the tiny local model it was built for), or None: no
+    adapter slots, or no such model."""
+    if args.adapter_slots <= 0:
+        return None
+    for entry, model in served_models(args):
+        if entry.runner == "pooling":
+            continue
+        if args.engine == "sim":
+            return entry.name
+        marker = Path(model) / COMPLETE_MARKER
+        if marker.is_file() and marker.read_text().strip() == TINY_LLAMA_MARKER:
+            return entry.name
+    return None
+
+
+async def first_adapter_completion(
+    gateway_target: str, api_key: str, connection: Connection, base_model: str, state_dir: Path
+) -> None:
+    """Uploads a tiny private adapter for the dev tenant (once: it stays in
+    auth's registry between runs) and streams a completion with it by name:
+    a replica fetches it from the registry and loads it on the first use."""
+    directory = build_tiny_adapter(state_dir / "adapters" / ADAPTER_NAME)
+    async with MaasClient(gateway_target, api_key, credentials=connection.credentials()) as client:
+        held = {a.name: a for a in await client.list_adapters()}
+        if ADAPTER_NAME in held and held[ADAPTER_NAME].base_model != base_model:
+            await client.delete_adapter(ADAPTER_NAME)  # left by a run that served another model
+            del held[ADAPTER_NAME]
+        if ADAPTER_NAME not in held:
+            try:
+                await client.create_adapter(
+                    ADAPTER_NAME,
+                    base_model,
+                    (directory / "adapter_config.json").read_bytes(),
+                    (directory / "adapter_model.safetensors").read_bytes(),
+                )
+            except grpc.aio.AioRpcError as err:
+                if err.code() != grpc.StatusCode.PERMISSION_DENIED:
+                    raise
+                # A dev key kept from before keys had the `adapters` scope.
+                console.print(
+                    f"skipped: the dev API key may not upload adapters ({err.details()}); "
+                    f"delete {state_dir / 'dev_api_key'} for a new key with the default scopes"
+                )
+                return
+        await stream_first(client, ADAPTER_NAME, f"a private adapter on {base_model}")
+
+
 async def first_embeddings(
     gateway_target: str, api_key: str, connection: Connection, model: str
 ) -> None:
@@ -827,6 +889,12 @@ async def run(args: argparse.Namespace) -> int:
         for gateway in gateways:
             async with step(f"a first completion through {gateway.name}"):
                 await first_completion(f"127.0.0.1:{gateway.port}", api_key, connection, weights)
+        base = adapter_base(args)
+        if base is not None:
+            async with step(f"a first completion with a private adapter on {base}"):
+                await first_adapter_completion(
+                    f"127.0.0.1:{gateways[0].port}", api_key, connection, base, state_dir
+                )
         if args.exit_after_first:
             return 0
         console.print("\n[bold green]mesh is up[/bold green]; Ctrl-C stops it.")
@@ -843,6 +911,13 @@ def _replica_count(text: str) -> int:
     count = int(text)
     if count < 1:
         raise argparse.ArgumentTypeError("needs at least one replica")
+    return count
+
+
+def _slot_count(text: str) -> int:
+    count = int(text)
+    if count < 0:
+        raise argparse.ArgumentTypeError("0 (no private adapters) or more")
     return count
 
 
@@ -896,6 +971,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--quota-url",
         help="with --auth-replicas above 1: their Redis (default: one started on loopback)",
+    )
+    parser.add_argument(
+        "--adapter-slots",
+        type=_slot_count,
+        default=DEFAULT_ADAPTER_SLOTS,
+        help="tenants' private adapters each generation replica holds loaded at once, "
+        "fetched from auth's registry on a miss (0: serves none)",
     )
     parser.add_argument(
         "--tls",

@@ -20,6 +20,7 @@ import structlog
 from maas.v1 import adapter_registry_pb2, adapter_registry_pb2_grpc
 from observability import Telemetry
 from observability.channels import channel
+from services.common.balanced import balanced_options, balanced_target
 from services.common.errors import (
     FailedPreconditionError,
     NotFoundError,
@@ -109,6 +110,12 @@ class RegistryFetch:
         return adapter.base_model
 
 
+# A fetch only reads: safe to repeat on another replica (before its first message).
+REGISTRY_RETRIED: tuple[tuple[str, str | None], ...] = (
+    (adapter_registry_pb2.DESCRIPTOR.services_by_name["AdapterRegistry"].full_name, "FetchAdapter"),
+)
+
+
 async def unknown_adapter(adapter_id: str) -> FetchedAdapter:
     raise NotFoundError(f"adapter {adapter_id!r} is not known here (no adapter registry)")
 
@@ -126,7 +133,11 @@ async def registry_fetch(
     with tempfile.TemporaryDirectory(prefix="maas-adapters-") as temporary:
         cache_dir = settings.adapter_cache_dir or Path(temporary)
         cache_dir.mkdir(parents=True, exist_ok=True)
-        ch = channel(settings.registry_address, telemetry, security=channel_security(settings))
+        # Every auth replica on one channel, round robin, a fetch retried on
+        # another when one drops it; see services/common/balanced.py.
+        target = balanced_target("registry_address", settings.registry_address)
+        options = balanced_options(target, REGISTRY_RETRIED)
+        ch = channel(target, telemetry, options, security=channel_security(settings))
         try:
             stub = adapter_registry_pb2_grpc.AdapterRegistryStub(ch)
             yield RegistryFetch(stub, cache_dir, max_bytes=settings.max_adapter_bytes)

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
+from services.common.balanced import balanced_target
 from services.common.settings import ServiceSettings
 from services.inference.sim_profiles import DEFAULT_PROFILE, PROFILES
 
@@ -21,6 +22,10 @@ class InferenceSettings(ServiceSettings):
     model_config = SettingsConfigDict(
         env_prefix="MAAS_INFERENCE_", env_nested_delimiter="__", extra="forbid"
     )
+
+    # Address settings that take every replica of the service they name, as
+    # a comma-separated list (deploy/local/stack.py gives them all).
+    balanced_address_fields: ClassVar[frozenset[str]] = frozenset({"registry_address"})
 
     port: int = 50054
     model: str = Field(description="model directory or hub name; with engine=sim, just its name")
@@ -58,7 +63,8 @@ class InferenceSettings(ServiceSettings):
     # loaded at once, fetched from the adapter registry on a miss; past that
     # the least recently used idle one is unloaded. 0: serves none.
     adapter_slots: int = Field(default=0, ge=0)
-    # The adapter registry (auth's address) private adapters are fetched from.
+    # The adapter registry (auth's replicas, one channel balanced round robin:
+    # services/common/balanced.py) private adapters are fetched from.
     registry_address: str | None = None
     # Where fetched adapters' files go; default: a temporary directory removed at shutdown.
     adapter_cache_dir: Path | None = None
@@ -82,6 +88,13 @@ class InferenceSettings(ServiceSettings):
     # is wedged: the service turns NOT_SERVING and exits non-zero. Far above
     # any one step (a long prefill on CPU takes seconds), so load never trips it.
     engine_stall_s: float = Field(default=30.0, gt=0)
+
+    @field_validator("registry_address")
+    @classmethod
+    def _one_target(cls, value: str | None) -> str | None:
+        if value is not None:
+            balanced_target("registry_address", value)
+        return value
 
     @field_validator("sim_profile")
     @classmethod

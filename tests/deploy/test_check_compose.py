@@ -324,6 +324,39 @@ BROKEN.update(
 )
 
 
+# The chat replicas' adapter settings, on the CPU (the GPU's block reads the same).
+CPU_ADAPTERS = (
+    "      VLLM_TARGET_DEVICE: cpu\n"
+    "      # Tenants' private adapters held loaded at once (MAAS_ADAPTER_SLOTS=0: none),\n"
+    "      # fetched on a miss from auth's registry: any replica the name resolves to.\n"
+    "      MAAS_INFERENCE_ADAPTER_SLOTS: ${MAAS_ADAPTER_SLOTS:-2}\n"
+    "      MAAS_INFERENCE_REGISTRY_ADDRESS: dns:///auth:50052\n"
+)
+BROKEN.update(
+    {
+        "adapter slots with no registry": (
+            COMPOSE,
+            CPU_ADAPTERS,
+            CPU_ADAPTERS.replace("      MAAS_INFERENCE_REGISTRY_ADDRESS: dns:///auth:50052\n", ""),
+            ["inference-cpu", "adapter_slots 2 but no registry_address"],
+        ),
+        "the registry at the router": (
+            COMPOSE,
+            CPU_ADAPTERS,
+            CPU_ADAPTERS.replace("dns:///auth:50052", "dns:///router:50053"),
+            ["inference-cpu: registry_address dns:///router:50053",
+             "runs services.router, not services.auth"],
+        ),
+        "adapter slots on the embedding model": (
+            COMPOSE,
+            '      OMP_NUM_THREADS: "1"\n',
+            '      OMP_NUM_THREADS: "1"\n      MAAS_INFERENCE_ADAPTER_SLOTS: "2"\n',
+            ["inference-embed-cpu", "adapter_slots 2 on an embedding (pooling) model"],
+        ),
+    }
+)  # fmt: skip
+
+
 def test_the_embedding_model_serves_beside_the_chat_model_and_the_router_names_both() -> None:
     check = ComposeCheck(REPO / COMPOSE)
     assert check.run() == []
@@ -337,6 +370,13 @@ def test_the_embedding_model_serves_beside_the_chat_model_and_the_router_names_b
     assert isinstance(embed, InferenceSettings) and isinstance(chat, InferenceSettings)
     assert (embed.model, embed.runner) == ("/models/tiny-embed", "pooling")
     assert chat.model == "/models/tiny-llama" and chat.runner != "pooling"
+    # Tenants' private adapters on the chat model, fetched from every auth replica.
+    gpu = check.services["inference-gpu"].container.invocation
+    assert gpu is not None and isinstance(gpu.settings, InferenceSettings)
+    for replica in (chat, gpu.settings):
+        assert replica.adapter_slots == 2
+        assert replica.registry_address == "dns:///auth:50052"
+    assert embed.adapter_slots == 0
     # Beside the chat model: the same profile, image and models volume.
     specs = {name: check.services[name].spec for name in ("inference-cpu", "inference-embed-cpu")}
     for key in ("profiles", "image", "volumes"):

@@ -106,6 +106,20 @@ def test_each_model_is_its_own_deployment_service_budget_and_autoscaler(overlay:
     ]
     policy = objects["NetworkPolicy", "inference"]["spec"]["podSelector"]["matchLabels"]
     assert policy == {"app.kubernetes.io/component": "inference"}
+    # The chat model holds tenants' private adapters, fetched from every auth
+    # replica, which lets its pods in; the embedding model holds none.
+    chat, embed = (
+        {e["name"]: e.get("value") for e in objects["Deployment", n]["spec"]["template"]["spec"]
+         ["containers"][0]["env"]}
+        for n in models
+    )  # fmt: skip
+    slots = {"cpu": "2", "gpu": "8"}[overlay]
+    assert chat["MAAS_INFERENCE_ADAPTER_SLOTS"] == slots
+    assert chat["MAAS_INFERENCE_REGISTRY_ADDRESS"] == "dns:///auth-headless:50052"
+    assert "MAAS_INFERENCE_ADAPTER_SLOTS" not in embed
+    assert "MAAS_INFERENCE_ADAPTER_SLOTS" not in objects["ConfigMap", "inference-config"]["data"]
+    auth_callers = objects["NetworkPolicy", "auth"]["spec"]["ingress"][0]["from"]
+    assert {"podSelector": {"matchLabels": {"app.kubernetes.io/name": "inference"}}} in auth_callers
     auth_env = objects["ConfigMap", "auth-config"]["data"]
     assert auth_env["MAAS_AUTH_QUOTA_URL"] == "redis://redis:6379/0"
     gateway_env = objects["ConfigMap", "gateway-config"]["data"]
@@ -446,6 +460,24 @@ BROKEN_POLICY = {
         "  podSelector: {}\n  policyTypes: [\"Ingress\"]\n---",
         "  podSelector: {}\n  policyTypes: [\"Ingress\"]\n  ingress:\n    - {}\n---",
         ["overlays/gpu: namespace maas: no default-deny ingress NetworkPolicy"],
+    ),
+    "inference pods kept from auth's adapter registry": (
+        "network-policy.yaml",
+        "              app.kubernetes.io/name: anomaly\n"
+        "        - podSelector:\n            matchLabels:\n"
+        "              app.kubernetes.io/name: inference\n",
+        "              app.kubernetes.io/name: anomaly\n",
+        ["Deployment/inference container inference: dns:///auth-headless:50052",
+         "no NetworkPolicy lets Deployment/inference's pods reach Deployment/auth's "
+         "on port 50052"],
+    ),
+    "adapter slots with no registry": (
+        "inference.yaml",
+        "            - name: MAAS_INFERENCE_REGISTRY_ADDRESS\n"
+        "              value: dns:///auth-headless:50052\n",
+        "",
+        ["Deployment/inference container inference",
+         "adapter_slots 8 but no registry_address"],
     ),
     "a caller the callee's policy does not let in": (
         "network-policy.yaml",

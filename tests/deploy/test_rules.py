@@ -15,6 +15,7 @@ from deploy.checks.model import (
     Scrape,
 )
 from deploy.checks.rules import (
+    adapter_problems,
     address_problems,
     call_problems,
     container_problems,
@@ -165,6 +166,25 @@ def test_the_inference_container_asks_for_a_gpu_iff_it_runs_the_gpu_engine() -> 
     ]
     database.gpu = "holds a GPU"
     assert gpu_problems(deployment, database) == []
+
+
+def inference(*flags: str) -> Container:
+    args = ["--model", "/models/m", *flags]
+    return Container("engine", invocation=invoke("services.inference", args, {}))
+
+
+def test_a_replica_holding_private_adapters_is_told_where_the_registry_is() -> None:
+    assert adapter_problems(inference()) == []
+    given = inference("--adapter-slots", "2", "--registry-address", "dns:///auth:50052")
+    assert adapter_problems(given) == []
+    assert adapter_problems(inference("--adapter-slots", "2")) == [
+        "engine: adapter_slots 2 but no registry_address: every private adapter would be "
+        "NOT_FOUND (give it auth's address)"
+    ]
+    pooling = inference("--runner", "pooling", "--adapter-slots", "1", "--registry-address", "a:1")
+    assert adapter_problems(pooling) == [
+        "engine: adapter_slots 1 on an embedding (pooling) model, which takes no adapter: set none"
+    ]
 
 
 def test_grpc_targets_and_lists_name_each_address() -> None:

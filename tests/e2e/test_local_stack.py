@@ -63,6 +63,8 @@ def test_local_stack_streams_a_completion_and_stops_cleanly(
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
     assert "completion tokens" in output
+    # The tiny model's replica holds private adapters: one uploaded, fetched and generating.
+    assert "First completion from dev-first-adapter" in output, output
     assert (tmp_path / "dev_api_key").read_text().startswith("maas_")
     for service in ("gateway", "router", "inference", "anomaly", "auth"):
         assert f"stopped {service} (exit 0)" in output, output

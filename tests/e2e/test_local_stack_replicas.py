@@ -97,7 +97,9 @@ async def test_the_stack_runs_two_auth_replicas_and_two_gateways(
     out, _ = await asyncio.wait_for(process.communicate(), 300)
     output = out.decode()
     assert process.returncode == 0, output
-    # A completion through each gateway.
-    assert output.count("completion tokens") == 2, output
+    # A completion through each gateway, then one with a private adapter the
+    # replica fetched from the registry over the auth replicas' address list.
+    assert output.count("completion tokens") == 3, output
+    assert "First completion from dev-first-adapter" in output, output
     for service in ("auth-1", "auth-2", "gateway-1", "gateway-2"):
         assert f"stopped {service} (exit 0)" in output, output
