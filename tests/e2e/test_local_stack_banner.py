@@ -50,7 +50,15 @@ async def test_the_banner_names_addresses_that_answer(tmp_path: Path) -> None:
         assert re.search(r"==> start 5 processes", output), output
         for service in ("auth", "inference", "router", "anomaly", "gateway"):
             assert re.search(rf"{service} serving after \d+\.\d s", output), output
-        assert len(re.findall(r"done in \d+\.\d s", output)) == 4, output
+        steps = re.findall(r"^==> (.+)$", output, re.MULTILINE)
+        assert steps == [
+            "start 5 processes (simulated engines: tiny-cpu)",
+            "make sure the dev tenant and its API key exist",
+            "start the web console",
+            "a first completion through gateway",
+            "a first completion with a private adapter on tiny-cpu",
+        ], output
+        assert len(re.findall(r"done in \d+\.\d s", output)) == len(steps), output
 
         banner = dict(
             re.findall(r"^  (gRPC \(gateway\)|OpenAI base URL \(gateway\)|web console"
