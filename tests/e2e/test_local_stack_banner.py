@@ -72,7 +72,9 @@ async def test_the_banner_names_addresses_that_answer(tmp_path: Path) -> None:
 
         api_key = (tmp_path / "dev_api_key").read_text().strip()
         async with MaasClient(banner["gRPC (gateway)"], api_key) as client:
-            assert [m.name for m in await client.list_models()] == ["tiny-cpu"]
+            # The served model, and the dev tenant's own adapter made by the last step.
+            served = {m.name: m.base_model for m in await client.list_models()}
+            assert served == {"tiny-cpu": "", "dev-first-adapter": "tiny-cpu"}
         async with httpx.AsyncClient() as http:
             models = await http.get(
                 f"{base_url}/models", headers={"authorization": f"Bearer {api_key}"}
