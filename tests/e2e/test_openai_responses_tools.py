@@ -18,7 +18,7 @@ from openai import AsyncOpenAI
 from openai.types.responses import FunctionToolParam, ResponseFunctionToolCall
 
 from tests.e2e.test_openai_http import openai_client
-from tests.e2e.test_openai_tools import SCHEMAS, valid_call
+from tests.e2e.test_openai_tools import FORM_SCHEMA, SCHEMAS, valid_call
 from tests.mesh import Mesh, TenantKey
 
 TOOLS: list[FunctionToolParam] = [
@@ -32,6 +32,14 @@ TOOLS: list[FunctionToolParam] = [
     for name, schema in SCHEMAS.items()
 ]
 ASK = "Weather in Paris?"
+# Long arguments whatever is sampled (see test_openai_tools.FORM_SCHEMA).
+FORM: FunctionToolParam = {
+    "type": "function",
+    "name": "fill_form",
+    "description": "answers a form",
+    "parameters": FORM_SCHEMA,
+    "strict": True,
+}
 
 
 @pytest_asyncio.fixture
@@ -82,9 +90,8 @@ async def test_a_required_or_named_tool_is_a_function_call_item(
 @pytest.mark.parametrize(
     ("tools", "tool_choice"),
     [
-        # get_weather alone: its arguments are long enough to arrive in pieces.
-        (TOOLS[:1], "required"),
-        (TOOLS, {"type": "function", "name": "get_weather"}),
+        ([FORM], "required"),
+        ([*TOOLS, FORM], {"type": "function", "name": "fill_form"}),
     ],
     ids=["required", "named"],
 )
@@ -97,7 +104,7 @@ async def test_a_streamed_call_arrives_in_argument_deltas(
         tools=tools,
         tool_choice=tool_choice,
         parallel_tool_calls=False,
-        max_output_tokens=96,
+        max_output_tokens=256,
         temperature=0.0,
     ) as stream:
         events = [event async for event in stream]
@@ -116,7 +123,7 @@ async def test_a_streamed_call_arrives_in_argument_deltas(
     assert "".join(d.delta for d in deltas) == call.arguments
     # strict: the SDK parsed the arguments against the tool it was given.
     assert call.parsed_arguments == json.loads(call.arguments)  # type: ignore[attr-defined]
-    assert call.name == "get_weather"
+    assert call.name == "fill_form"
     valid_call(call.name, call.arguments)
     assert final.status == "completed"
 
