@@ -191,6 +191,32 @@ class ReplicaChannels:
             await link.channel.close()
 
 
+class RouteUpdates:
+    """The Route call's request stream, which the gateway ends itself on
+    every path. grpc's own write() mode under client interceptors leaves a
+    task waiting on its queue when the router ends the call first (a
+    refusal): one per refused request until the garbage collector destroys
+    it (grpc/grpc#37355)."""
+
+    def __init__(self) -> None:
+        self._queue: asyncio.Queue[router_pb2.RouteUpdate | None] = asyncio.Queue()
+        self._ended = False
+
+    def send(self, update: router_pb2.RouteUpdate) -> None:
+        if not self._ended:
+            self._queue.put_nowait(update)
+
+    def end(self) -> None:
+        """No more updates: the call is half-closed once the queue drains."""
+        if not self._ended:
+            self._ended = True
+            self._queue.put_nowait(None)
+
+    async def __aiter__(self) -> AsyncIterator[router_pb2.RouteUpdate]:
+        while (update := await self._queue.get()) is not None:
+            yield update
+
+
 class DirectRoute:
     """Router.Route for the decision, then the replica itself for the chunks."""
 
@@ -208,7 +234,8 @@ class DirectRoute:
         self._remaining = remaining
         self._settle = settle
         # The caller's deadline bounds the route too: the router sheds by it.
-        self._route: RouteCall = router.Route(timeout=remaining())
+        self._updates = RouteUpdates()
+        self._route: RouteCall = router.Route(aiter(self._updates), timeout=remaining())
         self._reported = False
         self._chunks: AsyncGenerator[generation_pb2.GenerateResponse, None] | None = None
         self._address = ""
@@ -227,6 +254,7 @@ class DirectRoute:
         if not self._reported:
             # The router takes a call ended without a report for a cut and frees the place.
             self._route.cancel()
+        self._updates.end()
 
     async def _stream(self) -> AsyncGenerator[generation_pb2.GenerateResponse, None]:
         decision = await self._first_decision()
@@ -269,11 +297,10 @@ class DirectRoute:
                 finished = (
                     last is not None and last.finish_reason != generation_pb2.FINISH_REASON_ABORT
                 )
-                await self._report(
+                self._updates.send(
                     router_pb2.RouteUpdate(ended=router_pb2.RouteEnded(finished=finished))
                 )
-                with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError):
-                    await self._route.done_writing()
+                self._updates.end()
                 self._reported = True
                 self._settle(self._route)
                 return
@@ -283,12 +310,11 @@ class DirectRoute:
                 caller_gone=remaining is not None and remaining <= 0,
                 reason=failure_reason(failure),
             )
-            try:
-                await self._route.write(router_pb2.RouteUpdate(ended=ended))
-            except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
+            if self._route.done():
                 # The route ended meanwhile (its deadline, the router gone):
                 # nothing more to decide, and the replica's answer is the answer.
                 raise failure from None
+            self._updates.send(router_pb2.RouteUpdate(ended=ended))
             # Another replica (a retry), the router's verdict (it raises), or
             # the call closed: the failure was the request's own, and is its answer.
             decision = await self._decision()
@@ -305,10 +331,8 @@ class DirectRoute:
         the answer. Any other refusal is the answer at once."""
         pause_s, waited_s = ROUTER_RETRY_FIRST_PAUSE_S, 0.0
         while True:
-            # A call that ended before the request went out raises
-            # InvalidStateError here; reading it raises its status.
-            with contextlib.suppress(asyncio.InvalidStateError):
-                await self._route.write(router_pb2.RouteUpdate(request=self._routed))
+            # A call that ended before the request went out: reading it raises its status.
+            self._updates.send(router_pb2.RouteUpdate(request=self._routed))
             try:
                 return await self._decision()
             except grpc.aio.AioRpcError as err:
@@ -323,7 +347,9 @@ class DirectRoute:
             await asyncio.sleep(pause_s)
             waited_s += pause_s
             pause_s = min(2 * pause_s, ROUTER_RETRY_MAX_PAUSE_S)
-            self._route = self._router.Route(timeout=self._remaining())
+            self._updates.end()
+            self._updates = RouteUpdates()
+            self._route = self._router.Route(aiter(self._updates), timeout=self._remaining())
 
     async def _decision(self) -> router_pb2.RouteDecision | None:
         """The router's next decision; None when it closed the call OK. A
@@ -336,9 +362,8 @@ class DirectRoute:
 
     async def _report(self, update: router_pb2.RouteUpdate) -> None:
         """Tells the router how the stream goes; a router gone meanwhile does
-        not stop a stream already under way."""
-        with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError):
-            await self._route.write(update)
+        not stop a stream already under way (what it is not sent is dropped)."""
+        self._updates.send(update)
 
 
 class Direct:
