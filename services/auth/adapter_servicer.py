@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 from maas.v1 import adapter_pb2, adapter_registry_pb2, adapter_registry_pb2_grpc
-from services.auth.adapters import Adapter, Adapters, Upload
+from services.auth.adapters import Adapter, Adapters, Upload, UploadPlace
 from services.auth.convert import timestamp
 from services.auth.core import check_id
 from services.auth.servicer import Context
@@ -28,7 +28,9 @@ def adapter_to_proto(adapter: Adapter) -> adapter_pb2.Adapter:
 
 
 async def _upload(
-    adapters: Adapters, messages: AsyncIterator[adapter_registry_pb2.RegistryAdapterUpload]
+    adapters: Adapters,
+    messages: AsyncIterator[adapter_registry_pb2.RegistryAdapterUpload],
+    place: UploadPlace,
 ) -> Upload:
     """Reads the tenant, then the spec, then the weights' chunks, in that order."""
     tenant_id: str | None = None
@@ -40,6 +42,7 @@ async def _upload(
                 raise InvalidArgumentError("tenant_id", "must come first")
             check_id("tenant_id", message.tenant_id)
             tenant_id = message.tenant_id
+            place.claim(tenant_id)
             continue
         if part != "upload":
             raise InvalidArgumentError("tenant_id", "must come once, first")
@@ -69,8 +72,8 @@ class AdapterRegistryServicer(adapter_registry_pb2_grpc.AdapterRegistryServicer)
         request_iterator: AsyncIterator[adapter_registry_pb2.RegistryAdapterUpload],
         context: Context,
     ) -> adapter_pb2.Adapter:
-        with self._adapters.uploading():
-            upload = await _upload(self._adapters, request_iterator)
+        with self._adapters.uploading() as place:
+            upload = await _upload(self._adapters, request_iterator, place)
             return adapter_to_proto(await self._adapters.finish(upload))
 
     async def ListAdapters(

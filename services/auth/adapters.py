@@ -17,6 +17,7 @@ import math
 import re
 import secrets
 import struct
+from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -95,6 +96,8 @@ class AdapterSettings:
     max_per_tenant: int = 16
     # Uploads held in memory at once: each holds up to max_bytes until stored.
     max_uploads: int = 4
+    # Of those, one tenant's: a tenant uploading in a loop leaves the rest to others.
+    max_uploads_per_tenant: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,6 +260,38 @@ class Upload:
         return bytes(self._weights)
 
 
+# About one upload's time: a few MiB a second, a few MiB each.
+UPLOAD_RETRY_AFTER_S = 1.0
+
+
+class UploadPlace:
+    """One upload's place, and its tenant's once the tenant is known."""
+
+    def __init__(self, by_tenant: Counter[str], per_tenant: int) -> None:
+        self._by_tenant = by_tenant
+        self._per_tenant = per_tenant
+        self._tenant: str | None = None
+
+    def claim(self, tenant_id: str) -> None:
+        """RESOURCE_EXHAUSTED when the tenant already has its uploads running."""
+        if self._by_tenant[tenant_id] >= self._per_tenant:
+            raise ResourceExhaustedError(
+                f"this tenant has {self._per_tenant} adapter upload(s) running; "
+                "try again when it ends",
+                retry_after_s=UPLOAD_RETRY_AFTER_S,
+                subject="adapter_uploads:tenant",
+            )
+        self._by_tenant[tenant_id] += 1
+        self._tenant = tenant_id
+
+    def release(self) -> None:
+        if self._tenant is not None:
+            self._by_tenant[self._tenant] -= 1
+            if not self._by_tenant[self._tenant]:
+                del self._by_tenant[self._tenant]
+            self._tenant = None
+
+
 class Adapters:
     """The registry over the store."""
 
@@ -264,23 +299,26 @@ class Adapters:
         self._store = store
         self._settings = settings
         self._uploads = 0
+        self._by_tenant: Counter[str] = Counter()
 
     @contextmanager
-    def uploading(self) -> Iterator[None]:
+    def uploading(self) -> Iterator[UploadPlace]:
         """One upload's place among max_uploads; RESOURCE_EXHAUSTED when none
-        is free (a burst of uploads must not hold gigabytes here)."""
+        is free (a burst of uploads must not hold gigabytes here). The place
+        claims its tenant's share once the tenant is read."""
         if self._uploads >= self._settings.max_uploads:
             raise ResourceExhaustedError(
                 f"{self._settings.max_uploads} adapter uploads are running; try again shortly",
-                # About one upload's time: a few MiB a second, a few MiB each.
-                retry_after_s=1.0,
+                retry_after_s=UPLOAD_RETRY_AFTER_S,
                 subject="adapter_uploads",
             )
         self._uploads += 1
+        place = UploadPlace(self._by_tenant, self._settings.max_uploads_per_tenant)
         try:
-            yield
+            yield place
         finally:
             self._uploads -= 1
+            place.release()
 
     async def begin(self, tenant_id: str, name: str, base_model: str, config_json: bytes) -> Upload:
         """Checks the spec before any weights are read."""

@@ -108,6 +108,7 @@ async def _start_server(
                 max_rank=settings.max_adapter_rank,
                 max_per_tenant=settings.max_adapters_per_tenant,
                 max_uploads=settings.max_adapter_uploads,
+                max_uploads_per_tenant=settings.max_adapter_uploads_per_tenant,
             ),
         )
     )

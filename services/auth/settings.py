@@ -74,6 +74,8 @@ class AuthSettings(ServiceSettings):
     # Adapter uploads held in memory at once (each up to max_adapter_bytes);
     # one more is RESOURCE_EXHAUSTED, to retry.
     max_adapter_uploads: int = Field(default=4, ge=1)
+    # Of those, one tenant's at once: no tenant can take every place.
+    max_adapter_uploads_per_tenant: int = Field(default=1, ge=1)
 
     @field_validator("quota_url")
     @classmethod

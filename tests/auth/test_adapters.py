@@ -360,3 +360,33 @@ async def test_uploads_held_at_once_are_bounded(store: AuthStore, tmp_path: Path
         assert (await held).name == "held"
         # Its place is free again.
         await create(stub, upload(t, GOOD, name="after"))
+
+
+async def test_one_tenant_cannot_take_every_upload_place(store: AuthStore, tmp_path: Path) -> None:
+    """A tenant holding its one upload open is refused a second, while
+    another tenant's upload goes through meanwhile."""
+    async with _small_registry(store, tmp_path, max_adapter_uploads=4) as stub:
+        busy, other = await tenant(store, "busy"), await tenant(store, "other")
+        held = stub.CreateAdapter()
+        for message in (Upload(tenant_id=busy), spec(name="held")):
+            await held.write(message)
+        tries = iter(range(1000))
+
+        async def refused_while_held() -> bool:
+            # Until the held upload's handler has read its tenant, another goes through.
+            try:
+                await create(stub, upload(busy, GOOD, name=f"again-{next(tries)}"))
+            except grpc.aio.AioRpcError as err:
+                assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+                assert "this tenant" in (err.details() or "")
+                return True
+            return False
+
+        await eventually(refused_while_held)
+        assert (await create(stub, upload(other, GOOD, name="theirs"))).name == "theirs"
+        for message in chunks(GOOD):
+            await held.write(message)
+        await held.done_writing()
+        assert (await held).name == "held"
+        # The tenant's place is free again.
+        assert (await create(stub, upload(busy, GOOD, name="after"))).name == "after"
