@@ -26,7 +26,14 @@ from gateway.model_limits import ModelCatalog, served_models
 from gateway.model_prices import PriceBook, with_prices
 from gateway.outbox import UsageOutbox
 from gateway.quota import QuotaClient, Used, estimate_split
-from gateway.refusals import CALLER_REFUSALS, RefusalBudget, peer_host
+from gateway.refusals import (
+    CALLER_REFUSALS,
+    DEFAULT_READ_BURST,
+    DEFAULT_READS_PER_S,
+    READS_EXHAUSTED,
+    RefusalBudget,
+    peer_host,
+)
 from gateway.routes import Proxy, Routing
 from gateway.tool_calls import ToolCallStream, constrains, schema_field, tool_schema
 from gateway.usage import StreamUsage, timestamp
@@ -125,8 +132,16 @@ class GatewayCore:
         auth_failures: RefusalBudget,
         # Tenants' private adapters (the registry in auth); None: none are served.
         adapters: AdapterGate | None = None,
+        # Per tenant, calls that query auth beyond the key (see refusals.py).
+        reads: RefusalBudget | None = None,
     ) -> None:
         self._adapters = adapters
+        self._reads = reads or RefusalBudget(
+            per_s=DEFAULT_READS_PER_S,
+            burst=DEFAULT_READ_BURST,
+            subject="reads",
+            message=READS_EXHAUSTED,
+        )
         self._refusals = refusals
         self._auth_failures = auth_failures
         self._progress_interval_s = progress_interval_s
@@ -288,6 +303,7 @@ class GatewayCore:
         each with its price in force (see model_prices.py)."""
         principal = await self.authenticate(caller, "generate")
         check_client_request_id(caller)
+        self._reads.spend(principal.tenant_id)
         timeout_s = within(caller.deadline_s, self._authenticator.timeout_s)
         with remote_errors():
             replicas = await self._router.ListReplicas(
@@ -387,6 +403,7 @@ class GatewayCore:
         """The caller's own tenant's usage, never another's."""
         principal = await self.authenticate(caller, "usage:read")
         check_client_request_id(caller)
+        self._reads.spend(principal.tenant_id)
         query = metering_pb2.MeteringGetUsageRequest(
             tenant_id=principal.tenant_id, group_by=request.group_by
         )
@@ -406,6 +423,7 @@ class GatewayCore:
         gate = self._adapter_gate()
         principal = await self.authenticate(caller, "adapters")
         check_client_request_id(caller)
+        self._reads.spend(principal.tenant_id)
         # The caller's deadline only: an upload of 64 MiB takes what its link takes.
         return await gate.create(principal.tenant_id, uploads, caller.deadline_s)
 
@@ -414,6 +432,7 @@ class GatewayCore:
         gate = self._adapter_gate()
         principal = await self.authenticate(caller, None)
         check_client_request_id(caller)
+        self._reads.spend(principal.tenant_id)
         return await gate.list(
             principal.tenant_id, within(caller.deadline_s, self._authenticator.timeout_s)
         )
@@ -424,6 +443,7 @@ class GatewayCore:
         gate = self._adapter_gate()
         principal = await self.authenticate(caller, "adapters")
         check_client_request_id(caller)
+        self._reads.spend(principal.tenant_id)
         return await gate.delete(
             principal.tenant_id,
             request.name,

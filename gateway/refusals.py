@@ -30,6 +30,13 @@ DEFAULT_REFUSALS_PER_S = 20.0
 # are refused without asking auth.
 DEFAULT_AUTH_FAILURE_BURST = 20.0
 DEFAULT_AUTH_FAILURES_PER_S = 5.0
+# Reads that cost auth a query each (usage aggregates, adapter lists, the
+# model list with the tenant's adapters) and writes of adapters: 100 at once
+# and 20 a second after is far past a console or a script polling, far below
+# a loop that would keep auth's store busy for every tenant.
+DEFAULT_READ_BURST = 100.0
+DEFAULT_READS_PER_S = 20.0
+READS_EXHAUSTED = "too many usage, model-list or adapter calls; back off as this says"
 
 # Refusals that the caller's own request caused; a refusal for the mesh's
 # sake (UNAVAILABLE, DEADLINE_EXCEEDED while queued) is not held against it.
@@ -57,6 +64,7 @@ class RefusalBudget:
         per_s: float,
         burst: float,
         subject: str,
+        message: str = "too many refused requests; back off as each refusal says",
         # Callers remembered at once (least recent forgotten): bounds memory
         # under a flood from many addresses at a few MB.
         max_callers: int = 100_000,
@@ -65,6 +73,7 @@ class RefusalBudget:
         self._per_s = per_s
         self._burst = burst
         self._subject = subject
+        self._message = message
         self._max_callers = max_callers
         self._clock = clock
         # caller -> (tokens left, when last refilled); only callers refused lately.
@@ -83,10 +92,16 @@ class RefusalBudget:
         level = self._level(caller, now)
         if level < 1:
             raise ResourceExhaustedError(
-                "too many refused requests; back off as each refusal says",
+                self._message,
                 retry_after_s=(1 - level) / self._per_s,
                 subject=self._subject,
             )
+
+    def spend(self, caller: str) -> None:
+        """Spends one of `caller`'s tokens for a call it makes, or raises
+        RESOURCE_EXHAUSTED (with the wait) when none is left."""
+        self.check(caller)
+        self.refused(caller)
 
     def refused(self, caller: str) -> None:
         """Spends one of `caller`'s refusals."""

@@ -20,7 +20,7 @@ from gateway.openai_http import create_app
 from gateway.outbox import UsageOutbox
 from gateway.outbox_dir import OutboxAdopter, close_own, own_outbox
 from gateway.quota import QuotaClient, budget_event
-from gateway.refusals import RefusalBudget
+from gateway.refusals import READS_EXHAUSTED, RefusalBudget
 from gateway.routes import Direct, Proxy, ReplicaChannels, Routing
 from gateway.servicer import GatewayServicer
 from gateway.settings import GatewaySettings
@@ -190,6 +190,12 @@ async def serving(settings: GatewaySettings, telemetry: Telemetry) -> AsyncItera
                 per_s=settings.auth_failures_per_s,
                 burst=settings.auth_failure_burst,
                 subject="failed_authentications",
+            ),
+            reads=RefusalBudget(
+                per_s=settings.reads_per_s,
+                burst=settings.read_burst,
+                subject="reads",
+                message=READS_EXHAUSTED,
             ),
             adapters=adapters,
         )

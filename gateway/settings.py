@@ -11,6 +11,8 @@ from pydantic_settings import SettingsConfigDict
 from gateway.refusals import (
     DEFAULT_AUTH_FAILURE_BURST,
     DEFAULT_AUTH_FAILURES_PER_S,
+    DEFAULT_READ_BURST,
+    DEFAULT_READS_PER_S,
     DEFAULT_REFUSAL_BURST,
     DEFAULT_REFUSALS_PER_S,
 )
@@ -95,6 +97,10 @@ class GatewaySettings(ServiceSettings):
     refusals_per_s: float = Field(default=DEFAULT_REFUSALS_PER_S, gt=0)
     auth_failure_burst: float = Field(default=DEFAULT_AUTH_FAILURE_BURST, ge=1)
     auth_failures_per_s: float = Field(default=DEFAULT_AUTH_FAILURES_PER_S, gt=0)
+    # Per tenant, reads that query auth (usage, adapters, the model list) and
+    # adapter writes: a token bucket, see refusals.py.
+    read_burst: float = Field(default=DEFAULT_READ_BURST, ge=1)
+    reads_per_s: float = Field(default=DEFAULT_READS_PER_S, gt=0)
     # A request head must arrive within this of its first byte (slowloris):
     # honest clients send a head in one packet, milliseconds.
     http_head_timeout_s: float = Field(default=10.0, gt=0)

@@ -72,6 +72,9 @@ async def open_test_mesh(vllm_engine: Engine, state: Path) -> AsyncIterator[Mesh
                 # gateway of its own.
                 "refusal_burst": 1e6,
                 "auth_failure_burst": 1e6,
+                # Tests poll usage and the model list as they wait; the read
+                # budget has tests of its own (tests/gateway/test_read_budget.py).
+                "read_burst": 1e6,
             },
         },
     )
