@@ -41,7 +41,7 @@ import grpc
 
 from bench import mesh as bench_mesh
 from bench.cli import run_on_uvloop
-from bench.stats import percentile, summary, write_results
+from bench.stats import median_table, percentile, summary, write_results
 from local_models.tiny_llama import build_tiny_adapter
 from maas.v1 import (
     adapter_pb2,
@@ -252,16 +252,7 @@ async def main_async(args: argparse.Namespace) -> None:
                 print(f"  round {round_ + 1}/{args.rounds} done", flush=True)
 
     table = {m: {k: summary([r[k] for r in raw[m]]) for k in METRICS} for m in MODES}
-    header = f"{'routing':<14} " + " ".join(f"{k:>24}" for k in METRICS)
-    lines = [header, "-" * len(header)]
-    for m in MODES:
-        cells_ = [table[m][k] for k in METRICS]
-        lines.append(
-            f"{m:<14} "
-            + " ".join(
-                f"{x['median']:.3f} [{x['min']:.3f}-{x['max']:.3f}]".rjust(24) for x in cells_
-            )
-        )
+    lines = median_table(table, METRICS, "routing")
     lines.append(
         f"\n{REQUESTS} requests a round, {CONCURRENT} at a time, over {len(ADAPTERS)} adapters"
         f" (shares {', '.join(f'{w:.2f}' for w in WEIGHTS)}); two simulated {PROFILE} replicas"

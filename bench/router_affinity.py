@@ -27,7 +27,7 @@ import grpc
 
 from bench import mesh, replica_flags
 from bench.cli import run_on_uvloop
-from bench.stats import percentile, summary, write_results
+from bench.stats import median_table, percentile, summary, write_results
 from maas.v1 import router_pb2_grpc
 
 CHOICES = ("affinity", "round_robin")
@@ -96,16 +96,7 @@ async def main_async(args: argparse.Namespace) -> None:
             print(f"  round {round_ + 1}/{args.rounds} done", flush=True)
 
     table = {c: {m: summary([r[m] for r in raw[c]]) for m in METRICS} for c in CHOICES}
-    header = f"{'choice':<12} " + " ".join(f"{m:>24}" for m in METRICS)
-    lines = [header, "-" * len(header)]
-    for c in CHOICES:
-        cells = [table[c][m] for m in METRICS]
-        lines.append(
-            f"{c:<12} "
-            + " ".join(
-                f"{x['median']:.3f} [{x['min']:.3f}-{x['max']:.3f}]".rjust(24) for x in cells
-            )
-        )
+    lines = median_table(table, METRICS, "choice")
     lines.append(
         f"\n{CONVERSATIONS_PER_REPLICA * args.replicas} conversations x {TURNS} turns, "
         f"{CONCURRENT_PER_REPLICA * args.replicas} at a time, over {replica_flags.describe(args)}"

@@ -68,6 +68,25 @@ def summary(values: Sequence[float]) -> dict[str, float]:
     }
 
 
+def median_table(
+    table: dict[str, dict[str, dict[str, float]]], metrics: Sequence[str], label: str
+) -> list[str]:
+    """Rows of `table` (row -> metric -> summary()) as "median [min-max]"
+    cells under a header naming `label` and each metric, then a rule."""
+    width = max(12, len(label), *(len(row) for row in table))
+    header = f"{label:<{width}} " + " ".join(f"{m:>24}" for m in metrics)
+    lines = [header, "-" * len(header)]
+    for row, cells in table.items():
+        lines.append(
+            f"{row:<{width}} "
+            + " ".join(
+                f"{x['median']:.3f} [{x['min']:.3f}-{x['max']:.3f}]".rjust(24)
+                for x in (cells[m] for m in metrics)
+            )
+        )
+    return lines
+
+
 def write_results(name: str, report: str, **fields: Any) -> Path:
     """Prints the table and writes it with the data to bench/results/NAME.json."""
     print("\n" + report)
