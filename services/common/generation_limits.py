@@ -7,6 +7,10 @@ enough that checking it is cheap."""
 
 from __future__ import annotations
 
+import re
+
+from services.common.errors import InvalidArgumentError
+
 # Completion tokens a request that sets no max_tokens may generate: the room
 # left in the context, up to this. One rule for the gateway's quota estimate,
 # the router's cost and the engine's limit, so a reservation covers the run.
@@ -24,6 +28,11 @@ MAX_STOP_TOKEN_IDS = 64
 # OpenAI's 10 and half vLLM's own cap of 64.
 MAX_CONSTRAINT_BYTES = 64 * 1024
 MAX_CONSTRAINT_DEPTH = 32
+# A tenant's private adapter, by id (auth issues "ad-" and 24 hex digits):
+# a replica names its cache directory after it, so no path separators and
+# no leading dot, and a bounded length.
+MAX_ADAPTER_ID_BYTES = 128
+_ADAPTER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 # Chat turns in one request; long agent transcripts stay well below.
 MAX_MESSAGES = 2048
 # Prompt text (or all messages' content together), in UTF-8 bytes. 4 MiB is
@@ -56,6 +65,21 @@ def completion_limit(max_tokens: int | None, room: int | None) -> int:
     if room is None:
         return DEFAULT_MAX_TOKENS
     return max(1, min(DEFAULT_MAX_TOKENS, room))
+
+
+def check_adapter_id(adapter_id: str) -> None:
+    """INVALID_ARGUMENT naming `adapter_id` unless it is "" (the base model)
+    or an id a registry could have issued."""
+    if not adapter_id:
+        return
+    if len(adapter_id) > MAX_ADAPTER_ID_BYTES:
+        raise InvalidArgumentError(
+            "adapter_id", f"at most {MAX_ADAPTER_ID_BYTES} characters, got {len(adapter_id)}"
+        )
+    if not _ADAPTER_ID.fullmatch(adapter_id):
+        raise InvalidArgumentError(
+            "adapter_id", "letters, digits, '.', '_' and '-' only, starting with a letter or digit"
+        )
 
 
 def json_depth(value: object) -> int:

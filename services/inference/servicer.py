@@ -20,6 +20,7 @@ from services.common.errors import (
     NotFoundError,
     UnavailableError,
 )
+from services.common.generation_limits import check_adapter_id
 from services.inference import convert, embedding_convert
 from services.inference.adapter_slots import AdapterSlots
 from services.inference.embedding import Embedder
@@ -84,6 +85,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
     ) -> AsyncIterator[generation_pb2.GenerateResponse]:
         engine = self.engine
         adapter = self._check_model(request.request.model, engine)
+        check_adapter_id(request.adapter_id)
         if request.adapter_id:
             if adapter is not None:
                 raise InvalidArgumentError(

@@ -20,7 +20,7 @@ from maas.v1 import (
 )
 from observability.context import REPLICA_METADATA_KEY
 from services.common.errors import InvalidArgumentError
-from services.common.generation_limits import completion_limit
+from services.common.generation_limits import check_adapter_id, completion_limit
 from services.inference.convert import load_to_proto
 from services.router.choice import prefix_key
 from services.router.dispatcher import Dispatcher, Lease, Ticket
@@ -158,6 +158,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         priority = _CLASS_OF.get(request.context.priority)
         if priority is None:
             raise InvalidArgumentError("context.priority", "unknown priority")
+        check_adapter_id(request.adapter_id)
         remaining = context.time_remaining()
         return Ticket(
             tenant=request.context.tenant_id,

@@ -217,6 +217,9 @@ async def test_the_service_generates_with_a_private_adapter(tmp_path: Path) -> N
         for adapter_id, code in (
             ("ad-" + "0" * 24, grpc.StatusCode.NOT_FOUND),
             (OTHER, grpc.StatusCode.FAILED_PRECONDITION),
+            # Named in the cache directory's path: no traversal, a bounded length.
+            ("../../outside", grpc.StatusCode.INVALID_ARGUMENT),
+            ("x" * 129, grpc.StatusCode.INVALID_ARGUMENT),
         ):
             with pytest.raises(grpc.aio.AioRpcError) as err:
                 await tokens(stub, adapter_id)

@@ -298,3 +298,18 @@ async def test_the_replica_lists_its_slots_and_loaded_adapters() -> None:
         await eventually(shown)
         load_fields = inference_pb2.Load.DESCRIPTOR.fields_by_name
         assert "loaded_adapters" in load_fields  # the report the router copies
+
+
+@pytest.mark.parametrize("hostile", ["../../etc", ".hidden", "a/b", "x" * 129, "ad-\x00"])
+async def test_a_hostile_adapter_id_is_refused_before_any_replica(hostile: str) -> None:
+    async with mesh() as stub:
+        # Route only chooses a replica (the gateway then calls it): refused
+        # here, it is the router's own check, not a replica's.
+        route = stub.Route()
+        await route.write(router_pb2.RouteUpdate(request=generate(hostile)))
+        for call in (route, stub.Generate(generate(hostile))):
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await call.read()
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "adapter_id" in (err.value.details() or "")
+        assert await total_loads(stub) == 0
