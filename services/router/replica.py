@@ -118,11 +118,12 @@ class Replica:
         (a burst sent before the next report sticks to the replica), and
         never evicted while they run. Once they end, the reports tell: a
         load is reported as it completes, before its requests end."""
-        running = {a for a, n in self.adapter_in_flight.items() if n > 0}
-        return running.union(self.load.loaded_adapters)
+        # adapter_ended drops an adapter's count as it reaches 0: every key runs.
+        return set(self.adapter_in_flight).union(self.load.loaded_adapters)
 
     def holds(self, adapter_id: str) -> bool:
-        return adapter_id in self.adapters_held()
+        # Per candidate on every placement of an adapter's request: no set built.
+        return adapter_id in self.adapter_in_flight or adapter_id in self.load.loaded_adapters
 
     def has_free_adapter_slot(self) -> bool:
         return len(self.adapters_held()) < self.adapter_slots
