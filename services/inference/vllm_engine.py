@@ -209,7 +209,10 @@ class VllmEngine:
             self._private.move_to_end(adapter)
             self._load.changes.notify()
             return private
-        return self._adapters[adapter]
+        static = self._adapters.get(adapter)
+        if static is None:
+            raise InvalidRequestError("model", f"adapter {adapter!r} is not loaded")
+        return static
 
     def detach(self) -> None:
         """Drops the engine reference after shutdown; later calls fail as dead."""
@@ -282,8 +285,6 @@ class VllmEngine:
             raise InvalidRequestError(
                 getattr(err, "parameter", None) or "request", str(err)
             ) from err
-        if adapter is not None and adapter not in self._private and adapter not in self._adapters:
-            raise InvalidRequestError("model", f"adapter {adapter!r} is not loaded")
         lora_request = self._lora_request(adapter)
         completion_tokens = 0
         queued_s: float | None = None

@@ -113,6 +113,16 @@ async def test_bad_requests_are_refused_before_the_engine(
     assert deltas[-1].completion_tokens == 2
 
 
+async def test_an_adapter_not_loaded_is_refused_naming_the_model(vllm_engine: VllmEngine) -> None:
+    stream = vllm_engine.generate(
+        "no-adapter", GenerationInput(prompt="hi"), SamplingOptions(max_tokens=2), "ad-unknown"
+    )
+    with pytest.raises(InvalidRequestError) as info:
+        await anext(stream)
+    assert info.value.field == "model"
+    assert vllm_engine.load().tokens_in_flight == 0  # nothing promised for it
+
+
 async def test_n_choices_each_finish_and_usage_counts_all(vllm_engine: VllmEngine) -> None:
     deltas = await collect(
         vllm_engine,
