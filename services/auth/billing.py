@@ -270,8 +270,12 @@ class Budgets:
     async def list(self, tenant_id: str | None) -> list[BudgetStatus]:
         since = self._clock().replace(day=1, hour=0, minute=0, second=0, microsecond=0)
         found: list[BudgetStatus] = []
-        for budget in await self._store.list_budgets(tenant_id):
-            month = await ledger_cost(self._store, budget.tenant_id, budget.key_id, since)
-            total = await ledger_cost(self._store, budget.tenant_id, budget.key_id, None)
+        budgets = await self._store.list_budgets(tenant_id)
+        book = in_force(await self._store.list_prices(None)) if budgets else {}
+        for budget in budgets:
+            month = await ledger_cost(
+                self._store, budget.tenant_id, budget.key_id, since, book=book
+            )
+            total = await ledger_cost(self._store, budget.tenant_id, budget.key_id, None, book=book)
             found.append(BudgetStatus(budget, micros(month), micros(total)))
         return found
