@@ -65,6 +65,9 @@ class BillingServicer(billing_pb2_grpc.BillingServicer):
     ) -> billing_pb2.Budget:
         await self._guard.operator(context, "SetBudget")
         check_id("budget.tenant_id", request.budget.tenant_id)
+        if request.budget.key_id:
+            # As Reserve's key_id: a hostile id is refused before the store looks it up.
+            check_id("budget.key_id", request.budget.key_id)
         budget = await self._budgets.set(billing_convert.budget_from_proto(request.budget))
         return billing_convert.budget_to_proto(budget)
 
