@@ -257,7 +257,7 @@ async def ledger_cost(
     if not lines:
         return 0
     if book is None:
-        book = in_force(await store.list_prices(None))
+        book = in_force(await store.list_prices())
     total = 0
     for line in lines:
         price = None if line.priced_at is None else book.get((line.model, line.priced_at))

@@ -229,7 +229,7 @@ class Quotas:
         wall = self._wall()
         since = month_start(wall)
         # One price list per Reserve: the rates now and every limit's ledger cost.
-        prices = await self._store.list_prices(None)
+        prices = await self._store.list_prices()
         book = in_force(prices)
         rates = Rates.of(price_at(prices, model, wall))
         checks: list[BudgetCheck] = []
