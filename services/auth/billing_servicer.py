@@ -50,6 +50,7 @@ class BillingServicer(billing_pb2_grpc.BillingServicer):
         self, request: billing_pb2.GetStatementRequest, context: Context
     ) -> billing_pb2.Statement:
         await self._guard.of_tenant(context, request.tenant_id)
+        check_id("tenant_id", request.tenant_id)
         statement = await self._core.statement(request.tenant_id, request.month)
         return billing_convert.statement_to_proto(statement)
 
@@ -57,6 +58,7 @@ class BillingServicer(billing_pb2_grpc.BillingServicer):
         self, request: billing_pb2.ExportUsageRequest, context: Context
     ) -> AsyncIterator[metering_pb2.UsageRecord]:
         await self._guard.of_tenant(context, request.tenant_id)
+        check_id("tenant_id", request.tenant_id)
         async for record in self._core.export(request.tenant_id, request.month):
             yield convert.usage_to_proto(record)
 
@@ -76,6 +78,7 @@ class BillingServicer(billing_pb2_grpc.BillingServicer):
     ) -> billing_pb2.ListBudgetsResponse:
         if request.tenant_id:
             await self._guard.of_tenant(context, request.tenant_id)
+            check_id("tenant_id", request.tenant_id)
         else:
             await self._guard.operator(context, "ListBudgets of every tenant")
         found = await self._budgets.list(request.tenant_id or None)
