@@ -9,6 +9,8 @@ from services.auth import billing_convert, convert
 from services.auth.billing import BillingCore, Budgets
 from services.auth.core import check_id
 from services.auth.servicer import AdminGuard, Context
+from services.common.errors import InvalidArgumentError
+from services.common.generation_limits import MAX_MODEL_NAME_BYTES
 
 # Every Billing rpc checks its own credential (AdminGuard), so all stay
 # reachable from outside the mesh, as the Auth admin rpcs do.
@@ -41,6 +43,8 @@ class BillingServicer(billing_pb2_grpc.BillingServicer):
         self, request: billing_pb2.ListPricesRequest, context: Context
     ) -> billing_pb2.ListPricesResponse:
         await self._guard.anyone(context)
+        if len(request.model.encode()) > MAX_MODEL_NAME_BYTES:
+            raise InvalidArgumentError("model", f"must be at most {MAX_MODEL_NAME_BYTES} bytes")
         prices = await self._core.list_prices(request.model, request.include_history)
         return billing_pb2.ListPricesResponse(
             prices=[billing_convert.price_to_proto(p) for p in prices]

@@ -255,3 +255,11 @@ async def test_a_hostile_tenant_id_is_invalid_for_each_tenant_read(
             await call
         assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert bad_request_fields(info.value) == ["tenant_id"]
+
+
+async def test_a_hostile_model_filter_is_invalid_naming_it(auth_channel: grpc.aio.Channel) -> None:
+    stub = billing_pb2_grpc.BillingStub(auth_channel)
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stub.ListPrices(billing_pb2.ListPricesRequest(model="m" * 10_000), metadata=ADMIN)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert bad_request_fields(info.value) == ["model"]
