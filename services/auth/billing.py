@@ -26,6 +26,7 @@ from services.auth.pricing import (
     micros,
     month_range,
 )
+from services.auth.quota import month_start
 from services.auth.store import AuthStore
 from services.common.errors import AlreadyExistsError, InvalidArgumentError, NotFoundError
 
@@ -268,7 +269,7 @@ class Budgets:
         return stamped
 
     async def list(self, tenant_id: str | None) -> list[BudgetStatus]:
-        since = self._clock().replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+        since = month_start(self._clock())
         found: list[BudgetStatus] = []
         budgets = await self._store.list_budgets(tenant_id)
         book = in_force(await self._store.list_prices()) if budgets else {}
