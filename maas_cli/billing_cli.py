@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal, DecimalException
 from typing import Annotated, TypeVar
 
 import grpc
@@ -22,6 +22,9 @@ from maas_cli.usage_report import money
 price_app = typer.Typer(help="The price book: per model, per million tokens.", no_args_is_help=True)
 T = TypeVar("T")
 MICROS = Decimal(1_000_000)  # micro-units in one unit of the currency
+# The amounts' proto fields are int64: a value past them is refused here, not
+# sent (protobuf would raise) and never turned into a huge int.
+INT64 = 2**63
 
 
 def billing_stub(channel: grpc.aio.Channel) -> billing_pb2_grpc.BillingAsyncStub:
@@ -33,10 +36,14 @@ def micros(option: str, text: str) -> int:
     micro-units (150000); never through a float."""
     try:
         value = Decimal(text) * MICROS
-    except InvalidOperation:
+    except DecimalException:  # not a number, or past what Decimal holds
+        bad_usage(f"{option} must be a number, e.g. 0.15")
+    if not value.is_finite():
         bad_usage(f"{option} must be a number, e.g. 0.15")
     if value != value.to_integral_value():
         bad_usage(f"{option} has more than 6 decimal places")
+    if not -INT64 <= value < INT64:
+        bad_usage(f"{option} is out of range")
     return int(value)
 
 

@@ -22,7 +22,7 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 from services.common.errors import (
     AlreadyExistsError,
@@ -137,7 +137,7 @@ def check_base_model(base_model: str) -> None:
         raise InvalidArgumentError("base_model", f"over {MAX_MODEL_NAME_BYTES} bytes")
 
 
-def _is_int(value: Any) -> bool:
+def _is_int(value: Any) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
@@ -162,12 +162,11 @@ def check_config(config_json: bytes, max_rank: int) -> int:
     if config.get("peft_type") != "LORA":
         raise InvalidArgumentError(field, 'peft_type must be "LORA"')
     rank = config.get("r")
-    if not isinstance(rank, int) or isinstance(rank, bool) or not 1 <= rank <= max_rank:
+    if not _is_int(rank) or not 1 <= rank <= max_rank:
         raise InvalidArgumentError(field, f"r must be an integer from 1 to {max_rank}")
     pattern = config.get("rank_pattern") or {}
     if not isinstance(pattern, dict) or not all(
-        isinstance(r, int) and not isinstance(r, bool) and 1 <= r <= max_rank
-        for r in pattern.values()
+        _is_int(r) and 1 <= r <= max_rank for r in pattern.values()
     ):
         raise InvalidArgumentError(
             field, f"rank_pattern must map module names to integers from 1 to {max_rank}"

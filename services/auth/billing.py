@@ -26,6 +26,7 @@ from services.auth.pricing import (
     micros,
     month_range,
 )
+from services.auth.quota import month_start
 from services.auth.store import AuthStore
 from services.common.errors import AlreadyExistsError, InvalidArgumentError, NotFoundError
 
@@ -123,7 +124,7 @@ class BillingCore:
             effective_from=new.effective_from or now,
             created_at=now,
         )
-        book = await self._store.list_prices(None)
+        book = await self._store.list_prices()
         if book and book[0].currency != price.currency:
             raise InvalidArgumentError(
                 "price.currency", f"the price book is in {book[0].currency}: one currency"
@@ -148,7 +149,7 @@ class BillingCore:
     async def list_prices(self, model: str = "", include_history: bool = False) -> list[Price]:
         """The book by billed name then effective time: every version, or the
         one in force now per name (a version set for the future is history)."""
-        book = [p for p in await self._store.list_prices(None) if not model or p.name == model]
+        book = [p for p in await self._store.list_prices() if not model or p.name == model]
         if include_history:
             return book
         now = self._clock()
@@ -165,7 +166,7 @@ class BillingCore:
         if not tenant_id:
             raise InvalidArgumentError("tenant_id", "required")
         lines = await self._store.usage_lines(tenant_id, start, end, by)
-        prices = await self._store.list_prices(None)
+        prices = await self._store.list_prices()
         book = in_force(prices)
         by_key: dict[str, list[UsageLine]] = {}
         for line in lines:
@@ -189,7 +190,7 @@ class BillingCore:
             raise InvalidArgumentError("tenant_id", "required")
         start, end = month_range(month)
         lines = await self._store.usage_lines(tenant_id, start, end, Grouping.MODEL)
-        prices = await self._store.list_prices(None)
+        prices = await self._store.list_prices()
         book = in_force(prices)
         out: list[StatementLine] = []
         unpriced: set[str] = set()
@@ -268,10 +269,14 @@ class Budgets:
         return stamped
 
     async def list(self, tenant_id: str | None) -> list[BudgetStatus]:
-        since = self._clock().replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+        since = month_start(self._clock())
         found: list[BudgetStatus] = []
-        for budget in await self._store.list_budgets(tenant_id):
-            month = await ledger_cost(self._store, budget.tenant_id, budget.key_id, since)
-            total = await ledger_cost(self._store, budget.tenant_id, budget.key_id, None)
+        budgets = await self._store.list_budgets(tenant_id)
+        book = in_force(await self._store.list_prices()) if budgets else {}
+        for budget in budgets:
+            month = await ledger_cost(
+                self._store, budget.tenant_id, budget.key_id, since, book=book
+            )
+            total = await ledger_cost(self._store, budget.tenant_id, budget.key_id, None, book=book)
             found.append(BudgetStatus(budget, micros(month), micros(total)))
         return found

@@ -9,6 +9,8 @@ from services.auth import billing_convert, convert
 from services.auth.billing import BillingCore, Budgets
 from services.auth.core import check_id
 from services.auth.servicer import AdminGuard, Context
+from services.common.errors import InvalidArgumentError
+from services.common.generation_limits import MAX_MODEL_NAME_BYTES
 
 # Every Billing rpc checks its own credential (AdminGuard), so all stay
 # reachable from outside the mesh, as the Auth admin rpcs do.
@@ -41,6 +43,8 @@ class BillingServicer(billing_pb2_grpc.BillingServicer):
         self, request: billing_pb2.ListPricesRequest, context: Context
     ) -> billing_pb2.ListPricesResponse:
         await self._guard.anyone(context)
+        if len(request.model.encode()) > MAX_MODEL_NAME_BYTES:
+            raise InvalidArgumentError("model", f"must be at most {MAX_MODEL_NAME_BYTES} bytes")
         prices = await self._core.list_prices(request.model, request.include_history)
         return billing_pb2.ListPricesResponse(
             prices=[billing_convert.price_to_proto(p) for p in prices]
@@ -50,6 +54,7 @@ class BillingServicer(billing_pb2_grpc.BillingServicer):
         self, request: billing_pb2.GetStatementRequest, context: Context
     ) -> billing_pb2.Statement:
         await self._guard.of_tenant(context, request.tenant_id)
+        check_id("tenant_id", request.tenant_id)
         statement = await self._core.statement(request.tenant_id, request.month)
         return billing_convert.statement_to_proto(statement)
 
@@ -57,6 +62,7 @@ class BillingServicer(billing_pb2_grpc.BillingServicer):
         self, request: billing_pb2.ExportUsageRequest, context: Context
     ) -> AsyncIterator[metering_pb2.UsageRecord]:
         await self._guard.of_tenant(context, request.tenant_id)
+        check_id("tenant_id", request.tenant_id)
         async for record in self._core.export(request.tenant_id, request.month):
             yield convert.usage_to_proto(record)
 
@@ -65,6 +71,9 @@ class BillingServicer(billing_pb2_grpc.BillingServicer):
     ) -> billing_pb2.Budget:
         await self._guard.operator(context, "SetBudget")
         check_id("budget.tenant_id", request.budget.tenant_id)
+        if request.budget.key_id:
+            # As Reserve's key_id: a hostile id is refused before the store looks it up.
+            check_id("budget.key_id", request.budget.key_id)
         budget = await self._budgets.set(billing_convert.budget_from_proto(request.budget))
         return billing_convert.budget_to_proto(budget)
 
@@ -73,6 +82,7 @@ class BillingServicer(billing_pb2_grpc.BillingServicer):
     ) -> billing_pb2.ListBudgetsResponse:
         if request.tenant_id:
             await self._guard.of_tenant(context, request.tenant_id)
+            check_id("tenant_id", request.tenant_id)
         else:
             await self._guard.operator(context, "ListBudgets of every tenant")
         found = await self._budgets.list(request.tenant_id or None)

@@ -41,7 +41,7 @@ __all__ = [
     "Usage",
     "check_budget",
     "ledger_cost",
-    "price_now",
+    "price_at",
 ]
 
 
@@ -235,19 +235,29 @@ def soft_of(limit_micros: int, percent: int) -> int:
     return exact(limit_micros) * percent // 100 if percent else 0
 
 
-async def price_now(store: AuthStore, model: str, at: datetime) -> Price | None:
-    """The price version of `model` (a model or an adapter name) in force at `at`."""
-    versions = [p for p in await store.list_prices(model) if p.effective_from <= at]
+def price_at(prices: list[Price], name: str, at: datetime) -> Price | None:
+    """The price version of `name` (a model or an adapter name) in force at `at`."""
+    versions = [p for p in prices if p.name == name and p.effective_from <= at]
     return max(versions, key=lambda p: p.effective_from) if versions else None
 
 
-async def ledger_cost(store: AuthStore, tenant_id: str, key_id: str, since: datetime | None) -> int:
+async def ledger_cost(
+    store: AuthStore,
+    tenant_id: str,
+    key_id: str,
+    since: datetime | None,
+    *,
+    book: dict[tuple[str, datetime], Price] | None = None,
+) -> int:
     """What the ledger's records since `since` cost, exact, each at the
-    price in force at its end (of one key when `key_id` is set)."""
+    price in force at its end (of one key when `key_id` is set). `book`
+    (pricing.in_force of every price) spares the store the price list when
+    the caller prices several limits at once."""
     lines = await store.usage_lines(tenant_id, since, None, None, key_id=key_id)
     if not lines:
         return 0
-    book = in_force(await store.list_prices(None))
+    if book is None:
+        book = in_force(await store.list_prices())
     total = 0
     for line in lines:
         price = None if line.priced_at is None else book.get((line.model, line.priced_at))

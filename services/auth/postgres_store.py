@@ -343,12 +343,8 @@ class PostgresAuthStore:
         )
         return await self._pool.fetchrow(sql, *args) is not None
 
-    async def list_prices(self, name: str | None) -> list[Price]:
-        found = await self._pool.fetch(
-            "SELECT * FROM prices WHERE ($1::text IS NULL OR name = $1)"
-            " ORDER BY name, effective_from",
-            name,
-        )
+    async def list_prices(self) -> list[Price]:
+        found = await self._pool.fetch("SELECT * FROM prices ORDER BY name, effective_from")
         return [rows.price_from(r, _as_stored) for r in found]
 
     async def set_budget(self, budget: Budget) -> None:

@@ -34,11 +34,12 @@ from services.auth.budgets import (
     check_estimate,
     exact,
     ledger_cost,
-    price_now,
+    price_at,
     soft_of,
     subject,
 )
 from services.auth.models import IdempotencyClaim
+from services.auth.pricing import in_force
 from services.auth.quota_state import (
     Ask,
     Held,
@@ -227,7 +228,10 @@ class Quotas:
             return ask
         wall = self._wall()
         since = month_start(wall)
-        rates = Rates.of(await price_now(self._store, model, wall))
+        # One price list per Reserve: the rates now and every limit's ledger cost.
+        prices = await self._store.list_prices()
+        book = in_force(prices)
+        rates = Rates.of(price_at(prices, model, wall))
         checks: list[BudgetCheck] = []
         for budget in budgets:
             for period in Period:
@@ -244,7 +248,11 @@ class Quotas:
                         limit=exact(limit),
                         soft=soft_of(limit, budget.soft_percent),
                         ledger_spent=await ledger_cost(
-                            self._store, ask.tenant_id, budget.key_id, since if monthly else None
+                            self._store,
+                            ask.tenant_id,
+                            budget.key_id,
+                            since if monthly else None,
+                            book=book,
                         ),
                         retry_after_s=(next_month_start(wall) - wall).total_seconds()
                         if monthly

@@ -374,11 +374,8 @@ class SqliteAuthStore:
             cur = await db.execute(_insert("INSERT OR IGNORE", "prices", row), row)
         return cur.rowcount == 1
 
-    async def list_prices(self, name: str | None) -> list[Price]:
-        where, args = ("WHERE name = ?", (name,)) if name else ("", ())
-        async with self._db.execute(
-            f"SELECT * FROM prices {where} ORDER BY name, effective_from", args
-        ) as cur:
+    async def list_prices(self) -> list[Price]:
+        async with self._db.execute("SELECT * FROM prices ORDER BY name, effective_from") as cur:
             return [rows.price_from(r, _from_us) for r in await cur.fetchall()]
 
     async def set_budget(self, budget: Budget) -> None:

@@ -108,8 +108,8 @@ class AuthStore(Protocol):
         """Appends a price version; False when its name has one at that effective time."""
         ...
 
-    async def list_prices(self, name: str | None) -> list[Price]:
-        """Every price version (of one billed name when given), by name then effective time."""
+    async def list_prices(self) -> list[Price]:
+        """Every price version, by billed name then effective time."""
         ...
 
     async def save_restriction(self, restriction: Restriction, audit: AuditEntry) -> None:

@@ -228,6 +228,11 @@ def _hostile(t: str) -> dict[str, tuple[list[Upload], str]]:
         "rank 2^63": (upload(t, GOOD, config=_config(r=2**63)), "config_json"),
         "rank past the setting": (upload(t, GOOD, config=_config(r=65)), "config_json"),
         "rank a string": (upload(t, GOOD, config=_config(r="8")), "config_json"),
+        "rank true": (upload(t, GOOD, config=_config(r=True)), "config_json"),
+        "rank_pattern a bool": (
+            upload(t, GOOD, config=_config(rank_pattern={"q_proj": True})),
+            "config_json",
+        ),
         "rank_pattern past the setting": (
             upload(t, GOOD, config=_config(rank_pattern={"q_proj": 65})),
             "config_json",

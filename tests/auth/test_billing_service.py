@@ -196,3 +196,70 @@ async def test_bad_prices_are_invalid_naming_the_field(
         await stub.SetPrice(billing_pb2.SetPriceRequest(price=price), metadata=ADMIN)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert bad_request_fields(info.value) == [field]
+
+
+@pytest.mark.parametrize(
+    ("budget", "field"),
+    [
+        (billing_pb2.Budget(monthly_limit_micros=1), "budget.tenant_id"),
+        (billing_pb2.Budget(tenant_id="t" * 10_000, monthly_limit_micros=1), "budget.tenant_id"),
+        (
+            billing_pb2.Budget(tenant_id="t-x", key_id="k" * 10_000, monthly_limit_micros=1),
+            "budget.key_id",
+        ),
+        (
+            billing_pb2.Budget(tenant_id="t-x", key_id="k 1", monthly_limit_micros=1),
+            "budget.key_id",
+        ),
+        (
+            billing_pb2.Budget(tenant_id="t-x", monthly_limit_micros=-1),
+            "budget.monthly_limit_micros",
+        ),
+        (
+            billing_pb2.Budget(tenant_id="t-x", total_limit_micros=2**63 - 1),
+            "budget.total_limit_micros",
+        ),
+        (
+            billing_pb2.Budget(tenant_id="t-x", monthly_limit_micros=1, soft_threshold_percent=101),
+            "budget.soft_threshold_percent",
+        ),
+    ],
+)
+async def test_hostile_budgets_are_invalid_naming_the_field(
+    auth_channel: grpc.aio.Channel, budget: billing_pb2.Budget, field: str
+) -> None:
+    stub = billing_pb2_grpc.BillingStub(auth_channel)
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stub.SetBudget(billing_pb2.SetBudgetRequest(budget=budget), metadata=ADMIN)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert bad_request_fields(info.value) == [field]
+
+
+@pytest.mark.parametrize("tenant_id", ["t" * 10_000, "t 1", "t\n1"])
+async def test_a_hostile_tenant_id_is_invalid_for_each_tenant_read(
+    auth_channel: grpc.aio.Channel, tenant_id: str
+) -> None:
+    """The operator's statement, export and budget list refuse a hostile
+    tenant_id naming it, rather than answering an empty month."""
+    stub = billing_pb2_grpc.BillingStub(auth_channel)
+    for call in (
+        stub.GetStatement(
+            billing_pb2.GetStatementRequest(tenant_id=tenant_id, month="2026-11"), metadata=ADMIN
+        ),
+        stub.ExportUsage(
+            billing_pb2.ExportUsageRequest(tenant_id=tenant_id, month="2026-11"), metadata=ADMIN
+        ).read(),
+        stub.ListBudgets(billing_pb2.ListBudgetsRequest(tenant_id=tenant_id), metadata=ADMIN),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await call
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert bad_request_fields(info.value) == ["tenant_id"]
+
+
+async def test_a_hostile_model_filter_is_invalid_naming_it(auth_channel: grpc.aio.Channel) -> None:
+    stub = billing_pb2_grpc.BillingStub(auth_channel)
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stub.ListPrices(billing_pb2.ListPricesRequest(model="m" * 10_000), metadata=ADMIN)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert bad_request_fields(info.value) == ["model"]

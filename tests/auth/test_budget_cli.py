@@ -79,3 +79,22 @@ async def test_budget_commands_exit_with_their_status(auth_target: str) -> None:
         auth_target, "admin", "budget", "set", "--tenant", tenant, "--soft", "101"
     )
     assert bad_soft.exit_code == 2
+
+
+async def test_hostile_amounts_are_bad_usage_not_a_traceback(auth_target: str) -> None:
+    """inf, NaN and amounts past int64 once raised (OverflowError, protobuf's
+    ValueError); every one is now refused before any call, naming its flag."""
+    for flag, value in (
+        ("--monthly", "inf"),
+        ("--monthly", "NaN"),
+        ("--total", "1e30"),
+        ("--total", "-1e999999"),
+    ):
+        refused = await maas(auth_target, "admin", "budget", "set", "--tenant", "t-x", flag, value)
+        assert refused.exit_code == 2, refused.output  # bad command-line use
+        assert flag in refused.output
+    price = await maas(
+        auth_target, "admin", "price", "set", "tiny", "--prompt", "Infinity", "--completion", "1"
+    )
+    assert price.exit_code == 2, price.output
+    assert "--prompt" in price.output
