@@ -11,7 +11,7 @@ from decimal import Decimal, InvalidOperation
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from maas.v1 import billing_pb2, generation_pb2
-from services.console.money import per_million_micros, units_micros
+from services.console.money import units_micros
 
 # The largest values proto integer fields carry: past them protobuf raises
 # ValueError, which would answer 500 instead of naming the field.
@@ -120,14 +120,24 @@ def _amount(field: str, raw: str, example: str) -> Decimal | None:
     return value
 
 
+def _micros(field: str, value: Decimal) -> int:
+    """An amount in currency units as micro-units for a proto int64 field."""
+    try:
+        micros = units_micros(value)
+    except ValueError:
+        raise FormError(field, "at most 6 decimal places (a micro-unit)") from None
+    if micros > INT64_MAX:
+        # The proto's int64 cannot carry it (protobuf would raise ValueError,
+        # a 500); auth names its own, lower bound.
+        raise FormError(field, "too large")
+    return micros
+
+
 def _price_per_million(field: str, raw: str) -> int:
     value = _amount(field, raw, "0.15")
     if value is None:
         raise FormError(field, "a price per million tokens, e.g. 0.15 (0 for free)")
-    try:
-        return per_million_micros(value)
-    except ValueError:
-        raise FormError(field, "at most 6 decimal places (a micro-unit)") from None
+    return _micros(field, value)
 
 
 @dataclass(frozen=True)
@@ -185,16 +195,7 @@ PRICE_FIELDS = {
 def _limit_micros(field: str, raw: str) -> int:
     """A budget limit typed in currency units; empty or 0: no limit."""
     value = _amount(field, raw, "25.50")
-    if value is None:
-        return 0
-    try:
-        micros = units_micros(value)
-    except ValueError:
-        raise FormError(field, "at most 6 decimal places (a micro-unit)") from None
-    if micros > INT64_MAX:
-        # The proto's int64 cannot carry it; auth names its own, lower bound.
-        raise FormError(field, "too large")
-    return micros
+    return 0 if value is None else _micros(field, value)
 
 
 @dataclass(frozen=True)

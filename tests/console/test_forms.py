@@ -6,7 +6,14 @@ from __future__ import annotations
 
 import pytest
 
-from services.console.forms import UINT32_MAX, UINT64_MAX, FormError, PlaygroundForm
+from services.console.forms import (
+    UINT32_MAX,
+    UINT64_MAX,
+    BudgetForm,
+    FormError,
+    PlaygroundForm,
+    PriceForm,
+)
 
 
 @pytest.mark.parametrize(
@@ -36,3 +43,26 @@ def test_playground_takes_the_largest_values_the_proto_carries() -> None:
         "m", "hello", max_tokens=str(UINT32_MAX), seed=str(UINT64_MAX)
     ).request()
     assert (request.max_tokens, request.seed) == (UINT32_MAX, UINT64_MAX)
+
+
+@pytest.mark.parametrize("field", ["prompt", "cached_prompt", "completion"])
+@pytest.mark.parametrize("hostile", ["1e30", "-1", "0.0000001", "NaN", "Infinity"])
+def test_price_refuses_hostile_amounts_naming_the_field(field: str, hostile: str) -> None:
+    prices = {"prompt": "0.15", "cached_prompt": "0.05", "completion": "0.6", field: hostile}
+    with pytest.raises(FormError) as refused:
+        PriceForm("m", currency="USD", **prices).price()
+    assert refused.value.field == field
+
+
+@pytest.mark.parametrize("field", ["monthly", "total"])
+@pytest.mark.parametrize("hostile", ["1e30", "-1", "0.0000001", "NaN"])
+def test_budget_refuses_hostile_limits_naming_the_field(field: str, hostile: str) -> None:
+    with pytest.raises(FormError) as refused:
+        BudgetForm("tenant", **{field: hostile}).budget()
+    assert refused.value.field == field
+
+
+def test_budget_refuses_a_soft_threshold_past_100() -> None:
+    with pytest.raises(FormError) as refused:
+        BudgetForm("tenant", soft="101").budget()
+    assert refused.value.field == "soft"
