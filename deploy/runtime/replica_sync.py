@@ -172,6 +172,20 @@ async def run(router: str, targets: Sequence[tuple[str, int]], interval_s: float
         telemetry.shutdown()
 
 
+def replica_targets(text: str) -> list[tuple[str, int]]:
+    """`--replicas`: NAME:PORT[,NAME:PORT...], each PORT one a replica
+    listens on (1-65535; past it every lookup would fail, forever)."""
+    targets = []
+    for item in text.split(","):
+        host, sep, port = item.strip().rpartition(":")
+        if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+            raise argparse.ArgumentTypeError(
+                f"{item.strip()!r}: takes NAME:PORT[,NAME:PORT...], each PORT 1 to 65535"
+            )
+        targets.append((host, int(port)))
+    return targets
+
+
 def arguments() -> argparse.ArgumentParser:
     """Its flags: SPEC.flags lists them for the deploy checks."""
     parser = argparse.ArgumentParser(
@@ -180,6 +194,7 @@ def arguments() -> argparse.ArgumentParser:
     parser.add_argument("--router", default="127.0.0.1:50053", help="the router's HOST:PORT")
     parser.add_argument(
         "--replicas",
+        type=replica_targets,
         required=True,
         help="NAME:PORT, or several comma separated (a model each); each NAME resolves to "
         "one address per replica",
@@ -191,16 +206,10 @@ def arguments() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> None:
     parser = arguments()
     args = parser.parse_args(argv)
-    targets = []
-    for item in args.replicas.split(","):
-        host, sep, port = item.strip().rpartition(":")
-        if not sep or not host or not port.isdigit():
-            parser.error("--replicas takes NAME:PORT[,NAME:PORT...]")
-        targets.append((host, int(port)))
     configure_logging("replica-sync", TelemetrySettings())
     import uvloop
 
-    uvloop.run(run(args.router, targets, args.interval_s))
+    uvloop.run(run(args.router, args.replicas, args.interval_s))
 
 
 if __name__ == "__main__":

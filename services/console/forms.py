@@ -11,10 +11,13 @@ from decimal import Decimal, InvalidOperation
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from maas.v1 import billing_pb2, generation_pb2
-from services.console.money import per_million_micros, units_micros
+from services.console.money import units_micros
 
-# The largest micro-unit amount a proto int64 field carries.
+# The largest values proto integer fields carry: past them protobuf raises
+# ValueError, which would answer 500 instead of naming the field.
 INT64_MAX = 2**63 - 1
+UINT32_MAX = 2**32 - 1
+UINT64_MAX = 2**64 - 1
 # Stop strings a form may give; the gateway takes more, a person types a few.
 MAX_STOP_STRINGS = 4
 
@@ -37,7 +40,7 @@ def _optional_float(field: str, raw: str, low: float, high: float) -> float | No
     return value
 
 
-def _optional_int(field: str, raw: str, low: int) -> int | None:
+def _optional_int(field: str, raw: str, low: int, high: int | None = None) -> int | None:
     if not raw.strip():
         return None
     try:
@@ -46,6 +49,8 @@ def _optional_int(field: str, raw: str, low: int) -> int | None:
         raise FormError(field, "a whole number") from None
     if value < low:
         raise FormError(field, f"at least {low}")
+    if high is not None and value > high:
+        raise FormError(field, f"at most {high}")
     return value
 
 
@@ -75,10 +80,10 @@ class PlaygroundForm:
         temperature = _optional_float("temperature", self.temperature, 0.0, 2.0)
         if temperature is not None:
             request.temperature = temperature
-        max_tokens = _optional_int("max_tokens", self.max_tokens, 1)
+        max_tokens = _optional_int("max_tokens", self.max_tokens, 1, UINT32_MAX)
         if max_tokens is not None:
             request.max_tokens = max_tokens
-        seed = _optional_int("seed", self.seed, 0)
+        seed = _optional_int("seed", self.seed, 0, UINT64_MAX)
         if seed is not None:
             request.seed = seed
         stops = [line for line in self.stop.splitlines() if line]
@@ -115,14 +120,24 @@ def _amount(field: str, raw: str, example: str) -> Decimal | None:
     return value
 
 
+def _micros(field: str, value: Decimal) -> int:
+    """An amount in currency units as micro-units for a proto int64 field."""
+    try:
+        micros = units_micros(value)
+    except ValueError:
+        raise FormError(field, "at most 6 decimal places (a micro-unit)") from None
+    if micros > INT64_MAX:
+        # The proto's int64 cannot carry it (protobuf would raise ValueError,
+        # a 500); auth names its own, lower bound.
+        raise FormError(field, "too large")
+    return micros
+
+
 def _price_per_million(field: str, raw: str) -> int:
     value = _amount(field, raw, "0.15")
     if value is None:
         raise FormError(field, "a price per million tokens, e.g. 0.15 (0 for free)")
-    try:
-        return per_million_micros(value)
-    except ValueError:
-        raise FormError(field, "at most 6 decimal places (a micro-unit)") from None
+    return _micros(field, value)
 
 
 @dataclass(frozen=True)
@@ -180,16 +195,7 @@ PRICE_FIELDS = {
 def _limit_micros(field: str, raw: str) -> int:
     """A budget limit typed in currency units; empty or 0: no limit."""
     value = _amount(field, raw, "25.50")
-    if value is None:
-        return 0
-    try:
-        micros = units_micros(value)
-    except ValueError:
-        raise FormError(field, "at most 6 decimal places (a micro-unit)") from None
-    if micros > INT64_MAX:
-        # The proto's int64 cannot carry it; auth names its own, lower bound.
-        raise FormError(field, "too large")
-    return micros
+    return 0 if value is None else _micros(field, value)
 
 
 @dataclass(frozen=True)

@@ -92,9 +92,3 @@ def units_micros(raw: Decimal) -> int:
     if scaled != scaled.to_integral_value():
         raise ValueError("finer than a micro-unit")
     return int(scaled)
-
-
-def per_million_micros(raw: Decimal) -> int:
-    """A price typed in currency units per million tokens, as micro-units
-    per million; ValueError when it is finer than a micro-unit."""
-    return units_micros(raw)

@@ -159,3 +159,19 @@ def test_a_models_file_runs_as_its_entries_say(tmp_path: Path) -> None:
 def test_refused_arguments(argv: list[str]) -> None:
     with pytest.raises(SystemExit):
         parse_args(argv)
+
+
+@pytest.mark.parametrize("option", ["--console-port", "--metrics-base-port"])
+@pytest.mark.parametrize("hostile", ["70000", "-1", "http"])
+def test_a_port_flag_out_of_range_is_refused_naming_it(
+    option: str, hostile: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as refused:
+        parse_args(["--engine", "sim", option, hostile])
+    assert refused.value.code == 2
+    assert option in capsys.readouterr().err
+
+
+def test_the_port_flags_take_their_whole_range() -> None:
+    args = parse_args(["--engine", "sim", "--console-port", "65535", "--metrics-base-port", "0"])
+    assert (args.console_port, args.metrics_base_port) == (65535, 0)

@@ -8,9 +8,10 @@ import socket
 from collections.abc import AsyncIterator
 
 import grpc
+import pytest
 import pytest_asyncio
 
-from deploy.runtime.replica_sync import sync_once
+from deploy.runtime.replica_sync import arguments, sync_once
 from maas.v1 import router_pb2, router_pb2_grpc
 from observability import setup
 from observability.settings import TelemetrySettings
@@ -90,3 +91,20 @@ async def test_one_failed_lookup_of_several_changes_nothing(
     assert await sync_once(router, "127.0.0.1", free_port(), missing) is None
 
     assert await addresses(router) == {kept}
+
+
+def test_replicas_takes_each_name_with_its_port() -> None:
+    args = arguments().parse_args(["--replicas", "chat:50054, embed:50054"])
+    assert args.replicas == [("chat", 50054), ("embed", 50054)]
+
+
+@pytest.mark.parametrize(
+    "hostile", ["chat", "chat:", ":50054", "chat:0", "chat:65536", "chat:-1", "chat:1,"]
+)
+def test_replicas_refuses_a_hostile_value_naming_it(
+    hostile: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as refused:
+        arguments().parse_args(["--replicas", hostile])
+    assert refused.value.code == 2
+    assert "--replicas" in capsys.readouterr().err
