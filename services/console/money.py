@@ -9,7 +9,8 @@ from datetime import UTC, datetime
 from decimal import Decimal
 
 from maas.v1 import billing_pb2, generation_pb2
-from services.auth.pricing import display, micros
+from services.auth.pricing import micros
+from services.common.usage_terms import display
 
 # What a price or a cost shows when the book has none in force: said, never "0".
 UNPRICED = "not priced"
