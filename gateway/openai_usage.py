@@ -124,7 +124,7 @@ def usage_route(
             None, max_length=MAX_TIME_CHARS, description="exclusive; Unix seconds or RFC 3339"
         ),
         group_by: str | None = Query(
-            None, pattern="^(model|hour|day|month)$", description="split the totals this way"
+            None, pattern=f"^({'|'.join(GROUPINGS)})$", description="split the totals this way"
         ),
     ) -> dict[str, Any]:
         query = usage_request(start_time, end_time, group_by)
