@@ -51,9 +51,10 @@ def constrains(request: generation_pb2.GenerateRequest) -> bool:
     return mode(request) == _MODE.TOOL_CHOICE_MODE_REQUIRED
 
 
-def validate_tools(request: generation_pb2.GenerateRequest) -> None:
+def validate_tools(request: generation_pb2.GenerateRequest) -> str | None:
     """INVALID_ARGUMENT naming the field of any tool, tool choice or tool
-    call out of bounds; checked before anything is charged."""
+    call out of bounds; checked before anything is charged. Returns the
+    checked `tool_schema` when the tools constrain the output, else None."""
     tools = request.tools
     if tools and request.WhichOneof("input") != "messages":
         raise InvalidArgumentError("tools", "need a chat request (messages)")
@@ -86,9 +87,11 @@ def validate_tools(request: generation_pb2.GenerateRequest) -> None:
             "tool_choice",
             f"a required or named tool cannot be combined with {request.WhichOneof('constraint')}",
         )
+    schema = None
     if constrains(request):
         # The schemas together, wrapped: what the grammar backend compiles.
-        _check_schema(tool_schema(request), "tools")
+        schema = tool_schema(request)
+        _check_schema(schema, "tools")
     for i, turn in enumerate(request.messages.messages):
         if turn.tool_calls and turn.role != "assistant":
             raise InvalidArgumentError(f"messages[{i}].tool_calls", "only an assistant calls tools")
@@ -106,6 +109,7 @@ def validate_tools(request: generation_pb2.GenerateRequest) -> None:
                 raise InvalidArgumentError(
                     f"messages[{i}].tool_calls[{j}].id", f"is over {MAX_CALL_ID_CHARS} characters"
                 )
+    return schema
 
 
 def _check_schema(text: str, name: str) -> None:
