@@ -1,11 +1,12 @@
-"""Terms every face of usage shares (the CLI, the gateway's `/v1/usage`, the
-price book): the groupings a caller names, and how a micro-unit amount reads."""
+"""Terms every face of usage shares (the CLI, the gateway's `/v1/usage` and
+model list, the console, the price book): the groupings a caller names, the
+name a price bills under, and how a micro-unit amount reads."""
 
 from __future__ import annotations
 
 from decimal import Decimal
 
-from maas.v1 import usage_pb2
+from maas.v1 import billing_pb2, usage_pb2
 
 # A grouping's name, as a caller types it, to its enum.
 GROUPINGS = {
@@ -24,3 +25,9 @@ def display(amount_micros: int) -> Decimal:
 def money(micros: int) -> str:
     """Micro-units as the currency's decimal number, all six places kept."""
     return f"{display(micros):.6f}"
+
+
+def billed_name(price: billing_pb2.Price) -> str:
+    """The name a price applies to (usage records are named so): an
+    adapter's own, else its model's."""
+    return price.adapter or price.model

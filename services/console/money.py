@@ -63,11 +63,6 @@ def price_row(price: billing_pb2.Price) -> PriceRow:
     )
 
 
-def billed_name(price: billing_pb2.Price) -> str:
-    """What usage records of a price are named: the adapter, else the model."""
-    return price.adapter or price.model
-
-
 def price_at(versions: list[billing_pb2.Price], at: datetime) -> billing_pb2.Price | None:
     """The version in force at `at`: the newest whose effective time is not after it."""
     in_force = [v for v in versions if v.effective_time.ToDatetime(tzinfo=UTC) <= at]
