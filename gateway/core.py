@@ -35,7 +35,7 @@ from gateway.refusals import (
     peer_host,
 )
 from gateway.routes import Proxy, Routing
-from gateway.tool_calls import ToolCallStream, constrains, schema_field, tool_schema
+from gateway.tool_calls import ToolCallStream, constrains, schema_field
 from gateway.usage import StreamUsage, timestamp
 from gateway.validation import check_against_model, validate_generate, validate_input
 from maas.v1 import (
@@ -260,11 +260,11 @@ class GatewayCore:
         tokens a choice may use when max_tokens is unset (for the estimate),
         and the adapter_id when the model is the tenant's adapter (then
         `request.model` is its base model from here on)."""
-        validate_generate(request)
-        if constrains(request):
+        tools_schema = validate_generate(request)
+        if tools_schema is not None:
             # A required or named tool is guided decoding against the tools'
             # schema: the replica sees a json_schema like any other.
-            request.json_schema = tool_schema(request)
+            request.json_schema = tools_schema
         model, adapter_id = await self._model(request, tenant_id, timeout_s)
         check_against_model(request, model)
         if self._constraints is not None:

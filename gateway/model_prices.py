@@ -17,14 +17,10 @@ import grpc
 
 from maas.v1 import billing_pb2, billing_pb2_grpc, generation_pb2
 from services.common.errors import MeshError, remote_errors
+from services.common.usage_terms import billed_name
 
 # Failures that mean "the book is out of reach now", not "the call was wrong".
 _OUT_OF_REACH = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
-
-
-def billed_name(price: billing_pb2.Price) -> str:
-    """The name a price applies to: an adapter's own, else its model's."""
-    return price.adapter or price.model
 
 
 def model_price(price: billing_pb2.Price) -> generation_pb2.ModelPrice:

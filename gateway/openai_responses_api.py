@@ -332,9 +332,12 @@ class ResponsesWriting(Writing):
             "content": [] if text is None else [_part(text)],
         }
 
+    def _call_item_id(self, call: generation_pb2.ToolCall) -> str:
+        return f"fc-{self._request_id}-{call.index}"
+
     def _call_item(self, call: generation_pb2.ToolCall, status: str) -> JSON:
         return {
-            "id": f"fc-{self._request_id}-{call.index}",
+            "id": self._call_item_id(call),
             "type": "function_call",
             "call_id": call.id,
             "name": call.name,
@@ -417,7 +420,7 @@ class ResponsesWriting(Writing):
                 self._event(
                     "response.function_call_arguments.delta",
                     output_index=self._open_call,
-                    item_id=self._call_item(self._calls[self._open_call], "")["id"],
+                    item_id=self._call_item_id(self._calls[self._open_call]),
                     delta=piece.arguments,
                 )
             )

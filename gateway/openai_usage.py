@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
-from decimal import Decimal
 from typing import Any
 
 from fastapi import Query, Request
@@ -21,13 +20,8 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from gateway.core import GatewayCore
 from maas.v1 import gateway_pb2, usage_pb2
 from services.common.errors import InvalidArgumentError
+from services.common.usage_terms import GROUPINGS, money
 
-GROUPINGS = {
-    "model": usage_pb2.USAGE_GROUPING_MODEL,
-    "hour": usage_pb2.USAGE_GROUPING_HOUR,
-    "day": usage_pb2.USAGE_GROUPING_DAY,
-    "month": usage_pb2.USAGE_GROUPING_MONTH,
-}
 # The protobuf Timestamp's own range: 0001-01-01 to 9999-12-31, in Unix seconds.
 MIN_SECONDS, MAX_SECONDS = -62_135_596_800, 253_402_300_799
 # Longer than any RFC 3339 time with nanoseconds and an offset; read no further.
@@ -79,7 +73,7 @@ def usage_request(
 
 
 def cost(micros: int, currency: str) -> dict[str, Any]:
-    return {"value": f"{Decimal(micros).scaleb(-6):.6f}", "micros": micros, "currency": currency}
+    return {"value": money(micros), "micros": micros, "currency": currency}
 
 
 def _tokens(usage: usage_pb2.UsageSummary | usage_pb2.UsageBucket, currency: str) -> dict[str, Any]:
@@ -130,7 +124,7 @@ def usage_route(
             None, max_length=MAX_TIME_CHARS, description="exclusive; Unix seconds or RFC 3339"
         ),
         group_by: str | None = Query(
-            None, pattern="^(model|hour|day|month)$", description="split the totals this way"
+            None, pattern=f"^({'|'.join(GROUPINGS)})$", description="split the totals this way"
         ),
     ) -> dict[str, Any]:
         query = usage_request(start_time, end_time, group_by)

@@ -56,7 +56,10 @@ CALLER_REFUSALS = frozenset(
 
 
 class RefusalBudget:
-    """Per caller, how many more refusals it may cost before it is refused unread."""
+    """Per caller, a token bucket. As a refusal budget: how many more
+    refusals it may cost (`refused`) before it is refused unread (`check`).
+    As a call budget (the gateway's reads): how many more calls it may make,
+    each taking a token up front (`spend`)."""
 
     def __init__(
         self,
@@ -76,7 +79,7 @@ class RefusalBudget:
         self._message = message
         self._max_callers = max_callers
         self._clock = clock
-        # caller -> (tokens left, when last refilled); only callers refused lately.
+        # caller -> (tokens left, when last refilled); only callers that took one lately.
         self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
 
     def _level(self, caller: str, now: float) -> float:
@@ -98,13 +101,16 @@ class RefusalBudget:
             )
 
     def spend(self, caller: str) -> None:
-        """Spends one of `caller`'s tokens for a call it makes, or raises
+        """Takes one of `caller`'s tokens for a call it makes, or raises
         RESOURCE_EXHAUSTED (with the wait) when none is left."""
         self.check(caller)
-        self.refused(caller)
+        self._take(caller)
 
     def refused(self, caller: str) -> None:
-        """Spends one of `caller`'s refusals."""
+        """Spends one of `caller`'s refusals (after the fact: never raises)."""
+        self._take(caller)
+
+    def _take(self, caller: str) -> None:
         now = self._clock()
         self._buckets[caller] = (self._level(caller, now) - 1, now)
         self._buckets.move_to_end(caller)

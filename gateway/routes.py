@@ -277,7 +277,9 @@ class DirectRoute:
                 async for chunk in call:
                     if first:
                         first = False
-                        await self._report(
+                        # A router gone meanwhile does not stop a stream
+                        # already under way: what it is not sent is dropped.
+                        self._updates.send(
                             router_pb2.RouteUpdate(
                                 first_chunk=router_pb2.RouteFirstChunk(
                                     first_token_s=time.monotonic() - started,
@@ -359,11 +361,6 @@ class DirectRoute:
             return None
         assert isinstance(decision, router_pb2.RouteDecision)
         return decision
-
-    async def _report(self, update: router_pb2.RouteUpdate) -> None:
-        """Tells the router how the stream goes; a router gone meanwhile does
-        not stop a stream already under way (what it is not sent is dropped)."""
-        self._updates.send(update)
 
 
 class Direct:

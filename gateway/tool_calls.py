@@ -26,6 +26,10 @@ MAX_TOOLS = 128
 TOOL_NAME = re.compile(r"[a-zA-Z0-9_-]{1,64}")
 # OpenAI's limit on a function's description; it goes into the prompt.
 MAX_DESCRIPTION_CHARS = 1024
+# A call id sent back in the history (a call's `id`, a tool turn's
+# `tool_call_id`): the chat template renders it, yet it is no content that
+# the prompt's byte bound counts. Ours are 29 characters; any client's fit.
+MAX_CALL_ID_CHARS = 256
 
 _MODE = generation_pb2.ToolChoiceMode
 _ANY_OBJECT = {"type": "object"}
@@ -47,9 +51,10 @@ def constrains(request: generation_pb2.GenerateRequest) -> bool:
     return mode(request) == _MODE.TOOL_CHOICE_MODE_REQUIRED
 
 
-def validate_tools(request: generation_pb2.GenerateRequest) -> None:
+def validate_tools(request: generation_pb2.GenerateRequest) -> str | None:
     """INVALID_ARGUMENT naming the field of any tool, tool choice or tool
-    call out of bounds; checked before anything is charged."""
+    call out of bounds; checked before anything is charged. Returns the
+    checked `tool_schema` when the tools constrain the output, else None."""
     tools = request.tools
     if tools and request.WhichOneof("input") != "messages":
         raise InvalidArgumentError("tools", "need a chat request (messages)")
@@ -82,18 +87,29 @@ def validate_tools(request: generation_pb2.GenerateRequest) -> None:
             "tool_choice",
             f"a required or named tool cannot be combined with {request.WhichOneof('constraint')}",
         )
+    schema = None
     if constrains(request):
         # The schemas together, wrapped: what the grammar backend compiles.
-        _check_schema(tool_schema(request), "tools")
+        schema = tool_schema(request)
+        _check_schema(schema, "tools")
     for i, turn in enumerate(request.messages.messages):
         if turn.tool_calls and turn.role != "assistant":
             raise InvalidArgumentError(f"messages[{i}].tool_calls", "only an assistant calls tools")
+        if len(turn.tool_call_id) > MAX_CALL_ID_CHARS:
+            raise InvalidArgumentError(
+                f"messages[{i}].tool_call_id", f"is over {MAX_CALL_ID_CHARS} characters"
+            )
         for j, call in enumerate(turn.tool_calls):
             if not TOOL_NAME.fullmatch(call.name):
                 raise InvalidArgumentError(
                     f"messages[{i}].tool_calls[{j}].name",
                     "must be 1 to 64 of a-z, A-Z, 0-9, '_' and '-'",
                 )
+            if len(call.id) > MAX_CALL_ID_CHARS:
+                raise InvalidArgumentError(
+                    f"messages[{i}].tool_calls[{j}].id", f"is over {MAX_CALL_ID_CHARS} characters"
+                )
+    return schema
 
 
 def _check_schema(text: str, name: str) -> None:

@@ -61,13 +61,15 @@ def validate_input(
             )
 
 
-def validate_generate(request: generation_pb2.GenerateRequest) -> None:
+def validate_generate(request: generation_pb2.GenerateRequest) -> str | None:
+    """Checks that need no model; returns the tools' schema when they
+    constrain the output (see `validate_tools`)."""
     validate_input(request)
     try:
         check_sampling(sampling_from_proto(request))
     except InvalidRequestError as err:
         raise InvalidArgumentError(err.field, err.description) from err
-    validate_tools(request)
+    return validate_tools(request)
 
 
 def prompt_bytes(

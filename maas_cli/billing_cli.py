@@ -17,7 +17,7 @@ from maas.v1 import billing_pb2, billing_pb2_grpc
 from maas_cli import statement_report
 from maas_cli.admin_cli import AuthOption, TokenOption, admin_rpc
 from maas_cli.output import JsonOption, bad_usage, print_rows
-from maas_cli.usage_report import money
+from services.common.usage_terms import money
 
 price_app = typer.Typer(help="The price book: per model, per million tokens.", no_args_is_help=True)
 T = TypeVar("T")

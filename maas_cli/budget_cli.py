@@ -14,7 +14,7 @@ from maas_cli.admin_cli import AuthOption, TokenOption, admin_rpc
 from maas_cli.billing_cli import billing_stub, micros
 from maas_cli.output import JsonOption, bad_usage, print_rows
 from maas_cli.statement_report import rfc3339
-from maas_cli.usage_report import money
+from services.common.usage_terms import money
 
 budget_app = typer.Typer(
     help="Money budgets: per tenant or per API key, monthly and lifetime.", no_args_is_help=True

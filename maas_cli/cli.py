@@ -44,6 +44,7 @@ from maas_cli.output import (
     to_dict,
 )
 from maas_cli.severity import SEVERITIES, severity_markup
+from services.common.usage_terms import GROUPINGS
 
 T = TypeVar("T")
 
@@ -221,11 +222,11 @@ def usage(
     """Shows token usage: your own (API key), or a tenant's (--tenant).
 
     --json prints the whole GetUsage reply as one document."""
-    if by is not None and by not in usage_report.GROUPINGS:
-        bad_usage(f"--by must be one of {', '.join(usage_report.GROUPINGS)}")
+    if by is not None and by not in GROUPINGS:
+        bad_usage(f"--by must be one of {', '.join(GROUPINGS)}")
     if fmt not in ("table", "csv", "json"):
         bad_usage("--format must be table, csv or json")
-    grouping = usage_report.GROUPINGS[by] if by else usage_pb2.USAGE_GROUPING_UNSPECIFIED
+    grouping = GROUPINGS[by] if by else usage_pb2.USAGE_GROUPING_UNSPECIFIED
     start = None
     if since is not None:
         start = timestamp_pb2.Timestamp()

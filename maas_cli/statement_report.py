@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from maas.v1 import billing_pb2, metering_pb2
-from maas_cli.usage_report import money
+from services.common.usage_terms import money
 
 Format = Literal["table", "csv", "json", "cloudevents"]
 FORMATS = ("table", "csv", "json", "cloudevents")

@@ -8,21 +8,15 @@ from __future__ import annotations
 import csv
 import io
 import json
-from decimal import Decimal
 from typing import Literal
 
 from rich.console import Console
 from rich.table import Table
 
 from maas.v1 import usage_pb2
+from services.common.usage_terms import money
 
 Format = Literal["table", "csv", "json"]
-GROUPINGS = {
-    "model": usage_pb2.USAGE_GROUPING_MODEL,
-    "hour": usage_pb2.USAGE_GROUPING_HOUR,
-    "day": usage_pb2.USAGE_GROUPING_DAY,
-    "month": usage_pb2.USAGE_GROUPING_MONTH,
-}
 COLUMNS = (
     "tenant",
     "key",
@@ -35,11 +29,6 @@ COLUMNS = (
     "currency",
     "unpriced",
 )
-
-
-def money(micros: int) -> str:
-    """Micro-units as the currency's decimal number, all six places kept."""
-    return f"{Decimal(micros).scaleb(-6):.6f}"
 
 
 def rows(reply: usage_pb2.GetUsageResponse) -> list[dict[str, str | int | bool]]:

@@ -3,7 +3,7 @@
 Money is integer micro-units of the currency (1 USD = 1,000,000); a price is
 micro-units per million tokens. `tokens * price` is therefore the exact cost
 in millionths of a micro-unit: sums are taken of that, and rounded to a whole
-micro-unit once, where an amount is shown. `Decimal` is for display only."""
+micro-unit once, where an amount is shown (services/common/usage_terms.display)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ import enum
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from decimal import Decimal
 
 from services.common.errors import InvalidArgumentError
 from services.common.generation_limits import MAX_MODEL_NAME_BYTES
@@ -106,11 +105,6 @@ def micros(exact: int) -> int:
 def amount(tokens: int, per_million: int) -> int:
     """What `tokens` cost at `per_million`, in whole micro-units, half up."""
     return micros(tokens * per_million)
-
-
-def display(amount_micros: int) -> Decimal:
-    """Micro-units as a Decimal number of currency units (display only)."""
-    return Decimal(amount_micros).scaleb(-6)
 
 
 # The dearest price, $1000 per million tokens in USD: times the most tokens a

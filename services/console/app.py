@@ -28,6 +28,7 @@ from gateway.refusals import (
 )
 from maas.v1 import billing_pb2, generation_pb2
 from services.common.errors import ResourceExhaustedError, error_from_rpc, status_detail
+from services.common.usage_terms import billed_name
 from services.console import money, sse, views
 from services.console.forms import (
     BUDGET_FIELDS,
@@ -272,9 +273,7 @@ def create_app(
     @app.get("/t/{tenant_id}/models")
     async def models(request: Request, session: Tenant) -> Response:
         listed = await mesh.models(session.credential)
-        prices = {
-            money.billed_name(p): money.price_row(p) for p in await mesh.prices(session.credential)
-        }
+        prices = {billed_name(p): money.price_row(p) for p in await mesh.prices(session.credential)}
         return page(request, "models.html", models=listed, prices=prices, unpriced=money.UNPRICED)
 
     @app.get("/t/{tenant_id}/playground")

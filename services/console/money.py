@@ -9,7 +9,8 @@ from datetime import UTC, datetime
 from decimal import Decimal
 
 from maas.v1 import billing_pb2, generation_pb2
-from services.auth.pricing import display, micros
+from services.auth.pricing import micros
+from services.common.usage_terms import display
 
 # What a price or a cost shows when the book has none in force: said, never "0".
 UNPRICED = "not priced"
@@ -60,11 +61,6 @@ def price_row(price: billing_pb2.Price) -> PriceRow:
         effective=_when(price.effective_time.ToDatetime(tzinfo=UTC)),
         created=_when(price.create_time.ToDatetime(tzinfo=UTC)),
     )
-
-
-def billed_name(price: billing_pb2.Price) -> str:
-    """What usage records of a price are named: the adapter, else the model."""
-    return price.adapter or price.model
 
 
 def price_at(versions: list[billing_pb2.Price], at: datetime) -> billing_pb2.Price | None:

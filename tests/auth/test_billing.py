@@ -12,9 +12,10 @@ from services.auth import billing
 from services.auth.billing import BillingCore
 from services.auth.core import MeteringCore
 from services.auth.models import Grouping, RequestStatus, UsageRecord
-from services.auth.pricing import NewPrice, TokenKind, display
+from services.auth.pricing import NewPrice, TokenKind
 from services.auth.store import AuthStore
 from services.common.errors import InvalidArgumentError
+from services.common.usage_terms import display
 
 # The book's clock: before the month billed, so its versions are set ahead of time.
 NOW = datetime(2026, 10, 1, tzinfo=UTC)

@@ -291,3 +291,12 @@ async def test_bad_uploads_are_refused_naming_their_field(tmp_path: Path) -> Non
             await gateway.CreateAdapter(
                 stream(uploads("x", MODEL, config, good)), metadata=key.metadata
             )
+            # A delete names its adapter: a hostile name is refused naming `name`.
+            for name in ("", "Bad Name", "x" * 100_000):
+                err = await refused(
+                    gateway.DeleteAdapter(
+                        adapter_pb2.DeleteAdapterRequest(name=name), metadata=key.metadata
+                    )
+                )
+                assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, (name[:16], err.details())
+                assert bad_request_fields(err) == ["name"], (name[:16], err.details())

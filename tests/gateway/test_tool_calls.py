@@ -148,6 +148,36 @@ def test_bounds_name_the_field(fields: dict[str, object], field: str) -> None:
     assert info.value.field == field
 
 
+@pytest.mark.parametrize(
+    ("turn", "field"),
+    [
+        (
+            generation_pb2.ChatMessage(
+                role="assistant", tool_calls=[generation_pb2.ToolCall(id="c" * 257, name="a")]
+            ),
+            "messages[1].tool_calls[0].id",
+        ),
+        (
+            generation_pb2.ChatMessage(role="tool", tool_call_id="c" * 257),
+            "messages[1].tool_call_id",
+        ),
+    ],
+)
+def test_history_call_ids_are_bounded(turn: generation_pb2.ChatMessage, field: str) -> None:
+    bad = request()
+    bad.messages.messages.append(turn)
+    with pytest.raises(InvalidArgumentError) as info:
+        validate_tools(bad)
+    assert info.value.field == field
+    # At the bound, accepted.
+    ok = request()
+    ok.messages.messages.append(turn)
+    ok.messages.messages[1].tool_call_id = ok.messages.messages[1].tool_call_id[:256]
+    for call in ok.messages.messages[1].tool_calls:
+        call.id = call.id[:256]
+    validate_tools(ok)
+
+
 def test_tools_need_a_chat() -> None:
     with pytest.raises(InvalidArgumentError) as info:
         validate_tools(
