@@ -26,14 +26,7 @@ from gateway.model_limits import ModelCatalog, served_models
 from gateway.model_prices import PriceBook, with_prices
 from gateway.outbox import UsageOutbox
 from gateway.quota import QuotaClient, Used, estimate_split
-from gateway.refusals import (
-    CALLER_REFUSALS,
-    DEFAULT_READ_BURST,
-    DEFAULT_READS_PER_S,
-    READS_EXHAUSTED,
-    RefusalBudget,
-    peer_host,
-)
+from gateway.refusals import CALLER_REFUSALS, RefusalBudget, peer_host, read_budget
 from gateway.routes import Proxy, Routing
 from gateway.tool_calls import ToolCallStream, constrains, schema_field
 from gateway.usage import StreamUsage, timestamp
@@ -136,12 +129,7 @@ class GatewayCore:
         reads: RefusalBudget | None = None,
     ) -> None:
         self._adapters = adapters
-        self._reads = reads or RefusalBudget(
-            per_s=DEFAULT_READS_PER_S,
-            burst=DEFAULT_READ_BURST,
-            subject="reads",
-            message=READS_EXHAUSTED,
-        )
+        self._reads = reads or read_budget()
         self._refusals = refusals
         self._auth_failures = auth_failures
         self._progress_interval_s = progress_interval_s

@@ -35,10 +35,6 @@ log = structlog.get_logger(__name__)
 BYTES_PER_TOKEN = 3
 
 
-def estimate_tokens(request: generation_pb2.GenerateRequest, default_max_tokens: int) -> int:
-    return sum(estimate_split(request, default_max_tokens))
-
-
 def estimate_split(
     request: generation_pb2.GenerateRequest, default_max_tokens: int
 ) -> tuple[int, int]:

@@ -55,6 +55,13 @@ CALLER_REFUSALS = frozenset(
 )
 
 
+def read_budget(
+    per_s: float = DEFAULT_READS_PER_S, burst: float = DEFAULT_READ_BURST
+) -> RefusalBudget:
+    """The per-tenant budget of calls that query auth (see DEFAULT_READ_BURST)."""
+    return RefusalBudget(per_s=per_s, burst=burst, subject="reads", message=READS_EXHAUSTED)
+
+
 class RefusalBudget:
     """Per caller, a token bucket. As a refusal budget: how many more
     refusals it may cost (`refused`) before it is refused unread (`check`).

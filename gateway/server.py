@@ -20,7 +20,7 @@ from gateway.openai_http import create_app
 from gateway.outbox import UsageOutbox
 from gateway.outbox_dir import OutboxAdopter, close_own, own_outbox
 from gateway.quota import QuotaClient, budget_event
-from gateway.refusals import READS_EXHAUSTED, RefusalBudget
+from gateway.refusals import RefusalBudget, read_budget
 from gateway.routes import Direct, Proxy, ReplicaChannels, Routing
 from gateway.servicer import GatewayServicer
 from gateway.settings import GatewaySettings
@@ -191,12 +191,7 @@ async def serving(settings: GatewaySettings, telemetry: Telemetry) -> AsyncItera
                 burst=settings.auth_failure_burst,
                 subject="failed_authentications",
             ),
-            reads=RefusalBudget(
-                per_s=settings.reads_per_s,
-                burst=settings.read_burst,
-                subject="reads",
-                message=READS_EXHAUSTED,
-            ),
+            reads=read_budget(settings.reads_per_s, settings.read_burst),
             adapters=adapters,
         )
         servicer = GatewayServicer(core)
