@@ -298,15 +298,25 @@ BROKEN.update(
         ),
         "the embedding model on a runner vLLM has not": (
             COMPOSE,
-            '"--runner", "pooling"',
-            '"--runner", "embed"',
+            '"--runner", "pooling",\n              "--kv-cache-memory-bytes"',
+            '"--runner", "embed",\n              "--kv-cache-memory-bytes"',
             ["inference-embed-cpu", "runner"],
+        ),
+        "the gpu profile's embedding model on a runner vLLM has not": (
+            COMPOSE,
+            '"--runner", "pooling",\n              "--gpu-memory-utilization"',
+            '"--runner", "embed",\n              "--gpu-memory-utilization"',
+            ["inference-embed-gpu", "runner"],
         ),
         "the router naming a model service that is not there": (
             COMPOSE,
-            "aliases: [inference-embed] }",
-            "aliases: [inference-embedding] }",
-            ["router", "inference-embed:50054", "inference-embed is no service of this file"],
+            '"inference-embed:50054"]',
+            '"inference-embedding:50054"]',
+            [
+                "router",
+                "inference-embedding:50054",
+                "inference-embedding is no service of this file",
+            ],
         ),
         "the router not told of the embedding model": (
             COMPOSE,
