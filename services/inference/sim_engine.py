@@ -263,10 +263,8 @@ class SimEngine:
         for name, value in (("json_schema", options.json_schema), ("regex", options.regex)):
             if value is not None:
                 raise InvalidRequestError(name, "constrained decoding is not simulated")
-        if adapter is not None:
-            if adapter not in self._private:
-                raise InvalidRequestError("model", f"adapter {adapter!r} is not loaded")
-            self._changes.notify()
+        if adapter is not None and adapter not in self._private:
+            raise InvalidRequestError("model", f"adapter {adapter!r} is not loaded")
         stream = self._admit(request_id, prompt_ids, options, max_tokens, priority, adapter)
         top_k = options.logprobs
         try:
