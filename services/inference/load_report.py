@@ -10,6 +10,7 @@ from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from dataclasses import replace
 
+from services.common.changes import ChangeSignal
 from services.inference.adapter_slots import AdapterSlots
 from services.inference.engine import Engine, LoadSnapshot
 
@@ -26,35 +27,49 @@ def _with_adapters(load: LoadSnapshot, slots: AdapterSlots) -> LoadSnapshot:
 async def watch_replica_load(
     engine: Engine, slots: AdapterSlots | None
 ) -> AsyncGenerator[LoadSnapshot, None]:
-    """The current load, then every change of the engine's or of the slots'."""
-    async with aclosing(engine.watch_load()) as engine_loads:
-        if slots is None:
-            async for load in engine_loads:
+    """The current load, then every change of the engine's or of the slots'
+    (changes that come faster than the reader coalesce: it gets the latest)."""
+    if slots is None:
+        async with aclosing(engine.watch_load()) as loads:
+            async for load in loads:
                 yield load
-            return
-        load = await anext(engine_loads)
-        next_load = asyncio.ensure_future(anext(engine_loads))
-        # The event is taken now, before the snapshot below reads the slots:
-        # a change after that read sets it, however late the task starts.
-        slots_changed = asyncio.ensure_future(slots.changes.next.wait())
-        last: LoadSnapshot | None = None
+        return
+    # Two followers, one for each source, wake the reader; it reads both
+    # anew each time, so a change between its reads is never lost.
+    wake = asyncio.Event()
+    engine_load: list[LoadSnapshot] = []
+
+    async def follow_engine() -> None:
         try:
-            while True:
-                now = _with_adapters(load, slots)
-                if now != last:
-                    yield now
-                    last = now
-                await asyncio.wait((next_load, slots_changed), return_when=asyncio.FIRST_COMPLETED)
-                if next_load.done():
-                    try:
-                        load = next_load.result()
-                    except StopAsyncIteration:
-                        return
-                    next_load = asyncio.ensure_future(anext(engine_loads))
-                if slots_changed.done():
-                    slots_changed = asyncio.ensure_future(slots.changes.next.wait())
+            async with aclosing(engine.watch_load()) as loads:
+                async for load in loads:
+                    engine_load[:] = [load]
+                    wake.set()
         finally:
-            # The engine's stream is closed (aclosing) only once no task reads it.
-            next_load.cancel()
-            slots_changed.cancel()
-            await asyncio.gather(next_load, slots_changed, return_exceptions=True)
+            wake.set()  # the reader learns of its end, or its error
+
+    async def follow_slots(changes: ChangeSignal) -> None:
+        while True:
+            await changes.wait()
+            wake.set()
+
+    engine_task = asyncio.create_task(follow_engine())
+    slots_task = asyncio.create_task(follow_slots(slots.changes))
+    last: LoadSnapshot | None = None
+    try:
+        while True:
+            await wake.wait()
+            wake.clear()
+            if engine_task.done():
+                engine_task.result()
+                return
+            if not engine_load:
+                continue
+            now = _with_adapters(engine_load[0], slots)
+            if now != last:
+                yield now
+                last = now
+    finally:
+        engine_task.cancel()
+        slots_task.cancel()
+        await asyncio.gather(engine_task, slots_task, return_exceptions=True)

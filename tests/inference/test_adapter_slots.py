@@ -109,6 +109,8 @@ async def test_load_reports_follow_the_slots(tmp_path: Path) -> None:
 
         watcher = asyncio.create_task(watch())
         try:
+            await eventually(lambda: bool(seen))
+            assert seen[0] == ((), 0)
             # A load, another, a hit that reorders, then a miss that evicts B.
             for adapter, report in (
                 (A, ((A,), 1)),
@@ -121,7 +123,6 @@ async def test_load_reports_follow_the_slots(tmp_path: Path) -> None:
         finally:
             watcher.cancel()
             await asyncio.gather(watcher, return_exceptions=True)
-        assert seen[0] == ((), 0)
         assert len(seen) == len(set(seen)), "a report only when something changed"
 
 
