@@ -4,15 +4,16 @@ adapter names resolved for its requests only.
 
 A name is resolved only when it is not a served model's: the served model
 wins. Resolutions are cached per (tenant, name) for `ttl_s`, misses too, so a
-flood of made-up names costs the registry one lookup per name per window; an
-adapter created or deleted through this gateway is forgotten at once here,
-and within `ttl_s` at every other gateway."""
+flood of made-up names costs the registry one lookup per name per window, and
+a tenant's list of adapters (for its model list) per tenant for `ttl_s`, so
+polling the model list costs one listing per window; an adapter created or
+deleted through this gateway is forgotten at once here (its name and its
+tenant's list), and within `ttl_s` at every other gateway."""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 
 import grpc
@@ -20,6 +21,7 @@ import structlog
 
 from gateway.authn import within
 from gateway.model_limits import ModelCatalog
+from gateway.ttl_cache import TtlCache
 from maas.v1 import (
     adapter_pb2,
     adapter_registry_pb2,
@@ -61,7 +63,8 @@ def adapter_model(
 
 
 class AdapterResolver:
-    """A tenant's adapter names to its adapters, cached briefly, bounded."""
+    """A tenant's adapter names to its adapters, and its list of them, each
+    cached briefly, bounded."""
 
     def __init__(
         self,
@@ -69,17 +72,19 @@ class AdapterResolver:
         *,
         ttl_s: float,
         max_entries: int,
+        # Tenants whose list is kept (a list holds up to the registry's per-tenant bound).
+        max_lists: int,
         # Each lookup's most seconds (the gateway's auth_timeout_s), within the caller's.
         lookup_timeout_s: float,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._registry = registry
-        self._ttl_s = ttl_s
         self._lookup_timeout_s = lookup_timeout_s
-        self._max_entries = max_entries
-        self._clock = clock
-        self._cache: OrderedDict[tuple[str, str], tuple[float, adapter_pb2.Adapter | None]] = (
-            OrderedDict()
+        self._names: TtlCache[tuple[str, str], adapter_pb2.Adapter | None] = TtlCache(
+            ttl_s=ttl_s, max_entries=max_entries, clock=clock
+        )
+        self._lists: TtlCache[str, tuple[adapter_pb2.Adapter, ...]] = TtlCache(
+            ttl_s=ttl_s, max_entries=max_lists, clock=clock
         )
 
     async def resolve(
@@ -88,10 +93,10 @@ class AdapterResolver:
         """The tenant's adapter named `name`; None when it has none.
         `timeout_s`: what the caller has left (None: no deadline)."""
         key = (tenant_id, name)
-        cached = self._cache.get(key)
-        if cached is not None and self._clock() < cached[0]:
-            self._cache.move_to_end(key)
-            return cached[1]
+        cached = self._names.get(key)
+        if cached is not None:
+            return cached.value
+        stamp = self._names.stamp()
         found: adapter_pb2.Adapter | None
         try:
             with remote_errors():
@@ -103,20 +108,33 @@ class AdapterResolver:
             if err.code != grpc.StatusCode.NOT_FOUND:
                 raise
             found = None
-        self._remember(key, found)
+        self._names.put(key, found, stamp)
         return found
 
+    async def adapters(
+        self, tenant_id: str, timeout_s: float | None
+    ) -> tuple[adapter_pb2.Adapter, ...]:
+        """The tenant's adapters, as the registry listed them within the TTL."""
+        cached = self._lists.get(tenant_id)
+        if cached is not None:
+            return cached.value
+        stamp = self._lists.stamp()
+        with remote_errors():
+            reply = await self._registry.ListAdapters(
+                adapter_registry_pb2.RegistryListAdaptersRequest(tenant_id=tenant_id),
+                timeout=within(timeout_s, self._lookup_timeout_s),
+            )
+        listed = tuple(reply.adapters)
+        self._lists.put(tenant_id, listed, stamp)
+        return listed
+
     def __len__(self) -> int:
-        return len(self._cache)
+        return len(self._names)
 
     def forget(self, tenant_id: str, name: str) -> None:
-        self._cache.pop((tenant_id, name), None)
-
-    def _remember(self, key: tuple[str, str], found: adapter_pb2.Adapter | None) -> None:
-        self._cache[key] = (self._clock() + self._ttl_s, found)
-        self._cache.move_to_end(key)
-        while len(self._cache) > self._max_entries:
-            self._cache.popitem(last=False)
+        """The tenant's adapter `name` changed here: its name and its list are asked again."""
+        self._names.forget((tenant_id, name))
+        self._lists.forget(tenant_id)
 
 
 class AdapterGate:
@@ -159,18 +177,14 @@ class AdapterGate:
         """`served` and the tenant's adapters on served base models, by name.
         While the registry does not answer, the served models alone."""
         try:
-            with remote_errors():
-                reply = await self._registry.ListAdapters(
-                    adapter_registry_pb2.RegistryListAdaptersRequest(tenant_id=tenant_id),
-                    timeout=timeout_s,
-                )
+            adapters = await self._resolver.adapters(tenant_id, timeout_s)
         except MeshError as err:
             if err.code not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
                 raise
             log.warning("adapters_unlisted", error=err.message)
             return served
         by_name = {m.name: m for m in served}
-        for adapter in reply.adapters:
+        for adapter in adapters:
             base = by_name.get(adapter.base_model)
             if base is None or adapter.name in by_name:
                 continue

@@ -22,7 +22,7 @@ from gateway.authn import Authenticator, within
 from gateway.constraints import ConstraintChecker
 from gateway.embeddings import check_embed_against_model, estimate_embed_tokens, validate_embed
 from gateway.metrics import GatewayMetrics
-from gateway.model_limits import ModelCatalog, served_models
+from gateway.model_limits import ModelCatalog
 from gateway.model_prices import PriceBook, with_prices
 from gateway.outbox import UsageOutbox
 from gateway.quota import QuotaClient, Used, estimate_split
@@ -293,11 +293,7 @@ class GatewayCore:
         check_client_request_id(caller)
         self._reads.spend(principal.tenant_id)
         timeout_s = within(caller.deadline_s, self._authenticator.timeout_s)
-        with remote_errors():
-            replicas = await self._router.ListReplicas(
-                router_pb2.ListReplicasRequest(), timeout=timeout_s
-            )
-        models = served_models(replicas)
+        models = await self._catalog.served(timeout_s)
         if self._prices is not None:
             models = with_prices(models, await self._prices.in_force(caller.credentials, timeout_s))
         if self._adapters is None:

@@ -1,5 +1,7 @@
 """The models the mesh serves and their limits, as the gateway knows them
-before admitting a request: the router's replica list, cached briefly.
+before admitting a request and lists them (ListModels, /v1/models): the
+router's replica list, cached briefly, so polling the model list costs the
+router one ListReplicas per `ttl_s`.
 
 A request for a model not in a fresh list is refused without asking the
 router again: a flood of made-up names costs one list per `ttl_s` at most.
@@ -63,15 +65,23 @@ class ModelCatalog:
 
     async def model(self, name: str, timeout_s: float | None) -> generation_pb2.ModelInfo:
         """`name`'s limits; NOT_FOUND when no serving replica holds it."""
+        await self._refresh(timeout_s)
+        info = self._models.get(name)
+        if info is None:
+            raise NotFoundError(f"model {name!r} is not served here")
+        return info
+
+    async def served(self, timeout_s: float | None) -> list[generation_pb2.ModelInfo]:
+        """Every model some serving replica holds, by name (served_models)."""
+        await self._refresh(timeout_s)
+        return list(self._models.values())
+
+    async def _refresh(self, timeout_s: float | None) -> None:
         if not self._fresh():
             async with self._lock:
                 # Whoever waited on the lock finds the list another caller fetched.
                 if not self._fresh():
                     await self._fetch(timeout_s)
-        info = self._models.get(name)
-        if info is None:
-            raise NotFoundError(f"model {name!r} is not served here")
-        return info
 
     def _fresh(self) -> bool:
         return self._fetched_at is not None and self._clock() - self._fetched_at < self._ttl_s

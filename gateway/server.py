@@ -148,6 +148,7 @@ async def serving(settings: GatewaySettings, telemetry: Telemetry) -> AsyncItera
                 registry,
                 ttl_s=settings.adapter_cache_ttl_s,
                 max_entries=settings.adapter_cache_size,
+                max_lists=settings.adapter_list_cache_size,
                 lookup_timeout_s=settings.auth_timeout_s,
             ),
         )

@@ -77,6 +77,9 @@ class GatewaySettings(ServiceSettings):
     # (tenant, name) resolutions kept, the least recently used dropped first;
     # some 300 bytes each.
     adapter_cache_size: int = Field(default=10_000, ge=1)
+    # Tenants whose adapter list (for their model list) is kept for
+    # adapter_cache_ttl_s: up to 16 adapters each by default, some 5 KB.
+    adapter_list_cache_size: int = Field(default=1_000, ge=1)
     # Events beyond this many waiting for anomaly are dropped (and counted), never waited on.
     event_queue_size: int = Field(default=10_000, ge=1)
     # How long the router's model list (names, context lengths) is trusted

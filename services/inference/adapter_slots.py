@@ -6,7 +6,11 @@ A miss fetches the adapter's files and loads them once, however many
 requests ask for it meanwhile (single flight); it takes its slot at once,
 so concurrent misses for other adapters count it as full. When every slot
 holds an adapter with requests running, a miss is UNAVAILABLE: the router
-retries another replica before the first chunk."""
+retries another replica before the first chunk.
+
+The slots are the replica's one record of which adapters are loaded and in
+what order of use: the engine loads and unloads what they tell it, and the
+replica's load reports read them (load_report.py)."""
 
 from __future__ import annotations
 
@@ -20,6 +24,7 @@ from typing import Protocol
 
 import structlog
 
+from services.common.changes import ChangeSignal
 from services.common.errors import (
     FailedPreconditionError,
     InvalidArgumentError,
@@ -81,6 +86,8 @@ class AdapterSlots:
         self._engine_ops = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
         self.loads = 0
+        # Notified whenever `loaded` or `loads` changes.
+        self.changes = ChangeSignal()
 
     @property
     def capacity(self) -> int:
@@ -116,8 +123,9 @@ class AdapterSlots:
         slot = self._slots.get(adapter_id)
         if slot is None:
             slot = self._miss(adapter_id)
-        else:
+        elif next(reversed(self._slots)) != adapter_id:
             self._slots.move_to_end(adapter_id)
+            self.changes.notify()
         slot.users += 1
         try:
             # shield: a caller giving up leaves the load running for the others.
@@ -151,6 +159,7 @@ class AdapterSlots:
                     reason=ADAPTER_SLOTS_BUSY_REASON,
                 )
             del self._slots[victim.adapter_id]
+            self.changes.notify()
         slot = _Slot(adapter_id)
         self._slots[adapter_id] = slot
         task = asyncio.create_task(self._load(slot, victim), name=f"load adapter {adapter_id}")
@@ -189,6 +198,7 @@ class AdapterSlots:
         self.loads += 1
         log.info("adapter loaded", adapter_id=adapter_id, loads=self.loads)
         slot.ready.set_result(None)
+        self.changes.notify()
 
 
 def _for_caller(adapter_id: str, err: BaseException) -> BaseException:

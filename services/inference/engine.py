@@ -197,7 +197,8 @@ class LoadSnapshot:
     tokens_in_flight: int = 0
     prefix_cache_hit_rate: float = 0.0
     # Private adapters loaded now, most recently used first, and how many
-    # loads (misses) since the engine started.
+    # loads (misses) since the replica started: the adapter slots' record
+    # (load_report.py), never an engine's; an engine leaves them empty.
     loaded_adapters: tuple[str, ...] = ()
     adapter_loads: int = 0
 
@@ -247,7 +248,9 @@ class Engine(Protocol):
 
     async def load_adapter(self, adapter_id: str, path: str) -> None:
         """Loads a private adapter (PEFT files in directory `path`); from then
-        on `generate(..., adapter=adapter_id)` runs with it."""
+        on `generate(..., adapter=adapter_id)` runs with it. Which adapters
+        are loaded, and which goes next, is the adapter slots' to decide and
+        record (adapter_slots.py); the engine keeps no order of its own."""
         ...
 
     async def unload_adapter(self, adapter_id: str) -> None:

@@ -32,6 +32,7 @@ from services.inference.engine import (
     InvalidRequestError,
     ModelCard,
 )
+from services.inference.load_report import replica_load, watch_replica_load
 from services.inference.pacing import StreamPacer
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -162,12 +163,12 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
     async def GetLoad(
         self, request: inference_pb2.GetLoadRequest, context: Context
     ) -> inference_pb2.Load:
-        return convert.load_to_proto(self.engine.load())
+        return convert.load_to_proto(replica_load(self.engine, self._slots))
 
     async def WatchLoad(
         self, request: inference_pb2.WatchLoadRequest, context: Context
     ) -> AsyncIterator[inference_pb2.Load]:
-        async with aclosing(self.engine.watch_load()) as loads:
+        async with aclosing(watch_replica_load(self.engine, self._slots)) as loads:
             async for load in loads:
                 yield convert.load_to_proto(load)
 

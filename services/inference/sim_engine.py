@@ -16,7 +16,7 @@ import itertools
 import random
 import time
 import zlib
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -141,9 +141,9 @@ class SimEngine:
     ) -> None:
         self.profile = profile
         self._adapter_load_s = adapter_load_s
-        # Private adapters loaded (id -> path), least recently used first.
-        self._private: OrderedDict[str, str] = OrderedDict()
-        self._adapter_loads = 0
+        # Private adapters loaded; which, and in what order of use, is the
+        # adapter slots' record (adapter_slots.py).
+        self._private: set[str] = set()
         limits = limits or SimLimits.of(profile)
         num_blocks = limits.kv_cache_tokens // BLOCK_SIZE
         # vLLM refuses to start when one request at full context cannot fit its
@@ -181,6 +181,7 @@ class SimEngine:
         self.preemptions = 0
         self.generated_tokens = 0
         self.profiled_s = 0.0  # the steps' durations by the profile, summed
+        self.adapter_loads = 0
 
     # -- lifetime -----------------------------------------------------------
 
@@ -224,13 +225,16 @@ class SimEngine:
         if self._dead.is_set():
             raise EngineDeadError(self._dead_reason)
         await asyncio.sleep(self._adapter_load_s)
-        self._private[adapter_id] = path
-        self._adapter_loads += 1
-        self._changes.notify()
+        self._private.add(adapter_id)
+        self.adapter_loads += 1
 
     async def unload_adapter(self, adapter_id: str) -> None:
-        if self._private.pop(adapter_id, None) is not None:
-            self._changes.notify()
+        self._private.discard(adapter_id)
+
+    @property
+    def private_adapters(self) -> frozenset[str]:
+        """The private adapters loaded in the engine now (for tests)."""
+        return frozenset(self._private)
 
     def _prompt_ids(self, inp: GenerationInput) -> list[int]:
         if inp.token_ids is not None:
@@ -259,11 +263,8 @@ class SimEngine:
         for name, value in (("json_schema", options.json_schema), ("regex", options.regex)):
             if value is not None:
                 raise InvalidRequestError(name, "constrained decoding is not simulated")
-        if adapter is not None:
-            if adapter not in self._private:
-                raise InvalidRequestError("model", f"adapter {adapter!r} is not loaded")
-            self._private.move_to_end(adapter)
-            self._changes.notify()
+        if adapter is not None and adapter not in self._private:
+            raise InvalidRequestError("model", f"adapter {adapter!r} is not loaded")
         stream = self._admit(request_id, prompt_ids, options, max_tokens, priority, adapter)
         top_k = options.logprobs
         try:
@@ -370,8 +371,6 @@ class SimEngine:
             kv_cache_usage=self._kv.usage,
             tokens_in_flight=max(0, self._promised),
             prefix_cache_hit_rate=self._hits / self._queries if self._queries else 0.0,
-            loaded_adapters=tuple(reversed(self._private)),
-            adapter_loads=self._adapter_loads,
         )
 
     async def watch_load(self) -> AsyncGenerator[LoadSnapshot, None]:

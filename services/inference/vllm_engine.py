@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections import OrderedDict
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -144,12 +143,12 @@ class VllmEngine:
             name: LoRARequest(name, i, path)
             for i, (name, path) in enumerate(sorted((adapters or {}).items()), start=1)
         }
-        # Private adapters loaded, least recently used first. Each load takes a
-        # fresh int id: vLLM keys its caches by it, so an id reused for other
+        # Private adapters loaded (which, and in what order of use, is the
+        # adapter slots' record: adapter_slots.py). Each load takes a fresh
+        # int id: vLLM keys its caches by it, so an id reused for other
         # weights (or a reload) could serve stale ones.
-        self._private: OrderedDict[str, LoRARequest] = OrderedDict()
+        self._private: dict[str, LoRARequest] = {}
         self._lora_ids = itertools.count(len(self._adapters) + 1)
-        self._adapter_loads = 0
         self._model_info = model_info
         self._capacity = capacity
         self._load = load
@@ -188,14 +187,11 @@ class VllmEngine:
         except VllmEngineDeadError as err:
             raise EngineDeadError(str(err)) from err
         self._private[adapter_id] = request
-        self._adapter_loads += 1
-        self._load.changes.notify()
 
     async def unload_adapter(self, adapter_id: str) -> None:
         request = self._private.pop(adapter_id, None)
         if request is None:
             return
-        self._load.changes.notify()
         try:
             await self._llm.remove_lora(request.lora_int_id)
         except VllmEngineDeadError as err:
@@ -206,8 +202,6 @@ class VllmEngine:
             return None
         private = self._private.get(adapter)
         if private is not None:
-            self._private.move_to_end(adapter)
-            self._load.changes.notify()
             return private
         static = self._adapters.get(adapter)
         if static is None:
@@ -408,8 +402,6 @@ class VllmEngine:
             kv_cache_usage=0.0 if idle else self._load.kv_cache_usage,
             tokens_in_flight=max(0, sum(self._promised.values())),
             prefix_cache_hit_rate=self._load.prefix_cache_hit_rate,
-            loaded_adapters=tuple(reversed(self._private)),
-            adapter_loads=self._adapter_loads,
         )
 
     async def watch_load(self) -> AsyncGenerator[LoadSnapshot, None]:

@@ -1,7 +1,7 @@
-"""The gateway's cache of tenants' adapter names, against a real registry
-(auth over SQLite, gRPC on port 0) and a clock the test moves: hits and
-misses both hold for the TTL, a forgotten name is asked again, and the cache
-keeps at most its bound."""
+"""The gateway's cache of tenants' adapter names and lists, against a real
+registry (auth over SQLite, gRPC on port 0) and a clock the test moves: hits
+and misses both hold for the TTL, a forgotten name (and its tenant's list)
+is asked again, and the caches keep at most their bounds."""
 
 from __future__ import annotations
 
@@ -57,7 +57,9 @@ async def test_resolutions_hold_for_their_ttl_and_the_cache_is_bounded(
     store, stub = registry
     tenant = (await AuthCore(store, PEPPER).create_tenant("a")).tenant_id
     clock = Clock()
-    resolver = AdapterResolver(stub, ttl_s=TTL_S, max_entries=2, lookup_timeout_s=3.0, clock=clock)
+    resolver = AdapterResolver(
+        stub, ttl_s=TTL_S, max_entries=2, max_lists=2, lookup_timeout_s=3.0, clock=clock
+    )
     assert await resolver.resolve(tenant, "my-lora", None) is None
     created = await stub.CreateAdapter(stream(upload(tenant, safetensors(16))))
     # The miss holds for its TTL, as a hit would.
@@ -74,3 +76,31 @@ async def test_resolutions_hold_for_their_ttl_and_the_cache_is_bounded(
     for name in ("x1", "x2", "x3", "x4"):
         assert await resolver.resolve(tenant, name, None) is None
     assert len(resolver) == 2
+
+
+async def test_a_tenants_list_holds_for_its_ttl_until_this_gateway_changes_it(
+    registry: tuple[AuthStore, adapter_registry_pb2_grpc.AdapterRegistryAsyncStub],
+) -> None:
+    store, stub = registry
+    core = AuthCore(store, PEPPER)
+    tenant, other = [(await core.create_tenant(n)).tenant_id for n in ("a", "b")]
+    clock = Clock()
+    resolver = AdapterResolver(
+        stub, ttl_s=TTL_S, max_entries=2, max_lists=1, lookup_timeout_s=3.0, clock=clock
+    )
+    assert await resolver.adapters(tenant, None) == ()
+    # Created behind the cache's back (another gateway): listed once the TTL passes.
+    created = await stub.CreateAdapter(stream(upload(tenant, safetensors(16))))
+    assert await resolver.adapters(tenant, None) == ()
+    clock.now += TTL_S
+    assert await resolver.adapters(tenant, None) == (created,)
+    # Deleted behind its back: still listed, until this gateway forgets the
+    # tenant's adapter (it does on its own create and delete).
+    await store.delete_adapter(tenant, "my-lora")
+    assert await resolver.adapters(tenant, None) == (created,)
+    resolver.forget(tenant, "my-lora")
+    assert await resolver.adapters(tenant, None) == ()
+    # One list kept: another tenant's pushes it out.
+    assert await resolver.adapters(other, None) == ()
+    await stub.CreateAdapter(stream(upload(tenant, safetensors(16))))
+    assert len(await resolver.adapters(tenant, None)) == 1

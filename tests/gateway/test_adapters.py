@@ -3,7 +3,9 @@ simulated engine: tenant A uploads the tiny model's real LoRA files, lists
 them and sees the adapter among its models (gRPC and /v1/models); tenant B
 sees none of it and gets NOT_FOUND for A's name exactly as for a model that
 does not exist; bad uploads are refused naming their field, and a key
-without the `adapters` scope may list but neither create nor delete."""
+without the `adapters` scope may list but neither create nor delete.
+Polling the model list costs the router and the registry one call per
+window, and a tenant's own create or delete shows in its next list."""
 
 from __future__ import annotations
 
@@ -27,8 +29,8 @@ from maas.v1 import (
     gateway_pb2_grpc,
     generation_pb2,
 )
-from services.mesh import MeshOptions, RunningMesh, running_mesh
-from tests.support import bad_request_fields
+from services.mesh import InMemoryTelemetry, MeshOptions, RunningMesh, running_mesh
+from tests.support import bad_request_fields, eventually
 
 MODEL = "sim-tiny"
 SIM: dict[str, Any] = {"engine": "sim", "sim_profile": "tiny-cpu", "stream_messages_per_s": 0}
@@ -214,6 +216,67 @@ async def test_a_tenants_adapter_is_its_own(tmp_path: Path) -> None:
                 adapter_pb2.ListAdaptersRequest(), metadata=a.metadata
             )
             assert list(listed.adapters) == []
+
+
+async def test_polling_the_model_list_costs_one_call_per_window_and_own_changes_show_at_once(
+    tmp_path: Path,
+) -> None:
+    built = build_tiny_adapter(tmp_path / "lora", rank=4, seed=6)
+    config = (built / "adapter_config.json").read_bytes()
+    weights = (built / "adapter_model.safetensors").read_bytes()
+    gateway_settings = {
+        # Windows no test run outlasts: every call past the first is a cache hit.
+        "model_list_ttl_s": 600.0,
+        "adapter_cache_ttl_s": 600.0,
+        "read_burst": 1e6,
+    }
+    options = MeshOptions(
+        state=tmp_path / "mesh",
+        model=MODEL,
+        overrides={"inference": SIM, "gateway": gateway_settings},
+    )
+    admin = (("authorization", f"Bearer {options.admin_token}"),)
+    telemetry = InMemoryTelemetry()
+
+    def calls(service: str, method: str) -> int:
+        spans = telemetry.spans[service].get_finished_spans()
+        return sum(1 for s in spans if s.name.endswith(f"/{method}"))
+
+    async with running_mesh(options, telemetry=telemetry) as mesh:
+        a, b = await new_key(mesh, admin), await new_key(mesh, admin)
+        async with grpc.aio.insecure_channel(mesh.target("gateway")) as ch:
+            gateway = gateway_pb2_grpc.GatewayStub(ch)
+
+            async def names(key: Key) -> set[str]:
+                listed = await gateway.ListModels(
+                    gateway_pb2.ListModelsRequest(), metadata=key.metadata
+                )
+                return {m.name for m in listed.models}
+
+            replicas_before = calls("router", "ListReplicas")
+            listings_before = calls("auth", "ListAdapters")
+            for _ in range(5):
+                assert await names(a) == {MODEL}
+            await eventually(lambda: calls("router", "ListReplicas") > replicas_before)
+            assert calls("router", "ListReplicas") == replicas_before + 1
+            assert calls("auth", "ListAdapters") == listings_before + 1
+            # Another tenant: its own adapter list, the same replica list.
+            for _ in range(3):
+                assert await names(b) == {MODEL}
+            assert calls("router", "ListReplicas") == replicas_before + 1
+            assert calls("auth", "ListAdapters") == listings_before + 2
+
+            # A's own create and delete through this gateway show in its next list.
+            await gateway.CreateAdapter(
+                stream(uploads("my-lora", MODEL, config, weights)), metadata=a.metadata
+            )
+            assert await names(a) == {MODEL, "my-lora"}
+            assert await names(b) == {MODEL}
+            await gateway.DeleteAdapter(
+                adapter_pb2.DeleteAdapterRequest(name="my-lora"), metadata=a.metadata
+            )
+            assert await names(a) == {MODEL}
+            assert calls("router", "ListReplicas") == replicas_before + 1
 
 
 async def test_bad_uploads_are_refused_naming_their_field(tmp_path: Path) -> None:

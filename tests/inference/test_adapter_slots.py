@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import aclosing, asynccontextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -20,10 +20,12 @@ from observability import setup
 from observability.settings import TelemetrySettings
 from services.common.errors import FailedPreconditionError, NotFoundError, UnavailableError
 from services.inference.adapter_slots import AdapterSlots, FetchedAdapter
+from services.inference.load_report import replica_load, watch_replica_load
 from services.inference.server import RunningInference, serving
 from services.inference.settings import InferenceSettings
 from services.inference.sim_engine import SimEngine, SimLimits
 from services.inference.sim_profiles import TINY_CPU
+from tests.support import eventually
 
 MODEL = "sim-tiny"
 # The CPU profile's shapes with steps about 20x shorter: tests wait little.
@@ -88,10 +90,40 @@ async def test_a_miss_evicts_the_least_recently_used_idle_adapter(tmp_path: Path
         assert slots.loaded == (A, B)
         async with slots.use(C):
             assert slots.loaded == (C, A)
-            assert engine.load().loaded_adapters == (C, A)
-        assert slots.loads == engine.load().adapter_loads == 3
+            # The engine holds what the slots say; the load report reads the slots.
+            assert engine.private_adapters == {C, A}
+            assert replica_load(engine, slots).loaded_adapters == (C, A)
+        assert slots.loads == engine.adapter_loads == replica_load(engine, slots).adapter_loads == 3
         assert fetch.fetches == Counter({A: 1, B: 1, C: 1})
         assert fetch.discarded == [B]  # the evicted adapter's files go
+
+
+async def test_load_reports_follow_the_slots(tmp_path: Path) -> None:
+    async with sim_slots(tmp_path, slots=2) as (engine, slots, _fetch):
+        seen: list[tuple[tuple[str, ...], int]] = []
+
+        async def watch() -> None:
+            async with aclosing(watch_replica_load(engine, slots)) as loads:
+                async for load in loads:
+                    seen.append((load.loaded_adapters, load.adapter_loads))
+
+        watcher = asyncio.create_task(watch())
+        try:
+            await eventually(lambda: bool(seen))
+            assert seen[0] == ((), 0)
+            # A load, another, a hit that reorders, then a miss that evicts B.
+            for adapter, report in (
+                (A, ((A,), 1)),
+                (B, ((B, A), 2)),
+                (A, ((A, B), 2)),
+                (C, ((C, A), 3)),
+            ):
+                async with slots.use(adapter):
+                    await eventually(lambda report=report: bool(seen) and seen[-1] == report)
+        finally:
+            watcher.cancel()
+            await asyncio.gather(watcher, return_exceptions=True)
+        assert len(seen) == len(set(seen)), "a report only when something changed"
 
 
 async def test_concurrent_misses_share_one_fetch_and_one_load(tmp_path: Path) -> None:
@@ -102,7 +134,7 @@ async def test_concurrent_misses_share_one_fetch_and_one_load(tmp_path: Path) ->
         assert slots.users(A) == 5 and not slots.loaded
         fetch.gate.set()
         await asyncio.gather(*waiting)
-        assert fetch.fetches[A] == 1 and engine.load().adapter_loads == 1
+        assert fetch.fetches[A] == 1 and engine.adapter_loads == slots.loads == 1
         for _ in waiting:
             slots.release(A)
         assert slots.users(A) == 0
@@ -143,7 +175,7 @@ async def test_a_cancelled_waiter_releases_and_the_load_goes_on(tmp_path: Path) 
         fetch.gate.set()
         async with slots.use(A):  # joins the load still running, or hits
             pass
-        assert fetch.fetches[A] == 1 and engine.load().adapter_loads == 1
+        assert fetch.fetches[A] == 1 and engine.adapter_loads == slots.loads == 1
 
 
 async def test_unknown_and_foreign_adapters_fail_and_free_their_slot(tmp_path: Path) -> None:
