@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import ClassVar, Literal, Self
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from services.common.balanced import balanced_target
@@ -74,7 +74,8 @@ class InferenceSettings(ServiceSettings):
     max_lora_rank: int = Field(default=16, ge=1, le=MAX_LORA_RANK)
     # Tenants' private adapters (InferenceGenerateRequest.adapter_id) held
     # loaded at once, fetched from the adapter registry on a miss; past that
-    # the least recently used idle one is unloaded. 0: serves none.
+    # the least recently used idle one is unloaded. 0: serves none; more
+    # needs registry_address.
     adapter_slots: int = Field(default=0, ge=0, le=MAX_ADAPTER_SLOTS)
     # The adapter registry (auth's replicas, one channel balanced round robin:
     # services/common/balanced.py) private adapters are fetched from.
@@ -116,6 +117,22 @@ class InferenceSettings(ServiceSettings):
         if name not in PROFILES:
             raise ValueError(f"unknown profile {name!r}; known: {', '.join(sorted(PROFILES))}")
         return name
+
+    @model_validator(mode="after")
+    def _slots_need_a_generating_model_and_a_registry(self) -> Self:
+        if self.adapter_slots > 0 and self.runner == "pooling":
+            raise ValueError(
+                f"adapter_slots {self.adapter_slots} on an embedding (pooling) model, which "
+                "takes no adapter: set none"
+            )
+        # Else every private adapter would be NOT_FOUND, silently, on a replica
+        # the router believes holds adapters.
+        if self.adapter_slots > 0 and self.registry_address is None:
+            raise ValueError(
+                f"adapter_slots {self.adapter_slots} needs registry_address (auth's adapter "
+                "registry, where private adapters are fetched from): give it, or adapter_slots 0"
+            )
+        return self
 
     @property
     def model_name(self) -> str:

@@ -68,3 +68,18 @@ def test_a_bound_set_by_env_is_refused_too(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setenv("MAAS_CONSOLE_SESSION_TTL_S", "inf")
     with pytest.raises(ValidationError, match="session_ttl_s"):
         ConsoleSettings()
+
+
+@pytest.mark.parametrize("slots", [1, 256])
+def test_adapter_slots_without_a_registry_are_refused_naming_both(slots: int) -> None:
+    # Else every private adapter request there would be NOT_FOUND, silently.
+    with pytest.raises(ValidationError, match=r"adapter_slots \d+ needs registry_address"):
+        InferenceSettings(model="tiny", adapter_slots=slots)
+    given = InferenceSettings(model="tiny", adapter_slots=slots, registry_address="auth:50052")
+    assert given.registry_address == "auth:50052"
+    assert InferenceSettings(model="tiny", adapter_slots=0).registry_address is None
+
+
+def test_adapter_slots_on_an_embedding_model_are_refused() -> None:
+    with pytest.raises(ValidationError, match=r"adapter_slots 1 on an embedding \(pooling\) model"):
+        InferenceSettings(model="e", runner="pooling", adapter_slots=1, registry_address="a:1")
