@@ -1,7 +1,8 @@
 """The gateway's side of quotas: reserve before a request runs, settle after.
 
 The estimate is what the request may cost: its prompt (from its size, as
-the gateway does not tokenize) plus what it may generate, for every choice.
+the gateway does not tokenize, with the tools' schemas and the turns' tool
+calls the chat template renders into it) plus what it may generate, for every choice.
 Settling happens off the request path; a settle that never lands is covered
 by the reservation's lease in auth.
 
@@ -33,6 +34,9 @@ log = structlog.get_logger(__name__)
 # Byte-level BPE tokenizers average three to four bytes a token on prose; three
 # over-estimates, which a reservation should.
 BYTES_PER_TOKEN = 3
+# The JSON a template wraps each tool or tool call in
+# ({"type": "function", "function": {"name": ..., "description": ..., "parameters": ...}}).
+TOOL_WRAPPING_BYTES = 80
 
 
 def estimate_split(
@@ -44,14 +48,42 @@ def estimate_split(
     if which == "prompt_token_ids":
         prompt = len(request.prompt_token_ids.ids)
     elif which == "messages":
-        # 8: the chat template's markers around each message, as bytes (about three tokens).
-        text = sum(len(m.content.encode()) + len(m.role) + 8 for m in request.messages.messages)
+        text = sum(_turn_bytes(m) for m in request.messages.messages) + _tools_bytes(request)
         prompt = math.ceil(text / BYTES_PER_TOKEN)
     else:
         prompt = math.ceil(len(request.prompt.encode()) / BYTES_PER_TOKEN)
     completion = request.max_tokens if request.HasField("max_tokens") else default_max_tokens
     choices = request.n if request.HasField("n") else 1
     return prompt, completion * max(choices, 1)
+
+
+def _turn_bytes(turn: generation_pb2.ChatMessage) -> int:
+    """One chat turn as the template renders it, with its tool calls."""
+    # 8: the chat template's markers around each message, as bytes (about three tokens).
+    size = len(turn.content.encode()) + len(turn.role.encode()) + 8
+    size += len(turn.tool_call_id.encode())
+    for call in turn.tool_calls:
+        size += (
+            len(call.id.encode())
+            + len(call.name.encode())
+            + len(call.arguments.encode())
+            + TOOL_WRAPPING_BYTES
+        )
+    return size
+
+
+def _tools_bytes(request: generation_pb2.GenerateRequest) -> int:
+    """The tools and tool_choice as the chat template renders them into the
+    prompt: every schema costs prompt tokens, whether or not one is called."""
+    size = len(request.tool_choice.function.encode())
+    for tool in request.tools:
+        size += (
+            len(tool.name.encode())
+            + len(tool.description.encode())
+            + len(tool.parameters.encode())
+            + TOOL_WRAPPING_BYTES
+        )
+    return size
 
 
 def budget_event(crossing: auth_pb2.BudgetCrossing) -> anomaly_pb2.Event:

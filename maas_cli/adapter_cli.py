@@ -8,20 +8,26 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any
 
+import grpc
 import typer
 
 from maas.v1 import adapter_pb2
+from maas_cli.adapter_files import (
+    CONFIG_FILE,
+    WEIGHTS_FILE,
+    AdapterFileError,
+    checked_files,
+    missing_files,
+)
 from maas_cli.gateway_options import GatewayOption, KeyOption, client, run
-from maas_cli.output import JsonOption, bad_usage, print_rows
+from maas_cli.output import JsonOption, bad_usage, fail, print_rows
 from maas_cli.statement_report import rfc3339
+from services.common.adapter_limits import DEFAULT_MAX_WEIGHTS_BYTES, MAX_WEIGHTS_BYTES
 
 adapter_app = typer.Typer(
     help="Your tenant's private LoRA adapters, used by name as models.", no_args_is_help=True
 )
 COLUMNS = ("name", "base_model", "rank", "size_bytes", "adapter_id", "create_time")
-# PEFT's file names in an adapter's directory.
-CONFIG_FILE = "adapter_config.json"
-WEIGHTS_FILE = "adapter_model.safetensors"
 
 
 def adapter_dict(adapter: adapter_pb2.Adapter) -> dict[str, Any]:
@@ -47,20 +53,32 @@ def adapter_create(
         Path, typer.Argument(help=f"holding {CONFIG_FILE} and {WEIGHTS_FILE} (PEFT's layout)")
     ],
     base_model: Annotated[str, typer.Option(help="the served model it was trained on")],
+    max_bytes: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            max=MAX_WEIGHTS_BYTES,
+            help="the most bytes of weights to send: the registry's --max-adapter-bytes",
+        ),
+    ] = DEFAULT_MAX_WEIGHTS_BYTES,
     gateway: GatewayOption = "127.0.0.1:50051",
     api_key: KeyOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Uploads an adapter (needs a key with the `adapters` scope)."""
-    files = [directory / CONFIG_FILE, directory / WEIGHTS_FILE]
-    missing = [str(f) for f in files if not f.is_file()]
+    """Uploads an adapter (needs a key with the `adapters` scope). The weights
+    are streamed from disk; a file over --max-bytes is refused unread."""
+    missing = missing_files(directory)
     if missing:
         bad_usage(f"no {', '.join(missing)}")
-    config, weights = (f.read_bytes() for f in files)
+    try:
+        files = checked_files(directory, max_bytes)
+    except AdapterFileError as err:
+        fail(grpc.StatusCode.INVALID_ARGUMENT, str(err))
+    config = files.config_json()
 
     async def main() -> adapter_pb2.Adapter:
         async with client(gateway, api_key) as gate:
-            return await gate.create_adapter(name, base_model, config, weights)
+            return await gate.create_adapter(name, base_model, config, files.weight_chunks())
 
     _show([run(main())], as_json)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Iterator, Sequence
 from types import TracebackType
 from typing import Self
 
@@ -13,6 +13,11 @@ from maas.v1 import adapter_pb2, gateway_pb2, gateway_pb2_grpc, generation_pb2, 
 
 # The most bytes of weights in one upload message, as the gateway takes them.
 ADAPTER_CHUNK_BYTES = 1024 * 1024
+
+
+def _in_chunks(data: bytes) -> Iterator[bytes]:
+    for at in range(0, len(data), ADAPTER_CHUNK_BYTES):
+        yield data[at : at + ADAPTER_CHUNK_BYTES]
 
 
 class MaasClient:
@@ -106,9 +111,12 @@ class MaasClient:
         return await self._stub.GetUsage(request, metadata=self._metadata)
 
     async def create_adapter(
-        self, name: str, base_model: str, config_json: bytes, weights: bytes
+        self, name: str, base_model: str, config_json: bytes, weights: bytes | Iterable[bytes]
     ) -> adapter_pb2.Adapter:
-        """Uploads a private LoRA adapter: the spec, then the weights in chunks."""
+        """Uploads a private LoRA adapter: the spec, then the weights in chunks
+        of at most ADAPTER_CHUNK_BYTES (`weights` whole, or already in such
+        chunks, read as they are sent: see `maas_cli.adapter_files`)."""
+        chunks = _in_chunks(weights) if isinstance(weights, bytes) else weights
 
         async def parts() -> AsyncIterator[adapter_pb2.AdapterUpload]:
             yield adapter_pb2.AdapterUpload(
@@ -116,10 +124,8 @@ class MaasClient:
                     name=name, base_model=base_model, config_json=config_json
                 )
             )
-            for at in range(0, len(weights), ADAPTER_CHUNK_BYTES):
-                yield adapter_pb2.AdapterUpload(
-                    weights_chunk=weights[at : at + ADAPTER_CHUNK_BYTES]
-                )
+            for chunk in chunks:
+                yield adapter_pb2.AdapterUpload(weights_chunk=chunk)
 
         return await self._stub.CreateAdapter(parts(), metadata=self._metadata)
 

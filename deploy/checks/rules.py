@@ -123,7 +123,6 @@ def deployment_problems(deployment: Deployment) -> list[str]:
         problems += address_problems(deployment, container)
         problems += call_problems(deployment, container)
         problems += gpu_problems(deployment, container)
-        problems += adapter_problems(container)
     problems += scrape_problems(deployment)
     return problems
 
@@ -239,27 +238,6 @@ def gpu_problems(deployment: Deployment, container: Container) -> list[str]:
     if container.gpu and not container.gpu_engine:
         return [f"{container.where}: {container.gpu} but runs the CPU engine: "
                 "the GPU would sit idle"]  # fmt: skip
-    return []
-
-
-def adapter_problems(container: Container) -> list[str]:
-    """A replica that holds tenants' private adapters is told where auth's
-    registry is (that the address reaches auth's pods, through any network
-    policy, is call_problems' and the format's rule), and an embedding one
-    holds none (a pooling model takes no LoRA adapter)."""
-    invocation = container.invocation
-    if invocation is None or invocation.spec is not INFERENCE or invocation.settings is None:
-        return []
-    settings = invocation.settings
-    slots = getattr(settings, "adapter_slots", 0)
-    if slots <= 0:
-        return []
-    if getattr(settings, "runner", None) == "pooling":
-        return [f"{container.where}: adapter_slots {slots} on an embedding (pooling) model, "
-                "which takes no adapter: set none"]  # fmt: skip
-    if not getattr(settings, "registry_address", None):
-        return [f"{container.where}: adapter_slots {slots} but no registry_address: every "
-                "private adapter would be NOT_FOUND (give it auth's address)"]  # fmt: skip
     return []
 
 

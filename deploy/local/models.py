@@ -12,7 +12,7 @@ Two ways to write it, both read into `ModelEntry`s:
   `replicas`; deploy/local/models.toml is one.
 
 RUNNER is `generate` (the default) or `pooling` (an embedding model, served
-by Embed and /v1/embeddings); REPLICAS defaults to `--replicas`.
+by Embed and /v1/embeddings); REPLICAS (1 to 64) defaults to `--replicas`.
 
 `python -m deploy.local.models --models ... --missing` prints, for each model
 directory that does not exist yet and that a tiny local builder can make, the
@@ -38,6 +38,9 @@ BUILDERS: dict[Runner, str] = {
     "pooling": "local_models.tiny_embed",
 }
 FILE_KEYS = frozenset({"name", "path", "runner", "replicas"})
+# Replicas of one model: each is a process with its own engine on this one
+# machine (a simulated one alone takes ~100 MB); past 64 it only thrashes.
+MAX_REPLICAS = 64
 
 
 class ModelListError(ValueError):
@@ -67,8 +70,8 @@ def _runner(text: object, where: str) -> Runner:
 
 
 def _replicas(value: object, where: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ModelListError(f"{where}: replicas {value!r} is not a count of 1 or more")
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_REPLICAS:
+        raise ModelListError(f"{where}: replicas {value!r} is not a count of 1 to {MAX_REPLICAS}")
     return value
 
 

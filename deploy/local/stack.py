@@ -47,7 +47,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from rich.console import Console
 from rich.table import Table
 
-from deploy.local.models import ModelEntry, ModelListError, parse_models, read_models_file
+from deploy.local.models import (
+    MAX_REPLICAS,
+    ModelEntry,
+    ModelListError,
+    parse_models,
+    read_models_file,
+)
 from deploy.local.throwaway_ca import OPERATOR, MeshCertificates, ensure_throwaway_ca
 from local_models.tiny_llama import COMPLETE_MARKER, build_tiny_adapter
 from maas.v1 import auth_pb2, auth_pb2_grpc, embedding_pb2, gateway_pb2_grpc, generation_pb2
@@ -57,7 +63,7 @@ from services.auth.settings import MIN_SECRET_LENGTH
 from services.catalog import SERVICES
 from services.common.spec import ServiceSpec
 from services.console.settings import ConsoleSettings
-from services.inference.settings import cpu_engine_environment
+from services.inference.settings import MAX_ADAPTER_SLOTS, cpu_engine_environment
 from services.inference.sim_profiles import DEFAULT_PROFILE, PROFILES
 
 console = Console()
@@ -913,15 +919,15 @@ async def run(args: argparse.Namespace) -> int:
 
 def _replica_count(text: str) -> int:
     count = int(text)
-    if count < 1:
-        raise argparse.ArgumentTypeError("needs at least one replica")
+    if not 1 <= count <= MAX_REPLICAS:
+        raise argparse.ArgumentTypeError(f"1 to {MAX_REPLICAS} replicas")
     return count
 
 
 def _slot_count(text: str) -> int:
     count = int(text)
-    if count < 0:
-        raise argparse.ArgumentTypeError("0 (no private adapters) or more")
+    if not 0 <= count <= MAX_ADAPTER_SLOTS:
+        raise argparse.ArgumentTypeError(f"0 (no private adapters) to {MAX_ADAPTER_SLOTS}")
     return count
 
 

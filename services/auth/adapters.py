@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeGuard
 
+from services.common.adapter_limits import DEFAULT_MAX_WEIGHTS_BYTES, MAX_CONFIG_BYTES
 from services.common.errors import (
     AlreadyExistsError,
     FailedPreconditionError,
@@ -56,8 +57,6 @@ _ID_BYTES = 12
 # The most bytes of one upload or fetch message: far below gRPC's 4 MiB
 # message limit, and few messages for a 64 MiB file.
 CHUNK_BYTES = 1024 * 1024
-# adapter_config.json as PEFT writes it is about 1 KiB; 64 KiB is generous.
-MAX_CONFIG_BYTES = 64 * 1024
 # A safetensors header is ~100 bytes per tensor; 1 MiB holds ~10,000 tensors,
 # more than any LoRA of a served model has.
 MAX_HEADER_BYTES = 1024 * 1024
@@ -91,7 +90,7 @@ class AdapterLimitError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class AdapterSettings:
-    max_bytes: int = 64 * 1024 * 1024
+    max_bytes: int = DEFAULT_MAX_WEIGHTS_BYTES
     max_rank: int = 64
     max_per_tenant: int = 16
     # Uploads held in memory at once: each holds up to max_bytes until stored.

@@ -8,6 +8,7 @@ from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from services.auth.models import DEFAULT_PLAN, Plan
+from services.common.adapter_limits import DEFAULT_MAX_WEIGHTS_BYTES, MAX_WEIGHTS_BYTES
 from services.common.settings import ServiceSettings
 
 # The least length of the operator token and the key pepper: a random token
@@ -68,14 +69,17 @@ class AuthSettings(ServiceSettings):
     # (a rank-64 LoRA of a 7B model's attention is ~34 MiB in fp16), the
     # highest rank (vLLM's max_lora_rank must be at least this on replicas),
     # and how many one tenant may hold (each is stored here, whole).
-    max_adapter_bytes: int = Field(default=64 * 1024 * 1024, ge=1)
-    max_adapter_rank: int = Field(default=64, ge=1)
-    max_adapters_per_tenant: int = Field(default=16, ge=1)
+    # Their upper bounds: one stored value (services/common/adapter_limits.py),
+    # vLLM's highest LoRA rank, and the adapters ListAdapters answers in one
+    # unpaged reply.
+    max_adapter_bytes: int = Field(default=DEFAULT_MAX_WEIGHTS_BYTES, ge=1, le=MAX_WEIGHTS_BYTES)
+    max_adapter_rank: int = Field(default=64, ge=1, le=512)
+    max_adapters_per_tenant: int = Field(default=16, ge=1, le=1024)
     # Adapter uploads held in memory at once (each up to max_adapter_bytes);
-    # one more is RESOURCE_EXHAUSTED, to retry.
-    max_adapter_uploads: int = Field(default=4, ge=1)
+    # one more is RESOURCE_EXHAUSTED, to retry. At most 64: 64 GB at the byte cap.
+    max_adapter_uploads: int = Field(default=4, ge=1, le=64)
     # Of those, one tenant's at once: no tenant can take every place.
-    max_adapter_uploads_per_tenant: int = Field(default=1, ge=1)
+    max_adapter_uploads_per_tenant: int = Field(default=1, ge=1, le=64)
 
     @field_validator("quota_url")
     @classmethod

@@ -1,15 +1,19 @@
 """Sends events to the anomaly service without ever blocking the request path.
 
 `publish` is a synchronous put into a bounded queue: when the queue is full
-the event is dropped and counted. One long-lived client-streaming `Report`
-call drains the queue; if anomaly is down, the call waits for it
-(wait_for_ready) while the queue absorbs what it can, and a broken call is
-reopened with backoff, counting the events that were in it as lost."""
+the event is dropped and counted. A budget alert (EVENT_KIND_BUDGET_THRESHOLD,
+sent once per budget and period, so never sent again if dropped) goes into a
+lane of its own that a flood of ordinary events cannot fill, and is sent
+first. One long-lived client-streaming `Report` call drains the queue; if
+anomaly is down, the call waits for it (wait_for_ready) while the queue
+absorbs what it can, and a broken call is reopened with backoff, counting the
+events that were in it as lost."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -23,6 +27,13 @@ log = structlog.get_logger(__name__)
 
 # The first drop is logged, then one in a thousand: a full queue drops many a second.
 DROP_LOG_EVERY = 1000
+# Kinds that are sent once and never again (a budget's crossing is reported
+# once per period): queued apart from the rest and sent before it.
+ALERT_KINDS = frozenset({anomaly_pb2.EVENT_KIND_BUDGET_THRESHOLD})
+# Alerts waiting at once: at most one per budget and period arrives, so this
+# many means that many budgets crossed while anomaly was unreachable; only past
+# it is one dropped (still bounded memory: ~100 bytes each).
+MAX_PENDING_ALERTS = 100_000
 
 
 @dataclass
@@ -38,32 +49,49 @@ class EventPublisher:
         channel: grpc.aio.Channel,
         *,
         max_queue: int = 10_000,
+        max_alerts: int = MAX_PENDING_ALERTS,
         initial_backoff_s: float = 0.1,
         max_backoff_s: float = 5.0,
     ) -> None:
         self._stub = anomaly_pb2_grpc.AnomalyStub(channel)
-        # None is the end-of-stream marker put there by aclose.
-        self._queue: asyncio.Queue[anomaly_pb2.Event | None] = asyncio.Queue(max_queue)
+        self._max_queue = max_queue
+        self._max_alerts = max_alerts
+        self._queue: deque[anomaly_pb2.Event] = deque()
+        self._alerts: deque[anomaly_pb2.Event] = deque()
+        # Set while either lane holds an event (or aclose has asked for the end).
+        self._ready = asyncio.Event()
+        self._closing = False
         self._initial_backoff_s = initial_backoff_s
         self._max_backoff_s = max_backoff_s
         self._task: asyncio.Task[None] | None = None
         self._call = _CallState()  # the Report call open now, or the last one
         self.published = 0
         self.dropped = 0
+        self.alerts_dropped = 0
         self.sent = 0
         self.lost = 0
 
     def publish(self, event: anomaly_pb2.Event) -> bool:
-        """Queues the event if there is room; never waits."""
-        try:
-            self._queue.put_nowait(event)
-        except asyncio.QueueFull:
+        """Queues the event if there is room in its lane; never waits."""
+        alert = event.kind in ALERT_KINDS
+        lane, room = (self._alerts, self._max_alerts) if alert else (self._queue, self._max_queue)
+        if len(lane) >= room:
+            if alert:
+                self.alerts_dropped += 1
+                log.error("budget alerts pending past their bound, dropping one", kind=event.kind)
+                return False
             self.dropped += 1
             if self.dropped % DROP_LOG_EVERY == 1:
                 log.warning("event queue full, dropping events", dropped=self.dropped)
             return False
+        lane.append(event)
+        self._ready.set()
         self.published += 1
         return True
+
+    @property
+    def queued(self) -> int:
+        return len(self._alerts) + len(self._queue)
 
     async def start(self) -> None:
         if self._task is None:
@@ -73,23 +101,39 @@ class EventPublisher:
         """Sends what is queued (for at most timeout_s), then closes the stream."""
         if self._task is None:
             return
+        self._closing = True
+        self._ready.set()
         try:
-            await asyncio.wait_for(self._queue.put(None), timeout_s)
             await asyncio.wait_for(asyncio.shield(self._task), timeout_s)
         except TimeoutError:
-            log.warning("events not flushed at shutdown", queued=self._queue.qsize())
+            log.warning("events not flushed at shutdown", queued=self.queued)
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
         self._task = None
 
+    async def _next(self) -> anomaly_pb2.Event | None:
+        """The next event, alerts first; None once closing and both lanes are empty."""
+        while True:
+            if self._alerts:
+                return self._alerts.popleft()
+            if self._queue:
+                return self._queue.popleft()
+            if self._closing:
+                return None
+            self._ready.clear()
+            await self._ready.wait()
+
     async def _events(self, state: _CallState) -> AsyncIterator[anomaly_pb2.Event]:
         while True:
-            event = await self._queue.get()
+            event = await self._next()
             if state.broken:
                 # grpc may still pull from a broken call's iterator while the
                 # next call drains the queue: the event goes back for that one.
-                self._queue.put_nowait(event)  # room: it was taken just now
+                if event is not None:
+                    lane = self._alerts if event.kind in ALERT_KINDS else self._queue
+                    lane.appendleft(event)
+                    self._ready.set()
                 return
             if event is None:
                 state.closed_by_us = True

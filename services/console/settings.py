@@ -24,12 +24,14 @@ class ConsoleSettings(ServiceSettings):
     router_address: str = "127.0.0.1:50053"
     anomaly_address: str = "127.0.0.1:50055"
     # A working day: long enough not to interrupt one, short enough that a
-    # forgotten browser does not stay signed in for good.
-    session_ttl_s: float = Field(default=8 * 3600, gt=0)
+    # forgotten browser does not stay signed in for good. At most a week: a
+    # stolen cookie must not outlive it.
+    session_ttl_s: float = Field(default=8 * 3600, gt=0, le=7 * 24 * 3600)
     # Sessions held at once; past it the oldest is signed out (bounds memory).
     max_sessions: int = Field(default=10_000, ge=1)
-    # Deadline of each unary call to the mesh while a page renders.
-    call_timeout_s: float = Field(default=5.0, gt=0)
+    # Deadline of each unary call to the mesh while a page renders; at most a
+    # minute, past which a browser has given up on the page anyway.
+    call_timeout_s: float = Field(default=5.0, gt=0, le=60)
     # Mark the session cookie Secure (sent over HTTPS only). Unset: when the
     # console itself serves TLS; set it behind a TLS-terminating proxy.
     secure_cookie: bool | None = None

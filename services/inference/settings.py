@@ -8,14 +8,23 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import ClassVar, Literal, Self
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from services.common.balanced import balanced_target
 from services.common.settings import ServiceSettings
 from services.inference.sim_profiles import DEFAULT_PROFILE, PROFILES
+
+# Private adapters held at once: each stays in vLLM's CPU cache (max_cpu_loras)
+# and can take max_adapter_bytes of host memory; 256 of a 7B model's rank-16
+# adapters (~40 MB) is already 10 GB.
+MAX_ADAPTER_SLOTS = 256
+# vLLM's highest supported LoRA rank.
+MAX_LORA_RANK = 512
+# A rank-512 adapter of every linear layer of a 70B model is ~13 GiB in fp16.
+MAX_ADAPTER_BYTES = 16 << 30
 
 
 class InferenceSettings(ServiceSettings):
@@ -57,23 +66,29 @@ class InferenceSettings(ServiceSettings):
     # LoRA adapters served on top of the model: name -> adapter directory. Each
     # name is a model clients can ask for.
     lora_modules: dict[str, str] = Field(default_factory=dict)
-    max_loras: int = Field(default=4, ge=1, description="adapters in one batch")
-    max_lora_rank: int = Field(default=16, ge=1)
+    # vLLM sets GPU room aside at start for each adapter a batch may hold;
+    # bounded as the slots are.
+    max_loras: int = Field(
+        default=4, ge=1, le=MAX_ADAPTER_SLOTS, description="adapters in one batch"
+    )
+    max_lora_rank: int = Field(default=16, ge=1, le=MAX_LORA_RANK)
     # Tenants' private adapters (InferenceGenerateRequest.adapter_id) held
     # loaded at once, fetched from the adapter registry on a miss; past that
-    # the least recently used idle one is unloaded. 0: serves none.
-    adapter_slots: int = Field(default=0, ge=0)
+    # the least recently used idle one is unloaded. 0: serves none; more
+    # needs registry_address.
+    adapter_slots: int = Field(default=0, ge=0, le=MAX_ADAPTER_SLOTS)
     # The adapter registry (auth's replicas, one channel balanced round robin:
     # services/common/balanced.py) private adapters are fetched from.
     registry_address: str | None = None
     # Where fetched adapters' files go; default: a temporary directory removed at shutdown.
     adapter_cache_dir: Path | None = None
     # The largest adapter weights fetched (a rank-64 adapter of a 70B model is ~1 GiB).
-    max_adapter_bytes: int = Field(default=1 << 30, ge=1)
+    max_adapter_bytes: int = Field(default=1 << 30, ge=1, le=MAX_ADAPTER_BYTES)
     # A simulated private adapter's load: a rank-16 adapter of a 7-8B model
     # (~40 MB) read from local disk and copied to the GPU by vLLM's add_lora
     # takes about a tenth of a second.
-    sim_adapter_load_s: float = Field(default=0.1, ge=0)
+    # At most a minute: a large adapter from a slow disk.
+    sim_adapter_load_s: float = Field(default=0.1, ge=0, le=60)
     # Grammar backend for json_schema/regex; both support compact JSON.
     structured_outputs_backend: Literal["xgrammar", "guidance"] = "xgrammar"
     dtype: Literal["auto", "half", "float16", "bfloat16", "float", "float32"] = "auto"
@@ -102,6 +117,22 @@ class InferenceSettings(ServiceSettings):
         if name not in PROFILES:
             raise ValueError(f"unknown profile {name!r}; known: {', '.join(sorted(PROFILES))}")
         return name
+
+    @model_validator(mode="after")
+    def _slots_need_a_generating_model_and_a_registry(self) -> Self:
+        if self.adapter_slots > 0 and self.runner == "pooling":
+            raise ValueError(
+                f"adapter_slots {self.adapter_slots} on an embedding (pooling) model, which "
+                "takes no adapter: set none"
+            )
+        # Else every private adapter would be NOT_FOUND, silently, on a replica
+        # the router believes holds adapters.
+        if self.adapter_slots > 0 and self.registry_address is None:
+            raise ValueError(
+                f"adapter_slots {self.adapter_slots} needs registry_address (auth's adapter "
+                "registry, where private adapters are fetched from): give it, or adapter_slots 0"
+            )
+        return self
 
     @property
     def model_name(self) -> str:

@@ -46,8 +46,9 @@ class RouterSettings(ServiceSettings):
     # waiting requests; sooner, they wait (at most this long). 0: evict any
     # idle adapter at once. Three GPU loads' time (0.1 s each): in
     # bench/adapter_routing.py, 0.3 s cut loads per request from 0.22 to 0.14
-    # against 0, and 1 s to 0.07 at a higher p99 time to first token.
-    adapter_idle_s: float = Field(default=0.3, ge=0)
+    # against 0, and 1 s to 0.07 at a higher p99 time to first token. At most
+    # a minute: another adapter's requests may wait that long on an idle slot.
+    adapter_idle_s: float = Field(default=0.3, ge=0, le=60)
     # Share of each replica's slots kept for tenants holding fewer slots than
     # their fair share, so a light tenant starts at once during a flood.
     reserved_share: float = Field(default=0.1, ge=0, lt=1)

@@ -10,6 +10,7 @@ from google.protobuf import timestamp_pb2
 
 from maas.v1 import anomaly_pb2, anomaly_pb2_grpc
 from observability import Telemetry
+from services.anomaly.alerts import AlertQuery
 from services.anomaly.core import AnomalyCore
 from services.common.events import EventPublisher
 from tests.anomaly.support import start
@@ -71,6 +72,47 @@ async def test_a_full_queue_drops_and_counts_without_blocking() -> None:
         results = [publisher.publish(event("t")) for _ in range(5)]
         assert results == [True, True, False, False, False]
         assert (publisher.published, publisher.dropped) == (2, 3)
+
+
+def budget_alert(tenant: str) -> anomaly_pb2.Event:
+    return anomaly_pb2.Event(
+        kind=anomaly_pb2.EVENT_KIND_BUDGET_THRESHOLD,
+        time=timestamp_pb2.Timestamp(seconds=1_800_000_000),
+        tenant_id=tenant,
+        budget=f"budget:tenant:{tenant}:monthly",
+        spent_micros=900,
+        threshold_micros=800,
+    )
+
+
+async def test_a_full_queue_still_takes_a_budget_alert_and_delivers_it(
+    telemetry: Telemetry,
+) -> None:
+    port = free_port()
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+        # Anomaly not up yet: a flood fills the queue while nothing drains it.
+        publisher = EventPublisher(ch, max_queue=3, initial_backoff_s=0.05)
+        flood = [publisher.publish(event("flood")) for _ in range(10)]
+        assert flood.count(False) == 7
+        # Reported once per budget and period: dropping it would lose it for good.
+        assert publisher.publish(budget_alert("payer"))
+        core = AnomalyCore()
+        async with start(telemetry, core, port=port):
+            await publisher.start()
+            await eventually(lambda: core.stats().total == 4)
+            await publisher.aclose()
+        [alert] = core.alerts(AlertQuery())
+        assert alert.kind == "budget_threshold" and alert.tenant_id == "payer"
+        assert (publisher.sent, publisher.dropped, publisher.alerts_dropped) == (4, 7, 0)
+
+
+async def test_alerts_past_their_own_bound_are_dropped_and_counted() -> None:
+    async with grpc.aio.insecure_channel("127.0.0.1:1") as ch:
+        publisher = EventPublisher(ch, max_queue=1, max_alerts=2)  # not started
+        results = [publisher.publish(budget_alert(f"t{i}")) for i in range(3)]
+        assert results == [True, True, False]
+        assert publisher.publish(event("t"))  # the ordinary lane has its own room
+        assert (publisher.alerts_dropped, publisher.dropped, publisher.queued) == (1, 0, 3)
 
 
 async def test_events_wait_for_anomaly_to_come_up(telemetry: Telemetry) -> None:

@@ -348,7 +348,7 @@ BROKEN.update(
             COMPOSE,
             CPU_ADAPTERS,
             CPU_ADAPTERS.replace("      MAAS_INFERENCE_REGISTRY_ADDRESS: dns:///auth:50052\n", ""),
-            ["inference-cpu", "adapter_slots 2 but no registry_address"],
+            ["inference-cpu", "adapter_slots 2 needs registry_address"],
         ),
         "the registry at the router": (
             COMPOSE,

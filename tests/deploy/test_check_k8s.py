@@ -477,7 +477,7 @@ BROKEN_POLICY = {
         "              value: dns:///auth-headless:50052\n",
         "",
         ["Deployment/inference container inference",
-         "adapter_slots 8 but no registry_address"],
+         "adapter_slots 8 needs registry_address"],
     ),
     "a caller the callee's policy does not let in": (
         "network-policy.yaml",

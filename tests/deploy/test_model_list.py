@@ -43,6 +43,8 @@ def test_a_name_with_a_slash_is_a_directory_named_by_its_last_part() -> None:
     [
         ("a:embed", "runner 'embed'"),
         ("a:0", "replicas 0"),
+        ("a:65", "replicas 65 is not a count of 1 to 64"),
+        ("a:99999999999999999999", "replicas 99999999999999999999"),
         (":pooling", "no model name"),
         ("a b a:pooling", "a named more than once"),
         (" , ", "at least one model"),
@@ -71,6 +73,8 @@ def test_a_models_file_path_is_relative_to_the_file(tmp_path: Path) -> None:
     [
         ('[[models]]\nname = "a"\nrunners = "pooling"\n', "unknown key runners"),
         ('[[models]]\nname = "a"\nreplicas = "2"\n', "replicas '2'"),
+        ('[[models]]\nname = "a"\nreplicas = 1000000\n', "replicas 1000000 is not a count of 1 to"),
+        ('[[models]]\nname = "a"\nreplicas = inf\n', "replicas inf"),
         ('[[models]]\nname = "a/b"\n', "name must be a model name"),
         ('[model]\nname = "a"\n', r"no \[\[models\]\] tables"),
         ("[[models]\n", "models.toml"),
@@ -164,6 +168,24 @@ def test_refused_arguments(argv: list[str]) -> None:
 @pytest.mark.parametrize("option", ["--console-port", "--metrics-base-port"])
 @pytest.mark.parametrize("hostile", ["70000", "-1", "http"])
 def test_a_port_flag_out_of_range_is_refused_naming_it(
+    option: str, hostile: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as refused:
+        parse_args(["--engine", "sim", option, hostile])
+    assert refused.value.code == 2
+    assert option in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("option", "hostile"),
+    [
+        ("--replicas", "65"),
+        ("--gateway-replicas", "100000"),
+        ("--auth-replicas", "100000"),
+        ("--adapter-slots", "257"),
+    ],
+)
+def test_a_count_flag_past_its_bound_is_refused_naming_it(
     option: str, hostile: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     with pytest.raises(SystemExit) as refused:

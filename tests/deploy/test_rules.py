@@ -15,7 +15,6 @@ from deploy.checks.model import (
     Scrape,
 )
 from deploy.checks.rules import (
-    adapter_problems,
     address_problems,
     call_problems,
     container_problems,
@@ -173,18 +172,22 @@ def inference(*flags: str) -> Container:
     return Container("engine", invocation=invoke("services.inference", args, {}))
 
 
+def problems_of(container: Container) -> list[str]:
+    assert container.invocation is not None
+    return container.invocation.problems
+
+
 def test_a_replica_holding_private_adapters_is_told_where_the_registry_is() -> None:
-    assert adapter_problems(inference()) == []
+    # The settings themselves refuse what cannot serve adapters, naming both fields.
+    assert problems_of(inference()) == []
     given = inference("--adapter-slots", "2", "--registry-address", "dns:///auth:50052")
-    assert adapter_problems(given) == []
-    assert adapter_problems(inference("--adapter-slots", "2")) == [
-        "engine: adapter_slots 2 but no registry_address: every private adapter would be "
-        "NOT_FOUND (give it auth's address)"
-    ]
+    assert problems_of(given) == []
+    [unreachable] = problems_of(inference("--adapter-slots", "2"))
+    assert unreachable.startswith("services.inference: ")
+    assert "adapter_slots 2 needs registry_address" in unreachable
     pooling = inference("--runner", "pooling", "--adapter-slots", "1", "--registry-address", "a:1")
-    assert adapter_problems(pooling) == [
-        "engine: adapter_slots 1 on an embedding (pooling) model, which takes no adapter: set none"
-    ]
+    [embedding] = problems_of(pooling)
+    assert "adapter_slots 1 on an embedding (pooling) model, which takes no adapter" in embedding
 
 
 def test_grpc_targets_and_lists_name_each_address() -> None:

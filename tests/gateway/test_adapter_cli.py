@@ -11,7 +11,10 @@ from pathlib import Path
 from typer.testing import CliRunner, Result
 
 from local_models.tiny_llama import build_tiny_adapter
+from maas_cli.adapter_files import checked_files
 from maas_cli.cli import app
+from maas_cli.client import ADAPTER_CHUNK_BYTES
+from services.common.adapter_limits import DEFAULT_MAX_WEIGHTS_BYTES
 from services.mesh import MeshOptions, running_mesh
 from tests.gateway.test_adapters import MODEL, SIM, new_key
 
@@ -76,3 +79,38 @@ async def test_adapter_commands(tmp_path: Path) -> None:
         assert again.exit_code == 5  # NOT_FOUND
         empty = await maas(gateway, key.api_key, "adapter", "list", "--json")
         assert json.loads(empty.output) == []
+
+
+def test_weights_over_the_limit_are_refused_unread_naming_it(tmp_path: Path) -> None:
+    built = build_tiny_adapter(tmp_path / "lora", rank=4, seed=2)
+    weights = built / "adapter_model.safetensors"
+    # Sparse: 65 MiB by its stat, nothing on disk; past the default 64 MiB.
+    with weights.open("r+b") as file:
+        file.truncate(DEFAULT_MAX_WEIGHTS_BYTES + 1024 * 1024)
+    env = {"MAAS_GATEWAY": "127.0.0.1:1", "MAAS_API_KEY": "k", "COLUMNS": "250"}
+    create = ["adapter", "create", "big", str(built), "--base-model", MODEL]
+    refused = CliRunner().invoke(app, create, env=env)
+    assert refused.exit_code == 3, refused.output  # INVALID_ARGUMENT, before any call
+    assert f"over the limit of {DEFAULT_MAX_WEIGHTS_BYTES} bytes (--max-bytes)" in refused.output
+    as_json = CliRunner().invoke(app, [*create, "--max-bytes", "1000", "--json"], env=env)
+    assert as_json.exit_code == 3
+    error = json.loads(as_json.stderr)["error"]
+    assert error["code"] == "INVALID_ARGUMENT"
+    assert "over the limit of 1000 bytes (--max-bytes)" in error["message"]
+    past_any_registry = CliRunner().invoke(app, [*create, "--max-bytes", "2000000000"], env=env)
+    assert past_any_registry.exit_code == 2
+    assert "--max-bytes" in past_any_registry.output
+
+
+def test_the_weights_are_read_in_upload_chunks_up_to_their_checked_size(tmp_path: Path) -> None:
+    built = build_tiny_adapter(tmp_path / "lora", rank=4, seed=2)
+    weights = built / "adapter_model.safetensors"
+    with weights.open("ab") as file:
+        file.write(bytes(3 * ADAPTER_CHUNK_BYTES))
+    whole = weights.read_bytes()
+    files = checked_files(built, len(whole))
+    with weights.open("ab") as file:
+        file.write(b"grown after the check")
+    chunks = list(files.weight_chunks())
+    assert all(len(chunk) <= ADAPTER_CHUNK_BYTES for chunk in chunks)
+    assert b"".join(chunks) == whole

@@ -209,6 +209,8 @@ async def sim_replica(tmp_path: Path, slots: int) -> AsyncIterator[RunningInfere
         stream_messages_per_s=0,
         grace_period_s=0,
         adapter_slots=slots,
+        # Never dialled: the adapters come from the fetch given to serving.
+        registry_address="127.0.0.1:1",
         sim_adapter_load_s=0.0,
     )
     fetch = LocalAdapters(tmp_path, {**ids("a", "b"), OTHER: "another-model"})

@@ -43,6 +43,8 @@ async def slots_target(
         enforce_eager=True,
         max_num_seqs=8,
         adapter_slots=1,
+        # Never dialled: the adapters come from the fetch given to serving.
+        registry_address="127.0.0.1:1",
         max_lora_rank=8,
         # The session's engine keeps the process-wide vllm:* metrics.
         engine_metrics=False,

@@ -149,6 +149,8 @@ async def sim_replica(load_s: float = 0.0) -> AsyncIterator[RunningInference]:
         stream_messages_per_s=0,
         grace_period_s=0,
         adapter_slots=1,
+        # Never dialled: the adapters come from the fetch given to serving.
+        registry_address="127.0.0.1:1",
         sim_adapter_load_s=load_s,
     )
     try:
