@@ -81,7 +81,8 @@ class GatewaySettings(ServiceSettings):
     # adapter_cache_ttl_s: up to 16 adapters each by default, some 5 KB.
     adapter_list_cache_size: int = Field(default=1_000, ge=1)
     # Events beyond this many waiting for anomaly are dropped (and counted), never waited on.
-    event_queue_size: int = Field(default=10_000, ge=1)
+    # At most a million (some 500 MB of events): a bound on what an outage of anomaly holds.
+    event_queue_size: int = Field(default=10_000, ge=1, le=1_000_000)
     # How long the router's model list (names, context lengths) is trusted
     # before a request is checked against it; also how late a new model is seen.
     model_list_ttl_s: float = Field(default=5.0, gt=0)

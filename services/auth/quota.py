@@ -155,6 +155,12 @@ class Quotas:
         if plan.allowed_models and model not in plan.allowed_models:
             raise PermissionDeniedError(f"the plan does not include model {model!r}")
         if plan.tokens_per_minute and estimated_tokens > plan.tokens_per_minute:
+            # Name what the caller must shrink: max_tokens cannot help when
+            # the prompt (with its tools) alone is past the plan.
+            if prompt_tokens >= plan.tokens_per_minute:
+                raise InvalidArgumentError(
+                    "prompt", "the prompt's tokens alone exceed the plan's tokens per minute"
+                )
             raise InvalidArgumentError(
                 "max_tokens", "the request's tokens exceed the plan's tokens per minute"
             )

@@ -80,6 +80,10 @@ async def test_tokens_per_minute_and_commit_returns_the_rest(
     with pytest.raises(InvalidArgumentError) as too_big:
         await q.reserve(tenant, "r3", "m", 101)
     assert too_big.value.field == "max_tokens"
+    # A prompt past the plan by itself: shrinking max_tokens cannot help.
+    with pytest.raises(InvalidArgumentError) as prompt_too_big:
+        await q.reserve(tenant, "r4", "m", 150, prompt_tokens=120, max_completion_tokens=30)
+    assert prompt_too_big.value.field == "prompt"
 
 
 async def test_concurrency_and_leases(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
+from gateway.settings import GatewaySettings
 from services.auth.settings import AuthSettings
 from services.common.settings import ServiceSettings
 from services.console.settings import ConsoleSettings
@@ -39,6 +40,7 @@ BOUNDED: list[tuple[type[ServiceSettings], str, object]] = [
     (AuthSettings, "max_adapters_per_tenant", HUGE),
     (AuthSettings, "max_adapter_uploads", HUGE),
     (AuthSettings, "max_adapter_uploads_per_tenant", HUGE),
+    (GatewaySettings, "event_queue_size", HUGE),
 ]
 
 

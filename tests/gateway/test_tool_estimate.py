@@ -99,3 +99,5 @@ async def test_large_tools_cannot_under_reserve_the_tokens_per_minute(tmp_path: 
                     pass
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "tokens per minute" in (refused.value.details() or "")
+    # The prompt is what must shrink: a smaller max_tokens would not help.
+    assert "prompt" in (refused.value.details() or "")
