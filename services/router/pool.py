@@ -28,6 +28,8 @@ import math
 from collections import OrderedDict
 from collections.abc import Callable
 
+import numpy as np
+
 from services.common.errors import MeshError
 from services.router.replica import KV_CACHE_HIGH, Replica
 
@@ -42,6 +44,10 @@ AFFINITY_KEYS = 4096
 # Rendezvous winners remembered per key, best first: enough for a request
 # retried on a few failing replicas to skip them without a scan.
 AFFINITY_DEPTH = 4
+# From this many members a new key's rendezvous scores are computed as one
+# numpy array (about 60 ns a replica; one Python hash costs about 450 ns,
+# and the array's fixed cost, about 10 us, is that of 20-odd hashes).
+VECTOR_FROM = 32
 # Heap entries tolerated per live one before the stale ones are swept: a
 # sweep costs a scan of the live ones, so it comes once per as many updates.
 HEAP_SLACK = 2
@@ -53,40 +59,44 @@ def exact_limit(limit: float) -> int:
     return numerator << (LIMIT_SCALE + 1 - denominator.bit_length())
 
 
+# splitmix64's finaliser, its shifts and multipliers as published: a cheap
+# mix of two 64-bit numbers.
+MIX_1 = 0xBF58476D1CE4E5B9
+MIX_2 = 0x94D049BB133111EB
+MASK_64 = 0xFFFFFFFFFFFFFFFF
+
+
 def rendezvous(key: int, replica: Replica) -> int:
-    # A cheap mix of the two 64-bit numbers: splitmix64's finaliser, its
-    # shifts and multipliers as published.
-    x = (key ^ replica.address_hash) & 0xFFFFFFFFFFFFFFFF
-    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
-    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
+    x = (key ^ replica.address_hash) & MASK_64
+    x = ((x ^ (x >> 30)) * MIX_1) & MASK_64
+    x = ((x ^ (x >> 27)) * MIX_2) & MASK_64
     return x ^ (x >> 31)
 
 
-def is_open(replica: Replica) -> bool:
-    """Whether `replica` can have room at all: the room test less its limiter's count."""
-    load = replica.load
-    return (
-        load.running + load.waiting < replica.limiter.max_limit
-        and load.kv_cache_usage < KV_CACHE_HIGH
-        and int(replica.limiter.limit) >= 1
-    )
+def rendezvous_all(key: int, hashes: np.ndarray) -> np.ndarray:
+    """`rendezvous(key, r)` for every replica whose address hash is in
+    `hashes` (uint64, whose products wrap as the masks above do)."""
+    x = hashes ^ np.uint64(key & MASK_64)
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(MIX_1)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(MIX_2)
+    return np.asarray(x ^ (x >> np.uint64(31)))
 
 
 class _Heap:
-    """Replicas by `key` then member position, with lazy deletion: an entry
+    """Replicas by a key then member position, with lazy deletion: an entry
     is live while its stamp is its replica's latest."""
 
-    def __init__(self, key: Callable[[Replica], float]) -> None:
-        self._key = key
+    def __init__(self) -> None:
         self._entries: list[tuple[float, int, int, Replica]] = []
         # Per replica, its live entry's key, position and stamp.
         self._live: dict[Replica, tuple[float, int, int]] = {}
+        self._stamps = itertools.count()
 
-    def set(self, replica: Replica, position: int, stamp: int) -> None:
-        key = self._key(replica)
+    def set(self, replica: Replica, key: float, position: int) -> None:
         live = self._live.get(replica)
         if live is not None and live[0] == key and live[1] == position:
             return  # its live entry stands
+        stamp = next(self._stamps)
         self._live[replica] = (key, position, stamp)
         heapq.heappush(self._entries, (key, position, stamp, replica))
         if len(self._entries) > HEAP_SLACK * len(self._live) + 16:
@@ -132,10 +142,6 @@ class _Heap:
         return self._entries[0][0] if self._entries else None
 
 
-def _expected_latency(replica: Replica) -> float:
-    return replica.limiter.expected_latency
-
-
 class ModelPool:
     """The replicas of one model taking work now, with running sums and heaps."""
 
@@ -146,17 +152,17 @@ class ModelPool:
         self.members: list[Replica] = []
         self._position: dict[Replica, int] = {}
         self._by_address: dict[str, Replica] = {}
-        # Per member: its in-flight count, exact limit, slots and free slots
-        # as last added to the sums.
-        self._parts: dict[Replica, tuple[int, int, int, int]] = {}
+        # Per member: its in-flight count, limit, exact limit, slots and free
+        # slots as last added to the sums.
+        self._parts: dict[Replica, tuple[int, float, int, int, int]] = {}
         self.in_flight = 0
         self._limit_exact = 0
         self.slots = 0
         self.free = 0
-        self._by_utilization = _Heap(Replica.utilization)
-        self._by_latency = _Heap(_expected_latency)
-        self._stamps = itertools.count()
+        self._by_utilization = _Heap()
+        self._by_latency = _Heap()
         self._affinity: OrderedDict[int, list[Replica]] = OrderedDict()
+        self._hashes: np.ndarray | None = None
 
     def rebuild(
         self,
@@ -171,9 +177,12 @@ class ModelPool:
         self._by_address = {r.address: r for r in members}
         self._parts.clear()
         self.in_flight = self._limit_exact = self.slots = self.free = 0
-        self._by_utilization = _Heap(Replica.utilization)
-        self._by_latency = _Heap(_expected_latency)
+        self._by_utilization = _Heap()
+        self._by_latency = _Heap()
         self._affinity.clear()
+        self._hashes = None
+        if len(members) >= VECTOR_FROM:
+            self._hashes = np.array([r.address_hash for r in members], dtype=np.uint64)
         for replica in members:
             self.update(replica)
 
@@ -186,25 +195,35 @@ class ModelPool:
         if position is None:
             return
         limiter = replica.limiter
-        in_flight, slots = limiter.in_flight, replica.slots
-        part = (in_flight, exact_limit(limiter.limit), slots, max(0, slots - in_flight))
+        in_flight, limit, slots = limiter.in_flight, limiter.limit, replica.slots
         old = self._parts.get(replica)
-        if old is not None:
+        if old is None:
+            exact = exact_limit(limit)
+        else:
             self.in_flight -= old[0]
-            self._limit_exact -= old[1]
-            self.slots -= old[2]
-            self.free -= old[3]
-        self._parts[replica] = part
-        self.in_flight += part[0]
-        self._limit_exact += part[1]
-        self.slots += part[2]
-        self.free += part[3]
-        stamp = next(self._stamps)
-        if is_open(replica):
-            self._by_utilization.set(replica, position, stamp)
+            self._limit_exact -= old[2]
+            self.slots -= old[3]
+            self.free -= old[4]
+            # Most changes are a lease taken or ended: the limit stands.
+            exact = old[2] if old[1] == limit else exact_limit(limit)
+        free = max(0, slots - in_flight)
+        self._parts[replica] = (in_flight, limit, exact, slots, free)
+        self.in_flight += in_flight
+        self._limit_exact += exact
+        self.slots += slots
+        self.free += free
+        load = replica.load
+        # Open: it can have room, the room test less its limiter's count.
+        if (
+            load.running + load.waiting < limiter.max_limit
+            and load.kv_cache_usage < KV_CACHE_HIGH
+            and limit >= 1.0
+        ):
+            # Replica.utilization, inlined: this runs on every lease.
+            self._by_utilization.set(replica, in_flight / max(1.0, slots), position)
         else:
             self._by_utilization.drop(replica)
-        self._by_latency.set(replica, position, stamp)
+        self._by_latency.set(replica, limiter.expected_latency, position)
 
     # Queries.
 
@@ -232,7 +251,7 @@ class ModelPool:
 
     def capacity(self, excluded: list[Replica]) -> float:
         """The members' limits summed, less `excluded`'s, correctly rounded."""
-        total = self._limit_exact - sum(self._parts[r][1] for r in excluded)
+        total = self._limit_exact - sum(self._parts[r][2] for r in excluded)
         return total / (1 << LIMIT_SCALE)
 
     def in_flight_of(self, excluded: list[Replica]) -> int:
@@ -243,7 +262,7 @@ class ModelPool:
         (`skip` leaving at least one)."""
         best = self._affinity.get(key)
         if best is None:
-            best = heapq.nlargest(AFFINITY_DEPTH, self.members, key=lambda r: rendezvous(key, r))
+            best = self._rank(key)
             self._affinity[key] = best
             if len(self._affinity) > AFFINITY_KEYS:
                 self._affinity.popitem(last=False)
@@ -254,3 +273,14 @@ class ModelPool:
                 return replica
         usable = [r for r in self.members if r.address not in skip]
         return max(usable, key=lambda r: rendezvous(key, r))
+
+    def _rank(self, key: int) -> list[Replica]:
+        """The AFFINITY_DEPTH best members for `key`, best first; among equal
+        scores the first in member order, as max() takes it."""
+        members = self.members
+        if self._hashes is None:
+            return heapq.nlargest(AFFINITY_DEPTH, members, key=lambda r: rendezvous(key, r))
+        scores = rendezvous_all(key, self._hashes)
+        top = np.argpartition(scores, len(members) - AFFINITY_DEPTH)[-AFFINITY_DEPTH:]
+        ranked = sorted(top.tolist(), key=lambda i: (-int(scores[i]), i))
+        return [members[i] for i in ranked]

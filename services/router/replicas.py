@@ -83,6 +83,8 @@ class ReplicaSet:
         # serving, draining or ejection).
         self._pools: dict[str, ModelPool] = {}
         self._membership = 0
+        self._serving_version = -1
+        self._serving = False
         # Deregistered replicas waiting for their last stream to end.
         self._leaving: dict[str, asyncio.Task[None]] = {}
         # The dispatcher pumps in the same step as a change (a waiter would
@@ -224,7 +226,12 @@ class ReplicaSet:
             raise TimeoutError("no inference replica became ready") from None
 
     def any_serving(self) -> bool:
-        return any(r.serving for r in self._replicas.values())
+        # Asked at every change (serving_changes), load reports included:
+        # scanned again only when membership, serving with it, has changed.
+        if self._serving_version != self._membership:
+            self._serving_version = self._membership
+            self._serving = any(r.serving for r in self._replicas.values())
+        return self._serving
 
     async def serving_changes(self) -> AsyncGenerator[bool, None]:
         """Yields whether any replica serves, now and at every change."""
@@ -289,7 +296,10 @@ class ReplicaSet:
         if replica.model is None:
             return
         # The pools it can be in: its model's and its adapters' (`serves`).
-        for name in (replica.model.name, *replica.adapters):
+        pool = self._pools.get(replica.model.name)
+        if pool is not None and pool.version == self._membership:
+            pool.update(replica)
+        for name in replica.adapters:
             pool = self._pools.get(name)
             if pool is not None and pool.version == self._membership:
                 pool.update(replica)
