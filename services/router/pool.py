@@ -8,6 +8,10 @@ down, is drained, ejected or back from an ejection. Load changes (a lease
 taken or ended, a new limit, a load report, a probe) update one replica's
 entries: running sums of what the dispatcher adds up over the candidates,
 and two heaps with lazy deletion, by utilization and by expected latency.
+Prefix affinity keeps rendezvous hashing exactly (the same replica as a
+scan picks): the winners of each recent prefix key are remembered, and a
+key not seen lately costs one hash per member, as one numpy array past
+VECTOR_FROM members (about 20 us at 256).
 
 Why the least utilized replica with room is the head of the utilization
 heap (`least`): a replica whose engine is full by its own report, whose KV
@@ -185,9 +189,6 @@ class ModelPool:
             self._hashes = np.array([r.address_hash for r in members], dtype=np.uint64)
         for replica in members:
             self.update(replica)
-
-    def __contains__(self, replica: Replica) -> bool:
-        return replica in self._position
 
     def update(self, replica: Replica) -> None:
         """`replica`'s load, limit or probe changed: its sums and heap entries."""
