@@ -39,7 +39,9 @@ MODEL = "m"
 # Slots per replica: a GPU engine's batch is larger, but the count of slots
 # only sets how many leases are held, not what one admission costs.
 SLOTS = 32
-# Prompt prefixes in play: enough that affinity spreads them over replicas.
+# Prompt prefixes in play: enough that affinity spreads them over replicas
+# (--prefixes sets more: a prefix the router has not seen lately costs one
+# rendezvous hash per replica, a known one none).
 PREFIXES = 64
 # Operations between two readings of the clock: a batch amortises the reading
 # and the few loop turns that resume the granted waiters.
@@ -77,8 +79,9 @@ def cells(quick: bool) -> list[Cell]:
 class Bench:
     """One cell's dispatcher, full and with its queue at the cell's size."""
 
-    def __init__(self, cell: Cell, telemetry: Telemetry, seed: int) -> None:
+    def __init__(self, cell: Cell, telemetry: Telemetry, seed: int, prefixes: int) -> None:
         self.cell = cell
+        self.prefixes = prefixes
         self.rng = random.Random(seed)
         self.replicas = ReplicaSet(
             [f"10.0.{i // 250}.{i % 250}:50054" for i in range(cell.replicas)],
@@ -100,7 +103,7 @@ class Bench:
             priority=DEFAULT,
             model=MODEL,
             cost=COST,
-            prefix_key=self.rng.randrange(PREFIXES),
+            prefix_key=self.rng.randrange(self.prefixes),
         )
 
     def _hold(self, done: asyncio.Future[Lease]) -> None:
@@ -166,9 +169,10 @@ async def settle() -> None:
 
 
 async def measure(
-    cell: Cell, telemetry: Telemetry, seed: int, min_ops: int, budget_s: float
+    cell: Cell, telemetry: Telemetry, seed: int, args: argparse.Namespace
 ) -> dict[str, float]:
-    bench = Bench(cell, telemetry, seed)
+    min_ops, budget_s = args.min_ops, args.budget_s
+    bench = Bench(cell, telemetry, seed, args.prefixes)
     await bench.fill()
     await bench.run(BATCH * 2, budget_s)  # warm-up: the limiter's samples, caches
     # The cell's own objects (a queue of 100,000) would make every full
@@ -193,7 +197,7 @@ async def main_async(args: argparse.Namespace) -> None:
             shift = round_ * len(grid) // args.rounds
             for cell in grid[shift:] + grid[:shift]:
                 key = f"{cell.dimension}={cell.size}"
-                raw[key].append(await measure(cell, telemetry, round_, args.min_ops, args.budget_s))
+                raw[key].append(await measure(cell, telemetry, round_, args))
             print(f"  round {round_ + 1}/{args.rounds} done", flush=True)
     finally:
         telemetry.shutdown()
@@ -228,6 +232,7 @@ async def main_async(args: argparse.Namespace) -> None:
         rounds=args.rounds,
         quick=args.quick,
         slots_per_replica=SLOTS,
+        prefixes=args.prefixes,
         cells=[c.__dict__ for c in grid],
         summary=table,
         growth=growth,
@@ -242,6 +247,9 @@ def main() -> None:
     parser.add_argument("--min-ops", type=int, default=0, help="admissions per cell (0: by mode)")
     parser.add_argument(
         "--budget-s", type=float, default=0.0, help="CPU seconds per cell at most (0: by mode)"
+    )
+    parser.add_argument(
+        "--prefixes", type=int, default=PREFIXES, help="distinct prompt prefixes in play"
     )
     parser.add_argument("--name", default="router_scaling", help="results file name")
     args = parser.parse_args()

@@ -17,6 +17,7 @@ import math
 from collections.abc import Callable
 
 from maas.v1 import generation_pb2
+from services.router.pool import ModelPool, rendezvous
 from services.router.replica import Replica
 
 # How much of a prompt the prefix key covers: about the 128 tokens a system
@@ -24,8 +25,6 @@ from services.router.replica import Replica
 # or in tokens.
 PREFIX_CHARS = 512
 PREFIX_TOKENS = 128
-# Keys and hashes are 64-bit numbers.
-MASK_64 = 0xFFFFFFFFFFFFFFFF
 
 
 def prefix_key(request: generation_pb2.GenerateRequest) -> int | None:
@@ -53,15 +52,6 @@ def prefix_key(request: generation_pb2.GenerateRequest) -> int | None:
     return int.from_bytes(hasher.digest(), "big")
 
 
-def _rendezvous(key: int, replica: Replica) -> int:
-    # A cheap mix of the two 64-bit numbers: splitmix64's finaliser, its
-    # shifts and multipliers as published.
-    x = (key ^ replica.address_hash) & MASK_64
-    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & MASK_64
-    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & MASK_64
-    return x ^ (x >> 31)
-
-
 def reserve_of(replica: Replica, share: float) -> int:
     """Slots of `replica` kept back for tenants below their fair share."""
     return int(replica.slots * share) if share > 0 else 0
@@ -85,8 +75,42 @@ def choose(
     least = min(with_room, key=Replica.utilization)
     if key is None:
         return least
-    preferred = max(usable, key=lambda r: _rendezvous(key, r))
+    preferred = max(usable, key=lambda r: rendezvous(key, r))
     if preferred in with_room and _within_bound(preferred, usable, slack):
+        return preferred
+    return least
+
+
+def choose_in(
+    pool: ModelPool,
+    key: int | None,
+    *,
+    slack: float,
+    exclude: frozenset[str] = frozenset(),
+    reserve_share: float = 0.0,
+) -> Replica | None:
+    """`choose(pool.members, ...)`, the same replica, from the pool's heap
+    and sums: the logarithm of the replicas' number, not a scan."""
+    if not 0.0 <= reserve_share < 1.0:
+        # Outside [0, 1) the heap's order does not put room first (pool.py).
+        return choose(pool.members, key, slack=slack, exclude=exclude, reserve_share=reserve_share)
+    excluded = pool.excluded(exclude)
+    skip = exclude if excluded else frozenset()
+    least = pool.least(skip)
+    if least is None or not least.has_room(reserve_of(least, reserve_share)):
+        return None
+    if key is None:
+        return least
+    preferred = pool.preferred(key, skip)
+    if preferred is least:
+        return least  # what the bound decides, least is the answer
+    if preferred.has_room(reserve_of(preferred, reserve_share)) and is_within_bound(
+        preferred,
+        pool.in_flight_of(excluded),
+        pool.capacity(excluded),
+        len(pool.members) - len(excluded),
+        slack,
+    ):
         return preferred
     return least
 
@@ -143,9 +167,22 @@ def round_robin(
 
 
 def _within_bound(replica: Replica, replicas: list[Replica], slack: float) -> bool:
+    return is_within_bound(
+        replica,
+        sum(r.limiter.in_flight for r in replicas),
+        # Correctly rounded, as the pool's exact running sum is.
+        math.fsum(r.limiter.limit for r in replicas),
+        len(replicas),
+        slack,
+    )
+
+
+def is_within_bound(
+    replica: Replica, in_flight: int, capacity: float, count: int, slack: float
+) -> bool:
     """Whether one more request keeps `replica` within (1 + slack) of its
-    share (by concurrency limit) of everything in flight, this one included."""
-    total = sum(r.limiter.in_flight for r in replicas) + 1
-    capacity = sum(r.limiter.limit for r in replicas)
-    share = replica.limiter.limit / capacity if capacity > 0 else 1 / len(replicas)
+    share (by concurrency limit) of everything in flight (`in_flight` over
+    `count` replicas whose limits sum to `capacity`), this one included."""
+    total = in_flight + 1
+    share = replica.limiter.limit / capacity if capacity > 0 else 1 / count
     return replica.limiter.in_flight + 1 <= math.ceil((1 + slack) * total * share)

@@ -24,10 +24,11 @@ from services.common.errors import (
     ResourceExhaustedError,
     UnavailableError,
 )
-from services.router.choice import choose, choose_for_adapter, round_robin
+from services.router.choice import choose_for_adapter, choose_in, round_robin
 from services.router.fair_queue import Entry, FairQueue, QueueFullError
 from services.router.headroom import LightHeadroom
 from services.router.limiter import Ewma, RecentQuantile
+from services.router.pool import ModelPool
 from services.router.replica import Replica
 from services.router.replicas import ReplicaSet
 from services.router.spec import STOPPING_REASON
@@ -229,7 +230,7 @@ class Dispatcher:
         (retryable) once the router is stopping."""
         if self._stopping:
             raise RouterStoppingError()
-        candidates = self._replicas.candidates(ticket.model)
+        candidates = self._replicas.pool(ticket.model)
         self._saw(ticket)
         now = self._clock()
         wait_s = self._policy.max_queue_wait_s
@@ -337,7 +338,7 @@ class Dispatcher:
                 queue.remove(entry)
                 continue
             try:
-                candidates = self._replicas.candidates(model)
+                candidates = self._replicas.pool(model)
             except NotFoundError as err:
                 # The model is gone altogether: nobody waiting for it will be served.
                 while (gone := queue.pop()) is not None:
@@ -369,21 +370,21 @@ class Dispatcher:
             queue.take(entry)
             future.set_result(self._grant(replica, ticket, entry.enqueued_at, now, candidates))
 
-    def _run_time_s(self, ticket: Ticket, candidates: list[Replica]) -> float:
+    def _run_time_s(self, ticket: Ticket, candidates: ModelPool) -> float:
         """How long `ticket` will hold a replica, erring long."""
         return max(
             self._policy.min_first_token_s,
-            min(r.limiter.expected_latency for r in candidates),
+            candidates.min_expected_latency(),
             ticket.cost * (self._s_per_token.value or 0.0),
         )
 
-    def _too_late(self, ticket: Ticket, candidates: list[Replica], now: float) -> bool:
+    def _too_late(self, ticket: Ticket, candidates: ModelPool, now: float) -> bool:
         """Whether `ticket` would hit its deadline before its stream could end."""
         return ticket.deadline is not None and ticket.deadline - now < self._run_time_s(
             ticket, candidates
         )
 
-    def _place(self, candidates: list[Replica], ticket: Ticket) -> Replica | None:
+    def _place(self, candidates: ModelPool, ticket: Ticket) -> Replica | None:
         """A replica for `ticket`: outside the reserve, or inside it while the
         ticket's tenant holds fewer slots than its fair share; for a tenant
         at or over its share, only while the light tenants' headroom stays free."""
@@ -397,13 +398,12 @@ class Dispatcher:
             self._headroom_of(ticket.model).flooding(ticket.tenant)
         return replica
 
-    def _leaves_headroom(self, model: str, candidates: list[Replica]) -> bool:
+    def _leaves_headroom(self, model: str, candidates: ModelPool) -> bool:
         """Whether one more slot taken leaves the light tenants' headroom free."""
         keep = self._headroom_of(model).to_keep_free()
         if keep == 0:
             return True
-        free = sum(max(0, r.slots - r.limiter.in_flight) for r in candidates)
-        return free - 1 >= keep
+        return candidates.free - 1 >= keep
 
     def _waiting_changed(self, model: str) -> Callable[[str, bool], None]:
         tenants, headroom = self._tenants_of(model), self._headroom_of(model)
@@ -422,9 +422,9 @@ class Dispatcher:
         return headroom
 
     def _from_reserve(
-        self, model: str, candidates: list[Replica], queue: FairQueue
+        self, model: str, candidates: ModelPool, queue: FairQueue
     ) -> tuple[Entry | None, Replica | None]:
-        if not any(r.has_room() for r in candidates):
+        if not candidates.any_room():
             return None, None  # no slot free, reserve or not: nobody to try
         share = self._fair_share(model, candidates)
         for head in queue.tenant_heads():
@@ -437,10 +437,10 @@ class Dispatcher:
         return None, None
 
     def _past_adapter_head(
-        self, candidates: list[Replica], queue: FairQueue
+        self, candidates: ModelPool, queue: FairQueue
     ) -> tuple[Entry | None, Replica | None]:
         """The first tenant's head, in the queue's order, that can be placed now."""
-        if not any(r.has_room() for r in candidates):
+        if not candidates.any_room():
             return None, None
         for head in queue.tenant_heads():
             ticket, future = head.item
@@ -451,7 +451,7 @@ class Dispatcher:
                 return head, replica
         return None, None
 
-    def _fair_share(self, model: str, candidates: list[Replica]) -> float:
+    def _fair_share(self, model: str, candidates: ModelPool) -> float:
         """Slots per tenant, over the tenants running, waiting, or seen in the
         last `tenant_memory_s`: the reserve is headroom for tenants that come
         and go (a light tenant between two requests). 0 with no reserve."""
@@ -459,7 +459,7 @@ class Dispatcher:
             return 0.0
         # The model's queue tells its tenants as they come and go.
         tenants = self._tenants_of(model).count(self._clock())
-        return sum(r.slots for r in candidates) / max(1, tenants)
+        return candidates.slots / max(1, tenants)
 
     def _holds_less_than(self, ticket: Ticket, share: float) -> bool:
         return self._tenants_of(ticket.model).running(ticket.tenant) < share
@@ -476,16 +476,21 @@ class Dispatcher:
         return tenants
 
     def _choose(
-        self, candidates: list[Replica], ticket: Ticket, reserve_share: float
+        self, candidates: ModelPool, ticket: Ticket, reserve_share: float
     ) -> Replica | None:
         if ticket.adapter_id and self._policy.adapter_affinity:
             return self._choose_for_adapter(candidates, ticket, reserve_share)
         if self._policy.choice == "round_robin":
+            if not candidates.any_room():
+                return None  # no slot anywhere: spare the scan
             return round_robin(
-                candidates, next(self._turn), exclude=ticket.exclude, reserve_share=reserve_share
+                candidates.members,
+                next(self._turn),
+                exclude=ticket.exclude,
+                reserve_share=reserve_share,
             )
         key = ticket.prefix_key if self._policy.choice == "affinity" else None
-        return choose(
+        return choose_in(
             candidates,
             key,
             slack=self._policy.affinity_slack,
@@ -494,19 +499,22 @@ class Dispatcher:
         )
 
     def _choose_for_adapter(
-        self, candidates: list[Replica], ticket: Ticket, reserve_share: float
+        self, candidates: ModelPool, ticket: Ticket, reserve_share: float
     ) -> Replica | None:
         now = self._clock()
         hold_s = self._policy.adapter_idle_s
         waited_s = now - ticket.received_at if ticket.received_at is not None else 0.0
-        replica = choose_for_adapter(
-            candidates,
-            ticket.adapter_id,
-            now=now,
-            min_idle_s=max(0.0, hold_s - waited_s),
-            exclude=ticket.exclude,
-            reserve_share=reserve_share,
-        )
+        # No slot anywhere: None, as the scan would find, without it.
+        replica = None
+        if candidates.any_room():
+            replica = choose_for_adapter(
+                candidates.members,
+                ticket.adapter_id,
+                now=now,
+                min_idle_s=max(0.0, hold_s - waited_s),
+                exclude=ticket.exclude,
+                reserve_share=reserve_share,
+            )
         if replica is None and hold_s > 0 and self._hold_timer is None:
             # Idle adapters turn evictable with time alone: look again then.
             self._hold_timer = asyncio.get_running_loop().call_later(hold_s, self._hold_ended)
@@ -522,7 +530,7 @@ class Dispatcher:
         ticket: Ticket,
         queued_at: float,
         now: float,
-        candidates: list[Replica],
+        candidates: ModelPool,
     ) -> Lease:
         # A tenant under its fair share goes ahead of the others in the
         # engine's own queue too: requests dispatched together (a flood's wave
@@ -556,9 +564,9 @@ class Dispatcher:
         else:
             future.cancel()
 
-    def _retry_after(self, queue: FairQueue, candidates: list[Replica]) -> float:
+    def _retry_after(self, queue: FairQueue, candidates: ModelPool) -> float:
         """About how long the queue ahead takes to drain."""
-        slots = max(1.0, sum(r.slots for r in candidates))
+        slots = max(1.0, candidates.slots)
         # With no stream measured yet, a second a stream is a modest first guess.
         held_s = self._duration_s.value or 1.0
         return min(MAX_RETRY_AFTER_S, max(MIN_RETRY_AFTER_S, len(queue) * held_s / slots))

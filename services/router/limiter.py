@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Callable
 
 
 class Ewma:
@@ -75,6 +76,13 @@ class GradientLimiter:
         self._sampled = False
         self.limit = float(min(max(initial, min_limit), self._max))
         self.in_flight = 0
+        # Told after every change of `in_flight`, the limit or the latency
+        # (the replica set's index of its replicas follows them).
+        self.watcher: Callable[[], None] | None = None
+
+    def _changed(self) -> None:
+        if self.watcher is not None:
+            self.watcher()
 
     @property
     def max_limit(self) -> int:
@@ -85,6 +93,7 @@ class GradientLimiter:
         self._max = max(self._min, min(self._ceiling, capacity))
         # Until it has measured anything, trust the engine's own capacity.
         self.limit = float(self._max) if not self._sampled else min(self.limit, float(self._max))
+        self._changed()
 
     @property
     def expected_latency(self) -> float:
@@ -97,9 +106,11 @@ class GradientLimiter:
 
     def acquire(self) -> None:
         self.in_flight += 1
+        self._changed()
 
     def release(self) -> None:
         self.in_flight -= 1
+        self._changed()
 
     def on_sample(self, latency_s: float, in_flight: int, queued_s: float = 0.0) -> None:
         """One request's time to first token and its wait in the engine's
@@ -108,6 +119,7 @@ class GradientLimiter:
         short = self._short.add(latency_s)
         queued = self._queued.add(queued_s)
         if in_flight < self.limit / 2:
+            self._changed()  # the latency moved
             return  # an idle replica (under half its limit) says nothing about its limit
         gradient = 1.0
         if queued > 0:
@@ -116,3 +128,4 @@ class GradientLimiter:
         target = self.limit * gradient + math.sqrt(self.limit)
         limit = self.limit * (1 - self._smoothing) + target * self._smoothing
         self.limit = min(float(self._max), max(float(self._min), limit))
+        self._changed()

@@ -8,7 +8,9 @@ from __future__ import annotations
 import hashlib
 import math
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from maas.v1 import generation_pb2
 from services.router.limiter import GradientLimiter
@@ -18,6 +20,18 @@ KV_CACHE_HIGH = 0.95
 # Requests at a time on a failing replica kept in rotation: each failure then
 # costs one caller, and the first success ends the probe.
 PROBE_CONCURRENCY = 1
+# Fields whose change moves a replica in or out of its model's candidates
+# (True), or changes its room and load within them (False).
+WATCHED = {
+    "model": True,
+    "adapters": True,
+    "serving": True,
+    "draining": True,
+    "ejected_until": True,
+    "load": False,
+    "limiter": False,
+    "probing": False,
+}
 
 
 @dataclass(frozen=True)
@@ -57,11 +71,27 @@ class Replica:
     adapter_idle_since: dict[str, float] = field(default_factory=dict)
     # A stable number per address for rendezvous hashing (prefix affinity).
     address_hash: int = field(init=False, default=0)
+    # Told of every change of a WATCHED field or of the limiter's counts,
+    # with whether membership changed: the replica set's index follows
+    # them, whoever makes the change.
+    watcher: Callable[[Replica, bool], None] | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         # 8 bytes: the 64-bit key rendezvous hashing mixes with a prefix's.
         digest = hashlib.blake2b(self.address.encode(), digest_size=8).digest()
         self.address_hash = int.from_bytes(digest, "big")
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        object.__setattr__(self, name, value)
+        if name == "limiter":
+            value.watcher = self._limiter_changed
+        membership = WATCHED.get(name)
+        if membership is not None and self.watcher is not None:
+            self.watcher(self, membership)
+
+    def _limiter_changed(self) -> None:
+        if self.watcher is not None:
+            self.watcher(self, False)
 
     def serves(self, model: str) -> bool:
         """Whether `model` names this replica's model or one of its adapters."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
@@ -24,8 +25,14 @@ from maas.v1 import generation_pb2
 from observability import Telemetry
 from observability.channels import PLAINTEXT, ChannelSecurity
 from services.common.changes import ChangeSignal
-from services.common.errors import FailedPreconditionError, NotFoundError, UnavailableError
+from services.common.errors import (
+    FailedPreconditionError,
+    MeshError,
+    NotFoundError,
+    UnavailableError,
+)
 from services.router.limiter import GradientLimiter
+from services.router.pool import ModelPool
 from services.router.replica import Replica, ReplicaLoad
 from services.router.replica_links import ReplicaLinks
 from services.router.spec import STARTING_REASON
@@ -71,6 +78,13 @@ class ReplicaSet:
         self._new_limiter = limiter
         self.clock = clock
         self._replicas: dict[str, Replica] = {}
+        # Per model asked for, its candidates indexed; rebuilt when
+        # `_membership` moves on (a replica joined, left, or changed model,
+        # serving, draining or ejection).
+        self._pools: dict[str, ModelPool] = {}
+        self._membership = 0
+        self._serving_version = -1
+        self._serving = False
         # Deregistered replicas waiting for their last stream to end.
         self._leaving: dict[str, asyncio.Task[None]] = {}
         # The dispatcher pumps in the same step as a change (a waiter would
@@ -212,7 +226,12 @@ class ReplicaSet:
             raise TimeoutError("no inference replica became ready") from None
 
     def any_serving(self) -> bool:
-        return any(r.serving for r in self._replicas.values())
+        # Asked at every change (serving_changes), load reports included:
+        # scanned again only when membership, serving with it, has changed.
+        if self._serving_version != self._membership:
+            self._serving_version = self._membership
+            self._serving = any(r.serving for r in self._replicas.values())
+        return self._serving
 
     async def serving_changes(self) -> AsyncGenerator[bool, None]:
         """Yields whether any replica serves, now and at every change."""
@@ -231,20 +250,59 @@ class ReplicaSet:
         """Replicas of `model` that take work now. NOT_FOUND when none serves
         the model at all, UNAVAILABLE when none of those is up, or when some
         replica has not yet told its model (ROUTER_STARTING)."""
+        return list(self.pool(model).members)
+
+    def pool(self, model: str) -> ModelPool:
+        """`candidates(model)` with their running sums and heaps (pool.py);
+        the same errors. The pool's members are not to be changed."""
+        pool = self._pools.get(model)
+        if pool is None:
+            pool = self._pools[model] = ModelPool()
+        now = self.clock()
+        if pool.version != self._membership or now >= pool.valid_until:
+            self._rebuild(pool, model, now)
+        if pool.error is not None:
+            # Kept only for models served: a caller's made-up names stay out.
+            del self._pools[model]
+            raise pool.error()
+        return pool
+
+    def _rebuild(self, pool: ModelPool, model: str, now: float) -> None:
         known = [r for r in self._replicas.values() if r.serves(model)]
+        # Members change with time alone when an ejection ends.
+        ends = [r.ejected_until for r in known if r.ejected_until > now]
+        valid_until = min(ends, default=math.inf)
+        error: Callable[[], MeshError] | None = None
         if not known:
             if any(r.model is None for r in self._replicas.values()):
                 # A replica not heard from yet (a router just started) may serve it.
-                raise UnavailableError(
+                error = lambda: UnavailableError(  # noqa: E731
                     f"no replica has told its model yet; {model!r} may be served",
                     reason=STARTING_REASON,
                 )
-            raise NotFoundError(f"no replica serves model {model!r}")
-        now = self.clock()
+            else:
+                error = lambda: NotFoundError(f"no replica serves model {model!r}")  # noqa: E731
         usable = [r for r in known if r.takes_work(now)]
-        if not usable:
-            raise UnavailableError(f"no replica of model {model!r} is taking work right now")
-        return usable
+        if known and not usable:
+            error = lambda: UnavailableError(  # noqa: E731
+                f"no replica of model {model!r} is taking work right now"
+            )
+        pool.rebuild(usable, self._membership, valid_until, error)
+
+    def _watch(self, replica: Replica, membership: bool) -> None:
+        if membership:
+            self._membership += 1
+            return
+        if replica.model is None:
+            return
+        # The pools it can be in: its model's and its adapters' (`serves`).
+        pool = self._pools.get(replica.model.name)
+        if pool is not None and pool.version == self._membership:
+            pool.update(replica)
+        for name in replica.adapters:
+            pool = self._pools.get(name)
+            if pool is not None and pool.version == self._membership:
+                pool.update(replica)
 
     def pick(self, model: str) -> Replica:
         """Any replica of `model` taking work, least loaded first (for calls
@@ -303,6 +361,8 @@ class ReplicaSet:
     def _add(self, address: str) -> Replica:
         replica = Replica(address, limiter=self._new_limiter())
         self._replicas[address] = replica
+        replica.watcher = self._watch
+        self._membership += 1
         return replica
 
     async def _forget_when_idle(self, replica: Replica) -> None:
@@ -312,6 +372,9 @@ class ReplicaSet:
 
     async def _forget(self, address: str) -> None:
         replica = self._replicas.pop(address, None)
+        if replica is not None:
+            replica.watcher = None
+            self._membership += 1
         leaving = self._leaving.pop(address, None)
         if leaving is not None and leaving is not asyncio.current_task():
             leaving.cancel()
