@@ -622,7 +622,9 @@ async def test_higher_priority_waiting_work_goes_first(vllm_engine: Engine) -> N
             await tokens_of(r.stub.Generate(request))
             finished.append(name)
 
-        first = asyncio.create_task(run("first", auth_pb2.PRIORITY_DEFAULT, 300))
+        # Long enough that the replica is still busy when both others have
+        # queued, on a machine starved by other work (300 once ran out first).
+        first = asyncio.create_task(run("first", auth_pb2.PRIORITY_DEFAULT, 1500))
         await eventually(lambda: r.replicas.get(a.address).limiter.in_flight == 1)
         batch = asyncio.create_task(run("batch", auth_pb2.PRIORITY_BATCH, 8))
         await eventually(lambda: queue_stats(r, lambda q: q.waiting == 1))
