@@ -51,10 +51,12 @@ class GatewaySettings(ServiceSettings):
     # Messages a second this gateway takes in over all the streams it
     # forwards: each stream asks its replica for one message at most every
     # `open streams / this` seconds, tokens in between merged (gateway/pacing.py).
-    # 4,000: one gateway delivered the most tokens at 4 replicas pacing
-    # 1,000 each, and saturated at 16 of them (bench/capacity). 0: the
-    # replicas pace on their own. At most a million: past what any process forwards.
-    stream_messages_per_s: float = Field(default=4000.0, ge=0, le=1_000_000)
+    # 2,000: a message costs the gateway 100-250 us of CPU (bench/hop_cost),
+    # so 0.2-0.5 of its core, the rest left for requests (~2 ms each); budgets
+    # of 1,000-4,000 all beat pacing by the replicas alone in
+    # bench/capacity_pacing. 0: the replicas pace on their own. At most a
+    # million: past what any process forwards.
+    stream_messages_per_s: float = Field(default=2000.0, ge=0, le=1_000_000)
     # Direct routing: channels to replicas kept open while unused (least
     # recently used closed first): a large mesh's replicas, without leaking
     # one per replica ever seen.

@@ -107,7 +107,8 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
                 request=request.request,
                 priority=lease.engine_priority,
                 adapter_id=request.adapter_id,
-                # The caller's pace, passed on: it receives every message.
+                # The pace the caller asked, as asked: every message the router
+                # forwards reaches the caller, whose budget it is.
                 min_message_interval_s=request.min_message_interval_s,
             )
             stub = self._replicas.links.stub(lease.replica)
