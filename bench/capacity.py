@@ -15,10 +15,18 @@ at each concurrency, the systems take turns:
   mesh_direct  through the gateway streaming from the replica the router
                picked (`--routing direct`; skipped, with a note, where absent)
 
+With `--gateway-messages-per-s N[,M...]` each routing is several systems:
+`mesh_R`, its streams paced by the replicas alone (the gateway asks nothing,
+`--stream-messages-per-s 0`), and `mesh_R_paced_N` for each budget, every
+stream also paced at the interval the gateway asks from its budget of N
+messages/s (the larger wins). Without it the gateways run with their own
+default.
+
 "offered" is what the profile's step time gives R replicas at that many
 streams (c/R sequences each), no mesh and no client in the way.
 
     .venv/bin/python -m bench.capacity [--rounds 3] [--quick] [--routing proxy,direct]
+        [--ladder "4:256,1024,2000;16:512,1024,2000"] [--gateway-messages-per-s 4000]
 """
 
 from __future__ import annotations
@@ -66,9 +74,25 @@ class CapacityMesh:
         return out | {"router": mesh.PIDS[self.router]}
 
 
+def gateway_variants(routings: list[str], budgets: list[int]) -> dict[str, list[str]]:
+    """The gateways to start, by name, with their extra flags: one per
+    routing, or with `budgets`, one paced by the replicas alone and one per
+    gateway budget (messages/s)."""
+    out: dict[str, list[str]] = {}
+    for routing in routings:
+        flag = ["--routing", routing] if mesh.gateway_has_routing() else []
+        if not budgets:
+            out[routing] = flag
+            continue
+        out[routing] = [*flag, "--stream-messages-per-s", "0"]
+        for budget in budgets:
+            out[f"{routing}_paced_{budget}"] = [*flag, "--stream-messages-per-s", str(budget)]
+    return out
+
+
 @contextlib.asynccontextmanager
 async def capacity_mesh(
-    state: Path, profile: str, replicas: int, routings: list[str]
+    state: Path, profile: str, replicas: int, variants: dict[str, list[str]]
 ) -> AsyncIterator[CapacityMesh]:
     admin = secrets.token_urlsafe(32)
     async with contextlib.AsyncExitStack() as stack:
@@ -91,12 +115,9 @@ async def capacity_mesh(
             )
         )  # fmt: skip
         gateways = {}
-        for routing in routings:
-            flag = ("--routing", routing) if mesh.gateway_has_routing() else ()
-            gateways[routing] = await enter(
-                mesh.gateway(
-                    state, router, auth, anomaly, f"cap{replicas}-gateway-{routing}", *flag
-                )
+        for name, extra in variants.items():
+            gateways[name] = await enter(
+                mesh.gateway(state, router, auth, anomaly, f"cap{replicas}-gateway-{name}", *extra)
             )
         key = await new_tenant(auth, admin, "bench", auth_pb2.Plan())
         yield CapacityMesh(gateways, addresses, router, await mesh.model_name(addresses[0]), key)
@@ -146,6 +167,7 @@ async def main_async(args: argparse.Namespace) -> None:
     if args.quick:
         args.rounds, args.tokens = 1, min(args.tokens, 32)
     wanted = args.routing.split(",")
+    budgets = [int(b) for b in args.gateway_messages_per_s.split(",") if b]
     routings = mesh.gateway_routings(wanted)
     notes = [
         f"routing '{r}' skipped: this gateway has no --routing flag (the design is absent)"
@@ -166,7 +188,12 @@ async def main_async(args: argparse.Namespace) -> None:
         with tempfile.TemporaryDirectory() as state:
             print(f"starting a mesh over {replicas} simulated replica(s) ...", flush=True)
             async with (
-                capacity_mesh(Path(state), args.profile, replicas, routings) as m,
+                capacity_mesh(
+                    Path(state),
+                    args.profile,
+                    replicas,
+                    gateway_variants(routings, budgets),
+                ) as m,
                 contextlib.AsyncExitStack() as stack,
             ):
                 channels = {
@@ -216,9 +243,10 @@ def report(
         "",
         "tokens/s: offered by the profile, produced by the replicas reached directly,"
         " delivered through the mesh; latency added over sim_direct (ms, medians)",
-        f"{'replicas':>8} {'streams':>7} {'system':<12} {'offered':>9} {'tok/s':>22}"
+        f"{'replicas':>8} {'streams':>7} {'system':<22} {'offered':>9} {'tok/s':>22}"
         f" {'of direct':>9} {'TTFT p50':>9} {'TTFT p99':>9} {'ITL p50':>8} {'ITL p99':>8}"
-        f" {'tok/msg':>7} {'mesh us/tok':>11} {'failed':>6} {'idle':>5} {'client':>6} flags",
+        f" {'tok/msg':>7} {'gap p99':>8} {'mesh us/tok':>11} {'failed':>6} {'idle':>5}"
+        f" {'client':>6} flags",
     ]
     best: dict[tuple[str, int], tuple[float, int]] = {}
     for r, concurrencies in ladders.items():
@@ -240,7 +268,7 @@ def report(
                     else f"{med(name, r, c, gw) + med(name, r, c, 'router_us_per_token'):.0f}"
                 )
                 lines.append(
-                    f"{r:>8} {c:>7} {name:<12} {med(name, r, c, 'offered_tokens_per_s'):>9,.0f}"
+                    f"{r:>8} {c:>7} {name:<22} {med(name, r, c, 'offered_tokens_per_s'):>9,.0f}"
                     f" {cell_text(col(name, r, c, 'tokens_per_s'), ',.0f'):>22} {share:>9.2f}"
                     + "".join(
                         f" {med(name, r, c, m) - d[m]:>{sign}{w}.2f}"
@@ -252,6 +280,7 @@ def report(
                         )
                     )
                     + f" {med(name, r, c, 'tokens_per_message'):>7.1f}"
+                    + f" {med(name, r, c, 'gap_p99_ms'):>8.1f}"
                     + f" {mesh_us:>11}"
                     + f" {sum(col(name, r, c, 'failed')):>6.0f}"
                     f" {med(name, r, c, 'idle_share'):>5.2f}"
@@ -263,7 +292,7 @@ def report(
         "highest delivered tokens/s (where the ladder saturated), per system and replicas:"
     )
     for (name, r), (rate, c) in sorted(best.items(), key=lambda kv: (kv[0][1], kv[0][0])):
-        lines.append(f"  {r:>2} replicas {name:<12} {rate:>9,.0f} tok/s at {c} streams")
+        lines.append(f"  {r:>2} replicas {name:<22} {rate:>9,.0f} tok/s at {c} streams")
     many = [
         (name, raw.get(f"{name}|{MANY_REPLICAS}|{MANY_STREAMS}", []))
         for name in names
@@ -278,14 +307,15 @@ def report(
             gw_kib = [x[f"{gw}_rss_kib_per_stream"] for x in rows]
             router_kib = [x["router_rss_kib_per_stream"] for x in rows]
             lines.append(
-                f"  {name:<12} failed {sum(x['failed'] for x in rows):.0f};"
+                f"  {name:<22} failed {sum(x['failed'] for x in rows):.0f};"
                 f" RSS growth per open stream: gateway {cell_text(gw_kib, '.1f')} KiB,"
                 f" router {cell_text(router_kib, '.1f')} KiB"
             )
     lines += [
         "",
-        "tok/msg: tokens per message the client received; mesh us/tok: gateway plus router"
-        " CPU per delivered token",
+        "tok/msg: tokens per message the client received; gap p99: time between two"
+        " messages of a stream, ms (what coalescing costs a reader); mesh us/tok: gateway"
+        " plus router CPU per delivered token",
         "targets: 2,000 streams over 16 replicas with no failed request; TTFT added"
         " p50 <= 1 ms, p99 <= 5 ms at 512 streams",
         f"idle: share of this machine's {os.cpu_count()} cores idle over the cell (other"
@@ -295,11 +325,13 @@ def report(
         *notes,
     ]
     write_results(
-        "capacity",
+        # The pacing comparison apart, so it does not replace the full ladder's results.
+        "capacity_pacing" if args.gateway_messages_per_s else "capacity",
         "\n".join(lines),
         profile=args.profile,
         rounds=args.rounds,
         tokens_per_stream=args.tokens,
+        gateway_messages_per_s=args.gateway_messages_per_s,
         systems=names,
         ladders={str(r): c for r, c in ladders.items()},
         notes=notes,
@@ -321,6 +353,12 @@ def main() -> None:
     )
     parser.add_argument("--profile", default=DEFAULT_PROFILE, choices=sorted(PROFILES))
     parser.add_argument("--routing", default="proxy,direct", help="gateway designs compared")
+    parser.add_argument(
+        "--gateway-messages-per-s",
+        default="",
+        help="N[,M...]: also run each routing with the gateway pacing its streams at each"
+        " budget (messages/s; the plain one then paced by the replicas alone)",
+    )
     parser.add_argument("--settle-s", type=float, default=0.5)
     parser.add_argument("--quick", action="store_true", help="1 round, 32 tokens a stream")
     run_on_uvloop(main_async, parser)

@@ -265,6 +265,7 @@ class DirectRoute:
                 request=self._routed.request,
                 priority=decision.engine_priority,
                 adapter_id=self._routed.adapter_id,
+                min_message_interval_s=self._routed.min_message_interval_s,
             )
             started = time.monotonic()
             first = True

@@ -19,6 +19,7 @@ from gateway.model_prices import PriceBook
 from gateway.openai_http import create_app
 from gateway.outbox import UsageOutbox
 from gateway.outbox_dir import OutboxAdopter, close_own, own_outbox
+from gateway.pacing import Paced
 from gateway.quota import QuotaClient, budget_event
 from gateway.refusals import RefusalBudget, read_budget
 from gateway.routes import Direct, Proxy, ReplicaChannels, Routing
@@ -170,7 +171,7 @@ async def serving(settings: GatewaySettings, telemetry: Telemetry) -> AsyncItera
                 negative_max_entries=settings.auth_negative_cache_size,
             ),
             router=router,
-            routing=routing,
+            routing=Paced(routing, settings.stream_messages_per_s),
             metering=metering,
             usage=usage,
             events=events,

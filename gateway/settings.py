@@ -48,6 +48,15 @@ class GatewaySettings(ServiceSettings):
     # Direct by default: bench/hop_cost measured less mesh CPU per token (the
     # router leaves the token path) for streams of a few hundred tokens.
     routing: Literal["proxy", "direct"] = "direct"
+    # Messages a second this gateway takes in over all the streams it
+    # forwards: each stream asks its replica for one message at most every
+    # `open streams / this` seconds, tokens in between merged (gateway/pacing.py).
+    # 2,000: a message costs the gateway 100-250 us of CPU (bench/hop_cost),
+    # so 0.2-0.5 of its core, the rest left for requests (~2 ms each); budgets
+    # of 1,000-4,000 all beat pacing by the replicas alone in
+    # bench/capacity_pacing. 0: the replicas pace on their own. At most a
+    # million: past what any process forwards.
+    stream_messages_per_s: float = Field(default=2000.0, ge=0, le=1_000_000)
     # Direct routing: channels to replicas kept open while unused (least
     # recently used closed first): a large mesh's replicas, without leaking
     # one per replica ever seen.

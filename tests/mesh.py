@@ -75,6 +75,8 @@ async def open_test_mesh(vllm_engine: Engine, state: Path) -> AsyncIterator[Mesh
                 # Tests poll usage and the model list as they wait; the read
                 # budget has tests of its own (tests/gateway/test_read_budget.py).
                 "read_burst": 1e6,
+                # One message per delta, as for inference above.
+                "stream_messages_per_s": 0,
             },
         },
     )

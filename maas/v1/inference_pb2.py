@@ -26,7 +26,7 @@ from maas.v1 import embedding_pb2 as maas_dot_v1_dot_embedding__pb2
 from maas.v1 import generation_pb2 as maas_dot_v1_dot_generation__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17maas/v1/inference.proto\x12\x07maas.v1\x1a\x17maas/v1/embedding.proto\x1a\x18maas/v1/generation.proto\"\x88\x01\n\x0bReplicaInfo\x12!\n\x05model\x18\x01 \x01(\x0b\x32\x12.maas.v1.ModelInfo\x12\x14\n\x0cmax_num_seqs\x18\x02 \x01(\r\x12\x17\n\x0fkv_cache_tokens\x18\x03 \x01(\x04\x12\x10\n\x08\x61\x64\x61pters\x18\x04 \x03(\t\x12\x15\n\radapter_slots\x18\x05 \x01(\r\"\x12\n\x10WatchLoadRequest\"#\n\x0c\x41\x62ortRequest\x12\x13\n\x0brequest_ids\x18\x01 \x03(\t\" \n\rAbortResponse\x12\x0f\n\x07\x61\x62orted\x18\x01 \x03(\t\"k\n\x18InferenceGenerateRequest\x12)\n\x07request\x18\x01 \x01(\x0b\x32\x18.maas.v1.GenerateRequest\x12\x10\n\x08priority\x18\x02 \x01(\x05\x12\x12\n\nadapter_id\x18\x03 \x01(\t\"\x15\n\x13GetModelInfoRequest\"\x10\n\x0eGetLoadRequest\"\xa9\x01\n\x04Load\x12\x0f\n\x07running\x18\x01 \x01(\r\x12\x0f\n\x07waiting\x18\x02 \x01(\r\x12\x16\n\x0ekv_cache_usage\x18\x03 \x01(\x02\x12\x18\n\x10tokens_in_flight\x18\x04 \x01(\x04\x12\x1d\n\x15prefix_cache_hit_rate\x18\x05 \x01(\x02\x12\x17\n\x0floaded_adapters\x18\x06 \x03(\t\x12\x15\n\radapter_loads\x18\x07 \x01(\x04\x32\xc1\x03\n\tInference\x12J\n\x08Generate\x12!.maas.v1.InferenceGenerateRequest\x1a\x19.maas.v1.GenerateResponse0\x01\x12H\n\x0b\x43ountTokens\x12\x1b.maas.v1.CountTokensRequest\x1a\x1c.maas.v1.CountTokensResponse\x12\x36\n\x05\x45mbed\x12\x15.maas.v1.EmbedRequest\x1a\x16.maas.v1.EmbedResponse\x12\x42\n\x0cGetModelInfo\x12\x1c.maas.v1.GetModelInfoRequest\x1a\x14.maas.v1.ReplicaInfo\x12\x31\n\x07GetLoad\x12\x17.maas.v1.GetLoadRequest\x1a\r.maas.v1.Load\x12\x37\n\tWatchLoad\x12\x19.maas.v1.WatchLoadRequest\x1a\r.maas.v1.Load0\x01\x12\x36\n\x05\x41\x62ort\x12\x15.maas.v1.AbortRequest\x1a\x16.maas.v1.AbortResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17maas/v1/inference.proto\x12\x07maas.v1\x1a\x17maas/v1/embedding.proto\x1a\x18maas/v1/generation.proto\"\x88\x01\n\x0bReplicaInfo\x12!\n\x05model\x18\x01 \x01(\x0b\x32\x12.maas.v1.ModelInfo\x12\x14\n\x0cmax_num_seqs\x18\x02 \x01(\r\x12\x17\n\x0fkv_cache_tokens\x18\x03 \x01(\x04\x12\x10\n\x08\x61\x64\x61pters\x18\x04 \x03(\t\x12\x15\n\radapter_slots\x18\x05 \x01(\r\"\x12\n\x10WatchLoadRequest\"#\n\x0c\x41\x62ortRequest\x12\x13\n\x0brequest_ids\x18\x01 \x03(\t\" \n\rAbortResponse\x12\x0f\n\x07\x61\x62orted\x18\x01 \x03(\t\"\x8b\x01\n\x18InferenceGenerateRequest\x12)\n\x07request\x18\x01 \x01(\x0b\x32\x18.maas.v1.GenerateRequest\x12\x10\n\x08priority\x18\x02 \x01(\x05\x12\x12\n\nadapter_id\x18\x03 \x01(\t\x12\x1e\n\x16min_message_interval_s\x18\x04 \x01(\x01\"\x15\n\x13GetModelInfoRequest\"\x10\n\x0eGetLoadRequest\"\xa9\x01\n\x04Load\x12\x0f\n\x07running\x18\x01 \x01(\r\x12\x0f\n\x07waiting\x18\x02 \x01(\r\x12\x16\n\x0ekv_cache_usage\x18\x03 \x01(\x02\x12\x18\n\x10tokens_in_flight\x18\x04 \x01(\x04\x12\x1d\n\x15prefix_cache_hit_rate\x18\x05 \x01(\x02\x12\x17\n\x0floaded_adapters\x18\x06 \x03(\t\x12\x15\n\radapter_loads\x18\x07 \x01(\x04\x32\xc1\x03\n\tInference\x12J\n\x08Generate\x12!.maas.v1.InferenceGenerateRequest\x1a\x19.maas.v1.GenerateResponse0\x01\x12H\n\x0b\x43ountTokens\x12\x1b.maas.v1.CountTokensRequest\x1a\x1c.maas.v1.CountTokensResponse\x12\x36\n\x05\x45mbed\x12\x15.maas.v1.EmbedRequest\x1a\x16.maas.v1.EmbedResponse\x12\x42\n\x0cGetModelInfo\x12\x1c.maas.v1.GetModelInfoRequest\x1a\x14.maas.v1.ReplicaInfo\x12\x31\n\x07GetLoad\x12\x17.maas.v1.GetLoadRequest\x1a\r.maas.v1.Load\x12\x37\n\tWatchLoad\x12\x19.maas.v1.WatchLoadRequest\x1a\r.maas.v1.Load0\x01\x12\x36\n\x05\x41\x62ort\x12\x15.maas.v1.AbortRequest\x1a\x16.maas.v1.AbortResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -41,14 +41,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ABORTREQUEST']._serialized_end=281
   _globals['_ABORTRESPONSE']._serialized_start=283
   _globals['_ABORTRESPONSE']._serialized_end=315
-  _globals['_INFERENCEGENERATEREQUEST']._serialized_start=317
-  _globals['_INFERENCEGENERATEREQUEST']._serialized_end=424
-  _globals['_GETMODELINFOREQUEST']._serialized_start=426
-  _globals['_GETMODELINFOREQUEST']._serialized_end=447
-  _globals['_GETLOADREQUEST']._serialized_start=449
-  _globals['_GETLOADREQUEST']._serialized_end=465
-  _globals['_LOAD']._serialized_start=468
-  _globals['_LOAD']._serialized_end=637
-  _globals['_INFERENCE']._serialized_start=640
-  _globals['_INFERENCE']._serialized_end=1089
+  _globals['_INFERENCEGENERATEREQUEST']._serialized_start=318
+  _globals['_INFERENCEGENERATEREQUEST']._serialized_end=457
+  _globals['_GETMODELINFOREQUEST']._serialized_start=459
+  _globals['_GETMODELINFOREQUEST']._serialized_end=480
+  _globals['_GETLOADREQUEST']._serialized_start=482
+  _globals['_GETLOADREQUEST']._serialized_end=498
+  _globals['_LOAD']._serialized_start=501
+  _globals['_LOAD']._serialized_end=670
+  _globals['_INFERENCE']._serialized_start=673
+  _globals['_INFERENCE']._serialized_end=1122
 # @@protoc_insertion_point(module_scope)

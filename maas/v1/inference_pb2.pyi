@@ -39,14 +39,16 @@ class AbortResponse(_message.Message):
     def __init__(self, aborted: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class InferenceGenerateRequest(_message.Message):
-    __slots__ = ("request", "priority", "adapter_id")
+    __slots__ = ("request", "priority", "adapter_id", "min_message_interval_s")
     REQUEST_FIELD_NUMBER: _ClassVar[int]
     PRIORITY_FIELD_NUMBER: _ClassVar[int]
     ADAPTER_ID_FIELD_NUMBER: _ClassVar[int]
+    MIN_MESSAGE_INTERVAL_S_FIELD_NUMBER: _ClassVar[int]
     request: _generation_pb2.GenerateRequest
     priority: int
     adapter_id: str
-    def __init__(self, request: _Optional[_Union[_generation_pb2.GenerateRequest, _Mapping]] = ..., priority: _Optional[int] = ..., adapter_id: _Optional[str] = ...) -> None: ...
+    min_message_interval_s: float
+    def __init__(self, request: _Optional[_Union[_generation_pb2.GenerateRequest, _Mapping]] = ..., priority: _Optional[int] = ..., adapter_id: _Optional[str] = ..., min_message_interval_s: _Optional[float] = ...) -> None: ...
 
 class GetModelInfoRequest(_message.Message):
     __slots__ = ()

@@ -28,7 +28,7 @@ from maas.v1 import generation_pb2 as maas_dot_v1_dot_generation__pb2
 from maas.v1 import inference_pb2 as maas_dot_v1_dot_inference__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14maas/v1/router.proto\x12\x07maas.v1\x1a\x12maas/v1/auth.proto\x1a\x17maas/v1/embedding.proto\x1a\x18maas/v1/generation.proto\x1a\x17maas/v1/inference.proto\"J\n\x13\x45jectReplicaRequest\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12\x12\n\nduration_s\x18\x02 \x01(\x01\x12\x0e\n\x06reason\x18\x03 \x01(\t\"(\n\x15RestoreReplicaRequest\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\"r\n\x0eRequestContext\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12#\n\x08priority\x18\x02 \x01(\x0e\x32\x11.maas.v1.Priority\x12\x18\n\x10\x65stimated_tokens\x18\x03 \x01(\x04\x12\x0e\n\x06weight\x18\x04 \x01(\x02\"\x80\x01\n\x15RouterGenerateRequest\x12)\n\x07request\x18\x01 \x01(\x0b\x32\x18.maas.v1.GenerateRequest\x12(\n\x07\x63ontext\x18\x02 \x01(\x0b\x32\x17.maas.v1.RequestContext\x12\x12\n\nadapter_id\x18\x03 \x01(\t\"\xa1\x01\n\x0bRouteUpdate\x12\x31\n\x07request\x18\x01 \x01(\x0b\x32\x1e.maas.v1.RouterGenerateRequestH\x00\x12/\n\x0b\x66irst_chunk\x18\x02 \x01(\x0b\x32\x18.maas.v1.RouteFirstChunkH\x00\x12$\n\x05\x65nded\x18\x03 \x01(\x0b\x32\x13.maas.v1.RouteEndedH\x00\x42\x08\n\x06update\":\n\x0fRouteFirstChunk\x12\x15\n\rfirst_token_s\x18\x01 \x01(\x01\x12\x10\n\x08queued_s\x18\x02 \x01(\x01\"Q\n\nRouteEnded\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x13\n\x0b\x63\x61ller_gone\x18\x02 \x01(\x08\x12\x10\n\x08\x66inished\x18\x03 \x01(\x08\x12\x0e\n\x06reason\x18\x04 \x01(\t\"R\n\rRouteDecision\x12\x17\n\x0freplica_address\x18\x01 \x01(\t\x12\x17\n\x0f\x65ngine_priority\x18\x02 \x01(\x05\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\r\"\xc6\x02\n\x07Replica\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12!\n\x05model\x18\x02 \x01(\x0b\x32\x12.maas.v1.ModelInfo\x12$\n\x05state\x18\x03 \x01(\x0e\x32\x15.maas.v1.ReplicaState\x12\x10\n\x08\x61\x64\x61pters\x18\x04 \x03(\t\x12\x11\n\tin_flight\x18\x05 \x01(\r\x12\x19\n\x11\x63oncurrency_limit\x18\x06 \x01(\r\x12\x1b\n\x04load\x18\x07 \x01(\x0b\x32\r.maas.v1.Load\x12\x15\n\rejected_for_s\x18\x08 \x01(\x01\x12\x0e\n\x06ttft_s\x18\t \x01(\x01\x12\x0f\n\x07probing\x18\n \x01(\x08\x12\x1c\n\x14\x63onsecutive_failures\x18\x0b \x01(\r\x12\x17\n\x0floaded_adapters\x18\x0c \x03(\t\x12\x15\n\radapter_slots\x18\r \x01(\r\")\n\x16RegisterReplicaRequest\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\"+\n\x18\x44\x65registerReplicaRequest\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\"5\n\x19\x44\x65registerReplicaResponse\x12\x18\n\x10\x64raining_streams\x18\x01 \x01(\r\"7\n\x13\x44rainReplicaRequest\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12\x0f\n\x07undrain\x18\x02 \x01(\x08\"\x16\n\x14GetQueueStatsRequest\"e\n\nQueueDepth\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12#\n\x08priority\x18\x02 \x01(\x0e\x32\x11.maas.v1.Priority\x12\x0f\n\x07waiting\x18\x03 \x01(\r\x12\x0e\n\x06tokens\x18\x04 \x01(\x04\"\x9c\x01\n\nQueueStats\x12\x0f\n\x07waiting\x18\x01 \x01(\r\x12#\n\x06\x64\x65pths\x18\x02 \x03(\x0b\x32\x13.maas.v1.QueueDepth\x12+\n\x04shed\x18\x03 \x03(\x0b\x32\x1d.maas.v1.QueueStats.ShedEntry\x1a+\n\tShedEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"\x15\n\x13ListReplicasRequest\":\n\x14ListReplicasResponse\x12\"\n\x08replicas\x18\x01 \x03(\x0b\x32\x10.maas.v1.Replica*\x9e\x01\n\x0cReplicaState\x12\x1d\n\x19REPLICA_STATE_UNSPECIFIED\x10\x00\x12\x19\n\x15REPLICA_STATE_SERVING\x10\x01\x12\x1d\n\x19REPLICA_STATE_NOT_SERVING\x10\x02\x12\x1a\n\x16REPLICA_STATE_DRAINING\x10\x03\x12\x19\n\x15REPLICA_STATE_EJECTED\x10\x04\x32\x86\x06\n\x06Router\x12G\n\x08Generate\x12\x1e.maas.v1.RouterGenerateRequest\x1a\x19.maas.v1.GenerateResponse0\x01\x12\x39\n\x05Route\x12\x14.maas.v1.RouteUpdate\x1a\x16.maas.v1.RouteDecision(\x01\x30\x01\x12H\n\x0b\x43ountTokens\x12\x1b.maas.v1.CountTokensRequest\x1a\x1c.maas.v1.CountTokensResponse\x12\x36\n\x05\x45mbed\x12\x15.maas.v1.EmbedRequest\x1a\x16.maas.v1.EmbedResponse\x12K\n\x0cListReplicas\x12\x1c.maas.v1.ListReplicasRequest\x1a\x1d.maas.v1.ListReplicasResponse\x12\x44\n\x0fRegisterReplica\x12\x1f.maas.v1.RegisterReplicaRequest\x1a\x10.maas.v1.Replica\x12Z\n\x11\x44\x65registerReplica\x12!.maas.v1.DeregisterReplicaRequest\x1a\".maas.v1.DeregisterReplicaResponse\x12>\n\x0c\x44rainReplica\x12\x1c.maas.v1.DrainReplicaRequest\x1a\x10.maas.v1.Replica\x12\x43\n\rGetQueueStats\x12\x1d.maas.v1.GetQueueStatsRequest\x1a\x13.maas.v1.QueueStats\x12>\n\x0c\x45jectReplica\x12\x1c.maas.v1.EjectReplicaRequest\x1a\x10.maas.v1.Replica\x12\x42\n\x0eRestoreReplica\x12\x1e.maas.v1.RestoreReplicaRequest\x1a\x10.maas.v1.Replicab\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14maas/v1/router.proto\x12\x07maas.v1\x1a\x12maas/v1/auth.proto\x1a\x17maas/v1/embedding.proto\x1a\x18maas/v1/generation.proto\x1a\x17maas/v1/inference.proto\"J\n\x13\x45jectReplicaRequest\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12\x12\n\nduration_s\x18\x02 \x01(\x01\x12\x0e\n\x06reason\x18\x03 \x01(\t\"(\n\x15RestoreReplicaRequest\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\"r\n\x0eRequestContext\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12#\n\x08priority\x18\x02 \x01(\x0e\x32\x11.maas.v1.Priority\x12\x18\n\x10\x65stimated_tokens\x18\x03 \x01(\x04\x12\x0e\n\x06weight\x18\x04 \x01(\x02\"\xa0\x01\n\x15RouterGenerateRequest\x12)\n\x07request\x18\x01 \x01(\x0b\x32\x18.maas.v1.GenerateRequest\x12(\n\x07\x63ontext\x18\x02 \x01(\x0b\x32\x17.maas.v1.RequestContext\x12\x12\n\nadapter_id\x18\x03 \x01(\t\x12\x1e\n\x16min_message_interval_s\x18\x04 \x01(\x01\"\xa1\x01\n\x0bRouteUpdate\x12\x31\n\x07request\x18\x01 \x01(\x0b\x32\x1e.maas.v1.RouterGenerateRequestH\x00\x12/\n\x0b\x66irst_chunk\x18\x02 \x01(\x0b\x32\x18.maas.v1.RouteFirstChunkH\x00\x12$\n\x05\x65nded\x18\x03 \x01(\x0b\x32\x13.maas.v1.RouteEndedH\x00\x42\x08\n\x06update\":\n\x0fRouteFirstChunk\x12\x15\n\rfirst_token_s\x18\x01 \x01(\x01\x12\x10\n\x08queued_s\x18\x02 \x01(\x01\"Q\n\nRouteEnded\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x13\n\x0b\x63\x61ller_gone\x18\x02 \x01(\x08\x12\x10\n\x08\x66inished\x18\x03 \x01(\x08\x12\x0e\n\x06reason\x18\x04 \x01(\t\"R\n\rRouteDecision\x12\x17\n\x0freplica_address\x18\x01 \x01(\t\x12\x17\n\x0f\x65ngine_priority\x18\x02 \x01(\x05\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\r\"\xc6\x02\n\x07Replica\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12!\n\x05model\x18\x02 \x01(\x0b\x32\x12.maas.v1.ModelInfo\x12$\n\x05state\x18\x03 \x01(\x0e\x32\x15.maas.v1.ReplicaState\x12\x10\n\x08\x61\x64\x61pters\x18\x04 \x03(\t\x12\x11\n\tin_flight\x18\x05 \x01(\r\x12\x19\n\x11\x63oncurrency_limit\x18\x06 \x01(\r\x12\x1b\n\x04load\x18\x07 \x01(\x0b\x32\r.maas.v1.Load\x12\x15\n\rejected_for_s\x18\x08 \x01(\x01\x12\x0e\n\x06ttft_s\x18\t \x01(\x01\x12\x0f\n\x07probing\x18\n \x01(\x08\x12\x1c\n\x14\x63onsecutive_failures\x18\x0b \x01(\r\x12\x17\n\x0floaded_adapters\x18\x0c \x03(\t\x12\x15\n\radapter_slots\x18\r \x01(\r\")\n\x16RegisterReplicaRequest\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\"+\n\x18\x44\x65registerReplicaRequest\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\"5\n\x19\x44\x65registerReplicaResponse\x12\x18\n\x10\x64raining_streams\x18\x01 \x01(\r\"7\n\x13\x44rainReplicaRequest\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12\x0f\n\x07undrain\x18\x02 \x01(\x08\"\x16\n\x14GetQueueStatsRequest\"e\n\nQueueDepth\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12#\n\x08priority\x18\x02 \x01(\x0e\x32\x11.maas.v1.Priority\x12\x0f\n\x07waiting\x18\x03 \x01(\r\x12\x0e\n\x06tokens\x18\x04 \x01(\x04\"\x9c\x01\n\nQueueStats\x12\x0f\n\x07waiting\x18\x01 \x01(\r\x12#\n\x06\x64\x65pths\x18\x02 \x03(\x0b\x32\x13.maas.v1.QueueDepth\x12+\n\x04shed\x18\x03 \x03(\x0b\x32\x1d.maas.v1.QueueStats.ShedEntry\x1a+\n\tShedEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"\x15\n\x13ListReplicasRequest\":\n\x14ListReplicasResponse\x12\"\n\x08replicas\x18\x01 \x03(\x0b\x32\x10.maas.v1.Replica*\x9e\x01\n\x0cReplicaState\x12\x1d\n\x19REPLICA_STATE_UNSPECIFIED\x10\x00\x12\x19\n\x15REPLICA_STATE_SERVING\x10\x01\x12\x1d\n\x19REPLICA_STATE_NOT_SERVING\x10\x02\x12\x1a\n\x16REPLICA_STATE_DRAINING\x10\x03\x12\x19\n\x15REPLICA_STATE_EJECTED\x10\x04\x32\x86\x06\n\x06Router\x12G\n\x08Generate\x12\x1e.maas.v1.RouterGenerateRequest\x1a\x19.maas.v1.GenerateResponse0\x01\x12\x39\n\x05Route\x12\x14.maas.v1.RouteUpdate\x1a\x16.maas.v1.RouteDecision(\x01\x30\x01\x12H\n\x0b\x43ountTokens\x12\x1b.maas.v1.CountTokensRequest\x1a\x1c.maas.v1.CountTokensResponse\x12\x36\n\x05\x45mbed\x12\x15.maas.v1.EmbedRequest\x1a\x16.maas.v1.EmbedResponse\x12K\n\x0cListReplicas\x12\x1c.maas.v1.ListReplicasRequest\x1a\x1d.maas.v1.ListReplicasResponse\x12\x44\n\x0fRegisterReplica\x12\x1f.maas.v1.RegisterReplicaRequest\x1a\x10.maas.v1.Replica\x12Z\n\x11\x44\x65registerReplica\x12!.maas.v1.DeregisterReplicaRequest\x1a\".maas.v1.DeregisterReplicaResponse\x12>\n\x0c\x44rainReplica\x12\x1c.maas.v1.DrainReplicaRequest\x1a\x10.maas.v1.Replica\x12\x43\n\rGetQueueStats\x12\x1d.maas.v1.GetQueueStatsRequest\x1a\x13.maas.v1.QueueStats\x12>\n\x0c\x45jectReplica\x12\x1c.maas.v1.EjectReplicaRequest\x1a\x10.maas.v1.Replica\x12\x42\n\x0eRestoreReplica\x12\x1e.maas.v1.RestoreReplicaRequest\x1a\x10.maas.v1.Replicab\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,8 +37,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_QUEUESTATS_SHEDENTRY']._loaded_options = None
   _globals['_QUEUESTATS_SHEDENTRY']._serialized_options = b'8\001'
-  _globals['_REPLICASTATE']._serialized_start=1784
-  _globals['_REPLICASTATE']._serialized_end=1942
+  _globals['_REPLICASTATE']._serialized_start=1816
+  _globals['_REPLICASTATE']._serialized_end=1974
   _globals['_EJECTREPLICAREQUEST']._serialized_start=129
   _globals['_EJECTREPLICAREQUEST']._serialized_end=203
   _globals['_RESTOREREPLICAREQUEST']._serialized_start=205
@@ -46,37 +46,37 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REQUESTCONTEXT']._serialized_start=247
   _globals['_REQUESTCONTEXT']._serialized_end=361
   _globals['_ROUTERGENERATEREQUEST']._serialized_start=364
-  _globals['_ROUTERGENERATEREQUEST']._serialized_end=492
-  _globals['_ROUTEUPDATE']._serialized_start=495
-  _globals['_ROUTEUPDATE']._serialized_end=656
-  _globals['_ROUTEFIRSTCHUNK']._serialized_start=658
-  _globals['_ROUTEFIRSTCHUNK']._serialized_end=716
-  _globals['_ROUTEENDED']._serialized_start=718
-  _globals['_ROUTEENDED']._serialized_end=799
-  _globals['_ROUTEDECISION']._serialized_start=801
-  _globals['_ROUTEDECISION']._serialized_end=883
-  _globals['_REPLICA']._serialized_start=886
-  _globals['_REPLICA']._serialized_end=1212
-  _globals['_REGISTERREPLICAREQUEST']._serialized_start=1214
-  _globals['_REGISTERREPLICAREQUEST']._serialized_end=1255
-  _globals['_DEREGISTERREPLICAREQUEST']._serialized_start=1257
-  _globals['_DEREGISTERREPLICAREQUEST']._serialized_end=1300
-  _globals['_DEREGISTERREPLICARESPONSE']._serialized_start=1302
-  _globals['_DEREGISTERREPLICARESPONSE']._serialized_end=1355
-  _globals['_DRAINREPLICAREQUEST']._serialized_start=1357
-  _globals['_DRAINREPLICAREQUEST']._serialized_end=1412
-  _globals['_GETQUEUESTATSREQUEST']._serialized_start=1414
-  _globals['_GETQUEUESTATSREQUEST']._serialized_end=1436
-  _globals['_QUEUEDEPTH']._serialized_start=1438
-  _globals['_QUEUEDEPTH']._serialized_end=1539
-  _globals['_QUEUESTATS']._serialized_start=1542
-  _globals['_QUEUESTATS']._serialized_end=1698
-  _globals['_QUEUESTATS_SHEDENTRY']._serialized_start=1655
-  _globals['_QUEUESTATS_SHEDENTRY']._serialized_end=1698
-  _globals['_LISTREPLICASREQUEST']._serialized_start=1700
-  _globals['_LISTREPLICASREQUEST']._serialized_end=1721
-  _globals['_LISTREPLICASRESPONSE']._serialized_start=1723
-  _globals['_LISTREPLICASRESPONSE']._serialized_end=1781
-  _globals['_ROUTER']._serialized_start=1945
-  _globals['_ROUTER']._serialized_end=2719
+  _globals['_ROUTERGENERATEREQUEST']._serialized_end=524
+  _globals['_ROUTEUPDATE']._serialized_start=527
+  _globals['_ROUTEUPDATE']._serialized_end=688
+  _globals['_ROUTEFIRSTCHUNK']._serialized_start=690
+  _globals['_ROUTEFIRSTCHUNK']._serialized_end=748
+  _globals['_ROUTEENDED']._serialized_start=750
+  _globals['_ROUTEENDED']._serialized_end=831
+  _globals['_ROUTEDECISION']._serialized_start=833
+  _globals['_ROUTEDECISION']._serialized_end=915
+  _globals['_REPLICA']._serialized_start=918
+  _globals['_REPLICA']._serialized_end=1244
+  _globals['_REGISTERREPLICAREQUEST']._serialized_start=1246
+  _globals['_REGISTERREPLICAREQUEST']._serialized_end=1287
+  _globals['_DEREGISTERREPLICAREQUEST']._serialized_start=1289
+  _globals['_DEREGISTERREPLICAREQUEST']._serialized_end=1332
+  _globals['_DEREGISTERREPLICARESPONSE']._serialized_start=1334
+  _globals['_DEREGISTERREPLICARESPONSE']._serialized_end=1387
+  _globals['_DRAINREPLICAREQUEST']._serialized_start=1389
+  _globals['_DRAINREPLICAREQUEST']._serialized_end=1444
+  _globals['_GETQUEUESTATSREQUEST']._serialized_start=1446
+  _globals['_GETQUEUESTATSREQUEST']._serialized_end=1468
+  _globals['_QUEUEDEPTH']._serialized_start=1470
+  _globals['_QUEUEDEPTH']._serialized_end=1571
+  _globals['_QUEUESTATS']._serialized_start=1574
+  _globals['_QUEUESTATS']._serialized_end=1730
+  _globals['_QUEUESTATS_SHEDENTRY']._serialized_start=1687
+  _globals['_QUEUESTATS_SHEDENTRY']._serialized_end=1730
+  _globals['_LISTREPLICASREQUEST']._serialized_start=1732
+  _globals['_LISTREPLICASREQUEST']._serialized_end=1753
+  _globals['_LISTREPLICASRESPONSE']._serialized_start=1755
+  _globals['_LISTREPLICASRESPONSE']._serialized_end=1813
+  _globals['_ROUTER']._serialized_start=1977
+  _globals['_ROUTER']._serialized_end=2751
 # @@protoc_insertion_point(module_scope)

@@ -53,14 +53,16 @@ class RequestContext(_message.Message):
     def __init__(self, tenant_id: _Optional[str] = ..., priority: _Optional[_Union[_auth_pb2.Priority, str]] = ..., estimated_tokens: _Optional[int] = ..., weight: _Optional[float] = ...) -> None: ...
 
 class RouterGenerateRequest(_message.Message):
-    __slots__ = ("request", "context", "adapter_id")
+    __slots__ = ("request", "context", "adapter_id", "min_message_interval_s")
     REQUEST_FIELD_NUMBER: _ClassVar[int]
     CONTEXT_FIELD_NUMBER: _ClassVar[int]
     ADAPTER_ID_FIELD_NUMBER: _ClassVar[int]
+    MIN_MESSAGE_INTERVAL_S_FIELD_NUMBER: _ClassVar[int]
     request: _generation_pb2.GenerateRequest
     context: RequestContext
     adapter_id: str
-    def __init__(self, request: _Optional[_Union[_generation_pb2.GenerateRequest, _Mapping]] = ..., context: _Optional[_Union[RequestContext, _Mapping]] = ..., adapter_id: _Optional[str] = ...) -> None: ...
+    min_message_interval_s: float
+    def __init__(self, request: _Optional[_Union[_generation_pb2.GenerateRequest, _Mapping]] = ..., context: _Optional[_Union[RequestContext, _Mapping]] = ..., adapter_id: _Optional[str] = ..., min_message_interval_s: _Optional[float] = ...) -> None: ...
 
 class RouteUpdate(_message.Message):
     __slots__ = ("request", "first_chunk", "ended")

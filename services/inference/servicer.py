@@ -33,7 +33,7 @@ from services.inference.engine import (
     ModelCard,
 )
 from services.inference.load_report import replica_load, watch_replica_load
-from services.inference.pacing import StreamPacer
+from services.inference.pacing import StreamPacer, check_message_interval
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -87,6 +87,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         engine = self.engine
         adapter = self._check_model(request.request.model, engine)
         check_adapter_id(request.adapter_id)
+        requested_interval_s = check_message_interval(request.min_message_interval_s)
         if request.adapter_id:
             if adapter is not None:
                 raise InvalidArgumentError(
@@ -104,7 +105,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
             # aborts the request in the engine and frees its KV cache.
             # The private adapter stays loaded until the stream ends, however it ends.
             async with self._holding(request.adapter_id):
-                with self._pacer.stream() as pace:
+                with self._pacer.stream(requested_interval_s) as pace:
                     async with aclosing(
                         engine.generate(request_id, inp, options, adapter, request.priority)
                     ) as deltas:

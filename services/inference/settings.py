@@ -98,7 +98,8 @@ class InferenceSettings(ServiceSettings):
     scheduling_policy: Literal["priority", "fcfs"] = "priority"
     # Streamed messages per second over all streams; past it, tokens are
     # batched into fewer messages (see pacing.py). 0: one message per delta.
-    stream_messages_per_s: float = Field(default=1000.0, ge=0)
+    # At most a million: past what any process sends.
+    stream_messages_per_s: float = Field(default=1000.0, ge=0, le=1_000_000)
     # An engine with unfinished requests that has not stepped for this long
     # is wedged: the service turns NOT_SERVING and exits non-zero. Far above
     # any one step (a long prefill on CPU takes seconds), so load never trips it.

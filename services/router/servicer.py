@@ -22,6 +22,7 @@ from observability.context import REPLICA_METADATA_KEY
 from services.common.errors import InvalidArgumentError
 from services.common.generation_limits import check_adapter_id, completion_limit
 from services.inference.convert import load_to_proto
+from services.inference.pacing import check_message_interval
 from services.router.choice import prefix_key
 from services.router.dispatcher import Dispatcher, Lease, Ticket
 from services.router.fair_queue import BATCH, DEFAULT, INTERACTIVE
@@ -106,6 +107,9 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
                 request=request.request,
                 priority=lease.engine_priority,
                 adapter_id=request.adapter_id,
+                # The pace the caller asked, as asked: every message the router
+                # forwards reaches the caller, whose budget it is.
+                min_message_interval_s=request.min_message_interval_s,
             )
             stub = self._replicas.links.stub(lease.replica)
             return stub.Generate(forward, timeout=context.time_remaining())
@@ -159,6 +163,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         if priority is None:
             raise InvalidArgumentError("context.priority", "unknown priority")
         check_adapter_id(request.adapter_id)
+        check_message_interval(request.min_message_interval_s)
         remaining = context.time_remaining()
         return Ticket(
             tenant=request.context.tenant_id,

@@ -41,6 +41,12 @@ BOUNDED: list[tuple[type[ServiceSettings], str, object]] = [
     (AuthSettings, "max_adapter_uploads", HUGE),
     (AuthSettings, "max_adapter_uploads_per_tenant", HUGE),
     (GatewaySettings, "event_queue_size", HUGE),
+    (GatewaySettings, "stream_messages_per_s", HUGE),
+    (GatewaySettings, "stream_messages_per_s", "inf"),
+    (GatewaySettings, "stream_messages_per_s", "nan"),
+    (GatewaySettings, "stream_messages_per_s", -1),
+    (InferenceSettings, "stream_messages_per_s", "inf"),
+    (InferenceSettings, "stream_messages_per_s", "nan"),
 ]
 
 
