@@ -199,6 +199,11 @@ class Dispatcher:
         self.on_shed: Callable[[str], None] = lambda reason: None
         self._stopping = False
         self._hold_timer: asyncio.TimerHandle | None = None
+        # Within one model's pump, the queue's entries found unplaceable
+        # (by id; the entry kept so its id is not reused), and the fair share
+        # and light headroom they were judged under (_blocked_still).
+        self._blocked: dict[int, Entry] = {}
+        self._blocked_under: tuple[float, int] = (0.0, 0)
         replicas.on_change(self.pump)
 
     @property
@@ -332,6 +337,12 @@ class Dispatcher:
             self._pumping = False
 
     def _pump_model(self, model: str, queue: FairQueue) -> None:
+        # Placing a request only uses up room, so a request found blocked
+        # stays blocked for the rest of the pump, but for what _grant and
+        # _blocked_still clear it on: each scan past the head then skips the
+        # heads it already tried, instead of trying every tenant's again.
+        self._blocked.clear()
+        self._blocked_under = (0.0, 0)
         while (entry := queue.peek()) is not None:
             ticket, future = entry.item
             if future.done():
@@ -355,7 +366,11 @@ class Dispatcher:
                     self._shed("deadline", DeadlineExceededError("the deadline cannot be met"))
                 )
                 continue
-            replica = self._place(candidates, ticket)
+            replica = None
+            if id(entry) in self._blocked:
+                self._blocked_still(model, self._fair_share(model, candidates))
+            if id(entry) not in self._blocked:
+                replica = self._place(candidates, ticket)
             if replica is None:
                 # The head waits for a slot; a tenant under its fair share of
                 # slots may still use the reserve, whatever its place in line.
@@ -395,8 +410,11 @@ class Dispatcher:
         if replica is None and under:
             replica = self._choose(candidates, ticket, 0.0)
         if replica is None and not under:
-            self._headroom_of(ticket.model).flooding(ticket.tenant)
+            self._flooding(ticket)
         return replica
+
+    def _flooding(self, ticket: Ticket) -> None:
+        self._headroom_of(ticket.model).flooding(ticket.tenant)
 
     def _leaves_headroom(self, model: str, candidates: ModelPool) -> bool:
         """Whether one more slot taken leaves the light tenants' headroom free."""
@@ -427,13 +445,20 @@ class Dispatcher:
         if not candidates.any_room():
             return None, None  # no slot free, reserve or not: nobody to try
         share = self._fair_share(model, candidates)
+        self._blocked_still(model, share)
+        only = self._placeable_adapters(candidates)
         for head in queue.tenant_heads():
             ticket, future = head.item
             if future.done() or not self._holds_less_than(ticket, share):
                 continue
-            replica = self._choose(candidates, ticket, 0.0)
-            if replica is not None:
-                return head, replica
+            if id(head) in self._blocked:
+                continue
+            if not self._ruled_out(ticket, only):
+                replica = self._choose(candidates, ticket, 0.0)
+                if replica is not None:
+                    return head, replica
+            # Under its share, with no slot even in the reserve: _place finds none either.
+            self._blocked[id(head)] = head
         return None, None
 
     def _past_adapter_head(
@@ -442,14 +467,68 @@ class Dispatcher:
         """The first tenant's head, in the queue's order, that can be placed now."""
         if not candidates.any_room():
             return None, None
+        only = self._placeable_adapters(candidates)
+        share: float | None = None
         for head in queue.tenant_heads():
             ticket, future = head.item
             if future.done():
                 continue
-            replica = self._place(candidates, ticket)
-            if replica is not None:
-                return head, replica
+            if share is None:
+                share = self._fair_share(ticket.model, candidates)
+                self._blocked_still(ticket.model, share)
+            if id(head) in self._blocked:
+                continue
+            if self._ruled_out(ticket, only):
+                # What _place does for it, without the choice it would lose:
+                # a tenant at its share that must queue for more is a flood
+                # (the same mark as before the skip, so the light headroom
+                # does not depend on which heads were tried).
+                if not self._holds_less_than(ticket, share):
+                    self._flooding(ticket)
+            else:
+                replica = self._place(candidates, ticket)
+                if replica is not None:
+                    return head, replica
+            self._blocked[id(head)] = head
         return None, None
+
+    def _placeable_adapters(self, candidates: ModelPool) -> set[str] | None:
+        """The only adapters a request could be placed with now, or None when
+        any could. When no replica with room has a free adapter slot or one
+        to evict, a request can go only where its adapter is held. Generous,
+        so it never rules out a request that could be placed: room whatever
+        the reserve, eviction with no idle wait, every replica whatever a
+        request excludes, and none ruled out while a replica with room has no
+        adapter slots (a request that excludes the others goes there)."""
+        if not self._policy.adapter_affinity:
+            return None
+        now = self._clock()
+        held: set[str] = set()
+        for replica in candidates.members:
+            if not replica.has_room():
+                continue
+            if (
+                replica.adapter_slots <= 0
+                or replica.has_free_adapter_slot()
+                or replica.can_evict_adapter(now)
+            ):
+                return None
+            held |= replica.adapters_held()
+        return held
+
+    @staticmethod
+    def _ruled_out(ticket: Ticket, only: set[str] | None) -> bool:
+        return only is not None and bool(ticket.adapter_id) and ticket.adapter_id not in only
+
+    def _blocked_still(self, model: str, share: float) -> None:
+        """Forgets the requests found blocked if a larger fair share or less
+        light headroom to keep could now let one of them through (a tenant
+        forgotten, a flood marked); a smaller share or more headroom only
+        blocks more."""
+        keep = self._headroom_of(model).to_keep_free()
+        if share > self._blocked_under[0] or keep < self._blocked_under[1]:
+            self._blocked.clear()
+        self._blocked_under = (share, keep)
 
     def _fair_share(self, model: str, candidates: ModelPool) -> float:
         """Slots per tenant, over the tenants running, waiting, or seen in the
@@ -545,6 +624,9 @@ class Dispatcher:
             headroom.started(ticket.tenant)
         replica.limiter.acquire()
         if ticket.adapter_id:
+            if not replica.holds(ticket.adapter_id):
+                # A new adapter there: its other requests, found blocked, may go now.
+                self._blocked.clear()
             replica.adapter_started(ticket.adapter_id)
         tenants.started(ticket.tenant)
         return Lease(
