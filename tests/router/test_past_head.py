@@ -23,7 +23,7 @@ from maas.v1 import generation_pb2
 from observability import Telemetry, setup
 from observability.settings import TelemetrySettings
 from services.router.dispatcher import UNUSED, Dispatcher, FlowPolicy, Lease, Ticket
-from services.router.fair_queue import DEFAULT, Entry, FairQueue
+from services.router.fair_queue import BATCH, DEFAULT, INTERACTIVE, Entry, FairQueue
 from services.router.limiter import GradientLimiter
 from services.router.pool import ModelPool
 from services.router.replica import Replica, ReplicaLoad
@@ -135,6 +135,7 @@ async def scenario(telemetry: Telemetry, seed: int, steps: int) -> None:
         light_headroom=rng.choice([0.0, 2.0]),
         tenant_memory_s=rng.choice([20.0, 60.0]),
         choice=rng.choice(["affinity", "least_loaded"]),
+        aging_s=rng.choice([5.0, 1e6]),
     )
     fast = World(telemetry, seed, Dispatcher, policy)
     reference = World(telemetry, seed, ScanningDispatcher, policy)
@@ -146,7 +147,7 @@ async def scenario(telemetry: Telemetry, seed: int, steps: int) -> None:
         if event <= 4:
             ticket = Ticket(
                 tenant=rng.choice(tenants),
-                priority=DEFAULT,
+                priority=rng.choice([INTERACTIVE, DEFAULT, BATCH]),
                 model=MODEL,
                 # Which request a lease is, as both worlds see it.
                 cost=float(seq + 1),
@@ -197,3 +198,94 @@ def test_skipping_heads_places_exactly_what_a_full_scan_places(
     telemetry: Telemetry, seed: int, steps: int
 ) -> None:
     asyncio.run(scenario(telemetry, seed, steps))
+
+
+def one_replica(telemetry: Telemetry, cap: int, adapter_slots: int) -> ReplicaSet:
+    """One replica of `cap` slots, on a clock that stands still."""
+    replicas = ReplicaSet(
+        ["10.0.0.1:1"],
+        telemetry,
+        limiter=lambda: GradientLimiter(initial=cap, max_limit=cap),
+        clock=lambda: 100.0,
+    )
+    r = replicas.replicas[0]
+    replicas.set_model(r, generation_pb2.ModelInfo(name=MODEL), (), cap, adapter_slots)
+    replicas.set_serving(r, True)
+    return replicas
+
+
+def request(tenant: str, priority: int = DEFAULT, adapter: str = "", at: float = 100.0) -> Ticket:
+    return Ticket(
+        tenant=tenant, priority=priority, model=MODEL, cost=100, adapter_id=adapter, received_at=at
+    )
+
+
+async def settled(*tasks: asyncio.Task[Lease]) -> list[bool]:
+    for _ in range(4):
+        await asyncio.sleep(0)
+    return [t.done() for t in tasks]
+
+
+async def test_a_request_found_blocked_goes_in_the_same_pump_once_its_adapter_is_loaded(
+    telemetry: Telemetry,
+) -> None:
+    """Placing a request can load an adapter: a request of that adapter found
+    blocked earlier in the pump may then go, and does (no stale memory)."""
+    now = [100.0]
+    replicas = ReplicaSet(
+        ["10.0.0.1:1"],
+        telemetry,
+        limiter=lambda: GradientLimiter(initial=4, max_limit=4),
+        clock=lambda: now[0],
+    )
+    r = replicas.replicas[0]
+    replicas.set_model(r, generation_pb2.ModelInfo(name=MODEL), (), 4, 1)
+    replicas.set_serving(r, True)
+    # No aging: the later request stays ahead in line.
+    policy = FlowPolicy(adapter_idle_s=30.0, max_queue_wait_s=1e6, aging_s=1e6)
+    dispatcher = Dispatcher(replicas, policy)
+    # Y ran here, is loaded, and ended at 100: its slot may be taken by a
+    # request that has waited out the 30 s hold less Y's idle time.
+    lease = await dispatcher.acquire(request("ty", adapter="Y"))
+    replicas.set_load(r, ReplicaLoad(loaded_adapters=("Y",)))
+    dispatcher.release(lease, UNUSED)
+    early = asyncio.create_task(dispatcher.acquire(request("tf", adapter="X", at=100.0)))
+    assert await settled(early) == [False]
+    now[0] = 125.0
+    # Ahead in line, but too recent to evict Y: found blocked, then `early`
+    # evicts Y and loads X, which it can join.
+    late = asyncio.create_task(
+        dispatcher.acquire(request("te", priority=INTERACTIVE, adapter="X", at=125.0))
+    )
+    assert await settled(early, late) == [True, True]
+    assert r.adapter_in_flight["X"] == 2
+
+
+async def test_a_flood_marked_in_a_scan_frees_headroom_for_a_request_found_blocked(
+    telemetry: Telemetry,
+) -> None:
+    """Marking a flood (its slots stop counting as light) lowers the
+    headroom kept for light tenants: a request found blocked by it earlier
+    in the pump may then go, and does."""
+    replicas = one_replica(telemetry, cap=14, adapter_slots=1)
+    dispatcher = Dispatcher(replicas, FlowPolicy(max_queue_wait_s=1e6))
+    r = replicas.replicas[0]
+    # Five tenants share 14 slots: 2.8 each.
+    dispatcher.release(await dispatcher.acquire(request("h")), UNUSED)
+    held = [await dispatcher.acquire(request("l", adapter="Y"))]  # the adapter slot, in use
+    for tenant in ("z", "w", "k"):
+        held += [await dispatcher.acquire(request(tenant)) for _ in range(3)]
+    # 10 light slots taken, 4 free: headroom of 6 kept; past their share,
+    # z, w and k wait (w ahead of z, z ahead of k), and k, then w, are
+    # marked floods as each is tried at the head.
+    k = asyncio.create_task(dispatcher.acquire(request("k", priority=BATCH)))
+    w = asyncio.create_task(dispatcher.acquire(request("w")))
+    z = asyncio.create_task(dispatcher.acquire(request("z")))
+    assert await settled(k, w, z) == [False, False, False]
+    assert dispatcher._headroom_of(MODEL).to_keep_free() == 4  # l's 1 and z's 3 light slots
+    # A head that waits for an adapter slot: the pump looks past it. w is
+    # blocked (3 free after it < 4), z is marked a flood (headroom 2), k
+    # goes; then w goes too (2 free after it >= 2).
+    h = asyncio.create_task(dispatcher.acquire(request("h", priority=INTERACTIVE, adapter="X")))
+    assert await settled(k, w, z, h) == [True, True, False, False]
+    assert r.limiter.in_flight == 12
