@@ -24,7 +24,7 @@ from services.common.errors import (
     ResourceExhaustedError,
     UnavailableError,
 )
-from services.router.choice import choose_for_adapter, choose_in, round_robin
+from services.router.choice import choose_for_adapter_in, choose_in, round_robin
 from services.router.fair_queue import Entry, FairQueue, QueueFullError
 from services.router.headroom import LightHeadroom
 from services.router.limiter import Ewma, RecentQuantile
@@ -446,14 +446,14 @@ class Dispatcher:
             return None, None  # no slot free, reserve or not: nobody to try
         share = self._fair_share(model, candidates)
         self._blocked_still(model, share)
-        only = self._placeable_adapters(candidates)
+        placeable = self._placeable_adapters(candidates)
         for head in queue.tenant_heads():
             ticket, future = head.item
             if future.done() or not self._holds_less_than(ticket, share):
                 continue
             if id(head) in self._blocked:
                 continue
-            if not self._ruled_out(ticket, only):
+            if not self._ruled_out(ticket, placeable):
                 replica = self._choose(candidates, ticket, 0.0)
                 if replica is not None:
                     return head, replica
@@ -467,7 +467,7 @@ class Dispatcher:
         """The first tenant's head, in the queue's order, that can be placed now."""
         if not candidates.any_room():
             return None, None
-        only = self._placeable_adapters(candidates)
+        placeable = self._placeable_adapters(candidates)
         share: float | None = None
         for head in queue.tenant_heads():
             ticket, future = head.item
@@ -478,7 +478,7 @@ class Dispatcher:
                 self._blocked_still(ticket.model, share)
             if id(head) in self._blocked:
                 continue
-            if self._ruled_out(ticket, only):
+            if self._ruled_out(ticket, placeable):
                 # What _place does for it, without the choice it would lose:
                 # a tenant at its share that must queue for more is a flood
                 # (the same mark as before the skip, so the light headroom
@@ -492,33 +492,36 @@ class Dispatcher:
             self._blocked[id(head)] = head
         return None, None
 
-    def _placeable_adapters(self, candidates: ModelPool) -> set[str] | None:
-        """The only adapters a request could be placed with now, or None when
-        any could. When no replica with room has a free adapter slot or one
-        to evict, a request can go only where its adapter is held. Generous,
-        so it never rules out a request that could be placed: room whatever
-        the reserve, eviction with no idle wait, every replica whatever a
-        request excludes, and none ruled out while a replica with room has no
-        adapter slots (a request that excludes the others goes there)."""
-        if not self._policy.adapter_affinity:
+    def _placeable_adapters(self, candidates: ModelPool) -> Callable[[str], bool] | None:
+        """Whether a request with an adapter could be placed now, judged by its
+        adapter alone, or None when any could. When no replica with room has
+        a free adapter slot or one to evict, a request can go only where its
+        adapter is held. Generous, so it never rules out a request that could
+        be placed: room whatever the reserve, eviction with no idle wait,
+        every replica whatever a request excludes, and none ruled out while a
+        replica has no adapter slots (a request that excludes the others goes
+        there). From the pool's adapter heaps: no scan of the replicas."""
+        if not self._policy.adapter_affinity or not candidates.all_have_adapter_slots():
+            return None
+        anyone: frozenset[str] = frozenset()
+        free = candidates.first_with_free_adapter_slot(anyone)
+        if free is not None and free.has_room():
             return None
         now = self._clock()
-        held: set[str] = set()
-        for replica in candidates.members:
-            if not replica.has_room():
-                continue
-            if (
-                replica.adapter_slots <= 0
-                or replica.has_free_adapter_slot()
-                or replica.can_evict_adapter(now)
-            ):
-                return None
-            held |= replica.adapters_held()
-        return held
+        if any(r.has_room() and r.can_evict_adapter(now) for r in candidates.with_idle_adapter()):
+            return None
+
+        def held_with_room(adapter_id: str) -> bool:
+            holder = candidates.first_holding(adapter_id, anyone)
+            return holder is not None and holder.has_room()
+
+        return held_with_room
 
     @staticmethod
-    def _ruled_out(ticket: Ticket, only: set[str] | None) -> bool:
-        return only is not None and bool(ticket.adapter_id) and ticket.adapter_id not in only
+    def _ruled_out(ticket: Ticket, placeable: Callable[[str], bool] | None) -> bool:
+        if placeable is None or not ticket.adapter_id:
+            return False
+        return not placeable(ticket.adapter_id)
 
     def _blocked_still(self, model: str, share: float) -> None:
         """Forgets the requests found blocked if a larger fair share or less
@@ -586,8 +589,8 @@ class Dispatcher:
         # No slot anywhere: None, as the scan would find, without it.
         replica = None
         if candidates.any_room():
-            replica = choose_for_adapter(
-                candidates.members,
+            replica = choose_for_adapter_in(
+                candidates,
                 ticket.adapter_id,
                 now=now,
                 min_idle_s=max(0.0, hold_s - waited_s),
