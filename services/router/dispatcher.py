@@ -204,6 +204,11 @@ class Dispatcher:
         # and light headroom they were judged under (_blocked_still).
         self._blocked: dict[int, Entry] = {}
         self._blocked_under: tuple[float, int] = (0.0, 0)
+        # Whether the last _from_reserve found every waiting head blocked,
+        # each of a tenant under its share: then _place, which past the head
+        # tries the same heads (and does no more for a tenant under its
+        # share), would find none, and the second scan is spared.
+        self._every_head_blocked = False
         replicas.on_change(self.pump)
 
     @property
@@ -375,7 +380,11 @@ class Dispatcher:
                 # The head waits for a slot; a tenant under its fair share of
                 # slots may still use the reserve, whatever its place in line.
                 entry, replica = self._from_reserve(model, candidates, queue)
-                if (entry is None or replica is None) and ticket.adapter_id:
+                if (
+                    (entry is None or replica is None)
+                    and ticket.adapter_id
+                    and not self._every_head_blocked
+                ):
                     # The head waits for an adapter slot, not for room: the
                     # other tenants' requests need not wait behind it.
                     entry, replica = self._past_adapter_head(candidates, queue)
@@ -442,14 +451,19 @@ class Dispatcher:
     def _from_reserve(
         self, model: str, candidates: ModelPool, queue: FairQueue
     ) -> tuple[Entry | None, Replica | None]:
+        self._every_head_blocked = False
         if not candidates.any_room():
             return None, None  # no slot free, reserve or not: nobody to try
         share = self._fair_share(model, candidates)
         self._blocked_still(model, share)
         placeable = self._placeable_adapters(candidates)
+        every_head_blocked = True
         for head in queue.tenant_heads():
             ticket, future = head.item
-            if future.done() or not self._holds_less_than(ticket, share):
+            if future.done():
+                continue
+            if not self._holds_less_than(ticket, share):
+                every_head_blocked = False
                 continue
             if id(head) in self._blocked:
                 continue
@@ -459,6 +473,7 @@ class Dispatcher:
                     return head, replica
             # Under its share, with no slot even in the reserve: _place finds none either.
             self._blocked[id(head)] = head
+        self._every_head_blocked = every_head_blocked
         return None, None
 
     def _past_adapter_head(
