@@ -9,10 +9,18 @@ holds the cell's waiting requests, then alternates batches of
   dispatch: `release` of a running lease, which hands its slot to the next
             waiting request, up to that request's resumption with its lease;
 so the queue stays at its size. Cost is time.process_time per operation.
+
+The adapter cells (tenants x replicas) time one `pump` while the head
+request waits for an adapter slot: every replica has room, but both its
+adapter slots run other adapters' requests, and each waiting tenant wants
+an adapter of its own, so no waiting request can be placed and the pump
+looks past the head at every tenant's (`_from_reserve`,
+`_past_adapter_head`).
+
 Cells take turns within each round (the order rotates) and each cell is
 the median over rounds with its range.
 
-    .venv/bin/python -m bench.router_scaling [--rounds 3] [--quick]
+    .venv/bin/python -m bench.router_scaling [--rounds 3] [--quick] [--only flow|adapters]
 """
 
 from __future__ import annotations
@@ -60,6 +68,25 @@ class Cell:
     waiting: int
     tenants: int
     replicas: int
+
+
+@dataclass(frozen=True)
+class AdapterCell:
+    tenants: int  # each waiting for its own adapter
+    replicas: int
+
+
+# Pumps between two readings of the clock: few, as one costs up to a
+# quarter second when it scans every tenant's head on every replica.
+PUMP_BATCH = 4
+# Adapters each replica holds at once: every slot runs another adapter's request.
+ADAPTER_SLOTS = 2
+
+
+def adapter_cells(quick: bool) -> list[AdapterCell]:
+    tenants = [10, 1_000] if quick else [10, 100, 1_000]
+    replicas = [1, 64] if quick else [1, 8, 64]
+    return [AdapterCell(t, r) for t in tenants for r in replicas]
 
 
 def cells(quick: bool) -> list[Cell]:
@@ -161,6 +188,82 @@ class Bench:
         return {"admit_us": admit_s / ops * 1e6, "dispatch_us": dispatch_s / ops * 1e6, "ops": ops}
 
 
+class AdapterBench:
+    """One adapter cell's dispatcher: every adapter slot runs a request of
+    another adapter, and each tenant waits for its own."""
+
+    def __init__(self, cell: AdapterCell, telemetry: Telemetry) -> None:
+        self.cell = cell
+        self.replicas = ReplicaSet(
+            [f"10.0.{i // 250}.{i % 250}:50054" for i in range(cell.replicas)],
+            telemetry,
+            limiter=lambda: GradientLimiter(initial=SLOTS, max_limit=SLOTS),
+        )
+        for r in self.replicas.replicas:
+            self.replicas.set_model(
+                r, generation_pb2.ModelInfo(name=MODEL), (), SLOTS, adapter_slots=ADAPTER_SLOTS
+            )
+            self.replicas.set_serving(r, True)
+        waiting = cell.tenants
+        policy = FlowPolicy(max_queue=waiting + BATCH, max_queue_per_tenant=waiting)
+        self.dispatcher = Dispatcher(self.replicas, policy)
+        self.tasks: list[asyncio.Task[Lease]] = []
+
+    def ticket(self, tenant: str, adapter: str) -> Ticket:
+        return Ticket(tenant=tenant, priority=DEFAULT, model=MODEL, cost=COST, adapter_id=adapter)
+
+    async def fill(self) -> None:
+        loop = asyncio.get_running_loop()
+        for i in range(self.cell.replicas * ADAPTER_SLOTS):
+            # The least loaded replica with a free adapter slot: one per slot.
+            await self.dispatcher.acquire(self.ticket(f"hot-{i}", f"hot-{i}"))
+        first = loop.create_task(self.dispatcher.acquire(self.ticket("cold-0", "cold-0")))
+        self.tasks.append(first)
+        await asyncio.sleep(0)
+        queue = self.dispatcher.queues[MODEL]
+        for t in range(1, self.cell.tenants):
+            ticket = self.ticket(f"cold-{t}", f"cold-{t}")
+            future: asyncio.Future[Lease] = loop.create_future()
+            queue.push(ticket.tenant, ticket.priority, ticket.cost, ticket.weight, (ticket, future))
+        if self.dispatcher.waiting() != self.cell.tenants:
+            raise RuntimeError(f"{self.cell}: a cold request was placed")
+
+    def run(self, min_pumps: int, budget_s: float) -> dict[str, float]:
+        spent = 0.0
+        pumps = 0
+        while pumps < min_pumps and spent < budget_s:
+            start = time.process_time()
+            for _ in range(PUMP_BATCH):
+                self.dispatcher.pump()
+            spent += time.process_time() - start
+            pumps += PUMP_BATCH
+        if self.dispatcher.waiting() != self.cell.tenants:
+            raise RuntimeError(f"{self.cell}: a cold request was placed")
+        return {"pump_us": spent / pumps * 1e6, "pumps": pumps}
+
+    async def close(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+
+
+async def measure_adapters(
+    cell: AdapterCell, telemetry: Telemetry, args: argparse.Namespace
+) -> dict[str, float]:
+    bench = AdapterBench(cell, telemetry)
+    await bench.fill()
+    try:
+        bench.run(PUMP_BATCH, args.budget_s / 10)  # warm-up
+        gc.collect()
+        gc.freeze()
+        try:
+            return bench.run(args.min_ops, args.budget_s)
+        finally:
+            gc.unfreeze()
+    finally:
+        await bench.close()
+
+
 async def settle() -> None:
     # A granted waiter resumes over a few loop turns (its future, asyncio.wait's
     # waiter, its task); four turns cover them all.
@@ -189,24 +292,67 @@ async def measure(
 async def main_async(args: argparse.Namespace) -> None:
     # Warnings only: each cell marks its replicas up, a log line apiece.
     telemetry = setup("router", TelemetrySettings(log_level="WARNING"))
-    grid = cells(args.quick)
-    metrics = ("admit_us", "dispatch_us")
-    raw: dict[str, list[dict[str, float]]] = {f"{c.dimension}={c.size}": [] for c in grid}
+    grid = cells(args.quick) if args.only in ("all", "flow") else []
+    adapter_grid = adapter_cells(args.quick) if args.only in ("all", "adapters") else []
+    jobs: list[Cell | AdapterCell] = [*grid, *adapter_grid]
+    raw: dict[str, list[dict[str, float]]] = {key_of(c): [] for c in jobs}
     try:
         for round_ in range(args.rounds):
-            shift = round_ * len(grid) // args.rounds
-            for cell in grid[shift:] + grid[:shift]:
-                key = f"{cell.dimension}={cell.size}"
-                raw[key].append(await measure(cell, telemetry, round_, args))
+            shift = round_ * len(jobs) // args.rounds
+            for cell in jobs[shift:] + jobs[:shift]:
+                if isinstance(cell, Cell):
+                    result = await measure(cell, telemetry, round_, args)
+                else:
+                    result = await measure_adapters(cell, telemetry, args)
+                raw[key_of(cell)].append(result)
             print(f"  round {round_ + 1}/{args.rounds} done", flush=True)
     finally:
         telemetry.shutdown()
 
-    table = {k: {m: summary([r[m] for r in runs]) for m in metrics} for k, runs in raw.items()}
+    lines: list[str] = []
+    table: dict[str, dict[str, dict[str, float]]] = {}
+    growth: dict[str, dict[str, Any]] = {}
+    if grid:
+        lines += flow_table(grid, raw, table, growth)
+    if adapter_grid:
+        lines += adapter_table(adapter_grid, raw, table)
+    write_results(
+        args.name,
+        "\n".join(lines),
+        rounds=args.rounds,
+        quick=args.quick,
+        only=args.only,
+        slots_per_replica=SLOTS,
+        adapter_slots_per_replica=ADAPTER_SLOTS,
+        prefixes=args.prefixes,
+        cells=[c.__dict__ for c in grid],
+        adapter_cells=[c.__dict__ for c in adapter_grid],
+        summary=table,
+        growth=growth,
+        raw=raw,
+    )
+
+
+def key_of(cell: Cell | AdapterCell) -> str:
+    if isinstance(cell, Cell):
+        return f"{cell.dimension}={cell.size}"
+    return f"adapters:tenants={cell.tenants},replicas={cell.replicas}"
+
+
+def flow_table(
+    grid: list[Cell],
+    raw: dict[str, list[dict[str, float]]],
+    table: dict[str, dict[str, dict[str, float]]],
+    growth: dict[str, dict[str, Any]],
+) -> list[str]:
+    metrics = ("admit_us", "dispatch_us")
+    for cell in grid:
+        runs = raw[key_of(cell)]
+        table[key_of(cell)] = {m: summary([r[m] for r in runs]) for m in metrics}
     header = f"{'dimension':<10} {'size':>8} {'admit us':>24} {'dispatch us':>24}"
     lines = [header, "-" * len(header)]
     for cell in grid:
-        row = table[f"{cell.dimension}={cell.size}"]
+        row = table[key_of(cell)]
         lines.append(
             f"{cell.dimension:<10} {cell.size:>8,} "
             + " ".join(
@@ -214,7 +360,6 @@ async def main_async(args: argparse.Namespace) -> None:
                 for m in metrics
             )
         )
-    growth: dict[str, dict[str, Any]] = {}
     lines += ["", "growth, largest size over smallest (medians; flat is 1.0):"]
     for dimension in ("queue", "tenants", "replicas"):
         sizes = [c for c in grid if c.dimension == dimension]
@@ -226,18 +371,25 @@ async def main_async(args: argparse.Namespace) -> None:
             f" (x{sizes[-1].size // sizes[0].size:,}):"
             f" admit x{ratios['admit_us']:.2f}, dispatch x{ratios['dispatch_us']:.2f}"
         )
-    write_results(
-        args.name,
-        "\n".join(lines),
-        rounds=args.rounds,
-        quick=args.quick,
-        slots_per_replica=SLOTS,
-        prefixes=args.prefixes,
-        cells=[c.__dict__ for c in grid],
-        summary=table,
-        growth=growth,
-        raw=raw,
-    )
+    return lines
+
+
+def adapter_table(
+    grid: list[AdapterCell],
+    raw: dict[str, list[dict[str, float]]],
+    table: dict[str, dict[str, dict[str, float]]],
+) -> list[str]:
+    for cell in grid:
+        table[key_of(cell)] = {"pump_us": summary([r["pump_us"] for r in raw[key_of(cell)]])}
+    header = f"{'tenants waiting for adapters':>28} {'replicas':>8} {'pump us':>28}"
+    lines = ["", header, "-" * len(header)]
+    for cell in grid:
+        row = table[key_of(cell)]["pump_us"]
+        lines.append(
+            f"{cell.tenants:>28,} {cell.replicas:>8,} "
+            + f"{row['median']:,.1f} [{row['min']:,.1f}-{row['max']:,.1f}]".rjust(28)
+        )
+    return lines
 
 
 def main() -> None:
@@ -250,6 +402,12 @@ def main() -> None:
     )
     parser.add_argument(
         "--prefixes", type=int, default=PREFIXES, help="distinct prompt prefixes in play"
+    )
+    parser.add_argument(
+        "--only",
+        choices=("all", "flow", "adapters"),
+        default="all",
+        help="flow: admit and dispatch cells; adapters: the pump past an adapter head",
     )
     parser.add_argument("--name", default="router_scaling", help="results file name")
     args = parser.parse_args()

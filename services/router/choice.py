@@ -150,6 +150,53 @@ def choose_for_adapter(
     return None
 
 
+def choose_for_adapter_in(
+    pool: ModelPool,
+    adapter_id: str,
+    *,
+    now: float = 0.0,
+    min_idle_s: float = 0.0,
+    exclude: frozenset[str] = frozenset(),
+    reserve_share: float = 0.0,
+) -> Replica | None:
+    """`choose_for_adapter(pool.members, ...)`, the same replica, from the
+    pool's adapter heaps: the head of one heap per preference, then, for an
+    adapter to evict, a scan of the members holding an idle one only."""
+    if not 0.0 <= reserve_share < 1.0:
+        # Outside [0, 1) the heaps' order does not put room first (pool.py).
+        return choose_for_adapter(
+            pool.members,
+            adapter_id,
+            now=now,
+            min_idle_s=min_idle_s,
+            exclude=exclude,
+            reserve_share=reserve_share,
+        )
+    excluded = pool.excluded(exclude)
+    skip = exclude if excluded else frozenset()
+    if not pool.has_adapter_slots(excluded):
+        least = pool.least(skip)
+        if least is None or not least.has_room(reserve_of(least, reserve_share)):
+            return None
+        return least
+    for first in (pool.first_holding(adapter_id, skip), pool.first_with_free_adapter_slot(skip)):
+        if first is not None and first.has_room(reserve_of(first, reserve_share)):
+            return first
+    best: tuple[float, int] | None = None
+    chosen = None
+    for replica in pool.with_idle_adapter():
+        if (
+            replica.address in skip
+            or not replica.has_room(reserve_of(replica, reserve_share))
+            or not replica.can_evict_adapter(now, min_idle_s)
+        ):
+            continue
+        key = (replica.utilization(), pool.position(replica))
+        if best is None or key < best:
+            best, chosen = key, replica
+    return chosen
+
+
 def round_robin(
     candidates: list[Replica],
     turn: int,

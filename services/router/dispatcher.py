@@ -24,7 +24,7 @@ from services.common.errors import (
     ResourceExhaustedError,
     UnavailableError,
 )
-from services.router.choice import choose_for_adapter, choose_in, round_robin
+from services.router.choice import choose_for_adapter_in, choose_in, round_robin
 from services.router.fair_queue import Entry, FairQueue, QueueFullError
 from services.router.headroom import LightHeadroom
 from services.router.limiter import Ewma, RecentQuantile
@@ -199,6 +199,16 @@ class Dispatcher:
         self.on_shed: Callable[[str], None] = lambda reason: None
         self._stopping = False
         self._hold_timer: asyncio.TimerHandle | None = None
+        # Within one model's pump, the queue's entries found unplaceable
+        # (by id; the entry kept so its id is not reused), and the fair share
+        # and light headroom they were judged under (_blocked_still).
+        self._blocked: dict[int, Entry] = {}
+        self._blocked_under: tuple[float, int] = (0.0, 0)
+        # Whether the last _from_reserve found every waiting head blocked,
+        # each of a tenant under its share: then _place, which past the head
+        # tries the same heads (and does no more for a tenant under its
+        # share), would find none, and the second scan is spared.
+        self._every_head_blocked = False
         replicas.on_change(self.pump)
 
     @property
@@ -332,6 +342,12 @@ class Dispatcher:
             self._pumping = False
 
     def _pump_model(self, model: str, queue: FairQueue) -> None:
+        # Placing a request only uses up room, so a request found blocked
+        # stays blocked for the rest of the pump, but for what _grant and
+        # _blocked_still clear it on: each scan past the head then skips the
+        # heads it already tried, instead of trying every tenant's again.
+        self._blocked.clear()
+        self._blocked_under = (0.0, 0)
         while (entry := queue.peek()) is not None:
             ticket, future = entry.item
             if future.done():
@@ -355,12 +371,20 @@ class Dispatcher:
                     self._shed("deadline", DeadlineExceededError("the deadline cannot be met"))
                 )
                 continue
-            replica = self._place(candidates, ticket)
+            replica = None
+            if id(entry) in self._blocked:
+                self._blocked_still(model, self._fair_share(model, candidates))
+            if id(entry) not in self._blocked:
+                replica = self._place(candidates, ticket)
             if replica is None:
                 # The head waits for a slot; a tenant under its fair share of
                 # slots may still use the reserve, whatever its place in line.
                 entry, replica = self._from_reserve(model, candidates, queue)
-                if (entry is None or replica is None) and ticket.adapter_id:
+                if (
+                    (entry is None or replica is None)
+                    and ticket.adapter_id
+                    and not self._every_head_blocked
+                ):
                     # The head waits for an adapter slot, not for room: the
                     # other tenants' requests need not wait behind it.
                     entry, replica = self._past_adapter_head(candidates, queue)
@@ -395,8 +419,11 @@ class Dispatcher:
         if replica is None and under:
             replica = self._choose(candidates, ticket, 0.0)
         if replica is None and not under:
-            self._headroom_of(ticket.model).flooding(ticket.tenant)
+            self._flooding(ticket)
         return replica
+
+    def _flooding(self, ticket: Ticket) -> None:
+        self._headroom_of(ticket.model).flooding(ticket.tenant)
 
     def _leaves_headroom(self, model: str, candidates: ModelPool) -> bool:
         """Whether one more slot taken leaves the light tenants' headroom free."""
@@ -424,16 +451,29 @@ class Dispatcher:
     def _from_reserve(
         self, model: str, candidates: ModelPool, queue: FairQueue
     ) -> tuple[Entry | None, Replica | None]:
+        self._every_head_blocked = False
         if not candidates.any_room():
             return None, None  # no slot free, reserve or not: nobody to try
         share = self._fair_share(model, candidates)
+        self._blocked_still(model, share)
+        placeable = self._placeable_adapters(candidates)
+        every_head_blocked = True
         for head in queue.tenant_heads():
             ticket, future = head.item
-            if future.done() or not self._holds_less_than(ticket, share):
+            if future.done():
                 continue
-            replica = self._choose(candidates, ticket, 0.0)
-            if replica is not None:
-                return head, replica
+            if not self._holds_less_than(ticket, share):
+                every_head_blocked = False
+                continue
+            if id(head) in self._blocked:
+                continue
+            if not self._ruled_out(ticket, placeable):
+                replica = self._choose(candidates, ticket, 0.0)
+                if replica is not None:
+                    return head, replica
+            # Under its share, with no slot even in the reserve: _place finds none either.
+            self._blocked[id(head)] = head
+        self._every_head_blocked = every_head_blocked
         return None, None
 
     def _past_adapter_head(
@@ -442,14 +482,71 @@ class Dispatcher:
         """The first tenant's head, in the queue's order, that can be placed now."""
         if not candidates.any_room():
             return None, None
+        placeable = self._placeable_adapters(candidates)
+        share: float | None = None
         for head in queue.tenant_heads():
             ticket, future = head.item
             if future.done():
                 continue
-            replica = self._place(candidates, ticket)
-            if replica is not None:
-                return head, replica
+            if share is None:
+                share = self._fair_share(ticket.model, candidates)
+                self._blocked_still(ticket.model, share)
+            if id(head) in self._blocked:
+                continue
+            if self._ruled_out(ticket, placeable):
+                # What _place does for it, without the choice it would lose:
+                # a tenant at its share that must queue for more is a flood
+                # (the same mark as before the skip, so the light headroom
+                # does not depend on which heads were tried).
+                if not self._holds_less_than(ticket, share):
+                    self._flooding(ticket)
+            else:
+                replica = self._place(candidates, ticket)
+                if replica is not None:
+                    return head, replica
+            self._blocked[id(head)] = head
         return None, None
+
+    def _placeable_adapters(self, candidates: ModelPool) -> Callable[[str], bool] | None:
+        """Whether a request with an adapter could be placed now, judged by its
+        adapter alone, or None when any could. When no replica with room has
+        a free adapter slot or one to evict, a request can go only where its
+        adapter is held. Generous, so it never rules out a request that could
+        be placed: room whatever the reserve, eviction with no idle wait,
+        every replica whatever a request excludes, and none ruled out while a
+        replica has no adapter slots (a request that excludes the others goes
+        there). From the pool's adapter heaps: no scan of the replicas."""
+        if not self._policy.adapter_affinity or not candidates.all_have_adapter_slots():
+            return None
+        anyone: frozenset[str] = frozenset()
+        free = candidates.first_with_free_adapter_slot(anyone)
+        if free is not None and free.has_room():
+            return None
+        now = self._clock()
+        if any(r.has_room() and r.can_evict_adapter(now) for r in candidates.with_idle_adapter()):
+            return None
+
+        def held_with_room(adapter_id: str) -> bool:
+            holder = candidates.first_holding(adapter_id, anyone)
+            return holder is not None and holder.has_room()
+
+        return held_with_room
+
+    @staticmethod
+    def _ruled_out(ticket: Ticket, placeable: Callable[[str], bool] | None) -> bool:
+        if placeable is None or not ticket.adapter_id:
+            return False
+        return not placeable(ticket.adapter_id)
+
+    def _blocked_still(self, model: str, share: float) -> None:
+        """Forgets the requests found blocked if a larger fair share or less
+        light headroom to keep could now let one of them through (a tenant
+        forgotten, a flood marked); a smaller share or more headroom only
+        blocks more."""
+        keep = self._headroom_of(model).to_keep_free()
+        if share > self._blocked_under[0] or keep < self._blocked_under[1]:
+            self._blocked.clear()
+        self._blocked_under = (share, keep)
 
     def _fair_share(self, model: str, candidates: ModelPool) -> float:
         """Slots per tenant, over the tenants running, waiting, or seen in the
@@ -507,8 +604,8 @@ class Dispatcher:
         # No slot anywhere: None, as the scan would find, without it.
         replica = None
         if candidates.any_room():
-            replica = choose_for_adapter(
-                candidates.members,
+            replica = choose_for_adapter_in(
+                candidates,
                 ticket.adapter_id,
                 now=now,
                 min_idle_s=max(0.0, hold_s - waited_s),
@@ -545,6 +642,9 @@ class Dispatcher:
             headroom.started(ticket.tenant)
         replica.limiter.acquire()
         if ticket.adapter_id:
+            if not replica.holds(ticket.adapter_id):
+                # A new adapter there: its other requests, found blocked, may go now.
+                self._blocked.clear()
             replica.adapter_started(ticket.adapter_id)
         tenants.started(ticket.tenant)
         return Lease(

@@ -22,7 +22,15 @@ slots, L its whole limit and R = int(S * share) the reserve (share in
 has utilization below 1 - share and one without has at least 1 - share
 (a probed replica: 0 with room, 1 or more without). Every replica with room
 thus comes before every one without, and if the first one left after the
-exclusions has no room, none has."""
+exclusions has no room, none has.
+
+The same holds within any subset of the open members, so the choice for a
+request with a private adapter (choice.choose_for_adapter_in) takes the
+head of a heap per preference: per adapter, the members with adapter slots
+holding it; the members with a free adapter slot. Only the last
+preference, an adapter to evict, depends on the time: it scans the members
+holding an adapter no request of this router runs (idle), usually few,
+never the others."""
 
 from __future__ import annotations
 
@@ -110,6 +118,9 @@ class _Heap:
     def drop(self, replica: Replica) -> None:
         self._live.pop(replica, None)
 
+    def __len__(self) -> int:
+        return len(self._live)
+
     def _is_live(self, entry: tuple[float, int, int, Replica]) -> bool:
         live = self._live.get(entry[3])
         return live is not None and live[2] == entry[2]
@@ -167,6 +178,18 @@ class ModelPool:
         self._by_latency = _Heap()
         self._affinity: OrderedDict[int, list[Replica]] = OrderedDict()
         self._hashes: np.ndarray | None = None
+        self._clear_adapters()
+
+    def _clear_adapters(self) -> None:
+        # Per member with adapter slots, the adapters it holds as last indexed.
+        self._held: dict[Replica, frozenset[str]] = {}
+        # Open members with adapter slots by utilization: per adapter, those
+        # holding it; those with a free adapter slot.
+        self._holders: dict[str, _Heap] = {}
+        self._free_adapter_slot = _Heap()
+        # Members with adapter slots holding an adapter none of this router's
+        # requests runs: the only ones that can evict one.
+        self._idle_adapter: dict[Replica, None] = {}
 
     def rebuild(
         self,
@@ -185,6 +208,7 @@ class ModelPool:
         self._by_latency = _Heap()
         self._affinity.clear()
         self._hashes = None
+        self._clear_adapters()
         if len(members) >= VECTOR_FROM:
             self._hashes = np.array([r.address_hash for r in members], dtype=np.uint64)
         for replica in members:
@@ -214,6 +238,7 @@ class ModelPool:
         self.slots += slots
         self.free += free
         load = replica.load
+        utilization: float | None = None
         # Open: it can have room, the room test less its limiter's count.
         if (
             load.running + load.waiting < limiter.max_limit
@@ -221,10 +246,46 @@ class ModelPool:
             and limit >= 1.0
         ):
             # Replica.utilization, inlined: this runs on every lease.
-            self._by_utilization.set(replica, in_flight / max(1.0, slots), position)
+            utilization = in_flight / max(1.0, slots)
+            self._by_utilization.set(replica, utilization, position)
         else:
             self._by_utilization.drop(replica)
         self._by_latency.set(replica, limiter.expected_latency, position)
+        if replica.adapter_slots > 0 or replica in self._held:
+            self._index_adapters(replica, position, utilization)
+
+    def _index_adapters(self, replica: Replica, position: int, utilization: float | None) -> None:
+        """`replica`'s entries in the adapter heaps; `utilization` None: closed."""
+        slotted = replica.adapter_slots > 0
+        held = frozenset(replica.adapters_held()) if slotted else frozenset()
+        was = self._held.get(replica, frozenset())
+        for adapter in was - held if utilization is not None else was:
+            heap = self._holders.get(adapter)
+            if heap is not None:
+                heap.drop(replica)
+                if not heap:
+                    del self._holders[adapter]  # only adapters held are remembered
+        if slotted:
+            self._held[replica] = held
+        else:
+            self._held.pop(replica, None)
+        if utilization is not None and slotted:
+            for adapter in held:
+                heap = self._holders.get(adapter)
+                if heap is None:
+                    heap = self._holders[adapter] = _Heap()
+                heap.set(replica, utilization, position)
+            if len(held) < replica.adapter_slots:
+                self._free_adapter_slot.set(replica, utilization, position)
+            else:
+                self._free_adapter_slot.drop(replica)
+        else:
+            self._free_adapter_slot.drop(replica)
+        running = replica.adapter_in_flight
+        if slotted and any(running[a] == 0 for a in held):
+            self._idle_adapter[replica] = None
+        else:
+            self._idle_adapter.pop(replica, None)
 
     # Queries.
 
@@ -245,6 +306,30 @@ class ModelPool:
         """Whether any member has room outside no reserve at all."""
         least = self.least()
         return least is not None and least.has_room()
+
+    def has_adapter_slots(self, excluded: list[Replica]) -> bool:
+        """Whether a member outside `excluded` has adapter slots."""
+        return len(self._held) > sum(1 for r in excluded if r in self._held)
+
+    def first_holding(self, adapter_id: str, skip: frozenset[str]) -> Replica | None:
+        """The least utilized open member with adapter slots holding
+        `adapter_id`, not in `skip`; whether it has room is the caller's test."""
+        heap = self._holders.get(adapter_id)
+        return None if heap is None else heap.first(skip)
+
+    def first_with_free_adapter_slot(self, skip: frozenset[str]) -> Replica | None:
+        return self._free_adapter_slot.first(skip)
+
+    def all_have_adapter_slots(self) -> bool:
+        return len(self._held) == len(self.members)
+
+    def with_idle_adapter(self) -> list[Replica]:
+        """Members with adapter slots holding an adapter no request runs, in
+        no order: those that may evict one."""
+        return list(self._idle_adapter)
+
+    def position(self, replica: Replica) -> int:
+        return self._position[replica]
 
     def min_expected_latency(self) -> float:
         value = self._by_latency.min_key()

@@ -31,6 +31,7 @@ WATCHED = {
     "load": False,
     "limiter": False,
     "probing": False,
+    "adapter_slots": False,
 }
 
 
@@ -131,6 +132,7 @@ class Replica:
 
     def adapter_started(self, adapter_id: str) -> None:
         self.adapter_in_flight[adapter_id] += 1
+        self._adapters_changed()
 
     def adapter_ended(self, adapter_id: str, now: float) -> None:
         self.adapter_in_flight[adapter_id] -= 1
@@ -141,6 +143,12 @@ class Replica:
             held = self.adapters_held()
             for gone in [a for a in self.adapter_idle_since if a not in held]:
                 del self.adapter_idle_since[gone]
+        self._adapters_changed()
+
+    def _adapters_changed(self) -> None:
+        # The adapters it holds, and which run, index it in its pools.
+        if self.watcher is not None:
+            self.watcher(self, False)
 
     def adapters_held(self) -> set[str]:
         """Adapters loaded by its last report, and those this router runs

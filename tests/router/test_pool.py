@@ -1,8 +1,10 @@
 """The per-model index of replicas (pool.py) against a brute-force scan: over
 random sequences of leases taken and ended, new limits and latencies, load
 reports, probes, drains, ejections (ending with time), replicas turning up
-and down and joining, the pool's members, sums and choice are exactly what a
-scan over the replica set finds (choice.choose, the reference)."""
+and down and joining, adapters' requests started and ended, adapters
+reported loaded and adapter slots changed, the pool's members, sums and
+choice are exactly what a scan over the replica set finds (choice.choose and
+choice.choose_for_adapter, the references)."""
 
 from __future__ import annotations
 
@@ -18,13 +20,14 @@ from maas.v1 import generation_pb2
 from observability import Telemetry, setup
 from observability.settings import TelemetrySettings
 from services.common.errors import MeshError, NotFoundError
-from services.router.choice import choose, choose_in
+from services.router.choice import choose, choose_for_adapter, choose_for_adapter_in, choose_in
 from services.router.limiter import GradientLimiter
 from services.router.pool import VECTOR_FROM, rendezvous
 from services.router.replica import Replica, ReplicaLoad
 from services.router.replicas import ReplicaSet
 
 MODELS = ("m", "n")
+ADAPTERS = ("a0", "a1", "a2", "a3")
 
 
 @pytest.fixture(scope="module")
@@ -58,13 +61,14 @@ class World:
         # Fields set by hand, as the tests elsewhere do: the index must follow.
         r.model = generation_pb2.ModelInfo(name=self.rng.choice(MODELS))
         r.adapters = ("lora",) if self.rng.random() < 0.3 else ()
+        r.adapter_slots = self.rng.choice([0, 0, 1, 2, 3])
         r.serving = self.rng.random() < 0.9
 
     def step(self) -> None:
         rng = self.rng
         r = rng.choice(self.set.replicas)
         limiter = r.limiter
-        event = rng.randrange(12)
+        event = rng.randrange(15)
         if event <= 3:
             limiter.acquire()
         elif event <= 5:
@@ -76,6 +80,7 @@ class World:
                 running=rng.randrange(12),
                 waiting=rng.randrange(4),
                 kv_cache_usage=rng.choice([0.1, 0.5, 0.99]),
+                loaded_adapters=tuple(a for a in ADAPTERS if rng.random() < 0.3),
             )
         elif event == 7:
             r.probing = not r.probing
@@ -93,8 +98,17 @@ class World:
                 r.limiter = self.limiter()
             else:
                 limiter.cap_at(rng.choice([0, 1, 3, 8, 64]))
-        else:
+        elif event == 11:
             self.now += rng.uniform(0, 2)
+        elif event == 12:
+            r.adapter_started(rng.choice(ADAPTERS))
+        elif event == 13:
+            if r.adapter_in_flight:
+                r.adapter_ended(rng.choice(sorted(r.adapter_in_flight)), self.now)
+        elif rng.random() < 0.5:
+            r.adapter_slots = rng.choice([0, 1, 2, 3])
+        else:
+            r.load = ReplicaLoad(loaded_adapters=tuple(a for a in ADAPTERS if rng.random() < 0.4))
 
     def scan(self, model: str) -> list[Replica]:
         known = [r for r in self.set.replicas if r.serves(model)]
@@ -128,6 +142,25 @@ def check(world: World, model: str) -> None:
         slack = rng.choice([0.0, 0.25, 1.0])
         expected = choose(scan, key, slack=slack, exclude=exclude, reserve_share=share)
         got = choose_in(pool, key, slack=slack, exclude=exclude, reserve_share=share)
+        assert got is expected
+        adapter = rng.choice([*ADAPTERS, "never-held"])
+        idle = rng.choice([0.0, 0.5, 3.0])
+        expected = choose_for_adapter(
+            scan,
+            adapter,
+            now=world.now,
+            min_idle_s=idle,
+            exclude=exclude,
+            reserve_share=share,
+        )
+        got = choose_for_adapter_in(
+            pool,
+            adapter,
+            now=world.now,
+            min_idle_s=idle,
+            exclude=exclude,
+            reserve_share=share,
+        )
         assert got is expected
 
 
