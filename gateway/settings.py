@@ -101,11 +101,12 @@ class GatewaySettings(ServiceSettings):
     refusals_per_s: float = Field(default=DEFAULT_REFUSALS_PER_S, gt=0)
     auth_failure_burst: float = Field(default=DEFAULT_AUTH_FAILURE_BURST, ge=1)
     auth_failures_per_s: float = Field(default=DEFAULT_AUTH_FAILURES_PER_S, gt=0)
-    # A refusal of a spent budget (the three above, and reads) is answered
-    # only after the wait it names, at most refusal_hold_max_s; at most
-    # refusal_holds_per_caller such calls per tenant or address are held,
-    # refusal_holds in all; past them, answered at once: see refusal_holds.py.
-    # The upper bounds keep what held calls keep (their requests) bounded.
+    # A refusal of a spent budget (refusals, failed authentications, reads) is
+    # answered only after the wait it names, at most refusal_hold_max_s; at
+    # most refusal_holds_per_caller such calls per tenant or address are
+    # held, refusal_holds in all; past them, answered at once: see
+    # refusal_holds.py. The upper bounds bound what held calls keep (each its
+    # request: a few KB as a rule, the 5 MiB public message at most).
     refusal_hold_max_s: float = Field(default=DEFAULT_MAX_HOLD_S, gt=0, le=30)
     refusal_holds_per_caller: int = Field(default=DEFAULT_HOLDS_PER_CALLER, ge=0, le=1024)
     refusal_holds: int = Field(default=DEFAULT_HOLDS, ge=0, le=16384)
