@@ -13,7 +13,7 @@ import asyncio
 import hashlib
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Generic, TypeVar
 
 import grpc
@@ -104,13 +104,14 @@ class Authenticator:
         self,
         metadata: Metadata | None,
         scope: str | None,
-        before_unknown_lookup: Callable[[], None] | None = None,
+        before_unknown_lookup: Callable[[], Awaitable[None]] | None = None,
     ) -> auth_pb2.Principal:
         """The caller's principal, holding `scope` (any key when None);
         UNAUTHENTICATED or PERMISSION_DENIED otherwise, UNAVAILABLE when
         auth does not answer in time.
-        `before_unknown_lookup` runs (and may raise) before auth is asked
-        about a key this gateway has never seen accepted."""
+        `before_unknown_lookup` is awaited (and may raise) before a key this
+        gateway has never seen accepted is answered: before auth is asked
+        about it, and before a refusal of it cached here is repeated."""
         api_key = bearer_token(metadata)
         principal = await self._lookup(api_key, before_unknown_lookup)
         if scope is not None and scope not in principal.scopes and "admin" not in principal.scopes:
@@ -118,18 +119,19 @@ class Authenticator:
         return principal
 
     async def _lookup(
-        self, api_key: str, before_unknown_lookup: Callable[[], None] | None
+        self, api_key: str, before_unknown_lookup: Callable[[], Awaitable[None]] | None
     ) -> auth_pb2.Principal:
         # Keyed by a digest so the caches never hold the keys themselves.
         digest = hashlib.sha256(api_key.encode()).digest()
         principal = self._known.get(digest)
         if principal is not None:
             return principal
+        if before_unknown_lookup is not None and digest not in self._vouched:
+            # A bad key replayed from the cache below is as much a refusal.
+            await before_unknown_lookup()
         refusal = self._refused.get(digest)
         if refusal is not None:
             raise UnauthenticatedError(refusal)
-        if before_unknown_lookup is not None and digest not in self._vouched:
-            before_unknown_lookup()
         fetch = self._inflight.get(digest)
         if fetch is None:
             # A task of its own: a caller that goes away does not cancel it for the others.

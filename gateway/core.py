@@ -26,6 +26,7 @@ from gateway.model_limits import ModelCatalog
 from gateway.model_prices import PriceBook, with_prices
 from gateway.outbox import UsageOutbox
 from gateway.quota import QuotaClient, Used, estimate_split
+from gateway.refusal_holds import RefusalHolds
 from gateway.refusals import CALLER_REFUSALS, RefusalBudget, peer_host, read_budget
 from gateway.routes import Proxy, Routing
 from gateway.tool_calls import ToolCallStream, constrains, schema_field
@@ -73,6 +74,9 @@ class Caller:
     deadline_s: float | None = None
     # The caller's own x-request-id, as sent (a label, never the request's id).
     client_request_id: str | None = None
+    # Done once the client has gone away, where that does not cancel the
+    # call's task (HTTP); lets a held refusal go (refusal_holds.py).
+    gone: asyncio.Future[None] | None = None
 
 
 class _Deadline:
@@ -127,7 +131,10 @@ class GatewayCore:
         adapters: AdapterGate | None = None,
         # Per tenant, calls that query auth beyond the key (see refusals.py).
         reads: RefusalBudget | None = None,
+        # Where refusals of spent budgets wait before they are answered.
+        holds: RefusalHolds | None = None,
     ) -> None:
+        self._holds = holds or RefusalHolds()
         self._adapters = adapters
         self._reads = reads or read_budget()
         self._refusals = refusals
@@ -153,8 +160,9 @@ class GatewayCore:
         deadline = _Deadline(caller.deadline_s)
         principal = await self.authenticate(caller, "generate")
         # A tenant whose requests keep being refused is refused unread for a
-        # while (see refusals.py); each refusal below spends its budget.
-        self._refusals.check(principal.tenant_id)
+        # while, the refusal held for the wait (see refusals.py and
+        # refusal_holds.py); each refusal below spends its budget.
+        await self._holds.check(self._refusals, principal.tenant_id, caller.gone)
         with self._refusals_of(principal.tenant_id):
             check_client_request_id(caller)
             default_max_tokens, adapter_id = await self._admissible(
@@ -291,7 +299,7 @@ class GatewayCore:
         each with its price in force (see model_prices.py)."""
         principal = await self.authenticate(caller, "generate")
         check_client_request_id(caller)
-        self._reads.spend(principal.tenant_id)
+        await self._holds.spend(self._reads, principal.tenant_id, caller.gone)
         timeout_s = within(caller.deadline_s, self._authenticator.timeout_s)
         models = await self._catalog.served(timeout_s)
         if self._prices is not None:
@@ -308,7 +316,7 @@ class GatewayCore:
         call is charged one request of the tenant's requests-per-minute
         (reserved, then released at once: no tokens are held)."""
         principal = await self.authenticate(caller, "generate")
-        self._refusals.check(principal.tenant_id)
+        await self._holds.check(self._refusals, principal.tenant_id, caller.gone)
         with self._refusals_of(principal.tenant_id):
             check_client_request_id(caller)
             validate_input(request)
@@ -329,7 +337,7 @@ class GatewayCore:
         tokens, with no completion."""
         deadline = _Deadline(caller.deadline_s)
         principal = await self.authenticate(caller, "generate")
-        self._refusals.check(principal.tenant_id)
+        await self._holds.check(self._refusals, principal.tenant_id, caller.gone)
         with self._refusals_of(principal.tenant_id):
             check_client_request_id(caller)
             validate_embed(request)
@@ -387,7 +395,7 @@ class GatewayCore:
         """The caller's own tenant's usage, never another's."""
         principal = await self.authenticate(caller, "usage:read")
         check_client_request_id(caller)
-        self._reads.spend(principal.tenant_id)
+        await self._holds.spend(self._reads, principal.tenant_id, caller.gone)
         query = metering_pb2.MeteringGetUsageRequest(
             tenant_id=principal.tenant_id, group_by=request.group_by
         )
@@ -407,7 +415,7 @@ class GatewayCore:
         gate = self._adapter_gate()
         principal = await self.authenticate(caller, "adapters")
         check_client_request_id(caller)
-        self._reads.spend(principal.tenant_id)
+        await self._holds.spend(self._reads, principal.tenant_id, caller.gone)
         # The caller's deadline only: an upload of 64 MiB takes what its link takes.
         return await gate.create(principal.tenant_id, uploads, caller.deadline_s)
 
@@ -416,7 +424,7 @@ class GatewayCore:
         gate = self._adapter_gate()
         principal = await self.authenticate(caller, None)
         check_client_request_id(caller)
-        self._reads.spend(principal.tenant_id)
+        await self._holds.spend(self._reads, principal.tenant_id, caller.gone)
         return await gate.list(
             principal.tenant_id, within(caller.deadline_s, self._authenticator.timeout_s)
         )
@@ -427,7 +435,7 @@ class GatewayCore:
         gate = self._adapter_gate()
         principal = await self.authenticate(caller, "adapters")
         check_client_request_id(caller)
-        self._reads.spend(principal.tenant_id)
+        await self._holds.spend(self._reads, principal.tenant_id, caller.gone)
         return await gate.delete(
             principal.tenant_id,
             request.name,
@@ -457,7 +465,9 @@ class GatewayCore:
         try:
             with remote_errors():
                 return await self._authenticator.authenticate(
-                    metadata, scope, lambda: self._auth_failures.check(host)
+                    metadata,
+                    scope,
+                    lambda: self._holds.check(self._auth_failures, host, caller.gone),
                 )
         except UnauthenticatedError:
             self._auth_failures.refused(host)

@@ -8,6 +8,12 @@
 - One peer address holds at most `max_per_peer` connections at once (0: no
   limit); past it a new connection is closed as soon as it is accepted, before
   it costs a parse.
+
+It also tells the app when a connection is lost: uvicorn does not cancel a
+request's task when its client goes away, so a request that waits on
+something else than the client (a held refusal, refusal_holds.py) finds the
+connection's future under `CONNECTION_GONE` in its scope's state, done once
+the connection is gone.
 """
 
 from __future__ import annotations
@@ -21,6 +27,9 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 log = structlog.get_logger(__name__)
 
+# The key of the connection's future in each request's `scope["state"]`.
+CONNECTION_GONE = "maas.connection_gone"
+
 
 def guarded_h11(*, head_timeout_s: float, max_per_peer: int) -> type[H11Protocol]:
     """uvicorn's h11 protocol class with both bounds, for `uvicorn.Config(http=...)`."""
@@ -29,9 +38,13 @@ def guarded_h11(*, head_timeout_s: float, max_per_peer: int) -> type[H11Protocol
     class GuardedH11Protocol(H11Protocol):
         _peer: str | None = None
         _head_timer: asyncio.TimerHandle | None = None
+        _gone: asyncio.Future[None] | None = None
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
+            self._gone = self.loop.create_future()
+            # uvicorn copies this into every request's scope["state"].
+            self.app_state = {**self.app_state, CONNECTION_GONE: self._gone}
             peer = self.client[0] if self.client else ""
             if max_per_peer and per_peer[peer] >= max_per_peer:
                 log.warning("http connection refused: too many from one peer", peer=peer)
@@ -59,6 +72,8 @@ def guarded_h11(*, head_timeout_s: float, max_per_peer: int) -> type[H11Protocol
         def connection_lost(self, exc: Exception | None) -> None:
             super().connection_lost(exc)
             self._disarm_head_timer()
+            if self._gone is not None and not self._gone.done():
+                self._gone.set_result(None)
             if self._peer is not None:
                 per_peer[self._peer] -= 1
                 if per_peer[self._peer] <= 0:

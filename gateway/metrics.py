@@ -21,6 +21,23 @@ class GatewayMetrics:
         self.auth_failures = meter.create_counter(
             "maas.gateway.auth_failures", unit="{request}", description="Refused API keys"
         )
+        self.refusals_held = meter.create_counter(
+            "maas.gateway.refusals.held",
+            unit="{request}",
+            description="Refusals of a spent budget held for the wait they name, by subject",
+        )
+        self.refusals_unheld = meter.create_counter(
+            "maas.gateway.refusals.unheld",
+            unit="{request}",
+            description="Refusals of a spent budget answered at once: the holds were full",
+        )
+        self._refusals_holding: Callable[[], int] | None = None
+        meter.create_observable_gauge(
+            "maas.gateway.refusals.holding",
+            callbacks=[self._observe_holding],
+            unit="{request}",
+            description="Refusals held now",
+        )
         self.outbox_dead_letters = meter.create_counter(
             "maas.gateway.outbox.dead_letters",
             unit="{record}",
@@ -46,6 +63,14 @@ class GatewayMetrics:
             unit="{record}",
             description="Usage records in adopted outbox files waiting for the ledger",
         )
+
+    def watch_holds(self, holding: Callable[[], int]) -> None:
+        """Reports `holding()` as the refusals held now from now on."""
+        self._refusals_holding = holding
+
+    def _observe_holding(self, options: CallbackOptions) -> Iterable[Observation]:
+        if self._refusals_holding is not None:
+            yield Observation(self._refusals_holding())
 
     def watch_adopted(self, backlog: Callable[[], int]) -> None:
         """Reports `backlog()` as the adopted outboxes' backlog from now on."""

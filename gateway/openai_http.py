@@ -30,6 +30,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.core import Caller, GatewayCore, request_id_for_call
+from gateway.http_guard import CONNECTION_GONE
 from gateway.http_health import Readiness, always_ready
 from gateway.openai_embeddings import embeddings_route
 from gateway.openai_errors import HttpError, http_error, openai_error, request_too_large
@@ -267,6 +268,7 @@ def caller_of(request: Request) -> Caller:
         credentials=request.headers.get("authorization"),
         peer=_peer(request.client),
         client_request_id=request.headers.get(REQUEST_ID_METADATA_KEY),
+        gone=request.scope.get("state", {}).get(CONNECTION_GONE),
     )
 
 

@@ -4,9 +4,11 @@ x-request-id, an unknown key) also cost a call to auth. A caller that keeps
 sending what gets refused could spend the event loop every tenant shares on
 refusals alone. So each caller has a budget of refusals (a token bucket:
 `burst`, refilled at `per_s`); once it is spent, the caller's requests are
-refused at once, before they cost a check or a call, with RESOURCE_EXHAUSTED
-and the time until the budget has room again. A caller that backs off as
-its refusals tell it to never meets this.
+refused before they cost a check or a call, with RESOURCE_EXHAUSTED and the
+time until the budget has room again; that refusal is answered only once
+the time has passed (refusal_holds.py), so a caller that keeps calling
+regardless calls at the budget's pace. A caller that backs off as its
+refusals tell it to never meets this.
 
 Callers are tenants once authenticated, and peer addresses for failed
 authentications (see `Authenticator`)."""

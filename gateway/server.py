@@ -21,6 +21,7 @@ from gateway.outbox import UsageOutbox
 from gateway.outbox_dir import OutboxAdopter, close_own, own_outbox
 from gateway.pacing import Paced
 from gateway.quota import QuotaClient, budget_event
+from gateway.refusal_holds import RefusalHolds
 from gateway.refusals import RefusalBudget, read_budget
 from gateway.routes import Direct, Proxy, ReplicaChannels, Routing
 from gateway.servicer import GatewayServicer
@@ -161,6 +162,14 @@ async def serving(settings: GatewaySettings, telemetry: Telemetry) -> AsyncItera
             routing = Direct(router, channels)
         # After the server stops (callbacks run last first): streams end, then channels close.
         stack.push_async_callback(routing.aclose)
+        holds = RefusalHolds(
+            per_caller=settings.refusal_holds_per_caller,
+            total=settings.refusal_holds,
+            max_hold_s=settings.refusal_hold_max_s,
+            on_held=lambda subject: metrics.refusals_held.add(1, {"subject": subject}),
+            on_unheld=lambda subject: metrics.refusals_unheld.add(1, {"subject": subject}),
+        )
+        metrics.watch_holds(lambda: holds.holding)
         core = GatewayCore(
             authenticator=Authenticator(
                 auth_pb2_grpc.AuthStub(auth_ch),
@@ -195,6 +204,7 @@ async def serving(settings: GatewaySettings, telemetry: Telemetry) -> AsyncItera
             ),
             reads=read_budget(settings.reads_per_s, settings.read_burst),
             adapters=adapters,
+            holds=holds,
         )
         servicer = GatewayServicer(core)
         server = await start_server(

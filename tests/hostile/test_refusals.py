@@ -49,6 +49,9 @@ async def tight_gateway(mesh: Mesh, tmp_path_factory: pytest.TempPathFactory) ->
         refusals_per_s=0.01,
         auth_failure_burst=AUTH_FAILURE_BURST,
         auth_failures_per_s=0.01,
+        # Each refusal past a budget is held (tests/gateway/test_refusal_holds.py
+        # checks how); briefly here, so the 25 held below take seconds, not a minute.
+        refusal_hold_max_s=0.1,
     )
     # Traced like the mesh's gateway, so auth's spans of its calls are recorded.
     telemetry = setup("gateway-tight", TelemetrySettings(), span_exporter=InMemorySpanExporter())
