@@ -77,6 +77,9 @@ class Caller:
     # Done once the client has gone away, where that does not cancel the
     # call's task (HTTP); lets a held refusal go (refusal_holds.py).
     gone: asyncio.Future[None] | None = None
+    # The request's size as received (its body over HTTP), where the
+    # transport knows it: what holding its refusal keeps (refusal_holds.py).
+    request_bytes: int = 0
 
 
 class _Deadline:
@@ -162,7 +165,7 @@ class GatewayCore:
         # A tenant whose requests keep being refused is refused unread for a
         # while, the refusal held for the wait (see refusals.py and
         # refusal_holds.py); each refusal below spends its budget.
-        await self._holds.check(self._refusals, principal.tenant_id, caller.gone)
+        await self._holds.check(self._refusals, principal.tenant_id, caller)
         with self._refusals_of(principal.tenant_id):
             check_client_request_id(caller)
             default_max_tokens, adapter_id = await self._admissible(
@@ -299,7 +302,7 @@ class GatewayCore:
         each with its price in force (see model_prices.py)."""
         principal = await self.authenticate(caller, "generate")
         check_client_request_id(caller)
-        await self._holds.spend(self._reads, principal.tenant_id, caller.gone)
+        await self._holds.spend(self._reads, principal.tenant_id, caller)
         timeout_s = within(caller.deadline_s, self._authenticator.timeout_s)
         models = await self._catalog.served(timeout_s)
         if self._prices is not None:
@@ -316,7 +319,7 @@ class GatewayCore:
         call is charged one request of the tenant's requests-per-minute
         (reserved, then released at once: no tokens are held)."""
         principal = await self.authenticate(caller, "generate")
-        await self._holds.check(self._refusals, principal.tenant_id, caller.gone)
+        await self._holds.check(self._refusals, principal.tenant_id, caller)
         with self._refusals_of(principal.tenant_id):
             check_client_request_id(caller)
             validate_input(request)
@@ -337,7 +340,7 @@ class GatewayCore:
         tokens, with no completion."""
         deadline = _Deadline(caller.deadline_s)
         principal = await self.authenticate(caller, "generate")
-        await self._holds.check(self._refusals, principal.tenant_id, caller.gone)
+        await self._holds.check(self._refusals, principal.tenant_id, caller)
         with self._refusals_of(principal.tenant_id):
             check_client_request_id(caller)
             validate_embed(request)
@@ -395,7 +398,7 @@ class GatewayCore:
         """The caller's own tenant's usage, never another's."""
         principal = await self.authenticate(caller, "usage:read")
         check_client_request_id(caller)
-        await self._holds.spend(self._reads, principal.tenant_id, caller.gone)
+        await self._holds.spend(self._reads, principal.tenant_id, caller)
         query = metering_pb2.MeteringGetUsageRequest(
             tenant_id=principal.tenant_id, group_by=request.group_by
         )
@@ -415,7 +418,7 @@ class GatewayCore:
         gate = self._adapter_gate()
         principal = await self.authenticate(caller, "adapters")
         check_client_request_id(caller)
-        await self._holds.spend(self._reads, principal.tenant_id, caller.gone)
+        await self._holds.spend(self._reads, principal.tenant_id, caller)
         # The caller's deadline only: an upload of 64 MiB takes what its link takes.
         return await gate.create(principal.tenant_id, uploads, caller.deadline_s)
 
@@ -424,7 +427,7 @@ class GatewayCore:
         gate = self._adapter_gate()
         principal = await self.authenticate(caller, None)
         check_client_request_id(caller)
-        await self._holds.spend(self._reads, principal.tenant_id, caller.gone)
+        await self._holds.spend(self._reads, principal.tenant_id, caller)
         return await gate.list(
             principal.tenant_id, within(caller.deadline_s, self._authenticator.timeout_s)
         )
@@ -435,7 +438,7 @@ class GatewayCore:
         gate = self._adapter_gate()
         principal = await self.authenticate(caller, "adapters")
         check_client_request_id(caller)
-        await self._holds.spend(self._reads, principal.tenant_id, caller.gone)
+        await self._holds.spend(self._reads, principal.tenant_id, caller)
         return await gate.delete(
             principal.tenant_id,
             request.name,
@@ -467,7 +470,7 @@ class GatewayCore:
                 return await self._authenticator.authenticate(
                     metadata,
                     scope,
-                    lambda: self._holds.check(self._auth_failures, host, caller.gone),
+                    lambda: self._holds.check(self._auth_failures, host, caller),
                 )
         except UnauthenticatedError:
             self._auth_failures.refused(host)

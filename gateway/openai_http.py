@@ -269,7 +269,15 @@ def caller_of(request: Request) -> Caller:
         peer=_peer(request.client),
         client_request_id=request.headers.get(REQUEST_ID_METADATA_KEY),
         gone=request.scope.get("state", {}).get(CONNECTION_GONE),
+        request_bytes=_declared_length(request),
     )
+
+
+def _declared_length(request: Request) -> int:
+    """The body's Content-Length (the guard has bounded it before the body is
+    read); 0 when absent or not a number."""
+    length = request.headers.get("content-length", "")
+    return int(length) if length.isdigit() else 0
 
 
 def _peer(client: Address | None) -> str:

@@ -11,23 +11,38 @@ gateway's. A caller that waits as told is never refused this way, so never
 held.
 
 Holding costs a timer and the call's state (its request, already read) for
-the wait: at most `per_caller` held calls per caller and `total` in all;
-past either a refusal is answered at once, as without holding. A call whose
-client goes away (its task cancelled, or `gone` done) lets go at once."""
+the wait: at most `per_caller` held calls per caller and `total` in all, and
+only calls whose request is at most `max_request_bytes` (a held call must not
+keep megabytes); past any of these a refusal is answered at once, as without
+holding. A hold ends before the caller's own deadline, so that it reads the
+RetryInfo rather than DEADLINE_EXCEEDED. A call whose client goes away (its
+task cancelled, or `gone` done) lets go at once."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from gateway.refusals import RefusalBudget
+
+if TYPE_CHECKING:
+    from gateway.core import Caller
 from services.common.errors import ResourceExhaustedError
 
 # Per caller and in all, held calls: past a flood's concurrency (bench/hostile's
-# duplicate_id attacker keeps 48 calls in flight), and each holds a call's
-# state, its request up to the 5 MiB public message at worst.
+# duplicate_id attacker keeps 48 calls in flight).
 DEFAULT_HOLDS_PER_CALLER = 64
 DEFAULT_HOLDS = 1024
+# Only requests this small are held: all holds together then keep at most
+# 1,024 x 64 KiB = 64 MiB; a bigger request's refusal is answered at once.
+MAX_HELD_REQUEST_BYTES = 64 * 1024
+# A hold ends by half the caller's deadline (as it was when the call began;
+# the checks before the hold take some of it), less a little: the answer then
+# reaches even a starved client before its deadline does, and half a
+# deadline still slows a loop that ignores the wait.
+DEADLINE_MARGIN_S = 0.05
+DEADLINE_SHARE = 0.5
 # The budget's wait can be long (refills of a few a second, or a bucket run
 # deep by many refusals in flight at once); held longer than this, the
 # answer would outlast common client deadlines and proxies' idle timeouts,
@@ -61,41 +76,40 @@ class RefusalHolds:
         """Calls held now."""
         return self._held_total
 
-    async def check(
-        self, budget: RefusalBudget, caller: str, gone: asyncio.Future[None] | None = None
-    ) -> None:
-        """`budget.check(caller)`, its refusal held (see the module)."""
+    async def check(self, budget: RefusalBudget, key: str, call: Caller | None = None) -> None:
+        """`budget.check(key)`, its refusal held (see the module)."""
         try:
-            budget.check(caller)
+            budget.check(key)
         except ResourceExhaustedError as refusal:
-            await self.hold(refusal, caller, gone)
+            await self.hold(refusal, key, call)
             raise
 
-    async def spend(
-        self, budget: RefusalBudget, caller: str, gone: asyncio.Future[None] | None = None
-    ) -> None:
-        """`budget.spend(caller)`, its refusal held (see the module)."""
+    async def spend(self, budget: RefusalBudget, key: str, call: Caller | None = None) -> None:
+        """`budget.spend(key)`, its refusal held (see the module)."""
         try:
-            budget.spend(caller)
+            budget.spend(key)
         except ResourceExhaustedError as refusal:
-            await self.hold(refusal, caller, gone)
+            await self.hold(refusal, key, call)
             raise
 
     async def hold(
-        self,
-        refusal: ResourceExhaustedError,
-        caller: str,
-        gone: asyncio.Future[None] | None = None,
+        self, refusal: ResourceExhaustedError, caller: str, call: Caller | None = None
     ) -> None:
-        """Returns once `refusal`'s wait is over (at most max_hold_s), at
-        once when the holds are full or when `gone` is done or becomes done
+        """Returns once `refusal`'s wait is over (at most max_hold_s, and
+        before the call's deadline), at once when the holds are full, the
+        request is too big to keep, or `call.gone` is done or becomes done
         (the transport's sign that the client left)."""
         key = (refusal.subject, caller)
         held = self._held.get(key, 0)
-        if held >= self._per_caller or self._held_total >= self._total:
+        big = call is not None and call.request_bytes > MAX_HELD_REQUEST_BYTES
+        if held >= self._per_caller or self._held_total >= self._total or big:
             self._on_unheld(refusal.subject)
             return
-        if gone is not None and gone.done():
+        wait = min(refusal.retry_after_s, self._max_hold_s)
+        if call is not None and call.deadline_s is not None:
+            wait = min(wait, call.deadline_s * DEADLINE_SHARE - DEADLINE_MARGIN_S)
+        gone = None if call is None else call.gone
+        if wait <= 0 or (gone is not None and gone.done()):
             return
         self._held[key] = held + 1
         self._held_total += 1
@@ -103,7 +117,7 @@ class RefusalHolds:
         loop = asyncio.get_running_loop()
         over = loop.create_future()
         # One timer a held call; no task.
-        timer = loop.call_later(min(refusal.retry_after_s, self._max_hold_s), _resolve, over)
+        timer = loop.call_later(wait, _resolve, over)
 
         def over_on_gone(_: asyncio.Future[None]) -> None:
             _resolve(over)

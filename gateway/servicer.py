@@ -7,6 +7,7 @@ from contextlib import aclosing
 from typing import Any
 
 import grpc
+from google.protobuf.message import Message
 
 from gateway.core import Caller, GatewayCore
 from maas.v1 import (
@@ -22,7 +23,7 @@ from observability.context import REQUEST_ID_METADATA_KEY, edge_echo, enter_edge
 Context = grpc.aio.ServicerContext[Any, Any]
 
 
-def enter_call(context: Context) -> Caller:
+def enter_call(context: Context, request: Message | None = None) -> Caller:
     """The call as the core sees it. The gateway is the mesh's public edge: the
     mesh mints the call's id here, whatever the caller sent as x-request-id
     (the mesh's interceptor bound that; it is only a label at the edge)."""
@@ -40,6 +41,7 @@ def enter_call(context: Context) -> Caller:
         peer=context.peer(),
         deadline_s=context.time_remaining(),
         client_request_id=client_request_id,
+        request_bytes=0 if request is None else request.ByteSize(),
     )
 
 
@@ -50,7 +52,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
     async def Generate(
         self, request: generation_pb2.GenerateRequest, context: Context
     ) -> AsyncIterator[generation_pb2.GenerateResponse]:
-        caller = enter_call(context)
+        caller = enter_call(context, request)
         # First, so that a refused call also tells the client its request ids.
         await context.send_initial_metadata(tuple(edge_echo()))
         async with aclosing(self._core.generate(caller, request)) as chunks:
@@ -66,12 +68,12 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
     async def CountTokens(
         self, request: generation_pb2.CountTokensRequest, context: Context
     ) -> generation_pb2.CountTokensResponse:
-        return await self._core.count_tokens(enter_call(context), request)
+        return await self._core.count_tokens(enter_call(context, request), request)
 
     async def Embed(
         self, request: embedding_pb2.EmbedRequest, context: Context
     ) -> embedding_pb2.EmbedResponse:
-        caller = enter_call(context)
+        caller = enter_call(context, request)
         await context.send_initial_metadata(tuple(edge_echo()))
         return await self._core.embed(caller, request)
 

@@ -116,7 +116,7 @@ class GatewaySettings(ServiceSettings):
     # most refusal_holds_per_caller such calls per tenant or address are
     # held, refusal_holds in all; past them, answered at once: see
     # refusal_holds.py. The upper bounds bound what held calls keep (each its
-    # request: a few KB as a rule, the 5 MiB public message at most).
+    # request: only requests of at most 64 KiB are held).
     refusal_hold_max_s: float = Field(default=DEFAULT_MAX_HOLD_S, gt=0, le=30)
     refusal_holds_per_caller: int = Field(default=DEFAULT_HOLDS_PER_CALLER, ge=0, le=1024)
     refusal_holds: int = Field(default=DEFAULT_HOLDS, ge=0, le=16384)

@@ -24,6 +24,7 @@ from grpc_status import rpc_status
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from pydantic import ValidationError
 
+from gateway.refusal_holds import MAX_HELD_REQUEST_BYTES
 from gateway.settings import GatewaySettings
 from maas.v1 import auth_pb2, auth_pb2_grpc, gateway_pb2, gateway_pb2_grpc, generation_pb2
 from services.mesh import InMemoryTelemetry, MeshOptions, RunningMesh, running_mesh
@@ -110,12 +111,15 @@ TOO_LONG = generation_pb2.GenerateRequest(model=MODEL, prompt="hi", max_tokens=1
 
 
 async def outcome(
-    held: Held, api_key: str, request: generation_pb2.GenerateRequest = ORDINARY
+    held: Held,
+    api_key: str,
+    request: generation_pb2.GenerateRequest = ORDINARY,
+    timeout_s: float = 60.0,
 ) -> tuple[str, float]:
     """The call's status, and the wait its RetryInfo names (0 without one)."""
     async with grpc.aio.insecure_channel(held.mesh.target("gateway")) as channel:
         call = gateway_pb2_grpc.GatewayStub(channel).Generate(
-            request, metadata=(("authorization", f"Bearer {api_key}"),), timeout=60
+            request, metadata=(("authorization", f"Bearer {api_key}"),), timeout=timeout_s
         )
         try:
             async for _ in call:
@@ -205,6 +209,33 @@ async def test_past_the_caps_a_refusal_is_answered_at_once(held: Held) -> None:
     for code, _ in await asyncio.gather(*holds):
         assert code == "RESOURCE_EXHAUSTED"
     assert held.holding() == 0
+
+
+async def test_a_big_request_is_never_held(held: Held) -> None:
+    """A held call keeps its request: one past MAX_HELD_REQUEST_BYTES is
+    answered at once, so holds never keep megabytes."""
+    key = await spent(held)
+    unheld_before = held.metric("maas.gateway.refusals.unheld")
+    big = generation_pb2.GenerateRequest(
+        model=MODEL, prompt="a" * (MAX_HELD_REQUEST_BYTES + 1), max_tokens=4
+    )
+    kept = asyncio.create_task(outcome(held, key))
+    await held.until_holding(1)
+    # Answered while the small one before it is still held.
+    assert (await outcome(held, key, big))[0] == "RESOURCE_EXHAUSTED"
+    assert not kept.done()
+    assert held.metric("maas.gateway.refusals.unheld") == unheld_before + 1
+    assert (await kept)[0] == "RESOURCE_EXHAUSTED"
+
+
+async def test_a_hold_ends_before_the_callers_deadline(held: Held) -> None:
+    """Held to the cap (3 s), a call with a 2 s deadline would only ever read
+    DEADLINE_EXCEEDED; its hold ends by half its deadline instead, and it
+    reads the refusal with the wait it must keep."""
+    key = await spent(held)
+    code, wait_s = await outcome(held, key, timeout_s=2.0)
+    assert code == "RESOURCE_EXHAUSTED"
+    assert wait_s > MAX_HOLD_S
 
 
 async def test_a_cancelled_held_call_frees_its_slot(held: Held) -> None:
