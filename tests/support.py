@@ -8,10 +8,12 @@ import socket
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 
 async def eventually(
@@ -84,3 +86,16 @@ async def run_process(
         raise AssertionError(f"{args} still ran after {hang_guard_s} s") from None
     assert process.returncode is not None
     return ProcessResult(process.returncode, out.decode(), err.decode())
+
+
+def metric_total(reader: InMemoryMetricReader, name: str) -> float:
+    """A metric's latest value summed over its attributes; 0 when never recorded."""
+    data = reader.get_metrics_data()
+    total = 0.0
+    for resource in data.resource_metrics if data else ():
+        for scope in resource.scope_metrics:
+            for m in scope.metrics:
+                if m.name == name:
+                    points: Any = m.data.data_points
+                    total += sum(float(p.value) for p in points)
+    return total

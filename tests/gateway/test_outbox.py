@@ -21,7 +21,7 @@ from observability.settings import TelemetrySettings
 from services.auth.server import serving
 from services.auth.settings import AuthSettings
 from services.auth.sqlite_store import open_sqlite_store
-from tests.support import eventually, free_port
+from tests.support import eventually, free_port, metric_total
 
 
 def record(i: int) -> metering_pb2.UsageRecord:
@@ -36,19 +36,6 @@ def record(i: int) -> metering_pb2.UsageRecord:
         end_time=timestamp_pb2.Timestamp(seconds=1_800_000_001),
         status=metering_pb2.REQUEST_STATUS_COMPLETED,
     )
-
-
-def metric(reader: InMemoryMetricReader, name: str) -> float:
-    """The latest value of a metric (its sum over attributes); 0 when never recorded."""
-    data = reader.get_metrics_data()
-    total = 0.0
-    for resource in data.resource_metrics if data else ():
-        for scope in resource.scope_metrics:
-            for m in scope.metrics:
-                if m.name == name:
-                    points: Any = m.data.data_points
-                    total += sum(float(p.value) for p in points)
-    return total
 
 
 def gateway_metrics() -> tuple[GatewayMetrics, InMemoryMetricReader]:
@@ -81,7 +68,7 @@ async def test_records_wait_out_an_outage_and_a_restart(
         first.add(record(0))  # a retry of the same request
         await first.aclose(timeout_s=0.3)
         assert first.delivered == 0
-        assert metric(reader, "maas.gateway.outbox.backlog") == 20
+        assert metric_total(reader, "maas.gateway.outbox.backlog") == 20
 
         # The ledger comes back; a new gateway process starts on the same outbox.
         settings = AuthSettings(
@@ -97,7 +84,7 @@ async def test_records_wait_out_an_outage_and_a_restart(
             try:
                 await eventually(lambda: second.delivered == 20)
                 assert await second.pending() == 0
-                assert metric(reader, "maas.gateway.outbox.backlog") == 0
+                assert metric_total(reader, "maas.gateway.outbox.backlog") == 0
                 summary = await stub.GetUsage(
                     metering_pb2.MeteringGetUsageRequest(tenant_id="t-outbox")
                 )
@@ -131,7 +118,7 @@ async def test_a_record_the_ledger_refuses_is_set_aside_and_the_rest_delivered(
                 outbox.add(record(i))
             await eventually(lambda: outbox.delivered + outbox.dead_letters == 10)
             assert (outbox.delivered, outbox.dead_letters) == (9, 1)
-            assert metric(reader, "maas.gateway.outbox.dead_letters") == 1
+            assert metric_total(reader, "maas.gateway.outbox.dead_letters") == 1
             assert await outbox.pending() == 0
             summary = await stub.GetUsage(
                 metering_pb2.MeteringGetUsageRequest(tenant_id="t-outbox")
@@ -192,8 +179,8 @@ async def test_the_sender_survives_any_error_and_unreadable_rows(
             await eventually(lambda: outbox.delivered == 5)
             assert broken.failures == 1
             assert outbox.dead_letters == 1
-            assert metric(reader, "maas.gateway.outbox.dead_letters") == 1
-            assert metric(reader, "maas.gateway.outbox.backlog") == 0
+            assert metric_total(reader, "maas.gateway.outbox.dead_letters") == 1
+            assert metric_total(reader, "maas.gateway.outbox.backlog") == 0
             summary = await real.GetUsage(
                 metering_pb2.MeteringGetUsageRequest(tenant_id="t-outbox")
             )

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import secrets
 from collections.abc import AsyncIterator
-from typing import Any
 
 import grpc
 import httpx
@@ -28,7 +27,7 @@ from gateway.refusal_holds import MAX_HELD_REQUEST_BYTES
 from gateway.settings import GatewaySettings
 from maas.v1 import auth_pb2, auth_pb2_grpc, gateway_pb2, gateway_pb2_grpc, generation_pb2
 from services.mesh import InMemoryTelemetry, MeshOptions, RunningMesh, running_mesh
-from tests.support import eventually
+from tests.support import eventually, metric_total
 
 MODEL = "sim-tiny"
 BURST = 2
@@ -51,15 +50,7 @@ class Held:
         self.admin = (("authorization", f"Bearer {admin}"),)
 
     def metric(self, name: str) -> float:
-        data = self.reader.get_metrics_data()
-        total = 0.0
-        for resource in data.resource_metrics if data else ():
-            for scope in resource.scope_metrics:
-                for m in scope.metrics:
-                    if m.name == name:
-                        points: Any = m.data.data_points
-                        total += sum(float(p.value) for p in points)
-        return total
+        return metric_total(self.reader, name)
 
     def holding(self) -> int:
         return int(self.metric("maas.gateway.refusals.holding"))
