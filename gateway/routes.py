@@ -22,6 +22,7 @@ from typing import Protocol
 import grpc
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
+from opentelemetry.trace import Span
 
 from maas.v1 import (
     generation_pb2,
@@ -32,6 +33,7 @@ from maas.v1 import (
 )
 from observability import Telemetry
 from observability.channels import PLAINTEXT, ChannelSecurity, channel
+from observability.client_spans import Metadata, end_client_span, start_client_span
 from observability.context import REPLICA_METADATA_KEY
 from services.common.errors import UnavailableError, status_detail
 from services.router.reasons import failure_reason
@@ -144,19 +146,34 @@ class _Link:
     used_at: float = 0.0
 
 
+# The replica call's method, as its client span is named.
+GENERATE_METHOD = "/maas.v1.Inference/Generate"
+
+
 class ReplicaChannels:
     """One channel per replica address, opened on first use. Channels nobody
     is using are closed once more than `max_idle` are open, least recently
     used first, so the addresses of replicas long gone do not pile up; a
-    channel in use is never closed."""
+    channel in use is never closed.
+
+    The channels carry every token of every stream, so they have no client
+    interceptors: each call starts its own span and sends its own metadata
+    (`start_call`), as the interceptors would."""
 
     def __init__(
         self, telemetry: Telemetry, *, security: ChannelSecurity = PLAINTEXT, max_idle: int
     ) -> None:
         self._telemetry = telemetry
+        self._tracer = telemetry.tracer()
         self._security = security
+        self._fixed = security.call_metadata()
         self._max_idle = max_idle
         self._links: dict[str, _Link] = {}
+
+    def start_call(self) -> tuple[Span, Metadata]:
+        """A Generate call's client span (end it with `end_client_span`) and its metadata."""
+        span, metadata = start_client_span(self._tracer, GENERATE_METHOD)
+        return span, [*metadata, *self._fixed]
 
     def __len__(self) -> int:
         return len(self._links)
@@ -165,7 +182,7 @@ class ReplicaChannels:
         """The stub for `address`, held until `release(address)`."""
         link = self._links.get(address)
         if link is None:
-            ch = channel(address, self._telemetry, security=self._security)
+            ch = channel(address, self._telemetry, security=self._security, instrumented=False)
             link = self._links[address] = _Link(ch, inference_pb2_grpc.InferenceStub(ch))
         link.users += 1
         return link.stub
@@ -270,9 +287,11 @@ class DirectRoute:
             first = True
             last: generation_pb2.GenerateResponse | None = None
             failure: grpc.aio.AioRpcError | None = None
-            # The caller's deadline travels down; the request id travels as
-            # metadata through the channel's interceptors.
-            call: GenerateCall = stub.Generate(forward, timeout=self._remaining())
+            # The caller's deadline travels down; the trace and request id as metadata.
+            span, metadata = self._channels.start_call()
+            call: GenerateCall = stub.Generate(
+                forward, timeout=self._remaining(), metadata=metadata
+            )
             try:
                 async for chunk in call:
                     if first:
@@ -294,6 +313,7 @@ class DirectRoute:
             finally:
                 # A no-op when the stream ended; else it aborts the request in the engine.
                 call.cancel()
+                end_client_span(span, failure)
                 await self._channels.release(self._address)
             if failure is None:
                 finished = (
