@@ -33,7 +33,7 @@ from maas.v1 import (
 )
 from observability import Telemetry
 from observability.channels import PLAINTEXT, ChannelSecurity, channel
-from observability.client_spans import Metadata, end_client_span, start_client_span
+from observability.client_spans import ClientSpans, client_call_failed, end_client_span
 from observability.context import REPLICA_METADATA_KEY
 from services.common.errors import UnavailableError, status_detail
 from services.router.reasons import failure_reason
@@ -146,8 +146,9 @@ class _Link:
     used_at: float = 0.0
 
 
-# The replica call's method, as its client span is named.
+# The calls' methods, as their client spans are named.
 GENERATE_METHOD = "/maas.v1.Inference/Generate"
+ROUTE_METHOD = "/maas.v1.Router/Route"
 
 
 class ReplicaChannels:
@@ -158,22 +159,16 @@ class ReplicaChannels:
 
     The channels carry every token of every stream, so they have no client
     interceptors: each call starts its own span and sends its own metadata
-    (`start_call`), as the interceptors would."""
+    (`spans`), as the interceptors would."""
 
     def __init__(
         self, telemetry: Telemetry, *, security: ChannelSecurity = PLAINTEXT, max_idle: int
     ) -> None:
         self._telemetry = telemetry
-        self._tracer = telemetry.tracer()
         self._security = security
-        self._fixed = security.call_metadata()
+        self.spans = ClientSpans(telemetry.tracer(), security.call_metadata())
         self._max_idle = max_idle
         self._links: dict[str, _Link] = {}
-
-    def start_call(self) -> tuple[Span, Metadata]:
-        """A Generate call's client span (end it with `end_client_span`) and its metadata."""
-        span, metadata = start_client_span(self._tracer, GENERATE_METHOD)
-        return span, [*metadata, *self._fixed]
 
     def __len__(self) -> int:
         return len(self._links)
@@ -250,9 +245,9 @@ class DirectRoute:
         self._channels = channels
         self._remaining = remaining
         self._settle = settle
-        # The caller's deadline bounds the route too: the router sheds by it.
         self._updates = RouteUpdates()
-        self._route: RouteCall = router.Route(aiter(self._updates), timeout=remaining())
+        self._route_span: Span | None = None
+        self._route = self._open_route()
         self._reported = False
         self._chunks: AsyncGenerator[generation_pb2.GenerateResponse, None] | None = None
         self._address = ""
@@ -288,7 +283,7 @@ class DirectRoute:
             last: generation_pb2.GenerateResponse | None = None
             failure: grpc.aio.AioRpcError | None = None
             # The caller's deadline travels down; the trace and request id as metadata.
-            span, metadata = self._channels.start_call()
+            span, metadata = self._channels.spans.start(GENERATE_METHOD)
             call: GenerateCall = stub.Generate(
                 forward, timeout=self._remaining(), metadata=metadata
             )
@@ -371,12 +366,28 @@ class DirectRoute:
             pause_s = min(2 * pause_s, ROUTER_RETRY_MAX_PAUSE_S)
             self._updates.end()
             self._updates = RouteUpdates()
-            self._route = self._router.Route(aiter(self._updates), timeout=self._remaining())
+            self._route = self._open_route()
+
+    def _open_route(self) -> RouteCall:
+        """A Route call fed by `self._updates`; its client span ends with the call."""
+        span, metadata = self._channels.spans.start(ROUTE_METHOD)
+        self._route_span = span
+        # The caller's deadline bounds the route too: the router sheds by it.
+        call: RouteCall = self._router.Route(
+            aiter(self._updates), timeout=self._remaining(), metadata=metadata
+        )
+        call.add_done_callback(lambda _: span.end())
+        return call
 
     async def _decision(self) -> router_pb2.RouteDecision | None:
         """The router's next decision; None when it closed the call OK. A
         refusal (shed, queue full, no replica) raises as the router's status."""
-        decision = await self._route.read()
+        try:
+            decision = await self._route.read()
+        except grpc.aio.AioRpcError as err:
+            if self._route_span is not None:
+                client_call_failed(self._route_span, err)
+            raise
         if decision is grpc.aio.EOF:
             return None
         assert isinstance(decision, router_pb2.RouteDecision)
@@ -384,7 +395,9 @@ class DirectRoute:
 
 
 class Direct:
-    """Routes through Router.Route and streams from the replicas directly."""
+    """Routes through Router.Route and streams from the replicas directly.
+    `router`'s channel to take no client interceptors: each Route call starts
+    its own span and sends its own metadata (`channels.spans`)."""
 
     def __init__(self, router: router_pb2_grpc.RouterAsyncStub, channels: ReplicaChannels) -> None:
         self._router = router
@@ -410,8 +423,8 @@ class Direct:
 
 
 async def _closed(route: RouteCall) -> None:
-    # Read to the end rather than wait for the status: the telemetry
-    # interceptor ends the call's client span when its stream is exhausted.
+    # Read to the end rather than wait for the status: the call ends (and
+    # with it its client span) once its stream is read out.
     with contextlib.suppress(grpc.aio.AioRpcError):
         while await route.read() is not grpc.aio.EOF:
             pass

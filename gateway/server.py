@@ -156,7 +156,16 @@ async def serving(settings: GatewaySettings, telemetry: Telemetry) -> AsyncItera
             channels = ReplicaChannels(
                 telemetry, security=security, max_idle=settings.max_idle_replica_channels
             )
-            routing = Direct(router, channels)
+            # Route calls carry the tracing metadata themselves (routes.py says why).
+            route_ch = channel(
+                settings.router_address,
+                telemetry,
+                CALLER_CHANNEL_OPTIONS,
+                security=security,
+                instrumented=False,
+            )
+            stack.push_async_callback(route_ch.close)
+            routing = Direct(router_pb2_grpc.RouterStub(route_ch), channels)
         # After the server stops (callbacks run last first): streams end, then channels close.
         stack.push_async_callback(routing.aclose)
         core = GatewayCore(

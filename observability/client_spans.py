@@ -1,10 +1,10 @@
 """A call's client span and the metadata that carries the trace and the
 request id on, for a channel opened without the telemetry interceptors.
 
-For the hottest streams only (the gateway's calls to replicas): under the
-interceptors every message passes two more layers (the tracing wrapper and
-grpc's intercepted-call iterator) and every call starts a task of its own.
-The span and the metadata are those the interceptors would make."""
+For the hottest calls only (the gateway's to replicas, and its Route calls):
+under the interceptors every message passes two more layers (the tracing
+wrapper and grpc's intercepted-call iterator) and every call starts a task
+of its own. The span and the metadata are those the interceptors would make."""
 
 from __future__ import annotations
 
@@ -46,12 +46,28 @@ def start_client_span(tracer: Tracer, method: str) -> tuple[Span, Metadata]:
     return span, metadata
 
 
+def client_call_failed(span: Span, failure: grpc.aio.AioRpcError) -> None:
+    """Marks the span with the call's failure, as the interceptors do."""
+    span.set_attribute(RPC_GRPC_STATUS_CODE, failure.code().value[0])
+    span.set_status(Status(StatusCode.ERROR, description=f"{type(failure).__name__}: {failure}"))
+    span.record_exception(failure)
+
+
 def end_client_span(span: Span, failure: grpc.aio.AioRpcError | None) -> None:
     """Ends the span, with the call's status when it failed."""
     if failure is not None:
-        span.set_attribute(RPC_GRPC_STATUS_CODE, failure.code().value[0])
-        span.set_status(
-            Status(StatusCode.ERROR, description=f"{type(failure).__name__}: {failure}")
-        )
-        span.record_exception(failure)
+        client_call_failed(span, failure)
     span.end()
+
+
+class ClientSpans:
+    """`start_client_span` for one service's uninstrumented channels, with
+    the metadata its other channels' interceptors add (the service token)."""
+
+    def __init__(self, tracer: Tracer, fixed: Metadata) -> None:
+        self._tracer = tracer
+        self._fixed = fixed
+
+    def start(self, method: str) -> tuple[Span, Metadata]:
+        span, metadata = start_client_span(self._tracer, method)
+        return span, [*metadata, *self._fixed]
