@@ -1,12 +1,16 @@
 """A call's client span and the metadata that carries the trace and the
 request id on, for a channel opened without the telemetry interceptors.
 
-For the hottest calls only (the gateway's to replicas, and its Route calls):
+For the hottest calls only (the gateway's to replicas, its Route calls and
+its quota calls to auth):
 under the interceptors every message passes two more layers (the tracing
 wrapper and grpc's intercepted-call iterator) and every call starts a task
 of its own. The span and the metadata are those the interceptors would make."""
 
 from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import grpc
 from opentelemetry import propagate, trace
@@ -71,3 +75,16 @@ class ClientSpans:
     def start(self, method: str) -> tuple[Span, Metadata]:
         span, metadata = start_client_span(self._tracer, method)
         return span, [*metadata, *self._fixed]
+
+    @contextmanager
+    def call(self, method: str) -> Iterator[Metadata]:
+        """Around one unary call: yields the metadata to send; the span ends
+        with the block, marked failed by the call's AioRpcError."""
+        span, metadata = self.start(method)
+        try:
+            yield metadata
+        except grpc.aio.AioRpcError as err:
+            client_call_failed(span, err)
+            raise
+        finally:
+            span.end()
