@@ -13,7 +13,6 @@ the same security (TLS, client certificate, service token) as its other hops."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass
@@ -402,7 +401,7 @@ class Direct:
     def __init__(self, router: router_pb2_grpc.RouterAsyncStub, channels: ReplicaChannels) -> None:
         self._router = router
         self._channels = channels
-        self._settling: set[asyncio.Task[None]] = set()
+        self._settling: set[RouteCall] = set()
 
     def open(
         self, routed: router_pb2.RouterGenerateRequest, remaining: Callable[[], float | None]
@@ -410,21 +409,13 @@ class Direct:
         return DirectRoute(self._router, self._channels, routed, remaining, self._settle)
 
     def _settle(self, route: RouteCall) -> None:
-        """Waits, off the caller's path, for the router to close a call whose
-        end was reported (a call dropped unfinished is cancelled, and the
-        router would take the report for a cut)."""
-        task = asyncio.create_task(_closed(route))
-        self._settling.add(task)
-        task.add_done_callback(self._settling.discard)
+        """Holds a call whose end was reported until the router closes it (a
+        call dropped unfinished is cancelled, and the router would take the
+        report for a cut). Its status ends it: nothing is left to read, so
+        neither a task nor a read waits for it."""
+        self._settling.add(route)
+        route.add_done_callback(self._settling.discard)
 
     async def aclose(self) -> None:
-        await asyncio.gather(*self._settling, return_exceptions=True)
+        await asyncio.gather(*(call.code() for call in self._settling), return_exceptions=True)
         await self._channels.aclose()
-
-
-async def _closed(route: RouteCall) -> None:
-    # Read to the end rather than wait for the status: the call ends (and
-    # with it its client span) once its stream is read out.
-    with contextlib.suppress(grpc.aio.AioRpcError):
-        while await route.read() is not grpc.aio.EOF:
-            pass
