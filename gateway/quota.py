@@ -160,17 +160,27 @@ class QuotaClient:
             return  # an auth that does not tell its lease period
         while True:
             await asyncio.sleep(lease.period_s / 3)
-            try:
-                with self._traced("Renew") as metadata:
-                    await self._stub.Renew(
-                        auth_pb2.RenewRequest(reservation_id=lease.reservation_id),
-                        timeout=self._timeout_s,
-                        metadata=metadata,
-                    )
-            except grpc.aio.AioRpcError as err:
-                log.warning("reservation not renewed", code=err.code().name)
-                if err.code() == grpc.StatusCode.NOT_FOUND:
-                    return  # lapsed (or auth restarted): nothing left to keep
+            if not await self.renew(lease):
+                return
+
+    def hold(self, lease: Lease) -> Renewal:
+        """`keep` until `stop()`, with no task of its own until a renewal is due."""
+        return Renewal(self, lease)
+
+    async def renew(self, lease: Lease) -> bool:
+        """Renews the lease once; False when auth no longer holds it."""
+        try:
+            with self._traced("Renew") as metadata:
+                await self._stub.Renew(
+                    auth_pb2.RenewRequest(reservation_id=lease.reservation_id),
+                    timeout=self._timeout_s,
+                    metadata=metadata,
+                )
+        except grpc.aio.AioRpcError as err:
+            log.warning("reservation not renewed", code=err.code().name)
+            if err.code() == grpc.StatusCode.NOT_FOUND:
+                return False  # lapsed (or auth restarted): nothing left to keep
+        return True
 
     def settle(self, lease: Lease, used: Used | int | None) -> None:
         """Commits `used` (tokens with their split, or a bare count), or
@@ -230,3 +240,38 @@ class QuotaClient:
     async def aclose(self, timeout_s: float) -> None:
         if self._pending:
             await asyncio.wait(set(self._pending), timeout=timeout_s)
+
+
+class Renewal:
+    """A lease renewed every third of its period until `stop()`: a timer
+    between renewals and a task only while one is under way, so a request
+    shorter than a third of the lease (most) costs no task at all."""
+
+    def __init__(self, quotas: QuotaClient, lease: Lease) -> None:
+        self._quotas = quotas
+        self._lease = lease
+        self._loop = asyncio.get_running_loop()
+        self._timer: asyncio.TimerHandle | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._stopped = False
+        self._schedule()
+
+    def _schedule(self) -> None:
+        # A lease period of 0: an auth that does not tell it; nothing to renew.
+        if self._lease.period_s > 0 and not self._stopped:
+            self._timer = self._loop.call_later(self._lease.period_s / 3, self._due)
+
+    def _due(self) -> None:
+        self._timer = None
+        self._task = asyncio.create_task(self._renew())
+
+    async def _renew(self) -> None:
+        if await self._quotas.renew(self._lease):
+            self._schedule()
+
+    def stop(self) -> None:
+        self._stopped = True
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._task is not None:
+            self._task.cancel()
