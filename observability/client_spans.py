@@ -2,10 +2,10 @@
 request id on, for a channel opened without the telemetry interceptors.
 
 For the hottest calls only (the gateway's to replicas, its Route calls and
-its quota calls to auth):
-under the interceptors every message passes two more layers (the tracing
-wrapper and grpc's intercepted-call iterator) and every call starts a task
-of its own. The span and the metadata are those the interceptors would make."""
+its quota calls to auth): under the interceptors every message passes two
+more layers (the tracing wrapper and grpc's intercepted-call iterator) and
+every call starts a task of its own. The span and the metadata are those
+the interceptors would make."""
 
 from __future__ import annotations
 
