@@ -15,6 +15,9 @@ per routing design. Each cell reads every process's CPU time from
   mesh_direct  client -> gateway -> replica, the router only admitting and
                picking (gateway `--routing direct`; skipped, with a note,
                where this branch's gateway has no such flag)
+  base_direct  as mesh_direct, through a gateway run from another checkout
+               (`--baseline-tree`: the revision before a change), sharing
+               everything else: a before/after of the gateway, interleaved
 
 Clients go through the public gateway with a real API key (a tenant on an
 unlimited plan). The load generator is this process; its own CPU and the
@@ -22,6 +25,7 @@ machine's idle share are reported with every cell, and cells where the
 machine had no CPU left are flagged SAT.
 
     .venv/bin/python -m bench.hop_cost [--rounds 3] [--quick] [--routing proxy,direct]
+        [--concurrency 64,512] [--baseline-tree DIR]
 """
 
 from __future__ import annotations
@@ -56,7 +60,10 @@ QUEUE = 100_000
 # The concurrency of the cells that measure a request's cost: one token each,
 # so a request is one message and its setup dominates.
 REQUEST_CELL_CONCURRENCY = 64
-PROCESSES = ("gateway_proxy", "gateway_direct", "router", "replica", "proxy", "auth", "anomaly")
+PROCESSES = (
+    "gateway_proxy", "gateway_direct", "gateway_base", "router", "replica", "proxy", "auth",
+    "anomaly",
+)  # fmt: skip
 
 
 @dataclass
@@ -65,13 +72,17 @@ class Mesh:
     model: str
     key: str
     routings: list[str]
+    # A gateway from another checkout (direct routing) runs beside this one's.
+    baseline: bool = False
 
     def pids(self) -> dict[str, int]:
         return {name: mesh.PIDS[a] for name, a in self.addr.items() if name in PROCESSES}
 
 
 @contextlib.asynccontextmanager
-async def hop_mesh(state: Path, profile: str, routings: list[str]) -> AsyncIterator[Mesh]:
+async def hop_mesh(
+    state: Path, profile: str, routings: list[str], baseline_tree: Path | None = None
+) -> AsyncIterator[Mesh]:
     admin = secrets.token_urlsafe(32)
     async with contextlib.AsyncExitStack() as stack:
         enter = stack.enter_async_context
@@ -103,8 +114,16 @@ async def hop_mesh(state: Path, profile: str, routings: list[str]) -> AsyncItera
                     f"hops-gateway-{routing}", *flag,
                 )
             )  # fmt: skip
+        if baseline_tree is not None:
+            addr["gateway_base"] = await enter(
+                mesh.gateway(
+                    state, addr["router"], addr["auth"], addr["anomaly"],
+                    "hops-gateway-base", "--routing", "direct", cwd=baseline_tree,
+                )
+            )  # fmt: skip
         key = await new_tenant(addr["auth"], admin, "bench", auth_pb2.Plan())
-        yield Mesh(addr, await mesh.model_name(addr["replica"]), key, routings)
+        model = await mesh.model_name(addr["replica"])
+        yield Mesh(addr, model, key, routings, baseline_tree is not None)
 
 
 def openers(
@@ -139,6 +158,8 @@ def openers(
     }
     for routing in m.routings:
         out[f"mesh_{routing}"] = gateway(channels[f"gateway_{routing}"])
+    if m.baseline:
+        out["base_direct"] = gateway(channels["gateway_base"])
     return out
 
 
@@ -163,6 +184,8 @@ async def main_async(args: argparse.Namespace) -> None:
         for r in args.routing.split(",")
         if r not in routings
     ]
+    if args.baseline_tree is not None:
+        notes.append(f"base_direct: the gateway of the checkout in {args.baseline_tree}")
     for note in notes:
         print(note, flush=True)
     # Cells: (concurrency, tokens a stream); the last measures a request's cost.
@@ -172,7 +195,7 @@ async def main_async(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as state:
         print("starting auth, anomaly, a simulated replica, router, proxy, gateways ...")
         async with (
-            hop_mesh(Path(state), args.profile, routings) as m,
+            hop_mesh(Path(state), args.profile, routings, args.baseline_tree) as m,
             contextlib.AsyncExitStack() as stack,
         ):
             channels = {
@@ -189,9 +212,10 @@ async def main_async(args: argparse.Namespace) -> None:
             for round_ in range(args.rounds):
                 for c, t in cells:
                     for name in rotated(names, round_):
-                        cell: Cell = await run_cell(
-                            systems[t][name], c, max(args.min_streams, c), pids
-                        )
+                        streams = max(args.min_streams, c)
+                        if t == 1:  # the request cell: CPU time ticks are coarse, so many
+                            streams = max(streams, args.request_streams)
+                        cell: Cell = await run_cell(systems[t][name], c, streams, pids)
                         if cell.failed:
                             print(f"  {name} at {c}: {cell.failed} failed", flush=True)
                         count_failures(failures, f"{name} at {c} streams", cell)
@@ -220,6 +244,7 @@ def report(
         "bare_proxy": ("proxy", "replica"),
         "mesh_proxy": ("gateway_proxy", "router", "replica", "auth"),
         "mesh_direct": ("gateway_direct", "router", "replica", "auth"),
+        "base_direct": ("gateway_base", "router", "replica", "auth"),
     }
     lines = [
         f"Cost of each hop: profile {args.profile}, {args.tokens} tokens a stream, one replica;"
@@ -256,9 +281,11 @@ def report(
                 f" {med(name, c, 'idle_share'):>5.2f} {med(name, c, 'client_cores'):>6.2f}"
                 f" {flags(rows)}"
             )
+    request_streams = max(args.min_streams, REQUEST_CELL_CONCURRENCY, args.request_streams)
     lines += [
         "",
-        f"CPU us per request ({REQUEST_CELL_CONCURRENCY} streams of 1 token: setup, one message)",
+        f"CPU us per request ({request_streams} streams of 1 token,"
+        f" {REQUEST_CELL_CONCURRENCY} at a time: setup, one message)",
         f"{'system':<12} {'gateway':>10} {'router':>10} {'replica':>10} {'proxy':>10} {'auth':>10}",
     ]
     for name in names:
@@ -331,10 +358,22 @@ def main() -> None:
     parser.add_argument("--concurrency", default="1,64,512,2048")
     parser.add_argument("--tokens", type=int, default=64, help="tokens a stream")
     parser.add_argument("--min-streams", type=int, default=16, help="streams per cell at least")
+    parser.add_argument(
+        "--request-streams",
+        type=int,
+        default=REQUEST_CELL_CONCURRENCY,
+        help="streams of the request cell (in waves of 64): CPU time counts in 10 ms ticks",
+    )
     parser.add_argument("--profile", default=DEFAULT_PROFILE, choices=sorted(PROFILES))
     parser.add_argument("--routing", default="proxy,direct", help="gateway designs compared")
     parser.add_argument("--settle-s", type=float, default=0.5)
     parser.add_argument("--quick", action="store_true", help="1 round, 32 tokens a stream")
+    parser.add_argument(
+        "--baseline-tree",
+        type=Path,
+        default=None,
+        help="a checkout of another revision: its gateway (direct) runs as system base_direct",
+    )
     run_on_uvloop(main_async, parser)
 
 

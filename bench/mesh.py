@@ -66,17 +66,17 @@ async def _started(proc: subprocess.Popen[bytes], ready: Coroutine[Any, Any, Non
 
 @contextlib.asynccontextmanager
 async def process(
-    args: list[str], log_name: str, address: str, service: str | None
+    args: list[str], log_name: str, address: str, service: str | None, *, cwd: Path = REPO
 ) -> AsyncIterator[str]:
-    """Runs `python ARGS` until the block ends, once its health reports
-    `service` SERVING (`None`: once it accepts connections, for servers
-    without a health service)."""
+    """Runs `python ARGS` in `cwd` (another checkout runs its own code) until
+    the block ends, once its health reports `service` SERVING (`None`: once
+    it accepts connections, for servers without a health service)."""
     from bench.transport_floor import ready
 
     LOG_DIR.mkdir(parents=True, exist_ok=True)
     with (LOG_DIR / log_name).open("wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, *args], stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=_env()
+            [sys.executable, *args], stdout=log, stderr=subprocess.STDOUT, cwd=cwd, env=_env()
         )
     PIDS[address] = proc.pid
     try:
@@ -158,16 +158,17 @@ def anomaly(name: str) -> contextlib.AbstractAsyncContextManager[str]:
 
 
 def gateway(
-    state: Path, router: str, auth: str, anomaly: str, name: str, *extra: str
+    state: Path, router: str, auth: str, anomaly: str, name: str, *extra: str, cwd: Path = REPO
 ) -> contextlib.AbstractAsyncContextManager[str]:
-    """The public gateway (gRPC face only) over `router`, with its outbox under `state`."""
+    """The public gateway (gRPC face only) over `router`, with its outbox
+    under `state`; `cwd`: the checkout whose gateway runs."""
     port = free_port()
     args = [
         "-m", "gateway", "--port", str(port), "--http-port", "null",
         "--router-address", router, "--auth-address", auth, "--anomaly-address", anomaly,
         "--usage-outbox-path", str(state / f"{name}-outbox.db"), *extra,
     ]  # fmt: skip
-    return process(args, f"{name}.log", f"127.0.0.1:{port}", "maas.v1.Gateway")
+    return process(args, f"{name}.log", f"127.0.0.1:{port}", "maas.v1.Gateway", cwd=cwd)
 
 
 @functools.cache

@@ -209,7 +209,7 @@ class GatewayCore:
             deadline.remaining,
         )
         progress_at = time.monotonic() + self._progress_interval_s
-        renewing = asyncio.create_task(self._quotas.keep(reservation))
+        renewing = self._quotas.hold(reservation)
         tool_calls = ToolCallStream(request)
         try:
             async for chunk in route.chunks():
@@ -238,7 +238,7 @@ class GatewayCore:
             status = grpc.StatusCode.INTERNAL
             raise
         finally:
-            renewing.cancel()
+            renewing.stop()
             used = (
                 Used(usage.prompt_tokens, usage.cached_tokens, usage.completion_tokens)
                 if usage.chunks

@@ -53,19 +53,33 @@ class _Remove:
     rows: tuple[tuple[str, bytes], ...]
 
 
-async def _write(db: aiosqlite.Connection, changes: Sequence[_Put | _Remove]) -> list[None]:
-    # In submission order: a record put after a delivery's removal must stay.
+async def _write(db: aiosqlite.Connection, changes: Sequence[_Put | _Remove]) -> int:
+    """Writes `changes` and returns the rows waiting after them. In submission
+    order: a record put after a delivery's removal must stay. Each run of puts
+    is one statement (every statement is a hop to the database's thread)."""
+    puts: list[tuple[str, bytes]] = []
     for change in changes:
         if isinstance(change, _Put):
-            await db.execute(
-                "INSERT OR REPLACE INTO outbox (request_id, record) VALUES (?, ?)",
-                (change.request_id, change.record),
-            )
-        else:
-            await db.executemany(
-                "DELETE FROM outbox WHERE request_id = ? AND record = ?", change.rows
-            )
-    return [None] * len(changes)
+            puts.append((change.request_id, change.record))
+            continue
+        await _put(db, puts)
+        puts = []
+        await db.executemany("DELETE FROM outbox WHERE request_id = ? AND record = ?", change.rows)
+    await _put(db, puts)
+    return await _count(db)
+
+
+async def _put(db: aiosqlite.Connection, rows: list[tuple[str, bytes]]) -> None:
+    if rows:
+        await db.executemany(
+            "INSERT OR REPLACE INTO outbox (request_id, record) VALUES (?, ?)", rows
+        )
+
+
+async def _count(db: aiosqlite.Connection) -> int:
+    async with db.execute("SELECT COUNT(*) FROM outbox") as cur:
+        row = await cur.fetchone()
+    return int(row[0]) if row else 0
 
 
 class UsageOutbox:
@@ -94,7 +108,7 @@ class UsageOutbox:
         self._empty = asyncio.Event()  # set while nothing is waiting for the ledger
         self._added = 0  # records written; tells a stale "nothing there" from a real one
         self._sender: asyncio.Task[None] | None = None
-        self._adds: set[asyncio.Task[None]] = set()
+        self._adds: set[asyncio.Future[None]] = set()
         self.delivered = 0
         self.dead_letters = 0
         self.backlog = 0  # records on disk waiting for the ledger
@@ -106,7 +120,7 @@ class UsageOutbox:
         )
         await self._db.commit()
         # Adds and deletions share commits: one per batch, not one per record.
-        self._writer = GroupCommitWriter(self._db, _write)
+        self._writer = GroupCommitWriter(self._db, self._write)
         self._writer.start()
         self.backlog = await self.pending()
         if self._metrics is not None and self._report_backlog:
@@ -116,24 +130,32 @@ class UsageOutbox:
     def add(self, record: metering_pb2.UsageRecord) -> None:
         """Queues the record for the ledger, in place of any record of the same
         request still waiting; returns at once (the disk write follows in the
-        background and is awaited at close)."""
-        task = asyncio.create_task(self._add(record))
-        self._adds.add(task)
-        task.add_done_callback(self._adds.discard)
-
-    async def _add(self, record: metering_pb2.UsageRecord) -> None:
+        background and is awaited at close). No task per record: a request's
+        end already costs enough."""
         assert self._writer is not None
-        await self._writer.submit(_Put(record.request_id, record.SerializeToString()))
-        self.backlog = await self.pending()
+        written = self._writer.submit_nowait(_Put(record.request_id, record.SerializeToString()))
+        self._adds.add(written)
+        written.add_done_callback(self._added_one)
+
+    def _added_one(self, written: asyncio.Future[None]) -> None:
+        self._adds.discard(written)
+        if written.cancelled() or written.exception() is not None:
+            log.error("usage record not written to the outbox", error=repr(written.exception()))
+            return
         self._added += 1
         self._empty.clear()
         self._wakeup.set()
 
+    async def _write(
+        self, db: aiosqlite.Connection, changes: Sequence[_Put | _Remove]
+    ) -> list[None]:
+        # The backlog is counted once a batch, not once a record.
+        self.backlog = await _write(db, changes)
+        return [None] * len(changes)
+
     async def pending(self) -> int:
         assert self._db is not None
-        async with self._db.execute("SELECT COUNT(*) FROM outbox") as cur:
-            row = await cur.fetchone()
-        return int(row[0]) if row else 0
+        return await _count(self._db)
 
     async def drained(self) -> None:
         """Returns once nothing waits for the ledger (records added meanwhile included)."""
@@ -221,7 +243,6 @@ class UsageOutbox:
         )
         # Only rows not replaced meanwhile: a newer record of the request still waits.
         await self._writer.submit(_Remove(tuple(sent)))
-        self.backlog = await self.pending()
         for record, result in zip(records, reply.results, strict=True):
             if result.error.code == grpc.StatusCode.OK.value[0]:
                 self.delivered += 1

@@ -20,7 +20,8 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import grpc
@@ -28,8 +29,11 @@ import structlog
 
 from gateway.usage import timestamp
 from maas.v1 import anomaly_pb2, auth_pb2, auth_pb2_grpc, generation_pb2
+from observability.client_spans import ClientSpans, Metadata
 
 log = structlog.get_logger(__name__)
+
+_AUTH = auth_pb2.DESCRIPTOR.services_by_name["Auth"].full_name
 
 # Byte-level BPE tokenizers average three to four bytes a token on prose; three
 # over-estimates, which a reservation should.
@@ -132,9 +136,14 @@ class QuotaClient:
         *,
         timeout_s: float = 3.0,
         on_crossed: Callable[[auth_pb2.BudgetCrossing], object] | None = None,
+        spans: ClientSpans | None = None,
     ) -> None:
-        """`on_crossed` hears of each budget whose soft threshold a commit crossed."""
+        """`on_crossed` hears of each budget whose soft threshold a commit crossed.
+        `spans`: `stub`'s channel has no client interceptors (two calls a
+        request: their layers cost more than the calls' own work); each call
+        starts its span and sends its metadata with these."""
         self._stub = stub
+        self._spans = spans
         self._timeout_s = timeout_s
         self._on_crossed = on_crossed
         self._pending: set[asyncio.Task[None]] = set()
@@ -153,19 +162,21 @@ class QuotaClient:
     ) -> Lease:
         """The reservation id; the limit's status (with its details) when over
         it, ABORTED or ALREADY_EXISTS when the idempotency key is taken."""
-        reservation = await self._stub.Reserve(
-            auth_pb2.ReserveRequest(
-                tenant_id=tenant_id,
-                request_id=request_id,
-                model=model,
-                estimated_tokens=estimated_tokens,
-                key_id=key_id,
-                idempotency_key=idempotency_key,
-                prompt_tokens=prompt_tokens,
-                max_completion_tokens=max_completion_tokens,
-            ),
-            timeout=self._timeout_s,
-        )
+        with self._traced("Reserve") as metadata:
+            reservation = await self._stub.Reserve(
+                auth_pb2.ReserveRequest(
+                    tenant_id=tenant_id,
+                    request_id=request_id,
+                    model=model,
+                    estimated_tokens=estimated_tokens,
+                    key_id=key_id,
+                    idempotency_key=idempotency_key,
+                    prompt_tokens=prompt_tokens,
+                    max_completion_tokens=max_completion_tokens,
+                ),
+                timeout=self._timeout_s,
+                metadata=metadata,
+            )
         return Lease(
             reservation.reservation_id,
             reservation.lease.ToNanoseconds() / 1e9,
@@ -181,15 +192,27 @@ class QuotaClient:
             return  # an auth that does not tell its lease period
         while True:
             await asyncio.sleep(lease.period_s / 3)
-            try:
+            if not await self.renew(lease):
+                return
+
+    def hold(self, lease: Lease) -> Renewal:
+        """`keep` until `stop()`, with no task of its own until a renewal is due."""
+        return Renewal(self, lease)
+
+    async def renew(self, lease: Lease) -> bool:
+        """Renews the lease once; False when auth no longer holds it."""
+        try:
+            with self._traced("Renew") as metadata:
                 await self._stub.Renew(
                     auth_pb2.RenewRequest(reservation_id=lease.reservation_id),
                     timeout=self._timeout_s,
+                    metadata=metadata,
                 )
-            except grpc.aio.AioRpcError as err:
-                log.warning("reservation not renewed", code=err.code().name)
-                if err.code() == grpc.StatusCode.NOT_FOUND:
-                    return  # lapsed (or auth restarted): nothing left to keep
+        except grpc.aio.AioRpcError as err:
+            log.warning("reservation not renewed", code=err.code().name)
+            if err.code() == grpc.StatusCode.NOT_FOUND:
+                return False  # lapsed (or auth restarted): nothing left to keep
+        return True
 
     def settle(self, lease: Lease, used: Used | int | None) -> None:
         """Commits `used` (tokens with their split, or a bare count), or
@@ -201,15 +224,17 @@ class QuotaClient:
     async def _settle(self, lease: Lease, used: Used | int | None) -> None:
         try:
             if used is None:
-                await self._stub.Release(
-                    auth_pb2.ReleaseRequest(
-                        reservation_id=lease.reservation_id,
-                        tenant_id=lease.tenant_id,
-                        request_id=lease.request_id,
-                        idempotency_key=lease.idempotency_key,
-                    ),
-                    timeout=self._timeout_s,
-                )
+                with self._traced("Release") as metadata:
+                    await self._stub.Release(
+                        auth_pb2.ReleaseRequest(
+                            reservation_id=lease.reservation_id,
+                            tenant_id=lease.tenant_id,
+                            request_id=lease.request_id,
+                            idempotency_key=lease.idempotency_key,
+                        ),
+                        timeout=self._timeout_s,
+                        metadata=metadata,
+                    )
             else:
                 request = auth_pb2.CommitRequest(reservation_id=lease.reservation_id)
                 if isinstance(used, Used):
@@ -219,7 +244,10 @@ class QuotaClient:
                     request.completion_tokens = used.completion_tokens
                 else:
                     request.used_tokens = used
-                committed = await self._stub.Commit(request, timeout=self._timeout_s)
+                with self._traced("Commit") as metadata:
+                    committed = await self._stub.Commit(
+                        request, timeout=self._timeout_s, metadata=metadata
+                    )
                 if self._on_crossed is not None:
                     for crossing in committed.crossed:
                         self._on_crossed(crossing)
@@ -232,6 +260,50 @@ class QuotaClient:
                 return
             log.warning("reservation not settled; its lease will lapse", code=err.code().name)
 
+    @contextmanager
+    def _traced(self, method: str) -> Iterator[Metadata | None]:
+        """The metadata of a call to auth's `method`, traced when `spans` was given."""
+        if self._spans is None:
+            yield None
+            return
+        with self._spans.call(f"/{_AUTH}/{method}") as metadata:
+            yield metadata
+
     async def aclose(self, timeout_s: float) -> None:
         if self._pending:
             await asyncio.wait(set(self._pending), timeout=timeout_s)
+
+
+class Renewal:
+    """A lease renewed every third of its period until `stop()`: a timer
+    between renewals and a task only while one is under way, so a request
+    shorter than a third of the lease (most) costs no task at all."""
+
+    def __init__(self, quotas: QuotaClient, lease: Lease) -> None:
+        self._quotas = quotas
+        self._lease = lease
+        self._loop = asyncio.get_running_loop()
+        self._timer: asyncio.TimerHandle | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._stopped = False
+        self._schedule()
+
+    def _schedule(self) -> None:
+        # A lease period of 0: an auth that does not tell it; nothing to renew.
+        if self._lease.period_s > 0 and not self._stopped:
+            self._timer = self._loop.call_later(self._lease.period_s / 3, self._due)
+
+    def _due(self) -> None:
+        self._timer = None
+        self._task = asyncio.create_task(self._renew())
+
+    async def _renew(self) -> None:
+        if await self._quotas.renew(self._lease):
+            self._schedule()
+
+    def stop(self) -> None:
+        self._stopped = True
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._task is not None:
+            self._task.cancel()

@@ -13,7 +13,6 @@ the same security (TLS, client certificate, service token) as its other hops."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from typing import Protocol
 import grpc
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
+from opentelemetry.trace import Span
 
 from maas.v1 import (
     generation_pb2,
@@ -32,6 +32,7 @@ from maas.v1 import (
 )
 from observability import Telemetry
 from observability.channels import PLAINTEXT, ChannelSecurity, channel
+from observability.client_spans import ClientSpans, client_call_failed, end_client_span
 from observability.context import REPLICA_METADATA_KEY
 from services.common.errors import UnavailableError, status_detail
 from services.router.reasons import failure_reason
@@ -144,17 +145,27 @@ class _Link:
     used_at: float = 0.0
 
 
+# The calls' methods, as their client spans are named.
+GENERATE_METHOD = "/maas.v1.Inference/Generate"
+ROUTE_METHOD = "/maas.v1.Router/Route"
+
+
 class ReplicaChannels:
     """One channel per replica address, opened on first use. Channels nobody
     is using are closed once more than `max_idle` are open, least recently
     used first, so the addresses of replicas long gone do not pile up; a
-    channel in use is never closed."""
+    channel in use is never closed.
+
+    The channels carry every token of every stream, so they have no client
+    interceptors: each call starts its own span and sends its own metadata
+    (`spans`), as the interceptors would."""
 
     def __init__(
         self, telemetry: Telemetry, *, security: ChannelSecurity = PLAINTEXT, max_idle: int
     ) -> None:
         self._telemetry = telemetry
         self._security = security
+        self.spans = ClientSpans(telemetry.tracer(), security.call_metadata())
         self._max_idle = max_idle
         self._links: dict[str, _Link] = {}
 
@@ -165,7 +176,7 @@ class ReplicaChannels:
         """The stub for `address`, held until `release(address)`."""
         link = self._links.get(address)
         if link is None:
-            ch = channel(address, self._telemetry, security=self._security)
+            ch = channel(address, self._telemetry, security=self._security, instrumented=False)
             link = self._links[address] = _Link(ch, inference_pb2_grpc.InferenceStub(ch))
         link.users += 1
         return link.stub
@@ -233,9 +244,9 @@ class DirectRoute:
         self._channels = channels
         self._remaining = remaining
         self._settle = settle
-        # The caller's deadline bounds the route too: the router sheds by it.
         self._updates = RouteUpdates()
-        self._route: RouteCall = router.Route(aiter(self._updates), timeout=remaining())
+        self._route_span: Span | None = None
+        self._route = self._open_route()
         self._reported = False
         self._chunks: AsyncGenerator[generation_pb2.GenerateResponse, None] | None = None
         self._address = ""
@@ -271,9 +282,11 @@ class DirectRoute:
             first = True
             last: generation_pb2.GenerateResponse | None = None
             failure: grpc.aio.AioRpcError | None = None
-            # The caller's deadline travels down; the request id travels as
-            # metadata through the channel's interceptors.
-            call: GenerateCall = stub.Generate(forward, timeout=self._remaining())
+            # The caller's deadline travels down; the trace and request id as metadata.
+            span, metadata = self._channels.spans.start(GENERATE_METHOD)
+            call: GenerateCall = stub.Generate(
+                forward, timeout=self._remaining(), metadata=metadata
+            )
             try:
                 async for chunk in call:
                     if first:
@@ -295,6 +308,7 @@ class DirectRoute:
             finally:
                 # A no-op when the stream ended; else it aborts the request in the engine.
                 call.cancel()
+                end_client_span(span, failure)
                 await self._channels.release(self._address)
             if failure is None:
                 finished = (
@@ -352,12 +366,28 @@ class DirectRoute:
             pause_s = min(2 * pause_s, ROUTER_RETRY_MAX_PAUSE_S)
             self._updates.end()
             self._updates = RouteUpdates()
-            self._route = self._router.Route(aiter(self._updates), timeout=self._remaining())
+            self._route = self._open_route()
+
+    def _open_route(self) -> RouteCall:
+        """A Route call fed by `self._updates`; its client span ends with the call."""
+        span, metadata = self._channels.spans.start(ROUTE_METHOD)
+        self._route_span = span
+        # The caller's deadline bounds the route too: the router sheds by it.
+        call: RouteCall = self._router.Route(
+            aiter(self._updates), timeout=self._remaining(), metadata=metadata
+        )
+        call.add_done_callback(lambda _: span.end())
+        return call
 
     async def _decision(self) -> router_pb2.RouteDecision | None:
         """The router's next decision; None when it closed the call OK. A
         refusal (shed, queue full, no replica) raises as the router's status."""
-        decision = await self._route.read()
+        try:
+            decision = await self._route.read()
+        except grpc.aio.AioRpcError as err:
+            if self._route_span is not None:
+                client_call_failed(self._route_span, err)
+            raise
         if decision is grpc.aio.EOF:
             return None
         assert isinstance(decision, router_pb2.RouteDecision)
@@ -365,12 +395,14 @@ class DirectRoute:
 
 
 class Direct:
-    """Routes through Router.Route and streams from the replicas directly."""
+    """Routes through Router.Route and streams from the replicas directly.
+    `router`'s channel to take no client interceptors: each Route call starts
+    its own span and sends its own metadata (`channels.spans`)."""
 
     def __init__(self, router: router_pb2_grpc.RouterAsyncStub, channels: ReplicaChannels) -> None:
         self._router = router
         self._channels = channels
-        self._settling: set[asyncio.Task[None]] = set()
+        self._settling: set[RouteCall] = set()
 
     def open(
         self, routed: router_pb2.RouterGenerateRequest, remaining: Callable[[], float | None]
@@ -378,21 +410,13 @@ class Direct:
         return DirectRoute(self._router, self._channels, routed, remaining, self._settle)
 
     def _settle(self, route: RouteCall) -> None:
-        """Waits, off the caller's path, for the router to close a call whose
-        end was reported (a call dropped unfinished is cancelled, and the
-        router would take the report for a cut)."""
-        task = asyncio.create_task(_closed(route))
-        self._settling.add(task)
-        task.add_done_callback(self._settling.discard)
+        """Holds a call whose end was reported until the router closes it (a
+        call dropped unfinished is cancelled, and the router would take the
+        report for a cut). Its status ends it: nothing is left to read, so
+        neither a task nor a read waits for it."""
+        self._settling.add(route)
+        route.add_done_callback(self._settling.discard)
 
     async def aclose(self) -> None:
-        await asyncio.gather(*self._settling, return_exceptions=True)
+        await asyncio.gather(*(call.code() for call in self._settling), return_exceptions=True)
         await self._channels.aclose()
-
-
-async def _closed(route: RouteCall) -> None:
-    # Read to the end rather than wait for the status: the telemetry
-    # interceptor ends the call's client span when its stream is exhausted.
-    with contextlib.suppress(grpc.aio.AioRpcError):
-        while await route.read() is not grpc.aio.EOF:
-            pass

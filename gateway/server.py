@@ -40,6 +40,7 @@ from maas.v1 import (
 )
 from observability import Telemetry
 from observability.channels import channel
+from observability.client_spans import ClientSpans
 from services.common.balanced import balanced_options, balanced_target
 from services.common.events import EventPublisher
 from services.common.security import channel_security, server_security
@@ -129,11 +130,21 @@ async def serving(settings: GatewaySettings, telemetry: Telemetry) -> AsyncItera
             adopter.start()
             stack.push_async_callback(adopter.aclose)
 
+        # Every request reserves and settles: those calls trace by hand (quota.py says why).
+        quota_ch = channel(
+            auth_target,
+            telemetry,
+            options=balanced_options(auth_target, AUTH_RETRIED),
+            security=security,
+            instrumented=False,
+        )
+        stack.push_async_callback(quota_ch.close)
         quotas = QuotaClient(
-            auth_pb2_grpc.AuthStub(auth_ch),
+            auth_pb2_grpc.AuthStub(quota_ch),
             timeout_s=settings.quota_call_timeout_s,
             # A crossed budget threshold is an alert in anomaly, as the events are.
             on_crossed=lambda crossing: events.publish(budget_event(crossing)),
+            spans=ClientSpans(telemetry.tracer(), security.call_metadata()),
         )
         stack.push_async_callback(quotas.aclose, settings.grace_period_s)
         constraints = ConstraintChecker(
@@ -159,7 +170,16 @@ async def serving(settings: GatewaySettings, telemetry: Telemetry) -> AsyncItera
             channels = ReplicaChannels(
                 telemetry, security=security, max_idle=settings.max_idle_replica_channels
             )
-            routing = Direct(router, channels)
+            # Route calls carry the tracing metadata themselves (routes.py says why).
+            route_ch = channel(
+                settings.router_address,
+                telemetry,
+                CALLER_CHANNEL_OPTIONS,
+                security=security,
+                instrumented=False,
+            )
+            stack.push_async_callback(route_ch.close)
+            routing = Direct(router_pb2_grpc.RouterStub(route_ch), channels)
         # After the server stops (callbacks run last first): streams end, then channels close.
         stack.push_async_callback(routing.aclose)
         holds = RefusalHolds(

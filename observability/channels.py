@@ -37,6 +37,12 @@ class ChannelSecurity:
     # Sent as x-maas-service-token on every call when set.
     service_token: str | None = None
 
+    def call_metadata(self) -> list[tuple[str, str]]:
+        """What each call on an uninstrumented channel sends itself."""
+        if self.service_token is None:
+            return []
+        return [(SERVICE_TOKEN_METADATA_KEY, self.service_token)]
+
 
 PLAINTEXT = ChannelSecurity()
 
@@ -46,9 +52,13 @@ def channel(
     telemetry: Telemetry,
     options: Sequence[tuple[str, Any]] = (),
     security: ChannelSecurity = PLAINTEXT,
+    *,
+    instrumented: bool = True,
 ) -> grpc.aio.Channel:
-    interceptors = telemetry.client_interceptors()
-    if security.service_token is not None:
+    """`instrumented=False`: no interceptors at all; each call sends its trace
+    context, request id and service token itself (see client_spans.py)."""
+    interceptors = telemetry.client_interceptors() if instrumented else []
+    if instrumented and security.service_token is not None:
         interceptors += fixed_metadata_interceptors(
             [(SERVICE_TOKEN_METADATA_KEY, security.service_token)]
         )

@@ -7,7 +7,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextvars import ContextVar
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, cast
 
 import grpc
 
@@ -28,9 +28,12 @@ _call_streams: ContextVar[list[AsyncGenerator[Any, None]] | None] = ContextVar(
 def stream_responses(result: Any) -> AsyncGenerator[Any, None]:
     """Streaming handlers come in two styles: async generators, and coroutines
     that write with `context.write` (grpc's own health Watch). Both become an
-    async generator here, which closes the handler's generator when it is
-    closed, and is closed by `written_in_call_task` when the call ends."""
-    responses = _responses(result)
+    async generator here, closed by `written_in_call_task` when the call
+    ends. A generator is returned as it is: a layer that only passed each
+    response on would cost every message of every stream a hop."""
+    responses = cast(
+        AsyncGenerator[Any, None], result if inspect.isasyncgen(result) else _responses(result)
+    )
     streams = _call_streams.get()
     if streams is not None:
         streams.append(responses)
@@ -41,12 +44,8 @@ async def _responses(result: Any) -> AsyncGenerator[Any, None]:
     if inspect.isawaitable(result):
         await result
         return
-    try:
-        async for response in result:
-            yield response
-    finally:
-        if inspect.isasyncgen(result):
-            await result.aclose()
+    async for response in result:
+        yield response
 
 
 def written_in_call_task(behavior: Behavior) -> Behavior:

@@ -76,3 +76,41 @@ async def test_refused_routes_leave_no_request_writer_behind(tmp_path: Path) -> 
                 assert err.value.code() == grpc.StatusCode.UNAVAILABLE
 
             await eventually(lambda: request_writers() <= baseline)
+
+
+def pending_tasks() -> int:
+    """Tasks still running in this process: a client call waiting for its
+    status keeps grpc's own task for it (as does a call's request writer)."""
+    return sum(not task.done() for task in asyncio.all_tasks())
+
+
+async def test_served_routes_end_once_reported(tmp_path: Path) -> None:
+    """The gateway holds a reported Route call until the router closes it,
+    reading nothing more: each such call must still end (with its client
+    span), not wait for its deadline."""
+    options = MeshOptions(
+        state=tmp_path, model=MODEL, overrides={"inference": SIM, "gateway": {"routing": "direct"}}
+    )
+    admin = (("authorization", f"Bearer {options.admin_token}"),)
+    async with running_mesh(options) as mesh:
+        async with grpc.aio.insecure_channel(mesh.targets["auth"]) as ch:
+            auth = auth_pb2_grpc.AuthStub(ch)
+            tenant = await auth.CreateTenant(
+                auth_pb2.CreateTenantRequest(name=f"t-{secrets.token_hex(4)}"), metadata=admin
+            )
+            key = await auth.CreateApiKey(
+                auth_pb2.CreateApiKeyRequest(tenant_id=tenant.tenant_id), metadata=admin
+            )
+        metadata = (("authorization", f"Bearer {key.api_key}"),)
+        async with grpc.aio.insecure_channel(mesh.target("gateway")) as gw:
+            gateway = gateway_pb2_grpc.GatewayStub(gw)
+            request = generation_pb2.GenerateRequest(model=MODEL, prompt="hi", max_tokens=2)
+            async for _ in gateway.Generate(request, metadata=metadata):
+                pass  # one served request: every long-lived stream is open now
+            # What the first request left to finish (its bill, its event) finishes.
+            await asyncio.sleep(1.0)
+            baseline = pending_tasks()
+            for _ in range(REFUSED):
+                async for _ in gateway.Generate(request, metadata=metadata):
+                    pass
+            await eventually(lambda: pending_tasks() <= baseline)
