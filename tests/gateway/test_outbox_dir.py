@@ -21,8 +21,8 @@ from observability import setup
 from observability.settings import TelemetrySettings
 from services.auth.server import serving
 from services.auth.settings import AuthSettings
-from tests.gateway.test_outbox import gateway_metrics, metric, record
-from tests.support import eventually, free_port
+from tests.gateway.test_outbox import gateway_metrics, record
+from tests.support import eventually, free_port, metric_total
 
 # A process that holds an outbox file's lock until its stdin closes.
 HOLDER = """
@@ -88,8 +88,8 @@ async def test_an_orphaned_outbox_is_delivered_once_and_removed(
             finally:
                 await adopter.aclose()
         assert sorted(ledger_ids(db)) == sorted(f"out-{i}" for i in range(12))
-        assert metric(reader, "maas.gateway.outbox.adopted") == 1
-        assert metric(reader, "maas.gateway.outbox.adopted_backlog") == 0
+        assert metric_total(reader, "maas.gateway.outbox.adopted") == 1
+        assert metric_total(reader, "maas.gateway.outbox.adopted_backlog") == 0
         # The file whose gateway still runs is left alone, records and all.
         assert held.path.exists()
         assert list(directory.glob("gateway-*.db")) == [held.path]
