@@ -6,6 +6,7 @@ for good, until it has)."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import sys
 from typing import Any
 
@@ -40,6 +41,10 @@ async def serve(spec: ServiceSpec[Any], settings: ServiceSettings) -> str | None
     telemetry = setup(spec.name, settings.telemetry)
     try:
         async with spec.load_factory()(settings, telemetry) as running:
+            # What start-up made (modules, the model's tables) lives as long as
+            # the process: out of the collector's sight it is never scanned
+            # again (collection was 2-4% of the gateway's and router's CPU).
+            gc.freeze()
             waits: set[asyncio.Future[Any]] = {shutdown}
             failed = None
             if isinstance(running, FailingService):
