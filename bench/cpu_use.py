@@ -19,12 +19,23 @@ HZ = os.sysconf("SC_CLK_TCK")
 class CpuSample:
     at: float
     busy_ticks: int  # all cores, since boot
-    tree_ticks: int  # this process and its descendants alive now
+    # This process and its descendants alive now, by process: (role, ticks).
+    tree: dict[int, tuple[str, int]]
     waited_us: int | None  # PSI "some": time at least one runnable task had no core
 
     @classmethod
     def now(cls) -> CpuSample:
-        return cls(time.perf_counter(), _busy_ticks(), _tree_ticks(os.getpid()), _cpu_waited_us())
+        return cls(time.perf_counter(), _busy_ticks(), _tree(os.getpid()), _cpu_waited_us())
+
+
+# A process's role, by what its command line runs (the first that matches).
+ROLES = (
+    ("services.router", "router"),
+    ("services.inference", "replicas"),
+    ("services.", "services"),
+    ("gateway", "gateway"),
+    ("multiprocessing", "load_clients"),
+)
 
 
 def use_between(start: CpuSample, end: CpuSample, prefix: str) -> dict[str, float]:
@@ -32,10 +43,16 @@ def use_between(start: CpuSample, end: CpuSample, prefix: str) -> dict[str, floa
     and the share of the stretch some task waited for a core. The tree's
     ticks are of processes alive at both ends (ones ended between are lost)."""
     seconds = max(end.at - start.at, 1e-9)
+    by_role: dict[str, int] = {}
+    for pid, (role, ticks) in end.tree.items():
+        if pid in start.tree:
+            by_role[role] = by_role.get(role, 0) + ticks - start.tree[pid][1]
     out = {
         f"{prefix}_machine_busy_cores": (end.busy_ticks - start.busy_ticks) / HZ / seconds,
-        f"{prefix}_bench_tree_cores": max(0, end.tree_ticks - start.tree_ticks) / HZ / seconds,
+        f"{prefix}_bench_tree_cores": sum(by_role.values()) / HZ / seconds,
     }
+    for role, ticks in sorted(by_role.items()):
+        out[f"{prefix}_cores_{role}"] = ticks / HZ / seconds
     if start.waited_us is not None and end.waited_us is not None:
         out[f"{prefix}_cpu_wait_share"] = (end.waited_us - start.waited_us) / 1e6 / seconds
     return out
@@ -59,7 +76,7 @@ def _cpu_waited_us() -> int | None:
     return int(some.rsplit("total=", 1)[1])
 
 
-def _tree_ticks(root: int) -> int:
+def _tree(root: int) -> dict[int, tuple[str, int]]:
     children: dict[int, list[int]] = {}
     ticks: dict[int, int] = {}
     for entry in PROC.iterdir():
@@ -74,9 +91,18 @@ def _tree_ticks(root: int) -> int:
         pid = int(entry.name)
         children.setdefault(int(fields[1]), []).append(pid)
         ticks[pid] = int(fields[11]) + int(fields[12])  # utime, stime
-    total, todo = 0, [root]
+    tree: dict[int, tuple[str, int]] = {}
+    todo = [root]
     while todo:
         pid = todo.pop()
-        total += ticks.get(pid, 0)
+        tree[pid] = (_role(pid) if pid != root else "bench", ticks.get(pid, 0))
         todo += children.get(pid, [])
-    return total
+    return tree
+
+
+def _role(pid: int) -> str:
+    try:
+        cmdline = (PROC / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return "other"
+    return next((role for needle, role in ROLES if needle in cmdline), "other")

@@ -18,6 +18,15 @@ tokens while both are backlogged (equal weights: 1.0 is a perfect split),
 and what was shed, by status. Charts of queue depth and time to first token
 over time (last round) go next to the JSON.
 
+Where B's time to first token went, under b_idle and under overload (p50,
+p99, and each part's mean over its slowest 1%): the router's wait and the
+replica's call to its first chunk (Generate's trailing metadata), the
+engine's queue within it (the first chunk's queued_s), and the client hops
+(the rest); and, per phase, the cores busy on the machine, those this
+benchmark's processes used (by role) and the share of the time some task
+waited for a core (bench/cpu_use.py): a wait in neither queue, with that
+share high, is CPU starvation.
+
     .venv/bin/python -m bench.router_overload [--rounds 3] [--seconds 20]
     .venv/bin/python -m bench.router_overload --engine sim --replicas 8 [--max-num-seqs 32]
 """
