@@ -18,6 +18,15 @@ tokens while both are backlogged (equal weights: 1.0 is a perfect split),
 and what was shed, by status. Charts of queue depth and time to first token
 over time (last round) go next to the JSON.
 
+Where B's time to first token went, under b_idle and under overload (p50,
+p99, and each part's mean over its slowest 1%): the router's wait and the
+replica's call to its first chunk (Generate's trailing metadata), the
+engine's queue within it (the first chunk's queued_s), and the client hops
+(the rest); and, per phase, the cores busy on the machine, those this
+benchmark's processes used (by role) and the share of the time some task
+waited for a core (bench/cpu_use.py): a wait in neither queue, with that
+share high, is CPU starvation.
+
     .venv/bin/python -m bench.router_overload [--rounds 3] [--seconds 20]
     .venv/bin/python -m bench.router_overload --engine sim --replicas 8 [--max-num-seqs 32]
 """
@@ -39,8 +48,10 @@ import grpc
 
 from bench import mesh, replica_flags
 from bench.cli import run_on_uvloop
+from bench.cpu_use import CpuSample, use_between
 from bench.stats import RESULTS, percentile, summary, write_results
 from maas.v1 import router_pb2, router_pb2_grpc
+from services.router.servicer import REPLICA_FIRST_CHUNK_METADATA_KEY, ROUTER_WAIT_METADATA_KEY
 
 TOKENS = 256
 # Over simulated replicas: requests 4x longer (8.5 s at a full batch of the
@@ -64,12 +75,69 @@ PHASES = ("capacity", "b_idle", "overload", "backlogged")
 
 
 @dataclass
+class TimedOutcome(mesh.Outcome):
+    """An outcome with where its time to first token went, from the router's
+    trailing metadata and the first chunk: the router's part (receipt to the
+    replica call), the engine's queue (queued_s), the replica's other part
+    (the call to its first chunk at the router, less the engine's queue: the
+    engine's first step, the hop, the replica's process), and the client's
+    hops (the rest: client to router and back, each process's wait for a CPU
+    included)."""
+
+    router_s: float | None = None
+    engine_s: float | None = None
+    replica_s: float | None = None
+
+    def parts(self) -> tuple[float, float, float, float, float] | None:
+        """ttft, router, engine queue, replica other, client hops (seconds)."""
+        if self.ttft is None or self.router_s is None or self.engine_s is None:
+            return None
+        if self.replica_s is None:
+            return None
+        replica_other = self.replica_s - self.engine_s
+        hops = self.ttft - self.router_s - self.replica_s
+        return self.ttft, self.router_s, self.engine_s, replica_other, hops
+
+
+async def stream(call: grpc.aio.UnaryStreamCall, outcome: TimedOutcome) -> None:  # type: ignore[type-arg]
+    """mesh.stream, also keeping the first chunk's queued_s and the router's wait."""
+    try:
+        async for chunk in call:
+            now = time.perf_counter()
+            n = len(chunk.token_ids)
+            if n and outcome.first_token is None:
+                outcome.first_token = now
+                outcome.engine_s = chunk.queued_s
+            outcome.tokens += n
+            outcome.prompt_tokens = chunk.usage.prompt_tokens
+    except grpc.aio.AioRpcError as err:
+        outcome.code = err.code().name
+        outcome.details = err.details() or ""
+    outcome.end = time.perf_counter()
+    for key, value in await call.trailing_metadata() or ():
+        if key == ROUTER_WAIT_METADATA_KEY:
+            outcome.router_s = float(value)
+        elif key == REPLICA_FIRST_CHUNK_METADATA_KEY:
+            outcome.replica_s = float(value)
+
+
+# Where B's time to first token went, p50 and p99 of each part, and the
+# parts' mean over its slowest 1% (whose sum is their time to first token).
+PARTS = ("ttft", "router", "engine_queue", "replica_other", "client_hops")
+
+
+@dataclass
 class PhaseResult:
-    outcomes: list[mesh.Outcome]
+    outcomes: list[TimedOutcome]
     window: tuple[float, float]
     queue: list[tuple[float, dict[str, int]]] = field(default_factory=list)
+    # The counted window's start and end (cpu_use.py).
+    cpu: tuple[CpuSample, CpuSample] | None = None
 
-    def completed(self, tenant: str | None = None) -> list[mesh.Outcome]:
+    def cpu_use(self, prefix: str) -> dict[str, float]:
+        return use_between(*self.cpu, prefix) if self.cpu is not None else {}
+
+    def completed(self, tenant: str | None = None) -> list[TimedOutcome]:
         lo, hi = self.window
         return [
             o
@@ -104,6 +172,28 @@ class PhaseResult:
             if o.tenant == tenant and o.ttft is not None and lo <= o.start <= hi
         ]
         return percentile(ttfts, 99) * 1e3
+
+    def breakdown(self, tenant: str, prefix: str) -> dict[str, float]:
+        """p50 and p99 (ms) of each part of `tenant`'s time to first token,
+        and each part's mean over the requests at or past its p99."""
+        lo, hi = self.window
+        timed = [
+            parts
+            for o in self.outcomes
+            if o.tenant == tenant and lo <= o.start <= hi and (parts := o.parts()) is not None
+        ]
+        out: dict[str, float] = {}
+        if not timed:
+            return out
+        for i, part in enumerate(PARTS):
+            values = [t[i] for t in timed]
+            out[f"{prefix}_{part}_p50_ms"] = percentile(values, 50) * 1e3
+            out[f"{prefix}_{part}_p99_ms"] = percentile(values, 99) * 1e3
+        p99 = percentile([t[0] for t in timed], 99)
+        tail = [t for t in timed if t[0] >= p99]
+        for i, part in enumerate(PARTS[1:], start=1):
+            out[f"{prefix}_{part}_tail1pct_mean_ms"] = sum(t[i] for t in tail) / len(tail) * 1e3
+        return out
 
     def codes(self, tenant: str) -> Counter[str]:
         """Outcomes by status; a failure after tokens had streamed is marked
@@ -143,14 +233,14 @@ class Load:
             tenant=tenant,
         )
 
-    async def one(self, tenant: str, into: list[mesh.Outcome]) -> None:
-        outcome = mesh.Outcome(tenant, time.perf_counter())
+    async def one(self, tenant: str, into: list[TimedOutcome]) -> None:
+        outcome = TimedOutcome(tenant, time.perf_counter())
         into.append(outcome)
         call = self._stub.Generate(self._request(tenant), timeout=DEADLINE_S)
-        await mesh.stream(call, outcome)
+        await stream(call, outcome)
 
     async def closed_loop(
-        self, tenant: str, clients: int, until: float, into: list[mesh.Outcome]
+        self, tenant: str, clients: int, until: float, into: list[TimedOutcome]
     ) -> None:
         async def client() -> None:
             while time.perf_counter() < until:
@@ -159,7 +249,7 @@ class Load:
         await asyncio.gather(*(client() for _ in range(clients)))
 
     async def open_loop(
-        self, tenant: str, rate: float, until: float, into: list[mesh.Outcome]
+        self, tenant: str, rate: float, until: float, into: list[TimedOutcome]
     ) -> None:
         tasks: set[asyncio.Task[None]] = set()
         next_at = time.perf_counter()
@@ -183,13 +273,13 @@ def tenant_load(
     until: float,
     seed: int,
     tokens: int,
-) -> list[mesh.Outcome]:
+) -> list[TimedOutcome]:
     """Runs in a worker process: a closed loop of `amount` clients or an open
     loop at `amount` requests/s, until `until` (perf_counter is system-wide)."""
     import uvloop
 
-    async def run() -> list[mesh.Outcome]:
-        outcomes: list[mesh.Outcome] = []
+    async def run() -> list[TimedOutcome]:
+        outcomes: list[TimedOutcome] = []
         async with grpc.aio.insecure_channel(router) as channel:
             load = Load(router_pb2_grpc.RouterStub(channel), model, seed, tokens)
             if kind == "closed":
@@ -249,9 +339,17 @@ async def run_phase(
         for i, (t, kind, amount) in enumerate(plan)
     ]
     sampler = asyncio.create_task(sample_queue(stub, until, queue))
+    cpu = asyncio.create_task(sample_cpu(start + warmup_s, until))
     results = await asyncio.gather(*loads)
     await sampler
-    return PhaseResult([o for r in results for o in r], (start + warmup_s, until), queue)
+    return PhaseResult([o for r in results for o in r], (start + warmup_s, until), queue, await cpu)
+
+
+async def sample_cpu(start: float, end: float) -> tuple[CpuSample, CpuSample]:
+    await asyncio.sleep(max(0.0, start - time.perf_counter()))
+    first = CpuSample.now()
+    await asyncio.sleep(max(0.0, end - time.perf_counter()))
+    return first, CpuSample.now()
 
 
 def jain(values: list[float]) -> float:
@@ -378,6 +476,10 @@ async def main_async(args: argparse.Namespace) -> None:
                 # The machine's run queue as the round ends: above its cores,
                 # other work competed with the mesh for CPU in that round.
                 "load_average_1m": os.getloadavg()[0],
+                **idle.breakdown("B", "b_idle"),
+                **overload.breakdown("B", "b_overload"),
+                **idle.cpu_use("b_idle"),
+                **overload.cpu_use("overload"),
             }
             for key, value in row.items():
                 rows.setdefault(key, []).append(value)
@@ -396,10 +498,10 @@ async def main_async(args: argparse.Namespace) -> None:
     lines = [replica_flags.describe(args) + f", {args.tokens} tokens a request"]
     if from_profile is not None:
         lines.append(f"decode capacity from the profile: {from_profile:,.0f} tokens/s")
-    lines += [f"{'measure':<36} {'median [min-max] over rounds':>36}", "-" * 73]
+    lines += [f"{'measure':<42} {'median [min-max] over rounds':>36}", "-" * 79]
     for key, cell in table.items():
         lines.append(
-            f"{key:<36} " + f"{cell['median']:.3f} [{cell['min']:.3f}-{cell['max']:.3f}]".rjust(36)
+            f"{key:<42} " + f"{cell['median']:.3f} [{cell['min']:.3f}-{cell['max']:.3f}]".rjust(36)
         )
     lines += [
         "",

@@ -47,6 +47,14 @@ _PRIORITY_OF = {
 }
 # An operator's ejection lasts a day at most: longer is a deregistration.
 MAX_EJECTION_S = 86_400.0
+# Trailing metadata of Generate, so a client can tell where its time to
+# first token went: seconds from the router receiving the call to its first
+# call to a replica (its queue and its own work), and from that call to the
+# replica's first chunk reaching the router (the engine's queue, which
+# GenerateResponse.queued_s tells, its first step and the hop). The rest is
+# the hops between the client and the router.
+ROUTER_WAIT_METADATA_KEY = "x-maas-router-wait-s"
+REPLICA_FIRST_CHUNK_METADATA_KEY = "x-maas-replica-first-chunk-s"
 
 
 def estimated_cost(request: router_pb2.RouterGenerateRequest) -> float:
@@ -93,14 +101,27 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         ticket = self._ticket(request, context, received)
         priority = ticket.priority
         span = trace.get_current_span()
+        # The router's wait, the replica and when it was called (the last attempt's).
+        router_wait_s, address, called_at = 0.0, "", 0.0
+
+        def trailers(*timings: tuple[str, float]) -> None:
+            # The gateway reports which replica served it (anomaly's per-replica detectors).
+            context.set_trailing_metadata(
+                (
+                    (REPLICA_METADATA_KEY, address),
+                    (ROUTER_WAIT_METADATA_KEY, f"{router_wait_s:.6f}"),
+                    *((key, f"{value:.6f}") for key, value in timings),
+                )
+            )
 
         def open_stream(lease: Lease, attempt: int) -> ReplicaStream:
+            nonlocal router_wait_s, address, called_at
             if attempt == 1:
-                self._record_dispatch(span, lease.queued_s, received, priority)
+                router_wait_s = self._record_dispatch(span, lease.queued_s, received, priority)
             span.set_attribute("maas.router.replica", lease.replica.address)
             span.set_attribute("maas.router.attempts", attempt)
-            # The gateway reports which replica served it (anomaly's per-replica detectors).
-            context.set_trailing_metadata(((REPLICA_METADATA_KEY, lease.replica.address),))
+            address, called_at = lease.replica.address, self._clock()
+            trailers()
             # The caller's deadline travels down; the request id travels as
             # metadata through the client interceptors.
             forward = inference_pb2.InferenceGenerateRequest(
@@ -116,8 +137,12 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
 
         # aclosing: a caller gone mid-stream ends the replica's stream and lease now.
         chunks = self._retry.stream(ticket, open_stream, lambda: _caller_gone(context))
+        first = True
         async with contextlib.aclosing(chunks):
             async for chunk in chunks:
+                if first:
+                    first = False
+                    trailers((REPLICA_FIRST_CHUNK_METADATA_KEY, self._clock() - called_at))
                 yield chunk
 
     async def Route(
@@ -183,13 +208,15 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
 
     def _record_dispatch(
         self, span: trace.Span, queued_s: float, received: float, priority: int
-    ) -> None:
+    ) -> float:
+        """Records the first dispatch; returns the router's added time."""
         added = self._clock() - received
         span.set_attribute("maas.router.queue_wait_s", queued_s)
         span.set_attribute("maas.router.added_time_s", added)
         if self._metrics is not None:
             self._metrics.queue_wait.record(queued_s, {"priority": CLASS_NAMES[priority]})
             self._metrics.added_time.record(added)
+        return added
 
     async def CountTokens(
         self, request: generation_pb2.CountTokensRequest, context: Context
