@@ -11,12 +11,13 @@ gateway's. A caller that waits as told is never refused this way, so never
 held.
 
 Holding costs a timer and the call's state (its request, already read) for
-the wait: at most `per_caller` held calls per caller and `total` in all, and
-only calls whose request is at most `max_request_bytes` (a held call must not
-keep megabytes); past any of these a refusal is answered at once, as without
-holding. A hold ends before the caller's own deadline, so that it reads the
-RetryInfo rather than DEADLINE_EXCEEDED. A call whose client goes away (its
-task cancelled, or `gone` done) lets go at once."""
+the wait: at most `per_caller` held calls per caller, `total` in all, and
+`total_bytes` of their requests together (a flood of big requests is held
+too, within what the gateway can keep); past any of these a refusal is
+answered at once, as without holding. A hold ends by half the caller's own
+deadline, so that it reads the RetryInfo rather than DEADLINE_EXCEEDED. A
+call whose client goes away (its task cancelled, or `gone` done) lets go at
+once."""
 
 from __future__ import annotations
 
@@ -34,9 +35,10 @@ from services.common.errors import ResourceExhaustedError
 # duplicate_id attacker keeps 48 calls in flight).
 DEFAULT_HOLDS_PER_CALLER = 64
 DEFAULT_HOLDS = 1024
-# Only requests this small are held: all holds together then keep at most
-# 1,024 x 64 KiB = 64 MiB; a bigger request's refusal is answered at once.
-MAX_HELD_REQUEST_BYTES = 64 * 1024
+# The held calls' requests together: room for a flood's worth of 200 kB
+# constraints (bench/hostile's huge_constraint: 8 clients), a small part of a
+# gateway's memory.
+DEFAULT_HOLD_BYTES = 64 * 1024 * 1024
 # A hold ends by half the caller's deadline (as it was when the call began;
 # the checks before the hold take some of it), less a little: the answer then
 # reaches even a starved client before its deadline does, and half a
@@ -57,6 +59,7 @@ class RefusalHolds:
         per_caller: int = DEFAULT_HOLDS_PER_CALLER,
         total: int = DEFAULT_HOLDS,
         max_hold_s: float = DEFAULT_MAX_HOLD_S,
+        total_bytes: int = DEFAULT_HOLD_BYTES,
         # Called with the budget's subject for each refusal held, and for each
         # answered at once because the holds were full.
         on_held: Callable[[str], None] = lambda subject: None,
@@ -65,6 +68,8 @@ class RefusalHolds:
         self._per_caller = per_caller
         self._total = total
         self._max_hold_s = max_hold_s
+        self._total_bytes = total_bytes
+        self._held_bytes = 0
         self._on_held = on_held
         self._on_unheld = on_unheld
         # (subject, caller) -> calls held now; only callers with one held.
@@ -96,13 +101,14 @@ class RefusalHolds:
         self, refusal: ResourceExhaustedError, caller: str, call: Caller | None = None
     ) -> None:
         """Returns once `refusal`'s wait is over (at most max_hold_s, and
-        before the call's deadline), at once when the holds are full, the
-        request is too big to keep, or `call.gone` is done or becomes done
-        (the transport's sign that the client left)."""
+        before the call's deadline), at once when the holds are full (in
+        calls or in bytes), or `call.gone` is done or becomes done (the
+        transport's sign that the client left)."""
         key = (refusal.subject, caller)
         held = self._held.get(key, 0)
-        big = call is not None and call.request_bytes > MAX_HELD_REQUEST_BYTES
-        if held >= self._per_caller or self._held_total >= self._total or big:
+        size = 0 if call is None else call.request_bytes
+        full = self._held_total >= self._total or self._held_bytes + size > self._total_bytes
+        if held >= self._per_caller or full:
             self._on_unheld(refusal.subject)
             return
         wait = min(refusal.retry_after_s, self._max_hold_s)
@@ -113,6 +119,7 @@ class RefusalHolds:
             return
         self._held[key] = held + 1
         self._held_total += 1
+        self._held_bytes += size
         self._on_held(refusal.subject)
         loop = asyncio.get_running_loop()
         over = loop.create_future()
@@ -131,6 +138,7 @@ class RefusalHolds:
             if gone is not None:
                 gone.remove_done_callback(over_on_gone)
             self._held_total -= 1
+            self._held_bytes -= size
             left = self._held[key] - 1
             if left:
                 self._held[key] = left

@@ -186,6 +186,7 @@ async def serving(settings: GatewaySettings, telemetry: Telemetry) -> AsyncItera
             per_caller=settings.refusal_holds_per_caller,
             total=settings.refusal_holds,
             max_hold_s=settings.refusal_hold_max_s,
+            total_bytes=settings.refusal_hold_bytes,
             on_held=lambda subject: metrics.refusals_held.add(1, {"subject": subject}),
             on_unheld=lambda subject: metrics.refusals_unheld.add(1, {"subject": subject}),
         )

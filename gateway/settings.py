@@ -8,7 +8,12 @@ from typing import ClassVar, Literal
 from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
-from gateway.refusal_holds import DEFAULT_HOLDS, DEFAULT_HOLDS_PER_CALLER, DEFAULT_MAX_HOLD_S
+from gateway.refusal_holds import (
+    DEFAULT_HOLD_BYTES,
+    DEFAULT_HOLDS,
+    DEFAULT_HOLDS_PER_CALLER,
+    DEFAULT_MAX_HOLD_S,
+)
 from gateway.refusals import (
     DEFAULT_AUTH_FAILURE_BURST,
     DEFAULT_AUTH_FAILURES_PER_S,
@@ -115,11 +120,12 @@ class GatewaySettings(ServiceSettings):
     # answered only after the wait it names, at most refusal_hold_max_s; at
     # most refusal_holds_per_caller such calls per tenant or address are
     # held, refusal_holds in all; past them, answered at once: see
-    # refusal_holds.py. The upper bounds bound what held calls keep (each its
-    # request: only requests of at most 64 KiB are held).
+    # refusal_holds.py. The upper bounds bound what held calls keep: each its
+    # request, refusal_hold_bytes of them in all (at most 1 GiB).
     refusal_hold_max_s: float = Field(default=DEFAULT_MAX_HOLD_S, gt=0, le=30)
     refusal_holds_per_caller: int = Field(default=DEFAULT_HOLDS_PER_CALLER, ge=0, le=1024)
     refusal_holds: int = Field(default=DEFAULT_HOLDS, ge=0, le=16384)
+    refusal_hold_bytes: int = Field(default=DEFAULT_HOLD_BYTES, ge=0, le=1 << 30)
     # Per tenant, reads that query auth (usage, adapters, the model list) and
     # adapter writes: a token bucket, see refusals.py.
     read_burst: float = Field(default=DEFAULT_READ_BURST, ge=1)

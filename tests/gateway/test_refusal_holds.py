@@ -23,7 +23,6 @@ from grpc_status import rpc_status
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from pydantic import ValidationError
 
-from gateway.refusal_holds import MAX_HELD_REQUEST_BYTES
 from gateway.settings import GatewaySettings
 from maas.v1 import auth_pb2, auth_pb2_grpc, gateway_pb2, gateway_pb2_grpc, generation_pb2
 from services.mesh import InMemoryTelemetry, MeshOptions, RunningMesh, running_mesh
@@ -37,6 +36,8 @@ TOTAL = 3
 # Far below the budget's wait (refilled at 0.01 a second: some 100 s), so
 # every hold here is the cap's, and the RetryInfo still names the full wait.
 MAX_HOLD_S = 3.0
+# The held requests' bytes in all: a few small requests, not one of 64 kB.
+HOLD_BYTES = 64 * 1024
 # An address of the loopback network of its own (Linux routes all of
 # 127/8 to lo), so spending its budget of failed authentications leaves
 # 127.0.0.1, where the tests' other clients call from, alone.
@@ -89,6 +90,7 @@ async def held(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Held]:
                 "refusal_hold_max_s": MAX_HOLD_S,
                 "refusal_holds_per_caller": PER_CALLER,
                 "refusal_holds": TOTAL,
+                "refusal_hold_bytes": HOLD_BYTES,
             },
         },
     )
@@ -202,14 +204,12 @@ async def test_past_the_caps_a_refusal_is_answered_at_once(held: Held) -> None:
     assert held.holding() == 0
 
 
-async def test_a_big_request_is_never_held(held: Held) -> None:
-    """A held call keeps its request: one past MAX_HELD_REQUEST_BYTES is
-    answered at once, so holds never keep megabytes."""
+async def test_past_the_held_bytes_a_refusal_is_answered_at_once(held: Held) -> None:
+    """A held call keeps its request: past HOLD_BYTES of them in all, a
+    refusal is answered at once, so holds never keep more than that."""
     key = await spent(held)
     unheld_before = held.metric("maas.gateway.refusals.unheld")
-    big = generation_pb2.GenerateRequest(
-        model=MODEL, prompt="a" * (MAX_HELD_REQUEST_BYTES + 1), max_tokens=4
-    )
+    big = generation_pb2.GenerateRequest(model=MODEL, prompt="a" * HOLD_BYTES, max_tokens=4)
     kept = asyncio.create_task(outcome(held, key))
     await held.until_holding(1)
     # Answered while the small one before it is still held.
@@ -315,6 +315,8 @@ async def test_reads_past_their_budget_are_held_too(held: Held) -> None:
         ("refusal_holds_per_caller", -1),
         ("refusal_holds_per_caller", 1025),
         ("refusal_holds", 16385),
+        ("refusal_hold_bytes", -1),
+        ("refusal_hold_bytes", (1 << 30) + 1),
     ],
 )
 def test_hold_settings_out_of_bounds_are_refused_by_name(field: str, value: float) -> None:
