@@ -9,8 +9,6 @@ Failures are raised as `MeshError`s (a downstream hop's status as a
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import dataclasses
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from contextlib import contextmanager
@@ -29,14 +27,7 @@ from gateway.model_prices import PriceBook, with_prices
 from gateway.outbox import UsageOutbox
 from gateway.quota import QuotaClient, Used, estimate_split
 from gateway.refusal_holds import RefusalHolds
-from gateway.refusals import (
-    CALLER_REFUSALS,
-    DEFAULT_OVERSIZE_BODIES_PER_S,
-    DEFAULT_OVERSIZE_BODY_BURST,
-    RefusalBudget,
-    peer_host,
-    read_budget,
-)
+from gateway.refusals import CALLER_REFUSALS, RefusalBudget, peer_host, read_budget
 from gateway.routes import Proxy, Routing
 from gateway.tool_calls import ToolCallStream, constrains, schema_field
 from gateway.usage import StreamUsage, timestamp
@@ -63,7 +54,6 @@ from observability.context import (
 from services.common.errors import (
     InvalidArgumentError,
     MeshError,
-    ResourceExhaustedError,
     UnauthenticatedError,
     error_from_rpc,
     remote_errors,
@@ -146,15 +136,8 @@ class GatewayCore:
         reads: RefusalBudget | None = None,
         # Where refusals of spent budgets wait before they are answered.
         holds: RefusalHolds | None = None,
-        # Per address, HTTP bodies past the size limit (see refusals.py).
-        oversize_bodies: RefusalBudget | None = None,
     ) -> None:
         self._holds = holds or RefusalHolds()
-        self._oversize_bodies = oversize_bodies or RefusalBudget(
-            per_s=DEFAULT_OVERSIZE_BODIES_PER_S,
-            burst=DEFAULT_OVERSIZE_BODY_BURST,
-            subject="oversize_bodies",
-        )
         self._adapters = adapters
         self._reads = reads or read_budget()
         self._refusals = refusals
@@ -476,15 +459,6 @@ class GatewayCore:
             if err.code in CALLER_REFUSALS:
                 self._refusals.refused(tenant_id)
             raise
-
-    async def refuse_oversize_body(self, caller: Caller) -> None:
-        """Counts a body past the size limit against the caller's address;
-        once its budget is spent, returns only after the wait, as a held
-        refusal does (the body unread: a client still sending it stalls on
-        its full socket). The caller then answers 413 either way."""
-        unread = dataclasses.replace(caller, request_bytes=0)
-        with contextlib.suppress(ResourceExhaustedError):
-            await self._holds.spend(self._oversize_bodies, peer_host(caller.peer), unread)
 
     async def authenticate(self, caller: Caller, scope: str | None) -> auth_pb2.Principal:
         """The caller's principal (holding `scope`; any key of its tenant when

@@ -216,7 +216,7 @@ class GuardedBodies:
         request = Request(scope)
         declared = request.headers.get("content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > self._max):
-            await self._refuse_size(request, send)
+            await self._refuse_size(send)
             return
         try:
             await self._core.authenticate(caller_of(request), "generate")
@@ -231,14 +231,13 @@ class GuardedBodies:
                 return
             body += message.get("body", b"")
             if len(body) > self._max:
-                await self._refuse_size(request, send)
+                await self._refuse_size(send)
                 return
             if not message.get("more_body", False):
                 break
         await self._app(scope, _replaying(bytes(body), receive), send)
 
-    async def _refuse_size(self, request: Request, send: Send) -> None:
-        await self._core.refuse_oversize_body(caller_of(request))
+    async def _refuse_size(self, send: Send) -> None:
         await _send_error_response(
             send, request_too_large(413, f"request body: over the limit of {self._max} bytes")
         )

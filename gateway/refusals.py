@@ -32,12 +32,6 @@ DEFAULT_REFUSALS_PER_S = 20.0
 # are refused without asking auth.
 DEFAULT_AUTH_FAILURE_BURST = 20.0
 DEFAULT_AUTH_FAILURES_PER_S = 5.0
-# An address may send 20 HTTP bodies past the size limit at once and 2 a
-# second after (a client that reads its first 413 sends no more); past it,
-# each 413 waits, the body unread, so a loop uploading huge bodies stalls on
-# its own full socket instead of copying them as fast as they are refused.
-DEFAULT_OVERSIZE_BODY_BURST = 20.0
-DEFAULT_OVERSIZE_BODIES_PER_S = 2.0
 # Reads that cost auth a query each (usage aggregates, adapter lists, the
 # model list with the tenant's adapters) and writes of adapters: 100 at once
 # and 20 a second after is far past a console or a script polling, far below

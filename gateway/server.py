@@ -226,11 +226,6 @@ async def serving(settings: GatewaySettings, telemetry: Telemetry) -> AsyncItera
             reads=read_budget(settings.reads_per_s, settings.read_burst),
             adapters=adapters,
             holds=holds,
-            oversize_bodies=RefusalBudget(
-                per_s=settings.oversize_bodies_per_s,
-                burst=settings.oversize_body_burst,
-                subject="oversize_bodies",
-            ),
         )
         servicer = GatewayServicer(core)
         server = await start_server(

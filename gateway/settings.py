@@ -17,8 +17,6 @@ from gateway.refusal_holds import (
 from gateway.refusals import (
     DEFAULT_AUTH_FAILURE_BURST,
     DEFAULT_AUTH_FAILURES_PER_S,
-    DEFAULT_OVERSIZE_BODIES_PER_S,
-    DEFAULT_OVERSIZE_BODY_BURST,
     DEFAULT_READ_BURST,
     DEFAULT_READS_PER_S,
     DEFAULT_REFUSAL_BURST,
@@ -118,11 +116,6 @@ class GatewaySettings(ServiceSettings):
     refusals_per_s: float = Field(default=DEFAULT_REFUSALS_PER_S, gt=0)
     auth_failure_burst: float = Field(default=DEFAULT_AUTH_FAILURE_BURST, ge=1)
     auth_failures_per_s: float = Field(default=DEFAULT_AUTH_FAILURES_PER_S, gt=0)
-    # Per peer address, HTTP bodies declared (or found) past http_max_body_bytes: a
-    # token bucket; once spent, each 413 is held as a spent budget's refusal
-    # is (refusal_holds.py), the body unread (see refusals.py).
-    oversize_body_burst: float = Field(default=DEFAULT_OVERSIZE_BODY_BURST, ge=1, le=100_000)
-    oversize_bodies_per_s: float = Field(default=DEFAULT_OVERSIZE_BODIES_PER_S, gt=0, le=10_000)
     # A refusal of a spent budget (refusals, failed authentications, reads) is
     # answered only after the wait it names, at most refusal_hold_max_s; at
     # most refusal_holds_per_caller such calls per tenant or address are

@@ -42,8 +42,6 @@ HOLD_BYTES = 64 * 1024
 # 127/8 to lo), so spending its budget of failed authentications leaves
 # 127.0.0.1, where the tests' other clients call from, alone.
 STRANGER = "127.0.0.2"
-# Another, for bodies past the size limit.
-UPLOADER = "127.0.0.3"
 
 
 class Held:
@@ -93,8 +91,6 @@ async def held(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Held]:
                 "refusal_holds_per_caller": PER_CALLER,
                 "refusal_holds": TOTAL,
                 "refusal_hold_bytes": HOLD_BYTES,
-                "oversize_body_burst": 1,
-                "oversize_bodies_per_s": 0.01,
             },
         },
     )
@@ -293,37 +289,6 @@ async def test_an_address_failing_to_authenticate_is_held_and_a_client_that_leav
     assert await outcome(held, key) == ("OK", 0.0)
 
 
-async def post_too_big(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    """A POST declaring a body far past the limit, of which it sends a little."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(UPLOADER, 0))
-    writer.write(
-        b"POST /v1/completions HTTP/1.1\r\nhost: mesh\r\ncontent-type: application/json\r\n"
-        b"content-length: 1000000000\r\n\r\n" + b"x" * 65536
-    )
-    await writer.drain()
-    return reader, writer
-
-
-async def test_an_address_sending_bodies_past_the_limit_is_held(held: Held) -> None:
-    """Past its budget of oversize bodies, an address's 413 comes after the
-    wait (its upload stalled meanwhile), while others are served."""
-    port = held.mesh.services["gateway"].ports["http_port"]
-    reader, writer = await post_too_big(port)
-    assert (await status_line(reader)).startswith(b"HTTP/1.1 413")
-    writer.close()
-    held_before = held.metric("maas.gateway.refusals.held")
-    reader, writer = await post_too_big(port)
-    answer = asyncio.create_task(status_line(reader))
-    await held.until_holding(1)
-    key = await held.new_key()
-    assert await outcome(held, key) == ("OK", 0.0)
-    assert not answer.done()
-    assert (await answer).startswith(b"HTTP/1.1 413")
-    writer.close()
-    assert held.metric("maas.gateway.refusals.held") == held_before + 1
-    assert held.holding() == 0
-
-
 async def test_reads_past_their_budget_are_held_too(held: Held) -> None:
     key = await held.new_key()
     metadata = (("authorization", f"Bearer {key}"),)
@@ -351,9 +316,6 @@ async def test_reads_past_their_budget_are_held_too(held: Held) -> None:
         ("refusal_holds_per_caller", 1025),
         ("refusal_holds", 16385),
         ("refusal_hold_bytes", -1),
-        ("oversize_body_burst", 0),
-        ("oversize_bodies_per_s", 0),
-        ("oversize_bodies_per_s", 1e9),
         ("refusal_hold_bytes", (1 << 30) + 1),
     ],
 )
