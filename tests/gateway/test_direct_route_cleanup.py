@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +26,33 @@ from maas.v1 import (
     router_pb2,
     router_pb2_grpc,
 )
-from services.mesh import MeshOptions, running_mesh
+from services.mesh import MeshOptions, RunningMesh, running_mesh
 from tests.support import eventually
 
 MODEL = "sim-tiny"
 SIM: dict[str, Any] = {"engine": "sim", "sim_profile": "tiny-cpu", "stream_messages_per_s": 0}
 REFUSED = 5
+
+
+@asynccontextmanager
+async def direct_mesh(
+    tmp_path: Path,
+) -> AsyncIterator[tuple[RunningMesh, tuple[tuple[str, str], ...]]]:
+    """A mesh on the simulated engine routing directly, and a new tenant's key."""
+    options = MeshOptions(
+        state=tmp_path, model=MODEL, overrides={"inference": SIM, "gateway": {"routing": "direct"}}
+    )
+    admin = (("authorization", f"Bearer {options.admin_token}"),)
+    async with running_mesh(options) as mesh:
+        async with grpc.aio.insecure_channel(mesh.targets["auth"]) as ch:
+            auth = auth_pb2_grpc.AuthStub(ch)
+            tenant = await auth.CreateTenant(
+                auth_pb2.CreateTenantRequest(name=f"t-{secrets.token_hex(4)}"), metadata=admin
+            )
+            key = await auth.CreateApiKey(
+                auth_pb2.CreateApiKeyRequest(tenant_id=tenant.tenant_id), metadata=admin
+            )
+        yield mesh, (("authorization", f"Bearer {key.api_key}"),)
 
 
 def request_writers() -> int:
@@ -42,40 +65,27 @@ def request_writers() -> int:
 
 
 async def test_refused_routes_leave_no_request_writer_behind(tmp_path: Path) -> None:
-    options = MeshOptions(
-        state=tmp_path, model=MODEL, overrides={"inference": SIM, "gateway": {"routing": "direct"}}
-    )
-    admin = (("authorization", f"Bearer {options.admin_token}"),)
-    async with running_mesh(options) as mesh:
-        async with grpc.aio.insecure_channel(mesh.targets["auth"]) as ch:
-            auth = auth_pb2_grpc.AuthStub(ch)
-            tenant = await auth.CreateTenant(
-                auth_pb2.CreateTenantRequest(name=f"t-{secrets.token_hex(4)}"), metadata=admin
-            )
-            key = await auth.CreateApiKey(
-                auth_pb2.CreateApiKeyRequest(tenant_id=tenant.tenant_id), metadata=admin
-            )
-        metadata = (("authorization", f"Bearer {key.api_key}"),)
-        async with (
-            grpc.aio.insecure_channel(mesh.target("gateway")) as gw,
-            grpc.aio.insecure_channel(mesh.targets["router"]) as rt,
-        ):
-            gateway = gateway_pb2_grpc.GatewayStub(gw)
-            request = generation_pb2.GenerateRequest(model=MODEL, prompt="hi", max_tokens=2)
-            async for _ in gateway.Generate(request, metadata=metadata):
-                pass  # one served request: every long-lived stream is open now
-            baseline = request_writers()
-            # The only replica drained: the router refuses every route.
-            await router_pb2_grpc.RouterStub(rt).DrainReplica(
-                router_pb2.DrainReplicaRequest(address=mesh.targets["inference"])
-            )
-            for _ in range(REFUSED):
-                with pytest.raises(grpc.aio.AioRpcError) as err:
-                    async for _ in gateway.Generate(request, metadata=metadata):
-                        pass
-                assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    async with (
+        direct_mesh(tmp_path) as (mesh, metadata),
+        grpc.aio.insecure_channel(mesh.target("gateway")) as gw,
+        grpc.aio.insecure_channel(mesh.targets["router"]) as rt,
+    ):
+        gateway = gateway_pb2_grpc.GatewayStub(gw)
+        request = generation_pb2.GenerateRequest(model=MODEL, prompt="hi", max_tokens=2)
+        async for _ in gateway.Generate(request, metadata=metadata):
+            pass  # one served request: every long-lived stream is open now
+        baseline = request_writers()
+        # The only replica drained: the router refuses every route.
+        await router_pb2_grpc.RouterStub(rt).DrainReplica(
+            router_pb2.DrainReplicaRequest(address=mesh.targets["inference"])
+        )
+        for _ in range(REFUSED):
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                async for _ in gateway.Generate(request, metadata=metadata):
+                    pass
+            assert err.value.code() == grpc.StatusCode.UNAVAILABLE
 
-            await eventually(lambda: request_writers() <= baseline)
+        await eventually(lambda: request_writers() <= baseline)
 
 
 def pending_tasks() -> int:
@@ -88,29 +98,18 @@ async def test_served_routes_end_once_reported(tmp_path: Path) -> None:
     """The gateway holds a reported Route call until the router closes it,
     reading nothing more: each such call must still end (with its client
     span), not wait for its deadline."""
-    options = MeshOptions(
-        state=tmp_path, model=MODEL, overrides={"inference": SIM, "gateway": {"routing": "direct"}}
-    )
-    admin = (("authorization", f"Bearer {options.admin_token}"),)
-    async with running_mesh(options) as mesh:
-        async with grpc.aio.insecure_channel(mesh.targets["auth"]) as ch:
-            auth = auth_pb2_grpc.AuthStub(ch)
-            tenant = await auth.CreateTenant(
-                auth_pb2.CreateTenantRequest(name=f"t-{secrets.token_hex(4)}"), metadata=admin
-            )
-            key = await auth.CreateApiKey(
-                auth_pb2.CreateApiKeyRequest(tenant_id=tenant.tenant_id), metadata=admin
-            )
-        metadata = (("authorization", f"Bearer {key.api_key}"),)
-        async with grpc.aio.insecure_channel(mesh.target("gateway")) as gw:
-            gateway = gateway_pb2_grpc.GatewayStub(gw)
-            request = generation_pb2.GenerateRequest(model=MODEL, prompt="hi", max_tokens=2)
+    async with (
+        direct_mesh(tmp_path) as (mesh, metadata),
+        grpc.aio.insecure_channel(mesh.target("gateway")) as gw,
+    ):
+        gateway = gateway_pb2_grpc.GatewayStub(gw)
+        request = generation_pb2.GenerateRequest(model=MODEL, prompt="hi", max_tokens=2)
+        async for _ in gateway.Generate(request, metadata=metadata):
+            pass  # one served request: every long-lived stream is open now
+        # What the first request left to finish (its bill, its event) finishes.
+        await asyncio.sleep(1.0)
+        baseline = pending_tasks()
+        for _ in range(REFUSED):
             async for _ in gateway.Generate(request, metadata=metadata):
-                pass  # one served request: every long-lived stream is open now
-            # What the first request left to finish (its bill, its event) finishes.
-            await asyncio.sleep(1.0)
-            baseline = pending_tasks()
-            for _ in range(REFUSED):
-                async for _ in gateway.Generate(request, metadata=metadata):
-                    pass
-            await eventually(lambda: pending_tasks() <= baseline)
+                pass
+        await eventually(lambda: pending_tasks() <= baseline)
