@@ -201,13 +201,22 @@ async def test_a_bad_request_id_is_invalid_argument_naming_it(
     assert (await billed(mesh, tenant))[0] == 0
 
 
+LIVE_TOKENS = 1500
+
+
 async def test_no_two_live_engine_requests_share_an_id(
     mesh: Mesh, new_tenant: TenantFactory
 ) -> None:
     calm = await new_tenant()
     request = inference_pb2.InferenceGenerateRequest(
         request=generation_pb2.GenerateRequest(
-            model=mesh.model, prompt="Go on", max_tokens=200, ignore_eos=True
+            # Long enough to be still running when the second arrives on a
+            # starved machine (200 tokens once ended first, and the second then
+            # rightly ran: no live request held the id).
+            model=mesh.model,
+            prompt="Go on",
+            max_tokens=LIVE_TOKENS,
+            ignore_eos=True,
         )
     )
     async with bystander(mesh, calm), grpc.aio.insecure_channel(mesh.targets["inference"]) as ch:
@@ -225,7 +234,7 @@ async def test_no_two_live_engine_requests_share_an_id(
         while (chunk := await first.read()) is not grpc.aio.EOF:
             last = chunk
         assert isinstance(last, generation_pb2.GenerateResponse)
-        assert last.usage.completion_tokens == 200
+        assert last.usage.completion_tokens == LIVE_TOKENS
 
 
 async def start_gateway(mesh: Mesh, port: int, outbox: Path) -> asyncio.subprocess.Process:
