@@ -185,18 +185,9 @@ class QuotaClient:
             idempotency_key=idempotency_key,
         )
 
-    async def keep(self, lease: Lease) -> None:
-        """Renews the lease every third of its period until cancelled (the
-        request ended), so that only a dead gateway's lease lapses."""
-        if lease.period_s <= 0:
-            return  # an auth that does not tell its lease period
-        while True:
-            await asyncio.sleep(lease.period_s / 3)
-            if not await self.renew(lease):
-                return
-
     def hold(self, lease: Lease) -> Renewal:
-        """`keep` until `stop()`, with no task of its own until a renewal is due."""
+        """Renews the lease every third of its period until `stop()` (the
+        request ended), so that only a dead gateway's lease lapses."""
         return Renewal(self, lease)
 
     async def renew(self, lease: Lease) -> bool:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -40,9 +39,8 @@ async def test_reserve_against_a_hung_auth_ends_at_its_deadline() -> None:
         hung.close()
 
 
-@pytest.mark.parametrize("keeper", ["task", "renewal"])
 async def test_a_kept_lease_outlives_its_period_and_a_dropped_one_frees_the_slot(
-    tmp_path: Path, keeper: str
+    tmp_path: Path,
 ) -> None:
     telemetry = setup("auth", TelemetrySettings())
     settings = AuthSettings(
@@ -63,11 +61,7 @@ async def test_a_kept_lease_outlives_its_period_and_a_dropped_one_frees_the_slot
             async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
                 quotas = QuotaClient(auth_pb2_grpc.AuthStub(channel))
                 lease = await quotas.reserve(tenant.tenant_id, "r1", "m", 5)
-                stop: Callable[[], object]
-                if keeper == "task":
-                    stop = asyncio.create_task(quotas.keep(lease)).cancel
-                else:
-                    stop = quotas.hold(lease).stop
+                stop = quotas.hold(lease).stop
                 await asyncio.sleep(lease.period_s * 4)  # four leases long, renewed
                 with pytest.raises(grpc.aio.AioRpcError) as busy:
                     await quotas.reserve(tenant.tenant_id, "r2", "m", 5)
