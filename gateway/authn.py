@@ -14,15 +14,14 @@ import hashlib
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Generic, TypeVar
 
 import grpc
 
+from gateway.ttl_cache import TtlCache
 from maas.v1 import auth_pb2, auth_pb2_grpc
 from services.common.errors import PermissionDeniedError, UnauthenticatedError, UnavailableError
 
 Metadata = Iterable[tuple[str, str | bytes]]
-V = TypeVar("V")
 
 # What auth's own failures to answer become: the caller may retry.
 _AUTH_DOWN = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
@@ -44,34 +43,6 @@ def within(deadline_s: float | None, cap_s: float) -> float:
     return cap_s if deadline_s is None else min(deadline_s, cap_s)
 
 
-class _Expiring(Generic[V]):
-    """At most `max_entries` values by digest, each until its expiry; the
-    oldest written goes first when full."""
-
-    def __init__(self, max_entries: int, clock: Callable[[], float]) -> None:
-        self._max_entries = max_entries
-        self._clock = clock
-        self._entries: OrderedDict[bytes, tuple[float, V]] = OrderedDict()
-
-    def get(self, digest: bytes) -> V | None:
-        hit = self._entries.get(digest)
-        if hit is None:
-            return None
-        if hit[0] <= self._clock():
-            del self._entries[digest]
-            return None
-        return hit[1]
-
-    def put(self, digest: bytes, value: V, ttl_s: float) -> None:
-        self._entries[digest] = (self._clock() + ttl_s, value)
-        self._entries.move_to_end(digest)
-        while len(self._entries) > self._max_entries:
-            self._entries.popitem(last=False)
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-
 class Authenticator:
     def __init__(
         self,
@@ -85,12 +56,14 @@ class Authenticator:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._stub = stub
-        self._ttl_s = ttl_s
-        self._negative_ttl_s = negative_ttl_s
         self.timeout_s = timeout_s
-        self._known: _Expiring[auth_pb2.Principal] = _Expiring(max_entries, clock)
+        self._known: TtlCache[bytes, auth_pb2.Principal] = TtlCache(
+            ttl_s=ttl_s, max_entries=max_entries, clock=clock
+        )
         # Keys auth refused, with its message: answered here until they expire.
-        self._refused: _Expiring[str] = _Expiring(negative_max_entries, clock)
+        self._refused: TtlCache[bytes, str] = TtlCache(
+            ttl_s=negative_ttl_s, max_entries=negative_max_entries, clock=clock
+        )
         self._inflight: dict[bytes, asyncio.Task[auth_pb2.Principal]] = {}
         # Digests of keys auth has accepted (outliving their cache entries):
         # a real key is looked up again even while its caller's address is
@@ -123,15 +96,15 @@ class Authenticator:
     ) -> auth_pb2.Principal:
         # Keyed by a digest so the caches never hold the keys themselves.
         digest = hashlib.sha256(api_key.encode()).digest()
-        principal = self._known.get(digest)
-        if principal is not None:
-            return principal
+        known = self._known.get(digest)
+        if known is not None:
+            return known.value
         if before_unknown_lookup is not None and digest not in self._vouched:
             # A bad key replayed from the cache below is as much a refusal.
             await before_unknown_lookup()
-        refusal = self._refused.get(digest)
-        if refusal is not None:
-            raise UnauthenticatedError(refusal)
+        refused = self._refused.get(digest)
+        if refused is not None:
+            raise UnauthenticatedError(refused.value)
         fetch = self._inflight.get(digest)
         if fetch is None:
             # A task of its own: a caller that goes away does not cancel it for the others.
@@ -148,14 +121,14 @@ class Authenticator:
         except grpc.aio.AioRpcError as err:
             if err.code() == grpc.StatusCode.UNAUTHENTICATED:
                 refusal = err.details() or "invalid API key"
-                self._refused.put(digest, refusal, self._negative_ttl_s)
+                self._refused.put(digest, refusal)
                 raise UnauthenticatedError(refusal) from err
             if err.code() in _AUTH_DOWN:
                 raise UnavailableError(
                     "the auth service did not answer in time; retry", reason="AUTH_UNAVAILABLE"
                 ) from err
             raise
-        self._known.put(digest, principal, self._ttl_s)
+        self._known.put(digest, principal)
         self._vouched[digest] = None
         self._vouched.move_to_end(digest)
         while len(self._vouched) > self._vouched_max:

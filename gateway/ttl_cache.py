@@ -1,6 +1,6 @@
 """A small cache whose entries hold for a time and whose size is bounded:
-the gateway's answers from the registry (adapter names, tenants' adapter
-lists), so a tenant repeating a call costs the mesh one lookup per window."""
+the gateway's answers from auth (API keys, adapter names, tenants' adapter
+lists), so a caller repeating a call costs the mesh one lookup per window."""
 
 from __future__ import annotations
 
@@ -49,10 +49,10 @@ class TtlCache(Generic[K, V]):
         """Taken before looking a value up, and handed to `put` with it."""
         return self._forgets
 
-    def put(self, key: K, value: V, stamp: int) -> None:
-        """Keeps `value`, unless something was forgotten since `stamp`: a
-        lookup that raced a change may have read the registry before it."""
-        if stamp != self._forgets:
+    def put(self, key: K, value: V, stamp: int | None = None) -> None:
+        """Keeps `value`, unless something was forgotten since `stamp` (when
+        given): a lookup that raced a change may have read it before."""
+        if stamp is not None and stamp != self._forgets:
             return
         self._entries[key] = (self._clock() + self._ttl_s, value)
         self._entries.move_to_end(key)
