@@ -94,7 +94,8 @@ class GatewaySettings(ServiceSettings):
     adapter_cache_size: int = Field(default=10_000, ge=1)
     # Tenants whose adapter list (for their model list) is kept for
     # adapter_cache_ttl_s: up to 16 adapters each by default, some 5 KB.
-    adapter_list_cache_size: int = Field(default=1_000, ge=1)
+    # At most a million lists (some 5 GB at 16 adapters each).
+    adapter_list_cache_size: int = Field(default=1_000, ge=1, le=1_000_000)
     # Events beyond this many waiting for anomaly are dropped (and counted), never waited on.
     # At most a million (some 500 MB of events): a bound on what an outage of anomaly holds.
     event_queue_size: int = Field(default=10_000, ge=1, le=1_000_000)
@@ -128,8 +129,9 @@ class GatewaySettings(ServiceSettings):
     refusal_hold_bytes: int = Field(default=DEFAULT_HOLD_BYTES, ge=0, le=1 << 30)
     # Per tenant, reads that query auth (usage, adapters, the model list) and
     # adapter writes: a token bucket, see refusals.py.
-    read_burst: float = Field(default=DEFAULT_READ_BURST, ge=1)
-    reads_per_s: float = Field(default=DEFAULT_READS_PER_S, gt=0)
+    # At most a million: past that the budget bounds nothing (and inf is refused).
+    read_burst: float = Field(default=DEFAULT_READ_BURST, ge=1, le=1_000_000)
+    reads_per_s: float = Field(default=DEFAULT_READS_PER_S, gt=0, le=1_000_000)
     # A request head must arrive within this of its first byte (slowloris):
     # honest clients send a head in one packet, milliseconds.
     http_head_timeout_s: float = Field(default=10.0, gt=0)
