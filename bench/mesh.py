@@ -205,6 +205,8 @@ class Outcome:
     tokens: int = 0
     prompt_tokens: int = 0
     cached_tokens: int = 0
+    # The engine's queueing before the first token, as its chunk told it.
+    queued_s: float | None = None
     code: str = "OK"
     details: str = ""
 
@@ -244,6 +246,7 @@ async def stream(call: grpc.aio.UnaryStreamCall, outcome: Outcome) -> Outcome:  
             n = len(chunk.token_ids)
             if n and outcome.first_token is None:
                 outcome.first_token = now
+                outcome.queued_s = chunk.queued_s
             outcome.tokens += n
             outcome.prompt_tokens = chunk.usage.prompt_tokens
             outcome.cached_tokens = chunk.usage.cached_tokens

@@ -85,35 +85,22 @@ class TimedOutcome(mesh.Outcome):
     included)."""
 
     router_s: float | None = None
-    engine_s: float | None = None
     replica_s: float | None = None
 
     def parts(self) -> tuple[float, float, float, float, float] | None:
         """ttft, router, engine queue, replica other, client hops (seconds)."""
-        if self.ttft is None or self.router_s is None or self.engine_s is None:
+        if self.ttft is None or self.router_s is None or self.queued_s is None:
             return None
         if self.replica_s is None:
             return None
-        replica_other = self.replica_s - self.engine_s
+        replica_other = self.replica_s - self.queued_s
         hops = self.ttft - self.router_s - self.replica_s
-        return self.ttft, self.router_s, self.engine_s, replica_other, hops
+        return self.ttft, self.router_s, self.queued_s, replica_other, hops
 
 
 async def stream(call: grpc.aio.UnaryStreamCall, outcome: TimedOutcome) -> None:  # type: ignore[type-arg]
-    """mesh.stream, also keeping the first chunk's queued_s and the router's wait."""
-    try:
-        async for chunk in call:
-            now = time.perf_counter()
-            n = len(chunk.token_ids)
-            if n and outcome.first_token is None:
-                outcome.first_token = now
-                outcome.engine_s = chunk.queued_s
-            outcome.tokens += n
-            outcome.prompt_tokens = chunk.usage.prompt_tokens
-    except grpc.aio.AioRpcError as err:
-        outcome.code = err.code().name
-        outcome.details = err.details() or ""
-    outcome.end = time.perf_counter()
+    """mesh.stream, also keeping the router's wait and the replica's part."""
+    await mesh.stream(call, outcome)
     for key, value in await call.trailing_metadata() or ():
         if key == ROUTER_WAIT_METADATA_KEY:
             outcome.router_s = float(value)
